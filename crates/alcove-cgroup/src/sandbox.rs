@@ -1,0 +1,344 @@
+//! One sandbox's cgroup, spread over whichever hierarchies serve its controllers.
+
+use crate::{v1, v2, CgroupError, CgroupLayout, Controller, Limits, Usage};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The directory, under alcove's own cgroup, that holds every sandbox cgroup.
+pub const PARENT_DIR: &str = "alcove";
+
+/// A sandbox's cgroup: one directory in the unified tree (when mounted, even
+/// without controllers, because it gives the sandbox its cgroup2 id) and one in
+/// each v1 hierarchy that serves a controller the sandbox needs.
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    unified: Option<PathBuf>,
+    unified_controllers: Vec<Controller>,
+    v1: Vec<(Vec<String>, PathBuf)>,
+}
+
+impl SandboxCgroup {
+    /// Creates the cgroup `name` for a sandbox that needs `controllers`. An
+    /// existing directory of that name is reused as it is.
+    pub fn create(
+        layout: &CgroupLayout,
+        name: &str,
+        controllers: &[Controller],
+    ) -> Result<Self, CgroupError> {
+        let mut cgroup = SandboxCgroup {
+            unified: None,
+            unified_controllers: Vec::new(),
+            v1: Vec::new(),
+        };
+        if let Some(own) = &layout.unified_own_dir {
+            let wanted: Vec<Controller> = controllers
+                .iter()
+                .copied()
+                .filter(|c| layout.unified_controllers.iter().any(|u| u == c.name()))
+                .collect();
+            let parent = own.join(PARENT_DIR);
+            ensure_dir(&parent)?;
+            if !wanted.is_empty() {
+                delegate(own, &wanted)?;
+                delegate(&parent, &wanted)?;
+            }
+            let dir = parent.join(name);
+            ensure_dir(&dir)?;
+            cgroup.unified = Some(dir);
+            cgroup.unified_controllers = wanted;
+        }
+        let mut v1_needed: Vec<&str> = controllers
+            .iter()
+            .filter(|c| !cgroup.unified_controllers.contains(c))
+            .map(|c| c.name())
+            .collect();
+        if cgroup.unified.is_none() {
+            v1_needed.push("cpuacct"); // CPU usage; v2 gives it through cpu.stat
+        }
+        for controller in v1_needed {
+            let Some(hierarchy) = layout.v1_for(controller) else {
+                if controller == "cpuacct" {
+                    continue;
+                }
+                cgroup.remove_quietly();
+                return Err(CgroupError::MissingController(static_name(controller)));
+            };
+            if cgroup.v1.iter().any(|(c, _)| *c == hierarchy.controllers) {
+                continue; // co-mounted with one already created
+            }
+            let dir = hierarchy.own_dir.join(PARENT_DIR).join(name);
+            if let Err(e) =
+                ensure_dir(dir.parent().expect("has parent")).and_then(|()| ensure_dir(&dir))
+            {
+                cgroup.remove_quietly();
+                return Err(e);
+            }
+            cgroup.v1.push((hierarchy.controllers.clone(), dir));
+        }
+        Ok(cgroup)
+    }
+
+    /// Writes `limits`; a limit left `None` is reset to unlimited so a reused
+    /// cgroup does not keep an earlier sandbox's limit.
+    pub fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
+            match (self.is_v2(Controller::Memory), limits.memory_bytes) {
+                (true, Some(bytes)) => v2::set_memory_limit(dir, bytes)?,
+                (true, None) => crate::write_value(dir.join("memory.max"), "max")?,
+                (false, Some(bytes)) => v1::set_memory_limit(dir, bytes)?,
+                (false, None) => {}
+            }
+        }
+        if let Some(dir) = self.dir_for(Controller::Cpu, "cpu") {
+            match (self.is_v2(Controller::Cpu), limits.cpu) {
+                (true, Some(q)) => v2::set_cpu_quota(dir, q)?,
+                (true, None) => crate::write_value(dir.join("cpu.max"), "max")?,
+                (false, Some(q)) => v1::set_cpu_quota(dir, q)?,
+                (false, None) => {}
+            }
+        }
+        if let Some(dir) = self.dir_for(Controller::Pids, "pids") {
+            match limits.pids_max {
+                Some(max) => v2::set_pids_max(dir, max)?, // same file in v1 and v2
+                None => crate::write_value(dir.join("pids.max"), "max")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The sandbox's directory in the unified tree, for `CLONE_INTO_CGROUP`.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    /// The cgroup2 id of the sandbox (the inode number of its unified directory),
+    /// which is what `bpf_get_current_cgroup_id()` reports for its processes.
+    pub fn id(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.unified.as_ref()?;
+        std::fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
+    /// The v1 directories the sandbox's first process must join itself (v1 has
+    /// no `CLONE_INTO_CGROUP`).
+    pub fn v1_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.v1.iter().map(|(_, dir)| dir.as_path())
+    }
+
+    /// Reads what the kernel accounted to this cgroup.
+    pub fn usage(&self) -> Result<Usage, CgroupError> {
+        let mut usage = Usage::default();
+        (usage.cpu_user_us, usage.cpu_system_us) = self.cpu_usage_us()?;
+        if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
+            if self.is_v2(Controller::Memory) {
+                usage.memory_peak_bytes = v2::memory_peak(dir);
+            } else {
+                usage.memory_peak_bytes = Some(v1::memory_peak(dir)?);
+            }
+        }
+        if let Some(dir) = self.dir_for(Controller::Pids, "pids") {
+            usage.pids_peak = v2::pids_peak(dir);
+        }
+        usage.oom_kills = self.oom_kills()?;
+        Ok(usage)
+    }
+
+    /// CPU time used so far, `(user, system)` in microseconds.
+    pub fn cpu_usage_us(&self) -> Result<(u64, u64), CgroupError> {
+        if let Some(dir) = &self.unified {
+            return v2::cpu_usage_us(dir);
+        }
+        match self.dir_for_v1("cpuacct") {
+            Some(dir) => v1::cpu_usage_us(dir),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// How many processes the OOM killer has killed in this cgroup.
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        match self.dir_for(Controller::Memory, "memory") {
+            Some(dir) if self.is_v2(Controller::Memory) => v2::oom_kills(dir),
+            Some(dir) => v1::oom_kills(dir),
+            None => Ok(0),
+        }
+    }
+
+    /// Whether any process is still in the cgroup.
+    pub fn is_populated(&self) -> bool {
+        self.all_dirs().any(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map_or(false, |t| !t.trim().is_empty())
+        })
+    }
+
+    /// Kills every process in the cgroup and waits (briefly) until it is empty.
+    pub fn kill_all(&self) {
+        for _ in 0..200 {
+            if let Some(dir) = &self.unified {
+                // cgroup.kill (5.14+) kills atomically, forks included.
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
+            let mut any = false;
+            for dir in self.all_dirs() {
+                let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                    continue;
+                };
+                for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    any = true;
+                    // SAFETY: kill takes plain integers; these pids are in the
+                    // sandbox's own cgroup, which only sandbox processes can join.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if !any {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Removes every directory of the cgroup. The cgroup must be empty.
+    pub fn remove(self) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in self.all_dirs() {
+            if let Err(e) = remove_dir(dir) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Opens an existing sandbox cgroup `name` (for cleanup), without creating.
+    pub fn open_existing(layout: &CgroupLayout, name: &str) -> Self {
+        let unified = layout
+            .unified_own_dir
+            .as_ref()
+            .map(|own| own.join(PARENT_DIR).join(name))
+            .filter(|d| d.is_dir());
+        let v1 = layout
+            .v1
+            .iter()
+            .map(|h| (h.controllers.clone(), h.own_dir.join(PARENT_DIR).join(name)))
+            .filter(|(_, d)| d.is_dir())
+            .collect();
+        SandboxCgroup {
+            unified,
+            unified_controllers: Vec::new(),
+            v1,
+        }
+    }
+
+    fn remove_quietly(&mut self) {
+        for dir in self.all_dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    fn all_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.unified
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(self.v1_dirs())
+    }
+
+    fn is_v2(&self, controller: Controller) -> bool {
+        self.unified_controllers.contains(&controller)
+    }
+
+    fn dir_for(&self, controller: Controller, v1_name: &str) -> Option<&Path> {
+        if self.is_v2(controller) {
+            return self.unified.as_deref();
+        }
+        self.dir_for_v1(v1_name)
+    }
+
+    fn dir_for_v1(&self, name: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(controllers, _)| controllers.iter().any(|c| c == name))
+            .map(|(_, dir)| dir.as_path())
+    }
+}
+
+/// Lists the sandbox cgroup names under alcove's parent directory in any hierarchy.
+pub fn list_names(layout: &CgroupLayout) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let parents = layout
+        .unified_own_dir
+        .iter()
+        .chain(layout.v1.iter().map(|h| &h.own_dir))
+        .map(|own| own.join(PARENT_DIR));
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
+    // A just-reaped sandbox can keep a cgroup busy for a moment.
+    let mut last = None;
+    for attempt in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_micros(100 << attempt.min(6)));
+            }
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    Err(CgroupError::Remove {
+        path: dir.to_owned(),
+        source: last.expect("an error was recorded"),
+    })
+}
+
+/// Makes `controllers` available to the children of `dir` in the unified tree.
+fn delegate(dir: &Path, controllers: &[Controller]) -> Result<(), CgroupError> {
+    let enabled = v2::enabled_controllers(dir)?;
+    let missing: Vec<&str> = controllers
+        .iter()
+        .map(|c| c.name())
+        .filter(|name| !enabled.iter().any(|e| e == name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    v2::enable_controllers(dir, &missing).map_err(|_| CgroupError::NotDelegated {
+        controller: static_name(missing[0]),
+        path: dir.to_owned(),
+    })
+}
+
+fn static_name(name: &str) -> &'static str {
+    match name {
+        "cpu" => "cpu",
+        "memory" => "memory",
+        "pids" => "pids",
+        _ => "cpuacct",
+    }
+}

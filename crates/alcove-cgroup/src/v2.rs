@@ -1,0 +1,116 @@
+//! cgroup v2 file formats: limits written and usage read, one function per file.
+
+use crate::{keyed_value, read_string, write_value, CgroupError, CpuQuota};
+use std::path::Path;
+
+/// Sets memory.max and forbids swap (memory.swap.max = 0) where swap accounting exists.
+pub fn set_memory_limit(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
+    write_value(dir.join("memory.max"), &bytes.to_string())?;
+    let swap = dir.join("memory.swap.max");
+    if swap.exists() {
+        write_value(swap, "0")?;
+    }
+    Ok(())
+}
+
+/// Sets cpu.max to `quota period`.
+pub fn set_cpu_quota(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
+    write_value(
+        dir.join("cpu.max"),
+        &format!("{} {}", quota.quota_us, quota.period_us),
+    )
+}
+
+/// Sets pids.max.
+pub fn set_pids_max(dir: &Path, max: u64) -> Result<(), CgroupError> {
+    write_value(dir.join("pids.max"), &max.to_string())
+}
+
+/// Enables `controllers` for the children of `dir`.
+pub fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
+    let value: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+    write_value(dir.join("cgroup.subtree_control"), &value.join(" "))
+}
+
+/// Controllers enabled for the children of `dir`.
+pub fn enabled_controllers(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let text = read_string(dir.join("cgroup.subtree_control"))?;
+    Ok(text.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time in microseconds, `(user, system)`, from cpu.stat. This file exists
+/// in every v2 cgroup, with or without the cpu controller.
+pub fn cpu_usage_us(dir: &Path) -> Result<(u64, u64), CgroupError> {
+    let path = dir.join("cpu.stat");
+    let text = read_string(path.clone())?;
+    let field = |key| {
+        keyed_value(&text, key).ok_or_else(|| CgroupError::Parse {
+            path: path.clone(),
+            detail: format!("no {key} line"),
+        })
+    };
+    Ok((field("user_usec")?, field("system_usec")?))
+}
+
+/// Peak memory usage (memory.peak, kernel 5.19 and later).
+pub fn memory_peak(dir: &Path) -> Option<u64> {
+    crate::v1::parse_u64(dir, "memory.peak").ok()
+}
+
+/// How many processes the OOM killer killed here (memory.events `oom_kill`).
+pub fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
+    let text = read_string(dir.join("memory.events"))?;
+    Ok(keyed_value(&text, "oom_kill").unwrap_or(0))
+}
+
+/// The peak number of tasks (pids.peak), where the kernel records it.
+pub fn pids_peak(dir: &Path) -> Option<u64> {
+    crate::v1::parse_u64(dir, "pids.peak").ok()
+}
+
+/// Whether any live process remains in `dir` or below (cgroup.events `populated`).
+pub fn is_populated(dir: &Path) -> Result<bool, CgroupError> {
+    let text = read_string(dir.join("cgroup.events"))?;
+    Ok(keyed_value(&text, "populated").unwrap_or(0) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_written_in_v2_syntax() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.swap.max"), "max").unwrap();
+        set_memory_limit(dir.path(), 1 << 30).unwrap();
+        set_cpu_quota(dir.path(), CpuQuota::from_cpus(1.5)).unwrap();
+        set_pids_max(dir.path(), 100).unwrap();
+        enable_controllers(dir.path(), &["memory", "pids"]).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), "1073741824");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("pids.max"), "100");
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+    }
+
+    #[test]
+    fn usage_is_read_from_v2_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, v: &str| std::fs::write(dir.path().join(f), v).unwrap();
+        write(
+            "cpu.stat",
+            "usage_usec 50\nuser_usec 30\nsystem_usec 20\nnice_usec 0\n",
+        );
+        write(
+            "memory.events",
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+        );
+        write("memory.peak", "123456\n");
+        write("cgroup.events", "populated 1\nfrozen 0\n");
+        assert_eq!(cpu_usage_us(dir.path()).unwrap(), (30, 20));
+        assert_eq!(oom_kills(dir.path()).unwrap(), 1);
+        assert_eq!(memory_peak(dir.path()), Some(123456));
+        assert!(is_populated(dir.path()).unwrap());
+    }
+}

@@ -1,0 +1,290 @@
+//! What the sandbox's first process does between `clone3` and `execve`.
+//!
+//! Everything here was computed by the parent; the child only executes it,
+//! without allocating, and reports the first failure through a pipe as a fixed
+//! record the parent turns into an error message.
+
+use crate::mounts::MountOp;
+use alcove_sys::{caps, fd, fs, mount, net, ns, process, seccomp};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Which setup step failed, as sent through the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Stage {
+    Lifeline = 1,
+    CgroupJoin,
+    CgroupNamespace,
+    NetworkNamespace,
+    Loopback,
+    Session,
+    Mount,
+    Hostname,
+    Workdir,
+    Rlimits,
+    Capabilities,
+    Groups,
+    Uid,
+    DeathSignal,
+    Stdio,
+    FdCleanup,
+    NoNewPrivs,
+    Seccomp,
+    Exec,
+    ExecNotFound,
+    ExecDenied,
+}
+
+impl Stage {
+    pub(crate) fn from_u32(v: u32) -> Option<Self> {
+        use Stage::*;
+        [
+            Lifeline,
+            CgroupJoin,
+            CgroupNamespace,
+            NetworkNamespace,
+            Loopback,
+            Session,
+            Mount,
+            Hostname,
+            Workdir,
+            Rlimits,
+            Capabilities,
+            Groups,
+            Uid,
+            DeathSignal,
+            Stdio,
+            FdCleanup,
+            NoNewPrivs,
+            Seccomp,
+            Exec,
+            ExecNotFound,
+            ExecDenied,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Stage::Lifeline => "checking that alcove is still alive",
+            Stage::CgroupJoin => "joining the sandbox's cgroups",
+            Stage::CgroupNamespace => "creating the cgroup namespace",
+            Stage::NetworkNamespace => "joining the network namespace",
+            Stage::Loopback => "bringing up loopback",
+            Stage::Session => "starting a new session",
+            Stage::Mount => "building the filesystem",
+            Stage::Hostname => "setting the hostname",
+            Stage::Workdir => "entering the working directory",
+            Stage::Rlimits => "setting resource limits",
+            Stage::Capabilities => "dropping capabilities",
+            Stage::Groups => "setting the group ids",
+            Stage::Uid => "setting the user id",
+            Stage::DeathSignal => "arming the parent-death signal",
+            Stage::Stdio => "connecting stdio",
+            Stage::FdCleanup => "closing inherited file descriptors",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Seccomp => "loading the seccomp filter",
+            Stage::Exec | Stage::ExecNotFound | Stage::ExecDenied => "executing the program",
+        }
+    }
+}
+
+/// The fixed-size failure record: stage, index of the failing op, errno.
+pub(crate) const REPORT_LEN: usize = 12;
+
+/// Phase timestamps the child records when asked (see `Phases`).
+pub(crate) const PHASE_SLOTS: usize = 4;
+
+/// Everything the child needs, prepared by the parent.
+pub(crate) struct ChildPlan {
+    pub lifeline_write: RawFd,
+    pub lifeline_read: RawFd,
+    pub error_pipe: RawFd,
+    pub cgroup_procs: Vec<RawFd>,
+    /// v1 hierarchies are joined after clone, so the cgroup namespace must be
+    /// created after that rather than by clone3.
+    pub unshare_cgroupns: bool,
+    pub netns: Option<RawFd>,
+    pub loopback_up: bool,
+    pub mount_ops: Vec<MountOp>,
+    pub hostname: Vec<u8>,
+    pub workdir: CString,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub uid: u32,
+    pub gid: u32,
+    /// `(fd in the child, target)` pairs for captured stdout/stderr.
+    pub stdio: Vec<(RawFd, RawFd)>,
+    pub seccomp: &'static [libc::sock_filter],
+    pub exec_candidates: Vec<CString>,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+    /// Shared page for phase timestamps, or null.
+    pub phases: *mut u64,
+}
+
+/// Runs the plan and execs the program. Never returns.
+pub(crate) fn run(plan: &ChildPlan) -> ! {
+    mark(plan, 0);
+    let result = setup(plan);
+    let (stage, index, err) = match result {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    let errno = err.raw_os_error().unwrap_or(0);
+    let mut record = [0u8; REPORT_LEN];
+    record[0..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+    record[4..8].copy_from_slice(&index.to_ne_bytes());
+    record[8..12].copy_from_slice(&errno.to_ne_bytes());
+    let _ = fd::write_all(plan.error_pipe, &record);
+    let code = match stage {
+        Stage::ExecNotFound => 127,
+        Stage::ExecDenied => 126,
+        _ => 125,
+    };
+    process::exit_now(code)
+}
+
+type Failure = (Stage, u32, io::Error);
+
+fn at(stage: Stage) -> impl Fn(io::Error) -> Failure {
+    move |e| (stage, 0, e)
+}
+
+fn mark(plan: &ChildPlan, slot: usize) {
+    if !plan.phases.is_null() && slot < PHASE_SLOTS {
+        // SAFETY: the parent mapped PHASE_SLOTS u64s, shared and writable, at
+        // `phases`; this process is single-threaded.
+        unsafe {
+            plan.phases
+                .add(slot)
+                .write_volatile(process::monotonic_ns())
+        };
+    }
+}
+
+enum Never {}
+
+fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
+    for &procs in &plan.cgroup_procs {
+        fd::write_all(procs, b"0").map_err(at(Stage::CgroupJoin))?;
+    }
+    if plan.unshare_cgroupns {
+        ns::unshare(libc::CLONE_NEWCGROUP).map_err(at(Stage::CgroupNamespace))?;
+    }
+    if let Some(netns) = plan.netns {
+        // SAFETY: the parent opened this namespace fd and keeps it open until
+        // the child has exec'd.
+        let netns = unsafe { std::os::fd::BorrowedFd::borrow_raw(netns) };
+        ns::setns(netns, libc::CLONE_NEWNET).map_err(at(Stage::NetworkNamespace))?;
+    }
+    if plan.loopback_up {
+        net::loopback_up().map_err(at(Stage::Loopback))?;
+    }
+    // SAFETY: setsid takes no arguments.
+    if unsafe { libc::setsid() } == -1 {
+        return Err((Stage::Session, 0, io::Error::last_os_error()));
+    }
+    // Modes in the plan are exact while building; the program gets the usual 022.
+    // SAFETY: umask takes and returns plain integers.
+    unsafe { libc::umask(0) };
+    mark(plan, 1);
+    for (index, op) in plan.mount_ops.iter().enumerate() {
+        apply(op).map_err(|e| (Stage::Mount, index as u32, e))?;
+    }
+    // SAFETY: as above.
+    unsafe { libc::umask(0o022) };
+    mark(plan, 2);
+    ns::sethostname(&plan.hostname).map_err(at(Stage::Hostname))?;
+    fs::chdir(&plan.workdir).map_err(at(Stage::Workdir))?;
+    for &(resource, soft, hard) in &plan.rlimits {
+        process::setrlimit(resource, soft, hard).map_err(at(Stage::Rlimits))?;
+    }
+    caps::drop_bounding_and_lock().map_err(at(Stage::Capabilities))?;
+    process::set_gids(plan.gid, &[plan.gid]).map_err(at(Stage::Groups))?;
+    process::set_uid(plan.uid).map_err(at(Stage::Uid))?;
+    caps::clear_all().map_err(at(Stage::Capabilities))?;
+    // After the uid change, which clears it.
+    process::set_parent_death_signal(libc::SIGKILL).map_err(at(Stage::DeathSignal))?;
+    check_lifeline(plan)?;
+    for &(source, target) in &plan.stdio {
+        fd::dup_onto(source, target).map_err(at(Stage::Stdio))?;
+    }
+    alcove_sys::signal::reset_for_exec();
+    fd::cloexec_from(3).map_err(at(Stage::FdCleanup))?;
+    process::set_no_new_privs().map_err(at(Stage::NoNewPrivs))?;
+    seccomp::install_filter(plan.seccomp).map_err(at(Stage::Seccomp))?;
+    mark(plan, 3);
+    exec(plan)
+}
+
+/// Exits if alcove died before the parent-death signal was armed.
+fn check_lifeline(plan: &ChildPlan) -> Result<(), Failure> {
+    // SAFETY: closing our inherited copy of the write end, which we own.
+    unsafe { libc::close(plan.lifeline_write) };
+    let mut pfd = [libc::pollfd {
+        fd: plan.lifeline_read,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ready = fd::poll(&mut pfd, Some(std::time::Duration::ZERO)).map_err(at(Stage::Lifeline))?;
+    if ready > 0 && pfd[0].revents & libc::POLLHUP != 0 {
+        process::exit_now(125); // alcove is gone; nobody is waiting for us
+    }
+    Ok(())
+}
+
+fn apply(op: &MountOp) -> io::Result<()> {
+    match op {
+        MountOp::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => mount::mount(
+            source.as_deref(),
+            target,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        MountOp::Mkdir { path, mode } => fs::mkdir(path, *mode),
+        MountOp::Touch { path } => fs::write_file(path, b"", 0o644),
+        MountOp::Symlink { target, link } => fs::symlink(target, link),
+        MountOp::Mknod { path, mode, dev } => fs::mknod(path, *mode, *dev),
+        MountOp::WriteFile {
+            path,
+            contents,
+            mode,
+        } => fs::write_file(path, contents, *mode),
+        MountOp::PivotRoot { new_root } => {
+            fs::chdir(new_root)?;
+            mount::pivot_root(c".", c".")?;
+            mount::umount(c".", mount::MNT_DETACH)?;
+            fs::chdir(c"/")
+        }
+    }
+}
+
+fn exec(plan: &ChildPlan) -> Result<Never, Failure> {
+    let mut denied = None;
+    for candidate in &plan.exec_candidates {
+        let err = process::execve(candidate, &plan.argv, &plan.envp);
+        match err.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => continue,
+            Some(libc::EACCES) => denied = Some(err),
+            _ => return Err((Stage::Exec, 0, err)),
+        }
+    }
+    Err(match denied {
+        Some(err) => (Stage::ExecDenied, 0, err),
+        None => (
+            Stage::ExecNotFound,
+            0,
+            io::Error::from_raw_os_error(libc::ENOENT),
+        ),
+    })
+}

@@ -1,0 +1,25 @@
+//! alcove-sandbox owns the micro-container: it turns a validated
+//! [`SandboxSpec`] into a running sandbox (one `clone3` into fresh namespaces and
+//! cgroups, a private root built with mounts and `pivot_root`, capabilities
+//! dropped, `no_new_privs`, seccomp) and supervises it to an [`Outcome`]
+//! (exit status, why it ended, what it used), tearing everything down after.
+//!
+//! It does not parse command lines or talk HTTP, and it makes raw syscalls only
+//! through `alcove-sys` and cgroup changes only through `alcove-cgroup`.
+
+mod child;
+mod error;
+mod etc;
+mod mounts;
+mod outcome;
+mod run;
+mod seccomp;
+pub mod spec;
+mod supervise;
+pub mod units;
+
+pub use error::SandboxError;
+pub use mounts::STAGING_DIR;
+pub use outcome::{Outcome, Phases, Status};
+pub use run::{gc, run, RunOptions};
+pub use spec::{Bind, Limits, NetMode, SandboxSpec, SpecError, User};

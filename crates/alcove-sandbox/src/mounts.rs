@@ -1,0 +1,398 @@
+//! The mount plan: the exact list of filesystem operations the child performs,
+//! computed in the parent so the child only executes it.
+
+use crate::spec::{NetMode, SandboxSpec};
+use alcove_sys::mount::{
+    MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
+};
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Where the child assembles the sandbox's root, in its private mount namespace.
+/// The directory exists on the host but nothing is ever mounted on it there.
+pub const STAGING_DIR: &str = "/run/alcove/root";
+
+/// One step of building the sandbox's filesystem.
+#[derive(Debug)]
+pub(crate) enum MountOp {
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+    Mkdir {
+        path: CString,
+        mode: libc::mode_t,
+    },
+    /// An empty regular file, as the mount point for a file bind.
+    Touch {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Mknod {
+        path: CString,
+        mode: libc::mode_t,
+        dev: libc::dev_t,
+    },
+    WriteFile {
+        path: CString,
+        contents: Vec<u8>,
+        mode: libc::mode_t,
+    },
+    /// Make `new_root` the root and detach the old one.
+    PivotRoot {
+        new_root: CString,
+    },
+}
+
+impl MountOp {
+    /// A sentence naming what this step does, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        let s = |c: &CString| c.to_string_lossy().into_owned();
+        match self {
+            MountOp::Mount {
+                source,
+                target,
+                fstype,
+                ..
+            } => format!(
+                "mounting {} ({}) at {}",
+                source.as_ref().map_or("-".into(), s),
+                fstype.as_ref().map_or("bind".into(), s),
+                s(target)
+            ),
+            MountOp::Mkdir { path, .. } => format!("creating directory {}", s(path)),
+            MountOp::Touch { path } => format!("creating mount point {}", s(path)),
+            MountOp::Symlink { link, .. } => format!("creating symlink {}", s(link)),
+            MountOp::Mknod { path, .. } => format!("creating device {}", s(path)),
+            MountOp::WriteFile { path, .. } => format!("writing {}", s(path)),
+            MountOp::PivotRoot { new_root } => format!("pivoting the root to {}", s(new_root)),
+        }
+    }
+}
+
+/// Facts about the host that shape the plan, read once.
+#[derive(Debug, Clone)]
+pub(crate) struct HostView {
+    /// Top-level directories to show read-only, as `(name, Some(symlink target))`
+    /// when the host has a symlink (merged /usr) and `(name, None)` for a directory.
+    pub entries: Vec<(&'static str, Option<PathBuf>)>,
+    pub resolv_conf: Option<Vec<u8>>,
+}
+
+impl HostView {
+    pub(crate) fn read(net: NetMode) -> Self {
+        let mut entries = Vec::new();
+        for name in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
+            let path = Path::new("/").join(name);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&path) {
+                        entries.push((name, Some(target)));
+                    }
+                }
+                Ok(m) if m.is_dir() => entries.push((name, None)),
+                _ => {}
+            }
+        }
+        let resolv_conf = match net {
+            NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
+            NetMode::None => None,
+        };
+        HostView {
+            entries,
+            resolv_conf,
+        }
+    }
+}
+
+struct Builder {
+    ops: Vec<MountOp>,
+}
+
+impl Builder {
+    fn mount(
+        &mut self,
+        source: Option<&[u8]>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: Option<String>,
+    ) {
+        self.ops.push(MountOp::Mount {
+            source: source.map(cstr),
+            target: cpath(target),
+            fstype: fstype.map(|f| cstr(f.as_bytes())),
+            flags,
+            data: data.map(|d| cstr(d.as_bytes())),
+        });
+    }
+
+    fn mkdir(&mut self, path: &Path, mode: libc::mode_t) {
+        self.ops.push(MountOp::Mkdir {
+            path: cpath(path),
+            mode,
+        });
+    }
+
+    fn tmpfs(&mut self, target: &Path, flags: libc::c_ulong, mode: &str, bytes: u64) {
+        self.mount(
+            Some(b"tmpfs"),
+            target,
+            Some("tmpfs"),
+            flags,
+            Some(format!("mode={mode},size={bytes}")),
+        );
+    }
+
+    /// A recursive bind of `source` at `target`, read-only unless `writable`.
+    fn bind(&mut self, source: &Path, target: &Path, writable: bool) {
+        self.mount(
+            Some(source.as_os_str().as_bytes()),
+            target,
+            None,
+            MS_BIND | MS_REC,
+            None,
+        );
+        let mut flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV;
+        if !writable {
+            flags |= MS_RDONLY;
+        }
+        self.mount(None, target, None, flags, None);
+    }
+
+    /// A minimal /dev: the usual character devices, a private devpts and /dev/shm.
+    fn dev(&mut self, dev: &Path, tmpfs_bytes: u64) {
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            self.ops.push(MountOp::Mknod {
+                path: cpath(&dev.join(name)),
+                mode: libc::S_IFCHR | 0o666,
+                dev: libc::makedev(major, minor),
+            });
+        }
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            self.ops.push(MountOp::Symlink {
+                target: cstr(target.as_bytes()),
+                link: cpath(&dev.join(link)),
+            });
+        }
+        let pts = dev.join("pts");
+        self.mkdir(&pts, 0o755);
+        self.mount(
+            Some(b"devpts"),
+            &pts,
+            Some("devpts"),
+            MS_NOSUID | MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5".into()),
+        );
+        let shm = dev.join("shm");
+        self.mkdir(&shm, 0o1777);
+        self.tmpfs(&shm, MS_NOSUID | MS_NODEV | MS_NOEXEC, "1777", tmpfs_bytes);
+    }
+}
+
+/// Computes every filesystem step for `spec`, ending with the pivot into the new root.
+pub(crate) fn plan(spec: &SandboxSpec, host: &HostView) -> Vec<MountOp> {
+    let staging = Path::new(STAGING_DIR);
+    let tmpfs_bytes = spec.limits.tmpfs_bytes;
+    let mut b = Builder { ops: Vec::new() };
+    // Nothing mounted from here on may propagate back to the host.
+    b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
+    let root: PathBuf;
+    match &spec.rootfs {
+        Some(lower) => {
+            b.tmpfs(staging, MS_NOSUID | MS_NODEV, "0755", tmpfs_bytes);
+            let (upper, work) = (staging.join("upper"), staging.join("work"));
+            root = staging.join("merged");
+            for dir in [&upper, &work, &root] {
+                b.mkdir(dir, 0o755);
+            }
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            b.mount(
+                Some(b"overlay"),
+                &root,
+                Some("overlay"),
+                MS_NOSUID | MS_NODEV,
+                Some(data),
+            );
+            for dir in ["dev", "proc", "tmp"] {
+                b.mkdir(&root.join(dir), 0o755);
+            }
+            b.tmpfs(&root.join("dev"), MS_NOSUID | MS_NOEXEC, "0755", 1 << 20);
+        }
+        None => {
+            root = staging.to_owned();
+            // No MS_NODEV: /dev's nodes live on this tmpfs, which ends read-only
+            // and holds nothing but what alcove writes.
+            b.tmpfs(&root, MS_NOSUID, "0755", 1 << 20);
+            for dir in ["etc", "dev", "proc", "tmp", "run"] {
+                b.mkdir(&root.join(dir), 0o755);
+            }
+            for (name, link) in &host.entries {
+                match link {
+                    Some(target) => b.ops.push(MountOp::Symlink {
+                        target: cpath(target),
+                        link: cpath(&root.join(name)),
+                    }),
+                    None => {
+                        let target = root.join(name);
+                        b.mkdir(&target, 0o755);
+                        b.bind(&Path::new("/").join(name), &target, false);
+                    }
+                }
+            }
+            let etc = root.join("etc");
+            let files = crate::etc::files(
+                &spec.hostname,
+                spec.user.uid,
+                spec.user.gid,
+                host.resolv_conf.as_deref(),
+            );
+            for (name, contents, mode) in files {
+                b.ops.push(MountOp::WriteFile {
+                    path: cpath(&etc.join(name)),
+                    contents,
+                    mode,
+                });
+            }
+        }
+    }
+    b.dev(&root.join("dev"), tmpfs_bytes);
+    b.tmpfs(&root.join("tmp"), MS_NOSUID | MS_NODEV, "1777", tmpfs_bytes);
+    b.mount(
+        Some(b"proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        None,
+    );
+    for bind in &spec.binds {
+        let target = root.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
+        let mut ancestors: Vec<&Path> = target
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != root)
+            .collect();
+        ancestors.reverse();
+        for dir in ancestors {
+            b.mkdir(dir, 0o755);
+        }
+        if bind.source.is_dir() {
+            b.mkdir(&target, 0o755);
+        } else {
+            b.ops.push(MountOp::Touch {
+                path: cpath(&target),
+            });
+        }
+        b.bind(&bind.source, &target, bind.writable);
+    }
+    if spec.rootfs.is_none() {
+        b.mount(
+            None,
+            &root,
+            None,
+            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID,
+            None,
+        );
+    }
+    b.ops.push(MountOp::PivotRoot {
+        new_root: cpath(&root),
+    });
+    b.ops
+}
+
+fn cstr(bytes: &[u8]) -> CString {
+    CString::new(bytes).expect("validated: no NUL bytes")
+}
+
+fn cpath(path: &Path) -> CString {
+    cstr(OsStr::as_bytes(path.as_os_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Bind;
+
+    fn host() -> HostView {
+        HostView {
+            entries: vec![("usr", None), ("bin", Some("usr/bin".into()))],
+            resolv_conf: None,
+        }
+    }
+
+    #[test]
+    fn host_view_binds_usr_read_only_and_ends_with_a_pivot() {
+        let spec = SandboxSpec::new(vec!["true".into()]);
+        let ops = plan(&spec, &host());
+        let described: Vec<String> = ops.iter().map(MountOp::describe).collect();
+        assert!(described
+            .iter()
+            .any(|d| d == "mounting /usr (bind) at /run/alcove/root/usr"));
+        assert!(described
+            .iter()
+            .any(|d| d == "creating symlink /run/alcove/root/bin"));
+        assert!(described
+            .iter()
+            .any(|d| d == "writing /run/alcove/root/etc/passwd"));
+        assert!(!described.iter().any(|d| d.contains("shadow")));
+        let ro = ops.iter().any(|op| {
+            matches!(op, MountOp::Mount { target, flags, .. }
+            if target.to_bytes() == b"/run/alcove/root/usr" && flags & MS_RDONLY != 0)
+        });
+        assert!(ro, "/usr must be remounted read-only");
+        assert!(matches!(ops.last(), Some(MountOp::PivotRoot { .. })));
+        assert!(matches!(&ops[0], MountOp::Mount { flags, .. } if *flags == MS_REC | MS_PRIVATE));
+    }
+
+    #[test]
+    fn rootfs_is_an_overlay_with_a_tmpfs_upper_layer() {
+        let mut spec = SandboxSpec::new(vec!["true".into()]);
+        spec.rootfs = Some("/srv/img".into());
+        spec.binds.push(Bind::parse("/tmp:/data/in:rw").unwrap());
+        let ops = plan(&spec, &host());
+        let overlay = ops.iter().find_map(|op| match op {
+            MountOp::Mount {
+                fstype: Some(f),
+                data: Some(d),
+                ..
+            } if f.to_bytes() == b"overlay" => Some(d.to_string_lossy().into_owned()),
+            _ => None,
+        });
+        assert_eq!(
+            overlay.as_deref(),
+            Some("lowerdir=/srv/img,upperdir=/run/alcove/root/upper,workdir=/run/alcove/root/work")
+        );
+        let described: Vec<String> = ops.iter().map(MountOp::describe).collect();
+        assert!(described
+            .iter()
+            .any(|d| d == "creating directory /run/alcove/root/merged/data"));
+        assert!(described
+            .iter()
+            .any(|d| d == "mounting /tmp (bind) at /run/alcove/root/merged/data/in"));
+    }
+}

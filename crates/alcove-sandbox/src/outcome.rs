@@ -1,0 +1,79 @@
+//! How a sandbox ended and what it used: the outcome and its JSON report.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Why the sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The program exited on its own.
+    Exited,
+    /// A signal ended the program (not one alcove sent for a limit).
+    Signaled,
+    /// alcove killed it at the wall-clock limit.
+    Timeout,
+    /// alcove killed it at the CPU-time limit.
+    CpuTime,
+    /// The kernel's OOM killer acted inside the sandbox's memory limit.
+    Oom,
+    /// alcove itself could not run the sandbox.
+    Error,
+}
+
+/// How long each part of a sandbox's life took, in microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// Parent-side preparation: cgroups, pipes, the plan.
+    pub prepare_us: f64,
+    /// From the clone3 call until the child ran.
+    pub clone_us: f64,
+    /// Joining cgroups and namespaces, loopback.
+    pub namespaces_us: f64,
+    /// Building the filesystem and pivoting into it.
+    pub mounts_us: f64,
+    /// Hostname, rlimits, credentials, capabilities, seccomp.
+    pub harden_us: f64,
+    /// From just before execve until the kernel committed to the new program.
+    pub exec_us: f64,
+    /// From exec until the sandbox's last process was reaped.
+    pub run_us: f64,
+    /// Reading usage and removing the cgroups.
+    pub teardown_us: f64,
+}
+
+/// The result of one sandbox run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub status: Status,
+    /// Exit code, when the program exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, when one did.
+    pub signal: Option<i32>,
+    pub wall_ms: f64,
+    pub cpu_user_ms: f64,
+    pub cpu_sys_ms: f64,
+    pub memory_peak_bytes: Option<u64>,
+    pub pids_peak: Option<u64>,
+    /// Whether stdout or stderr was cut at the output limit.
+    pub output_truncated: bool,
+    /// The sandbox's cgroup2 id, where a cgroup2 tree is mounted.
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+impl Outcome {
+    /// The exit code a shell would see: the program's own, or 128+N for signal N.
+    pub fn shell_exit_code(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            (None, None) => 125,
+        }
+    }
+
+    pub(crate) fn wall(&mut self, wall: Duration) {
+        self.wall_ms = wall.as_secs_f64() * 1e3;
+    }
+}

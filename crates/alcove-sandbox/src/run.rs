@@ -1,0 +1,372 @@
+//! Starting a sandbox: prepare in the parent, one clone3, then supervise.
+
+use crate::child::{self, ChildPlan, PHASE_SLOTS};
+use crate::mounts::{self, HostView, STAGING_DIR};
+use crate::spec::{NetMode, SandboxSpec};
+use crate::supervise::{self, Supervision};
+use crate::{Outcome, SandboxError};
+use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
+use alcove_sys::clone::{self, Forked};
+use alcove_sys::{fd, process};
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How the caller wants the sandbox supervised.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Forward SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process to the
+    /// sandbox, killing it if it is still alive a grace period later. Meant for
+    /// command-line use: it changes this process's signal mask while it runs.
+    pub forward_signals: bool,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The prefix of every sandbox cgroup's name; `gc` removes only these.
+const CGROUP_PREFIX: &str = "sb-";
+
+/// Runs `spec` to completion and reports how it ended.
+pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxError> {
+    let t_start = process::monotonic_ns();
+    spec.validate()?;
+    ensure_staging_dir()?;
+
+    let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
+    let mut controllers = vec![Controller::Memory, Controller::Pids];
+    if spec.limits.cpus.is_some() {
+        controllers.push(Controller::Cpu);
+    }
+    let cgroup = CgroupGuard(Some(
+        SandboxCgroup::create(&layout, &unique_name(), &controllers)
+            .map_err(SandboxError::Cgroup)?,
+    ));
+    let limits = alcove_cgroup::Limits {
+        memory_bytes: spec.limits.memory_bytes,
+        cpu: spec.limits.cpus.map(CpuQuota::from_cpus),
+        pids_max: spec.limits.pids,
+    };
+    cgroup.get().apply(&limits).map_err(SandboxError::Cgroup)?;
+
+    let prepare = |what| move |source| SandboxError::Prepare { what, source };
+    let cgroup_dir = match cgroup.get().unified_dir() {
+        Some(dir) => {
+            Some(open_dir(dir).map_err(prepare("opening the sandbox's cgroup2 directory"))?)
+        }
+        None => None,
+    };
+    // v1 has no CLONE_INTO_CGROUP: the child moves itself by writing "0" to each
+    // hierarchy's `tasks`. Moving only the calling thread skips the global
+    // threadgroup lock whose RCU sync made a `cgroup.procs` write cost ~7 ms
+    // here; the child is single-threaded, so the thread is the whole process.
+    let mut cgroup_procs = Vec::new();
+    for dir in cgroup.get().v1_dirs() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("tasks"))
+            .map_err(prepare("opening a v1 cgroup tasks file"))?;
+        cgroup_procs.push(OwnedFd::from(file));
+    }
+    let (error_read, error_write) =
+        fd::pipe_cloexec().map_err(prepare("creating the error pipe"))?;
+    let (lifeline_read, lifeline_write) =
+        fd::pipe_cloexec().map_err(prepare("creating the lifeline pipe"))?;
+    let mut outputs = Vec::new();
+    let mut child_stdio = Vec::new();
+    if spec.limits.output_bytes.is_some() {
+        for target in [1, 2] {
+            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
+            outputs.push((read, target));
+            child_stdio.push(write);
+        }
+    }
+    let signals = if options.forward_signals {
+        Some(
+            supervise::SignalForwarder::install()
+                .map_err(prepare("installing the signal forwarder"))?,
+        )
+    } else {
+        None
+    };
+    let phases = if spec.record_phases {
+        Some(PhasePage::new().map_err(prepare("mapping the phase page"))?)
+    } else {
+        None
+    };
+
+    let host = HostView::read(spec.net);
+    let (argv_c, envp_c) = (argv(spec), envp(spec));
+    let plan = ChildPlan {
+        lifeline_write: lifeline_write.as_raw_fd(),
+        lifeline_read: lifeline_read.as_raw_fd(),
+        error_pipe: error_write.as_raw_fd(),
+        cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
+        unshare_cgroupns: !cgroup_procs.is_empty(),
+        netns: None,
+        loopback_up: spec.net == NetMode::None,
+        mount_ops: mounts::plan(spec, &host),
+        hostname: spec.hostname.as_bytes().to_vec(),
+        workdir: CString::new(spec.workdir.as_os_str().as_bytes()).expect("validated"),
+        rlimits: rlimits(spec),
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        stdio: child_stdio
+            .iter()
+            .zip([1, 2])
+            .map(|(w, t)| (w.as_raw_fd(), t))
+            .collect(),
+        seccomp: crate::seccomp::filter(),
+        exec_candidates: exec_candidates(spec),
+        argv: pointers(&argv_c),
+        envp: pointers(&envp_c),
+        phases: phases.as_ref().map_or(std::ptr::null_mut(), |p| p.ptr),
+    };
+
+    let mut flags =
+        clone::CLONE_NEWPID | clone::CLONE_NEWNS | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;
+    if spec.net == NetMode::None {
+        flags |= clone::CLONE_NEWNET;
+    }
+    if !plan.unshare_cgroupns {
+        flags |= clone::CLONE_NEWCGROUP;
+    }
+    let t_clone = process::monotonic_ns();
+    // SAFETY: alcove is single-threaded here (no thread is started before the
+    // sandbox is spawned), and the child only runs `child::run`, which executes
+    // the prepared plan without allocating and ends in execve or _exit.
+    let forked = unsafe { clone::clone3(flags, cgroup_dir.as_ref().map(AsFd::as_fd)) };
+    let (pid, pidfd) = match forked {
+        Ok(Forked::Child) => child::run(&plan),
+        Ok(Forked::Parent { pid, pidfd }) => (pid, pidfd),
+        Err(e) => return Err(SandboxError::Clone(e)),
+    };
+    drop((
+        error_write,
+        lifeline_read,
+        child_stdio,
+        cgroup_procs,
+        cgroup_dir,
+    ));
+
+    let supervision = Supervision {
+        pid,
+        pidfd,
+        error_pipe: error_read,
+        lifeline: lifeline_write,
+        outputs,
+        signals,
+        cgroup: cgroup.get(),
+        limits: &spec.limits,
+        plan: &plan,
+        program: spec.argv[0].to_string_lossy().into_owned(),
+        t_start,
+        t_clone,
+    };
+    let result = supervise::supervise(supervision, &|| phases.as_ref().map(PhasePage::read));
+    let mut outcome = result?;
+    let t_teardown = process::monotonic_ns();
+    outcome.cgroup_id = cgroup.get().id();
+    if let Err(e) = cgroup.remove() {
+        eprintln!("alcove: warning: {e:#} (run `alcove gc` to clean up)");
+    }
+    if let Some(p) = outcome.phases.as_mut() {
+        p.teardown_us = (process::monotonic_ns() - t_teardown) as f64 / 1e3 + p.teardown_us;
+    }
+    Ok(outcome)
+}
+
+/// Removes what sandboxes killed mid-run left behind: cgroups whose alcove is
+/// gone. Returns how many it removed.
+pub fn gc() -> Result<usize, SandboxError> {
+    let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
+    let mut removed = 0;
+    for name in alcove_cgroup::list_names(&layout) {
+        let Some(owner) = name
+            .strip_prefix(CGROUP_PREFIX)
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        let Ok(owner) = owner.parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the pid exists.
+        if owner == std::process::id() as i32 || unsafe { libc::kill(owner, 0) } == 0 {
+            continue; // a live alcove still owns it
+        }
+        let cgroup = SandboxCgroup::open_existing(&layout, &name);
+        cgroup.kill_all();
+        cgroup.remove().map_err(SandboxError::Cgroup)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Removes the cgroup on every path out of `run`, errors included.
+struct CgroupGuard(Option<SandboxCgroup>);
+
+impl CgroupGuard {
+    fn get(&self) -> &SandboxCgroup {
+        self.0.as_ref().expect("present until removed")
+    }
+
+    fn remove(mut self) -> Result<(), alcove_cgroup::CgroupError> {
+        self.0.take().expect("present until removed").remove()
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            cgroup.kill_all();
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+/// A shared anonymous page the child writes its phase timestamps into.
+struct PhasePage {
+    ptr: *mut u64,
+}
+
+impl PhasePage {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: an anonymous shared mapping with no address hint.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PHASE_SLOTS * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(PhasePage { ptr: ptr.cast() })
+    }
+
+    fn read(&self) -> [u64; PHASE_SLOTS] {
+        let mut out = [0; PHASE_SLOTS];
+        for (i, slot) in out.iter_mut().enumerate() {
+            // SAFETY: the mapping holds PHASE_SLOTS u64s and lives as long as self.
+            *slot = unsafe { self.ptr.add(i).read_volatile() };
+        }
+        out
+    }
+}
+
+impl Drop for PhasePage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), PHASE_SLOTS * 8) };
+    }
+}
+
+fn ensure_staging_dir() -> Result<(), SandboxError> {
+    let path = Path::new(STAGING_DIR);
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => std::fs::create_dir_all(path).map_err(|source| SandboxError::Prepare {
+            what: "creating the staging directory /run/alcove/root",
+            source,
+        }),
+    }
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{CGROUP_PREFIX}{}-{}-{n}",
+        std::process::id(),
+        process::monotonic_ns() % 1_000_000_000
+    )
+}
+
+fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    Ok(file.into())
+}
+
+fn argv(spec: &SandboxSpec) -> Vec<CString> {
+    spec.argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).expect("validated"))
+        .collect()
+}
+
+fn envp(spec: &SandboxSpec) -> Vec<CString> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), "/tmp".into()),
+        ("HOSTNAME".into(), spec.hostname.clone().into()),
+    ];
+    if let Some(term) = std::env::var_os("TERM") {
+        env.push(("TERM".into(), term));
+    }
+    for (key, value) in &spec.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    env.iter()
+        .map(|(k, v)| {
+            let mut bytes = k.as_bytes().to_vec();
+            bytes.push(b'=');
+            bytes.extend_from_slice(v.as_bytes());
+            CString::new(bytes).expect("validated")
+        })
+        .collect()
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Where to look for the program inside the sandbox, in order (execvp rules).
+fn exec_candidates(spec: &SandboxSpec) -> Vec<CString> {
+    let program = spec.argv[0].as_bytes();
+    if program.contains(&b'/') {
+        return vec![CString::new(program).expect("validated")];
+    }
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == OsStr::new("PATH"))
+        .map_or(DEFAULT_PATH.as_bytes(), |(_, v)| v.as_bytes());
+    path.split(|b| *b == b':')
+        .map(|dir| if dir.is_empty() { &b"."[..] } else { dir })
+        .map(|dir| {
+            let mut full = dir.to_vec();
+            full.push(b'/');
+            full.extend_from_slice(program);
+            CString::new(full).expect("validated")
+        })
+        .collect()
+}
+
+fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    let files = spec.limits.open_files;
+    let mut limits = vec![
+        (libc::RLIMIT_NOFILE, files, files),
+        (libc::RLIMIT_CORE, 0, 0),
+    ];
+    if let Some(cpu) = spec.limits.cpu_time {
+        // A backstop per process; the cgroup-wide limit is enforced by the supervisor.
+        let soft = cpu.as_secs() + 2;
+        limits.push((libc::RLIMIT_CPU, soft, soft + 1));
+    }
+    limits
+}

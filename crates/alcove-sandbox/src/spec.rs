@@ -1,0 +1,351 @@
+//! What a sandbox should be: the validated description every entry point
+//! (CLI flags, API bodies, OCI configs) is turned into before anything runs.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// The network a sandbox sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetMode {
+    /// A network namespace of its own with only loopback, up.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub writable: bool,
+}
+
+impl Bind {
+    /// Parses `SRC:DST[:ro|rw]` (read-only unless `rw`).
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let bad =
+            |why: &str| SpecError::Invalid(format!("--bind {text:?}: {why}; use SRC:DST[:ro|rw]"));
+        let mut parts = text.split(':');
+        let source = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("no source"))?;
+        let target = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("no destination"))?;
+        let writable = match parts.next() {
+            None | Some("ro") => false,
+            Some("rw") => true,
+            Some(other) => return Err(bad(&format!("unknown mode {other:?}"))),
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many ':'"));
+        }
+        Ok(Bind {
+            source: source.into(),
+            target: target.into(),
+            writable,
+        })
+    }
+}
+
+/// The identity the program runs as inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for User {
+    /// nobody:nogroup, holding nothing on the host.
+    fn default() -> Self {
+        User {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl User {
+    /// Parses `UID[:GID]`; the gid defaults to the uid.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let bad = || {
+            SpecError::Invalid(format!(
+                "--user {text:?}: use numeric UID[:GID], such as 1000:1000"
+            ))
+        };
+        let (uid, gid) = match text.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (text, None),
+        };
+        let uid: u32 = uid.parse().map_err(|_| bad())?;
+        let gid: u32 = match gid {
+            Some(g) => g.parse().map_err(|_| bad())?,
+            None => uid,
+        };
+        Ok(User { uid, gid })
+    }
+}
+
+/// Resource limits. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Limits {
+    /// Memory (and tmpfs pages written, which are charged to it) in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU bandwidth in CPUs (0.1 = 10% of one CPU).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads alive at once.
+    pub pids: Option<u64>,
+    /// Wall-clock time from start to kill.
+    pub timeout: Option<Duration>,
+    /// CPU time, summed over every process of the sandbox, from start to kill.
+    pub cpu_time: Option<Duration>,
+    /// Bytes of stdout and of stderr each passed through before the stream is closed.
+    pub output_bytes: Option<u64>,
+    /// Size of each writable tmpfs (the root's upper layer, /tmp, /dev/shm).
+    pub tmpfs_bytes: u64,
+    /// Open file descriptors per process.
+    pub open_files: u64,
+}
+
+/// The default size of each writable tmpfs.
+pub const DEFAULT_TMPFS_BYTES: u64 = 64 << 20;
+
+/// Everything needed to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The program and its arguments.
+    pub argv: Vec<OsString>,
+    /// A directory to use as `/` (read-only lower layer under a tmpfs upper
+    /// layer); `None` gives a read-only view of the host's /usr and friends.
+    pub rootfs: Option<PathBuf>,
+    pub binds: Vec<Bind>,
+    /// Working directory inside the sandbox.
+    pub workdir: PathBuf,
+    /// Extra environment variables, on top of PATH and HOME.
+    pub env: Vec<(OsString, OsString)>,
+    pub hostname: String,
+    pub user: User,
+    pub limits: Limits,
+    pub net: NetMode,
+    /// Record per-phase start timings in the outcome.
+    pub record_phases: bool,
+}
+
+impl SandboxSpec {
+    /// A spec with defaults that runs `argv`.
+    pub fn new(argv: Vec<OsString>) -> Self {
+        SandboxSpec {
+            argv,
+            rootfs: None,
+            binds: Vec::new(),
+            workdir: PathBuf::from("/"),
+            env: Vec::new(),
+            hostname: "alcove".into(),
+            user: User::default(),
+            limits: Limits {
+                tmpfs_bytes: DEFAULT_TMPFS_BYTES,
+                open_files: 1024,
+                ..Limits::default()
+            },
+            net: NetMode::None,
+            record_phases: false,
+        }
+    }
+
+    /// Checks the spec once, at the boundary, so nothing later has to.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |msg: String| Err(SpecError::Invalid(msg));
+        let Some(program) = self.argv.first() else {
+            return invalid(
+                "no program given: put it after `--`, as in `alcove run -- echo hi`".into(),
+            );
+        };
+        if program.is_empty() || self.argv.iter().any(|a| a.as_bytes().contains(&0)) {
+            return invalid(
+                "the program and its arguments must be non-empty and free of NUL bytes".into(),
+            );
+        }
+        if let Some(root) = &self.rootfs {
+            if !root.is_dir() {
+                return invalid(format!("--rootfs {}: not a directory", root.display()));
+            }
+            check_overlay_path(root, "--rootfs")?;
+        }
+        for bind in &self.binds {
+            if !bind.source.exists() {
+                return invalid(format!(
+                    "--bind {}: source does not exist",
+                    bind.source.display()
+                ));
+            }
+            check_sandbox_path(&bind.target, "--bind destination")?;
+            if bind.target == Path::new("/") {
+                return invalid("--bind: the destination cannot be / (use --rootfs)".into());
+            }
+        }
+        check_sandbox_path(&self.workdir, "--workdir")?;
+        for (key, value) in &self.env {
+            let k = key.as_bytes();
+            if k.is_empty() || k.contains(&b'=') || k.contains(&0) || value.as_bytes().contains(&0)
+            {
+                return invalid(format!(
+                    "--env {}: use KEY=VALUE with a non-empty KEY",
+                    key.to_string_lossy()
+                ));
+            }
+        }
+        let h = self.hostname.as_bytes();
+        if h.is_empty()
+            || h.len() > 63
+            || !h
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        {
+            return invalid(format!(
+                "--hostname {:?}: use 1 to 63 letters, digits, '-' or '.'",
+                self.hostname
+            ));
+        }
+        let l = &self.limits;
+        if let Some(m) = l.memory_bytes {
+            if m < 4 << 20 {
+                return invalid(format!(
+                    "--memory {m}: below the 4M a process needs to start"
+                ));
+            }
+        }
+        if let Some(c) = l.cpus {
+            if !(c.is_finite() && c >= 0.01 && c <= 1024.0) {
+                return invalid(format!(
+                    "--cpus {c}: use a number of CPUs from 0.01 up, such as 0.5"
+                ));
+            }
+        }
+        if l.pids == Some(0) {
+            return invalid("--pids 0: the program itself needs one; use 1 or more".into());
+        }
+        if l.tmpfs_bytes < 4096 {
+            return invalid("--tmpfs-size: use at least 4K".into());
+        }
+        if l.open_files == 0 {
+            return invalid(
+                "--open-files 0: the program needs at least stdio; use 3 or more".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A path inside the sandbox must be absolute and free of `..`.
+fn check_sandbox_path(path: &Path, what: &str) -> Result<(), SpecError> {
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(SpecError::Invalid(format!(
+            "{what} {}: use an absolute path without '..'",
+            path.display()
+        )));
+    }
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(SpecError::Invalid(format!(
+            "{what}: path contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// overlayfs options separate paths with ',' and ':'.
+fn check_overlay_path(path: &Path, what: &str) -> Result<(), SpecError> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.iter().any(|b| matches!(b, b',' | b':' | b'\\' | 0)) {
+        return Err(SpecError::Invalid(format!(
+            "{what} {}: the path may not contain ',', ':' or '\\' (overlayfs syntax)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A spec that cannot be run as given.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> SandboxSpec {
+        SandboxSpec::new(argv.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn binds_parse_with_modes() {
+        let b = Bind::parse("/data:/mnt/data:rw").unwrap();
+        assert_eq!(
+            (b.source.to_str(), b.target.to_str(), b.writable),
+            (Some("/data"), Some("/mnt/data"), true)
+        );
+        assert!(!Bind::parse("/a:/b").unwrap().writable);
+        assert!(Bind::parse("/a")
+            .unwrap_err()
+            .to_string()
+            .contains("SRC:DST"));
+        assert!(Bind::parse("/a:/b:xx").is_err());
+    }
+
+    #[test]
+    fn users_parse() {
+        assert_eq!(
+            User::parse("1000").unwrap(),
+            User {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(User::parse("0:5").unwrap(), User { uid: 0, gid: 5 });
+        assert!(User::parse("root").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_what_cannot_run() {
+        assert!(spec(&[])
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no program"));
+        assert!(spec(&["true"]).validate().is_ok());
+        let mut s = spec(&["true"]);
+        s.workdir = "relative".into();
+        assert!(s.validate().unwrap_err().to_string().contains("--workdir"));
+        let mut s = spec(&["true"]);
+        s.binds
+            .push(Bind::parse("/definitely/not/here:/x").unwrap());
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        let mut s = spec(&["true"]);
+        s.binds.push(Bind::parse("/tmp:/x/../etc").unwrap());
+        assert!(s.validate().is_err());
+        let mut s = spec(&["true"]);
+        s.hostname = "bad host".into();
+        assert!(s.validate().is_err());
+        let mut s = spec(&["true"]);
+        s.limits.memory_bytes = Some(1000);
+        assert!(s.validate().unwrap_err().to_string().contains("--memory"));
+        let mut s = spec(&["true"]);
+        s.rootfs = Some("/definitely/not/here".into());
+        assert!(s.validate().unwrap_err().to_string().contains("--rootfs"));
+        let mut s = spec(&["true"]);
+        s.env.push(("A=B".into(), "c".into()));
+        assert!(s.validate().is_err());
+    }
+}

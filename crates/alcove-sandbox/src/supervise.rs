@@ -1,0 +1,316 @@
+//! Watching a running sandbox through its pidfd: limits, output, signals, exit.
+
+use crate::child::{ChildPlan, Stage, PHASE_SLOTS, REPORT_LEN};
+use crate::outcome::{Outcome, Phases, Status};
+use crate::spec::Limits;
+use crate::SandboxError;
+use alcove_cgroup::SandboxCgroup;
+use alcove_sys::pidfd::{self, ExitStatus};
+use alcove_sys::{fd, process, signal};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+/// Signals `alcove run` passes on to the sandbox.
+const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+/// How long a forwarded signal has to end the program before alcove kills it.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Receives forwarded signals through a signalfd while the sandbox runs.
+pub(crate) struct SignalForwarder {
+    fd: OwnedFd,
+    saved: signal::SavedMask,
+}
+
+impl SignalForwarder {
+    pub(crate) fn install() -> io::Result<Self> {
+        let saved = signal::block(&FORWARDED)?;
+        match signal::signalfd(&FORWARDED) {
+            Ok(fd) => Ok(SignalForwarder { fd, saved }),
+            Err(e) => {
+                signal::restore_mask(&saved);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        while signal::read_signal(self.fd.as_fd()).is_some() {}
+        signal::restore_mask(&self.saved);
+    }
+}
+
+/// Everything the supervisor watches.
+pub(crate) struct Supervision<'a> {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub error_pipe: OwnedFd,
+    /// Held open so the child can tell alcove is alive; closed when alcove exits.
+    pub lifeline: OwnedFd,
+    /// `(read end, where to copy it)` for captured stdout and stderr.
+    pub outputs: Vec<(OwnedFd, i32)>,
+    pub signals: Option<SignalForwarder>,
+    pub cgroup: &'a SandboxCgroup,
+    pub limits: &'a Limits,
+    pub plan: &'a ChildPlan,
+    pub program: String,
+    pub t_start: u64,
+    pub t_clone: u64,
+}
+
+struct Pump {
+    read: Option<OwnedFd>,
+    target: i32,
+    remaining: u64,
+    truncated: bool,
+}
+
+impl Pump {
+    /// Moves what is readable to the target, up to the limit; closes the pipe
+    /// at end of file, past the limit (the writer then gets EPIPE, as in
+    /// `| head -c N`), or when the target stops accepting output.
+    fn pump(&mut self, buf: &mut [u8]) {
+        let Some(read) = &self.read else { return };
+        match fd::read(read.as_fd(), buf) {
+            Ok(0) | Err(_) => self.read = None,
+            Ok(n) => {
+                let keep = (n as u64).min(self.remaining) as usize;
+                self.remaining -= keep as u64;
+                let delivered = fd::write_all(self.target, &buf[..keep]).is_ok();
+                if keep < n {
+                    self.truncated = true;
+                }
+                if keep < n || !delivered {
+                    self.read = None;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn supervise(
+    s: Supervision<'_>,
+    read_marks: &dyn Fn() -> Option<[u64; PHASE_SLOTS]>,
+) -> Result<Outcome, SandboxError> {
+    let ns = |d: Duration| d.as_nanos() as u64;
+    let deadline = s.limits.timeout.map(|t| s.t_clone + ns(t));
+    let cpu_limit_us = s.limits.cpu_time.map(|t| t.as_micros() as u64);
+    let parallelism = s
+        .limits
+        .cpus
+        .map_or(online_cpus(), |c| c.ceil() as u64)
+        .clamp(1, online_cpus());
+    let mut next_cpu_check = cpu_limit_us.map(|_| s.t_clone);
+    let mut grace_deadline: Option<u64> = None;
+    let mut kill_reason: Option<Status> = None;
+    let mut error_pipe = Some(s.error_pipe);
+    let mut report = Vec::with_capacity(REPORT_LEN);
+    let mut t_exec: Option<u64> = None;
+    let mut exit: Option<(ExitStatus, u64)> = None;
+    let mut pumps: Vec<Pump> = s
+        .outputs
+        .into_iter()
+        .map(|(read, target)| Pump {
+            read: Some(read),
+            target,
+            remaining: s.limits.output_bytes.unwrap_or(u64::MAX),
+            truncated: false,
+        })
+        .collect();
+    let mut buf = vec![0u8; if pumps.is_empty() { 0 } else { 64 * 1024 }];
+    let kill = |reason: &mut Option<Status>, why: Option<Status>| {
+        let _ = pidfd::send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+        if reason.is_none() {
+            *reason = why;
+        }
+    };
+
+    loop {
+        let streams_open = error_pipe.is_some() || pumps.iter().any(|p| p.read.is_some());
+        if exit.is_some() && !streams_open {
+            break;
+        }
+        let now = process::monotonic_ns();
+        let mut wake: Option<u64> = None;
+        if exit.is_none() {
+            if let Some(d) = deadline {
+                if now >= d {
+                    kill(&mut kill_reason, Some(Status::Timeout));
+                } else {
+                    wake = Some(d);
+                }
+            }
+            if let (Some(limit), Some(check)) = (cpu_limit_us, next_cpu_check) {
+                if now >= check {
+                    let used = s.cgroup.cpu_usage_us().map_or(0, |(u, sys)| u + sys);
+                    if used >= limit {
+                        kill(&mut kill_reason, Some(Status::CpuTime));
+                        next_cpu_check = None;
+                    } else {
+                        // The earliest moment the sandbox could reach its limit.
+                        let wait_us = ((limit - used) / parallelism).max(1_000);
+                        next_cpu_check = Some(now + wait_us * 1_000);
+                    }
+                }
+                if let Some(check) = next_cpu_check {
+                    wake = Some(wake.map_or(check, |w| w.min(check)));
+                }
+            }
+            if let Some(g) = grace_deadline {
+                if now >= g {
+                    kill(&mut kill_reason, None);
+                    grace_deadline = None;
+                } else {
+                    wake = Some(wake.map_or(g, |w| w.min(g)));
+                }
+            }
+        }
+
+        let mut pollfds = Vec::with_capacity(4 + pumps.len());
+        let mut push = |fd: i32| {
+            pollfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            pollfds.len() - 1
+        };
+        let i_pid = exit.is_none().then(|| push(s.pidfd.as_raw_fd()));
+        let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
+        let i_sig = s.signals.as_ref().map(|f| push(f.fd.as_raw_fd()));
+        let i_pumps: Vec<Option<usize>> = pumps
+            .iter()
+            .map(|p| p.read.as_ref().map(|r| push(r.as_raw_fd())))
+            .collect();
+        let timeout = wake.map(|w| Duration::from_nanos(w.saturating_sub(process::monotonic_ns())));
+        fd::poll(&mut pollfds, timeout).map_err(SandboxError::Supervise)?;
+        let ready = |i: Option<usize>| i.is_some_and(|i| pollfds[i].revents != 0);
+
+        if ready(i_err) {
+            let pipe = error_pipe.as_ref().expect("polled");
+            let mut chunk = [0u8; REPORT_LEN];
+            match fd::read(pipe.as_fd(), &mut chunk) {
+                Ok(0) | Err(_) => {
+                    error_pipe = None;
+                    t_exec.get_or_insert_with(process::monotonic_ns);
+                }
+                Ok(n) => report.extend_from_slice(&chunk[..n]),
+            }
+        }
+        for (pump, index) in pumps.iter_mut().zip(&i_pumps) {
+            if ready(*index) {
+                pump.pump(&mut buf);
+            }
+        }
+        if ready(i_sig) {
+            let forwarder = s.signals.as_ref().expect("polled");
+            while let Some(sig) = signal::read_signal(forwarder.fd.as_fd()) {
+                if exit.is_some() {
+                    continue;
+                }
+                if grace_deadline.is_some() {
+                    kill(&mut kill_reason, None); // a second signal: no more waiting
+                } else {
+                    let _ = pidfd::send_signal(s.pidfd.as_fd(), sig);
+                    grace_deadline = Some(process::monotonic_ns() + ns(GRACE));
+                }
+            }
+        }
+        if ready(i_pid) {
+            let (status, _rusage) =
+                pidfd::wait(s.pidfd.as_fd()).map_err(SandboxError::Supervise)?;
+            exit = Some((status, process::monotonic_ns()));
+        }
+    }
+    drop(s.lifeline);
+    let (status, t_exit) = exit.expect("loop ends after exit");
+
+    if report.len() >= REPORT_LEN {
+        return Err(setup_failure(&report, s.plan, &s.program));
+    }
+    let usage = s.cgroup.usage().unwrap_or_default();
+    let (exit_code, signal) = match status {
+        ExitStatus::Exited(code) => (Some(code), None),
+        ExitStatus::Signaled(sig) => (None, Some(sig)),
+    };
+    let cpu_used = usage.cpu_user_us + usage.cpu_system_us;
+    let status = match kill_reason {
+        Some(reason) => reason,
+        None if usage.oom_kills > 0 => Status::Oom,
+        None if signal == Some(libc::SIGXCPU)
+            || cpu_limit_us.is_some_and(|l| cpu_used >= l && signal.is_some()) =>
+        {
+            Status::CpuTime
+        }
+        None if signal.is_some() => Status::Signaled,
+        None => Status::Exited,
+    };
+    let t_end = process::monotonic_ns();
+    let mut outcome = Outcome {
+        status,
+        exit_code,
+        signal,
+        wall_ms: 0.0,
+        cpu_user_ms: usage.cpu_user_us as f64 / 1e3,
+        cpu_sys_ms: usage.cpu_system_us as f64 / 1e3,
+        memory_peak_bytes: usage.memory_peak_bytes,
+        pids_peak: usage.pids_peak,
+        output_truncated: pumps.iter().any(|p| p.truncated),
+        cgroup_id: None,
+        phases: None,
+    };
+    outcome.wall(Duration::from_nanos(t_exit - s.t_clone));
+    if let Some(marks) = read_marks() {
+        let us = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e3;
+        let exec = t_exec.unwrap_or(t_exit);
+        outcome.phases = Some(Phases {
+            prepare_us: us(s.t_start, s.t_clone),
+            clone_us: us(s.t_clone, marks[0]),
+            namespaces_us: us(marks[0], marks[1]),
+            mounts_us: us(marks[1], marks[2]),
+            harden_us: us(marks[2], marks[3]),
+            exec_us: us(marks[3], exec),
+            run_us: us(exec, t_exit),
+            teardown_us: us(t_exit, t_end),
+        });
+    }
+    let _ = s.pid;
+    Ok(outcome)
+}
+
+fn setup_failure(report: &[u8], plan: &ChildPlan, program: &str) -> SandboxError {
+    let word = |i: usize| [report[i], report[i + 1], report[i + 2], report[i + 3]];
+    let stage = Stage::from_u32(u32::from_ne_bytes(word(0)));
+    let index = u32::from_ne_bytes(word(4)) as usize;
+    let source = io::Error::from_raw_os_error(i32::from_ne_bytes(word(8)));
+    match stage {
+        Some(Stage::ExecNotFound) => SandboxError::ProgramNotFound {
+            program: program.to_owned(),
+        },
+        Some(Stage::ExecDenied) => SandboxError::ProgramNotExecutable {
+            program: program.to_owned(),
+            source,
+        },
+        Some(Stage::Mount) => SandboxError::Setup {
+            what: plan
+                .mount_ops
+                .get(index)
+                .map_or_else(|| "building the filesystem".into(), |op| op.describe()),
+            source,
+        },
+        Some(stage) => SandboxError::Setup {
+            what: stage.describe().into(),
+            source,
+        },
+        None => SandboxError::Setup {
+            what: "an unknown step".into(),
+            source,
+        },
+    }
+}
+
+fn online_cpus() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}

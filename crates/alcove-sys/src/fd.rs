@@ -1,0 +1,118 @@
+//! File-descriptor plumbing: pipes, duplication, closing everything inherited.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A pipe whose ends are both close-on-exec; returns `(read, write)`.
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    crate::cvt_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes `target` a copy of `source` that survives `execve`.
+pub fn dup_onto(source: RawFd, target: RawFd) -> io::Result<()> {
+    if source == target {
+        return set_cloexec(source, false);
+    }
+    // SAFETY: dup3 on integers touches no memory; a stale fd yields EBADF.
+    crate::cvt_int(unsafe { libc::dup3(source, target, 0) }).map(drop)
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: RawFd, cloexec: bool) -> io::Result<()> {
+    let flag = if cloexec { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD takes an integer argument and touches no memory.
+    crate::cvt_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+}
+
+/// Marks every descriptor from `first` upward close-on-exec, so the program
+/// inherits only stdin, stdout and stderr, while setup can still use its fds.
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    crate::cvt(ret).map(drop)
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument.
+    let flags = crate::cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let flags = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: F_SETFL takes an integer argument.
+    crate::cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+}
+
+/// Writes all of `bytes` to `fd`, retrying on `EINTR` and short writes.
+/// Allocation-free, so usable in a freshly cloned child.
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of its length.
+        let ret = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[ret as usize..];
+    }
+    Ok(())
+}
+
+/// Reads into `buf` once, retrying on `EINTR`; `Ok(0)` is end of file.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let ret = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if ret >= 0 {
+            return Ok(ret as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits for events on `fds` for at most `timeout` (forever if `None`).
+/// Returns the number of ready descriptors; `EINTR` counts as zero.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> io::Result<usize> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a valid array of its length; `ts_ptr` is null or points at
+    // a live timespec; a null sigmask leaves the mask alone.
+    let ret = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
+    match crate::cvt_int(ret) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}

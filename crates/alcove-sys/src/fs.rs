@@ -1,0 +1,59 @@
+//! Allocation-free file operations for building a sandbox's root in the child.
+
+use std::ffi::CStr;
+use std::io;
+
+/// Creates directory `path` with `mode`; an existing one is fine.
+pub fn mkdir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    match crate::cvt_int(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Creates the symbolic link `link` pointing at `target`.
+pub fn symlink(target: &CStr, link: &CStr) -> io::Result<()> {
+    // SAFETY: both are valid NUL-terminated strings.
+    crate::cvt_int(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }).map(drop)
+}
+
+/// Creates the device node `path` (`mode` includes the file type bits).
+pub fn mknod(path: &CStr, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::mknod(path.as_ptr(), mode, dev) }).map(drop)
+}
+
+/// Creates (or truncates) `path` with `mode` and writes `contents` to it.
+pub fn write_file(path: &CStr, contents: &[u8], mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string; flags and mode are plain.
+    let fd = crate::cvt_int(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode as libc::c_uint,
+        )
+    })?;
+    let result = crate::fd::write_all(fd, contents);
+    // SAFETY: `fd` was opened above and is closed exactly once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Changes the working directory to `path`.
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+/// Changes the mode of `path`.
+pub fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+/// Whether `path` names something executable by the caller (`access(X_OK)`).
+pub fn is_executable(path: &CStr) -> bool {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
+}

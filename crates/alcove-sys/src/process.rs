@@ -1,0 +1,71 @@
+//! Process identity and limits: uids, gids, rlimits, prctl flags, exec, exit.
+
+use std::ffi::CStr;
+use std::io;
+
+/// Sets real, effective and saved gids to `gid` and the supplementary groups to `groups`.
+pub fn set_gids(gid: libc::gid_t, groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `groups` is valid for reads of its length.
+    crate::cvt_int(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    // SAFETY: plain integer arguments.
+    crate::cvt_int(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
+}
+
+/// Sets real, effective and saved uids to `uid`.
+pub fn set_uid(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    crate::cvt_int(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+}
+
+/// Sets resource limit `resource` to `soft`/`hard`.
+pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid rlimit for the duration of the call.
+    crate::cvt_int(unsafe { libc::setrlimit(resource, &limit) }).map(drop)
+}
+
+/// Sets `no_new_privs`: execve can never grant privileges again.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    crate::cvt_int(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Asks the kernel to send `signal` to the caller when its parent thread dies.
+pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
+    crate::cvt_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) }).map(drop)
+}
+
+/// Replaces the process image. Returns only on failure.
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: `path` is NUL-terminated; `argv` and `envp` are null-terminated
+    // arrays of pointers to NUL-terminated strings that outlive the call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Ends the calling process at once, without running destructors or atexit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads `CLOCK_MONOTONIC` in nanoseconds (through the vDSO: no syscall).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

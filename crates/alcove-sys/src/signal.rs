@@ -1,0 +1,77 @@
+//! Signal masks and signalfd, for a supervisor that handles signals in its poll loop.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// A saved signal mask, restored with [`restore_mask`].
+pub struct SavedMask(libc::sigset_t);
+
+fn set_of(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset only writes into it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks `signals` for the calling thread and returns the previous mask.
+pub fn block(signals: &[i32]) -> io::Result<SavedMask> {
+    let set = set_of(signals);
+    // SAFETY: a zeroed sigset_t is a valid out-parameter.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(SavedMask(old))
+}
+
+/// Restores a mask saved by [`block`].
+pub fn restore_mask(mask: &SavedMask) {
+    // SAFETY: the saved mask is a valid sigset_t.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
+}
+
+/// Unblocks every signal and restores the default action of SIGPIPE (which the
+/// Rust runtime ignores, and an ignored disposition would survive execve).
+pub fn reset_for_exec() {
+    let empty = set_of(&[]);
+    // SAFETY: `empty` is a valid set; a null old-mask pointer is allowed; SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// A non-blocking, close-on-exec signalfd for `signals` (which must be blocked).
+pub fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
+    let set = set_of(signals);
+    // SAFETY: `set` is a valid sigset_t; -1 asks for a new descriptor.
+    let fd = crate::cvt_int(unsafe {
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    })?;
+    // SAFETY: signalfd returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal from a signalfd; `None` when none is pending.
+pub fn read_signal(fd: BorrowedFd<'_>) -> Option<i32> {
+    // SAFETY: a zeroed signalfd_siginfo is a valid buffer.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let len = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is valid for writes of `len` bytes.
+    let ret = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            len,
+        )
+    };
+    (ret as usize == len).then_some(info.ssi_signo as i32)
+}

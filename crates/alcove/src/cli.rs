@@ -1,0 +1,227 @@
+//! Flag parsing (clap) and the subcommands.
+
+use alcove_sandbox::units::{parse_duration, parse_size};
+use alcove_sandbox::{Bind, NetMode, Outcome, RunOptions, SandboxError, SandboxSpec, User};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// alcove: run untrusted code in millisecond micro-containers.
+#[derive(Parser, Debug)]
+#[command(name = "alcove", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a program once in a fresh micro-container.
+    Run(RunArgs),
+    /// Remove cgroups left by `alcove run` processes that were killed mid-run.
+    Gc,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: the program's own, 128+N if it died of signal N, \
+125 if alcove itself failed, 126 if the program cannot be executed, 127 if it was not found."
+)]
+struct RunArgs {
+    /// Use DIR as / (read-only, under a private writable tmpfs layer). Without it
+    /// the sandbox sees the host's /usr (and /bin, /lib...) read-only.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Make host path SRC visible at DST; read-only unless :rw. Repeatable.
+    #[arg(long = "bind", value_name = "SRC:DST[:ro|rw]", value_parser = parse_bind)]
+    binds: Vec<Bind>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    workdir: PathBuf,
+    /// Set an environment variable inside the sandbox. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(OsString, OsString)>,
+    /// Hostname inside the sandbox.
+    #[arg(long, value_name = "NAME", default_value = "alcove")]
+    hostname: String,
+    /// Numeric user and group to run as (no capabilities either way).
+    #[arg(long, value_name = "UID[:GID]", default_value = "65534:65534", value_parser = parse_user)]
+    user: User,
+    /// Memory limit (tmpfs writes count too), e.g. 256M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU bandwidth in CPUs, e.g. 0.5 for half of one CPU.
+    #[arg(long, value_name = "FLOAT")]
+    cpus: Option<f64>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Wall-clock limit, e.g. 500ms, 2s, 1m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// CPU-time limit summed over all the sandbox's processes.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    cpu_time: Option<Duration>,
+    /// Pass at most BYTES of stdout and of stderr each, then close the stream.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    output_limit: Option<u64>,
+    /// Size of each writable tmpfs (/tmp, /dev/shm, the --rootfs upper layer).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
+    tmpfs_size: u64,
+    /// Maximum open files per process.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    open_files: u64,
+    /// Network: `none` (own namespace, loopback only) or `host`.
+    #[arg(long, value_enum, default_value_t = Net::None)]
+    net: Net,
+    /// Write a JSON report of how the run ended and what it used to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Add per-phase start-up timings to the report.
+    #[arg(long)]
+    phases: bool,
+    /// The program and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    argv: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Net {
+    None,
+    Host,
+}
+
+fn parse_bind(text: &str) -> Result<Bind, String> {
+    Bind::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_user(text: &str) -> Result<User, String> {
+    User::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 125 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Gc => match alcove_sandbox::gc() {
+            Ok(n) => {
+                println!("removed {n} leftover sandbox cgroup(s)");
+                0
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn run(args: RunArgs) -> i32 {
+    let mut spec = SandboxSpec::new(args.argv);
+    spec.rootfs = args.rootfs;
+    spec.binds = args.binds;
+    spec.workdir = args.workdir;
+    spec.env = args.env;
+    spec.hostname = args.hostname;
+    spec.user = args.user;
+    spec.net = match args.net {
+        Net::None => NetMode::None,
+        Net::Host => NetMode::Host,
+    };
+    spec.record_phases = args.phases;
+    spec.limits.memory_bytes = args.memory;
+    spec.limits.cpus = args.cpus;
+    spec.limits.pids = args.pids;
+    spec.limits.timeout = args.timeout;
+    spec.limits.cpu_time = args.cpu_time;
+    spec.limits.output_bytes = args.output_limit;
+    spec.limits.tmpfs_bytes = args.tmpfs_size;
+    spec.limits.open_files = args.open_files;
+
+    // Open the report first, so a bad path fails before anything runs.
+    let mut report = match &args.report {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!(
+                    "alcove: error: cannot write the report to {}: {e}",
+                    path.display()
+                );
+                return 125;
+            }
+        },
+        None => None,
+    };
+    let result = alcove_sandbox::run(
+        &spec,
+        &RunOptions {
+            forward_signals: true,
+        },
+    );
+    if let Some(file) = report.as_mut() {
+        let json = match &result {
+            Ok(outcome) => serde_json::to_value(outcome).expect("outcome serialises"),
+            Err(e) => error_report(e),
+        };
+        let written = serde_json::to_writer_pretty(&mut *file, &json)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(file));
+        if let Err(e) = written {
+            eprintln!("alcove: error: cannot write the report: {e}");
+            return 125;
+        }
+    }
+    match result {
+        Ok(outcome) => exit_code(&outcome),
+        Err(e) => fail(&e),
+    }
+}
+
+fn exit_code(outcome: &Outcome) -> i32 {
+    outcome.shell_exit_code()
+}
+
+fn error_report(e: &SandboxError) -> serde_json::Value {
+    serde_json::json!({
+        "status": "error",
+        "error": chain(e),
+        "exit_code": null,
+        "signal": null,
+        "wall_ms": 0.0,
+        "cpu_user_ms": 0.0,
+        "cpu_sys_ms": 0.0,
+        "memory_peak_bytes": null,
+        "pids_peak": null,
+        "output_truncated": false,
+    })
+}
+
+fn fail(e: &SandboxError) -> i32 {
+    eprintln!("alcove: error: {}", chain(e));
+    e.exit_code()
+}
+
+/// The error and its causes on one line, as anyhow's `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,12 @@
+//! The `alcove` command: parses flags into validated specs, hands them to the
+//! crates that own the work, and maps every failure to one clear line and an
+//! exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let code = cli::main();
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
