@@ -35,18 +35,80 @@ pub struct CgroupLayout {
 }
 
 impl CgroupLayout {
-    /// Reads `/proc/self/mountinfo` and `/proc/self/cgroup` to find the layout.
+    /// Finds the layout from `/proc/self/cgroup` and the filesystems mounted
+    /// under /sys/fs/cgroup, identified by their statfs magic (as youki does).
+    /// Where the host does not follow that convention, it reads
+    /// `/proc/self/mountinfo` instead, which is exact but costs ~50 µs more.
     pub fn detect() -> Result<Self, CgroupError> {
-        let mountinfo = crate::read_string("/proc/self/mountinfo".into())?;
         let cgroups = crate::read_string("/proc/self/cgroup".into())?;
-        let mut layout = Self::parse(&mountinfo, &cgroups)?;
-        if let Some(dir) = &layout.unified_own_dir {
-            // The root cgroup has no cgroup.controllers of its own to read for
-            // children; both places list what the children may enable.
+        let mut layout = match Self::conventional(&cgroups) {
+            Some(layout) => layout,
+            None => {
+                let mountinfo = crate::read_string("/proc/self/mountinfo".into())?;
+                Self::parse(&mountinfo, &cgroups)?
+            }
+        };
+        let v1_covers_all = ["cpu", "memory", "pids"].iter().all(|c| {
+            layout
+                .v1
+                .iter()
+                .any(|h| h.controllers.iter().any(|x| x == c))
+        });
+        if let (Some(dir), false) = (&layout.unified_own_dir, v1_covers_all) {
             let text = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
             layout.unified_controllers = text.split_whitespace().map(str::to_owned).collect();
         }
         Ok(layout)
+    }
+
+    /// The layout at the conventional mount points, if every directory alcove
+    /// would use is there and is the filesystem it should be.
+    fn conventional(proc_cgroup: &str) -> Option<Self> {
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+        let base = Path::new("/sys/fs/cgroup");
+        let mut layout = CgroupLayout {
+            unified_own_dir: None,
+            unified_controllers: Vec::new(),
+            v1: Vec::new(),
+        };
+        let v2_only = fs_magic(base) == Some(CGROUP2_SUPER_MAGIC);
+        for line in proc_cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let relative = path.strip_prefix('/').unwrap_or(path);
+            if controllers.is_empty() {
+                let root = if v2_only {
+                    base.to_path_buf()
+                } else {
+                    base.join("unified")
+                };
+                let dir = root.join(relative);
+                if fs_magic(&dir) == Some(CGROUP2_SUPER_MAGIC) {
+                    layout.unified_own_dir = Some(dir);
+                } else if v2_only {
+                    return None;
+                }
+                continue;
+            }
+            let known: Vec<String> = controllers
+                .split(',')
+                .filter(|c| KNOWN_V1.contains(c))
+                .map(str::to_owned)
+                .collect();
+            if known.is_empty() || v2_only {
+                continue;
+            }
+            let dir = base.join(controllers).join(relative);
+            if fs_magic(&dir) != Some(CGROUP_SUPER_MAGIC) {
+                return None;
+            }
+            layout.v1.push(V1Hierarchy {
+                controllers: known,
+                own_dir: dir,
+            });
+        }
+        (layout.unified_own_dir.is_some() || !layout.v1.is_empty()).then_some(layout)
     }
 
     /// Builds a layout from the text of mountinfo and /proc/self/cgroup.
@@ -143,6 +205,15 @@ impl CgroupLayout {
         let name = controller.name();
         self.unified_controllers.iter().any(|c| c == name) || self.v1_for(name).is_some()
     }
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is valid for writes.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
 }
 
 const KNOWN_V1: &[&str] = &[

@@ -37,13 +37,13 @@ impl SandboxCgroup {
                 .filter(|c| layout.unified_controllers.iter().any(|u| u == c.name()))
                 .collect();
             let parent = own.join(PARENT_DIR);
-            ensure_dir(&parent)?;
+            let dir = parent.join(name);
             if !wanted.is_empty() {
+                ensure_dir(&parent)?;
                 delegate(own, &wanted)?;
                 delegate(&parent, &wanted)?;
             }
-            let dir = parent.join(name);
-            ensure_dir(&dir)?;
+            create_with_parent(&dir)?;
             cgroup.unified = Some(dir);
             cgroup.unified_controllers = wanted;
         }
@@ -286,6 +286,21 @@ pub fn list_names(layout: &CgroupLayout) -> Vec<String> {
 
 fn ensure_dir(dir: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates `dir`, creating its parent first only when it is missing.
+fn create_with_parent(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            ensure_dir(dir.parent().expect("has a parent"))?;
+            ensure_dir(dir)
+        }
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
             path: dir.to_owned(),
             source: e,

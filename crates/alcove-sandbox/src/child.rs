@@ -20,6 +20,7 @@ pub(crate) enum Stage {
     NetworkNamespace,
     Loopback,
     Session,
+    MountNamespace,
     Mount,
     Hostname,
     Workdir,
@@ -75,6 +76,7 @@ impl Stage {
             Stage::NetworkNamespace => "joining the network namespace",
             Stage::Loopback => "bringing up loopback",
             Stage::Session => "starting a new session",
+            Stage::MountNamespace => "entering the template mount namespace",
             Stage::Mount => "building the filesystem",
             Stage::Hostname => "setting the hostname",
             Stage::Workdir => "entering the working directory",
@@ -108,6 +110,9 @@ pub(crate) struct ChildPlan {
     /// created after that rather than by clone3.
     pub unshare_cgroupns: bool,
     pub netns: Option<RawFd>,
+    /// A template mount namespace to copy (host view); `None` when the child was
+    /// cloned into a copy of the host's and builds everything itself (--rootfs).
+    pub template: Option<RawFd>,
     pub loopback_up: bool,
     pub mount_ops: Vec<MountOp>,
     pub hostname: Vec<u8>,
@@ -191,6 +196,12 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     // SAFETY: umask takes and returns plain integers.
     unsafe { libc::umask(0) };
     mark(plan, 1);
+    if let Some(template) = plan.template {
+        // SAFETY: the parent keeps the template fd open until the child has exec'd.
+        let template = unsafe { std::os::fd::BorrowedFd::borrow_raw(template) };
+        ns::setns(template, libc::CLONE_NEWNS).map_err(at(Stage::MountNamespace))?;
+        ns::unshare(libc::CLONE_NEWNS).map_err(at(Stage::MountNamespace))?;
+    }
     for (index, op) in plan.mount_ops.iter().enumerate() {
         apply(op).map_err(|e| (Stage::Mount, index as u32, e))?;
     }
@@ -236,7 +247,8 @@ fn check_lifeline(plan: &ChildPlan) -> Result<(), Failure> {
     Ok(())
 }
 
-fn apply(op: &MountOp) -> io::Result<()> {
+/// Performs one filesystem step (in the child, or in the parent while it builds a template).
+pub(crate) fn apply(op: &MountOp) -> io::Result<()> {
     match op {
         MountOp::Mount {
             source,
@@ -252,6 +264,11 @@ fn apply(op: &MountOp) -> io::Result<()> {
             data.as_deref(),
         ),
         MountOp::Mkdir { path, mode } => fs::mkdir(path, *mode),
+        MountOp::MkdirBestEffort { path, mode } => {
+            let _ = fs::mkdir(path, *mode);
+            Ok(())
+        }
+        MountOp::MoveMount { tree, target } => mount::move_mount_to(*tree, target),
         MountOp::Touch { path } => fs::write_file(path, b"", 0o644),
         MountOp::Symlink { target, link } => fs::symlink(target, link),
         MountOp::Mknod { path, mode, dev } => fs::mknod(path, *mode, *dev),

@@ -11,11 +11,13 @@ mod child;
 mod error;
 mod etc;
 mod mounts;
+mod netns_pool;
 mod outcome;
 mod run;
 mod seccomp;
 pub mod spec;
 mod supervise;
+mod template;
 pub mod units;
 
 pub use error::SandboxError;

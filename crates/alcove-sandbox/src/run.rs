@@ -4,6 +4,7 @@ use crate::child::{self, ChildPlan, PHASE_SLOTS};
 use crate::mounts::{self, HostView, STAGING_DIR};
 use crate::spec::{NetMode, SandboxSpec};
 use crate::supervise::{self, Supervision};
+use crate::{netns_pool, template};
 use crate::{Outcome, SandboxError};
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
 use alcove_sys::clone::{self, Forked};
@@ -21,6 +22,10 @@ pub struct RunOptions {
     /// sandbox, killing it if it is still alive a grace period later. Meant for
     /// command-line use: it changes this process's signal mask while it runs.
     pub forward_signals: bool,
+    /// Read CPU time and peak memory and task counts from the cgroup after the
+    /// run. Off, the outcome still says why the sandbox ended (OOM included),
+    /// and the run skips a few cgroup reads.
+    pub collect_usage: bool,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -95,7 +100,25 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         None
     };
 
-    let host = HostView::read(spec.net);
+    let netns = match spec.net {
+        NetMode::None => netns_pool::claim(),
+        NetMode::Host => None,
+    };
+    let bind_trees = clone_bind_trees(spec)?;
+    let trees: Vec<i32> = bind_trees.iter().map(AsRawFd::as_raw_fd).collect();
+    let resolv_conf = match spec.net {
+        NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
+        NetMode::None => None,
+    };
+    let template = match spec.rootfs {
+        Some(_) => None,
+        None => template::open_or_create(spec, resolv_conf.as_deref())?,
+    };
+    let mount_ops = match (&spec.rootfs, &template) {
+        (Some(lower), _) => mounts::rootfs_plan(spec, lower, &trees),
+        (None, Some(_)) => mounts::per_run_plan(spec, &trees),
+        (None, None) => mounts::scratch_plan(spec, &HostView::read(spec.net), &trees),
+    };
     let (argv_c, envp_c) = (argv(spec), envp(spec));
     let plan = ChildPlan {
         lifeline_write: lifeline_write.as_raw_fd(),
@@ -103,9 +126,10 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         error_pipe: error_write.as_raw_fd(),
         cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
         unshare_cgroupns: !cgroup_procs.is_empty(),
-        netns: None,
-        loopback_up: spec.net == NetMode::None,
-        mount_ops: mounts::plan(spec, &host),
+        netns: netns.as_ref().map(|slot| slot.netns.as_raw_fd()),
+        loopback_up: spec.net == NetMode::None && netns.is_none(),
+        template: template.as_ref().map(AsRawFd::as_raw_fd),
+        mount_ops,
         hostname: spec.hostname.as_bytes().to_vec(),
         workdir: CString::new(spec.workdir.as_os_str().as_bytes()).expect("validated"),
         rlimits: rlimits(spec),
@@ -125,8 +149,8 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
 
     let mut flags =
         clone::CLONE_NEWPID | clone::CLONE_NEWNS | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;
-    if spec.net == NetMode::None {
-        flags |= clone::CLONE_NEWNET;
+    if plan.loopback_up {
+        flags |= clone::CLONE_NEWNET; // no pooled namespace was free
     }
     if !plan.unshare_cgroupns {
         flags |= clone::CLONE_NEWCGROUP;
@@ -158,6 +182,7 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         signals,
         cgroup: cgroup.get(),
         limits: &spec.limits,
+        collect_usage: options.collect_usage || spec.record_phases,
         plan: &plan,
         program: spec.argv[0].to_string_lossy().into_owned(),
         t_start,
@@ -176,8 +201,9 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     Ok(outcome)
 }
 
-/// Removes what sandboxes killed mid-run left behind: cgroups whose alcove is
-/// gone. Returns how many it removed.
+/// Removes what sandboxes killed mid-run left behind (cgroups whose alcove is
+/// gone) and the pooled network namespaces no run holds. Returns how many
+/// things it removed.
 pub fn gc() -> Result<usize, SandboxError> {
     let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
     let mut removed = 0;
@@ -200,7 +226,7 @@ pub fn gc() -> Result<usize, SandboxError> {
         cgroup.remove().map_err(SandboxError::Cgroup)?;
         removed += 1;
     }
-    Ok(removed)
+    Ok(removed + netns_pool::remove_all() + template::remove_all())
 }
 
 /// Removes the cgroup on every path out of `run`, errors included.
@@ -264,6 +290,31 @@ impl Drop for PhasePage {
         // SAFETY: unmapping exactly the mapping created in `new`.
         unsafe { libc::munmap(self.ptr.cast(), PHASE_SLOTS * 8) };
     }
+}
+
+/// Clones each bind source into a detached mount tree with its final
+/// attributes, ready for the child to attach wherever its root is.
+fn clone_bind_trees(spec: &SandboxSpec) -> Result<Vec<OwnedFd>, SandboxError> {
+    use alcove_sys::mount::{
+        clone_tree, set_attributes, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    };
+    spec.binds
+        .iter()
+        .map(|bind| {
+            let source = CString::new(bind.source.as_os_str().as_bytes()).expect("validated");
+            let setup = |e| SandboxError::Setup {
+                what: format!("cloning the bind source {}", bind.source.display()),
+                source: e,
+            };
+            let tree = clone_tree(&source).map_err(setup)?;
+            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+            if !bind.writable {
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            set_attributes(tree.as_fd(), attrs).map_err(setup)?;
+            Ok(tree)
+        })
+        .collect()
 }
 
 fn ensure_staging_dir() -> Result<(), SandboxError> {

@@ -54,6 +54,7 @@ pub(crate) struct Supervision<'a> {
     pub signals: Option<SignalForwarder>,
     pub cgroup: &'a SandboxCgroup,
     pub limits: &'a Limits,
+    pub collect_usage: bool,
     pub plan: &'a ChildPlan,
     pub program: String,
     pub t_start: u64,
@@ -230,7 +231,14 @@ pub(crate) fn supervise(
     if report.len() >= REPORT_LEN {
         return Err(setup_failure(&report, s.plan, &s.program));
     }
-    let usage = s.cgroup.usage().unwrap_or_default();
+    let usage = if s.collect_usage {
+        s.cgroup.usage().unwrap_or_default()
+    } else {
+        alcove_cgroup::Usage {
+            oom_kills: s.cgroup.oom_kills().unwrap_or(0),
+            ..Default::default()
+        }
+    };
     let (exit_code, signal) = match status {
         ExitStatus::Exited(code) => (Some(code), None),
         ExitStatus::Signaled(sig) => (None, Some(sig)),

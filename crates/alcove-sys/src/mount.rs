@@ -46,3 +46,73 @@ pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
     let ret = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
     crate::cvt(ret).map(drop)
 }
+
+/// `OPEN_TREE_CLONE`: return a detached copy of the tree instead of a path fd.
+pub const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `MOUNT_ATTR_RDONLY`, `MOUNT_ATTR_NOSUID`, `MOUNT_ATTR_NODEV` for [`set_attributes`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Clones the mount tree at `path` (recursively) into a detached tree and
+/// returns an fd for it, to be attached later with [`move_mount_to`], possibly
+/// from another mount namespace.
+pub fn clone_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `path` is a valid NUL-terminated string; flags are plain.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    let fd = crate::cvt(ret)?;
+    // SAFETY: open_tree returned a fresh descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sets mount attributes (`MOUNT_ATTR_*`) on every mount of the tree behind `tree`.
+pub fn set_attributes(tree: std::os::fd::BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
+    // SAFETY: an empty path with AT_EMPTY_PATH refers to `tree` itself; `attr`
+    // is a valid mount_attr of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    crate::cvt(ret).map(drop)
+}
+
+/// Attaches the detached tree behind `tree` at `target` in the caller's mount namespace.
+pub fn move_mount_to(tree: std::os::fd::RawFd, target: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: an empty source path with MOVE_MOUNT_F_EMPTY_PATH refers to `tree`;
+    // `target` is a valid NUL-terminated string.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    crate::cvt(ret).map(drop)
+}

@@ -1,7 +1,7 @@
 //! Flag parsing (clap) and the subcommands.
 
 use alcove_sandbox::units::{parse_duration, parse_size};
-use alcove_sandbox::{Bind, NetMode, Outcome, RunOptions, SandboxError, SandboxSpec, User};
+use alcove_sandbox::{Bind, NetMode, Outcome, RunOptions, SandboxError, SandboxSpec, Status, User};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::io::Write;
@@ -165,15 +165,14 @@ fn run(args: RunArgs) -> i32 {
         },
         None => None,
     };
-    let result = alcove_sandbox::run(
-        &spec,
-        &RunOptions {
-            forward_signals: true,
-        },
-    );
+    let options = RunOptions {
+        forward_signals: true,
+        collect_usage: report.is_some(),
+    };
+    let result = alcove_sandbox::run(&spec, &options);
     if let Some(file) = report.as_mut() {
         let json = match &result {
-            Ok(outcome) => serde_json::to_value(outcome).expect("outcome serialises"),
+            Ok(outcome) => serde_json::to_value(outcome).expect("an outcome serialises"),
             Err(e) => error_report(e),
         };
         let written = serde_json::to_writer_pretty(&mut *file, &json)
@@ -185,13 +184,35 @@ fn run(args: RunArgs) -> i32 {
         }
     }
     match result {
-        Ok(outcome) => exit_code(&outcome),
+        Ok(outcome) => {
+            if let Some(note) = limit_note(&outcome, &spec) {
+                eprintln!("alcove: {note}");
+            }
+            outcome.shell_exit_code()
+        }
         Err(e) => fail(&e),
     }
 }
 
-fn exit_code(outcome: &Outcome) -> i32 {
-    outcome.shell_exit_code()
+/// One line on stderr when alcove (or the kernel, for memory) ended the program
+/// for a limit, so the 137 a shell sees has a reason next to it.
+fn limit_note(outcome: &Outcome, spec: &SandboxSpec) -> Option<String> {
+    let l = &spec.limits;
+    match outcome.status {
+        Status::Timeout => Some(format!(
+            "killed: wall-clock limit of {:?} reached",
+            l.timeout?
+        )),
+        Status::CpuTime => Some(format!(
+            "killed: CPU-time limit of {:?} reached",
+            l.cpu_time?
+        )),
+        Status::Oom => Some(match l.memory_bytes {
+            Some(m) => format!("out of memory: the memory limit of {m} bytes was reached"),
+            None => "out of memory".into(),
+        }),
+        _ => None,
+    }
 }
 
 fn error_report(e: &SandboxError) -> serde_json::Value {
