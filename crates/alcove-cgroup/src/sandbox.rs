@@ -78,32 +78,65 @@ impl SandboxCgroup {
         Ok(cgroup)
     }
 
-    /// Writes `limits`; a limit left `None` is reset to unlimited so a reused
-    /// cgroup does not keep an earlier sandbox's limit.
-    pub fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
-        if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
-            match (self.is_v2(Controller::Memory), limits.memory_bytes) {
-                (true, Some(bytes)) => v2::set_memory_limit(dir, bytes)?,
-                (true, None) => crate::write_value(dir.join("memory.max"), "max")?,
-                (false, Some(bytes)) => v1::set_memory_limit(dir, bytes)?,
-                (false, None) => {}
+    /// Writes the limits that differ from `previous` (what the cgroup holds now:
+    /// `None` for "unknown", which rewrites everything). A limit of `None` means
+    /// unlimited, so a reused cgroup never keeps an earlier sandbox's limit.
+    pub fn apply(&self, limits: &Limits, previous: Option<&Limits>) -> Result<(), CgroupError> {
+        let changed = |f: fn(&Limits) -> Option<u64>| previous.is_none_or(|p| f(p) != f(limits));
+        if changed(|l| l.memory_bytes) {
+            if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
+                match self.is_v2(Controller::Memory) {
+                    true => v2::set_memory_limit(dir, limits.memory_bytes)?,
+                    false => v1::set_memory_limit(dir, limits.memory_bytes)?,
+                }
             }
         }
-        if let Some(dir) = self.dir_for(Controller::Cpu, "cpu") {
-            match (self.is_v2(Controller::Cpu), limits.cpu) {
-                (true, Some(q)) => v2::set_cpu_quota(dir, q)?,
-                (true, None) => crate::write_value(dir.join("cpu.max"), "max")?,
-                (false, Some(q)) => v1::set_cpu_quota(dir, q)?,
-                (false, None) => {}
+        if changed(|l| l.cpu.map(|q| q.quota_us << 32 | q.period_us)) {
+            if let Some(dir) = self.dir_for(Controller::Cpu, "cpu") {
+                match self.is_v2(Controller::Cpu) {
+                    true => v2::set_cpu_quota(dir, limits.cpu)?,
+                    false => v1::set_cpu_quota(dir, limits.cpu)?,
+                }
             }
         }
-        if let Some(dir) = self.dir_for(Controller::Pids, "pids") {
-            match limits.pids_max {
-                Some(max) => v2::set_pids_max(dir, max)?, // same file in v1 and v2
-                None => crate::write_value(dir.join("pids.max"), "max")?,
+        if changed(|l| l.pids_max) {
+            if let Some(dir) = self.dir_for(Controller::Pids, "pids") {
+                v2::set_pids_max(dir, limits.pids_max)?; // the same file in v1 and v2
             }
         }
         Ok(())
+    }
+
+    /// Prepares a reused cgroup to measure a new run: restarts the peak-memory
+    /// record where the kernel allows it, and re-creates the v1 pids directory
+    /// when `pids_reset` (pids.peak cannot be reset). Returns the memory still
+    /// charged from earlier runs (page cache), which the new peak includes.
+    pub fn restart_peaks(
+        &mut self,
+        pids_reset: bool,
+        pids_max: Option<u64>,
+    ) -> Result<u64, CgroupError> {
+        let mut leftover = 0;
+        if let (Some(dir), false) = (
+            self.dir_for(Controller::Memory, "memory"),
+            self.is_v2(Controller::Memory),
+        ) {
+            v1::reset_memory_peak(dir)?;
+            leftover = v1::memory_usage(dir)?;
+        }
+        if pids_reset && !self.is_v2(Controller::Pids) {
+            if let Some(dir) = self.dir_for_v1("pids").map(Path::to_owned) {
+                remove_dir(&dir)?;
+                ensure_dir(&dir)?;
+                v2::set_pids_max(&dir, pids_max)?;
+            }
+        }
+        Ok(leftover)
+    }
+
+    /// Whether pids.peak can be restarted (v1 only; v2's cannot be reset).
+    pub fn pids_peak_resettable(&self) -> bool {
+        !self.is_v2(Controller::Pids) && self.dir_for_v1("pids").is_some()
     }
 
     /// The sandbox's directory in the unified tree, for `CLONE_INTO_CGROUP`.
@@ -172,12 +205,13 @@ impl SandboxCgroup {
     }
 
     /// Kills every process in the cgroup and waits (briefly) until it is empty.
+    ///
+    /// This deliberately does not use cgroup v2's `cgroup.kill`: on this kernel
+    /// a process later started in that cgroup with `CLONE_INTO_CGROUP` is
+    /// killed at birth (the cgroup's kill sequence no longer matches the
+    /// parent's), which would poison a reused cgroup.
     pub fn kill_all(&self) {
         for _ in 0..200 {
-            if let Some(dir) = &self.unified {
-                // cgroup.kill (5.14+) kills atomically, forks included.
-                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            }
             let mut any = false;
             for dir in self.all_dirs() {
                 let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {

@@ -3,26 +3,43 @@
 use crate::{keyed_value, read_string, write_value, CgroupError, CpuQuota};
 use std::path::Path;
 
-/// Sets the memory limit, and the memory+swap limit to the same value so the
-/// sandbox cannot spill into swap.
-pub fn set_memory_limit(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
-    write_value(dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+/// Sets the memory limit (`None`: unlimited), and the memory+swap limit to the
+/// same value so the sandbox cannot spill into swap. The kernel insists that
+/// memory+swap never be below memory, so the order depends on the direction.
+pub fn set_memory_limit(dir: &Path, bytes: Option<u64>) -> Result<(), CgroupError> {
+    let value = bytes.map_or("-1".to_owned(), |b| b.to_string());
     let memsw = dir.join("memory.memsw.limit_in_bytes");
-    if memsw.exists() {
-        write_value(memsw, &bytes.to_string())?;
+    let has_memsw = memsw.exists();
+    match write_value(dir.join("memory.limit_in_bytes"), &value) {
+        Ok(()) if has_memsw => write_value(memsw, &value),
+        Ok(()) => Ok(()),
+        Err(_) if has_memsw => {
+            write_value(memsw, &value)?;
+            write_value(dir.join("memory.limit_in_bytes"), &value)
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
-/// Sets the CFS bandwidth quota.
-pub fn set_cpu_quota(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
-    write_value(dir.join("cpu.cfs_period_us"), &quota.period_us.to_string())?;
-    write_value(dir.join("cpu.cfs_quota_us"), &quota.quota_us.to_string())
+/// Sets the CFS bandwidth quota (`None`: unlimited).
+pub fn set_cpu_quota(dir: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
+    match quota {
+        Some(q) => {
+            write_value(dir.join("cpu.cfs_period_us"), &q.period_us.to_string())?;
+            write_value(dir.join("cpu.cfs_quota_us"), &q.quota_us.to_string())
+        }
+        None => write_value(dir.join("cpu.cfs_quota_us"), "-1"),
+    }
 }
 
-/// Sets the maximum number of tasks.
-pub fn set_pids_max(dir: &Path, max: u64) -> Result<(), CgroupError> {
-    write_value(dir.join("pids.max"), &max.to_string())
+/// Resets the recorded peak memory usage to the current usage.
+pub fn reset_memory_peak(dir: &Path) -> Result<(), CgroupError> {
+    write_value(dir.join("memory.max_usage_in_bytes"), "0")
+}
+
+/// Memory charged to the cgroup now, in bytes.
+pub fn memory_usage(dir: &Path) -> Result<u64, CgroupError> {
+    parse_u64(dir, "memory.usage_in_bytes")
 }
 
 /// The peak memory usage in bytes.
@@ -67,15 +84,19 @@ mod tests {
     fn limits_are_written_in_v1_units() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.memsw.limit_in_bytes"), "").unwrap();
-        set_memory_limit(dir.path(), 64 << 20).unwrap();
-        set_cpu_quota(dir.path(), CpuQuota::from_cpus(0.25)).unwrap();
-        set_pids_max(dir.path(), 32).unwrap();
+        set_memory_limit(dir.path(), Some(64 << 20)).unwrap();
+        set_cpu_quota(dir.path(), Some(CpuQuota::from_cpus(0.25))).unwrap();
+        crate::v2::set_pids_max(dir.path(), Some(32)).unwrap();
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
         assert_eq!(read("memory.limit_in_bytes"), "67108864");
         assert_eq!(read("memory.memsw.limit_in_bytes"), "67108864");
         assert_eq!(read("cpu.cfs_quota_us"), "25000");
         assert_eq!(read("cpu.cfs_period_us"), "100000");
         assert_eq!(read("pids.max"), "32");
+        set_memory_limit(dir.path(), None).unwrap();
+        set_cpu_quota(dir.path(), None).unwrap();
+        assert_eq!(read("memory.limit_in_bytes"), "-1");
+        assert_eq!(read("cpu.cfs_quota_us"), "-1");
     }
 
     #[test]

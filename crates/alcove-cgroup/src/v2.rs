@@ -3,9 +3,13 @@
 use crate::{keyed_value, read_string, write_value, CgroupError, CpuQuota};
 use std::path::Path;
 
-/// Sets memory.max and forbids swap (memory.swap.max = 0) where swap accounting exists.
-pub fn set_memory_limit(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
-    write_value(dir.join("memory.max"), &bytes.to_string())?;
+/// Sets memory.max (`None`: unlimited) and forbids swap (memory.swap.max = 0)
+/// where swap accounting exists.
+pub fn set_memory_limit(dir: &Path, bytes: Option<u64>) -> Result<(), CgroupError> {
+    write_value(
+        dir.join("memory.max"),
+        &bytes.map_or("max".to_owned(), |b| b.to_string()),
+    )?;
     let swap = dir.join("memory.swap.max");
     if swap.exists() {
         write_value(swap, "0")?;
@@ -13,17 +17,20 @@ pub fn set_memory_limit(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Sets cpu.max to `quota period`.
-pub fn set_cpu_quota(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
-    write_value(
-        dir.join("cpu.max"),
-        &format!("{} {}", quota.quota_us, quota.period_us),
-    )
+/// Sets cpu.max to `quota period` (`None`: unlimited).
+pub fn set_cpu_quota(dir: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
+    let value = quota.map_or("max".to_owned(), |q| {
+        format!("{} {}", q.quota_us, q.period_us)
+    });
+    write_value(dir.join("cpu.max"), &value)
 }
 
-/// Sets pids.max.
-pub fn set_pids_max(dir: &Path, max: u64) -> Result<(), CgroupError> {
-    write_value(dir.join("pids.max"), &max.to_string())
+/// Sets pids.max (`None`: unlimited); v1 uses the same file and syntax.
+pub fn set_pids_max(dir: &Path, max: Option<u64>) -> Result<(), CgroupError> {
+    write_value(
+        dir.join("pids.max"),
+        &max.map_or("max".to_owned(), |m| m.to_string()),
+    )
 }
 
 /// Enables `controllers` for the children of `dir`.
@@ -82,9 +89,9 @@ mod tests {
     fn limits_are_written_in_v2_syntax() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.swap.max"), "max").unwrap();
-        set_memory_limit(dir.path(), 1 << 30).unwrap();
-        set_cpu_quota(dir.path(), CpuQuota::from_cpus(1.5)).unwrap();
-        set_pids_max(dir.path(), 100).unwrap();
+        set_memory_limit(dir.path(), Some(1 << 30)).unwrap();
+        set_cpu_quota(dir.path(), Some(CpuQuota::from_cpus(1.5))).unwrap();
+        set_pids_max(dir.path(), Some(100)).unwrap();
         enable_controllers(dir.path(), &["memory", "pids"]).unwrap();
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
         assert_eq!(read("memory.max"), "1073741824");
@@ -92,6 +99,10 @@ mod tests {
         assert_eq!(read("cpu.max"), "150000 100000");
         assert_eq!(read("pids.max"), "100");
         assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+        set_cpu_quota(dir.path(), None).unwrap();
+        set_pids_max(dir.path(), None).unwrap();
+        assert_eq!(read("cpu.max"), "max");
+        assert_eq!(read("pids.max"), "max");
     }
 
     #[test]

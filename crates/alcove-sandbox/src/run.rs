@@ -4,7 +4,7 @@ use crate::child::{self, ChildPlan, PHASE_SLOTS};
 use crate::mounts::{self, HostView, STAGING_DIR};
 use crate::spec::{NetMode, SandboxSpec};
 use crate::supervise::{self, Supervision};
-use crate::{netns_pool, template};
+use crate::{pool, template};
 use crate::{Outcome, SandboxError};
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
 use alcove_sys::clone::{self, Forked};
@@ -39,20 +39,35 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     ensure_staging_dir()?;
 
     let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
-    let mut controllers = vec![Controller::Memory, Controller::Pids];
-    if spec.limits.cpus.is_some() {
-        controllers.push(Controller::Cpu);
-    }
-    let cgroup = CgroupGuard(Some(
-        SandboxCgroup::create(&layout, &unique_name(), &controllers)
-            .map_err(SandboxError::Cgroup)?,
-    ));
     let limits = alcove_cgroup::Limits {
         memory_bytes: spec.limits.memory_bytes,
         cpu: spec.limits.cpus.map(CpuQuota::from_cpus),
         pids_max: spec.limits.pids,
     };
-    cgroup.get().apply(&limits).map_err(SandboxError::Cgroup)?;
+    let collect_usage = options.collect_usage || spec.record_phases;
+    let needs = pool::Needs {
+        cpu: collect_usage || spec.limits.cpu_time.is_some(),
+        peaks: collect_usage,
+    };
+    let pieces = match pool::claim(&layout, &limits, spec.net == NetMode::None, needs) {
+        Some(slot) => Pieces::Pooled(slot),
+        None => {
+            let mut controllers = vec![Controller::Memory, Controller::Pids];
+            if spec.limits.cpus.is_some() {
+                controllers.push(Controller::Cpu);
+            }
+            let cgroup = CgroupGuard(Some(
+                SandboxCgroup::create(&layout, &unique_name(), &controllers)
+                    .map_err(SandboxError::Cgroup)?,
+            ));
+            cgroup
+                .get()
+                .apply(&limits, Some(&alcove_cgroup::Limits::default()))
+                .map_err(SandboxError::Cgroup)?;
+            Pieces::Fresh(cgroup)
+        }
+    };
+    let cgroup = &pieces;
 
     let prepare = |what| move |source| SandboxError::Prepare { what, source };
     let cgroup_dir = match cgroup.get().unified_dir() {
@@ -100,10 +115,6 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         None
     };
 
-    let netns = match spec.net {
-        NetMode::None => netns_pool::claim(),
-        NetMode::Host => None,
-    };
     let bind_trees = clone_bind_trees(spec)?;
     let trees: Vec<i32> = bind_trees.iter().map(AsRawFd::as_raw_fd).collect();
     let resolv_conf = match spec.net {
@@ -126,8 +137,8 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         error_pipe: error_write.as_raw_fd(),
         cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
         unshare_cgroupns: !cgroup_procs.is_empty(),
-        netns: netns.as_ref().map(|slot| slot.netns.as_raw_fd()),
-        loopback_up: spec.net == NetMode::None && netns.is_none(),
+        netns: pieces.netns().map(|fd| fd.as_raw_fd()),
+        loopback_up: spec.net == NetMode::None && pieces.netns().is_none(),
         template: template.as_ref().map(AsRawFd::as_raw_fd),
         mount_ops,
         hostname: spec.hostname.as_bytes().to_vec(),
@@ -147,8 +158,10 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         phases: phases.as_ref().map_or(std::ptr::null_mut(), |p| p.ptr),
     };
 
-    let mut flags =
-        clone::CLONE_NEWPID | clone::CLONE_NEWNS | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;
+    let mut flags = clone::CLONE_NEWPID | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;
+    if plan.template.is_none() {
+        flags |= clone::CLONE_NEWNS; // the child builds its root from a copy of the host's
+    }
     if plan.loopback_up {
         flags |= clone::CLONE_NEWNET; // no pooled namespace was free
     }
@@ -182,21 +195,27 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         signals,
         cgroup: cgroup.get(),
         limits: &spec.limits,
-        collect_usage: options.collect_usage || spec.record_phases,
+        collect_usage,
+        baseline: pieces.baseline(),
         plan: &plan,
         program: spec.argv[0].to_string_lossy().into_owned(),
         t_start,
         t_clone,
     };
     let result = supervise::supervise(supervision, &|| phases.as_ref().map(PhasePage::read));
-    let mut outcome = result?;
+    let (mut outcome, raw) = result?;
     let t_teardown = process::monotonic_ns();
-    outcome.cgroup_id = cgroup.get().id();
-    if let Err(e) = cgroup.remove() {
-        eprintln!("alcove: warning: {e:#} (run `alcove gc` to clean up)");
+    outcome.cgroup_id = pieces.cgroup().id();
+    match pieces {
+        Pieces::Pooled(slot) => slot.release(raw.cpu_us, raw.oom_kills, raw.pids_peak),
+        Pieces::Fresh(cgroup) => {
+            if let Err(e) = cgroup.remove() {
+                eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
+            }
+        }
     }
     if let Some(p) = outcome.phases.as_mut() {
-        p.teardown_us = (process::monotonic_ns() - t_teardown) as f64 / 1e3 + p.teardown_us;
+        p.teardown_us += (process::monotonic_ns() - t_teardown) as f64 / 1e3;
     }
     Ok(outcome)
 }
@@ -226,7 +245,43 @@ pub fn gc() -> Result<usize, SandboxError> {
         cgroup.remove().map_err(SandboxError::Cgroup)?;
         removed += 1;
     }
-    Ok(removed + netns_pool::remove_all() + template::remove_all())
+    Ok(removed + pool::remove_all(&layout) + template::remove_all())
+}
+
+/// The cgroups and network namespace a run uses: a pool slot, or fresh ones.
+enum Pieces {
+    Pooled(pool::Slot),
+    Fresh(CgroupGuard),
+}
+
+impl Pieces {
+    fn get(&self) -> &SandboxCgroup {
+        self.cgroup()
+    }
+
+    fn cgroup(&self) -> &SandboxCgroup {
+        match self {
+            Pieces::Pooled(slot) => &slot.cgroup,
+            Pieces::Fresh(guard) => guard.get(),
+        }
+    }
+
+    fn netns(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Pieces::Pooled(slot) => slot.netns.as_ref().map(AsFd::as_fd),
+            Pieces::Fresh(_) => None,
+        }
+    }
+
+    fn baseline(&self) -> pool::Baseline {
+        match self {
+            Pieces::Pooled(slot) => slot.baseline,
+            Pieces::Fresh(_) => pool::Baseline {
+                pids_exact: true,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Removes the cgroup on every path out of `run`, errors included.

@@ -55,6 +55,8 @@ pub(crate) struct Supervision<'a> {
     pub cgroup: &'a SandboxCgroup,
     pub limits: &'a Limits,
     pub collect_usage: bool,
+    /// Counter values when the run began (non-zero for a reused pool slot).
+    pub baseline: crate::pool::Baseline,
     pub plan: &'a ChildPlan,
     pub program: String,
     pub t_start: u64,
@@ -91,10 +93,19 @@ impl Pump {
     }
 }
 
+/// The cgroup's own counters after the run (not net of the baseline), which a
+/// pool slot records for the next run.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RawUsage {
+    pub cpu_us: Option<(u64, u64)>,
+    pub oom_kills: u64,
+    pub pids_peak: Option<u64>,
+}
+
 pub(crate) fn supervise(
     s: Supervision<'_>,
     read_marks: &dyn Fn() -> Option<[u64; PHASE_SLOTS]>,
-) -> Result<Outcome, SandboxError> {
+) -> Result<(Outcome, RawUsage), SandboxError> {
     let ns = |d: Duration| d.as_nanos() as u64;
     let deadline = s.limits.timeout.map(|t| s.t_clone + ns(t));
     let cpu_limit_us = s.limits.cpu_time.map(|t| t.as_micros() as u64);
@@ -145,7 +156,11 @@ pub(crate) fn supervise(
             }
             if let (Some(limit), Some(check)) = (cpu_limit_us, next_cpu_check) {
                 if now >= check {
-                    let used = s.cgroup.cpu_usage_us().map_or(0, |(u, sys)| u + sys);
+                    let used = s
+                        .cgroup
+                        .cpu_usage_us()
+                        .map_or(0, |(u, sys)| u + sys)
+                        .saturating_sub(s.baseline.cpu_us.0 + s.baseline.cpu_us.1);
                     if used >= limit {
                         kill(&mut kill_reason, Some(Status::CpuTime));
                         next_cpu_check = None;
@@ -231,11 +246,29 @@ pub(crate) fn supervise(
     if report.len() >= REPORT_LEN {
         return Err(setup_failure(&report, s.plan, &s.program));
     }
+    let b = s.baseline;
+    let mut raw = RawUsage::default();
     let usage = if s.collect_usage {
-        s.cgroup.usage().unwrap_or_default()
-    } else {
+        let u = s.cgroup.usage().unwrap_or_default();
+        raw = RawUsage {
+            cpu_us: Some((u.cpu_user_us, u.cpu_system_us)),
+            oom_kills: u.oom_kills,
+            pids_peak: u.pids_peak,
+        };
         alcove_cgroup::Usage {
-            oom_kills: s.cgroup.oom_kills().unwrap_or(0),
+            cpu_user_us: u.cpu_user_us.saturating_sub(b.cpu_us.0),
+            cpu_system_us: u.cpu_system_us.saturating_sub(b.cpu_us.1),
+            memory_peak_bytes: u
+                .memory_peak_bytes
+                .map(|p| p.saturating_sub(b.memory_leftover)),
+            pids_peak: u.pids_peak.filter(|_| b.pids_exact),
+            oom_kills: u.oom_kills.saturating_sub(b.oom_kills),
+        }
+    } else {
+        raw.oom_kills = s.cgroup.oom_kills().unwrap_or(0);
+        raw.cpu_us = None;
+        alcove_cgroup::Usage {
+            oom_kills: raw.oom_kills.saturating_sub(b.oom_kills),
             ..Default::default()
         }
     };
@@ -285,7 +318,7 @@ pub(crate) fn supervise(
         });
     }
     let _ = s.pid;
-    Ok(outcome)
+    Ok((outcome, raw))
 }
 
 fn setup_failure(report: &[u8], plan: &ChildPlan, program: &str) -> SandboxError {

@@ -20,8 +20,42 @@ struct Cli {
 enum Command {
     /// Run a program once in a fresh micro-container.
     Run(RunArgs),
-    /// Remove cgroups left by `alcove run` processes that were killed mid-run.
+    /// Remove cgroups left by `alcove run` processes that were killed mid-run,
+    /// and the pooled network namespaces and template mount namespaces.
     Gc,
+    /// Measure: compare commands interleaved, or break a sandbox start into phases.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// Time whole commands, interleaved round by round; print median, p10, p90
+    /// and each median as a multiple of the baseline's.
+    Compare {
+        /// A command to time, as NAME=COMMAND ARGS... (split on spaces). Repeatable.
+        #[arg(long = "cmd", value_name = "NAME=COMMAND", required = true)]
+        commands: Vec<String>,
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// The name of the command the others are compared with.
+        #[arg(long, default_value = "alcove")]
+        baseline: String,
+    },
+    /// Run a sandbox many times in this process and print each start-up phase's median.
+    Phases {
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +153,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Bench(args) => bench(args),
         Command::Gc => match alcove_sandbox::gc() {
             Ok(n) => {
                 println!("removed {n} leftover sandbox cgroup(s)");
@@ -129,7 +164,38 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(args: RunArgs) -> i32 {
+fn bench(args: BenchArgs) -> i32 {
+    let result = match args.what {
+        BenchWhat::Compare {
+            commands,
+            rounds,
+            warmup,
+            baseline,
+        } => (|| {
+            let subjects = commands
+                .iter()
+                .map(|c| crate::bench::Subject::parse(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut samples = crate::bench::interleaved(&subjects, rounds.max(1), warmup)?;
+            crate::bench::report(&subjects, &mut samples, &baseline);
+            Ok::<(), String>(())
+        })(),
+        BenchWhat::Phases { rounds, run } => {
+            let mut spec = spec_from(*run);
+            spec.record_phases = true;
+            crate::bench::phases(&spec, rounds.max(1))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("alcove: error: {e}");
+            125
+        }
+    }
+}
+
+fn spec_from(args: RunArgs) -> SandboxSpec {
     let mut spec = SandboxSpec::new(args.argv);
     spec.rootfs = args.rootfs;
     spec.binds = args.binds;
@@ -150,9 +216,14 @@ fn run(args: RunArgs) -> i32 {
     spec.limits.output_bytes = args.output_limit;
     spec.limits.tmpfs_bytes = args.tmpfs_size;
     spec.limits.open_files = args.open_files;
+    spec
+}
 
+fn run(args: RunArgs) -> i32 {
+    let report_path = args.report.clone();
+    let spec = spec_from(args);
     // Open the report first, so a bad path fails before anything runs.
-    let mut report = match &args.report {
+    let mut report = match &report_path {
         Some(path) => match std::fs::File::create(path) {
             Ok(file) => Some(file),
             Err(e) => {

@@ -2,6 +2,7 @@
 //! crates that own the work, and maps every failure to one clear line and an
 //! exit code.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
