@@ -16,7 +16,8 @@ use seccompiler::sock_filter;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+// BPF_LD | BPF_W | BPF_ABS (0x00 | 0x00 | 0x20)
+const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
 const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
 const BPF_JMP_JA: u16 = 0x05;

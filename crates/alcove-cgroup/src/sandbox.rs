@@ -199,8 +199,7 @@ impl SandboxCgroup {
     /// Whether any process is still in the cgroup.
     pub fn is_populated(&self) -> bool {
         self.all_dirs().any(|dir| {
-            std::fs::read_to_string(dir.join("cgroup.procs"))
-                .map_or(false, |t| !t.trim().is_empty())
+            std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty())
         })
     }
 

@@ -28,10 +28,92 @@ pub(crate) fn filter() -> &'static [libc::sock_filter] {
 
 #[cfg(test)]
 mod tests {
+    /// A classic-BPF interpreter for the instructions seccomp filters use.
+    fn decide(nr: u32, args: [u64; 6]) -> u32 {
+        let filter = super::filter();
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&0xc000_003eu32.to_ne_bytes()); // AUDIT_ARCH_X86_64
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let insn = filter[pc];
+            pc += 1;
+            match insn.code {
+                0x20 => {
+                    let at = insn.k as usize;
+                    acc = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                0x05 => pc += insn.k as usize,
+                0x06 => return insn.k,
+                code if code & 0x07 == 0x05 => {
+                    let taken = match code & 0xf0 {
+                        0x10 => acc == insn.k,
+                        0x20 => acc > insn.k,
+                        0x30 => acc >= insn.k,
+                        0x40 => acc & insn.k != 0,
+                        other => panic!("jump op {other:#x}"),
+                    };
+                    pc += if taken { insn.jt } else { insn.jf } as usize;
+                }
+                0x54 => acc &= insn.k, // ALU AND K
+                other => panic!("unexpected BPF opcode {other:#x} at {pc}"),
+            }
+        }
+    }
+
+    const ALLOW: u32 = 0x7fff_0000;
+    const EPERM: u32 = 0x0005_0001;
+    const ENOSYS: u32 = 0x0005_0026;
+
     #[test]
     fn the_filter_fits_the_kernel_limit() {
         let filter = super::filter();
         assert!(!filter.is_empty());
         assert!(filter.len() <= 4096, "BPF_MAXINSNS is 4096");
+    }
+
+    #[test]
+    fn decisions_match_the_policy() {
+        let none = [0; 6];
+        assert_eq!(decide(libc::SYS_getpid as u32, none), ALLOW);
+        assert_eq!(decide(libc::SYS_read as u32, none), ALLOW);
+        assert_eq!(decide(libc::SYS_execve as u32, none), ALLOW);
+        assert_eq!(decide(libc::SYS_mount as u32, none), EPERM);
+        assert_eq!(decide(libc::SYS_bpf as u32, none), EPERM);
+        assert_eq!(decide(libc::SYS_ptrace as u32, none), EPERM);
+        assert_eq!(decide(libc::SYS_unshare as u32, none), EPERM);
+        assert_eq!(
+            decide(libc::SYS_clone3 as u32, none),
+            ENOSYS,
+            "glibc falls back to clone on ENOSYS"
+        );
+        assert_eq!(decide(1000, none), ENOSYS);
+        assert_eq!(
+            decide(0x4000_0000 + libc::SYS_getpid as u32, none),
+            ENOSYS,
+            "x32"
+        );
+        let clone = libc::SYS_clone as u32;
+        assert_eq!(decide(clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(
+            decide(
+                clone,
+                [(libc::CLONE_NEWUSER | libc::SIGCHLD) as u64, 0, 0, 0, 0, 0]
+            ),
+            EPERM
+        );
+        assert_eq!(
+            decide(clone, [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0]),
+            EPERM
+        );
+        let personality = libc::SYS_personality as u32;
+        assert_eq!(decide(personality, [0xffff_ffff, 0, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(decide(personality, [0x0040_0000, 0, 0, 0, 0, 0]), EPERM);
+        let ioctl = libc::SYS_ioctl as u32;
+        assert_eq!(decide(ioctl, [0, libc::TIOCSTI, 0, 0, 0, 0]), EPERM);
+        assert_eq!(decide(ioctl, [0, libc::TCGETS, 0, 0, 0, 0]), ALLOW);
     }
 }

@@ -221,7 +221,7 @@ impl SandboxSpec {
             }
         }
         if let Some(c) = l.cpus {
-            if !(c.is_finite() && c >= 0.01 && c <= 1024.0) {
+            if !(c.is_finite() && (0.01..=1024.0).contains(&c)) {
                 return invalid(format!(
                     "--cpus {c}: use a number of CPUs from 0.01 up, such as 0.5"
                 ));

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a program once in a fresh micro-container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove cgroups left by `alcove run` processes that were killed mid-run,
     /// and the pooled network namespaces and template mount namespaces.
     Gc,
@@ -152,7 +152,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Gc => match alcove_sandbox::gc() {
             Ok(n) => {

@@ -1,0 +1,162 @@
+//! Helpers for alcove's integration tests: they run the real binary, as root,
+//! against the real kernel.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+pub const ALCOVE: &str = env!("CARGO_BIN_EXE_alcove");
+pub const PROBE: &str = env!("CARGO_BIN_EXE_alcove-probe");
+
+/// Sandbox tests take this lock so that limits, timings and leak counts are
+/// not disturbed by other tests' sandboxes in the same binary.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the test can run; if not, says why on the real stderr (not the
+/// captured one), so a skip is never silent.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (namespaces, cgroups, mounts); run the tests as root"
+    );
+    false
+}
+
+/// What one `alcove` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: serde_json::Value,
+}
+
+impl Run {
+    pub fn status(&self) -> &str {
+        self.report["status"].as_str().unwrap_or("")
+    }
+
+    pub fn num(&self, key: &str) -> f64 {
+        self.report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("report has no number {key}: {}", self.report))
+    }
+}
+
+/// Runs `alcove` with `args` as given.
+pub fn alcove(args: &[&str]) -> Output {
+    Command::new(ALCOVE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start alcove")
+}
+
+/// Runs `alcove run --report FILE OPTIONS -- PROGRAM...` and reads the report.
+pub fn sandbox(options: &[&str], program: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("report.json");
+    let mut args = vec!["run", "--report", report.to_str().unwrap()];
+    args.extend_from_slice(options);
+    args.push("--");
+    args.extend_from_slice(program);
+    let out = alcove(&args);
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        report: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// `--bind` arguments that put alcove-probe at /probe inside the sandbox.
+pub fn probe_bind() -> String {
+    format!("{PROBE}:/probe")
+}
+
+/// Every process on the host whose whole command line is `command`.
+pub fn processes_with(command: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .trim_end()
+            == command
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Mount points outside alcove's bounded pool (/run/alcove/pool, /run/alcove/templates).
+pub fn host_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(4).unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Directories under alcove's cgroup parent in every hierarchy of the host.
+pub fn alcove_cgroups() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        walk(std::path::Path::new(base), 0, &mut dirs);
+    }
+    dirs.retain(|d| d.parent().is_some_and(|p| p.ends_with("alcove")));
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > 6 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(path.clone());
+            walk(&path, depth + 1, out);
+        }
+    }
+}
+
+/// Namespace inodes held by any process on the host, by kind.
+pub fn live_namespaces() -> Vec<String> {
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
+            continue;
+        }
+        for kind in ["mnt", "net", "pid", "ipc", "uts", "cgroup"] {
+            if let Ok(link) = std::fs::read_link(entry.path().join("ns").join(kind)) {
+                seen.push(link.to_string_lossy().into_owned());
+            }
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}

@@ -1,0 +1,242 @@
+//! Nothing is left behind: not after many runs, not by daemons, not when alcove
+//! itself is killed; and what the pool keeps is bounded and removable.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// alcove's bounded, reusable pieces: pool slots and template namespaces.
+fn is_pooled(mount_point: &str) -> bool {
+    mount_point.starts_with("/run/alcove/pool/")
+        || mount_point.starts_with("/run/alcove/templates/")
+}
+
+/// Kills a started alcove if the test fails before it does.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_hundred_runs_leave_nothing_behind() {
+    if !root_or_skip("two_hundred_runs_leave_nothing_behind") {
+        return;
+    }
+    let _g = serial();
+    // Warm the pool and the template first so what they keep is already there.
+    assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
+    let mounts_before: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !is_pooled(m))
+        .collect();
+    let cgroups_before = alcove_cgroups();
+    let namespaces_before = live_namespaces();
+    for i in 0..200 {
+        let args = [
+            "run",
+            "--memory",
+            "64M",
+            "--pids",
+            "32",
+            "--cpus",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /tmp/x; sleep 0 &",
+        ];
+        let out = alcove(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mounts_after: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !is_pooled(m))
+        .collect();
+    assert_eq!(mounts_before, mounts_after, "mounts changed");
+    let pooled = host_mounts().into_iter().filter(|m| is_pooled(m)).count();
+    assert!(
+        pooled <= 16 + 64,
+        "the pool and templates are bounded: {pooled}"
+    );
+    let cgroups_after = alcove_cgroups();
+    assert_eq!(cgroups_before, cgroups_after, "cgroups changed");
+    assert!(cgroups_after.iter().all(|d| d
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("slot-")));
+    let new: Vec<String> = live_namespaces()
+        .into_iter()
+        .filter(|n| !namespaces_before.contains(n))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "namespaces still held by processes: {new:?}"
+    );
+    for dir in &cgroups_after {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.trim().is_empty(),
+            "{} still has processes: {procs}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn daemons_that_try_to_outlive_the_program_die_with_it() {
+    if !root_or_skip("daemons_that_try_to_outlive_the_program_die_with_it") {
+        return;
+    }
+    let _g = serial();
+    let marker = "31337.25";
+    let script = format!("setsid sleep {marker} </dev/null >/dev/null 2>&1 & nohup sleep {marker} >/dev/null 2>&1 & echo started");
+    let run = sandbox(&[], &["sh", "-c", &script]);
+    assert_eq!(run.stdout, "started\n", "{run:?}");
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "a daemon outlived its sandbox"
+    );
+}
+
+#[test]
+fn killing_alcove_mid_run_kills_the_sandbox_and_frees_its_pieces() {
+    if !root_or_skip("killing_alcove_mid_run_kills_the_sandbox_and_frees_its_pieces") {
+        return;
+    }
+    let _g = serial();
+    let mounts_before: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !is_pooled(m))
+        .collect();
+    let marker = "4242.125";
+    let mut child = std::process::Command::new(ALCOVE)
+        .args([
+            "run",
+            "--memory",
+            "64M",
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep {marker} & sleep {marker}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let guard = KillOnDrop(pid);
+    wait_until("the sandbox runs", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).len() == 2
+    });
+    child.kill().unwrap(); // SIGKILL: no cleanup code in alcove runs
+    child.wait().unwrap();
+    std::mem::forget(guard); // reaped: its pid is no longer ours to signal
+    wait_until("the sandbox is gone", Duration::from_secs(2), || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+    });
+    let mounts_after: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !is_pooled(m))
+        .collect();
+    assert_eq!(mounts_before, mounts_after);
+    // The next run takes over the slot the killed run held, and it is clean.
+    let run = sandbox(
+        &["--memory", "64M"],
+        &["sh", "-c", "cat /proc/self/cgroup | wc -l"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(alcove_cgroups().iter().all(|d| d
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("slot-")));
+}
+
+#[test]
+fn concurrent_runs_beyond_the_pool_use_fresh_pieces_and_clean_them_up() {
+    if !root_or_skip("concurrent_runs_beyond_the_pool_use_fresh_pieces_and_clean_them_up") {
+        return;
+    }
+    let _g = serial();
+    let cgroups_before = alcove_cgroups();
+    let children: Vec<_> = (0..24)
+        .map(|i| {
+            std::process::Command::new(ALCOVE)
+                .args([
+                    "run",
+                    "--hostname",
+                    "c",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("sleep 0.5; echo {i}"),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
+    }
+    let extra: Vec<_> = alcove_cgroups()
+        .into_iter()
+        .filter(|d| !cgroups_before.contains(d))
+        .collect();
+    assert!(
+        extra.iter().all(|d| d
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("slot-")),
+        "only pool slots may remain: {extra:?}"
+    );
+}
+
+#[test]
+fn gc_removes_the_pool_and_templates() {
+    if !root_or_skip("gc_removes_the_pool_and_templates") {
+        return;
+    }
+    let _g = serial();
+    assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
+    assert!(host_mounts().iter().any(|m| is_pooled(m)));
+    let out = alcove(&["gc"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !host_mounts().iter().any(|m| is_pooled(m)),
+        "gc left pooled mounts"
+    );
+    assert!(
+        alcove_cgroups().is_empty(),
+        "gc left cgroups: {:?}",
+        alcove_cgroups()
+    );
+    // And alcove works from a clean slate.
+    assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
+}
