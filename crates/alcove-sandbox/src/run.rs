@@ -7,7 +7,9 @@ use crate::supervise::{self, Supervision};
 use crate::{pool, template};
 use crate::{Outcome, SandboxError};
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
-use alcove_sys::clone::{self, Forked};
+use alcove_sys::clone;
+#[cfg(not(target_arch = "x86_64"))]
+use alcove_sys::clone::Forked;
 use alcove_sys::{fd, process};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -169,15 +171,8 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         flags |= clone::CLONE_NEWCGROUP;
     }
     let t_clone = process::monotonic_ns();
-    // SAFETY: alcove is single-threaded here (no thread is started before the
-    // sandbox is spawned), and the child only runs `child::run`, which executes
-    // the prepared plan without allocating and ends in execve or _exit.
-    let forked = unsafe { clone::clone3(flags, cgroup_dir.as_ref().map(AsFd::as_fd)) };
-    let (pid, pidfd) = match forked {
-        Ok(Forked::Child) => child::run(&plan),
-        Ok(Forked::Parent { pid, pidfd }) => (pid, pidfd),
-        Err(e) => return Err(SandboxError::Clone(e)),
-    };
+    let (pid, pidfd) =
+        spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan).map_err(SandboxError::Clone)?;
     drop((
         error_write,
         lifeline_read,
@@ -218,6 +213,41 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         p.teardown_us += (process::monotonic_ns() - t_teardown) as f64 / 1e3;
     }
     Ok(outcome)
+}
+
+/// Starts the sandbox's first process running `child::run(plan)`. On x86_64 it
+/// shares alcove's memory until it execs (`CLONE_VM | CLONE_VFORK`), which
+/// spares copying page tables; elsewhere it is a fork-style clone3.
+fn spawn(
+    flags: u64,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    plan: &ChildPlan,
+) -> std::io::Result<(libc::pid_t, OwnedFd)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        extern "C" fn entry(arg: *mut libc::c_void) -> ! {
+            // SAFETY: `arg` is the `&ChildPlan` below, which outlives the child's
+            // use of it because the parent is suspended until the child execs.
+            let plan = unsafe { &*(arg as *const ChildPlan) };
+            child::run(plan)
+        }
+        let mut stack = clone::ChildStack::new(256 * 1024)?;
+        let arg = plan as *const ChildPlan as *mut libc::c_void;
+        // SAFETY: alcove is single-threaded here (no thread is started before a
+        // sandbox is spawned); `child::run` executes the prepared plan without
+        // allocating, taking locks or unwinding, writes only the phase page and
+        // its own stack, and ends in execve or _exit; `plan` outlives the call.
+        unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: alcove is single-threaded here, and the child only runs
+        // `child::run`, which ends in execve or _exit.
+        match unsafe { clone::clone3(flags, cgroup) }? {
+            Forked::Child => child::run(plan),
+            Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
+        }
+    }
 }
 
 /// Removes what sandboxes killed mid-run left behind (cgroups whose alcove is

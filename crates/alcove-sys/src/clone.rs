@@ -87,3 +87,121 @@ pub unsafe fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<F
         }
     }
 }
+
+/// `CLONE_VM`: share the address space (no page tables copied).
+pub const CLONE_VM: u64 = libc::CLONE_VM as u64;
+/// `CLONE_VFORK`: suspend the caller until the child execs or exits.
+pub const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
+
+/// A stack for a [`spawn_vfork`] child, with a guard page below it.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Maps `len` bytes (rounded up to pages) plus a guard page.
+    pub fn new(len: usize) -> io::Result<Self> {
+        let page = 4096;
+        let len = len.div_ceil(page) * page + page;
+        // SAFETY: an anonymous private mapping with no address hint.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the lowest page of the mapping we just made becomes the guard.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: unmapping exactly what was mapped above.
+            unsafe { libc::munmap(base, len) };
+            return Err(err);
+        }
+        Ok(ChildStack { base, len })
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Creates a child that shares this process's memory, runs `entry(arg)` on
+/// `stack`, and lets the caller continue only once the child has exec'd or
+/// exited (`CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts programs). No
+/// page tables are copied, so it costs a fraction of a fork. `flags` adds
+/// namespace flags; `CLONE_PIDFD` is always added.
+///
+/// # Safety
+///
+/// `entry` runs in a separate process that shares every byte of memory with
+/// the suspended caller: it must not allocate, take locks, unwind, or return;
+/// it may write only memory the caller expects it to; it must end in `execve`
+/// or `_exit`. `arg` must stay valid until this function returns. The caller
+/// must be single-threaded (a vfork child shares libc's thread bookkeeping).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn spawn_vfork(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    stack: &mut ChildStack,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> io::Result<(libc::pid_t, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: flags | CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.base as u64,
+        stack_size: stack.len as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    let ret: i64;
+    // SAFETY: clone3 with a stack starts the child with its stack pointer at
+    // the top of `stack` (16-byte aligned: the mapping is page-aligned). Only
+    // rax, rcx and r11 change across `syscall`, so in the child r12 and r13
+    // still hold `arg` and `entry`; it clears the frame pointer and calls
+    // `entry`, which never returns (ud2 guards that). The parent, resumed after
+    // the child's exec or exit, falls through with the result in rax. `args`
+    // and `pidfd` outlive the call; the caller upholds the vfork contract.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &mut args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    // SAFETY: with CLONE_PIDFD the kernel stored a fresh, owned pidfd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as libc::pid_t, pidfd))
+}

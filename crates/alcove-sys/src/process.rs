@@ -3,18 +3,22 @@
 use std::ffi::CStr;
 use std::io;
 
-/// Sets real, effective and saved gids to `gid` and the supplementary groups to `groups`.
+/// Sets real, effective and saved gids to `gid` and the supplementary groups
+/// to `groups`, for the calling thread only. These are the raw syscalls, not
+/// libc's wrappers, which broadcast to every thread libc knows of; a vfork
+/// child shares libc's memory with its parent and must change only itself.
 pub fn set_gids(gid: libc::gid_t, groups: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: `groups` is valid for reads of its length.
-    crate::cvt_int(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    crate::cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
     // SAFETY: plain integer arguments.
-    crate::cvt_int(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
+    crate::cvt(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
 }
 
-/// Sets real, effective and saved uids to `uid`.
+/// Sets real, effective and saved uids to `uid`, for the calling thread only
+/// (the raw syscall; see [`set_gids`]).
 pub fn set_uid(uid: libc::uid_t) -> io::Result<()> {
     // SAFETY: plain integer arguments.
-    crate::cvt_int(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+    crate::cvt(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
 /// Sets resource limit `resource` to `soft`/`hard`.
