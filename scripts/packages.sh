@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Sourced by setup.sh and test.sh: installs the Debian packages alcove's build
+# and tests need, only those missing.
+
+alcove_require_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$1: run as root: alcove creates namespaces, cgroups and mounts" >&2
+        exit 1
+    fi
+}
+
+# gcc links the build; busybox-static gives the tests and benchmark a rootfs;
+# python3 and util-linux are used by the tests; curl fetches rustup if needed.
+ALCOVE_PACKAGES=(gcc libc6-dev busybox-static util-linux procps python3 ca-certificates curl)
+
+alcove_install_packages() {
+    local missing=() p
+    for p in "${ALCOVE_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# Puts a Rust toolchain of at least the workspace's rust-version on PATH.
+alcove_ensure_rust() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    local want=1.82
+    if command -v cargo >/dev/null 2>&1; then
+        local have
+        have=$(rustc --version | awk '{print $2}')
+        if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" = "$want" ]; then
+            return
+        fi
+        echo "rustc $have is older than $want; installing a newer toolchain with rustup"
+    fi
+    if ! curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy -c rustfmt >/dev/null; then
+        echo "cannot install Rust: https://sh.rustup.rs is unreachable. Install Rust $want or newer (https://rustup.rs) and run this again." >&2
+        exit 1
+    fi
+}
