@@ -373,6 +373,54 @@ pub(crate) fn per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<Moun
     b.ops
 }
 
+/// The template for a `--rootfs` sandbox: a small read-only tmpfs holding the
+/// rootfs bound read-only at /lower, alcove's /dev, and empty mount points for
+/// the per-run tmpfs (/scratch) and overlay (/merged).
+pub(crate) fn rootfs_template_plan(lower: &Path) -> Vec<MountOp> {
+    let root = Path::new(STAGING_DIR);
+    let mut b = Builder { ops: Vec::new() };
+    b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
+    b.tmpfs(root, MS_NOSUID, "0755", 1 << 20);
+    for dir in ["lower", "scratch", "merged", "dev"] {
+        b.mkdir(&root.join(dir), 0o755);
+    }
+    let lower_view = root.join("lower");
+    b.mount(Some(lower.as_os_str().as_bytes()), &lower_view, None, MS_BIND | MS_REC, None);
+    b.mount(None, &lower_view, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None);
+    b.dev_nodes(&root.join("dev"));
+    b.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None);
+    b.ops.push(MountOp::PivotRoot { new_root: cpath(root) });
+    b.ops
+}
+
+/// What each `--rootfs` run does in its copy of the template: an overlay of
+/// /lower under a fresh tmpfs, alcove's /dev in it, the fresh mounts, the
+/// binds, and a pivot into the overlay.
+pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<MountOp> {
+    let mut b = Builder { ops: Vec::new() };
+    let scratch = Path::new("/scratch");
+    b.tmpfs(scratch, MS_NOSUID | MS_NODEV, "0755", spec.limits.tmpfs_bytes);
+    b.mkdir(&scratch.join("upper"), 0o755);
+    b.mkdir(&scratch.join("work"), 0o755);
+    let root = Path::new("/merged");
+    b.mount(
+        Some(b"overlay"),
+        root,
+        Some("overlay"),
+        MS_NOSUID | MS_NODEV,
+        Some("lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work".into()),
+    );
+    for dir in ["dev", "proc", "tmp"] {
+        b.ops.push(MountOp::MkdirBestEffort { path: cpath(&root.join(dir)), mode: 0o755 });
+    }
+    // The image's own /dev may hold device nodes: cover it with alcove's.
+    b.mount(Some(b"/dev"), &root.join("dev"), None, MS_BIND, None);
+    b.mount_points(spec, root);
+    b.fresh_mounts(spec, root, bind_trees);
+    b.ops.push(MountOp::PivotRoot { new_root: cpath(root) });
+    b.ops
+}
+
 /// The whole filesystem for a `--rootfs` sandbox, built in the child from a
 /// copy of the host's mount namespace: an overlay of the rootfs under a tmpfs
 /// upper layer, then the same fresh mounts, then the pivot.

@@ -123,12 +123,10 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
         NetMode::None => None,
     };
-    let template = match spec.rootfs {
-        Some(_) => None,
-        None => template::open_or_create(spec, resolv_conf.as_deref())?,
-    };
+    let template = template::open_or_create(spec, resolv_conf.as_deref())?;
     let mount_ops = match (&spec.rootfs, &template) {
-        (Some(lower), _) => mounts::rootfs_plan(spec, lower, &trees),
+        (Some(_), Some(_)) => mounts::rootfs_per_run_plan(spec, &trees),
+        (Some(lower), None) => mounts::rootfs_plan(spec, lower, &trees),
         (None, Some(_)) => mounts::per_run_plan(spec, &trees),
         (None, None) => mounts::scratch_plan(spec, &HostView::read(spec.net), &trees),
     };

@@ -63,8 +63,11 @@ pub(crate) fn open_or_create(
     if count() >= MAX_TEMPLATES {
         return Ok(None);
     }
-    let host = HostView::read(spec.net);
-    build(&path, &mounts::template_plan(spec, &host))?;
+    let plan = match &spec.rootfs {
+        Some(lower) => mounts::rootfs_template_plan(lower),
+        None => mounts::template_plan(spec, &HostView::read(spec.net)),
+    };
+    build(&path, &plan)?;
     open_ns(&path)
         .map(Some)
         .map_err(prepare("opening a new template"))
@@ -94,6 +97,19 @@ pub(crate) fn remove_all() -> usize {
 
 /// The template's name: a hash of everything the skeleton depends on.
 fn key(spec: &SandboxSpec, resolv_conf: Option<&[u8]>) -> String {
+    if let Some(lower) = &spec.rootfs {
+        // The directory's identity too: a rootfs re-created at the same path
+        // gets a new template rather than the old one's pinned view.
+        use std::os::unix::fs::MetadataExt;
+        let mut h = Fnv::default();
+        h.add(b"rootfs-v1");
+        h.add(lower.as_os_str().as_bytes());
+        if let Ok(m) = std::fs::metadata(lower) {
+            h.add(&m.dev().to_le_bytes());
+            h.add(&m.ino().to_le_bytes());
+        }
+        return format!("rootfs-{:016x}", h.0);
+    }
     let mut h = Fnv::default();
     h.add(b"host-view-v1");
     h.add(spec.hostname.as_bytes());
