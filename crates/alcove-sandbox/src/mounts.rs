@@ -261,11 +261,47 @@ impl Builder {
             MS_NOSUID | MS_NODEV | MS_NOEXEC,
             None,
         );
+        if spec.user.uid == 0 {
+            self.mask_proc(&root.join("proc"));
+        }
         for (bind, &tree) in spec.binds.iter().zip(bind_trees) {
             self.ops.push(MountOp::MoveMount {
                 tree,
                 target: cpath(&inside(root, &bind.target)),
             });
+        }
+    }
+}
+
+impl Builder {
+    /// /proc's files belong to the host's uid 0, so a sandbox running as uid 0
+    /// could write them even without capabilities (sysrq-trigger needs none).
+    /// As the default container profiles do, make the system-wide ones
+    /// read-only and hide the ones that leak kernel state.
+    fn mask_proc(&mut self, proc: &Path) {
+        for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+            if Path::new("/proc").join(name).exists() {
+                let path = proc.join(name);
+                self.mount(
+                    Some(path.as_os_str().as_bytes()),
+                    &path,
+                    None,
+                    MS_BIND | MS_REC,
+                    None,
+                );
+                self.mount(
+                    None,
+                    &path,
+                    None,
+                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    None,
+                );
+            }
+        }
+        for name in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+            if Path::new("/proc").join(name).exists() {
+                self.mount(Some(b"/dev/null"), &proc.join(name), None, MS_BIND, None);
+            }
         }
     }
 }
@@ -385,11 +421,31 @@ pub(crate) fn rootfs_template_plan(lower: &Path) -> Vec<MountOp> {
         b.mkdir(&root.join(dir), 0o755);
     }
     let lower_view = root.join("lower");
-    b.mount(Some(lower.as_os_str().as_bytes()), &lower_view, None, MS_BIND | MS_REC, None);
-    b.mount(None, &lower_view, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None);
+    b.mount(
+        Some(lower.as_os_str().as_bytes()),
+        &lower_view,
+        None,
+        MS_BIND | MS_REC,
+        None,
+    );
+    b.mount(
+        None,
+        &lower_view,
+        None,
+        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+        None,
+    );
     b.dev_nodes(&root.join("dev"));
-    b.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None);
-    b.ops.push(MountOp::PivotRoot { new_root: cpath(root) });
+    b.mount(
+        None,
+        root,
+        None,
+        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID,
+        None,
+    );
+    b.ops.push(MountOp::PivotRoot {
+        new_root: cpath(root),
+    });
     b.ops
 }
 
@@ -399,7 +455,12 @@ pub(crate) fn rootfs_template_plan(lower: &Path) -> Vec<MountOp> {
 pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<MountOp> {
     let mut b = Builder { ops: Vec::new() };
     let scratch = Path::new("/scratch");
-    b.tmpfs(scratch, MS_NOSUID | MS_NODEV, "0755", spec.limits.tmpfs_bytes);
+    b.tmpfs(
+        scratch,
+        MS_NOSUID | MS_NODEV,
+        "0755",
+        spec.limits.tmpfs_bytes,
+    );
     b.mkdir(&scratch.join("upper"), 0o755);
     b.mkdir(&scratch.join("work"), 0o755);
     let root = Path::new("/merged");
@@ -411,13 +472,18 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
         Some("lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work".into()),
     );
     for dir in ["dev", "proc", "tmp"] {
-        b.ops.push(MountOp::MkdirBestEffort { path: cpath(&root.join(dir)), mode: 0o755 });
+        b.ops.push(MountOp::MkdirBestEffort {
+            path: cpath(&root.join(dir)),
+            mode: 0o755,
+        });
     }
     // The image's own /dev may hold device nodes: cover it with alcove's.
     b.mount(Some(b"/dev"), &root.join("dev"), None, MS_BIND, None);
     b.mount_points(spec, root);
     b.fresh_mounts(spec, root, bind_trees);
-    b.ops.push(MountOp::PivotRoot { new_root: cpath(root) });
+    b.ops.push(MountOp::PivotRoot {
+        new_root: cpath(root),
+    });
     b.ops
 }
 

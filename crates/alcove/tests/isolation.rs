@@ -142,6 +142,18 @@ fn host_secrets_are_absent_and_the_host_is_read_only() {
         }
     }
     assert_eq!(run.stdout.lines().count(), 7, "{run:?}");
+    // /proc's system-wide files belong to the host's uid 0: as uid 0 inside,
+    // they are read-only, and per-process ones stay writable.
+    let run = sandbox(
+        &["--user", "0"],
+        &[
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/vm/drop_caches; echo 100 > /proc/self/oom_score_adj && echo own-ok",
+        ],
+    );
+    assert!(run.stderr.contains("Read-only file system"), "{run:?}");
+    assert_eq!(run.stdout, "own-ok\n");
 }
 
 #[test]
