@@ -30,6 +30,9 @@ pub const TEMPLATE_DIR: &str = "/run/alcove/templates";
 /// The most templates kept at once.
 pub const MAX_TEMPLATES: usize = 64;
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+const PIN: &str = "pinning the template mount namespace";
+/// Marks a mount namespace in which templates cannot be pinned.
+const UNPINNABLE: &str = "unpinnable";
 
 /// Opens the template namespace for `spec`, building it first if needed.
 /// `Ok(None)` means the template cap is reached: build from scratch.
@@ -37,12 +40,18 @@ pub(crate) fn open_or_create(
     spec: &SandboxSpec,
     resolv_conf: Option<&[u8]>,
 ) -> Result<Option<OwnedFd>, SandboxError> {
-    let path = Path::new(TEMPLATE_DIR).join(key(spec, resolv_conf));
+    let Some(dir) = own_dir() else {
+        return Ok(None);
+    };
+    let path = dir.join(key(spec, resolv_conf));
     if let Ok(fd) = open_ns(&path) {
         return Ok(Some(fd));
     }
+    if dir.join(UNPINNABLE).exists() {
+        return Ok(None);
+    }
     let prepare = |what| move |source| SandboxError::Prepare { what, source };
-    std::fs::create_dir_all(TEMPLATE_DIR).map_err(prepare("creating /run/alcove/templates"))?;
+    std::fs::create_dir_all(&dir).map_err(prepare("creating /run/alcove/templates"))?;
     let lock = OpenOptions::new()
         .write(true)
         .create(true)
@@ -60,28 +69,50 @@ pub(crate) fn open_or_create(
     if let Ok(fd) = open_ns(&path) {
         return Ok(Some(fd));
     }
-    if count() >= MAX_TEMPLATES {
+    if count(&dir) >= MAX_TEMPLATES {
         return Ok(None);
     }
     let plan = match &spec.rootfs {
         Some(lower) => mounts::rootfs_template_plan(lower),
         None => mounts::template_plan(spec, &HostView::read(spec.net)),
     };
-    build(&path, &plan)?;
-    open_ns(&path)
-        .map(Some)
-        .map_err(prepare("opening a new template"))
+    match build(&path, &plan) {
+        Ok(()) => open_ns(&path)
+            .map(Some)
+            .map_err(prepare("opening a new template")),
+        // This mount namespace cannot pin templates (here: any but the
+        // initial one, where the kernel answers EINVAL); remember that, and
+        // build each run's root from scratch.
+        Err(SandboxError::Prepare { what: PIN, .. }) => {
+            let _ = File::create(dir.join(UNPINNABLE));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Unmounts and removes every template; returns how many.
+/// Templates are pinned by bind mounts, which exist only in the mount namespace
+/// that made them (copies of a namespace leave mount-namespace files out), so
+/// each mount namespace alcove runs in keeps its own directory of them.
+fn own_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/mnt").ok()?;
+    Some(Path::new(TEMPLATE_DIR).join(format!("mnt-{}", ns.ino())))
+}
+
+/// Unmounts and removes every template of this mount namespace; returns how many.
 pub(crate) fn remove_all() -> usize {
-    let Ok(entries) = std::fs::read_dir(TEMPLATE_DIR) else {
+    let Some(dir) = own_dir() else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "lock") {
+        if path.extension().is_some_and(|e| e == "lock") || path.ends_with(UNPINNABLE) {
+            let _ = std::fs::remove_file(&path);
             continue;
         }
         if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
@@ -92,6 +123,7 @@ pub(crate) fn remove_all() -> usize {
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(path.with_extension("lock"));
     }
+    let _ = std::fs::remove_dir(&dir);
     removed
 }
 
@@ -141,8 +173,8 @@ impl Fnv {
     }
 }
 
-fn count() -> usize {
-    std::fs::read_dir(TEMPLATE_DIR).map_or(0, |d| {
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
         d.flatten()
             .filter(|e| e.path().extension().is_none_or(|x| x != "lock"))
             .count()
@@ -196,7 +228,7 @@ fn build(path: &Path, plan: &[mounts::MountOp]) -> Result<(), SandboxError> {
     mount::mount(Some(&source), &target, None, mount::MS_BIND, None).map_err(|e| {
         let _ = std::fs::remove_file(path);
         SandboxError::Prepare {
-            what: "pinning the template mount namespace",
+            what: PIN,
             source: e,
         }
     })?;
