@@ -44,7 +44,6 @@ impl Drop for SignalForwarder {
 
 /// Everything the supervisor watches.
 pub(crate) struct Supervision<'a> {
-    pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
     pub error_pipe: OwnedFd,
     /// Held open so the child can tell alcove is alive; closed when alcove exits.
@@ -317,7 +316,6 @@ pub(crate) fn supervise(
             teardown_us: us(t_exit, t_end),
         });
     }
-    let _ = s.pid;
     Ok((outcome, raw))
 }
 

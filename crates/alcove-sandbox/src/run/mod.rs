@@ -1,6 +1,9 @@
 //! Starting a sandbox: prepare in the parent, one clone3, then supervise.
 
-use crate::child::{self, ChildPlan, PHASE_SLOTS};
+mod pieces;
+mod program;
+
+use crate::child::{self, ChildPlan};
 use crate::mounts::{self, HostView, STAGING_DIR};
 use crate::spec::{NetMode, SandboxSpec};
 use crate::supervise::{self, Supervision};
@@ -11,11 +14,12 @@ use alcove_sys::clone;
 #[cfg(not(target_arch = "x86_64"))]
 use alcove_sys::clone::Forked;
 use alcove_sys::{fd, process};
-use std::ffi::{CString, OsStr, OsString};
+use pieces::{unique_name, CgroupGuard, PhasePage, Pieces, CGROUP_PREFIX};
+use program::{argv, envp, exec_candidates, pointers, rlimits};
+use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How the caller wants the sandbox supervised.
 #[derive(Debug, Clone, Default)]
@@ -29,10 +33,6 @@ pub struct RunOptions {
     /// and the run skips a few cgroup reads.
     pub collect_usage: bool,
 }
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The prefix of every sandbox cgroup's name; `gc` removes only these.
-const CGROUP_PREFIX: &str = "sb-";
 
 /// Runs `spec` to completion and reports how it ended.
 pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxError> {
@@ -69,10 +69,9 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
             Pieces::Fresh(cgroup)
         }
     };
-    let cgroup = &pieces;
 
     let prepare = |what| move |source| SandboxError::Prepare { what, source };
-    let cgroup_dir = match cgroup.get().unified_dir() {
+    let cgroup_dir = match pieces.cgroup().unified_dir() {
         Some(dir) => {
             Some(open_dir(dir).map_err(prepare("opening the sandbox's cgroup2 directory"))?)
         }
@@ -83,7 +82,7 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     // threadgroup lock whose RCU sync made a `cgroup.procs` write cost ~7 ms
     // here; the child is single-threaded, so the thread is the whole process.
     let mut cgroup_procs = Vec::new();
-    for dir in cgroup.get().v1_dirs() {
+    for dir in pieces.cgroup().v1_dirs() {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("tasks"))
@@ -169,7 +168,7 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         flags |= clone::CLONE_NEWCGROUP;
     }
     let t_clone = process::monotonic_ns();
-    let (pid, pidfd) =
+    let (_pid, pidfd) =
         spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan).map_err(SandboxError::Clone)?;
     drop((
         error_write,
@@ -180,13 +179,12 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     ));
 
     let supervision = Supervision {
-        pid,
         pidfd,
         error_pipe: error_read,
         lifeline: lifeline_write,
         outputs,
         signals,
-        cgroup: cgroup.get(),
+        cgroup: pieces.cgroup(),
         limits: &spec.limits,
         collect_usage,
         baseline: pieces.baseline(),
@@ -276,105 +274,6 @@ pub fn gc() -> Result<usize, SandboxError> {
     Ok(removed + pool::remove_all(&layout) + template::remove_all())
 }
 
-/// The cgroups and network namespace a run uses: a pool slot, or fresh ones.
-enum Pieces {
-    Pooled(pool::Slot),
-    Fresh(CgroupGuard),
-}
-
-impl Pieces {
-    fn get(&self) -> &SandboxCgroup {
-        self.cgroup()
-    }
-
-    fn cgroup(&self) -> &SandboxCgroup {
-        match self {
-            Pieces::Pooled(slot) => &slot.cgroup,
-            Pieces::Fresh(guard) => guard.get(),
-        }
-    }
-
-    fn netns(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        match self {
-            Pieces::Pooled(slot) => slot.netns.as_ref().map(AsFd::as_fd),
-            Pieces::Fresh(_) => None,
-        }
-    }
-
-    fn baseline(&self) -> pool::Baseline {
-        match self {
-            Pieces::Pooled(slot) => slot.baseline,
-            Pieces::Fresh(_) => pool::Baseline {
-                pids_exact: true,
-                ..Default::default()
-            },
-        }
-    }
-}
-
-/// Removes the cgroup on every path out of `run`, errors included.
-struct CgroupGuard(Option<SandboxCgroup>);
-
-impl CgroupGuard {
-    fn get(&self) -> &SandboxCgroup {
-        self.0.as_ref().expect("present until removed")
-    }
-
-    fn remove(mut self) -> Result<(), alcove_cgroup::CgroupError> {
-        self.0.take().expect("present until removed").remove()
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        if let Some(cgroup) = self.0.take() {
-            cgroup.kill_all();
-            let _ = cgroup.remove();
-        }
-    }
-}
-
-/// A shared anonymous page the child writes its phase timestamps into.
-struct PhasePage {
-    ptr: *mut u64,
-}
-
-impl PhasePage {
-    fn new() -> std::io::Result<Self> {
-        // SAFETY: an anonymous shared mapping with no address hint.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PHASE_SLOTS * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(PhasePage { ptr: ptr.cast() })
-    }
-
-    fn read(&self) -> [u64; PHASE_SLOTS] {
-        let mut out = [0; PHASE_SLOTS];
-        for (i, slot) in out.iter_mut().enumerate() {
-            // SAFETY: the mapping holds PHASE_SLOTS u64s and lives as long as self.
-            *slot = unsafe { self.ptr.add(i).read_volatile() };
-        }
-        out
-    }
-}
-
-impl Drop for PhasePage {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), PHASE_SLOTS * 8) };
-    }
-}
-
 /// Clones each bind source into a detached mount tree with its final
 /// attributes, ready for the child to attach wherever its root is.
 fn clone_bind_trees(spec: &SandboxSpec) -> Result<Vec<OwnedFd>, SandboxError> {
@@ -412,16 +311,6 @@ fn ensure_staging_dir() -> Result<(), SandboxError> {
     }
 }
 
-fn unique_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{CGROUP_PREFIX}{}-{}-{n}",
-        std::process::id(),
-        process::monotonic_ns() % 1_000_000_000
-    )
-}
-
 fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -429,78 +318,4 @@ fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir)?;
     Ok(file.into())
-}
-
-fn argv(spec: &SandboxSpec) -> Vec<CString> {
-    spec.argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).expect("validated"))
-        .collect()
-}
-
-fn envp(spec: &SandboxSpec) -> Vec<CString> {
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), "/tmp".into()),
-        ("HOSTNAME".into(), spec.hostname.clone().into()),
-    ];
-    if let Some(term) = std::env::var_os("TERM") {
-        env.push(("TERM".into(), term));
-    }
-    for (key, value) in &spec.env {
-        env.retain(|(k, _)| k != key);
-        env.push((key.clone(), value.clone()));
-    }
-    env.iter()
-        .map(|(k, v)| {
-            let mut bytes = k.as_bytes().to_vec();
-            bytes.push(b'=');
-            bytes.extend_from_slice(v.as_bytes());
-            CString::new(bytes).expect("validated")
-        })
-        .collect()
-}
-
-fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
-
-/// Where to look for the program inside the sandbox, in order (execvp rules).
-fn exec_candidates(spec: &SandboxSpec) -> Vec<CString> {
-    let program = spec.argv[0].as_bytes();
-    if program.contains(&b'/') {
-        return vec![CString::new(program).expect("validated")];
-    }
-    let path = spec
-        .env
-        .iter()
-        .find(|(k, _)| k == OsStr::new("PATH"))
-        .map_or(DEFAULT_PATH.as_bytes(), |(_, v)| v.as_bytes());
-    path.split(|b| *b == b':')
-        .map(|dir| if dir.is_empty() { &b"."[..] } else { dir })
-        .map(|dir| {
-            let mut full = dir.to_vec();
-            full.push(b'/');
-            full.extend_from_slice(program);
-            CString::new(full).expect("validated")
-        })
-        .collect()
-}
-
-fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
-    let files = spec.limits.open_files;
-    let mut limits = vec![
-        (libc::RLIMIT_NOFILE, files, files),
-        (libc::RLIMIT_CORE, 0, 0),
-    ];
-    if let Some(cpu) = spec.limits.cpu_time {
-        // A backstop per process; the cgroup-wide limit is enforced by the supervisor.
-        let soft = cpu.as_secs() + 2;
-        limits.push((libc::RLIMIT_CPU, soft, soft + 1));
-    }
-    limits
 }
