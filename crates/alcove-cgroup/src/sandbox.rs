@@ -15,6 +15,9 @@ pub struct SandboxCgroup {
     unified: Option<PathBuf>,
     unified_controllers: Vec<Controller>,
     v1: Vec<(Vec<String>, PathBuf)>,
+    /// v2 memory.peak opened and reset for this run (kernel 6.12+): its peak
+    /// is read back through the same descriptor.
+    peak_fd: Option<std::fs::File>,
 }
 
 impl SandboxCgroup {
@@ -29,6 +32,7 @@ impl SandboxCgroup {
             unified: None,
             unified_controllers: Vec::new(),
             v1: Vec::new(),
+            peak_fd: None,
         };
         if let Some(own) = &layout.unified_own_dir {
             let wanted: Vec<Controller> = controllers
@@ -117,12 +121,17 @@ impl SandboxCgroup {
         pids_max: Option<u64>,
     ) -> Result<u64, CgroupError> {
         let mut leftover = 0;
-        if let (Some(dir), false) = (
-            self.dir_for(Controller::Memory, "memory"),
-            self.is_v2(Controller::Memory),
-        ) {
-            v1::reset_memory_peak(dir)?;
-            leftover = v1::memory_usage(dir)?;
+        if let Some(dir) = self
+            .dir_for(Controller::Memory, "memory")
+            .map(Path::to_owned)
+        {
+            if self.is_v2(Controller::Memory) {
+                self.peak_fd = v2::reset_peak_fd(&dir);
+                leftover = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
+            } else {
+                v1::reset_memory_peak(&dir)?;
+                leftover = v1::memory_usage(&dir)?;
+            }
         }
         if pids_reset && !self.is_v2(Controller::Pids) {
             if let Some(dir) = self.dir_for_v1("pids").map(Path::to_owned) {
@@ -132,6 +141,13 @@ impl SandboxCgroup {
             }
         }
         Ok(leftover)
+    }
+
+    /// Whether the last [`restart_peaks`](Self::restart_peaks) restarted the
+    /// peak-memory record (always on v1; on v2 only where memory.peak can be
+    /// reset, kernel 6.12 and later).
+    pub fn memory_peak_restarted(&self) -> bool {
+        !self.is_v2(Controller::Memory) || self.peak_fd.is_some()
     }
 
     /// Whether pids.peak can be restarted (v1 only; v2's cannot be reset).
@@ -164,7 +180,10 @@ impl SandboxCgroup {
         (usage.cpu_user_us, usage.cpu_system_us) = self.cpu_usage_us()?;
         if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
             if self.is_v2(Controller::Memory) {
-                usage.memory_peak_bytes = v2::memory_peak(dir);
+                usage.memory_peak_bytes = match &self.peak_fd {
+                    Some(fd) => v2::read_peak_fd(fd),
+                    None => v2::memory_peak(dir),
+                };
             } else {
                 usage.memory_peak_bytes = Some(v1::memory_peak(dir)?);
             }
@@ -258,6 +277,7 @@ impl SandboxCgroup {
             unified,
             unified_controllers: Vec::new(),
             v1,
+            peak_fd: None,
         }
     }
 

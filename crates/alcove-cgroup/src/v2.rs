@@ -64,6 +64,27 @@ pub fn memory_peak(dir: &Path) -> Option<u64> {
     crate::v1::parse_u64(dir, "memory.peak").ok()
 }
 
+/// Opens memory.peak and resets it for this descriptor (kernel 6.12+), so a
+/// reused cgroup reports the new run's peak; `None` where the kernel cannot.
+pub fn reset_peak_fd(dir: &Path) -> Option<std::fs::File> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("memory.peak"))
+        .ok()?;
+    file.write_all(b"reset\n").ok()?;
+    Some(file)
+}
+
+/// Reads a peak through the descriptor [`reset_peak_fd`] returned.
+pub fn read_peak_fd(file: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
 /// How many processes the OOM killer killed here (memory.events `oom_kill`).
 pub fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
     let text = read_string(dir.join("memory.events"))?;

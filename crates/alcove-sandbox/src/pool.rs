@@ -132,6 +132,8 @@ pub(crate) struct Baseline {
     pub memory_leftover: u64,
     /// Whether pids.peak will show this run's peak alone.
     pub pids_exact: bool,
+    /// Whether the peak-memory record was restarted for this run.
+    pub memory_exact: bool,
 }
 
 /// A claimed slot: its cgroups, its network namespace, and the lock that makes them ours.
@@ -232,6 +234,7 @@ fn prepare(
         let stale_pids = previous.as_ref().is_none_or(|r| r.pids_peak != Some(1));
         baseline.pids_exact = cgroup.pids_peak_resettable();
         baseline.memory_leftover = cgroup.restart_peaks(stale_pids, limits.pids_max)?;
+        baseline.memory_exact = cgroup.memory_peak_restarted();
     }
     let record = Record {
         clean: false,

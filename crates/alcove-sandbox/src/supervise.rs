@@ -259,6 +259,7 @@ pub(crate) fn supervise(
             cpu_system_us: u.cpu_system_us.saturating_sub(b.cpu_us.1),
             memory_peak_bytes: u
                 .memory_peak_bytes
+                .filter(|_| b.memory_exact)
                 .map(|p| p.saturating_sub(b.memory_leftover)),
             pids_peak: u.pids_peak.filter(|_| b.pids_exact),
             oom_kills: u.oom_kills.saturating_sub(b.oom_kills),

@@ -38,6 +38,7 @@ impl Pieces {
             Pieces::Pooled(slot) => slot.baseline,
             Pieces::Fresh(_) => pool::Baseline {
                 pids_exact: true,
+                memory_exact: true,
                 ..Default::default()
             },
         }
