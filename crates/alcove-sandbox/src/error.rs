@@ -7,6 +7,8 @@ use std::io;
 pub enum SandboxError {
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
+    #[error("alcove must run as root: it creates namespaces, cgroups and mounts (the sandboxed program itself runs unprivileged)")]
+    NotRoot,
     #[error("cannot set up the sandbox's cgroups")]
     Cgroup(#[source] alcove_cgroup::CgroupError),
     #[error("cannot prepare the sandbox: {what}")]

@@ -183,3 +183,25 @@ fn invalid_specs_fail_before_anything_runs_and_leave_nothing() {
     }
     assert_eq!(alcove_cgroups(), before, "a failed start left a cgroup");
 }
+
+#[test]
+fn running_unprivileged_is_refused_clearly() {
+    if !root_or_skip("running_unprivileged_is_refused_clearly") {
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            ALCOVE,
+            "run",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("alcove must run as root"), "{stderr}");
+}

@@ -42,7 +42,7 @@ fn two_hundred_runs_leave_nothing_behind() {
         .filter(|m| !is_pooled(m))
         .collect();
     let cgroups_before = alcove_cgroups();
-    let namespaces_before = live_namespaces();
+    let namespaces_before = live_namespaces(65534);
     for i in 0..200 {
         let args = [
             "run",
@@ -82,7 +82,7 @@ fn two_hundred_runs_leave_nothing_behind() {
         .unwrap()
         .to_string_lossy()
         .starts_with("slot-")));
-    let new: Vec<String> = live_namespaces()
+    let new: Vec<String> = live_namespaces(65534)
         .into_iter()
         .filter(|n| !namespaces_before.contains(n))
         .collect();

@@ -38,6 +38,10 @@ pub struct RunOptions {
 pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxError> {
     let t_start = process::monotonic_ns();
     spec.validate()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::NotRoot);
+    }
     ensure_staging_dir()?;
 
     let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;

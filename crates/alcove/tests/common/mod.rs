@@ -143,11 +143,16 @@ fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Namespace inodes held by any process on the host, by kind.
-pub fn live_namespaces() -> Vec<String> {
+/// Namespace inodes held by processes running as `uid` (sandboxes run as
+/// nobody by default, which nothing else on a test machine does).
+pub fn live_namespaces(uid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
     let mut seen = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
+            continue;
+        }
+        if entry.metadata().map_or(true, |m| m.uid() != uid) {
             continue;
         }
         for kind in ["mnt", "net", "pid", "ipc", "uts", "cgroup"] {
