@@ -33,6 +33,7 @@ pub(crate) enum Stage {
     FdCleanup,
     NoNewPrivs,
     Seccomp,
+    Init,
     Exec,
     ExecNotFound,
     ExecDenied,
@@ -48,6 +49,7 @@ impl Stage {
             NetworkNamespace,
             Loopback,
             Session,
+            MountNamespace,
             Mount,
             Hostname,
             Workdir,
@@ -60,6 +62,7 @@ impl Stage {
             FdCleanup,
             NoNewPrivs,
             Seccomp,
+            Init,
             Exec,
             ExecNotFound,
             ExecDenied,
@@ -89,6 +92,7 @@ impl Stage {
             Stage::FdCleanup => "closing inherited file descriptors",
             Stage::NoNewPrivs => "setting no_new_privs",
             Stage::Seccomp => "loading the seccomp filter",
+            Stage::Init => "starting the init process",
             Stage::Exec | Stage::ExecNotFound | Stage::ExecDenied => "executing the program",
         }
     }
@@ -97,8 +101,14 @@ impl Stage {
 /// The fixed-size failure record: stage, index of the failing op, errno.
 pub(crate) const REPORT_LEN: usize = 12;
 
-/// Phase timestamps the child records when asked (see `Phases`).
+/// Phase timestamps the child records when asked (see `Phases`), in the first
+/// slots of the shared page.
 pub(crate) const PHASE_SLOTS: usize = 4;
+/// Where, in the shared page, `--init` leaves the program's wait status
+/// (`1 << 32 | status`), since its own exit cannot carry a signal.
+pub(crate) const PROGRAM_STATUS_SLOT: usize = 4;
+/// Slots in the shared page.
+pub(crate) const SHARED_SLOTS: usize = 5;
 
 /// Everything the child needs, prepared by the parent.
 pub(crate) struct ChildPlan {
@@ -126,8 +136,13 @@ pub(crate) struct ChildPlan {
     pub exec_candidates: Vec<CString>,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
-    /// Shared page for phase timestamps, or null.
-    pub phases: *mut u64,
+    /// The page shared with the parent (phase timestamps, the program's
+    /// status under `--init`), or null.
+    pub shared: *mut u64,
+    /// Whether to write phase timestamps to the shared page.
+    pub record_phases: bool,
+    /// Stay as PID 1 (a minimal init) and run the program as its child.
+    pub init: bool,
 }
 
 /// Runs the plan and execs the program. Never returns.
@@ -159,11 +174,11 @@ fn at(stage: Stage) -> impl Fn(io::Error) -> Failure {
 }
 
 fn mark(plan: &ChildPlan, slot: usize) {
-    if !plan.phases.is_null() && slot < PHASE_SLOTS {
-        // SAFETY: the parent mapped PHASE_SLOTS u64s, shared and writable, at
-        // `phases`; this process is single-threaded.
+    if plan.record_phases && !plan.shared.is_null() && slot < PHASE_SLOTS {
+        // SAFETY: the parent mapped SHARED_SLOTS u64s, shared and writable, at
+        // `shared`; this process is single-threaded.
         unsafe {
-            plan.phases
+            plan.shared
                 .add(slot)
                 .write_volatile(process::monotonic_ns())
         };
@@ -228,7 +243,60 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     process::set_no_new_privs().map_err(at(Stage::NoNewPrivs))?;
     seccomp::install_filter(plan.seccomp).map_err(at(Stage::Seccomp))?;
     mark(plan, 3);
+    if plan.init {
+        return init(plan);
+    }
     exec(plan)
+}
+
+/// `--init`: fork the program, then stay as PID 1 forwarding signals to it and
+/// reaping orphans, and exit when it does, leaving its wait status for alcove.
+fn init(plan: &ChildPlan) -> Result<Never, Failure> {
+    let all = alcove_sys::signal::block_all().map_err(at(Stage::Init))?;
+    // SAFETY: this process is single-threaded; the child only restores the
+    // signal mask and execs (or reports failure and _exits).
+    let program = unsafe { libc::fork() };
+    if program < 0 {
+        return Err((Stage::Init, 0, io::Error::last_os_error()));
+    }
+    if program == 0 {
+        alcove_sys::signal::restore_mask(&all);
+        return exec(plan);
+    }
+    // The init needs no descriptor: drop them all, so that the error pipe
+    // reaches end-of-file at the program's exec, and the output pipes' read
+    // ends (inherited from alcove, which the init never execs away) do not
+    // keep a stream open that alcove has closed.
+    // SAFETY: close_range on our own descriptor table.
+    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    loop {
+        match alcove_sys::signal::wait_any() {
+            libc::SIGCHLD => {
+                while let Some((pid, status)) = process::reap_any() {
+                    if pid == program {
+                        if !plan.shared.is_null() {
+                            // SAFETY: the shared page holds SHARED_SLOTS u64s.
+                            unsafe {
+                                plan.shared
+                                    .add(PROGRAM_STATUS_SLOT)
+                                    .write_volatile(1 << 32 | status as u32 as u64)
+                            };
+                        }
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        process::exit_now(code);
+                    }
+                }
+            }
+            signal => {
+                // SAFETY: kill on the pid of our own child.
+                unsafe { libc::kill(program, signal) };
+            }
+        }
+    }
 }
 
 /// Exits if alcove died before the parent-death signal was armed.

@@ -135,6 +135,9 @@ pub struct SandboxSpec {
     pub net: NetMode,
     /// Record per-phase start timings in the outcome.
     pub record_phases: bool,
+    /// Run a minimal init as PID 1, with the program as its child, so the
+    /// program gets ordinary signal behaviour (SIGPIPE, SIGTERM to itself).
+    pub init: bool,
 }
 
 impl SandboxSpec {
@@ -155,6 +158,7 @@ impl SandboxSpec {
             },
             net: NetMode::None,
             record_phases: false,
+            init: false,
         }
     }
 

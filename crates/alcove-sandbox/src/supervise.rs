@@ -101,9 +101,13 @@ pub(crate) struct RawUsage {
     pub pids_peak: Option<u64>,
 }
 
+/// Watches the sandbox to its end. `read_marks` gives the child's phase
+/// timestamps; `program_status`, under `--init`, the program's own wait status
+/// (the init's exit cannot carry the signal that killed the program).
 pub(crate) fn supervise(
     s: Supervision<'_>,
     read_marks: &dyn Fn() -> Option<[u64; PHASE_SLOTS]>,
+    program_status: &dyn Fn() -> Option<i32>,
 ) -> Result<(Outcome, RawUsage), SandboxError> {
     let ns = |d: Duration| d.as_nanos() as u64;
     let deadline = s.limits.timeout.map(|t| s.t_clone + ns(t));
@@ -240,7 +244,14 @@ pub(crate) fn supervise(
         }
     }
     drop(s.lifeline);
-    let (status, t_exit) = exit.expect("loop ends after exit");
+    let (mut status, t_exit) = exit.expect("loop ends after exit");
+    if let Some(raw) = program_status() {
+        status = if libc::WIFEXITED(raw) {
+            ExitStatus::Exited(libc::WEXITSTATUS(raw))
+        } else {
+            ExitStatus::Signaled(libc::WTERMSIG(raw))
+        };
+    }
 
     if report.len() >= REPORT_LEN {
         return Err(setup_failure(&report, s.plan, &s.program));

@@ -73,3 +73,12 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Reaps one exited child without blocking: `(pid, raw wait status)`, or
+/// `None` when none is waiting.
+pub fn reap_any() -> Option<(libc::pid_t, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-parameter.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}

@@ -75,3 +75,34 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> Option<i32> {
     };
     (ret as usize == len).then_some(info.ssi_signo as i32)
 }
+
+/// Blocks every signal and returns the previous mask.
+pub fn block_all() -> io::Result<SavedMask> {
+    // SAFETY: sigfillset initialises the set.
+    let all = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    };
+    // SAFETY: a zeroed sigset_t is a valid out-parameter.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    let ret = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) };
+    crate::cvt_int(ret)?;
+    Ok(SavedMask(old))
+}
+
+/// Waits for any (blocked) signal and returns its number.
+pub fn wait_any() -> i32 {
+    // SAFETY: sigfillset initialises the set; sigwaitinfo accepts a null info.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        loop {
+            let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
+            if sig > 0 {
+                return sig;
+            }
+        }
+    }
+}

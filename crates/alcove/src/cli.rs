@@ -116,6 +116,10 @@ struct RunArgs {
     /// Add per-phase start-up timings to the report.
     #[arg(long)]
     phases: bool,
+    /// Run a minimal init as PID 1 that forwards signals and reaps orphans, with
+    /// the program as its child (ordinary signal behaviour; costs a fork).
+    #[arg(long)]
+    init: bool,
     /// The program and its arguments (after --).
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
     argv: Vec<OsString>,
@@ -208,6 +212,7 @@ fn spec_from(args: RunArgs) -> SandboxSpec {
         Net::Host => NetMode::Host,
     };
     spec.record_phases = args.phases;
+    spec.init = args.init;
     spec.limits.memory_bytes = args.memory;
     spec.limits.cpus = args.cpus;
     spec.limits.pids = args.pids;

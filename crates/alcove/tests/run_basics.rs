@@ -205,3 +205,40 @@ fn running_unprivileged_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("alcove must run as root"), "{stderr}");
 }
+
+#[test]
+fn with_init_the_program_gets_ordinary_signal_behaviour() {
+    if !root_or_skip("with_init_the_program_gets_ordinary_signal_behaviour") {
+        return;
+    }
+    let _g = serial();
+    // Without --init the program is PID 1, which ignores a signal it sends itself.
+    let run = sandbox(&[], &["sh", "-c", "kill -TERM $$; echo ignored"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "ignored\n"), "{run:?}");
+    // With it, the program is PID 2 under a minimal init, and the signal kills it.
+    let run = sandbox(
+        &["--init"],
+        &["sh", "-c", "echo $$; kill -TERM $$; echo not reached"],
+    );
+    assert_eq!(run.stdout, "2\n", "{run:?}");
+    assert_eq!(run.code, 128 + libc::SIGTERM);
+    assert_eq!(run.status(), "signaled");
+    assert_eq!(run.report["signal"], libc::SIGTERM);
+    // SIGPIPE at the output limit, exit codes, and a missing program behave as usual.
+    let run = sandbox(
+        &["--init", "--output-limit", "1K", "--timeout", "10s"],
+        &["yes", "flood"],
+    );
+    assert_eq!(
+        (run.stdout.len(), run.report["signal"].as_i64()),
+        (1024, Some(libc::SIGPIPE as i64)),
+        "{run:?}"
+    );
+    assert_eq!(sandbox(&["--init"], &["sh", "-c", "exit 7"]).code, 7);
+    assert_eq!(
+        sandbox(&["--init"], &["definitely-not-a-program"]).code,
+        127
+    );
+    let run = sandbox(&["--init", "--timeout", "200ms"], &["sleep", "5"]);
+    assert_eq!(run.status(), "timeout", "{run:?}");
+}

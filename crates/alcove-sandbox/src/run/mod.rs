@@ -10,9 +10,7 @@ use crate::supervise::{self, Supervision};
 use crate::{pool, template};
 use crate::{Outcome, SandboxError};
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
-use alcove_sys::clone;
-#[cfg(not(target_arch = "x86_64"))]
-use alcove_sys::clone::Forked;
+use alcove_sys::clone::{self, Forked};
 use alcove_sys::{fd, process};
 use pieces::{unique_name, CgroupGuard, PhasePage, Pieces, CGROUP_PREFIX};
 use program::{argv, envp, exec_candidates, pointers, rlimits};
@@ -114,8 +112,8 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     } else {
         None
     };
-    let phases = if spec.record_phases {
-        Some(PhasePage::new().map_err(prepare("mapping the phase page"))?)
+    let phases = if spec.record_phases || spec.init {
+        Some(PhasePage::new().map_err(prepare("mapping the shared page"))?)
     } else {
         None
     };
@@ -158,7 +156,9 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         exec_candidates: exec_candidates(spec),
         argv: pointers(&argv_c),
         envp: pointers(&envp_c),
-        phases: phases.as_ref().map_or(std::ptr::null_mut(), |p| p.ptr),
+        shared: phases.as_ref().map_or(std::ptr::null_mut(), |p| p.ptr),
+        record_phases: spec.record_phases,
+        init: spec.init,
     };
 
     let mut flags = clone::CLONE_NEWPID | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;
@@ -197,7 +197,16 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         t_start,
         t_clone,
     };
-    let result = supervise::supervise(supervision, &|| phases.as_ref().map(PhasePage::read));
+    let result = supervise::supervise(
+        supervision,
+        &|| {
+            phases
+                .as_ref()
+                .filter(|_| spec.record_phases)
+                .map(PhasePage::read)
+        },
+        &|| phases.as_ref().and_then(PhasePage::program_status),
+    );
     let (mut outcome, raw) = result?;
     let t_teardown = process::monotonic_ns();
     outcome.cgroup_id = pieces.cgroup().id();
@@ -224,7 +233,7 @@ fn spawn(
     plan: &ChildPlan,
 ) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     #[cfg(target_arch = "x86_64")]
-    {
+    if !plan.init {
         extern "C" fn entry(arg: *mut libc::c_void) -> ! {
             // SAFETY: `arg` is the `&ChildPlan` below, which outlives the child's
             // use of it because the parent is suspended until the child execs.
@@ -237,16 +246,14 @@ fn spawn(
         // sandbox is spawned); `child::run` executes the prepared plan without
         // allocating, taking locks or unwinding, writes only the phase page and
         // its own stack, and ends in execve or _exit; `plan` outlives the call.
-        unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) }
+        return unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        // SAFETY: alcove is single-threaded here, and the child only runs
-        // `child::run`, which ends in execve or _exit.
-        match unsafe { clone::clone3(flags, cgroup) }? {
-            Forked::Child => child::run(plan),
-            Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
-        }
+    // With --init the first process never execs, so it cannot share our memory.
+    // SAFETY: alcove is single-threaded here, and the child only runs
+    // `child::run`, which ends in execve or _exit.
+    match unsafe { clone::clone3(flags, cgroup) }? {
+        Forked::Child => child::run(plan),
+        Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
 }
 

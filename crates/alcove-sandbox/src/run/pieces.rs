@@ -1,7 +1,7 @@
 //! The pieces a run holds: a pool slot or fresh cgroups, and the page the
 //! child writes its phase timestamps to.
 
-use crate::child::PHASE_SLOTS;
+use crate::child::{PHASE_SLOTS, PROGRAM_STATUS_SLOT, SHARED_SLOTS};
 use crate::pool;
 use alcove_cgroup::SandboxCgroup;
 use alcove_sys::process;
@@ -78,7 +78,7 @@ impl PhasePage {
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PHASE_SLOTS * 8,
+                SHARED_SLOTS * 8,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
@@ -94,17 +94,26 @@ impl PhasePage {
     pub(super) fn read(&self) -> [u64; PHASE_SLOTS] {
         let mut out = [0; PHASE_SLOTS];
         for (i, slot) in out.iter_mut().enumerate() {
-            // SAFETY: the mapping holds PHASE_SLOTS u64s and lives as long as self.
+            // SAFETY: the mapping holds SHARED_SLOTS u64s and lives as long as self.
             *slot = unsafe { self.ptr.add(i).read_volatile() };
         }
         out
     }
 }
 
+impl PhasePage {
+    /// The program's wait status, when `--init` left one.
+    pub(super) fn program_status(&self) -> Option<i32> {
+        // SAFETY: the mapping holds SHARED_SLOTS u64s and lives as long as self.
+        let v = unsafe { self.ptr.add(PROGRAM_STATUS_SLOT).read_volatile() };
+        (v >> 32 == 1).then_some(v as u32 as i32)
+    }
+}
+
 impl Drop for PhasePage {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), PHASE_SLOTS * 8) };
+        unsafe { libc::munmap(self.ptr.cast(), SHARED_SLOTS * 8) };
     }
 }
 
