@@ -102,21 +102,7 @@ fn main() {
     }
     let mut leaves: Vec<Vec<sock_filter>> = Vec::new();
     for (name, group) in groups {
-        if group.iter().all(|rule| rule.get("args").is_none()) {
-            let program = compile(
-                group,
-                serde_json::json!("allow"),
-                serde_json::json!({"errno": EPERM}),
-            );
-            let nr = number_of(&program);
-            assert_eq!(
-                action.get(&nr),
-                Some(&Action::Allow),
-                "{name} is denied but not known"
-            );
-            action.insert(nr, Action::Deny);
-            continue;
-        }
+        let unconditional = group.iter().all(|rule| rule.get("args").is_none());
         let program = compile(
             group,
             serde_json::json!("allow"),
@@ -128,6 +114,10 @@ fn main() {
             Some(&Action::Allow),
             "{name} is denied but not known"
         );
+        if unconditional {
+            action.insert(nr, Action::Deny);
+            continue;
+        }
         action.insert(nr, Action::Leaf(leaves.len()));
         leaves.push(program);
     }

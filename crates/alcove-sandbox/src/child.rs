@@ -41,34 +41,12 @@ pub(crate) enum Stage {
 
 impl Stage {
     pub(crate) fn from_u32(v: u32) -> Option<Self> {
-        use Stage::*;
-        [
-            Lifeline,
-            CgroupJoin,
-            CgroupNamespace,
-            NetworkNamespace,
-            Loopback,
-            Session,
-            MountNamespace,
-            Mount,
-            Hostname,
-            Workdir,
-            Rlimits,
-            Capabilities,
-            Groups,
-            Uid,
-            DeathSignal,
-            Stdio,
-            FdCleanup,
-            NoNewPrivs,
-            Seccomp,
-            Init,
-            Exec,
-            ExecNotFound,
-            ExecDenied,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+        // Stages are numbered consecutively from Lifeline (1) to ExecDenied.
+        (Stage::Lifeline as u32..=Stage::ExecDenied as u32)
+            .contains(&v)
+            // SAFETY: Stage is repr(u32) with consecutive discriminants, and
+            // `v` lies within them.
+            .then(|| unsafe { std::mem::transmute::<u32, Stage>(v) })
     }
 
     pub(crate) fn describe(self) -> &'static str {
@@ -372,4 +350,23 @@ fn exec(plan: &ChildPlan) -> Result<Never, Failure> {
             io::Error::from_raw_os_error(libc::ENOENT),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stage;
+
+    #[test]
+    fn stages_round_trip_through_the_error_pipe_numbering() {
+        for stage in [
+            Stage::Lifeline,
+            Stage::Mount,
+            Stage::Seccomp,
+            Stage::ExecDenied,
+        ] {
+            assert_eq!(Stage::from_u32(stage as u32), Some(stage));
+        }
+        assert_eq!(Stage::from_u32(0), None);
+        assert_eq!(Stage::from_u32(Stage::ExecDenied as u32 + 1), None);
+    }
 }

@@ -320,18 +320,7 @@ fn open_lock(i: usize) -> io::Result<File> {
 
 /// Opens the slot's namespace, checking that a namespace really is mounted there.
 fn open_netns(path: &Path) -> io::Result<OwnedFd> {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
-    // SAFETY: a zeroed statfs is a valid out-parameter for fstatfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `file` is open and `st` is valid for writes.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 || st.f_type as i64 != NSFS_MAGIC {
-        return Err(io::Error::from(io::ErrorKind::NotFound));
-    }
-    Ok(file.into())
+    ns::open_pinned(&CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?)
 }
 
 /// Makes a new namespace with loopback up and mounts it at `path`, from this

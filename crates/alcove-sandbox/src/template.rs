@@ -29,7 +29,6 @@ use std::path::Path;
 pub const TEMPLATE_DIR: &str = "/run/alcove/templates";
 /// The most templates kept at once.
 pub const MAX_TEMPLATES: usize = 64;
-const NSFS_MAGIC: i64 = 0x6e73_6673;
 const PIN: &str = "pinning the template mount namespace";
 /// Marks a mount namespace in which templates cannot be pinned.
 const UNPINNABLE: &str = "unpinnable";
@@ -182,17 +181,7 @@ fn count(dir: &Path) -> usize {
 }
 
 fn open_ns(path: &Path) -> io::Result<OwnedFd> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
-    // SAFETY: a zeroed statfs is a valid out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `file` is open and `st` is valid for writes.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 || st.f_type as i64 != NSFS_MAGIC {
-        return Err(io::ErrorKind::NotFound.into());
-    }
-    Ok(file.into())
+    ns::open_pinned(&CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?)
 }
 
 /// Builds the template from this (single-threaded) process: enter a new mount
