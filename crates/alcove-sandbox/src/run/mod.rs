@@ -207,7 +207,23 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         },
         &|| phases.as_ref().and_then(PhasePage::program_status),
     );
-    let (mut outcome, raw) = result?;
+    let (mut outcome, raw) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            // A child that failed its setup has exited: its slot is clean.
+            let exited = matches!(
+                e,
+                SandboxError::Setup { .. }
+                    | SandboxError::ProgramNotFound { .. }
+                    | SandboxError::ProgramNotExecutable { .. }
+            );
+            if let (Pieces::Pooled(slot), true) = (pieces, exited) {
+                let oom_kills = slot.cgroup.oom_kills().unwrap_or(slot.baseline.oom_kills);
+                slot.release(None, oom_kills, None);
+            }
+            return Err(e);
+        }
+    };
     let t_teardown = process::monotonic_ns();
     outcome.cgroup_id = pieces.cgroup().id();
     match pieces {
