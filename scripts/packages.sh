@@ -9,9 +9,10 @@ alcove_require_root() {
     fi
 }
 
-# gcc links the build; busybox-static gives the tests and benchmark a rootfs;
+# gcc links the build; clang, libelf-dev, zlib1g-dev and pkg-config build the
+# BPF programs and libbpf; busybox-static gives the tests and benchmark a rootfs;
 # python3 and util-linux are used by the tests; curl fetches rustup if needed.
-ALCOVE_PACKAGES=(gcc libc6-dev busybox-static util-linux procps python3 ca-certificates curl)
+ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 ca-certificates curl)
 
 alcove_install_packages() {
     local missing=() p

@@ -83,17 +83,21 @@ fn main() {
     };
 
     let mut action: BTreeMap<u32, Action> = BTreeMap::new();
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
     for rule in rules("known") {
         assert!(
             rule.get("args").is_none(),
             "known-filter rules take no arguments"
         );
+        let name = rule["syscall"].as_str().expect("syscall name").to_owned();
         let program = compile(
             vec![rule],
             serde_json::json!({"errno": ENOSYS}),
             serde_json::json!("allow"),
         );
-        action.insert(number_of(&program), Action::Allow);
+        let nr = number_of(&program);
+        action.insert(nr, Action::Allow);
+        names.insert(nr, name);
     }
     let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for rule in rules("deny") {
@@ -161,6 +165,15 @@ fn main() {
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("seccomp_default.bpf"), bytes).expect("write the BPF program");
+    let table: String = names
+        .iter()
+        .map(|(nr, name)| format!("    ({nr}, {name:?}),\n"))
+        .collect();
+    std::fs::write(
+        out.join("syscall_table.rs"),
+        format!("/// (number, name) of every syscall the policy names, by number.\npub(crate) static SYSCALLS: &[(u32, &str)] = &[\n{table}];\n"),
+    )
+    .expect("write the syscall table");
 }
 
 /// Emits a binary search over `segments` (sorted by first syscall number):

@@ -33,6 +33,8 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot watch the sandbox")]
+    Observer(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("lost track of the sandbox")]
     Supervise(#[source] io::Error),
 }

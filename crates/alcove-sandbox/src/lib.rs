@@ -11,6 +11,7 @@ mod child;
 mod error;
 mod etc;
 mod mounts;
+mod observer;
 mod outcome;
 mod pool;
 mod run;
@@ -22,6 +23,8 @@ pub mod units;
 
 pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
+pub use observer::{NoObserver, Observer};
 pub use outcome::{Outcome, Phases, Status};
-pub use run::{gc, run, RunOptions};
+pub use run::{gc, run, run_observed, RunOptions};
+pub use seccomp::{syscall_name, syscall_number};
 pub use spec::{Bind, Limits, NetMode, SandboxSpec, SpecError, User};

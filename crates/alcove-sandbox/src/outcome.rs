@@ -17,6 +17,9 @@ pub enum Status {
     CpuTime,
     /// The kernel's OOM killer acted inside the sandbox's memory limit.
     Oom,
+    /// A policy enforced in the kernel (a syscall, CPU or wall budget) killed it;
+    /// `reason` says which.
+    KilledByPolicy,
     /// alcove itself could not run the sandbox.
     Error,
 }
@@ -59,6 +62,9 @@ pub struct Outcome {
     pub output_truncated: bool,
     /// The sandbox's cgroup2 id, where a cgroup2 tree is mounted.
     pub cgroup_id: Option<u64>,
+    /// Why a policy killed the sandbox, with `killed_by_policy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
 }

@@ -9,6 +9,20 @@
 use std::sync::OnceLock;
 
 static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_default.bpf"));
+include!(concat!(env!("OUT_DIR"), "/syscall_table.rs"));
+
+/// The name of syscall `nr` on this architecture, if the policy knows it.
+pub fn syscall_name(nr: u32) -> Option<&'static str> {
+    SYSCALLS
+        .binary_search_by_key(&nr, |(n, _)| *n)
+        .ok()
+        .map(|i| SYSCALLS[i].1)
+}
+
+/// The number of the syscall called `name`, if the policy knows it.
+pub fn syscall_number(name: &str) -> Option<u32> {
+    SYSCALLS.iter().find(|(_, n)| *n == name).map(|(nr, _)| *nr)
+}
 
 /// The filter's instructions.
 pub(crate) fn filter() -> &'static [libc::sock_filter] {
@@ -73,6 +87,16 @@ mod tests {
         let filter = super::filter();
         assert!(!filter.is_empty());
         assert!(filter.len() <= 4096, "BPF_MAXINSNS is 4096");
+    }
+
+    #[test]
+    fn syscall_names_round_trip() {
+        assert_eq!(super::syscall_name(libc::SYS_getpid as u32), Some("getpid"));
+        assert_eq!(
+            super::syscall_number("openat"),
+            Some(libc::SYS_openat as u32)
+        );
+        assert_eq!(super::syscall_name(100_000), None);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub(crate) struct Supervision<'a> {
     pub program: String,
     pub t_start: u64,
     pub t_clone: u64,
+    pub observer: &'a mut dyn crate::Observer,
 }
 
 struct Pump {
@@ -120,6 +121,7 @@ pub(crate) fn supervise(
     let mut next_cpu_check = cpu_limit_us.map(|_| s.t_clone);
     let mut grace_deadline: Option<u64> = None;
     let mut kill_reason: Option<Status> = None;
+    let mut policy_reason: Option<String> = None;
     let mut error_pipe = Some(s.error_pipe);
     let mut report = Vec::with_capacity(REPORT_LEN);
     let mut t_exec: Option<u64> = None;
@@ -199,6 +201,7 @@ pub(crate) fn supervise(
         let i_pid = exit.is_none().then(|| push(s.pidfd.as_raw_fd()));
         let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
         let i_sig = s.signals.as_ref().map(|f| push(f.fd.as_raw_fd()));
+        let i_obs = s.observer.poll_fd().map(&mut push);
         let i_pumps: Vec<Option<usize>> = pumps
             .iter()
             .map(|p| p.read.as_ref().map(|r| push(r.as_raw_fd())))
@@ -237,6 +240,14 @@ pub(crate) fn supervise(
                 }
             }
         }
+        if ready(i_obs) {
+            if let Some(reason) = s.observer.on_ready() {
+                if exit.is_none() && policy_reason.is_none() {
+                    kill(&mut kill_reason, Some(Status::KilledByPolicy));
+                    policy_reason = Some(reason);
+                }
+            }
+        }
         if ready(i_pid) {
             let (status, _rusage) =
                 pidfd::wait(s.pidfd.as_fd()).map_err(SandboxError::Supervise)?;
@@ -244,6 +255,13 @@ pub(crate) fn supervise(
         }
     }
     drop(s.lifeline);
+    // The kernel may have killed a process for a budget before we read its event.
+    if policy_reason.is_none() {
+        if let Some(reason) = s.observer.on_ready() {
+            policy_reason = Some(reason);
+            kill_reason.get_or_insert(Status::KilledByPolicy);
+        }
+    }
     let (mut status, t_exit) = exit.expect("loop ends after exit");
     if let Some(raw) = program_status() {
         status = if libc::WIFEXITED(raw) {
@@ -311,6 +329,7 @@ pub(crate) fn supervise(
         pids_peak: usage.pids_peak,
         output_truncated: pumps.iter().any(|p| p.truncated),
         cgroup_id: None,
+        reason: policy_reason,
         phases: None,
     };
     outcome.wall(Duration::from_nanos(t_exit - s.t_clone));

@@ -14,6 +14,7 @@ pub mod fs;
 pub mod mount;
 pub mod net;
 pub mod ns;
+pub mod perf;
 pub mod pidfd;
 pub mod process;
 pub mod seccomp;

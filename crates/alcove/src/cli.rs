@@ -116,6 +116,24 @@ struct RunArgs {
     /// Add per-phase start-up timings to the report.
     #[arg(long)]
     phases: bool,
+    /// Count syscalls by name, context switches, page faults and bytes read and
+    /// written in the kernel (eBPF), and add them with the event list to the report.
+    #[arg(long)]
+    trace: bool,
+    /// Print sandbox events (exec, exit, denials, budget kills, OOM) as they happen.
+    #[arg(long)]
+    trace_live: bool,
+    /// Kill the sandbox, from inside the kernel, past this many syscalls.
+    #[arg(long, value_name = "N")]
+    max_syscalls: Option<u64>,
+    /// Kill the sandbox, from inside the kernel, past this much CPU time (even a
+    /// spinner that makes no syscalls; sampled every millisecond).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    cpu_budget: Option<Duration>,
+    /// Kill a sandbox process, from inside the kernel, found running past this
+    /// wall-clock time (the --timeout supervisor also catches sleeping ones).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    wall_budget: Option<Duration>,
     /// Run a minimal init as PID 1 that forwards signals and reaps orphans, with
     /// the program as its child (ordinary signal behaviour; costs a fork).
     #[arg(long)]
@@ -224,8 +242,24 @@ fn spec_from(args: RunArgs) -> SandboxSpec {
     spec
 }
 
+/// The eBPF side of a run: what to count and which budgets to enforce.
+struct Monitoring {
+    trace: bool,
+    trace_live: bool,
+    max_syscalls: Option<u64>,
+    cpu_budget: Option<Duration>,
+    wall_budget: Option<Duration>,
+}
+
 fn run(args: RunArgs) -> i32 {
     let report_path = args.report.clone();
+    let monitoring = Monitoring {
+        trace: args.trace,
+        trace_live: args.trace_live,
+        max_syscalls: args.max_syscalls,
+        cpu_budget: args.cpu_budget,
+        wall_budget: args.wall_budget,
+    };
     let spec = spec_from(args);
     // Open the report first, so a bad path fails before anything runs.
     let mut report = match &report_path {
@@ -245,10 +279,35 @@ fn run(args: RunArgs) -> i32 {
         forward_signals: true,
         collect_usage: report.is_some(),
     };
-    let result = alcove_sandbox::run(&spec, &options);
+    let policy = alcove_bpf::SandboxPolicy {
+        trace: monitoring.trace,
+        syscall_budget: monitoring.max_syscalls,
+        cpu_budget: monitoring.cpu_budget,
+        wall_budget: monitoring.wall_budget,
+    };
+    let mut observer = None;
+    if policy != alcove_bpf::SandboxPolicy::default() || monitoring.trace_live {
+        match crate::trace::BpfObserver::new(policy, monitoring.trace_live) {
+            Ok(o) => observer = Some(o),
+            Err(e) => {
+                eprintln!("alcove: error: {}", chain(&e));
+                return 125;
+            }
+        }
+    }
+    let result = match observer.as_mut() {
+        Some(o) => alcove_sandbox::run_observed(&spec, &options, o),
+        None => alcove_sandbox::run(&spec, &options),
+    };
     if let Some(file) = report.as_mut() {
         let json = match &result {
-            Ok(outcome) => serde_json::to_value(outcome).expect("an outcome serialises"),
+            Ok(outcome) => {
+                let mut json = serde_json::to_value(outcome).expect("an outcome serialises");
+                if let (Some(o), Some(map)) = (observer.as_ref(), json.as_object_mut()) {
+                    map.insert("trace".into(), o.report());
+                }
+                json
+            }
             Err(e) => error_report(e),
         };
         let written = serde_json::to_writer_pretty(&mut *file, &json)
@@ -282,6 +341,10 @@ fn limit_note(outcome: &Outcome, spec: &SandboxSpec) -> Option<String> {
         Status::CpuTime => Some(format!(
             "killed: CPU-time limit of {:?} reached",
             l.cpu_time?
+        )),
+        Status::KilledByPolicy => Some(format!(
+            "killed by policy: {}",
+            outcome.reason.as_deref().unwrap_or("a budget")
         )),
         Status::Oom => Some(match l.memory_bytes {
             Some(m) => format!("out of memory: the memory limit of {m} bytes was reached"),

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod trace;
 
 use std::process::ExitCode;
 

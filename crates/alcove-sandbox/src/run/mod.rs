@@ -34,6 +34,15 @@ pub struct RunOptions {
 
 /// Runs `spec` to completion and reports how it ended.
 pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxError> {
+    run_observed(spec, options, &mut crate::NoObserver)
+}
+
+/// Runs `spec` to completion with `observer` watching it, and reports how it ended.
+pub fn run_observed(
+    spec: &SandboxSpec,
+    options: &RunOptions,
+    observer: &mut dyn crate::Observer,
+) -> Result<Outcome, SandboxError> {
     let t_start = process::monotonic_ns();
     spec.validate()?;
     // SAFETY: geteuid has no preconditions.
@@ -171,6 +180,9 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
     if !plan.unshare_cgroupns {
         flags |= clone::CLONE_NEWCGROUP;
     }
+    observer
+        .before_start(pieces.cgroup().id())
+        .map_err(SandboxError::Observer)?;
     let t_clone = process::monotonic_ns();
     let (_pid, pidfd) =
         spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan).map_err(SandboxError::Clone)?;
@@ -196,6 +208,7 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         program: spec.argv[0].to_string_lossy().into_owned(),
         t_start,
         t_clone,
+        observer: &mut *observer,
     };
     let result = supervise::supervise(
         supervision,
@@ -207,6 +220,7 @@ pub fn run(spec: &SandboxSpec, options: &RunOptions) -> Result<Outcome, SandboxE
         },
         &|| phases.as_ref().and_then(PhasePage::program_status),
     );
+    observer.after_end();
     let (mut outcome, raw) = match result {
         Ok(done) => done,
         Err(e) => {

@@ -11,8 +11,12 @@ fn main() {
         Some("syscalls") => syscalls(),
         Some("hog") => hog(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 30)),
         Some("segv") => segv(),
+        Some("getpid") => getpid(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000)),
+        Some("spin") => loop {
+            std::hint::black_box(0u64);
+        },
         _ => {
-            eprintln!("usage: alcove-probe syscalls | hog BYTES | segv");
+            eprintln!("usage: alcove-probe syscalls | hog BYTES | segv | getpid N | spin");
             std::process::exit(2);
         }
     }
@@ -145,6 +149,15 @@ fn hog(bytes: usize) {
         }
     }
     println!("allocated {} MiB", total >> 20);
+}
+
+/// Calls getpid `n` times with the raw syscall (libc may cache it).
+fn getpid(n: u64) {
+    for _ in 0..n {
+        // SAFETY: getpid takes no arguments.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    println!("called getpid {n} times");
 }
 
 /// Dies of a real SIGSEGV (a fault, which even a pid namespace's init cannot ignore).

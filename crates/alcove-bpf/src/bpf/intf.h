@@ -1,0 +1,76 @@
+/* Shared between the BPF programs and alcove-bpf's Rust side (which mirrors
+ * these layouts in src/intf.rs). Keep both in step. */
+#ifndef ALCOVE_INTF_H
+#define ALCOVE_INTF_H
+
+#define ALCOVE_MAX_SANDBOXES 4096
+#define ALCOVE_MAX_SYSCALL_KEYS 65536
+#define ALCOVE_FILENAME_LEN 128
+#define ALCOVE_ARGS_LEN 128
+#define ALCOVE_COMM_LEN 16
+
+/* alcove_sandbox.flags */
+#define ALCOVE_TRACE_SYSCALLS (1u << 0)
+
+enum alcove_event_kind {
+	ALCOVE_EV_EXEC = 1,
+	ALCOVE_EV_EXIT = 2,
+	ALCOVE_EV_DENIED = 3,
+	ALCOVE_EV_BUDGET_KILL = 4,
+	ALCOVE_EV_OOM = 5,
+};
+
+enum alcove_kill_reason {
+	ALCOVE_KILL_SYSCALLS = 1,
+	ALCOVE_KILL_CPU = 2,
+	ALCOVE_KILL_WALL = 3,
+};
+
+enum alcove_denial {
+	ALCOVE_DENY_DEVICE = 1,
+	ALCOVE_DENY_CONNECT = 2,
+	ALCOVE_DENY_BIND = 3,
+};
+
+/* One sandbox's policy and shared counters, keyed by its cgroup2 id. */
+struct alcove_sandbox {
+	__u64 syscall_budget;	/* 0: none */
+	__u64 cpu_budget_ns;	/* 0: none */
+	__u64 wall_deadline_ns;	/* bpf_ktime_get_ns() value; 0: none */
+	__u64 syscalls;		/* atomically counted, only with a syscall budget */
+	__u64 cpu_ns;		/* sampled by the perf_event program */
+	__u32 flags;
+	__u32 armed;		/* set at the sandbox's first exec: count from there */
+	__u64 killed;		/* a kill reason once one was sent */
+};
+
+/* Per-CPU counters of one sandbox, summed in user space. */
+struct alcove_stats {
+	__u64 syscalls;
+	__u64 ctx_switches;
+	__u64 page_faults;
+	__u64 bytes_read;
+	__u64 bytes_written;
+	__u64 execs;
+};
+
+struct alcove_syscall_key {
+	__u64 cgroup_id;
+	__u32 nr;
+	__u32 pad;
+};
+
+struct alcove_event {
+	__u64 cgroup_id;
+	__u64 ts_ns;
+	__u32 kind;
+	__u32 pid;
+	__u32 ppid;
+	__s32 value;		/* exit status, kill reason, denial kind */
+	__u64 detail;		/* budget reached, device (major << 32 | minor), address */
+	char comm[ALCOVE_COMM_LEN];
+	char filename[ALCOVE_FILENAME_LEN];
+	char args[ALCOVE_ARGS_LEN];
+};
+
+#endif

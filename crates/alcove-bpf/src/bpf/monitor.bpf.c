@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* alcove's per-sandbox monitor: events, accounting and budgets, all keyed by
+ * the sandbox's cgroup2 id and filtered in the kernel, so that processes
+ * outside sandboxes pay one hash lookup where a program is attached at all.
+ *
+ * Always attached while alcove monitors anything: exec, exit and OOM (each
+ * fires once per process, not per syscall). Attached only while some sandbox
+ * asks for them: raw_syscalls/sys_enter (syscall counts and budgets), the
+ * cpu-clock perf_event program (CPU and wall budgets, which catch spinners
+ * that make no syscalls), and the tracing counters (context switches, page
+ * faults, bytes read and written). All are BTF-typed raw tracepoints
+ * (tp_btf): they need no tracefs, and cost less than perf-event tracepoints. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "intf.h"
+
+#define SIGKILL 9
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The period of the cpu-clock perf events, set by the loader. */
+const volatile __u64 tick_ns = 1000000;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES);
+	__type(key, __u64);
+	__type(value, struct alcove_sandbox);
+} sandboxes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES);
+	__type(key, __u64);
+	__type(value, struct alcove_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, ALCOVE_MAX_SYSCALL_KEYS);
+	__type(key, struct alcove_syscall_key);
+	__type(value, __u64);
+} syscall_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Events the ring buffer had no room for: never lost silently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+static __always_inline struct alcove_event *reserve(__u64 cg, __u32 kind)
+{
+	struct alcove_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+		if (n)
+			*n += 1;
+		return NULL;
+	}
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	e->cgroup_id = cg;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->pid = BPF_CORE_READ(task, tgid);
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->value = 0;
+	e->detail = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->filename[0] = 0;
+	e->args[0] = 0;
+	return e;
+}
+
+static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __u32 reason, __u64 detail)
+{
+	bpf_send_signal(SIGKILL);
+	if (__sync_val_compare_and_swap(&sb->killed, 0, reason) != 0)
+		return; /* reported once */
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_BUDGET_KILL);
+	if (!e)
+		return;
+	e->value = reason;
+	e->detail = detail;
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (!sb)
+		return 0;
+	/* Counting starts with the program: alcove's own setup before its exec
+	 * is not the program's doing. */
+	sb->armed = 1;
+	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
+	if (st)
+		st->execs += 1;
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_EXEC);
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	unsigned long start = BPF_CORE_READ(p, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(p, mm, arg_end);
+	unsigned long len = end - start;
+	if (len > sizeof(e->args))
+		len = sizeof(e->args);
+	bpf_probe_read_user(e->args, sizeof(e->args), (void *)start);
+	e->detail = len;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!bpf_map_lookup_elem(&sandboxes, &cg))
+		return 0;
+	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
+		return 0; /* a thread, not a process */
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_EXIT);
+	if (!e)
+		return 0;
+	e->value = BPF_CORE_READ(p, exit_code);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/mark_victim")
+int BPF_PROG(on_oom, struct task_struct *victim)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!bpf_map_lookup_elem(&sandboxes, &cg))
+		return 0;
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_OOM);
+	if (!e)
+		return 0;
+	e->detail = BPF_CORE_READ(victim, tgid);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (!sb || !sb->armed)
+		return 0;
+	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
+	if (st)
+		st->syscalls += 1;
+	if (sb->flags & ALCOVE_TRACE_SYSCALLS) {
+		struct alcove_syscall_key key = { .cgroup_id = cg, .nr = (__u32)id };
+		__u64 *n = bpf_map_lookup_elem(&syscall_counts, &key);
+		if (n) {
+			*n += 1;
+		} else {
+			__u64 one = 1;
+			bpf_map_update_elem(&syscall_counts, &key, &one, BPF_NOEXIST);
+		}
+	}
+	if (sb->syscall_budget) {
+		__u64 used = __sync_fetch_and_add(&sb->syscalls, 1) + 1;
+		if (used > sb->syscall_budget)
+			kill_current(cg, sb, ALCOVE_KILL_SYSCALLS, sb->syscall_budget);
+	}
+	return 0;
+}
+
+SEC("perf_event")
+int on_tick(struct bpf_perf_event_data *ctx)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (!sb)
+		return 0;
+	if (sb->cpu_budget_ns) {
+		__u64 used = __sync_fetch_and_add(&sb->cpu_ns, tick_ns) + tick_ns;
+		if (used > sb->cpu_budget_ns)
+			kill_current(cg, sb, ALCOVE_KILL_CPU, sb->cpu_budget_ns);
+	}
+	if (sb->wall_deadline_ns && bpf_ktime_get_ns() > sb->wall_deadline_ns)
+		kill_current(cg, sb, ALCOVE_KILL_WALL, sb->wall_deadline_ns);
+	return 0;
+}
+
+static __always_inline struct alcove_stats *traced_stats(void)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (!sb || !sb->armed || !(sb->flags & ALCOVE_TRACE_SYSCALLS))
+		return NULL;
+	return bpf_map_lookup_elem(&stats, &cg);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_switch)
+{
+	struct alcove_stats *st = traced_stats();
+	if (st)
+		st->ctx_switches += 1;
+	return 0;
+}
+
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(on_fault)
+{
+	struct alcove_stats *st = traced_stats();
+	if (st)
+		st->page_faults += 1;
+	return 0;
+}
+
+/* Bytes moved by read/write-family calls, from raw_syscalls/sys_exit. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	if (ret <= 0)
+		return 0;
+	struct alcove_stats *st = traced_stats();
+	if (!st)
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr == 0 || nr == 17 || nr == 19 || nr == 295)	/* read pread64 readv preadv */
+		st->bytes_read += ret;
+	else if (nr == 1 || nr == 18 || nr == 20 || nr == 296)	/* write pwrite64 writev pwritev */
+		st->bytes_written += ret;
+#elif defined(__TARGET_ARCH_arm64)
+	long nr = BPF_CORE_READ(regs, syscallno);
+	if (nr == 63 || nr == 67 || nr == 65 || nr == 69)	/* read pread64 readv preadv */
+		st->bytes_read += ret;
+	else if (nr == 64 || nr == 68 || nr == 66 || nr == 70)
+		st->bytes_written += ret;
+#endif
+	return 0;
+}

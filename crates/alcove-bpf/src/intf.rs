@@ -1,0 +1,65 @@
+//! Rust mirrors of the layouts in bpf/intf.h. Keep both in step.
+
+/// Mirrors `struct alcove_sandbox`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SandboxEntry {
+    pub syscall_budget: u64,
+    pub cpu_budget_ns: u64,
+    pub wall_deadline_ns: u64,
+    pub syscalls: u64,
+    pub cpu_ns: u64,
+    pub flags: u32,
+    pub armed: u32,
+    pub killed: u64,
+}
+
+pub(crate) const TRACE_SYSCALLS: u32 = 1;
+
+/// Mirrors `struct alcove_stats` (one CPU's share).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StatsEntry {
+    pub syscalls: u64,
+    pub ctx_switches: u64,
+    pub page_faults: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub execs: u64,
+}
+
+/// Mirrors `struct alcove_syscall_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SyscallKey {
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub pad: u32,
+}
+
+pub(crate) const FILENAME_LEN: usize = 128;
+pub(crate) const ARGS_LEN: usize = 128;
+pub(crate) const COMM_LEN: usize = 16;
+
+// `struct alcove_event` (312 bytes) is decoded field by field in events.rs.
+
+/// Views a plain-old-data value as bytes, for map keys and values.
+pub(crate) fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is a repr(C) Copy type without padding-sensitive invariants;
+    // reading its bytes is always defined for these integer-only structs.
+    unsafe {
+        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    }
+}
+
+/// Reads a plain-old-data value from the start of `bytes`.
+pub(crate) fn from_bytes<T: Copy + Default>(bytes: &[u8]) -> T {
+    let mut value = T::default();
+    let n = bytes.len().min(std::mem::size_of::<T>());
+    // SAFETY: `value` is valid for writes of size_of::<T>() bytes, `n` does not
+    // exceed it, and every bit pattern is valid for these integer-only structs.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut value as *mut T).cast::<u8>(), n)
+    };
+    value
+}

@@ -1,0 +1,298 @@
+//! Loading the monitor programs, registering sandboxes, and reading back what
+//! the programs saw.
+
+use crate::events::Event;
+use crate::intf::{bytes_of, from_bytes, SandboxEntry, StatsEntry, SyscallKey, TRACE_SYSCALLS};
+use crate::skel::{MonitorSkel, MonitorSkelBuilder};
+use crate::BpfError;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, RingBuffer, RingBufferBuilder};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The period of the cpu-clock events that drive CPU and wall budgets.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// What alcove asks of the kernel for one sandbox.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxPolicy {
+    /// Count syscalls by number, and context switches, page faults and bytes
+    /// read and written (attaches per-syscall programs while on).
+    pub trace: bool,
+    /// Kill the sandbox past this many syscalls.
+    pub syscall_budget: Option<u64>,
+    /// Kill the sandbox past this much CPU time (sampled every [`TICK`]).
+    pub cpu_budget: Option<Duration>,
+    /// Kill a sandbox process found running past this much wall time.
+    pub wall_budget: Option<Duration>,
+}
+
+impl SandboxPolicy {
+    fn needs_syscalls(&self) -> bool {
+        self.trace || self.syscall_budget.is_some()
+    }
+
+    fn needs_ticks(&self) -> bool {
+        self.cpu_budget.is_some() || self.wall_budget.is_some()
+    }
+}
+
+/// One sandbox's counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub syscalls: u64,
+    pub ctx_switches: u64,
+    pub page_faults: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub execs: u64,
+}
+
+/// The loaded monitor: programs, maps, the event ring, and which sandboxes
+/// it watches. Dropping it detaches and unloads everything.
+pub struct Monitor {
+    // Fields drop in order: the ring and links go before the skeleton.
+    ring: RingBuffer<'static>,
+    received: Rc<RefCell<Vec<Event>>>,
+    always: Vec<Link>,
+    syscall_link: Option<Link>,
+    tracing_links: Vec<Link>,
+    tick_links: Vec<Link>,
+    watched: HashMap<u64, SandboxPolicy>,
+    skel: MonitorSkel<'static>,
+}
+
+impl Monitor {
+    /// Loads the programs and attaches the always-on ones (exec, exit, OOM).
+    pub fn load() -> Result<Self, BpfError> {
+        // The skeleton borrows its object storage for as long as it lives;
+        // a monitor is loaded once per process, so the storage is leaked.
+        let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = MonitorSkelBuilder::default()
+            .open(storage)
+            .map_err(|e| BpfError::load("opening the monitor programs", e))?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.tick_ns = TICK.as_nanos() as u64;
+        }
+        let skel = open
+            .load()
+            .map_err(|e| BpfError::load("loading the monitor programs", e))?;
+        let mut always = Vec::new();
+        for (name, prog) in [
+            ("exec", &skel.progs.on_exec),
+            ("exit", &skel.progs.on_exit),
+            ("oom", &skel.progs.on_oom),
+        ] {
+            always.push(prog.attach().map_err(|e| BpfError::attach(name, e))?);
+        }
+        let received = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&received);
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&skel.maps.events, move |data: &[u8]| {
+                if let Some(event) = Event::decode(data) {
+                    sink.borrow_mut().push(event);
+                }
+                0
+            })
+            .map_err(|e| BpfError::load("opening the event ring", e))?;
+        let ring = builder
+            .build()
+            .map_err(|e| BpfError::load("opening the event ring", e))?;
+        Ok(Monitor {
+            ring,
+            received,
+            always,
+            syscall_link: None,
+            tracing_links: Vec::new(),
+            tick_links: Vec::new(),
+            watched: HashMap::new(),
+            skel,
+        })
+    }
+
+    /// Starts watching the sandbox whose cgroup2 id is `cgroup_id`, with fresh
+    /// counters. Call before its first process runs.
+    pub fn watch(&mut self, cgroup_id: u64, policy: &SandboxPolicy) -> Result<(), BpfError> {
+        self.clear(cgroup_id);
+        let now = monotonic_ns();
+        let entry = SandboxEntry {
+            syscall_budget: policy.syscall_budget.unwrap_or(0),
+            cpu_budget_ns: policy.cpu_budget.map_or(0, |d| d.as_nanos() as u64),
+            wall_deadline_ns: policy.wall_budget.map_or(0, |d| now + d.as_nanos() as u64),
+            flags: if policy.trace { TRACE_SYSCALLS } else { 0 },
+            ..SandboxEntry::default()
+        };
+        let ncpus =
+            libbpf_rs::num_possible_cpus().map_err(|e| BpfError::load("counting CPUs", e))?;
+        let zeroes = vec![bytes_of(&StatsEntry::default()).to_vec(); ncpus];
+        let key = cgroup_id.to_ne_bytes();
+        self.skel
+            .maps
+            .stats
+            .update_percpu(&key, &zeroes, MapFlags::ANY)
+            .map_err(|e| BpfError::map("stats", e))?;
+        self.skel
+            .maps
+            .sandboxes
+            .update(&key, bytes_of(&entry), MapFlags::ANY)
+            .map_err(|e| BpfError::map("sandboxes", e))?;
+        self.watched.insert(cgroup_id, policy.clone());
+        self.attach_on_demand()
+    }
+
+    /// Stops watching `cgroup_id` and detaches what no watched sandbox needs.
+    /// The counters stay readable until the next [`watch`](Self::watch) of it.
+    pub fn unwatch(&mut self, cgroup_id: u64) {
+        let _ = self.skel.maps.sandboxes.delete(&cgroup_id.to_ne_bytes());
+        self.watched.remove(&cgroup_id);
+        let _ = self.attach_on_demand();
+    }
+
+    /// The descriptor that becomes readable when events are waiting.
+    pub fn event_fd(&self) -> RawFd {
+        self.ring.epoll_fd()
+    }
+
+    /// Every event received so far, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        let _ = self.ring.consume();
+        std::mem::take(&mut self.received.borrow_mut())
+    }
+
+    /// Events the ring had no room for.
+    pub fn dropped(&self) -> u64 {
+        let key = 0u32.to_ne_bytes();
+        match self.skel.maps.dropped.lookup_percpu(&key, MapFlags::ANY) {
+            Ok(Some(per_cpu)) => per_cpu.iter().map(|v| from_bytes::<u64>(v)).sum(),
+            _ => 0,
+        }
+    }
+
+    /// The sandbox's counters, summed over CPUs.
+    pub fn stats(&self, cgroup_id: u64) -> Stats {
+        let mut total = Stats::default();
+        if let Ok(Some(per_cpu)) = self
+            .skel
+            .maps
+            .stats
+            .lookup_percpu(&cgroup_id.to_ne_bytes(), MapFlags::ANY)
+        {
+            for bytes in per_cpu {
+                let s: StatsEntry = from_bytes(&bytes);
+                total.syscalls += s.syscalls;
+                total.ctx_switches += s.ctx_switches;
+                total.page_faults += s.page_faults;
+                total.bytes_read += s.bytes_read;
+                total.bytes_written += s.bytes_written;
+                total.execs += s.execs;
+            }
+        }
+        total
+    }
+
+    /// Syscall counts of a traced sandbox, by syscall number, most frequent first.
+    pub fn syscall_counts(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
+        let map = &self.skel.maps.syscall_counts;
+        let mut counts: Vec<(u32, u64)> = map
+            .keys()
+            .filter_map(|key| {
+                let k: SyscallKey = from_bytes(&key);
+                if k.cgroup_id != cgroup_id {
+                    return None;
+                }
+                let per_cpu = map.lookup_percpu(&key, MapFlags::ANY).ok()??;
+                Some((k.nr, per_cpu.iter().map(|v| from_bytes::<u64>(v)).sum()))
+            })
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+    }
+
+    /// Removes a sandbox's counters and syscall counts.
+    fn clear(&mut self, cgroup_id: u64) {
+        let map = &self.skel.maps.syscall_counts;
+        let stale: Vec<Vec<u8>> = map
+            .keys()
+            .filter(|key| from_bytes::<SyscallKey>(key).cgroup_id == cgroup_id)
+            .collect();
+        for key in stale {
+            let _ = map.delete(&key);
+        }
+        let _ = self.skel.maps.stats.delete(&cgroup_id.to_ne_bytes());
+    }
+
+    /// Attaches the costly programs while some watched sandbox needs them, and
+    /// detaches them as soon as none does: while anything is attached to
+    /// raw_syscalls, every syscall on the host pays for it.
+    fn attach_on_demand(&mut self) -> Result<(), BpfError> {
+        let policies = || self.watched.values();
+        let want_syscalls = policies().any(SandboxPolicy::needs_syscalls);
+        let want_tracing = policies().any(|p| p.trace);
+        let want_ticks = policies().any(SandboxPolicy::needs_ticks);
+        match (want_syscalls, self.syscall_link.is_some()) {
+            (true, false) => {
+                let link = self
+                    .skel
+                    .progs
+                    .on_sys_enter
+                    .attach()
+                    .map_err(|e| BpfError::attach("raw_syscalls/sys_enter", e))?;
+                self.syscall_link = Some(link);
+            }
+            (false, true) => self.syscall_link = None,
+            _ => {}
+        }
+        match (want_tracing, self.tracing_links.is_empty()) {
+            (true, true) => {
+                let progs = &self.skel.progs;
+                for (name, prog) in [
+                    ("sched_switch", &progs.on_switch),
+                    ("page_fault_user", &progs.on_fault),
+                    ("raw_syscalls/sys_exit", &progs.on_sys_exit),
+                ] {
+                    self.tracing_links
+                        .push(prog.attach().map_err(|e| BpfError::attach(name, e))?);
+                }
+            }
+            (false, false) => self.tracing_links.clear(),
+            _ => {}
+        }
+        match (want_ticks, self.tick_links.is_empty()) {
+            (true, true) => {
+                let ncpus = libbpf_rs::num_possible_cpus()
+                    .map_err(|e| BpfError::load("counting CPUs", e))?;
+                for cpu in 0..ncpus {
+                    let event =
+                        match alcove_sys::perf::cpu_clock(cpu as i32, TICK.as_nanos() as u64) {
+                            Ok(fd) => fd,
+                            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue, // offline CPU
+                            Err(e) => return Err(BpfError::Perf(e)),
+                        };
+                    // The link owns the perf event from here (libbpf closes it).
+                    let raw = std::os::fd::IntoRawFd::into_raw_fd(event);
+                    match self.skel.progs.on_tick.attach_perf_event(raw) {
+                        Ok(link) => self.tick_links.push(link),
+                        Err(e) => {
+                            // SAFETY: the attach failed, so the fd is still ours to close.
+                            unsafe { libc::close(raw) };
+                            return Err(BpfError::attach("cpu-clock perf event", e));
+                        }
+                    }
+                }
+            }
+            (false, false) => self.tick_links.clear(),
+            _ => {}
+        }
+        let _ = &self.always;
+        Ok(())
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    alcove_sys::process::monotonic_ns()
+}
