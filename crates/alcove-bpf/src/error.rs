@@ -5,7 +5,7 @@ use std::io;
 /// Why alcove's BPF side could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("cannot load alcove's BPF programs while {what} (loading BPF needs root, or CAP_BPF and CAP_PERFMON; see `alcove doctor`)")]
+    #[error("cannot load alcove's BPF programs while {what}{}", hint(source))]
     Load {
         what: &'static str,
         #[source]
@@ -21,8 +21,25 @@ pub enum BpfError {
     },
     #[error("cannot update the BPF map {0}")]
     Map(&'static str, #[source] libbpf_rs::Error),
+    #[error("cannot open the sandbox's cgroup2 directory to attach its rules")]
+    Cgroup(#[source] io::Error),
     #[error("cannot open a cpu-clock perf event for the CPU and wall budgets")]
     Perf(#[source] io::Error),
+}
+
+/// Says what to do for the errors a user can act on.
+fn hint(source: &libbpf_rs::Error) -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match (source.kind(), root) {
+        (libbpf_rs::ErrorKind::PermissionDenied, false) => {
+            " (loading BPF needs root, or CAP_BPF and CAP_PERFMON; see `alcove doctor`)"
+        }
+        (libbpf_rs::ErrorKind::PermissionDenied, true) => {
+            " (the kernel's verifier refused a program; its log is above)"
+        }
+        _ => "",
+    }
 }
 
 impl BpfError {

@@ -112,7 +112,20 @@ impl Event {
                 };
                 let detail = match what {
                     Denial::Device => format!("{}:{}", detail >> 32, detail & 0xffff_ffff),
-                    _ => text(filename_at, FILENAME_LEN)?,
+                    _ => {
+                        let port = detail as u16;
+                        let raw = data.get(filename_at..filename_at + 16)?;
+                        match data.get(args_at)? {
+                            2 => {
+                                let ip = std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]);
+                                format!("{ip}:{port}")
+                            }
+                            _ => {
+                                let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(raw).ok()?);
+                                format!("[{ip}]:{port}")
+                            }
+                        }
+                    }
                 };
                 EventKind::Denied { what, detail }
             }

@@ -41,6 +41,33 @@ pub(crate) const FILENAME_LEN: usize = 128;
 pub(crate) const ARGS_LEN: usize = 128;
 pub(crate) const COMM_LEN: usize = 16;
 
+/// Mirrors `struct alcove_dev_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DevKey {
+    pub cgroup_id: u64,
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// Mirrors `struct alcove_net4_key` (packed).
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Net4Key {
+    pub prefixlen: u32,
+    pub cgroup_id: u64,
+    pub addr: [u8; 4],
+}
+
+/// Mirrors `struct alcove_net6_key` (packed).
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Net6Key {
+    pub prefixlen: u32,
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+
 // `struct alcove_event` (312 bytes) is decoded field by field in events.rs.
 
 /// Views a plain-old-data value as bytes, for map keys and values.

@@ -2,7 +2,10 @@
 //! the programs saw.
 
 use crate::events::Event;
-use crate::intf::{bytes_of, from_bytes, SandboxEntry, StatsEntry, SyscallKey, TRACE_SYSCALLS};
+use crate::intf::{
+    bytes_of, from_bytes, DevKey, Net4Key, Net6Key, SandboxEntry, StatsEntry, SyscallKey,
+    TRACE_SYSCALLS,
+};
 use crate::skel::{MonitorSkel, MonitorSkelBuilder};
 use crate::BpfError;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -29,6 +32,46 @@ pub struct SandboxPolicy {
     pub cpu_budget: Option<Duration>,
     /// Kill a sandbox process found running past this much wall time.
     pub wall_budget: Option<Duration>,
+    /// The character devices the sandbox may open (`None`: no device rule).
+    /// Anything else, and every block device, is refused with EPERM.
+    pub devices: Option<Vec<DeviceId>>,
+    /// Where the sandbox may connect, send or bind besides loopback (`None`:
+    /// no network rule). Anything else is refused with EPERM.
+    pub net_allow: Option<Vec<IpNet>>,
+}
+
+/// A character device: `major:minor`, or every minor of `major` when `minor` is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceId {
+    pub major: u32,
+    pub minor: Option<u32>,
+}
+
+/// An address range: `addr/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32` or `::1`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{text:?} is not an address or CIDR range, such as 10.0.0.0/8 or 2001:db8::/32")
+        };
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpNet { addr, prefix })
+    }
 }
 
 impl SandboxPolicy {
@@ -38,6 +81,11 @@ impl SandboxPolicy {
 
     fn needs_ticks(&self) -> bool {
         self.cpu_budget.is_some() || self.wall_budget.is_some()
+    }
+
+    /// Whether anything needs BPF at all.
+    pub fn is_empty(&self) -> bool {
+        *self == SandboxPolicy::default()
     }
 }
 
@@ -63,12 +111,16 @@ pub struct Monitor {
     tracing_links: Vec<Link>,
     tick_links: Vec<Link>,
     watched: HashMap<u64, SandboxPolicy>,
+    /// Per sandbox: its cgroup programs (device and network rules).
+    cgroup_links: HashMap<u64, Vec<Link>>,
     skel: MonitorSkel<'static>,
 }
 
 impl Monitor {
-    /// Loads the programs and attaches the always-on ones (exec, exit, OOM).
-    pub fn load() -> Result<Self, BpfError> {
+    /// Loads the programs that sandboxes with `capabilities` could need (any
+    /// policy they combine; loading fewer verifies faster) and attaches the
+    /// always-on ones (exec, exit, OOM).
+    pub fn load(capabilities: &SandboxPolicy) -> Result<Self, BpfError> {
         // The skeleton borrows its object storage for as long as it lives;
         // a monitor is loaded once per process, so the storage is leaked.
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -77,6 +129,28 @@ impl Monitor {
             .map_err(|e| BpfError::load("opening the monitor programs", e))?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.tick_ns = TICK.as_nanos() as u64;
+        }
+        let c = capabilities;
+        let progs = &mut open.progs;
+        progs.on_sys_enter.set_autoload(c.needs_syscalls());
+        for prog in [
+            &mut progs.on_switch,
+            &mut progs.on_fault,
+            &mut progs.on_sys_exit,
+        ] {
+            prog.set_autoload(c.trace);
+        }
+        progs.on_tick.set_autoload(c.needs_ticks());
+        progs.device_policy.set_autoload(c.devices.is_some());
+        for prog in [
+            &mut progs.connect4,
+            &mut progs.connect6,
+            &mut progs.sendmsg4,
+            &mut progs.sendmsg6,
+            &mut progs.bind4,
+            &mut progs.bind6,
+        ] {
+            prog.set_autoload(c.net_allow.is_some());
         }
         let skel = open
             .load()
@@ -111,13 +185,20 @@ impl Monitor {
             tracing_links: Vec::new(),
             tick_links: Vec::new(),
             watched: HashMap::new(),
+            cgroup_links: HashMap::new(),
             skel,
         })
     }
 
-    /// Starts watching the sandbox whose cgroup2 id is `cgroup_id`, with fresh
-    /// counters. Call before its first process runs.
-    pub fn watch(&mut self, cgroup_id: u64, policy: &SandboxPolicy) -> Result<(), BpfError> {
+    /// Starts watching the sandbox whose cgroup2 id is `cgroup_id` (directory
+    /// `cgroup_dir`, where its rules attach), with fresh counters. Call before
+    /// its first process runs; the policy must fit what [`load`](Self::load) was told.
+    pub fn watch(
+        &mut self,
+        cgroup_id: u64,
+        cgroup_dir: &std::path::Path,
+        policy: &SandboxPolicy,
+    ) -> Result<(), BpfError> {
         self.clear(cgroup_id);
         let now = monotonic_ns();
         let entry = SandboxEntry {
@@ -142,7 +223,114 @@ impl Monitor {
             .update(&key, bytes_of(&entry), MapFlags::ANY)
             .map_err(|e| BpfError::map("sandboxes", e))?;
         self.watched.insert(cgroup_id, policy.clone());
+        self.attach_rules(cgroup_id, cgroup_dir, policy)?;
         self.attach_on_demand()
+    }
+
+    /// Fills the device and network maps for one sandbox and attaches the rule
+    /// programs to its cgroup.
+    fn attach_rules(
+        &mut self,
+        cgroup_id: u64,
+        cgroup_dir: &std::path::Path,
+        policy: &SandboxPolicy,
+    ) -> Result<(), BpfError> {
+        if policy.devices.is_none() && policy.net_allow.is_none() {
+            return Ok(());
+        }
+        let dir = std::fs::File::open(cgroup_dir).map_err(BpfError::Cgroup)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        let maps = &self.skel.maps;
+        let progs = &self.skel.progs;
+        let mut links = Vec::new();
+        if let Some(devices) = &policy.devices {
+            for d in devices {
+                let key = DevKey {
+                    cgroup_id,
+                    major: d.major,
+                    minor: d.minor.unwrap_or(u32::MAX),
+                };
+                maps.allowed_devices
+                    .update(bytes_of(&key), &[1], MapFlags::ANY)
+                    .map_err(|e| BpfError::map("allowed_devices", e))?;
+            }
+            links.push(
+                progs
+                    .device_policy
+                    .attach_cgroup(fd)
+                    .map_err(|e| BpfError::attach("cgroup/dev", e))?,
+            );
+        }
+        if let Some(allowed) = &policy.net_allow {
+            for net in allowed {
+                let (map, key) = match net.addr {
+                    std::net::IpAddr::V4(a) => {
+                        let key = Net4Key {
+                            prefixlen: 64 + net.prefix as u32,
+                            cgroup_id,
+                            addr: a.octets(),
+                        };
+                        (&maps.allowed_net4, bytes_of(&key).to_vec())
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        let key = Net6Key {
+                            prefixlen: 64 + net.prefix as u32,
+                            cgroup_id,
+                            addr: a.octets(),
+                        };
+                        (&maps.allowed_net6, bytes_of(&key).to_vec())
+                    }
+                };
+                map.update(&key, &[1], MapFlags::ANY)
+                    .map_err(|e| BpfError::map("allowed_net", e))?;
+            }
+            maps.net_restricted
+                .update(&cgroup_id.to_ne_bytes(), &[1], MapFlags::ANY)
+                .map_err(|e| BpfError::map("net_restricted", e))?;
+            for (name, prog) in [
+                ("cgroup/connect4", &progs.connect4),
+                ("cgroup/connect6", &progs.connect6),
+                ("cgroup/sendmsg4", &progs.sendmsg4),
+                ("cgroup/sendmsg6", &progs.sendmsg6),
+                ("cgroup/bind4", &progs.bind4),
+                ("cgroup/bind6", &progs.bind6),
+            ] {
+                links.push(
+                    prog.attach_cgroup(fd)
+                        .map_err(|e| BpfError::attach(name, e))?,
+                );
+            }
+        }
+        self.cgroup_links.insert(cgroup_id, links);
+        Ok(())
+    }
+
+    /// Detaches a sandbox's rule programs and forgets its rules.
+    fn detach_rules(&mut self, cgroup_id: u64) {
+        self.cgroup_links.remove(&cgroup_id);
+        let maps = &self.skel.maps;
+        let _ = maps.net_restricted.delete(&cgroup_id.to_ne_bytes());
+        for map in [
+            &maps.allowed_devices,
+            &maps.allowed_net4,
+            &maps.allowed_net6,
+        ] {
+            let offset = if std::ptr::eq(map, &maps.allowed_devices) {
+                0
+            } else {
+                4
+            };
+            let stale: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|k| {
+                    k.get(offset..offset + 8)
+                        .is_some_and(|id| id == cgroup_id.to_ne_bytes())
+                })
+                .collect();
+            for key in stale {
+                let _ = map.delete(&key);
+            }
+        }
     }
 
     /// Stops watching `cgroup_id` and detaches what no watched sandbox needs.
@@ -150,6 +338,7 @@ impl Monitor {
     pub fn unwatch(&mut self, cgroup_id: u64) {
         let _ = self.skel.maps.sandboxes.delete(&cgroup_id.to_ne_bytes());
         self.watched.remove(&cgroup_id);
+        self.detach_rules(cgroup_id);
         let _ = self.attach_on_demand();
     }
 

@@ -2,14 +2,15 @@
 //! in here, through the binary), without this crate knowing about BPF.
 
 use std::os::fd::RawFd;
+use std::path::Path;
 
 /// Something that watches a sandbox while it runs and may ask for it to be killed.
 pub trait Observer {
-    /// The sandbox's cgroup2 id is known (where a cgroup2 tree is mounted) and
+    /// The sandbox's cgroup2 id and directory are known (where a cgroup2 tree is mounted) and
     /// none of its processes runs yet. An error aborts the run.
     fn before_start(
         &mut self,
-        cgroup_id: Option<u64>,
+        cgroup: Option<(u64, &Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
     /// A descriptor to poll alongside the sandbox, if any.
@@ -29,7 +30,7 @@ pub struct NoObserver;
 impl Observer for NoObserver {
     fn before_start(
         &mut self,
-        _: Option<u64>,
+        _: Option<(u64, &Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(())
     }

@@ -134,6 +134,18 @@ struct RunArgs {
     /// wall-clock time (the --timeout supervisor also catches sleeping ones).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wall_budget: Option<Duration>,
+    /// The character devices the sandbox may open, refused with EPERM otherwise
+    /// (cgroup device program): names (null, zero, full, random, urandom, tty,
+    /// ptmx, pts) or MAJOR:MINOR, comma-separated.
+    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    devices: Option<DeviceList>,
+    /// Refuse network connects, sends and binds except to loopback, with EPERM
+    /// (cgroup sock_addr programs; mostly useful with --net host).
+    #[arg(long)]
+    deny_net: bool,
+    /// Also allow this address or CIDR range under --deny-net. Repeatable.
+    #[arg(long = "allow-net", value_name = "CIDR", value_parser = parse_net)]
+    allow_net: Vec<alcove_bpf::IpNet>,
     /// Run a minimal init as PID 1 that forwards signals and reaps orphans, with
     /// the program as its child (ordinary signal behaviour; costs a fork).
     #[arg(long)]
@@ -155,6 +167,43 @@ fn parse_bind(text: &str) -> Result<Bind, String> {
 
 fn parse_user(text: &str) -> Result<User, String> {
     User::parse(text).map_err(|e| e.to_string())
+}
+
+/// The devices a sandbox may open, as given to --devices.
+#[derive(Debug, Clone)]
+struct DeviceList(Vec<alcove_bpf::DeviceId>);
+
+fn parse_devices(text: &str) -> Result<DeviceList, String> {
+    use alcove_bpf::DeviceId;
+    let id = |major, minor| DeviceId {
+        major,
+        minor: Some(minor),
+    };
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            Ok(match name {
+                "null" => id(1, 3),
+                "zero" => id(1, 5),
+                "full" => id(1, 7),
+                "random" => id(1, 8),
+                "urandom" => id(1, 9),
+                "tty" => id(5, 0),
+                "ptmx" => id(5, 2),
+                "pts" => DeviceId { major: 136, minor: None },
+                other => {
+                    let bad = || format!("{other:?} is not a device: use null, zero, full, random, urandom, tty, ptmx, pts or MAJOR:MINOR");
+                    let (major, minor) = other.split_once(':').ok_or_else(bad)?;
+                    id(major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(DeviceList)
+}
+
+fn parse_net(text: &str) -> Result<alcove_bpf::IpNet, String> {
+    alcove_bpf::IpNet::parse(text)
 }
 
 fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
@@ -249,6 +298,8 @@ struct Monitoring {
     max_syscalls: Option<u64>,
     cpu_budget: Option<Duration>,
     wall_budget: Option<Duration>,
+    devices: Option<Vec<alcove_bpf::DeviceId>>,
+    net_allow: Option<Vec<alcove_bpf::IpNet>>,
 }
 
 fn run(args: RunArgs) -> i32 {
@@ -259,6 +310,8 @@ fn run(args: RunArgs) -> i32 {
         max_syscalls: args.max_syscalls,
         cpu_budget: args.cpu_budget,
         wall_budget: args.wall_budget,
+        devices: args.devices.clone().map(|d| d.0),
+        net_allow: (args.deny_net || !args.allow_net.is_empty()).then(|| args.allow_net.clone()),
     };
     let spec = spec_from(args);
     // Open the report first, so a bad path fails before anything runs.
@@ -284,9 +337,11 @@ fn run(args: RunArgs) -> i32 {
         syscall_budget: monitoring.max_syscalls,
         cpu_budget: monitoring.cpu_budget,
         wall_budget: monitoring.wall_budget,
+        devices: monitoring.devices,
+        net_allow: monitoring.net_allow,
     };
     let mut observer = None;
-    if policy != alcove_bpf::SandboxPolicy::default() || monitoring.trace_live {
+    if !policy.is_empty() || monitoring.trace_live {
         match crate::trace::BpfObserver::new(policy, monitoring.trace_live) {
             Ok(o) => observer = Some(o),
             Err(e) => {

@@ -24,7 +24,7 @@ pub struct BpfObserver {
 impl BpfObserver {
     pub fn new(policy: SandboxPolicy, live: bool) -> Result<Self, alcove_bpf::BpfError> {
         Ok(BpfObserver {
-            monitor: Monitor::load()?,
+            monitor: Monitor::load(&policy)?,
             policy,
             live,
             cgroup_id: None,
@@ -120,14 +120,14 @@ fn describe(reason: KillReason, limit: u64) -> String {
 impl Observer for BpfObserver {
     fn before_start(
         &mut self,
-        cgroup_id: Option<u64>,
+        cgroup: Option<(u64, &std::path::Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let id = cgroup_id.ok_or(
+        let (id, dir) = cgroup.ok_or(
             "eBPF monitoring identifies sandboxes by their cgroup2 id, and no cgroup2 tree is mounted \
              (mount one, for example at /sys/fs/cgroup/unified)",
         )?;
         self.cgroup_id = Some(id);
-        self.monitor.watch(id, &self.policy)?;
+        self.monitor.watch(id, dir, &self.policy)?;
         Ok(())
     }
 

@@ -73,4 +73,26 @@ struct alcove_event {
 	char args[ALCOVE_ARGS_LEN];
 };
 
+/* A device a sandbox may use; minor ALCOVE_ANY_MINOR matches every minor. */
+#define ALCOVE_ANY_MINOR 0xffffffffu
+struct alcove_dev_key {
+	__u64 cgroup_id;
+	__u32 major;
+	__u32 minor;
+};
+
+/* LPM-trie keys for allowed network destinations: the cgroup id is part of
+ * the matched prefix (prefixlen = 64 + address bits). */
+struct alcove_net4_key {
+	__u32 prefixlen;
+	__u64 cgroup_id;
+	__u8 addr[4];
+} __attribute__((packed));
+
+struct alcove_net6_key {
+	__u32 prefixlen;
+	__u64 cgroup_id;
+	__u8 addr[16];
+} __attribute__((packed));
+
 #endif

@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "intf.h"
 
 #define SIGKILL 9
@@ -247,4 +248,149 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		st->bytes_written += ret;
 #endif
 	return 0;
+}
+
+/* ---- Rules: devices and network, refused with a real EPERM. ---- */
+
+#define BPF_DEVCG_ACC_MKNOD 1
+#define BPF_DEVCG_DEV_BLOCK 1
+#define BPF_DEVCG_DEV_CHAR 2
+#define AF_INET 2
+#define AF_INET6 10
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 16);
+	__type(key, struct alcove_dev_key);
+	__type(value, __u8);
+} allowed_devices SEC(".maps");
+
+/* Sandboxes whose network is restricted (value unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES);
+	__type(key, __u64);
+	__type(value, __u8);
+} net_restricted SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct alcove_net4_key);
+	__type(value, __u8);
+} allowed_net4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct alcove_net6_key);
+	__type(value, __u8);
+} allowed_net6 SEC(".maps");
+
+static __always_inline void report_denial(__u64 cg, __s32 what, __u64 detail, const void *addr, __u32 addr_len, __u32 family)
+{
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_DENIED);
+	if (!e)
+		return;
+	e->value = what;
+	e->detail = detail;
+	if (addr_len)
+		bpf_probe_read_kernel(e->filename, addr_len & 31, addr);
+	e->args[0] = family;
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("cgroup/dev")
+int device_policy(struct bpf_cgroup_dev_ctx *ctx)
+{
+	/* Read the context once, at constant offsets (the verifier refuses
+	 * reads through a moved context pointer). */
+	__u32 access = ctx->access_type;
+	__u32 major = ctx->major;
+	__u32 minor = ctx->minor;
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct alcove_dev_key key = { .cgroup_id = cg, .major = major, .minor = minor };
+	if ((access & 0xFFFF) == BPF_DEVCG_DEV_CHAR && !((access >> 16) & BPF_DEVCG_ACC_MKNOD)) {
+		if (bpf_map_lookup_elem(&allowed_devices, &key))
+			return 1;
+		key.minor = ALCOVE_ANY_MINOR;
+		if (bpf_map_lookup_elem(&allowed_devices, &key))
+			return 1;
+	}
+	report_denial(cg, ALCOVE_DENY_DEVICE, ((__u64)major << 32) | minor, 0, 0, 0);
+	return 0;
+}
+
+static __always_inline int allow_v4(__u64 cg, __u32 ip4, __u32 port, __s32 what)
+{
+	if (!bpf_map_lookup_elem(&net_restricted, &cg))
+		return 1;
+	__u8 *b = (__u8 *)&ip4;
+	if (b[0] == 127)
+		return 1; /* loopback is always allowed */
+	struct alcove_net4_key key = { .prefixlen = 64 + 32, .cgroup_id = cg };
+	__builtin_memcpy(key.addr, &ip4, 4);
+	if (bpf_map_lookup_elem(&allowed_net4, &key))
+		return 1;
+	report_denial(cg, what, bpf_ntohs(port), &ip4, 4, AF_INET);
+	return 0;
+}
+
+static __always_inline int allow_v6(__u64 cg, struct bpf_sock_addr *ctx, __s32 what)
+{
+	if (!bpf_map_lookup_elem(&net_restricted, &cg))
+		return 1;
+	struct alcove_net6_key key = { .prefixlen = 64 + 128, .cgroup_id = cg };
+	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	__builtin_memcpy(&key.addr[0], &a0, 4);
+	__builtin_memcpy(&key.addr[4], &a1, 4);
+	__builtin_memcpy(&key.addr[8], &a2, 4);
+	__builtin_memcpy(&key.addr[12], &a3, 4);
+	/* ::1, and IPv4-mapped 127.0.0.0/8 */
+	if (!a0 && !a1 && !a2 && a3 == bpf_htonl(1))
+		return 1;
+	if (!a0 && !a1 && a2 == bpf_htonl(0xffff) && key.addr[12] == 127)
+		return 1;
+	if (bpf_map_lookup_elem(&allowed_net6, &key))
+		return 1;
+	report_denial(cg, what, bpf_ntohs(ctx->user_port), key.addr, 16, AF_INET6);
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	return allow_v4(bpf_get_current_cgroup_id(), ctx->user_ip4, ctx->user_port, ALCOVE_DENY_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	return allow_v6(bpf_get_current_cgroup_id(), ctx, ALCOVE_DENY_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return allow_v4(bpf_get_current_cgroup_id(), ctx->user_ip4, ctx->user_port, ALCOVE_DENY_CONNECT);
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return allow_v6(bpf_get_current_cgroup_id(), ctx, ALCOVE_DENY_CONNECT);
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	return allow_v4(bpf_get_current_cgroup_id(), ctx->user_ip4, ctx->user_port, ALCOVE_DENY_BIND);
+}
+
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	return allow_v6(bpf_get_current_cgroup_id(), ctx, ALCOVE_DENY_BIND);
 }

@@ -180,8 +180,9 @@ pub fn run_observed(
     if !plan.unshare_cgroupns {
         flags |= clone::CLONE_NEWCGROUP;
     }
+    let cgroup2 = pieces.cgroup().id().zip(pieces.cgroup().unified_dir());
     observer
-        .before_start(pieces.cgroup().id())
+        .before_start(cgroup2)
         .map_err(SandboxError::Observer)?;
     let t_clone = process::monotonic_ns();
     let (_pid, pidfd) =
