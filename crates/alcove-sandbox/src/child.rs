@@ -32,6 +32,7 @@ pub(crate) enum Stage {
     Stdio,
     FdCleanup,
     NoNewPrivs,
+    Landlock,
     Seccomp,
     Init,
     Exec,
@@ -69,6 +70,7 @@ impl Stage {
             Stage::Stdio => "connecting stdio",
             Stage::FdCleanup => "closing inherited file descriptors",
             Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Landlock => "imposing the Landlock path rules",
             Stage::Seccomp => "loading the seccomp filter",
             Stage::Init => "starting the init process",
             Stage::Exec | Stage::ExecNotFound | Stage::ExecDenied => "executing the program",
@@ -121,6 +123,8 @@ pub(crate) struct ChildPlan {
     pub record_phases: bool,
     /// Stay as PID 1 (a minimal init) and run the program as its child.
     pub init: bool,
+    /// A Landlock ruleset to impose: handled rights and `(path, allowed rights)`.
+    pub landlock: Option<(u64, Vec<(CString, u64)>)>,
 }
 
 /// Runs the plan and execs the program. Never returns.
@@ -219,6 +223,9 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     alcove_sys::signal::reset_for_exec();
     fd::cloexec_from(3).map_err(at(Stage::FdCleanup))?;
     process::set_no_new_privs().map_err(at(Stage::NoNewPrivs))?;
+    if let Some((handled, rules)) = &plan.landlock {
+        restrict_paths(*handled, rules)?;
+    }
     seccomp::install_filter(plan.seccomp).map_err(at(Stage::Seccomp))?;
     mark(plan, 3);
     if plan.init {
@@ -275,6 +282,21 @@ fn init(plan: &ChildPlan) -> Result<Never, Failure> {
             }
         }
     }
+}
+
+/// Imposes the Landlock path allow-list; paths missing in this root are skipped.
+fn restrict_paths(handled: u64, rules: &[(CString, u64)]) -> Result<(), Failure> {
+    use alcove_sys::landlock;
+    use std::os::fd::AsFd;
+    let ruleset = landlock::create_ruleset(handled).map_err(at(Stage::Landlock))?;
+    for (index, (path, access)) in rules.iter().enumerate() {
+        match landlock::allow_path(ruleset.as_fd(), path, *access) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err((Stage::Landlock, index as u32, e)),
+        }
+    }
+    landlock::restrict_self(ruleset.as_fd()).map_err(at(Stage::Landlock))
 }
 
 /// Exits if alcove died before the parent-death signal was armed.

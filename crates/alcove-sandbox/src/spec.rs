@@ -54,6 +54,29 @@ impl Bind {
     }
 }
 
+/// A path the program may use when a path allow-list is in force (Landlock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    pub path: PathBuf,
+    pub writable: bool,
+}
+
+impl PathRule {
+    /// Parses `PATH[:ro|rw]` (read-only unless `rw`).
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let (path, writable) = match text.rsplit_once(':') {
+            Some((p, "rw")) => (p, true),
+            Some((p, "ro")) => (p, false),
+            _ => (text, false),
+        };
+        check_sandbox_path(Path::new(path), "--allow-path")?;
+        Ok(PathRule {
+            path: path.into(),
+            writable,
+        })
+    }
+}
+
 /// The identity the program runs as inside the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct User {
@@ -138,6 +161,9 @@ pub struct SandboxSpec {
     /// Run a minimal init as PID 1, with the program as its child, so the
     /// program gets ordinary signal behaviour (SIGPIPE, SIGTERM to itself).
     pub init: bool,
+    /// When non-empty, a Landlock allow-list: the program may use these paths
+    /// (and the base set the README lists) and nothing else of the filesystem.
+    pub allow_paths: Vec<PathRule>,
 }
 
 impl SandboxSpec {
@@ -159,6 +185,7 @@ impl SandboxSpec {
             net: NetMode::None,
             record_phases: false,
             init: false,
+            allow_paths: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod caps;
 pub mod clone;
 pub mod fd;
 pub mod fs;
+pub mod landlock;
 pub mod mount;
 pub mod net;
 pub mod ns;

@@ -139,6 +139,10 @@ struct RunArgs {
     /// ptmx, pts) or MAJOR:MINOR, comma-separated.
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     devices: Option<DeviceList>,
+    /// Allow the program this path (inside the sandbox), read-only unless :rw,
+    /// and refuse every other path outside a base set (Landlock). Repeatable.
+    #[arg(long = "allow-path", value_name = "PATH[:ro|rw]", value_parser = parse_path_rule)]
+    allow_paths: Vec<alcove_sandbox::PathRule>,
     /// Refuse network connects, sends and binds except to loopback, with EPERM
     /// (cgroup sock_addr programs; mostly useful with --net host).
     #[arg(long)]
@@ -200,6 +204,10 @@ fn parse_devices(text: &str) -> Result<DeviceList, String> {
         })
         .collect::<Result<Vec<_>, String>>()
         .map(DeviceList)
+}
+
+fn parse_path_rule(text: &str) -> Result<alcove_sandbox::PathRule, String> {
+    alcove_sandbox::PathRule::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_net(text: &str) -> Result<alcove_bpf::IpNet, String> {
@@ -280,6 +288,7 @@ fn spec_from(args: RunArgs) -> SandboxSpec {
     };
     spec.record_phases = args.phases;
     spec.init = args.init;
+    spec.allow_paths = args.allow_paths;
     spec.limits.memory_bytes = args.memory;
     spec.limits.cpus = args.cpus;
     spec.limits.pids = args.pids;

@@ -168,6 +168,7 @@ pub fn run_observed(
         shared: phases.as_ref().map_or(std::ptr::null_mut(), |p| p.ptr),
         record_phases: spec.record_phases,
         init: spec.init,
+        landlock: program::landlock(spec)?,
     };
 
     let mut flags = clone::CLONE_NEWPID | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;

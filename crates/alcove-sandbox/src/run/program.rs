@@ -80,3 +80,46 @@ pub(super) fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64
     }
     limits
 }
+
+/// The Landlock ruleset for `spec`'s path allow-list: the base set a program
+/// needs to run, then the paths given. `None` without an allow-list.
+pub(super) fn landlock(
+    spec: &SandboxSpec,
+) -> Result<Option<(u64, Vec<(CString, u64)>)>, crate::SandboxError> {
+    use alcove_sys::landlock::{
+        abi_version, handled_access, ACCESS_EXECUTE, ACCESS_READ_DIR, ACCESS_READ_FILE,
+    };
+    if spec.allow_paths.is_empty() {
+        return Ok(None);
+    }
+    let abi = abi_version().map_err(|source| crate::SandboxError::Prepare {
+        what: "--allow-path needs Landlock, which this kernel does not offer",
+        source,
+    })?;
+    let all = handled_access(abi);
+    let read = ACCESS_EXECUTE | ACCESS_READ_FILE | ACCESS_READ_DIR;
+    let base: [(&str, u64); 10] = [
+        ("/usr", read),
+        ("/bin", read),
+        ("/sbin", read),
+        ("/lib", read),
+        ("/lib64", read),
+        ("/etc", read),
+        ("/proc", read),
+        ("/dev", all),
+        ("/tmp", all),
+        ("/dev/shm", all),
+    ];
+    let mut rules: Vec<(CString, u64)> = base
+        .iter()
+        .map(|(p, a)| (CString::new(*p).expect("no NUL"), *a))
+        .collect();
+    for rule in &spec.allow_paths {
+        let access = if rule.writable { all } else { read };
+        rules.push((
+            CString::new(rule.path.as_os_str().as_bytes()).expect("validated"),
+            access,
+        ));
+    }
+    Ok(Some((all, rules)))
+}
