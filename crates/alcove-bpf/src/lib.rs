@@ -9,6 +9,7 @@
 
 mod error;
 mod events;
+pub mod features;
 mod intf;
 mod monitor;
 
@@ -24,4 +25,14 @@ pub use monitor::{DeviceId, IpNet, Monitor, SandboxPolicy, Stats, TICK};
 )]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/monitor.skel.rs"));
+}
+
+#[allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    unsafe_op_in_unsafe_fn,
+    unused_imports
+)]
+mod probes_skel {
+    include!(concat!(env!("OUT_DIR"), "/probes.skel.rs"));
 }

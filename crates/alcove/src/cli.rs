@@ -25,6 +25,13 @@ enum Command {
     Gc,
     /// Measure: compare commands interleaved, or break a sandbox start into phases.
     Bench(BenchArgs),
+    /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
+    /// cgroups...) and which mechanism alcove uses for each kind of rule.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +240,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
+        Command::Doctor { json } => crate::doctor::run(json),
         Command::Gc => match alcove_sandbox::gc() {
             Ok(n) => {
                 println!("removed {n} leftover sandbox cgroup(s)");

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod doctor;
 mod trace;
 
 use std::process::ExitCode;
