@@ -17,20 +17,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 // BPF_LD | BPF_W | BPF_ABS (0x00 | 0x00 | 0x20)
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
-const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_RET_K: u16 = 0x06;
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
+#[path = "src/filter_tree.rs"]
+mod filter_tree;
+use filter_tree::{Verdict, BPF_JMP_JEQ_K, BPF_LD_W_ABS, RET_ERRNO, RET_KILL_PROCESS};
+
 const ENOSYS: u32 = 38;
 const EPERM: u32 = 1;
-
-fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
-    sock_filter { code, jt, jf, k }
-}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Action {
@@ -126,34 +118,37 @@ fn main() {
         leaves.push(program);
     }
 
-    // Runs of equal actions over the whole number line; past the last known
+    // Runs of equal verdicts over the whole number line; past the last known
     // number (and x32's high numbers) everything is unknown.
-    let mut segments: Vec<(u32, Action)> = Vec::new();
     let last = *action.keys().last().expect("a non-empty policy");
-    for nr in 0..=last + 1 {
-        let a = action.get(&nr).copied().unwrap_or(Action::Unknown);
-        if segments.last().map(|s| s.1) != Some(a) || matches!(a, Action::Leaf(_)) {
-            segments.push((nr, a));
-        }
-    }
-
-    let mut program = arch_check;
-    program.push(insn(BPF_LD_W_ABS, 0, 0, 0)); // seccomp_data.nr
-    let mut leaf_jumps: Vec<(usize, usize)> = Vec::new();
-    emit_search(&segments, &mut program, &mut leaf_jumps);
+    let verdict = |a: Action| match a {
+        Action::Allow => Verdict::Return(filter_tree::RET_ALLOW),
+        Action::Unknown => Verdict::Return(RET_ERRNO | ENOSYS),
+        Action::Deny => Verdict::Return(RET_ERRNO | EPERM),
+        Action::Leaf(i) => Verdict::Leaf(i),
+    };
+    let segments = filter_tree::segments(
+        last,
+        |nr| verdict(action.get(&nr).copied().unwrap_or(Action::Unknown)),
+        verdict(Action::Unknown),
+    );
+    let audit_arch = arch_check[1].k; // seccompiler's arch check value
+    let mut program: Vec<filter_tree::Insn> = filter_tree::prologue(audit_arch);
+    let leaf_jumps = filter_tree::search(&segments, &mut program);
     let mut leaf_starts = Vec::new();
     for leaf in &leaves {
         leaf_starts.push(program.len());
-        program.extend_from_slice(leaf);
+        program.extend(leaf.iter().map(|i| filter_tree::Insn {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        }));
     }
     for (at, leaf) in leaf_jumps {
         program[at].k = (leaf_starts[leaf] - at - 1) as u32;
     }
     assert!(program.len() <= 4096, "BPF_MAXINSNS");
-    assert_eq!(
-        program[1].k, stacked["known"][1].k,
-        "arch check copied from seccompiler"
-    );
     assert_eq!(program[2].k, RET_KILL_PROCESS);
 
     let mut bytes = Vec::with_capacity(program.len() * 8);
@@ -174,32 +169,4 @@ fn main() {
         format!("/// (number, name) of every syscall the policy names, by number.\npub(crate) static SYSCALLS: &[(u32, &str)] = &[\n{table}];\n"),
     )
     .expect("write the syscall table");
-}
-
-/// Emits a binary search over `segments` (sorted by first syscall number):
-/// `JGE mid → right` as `[JGE k,0,1][JA right][left...][right...]`.
-fn emit_search(
-    segments: &[(u32, Action)],
-    program: &mut Vec<sock_filter>,
-    leaf_jumps: &mut Vec<(usize, usize)>,
-) {
-    if segments.len() == 1 {
-        match segments[0].1 {
-            Action::Allow => program.push(insn(BPF_RET_K, 0, 0, RET_ALLOW)),
-            Action::Unknown => program.push(insn(BPF_RET_K, 0, 0, RET_ERRNO | ENOSYS)),
-            Action::Deny => program.push(insn(BPF_RET_K, 0, 0, RET_ERRNO | EPERM)),
-            Action::Leaf(i) => {
-                leaf_jumps.push((program.len(), i));
-                program.push(insn(BPF_JMP_JA, 0, 0, 0));
-            }
-        }
-        return;
-    }
-    let mid = segments.len() / 2;
-    program.push(insn(BPF_JMP_JGE_K, 0, 1, segments[mid].0));
-    let ja = program.len();
-    program.push(insn(BPF_JMP_JA, 0, 0, 0));
-    emit_search(&segments[..mid], program, leaf_jumps);
-    program[ja].k = (program.len() - ja - 1) as u32;
-    emit_search(&segments[mid..], program, leaf_jumps);
 }

@@ -41,6 +41,10 @@ pub enum EventKind {
     BudgetKill { reason: KillReason, limit: u64 },
     /// The OOM killer chose process `victim`.
     Oom { victim: u32 },
+    /// Learn mode: a path was opened (`write`: for writing or creating).
+    File { path: String, write: bool },
+    /// Learn mode: a connect, send or bind to `address`.
+    Peer { what: Denial, address: String },
 }
 
 /// One event from one sandbox.
@@ -112,20 +116,7 @@ impl Event {
                 };
                 let detail = match what {
                     Denial::Device => format!("{}:{}", detail >> 32, detail & 0xffff_ffff),
-                    _ => {
-                        let port = detail as u16;
-                        let raw = data.get(filename_at..filename_at + 16)?;
-                        match data.get(args_at)? {
-                            2 => {
-                                let ip = std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]);
-                                format!("{ip}:{port}")
-                            }
-                            _ => {
-                                let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(raw).ok()?);
-                                format!("[{ip}]:{port}")
-                            }
-                        }
-                    }
+                    _ => address(data, filename_at, args_at, detail)?,
                 };
                 EventKind::Denied { what, detail }
             }
@@ -143,6 +134,18 @@ impl Event {
             5 => EventKind::Oom {
                 victim: detail as u32,
             },
+            6 => EventKind::File {
+                path: text(filename_at, FILENAME_LEN)?,
+                write: value & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) != 0,
+            },
+            7 => EventKind::Peer {
+                what: if value == 3 {
+                    Denial::Bind
+                } else {
+                    Denial::Connect
+                },
+                address: address(data, filename_at, args_at, detail)?,
+            },
             _ => return None,
         };
         Some(Event {
@@ -154,6 +157,22 @@ impl Event {
             kind,
         })
     }
+}
+
+/// Formats the address stored at `at` (family byte at `family_at`) with its port.
+fn address(data: &[u8], at: usize, family_at: usize, port: u64) -> Option<String> {
+    let port = port as u16;
+    let raw = data.get(at..at + 16)?;
+    Some(match data.get(family_at)? {
+        2 => format!(
+            "{}:{port}",
+            std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])
+        ),
+        _ => format!(
+            "[{}]:{port}",
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(raw).ok()?)
+        ),
+    })
 }
 
 #[cfg(test)]

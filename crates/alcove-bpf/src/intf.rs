@@ -15,6 +15,7 @@ pub(crate) struct SandboxEntry {
 }
 
 pub(crate) const TRACE_SYSCALLS: u32 = 1;
+pub(crate) const LEARN: u32 = 1 << 1;
 
 /// Mirrors `struct alcove_stats` (one CPU's share).
 #[repr(C)]

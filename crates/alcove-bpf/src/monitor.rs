@@ -3,7 +3,7 @@
 
 use crate::events::Event;
 use crate::intf::{
-    bytes_of, from_bytes, DevKey, Net4Key, Net6Key, SandboxEntry, StatsEntry, SyscallKey,
+    bytes_of, from_bytes, DevKey, Net4Key, Net6Key, SandboxEntry, StatsEntry, SyscallKey, LEARN,
     TRACE_SYSCALLS,
 };
 use crate::skel::{MonitorSkel, MonitorSkelBuilder};
@@ -38,6 +38,8 @@ pub struct SandboxPolicy {
     /// Where the sandbox may connect, send or bind besides loopback (`None`:
     /// no network rule). Anything else is refused with EPERM.
     pub net_allow: Option<Vec<IpNet>>,
+    /// Report every file opened and every network peer (for `--learn`).
+    pub learn: bool,
 }
 
 /// A character device: `major:minor`, or every minor of `major` when `minor` is `None`.
@@ -76,7 +78,11 @@ impl IpNet {
 
 impl SandboxPolicy {
     fn needs_syscalls(&self) -> bool {
-        self.trace || self.syscall_budget.is_some()
+        self.trace || self.learn || self.syscall_budget.is_some()
+    }
+
+    fn needs_sock_addr(&self) -> bool {
+        self.net_allow.is_some() || self.learn
     }
 
     fn needs_ticks(&self) -> bool {
@@ -150,7 +156,7 @@ impl Monitor {
             &mut progs.bind4,
             &mut progs.bind6,
         ] {
-            prog.set_autoload(c.net_allow.is_some());
+            prog.set_autoload(c.needs_sock_addr());
         }
         let skel = open
             .load()
@@ -205,7 +211,8 @@ impl Monitor {
             syscall_budget: policy.syscall_budget.unwrap_or(0),
             cpu_budget_ns: policy.cpu_budget.map_or(0, |d| d.as_nanos() as u64),
             wall_deadline_ns: policy.wall_budget.map_or(0, |d| now + d.as_nanos() as u64),
-            flags: if policy.trace { TRACE_SYSCALLS } else { 0 },
+            flags: (if policy.trace { TRACE_SYSCALLS } else { 0 })
+                | (if policy.learn { LEARN } else { 0 }),
             ..SandboxEntry::default()
         };
         let ncpus =
@@ -235,7 +242,7 @@ impl Monitor {
         cgroup_dir: &std::path::Path,
         policy: &SandboxPolicy,
     ) -> Result<(), BpfError> {
-        if policy.devices.is_none() && policy.net_allow.is_none() {
+        if policy.devices.is_none() && !policy.needs_sock_addr() {
             return Ok(());
         }
         let dir = std::fs::File::open(cgroup_dir).map_err(BpfError::Cgroup)?;
@@ -261,8 +268,8 @@ impl Monitor {
                     .map_err(|e| BpfError::attach("cgroup/dev", e))?,
             );
         }
-        if let Some(allowed) = &policy.net_allow {
-            for net in allowed {
+        if policy.needs_sock_addr() {
+            for net in policy.net_allow.iter().flatten() {
                 let (map, key) = match net.addr {
                     std::net::IpAddr::V4(a) => {
                         let key = Net4Key {
@@ -284,9 +291,11 @@ impl Monitor {
                 map.update(&key, &[1], MapFlags::ANY)
                     .map_err(|e| BpfError::map("allowed_net", e))?;
             }
-            maps.net_restricted
-                .update(&cgroup_id.to_ne_bytes(), &[1], MapFlags::ANY)
-                .map_err(|e| BpfError::map("net_restricted", e))?;
+            if policy.net_allow.is_some() {
+                maps.net_restricted
+                    .update(&cgroup_id.to_ne_bytes(), &[1], MapFlags::ANY)
+                    .map_err(|e| BpfError::map("net_restricted", e))?;
+            }
             for (name, prog) in [
                 ("cgroup/connect4", &progs.connect4),
                 ("cgroup/connect6", &progs.connect6),
@@ -386,35 +395,31 @@ impl Monitor {
 
     /// Syscall counts of a traced sandbox, by syscall number, most frequent first.
     pub fn syscall_counts(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
-        let map = &self.skel.maps.syscall_counts;
-        let mut counts: Vec<(u32, u64)> = map
-            .keys()
-            .filter_map(|key| {
-                let k: SyscallKey = from_bytes(&key);
-                if k.cgroup_id != cgroup_id {
-                    return None;
-                }
-                let per_cpu = map.lookup_percpu(&key, MapFlags::ANY).ok()??;
-                Some((k.nr, per_cpu.iter().map(|v| from_bytes::<u64>(v)).sum()))
-            })
-            .collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        counts
+        counts_of(&self.skel.maps.syscall_counts, cgroup_id)
+    }
+
+    /// Syscalls of a traced sandbox that returned EPERM, by number: what
+    /// seccomp or a rule refused (and what the kernel refused for its own reasons).
+    pub fn refused_counts(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
+        counts_of(&self.skel.maps.eperm_counts, cgroup_id)
     }
 
     /// Removes a sandbox's counters and syscall counts.
     fn clear(&mut self, cgroup_id: u64) {
-        let map = &self.skel.maps.syscall_counts;
-        let stale: Vec<Vec<u8>> = map
-            .keys()
-            .filter(|key| from_bytes::<SyscallKey>(key).cgroup_id == cgroup_id)
-            .collect();
-        for key in stale {
-            let _ = map.delete(&key);
+        for map in [&self.skel.maps.syscall_counts, &self.skel.maps.eperm_counts] {
+            let stale: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|key| from_bytes::<SyscallKey>(key).cgroup_id == cgroup_id)
+                .collect();
+            for key in stale {
+                let _ = map.delete(&key);
+            }
         }
         let _ = self.skel.maps.stats.delete(&cgroup_id.to_ne_bytes());
     }
+}
 
+impl Monitor {
     /// Attaches the costly programs while some watched sandbox needs them, and
     /// detaches them as soon as none does: while anything is attached to
     /// raw_syscalls, every syscall on the host pays for it.
@@ -484,4 +489,21 @@ impl Monitor {
 
 fn monotonic_ns() -> u64 {
     alcove_sys::process::monotonic_ns()
+}
+
+/// Per-syscall counts of one sandbox from a per-CPU map, most frequent first.
+fn counts_of(map: &libbpf_rs::MapMut<'_>, cgroup_id: u64) -> Vec<(u32, u64)> {
+    let mut counts: Vec<(u32, u64)> = map
+        .keys()
+        .filter_map(|key| {
+            let k: SyscallKey = from_bytes(&key);
+            if k.cgroup_id != cgroup_id {
+                return None;
+            }
+            let per_cpu = map.lookup_percpu(&key, MapFlags::ANY).ok()??;
+            Some((k.nr, per_cpu.iter().map(|v| from_bytes::<u64>(v)).sum()))
+        })
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts
 }

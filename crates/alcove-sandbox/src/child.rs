@@ -123,8 +123,16 @@ pub(crate) struct ChildPlan {
     pub record_phases: bool,
     /// Stay as PID 1 (a minimal init) and run the program as its child.
     pub init: bool,
-    /// A Landlock ruleset to impose: handled rights and `(path, allowed rights)`.
-    pub landlock: Option<(u64, Vec<(CString, u64)>)>,
+    /// A Landlock ruleset to impose.
+    pub landlock: Option<LandlockPlan>,
+    /// A second seccomp filter: a `--policy` profile's allow-list.
+    pub profile_filter: Option<Vec<libc::sock_filter>>,
+}
+
+/// The Landlock rights the ruleset handles, and `(path, allowed rights)` rules.
+pub(crate) struct LandlockPlan {
+    pub handled: u64,
+    pub rules: Vec<(CString, u64)>,
 }
 
 /// Runs the plan and execs the program. Never returns.
@@ -223,10 +231,13 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     alcove_sys::signal::reset_for_exec();
     fd::cloexec_from(3).map_err(at(Stage::FdCleanup))?;
     process::set_no_new_privs().map_err(at(Stage::NoNewPrivs))?;
-    if let Some((handled, rules)) = &plan.landlock {
-        restrict_paths(*handled, rules)?;
+    if let Some(landlock) = &plan.landlock {
+        restrict_paths(landlock.handled, &landlock.rules)?;
     }
     seccomp::install_filter(plan.seccomp).map_err(at(Stage::Seccomp))?;
+    if let Some(profile) = &plan.profile_filter {
+        seccomp::install_filter(profile).map_err(at(Stage::Seccomp))?;
+    }
     mark(plan, 3);
     if plan.init {
         return init(plan);

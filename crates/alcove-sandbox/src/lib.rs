@@ -10,6 +10,7 @@
 mod child;
 mod error;
 mod etc;
+mod filter_tree;
 mod mounts;
 mod observer;
 mod outcome;

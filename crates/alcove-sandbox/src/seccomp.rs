@@ -24,6 +24,40 @@ pub fn syscall_number(name: &str) -> Option<u32> {
     SYSCALLS.iter().find(|(_, n)| *n == name).map(|(nr, _)| *nr)
 }
 
+/// A filter that allows exactly `allowed` (syscall numbers) and answers EPERM
+/// to every other call; stacked after the default filter for `--policy`.
+pub(crate) fn allow_list_filter(allowed: &[u32]) -> Vec<libc::sock_filter> {
+    use crate::filter_tree::{self, Verdict, RET_ALLOW, RET_ERRNO};
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let deny = Verdict::Return(RET_ERRNO | libc::EPERM as u32);
+    let last = allowed.iter().copied().max().unwrap_or(0);
+    let segments = filter_tree::segments(
+        last,
+        |nr| {
+            if allowed.contains(&nr) {
+                Verdict::Return(RET_ALLOW)
+            } else {
+                deny
+            }
+        },
+        deny,
+    );
+    let mut program = filter_tree::prologue(AUDIT_ARCH);
+    filter_tree::search(&segments, &mut program);
+    program
+        .into_iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
+}
+
 /// The filter's instructions.
 pub(crate) fn filter() -> &'static [libc::sock_filter] {
     static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();

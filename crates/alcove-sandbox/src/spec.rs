@@ -164,6 +164,9 @@ pub struct SandboxSpec {
     /// When non-empty, a Landlock allow-list: the program may use these paths
     /// (and the base set the README lists) and nothing else of the filesystem.
     pub allow_paths: Vec<PathRule>,
+    /// When set, a second seccomp filter allows exactly these syscall numbers
+    /// (a `--policy` profile) and answers EPERM to the rest.
+    pub syscall_allow_list: Option<Vec<u32>>,
 }
 
 impl SandboxSpec {
@@ -186,6 +189,7 @@ impl SandboxSpec {
             record_phases: false,
             init: false,
             allow_paths: Vec::new(),
+            syscall_allow_list: None,
         }
     }
 

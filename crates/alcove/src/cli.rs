@@ -157,6 +157,14 @@ struct RunArgs {
     /// Also allow this address or CIDR range under --deny-net. Repeatable.
     #[arg(long = "allow-net", value_name = "CIDR", value_parser = parse_net)]
     allow_net: Vec<alcove_bpf::IpNet>,
+    /// Record the syscalls, files and network peers the program uses into a
+    /// profile (JSON) for --policy.
+    #[arg(long, value_name = "PROFILE.json", conflicts_with = "policy")]
+    learn: Option<PathBuf>,
+    /// Allow exactly what a --learn profile recorded (seccomp allow-list,
+    /// Landlock path rules, network allow-list); refuse and report the rest.
+    #[arg(long, value_name = "PROFILE.json")]
+    policy: Option<PathBuf>,
     /// Run a minimal init as PID 1 that forwards signals and reaps orphans, with
     /// the program as its child (ordinary signal behaviour; costs a fork).
     #[arg(long)]
@@ -317,6 +325,8 @@ struct Monitoring {
     wall_budget: Option<Duration>,
     devices: Option<Vec<alcove_bpf::DeviceId>>,
     net_allow: Option<Vec<alcove_bpf::IpNet>>,
+    learn: Option<PathBuf>,
+    policy: Option<PathBuf>,
 }
 
 fn run(args: RunArgs) -> i32 {
@@ -329,6 +339,8 @@ fn run(args: RunArgs) -> i32 {
         wall_budget: args.wall_budget,
         devices: args.devices.clone().map(|d| d.0),
         net_allow: (args.deny_net || !args.allow_net.is_empty()).then(|| args.allow_net.clone()),
+        learn: args.learn.clone(),
+        policy: args.policy.clone(),
     };
     let spec = spec_from(args);
     // Open the report first, so a bad path fails before anything runs.
@@ -356,9 +368,28 @@ fn run(args: RunArgs) -> i32 {
         wall_budget: monitoring.wall_budget,
         devices: monitoring.devices,
         net_allow: monitoring.net_allow,
+        learn: monitoring.learn.is_some(),
     };
+    let mut policy = policy;
+    let mut spec = spec;
+    let profile = match &monitoring.policy {
+        Some(path) => match crate::profile::Profile::load(path)
+            .and_then(|p| p.apply(&mut spec, &mut policy).map(|()| p))
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("alcove: error: {e}");
+                return 125;
+            }
+        },
+        None => None,
+    };
+    if monitoring.learn.is_some() {
+        policy.trace = true;
+    }
     let mut observer = None;
     if !policy.is_empty() || monitoring.trace_live {
+        // (a --policy or --learn run always lands here: both turn tracing on)
         match crate::trace::BpfObserver::new(policy, monitoring.trace_live) {
             Ok(o) => observer = Some(o),
             Err(e) => {
@@ -377,6 +408,13 @@ fn run(args: RunArgs) -> i32 {
                 let mut json = serde_json::to_value(outcome).expect("an outcome serialises");
                 if let (Some(o), Some(map)) = (observer.as_ref(), json.as_object_mut()) {
                     map.insert("trace".into(), o.report());
+                    if let Some(p) = &profile {
+                        let denials: Vec<&alcove_bpf::Event> = o.denials();
+                        map.insert(
+                            "policy_refused".into(),
+                            serde_json::json!({"syscalls": p.refused(&o.refused_syscalls()), "denials": denials}),
+                        );
+                    }
                 }
                 json
             }
@@ -388,6 +426,31 @@ fn run(args: RunArgs) -> i32 {
         if let Err(e) = written {
             eprintln!("alcove: error: cannot write the report: {e}");
             return 125;
+        }
+    }
+    if let (Some(path), Some(o), Ok(_)) = (&monitoring.learn, observer.as_ref(), &result) {
+        let program: Vec<String> = spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let learned = crate::profile::Profile::learned(&program, &o.syscalls_used(), o.events());
+        let text = serde_json::to_string_pretty(&learned).expect("a profile serialises");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!(
+                "alcove: error: cannot write the profile to {}: {e}",
+                path.display()
+            );
+            return 125;
+        }
+    }
+    if let (Some(p), Some(o)) = (&profile, observer.as_ref()) {
+        let refused = p.refused(&o.refused_syscalls());
+        if !refused.is_empty() {
+            eprintln!(
+                "alcove: the policy refused syscalls outside the profile: {}",
+                refused.join(", ")
+            );
         }
     }
     match result {

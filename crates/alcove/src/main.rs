@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod doctor;
+mod profile;
 mod trace;
 
 use std::process::ExitCode;

@@ -18,6 +18,7 @@ pub struct BpfObserver {
     kill: Option<String>,
     stats: Stats,
     counts: Vec<(u32, u64)>,
+    refused: Vec<(u32, u64)>,
     dropped: u64,
 }
 
@@ -32,6 +33,7 @@ impl BpfObserver {
             kill: None,
             stats: Stats::default(),
             counts: Vec::new(),
+            refused: Vec::new(),
             dropped: 0,
         })
     }
@@ -94,14 +96,21 @@ impl BpfObserver {
         self.counts.iter().map(|(nr, _)| *nr).collect()
     }
 
-    /// Every program the sandbox exec'd.
-    pub fn execs(&self) -> Vec<String> {
+    /// Syscalls that returned EPERM (refused by seccomp, or by the kernel).
+    pub fn refused_syscalls(&self) -> Vec<u32> {
+        self.refused.iter().map(|(nr, _)| *nr).collect()
+    }
+
+    /// Every event of the sandbox, oldest first.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The events where a rule refused something.
+    pub fn denials(&self) -> Vec<&Event> {
         self.events
             .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Exec { filename, .. } => Some(filename.clone()),
-                _ => None,
-            })
+            .filter(|e| matches!(e.kind, EventKind::Denied { .. }))
             .collect()
     }
 }
@@ -145,6 +154,7 @@ impl Observer for BpfObserver {
         if let Some(id) = self.cgroup_id {
             self.stats = self.monitor.stats(id);
             self.counts = self.monitor.syscall_counts(id);
+            self.refused = self.monitor.refused_counts(id);
             self.dropped = self.monitor.dropped();
             self.monitor.unwatch(id);
         }

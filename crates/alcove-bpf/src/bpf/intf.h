@@ -11,6 +11,7 @@
 
 /* alcove_sandbox.flags */
 #define ALCOVE_TRACE_SYSCALLS (1u << 0)
+#define ALCOVE_LEARN (1u << 1)	/* report opened files and network peers */
 
 enum alcove_event_kind {
 	ALCOVE_EV_EXEC = 1,
@@ -18,6 +19,8 @@ enum alcove_event_kind {
 	ALCOVE_EV_DENIED = 3,
 	ALCOVE_EV_BUDGET_KILL = 4,
 	ALCOVE_EV_OOM = 5,
+	ALCOVE_EV_FILE = 6,	/* learn mode: a path opened (value: open flags) */
+	ALCOVE_EV_PEER = 7,	/* learn mode: a connect/send/bind (value: alcove_denial kind) */
 };
 
 enum alcove_kill_reason {

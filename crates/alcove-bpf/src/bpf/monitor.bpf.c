@@ -45,6 +45,14 @@ struct {
 	__type(value, __u64);
 } syscall_counts SEC(".maps");
 
+/* Syscalls that returned EPERM, by number: what seccomp (or a rule) refused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, ALCOVE_MAX_SYSCALL_KEYS);
+	__type(key, struct alcove_syscall_key);
+	__type(value, __u64);
+} eperm_counts SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -153,6 +161,37 @@ int BPF_PROG(on_oom, struct task_struct *victim)
 	return 0;
 }
 
+/* Learn mode: report the path (and flags) of open-family calls. */
+static __always_inline void learn_open(__u64 cg, struct pt_regs *regs, long id)
+{
+	const char *path;
+	long flags;
+#if defined(__TARGET_ARCH_x86)
+	if (id == 2) {			/* open(path, flags) */
+		path = (const char *)BPF_CORE_READ(regs, di);
+		flags = BPF_CORE_READ(regs, si);
+	} else if (id == 257) {		/* openat(dirfd, path, flags) */
+		path = (const char *)BPF_CORE_READ(regs, si);
+		flags = BPF_CORE_READ(regs, dx);
+	} else {
+		return;
+	}
+#elif defined(__TARGET_ARCH_arm64)
+	if (id != 56)			/* openat */
+		return;
+	path = (const char *)BPF_CORE_READ(regs, regs[1]);
+	flags = BPF_CORE_READ(regs, regs[2]);
+#else
+	return;
+#endif
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_FILE);
+	if (!e)
+		return;
+	bpf_probe_read_user_str(e->filename, sizeof(e->filename), path);
+	e->value = flags;
+	bpf_ringbuf_submit(e, 0);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
@@ -173,6 +212,8 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 			bpf_map_update_elem(&syscall_counts, &key, &one, BPF_NOEXIST);
 		}
 	}
+	if (sb->flags & ALCOVE_LEARN)
+		learn_open(cg, regs, id);
 	if (sb->syscall_budget) {
 		__u64 used = __sync_fetch_and_add(&sb->syscalls, 1) + 1;
 		if (used > sb->syscall_budget)
@@ -229,19 +270,35 @@ int BPF_PROG(on_fault)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
-	if (ret <= 0)
+	if (ret <= 0 && ret != -1 /* -EPERM */)
 		return 0;
 	struct alcove_stats *st = traced_stats();
 	if (!st)
 		return 0;
 #if defined(__TARGET_ARCH_x86)
 	long nr = BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	long nr = BPF_CORE_READ(regs, syscallno);
+#else
+	long nr = -1;
+#endif
+	if (ret == -1) {
+		struct alcove_syscall_key key = { .cgroup_id = bpf_get_current_cgroup_id(), .nr = (__u32)nr };
+		__u64 *n = bpf_map_lookup_elem(&eperm_counts, &key);
+		if (n) {
+			*n += 1;
+		} else {
+			__u64 one = 1;
+			bpf_map_update_elem(&eperm_counts, &key, &one, BPF_NOEXIST);
+		}
+		return 0;
+	}
+#if defined(__TARGET_ARCH_x86)
 	if (nr == 0 || nr == 17 || nr == 19 || nr == 295)	/* read pread64 readv preadv */
 		st->bytes_read += ret;
 	else if (nr == 1 || nr == 18 || nr == 20 || nr == 296)	/* write pwrite64 writev pwritev */
 		st->bytes_written += ret;
 #elif defined(__TARGET_ARCH_arm64)
-	long nr = BPF_CORE_READ(regs, syscallno);
 	if (nr == 63 || nr == 67 || nr == 65 || nr == 69)	/* read pread64 readv preadv */
 		st->bytes_read += ret;
 	else if (nr == 64 || nr == 68 || nr == 66 || nr == 70)
@@ -323,10 +380,31 @@ int device_policy(struct bpf_cgroup_dev_ctx *ctx)
 	return 0;
 }
 
+static __always_inline int learning(__u64 cg)
+{
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	return sb && (sb->flags & ALCOVE_LEARN);
+}
+
+static __always_inline void report_peer(__u64 cg, __s32 what, __u64 port, const void *addr, __u32 addr_len, __u32 family)
+{
+	struct alcove_event *e = reserve(cg, ALCOVE_EV_PEER);
+	if (!e)
+		return;
+	e->value = what;
+	e->detail = port;
+	bpf_probe_read_kernel(e->filename, addr_len & 31, addr);
+	e->args[0] = family;
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline int allow_v4(__u64 cg, __u32 ip4, __u32 port, __s32 what)
 {
-	if (!bpf_map_lookup_elem(&net_restricted, &cg))
+	if (!bpf_map_lookup_elem(&net_restricted, &cg)) {
+		if (learning(cg))
+			report_peer(cg, what, bpf_ntohs(port), &ip4, 4, AF_INET);
 		return 1;
+	}
 	__u8 *b = (__u8 *)&ip4;
 	if (b[0] == 127)
 		return 1; /* loopback is always allowed */
@@ -340,14 +418,18 @@ static __always_inline int allow_v4(__u64 cg, __u32 ip4, __u32 port, __s32 what)
 
 static __always_inline int allow_v6(__u64 cg, struct bpf_sock_addr *ctx, __s32 what)
 {
-	if (!bpf_map_lookup_elem(&net_restricted, &cg))
-		return 1;
 	struct alcove_net6_key key = { .prefixlen = 64 + 128, .cgroup_id = cg };
 	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	__u32 port = ctx->user_port;
 	__builtin_memcpy(&key.addr[0], &a0, 4);
 	__builtin_memcpy(&key.addr[4], &a1, 4);
 	__builtin_memcpy(&key.addr[8], &a2, 4);
 	__builtin_memcpy(&key.addr[12], &a3, 4);
+	if (!bpf_map_lookup_elem(&net_restricted, &cg)) {
+		if (learning(cg))
+			report_peer(cg, what, bpf_ntohs(port), key.addr, 16, AF_INET6);
+		return 1;
+	}
 	/* ::1, and IPv4-mapped 127.0.0.0/8 */
 	if (!a0 && !a1 && !a2 && a3 == bpf_htonl(1))
 		return 1;
@@ -355,7 +437,7 @@ static __always_inline int allow_v6(__u64 cg, struct bpf_sock_addr *ctx, __s32 w
 		return 1;
 	if (bpf_map_lookup_elem(&allowed_net6, &key))
 		return 1;
-	report_denial(cg, what, bpf_ntohs(ctx->user_port), key.addr, 16, AF_INET6);
+	report_denial(cg, what, bpf_ntohs(port), key.addr, 16, AF_INET6);
 	return 0;
 }
 

@@ -169,6 +169,10 @@ pub fn run_observed(
         record_phases: spec.record_phases,
         init: spec.init,
         landlock: program::landlock(spec)?,
+        profile_filter: spec
+            .syscall_allow_list
+            .as_deref()
+            .map(crate::seccomp::allow_list_filter),
     };
 
     let mut flags = clone::CLONE_NEWPID | clone::CLONE_NEWIPC | clone::CLONE_NEWUTS;

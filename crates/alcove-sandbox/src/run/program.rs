@@ -85,7 +85,7 @@ pub(super) fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64
 /// needs to run, then the paths given. `None` without an allow-list.
 pub(super) fn landlock(
     spec: &SandboxSpec,
-) -> Result<Option<(u64, Vec<(CString, u64)>)>, crate::SandboxError> {
+) -> Result<Option<crate::child::LandlockPlan>, crate::SandboxError> {
     use alcove_sys::landlock::{
         abi_version, handled_access, ACCESS_EXECUTE, ACCESS_READ_DIR, ACCESS_READ_FILE,
     };
@@ -121,5 +121,8 @@ pub(super) fn landlock(
             access,
         ));
     }
-    Ok(Some((all, rules)))
+    Ok(Some(crate::child::LandlockPlan {
+        handled: all,
+        rules,
+    }))
 }
