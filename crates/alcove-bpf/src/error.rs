@@ -36,7 +36,7 @@ fn hint(source: &libbpf_rs::Error) -> &'static str {
             " (loading BPF needs root, or CAP_BPF and CAP_PERFMON; see `alcove doctor`)"
         }
         (libbpf_rs::ErrorKind::PermissionDenied, true) => {
-            " (the kernel's verifier refused a program; its log is above)"
+            " (the kernel's verifier refused a program; ALCOVE_BPF_DEBUG=1 shows its log)"
         }
         _ => "",
     }

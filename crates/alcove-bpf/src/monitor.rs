@@ -127,6 +127,11 @@ impl Monitor {
     /// policy they combine; loading fewer verifies faster) and attaches the
     /// always-on ones (exec, exit, OOM).
     pub fn load(capabilities: &SandboxPolicy) -> Result<Self, BpfError> {
+        // libbpf's own messages (the verifier's log among them) only with
+        // ALCOVE_BPF_DEBUG=1; errors are reported through BpfError either way.
+        if std::env::var_os("ALCOVE_BPF_DEBUG").is_none() {
+            libbpf_rs::set_print(None);
+        }
         // The skeleton borrows its object storage for as long as it lives;
         // a monitor is loaded once per process, so the storage is leaked.
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
