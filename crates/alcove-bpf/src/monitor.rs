@@ -387,7 +387,6 @@ impl Monitor {
         {
             for bytes in per_cpu {
                 let s: StatsEntry = from_bytes(&bytes);
-                total.syscalls += s.syscalls;
                 total.ctx_switches += s.ctx_switches;
                 total.page_faults += s.page_faults;
                 total.bytes_read += s.bytes_read;
@@ -395,6 +394,7 @@ impl Monitor {
                 total.execs += s.execs;
             }
         }
+        total.syscalls = self.syscall_counts(cgroup_id).iter().map(|(_, n)| n).sum();
         total
     }
 

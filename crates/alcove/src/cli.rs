@@ -56,6 +56,15 @@ enum BenchWhat {
         #[arg(long, default_value = "alcove")]
         baseline: String,
     },
+    /// What eBPF monitoring costs: per syscall inside a sandbox, on a real
+    /// compile, and for processes outside any sandbox.
+    Ebpf {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// alcove-probe, which the sandboxes run.
+        #[arg(long, default_value = "/usr/local/bin/alcove-probe")]
+        probe: PathBuf,
+    },
     /// Run a sandbox many times in this process and print each start-up phase's median.
     Phases {
         #[arg(long, default_value_t = 300)]
@@ -275,6 +284,7 @@ fn bench(args: BenchArgs) -> i32 {
             crate::bench::report(&subjects, &mut samples, &baseline);
             Ok::<(), String>(())
         })(),
+        BenchWhat::Ebpf { rounds, probe } => crate::bench::ebpf_overhead(&probe, rounds.max(1)),
         BenchWhat::Phases { rounds, run } => {
             let mut spec = spec_from(*run);
             spec.record_phases = true;

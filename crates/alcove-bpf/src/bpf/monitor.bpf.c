@@ -199,9 +199,8 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
 	if (!sb || !sb->armed)
 		return 0;
-	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
-	if (st)
-		st->syscalls += 1;
+	/* The total is the sum of the per-syscall counts (user space adds them
+	 * up): one map update per syscall, not two. */
 	if (sb->flags & ALCOVE_TRACE_SYSCALLS) {
 		struct alcove_syscall_key key = { .cgroup_id = cg, .nr = (__u32)id };
 		__u64 *n = bpf_map_lookup_elem(&syscall_counts, &key);
@@ -272,16 +271,22 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
 	if (ret <= 0 && ret != -1 /* -EPERM */)
 		return 0;
+#if defined(__TARGET_ARCH_x86)
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	int io = nr <= 1 || (nr >= 17 && nr <= 20) || nr == 295 || nr == 296;
+#elif defined(__TARGET_ARCH_arm64)
+	long nr = BPF_CORE_READ(regs, syscallno);
+	int io = nr >= 63 && nr <= 70;
+#else
+	long nr = -1;
+	int io = 0;
+#endif
+	/* Most calls are neither I/O nor refused: leave before any map lookup. */
+	if (!io && ret != -1)
+		return 0;
 	struct alcove_stats *st = traced_stats();
 	if (!st)
 		return 0;
-#if defined(__TARGET_ARCH_x86)
-	long nr = BPF_CORE_READ(regs, orig_ax);
-#elif defined(__TARGET_ARCH_arm64)
-	long nr = BPF_CORE_READ(regs, syscallno);
-#else
-	long nr = -1;
-#endif
 	if (ret == -1) {
 		struct alcove_syscall_key key = { .cgroup_id = bpf_get_current_cgroup_id(), .nr = (__u32)nr };
 		__u64 *n = bpf_map_lookup_elem(&eperm_counts, &key);
