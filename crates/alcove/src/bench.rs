@@ -161,26 +161,6 @@ pub fn phases(spec: &SandboxSpec, rounds: usize) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summaries_use_nearest_rank() {
-        let mut v: Vec<f64> = (1..=11).map(f64::from).collect();
-        let s = Summary::of(&mut v);
-        assert_eq!((s.median, s.p10, s.p90, s.mean), (6.0, 2.0, 10.0, 6.0));
-    }
-
-    #[test]
-    fn subjects_parse_name_and_argv() {
-        let s = Subject::parse("floor=/usr/bin/true -x").unwrap();
-        assert_eq!((s.name.as_str(), s.argv.len()), ("floor", 2));
-        assert!(Subject::parse("nocommand").is_err());
-        assert!(Subject::parse("x=").is_err());
-    }
-}
-
 /// A small C program for the compile workload.
 const C_SOURCE: &str = r#"
 #include <stdio.h>
@@ -380,4 +360,24 @@ pub fn ebpf_overhead(probe: &std::path::Path, rounds: usize) -> Result<(), Strin
     );
     let _ = std::fs::remove_dir_all(&src_dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_use_nearest_rank() {
+        let mut v: Vec<f64> = (1..=11).map(f64::from).collect();
+        let s = Summary::of(&mut v);
+        assert_eq!((s.median, s.p10, s.p90, s.mean), (6.0, 2.0, 10.0, 6.0));
+    }
+
+    #[test]
+    fn subjects_parse_name_and_argv() {
+        let s = Subject::parse("floor=/usr/bin/true -x").unwrap();
+        assert_eq!((s.name.as_str(), s.argv.len()), ("floor", 2));
+        assert!(Subject::parse("nocommand").is_err());
+        assert!(Subject::parse("x=").is_err());
+    }
 }
