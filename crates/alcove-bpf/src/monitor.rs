@@ -144,13 +144,7 @@ impl Monitor {
         let c = capabilities;
         let progs = &mut open.progs;
         progs.on_sys_enter.set_autoload(c.needs_syscalls());
-        for prog in [
-            &mut progs.on_switch,
-            &mut progs.on_fault,
-            &mut progs.on_sys_exit,
-        ] {
-            prog.set_autoload(c.trace);
-        }
+        progs.on_sys_exit.set_autoload(c.trace);
         progs.on_tick.set_autoload(c.needs_ticks());
         progs.device_policy.set_autoload(c.devices.is_some());
         for prog in [
@@ -449,11 +443,7 @@ impl Monitor {
         match (want_tracing, self.tracing_links.is_empty()) {
             (true, true) => {
                 let progs = &self.skel.progs;
-                for (name, prog) in [
-                    ("sched_switch", &progs.on_switch),
-                    ("page_fault_user", &progs.on_fault),
-                    ("raw_syscalls/sys_exit", &progs.on_sys_exit),
-                ] {
+                for (name, prog) in [("raw_syscalls/sys_exit", &progs.on_sys_exit)] {
                     self.tracing_links
                         .push(prog.attach().map_err(|e| BpfError::attach(name, e))?);
                 }

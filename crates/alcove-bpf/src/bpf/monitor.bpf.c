@@ -7,8 +7,8 @@
  * fires once per process, not per syscall). Attached only while some sandbox
  * asks for them: raw_syscalls/sys_enter (syscall counts and budgets), the
  * cpu-clock perf_event program (CPU and wall budgets, which catch spinners
- * that make no syscalls), and the tracing counters (context switches, page
- * faults, bytes read and written). All are BTF-typed raw tracepoints
+ * that make no syscalls), and sys_exit (bytes read and written, EPERMs).
+ * Context switches and page faults come from the exiting task's own counters. All are BTF-typed raw tracepoints
  * (tp_btf): they need no tracefs, and cost less than perf-event tracepoints. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -139,6 +139,16 @@ int BPF_PROG(on_exit, struct task_struct *p)
 		return 0;
 	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
 		return 0; /* a thread, not a process */
+	/* Context switches and page faults, added as each process exits: the
+	 * kernel already counts them per task (and per thread group for threads
+	 * that died), so nothing has to run on every switch or fault. */
+	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
+	if (st) {
+		st->ctx_switches += BPF_CORE_READ(p, nvcsw) + BPF_CORE_READ(p, nivcsw) +
+				    BPF_CORE_READ(p, signal, nvcsw) + BPF_CORE_READ(p, signal, nivcsw);
+		st->page_faults += BPF_CORE_READ(p, min_flt) + BPF_CORE_READ(p, maj_flt) +
+				   BPF_CORE_READ(p, signal, min_flt) + BPF_CORE_READ(p, signal, maj_flt);
+	}
 	struct alcove_event *e = reserve(cg, ALCOVE_EV_EXIT);
 	if (!e)
 		return 0;
@@ -245,24 +255,6 @@ static __always_inline struct alcove_stats *traced_stats(void)
 	if (!sb || !sb->armed || !(sb->flags & ALCOVE_TRACE_SYSCALLS))
 		return NULL;
 	return bpf_map_lookup_elem(&stats, &cg);
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(on_switch)
-{
-	struct alcove_stats *st = traced_stats();
-	if (st)
-		st->ctx_switches += 1;
-	return 0;
-}
-
-SEC("tp_btf/page_fault_user")
-int BPF_PROG(on_fault)
-{
-	struct alcove_stats *st = traced_stats();
-	if (st)
-		st->page_faults += 1;
-	return 0;
 }
 
 /* Bytes moved by read/write-family calls, from raw_syscalls/sys_exit. */
