@@ -443,10 +443,11 @@ impl Monitor {
         match (want_tracing, self.tracing_links.is_empty()) {
             (true, true) => {
                 let progs = &self.skel.progs;
-                for (name, prog) in [("raw_syscalls/sys_exit", &progs.on_sys_exit)] {
-                    self.tracing_links
-                        .push(prog.attach().map_err(|e| BpfError::attach(name, e))?);
-                }
+                let link = progs
+                    .on_sys_exit
+                    .attach()
+                    .map_err(|e| BpfError::attach("raw_syscalls/sys_exit", e))?;
+                self.tracing_links.push(link);
             }
             (false, false) => self.tracing_links.clear(),
             _ => {}
