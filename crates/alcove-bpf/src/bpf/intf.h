@@ -4,6 +4,7 @@
 #define ALCOVE_INTF_H
 
 #define ALCOVE_MAX_SANDBOXES 4096
+/* Maps are not preallocated: these bound them, they cost nothing unused. */
 #define ALCOVE_MAX_SYSCALL_KEYS 65536
 #define ALCOVE_FILENAME_LEN 128
 #define ALCOVE_ARGS_LEN 128

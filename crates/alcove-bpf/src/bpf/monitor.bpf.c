@@ -34,6 +34,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, ALCOVE_MAX_SANDBOXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct alcove_stats);
 } stats SEC(".maps");
@@ -41,6 +42,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, ALCOVE_MAX_SYSCALL_KEYS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alcove_syscall_key);
 	__type(value, __u64);
 } syscall_counts SEC(".maps");
@@ -49,6 +51,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, ALCOVE_MAX_SYSCALL_KEYS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alcove_syscall_key);
 	__type(value, __u64);
 } eperm_counts SEC(".maps");
@@ -315,6 +318,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alcove_dev_key);
 	__type(value, __u8);
 } allowed_devices SEC(".maps");
