@@ -28,4 +28,4 @@ pub use observer::{NoObserver, Observer};
 pub use outcome::{Outcome, Phases, Status};
 pub use run::{gc, run, run_observed, RunOptions};
 pub use seccomp::{syscall_name, syscall_number};
-pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, User};
+pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, User};

@@ -67,6 +67,11 @@ pub struct Outcome {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
+    /// What the program wrote, with [`Stdio::Capture`](crate::Stdio::Capture).
+    #[serde(skip)]
+    pub stdout: Vec<u8>,
+    #[serde(skip)]
+    pub stderr: Vec<u8>,
 }
 
 impl Outcome {

@@ -54,6 +54,18 @@ impl Bind {
     }
 }
 
+/// Where the program's stdin comes from and its stdout and stderr go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Stdio {
+    /// The caller's own (stdout and stderr pass through a cap when
+    /// `output_bytes` is set).
+    #[default]
+    Inherit,
+    /// stdin reads these bytes; stdout and stderr are captured into the
+    /// outcome, up to `output_bytes` each (1 MiB when unset).
+    Capture { stdin: Vec<u8> },
+}
+
 /// A path the program may use when a path allow-list is in force (Landlock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathRule {
@@ -167,6 +179,7 @@ pub struct SandboxSpec {
     /// When set, a second seccomp filter allows exactly these syscall numbers
     /// (a `--policy` profile) and answers EPERM to the rest.
     pub syscall_allow_list: Option<Vec<u32>>,
+    pub stdio: Stdio,
 }
 
 impl SandboxSpec {
@@ -190,6 +203,7 @@ impl SandboxSpec {
             init: false,
             allow_paths: Vec::new(),
             syscall_allow_list: None,
+            stdio: Stdio::Inherit,
         }
     }
 

@@ -48,8 +48,8 @@ pub(crate) struct Supervision<'a> {
     pub error_pipe: OwnedFd,
     /// Held open so the child can tell alcove is alive; closed when alcove exits.
     pub lifeline: OwnedFd,
-    /// `(read end, where to copy it)` for captured stdout and stderr.
-    pub outputs: Vec<(OwnedFd, i32)>,
+    /// `(read end, where it goes)` for captured stdout and stderr.
+    pub outputs: Vec<(OwnedFd, Sink)>,
     pub signals: Option<SignalForwarder>,
     pub cgroup: &'a SandboxCgroup,
     pub limits: &'a Limits,
@@ -63,9 +63,18 @@ pub(crate) struct Supervision<'a> {
     pub observer: &'a mut dyn crate::Observer,
 }
 
+/// Where captured output goes.
+#[derive(Debug)]
+pub(crate) enum Sink {
+    /// Copied on to this descriptor of alcove's.
+    Fd(i32),
+    /// Kept for the outcome.
+    Buffer(Vec<u8>),
+}
+
 struct Pump {
     read: Option<OwnedFd>,
-    target: i32,
+    sink: Sink,
     remaining: u64,
     truncated: bool,
 }
@@ -81,7 +90,13 @@ impl Pump {
             Ok(n) => {
                 let keep = (n as u64).min(self.remaining) as usize;
                 self.remaining -= keep as u64;
-                let delivered = fd::write_all(self.target, &buf[..keep]).is_ok();
+                let delivered = match &mut self.sink {
+                    Sink::Fd(target) => fd::write_all(*target, &buf[..keep]).is_ok(),
+                    Sink::Buffer(kept) => {
+                        kept.extend_from_slice(&buf[..keep]);
+                        true
+                    }
+                };
                 if keep < n {
                     self.truncated = true;
                 }
@@ -129,10 +144,13 @@ pub(crate) fn supervise(
     let mut pumps: Vec<Pump> = s
         .outputs
         .into_iter()
-        .map(|(read, target)| Pump {
+        .map(|(read, sink)| Pump {
+            remaining: match sink {
+                Sink::Buffer(_) => s.limits.output_bytes.unwrap_or(1 << 20),
+                Sink::Fd(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
+            },
             read: Some(read),
-            target,
-            remaining: s.limits.output_bytes.unwrap_or(u64::MAX),
+            sink,
             truncated: false,
         })
         .collect();
@@ -331,7 +349,15 @@ pub(crate) fn supervise(
         cgroup_id: None,
         reason: policy_reason,
         phases: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
     };
+    let mut buffers = pumps.into_iter().filter_map(|p| match p.sink {
+        Sink::Buffer(kept) => Some(kept),
+        Sink::Fd(_) => None,
+    });
+    outcome.stdout = buffers.next().unwrap_or_default();
+    outcome.stderr = buffers.next().unwrap_or_default();
     outcome.wall(Duration::from_nanos(t_exit - s.t_clone));
     if let Some(marks) = read_marks() {
         let us = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e3;

@@ -116,3 +116,16 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> i
         Err(e) => Err(e),
     }
 }
+
+/// A close-on-exec memfd holding `bytes`, positioned at its start: a stdin
+/// that never blocks the writer and needs no pumping.
+pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the name is NUL-terminated; flags are plain.
+    let fd = crate::cvt_int(unsafe { libc::memfd_create(c"alcove-stdin".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create returned a fresh descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    write_all(fd.as_raw_fd(), bytes)?;
+    // SAFETY: lseek on an fd we own.
+    crate::cvt(unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } as libc::c_long)?;
+    Ok(fd)
+}

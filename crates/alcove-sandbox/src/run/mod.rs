@@ -106,11 +106,19 @@ pub fn run_observed(
         fd::pipe_cloexec().map_err(prepare("creating the lifeline pipe"))?;
     let mut outputs = Vec::new();
     let mut child_stdio = Vec::new();
-    if spec.limits.output_bytes.is_some() {
+    if let crate::Stdio::Capture { stdin } = &spec.stdio {
+        let memfd = fd::memfd_with(stdin).map_err(prepare("writing stdin to a memfd"))?;
         for target in [1, 2] {
             let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
-            outputs.push((read, target));
-            child_stdio.push(write);
+            outputs.push((read, supervise::Sink::Buffer(Vec::new())));
+            child_stdio.push((write, target));
+        }
+        child_stdio.push((memfd, 0));
+    } else if spec.limits.output_bytes.is_some() {
+        for target in [1, 2] {
+            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
+            outputs.push((read, supervise::Sink::Fd(target)));
+            child_stdio.push((write, target));
         }
     }
     let signals = if options.forward_signals {
@@ -156,11 +164,7 @@ pub fn run_observed(
         rlimits: rlimits(spec),
         uid: spec.user.uid,
         gid: spec.user.gid,
-        stdio: child_stdio
-            .iter()
-            .zip([1, 2])
-            .map(|(w, t)| (w.as_raw_fd(), t))
-            .collect(),
+        stdio: child_stdio.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect(),
         seccomp: crate::seccomp::filter(),
         exec_candidates: exec_candidates(spec),
         argv: pointers(&argv_c),

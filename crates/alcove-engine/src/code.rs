@@ -1,0 +1,205 @@
+//! Function code and secrets on disk: code is stored once per content digest
+//! (`data/code/<sha256>`) and mounted read-only at /fn; secrets are files a
+//! version's sandboxes see at /run/secrets.
+
+use crate::EngineError;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// The most a function's code may unpack to.
+pub const MAX_CODE_BYTES: u64 = 512 << 20;
+/// The most files (and directories) a function's code may hold.
+pub const MAX_CODE_ENTRIES: usize = 100_000;
+
+/// Unpacks `tar` under `data/code`, named by its content digest, unless that
+/// code is stored already; returns the digest. Absolute paths, `..`, links and
+/// anything but files and directories are refused; a failed unpack leaves
+/// nothing (it happens in a temporary directory renamed into place).
+pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError> {
+    let bad = |why: String| EngineError::BadCode(why);
+    let tmp = data.join("tmp").join(crate::random_id());
+    std::fs::create_dir_all(&tmp).map_err(EngineError::io("creating a code staging directory"))?;
+    let cleanup = |e: EngineError| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        e
+    };
+    let mut listing: Vec<String> = Vec::new();
+    let mut total: u64 = 0;
+    let mut archive = tar::Archive::new(tar);
+    let entries = archive.entries().map_err(|e| cleanup(bad(format!("not a tar archive: {e}"))))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| cleanup(bad(format!("a damaged tar entry: {e}"))))?;
+        let path = entry.path().map_err(|e| cleanup(bad(format!("a tar entry's path: {e}"))))?.into_owned();
+        let relative = safe_relative(&path).ok_or_else(|| cleanup(bad(format!("{} escapes the code directory", path.display()))))?;
+        if relative.as_os_str().is_empty() {
+            continue; // "./"
+        }
+        if listing.len() >= MAX_CODE_ENTRIES {
+            return Err(cleanup(bad(format!("more than {MAX_CODE_ENTRIES} entries"))));
+        }
+        let target = tmp.join(&relative);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            listing.push(format!("d {}", relative.display()));
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(cleanup(bad(format!(
+                "{} is a {:?}: only files and directories are allowed",
+                relative.display(),
+                kind
+            ))));
+        }
+        total += entry.size();
+        if total > MAX_CODE_BYTES {
+            return Err(cleanup(bad(format!("more than {MAX_CODE_BYTES} bytes unpacked"))));
+        }
+        let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+        }
+        let mut content = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut content).map_err(|e| cleanup(bad(format!("reading {}: {e}", relative.display()))))?;
+        let mode = if executable { 0o755 } else { 0o644 };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&target)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &content).and_then(|()| f.sync_all()))
+            .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+        listing.push(format!("f {mode:o} {} {}", relative.display(), hex(&Sha256::digest(&content))));
+    }
+    listing.sort();
+    let digest = hex(&Sha256::digest(listing.join("\n").as_bytes()));
+    let fin = data.join("code").join(&digest);
+    if fin.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(digest);
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+    std::fs::create_dir_all(data.join("code")).map_err(|e| cleanup(EngineError::io("creating the code store")(e)))?;
+    match std::fs::rename(&tmp, &fin) {
+        Ok(()) => Ok(digest),
+        Err(_) if fin.exists() => {
+            let _ = std::fs::remove_dir_all(&tmp); // stored meanwhile by a concurrent deploy
+            Ok(digest)
+        }
+        Err(e) => Err(cleanup(EngineError::io("storing code")(e))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The path's components if it stays inside the directory it is unpacked in.
+fn safe_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The directory of one version's secrets, written on first use: owned by
+/// the sandbox's user with mode 0500, each secret a 0400 file; every
+/// directory above it is root's own (0700), so no other host user reads them.
+pub(crate) fn secrets_dir(
+    data: &Path,
+    function: &str,
+    version: u32,
+    secrets: &BTreeMap<String, Vec<u8>>,
+    uid: u32,
+) -> Result<PathBuf, EngineError> {
+    let dir = data.join("secrets").join(function).join(version.to_string());
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let io = EngineError::io("writing secrets");
+    let parent = dir.parent().expect("has a parent");
+    std::fs::create_dir_all(parent).map_err(&io)?;
+    for p in [data.join("secrets"), parent.to_owned()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(&io)?;
+    }
+    let tmp = parent.join(format!(".{}", crate::random_id()));
+    std::fs::create_dir(&tmp).map_err(&io)?;
+    for (name, value) in secrets {
+        let path = tmp.join(name);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path).map_err(&io)?;
+        std::io::Write::write_all(&mut f, value).map_err(&io)?;
+        chown(&path, uid)?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o500)).map_err(&io)?;
+    chown(&tmp, uid)?;
+    match std::fs::rename(&tmp, &dir) {
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        other => other.map(|()| dir).map_err(io),
+    }
+}
+
+fn chown(path: &Path, uid: u32) -> Result<(), EngineError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(EngineError::io("handing secrets to the sandbox user"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, mode) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn code_is_stored_once_by_content() {
+        let data = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[("main.py", b"print(1)\n", 0o644), ("bin/run", b"#!/bin/sh\n", 0o755)]);
+        let a = store_code(data.path(), &tar).unwrap();
+        let b = store_code(data.path(), &tar).unwrap();
+        assert_eq!(a, b);
+        let dir = data.path().join("code").join(&a);
+        assert_eq!(std::fs::read(dir.join("main.py")).unwrap(), b"print(1)\n");
+        let mode = std::fs::metadata(dir.join("bin/run")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let other = store_code(data.path(), &tar_of(&[("main.py", b"print(2)\n", 0o644)])).unwrap();
+        assert_ne!(a, other);
+        assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0, "no staging left");
+    }
+
+    #[test]
+    fn escaping_and_linking_archives_are_refused_and_leave_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_link(&mut h, "evil", "/etc/shadow").unwrap();
+        let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("only files and directories"), "{err}");
+        assert!(safe_relative(Path::new("../x")).is_none());
+        assert!(safe_relative(Path::new("/etc/x")).is_none());
+        assert_eq!(safe_relative(Path::new("./a/b")).unwrap(), Path::new("a/b"));
+        assert!(store_code(data.path(), b"not a tar at all, clearly").is_err());
+        assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0);
+    }
+}

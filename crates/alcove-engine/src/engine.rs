@@ -1,0 +1,350 @@
+//! The engine: deploys versions, admits invocations, runs each in a fresh
+//! sandbox on a blocking thread, and records what happened.
+
+use crate::code;
+use crate::metrics::{FunctionLabel, InvocationLabels, Metrics, StartLabel};
+use crate::model::{DeployRequest, FunctionInfo, InvocationRecord, VersionInfo};
+use crate::store::{now, Store};
+use crate::{EngineError, STDERR_KEPT};
+use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Stdio};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Where the engine keeps its state and how much it runs at once.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Sandboxes running at once, over all functions.
+    pub max_running: usize,
+    /// Invocations waiting for a slot, over all functions; beyond it, `Busy`.
+    pub max_queued: usize,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EngineConfig { data_dir, max_running: 4 * cpus, max_queued: 1024 }
+    }
+}
+
+/// A finished synchronous invocation: its record and the handler's stdout.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub record: InvocationRecord,
+    pub response: Vec<u8>,
+}
+
+/// The engine. Share it behind an `Arc`; its async methods need a tokio runtime.
+pub struct Engine {
+    config: EngineConfig,
+    store: Store,
+    global: Arc<Semaphore>,
+    per_function: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    waiting: AtomicUsize,
+    pub metrics: Metrics,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory and store, marks invocations a
+    /// previous daemon left in flight as failed, and removes what its killed
+    /// sandboxes left behind.
+    pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let io = EngineError::io("preparing the data directory");
+        std::fs::create_dir_all(&config.data_dir).map_err(&io)?;
+        std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(&io)?;
+        let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
+        let store = Store::open(&config.data_dir.join("alcove.db"))?;
+        store.recover()?;
+        let _ = alcove_sandbox::gc();
+        let metrics = Metrics::new();
+        metrics.pool_slots.set(16);
+        Ok(Arc::new(Engine {
+            global: Arc::new(Semaphore::new(config.max_running)),
+            config,
+            store,
+            per_function: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+            metrics,
+        }))
+    }
+
+    /// Deploys a new version and points `latest` at it. Blocking: call it from
+    /// a blocking thread.
+    pub fn deploy(&self, mut req: DeployRequest) -> Result<VersionInfo, EngineError> {
+        validate(&req)?;
+        let digest = match &req.code_tar {
+            Some(tar) => Some(code::store_code(&self.config.data_dir, tar)?),
+            None => None,
+        };
+        req.config.secrets = req.secrets.keys().cloned().collect();
+        self.store.add_version(&req.name, &req.config, digest.as_deref(), &req.secrets)
+    }
+
+    pub fn functions(&self) -> Result<Vec<FunctionInfo>, EngineError> {
+        self.store.function_names()?.iter().map(|n| self.store.function(n)).collect()
+    }
+
+    pub fn function(&self, name: &str) -> Result<FunctionInfo, EngineError> {
+        self.store.function(name)
+    }
+
+    /// Points `latest` at an earlier (or later) version.
+    pub fn rollback(&self, name: &str, version: u32) -> Result<FunctionInfo, EngineError> {
+        self.store.set_latest(name, version)?;
+        self.store.function(name)
+    }
+
+    /// Removes a function, its versions, secrets and invocation records.
+    pub fn remove(&self, name: &str) -> Result<(), EngineError> {
+        self.store.delete_function(name)?;
+        let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        Ok(())
+    }
+
+    pub fn invocation(&self, id: &str) -> Result<InvocationRecord, EngineError> {
+        self.store.invocation(id)
+    }
+
+    /// The most recent invocations of a function, newest first.
+    pub fn logs(&self, name: &str, limit: u32) -> Result<Vec<InvocationRecord>, EngineError> {
+        self.store.function(name)?;
+        self.store.recent_invocations(name, limit)
+    }
+
+    /// Runs `name` (its `latest` version unless `version`) once with `body` on
+    /// stdin, and returns the record and stdout.
+    pub async fn invoke(self: &Arc<Self>, name: &str, version: Option<u32>, body: Vec<u8>) -> Result<Invocation, EngineError> {
+        let v = self.resolve(name, version)?;
+        let mut record = self.new_record(&v, false)?;
+        let response = self.attempt(&v, &mut record, body).await?;
+        Ok(Invocation { record, response })
+    }
+
+    /// Queues an invocation and returns its record at once; it runs in the
+    /// background, retried up to `retries` more times while it fails.
+    pub fn invoke_async(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<u32>,
+        body: Vec<u8>,
+        retries: u32,
+    ) -> Result<InvocationRecord, EngineError> {
+        let v = self.resolve(name, version)?;
+        let mut record = self.new_record(&v, true)?;
+        let queued = record.clone();
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            for attempt in 0..=retries {
+                match engine.attempt(&v, &mut record, body.clone()).await {
+                    Ok(_) if record.succeeded() => break,
+                    Err(EngineError::Busy(_)) | Ok(_) if attempt < retries => {
+                        tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+                    }
+                    _ => break,
+                }
+            }
+            if !record.finished() {
+                record.status = "error".into();
+                record.error.get_or_insert_with(|| "too many invocations waiting".into());
+                record.ended_at = Some(now());
+                let _ = engine.store.update_invocation(&record);
+            }
+        });
+        Ok(queued)
+    }
+
+    fn resolve(&self, name: &str, version: Option<u32>) -> Result<VersionInfo, EngineError> {
+        let f = self.store.function(name)?;
+        let wanted = version.unwrap_or(f.latest);
+        f.versions
+            .into_iter()
+            .find(|v| v.version == wanted)
+            .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))
+    }
+
+    fn new_record(&self, v: &VersionInfo, is_async: bool) -> Result<InvocationRecord, EngineError> {
+        let record = InvocationRecord {
+            id: crate::random_id(),
+            function: v.function.clone(),
+            version: v.version,
+            status: "queued".into(),
+            is_async,
+            created_at: now(),
+            ..InvocationRecord::default()
+        };
+        self.store.insert_invocation(&record)?;
+        Ok(record)
+    }
+
+    /// Waits for a slot, runs one attempt, records it. `Busy` when the queue is full.
+    async fn attempt(self: &Arc<Self>, v: &VersionInfo, record: &mut InvocationRecord, body: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+        let _permits = self.admit(v).await?;
+        record.status = "running".into();
+        record.attempts += 1;
+        record.started_at = Some(now());
+        self.store.update_invocation(record)?;
+        let spec = self.spec_for(v, record, body)?;
+        self.metrics.sandboxes_alive.inc();
+        self.metrics.starts.get_or_create(&StartLabel { kind: "cold".into() }).inc();
+        let result = tokio::task::spawn_blocking(move || {
+            let options = RunOptions { forward_signals: false, collect_usage: true };
+            alcove_sandbox::run(&spec, &options)
+        })
+        .await
+        .expect("the sandbox thread does not panic");
+        self.metrics.sandboxes_alive.dec();
+        record.ended_at = Some(now());
+        let mut response = Vec::new();
+        match result {
+            Ok(outcome) => {
+                record.status = serde_json::to_value(outcome.status)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                record.exit_code = outcome.exit_code;
+                record.signal = outcome.signal;
+                record.wall_ms = Some(outcome.wall_ms);
+                record.cpu_user_ms = Some(outcome.cpu_user_ms);
+                record.cpu_sys_ms = Some(outcome.cpu_sys_ms);
+                record.memory_peak_bytes = outcome.memory_peak_bytes;
+                record.pids_peak = outcome.pids_peak;
+                record.output_truncated = outcome.output_truncated;
+                record.error = outcome.reason.clone();
+                let kept = outcome.stderr.len().min(STDERR_KEPT);
+                record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
+                self.metrics
+                    .duration
+                    .get_or_create(&FunctionLabel { function: v.function.clone() })
+                    .observe(outcome.wall_ms / 1e3);
+                response = outcome.stdout;
+            }
+            Err(e) => {
+                record.status = "error".into();
+                record.error = Some(chain(&e));
+            }
+        }
+        if record.is_async {
+            record.response = Some(response.clone());
+        }
+        self.store.update_invocation(record)?;
+        self.metrics
+            .invocations
+            .get_or_create(&InvocationLabels { function: v.function.clone(), status: record.status.clone() })
+            .inc();
+        Ok(response)
+    }
+
+    /// A slot for `v`'s function and one overall, waiting in a bounded queue.
+    async fn admit(&self, v: &VersionInfo) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), EngineError> {
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        if waiting > self.config.max_queued {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Busy(format!(
+                "{} invocations are already waiting (the limit is {}); retry later",
+                waiting - 1,
+                self.config.max_queued
+            )));
+        }
+        self.metrics.queued.inc();
+        let per_function = {
+            let cap = v.config.concurrency.max(1);
+            let mut map = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = map.entry(v.function.clone()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap as usize))));
+            if entry.0 != cap {
+                *entry = (cap, Arc::new(Semaphore::new(cap as usize)));
+            }
+            Arc::clone(&entry.1)
+        };
+        let mine = per_function.acquire_owned().await.expect("never closed");
+        let global = Arc::clone(&self.global).acquire_owned().await.expect("never closed");
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.queued.dec();
+        Ok((mine, global))
+    }
+
+    /// The sandbox for one invocation of `v`.
+    fn spec_for(&self, v: &VersionInfo, record: &InvocationRecord, body: Vec<u8>) -> Result<SandboxSpec, EngineError> {
+        let c = &v.config;
+        let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+        if let Some(digest) = &v.code_digest {
+            spec.binds.push(Bind {
+                source: self.config.data_dir.join("code").join(digest),
+                target: "/fn".into(),
+                writable: false,
+            });
+            spec.workdir = "/fn".into();
+        }
+        if !c.secrets.is_empty() {
+            let values = self.store.secrets(&v.function, v.version)?;
+            let dir = code::secrets_dir(&self.config.data_dir, &v.function, v.version, &values, spec.user.uid)?;
+            spec.binds.push(Bind { source: dir, target: "/run/secrets".into(), writable: false });
+        }
+        for (k, val) in &c.env {
+            spec.env.push((k.into(), val.into()));
+        }
+        spec.env.push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
+        spec.env.push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
+        spec.env.push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
+        spec.limits.memory_bytes = c.memory_bytes;
+        spec.limits.cpus = c.cpus;
+        spec.limits.pids = c.pids;
+        spec.limits.timeout = c.timeout_ms.map(Duration::from_millis);
+        spec.limits.output_bytes = Some(c.output_bytes);
+        spec.net = if c.net == "host" { NetMode::Host } else { NetMode::None };
+        spec.stdio = Stdio::Capture { stdin: body };
+        Ok(spec)
+    }
+}
+
+fn validate(req: &DeployRequest) -> Result<(), EngineError> {
+    let invalid = |m: String| Err(EngineError::Invalid(m));
+    if !crate::valid_name(&req.name) {
+        return invalid(format!(
+            "function name {:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            req.name
+        ));
+    }
+    let c = &req.config;
+    if c.handler.is_empty() || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
+        return invalid("handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into());
+    }
+    if c.net != "none" && c.net != "host" {
+        return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));
+    }
+    if c.concurrency == 0 || c.concurrency > 10_000 {
+        return invalid(format!("concurrency {}: use 1 to 10000", c.concurrency));
+    }
+    for name in req.secrets.keys() {
+        if !crate::valid_name(name) {
+            return invalid(format!("secret name {name:?}: use 1 to 63 of a-z, 0-9, '-' and '_'"));
+        }
+    }
+    // The rest (memory, CPUs, env...) is checked as the sandbox would check it.
+    let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+    spec.limits.memory_bytes = c.memory_bytes;
+    spec.limits.cpus = c.cpus;
+    spec.limits.pids = c.pids;
+    for (k, v) in &c.env {
+        spec.env.push((k.into(), v.into()));
+    }
+    spec.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    if c.timeout_ms == Some(0) {
+        return invalid("timeout_ms 0: use a positive number of milliseconds".into());
+    }
+    Ok(())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

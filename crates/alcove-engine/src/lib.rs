@@ -1,0 +1,86 @@
+//! alcove-engine owns functions: their versions and code, every invocation
+//! (run in its own sandbox through alcove-sandbox, recorded in the store),
+//! admission (per-function and global caps with a bounded queue), async
+//! invocations with retries, and the metrics operators scrape.
+//!
+//! It knows nothing of HTTP (alcove-api) or command lines (alcove).
+
+mod code;
+mod engine;
+mod metrics;
+mod model;
+mod store;
+
+pub use engine::{Engine, EngineConfig, Invocation};
+pub use metrics::Metrics;
+pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
+
+use std::io;
+
+/// How much of a handler's stderr an invocation record keeps.
+pub const STDERR_KEPT: usize = 64 << 10;
+
+/// What went wrong, with a stable code the API maps to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no function named {0:?}")]
+    NoFunction(String),
+    #[error("function {0:?} has no version {1}")]
+    NoVersion(String, u32),
+    #[error("no invocation {0:?}")]
+    NoInvocation(String),
+    #[error("too many invocations waiting: {0}")]
+    Busy(String),
+    #[error("the code archive is refused: {0}")]
+    BadCode(String),
+    #[error("the store failed")]
+    Store(#[source] rusqlite::Error),
+    #[error("{what} failed")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sandbox could not be started")]
+    Sandbox(#[source] alcove_sandbox::SandboxError),
+}
+
+impl EngineError {
+    pub(crate) fn io(what: &'static str) -> impl Fn(io::Error) -> EngineError {
+        move |source| EngineError::Io { what, source }
+    }
+
+    /// A stable, machine-readable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Invalid(_) => "invalid_request",
+            EngineError::NoFunction(_) => "function_not_found",
+            EngineError::NoVersion(..) => "version_not_found",
+            EngineError::NoInvocation(_) => "invocation_not_found",
+            EngineError::Busy(_) => "too_many_requests",
+            EngineError::BadCode(_) => "invalid_code",
+            EngineError::Store(_) | EngineError::Io { .. } => "internal",
+            EngineError::Sandbox(_) => "sandbox_failed",
+        }
+    }
+}
+
+/// 16 random bytes as hex: invocation ids, staging names.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(n, 16, "getrandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Function names: 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
