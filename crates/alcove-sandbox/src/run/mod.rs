@@ -164,7 +164,10 @@ pub fn run_observed(
         rlimits: rlimits(spec),
         uid: spec.user.uid,
         gid: spec.user.gid,
-        stdio: child_stdio.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect(),
+        stdio: child_stdio
+            .iter()
+            .map(|(fd, t)| (fd.as_raw_fd(), *t))
+            .collect(),
         seccomp: crate::seccomp::filter(),
         exec_candidates: exec_candidates(spec),
         argv: pointers(&argv_c),
@@ -282,15 +285,17 @@ fn spawn(
         }
         let mut stack = clone::ChildStack::new(256 * 1024)?;
         let arg = plan as *const ChildPlan as *mut libc::c_void;
-        // SAFETY: alcove is single-threaded here (no thread is started before a
-        // sandbox is spawned); `child::run` executes the prepared plan without
-        // allocating, taking locks or unwinding, writes only the phase page and
-        // its own stack, and ends in execve or _exit; `plan` outlives the call.
+        // SAFETY: `child::run` executes the prepared plan without allocating,
+        // taking locks or unwinding, so other threads of this process (the
+        // daemon runs many) can neither deadlock it nor see it touch shared
+        // state; it writes only the phase page and its own stack and ends in
+        // execve or _exit; `plan` outlives the call.
         return unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) };
     }
     // With --init the first process never execs, so it cannot share our memory.
-    // SAFETY: alcove is single-threaded here, and the child only runs
-    // `child::run`, which ends in execve or _exit.
+    // SAFETY: the child only runs `child::run`, which neither allocates nor
+    // takes locks (a lock another thread held at fork would never be
+    // released in the child) and ends in execve or _exit.
     match unsafe { clone::clone3(flags, cgroup) }? {
         Forked::Child => child::run(plan),
         Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),

@@ -1,0 +1,67 @@
+//! Bearer tokens: when the daemon has one, every request but /healthz must
+//! carry `Authorization: Bearer TOKEN`, compared in constant time.
+
+use crate::errors::ApiError;
+use crate::routes::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+/// Whether `presented` (an Authorization header's value) carries `token`.
+/// The comparison takes the same time wherever the bytes differ; only the
+/// token's length can be learnt from timing.
+pub(crate) fn bearer_matches(presented: Option<&[u8]>, token: &[u8]) -> bool {
+    let Some(value) = presented else { return false };
+    let Some(given) = value.strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    bool::from(given.ct_eq(token))
+}
+
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if bearer_matches(presented, token.as_bytes()) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this server needs a token: send the header 'Authorization: Bearer TOKEN' (the CLI reads $ALCOVE_TOKEN or --token)",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_matches;
+
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        assert!(bearer_matches(Some(b"Bearer s3cret"), b"s3cret"));
+        assert!(!bearer_matches(Some(b"Bearer s3cre"), b"s3cret"));
+        assert!(!bearer_matches(Some(b"Bearer s3cretX"), b"s3cret"));
+        assert!(!bearer_matches(Some(b"bearer s3cret"), b"s3cret"));
+        assert!(!bearer_matches(Some(b"s3cret"), b"s3cret"));
+        assert!(!bearer_matches(None, b"s3cret"));
+    }
+}

@@ -1,0 +1,287 @@
+//! A blocking client for the API, used by `alcove fn ...`.
+
+use crate::wire::DeployBody;
+use serde_json::Value;
+use std::time::Duration;
+use ureq::Agent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("could not reach the alcove daemon at {server}: {source}; start it with `alcove serve`, or point --server (or $ALCOVE_SERVER) at it")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("{message} [{code}]")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        body: Value,
+    },
+    #[error("the daemon's answer could not be read: {0}")]
+    BadResponse(String),
+    #[error("{0:?} is not a valid name or id: use letters, digits, '-' and '_'")]
+    BadName(String),
+}
+
+/// A name or id checked to be safe as one path segment.
+fn segment(name: &str) -> Result<&str, ClientError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ClientError::BadName(name.to_owned()))
+    }
+}
+
+/// The answer to a synchronous invoke: the handler's response on success,
+/// the API's error (with the invocation record) otherwise.
+#[derive(Debug)]
+pub struct InvokeOutcome {
+    pub status: u16,
+    pub invocation: Option<String>,
+    pub response: Vec<u8>,
+    /// The error object, when the invocation did not succeed.
+    pub error: Option<Value>,
+}
+
+pub struct Client {
+    agent: Agent,
+    server: String,
+    token: Option<String>,
+}
+
+/// A status, the headers (lower-case names) and the body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+const MAX_ANSWER: u64 = 64 << 20;
+
+impl Client {
+    /// A client for the daemon at `server` (such as http://127.0.0.1:8480).
+    pub fn new(server: &str, token: Option<String>) -> Self {
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Client {
+            agent,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Result<Answer, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            server: self.server.clone(),
+            source,
+        };
+        let url = self.url(path);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if !query.is_empty() {
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request = request.uri(format!("{url}?{}", q.join("&")));
+        }
+        let request = request
+            .body(body.unwrap_or_default().to_vec())
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let mut response = self.agent.run(request).map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(unreachable)?;
+        Ok((status, headers, bytes))
+    }
+
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Result<Value, ClientError> {
+        let (status, _, bytes) = self.send(method, path, query, body)?;
+        if status == 204 {
+            return Ok(Value::Null);
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::BadResponse(format!(
+                "HTTP {status}, not JSON ({e}): is {} an alcove daemon?",
+                self.server
+            ))
+        })?;
+        if status >= 400 {
+            return Err(api_error(status, value));
+        }
+        Ok(value)
+    }
+
+    pub fn deploy(&self, body: &DeployBody) -> Result<Value, ClientError> {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        self.json("POST", "/v1/functions", &[], Some(&bytes))
+    }
+
+    pub fn list(&self) -> Result<Value, ClientError> {
+        self.json("GET", "/v1/functions", &[], None)
+    }
+
+    pub fn show(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(
+            "GET",
+            &format!("/v1/functions/{}", segment(name)?),
+            &[],
+            None,
+        )
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), ClientError> {
+        self.json(
+            "DELETE",
+            &format!("/v1/functions/{}", segment(name)?),
+            &[],
+            None,
+        )
+        .map(drop)
+    }
+
+    pub fn rollback(&self, name: &str, version: u32) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "version": version }).to_string();
+        self.json(
+            "POST",
+            &format!("/v1/functions/{}/rollback", segment(name)?),
+            &[],
+            Some(body.as_bytes()),
+        )
+    }
+
+    pub fn logs(&self, name: &str, limit: u32) -> Result<Value, ClientError> {
+        self.json(
+            "GET",
+            &format!("/v1/functions/{}/logs", segment(name)?),
+            &[("limit", limit.to_string())],
+            None,
+        )
+    }
+
+    pub fn invocation(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(
+            "GET",
+            &format!("/v1/invocations/{}", segment(id)?),
+            &[],
+            None,
+        )
+    }
+
+    /// Queues an invocation; returns its record (with its id) at once.
+    pub fn invoke_async(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        retries: u32,
+        data: &[u8],
+    ) -> Result<Value, ClientError> {
+        let mut query = vec![
+            ("async", "true".to_owned()),
+            ("retries", retries.to_string()),
+        ];
+        if let Some(v) = version {
+            query.push(("version", v.to_string()));
+        }
+        self.json(
+            "POST",
+            &format!("/v1/functions/{}/invoke", segment(name)?),
+            &query,
+            Some(data),
+        )
+    }
+
+    /// Runs an invocation and waits for it. A handler that fails is an
+    /// `Ok` outcome with `error` set; only API errors (no such function,
+    /// 429...) are `Err`.
+    pub fn invoke(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        data: &[u8],
+    ) -> Result<InvokeOutcome, ClientError> {
+        let query: Vec<(&str, String)> = version
+            .map(|v| ("version", v.to_string()))
+            .into_iter()
+            .collect();
+        let (status, headers, bytes) = self.send(
+            "POST",
+            &format!("/v1/functions/{}/invoke", segment(name)?),
+            &query,
+            Some(data),
+        )?;
+        let invocation = headers
+            .iter()
+            .find(|(k, _)| k == "x-alcove-invocation")
+            .map(|(_, v)| v.clone());
+        if status == 200 {
+            return Ok(InvokeOutcome {
+                status,
+                invocation,
+                response: bytes,
+                error: None,
+            });
+        }
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadResponse(format!("HTTP {status}, not JSON ({e})")))?;
+        if invocation.is_none() {
+            return Err(api_error(status, value));
+        }
+        Ok(InvokeOutcome {
+            status,
+            invocation,
+            response: Vec::new(),
+            error: value.get("error").cloned(),
+        })
+    }
+}
+
+fn api_error(status: u16, body: Value) -> ClientError {
+    let field = |k: &str| {
+        body.pointer(&format!("/error/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (code, message) = (field("code"), field("message"));
+    if code.is_empty() {
+        return ClientError::BadResponse(format!("HTTP {status} without an error object: {body}"));
+    }
+    ClientError::Api {
+        status,
+        code,
+        message,
+        body,
+    }
+}

@@ -1,0 +1,24 @@
+//! alcove-api owns the HTTP face of the functions platform: the axum router
+//! ([`app`]), the JSON it accepts and returns, bearer-token checks, the
+//! OpenAPI document it serves, and a typed blocking client for the CLI.
+//!
+//! It turns HTTP into calls on an [`alcove_engine::Engine`] and engine
+//! results back into HTTP; it runs nothing itself.
+
+mod auth;
+mod client;
+mod errors;
+mod routes;
+pub mod wire;
+
+pub use client::{Client, ClientError, InvokeOutcome};
+pub use errors::ApiError;
+pub use routes::{app, AppState};
+
+/// The OpenAPI 3.1 document describing /v1, served at /v1/openapi.json.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest invoke request body (the handler's stdin).
+pub const MAX_INVOKE_BODY: usize = 6 << 20;
+/// Largest deploy request body (the code archive, base64 inside JSON).
+pub const MAX_DEPLOY_BODY: usize = 64 << 20;

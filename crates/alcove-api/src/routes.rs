@@ -1,0 +1,330 @@
+//! The router: each handler parses, calls the engine, and maps the result.
+
+use crate::errors::ApiError;
+use crate::wire::{self, FunctionSummary, InvocationView, InvokeQuery, RollbackBody};
+use crate::{auth, MAX_DEPLOY_BODY, MAX_INVOKE_BODY, OPENAPI};
+use alcove_engine::{Engine, EngineError, InvocationRecord};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// When set, requests must carry `Authorization: Bearer TOKEN`.
+    pub token: Option<Arc<str>>,
+}
+
+/// The whole API as a router, ready for `axum::serve` (or `oneshot` in tests).
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/functions",
+            get(list_functions)
+                .post(deploy)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route(
+            "/functions/{name}",
+            get(show_function).delete(remove_function),
+        )
+        .route("/functions/{name}/rollback", post(rollback))
+        .route(
+            "/functions/{name}/invoke",
+            post(invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY)),
+        )
+        .route("/functions/{name}/logs", get(logs))
+        .route("/invocations/{id}", get(invocation))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "no such route: see /v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method: see /v1/openapi.json",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+/// The one path parameter (a function's name or an invocation's id), with
+/// bad percent-encoding answered as a JSON error like everything else.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(s)| Segment(s))
+            .map_err(|e| ApiError::bad_request(format!("the path is not valid: {}", e.body_text())))
+    }
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!(
+                "the request body is too large: invoke bodies may be up to {} MiB, deploy bodies up to {} MiB",
+                MAX_INVOKE_BODY >> 20, MAX_DEPLOY_BODY >> 20
+            ))
+        } else {
+            ApiError::new(e.status(), "invalid_body", format!("the request body could not be read: {e}"))
+        }
+    })
+}
+
+fn query_or_error<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn list_functions(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let functions = blocking(move || s.engine.functions()).await?;
+    let summaries: Vec<FunctionSummary> = functions.iter().map(Into::into).collect();
+    Ok(Json(json!({ "functions": summaries })).into_response())
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = wire::parse_deploy(&body_or_error(body)?)?;
+    let version = blocking(move || s.engine.deploy(request)).await?;
+    let location = format!("/v1/functions/{}", version.function);
+    let mut response = (StatusCode::CREATED, Json(version)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+async fn show_function(
+    State(s): State<AppState>,
+    Segment(name): Segment,
+) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || s.engine.function(&name)).await?).into_response())
+}
+
+async fn remove_function(
+    State(s): State<AppState>,
+    Segment(name): Segment,
+) -> Result<Response, ApiError> {
+    blocking(move || s.engine.remove(&name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    Segment(name): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let RollbackBody { version } = wire::parse_json(&body_or_error(body)?, "rollback")?;
+    Ok(Json(blocking(move || s.engine.rollback(&name, version)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default = "default_log_limit")]
+    limit: u32,
+}
+
+fn default_log_limit() -> u32 {
+    20
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    Segment(name): Segment,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let LogsQuery { limit } = query_or_error(query)?;
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit}: use 1 to 1000"
+        )));
+    }
+    let records = blocking(move || s.engine.logs(&name, limit)).await?;
+    let views: Vec<InvocationView> = records
+        .into_iter()
+        .map(|mut r| {
+            r.response = None;
+            r.into()
+        })
+        .collect();
+    Ok(Json(json!({ "invocations": views })).into_response())
+}
+
+async fn invocation(State(s): State<AppState>, Segment(id): Segment) -> Result<Response, ApiError> {
+    let record = blocking(move || s.engine.invocation(&id)).await?;
+    Ok(Json(InvocationView::from(record)).into_response())
+}
+
+async fn invoke(
+    State(s): State<AppState>,
+    Segment(name): Segment,
+    query: Result<Query<InvokeQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let q = query_or_error(query)?;
+    wire::check_invoke_query(&q)?;
+    let body = body_or_error(body)?.to_vec();
+    if q.is_async {
+        let record = s.engine.invoke_async(&name, q.version, body, q.retries)?;
+        let location = format!("/v1/invocations/{}", record.id);
+        let mut response =
+            (StatusCode::ACCEPTED, Json(InvocationView::from(record))).into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        return Ok(response);
+    }
+    let done = s.engine.invoke(&name, q.version, body).await?;
+    let headers = invocation_headers(&done.record);
+    let record = done.record;
+    if record.succeeded() && !record.output_truncated {
+        let mut response = (StatusCode::OK, done.response).into_response();
+        response.headers_mut().extend(headers);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(response);
+    }
+    let mut error = failure(&record);
+    error.detail = Some(json!({ "invocation": InvocationView::from(record) }));
+    let mut response = error.into_response();
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+fn invocation_headers(r: &InvocationRecord) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("x-alcove-invocation", r.id.clone());
+    put("x-alcove-version", r.version.to_string());
+    put("x-alcove-status", r.status.clone());
+    if let Some(code) = r.exit_code {
+        put("x-alcove-exit-code", code.to_string());
+    }
+    if let Some(ms) = r.wall_ms {
+        put("x-alcove-duration-ms", format!("{ms:.3}"));
+    }
+    headers
+}
+
+/// The error for an invocation that did not succeed.
+fn failure(r: &InvocationRecord) -> ApiError {
+    let reason = r.error.as_deref().unwrap_or("");
+    let (status, code, message) = match r.status.as_str() {
+        "timeout" => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "function_timeout",
+            "the handler ran past its timeout and was killed".to_owned(),
+        ),
+        _ if r.output_truncated => (
+            StatusCode::BAD_GATEWAY,
+            "response_too_large",
+            "the handler wrote more than its output limit to stdout; its stdout was closed"
+                .to_owned(),
+        ),
+        "exited" => (
+            StatusCode::BAD_GATEWAY,
+            "function_failed",
+            format!(
+                "the handler exited with status {}",
+                r.exit_code.unwrap_or(-1)
+            ),
+        ),
+        "signaled" => (
+            StatusCode::BAD_GATEWAY,
+            "function_failed",
+            format!("the handler was killed by signal {}", r.signal.unwrap_or(0)),
+        ),
+        "oom" => (
+            StatusCode::BAD_GATEWAY,
+            "function_out_of_memory",
+            "the handler ran out of memory and was killed".to_owned(),
+        ),
+        "cpu_time" => (
+            StatusCode::BAD_GATEWAY,
+            "function_cpu_time",
+            "the handler used up its CPU time and was killed".to_owned(),
+        ),
+        "killed_by_policy" => (
+            StatusCode::BAD_GATEWAY,
+            "function_killed_by_policy",
+            format!("the handler was killed by policy: {reason}"),
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "function_not_started",
+            format!("alcove could not run the handler: {reason}"),
+        ),
+    };
+    ApiError::new(status, code, message)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut response = s.engine.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}

@@ -1,0 +1,191 @@
+//! The JSON the API accepts and returns, and the parsing of request bodies
+//! (kept apart from the routes so it can be fuzzed on its own).
+
+use crate::errors::ApiError;
+use alcove_engine::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/functions`: deploys a new version of `name`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    pub name: String,
+    /// The handler's argv, such as `["python3", "/fn/main.py"]`.
+    pub handler: Vec<String>,
+    /// The code: a tar archive, base64-encoded; mounted read-only at /fn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Secret values by name: files under /run/secrets, never returned.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+/// `POST /v1/functions/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    pub version: u32,
+}
+
+/// The query of `POST /v1/functions/{name}/invoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeQuery {
+    /// Run this version instead of `latest`.
+    pub version: Option<u32>,
+    /// Return 202 and the invocation's id at once; fetch the result later.
+    #[serde(rename = "async", default)]
+    pub is_async: bool,
+    /// For async invocations: attempts after the first while it fails.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// The most retries an async invocation may ask for.
+pub const MAX_RETRIES: u32 = 10;
+
+/// `GET /v1/functions`: one line per function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionSummary {
+    pub name: String,
+    pub latest: u32,
+    pub versions: usize,
+    pub handler: Vec<String>,
+}
+
+impl From<&FunctionInfo> for FunctionSummary {
+    fn from(f: &FunctionInfo) -> Self {
+        let handler = f
+            .versions
+            .iter()
+            .find(|v| v.version == f.latest)
+            .map(|v| v.config.handler.clone())
+            .unwrap_or_default();
+        FunctionSummary {
+            name: f.name.clone(),
+            latest: f.latest,
+            versions: f.versions.len(),
+            handler,
+        }
+    }
+}
+
+/// An invocation as the API returns it: the record, and for finished async
+/// invocations the response (as text when it is UTF-8, else base64).
+#[derive(Debug, Clone, Serialize)]
+pub struct InvocationView {
+    #[serde(flatten)]
+    pub record: InvocationRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_base64: Option<String>,
+}
+
+impl From<InvocationRecord> for InvocationView {
+    fn from(mut record: InvocationRecord) -> Self {
+        let (mut response, mut response_base64) = (None, None);
+        if let Some(bytes) = record.response.take() {
+            match String::from_utf8(bytes) {
+                Ok(text) => response = Some(text),
+                Err(e) => {
+                    response_base64 =
+                        Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                }
+            }
+        }
+        InvocationView {
+            record,
+            response,
+            response_base64,
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, saying where it went wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the {what} body is empty: send a JSON object"
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the {what} body is not valid: {e}")))
+}
+
+/// Parses and checks a deploy body into the engine's request. The engine
+/// checks the rest (names, limits) and answers with its own codes.
+pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
+    let d: DeployBody = parse_json(body, "deploy")?;
+    let code_tar = match d.code {
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "code: not base64 ({e}); send a base64-encoded tar archive"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let defaults: FunctionConfig =
+        serde_json::from_str(r#"{"handler":[]}"#).expect("the defaults parse");
+    let config = FunctionConfig {
+        handler: d.handler,
+        env: d.env,
+        secrets: Vec::new(),
+        memory_bytes: d.memory_bytes,
+        cpus: d.cpus,
+        pids: d.pids,
+        timeout_ms: d.timeout_ms,
+        output_bytes: d.output_bytes.unwrap_or(defaults.output_bytes),
+        net: d.net.unwrap_or(defaults.net),
+        concurrency: d.concurrency.unwrap_or(defaults.concurrency),
+    };
+    let secrets = d
+        .secrets
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    Ok(DeployRequest {
+        name: d.name,
+        config,
+        secrets,
+        code_tar,
+    })
+}
+
+/// Checks an invoke query beyond its types.
+pub fn check_invoke_query(q: &InvokeQuery) -> Result<(), ApiError> {
+    if q.retries > MAX_RETRIES {
+        return Err(ApiError::bad_request(format!(
+            "retries {}: use 0 to {MAX_RETRIES}",
+            q.retries
+        )));
+    }
+    if q.retries > 0 && !q.is_async {
+        return Err(ApiError::bad_request(
+            "retries apply to async invocations: add async=true",
+        ));
+    }
+    Ok(())
+}
