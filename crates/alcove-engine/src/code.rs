@@ -29,21 +29,34 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
     let mut listing: Vec<String> = Vec::new();
     let mut total: u64 = 0;
     let mut archive = tar::Archive::new(tar);
-    let entries = archive.entries().map_err(|e| cleanup(bad(format!("not a tar archive: {e}"))))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| cleanup(bad(format!("not a tar archive: {e}"))))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| cleanup(bad(format!("a damaged tar entry: {e}"))))?;
-        let path = entry.path().map_err(|e| cleanup(bad(format!("a tar entry's path: {e}"))))?.into_owned();
-        let relative = safe_relative(&path).ok_or_else(|| cleanup(bad(format!("{} escapes the code directory", path.display()))))?;
+        let path = entry
+            .path()
+            .map_err(|e| cleanup(bad(format!("a tar entry's path: {e}"))))?
+            .into_owned();
+        let relative = safe_relative(&path).ok_or_else(|| {
+            cleanup(bad(format!(
+                "{} escapes the code directory",
+                path.display()
+            )))
+        })?;
         if relative.as_os_str().is_empty() {
             continue; // "./"
         }
         if listing.len() >= MAX_CODE_ENTRIES {
-            return Err(cleanup(bad(format!("more than {MAX_CODE_ENTRIES} entries"))));
+            return Err(cleanup(bad(format!(
+                "more than {MAX_CODE_ENTRIES} entries"
+            ))));
         }
         let target = tmp.join(&relative);
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            std::fs::create_dir_all(&target).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            std::fs::create_dir_all(&target)
+                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
             listing.push(format!("d {}", relative.display()));
             continue;
         }
@@ -56,23 +69,34 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         }
         total += entry.size();
         if total > MAX_CODE_BYTES {
-            return Err(cleanup(bad(format!("more than {MAX_CODE_BYTES} bytes unpacked"))));
+            return Err(cleanup(bad(format!(
+                "more than {MAX_CODE_BYTES} bytes unpacked"
+            ))));
         }
         let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
         }
         let mut content = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut content).map_err(|e| cleanup(bad(format!("reading {}: {e}", relative.display()))))?;
+        entry
+            .read_to_end(&mut content)
+            .map_err(|e| cleanup(bad(format!("reading {}: {e}", relative.display()))))?;
         let mode = if executable { 0o755 } else { 0o644 };
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&target)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &content).and_then(|()| f.sync_all()))
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &content).and_then(|()| f.sync_all())
+            })
             .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
-        listing.push(format!("f {mode:o} {} {}", relative.display(), hex(&Sha256::digest(&content))));
+        listing.push(format!(
+            "f {mode:o} {} {}",
+            relative.display(),
+            hex(&Sha256::digest(&content))
+        ));
     }
     listing.sort();
     let digest = hex(&Sha256::digest(listing.join("\n").as_bytes()));
@@ -81,8 +105,10 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(digest);
     }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
-    std::fs::create_dir_all(data.join("code")).map_err(|e| cleanup(EngineError::io("creating the code store")(e)))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+    std::fs::create_dir_all(data.join("code"))
+        .map_err(|e| cleanup(EngineError::io("creating the code store")(e)))?;
     match std::fs::rename(&tmp, &fin) {
         Ok(()) => Ok(digest),
         Err(_) if fin.exists() => {
@@ -120,7 +146,10 @@ pub(crate) fn secrets_dir(
     secrets: &BTreeMap<String, Vec<u8>>,
     uid: u32,
 ) -> Result<PathBuf, EngineError> {
-    let dir = data.join("secrets").join(function).join(version.to_string());
+    let dir = data
+        .join("secrets")
+        .join(function)
+        .join(version.to_string());
     if dir.is_dir() {
         return Ok(dir);
     }
@@ -134,7 +163,12 @@ pub(crate) fn secrets_dir(
     std::fs::create_dir(&tmp).map_err(&io)?;
     for (name, value) in secrets {
         let path = tmp.join(name);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path).map_err(&io)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(&io)?;
         std::io::Write::write_all(&mut f, value).map_err(&io)?;
         chown(&path, uid)?;
     }
@@ -150,7 +184,8 @@ pub(crate) fn secrets_dir(
 }
 
 fn chown(path: &Path, uid: u32) -> Result<(), EngineError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(EngineError::io("handing secrets to the sandbox user"))
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .map_err(EngineError::io("handing secrets to the sandbox user"))
 }
 
 #[cfg(test)]
@@ -172,17 +207,27 @@ mod tests {
     #[test]
     fn code_is_stored_once_by_content() {
         let data = tempfile::tempdir().unwrap();
-        let tar = tar_of(&[("main.py", b"print(1)\n", 0o644), ("bin/run", b"#!/bin/sh\n", 0o755)]);
+        let tar = tar_of(&[
+            ("main.py", b"print(1)\n", 0o644),
+            ("bin/run", b"#!/bin/sh\n", 0o755),
+        ]);
         let a = store_code(data.path(), &tar).unwrap();
         let b = store_code(data.path(), &tar).unwrap();
         assert_eq!(a, b);
         let dir = data.path().join("code").join(&a);
         assert_eq!(std::fs::read(dir.join("main.py")).unwrap(), b"print(1)\n");
-        let mode = std::fs::metadata(dir.join("bin/run")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         let other = store_code(data.path(), &tar_of(&[("main.py", b"print(2)\n", 0o644)])).unwrap();
         assert_ne!(a, other);
-        assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0, "no staging left");
+        assert_eq!(
+            std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+            0,
+            "no staging left"
+        );
     }
 
     #[test]
@@ -195,11 +240,17 @@ mod tests {
         h.set_cksum();
         b.append_link(&mut h, "evil", "/etc/shadow").unwrap();
         let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("only files and directories"), "{err}");
+        assert!(
+            err.to_string().contains("only files and directories"),
+            "{err}"
+        );
         assert!(safe_relative(Path::new("../x")).is_none());
         assert!(safe_relative(Path::new("/etc/x")).is_none());
         assert_eq!(safe_relative(Path::new("./a/b")).unwrap(), Path::new("a/b"));
         assert!(store_code(data.path(), b"not a tar at all, clearly").is_err());
-        assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -27,7 +27,11 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        EngineConfig { data_dir, max_running: 4 * cpus, max_queued: 1024 }
+        EngineConfig {
+            data_dir,
+            max_running: 4 * cpus,
+            max_queued: 1024,
+        }
     }
 }
 
@@ -55,7 +59,11 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let io = EngineError::io("preparing the data directory");
         std::fs::create_dir_all(&config.data_dir).map_err(&io)?;
-        std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(&io)?;
+        std::fs::set_permissions(
+            &config.data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(&io)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
@@ -81,11 +89,16 @@ impl Engine {
             None => None,
         };
         req.config.secrets = req.secrets.keys().cloned().collect();
-        self.store.add_version(&req.name, &req.config, digest.as_deref(), &req.secrets)
+        self.store
+            .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets)
     }
 
     pub fn functions(&self) -> Result<Vec<FunctionInfo>, EngineError> {
-        self.store.function_names()?.iter().map(|n| self.store.function(n)).collect()
+        self.store
+            .function_names()?
+            .iter()
+            .map(|n| self.store.function(n))
+            .collect()
     }
 
     pub fn function(&self, name: &str) -> Result<FunctionInfo, EngineError> {
@@ -117,7 +130,12 @@ impl Engine {
 
     /// Runs `name` (its `latest` version unless `version`) once with `body` on
     /// stdin, and returns the record and stdout.
-    pub async fn invoke(self: &Arc<Self>, name: &str, version: Option<u32>, body: Vec<u8>) -> Result<Invocation, EngineError> {
+    pub async fn invoke(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<u32>,
+        body: Vec<u8>,
+    ) -> Result<Invocation, EngineError> {
         let v = self.resolve(name, version)?;
         let mut record = self.new_record(&v, false)?;
         let response = self.attempt(&v, &mut record, body).await?;
@@ -142,6 +160,9 @@ impl Engine {
                 match engine.attempt(&v, &mut record, body.clone()).await {
                     Ok(_) if record.succeeded() => break,
                     Err(EngineError::Busy(_)) | Ok(_) if attempt < retries => {
+                        // Queued again: readers wait for the last attempt.
+                        record.status = "queued".into();
+                        let _ = engine.store.update_invocation(&record);
                         tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
                     }
                     _ => break,
@@ -149,7 +170,9 @@ impl Engine {
             }
             if !record.finished() {
                 record.status = "error".into();
-                record.error.get_or_insert_with(|| "too many invocations waiting".into());
+                record
+                    .error
+                    .get_or_insert_with(|| "too many invocations waiting".into());
                 record.ended_at = Some(now());
                 let _ = engine.store.update_invocation(&record);
             }
@@ -181,7 +204,12 @@ impl Engine {
     }
 
     /// Waits for a slot, runs one attempt, records it. `Busy` when the queue is full.
-    async fn attempt(self: &Arc<Self>, v: &VersionInfo, record: &mut InvocationRecord, body: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+    async fn attempt(
+        self: &Arc<Self>,
+        v: &VersionInfo,
+        record: &mut InvocationRecord,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, EngineError> {
         let _permits = self.admit(v).await?;
         record.status = "running".into();
         record.attempts += 1;
@@ -189,9 +217,17 @@ impl Engine {
         self.store.update_invocation(record)?;
         let spec = self.spec_for(v, record, body)?;
         self.metrics.sandboxes_alive.inc();
-        self.metrics.starts.get_or_create(&StartLabel { kind: "cold".into() }).inc();
+        self.metrics
+            .starts
+            .get_or_create(&StartLabel {
+                kind: "cold".into(),
+            })
+            .inc();
         let result = tokio::task::spawn_blocking(move || {
-            let options = RunOptions { forward_signals: false, collect_usage: true };
+            let options = RunOptions {
+                forward_signals: false,
+                collect_usage: true,
+            };
             alcove_sandbox::run(&spec, &options)
         })
         .await
@@ -218,7 +254,9 @@ impl Engine {
                 record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
                 self.metrics
                     .duration
-                    .get_or_create(&FunctionLabel { function: v.function.clone() })
+                    .get_or_create(&FunctionLabel {
+                        function: v.function.clone(),
+                    })
                     .observe(outcome.wall_ms / 1e3);
                 response = outcome.stdout;
             }
@@ -233,13 +271,25 @@ impl Engine {
         self.store.update_invocation(record)?;
         self.metrics
             .invocations
-            .get_or_create(&InvocationLabels { function: v.function.clone(), status: record.status.clone() })
+            .get_or_create(&InvocationLabels {
+                function: v.function.clone(),
+                status: record.status.clone(),
+                outcome: if record.succeeded() {
+                    "success"
+                } else {
+                    "failure"
+                }
+                .into(),
+            })
             .inc();
         Ok(response)
     }
 
     /// A slot for `v`'s function and one overall, waiting in a bounded queue.
-    async fn admit(&self, v: &VersionInfo) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), EngineError> {
+    async fn admit(
+        &self,
+        v: &VersionInfo,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), EngineError> {
         let waiting = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
         if waiting > self.config.max_queued {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -253,21 +303,31 @@ impl Engine {
         let per_function = {
             let cap = v.config.concurrency.max(1);
             let mut map = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map.entry(v.function.clone()).or_insert_with(|| (cap, Arc::new(Semaphore::new(cap as usize))));
+            let entry = map
+                .entry(v.function.clone())
+                .or_insert_with(|| (cap, Arc::new(Semaphore::new(cap as usize))));
             if entry.0 != cap {
                 *entry = (cap, Arc::new(Semaphore::new(cap as usize)));
             }
             Arc::clone(&entry.1)
         };
         let mine = per_function.acquire_owned().await.expect("never closed");
-        let global = Arc::clone(&self.global).acquire_owned().await.expect("never closed");
+        let global = Arc::clone(&self.global)
+            .acquire_owned()
+            .await
+            .expect("never closed");
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         self.metrics.queued.dec();
         Ok((mine, global))
     }
 
     /// The sandbox for one invocation of `v`.
-    fn spec_for(&self, v: &VersionInfo, record: &InvocationRecord, body: Vec<u8>) -> Result<SandboxSpec, EngineError> {
+    fn spec_for(
+        &self,
+        v: &VersionInfo,
+        record: &InvocationRecord,
+        body: Vec<u8>,
+    ) -> Result<SandboxSpec, EngineError> {
         let c = &v.config;
         let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
         if let Some(digest) = &v.code_digest {
@@ -280,21 +340,38 @@ impl Engine {
         }
         if !c.secrets.is_empty() {
             let values = self.store.secrets(&v.function, v.version)?;
-            let dir = code::secrets_dir(&self.config.data_dir, &v.function, v.version, &values, spec.user.uid)?;
-            spec.binds.push(Bind { source: dir, target: "/run/secrets".into(), writable: false });
+            let dir = code::secrets_dir(
+                &self.config.data_dir,
+                &v.function,
+                v.version,
+                &values,
+                spec.user.uid,
+            )?;
+            spec.binds.push(Bind {
+                source: dir,
+                target: "/run/secrets".into(),
+                writable: false,
+            });
         }
         for (k, val) in &c.env {
             spec.env.push((k.into(), val.into()));
         }
-        spec.env.push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
-        spec.env.push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
-        spec.env.push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
+        spec.env
+            .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
+        spec.env
+            .push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
+        spec.env
+            .push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
         spec.limits.memory_bytes = c.memory_bytes;
         spec.limits.cpus = c.cpus;
         spec.limits.pids = c.pids;
         spec.limits.timeout = c.timeout_ms.map(Duration::from_millis);
         spec.limits.output_bytes = Some(c.output_bytes);
-        spec.net = if c.net == "host" { NetMode::Host } else { NetMode::None };
+        spec.net = if c.net == "host" {
+            NetMode::Host
+        } else {
+            NetMode::None
+        };
         spec.stdio = Stdio::Capture { stdin: body };
         Ok(spec)
     }
@@ -310,7 +387,9 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
     }
     let c = &req.config;
     if c.handler.is_empty() || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
-        return invalid("handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into());
+        return invalid(
+            "handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into(),
+        );
     }
     if c.net != "none" && c.net != "host" {
         return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));
@@ -320,7 +399,9 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
     }
     for name in req.secrets.keys() {
         if !crate::valid_name(name) {
-            return invalid(format!("secret name {name:?}: use 1 to 63 of a-z, 0-9, '-' and '_'"));
+            return invalid(format!(
+                "secret name {name:?}: use 1 to 63 of a-z, 0-9, '-' and '_'"
+            ));
         }
     }
     // The rest (memory, CPUs, env...) is checked as the sandbox would check it.
@@ -331,7 +412,8 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
     for (k, v) in &c.env {
         spec.env.push((k.into(), v.into()));
     }
-    spec.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
     if c.timeout_ms == Some(0) {
         return invalid("timeout_ms 0: use a positive number of milliseconds".into());
     }

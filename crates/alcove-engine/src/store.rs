@@ -80,7 +80,9 @@ impl Store {
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -135,8 +137,11 @@ impl Store {
             )
             .map_err(db)?;
         }
-        tx.execute("UPDATE functions SET latest = ?2 WHERE name = ?1", params![name, version])
-            .map_err(db)?;
+        tx.execute(
+            "UPDATE functions SET latest = ?2 WHERE name = ?1",
+            params![name, version],
+        )
+        .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(VersionInfo {
             function: name.to_owned(),
@@ -149,15 +154,25 @@ impl Store {
 
     pub(crate) fn function_names(&self) -> Result<Vec<String>, EngineError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM functions ORDER BY name").map_err(db)?;
-        let names = stmt.query_map([], |r| r.get(0)).map_err(db)?.collect::<Result<_, _>>().map_err(db)?;
+        let mut stmt = conn
+            .prepare("SELECT name FROM functions ORDER BY name")
+            .map_err(db)?;
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
         Ok(names)
     }
 
     pub(crate) fn function(&self, name: &str) -> Result<FunctionInfo, EngineError> {
         let conn = self.conn();
         let latest: u32 = conn
-            .query_row("SELECT latest FROM functions WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT latest FROM functions WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db)?
             .ok_or_else(|| EngineError::NoFunction(name.to_owned()))?;
@@ -170,7 +185,8 @@ impl Store {
                 Ok(VersionInfo {
                     function: name.to_owned(),
                     version: r.get(0)?,
-                    config: serde_json::from_str(&config).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                    config: serde_json::from_str(&config)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                     code_digest: r.get(2)?,
                     created_at: r.get(3)?,
                 })
@@ -178,7 +194,11 @@ impl Store {
             .map_err(db)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db)?;
-        Ok(FunctionInfo { name: name.to_owned(), latest, versions })
+        Ok(FunctionInfo {
+            name: name.to_owned(),
+            latest,
+            versions,
+        })
     }
 
     pub(crate) fn set_latest(&self, name: &str, version: u32) -> Result<(), EngineError> {
@@ -194,19 +214,25 @@ impl Store {
         if !exists {
             return Err(EngineError::NoVersion(name.to_owned(), version));
         }
-        conn.execute("UPDATE functions SET latest = ?2 WHERE name = ?1", params![name, version])
-            .map_err(db)?;
+        conn.execute(
+            "UPDATE functions SET latest = ?2 WHERE name = ?1",
+            params![name, version],
+        )
+        .map_err(db)?;
         Ok(())
     }
 
     pub(crate) fn delete_function(&self, name: &str) -> Result<(), EngineError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name]).map_err(db)?;
+        let n = tx
+            .execute("DELETE FROM functions WHERE name = ?1", params![name])
+            .map_err(db)?;
         if n == 0 {
             return Err(EngineError::NoFunction(name.to_owned()));
         }
-        tx.execute("DELETE FROM invocations WHERE function = ?1", params![name]).map_err(db)?;
+        tx.execute("DELETE FROM invocations WHERE function = ?1", params![name])
+            .map_err(db)?;
         tx.commit().map_err(db)
     }
 
@@ -253,16 +279,26 @@ impl Store {
 
     pub(crate) fn invocation(&self, id: &str) -> Result<InvocationRecord, EngineError> {
         let conn = self.conn();
-        conn.query_row(&format!("{SELECT_INVOCATION} WHERE id = ?1"), params![id], row_to_record)
-            .optional()
-            .map_err(db)?
-            .ok_or_else(|| EngineError::NoInvocation(id.to_owned()))
+        conn.query_row(
+            &format!("{SELECT_INVOCATION} WHERE id = ?1"),
+            params![id],
+            row_to_record,
+        )
+        .optional()
+        .map_err(db)?
+        .ok_or_else(|| EngineError::NoInvocation(id.to_owned()))
     }
 
-    pub(crate) fn recent_invocations(&self, function: &str, limit: u32) -> Result<Vec<InvocationRecord>, EngineError> {
+    pub(crate) fn recent_invocations(
+        &self,
+        function: &str,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, EngineError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("{SELECT_INVOCATION} WHERE function = ?1 ORDER BY created_at DESC LIMIT ?2"))
+            .prepare(&format!(
+                "{SELECT_INVOCATION} WHERE function = ?1 ORDER BY created_at DESC LIMIT ?2"
+            ))
             .map_err(db)?;
         let rows = stmt
             .query_map(params![function, limit], row_to_record)
@@ -273,7 +309,11 @@ impl Store {
     }
 
     /// The secret values of one version.
-    pub(crate) fn secrets(&self, function: &str, version: u32) -> Result<BTreeMap<String, Vec<u8>>, EngineError> {
+    pub(crate) fn secrets(
+        &self,
+        function: &str,
+        version: u32,
+    ) -> Result<BTreeMap<String, Vec<u8>>, EngineError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT name, value FROM secrets WHERE function = ?1 AND version = ?2")

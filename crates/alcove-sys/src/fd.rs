@@ -121,7 +121,8 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> i
 /// that never blocks the writer and needs no pumping.
 pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
     // SAFETY: the name is NUL-terminated; flags are plain.
-    let fd = crate::cvt_int(unsafe { libc::memfd_create(c"alcove-stdin".as_ptr(), libc::MFD_CLOEXEC) })?;
+    let fd =
+        crate::cvt_int(unsafe { libc::memfd_create(c"alcove-stdin".as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: memfd_create returned a fresh descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     write_all(fd.as_raw_fd(), bytes)?;

@@ -25,6 +25,12 @@ enum Command {
     Gc,
     /// Measure: compare commands interleaved, or break a sandbox start into phases.
     Bench(BenchArgs),
+    /// Run the functions daemon: an HTTP API (loopback by default) that deploys
+    /// functions and runs each invocation in its own sandbox.
+    Serve(ServeArgs),
+    /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
+    #[command(name = "fn")]
+    Fn(crate::functions::FnArgs),
     /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
     /// cgroups...) and which mechanism alcove uses for each kind of rule.
     Doctor {
@@ -32,6 +38,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address and port to listen on. Anything but loopback needs a token.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: std::net::SocketAddr,
+    /// Where functions, code, secrets and invocation records live.
+    #[arg(long, default_value = "/var/lib/alcove")]
+    data_dir: PathBuf,
+    /// Require 'Authorization: Bearer TOKEN' (visible in ps: prefer --token-file
+    /// or $ALCOVE_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Read the token from a file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Sandboxes running at once over all functions [default: 4 per CPU].
+    #[arg(long)]
+    max_running: Option<usize>,
+    /// Invocations waiting for a slot before new ones get 429 [default: 1024].
+    #[arg(long)]
+    max_queued: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +287,24 @@ pub fn main() -> i32 {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Doctor { json } => crate::doctor::run(json),
+        Command::Fn(args) => crate::functions::main(args),
+        Command::Serve(args) => {
+            let options = crate::serve::ServeOptions {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                token: args.token,
+                token_file: args.token_file,
+                max_running: args.max_running,
+                max_queued: args.max_queued,
+            };
+            match crate::serve::run(options) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("alcove: error: {e:#}");
+                    125
+                }
+            }
+        }
         Command::Gc => match alcove_sandbox::gc() {
             Ok(n) => {
                 println!("removed {n} leftover sandbox cgroup(s)");

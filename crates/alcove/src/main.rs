@@ -5,7 +5,9 @@
 mod bench;
 mod cli;
 mod doctor;
+mod functions;
 mod profile;
+mod serve;
 mod trace;
 
 use std::process::ExitCode;

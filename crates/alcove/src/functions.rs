@@ -1,0 +1,470 @@
+//! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
+
+use alcove_api::wire::DeployBody;
+use alcove_api::Client;
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct FnArgs {
+    /// The daemon's URL [default: $ALCOVE_SERVER or http://127.0.0.1:8480].
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for a daemon that needs one [default: $ALCOVE_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: FnCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum FnCommand {
+    /// Deploy a new version of a function (creating it if needed); `latest` moves to it.
+    Deploy(DeployArgs),
+    /// Invoke a function: DATA goes to the handler's stdin, its stdout is printed.
+    /// Exits 0 when the handler succeeded, 1 when it failed, 125 on other errors.
+    #[command(disable_version_flag = true)]
+    Invoke {
+        name: String,
+        /// The request body [default: stdin, unless it is a terminal].
+        #[arg(long, short, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// Read the request body from a file.
+        #[arg(long, value_name = "FILE")]
+        data_file: Option<PathBuf>,
+        /// Run this version instead of `latest`.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Queue it and print the invocation's id; fetch the result with `fn result ID`.
+        #[arg(long = "async")]
+        is_async: bool,
+        /// With --async: attempts after the first while it fails (0 to 10).
+        #[arg(long, default_value_t = 0, requires = "is_async")]
+        retries: u32,
+    },
+    /// List functions.
+    Ls,
+    /// Show a function and its versions.
+    Show { name: String },
+    /// Show a function's recent invocations and their logs (stderr), newest first.
+    Logs {
+        name: String,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+    },
+    /// Remove a function with its versions, secrets and invocation records.
+    Rm { name: String },
+    /// Point `latest` at another version.
+    #[command(disable_version_flag = true)]
+    Rollback { name: String, version: u32 },
+    /// Show an invocation (the result of an --async invoke); --wait polls until it ends.
+    Result {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DeployArgs {
+    name: String,
+    /// The command to run, split like a shell would (no shell runs it): 'python3 /fn/main.py'.
+    #[arg(long)]
+    handler: String,
+    /// A directory to copy into the function: read-only at /fn, the working directory.
+    #[arg(long, value_name = "DIR")]
+    code: Option<PathBuf>,
+    /// Memory limit, such as 128M.
+    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
+    memory: Option<u64>,
+    /// CPU limit in cores, such as 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes and threads at once.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// Wall-clock limit per invocation, such as 5s.
+    #[arg(long, value_parser = alcove_sandbox::units::parse_duration)]
+    timeout: Option<Duration>,
+    /// Most bytes of response kept [default: 6M].
+    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
+    output_limit: Option<u64>,
+    /// KEY=VALUE in the handler's environment. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// NAME=VALUE or NAME=@FILE: a file at /run/secrets/NAME, never shown by the API. Repeatable.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secrets: Vec<String>,
+    /// Network: none (loopback only) or host.
+    #[arg(long)]
+    net: Option<String>,
+    /// Invocations of this function running at once [default: 16].
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
+/// Runs `alcove fn ...` and returns the exit code.
+pub fn main(args: FnArgs) -> i32 {
+    let server = args
+        .server
+        .clone()
+        .or_else(|| std::env::var("ALCOVE_SERVER").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8480".into());
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("ALCOVE_TOKEN").ok());
+    let client = Client::new(&server, token);
+    match run(&client, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            125
+        }
+    }
+}
+
+fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
+    let json = args.json;
+    let print = |value: &Value| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        )
+    };
+    match args.command {
+        FnCommand::Deploy(d) => {
+            let body = deploy_body(d)?;
+            let v = client.deploy(&body)?;
+            if json {
+                print(&v);
+            } else {
+                let digest = v["code_digest"]
+                    .as_str()
+                    .map(|d| format!(", code {}", &d[..12.min(d.len())]))
+                    .unwrap_or_default();
+                println!(
+                    "deployed {} version {}{digest}",
+                    v["function"].as_str().unwrap_or(""),
+                    v["version"]
+                );
+            }
+        }
+        FnCommand::Invoke {
+            name,
+            data,
+            data_file,
+            version,
+            is_async,
+            retries,
+        } => {
+            let body = request_body(data, data_file)?;
+            if is_async {
+                let record = client.invoke_async(&name, version, retries, &body)?;
+                if json {
+                    print(&record);
+                } else {
+                    println!("{}", record["id"].as_str().unwrap_or(""));
+                }
+                return Ok(0);
+            }
+            return invoke(client, &name, version, &body, json);
+        }
+        FnCommand::Ls => {
+            let v = client.list()?;
+            if json {
+                print(&v);
+            } else {
+                println!("{:<24} {:>6} {:>8}  HANDLER", "NAME", "LATEST", "VERSIONS");
+                for f in v["functions"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:>6} {:>8}  {}",
+                        f["name"].as_str().unwrap_or(""),
+                        f["latest"],
+                        f["versions"],
+                        join_argv(&f["handler"])
+                    );
+                }
+            }
+        }
+        FnCommand::Show { name } => {
+            let v = client.show(&name)?;
+            if json {
+                print(&v);
+            } else {
+                show_function(&v);
+            }
+        }
+        FnCommand::Logs { name, limit } => {
+            let v = client.logs(&name, limit)?;
+            if json {
+                print(&v);
+            } else {
+                for r in v["invocations"].as_array().into_iter().flatten() {
+                    println!("{}", invocation_line(r));
+                    for line in r["stderr"].as_str().unwrap_or("").lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+        FnCommand::Rm { name } => {
+            client.remove(&name)?;
+            if json {
+                print(&json!({ "removed": name }));
+            } else {
+                println!("removed {name}");
+            }
+        }
+        FnCommand::Rollback { name, version } => {
+            let v = client.rollback(&name, version)?;
+            if json {
+                print(&v);
+            } else {
+                println!("{name}: latest is now version {}", v["latest"]);
+            }
+        }
+        FnCommand::Result { id, wait } => {
+            let mut v = client.invocation(&id)?;
+            while wait && matches!(v["status"].as_str(), Some("queued" | "running")) {
+                std::thread::sleep(Duration::from_millis(50));
+                v = client.invocation(&id)?;
+            }
+            if json {
+                print(&v);
+            } else {
+                println!("{}", invocation_line(&v));
+                if let Some(text) = v["response"].as_str() {
+                    print!("{text}");
+                }
+            }
+            let failed = v["status"] != "exited" || v["exit_code"] != 0;
+            return Ok(
+                if failed && !matches!(v["status"].as_str(), Some("queued" | "running")) {
+                    1
+                } else {
+                    0
+                },
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn invoke(
+    client: &Client,
+    name: &str,
+    version: Option<u32>,
+    body: &[u8],
+    json: bool,
+) -> anyhow::Result<i32> {
+    let outcome = client.invoke(name, version, body)?;
+    if let Some(error) = &outcome.error {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({ "http_status": outcome.status, "error": error })
+                )?
+            );
+        } else {
+            eprintln!(
+                "alcove: {}: {} (invocation {})",
+                error["code"].as_str().unwrap_or("error"),
+                error["message"].as_str().unwrap_or(""),
+                outcome.invocation.as_deref().unwrap_or("?")
+            );
+            if let Some(log) = error.pointer("/invocation/stderr").and_then(Value::as_str) {
+                eprint!("{log}");
+            }
+        }
+        return Ok(1);
+    }
+    if json {
+        let text = String::from_utf8_lossy(&outcome.response);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "http_status": outcome.status, "invocation": outcome.invocation, "response": text })
+            )?
+        );
+    } else {
+        std::io::stdout()
+            .write_all(&outcome.response)
+            .context("writing the response")?;
+    }
+    Ok(0)
+}
+
+fn request_body(data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    use std::io::IsTerminal;
+    if let Some(d) = data {
+        return Ok(d.into_bytes());
+    }
+    let mut body = Vec::new();
+    match file {
+        Some(path) if path.as_os_str() != "-" => {
+            body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        }
+        Some(_) => {
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("reading stdin")?;
+        }
+        None if !std::io::stdin().is_terminal() => {
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .context("reading stdin")?;
+        }
+        None => {}
+    }
+    Ok(body)
+}
+
+fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
+    let handler = shlex::split(&d.handler)
+        .filter(|argv| !argv.is_empty())
+        .with_context(|| {
+            format!(
+                "--handler {:?}: give a command, quoted like in a shell",
+                d.handler
+            )
+        })?;
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &d.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} is not KEY=VALUE")
+        };
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    let mut secrets = std::collections::BTreeMap::new();
+    for kv in &d.secrets {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--secret {kv:?} is not NAME=VALUE or NAME=@FILE")
+        };
+        let value = match v.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).with_context(|| {
+                format!("reading the secret file {path} (secrets must be UTF-8 text)")
+            })?,
+            None => v.to_owned(),
+        };
+        secrets.insert(k.to_owned(), value);
+    }
+    let code = match &d.code {
+        Some(dir) => Some(base64::engine::general_purpose::STANDARD.encode(tar_directory(dir)?)),
+        None => None,
+    };
+    Ok(DeployBody {
+        name: d.name,
+        handler,
+        code,
+        env,
+        secrets,
+        memory_bytes: d.memory,
+        cpus: d.cpus,
+        pids: d.pids,
+        timeout_ms: d.timeout.map(|t| t.as_millis().max(1) as u64),
+        output_bytes: d.output_limit,
+        net: d.net,
+        concurrency: d.concurrency,
+    })
+}
+
+/// A tar archive of `dir`'s contents (not following symlinks).
+fn tar_directory(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if !dir.is_dir() {
+        bail!("--code {}: not a directory", dir.display());
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder
+        .append_dir_all(".", dir)
+        .with_context(|| format!("packing {}", dir.display()))?;
+    builder.into_inner().context("finishing the code archive")
+}
+
+fn join_argv(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|s| shlex::try_quote(s).map_or_else(|_| s.to_owned(), |q| q.into_owned()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn show_function(f: &Value) {
+    println!(
+        "{} (latest: version {})",
+        f["name"].as_str().unwrap_or(""),
+        f["latest"]
+    );
+    for v in f["versions"].as_array().into_iter().flatten() {
+        let c = &v["config"];
+        let mut limits = Vec::new();
+        for (key, label) in [
+            ("memory_bytes", "memory"),
+            ("cpus", "cpus"),
+            ("pids", "pids"),
+            ("timeout_ms", "timeout_ms"),
+            ("output_bytes", "output"),
+            ("concurrency", "concurrency"),
+        ] {
+            if !c[key].is_null() {
+                limits.push(format!("{label}={}", c[key]));
+            }
+        }
+        let marker = if v["version"] == f["latest"] {
+            "*"
+        } else {
+            " "
+        };
+        println!("{marker} v{:<4} {}", v["version"], join_argv(&c["handler"]));
+        println!(
+            "        code {}  net {}  {}",
+            v["code_digest"]
+                .as_str()
+                .map_or("none", |d| &d[..12.min(d.len())]),
+            c["net"].as_str().unwrap_or(""),
+            limits.join(" ")
+        );
+        let secrets: Vec<&str> = c["secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !secrets.is_empty() {
+            println!("        secrets {}", secrets.join(", "));
+        }
+    }
+}
+
+fn invocation_line(r: &Value) -> String {
+    let ms = r["wall_ms"]
+        .as_f64()
+        .map_or("-".into(), |m| format!("{m:.1}ms"));
+    let exit = r["exit_code"]
+        .as_i64()
+        .map_or(String::new(), |c| format!(" exit={c}"));
+    let error = r["error"]
+        .as_str()
+        .map_or(String::new(), |e| format!(" ({e})"));
+    format!(
+        "{} v{} {}{exit} {ms}{error}",
+        r["id"].as_str().unwrap_or(""),
+        r["version"],
+        r["status"].as_str().unwrap_or("")
+    )
+}

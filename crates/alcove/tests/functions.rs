@@ -1,0 +1,818 @@
+//! The functions platform end to end: a real `alcove serve` on a loopback
+//! port with a temp data dir, driven over HTTP and through `alcove fn`.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+/// A running daemon; killed (by its pid) when dropped.
+struct Daemon {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(data: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(ALCOVE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env_remove("ALCOVE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start alcove serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = String::new();
+        let log = Arc::new(Mutex::new(String::new()));
+        for line in lines.by_ref() {
+            let line = line.unwrap_or_default();
+            log.lock().unwrap().push_str(&line);
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                addr = rest.split(' ').next().unwrap().to_owned();
+                break;
+            }
+        }
+        assert!(
+            !addr.is_empty(),
+            "the daemon did not start: {}",
+            log.lock().unwrap()
+        );
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Daemon {
+            child,
+            addr,
+            data: data.to_owned(),
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ALCOVE)
+            .arg("fn")
+            .args(args)
+            .env("ALCOVE_SERVER", self.url())
+            .env_remove("ALCOVE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run alcove fn");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(&all);
+        assert!(
+            code == 0 || args[0] == "result",
+            "alcove fn {args:?} exited {code}: {err}"
+        );
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("alcove fn {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        http(&self.addr, method, path, &[], body)
+    }
+
+    fn kill9(&mut self) -> i32 {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        pid
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn code(&self) -> String {
+        self.json()
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection, read to the end.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body); // a server that refuses early may close first
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of one sample in Prometheus text, or 0 when it is absent.
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn deploy_invoke_versions_and_rollback_through_the_cli_and_http() {
+    if !root_or_skip("deploy_invoke_versions_and_rollback_through_the_cli_and_http") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+
+    let python = format!("{EXAMPLES}/hello-python");
+    let (code, out, err) = d.cli(&[
+        "deploy",
+        "hello",
+        "--handler",
+        "python3 /fn/main.py",
+        "--code",
+        &python,
+        "--memory",
+        "128M",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("deployed hello version 1"), "{out}");
+    let (code, out, err) = d.cli(&["invoke", "hello", "--data", r#"{"name":"Ada"}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({ "greeting": "hello, Ada", "version": "1" })
+    );
+
+    let reply = d.http("POST", "/v1/functions/hello/invoke", br#"{"name":"curl"}"#);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["greeting"], "hello, curl");
+    assert_eq!(reply.header("x-alcove-status"), Some("exited"));
+    let id = reply.header("x-alcove-invocation").unwrap().to_owned();
+    let record = d.cli_json(&["result", &id]);
+    assert_eq!(
+        (record["function"].clone(), record["exit_code"].clone()),
+        (json!("hello"), json!(0))
+    );
+    assert!(
+        record["stderr"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("greeting curl (invocation {id})")),
+        "{record}"
+    );
+    assert!(
+        record["memory_peak_bytes"].as_u64().unwrap() > 0,
+        "{record}"
+    );
+
+    // Versions: each deploy is a new one; rollback moves latest.
+    let shell = format!("{EXAMPLES}/hello-shell");
+    for greeting in ["GREETING=one", "GREETING=two"] {
+        let (code, _, err) = d.cli(&[
+            "deploy",
+            "sh",
+            "--handler",
+            "sh /fn/handler.sh",
+            "--code",
+            &shell,
+            "--env",
+            greeting,
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(d.cli(&["invoke", "sh", "--data", "Ada"]).1, "two, Ada\n");
+    assert_eq!(
+        d.cli(&["invoke", "sh", "--data", "Ada", "--version", "1"])
+            .1,
+        "one, Ada\n"
+    );
+    let (code, out, _) = d.cli(&["rollback", "sh", "1"]);
+    assert_eq!((code, out.as_str()), (0, "sh: latest is now version 1\n"));
+    assert_eq!(d.cli(&["invoke", "sh", "--data", "Ada"]).1, "one, Ada\n");
+    let shown = d.cli_json(&["show", "sh"]);
+    assert_eq!(
+        (
+            shown["latest"].clone(),
+            shown["versions"].as_array().unwrap().len()
+        ),
+        (json!(1), 2)
+    );
+    assert_eq!(
+        shown["versions"][0]["code_digest"], shown["versions"][1]["code_digest"],
+        "same code, stored once"
+    );
+    let listed = d.cli_json(&["ls"]);
+    let names: Vec<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "sh"]);
+
+    // A failing handler: exit 1 from the CLI, with its log.
+    let (code, _, err) = d.cli(&["invoke", "sh", "--data", ""]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("function_failed") && err.contains("no name in the request"),
+        "{err}"
+    );
+
+    let (code, out, _) = d.cli(&["rm", "sh"]);
+    assert_eq!((code, out.as_str()), (0, "removed sh\n"));
+    let (code, _, err) = d.cli(&["invoke", "sh", "--data", "x"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("function_not_found"), "{err}");
+}
+
+#[test]
+fn async_invocations_are_fetched_later_and_retried() {
+    if !root_or_skip("async_invocations_are_fetched_later_and_retried") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    assert_eq!(
+        d.cli(&["deploy", "ok", "--handler", "sh -c 'echo got; cat'"])
+            .0,
+        0
+    );
+    assert_eq!(
+        d.cli(&[
+            "deploy",
+            "bad",
+            "--handler",
+            "sh -c 'echo attempt >&2; exit 7'"
+        ])
+        .0,
+        0
+    );
+
+    let (code, id, _) = d.cli(&["invoke", "ok", "--async", "--data", "payload"]);
+    assert_eq!(code, 0);
+    let record = d.cli_json(&["result", id.trim(), "--wait"]);
+    assert_eq!(
+        (record["status"].clone(), record["response"].clone()),
+        (json!("exited"), json!("got\npayload"))
+    );
+    assert_eq!(record["async"], true);
+
+    let queued = d.http("POST", "/v1/functions/bad/invoke?async=true&retries=2", b"");
+    assert_eq!(queued.status, 202);
+    let id = queued.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        queued.header("location"),
+        Some(format!("/v1/invocations/{id}").as_str())
+    );
+    let (code, out, _) = d.cli(&["result", &id, "--wait", "--json"]);
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(code, 1, "a failed invocation's result exits 1");
+    assert_eq!(
+        (record["exit_code"].clone(), record["attempts"].clone()),
+        (json!(7), json!(3)),
+        "{record}"
+    );
+}
+
+#[test]
+fn secrets_reach_the_handler_but_never_the_api() {
+    if !root_or_skip("secrets_reach_the_handler_but_never_the_api") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let value = "hunter2-7f3a9c";
+    let handler = "sh -c 'wc -c < /run/secrets/db_password; echo x > /run/secrets/db_password 2>/dev/null && echo WRITABLE; echo done'";
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "sec",
+        "--handler",
+        handler,
+        "--secret",
+        &format!("db_password={value}"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = d.cli(&["invoke", "sec"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, format!("{}\ndone\n", value.len()).as_str()),
+        "{err}"
+    );
+
+    let shown = d.cli_json(&["show", "sec"]);
+    assert_eq!(
+        shown["versions"][0]["config"]["secrets"],
+        json!(["db_password"]),
+        "names are listed"
+    );
+    for path in [
+        "/v1/functions",
+        "/v1/functions/sec",
+        "/v1/functions/sec/logs",
+        "/metrics",
+    ] {
+        let reply = d.http("GET", path, b"");
+        assert_eq!(reply.status, 200);
+        assert!(
+            !reply.text().contains(value),
+            "{path} shows the secret's value"
+        );
+    }
+    assert!(
+        !d.log.lock().unwrap().contains(value),
+        "the daemon's log shows the secret"
+    );
+}
+
+#[test]
+fn limits_are_enforced_and_reported() {
+    if !root_or_skip("limits_are_enforced_and_reported") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    let hog = "python3 -c 'x = b\"x\" * (256 << 20)'";
+    assert_eq!(
+        d.cli(&["deploy", "hog", "--handler", hog, "--memory", "32M"])
+            .0,
+        0
+    );
+    let reply = d.http("POST", "/v1/functions/hog/invoke", b"");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "function_out_of_memory".to_owned()),
+        "{}",
+        reply.text()
+    );
+    let record = reply.json()["error"]["invocation"].clone();
+    assert_eq!(record["status"], "oom");
+    let peak = record["memory_peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak > 16 << 20 && peak <= 33 << 20,
+        "peak {peak} under a 32M limit"
+    );
+
+    assert_eq!(
+        d.cli(&[
+            "deploy",
+            "slow",
+            "--handler",
+            "sleep 10",
+            "--timeout",
+            "300ms"
+        ])
+        .0,
+        0
+    );
+    let start = Instant::now();
+    let reply = d.http("POST", "/v1/functions/slow/invoke", b"");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (504, "function_timeout".to_owned())
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the timeout ended it"
+    );
+    assert_eq!(reply.header("x-alcove-status"), Some("timeout"));
+
+    assert_eq!(
+        d.cli(&[
+            "deploy",
+            "forks",
+            "--handler",
+            "sh -c 'for i in 1 2 3 4 5 6; do sleep 1 & done; wait'",
+            "--pids",
+            "4"
+        ])
+        .0,
+        0
+    );
+    let reply = d.http("POST", "/v1/functions/forks/invoke", b"");
+    let record = reply.json()["error"]["invocation"].clone();
+    assert!(record["pids_peak"].as_u64().unwrap() <= 4, "{record}");
+    assert!(
+        reply.status == 502,
+        "forking past the pids limit fails: {record}"
+    );
+}
+
+#[test]
+fn the_concurrency_cap_queues_then_refuses_with_429() {
+    if !root_or_skip("the_concurrency_cap_queues_then_refuses_with_429") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &["--max-queued", "2"]);
+    assert_eq!(
+        d.cli(&[
+            "deploy",
+            "one",
+            "--handler",
+            "sleep 1",
+            "--concurrency",
+            "1"
+        ])
+        .0,
+        0
+    );
+    let addr = d.addr.clone();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || http(&addr, "POST", "/v1/functions/one/invoke", &[], b""))
+        })
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + refused.len(), 8, "{replies:?}");
+    assert!(
+        (1..=3).contains(&ok),
+        "one runs and two wait: {ok} succeeded"
+    );
+    assert!(!refused.is_empty());
+    for r in refused {
+        assert_eq!(r.code(), "too_many_requests");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    let metrics = d.http("GET", "/metrics", b"").text();
+    assert_eq!(
+        metric(&metrics, "alcove_invocations_queued"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "alcove_sandboxes_alive"), 0.0);
+}
+
+#[test]
+fn metrics_move_and_bad_input_is_refused_while_serving() {
+    if !root_or_skip("metrics_move_and_bad_input_is_refused_while_serving") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    assert_eq!(d.cli(&["deploy", "m", "--handler", "cat"]).0, 0);
+    let ok = r#"alcove_invocations_total{function="m",status="exited",outcome="success"}"#;
+    let count = r#"alcove_invocation_duration_seconds_count{function="m"}"#;
+    let before = d.http("GET", "/metrics", b"").text();
+    for _ in 0..3 {
+        assert_eq!(d.http("POST", "/v1/functions/m/invoke", b"x").status, 200);
+    }
+    let after = d.http("GET", "/metrics", b"").text();
+    assert_eq!(metric(&after, ok) - metric(&before, ok), 3.0, "{after}");
+    assert_eq!(metric(&after, count) - metric(&before, count), 3.0);
+    let cold = r#"alcove_sandbox_starts_total{kind="cold"}"#;
+    assert_eq!(metric(&after, cold) - metric(&before, cold), 3.0);
+
+    // Bad input gets a 4xx/5xx with a stable code, and the daemon keeps serving.
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/functions",
+            b"{\"name\": ".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/functions",
+            br#"{"name":"UPPER","handler":["true"]}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/functions",
+            br#"{"name":"x","handler":["true"],"memory_bytes":-5}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/functions",
+            br#"{"name":"x","handler":["true"],"cpus":0}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/functions/m/invoke",
+            vec![b'x'; 7 << 20],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/functions/nope/invoke",
+            b"".to_vec(),
+            404,
+            "function_not_found",
+        ),
+        (
+            "GET",
+            "/v1/invocations/0000",
+            b"".to_vec(),
+            404,
+            "invocation_not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/functions/nope",
+            b"".to_vec(),
+            404,
+            "function_not_found",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let reply = d.http(method, path, &body);
+        assert_eq!(
+            (reply.status, reply.code()),
+            (status, code.to_owned()),
+            "{method} {path}: {}",
+            reply.text()
+        );
+    }
+    // A handler that never reads its stdin, and one that floods stdout.
+    assert_eq!(d.cli(&["deploy", "deaf", "--handler", "echo ok"]).0, 0);
+    let reply = d.http("POST", "/v1/functions/deaf/invoke", &vec![b'y'; 5 << 20]);
+    assert_eq!((reply.status, reply.text()), (200, "ok\n".to_owned()));
+    assert_eq!(
+        d.cli(&["deploy", "flood", "--handler", "yes", "--timeout", "30s"])
+            .0,
+        0
+    );
+    let reply = d.http("POST", "/v1/functions/flood/invoke", b"");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "response_too_large".to_owned())
+    );
+    assert_eq!(d.http("GET", "/healthz", b"").status, 200);
+    assert_eq!(
+        d.http("POST", "/v1/functions/m/invoke", b"still").text(),
+        "still"
+    );
+}
+
+#[test]
+fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
+    if !root_or_skip("the_store_survives_kill_9_mid_invoke_and_mid_deploy") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut d = Daemon::start(&data, &[]);
+    assert_eq!(
+        d.cli(&[
+            "deploy",
+            "keep",
+            "--handler",
+            "echo kept",
+            "--secret",
+            "k=v"
+        ])
+        .0,
+        0
+    );
+    let done = d.http("POST", "/v1/functions/keep/invoke", b"");
+    let done_id = done.header("x-alcove-invocation").unwrap().to_owned();
+    assert_eq!(
+        d.cli(&["deploy", "sleeper", "--handler", "sleep 31.4159"])
+            .0,
+        0
+    );
+    let queued = d.http("POST", "/v1/functions/sleeper/invoke?async=true", b"");
+    let running_id = queued.json()["id"].as_str().unwrap().to_owned();
+    wait_until("the handler runs", Duration::from_secs(10), || {
+        !processes_with("sleep 31.4159").is_empty()
+    });
+
+    // A deploy cut off mid-body.
+    let mut cut = TcpStream::connect(&d.addr).unwrap();
+    let head = format!(
+        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nContent-Length: 10000000\r\n\r\n",
+        d.addr
+    );
+    cut.write_all(head.as_bytes()).unwrap();
+    cut.write_all(br#"{"name":"half","handler":["true"],"code":""#)
+        .unwrap();
+    cut.write_all(&vec![b'A'; 1 << 20]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let dead = d.kill9();
+    wait_until(
+        "the handler dies with the daemon",
+        Duration::from_secs(5),
+        || processes_with("sleep 31.4159").is_empty(),
+    );
+    drop(d);
+
+    let d = Daemon::start(&data, &[]);
+    let listed = d.cli_json(&["ls"]);
+    let names: Vec<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["keep", "sleeper"],
+        "both functions intact, no half deploy"
+    );
+    let finished = d.cli_json(&["result", &done_id]);
+    assert_eq!(
+        (finished["status"].clone(), finished["exit_code"].clone()),
+        (json!("exited"), json!(0))
+    );
+    let failed = d.cli_json(&["result", &running_id]);
+    assert_eq!(failed["status"], "error");
+    assert!(
+        failed["error"].as_str().unwrap().contains("daemon stopped"),
+        "{failed}"
+    );
+    assert_eq!(
+        d.cli(&["invoke", "keep"]).1,
+        "kept\n",
+        "the store works after recovery"
+    );
+    let prefix = format!("sb-{dead}-");
+    let left: Vec<PathBuf> = alcove_cgroups()
+        .into_iter()
+        .filter(|c| {
+            c.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the dead daemon's cgroups remain: {left:?}"
+    );
+    assert!(host_mounts()
+        .iter()
+        .all(|m| !m.starts_with(d.data.to_str().unwrap())));
+    let staged = std::fs::read_dir(data.join("tmp"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    assert_eq!(staged, 0, "half-done deploys are removed");
+}
+
+#[test]
+fn beyond_loopback_a_token_is_required() {
+    if !root_or_skip("beyond_loopback_a_token_is_required") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(ALCOVE)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("ALCOVE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a token"),
+        "{out:?}"
+    );
+
+    let token = "0123456789abcdef-token";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut d = Daemon::start(&data, &["--token-file", token_file.to_str().unwrap()]);
+    assert_eq!(d.http("GET", "/healthz", b"").status, 200);
+    let reply = d.http("GET", "/v1/functions", b"");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "unauthorized".to_owned())
+    );
+    let (code, _, err) = d.cli(&["ls"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("unauthorized"), "{err}");
+    let bearer = format!("Bearer {token}");
+    let reply = http(
+        &d.addr,
+        "GET",
+        "/v1/functions",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(reply.status, 200);
+    let out = Command::new(ALCOVE)
+        .args(["fn", "ls", "--token", token, "--server", &d.url()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // SIGTERM stops it cleanly.
+    // SAFETY: kill on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(d.child.wait().unwrap().code(), Some(0));
+}
