@@ -25,3 +25,22 @@ alcove run --memory 64M --pids 32 --timeout 5s --report /tmp/alcove-first-run.js
 echo
 echo "report (/tmp/alcove-first-run.json):"
 cat /tmp/alcove-first-run.json
+
+# The functions platform: a daemon on a temporary loopback port with a
+# temporary data directory, one deploy and one invocation, then stopped.
+echo
+demo=$(mktemp -d /tmp/alcove-demo.XXXXXX)
+alcove serve --listen 127.0.0.1:0 --data-dir "$demo/data" 2> "$demo/serve.log" &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$demo"' EXIT
+for _ in $(seq 100); do grep -q "serving http://" "$demo/serve.log" && break; sleep 0.05; done
+export ALCOVE_SERVER=http://$(sed -n 's|.*serving http://\([^ ]*\).*|\1|p' "$demo/serve.log")
+echo "\$ alcove serve &    # here on $ALCOVE_SERVER, with a temporary data directory"
+echo "\$ alcove fn deploy hello --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s"
+alcove fn deploy hello --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s
+echo "\$ alcove fn invoke hello --data '{\"name\": \"Ada\"}'"
+alcove fn invoke hello --data '{"name": "Ada"}'
+echo
+echo "\$ curl -s -X POST $ALCOVE_SERVER/v1/functions/hello/invoke -d '{\"name\": \"curl\"}'"
+curl -s -X POST "$ALCOVE_SERVER/v1/functions/hello/invoke" -d '{"name": "curl"}'
+echo

@@ -7,7 +7,7 @@ use ureq::Agent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("could not reach the alcove daemon at {server}: {source}; start it with `alcove serve`, or point --server (or $ALCOVE_SERVER) at it")]
+    #[error("could not reach the alcove daemon at {server} (start it with `alcove serve`, or point --server or $ALCOVE_SERVER at it)")]
     Unreachable {
         server: String,
         #[source]

@@ -22,7 +22,12 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Invocations waiting for a slot, over all functions; beyond it, `Busy`.
     pub max_queued: usize,
+    /// How long finished invocation records are kept, in seconds.
+    pub keep_records_secs: f64,
 }
+
+/// Old records are purged once per this many invocations.
+const PURGE_EVERY: usize = 1024;
 
 impl EngineConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -31,6 +36,7 @@ impl EngineConfig {
             data_dir,
             max_running: 4 * cpus,
             max_queued: 1024,
+            keep_records_secs: 7.0 * 86400.0,
         }
     }
 }
@@ -48,6 +54,11 @@ pub struct Engine {
     store: Store,
     global: Arc<Semaphore>,
     per_function: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    /// Functions as last read from the store, so an invocation does not read
+    /// and parse every version; deploy, rollback and remove drop the entry.
+    known: Mutex<HashMap<String, Arc<FunctionInfo>>>,
+    /// Invocations recorded since the last purge of old records.
+    since_purge: AtomicUsize,
     waiting: AtomicUsize,
     pub metrics: Metrics,
 }
@@ -67,7 +78,7 @@ impl Engine {
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
-        let _ = alcove_sandbox::gc();
+        let _ = alcove_sandbox::gc_orphans();
         let metrics = Metrics::new();
         metrics.pool_slots.set(16);
         Ok(Arc::new(Engine {
@@ -75,6 +86,8 @@ impl Engine {
             config,
             store,
             per_function: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            since_purge: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             metrics,
         }))
@@ -89,8 +102,36 @@ impl Engine {
             None => None,
         };
         req.config.secrets = req.secrets.keys().cloned().collect();
-        self.store
-            .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets)
+        let version =
+            self.store
+                .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets);
+        self.forget(&req.name);
+        version
+    }
+
+    fn forget(&self, name: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// The function, from memory when it was read before.
+    fn cached_function(&self, name: &str) -> Result<Arc<FunctionInfo>, EngineError> {
+        if let Some(f) = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(self.store.function(name)?);
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), Arc::clone(&f));
+        Ok(f)
     }
 
     pub fn functions(&self) -> Result<Vec<FunctionInfo>, EngineError> {
@@ -108,12 +149,14 @@ impl Engine {
     /// Points `latest` at an earlier (or later) version.
     pub fn rollback(&self, name: &str, version: u32) -> Result<FunctionInfo, EngineError> {
         self.store.set_latest(name, version)?;
+        self.forget(name);
         self.store.function(name)
     }
 
     /// Removes a function, its versions, secrets and invocation records.
     pub fn remove(&self, name: &str) -> Result<(), EngineError> {
         self.store.delete_function(name)?;
+        self.forget(name);
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
         Ok(())
     }
@@ -181,11 +224,12 @@ impl Engine {
     }
 
     fn resolve(&self, name: &str, version: Option<u32>) -> Result<VersionInfo, EngineError> {
-        let f = self.store.function(name)?;
+        let f = self.cached_function(name)?;
         let wanted = version.unwrap_or(f.latest);
         f.versions
-            .into_iter()
+            .iter()
             .find(|v| v.version == wanted)
+            .cloned()
             .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))
     }
 
@@ -200,6 +244,11 @@ impl Engine {
             ..InvocationRecord::default()
         };
         self.store.insert_invocation(&record)?;
+        if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
+            self.since_purge.store(0, Ordering::Relaxed);
+            self.store
+                .purge_invocations(now() - self.config.keep_records_secs)?;
+        }
         Ok(record)
     }
 

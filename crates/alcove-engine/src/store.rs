@@ -236,25 +236,37 @@ impl Store {
         tx.commit().map_err(db)
     }
 
+    /// Deletes finished invocation records created before `before`.
+    pub(crate) fn purge_invocations(&self, before: f64) -> Result<usize, EngineError> {
+        self.conn()
+            .prepare_cached("DELETE FROM invocations WHERE created_at < ?1 AND status NOT IN ('queued', 'running')")
+            .and_then(|mut stmt| stmt.execute(params![before]))
+            .map_err(db)
+    }
+
     pub(crate) fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO invocations (id, function, version, status, is_async, attempts, created_at, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![r.id, r.function, r.version, r.status, r.is_async, r.attempts, r.created_at, r.started_at],
             )
+            .and_then(|mut stmt| {
+                stmt.execute(params![r.id, r.function, r.version, r.status, r.is_async, r.attempts, r.created_at, r.started_at])
+            })
             .map_err(db)?;
         Ok(())
     }
 
     pub(crate) fn update_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "UPDATE invocations SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, exit_code = ?6,
                  signal = ?7, wall_ms = ?8, cpu_user_ms = ?9, cpu_sys_ms = ?10, memory_peak_bytes = ?11,
                  pids_peak = ?12, output_truncated = ?13, error = ?14, stderr = ?15, response = ?16
                  WHERE id = ?1",
-                params![
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
                     r.id,
                     r.status,
                     r.attempts,
@@ -271,8 +283,8 @@ impl Store {
                     r.error,
                     r.stderr.as_bytes(),
                     r.response,
-                ],
-            )
+                ])
+            })
             .map_err(db)?;
         Ok(())
     }

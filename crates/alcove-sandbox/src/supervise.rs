@@ -407,6 +407,8 @@ fn setup_failure(report: &[u8], plan: &ChildPlan, program: &str) -> SandboxError
     }
 }
 
+/// CPUs this process may use, read once (it reads cgroup files each call).
 fn online_cpus() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+    static CPUS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
 }

@@ -211,6 +211,10 @@ fn build(path: &Path, plan: &[mounts::MountOp]) -> Result<(), SandboxError> {
     // SAFETY: fchdir on a directory fd we own.
     unsafe { libc::fchdir(cwd.as_raw_fd()) };
     let template = built?;
+    // `alcove gc` may have removed the directory meanwhile.
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(prepare("creating the template directory"))?;
+    }
     File::create(path).map_err(prepare("creating a template mount point"))?;
     let source = CString::new(format!("/proc/self/fd/{}", template.as_raw_fd())).expect("no NUL");
     let target = CString::new(path.as_os_str().as_bytes()).expect("no NUL");

@@ -816,3 +816,68 @@ fn beyond_loopback_a_token_is_required() {
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     assert_eq!(d.child.wait().unwrap().code(), Some(0));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A bounded load: 2,048 invocations at concurrency 32 over keep-alive
+/// connections, every one answered correctly, and the daemon's memory flat
+/// (bench/functions.sh runs the full 20,000 and prints the figures).
+#[test]
+fn a_bounded_load_completes_without_errors_and_memory_stays_flat() {
+    if !root_or_skip("a_bounded_load_completes_without_errors_and_memory_stays_flat") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("data"), &[]);
+    assert_eq!(d.cli(&["deploy", "echo", "--handler", "cat"]).0, 0);
+    let load = |total: usize| {
+        let per_client = total / 32;
+        let clients: Vec<_> = (0..32)
+            .map(|c| {
+                let url = d.url();
+                std::thread::spawn(move || {
+                    let client = alcove_api::Client::new(&url, None);
+                    let mut failures = Vec::new();
+                    for i in 0..per_client {
+                        let body = format!("client {c} request {i}");
+                        match client.invoke("echo", None, body.as_bytes()) {
+                            Ok(o) if o.status == 200 && o.response == body.as_bytes() => {}
+                            other => failures.push(format!("{other:?}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let failures: Vec<String> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} of {total} failed, first: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    };
+    load(320); // warm: pool slots, templates, allocator arenas
+    let before = rss_kib(d.child.id());
+    load(2048);
+    let after = rss_kib(d.child.id());
+    eprintln!("daemon RSS before {before} KiB, after {after} KiB");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB over 2,048 invocations"
+    );
+    let metrics = d.http("GET", "/metrics", b"").text();
+    let ok = metric(
+        &metrics,
+        r#"alcove_invocations_total{function="echo",status="exited",outcome="success"}"#,
+    );
+    assert_eq!(ok, 2368.0);
+}

@@ -51,7 +51,7 @@ pub fn run_observed(
     }
     ensure_staging_dir()?;
 
-    let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
+    let layout = cgroup_layout()?;
     let limits = alcove_cgroup::Limits {
         memory_bytes: spec.limits.memory_bytes,
         cpu: spec.limits.cpus.map(CpuQuota::from_cpus),
@@ -62,7 +62,7 @@ pub fn run_observed(
         cpu: collect_usage || spec.limits.cpu_time.is_some(),
         peaks: collect_usage,
     };
-    let pieces = match pool::claim(&layout, &limits, spec.net == NetMode::None, needs) {
+    let pieces = match pool::claim(layout, &limits, spec.net == NetMode::None, needs) {
         Some(slot) => Pieces::Pooled(slot),
         None => {
             let mut controllers = vec![Controller::Memory, Controller::Pids];
@@ -70,7 +70,7 @@ pub fn run_observed(
                 controllers.push(Controller::Cpu);
             }
             let cgroup = CgroupGuard(Some(
-                SandboxCgroup::create(&layout, &unique_name(), &controllers)
+                SandboxCgroup::create(layout, &unique_name(), &controllers)
                     .map_err(SandboxError::Cgroup)?,
             ));
             cgroup
@@ -305,10 +305,32 @@ fn spawn(
 /// Removes what sandboxes killed mid-run left behind (cgroups whose alcove is
 /// gone) and the pooled network namespaces no run holds. Returns how many
 /// things it removed.
-pub fn gc() -> Result<usize, SandboxError> {
+/// The host's cgroup layout, found once per process: a daemon starting
+/// thousands of sandboxes need not re-read /proc/self/cgroup and statfs the
+/// hierarchies for each (alcove does not move itself between cgroups).
+fn cgroup_layout() -> Result<&'static CgroupLayout, SandboxError> {
+    static LAYOUT: std::sync::OnceLock<CgroupLayout> = std::sync::OnceLock::new();
+    if let Some(layout) = LAYOUT.get() {
+        return Ok(layout);
+    }
     let layout = CgroupLayout::detect().map_err(SandboxError::Cgroup)?;
+    Ok(LAYOUT.get_or_init(|| layout))
+}
+
+/// Removes what `alcove gc` removes: dead runs' cgroups (see
+/// [`gc_orphans`]), then the whole pool and every template not in use.
+pub fn gc() -> Result<usize, SandboxError> {
+    let layout = cgroup_layout()?;
+    Ok(gc_orphans()? + pool::remove_all(layout) + template::remove_all())
+}
+
+/// Kills what is left in, and removes, the cgroups of alcove processes that
+/// died mid-run (a killed `alcove run` or daemon); leaves the pool and the
+/// templates, which live alcoves share. A daemon calls this when it starts.
+pub fn gc_orphans() -> Result<usize, SandboxError> {
+    let layout = cgroup_layout()?;
     let mut removed = 0;
-    for name in alcove_cgroup::list_names(&layout) {
+    for name in alcove_cgroup::list_names(layout) {
         let Some(owner) = name
             .strip_prefix(CGROUP_PREFIX)
             .and_then(|r| r.split('-').next())
@@ -322,12 +344,12 @@ pub fn gc() -> Result<usize, SandboxError> {
         if owner == std::process::id() as i32 || unsafe { libc::kill(owner, 0) } == 0 {
             continue; // a live alcove still owns it
         }
-        let cgroup = SandboxCgroup::open_existing(&layout, &name);
+        let cgroup = SandboxCgroup::open_existing(layout, &name);
         cgroup.kill_all();
         cgroup.remove().map_err(SandboxError::Cgroup)?;
         removed += 1;
     }
-    Ok(removed + pool::remove_all(&layout) + template::remove_all())
+    Ok(removed)
 }
 
 /// Clones each bind source into a detached mount tree with its final
