@@ -80,7 +80,7 @@ impl Engine {
         store.recover()?;
         let _ = alcove_sandbox::gc_orphans();
         let metrics = Metrics::new();
-        metrics.pool_slots.set(16);
+        metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);
         Ok(Arc::new(Engine {
             global: Arc::new(Semaphore::new(config.max_running)),
             config,

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub sandboxes_alive: Gauge,
     pub queued: Gauge,
     pub pool_slots: Gauge,
+    pub pool_prepared: Gauge,
 }
 
 impl Metrics {
@@ -50,6 +51,7 @@ impl Metrics {
         let sandboxes_alive = Gauge::default();
         let queued = Gauge::default();
         let pool_slots = Gauge::default();
+        let pool_prepared = Gauge::default();
         registry.register(
             "invocations",
             "Invocations by function, final status and outcome (success: exited 0)",
@@ -80,6 +82,11 @@ impl Metrics {
             "Prepared sandbox pieces (network namespace and cgroups) the pool keeps at most",
             pool_slots.clone(),
         );
+        registry.register(
+            "pool_prepared",
+            "Pool slots prepared now (network namespace and cgroups ready), idle or in use",
+            pool_prepared.clone(),
+        );
         Metrics {
             registry,
             invocations,
@@ -88,11 +95,14 @@ impl Metrics {
             sandboxes_alive,
             queued,
             pool_slots,
+            pool_prepared,
         }
     }
 
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
+        self.pool_prepared
+            .set(alcove_sandbox::pool_prepared() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

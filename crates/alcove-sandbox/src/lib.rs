@@ -15,6 +15,7 @@ mod mounts;
 mod observer;
 mod outcome;
 mod pool;
+pub use pool::{prepared as pool_prepared, SLOTS as POOL_SLOTS};
 mod run;
 mod seccomp;
 pub mod spec;

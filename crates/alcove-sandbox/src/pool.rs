@@ -274,6 +274,12 @@ fn place_of(layout: &CgroupLayout) -> u64 {
 
 /// Removes every slot nobody holds (its namespace, cgroups and lock); returns
 /// how many pieces it removed.
+/// How many slots are prepared now (their network namespace exists), out of
+/// [`SLOTS`]; in use or idle.
+pub fn prepared() -> usize {
+    (0..SLOTS).filter(|&i| net_path(i).exists()).count()
+}
+
 pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
     let mut removed = 0;
     for i in 0..SLOTS {

@@ -567,6 +567,8 @@ fn metrics_move_and_bad_input_is_refused_while_serving() {
     assert_eq!(metric(&after, count) - metric(&before, count), 3.0);
     let cold = r#"alcove_sandbox_starts_total{kind="cold"}"#;
     assert_eq!(metric(&after, cold) - metric(&before, cold), 3.0);
+    assert!(metric(&after, "alcove_pool_prepared") >= 1.0, "{after}");
+    assert_eq!(metric(&after, "alcove_pool_slots"), 16.0);
 
     // Bad input gets a 4xx/5xx with a stable code, and the daemon keeps serving.
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
