@@ -181,8 +181,22 @@ impl Engine {
     ) -> Result<Invocation, EngineError> {
         let v = self.resolve(name, version)?;
         let mut record = self.new_record(&v, false)?;
-        let response = self.attempt(&v, &mut record, body).await?;
-        Ok(Invocation { record, response })
+        // Its own task: a client that goes away mid-invocation drops the
+        // request's future, but the invocation still ends and is recorded.
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            match engine.attempt(&v, &mut record, body).await {
+                Ok(response) => Ok(Invocation { record, response }),
+                Err(e @ EngineError::Busy(_)) => {
+                    // Refused: it never became an invocation.
+                    let _ = engine.store.delete_invocation(&record.id);
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .expect("an invocation task does not panic")
     }
 
     /// Queues an invocation and returns its record at once; it runs in the
@@ -276,6 +290,7 @@ impl Engine {
             let options = RunOptions {
                 forward_signals: false,
                 collect_usage: true,
+                defer_teardown: true,
             };
             alcove_sandbox::run(&spec, &options)
         })

@@ -244,6 +244,14 @@ impl Store {
             .map_err(db)
     }
 
+    pub(crate) fn delete_invocation(&self, id: &str) -> Result<(), EngineError> {
+        self.conn()
+            .prepare_cached("DELETE FROM invocations WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id]))
+            .map(drop)
+            .map_err(db)
+    }
+
     pub(crate) fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
         self.conn()
             .prepare_cached(

@@ -545,6 +545,37 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "alcove_sandboxes_alive"), 0.0);
+    let logs = d.cli_json(&["logs", "one", "-n", "100"]);
+    let statuses: Vec<&str> = logs["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec!["exited"; ok],
+        "refused requests are not invocations"
+    );
+
+    // A client that hangs up mid-invocation: the invocation still ends and is recorded.
+    let mut gone = TcpStream::connect(&d.addr).unwrap();
+    write!(
+        gone,
+        "POST /v1/functions/one/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(gone);
+    wait_until(
+        "the abandoned invocation is recorded as ended",
+        Duration::from_secs(10),
+        || {
+            let logs = d.cli_json(&["logs", "one", "-n", "100"]);
+            let records = logs["invocations"].as_array().unwrap().clone();
+            records.len() == ok + 1 && records.iter().all(|r| r["status"] == "exited")
+        },
+    );
 }
 
 #[test]
