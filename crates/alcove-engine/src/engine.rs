@@ -290,7 +290,6 @@ impl Engine {
             let options = RunOptions {
                 forward_signals: false,
                 collect_usage: true,
-                defer_teardown: true,
             };
             alcove_sandbox::run(&spec, &options)
         })

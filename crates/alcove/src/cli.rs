@@ -417,7 +417,6 @@ fn run(args: RunArgs) -> i32 {
     let options = RunOptions {
         forward_signals: true,
         collect_usage: report.is_some(),
-        defer_teardown: false,
     };
     let policy = alcove_bpf::SandboxPolicy {
         trace: monitoring.trace,

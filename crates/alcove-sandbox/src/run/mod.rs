@@ -30,12 +30,6 @@ pub struct RunOptions {
     /// run. Off, the outcome still says why the sandbox ended (OOM included),
     /// and the run skips a few cgroup reads.
     pub collect_usage: bool,
-    /// Hold the sandbox's mount namespace until the outcome is known and
-    /// release it on a background thread, so that the kernel unmounts its
-    /// tree (with an expedited RCU grace period) off the caller's path
-    /// rather than in the sandbox's exit, which the caller waits for. For
-    /// daemons; a one-shot command would pay it at its own exit instead.
-    pub defer_teardown: bool,
 }
 
 /// Runs `spec` to completion and reports how it ended.
@@ -203,15 +197,8 @@ pub fn run_observed(
         .before_start(cgroup2)
         .map_err(SandboxError::Observer)?;
     let t_clone = process::monotonic_ns();
-    let (pid, pidfd) =
+    let (_pid, pidfd) =
         spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan).map_err(SandboxError::Clone)?;
-    // The child has exec'd (vfork-style spawn), so this is its own namespace.
-    let _mount_ns = DeferredRelease(
-        options
-            .defer_teardown
-            .then(|| std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok())
-            .flatten(),
-    );
     drop((
         error_write,
         lifeline_read,
@@ -278,31 +265,6 @@ pub fn run_observed(
         p.teardown_us += (process::monotonic_ns() - t_teardown) as f64 / 1e3;
     }
     Ok(outcome)
-}
-
-/// A namespace file handed, when dropped, to one background thread that
-/// closes it: the last reference to a mount namespace unmounts its tree.
-struct DeferredRelease(Option<std::fs::File>);
-
-impl Drop for DeferredRelease {
-    fn drop(&mut self) {
-        static RELEASER: std::sync::OnceLock<
-            Option<std::sync::Mutex<std::sync::mpsc::Sender<std::fs::File>>>,
-        > = std::sync::OnceLock::new();
-        let Some(file) = self.0.take() else { return };
-        let sender = RELEASER.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
-            std::thread::Builder::new()
-                .name("alcove-teardown".into())
-                .spawn(move || rx.into_iter().for_each(drop))
-                .ok()
-                .map(|_| std::sync::Mutex::new(tx))
-        });
-        // Without the thread, the file closes here, as it would have anyway.
-        if let Some(sender) = sender {
-            let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(file);
-        }
-    }
 }
 
 /// Starts the sandbox's first process running `child::run(plan)`. On x86_64 it
