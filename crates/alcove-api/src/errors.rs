@@ -42,7 +42,7 @@ impl From<EngineError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        ApiError::new(status, e.code(), chain(&e))
+        ApiError::new(status, e.code(), alcove_engine::error_chain(&e))
     }
 }
 
@@ -62,16 +62,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// An error and its causes, joined with ": ".
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -325,7 +325,7 @@ impl Engine {
             }
             Err(e) => {
                 record.status = "error".into();
-                record.error = Some(chain(&e));
+                record.error = Some(alcove_sandbox::error_chain(&e));
             }
         }
         if record.is_async {
@@ -481,15 +481,4 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
         return invalid("timeout_ms 0: use a positive number of milliseconds".into());
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

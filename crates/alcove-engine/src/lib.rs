@@ -11,6 +11,7 @@ mod metrics;
 mod model;
 mod store;
 
+pub use alcove_sandbox::error_chain;
 pub use engine::{Engine, EngineConfig, Invocation};
 pub use metrics::Metrics;
 pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};

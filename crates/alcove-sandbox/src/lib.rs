@@ -30,3 +30,16 @@ pub use outcome::{Outcome, Phases, Status};
 pub use run::{gc, gc_orphans, run, run_observed, RunOptions};
 pub use seccomp::{syscall_name, syscall_number};
 pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, User};
+
+/// An error and its causes on one line, joined with ": " (as anyhow's `{:#}`
+/// prints them): what alcove shows users and keeps in records.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -450,7 +450,7 @@ fn run(args: RunArgs) -> i32 {
         match crate::trace::BpfObserver::new(policy, monitoring.trace_live) {
             Ok(o) => observer = Some(o),
             Err(e) => {
-                eprintln!("alcove: error: {}", chain(&e));
+                eprintln!("alcove: error: {}", alcove_sandbox::error_chain(&e));
                 return 125;
             }
         }
@@ -549,7 +549,7 @@ fn limit_note(outcome: &Outcome, spec: &SandboxSpec) -> Option<String> {
 fn error_report(e: &SandboxError) -> serde_json::Value {
     serde_json::json!({
         "status": "error",
-        "error": chain(e),
+        "error": alcove_sandbox::error_chain(e),
         "exit_code": null,
         "signal": null,
         "wall_ms": 0.0,
@@ -562,18 +562,6 @@ fn error_report(e: &SandboxError) -> serde_json::Value {
 }
 
 fn fail(e: &SandboxError) -> i32 {
-    eprintln!("alcove: error: {}", chain(e));
+    eprintln!("alcove: error: {}", alcove_sandbox::error_chain(e));
     e.exit_code()
-}
-
-/// The error and its causes on one line, as anyhow's `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

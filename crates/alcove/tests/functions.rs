@@ -200,6 +200,29 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// What every test here starts with: root (or a printed skip), the serial
+/// lock, and a daemon on a fresh temp data directory. Dropped in field order:
+/// the daemon is killed, then its directory removed, then the lock freed.
+struct Setup {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn setup(test: &str, extra: &[&str]) -> Option<Setup> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), extra);
+    Some(Setup {
+        daemon,
+        _dir: dir,
+        _serial: serial,
+    })
+}
+
 /// The value of one sample in Prometheus text, or 0 when it is absent.
 fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
@@ -212,12 +235,13 @@ fn metric(text: &str, sample: &str) -> f64 {
 
 #[test]
 fn deploy_invoke_versions_and_rollback_through_the_cli_and_http() {
-    if !root_or_skip("deploy_invoke_versions_and_rollback_through_the_cli_and_http") {
+    let Some(t) = setup(
+        "deploy_invoke_versions_and_rollback_through_the_cli_and_http",
+        &[],
+    ) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
 
     let python = format!("{EXAMPLES}/hello-python");
     let (code, out, err) = d.cli(&[
@@ -325,12 +349,10 @@ fn deploy_invoke_versions_and_rollback_through_the_cli_and_http() {
 
 #[test]
 fn async_invocations_are_fetched_later_and_retried() {
-    if !root_or_skip("async_invocations_are_fetched_later_and_retried") {
+    let Some(t) = setup("async_invocations_are_fetched_later_and_retried", &[]) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
     assert_eq!(
         d.cli(&["deploy", "ok", "--handler", "sh -c 'echo got; cat'"])
             .0,
@@ -375,12 +397,10 @@ fn async_invocations_are_fetched_later_and_retried() {
 
 #[test]
 fn secrets_reach_the_handler_but_never_the_api() {
-    if !root_or_skip("secrets_reach_the_handler_but_never_the_api") {
+    let Some(t) = setup("secrets_reach_the_handler_but_never_the_api", &[]) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
     let value = "hunter2-7f3a9c";
     let handler = "sh -c 'wc -c < /run/secrets/db_password; echo x > /run/secrets/db_password 2>/dev/null && echo WRITABLE; echo done'";
     let (code, _, err) = d.cli(&[
@@ -426,12 +446,10 @@ fn secrets_reach_the_handler_but_never_the_api() {
 
 #[test]
 fn limits_are_enforced_and_reported() {
-    if !root_or_skip("limits_are_enforced_and_reported") {
+    let Some(t) = setup("limits_are_enforced_and_reported", &[]) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
     let hog = "python3 -c 'x = b\"x\" * (256 << 20)'";
     assert_eq!(
         d.cli(&["deploy", "hog", "--handler", hog, "--memory", "32M"])
@@ -500,12 +518,13 @@ fn limits_are_enforced_and_reported() {
 
 #[test]
 fn the_concurrency_cap_queues_then_refuses_with_429() {
-    if !root_or_skip("the_concurrency_cap_queues_then_refuses_with_429") {
+    let Some(t) = setup(
+        "the_concurrency_cap_queues_then_refuses_with_429",
+        &["--max-queued", "2"],
+    ) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &["--max-queued", "2"]);
+    };
+    let d = &t.daemon;
     assert_eq!(
         d.cli(&[
             "deploy",
@@ -580,12 +599,10 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
 
 #[test]
 fn metrics_move_and_bad_input_is_refused_while_serving() {
-    if !root_or_skip("metrics_move_and_bad_input_is_refused_while_serving") {
+    let Some(t) = setup("metrics_move_and_bad_input_is_refused_while_serving", &[]) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
     assert_eq!(d.cli(&["deploy", "m", "--handler", "cat"]).0, 0);
     let ok = r#"alcove_invocations_total{function="m",status="exited",outcome="success"}"#;
     let count = r#"alcove_invocation_duration_seconds_count{function="m"}"#;
@@ -861,12 +878,13 @@ fn rss_kib(pid: u32) -> u64 {
 /// (bench/functions.sh runs the full 20,000 and prints the figures).
 #[test]
 fn a_bounded_load_completes_without_errors_and_memory_stays_flat() {
-    if !root_or_skip("a_bounded_load_completes_without_errors_and_memory_stays_flat") {
+    let Some(t) = setup(
+        "a_bounded_load_completes_without_errors_and_memory_stays_flat",
+        &[],
+    ) else {
         return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("data"), &[]);
+    };
+    let d = &t.daemon;
     assert_eq!(d.cli(&["deploy", "echo", "--handler", "cat"]).0, 0);
     let load = |total: usize| {
         let per_client = total / 32;
