@@ -9,6 +9,7 @@
 
 pub mod caps;
 pub mod clone;
+pub mod dirfd;
 pub mod fd;
 pub mod fs;
 pub mod landlock;

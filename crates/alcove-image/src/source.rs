@@ -1,0 +1,174 @@
+//! Where an image's files come from: a directory (an OCI layout) or a tar
+//! archive (oci-archive or docker-archive), read in place: a tar is indexed
+//! once and each member read at its offset, never extracted to disk.
+
+use crate::ImageError;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+
+/// The most bytes of JSON (index, manifest, config) alcove reads.
+pub(crate) const MAX_JSON: u64 = 16 << 20;
+
+pub(crate) enum Source {
+    Dir(PathBuf),
+    Tar {
+        file: File,
+        path: PathBuf,
+        members: HashMap<String, (u64, u64)>,
+    },
+}
+
+impl Source {
+    pub(crate) fn open(path: &Path) -> Result<Source, ImageError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
+        if meta.is_dir() {
+            return Ok(Source::Dir(path.to_owned()));
+        }
+        let mut file =
+            File::open(path).map_err(ImageError::io(format!("opening {}", path.display())))?;
+        let members = index_tar(&mut file).map_err(|e| {
+            ImageError::Format(format!(
+                "{} is neither a directory nor a readable tar archive ({e}); give an OCI layout directory, an oci-archive or a docker-archive (docker/podman save, skopeo copy)",
+                path.display()
+            ))
+        })?;
+        Ok(Source::Tar {
+            file,
+            path: path.to_owned(),
+            members,
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Source::Dir(p) | Source::Tar { path: p, .. } => p.display().to_string(),
+        }
+    }
+
+    pub(crate) fn exists(&self, member: &str) -> bool {
+        match self {
+            Source::Dir(dir) => normalize(member).is_some_and(|m| dir.join(m).is_file()),
+            Source::Tar { members, .. } => {
+                normalize(member).is_some_and(|m| members.contains_key(&m))
+            }
+        }
+    }
+
+    /// A member's content as a stream, and its size.
+    pub(crate) fn reader(&self, member: &str) -> Result<(Box<dyn Read + '_>, u64), ImageError> {
+        let missing = || {
+            ImageError::Format(format!(
+                "{}: {member} is missing from the image",
+                self.describe()
+            ))
+        };
+        let name = normalize(member).ok_or_else(missing)?;
+        match self {
+            Source::Dir(dir) => {
+                let path = dir.join(&name);
+                // The layout is untrusted too: never follow a link out of it.
+                let meta = std::fs::symlink_metadata(&path).map_err(|_| missing())?;
+                if !meta.is_file() {
+                    return Err(ImageError::Format(format!(
+                        "{}: {member} is not a regular file",
+                        self.describe()
+                    )));
+                }
+                let file = File::open(&path)
+                    .map_err(ImageError::io(format!("opening {}", path.display())))?;
+                Ok((Box::new(file), meta.len()))
+            }
+            Source::Tar { file, members, .. } => {
+                let &(offset, size) = members.get(&name).ok_or_else(missing)?;
+                Ok((
+                    Box::new(Member {
+                        file,
+                        offset,
+                        left: size,
+                    }),
+                    size,
+                ))
+            }
+        }
+    }
+
+    /// A small member (JSON) read whole.
+    pub(crate) fn read_small(&self, member: &str) -> Result<Vec<u8>, ImageError> {
+        let (reader, size) = self.reader(member)?;
+        if size > MAX_JSON {
+            return Err(ImageError::Format(format!(
+                "{member} is {size} bytes; more than alcove reads for metadata"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader
+            .take(MAX_JSON)
+            .read_to_end(&mut bytes)
+            .map_err(ImageError::io(format!("reading {member}")))?;
+        Ok(bytes)
+    }
+}
+
+/// A member of a tar archive, read with pread at its offset.
+struct Member<'a> {
+    file: &'a File,
+    offset: u64,
+    left: u64,
+}
+
+impl Read for Member<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside a member",
+            ));
+        }
+        self.offset += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Regular files of a tar archive by normalised name: (data offset, size).
+fn index_tar(file: &mut File) -> io::Result<HashMap<String, (u64, u64)>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut archive = tar::Archive::new(&mut *file);
+    let mut members = HashMap::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if let Some(name) = normalize(&path) {
+            members.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+    }
+    if members.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no files in it"));
+    }
+    Ok(members)
+}
+
+/// `./a//b` as `a/b`; `None` for paths that climb out or are absolute.
+fn normalize(path: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}

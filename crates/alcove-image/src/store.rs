@@ -1,0 +1,410 @@
+//! The store: unpacked layers by diff_id (`layers/<hex>/`, overlayfs lower
+//! dirs shared by every image that has them), an index of images and layers
+//! (`index.json`, replaced atomically under `index.lock`), lease files that
+//! sandboxes hold shared while they use a layer, and a staging directory.
+
+use crate::ImageError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where images live unless told otherwise.
+pub const DEFAULT_STORE: &str = "/var/lib/alcove/images";
+
+/// What an image says about running it (from its OCI config).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Recorded, not acted on (sandboxes have no inbound network).
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An imported image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    /// sha256 hex of its config.
+    pub id: String,
+    /// diff_ids (sha256 hex of each uncompressed layer), bottom first.
+    pub layers: Vec<String>,
+    pub config: RunConfig,
+    pub architecture: String,
+    pub os: String,
+    pub created: Option<String>,
+    /// Unix seconds.
+    pub imported_at: f64,
+}
+
+/// One unpacked layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Bytes of file content.
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// A line of `image ls`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageSummary {
+    pub name: String,
+    pub id: String,
+    pub layers: usize,
+    /// Bytes of its layers' files.
+    pub size: u64,
+    /// Of `size`, bytes in layers other images use too (stored once).
+    pub shared: u64,
+    pub created: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Index {
+    pub images: Vec<ImageRecord>,
+    pub layers: BTreeMap<String, LayerInfo>,
+}
+
+/// Layers held for a sandbox: `image prune` skips them while this lives.
+#[derive(Debug)]
+pub struct Lease {
+    _locks: Vec<File>,
+}
+
+/// What `image prune` did.
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub removed_layers: usize,
+    pub removed_bytes: u64,
+    /// Unreferenced layers left because a sandbox is using them.
+    pub in_use: usize,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on an fd owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it (mode 0700: layers keep their
+    /// set-id bits, which no host user may reach).
+    pub fn open(root: &Path) -> Result<Store, ImageError> {
+        let io = |what: &str| ImageError::io(format!("{what} {}", root.display()));
+        for sub in ["", "layers", "leases", "tmp"] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root.join(sub))
+                .map_err(io("creating"))?;
+        }
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("securing"))?;
+        Ok(Store {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of an unpacked layer.
+    pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(diff_id)
+    }
+
+    pub(crate) fn staging_dir(&self, diff_id: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{diff_id}.{}", crate::random_name()))
+    }
+
+    fn index_lock(&self, exclusive: bool) -> Result<File, ImageError> {
+        let path = self.root.join("index.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ImageError::io("opening the store's lock"))?;
+        flock(
+            &file,
+            if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            },
+        )
+        .map_err(ImageError::io("locking the store"))?;
+        Ok(file)
+    }
+
+    pub(crate) fn read_index(&self) -> Result<Index, ImageError> {
+        match std::fs::read(self.root.join("index.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ImageError::Format(format!("the store's index.json is damaged: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(ImageError::io("reading the store's index")(e)),
+        }
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), ImageError> {
+        let io = ImageError::io("writing the store's index");
+        let tmp = self
+            .root
+            .join(format!("index.json.{}", crate::random_name()));
+        let mut file = File::create(&tmp).map_err(ImageError::io("writing the store's index"))?;
+        let bytes = serde_json::to_vec_pretty(index).expect("the index serializes");
+        let written = file.write_all(&bytes).and_then(|()| file.sync_all());
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, self.root.join("index.json"))) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(())
+    }
+
+    /// Holds layer `diff_id` (shared) so prune leaves it alone.
+    pub(crate) fn lease_layer(&self, diff_id: &str) -> Result<File, ImageError> {
+        let path = self.root.join("leases").join(format!("{diff_id}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ImageError::io("opening a layer lease"))?;
+        flock(&file, libc::LOCK_SH).map_err(ImageError::io("taking a layer lease"))?;
+        Ok(file)
+    }
+
+    /// Records unpacked layers and (re)names an image; an image of the same
+    /// name is replaced (its layers stay until `prune`).
+    pub(crate) fn add(
+        &self,
+        mut record: ImageRecord,
+        layers: &BTreeMap<String, LayerInfo>,
+    ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.index_lock(true)?;
+        let mut index = self.read_index()?;
+        index
+            .layers
+            .extend(layers.iter().map(|(k, v)| (k.clone(), *v)));
+        if let Some(old) = index.images.iter_mut().find(|i| i.name == record.name) {
+            if old.id == record.id && old.layers == record.layers {
+                record.imported_at = old.imported_at; // the same image again: nothing changes
+            }
+            *old = record.clone();
+        } else {
+            index.images.push(record.clone());
+            index.images.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        self.write_index(&index)?;
+        Ok(record)
+    }
+
+    /// The image called `name` (`app` means `app:latest`), or whose id starts with it.
+    pub fn get(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        let _lock = self.index_lock(false)?;
+        find(&self.read_index()?, name).cloned()
+    }
+
+    /// The image and a lease on its layers, for a sandbox about to use them.
+    pub fn lease(&self, name: &str) -> Result<(ImageRecord, Lease), ImageError> {
+        let _lock = self.index_lock(false)?;
+        let record = find(&self.read_index()?, name)?.clone();
+        let locks = record
+            .layers
+            .iter()
+            .map(|l| self.lease_layer(l))
+            .collect::<Result<_, _>>()?;
+        Ok((record, Lease { _locks: locks }))
+    }
+
+    /// The image's layer directories, top-most first (overlayfs' lowerdir order).
+    pub fn lower_dirs(&self, record: &ImageRecord) -> Vec<PathBuf> {
+        record
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.layer_dir(l))
+            .collect()
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let _lock = self.index_lock(false)?;
+        let index = self.read_index()?;
+        let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+        for image in &index.images {
+            for layer in image.layers.iter().collect::<BTreeSet<_>>() {
+                *users.entry(layer).or_default() += 1;
+            }
+        }
+        let bytes = |l: &String| index.layers.get(l).map_or(0, |i| i.bytes);
+        Ok(index
+            .images
+            .iter()
+            .map(|image| {
+                let distinct: BTreeSet<&String> = image.layers.iter().collect();
+                ImageSummary {
+                    name: image.name.clone(),
+                    id: image.id.clone(),
+                    layers: image.layers.len(),
+                    size: distinct.iter().map(|l| bytes(l)).sum(),
+                    shared: distinct
+                        .iter()
+                        .filter(|l| users[l.as_str()] > 1)
+                        .map(|l| bytes(l))
+                        .sum(),
+                    created: image.created.clone(),
+                }
+            })
+            .collect())
+    }
+
+    pub fn layer_info(&self, diff_id: &str) -> Result<Option<LayerInfo>, ImageError> {
+        let _lock = self.index_lock(false)?;
+        Ok(self.read_index()?.layers.get(diff_id).copied())
+    }
+
+    /// Forgets an image; its layers stay until `prune`.
+    pub fn remove(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        let _lock = self.index_lock(true)?;
+        let mut index = self.read_index()?;
+        let record = find(&index, name)?.clone();
+        index.images.retain(|i| i.name != record.name);
+        self.write_index(&index)?;
+        Ok(record)
+    }
+
+    /// Removes layers no image references and no sandbox holds, and staging
+    /// directories no import is writing.
+    pub fn prune(&self) -> Result<PruneReport, ImageError> {
+        let _lock = self.index_lock(true)?;
+        let mut index = self.read_index()?;
+        let referenced: BTreeSet<String> = index
+            .images
+            .iter()
+            .flat_map(|i| i.layers.iter().cloned())
+            .collect();
+        let mut on_disk: BTreeSet<String> = BTreeSet::new();
+        for entry in std::fs::read_dir(self.root.join("layers"))
+            .map_err(ImageError::io("listing layers"))?
+            .flatten()
+        {
+            on_disk.insert(entry.file_name().to_string_lossy().into_owned());
+        }
+        let mut report = PruneReport::default();
+        let candidates: BTreeSet<String> = on_disk
+            .union(&index.layers.keys().cloned().collect())
+            .cloned()
+            .collect();
+        for layer in candidates.difference(&referenced) {
+            let Some(lock) = self.try_exclusive(layer)? else {
+                report.in_use += 1;
+                continue;
+            };
+            let dir = self.layer_dir(layer);
+            if dir.exists() {
+                let trash = self
+                    .root
+                    .join("tmp")
+                    .join(format!("trash.{}", crate::random_name()));
+                std::fs::rename(&dir, &trash).map_err(ImageError::io("moving a layer out"))?;
+                std::fs::remove_dir_all(&trash).map_err(ImageError::io("removing a layer"))?;
+            }
+            report.removed_layers += 1;
+            report.removed_bytes += index.layers.remove(layer).map_or(0, |i| i.bytes);
+            let _ = std::fs::remove_file(self.root.join("leases").join(format!("{layer}.lock")));
+            drop(lock);
+        }
+        self.write_index(&index)?;
+        // Staging left by imports that died; a live import holds its layer's lease.
+        for entry in std::fs::read_dir(self.root.join("tmp"))
+            .map_err(ImageError::io("listing staging"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let layer = name.split('.').next().unwrap_or("");
+            let free = name.starts_with("trash.") || self.try_exclusive(layer)?.is_some();
+            if free {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(report)
+    }
+
+    fn try_exclusive(&self, layer: &str) -> Result<Option<File>, ImageError> {
+        let path = self.root.join("leases").join(format!("{layer}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ImageError::io("opening a layer lease"))?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(ImageError::io("checking a layer lease")(e)),
+        }
+    }
+}
+
+/// `app` is `app:latest`; an id prefix of 12 or more hex digits works too.
+fn find<'a>(index: &'a Index, name: &str) -> Result<&'a ImageRecord, ImageError> {
+    let full = normalize_name(name);
+    index
+        .images
+        .iter()
+        .find(|i| i.name == full)
+        .or_else(|| {
+            let id = name.strip_prefix("sha256:").unwrap_or(name);
+            (id.len() >= 12)
+                .then(|| index.images.iter().find(|i| i.id.starts_with(id)))
+                .flatten()
+        })
+        .ok_or_else(|| ImageError::NotFound(name.to_owned()))
+}
+
+/// Adds `:latest` to a name without a tag.
+pub(crate) fn normalize_name(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// Image names: lower-case letters, digits, `.`, `_`, `-` and `/`, then an
+/// optional `:tag` of letters, digits, `.`, `_` and `-`; at most 255 bytes.
+pub(crate) fn valid_name(name: &str) -> bool {
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let repo_ok = !repo.is_empty()
+        && repo.as_bytes()[0].is_ascii_alphanumeric()
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-".contains(&b));
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    name.len() <= 255 && repo_ok && tag_ok && !name.contains("//") && !name.contains("..")
+}

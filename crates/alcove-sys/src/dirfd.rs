@@ -1,0 +1,178 @@
+//! File operations relative to a directory fd, for writing untrusted archives
+//! into a directory: nothing here follows a symbolic link, and paths opened
+//! through [`open_beneath`] cannot leave the directory they start from.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Opens `path` (relative) beneath `root` with `openat2`: `..` cannot climb
+/// out, and no symbolic link (nor /proc magic link) is followed on the way,
+/// nor a mount crossed. `flags` are `open(2)` flags (`O_CLOEXEC` is added).
+pub fn open_beneath(root: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: all-zero is a valid open_how (the struct is non-exhaustive).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_NO_XDEV;
+    // SAFETY: `path` is NUL-terminated, `how` is a valid open_how whose size
+    // is passed; openat2 returns a new fd or -1.
+    let fd = crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// What `name` in `dir` is, without following a link: its `st_mode`, or
+/// `None` when there is nothing by that name.
+pub fn mode_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::mode_t>> {
+    // SAFETY: all-zero is a valid `stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is a valid out-pointer.
+    match crate::cvt_int(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }) {
+        Ok(_) => Ok(Some(st.st_mode)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates directory `name` in `dir`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    crate::cvt_int(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// Creates the regular file `name` in `dir`, which must not exist, for writing.
+pub fn create_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated; flags and mode are plain integers.
+    let fd = crate::cvt_int(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+    })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes `name` from `dir` (an empty directory when `directory`).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, directory: bool) -> io::Result<()> {
+    let flags = if directory { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `name` is NUL-terminated.
+    crate::cvt_int(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// Creates the symbolic link `name` in `dir` pointing at `target` (never followed here).
+pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated.
+    crate::cvt_int(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+        .map(drop)
+}
+
+/// Makes `new_name` in `new_dir` a hard link to `old_name` in `old_dir`
+/// (a link to a symbolic link links the link itself).
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; flags 0 means do not follow.
+    crate::cvt_int(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Creates the node `name` in `dir` (`mode` includes the file type bits).
+pub fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    dev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    crate::cvt_int(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) }).map(drop)
+}
+
+/// Sets the owner of `name` in `dir` without following a link.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    crate::cvt_int(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets the mode of `name` in `dir`; the caller knows it is not a link.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    crate::cvt_int(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// Sets the access and modification times of `name` in `dir` to `mtime`
+/// (seconds), without following a link.
+pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &CStr, mtime: i64) -> io::Result<()> {
+    let t = libc::timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: `name` is NUL-terminated and `times` holds two timespecs.
+    crate::cvt_int(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets the extended attribute `name` of the open file `fd`.
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `value` is valid for its length.
+    crate::cvt_int(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Writes out everything cached for the file system holding `fd`.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: syncfs takes an fd and nothing else.
+    crate::cvt_int(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
