@@ -20,6 +20,8 @@ use std::time::Instant;
 pub struct ImportOptions {
     /// The name to give the image; else the archive's, else the file's.
     pub name: Option<String>,
+    /// Which image of an OCI layout holding several (its ref.name).
+    pub reference: Option<String>,
     /// No progress bar, even on a terminal.
     pub quiet: bool,
     /// Create device nodes found in layers (skipped by default).
@@ -48,7 +50,7 @@ pub fn import(
 ) -> Result<ImportReport, ImageError> {
     let started = Instant::now();
     let source = Source::open(path)?;
-    let plan = plan(&source)?;
+    let plan = plan(&source, options.reference.as_deref())?;
     let name = image_name(options.name.as_deref(), plan.name.as_deref(), path)?;
 
     // Leases first, so a concurrent prune cannot take a layer between our

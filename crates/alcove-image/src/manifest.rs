@@ -31,9 +31,10 @@ pub(crate) struct ImagePlan {
     pub layers: Vec<LayerPlan>,
 }
 
-pub(crate) fn plan(source: &Source) -> Result<ImagePlan, ImageError> {
+/// `reference` picks one of several images in an OCI layout by its ref.name.
+pub(crate) fn plan(source: &Source, reference: Option<&str>) -> Result<ImagePlan, ImageError> {
     if source.exists("index.json") && source.exists("oci-layout") {
-        oci_plan(source)
+        oci_plan(source, reference)
     } else if source.exists("manifest.json") {
         docker_plan(source)
     } else {
@@ -66,10 +67,10 @@ fn read_blob(source: &Source, d: &Descriptor, what: &str) -> Result<Vec<u8>, Ima
     Ok(bytes)
 }
 
-fn oci_plan(source: &Source) -> Result<ImagePlan, ImageError> {
+fn oci_plan(source: &Source, reference: Option<&str>) -> Result<ImagePlan, ImageError> {
     let index = ImageIndex::from_reader(&source.read_small("index.json")?[..])
         .map_err(|e| format(source, format!("index.json: {e}")))?;
-    let (descriptor, name) = pick_manifest(source, &index, 0)?;
+    let (descriptor, name) = pick_manifest(source, &index, reference, 0)?;
     let manifest = ImageManifest::from_reader(&read_blob(source, &descriptor, "manifest")?[..])
         .map_err(|e| format(source, format!("the manifest: {e}")))?;
     let config_bytes = read_blob(source, manifest.config(), "config")?;
@@ -111,10 +112,19 @@ fn oci_plan(source: &Source) -> Result<ImagePlan, ImageError> {
     })
 }
 
-/// The manifest for this machine's platform, following nested indexes.
+fn ref_name(d: &Descriptor) -> Option<String> {
+    let a = d.annotations().as_ref()?;
+    a.get("io.containerd.image.name")
+        .or_else(|| a.get("org.opencontainers.image.ref.name"))
+        .cloned()
+}
+
+/// The manifest for this machine's platform, following nested indexes;
+/// `reference` picks among several images by ref.name.
 fn pick_manifest(
     source: &Source,
     index: &ImageIndex,
+    reference: Option<&str>,
     depth: u32,
 ) -> Result<(Descriptor, Option<String>), ImageError> {
     let arch = match std::env::consts::ARCH {
@@ -122,37 +132,48 @@ fn pick_manifest(
         "aarch64" => "arm64",
         other => other,
     };
-    let candidates: Vec<&Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex)
-            || matches!(d.media_type(), MediaType::Other(t) if t.contains("docker.distribution.manifest")))
-        .filter(|d| {
-            d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
-        })
-        .collect();
-    let chosen = match candidates.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(format(
-                source,
-                format!("no manifest for linux/{arch} in index.json"),
-            ))
-        }
-        [first, ..] => *first,
+    let is_manifest = |d: &&Descriptor| {
+        matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex)
+            || matches!(d.media_type(), MediaType::Other(t) if t.contains("docker.distribution.manifest"))
     };
-    let name = chosen.annotations().as_ref().and_then(|a| {
-        a.get("io.containerd.image.name")
-            .or_else(|| a.get("org.opencontainers.image.ref.name"))
-            .cloned()
-    });
+    let for_us = |d: &&Descriptor| {
+        d.platform()
+            .as_ref()
+            .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
+    };
+    let candidates: Vec<&Descriptor> = index.manifests().iter().filter(is_manifest).filter(for_us).collect();
+    let refs: Vec<String> = candidates.iter().filter_map(|d| ref_name(d)).collect();
+    let tag_of = |d: &Descriptor| {
+        d.annotations()
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.ref.name").cloned())
+    };
+    let chosen = match (reference, candidates.as_slice()) {
+        (Some(r), _) => *candidates
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some(r) || ref_name(d).as_deref() == Some(r))
+            .ok_or_else(|| format(source, format!("no image {r:?} in index.json (it has: {})", refs.join(", "))))?,
+        (None, [one]) => *one,
+        (None, []) => return Err(format(source, format!("no manifest for linux/{arch} in index.json"))),
+        (None, [first, ..]) => {
+            let distinct: std::collections::BTreeSet<&String> = refs.iter().collect();
+            if distinct.len() > 1 {
+                return Err(format(
+                    source,
+                    format!("it holds {} images ({}): pick one with --ref", candidates.len(), refs.join(", ")),
+                ));
+            }
+            *first
+        }
+    };
+    let name = ref_name(chosen);
     if matches!(chosen.media_type(), MediaType::ImageIndex) {
         if depth > 2 {
             return Err(format(source, "indexes nested too deep"));
         }
         let nested = ImageIndex::from_reader(&read_blob(source, chosen, "index")?[..])
             .map_err(|e| format(source, format!("a nested index: {e}")))?;
-        let (d, inner_name) = pick_manifest(source, &nested, depth + 1)?;
+        let (d, inner_name) = pick_manifest(source, &nested, None, depth + 1)?;
         return Ok((d, name.or(inner_name)));
     }
     Ok((chosen.clone(), name))

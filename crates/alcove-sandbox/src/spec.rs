@@ -159,6 +159,9 @@ pub struct SandboxSpec {
     /// A directory to use as `/` (read-only lower layer under a tmpfs upper
     /// layer); `None` gives a read-only view of the host's /usr and friends.
     pub rootfs: Option<PathBuf>,
+    /// More read-only layers under `rootfs`, top-most first (an image's
+    /// layers below its top one): together they are the overlay's lower dirs.
+    pub lower_layers: Vec<PathBuf>,
     pub binds: Vec<Bind>,
     /// Working directory inside the sandbox.
     pub workdir: PathBuf,
@@ -188,6 +191,7 @@ impl SandboxSpec {
         SandboxSpec {
             argv,
             rootfs: None,
+            lower_layers: Vec::new(),
             binds: Vec::new(),
             workdir: PathBuf::from("/"),
             env: Vec::new(),
@@ -225,6 +229,25 @@ impl SandboxSpec {
                 return invalid(format!("--rootfs {}: not a directory", root.display()));
             }
             check_overlay_path(root, "--rootfs")?;
+        }
+        if !self.lower_layers.is_empty() && self.rootfs.is_none() {
+            return invalid("lower layers need a rootfs (the top layer) above them".into());
+        }
+        if self.lower_layers.len() > 128 {
+            return invalid(format!("{} layers: alcove stacks at most 129", self.lower_layers.len() + 1));
+        }
+        let lower_bytes: usize = self.rootfs.iter().chain(&self.lower_layers).map(|l| l.as_os_str().len() + 1).sum();
+        if lower_bytes > 3072 {
+            return invalid(format!(
+                "{} layers: their paths ({lower_bytes} bytes) do not fit in one overlay mount; flatten the image",
+                self.lower_layers.len() + 1
+            ));
+        }
+        for layer in &self.lower_layers {
+            if !layer.is_dir() {
+                return invalid(format!("layer {}: not a directory", layer.display()));
+            }
+            check_overlay_path(layer, "a layer")?;
         }
         for bind in &self.binds {
             if !bind.source.exists() {

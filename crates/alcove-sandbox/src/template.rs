@@ -72,7 +72,7 @@ pub(crate) fn open_or_create(
         return Ok(None);
     }
     let plan = match &spec.rootfs {
-        Some(lower) => mounts::rootfs_template_plan(lower),
+        Some(lower) => mounts::rootfs_template_plan(lower, &spec.lower_layers),
         None => mounts::template_plan(spec, &HostView::read(spec.net)),
     };
     match build(&path, &plan) {
@@ -133,11 +133,14 @@ fn key(spec: &SandboxSpec, resolv_conf: Option<&[u8]>) -> String {
         // gets a new template rather than the old one's pinned view.
         use std::os::unix::fs::MetadataExt;
         let mut h = Fnv::default();
-        h.add(b"rootfs-v1");
-        h.add(lower.as_os_str().as_bytes());
-        if let Ok(m) = std::fs::metadata(lower) {
-            h.add(&m.dev().to_le_bytes());
-            h.add(&m.ino().to_le_bytes());
+        h.add(b"rootfs-v2");
+        for layer in std::iter::once(lower).chain(&spec.lower_layers) {
+            h.add(layer.as_os_str().as_bytes());
+            h.add(b"\0");
+            if let Ok(m) = std::fs::metadata(layer) {
+                h.add(&m.dev().to_le_bytes());
+                h.add(&m.ino().to_le_bytes());
+            }
         }
         return format!("rootfs-{:016x}", h.0);
     }

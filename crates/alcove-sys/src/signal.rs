@@ -49,6 +49,13 @@ pub fn reset_for_exec() {
     }
 }
 
+/// Restores SIGPIPE's default action, so a command printing into a closed
+/// pipe (`alcove image ls | head`) ends quietly as Unix tools do.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// A non-blocking, close-on-exec signalfd for `signals` (which must be blocked).
 pub fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
     let set = set_of(signals);

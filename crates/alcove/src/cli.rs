@@ -28,6 +28,8 @@ enum Command {
     /// Run the functions daemon: an HTTP API (loopback by default) that deploys
     /// functions and runs each invocation in its own sandbox.
     Serve(ServeArgs),
+    /// Import, list, inspect and remove images (OCI and docker archives).
+    Image(crate::image::ImageArgs),
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
     #[command(name = "fn")]
     Fn(crate::functions::FnArgs),
@@ -111,14 +113,22 @@ enum BenchWhat {
 struct RunArgs {
     /// Use DIR as / (read-only, under a private writable tmpfs layer). Without it
     /// the sandbox sees the host's /usr (and /bin, /lib...) read-only.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
+    /// Run an imported image (`alcove image import`): its layers as /, under a
+    /// private writable layer; its Entrypoint and Cmd unless a command is
+    /// given; its Env, WorkingDir and User unless given here.
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+    /// The image store [default: $ALCOVE_IMAGES or /var/lib/alcove/images].
+    #[arg(long, value_name = "DIR", requires = "image")]
+    image_store: Option<PathBuf>,
     /// Make host path SRC visible at DST; read-only unless :rw. Repeatable.
     #[arg(long = "bind", value_name = "SRC:DST[:ro|rw]", value_parser = parse_bind)]
     binds: Vec<Bind>,
     /// Working directory inside the sandbox.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    workdir: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
     /// Set an environment variable inside the sandbox. Repeatable.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(OsString, OsString)>,
@@ -126,8 +136,8 @@ struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "alcove")]
     hostname: String,
     /// Numeric user and group to run as (no capabilities either way).
-    #[arg(long, value_name = "UID[:GID]", default_value = "65534:65534", value_parser = parse_user)]
-    user: User,
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    user: Option<User>,
     /// Memory limit (tmpfs writes count too), e.g. 256M.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     memory: Option<u64>,
@@ -208,7 +218,7 @@ struct RunArgs {
     #[arg(long)]
     init: bool,
     /// The program and its arguments (after --).
-    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(last = true, required_unless_present = "image", value_name = "PROGRAM [ARGS]...")]
     argv: Vec<OsString>,
 }
 
@@ -288,6 +298,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => bench(args),
         Command::Doctor { json } => crate::doctor::run(json),
         Command::Fn(args) => crate::functions::main(args),
+        Command::Image(args) => crate::image::main(args),
         Command::Serve(args) => {
             let options = crate::serve::ServeOptions {
                 listen: args.listen,
@@ -333,9 +344,13 @@ fn bench(args: BenchArgs) -> i32 {
         })(),
         BenchWhat::Ebpf { rounds, probe } => crate::bench::ebpf_overhead(&probe, rounds.max(1)),
         BenchWhat::Phases { rounds, run } => {
-            let mut spec = spec_from(*run);
-            spec.record_phases = true;
-            crate::bench::phases(&spec, rounds.max(1))
+            match spec_from(*run) {
+                Ok((mut spec, _lease)) => {
+                    spec.record_phases = true;
+                    crate::bench::phases(&spec, rounds.max(1))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
         }
     };
     match result {
@@ -347,14 +362,16 @@ fn bench(args: BenchArgs) -> i32 {
     }
 }
 
-fn spec_from(args: RunArgs) -> SandboxSpec {
+/// The spec `args` describe, and with --image the lease that keeps its
+/// layers from being pruned while the sandbox runs.
+fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image::Lease>)> {
     let mut spec = SandboxSpec::new(args.argv);
     spec.rootfs = args.rootfs;
     spec.binds = args.binds;
-    spec.workdir = args.workdir;
+    spec.workdir = args.workdir.clone().unwrap_or_else(|| "/".into());
     spec.env = args.env;
     spec.hostname = args.hostname;
-    spec.user = args.user;
+    spec.user = args.user.unwrap_or_default();
     spec.net = match args.net {
         Net::None => NetMode::None,
         Net::Host => NetMode::Host,
@@ -370,7 +387,13 @@ fn spec_from(args: RunArgs) -> SandboxSpec {
     spec.limits.output_bytes = args.output_limit;
     spec.limits.tmpfs_bytes = args.tmpfs_size;
     spec.limits.open_files = args.open_files;
-    spec
+    let mut lease = None;
+    if let Some(name) = &args.image {
+        let (store, record, held) = crate::image::for_run(args.image_store.as_deref(), name)?;
+        crate::image::apply(&mut spec, &store, &record, args.user.is_some(), args.workdir.is_some())?;
+        lease = Some(held);
+    }
+    Ok((spec, lease))
 }
 
 /// The eBPF side of a run: what to count and which budgets to enforce.
@@ -399,7 +422,13 @@ fn run(args: RunArgs) -> i32 {
         learn: args.learn.clone(),
         policy: args.policy.clone(),
     };
-    let spec = spec_from(args);
+    let (spec, _lease) = match spec_from(args) {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            return 125;
+        }
+    };
     // Open the report first, so a bad path fails before anything runs.
     let mut report = match &report_path {
         Some(path) => match std::fs::File::create(path) {

@@ -122,6 +122,7 @@ pub fn main(args: FnArgs) -> i32 {
         .token
         .clone()
         .or_else(|| std::env::var("ALCOVE_TOKEN").ok());
+    alcove_sys::signal::default_sigpipe();
     let client = Client::new(&server, token);
     match run(&client, args) {
         Ok(code) => code,

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod doctor;
 mod functions;
+mod image;
 mod profile;
 mod serve;
 mod trace;

@@ -8,7 +8,7 @@ use alcove_sys::mount::{
 };
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The skeleton of a host-view root, built once per distinct skeleton and kept
 /// as a template mount namespace (see `template`): a read-only tmpfs with the
@@ -111,29 +111,26 @@ pub(crate) fn per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<Moun
 /// The template for a `--rootfs` sandbox: a small read-only tmpfs holding the
 /// rootfs bound read-only at /lower, alcove's /dev, and empty mount points for
 /// the per-run tmpfs (/scratch) and overlay (/merged).
-pub(crate) fn rootfs_template_plan(lower: &Path) -> Vec<MountOp> {
+pub(crate) fn rootfs_template_plan(lower: &Path, more: &[PathBuf]) -> Vec<MountOp> {
     let root = Path::new(STAGING_DIR);
     let mut b = Builder { ops: Vec::new() };
     b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
     b.tmpfs(root, MS_NOSUID, "0755", 1 << 20);
-    for dir in ["lower", "scratch", "merged", "dev"] {
+    for dir in ["scratch", "merged", "dev"] {
         b.mkdir(&root.join(dir), 0o755);
     }
-    let lower_view = root.join("lower");
-    b.mount(
-        Some(lower.as_os_str().as_bytes()),
-        &lower_view,
-        None,
-        MS_BIND | MS_REC,
-        None,
-    );
-    b.mount(
-        None,
-        &lower_view,
-        None,
-        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
-        None,
-    );
+    for (i, layer) in std::iter::once(lower).chain(more.iter().map(PathBuf::as_path)).enumerate() {
+        let view = root.join(layer_view(i).trim_start_matches('/'));
+        b.mkdir(&view, 0o755);
+        b.mount(Some(layer.as_os_str().as_bytes()), &view, None, MS_BIND | MS_REC, None);
+        b.mount(
+            None,
+            &view,
+            None,
+            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            None,
+        );
+    }
     b.dev_nodes(&root.join("dev"));
     b.mount(
         None,
@@ -146,6 +143,15 @@ pub(crate) fn rootfs_template_plan(lower: &Path) -> Vec<MountOp> {
         new_root: cpath(root),
     });
     b.ops
+}
+
+/// Where a template shows lower layer `i` (0 is the top one, the rootfs).
+fn layer_view(i: usize) -> String {
+    if i == 0 {
+        "/lower".to_owned()
+    } else {
+        format!("/lower{i}")
+    }
 }
 
 /// What each `--rootfs` run does in its copy of the template: an overlay of
@@ -168,7 +174,10 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
         root,
         Some("overlay"),
         MS_NOSUID | MS_NODEV,
-        Some("lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work".into()),
+        Some(format!(
+            "lowerdir={},upperdir=/scratch/upper,workdir=/scratch/work",
+            (0..=spec.lower_layers.len()).map(layer_view).collect::<Vec<_>>().join(":")
+        )),
     );
     for dir in ["dev", "proc", "tmp"] {
         b.ops.push(MountOp::MkdirBestEffort {
@@ -207,9 +216,13 @@ pub(crate) fn rootfs_plan(spec: &SandboxSpec, lower: &Path, bind_trees: &[RawFd]
     for dir in [&upper, &work, &root] {
         b.mkdir(dir, 0o755);
     }
+    let lowers: Vec<String> = std::iter::once(lower)
+        .chain(spec.lower_layers.iter().map(PathBuf::as_path))
+        .map(|l| l.display().to_string())
+        .collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers.join(":"),
         upper.display(),
         work.display()
     );

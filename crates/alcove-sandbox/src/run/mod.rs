@@ -324,6 +324,12 @@ pub fn gc() -> Result<usize, SandboxError> {
     Ok(gc_orphans()? + pool::remove_all(layout) + template::remove_all())
 }
 
+/// Removes the template mount namespaces (runs that use one keep it open);
+/// the next run builds a fresh one. For after layers were removed.
+pub fn gc_templates() -> usize {
+    template::remove_all()
+}
+
 /// Kills what is left in, and removes, the cgroups of alcove processes that
 /// died mid-run (a killed `alcove run` or daemon); leaves the pool and the
 /// templates, which live alcoves share. A daemon calls this when it starts.
