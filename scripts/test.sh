@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
 alcove_require_root test.sh
-alcove_install_packages
+# umoci and skopeo build the real images the image tests import.
+alcove_install_packages umoci skopeo
 alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

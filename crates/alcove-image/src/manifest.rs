@@ -133,15 +133,22 @@ fn pick_manifest(
         other => other,
     };
     let is_manifest = |d: &&Descriptor| {
-        matches!(d.media_type(), MediaType::ImageManifest | MediaType::ImageIndex)
-            || matches!(d.media_type(), MediaType::Other(t) if t.contains("docker.distribution.manifest"))
+        matches!(
+            d.media_type(),
+            MediaType::ImageManifest | MediaType::ImageIndex
+        ) || matches!(d.media_type(), MediaType::Other(t) if t.contains("docker.distribution.manifest"))
     };
     let for_us = |d: &&Descriptor| {
         d.platform()
             .as_ref()
             .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
     };
-    let candidates: Vec<&Descriptor> = index.manifests().iter().filter(is_manifest).filter(for_us).collect();
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(is_manifest)
+        .filter(for_us)
+        .collect();
     let refs: Vec<String> = candidates.iter().filter_map(|d| ref_name(d)).collect();
     let tag_of = |d: &Descriptor| {
         d.annotations()
@@ -152,15 +159,29 @@ fn pick_manifest(
         (Some(r), _) => *candidates
             .iter()
             .find(|d| tag_of(d).as_deref() == Some(r) || ref_name(d).as_deref() == Some(r))
-            .ok_or_else(|| format(source, format!("no image {r:?} in index.json (it has: {})", refs.join(", "))))?,
+            .ok_or_else(|| {
+                format(
+                    source,
+                    format!("no image {r:?} in index.json (it has: {})", refs.join(", ")),
+                )
+            })?,
         (None, [one]) => *one,
-        (None, []) => return Err(format(source, format!("no manifest for linux/{arch} in index.json"))),
+        (None, []) => {
+            return Err(format(
+                source,
+                format!("no manifest for linux/{arch} in index.json"),
+            ))
+        }
         (None, [first, ..]) => {
             let distinct: std::collections::BTreeSet<&String> = refs.iter().collect();
             if distinct.len() > 1 {
                 return Err(format(
                     source,
-                    format!("it holds {} images ({}): pick one with --ref", candidates.len(), refs.join(", ")),
+                    format!(
+                        "it holds {} images ({}): pick one with --ref",
+                        candidates.len(),
+                        refs.join(", ")
+                    ),
                 ));
             }
             *first

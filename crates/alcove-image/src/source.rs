@@ -144,20 +144,49 @@ fn index_tar(file: &mut File) -> io::Result<HashMap<String, (u64, u64)>> {
     file.seek(SeekFrom::Start(0))?;
     let mut archive = tar::Archive::new(&mut *file);
     let mut members = HashMap::new();
+    let mut links = Vec::new();
     for entry in archive.entries()? {
         let entry = entry?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
         let path = entry.path()?.to_string_lossy().into_owned();
-        if let Some(name) = normalize(&path) {
+        let Some(name) = normalize(&path) else {
+            continue;
+        };
+        let kind = entry.header().entry_type();
+        if kind.is_file() {
             members.insert(name, (entry.raw_file_position(), entry.size()));
+        } else if kind.is_symlink() {
+            // docker save links `<id>/layer.tar` to `../<diff_id>.tar`.
+            if let Some(target) = entry.link_name()? {
+                let dir = Path::new(&name).parent().unwrap_or(Path::new(""));
+                let resolved = dir.join(target).to_string_lossy().into_owned();
+                links.push((name, resolved));
+            }
+        }
+    }
+    for (name, target) in links {
+        if let Some(&found) = resolve_dots(&target).and_then(|t| members.get(&t)) {
+            members.entry(name).or_insert(found);
         }
     }
     if members.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "no files in it"));
     }
     Ok(members)
+}
+
+/// `a/../b` as `b`, for link targets inside the archive; `None` if it climbs out.
+fn resolve_dots(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// `./a//b` as `a/b`; `None` for paths that climb out or are absolute.

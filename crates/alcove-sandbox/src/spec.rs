@@ -234,9 +234,17 @@ impl SandboxSpec {
             return invalid("lower layers need a rootfs (the top layer) above them".into());
         }
         if self.lower_layers.len() > 128 {
-            return invalid(format!("{} layers: alcove stacks at most 129", self.lower_layers.len() + 1));
+            return invalid(format!(
+                "{} layers: alcove stacks at most 129",
+                self.lower_layers.len() + 1
+            ));
         }
-        let lower_bytes: usize = self.rootfs.iter().chain(&self.lower_layers).map(|l| l.as_os_str().len() + 1).sum();
+        let lower_bytes: usize = self
+            .rootfs
+            .iter()
+            .chain(&self.lower_layers)
+            .map(|l| l.as_os_str().len() + 1)
+            .sum();
         if lower_bytes > 3072 {
             return invalid(format!(
                 "{} layers: their paths ({lower_bytes} bytes) do not fit in one overlay mount; flatten the image",

@@ -218,7 +218,11 @@ struct RunArgs {
     #[arg(long)]
     init: bool,
     /// The program and its arguments (after --).
-    #[arg(last = true, required_unless_present = "image", value_name = "PROGRAM [ARGS]...")]
+    #[arg(
+        last = true,
+        required_unless_present = "image",
+        value_name = "PROGRAM [ARGS]..."
+    )]
     argv: Vec<OsString>,
 }
 
@@ -343,15 +347,13 @@ fn bench(args: BenchArgs) -> i32 {
             Ok::<(), String>(())
         })(),
         BenchWhat::Ebpf { rounds, probe } => crate::bench::ebpf_overhead(&probe, rounds.max(1)),
-        BenchWhat::Phases { rounds, run } => {
-            match spec_from(*run) {
-                Ok((mut spec, _lease)) => {
-                    spec.record_phases = true;
-                    crate::bench::phases(&spec, rounds.max(1))
-                }
-                Err(e) => Err(format!("{e:#}")),
+        BenchWhat::Phases { rounds, run } => match spec_from(*run) {
+            Ok((mut spec, _lease)) => {
+                spec.record_phases = true;
+                crate::bench::phases(&spec, rounds.max(1))
             }
-        }
+            Err(e) => Err(format!("{e:#}")),
+        },
     };
     match result {
         Ok(()) => 0,
@@ -390,7 +392,13 @@ fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image:
     let mut lease = None;
     if let Some(name) = &args.image {
         let (store, record, held) = crate::image::for_run(args.image_store.as_deref(), name)?;
-        crate::image::apply(&mut spec, &store, &record, args.user.is_some(), args.workdir.is_some())?;
+        crate::image::apply(
+            &mut spec,
+            &store,
+            &record,
+            args.user.is_some(),
+            args.workdir.is_some(),
+        )?;
         lease = Some(held);
     }
     Ok((spec, lease))

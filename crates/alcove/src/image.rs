@@ -38,6 +38,12 @@ enum ImageCommand {
         /// Create device nodes found in layers (skipped by default).
         #[arg(long)]
         allow_devices: bool,
+        /// Refuse images whose layers unpack to more than this many bytes of files.
+        #[arg(long, value_name = "BYTES", default_value = "32G", value_parser = alcove_sandbox::units::parse_size)]
+        max_size: u64,
+        /// Refuse images whose layers hold more than this many entries.
+        #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+        max_files: u64,
     },
     /// List images with their size and the part of it shared with other images.
     Ls,
@@ -75,13 +81,28 @@ fn mib(bytes: u64) -> String {
 
 fn run(args: ImageArgs) -> anyhow::Result<()> {
     let store = store_at(args.store.as_deref())?;
-    let print = |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let print =
+        |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match args.command {
-        ImageCommand::Import { path, name, reference, quiet, allow_devices } => {
+        ImageCommand::Import {
+            path,
+            name,
+            reference,
+            quiet,
+            allow_devices,
+            max_size,
+            max_files,
+        } => {
             let options = ImportOptions {
                 name,
                 reference,
-                quiet: quiet || args.json, allow_devices, ..ImportOptions::default() };
+                quiet: quiet || args.json,
+                allow_devices,
+                limits: alcove_image::Limits {
+                    max_bytes: max_size,
+                    max_entries: max_files,
+                },
+            };
             let r = import(&store, &path, &options)?;
             if args.json {
                 print(serde_json::json!({
@@ -91,7 +112,11 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
                     "skipped_devices": r.skipped_devices, "seconds": r.seconds,
                 }));
             } else {
-                let rate = if r.seconds > 0.0 { r.unpacked_bytes as f64 / 1e6 / r.seconds } else { 0.0 };
+                let rate = if r.seconds > 0.0 {
+                    r.unpacked_bytes as f64 / 1e6 / r.seconds
+                } else {
+                    0.0
+                };
                 println!(
                     "imported {} (id {}): {} layers, {} unpacked, {} already stored; {} in {:.2} s ({rate:.0} MB/s)",
                     r.image.name,
@@ -103,7 +128,10 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
                     r.seconds
                 );
                 if r.skipped_devices > 0 {
-                    eprintln!("alcove: {} device node(s) skipped (--allow-devices keeps them)", r.skipped_devices);
+                    eprintln!(
+                        "alcove: {} device node(s) skipped (--allow-devices keeps them)",
+                        r.skipped_devices
+                    );
                 }
             }
         }
@@ -112,7 +140,10 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
             if args.json {
                 print(serde_json::to_value(&images)?);
             } else {
-                println!("{:<32} {:<12} {:>6} {:>10} {:>10}  CREATED", "NAME", "ID", "LAYERS", "SIZE", "SHARED");
+                println!(
+                    "{:<32} {:<12} {:>6} {:>10} {:>10}  CREATED",
+                    "NAME", "ID", "LAYERS", "SIZE", "SHARED"
+                );
                 for i in images {
                     println!(
                         "{:<32} {:<12} {:>6} {:>10} {:>10}  {}",
@@ -142,7 +173,10 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
             if args.json {
                 print(serde_json::json!({ "removed": record.name }));
             } else {
-                println!("removed {} (its layers stay until `alcove image prune`)", record.name);
+                println!(
+                    "removed {} (its layers stay until `alcove image prune`)",
+                    record.name
+                );
             }
         }
         ImageCommand::Prune => {
@@ -182,9 +216,18 @@ pub fn apply(
     spec.rootfs = Some(lowers.remove(0));
     spec.lower_layers = lowers;
     if spec.argv.is_empty() {
-        spec.argv = record.config.entrypoint.iter().chain(&record.config.cmd).map(OsString::from).collect();
+        spec.argv = record
+            .config
+            .entrypoint
+            .iter()
+            .chain(&record.config.cmd)
+            .map(OsString::from)
+            .collect();
         if spec.argv.is_empty() {
-            anyhow::bail!("image {} has no Entrypoint or Cmd: give a command after --", record.name);
+            anyhow::bail!(
+                "image {} has no Entrypoint or Cmd: give a command after --",
+                record.name
+            );
         }
     }
     let mut env: Vec<(OsString, OsString)> = record
@@ -223,32 +266,48 @@ fn resolve_user(store: &Store, record: &ImageRecord, user: &str) -> anyhow::Resu
     };
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
         for layer in store.lower_dirs(record) {
-            let Ok(text) = std::fs::read_to_string(layer.join(file)) else { continue };
+            let Ok(text) = std::fs::read_to_string(layer.join(file)) else {
+                continue;
+            };
             return text.lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?))).flatten()
+                (f.len() >= 4 && f[0] == name)
+                    .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                    .flatten()
             });
         }
         None
     };
     let (uid, mut gid) = match who.parse::<u32>() {
         Ok(uid) => (uid, uid),
-        Err(_) => lookup("etc/passwd", who)
-            .with_context(|| format!("image {}: user {who:?} is not in its /etc/passwd", record.name))?,
+        Err(_) => lookup("etc/passwd", who).with_context(|| {
+            format!(
+                "image {}: user {who:?} is not in its /etc/passwd",
+                record.name
+            )
+        })?,
     };
     if let Some(g) = group {
         gid = match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => lookup("etc/group", g)
                 .map(|(gid, _)| gid)
-                .with_context(|| format!("image {}: group {g:?} is not in its /etc/group", record.name))?,
+                .with_context(|| {
+                    format!(
+                        "image {}: group {g:?} is not in its /etc/group",
+                        record.name
+                    )
+                })?,
         };
     }
     Ok(User { uid, gid })
 }
 
 /// The image for `alcove run --image`: its record and a lease on its layers.
-pub fn for_run(store_dir: Option<&Path>, name: &str) -> anyhow::Result<(Store, ImageRecord, Lease)> {
+pub fn for_run(
+    store_dir: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<(Store, ImageRecord, Lease)> {
     let store = store_at(store_dir)?;
     let (record, lease) = store.lease(name)?;
     Ok((store, record, lease))

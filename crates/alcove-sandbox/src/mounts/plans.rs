@@ -119,10 +119,19 @@ pub(crate) fn rootfs_template_plan(lower: &Path, more: &[PathBuf]) -> Vec<MountO
     for dir in ["scratch", "merged", "dev"] {
         b.mkdir(&root.join(dir), 0o755);
     }
-    for (i, layer) in std::iter::once(lower).chain(more.iter().map(PathBuf::as_path)).enumerate() {
+    for (i, layer) in std::iter::once(lower)
+        .chain(more.iter().map(PathBuf::as_path))
+        .enumerate()
+    {
         let view = root.join(layer_view(i).trim_start_matches('/'));
         b.mkdir(&view, 0o755);
-        b.mount(Some(layer.as_os_str().as_bytes()), &view, None, MS_BIND | MS_REC, None);
+        b.mount(
+            Some(layer.as_os_str().as_bytes()),
+            &view,
+            None,
+            MS_BIND | MS_REC,
+            None,
+        );
         b.mount(
             None,
             &view,
@@ -176,7 +185,10 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
         MS_NOSUID | MS_NODEV,
         Some(format!(
             "lowerdir={},upperdir=/scratch/upper,workdir=/scratch/work",
-            (0..=spec.lower_layers.len()).map(layer_view).collect::<Vec<_>>().join(":")
+            (0..=spec.lower_layers.len())
+                .map(layer_view)
+                .collect::<Vec<_>>()
+                .join(":")
         )),
     );
     for dir in ["dev", "proc", "tmp"] {
