@@ -12,8 +12,13 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
     pub name: String,
-    /// The handler's argv, such as `["python3", "/fn/main.py"]`.
+    /// The handler's argv, such as `["python3", "/fn/main.py"]`; with an
+    /// image it may be left out to run the image's command.
+    #[serde(default)]
     pub handler: Vec<String>,
+    /// An imported image to run in, instead of the host's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The code: a tar archive, base64-encoded; mounted read-only at /fn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -160,6 +165,8 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         output_bytes: d.output_bytes.unwrap_or(defaults.output_bytes),
         net: d.net.unwrap_or(defaults.net),
         concurrency: d.concurrency.unwrap_or(defaults.concurrency),
+        image: d.image,
+        image_id: None,
     };
     let secrets = d
         .secrets

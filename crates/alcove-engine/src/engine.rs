@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub max_queued: usize,
     /// How long finished invocation records are kept, in seconds.
     pub keep_records_secs: f64,
+    /// The image store functions with an image run from.
+    pub image_store: PathBuf,
 }
 
 /// Old records are purged once per this many invocations.
@@ -37,6 +39,7 @@ impl EngineConfig {
             max_running: 4 * cpus,
             max_queued: 1024,
             keep_records_secs: 7.0 * 86400.0,
+            image_store: alcove_image::DEFAULT_STORE.into(),
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct Engine {
     /// Invocations recorded since the last purge of old records.
     since_purge: AtomicUsize,
     waiting: AtomicUsize,
+    /// Opened when a function first needs an image.
+    images: std::sync::OnceLock<alcove_image::Store>,
     pub metrics: Metrics,
 }
 
@@ -89,6 +94,7 @@ impl Engine {
             known: Mutex::new(HashMap::new()),
             since_purge: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            images: std::sync::OnceLock::new(),
             metrics,
         }))
     }
@@ -97,6 +103,14 @@ impl Engine {
     /// a blocking thread.
     pub fn deploy(&self, mut req: DeployRequest) -> Result<VersionInfo, EngineError> {
         validate(&req)?;
+        if let Some(name) = &req.config.image {
+            let record = self.image_store()?.get(name).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "image {name:?}: {e} (import it with `alcove image import`)"
+                ))
+            })?;
+            req.config.image_id = Some(record.id);
+        }
         let digest = match &req.code_tar {
             Some(tar) => Some(code::store_code(&self.config.data_dir, tar)?),
             None => None,
@@ -107,6 +121,19 @@ impl Engine {
                 .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets);
         self.forget(&req.name);
         version
+    }
+
+    fn image_store(&self) -> Result<&alcove_image::Store, EngineError> {
+        if let Some(store) = self.images.get() {
+            return Ok(store);
+        }
+        let store = alcove_image::Store::open(&self.config.image_store).map_err(|e| {
+            EngineError::Invalid(format!(
+                "the image store: {}",
+                alcove_sandbox::error_chain(&e)
+            ))
+        })?;
+        Ok(self.images.get_or_init(|| store))
     }
 
     fn forget(&self, name: &str) {
@@ -278,7 +305,17 @@ impl Engine {
         record.attempts += 1;
         record.started_at = Some(now());
         self.store.update_invocation(record)?;
-        let spec = self.spec_for(v, record, body)?;
+        let (spec, lease) = match self.spec_for(v, record, body) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // A version that cannot be prepared (its image is gone...) is a failed invocation.
+                record.status = "error".into();
+                record.error = Some(alcove_sandbox::error_chain(&e));
+                record.ended_at = Some(now());
+                self.store.update_invocation(record)?;
+                return Ok(Vec::new());
+            }
+        };
         self.metrics.sandboxes_alive.inc();
         self.metrics
             .starts
@@ -291,7 +328,9 @@ impl Engine {
                 forward_signals: false,
                 collect_usage: true,
             };
-            alcove_sandbox::run(&spec, &options)
+            let outcome = alcove_sandbox::run(&spec, &options);
+            drop(lease); // the image's layers may be pruned from now on
+            outcome
         })
         .await
         .expect("the sandbox thread does not panic");
@@ -390,9 +429,27 @@ impl Engine {
         v: &VersionInfo,
         record: &InvocationRecord,
         body: Vec<u8>,
-    ) -> Result<SandboxSpec, EngineError> {
+    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
         let c = &v.config;
         let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+        let mut lease = None;
+        if let Some(id) = &c.image_id {
+            let (image, held) = self.image_store()?.lease(id).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "the image of version {} ({}) is not in the store any more ({e}); import it again",
+                    v.version,
+                    c.image.as_deref().unwrap_or(id)
+                ))
+            })?;
+            crate::image::apply_image(
+                &mut spec,
+                self.image_store()?,
+                &image,
+                false,
+                v.code_digest.is_some(),
+            )?;
+            lease = Some(held);
+        }
         if let Some(digest) = &v.code_digest {
             spec.binds.push(Bind {
                 source: self.config.data_dir.join("code").join(digest),
@@ -436,7 +493,7 @@ impl Engine {
             NetMode::None
         };
         spec.stdio = Stdio::Capture { stdin: body };
-        Ok(spec)
+        Ok((spec, lease))
     }
 }
 
@@ -449,7 +506,8 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
         ));
     }
     let c = &req.config;
-    if c.handler.is_empty() || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
+    let no_handler = c.handler.is_empty() && c.image.is_none();
+    if no_handler || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return invalid(
             "handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into(),
         );
@@ -467,8 +525,14 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
             ));
         }
     }
-    // The rest (memory, CPUs, env...) is checked as the sandbox would check it.
-    let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+    // The rest (memory, CPUs, env...) is checked as the sandbox would check it
+    // (with an image and no handler, the image's command stands in).
+    let argv = if c.handler.is_empty() {
+        vec!["true".into()]
+    } else {
+        c.handler.iter().map(Into::into).collect()
+    };
+    let mut spec = SandboxSpec::new(argv);
     spec.limits.memory_bytes = c.memory_bytes;
     spec.limits.cpus = c.cpus;
     spec.limits.pids = c.pids;

@@ -7,12 +7,14 @@
 
 mod code;
 mod engine;
+mod image;
 mod metrics;
 mod model;
 mod store;
 
 pub use alcove_sandbox::error_chain;
 pub use engine::{Engine, EngineConfig, Invocation};
+pub use image::apply_image;
 pub use metrics::Metrics;
 pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
 

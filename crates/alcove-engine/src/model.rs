@@ -30,6 +30,13 @@ pub struct FunctionConfig {
     /// `none` (default: loopback only) or `host`.
     #[serde(default = "default_net")]
     pub net: String,
+    /// An imported image (`alcove image import`) to run in, instead of the
+    /// host's view; its command is the handler when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The image's id, pinned when the version is deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// Invocations of this function running at once; more wait in the queue.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,

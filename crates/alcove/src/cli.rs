@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Read the token from a file.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The image store functions deployed with --image run from
+    /// [default: $ALCOVE_IMAGES or /var/lib/alcove/images].
+    #[arg(long, value_name = "DIR")]
+    image_store: Option<PathBuf>,
     /// Sandboxes running at once over all functions [default: 4 per CPU].
     #[arg(long)]
     max_running: Option<usize>,
@@ -309,6 +313,7 @@ pub fn main() -> i32 {
                 data_dir: args.data_dir,
                 token: args.token,
                 token_file: args.token_file,
+                image_store: args.image_store,
                 max_running: args.max_running,
                 max_queued: args.max_queued,
             };
@@ -392,13 +397,14 @@ fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image:
     let mut lease = None;
     if let Some(name) = &args.image {
         let (store, record, held) = crate::image::for_run(args.image_store.as_deref(), name)?;
-        crate::image::apply(
+        alcove_engine::apply_image(
             &mut spec,
             &store,
             &record,
             args.user.is_some(),
             args.workdir.is_some(),
-        )?;
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         lease = Some(held);
     }
     Ok((spec, lease))

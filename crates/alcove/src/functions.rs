@@ -76,9 +76,13 @@ enum FnCommand {
 #[derive(Args, Debug)]
 struct DeployArgs {
     name: String,
-    /// The command to run, split like a shell would (no shell runs it): 'python3 /fn/main.py'.
-    #[arg(long)]
-    handler: String,
+    /// The command to run, split like a shell would (no shell runs it):
+    /// 'python3 /fn/main.py'. Optional with --image (its Entrypoint and Cmd run).
+    #[arg(long, required_unless_present = "image")]
+    handler: Option<String>,
+    /// Run in an imported image (`alcove image import`) instead of the host's view.
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
     /// A directory to copy into the function: read-only at /fn, the working directory.
     #[arg(long, value_name = "DIR")]
     code: Option<PathBuf>,
@@ -331,14 +335,14 @@ fn request_body(data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<V
 }
 
 fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
-    let handler = shlex::split(&d.handler)
-        .filter(|argv| !argv.is_empty())
-        .with_context(|| {
-            format!(
-                "--handler {:?}: give a command, quoted like in a shell",
-                d.handler
-            )
-        })?;
+    let handler = match &d.handler {
+        Some(line) => shlex::split(line)
+            .filter(|argv| !argv.is_empty())
+            .with_context(|| {
+                format!("--handler {line:?}: give a command, quoted like in a shell")
+            })?,
+        None => Vec::new(),
+    };
     let mut env = std::collections::BTreeMap::new();
     for kv in &d.env {
         let Some((k, v)) = kv.split_once('=') else {
@@ -376,6 +380,7 @@ fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
         output_bytes: d.output_limit,
         net: d.net,
         concurrency: d.concurrency,
+        image: d.image,
     })
 }
 

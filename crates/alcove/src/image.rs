@@ -1,10 +1,8 @@
 //! `alcove image ...`, and what `--image` does to a sandbox spec.
 
 use alcove_image::{import, ImageRecord, ImportOptions, Lease, Store, DEFAULT_STORE};
-use alcove_sandbox::{SandboxSpec, User};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -196,111 +194,6 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Makes `spec` run `record`: its layers as the root, its environment under
-/// the caller's, and its command, working directory and user where the
-/// caller gave none. Image users that are root run as nobody: alcove has no
-/// user namespace, so uid 0 inside would be uid 0 on the host.
-pub fn apply(
-    spec: &mut SandboxSpec,
-    store: &Store,
-    record: &ImageRecord,
-    explicit_user: bool,
-    explicit_workdir: bool,
-) -> anyhow::Result<()> {
-    let mut lowers = store.lower_dirs(record);
-    if lowers.is_empty() {
-        anyhow::bail!("image {} has no layers", record.name);
-    }
-    spec.rootfs = Some(lowers.remove(0));
-    spec.lower_layers = lowers;
-    if spec.argv.is_empty() {
-        spec.argv = record
-            .config
-            .entrypoint
-            .iter()
-            .chain(&record.config.cmd)
-            .map(OsString::from)
-            .collect();
-        if spec.argv.is_empty() {
-            anyhow::bail!(
-                "image {} has no Entrypoint or Cmd: give a command after --",
-                record.name
-            );
-        }
-    }
-    let mut env: Vec<(OsString, OsString)> = record
-        .config
-        .env
-        .iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
-        .collect();
-    for (k, v) in spec.env.drain(..) {
-        env.retain(|(key, _)| *key != k);
-        env.push((k, v));
-    }
-    spec.env = env;
-    if !explicit_workdir {
-        if let Some(dir) = &record.config.working_dir {
-            spec.workdir = dir.into();
-        }
-    }
-    if !explicit_user {
-        if let Some(user) = &record.config.user {
-            let resolved = resolve_user(store, record, user)?;
-            if resolved.uid != 0 {
-                spec.user = resolved;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `uid`, `uid:gid`, `name` or `name:group`, names looked up in the image's
-/// /etc/passwd and /etc/group (top layer first).
-fn resolve_user(store: &Store, record: &ImageRecord, user: &str) -> anyhow::Result<User> {
-    let (who, group) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        for layer in store.lower_dirs(record) {
-            let Ok(text) = std::fs::read_to_string(layer.join(file)) else {
-                continue;
-            };
-            return text.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 4 && f[0] == name)
-                    .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                    .flatten()
-            });
-        }
-        None
-    };
-    let (uid, mut gid) = match who.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => lookup("etc/passwd", who).with_context(|| {
-            format!(
-                "image {}: user {who:?} is not in its /etc/passwd",
-                record.name
-            )
-        })?,
-    };
-    if let Some(g) = group {
-        gid = match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => lookup("etc/group", g)
-                .map(|(gid, _)| gid)
-                .with_context(|| {
-                    format!(
-                        "image {}: group {g:?} is not in its /etc/group",
-                        record.name
-                    )
-                })?,
-        };
-    }
-    Ok(User { uid, gid })
 }
 
 /// The image for `alcove run --image`: its record and a lease on its layers.

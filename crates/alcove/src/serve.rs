@@ -13,6 +13,7 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub image_store: Option<PathBuf>,
     pub max_running: Option<usize>,
     pub max_queued: Option<usize>,
 }
@@ -51,6 +52,13 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     if let Some(n) = options.max_queued {
         config.max_queued = n;
+    }
+    if let Some(dir) = options
+        .image_store
+        .clone()
+        .or_else(|| std::env::var_os("ALCOVE_IMAGES").map(PathBuf::from))
+    {
+        config.image_store = dir;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

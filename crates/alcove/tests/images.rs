@@ -520,3 +520,93 @@ fn prune_removes_unused_layers_but_never_one_a_sandbox_uses() {
     );
     assert_eq!(count_entries(&store.join("layers")), 0);
 }
+
+#[test]
+fn functions_run_in_images() {
+    if !root_or_skip("functions_run_in_images") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let l = dir.path().join("layout");
+    let layers = [
+        tar_of(&[
+            Entry::Dir("bin"),
+            Entry::Executable("bin/sh", &busybox),
+            Entry::Symlink("bin/cat", "sh"),
+        ]),
+        tar_of(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/greeting", b"from the image"),
+        ]),
+    ];
+    layout(
+        &l,
+        &layers,
+        true,
+        json!({ "Cmd": ["/bin/sh", "-c", "cat /etc/greeting; echo \" and $(cat)\""], "Env": ["PATH=/bin"] }),
+    );
+    image_json(
+        &store,
+        &["import", l.to_str().unwrap(), "--name", "fnimg:1"],
+    );
+    let d = common::daemon::Daemon::start(
+        &dir.path().join("data"),
+        &["--image-store", store.to_str().unwrap()],
+    );
+
+    // No handler: the image's command runs, the body on its stdin.
+    let (code, out, err) = d.cli(&["deploy", "viaimage", "--image", "fnimg:1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deployed viaimage version 1"), "{out}");
+    let (code, out, err) = d.cli(&["invoke", "viaimage", "--data", "the body"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from the image and the body\n"),
+        "{err}"
+    );
+
+    // A handler and code on top of the image.
+    let code_dir = dir.path().join("code");
+    std::fs::create_dir(&code_dir).unwrap();
+    std::fs::write(
+        code_dir.join("h.sh"),
+        "echo code sees: $(cat /etc/greeting)\n",
+    )
+    .unwrap();
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "withcode",
+        "--image",
+        "fnimg:1",
+        "--handler",
+        "sh /fn/h.sh",
+        "--code",
+        code_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        d.cli(&["invoke", "withcode"]).1,
+        "code sees: from the image\n"
+    );
+
+    // An unknown image is refused at deploy, clearly.
+    let (code, _, err) = d.cli(&["deploy", "nope", "--image", "missing:1"]);
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("no image named") && err.contains("invalid_request"),
+        "{err}"
+    );
+
+    // A version whose image was removed and pruned fails as an invocation, with the reason.
+    image_json(&store, &["rm", "fnimg:1"]);
+    image_json(&store, &["prune"]);
+    let (code, _, err) = d.cli(&["invoke", "viaimage"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("function_not_started") && err.contains("import it again"),
+        "{err}"
+    );
+}

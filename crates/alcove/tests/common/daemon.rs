@@ -1,0 +1,190 @@
+//! A real `alcove serve` for the tests, on a loopback port, and one-shot
+//! HTTP requests to it.
+
+use super::ALCOVE;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A running daemon; killed (by its pid) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(data: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(ALCOVE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env_remove("ALCOVE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start alcove serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = String::new();
+        let log = Arc::new(Mutex::new(String::new()));
+        for line in lines.by_ref() {
+            let line = line.unwrap_or_default();
+            log.lock().unwrap().push_str(&line);
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                addr = rest.split(' ').next().unwrap().to_owned();
+                break;
+            }
+        }
+        assert!(
+            !addr.is_empty(),
+            "the daemon did not start: {}",
+            log.lock().unwrap()
+        );
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Daemon {
+            child,
+            addr,
+            data: data.to_owned(),
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ALCOVE)
+            .arg("fn")
+            .args(args)
+            .env("ALCOVE_SERVER", self.url())
+            .env_remove("ALCOVE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run alcove fn");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(&all);
+        assert!(
+            code == 0 || args[0] == "result",
+            "alcove fn {args:?} exited {code}: {err}"
+        );
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("alcove fn {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        http(&self.addr, method, path, &[], body)
+    }
+
+    pub fn kill9(&mut self) -> i32 {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        pid
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection, read to the end.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body); // a server that refuses early may close first
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
