@@ -201,3 +201,23 @@ fn normalize(path: &str) -> Option<String> {
     }
     (!parts.is_empty()).then(|| parts.join("/"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{normalize, resolve_dots};
+
+    #[test]
+    fn member_names_are_normalised_and_never_climb_out() {
+        assert_eq!(
+            normalize("./blobs//sha256/ab").as_deref(),
+            Some("blobs/sha256/ab")
+        );
+        assert_eq!(normalize("../x"), None);
+        assert_eq!(normalize("/etc/passwd"), None);
+        assert_eq!(
+            resolve_dots("3f65/../8354.tar").as_deref(),
+            Some("8354.tar")
+        );
+        assert_eq!(resolve_dots("../../etc"), None);
+    }
+}

@@ -408,3 +408,30 @@ pub(crate) fn valid_name(name: &str) -> bool {
     });
     name.len() <= 255 && repo_ok && tag_ok && !name.contains("//") && !name.contains("..")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{normalize_name, valid_name};
+
+    #[test]
+    fn names_get_a_tag_and_are_checked() {
+        assert_eq!(normalize_name("app"), "app:latest");
+        assert_eq!(
+            normalize_name("docker.io/library/app:3"),
+            "docker.io/library/app:3"
+        );
+        assert_eq!(normalize_name("registry/app"), "registry/app:latest");
+        for ok in [
+            "app:1",
+            "docker.io/library/python:3.11-slim",
+            "a_b.c-d:latest",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "App:1", ":1", "app:", "../x:1", "a//b:1", "app:1/2", "-app:1", "app:t@g",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
