@@ -10,9 +10,13 @@ alcove_ensure_rust
 
 # Static (glibc crt-static): no dynamic loader at start, ~0.3 ms less per run.
 target=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p alcove
 install -m 0755 "target/$target/release/alcove" /usr/local/bin/alcove
 install -m 0755 "target/$target/release/alcove-probe" /usr/local/bin/alcove-probe
+# The accelerator loads the NVIDIA driver and cuBLAS with dlopen, which a
+# static glibc binary cannot do reliably: it is linked dynamically.
+cargo build --release --locked -p alcove-accel
+install -m 0755 target/release/alcove-accel /usr/local/bin/alcove-accel
 echo "installed /usr/local/bin/alcove ($(alcove --version))"
 
 if [ "${1:-}" = "--no-demo" ]; then

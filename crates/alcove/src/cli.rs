@@ -28,6 +28,14 @@ enum Command {
     /// Run the functions daemon: an HTTP API (loopback by default) that deploys
     /// functions and runs each invocation in its own sandbox.
     Serve(ServeArgs),
+    /// The accelerator: devices, the calibrated cost model, and a CPU-vs-GPU
+    /// benchmark (runs `alcove-accel`, which loads the GPU driver dynamically).
+    #[command(disable_help_flag = true)]
+    Accel {
+        /// Arguments for alcove-accel: info [--json] | bench [--max N] [--dtype f32|f16|bf16] [--json].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Import, list, inspect and remove images (OCI and docker archives).
     Image(crate::image::ImageArgs),
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
@@ -307,6 +315,7 @@ pub fn main() -> i32 {
         Command::Doctor { json } => crate::doctor::run(json),
         Command::Fn(args) => crate::functions::main(args),
         Command::Image(args) => crate::image::main(args),
+        Command::Accel { args } => accel(&args),
         Command::Serve(args) => {
             let options = crate::serve::ServeOptions {
                 listen: args.listen,
@@ -333,6 +342,23 @@ pub fn main() -> i32 {
             Err(e) => fail(&e),
         },
     }
+}
+
+/// Execs `alcove-accel` from beside this binary (or from PATH).
+fn accel(args: &[OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("alcove-accel")));
+    let program = beside
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "alcove-accel".into());
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "alcove: error: cannot run {}: {err} (scripts/setup.sh installs alcove-accel next to alcove)",
+        program.display()
+    );
+    125
 }
 
 fn bench(args: BenchArgs) -> i32 {

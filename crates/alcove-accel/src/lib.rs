@@ -1,0 +1,119 @@
+//! alcove-accel owns heterogeneous compute: the devices this host has (CPU
+//! cores and SIMD; NVIDIA GPUs found at run time through the driver and
+//! cuBLAS loaded dynamically), executors for the same operations on each
+//! (matrix multiply, batched matrix multiply, an elementwise op), the cost
+//! model that predicts each device's time for an operation, and the
+//! scheduler that sends work where it finishes first.
+//!
+//! No GPU is the normal case and a clean state: [`devices::Gpus::discover`]
+//! says why there is none.
+
+pub mod accel;
+pub mod calibrate;
+pub mod cpu;
+pub mod devices;
+pub mod gpu;
+pub mod model;
+pub mod scheduler;
+
+/// What to compute. Matrices are row-major; `a` is m x k, `b` is k x n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Op {
+    /// `c = a * b`.
+    Matmul {
+        m: usize,
+        n: usize,
+        k: usize,
+        dtype: DType,
+    },
+    /// `batch` independent products, operands packed one after another.
+    BatchedMatmul {
+        batch: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        dtype: DType,
+    },
+    /// `c = max(a, 0)` over `len` elements (ReLU).
+    Relu { len: usize, dtype: DType },
+}
+
+/// Element types. The CPU executor computes f32; f16 and bf16 run on GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+}
+
+impl Op {
+    /// Floating-point operations it performs.
+    pub fn flops(&self) -> f64 {
+        match *self {
+            Op::Matmul { m, n, k, .. } => 2.0 * m as f64 * n as f64 * k as f64,
+            Op::BatchedMatmul { batch, m, n, k, .. } => {
+                2.0 * batch as f64 * m as f64 * n as f64 * k as f64
+            }
+            Op::Relu { len, .. } => len as f64,
+        }
+    }
+
+    /// Elements of input (both operands) and of output.
+    pub fn elements(&self) -> (usize, usize) {
+        match *self {
+            Op::Matmul { m, n, k, .. } => (m * k + k * n, m * n),
+            Op::BatchedMatmul { batch, m, n, k, .. } => (batch * (m * k + k * n), batch * m * n),
+            Op::Relu { len, .. } => (len, len),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match *self {
+            Op::Matmul { dtype, .. } | Op::BatchedMatmul { dtype, .. } | Op::Relu { dtype, .. } => {
+                dtype
+            }
+        }
+    }
+
+    /// Bytes in and out.
+    pub fn bytes(&self) -> (u64, u64) {
+        let (i, o) = self.elements();
+        let s = self.dtype().size() as u64;
+        (i as u64 * s, o as u64 * s)
+    }
+
+    /// Whether the arguments make sense (non-zero, not absurdly large).
+    pub fn check(&self) -> Result<(), String> {
+        let dims: &[usize] = match self {
+            Op::Matmul { m, n, k, .. } => &[*m, *n, *k],
+            Op::BatchedMatmul { batch, m, n, k, .. } => &[*batch, *m, *n, *k],
+            Op::Relu { len, .. } => &[*len],
+        };
+        if dims.contains(&0) {
+            return Err("every dimension must be at least 1".into());
+        }
+        let (i, o) = self.elements();
+        if (i + o) as u64 * self.dtype().size() as u64 > 64 << 30 {
+            return Err("operands over 64 GiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which kind of device runs an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+}

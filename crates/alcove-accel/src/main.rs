@@ -1,0 +1,207 @@
+//! `alcove-accel`: the accelerator as a command (`alcove accel ...` runs
+//! it). It is linked dynamically, unlike `alcove`, because it loads the
+//! NVIDIA driver and cuBLAS at run time.
+
+use alcove_accel::accel::{Accel, Placement};
+use alcove_accel::devices::Gpus;
+use alcove_accel::{DType, DeviceKind, Op};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "alcove accel",
+    version,
+    about = "alcove's accelerator: devices, cost model, benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the devices found and the cost model calibrated on them.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time square products from tiny to large on every device; print the
+    /// model's choice and its regret (chosen time / best time).
+    Bench {
+        /// Largest size (n for n x n x n) [default: 2048 without a GPU, 8192 with one].
+        #[arg(long)]
+        max: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Dt::F32)]
+        dtype: Dt,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+enum Dt {
+    F32,
+    F16,
+    Bf16,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { json } => info(json),
+        Command::Bench { max, dtype, json } => bench(max, dtype, json),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            std::process::ExitCode::from(125)
+        }
+    }
+}
+
+fn info(json: bool) -> anyhow::Result<()> {
+    let accel = Accel::start();
+    let profiles = accel.profiles();
+    if json {
+        let v = serde_json::json!({ "cpu": accel.cpu, "gpus": accel.gpus, "profiles": profiles });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "CPU: {} ({} threads; {})",
+        accel.cpu.model,
+        accel.cpu.cores,
+        accel.cpu.simd.join(" ")
+    );
+    match &accel.gpus {
+        Gpus::Present { devices } => {
+            for d in devices {
+                println!(
+                    "GPU {}: {} ({:.0} GiB, compute capability {}.{})",
+                    d.ordinal,
+                    d.name,
+                    d.memory_bytes as f64 / (1u64 << 30) as f64,
+                    d.compute_capability.0,
+                    d.compute_capability.1
+                );
+            }
+        }
+        Gpus::Absent { reason } => {
+            println!("GPU: none ({reason}); every operation runs on the CPU")
+        }
+    }
+    println!();
+    for p in &profiles {
+        println!("{} [{:?}]", p.name, p.kind);
+        if p.kind == DeviceKind::Gpu {
+            println!(
+                "  host->device {:.1} GB/s pinned, {:.1} GB/s pageable; device->host {:.1} GB/s",
+                p.h2d_pinned_gbps, p.h2d_pageable_gbps, p.d2h_gbps
+            );
+        }
+        println!("  fixed cost per call {:.2} us", p.launch_us);
+        for (dtype, points) in &p.speed {
+            let text: Vec<String> = points
+                .iter()
+                .map(|s| format!("n={}: {:.1}", (s.flops / 2.0).cbrt().round(), s.gflops))
+                .collect();
+            println!("  {dtype:?} GFLOP/s by size: {}", text.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn bench(max: Option<usize>, dtype: Dt, json: bool) -> anyhow::Result<()> {
+    let accel = Accel::start();
+    let dtype = match dtype {
+        Dt::F32 => DType::F32,
+        Dt::F16 => DType::F16,
+        Dt::Bf16 => DType::Bf16,
+    };
+    let max = max.unwrap_or(if accel.has_gpu() { 8192 } else { 2048 });
+    let mut rows = Vec::new();
+    let mut n = 8;
+    while n <= max {
+        let op = Op::Matmul {
+            m: n,
+            n,
+            k: n,
+            dtype,
+        };
+        let (choice, predicted) = accel.choose(&op);
+        let values: Vec<f32> = (0..n * n)
+            .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let a = alcove_accel::accel::encode(dtype, &values);
+        let b = a.clone();
+        let mut c = vec![0u8; a.len()];
+        let reps = if n <= 256 {
+            20
+        } else if n <= 1024 {
+            5
+        } else {
+            2
+        };
+        let mut time = |placement| -> anyhow::Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..reps {
+                best = best.min(accel.run(&op, placement, &a, &b, &mut c)?.seconds);
+            }
+            Ok(best)
+        };
+        let cpu = time(Placement::Cpu)?;
+        let gpu = if accel.has_gpu() {
+            Some(time(Placement::Gpu)?)
+        } else {
+            None
+        };
+        let chosen = match choice {
+            DeviceKind::Cpu => cpu,
+            DeviceKind::Gpu => gpu.unwrap_or(cpu),
+        };
+        let best = gpu.map_or(cpu, |g| g.min(cpu));
+        rows.push(serde_json::json!({
+            "n": n, "cpu_ms": cpu * 1e3, "gpu_ms": gpu.map(|g| g * 1e3), "choice": choice,
+            "predicted_ms": predicted * 1e3, "regret": chosen / best,
+        }));
+        n *= 2;
+    }
+    let mean_regret = rows
+        .iter()
+        .map(|r| r["regret"].as_f64().unwrap_or(1.0))
+        .sum::<f64>()
+        / rows.len().max(1) as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "rows": rows, "mean_regret": mean_regret, "gpus": accel.gpus })
+            )?
+        );
+        return Ok(());
+    }
+    if let Gpus::Absent { reason } = &accel.gpus {
+        println!("(no GPU: {reason}; the GPU column is empty and every choice is the CPU)");
+    }
+    println!(
+        "{:>6} {:>12} {:>12} {:>8} {:>14} {:>8}",
+        "n", "cpu ms", "gpu ms", "choice", "predicted ms", "regret"
+    );
+    for r in &rows {
+        let gpu = r["gpu_ms"]
+            .as_f64()
+            .map_or("-".into(), |g| format!("{g:.3}"));
+        println!(
+            "{:>6} {:>12.3} {:>12} {:>8} {:>14.3} {:>8.3}",
+            r["n"].as_u64().unwrap_or(0),
+            r["cpu_ms"].as_f64().unwrap_or(0.0),
+            gpu,
+            r["choice"].as_str().unwrap_or(""),
+            r["predicted_ms"].as_f64().unwrap_or(0.0),
+            r["regret"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!("mean regret {mean_regret:.3}");
+    Ok(())
+}
