@@ -10,11 +10,13 @@
 
 pub mod accel;
 pub mod calibrate;
+pub mod client;
 pub mod cpu;
 pub mod devices;
 pub mod gpu;
 pub mod model;
 pub mod scheduler;
+pub mod service;
 
 /// What to compute. Matrices are row-major; `a` is m x k, `b` is k x n.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

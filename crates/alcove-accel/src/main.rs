@@ -25,6 +25,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve sandboxes (started by `alcove serve`): connections arrive on
+    /// stdin, a SOCK_SEQPACKET socket, each with its placement; exits when
+    /// stdin closes.
+    Serve,
     /// Time square products from tiny to large on every device; print the
     /// model's choice and its regret (chosen time / best time).
     Bench {
@@ -49,6 +53,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info(json),
+        Command::Serve => serve(),
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
     };
     match result {
@@ -58,6 +63,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(125)
         }
     }
+}
+
+fn serve() -> anyhow::Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 0 is the control socket our parent handed us as stdin; it is
+    // taken once, here, and nothing else in this process uses stdin.
+    let control = unsafe { std::os::fd::OwnedFd::from_raw_fd(0) };
+    let accel = std::sync::Arc::new(Accel::start());
+    alcove_accel::service::serve_control(accel, control);
+    Ok(())
 }
 
 fn info(json: bool) -> anyhow::Result<()> {

@@ -112,6 +112,8 @@ pub(crate) struct ChildPlan {
     pub gid: u32,
     /// `(fd in the child, target)` pairs for captured stdout/stderr.
     pub stdio: Vec<(RawFd, RawFd)>,
+    /// Descriptors the program keeps across exec.
+    pub keep_fds: Vec<RawFd>,
     pub seccomp: &'static [libc::sock_filter],
     pub exec_candidates: Vec<CString>,
     pub argv: Vec<*const libc::c_char>,
@@ -230,6 +232,9 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     }
     alcove_sys::signal::reset_for_exec();
     fd::cloexec_from(3).map_err(at(Stage::FdCleanup))?;
+    for &keep in &plan.keep_fds {
+        fd::set_cloexec(keep, false).map_err(at(Stage::FdCleanup))?;
+    }
     process::set_no_new_privs().map_err(at(Stage::NoNewPrivs))?;
     if let Some(landlock) = &plan.landlock {
         restrict_paths(landlock.handled, &landlock.rules)?;

@@ -183,6 +183,10 @@ pub struct SandboxSpec {
     /// (a `--policy` profile) and answers EPERM to the rest.
     pub syscall_allow_list: Option<Vec<u32>>,
     pub stdio: Stdio,
+    /// Open files the program inherits under their own numbers (not closed
+    /// at exec, unlike every other descriptor of alcove's): a socket to a
+    /// service, say. Tell the program the numbers (an environment variable).
+    pub inherit_fds: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl SandboxSpec {
@@ -192,6 +196,7 @@ impl SandboxSpec {
             argv,
             rootfs: None,
             lower_layers: Vec::new(),
+            inherit_fds: Vec::new(),
             binds: Vec::new(),
             workdir: PathBuf::from("/"),
             env: Vec::new(),

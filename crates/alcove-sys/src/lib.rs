@@ -21,6 +21,7 @@ pub mod pidfd;
 pub mod process;
 pub mod seccomp;
 pub mod signal;
+pub mod unix;
 
 use std::io;
 

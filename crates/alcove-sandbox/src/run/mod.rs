@@ -168,6 +168,7 @@ pub fn run_observed(
             .iter()
             .map(|(fd, t)| (fd.as_raw_fd(), *t))
             .collect(),
+        keep_fds: spec.inherit_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
         seccomp: crate::seccomp::filter(),
         exec_candidates: exec_candidates(spec),
         argv: pointers(&argv_c),

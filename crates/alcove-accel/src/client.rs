@@ -1,0 +1,136 @@
+//! The Rust client for the accelerator service, for programs inside a
+//! sandbox: `Client::from_env()` takes the socket alcove passed in
+//! (`ALCOVE_ACCEL_FD`).
+
+use crate::service::{operand_bytes, Reply, Request};
+use crate::{DType, Op};
+use alcove_sys::unix::{recv_with_fd, sealed_memfd, send_with_fd, SharedMapping};
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+pub struct Client {
+    sock: OwnedFd,
+}
+
+fn other(e: impl ToString) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Client {
+    pub fn new(sock: OwnedFd) -> Client {
+        Client { sock }
+    }
+
+    /// The socket alcove passed in; an error says how to get one.
+    pub fn from_env() -> io::Result<Client> {
+        let value = std::env::var("ALCOVE_ACCEL_FD").map_err(|_| {
+            other("ALCOVE_ACCEL_FD is not set: deploy the function with --accel auto|cpu|gpu")
+        })?;
+        let fd: i32 = value.parse().map_err(|_| {
+            other(format!(
+                "ALCOVE_ACCEL_FD={value:?} is not a descriptor number"
+            ))
+        })?;
+        // SAFETY: alcove passes this descriptor to the program for it alone;
+        // from_env takes it once, and the caller does not close it elsewhere.
+        Ok(Client {
+            sock: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn call(&self, request: &Request, memfd: Option<&OwnedFd>) -> io::Result<Reply> {
+        let bytes = serde_json::to_vec(request).map_err(other)?;
+        send_with_fd(self.sock.as_fd(), &bytes, memfd.map(AsFd::as_fd))?;
+        let mut buf = vec![0u8; 64 << 10];
+        let (n, _) = recv_with_fd(self.sock.as_fd(), &mut buf)?;
+        if n == 0 {
+            return Err(other("the accelerator service closed the connection"));
+        }
+        serde_json::from_slice(&buf[..n]).map_err(other)
+    }
+
+    /// The devices and this connection's placement.
+    pub fn info(&self) -> io::Result<serde_json::Value> {
+        let reply = self.call(
+            &Request {
+                op: "info".into(),
+                ..Request::default()
+            },
+            None,
+        )?;
+        reply
+            .info
+            .ok_or_else(|| other(reply.error.unwrap_or_default()))
+    }
+
+    /// Runs `op` on operands `a` and `b` (bytes of its element type) and
+    /// returns the result's bytes and the service's reply.
+    pub fn run(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
+        let (la, lb, lc) = operand_bytes(op);
+        if a.len() != la || b.len() != lb {
+            return Err(other(format!(
+                "operands of {} and {} bytes; {op:?} takes {la} and {lb}",
+                a.len(),
+                b.len()
+            )));
+        }
+        let memfd = sealed_memfd(la + lb + lc)?;
+        let mut map = SharedMapping::new(memfd.as_fd(), la + lb + lc)?;
+        map.write(0, a);
+        map.write(la, b);
+        let (kind, batch, m, n, k, len) = match *op {
+            Op::Matmul { m, n, k, .. } => ("matmul", None, Some(m), Some(n), Some(k), None),
+            Op::BatchedMatmul { batch, m, n, k, .. } => (
+                "batched_matmul",
+                Some(batch),
+                Some(m),
+                Some(n),
+                Some(k),
+                None,
+            ),
+            Op::Relu { len, .. } => ("relu", None, None, None, None, Some(len)),
+        };
+        let request = Request {
+            op: kind.into(),
+            dtype: Some(op.dtype()),
+            batch,
+            m,
+            n,
+            k,
+            len,
+            a: 0,
+            b: la,
+            c: la + lb,
+        };
+        let reply = self.call(&request, Some(&memfd))?;
+        if !reply.ok {
+            return Err(other(reply.error.clone().unwrap_or_default()));
+        }
+        let mut c = vec![0u8; lc];
+        map.read(la + lb, &mut c);
+        Ok((c, reply))
+    }
+
+    /// `a * b` for f32 row-major matrices.
+    pub fn matmul_f32(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+    ) -> io::Result<(Vec<f32>, Reply)> {
+        let op = Op::Matmul {
+            m,
+            n,
+            k,
+            dtype: DType::F32,
+        };
+        let (c, reply) = self.run(
+            &op,
+            &crate::accel::encode(DType::F32, a),
+            &crate::accel::encode(DType::F32, b),
+        )?;
+        Ok((crate::accel::decode(DType::F32, &c), reply))
+    }
+}

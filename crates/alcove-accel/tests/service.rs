@@ -1,0 +1,161 @@
+//! The accelerator service over its real socket protocol: a spawned
+//! `alcove-accel serve`, connections granted through its control socket,
+//! operands in sealed memfds.
+
+use alcove_accel::accel::Placement;
+use alcove_accel::client::Client;
+use alcove_accel::service::Grant;
+use alcove_sys::unix::{recv_with_fd, send_with_fd, seqpacket_pair, SharedMapping};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_alcove-accel");
+
+struct Service {
+    child: std::process::Child,
+    control: Option<OwnedFd>,
+}
+
+impl Service {
+    fn start() -> Service {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .stdin(Stdio::from(theirs))
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            control: Some(ours),
+        }
+    }
+
+    fn connect(&self, placement: Placement) -> Client {
+        let (client_end, service_end) = seqpacket_pair().unwrap();
+        let grant = serde_json::to_vec(&Grant { placement }).unwrap();
+        send_with_fd(
+            self.control.as_ref().unwrap().as_fd(),
+            &grant,
+            Some(service_end.as_fd()),
+        )
+        .unwrap();
+        Client::new(client_end)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn products_through_shared_memory_match_and_errors_are_clear() {
+    let service = Service::start();
+    let client = service.connect(Placement::Auto);
+    let info = client.info().unwrap();
+    assert_eq!(info["placement"], "auto");
+    let (m, n, k) = (3, 2, 4);
+    let a: Vec<f32> = (0..m * k).map(|i| i as f32 - 5.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i as f32) * 0.5).collect();
+    let (c, reply) = client.matmul_f32(m, n, k, &a, &b).unwrap();
+    assert_eq!(c, alcove_accel::cpu::naive_matmul(m, n, k, &a, &b));
+    assert!(reply.ok && reply.seconds.unwrap() > 0.0);
+    if info["gpus"]["state"] == "absent" {
+        eprintln!(
+            "SKIPPED the GPU placement check: {}",
+            info["gpus"]["reason"]
+        );
+        assert_eq!(reply.device, Some(alcove_accel::DeviceKind::Cpu));
+        let gpu_only = service.connect(Placement::Gpu);
+        let err = gpu_only
+            .matmul_f32(m, n, k, &a, &b)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no GPU: "), "{err}");
+    }
+
+    // An unsealed memfd, a short memfd, an unknown op: each answered, the connection still usable.
+    let unsealed = {
+        // SAFETY: memfd_create with a literal name returns a new fd we own.
+        let fd = unsafe { libc::memfd_create(c"plain".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above; the fd is ours alone.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own fd.
+        assert_eq!(
+            unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) },
+            0
+        );
+        fd
+    };
+    let (sock_ours, sock_theirs) = seqpacket_pair().unwrap();
+    let grant = serde_json::to_vec(&Grant {
+        placement: Placement::Cpu,
+    })
+    .unwrap();
+    send_with_fd(
+        service.control.as_ref().unwrap().as_fd(),
+        &grant,
+        Some(sock_theirs.as_fd()),
+    )
+    .unwrap();
+    let ask = |body: &str, fd: Option<&OwnedFd>| -> serde_json::Value {
+        send_with_fd(sock_ours.as_fd(), body.as_bytes(), fd.map(AsFd::as_fd)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = recv_with_fd(sock_ours.as_fd(), &mut buf).unwrap();
+        serde_json::from_slice(&buf[..n]).unwrap()
+    };
+    let r = ask(
+        r#"{"op":"matmul","m":2,"n":2,"k":2,"a":0,"b":16,"c":32}"#,
+        Some(&unsealed),
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("sealed against shrinking"),
+        "{r}"
+    );
+    let small = alcove_sys::unix::sealed_memfd(16).unwrap();
+    let r = ask(
+        r#"{"op":"matmul","m":2,"n":2,"k":2,"a":0,"b":16,"c":32}"#,
+        Some(&small),
+    );
+    assert!(r["error"].as_str().unwrap().contains("do not fit"), "{r}");
+    let r = ask(r#"{"op":"convolve"}"#, None);
+    assert!(r["error"].as_str().unwrap().contains("unknown op"), "{r}");
+    let r = ask("not json", None);
+    assert!(
+        r["error"].as_str().unwrap().contains("not valid JSON"),
+        "{r}"
+    );
+    let r = ask(r#"{"op":"matmul","m":0,"n":2,"k":2}"#, None);
+    assert!(r["error"].as_str().unwrap().contains("at least 1"), "{r}");
+    // The connection still works after the errors.
+    let memfd = alcove_sys::unix::sealed_memfd(48).unwrap();
+    let mut map = SharedMapping::new(memfd.as_fd(), 48).unwrap();
+    let ones = alcove_accel::accel::encode(alcove_accel::DType::F32, &[1.0, 2.0, 3.0, 4.0]);
+    map.write(0, &ones);
+    map.write(16, &ones);
+    let r = ask(
+        r#"{"op":"matmul","m":2,"n":2,"k":2,"a":0,"b":16,"c":32}"#,
+        Some(&memfd),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let mut out = vec![0u8; 16];
+    map.read(32, &mut out);
+    assert_eq!(
+        alcove_accel::accel::decode(alcove_accel::DType::F32, &out),
+        [7.0, 10.0, 15.0, 22.0]
+    );
+}
+
+#[test]
+fn the_service_exits_when_its_control_socket_closes() {
+    let mut service = Service::start();
+    drop(service.control.take());
+    let status = service.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
