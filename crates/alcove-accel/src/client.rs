@@ -33,9 +33,8 @@ impl Client {
         })?;
         // SAFETY: alcove passes this descriptor to the program for it alone;
         // from_env takes it once, and the caller does not close it elsewhere.
-        Ok(Client {
-            sock: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Client { sock })
     }
 
     fn call(&self, request: &Request, memfd: Option<&OwnedFd>) -> io::Result<Reply> {
