@@ -83,11 +83,10 @@ fn products_through_shared_memory_match_and_errors_are_clear() {
         assert!(fd >= 0);
         // SAFETY: as above; the fd is ours alone.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         // SAFETY: ftruncate on our own fd.
-        assert_eq!(
-            unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) },
-            0
-        );
+        let truncated = unsafe { libc::ftruncate(raw, 4096) };
+        assert_eq!(truncated, 0);
         fd
     };
     let (sock_ours, sock_theirs) = seqpacket_pair().unwrap();
