@@ -3,6 +3,7 @@
 //! why they were skipped.
 
 use serde_json::Value;
+use std::io::Write as _;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_alcove-accel");
@@ -28,7 +29,7 @@ fn info_reports_the_devices_and_a_calibrated_model() {
         Some("absent") => {
             let reason = info["gpus"]["reason"].as_str().unwrap();
             assert!(!reason.is_empty());
-            eprintln!("SKIPPED the GPU half of info: {reason}");
+            let _ = writeln!(std::io::stderr(), "SKIPPED the GPU half of info: {reason}");
             assert_eq!(
                 info["profiles"].as_array().unwrap().len(),
                 1,
@@ -72,7 +73,8 @@ fn bench_reports_choices_and_regret() {
         assert!(r["regret"].as_f64().unwrap() >= 1.0);
     }
     if bench["gpus"]["state"] == "absent" {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED the GPU columns of bench: {}",
             bench["gpus"]["reason"]
         );
@@ -102,7 +104,10 @@ fn asking_for_the_gpu_without_one_is_a_clear_error() {
         [7.0, 10.0, 15.0, 22.0]
     );
     if accel.has_gpu() {
-        eprintln!("(a GPU is present: the no-GPU error is not reachable here)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "(a GPU is present: the no-GPU error is not reachable here)"
+        );
         return;
     }
     assert_eq!(ran.device, alcove_accel::DeviceKind::Cpu);

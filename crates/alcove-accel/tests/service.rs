@@ -6,6 +6,7 @@ use alcove_accel::accel::Placement;
 use alcove_accel::client::Client;
 use alcove_accel::service::Grant;
 use alcove_sys::unix::{recv_with_fd, send_with_fd, seqpacket_pair, SharedMapping};
+use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
 
@@ -63,7 +64,8 @@ fn products_through_shared_memory_match_and_errors_are_clear() {
     assert_eq!(c, alcove_accel::cpu::naive_matmul(m, n, k, &a, &b));
     assert!(reply.ok && reply.seconds.unwrap() > 0.0);
     if info["gpus"]["state"] == "absent" {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED the GPU placement check: {}",
             info["gpus"]["reason"]
         );

@@ -19,6 +19,9 @@ pub struct DeployBody {
     /// An imported image to run in, instead of the host's view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The accelerator service inside the sandbox: auto, cpu or gpu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
     /// The code: a tar archive, base64-encoded; mounted read-only at /fn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -167,6 +170,7 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         concurrency: d.concurrency.unwrap_or(defaults.concurrency),
         image: d.image,
         image_id: None,
+        accel: d.accel,
     };
     let secrets = d
         .secrets

@@ -8,6 +8,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use std::io::Write as _;
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -22,7 +23,10 @@ fn root_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIPPED {test}: runs sandboxes, which needs root; run the tests as root");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: runs sandboxes, which needs root; run the tests as root"
+    );
     false
 }
 

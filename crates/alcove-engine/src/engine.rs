@@ -8,6 +8,7 @@ use crate::store::{now, Store};
 use crate::{EngineError, STDERR_KEPT};
 use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Stdio};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     pub keep_records_secs: f64,
     /// The image store functions with an image run from.
     pub image_store: PathBuf,
+    /// The `alcove-accel` program, started when a function first needs it.
+    pub accel_program: PathBuf,
 }
 
 /// Old records are purged once per this many invocations.
@@ -40,6 +43,11 @@ impl EngineConfig {
             max_queued: 1024,
             keep_records_secs: 7.0 * 86400.0,
             image_store: alcove_image::DEFAULT_STORE.into(),
+            accel_program: std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("alcove-accel")))
+                .filter(|p| p.exists())
+                .unwrap_or_else(|| "alcove-accel".into()),
         }
     }
 }
@@ -65,6 +73,8 @@ pub struct Engine {
     waiting: AtomicUsize,
     /// Opened when a function first needs an image.
     images: std::sync::OnceLock<alcove_image::Store>,
+    /// Started when a function first needs it.
+    accel: Mutex<Option<crate::accel::Service>>,
     pub metrics: Metrics,
 }
 
@@ -95,6 +105,7 @@ impl Engine {
             since_purge: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             images: std::sync::OnceLock::new(),
+            accel: Mutex::new(None),
             metrics,
         }))
     }
@@ -492,6 +503,15 @@ impl Engine {
         } else {
             NetMode::None
         };
+        if let Some(placement) = &c.accel {
+            let mut service = self.accel.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = crate::accel::connect(&mut service, &self.config.accel_program, placement)?;
+            spec.env.push((
+                "ALCOVE_ACCEL_FD".into(),
+                conn.as_raw_fd().to_string().into(),
+            ));
+            spec.inherit_fds.push(Arc::new(conn));
+        }
         spec.stdio = Stdio::Capture { stdin: body };
         Ok((spec, lease))
     }
@@ -511,6 +531,11 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
         return invalid(
             "handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into(),
         );
+    }
+    if let Some(a) = &c.accel {
+        if !["auto", "cpu", "gpu"].contains(&a.as_str()) {
+            return invalid(format!("accel {a:?}: use \"auto\", \"cpu\" or \"gpu\""));
+        }
     }
     if c.net != "none" && c.net != "host" {
         return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));

@@ -5,6 +5,7 @@
 //!
 //! It knows nothing of HTTP (alcove-api) or command lines (alcove).
 
+mod accel;
 mod code;
 mod engine;
 mod image;

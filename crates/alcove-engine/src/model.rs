@@ -37,6 +37,10 @@ pub struct FunctionConfig {
     /// The image's id, pinned when the version is deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The accelerator service inside the sandbox: `auto` (the cost model
+    /// picks CPU or GPU per call), `cpu` or `gpu`; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
     /// Invocations of this function running at once; more wait in the queue.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,

@@ -83,6 +83,10 @@ struct DeployArgs {
     /// Run in an imported image (`alcove image import`) instead of the host's view.
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
+    /// Give the handler the accelerator service (ALCOVE_ACCEL_FD; clients in
+    /// clients/python and the alcove-accel crate): auto, cpu or gpu.
+    #[arg(long, value_name = "PLACEMENT")]
+    accel: Option<String>,
     /// A directory to copy into the function: read-only at /fn, the working directory.
     #[arg(long, value_name = "DIR")]
     code: Option<PathBuf>,
@@ -381,6 +385,7 @@ fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
         net: d.net,
         concurrency: d.concurrency,
         image: d.image,
+        accel: d.accel,
     })
 }
 

@@ -7,6 +7,7 @@ mod common;
 use common::oci::{gzip, layout, tar_of, Entry};
 use common::*;
 use serde_json::{json, Value};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,7 +66,10 @@ fn tools_or_skip(test: &str) -> bool {
     }
     for tool in ["umoci", "skopeo"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            eprintln!("SKIPPED {test}: {tool} is not installed (scripts/test.sh installs it)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {tool} is not installed (scripts/test.sh installs it)"
+            );
             return false;
         }
     }

@@ -1,0 +1,93 @@
+//! Functions with the accelerator: a Python handler (stdlib client) asks
+//! the service for products through shared memory; placement is enforced;
+//! the service dies with the daemon.
+
+mod common;
+use common::daemon::Daemon;
+use common::*;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../clients/python/alcove_accel.py"
+);
+
+const HANDLER: &str = r#"
+import json, sys
+import alcove_accel
+req = json.load(sys.stdin)
+acc = alcove_accel.connect()
+try:
+    c = acc.matmul(req["a"], req["b"], req["m"], req["n"], req["k"])
+except alcove_accel.AccelError as e:
+    print(f"accelerator: {e}", file=sys.stderr)
+    sys.exit(3)
+r = acc.relu([-1.0, 2.0])
+json.dump({"c": list(c), "device": acc.last["device"], "relu": list(r), "placement": acc.info()["placement"]}, sys.stdout)
+"#;
+
+#[test]
+fn python_functions_use_the_accelerator_through_shared_memory() {
+    if !root_or_skip("python_functions_use_the_accelerator_through_shared_memory") {
+        return;
+    }
+    let accel_bin = std::path::Path::new(ALCOVE).with_file_name("alcove-accel");
+    if !accel_bin.exists() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED python_functions_use_the_accelerator_through_shared_memory: {} is not built (cargo test --workspace builds it)", accel_bin.display());
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("code");
+    std::fs::create_dir(&code).unwrap();
+    std::fs::copy(CLIENT, code.join("alcove_accel.py")).unwrap();
+    std::fs::write(code.join("main.py"), HANDLER).unwrap();
+    let mut d = Daemon::start(&dir.path().join("data"), &[]);
+    let code_dir = code.to_str().unwrap();
+    for (name, placement) in [("mm", "auto"), ("mmgpu", "gpu")] {
+        let (rc, _, err) = d.cli(&[
+            "deploy",
+            name,
+            "--handler",
+            "python3 /fn/main.py",
+            "--code",
+            code_dir,
+            "--accel",
+            placement,
+        ]);
+        assert_eq!(rc, 0, "{err}");
+    }
+    let (rc, _, err) = d.cli(&["deploy", "bad", "--handler", "true", "--accel", "tpu"]);
+    assert_eq!(rc, 125);
+    assert!(err.contains("accel \"tpu\""), "{err}");
+
+    let request = r#"{"m": 2, "n": 2, "k": 3, "a": [1, 2, 3, 4, 5, 6], "b": [1, 0, 0, 1, 1, 1]}"#;
+    let (rc, out, err) = d.cli(&["invoke", "mm", "--data", request]);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["c"], serde_json::json!([4.0, 5.0, 10.0, 11.0]));
+    assert_eq!(v["relu"], serde_json::json!([0.0, 2.0]));
+    assert_eq!(v["placement"], "auto");
+    let gpu_present = v["device"] == "gpu";
+    if !gpu_present {
+        assert_eq!(v["device"], "cpu");
+        let (rc, _, err) = d.cli(&["invoke", "mmgpu", "--data", request]);
+        assert_eq!(rc, 1);
+        assert!(err.contains("accelerator: no GPU"), "{err}");
+        let _ = writeln!(std::io::stderr(), "SKIPPED the GPU placement run: no GPU here (the gpu-placed function was refused, as it must be)");
+    }
+
+    // The service is one process per daemon and goes when the daemon goes.
+    let service = format!("{} serve", accel_bin.display());
+    assert_eq!(processes_with(&service).len(), 1, "one service");
+    d.kill9();
+    let start = Instant::now();
+    while !processes_with(&service).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the service outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
