@@ -173,6 +173,41 @@ impl Accel {
     }
 }
 
+/// Plain numbers every bit pattern of which is a value.
+trait Plain: Copy + Default {}
+impl Plain for f32 {}
+impl Plain for f16 {}
+impl Plain for bf16 {}
+
+/// `len` values of `T` in `bytes`: borrowed when aligned (the usual case:
+/// allocations and mappings are), else copied.
+fn view<T: Plain>(bytes: &[u8], len: usize) -> std::borrow::Cow<'_, [T]> {
+    let bytes = &bytes[..len * std::mem::size_of::<T>()];
+    // SAFETY: T is plain data (every bit pattern is a value), so any aligned
+    // middle part of the bytes is a valid [T].
+    let (head, middle, _) = unsafe { bytes.align_to::<T>() };
+    if head.is_empty() && middle.len() == len {
+        std::borrow::Cow::Borrowed(middle)
+    } else {
+        std::borrow::Cow::Owned(values(bytes, len))
+    }
+}
+
+/// Runs `f` on `len` values of `T` over `out`: in place when aligned, else
+/// through a buffer copied back.
+fn with_out<T: Plain, R>(out: &mut [u8], len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let bytes = &mut out[..len * std::mem::size_of::<T>()];
+    // SAFETY: as in `view`; every value the callee writes is plain data.
+    let (head, middle, _) = unsafe { bytes.align_to_mut::<T>() };
+    if head.is_empty() && middle.len() == len {
+        return f(middle);
+    }
+    let mut buffer = vec![T::default(); len];
+    let result = f(&mut buffer);
+    store(bytes, &buffer);
+    result
+}
+
 /// Reinterprets bytes as `T` values (copied: the bytes may be unaligned).
 fn values<T: Copy + Default>(bytes: &[u8], len: usize) -> Vec<T> {
     let mut out = vec![T::default(); len];
@@ -236,6 +271,25 @@ fn from_f32(dtype: DType, out: &mut [u8], data: &[f32]) {
 fn run_cpu(op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) {
     let dtype = op.dtype();
     let (_, outs) = op.elements();
+    if dtype == DType::F32 {
+        with_out::<f32, _>(c, outs, |out| match *op {
+            Op::Matmul { m, n, k, .. } => {
+                cpu::matmul(m, n, k, &view(a, m * k), &view(b, k * n), out)
+            }
+            Op::BatchedMatmul { batch, m, n, k, .. } => cpu::batched_matmul(
+                batch,
+                m,
+                n,
+                k,
+                &view(a, batch * m * k),
+                &view(b, batch * k * n),
+                out,
+            ),
+            Op::Relu { len, .. } => cpu::relu(&view(a, len), out),
+        });
+        return;
+    }
+    // f16 and bf16 compute in f32 on the CPU.
     let mut out = vec![0.0f32; outs];
     match *op {
         Op::Matmul { m, n, k, .. } => cpu::matmul(
@@ -264,23 +318,21 @@ fn run_gpu(gpu: &mut Gpu, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> Result<(
     macro_rules! typed {
         ($t:ty) => {{
             let (_, outs) = op.elements();
-            let mut out = vec![<$t>::default(); outs];
-            match *op {
+            with_out::<$t, _>(c, outs, |out| match *op {
                 Op::Matmul { m, n, k, .. } => {
-                    gpu.matmul::<$t>(m, n, k, &values(a, m * k), &values(b, k * n), &mut out)?
+                    gpu.matmul::<$t>(m, n, k, &view(a, m * k), &view(b, k * n), out)
                 }
                 Op::BatchedMatmul { batch, m, n, k, .. } => gpu.batched_matmul::<$t>(
                     batch,
                     m,
                     n,
                     k,
-                    &values(a, batch * m * k),
-                    &values(b, batch * k * n),
-                    &mut out,
-                )?,
+                    &view(a, batch * m * k),
+                    &view(b, batch * k * n),
+                    out,
+                ),
                 Op::Relu { .. } => unreachable!("relu runs as f32"),
-            }
-            store(c, &out);
+            })?;
         }};
     }
     match (op, op.dtype()) {

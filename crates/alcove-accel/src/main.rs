@@ -25,6 +25,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check GPU results against the CPU executor (f32, f16, bf16, batched,
+    /// ReLU) across shapes that exercise the tiling; exits 1 on a mismatch,
+    /// 2 without a GPU.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve sandboxes (started by `alcove serve`): connections arrive on
     /// stdin, a SOCK_SEQPACKET socket, each with its placement; exits when
     /// stdin closes.
@@ -54,6 +61,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info { json } => info(json),
         Command::Serve => serve(),
+        Command::Check { json } => return check(json),
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
     };
     match result {
@@ -62,6 +70,145 @@ fn main() -> std::process::ExitCode {
             eprintln!("alcove: error: {e:#}");
             std::process::ExitCode::from(125)
         }
+    }
+}
+
+fn check(json: bool) -> std::process::ExitCode {
+    use alcove_accel::accel::{decode, encode};
+    let accel = Accel::start();
+    if let Gpus::Absent { reason } = &accel.gpus {
+        eprintln!("alcove accel check: no GPU to check ({reason})");
+        return std::process::ExitCode::from(2);
+    }
+    let data = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7 + seed * 13) % 101) as f32 - 50.0) / 50.0)
+            .collect()
+    };
+    let mut results = Vec::new();
+    let mut all_ok = true;
+    let cases: Vec<(Op, f32)> = vec![
+        (
+            Op::Matmul {
+                m: 1,
+                n: 1,
+                k: 1,
+                dtype: DType::F32,
+            },
+            1e-5,
+        ),
+        (
+            Op::Matmul {
+                m: 17,
+                n: 33,
+                k: 65,
+                dtype: DType::F32,
+            },
+            1e-4,
+        ),
+        (
+            Op::Matmul {
+                m: 1000,
+                n: 3000,
+                k: 700,
+                dtype: DType::F32,
+            },
+            1e-3,
+        ),
+        (
+            Op::Matmul {
+                m: 4096,
+                n: 4096,
+                k: 4096,
+                dtype: DType::F32,
+            },
+            1e-3,
+        ),
+        (
+            Op::Matmul {
+                m: 2048,
+                n: 2048,
+                k: 2048,
+                dtype: DType::F16,
+            },
+            2e-2,
+        ),
+        (
+            Op::Matmul {
+                m: 2048,
+                n: 2048,
+                k: 2048,
+                dtype: DType::Bf16,
+            },
+            5e-2,
+        ),
+        (
+            Op::BatchedMatmul {
+                batch: 64,
+                m: 128,
+                n: 96,
+                k: 80,
+                dtype: DType::F32,
+            },
+            1e-4,
+        ),
+        (
+            Op::Relu {
+                len: 1 << 20,
+                dtype: DType::F32,
+            },
+            0.0,
+        ),
+    ];
+    for (op, tolerance) in cases {
+        let (la, lb, _) = alcove_accel::service::operand_bytes(&op);
+        let dt = op.dtype();
+        let a = encode(dt, &data(la / dt.size(), 1));
+        let b = encode(dt, &data(lb / dt.size(), 2));
+        let (_, outs) = op.elements();
+        let (mut on_cpu, mut on_gpu) = (vec![0u8; outs * dt.size()], vec![0u8; outs * dt.size()]);
+        let cpu = accel.run(&op, Placement::Cpu, &a, &b, &mut on_cpu);
+        let gpu = accel.run(&op, Placement::Gpu, &a, &b, &mut on_gpu);
+        let (ok, error) = match (cpu, gpu) {
+            (Ok(_), Ok(_)) => {
+                let e = alcove_accel::cpu::max_relative_error(
+                    &decode(dt, &on_gpu),
+                    &decode(dt, &on_cpu),
+                );
+                (e <= tolerance, e.to_string())
+            }
+            (c, g) => (
+                false,
+                format!(
+                    "cpu: {:?}, gpu: {:?}",
+                    c.err().map(|e| e.to_string()),
+                    g.err().map(|e| e.to_string())
+                ),
+            ),
+        };
+        all_ok &= ok;
+        results.push(serde_json::json!({ "op": op, "tolerance": tolerance, "max_relative_error": error, "ok": ok }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": all_ok, "cases": results, "gpus": accel.gpus })
+        );
+    } else {
+        for r in &results {
+            println!(
+                "{} {} (error {}, tolerance {})",
+                if r["ok"] == true { "ok  " } else { "FAIL" },
+                r["op"],
+                r["max_relative_error"],
+                r["tolerance"]
+            );
+        }
+    }
+    if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
     }
 }
 
