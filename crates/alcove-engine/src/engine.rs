@@ -466,6 +466,7 @@ impl Engine {
                 source: self.config.data_dir.join("code").join(digest),
                 target: "/fn".into(),
                 writable: false,
+                device: false,
             });
             spec.workdir = "/fn".into();
         }
@@ -482,6 +483,7 @@ impl Engine {
                 source: dir,
                 target: "/run/secrets".into(),
                 writable: false,
+                device: false,
             });
         }
         for (k, val) in &c.env {
@@ -503,6 +505,9 @@ impl Engine {
         } else {
             NetMode::None
         };
+        if c.accel.as_deref() == Some("gpu") {
+            spec.device_nodes = gpu_device_nodes();
+        }
         if let Some(placement) = &c.accel {
             let mut service = self.accel.lock().unwrap_or_else(|e| e.into_inner());
             let conn = crate::accel::connect(&mut service, &self.config.accel_program, placement)?;
@@ -515,6 +520,24 @@ impl Engine {
         spec.stdio = Stdio::Capture { stdin: body };
         Ok((spec, lease))
     }
+}
+
+/// The host's NVIDIA device nodes (/dev/nvidiactl, /dev/nvidia0...,
+/// /dev/nvidia-uvm...): what a `gpu`-placed function may open besides
+/// alcove's basic /dev. None on a host without a GPU.
+fn gpu_device_nodes() -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_char_device()))
+        .map(|e| e.path())
+        .collect();
+    nodes.sort();
+    nodes
 }
 
 fn validate(req: &DeployRequest) -> Result<(), EngineError> {

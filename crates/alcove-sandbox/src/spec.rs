@@ -22,6 +22,9 @@ pub struct Bind {
     pub source: PathBuf,
     pub target: PathBuf,
     pub writable: bool,
+    /// A device node, mounted without `nodev` so that it can be opened
+    /// (see [`SandboxSpec::device_nodes`]).
+    pub device: bool,
 }
 
 impl Bind {
@@ -50,6 +53,7 @@ impl Bind {
             source: source.into(),
             target: target.into(),
             writable,
+            device: false,
         })
     }
 }
@@ -187,6 +191,10 @@ pub struct SandboxSpec {
     /// at exec, unlike every other descriptor of alcove's): a socket to a
     /// service, say. Tell the program the numbers (an environment variable).
     pub inherit_fds: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Host character devices the sandbox may open, shown at the same path
+    /// (a GPU's /dev/nvidia* nodes, say). It cannot create others (no
+    /// CAP_MKNOD) and its /dev holds only alcove's basic nodes otherwise.
+    pub device_nodes: Vec<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -197,6 +205,7 @@ impl SandboxSpec {
             rootfs: None,
             lower_layers: Vec::new(),
             inherit_fds: Vec::new(),
+            device_nodes: Vec::new(),
             binds: Vec::new(),
             workdir: PathBuf::from("/"),
             env: Vec::new(),
@@ -261,6 +270,16 @@ impl SandboxSpec {
                 return invalid(format!("layer {}: not a directory", layer.display()));
             }
             check_overlay_path(layer, "a layer")?;
+        }
+        for node in &self.device_nodes {
+            use std::os::unix::fs::FileTypeExt;
+            let is_char = std::fs::metadata(node).is_ok_and(|m| m.file_type().is_char_device());
+            if !is_char || !node.starts_with("/dev/") {
+                return invalid(format!(
+                    "device {}: not a character device under /dev",
+                    node.display()
+                ));
+            }
         }
         for bind in &self.binds {
             if !bind.source.exists() {

@@ -206,6 +206,10 @@ struct RunArgs {
     /// ptmx, pts) or MAJOR:MINOR, comma-separated.
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     devices: Option<DeviceList>,
+    /// Let the sandbox open this host character device, at the same path
+    /// (such as /dev/nvidia0); added to --devices when that is given. Repeatable.
+    #[arg(long = "expose-device", value_name = "/dev/NODE")]
+    expose_devices: Vec<PathBuf>,
     /// Allow the program this path (inside the sandbox), read-only unless :rw,
     /// and refuse every other path outside a base set (Landlock). Repeatable.
     #[arg(long = "allow-path", value_name = "PATH[:ro|rw]", value_parser = parse_path_rule)]
@@ -405,6 +409,7 @@ fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image:
     spec.env = args.env;
     spec.hostname = args.hostname;
     spec.user = args.user.unwrap_or_default();
+    spec.device_nodes = args.expose_devices.clone();
     spec.net = match args.net {
         Net::None => NetMode::None,
         Net::Host => NetMode::Host,
@@ -457,7 +462,18 @@ fn run(args: RunArgs) -> i32 {
         max_syscalls: args.max_syscalls,
         cpu_budget: args.cpu_budget,
         wall_budget: args.wall_budget,
-        devices: args.devices.clone().map(|d| d.0),
+        devices: args.devices.clone().map(|d| {
+            let mut allowed = d.0;
+            allowed.extend(args.expose_devices.iter().filter_map(|node| {
+                use std::os::unix::fs::MetadataExt;
+                let rdev = std::fs::metadata(node).ok()?.rdev();
+                Some(alcove_bpf::DeviceId {
+                    major: libc::major(rdev),
+                    minor: Some(libc::minor(rdev)),
+                })
+            }));
+            allowed
+        }),
         net_allow: (args.deny_net || !args.allow_net.is_empty()).then(|| args.allow_net.clone()),
         learn: args.learn.clone(),
         policy: args.policy.clone(),

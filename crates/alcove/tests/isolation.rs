@@ -308,3 +308,72 @@ fn rootfs_writes_stay_in_the_sandbox() {
     );
     assert!(root.path().join("bin/ls").exists());
 }
+
+/// Removes a device node the test made, however it ends.
+struct RemoveOnDrop(&'static str);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+#[test]
+fn exposed_device_nodes_open_and_nothing_else_does() {
+    if !root_or_skip("exposed_device_nodes_open_and_nothing_else_does") {
+        return;
+    }
+    let _g = serial();
+    // A stand-in for a GPU node: a world-writable character device (1:3, null).
+    let node = "/dev/alcove-test-device";
+    let _cleanup = RemoveOnDrop(node);
+    let c_node = std::ffi::CString::new(node).unwrap();
+    // SAFETY: mknod with a valid path, plain mode and device numbers.
+    let made = unsafe { libc::mknod(c_node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "mknod {node}");
+    // SAFETY: chmod with a valid path (mknod's mode is masked by the umask).
+    assert_eq!(unsafe { libc::chmod(c_node.as_ptr(), 0o666) }, 0);
+    let write = format!("echo x > {node} && echo opened");
+    let exposed = alcove(&["run", "--expose-device", node, "--", "sh", "-c", &write]);
+    assert_eq!(
+        String::from_utf8_lossy(&exposed.stdout),
+        "opened\n",
+        "{exposed:?}"
+    );
+    // Not exposed: not there at all; bound as a file: there, but mounted nodev.
+    let absent = alcove(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        &format!("test -e {node} || echo absent"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&absent.stdout), "absent\n");
+    let bind = format!("{node}:{node}:rw");
+    let bound = alcove(&["run", "--bind", &bind, "--", "sh", "-c", &write]);
+    assert_ne!(bound.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&bound.stderr).contains("Permission denied"),
+        "{bound:?}"
+    );
+    // With a device allow-list (eBPF), the exposed node is added to it.
+    let listed = alcove(&[
+        "run",
+        "--devices",
+        "zero",
+        "--expose-device",
+        node,
+        "--",
+        "sh",
+        "-c",
+        &write,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "opened\n",
+        "{listed:?}"
+    );
+    let bad = alcove(&["run", "--expose-device", "/etc/passwd", "--", "true"]);
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a character device under /dev"));
+}

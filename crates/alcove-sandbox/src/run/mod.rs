@@ -5,7 +5,7 @@ mod program;
 
 use crate::child::{self, ChildPlan};
 use crate::mounts::{self, HostView, STAGING_DIR};
-use crate::spec::{NetMode, SandboxSpec};
+use crate::spec::{Bind, NetMode, SandboxSpec};
 use crate::supervise::{self, Supervision};
 use crate::{pool, template};
 use crate::{Outcome, SandboxError};
@@ -45,6 +45,21 @@ pub fn run_observed(
 ) -> Result<Outcome, SandboxError> {
     let t_start = process::monotonic_ns();
     spec.validate()?;
+    // Device nodes travel as binds mounted without nodev.
+    let with_devices;
+    let spec = if spec.device_nodes.is_empty() {
+        spec
+    } else {
+        let mut s = spec.clone();
+        s.binds.extend(spec.device_nodes.iter().map(|node| Bind {
+            source: node.clone(),
+            target: node.clone(),
+            writable: true,
+            device: true,
+        }));
+        with_devices = s;
+        &with_devices
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(SandboxError::NotRoot);
@@ -374,7 +389,10 @@ fn clone_bind_trees(spec: &SandboxSpec) -> Result<Vec<OwnedFd>, SandboxError> {
                 source: e,
             };
             let tree = clone_tree(&source).map_err(setup)?;
-            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+            let mut attrs = MOUNT_ATTR_NOSUID;
+            if !bind.device {
+                attrs |= MOUNT_ATTR_NODEV;
+            }
             if !bind.writable {
                 attrs |= MOUNT_ATTR_RDONLY;
             }
