@@ -111,26 +111,11 @@ impl Accel {
         c: &mut [u8],
     ) -> Result<Ran, AccelError> {
         op.check().map_err(AccelError::Invalid)?;
-        let (ins, outs) = op.elements();
-        let size = op.dtype().size();
-        let (na, nb) = match *op {
-            Op::Relu { len, .. } => (len, 0),
-            _ => {
-                let (i, _) = op.elements();
-                let nb = match *op {
-                    Op::Matmul { n, k, .. } => k * n,
-                    Op::BatchedMatmul { batch, n, k, .. } => batch * k * n,
-                    Op::Relu { .. } => 0,
-                };
-                (i - nb, nb)
-            }
-        };
-        debug_assert_eq!(na + nb, ins);
-        if a.len() < na * size || b.len() < nb * size || c.len() < outs * size {
+        let (na, nb, nc) = op.operand_bytes();
+        if a.len() < na || b.len() < nb || c.len() < nc {
             return Err(AccelError::Invalid(format!(
-                "operands too short: {} bytes in and {} out are needed",
-                (na + nb) * size,
-                outs * size
+                "operands too short: {} bytes in and {nc} out are needed",
+                na + nb
             )));
         }
         let device = match placement {
@@ -142,7 +127,9 @@ impl Accel {
             Placement::Auto => self.choose(op).0,
         };
         let index = usize::from(device == DeviceKind::Gpu);
-        let predicted = self.lock_scheduler().predict(op, index).unwrap_or(f64::NAN);
+        let predicted = self.lock_scheduler().predict(op, index).unwrap_or(0.0);
+        // Work waiting for a device counts against it for the next decision.
+        self.lock_scheduler().enqueue(index, predicted);
         let started = Instant::now();
         match device {
             DeviceKind::Cpu => run_cpu(op, a, b, c),
@@ -153,11 +140,18 @@ impl Accel {
                     .expect("checked")
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                run_gpu(&mut gpu, op, a, b, c)?;
+                let ran = run_gpu(&mut gpu, op, a, b, c);
+                drop(gpu);
+                if let Err(e) = ran {
+                    self.lock_scheduler().dequeue(index, predicted);
+                    return Err(e.into());
+                }
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        self.lock_scheduler().observe(op, index, seconds);
+        let mut scheduler = self.lock_scheduler();
+        scheduler.dequeue(index, predicted);
+        scheduler.observe(op, index, seconds);
         Ok(Ran {
             device,
             predicted,
@@ -270,7 +264,7 @@ fn from_f32(dtype: DType, out: &mut [u8], data: &[f32]) {
 
 fn run_cpu(op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) {
     let dtype = op.dtype();
-    let (_, outs) = op.elements();
+    let (_, _, outs) = op.operands();
     if dtype == DType::F32 {
         with_out::<f32, _>(c, outs, |out| match *op {
             Op::Matmul { m, n, k, .. } => {
@@ -317,7 +311,7 @@ fn run_cpu(op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) {
 fn run_gpu(gpu: &mut Gpu, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> Result<(), GpuError> {
     macro_rules! typed {
         ($t:ty) => {{
-            let (_, outs) = op.elements();
+            let (_, _, outs) = op.operands();
             with_out::<$t, _>(c, outs, |out| match *op {
                 Op::Matmul { m, n, k, .. } => {
                     gpu.matmul::<$t>(m, n, k, &view(a, m * k), &view(b, k * n), out)

@@ -2,7 +2,7 @@
 //! sandbox: `Client::from_env()` takes the socket alcove passed in
 //! (`ALCOVE_ACCEL_FD`).
 
-use crate::service::{operand_bytes, Reply, Request};
+use crate::service::{Reply, Request};
 use crate::{DType, Op};
 use alcove_sys::unix::{recv_with_fd, sealed_memfd, send_with_fd, SharedMapping};
 use std::io;
@@ -65,7 +65,8 @@ impl Client {
     /// Runs `op` on operands `a` and `b` (bytes of its element type) and
     /// returns the result's bytes and the service's reply.
     pub fn run(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
-        let (la, lb, lc) = operand_bytes(op);
+        op.check().map_err(other)?;
+        let (la, lb, lc) = op.operand_bytes();
         if a.len() != la || b.len() != lb {
             return Err(other(format!(
                 "operands of {} and {} bytes; {op:?} takes {la} and {lb}",

@@ -88,6 +88,25 @@ impl Element for bf16 {
     }
 }
 
+/// Copies a finished tile's result (`pending` on stream `s`: first unit and
+/// unit count, `unit` elements each) from its pinned buffer into `c`.
+fn collect<T: Element>(
+    staging: &Staging<T>,
+    s: usize,
+    pending: &mut Option<(usize, usize)>,
+    unit: usize,
+    c: &mut [T],
+) -> Result<(), GpuError>
+where
+    CudaBlas: Gemm<T>,
+{
+    if let Some((first, count)) = pending.take() {
+        let out = staging.pin_c[s].as_slice().map_err(driver)?;
+        c[first * unit..(first + count) * unit].copy_from_slice(&out[..count * unit]);
+    }
+    Ok(())
+}
+
 /// One GPU, its two streams and their cuBLAS handles.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -122,10 +141,6 @@ impl Gpu {
             bf16_staging: None,
             relu: None,
         })
-    }
-
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
     }
 
     /// Staging with room for tiles of `a`, `b` and `c` elements.
@@ -211,10 +226,7 @@ impl Gpu {
         let mut pending: [Option<(usize, usize)>; 2] = [None, None];
         for &(r0, count) in &tiles {
             let s = (r0 / rows) % 2;
-            if let Some((p0, pc)) = pending[s].take() {
-                let out = staging.pin_c[s].as_slice().map_err(driver)?;
-                c[p0 * n..(p0 + pc) * n].copy_from_slice(&out[..pc * n]);
-            }
+            collect(staging, s, &mut pending[s], n, c)?;
             staging.pin_a[s].as_mut_slice().map_err(driver)?[..count * k]
                 .copy_from_slice(&a[r0 * k..(r0 + count) * k]);
             streams[s]
@@ -251,10 +263,7 @@ impl Gpu {
             pending[s] = Some((r0, count));
         }
         for (s, tile) in pending.iter_mut().enumerate() {
-            if let Some((p0, pc)) = tile.take() {
-                let out = staging.pin_c[s].as_slice().map_err(driver)?;
-                c[p0 * n..(p0 + pc) * n].copy_from_slice(&out[..pc * n]);
-            }
+            collect(staging, s, tile, n, c)?;
         }
         Ok(())
     }
@@ -309,10 +318,7 @@ impl Gpu {
         for g0 in (0..batch).step_by(group) {
             let count = group.min(batch - g0);
             let s = (g0 / group) % 2;
-            if let Some((p0, pc)) = pending[s].take() {
-                let out = staging.pin_c[s].as_slice().map_err(driver)?;
-                c[p0 * sc..(p0 + pc) * sc].copy_from_slice(&out[..pc * sc]);
-            }
+            collect(staging, s, &mut pending[s], sc, c)?;
             staging.pin_a[s].as_mut_slice().map_err(driver)?[..count * sa]
                 .copy_from_slice(&a[g0 * sa..(g0 + count) * sa]);
             staging.pin_b[s].as_mut_slice().map_err(driver)?[..count * sb]
@@ -358,10 +364,7 @@ impl Gpu {
             pending[s] = Some((g0, count));
         }
         for (s, tile) in pending.iter_mut().enumerate() {
-            if let Some((p0, pc)) = tile.take() {
-                let out = staging.pin_c[s].as_slice().map_err(driver)?;
-                c[p0 * sc..(p0 + pc) * sc].copy_from_slice(&out[..pc * sc]);
-            }
+            collect(staging, s, tile, sc, c)?;
         }
         Ok(())
     }
@@ -474,13 +477,5 @@ impl Gpu {
             }
         }
         Ok(best)
-    }
-
-    /// Waits for everything queued on this GPU.
-    pub fn synchronize(&self) -> Result<(), GpuError> {
-        for s in &self.streams {
-            s.synchronize().map_err(driver)?;
-        }
-        Ok(())
     }
 }

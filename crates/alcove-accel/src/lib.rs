@@ -70,13 +70,35 @@ impl Op {
         }
     }
 
-    /// Elements of input (both operands) and of output.
-    pub fn elements(&self) -> (usize, usize) {
+    /// Elements of `a`, `b` and `c`; `None` if they overflow.
+    fn checked_operands(&self) -> Option<(usize, usize, usize)> {
+        let mul = |x: usize, y: usize| x.checked_mul(y);
         match *self {
-            Op::Matmul { m, n, k, .. } => (m * k + k * n, m * n),
-            Op::BatchedMatmul { batch, m, n, k, .. } => (batch * (m * k + k * n), batch * m * n),
-            Op::Relu { len, .. } => (len, len),
+            Op::Matmul { m, n, k, .. } => Some((mul(m, k)?, mul(k, n)?, mul(m, n)?)),
+            Op::BatchedMatmul { batch, m, n, k, .. } => Some((
+                mul(batch, mul(m, k)?)?,
+                mul(batch, mul(k, n)?)?,
+                mul(batch, mul(m, n)?)?,
+            )),
+            Op::Relu { len, .. } => Some((len, 0, len)),
         }
+    }
+
+    /// Elements of `a`, `b` (none for ReLU) and `c`. Call [`Op::check`] first
+    /// on untrusted dimensions.
+    ///
+    /// # Panics
+    /// If the sizes overflow (which `check` refuses).
+    pub fn operands(&self) -> (usize, usize, usize) {
+        self.checked_operands()
+            .expect("operand sizes overflow: check() refuses these")
+    }
+
+    /// Bytes of `a`, `b` and `c`.
+    pub fn operand_bytes(&self) -> (usize, usize, usize) {
+        let (a, b, c) = self.operands();
+        let s = self.dtype().size();
+        (a * s, b * s, c * s)
     }
 
     pub fn dtype(&self) -> DType {
@@ -87,11 +109,10 @@ impl Op {
         }
     }
 
-    /// Bytes in and out.
+    /// Bytes in (both operands) and out.
     pub fn bytes(&self) -> (u64, u64) {
-        let (i, o) = self.elements();
-        let s = self.dtype().size() as u64;
-        (i as u64 * s, o as u64 * s)
+        let (a, b, c) = self.operand_bytes();
+        ((a + b) as u64, c as u64)
     }
 
     /// Whether the arguments make sense (non-zero, not absurdly large).
@@ -104,11 +125,19 @@ impl Op {
         if dims.contains(&0) {
             return Err("every dimension must be at least 1".into());
         }
-        let (i, o) = self.elements();
-        if (i + o) as u64 * self.dtype().size() as u64 > 64 << 30 {
-            return Err("operands over 64 GiB".into());
+        // cuBLAS takes 32-bit dimensions.
+        if dims.iter().any(|&d| d > i32::MAX as usize) {
+            return Err(format!("a dimension over {}", i32::MAX));
         }
-        Ok(())
+        let total = self.checked_operands().and_then(|(a, b, c)| {
+            a.checked_add(b)?
+                .checked_add(c)?
+                .checked_mul(self.dtype().size())
+        });
+        match total {
+            Some(bytes) if bytes <= 64 << 30 => Ok(()),
+            _ => Err("operands over 64 GiB".into()),
+        }
     }
 }
 

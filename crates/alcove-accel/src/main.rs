@@ -161,11 +161,11 @@ fn check(json: bool) -> std::process::ExitCode {
         ),
     ];
     for (op, tolerance) in cases {
-        let (la, lb, _) = alcove_accel::service::operand_bytes(&op);
+        let (la, lb, _) = op.operand_bytes();
         let dt = op.dtype();
         let a = encode(dt, &data(la / dt.size(), 1));
         let b = encode(dt, &data(lb / dt.size(), 2));
-        let (_, outs) = op.elements();
+        let (_, _, outs) = op.operands();
         let (mut on_cpu, mut on_gpu) = (vec![0u8; outs * dt.size()], vec![0u8; outs * dt.size()]);
         let cpu = accel.run(&op, Placement::Cpu, &a, &b, &mut on_cpu);
         let gpu = accel.run(&op, Placement::Gpu, &a, &b, &mut on_gpu);

@@ -256,8 +256,10 @@ mod tests {
         ]);
         let op = square(512);
         assert_eq!(s.choose(&op).device.kind, DeviceKind::Gpu);
-        s.set_queue(1, 1.0); // a second of queued work ahead on the GPU
+        s.enqueue(1, 1.0); // a second of queued work ahead on the GPU
         assert_eq!(s.choose(&op).device.kind, DeviceKind::Cpu);
+        s.dequeue(1, 1.0); // that work done, the GPU wins again
+        assert_eq!(s.choose(&op).device.kind, DeviceKind::Gpu);
     }
 
     #[test]

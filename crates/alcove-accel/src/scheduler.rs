@@ -99,10 +99,17 @@ impl Scheduler {
         *entry += LEARNING_RATE * (ratio - *entry);
     }
 
-    /// Sets the seconds of work queued ahead on device `i`.
-    pub fn set_queue(&mut self, i: usize, seconds: f64) {
+    /// Adds `seconds` of work to device `i`'s queue (work started or waiting).
+    pub fn enqueue(&mut self, i: usize, seconds: f64) {
         if let Some(q) = self.queued.get_mut(i) {
-            *q = seconds.max(0.0);
+            *q += seconds.max(0.0);
+        }
+    }
+
+    /// Takes `seconds` of work off device `i`'s queue (work finished).
+    pub fn dequeue(&mut self, i: usize, seconds: f64) {
+        if let Some(q) = self.queued.get_mut(i) {
+            *q = (*q - seconds.max(0.0)).max(0.0);
         }
     }
 }

@@ -94,18 +94,6 @@ impl Request {
     }
 }
 
-/// Operand sizes in bytes: (a, b, c).
-pub fn operand_bytes(op: &Op) -> (usize, usize, usize) {
-    let s = op.dtype().size();
-    match *op {
-        Op::Matmul { m, n, k, .. } => (m * k * s, k * n * s, m * n * s),
-        Op::BatchedMatmul { batch, m, n, k, .. } => {
-            (batch * m * k * s, batch * k * n * s, batch * m * n * s)
-        }
-        Op::Relu { len, .. } => (len * s, 0, len * s),
-    }
-}
-
 fn fail(error: String) -> Reply {
     Reply {
         ok: false,
@@ -142,7 +130,7 @@ fn answer(accel: &Accel, grant: Grant, request: &Request, memfd: Option<OwnedFd>
         }
         Err(e) => return fail(format!("the attached descriptor: {e}")),
     };
-    let (la, lb, lc) = operand_bytes(&op);
+    let (la, lb, lc) = op.operand_bytes();
     let fits = |off: usize, len: usize| off.checked_add(len).is_some_and(|end| end <= size);
     if !(fits(request.a, la) && fits(request.b, lb) && fits(request.c, lc)) {
         return fail(format!("the operands (a {la}, b {lb}, c {lc} bytes at offsets {}, {}, {}) do not fit in the {size}-byte memfd", request.a, request.b, request.c));

@@ -134,6 +134,22 @@ fn products_through_shared_memory_match_and_errors_are_clear() {
     );
     let r = ask(r#"{"op":"matmul","m":0,"n":2,"k":2}"#, None);
     assert!(r["error"].as_str().unwrap().contains("at least 1"), "{r}");
+    // Dimensions whose sizes overflow, or exceed what cuBLAS takes: refused, not wrapped.
+    let huge = r#"{"op":"matmul","m":4294967296,"n":4294967296,"k":4294967296,"a":0,"b":0,"c":0}"#;
+    let r = ask(huge, Some(&small));
+    assert!(
+        r["error"].as_str().unwrap().contains("a dimension over"),
+        "{r}"
+    );
+    let wraps = r#"{"op":"batched_matmul","batch":4611686018427387904,"m":2,"n":2,"k":2,"a":0,"b":0,"c":0}"#;
+    let r = ask(wraps, Some(&small));
+    assert!(
+        r["error"].as_str().unwrap().contains("a dimension over"),
+        "{r}"
+    );
+    let big = r#"{"op":"batched_matmul","batch":2147483647,"m":2147483647,"n":2147483647,"k":2,"a":0,"b":0,"c":0}"#;
+    let r = ask(big, Some(&small));
+    assert!(r["error"].as_str().unwrap().contains("over 64 GiB"), "{r}");
     // The connection still works after the errors.
     let memfd = alcove_sys::unix::sealed_memfd(48).unwrap();
     let mut map = SharedMapping::new(memfd.as_fd(), 48).unwrap();

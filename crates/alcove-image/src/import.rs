@@ -5,7 +5,7 @@
 //! would reuse, and importing the same image again reads no layer at all.
 
 use crate::digest::Hashing;
-use crate::manifest::plan;
+use crate::manifest::{plan, ImagePlan};
 use crate::source::Source;
 use crate::store::{normalize_name, valid_name, ImageRecord, LayerInfo, RunConfig, Store};
 use crate::unpack::{unpack, Budget, Limits};
@@ -55,11 +55,31 @@ pub fn import(
 
     // Leases first, so a concurrent prune cannot take a layer between our
     // check and the index update.
-    let _leases = plan
+    let leases = plan
         .layers
         .iter()
         .map(|l| store.lease_layer(&l.diff_id))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>();
+    let result =
+        leases.and_then(|_held| store_layers(store, &source, &plan, name, options, started));
+    if result.is_err() {
+        // A refused import leaves no lease files for layers it did not store.
+        for layer in &plan.layers {
+            store.drop_unused_lease(&layer.diff_id);
+        }
+    }
+    result
+}
+
+/// Unpacks the layers the store lacks and records the image.
+fn store_layers(
+    store: &Store,
+    source: &Source,
+    plan: &ImagePlan,
+    name: String,
+    options: &ImportOptions,
+    started: Instant,
+) -> Result<ImportReport, ImageError> {
     let missing: Vec<usize> = (0..plan.layers.len())
         .filter(|&i| !store.layer_dir(&plan.layers[i].diff_id).is_dir())
         .collect();
@@ -235,8 +255,10 @@ fn run_config(config: &oci_spec::image::ImageConfiguration) -> RunConfig {
     }
 }
 
-fn now() -> f64 {
+/// Unix seconds (whole: a float would not survive a JSON round trip bit
+/// for bit, and a re-import must leave the index as it was).
+fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0, |d| d.as_secs())
 }

@@ -4,11 +4,12 @@
 //! sandboxes hold shared while they use a layer, and a staging directory.
 
 use crate::ImageError;
+use alcove_sys::fd::{flock, Lock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -42,7 +43,7 @@ pub struct ImageRecord {
     pub os: String,
     pub created: Option<String>,
     /// Unix seconds.
-    pub imported_at: f64,
+    pub imported_at: u64,
 }
 
 /// One unpacked layer.
@@ -91,13 +92,18 @@ pub struct Store {
     root: PathBuf,
 }
 
-fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on an fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// Opens (creating) the lock file `path` and locks it as `how` says;
+/// `None` when a `TryExclusive` lock is held by someone else.
+fn lock_file(path: &Path, how: Lock) -> Result<Option<File>, ImageError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(ImageError::io(format!("opening {}", path.display())))?;
+    let locked =
+        flock(file.as_fd(), how).map_err(ImageError::io(format!("locking {}", path.display())))?;
+    Ok(locked.then_some(file))
 }
 
 impl Store {
@@ -119,10 +125,6 @@ impl Store {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The directory of an unpacked layer.
     pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
         self.root.join("layers").join(diff_id)
@@ -135,23 +137,16 @@ impl Store {
     }
 
     fn index_lock(&self, exclusive: bool) -> Result<File, ImageError> {
-        let path = self.root.join("index.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(ImageError::io("opening the store's lock"))?;
-        flock(
-            &file,
-            if exclusive {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_SH
-            },
-        )
-        .map_err(ImageError::io("locking the store"))?;
-        Ok(file)
+        let how = if exclusive {
+            Lock::Exclusive
+        } else {
+            Lock::Shared
+        };
+        Ok(lock_file(&self.root.join("index.lock"), how)?.expect("a blocking lock is taken"))
+    }
+
+    fn lease_path(&self, diff_id: &str) -> PathBuf {
+        self.root.join("leases").join(format!("{diff_id}.lock"))
     }
 
     pub(crate) fn read_index(&self) -> Result<Index, ImageError> {
@@ -180,15 +175,18 @@ impl Store {
 
     /// Holds layer `diff_id` (shared) so prune leaves it alone.
     pub(crate) fn lease_layer(&self, diff_id: &str) -> Result<File, ImageError> {
-        let path = self.root.join("leases").join(format!("{diff_id}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(ImageError::io("opening a layer lease"))?;
-        flock(&file, libc::LOCK_SH).map_err(ImageError::io("taking a layer lease"))?;
-        Ok(file)
+        Ok(lock_file(&self.lease_path(diff_id), Lock::Shared)?.expect("a blocking lock is taken"))
+    }
+
+    /// Removes the lease file of a layer that is not stored (an import that
+    /// failed before storing it), unless someone holds it.
+    pub(crate) fn drop_unused_lease(&self, diff_id: &str) {
+        if self.layer_dir(diff_id).exists() {
+            return;
+        }
+        if let Ok(Some(_held)) = self.try_exclusive(diff_id) {
+            let _ = std::fs::remove_file(self.lease_path(diff_id));
+        }
     }
 
     /// Records unpacked layers and (re)names an image; an image of the same
@@ -328,10 +326,20 @@ impl Store {
             }
             report.removed_layers += 1;
             report.removed_bytes += index.layers.remove(layer).map_or(0, |i| i.bytes);
-            let _ = std::fs::remove_file(self.root.join("leases").join(format!("{layer}.lock")));
+            let _ = std::fs::remove_file(self.lease_path(layer));
             drop(lock);
         }
         self.write_index(&index)?;
+        // Lease files of layers never stored (imports that died).
+        for entry in std::fs::read_dir(self.root.join("leases"))
+            .map_err(ImageError::io("listing leases"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(layer) = name.strip_suffix(".lock") {
+                self.drop_unused_lease(layer);
+            }
+        }
         // Staging left by imports that died; a live import holds its layer's lease.
         for entry in std::fs::read_dir(self.root.join("tmp"))
             .map_err(ImageError::io("listing staging"))?
@@ -348,18 +356,7 @@ impl Store {
     }
 
     fn try_exclusive(&self, layer: &str) -> Result<Option<File>, ImageError> {
-        let path = self.root.join("leases").join(format!("{layer}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(ImageError::io("opening a layer lease"))?;
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(Some(file)),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
-            Err(e) => Err(ImageError::io("checking a layer lease")(e)),
-        }
+        lock_file(&self.lease_path(layer), Lock::TryExclusive)
     }
 }
 

@@ -22,11 +22,11 @@
 //! makes fresh pieces of its own. `alcove gc` removes the pool.
 
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, Limits, SandboxCgroup};
-use alcove_sys::{mount, net, ns};
+use alcove_sys::{fd, mount, net, ns};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -190,8 +190,7 @@ pub(crate) fn claim(
                 }
             }
         };
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !fd::flock(lock.as_fd(), fd::Lock::TryExclusive).unwrap_or(false) {
             continue;
         }
         return prepare(i, lock, layout, limits, want_netns, needs).ok();
@@ -284,8 +283,7 @@ pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
     let mut removed = 0;
     for i in 0..SLOTS {
         let Ok(lock) = open_lock(i) else { continue };
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !fd::flock(lock.as_fd(), fd::Lock::TryExclusive).unwrap_or(false) {
             continue; // in use
         }
         let cgroup = SandboxCgroup::open_existing(layout, &format!("{CGROUP_PREFIX}{i}"));

@@ -58,13 +58,9 @@ pub(crate) fn open_or_create(
         .custom_flags(libc::O_CLOEXEC)
         .open(path.with_extension("lock"))
         .map_err(prepare("creating a template lock"))?;
-    // SAFETY: flock on an fd we own; it blocks while another run builds this template.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(SandboxError::Prepare {
-            what: "locking a template",
-            source: io::Error::last_os_error(),
-        });
-    }
+    // Blocks while another run builds this template.
+    alcove_sys::fd::flock(lock.as_fd(), alcove_sys::fd::Lock::Exclusive)
+        .map_err(prepare("locking a template"))?;
     if let Ok(fd) = open_ns(&path) {
         return Ok(Some(fd));
     }

@@ -130,3 +130,30 @@ pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
     crate::cvt(unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } as libc::c_long)?;
     Ok(fd)
 }
+
+/// How [`flock`] locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    Shared,
+    Exclusive,
+    /// Exclusive, or `Ok(false)` at once if someone holds the file.
+    TryExclusive,
+}
+
+/// Takes an advisory lock on the open file `fd` (released when it closes);
+/// `Ok(false)` only for [`Lock::TryExclusive`] on a held file.
+pub fn flock(fd: BorrowedFd<'_>, how: Lock) -> io::Result<bool> {
+    let op = match how {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+        Lock::TryExclusive => libc::LOCK_EX | libc::LOCK_NB,
+    };
+    // SAFETY: flock takes an fd and plain flags.
+    match crate::cvt_int(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && how == Lock::TryExclusive => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -185,14 +185,6 @@ impl SharedMapping {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Copies `out.len()` bytes from `offset` (the caller checked the range).
     pub fn read(&self, offset: usize, out: &mut [u8]) {
         assert!(

@@ -271,6 +271,11 @@ fn refused(dir: &Path, case: &str, layout_dir: &Path, extra: &[&str], expect: &s
         0,
         "{case}: staging was left"
     );
+    assert_eq!(
+        count_entries(&store.join("leases")),
+        0,
+        "{case}: lease files were left"
+    );
     let (_, out, _) = image(&store, &["ls"]);
     assert!(!out.contains("bad:1"), "{case}: the image was recorded");
 }
