@@ -207,6 +207,11 @@ impl CgroupLayout {
     }
 }
 
+/// Whether `path` is on a cgroup filesystem (v1 or v2).
+pub(crate) fn is_cgroup_fs(path: &Path) -> bool {
+    matches!(fs_magic(path), Some(0x6367_7270 | 0x0027_e0eb))
+}
+
 fn fs_magic(path: &Path) -> Option<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

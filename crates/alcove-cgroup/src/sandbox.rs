@@ -260,6 +260,29 @@ impl SandboxCgroup {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Every directory of the cgroup, in all hierarchies, so a caller can
+    /// record where they are (a pool slot, which may later be claimed from
+    /// another cgroup) and clean them up with [`SandboxCgroup::open_dirs`].
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.all_dirs().map(Path::to_owned).collect()
+    }
+
+    /// Opens, for cleanup only (killing what is in it and removing it), a
+    /// cgroup whose directories [`SandboxCgroup::dirs`] listed earlier. Those
+    /// that no longer exist, or are not on a cgroup filesystem, are left out.
+    pub fn open_dirs(dirs: impl IntoIterator<Item = PathBuf>) -> Self {
+        SandboxCgroup {
+            unified: None,
+            unified_controllers: Vec::new(),
+            v1: dirs
+                .into_iter()
+                .filter(|d| d.is_dir() && crate::layout::is_cgroup_fs(d))
+                .map(|d| (Vec::new(), d))
+                .collect(),
+            peak_fd: None,
+        }
+    }
+
     /// Opens an existing sandbox cgroup `name` (for cleanup), without creating.
     pub fn open_existing(layout: &CgroupLayout, name: &str) -> Self {
         let unified = layout

@@ -207,11 +207,20 @@ fn prepare(
     needs: Needs,
 ) -> Result<Slot, Box<dyn std::error::Error>> {
     let place = place_of(layout);
-    let mut buf = [0u8; RECORD_LEN];
-    let n = lock.read_at(&mut buf, 0).unwrap_or(0);
-    let previous = Record::decode(&buf[..n]).filter(|r| r.clean && r.place == place);
+    let (recorded, recorded_dirs) = read_record(&lock, i);
+    if recorded.as_ref().is_some_and(|r| r.place != place) {
+        // Last claimed from another cgroup: remove the pieces it left there.
+        let old = SandboxCgroup::open_dirs(recorded_dirs.iter().cloned());
+        old.kill_all();
+        let _ = old.remove();
+    }
+    let previous = recorded.filter(|r| r.clean && r.place == place);
     let controllers = [Controller::Memory, Controller::Pids, Controller::Cpu];
     let mut cgroup = SandboxCgroup::create(layout, &format!("{CGROUP_PREFIX}{i}"), &controllers)?;
+    let dirs = cgroup.dirs();
+    if dirs != recorded_dirs {
+        write_dirs(&lock, &dirs)?;
+    }
     if previous.is_none() {
         cgroup.kill_all(); // a holder died mid-run; its sandbox may still be dying
     }
@@ -271,14 +280,14 @@ fn place_of(layout: &CgroupLayout) -> u64 {
     h
 }
 
-/// Removes every slot nobody holds (its namespace, cgroups and lock); returns
-/// how many pieces it removed.
 /// How many slots are prepared now (their network namespace exists), out of
 /// [`SLOTS`]; in use or idle.
 pub fn prepared() -> usize {
     (0..SLOTS).filter(|&i| net_path(i).exists()).count()
 }
 
+/// Removes every slot nobody holds (its namespace, its cgroups wherever they
+/// were made, and its lock); returns how many pieces it removed.
 pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
     let mut removed = 0;
     for i in 0..SLOTS {
@@ -286,7 +295,12 @@ pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
         if !fd::flock(lock.as_fd(), fd::Lock::TryExclusive).unwrap_or(false) {
             continue; // in use
         }
-        let cgroup = SandboxCgroup::open_existing(layout, &format!("{CGROUP_PREFIX}{i}"));
+        let (_, recorded_dirs) = read_record(&lock, i);
+        let mut dirs = SandboxCgroup::open_existing(layout, &format!("{CGROUP_PREFIX}{i}")).dirs();
+        dirs.extend(recorded_dirs);
+        dirs.sort();
+        dirs.dedup();
+        let cgroup = SandboxCgroup::open_dirs(dirs);
         cgroup.kill_all();
         if cgroup.remove().is_ok() {
             removed += 1;
@@ -301,6 +315,56 @@ pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
         let _ = std::fs::remove_file(lock_path(i));
     }
     removed
+}
+
+/// Reads a slot's record and where its cgroups were (the lines after the
+/// record). Only paths that can name this slot's cgroup are taken (and
+/// [`SandboxCgroup::open_dirs`] takes only directories on a cgroup
+/// filesystem): the file is root's, but a cleanup must never reach beyond
+/// alcove's own cgroups.
+fn read_record(lock: &File, i: usize) -> (Option<Record>, Vec<PathBuf>) {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = lock.read_at(&mut chunk, bytes.len() as u64) {
+        bytes.extend_from_slice(&chunk[..n]);
+        if bytes.len() > 64 * 1024 {
+            break;
+        }
+    }
+    let record = Record::decode(&bytes[..bytes.len().min(RECORD_LEN)]);
+    let name = format!("{CGROUP_PREFIX}{i}");
+    let dirs = bytes
+        .get(RECORD_LEN..)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| PathBuf::from(std::ffi::OsStr::from_bytes(line)))
+        .filter(|dir| is_slot_cgroup(dir, &name))
+        .collect();
+    (record, dirs)
+}
+
+fn is_slot_cgroup(dir: &Path, name: &str) -> bool {
+    use std::path::Component;
+    dir.is_absolute()
+        && dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && dir.file_name().is_some_and(|n| n == name)
+        && dir
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|p| p == alcove_cgroup::PARENT_DIR)
+}
+
+fn write_dirs(lock: &File, dirs: &[PathBuf]) -> io::Result<()> {
+    let mut text = Vec::new();
+    for dir in dirs {
+        text.extend_from_slice(dir.as_os_str().as_bytes());
+        text.push(b'\n');
+    }
+    lock.write_at(&text, RECORD_LEN as u64)?;
+    lock.set_len((RECORD_LEN + text.len()) as u64)
 }
 
 fn net_path(i: usize) -> PathBuf {

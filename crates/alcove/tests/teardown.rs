@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// alcove's bounded, reusable pieces: pool slots and template namespaces.
@@ -239,4 +240,57 @@ fn gc_removes_the_pool_and_templates() {
     );
     // And alcove works from a clean slate.
     assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
+}
+
+/// The directory of this test's own cgroup in the unified (cgroup2) tree.
+fn own_unified_dir() -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|m| m.join("cgroup.controllers").exists())?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+#[test]
+fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
+    let test = "a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first";
+    if !root_or_skip(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(own) = own_unified_dir() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no cgroup2 tree is mounted here"
+        );
+        return;
+    };
+    // Every slot free and gone, so both runs below claim slot 0.
+    assert_eq!(alcove(&["gc"]).status.code(), Some(0));
+    let elsewhere = own.join(format!("alcove-place-test-{}", std::process::id()));
+    std::fs::create_dir(&elsewhere).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {ALCOVE} run -- true",
+        elsewhere.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let left_there = elsewhere.join("alcove/slot-0");
+    let claimed_there = out.status.success() && left_there.is_dir();
+    // Then from here: the slot's pieces in the other cgroup must go.
+    assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
+    let still_there = left_there.exists();
+    let _ = std::fs::remove_dir(elsewhere.join("alcove/slot-0"));
+    let _ = std::fs::remove_dir(elsewhere.join("alcove"));
+    std::fs::remove_dir(&elsewhere).unwrap();
+    assert!(
+        claimed_there,
+        "the run from the other cgroup: {out:?}, slot dir there: {}",
+        left_there.display()
+    );
+    assert!(!still_there, "{} was left behind", left_there.display());
 }

@@ -118,32 +118,36 @@ pub fn host_mounts() -> Vec<String> {
         .collect()
 }
 
-/// Directories under alcove's cgroup parent in every hierarchy of the host.
+/// The sandbox cgroups (`alcove/*`) beneath this test's own cgroup in every
+/// hierarchy: where the alcoves it starts make theirs. Other cgroups of the
+/// host (other sessions, other services) are not this test's to judge.
 pub fn alcove_cgroups() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        walk(std::path::Path::new(base), 0, &mut dirs);
+    let own: Vec<String> = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .map(|p| p.trim_start_matches('/').to_owned())
+        .collect();
+    let mut mounts = vec![PathBuf::from("/sys/fs/cgroup")];
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        mounts.push(entry.path());
     }
-    dirs.retain(|d| d.parent().is_some_and(|p| p.ends_with("alcove")));
+    let mut dirs = Vec::new();
+    for mount in &mounts {
+        for path in &own {
+            let Ok(entries) = std::fs::read_dir(mount.join(path).join("alcove")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+    }
     dirs.sort();
     dirs.dedup();
     dirs
-}
-
-fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > 6 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.push(path.clone());
-            walk(&path, depth + 1, out);
-        }
-    }
 }
 
 /// Namespace inodes held by processes running as `uid` (sandboxes run as
