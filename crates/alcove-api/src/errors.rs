@@ -38,9 +38,10 @@ impl From<EngineError> for ApiError {
             | EngineError::NoVersion(..)
             | EngineError::NoInvocation(_) => StatusCode::NOT_FOUND,
             EngineError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
-            EngineError::Store(_) | EngineError::Io { .. } | EngineError::Sandbox(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            EngineError::Store(_)
+            | EngineError::Io { .. }
+            | EngineError::Sandbox(_)
+            | EngineError::DeviceRule(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), alcove_engine::error_chain(&e))
     }

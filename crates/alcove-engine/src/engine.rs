@@ -75,6 +75,8 @@ pub struct Engine {
     images: std::sync::OnceLock<alcove_image::Store>,
     /// Started when a function first needs it.
     accel: Mutex<Option<crate::accel::Service>>,
+    /// Loaded on the first invocation that is given host devices.
+    device_rules: Mutex<Option<crate::devices::DeviceRules>>,
     pub metrics: Metrics,
 }
 
@@ -106,6 +108,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             images: std::sync::OnceLock::new(),
             accel: Mutex::new(None),
+            device_rules: Mutex::new(None),
             metrics,
         }))
     }
@@ -316,7 +319,10 @@ impl Engine {
         record.attempts += 1;
         record.started_at = Some(now());
         self.store.update_invocation(record)?;
-        let (spec, lease) = match self.spec_for(v, record, body) {
+        let prepared = self
+            .spec_for(v, record, body)
+            .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
+        let (device_rule, spec, lease) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
                 // A version that cannot be prepared (its image is gone...) is a failed invocation.
@@ -339,7 +345,10 @@ impl Engine {
                 forward_signals: false,
                 collect_usage: true,
             };
-            let outcome = alcove_sandbox::run(&spec, &options);
+            let outcome = match device_rule {
+                Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
+                None => alcove_sandbox::run(&spec, &options),
+            };
             drop(lease); // the image's layers may be pruned from now on
             outcome
         })
@@ -519,6 +528,25 @@ impl Engine {
         }
         spec.stdio = Stdio::Capture { stdin: body };
         Ok((spec, lease))
+    }
+}
+
+impl Engine {
+    /// The device cgroup rule a run given host devices needs (none for a run
+    /// that sees only the basic /dev, which its mounts already confine).
+    fn device_rule_for(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<Option<crate::devices::DeviceRuleObserver>, EngineError> {
+        if spec.device_nodes.is_empty() {
+            return Ok(None);
+        }
+        let mut rules = self.device_rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.is_none() {
+            *rules = Some(crate::devices::DeviceRules::start()?);
+        }
+        let rules = rules.as_ref().expect("started above");
+        Ok(Some(rules.observer(&spec.device_nodes)?))
     }
 }
 

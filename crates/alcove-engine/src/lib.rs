@@ -7,6 +7,7 @@
 
 mod accel;
 mod code;
+mod devices;
 mod engine;
 mod image;
 mod metrics;
@@ -14,6 +15,7 @@ mod model;
 mod store;
 
 pub use alcove_sandbox::error_chain;
+pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
 pub use image::apply_image;
 pub use metrics::Metrics;
@@ -49,6 +51,8 @@ pub enum EngineError {
     },
     #[error("the sandbox could not be started")]
     Sandbox(#[source] alcove_sandbox::SandboxError),
+    #[error("the sandbox's device rule could not be put in place")]
+    DeviceRule(#[from] DeviceRuleError),
 }
 
 impl EngineError {
@@ -66,7 +70,7 @@ impl EngineError {
             EngineError::Busy(_) => "too_many_requests",
             EngineError::BadCode(_) => "invalid_code",
             EngineError::Store(_) | EngineError::Io { .. } => "internal",
-            EngineError::Sandbox(_) => "sandbox_failed",
+            EngineError::Sandbox(_) | EngineError::DeviceRule(_) => "sandbox_failed",
         }
     }
 }
