@@ -339,8 +339,11 @@ pub fn main() -> i32 {
             }
         }
         Command::Gc => match alcove_sandbox::gc() {
-            Ok(n) => {
-                println!("removed {n} leftover sandbox cgroup(s)");
+            Ok(r) => {
+                println!(
+                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s)",
+                    r.orphan_cgroups, r.pool_pieces, r.templates
+                );
                 0
             }
             Err(e) => fail(&e),

@@ -333,11 +333,26 @@ fn cgroup_layout() -> Result<&'static CgroupLayout, SandboxError> {
     Ok(LAYOUT.get_or_init(|| layout))
 }
 
+/// What [`gc`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Cgroups of runs whose alcove died mid-run.
+    pub orphan_cgroups: usize,
+    /// Pool slots' cgroups and network namespaces.
+    pub pool_pieces: usize,
+    /// Template mount namespaces.
+    pub templates: usize,
+}
+
 /// Removes what `alcove gc` removes: dead runs' cgroups (see
 /// [`gc_orphans`]), then the whole pool and every template not in use.
-pub fn gc() -> Result<usize, SandboxError> {
+pub fn gc() -> Result<GcReport, SandboxError> {
     let layout = cgroup_layout()?;
-    Ok(gc_orphans()? + pool::remove_all(layout) + template::remove_all())
+    Ok(GcReport {
+        orphan_cgroups: gc_orphans()?,
+        pool_pieces: pool::remove_all(layout),
+        templates: template::remove_all(),
+    })
 }
 
 /// Removes the template mount namespaces (runs that use one keep it open);
