@@ -59,6 +59,7 @@ enum Request {
     },
     Forget {
         cgroup_id: u64,
+        done: mpsc::SyncSender<()>,
     },
 }
 
@@ -151,7 +152,10 @@ fn serve(mut monitor: Monitor, incoming: mpsc::Receiver<Request>) {
                 }
                 let _ = done.send(result);
             }
-            Some(Request::Forget { cgroup_id }) => monitor.unwatch(cgroup_id),
+            Some(Request::Forget { cgroup_id, done }) => {
+                monitor.unwatch(cgroup_id);
+                let _ = done.send(());
+            }
             None => {}
         }
     }
@@ -195,9 +199,27 @@ impl alcove_sandbox::Observer for DeviceRuleObserver {
     }
 
     fn after_end(&mut self) {
+        // Waits until the rule is off: the cgroup may be a pool slot that
+        // the next run, with no rule, takes as soon as this one returns.
         if let Some(cgroup_id) = self.cgroup_id.take() {
-            let _ = self.rules.requests.send(Request::Forget { cgroup_id });
+            let (done, detached) = mpsc::sync_channel(1);
+            if self
+                .rules
+                .requests
+                .send(Request::Forget { cgroup_id, done })
+                .is_ok()
+            {
+                let _ = detached.recv();
+            }
         }
+    }
+}
+
+impl Drop for DeviceRuleObserver {
+    /// A run that ended early (an error after the rule was attached) still
+    /// takes its rule off the cgroup, which a pool will hand to another run.
+    fn drop(&mut self) {
+        alcove_sandbox::Observer::after_end(self);
     }
 }
 

@@ -213,8 +213,11 @@ pub fn run_observed(
         .before_start(cgroup2)
         .map_err(SandboxError::Observer)?;
     let t_clone = process::monotonic_ns();
-    let (_pid, pidfd) =
-        spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan).map_err(SandboxError::Clone)?;
+    let spawned = spawn(flags, cgroup_dir.as_ref().map(AsFd::as_fd), &plan);
+    if spawned.is_err() {
+        observer.after_end(); // what it set up for the sandbox is not needed
+    }
+    let (_pid, pidfd) = spawned.map_err(SandboxError::Clone)?;
     drop((
         error_write,
         lifeline_read,
