@@ -10,6 +10,9 @@
 //! free slot under an exclusive `flock`; the lock dies with the process, so a
 //! killed run frees its slot, and the next holder sees from the slot's record
 //! that it was not released cleanly and kills whatever is left in its cgroups.
+//! The record also lists the slot's cgroup directories, so an alcove started
+//! from another cgroup, which makes the slot's cgroups under its own, removes
+//! the ones the earlier holder made.
 //!
 //! What is reused is safe to reuse. A sandbox cannot change a pooled network
 //! namespace (it has no CAP_NET_ADMIN there) and none of its sockets outlive its
