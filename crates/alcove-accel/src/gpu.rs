@@ -173,6 +173,23 @@ impl Gpu {
         Ok(())
     }
 
+    /// Runs `work` with staging that has room for tiles of `sizes` (a, b, c
+    /// elements), lent out of `self` for the call and kept for the next.
+    fn staged<T: Element, R>(
+        &mut self,
+        (a, b, c): (usize, usize, usize),
+        work: impl FnOnce(&Self, &mut Staging<T>) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        self.ensure::<T>(a, b, c)?;
+        let mut staging = T::staging(self).take().expect("ensured");
+        let result = work(self, &mut staging);
+        *T::staging(self) = Some(staging);
+        result
+    }
+
     /// `c = a * b`, row-major, host buffers in and out.
     pub fn matmul<T: Element>(
         &mut self,
@@ -191,11 +208,9 @@ impl Gpu {
             "operands shorter than their dimensions"
         );
         let rows = (TILE_ELEMENTS / k.max(1)).clamp(1, m.div_ceil(2).max(1));
-        self.ensure::<T>(rows * k, k * n, rows * n)?;
-        let mut staging = T::staging(self).take().expect("ensured");
-        let result = self.matmul_tiles(&mut staging, rows, m, n, k, a, b, c);
-        *T::staging(self) = Some(staging);
-        result
+        self.staged((rows * k, k * n, rows * n), |gpu, staging| {
+            gpu.matmul_tiles(staging, rows, m, n, k, a, b, c)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -289,11 +304,9 @@ impl Gpu {
             "operands shorter than their dimensions"
         );
         let group = (TILE_ELEMENTS / (sa + sb).max(1)).clamp(1, batch.div_ceil(2).max(1));
-        self.ensure::<T>(group * sa, group * sb, group * sc)?;
-        let mut staging = T::staging(self).take().expect("ensured");
-        let result = self.batched_tiles(&mut staging, group, batch, m, n, k, a, b, c);
-        *T::staging(self) = Some(staging);
-        result
+        self.staged((group * sa, group * sb, group * sc), |gpu, staging| {
+            gpu.batched_tiles(staging, group, batch, m, n, k, a, b, c)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

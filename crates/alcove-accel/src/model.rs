@@ -96,25 +96,11 @@ impl DeviceProfile {
     /// An NVIDIA H100 SXM over PCIe 5 as data (public figures, rounded): for
     /// tests and for reasoning without a GPU.
     pub fn h100_pcie5() -> Self {
-        let curve = |peak: f64| {
-            vec![
-                SpeedPoint {
-                    flops: 2.0 * 256f64.powi(3),
-                    gflops: peak * 0.02,
-                },
-                SpeedPoint {
-                    flops: 2.0 * 1024f64.powi(3),
-                    gflops: peak * 0.35,
-                },
-                SpeedPoint {
-                    flops: 2.0 * 4096f64.powi(3),
-                    gflops: peak * 0.75,
-                },
-                SpeedPoint {
-                    flops: 2.0 * 16384f64.powi(3),
-                    gflops: peak * 0.85,
-                },
-            ]
+        let curve = |peak| {
+            speed_curve(
+                peak,
+                &[(256, 0.02), (1024, 0.35), (4096, 0.75), (16384, 0.85)],
+            )
         };
         DeviceProfile {
             name: "NVIDIA H100 (profile)".into(),
@@ -144,23 +130,21 @@ impl DeviceProfile {
             launch_us: 2.0,
             speed: vec![(
                 DType::F32,
-                vec![
-                    SpeedPoint {
-                        flops: 2.0 * 16f64.powi(3),
-                        gflops: peak * 0.05,
-                    },
-                    SpeedPoint {
-                        flops: 2.0 * 128f64.powi(3),
-                        gflops: peak * 0.5,
-                    },
-                    SpeedPoint {
-                        flops: 2.0 * 1024f64.powi(3),
-                        gflops: peak * 0.9,
-                    },
-                ],
+                speed_curve(peak, &[(16, 0.05), (128, 0.5), (1024, 0.9)]),
             )],
         }
     }
+}
+
+/// A speed curve as data: at each square size n, `fraction` of `peak` GFLOP/s.
+fn speed_curve(peak: f64, points: &[(u32, f64)]) -> Vec<SpeedPoint> {
+    points
+        .iter()
+        .map(|&(n, fraction)| SpeedPoint {
+            flops: 2.0 * f64::from(n).powi(3),
+            gflops: peak * fraction,
+        })
+        .collect()
 }
 
 #[cfg(test)]

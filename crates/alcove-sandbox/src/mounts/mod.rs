@@ -150,6 +150,31 @@ impl Builder {
         });
     }
 
+    /// Binds `source` (recursively) at `target`, then makes the bind
+    /// read-only and nosuid plus `extra` flags (a bind's flags only take
+    /// effect on a remount).
+    fn bind_read_only(&mut self, source: &Path, target: &Path, extra: libc::c_ulong) {
+        self.mount(
+            Some(source.as_os_str().as_bytes()),
+            target,
+            None,
+            MS_BIND | MS_REC,
+            None,
+        );
+        self.remount_read_only(target, extra);
+    }
+
+    /// Remounts the mount at `target` read-only and nosuid, plus `extra`.
+    fn remount_read_only(&mut self, target: &Path, extra: libc::c_ulong) {
+        self.mount(
+            None,
+            target,
+            None,
+            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | extra,
+            None,
+        );
+    }
+
     fn mkdir(&mut self, path: &Path, mode: libc::mode_t) {
         self.ops.push(MountOp::Mkdir {
             path: cpath(path),
@@ -283,20 +308,7 @@ impl Builder {
         for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
             if Path::new("/proc").join(name).exists() {
                 let path = proc.join(name);
-                self.mount(
-                    Some(path.as_os_str().as_bytes()),
-                    &path,
-                    None,
-                    MS_BIND | MS_REC,
-                    None,
-                );
-                self.mount(
-                    None,
-                    &path,
-                    None,
-                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                    None,
-                );
+                self.bind_read_only(&path, &path, MS_NODEV | MS_NOEXEC);
             }
         }
         for name in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {

@@ -3,11 +3,8 @@
 
 use super::{cpath, Builder, HostView, MountOp, STAGING_DIR};
 use crate::spec::SandboxSpec;
-use alcove_sys::mount::{
-    MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
-};
+use alcove_sys::mount::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC};
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The skeleton of a host-view root, built once per distinct skeleton and kept
@@ -57,20 +54,7 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
             None => {
                 let target = root.join(name);
                 b.mkdir(&target, 0o755);
-                b.mount(
-                    Some(Path::new("/").join(name).as_os_str().as_bytes()),
-                    &target,
-                    None,
-                    MS_BIND | MS_REC,
-                    None,
-                );
-                b.mount(
-                    None,
-                    &target,
-                    None,
-                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
-                    None,
-                );
+                b.bind_read_only(&Path::new("/").join(name), &target, MS_NODEV);
             }
         }
     }
@@ -90,13 +74,7 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
     }
     b.dev_nodes(&root.join("dev"));
     b.mount_points(spec, root);
-    b.mount(
-        None,
-        root,
-        None,
-        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID,
-        None,
-    );
+    b.remount_read_only(root, 0);
     b
 }
 
@@ -125,29 +103,10 @@ pub(crate) fn rootfs_template_plan(lower: &Path, more: &[PathBuf]) -> Vec<MountO
     {
         let view = root.join(layer_view(i).trim_start_matches('/'));
         b.mkdir(&view, 0o755);
-        b.mount(
-            Some(layer.as_os_str().as_bytes()),
-            &view,
-            None,
-            MS_BIND | MS_REC,
-            None,
-        );
-        b.mount(
-            None,
-            &view,
-            None,
-            MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
-            None,
-        );
+        b.bind_read_only(layer, &view, MS_NODEV);
     }
     b.dev_nodes(&root.join("dev"));
-    b.mount(
-        None,
-        root,
-        None,
-        MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID,
-        None,
-    );
+    b.remount_read_only(root, 0);
     b.ops.push(MountOp::PivotRoot {
         new_root: cpath(root),
     });
@@ -263,6 +222,7 @@ pub(crate) fn rootfs_plan(spec: &SandboxSpec, lower: &Path, bind_trees: &[RawFd]
 mod tests {
     use super::*;
     use crate::spec::Bind;
+    use alcove_sys::mount::MS_RDONLY;
 
     fn host() -> HostView {
         HostView {
