@@ -6,7 +6,7 @@ mod common;
 use common::daemon::Daemon;
 use common::*;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLIENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -82,12 +82,9 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
     let service = format!("{} serve", accel_bin.display());
     assert_eq!(processes_with(&service).len(), 1, "one service");
     d.kill9();
-    let start = Instant::now();
-    while !processes_with(&service).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the service outlived the daemon"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the service is gone with the daemon",
+        Duration::from_secs(10),
+        || processes_with(&service).is_empty(),
+    );
 }

@@ -13,14 +13,6 @@ use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// What every test here starts with: root (or a printed skip), the serial
 /// lock, and a daemon on a fresh temp data directory. Dropped in field order:
 /// the daemon is killed, then its directory removed, then the lock freed.

@@ -503,10 +503,14 @@ fn prune_removes_unused_layers_but_never_one_a_sandbox_uses() {
     let mut running = Command::new(ALCOVE)
         .args(["run", "--image", "p", "--image-store"])
         .arg(&store)
-        .args(["--", "/bin/sleep", "3"])
+        .args(["--", "/bin/sleep", "3.25"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_until(
+        "the sandbox runs",
+        std::time::Duration::from_secs(10),
+        || !processes_with("/bin/sleep 3.25").is_empty(),
+    );
     image_json(&store, &["rm", "p"]);
     let report = image_json(&store, &["prune"]);
     assert_eq!(

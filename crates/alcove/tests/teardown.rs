@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// alcove's bounded, reusable pieces: pool slots and template namespaces.
 fn is_pooled(mount_point: &str) -> bool {
@@ -19,14 +19,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         // SAFETY: kill on the pid of a child this test started and has not reaped.
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -21,6 +21,15 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Polls `done` until it holds; fails the test, naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Whether the test can run; if not, says why on the real stderr (not the
 /// captured one), so a skip is never silent.
 pub fn root_or_skip(test: &str) -> bool {
