@@ -29,8 +29,7 @@ pub enum BpfError {
 
 /// Says what to do for the errors a user can act on.
 fn hint(source: &libbpf_rs::Error) -> &'static str {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = alcove_sys::process::is_root();
     match (source.kind(), root) {
         (libbpf_rs::ErrorKind::PermissionDenied, false) => {
             " (loading BPF needs root, or CAP_BPF and CAP_PERFMON; see `alcove doctor`)"

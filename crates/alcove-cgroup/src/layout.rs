@@ -215,10 +215,7 @@ pub(crate) fn is_cgroup_fs(path: &Path) -> bool {
 fn fs_magic(path: &Path) -> Option<i64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: a zeroed statfs is a valid out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is valid for writes.
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+    alcove_sys::fs::filesystem_magic(&c).ok()
 }
 
 const KNOWN_V1: &[&str] = &[

@@ -237,9 +237,9 @@ impl SandboxCgroup {
                 };
                 for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                     any = true;
-                    // SAFETY: kill takes plain integers; these pids are in the
-                    // sandbox's own cgroup, which only sandbox processes can join.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    // These pids are in the sandbox's own cgroup, which only
+                    // sandbox processes can join; one already gone is fine.
+                    let _ = alcove_sys::process::kill(pid, libc::SIGKILL);
                 }
             }
             if !any {

@@ -20,7 +20,7 @@ pub const MAX_CODE_ENTRIES: usize = 100_000;
 /// nothing (it happens in a temporary directory renamed into place).
 pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError> {
     let bad = |why: String| EngineError::BadCode(why);
-    let tmp = data.join("tmp").join(crate::random_id());
+    let tmp = data.join("tmp").join(alcove_sys::process::random_id());
     std::fs::create_dir_all(&tmp).map_err(EngineError::io("creating a code staging directory"))?;
     let cleanup = |e: EngineError| {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -159,7 +159,7 @@ pub(crate) fn secrets_dir(
     for p in [data.join("secrets"), parent.to_owned()] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(&io)?;
     }
-    let tmp = parent.join(format!(".{}", crate::random_id()));
+    let tmp = parent.join(format!(".{}", alcove_sys::process::random_id()));
     std::fs::create_dir(&tmp).map_err(&io)?;
     for (name, value) in secrets {
         let path = tmp.join(name);

@@ -236,8 +236,7 @@ mod tests {
     const NOT_EXPOSED: &str = "/dev/net/tun";
 
     fn can_run(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let why = if unsafe { libc::geteuid() } != 0 {
+        let why = if !alcove_sys::process::is_root() {
             "needs root (namespaces, cgroups, eBPF)".to_owned()
         } else if let Some(missing) = [EXPOSED, NOT_EXPOSED]
             .into_iter()

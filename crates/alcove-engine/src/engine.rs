@@ -290,7 +290,7 @@ impl Engine {
 
     fn new_record(&self, v: &VersionInfo, is_async: bool) -> Result<InvocationRecord, EngineError> {
         let record = InvocationRecord {
-            id: crate::random_id(),
+            id: alcove_sys::process::random_id(),
             function: v.function.clone(),
             version: v.version,
             status: "queued".into(),

@@ -75,15 +75,6 @@ impl EngineError {
     }
 }
 
-/// 16 random bytes as hex: invocation ids, staging names.
-pub(crate) fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(n, 16, "getrandom");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Function names: 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();

@@ -61,12 +61,3 @@ impl ImageError {
         move |source| ImageError::Io { what, source }
     }
 }
-
-/// 16 random bytes as hex, for staging names.
-pub(crate) fn random_name() -> String {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(n, 16, "getrandom");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -133,7 +133,7 @@ impl Store {
     pub(crate) fn staging_dir(&self, diff_id: &str) -> PathBuf {
         self.root
             .join("tmp")
-            .join(format!("{diff_id}.{}", crate::random_name()))
+            .join(format!("{diff_id}.{}", alcove_sys::process::random_id()))
     }
 
     fn index_lock(&self, exclusive: bool) -> Result<File, ImageError> {
@@ -162,7 +162,7 @@ impl Store {
         let io = ImageError::io("writing the store's index");
         let tmp = self
             .root
-            .join(format!("index.json.{}", crate::random_name()));
+            .join(format!("index.json.{}", alcove_sys::process::random_id()));
         let mut file = File::create(&tmp).map_err(ImageError::io("writing the store's index"))?;
         let bytes = serde_json::to_vec_pretty(index).expect("the index serializes");
         let written = file.write_all(&bytes).and_then(|()| file.sync_all());
@@ -320,7 +320,7 @@ impl Store {
                 let trash = self
                     .root
                     .join("tmp")
-                    .join(format!("trash.{}", crate::random_name()));
+                    .join(format!("trash.{}", alcove_sys::process::random_id()));
                 std::fs::rename(&dir, &trash).map_err(ImageError::io("moving a layer out"))?;
                 std::fs::remove_dir_all(&trash).map_err(ImageError::io("removing a layer"))?;
             }

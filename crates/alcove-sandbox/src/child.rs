@@ -293,8 +293,7 @@ fn init(plan: &ChildPlan) -> Result<Never, Failure> {
                 }
             }
             signal => {
-                // SAFETY: kill on the pid of our own child.
-                unsafe { libc::kill(program, signal) };
+                let _ = process::kill(program, signal); // our own child
             }
         }
     }

@@ -57,3 +57,12 @@ pub fn is_executable(path: &CStr) -> bool {
     // SAFETY: `path` is a valid NUL-terminated string.
     unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
 }
+
+/// The magic number of the filesystem `path` is on (`statfs`'s `f_type`).
+pub fn filesystem_magic(path: &CStr) -> io::Result<i64> {
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is valid for writes.
+    crate::cvt_int(unsafe { libc::statfs(path.as_ptr(), &mut st) })?;
+    Ok(st.f_type as i64)
+}

@@ -82,3 +82,33 @@ pub fn reap_any() -> Option<(libc::pid_t, i32)> {
     let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
     (pid > 0).then_some((pid, status))
 }
+
+/// Whether the caller's effective uid is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends `signal` to process `pid` (allocation-free: a vfork child may call it).
+pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    crate::cvt_int(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// Whether a process `pid` exists (signal 0: nothing is sent).
+pub fn exists(pid: libc::pid_t) -> bool {
+    kill(pid, 0).is_ok()
+}
+
+/// 16 bytes from the kernel's random source as 32 hex digits: ids and
+/// unguessable names for staging directories.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(
+        n, 16,
+        "getrandom cannot fail for 16 bytes once the pool is ready"
+    );
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -60,8 +60,7 @@ pub fn run_observed(
         with_devices = s;
         &with_devices
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !process::is_root() {
         return Err(SandboxError::NotRoot);
     }
     ensure_staging_dir()?;
@@ -380,8 +379,7 @@ pub fn gc_orphans() -> Result<usize, SandboxError> {
         let Ok(owner) = owner.parse::<i32>() else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks whether the pid exists.
-        if owner == std::process::id() as i32 || unsafe { libc::kill(owner, 0) } == 0 {
+        if owner == std::process::id() as i32 || process::exists(owner) {
             continue; // a live alcove still owns it
         }
         let cgroup = SandboxCgroup::open_existing(layout, &name);
