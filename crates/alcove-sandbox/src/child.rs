@@ -195,13 +195,9 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     if plan.loopback_up {
         net::loopback_up().map_err(at(Stage::Loopback))?;
     }
-    // SAFETY: setsid takes no arguments.
-    if unsafe { libc::setsid() } == -1 {
-        return Err((Stage::Session, 0, io::Error::last_os_error()));
-    }
+    process::setsid().map_err(at(Stage::Session))?;
     // Modes in the plan are exact while building; the program gets the usual 022.
-    // SAFETY: umask takes and returns plain integers.
-    unsafe { libc::umask(0) };
+    process::set_umask(0);
     mark(plan, 1);
     if let Some(template) = plan.template {
         // SAFETY: the parent keeps the template fd open until the child has exec'd.
@@ -212,8 +208,7 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
     for (index, op) in plan.mount_ops.iter().enumerate() {
         apply(op).map_err(|e| (Stage::Mount, index as u32, e))?;
     }
-    // SAFETY: as above.
-    unsafe { libc::umask(0o022) };
+    process::set_umask(0o022);
     mark(plan, 2);
     ns::sethostname(&plan.hostname).map_err(at(Stage::Hostname))?;
     fs::chdir(&plan.workdir).map_err(at(Stage::Workdir))?;
@@ -256,10 +251,7 @@ fn init(plan: &ChildPlan) -> Result<Never, Failure> {
     let all = alcove_sys::signal::block_all().map_err(at(Stage::Init))?;
     // SAFETY: this process is single-threaded; the child only restores the
     // signal mask and execs (or reports failure and _exits).
-    let program = unsafe { libc::fork() };
-    if program < 0 {
-        return Err((Stage::Init, 0, io::Error::last_os_error()));
-    }
+    let program = unsafe { process::fork() }.map_err(at(Stage::Init))?;
     if program == 0 {
         alcove_sys::signal::restore_mask(&all);
         return exec(plan);
@@ -268,8 +260,7 @@ fn init(plan: &ChildPlan) -> Result<Never, Failure> {
     // reaches end-of-file at the program's exec, and the output pipes' read
     // ends (inherited from alcove, which the init never execs away) do not
     // keep a stream open that alcove has closed.
-    // SAFETY: close_range on our own descriptor table.
-    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    let _ = fd::close_all();
     loop {
         match alcove_sys::signal::wait_any() {
             libc::SIGCHLD => {
@@ -316,8 +307,7 @@ fn restrict_paths(handled: u64, rules: &[(CString, u64)]) -> Result<(), Failure>
 
 /// Exits if alcove died before the parent-death signal was armed.
 fn check_lifeline(plan: &ChildPlan) -> Result<(), Failure> {
-    // SAFETY: closing our inherited copy of the write end, which we own.
-    unsafe { libc::close(plan.lifeline_write) };
+    let _ = fd::close(plan.lifeline_write); // our inherited copy of the write end
     let mut pfd = [libc::pollfd {
         fd: plan.lifeline_read,
         events: libc::POLLIN,

@@ -270,17 +270,15 @@ fn prepare(
 /// A hash naming where alcove's own cgroups are, so a slot used from another
 /// cgroup starts from scratch.
 fn place_of(layout: &CgroupLayout) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = crate::template::Fnv::default();
     let dirs = layout
         .unified_own_dir
         .iter()
         .chain(layout.v1.iter().map(|v| &v.own_dir));
     for dir in dirs {
-        for &b in dir.as_os_str().as_bytes().iter().chain(&[0]) {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.add(dir.as_os_str().as_bytes());
     }
-    h
+    h.0
 }
 
 /// How many slots are prepared now (their network namespace exists), out of

@@ -16,7 +16,7 @@ use crate::child;
 use crate::mounts::{self, HostView};
 use crate::spec::SandboxSpec;
 use crate::SandboxError;
-use alcove_sys::{mount, ns};
+use alcove_sys::{mount, ns, process};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -154,8 +154,10 @@ fn key(spec: &SandboxSpec, resolv_conf: Option<&[u8]>) -> String {
     format!("host-{:016x}", h.0)
 }
 
+/// FNV-1a over byte strings, each ended by a 0xff separator: short stable
+/// names for what a template or a pool slot was built from.
 #[derive(Debug)]
-struct Fnv(u64);
+pub(crate) struct Fnv(pub(crate) u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -164,7 +166,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn add(&mut self, bytes: &[u8]) {
+    pub(crate) fn add(&mut self, bytes: &[u8]) {
         for &b in bytes.iter().chain(&[0xff]) {
             self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -194,21 +196,18 @@ fn build(path: &Path, plan: &[mounts::MountOp]) -> Result<(), SandboxError> {
     let built = File::open("/proc/thread-self/ns/mnt")
         .map_err(prepare("opening the template mount namespace"))
         .and_then(|template| {
-            // SAFETY: umask takes and returns plain integers.
-            let old_umask = unsafe { libc::umask(0) };
+            let old_umask = process::set_umask(0);
             let result = plan.iter().try_for_each(|op| {
                 child::apply(op).map_err(|source| SandboxError::Setup {
                     what: format!("building a template: {}", op.describe()),
                     source,
                 })
             });
-            // SAFETY: as above.
-            unsafe { libc::umask(old_umask) };
+            process::set_umask(old_umask);
             result.map(|()| template)
         });
     ns::setns(host_ns.as_fd(), libc::CLONE_NEWNS).expect("return to alcove's own mount namespace");
-    // SAFETY: fchdir on a directory fd we own.
-    unsafe { libc::fchdir(cwd.as_raw_fd()) };
+    let _ = alcove_sys::fs::fchdir(cwd.as_fd());
     let template = built?;
     // `alcove gc` may have removed the directory meanwhile.
     if let Some(dir) = path.parent() {

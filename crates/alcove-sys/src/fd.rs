@@ -157,3 +157,17 @@ pub fn flock(fd: BorrowedFd<'_>, how: Lock) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// Closes the descriptor `fd`, which the caller owns and will not use again.
+pub fn close(fd: RawFd) -> io::Result<()> {
+    // SAFETY: closing a descriptor only affects our own table; the caller
+    // owns it.
+    crate::cvt_int(unsafe { libc::close(fd) }).map(drop)
+}
+
+/// Closes every descriptor of the process (close_range 0..=max): for a
+/// process that keeps none of what it inherited.
+pub fn close_all() -> io::Result<()> {
+    // SAFETY: close_range on our own descriptor table, plain integers.
+    crate::cvt(unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) }).map(drop)
+}

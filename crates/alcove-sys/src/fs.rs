@@ -66,3 +66,9 @@ pub fn filesystem_magic(path: &CStr) -> io::Result<i64> {
     crate::cvt_int(unsafe { libc::statfs(path.as_ptr(), &mut st) })?;
     Ok(st.f_type as i64)
 }
+
+/// Makes the directory `dir` the working directory.
+pub fn fchdir(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fchdir takes a descriptor the borrow keeps open.
+    crate::cvt_int(unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&dir)) }).map(drop)
+}

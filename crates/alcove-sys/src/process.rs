@@ -112,3 +112,26 @@ pub fn random_id() -> String {
     );
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Starts a new session (and process group) led by the caller: no
+/// controlling terminal, so nothing can be injected through one.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    crate::cvt_int(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Sets the file mode creation mask; returns the previous one.
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask takes and returns plain integers and cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Forks: `Ok(0)` in the child, the child's pid in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded (or the child must only call
+/// async-signal-safe functions before exec or `_exit`).
+pub unsafe fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the caller upholds fork's single-threaded requirement.
+    crate::cvt_int(unsafe { libc::fork() })
+}
