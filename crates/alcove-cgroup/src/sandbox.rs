@@ -361,13 +361,7 @@ pub fn list_names(layout: &CgroupLayout) -> Vec<String> {
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), CgroupError> {
-    match std::fs::create_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
-            path: dir.to_owned(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
+    existing_is_fine(dir, std::fs::create_dir(dir))
 }
 
 /// Creates `dir`, creating its parent first only when it is missing.
@@ -377,6 +371,12 @@ fn create_with_parent(dir: &Path) -> Result<(), CgroupError> {
             ensure_dir(dir.parent().expect("has a parent"))?;
             ensure_dir(dir)
         }
+        created => existing_is_fine(dir, created),
+    }
+}
+
+fn existing_is_fine(dir: &Path, created: io::Result<()>) -> Result<(), CgroupError> {
+    match created {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
             path: dir.to_owned(),
             source: e,

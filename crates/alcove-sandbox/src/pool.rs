@@ -306,13 +306,7 @@ pub(crate) fn remove_all(layout: &CgroupLayout) -> usize {
         if cgroup.remove().is_ok() {
             removed += 1;
         }
-        let path = net_path(i);
-        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
-            if mount::umount(&c, mount::MNT_DETACH).is_ok() {
-                removed += 1;
-            }
-        }
-        let _ = std::fs::remove_file(&path);
+        removed += crate::template::unpin(&net_path(i)) as usize;
         let _ = std::fs::remove_file(lock_path(i));
     }
     removed

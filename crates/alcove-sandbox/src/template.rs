@@ -110,16 +110,20 @@ pub(crate) fn remove_all() -> usize {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
-            if mount::umount(&c, mount::MNT_DETACH).is_ok() {
-                removed += 1;
-            }
-        }
-        let _ = std::fs::remove_file(&path);
+        removed += unpin(&path) as usize;
         let _ = std::fs::remove_file(path.with_extension("lock"));
     }
     let _ = std::fs::remove_dir(&dir);
     removed
+}
+
+/// Unmounts the namespace pinned at `path` and removes the file; whether a
+/// namespace was pinned there.
+pub(crate) fn unpin(path: &Path) -> bool {
+    let unmounted = CString::new(path.as_os_str().as_bytes())
+        .is_ok_and(|c| mount::umount(&c, mount::MNT_DETACH).is_ok());
+    let _ = std::fs::remove_file(path);
+    unmounted
 }
 
 /// The template's name: a hash of everything the skeleton depends on.
