@@ -432,26 +432,13 @@ fn loading_without_privileges_fails_with_a_clear_message() {
         return;
     }
     let _g = serial();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            ALCOVE,
-            "run",
-            "--trace",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(
-        stderr.contains("loading BPF needs root, or CAP_BPF and CAP_PERFMON"),
-        "{stderr}"
+    let args = ["run", "--trace", "--", "true"];
+    let stderr = assert_refused(
+        &args,
+        &alcove_as_nobody(&args),
+        "loading BPF needs root, or CAP_BPF and CAP_PERFMON",
     );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
 #[test]

@@ -128,13 +128,7 @@ fn bad_flags_are_125_with_a_clear_message_and_run_nothing() {
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
-        let out = alcove(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: expected {needle:?} in {stderr}"
-        );
+        assert_refused(args, &alcove(args), needle);
     }
 }
 
@@ -172,13 +166,7 @@ fn invalid_specs_fail_before_anything_runs_and_leave_nothing() {
         ),
     ];
     for (args, needle) in cases {
-        let out = alcove(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: expected {needle:?} in {stderr}"
-        );
+        let stderr = assert_refused(args, &alcove(args), needle);
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
     assert_eq!(alcove_cgroups(), before, "a failed start left a cgroup");
@@ -189,21 +177,8 @@ fn running_unprivileged_is_refused_clearly() {
     if !root_or_skip("running_unprivileged_is_refused_clearly") {
         return;
     }
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            ALCOVE,
-            "run",
-            "--",
-            "true",
-        ])
-        .output()
-        .expect("setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert!(stderr.contains("alcove must run as root"), "{stderr}");
+    let args = ["run", "--", "true"];
+    assert_refused(&args, &alcove_as_nobody(&args), "alcove must run as root");
 }
 
 #[test]

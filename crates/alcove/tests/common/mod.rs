@@ -74,6 +74,28 @@ pub fn alcove(args: &[&str]) -> Output {
         .expect("start alcove")
 }
 
+/// Runs `alcove` with `args` as uid/gid 65534 with no groups (setpriv, from util-linux).
+pub fn alcove_as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", ALCOVE])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// Asserts that `out` is alcove refusing with 125 and a stderr containing
+/// `needle`; returns that stderr.
+pub fn assert_refused(args: &[&str], out: &Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {stderr}"
+    );
+    stderr
+}
+
 /// Runs `alcove run --report FILE OPTIONS -- PROGRAM...` and reads the report.
 pub fn sandbox(options: &[&str], program: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
