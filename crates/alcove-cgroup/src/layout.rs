@@ -48,6 +48,14 @@ impl CgroupLayout {
                 Self::parse(&mountinfo, &cgroups)?
             }
         };
+        // A process in the leaf (moved there by an earlier step of this
+        // alcove, or started there by systemd's DelegateSubgroup=) belongs
+        // to the leaf's parent, the cgroup delegated to it.
+        if let Some(dir) = &layout.unified_own_dir {
+            if dir.file_name().is_some_and(|n| n == crate::LEAF) {
+                layout.unified_own_dir = dir.parent().map(Path::to_owned);
+            }
+        }
         let v1_covers_all = ["cpu", "memory", "pids"].iter().all(|c| {
             layout
                 .v1

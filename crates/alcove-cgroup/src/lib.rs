@@ -8,13 +8,17 @@
 //! alcove itself runs there, and it does not decide policy: limits come from the
 //! caller.
 
+pub mod delegation;
 mod layout;
+mod registry;
 mod sandbox;
 pub mod v1;
 pub mod v2;
 
+pub use delegation::{DelegationCheck, DelegationError, LEAF};
 pub use layout::{CgroupLayout, LayoutKind, V1Hierarchy};
-pub use sandbox::{list_names, SandboxCgroup, PARENT_DIR};
+pub use registry::{forget_place, remembered_places, PLACES_FILE};
+pub use sandbox::{SandboxCgroup, PARENT_DIR, RUN_LEAF};
 
 use std::io;
 use std::path::PathBuf;
@@ -105,14 +109,8 @@ pub enum CgroupError {
     },
     #[error("no cgroup hierarchy offers the {0} controller; mount it as cgroup v2 or v1")]
     MissingController(&'static str),
-    #[error(
-        "cgroup v2 controller {controller} is not delegated to {path}; start alcove in a cgroup \
-         that delegates it (for example `systemd-run --scope -p Delegate=yes alcove ...`)"
-    )]
-    NotDelegated {
-        controller: &'static str,
-        path: PathBuf,
-    },
+    #[error(transparent)]
+    Delegation(#[from] DelegationError),
     #[error("unexpected content in {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
 }

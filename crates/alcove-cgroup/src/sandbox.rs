@@ -1,11 +1,15 @@
 //! One sandbox's cgroup, spread over whichever hierarchies serve its controllers.
 
-use crate::{v1, v2, CgroupError, CgroupLayout, Controller, Limits, Usage};
+use crate::delegation::{self, static_name};
+use crate::{registry, v1, v2, CgroupError, CgroupLayout, Controller, Limits, Usage};
 use std::io;
 use std::path::{Path, PathBuf};
 
 /// The directory, under alcove's own cgroup, that holds every sandbox cgroup.
 pub const PARENT_DIR: &str = "alcove";
+
+/// The child of a pooled v2 cgroup that one run's processes live in.
+pub const RUN_LEAF: &str = "run";
 
 /// A sandbox's cgroup: one directory in the unified tree (when mounted, even
 /// without controllers, because it gives the sandbox its cgroup2 id) and one in
@@ -15,6 +19,10 @@ pub struct SandboxCgroup {
     unified: Option<PathBuf>,
     unified_controllers: Vec<Controller>,
     v1: Vec<(Vec<String>, PathBuf)>,
+    /// A fresh child of `unified` holding this run's processes (a pooled
+    /// cgroup on v2), so that every counter starts at zero: v2 cannot reset
+    /// pids.peak, nor memory.peak before kernel 6.12. Limits stay on the parent.
+    run_leaf: Option<PathBuf>,
     /// v2 memory.peak opened and reset for this run (kernel 6.12+): its peak
     /// is read back through the same descriptor.
     peak_fd: Option<std::fs::File>,
@@ -32,6 +40,7 @@ impl SandboxCgroup {
             unified: None,
             unified_controllers: Vec::new(),
             v1: Vec::new(),
+            run_leaf: None,
             peak_fd: None,
         };
         if let Some(own) = &layout.unified_own_dir {
@@ -43,11 +52,16 @@ impl SandboxCgroup {
             let parent = own.join(PARENT_DIR);
             let dir = parent.join(name);
             if !wanted.is_empty() {
-                ensure_dir(&parent)?;
-                delegate(own, &wanted)?;
-                delegate(&parent, &wanted)?;
+                delegation::enable_for_children(own, &wanted)?;
+                let made = make_parent(&parent)?;
+                if let Err(e) = delegation::enable_below(&parent, &wanted) {
+                    if made {
+                        let _ = std::fs::remove_dir(&parent);
+                    }
+                    return Err(e);
+                }
             }
-            create_with_parent(&dir)?;
+            create_in_parent(&dir)?;
             cgroup.unified = Some(dir);
             cgroup.unified_controllers = wanted;
         }
@@ -65,15 +79,22 @@ impl SandboxCgroup {
                     continue;
                 }
                 cgroup.remove_quietly();
-                return Err(CgroupError::MissingController(static_name(controller)));
+                return Err(match &layout.unified_own_dir {
+                    Some(own) if layout.kind() == crate::LayoutKind::V2 => {
+                        delegation::DelegationError::NotDelegated {
+                            controller: static_name(controller),
+                            path: own.clone(),
+                        }
+                        .into()
+                    }
+                    _ => CgroupError::MissingController(static_name(controller)),
+                });
             };
             if cgroup.v1.iter().any(|(c, _)| *c == hierarchy.controllers) {
                 continue; // co-mounted with one already created
             }
             let dir = hierarchy.own_dir.join(PARENT_DIR).join(name);
-            if let Err(e) =
-                ensure_dir(dir.parent().expect("has parent")).and_then(|()| ensure_dir(&dir))
-            {
+            if let Err(e) = create_in_parent(&dir) {
                 cgroup.remove_quietly();
                 return Err(e);
             }
@@ -143,6 +164,45 @@ impl SandboxCgroup {
         Ok(leftover)
     }
 
+    /// Moves this run's processes into a fresh child of the pooled v2 cgroup
+    /// (see the `run_leaf` field), so its peaks, CPU time and OOM kills are
+    /// its own. Returns `false` where no v2 controller measures the run (v1
+    /// keeps [`restart_peaks`](Self::restart_peaks)). A leaf left by a run that
+    /// died is replaced: call [`kill_all`](Self::kill_all) first.
+    pub fn begin_run_leaf(&mut self) -> Result<bool, CgroupError> {
+        let Some(dir) = self.unified.clone() else {
+            return Ok(false);
+        };
+        let measured: Vec<Controller> = self
+            .unified_controllers
+            .iter()
+            .copied()
+            .filter(|c| matches!(c, Controller::Memory | Controller::Pids))
+            .collect();
+        if measured.is_empty() {
+            return Ok(false);
+        }
+        delegation::enable_below(&dir, &measured)?;
+        let leaf = dir.join(RUN_LEAF);
+        if std::fs::create_dir(&leaf).is_err() {
+            remove_dir(&leaf)?;
+            std::fs::create_dir(&leaf).map_err(|source| CgroupError::Create {
+                path: leaf.clone(),
+                source,
+            })?;
+        }
+        self.run_leaf = Some(leaf);
+        Ok(true)
+    }
+
+    /// Removes the run's leaf; its processes must all be gone.
+    pub fn end_run_leaf(&mut self) -> Result<(), CgroupError> {
+        match self.run_leaf.take() {
+            Some(leaf) => remove_dir(&leaf),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the last [`restart_peaks`](Self::restart_peaks) restarted the
     /// peak-memory record (always on v1; on v2 only where memory.peak can be
     /// reset, kernel 6.12 and later).
@@ -155,16 +215,17 @@ impl SandboxCgroup {
         !self.is_v2(Controller::Pids) && self.dir_for_v1("pids").is_some()
     }
 
-    /// The sandbox's directory in the unified tree, for `CLONE_INTO_CGROUP`.
+    /// The sandbox's directory in the unified tree, for `CLONE_INTO_CGROUP`:
+    /// the run's leaf where there is one.
     pub fn unified_dir(&self) -> Option<&Path> {
-        self.unified.as_deref()
+        self.run_leaf.as_deref().or(self.unified.as_deref())
     }
 
     /// The cgroup2 id of the sandbox (the inode number of its unified directory),
     /// which is what `bpf_get_current_cgroup_id()` reports for its processes.
     pub fn id(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        let dir = self.unified.as_ref()?;
+        let dir = self.unified_dir()?;
         std::fs::metadata(dir).ok().map(|m| m.ino())
     }
 
@@ -178,7 +239,7 @@ impl SandboxCgroup {
     pub fn usage(&self) -> Result<Usage, CgroupError> {
         let mut usage = Usage::default();
         (usage.cpu_user_us, usage.cpu_system_us) = self.cpu_usage_us()?;
-        if let Some(dir) = self.dir_for(Controller::Memory, "memory") {
+        if let Some(dir) = self.measured_dir(Controller::Memory, "memory") {
             if self.is_v2(Controller::Memory) {
                 usage.memory_peak_bytes = match &self.peak_fd {
                     Some(fd) => v2::read_peak_fd(fd),
@@ -188,7 +249,7 @@ impl SandboxCgroup {
                 usage.memory_peak_bytes = Some(v1::memory_peak(dir)?);
             }
         }
-        if let Some(dir) = self.dir_for(Controller::Pids, "pids") {
+        if let Some(dir) = self.measured_dir(Controller::Pids, "pids") {
             usage.pids_peak = v2::pids_peak(dir);
         }
         usage.oom_kills = self.oom_kills()?;
@@ -197,7 +258,7 @@ impl SandboxCgroup {
 
     /// CPU time used so far, `(user, system)` in microseconds.
     pub fn cpu_usage_us(&self) -> Result<(u64, u64), CgroupError> {
-        if let Some(dir) = &self.unified {
+        if let Some(dir) = self.unified_dir() {
             return v2::cpu_usage_us(dir);
         }
         match self.dir_for_v1("cpuacct") {
@@ -208,7 +269,7 @@ impl SandboxCgroup {
 
     /// How many processes the OOM killer has killed in this cgroup.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
-        match self.dir_for(Controller::Memory, "memory") {
+        match self.measured_dir(Controller::Memory, "memory") {
             Some(dir) if self.is_v2(Controller::Memory) => v2::oom_kills(dir),
             Some(dir) => v1::oom_kills(dir),
             None => Ok(0),
@@ -274,11 +335,11 @@ impl SandboxCgroup {
         SandboxCgroup {
             unified: None,
             unified_controllers: Vec::new(),
-            v1: dirs
-                .into_iter()
-                .filter(|d| d.is_dir() && crate::layout::is_cgroup_fs(d))
-                .map(|d| (Vec::new(), d))
-                .collect(),
+            v1: with_leaves(
+                dirs.into_iter()
+                    .filter(|d| d.is_dir() && crate::layout::is_cgroup_fs(d)),
+            ),
+            run_leaf: None,
             peak_fd: None,
         }
     }
@@ -296,10 +357,15 @@ impl SandboxCgroup {
             .map(|h| (h.controllers.clone(), h.own_dir.join(PARENT_DIR).join(name)))
             .filter(|(_, d)| d.is_dir())
             .collect();
+        let run_leaf = unified
+            .as_ref()
+            .map(|d| d.join(RUN_LEAF))
+            .filter(|d| d.is_dir());
         SandboxCgroup {
             unified,
             unified_controllers: Vec::new(),
             v1,
+            run_leaf,
             peak_fd: None,
         }
     }
@@ -310,9 +376,11 @@ impl SandboxCgroup {
         }
     }
 
+    /// Every directory, children before their parents.
     fn all_dirs(&self) -> impl Iterator<Item = &Path> {
-        self.unified
+        self.run_leaf
             .iter()
+            .chain(self.unified.iter())
             .map(PathBuf::as_path)
             .chain(self.v1_dirs())
     }
@@ -321,9 +389,18 @@ impl SandboxCgroup {
         self.unified_controllers.contains(&controller)
     }
 
+    /// Where `controller`'s limit is written.
     fn dir_for(&self, controller: Controller, v1_name: &str) -> Option<&Path> {
         if self.is_v2(controller) {
             return self.unified.as_deref();
+        }
+        self.dir_for_v1(v1_name)
+    }
+
+    /// Where `controller`'s usage of this run is read: the run's leaf, if any.
+    fn measured_dir(&self, controller: Controller, v1_name: &str) -> Option<&Path> {
+        if self.is_v2(controller) {
+            return self.unified_dir();
         }
         self.dir_for_v1(v1_name)
     }
@@ -336,43 +413,49 @@ impl SandboxCgroup {
     }
 }
 
-/// Lists the sandbox cgroup names under alcove's parent directory in any hierarchy.
-pub fn list_names(layout: &CgroupLayout) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let parents = layout
-        .unified_own_dir
-        .iter()
-        .chain(layout.v1.iter().map(|h| &h.own_dir))
-        .map(|own| own.join(PARENT_DIR));
-    for parent in parents {
-        let Ok(entries) = std::fs::read_dir(parent) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.path().is_dir() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-    }
-    names
-}
-
 fn ensure_dir(dir: &Path) -> Result<(), CgroupError> {
     existing_is_fine(dir, std::fs::create_dir(dir))
 }
 
-/// Creates `dir`, creating its parent first only when it is missing.
-fn create_with_parent(dir: &Path) -> Result<(), CgroupError> {
-    match std::fs::create_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            ensure_dir(dir.parent().expect("has a parent"))?;
-            ensure_dir(dir)
+/// Creates alcove's parent cgroup `parent` if missing; `true` when it did,
+/// and then records where it is for `gc` (see [`registry`]).
+fn make_parent(parent: &Path) -> Result<bool, CgroupError> {
+    match std::fs::create_dir(parent) {
+        Ok(()) => {
+            registry::remember(parent);
+            Ok(true)
         }
-        created => existing_is_fine(dir, created),
+        other => existing_is_fine(parent, other).map(|()| false),
     }
+}
+
+/// Creates `dir`, making its parent first only when that is missing (twice,
+/// should `alcove gc` remove an empty parent in between).
+fn create_in_parent(dir: &Path) -> Result<(), CgroupError> {
+    let mut created = std::fs::create_dir(dir);
+    for _ in 0..2 {
+        match created {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                make_parent(dir.parent().expect("has a parent"))?;
+                created = std::fs::create_dir(dir);
+            }
+            _ => break,
+        }
+    }
+    existing_is_fine(dir, created)
+}
+
+/// Each directory, preceded by its run leaf where one exists.
+fn with_leaves(dirs: impl Iterator<Item = PathBuf>) -> Vec<(Vec<String>, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let leaf = dir.join(RUN_LEAF);
+        if leaf.is_dir() {
+            out.push((Vec::new(), leaf));
+        }
+        out.push((Vec::new(), dir));
+    }
+    out
 }
 
 fn existing_is_fine(dir: &Path, created: io::Result<()>) -> Result<(), CgroupError> {
@@ -406,30 +489,4 @@ fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
         path: dir.to_owned(),
         source: last.expect("an error was recorded"),
     })
-}
-
-/// Makes `controllers` available to the children of `dir` in the unified tree.
-fn delegate(dir: &Path, controllers: &[Controller]) -> Result<(), CgroupError> {
-    let enabled = v2::enabled_controllers(dir)?;
-    let missing: Vec<&str> = controllers
-        .iter()
-        .map(|c| c.name())
-        .filter(|name| !enabled.iter().any(|e| e == name))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    v2::enable_controllers(dir, &missing).map_err(|_| CgroupError::NotDelegated {
-        controller: static_name(missing[0]),
-        path: dir.to_owned(),
-    })
-}
-
-fn static_name(name: &str) -> &'static str {
-    match name {
-        "cpu" => "cpu",
-        "memory" => "memory",
-        "pids" => "pids",
-        _ => "cpuacct",
-    }
 }

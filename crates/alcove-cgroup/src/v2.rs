@@ -35,8 +35,25 @@ pub fn set_pids_max(dir: &Path, max: Option<u64>) -> Result<(), CgroupError> {
 
 /// Enables `controllers` for the children of `dir`.
 pub fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
+    enable_controllers_raw(dir, controllers).map_err(|source| CgroupError::Write {
+        path: dir.join("cgroup.subtree_control"),
+        value: controllers.join(" "),
+        source,
+    })
+}
+
+/// Enables `controllers` for the children of `dir`, returning the kernel's own
+/// error: EBUSY (processes in `dir`) and ENOENT (not offered) mean different
+/// things to the caller.
+pub fn enable_controllers_raw(dir: &Path, controllers: &[&str]) -> std::io::Result<()> {
     let value: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
-    write_value(dir.join("cgroup.subtree_control"), &value.join(" "))
+    std::fs::write(dir.join("cgroup.subtree_control"), value.join(" "))
+}
+
+/// Controllers the parent makes available to `dir` (cgroup.controllers).
+pub fn available_controllers(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let text = read_string(dir.join("cgroup.controllers"))?;
+    Ok(text.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Controllers enabled for the children of `dir`.

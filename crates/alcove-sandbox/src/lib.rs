@@ -27,7 +27,9 @@ pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
 pub use observer::{NoObserver, Observer};
 pub use outcome::{Outcome, Phases, Status};
-pub use run::{gc, gc_orphans, gc_templates, run, run_observed, GcReport, RunOptions};
+pub use run::{
+    gc, gc_orphans, gc_templates, run, run_observed, take_charge_of_cgroups, GcReport, RunOptions,
+};
 pub use seccomp::{syscall_name, syscall_number};
 pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, User};
 

@@ -157,6 +157,9 @@ impl Slot {
         oom_kills: u64,
         pids_peak: Option<u64>,
     ) {
+        if self.cgroup.end_run_leaf().is_err() {
+            return; // left busy: the next holder kills and replaces the leaf
+        }
         self.record.clean = true;
         self.record.cpu_us = cpu_us;
         self.record.oom_kills = oom_kills;
@@ -228,6 +231,27 @@ fn prepare(
         cgroup.kill_all(); // a holder died mid-run; its sandbox may still be dying
     }
     cgroup.apply(limits, previous.as_ref().map(|r| &r.limits))?;
+    if (needs.cpu || needs.peaks) && cgroup.begin_run_leaf()? {
+        // v2: the run gets a fresh child, whose counters are all its own.
+        let record = Record {
+            clean: false,
+            place,
+            limits: limits.clone(),
+            ..Record::default()
+        };
+        lock.write_at(&record.encode(), 0)?;
+        return Ok(Slot {
+            cgroup,
+            netns: slot_netns(i, want_netns)?,
+            baseline: Baseline {
+                pids_exact: true,
+                memory_exact: true,
+                ..Baseline::default()
+            },
+            record,
+            lock,
+        });
+    }
     let mut baseline = Baseline {
         oom_kills: match &previous {
             Some(r) => r.oom_kills,
@@ -254,17 +278,23 @@ fn prepare(
         ..previous.unwrap_or_default()
     };
     lock.write_at(&record.encode(), 0)?;
-    let netns = match want_netns {
-        true => Some(open_netns(&net_path(i)).or_else(|_| create_netns(&net_path(i)))?),
-        false => None,
-    };
     Ok(Slot {
         cgroup,
-        netns,
+        netns: slot_netns(i, want_netns)?,
         baseline,
         record,
         lock,
     })
+}
+
+/// The slot's pooled network namespace, made on first use.
+fn slot_netns(i: usize, want_netns: bool) -> io::Result<Option<OwnedFd>> {
+    match want_netns {
+        true => open_netns(&net_path(i))
+            .or_else(|_| create_netns(&net_path(i)))
+            .map(Some),
+        false => Ok(None),
+    }
 }
 
 /// A hash naming where alcove's own cgroups are, so a slot used from another

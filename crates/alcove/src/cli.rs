@@ -341,8 +341,8 @@ pub fn main() -> i32 {
         Command::Gc => match alcove_sandbox::gc() {
             Ok(r) => {
                 println!(
-                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s)",
-                    r.orphan_cgroups, r.pool_pieces, r.templates
+                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s), {} empty parent cgroup(s)",
+                    r.orphan_cgroups, r.pool_pieces, r.templates, r.parents
                 );
                 0
             }

@@ -37,6 +37,7 @@ pub fn run(json: bool) -> i32 {
         },
         Err(e) => format!("not usable: {e}"),
     };
+    let delegation = layout.as_ref().ok().and_then(delegation);
     let landlock = alcove_sys::landlock::abi_version();
     let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
     let seccomp_actions =
@@ -99,6 +100,15 @@ pub fn run(json: bool) -> i32 {
         let value = serde_json::json!({
             "kernel": kernel.trim(),
             "cgroups": cgroups,
+            "cgroup_delegation": delegation.as_ref().map(|(check, verdict)| serde_json::json!({
+                "cgroup": check.dir,
+                "is_root": check.is_root,
+                "available": check.available,
+                "enabled_for_children": check.enabled,
+                "other_processes": check.other_processes.len(),
+                "ok": verdict.is_ok(),
+                "verdict": verdict.as_ref().unwrap_or_else(|e| e),
+            })),
             "landlock_abi": landlock.ok(),
             "user_namespaces_max": userns.trim().parse::<u64>().ok(),
             "seccomp_actions": seccomp_actions.split_whitespace().collect::<Vec<_>>(),
@@ -109,11 +119,20 @@ pub fn run(json: bool) -> i32 {
             "{}",
             serde_json::to_string_pretty(&value).expect("serialises")
         );
-        return 0;
+        return exit_code(&delegation);
     }
     println!("kernel");
     line("release", kernel.trim());
     line("cgroups", &cgroups);
+    if let Some((check, verdict)) = &delegation {
+        line("cgroup v2 delegation", &check.dir.display().to_string());
+        line("  controllers available", &check.available.join(" "));
+        line("  enabled for children", &check.enabled.join(" "));
+        match verdict {
+            Ok(text) => line("  verdict", &format!("ok: {text}")),
+            Err(text) => line("  verdict", &format!("PROBLEM: {text}")),
+        }
+    }
     line("Landlock", &landlock_text);
     line(
         "user namespaces",
@@ -128,5 +147,32 @@ pub fn run(json: bool) -> i32 {
     for (rule, mechanism) in mechanisms {
         line(rule, &mechanism);
     }
-    0
+    exit_code(&delegation)
+}
+
+type Delegation = (alcove_cgroup::DelegationCheck, Result<String, String>);
+
+/// How alcove's cgroup on the unified hierarchy stands, where that hierarchy
+/// holds a controller alcove limits with (on hybrid hosts the v1 hierarchies
+/// hold them and no delegation is needed).
+fn delegation(layout: &alcove_cgroup::CgroupLayout) -> Option<Delegation> {
+    let own = layout.unified_own_dir.as_ref()?;
+    let wanted: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| layout.v1_for(c).is_none())
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let check = alcove_cgroup::DelegationCheck::inspect(own);
+    let verdict = check.verdict(&wanted);
+    Some((check, verdict))
+}
+
+/// 1 when alcove cannot make cgroups for its sandboxes here.
+fn exit_code(delegation: &Option<Delegation>) -> i32 {
+    match delegation {
+        Some((_, Err(_))) => 1,
+        _ => 0,
+    }
 }

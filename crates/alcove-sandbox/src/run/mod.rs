@@ -344,17 +344,23 @@ pub struct GcReport {
     pub pool_pieces: usize,
     /// Template mount namespaces.
     pub templates: usize,
+    /// Empty parent cgroups (`…/alcove`) and the leaves alcoves had moved
+    /// themselves into beside them.
+    pub parents: usize,
 }
 
 /// Removes what `alcove gc` removes: dead runs' cgroups (see
 /// [`gc_orphans`]), then the whole pool and every template not in use.
 pub fn gc() -> Result<GcReport, SandboxError> {
     let layout = cgroup_layout()?;
-    Ok(GcReport {
+    let mut report = GcReport {
         orphan_cgroups: gc_orphans()?,
         pool_pieces: pool::remove_all(layout),
         templates: template::remove_all(),
-    })
+        parents: 0,
+    };
+    report.parents = prune_parents(layout);
+    Ok(report)
 }
 
 /// Removes the template mount namespaces (runs that use one keep it open);
@@ -364,30 +370,94 @@ pub fn gc_templates() -> usize {
 }
 
 /// Kills what is left in, and removes, the cgroups of alcove processes that
-/// died mid-run (a killed `alcove run` or daemon); leaves the pool and the
+/// died mid-run (a killed `alcove run` or daemon), beneath this alcove's own
+/// cgroup and wherever else an alcove made them (the places
+/// [`alcove_cgroup::remembered_places`] lists); leaves the pool and the
 /// templates, which live alcoves share. A daemon calls this when it starts.
 pub fn gc_orphans() -> Result<usize, SandboxError> {
     let layout = cgroup_layout()?;
     let mut removed = 0;
-    for name in alcove_cgroup::list_names(layout) {
-        let Some(owner) = name
-            .strip_prefix(CGROUP_PREFIX)
-            .and_then(|r| r.split('-').next())
-        else {
+    for parent in parent_dirs(layout) {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
             continue;
         };
-        let Ok(owner) = owner.parse::<i32>() else {
-            continue;
-        };
-        if owner == std::process::id() as i32 || process::exists(owner) {
-            continue; // a live alcove still owns it
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name
+                .strip_prefix(CGROUP_PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|o| o.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if owner == std::process::id() as i32 || process::exists(owner) {
+                continue; // a live alcove still owns it
+            }
+            let cgroup = SandboxCgroup::open_dirs([entry.path()]);
+            cgroup.kill_all();
+            cgroup.remove().map_err(SandboxError::Cgroup)?;
+            removed += 1;
         }
-        let cgroup = SandboxCgroup::open_existing(layout, &name);
-        cgroup.kill_all();
-        cgroup.remove().map_err(SandboxError::Cgroup)?;
-        removed += 1;
     }
     Ok(removed)
+}
+
+/// Every parent cgroup (`…/alcove`) this alcove or another may have made.
+fn parent_dirs(layout: &CgroupLayout) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = layout
+        .unified_own_dir
+        .iter()
+        .chain(layout.v1.iter().map(|h| &h.own_dir))
+        .map(|own| own.join(alcove_cgroup::PARENT_DIR))
+        .chain(alcove_cgroup::remembered_places())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Removes the parent cgroups that nothing is left in, and the leaves that
+/// alcoves moved themselves into beside them once those are empty; forgets
+/// the places it removed. Returns how many directories it removed.
+fn prune_parents(layout: &CgroupLayout) -> usize {
+    let mut removed = 0;
+    for parent in parent_dirs(layout) {
+        if !parent.is_dir() {
+            alcove_cgroup::forget_place(&parent);
+            continue;
+        }
+        if std::fs::remove_dir(&parent).is_err() {
+            continue; // sandboxes or pooled slots remain
+        }
+        removed += 1;
+        alcove_cgroup::forget_place(&parent);
+        if let Some(own) = parent.parent() {
+            let leaf = own.join(alcove_cgroup::LEAF);
+            removed += std::fs::remove_dir(leaf).is_ok() as usize;
+        }
+    }
+    removed
+}
+
+/// Takes charge of the cgroup alcove was started in, before it starts any
+/// other process (a daemon's helpers would share that cgroup, and cgroup v2
+/// would then refuse to give sandboxes their controllers): where the unified
+/// hierarchy holds controllers, alcove moves itself into its leaf if need be
+/// and enables them for its sandboxes. A clear error says what to change
+/// when the host does not delegate them.
+pub fn take_charge_of_cgroups() -> Result<(), SandboxError> {
+    let layout = cgroup_layout()?;
+    let Some(own) = &layout.unified_own_dir else {
+        return Ok(());
+    };
+    let controllers: Vec<Controller> = [Controller::Cpu, Controller::Memory, Controller::Pids]
+        .into_iter()
+        .filter(|c| layout.unified_controllers.iter().any(|u| u == c.name()))
+        .collect();
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    alcove_cgroup::delegation::enable_for_children(own, &controllers).map_err(SandboxError::Cgroup)
 }
 
 /// Clones each bind source into a detached mount tree with its final
