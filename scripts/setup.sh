@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Installs what alcove needs on Debian 12, builds it as a static binary,
 # installs it to /usr/local/bin, and runs a first sandbox.
+#
+#   --service   also install dist/alcove.service (the daemon under systemd,
+#               Delegate=yes) to /etc/systemd/system and enable and start it
+#   --no-demo   skip the first sandbox and function
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
 alcove_require_root setup.sh
+service=no demo=yes
+for arg in "$@"; do
+    case "$arg" in
+        --service) service=yes ;;
+        --no-demo) demo=no ;;
+        -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
 alcove_install_packages
 alcove_ensure_rust
 
@@ -19,7 +32,24 @@ cargo build --release --locked -p alcove-accel
 install -m 0755 target/release/alcove-accel /usr/local/bin/alcove-accel
 echo "installed /usr/local/bin/alcove ($(alcove --version))"
 
-if [ "${1:-}" = "--no-demo" ]; then
+if [ "$service" = yes ]; then
+    install -m 0644 dist/alcove.service /etc/systemd/system/alcove.service
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        systemctl enable --now alcove.service
+        for _ in $(seq 100); do
+            curl -fsS http://127.0.0.1:8480/healthz >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        systemctl --no-pager --lines=0 status alcove.service || true
+        echo "alcove.service is enabled and serves http://127.0.0.1:8480 (ALCOVE_SERVER's default)"
+    else
+        echo "installed /etc/systemd/system/alcove.service; systemd is not running here," \
+            "so enable it where it is: systemctl enable --now alcove"
+    fi
+fi
+
+if [ "$demo" = no ]; then
     exit 0
 fi
 echo

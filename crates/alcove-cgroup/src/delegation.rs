@@ -34,10 +34,7 @@ pub enum DelegationError {
         "cgroup v2 controller {controller} is not delegated to {path} (its parent does not \
          enable it for this cgroup); {FIX}"
     )]
-    NotDelegated {
-        controller: &'static str,
-        path: PathBuf,
-    },
+    NotDelegated { controller: String, path: PathBuf },
     #[error(
         "alcove's cgroup {path} also holds other processes ({others}), and cgroup v2 lets a \
          cgroup with processes give no controllers to its children; {FIX}"
@@ -70,6 +67,13 @@ static TAKING_CHARGE: Mutex<()> = Mutex::new(());
 /// cgroup, moving alcove's own process into `own/supervisor` when the kernel
 /// refuses while it sits in `own` itself.
 pub fn enable_for_children(own: &Path, controllers: &[Controller]) -> Result<(), CgroupError> {
+    let names: Vec<&str> = controllers.iter().map(|c| c.name()).collect();
+    enable_named_for_children(own, &names)
+}
+
+/// [`enable_for_children`] for controllers by their kernel names (any the
+/// unified hierarchy has, `hugetlb` or `io` too).
+pub fn enable_named_for_children(own: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
     let _guard = TAKING_CHARGE.lock().unwrap_or_else(|p| p.into_inner());
     let missing = missing_in_subtree(own, controllers)?;
     if missing.is_empty() {
@@ -78,7 +82,7 @@ pub fn enable_for_children(own: &Path, controllers: &[Controller]) -> Result<(),
     let offered = v2::available_controllers(own)?;
     if let Some(absent) = missing.iter().find(|c| !offered.iter().any(|o| o == *c)) {
         return Err(DelegationError::NotDelegated {
-            controller: static_name(absent),
+            controller: absent.to_string(),
             path: own.to_owned(),
         }
         .into());
@@ -113,7 +117,8 @@ pub fn enable_for_children(own: &Path, controllers: &[Controller]) -> Result<(),
 /// Makes `controllers` available to the children of `dir`, a cgroup of
 /// alcove's own that holds no processes.
 pub fn enable_below(dir: &Path, controllers: &[Controller]) -> Result<(), CgroupError> {
-    let missing = missing_in_subtree(dir, controllers)?;
+    let names: Vec<&str> = controllers.iter().map(|c| c.name()).collect();
+    let missing = missing_in_subtree(dir, &names)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -203,14 +208,14 @@ impl DelegationCheck {
     }
 }
 
-fn missing_in_subtree(
+fn missing_in_subtree<'a>(
     dir: &Path,
-    controllers: &[Controller],
-) -> Result<Vec<&'static str>, CgroupError> {
+    controllers: &[&'a str],
+) -> Result<Vec<&'a str>, CgroupError> {
     let enabled = v2::enabled_controllers(dir)?;
     Ok(controllers
         .iter()
-        .map(|c| c.name())
+        .copied()
         .filter(|name| !enabled.iter().any(|e| e == name))
         .collect())
 }

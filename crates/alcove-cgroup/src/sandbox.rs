@@ -82,7 +82,7 @@ impl SandboxCgroup {
                 return Err(match &layout.unified_own_dir {
                     Some(own) if layout.kind() == crate::LayoutKind::V2 => {
                         delegation::DelegationError::NotDelegated {
-                            controller: static_name(controller),
+                            controller: controller.to_owned(),
                             path: own.clone(),
                         }
                         .into()

@@ -321,6 +321,9 @@ pub fn main() -> i32 {
         Command::Image(args) => crate::image::main(args),
         Command::Accel { args } => accel(&args),
         Command::Serve(args) => {
+            if let Err(e) = crate::scope::ensure_own_cgroup() {
+                return fail(&e);
+            }
             let options = crate::serve::ServeOptions {
                 listen: args.listen,
                 data_dir: args.data_dir,
@@ -458,6 +461,9 @@ struct Monitoring {
 }
 
 fn run(args: RunArgs) -> i32 {
+    if let Err(e) = crate::scope::ensure_own_cgroup() {
+        return fail(&e);
+    }
     let report_path = args.report.clone();
     let monitoring = Monitoring {
         trace: args.trace,

@@ -8,6 +8,7 @@ mod doctor;
 mod functions;
 mod image;
 mod profile;
+mod scope;
 mod serve;
 mod trace;
 
