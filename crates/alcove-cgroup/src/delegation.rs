@@ -96,7 +96,18 @@ pub fn enable_named_for_children(own: &Path, controllers: &[&str]) -> Result<(),
     // try again; if others remain, put it back and say who they are.
     let leaf = own.join(LEAF);
     move_self(&leaf, true)?;
-    match v2::enable_controllers_raw(own, &missing) {
+    let mut result = v2::enable_controllers_raw(own, &missing);
+    // Another alcove started beside this one is about to move into the
+    // leaf too: give it a moment (up to ~100 ms) before calling it in the way.
+    for _ in 0..20 {
+        let busy = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY));
+        if !busy || !processes_in(own).iter().any(|(_, comm)| comm == "alcove") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        result = v2::enable_controllers_raw(own, &missing);
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) => {
             let others = processes_in(own);

@@ -50,14 +50,29 @@ fn open(file: &Path) -> std::io::Result<File> {
 }
 
 fn append(file: &Path, dir: &Path) -> std::io::Result<()> {
-    let mut f = open(file)?;
+    let f = open(file)?;
     flock(f.as_fd(), Lock::Exclusive)?;
-    if parse(&read_locked(&f)?).iter().any(|d| d == dir) {
+    let mut places = parse(&read_locked(&f)?);
+    if places.iter().any(|d| d == dir) {
         return Ok(());
     }
-    let mut line = dir.as_os_str().as_bytes().to_vec();
-    line.push(b'\n');
-    f.write_all(&line)
+    // Drop the places that are gone (a per-command systemd scope is removed
+    // when the command ends), so the list stays as long as what exists.
+    places.retain(|d| d.exists());
+    places.push(dir.to_owned());
+    write_all(&f, &places)
+}
+
+/// Replaces the file's content with `places`, one per line.
+fn write_all(f: &File, places: &[PathBuf]) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    for place in places {
+        text.extend_from_slice(place.as_os_str().as_bytes());
+        text.push(b'\n');
+    }
+    f.set_len(0)?;
+    let mut writer = f;
+    writer.write_all(&text)
 }
 
 fn read(file: &Path) -> Vec<PathBuf> {
@@ -70,20 +85,18 @@ fn read(file: &Path) -> Vec<PathBuf> {
     };
     let _ = flock(f.as_fd(), Lock::Shared);
     let mut places = read_locked(&f).map(|t| parse(&t)).unwrap_or_default();
-    places.retain(|d| crate::layout::is_cgroup_fs(d));
+    // Gone ones stay listed, for `gc` to forget; a directory that is not a
+    // cgroup is never one of ours.
+    places.retain(|d| !d.exists() || crate::layout::is_cgroup_fs(d));
     places
 }
 
 fn rewrite_without(file: &Path, dir: &Path) -> std::io::Result<()> {
     let f = open(file)?;
     flock(f.as_fd(), Lock::Exclusive)?;
-    let mut text = Vec::new();
-    for kept in parse(&read_locked(&f)?).iter().filter(|d| *d != dir) {
-        text.extend_from_slice(kept.as_os_str().as_bytes());
-        text.push(b'\n');
-    }
-    f.set_len(0)?;
-    (&f).write_all(&text)
+    let mut places = parse(&read_locked(&f)?);
+    places.retain(|d| d != dir);
+    write_all(&f, &places)
 }
 
 fn read_locked(f: &File) -> std::io::Result<Vec<u8>> {
@@ -116,19 +129,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn places_are_kept_once_and_forgotten() {
+    fn places_are_kept_once_gone_ones_dropped_and_forgotten() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("run/places");
-        append(&file, Path::new("/sys/fs/cgroup/a.service/alcove")).unwrap();
-        append(&file, Path::new("/sys/fs/cgroup/a.service/alcove")).unwrap();
-        append(&file, Path::new("/sys/fs/cgroup/b.scope/alcove")).unwrap();
-        let text = std::fs::read(&file).unwrap();
-        assert_eq!(parse(&text).len(), 2);
-        rewrite_without(&file, Path::new("/sys/fs/cgroup/a.service/alcove")).unwrap();
+        let place = |name: &str| {
+            let dir = tmp.path().join(name).join(crate::PARENT_DIR);
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        };
+        let (a, b, c) = (place("a"), place("b"), place("c"));
+        append(&file, &a).unwrap();
+        append(&file, &a).unwrap();
+        append(&file, &b).unwrap();
         assert_eq!(
             parse(&std::fs::read(&file).unwrap()),
-            vec![PathBuf::from("/sys/fs/cgroup/b.scope/alcove")]
+            vec![a.clone(), b.clone()]
         );
+        std::fs::remove_dir(&a).unwrap();
+        // gc sees the gone one (to forget it), never a directory that is not
+        // a cgroup (b, on the temp dir's filesystem).
+        assert_eq!(read(&file), vec![a.clone()]);
+        append(&file, &c).unwrap();
+        assert_eq!(
+            parse(&std::fs::read(&file).unwrap()),
+            vec![b.clone(), c.clone()]
+        );
+        rewrite_without(&file, &b).unwrap();
+        assert_eq!(parse(&std::fs::read(&file).unwrap()), vec![c]);
     }
 
     #[test]

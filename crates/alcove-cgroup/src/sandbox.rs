@@ -61,7 +61,15 @@ impl SandboxCgroup {
                     return Err(e);
                 }
             }
-            create_in_parent(&dir)?;
+            if create_in_parent(&dir)? && !wanted.is_empty() {
+                // `alcove gc` removed the empty parent after we enabled its
+                // controllers; the children of the new one get them now.
+                delegation::enable_below(&parent, &wanted)?;
+            }
+            // A pooled cgroup whose last holder died mid-run may still have
+            // that run's leaf: kill_all and remove must reach it.
+            let stale_leaf = dir.join(RUN_LEAF);
+            cgroup.run_leaf = stale_leaf.is_dir().then_some(stale_leaf);
             cgroup.unified = Some(dir);
             cgroup.unified_controllers = wanted;
         }
@@ -185,6 +193,7 @@ impl SandboxCgroup {
         delegation::enable_below(&dir, &measured)?;
         let leaf = dir.join(RUN_LEAF);
         if std::fs::create_dir(&leaf).is_err() {
+            self.kill_all();
             remove_dir(&leaf)?;
             std::fs::create_dir(&leaf).map_err(|source| CgroupError::Create {
                 path: leaf.clone(),
@@ -430,19 +439,21 @@ fn make_parent(parent: &Path) -> Result<bool, CgroupError> {
 }
 
 /// Creates `dir`, making its parent first only when that is missing (twice,
-/// should `alcove gc` remove an empty parent in between).
-fn create_in_parent(dir: &Path) -> Result<(), CgroupError> {
+/// should `alcove gc` remove an empty parent in between). `true` when it had
+/// to make the parent.
+fn create_in_parent(dir: &Path) -> Result<bool, CgroupError> {
     let mut created = std::fs::create_dir(dir);
+    let mut made_parent = false;
     for _ in 0..2 {
         match created {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                make_parent(dir.parent().expect("has a parent"))?;
+                made_parent |= make_parent(dir.parent().expect("has a parent"))?;
                 created = std::fs::create_dir(dir);
             }
             _ => break,
         }
     }
-    existing_is_fine(dir, created)
+    existing_is_fine(dir, created).map(|()| made_parent)
 }
 
 /// Each directory, preceded by its run leaf where one exists.

@@ -95,7 +95,6 @@ impl Engine {
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
-        alcove_sandbox::take_charge_of_cgroups().map_err(EngineError::Sandbox)?;
         let _ = alcove_sandbox::gc_orphans();
         let metrics = Metrics::new();
         metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);

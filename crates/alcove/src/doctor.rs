@@ -165,7 +165,14 @@ fn delegation(layout: &alcove_cgroup::CgroupLayout) -> Option<Delegation> {
         return None;
     }
     let check = alcove_cgroup::DelegationCheck::inspect(own);
-    let verdict = check.verdict(&wanted);
+    let verdict = match check.verdict(&wanted) {
+        Err(_) if check.undelegated(&wanted).is_empty() && crate::scope::systemd_runs() => Ok(
+            "shared with other processes: `alcove run` and `alcove serve` ask systemd for a \
+             delegated scope of their own (systemd-run --scope -p Delegate=yes) and run there"
+                .to_owned(),
+        ),
+        verdict => verdict,
+    };
     Some((check, verdict))
 }
 

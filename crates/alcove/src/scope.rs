@@ -23,6 +23,13 @@ const MARKER: &str = "ALCOVE_SYSTEMD_SCOPE";
 /// of its own where it must. Returns only when it can, or with the reason
 /// it cannot.
 pub fn ensure_own_cgroup() -> Result<(), SandboxError> {
+    // Read once and dropped, so no helper or sandbox inherits it. This runs
+    // first thing, before alcove starts any thread.
+    let reexecuted = std::env::var_os(MARKER).is_some();
+    std::env::remove_var(MARKER);
+    if !alcove_sys::process::is_root() {
+        return Ok(()); // the run itself says it needs root
+    }
     let err = match alcove_sandbox::take_charge_of_cgroups() {
         Ok(()) => return Ok(()),
         Err(e) => e,
@@ -33,9 +40,13 @@ pub fn ensure_own_cgroup() -> Result<(), SandboxError> {
             DelegationError::SharedCgroup { .. }
         ))
     );
-    if !shared || std::env::var_os(MARKER).is_some() || !systemd_runs() {
+    if !shared || reexecuted || !systemd_runs() {
         return Err(err);
     }
+    eprintln!(
+        "alcove: note: this cgroup is shared with other processes; asking systemd for a \
+         scope of alcove's own (systemd-run --scope -p Delegate=yes)"
+    );
     let Ok(exe) = std::env::current_exe() else {
         return Err(err);
     };
@@ -57,6 +68,6 @@ pub fn ensure_own_cgroup() -> Result<(), SandboxError> {
 }
 
 /// Whether systemd is the service manager here (its own test, sd_booted()).
-fn systemd_runs() -> bool {
+pub fn systemd_runs() -> bool {
     std::path::Path::new("/run/systemd/system").is_dir()
 }

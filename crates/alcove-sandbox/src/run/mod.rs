@@ -431,9 +431,12 @@ fn prune_parents(layout: &CgroupLayout) -> usize {
         }
         removed += 1;
         alcove_cgroup::forget_place(&parent);
-        if let Some(own) = parent.parent() {
-            let leaf = own.join(alcove_cgroup::LEAF);
-            removed += std::fs::remove_dir(leaf).is_ok() as usize;
+        // The leaf alcoves move into exists only on the unified hierarchy.
+        if let Some(own) = parent
+            .parent()
+            .filter(|own| own.join("cgroup.subtree_control").exists())
+        {
+            removed += std::fs::remove_dir(own.join(alcove_cgroup::LEAF)).is_ok() as usize;
         }
     }
     removed
