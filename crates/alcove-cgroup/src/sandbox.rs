@@ -176,8 +176,13 @@ impl SandboxCgroup {
     /// (see the `run_leaf` field), so its peaks, CPU time and OOM kills are
     /// its own. Returns `false` where no v2 controller measures the run (v1
     /// keeps [`restart_peaks`](Self::restart_peaks)). A leaf left by a run that
-    /// died is replaced: call [`kill_all`](Self::kill_all) first.
-    pub fn begin_run_leaf(&mut self) -> Result<bool, CgroupError> {
+    /// died is killed and replaced.
+    ///
+    /// The leaf gets the memory and task limits too, though the slot holds
+    /// them already: the kernel charges a child before it checks the parent's
+    /// limit, so a charge the parent refuses would still raise the child's
+    /// peak past the limit (a fork bomb's pids.peak read 17 under pids.max 16).
+    pub fn begin_run_leaf(&mut self, limits: &Limits) -> Result<bool, CgroupError> {
         let Some(dir) = self.unified.clone() else {
             return Ok(false);
         };
@@ -199,6 +204,12 @@ impl SandboxCgroup {
                 path: leaf.clone(),
                 source,
             })?;
+        }
+        if measured.contains(&Controller::Memory) && limits.memory_bytes.is_some() {
+            v2::set_memory_limit(&leaf, limits.memory_bytes)?;
+        }
+        if measured.contains(&Controller::Pids) && limits.pids_max.is_some() {
+            v2::set_pids_max(&leaf, limits.pids_max)?;
         }
         self.run_leaf = Some(leaf);
         Ok(true)

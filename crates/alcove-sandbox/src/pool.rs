@@ -231,7 +231,7 @@ fn prepare(
         cgroup.kill_all(); // a holder died mid-run; its sandbox may still be dying
     }
     cgroup.apply(limits, previous.as_ref().map(|r| &r.limits))?;
-    if cgroup.begin_run_leaf()? {
+    if cgroup.begin_run_leaf(limits)? {
         // v2: every run gets a fresh child, whose counters are all its own.
         // Always, not only when usage is wanted: once the slot enables
         // controllers for its children, no process may live in the slot.
