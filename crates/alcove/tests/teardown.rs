@@ -234,10 +234,14 @@ fn gc_removes_the_pool_and_templates() {
     assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
 }
 
-/// The directory of this test's own cgroup in the unified (cgroup2) tree.
+/// The directory of this test's delegated cgroup in the unified (cgroup2)
+/// tree: its own, or the parent of the `supervisor` leaf it runs in (as under
+/// systemd's DelegateSubgroup=), where new cgroups can get controllers.
 fn own_unified_dir() -> Option<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let leaf = format!("/{}", alcove_cgroup::LEAF);
+    let path = path.strip_suffix(leaf.as_str()).unwrap_or(path);
     let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .into_iter()
         .map(std::path::Path::new)
