@@ -53,7 +53,15 @@ pub fn run(json: bool) -> i32 {
         Err(e) => format!("unavailable ({e})"),
     };
     let path_rules = if lsm {
-        format!("{landlock_text} (BPF LSM also loads here)")
+        format!(
+            "{landlock_text}; BPF LSM is active here too, and Landlock stays the mechanism \
+             (README: cgroup v2 hosts and systemd)"
+        )
+    } else if has("BPF LSM programs") {
+        format!(
+            "{landlock_text}; BPF LSM programs load but bpf is not in lsm=, so Landlock is \
+             the mechanism"
+        )
     } else {
         format!("{landlock_text}; BPF LSM does not load here, so Landlock is the mechanism")
     };

@@ -467,11 +467,22 @@ fn doctor_reports_features_and_mechanisms() {
         .iter()
         .find(|m| m["rule"].as_str().unwrap().starts_with("path rules"))
         .unwrap();
-    if feature("BPF LSM programs") {
-        assert!(path_rules["mechanism"]
-            .as_str()
-            .unwrap()
-            .contains("BPF LSM also loads"));
+    // What doctor says of BPF LSM must match the kernel's own list of
+    // active LSMs (the v2 guest boots with and without bpf in lsm=).
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    assert_eq!(
+        feature("BPF LSM enabled"),
+        active.split(',').any(|l| l.trim() == "bpf"),
+        "doctor disagrees with /sys/kernel/security/lsm ({active})"
+    );
+    if feature("BPF LSM programs") && feature("BPF LSM enabled") {
+        assert!(
+            path_rules["mechanism"]
+                .as_str()
+                .unwrap()
+                .contains("BPF LSM is active here too, and Landlock stays the mechanism"),
+            "{path_rules}"
+        );
     } else {
         assert!(
             path_rules["mechanism"]
