@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, lints, unit tests, and the integration tests,
-# which need root and run for real against this kernel.
+# which need root and run for real against this kernel, then again inside a
+# cgroup v2 guest booted with Debian's own kernel (scripts/vm-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
@@ -11,3 +12,10 @@ alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The same tests on a real cgroup v2 host under systemd: Debian's own kernel
+# under QEMU, BPF LSM on and off (scripts/vm-test.sh --help).
+if [ "${ALCOVE_SKIP_VM:-}" = 1 ]; then
+    echo "SKIPPED scripts/vm-test.sh: ALCOVE_SKIP_VM=1 was given"
+else
+    scripts/vm-test.sh
+fi

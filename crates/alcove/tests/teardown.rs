@@ -265,6 +265,14 @@ fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
     };
     // Every slot free and gone, so both runs below claim slot 0.
     assert_eq!(alcove(&["gc"]).status.code(), Some(0));
+    // Delegate to the other cgroup what ours was given, as systemd does for
+    // a unit (on cgroup v2; the hybrid layout's tree offers none of these).
+    let offered = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    for controller in ["cpu", "memory", "pids"] {
+        if offered.split_whitespace().any(|c| c == controller) {
+            std::fs::write(own.join("cgroup.subtree_control"), format!("+{controller}")).unwrap();
+        }
+    }
     let elsewhere = own.join(format!("alcove-place-test-{}", std::process::id()));
     std::fs::create_dir(&elsewhere).unwrap();
     let script = format!(
