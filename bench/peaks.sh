@@ -32,7 +32,7 @@ parent=$root${own%/supervisor}/alcove
 [ -d "$parent" ] || { echo "no $parent: did the runs above fail?" >&2; exit 1; }
 slot=$parent/bench-peaks-$$
 mkdir "$slot"
-trap 'rmdir "$slot/run" 2>/dev/null; rmdir "$slot"' EXIT
+trap 'rmdir "$slot/run" 2>/dev/null || true; rmdir "$slot"' EXIT
 echo "+memory +pids" > "$slot/cgroup.subtree_control"
 python3 - "$slot" "$rounds" <<'EOF'
 import os, sys, time, statistics

@@ -63,7 +63,8 @@ options:
                       that makes systemd-shaped cgroups itself (default: auto,
                       systemd when /lib/systemd/systemd exists)
   --parts "LIST"      which guest parts to run, of: root delegated daemon smoke
-                      (default: all four)
+                      bench (bench/peaks.sh, in the BPF-LSM-on boot)
+                      (default: all five)
   --no-build          use the test binaries already built (skip cargo)
   --timeout SECONDS   kill a guest that runs longer (default: 1500)
   --keep              keep target/vm/run-* (initramfs, config, virtiofsd's
@@ -97,7 +98,7 @@ Console logs: target/vm/logs/console-lsm-{on,off}.log.
 EOF
 }
 
-LSM=both INIT=auto PARTS="root delegated daemon smoke" BUILD=1 TIMEOUT=1500 KEEP=0
+LSM=both INIT=auto PARTS="root delegated daemon smoke bench" BUILD=1 TIMEOUT=1500 KEEP=0
 BOOT_LIMIT=${ALCOVE_VM_BOOT_LIMIT:-180}
 VFS_CACHE=${ALCOVE_VM_VIRTIOFS_CACHE:-always}
 CPU_MODEL=${ALCOVE_VM_CPU_MODEL:-max}
@@ -116,7 +117,7 @@ done
 case $LSM in on | off) LSMS=("$LSM") ;; both) LSMS=(on off) ;; *) echo "vm-test.sh: --lsm on|off|both" >&2; exit 2 ;; esac
 case $INIT in systemd | shell | auto) ;; *) echo "vm-test.sh: --init systemd|shell|auto" >&2; exit 2 ;; esac
 for p in $PARTS; do
-    case $p in root | delegated | daemon | smoke) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
+    case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
 TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf images functions isolation router}
@@ -239,6 +240,7 @@ if has_part root || has_part delegated; then
 fi
 has_part daemon || say "skipped: the daemon part (--parts)"
 has_part smoke || say "skipped: the alcove run smoke part (--parts)"
+has_part bench || say "skipped: the peaks benchmark part (--parts)"
 
 # --- the kernel ----------------------------------------------------------------------
 # linux-image-cloud-amd64 depends on the real package (linux-image-6.1.0-NN-cloud-amd64);
@@ -319,7 +321,9 @@ add_module() {
     done
     MODULES+=("$m")
 }
-for m in virtio_mmio virtiofs overlay veth; do add_module "$m"; done
+# dummy: the guest's one non-loopback address (it has no network device),
+# which ebpf's connect-rule test needs.
+for m in virtio_mmio virtiofs overlay veth dummy; do add_module "$m"; done
 
 # The default lsm list, and the same without bpf.
 LSM_DEFAULT=$(sed -n 's/^CONFIG_LSM="\(.*\)"$/\1/p' "$KDIR/config")
