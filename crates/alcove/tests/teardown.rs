@@ -300,3 +300,75 @@ fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
     );
     assert!(!still_there, "{} was left behind", left_there.display());
 }
+
+#[test]
+fn gc_from_here_removes_what_a_dead_run_left_in_another_cgroup() {
+    let test = "gc_from_here_removes_what_a_dead_run_left_in_another_cgroup";
+    if !root_or_skip(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(own) = own_unified_dir() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no cgroup2 tree is mounted here"
+        );
+        return;
+    };
+    let offered = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    for controller in ["cpu", "memory", "pids"] {
+        if offered.split_whitespace().any(|c| c == controller) {
+            std::fs::write(own.join("cgroup.subtree_control"), format!("+{controller}")).unwrap();
+        }
+    }
+    let elsewhere = own.join(format!("alcove-gc-place-test-{}", std::process::id()));
+    std::fs::create_dir(&elsewhere).unwrap();
+    // An alcove started there makes (and records) its parent cgroup there.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {ALCOVE} run -- true",
+        elsewhere.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let parent = elsewhere.join("alcove");
+    let made_there = out.status.success() && parent.is_dir();
+    // A run whose alcove died there: its cgroup, named for a pid that is gone.
+    let dead = (4_000_000..4_100_000)
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap();
+    let orphan = parent.join(format!("sb-{dead}-1-0"));
+    let orphan_made = made_there && std::fs::create_dir(&orphan).is_ok();
+    let listed = std::fs::read_to_string(alcove_cgroup::PLACES_FILE)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| std::path::Path::new(l) == parent);
+    // gc from this cgroup, not that one.
+    let gc = alcove(&["gc"]);
+    let orphan_left = orphan.exists();
+    let parent_left = parent.exists();
+    let _ = std::fs::remove_dir(&orphan);
+    for dir in ["alcove/slot-0", "alcove", alcove_cgroup::LEAF] {
+        let _ = std::fs::remove_dir(elsewhere.join(dir));
+    }
+    std::fs::remove_dir(&elsewhere).unwrap();
+    assert!(made_there && orphan_made, "the run there: {out:?}");
+    assert!(
+        listed,
+        "{} is not in {}",
+        parent.display(),
+        alcove_cgroup::PLACES_FILE
+    );
+    assert_eq!(gc.status.code(), Some(0), "{gc:?}");
+    assert!(
+        !orphan_left,
+        "gc left the dead run's cgroup {}",
+        orphan.display()
+    );
+    assert!(
+        !parent_left,
+        "gc left the empty parent {}",
+        parent.display()
+    );
+}
