@@ -249,6 +249,32 @@ fn own_unified_dir() -> Option<std::path::PathBuf> {
     Some(mount.join(path.trim_start_matches('/')))
 }
 
+/// A new cgroup beneath `own`, given what `own` was given (as systemd does
+/// for a unit; on cgroup v2, the hybrid layout's tree offers none of these).
+fn delegated_child(own: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let offered = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    for controller in ["cpu", "memory", "pids"] {
+        if offered.split_whitespace().any(|c| c == controller) {
+            std::fs::write(own.join("cgroup.subtree_control"), format!("+{controller}")).unwrap();
+        }
+    }
+    let dir = own.join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    dir
+}
+
+/// `alcove run -- true` started in the cgroup `dir`.
+fn run_true_in(dir: &std::path::Path) -> std::process::Output {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {ALCOVE} run -- true",
+        dir.display()
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
     let test = "a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first";
@@ -265,24 +291,8 @@ fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
     };
     // Every slot free and gone, so both runs below claim slot 0.
     assert_eq!(alcove(&["gc"]).status.code(), Some(0));
-    // Delegate to the other cgroup what ours was given, as systemd does for
-    // a unit (on cgroup v2; the hybrid layout's tree offers none of these).
-    let offered = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
-    for controller in ["cpu", "memory", "pids"] {
-        if offered.split_whitespace().any(|c| c == controller) {
-            std::fs::write(own.join("cgroup.subtree_control"), format!("+{controller}")).unwrap();
-        }
-    }
-    let elsewhere = own.join(format!("alcove-place-test-{}", std::process::id()));
-    std::fs::create_dir(&elsewhere).unwrap();
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {ALCOVE} run -- true",
-        elsewhere.display()
-    );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let elsewhere = delegated_child(&own, "alcove-place-test");
+    let out = run_true_in(&elsewhere);
     let left_there = elsewhere.join("alcove/slot-0");
     let claimed_there = out.status.success() && left_there.is_dir();
     // Then from here: the slot's pieces in the other cgroup must go.
@@ -315,23 +325,9 @@ fn gc_from_here_removes_what_a_dead_run_left_in_another_cgroup() {
         );
         return;
     };
-    let offered = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
-    for controller in ["cpu", "memory", "pids"] {
-        if offered.split_whitespace().any(|c| c == controller) {
-            std::fs::write(own.join("cgroup.subtree_control"), format!("+{controller}")).unwrap();
-        }
-    }
-    let elsewhere = own.join(format!("alcove-gc-place-test-{}", std::process::id()));
-    std::fs::create_dir(&elsewhere).unwrap();
+    let elsewhere = delegated_child(&own, "alcove-gc-place-test");
     // An alcove started there makes (and records) its parent cgroup there.
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {ALCOVE} run -- true",
-        elsewhere.display()
-    );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = run_true_in(&elsewhere);
     let parent = elsewhere.join("alcove");
     let made_there = out.status.success() && parent.is_dir();
     // A run whose alcove died there: its cgroup, named for a pid that is gone.
