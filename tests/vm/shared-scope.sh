@@ -5,11 +5,7 @@
 # stdout, peaks); without systemd it must refuse, naming the other processes.
 # Run by guest.sh (smoke part). Prints `check-ok: NAME` / `check-fail: NAME: WHY`.
 set -uo pipefail
-ALCOVE=${ALCOVE:-/usr/local/bin/alcove}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-ok() { echo "check-ok: $1"; }
-bad() { echo "check-fail: $1: $(echo "$2" | tr '\n' ' ' | cut -c1-600)"; }
+. "$(dirname "$0")/checks.sh"
 
 if [ -d /run/systemd/system ]; then
     # A scope holding a shell and a sleeper besides alcove: the shape of a

@@ -4,12 +4,7 @@
 # leave nothing more behind than one. Prints `check-ok: NAME` or
 # `check-fail: NAME: WHY` per check (guest.sh counts them) and notes between.
 set -uo pipefail
-ALCOVE=${ALCOVE:-/usr/local/bin/alcove}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-ok() { echo "check-ok: $1"; }
-bad() { echo "check-fail: $1: $(echo "$2" | tr '\n' ' ' | cut -c1-600)"; }
+. "$(dirname "$0")/checks.sh"
 # field FILE KEY: a report's field as JSON text (null when absent).
 field() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])).get(sys.argv[2])))' "$1" "$2" 2>/dev/null || echo missing; }
 

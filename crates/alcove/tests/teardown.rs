@@ -263,6 +263,27 @@ fn delegated_child(own: &std::path::Path, name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// [`own_unified_dir`], or `None` after saying why the test is skipped.
+fn own_unified_dir_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let own = own_unified_dir();
+    if own.is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no cgroup2 tree is mounted here"
+        );
+    }
+    own
+}
+
+/// Removes a [`delegated_child`] and what a run there left: its pooled slot,
+/// alcove's parent, and (cgroup v2) the leaf alcove moved itself into.
+fn remove_child(dir: &std::path::Path) {
+    for inner in ["alcove/slot-0", "alcove", alcove_cgroup::LEAF] {
+        let _ = std::fs::remove_dir(dir.join(inner));
+    }
+    std::fs::remove_dir(dir).unwrap();
+}
+
 /// `alcove run -- true` started in the cgroup `dir`.
 fn run_true_in(dir: &std::path::Path) -> std::process::Output {
     let script = format!(
@@ -282,11 +303,7 @@ fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
         return;
     }
     let _g = serial();
-    let Some(own) = own_unified_dir() else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: no cgroup2 tree is mounted here"
-        );
+    let Some(own) = own_unified_dir_or_skip(test) else {
         return;
     };
     // Every slot free and gone, so both runs below claim slot 0.
@@ -298,11 +315,7 @@ fn a_slot_claimed_from_another_cgroup_removes_what_it_left_in_the_first() {
     // Then from here: the slot's pieces in the other cgroup must go.
     assert_eq!(alcove(&["run", "--", "true"]).status.code(), Some(0));
     let still_there = left_there.exists();
-    let _ = std::fs::remove_dir(elsewhere.join("alcove/slot-0"));
-    let _ = std::fs::remove_dir(elsewhere.join("alcove"));
-    // On cgroup v2 alcove moved itself into the leaf there first.
-    let _ = std::fs::remove_dir(elsewhere.join(alcove_cgroup::LEAF));
-    std::fs::remove_dir(&elsewhere).unwrap();
+    remove_child(&elsewhere);
     assert!(
         claimed_there,
         "the run from the other cgroup: {out:?}, slot dir there: {}",
@@ -318,11 +331,7 @@ fn gc_from_here_removes_what_a_dead_run_left_in_another_cgroup() {
         return;
     }
     let _g = serial();
-    let Some(own) = own_unified_dir() else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: no cgroup2 tree is mounted here"
-        );
+    let Some(own) = own_unified_dir_or_skip(test) else {
         return;
     };
     let elsewhere = delegated_child(&own, "alcove-gc-place-test");
@@ -345,10 +354,7 @@ fn gc_from_here_removes_what_a_dead_run_left_in_another_cgroup() {
     let orphan_left = orphan.exists();
     let parent_left = parent.exists();
     let _ = std::fs::remove_dir(&orphan);
-    for dir in ["alcove/slot-0", "alcove", alcove_cgroup::LEAF] {
-        let _ = std::fs::remove_dir(elsewhere.join(dir));
-    }
-    std::fs::remove_dir(&elsewhere).unwrap();
+    remove_child(&elsewhere);
     assert!(made_there && orphan_made, "the run there: {out:?}");
     assert!(
         listed,
