@@ -1,5 +1,6 @@
-//! Bearer tokens: when the daemon has one, every request but /healthz must
-//! carry `Authorization: Bearer TOKEN`, compared in constant time.
+//! Bearer tokens: every request but /healthz must carry
+//! `Authorization: Bearer TOKEN` (`alcove serve` always has a token; a router
+//! built without one, in tests, checks nothing), compared in constant time.
 
 use crate::errors::ApiError;
 use crate::routes::AppState;
@@ -41,7 +42,7 @@ pub(crate) async fn require_token(
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "this server needs a token: send the header 'Authorization: Bearer TOKEN' (the CLI reads $ALCOVE_TOKEN or --token)",
+        "this daemon needs its token: send the header 'Authorization: Bearer TOKEN'; the daemon keeps it in DATA_DIR/token (root's), which `alcove fn` reads for a daemon on loopback, or give $ALCOVE_TOKEN, $ALCOVE_TOKEN_FILE or --token-file",
     )
     .into_response();
     response.headers_mut().insert(

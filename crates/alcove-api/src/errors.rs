@@ -38,7 +38,9 @@ impl From<EngineError> for ApiError {
             | EngineError::NoVersion(..)
             | EngineError::NoInvocation(_) => StatusCode::NOT_FOUND,
             EngineError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
-            EngineError::Store(_)
+            EngineError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Internal(_)
+            | EngineError::Store(_)
             | EngineError::Io { .. }
             | EngineError::Sandbox(_)
             | EngineError::DeviceRule(_) => StatusCode::INTERNAL_SERVER_ERROR,

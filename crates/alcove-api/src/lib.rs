@@ -1,6 +1,7 @@
 //! alcove-api owns the HTTP face of the functions platform: the axum router
 //! ([`app`]), the JSON it accepts and returns, bearer-token checks, the
-//! OpenAPI document it serves, and a typed blocking client for the CLI.
+//! OpenAPI document it serves, the server loop that faces untrusted clients
+//! ([`serve`]), and a typed blocking client for the CLI.
 //!
 //! It turns HTTP into calls on an [`alcove_engine::Engine`] and engine
 //! results back into HTTP; it runs nothing itself.
@@ -9,11 +10,13 @@ mod auth;
 mod client;
 mod errors;
 mod routes;
+mod server;
 pub mod wire;
 
 pub use client::{Client, ClientError, InvokeOutcome};
 pub use errors::ApiError;
 pub use routes::{app, AppState};
+pub use server::{serve, BodyTimedOut, ServerLimits};
 
 /// The OpenAPI 3.1 document describing /v1, served at /v1/openapi.json.
 pub const OPENAPI: &str = include_str!("openapi.json");

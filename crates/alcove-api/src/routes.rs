@@ -97,6 +97,10 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
                 "the request body is too large: invoke bodies may be up to {} MiB, deploy bodies up to {} MiB",
                 MAX_INVOKE_BODY >> 20, MAX_DEPLOY_BODY >> 20
             ))
+        } else if crate::server::timed_out(&e) {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", format!(
+                "the request body came too slowly: {}; send it at once", e.body_text()
+            ))
         } else {
             ApiError::new(e.status(), "invalid_body", format!("the request body could not be read: {e}"))
         }
@@ -210,7 +214,10 @@ async fn invoke(
     wire::check_invoke_query(&q)?;
     let body = body_or_error(body)?.to_vec();
     if q.is_async {
-        let record = s.engine.invoke_async(&name, q.version, body, q.retries)?;
+        let record = s
+            .engine
+            .invoke_async(&name, q.version, body, q.retries)
+            .await?;
         let location = format!("/v1/invocations/{}", record.id);
         let mut response =
             (StatusCode::ACCEPTED, Json(InvocationView::from(record))).into_response();
@@ -294,6 +301,11 @@ fn failure(r: &InvocationRecord) -> ApiError {
             StatusCode::BAD_GATEWAY,
             "function_cpu_time",
             "the handler used up its CPU time and was killed".to_owned(),
+        ),
+        "cancelled" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_cancelled",
+            format!("the handler was stopped before it ended: {reason}"),
         ),
         "killed_by_policy" => (
             StatusCode::BAD_GATEWAY,

@@ -275,6 +275,7 @@ mod tests {
     const OPTIONS: RunOptions = RunOptions {
         forward_signals: false,
         collect_usage: false,
+        cancel: None,
     };
 
     #[test]

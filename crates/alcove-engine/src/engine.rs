@@ -1,38 +1,59 @@
 //! The engine: deploys versions, admits invocations, runs each in a fresh
-//! sandbox on a blocking thread, and records what happened.
+//! sandbox on a blocking thread, records what happened, and stops within a
+//! bounded time, killing what still runs.
 
+use crate::admission::{Admission, Slots, Ticket};
 use crate::code;
-use crate::metrics::{FunctionLabel, InvocationLabels, Metrics, StartLabel};
+use crate::limits::FunctionLimits;
+use crate::metrics::Metrics;
 use crate::model::{DeployRequest, FunctionInfo, InvocationRecord, VersionInfo};
 use crate::store::{now, Store};
-use crate::{EngineError, STDERR_KEPT};
-use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Stdio};
+use crate::EngineError;
+use alcove_sandbox::SandboxSpec;
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Where the engine keeps its state and how much it runs at once.
+/// Where the engine keeps its state, how much it runs and holds at once, and
+/// what it allows each function.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Sandboxes running at once, over all functions.
     pub max_running: usize,
-    /// Invocations waiting for a slot, over all functions; beyond it, `Busy`.
+    /// Invocations accepted but not running (waiting for a slot, async ones
+    /// until they end), over all functions; beyond it, `Busy`.
     pub max_queued: usize,
+    /// Bytes of request bodies those invocations may hold in all; beyond it, `Busy`.
+    pub max_queued_bytes: u64,
     /// How long finished invocation records are kept, in seconds.
     pub keep_records_secs: f64,
     /// The image store functions with an image run from.
     pub image_store: PathBuf,
     /// The `alcove-accel` program, started when a function first needs it.
     pub accel_program: PathBuf,
+    /// Each function's defaults and maxima.
+    pub limits: FunctionLimits,
 }
 
 /// Old records are purged once per this many invocations.
 const PURGE_EVERY: usize = 1024;
+
+/// What an alcove data directory may hold besides its database; an existing
+/// directory holding anything else is not taken as one.
+const DATA_DIR_ENTRIES: [&str; 8] = [
+    "alcove.db",
+    "alcove.db-wal",
+    "alcove.db-shm",
+    "code",
+    "secrets",
+    "tmp",
+    "images",
+    "token",
+];
 
 impl EngineConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -41,6 +62,7 @@ impl EngineConfig {
             data_dir,
             max_running: 4 * cpus,
             max_queued: 1024,
+            max_queued_bytes: 256 << 20,
             keep_records_secs: 7.0 * 86400.0,
             image_store: alcove_image::DEFAULT_STORE.into(),
             accel_program: std::env::current_exe()
@@ -48,6 +70,7 @@ impl EngineConfig {
                 .and_then(|p| p.parent().map(|d| d.join("alcove-accel")))
                 .filter(|p| p.exists())
                 .unwrap_or_else(|| "alcove-accel".into()),
+            limits: FunctionLimits::default(),
         }
     }
 }
@@ -61,62 +84,140 @@ pub struct Invocation {
 
 /// The engine. Share it behind an `Arc`; its async methods need a tokio runtime.
 pub struct Engine {
-    config: EngineConfig,
-    store: Store,
-    global: Arc<Semaphore>,
-    per_function: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    pub(crate) config: EngineConfig,
+    pub(crate) store: Store,
+    admission: Admission,
     /// Functions as last read from the store, so an invocation does not read
     /// and parse every version; deploy, rollback and remove drop the entry.
     known: Mutex<HashMap<String, Arc<FunctionInfo>>>,
     /// Invocations recorded since the last purge of old records.
     since_purge: AtomicUsize,
-    waiting: AtomicUsize,
     /// Opened when a function first needs an image.
     images: std::sync::OnceLock<alcove_image::Store>,
     /// Started when a function first needs it.
-    accel: Mutex<Option<crate::accel::Service>>,
+    pub(crate) accel: Mutex<Option<crate::accel::Service>>,
     /// Loaded on the first invocation that is given host devices.
-    device_rules: Mutex<Option<crate::devices::DeviceRules>>,
+    pub(crate) device_rules: Mutex<Option<crate::devices::DeviceRules>>,
+    /// Every sandbox polls this pipe's read end; closing the write end
+    /// (shutdown) kills them all.
+    pub(crate) cancel: Arc<OwnedFd>,
+    cancel_all: Mutex<Option<OwnedFd>>,
+    /// Invocation tasks alive (sync ones from acceptance, async ones until
+    /// their last attempt), and a wake-up when that reaches zero.
+    in_flight: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+    /// Held while code is stored for a deploy or unreferenced code removed.
+    code_lock: Mutex<()>,
     pub metrics: Metrics,
+}
+
+/// An invocation task alive; the engine waits for these at shutdown.
+struct InFlight {
+    count: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// Runs blocking work (the store, the sandbox) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("a blocking task failed: {e}")))?
+}
+
+/// Checks that `dir` is, or can become, alcove's: new, empty, or holding only
+/// what alcove puts there. Returns whether it had to be created.
+fn claim_data_dir(dir: &Path) -> Result<bool, EngineError> {
+    let io = EngineError::io("preparing the data directory");
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(&io)?;
+            }
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(dir)
+                .map_err(&io)?;
+            Ok(true)
+        }
+        Err(e) => Err(io(e)),
+        Ok(entries) => {
+            let mut foreign: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !DATA_DIR_ENTRIES.contains(&n.as_str()))
+                .collect();
+            if foreign.is_empty() {
+                return Ok(false);
+            }
+            foreign.sort();
+            foreign.truncate(5);
+            Err(EngineError::Invalid(format!(
+                "{} is not an alcove data directory: it holds {} and alcove would take it over; \
+                 give --data-dir a new or empty directory (alcove creates it, mode 0700)",
+                dir.display(),
+                foreign.join(", ")
+            )))
+        }
+    }
 }
 
 impl Engine {
     /// Opens (or creates) the data directory and store, marks invocations a
     /// previous daemon left in flight as failed, and removes what its killed
-    /// sandboxes left behind.
+    /// sandboxes left behind and the code no version runs any more.
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
-        let io = EngineError::io("preparing the data directory");
-        std::fs::create_dir_all(&config.data_dir).map_err(&io)?;
-        std::fs::set_permissions(
-            &config.data_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .map_err(&io)?;
+        config.limits.check().map_err(EngineError::Invalid)?;
+        claim_data_dir(&config.data_dir)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
         let _ = alcove_sandbox::gc_orphans();
         let metrics = Metrics::new();
         metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);
-        Ok(Arc::new(Engine {
-            global: Arc::new(Semaphore::new(config.max_running)),
+        let (cancel, cancel_all) = alcove_sys::fd::pipe_cloexec()
+            .map_err(EngineError::io("creating the shutdown pipe"))?;
+        let engine = Arc::new(Engine {
+            admission: Admission::new(
+                config.max_running,
+                config.max_queued,
+                config.max_queued_bytes,
+            ),
             config,
             store,
-            per_function: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             since_purge: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
             images: std::sync::OnceLock::new(),
             accel: Mutex::new(None),
             device_rules: Mutex::new(None),
+            cancel: Arc::new(cancel),
+            cancel_all: Mutex::new(Some(cancel_all)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            idle: Arc::new(tokio::sync::Notify::new()),
+            code_lock: Mutex::new(()),
             metrics,
-        }))
+        });
+        engine.remove_unused_code()?;
+        Ok(engine)
+    }
+
+    /// The operator's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// Deploys a new version and points `latest` at it. Blocking: call it from
     /// a blocking thread.
     pub fn deploy(&self, mut req: DeployRequest) -> Result<VersionInfo, EngineError> {
-        validate(&req)?;
+        validate(&mut req, &self.config.limits)?;
         if let Some(name) = &req.config.image {
             let record = self.image_store()?.get(name).map_err(|e| {
                 EngineError::Invalid(format!(
@@ -125,11 +226,12 @@ impl Engine {
             })?;
             req.config.image_id = Some(record.id);
         }
+        req.config.secrets = req.secrets.keys().cloned().collect();
+        let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
         let digest = match &req.code_tar {
             Some(tar) => Some(code::store_code(&self.config.data_dir, tar)?),
             None => None,
         };
-        req.config.secrets = req.secrets.keys().cloned().collect();
         let version =
             self.store
                 .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets);
@@ -137,7 +239,7 @@ impl Engine {
         version
     }
 
-    fn image_store(&self) -> Result<&alcove_image::Store, EngineError> {
+    pub(crate) fn image_store(&self) -> Result<&alcove_image::Store, EngineError> {
         if let Some(store) = self.images.get() {
             return Ok(store);
         }
@@ -157,16 +259,16 @@ impl Engine {
             .remove(name);
     }
 
-    /// The function, from memory when it was read before.
-    fn cached_function(&self, name: &str) -> Result<Arc<FunctionInfo>, EngineError> {
-        if let Some(f) = self
-            .known
+    fn remembered(&self, name: &str) -> Option<Arc<FunctionInfo>> {
+        self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-        {
-            return Ok(Arc::clone(f));
-        }
+            .cloned()
+    }
+
+    /// The function, read from the store (blocking) and remembered.
+    fn load_function(&self, name: &str) -> Result<Arc<FunctionInfo>, EngineError> {
         let f = Arc::new(self.store.function(name)?);
         self.known
             .lock()
@@ -194,11 +296,32 @@ impl Engine {
         self.store.function(name)
     }
 
-    /// Removes a function, its versions, secrets and invocation records.
+    /// Removes a function, its versions, secrets and invocation records, and
+    /// its code where no other version shares it.
     pub fn remove(&self, name: &str) -> Result<(), EngineError> {
         self.store.delete_function(name)?;
         self.forget(name);
+        self.admission.forget(name);
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        self.remove_unused_code()
+    }
+
+    /// Deletes stored code that no version runs (removed functions, and what
+    /// a daemon killed between storing code and recording its version left).
+    fn remove_unused_code(&self) -> Result<(), EngineError> {
+        let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.store.code_digests()?;
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("code")) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !used.contains(name.to_string_lossy().as_ref()) {
+                // Not following links: stored code holds none, and
+                // remove_dir_all never follows them.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         Ok(())
     }
 
@@ -212,6 +335,20 @@ impl Engine {
         self.store.recent_invocations(name, limit)
     }
 
+    fn in_flight(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            count: Arc::clone(&self.in_flight),
+            idle: Arc::clone(&self.idle),
+        }
+    }
+
+    fn enter_backlog(&self, body: &[u8]) -> Result<Ticket, EngineError> {
+        let ticket = self.admission.enter(body.len());
+        self.metrics.queued.set(self.admission.waiting() as i64);
+        ticket
+    }
+
     /// Runs `name` (its `latest` version unless `version`) once with `body` on
     /// stdin, and returns the record and stdout.
     pub async fn invoke(
@@ -220,76 +357,169 @@ impl Engine {
         version: Option<u32>,
         body: Vec<u8>,
     ) -> Result<Invocation, EngineError> {
-        let v = self.resolve(name, version)?;
-        let mut record = self.new_record(&v, false)?;
+        let ticket = self.enter_backlog(&body)?;
+        let (v, cap) = self.resolve(name, version).await?;
         // Its own task: a client that goes away mid-invocation drops the
         // request's future, but the invocation still ends and is recorded.
         let engine = Arc::clone(self);
+        let alive = self.in_flight();
         tokio::spawn(async move {
-            match engine.attempt(&v, &mut record, body).await {
-                Ok(response) => Ok(Invocation { record, response }),
-                Err(e @ EngineError::Busy(_)) => {
-                    // Refused: it never became an invocation.
-                    let _ = engine.store.delete_invocation(&record.id);
-                    Err(e)
-                }
-                Err(e) => Err(e),
-            }
+            let _alive = alive;
+            let slots = engine.admission.slots(&v.function, cap).await;
+            drop(ticket);
+            engine.metrics.queued.set(engine.admission.waiting() as i64);
+            let slots = slots?;
+            let record = engine.new_record(&v, false);
+            let (record, response) = engine.run(v, record, body, slots, true, false).await?;
+            Ok(Invocation { record, response })
         })
         .await
-        .expect("an invocation task does not panic")
+        .map_err(|e| EngineError::Internal(format!("the invocation's task failed: {e}")))?
     }
 
     /// Queues an invocation and returns its record at once; it runs in the
-    /// background, retried up to `retries` more times while it fails.
-    pub fn invoke_async(
+    /// background, retried up to `retries` more times while it fails. Its
+    /// body counts against the backlog until its last attempt ends.
+    pub async fn invoke_async(
         self: &Arc<Self>,
         name: &str,
         version: Option<u32>,
         body: Vec<u8>,
         retries: u32,
     ) -> Result<InvocationRecord, EngineError> {
-        let v = self.resolve(name, version)?;
-        let mut record = self.new_record(&v, true)?;
+        let ticket = self.enter_backlog(&body)?;
+        let (v, cap) = self.resolve(name, version).await?;
+        let record = {
+            let (engine, v) = (Arc::clone(self), v.clone());
+            blocking(move || {
+                let record = engine.new_record(&v, true);
+                engine.store.insert_invocation(&record)?;
+                Ok(record)
+            })
+            .await?
+        };
         let queued = record.clone();
         let engine = Arc::clone(self);
+        let alive = self.in_flight();
         tokio::spawn(async move {
-            for attempt in 0..=retries {
-                match engine.attempt(&v, &mut record, body.clone()).await {
-                    Ok(_) if record.succeeded() => break,
-                    Err(EngineError::Busy(_)) | Ok(_) if attempt < retries => {
-                        // Queued again: readers wait for the last attempt.
-                        record.status = "queued".into();
-                        let _ = engine.store.update_invocation(&record);
-                        tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
-                    }
-                    _ => break,
-                }
-            }
-            if !record.finished() {
-                record.status = "error".into();
-                record
-                    .error
-                    .get_or_insert_with(|| "too many invocations waiting".into());
-                record.ended_at = Some(now());
-                let _ = engine.store.update_invocation(&record);
-            }
+            let _alive = alive;
+            engine.run_async(v, cap, record, body, retries).await;
+            drop(ticket);
+            engine.metrics.queued.set(engine.admission.waiting() as i64);
         });
         Ok(queued)
     }
 
-    fn resolve(&self, name: &str, version: Option<u32>) -> Result<VersionInfo, EngineError> {
-        let f = self.cached_function(name)?;
+    async fn run_async(
+        self: &Arc<Self>,
+        v: VersionInfo,
+        cap: u32,
+        mut record: InvocationRecord,
+        body: Vec<u8>,
+        retries: u32,
+    ) {
+        for attempt in 0..=retries {
+            let slots = match self.admission.slots(&v.function, cap).await {
+                Ok(slots) => slots,
+                Err(e) => {
+                    record.error = Some(e.to_string());
+                    break;
+                }
+            };
+            let last = attempt == retries;
+            let run = self.run(v.clone(), record.clone(), body.clone(), slots, false, !last);
+            match run.await {
+                Ok((r, _)) => record = r,
+                Err(e) => {
+                    record.error = Some(e.to_string());
+                    break;
+                }
+            }
+            if record.succeeded() || last {
+                break;
+            }
+            if self.admission.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+        }
+        if record.succeeded() {
+            return; // stored as it is by its attempt
+        }
+        // The store may say `queued` (another attempt was to follow).
+        if !record.finished() {
+            record.status = "error".into();
+            record
+                .error
+                .get_or_insert_with(|| "the daemon stopped before this invocation ran".into());
+            record.ended_at = Some(now());
+        }
+        let engine = Arc::clone(self);
+        let _ = blocking(move || engine.store.update_invocation(&record)).await;
+    }
+
+    /// One attempt on a blocking thread, holding `slots` until it ends;
+    /// `insert` records the invocation first (synchronous invocations are
+    /// recorded once they have a slot).
+    async fn run(
+        self: &Arc<Self>,
+        v: VersionInfo,
+        mut record: InvocationRecord,
+        body: Vec<u8>,
+        slots: Slots,
+        insert: bool,
+        retry_on_failure: bool,
+    ) -> Result<(InvocationRecord, Vec<u8>), EngineError> {
+        let engine = Arc::clone(self);
+        blocking(move || {
+            let _slots = slots;
+            if insert {
+                engine.store.insert_invocation(&record)?;
+            }
+            let response = engine.attempt_blocking(&v, &mut record, body, retry_on_failure)?;
+            Ok((record, response))
+        })
+        .await
+    }
+
+    /// The version to run and its function's concurrency cap (the `latest`
+    /// version's), reading the store off the async threads when needed.
+    async fn resolve(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(VersionInfo, u32), EngineError> {
+        let f = match self.remembered(name) {
+            Some(f) => f,
+            None => {
+                let (engine, name) = (Arc::clone(self), name.to_owned());
+                blocking(move || engine.load_function(&name)).await?
+            }
+        };
+        let cap = f
+            .versions
+            .iter()
+            .find(|v| v.version == f.latest)
+            .map_or(1, |v| v.config.concurrency);
         let wanted = version.unwrap_or(f.latest);
-        f.versions
+        let v = f
+            .versions
             .iter()
             .find(|v| v.version == wanted)
             .cloned()
-            .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))
+            .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))?;
+        Ok((v, cap))
     }
 
-    fn new_record(&self, v: &VersionInfo, is_async: bool) -> Result<InvocationRecord, EngineError> {
-        let record = InvocationRecord {
+    /// A new record (not yet stored), and now and then a purge of old ones.
+    fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
+        if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
+            self.since_purge.store(0, Ordering::Relaxed);
+            let _ = self
+                .store
+                .purge_invocations(now() - self.config.keep_records_secs);
+        }
+        InvocationRecord {
             id: alcove_sys::process::random_id(),
             function: v.function.clone(),
             version: v.version,
@@ -297,278 +527,43 @@ impl Engine {
             is_async,
             created_at: now(),
             ..InvocationRecord::default()
-        };
-        self.store.insert_invocation(&record)?;
-        if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
-            self.since_purge.store(0, Ordering::Relaxed);
-            self.store
-                .purge_invocations(now() - self.config.keep_records_secs)?;
         }
-        Ok(record)
     }
 
-    /// Waits for a slot, runs one attempt, records it. `Busy` when the queue is full.
-    async fn attempt(
-        self: &Arc<Self>,
-        v: &VersionInfo,
-        record: &mut InvocationRecord,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, EngineError> {
-        let _permits = self.admit(v).await?;
-        record.status = "running".into();
-        record.attempts += 1;
-        record.started_at = Some(now());
-        self.store.update_invocation(record)?;
-        let prepared = self
-            .spec_for(v, record, body)
-            .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
-        let (device_rule, spec, lease) = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                // A version that cannot be prepared (its image is gone...) is a failed invocation.
-                record.status = "error".into();
-                record.error = Some(alcove_sandbox::error_chain(&e));
-                record.ended_at = Some(now());
-                self.store.update_invocation(record)?;
-                return Ok(Vec::new());
-            }
-        };
-        self.metrics.sandboxes_alive.inc();
-        self.metrics
-            .starts
-            .get_or_create(&StartLabel {
-                kind: "cold".into(),
-            })
-            .inc();
-        let result = tokio::task::spawn_blocking(move || {
-            let options = RunOptions {
-                forward_signals: false,
-                collect_usage: true,
-            };
-            let outcome = match device_rule {
-                Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
-                None => alcove_sandbox::run(&spec, &options),
-            };
-            drop(lease); // the image's layers may be pruned from now on
-            outcome
-        })
-        .await
-        .expect("the sandbox thread does not panic");
-        self.metrics.sandboxes_alive.dec();
-        record.ended_at = Some(now());
-        let mut response = Vec::new();
-        match result {
-            Ok(outcome) => {
-                record.status = serde_json::to_value(outcome.status)
-                    .ok()
-                    .and_then(|s| s.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                record.exit_code = outcome.exit_code;
-                record.signal = outcome.signal;
-                record.wall_ms = Some(outcome.wall_ms);
-                record.cpu_user_ms = Some(outcome.cpu_user_ms);
-                record.cpu_sys_ms = Some(outcome.cpu_sys_ms);
-                record.memory_peak_bytes = outcome.memory_peak_bytes;
-                record.pids_peak = outcome.pids_peak;
-                record.output_truncated = outcome.output_truncated;
-                record.error = outcome.reason.clone();
-                let kept = outcome.stderr.len().min(STDERR_KEPT);
-                record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
-                self.metrics
-                    .duration
-                    .get_or_create(&FunctionLabel {
-                        function: v.function.clone(),
-                    })
-                    .observe(outcome.wall_ms / 1e3);
-                response = outcome.stdout;
-            }
-            Err(e) => {
-                record.status = "error".into();
-                record.error = Some(alcove_sandbox::error_chain(&e));
-            }
+    /// Stops the engine: refuses new invocations at once, lets running ones
+    /// finish for up to `grace`, then kills every sandbox still running and
+    /// waits (up to `grace` again) for their teardown and records. Returns
+    /// how many invocations were still in flight when it gave up waiting.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.admission.close();
+        if !self.wait_idle(grace).await {
+            drop(
+                self.cancel_all
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            self.wait_idle(grace.max(Duration::from_secs(5))).await;
         }
-        if record.is_async {
-            record.response = Some(response.clone());
-        }
-        self.store.update_invocation(record)?;
-        self.metrics
-            .invocations
-            .get_or_create(&InvocationLabels {
-                function: v.function.clone(),
-                status: record.status.clone(),
-                outcome: if record.succeeded() {
-                    "success"
-                } else {
-                    "failure"
-                }
-                .into(),
-            })
-            .inc();
-        Ok(response)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// A slot for `v`'s function and one overall, waiting in a bounded queue.
-    async fn admit(
-        &self,
-        v: &VersionInfo,
-    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), EngineError> {
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-        if waiting > self.config.max_queued {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::Busy(format!(
-                "{} invocations are already waiting (the limit is {}); retry later",
-                waiting - 1,
-                self.config.max_queued
-            )));
-        }
-        self.metrics.queued.inc();
-        let per_function = {
-            let cap = v.config.concurrency.max(1);
-            let mut map = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map
-                .entry(v.function.clone())
-                .or_insert_with(|| (cap, Arc::new(Semaphore::new(cap as usize))));
-            if entry.0 != cap {
-                *entry = (cap, Arc::new(Semaphore::new(cap as usize)));
+    /// Waits until no invocation is in flight, for up to `limit`.
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return true;
             }
-            Arc::clone(&entry.1)
-        };
-        let mine = per_function.acquire_owned().await.expect("never closed");
-        let global = Arc::clone(&self.global)
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.queued.dec();
-        Ok((mine, global))
-    }
-
-    /// The sandbox for one invocation of `v`.
-    fn spec_for(
-        &self,
-        v: &VersionInfo,
-        record: &InvocationRecord,
-        body: Vec<u8>,
-    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
-        let c = &v.config;
-        let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
-        let mut lease = None;
-        if let Some(id) = &c.image_id {
-            let (image, held) = self.image_store()?.lease(id).map_err(|e| {
-                EngineError::Invalid(format!(
-                    "the image of version {} ({}) is not in the store any more ({e}); import it again",
-                    v.version,
-                    c.image.as_deref().unwrap_or(id)
-                ))
-            })?;
-            crate::image::apply_image(
-                &mut spec,
-                self.image_store()?,
-                &image,
-                false,
-                v.code_digest.is_some(),
-            )?;
-            lease = Some(held);
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::SeqCst) == 0;
+            }
         }
-        if let Some(digest) = &v.code_digest {
-            spec.binds.push(Bind {
-                source: self.config.data_dir.join("code").join(digest),
-                target: "/fn".into(),
-                writable: false,
-                device: false,
-            });
-            spec.workdir = "/fn".into();
-        }
-        if !c.secrets.is_empty() {
-            let values = self.store.secrets(&v.function, v.version)?;
-            let dir = code::secrets_dir(
-                &self.config.data_dir,
-                &v.function,
-                v.version,
-                &values,
-                spec.user.uid,
-            )?;
-            spec.binds.push(Bind {
-                source: dir,
-                target: "/run/secrets".into(),
-                writable: false,
-                device: false,
-            });
-        }
-        for (k, val) in &c.env {
-            spec.env.push((k.into(), val.into()));
-        }
-        spec.env
-            .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
-        spec.env
-            .push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
-        spec.env
-            .push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
-        spec.limits.memory_bytes = c.memory_bytes;
-        spec.limits.cpus = c.cpus;
-        spec.limits.pids = c.pids;
-        spec.limits.timeout = c.timeout_ms.map(Duration::from_millis);
-        spec.limits.output_bytes = Some(c.output_bytes);
-        spec.net = if c.net == "host" {
-            NetMode::Host
-        } else {
-            NetMode::None
-        };
-        if c.accel.as_deref() == Some("gpu") {
-            spec.device_nodes = gpu_device_nodes();
-        }
-        if let Some(placement) = &c.accel {
-            let mut service = self.accel.lock().unwrap_or_else(|e| e.into_inner());
-            let conn = crate::accel::connect(&mut service, &self.config.accel_program, placement)?;
-            spec.env.push((
-                "ALCOVE_ACCEL_FD".into(),
-                conn.as_raw_fd().to_string().into(),
-            ));
-            spec.inherit_fds.push(Arc::new(conn));
-        }
-        spec.stdio = Stdio::Capture { stdin: body };
-        Ok((spec, lease))
     }
 }
 
-impl Engine {
-    /// The device cgroup rule a run given host devices needs (none for a run
-    /// that sees only the basic /dev, which its mounts already confine).
-    fn device_rule_for(
-        &self,
-        spec: &SandboxSpec,
-    ) -> Result<Option<crate::devices::DeviceRuleObserver>, EngineError> {
-        if spec.device_nodes.is_empty() {
-            return Ok(None);
-        }
-        let mut rules = self.device_rules.lock().unwrap_or_else(|e| e.into_inner());
-        if rules.is_none() {
-            *rules = Some(crate::devices::DeviceRules::start()?);
-        }
-        let rules = rules.as_ref().expect("started above");
-        Ok(Some(rules.observer(&spec.device_nodes)?))
-    }
-}
-
-/// The host's NVIDIA device nodes (/dev/nvidiactl, /dev/nvidia0...,
-/// /dev/nvidia-uvm...): what a `gpu`-placed function may open besides
-/// alcove's basic /dev. None on a host without a GPU.
-fn gpu_device_nodes() -> Vec<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(entries) = std::fs::read_dir("/dev") else {
-        return Vec::new();
-    };
-    let mut nodes: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_char_device()))
-        .map(|e| e.path())
-        .collect();
-    nodes.sort();
-    nodes
-}
-
-fn validate(req: &DeployRequest) -> Result<(), EngineError> {
+fn validate(req: &mut DeployRequest, limits: &FunctionLimits) -> Result<(), EngineError> {
     let invalid = |m: String| Err(EngineError::Invalid(m));
     if !crate::valid_name(&req.name) {
         return invalid(format!(
@@ -576,6 +571,9 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
             req.name
         ));
     }
+    limits
+        .check_and_fill(&mut req.config)
+        .map_err(EngineError::Invalid)?;
     let c = &req.config;
     let no_handler = c.handler.is_empty() && c.image.is_none();
     if no_handler || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
@@ -617,8 +615,5 @@ fn validate(req: &DeployRequest) -> Result<(), EngineError> {
     }
     spec.validate()
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    if c.timeout_ms == Some(0) {
-        return invalid("timeout_ms 0: use a positive number of milliseconds".into());
-    }
     Ok(())
 }

@@ -6,10 +6,13 @@
 //! It knows nothing of HTTP (alcove-api) or command lines (alcove).
 
 mod accel;
+mod admission;
+mod attempt;
 mod code;
 mod devices;
 mod engine;
 mod image;
+mod limits;
 mod metrics;
 mod model;
 mod store;
@@ -18,6 +21,7 @@ pub use alcove_sandbox::error_chain;
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
 pub use image::apply_image;
+pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};
 pub use metrics::Metrics;
 pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
 
@@ -39,6 +43,10 @@ pub enum EngineError {
     NoInvocation(String),
     #[error("too many invocations waiting: {0}")]
     Busy(String),
+    #[error("the daemon is stopping: it takes no new work")]
+    Stopping,
+    #[error("alcove failed internally (a bug: please report it): {0}")]
+    Internal(String),
     #[error("the code archive is refused: {0}")]
     BadCode(String),
     #[error("the store failed")]
@@ -68,6 +76,8 @@ impl EngineError {
             EngineError::NoVersion(..) => "version_not_found",
             EngineError::NoInvocation(_) => "invocation_not_found",
             EngineError::Busy(_) => "too_many_requests",
+            EngineError::Stopping => "stopping",
+            EngineError::Internal(_) => "internal",
             EngineError::BadCode(_) => "invalid_code",
             EngineError::Store(_) | EngineError::Io { .. } => "internal",
             EngineError::Sandbox(_) | EngineError::DeviceRule(_) => "sandbox_failed",

@@ -236,19 +236,23 @@ impl Store {
         tx.commit().map_err(db)
     }
 
+    /// The code digests some version still runs.
+    pub(crate) fn code_digests(&self) -> Result<std::collections::HashSet<String>, EngineError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT DISTINCT code_digest FROM versions WHERE code_digest IS NOT NULL")
+            .map_err(db)?;
+        let rows = statement
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
     /// Deletes finished invocation records created before `before`.
     pub(crate) fn purge_invocations(&self, before: f64) -> Result<usize, EngineError> {
         self.conn()
             .prepare_cached("DELETE FROM invocations WHERE created_at < ?1 AND status NOT IN ('queued', 'running')")
             .and_then(|mut stmt| stmt.execute(params![before]))
-            .map_err(db)
-    }
-
-    pub(crate) fn delete_invocation(&self, id: &str) -> Result<(), EngineError> {
-        self.conn()
-            .prepare_cached("DELETE FROM invocations WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![id]))
-            .map(drop)
             .map_err(db)
     }
 

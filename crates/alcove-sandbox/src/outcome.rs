@@ -20,6 +20,9 @@ pub enum Status {
     /// A policy enforced in the kernel (a syscall, CPU or wall budget) killed it;
     /// `reason` says which.
     KilledByPolicy,
+    /// Its caller stopped it before it ended (a daemon shutting down);
+    /// `reason` says why.
+    Cancelled,
     /// alcove itself could not run the sandbox.
     Error,
 }
@@ -60,6 +63,11 @@ pub struct Outcome {
     pub pids_peak: Option<u64>,
     /// Whether stdout or stderr was cut at the output limit.
     pub output_truncated: bool,
+    /// Which of the two captured streams was cut.
+    #[serde(skip)]
+    pub stdout_truncated: bool,
+    #[serde(skip)]
+    pub stderr_truncated: bool,
     /// The sandbox's cgroup2 id, where a cgroup2 tree is mounted.
     pub cgroup_id: Option<u64>,
     /// Why a policy killed the sandbox, with `killed_by_policy`.

@@ -146,6 +146,8 @@ pub struct Limits {
     pub cpu_time: Option<Duration>,
     /// Bytes of stdout and of stderr each passed through before the stream is closed.
     pub output_bytes: Option<u64>,
+    /// Bytes of captured stderr kept, when less than `output_bytes` should be.
+    pub stderr_bytes: Option<u64>,
     /// Size of each writable tmpfs (the root's upper layer, /tmp, /dev/shm).
     pub tmpfs_bytes: u64,
     /// Open file descriptors per process.

@@ -51,6 +51,8 @@ pub(crate) struct Supervision<'a> {
     /// `(read end, where it goes)` for captured stdout and stderr.
     pub outputs: Vec<(OwnedFd, Sink)>,
     pub signals: Option<SignalForwarder>,
+    /// Readable (its write end closed) when the caller wants the sandbox gone.
+    pub cancel: Option<&'a OwnedFd>,
     pub cgroup: &'a SandboxCgroup,
     pub limits: &'a Limits,
     pub collect_usage: bool,
@@ -125,9 +127,13 @@ pub(crate) fn supervise(
     read_marks: &dyn Fn() -> Option<[u64; PHASE_SLOTS]>,
     program_status: &dyn Fn() -> Option<i32>,
 ) -> Result<(Outcome, RawUsage), SandboxError> {
-    let ns = |d: Duration| d.as_nanos() as u64;
-    let deadline = s.limits.timeout.map(|t| s.t_clone + ns(t));
-    let cpu_limit_us = s.limits.cpu_time.map(|t| t.as_micros() as u64);
+    // Saturating: a limit of centuries must mean "never", not wrap into "now".
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let deadline = s.limits.timeout.map(|t| s.t_clone.saturating_add(ns(t)));
+    let cpu_limit_us = s
+        .limits
+        .cpu_time
+        .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
     let parallelism = s
         .limits
         .cpus
@@ -144,8 +150,14 @@ pub(crate) fn supervise(
     let mut pumps: Vec<Pump> = s
         .outputs
         .into_iter()
-        .map(|(read, sink)| Pump {
+        .enumerate()
+        .map(|(i, (read, sink))| Pump {
             remaining: match sink {
+                Sink::Buffer(_) if i == 1 => s
+                    .limits
+                    .stderr_bytes
+                    .or(s.limits.output_bytes)
+                    .unwrap_or(1 << 20),
                 Sink::Buffer(_) => s.limits.output_bytes.unwrap_or(1 << 20),
                 Sink::Fd(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
             },
@@ -220,6 +232,10 @@ pub(crate) fn supervise(
         let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
         let i_sig = s.signals.as_ref().map(|f| push(f.fd.as_raw_fd()));
         let i_obs = s.observer.poll_fd().map(&mut push);
+        let i_cancel = s
+            .cancel
+            .filter(|_| exit.is_none() && kill_reason.is_none())
+            .map(|f| push(f.as_raw_fd()));
         let i_pumps: Vec<Option<usize>> = pumps
             .iter()
             .map(|p| p.read.as_ref().map(|r| push(r.as_raw_fd())))
@@ -265,6 +281,9 @@ pub(crate) fn supervise(
                     policy_reason = Some(reason);
                 }
             }
+        }
+        if ready(i_cancel) {
+            kill(&mut kill_reason, Some(Status::Cancelled));
         }
         if ready(i_pid) {
             let (status, _rusage) =
@@ -346,6 +365,8 @@ pub(crate) fn supervise(
         memory_peak_bytes: usage.memory_peak_bytes,
         pids_peak: usage.pids_peak,
         output_truncated: pumps.iter().any(|p| p.truncated),
+        stdout_truncated: pumps.first().is_some_and(|p| p.truncated),
+        stderr_truncated: pumps.get(1).is_some_and(|p| p.truncated),
         cgroup_id: None,
         reason: policy_reason,
         phases: None,

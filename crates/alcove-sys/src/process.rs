@@ -83,6 +83,12 @@ pub fn reap_any() -> Option<(libc::pid_t, i32)> {
     (pid > 0).then_some((pid, status))
 }
 
+/// The caller's effective uid.
+pub fn effective_uid() -> libc::uid_t {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether the caller's effective uid is root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -52,14 +52,16 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address and port to listen on. Anything but loopback needs a token.
+    /// Address and port to listen on. Every request but /healthz needs the
+    /// token (see --token-file).
     #[arg(long, default_value = "127.0.0.1:8480")]
     listen: std::net::SocketAddr,
     /// Where functions, code, secrets and invocation records live.
     #[arg(long, default_value = "/var/lib/alcove")]
     data_dir: PathBuf,
-    /// Require 'Authorization: Bearer TOKEN' (visible in ps: prefer --token-file
-    /// or $ALCOVE_TOKEN).
+    /// The token clients must send as 'Authorization: Bearer TOKEN' (visible in
+    /// ps: prefer --token-file or $ALCOVE_TOKEN) [default: DATA_DIR/token,
+    /// created at first start, readable by root only].
     #[arg(long)]
     token: Option<String>,
     /// Read the token from a file.
@@ -75,6 +77,48 @@ struct ServeArgs {
     /// Invocations waiting for a slot before new ones get 429 [default: 1024].
     #[arg(long)]
     max_queued: Option<usize>,
+    /// Bytes of request bodies waiting invocations may hold in all before new
+    /// ones get 429 [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
+    max_queued_bytes: Option<u64>,
+    /// Longest timeout a function may be deployed with [default: 15m].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    max_timeout: Option<std::time::Duration>,
+    /// Timeout of a function deployed without one [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    default_timeout: Option<std::time::Duration>,
+    /// Largest memory limit a function may be deployed with [default: 8G, or the host's memory].
+    #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
+    max_memory: Option<u64>,
+    /// Memory limit of a function deployed without one [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
+    default_memory: Option<u64>,
+    /// Largest process limit a function may be deployed with [default: 4096].
+    #[arg(long)]
+    max_pids: Option<u64>,
+    /// Process limit of a function deployed without one [default: 256].
+    #[arg(long)]
+    default_pids: Option<u64>,
+    /// Largest response (stdout) a function may be deployed to keep [default: 64M].
+    #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
+    max_output: Option<u64>,
+    /// Most CPUs a function may be deployed with [default: this host's].
+    #[arg(long)]
+    max_cpus: Option<f64>,
+    /// Client connections open at once; more get 503 [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers (and a
+    /// kept-alive connection may sit idle) [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    header_timeout: Option<std::time::Duration>,
+    /// How long a client may take to send a request's body [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    body_timeout: Option<std::time::Duration>,
+    /// On SIGTERM, how long running invocations may finish before they are
+    /// killed [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    shutdown_grace: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -324,6 +368,7 @@ pub fn main() -> i32 {
             if let Err(e) = crate::scope::ensure_own_cgroup() {
                 return fail(&e);
             }
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let options = crate::serve::ServeOptions {
                 listen: args.listen,
                 data_dir: args.data_dir,
@@ -332,6 +377,19 @@ pub fn main() -> i32 {
                 image_store: args.image_store,
                 max_running: args.max_running,
                 max_queued: args.max_queued,
+                max_queued_bytes: args.max_queued_bytes,
+                max_timeout_ms: args.max_timeout.map(ms),
+                default_timeout_ms: args.default_timeout.map(ms),
+                max_memory: args.max_memory,
+                default_memory: args.default_memory,
+                max_pids: args.max_pids,
+                default_pids: args.default_pids,
+                max_output: args.max_output,
+                max_cpus: args.max_cpus,
+                max_connections: args.max_connections,
+                header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
+                shutdown_grace: args.shutdown_grace,
             };
             match crate::serve::run(options) {
                 Ok(()) => 0,
@@ -511,6 +569,7 @@ fn run(args: RunArgs) -> i32 {
     let options = RunOptions {
         forward_signals: true,
         collect_usage: report.is_some(),
+        cancel: None,
     };
     let policy = alcove_bpf::SandboxPolicy {
         trace: monitoring.trace,

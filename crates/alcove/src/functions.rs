@@ -15,9 +15,13 @@ pub struct FnArgs {
     /// The daemon's URL [default: $ALCOVE_SERVER or http://127.0.0.1:8480].
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
-    /// Bearer token for a daemon that needs one [default: $ALCOVE_TOKEN].
+    /// The daemon's token [default: $ALCOVE_TOKEN, else the file
+    /// --token-file names, else for a daemon on loopback /var/lib/alcove/token].
     #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
+    /// Read the token from this file [default: $ALCOVE_TOKEN_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -119,6 +123,37 @@ struct DeployArgs {
     concurrency: Option<u32>,
 }
 
+/// Where a local daemon with the default data directory keeps its token.
+const LOCAL_TOKEN_FILE: &str = "/var/lib/alcove/token";
+
+/// The token to send: given, named by a file, or — for a daemon on this
+/// host's loopback only, so it never travels elsewhere — the local daemon's.
+fn client_token(args: &FnArgs, server: &str) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var("ALCOVE_TOKEN").ok().filter(|t| !t.is_empty());
+    if let Some(t) = args.token.clone().or(from_env) {
+        return Ok(Some(t));
+    }
+    let named = args
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("ALCOVE_TOKEN_FILE").map(PathBuf::from));
+    if let Some(path) = named {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    let local = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+        .iter()
+        .any(|p| server.starts_with(p))
+        || ["http://127.0.0.1", "http://localhost", "http://[::1]"].contains(&server);
+    if local {
+        if let Ok(text) = std::fs::read_to_string(LOCAL_TOKEN_FILE) {
+            return Ok(Some(text.trim().to_owned()));
+        }
+    }
+    Ok(None)
+}
+
 /// Runs `alcove fn ...` and returns the exit code.
 pub fn main(args: FnArgs) -> i32 {
     let server = args
@@ -126,10 +161,13 @@ pub fn main(args: FnArgs) -> i32 {
         .clone()
         .or_else(|| std::env::var("ALCOVE_SERVER").ok())
         .unwrap_or_else(|| "http://127.0.0.1:8480".into());
-    let token = args
-        .token
-        .clone()
-        .or_else(|| std::env::var("ALCOVE_TOKEN").ok());
+    let token = match client_token(&args, &server) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            return 125;
+        }
+    };
     alcove_sys::signal::default_sigpipe();
     let client = Client::new(&server, token);
     match run(&client, args) {

@@ -1,12 +1,19 @@
-//! `alcove serve`: the functions daemon. HTTP on loopback by default; any
-//! other address needs a token.
+//! `alcove serve`: the functions daemon. Every request but /healthz needs a
+//! bearer token: the operator's (--token-file, $ALCOVE_TOKEN), or one the
+//! daemon creates at first start in DATA_DIR/token (0600, root's), which the
+//! local CLI reads. A sandbox — even one on the host's network, which reaches
+//! loopback — never sees that file, so it cannot use the API unless it was
+//! given the token explicitly.
 
-use alcove_api::{app, AppState};
+use alcove_api::{app, AppState, ServerLimits};
 use alcove_engine::{Engine, EngineConfig};
 use anyhow::{bail, Context};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -16,36 +23,104 @@ pub struct ServeOptions {
     pub image_store: Option<PathBuf>,
     pub max_running: Option<usize>,
     pub max_queued: Option<usize>,
+    pub max_queued_bytes: Option<u64>,
+    pub max_timeout_ms: Option<u64>,
+    pub default_timeout_ms: Option<u64>,
+    pub max_memory: Option<u64>,
+    pub default_memory: Option<u64>,
+    pub max_pids: Option<u64>,
+    pub default_pids: Option<u64>,
+    pub max_output: Option<u64>,
+    pub max_cpus: Option<f64>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<Duration>,
+    pub body_timeout: Option<Duration>,
+    pub shutdown_grace: Option<Duration>,
 }
 
-fn read_token(options: &ServeOptions) -> anyhow::Result<Option<String>> {
+/// The file the daemon keeps its own token in, and the local CLI reads.
+pub const TOKEN_FILE: &str = "token";
+
+fn check_token(token: &str) -> anyhow::Result<()> {
+    if token.len() < 16 || token.len() > 4096 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+        bail!("the token must be 16 to 4096 printable characters without spaces (try: head -c 24 /dev/urandom | base64)");
+    }
+    Ok(())
+}
+
+/// The operator's token, if they gave one.
+fn given_token(options: &ServeOptions) -> anyhow::Result<Option<String>> {
     let token = match (&options.token, &options.token_file) {
         (Some(_), Some(_)) => bail!("give --token or --token-file, not both"),
         (Some(t), None) => Some(t.clone()),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?;
-            Some(text.trim().to_owned())
-        }
-        (None, None) => std::env::var("ALCOVE_TOKEN").ok(),
+        (None, Some(path)) => Some(read_token_file(path)?),
+        (None, None) => std::env::var("ALCOVE_TOKEN").ok().filter(|t| !t.is_empty()),
     };
     if let Some(t) = &token {
-        if t.len() < 16 || t.bytes().any(|b| !b.is_ascii_graphic()) {
-            bail!("the token must be at least 16 printable characters without spaces (try: head -c 24 /dev/urandom | base64)");
-        }
-    }
-    if token.is_none() && !options.listen.ip().is_loopback() {
-        bail!(
-            "listening on {} (not loopback) needs a token: pass --token-file FILE (or set $ALCOVE_TOKEN), \
-             and clients send 'Authorization: Bearer TOKEN'",
-            options.listen
-        );
+        check_token(t)?;
     }
     Ok(token)
 }
 
-pub fn run(options: ServeOptions) -> anyhow::Result<()> {
-    let token = read_token(&options)?;
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 8192), &mut bytes)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
+}
+
+/// The daemon's own token: read from DATA_DIR/token, or created there
+/// (mode 0600, never through a link) at first start.
+fn own_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    let fresh = format!(
+        "{}{}",
+        alcove_sys::process::random_id(),
+        alcove_sys::process::random_id()
+    );
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(format!("{fresh}\n").as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            return Ok(fresh);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("opening {} (remove it to get a new token)", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != alcove_sys::process::effective_uid() {
+        bail!(
+            "{} is not a regular file owned by this user: remove it and start again for a new token",
+            path.display()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} can be read by other users (mode {:o}): run `chmod 600 {}`, or remove it for a new token",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let token = read_token_file(&path)?;
+    check_token(&token).with_context(|| format!("the token in {}", path.display()))?;
+    Ok(token)
+}
+
+fn engine_config(options: &ServeOptions) -> EngineConfig {
     let mut config = EngineConfig::new(options.data_dir.clone());
     if let Some(n) = options.max_running {
         config.max_running = n.max(1);
@@ -53,12 +128,60 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(n) = options.max_queued {
         config.max_queued = n;
     }
+    if let Some(n) = options.max_queued_bytes {
+        config.max_queued_bytes = n;
+    }
+    let l = &mut config.limits;
+    let set = |target: &mut u64, value: Option<u64>| {
+        if let Some(v) = value {
+            *target = v;
+        }
+    };
+    set(&mut l.max_timeout_ms, options.max_timeout_ms);
+    set(&mut l.default_timeout_ms, options.default_timeout_ms);
+    set(&mut l.max_memory_bytes, options.max_memory);
+    set(&mut l.default_memory_bytes, options.default_memory);
+    set(&mut l.max_pids, options.max_pids);
+    set(&mut l.default_pids, options.default_pids);
+    set(&mut l.max_output_bytes, options.max_output);
+    if let Some(c) = options.max_cpus {
+        l.max_cpus = c;
+    }
+    // A lowered maximum lowers the default with it, unless that was set too.
+    if options.default_timeout_ms.is_none() {
+        l.default_timeout_ms = l.default_timeout_ms.min(l.max_timeout_ms);
+    }
+    if options.default_memory.is_none() {
+        l.default_memory_bytes = l.default_memory_bytes.min(l.max_memory_bytes);
+    }
+    if options.default_pids.is_none() {
+        l.default_pids = l.default_pids.min(l.max_pids);
+    }
     if let Some(dir) = options
         .image_store
         .clone()
         .or_else(|| std::env::var_os("ALCOVE_IMAGES").map(PathBuf::from))
     {
         config.image_store = dir;
+    }
+    config
+}
+
+pub fn run(options: ServeOptions) -> anyhow::Result<()> {
+    let given = given_token(&options)?;
+    let config = engine_config(&options);
+    let mut limits = ServerLimits::default();
+    if let Some(n) = options.max_connections {
+        limits.max_connections = n.max(1);
+    }
+    if let Some(t) = options.header_timeout {
+        limits.header_timeout = t.max(Duration::from_millis(100));
+    }
+    if let Some(t) = options.body_timeout {
+        limits.body_timeout = t.max(Duration::from_millis(100));
+    }
+    if let Some(g) = options.shutdown_grace {
+        limits.shutdown_grace = g;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,6 +192,13 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         let engine = Engine::open(config).with_context(|| {
             format!("opening the data directory {}", options.data_dir.display())
         })?;
+        let (token, token_place) = match given {
+            Some(t) => (t, "the operator's token".to_owned()),
+            None => (
+                own_token(&options.data_dir)?,
+                format!("token in {}", options.data_dir.join(TOKEN_FILE).display()),
+            ),
+        };
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .with_context(|| {
@@ -79,25 +209,28 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             })?;
         let address = listener.local_addr().context("reading the bound address")?;
         eprintln!(
-            "alcove: serving http://{address} (data in {}, {}token)",
+            "alcove: serving http://{address} (data in {}, {token_place})",
             options.data_dir.display(),
-            if token.is_some() { "" } else { "no " }
         );
         let state = AppState {
-            engine,
-            token: token.map(Arc::from),
+            engine: Arc::clone(&engine),
+            token: Some(Arc::from(token)),
         };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")?;
+        alcove_api::serve(listener, app(state), limits, shutdown_signal()).await;
+        eprintln!("alcove: stopping: killing what still runs after the grace period");
+        let left = engine.shutdown(limits.shutdown_grace).await;
+        if left > 0 {
+            eprintln!("alcove: {left} invocations did not end in time; their records say so at the next start");
+        }
         eprintln!("alcove: stopped");
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    // Blocking threads still tearing a sandbox down must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM: the server then stops accepting and
-/// finishes the requests it has.
+/// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
@@ -351,10 +350,19 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
         0
     );
     let addr = d.addr.clone();
+    let bearer = format!("Bearer {}", d.token.clone().unwrap());
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || http(&addr, "POST", "/v1/functions/one/invoke", &[], b""))
+            let (addr, bearer) = (addr.clone(), bearer.clone());
+            std::thread::spawn(move || {
+                http(
+                    &addr,
+                    "POST",
+                    "/v1/functions/one/invoke",
+                    &[("authorization", &bearer)],
+                    b"",
+                )
+            })
         })
         .collect();
     let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
@@ -394,7 +402,8 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
     let mut gone = TcpStream::connect(&d.addr).unwrap();
     write!(
         gone,
-        "POST /v1/functions/one/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        "POST /v1/functions/one/invoke HTTP/1.1\r\nHost: x\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        format_args!("Authorization: {bearer}")
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -557,8 +566,9 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     // A deploy cut off mid-body.
     let mut cut = TcpStream::connect(&d.addr).unwrap();
     let head = format!(
-        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nContent-Length: 10000000\r\n\r\n",
-        d.addr
+        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 10000000\r\n\r\n",
+        d.addr,
+        d.token.clone().unwrap()
     );
     cut.write_all(head.as_bytes()).unwrap();
     cut.write_all(br#"{"name":"half","handler":["true"],"code":""#)
@@ -626,60 +636,6 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     assert_eq!(staged, 0, "half-done deploys are removed");
 }
 
-#[test]
-fn beyond_loopback_a_token_is_required() {
-    if !root_or_skip("beyond_loopback_a_token_is_required") {
-        return;
-    }
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let out = Command::new(ALCOVE)
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(&data)
-        .env_remove("ALCOVE_TOKEN")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs a token"),
-        "{out:?}"
-    );
-
-    let token = "0123456789abcdef-token";
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let mut d = Daemon::start(&data, &["--token-file", token_file.to_str().unwrap()]);
-    assert_eq!(d.http("GET", "/healthz", b"").status, 200);
-    let reply = d.http("GET", "/v1/functions", b"");
-    assert_eq!(
-        (reply.status, reply.code()),
-        (401, "unauthorized".to_owned())
-    );
-    let (code, _, err) = d.cli(&["ls"]);
-    assert_eq!(code, 125);
-    assert!(err.contains("unauthorized"), "{err}");
-    let bearer = format!("Bearer {token}");
-    let reply = http(
-        &d.addr,
-        "GET",
-        "/v1/functions",
-        &[("Authorization", &bearer)],
-        b"",
-    );
-    assert_eq!(reply.status, 200);
-    let out = Command::new(ALCOVE)
-        .args(["fn", "ls", "--token", token, "--server", &d.url()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-
-    // SIGTERM stops it cleanly.
-    // SAFETY: kill on the pid of a child this test started and has not reaped.
-    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(d.child.wait().unwrap().code(), Some(0));
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -703,9 +659,9 @@ fn a_bounded_load_completes_without_errors_and_memory_stays_flat() {
         let per_client = total / 32;
         let clients: Vec<_> = (0..32)
             .map(|c| {
-                let url = d.url();
+                let (url, token) = (d.url(), d.token.clone());
                 std::thread::spawn(move || {
-                    let client = alcove_api::Client::new(&url, None);
+                    let client = alcove_api::Client::new(&url, token);
                     let mut failures = Vec::new();
                     for i in 0..per_client {
                         let body = format!("client {c} request {i}");

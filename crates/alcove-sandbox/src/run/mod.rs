@@ -30,6 +30,9 @@ pub struct RunOptions {
     /// run. Off, the outcome still says why the sandbox ended (OOM included),
     /// and the run skips a few cgroup reads.
     pub collect_usage: bool,
+    /// The read end of a pipe: once its write end is closed, the sandbox is
+    /// killed and its outcome says `cancelled`. One pipe can cancel many runs.
+    pub cancel: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Runs `spec` to completion and reports how it ended.
@@ -231,6 +234,7 @@ pub fn run_observed(
         lifeline: lifeline_write,
         outputs,
         signals,
+        cancel: options.cancel.as_deref(),
         cgroup: pieces.cgroup(),
         limits: &spec.limits,
         collect_usage,
@@ -315,9 +319,19 @@ fn spawn(
     // takes locks (a lock another thread held at fork would never be
     // released in the child) and ends in execve or _exit.
     match unsafe { clone::clone3(flags, cgroup) }? {
-        Forked::Child => child::run(plan),
+        Forked::Child => run_child_without_unwinding(plan),
         Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
+}
+
+/// The child must never unwind back into the parent's code (the release
+/// profile unwinds so that a daemon survives a panic in one request): a
+/// panic that crosses this `extern "C"` boundary aborts the child alone.
+fn run_child_without_unwinding(plan: &ChildPlan) -> ! {
+    extern "C" fn entry(plan: &ChildPlan) -> ! {
+        child::run(plan)
+    }
+    entry(plan)
 }
 
 /// Removes what sandboxes killed mid-run left behind (cgroups whose alcove is

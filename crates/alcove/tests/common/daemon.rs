@@ -16,14 +16,21 @@ pub struct Daemon {
     pub addr: String,
     pub data: PathBuf,
     pub log: Arc<Mutex<String>>,
+    /// What the daemon wrote to DATA_DIR/token, sent with every request.
+    pub token: Option<String>,
 }
 
 impl Daemon {
     pub fn start(data: &Path, extra: &[&str]) -> Daemon {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(ALCOVE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("ALCOVE_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,11 +59,16 @@ impl Daemon {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
+        // The daemon's own token, unless the test gave it one.
+        let token = std::fs::read_to_string(data.join("token"))
+            .ok()
+            .map(|t| t.trim().to_owned());
         Daemon {
             child,
             addr,
             data: data.to_owned(),
             log,
+            token,
         }
     }
 
@@ -69,7 +81,7 @@ impl Daemon {
             .arg("fn")
             .args(args)
             .env("ALCOVE_SERVER", self.url())
-            .env_remove("ALCOVE_TOKEN")
+            .env("ALCOVE_TOKEN", self.token.as_deref().unwrap_or_default())
             .stdin(Stdio::null())
             .output()
             .expect("run alcove fn");
@@ -94,7 +106,19 @@ impl Daemon {
     }
 
     pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Reply {
-        http(&self.addr, method, path, &[], body)
+        match &self.token {
+            Some(token) => {
+                let bearer = format!("Bearer {token}");
+                http(
+                    &self.addr,
+                    method,
+                    path,
+                    &[("authorization", &bearer)],
+                    body,
+                )
+            }
+            None => http(&self.addr, method, path, &[], body),
+        }
     }
 
     pub fn kill9(&mut self) -> i32 {

@@ -1,0 +1,210 @@
+//! Admission: how many sandboxes run at once (per function and overall), and
+//! a bounded backlog of invocations accepted but not yet running — their
+//! count and the bytes of their bodies — so that no client can make the
+//! daemon hold more than the operator allowed. Shutting down closes it all.
+
+use crate::EngineError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub(crate) struct Admission {
+    global: Arc<Semaphore>,
+    /// Per function: its cap (the `latest` version's concurrency) and slots.
+    per_function: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    backlog: Arc<Backlog>,
+    stopping: AtomicBool,
+}
+
+struct Backlog {
+    count: AtomicUsize,
+    bytes: AtomicU64,
+    max_count: usize,
+    max_bytes: u64,
+}
+
+/// One invocation's place in the backlog; dropping it gives the place back.
+pub(crate) struct Ticket {
+    backlog: Arc<Backlog>,
+    bytes: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.backlog.count.fetch_sub(1, Ordering::SeqCst);
+        self.backlog.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// The slots one running invocation holds.
+pub(crate) type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+fn stopping() -> EngineError {
+    EngineError::Stopping
+}
+
+impl Admission {
+    pub(crate) fn new(max_running: usize, max_waiting: usize, max_waiting_bytes: u64) -> Self {
+        Admission {
+            global: Arc::new(Semaphore::new(max_running.max(1))),
+            per_function: Mutex::new(HashMap::new()),
+            backlog: Arc::new(Backlog {
+                count: AtomicUsize::new(0),
+                bytes: AtomicU64::new(0),
+                max_count: max_waiting,
+                max_bytes: max_waiting_bytes,
+            }),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// A place in the backlog for an invocation with a body of `bytes`, or
+    /// `Busy` when the backlog is full by count or by bytes.
+    pub(crate) fn enter(&self, bytes: usize) -> Result<Ticket, EngineError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(stopping());
+        }
+        let b = &self.backlog;
+        let bytes = bytes as u64;
+        let count = b.count.fetch_add(1, Ordering::SeqCst) + 1;
+        let held = b.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        let ticket = Ticket {
+            backlog: Arc::clone(b),
+            bytes,
+        };
+        if count > b.max_count {
+            return Err(EngineError::Busy(format!(
+                "{} invocations are already waiting (the limit is {}); retry later",
+                count - 1,
+                b.max_count
+            )));
+        }
+        if held > b.max_bytes {
+            return Err(EngineError::Busy(format!(
+                "the bodies of waiting invocations would take {held} bytes (the limit is {}); retry later",
+                b.max_bytes
+            )));
+        }
+        Ok(ticket)
+    }
+
+    /// Invocations in the backlog now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.backlog.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a slot of `function` (capped at `cap` at once) and one overall.
+    pub(crate) async fn slots(&self, function: &str, cap: u32) -> Result<Slots, EngineError> {
+        let mine = self.function_slots(function, cap.max(1))?;
+        let mine = mine.acquire_owned().await.map_err(|_| stopping())?;
+        let global = Arc::clone(&self.global)
+            .acquire_owned()
+            .await
+            .map_err(|_| stopping())?;
+        Ok((mine, global))
+    }
+
+    /// The function's semaphore, resized in place when its cap changed, so
+    /// invocations already running keep counting against it.
+    fn function_slots(&self, function: &str, cap: u32) -> Result<Arc<Semaphore>, EngineError> {
+        let mut map = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(stopping());
+        }
+        let (current, slots) = map
+            .entry(function.to_owned())
+            .or_insert_with(|| (cap, Arc::new(Semaphore::new(cap as usize))));
+        if *current < cap {
+            slots.add_permits((cap - *current) as usize);
+        } else if *current > cap {
+            // Fewer slots: take the surplus out as running invocations end.
+            let surplus = *current - cap;
+            let shrinking = Arc::clone(slots);
+            tokio::spawn(async move {
+                if let Ok(taken) = shrinking.acquire_many_owned(surplus).await {
+                    taken.forget();
+                }
+            });
+        }
+        *current = cap;
+        Ok(Arc::clone(slots))
+    }
+
+    /// Forgets a removed function's slots (its running invocations keep theirs).
+    pub(crate) fn forget(&self, function: &str) {
+        self.per_function
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(function);
+    }
+
+    /// Refuses everything from now on; invocations waiting for a slot get
+    /// `Stopping`. Those already running are not touched.
+    pub(crate) fn close(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.global.close();
+        for (_, slots) in self
+            .per_function
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            slots.close();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_refuses_beyond_its_count_and_its_bytes_and_frees_on_drop() {
+        let a = Admission::new(1, 2, 100);
+        let first = a.enter(10).unwrap();
+        let _second = a.enter(10).unwrap();
+        assert!(matches!(a.enter(0), Err(EngineError::Busy(_))));
+        drop(first);
+        assert!(matches!(a.enter(81), Err(EngineError::Busy(_))));
+        let _third = a.enter(80).unwrap();
+        assert_eq!(a.waiting(), 2);
+    }
+
+    #[tokio::test]
+    async fn alternating_caps_resize_one_semaphore_instead_of_resetting_it() {
+        let a = Admission::new(100, 100, 1 << 20);
+        let _one = a.slots("f", 1).await.unwrap();
+        // A version with a larger cap adds one slot: two may run, not three.
+        let _two = a.slots("f", 2).await.unwrap();
+        let third = tokio::time::timeout(std::time::Duration::from_millis(50), a.slots("f", 2));
+        assert!(
+            third.await.is_err(),
+            "a third invocation got a slot at cap 2"
+        );
+        // Back to cap 1 and up to 2 again: still only two in all.
+        let back = tokio::time::timeout(std::time::Duration::from_millis(50), a.slots("f", 1));
+        assert!(back.await.is_err());
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), a.slots("f", 2));
+        assert!(again.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_the_waiting_with_stopping() {
+        let a = Arc::new(Admission::new(1, 10, 1 << 20));
+        let held = a.slots("f", 1).await.unwrap();
+        let waiter = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.slots("f", 1).await.map(|_| ()) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        a.close();
+        assert!(matches!(waiter.await.unwrap(), Err(EngineError::Stopping)));
+        assert!(matches!(a.enter(1), Err(EngineError::Stopping)));
+        drop(held);
+    }
+}

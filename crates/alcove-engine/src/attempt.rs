@@ -1,0 +1,298 @@
+//! One attempt of an invocation, on a blocking thread from start to end: its
+//! record, its sandbox (built from the version and the operator's limits),
+//! the run, and what is recorded after. A panic in here fails this one
+//! invocation, never the daemon.
+
+use crate::engine::Engine;
+use crate::metrics::{FunctionLabel, InvocationLabels, StartLabel};
+use crate::model::{InvocationRecord, VersionInfo};
+use crate::store::now;
+use crate::{code, EngineError, STDERR_KEPT};
+use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Status, Stdio};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Engine {
+    /// Runs one attempt and records it, turning a panic into a failed
+    /// invocation. Returns the handler's stdout.
+    /// With `retry_on_failure`, a failed attempt is stored as `queued`, so
+    /// readers wait for the last one.
+    pub(crate) fn attempt_blocking(
+        &self,
+        v: &VersionInfo,
+        record: &mut InvocationRecord,
+        body: Vec<u8>,
+        retry_on_failure: bool,
+    ) -> Result<Vec<u8>, EngineError> {
+        let attempt = || self.attempt(v, record, body, retry_on_failure);
+        match catch_unwind(AssertUnwindSafe(attempt)) {
+            Ok(result) => result,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                record.status = "error".into();
+                record.error = Some(format!(
+                    "alcove failed inside this invocation (a bug: please report it; the daemon carries on): {what}"
+                ));
+                record.ended_at = Some(now());
+                self.save(record, retry_on_failure)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Stores a finished attempt's record (as `queued` when another follows).
+    fn save(&self, record: &InvocationRecord, retry_on_failure: bool) -> Result<(), EngineError> {
+        if retry_on_failure && !record.succeeded() {
+            let mut queued = record.clone();
+            queued.status = "queued".into();
+            queued.response = None;
+            return self.store.update_invocation(&queued);
+        }
+        self.store.update_invocation(record)
+    }
+
+    fn attempt(
+        &self,
+        v: &VersionInfo,
+        record: &mut InvocationRecord,
+        body: Vec<u8>,
+        retry_on_failure: bool,
+    ) -> Result<Vec<u8>, EngineError> {
+        // Debug builds only: lets the tests see what a bug inside one
+        // invocation does to the daemon (it must fail that invocation alone).
+        #[cfg(debug_assertions)]
+        if std::env::var("ALCOVE_FAULT_PANIC_IN").is_ok_and(|f| f == v.function) {
+            panic!("ALCOVE_FAULT_PANIC_IN={}", v.function);
+        }
+        record.status = "running".into();
+        record.attempts += 1;
+        record.started_at = Some(now());
+        self.store.update_invocation(record)?;
+        let prepared = self
+            .spec_for(v, record, body)
+            .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
+        let (device_rule, spec, lease) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // A version that cannot be prepared (its image is gone...) is a failed invocation.
+                record.status = "error".into();
+                record.error = Some(alcove_sandbox::error_chain(&e));
+                record.ended_at = Some(now());
+                self.save(record, retry_on_failure)?;
+                return Ok(Vec::new());
+            }
+        };
+        self.metrics.sandboxes_alive.inc();
+        self.metrics
+            .starts
+            .get_or_create(&StartLabel {
+                kind: "cold".into(),
+            })
+            .inc();
+        let options = RunOptions {
+            forward_signals: false,
+            collect_usage: true,
+            cancel: Some(Arc::clone(&self.cancel)),
+        };
+        let result = match device_rule {
+            Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
+            None => alcove_sandbox::run(&spec, &options),
+        };
+        drop(lease); // the image's layers may be pruned from now on
+        self.metrics.sandboxes_alive.dec();
+        record.ended_at = Some(now());
+        let mut response = Vec::new();
+        match result {
+            Ok(outcome) => {
+                record.status = serde_json::to_value(outcome.status)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                record.exit_code = outcome.exit_code;
+                record.signal = outcome.signal;
+                record.wall_ms = Some(outcome.wall_ms);
+                record.cpu_user_ms = Some(outcome.cpu_user_ms);
+                record.cpu_sys_ms = Some(outcome.cpu_sys_ms);
+                record.memory_peak_bytes = outcome.memory_peak_bytes;
+                record.pids_peak = outcome.pids_peak;
+                record.output_truncated = outcome.stdout_truncated;
+                record.error = match outcome.status {
+                    Status::Cancelled => {
+                        Some("the daemon stopped while this invocation ran".into())
+                    }
+                    _ => outcome.reason.clone(),
+                };
+                let kept = outcome.stderr.len().min(STDERR_KEPT);
+                record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
+                if outcome.stderr_truncated || outcome.stderr.len() > STDERR_KEPT {
+                    record.stderr.push_str(&format!(
+                        "\n[alcove: stderr cut here; records keep its first {} KiB]",
+                        STDERR_KEPT >> 10
+                    ));
+                }
+                self.metrics
+                    .duration
+                    .get_or_create(&FunctionLabel {
+                        function: v.function.clone(),
+                    })
+                    .observe(outcome.wall_ms / 1e3);
+                response = outcome.stdout;
+            }
+            Err(e) => {
+                record.status = "error".into();
+                record.error = Some(alcove_sandbox::error_chain(&e));
+            }
+        }
+        if record.is_async {
+            record.response = Some(response.clone());
+        }
+        self.save(record, retry_on_failure)?;
+        self.metrics
+            .invocations
+            .get_or_create(&InvocationLabels {
+                function: v.function.clone(),
+                status: record.status.clone(),
+                outcome: if record.succeeded() {
+                    "success"
+                } else {
+                    "failure"
+                }
+                .into(),
+            })
+            .inc();
+        Ok(response)
+    }
+
+    /// The sandbox for one invocation of `v`.
+    fn spec_for(
+        &self,
+        v: &VersionInfo,
+        record: &InvocationRecord,
+        body: Vec<u8>,
+    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
+        let c = &v.config;
+        let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+        let mut lease = None;
+        if let Some(id) = &c.image_id {
+            let (image, held) = self.image_store()?.lease(id).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "the image of version {} ({}) is not in the store any more ({e}); import it again",
+                    v.version,
+                    c.image.as_deref().unwrap_or(id)
+                ))
+            })?;
+            crate::image::apply_image(
+                &mut spec,
+                self.image_store()?,
+                &image,
+                false,
+                v.code_digest.is_some(),
+            )?;
+            lease = Some(held);
+        }
+        if let Some(digest) = &v.code_digest {
+            spec.binds.push(Bind {
+                source: self.config.data_dir.join("code").join(digest),
+                target: "/fn".into(),
+                writable: false,
+                device: false,
+            });
+            spec.workdir = "/fn".into();
+        }
+        if !c.secrets.is_empty() {
+            let values = self.store.secrets(&v.function, v.version)?;
+            let dir = code::secrets_dir(
+                &self.config.data_dir,
+                &v.function,
+                v.version,
+                &values,
+                spec.user.uid,
+            )?;
+            spec.binds.push(Bind {
+                source: dir,
+                target: "/run/secrets".into(),
+                writable: false,
+                device: false,
+            });
+        }
+        for (k, val) in &c.env {
+            spec.env.push((k.into(), val.into()));
+        }
+        spec.env
+            .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
+        spec.env
+            .push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
+        spec.env
+            .push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
+        let limits = self.config.limits.effective(c);
+        spec.limits.memory_bytes = Some(limits.memory_bytes);
+        spec.limits.cpus = limits.cpus;
+        spec.limits.pids = Some(limits.pids);
+        spec.limits.timeout = Some(Duration::from_millis(limits.timeout_ms));
+        spec.limits.output_bytes = Some(limits.output_bytes);
+        spec.limits.stderr_bytes = Some(STDERR_KEPT as u64);
+        spec.net = if c.net == "host" {
+            NetMode::Host
+        } else {
+            NetMode::None
+        };
+        if c.accel.as_deref() == Some("gpu") {
+            spec.device_nodes = gpu_device_nodes();
+        }
+        if let Some(placement) = &c.accel {
+            let mut service = self.accel.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = crate::accel::connect(&mut service, &self.config.accel_program, placement)?;
+            spec.env.push((
+                "ALCOVE_ACCEL_FD".into(),
+                conn.as_raw_fd().to_string().into(),
+            ));
+            spec.inherit_fds.push(Arc::new(conn));
+        }
+        spec.stdio = Stdio::Capture { stdin: body };
+        Ok((spec, lease))
+    }
+
+    /// The device cgroup rule a run given host devices needs (none for a run
+    /// that sees only the basic /dev, which its mounts already confine).
+    fn device_rule_for(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<Option<crate::devices::DeviceRuleObserver>, EngineError> {
+        if spec.device_nodes.is_empty() {
+            return Ok(None);
+        }
+        let mut rules = self.device_rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.is_none() {
+            *rules = Some(crate::devices::DeviceRules::start()?);
+        }
+        match rules.as_ref() {
+            Some(rules) => Ok(Some(rules.observer(&spec.device_nodes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The host's NVIDIA device nodes (/dev/nvidiactl, /dev/nvidia0...,
+/// /dev/nvidia-uvm...): what a `gpu`-placed function may open besides
+/// alcove's basic /dev. None on a host without a GPU.
+fn gpu_device_nodes() -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nvidia"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_char_device()))
+        .map(|e| e.path())
+        .collect();
+    nodes.sort();
+    nodes
+}
