@@ -9,13 +9,16 @@
 //! says why there is none.
 
 pub mod accel;
+pub mod budget;
 pub mod calibrate;
 pub mod client;
+pub mod confine;
 pub mod cpu;
 pub mod devices;
 pub mod gpu;
 pub mod model;
 pub mod scheduler;
+pub mod seccomp;
 pub mod service;
 
 /// What to compute. Matrices are row-major; `a` is m x k, `b` is k x n.
@@ -71,7 +74,7 @@ impl Op {
     }
 
     /// Elements of `a`, `b` and `c`; `None` if they overflow.
-    fn checked_operands(&self) -> Option<(usize, usize, usize)> {
+    pub(crate) fn checked_operands(&self) -> Option<(usize, usize, usize)> {
         let mul = |x: usize, y: usize| x.checked_mul(y);
         match *self {
             Op::Matmul { m, n, k, .. } => Some((mul(m, k)?, mul(k, n)?, mul(m, n)?)),

@@ -147,6 +147,36 @@ pub fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     Ok(Some(st.st_size as usize))
 }
 
+/// Whether bytes `offset..offset + len` of `fd` are all backed by pages. A
+/// memfd's holes read as zeros and cost whoever made it nothing, so a
+/// receiver that will copy a range checks first that the sender paid for it.
+/// The file offset `fd` shares with its sender is put back as it was.
+pub fn range_is_backed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+    let Some(end) = offset.checked_add(len) else {
+        return Ok(false);
+    };
+    if len == 0 {
+        return Ok(true);
+    }
+    let seek = |to: u64, whence: libc::c_int| -> io::Result<u64> {
+        let to =
+            libc::off_t::try_from(to).map_err(|_| io::Error::from_raw_os_error(libc::ENXIO))?;
+        // SAFETY: lseek takes plain integers.
+        crate::cvt(unsafe { libc::lseek(fd.as_raw_fd(), to, whence) } as libc::c_long)
+            .map(|at| at as u64)
+    };
+    let saved = seek(0, libc::SEEK_CUR)?;
+    // The first hole at or after `offset`; the end of the file counts as one.
+    let hole = seek(offset, libc::SEEK_HOLE);
+    seek(saved, libc::SEEK_SET)?;
+    match hole {
+        Ok(hole) => Ok(hole >= end),
+        // ENXIO: `offset` is at or past the end of the file.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A shared read-write mapping of a whole file, unmapped on drop.
 pub struct SharedMapping {
     ptr: *mut u8,
@@ -219,5 +249,34 @@ impl Drop for SharedMapping {
             // SAFETY: ptr and len are exactly what mmap returned.
             unsafe { libc::munmap(self.ptr.cast(), self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn only_written_ranges_are_backed() {
+        let memfd = sealed_memfd(3 * 4096).unwrap();
+        let fd = memfd.as_fd();
+        // SAFETY: lseek takes plain integers.
+        unsafe { libc::lseek(fd.as_raw_fd(), 100, libc::SEEK_SET) };
+        let mut map = SharedMapping::new(fd, 3 * 4096).unwrap();
+        map.write(4096, &[1]);
+        assert!(range_is_backed(fd, 4096, 4096).unwrap());
+        assert!(range_is_backed(fd, 5000, 10).unwrap());
+        assert!(range_is_backed(fd, 0, 0).unwrap());
+        assert!(!range_is_backed(fd, 0, 4096).unwrap(), "never written");
+        assert!(
+            !range_is_backed(fd, 4096, 4097).unwrap(),
+            "runs into a hole"
+        );
+        assert!(!range_is_backed(fd, 3 * 4096, 1).unwrap(), "past the end");
+        assert!(!range_is_backed(fd, u64::MAX, 2).unwrap(), "overflows");
+        // SAFETY: as above.
+        let offset = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR) };
+        assert_eq!(offset, 100, "the shared file offset is put back");
     }
 }
