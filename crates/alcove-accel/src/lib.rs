@@ -7,6 +7,11 @@
 //!
 //! No GPU is the normal case and a clean state: [`devices::Gpus::discover`]
 //! says why there is none.
+//!
+//! It also owns the accelerator service sandboxes reach ([`service`]),
+//! which must never do work its caller's limits would not allow: each
+//! request is bounded by the connection's grant ([`budget`]), and the
+//! service runs confined ([`confine`], [`seccomp`]).
 
 pub mod accel;
 pub mod budget;

@@ -14,7 +14,7 @@
 //! copies are reserved from its memory budget before they are allocated.
 //! Every refusal is an error reply on that connection only.
 
-use crate::accel::{Accel, Placement};
+use crate::accel::{Accel, Placement, Plan};
 use crate::budget::{working_set, MemoryBudget, DEFAULT_GRANT_BYTES, DEFAULT_GRANT_MS};
 use crate::{DType, DeviceKind, Op};
 use alcove_sys::unix::{range_is_backed, recv_with_fd, sealed_size, send_with_fd};
@@ -169,8 +169,8 @@ impl<'a> Connection<'a> {
     }
 
     fn answer(&self, request: &Request, memfd: Option<OwnedFd>) -> Result<Reply, String> {
-        let accel = &self.service.accel;
         if request.op == "info" {
+            let accel = &self.service.accel;
             let info = serde_json::json!({
                 "placement": self.grant.placement, "memory_bytes": self.memory_limit,
                 "cpu": accel.cpu, "gpus": accel.gpus,
@@ -182,18 +182,60 @@ impl<'a> Connection<'a> {
             });
         }
         let op = request.to_op()?;
+        let memfd = self.admit(&op, request, memfd)?;
+        let plan = self.schedule(&op)?;
+        let needed = working_set(&op, plan.device).unwrap_or(u64::MAX);
+        let _held = self
+            .service
+            .memory
+            .reserve(needed, self.deadline)
+            .map_err(|e| e.to_string())?;
+        let (la, lb, lc) = op.operand_bytes();
+        let read = |offset: usize, len: usize| -> Result<Vec<u8>, String> {
+            let mut bytes = zeroed(len)?;
+            memfd
+                .read_exact_at(&mut bytes, offset as u64)
+                .map_err(|e| format!("reading the operands: {e}"))?;
+            Ok(bytes)
+        };
+        let (a, b, mut c) = (read(request.a, la)?, read(request.b, lb)?, zeroed(lc)?);
+        let ran = self
+            .service
+            .accel
+            .run_planned(&op, plan, &a, &b, &mut c)
+            .map_err(|e| e.to_string())?;
+        memfd
+            .write_all_at(&c, request.c as u64)
+            .map_err(|e| format!("writing the result: {e}"))?;
+        Ok(Reply {
+            ok: true,
+            device: Some(ran.device),
+            seconds: Some(ran.seconds),
+            predicted: Some(ran.predicted),
+            ..Reply::default()
+        })
+    }
+
+    /// The request's memfd, once its operands and result are known to fit
+    /// in it and in the grant, and its operands to have been written.
+    fn admit(
+        &self,
+        op: &Op,
+        request: &Request,
+        memfd: Option<OwnedFd>,
+    ) -> Result<std::fs::File, String> {
         let memfd = memfd.ok_or(
             "attach the operands: a memfd sealed against shrinking (F_SEAL_SHRINK)".to_owned(),
         )?;
-        let size =
-            match sealed_size(memfd.as_fd()) {
-                Ok(Some(size)) => size,
-                Ok(None) => return Err(
-                    "the memfd must be sealed against shrinking (fcntl F_ADD_SEALS, F_SEAL_SHRINK)"
-                        .into(),
-                ),
-                Err(e) => return Err(format!("the attached descriptor: {e}")),
-            };
+        let size = match sealed_size(memfd.as_fd()) {
+            Ok(Some(size)) => size,
+            Ok(None) => {
+                return Err("the memfd must be sealed against shrinking \
+                            (fcntl F_ADD_SEALS, F_SEAL_SHRINK)"
+                    .into())
+            }
+            Err(e) => return Err(format!("the attached descriptor: {e}")),
+        };
         let (la, lb, lc) = op.operand_bytes();
         let total = (la + lb + lc) as u64; // at most 64 GiB: `to_op` checked
         if total > self.memory_limit {
@@ -205,7 +247,11 @@ impl<'a> Connection<'a> {
         }
         let fits = |off: usize, len: usize| off.checked_add(len).is_some_and(|end| end <= size);
         if !(fits(request.a, la) && fits(request.b, lb) && fits(request.c, lc)) {
-            return Err(format!("the operands (a {la}, b {lb}, c {lc} bytes at offsets {}, {}, {}) do not fit in the {size}-byte memfd", request.a, request.b, request.c));
+            return Err(format!(
+                "the operands (a {la}, b {lb}, c {lc} bytes at offsets {}, {}, {}) do not fit \
+                 in the {size}-byte memfd",
+                request.a, request.b, request.c
+            ));
         }
         for (name, offset, len) in [("a", request.a, la), ("b", request.b, lb)] {
             match range_is_backed(memfd.as_fd(), offset as u64, len as u64) {
@@ -219,8 +265,15 @@ impl<'a> Connection<'a> {
                 Err(e) => return Err(format!("checking the memfd: {e}")),
             }
         }
-        let plan = accel
-            .plan(&op, self.grant.placement)
+        Ok(std::fs::File::from(memfd))
+    }
+
+    /// Where `op` runs, once the model says it ends within the time left.
+    fn schedule(&self, op: &Op) -> Result<Plan, String> {
+        let plan = self
+            .service
+            .accel
+            .plan(op, self.grant.placement)
             .map_err(|e| e.to_string())?;
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -230,40 +283,18 @@ impl<'a> Connection<'a> {
             ));
         }
         if plan.predicted > left.as_secs_f64() {
+            let device = match plan.device {
+                DeviceKind::Cpu => "CPU",
+                DeviceKind::Gpu => "GPU",
+            };
             return Err(format!(
-                "the {:?} would take about {:.3} s, more than the {:.3} s left of this \
+                "the {device} would take about {:.3} s, more than the {:.3} s left of this \
                  invocation's time limit: split the work, or raise the function's timeout",
-                plan.device,
                 plan.predicted,
                 left.as_secs_f64()
             ));
         }
-        let needed = working_set(&op, plan.device).unwrap_or(u64::MAX);
-        let _held = self
-            .service
-            .memory
-            .reserve(needed, self.deadline)
-            .map_err(|e| e.to_string())?;
-        let file = std::fs::File::from(memfd);
-        let read = |offset: usize, len: usize| -> Result<Vec<u8>, String> {
-            let mut bytes = zeroed(len)?;
-            file.read_exact_at(&mut bytes, offset as u64)
-                .map_err(|e| format!("reading the operands: {e}"))?;
-            Ok(bytes)
-        };
-        let (a, b, mut c) = (read(request.a, la)?, read(request.b, lb)?, zeroed(lc)?);
-        let ran = accel
-            .run_planned(&op, plan, &a, &b, &mut c)
-            .map_err(|e| e.to_string())?;
-        file.write_all_at(&c, request.c as u64)
-            .map_err(|e| format!("writing the result: {e}"))?;
-        Ok(Reply {
-            ok: true,
-            device: Some(ran.device),
-            seconds: Some(ran.seconds),
-            predicted: Some(ran.predicted),
-            ..Reply::default()
-        })
+        Ok(plan)
     }
 
     fn reply(&self, message: &[u8], memfd: Option<OwnedFd>) -> Reply {
@@ -315,6 +346,7 @@ pub fn serve_connection(service: &Service, grant: Grant, conn: OwnedFd) {
 /// the daemon, is gone), so the service never outlives it.
 pub fn serve_control(service: Arc<Service>, control: OwnedFd) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut refused = 0u64;
     loop {
         let (n, conn) = match recv_with_fd(control.as_fd(), &mut buf) {
             Ok((0, _)) | Err(_) => return,
@@ -328,8 +360,12 @@ pub fn serve_control(service: Arc<Service>, control: OwnedFd) {
             std::thread::Builder::new().spawn(move || serve_connection(&service, grant, conn));
         if let Err(e) = spawned {
             // At the task limit: this connection is closed unanswered; the
-            // others, and the next ones once some end, are served.
-            eprintln!("alcove accel: refusing a connection: cannot start its thread: {e}");
+            // others, and the next ones once some end, are served. Logged
+            // sparsely: a flood must not flood the daemon's log too.
+            refused += 1;
+            if refused.is_power_of_two() {
+                eprintln!("alcove accel: refused {refused} connection(s) so far: cannot start a thread: {e}");
+            }
         }
     }
 }

@@ -162,11 +162,28 @@ fn the_service_runs_confined_in_a_cgroup_of_its_own() {
         "the supervising process stays outside: {own}"
     );
 
-    // A fork bomb of connections meets the pids limit: refused ones are
-    // closed, the service itself keeps answering.
+    // A flood of connections meets the task limit: those over it are
+    // closed unanswered, those under it are served, and once the flood
+    // ends the service answers new ones again.
     let socks: Vec<OwnedFd> = (0..100)
         .map(|_| service.connect_raw(&json!({ "placement": "cpu" })))
         .collect();
+    let info = |sock: &OwnedFd| {
+        alcove_sys::unix::send_with_fd(sock.as_fd(), br#"{"op":"info"}"#, None).is_ok()
+            && matches!(alcove_sys::unix::recv_with_fd(sock.as_fd(), &mut [0u8; 65536]), Ok((n, _)) if n > 0)
+    };
+    let served = socks.iter().filter(|s| info(s)).count();
+    assert!(
+        served > 0 && served < 100,
+        "{served} of 100 connections served"
+    );
+    let events = std::fs::read_to_string(pids.join("pids.events")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("max ") && l != "max 0"),
+        "the task limit was never reached: {events}"
+    );
     drop(socks);
     wait_ready(&service);
 
@@ -177,6 +194,49 @@ fn the_service_runs_confined_in_a_cgroup_of_its_own() {
     assert!(status.success(), "{status:?}");
     assert!(!memory.exists(), "{} is left behind", memory.display());
     assert!(!pids.exists(), "{} is left behind", pids.display());
+}
+
+#[test]
+fn concurrent_requests_share_the_services_memory_instead_of_exhausting_it() {
+    let limit = 256 * MIB;
+    let service = Service::start_with(&["--memory-max", &limit.to_string()]);
+    wait_ready(&service);
+    let worker = service.worker_pid();
+    // Each request holds 64 MiB in the service (its copy of a and its
+    // result); eight at once are twice the service's whole limit.
+    let len = 8usize << 20;
+    let body = json!({ "op": "relu", "len": len, "a": 0, "c": len * 4 }).to_string();
+    let barrier = std::sync::Barrier::new(8);
+    let replies: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let memfd = written_memfd(len * 8);
+                let sock =
+                    service.connect_raw(&json!({ "placement": "cpu", "memory_bytes": limit }));
+                let (body, barrier) = (&body, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    ask(&sock, body, Some(&memfd))
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for r in &replies {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    assert_eq!(
+        service.worker_pid(),
+        worker,
+        "the same worker served them all"
+    );
+    let oom = std::fs::read_to_string(cgroup_dir(worker, "memory").join("memory.oom_control"))
+        .or_else(|_| std::fs::read_to_string(cgroup_dir(worker, "memory").join("memory.events")))
+        .unwrap();
+    assert!(
+        oom.lines().any(|l| l == "oom_kill 0"),
+        "the service's cgroup saw OOM kills: {oom}"
+    );
 }
 
 #[test]

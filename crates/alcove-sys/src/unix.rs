@@ -133,6 +133,18 @@ pub fn sealed_memfd(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Gives the first `len` bytes of `fd` their pages now (fallocate), charged
+/// to the caller's cgroup, so that whoever later writes there allocates
+/// nothing: a client's result region written by the accelerator service.
+pub fn allocate(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate takes plain integers.
+    crate::cvt_int(unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) }).map(drop)
+}
+
 /// The size of `fd`, if it is a memfd sealed against shrinking.
 pub fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     // SAFETY: fcntl F_GET_SEALS takes no pointer.
@@ -275,6 +287,18 @@ mod tests {
         );
         assert!(!range_is_backed(fd, 3 * 4096, 1).unwrap(), "past the end");
         assert!(!range_is_backed(fd, u64::MAX, 2).unwrap(), "overflows");
+        // Allocated pages count as holes until written (they read as zeros),
+        // but they are there: writing them later allocates nothing.
+        use std::os::unix::fs::MetadataExt;
+        let blocks = || {
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .blocks()
+        };
+        let written = blocks();
+        assert!(written >= 8, "one page written: {written} blocks");
+        allocate(fd, 3 * 4096).unwrap();
+        assert!(blocks() >= 24, "three pages allocated");
         // SAFETY: as above.
         let offset = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR) };
         assert_eq!(offset, 100, "the shared file offset is put back");

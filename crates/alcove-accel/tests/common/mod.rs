@@ -121,9 +121,21 @@ pub fn peak_rss(pid: u32) -> u64 {
     kb << 10
 }
 
-/// The first reply to `info` on a fresh connection: the service is up.
-pub fn wait_ready(service: &Service) {
+/// Whether a fresh connection is answered (rather than closed unanswered).
+pub fn answers(service: &Service) -> bool {
     let sock = service.connect_raw(&serde_json::json!({ "placement": "cpu" }));
-    let r = ask(&sock, r#"{"op":"info"}"#, None);
-    assert_eq!(r["ok"], true, "{r}");
+    if send_with_fd(sock.as_fd(), br#"{"op":"info"}"#, None).is_err() {
+        return false; // closed already
+    }
+    let mut buf = vec![0u8; 65536];
+    matches!(recv_with_fd(sock.as_fd(), &mut buf), Ok((n, _)) if n > 0)
+}
+
+/// Waits until the service answers a fresh connection (a minute at most).
+pub fn wait_ready(service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !answers(service) {
+        assert!(Instant::now() < deadline, "the service stopped answering");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
