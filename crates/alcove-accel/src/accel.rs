@@ -31,6 +31,14 @@ pub enum AccelError {
     Gpu(#[from] GpuError),
 }
 
+/// Where an operation will run, decided before it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub device: DeviceKind,
+    /// The model's seconds for it on that device, queue excluded.
+    pub predicted: f64,
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Ran {
@@ -110,14 +118,15 @@ impl Accel {
         b: &[u8],
         c: &mut [u8],
     ) -> Result<Ran, AccelError> {
+        let plan = self.plan(op, placement)?;
+        self.run_planned(op, plan, a, b, c)
+    }
+
+    /// Where `op` will run under `placement`, and the model's time for it
+    /// there (without the work queued ahead of it), so that a caller can
+    /// refuse work before any of it is done.
+    pub fn plan(&self, op: &Op, placement: Placement) -> Result<Plan, AccelError> {
         op.check().map_err(AccelError::Invalid)?;
-        let (na, nb, nc) = op.operand_bytes();
-        if a.len() < na || b.len() < nb || c.len() < nc {
-            return Err(AccelError::Invalid(format!(
-                "operands too short: {} bytes in and {nc} out are needed",
-                na + nb
-            )));
-        }
         let device = match placement {
             Placement::Cpu => DeviceKind::Cpu,
             Placement::Gpu if self.gpu.is_none() => {
@@ -128,18 +137,39 @@ impl Accel {
         };
         let index = usize::from(device == DeviceKind::Gpu);
         let predicted = self.lock_scheduler().predict(op, index).unwrap_or(0.0);
+        Ok(Plan { device, predicted })
+    }
+
+    /// Runs `op` where `plan` (from [`Accel::plan`]) says.
+    pub fn run_planned(
+        &self,
+        op: &Op,
+        plan: Plan,
+        a: &[u8],
+        b: &[u8],
+        c: &mut [u8],
+    ) -> Result<Ran, AccelError> {
+        op.check().map_err(AccelError::Invalid)?;
+        let (na, nb, nc) = op.operand_bytes();
+        if a.len() < na || b.len() < nb || c.len() < nc {
+            return Err(AccelError::Invalid(format!(
+                "operands too short: {} bytes in and {nc} out are needed",
+                na + nb
+            )));
+        }
+        let Plan { device, predicted } = plan;
+        let index = usize::from(device == DeviceKind::Gpu);
         // Work waiting for a device counts against it for the next decision.
         self.lock_scheduler().enqueue(index, predicted);
         let started = Instant::now();
         match device {
             DeviceKind::Cpu => run_cpu(op, a, b, c),
             DeviceKind::Gpu => {
-                let mut gpu = self
-                    .gpu
-                    .as_ref()
-                    .expect("checked")
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let Some(gpu) = self.gpu.as_ref() else {
+                    self.lock_scheduler().dequeue(index, predicted);
+                    return Err(AccelError::NoGpu(self.no_gpu_reason()));
+                };
+                let mut gpu = gpu.lock().unwrap_or_else(|e| e.into_inner());
                 let ran = run_gpu(&mut gpu, op, a, b, c);
                 drop(gpu);
                 if let Err(e) = ran {

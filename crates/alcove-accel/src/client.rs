@@ -4,7 +4,7 @@
 
 use crate::service::{Reply, Request};
 use crate::{DType, Op};
-use alcove_sys::unix::{recv_with_fd, sealed_memfd, send_with_fd, SharedMapping};
+use alcove_sys::unix::{allocate, recv_with_fd, sealed_memfd, send_with_fd, SharedMapping};
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
@@ -75,6 +75,9 @@ impl Client {
             )));
         }
         let memfd = sealed_memfd(la + lb + lc)?;
+        // Pages for the result too, charged here: the service writing it
+        // then allocates nothing on this program's behalf.
+        allocate(memfd.as_fd(), la + lb + lc)?;
         let mut map = SharedMapping::new(memfd.as_fd(), la + lb + lc)?;
         map.write(0, a);
         map.write(la, b);

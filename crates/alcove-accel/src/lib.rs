@@ -7,15 +7,23 @@
 //!
 //! No GPU is the normal case and a clean state: [`devices::Gpus::discover`]
 //! says why there is none.
+//!
+//! It also owns the accelerator service sandboxes reach ([`service`]),
+//! which must never do work its caller's limits would not allow: each
+//! request is bounded by the connection's grant ([`budget`]), and the
+//! service runs confined ([`confine`], [`seccomp`]).
 
 pub mod accel;
+pub mod budget;
 pub mod calibrate;
 pub mod client;
+pub mod confine;
 pub mod cpu;
 pub mod devices;
 pub mod gpu;
 pub mod model;
 pub mod scheduler;
+pub mod seccomp;
 pub mod service;
 
 /// What to compute. Matrices are row-major; `a` is m x k, `b` is k x n.
@@ -71,7 +79,7 @@ impl Op {
     }
 
     /// Elements of `a`, `b` and `c`; `None` if they overflow.
-    fn checked_operands(&self) -> Option<(usize, usize, usize)> {
+    pub(crate) fn checked_operands(&self) -> Option<(usize, usize, usize)> {
         let mul = |x: usize, y: usize| x.checked_mul(y);
         match *self {
             Op::Matmul { m, n, k, .. } => Some((mul(m, k)?, mul(k, n)?, mul(m, n)?)),

@@ -7,6 +7,8 @@ use alcove_accel::devices::Gpus;
 use alcove_accel::{DType, DeviceKind, Op};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod serve;
+
 #[derive(Parser)]
 #[command(
     name = "alcove accel",
@@ -33,9 +35,27 @@ enum Command {
         json: bool,
     },
     /// Serve sandboxes (started by `alcove serve`): connections arrive on
-    /// stdin, a SOCK_SEQPACKET socket, each with its placement; exits when
-    /// stdin closes.
-    Serve,
+    /// stdin, a SOCK_SEQPACKET socket, each with its grant (placement and
+    /// the function's limits); exits when stdin closes. The work runs in a
+    /// worker process confined to a cgroup of its own with these limits,
+    /// without privileges and under seccomp.
+    Serve {
+        /// The service's memory limit in bytes [default: half of the host's memory].
+        #[arg(long)]
+        memory_max: Option<u64>,
+        /// The service's task (thread) limit [default: 1024].
+        #[arg(long)]
+        pids_max: Option<u64>,
+    },
+    /// The confined worker `serve` starts (not for direct use).
+    #[command(hide = true)]
+    Worker {
+        /// A cgroup directory to join, one per hierarchy.
+        #[arg(long = "cgroup")]
+        cgroups: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        memory_max: u64,
+    },
     /// Time square products from tiny to large on every device; print the
     /// model's choice and its regret (chosen time / best time).
     Bench {
@@ -60,7 +80,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info(json),
-        Command::Serve => serve(),
+        Command::Serve {
+            memory_max,
+            pids_max,
+        } => serve::supervise(serve::limits(memory_max, pids_max)),
+        Command::Worker {
+            cgroups,
+            memory_max,
+        } => serve::work(&cgroups, memory_max),
         Command::Check { json } => return check(json),
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
     };
@@ -210,16 +237,6 @@ fn check(json: bool) -> std::process::ExitCode {
     } else {
         std::process::ExitCode::from(1)
     }
-}
-
-fn serve() -> anyhow::Result<()> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: fd 0 is the control socket our parent handed us as stdin; it is
-    // taken once, here, and nothing else in this process uses stdin.
-    let control = unsafe { std::os::fd::OwnedFd::from_raw_fd(0) };
-    let accel = std::sync::Arc::new(Accel::start());
-    alcove_accel::service::serve_control(accel, control);
-    Ok(())
 }
 
 fn info(json: bool) -> anyhow::Result<()> {

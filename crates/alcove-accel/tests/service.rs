@@ -2,54 +2,13 @@
 //! `alcove-accel serve`, connections granted through its control socket,
 //! operands in sealed memfds.
 
+mod common;
 use alcove_accel::accel::Placement;
-use alcove_accel::client::Client;
 use alcove_accel::service::Grant;
 use alcove_sys::unix::{recv_with_fd, send_with_fd, seqpacket_pair, SharedMapping};
+use common::Service;
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_alcove-accel");
-
-struct Service {
-    child: std::process::Child,
-    control: Option<OwnedFd>,
-}
-
-impl Service {
-    fn start() -> Service {
-        let (ours, theirs) = seqpacket_pair().unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .stdin(Stdio::from(theirs))
-            .spawn()
-            .unwrap();
-        Service {
-            child,
-            control: Some(ours),
-        }
-    }
-
-    fn connect(&self, placement: Placement) -> Client {
-        let (client_end, service_end) = seqpacket_pair().unwrap();
-        let grant = serde_json::to_vec(&Grant { placement }).unwrap();
-        send_with_fd(
-            self.control.as_ref().unwrap().as_fd(),
-            &grant,
-            Some(service_end.as_fd()),
-        )
-        .unwrap();
-        Client::new(client_end)
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn products_through_shared_memory_match_and_errors_are_clear() {
@@ -92,10 +51,7 @@ fn products_through_shared_memory_match_and_errors_are_clear() {
         fd
     };
     let (sock_ours, sock_theirs) = seqpacket_pair().unwrap();
-    let grant = serde_json::to_vec(&Grant {
-        placement: Placement::Cpu,
-    })
-    .unwrap();
+    let grant = serde_json::to_vec(&Grant::new(Placement::Cpu)).unwrap();
     send_with_fd(
         service.control.as_ref().unwrap().as_fd(),
         &grant,

@@ -248,7 +248,13 @@ impl Engine {
         }
         if let Some(placement) = &c.accel {
             let mut service = self.accel.lock().unwrap_or_else(|e| e.into_inner());
-            let conn = crate::accel::connect(&mut service, &self.config.accel_program, placement)?;
+            let conn = crate::accel::connect(
+                &mut service,
+                &self.config.accel_program,
+                placement,
+                Some(limits.memory_bytes),
+                Some(limits.timeout_ms),
+            )?;
             spec.env.push((
                 "ALCOVE_ACCEL_FD".into(),
                 conn.as_raw_fd().to_string().into(),

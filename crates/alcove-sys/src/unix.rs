@@ -133,6 +133,18 @@ pub fn sealed_memfd(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Gives the first `len` bytes of `fd` their pages now (fallocate), charged
+/// to the caller's cgroup, so that whoever later writes there allocates
+/// nothing: a client's result region written by the accelerator service.
+pub fn allocate(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate takes plain integers.
+    crate::cvt_int(unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) }).map(drop)
+}
+
 /// The size of `fd`, if it is a memfd sealed against shrinking.
 pub fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     // SAFETY: fcntl F_GET_SEALS takes no pointer.
@@ -145,6 +157,36 @@ pub fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     // SAFETY: `st` is a valid out-pointer for fstat.
     crate::cvt_int(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(Some(st.st_size as usize))
+}
+
+/// Whether bytes `offset..offset + len` of `fd` are all backed by pages. A
+/// memfd's holes read as zeros and cost whoever made it nothing, so a
+/// receiver that will copy a range checks first that the sender paid for it.
+/// The file offset `fd` shares with its sender is put back as it was.
+pub fn range_is_backed(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+    let Some(end) = offset.checked_add(len) else {
+        return Ok(false);
+    };
+    if len == 0 {
+        return Ok(true);
+    }
+    let seek = |to: u64, whence: libc::c_int| -> io::Result<u64> {
+        let to =
+            libc::off_t::try_from(to).map_err(|_| io::Error::from_raw_os_error(libc::ENXIO))?;
+        // SAFETY: lseek takes plain integers.
+        crate::cvt(unsafe { libc::lseek(fd.as_raw_fd(), to, whence) } as libc::c_long)
+            .map(|at| at as u64)
+    };
+    let saved = seek(0, libc::SEEK_CUR)?;
+    // The first hole at or after `offset`; the end of the file counts as one.
+    let hole = seek(offset, libc::SEEK_HOLE);
+    seek(saved, libc::SEEK_SET)?;
+    match hole {
+        Ok(hole) => Ok(hole >= end),
+        // ENXIO: `offset` is at or past the end of the file.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A shared read-write mapping of a whole file, unmapped on drop.
@@ -219,5 +261,46 @@ impl Drop for SharedMapping {
             // SAFETY: ptr and len are exactly what mmap returned.
             unsafe { libc::munmap(self.ptr.cast(), self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn only_written_ranges_are_backed() {
+        let memfd = sealed_memfd(3 * 4096).unwrap();
+        let fd = memfd.as_fd();
+        // SAFETY: lseek takes plain integers.
+        unsafe { libc::lseek(fd.as_raw_fd(), 100, libc::SEEK_SET) };
+        let mut map = SharedMapping::new(fd, 3 * 4096).unwrap();
+        map.write(4096, &[1]);
+        assert!(range_is_backed(fd, 4096, 4096).unwrap());
+        assert!(range_is_backed(fd, 5000, 10).unwrap());
+        assert!(range_is_backed(fd, 0, 0).unwrap());
+        assert!(!range_is_backed(fd, 0, 4096).unwrap(), "never written");
+        assert!(
+            !range_is_backed(fd, 4096, 4097).unwrap(),
+            "runs into a hole"
+        );
+        assert!(!range_is_backed(fd, 3 * 4096, 1).unwrap(), "past the end");
+        assert!(!range_is_backed(fd, u64::MAX, 2).unwrap(), "overflows");
+        // Allocated pages count as holes until written (they read as zeros),
+        // but they are there: writing them later allocates nothing.
+        use std::os::unix::fs::MetadataExt;
+        let blocks = || {
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .blocks()
+        };
+        let written = blocks();
+        assert!(written >= 8, "one page written: {written} blocks");
+        allocate(fd, 3 * 4096).unwrap();
+        assert!(blocks() >= 24, "three pages allocated");
+        // SAFETY: as above.
+        let offset = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR) };
+        assert_eq!(offset, 100, "the shared file offset is put back");
     }
 }
