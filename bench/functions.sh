@@ -7,6 +7,9 @@
 #
 #   bench/functions.sh                 # DURATION=10 seconds per wrk run
 #   DURATION=20 REQUESTS=20000 bench/functions.sh
+#   BASELINE=/path/to/older/alcove bench/functions.sh
+#                                      # first: this build's daemon against an older
+#                                      # build's, interleaved, at concurrency 1 and 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
@@ -29,10 +32,14 @@ rm -rf "$work"
 mkdir -p "$work/code" "$work/bundle/rootfs"
 printf 'echo ok\n' > "$work/code/handler.sh"
 printf 'hi' > "$work/body"
-cat > "$work/post.lua" <<'LUA'
+# Every request carries the daemon's token (an older daemon without one ignores it).
+post_lua() {   # token file
+    cat <<LUA
 wrk.method = "POST"
 wrk.body = "hi"
+wrk.headers["Authorization"] = "Bearer $(cat "$1" 2>/dev/null)"
 LUA
+}
 
 # crun gets the same view alcove's default gives: /usr and /etc read-only from
 # the host, the code at /fn, fresh /proc, /dev and /tmp.
@@ -65,15 +72,58 @@ cat > "$work/bundle/config.json" <<JSON
 JSON
 
 $ALCOVE gc >/dev/null
-$ALCOVE serve --listen 127.0.0.1:0 --data-dir "$work/data" 2> "$work/serve.log" &
-daemon_pid=$!
-for _ in $(seq 100); do grep -q "serving http://" "$work/serve.log" && break; sleep 0.05; done
-addr=$(sed -n 's|.*serving http://\([^ ]*\).*|\1|p' "$work/serve.log")
-[ -n "$addr" ] || { cat "$work/serve.log"; exit 1; }
-export ALCOVE_SERVER=http://$addr
-url=$ALCOVE_SERVER/v1/functions/noop/invoke
-$ALCOVE fn deploy noop --handler 'sh /fn/handler.sh' --code "$work/code" >/dev/null
-for _ in $(seq 200); do curl -s -o /dev/null -X POST -d hi "$url"; done   # warm the pool
+# Starts `$1 serve` on data dir $2, deploys the noop function, warms the pool;
+# sets started_pid and started_url.
+start_daemon() {
+    local bin=$1 data=$2 addr
+    "$bin" serve --listen 127.0.0.1:0 --data-dir "$data" 2> "$data.log" &
+    started_pid=$!
+    for _ in $(seq 100); do grep -q "serving http://" "$data.log" && break; sleep 0.05; done
+    addr=$(sed -n 's|.*serving http://\([^ ]*\).*|\1|p' "$data.log")
+    [ -n "$addr" ] || { cat "$data.log"; exit 1; }
+    started_url=http://$addr/v1/functions/noop/invoke
+    ALCOVE_SERVER=http://$addr ALCOVE_TOKEN_FILE=$data/token \
+        "$bin" fn deploy noop --handler 'sh /fn/handler.sh' --code "$work/code" >/dev/null
+    for _ in $(seq 200); do
+        curl -s -o /dev/null -H "Authorization: Bearer $(cat "$data/token" 2>/dev/null)" -X POST -d hi "$started_url"
+    done
+}
+
+if [ -n "${BASELINE:-}" ]; then
+    echo "== before/after: this build ($ALCOVE) against $BASELINE, interleaved, wrk ${DURATION}s per run, 3 runs each =="
+    start_daemon "$BASELINE" "$work/before"; before_pid=$started_pid; before_url=$started_url
+    start_daemon "$ALCOVE" "$work/after"; after_pid=$started_pid; after_url=$started_url
+    post_lua "$work/before/token" > "$work/before.lua"
+    post_lua "$work/after/token" > "$work/after.lua"
+    printf '%-5s %-7s %10s %10s %10s   %s\n' conc build "inv/s" "p50 ms" "p99 ms" "(median of 3; rate range)"
+    for c in 1 8; do
+        for which in before after; do : > "$work/$which.runs"; done
+        for round in 1 2 3; do
+            for which in before after; do
+                url_var=${which}_url
+                out=$(wrk -t$(( c < 2 ? 1 : 2 )) -c$c -d"${DURATION}s" --latency -s "$work/$which.lua" "${!url_var}")
+                echo "$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out") \
+$(ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") $(ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")" >> "$work/$which.runs"
+            done
+        done
+        for which in before after; do
+            sort -n "$work/$which.runs" | awk -v c="$c" -v w="$which" '{r[NR]=$1; p50[NR]=$2; p99[NR]=$3}
+                END {printf "%-5s %-7s %10s %10s %10s   %s-%s\n", c, w, r[2], p50[2], p99[2], r[1], r[3]}'
+        done
+        b=$(sort -n "$work/before.runs" | sed -n 2p | cut -d' ' -f1)
+        a=$(sort -n "$work/after.runs" | sed -n 2p | cut -d' ' -f1)
+        awk -v c="$c" -v a="$a" -v b="$b" 'BEGIN {printf "conc %s: after/before throughput ratio %.3f (medians)\n", c, a / b}'
+    done
+    kill "$before_pid" "$after_pid" 2>/dev/null; wait "$before_pid" "$after_pid" 2>/dev/null || true
+    echo
+fi
+
+start_daemon "$ALCOVE" "$work/data"
+daemon_pid=$started_pid
+url=$started_url
+export ALCOVE_SERVER=${url%/v1/functions/noop/invoke}
+export ALCOVE_TOKEN_FILE=$work/data/token
+post_lua "$ALCOVE_TOKEN_FILE" > "$work/post.lua"
 
 rss() { awk '/^VmRSS/ {print $2 " kB"}' "/proc/$daemon_pid/status"; }
 ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.2f", v / 1000; else if (v ~ /ms$/) printf "%.2f", v + 0; else printf "%.2f", v * 1000 }'; }
@@ -141,7 +191,8 @@ PY
 echo
 echo "== load test: $REQUESTS invocations at concurrency 32 (ab), daemon RSS before and after =="
 before=$(rss)
-ab -q -n "$REQUESTS" -c 32 -p "$work/body" -T application/octet-stream "$url" > "$work/ab.txt"
+ab -q -n "$REQUESTS" -c 32 -p "$work/body" -T application/octet-stream \
+    -H "Authorization: Bearer $(cat "$ALCOVE_TOKEN_FILE")" "$url" > "$work/ab.txt"
 after=$(rss)
 grep -E "^(Complete requests|Failed requests|Requests per second|Time per request:.*\(mean\))" "$work/ab.txt" || true
 grep -E "^Non-2xx responses" "$work/ab.txt" || echo "Non-2xx responses:      0"

@@ -55,6 +55,9 @@ class Accel:
         fd = os.memfd_create("alcove-operands", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # Every page allocated here, charged to this function's memory
+            # limit: the service refuses regions left as holes.
+            os.posix_fallocate(fd, 0, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
             with mmap.mmap(fd, size) as mem:
                 mem[: len(a_bytes)] = a_bytes

@@ -253,13 +253,19 @@ impl<'a> Connection<'a> {
                 request.a, request.b, request.c
             ));
         }
-        for (name, offset, len) in [("a", request.a, la), ("b", request.b, lb)] {
+        // The result's pages too: written into holes, they would be charged
+        // to the service rather than to the function that asked.
+        for (name, offset, len) in [
+            ("a", request.a, la),
+            ("b", request.b, lb),
+            ("c", request.c, lc),
+        ] {
             match range_is_backed(memfd.as_fd(), offset as u64, len as u64) {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(format!(
-                        "operand {name} ({len} bytes at offset {offset}) was not written: the \
-                         memfd has a hole there; write every byte of the operands before sending"
+                        "region {name} ({len} bytes at offset {offset}) is not allocated: the \
+                         memfd has a hole there; write the operands and fallocate the result before sending"
                     ))
                 }
                 Err(e) => return Err(format!("checking the memfd: {e}")),
