@@ -216,6 +216,8 @@ daemon_part() {
         fail "the daemon moved itself into alcove.service/supervisor" "its cgroup is ${out:-unknown}"
     fi
     echo "system.slice/alcove.service: $(find "$svc_cg" -mindepth 1 -type d -printf '%P ' 2>/dev/null)"
+    out=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8480/v1/functions)
+    if [ "$out" = 401 ]; then pass "the API refuses a request without the token (401)"; else fail "the API refuses a request without the token (401)" "HTTP $out"; fi
     t0=$EPOCHREALTIME
     check "fn deploy hello" "$ALCOVE" fn deploy hello --handler 'python3 /fn/main.py' \
         --code "$ALCOVE_VM_REPO/examples/hello-python" --memory 128M --timeout 5s
