@@ -201,8 +201,9 @@ fn build(path: &Path, plan: &[mounts::MountOp]) -> Result<(), SandboxError> {
         .map_err(prepare("opening the template mount namespace"))
         .and_then(|template| {
             let old_umask = process::set_umask(0);
+            let mut applier = child::Applier::default();
             let result = plan.iter().try_for_each(|op| {
-                child::apply(op).map_err(|source| SandboxError::Setup {
+                applier.apply(op).map_err(|source| SandboxError::Setup {
                     what: format!("building a template: {}", op.describe()),
                     source,
                 })

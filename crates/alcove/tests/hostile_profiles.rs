@@ -105,7 +105,11 @@ fn hostile_profiles_are_refused_with_the_reason() {
         assert!(err.contains(expect), "{case}: expected {expect:?} in {err}");
     }
     let fifo = dir.path().join("fifo.json");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let (code, err) = run_with(&fifo).unwrap();
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("is not a regular file"), "{err}");
