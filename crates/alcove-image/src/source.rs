@@ -90,16 +90,13 @@ impl Source {
                 let file = match dirfd::open_regular(root.as_fd(), &c_name, Scope::Beneath) {
                     Ok(Regular::File(file)) => file,
                     Ok(Regular::Not(_)) => {
-                        return Err(ImageError::Format(format!(
-                            "{}: {member} is not a regular file",
-                            self.describe()
-                        )))
+                        return Err(format_error(self, member, "is not a regular file"))
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(missing()),
-                    Err(e) => return Err(ImageError::Format(format!(
-                        "{}: {member} cannot be opened inside the layout ({e}): a symbolic link?",
-                        self.describe()
-                    ))),
+                    Err(e) => {
+                        let why = format!("cannot be opened inside the layout ({e})");
+                        return Err(format_error(self, member, &why));
+                    }
                 };
                 let size = file
                     .metadata()
@@ -136,6 +133,10 @@ impl Source {
             .map_err(ImageError::io(format!("reading {member}")))?;
         Ok(bytes)
     }
+}
+
+fn format_error(source: &Source, member: &str, why: &str) -> ImageError {
+    ImageError::Format(format!("{}: {member} {why}", source.describe()))
 }
 
 /// A member of a tar archive, read with pread at its offset.

@@ -100,8 +100,7 @@ pub fn open_regular(root: BorrowedFd<'_>, path: &CStr, scope: Scope) -> io::Resu
     let file = File::from(open_at(root, path, flags, scope)?);
     let opened = file.metadata()?;
     if (opened.dev(), opened.ino()) != (probe.dev(), probe.ino()) {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
+        return Err(io::Error::other(
             "the file changed while it was being opened",
         ));
     }

@@ -138,6 +138,8 @@ struct Ended {
 }
 
 /// Runs `cmd`, or kills it if it still runs after two minutes (a hang).
+// The child is reaped by wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_bounded(cmd: &mut Command) -> Result<Ended, String> {
     use std::os::unix::process::CommandExt;
     // With a pre_exec hook std forks rather than vforks: the child starts
@@ -614,4 +616,23 @@ fn huge_metadata_entries_are_refused_without_eating_memory() {
         );
         assert_refused_cleanly(case, &ended, &store, "bytes of metadata before one entry");
     }
+}
+
+#[test]
+fn layouts_are_read_without_following_links() {
+    if !root_or_skip("layouts_are_read_without_following_links") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A layout whose blobs/ is a link to a directory elsewhere on the host.
+    let l = dir.path().join("layout");
+    layout(&l, &[Tar::new().file("a", b"a").finish()], true, json!({}));
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(l.join("blobs"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, l.join("blobs")).unwrap();
+    let store = dir.path().join("store");
+    let (code, err) = image(&store, &["import", l.to_str().unwrap(), "--name", "x"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("cannot be opened inside the layout"), "{err}");
 }
