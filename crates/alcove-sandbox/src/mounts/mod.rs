@@ -8,7 +8,9 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+mod apply;
 mod plans;
+pub(crate) use apply::Applier;
 pub(crate) use plans::*;
 
 /// Where the child assembles the sandbox's root, in its private mount namespace.
