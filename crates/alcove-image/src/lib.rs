@@ -11,6 +11,7 @@
 mod digest;
 mod import;
 mod manifest;
+mod metered;
 mod source;
 mod store;
 mod unpack;

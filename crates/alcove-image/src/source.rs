@@ -2,10 +2,14 @@
 //! archive (oci-archive or docker-archive), read in place: a tar is indexed
 //! once and each member read at its offset, never extracted to disk.
 
+use crate::metered::{Meter, Metered, MAX_METADATA};
 use crate::ImageError;
+use alcove_sys::dirfd::{self, Regular, Scope};
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -13,7 +17,8 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) const MAX_JSON: u64 = 16 << 20;
 
 pub(crate) enum Source {
-    Dir(PathBuf),
+    /// An OCI layout; `root` is the directory, opened once.
+    Dir { root: OwnedFd, path: PathBuf },
     Tar {
         file: File,
         path: PathBuf,
@@ -26,7 +31,12 @@ impl Source {
         let meta = std::fs::metadata(path)
             .map_err(|e| ImageError::Invalid(format!("{}: {e}", path.display())))?;
         if meta.is_dir() {
-            return Ok(Source::Dir(path.to_owned()));
+            let root =
+                File::open(path).map_err(ImageError::io(format!("opening {}", path.display())))?;
+            return Ok(Source::Dir {
+                root: root.into(),
+                path: path.to_owned(),
+            });
         }
         let mut file =
             File::open(path).map_err(ImageError::io(format!("opening {}", path.display())))?;
@@ -45,13 +55,18 @@ impl Source {
 
     pub(crate) fn describe(&self) -> String {
         match self {
-            Source::Dir(p) | Source::Tar { path: p, .. } => p.display().to_string(),
+            Source::Dir { path: p, .. } | Source::Tar { path: p, .. } => p.display().to_string(),
         }
     }
 
     pub(crate) fn exists(&self, member: &str) -> bool {
         match self {
-            Source::Dir(dir) => normalize(member).is_some_and(|m| dir.join(m).is_file()),
+            Source::Dir { root, .. } => normalize(member)
+                .and_then(|m| CString::new(m).ok())
+                .is_some_and(|m| {
+                    dirfd::open_regular(root.as_fd(), &m, Scope::Beneath)
+                        .is_ok_and(|r| matches!(r, Regular::File(_)))
+                }),
             Source::Tar { members, .. } => {
                 normalize(member).is_some_and(|m| members.contains_key(&m))
             }
@@ -68,19 +83,26 @@ impl Source {
         };
         let name = normalize(member).ok_or_else(missing)?;
         match self {
-            Source::Dir(dir) => {
-                let path = dir.join(&name);
-                // The layout is untrusted too: never follow a link out of it.
-                let meta = std::fs::symlink_metadata(&path).map_err(|_| missing())?;
-                if !meta.is_file() {
-                    return Err(ImageError::Format(format!(
-                        "{}: {member} is not a regular file",
-                        self.describe()
-                    )));
-                }
-                let file = File::open(&path)
-                    .map_err(ImageError::io(format!("opening {}", path.display())))?;
-                Ok((Box::new(file), meta.len()))
+            Source::Dir { root, .. } => {
+                // The layout is untrusted too: no link is followed in it, and
+                // what is not a regular file (a FIFO, a device) is not opened.
+                let c_name = CString::new(name).map_err(|_| missing())?;
+                let file = match dirfd::open_regular(root.as_fd(), &c_name, Scope::Beneath) {
+                    Ok(Regular::File(file)) => file,
+                    Ok(Regular::Not(_)) => {
+                        return Err(format_error(self, member, "is not a regular file"))
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(missing()),
+                    Err(e) => {
+                        let why = format!("cannot be opened inside the layout ({e})");
+                        return Err(format_error(self, member, &why));
+                    }
+                };
+                let size = file
+                    .metadata()
+                    .map_err(ImageError::io(format!("reading {member}")))?
+                    .len();
+                Ok((Box::new(file), size))
             }
             Source::Tar { file, members, .. } => {
                 let &(offset, size) = members.get(&name).ok_or_else(missing)?;
@@ -113,6 +135,10 @@ impl Source {
     }
 }
 
+fn format_error(source: &Source, member: &str, why: &str) -> ImageError {
+    ImageError::Format(format!("{}: {member} {why}", source.describe()))
+}
+
 /// A member of a tar archive, read with pread at its offset.
 struct Member<'a> {
     file: &'a File,
@@ -142,11 +168,20 @@ impl Read for Member<'_> {
 /// Regular files of a tar archive by normalised name: (data offset, size).
 fn index_tar(file: &mut File) -> io::Result<HashMap<String, (u64, u64)>> {
     file.seek(SeekFrom::Start(0))?;
-    let mut archive = tar::Archive::new(&mut *file);
+    // tar-rs holds long names and PAX records in memory: cap them.
+    let meter = Meter::default();
+    let mut archive = tar::Archive::new(Metered {
+        inner: &mut *file,
+        meter: meter.clone(),
+    });
     let mut members = HashMap::new();
     let mut links = Vec::new();
-    for entry in archive.entries()? {
+    let mut entries = archive.entries_with_seek()?;
+    loop {
+        meter.allow(MAX_METADATA);
+        let Some(entry) = entries.next() else { break };
         let entry = entry?;
+        meter.allow(u64::MAX);
         let path = entry.path()?.to_string_lossy().into_owned();
         let Some(name) = normalize(&path) else {
             continue;

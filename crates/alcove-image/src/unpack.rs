@@ -5,6 +5,7 @@
 //! overlayfs reads (a 0/0 character device; `trusted.overlay.opaque=y`).
 
 use crate::digest::Hashing;
+use crate::metered::{Meter, Metered, MAX_METADATA};
 use crate::ImageError;
 use alcove_sys::dirfd;
 use std::ffi::CString;
@@ -79,172 +80,257 @@ pub(crate) fn unpack(
     } else {
         Box::new(blob)
     };
-    let mut tar_stream = Hashing::new(decompressed);
+    let meter = Meter::default();
+    let mut tar_stream = Hashing::new(Metered {
+        inner: decompressed,
+        meter: meter.clone(),
+    });
     let root: OwnedFd = File::open(dest)
         .map_err(ImageError::io(format!("opening {}", dest.display())))?
         .into();
-    let mut found = Unpacked {
-        diff_id: String::new(),
-        bytes: 0,
-        entries: 0,
-        skipped_devices: 0,
+    let mut unpacking = Layer {
+        name: layer,
+        dest,
+        root: root.as_fd(),
+        allow_devices,
+        found: Unpacked {
+            diff_id: String::new(),
+            bytes: 0,
+            entries: 0,
+            skipped_devices: 0,
+        },
+    };
+    // Past the cap, tar-rs gets a read error: say which limit it was.
+    let failed = |what: &str, e: io::Error| {
+        if meter.exhausted() {
+            ImageError::Limit {
+                layer: layer.to_owned(),
+                why: format!(
+                    "more than {MAX_METADATA} bytes of metadata before one entry \
+                     (long names, PAX records, or data of entries alcove skips)"
+                ),
+            }
+        } else {
+            refused(format!("{what}: {e}"))
+        }
     };
     {
         let mut archive = tar::Archive::new(&mut tar_stream);
-        let entries = archive
+        let mut entries = archive
             .entries()
             .map_err(|e| refused(format!("not a tar stream: {e}")))?;
-        for entry in entries {
-            let mut entry =
-                entry.map_err(|e| refused(format!("a damaged or truncated entry: {e}")))?;
+        loop {
+            meter.allow(MAX_METADATA);
+            let Some(entry) = entries.next() else { break };
+            let entry = entry.map_err(|e| failed("a damaged or truncated entry", e))?;
+            meter.allow(u64::MAX); // file data counts against the budget instead
             budget.entries += 1;
-            found.entries += 1;
+            unpacking.found.entries += 1;
             if budget.entries > budget.limits.max_entries {
                 return Err(ImageError::Limit {
                     layer: layer.to_owned(),
                     why: format!("more than {} entries", budget.limits.max_entries),
                 });
             }
-            let path = entry.path_bytes().into_owned();
-            let parts = components(&path)
-                .map_err(|why| refused(format!("{}: {why}", String::from_utf8_lossy(&path))))?;
-            let Some((name, parents)) = parts.split_last() else {
-                continue;
-            };
-            let shown = String::from_utf8_lossy(&path).into_owned();
-            let parent = open_parents(root.as_fd(), parents, true)
-                .map_err(|why| refused(format!("{shown}: {why}")))?;
-            let parent = parent.as_ref().map_or(root.as_fd(), AsFd::as_fd);
-            let kind = entry.header().entry_type();
-            let size = entry.header().size().unwrap_or(0);
-            if kind.is_file() || kind.is_contiguous() {
-                budget.bytes += size;
-                found.bytes += size;
-                if budget.bytes > budget.limits.max_bytes {
-                    return Err(ImageError::Limit {
-                        layer: layer.to_owned(),
-                        why: format!("more than {} bytes of files", budget.limits.max_bytes),
-                    });
-                }
-            }
-            let io_err = |e: io::Error| refused(format!("{shown}: {e}"));
-            if let Some(hidden) = name.strip_prefix(b".wh.") {
-                if hidden == b".wh..opq" {
-                    let dir = dirfd::open_beneath(parent, c".", libc::O_RDONLY | libc::O_DIRECTORY)
-                        .map_err(io_err)?;
-                    dirfd::set_xattr(dir.as_fd(), c"trusted.overlay.opaque", b"y")
-                        .map_err(io_err)?;
-                } else {
-                    let target = cstr(hidden);
-                    remove_existing(parent, &target, dest, parents, hidden).map_err(io_err)?;
-                    dirfd::mknod_at(parent, &target, libc::S_IFCHR, 0).map_err(io_err)?;
-                }
-                continue;
-            }
-            let c_name = cstr(name);
-            let header = entry.header();
-            let (uid, gid) = (
-                header.uid().unwrap_or(0) as u32,
-                header.gid().unwrap_or(0) as u32,
-            );
-            let mode = header.mode().unwrap_or(0o644) & 0o7777;
-            let mtime = header.mtime().unwrap_or(0) as i64;
-            let existing = dirfd::mode_at(parent, &c_name).map_err(io_err)?;
-            let is_dir = |m: libc::mode_t| m & libc::S_IFMT == libc::S_IFDIR;
-            if kind.is_dir() {
-                if !existing.is_some_and(is_dir) {
-                    remove_existing(parent, &c_name, dest, parents, name).map_err(io_err)?;
-                    dirfd::mkdir_at(parent, &c_name, 0o700).map_err(io_err)?;
-                }
-                dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
-                dirfd::chmod_at(parent, &c_name, mode).map_err(io_err)?;
-                continue;
-            }
-            remove_existing(parent, &c_name, dest, parents, name).map_err(io_err)?;
-            if kind.is_file() || kind.is_contiguous() {
-                let fd = dirfd::create_at(parent, &c_name, 0o600).map_err(io_err)?;
-                let mut file = File::from(fd);
-                io::copy(&mut entry, &mut file).map_err(|e| refused(format!("{shown}: {e}")))?;
-                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err)?;
-                // After chown, which clears set-id bits.
-                let permissions = std::os::unix::fs::PermissionsExt::from_mode(mode);
-                file.set_permissions(permissions).map_err(io_err)?;
-            } else if kind.is_symlink() {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refused(format!("{shown}: a link without a target")))?;
-                dirfd::symlink_at(&cstr(&target), parent, &c_name).map_err(io_err)?;
-                dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
-            } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refused(format!("{shown}: a link without a target")))?;
-                let target_parts = components(&target).map_err(|why| {
-                    refused(format!(
-                        "{shown}: hard link to {}: {why}",
-                        String::from_utf8_lossy(&target)
-                    ))
-                })?;
-                let Some((target_name, target_parents)) = target_parts.split_last() else {
-                    return Err(refused(format!("{shown}: a hard link to the layer's root")));
-                };
-                let target_dir =
-                    open_parents(root.as_fd(), target_parents, false).map_err(|why| {
-                        refused(format!(
-                            "{shown}: hard link target {}: {why}",
-                            String::from_utf8_lossy(&target)
-                        ))
-                    })?;
-                let target_dir = target_dir.as_ref().map_or(root.as_fd(), AsFd::as_fd);
-                dirfd::link_at(target_dir, &cstr(target_name), parent, &c_name).map_err(|e| {
-                    refused(format!(
-                        "{shown}: hard link to {} (not in this layer?): {e}",
-                        String::from_utf8_lossy(&target)
-                    ))
-                })?;
-                continue; // the link shares its target's owner, mode and times
-            } else if kind.is_character_special() || kind.is_block_special() {
-                if !allow_devices {
-                    found.skipped_devices += 1;
-                    continue;
-                }
-                let file_type = if kind.is_character_special() {
-                    libc::S_IFCHR
-                } else {
-                    libc::S_IFBLK
-                };
-                let (major, minor) = (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                );
-                dirfd::mknod_at(
-                    parent,
-                    &c_name,
-                    file_type | (mode & 0o777),
-                    libc::makedev(major, minor),
-                )
-                .map_err(io_err)?;
-                dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
-            } else if kind.is_fifo() {
-                dirfd::mknod_at(parent, &c_name, libc::S_IFIFO | (mode & 0o777), 0)
-                    .map_err(io_err)?;
-                dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
-            } else {
-                continue; // PAX and GNU metadata entries, which tar-rs applies itself
-            }
-            dirfd::set_mtime_at(parent, &c_name, mtime).map_err(io_err)?;
+            unpacking.entry(entry, budget)?;
         }
     }
+    meter.allow(MAX_METADATA);
     let (diff_id, _) = tar_stream
         .finish()
-        .map_err(|e| refused(format!("the stream ends badly: {e}")))?;
+        .map_err(|e| failed("the stream ends badly", e))?;
+    let mut found = unpacking.found;
     found.diff_id = diff_id;
     dirfd::syncfs(root.as_fd()).map_err(ImageError::io("syncing the layer"))?;
     Ok(found)
 }
 
-fn cstr(bytes: &[u8]) -> CString {
-    CString::new(bytes).expect("tar names hold no NUL")
+/// One layer being unpacked.
+struct Layer<'a> {
+    name: &'a str,
+    dest: &'a Path,
+    root: BorrowedFd<'a>,
+    allow_devices: bool,
+    found: Unpacked,
+}
+
+impl Layer<'_> {
+    /// Writes one entry beneath the layer's directory.
+    fn entry(
+        &mut self,
+        mut entry: tar::Entry<'_, impl Read>,
+        budget: &mut Budget,
+    ) -> Result<(), ImageError> {
+        let path = entry.path_bytes().into_owned();
+        let layer = self.name;
+        let entry_name = shown(&path);
+        let refused = |why: String| ImageError::Refused {
+            layer: layer.to_owned(),
+            why: format!("{entry_name}: {why}"),
+        };
+        let parts = components(&path).map_err(refused)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Ok(());
+        };
+        let parent = open_parents(self.root, parents, true).map_err(refused)?;
+        let parent = parent.as_ref().map_or(self.root, AsFd::as_fd);
+        let io_err = |e: io::Error| refused(e.to_string());
+        let kind = entry.header().entry_type();
+        if let Some(hidden) = name.strip_prefix(b".wh.") {
+            if hidden == b".wh..opq" {
+                let dir = dirfd::open_beneath(parent, c".", libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(io_err)?;
+                dirfd::set_xattr(dir.as_fd(), c"trusted.overlay.opaque", b"y").map_err(io_err)?;
+            } else {
+                let target = cstr(hidden).map_err(refused)?;
+                remove_existing(parent, &target, self.dest, parents, hidden).map_err(io_err)?;
+                dirfd::mknod_at(parent, &target, libc::S_IFCHR, 0).map_err(io_err)?;
+            }
+            return Ok(());
+        }
+        let c_name = cstr(name).map_err(refused)?;
+        let owner = owner(entry.header()).map_err(refused)?;
+        let (uid, gid, mode) = (owner.uid, owner.gid, owner.mode);
+        let existing = dirfd::mode_at(parent, &c_name).map_err(io_err)?;
+        let is_dir = |m: libc::mode_t| m & libc::S_IFMT == libc::S_IFDIR;
+        if kind.is_dir() {
+            if !existing.is_some_and(is_dir) {
+                remove_existing(parent, &c_name, self.dest, parents, name).map_err(io_err)?;
+                dirfd::mkdir_at(parent, &c_name, 0o700).map_err(io_err)?;
+            }
+            dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
+            dirfd::chmod_at(parent, &c_name, mode).map_err(io_err)?;
+            return Ok(());
+        }
+        remove_existing(parent, &c_name, self.dest, parents, name).map_err(io_err)?;
+        if kind.is_file() || kind.is_contiguous() {
+            let fd = dirfd::create_at(parent, &c_name, 0o600).map_err(io_err)?;
+            let mut file = File::from(fd);
+            // Judged on the bytes written, whatever the header or a PAX
+            // record says the size is.
+            let room = budget.limits.max_bytes.saturating_sub(budget.bytes);
+            let mut data = (&mut entry).take(room.saturating_add(1));
+            let written = io::copy(&mut data, &mut file).map_err(io_err)?;
+            budget.bytes += written;
+            self.found.bytes += written;
+            if written > room {
+                return Err(ImageError::Limit {
+                    layer: layer.to_owned(),
+                    why: format!("more than {} bytes of files", budget.limits.max_bytes),
+                });
+            }
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err)?;
+            // After chown, which clears set-id bits.
+            let permissions = std::os::unix::fs::PermissionsExt::from_mode(mode);
+            file.set_permissions(permissions).map_err(io_err)?;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| refused("a link without a target".into()))?;
+            let target = CString::new(target.into_owned())
+                .map_err(|_| refused("a NUL byte in its link target".into()))?;
+            dirfd::symlink_at(&target, parent, &c_name).map_err(io_err)?;
+            dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
+        } else if kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| refused("a link without a target".into()))?;
+            let to_target =
+                |why: String| refused(format!("hard link to {}: {why}", shown(&target)));
+            let target_parts = components(&target).map_err(to_target)?;
+            let Some((target_name, target_parents)) = target_parts.split_last() else {
+                return Err(refused("a hard link to the layer's root".into()));
+            };
+            let target_dir = open_parents(self.root, target_parents, false).map_err(to_target)?;
+            let target_dir = target_dir.as_ref().map_or(self.root, AsFd::as_fd);
+            let target_name = cstr(target_name).map_err(to_target)?;
+            dirfd::link_at(target_dir, &target_name, parent, &c_name)
+                .map_err(|e| to_target(format!("{e} (not in this layer?)")))?;
+            return Ok(()); // the link shares its target's owner, mode and times
+        } else if kind.is_character_special() || kind.is_block_special() {
+            if !self.allow_devices {
+                self.found.skipped_devices += 1;
+                return Ok(());
+            }
+            let file_type = if kind.is_character_special() {
+                libc::S_IFCHR
+            } else {
+                libc::S_IFBLK
+            };
+            let number = |n: io::Result<Option<u32>>| {
+                n.map(Option::unwrap_or_default)
+                    .map_err(|e| refused(format!("a damaged device number: {e}")))
+            };
+            let header = entry.header();
+            let dev = libc::makedev(
+                number(header.device_major())?,
+                number(header.device_minor())?,
+            );
+            dirfd::mknod_at(parent, &c_name, file_type | (mode & 0o777), dev).map_err(io_err)?;
+            dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
+        } else if kind.is_fifo() {
+            dirfd::mknod_at(parent, &c_name, libc::S_IFIFO | (mode & 0o777), 0).map_err(io_err)?;
+            dirfd::chown_at(parent, &c_name, uid, gid).map_err(io_err)?;
+        } else {
+            return Ok(()); // PAX and GNU metadata entries, which tar-rs applies itself
+        }
+        dirfd::set_mtime_at(parent, &c_name, owner.mtime).map_err(io_err)
+    }
+}
+
+/// An entry's owner, permission bits and modification time, each checked:
+/// a number that does not fit is refused, never cut (uid 2^32 is not root).
+struct Owner {
+    uid: u32,
+    gid: u32,
+    mode: libc::mode_t,
+    mtime: i64,
+}
+
+fn owner(header: &tar::Header) -> Result<Owner, String> {
+    // As Go's archive/tar (docker's, containerd's) reads them, an empty
+    // field (NULs or spaces) is 0; anything else that is not a number is refused.
+    let number = |what: &str, parsed: io::Result<u64>, raw: &[u8]| match parsed {
+        Ok(n) => Ok(n),
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        Err(e) => Err(format!("a damaged {what} field: {e}")),
+    };
+    let old = header.as_old();
+    let uid = number("uid", header.uid(), &old.uid)?;
+    let gid = number("gid", header.gid(), &old.gid)?;
+    // u32::MAX is chown's "leave unchanged".
+    let id = |n: u64| u32::try_from(n).ok().filter(|&n| n != u32::MAX);
+    let (Some(uid32), Some(gid32)) = (id(uid), id(gid)) else {
+        return Err(format!(
+            "owner {uid}:{gid} is out of range (ids are 0 to {})",
+            u32::MAX - 1
+        ));
+    };
+    let mode = number("mode", header.mode().map(u64::from), &old.mode)? as libc::mode_t & 0o7777;
+    let mtime = number("mtime", header.mtime(), &old.mtime)?;
+    let mtime = i64::try_from(mtime).map_err(|_| format!("mtime {mtime} is out of range"))?;
+    Ok(Owner {
+        uid: uid32,
+        gid: gid32,
+        mode,
+        mtime,
+    })
+}
+
+/// A tar path for messages: lossy UTF-8, cut short (a long name may be a megabyte).
+fn shown(path: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&path[..path.len().min(MAX)]).into_owned();
+    if path.len() > MAX {
+        format!("{text}... ({} bytes)", path.len())
+    } else {
+        text
+    }
+}
+
+/// A name as a C string: names reach here checked, but a NUL is refused, never a panic.
+fn cstr(bytes: &[u8]) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| "a NUL byte in a name".to_owned())
 }
 
 /// A tar path's components: `./` and empty ones dropped; `..` and absolute
@@ -279,7 +365,7 @@ fn open_parents(
         return Ok(None);
     }
     let flags = libc::O_PATH | libc::O_DIRECTORY;
-    let joined = cstr(&parents.join(&b'/'));
+    let joined = cstr(&parents.join(&b'/'))?;
     match dirfd::open_beneath(root, &joined, flags) {
         Ok(fd) => return Ok(Some(fd)),
         Err(e)
@@ -296,7 +382,7 @@ fn open_parents(
     let mut dir: Option<OwnedFd> = None;
     for part in parents {
         let at = dir.as_ref().map_or(root, AsFd::as_fd);
-        let name = cstr(part);
+        let name = cstr(part)?;
         match dirfd::mkdir_at(at, &name, 0o755) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -342,7 +428,103 @@ fn remove_existing(
 
 #[cfg(test)]
 mod tests {
-    use super::components;
+    use super::*;
+
+    fn header(kind: tar::EntryType, name: &str, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        // SAFETY: getuid/getgid have no preconditions.
+        h.set_uid(unsafe { libc::getuid() } as u64);
+        // SAFETY: as above.
+        h.set_gid(unsafe { libc::getgid() } as u64);
+        h.set_size(size);
+        h.set_cksum();
+        h
+    }
+
+    /// Unpacks `tar` with a `max_bytes` budget into a fresh directory.
+    fn unpack_with(tar: &[u8], max_bytes: u64) -> Result<Unpacked, ImageError> {
+        let dest = tempfile::tempdir().unwrap();
+        let mut budget = Budget {
+            limits: Limits {
+                max_bytes,
+                max_entries: 100,
+            },
+            bytes: 0,
+            entries: 0,
+        };
+        unpack(tar, dest.path(), "test", &mut budget, false)
+    }
+
+    #[test]
+    fn a_pax_size_is_judged_on_the_bytes_written() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"4096"[..])]).unwrap();
+        b.append(&header(tar::EntryType::Regular, "f", 0), &[][..])
+            .unwrap();
+        b.get_mut().extend_from_slice(&[7u8; 4096]);
+        let tar = b.into_inner().unwrap();
+        let e = unpack_with(&tar, 1000).err().unwrap().to_string();
+        assert!(e.contains("more than 1000 bytes of files"), "{e}");
+        assert_eq!(unpack_with(&tar, 4096).unwrap().bytes, 4096);
+    }
+
+    #[test]
+    fn nul_bytes_and_ids_out_of_range_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("linkpath", &b"a\0b"[..])])
+            .unwrap();
+        b.append(&header(tar::EntryType::Symlink, "l", 0), &[][..])
+            .unwrap();
+        let e = unpack_with(&b.into_inner().unwrap(), 1 << 20);
+        let e = e.err().unwrap().to_string();
+        assert!(e.contains("l: a NUL byte in its link target"), "{e}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("uid", &b"4294967296"[..])])
+            .unwrap();
+        b.append(&header(tar::EntryType::Regular, "f", 1), &b"x"[..])
+            .unwrap();
+        let e = unpack_with(&b.into_inner().unwrap(), 1 << 20);
+        let e = e.err().unwrap().to_string();
+        assert!(e.contains("owner 4294967296:"), "{e}");
+    }
+
+    #[test]
+    fn metadata_past_the_cap_is_refused_before_it_is_held() {
+        for kind in [b'L', b'x'] {
+            let mut b = tar::Builder::new(Vec::new());
+            let big = vec![b'a'; MAX_METADATA as usize + 1];
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::new(kind));
+            h.set_path("././@LongLink").unwrap();
+            h.set_size(big.len() as u64);
+            h.set_cksum();
+            b.append(&h, &big[..]).unwrap();
+            b.append(&header(tar::EntryType::Regular, "f", 1), &b"x"[..])
+                .unwrap();
+            let e = unpack_with(&b.into_inner().unwrap(), 1 << 20);
+            let e = e.err().unwrap().to_string();
+            assert!(e.contains("bytes of metadata before one entry"), "{e}");
+        }
+        // A long name under the cap is fine.
+        let mut b = tar::Builder::new(Vec::new());
+        let name = "d/".repeat(100) + "f";
+        b.append_data(
+            &mut header(tar::EntryType::Regular, "x", 1),
+            &name,
+            &b"x"[..],
+        )
+        .unwrap();
+        assert_eq!(
+            unpack_with(&b.into_inner().unwrap(), 1 << 20)
+                .unwrap()
+                .bytes,
+            1
+        );
+    }
 
     #[test]
     fn paths_that_climb_out_or_start_at_the_root_are_refused() {

@@ -4,8 +4,8 @@
 //! without allocating, and reports the first failure through a pipe as a fixed
 //! record the parent turns into an error message.
 
-use crate::mounts::MountOp;
-use alcove_sys::{caps, fd, fs, mount, net, ns, process, seccomp};
+use crate::mounts::{Applier, MountOp};
+use alcove_sys::{caps, fd, fs, net, ns, process, seccomp};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
@@ -205,9 +205,13 @@ fn setup(plan: &ChildPlan) -> Result<Never, Failure> {
         ns::setns(template, libc::CLONE_NEWNS).map_err(at(Stage::MountNamespace))?;
         ns::unshare(libc::CLONE_NEWNS).map_err(at(Stage::MountNamespace))?;
     }
+    let mut applier = Applier::default();
     for (index, op) in plan.mount_ops.iter().enumerate() {
-        apply(op).map_err(|e| (Stage::Mount, index as u32, e))?;
+        applier
+            .apply(op)
+            .map_err(|e| (Stage::Mount, index as u32, e))?;
     }
+    drop(applier);
     process::set_umask(0o022);
     mark(plan, 2);
     ns::sethostname(&plan.hostname).map_err(at(Stage::Hostname))?;
@@ -318,45 +322,6 @@ fn check_lifeline(plan: &ChildPlan) -> Result<(), Failure> {
         process::exit_now(125); // alcove is gone; nobody is waiting for us
     }
     Ok(())
-}
-
-/// Performs one filesystem step (in the child, or in the parent while it builds a template).
-pub(crate) fn apply(op: &MountOp) -> io::Result<()> {
-    match op {
-        MountOp::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-        } => mount::mount(
-            source.as_deref(),
-            target,
-            fstype.as_deref(),
-            *flags,
-            data.as_deref(),
-        ),
-        MountOp::Mkdir { path, mode } => fs::mkdir(path, *mode),
-        MountOp::MkdirBestEffort { path, mode } => {
-            let _ = fs::mkdir(path, *mode);
-            Ok(())
-        }
-        MountOp::MoveMount { tree, target } => mount::move_mount_to(*tree, target),
-        MountOp::Touch { path } => fs::write_file(path, b"", 0o644),
-        MountOp::Symlink { target, link } => fs::symlink(target, link),
-        MountOp::Mknod { path, mode, dev } => fs::mknod(path, *mode, *dev),
-        MountOp::WriteFile {
-            path,
-            contents,
-            mode,
-        } => fs::write_file(path, contents, *mode),
-        MountOp::PivotRoot { new_root } => {
-            fs::chdir(new_root)?;
-            mount::pivot_root(c".", c".")?;
-            mount::umount(c".", mount::MNT_DETACH)?;
-            fs::chdir(c"/")
-        }
-    }
 }
 
 fn exec(plan: &ChildPlan) -> Result<Never, Failure> {

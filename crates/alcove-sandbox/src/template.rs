@@ -12,7 +12,6 @@
 //! [`MAX_TEMPLATES`] exist; past that, runs build their root from scratch.
 //! `alcove gc` removes them.
 
-use crate::child;
 use crate::mounts::{self, HostView};
 use crate::spec::SandboxSpec;
 use crate::SandboxError;
@@ -201,8 +200,9 @@ fn build(path: &Path, plan: &[mounts::MountOp]) -> Result<(), SandboxError> {
         .map_err(prepare("opening the template mount namespace"))
         .and_then(|template| {
             let old_umask = process::set_umask(0);
+            let mut applier = mounts::Applier::default();
             let result = plan.iter().try_for_each(|op| {
-                child::apply(op).map_err(|source| SandboxError::Setup {
+                applier.apply(op).map_err(|source| SandboxError::Setup {
                     what: format!("building a template: {}", op.describe()),
                     source,
                 })

@@ -1,22 +1,45 @@
 //! File operations relative to a directory fd, for writing untrusted archives
-//! into a directory: nothing here follows a symbolic link, and paths opened
-//! through [`open_beneath`] cannot leave the directory they start from.
+//! into a directory and for building a sandbox's root inside an image: nothing
+//! here follows a symbolic link out of the directory it starts from.
+//! [`open_beneath`] follows no link at all; [`open_in_root`] follows links as
+//! if the directory were the root, so absolute targets and `..` stay inside.
 
 use std::ffi::CStr;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// Opens `path` (relative) beneath `root` with `openat2`: `..` cannot climb
-/// out, and no symbolic link (nor /proc magic link) is followed on the way,
-/// nor a mount crossed. `flags` are `open(2)` flags (`O_CLOEXEC` is added).
-pub fn open_beneath(root: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+/// How a path is resolved beneath a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// No symbolic link is followed, `..` cannot climb out, no mount is crossed.
+    Beneath,
+    /// Links are followed as if the directory were the root (an image's
+    /// `/etc -> /host` leads to the image's own `/host`); mounts are crossed.
+    InRoot,
+}
+
+/// Opens `path` (relative) beneath `root` with `openat2`, resolved as `scope`
+/// says; /proc magic links are never followed. `flags` are `open(2)` flags
+/// (`O_CLOEXEC` is added).
+pub fn open_at(
+    root: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    scope: Scope,
+) -> io::Result<OwnedFd> {
     // SAFETY: all-zero is a valid open_how (the struct is non-exhaustive).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH
-        | libc::RESOLVE_NO_SYMLINKS
-        | libc::RESOLVE_NO_MAGICLINKS
-        | libc::RESOLVE_NO_XDEV;
+    how.resolve = match scope {
+        Scope::Beneath => {
+            libc::RESOLVE_BENEATH
+                | libc::RESOLVE_NO_SYMLINKS
+                | libc::RESOLVE_NO_MAGICLINKS
+                | libc::RESOLVE_NO_XDEV
+        }
+        Scope::InRoot => libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
     // SAFETY: `path` is NUL-terminated, `how` is a valid open_how whose size
     // is passed; openat2 returns a new fd or -1.
     let fd = crate::cvt(unsafe {
@@ -30,6 +53,161 @@ pub fn open_beneath(root: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io
     })?;
     // SAFETY: the kernel just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Opens `path` (relative) beneath `root`: `..` cannot climb out, and no
+/// symbolic link (nor /proc magic link) is followed on the way, nor a mount
+/// crossed ([`Scope::Beneath`]).
+pub fn open_beneath(root: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    open_at(root, path, flags, Scope::Beneath)
+}
+
+/// Opens `path` (relative) inside `root` as if `root` were `/` ([`Scope::InRoot`]).
+pub fn open_in_root(root: BorrowedFd<'_>, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    open_at(root, path, flags, Scope::InRoot)
+}
+
+/// Opens the directory `path` (a path alcove controls, used as it is) as an
+/// `O_PATH` descriptor: a root for [`open_in_root`].
+pub fn open_dir(path: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: `path` is NUL-terminated; flags are plain integers.
+    let fd = crate::cvt_int(unsafe { libc::open(path.as_ptr(), flags) })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What [`open_regular`] found.
+#[derive(Debug)]
+pub enum Regular {
+    /// A regular file, open for reading.
+    File(File),
+    /// Something else (a FIFO, a device node, a directory), left unopened.
+    Not(Metadata),
+}
+
+/// Opens `path` beneath `root` (resolved as `scope` says) for reading if it
+/// is a regular file. The type is checked on an `O_PATH` descriptor first,
+/// so a FIFO (whose open would block) or a device node (whose open may act)
+/// is never opened; the file opened is checked to be the one inspected.
+pub fn open_regular(root: BorrowedFd<'_>, path: &CStr, scope: Scope) -> io::Result<Regular> {
+    use std::os::unix::fs::MetadataExt;
+    let probe = File::from(open_at(root, path, libc::O_PATH, scope)?).metadata()?;
+    if !probe.is_file() {
+        return Ok(Regular::Not(probe));
+    }
+    let flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK;
+    let file = File::from(open_at(root, path, flags, scope)?);
+    let opened = file.metadata()?;
+    if (opened.dev(), opened.ino()) != (probe.dev(), probe.ino()) {
+        return Err(io::Error::other(
+            "the file changed while it was being opened",
+        ));
+    }
+    Ok(Regular::File(file))
+}
+
+/// Creates the regular file `name` in `dir` if nothing by that name exists
+/// (an existing one, of whatever type, is left alone): a mount point.
+pub fn touch_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    match create_at(dir, name, mode) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (or truncates) the regular file `name` in `dir`, without
+/// following a link, and writes `contents` to it.
+pub fn write_file_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    contents: &[u8],
+    mode: libc::mode_t,
+) -> io::Result<()> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated; flags and mode are plain integers.
+    let fd = crate::cvt_int(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+    })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::fd::write_all(fd.as_raw_fd(), contents)
+}
+
+/// A detached copy of the mount tree at `path` (absolute), recursive or not,
+/// to attach with [`move_mount_onto`]; with an empty `path`, of the tree
+/// `at` refers to.
+pub fn clone_tree_at(
+    at: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    let dirfd = at.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated; `dirfd` is AT_FDCWD or a borrowed
+    // open descriptor; flags are plain.
+    let fd =
+        crate::cvt(unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Attaches the detached tree behind `tree` onto what `target` (an `O_PATH`
+/// descriptor, of a directory or a file) refers to, with no path lookup.
+pub fn move_mount_onto(tree: libc::c_int, target: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
+    // SAFETY: empty paths with the EMPTY_PATH flags refer to the two
+    // descriptors themselves.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets the attributes `attr_set` (`MOUNT_ATTR_*`: read-only, nosuid, nodev,
+/// noexec) on the mount whose root `target` refers to, not those below it:
+/// a bind remount done through a descriptor.
+pub fn set_mount_attributes(target: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: an empty path with AT_EMPTY_PATH refers to `target`; `attr` is
+    // a valid mount_attr of the size passed.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
 }
 
 /// What `name` in `dir` is, without following a link: its `st_mode`, or

@@ -65,19 +65,67 @@ impl Profile {
         profile
     }
 
+    /// Reads and checks a profile: a regular file of at most
+    /// [`MAX_PROFILE_BYTES`], every path without NUL and shorter than
+    /// `PATH_MAX`, every list and port within its bounds.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the profile {}: {e}", path.display()))?;
-        let profile: Profile = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not an alcove profile: {e}", path.display()))?;
+        use std::io::Read;
+        let shown = path.display();
+        let cannot = |e: std::io::Error| format!("cannot read the profile {shown}: {e}");
+        // Checked before opening: a FIFO would block the open.
+        if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+            return Err(format!("the profile {shown} is not a regular file"));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PROFILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(cannot)?;
+        if bytes.len() as u64 > MAX_PROFILE_BYTES {
+            return Err(format!(
+                "the profile {shown} is larger than {MAX_PROFILE_BYTES} bytes"
+            ));
+        }
+        let profile: Profile = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{shown} is not an alcove profile: {e}"))?;
         if profile.alcove_profile != 1 {
             return Err(format!(
-                "{}: profile version {} is not supported (1 is)",
-                path.display(),
+                "{shown}: profile version {} is not supported (1 is)",
                 profile.alcove_profile
             ));
         }
+        profile.check().map_err(|e| format!("{shown}: {e}"))?;
         Ok(profile)
+    }
+
+    /// Every path without NUL and shorter than `PATH_MAX`; every list and
+    /// port within its bounds.
+    fn check(&self) -> Result<(), String> {
+        let lists = [
+            ("files.read", &self.files.read),
+            ("files.write", &self.files.write),
+            ("files.exec", &self.files.exec),
+        ];
+        for (field, paths) in lists {
+            if paths.len() > MAX_PATHS {
+                return Err(format!(
+                    "{field} lists {} paths; at most {MAX_PATHS}",
+                    paths.len()
+                ));
+            }
+            for path in paths {
+                check_path(path).map_err(|why| format!("{field}: {path:?} {why}"))?;
+            }
+        }
+        if self.network.len() > MAX_ADDRESSES {
+            return Err(format!(
+                "network lists {} addresses; at most {MAX_ADDRESSES}",
+                self.network.len()
+            ));
+        }
+        for address in &self.network {
+            peer_ip(address).map_err(|why| format!("network: {address:?}: {why}"))?;
+        }
+        Ok(())
     }
 
     /// Restricts `spec` and `policy` to exactly what the profile allows: a
@@ -110,10 +158,7 @@ impl Profile {
         }
         let mut nets = Vec::new();
         for address in &self.network {
-            let ip = address
-                .rsplit_once(':')
-                .map_or(address.as_str(), |(ip, _)| ip);
-            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            let ip = peer_ip(address).map_err(|why| format!("network: {address:?}: {why}"))?;
             nets.push(IpNet::parse(ip)?);
         }
         policy.net_allow = Some(nets);
@@ -131,6 +176,49 @@ impl Profile {
             .filter(|name| name != "execve" && !self.syscalls.contains(name))
             .collect()
     }
+}
+
+/// The most bytes of profile alcove reads.
+pub const MAX_PROFILE_BYTES: u64 = 16 << 20;
+/// The most paths in each of `files.read`, `files.write` and `files.exec`
+/// (each is a Landlock rule the sandbox adds before it starts).
+const MAX_PATHS: usize = 4096;
+/// The most addresses in `network`.
+const MAX_ADDRESSES: usize = 1024;
+
+/// Why `path` cannot be a profile's path rule, if it cannot. (A relative
+/// one, as a learned exec of `./prog`, resolves in the working directory.)
+fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.contains('\0') {
+        return Err("holds a NUL byte");
+    }
+    if path.len() >= libc::PATH_MAX as usize {
+        return Err("is longer than PATH_MAX");
+    }
+    Ok(())
+}
+
+/// The address part of a `network` entry: `192.0.2.7:443`,
+/// `[2001:db8::1]:443`, or an address or range without a port
+/// (`10.0.0.0/8`, `::1`); a port must be 0 to 65535.
+fn peer_ip(entry: &str) -> Result<&str, &'static str> {
+    let (ip, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or("a '[' without its ']'")?;
+        match after {
+            "" => (ip, None),
+            _ => (ip, Some(after.strip_prefix(':').ok_or("text after ']'")?)),
+        }
+    } else {
+        match entry.split_once(':') {
+            // One colon: IPv4 and a port; more: a bare IPv6 address.
+            Some((ip, port)) if !port.contains(':') => (ip, Some(port)),
+            _ => (entry, None),
+        }
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("the port must be 0 to 65535");
+    }
+    Ok(ip)
 }
 
 #[cfg(test)]
@@ -167,5 +255,38 @@ mod tests {
             vec![IpNet::parse("192.0.2.7").unwrap()]
         );
         assert_eq!(p.refused(&[0, 1, 39]), vec!["getpid".to_owned()]);
+    }
+
+    #[test]
+    fn bad_paths_and_ports_are_refused_naming_the_field() {
+        let with = |f: fn(&mut Profile)| {
+            let mut p = Profile {
+                alcove_profile: 1,
+                ..Profile::default()
+            };
+            f(&mut p);
+            p.check()
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        let e = with(|p| {
+            p.files.read.insert("/a\0b".into());
+        });
+        assert_eq!(e.unwrap_err(), r#"files.read: "/a\0b" holds a NUL byte"#);
+        let e = with(|p| {
+            p.files.write.insert(format!("/{}", "a".repeat(4096)));
+        });
+        assert!(e.unwrap_err().ends_with(" is longer than PATH_MAX"));
+        let e = with(|p| {
+            p.network.insert("[::1]:70000".into());
+        });
+        assert_eq!(
+            e.unwrap_err(),
+            r#"network: "[::1]:70000": the port must be 0 to 65535"#
+        );
+        for ok in ["192.0.2.7:443", "[2001:db8::1]:443", "10.0.0.0/8", "::1"] {
+            assert!(peer_ip(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(peer_ip("[2001:db8::1]:443"), Ok("2001:db8::1"));
+        assert_eq!(peer_ip("::1"), Ok("::1"));
     }
 }

@@ -8,55 +8,100 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+mod apply;
 mod plans;
+pub(crate) use apply::Applier;
 pub(crate) use plans::*;
 
 /// Where the child assembles the sandbox's root, in its private mount namespace.
 /// The directory exists on the host but nothing is ever mounted on it there.
 pub const STAGING_DIR: &str = "/run/alcove/root";
 
+/// Where a step acts.
+#[derive(Debug)]
+pub(crate) enum Place {
+    /// A path alcove made and controls (its staging directory before the
+    /// root is entered, a template's own tmpfs, the host's /dev): used as is.
+    Path(CString),
+    /// A path inside the sandbox's root, whose links an image or a --rootfs
+    /// chose: resolved from the root [`MountOp::EnterRoot`] opened, with
+    /// `openat2(RESOLVE_IN_ROOT)`, so that no link leads out of it (an
+    /// absolute one resolves inside, as it will for the program).
+    InRoot(InRoot),
+}
+
+#[derive(Debug)]
+pub(crate) struct InRoot {
+    /// The whole path, as the plan names it (for messages).
+    pub shown: CString,
+    /// The path relative to the root.
+    pub path: CString,
+    /// The directory holding it, relative to the root ("." for the root).
+    pub dir: CString,
+    /// Its last component, created in `dir` without following a link.
+    pub name: CString,
+}
+
+impl Place {
+    /// The path as the plan names it.
+    pub(crate) fn shown(&self) -> &CString {
+        match self {
+            Place::Path(p) => p,
+            Place::InRoot(r) => &r.shown,
+        }
+    }
+}
+
 /// One step of building the sandbox's filesystem.
 #[derive(Debug)]
 pub(crate) enum MountOp {
+    /// mount(2); a bind (`MS_BIND` without `MS_REMOUNT`) with no source binds
+    /// the target onto itself.
     Mount {
         source: Option<CString>,
-        target: CString,
+        target: Place,
         fstype: Option<CString>,
         flags: libc::c_ulong,
         data: Option<CString>,
     },
     Mkdir {
-        path: CString,
+        path: Place,
         mode: libc::mode_t,
     },
     /// A directory that may already exist or sit on a read-only mount; failing
     /// is fine (a later chdir or mount reports the real problem).
     MkdirBestEffort {
-        path: CString,
+        path: Place,
         mode: libc::mode_t,
     },
     /// Attach the detached mount tree `tree` (from `open_tree`) at `target`.
     MoveMount {
         tree: RawFd,
-        target: CString,
+        target: Place,
     },
-    /// An empty regular file, as the mount point for a file bind.
+    /// An empty regular file, as the mount point for a file bind, unless
+    /// something is there already.
     Touch {
-        path: CString,
+        path: Place,
     },
     Symlink {
         target: CString,
-        link: CString,
+        link: Place,
     },
     Mknod {
-        path: CString,
+        path: Place,
         mode: libc::mode_t,
         dev: libc::dev_t,
     },
     WriteFile {
-        path: CString,
+        path: Place,
         contents: Vec<u8>,
         mode: libc::mode_t,
+    },
+    /// From here on, [`Place::InRoot`] paths resolve inside the directory
+    /// `path` (opened once, after whatever is mounted on it).
+    EnterRoot {
+        path: CString,
     },
     /// Make `new_root` the root and detach the old one.
     PivotRoot {
@@ -68,6 +113,7 @@ impl MountOp {
     /// A sentence naming what this step does, for error messages.
     pub(crate) fn describe(&self) -> String {
         let s = |c: &CString| c.to_string_lossy().into_owned();
+        let p = |p: &Place| s(p.shown());
         match self {
             MountOp::Mount {
                 source,
@@ -78,16 +124,17 @@ impl MountOp {
                 "mounting {} ({}) at {}",
                 source.as_ref().map_or("-".into(), s),
                 fstype.as_ref().map_or("bind".into(), s),
-                s(target)
+                p(target)
             ),
             MountOp::Mkdir { path, .. } | MountOp::MkdirBestEffort { path, .. } => {
-                format!("creating directory {}", s(path))
+                format!("creating directory {}", p(path))
             }
-            MountOp::MoveMount { target, .. } => format!("attaching a bind mount at {}", s(target)),
-            MountOp::Touch { path } => format!("creating mount point {}", s(path)),
-            MountOp::Symlink { link, .. } => format!("creating symlink {}", s(link)),
-            MountOp::Mknod { path, .. } => format!("creating device {}", s(path)),
-            MountOp::WriteFile { path, .. } => format!("writing {}", s(path)),
+            MountOp::MoveMount { target, .. } => format!("attaching a bind mount at {}", p(target)),
+            MountOp::Touch { path } => format!("creating mount point {}", p(path)),
+            MountOp::Symlink { link, .. } => format!("creating symlink {}", p(link)),
+            MountOp::Mknod { path, .. } => format!("creating device {}", p(path)),
+            MountOp::WriteFile { path, .. } => format!("writing {}", p(path)),
+            MountOp::EnterRoot { path } => format!("opening the root {}", s(path)),
             MountOp::PivotRoot { new_root } => format!("pivoting the root to {}", s(new_root)),
         }
     }
@@ -128,11 +175,39 @@ impl HostView {
     }
 }
 
+#[derive(Default)]
 struct Builder {
     ops: Vec<MountOp>,
+    /// The root entered: paths below it are [`Place::InRoot`].
+    root: Option<PathBuf>,
 }
 
 impl Builder {
+    /// Makes later steps under `root` resolve inside it; call it once
+    /// whatever the root is made of is mounted there.
+    fn enter_root(&mut self, root: &Path) {
+        self.ops.push(MountOp::EnterRoot { path: cpath(root) });
+        self.root = Some(root.to_owned());
+    }
+
+    /// `path` as a step's place: inside the root once it is entered.
+    fn place(&self, path: &Path) -> Place {
+        let rel = self.root.as_deref().and_then(|r| path.strip_prefix(r).ok());
+        let Some((rel, name)) = rel.and_then(|rel| Some((rel, rel.file_name()?))) else {
+            return Place::Path(cpath(path));
+        };
+        let dir = rel
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Place::InRoot(InRoot {
+            shown: cpath(path),
+            path: cpath(rel),
+            dir: cpath(dir),
+            name: cpath(Path::new(name)),
+        })
+    }
+
     fn mount(
         &mut self,
         source: Option<&[u8]>,
@@ -141,9 +216,10 @@ impl Builder {
         flags: libc::c_ulong,
         data: Option<String>,
     ) {
+        let target = self.place(target);
         self.ops.push(MountOp::Mount {
             source: source.map(cstr),
-            target: cpath(target),
+            target,
             fstype: fstype.map(|f| cstr(f.as_bytes())),
             flags,
             data: data.map(|d| cstr(d.as_bytes())),
@@ -175,10 +251,28 @@ impl Builder {
         );
     }
 
+    /// Binds `target` onto itself (recursively), then makes that bind
+    /// read-only and nosuid plus `extra` flags.
+    fn bind_self_read_only(&mut self, target: &Path, extra: libc::c_ulong) {
+        self.mount(None, target, None, MS_BIND | MS_REC, None);
+        self.remount_read_only(target, extra);
+    }
+
     fn mkdir(&mut self, path: &Path, mode: libc::mode_t) {
-        self.ops.push(MountOp::Mkdir {
-            path: cpath(path),
-            mode,
+        let path = self.place(path);
+        self.ops.push(MountOp::Mkdir { path, mode });
+    }
+
+    fn mkdir_best_effort(&mut self, path: &Path, mode: libc::mode_t) {
+        let path = self.place(path);
+        self.ops.push(MountOp::MkdirBestEffort { path, mode });
+    }
+
+    fn symlink(&mut self, target: &[u8], link: &Path) {
+        let link = self.place(link);
+        self.ops.push(MountOp::Symlink {
+            target: cstr(target),
+            link,
         });
     }
 
@@ -203,8 +297,9 @@ impl Builder {
             ("urandom", 1, 9),
             ("tty", 5, 0),
         ] {
+            let path = self.place(&dev.join(name));
             self.ops.push(MountOp::Mknod {
-                path: cpath(&dev.join(name)),
+                path,
                 mode: libc::S_IFCHR | 0o666,
                 dev: libc::makedev(major, minor),
             });
@@ -216,10 +311,7 @@ impl Builder {
             ("stderr", "/proc/self/fd/2"),
             ("ptmx", "pts/ptmx"),
         ] {
-            self.ops.push(MountOp::Symlink {
-                target: cstr(target.as_bytes()),
-                link: cpath(&dev.join(link)),
-            });
+            self.symlink(target.as_bytes(), &dev.join(link));
         }
         self.mkdir(&dev.join("pts"), 0o755);
         self.mkdir(&dev.join("shm"), 0o1777);
@@ -233,18 +325,14 @@ impl Builder {
             if bind.source.is_dir() {
                 self.mkdir(&target, 0o755);
             } else {
-                self.ops.push(MountOp::Touch {
-                    path: cpath(&target),
-                });
+                let path = self.place(&target);
+                self.ops.push(MountOp::Touch { path });
             }
         }
         let workdir = inside(root, &spec.workdir);
         if workdir != root {
             self.mkdir_parents(root, &workdir);
-            self.ops.push(MountOp::MkdirBestEffort {
-                path: cpath(&workdir),
-                mode: 0o755,
-            });
+            self.mkdir_best_effort(&workdir, 0o755);
         }
     }
 
@@ -256,10 +344,7 @@ impl Builder {
             .collect();
         ancestors.reverse();
         for dir in ancestors {
-            self.ops.push(MountOp::MkdirBestEffort {
-                path: cpath(dir),
-                mode: 0o755,
-            });
+            self.mkdir_best_effort(dir, 0o755);
         }
     }
 
@@ -291,10 +376,8 @@ impl Builder {
             self.mask_proc(&root.join("proc"));
         }
         for (bind, &tree) in spec.binds.iter().zip(bind_trees) {
-            self.ops.push(MountOp::MoveMount {
-                tree,
-                target: cpath(&inside(root, &bind.target)),
-            });
+            let target = self.place(&inside(root, &bind.target));
+            self.ops.push(MountOp::MoveMount { tree, target });
         }
     }
 }
@@ -307,8 +390,7 @@ impl Builder {
     fn mask_proc(&mut self, proc: &Path) {
         for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
             if Path::new("/proc").join(name).exists() {
-                let path = proc.join(name);
-                self.bind_read_only(&path, &path, MS_NODEV | MS_NOEXEC);
+                self.bind_self_read_only(&proc.join(name), MS_NODEV | MS_NOEXEC);
             }
         }
         for name in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {

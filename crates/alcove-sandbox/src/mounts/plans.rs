@@ -5,6 +5,7 @@ use super::{cpath, Builder, HostView, MountOp, STAGING_DIR};
 use crate::spec::SandboxSpec;
 use alcove_sys::mount::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC};
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The skeleton of a host-view root, built once per distinct skeleton and kept
@@ -36,21 +37,21 @@ pub(crate) fn scratch_plan(
 
 fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
     let root = Path::new(STAGING_DIR);
-    let mut b = Builder { ops: Vec::new() };
+    let mut b = Builder::default();
     // Nothing mounted from here on may propagate back to the host.
     b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
     // No MS_NODEV: /dev's nodes live on this tmpfs, which ends read-only and
     // holds nothing but what alcove writes.
     b.tmpfs(root, MS_NOSUID, "0755", 1 << 20);
+    // Bind targets may lead through the host's own links (/lib64 -> ...):
+    // they resolve inside the new root, never on the host.
+    b.enter_root(root);
     for dir in ["etc", "dev", "proc", "tmp", "run"] {
         b.mkdir(&root.join(dir), 0o755);
     }
     for (name, link) in &host.entries {
         match link {
-            Some(target) => b.ops.push(MountOp::Symlink {
-                target: cpath(target),
-                link: cpath(&root.join(name)),
-            }),
+            Some(target) => b.symlink(target.as_os_str().as_bytes(), &root.join(name)),
             None => {
                 let target = root.join(name);
                 b.mkdir(&target, 0o755);
@@ -66,8 +67,9 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
         host.resolv_conf.as_deref(),
     );
     for (name, contents, mode) in files {
+        let path = b.place(&etc.join(name));
         b.ops.push(MountOp::WriteFile {
-            path: cpath(&etc.join(name)),
+            path,
             contents,
             mode,
         });
@@ -81,7 +83,7 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
 /// What every run mounts fresh on top of a template's copy: /tmp, /dev/shm,
 /// /dev/pts, /proc, and the binds (detached trees the parent cloned, in order).
 pub(crate) fn per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<MountOp> {
-    let mut b = Builder { ops: Vec::new() };
+    let mut b = Builder::default();
     b.fresh_mounts(spec, Path::new("/"), bind_trees);
     b.ops
 }
@@ -91,9 +93,10 @@ pub(crate) fn per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<Moun
 /// the per-run tmpfs (/scratch) and overlay (/merged).
 pub(crate) fn rootfs_template_plan(lower: &Path, more: &[PathBuf]) -> Vec<MountOp> {
     let root = Path::new(STAGING_DIR);
-    let mut b = Builder { ops: Vec::new() };
+    let mut b = Builder::default();
     b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
     b.tmpfs(root, MS_NOSUID, "0755", 1 << 20);
+    b.enter_root(root);
     for dir in ["scratch", "merged", "dev"] {
         b.mkdir(&root.join(dir), 0o755);
     }
@@ -126,7 +129,7 @@ fn layer_view(i: usize) -> String {
 /// /lower under a fresh tmpfs, alcove's /dev in it, the fresh mounts, the
 /// binds, and a pivot into the overlay.
 pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> Vec<MountOp> {
-    let mut b = Builder { ops: Vec::new() };
+    let mut b = Builder::default();
     let scratch = Path::new("/scratch");
     b.tmpfs(
         scratch,
@@ -150,11 +153,11 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
                 .join(":")
         )),
     );
+    // Everything below is the image's or the rootfs's: its links lead
+    // nowhere but inside it.
+    b.enter_root(root);
     for dir in ["dev", "proc", "tmp"] {
-        b.ops.push(MountOp::MkdirBestEffort {
-            path: cpath(&root.join(dir)),
-            mode: 0o755,
-        });
+        b.mkdir_best_effort(&root.join(dir), 0o755);
     }
     // The image's own /dev may hold device nodes: cover it with alcove's.
     b.mount(Some(b"/dev"), &root.join("dev"), None, MS_BIND, None);
@@ -171,7 +174,7 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
 /// upper layer, then the same fresh mounts, then the pivot.
 pub(crate) fn rootfs_plan(spec: &SandboxSpec, lower: &Path, bind_trees: &[RawFd]) -> Vec<MountOp> {
     let staging = Path::new(STAGING_DIR);
-    let mut b = Builder { ops: Vec::new() };
+    let mut b = Builder::default();
     b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
     b.tmpfs(
         staging,
@@ -204,6 +207,9 @@ pub(crate) fn rootfs_plan(spec: &SandboxSpec, lower: &Path, bind_trees: &[RawFd]
         MS_NOSUID | MS_NODEV,
         Some(data),
     );
+    // Everything below is the image's or the rootfs's: its links lead
+    // nowhere but inside it (here the host's root would be theirs).
+    b.enter_root(&root);
     for dir in ["dev", "proc", "tmp"] {
         b.mkdir(&root.join(dir), 0o755);
     }
@@ -250,7 +256,7 @@ mod tests {
         assert!(!d.iter().any(|d| d.contains("shadow")));
         let ro = ops.iter().any(|op| {
             matches!(op, MountOp::Mount { target, flags, .. }
-            if target.to_bytes() == b"/run/alcove/root/usr" && flags & MS_RDONLY != 0)
+            if target.shown().to_bytes() == b"/run/alcove/root/usr" && flags & MS_RDONLY != 0)
         });
         assert!(ro, "/usr must be remounted read-only");
         assert!(matches!(ops.last(), Some(MountOp::PivotRoot { .. })));
