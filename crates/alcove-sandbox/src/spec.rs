@@ -296,6 +296,16 @@ impl SandboxSpec {
             }
         }
         check_sandbox_path(&self.workdir, "--workdir")?;
+        for rule in &self.allow_paths {
+            let bytes = rule.path.as_os_str().as_bytes();
+            if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= libc::PATH_MAX as usize {
+                return invalid(format!(
+                    "--allow-path {:?}: give a path of 1 to {} bytes without NUL",
+                    rule.path,
+                    libc::PATH_MAX - 1
+                ));
+            }
+        }
         for (key, value) in &self.env {
             let k = key.as_bytes();
             if k.is_empty() || k.contains(&b'=') || k.contains(&0) || value.as_bytes().contains(&0)
@@ -389,6 +399,25 @@ mod tests {
 
     fn spec(argv: &[&str]) -> SandboxSpec {
         SandboxSpec::new(argv.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn allowed_paths_with_a_nul_or_past_path_max_are_refused() {
+        for path in ["/a\0b", ""] {
+            let mut s = spec(&["true"]);
+            s.allow_paths.push(PathRule {
+                path: path.into(),
+                writable: false,
+            });
+            let message = s.validate().unwrap_err().to_string();
+            assert!(message.contains("--allow-path"), "{message}");
+        }
+        let mut s = spec(&["true"]);
+        s.allow_paths.push(PathRule {
+            path: format!("/{}", "x".repeat(5000)).into(),
+            writable: true,
+        });
+        assert!(s.validate().is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! mount(2), umount2(2) and pivot_root(2).
+//! mount(2), umount2(2) and pivot_root(2), and the descriptor-based mount
+//! calls (open_tree, move_mount, mount_setattr) that need no path lookup.
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
 
 pub use libc::{
@@ -115,4 +117,79 @@ pub fn move_mount_to(tree: std::os::fd::RawFd, target: &CStr) -> io::Result<()> 
         )
     };
     crate::cvt(ret).map(drop)
+}
+
+/// A detached copy of the mount tree at `path` (absolute), recursive or not,
+/// to attach with [`move_mount_onto`]; with an empty `path`, of the tree
+/// `at` refers to.
+pub fn clone_tree_at(
+    at: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    let dirfd = at.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated; `dirfd` is AT_FDCWD or a borrowed
+    // open descriptor; flags are plain.
+    let fd =
+        crate::cvt(unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Attaches the detached tree behind `tree` onto what `target` (an `O_PATH`
+/// descriptor, of a directory or a file) refers to, with no path lookup.
+pub fn move_mount_onto(tree: libc::c_int, target: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
+    // SAFETY: empty paths with the EMPTY_PATH flags refer to the two
+    // descriptors themselves.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets the attributes `attr_set` (`MOUNT_ATTR_*`: read-only, nosuid, nodev,
+/// noexec) on the mount whose root `target` refers to, not those below it:
+/// a bind remount done through a descriptor.
+pub fn set_mount_attributes(target: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: an empty path with AT_EMPTY_PATH refers to `target`; `attr` is
+    // a valid mount_attr of the size passed.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
 }

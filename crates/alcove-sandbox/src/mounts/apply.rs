@@ -55,7 +55,7 @@ impl Applier {
                 Place::Path(target) => mount::move_mount_to(*tree, target),
                 Place::InRoot(target) => {
                     let at = self.open(&target.path, libc::O_PATH)?;
-                    dirfd::move_mount_onto(*tree, at.as_fd())
+                    alcove_sys::mount::move_mount_onto(*tree, at.as_fd())
                 }
             },
             MountOp::Touch { path } => match path {
@@ -134,15 +134,15 @@ impl Applier {
     ) -> io::Result<()> {
         let at = self.open(&target.path, libc::O_PATH)?;
         if flags & mount::MS_REMOUNT != 0 {
-            return dirfd::set_mount_attributes(at.as_fd(), mount_attributes(flags));
+            return alcove_sys::mount::set_mount_attributes(at.as_fd(), mount_attributes(flags));
         }
         if is_bind(flags) {
             let recursive = flags & mount::MS_REC != 0;
             let tree = match source {
-                Some(source) => dirfd::clone_tree_at(None, source, recursive)?,
-                None => dirfd::clone_tree_at(Some(at.as_fd()), c"", recursive)?,
+                Some(source) => alcove_sys::mount::clone_tree_at(None, source, recursive)?,
+                None => alcove_sys::mount::clone_tree_at(Some(at.as_fd()), c"", recursive)?,
             };
-            return dirfd::move_mount_onto(tree.as_raw_fd(), at.as_fd());
+            return alcove_sys::mount::move_mount_onto(tree.as_raw_fd(), at.as_fd());
         }
         // A new filesystem (tmpfs, proc, devpts) goes on a directory: make
         // that the working directory and mount on ".".
