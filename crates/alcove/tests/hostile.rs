@@ -315,20 +315,6 @@ fn what_handlers_print_and_what_waits_cannot_grow_the_daemon() {
     assert_eq!(statuses, [202, 202, 429]);
 }
 
-fn processes_below(dir: &std::path::Path) -> usize {
-    let here = std::fs::read_to_string(dir.join("cgroup.procs")).map_or(0, |t| t.lines().count());
-    let below: usize = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| processes_below(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0);
-    here + below
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
