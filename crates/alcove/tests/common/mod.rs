@@ -203,3 +203,53 @@ pub fn live_namespaces(uid: u32) -> Vec<String> {
     seen.dedup();
     seen
 }
+
+/// The directories of every cgroup `pid` is in, one per hierarchy, found
+/// through /proc/PID/cgroup and the cgroup mounts in /proc/self/mountinfo.
+pub fn cgroups_of(pid: i32) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+        let mount = mounts.lines().find_map(|m| {
+            let fields: Vec<&str> = m.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let (root, point) = (fields[3], fields[4]);
+            let (fstype, options) = (fields[dash + 1], fields[dash + 3]);
+            let matches = match id {
+                "0" => fstype == "cgroup2",
+                _ => {
+                    fstype == "cgroup" && wanted.iter().all(|c| options.split(',').any(|o| o == *c))
+                }
+            };
+            matches.then(|| (root.to_owned(), point.to_owned()))
+        });
+        let Some((root, point)) = mount else {
+            continue;
+        };
+        let inner = path.strip_prefix(root.as_str()).unwrap_or(path);
+        dirs.push(PathBuf::from(point).join(inner.trim_start_matches('/')));
+    }
+    dirs
+}
+
+/// Processes in the cgroup `dir` or any cgroup beneath it.
+pub fn processes_in_cgroup(dir: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(processes_in_cgroup(&entry.path()));
+        }
+    }
+    found
+}
