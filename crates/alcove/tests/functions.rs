@@ -408,7 +408,9 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
         "POST /v1/functions/one/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the handler runs", Duration::from_secs(10), || {
+        !processes_with("sleep 1").is_empty()
+    });
     drop(gone);
     wait_until(
         "the abandoned invocation is recorded as ended",
