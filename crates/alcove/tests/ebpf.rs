@@ -226,17 +226,33 @@ fn denied_devices_get_eperm_inside_and_work_outside() {
     assert!(!run.stderr.contains("Operation not permitted"), "{run:?}");
 }
 
-/// A non-loopback IPv4 address of this host, if it has one.
-fn host_address() -> Option<String> {
-    let out = std::process::Command::new("ip")
+/// A non-loopback IPv4 address of this host, or `None` after saying why
+/// `test` is skipped: no `ip` (which CI must have), or no such address.
+fn host_address_or_skip(test: &str) -> Option<String> {
+    let out = match std::process::Command::new("ip")
         .args(["-4", "-o", "addr"])
         .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
+    {
+        Ok(out) if out.status.success() => out,
+        other => {
+            skip_unprovided(
+                test,
+                &format!(
+                    "`ip -4 -o addr` failed ({other:?}); scripts/packages.sh installs iproute2"
+                ),
+            );
+            return None;
+        }
+    };
+    let found = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))
         .map(|a| a.split('/').next().unwrap_or("").to_owned())
-        .find(|a| !a.starts_with("127."))
+        .find(|a| !a.starts_with("127."));
+    if found.is_none() {
+        skip_machine(test, "this host has no non-loopback IPv4 address");
+    }
+    found
 }
 
 #[test]
@@ -244,11 +260,7 @@ fn denied_connects_get_eperm_inside_and_work_outside() {
     if !root_or_skip("denied_connects_get_eperm_inside_and_work_outside") {
         return;
     }
-    let Some(ip) = host_address() else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED denied_connects...: this host has no non-loopback IPv4 address"
-        );
+    let Some(ip) = host_address_or_skip("denied_connects_get_eperm_inside_and_work_outside") else {
         return;
     };
     let _g = serial();

@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::time::Duration;
 
 /// alcove's bounded, reusable pieces: pool slots and template namespaces.
@@ -332,10 +331,7 @@ fn delegated_child(own: &std::path::Path, name: &str) -> std::path::PathBuf {
 fn own_unified_dir_or_skip(test: &str) -> Option<std::path::PathBuf> {
     let own = own_unified_dir();
     if own.is_none() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: no cgroup2 tree is mounted here"
-        );
+        skip_machine(test, "no cgroup2 tree is mounted here");
     }
     own
 }

@@ -30,16 +30,41 @@ pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut()
     }
 }
 
-/// Whether the test can run; if not, says why on the real stderr (not the
-/// captured one), so a skip is never silent.
+/// Whether this run is CI's (`ALCOVE_CI=1`, which .ci/run sets, or the
+/// `CI=true` most CI services set): there, the machine is set up by
+/// scripts/test.sh, so a skip for something it provides is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("ALCOVE_CI").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips `test` for something the setup provides (root, a tool that
+/// scripts/packages.sh or scripts/test.sh installs): says why on the real
+/// stderr (not the captured one), and in CI fails the test instead.
+pub fn skip_unprovided(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "{test} cannot run: {why}; CI's setup must provide this (skips for it fail under ALCOVE_CI=1 or CI=true)"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Skips `test` for a fact of this machine that no setup changes (no GPU,
+/// no BPF LSM, no second network address): says why, in CI too.
+pub fn skip_machine(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Whether the test can run; if not, says why, so a skip is never silent
+/// (and never happens in CI, which runs as root).
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root (namespaces, cgroups, mounts); run the tests as root"
+    skip_unprovided(
+        test,
+        "needs root (namespaces, cgroups, mounts); run the tests as root",
     );
     false
 }
