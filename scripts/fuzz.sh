@@ -45,11 +45,15 @@ cargo +nightly fuzz build
 crashed=()
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/work/$t" "fuzz/crashes/$t"
+    case "$t" in
+        code_tar|image_archive|image_layer) dict=fuzz/tar.dict ;;
+        *) dict=fuzz/json.dict ;;
+    esac
     before=$(find "fuzz/crashes/$t" -type f | wc -l)
     echo "== $t: ${seconds}s"
     # shellcheck disable=SC2086 # ALCOVE_FUZZ_ARGS is a list of flags
     if ! cargo +nightly fuzz run "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- \
-        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 -dict="$dict" \
         -artifact_prefix="$root/fuzz/crashes/$t/" ${ALCOVE_FUZZ_ARGS:-}; then
         crashed+=("$t")
     fi
