@@ -227,8 +227,25 @@ pub fn image_oci(data: &[u8]) {
 
 /// A `--policy` profile: loaded, applied to a sandbox spec and checked as
 /// `alcove run` does. A spec that passes its checks must be one the sandbox
-/// can set up: the Landlock paths it was given hold no NUL byte.
+/// can set up: the Landlock paths it was given hold no NUL byte. The input
+/// is tried as the profile's file, and as lines dealt out to its lists
+/// (syscalls, read, write, exec, network), which a byte mutator cannot
+/// otherwise keep inside well-formed JSON.
 pub fn profile(data: &[u8]) {
+    profile_file(data);
+    let mut lists: [Vec<String>; 5] = Default::default();
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        lists[i % 5].push(String::from_utf8_lossy(line).into_owned());
+    }
+    let [syscalls, read, write, exec, network] = lists;
+    let structured = serde_json::json!({
+        "alcove_profile": 1, "program": ["fuzz"], "syscalls": syscalls,
+        "files": {"read": read, "write": write, "exec": exec}, "network": network,
+    });
+    profile_file(structured.to_string().as_bytes());
+}
+
+fn profile_file(data: &[u8]) {
     let dir = scratch();
     let path = dir.path().join("profile.json");
     std::fs::write(&path, data).expect("write the profile");

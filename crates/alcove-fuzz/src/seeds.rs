@@ -164,6 +164,10 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 "empty",
                 br#"{"alcove_profile":1,"program":[],"syscalls":[],"files":{"read":[],"write":[],"exec":[]},"network":[]}"#.to_vec(),
             ),
+            (
+                "lines",
+                b"openat\n/etc/hostname\n/tmp/out\n/usr/bin/cat\n127.0.0.1:80\nread\n/etc\n/var/tmp/x\n/bin/sh\n[::1]:443".to_vec(),
+            ),
         ]),
         other => panic!("no target {other}"),
     }
