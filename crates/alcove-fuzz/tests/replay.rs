@@ -4,7 +4,7 @@
 //! A panic in a target is a failure naming the input; `scripts/fuzz.sh`
 //! runs libFuzzer over the same targets for as long as it is given.
 //!
-//! `ALCOVE_FUZZ_MUTATIONS` sets the mutations per target (default 2000).
+//! `ALCOVE_FUZZ_MUTATIONS` sets the mutations per target (default 4000).
 
 use alcove_fuzz::{mutate::Mutator, Target, TARGETS};
 use std::panic::AssertUnwindSafe;
@@ -122,7 +122,7 @@ fn seeded_mutations_of_the_corpus_pass() {
     let per_target: usize = std::env::var("ALCOVE_FUZZ_MUTATIONS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(4000);
     let findings = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-findings");
     let mut failures = Vec::new();
     for (i, (name, target)) in TARGETS.iter().enumerate() {
