@@ -69,7 +69,7 @@ done
 if [ ${#crashed[@]} -gt 0 ]; then
     echo "crashes found in: $(printf '%s\n' "${crashed[@]}" | sort -u | tr '\n' ' ')"
     echo "reproduce one:    cargo +nightly fuzz run TARGET fuzz/crashes/TARGET/FILE"
-    echo "as a test:        cargo test -p alcove-fuzz --test replay saved_inputs"
+    echo "as a test:        cargo test -p alcove-fuzz --test replay saved_inputs_crashes"
     exit 1
 fi
 echo "no crashes in ${#targets[@]} targets, ${seconds}s each"

@@ -94,13 +94,15 @@ fn remove_dead_scratch() {
     }
 }
 
+static ENGINE: OnceLock<(Arc<Engine>, PathBuf)> = OnceLock::new();
+
 /// One engine per process, on a scratch data directory with its own image
 /// store (never the host's), as the daemon would open it; and that directory.
 fn engine() -> &'static (Arc<Engine>, PathBuf) {
-    static ENGINE: OnceLock<(Arc<Engine>, PathBuf)> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        // Kept for the life of the process (a static is never dropped); the
-        // next process removes it (see `remove_dead_scratch`).
+        // Kept for the life of the process (a static is never dropped):
+        // `remove_scratch` removes it, or else the next process does (see
+        // `remove_dead_scratch`).
         let dir = scratch().keep();
         let data = dir.join("data");
         let mut config = EngineConfig::new(data.clone());
@@ -108,6 +110,17 @@ fn engine() -> &'static (Arc<Engine>, PathBuf) {
         let engine = Engine::open(config).expect("open a scratch engine");
         (engine, data)
     })
+}
+
+/// Removes the scratch engine's directory; call it after the last target
+/// ran (later deploys fail, without panicking). Other scratch directories
+/// are removed as their targets return.
+pub fn remove_scratch() {
+    if let Some((_, data)) = ENGINE.get() {
+        if let Some(dir) = data.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Deploys `req` on the scratch engine, then removes what it stored, so a

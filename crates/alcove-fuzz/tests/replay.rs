@@ -96,8 +96,8 @@ fn the_image_seeds_import() {
     }
 }
 
-#[test]
-fn saved_inputs_and_found_crashes_pass() {
+/// Every saved corpus and crash input; the failures.
+fn replay_saved() -> Vec<String> {
     let mut failures = Vec::new();
     for (name, target) in TARGETS {
         for (path, input) in saved("corpus", name)
@@ -109,16 +109,12 @@ fn saved_inputs_and_found_crashes_pass() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} saved inputs panic:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    failures
 }
 
-#[test]
-fn seeded_mutations_of_the_corpus_pass() {
+/// Seeded mutations of each target's corpus; the failures, each input
+/// saved for reproduction.
+fn mutate_corpus() -> Vec<String> {
     let per_target: usize = std::env::var("ALCOVE_FUZZ_MUTATIONS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -142,11 +138,23 @@ fn seeded_mutations_of_the_corpus_pass() {
             }
         }
     }
+    failures
+}
+
+/// One test, so the scratch engine the targets share is removed after the
+/// last of them (a static is never dropped).
+#[test]
+fn saved_inputs_crashes_and_seeded_mutations_pass() {
+    let saved = replay_saved();
+    let mutated = mutate_corpus();
+    alcove_fuzz::remove_scratch();
     assert!(
-        failures.is_empty(),
-        "{} mutated inputs panic (copy them to fuzz/crashes/<target>/ once fixed):\n{}",
-        failures.len(),
-        failures.join("\n")
+        saved.is_empty() && mutated.is_empty(),
+        "{} saved inputs panic:\n{}\n{} mutated inputs panic (saved; copy them to fuzz/crashes/<target>/):\n{}",
+        saved.len(),
+        saved.join("\n"),
+        mutated.len(),
+        mutated.join("\n")
     );
 }
 
