@@ -11,8 +11,10 @@ alcove_require_root() {
 
 # gcc links the build; clang, libelf-dev, zlib1g-dev and pkg-config build the
 # BPF programs and libbpf; busybox-static gives the tests and benchmark a rootfs;
-# python3 and util-linux are used by the tests; curl fetches rustup if needed.
-ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 ca-certificates curl)
+# python3, util-linux (setpriv) and iproute2 (ip) are used by the tests, which
+# under ALCOVE_CI=1 fail rather than skip when one is missing; curl fetches
+# rustup if needed.
+ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 ca-certificates curl)
 
 alcove_install_packages() {
     local missing=() p

@@ -11,6 +11,9 @@ alcove_install_packages umoci skopeo
 alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Includes the short fuzz run (crates/alcove-fuzz/tests/replay.rs: every
+# saved corpus and crash input, then seeded mutations); scripts/fuzz.sh is
+# the long one, under libFuzzer.
 cargo test --workspace --locked
 # The same tests on a real cgroup v2 host under systemd: Debian's own kernel
 # under QEMU, BPF LSM on and off (scripts/vm-test.sh --help).

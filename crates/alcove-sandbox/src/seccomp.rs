@@ -174,4 +174,246 @@ mod tests {
         assert_eq!(decide(ioctl, [0, libc::TIOCSTI, 0, 0, 0, 0]), EPERM);
         assert_eq!(decide(ioctl, [0, libc::TCGETS, 0, 0, 0, 0]), ALLOW);
     }
+
+    /// A classic-BPF instruction, whichever crate's type it came from.
+    type Insn = (u16, u8, u8, u32);
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const X32_BIT: u32 = 0x4000_0000;
+
+    /// `struct seccomp_data` as the kernel lays it out for a filter.
+    fn seccomp_data(nr: u32, arch: u32, args: [u64; 6]) -> [u8; 64] {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        data[8..16].copy_from_slice(&0x7f00_dead_beefu64.to_ne_bytes()); // instruction_pointer
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        data
+    }
+
+    /// Runs a classic-BPF program over `data` as the kernel runs a seccomp
+    /// filter: every instruction class the kernel accepts in one, and a
+    /// panic for anything its checker would refuse (a jump or load out of
+    /// bounds, falling off the end, an unknown opcode).
+    fn run_bpf(program: &[Insn], data: &[u8; 64]) -> u32 {
+        let (mut a, mut x, mut mem, mut pc) = (0u32, 0u32, [0u32; 16], 0usize);
+        loop {
+            let &(code, jt, jf, k) = program
+                .get(pc)
+                .unwrap_or_else(|| panic!("ran off the end of the program at {pc}"));
+            pc += 1;
+            let src = if code & 0x08 != 0 { x } else { k };
+            match code & 0x07 {
+                0x00 | 0x01 => {
+                    let value = match code & 0xe0 {
+                        0x00 => k,
+                        0x20 if code & 0x18 == 0 && k % 4 == 0 && k < 64 => {
+                            let at = k as usize;
+                            u32::from_ne_bytes(data[at..at + 4].try_into().unwrap())
+                        }
+                        0x60 => mem[k as usize],
+                        0x80 => 64,
+                        _ => panic!("load {code:#x} {k} at {}", pc - 1),
+                    };
+                    if code & 0x07 == 0x00 {
+                        a = value;
+                    } else {
+                        x = value;
+                    }
+                }
+                0x02 => mem[k as usize] = a,
+                0x03 => mem[k as usize] = x,
+                0x04 => {
+                    a = match code & 0xf0 {
+                        0x00 => a.wrapping_add(src),
+                        0x10 => a.wrapping_sub(src),
+                        0x20 => a.wrapping_mul(src),
+                        0x30 => a.checked_div(src).expect("division by zero"),
+                        0x40 => a | src,
+                        0x50 => a & src,
+                        0x60 => a.checked_shl(src).unwrap_or(0),
+                        0x70 => a.checked_shr(src).unwrap_or(0),
+                        0x80 => a.wrapping_neg(),
+                        0x90 => a.checked_rem(src).expect("modulo by zero"),
+                        0xa0 => a ^ src,
+                        other => panic!("ALU op {other:#x}"),
+                    }
+                }
+                0x05 => {
+                    let offset = match code & 0xf0 {
+                        0x00 => k as usize,
+                        op => {
+                            let taken = match op {
+                                0x10 => a == src,
+                                0x20 => a > src,
+                                0x30 => a >= src,
+                                0x40 => a & src != 0,
+                                other => panic!("jump op {other:#x}"),
+                            };
+                            usize::from(if taken { jt } else { jf })
+                        }
+                    };
+                    pc += offset;
+                    assert!(pc < program.len(), "a jump past the end at {}", pc - offset);
+                }
+                0x06 => return if code & 0x18 == 0x10 { a } else { k },
+                _ => match code {
+                    0x07 => x = a,
+                    0x87 => a = x,
+                    other => panic!("misc op {other:#x}"),
+                },
+            }
+        }
+    }
+
+    /// What the kernel returns for stacked filters: the action of highest
+    /// precedence (its top 16 bits, compared as signed), the later-installed
+    /// filter winning ties. `results` are in installation order.
+    fn stacked(results: &[u32]) -> u32 {
+        let precedence = |r: u32| (r & 0xffff_0000) as i32;
+        let mut ret = RET_ALLOW_ALL;
+        for &r in results.iter().rev() {
+            if precedence(r) < precedence(ret) {
+                ret = r;
+            }
+        }
+        ret
+    }
+    const RET_ALLOW_ALL: u32 = 0x7fff_0000;
+
+    /// A small deterministic generator (xorshift64*), so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    /// Argument vectors that probe the rules on `nr`'s arguments: each
+    /// rule's value alone, beside others, off by one, under noise in the
+    /// bits it does not look at; and random ones.
+    fn argument_cases(values: &[(usize, u64)], rng: &mut Rng) -> Vec<[u64; 6]> {
+        let mut cases = vec![[0; 6], [u64::MAX; 6], [rng.next(); 6]];
+        if values.is_empty() {
+            return cases;
+        }
+        for &(i, v) in values {
+            for value in [v, v.wrapping_add(1), v.wrapping_sub(1), !v] {
+                for noise in [0, u64::MAX, rng.next(), rng.next() << 32, rng.next() >> 32] {
+                    let mut args = [noise; 6];
+                    args[i] = value;
+                    cases.push(args);
+                    args[i] = value | (noise & 0xffff_ffff_0000_0000);
+                    cases.push(args);
+                    args[i] = value | noise;
+                    cases.push(args);
+                }
+            }
+        }
+        for _ in 0..64 {
+            let mut args = [0u64; 6];
+            for arg in &mut args {
+                *arg = match rng.next() % 4 {
+                    0 => rng.next(),
+                    1 => rng.next() & 0xffff_ffff,
+                    _ => values.iter().fold(
+                        0,
+                        |acc, &(_, v)| if rng.next() & 1 == 0 { acc | v } else { acc },
+                    ),
+                };
+            }
+            cases.push(args);
+        }
+        cases
+    }
+
+    /// The build-time filter (one binary search, leaves from seccompiler)
+    /// decides exactly as seccompiler's own filters compiled from the same
+    /// policy at test time and stacked as the kernel stacks them: for every
+    /// syscall number the table knows and beyond it, x32's numbers, other
+    /// architectures, and arguments that probe every argument rule.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_build_time_filter_decides_as_seccompiler_does_for_every_syscall() {
+        let policy = include_str!("../seccomp/default.json");
+        let compiled =
+            seccompiler::compile_from_json(policy.as_bytes(), seccompiler::TargetArch::x86_64)
+                .expect("seccompiler compiles the policy");
+        let insns = |p: &[seccompiler::sock_filter]| -> Vec<Insn> {
+            p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
+        };
+        let known = insns(&compiled["known"]);
+        let deny = insns(&compiled["deny"]);
+        let ours: Vec<Insn> = super::filter()
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect();
+
+        let json: serde_json::Value = serde_json::from_str(policy).unwrap();
+        let mut arg_values: std::collections::BTreeMap<u32, Vec<(usize, u64)>> = Default::default();
+        for rule in json["deny"]["filter"].as_array().unwrap() {
+            let nr = super::syscall_number(rule["syscall"].as_str().unwrap()).unwrap();
+            for arg in rule["args"].as_array().into_iter().flatten() {
+                let index = arg["index"].as_u64().unwrap() as usize;
+                arg_values
+                    .entry(nr)
+                    .or_default()
+                    .push((index, arg["val"].as_u64().unwrap()));
+            }
+        }
+        assert!(
+            arg_values.contains_key(&(libc::SYS_clone as u32)),
+            "{arg_values:?}"
+        );
+
+        let max = super::SYSCALLS.last().unwrap().0;
+        let mut numbers: Vec<u32> = (0..=max + 64).collect();
+        numbers.extend((0..=max + 64).map(|nr| nr | X32_BIT));
+        numbers.extend([X32_BIT - 1, 0x7fff_ffff, 0x8000_0000, 0xbfff_ffff, u32::MAX]);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut checked, mut seen) = (0usize, std::collections::BTreeSet::new());
+        for arch in [
+            AUDIT_ARCH_X86_64,
+            AUDIT_ARCH_I386,
+            AUDIT_ARCH_X86_64 & !0x8000_0000,
+            0,
+        ] {
+            for &nr in &numbers {
+                let values = arg_values.get(&nr).map_or(&[][..], Vec::as_slice);
+                for args in argument_cases(values, &mut rng) {
+                    let data = seccomp_data(nr, arch, args);
+                    let (k, d) = (run_bpf(&known, &data), run_bpf(&deny, &data));
+                    let reference = stacked(&[k, d]);
+                    assert_eq!(
+                        reference,
+                        stacked(&[d, k]),
+                        "the policy's filters disagree in a way their order decides: nr {nr:#x}"
+                    );
+                    let got = run_bpf(&ours, &data);
+                    assert_eq!(
+                        got, reference,
+                        "syscall {nr:#x} ({:?}) arch {arch:#x} args {args:x?}: ours {got:#x}, seccompiler {reference:#x}",
+                        super::syscall_name(nr)
+                    );
+                    seen.insert(got);
+                    checked += 1;
+                }
+            }
+        }
+        // Every kind of answer came up, so the comparison covered each path.
+        for action in [ALLOW, EPERM, ENOSYS, 0x8000_0000] {
+            assert!(
+                seen.contains(&action),
+                "no case answered {action:#x}: {seen:x?}"
+            );
+        }
+        assert!(checked > 4 * numbers.len(), "{checked} cases");
+    }
 }

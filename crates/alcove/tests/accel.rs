@@ -5,7 +5,6 @@
 mod common;
 use common::daemon::Daemon;
 use common::*;
-use std::io::Write as _;
 use std::time::Duration;
 
 const CLIENT: &str = concat!(
@@ -34,7 +33,13 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
     }
     let accel_bin = std::path::Path::new(ALCOVE).with_file_name("alcove-accel");
     if !accel_bin.exists() {
-        let _ = writeln!(std::io::stderr(), "SKIPPED python_functions_use_the_accelerator_through_shared_memory: {} is not built (cargo test --workspace builds it)", accel_bin.display());
+        skip_unprovided(
+            "python_functions_use_the_accelerator_through_shared_memory",
+            &format!(
+                "{} is not built (cargo test --workspace builds it)",
+                accel_bin.display()
+            ),
+        );
         return;
     }
     let _g = serial();
@@ -75,7 +80,10 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
         let (rc, _, err) = d.cli(&["invoke", "mmgpu", "--data", request]);
         assert_eq!(rc, 1);
         assert!(err.contains("accelerator: no GPU"), "{err}");
-        let _ = writeln!(std::io::stderr(), "SKIPPED the GPU placement run: no GPU here (the gpu-placed function was refused, as it must be)");
+        skip_machine(
+            "the GPU placement run",
+            "no GPU here (the gpu-placed function was refused, as it must be)",
+        );
     }
 
     // The service is one process per daemon and goes when the daemon goes.

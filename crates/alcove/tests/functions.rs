@@ -35,14 +35,25 @@ fn setup(test: &str, extra: &[&str]) -> Option<Setup> {
     })
 }
 
-/// The value of one sample in Prometheus text, or 0 when it is absent.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// The value of one sample in Prometheus text, if the daemon exports it.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// The value of one sample in Prometheus text; a sample the daemon does not
+/// export fails the test (read as 0, a renamed metric would pass every check).
+fn metric(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or_else(|| panic!("/metrics has no sample {name}:\n{text}"))
+}
+
+/// A counter's value before anything counted: a labelled series appears
+/// only once it is first incremented, so absence here means zero.
+fn baseline(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or(0.0)
 }
 
 #[test]
@@ -406,7 +417,9 @@ fn the_concurrency_cap_queues_then_refuses_with_429() {
         format_args!("Authorization: {bearer}")
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the handler runs", Duration::from_secs(10), || {
+        !processes_with("sleep 1").is_empty()
+    });
     drop(gone);
     wait_until(
         "the abandoned invocation is recorded as ended",
@@ -433,10 +446,10 @@ fn metrics_move_and_bad_input_is_refused_while_serving() {
         assert_eq!(d.http("POST", "/v1/functions/m/invoke", b"x").status, 200);
     }
     let after = d.http("GET", "/metrics", b"").text();
-    assert_eq!(metric(&after, ok) - metric(&before, ok), 3.0, "{after}");
-    assert_eq!(metric(&after, count) - metric(&before, count), 3.0);
+    assert_eq!(metric(&after, ok) - baseline(&before, ok), 3.0, "{after}");
+    assert_eq!(metric(&after, count) - baseline(&before, count), 3.0);
     let cold = r#"alcove_sandbox_starts_total{kind="cold"}"#;
-    assert_eq!(metric(&after, cold) - metric(&before, cold), 3.0);
+    assert_eq!(metric(&after, cold) - baseline(&before, cold), 3.0);
     assert!(metric(&after, "alcove_pool_prepared") >= 1.0, "{after}");
     assert_eq!(metric(&after, "alcove_pool_slots"), 16.0);
 
@@ -529,6 +542,38 @@ fn metrics_move_and_bad_input_is_refused_while_serving() {
     );
 }
 
+/// A deploy body whose code is `files` empty files: the daemon unpacks and
+/// syncs each one into its staging directory, which takes seconds.
+fn slow_deploy_body(name: &str, files: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, format!("f{i}"), &[][..])
+            .unwrap();
+    }
+    let code = base64::engine::general_purpose::STANDARD.encode(tar.into_inner().unwrap());
+    serde_json::to_vec(&json!({ "name": name, "handler": ["true"], "code": code })).unwrap()
+}
+
+/// Entries of a directory, or 0 when it does not exist.
+fn entries(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+/// The staging directories under `data/tmp` and how many files each holds.
+fn staged(data: &std::path::Path) -> Vec<(PathBuf, usize)> {
+    std::fs::read_dir(data.join("tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.path(), entries(&e.path())))
+        .collect()
+}
+
 #[test]
 fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     if !root_or_skip("the_store_survives_kill_9_mid_invoke_and_mid_deploy") {
@@ -557,13 +602,42 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
             .0,
         0
     );
+    let code_before = entries(&data.join("code"));
     let queued = d.http("POST", "/v1/functions/sleeper/invoke?async=true", b"");
     let running_id = queued.json()["id"].as_str().unwrap().to_owned();
     wait_until("the handler runs", Duration::from_secs(10), || {
         !processes_with("sleep 31.4159").is_empty()
     });
+    // The cgroups the running handler is in: after the daemon's death none
+    // may hold a process, and a fresh (unpooled) one must be gone.
+    let handler_cgroups: Vec<PathBuf> = processes_with("sleep 31.4159")
+        .into_iter()
+        .flat_map(cgroups_of)
+        .filter(|c| c.components().any(|p| p.as_os_str() == "alcove"))
+        .collect();
+    assert!(
+        !handler_cgroups.is_empty(),
+        "the handler is in no alcove cgroup: {:?}",
+        processes_with("sleep 31.4159")
+            .into_iter()
+            .map(cgroups_of)
+            .collect::<Vec<_>>()
+    );
+    for c in &handler_cgroups {
+        let below_alcove = c
+            .iter()
+            .skip_while(|p| *p != "alcove")
+            .nth(1)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            below_alcove.starts_with("slot-") || below_alcove.starts_with("sb-"),
+            "{} is not a cgroup name alcove makes",
+            c.display()
+        );
+    }
 
-    // A deploy cut off mid-body.
+    // A deploy cut off mid-body: nothing of it is stored yet.
     let mut cut = TcpStream::connect(&d.addr).unwrap();
     let head = format!(
         "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 10000000\r\n\r\n",
@@ -574,9 +648,29 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     cut.write_all(br#"{"name":"half","handler":["true"],"code":""#)
         .unwrap();
     cut.write_all(&vec![b'A'; 1 << 20]).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // A deploy killed while it unpacks its code into the staging directory.
+    let body = slow_deploy_body("staged", 20_000);
+    let mut staging = TcpStream::connect(&d.addr).unwrap();
+    let head = format!(
+        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        d.addr,
+        body.len()
+    );
+    staging.write_all(head.as_bytes()).unwrap();
+    staging.write_all(&body).unwrap();
+    wait_until(
+        "the deploy has staged some of its files",
+        Duration::from_secs(30),
+        || staged(&data).iter().any(|(_, n)| *n >= 100),
+    );
 
     let dead = d.kill9();
+    let half_done = staged(&data);
+    assert!(
+        half_done.iter().any(|(_, n)| (100..20_000).contains(n)),
+        "no half-done deploy in {}: {half_done:?}",
+        data.join("tmp").display()
+    );
     wait_until(
         "the handler dies with the daemon",
         Duration::from_secs(5),
@@ -613,6 +707,20 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
         "kept\n",
         "the store works after recovery"
     );
+    for c in &handler_cgroups {
+        let fresh = c.iter().any(|p| p.to_string_lossy().starts_with("sb-"));
+        assert!(
+            !(fresh && c.exists()),
+            "the dead daemon's fresh cgroup {} remains",
+            c.display()
+        );
+        let procs = processes_in_cgroup(c);
+        assert!(
+            procs.is_empty(),
+            "the dead daemon's handler cgroup {} holds {procs:?}",
+            c.display()
+        );
+    }
     let prefix = format!("sb-{dead}-");
     let left: Vec<PathBuf> = alcove_cgroups()
         .into_iter()
@@ -630,10 +738,12 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     assert!(host_mounts()
         .iter()
         .all(|m| !m.starts_with(d.data.to_str().unwrap())));
-    let staged = std::fs::read_dir(data.join("tmp"))
-        .map(|e| e.count())
-        .unwrap_or(0);
-    assert_eq!(staged, 0, "half-done deploys are removed");
+    assert_eq!(staged(&data), [], "half-done deploys are removed");
+    assert_eq!(
+        entries(&data.join("code")),
+        code_before,
+        "the interrupted deploy's code is not stored"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {

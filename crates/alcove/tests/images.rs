@@ -7,7 +7,6 @@ mod common;
 use common::oci::{gzip, layout, tar_of, Entry};
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -66,9 +65,9 @@ fn tools_or_skip(test: &str) -> bool {
     }
     for tool in ["umoci", "skopeo"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: {tool} is not installed (scripts/test.sh installs it)"
+            skip_unprovided(
+                test,
+                &format!("{tool} is not installed (scripts/test.sh installs it)"),
             );
             return false;
         }

@@ -265,8 +265,10 @@ fn rootfs_writes_stay_in_the_sandbox() {
     }
     let busybox = std::path::Path::new("/bin/busybox");
     if !busybox.exists() {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED rootfs_writes_stay_in_the_sandbox: needs busybox-static (scripts/setup.sh installs it)");
+        skip_unprovided(
+            "rootfs_writes_stay_in_the_sandbox",
+            "needs /bin/busybox (scripts/packages.sh installs busybox-static)",
+        );
         return;
     }
     let _g = serial();

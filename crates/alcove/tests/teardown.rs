@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::time::Duration;
 
 /// alcove's bounded, reusable pieces: pool slots and template namespaces.
@@ -163,35 +162,100 @@ fn killing_alcove_mid_run_kills_the_sandbox_and_frees_its_pieces() {
         .starts_with("slot-")));
 }
 
+/// Creates its file when dropped: the barrier's release, even when the
+/// test fails first, so no sandbox waits forever.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 #[test]
 fn concurrent_runs_beyond_the_pool_use_fresh_pieces_and_clean_them_up() {
     if !root_or_skip("concurrent_runs_beyond_the_pool_use_fresh_pieces_and_clean_them_up") {
         return;
     }
     let _g = serial();
+    const RUNS: usize = 24;
     let cgroups_before = alcove_cgroups();
-    let children: Vec<_> = (0..24)
+    // A barrier: each run says it started, then waits for the go file, so
+    // all of them are alive at once and the pool cannot serve them all.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let release = Release(shared.path().join("go"));
+    let bind = format!("{}:/shared:rw", shared.path().display());
+    let children: Vec<_> = (0..RUNS)
         .map(|i| {
+            let script = format!(
+                "touch /shared/started-{i}; while [ ! -e /shared/go ]; do sleep 0.02; done; echo {i}"
+            );
             std::process::Command::new(ALCOVE)
                 .args([
                     "run",
                     "--hostname",
                     "c",
+                    "--timeout",
+                    "120s",
+                    "--bind",
+                    &bind,
                     "--",
                     "sh",
                     "-c",
-                    &format!("sleep 0.5; echo {i}"),
+                    &script,
                 ])
                 .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
+    let started = || {
+        std::fs::read_dir(shared.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("started-"))
+            .count()
+    };
+    wait_until(
+        "every run is inside its sandbox at once",
+        Duration::from_secs(60),
+        || started() == RUNS,
+    );
+    let fresh: Vec<_> = alcove_cgroups()
+        .into_iter()
+        .filter(|d| !cgroups_before.contains(d))
+        .filter(|d| d.file_name().unwrap().to_string_lossy().starts_with("sb-"))
+        .collect();
+    drop(release);
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
     }
+    // Each fresh run has a directory per hierarchy it uses, so count owners.
+    let owners: std::collections::BTreeSet<String> = fresh
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        owners.len() >= RUNS - alcove_sandbox::POOL_SLOTS,
+        "{RUNS} runs at once with {} pool slots, but only {} fresh cgroups: {fresh:?}",
+        alcove_sandbox::POOL_SLOTS,
+        owners.len()
+    );
     let extra: Vec<_> = alcove_cgroups()
         .into_iter()
         .filter(|d| !cgroups_before.contains(d))
@@ -267,10 +331,7 @@ fn delegated_child(own: &std::path::Path, name: &str) -> std::path::PathBuf {
 fn own_unified_dir_or_skip(test: &str) -> Option<std::path::PathBuf> {
     let own = own_unified_dir();
     if own.is_none() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: no cgroup2 tree is mounted here"
-        );
+        skip_machine(test, "no cgroup2 tree is mounted here");
     }
     own
 }

@@ -30,16 +30,41 @@ pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut()
     }
 }
 
-/// Whether the test can run; if not, says why on the real stderr (not the
-/// captured one), so a skip is never silent.
+/// Whether this run is CI's (`ALCOVE_CI=1`, which .ci/run sets, or the
+/// `CI=true` most CI services set): there, the machine is set up by
+/// scripts/test.sh, so a skip for something it provides is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("ALCOVE_CI").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips `test` for something the setup provides (root, a tool that
+/// scripts/packages.sh or scripts/test.sh installs): says why on the real
+/// stderr (not the captured one), and in CI fails the test instead.
+pub fn skip_unprovided(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "{test} cannot run: {why}; CI's setup must provide this (skips for it fail under ALCOVE_CI=1 or CI=true)"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Skips `test` for a fact of this machine that no setup changes (no GPU,
+/// no BPF LSM, no second network address): says why, in CI too.
+pub fn skip_machine(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Whether the test can run; if not, says why, so a skip is never silent
+/// (and never happens in CI, which runs as root).
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root (namespaces, cgroups, mounts); run the tests as root"
+    skip_unprovided(
+        test,
+        "needs root (namespaces, cgroups, mounts); run the tests as root",
     );
     false
 }
@@ -202,4 +227,54 @@ pub fn live_namespaces(uid: u32) -> Vec<String> {
     seen.sort();
     seen.dedup();
     seen
+}
+
+/// The directories of every cgroup `pid` is in, one per hierarchy, found
+/// through /proc/PID/cgroup and the cgroup mounts in /proc/self/mountinfo.
+pub fn cgroups_of(pid: i32) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+        let mount = mounts.lines().find_map(|m| {
+            let fields: Vec<&str> = m.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let (root, point) = (fields[3], fields[4]);
+            let (fstype, options) = (fields[dash + 1], fields[dash + 3]);
+            let matches = match id {
+                "0" => fstype == "cgroup2",
+                _ => {
+                    fstype == "cgroup" && wanted.iter().all(|c| options.split(',').any(|o| o == *c))
+                }
+            };
+            matches.then(|| (root.to_owned(), point.to_owned()))
+        });
+        let Some((root, point)) = mount else {
+            continue;
+        };
+        let inner = path.strip_prefix(root.as_str()).unwrap_or(path);
+        dirs.push(PathBuf::from(point).join(inner.trim_start_matches('/')));
+    }
+    dirs
+}
+
+/// Processes in the cgroup `dir` or any cgroup beneath it.
+pub fn processes_in_cgroup(dir: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(processes_in_cgroup(&entry.path()));
+        }
+    }
+    found
 }
