@@ -71,6 +71,7 @@ cat > "$work/bundle/config.json" <<JSON
 }
 JSON
 
+ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.2f", v / 1000; else if (v ~ /ms$/) printf "%.2f", v + 0; else printf "%.2f", v * 1000 }'; }
 $ALCOVE gc >/dev/null
 # Starts `$1 serve` on data dir $2, deploys the noop function, warms the pool;
 # sets started_pid and started_url.
@@ -126,7 +127,6 @@ export ALCOVE_TOKEN_FILE=$work/data/token
 post_lua "$ALCOVE_TOKEN_FILE" > "$work/post.lua"
 
 rss() { awk '/^VmRSS/ {print $2 " kB"}' "/proc/$daemon_pid/status"; }
-ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.2f", v / 1000; else if (v ~ /ms$/) printf "%.2f", v + 0; else printf "%.2f", v * 1000 }'; }
 
 # Per-request starts, timed as a whole: N runs, C at a time.
 per_request_rate() {   # concurrency, command...
