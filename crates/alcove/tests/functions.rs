@@ -652,8 +652,9 @@ fn the_store_survives_kill_9_mid_invoke_and_mid_deploy() {
     let body = slow_deploy_body("staged", 20_000);
     let mut staging = TcpStream::connect(&d.addr).unwrap();
     let head = format!(
-        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/functions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
         d.addr,
+        d.token.clone().unwrap(),
         body.len()
     );
     staging.write_all(head.as_bytes()).unwrap();
