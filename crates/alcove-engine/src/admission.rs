@@ -170,8 +170,8 @@ mod tests {
         let _second = a.enter(10).unwrap();
         assert!(matches!(a.enter(0), Err(EngineError::Busy(_))));
         drop(first);
-        assert!(matches!(a.enter(81), Err(EngineError::Busy(_))));
-        let _third = a.enter(80).unwrap();
+        assert!(matches!(a.enter(91), Err(EngineError::Busy(_))));
+        let _third = a.enter(90).unwrap();
         assert_eq!(a.waiting(), 2);
     }
 
