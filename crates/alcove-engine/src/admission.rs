@@ -4,6 +4,7 @@
 //! daemon hold more than the operator allowed. Shutting down closes it all.
 
 use crate::EngineError;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,8 @@ pub(crate) struct Admission {
 
 struct Backlog {
     count: AtomicUsize,
+    /// `alcove_invocations_queued`, kept equal to `count`.
+    gauge: Gauge,
     bytes: AtomicU64,
     max_count: usize,
     max_bytes: u64,
@@ -34,6 +37,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.backlog.count.fetch_sub(1, Ordering::SeqCst);
         self.backlog.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.backlog.gauge.dec();
     }
 }
 
@@ -45,12 +49,19 @@ fn stopping() -> EngineError {
 }
 
 impl Admission {
-    pub(crate) fn new(max_running: usize, max_waiting: usize, max_waiting_bytes: u64) -> Self {
+    /// `gauge` is kept equal to the number of invocations in the backlog.
+    pub(crate) fn new(
+        max_running: usize,
+        max_waiting: usize,
+        max_waiting_bytes: u64,
+        gauge: Gauge,
+    ) -> Self {
         Admission {
             global: Arc::new(Semaphore::new(max_running.max(1))),
             per_function: Mutex::new(HashMap::new()),
             backlog: Arc::new(Backlog {
                 count: AtomicUsize::new(0),
+                gauge,
                 bytes: AtomicU64::new(0),
                 max_count: max_waiting,
                 max_bytes: max_waiting_bytes,
@@ -69,6 +80,7 @@ impl Admission {
         let bytes = bytes as u64;
         let count = b.count.fetch_add(1, Ordering::SeqCst) + 1;
         let held = b.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        b.gauge.inc();
         let ticket = Ticket {
             backlog: Arc::clone(b),
             bytes,
@@ -90,7 +102,8 @@ impl Admission {
     }
 
     /// Invocations in the backlog now.
-    pub(crate) fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.backlog.count.load(Ordering::SeqCst)
     }
 
@@ -165,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_backlog_refuses_beyond_its_count_and_its_bytes_and_frees_on_drop() {
-        let a = Admission::new(1, 2, 100);
+        let a = Admission::new(1, 2, 100, Gauge::default());
         let first = a.enter(10).unwrap();
         let _second = a.enter(10).unwrap();
         assert!(matches!(a.enter(0), Err(EngineError::Busy(_))));
@@ -177,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn alternating_caps_resize_one_semaphore_instead_of_resetting_it() {
-        let a = Admission::new(100, 100, 1 << 20);
+        let a = Admission::new(100, 100, 1 << 20, Gauge::default());
         let _one = a.slots("f", 1).await.unwrap();
         // A version with a larger cap adds one slot: two may run, not three.
         let _two = a.slots("f", 2).await.unwrap();
@@ -195,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_wakes_the_waiting_with_stopping() {
-        let a = Arc::new(Admission::new(1, 10, 1 << 20));
+        let a = Arc::new(Admission::new(1, 10, 1 << 20, Gauge::default()));
         let held = a.slots("f", 1).await.unwrap();
         let waiter = {
             let a = Arc::clone(&a);

@@ -36,15 +36,26 @@ impl Engine {
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                record.status = "error".into();
-                record.error = Some(format!(
+                let why = format!(
                     "alcove failed inside this invocation (a bug: please report it; the daemon carries on): {what}"
-                ));
-                record.ended_at = Some(now());
-                self.save(record, retry_on_failure)?;
-                Ok(Vec::new())
+                );
+                self.fail(record, why, retry_on_failure)
             }
         }
+    }
+
+    /// Records an attempt that ended in alcove's own error, not the handler's.
+    fn fail(
+        &self,
+        record: &mut InvocationRecord,
+        why: String,
+        retry_on_failure: bool,
+    ) -> Result<Vec<u8>, EngineError> {
+        record.status = "error".into();
+        record.error = Some(why);
+        record.ended_at = Some(now());
+        self.save(record, retry_on_failure)?;
+        Ok(Vec::new())
     }
 
     /// Stores a finished attempt's record (as `queued` when another follows).
@@ -80,16 +91,10 @@ impl Engine {
             .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
         let (device_rule, spec, lease) = match prepared {
             Ok(prepared) => prepared,
-            Err(e) => {
-                // A version that cannot be prepared (its image is gone...) is a failed invocation.
-                record.status = "error".into();
-                record.error = Some(alcove_sandbox::error_chain(&e));
-                record.ended_at = Some(now());
-                self.save(record, retry_on_failure)?;
-                return Ok(Vec::new());
-            }
+            // A version that cannot be prepared (its image is gone...) is a failed invocation.
+            Err(e) => return self.fail(record, alcove_sandbox::error_chain(&e), retry_on_failure),
         };
-        self.metrics.sandboxes_alive.inc();
+        let alive = Alive::new(&self.metrics.sandboxes_alive);
         self.metrics
             .starts
             .get_or_create(&StartLabel {
@@ -106,7 +111,7 @@ impl Engine {
             None => alcove_sandbox::run(&spec, &options),
         };
         drop(lease); // the image's layers may be pruned from now on
-        self.metrics.sandboxes_alive.dec();
+        drop(alive);
         record.ended_at = Some(now());
         let mut response = Vec::new();
         match result {
@@ -301,4 +306,21 @@ fn gpu_device_nodes() -> Vec<PathBuf> {
         .collect();
     nodes.sort();
     nodes
+}
+
+/// Counts one sandbox in the `alcove_sandboxes_alive` gauge until dropped,
+/// also when a panic unwinds through the attempt.
+struct Alive<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Alive<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Alive(gauge)
+    }
+}
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -2,7 +2,7 @@
 //! sandbox on a blocking thread, records what happened, and stops within a
 //! bounded time, killing what still runs.
 
-use crate::admission::{Admission, Slots, Ticket};
+use crate::admission::{Admission, Slots};
 use crate::code;
 use crate::limits::FunctionLimits;
 use crate::metrics::Metrics;
@@ -190,6 +190,7 @@ impl Engine {
                 config.max_running,
                 config.max_queued,
                 config.max_queued_bytes,
+                metrics.queued.clone(),
             ),
             config,
             store,
@@ -343,12 +344,6 @@ impl Engine {
         }
     }
 
-    fn enter_backlog(&self, body: &[u8]) -> Result<Ticket, EngineError> {
-        let ticket = self.admission.enter(body.len());
-        self.metrics.queued.set(self.admission.waiting() as i64);
-        ticket
-    }
-
     /// Runs `name` (its `latest` version unless `version`) once with `body` on
     /// stdin, and returns the record and stdout.
     pub async fn invoke(
@@ -357,7 +352,7 @@ impl Engine {
         version: Option<u32>,
         body: Vec<u8>,
     ) -> Result<Invocation, EngineError> {
-        let ticket = self.enter_backlog(&body)?;
+        let ticket = self.admission.enter(body.len())?;
         let (v, cap) = self.resolve(name, version).await?;
         // Its own task: a client that goes away mid-invocation drops the
         // request's future, but the invocation still ends and is recorded.
@@ -367,7 +362,6 @@ impl Engine {
             let _alive = alive;
             let slots = engine.admission.slots(&v.function, cap).await;
             drop(ticket);
-            engine.metrics.queued.set(engine.admission.waiting() as i64);
             let slots = slots?;
             let record = engine.new_record(&v, false);
             let (record, response) = engine.run(v, record, body, slots, true, false).await?;
@@ -387,7 +381,7 @@ impl Engine {
         body: Vec<u8>,
         retries: u32,
     ) -> Result<InvocationRecord, EngineError> {
-        let ticket = self.enter_backlog(&body)?;
+        let ticket = self.admission.enter(body.len())?;
         let (v, cap) = self.resolve(name, version).await?;
         let record = {
             let (engine, v) = (Arc::clone(self), v.clone());
@@ -405,7 +399,6 @@ impl Engine {
             let _alive = alive;
             engine.run_async(v, cap, record, body, retries).await;
             drop(ticket);
-            engine.metrics.queued.set(engine.admission.waiting() as i64);
         });
         Ok(queued)
     }

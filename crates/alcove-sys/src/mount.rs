@@ -56,22 +56,20 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// Clones the mount tree at `path` (recursively) into a detached tree and
-/// returns an fd for it, to be attached later with [`move_mount_to`], possibly
-/// from another mount namespace.
-pub fn clone_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
-    // SAFETY: `path` is a valid NUL-terminated string; flags are plain.
-    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    let fd = crate::cvt(ret)?;
-    // SAFETY: open_tree returned a fresh descriptor that we now own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+/// A detached recursive copy of the mount tree at `path` (absolute): returns
+/// an fd for it, to be attached later with [`move_mount_to`], possibly from
+/// another mount namespace.
+pub fn clone_tree(path: &CStr) -> io::Result<OwnedFd> {
+    clone_tree_at(None, path, true)
 }
 
 /// Sets mount attributes (`MOUNT_ATTR_*`) on every mount of the tree behind `tree`.
-pub fn set_attributes(tree: std::os::fd::BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+pub fn set_attributes(tree: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    mount_setattr(tree, attr_set, libc::AT_RECURSIVE)
+}
+
+/// mount_setattr(2) on what `target` refers to, with `flags` beside AT_EMPTY_PATH.
+fn mount_setattr(target: BorrowedFd<'_>, attr_set: u64, flags: libc::c_int) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -85,20 +83,19 @@ pub fn set_attributes(tree: std::os::fd::BorrowedFd<'_>, attr_set: u64) -> io::R
         propagation: 0,
         userns_fd: 0,
     };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
-    // SAFETY: an empty path with AT_EMPTY_PATH refers to `tree` itself; `attr`
-    // is a valid mount_attr of the size passed.
-    let ret = unsafe {
+    // SAFETY: an empty path with AT_EMPTY_PATH refers to `target` itself;
+    // `attr` is a valid mount_attr of the size passed.
+    crate::cvt(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            std::os::fd::AsRawFd::as_raw_fd(&tree),
+            target.as_raw_fd(),
             c"".as_ptr(),
-            flags,
+            libc::AT_EMPTY_PATH | flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
-    };
-    crate::cvt(ret).map(drop)
+    })
+    .map(drop)
 }
 
 /// Attaches the detached tree behind `tree` at `target` in the caller's mount namespace.
@@ -166,30 +163,5 @@ pub fn move_mount_onto(tree: libc::c_int, target: BorrowedFd<'_>) -> io::Result<
 /// noexec) on the mount whose root `target` refers to, not those below it:
 /// a bind remount done through a descriptor.
 pub fn set_mount_attributes(target: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: an empty path with AT_EMPTY_PATH refers to `target`; `attr` is
-    // a valid mount_attr of the size passed.
-    crate::cvt(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            target.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })
-    .map(drop)
+    mount_setattr(target, attr_set, 0)
 }
