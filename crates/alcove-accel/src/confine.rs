@@ -48,13 +48,7 @@ pub struct ServiceLimits {
 impl ServiceLimits {
     /// Half of this host's memory (at least 1 GiB), and 1024 tasks.
     pub fn default_for_host() -> Self {
-        let total = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let kb = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-                kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-            })
-            .map_or(8 << 30, |kb| kb << 10);
+        let total = alcove_sys::process::memory_total_bytes().unwrap_or(8 << 30);
         ServiceLimits {
             memory_bytes: (total / 2).max(1 << 30),
             pids: 1024,

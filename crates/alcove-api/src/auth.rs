@@ -8,7 +8,24 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// The daemon's proof that it holds `token`, for a client's `nonce`: a client
+/// that found a token on disk checks it before sending the token, so a
+/// program squatting on the daemon's port (a sandbox on the host's network,
+/// while the daemon is down) never receives it.
+pub fn token_proof(token: &str, nonce: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"alcove-token-proof\0");
+    h.update(token.as_bytes());
+    h.update(b"\0");
+    h.update(nonce.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The longest nonce the daemon answers a proof for.
+pub(crate) const MAX_NONCE: usize = 128;
 
 /// Whether `presented` (an Authorization header's value) carries `token`.
 /// The comparison takes the same time wherever the bytes differ; only the
@@ -55,6 +72,16 @@ pub(crate) async fn require_token(
 #[cfg(test)]
 mod tests {
     use super::bearer_matches;
+
+    #[test]
+    fn proofs_differ_by_token_and_by_nonce() {
+        use super::token_proof;
+        let p = token_proof("0123456789abcdef", "n1");
+        assert_eq!(p.len(), 64);
+        assert_ne!(p, token_proof("0123456789abcdeF", "n1"));
+        assert_ne!(p, token_proof("0123456789abcdef", "n2"));
+        assert_eq!(p, token_proof("0123456789abcdef", "n1"));
+    }
 
     #[test]
     fn only_the_exact_bearer_token_matches() {

@@ -142,6 +142,16 @@ impl Client {
         Ok(value)
     }
 
+    /// Whether the server proves it holds `token` (for a fresh nonce), asked
+    /// by a client made without a token, before the token is sent anywhere.
+    pub fn proves_token(&self, token: &str) -> Result<bool, ClientError> {
+        let nonce = alcove_sys::process::random_id();
+        let (status, _, bytes) = self.send("GET", "/healthz", &[("proof", nonce.clone())], None)?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let expected = crate::auth::token_proof(token, &nonce);
+        Ok(status == 200 && value["proof"].as_str() == Some(expected.as_str()))
+    }
+
     pub fn deploy(&self, body: &DeployBody) -> Result<Value, ClientError> {
         let bytes =
             serde_json::to_vec(body).map_err(|e| ClientError::BadResponse(e.to_string()))?;

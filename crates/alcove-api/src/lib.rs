@@ -13,6 +13,7 @@ mod routes;
 mod server;
 pub mod wire;
 
+pub use auth::token_proof;
 pub use client::{Client, ClientError, InvokeOutcome};
 pub use errors::ApiError;
 pub use routes::{app, AppState};

@@ -45,10 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/invocations/{id}", get(invocation))
         .route("/openapi.json", get(openapi));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(|| async {
@@ -319,6 +316,31 @@ fn failure(r: &InvocationRecord) -> ApiError {
         ),
     };
     ApiError::new(status, code, message)
+}
+
+#[derive(Deserialize)]
+struct HealthQuery {
+    proof: Option<String>,
+}
+
+/// Liveness, open to all; with `?proof=NONCE`, also the daemon's proof that
+/// it holds its token (see [`auth::token_proof`]).
+async fn healthz(
+    State(s): State<AppState>,
+    query: Result<Query<HealthQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let HealthQuery { proof } = query_or_error(query)?;
+    let mut answer = json!({ "status": "ok" });
+    if let (Some(nonce), Some(token)) = (proof, &s.token) {
+        if nonce.is_empty() || nonce.len() > auth::MAX_NONCE {
+            return Err(ApiError::bad_request(format!(
+                "proof: give a nonce of 1 to {} characters",
+                auth::MAX_NONCE
+            )));
+        }
+        answer["proof"] = json!(auth::token_proof(token, &nonce));
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

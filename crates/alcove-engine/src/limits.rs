@@ -29,26 +29,14 @@ impl Default for FunctionLimits {
             default_timeout_ms: 60_000,
             max_timeout_ms: 15 * 60_000,
             default_memory_bytes: 256 << 20,
-            max_memory_bytes: host_memory_bytes().map_or(8 << 30, |m| m.min(8 << 30)),
+            max_memory_bytes: alcove_sys::process::memory_total_bytes()
+                .map_or(8 << 30, |m| m.min(8 << 30)),
             default_pids: 256,
             max_pids: 4096,
             max_output_bytes: 64 << 20,
             max_cpus: cpus as f64,
         }
     }
-}
-
-fn host_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
 }
 
 impl FunctionLimits {

@@ -83,6 +83,15 @@ pub fn reap_any() -> Option<(libc::pid_t, i32)> {
     (pid > 0).then_some((pid, status))
 }
 
+/// The host's memory in bytes (sysinfo(2)'s total RAM).
+pub fn memory_total_bytes() -> io::Result<u64> {
+    // SAFETY: sysinfo fills the zeroed struct it is given and keeps no pointer.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    crate::cvt_int(unsafe { libc::sysinfo(&mut info) })?;
+    Ok((info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1))))
+}
+
 /// The caller's effective uid.
 pub fn effective_uid() -> libc::uid_t {
     // SAFETY: geteuid has no preconditions and cannot fail.

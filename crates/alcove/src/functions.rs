@@ -126,8 +126,11 @@ struct DeployArgs {
 /// Where a local daemon with the default data directory keeps its token.
 const LOCAL_TOKEN_FILE: &str = "/var/lib/alcove/token";
 
-/// The token to send: given, named by a file, or — for a daemon on this
-/// host's loopback only, so it never travels elsewhere — the local daemon's.
+/// The token to send: given, read from the file named, or — for a daemon on
+/// this host's loopback only — the local daemon's. A token read from a file
+/// goes only to a server that first proves it holds it: any local program
+/// (a sandbox on the host's network among them) may listen on the daemon's
+/// port while the daemon is down, and must not collect it.
 fn client_token(args: &FnArgs, server: &str) -> anyhow::Result<Option<String>> {
     let from_env = std::env::var("ALCOVE_TOKEN").ok().filter(|t| !t.is_empty());
     if let Some(t) = args.token.clone().or(from_env) {
@@ -137,21 +140,34 @@ fn client_token(args: &FnArgs, server: &str) -> anyhow::Result<Option<String>> {
         .token_file
         .clone()
         .or_else(|| std::env::var_os("ALCOVE_TOKEN_FILE").map(PathBuf::from));
-    if let Some(path) = named {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        return Ok(Some(text.trim().to_owned()));
-    }
-    let local = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
-        .iter()
-        .any(|p| server.starts_with(p))
-        || ["http://127.0.0.1", "http://localhost", "http://[::1]"].contains(&server);
-    if local {
-        if let Ok(text) = std::fs::read_to_string(LOCAL_TOKEN_FILE) {
-            return Ok(Some(text.trim().to_owned()));
+    let path = match named {
+        Some(path) => path,
+        None if is_loopback(server) => PathBuf::from(LOCAL_TOKEN_FILE),
+        None => return Ok(None),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        // No local daemon has made one: send none.
+        Err(_) if path == Path::new(LOCAL_TOKEN_FILE) && !path.exists() => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the token file {}", path.display()))
         }
+    };
+    let token = text.trim().to_owned();
+    match Client::new(server, None).proves_token(&token) {
+        Ok(false) => bail!(
+            "the server at {server} could not prove it holds the token in {}, so alcove did not \
+             send it: is another program listening on the daemon's port? (check with `ss -ltnp`)",
+            path.display()
+        ),
+        Ok(true) | Err(_) => Ok(Some(token)), // unreachable: the command says so
     }
-    Ok(None)
+}
+
+fn is_loopback(server: &str) -> bool {
+    ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|host| server == *host || server.starts_with(&format!("{host}:")))
 }
 
 /// Runs `alcove fn ...` and returns the exit code.

@@ -144,6 +144,57 @@ fn a_function_on_the_host_network_reaches_the_daemon_but_cannot_use_it() {
     assert_eq!(run.stdout.trim(), "200 401 401 0", "{run:?}");
 }
 
+#[test]
+fn a_program_squatting_on_the_daemons_port_never_receives_the_token() {
+    if !root_or_skip("a_program_squatting_on_the_daemons_port_never_receives_the_token") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let token = "squat-test-0123456789abcdef0123456789";
+    std::fs::write(&file, token).unwrap();
+    // The squatter answers everything with 200 and keeps what it was sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heard = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(1) {
+            let mut s = stream.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                all.extend_from_slice(&buf[..n]);
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}",
+            );
+        }
+        all
+    });
+    let out = Command::new(ALCOVE)
+        .args(["fn", "ls"])
+        .env("ALCOVE_SERVER", format!("http://{addr}"))
+        .env_remove("ALCOVE_TOKEN")
+        .env("ALCOVE_TOKEN_FILE", &file)
+        .output()
+        .unwrap();
+    let heard = String::from_utf8_lossy(&heard.join().unwrap()).into_owned();
+    assert!(
+        heard.contains("GET /healthz?proof="),
+        "the CLI never asked: {heard}"
+    );
+    assert!(
+        !heard.contains(token),
+        "the squatter got the token: {heard}"
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not prove"),
+        "{out:?}"
+    );
+}
+
 fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     stream.set_read_timeout(Some(limit)).unwrap();
     let mut got = Vec::new();
