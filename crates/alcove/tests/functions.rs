@@ -2,7 +2,7 @@
 //! port with a temp data dir, driven over HTTP and through `alcove fn`.
 
 mod common;
-use common::daemon::{http, Daemon, Reply};
+use common::daemon::{http, setup, Daemon, Reply};
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -11,29 +11,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
-
-/// What every test here starts with: root (or a printed skip), the serial
-/// lock, and a daemon on a fresh temp data directory. Dropped in field order:
-/// the daemon is killed, then its directory removed, then the lock freed.
-struct Setup {
-    daemon: Daemon,
-    _dir: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-fn setup(test: &str, extra: &[&str]) -> Option<Setup> {
-    if !root_or_skip(test) {
-        return None;
-    }
-    let serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), extra);
-    Some(Setup {
-        daemon,
-        _dir: dir,
-        _serial: serial,
-    })
-}
 
 /// The value of one sample in Prometheus text, if the daemon exports it.
 fn sample(text: &str, name: &str) -> Option<f64> {

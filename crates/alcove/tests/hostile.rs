@@ -5,7 +5,7 @@
 //! directory that is not alcove's.
 
 mod common;
-use common::daemon::{http, Daemon};
+use common::daemon::{http, setup, setup_with_env, Daemon};
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -13,30 +13,6 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Setup {
-    daemon: Daemon,
-    dir: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-fn setup(test: &str, extra: &[&str]) -> Option<Setup> {
-    setup_with_env(test, extra, &[])
-}
-
-fn setup_with_env(test: &str, extra: &[&str], env: &[(&str, &str)]) -> Option<Setup> {
-    if !root_or_skip(test) {
-        return None;
-    }
-    let serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_env(&dir.path().join("data"), extra, env);
-    Some(Setup {
-        daemon,
-        dir,
-        _serial: serial,
-    })
-}
 
 fn deploy(d: &Daemon, args: &[&str]) {
     let mut all = vec!["deploy"];

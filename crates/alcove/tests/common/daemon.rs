@@ -212,3 +212,31 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         body: raw[split + 4..].to_vec(),
     }
 }
+
+/// What a daemon test starts with: root (or a printed skip), the serial
+/// lock, and a daemon on a fresh temp data directory. Dropped in field order:
+/// the daemon is killed, then its directory removed, then the lock freed.
+pub struct Setup {
+    pub daemon: Daemon,
+    pub dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn setup(test: &str, extra: &[&str]) -> Option<Setup> {
+    setup_with_env(test, extra, &[])
+}
+
+/// [`setup`], with more variables in the daemon's environment.
+pub fn setup_with_env(test: &str, extra: &[&str], env: &[(&str, &str)]) -> Option<Setup> {
+    if !super::root_or_skip(test) {
+        return None;
+    }
+    let serial = super::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_env(&dir.path().join("data"), extra, env);
+    Some(Setup {
+        daemon,
+        dir,
+        _serial: serial,
+    })
+}
