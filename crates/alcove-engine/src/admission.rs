@@ -16,6 +16,8 @@ pub(crate) struct Admission {
     per_function: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     backlog: Arc<Backlog>,
     stopping: AtomicBool,
+    /// Wakes what waits for [`Admission::closed`].
+    closing: tokio::sync::Notify,
 }
 
 struct Backlog {
@@ -67,6 +69,7 @@ impl Admission {
                 max_bytes: max_waiting_bytes,
             }),
             stopping: AtomicBool::new(false),
+            closing: tokio::sync::Notify::new(),
         }
     }
 
@@ -156,6 +159,7 @@ impl Admission {
     /// `Stopping`. Those already running are not touched.
     pub(crate) fn close(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
         self.global.close();
         for (_, slots) in self
             .per_function
@@ -169,6 +173,14 @@ impl Admission {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Admission::close`] has been called.
+    pub(crate) async fn closed(&self) {
+        let woken = self.closing.notified();
+        if !self.is_closed() {
+            woken.await;
+        }
     }
 }
 
@@ -214,9 +226,19 @@ mod tests {
             let a = Arc::clone(&a);
             tokio::spawn(async move { a.slots("f", 1).await.map(|_| ()) })
         };
+        let sleeper = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.closed().await })
+        };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!sleeper.is_finished());
         a.close();
         assert!(matches!(waiter.await.unwrap(), Err(EngineError::Stopping)));
+        tokio::time::timeout(std::time::Duration::from_secs(1), sleeper)
+            .await
+            .expect("closed() resolves at close")
+            .unwrap();
+        a.closed().await; // and at once after it
         assert!(matches!(a.enter(1), Err(EngineError::Stopping)));
         drop(held);
     }

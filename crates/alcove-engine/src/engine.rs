@@ -431,10 +431,11 @@ impl Engine {
             if record.succeeded() || last {
                 break;
             }
-            if self.admission.is_closed() {
-                break;
+            // The backoff ends early when the daemon stops.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))) => {}
+                () = self.admission.closed() => break,
             }
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
         }
         if record.succeeded() {
             return; // stored as it is by its attempt
