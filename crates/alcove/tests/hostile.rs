@@ -401,23 +401,10 @@ fn sigterm_stops_the_daemon_in_bounded_time_killing_what_runs_and_leaving_nothin
     });
     // Where the handler runs: its cgroups, in every hierarchy.
     let handler = processes_with("sleep 86399")[0];
-    let cgroups: Vec<std::path::PathBuf> =
-        std::fs::read_to_string(format!("/proc/{handler}/cgroup"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let (_, rest) = l.split_once(':')?;
-                let (controllers, path) = rest.split_once(':')?;
-                let mount = match controllers {
-                    "" => "unified",
-                    c => c.split(',').next_back()?.trim_start_matches("name="),
-                };
-                Some(std::path::PathBuf::from(format!(
-                    "/sys/fs/cgroup/{mount}{path}"
-                )))
-            })
-            .filter(|p| p.to_string_lossy().contains("/alcove/"))
-            .collect();
+    let cgroups: Vec<std::path::PathBuf> = cgroups_of(handler)
+        .into_iter()
+        .filter(|p| p.iter().any(|c| c == "alcove"))
+        .collect();
     assert!(!cgroups.is_empty(), "the handler is in no alcove cgroup");
     let started = Instant::now();
     // SAFETY: kill on the pid of a child this test started and has not reaped.
