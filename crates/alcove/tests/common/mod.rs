@@ -176,12 +176,16 @@ pub fn host_mounts() -> Vec<String> {
 
 /// The sandbox cgroups (`alcove/*`) beneath this test's own cgroup in every
 /// hierarchy: where the alcoves it starts make theirs. Other cgroups of the
-/// host (other sessions, other services) are not this test's to judge.
+/// host (other sessions, other services) are not this test's to judge. A
+/// test running in a delegated cgroup's `supervisor` leaf belongs to its
+/// parent, as the alcoves it starts do.
 pub fn alcove_cgroups() -> Vec<PathBuf> {
+    let leaf = format!("/{}", alcove_cgroup::LEAF);
     let own: Vec<String> = std::fs::read_to_string("/proc/self/cgroup")
         .unwrap()
         .lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
+        .map(|p| p.strip_suffix(leaf.as_str()).unwrap_or(p))
         .map(|p| p.trim_start_matches('/').to_owned())
         .collect();
     let mut mounts = vec![PathBuf::from("/sys/fs/cgroup")];
