@@ -1,14 +1,17 @@
 //! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
 
-use alcove_api::wire::DeployBody;
+mod deploy;
+mod view;
+
 use alcove_api::Client;
 use anyhow::{bail, Context};
-use base64::Engine as _;
 use clap::{Args, Subcommand};
+use deploy::{deploy_body, DeployArgs};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use view::{invocation_line, join_argv, show_function};
 
 #[derive(Args, Debug)]
 pub struct FnArgs {
@@ -75,52 +78,6 @@ enum FnCommand {
         #[arg(long)]
         wait: bool,
     },
-}
-
-#[derive(Args, Debug)]
-struct DeployArgs {
-    name: String,
-    /// The command to run, split like a shell would (no shell runs it):
-    /// 'python3 /fn/main.py'. Optional with --image (its Entrypoint and Cmd run).
-    #[arg(long, required_unless_present = "image")]
-    handler: Option<String>,
-    /// Run in an imported image (`alcove image import`) instead of the host's view.
-    #[arg(long, value_name = "NAME")]
-    image: Option<String>,
-    /// Give the handler the accelerator service (ALCOVE_ACCEL_FD; clients in
-    /// clients/python and the alcove-accel crate): auto, cpu or gpu.
-    #[arg(long, value_name = "PLACEMENT")]
-    accel: Option<String>,
-    /// A directory to copy into the function: read-only at /fn, the working directory.
-    #[arg(long, value_name = "DIR")]
-    code: Option<PathBuf>,
-    /// Memory limit, such as 128M.
-    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
-    memory: Option<u64>,
-    /// CPU limit in cores, such as 0.5.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long)]
-    pids: Option<u64>,
-    /// Wall-clock limit per invocation, such as 5s.
-    #[arg(long, value_parser = alcove_sandbox::units::parse_duration)]
-    timeout: Option<Duration>,
-    /// Most bytes of response kept [default: 6M].
-    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
-    output_limit: Option<u64>,
-    /// KEY=VALUE in the handler's environment. Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// NAME=VALUE or NAME=@FILE: a file at /run/secrets/NAME, never shown by the API. Repeatable.
-    #[arg(long = "secret", value_name = "NAME=VALUE")]
-    secrets: Vec<String>,
-    /// Network: none (loopback only) or host.
-    #[arg(long)]
-    net: Option<String>,
-    /// Invocations of this function running at once [default: 16].
-    #[arg(long)]
-    concurrency: Option<u32>,
 }
 
 /// Where a local daemon with the default data directory keeps its token.
@@ -390,146 +347,4 @@ fn request_body(data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<V
         None => {}
     }
     Ok(body)
-}
-
-fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
-    let handler = match &d.handler {
-        Some(line) => shlex::split(line)
-            .filter(|argv| !argv.is_empty())
-            .with_context(|| {
-                format!("--handler {line:?}: give a command, quoted like in a shell")
-            })?,
-        None => Vec::new(),
-    };
-    let mut env = std::collections::BTreeMap::new();
-    for kv in &d.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env {kv:?} is not KEY=VALUE")
-        };
-        env.insert(k.to_owned(), v.to_owned());
-    }
-    let mut secrets = std::collections::BTreeMap::new();
-    for kv in &d.secrets {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--secret {kv:?} is not NAME=VALUE or NAME=@FILE")
-        };
-        let value = match v.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).with_context(|| {
-                format!("reading the secret file {path} (secrets must be UTF-8 text)")
-            })?,
-            None => v.to_owned(),
-        };
-        secrets.insert(k.to_owned(), value);
-    }
-    let code = match &d.code {
-        Some(dir) => Some(base64::engine::general_purpose::STANDARD.encode(tar_directory(dir)?)),
-        None => None,
-    };
-    Ok(DeployBody {
-        name: d.name,
-        handler,
-        code,
-        env,
-        secrets,
-        memory_bytes: d.memory,
-        cpus: d.cpus,
-        pids: d.pids,
-        timeout_ms: d.timeout.map(|t| t.as_millis().max(1) as u64),
-        output_bytes: d.output_limit,
-        net: d.net,
-        concurrency: d.concurrency,
-        image: d.image,
-        accel: d.accel,
-    })
-}
-
-/// A tar archive of `dir`'s contents (not following symlinks).
-fn tar_directory(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    if !dir.is_dir() {
-        bail!("--code {}: not a directory", dir.display());
-    }
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder
-        .append_dir_all(".", dir)
-        .with_context(|| format!("packing {}", dir.display()))?;
-    builder.into_inner().context("finishing the code archive")
-}
-
-fn join_argv(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|s| shlex::try_quote(s).map_or_else(|_| s.to_owned(), |q| q.into_owned()))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-fn show_function(f: &Value) {
-    println!(
-        "{} (latest: version {})",
-        f["name"].as_str().unwrap_or(""),
-        f["latest"]
-    );
-    for v in f["versions"].as_array().into_iter().flatten() {
-        let c = &v["config"];
-        let mut limits = Vec::new();
-        for (key, label) in [
-            ("memory_bytes", "memory"),
-            ("cpus", "cpus"),
-            ("pids", "pids"),
-            ("timeout_ms", "timeout_ms"),
-            ("output_bytes", "output"),
-            ("concurrency", "concurrency"),
-        ] {
-            if !c[key].is_null() {
-                limits.push(format!("{label}={}", c[key]));
-            }
-        }
-        let marker = if v["version"] == f["latest"] {
-            "*"
-        } else {
-            " "
-        };
-        println!("{marker} v{:<4} {}", v["version"], join_argv(&c["handler"]));
-        println!(
-            "        code {}  net {}  {}",
-            v["code_digest"]
-                .as_str()
-                .map_or("none", |d| &d[..12.min(d.len())]),
-            c["net"].as_str().unwrap_or(""),
-            limits.join(" ")
-        );
-        let secrets: Vec<&str> = c["secrets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        if !secrets.is_empty() {
-            println!("        secrets {}", secrets.join(", "));
-        }
-    }
-}
-
-fn invocation_line(r: &Value) -> String {
-    let ms = r["wall_ms"]
-        .as_f64()
-        .map_or("-".into(), |m| format!("{m:.1}ms"));
-    let exit = r["exit_code"]
-        .as_i64()
-        .map_or(String::new(), |c| format!(" exit={c}"));
-    let error = r["error"]
-        .as_str()
-        .map_or(String::new(), |e| format!(" ({e})"));
-    format!(
-        "{} v{} {}{exit} {ms}{error}",
-        r["id"].as_str().unwrap_or(""),
-        r["version"],
-        r["status"].as_str().unwrap_or("")
-    )
 }
