@@ -7,7 +7,9 @@
 //! results back into HTTP; it runs nothing itself.
 
 mod auth;
+pub mod cgi;
 mod client;
+mod endpoint;
 mod errors;
 mod routes;
 mod server;

@@ -44,6 +44,13 @@ pub struct DeployBody {
     pub net: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// `body` (default: stdout is the response) or `http` (a CGI response,
+    /// streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `/fn/NAME` answers without the daemon's token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -171,6 +178,8 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         image: d.image,
         image_id: None,
         accel: d.accel,
+        protocol: d.protocol.unwrap_or(defaults.protocol),
+        public: d.public,
     };
     let secrets = d
         .secrets

@@ -86,7 +86,7 @@ pub struct Invocation {
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) store: Store,
-    admission: Admission,
+    pub(crate) admission: Admission,
     /// Functions as last read from the store, so an invocation does not read
     /// and parse every version; deploy, rollback and remove drop the entry.
     known: Mutex<HashMap<String, Arc<FunctionInfo>>>,
@@ -112,7 +112,7 @@ pub struct Engine {
 }
 
 /// An invocation task alive; the engine waits for these at shutdown.
-struct InFlight {
+pub(crate) struct InFlight {
     count: Arc<AtomicUsize>,
     idle: Arc<tokio::sync::Notify>,
 }
@@ -336,7 +336,7 @@ impl Engine {
         self.store.recent_invocations(name, limit)
     }
 
-    fn in_flight(&self) -> InFlight {
+    pub(crate) fn in_flight(&self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight {
             count: Arc::clone(&self.in_flight),
@@ -364,7 +364,9 @@ impl Engine {
             drop(ticket);
             let slots = slots?;
             let record = engine.new_record(&v, false);
-            let (record, response) = engine.run(v, record, body, slots, true, false).await?;
+            let (record, response) = engine
+                .run(v, record, body.into(), slots, true, false)
+                .await?;
             Ok(Invocation { record, response })
         })
         .await
@@ -420,7 +422,8 @@ impl Engine {
                 }
             };
             let last = attempt == retries;
-            let run = self.run(v.clone(), record.clone(), body.clone(), slots, false, !last);
+            let input = body.clone().into();
+            let run = self.run(v.clone(), record.clone(), input, slots, false, !last);
             match run.await {
                 Ok((r, _)) => record = r,
                 Err(e) => {
@@ -455,11 +458,11 @@ impl Engine {
     /// One attempt on a blocking thread, holding `slots` until it ends;
     /// `insert` records the invocation first (synchronous invocations are
     /// recorded once they have a slot).
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         v: VersionInfo,
         mut record: InvocationRecord,
-        body: Vec<u8>,
+        input: crate::http::Input,
         slots: Slots,
         insert: bool,
         retry_on_failure: bool,
@@ -470,7 +473,7 @@ impl Engine {
             if insert {
                 engine.store.insert_invocation(&record)?;
             }
-            let response = engine.attempt_blocking(&v, &mut record, body, retry_on_failure)?;
+            let response = engine.attempt_blocking(&v, &mut record, input, retry_on_failure)?;
             Ok((record, response))
         })
         .await
@@ -478,7 +481,7 @@ impl Engine {
 
     /// The version to run and its function's concurrency cap (the `latest`
     /// version's), reading the store off the async threads when needed.
-    async fn resolve(
+    pub(crate) async fn resolve(
         self: &Arc<Self>,
         name: &str,
         version: Option<u32>,
@@ -506,7 +509,7 @@ impl Engine {
     }
 
     /// A new record (not yet stored), and now and then a purge of old ones.
-    fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
+    pub(crate) fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
         if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
             self.since_purge.store(0, Ordering::Relaxed);
             let _ = self
@@ -580,6 +583,7 @@ fn validate(req: &mut DeployRequest, limits: &FunctionLimits) -> Result<(), Engi
             return invalid(format!("accel {a:?}: use \"auto\", \"cpu\" or \"gpu\""));
         }
     }
+    crate::http::check_config(c).map_err(EngineError::Invalid)?;
     if c.net != "none" && c.net != "host" {
         return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));
     }

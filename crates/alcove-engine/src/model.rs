@@ -44,6 +44,18 @@ pub struct FunctionConfig {
     /// Invocations of this function running at once; more wait in the queue.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// What the handler writes: `body` (stdout is the response, 200 when it
+    /// exits 0) or `http` (a CGI response: a header block, a blank line, then
+    /// the body, streamed as it is written).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Whether `/fn/NAME` answers without the daemon's token.
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn default_protocol() -> String {
+    "body".into()
 }
 
 fn default_output_bytes() -> u64 {

@@ -51,6 +51,16 @@ pub(super) struct DeployArgs {
     /// Invocations of this function running at once [default: 16].
     #[arg(long)]
     concurrency: Option<u32>,
+    /// What the handler writes: body (stdout is the response) or http (a CGI
+    /// response: 'Status:' and other header lines, a blank line, the body).
+    #[arg(long, value_name = "PROTOCOL", conflicts_with = "http")]
+    protocol: Option<String>,
+    /// Short for --protocol http.
+    #[arg(long)]
+    http: bool,
+    /// Let anyone call /fn/NAME, without the daemon's token.
+    #[arg(long)]
+    public: bool,
 }
 
 pub(super) fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
@@ -101,6 +111,12 @@ pub(super) fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
         concurrency: d.concurrency,
         image: d.image,
         accel: d.accel,
+        protocol: if d.http {
+            Some("http".into())
+        } else {
+            d.protocol
+        },
+        public: d.public,
     })
 }
 
