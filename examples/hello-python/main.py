@@ -20,7 +20,6 @@ try:
 except (ValueError, AttributeError):
     sys.stdout.write("Status: 400\nContent-Type: text/plain\n\nsend a JSON object, such as {\"name\": \"Ada\"}\n")
     sys.exit(0)
-method, path = os.environ.get("REQUEST_METHOD"), os.environ.get("PATH_INFO")
-print(f"greeting {name} ({method} {path}, invocation {os.environ.get('ALCOVE_INVOCATION')})", file=sys.stderr)
+print(f"greeting {name} (invocation {os.environ.get('ALCOVE_INVOCATION')})", file=sys.stderr)
 sys.stdout.write("Status: 200\nContent-Type: application/json\n\n")
 json.dump({"greeting": f"hello, {name}", "version": os.environ.get("ALCOVE_VERSION")}, sys.stdout)

@@ -122,7 +122,21 @@ pub(crate) fn respond(done: Invocation, http_protocol: bool) -> Response {
         response
     };
     response.headers_mut().extend(headers);
+    mark_error(&mut response);
     response
+}
+
+/// Tells alcove's own error answers from an `http` handler's own statuses.
+fn mark_error(response: &mut Response) {
+    let code = response
+        .extensions()
+        .get::<crate::errors::ErrorCode>()
+        .map(|c| c.0);
+    if let Some(code) = code {
+        response
+            .headers_mut()
+            .insert("x-alcove-error", HeaderValue::from_static(code));
+    }
 }
 
 fn bad_response(e: CgiError) -> ApiError {
@@ -188,6 +202,7 @@ async fn stream_response(mut stream: HttpStream) -> Response {
             response.headers_mut().insert(name, v);
         }
     }
+    mark_error(&mut response);
     response
 }
 

@@ -47,6 +47,7 @@ fn deploy_invoke_versions_and_rollback_through_the_cli_and_http() {
     let (code, out, err) = d.cli(&[
         "deploy",
         "hello",
+        "--http",
         "--handler",
         "python3 /fn/main.py",
         "--code",

@@ -187,6 +187,11 @@ env
     );
     assert!(reply.text().contains("body=via-v1"), "{}", reply.text());
     assert!(!reply.text().contains(token));
+    assert_eq!(reply.header("x-alcove-error"), None);
+    // The CLI takes the handler's own 201 for its answer, not for an error.
+    let (status, out, err) = d.cli(&["invoke", "echo", "--data", "via-cli"]);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.contains("body=via-cli"), "{out}");
 }
 
 #[test]
@@ -433,7 +438,14 @@ fn bad_header_blocks_are_502_and_a_failure_after_the_headers_cuts_the_stream() {
             "{name}: {message}"
         );
         assert!(reply.header("x-alcove-invocation").is_some(), "{name}");
+        assert_eq!(
+            reply.header("x-alcove-error"),
+            Some("bad_function_response")
+        );
     }
+    let (status, _, err) = d.cli(&["invoke", "plain"]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("bad_function_response"), "{err}");
     // A handler that fails before any header: the invocation's own error.
     deploy(
         d,
