@@ -75,7 +75,7 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
     let http_protocol = config.protocol == "http";
     let body = body_or_error(Bytes::from_request(request, &s).await)?.to_vec();
     match s.engine.invoke_endpoint(endpoint, &http, body).await? {
-        HttpReply::Done(done) => Ok(respond(done, http_protocol)),
+        HttpReply::Done(done) => Ok(respond(*done, http_protocol)),
         HttpReply::Stream(stream) => Ok(stream_response(stream).await),
     }
 }

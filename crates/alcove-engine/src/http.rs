@@ -160,7 +160,7 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub enum HttpReply {
     /// It ran to its end; its stdout is in the response (`body` protocol).
-    Done(Invocation),
+    Done(Box<Invocation>),
     /// It runs; its stdout arrives on the stream (`http` protocol).
     Stream(HttpStream),
 }
@@ -214,7 +214,7 @@ impl Engine {
         let mut input = Input::new(request, body);
         if endpoint.version.config.protocol != "http" {
             let done = self.start(endpoint, input)?.await.map_err(joined)??;
-            return Ok(HttpReply::Done(done));
+            return Ok(HttpReply::Done(Box::new(done)));
         }
         let (read, write) = alcove_sys::fd::pipe_cloexec()
             .map_err(EngineError::io("creating the response stream's pipe"))?;

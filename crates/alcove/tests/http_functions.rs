@@ -6,7 +6,7 @@ mod common;
 use common::daemon::{http, setup, Daemon, Reply};
 use common::wait_until;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -53,14 +53,20 @@ pub(super) struct DeployArgs {
     concurrency: Option<u32>,
     /// What the handler writes: body (stdout is the response) or http (a CGI
     /// response: 'Status:' and other header lines, a blank line, the body).
-    #[arg(long, value_name = "PROTOCOL", conflicts_with = "http")]
-    protocol: Option<String>,
+    #[arg(long, value_enum, conflicts_with = "http")]
+    protocol: Option<Protocol>,
     /// Short for --protocol http.
     #[arg(long)]
     http: bool,
     /// Let anyone call /fn/NAME, without the daemon's token.
     #[arg(long)]
     public: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Body,
+    Http,
 }
 
 pub(super) fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
@@ -111,10 +117,10 @@ pub(super) fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
         concurrency: d.concurrency,
         image: d.image,
         accel: d.accel,
-        protocol: if d.http {
-            Some("http".into())
-        } else {
-            d.protocol
+        protocol: match (d.http, d.protocol) {
+            (true, _) | (_, Some(Protocol::Http)) => Some("http".into()),
+            (false, Some(Protocol::Body)) => Some("body".into()),
+            (false, None) => None,
         },
         public: d.public,
     })

@@ -35,7 +35,7 @@ pub struct FnArgs {
 #[derive(Subcommand, Debug)]
 enum FnCommand {
     /// Deploy a new version of a function (creating it if needed); `latest` moves to it.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Invoke a function: DATA goes to the handler's stdin, its stdout is printed.
     /// Exits 0 when the handler succeeded, 1 when it failed, 125 on other errors.
     #[command(disable_version_flag = true)]
@@ -162,7 +162,7 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
     };
     match args.command {
         FnCommand::Deploy(d) => {
-            let body = deploy_body(d)?;
+            let body = deploy_body(*d)?;
             let v = client.deploy(&body)?;
             if json {
                 print(&v);
