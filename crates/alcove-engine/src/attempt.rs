@@ -133,12 +133,13 @@ impl Engine {
                     Status::Cancelled => {
                         Some("the daemon stopped while this invocation ran".into())
                     }
-                    _ if outcome.stdout_undelivered => Some(
-                        "the client stopped reading the streamed response before its end \
-                         (it went away, or read too slowly); the handler's stdout was closed"
-                            .into(),
-                    ),
-                    _ => outcome.reason.clone(),
+                    _ => outcome.reason.clone().or_else(|| {
+                        outcome.stdout_undelivered.then(|| {
+                            "the client stopped reading the streamed response before its end \
+                             (it went away, or read too slowly); the handler's stdout was closed"
+                                .into()
+                        })
+                    }),
                 };
                 let kept = outcome.stderr.len().min(STDERR_KEPT);
                 record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
