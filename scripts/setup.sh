@@ -80,3 +80,6 @@ echo
 echo "\$ curl -s -H \"Authorization: Bearer \$(cat $ALCOVE_TOKEN_FILE)\" -X POST $ALCOVE_SERVER/v1/functions/hello/invoke -d '{\"name\": \"curl\"}'"
 curl -s -H "Authorization: Bearer $(cat "$ALCOVE_TOKEN_FILE")" -X POST "$ALCOVE_SERVER/v1/functions/hello/invoke" -d '{"name": "curl"}'
 echo
+echo "\$ curl -s -H \"Authorization: Bearer \$(cat $ALCOVE_TOKEN_FILE)\" '$ALCOVE_SERVER/fn/hello?name=web'"
+curl -s -H "Authorization: Bearer $(cat "$ALCOVE_TOKEN_FILE")" "$ALCOVE_SERVER/fn/hello?name=web"
+echo

@@ -252,6 +252,23 @@ fn body_functions_answer_through_fn_as_through_invoke_and_the_example_speaks_htt
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let greeting: Value = serde_json::from_slice(&dechunk(&reply.body)).unwrap();
     assert_eq!(greeting["greeting"], "hello, Bob");
+
+    // The streaming example, deployed public as its comment says.
+    let countdown = format!("{EXAMPLES}/countdown-shell");
+    let (status, _, err) = d.cli(&[
+        "deploy",
+        "countdown",
+        "--http",
+        "--public",
+        "--handler",
+        "sh /fn/handler.sh",
+        "--code",
+        &countdown,
+    ]);
+    assert_eq!(status, 0, "{err}");
+    let reply = http(&d.addr, "GET", "/fn/countdown?2", &[], b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(dechunk(&reply.body), b"2...\n1...\nliftoff\n");
 }
 
 #[test]
