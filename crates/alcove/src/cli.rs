@@ -41,6 +41,13 @@ enum Command {
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
     #[command(name = "fn")]
     Fn(crate::functions::FnArgs),
+    /// Print a shell completion script: `alcove completions bash >
+    /// /etc/bash_completion.d/alcove` (zsh: into a directory on $fpath as
+    /// _alcove; fish: ~/.config/fish/completions/alcove.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
     /// cgroups...) and which mechanism alcove uses for each kind of rule.
     Doctor {
@@ -348,12 +355,48 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
     }
 }
 
+/// What to type instead, for the mistakes people make most: `alcove run ls`
+/// (the program goes after `--`).
+fn parse_hint(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("run") {
+        return None;
+    }
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if word.starts_with('-') {
+        return None;
+    }
+    let at = args.iter().position(|a| a == word)?;
+    let (options, program) = args[1..].split_at(at - 1);
+    let mut line = vec!["alcove".to_owned(), "run".to_owned()];
+    line.extend(options.iter().cloned());
+    line.push("--".into());
+    line.extend(program.iter().cloned());
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+        .collect();
+    Some(format!(
+        "hint: alcove run takes the program after `--`, so its own flags are never read as alcove's:\n  {}",
+        quoted.join(" ")
+    ))
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if let Some(hint) = parse_hint(&e) {
+                eprintln!("{hint}");
+            }
             return if e.use_stderr() { 125 } else { 0 };
         }
     };
@@ -361,6 +404,19 @@ pub fn main() -> i32 {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Doctor { json } => crate::doctor::run(json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "alcove", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => {
+                    eprintln!("alcove: error: writing the completion script: {e}");
+                    125
+                }
+            }
+        }
         Command::Fn(args) => crate::functions::main(args),
         Command::Image(args) => crate::image::main(args),
         Command::Accel { args } => accel(&args),

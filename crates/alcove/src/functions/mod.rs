@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use view::{invocation_line, join_argv, show_function};
+use view::{invocation_line, show_function};
 
 #[derive(Args, Debug)]
 pub struct FnArgs {
@@ -73,12 +73,17 @@ enum FnCommand {
     #[command(disable_version_flag = true)]
     Rollback { name: String, version: u32 },
     /// Show an invocation (the result of an --async invoke); --wait polls until it ends.
+    /// Exits 0 when the handler succeeded, 1 when it failed (its stderr is
+    /// printed), 2 while it has not finished, 125 on other errors.
     Result {
         id: String,
         #[arg(long)]
         wait: bool,
     },
 }
+
+/// `fn result`'s exit status for an invocation still queued or running.
+const RESULT_NOT_FINISHED: i32 = 2;
 
 /// Where a local daemon with the default data directory keeps its token.
 const LOCAL_TOKEN_FILE: &str = "/var/lib/alcove/token";
@@ -127,13 +132,42 @@ fn is_loopback(server: &str) -> bool {
         .any(|host| server == *host || server.starts_with(&format!("{host}:")))
 }
 
+/// The daemon's URL from what was given: `HOST:PORT` means `http://HOST:PORT`.
+fn server_url(given: &str) -> anyhow::Result<String> {
+    let given = given.trim().trim_end_matches('/');
+    let url = match given.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => given.to_owned(),
+        Some((scheme, _)) => bail!(
+            "--server {given:?}: alcove speaks http (or https), not {scheme:?}; give it as http://HOST:PORT"
+        ),
+        None if !given.is_empty() => format!("http://{given}"),
+        None => bail!("--server is empty: give the daemon's address, such as http://127.0.0.1:8480"),
+    };
+    let authority = url.split_once("://").map_or("", |(_, r)| r);
+    if authority.contains(['/', '?', '#', ' ']) {
+        bail!("--server {given:?}: give only the daemon's address, such as http://127.0.0.1:8480, without a path");
+    }
+    Ok(url)
+}
+
 /// Runs `alcove fn ...` and returns the exit code.
 pub fn main(args: FnArgs) -> i32 {
-    let server = args
+    let given = args
         .server
         .clone()
-        .or_else(|| std::env::var("ALCOVE_SERVER").ok())
+        .or_else(|| {
+            std::env::var("ALCOVE_SERVER")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "http://127.0.0.1:8480".into());
+    let server = match server_url(&given) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            return 125;
+        }
+    };
     let token = match client_token(&args, &server) {
         Ok(token) => token,
         Err(e) => {
@@ -203,16 +237,7 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
             if json {
                 print(&v);
             } else {
-                println!("{:<24} {:>6} {:>8}  HANDLER", "NAME", "LATEST", "VERSIONS");
-                for f in v["functions"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:>6} {:>8}  {}",
-                        f["name"].as_str().unwrap_or(""),
-                        f["latest"],
-                        f["versions"],
-                        join_argv(&f["handler"])
-                    );
-                }
+                println!("{}", view::function_table(&v));
             }
         }
         FnCommand::Show { name } => {
@@ -254,7 +279,8 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
         }
         FnCommand::Result { id, wait } => {
             let mut v = client.invocation(&id)?;
-            while wait && matches!(v["status"].as_str(), Some("queued" | "running")) {
+            let in_flight = |v: &Value| matches!(v["status"].as_str(), Some("queued" | "running"));
+            while wait && in_flight(&v) {
                 std::thread::sleep(Duration::from_millis(50));
                 v = client.invocation(&id)?;
             }
@@ -265,15 +291,19 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 if let Some(text) = v["response"].as_str() {
                     print!("{text}");
                 }
+                if v["status"] != "exited" || v["exit_code"] != 0 {
+                    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                }
             }
-            let failed = v["status"] != "exited" || v["exit_code"] != 0;
-            return Ok(
-                if failed && !matches!(v["status"].as_str(), Some("queued" | "running")) {
-                    1
-                } else {
-                    0
-                },
-            );
+            if in_flight(&v) {
+                eprintln!("alcove: {id} has not finished yet: add --wait to wait for it");
+                return Ok(RESULT_NOT_FINISHED);
+            }
+            return Ok(if v["status"] == "exited" && v["exit_code"] == 0 {
+                0
+            } else {
+                1
+            });
         }
     }
     Ok(0)
