@@ -74,7 +74,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     for (unit, suffix) in UNITS {
         if bytes >= unit {
-            if bytes % unit == 0 {
+            if bytes & (unit - 1) == 0 {
                 return format!("{}{suffix}", bytes / unit);
             }
             let value = bytes as f64 / unit as f64;
