@@ -150,6 +150,43 @@ fn server_url(given: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// A daemon on this host that refuses connections may be starting (`alcove
+/// serve &` on the line before): give it a moment to listen, so the command
+/// and the token it reads do not race its start. Any other answer (or no
+/// daemon after the wait) goes on to the request, which says what is wrong.
+fn wait_for_local_daemon(server: &str) {
+    const WAIT: Duration = Duration::from_secs(2);
+    if !is_loopback(server) {
+        return;
+    }
+    let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let Ok(addresses) = std::net::ToSocketAddrs::to_socket_addrs(&with_port.as_str()) else {
+        return;
+    };
+    let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+    let start = std::time::Instant::now();
+    loop {
+        let refused = addresses.iter().all(|a| {
+            matches!(
+                std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        });
+        if !refused || start.elapsed() >= WAIT {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `alcove fn ...` and returns the exit code.
 pub fn main(args: FnArgs) -> i32 {
     let given = args
@@ -168,6 +205,7 @@ pub fn main(args: FnArgs) -> i32 {
             return 125;
         }
     };
+    wait_for_local_daemon(&server);
     let token = match client_token(&args, &server) {
         Ok(token) => token,
         Err(e) => {
