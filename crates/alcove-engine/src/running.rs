@@ -304,9 +304,10 @@ pub struct RunningInvocation {
     pub created_at: f64,
     /// Milliseconds since it was accepted.
     pub age_ms: f64,
-    /// Memory its sandbox holds now, in bytes (running only).
+    /// Memory charged to its sandbox's cgroup now (what its limit counts),
+    /// in bytes; running only.
     pub memory_bytes: Option<u64>,
-    /// Its sandbox's peak memory, in bytes, where the kernel keeps one.
+    /// The peak of that charge in this attempt, where the kernel keeps one.
     pub memory_peak_bytes: Option<u64>,
     /// CPU time (user and system) its sandbox used so far, in milliseconds.
     pub cpu_ms: Option<f64>,

@@ -14,12 +14,16 @@ pub struct UsageWatch {
     running: Mutex<Option<(UsageProbe, Baseline)>>,
 }
 
-/// What a running sandbox has used so far.
+/// What a running sandbox has used so far. Memory is what its cgroup is
+/// charged, which is what its limit holds it to: in a reused cgroup, that
+/// includes page cache an earlier run left (the finished run's outcome
+/// reports its peak net of it).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UsageSoFar {
-    /// Memory charged to it now, in bytes.
+    /// Memory charged to its cgroup now, in bytes.
     pub memory_bytes: Option<u64>,
-    /// Its peak memory, where the kernel restarted the peak for this run.
+    /// The peak of that charge during this run, where the kernel restarted
+    /// the peak for it.
     pub memory_peak_bytes: Option<u64>,
     /// CPU time (user and system), in milliseconds.
     pub cpu_ms: Option<f64>,
@@ -38,13 +42,8 @@ impl UsageWatch {
         let (probe, base) = running.as_ref()?;
         let live = probe.read();
         Some(UsageSoFar {
-            memory_bytes: live
-                .memory_bytes
-                .map(|m| m.saturating_sub(base.memory_leftover)),
-            memory_peak_bytes: live
-                .memory_peak_bytes
-                .filter(|_| base.memory_exact)
-                .map(|p| p.saturating_sub(base.memory_leftover)),
+            memory_bytes: live.memory_bytes,
+            memory_peak_bytes: live.memory_peak_bytes.filter(|_| base.memory_exact),
             cpu_ms: live.cpu_us.map(|(user, sys)| {
                 let used = (user + sys).saturating_sub(base.cpu_us.0 + base.cpu_us.1);
                 used as f64 / 1e3
