@@ -96,7 +96,7 @@ impl Entry {
         }
     }
 
-    /// Records `r` as cancelled (it never ran again after the cancel).
+    /// Records `r` as ended by its cancel.
     pub(crate) fn mark_cancelled(&self, r: &mut InvocationRecord) {
         r.status = "cancelled".into();
         r.error = self.cancel_reason();
@@ -274,6 +274,21 @@ impl Running {
         Ok((removal, busy))
     }
 
+    /// The oldest `limit` entries (at most [`MAX_LISTED`]) of `function`, or
+    /// of all, and how many there are in all.
+    fn oldest(&self, function: Option<&str>, limit: usize) -> (Vec<Arc<Entry>>, usize) {
+        let mut entries: Vec<Arc<Entry>> = lock(&self.state)
+            .entries
+            .values()
+            .filter(|e| function.is_none_or(|f| e.function == f))
+            .cloned()
+            .collect();
+        entries.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.id.cmp(&b.id)));
+        let total = entries.len();
+        entries.truncate(limit.min(MAX_LISTED));
+        (entries, total)
+    }
+
     /// Waits until no entry matches `pending`, for up to `limit`.
     async fn wait_until_none(&self, limit: Duration, pending: impl Fn(&Entry) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
@@ -330,15 +345,7 @@ impl Engine {
     /// most `limit` (itself at most [`MAX_LISTED`]), with their sandboxes'
     /// usage so far. Reads cgroup files: call it from a blocking thread.
     pub fn running_invocations(&self, function: Option<&str>, limit: usize) -> RunningList {
-        let mut entries: Vec<Arc<Entry>> = lock(&self.running.state)
-            .entries
-            .values()
-            .filter(|e| function.is_none_or(|f| e.function == f))
-            .cloned()
-            .collect();
-        entries.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.id.cmp(&b.id)));
-        let total = entries.len();
-        entries.truncate(limit.min(MAX_LISTED));
+        let (entries, total) = self.running.oldest(function, limit);
         let invocations = entries
             .iter()
             .map(|e| {
@@ -496,6 +503,28 @@ mod tests {
         drop(running.register(&record("d", "f")).unwrap());
         drop(b);
         assert!(lock(&running.state).entries.is_empty());
+    }
+
+    #[test]
+    fn listings_are_oldest_first_bounded_and_count_what_they_leave_out() {
+        let running = Arc::new(Running::default());
+        let held: Vec<Registered> = (0..MAX_LISTED + 2)
+            .map(|i| {
+                let function = if i % 2 == 0 { "even" } else { "odd" };
+                running
+                    .register(&record(&format!("{i:05}"), function))
+                    .unwrap()
+            })
+            .collect();
+        let (listed, total) = running.oldest(None, usize::MAX);
+        assert_eq!((listed.len(), total), (MAX_LISTED, MAX_LISTED + 2));
+        assert_eq!(listed[0].id, "00000");
+        let (listed, total) = running.oldest(Some("odd"), 2);
+        let ids: Vec<&str> = listed.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!((ids, total), (vec!["00001", "00003"], MAX_LISTED / 2 + 1));
+        assert_eq!(running.oldest(Some("none"), 10).1, 0);
+        drop(held);
+        assert_eq!(running.oldest(None, 10).1, 0);
     }
 
     #[test]
