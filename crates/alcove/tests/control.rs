@@ -72,13 +72,21 @@ fn sandbox_cgroups(pid: i32) -> Vec<PathBuf> {
     dirs
 }
 
-/// Nothing of the sandbox is left: no process in its cgroups, and the
-/// cgroups themselves gone, but for pooled slots, which stay for the next run.
-fn assert_no_leftovers(cgroups: &[PathBuf]) {
+/// Nothing of the handler's sandbox is left: no process of it in its
+/// cgroups, and those gone but for pooled slots (which stay for the next
+/// run), and no fresh sandbox cgroup of the daemon's left anywhere.
+fn assert_no_leftovers(d: &Daemon, pid: i32, cgroups: &[PathBuf]) {
     for dir in cgroups {
         let pooled = dir.iter().any(|c| c.to_string_lossy().starts_with("slot-"));
         if pooled {
-            continue; // another run may hold it by now
+            // Another run may hold the slot by now, but not this handler.
+            let inside = processes_in_cgroup(dir);
+            assert!(
+                !inside.contains(&pid.to_string()),
+                "{pid} is still in {}",
+                dir.display()
+            );
+            continue;
         }
         wait_until(
             &format!("{} is removed", dir.display()),
@@ -86,6 +94,15 @@ fn assert_no_leftovers(cgroups: &[PathBuf]) {
             || !dir.exists(),
         );
     }
+    let fresh = format!("sb-{}-", d.child.id());
+    let left: Vec<PathBuf> = alcove_cgroups()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&fresh))
+        })
+        .collect();
+    assert!(left.is_empty(), "sandbox cgroups left behind: {left:?}");
 }
 
 fn running(d: &Daemon, function: &str) -> Vec<Value> {
@@ -206,7 +223,7 @@ fn cancel_kills_a_running_invocation_within_100ms_records_it_and_does_not_retry_
     assert_eq!(record["status"], "cancelled", "{record}");
     let why = format!("cancelled by a client (DELETE /v1/invocations/{id})");
     assert_eq!(record["error"], why.as_str(), "{record}");
-    assert_no_leftovers(&cgroups);
+    assert_no_leftovers(d, pid, &cgroups);
 
     // No retry follows (the first backoff is 100 ms).
     std::thread::sleep(Duration::from_millis(500));
@@ -248,7 +265,7 @@ fn cancel_kills_a_running_invocation_within_100ms_records_it_and_does_not_retry_
         ended(pid),
         "the handler still runs after `fn cancel` answered"
     );
-    assert_no_leftovers(&cgroups);
+    assert_no_leftovers(d, pid, &cgroups);
     let out = caller.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -265,6 +282,7 @@ fn a_queued_invocation_cancelled_never_runs() {
     deploy(d, "single", &["--concurrency", "1"]);
     let blocker = invoke_async(d, "single", "86321", 0);
     let pid = handler_pid("86321");
+    let cgroups = sandbox_cgroups(pid);
     // Both wait for the one slot: an async one, and a synchronous one.
     let queued = invoke_async(d, "single", "86322", 2);
     let sync = std::thread::spawn(http_from(
@@ -307,6 +325,7 @@ fn a_queued_invocation_cancelled_never_runs() {
     let (code, _, err) = d.cli(&["cancel", &blocker]);
     assert_eq!(code, 0, "{err}");
     assert!(ended(pid));
+    assert_no_leftovers(d, pid, &cgroups);
     std::thread::sleep(Duration::from_millis(500));
     for marker in ["sleep 86322", "sleep 86323"] {
         assert!(
@@ -398,7 +417,7 @@ fn rm_refuses_while_invocations_run_and_force_ends_them_then_removes() {
     let (code, out, err) = d.cli(&["rm", "busy", "--force"]);
     assert_eq!((code, out.trim()), (0, "removed busy"), "{err}");
     assert!(ended(pid), "the handler outlived its function");
-    assert_no_leftovers(&cgroups);
+    assert_no_leftovers(d, pid, &cgroups);
     let (code, _, err) = d.cli(&["show", "busy"]);
     assert_ne!(code, 0);
     assert!(err.contains("function_not_found"), "{err}");
