@@ -439,3 +439,38 @@ fn rm_refuses_while_invocations_run_and_force_ends_them_then_removes() {
     let reply = d.http("DELETE", "/v1/functions/idle?force=true", b"");
     assert_eq!(reply.status, 204, "{}", reply.text());
 }
+
+#[test]
+fn an_invocation_that_panics_inside_alcove_leaves_no_entry_and_no_busy_function() {
+    if !cfg!(debug_assertions) {
+        skip_machine(
+            "an_invocation_that_panics_inside_alcove_leaves_no_entry_and_no_busy_function",
+            "the fault it injects exists in debug builds only",
+        );
+        return;
+    }
+    let Some(t) = common::daemon::setup_with_env(
+        "an_invocation_that_panics_inside_alcove_leaves_no_entry_and_no_busy_function",
+        &[],
+        &[("ALCOVE_FAULT_PANIC_IN", "buggy")],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    deploy(d, "buggy", &[]);
+    let reply = d.http("POST", "/v1/functions/buggy/invoke", b"0");
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let id = invoke_async(d, "buggy", "0", 1);
+    let record = d.cli_json(&["result", &id, "--wait"]);
+    assert_eq!(record["status"], "error", "{record}");
+    assert!(
+        d.log.lock().unwrap().contains("panicked"),
+        "the fault never fired"
+    );
+    assert!(
+        running(d, "buggy").is_empty(),
+        "a panicked invocation stayed listed"
+    );
+    let (code, _, err) = d.cli(&["rm", "buggy"]);
+    assert_eq!(code, 0, "{err}");
+}
