@@ -9,6 +9,7 @@ mod accel;
 mod admission;
 mod attempt;
 mod code;
+mod control;
 mod devices;
 mod engine;
 mod image;

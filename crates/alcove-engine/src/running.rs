@@ -1,13 +1,12 @@
-//! The invocations in flight — accepted and not yet ended: waiting for a
-//! slot, running, or between an async invocation's attempts — kept in memory
-//! so that listing them (`fn ps`) reads no store; each one's own cancel; and
-//! the removal of a function whose invocations may still be in flight.
+//! The registry of invocations in flight — accepted and not yet ended:
+//! waiting for a slot, running, or between an async invocation's attempts —
+//! kept in memory so that listing them (`fn ps`) reads no store; each one's
+//! own cancel; and the functions being removed, which take no new ones.
+//! What the engine does with it is in `control.rs`.
 //!
 //! An entry is added when an invocation is accepted and removed by a guard
 //! when its task ends, also when that task panics.
 
-use crate::admission::Slots;
-use crate::engine::{blocking, Engine};
 use crate::model::InvocationRecord;
 use crate::store::now;
 use crate::EngineError;
@@ -21,10 +20,6 @@ use std::time::{Duration, Instant};
 
 /// The most invocations one listing returns.
 pub const MAX_LISTED: usize = 1000;
-/// How long a cancel waits for its invocation to end before it answers.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
-/// How long a forced removal waits for the function's invocations to end.
-const REMOVE_WAIT: Duration = Duration::from_secs(10);
 
 /// The registry of invocations in flight.
 #[derive(Default)]
@@ -47,8 +42,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One invocation in flight.
 pub(crate) struct Entry {
-    id: String,
-    function: String,
+    pub(crate) id: String,
+    pub(crate) function: String,
     version: u32,
     is_async: bool,
     created_at: f64,
@@ -72,7 +67,7 @@ struct Cancel {
 impl Entry {
     /// Cancels the invocation: kills its running sandbox, and keeps it from
     /// starting or retrying. The first reason given is the one recorded.
-    fn cancel(&self, reason: String) {
+    pub(crate) fn cancel(&self, reason: String) {
         let mut c = lock(&self.cancel);
         c.reason.get_or_insert(reason);
         c.pipe = None;
@@ -289,8 +284,49 @@ impl Running {
         (entries, total)
     }
 
+    /// The entry of invocation `id`, while it is in flight.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        lock(&self.state).entries.get(id).cloned()
+    }
+
+    /// The entries (of `function`, if given), oldest first, at most `limit`
+    /// (itself at most [`MAX_LISTED`]), with their sandboxes' usage so far.
+    pub(crate) fn list(&self, function: Option<&str>, limit: usize) -> RunningList {
+        let (entries, total) = self.oldest(function, limit);
+        let invocations = entries
+            .iter()
+            .map(|e| {
+                let running = e.running.load(Ordering::SeqCst);
+                let usage = running.then(|| e.watch.usage()).flatten();
+                RunningInvocation {
+                    id: e.id.clone(),
+                    function: e.function.clone(),
+                    version: e.version,
+                    status: if running { "running" } else { "queued" },
+                    is_async: e.is_async,
+                    attempts: e.attempts.load(Ordering::SeqCst),
+                    created_at: e.created_at,
+                    age_ms: e.since.elapsed().as_secs_f64() * 1e3,
+                    memory_bytes: usage.and_then(|u| u.memory_bytes),
+                    memory_peak_bytes: usage.and_then(|u| u.memory_peak_bytes),
+                    cpu_ms: usage.and_then(|u| u.cpu_ms),
+                    cancelled: e.cancel_reason().is_some(),
+                }
+            })
+            .collect::<Vec<_>>();
+        RunningList {
+            truncated: invocations.len() < total,
+            invocations,
+            total,
+        }
+    }
+
     /// Waits until no entry matches `pending`, for up to `limit`.
-    async fn wait_until_none(&self, limit: Duration, pending: impl Fn(&Entry) -> bool) -> bool {
+    pub(crate) async fn wait_until_none(
+        &self,
+        limit: Duration,
+        pending: impl Fn(&Entry) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let woken = self.ended.notified();
@@ -338,134 +374,6 @@ pub struct RunningList {
     pub total: usize,
     /// Whether `invocations` stops short of `total`.
     pub truncated: bool,
-}
-
-impl Engine {
-    /// The invocations in flight (of `function`, if given), oldest first, at
-    /// most `limit` (itself at most [`MAX_LISTED`]), with their sandboxes'
-    /// usage so far. Reads cgroup files: call it from a blocking thread.
-    pub fn running_invocations(&self, function: Option<&str>, limit: usize) -> RunningList {
-        let (entries, total) = self.running.oldest(function, limit);
-        let invocations = entries
-            .iter()
-            .map(|e| {
-                let running = e.running.load(Ordering::SeqCst);
-                let usage = running.then(|| e.watch.usage()).flatten();
-                RunningInvocation {
-                    id: e.id.clone(),
-                    function: e.function.clone(),
-                    version: e.version,
-                    status: if running { "running" } else { "queued" },
-                    is_async: e.is_async,
-                    attempts: e.attempts.load(Ordering::SeqCst),
-                    created_at: e.created_at,
-                    age_ms: e.since.elapsed().as_secs_f64() * 1e3,
-                    memory_bytes: usage.and_then(|u| u.memory_bytes),
-                    memory_peak_bytes: usage.and_then(|u| u.memory_peak_bytes),
-                    cpu_ms: usage.and_then(|u| u.cpu_ms),
-                    cancelled: e.cancel_reason().is_some(),
-                }
-            })
-            .collect::<Vec<_>>();
-        RunningList {
-            truncated: invocations.len() < total,
-            invocations,
-            total,
-        }
-    }
-
-    /// Cancels invocation `id`: a running one's sandbox is killed, a queued
-    /// one never starts, an async one does not retry. Waits (briefly) for it
-    /// to end and returns its record. An invocation that has ended is a
-    /// `Conflict`.
-    pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<InvocationRecord, EngineError> {
-        let entry = lock(&self.running.state).entries.get(id).cloned();
-        let Some(entry) = entry else {
-            let (engine, wanted) = (Arc::clone(self), id.to_owned());
-            let record = blocking(move || engine.store.invocation(&wanted)).await?;
-            return Err(EngineError::Conflict(
-                "invocation_finished",
-                format!(
-                    "invocation {id} has already ended (status {}); there is nothing to cancel",
-                    record.status
-                ),
-            ));
-        };
-        entry.cancel(format!(
-            "cancelled by a client (DELETE /v1/invocations/{id})"
-        ));
-        drop(entry);
-        self.running
-            .wait_until_none(CANCEL_WAIT, |e| e.id == id)
-            .await;
-        let (engine, id) = (Arc::clone(self), id.to_owned());
-        blocking(move || engine.store.invocation(&id)).await
-    }
-
-    /// Removes a function (see [`Engine::remove`]). While it has invocations
-    /// in flight this is refused, unless `force`: then they are cancelled,
-    /// and the function is removed once they have ended (their sandboxes
-    /// gone, their records written). Returns how many were cancelled.
-    pub async fn remove_function(
-        self: &Arc<Self>,
-        name: &str,
-        force: bool,
-    ) -> Result<usize, EngineError> {
-        let (removal, busy) = self.running.begin_removal(name, force)?;
-        for entry in &busy {
-            entry.cancel(format!(
-                "cancelled by the removal of its function (DELETE /v1/functions/{name}?force=true)"
-            ));
-        }
-        let ended = self
-            .running
-            .wait_until_none(REMOVE_WAIT, |e| e.function == name)
-            .await;
-        if !ended {
-            return Err(EngineError::Conflict(
-                "function_busy",
-                format!(
-                    "invocations of {name:?} did not end within {}s of being cancelled, so the \
-                     function was kept; try again",
-                    REMOVE_WAIT.as_secs()
-                ),
-            ));
-        }
-        let (engine, owned) = (Arc::clone(self), name.to_owned());
-        blocking(move || engine.remove_unchecked(&owned)).await?;
-        drop(removal);
-        Ok(busy.len())
-    }
-
-    /// Waits for `function`'s slots (capped at `cap`), unless the invocation
-    /// is cancelled first (`None`).
-    pub(crate) async fn slots_unless_cancelled(
-        &self,
-        entry: &Entry,
-        function: &str,
-        cap: u32,
-    ) -> Result<Option<Slots>, EngineError> {
-        tokio::select! {
-            slots = self.admission.slots(function, cap) => slots.map(Some),
-            () = entry.cancelled() => Ok(None),
-        }
-    }
-
-    /// Records a synchronous invocation cancelled before it had a slot.
-    pub(crate) async fn record_cancelled(
-        self: &Arc<Self>,
-        mut record: InvocationRecord,
-        entry: &Entry,
-    ) -> Result<InvocationRecord, EngineError> {
-        entry.mark_cancelled(&mut record);
-        let engine = Arc::clone(self);
-        blocking(move || {
-            engine.store.insert_invocation(&record)?;
-            engine.store.update_invocation(&record)?;
-            Ok(record)
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
