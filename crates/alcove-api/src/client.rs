@@ -171,14 +171,40 @@ impl Client {
         )
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), ClientError> {
+    /// Removes a function; with `force`, cancels its invocations in flight
+    /// first (without, the daemon refuses while there are any).
+    pub fn remove(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let query: Vec<(&str, String)> = if force {
+            vec![("force", "true".into())]
+        } else {
+            Vec::new()
+        };
         self.json(
             "DELETE",
             &format!("/v1/functions/{}", segment(name)?),
-            &[],
+            &query,
             None,
         )
         .map(drop)
+    }
+
+    /// The invocations in flight (of `function`, if given), oldest first.
+    pub fn running(&self, function: Option<&str>) -> Result<Value, ClientError> {
+        let query: Vec<(&str, String)> = match function {
+            Some(f) => vec![("function", segment(f)?.to_owned())],
+            None => Vec::new(),
+        };
+        self.json("GET", "/v1/invocations", &query, None)
+    }
+
+    /// Cancels an invocation in flight; returns its record.
+    pub fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(
+            "DELETE",
+            &format!("/v1/invocations/{}", segment(id)?),
+            &[],
+            None,
+        )
     }
 
     pub fn rollback(&self, name: &str, version: u32) -> Result<Value, ClientError> {

@@ -39,6 +39,7 @@ impl From<EngineError> for ApiError {
             | EngineError::NoInvocation(_) => StatusCode::NOT_FOUND,
             EngineError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             EngineError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Conflict(..) => StatusCode::CONFLICT,
             EngineError::Internal(_)
             | EngineError::Store(_)
             | EngineError::Io { .. }

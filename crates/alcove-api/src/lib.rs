@@ -8,6 +8,7 @@
 
 mod auth;
 mod client;
+mod control;
 mod errors;
 mod routes;
 mod server;

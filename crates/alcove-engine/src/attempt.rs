@@ -82,6 +82,15 @@ impl Engine {
         if std::env::var("ALCOVE_FAULT_PANIC_IN").is_ok_and(|f| f == v.function) {
             panic!("ALCOVE_FAULT_PANIC_IN={}", v.function);
         }
+        // Its own cancel, unless a client cancelled it before it could start.
+        let control = match self.running.begin_attempt(&record.id) {
+            Ok(control) => control,
+            Err(refused) => {
+                let retry = refused.apply(record);
+                self.save(record, retry && retry_on_failure)?;
+                return Ok(Vec::new());
+            }
+        };
         record.status = "running".into();
         record.attempts += 1;
         record.started_at = Some(now());
@@ -101,10 +110,13 @@ impl Engine {
                 kind: "cold".into(),
             })
             .inc();
+        let mut cancel = vec![Arc::clone(&self.cancel)];
+        cancel.extend(control.as_ref().map(|c| Arc::clone(&c.cancel)));
         let options = RunOptions {
             forward_signals: false,
             collect_usage: true,
-            cancel: Some(Arc::clone(&self.cancel)),
+            cancel,
+            watch: control.as_ref().map(|c| c.watch()),
         };
         let result = match device_rule {
             Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
@@ -129,9 +141,14 @@ impl Engine {
                 record.pids_peak = outcome.pids_peak;
                 record.output_truncated = outcome.stdout_truncated;
                 record.error = match outcome.status {
-                    Status::Cancelled => {
-                        Some("the daemon stopped while this invocation ran".into())
-                    }
+                    Status::Cancelled => Some(
+                        control
+                            .as_ref()
+                            .and_then(|c| c.cancel_reason())
+                            .unwrap_or_else(|| {
+                                "the daemon stopped while this invocation ran".into()
+                            }),
+                    ),
                     _ => outcome.reason.clone(),
                 };
                 let kept = outcome.stderr.len().min(STDERR_KEPT);

@@ -86,7 +86,7 @@ pub struct Invocation {
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) store: Store,
-    admission: Admission,
+    pub(crate) admission: Admission,
     /// Functions as last read from the store, so an invocation does not read
     /// and parse every version; deploy, rollback and remove drop the entry.
     known: Mutex<HashMap<String, Arc<FunctionInfo>>>,
@@ -108,6 +108,8 @@ pub struct Engine {
     idle: Arc<tokio::sync::Notify>,
     /// Held while code is stored for a deploy or unreferenced code removed.
     code_lock: Mutex<()>,
+    /// The invocations in flight, each with its own cancel.
+    pub(crate) running: Arc<crate::running::Running>,
     pub metrics: Metrics,
 }
 
@@ -126,7 +128,7 @@ impl Drop for InFlight {
 }
 
 /// Runs blocking work (the store, the sandbox) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(f)
@@ -204,6 +206,7 @@ impl Engine {
             in_flight: Arc::new(AtomicUsize::new(0)),
             idle: Arc::new(tokio::sync::Notify::new()),
             code_lock: Mutex::new(()),
+            running: Arc::default(),
             metrics,
         });
         engine.remove_unused_code()?;
@@ -298,8 +301,14 @@ impl Engine {
     }
 
     /// Removes a function, its versions, secrets and invocation records, and
-    /// its code where no other version shares it.
+    /// its code where no other version shares it; refused while it has
+    /// invocations in flight (see [`Engine::remove_function`]).
     pub fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let _removal = self.running.begin_removal(name, false)?;
+        self.remove_unchecked(name)
+    }
+
+    pub(crate) fn remove_unchecked(&self, name: &str) -> Result<(), EngineError> {
         self.store.delete_function(name)?;
         self.forget(name);
         self.admission.forget(name);
@@ -354,16 +363,25 @@ impl Engine {
     ) -> Result<Invocation, EngineError> {
         let ticket = self.admission.enter(body.len())?;
         let (v, cap) = self.resolve(name, version).await?;
+        let record = self.new_record(&v, false);
+        let entry = self.running.register(&record)?;
         // Its own task: a client that goes away mid-invocation drops the
         // request's future, but the invocation still ends and is recorded.
         let engine = Arc::clone(self);
         let alive = self.in_flight();
         tokio::spawn(async move {
             let _alive = alive;
-            let slots = engine.admission.slots(&v.function, cap).await;
+            let slots = engine
+                .slots_unless_cancelled(&entry, &v.function, cap)
+                .await;
             drop(ticket);
-            let slots = slots?;
-            let record = engine.new_record(&v, false);
+            let Some(slots) = slots? else {
+                let record = engine.record_cancelled(record, &entry).await?;
+                return Ok(Invocation {
+                    record,
+                    response: Vec::new(),
+                });
+            };
             let (record, response) = engine.run(v, record, body, slots, true, false).await?;
             Ok(Invocation { record, response })
         })
@@ -387,17 +405,23 @@ impl Engine {
             let (engine, v) = (Arc::clone(self), v.clone());
             blocking(move || {
                 let record = engine.new_record(&v, true);
+                // Registered first, so a removal of the function sees it
+                // or the store refuses it.
+                let entry = engine.running.register(&record)?;
                 engine.store.insert_invocation(&record)?;
-                Ok(record)
+                Ok((record, entry))
             })
             .await?
         };
+        let (record, entry) = record;
         let queued = record.clone();
         let engine = Arc::clone(self);
         let alive = self.in_flight();
         tokio::spawn(async move {
             let _alive = alive;
-            engine.run_async(v, cap, record, body, retries).await;
+            engine
+                .run_async(v, cap, record, body, retries, &entry)
+                .await;
             drop(ticket);
         });
         Ok(queued)
@@ -410,10 +434,15 @@ impl Engine {
         mut record: InvocationRecord,
         body: Vec<u8>,
         retries: u32,
+        entry: &crate::running::Entry,
     ) {
         for attempt in 0..=retries {
-            let slots = match self.admission.slots(&v.function, cap).await {
-                Ok(slots) => slots,
+            let slots = match self.slots_unless_cancelled(entry, &v.function, cap).await {
+                Ok(Some(slots)) => slots,
+                Ok(None) => {
+                    entry.mark_cancelled(&mut record);
+                    break;
+                }
                 Err(e) => {
                     record.error = Some(e.to_string());
                     break;
@@ -431,10 +460,14 @@ impl Engine {
             if record.succeeded() || last {
                 break;
             }
-            // The backoff ends early when the daemon stops.
+            // The backoff ends early when the daemon stops or a client cancels.
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))) => {}
                 () = self.admission.closed() => break,
+                () = entry.cancelled() => {
+                    entry.mark_cancelled(&mut record);
+                    break;
+                }
             }
         }
         if record.succeeded() {

@@ -9,12 +9,14 @@ mod accel;
 mod admission;
 mod attempt;
 mod code;
+mod control;
 mod devices;
 mod engine;
 mod image;
 mod limits;
 mod metrics;
 mod model;
+mod running;
 mod store;
 
 pub use alcove_sandbox::error_chain;
@@ -24,6 +26,7 @@ pub use image::apply_image;
 pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};
 pub use metrics::Metrics;
 pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
+pub use running::{RunningInvocation, RunningList, MAX_LISTED};
 
 use std::io;
 
@@ -59,6 +62,9 @@ pub enum EngineError {
     },
     #[error("the sandbox could not be started")]
     Sandbox(#[source] alcove_sandbox::SandboxError),
+    /// The request conflicts with the state it found (a code for the API, and why).
+    #[error("{1}")]
+    Conflict(&'static str, String),
     #[error("the sandbox's device rule could not be put in place")]
     DeviceRule(#[from] DeviceRuleError),
 }
@@ -79,6 +85,7 @@ impl EngineError {
             EngineError::Stopping => "stopping",
             EngineError::Internal(_) => "internal",
             EngineError::BadCode(_) => "invalid_code",
+            EngineError::Conflict(code, _) => code,
             EngineError::Store(_) | EngineError::Io { .. } => "internal",
             EngineError::Sandbox(_) | EngineError::DeviceRule(_) => "sandbox_failed",
         }

@@ -625,7 +625,7 @@ fn run(args: RunArgs) -> i32 {
     let options = RunOptions {
         forward_signals: true,
         collect_usage: report.is_some(),
-        cancel: None,
+        ..RunOptions::default()
     };
     let policy = alcove_bpf::SandboxPolicy {
         trace: monitoring.trace,

@@ -1,6 +1,7 @@
 //! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
 
 mod deploy;
+mod ps;
 mod view;
 
 use alcove_api::Client;
@@ -68,7 +69,22 @@ enum FnCommand {
         limit: u32,
     },
     /// Remove a function with its versions, secrets and invocation records.
-    Rm { name: String },
+    /// Refused while invocations of it are in flight, unless --force.
+    Rm {
+        name: String,
+        /// Cancel its invocations in flight first, wait for them to end, then remove it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the invocations in flight (queued and running), oldest first,
+    /// with their age and their sandboxes' usage so far.
+    Ps {
+        /// Only this function's.
+        name: Option<String>,
+    },
+    /// Cancel an invocation in flight: a running one's sandbox is killed, a
+    /// queued one never runs, an async one is not retried.
+    Cancel { id: String },
     /// Point `latest` at another version.
     #[command(disable_version_flag = true)]
     Rollback { name: String, version: u32 },
@@ -299,12 +315,42 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        FnCommand::Rm { name } => {
-            client.remove(&name)?;
+        FnCommand::Rm { name, force } => {
+            client.remove(&name, force)?;
             if json {
                 print(&json!({ "removed": name }));
             } else {
                 println!("removed {name}");
+            }
+        }
+        FnCommand::Ps { name } => {
+            let v = client.running(name.as_deref())?;
+            if json {
+                print(&v);
+            } else {
+                print!("{}", ps::table(&v));
+                if v["truncated"] == true {
+                    eprintln!(
+                        "alcove: showing the oldest {} of {} invocations in flight",
+                        v["invocations"].as_array().map_or(0, Vec::len),
+                        v["total"]
+                    );
+                }
+            }
+        }
+        FnCommand::Cancel { id } => {
+            let v = client.cancel(&id)?;
+            if json {
+                print(&v);
+            } else {
+                match v["status"].as_str() {
+                    Some("cancelled") => println!("cancelled {id}"),
+                    Some("queued" | "running") => println!("cancelling {id} (it is still ending)"),
+                    other => println!(
+                        "{id} ended on its own before the cancel took effect (status {})",
+                        other.unwrap_or("unknown")
+                    ),
+                }
             }
         }
         FnCommand::Rollback { name, version } => {
