@@ -47,13 +47,14 @@ proptest! {
         };
         let parsed = parse_deploy(&serde_json::to_vec(&body).unwrap()).unwrap();
         prop_assert_eq!(parsed.name, name);
-        prop_assert_eq!(parsed.config.handler, handler);
-        prop_assert_eq!(parsed.config.env, env);
+        prop_assert_eq!(parsed.change.handler, Some(handler));
+        prop_assert_eq!(parsed.change.env, env);
         let values: BTreeMap<String, Vec<u8>> = secrets.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-        prop_assert_eq!(parsed.secrets, values);
-        prop_assert_eq!(parsed.config.memory_bytes, memory);
-        prop_assert_eq!(parsed.config.timeout_ms, timeout);
-        prop_assert_eq!(parsed.config.concurrency, concurrency.unwrap_or(16));
+        prop_assert_eq!(parsed.change.secrets, values);
+        prop_assert_eq!(parsed.change.memory_bytes, memory);
+        prop_assert_eq!(parsed.change.timeout_ms, timeout);
+        prop_assert_eq!(parsed.change.concurrency, concurrency);
+        prop_assert!(parsed.inherit);
     }
 }
 
