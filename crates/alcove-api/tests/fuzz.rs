@@ -24,6 +24,14 @@ proptest! {
     }
 
     #[test]
+    fn configuration_changes_parse_or_fail_with_a_message(body in r#"\{("(env|unset_env|secrets|unset_secrets|binds|user|tmpfs_bytes|cpu_time_ms|x)":(1|-1|"[a-z ]{0,4}"|\[\]|\["a"\]|\[\{"source":"/a","target":"/b"\}\]|null|\{\}|\{"a":"b"\}|1e400|true),?){0,6}\}"#) {
+        if let Err(e) = alcove_api::wire::parse_json::<alcove_engine::ConfigChange>(body.as_bytes(), "configuration") {
+            prop_assert_eq!(e.code, "invalid_request");
+            prop_assert!(e.message.contains("configuration body"), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn json_shaped_text_parses_or_fails_with_a_message(body in r#"\{("(name|handler|code|env|secrets|cpus|net|x)":(1|-1|"[a-z ]{0,4}"|\[\]|\["a"\]|null|\{\}|1e400|true),?){0,6}\}"#) {
         if let Err(e) = parse_deploy(body.as_bytes()) {
             prop_assert_eq!(e.code, "invalid_request");
