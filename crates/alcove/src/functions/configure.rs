@@ -172,7 +172,7 @@ fn setting(field: &str, value: &Value) -> String {
 /// Bytes as the size flags take them: 128M, 6M, 1536K, 100.
 pub(super) fn size(bytes: u64) -> String {
     for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+        if bytes >= 1 << shift && (bytes >> shift) << shift == bytes {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -181,9 +181,9 @@ pub(super) fn size(bytes: u64) -> String {
 
 /// Milliseconds as the duration flags take them: 5s, 2m, 1500ms.
 pub(super) fn duration(ms: u64) -> String {
-    if ms >= 60_000 && ms.is_multiple_of(60_000) {
+    if ms >= 60_000 && (ms / 60_000) * 60_000 == ms {
         format!("{}m", ms / 60_000)
-    } else if ms >= 1000 && ms.is_multiple_of(1000) {
+    } else if ms >= 1000 && (ms / 1000) * 1000 == ms {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
