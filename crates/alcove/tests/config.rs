@@ -398,6 +398,18 @@ fn deploy_takes_the_run_flags_and_they_take_effect() {
     let total_kib: u64 = lines[3].split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(total_kib, 8192, "/tmp is 8M: {out}");
     assert_eq!(versions(d, "flags")[0]["config"]["cpu_time_ms"], 3000);
+    let shown = ok(d, &["show", "flags"]);
+    for part in [
+        "cpu_time_ms=3000",
+        "tmpfs=8388608",
+        "workdir /tmp",
+        "user 1234:2345",
+    ] {
+        assert!(
+            shown.contains(part),
+            "{part} missing from fn show:\n{shown}"
+        );
+    }
 
     // The CPU-time limit ends a spinner.
     ok(
@@ -472,6 +484,12 @@ fn binds_are_refused_unless_the_operator_allows_them() {
         &[&["deploy", "b", "--bind", &bind][..], &handler].concat(),
     );
     assert_eq!(invoke(d, "b"), "bound content\n");
+    let resolved = std::fs::canonicalize(shared.join("data")).unwrap();
+    let shown = ok(d, &["show", "b"]);
+    assert!(
+        shown.contains(&format!("bind {}:/data", resolved.display())),
+        "{shown}"
+    );
     let err = refused(d, &["deploy", "b", "--bind", &format!("{bind}:rw")]);
     assert!(err.contains("--allow-bind DIR:rw"), "{err}");
     let out_bind = format!("{}:/data", outside.display());

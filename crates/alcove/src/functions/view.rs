@@ -28,7 +28,9 @@ pub(super) fn show_function(f: &Value) {
             ("cpus", "cpus"),
             ("pids", "pids"),
             ("timeout_ms", "timeout_ms"),
+            ("cpu_time_ms", "cpu_time_ms"),
             ("output_bytes", "output"),
+            ("tmpfs_bytes", "tmpfs"),
             ("concurrency", "concurrency"),
         ] {
             if !c[key].is_null() {
@@ -57,6 +59,20 @@ pub(super) fn show_function(f: &Value) {
             .collect();
         if !secrets.is_empty() {
             println!("        secrets {}", secrets.join(", "));
+        }
+        for key in ["workdir", "user"] {
+            if let Some(value) = c[key].as_str() {
+                println!("        {key} {value}");
+            }
+        }
+        for b in c["binds"].as_array().into_iter().flatten() {
+            let rw = if b["writable"] == true { ":rw" } else { "" };
+            let (source, target) = (b["source"].as_str(), b["target"].as_str());
+            println!(
+                "        bind {}:{}{rw}",
+                source.unwrap_or(""),
+                target.unwrap_or("")
+            );
         }
     }
 }
