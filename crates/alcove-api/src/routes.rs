@@ -10,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -35,7 +35,19 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/functions/{name}",
-            get(show_function).delete(control::remove_function),
+            get(show_function)
+                .delete(control::remove_function)
+                .patch(crate::config_routes::configure),
+        )
+        .route(
+            "/functions/{name}/secrets",
+            get(crate::config_routes::list_secrets),
+        )
+        .route(
+            "/functions/{name}/secrets/{secret}",
+            put(crate::config_routes::set_secret)
+                .delete(crate::config_routes::remove_secret)
+                .layer(DefaultBodyLimit::max(crate::config_routes::MAX_SECRET_BODY)),
         )
         .route("/functions/{name}/rollback", post(rollback))
         .route(
@@ -89,7 +101,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     }
 }
 
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!(
@@ -132,13 +144,8 @@ async fn deploy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = wire::parse_deploy(&body_or_error(body)?)?;
-    let version = blocking(move || s.engine.deploy(request)).await?;
-    let location = format!("/v1/functions/{}", version.function);
-    let mut response = (StatusCode::CREATED, Json(version)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    let deployed = blocking(move || s.engine.deploy(request)).await?;
+    Ok(crate::config_routes::deployed_response(deployed))
 }
 
 async fn show_function(

@@ -8,12 +8,11 @@ use crate::metrics::{FunctionLabel, InvocationLabels, StartLabel};
 use crate::model::{InvocationRecord, VersionInfo};
 use crate::store::now;
 use crate::{code, EngineError, STDERR_KEPT};
-use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Status, Stdio};
+use alcove_sandbox::{Bind, RunOptions, SandboxSpec, Status, Stdio};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Engine {
     /// Runs one attempt and records it, turning a panic into a failed
@@ -200,7 +199,9 @@ impl Engine {
         body: Vec<u8>,
     ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
         let c = &v.config;
-        let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+        let limits = self.config.limits.effective(c);
+        // Binds are checked again: the host path may have changed since the deploy.
+        let mut spec = crate::function_spec::base_spec(c, &limits, &self.config.allow_binds)?;
         let mut lease = None;
         if let Some(id) = &c.image_id {
             let (image, held) = self.image_store()?.lease(id).map_err(|e| {
@@ -214,8 +215,8 @@ impl Engine {
                 &mut spec,
                 self.image_store()?,
                 &image,
-                false,
-                v.code_digest.is_some(),
+                c.user.is_some(),
+                c.workdir.is_some() || v.code_digest.is_some(),
             )?;
             lease = Some(held);
         }
@@ -226,7 +227,9 @@ impl Engine {
                 writable: false,
                 device: false,
             });
-            spec.workdir = "/fn".into();
+            if c.workdir.is_none() {
+                spec.workdir = "/fn".into();
+            }
         }
         if !c.secrets.is_empty() {
             let values = self.store.secrets(&v.function, v.version)?;
@@ -244,27 +247,12 @@ impl Engine {
                 device: false,
             });
         }
-        for (k, val) in &c.env {
-            spec.env.push((k.into(), val.into()));
-        }
         spec.env
             .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
         spec.env
             .push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
         spec.env
             .push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
-        let limits = self.config.limits.effective(c);
-        spec.limits.memory_bytes = Some(limits.memory_bytes);
-        spec.limits.cpus = limits.cpus;
-        spec.limits.pids = Some(limits.pids);
-        spec.limits.timeout = Some(Duration::from_millis(limits.timeout_ms));
-        spec.limits.output_bytes = Some(limits.output_bytes);
-        spec.limits.stderr_bytes = Some(STDERR_KEPT as u64);
-        spec.net = if c.net == "host" {
-            NetMode::Host
-        } else {
-            NetMode::None
-        };
         if c.accel.as_deref() == Some("gpu") {
             spec.device_nodes = gpu_device_nodes();
         }

@@ -10,8 +10,10 @@ mod admission;
 mod attempt;
 mod code;
 mod control;
+mod config_change;
 mod devices;
 mod engine;
+mod function_spec;
 mod image;
 mod limits;
 mod metrics;
@@ -20,12 +22,17 @@ mod running;
 mod store;
 
 pub use alcove_sandbox::error_chain;
+pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
+pub use function_spec::AllowedBind;
 pub use image::apply_image;
 pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};
 pub use metrics::Metrics;
-pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
+pub use model::{
+    DeployRequest, Deployed, FunctionBind, FunctionConfig, FunctionInfo, InvocationRecord,
+    VersionInfo,
+};
 pub use running::{RunningInvocation, RunningList, MAX_LISTED};
 
 use std::io;
@@ -42,6 +49,8 @@ pub enum EngineError {
     NoFunction(String),
     #[error("function {0:?} has no version {1}")]
     NoVersion(String, u32),
+    #[error("function {0:?} has no secret {1:?}")]
+    NoSecret(String, String),
     #[error("no invocation {0:?}")]
     NoInvocation(String),
     #[error("too many invocations waiting: {0}")]
@@ -81,6 +90,7 @@ impl EngineError {
             EngineError::NoFunction(_) => "function_not_found",
             EngineError::NoVersion(..) => "version_not_found",
             EngineError::NoInvocation(_) => "invocation_not_found",
+            EngineError::NoSecret(..) => "secret_not_found",
             EngineError::Busy(_) => "too_many_requests",
             EngineError::Stopping => "stopping",
             EngineError::Internal(_) => "internal",

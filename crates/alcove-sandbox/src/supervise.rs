@@ -159,6 +159,7 @@ pub(crate) fn supervise(
                     .or(s.limits.output_bytes)
                     .unwrap_or(1 << 20),
                 Sink::Buffer(_) => s.limits.output_bytes.unwrap_or(1 << 20),
+                Sink::Fd(2) => s.limits.stderr_bytes.unwrap_or(u64::MAX),
                 Sink::Fd(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
             },
             read: Some(read),

@@ -135,7 +135,9 @@ pub fn run_observed(
         }
         child_stdio.push((memfd, 0));
     } else if spec.limits.output_bytes.is_some() {
-        for target in [1, 2] {
+        // The limit is stdout's; stderr passes through a cap only when it has its own.
+        let stderr_capped = spec.limits.stderr_bytes.is_some();
+        for target in [1, 2].into_iter().filter(|&t| t == 1 || stderr_capped) {
             let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
             outputs.push((read, supervise::Sink::Fd(target)));
             child_stdio.push((write, target));

@@ -1,7 +1,9 @@
 //! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
 
+mod configure;
 mod deploy;
 mod ps;
+mod manifest;
 mod view;
 
 use alcove_api::Client;
@@ -35,8 +37,20 @@ pub struct FnArgs {
 
 #[derive(Subcommand, Debug)]
 enum FnCommand {
-    /// Deploy a new version of a function (creating it if needed); `latest` moves to it.
+    /// Deploy a new version of a function (creating it if needed); `latest`
+    /// moves to it. What is not given is inherited from `latest` (the output
+    /// says what); a deploy that changes nothing makes no version.
     Deploy(DeployArgs),
+    /// Change settings (environment, limits, handler...) as a new version
+    /// with the same code.
+    Config {
+        name: String,
+        #[command(flatten)]
+        settings: deploy::SettingsArgs,
+    },
+    /// Set, remove or list a function's secrets (set and rm make a new version).
+    #[command(subcommand)]
+    Secret(configure::SecretCommand),
     /// Invoke a function: DATA goes to the handler's stdin, its stdout is printed.
     /// Exits 0 when the handler succeeded, 1 when it failed, 125 on other errors.
     #[command(disable_version_flag = true)]
@@ -251,21 +265,10 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
     match args.command {
         FnCommand::Deploy(d) => {
             let body = deploy_body(d)?;
-            let v = client.deploy(&body)?;
-            if json {
-                print(&v);
-            } else {
-                let digest = v["code_digest"]
-                    .as_str()
-                    .map(|d| format!(", code {}", &d[..12.min(d.len())]))
-                    .unwrap_or_default();
-                println!(
-                    "deployed {} version {}{digest}",
-                    v["function"].as_str().unwrap_or(""),
-                    v["version"]
-                );
-            }
+            configure::print_version(&client.deploy(&body)?, json);
         }
+        FnCommand::Config { name, settings } => configure::config(client, &name, settings, json)?,
+        FnCommand::Secret(command) => configure::secret(client, command, json)?,
         FnCommand::Invoke {
             name,
             data,

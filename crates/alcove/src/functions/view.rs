@@ -180,6 +180,20 @@ pub(super) fn show_function(f: &Value) {
         for (label, value) in rows {
             println!("    {label:<width$}  {value}");
         }
+        for key in ["workdir", "user"] {
+            if let Some(value) = c[key].as_str() {
+                println!("        {key} {value}");
+            }
+        }
+        for b in c["binds"].as_array().into_iter().flatten() {
+            let rw = if b["writable"] == true { ":rw" } else { "" };
+            let (source, target) = (b["source"].as_str(), b["target"].as_str());
+            println!(
+                "        bind {}:{}{rw}",
+                source.unwrap_or(""),
+                target.unwrap_or("")
+            );
+        }
     }
 }
 
