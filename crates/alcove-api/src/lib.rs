@@ -8,8 +8,8 @@
 
 mod auth;
 mod client;
-mod control;
 mod config_routes;
+mod control;
 mod errors;
 mod routes;
 mod server;

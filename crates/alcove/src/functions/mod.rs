@@ -2,8 +2,8 @@
 
 mod configure;
 mod deploy;
-mod ps;
 mod manifest;
+mod ps;
 mod view;
 
 use alcove_api::Client;
