@@ -9,6 +9,8 @@
 mod auth;
 pub mod cgi;
 mod client;
+mod config_routes;
+mod control;
 mod endpoint;
 mod errors;
 mod routes;
@@ -17,6 +19,7 @@ pub mod wire;
 
 pub use auth::token_proof;
 pub use client::{Client, ClientError, InvokeOutcome};
+pub use config_routes::MAX_SECRET_BODY;
 pub use errors::ApiError;
 pub use routes::{app, AppState};
 pub use server::{serve, BodyTimedOut, ServerLimits};

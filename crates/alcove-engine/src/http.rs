@@ -2,6 +2,7 @@
 //! the handler's environment, and invocations whose stdout streams to the
 //! caller as the handler writes it (for `protocol = "http"`).
 
+use crate::admission::Ticket;
 use crate::engine::{Engine, Invocation};
 use crate::model::{FunctionConfig, VersionInfo};
 use crate::EngineError;
@@ -10,6 +11,7 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// Bytes of request headers passed to a handler, and how many; the server
 /// refuses more before a request gets here, this only makes sure.
@@ -176,7 +178,7 @@ pub struct HttpStream {
     pub stdout: tokio::net::unix::pipe::Receiver,
     /// The finished invocation (its `response` is empty). Dropping this
     /// does not stop the invocation: it still ends and is recorded.
-    pub done: tokio::task::JoinHandle<Result<Invocation, EngineError>>,
+    pub done: JoinHandle<Result<Invocation, EngineError>>,
 }
 
 impl Engine {
@@ -196,10 +198,11 @@ impl Engine {
         request: &HttpRequest,
         body: Vec<u8>,
     ) -> Result<(Invocation, bool), EngineError> {
+        let ticket = self.admission.enter(body.len())?;
         let (version, cap) = self.resolve(name, version).await?;
         let http = version.config.protocol == "http";
         let input = Input::new(request, body);
-        let done = self.start(Endpoint { version, cap }, input)?;
+        let done = self.start(Endpoint { version, cap }, input, ticket)?;
         Ok((done.await.map_err(joined)??, http))
     }
 
@@ -211,9 +214,13 @@ impl Engine {
         request: &HttpRequest,
         body: Vec<u8>,
     ) -> Result<HttpReply, EngineError> {
+        let ticket = self.admission.enter(body.len())?;
         let mut input = Input::new(request, body);
         if endpoint.version.config.protocol != "http" {
-            let done = self.start(endpoint, input)?.await.map_err(joined)??;
+            let done = self
+                .start(endpoint, input, ticket)?
+                .await
+                .map_err(joined)??;
             return Ok(HttpReply::Done(Box::new(done)));
         }
         let (read, write) = alcove_sys::fd::pipe_cloexec()
@@ -226,7 +233,7 @@ impl Engine {
         let version = endpoint.version.version;
         let record = self.new_record(&endpoint.version, false);
         let id = record.id.clone();
-        let done = self.start_with(endpoint, input, record)?;
+        let done = self.start_with(endpoint, input, record, ticket)?;
         Ok(HttpReply::Stream(HttpStream {
             id,
             version,
@@ -239,27 +246,38 @@ impl Engine {
         self: &Arc<Self>,
         endpoint: Endpoint,
         input: Input,
-    ) -> Result<tokio::task::JoinHandle<Result<Invocation, EngineError>>, EngineError> {
+        ticket: Ticket,
+    ) -> Result<JoinHandle<Result<Invocation, EngineError>>, EngineError> {
         let record = self.new_record(&endpoint.version, false);
-        self.start_with(endpoint, input, record)
+        self.start_with(endpoint, input, record, ticket)
     }
 
-    /// Admits the invocation and runs it in its own task: a caller that goes
-    /// away drops its handle, but the invocation still ends and is recorded.
+    /// Runs an admitted synchronous invocation in its own task, registered
+    /// (listed, cancellable) from now: a caller that goes away drops its
+    /// handle, but the invocation still ends and is recorded.
     fn start_with(
         self: &Arc<Self>,
         Endpoint { version, cap }: Endpoint,
         input: Input,
         record: crate::InvocationRecord,
-    ) -> Result<tokio::task::JoinHandle<Result<Invocation, EngineError>>, EngineError> {
-        let ticket = self.admission.enter(input.body.len())?;
+        ticket: Ticket,
+    ) -> Result<JoinHandle<Result<Invocation, EngineError>>, EngineError> {
+        let entry = self.running.register(&record)?;
         let engine = Arc::clone(self);
         let alive = self.in_flight();
         Ok(tokio::spawn(async move {
             let _alive = alive;
-            let slots = engine.admission.slots(&version.function, cap).await;
+            let slots = engine
+                .slots_unless_cancelled(&entry, &version.function, cap)
+                .await;
             drop(ticket);
-            let slots = slots?;
+            let Some(slots) = slots? else {
+                let record = engine.record_cancelled(record, &entry).await?;
+                return Ok(Invocation {
+                    record,
+                    response: Vec::new(),
+                });
+            };
             let (record, response) = engine
                 .run(version, record, input, slots, true, false)
                 .await?;

@@ -23,6 +23,7 @@ mod stream;
 mod supervise;
 mod template;
 pub mod units;
+mod watch;
 
 pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
@@ -35,6 +36,7 @@ pub use seccomp::{syscall_name, syscall_number};
 pub use spec::{
     Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, StreamTarget, User,
 };
+pub use watch::{UsageSoFar, UsageWatch};
 
 /// An error and its causes on one line, joined with ": " (as anyhow's `{:#}`
 /// prints them): what alcove shows users and keeps in records.
