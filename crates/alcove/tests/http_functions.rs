@@ -336,6 +336,18 @@ fn public_functions_answer_without_the_token_and_others_do_not() {
         d.http("GET", "/fn/missing", b"").code(),
         "function_not_found"
     );
+
+    // Both settings are inherited by the next version; --public=false ends it.
+    let (status, _, err) = d.cli(&["config", "open", "--env", "A=1"]);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(anon("/fn/open", &[]).status, 200);
+    let (status, _, err) = d.cli(&["config", "open", "--public=false"]);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(anon("/fn/open", &[]).status, 401);
+    assert_eq!(
+        dechunk(&d.http("GET", "/fn/open", b"").body),
+        b"auth=none\n"
+    );
 }
 
 #[test]
