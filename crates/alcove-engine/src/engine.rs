@@ -318,8 +318,8 @@ impl Engine {
         for entry in entries.flatten() {
             let name = entry.file_name();
             if !used.contains(name.to_string_lossy().as_ref()) {
-                // Not following links: stored code holds none, and
-                // remove_dir_all never follows them.
+                // remove_dir_all removes the links stored code holds, never
+                // what they point at.
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

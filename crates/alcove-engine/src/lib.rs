@@ -9,6 +9,7 @@ mod accel;
 mod admission;
 mod attempt;
 mod code;
+mod code_links;
 mod devices;
 mod engine;
 mod image;
@@ -18,6 +19,7 @@ mod model;
 mod store;
 
 pub use alcove_sandbox::error_chain;
+pub use code_links::link_leaves;
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
 pub use image::apply_image;
