@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 mod apply;
+mod host_etc;
 mod plans;
 pub(crate) use apply::Applier;
 pub(crate) use plans::*;
@@ -147,6 +148,8 @@ pub(crate) struct HostView {
     /// when the host has a symlink (merged /usr) and `(name, None)` for a directory.
     pub entries: Vec<(&'static str, Option<PathBuf>)>,
     pub resolv_conf: Option<Vec<u8>>,
+    /// The pieces of the host's /etc shown beside the generated files.
+    pub etc: Vec<host_etc::EtcPiece>,
 }
 
 impl HostView {
@@ -171,6 +174,7 @@ impl HostView {
         HostView {
             entries,
             resolv_conf,
+            etc: host_etc::read(Path::new("/etc")),
         }
     }
 }
