@@ -220,7 +220,8 @@ impl Engine {
     pub fn deploy(&self, mut req: DeployRequest) -> Result<VersionInfo, EngineError> {
         validate(&mut req, &self.config.limits)?;
         if let Some(name) = &req.config.image {
-            let record = self.image_store()?.get(name).map_err(|e| {
+            // Pinned for the function, so that `image rm` and `prune` leave it.
+            let record = self.image_store()?.pin(name, &req.name).map_err(|e| {
                 EngineError::Invalid(format!(
                     "image {name:?}: {e} (import it with `alcove image import`)"
                 ))
@@ -304,6 +305,11 @@ impl Engine {
         self.forget(name);
         self.admission.forget(name);
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        if self.config.image_store.join("pins").join(name).exists() {
+            self.image_store()?
+                .unpin(name)
+                .map_err(|e| EngineError::Invalid(format!("unpinning its image: {e}")))?;
+        }
         self.remove_unused_code()
     }
 
@@ -578,6 +584,14 @@ fn validate(req: &mut DeployRequest, limits: &FunctionLimits) -> Result<(), Engi
     if let Some(a) = &c.accel {
         if !["auto", "cpu", "gpu"].contains(&a.as_str()) {
             return invalid(format!("accel {a:?}: use \"auto\", \"cpu\" or \"gpu\""));
+        }
+        // Refused now rather than failing every invocation later.
+        if a == "gpu" && crate::attempt::gpu_device_nodes().is_empty() {
+            return invalid(
+                "accel \"gpu\": this machine has no GPU (no /dev/nvidia* devices); deploy with \
+                 --accel auto (the CPU until a GPU is there) or --accel cpu"
+                    .into(),
+            );
         }
     }
     if c.net != "none" && c.net != "host" {
