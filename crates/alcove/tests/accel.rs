@@ -68,7 +68,10 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
         if placement == "gpu" && !gpu_nodes {
             // Refused at deploy on a machine without a GPU, not at each invoke.
             assert_eq!(rc, 125, "{err}");
-            assert!(err.contains("has no GPU") && err.contains("--accel auto"), "{err}");
+            assert!(
+                err.contains("has no GPU") && err.contains("--accel auto"),
+                "{err}"
+            );
             continue;
         }
         assert_eq!(rc, 0, "{err}");
