@@ -57,10 +57,7 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
                 "more than {MAX_CODE_ENTRIES} entries"
             ))));
         }
-        if let Some(link) = relative
-            .ancestors()
-            .find(|a| links.contains(*a))
-        {
+        if let Some(link) = relative.ancestors().find(|a| links.contains(*a)) {
             return Err(cleanup(bad(format!(
                 "{} lies under the link {}: an archive may not write through a link",
                 relative.display(),
@@ -74,7 +71,12 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
                 .link_name()
                 .ok()
                 .flatten()
-                .ok_or_else(|| cleanup(bad(format!("{}: a link without a target", relative.display()))))?
+                .ok_or_else(|| {
+                    cleanup(bad(format!(
+                        "{}: a link without a target",
+                        relative.display()
+                    )))
+                })?
                 .into_owned();
             if let Some(why) = crate::link_leaves(&relative, &to) {
                 return Err(cleanup(bad(format!(
@@ -287,7 +289,8 @@ mod tests {
         b.append_link(&mut h, "evil", "/etc/shadow").unwrap();
         let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
         assert!(
-            err.to_string().contains("evil -> /etc/shadow leaves the code directory"),
+            err.to_string()
+                .contains("evil -> /etc/shadow leaves the code directory"),
             "{err}"
         );
         assert!(safe_relative(Path::new("../x")).is_none());
@@ -330,7 +333,10 @@ mod tests {
         let dir = data.path().join("code").join(&a);
         let meta = std::fs::symlink_metadata(dir.join("lib/pkg")).unwrap();
         assert!(meta.file_type().is_symlink());
-        assert_eq!(std::fs::read_link(dir.join("lib/pkg")).unwrap(), Path::new("../vendor/pkg"));
+        assert_eq!(
+            std::fs::read_link(dir.join("lib/pkg")).unwrap(),
+            Path::new("../vendor/pkg")
+        );
         let b = store_code(data.path(), &tree("../vendor")).unwrap();
         assert_ne!(a, b, "the digest covers where links point");
     }
@@ -344,11 +350,21 @@ mod tests {
             build(&mut b);
             let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
             assert!(err.to_string().contains(expect), "{err}");
-            assert_eq!(std::fs::read_dir(data.path().join("tmp")).unwrap().count(), 0);
+            assert_eq!(
+                std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+                0
+            );
         };
         let out = outside.path().to_str().unwrap().to_owned();
         refused(
-            &|b| link(b, tar::EntryType::Symlink, "venv/bin/python3", "/usr/bin/python3"),
+            &|b| {
+                link(
+                    b,
+                    tar::EntryType::Symlink,
+                    "venv/bin/python3",
+                    "/usr/bin/python3",
+                )
+            },
             "venv/bin/python3 -> /usr/bin/python3 leaves the code directory",
         );
         refused(

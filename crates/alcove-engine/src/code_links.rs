@@ -30,9 +30,11 @@ pub fn link_leaves(link: &Path, target: &Path) -> Option<&'static str> {
     if target.is_absolute() {
         return Some("links must be relative to stay inside it");
     }
-    let mut depth: usize = link
-        .parent()
-        .map_or(0, |p| p.components().filter(|c| matches!(c, Component::Normal(_))).count());
+    let mut depth: usize = link.parent().map_or(0, |p| {
+        p.components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count()
+    });
     for component in target.components() {
         match component {
             Component::Normal(_) => depth += 1,
@@ -64,7 +66,11 @@ mod tests {
             ("x/y", ".."),
         ];
         for (link, target) in inside {
-            assert_eq!(link_leaves(Path::new(link), Path::new(target)), None, "{link} -> {target}");
+            assert_eq!(
+                link_leaves(Path::new(link), Path::new(target)),
+                None,
+                "{link} -> {target}"
+            );
         }
         let outside = [
             ("venv/bin/python3", "/usr/bin/python3"),
@@ -75,7 +81,10 @@ mod tests {
             ("a", "/fn/b"),
         ];
         for (link, target) in outside {
-            assert!(link_leaves(Path::new(link), Path::new(target)).is_some(), "{link} -> {target}");
+            assert!(
+                link_leaves(Path::new(link), Path::new(target)).is_some(),
+                "{link} -> {target}"
+            );
         }
     }
 }

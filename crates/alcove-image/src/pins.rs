@@ -154,16 +154,36 @@ mod tests {
     #[test]
     fn short_names_find_the_one_image_and_name_all_when_several_fit() {
         let mut index = Index::default();
-        index.images.push(record("docker.io/library/app:2", "a", "1"));
+        index
+            .images
+            .push(record("docker.io/library/app:2", "a", "1"));
         let found = |index: &Index, n: &str| find(index, n).map(|r| r.name.clone());
-        for short in ["app:2", "library/app:2", "docker.io/app:2", "docker.io/library/app:2"] {
-            assert_eq!(found(&index, short).unwrap(), "docker.io/library/app:2", "{short}");
+        for short in [
+            "app:2",
+            "library/app:2",
+            "docker.io/app:2",
+            "docker.io/library/app:2",
+        ] {
+            assert_eq!(
+                found(&index, short).unwrap(),
+                "docker.io/library/app:2",
+                "{short}"
+            );
         }
         assert!(matches!(find(&index, "app"), Err(ImageError::NotFound(_))));
-        index.images.push(record("docker.io/library/app:latest", "b", "2"));
-        assert_eq!(found(&index, "app").unwrap(), "docker.io/library/app:latest");
+        index
+            .images
+            .push(record("docker.io/library/app:latest", "b", "2"));
+        assert_eq!(
+            found(&index, "app").unwrap(),
+            "docker.io/library/app:latest"
+        );
         index.images.push(record("library/app:2", "c", "3"));
-        assert_eq!(found(&index, "library/app:2").unwrap(), "library/app:2", "exact wins");
+        assert_eq!(
+            found(&index, "library/app:2").unwrap(),
+            "library/app:2",
+            "exact wins"
+        );
         let e = find(&index, "app:2").unwrap_err().to_string();
         assert_eq!(
             e,
@@ -186,7 +206,10 @@ mod tests {
         assert_eq!(report.removed_layers, 0);
         assert_eq!(
             report.pinned,
-            [format!("docker.io/library/app:2 ({}) for function hello", &app.id[..12])]
+            [format!(
+                "docker.io/library/app:2 ({}) for function hello",
+                &app.id[..12]
+            )]
         );
         assert!(store.layer_dir(&app.layers[0]).is_dir());
         let (leased, lease) = store.lease(&app.id).unwrap();

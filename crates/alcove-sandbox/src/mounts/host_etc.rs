@@ -194,7 +194,9 @@ fn copy_tree(
                     return false;
                 }
             }
-            Some(kind @ (EtcKind::Copy(..) | EtcKind::Link(_))) => tree.push(EtcPiece { path, kind }),
+            Some(kind @ (EtcKind::Copy(..) | EtcKind::Link(_))) => {
+                tree.push(EtcPiece { path, kind })
+            }
             _ => return false,
         }
     }
@@ -321,7 +323,11 @@ mod tests {
             find("services"),
             Some(&EtcKind::Copy(b"http 80/tcp\n".to_vec(), 0o644))
         );
-        std::fs::write(e.join("mime.types"), vec![b'#'; MAX_COPIED_BYTES as usize + 1]).unwrap();
+        std::fs::write(
+            e.join("mime.types"),
+            vec![b'#'; MAX_COPIED_BYTES as usize + 1],
+        )
+        .unwrap();
         assert_eq!(
             find("localtime"),
             Some(&EtcKind::Link("/usr/share/zoneinfo/UTC".into()))
