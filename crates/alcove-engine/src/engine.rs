@@ -207,6 +207,7 @@ impl Engine {
             metrics,
         });
         engine.remove_unused_code()?;
+        engine.unpin_removed();
         Ok(engine)
     }
 
@@ -221,7 +222,8 @@ impl Engine {
         validate(&mut req, &self.config.limits)?;
         if let Some(name) = &req.config.image {
             // Pinned for the function, so that `image rm` and `prune` leave it.
-            let record = self.image_store()?.pin(name, &req.name).map_err(|e| {
+            let (key, holder) = crate::image::pin_of(&self.config.data_dir, &req.name);
+            let record = self.image_store()?.pin(name, &key, &holder).map_err(|e| {
                 EngineError::Invalid(format!(
                     "image {name:?}: {e} (import it with `alcove image import`)"
                 ))
@@ -305,12 +307,31 @@ impl Engine {
         self.forget(name);
         self.admission.forget(name);
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
-        if self.config.image_store.join("pins").join(name).exists() {
-            self.image_store()?
-                .unpin(name)
-                .map_err(|e| EngineError::Invalid(format!("unpinning its image: {e}")))?;
-        }
+        self.unpin_removed();
         self.remove_unused_code()
+    }
+
+    /// Drops this daemon's image pins of functions that no longer exist
+    /// (removed now, or before a crash). Best effort: a pin left behind
+    /// only keeps layers from `image prune`.
+    fn unpin_removed(&self) {
+        if !self.config.image_store.join("pins").is_dir() {
+            return; // never pinned: do not create a store
+        }
+        let Ok(images) = self.image_store() else {
+            return;
+        };
+        let Ok(names) = self.store.function_names() else {
+            return;
+        };
+        let prefix = crate::image::pin_of(&self.config.data_dir, "").0;
+        for key in images.pin_keys() {
+            if let Some(function) = key.strip_prefix(&prefix) {
+                if !names.iter().any(|n| n == function) {
+                    let _ = images.unpin(&key);
+                }
+            }
+        }
     }
 
     /// Deletes stored code that no version runs (removed functions, and what

@@ -1,9 +1,11 @@
 //! Pins: an image a deployed function runs stays usable however the store
 //! changes. The engine pins the image when it deploys a version
-//! (`pins/<holder>/<image id>.json`, holding the image's record) and unpins
-//! when it removes the function; `prune` keeps pinned layers, `remove`
-//! refuses a pinned image unless forced, and `lease` finds a pinned image by
-//! its id even once its name is gone or names another image.
+//! (`pins/<key>/<image id>.json`, holding the image's record and who holds
+//! it; the key names the daemon and the function, as several daemons may
+//! share a store) and unpins when it removes the function; `prune` keeps
+//! pinned layers, `remove` refuses a pinned image unless forced, and `lease`
+//! finds a pinned image by its id even once its name is gone or names
+//! another image.
 
 use crate::store::{find, Store};
 use crate::{ImageError, ImageRecord};
@@ -22,11 +24,11 @@ pub struct Pin {
     pub image: ImageRecord,
 }
 
-/// Holder names: what functions are called (1 to 63 of a-z, 0-9, `-`, `_`).
-fn valid_holder(holder: &str) -> bool {
-    (1..=63).contains(&holder.len())
-        && holder.as_bytes()[0].is_ascii_alphanumeric()
-        && holder
+/// Pin keys: a directory name of 1 to 128 of a-z, 0-9, `-` and `_`.
+fn valid_key(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && key
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
@@ -36,22 +38,23 @@ impl Store {
         self.root.join("pins")
     }
 
-    /// Finds the image `name` means and pins it for `function` (until
-    /// [`Store::unpin`]), in one step under the index lock, so that no
-    /// `remove` and `prune` can come between.
-    pub fn pin(&self, name: &str, function: &str) -> Result<ImageRecord, ImageError> {
-        if !valid_holder(function) {
+    /// Finds the image `name` means and pins it under `key` (until
+    /// [`Store::unpin`]) for `holder` (shown in messages, such as `function
+    /// hello`), in one step under the index lock, so that no `remove` and
+    /// `prune` can come between.
+    pub fn pin(&self, name: &str, key: &str, holder: &str) -> Result<ImageRecord, ImageError> {
+        if !valid_key(key) {
             return Err(ImageError::Invalid(format!(
-                "{function:?} cannot hold an image: not a function name"
+                "{key:?} cannot hold an image: use 1 to 128 of a-z, 0-9, '-' and '_'"
             )));
         }
         let _lock = self.index_lock(true)?;
         let record = find(&self.read_index()?, name)?.clone();
         let io = |what: &'static str| ImageError::io(what);
-        let dir = self.pins_dir().join(function);
+        let dir = self.pins_dir().join(key);
         std::fs::create_dir_all(&dir).map_err(io("creating a pin directory"))?;
         let pin = Pin {
-            holder: format!("function {function}"),
+            holder: holder.to_owned(),
             image: record.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&pin).expect("a pin serialises");
@@ -65,13 +68,13 @@ impl Store {
         Ok(record)
     }
 
-    /// Drops every pin `function` holds.
-    pub fn unpin(&self, function: &str) -> Result<(), ImageError> {
-        if !valid_holder(function) {
-            return Ok(()); // it never pinned anything
+    /// Drops every pin held under `key`.
+    pub fn unpin(&self, key: &str) -> Result<(), ImageError> {
+        if !valid_key(key) {
+            return Ok(()); // nothing was ever pinned under it
         }
         let _lock = self.index_lock(true)?;
-        match std::fs::remove_dir_all(self.pins_dir().join(function)) {
+        match std::fs::remove_dir_all(self.pins_dir().join(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(ImageError::io("removing pins")(e))
             }
@@ -79,7 +82,21 @@ impl Store {
         }
     }
 
-    /// Every pin, in holder order. Damaged pin files are skipped: a pin
+    /// The keys pins are held under.
+    pub fn pin_keys(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.pins_dir()) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|k| valid_key(k))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every pin, in key order. Damaged pin files are skipped: a pin
     /// only ever keeps layers, so losing one cannot remove what is in use
     /// by something else.
     pub fn pins(&self) -> Result<Vec<Pin>, ImageError> {
@@ -197,8 +214,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let app = record("docker.io/library/app:2", "a", "1");
         stored(&store, &app);
-        assert_eq!(store.pin("app:2", "hello").unwrap().id, app.id);
-        assert!(store.pin("app:2", "../x").is_err());
+        let pinned = store.pin("app:2", "d1-hello", "function hello").unwrap();
+        assert_eq!(pinned.id, app.id);
+        assert!(store.pin("app:2", "../x", "function x").is_err());
+        assert_eq!(store.pin_keys(), ["d1-hello"]);
         let e = store.remove("app:2", false).unwrap_err().to_string();
         assert!(e.contains("pinned by function hello"), "{e}");
         store.remove("app:2", true).unwrap();
@@ -215,7 +234,7 @@ mod tests {
         let (leased, lease) = store.lease(&app.id).unwrap();
         assert_eq!(leased, app, "found by id through its pin");
         drop(lease);
-        store.unpin("hello").unwrap();
+        store.unpin("d1-hello").unwrap();
         assert!(store.lease(&app.id).is_err());
         assert_eq!(store.prune().unwrap().removed_layers, 1);
         assert!(!store.layer_dir(&app.layers[0]).exists());

@@ -468,6 +468,11 @@ fn images_are_found_by_short_names_and_pinned_by_the_functions_that_run_them() {
     // Removing the function unpins: the layer goes at the next prune.
     let (rc, _, err) = d.cli(&["rm", "pinned"]);
     assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        std::fs::read_dir(store.join("pins")).unwrap().count(),
+        0,
+        "unpinned"
+    );
     let (rc, out, err) = image(&store, &["prune"]);
     assert_eq!(rc, 0, "{err}");
     assert!(

@@ -617,7 +617,9 @@ fn functions_run_in_images() {
     // lost by hand here) fails as an invocation, with the reason.
     let (code, _, err) = image(&store, &["rm", "fnimg:1"]);
     assert!(
-        code == 125 && err.contains("pinned by function viaimage, function withcode"),
+        code == 125
+            && err.contains("pinned by function viaimage (")
+            && err.contains(", function withcode ("),
         "{err}"
     );
     image_json(&store, &["rm", "--force", "fnimg:1"]);
