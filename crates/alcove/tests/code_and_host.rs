@@ -386,7 +386,7 @@ fn images_are_found_by_short_names_and_pinned_by_the_functions_that_run_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let store_arg = store.to_str().unwrap();
-    let Some(s) = setup(test, &["--image-store", store_arg]) else {
+    let Some(mut s) = setup(test, &["--image-store", store_arg]) else {
         return;
     };
     let d = &s.daemon;
@@ -479,6 +479,22 @@ fn images_are_found_by_short_names_and_pinned_by_the_functions_that_run_them() {
         out.contains("removed 1 layer(s)") && !out.contains("kept the layers"),
         "{out}"
     );
+
+    // A pin left for a function that is gone (a crash between removing it
+    // and unpinning) goes when the daemon starts; another daemon's stay.
+    use std::os::unix::ffi::OsStrExt;
+    let data = std::fs::canonicalize(&s.daemon.data).unwrap();
+    let ours = &common::oci::sha256_hex(data.as_os_str().as_bytes())[..12];
+    let pins = store.join("pins");
+    std::fs::create_dir_all(pins.join(format!("{ours}-ghost"))).unwrap();
+    std::fs::create_dir_all(pins.join("000000000000-other")).unwrap();
+    s.daemon.kill9();
+    let _again = common::daemon::Daemon::start(&data, &["--image-store", store_arg]);
+    let left: Vec<String> = std::fs::read_dir(&pins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["000000000000-other"]);
 }
 
 #[test]
