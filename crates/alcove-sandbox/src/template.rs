@@ -147,15 +147,8 @@ fn key(spec: &SandboxSpec, resolv_conf: Option<&[u8]>) -> String {
     h.add(b"host-view-v4");
     // A piece of the host's /etc replaced by rename (ldconfig's ld.so.cache,
     // a package's new services file) changes its directory: a new template
-    // then binds the new file instead of the old one the template holds.
-    for dir in ["/etc", "/etc/ssl", "/etc/pki/tls"] {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata(dir) {
-            h.add(&m.ino().to_le_bytes());
-            h.add(&m.mtime().to_le_bytes());
-            h.add(&m.mtime_nsec().to_le_bytes());
-        }
-    }
+    // then copies the new file instead of the old one the template holds.
+    h.add(&mounts::etc_fingerprint(Path::new("/etc")));
     h.add(spec.hostname.as_bytes());
     h.add(&spec.user.uid.to_le_bytes());
     h.add(&spec.user.gid.to_le_bytes());

@@ -92,6 +92,42 @@ pub(crate) const MAX_COPIED_TOTAL: u64 = 1 << 20;
 /// alternatives and certificates are hundreds).
 const MAX_COPIED_ENTRIES: usize = 32;
 
+/// What changes when a piece of `etc` is replaced by rename (ldconfig's
+/// ld.so.cache, a package's new services file, `sed -i`): the identity and
+/// modification time of the directories that hold the pieces copied.
+pub(crate) fn fingerprint(etc: &Path) -> Vec<u8> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for dir in ["", "ssl", "pki/tls"] {
+        if let Ok(m) = std::fs::metadata(etc.join(dir)) {
+            out.extend(m.ino().to_le_bytes());
+            out.extend(m.mtime().to_le_bytes());
+            out.extend(m.mtime_nsec().to_le_bytes());
+        }
+    }
+    out
+}
+
+/// [`read`], kept while the [`fingerprint`] stays the same: a process that
+/// builds many roots from scratch (no template) reads /etc once.
+pub(crate) fn cached(etc: &Path) -> std::sync::Arc<Vec<EtcPiece>> {
+    use std::sync::{Arc, Mutex};
+    // By directory: alcove reads only /etc (tests, their own directories).
+    type Cache = Mutex<Vec<(PathBuf, Vec<u8>, Arc<Vec<EtcPiece>>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let print = fingerprint(etc);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p, pieces)) = cache.iter().find(|(path, ..)| path == etc) {
+        if *p == print {
+            return Arc::clone(pieces);
+        }
+    }
+    let pieces = Arc::new(read(etc));
+    cache.retain(|(path, ..)| path != etc);
+    cache.push((etc.to_owned(), print, Arc::clone(&pieces)));
+    pieces
+}
+
 /// The pieces of `etc` (the host's /etc) to show: [`HOST_ETC`] and the
 /// versioned `python3.N` directories. A piece under a directory that is a
 /// link on the host is skipped, so a path never resolves through a host
@@ -344,5 +380,25 @@ mod tests {
         let got = read(e);
         let find = |p: &str| got.iter().find(|x| x.path == Path::new(p)).map(|x| &x.kind);
         assert_eq!(find("mime.types"), Some(&EtcKind::File), "too large: bound");
+    }
+
+    #[test]
+    fn replacing_a_piece_changes_the_fingerprint_and_refreshes_the_cache() {
+        let etc = tempfile::tempdir().unwrap();
+        let e = etc.path();
+        std::fs::write(e.join("services"), "old\n").unwrap();
+        let before = fingerprint(e);
+        let pieces = cached(e);
+        assert!(std::sync::Arc::ptr_eq(&pieces, &cached(e)), "read once");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(e.join("services.new"), "new\n").unwrap();
+        std::fs::rename(e.join("services.new"), e.join("services")).unwrap();
+        assert_ne!(before, fingerprint(e));
+        let now = cached(e);
+        let services = now
+            .iter()
+            .find(|p| p.path == Path::new("services"))
+            .unwrap();
+        assert_eq!(services.kind, EtcKind::Copy(b"new\n".to_vec(), 0o644));
     }
 }

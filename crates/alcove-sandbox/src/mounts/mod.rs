@@ -12,6 +12,7 @@ mod apply;
 mod host_etc;
 mod plans;
 pub(crate) use apply::Applier;
+pub(crate) use host_etc::fingerprint as etc_fingerprint;
 pub(crate) use plans::*;
 
 /// Where the child assembles the sandbox's root, in its private mount namespace.
@@ -149,7 +150,7 @@ pub(crate) struct HostView {
     pub entries: Vec<(&'static str, Option<PathBuf>)>,
     pub resolv_conf: Option<Vec<u8>>,
     /// The pieces of the host's /etc shown beside the generated files.
-    pub etc: Vec<host_etc::EtcPiece>,
+    pub etc: std::sync::Arc<Vec<host_etc::EtcPiece>>,
 }
 
 impl HostView {
@@ -174,7 +175,7 @@ impl HostView {
         HostView {
             entries,
             resolv_conf,
-            etc: host_etc::read(Path::new("/etc")),
+            etc: host_etc::cached(Path::new("/etc")),
         }
     }
 }

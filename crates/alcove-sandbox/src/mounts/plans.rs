@@ -236,7 +236,7 @@ mod tests {
         HostView {
             entries: vec![("usr", None), ("bin", Some("usr/bin".into()))],
             resolv_conf: None,
-            etc: vec![
+            etc: std::sync::Arc::new(vec![
                 super::super::host_etc::EtcPiece {
                     path: "ssl/certs".into(),
                     kind: super::super::host_etc::EtcKind::Dir,
@@ -245,7 +245,7 @@ mod tests {
                     path: "localtime".into(),
                     kind: super::super::host_etc::EtcKind::Link("/usr/share/zoneinfo/UTC".into()),
                 },
-            ],
+            ]),
         }
     }
 
