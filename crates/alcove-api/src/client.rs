@@ -158,6 +158,55 @@ impl Client {
         self.json("POST", "/v1/functions", &[], Some(&bytes))
     }
 
+    /// Changes settings of `name` as a new version (`PATCH`); `change` is a
+    /// JSON object of the fields to change.
+    pub fn configure(&self, name: &str, change: &Value) -> Result<Value, ClientError> {
+        let bytes =
+            serde_json::to_vec(change).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        self.json(
+            "PATCH",
+            &format!("/v1/functions/{}", segment(name)?),
+            &[],
+            Some(&bytes),
+        )
+    }
+
+    /// The names of `name`'s secrets.
+    pub fn secrets(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(
+            "GET",
+            &format!("/v1/functions/{}/secrets", segment(name)?),
+            &[],
+            None,
+        )
+    }
+
+    pub fn set_secret(&self, name: &str, secret: &str, value: &[u8]) -> Result<Value, ClientError> {
+        self.json(
+            "PUT",
+            &format!(
+                "/v1/functions/{}/secrets/{}",
+                segment(name)?,
+                segment(secret)?
+            ),
+            &[],
+            Some(value),
+        )
+    }
+
+    pub fn remove_secret(&self, name: &str, secret: &str) -> Result<Value, ClientError> {
+        self.json(
+            "DELETE",
+            &format!(
+                "/v1/functions/{}/secrets/{}",
+                segment(name)?,
+                segment(secret)?
+            ),
+            &[],
+            None,
+        )
+    }
+
     pub fn list(&self) -> Result<Value, ClientError> {
         self.json("GET", "/v1/functions", &[], None)
     }
@@ -171,14 +220,40 @@ impl Client {
         )
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), ClientError> {
+    /// Removes a function; with `force`, cancels its invocations in flight
+    /// first (without, the daemon refuses while there are any).
+    pub fn remove(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let query: Vec<(&str, String)> = if force {
+            vec![("force", "true".into())]
+        } else {
+            Vec::new()
+        };
         self.json(
             "DELETE",
             &format!("/v1/functions/{}", segment(name)?),
-            &[],
+            &query,
             None,
         )
         .map(drop)
+    }
+
+    /// The invocations in flight (of `function`, if given), oldest first.
+    pub fn running(&self, function: Option<&str>) -> Result<Value, ClientError> {
+        let query: Vec<(&str, String)> = match function {
+            Some(f) => vec![("function", segment(f)?.to_owned())],
+            None => Vec::new(),
+        };
+        self.json("GET", "/v1/invocations", &query, None)
+    }
+
+    /// Cancels an invocation in flight; returns its record.
+    pub fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(
+            "DELETE",
+            &format!("/v1/invocations/{}", segment(id)?),
+            &[],
+            None,
+        )
     }
 
     pub fn rollback(&self, name: &str, version: u32) -> Result<Value, ClientError> {

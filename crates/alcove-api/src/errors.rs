@@ -36,9 +36,11 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(_) | EngineError::BadCode(_) => StatusCode::BAD_REQUEST,
             EngineError::NoFunction(_)
             | EngineError::NoVersion(..)
-            | EngineError::NoInvocation(_) => StatusCode::NOT_FOUND,
+            | EngineError::NoInvocation(_)
+            | EngineError::NoSecret(..) => StatusCode::NOT_FOUND,
             EngineError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             EngineError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Conflict(..) => StatusCode::CONFLICT,
             EngineError::Internal(_)
             | EngineError::Store(_)
             | EngineError::Io { .. }

@@ -8,6 +8,8 @@
 
 mod auth;
 mod client;
+mod config_routes;
+mod control;
 mod errors;
 mod routes;
 mod server;
@@ -15,6 +17,7 @@ pub mod wire;
 
 pub use auth::token_proof;
 pub use client::{Client, ClientError, InvokeOutcome};
+pub use config_routes::MAX_SECRET_BODY;
 pub use errors::ApiError;
 pub use routes::{app, AppState};
 pub use server::{serve, BodyTimedOut, ServerLimits};

@@ -1,5 +1,6 @@
 //! The router: each handler parses, calls the engine, and maps the result.
 
+use crate::control;
 use crate::errors::ApiError;
 use crate::wire::{self, FunctionSummary, InvocationView, InvokeQuery, RollbackBody};
 use crate::{auth, MAX_DEPLOY_BODY, MAX_INVOKE_BODY, OPENAPI};
@@ -9,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -34,7 +35,19 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/functions/{name}",
-            get(show_function).delete(remove_function),
+            get(show_function)
+                .delete(control::remove_function)
+                .patch(crate::config_routes::configure),
+        )
+        .route(
+            "/functions/{name}/secrets",
+            get(crate::config_routes::list_secrets),
+        )
+        .route(
+            "/functions/{name}/secrets/{secret}",
+            put(crate::config_routes::set_secret)
+                .delete(crate::config_routes::remove_secret)
+                .layer(DefaultBodyLimit::max(crate::config_routes::MAX_SECRET_BODY)),
         )
         .route("/functions/{name}/rollback", post(rollback))
         .route(
@@ -42,7 +55,8 @@ pub fn app(state: AppState) -> Router {
             post(invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY)),
         )
         .route("/functions/{name}/logs", get(logs))
-        .route("/invocations/{id}", get(invocation))
+        .route("/invocations", get(control::list_running))
+        .route("/invocations/{id}", get(invocation).delete(control::cancel))
         .route("/openapi.json", get(openapi));
     Router::new()
         .route("/healthz", get(healthz))
@@ -71,7 +85,7 @@ pub fn app(state: AppState) -> Router {
 
 /// The one path parameter (a function's name or an invocation's id), with
 /// bad percent-encoding answered as a JSON error like everything else.
-struct Segment(String);
+pub(crate) struct Segment(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Segment {
     type Rejection = ApiError;
@@ -87,7 +101,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     }
 }
 
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!(
@@ -104,13 +118,13 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
     })
 }
 
-fn query_or_error<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query_or_error<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| {
         ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -130,13 +144,8 @@ async fn deploy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = wire::parse_deploy(&body_or_error(body)?)?;
-    let version = blocking(move || s.engine.deploy(request)).await?;
-    let location = format!("/v1/functions/{}", version.function);
-    let mut response = (StatusCode::CREATED, Json(version)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    let deployed = blocking(move || s.engine.deploy(request)).await?;
+    Ok(crate::config_routes::deployed_response(deployed))
 }
 
 async fn show_function(
@@ -144,14 +153,6 @@ async fn show_function(
     Segment(name): Segment,
 ) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || s.engine.function(&name)).await?).into_response())
-}
-
-async fn remove_function(
-    State(s): State<AppState>,
-    Segment(name): Segment,
-) -> Result<Response, ApiError> {
-    blocking(move || s.engine.remove(&name)).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn rollback(
@@ -302,7 +303,7 @@ fn failure(r: &InvocationRecord) -> ApiError {
         "cancelled" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "function_cancelled",
-            format!("the handler was stopped before it ended: {reason}"),
+            format!("the invocation was stopped before it ended: {reason}"),
         ),
         "killed_by_policy" => (
             StatusCode::BAD_GATEWAY,

@@ -2,7 +2,7 @@
 //! (kept apart from the routes so it can be fuzzed on its own).
 
 use crate::errors::ApiError;
-use alcove_engine::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord};
+use alcove_engine::{ConfigChange, DeployRequest, FunctionBind, FunctionInfo, InvocationRecord};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,11 +25,20 @@ pub struct DeployBody {
     /// The code: a tar archive, base64-encoded; mounted read-only at /fn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Variables set; with inheritance, merged into the previous version's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Secret values by name: files under /run/secrets, never returned.
+    /// Variables of the previous version to drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset_env: Vec<String>,
+    /// Secret values by name: files under /run/secrets, never returned;
+    /// merged into the previous version's.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Start from the previous version's configuration, code and secrets
+    /// (default) or from the defaults (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,7 +48,19 @@ pub struct DeployBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Numeric `UID[:GID]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Host paths to show inside; replaces the previous version's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binds: Option<Vec<FunctionBind>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,33 +176,37 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         ),
         None => None,
     };
-    let defaults: FunctionConfig =
-        serde_json::from_str(r#"{"handler":[]}"#).expect("the defaults parse");
-    let config = FunctionConfig {
-        handler: d.handler,
+    let change = ConfigChange {
+        handler: (!d.handler.is_empty()).then_some(d.handler),
+        image: d.image,
+        accel: d.accel,
         env: d.env,
-        secrets: Vec::new(),
+        unset_env: d.unset_env,
+        secrets: d
+            .secrets
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect(),
+        unset_secrets: Vec::new(),
         memory_bytes: d.memory_bytes,
         cpus: d.cpus,
         pids: d.pids,
         timeout_ms: d.timeout_ms,
-        output_bytes: d.output_bytes.unwrap_or(defaults.output_bytes),
-        net: d.net.unwrap_or(defaults.net),
-        concurrency: d.concurrency.unwrap_or(defaults.concurrency),
-        image: d.image,
-        image_id: None,
-        accel: d.accel,
+        cpu_time_ms: d.cpu_time_ms,
+        output_bytes: d.output_bytes,
+        tmpfs_bytes: d.tmpfs_bytes,
+        workdir: d.workdir,
+        user: d.user,
+        binds: d.binds,
+        net: d.net,
+        concurrency: d.concurrency,
     };
-    let secrets = d
-        .secrets
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
     Ok(DeployRequest {
         name: d.name,
-        config,
-        secrets,
+        change,
         code_tar,
+        inherit: d.inherit.unwrap_or(true),
+        must_exist: false,
     })
 }
 

@@ -24,6 +24,14 @@ proptest! {
     }
 
     #[test]
+    fn configuration_changes_parse_or_fail_with_a_message(body in r#"\{("(env|unset_env|secrets|unset_secrets|binds|user|tmpfs_bytes|cpu_time_ms|x)":(1|-1|"[a-z ]{0,4}"|\[\]|\["a"\]|\[\{"source":"/a","target":"/b"\}\]|null|\{\}|\{"a":"b"\}|1e400|true),?){0,6}\}"#) {
+        if let Err(e) = alcove_api::wire::parse_json::<alcove_engine::ConfigChange>(body.as_bytes(), "configuration") {
+            prop_assert_eq!(e.code, "invalid_request");
+            prop_assert!(e.message.contains("configuration body"), "{}", e.message);
+        }
+    }
+
+    #[test]
     fn json_shaped_text_parses_or_fails_with_a_message(body in r#"\{("(name|handler|code|env|secrets|cpus|net|x)":(1|-1|"[a-z ]{0,4}"|\[\]|\["a"\]|null|\{\}|1e400|true),?){0,6}\}"#) {
         if let Err(e) = parse_deploy(body.as_bytes()) {
             prop_assert_eq!(e.code, "invalid_request");
@@ -47,13 +55,14 @@ proptest! {
         };
         let parsed = parse_deploy(&serde_json::to_vec(&body).unwrap()).unwrap();
         prop_assert_eq!(parsed.name, name);
-        prop_assert_eq!(parsed.config.handler, handler);
-        prop_assert_eq!(parsed.config.env, env);
+        prop_assert_eq!(parsed.change.handler, Some(handler));
+        prop_assert_eq!(parsed.change.env, env);
         let values: BTreeMap<String, Vec<u8>> = secrets.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-        prop_assert_eq!(parsed.secrets, values);
-        prop_assert_eq!(parsed.config.memory_bytes, memory);
-        prop_assert_eq!(parsed.config.timeout_ms, timeout);
-        prop_assert_eq!(parsed.config.concurrency, concurrency.unwrap_or(16));
+        prop_assert_eq!(parsed.change.secrets, values);
+        prop_assert_eq!(parsed.change.memory_bytes, memory);
+        prop_assert_eq!(parsed.change.timeout_ms, timeout);
+        prop_assert_eq!(parsed.change.concurrency, concurrency);
+        prop_assert!(parsed.inherit);
     }
 }
 

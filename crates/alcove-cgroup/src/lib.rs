@@ -10,6 +10,7 @@
 
 pub mod delegation;
 mod layout;
+mod probe;
 mod registry;
 mod sandbox;
 pub mod v1;
@@ -17,6 +18,7 @@ pub mod v2;
 
 pub use delegation::{DelegationCheck, DelegationError, LEAF};
 pub use layout::{CgroupLayout, LayoutKind, V1Hierarchy};
+pub use probe::{LiveUsage, UsageProbe};
 pub use registry::{forget_place, remembered_places, PLACES_FILE};
 pub use sandbox::{SandboxCgroup, PARENT_DIR, RUN_LEAF};
 

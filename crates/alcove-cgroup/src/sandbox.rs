@@ -276,6 +276,21 @@ impl SandboxCgroup {
         Ok(usage)
     }
 
+    /// Where this run's memory and CPU counters can be read from another
+    /// thread while it runs (`alcove fn ps`).
+    pub fn probe(&self) -> crate::UsageProbe {
+        let memory = self
+            .measured_dir(Controller::Memory, "memory")
+            .map(|dir| (dir.to_owned(), self.is_v2(Controller::Memory)));
+        let cpu = match self.unified_dir() {
+            Some(dir) => Some((dir.to_owned(), true)),
+            None => self
+                .dir_for_v1("cpuacct")
+                .map(|dir| (dir.to_owned(), false)),
+        };
+        crate::UsageProbe { memory, cpu }
+    }
+
     /// CPU time used so far, `(user, system)` in microseconds.
     pub fn cpu_usage_us(&self) -> Result<(u64, u64), CgroupError> {
         if let Some(dir) = self.unified_dir() {

@@ -8,12 +8,11 @@ use crate::metrics::{FunctionLabel, InvocationLabels, StartLabel};
 use crate::model::{InvocationRecord, VersionInfo};
 use crate::store::now;
 use crate::{code, EngineError, STDERR_KEPT};
-use alcove_sandbox::{Bind, NetMode, RunOptions, SandboxSpec, Status, Stdio};
+use alcove_sandbox::{Bind, RunOptions, SandboxSpec, Status, Stdio};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Engine {
     /// Runs one attempt and records it, turning a panic into a failed
@@ -82,6 +81,15 @@ impl Engine {
         if std::env::var("ALCOVE_FAULT_PANIC_IN").is_ok_and(|f| f == v.function) {
             panic!("ALCOVE_FAULT_PANIC_IN={}", v.function);
         }
+        // Its own cancel, unless a client cancelled it before it could start.
+        let control = match self.running.begin_attempt(&record.id) {
+            Ok(control) => control,
+            Err(refused) => {
+                let retry = refused.apply(record);
+                self.save(record, retry && retry_on_failure)?;
+                return Ok(Vec::new());
+            }
+        };
         record.status = "running".into();
         record.attempts += 1;
         record.started_at = Some(now());
@@ -101,10 +109,13 @@ impl Engine {
                 kind: "cold".into(),
             })
             .inc();
+        let mut cancel = vec![Arc::clone(&self.cancel)];
+        cancel.extend(control.as_ref().map(|c| Arc::clone(&c.cancel)));
         let options = RunOptions {
             forward_signals: false,
             collect_usage: true,
-            cancel: Some(Arc::clone(&self.cancel)),
+            cancel,
+            watch: control.as_ref().map(|c| c.watch()),
         };
         let result = match device_rule {
             Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
@@ -129,9 +140,14 @@ impl Engine {
                 record.pids_peak = outcome.pids_peak;
                 record.output_truncated = outcome.stdout_truncated;
                 record.error = match outcome.status {
-                    Status::Cancelled => {
-                        Some("the daemon stopped while this invocation ran".into())
-                    }
+                    Status::Cancelled => Some(
+                        control
+                            .as_ref()
+                            .and_then(|c| c.cancel_reason())
+                            .unwrap_or_else(|| {
+                                "the daemon stopped while this invocation ran".into()
+                            }),
+                    ),
                     _ => outcome.reason.clone(),
                 };
                 let kept = outcome.stderr.len().min(STDERR_KEPT);
@@ -183,7 +199,9 @@ impl Engine {
         body: Vec<u8>,
     ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
         let c = &v.config;
-        let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+        let limits = self.config.limits.effective(c);
+        // Binds are checked again: the host path may have changed since the deploy.
+        let mut spec = crate::function_spec::base_spec(c, &limits, &self.config.allow_binds)?;
         let mut lease = None;
         if let Some(id) = &c.image_id {
             let (image, held) = self.image_store()?.lease(id).map_err(|e| {
@@ -197,8 +215,8 @@ impl Engine {
                 &mut spec,
                 self.image_store()?,
                 &image,
-                false,
-                v.code_digest.is_some(),
+                c.user.is_some(),
+                c.workdir.is_some() || v.code_digest.is_some(),
             )?;
             lease = Some(held);
         }
@@ -209,7 +227,9 @@ impl Engine {
                 writable: false,
                 device: false,
             });
-            spec.workdir = "/fn".into();
+            if c.workdir.is_none() {
+                spec.workdir = "/fn".into();
+            }
         }
         if !c.secrets.is_empty() {
             let values = self.store.secrets(&v.function, v.version)?;
@@ -227,27 +247,12 @@ impl Engine {
                 device: false,
             });
         }
-        for (k, val) in &c.env {
-            spec.env.push((k.into(), val.into()));
-        }
         spec.env
             .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
         spec.env
             .push(("ALCOVE_VERSION".into(), v.version.to_string().into()));
         spec.env
             .push(("ALCOVE_INVOCATION".into(), record.id.clone().into()));
-        let limits = self.config.limits.effective(c);
-        spec.limits.memory_bytes = Some(limits.memory_bytes);
-        spec.limits.cpus = limits.cpus;
-        spec.limits.pids = Some(limits.pids);
-        spec.limits.timeout = Some(Duration::from_millis(limits.timeout_ms));
-        spec.limits.output_bytes = Some(limits.output_bytes);
-        spec.limits.stderr_bytes = Some(STDERR_KEPT as u64);
-        spec.net = if c.net == "host" {
-            NetMode::Host
-        } else {
-            NetMode::None
-        };
         if c.accel.as_deref() == Some("gpu") {
             spec.device_nodes = gpu_device_nodes();
         }

@@ -275,7 +275,8 @@ mod tests {
     const OPTIONS: RunOptions = RunOptions {
         forward_signals: false,
         collect_usage: false,
-        cancel: None,
+        cancel: Vec::new(),
+        watch: None,
     };
 
     #[test]

@@ -6,10 +6,9 @@ use crate::admission::{Admission, Slots};
 use crate::code;
 use crate::limits::FunctionLimits;
 use crate::metrics::Metrics;
-use crate::model::{DeployRequest, FunctionInfo, InvocationRecord, VersionInfo};
+use crate::model::{DeployRequest, Deployed, FunctionInfo, InvocationRecord, VersionInfo};
 use crate::store::{now, Store};
 use crate::EngineError;
-use alcove_sandbox::SandboxSpec;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -37,6 +36,8 @@ pub struct EngineConfig {
     pub accel_program: PathBuf,
     /// Each function's defaults and maxima.
     pub limits: FunctionLimits,
+    /// Host directories functions may bind paths from (none: no binds).
+    pub allow_binds: Vec<crate::AllowedBind>,
 }
 
 /// Old records are purged once per this many invocations.
@@ -71,6 +72,7 @@ impl EngineConfig {
                 .filter(|p| p.exists())
                 .unwrap_or_else(|| "alcove-accel".into()),
             limits: FunctionLimits::default(),
+            allow_binds: Vec::new(),
         }
     }
 }
@@ -86,7 +88,7 @@ pub struct Invocation {
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) store: Store,
-    admission: Admission,
+    pub(crate) admission: Admission,
     /// Functions as last read from the store, so an invocation does not read
     /// and parse every version; deploy, rollback and remove drop the entry.
     known: Mutex<HashMap<String, Arc<FunctionInfo>>>,
@@ -108,6 +110,8 @@ pub struct Engine {
     idle: Arc<tokio::sync::Notify>,
     /// Held while code is stored for a deploy or unreferenced code removed.
     code_lock: Mutex<()>,
+    /// The invocations in flight, each with its own cancel.
+    pub(crate) running: Arc<crate::running::Running>,
     pub metrics: Metrics,
 }
 
@@ -126,7 +130,7 @@ impl Drop for InFlight {
 }
 
 /// Runs blocking work (the store, the sandbox) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(f)
@@ -204,6 +208,7 @@ impl Engine {
             in_flight: Arc::new(AtomicUsize::new(0)),
             idle: Arc::new(tokio::sync::Notify::new()),
             code_lock: Mutex::new(()),
+            running: Arc::default(),
             metrics,
         });
         engine.remove_unused_code()?;
@@ -216,31 +221,34 @@ impl Engine {
         &self.config
     }
 
-    /// Deploys a new version and points `latest` at it. Blocking: call it from
-    /// a blocking thread.
-    pub fn deploy(&self, mut req: DeployRequest) -> Result<VersionInfo, EngineError> {
-        validate(&mut req, &self.config.limits)?;
-        if let Some(name) = &req.config.image {
-            // Pinned for the function, so that `image rm` and `prune` leave it.
-            let (key, holder) = crate::image::pin_of(&self.config.data_dir, &req.name);
-            let record = self.image_store()?.pin(name, &key, &holder).map_err(|e| {
-                EngineError::Invalid(format!(
-                    "image {name:?}: {e} (import it with `alcove image import`)"
-                ))
-            })?;
-            req.config.image_id = Some(record.id);
-        }
-        req.config.secrets = req.secrets.keys().cloned().collect();
+    /// Deploys a new version and points `latest` at it, inheriting what the
+    /// request leaves out from `latest` (see [`crate::ConfigChange`]); when
+    /// the result equals `latest`, makes none. Blocking: call it from a
+    /// blocking thread.
+    pub fn deploy(&self, req: DeployRequest) -> Result<Deployed, EngineError> {
+        check_name(&req.name)?;
+        // One deploy at a time: each reads `latest` and adds the version after it.
         let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let digest = match &req.code_tar {
-            Some(tar) => Some(code::store_code(&self.config.data_dir, tar)?),
-            None => None,
-        };
-        let version =
-            self.store
-                .add_version(&req.name, &req.config, digest.as_deref(), &req.secrets);
-        self.forget(&req.name);
-        version
+        let (mut plan, latest) = self.plan(&req)?;
+        validate(&mut plan, &self.config.limits, &self.config.allow_binds)?;
+        if plan.config.image_id.is_none() {
+            if let Some(name) = &plan.config.image {
+                // Pinned for the function (an inherited image_id is pinned
+                // already), so that `image rm` and `prune` leave it.
+                let (key, holder) = crate::image::pin_of(&self.config.data_dir, &req.name);
+                let record = self.image_store()?.pin(name, &key, &holder).map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "image {name:?}: {e} (import it with `alcove image import`)"
+                    ))
+                })?;
+                plan.config.image_id = Some(record.id);
+            }
+        }
+        if let Some(tar) = &req.code_tar {
+            plan.code_digest = Some(code::store_code(&self.config.data_dir, tar)?);
+            plan.inherited.retain(|s| s != "code");
+        }
+        crate::config_change::finish(self, req.name, plan, latest)
     }
 
     pub(crate) fn image_store(&self) -> Result<&alcove_image::Store, EngineError> {
@@ -256,7 +264,7 @@ impl Engine {
         Ok(self.images.get_or_init(|| store))
     }
 
-    fn forget(&self, name: &str) {
+    pub(crate) fn forget(&self, name: &str) {
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -301,8 +309,14 @@ impl Engine {
     }
 
     /// Removes a function, its versions, secrets and invocation records, and
-    /// its code where no other version shares it.
+    /// its code where no other version shares it; refused while it has
+    /// invocations in flight (see [`Engine::remove_function`]).
     pub fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let _removal = self.running.begin_removal(name, false)?;
+        self.remove_unchecked(name)
+    }
+
+    pub(crate) fn remove_unchecked(&self, name: &str) -> Result<(), EngineError> {
         self.store.delete_function(name)?;
         self.forget(name);
         self.admission.forget(name);
@@ -381,16 +395,25 @@ impl Engine {
     ) -> Result<Invocation, EngineError> {
         let ticket = self.admission.enter(body.len())?;
         let (v, cap) = self.resolve(name, version).await?;
+        let record = self.new_record(&v, false);
+        let entry = self.running.register(&record)?;
         // Its own task: a client that goes away mid-invocation drops the
         // request's future, but the invocation still ends and is recorded.
         let engine = Arc::clone(self);
         let alive = self.in_flight();
         tokio::spawn(async move {
             let _alive = alive;
-            let slots = engine.admission.slots(&v.function, cap).await;
+            let slots = engine
+                .slots_unless_cancelled(&entry, &v.function, cap)
+                .await;
             drop(ticket);
-            let slots = slots?;
-            let record = engine.new_record(&v, false);
+            let Some(slots) = slots? else {
+                let record = engine.record_cancelled(record, &entry).await?;
+                return Ok(Invocation {
+                    record,
+                    response: Vec::new(),
+                });
+            };
             let (record, response) = engine.run(v, record, body, slots, true, false).await?;
             Ok(Invocation { record, response })
         })
@@ -414,17 +437,23 @@ impl Engine {
             let (engine, v) = (Arc::clone(self), v.clone());
             blocking(move || {
                 let record = engine.new_record(&v, true);
+                // Registered first, so a removal of the function sees it
+                // or the store refuses it.
+                let entry = engine.running.register(&record)?;
                 engine.store.insert_invocation(&record)?;
-                Ok(record)
+                Ok((record, entry))
             })
             .await?
         };
+        let (record, entry) = record;
         let queued = record.clone();
         let engine = Arc::clone(self);
         let alive = self.in_flight();
         tokio::spawn(async move {
             let _alive = alive;
-            engine.run_async(v, cap, record, body, retries).await;
+            engine
+                .run_async(v, cap, record, body, retries, &entry)
+                .await;
             drop(ticket);
         });
         Ok(queued)
@@ -437,10 +466,15 @@ impl Engine {
         mut record: InvocationRecord,
         body: Vec<u8>,
         retries: u32,
+        entry: &crate::running::Entry,
     ) {
         for attempt in 0..=retries {
-            let slots = match self.admission.slots(&v.function, cap).await {
-                Ok(slots) => slots,
+            let slots = match self.slots_unless_cancelled(entry, &v.function, cap).await {
+                Ok(Some(slots)) => slots,
+                Ok(None) => {
+                    entry.mark_cancelled(&mut record);
+                    break;
+                }
                 Err(e) => {
                     record.error = Some(e.to_string());
                     break;
@@ -458,10 +492,14 @@ impl Engine {
             if record.succeeded() || last {
                 break;
             }
-            // The backoff ends early when the daemon stops.
+            // The backoff ends early when the daemon stops or a client cancels.
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))) => {}
                 () = self.admission.closed() => break,
+                () = entry.cancelled() => {
+                    entry.mark_cancelled(&mut record);
+                    break;
+                }
             }
         }
         if record.succeeded() {
@@ -584,18 +622,25 @@ impl Engine {
     }
 }
 
-fn validate(req: &mut DeployRequest, limits: &FunctionLimits) -> Result<(), EngineError> {
-    let invalid = |m: String| Err(EngineError::Invalid(m));
-    if !crate::valid_name(&req.name) {
-        return invalid(format!(
-            "function name {:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit",
-            req.name
-        ));
+fn check_name(name: &str) -> Result<(), EngineError> {
+    if crate::valid_name(name) {
+        return Ok(());
     }
+    Err(EngineError::Invalid(format!(
+        "function name {name:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )))
+}
+
+fn validate(
+    plan: &mut crate::config_change::Plan,
+    limits: &FunctionLimits,
+    allowed: &[crate::AllowedBind],
+) -> Result<(), EngineError> {
+    let invalid = |m: String| Err(EngineError::Invalid(m));
     limits
-        .check_and_fill(&mut req.config)
+        .check_and_fill(&mut plan.config)
         .map_err(EngineError::Invalid)?;
-    let c = &req.config;
+    let c = &plan.config;
     let no_handler = c.handler.is_empty() && c.image.is_none();
     if no_handler || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return invalid(
@@ -621,28 +666,18 @@ fn validate(req: &mut DeployRequest, limits: &FunctionLimits) -> Result<(), Engi
     if c.concurrency == 0 || c.concurrency > 10_000 {
         return invalid(format!("concurrency {}: use 1 to 10000", c.concurrency));
     }
-    for name in req.secrets.keys() {
-        if !crate::valid_name(name) {
-            return invalid(format!(
-                "secret name {name:?}: use 1 to 63 of a-z, 0-9, '-' and '_'"
-            ));
-        }
-    }
-    // The rest (memory, CPUs, env...) is checked as the sandbox would check it
-    // (with an image and no handler, the image's command stands in).
-    let argv = if c.handler.is_empty() {
-        vec!["true".into()]
-    } else {
-        c.handler.iter().map(Into::into).collect()
-    };
-    let mut spec = SandboxSpec::new(argv);
-    spec.limits.memory_bytes = c.memory_bytes;
-    spec.limits.cpus = c.cpus;
-    spec.limits.pids = c.pids;
-    for (k, v) in &c.env {
-        spec.env.push((k.into(), v.into()));
+    crate::config_change::check_secrets(&plan.secrets)?;
+    // The rest (memory, CPUs, env, binds...) is checked as the sandbox
+    // would check it (with an image and no handler, its command stands in).
+    let mut spec = crate::function_spec::base_spec(c, &limits.effective(c), allowed)?;
+    if spec.argv.is_empty() {
+        spec.argv = vec!["true".into()];
     }
     spec.validate()
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    // Sources are stored resolved: what `fn show` lists is what is checked.
+    for (b, resolved) in plan.config.binds.iter_mut().zip(&spec.binds) {
+        b.source = resolved.source.to_string_lossy().into_owned();
+    }
     Ok(())
 }

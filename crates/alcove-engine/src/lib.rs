@@ -10,22 +10,32 @@ mod admission;
 mod attempt;
 mod code;
 mod code_links;
+mod config_change;
+mod control;
 mod devices;
 mod engine;
+mod function_spec;
 mod image;
 mod limits;
 mod metrics;
 mod model;
+mod running;
 mod store;
 
 pub use alcove_sandbox::error_chain;
 pub use code_links::link_leaves;
+pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
+pub use function_spec::AllowedBind;
 pub use image::apply_image;
 pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};
 pub use metrics::Metrics;
-pub use model::{DeployRequest, FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
+pub use model::{
+    DeployRequest, Deployed, FunctionBind, FunctionConfig, FunctionInfo, InvocationRecord,
+    VersionInfo,
+};
+pub use running::{RunningInvocation, RunningList, MAX_LISTED};
 
 use std::io;
 
@@ -41,6 +51,8 @@ pub enum EngineError {
     NoFunction(String),
     #[error("function {0:?} has no version {1}")]
     NoVersion(String, u32),
+    #[error("function {0:?} has no secret {1:?}")]
+    NoSecret(String, String),
     #[error("no invocation {0:?}")]
     NoInvocation(String),
     #[error("too many invocations waiting: {0}")]
@@ -61,6 +73,9 @@ pub enum EngineError {
     },
     #[error("the sandbox could not be started")]
     Sandbox(#[source] alcove_sandbox::SandboxError),
+    /// The request conflicts with the state it found (a code for the API, and why).
+    #[error("{1}")]
+    Conflict(&'static str, String),
     #[error("the sandbox's device rule could not be put in place")]
     DeviceRule(#[from] DeviceRuleError),
 }
@@ -77,10 +92,12 @@ impl EngineError {
             EngineError::NoFunction(_) => "function_not_found",
             EngineError::NoVersion(..) => "version_not_found",
             EngineError::NoInvocation(_) => "invocation_not_found",
+            EngineError::NoSecret(..) => "secret_not_found",
             EngineError::Busy(_) => "too_many_requests",
             EngineError::Stopping => "stopping",
             EngineError::Internal(_) => "internal",
             EngineError::BadCode(_) => "invalid_code",
+            EngineError::Conflict(code, _) => code,
             EngineError::Store(_) | EngineError::Io { .. } => "internal",
             EngineError::Sandbox(_) | EngineError::DeviceRule(_) => "sandbox_failed",
         }

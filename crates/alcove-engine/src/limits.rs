@@ -113,6 +113,23 @@ impl FunctionLimits {
             self.max_output_bytes,
             "--max-output",
         )?;
+        if let Some(cpu_time) = c.cpu_time_ms {
+            // CPU time can outrun the wall clock by the CPUs it may use.
+            let most = self
+                .max_timeout_ms
+                .saturating_mul(self.max_cpus.ceil().max(1.0) as u64);
+            range("cpu_time_ms", cpu_time, 1, most, "--max-timeout")?;
+        }
+        if let Some(tmpfs) = c.tmpfs_bytes {
+            // tmpfs pages are charged to the memory limit: more is never usable.
+            range(
+                "tmpfs_bytes",
+                tmpfs,
+                4096,
+                self.max_memory_bytes,
+                "--max-memory",
+            )?;
+        }
         if let Some(cpus) = c.cpus {
             if !(cpus.is_finite() && (0.01..=self.max_cpus).contains(&cpus)) {
                 return Err(format!(
@@ -140,6 +157,10 @@ impl FunctionLimits {
             pids: c.pids.unwrap_or(self.default_pids).clamp(1, self.max_pids),
             output_bytes: c.output_bytes.min(self.max_output_bytes),
             cpus: c.cpus.map(|n| n.clamp(0.01, self.max_cpus)),
+            cpu_time_ms: c.cpu_time_ms.map(|t| t.max(1)),
+            tmpfs_bytes: c
+                .tmpfs_bytes
+                .map(|t| t.clamp(4096, self.max_memory_bytes.max(4096))),
         }
     }
 }
@@ -152,6 +173,8 @@ pub struct Effective {
     pub pids: u64,
     pub output_bytes: u64,
     pub cpus: Option<f64>,
+    pub cpu_time_ms: Option<u64>,
+    pub tmpfs_bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -44,6 +44,33 @@ pub struct FunctionConfig {
     /// Invocations of this function running at once; more wait in the queue.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// CPU time per invocation, summed over its processes, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    /// Size of each writable tmpfs (/tmp, /dev/shm, an image's upper layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_bytes: Option<u64>,
+    /// Working directory inside the sandbox (default: /fn with code, else
+    /// the image's, else /).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Numeric `UID[:GID]` the handler runs as (default: nobody, or the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Host paths made visible inside, each under a directory the operator
+    /// allowed (`alcove serve --allow-bind`); sources are stored resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<FunctionBind>,
+}
+
+/// A host path a function sees (`--bind SRC:DST[:ro|rw]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionBind {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub writable: bool,
 }
 
 fn default_output_bytes() -> u64 {
@@ -58,15 +85,35 @@ fn default_concurrency() -> u32 {
     16
 }
 
-/// A deploy: a new immutable version of `name`, which `latest` then points at.
+/// A deploy: a new immutable version of `name`, which `latest` then points
+/// at. What `change` leaves out (and the code, when none is given) is
+/// inherited from `latest` unless `inherit` is false.
 #[derive(Debug, Clone)]
 pub struct DeployRequest {
     pub name: String,
-    pub config: FunctionConfig,
-    /// Secret values by name (written to files, never returned by the API).
-    pub secrets: BTreeMap<String, Vec<u8>>,
+    pub change: crate::ConfigChange,
     /// The code, as a tar archive, mounted read-only at /fn.
     pub code_tar: Option<Vec<u8>>,
+    /// Start from `latest`'s configuration (true) or from the defaults.
+    pub inherit: bool,
+    /// Refuse unless the function exists (a configuration change, not a deploy).
+    pub must_exist: bool,
+}
+
+/// What a deploy made: the new version (or `latest`, when nothing changed)
+/// and what it took from the version before.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployed {
+    #[serde(flatten)]
+    pub version: VersionInfo,
+    /// The configuration and code equal `latest`'s: no version was made.
+    pub unchanged: bool,
+    /// The version settings were inherited from.
+    pub inherited_from: Option<u32>,
+    /// The settings taken from it that differ from a fresh deploy's, named
+    /// as in the deploy body: `env.KEY`, `secrets.NAME`, `memory_bytes`,
+    /// `code`...
+    pub inherited: Vec<String>,
 }
 
 /// One deployed version.

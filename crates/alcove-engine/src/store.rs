@@ -257,15 +257,22 @@ impl Store {
     }
 
     pub(crate) fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
-        self.conn()
+        let inserted = self
+            .conn()
             .prepare_cached(
                 "INSERT INTO invocations (id, function, version, status, is_async, attempts, created_at, started_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                 WHERE EXISTS (SELECT 1 FROM versions WHERE function = ?2 AND version = ?3)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![r.id, r.function, r.version, r.status, r.is_async, r.attempts, r.created_at, r.started_at])
             })
             .map_err(db)?;
+        // The version went (its function was removed) after the invocation
+        // was accepted: it must not leave a record behind.
+        if inserted == 0 {
+            return Err(EngineError::NoFunction(r.function.clone()));
+        }
         Ok(())
     }
 

@@ -19,7 +19,7 @@ mod profile;
 pub mod seeds;
 
 use alcove_api::wire::{self, InvokeQuery, RollbackBody};
-use alcove_engine::{DeployRequest, Engine, EngineConfig, FunctionConfig};
+use alcove_engine::{ConfigChange, DeployRequest, Engine, EngineConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -135,11 +135,15 @@ fn deploy_and_forget(req: DeployRequest) {
 }
 
 /// `POST /v1/functions`: the body as the API parses it, then the deploy the
-/// engine would do with it (names, limits, code archive, secrets).
+/// engine would do with it (names, limits, code archive, secrets). The same
+/// bytes as a `PATCH /v1/functions/{name}` body, too.
 pub fn api_deploy(data: &[u8]) {
     match wire::parse_deploy(data) {
         Ok(req) => deploy_and_forget(req),
         Err(e) => assert!(!e.message.is_empty(), "an error without a message"),
+    }
+    if let Err(e) = wire::parse_json::<ConfigChange>(data, "configuration") {
+        assert!(!e.message.is_empty(), "an error without a message");
     }
 }
 
@@ -155,13 +159,15 @@ pub fn api_query(data: &[u8]) {
 /// A function's code archive (the `code` of a deploy, after base64), its
 /// tar checksums fixed so that mutations reach the unpacker.
 pub fn code_tar(data: &[u8]) {
-    let config: FunctionConfig =
-        serde_json::from_str(r#"{"handler":["true"]}"#).expect("a minimal config parses");
     deploy_and_forget(DeployRequest {
         name: "fuzz".into(),
-        config,
-        secrets: Default::default(),
+        change: ConfigChange {
+            handler: Some(vec!["true".into()]),
+            ..ConfigChange::default()
+        },
         code_tar: Some(fix_tar_checksums(data)),
+        inherit: false,
+        must_exist: false,
     });
 }
 

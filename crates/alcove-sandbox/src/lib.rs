@@ -22,6 +22,7 @@ pub mod spec;
 mod supervise;
 mod template;
 pub mod units;
+mod watch;
 
 pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
@@ -32,6 +33,7 @@ pub use run::{
 };
 pub use seccomp::{syscall_name, syscall_number};
 pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, User};
+pub use watch::{UsageSoFar, UsageWatch};
 
 /// An error and its causes on one line, joined with ": " (as anyhow's `{:#}`
 /// prints them): what alcove shows users and keeps in records.

@@ -144,9 +144,10 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// CPU time, summed over every process of the sandbox, from start to kill.
     pub cpu_time: Option<Duration>,
-    /// Bytes of stdout and of stderr each passed through before the stream is closed.
+    /// Bytes of stdout passed through before the stream is closed (for
+    /// captured output, also stderr's cap unless `stderr_bytes` is set).
     pub output_bytes: Option<u64>,
-    /// Bytes of captured stderr kept, when less than `output_bytes` should be.
+    /// Bytes of stderr passed through (or captured) before it is closed.
     pub stderr_bytes: Option<u64>,
     /// Size of each writable tmpfs (the root's upper layer, /tmp, /dev/shm).
     pub tmpfs_bytes: u64,

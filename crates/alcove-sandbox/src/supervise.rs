@@ -51,8 +51,8 @@ pub(crate) struct Supervision<'a> {
     /// `(read end, where it goes)` for captured stdout and stderr.
     pub outputs: Vec<(OwnedFd, Sink)>,
     pub signals: Option<SignalForwarder>,
-    /// Readable (its write end closed) when the caller wants the sandbox gone.
-    pub cancel: Option<&'a OwnedFd>,
+    /// Readable (a write end closed) when the caller wants the sandbox gone.
+    pub cancel: &'a [std::sync::Arc<OwnedFd>],
     pub cgroup: &'a SandboxCgroup,
     pub limits: &'a Limits,
     pub collect_usage: bool,
@@ -159,6 +159,7 @@ pub(crate) fn supervise(
                     .or(s.limits.output_bytes)
                     .unwrap_or(1 << 20),
                 Sink::Buffer(_) => s.limits.output_bytes.unwrap_or(1 << 20),
+                Sink::Fd(2) => s.limits.stderr_bytes.unwrap_or(u64::MAX),
                 Sink::Fd(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
             },
             read: Some(read),
@@ -232,10 +233,11 @@ pub(crate) fn supervise(
         let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
         let i_sig = s.signals.as_ref().map(|f| push(f.fd.as_raw_fd()));
         let i_obs = s.observer.poll_fd().map(&mut push);
-        let i_cancel = s
-            .cancel
-            .filter(|_| exit.is_none() && kill_reason.is_none())
-            .map(|f| push(f.as_raw_fd()));
+        let i_cancel: Vec<usize> = if exit.is_none() && kill_reason.is_none() {
+            s.cancel.iter().map(|f| push(f.as_raw_fd())).collect()
+        } else {
+            Vec::new()
+        };
         let i_pumps: Vec<Option<usize>> = pumps
             .iter()
             .map(|p| p.read.as_ref().map(|r| push(r.as_raw_fd())))
@@ -282,7 +284,7 @@ pub(crate) fn supervise(
                 }
             }
         }
-        if ready(i_cancel) {
+        if i_cancel.iter().any(|i| ready(Some(*i))) {
             kill(&mut kill_reason, Some(Status::Cancelled));
         }
         if ready(i_pid) {

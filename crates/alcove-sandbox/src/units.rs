@@ -63,9 +63,84 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Writes a byte count the way [`parse_size`] reads it: `64M`, `1.5G`,
+/// `512K`, `100` (at most one decimal, exact where it can be).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    for (unit, suffix) in UNITS {
+        if bytes >= unit {
+            if bytes & (unit - 1) == 0 {
+                return format!("{}{suffix}", bytes / unit);
+            }
+            let value = bytes as f64 / unit as f64;
+            return if value >= 100.0 {
+                format!("{value:.0}{suffix}")
+            } else {
+                format!("{value:.1}{suffix}")
+            };
+        }
+    }
+    bytes.to_string()
+}
+
+/// Writes a duration the way [`parse_duration`] reads it: `2s`, `1.5s`,
+/// `250ms`, `2m`, `1h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        return format!("{}us", d.as_micros());
+    }
+    if ms < 1000.0 {
+        return if ms.fract() == 0.0 || ms >= 100.0 {
+            format!("{ms:.0}ms")
+        } else {
+            format!("{ms:.1}ms")
+        };
+    }
+    let s = ms / 1e3;
+    for (unit, suffix) in [(3600.0, "h"), (60.0, "m")] {
+        if s >= unit && (s % unit == 0.0 || s >= 10.0 * unit) {
+            return format!("{:.0}{suffix}", s / unit);
+        }
+    }
+    if s.fract() == 0.0 || s >= 100.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_read_back() {
+        assert_eq!(format_size(64 << 20), "64M");
+        assert_eq!(format_size(3 << 29), "1.5G");
+        assert_eq!(format_size(100), "100");
+        assert_eq!(format_size(1536), "1.5K");
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_micros(40)), "40us");
+        for n in [1u64, 1000, 64 << 20, 3 << 29, 7 << 40] {
+            let back = parse_size(&format_size(n)).unwrap();
+            assert!(back.abs_diff(n) * 20 <= n, "{n} -> {}", format_size(n));
+        }
+        for ms in [1u64, 250, 1500, 60_000, 5_400_000] {
+            let d = Duration::from_millis(ms);
+            let back = parse_duration(&format_duration(d)).unwrap();
+            assert!(back.abs_diff(d) * 20 <= d, "{ms} -> {}", format_duration(d));
+        }
+    }
 
     #[test]
     fn sizes_use_binary_suffixes() {

@@ -1,8 +1,9 @@
 //! Flag parsing (clap) and the subcommands.
 
-use alcove_sandbox::units::{parse_duration, parse_size};
-use alcove_sandbox::{Bind, NetMode, Outcome, RunOptions, SandboxError, SandboxSpec, Status, User};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::sandbox_flags::{Net, SandboxFlags};
+use alcove_sandbox::units::parse_duration;
+use alcove_sandbox::{NetMode, Outcome, RunOptions, SandboxError, SandboxSpec, Status};
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +42,13 @@ enum Command {
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
     #[command(name = "fn")]
     Fn(crate::functions::FnArgs),
+    /// Print a shell completion script: `alcove completions bash >
+    /// /etc/bash_completion.d/alcove` (zsh: into a directory on $fpath as
+    /// _alcove; fish: ~/.config/fish/completions/alcove.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
     /// cgroups...) and which mechanism alcove uses for each kind of rule.
     Doctor {
@@ -119,6 +127,10 @@ struct ServeArgs {
     /// killed [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     shutdown_grace: Option<std::time::Duration>,
+    /// Let functions bind host paths under DIR (`fn deploy --bind`), read-only
+    /// unless :rw; without it, function binds are refused. Repeatable.
+    #[arg(long = "allow-bind", value_name = "DIR[:rw]", value_parser = alcove_engine::AllowedBind::parse)]
+    allow_binds: Vec<alcove_engine::AllowedBind>,
 }
 
 #[derive(Args, Debug)]
@@ -179,48 +191,14 @@ struct RunArgs {
     /// The image store [default: $ALCOVE_IMAGES or /var/lib/alcove/images].
     #[arg(long, value_name = "DIR", requires = "image")]
     image_store: Option<PathBuf>,
-    /// Make host path SRC visible at DST; read-only unless :rw. Repeatable.
-    #[arg(long = "bind", value_name = "SRC:DST[:ro|rw]", value_parser = parse_bind)]
-    binds: Vec<Bind>,
-    /// Working directory inside the sandbox.
-    #[arg(long, value_name = "DIR")]
-    workdir: Option<PathBuf>,
-    /// Set an environment variable inside the sandbox. Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
-    env: Vec<(OsString, OsString)>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
     /// Hostname inside the sandbox.
     #[arg(long, value_name = "NAME", default_value = "alcove")]
     hostname: String,
-    /// Numeric user and group to run as (no capabilities either way).
-    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
-    user: Option<User>,
-    /// Memory limit (tmpfs writes count too), e.g. 256M.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    memory: Option<u64>,
-    /// CPU bandwidth in CPUs, e.g. 0.5 for half of one CPU.
-    #[arg(long, value_name = "FLOAT")]
-    cpus: Option<f64>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N")]
-    pids: Option<u64>,
-    /// Wall-clock limit, e.g. 500ms, 2s, 1m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// CPU-time limit summed over all the sandbox's processes.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    cpu_time: Option<Duration>,
-    /// Pass at most BYTES of stdout and of stderr each, then close the stream.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    output_limit: Option<u64>,
-    /// Size of each writable tmpfs (/tmp, /dev/shm, the --rootfs upper layer).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
-    tmpfs_size: u64,
     /// Maximum open files per process.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     open_files: u64,
-    /// Network: `none` (own namespace, loopback only) or `host`.
-    #[arg(long, value_enum, default_value_t = Net::None)]
-    net: Net,
     /// Write a JSON report of how the run ended and what it used to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -286,20 +264,6 @@ struct RunArgs {
     argv: Vec<OsString>,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum Net {
-    None,
-    Host,
-}
-
-fn parse_bind(text: &str) -> Result<Bind, String> {
-    Bind::parse(text).map_err(|e| e.to_string())
-}
-
-fn parse_user(text: &str) -> Result<User, String> {
-    User::parse(text).map_err(|e| e.to_string())
-}
-
 /// The devices a sandbox may open, as given to --devices.
 #[derive(Debug, Clone)]
 struct DeviceList(Vec<alcove_bpf::DeviceId>);
@@ -341,11 +305,37 @@ fn parse_net(text: &str) -> Result<alcove_bpf::IpNet, String> {
     alcove_bpf::IpNet::parse(text)
 }
 
-fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
+/// What to type instead, for the mistakes people make most: `alcove run ls`
+/// (the program goes after `--`).
+fn parse_hint(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("run") {
+        return None;
+    }
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if word.starts_with('-') {
+        return None;
+    }
+    let at = args.iter().position(|a| a == word)?;
+    let (options, program) = args[1..].split_at(at - 1);
+    let mut line = vec!["alcove".to_owned(), "run".to_owned()];
+    line.extend(options.iter().cloned());
+    line.push("--".into());
+    line.extend(program.iter().cloned());
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+        .collect();
+    Some(format!(
+        "hint: alcove run takes the program after `--`, so its own flags are never read as alcove's:\n  {}",
+        quoted.join(" ")
+    ))
 }
 
 /// Runs the command line and returns the process exit code.
@@ -354,6 +344,9 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if let Some(hint) = parse_hint(&e) {
+                eprintln!("{hint}");
+            }
             return if e.use_stderr() { 125 } else { 0 };
         }
     };
@@ -361,6 +354,19 @@ pub fn main() -> i32 {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Doctor { json } => crate::doctor::run(json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "alcove", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => {
+                    eprintln!("alcove: error: writing the completion script: {e}");
+                    125
+                }
+            }
+        }
         Command::Fn(args) => crate::functions::main(args),
         Command::Image(args) => crate::image::main(args),
         Command::Accel { args } => accel(&args),
@@ -390,6 +396,7 @@ pub fn main() -> i32 {
                 header_timeout: args.header_timeout,
                 body_timeout: args.body_timeout,
                 shutdown_grace: args.shutdown_grace,
+                allow_binds: args.allow_binds,
             };
             match crate::serve::run(options) {
                 Ok(()) => 0,
@@ -467,27 +474,34 @@ fn bench(args: BenchArgs) -> i32 {
 /// layers from being pruned while the sandbox runs.
 fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image::Lease>)> {
     let mut spec = SandboxSpec::new(args.argv);
+    let flags = args.sandbox;
     spec.rootfs = args.rootfs;
-    spec.binds = args.binds;
-    spec.workdir = args.workdir.clone().unwrap_or_else(|| "/".into());
-    spec.env = args.env;
+    spec.binds = flags.binds;
+    spec.workdir = flags.workdir.clone().unwrap_or_else(|| "/".into());
+    spec.env = flags
+        .env
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     spec.hostname = args.hostname;
-    spec.user = args.user.unwrap_or_default();
+    spec.user = flags.user.unwrap_or_default();
     spec.device_nodes = args.expose_devices.clone();
-    spec.net = match args.net {
-        Net::None => NetMode::None,
-        Net::Host => NetMode::Host,
+    spec.net = match flags.net {
+        Some(Net::Host) => NetMode::Host,
+        Some(Net::None) | None => NetMode::None,
     };
     spec.record_phases = args.phases;
     spec.init = args.init;
     spec.allow_paths = args.allow_paths;
-    spec.limits.memory_bytes = args.memory;
-    spec.limits.cpus = args.cpus;
-    spec.limits.pids = args.pids;
-    spec.limits.timeout = args.timeout;
-    spec.limits.cpu_time = args.cpu_time;
-    spec.limits.output_bytes = args.output_limit;
-    spec.limits.tmpfs_bytes = args.tmpfs_size;
+    spec.limits.memory_bytes = flags.memory;
+    spec.limits.cpus = flags.cpus;
+    spec.limits.pids = flags.pids;
+    spec.limits.timeout = flags.timeout;
+    spec.limits.cpu_time = flags.cpu_time;
+    spec.limits.output_bytes = flags.output_limit;
+    if let Some(bytes) = flags.tmpfs_size {
+        spec.limits.tmpfs_bytes = bytes;
+    }
     spec.limits.open_files = args.open_files;
     let mut lease = None;
     if let Some(name) = &args.image {
@@ -496,8 +510,8 @@ fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image:
             &mut spec,
             &store,
             &record,
-            args.user.is_some(),
-            args.workdir.is_some(),
+            flags.user.is_some(),
+            flags.workdir.is_some(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         lease = Some(held);
@@ -569,7 +583,7 @@ fn run(args: RunArgs) -> i32 {
     let options = RunOptions {
         forward_signals: true,
         collect_usage: report.is_some(),
-        cancel: None,
+        ..RunOptions::default()
     };
     let policy = alcove_bpf::SandboxPolicy {
         trace: monitoring.trace,

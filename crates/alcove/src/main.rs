@@ -8,6 +8,7 @@ mod doctor;
 mod functions;
 mod image;
 mod profile;
+mod sandbox_flags;
 mod scope;
 mod serve;
 mod trace;

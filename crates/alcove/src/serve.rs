@@ -36,6 +36,7 @@ pub struct ServeOptions {
     pub header_timeout: Option<Duration>,
     pub body_timeout: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
+    pub allow_binds: Vec<alcove_engine::AllowedBind>,
 }
 
 /// The file the daemon keeps its own token in, and the local CLI reads.
@@ -131,6 +132,7 @@ fn engine_config(options: &ServeOptions) -> EngineConfig {
     if let Some(n) = options.max_queued_bytes {
         config.max_queued_bytes = n;
     }
+    config.allow_binds = options.allow_binds.clone();
     let l = &mut config.limits;
     let set = |target: &mut u64, value: Option<u64>| {
         if let Some(v) = value {

@@ -30,9 +30,12 @@ pub struct RunOptions {
     /// run. Off, the outcome still says why the sandbox ended (OOM included),
     /// and the run skips a few cgroup reads.
     pub collect_usage: bool,
-    /// The read end of a pipe: once its write end is closed, the sandbox is
-    /// killed and its outcome says `cancelled`. One pipe can cancel many runs.
-    pub cancel: Option<std::sync::Arc<OwnedFd>>,
+    /// Read ends of pipes: once the write end of any is closed, the sandbox
+    /// is killed and its outcome says `cancelled`. One pipe can cancel many
+    /// runs (a daemon's shutdown), another just this one (a client's cancel).
+    pub cancel: Vec<std::sync::Arc<OwnedFd>>,
+    /// Filled with where the sandbox's usage can be read while it runs.
+    pub watch: Option<std::sync::Arc<crate::UsageWatch>>,
 }
 
 /// Runs `spec` to completion and reports how it ended.
@@ -132,7 +135,9 @@ pub fn run_observed(
         }
         child_stdio.push((memfd, 0));
     } else if spec.limits.output_bytes.is_some() {
-        for target in [1, 2] {
+        // The limit is stdout's; stderr passes through a cap only when it has its own.
+        let stderr_capped = spec.limits.stderr_bytes.is_some();
+        for target in [1, 2].into_iter().filter(|&t| t == 1 || stderr_capped) {
             let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
             outputs.push((read, supervise::Sink::Fd(target)));
             child_stdio.push((write, target));
@@ -228,13 +233,17 @@ pub fn run_observed(
         cgroup_dir,
     ));
 
+    let watching = options
+        .watch
+        .as_deref()
+        .map(|w| w.watch(pieces.cgroup(), pieces.baseline()));
     let supervision = Supervision {
         pidfd,
         error_pipe: error_read,
         lifeline: lifeline_write,
         outputs,
         signals,
-        cancel: options.cancel.as_deref(),
+        cancel: &options.cancel,
         cgroup: pieces.cgroup(),
         limits: &spec.limits,
         collect_usage,
@@ -256,6 +265,7 @@ pub fn run_observed(
         &|| phases.as_ref().and_then(PhasePage::program_status),
     );
     observer.after_end();
+    drop(watching); // before the cgroup may go to another run
     let (mut outcome, raw) = match result {
         Ok(done) => done,
         Err(e) => {

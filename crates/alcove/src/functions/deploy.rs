@@ -1,18 +1,22 @@
-//! `alcove fn deploy`: its flags, and the deploy body they make.
+//! `alcove fn deploy` and `alcove fn config`: their flags, and the bodies
+//! they make (a manifest's settings first, the command line's over them).
 
+use super::manifest::{self, Manifest};
+use crate::sandbox_flags::{millis, SandboxFlags};
 use alcove_api::wire::DeployBody;
+use alcove_engine::FunctionBind;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use clap::Args;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-#[derive(Args, Debug)]
-pub(super) struct DeployArgs {
-    name: String,
+/// The settings `fn deploy` and `fn config` share. Left out, a setting
+/// keeps the previous version's value.
+#[derive(Args, Debug, Default)]
+pub(super) struct SettingsArgs {
     /// The command to run, split like a shell would (no shell runs it):
     /// 'python3 /fn/main.py'. Optional with --image (its Entrypoint and Cmd run).
-    #[arg(long, required_unless_present = "image")]
+    #[arg(long, value_name = "COMMAND")]
     handler: Option<String>,
     /// Run in an imported image (`alcove image import`) instead of the host's view.
     #[arg(long, value_name = "NAME")]
@@ -21,87 +25,202 @@ pub(super) struct DeployArgs {
     /// clients/python and the alcove-accel crate): auto, cpu or gpu.
     #[arg(long, value_name = "PLACEMENT")]
     accel: Option<String>,
-    /// A directory to copy into the function: read-only at /fn, the working directory.
-    #[arg(long, value_name = "DIR")]
-    code: Option<PathBuf>,
-    /// Memory limit, such as 128M.
-    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
-    memory: Option<u64>,
-    /// CPU limit in cores, such as 0.5.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long)]
-    pids: Option<u64>,
-    /// Wall-clock limit per invocation, such as 5s.
-    #[arg(long, value_parser = alcove_sandbox::units::parse_duration)]
-    timeout: Option<Duration>,
-    /// Most bytes of response kept [default: 6M].
-    #[arg(long, value_parser = alcove_sandbox::units::parse_size)]
-    output_limit: Option<u64>,
-    /// KEY=VALUE in the handler's environment. Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-    env: Vec<String>,
     /// NAME=VALUE or NAME=@FILE: a file at /run/secrets/NAME, never shown by the API. Repeatable.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     secrets: Vec<String>,
-    /// Network: none (loopback only) or host.
-    #[arg(long)]
-    net: Option<String>,
+    /// Read KEY=VALUE lines (blank lines and # comments skipped) into the
+    /// environment; --env given too wins.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// Drop KEY from the environment the previous version had. Repeatable.
+    #[arg(long = "unset-env", value_name = "KEY")]
+    unset_env: Vec<String>,
     /// Invocations of this function running at once [default: 16].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     concurrency: Option<u32>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct DeployArgs {
+    /// The function's name, or a directory holding alcove.toml (which names
+    /// it) [default: the alcove.toml in this directory].
+    #[arg(value_name = "NAME|DIR")]
+    target: Option<String>,
+    /// Read the settings from this manifest (flags given here win).
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// A directory to copy into the function: read-only at /fn, the working
+    /// directory [default: the manifest's directory; else the previous version's code].
+    #[arg(long, value_name = "DIR")]
+    code: Option<PathBuf>,
+    /// Start from the defaults instead of the previous version's settings,
+    /// secrets and code.
+    #[arg(long)]
+    no_inherit: bool,
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 pub(super) fn deploy_body(d: DeployArgs) -> anyhow::Result<DeployBody> {
-    let handler = match &d.handler {
-        Some(line) => shlex::split(line)
-            .filter(|argv| !argv.is_empty())
-            .with_context(|| {
-                format!("--handler {line:?}: give a command, quoted like in a shell")
-            })?,
-        None => Vec::new(),
-    };
-    let mut env = std::collections::BTreeMap::new();
-    for kv in &d.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env {kv:?} is not KEY=VALUE")
-        };
-        env.insert(k.to_owned(), v.to_owned());
+    let (name, manifest) = resolve_target(d.target.as_deref(), d.manifest.as_deref())?;
+    let mut body = DeployBody::default();
+    let mut code_dir = None;
+    if let Some((m, dir)) = &manifest {
+        code_dir = m.apply(&mut body, dir)?;
     }
-    let mut secrets = std::collections::BTreeMap::new();
-    for kv in &d.secrets {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--secret {kv:?} is not NAME=VALUE or NAME=@FILE")
-        };
-        let value = match v.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).with_context(|| {
-                format!("reading the secret file {path} (secrets must be UTF-8 text)")
-            })?,
-            None => v.to_owned(),
-        };
-        secrets.insert(k.to_owned(), value);
+    if let Some(name) = name {
+        body.name = name;
     }
-    let code = match &d.code {
-        Some(dir) => Some(base64::engine::general_purpose::STANDARD.encode(tar_directory(dir)?)),
-        None => None,
+    if body.name.is_empty() {
+        bail!(
+            "no function name: give one (`alcove fn deploy NAME ...`) or set name in alcove.toml"
+        );
+    }
+    d.settings.apply(&mut body)?;
+    if d.code.is_some() {
+        code_dir = d.code;
+    }
+    if d.no_inherit {
+        body.inherit = Some(false);
+    }
+    if let Some(dir) = &code_dir {
+        body.code = Some(base64::engine::general_purpose::STANDARD.encode(tar_directory(dir)?));
+    }
+    Ok(body)
+}
+
+/// The function name given on the command line (if any) and the manifest to
+/// read (with its directory), from `fn deploy [NAME|DIR] [--manifest FILE]`.
+#[allow(clippy::type_complexity)]
+fn resolve_target(
+    target: Option<&str>,
+    manifest: Option<&Path>,
+) -> anyhow::Result<(Option<String>, Option<(Manifest, PathBuf)>)> {
+    if let Some(file) = manifest {
+        return Ok((target.map(str::to_owned), Some(manifest::read(file)?)));
+    }
+    let dir = match target {
+        None => Path::new("."),
+        Some(t) => Path::new(t),
     };
-    Ok(DeployBody {
-        name: d.name,
-        handler,
-        code,
-        env,
-        secrets,
-        memory_bytes: d.memory,
-        cpus: d.cpus,
-        pids: d.pids,
-        timeout_ms: d.timeout.map(|t| t.as_millis().max(1) as u64),
-        output_bytes: d.output_limit,
-        net: d.net,
-        concurrency: d.concurrency,
-        image: d.image,
-        accel: d.accel,
-    })
+    let file = dir.join(manifest::FILE);
+    if file.is_file() {
+        return Ok((None, Some(manifest::read(&file)?)));
+    }
+    match target {
+        Some(t) if alcove_engine::valid_name(t) => Ok((Some(t.to_owned()), None)),
+        Some(t) if dir.is_dir() => bail!(
+            "{t} is a directory without {}: write one (see the README's manifest reference) \
+             or give --manifest FILE",
+            manifest::FILE
+        ),
+        Some(t) => Ok((Some(t.to_owned()), None)), // the daemon says what is wrong with it
+        None => bail!(
+            "give the function's name, or a directory holding {} (there is none here)",
+            manifest::FILE
+        ),
+    }
+}
+
+impl SettingsArgs {
+    /// Sets what these flags give in `body`, over what is there (a manifest's).
+    fn apply(self, body: &mut DeployBody) -> anyhow::Result<()> {
+        if let Some(line) = &self.handler {
+            body.handler = shlex::split(line)
+                .filter(|argv| !argv.is_empty())
+                .with_context(|| {
+                    format!("--handler {line:?}: give a command, quoted like in a shell")
+                })?;
+        }
+        set(&mut body.image, self.image);
+        set(&mut body.accel, self.accel);
+        if let Some(file) = &self.env_file {
+            body.env.extend(manifest::read_env_file(file)?);
+        }
+        body.unset_env.extend(self.unset_env);
+        for kv in &self.secrets {
+            let (k, v) = secret_pair(kv)?;
+            body.secrets.insert(k, v);
+        }
+        set(&mut body.concurrency, self.concurrency);
+        apply_sandbox_flags(self.sandbox, body)?;
+        Ok(())
+    }
+
+    /// The `PATCH /v1/functions/NAME` body these flags make: only what they give.
+    pub(super) fn change(self) -> anyhow::Result<serde_json::Value> {
+        let mut body = DeployBody::default();
+        self.apply(&mut body)?;
+        let mut change = serde_json::to_value(&body)?;
+        if let Some(map) = change.as_object_mut() {
+            map.remove("name");
+            if body.handler.is_empty() {
+                map.remove("handler");
+            }
+        }
+        Ok(change)
+    }
+}
+
+fn set<T>(field: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *field = value;
+    }
+}
+
+/// The shared sandbox flags, as a function's settings.
+pub(super) fn apply_sandbox_flags(f: SandboxFlags, body: &mut DeployBody) -> anyhow::Result<()> {
+    set(&mut body.memory_bytes, f.memory);
+    set(&mut body.cpus, f.cpus);
+    set(&mut body.pids, f.pids);
+    set(&mut body.timeout_ms, f.timeout.map(millis));
+    set(&mut body.cpu_time_ms, f.cpu_time.map(millis));
+    set(&mut body.output_bytes, f.output_limit);
+    set(&mut body.tmpfs_bytes, f.tmpfs_size);
+    set(
+        &mut body.workdir,
+        f.workdir.map(|w| w.to_string_lossy().into_owned()),
+    );
+    set(
+        &mut body.user,
+        f.user.map(|u| format!("{}:{}", u.uid, u.gid)),
+    );
+    body.env.extend(f.env);
+    if !f.binds.is_empty() {
+        let binds = f
+            .binds
+            .into_iter()
+            .map(|b| {
+                // The daemon resolves the source on its host: send it absolute.
+                let source = std::path::absolute(&b.source)
+                    .with_context(|| format!("--bind {}", b.source.display()))?;
+                Ok(FunctionBind {
+                    source: source.to_string_lossy().into_owned(),
+                    target: b.target.to_string_lossy().into_owned(),
+                    writable: b.writable,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        body.binds = Some(binds);
+    }
+    set(&mut body.net, f.net.map(|n| n.as_str().to_owned()));
+    Ok(())
+}
+
+/// `NAME=VALUE` or `NAME=@FILE` (the file's bytes, which must be UTF-8).
+fn secret_pair(kv: &str) -> anyhow::Result<(String, String)> {
+    let Some((k, v)) = kv.split_once('=') else {
+        bail!("{kv:?} is not NAME=VALUE or NAME=@FILE")
+    };
+    let value = match v.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| {
+            format!("reading the secret file {path} (secrets must be UTF-8 text)")
+        })?,
+        None => v.to_owned(),
+    };
+    Ok((k.to_owned(), value))
 }
 
 /// A tar archive of `dir`'s contents (not following symlinks).

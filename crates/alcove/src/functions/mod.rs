@@ -1,7 +1,10 @@
 //! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
 
 mod code_dir;
+mod configure;
 mod deploy;
+mod manifest;
+mod ps;
 mod view;
 
 use alcove_api::Client;
@@ -12,7 +15,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use view::{invocation_line, join_argv, show_function};
+use view::{invocation_line, show_function};
 
 #[derive(Args, Debug)]
 pub struct FnArgs {
@@ -35,8 +38,20 @@ pub struct FnArgs {
 
 #[derive(Subcommand, Debug)]
 enum FnCommand {
-    /// Deploy a new version of a function (creating it if needed); `latest` moves to it.
+    /// Deploy a new version of a function (creating it if needed); `latest`
+    /// moves to it. What is not given is inherited from `latest` (the output
+    /// says what); a deploy that changes nothing makes no version.
     Deploy(DeployArgs),
+    /// Change settings (environment, limits, handler...) as a new version
+    /// with the same code.
+    Config {
+        name: String,
+        #[command(flatten)]
+        settings: deploy::SettingsArgs,
+    },
+    /// Set, remove or list a function's secrets (set and rm make a new version).
+    #[command(subcommand)]
+    Secret(configure::SecretCommand),
     /// Invoke a function: DATA goes to the handler's stdin, its stdout is printed.
     /// Exits 0 when the handler succeeded, 1 when it failed, 125 on other errors.
     #[command(disable_version_flag = true)]
@@ -69,17 +84,37 @@ enum FnCommand {
         limit: u32,
     },
     /// Remove a function with its versions, secrets and invocation records.
-    Rm { name: String },
+    /// Refused while invocations of it are in flight, unless --force.
+    Rm {
+        name: String,
+        /// Cancel its invocations in flight first, wait for them to end, then remove it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the invocations in flight (queued and running), oldest first,
+    /// with their age and their sandboxes' usage so far.
+    Ps {
+        /// Only this function's.
+        name: Option<String>,
+    },
+    /// Cancel an invocation in flight: a running one's sandbox is killed, a
+    /// queued one never runs, an async one is not retried.
+    Cancel { id: String },
     /// Point `latest` at another version.
     #[command(disable_version_flag = true)]
     Rollback { name: String, version: u32 },
     /// Show an invocation (the result of an --async invoke); --wait polls until it ends.
+    /// Exits 0 when the handler succeeded, 1 when it failed (its stderr is
+    /// printed), 2 while it has not finished, 125 on other errors.
     Result {
         id: String,
         #[arg(long)]
         wait: bool,
     },
 }
+
+/// `fn result`'s exit status for an invocation still queued or running.
+const RESULT_NOT_FINISHED: i32 = 2;
 
 /// Where a local daemon with the default data directory keeps its token.
 const LOCAL_TOKEN_FILE: &str = "/var/lib/alcove/token";
@@ -128,13 +163,80 @@ fn is_loopback(server: &str) -> bool {
         .any(|host| server == *host || server.starts_with(&format!("{host}:")))
 }
 
+/// The daemon's URL from what was given: `HOST:PORT` means `http://HOST:PORT`.
+fn server_url(given: &str) -> anyhow::Result<String> {
+    let given = given.trim().trim_end_matches('/');
+    let url = match given.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => given.to_owned(),
+        Some((scheme, _)) => bail!(
+            "--server {given:?}: alcove speaks http (or https), not {scheme:?}; give it as http://HOST:PORT"
+        ),
+        None if !given.is_empty() => format!("http://{given}"),
+        None => bail!("--server is empty: give the daemon's address, such as http://127.0.0.1:8480"),
+    };
+    let authority = url.split_once("://").map_or("", |(_, r)| r);
+    if authority.contains(['/', '?', '#', ' ']) {
+        bail!("--server {given:?}: give only the daemon's address, such as http://127.0.0.1:8480, without a path");
+    }
+    Ok(url)
+}
+
+/// A daemon on this host that refuses connections may be starting (`alcove
+/// serve &` on the line before): give it a moment to listen, so the command
+/// and the token it reads do not race its start. Any other answer (or no
+/// daemon after the wait) goes on to the request, which says what is wrong.
+fn wait_for_local_daemon(server: &str) {
+    const WAIT: Duration = Duration::from_secs(2);
+    if !is_loopback(server) {
+        return;
+    }
+    let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let Ok(addresses) = std::net::ToSocketAddrs::to_socket_addrs(&with_port.as_str()) else {
+        return;
+    };
+    let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+    let start = std::time::Instant::now();
+    loop {
+        let refused = addresses.iter().all(|a| {
+            matches!(
+                std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        });
+        if !refused || start.elapsed() >= WAIT {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `alcove fn ...` and returns the exit code.
 pub fn main(args: FnArgs) -> i32 {
-    let server = args
+    let given = args
         .server
         .clone()
-        .or_else(|| std::env::var("ALCOVE_SERVER").ok())
+        .or_else(|| {
+            std::env::var("ALCOVE_SERVER")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| "http://127.0.0.1:8480".into());
+    let server = match server_url(&given) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("alcove: error: {e:#}");
+            return 125;
+        }
+    };
+    wait_for_local_daemon(&server);
     let token = match client_token(&args, &server) {
         Ok(token) => token,
         Err(e) => {
@@ -164,21 +266,10 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
     match args.command {
         FnCommand::Deploy(d) => {
             let body = deploy_body(d)?;
-            let v = client.deploy(&body)?;
-            if json {
-                print(&v);
-            } else {
-                let digest = v["code_digest"]
-                    .as_str()
-                    .map(|d| format!(", code {}", &d[..12.min(d.len())]))
-                    .unwrap_or_default();
-                println!(
-                    "deployed {} version {}{digest}",
-                    v["function"].as_str().unwrap_or(""),
-                    v["version"]
-                );
-            }
+            configure::print_version(&client.deploy(&body)?, json);
         }
+        FnCommand::Config { name, settings } => configure::config(client, &name, settings, json)?,
+        FnCommand::Secret(command) => configure::secret(client, command, json)?,
         FnCommand::Invoke {
             name,
             data,
@@ -204,16 +295,7 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
             if json {
                 print(&v);
             } else {
-                println!("{:<24} {:>6} {:>8}  HANDLER", "NAME", "LATEST", "VERSIONS");
-                for f in v["functions"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:>6} {:>8}  {}",
-                        f["name"].as_str().unwrap_or(""),
-                        f["latest"],
-                        f["versions"],
-                        join_argv(&f["handler"])
-                    );
-                }
+                println!("{}", view::function_table(&v));
             }
         }
         FnCommand::Show { name } => {
@@ -237,12 +319,42 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        FnCommand::Rm { name } => {
-            client.remove(&name)?;
+        FnCommand::Rm { name, force } => {
+            client.remove(&name, force)?;
             if json {
                 print(&json!({ "removed": name }));
             } else {
                 println!("removed {name}");
+            }
+        }
+        FnCommand::Ps { name } => {
+            let v = client.running(name.as_deref())?;
+            if json {
+                print(&v);
+            } else {
+                print!("{}", ps::table(&v));
+                if v["truncated"] == true {
+                    eprintln!(
+                        "alcove: showing the oldest {} of {} invocations in flight",
+                        v["invocations"].as_array().map_or(0, Vec::len),
+                        v["total"]
+                    );
+                }
+            }
+        }
+        FnCommand::Cancel { id } => {
+            let v = client.cancel(&id)?;
+            if json {
+                print(&v);
+            } else {
+                match v["status"].as_str() {
+                    Some("cancelled") => println!("cancelled {id}"),
+                    Some("queued" | "running") => println!("cancelling {id} (it is still ending)"),
+                    other => println!(
+                        "{id} ended on its own before the cancel took effect (status {})",
+                        other.unwrap_or("unknown")
+                    ),
+                }
             }
         }
         FnCommand::Rollback { name, version } => {
@@ -255,7 +367,8 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
         }
         FnCommand::Result { id, wait } => {
             let mut v = client.invocation(&id)?;
-            while wait && matches!(v["status"].as_str(), Some("queued" | "running")) {
+            let in_flight = |v: &Value| matches!(v["status"].as_str(), Some("queued" | "running"));
+            while wait && in_flight(&v) {
                 std::thread::sleep(Duration::from_millis(50));
                 v = client.invocation(&id)?;
             }
@@ -266,15 +379,19 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 if let Some(text) = v["response"].as_str() {
                     print!("{text}");
                 }
+                if v["status"] != "exited" || v["exit_code"] != 0 {
+                    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                }
             }
-            let failed = v["status"] != "exited" || v["exit_code"] != 0;
-            return Ok(
-                if failed && !matches!(v["status"].as_str(), Some("queued" | "running")) {
-                    1
-                } else {
-                    0
-                },
-            );
+            if in_flight(&v) {
+                eprintln!("alcove: {id} has not finished yet: add --wait to wait for it");
+                return Ok(RESULT_NOT_FINISHED);
+            }
+            return Ok(if v["status"] == "exited" && v["exit_code"] == 0 {
+                0
+            } else {
+                1
+            });
         }
     }
     Ok(0)

@@ -1,0 +1,118 @@
+//! What the engine offers to control what runs: the invocations in flight
+//! and their usage, cancelling one, and removing a function whose
+//! invocations may still be in flight (the registry is in `running.rs`).
+
+use crate::admission::Slots;
+use crate::engine::{blocking, Engine};
+use crate::model::InvocationRecord;
+use crate::running::{Entry, RunningList};
+use crate::EngineError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a cancel waits for its invocation to end before it answers.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How long a forced removal waits for the function's invocations to end.
+const REMOVE_WAIT: Duration = Duration::from_secs(10);
+
+impl Engine {
+    /// The invocations in flight (of `function`, if given), oldest first, at
+    /// most `limit` (itself at most [`MAX_LISTED`](crate::MAX_LISTED)), with their sandboxes'
+    /// usage so far. Reads cgroup files: call it from a blocking thread.
+    pub fn running_invocations(&self, function: Option<&str>, limit: usize) -> RunningList {
+        self.running.list(function, limit)
+    }
+
+    /// Cancels invocation `id`: a running one's sandbox is killed, a queued
+    /// one never starts, an async one does not retry. Waits (briefly) for it
+    /// to end and returns its record. An invocation that has ended is a
+    /// `Conflict`.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<InvocationRecord, EngineError> {
+        let entry = self.running.get(id);
+        let Some(entry) = entry else {
+            let (engine, wanted) = (Arc::clone(self), id.to_owned());
+            let record = blocking(move || engine.store.invocation(&wanted)).await?;
+            return Err(EngineError::Conflict(
+                "invocation_finished",
+                format!(
+                    "invocation {id} has already ended (status {}); there is nothing to cancel",
+                    record.status
+                ),
+            ));
+        };
+        entry.cancel(format!(
+            "cancelled by a client (DELETE /v1/invocations/{id})"
+        ));
+        drop(entry);
+        self.running
+            .wait_until_none(CANCEL_WAIT, |e| e.id == id)
+            .await;
+        let (engine, id) = (Arc::clone(self), id.to_owned());
+        blocking(move || engine.store.invocation(&id)).await
+    }
+
+    /// Removes a function (see [`Engine::remove`]). While it has invocations
+    /// in flight this is refused, unless `force`: then they are cancelled,
+    /// and the function is removed once they have ended (their sandboxes
+    /// gone, their records written). Returns how many were cancelled.
+    pub async fn remove_function(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<usize, EngineError> {
+        let (removal, busy) = self.running.begin_removal(name, force)?;
+        for entry in &busy {
+            entry.cancel(format!(
+                "cancelled by the removal of its function (DELETE /v1/functions/{name}?force=true)"
+            ));
+        }
+        let ended = self
+            .running
+            .wait_until_none(REMOVE_WAIT, |e| e.function == name)
+            .await;
+        if !ended {
+            return Err(EngineError::Conflict(
+                "function_busy",
+                format!(
+                    "invocations of {name:?} did not end within {}s of being cancelled, so the \
+                     function was kept; try again",
+                    REMOVE_WAIT.as_secs()
+                ),
+            ));
+        }
+        let (engine, owned) = (Arc::clone(self), name.to_owned());
+        blocking(move || engine.remove_unchecked(&owned)).await?;
+        drop(removal);
+        Ok(busy.len())
+    }
+
+    /// Waits for `function`'s slots (capped at `cap`), unless the invocation
+    /// is cancelled first (`None`).
+    pub(crate) async fn slots_unless_cancelled(
+        &self,
+        entry: &Entry,
+        function: &str,
+        cap: u32,
+    ) -> Result<Option<Slots>, EngineError> {
+        tokio::select! {
+            slots = self.admission.slots(function, cap) => slots.map(Some),
+            () = entry.cancelled() => Ok(None),
+        }
+    }
+
+    /// Records a synchronous invocation cancelled before it had a slot.
+    pub(crate) async fn record_cancelled(
+        self: &Arc<Self>,
+        mut record: InvocationRecord,
+        entry: &Entry,
+    ) -> Result<InvocationRecord, EngineError> {
+        entry.mark_cancelled(&mut record);
+        let engine = Arc::clone(self);
+        blocking(move || {
+            engine.store.insert_invocation(&record)?;
+            engine.store.update_invocation(&record)?;
+            Ok(record)
+        })
+        .await
+    }
+}

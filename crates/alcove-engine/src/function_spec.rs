@@ -1,0 +1,166 @@
+//! The sandbox a function's configuration describes, built in one place for
+//! the deploy's check and for every invocation, and the operator's gate on
+//! host paths (`alcove serve --allow-bind`).
+
+use crate::limits::Effective;
+use crate::model::{FunctionBind, FunctionConfig};
+use crate::EngineError;
+use alcove_sandbox::{Bind, NetMode, SandboxSpec, User};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A host directory under which functions may bind paths, as the operator
+/// gave it (`--allow-bind DIR[:rw]`), resolved when the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedBind {
+    pub dir: PathBuf,
+    pub writable: bool,
+}
+
+impl AllowedBind {
+    /// Parses `DIR[:rw|ro]` and resolves DIR (links followed); it must exist.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (dir, writable) = match text.rsplit_once(':') {
+            Some((d, "rw")) => (d, true),
+            Some((d, "ro")) => (d, false),
+            _ => (text, false),
+        };
+        let resolved = std::fs::canonicalize(dir)
+            .map_err(|e| format!("--allow-bind {dir}: {e}; give an existing directory"))?;
+        if !resolved.is_dir() {
+            return Err(format!("--allow-bind {dir}: not a directory"));
+        }
+        Ok(AllowedBind {
+            dir: resolved,
+            writable,
+        })
+    }
+}
+
+/// Resolves a bind's source (links followed, now) and checks it lies under
+/// a directory the operator allows, writable only where allowed so.
+pub(crate) fn resolve_bind(b: &FunctionBind, allowed: &[AllowedBind]) -> Result<PathBuf, String> {
+    let what = format!(
+        "bind {}:{}{}",
+        b.source,
+        b.target,
+        if b.writable { ":rw" } else { "" }
+    );
+    if allowed.is_empty() {
+        return Err(format!(
+            "{what}: this daemon allows functions no host paths; the operator must start it \
+             with `alcove serve --allow-bind DIR` (or DIR:rw) naming a directory above {}",
+            b.source
+        ));
+    }
+    if !Path::new(&b.source).is_absolute() {
+        return Err(format!("{what}: give the source as an absolute host path"));
+    }
+    let source = std::fs::canonicalize(&b.source)
+        .map_err(|e| format!("{what}: the source cannot be resolved on the daemon's host: {e}"))?;
+    let under: Vec<&AllowedBind> = allowed
+        .iter()
+        .filter(|a| source.starts_with(&a.dir))
+        .collect();
+    if under.is_empty() {
+        return Err(format!(
+            "{what}: {} is not under a directory this daemon allows binds from; the operator \
+             must add `alcove serve --allow-bind DIR` for it (or a directory above it)",
+            source.display()
+        ));
+    }
+    if b.writable && !under.iter().any(|a| a.writable) {
+        return Err(format!(
+            "{what}: the daemon allows {} read-only; bind it without :rw, or the operator \
+             must allow it with `alcove serve --allow-bind DIR:rw`",
+            source.display()
+        ));
+    }
+    Ok(source)
+}
+
+/// The sandbox `c` describes with `limits`, before what only an invocation
+/// adds (image, code, secrets, request). Binds are resolved and checked.
+pub(crate) fn base_spec(
+    c: &FunctionConfig,
+    limits: &Effective,
+    allowed: &[AllowedBind],
+) -> Result<SandboxSpec, EngineError> {
+    let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+    for (k, v) in &c.env {
+        spec.env.push((k.into(), v.into()));
+    }
+    if let Some(user) = &c.user {
+        spec.user = User::parse(user).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    }
+    if let Some(dir) = &c.workdir {
+        spec.workdir = dir.into();
+    }
+    for b in &c.binds {
+        let source = resolve_bind(b, allowed).map_err(EngineError::Invalid)?;
+        spec.binds.push(Bind {
+            source,
+            target: b.target.clone().into(),
+            writable: b.writable,
+            device: false,
+        });
+    }
+    spec.limits.memory_bytes = Some(limits.memory_bytes);
+    spec.limits.cpus = limits.cpus;
+    spec.limits.pids = Some(limits.pids);
+    spec.limits.timeout = Some(Duration::from_millis(limits.timeout_ms));
+    spec.limits.cpu_time = limits.cpu_time_ms.map(Duration::from_millis);
+    spec.limits.output_bytes = Some(limits.output_bytes);
+    spec.limits.stderr_bytes = Some(crate::STDERR_KEPT as u64);
+    if let Some(bytes) = limits.tmpfs_bytes {
+        spec.limits.tmpfs_bytes = bytes;
+    }
+    spec.net = if c.net == "host" {
+        NetMode::Host
+    } else {
+        NetMode::None
+    };
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(source: &Path, writable: bool) -> FunctionBind {
+        FunctionBind {
+            source: source.to_string_lossy().into_owned(),
+            target: "/data".into(),
+            writable,
+        }
+    }
+
+    #[test]
+    fn binds_need_an_allowed_directory_and_rw_needs_rw() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("in");
+        std::fs::create_dir(&inside).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let e = resolve_bind(&bind(&inside, false), &[]).unwrap_err();
+        assert!(e.contains("--allow-bind"), "{e}");
+        let ro = [AllowedBind::parse(dir.path().to_str().unwrap()).unwrap()];
+        assert_eq!(
+            resolve_bind(&bind(&inside, false), &ro).unwrap(),
+            std::fs::canonicalize(&inside).unwrap()
+        );
+        assert!(resolve_bind(&bind(&inside, true), &ro)
+            .unwrap_err()
+            .contains(":rw"));
+        assert!(resolve_bind(&bind(outside.path(), false), &ro)
+            .unwrap_err()
+            .contains("not under"));
+        // A link inside that leads out is judged by where it leads.
+        let link = dir.path().join("out");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        assert!(resolve_bind(&bind(&link, false), &ro)
+            .unwrap_err()
+            .contains("not under"));
+        let rw = [AllowedBind::parse(&format!("{}:rw", dir.path().display())).unwrap()];
+        assert!(resolve_bind(&bind(&inside, true), &rw).is_ok());
+    }
+}

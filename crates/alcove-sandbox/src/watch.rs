@@ -1,0 +1,68 @@
+//! A running sandbox's usage so far, for a caller that wants to show it
+//! while the run goes on (the daemon's `fn ps`). The run fills the watch
+//! once its process starts and empties it before its cgroup is released, so
+//! a reader never sees a later run's counters in a reused cgroup.
+
+use crate::pool::Baseline;
+use alcove_cgroup::{SandboxCgroup, UsageProbe};
+use std::sync::Mutex;
+
+/// Hand one to [`RunOptions::watch`](crate::RunOptions) and read it from
+/// any thread while the sandbox runs.
+#[derive(Debug, Default)]
+pub struct UsageWatch {
+    running: Mutex<Option<(UsageProbe, Baseline)>>,
+}
+
+/// What a running sandbox has used so far. Memory is what its cgroup is
+/// charged, which is what its limit holds it to: in a reused cgroup, that
+/// includes page cache an earlier run left (the finished run's outcome
+/// reports its peak net of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageSoFar {
+    /// Memory charged to its cgroup now, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// The peak of that charge during this run, where the kernel restarted
+    /// the peak for it.
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time (user and system), in milliseconds.
+    pub cpu_ms: Option<f64>,
+}
+
+impl UsageWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The usage so far, or `None` when no sandbox runs under this watch.
+    pub fn usage(&self) -> Option<UsageSoFar> {
+        // Held while reading, so the run cannot end and hand its cgroup to
+        // another run in between.
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let (probe, base) = running.as_ref()?;
+        let live = probe.read();
+        Some(UsageSoFar {
+            memory_bytes: live.memory_bytes,
+            memory_peak_bytes: live.memory_peak_bytes.filter(|_| base.memory_exact),
+            cpu_ms: live.cpu_us.map(|(user, sys)| {
+                let used = (user + sys).saturating_sub(base.cpu_us.0 + base.cpu_us.1);
+                used as f64 / 1e3
+            }),
+        })
+    }
+
+    /// Watches `cgroup` until the returned guard is dropped.
+    pub(crate) fn watch(&self, cgroup: &SandboxCgroup, baseline: Baseline) -> Watching<'_> {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((cgroup.probe(), baseline));
+        Watching(self)
+    }
+}
+
+/// Empties the watch when dropped, also when the run fails.
+pub(crate) struct Watching<'a>(&'a UsageWatch);
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
