@@ -72,11 +72,14 @@ export ALCOVE_SERVER=http://$(sed -n 's|.*serving http://\([^ ]*\).*|\1|p' "$dem
 # The daemon made its token in its data directory; the CLI reads it from here.
 export ALCOVE_TOKEN_FILE=$demo/data/token
 echo "\$ alcove serve &    # here on $ALCOVE_SERVER, with a temporary data directory"
-echo "\$ alcove fn deploy hello --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s"
-alcove fn deploy hello --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s
+echo "\$ alcove fn deploy hello --http --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s"
+alcove fn deploy hello --http --handler 'python3 /fn/main.py' --code examples/hello-python --memory 128M --timeout 5s
 echo "\$ alcove fn invoke hello --data '{\"name\": \"Ada\"}'"
 alcove fn invoke hello --data '{"name": "Ada"}'
 echo
 echo "\$ curl -s -H \"Authorization: Bearer \$(cat $ALCOVE_TOKEN_FILE)\" -X POST $ALCOVE_SERVER/v1/functions/hello/invoke -d '{\"name\": \"curl\"}'"
 curl -s -H "Authorization: Bearer $(cat "$ALCOVE_TOKEN_FILE")" -X POST "$ALCOVE_SERVER/v1/functions/hello/invoke" -d '{"name": "curl"}'
+echo
+echo "\$ curl -s -H \"Authorization: Bearer \$(cat $ALCOVE_TOKEN_FILE)\" '$ALCOVE_SERVER/fn/hello?name=web'"
+curl -s -H "Authorization: Bearer $(cat "$ALCOVE_TOKEN_FILE")" "$ALCOVE_SERVER/fn/hello?name=web"
 echo

@@ -219,7 +219,7 @@ daemon_part() {
     out=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8480/v1/functions)
     if [ "$out" = 401 ]; then pass "the API refuses a request without the token (401)"; else fail "the API refuses a request without the token (401)" "HTTP $out"; fi
     t0=$EPOCHREALTIME
-    check "fn deploy hello" "$ALCOVE" fn deploy hello --handler 'python3 /fn/main.py' \
+    check "fn deploy hello" "$ALCOVE" fn deploy hello --http --handler 'python3 /fn/main.py' \
         --code "$ALCOVE_VM_REPO/examples/hello-python" --memory 128M --timeout 5s
     out=$("$ALCOVE" fn invoke hello --data '{"name": "Ada"}' 2>&1)
     echo "fn invoke hello: $out ($(secs "$t0")s for deploy and invoke)"

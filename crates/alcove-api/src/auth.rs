@@ -1,6 +1,8 @@
 //! Bearer tokens: every request but /healthz must carry
 //! `Authorization: Bearer TOKEN` (`alcove serve` always has a token; a router
 //! built without one, in tests, checks nothing), compared in constant time.
+//! Requests to `/fn/...` pass on with a [`Caller`] saying whether the token
+//! matched: a function deployed `public` answers without it.
 
 use crate::errors::ApiError;
 use crate::routes::AppState;
@@ -38,6 +40,12 @@ pub(crate) fn bearer_matches(presented: Option<&[u8]>, token: &[u8]) -> bool {
     bool::from(given.ct_eq(token))
 }
 
+/// For `/fn/...` requests: whether they carried the daemon's token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    pub token_matched: bool,
+}
+
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     request: Request,
@@ -53,9 +61,20 @@ pub(crate) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if bearer_matches(presented, token.as_bytes()) {
+    let token_matched = bearer_matches(presented, token.as_bytes());
+    let mut request = request;
+    if request.uri().path().starts_with("/fn/") {
+        request.extensions_mut().insert(Caller { token_matched });
         return next.run(request).await;
     }
+    if token_matched {
+        return next.run(request).await;
+    }
+    unauthorized()
+}
+
+/// The answer to a request without the token.
+pub(crate) fn unauthorized() -> Response {
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

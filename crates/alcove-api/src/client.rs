@@ -330,7 +330,18 @@ impl Client {
             .iter()
             .find(|(k, _)| k == "x-alcove-invocation")
             .map(|(_, v)| v.clone());
-        if status == 200 {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        // An `http` function's own status (a 404 it chose) is its answer, not
+        // alcove's error: those carry x-alcove-error.
+        let handler_status = invocation.is_some()
+            && header("x-alcove-error").is_none()
+            && header("x-alcove-exit-code") == Some("0");
+        if status == 200 || handler_status {
             return Ok(InvokeOutcome {
                 status,
                 invocation,

@@ -51,8 +51,14 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// An error response's code, kept in its extensions for layers that tell
+/// alcove's errors from a handler's answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = self.code;
         let mut error = json!({ "code": self.code, "message": self.message });
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
             (self.detail, error.as_object_mut())
@@ -60,6 +66,7 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()

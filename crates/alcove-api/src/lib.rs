@@ -7,9 +7,11 @@
 //! results back into HTTP; it runs nothing itself.
 
 mod auth;
+pub mod cgi;
 mod client;
 mod config_routes;
 mod control;
+mod endpoint;
 mod errors;
 mod routes;
 mod server;

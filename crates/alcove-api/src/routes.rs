@@ -10,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -58,7 +58,10 @@ pub fn app(state: AppState) -> Router {
         .route("/invocations", get(control::list_running))
         .route("/invocations/{id}", get(invocation).delete(control::cancel))
         .route("/openapi.json", get(openapi));
+    let function = any(crate::endpoint::serve).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY));
     Router::new()
+        .route("/fn/{name}", function.clone())
+        .route("/fn/{name}/{*rest}", function)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
@@ -206,6 +209,7 @@ async fn invoke(
     State(s): State<AppState>,
     Segment(name): Segment,
     query: Result<Query<InvokeQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = query_or_error(query)?;
@@ -224,26 +228,15 @@ async fn invoke(
         }
         return Ok(response);
     }
-    let done = s.engine.invoke(&name, q.version, body).await?;
-    let headers = invocation_headers(&done.record);
-    let record = done.record;
-    if record.succeeded() && !record.output_truncated {
-        let mut response = (StatusCode::OK, done.response).into_response();
-        response.headers_mut().extend(headers);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        return Ok(response);
-    }
-    let mut error = failure(&record);
-    error.detail = Some(json!({ "invocation": InvocationView::from(record) }));
-    let mut response = error.into_response();
-    response.headers_mut().extend(headers);
-    Ok(response)
+    let request = crate::endpoint::invoke_request(&name, &headers);
+    let (done, http_protocol) = s
+        .engine
+        .invoke_request(&name, q.version, &request, body)
+        .await?;
+    Ok(crate::endpoint::respond(done, http_protocol))
 }
 
-fn invocation_headers(r: &InvocationRecord) -> HeaderMap {
+pub(crate) fn invocation_headers(r: &InvocationRecord) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -263,7 +256,7 @@ fn invocation_headers(r: &InvocationRecord) -> HeaderMap {
 }
 
 /// The error for an invocation that did not succeed.
-fn failure(r: &InvocationRecord) -> ApiError {
+pub(crate) fn failure(r: &InvocationRecord) -> ApiError {
     let reason = r.error.as_deref().unwrap_or("");
     let (status, code, message) = match r.status.as_str() {
         "timeout" => (

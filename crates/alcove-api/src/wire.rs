@@ -65,6 +65,13 @@ pub struct DeployBody {
     pub net: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// `body` (default: stdout is the response) or `http` (a CGI response,
+    /// streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `/fn/NAME` answers without the daemon's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -200,6 +207,8 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         binds: d.binds,
         net: d.net,
         concurrency: d.concurrency,
+        protocol: d.protocol,
+        public: d.public,
     };
     Ok(DeployRequest {
         name: d.name,

@@ -4,6 +4,7 @@
 //! invocation, never the daemon.
 
 use crate::engine::Engine;
+use crate::http::Input;
 use crate::metrics::{FunctionLabel, InvocationLabels, StartLabel};
 use crate::model::{InvocationRecord, VersionInfo};
 use crate::store::now;
@@ -23,10 +24,10 @@ impl Engine {
         &self,
         v: &VersionInfo,
         record: &mut InvocationRecord,
-        body: Vec<u8>,
+        input: Input,
         retry_on_failure: bool,
     ) -> Result<Vec<u8>, EngineError> {
-        let attempt = || self.attempt(v, record, body, retry_on_failure);
+        let attempt = || self.attempt(v, record, input, retry_on_failure);
         match catch_unwind(AssertUnwindSafe(attempt)) {
             Ok(result) => result,
             Err(payload) => {
@@ -72,7 +73,7 @@ impl Engine {
         &self,
         v: &VersionInfo,
         record: &mut InvocationRecord,
-        body: Vec<u8>,
+        input: Input,
         retry_on_failure: bool,
     ) -> Result<Vec<u8>, EngineError> {
         // Debug builds only: lets the tests see what a bug inside one
@@ -95,7 +96,7 @@ impl Engine {
         record.started_at = Some(now());
         self.store.update_invocation(record)?;
         let prepared = self
-            .spec_for(v, record, body)
+            .spec_for(v, record, input)
             .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
         let (device_rule, spec, lease) = match prepared {
             Ok(prepared) => prepared,
@@ -148,7 +149,13 @@ impl Engine {
                                 "the daemon stopped while this invocation ran".into()
                             }),
                     ),
-                    _ => outcome.reason.clone(),
+                    _ => outcome.reason.clone().or_else(|| {
+                        outcome.stdout_undelivered.then(|| {
+                            "the client stopped reading the streamed response before its end \
+                             (it went away, or read too slowly); the handler's stdout was closed"
+                                .into()
+                        })
+                    }),
                 };
                 let kept = outcome.stderr.len().min(STDERR_KEPT);
                 record.stderr = String::from_utf8_lossy(&outcome.stderr[..kept]).into_owned();
@@ -196,7 +203,7 @@ impl Engine {
         &self,
         v: &VersionInfo,
         record: &InvocationRecord,
-        body: Vec<u8>,
+        input: Input,
     ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
         let c = &v.config;
         let limits = self.config.limits.effective(c);
@@ -247,6 +254,8 @@ impl Engine {
                 device: false,
             });
         }
+        // After the function's own (base_spec's): the request's variables are the request's.
+        spec.env.extend(input.cgi);
         spec.env
             .push(("ALCOVE_FUNCTION".into(), v.function.clone().into()));
         spec.env
@@ -271,7 +280,13 @@ impl Engine {
             ));
             spec.inherit_fds.push(Arc::new(conn));
         }
-        spec.stdio = Stdio::Capture { stdin: body };
+        spec.stdio = match input.stdout {
+            Some(stdout) => Stdio::Stream {
+                stdin: input.body,
+                stdout,
+            },
+            None => Stdio::Capture { stdin: input.body },
+        };
         Ok((spec, lease))
     }
 

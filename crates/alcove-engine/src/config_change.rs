@@ -65,6 +65,12 @@ pub struct ConfigChange {
     pub net: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// `body` or `http`: what the handler writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Whether `/fn/NAME` answers without the daemon's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 fn text_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
@@ -124,6 +130,8 @@ pub(crate) fn plan(
     set(&mut c.binds, &change.binds);
     set(&mut c.net, &change.net);
     set(&mut c.concurrency, &change.concurrency);
+    set(&mut c.protocol, &change.protocol);
+    set(&mut c.public, &change.public);
     set(&mut c.accel, &change.accel.clone().map(Some));
     if let Some(image) = &change.image {
         c.image = Some(image.clone());

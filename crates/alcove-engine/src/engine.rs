@@ -116,7 +116,7 @@ pub struct Engine {
 }
 
 /// An invocation task alive; the engine waits for these at shutdown.
-struct InFlight {
+pub(crate) struct InFlight {
     count: Arc<AtomicUsize>,
     idle: Arc<tokio::sync::Notify>,
 }
@@ -377,7 +377,7 @@ impl Engine {
         self.store.recent_invocations(name, limit)
     }
 
-    fn in_flight(&self) -> InFlight {
+    pub(crate) fn in_flight(&self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight {
             count: Arc::clone(&self.in_flight),
@@ -386,39 +386,16 @@ impl Engine {
     }
 
     /// Runs `name` (its `latest` version unless `version`) once with `body` on
-    /// stdin, and returns the record and stdout.
+    /// stdin, and returns the record and stdout. The handler sees a POST to
+    /// `/` ([`invoke_request`](Self::invoke_request) gives it a request).
     pub async fn invoke(
         self: &Arc<Self>,
         name: &str,
         version: Option<u32>,
         body: Vec<u8>,
     ) -> Result<Invocation, EngineError> {
-        let ticket = self.admission.enter(body.len())?;
-        let (v, cap) = self.resolve(name, version).await?;
-        let record = self.new_record(&v, false);
-        let entry = self.running.register(&record)?;
-        // Its own task: a client that goes away mid-invocation drops the
-        // request's future, but the invocation still ends and is recorded.
-        let engine = Arc::clone(self);
-        let alive = self.in_flight();
-        tokio::spawn(async move {
-            let _alive = alive;
-            let slots = engine
-                .slots_unless_cancelled(&entry, &v.function, cap)
-                .await;
-            drop(ticket);
-            let Some(slots) = slots? else {
-                let record = engine.record_cancelled(record, &entry).await?;
-                return Ok(Invocation {
-                    record,
-                    response: Vec::new(),
-                });
-            };
-            let (record, response) = engine.run(v, record, body, slots, true, false).await?;
-            Ok(Invocation { record, response })
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("the invocation's task failed: {e}")))?
+        let request = crate::HttpRequest::post(&format!("/v1/functions/{name}/invoke"));
+        Ok(self.invoke_request(name, version, &request, body).await?.0)
     }
 
     /// Queues an invocation and returns its record at once; it runs in the
@@ -481,7 +458,8 @@ impl Engine {
                 }
             };
             let last = attempt == retries;
-            let run = self.run(v.clone(), record.clone(), body.clone(), slots, false, !last);
+            let input = body.clone().into();
+            let run = self.run(v.clone(), record.clone(), input, slots, false, !last);
             match run.await {
                 Ok((r, _)) => record = r,
                 Err(e) => {
@@ -520,11 +498,11 @@ impl Engine {
     /// One attempt on a blocking thread, holding `slots` until it ends;
     /// `insert` records the invocation first (synchronous invocations are
     /// recorded once they have a slot).
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         v: VersionInfo,
         mut record: InvocationRecord,
-        body: Vec<u8>,
+        input: crate::http::Input,
         slots: Slots,
         insert: bool,
         retry_on_failure: bool,
@@ -535,7 +513,7 @@ impl Engine {
             if insert {
                 engine.store.insert_invocation(&record)?;
             }
-            let response = engine.attempt_blocking(&v, &mut record, body, retry_on_failure)?;
+            let response = engine.attempt_blocking(&v, &mut record, input, retry_on_failure)?;
             Ok((record, response))
         })
         .await
@@ -543,7 +521,7 @@ impl Engine {
 
     /// The version to run and its function's concurrency cap (the `latest`
     /// version's), reading the store off the async threads when needed.
-    async fn resolve(
+    pub(crate) async fn resolve(
         self: &Arc<Self>,
         name: &str,
         version: Option<u32>,
@@ -571,7 +549,7 @@ impl Engine {
     }
 
     /// A new record (not yet stored), and now and then a purge of old ones.
-    fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
+    pub(crate) fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
         if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
             self.since_purge.store(0, Ordering::Relaxed);
             let _ = self
@@ -660,6 +638,7 @@ fn validate(
             );
         }
     }
+    crate::http::check_config(c).map_err(EngineError::Invalid)?;
     if c.net != "none" && c.net != "host" {
         return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));
     }

@@ -61,6 +61,14 @@ pub struct FunctionConfig {
     /// allowed (`alcove serve --allow-bind`); sources are stored resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binds: Vec<FunctionBind>,
+    /// What the handler writes: `body` (stdout is the response, 200 when it
+    /// exits 0) or `http` (a CGI response: a header block, a blank line, then
+    /// the body, streamed as it is written).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Whether `/fn/NAME` answers without the daemon's token.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// A host path a function sees (`--bind SRC:DST[:ro|rw]`).
@@ -83,6 +91,10 @@ fn default_net() -> String {
 
 fn default_concurrency() -> u32 {
     16
+}
+
+fn default_protocol() -> String {
+    "body".into()
 }
 
 /// A deploy: a new immutable version of `name`, which `latest` then points

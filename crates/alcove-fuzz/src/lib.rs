@@ -33,6 +33,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("api_deploy", api_deploy),
     ("api_query", api_query),
+    ("cgi_response", cgi_response),
     ("code_tar", code_tar),
     ("image_archive", image_archive),
     ("image_layer", image_layer),
@@ -154,6 +155,20 @@ pub fn api_query(data: &[u8]) {
         let _ = wire::check_invoke_query(&q);
     }
     let _ = wire::parse_json::<RollbackBody>(data, "rollback");
+}
+
+/// What an `http` function writes on stdout: its header block is parsed
+/// from whatever the handler wrote, and a block it accepts lies inside the
+/// input and the bounds.
+pub fn cgi_response(data: &[u8]) {
+    use alcove_api::cgi;
+    if let Ok(Some(head)) = cgi::parse_head(data) {
+        assert!(head.len <= data.len() && head.len <= cgi::MAX_HEAD_BYTES);
+        assert!((200..=599).contains(&head.status.as_u16()));
+        assert!(head.headers.contains_key("content-type"));
+        assert!(!head.headers.contains_key("transfer-encoding"));
+    }
+    let _ = cgi::parse_at_end(data);
 }
 
 /// A function's code archive (the `code` of a deploy, after base64), its

@@ -131,6 +131,19 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             ("rollback", br#"{"version":1}"#.to_vec()),
             ("edges", b"retries=4294967296&async=1&version=-1".to_vec()),
         ]),
+        "cgi_response" => named(vec![
+            (
+                "full",
+                b"Status: 201 Created\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nbody".to_vec(),
+            ),
+            ("bare", b"\nbody".to_vec()),
+            ("location", b"Location: /elsewhere\n\n".to_vec()),
+            (
+                "dropped",
+                b"Connection: close\nTransfer-Encoding: chunked\nX-Alcove-Status: fake\n\n".to_vec(),
+            ),
+            ("bad", b"Status: 99x\nBad Name: v\n\n".to_vec()),
+        ]),
         "code_tar" => named(vec![
             ("code", code_archive()),
             ("links", rich_layer()),

@@ -19,6 +19,7 @@ pub use pool::{prepared as pool_prepared, SLOTS as POOL_SLOTS};
 mod run;
 mod seccomp;
 pub mod spec;
+mod stream;
 mod supervise;
 mod template;
 pub mod units;
@@ -32,7 +33,9 @@ pub use run::{
     gc, gc_orphans, gc_templates, run, run_observed, take_charge_of_cgroups, GcReport, RunOptions,
 };
 pub use seccomp::{syscall_name, syscall_number};
-pub use spec::{Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, User};
+pub use spec::{
+    Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, StreamTarget, User,
+};
 pub use watch::{UsageSoFar, UsageWatch};
 
 /// An error and its causes on one line, joined with ": " (as anyhow's `{:#}`

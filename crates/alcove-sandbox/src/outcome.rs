@@ -68,6 +68,10 @@ pub struct Outcome {
     pub stdout_truncated: bool,
     #[serde(skip)]
     pub stderr_truncated: bool,
+    /// With [`Stdio::Stream`](crate::Stdio::Stream): its reader went away or
+    /// stopped reading, so part of stdout never reached it.
+    #[serde(skip)]
+    pub stdout_undelivered: bool,
     /// The sandbox's cgroup2 id, where a cgroup2 tree is mounted.
     pub cgroup_id: Option<u64>,
     /// Why a policy killed the sandbox, with `killed_by_policy`.

@@ -68,7 +68,28 @@ pub enum Stdio {
     /// stdin reads these bytes; stdout and stderr are captured into the
     /// outcome, up to `output_bytes` each (1 MiB when unset).
     Capture { stdin: Vec<u8> },
+    /// As `Capture`, but stdout goes on to `stdout` (a pipe's write end,
+    /// non-blocking) as the program writes it, up to `output_bytes`: alcove
+    /// reads the program's stdout only when that pipe has room again, so a
+    /// slow reader slows the program's writes and nothing is buffered past
+    /// one read. Its reader closing its end closes the program's stdout.
+    Stream {
+        stdin: Vec<u8>,
+        stdout: StreamTarget,
+    },
 }
+
+/// The write end of the pipe a [`Stdio::Stream`] writes stdout to.
+#[derive(Debug, Clone)]
+pub struct StreamTarget(pub std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for StreamTarget {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for StreamTarget {}
 
 /// A path the program may use when a path allow-list is in force (Landlock).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,7 +72,14 @@ pub(crate) enum Sink {
     Fd(i32),
     /// Kept for the outcome.
     Buffer(Vec<u8>),
+    /// Handed on to a reader's pipe as it takes it.
+    Stream(crate::stream::StreamOut),
 }
+
+/// How long streamed stdout may take to reach its reader once the sandbox
+/// has ended; then what is left is dropped (a reader that stopped reading
+/// must not hold the invocation open).
+const STREAM_DRAIN: Duration = Duration::from_secs(5);
 
 struct Pump {
     read: Option<OwnedFd>,
@@ -86,6 +93,15 @@ impl Pump {
     /// at end of file, past the limit (the writer then gets EPIPE, as in
     /// `| head -c N`), or when the target stops accepting output.
     fn pump(&mut self, buf: &mut [u8]) {
+        if let Sink::Stream(out) = &mut self.sink {
+            if out.waiting() {
+                out.flush();
+                if out.gone {
+                    self.read = None;
+                }
+                return;
+            }
+        }
         let Some(read) = &self.read else { return };
         match fd::read(read.as_fd(), buf) {
             Ok(0) | Err(_) => self.read = None,
@@ -98,6 +114,10 @@ impl Pump {
                         kept.extend_from_slice(&buf[..keep]);
                         true
                     }
+                    Sink::Stream(out) => {
+                        out.offer(&buf[..keep]);
+                        !out.gone
+                    }
                 };
                 if keep < n {
                     self.truncated = true;
@@ -107,6 +127,39 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+impl Pump {
+    /// Whether output may still come or still waits to go out.
+    fn open(&self) -> bool {
+        self.read.is_some() || self.waiting()
+    }
+
+    fn waiting(&self) -> bool {
+        matches!(&self.sink, Sink::Stream(out) if out.waiting())
+    }
+
+    /// The reader's pipe, while bytes wait for room in it.
+    fn waiting_fd(&self) -> Option<i32> {
+        match &self.sink {
+            Sink::Stream(out) if out.waiting() => Some(out.target_fd()),
+            _ => None,
+        }
+    }
+
+    fn abandon_stream(&mut self) {
+        if let Sink::Stream(out) = &mut self.sink {
+            if out.waiting() || self.read.is_some() {
+                out.abandon();
+                self.read = None;
+            }
+        }
+    }
+
+    /// Whether streamed output stopped short of its reader.
+    fn undelivered(&self) -> bool {
+        matches!(&self.sink, Sink::Stream(out) if out.gone)
     }
 }
 
@@ -160,7 +213,7 @@ pub(crate) fn supervise(
                     .unwrap_or(1 << 20),
                 Sink::Buffer(_) => s.limits.output_bytes.unwrap_or(1 << 20),
                 Sink::Fd(2) => s.limits.stderr_bytes.unwrap_or(u64::MAX),
-                Sink::Fd(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
+                Sink::Fd(_) | Sink::Stream(_) => s.limits.output_bytes.unwrap_or(u64::MAX),
             },
             read: Some(read),
             sink,
@@ -176,12 +229,22 @@ pub(crate) fn supervise(
     };
 
     loop {
-        let streams_open = error_pipe.is_some() || pumps.iter().any(|p| p.read.is_some());
+        let now = process::monotonic_ns();
+        let mut wake: Option<u64> = None;
+        if let Some((_, t_exit)) = exit {
+            let drain_end = t_exit.saturating_add(ns(STREAM_DRAIN));
+            if now >= drain_end {
+                for pump in &mut pumps {
+                    pump.abandon_stream();
+                }
+            } else if pumps.iter().any(Pump::waiting) {
+                wake = Some(drain_end);
+            }
+        }
+        let streams_open = error_pipe.is_some() || pumps.iter().any(Pump::open);
         if exit.is_some() && !streams_open {
             break;
         }
-        let now = process::monotonic_ns();
-        let mut wake: Option<u64> = None;
         if exit.is_none() {
             if let Some(d) = deadline {
                 if now >= d {
@@ -240,8 +303,17 @@ pub(crate) fn supervise(
         };
         let i_pumps: Vec<Option<usize>> = pumps
             .iter()
-            .map(|p| p.read.as_ref().map(|r| push(r.as_raw_fd())))
+            .map(|p| match p.waiting_fd() {
+                Some(target) => Some(push(target)),
+                None => p.read.as_ref().map(|r| push(r.as_raw_fd())),
+            })
             .collect();
+        // A stream holding bytes waits for room in its reader's pipe, not for more input.
+        for (pump, index) in pumps.iter().zip(&i_pumps) {
+            if let (Some(_), Some(i)) = (pump.waiting_fd(), index) {
+                pollfds[*i].events = libc::POLLOUT;
+            }
+        }
         let timeout = wake.map(|w| Duration::from_nanos(w.saturating_sub(process::monotonic_ns())));
         fd::poll(&mut pollfds, timeout).map_err(SandboxError::Supervise)?;
         let ready = |i: Option<usize>| i.is_some_and(|i| pollfds[i].revents != 0);
@@ -369,6 +441,7 @@ pub(crate) fn supervise(
         output_truncated: pumps.iter().any(|p| p.truncated),
         stdout_truncated: pumps.first().is_some_and(|p| p.truncated),
         stderr_truncated: pumps.get(1).is_some_and(|p| p.truncated),
+        stdout_undelivered: pumps.first().is_some_and(Pump::undelivered),
         cgroup_id: None,
         reason: policy_reason,
         phases: None,
@@ -377,7 +450,7 @@ pub(crate) fn supervise(
     };
     let mut buffers = pumps.into_iter().filter_map(|p| match p.sink {
         Sink::Buffer(kept) => Some(kept),
-        Sink::Fd(_) => None,
+        Sink::Fd(_) | Sink::Stream(_) => None,
     });
     outcome.stdout = buffers.next().unwrap_or_default();
     outcome.stderr = buffers.next().unwrap_or_default();

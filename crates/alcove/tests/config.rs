@@ -34,6 +34,14 @@ fn versions(d: &Daemon, name: &str) -> Vec<Value> {
         .clone()
 }
 
+/// Whether `fn show` printed the setting `label` with `value` on one line.
+fn shows(shown: &str, label: &str, value: &str) -> bool {
+    shown.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some(label) && words.collect::<Vec<_>>().join(" ") == value
+    })
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -399,15 +407,15 @@ fn deploy_takes_the_run_flags_and_they_take_effect() {
     assert_eq!(total_kib, 8192, "/tmp is 8M: {out}");
     assert_eq!(versions(d, "flags")[0]["config"]["cpu_time_ms"], 3000);
     let shown = ok(d, &["show", "flags"]);
-    for part in [
-        "cpu_time_ms=3000",
-        "tmpfs=8388608",
-        "workdir /tmp",
-        "user 1234:2345",
+    for (label, value) in [
+        ("cpu-time", "3s"),
+        ("tmpfs-size", "8M"),
+        ("workdir", "/tmp"),
+        ("user", "1234:2345"),
     ] {
         assert!(
-            shown.contains(part),
-            "{part} missing from fn show:\n{shown}"
+            shows(&shown, label, value),
+            "{label} {value} missing from fn show:\n{shown}"
         );
     }
 
@@ -487,7 +495,7 @@ fn binds_are_refused_unless_the_operator_allows_them() {
     let resolved = std::fs::canonicalize(shared.join("data")).unwrap();
     let shown = ok(d, &["show", "b"]);
     assert!(
-        shown.contains(&format!("bind {}:/data", resolved.display())),
+        shows(&shown, "bind", &format!("{}:/data", resolved.display())),
         "{shown}"
     );
     let err = refused(d, &["deploy", "b", "--bind", &format!("{bind}:rw")]);

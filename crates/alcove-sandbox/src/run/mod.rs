@@ -126,11 +126,17 @@ pub fn run_observed(
         fd::pipe_cloexec().map_err(prepare("creating the lifeline pipe"))?;
     let mut outputs = Vec::new();
     let mut child_stdio = Vec::new();
-    if let crate::Stdio::Capture { stdin } = &spec.stdio {
+    if let crate::Stdio::Capture { stdin } | crate::Stdio::Stream { stdin, .. } = &spec.stdio {
         let memfd = fd::memfd_with(stdin).map_err(prepare("writing stdin to a memfd"))?;
         for target in [1, 2] {
             let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
-            outputs.push((read, supervise::Sink::Buffer(Vec::new())));
+            let sink = match &spec.stdio {
+                crate::Stdio::Stream { stdout, .. } if target == 1 => {
+                    supervise::Sink::Stream(crate::stream::StreamOut::new(stdout.0.clone()))
+                }
+                _ => supervise::Sink::Buffer(Vec::new()),
+            };
+            outputs.push((read, sink));
             child_stdio.push((write, target));
         }
         child_stdio.push((memfd, 0));

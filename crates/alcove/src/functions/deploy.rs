@@ -38,8 +38,25 @@ pub(super) struct SettingsArgs {
     /// Invocations of this function running at once [default: 16].
     #[arg(long, value_name = "N")]
     concurrency: Option<u32>,
+    /// What the handler writes: body (stdout is the response) or http (a CGI
+    /// response: 'Status:' and other header lines, an empty line, the body,
+    /// streamed) [default: body].
+    #[arg(long, value_enum, conflicts_with = "http")]
+    protocol: Option<Protocol>,
+    /// Short for --protocol http.
+    #[arg(long)]
+    http: bool,
+    /// Let anyone call /fn/NAME, without the daemon's token (--public=false: no more).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    public: Option<bool>,
     #[command(flatten)]
     sandbox: SandboxFlags,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Body,
+    Http,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +162,16 @@ impl SettingsArgs {
             body.secrets.insert(k, v);
         }
         set(&mut body.concurrency, self.concurrency);
+        let protocol = if self.http {
+            Some(Protocol::Http)
+        } else {
+            self.protocol
+        };
+        set(
+            &mut body.protocol,
+            protocol.map(|p| if p == Protocol::Http { "http" } else { "body" }.to_owned()),
+        );
+        set(&mut body.public, self.public);
         apply_sandbox_flags(self.sandbox, body)?;
         Ok(())
     }

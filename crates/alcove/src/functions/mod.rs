@@ -181,41 +181,51 @@ fn server_url(given: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// A daemon on this host that refuses connections may be starting (`alcove
-/// serve &` on the line before): give it a moment to listen, so the command
-/// and the token it reads do not race its start. Any other answer (or no
-/// daemon after the wait) goes on to the request, which says what is wrong.
+/// A daemon on this host may be starting (`alcove serve &` on the line
+/// before): give it a moment to listen, so the command and the token it
+/// reads do not race its start. It looks for a listening socket in
+/// /proc/net rather than connecting: a probe connection would be a request
+/// of its own to whatever listens there. No listener after the wait: the
+/// request goes on and says the daemon is unreachable.
 fn wait_for_local_daemon(server: &str) {
     const WAIT: Duration = Duration::from_secs(2);
     if !is_loopback(server) {
         return;
     }
     let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let port = match authority.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
+        Some(Ok(port)) => port,
+        Some(Err(_)) => return,
+        None => 80,
     };
-    let Ok(addresses) = std::net::ToSocketAddrs::to_socket_addrs(&with_port.as_str()) else {
-        return;
-    };
-    let addresses: Vec<std::net::SocketAddr> = addresses.collect();
     let start = std::time::Instant::now();
-    loop {
-        let refused = addresses.iter().all(|a| {
-            matches!(
-                std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-            )
-        });
-        if !refused || start.elapsed() >= WAIT {
-            return;
-        }
+    while !listening(port) && start.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether some socket of this network namespace listens on TCP `port`
+/// (or /proc/net cannot tell, which ends the wait too).
+fn listening(port: u16) -> bool {
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        let found = text.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"0A")
+        });
+        if found {
+            return true;
+        }
+    }
+    !readable
 }
 
 /// Runs `alcove fn ...` and returns the exit code.

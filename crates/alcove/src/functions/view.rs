@@ -114,7 +114,19 @@ fn settings(c: &Value) -> Vec<(String, String)> {
         "concurrency",
         "env",
         "secrets",
+        "binds",
     ];
+    for b in c["binds"].as_array().into_iter().flatten() {
+        let rw = if b["writable"] == true { ":rw" } else { "" };
+        put(
+            "bind",
+            Some(format!(
+                "{}:{}{rw}",
+                b["source"].as_str().unwrap_or(""),
+                b["target"].as_str().unwrap_or("")
+            )),
+        );
+    }
     if let Some(map) = c.as_object() {
         for (key, value) in map {
             if known.contains(&key.as_str()) || value.is_null() {
