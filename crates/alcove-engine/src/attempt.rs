@@ -313,7 +313,7 @@ impl Engine {
 /// The host's NVIDIA device nodes (/dev/nvidiactl, /dev/nvidia0...,
 /// /dev/nvidia-uvm...): what a `gpu`-placed function may open besides
 /// alcove's basic /dev. None on a host without a GPU.
-fn gpu_device_nodes() -> Vec<PathBuf> {
+pub(crate) fn gpu_device_nodes() -> Vec<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(entries) = std::fs::read_dir("/dev") else {
         return Vec::new();

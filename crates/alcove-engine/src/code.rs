@@ -15,9 +15,13 @@ pub const MAX_CODE_BYTES: u64 = 512 << 20;
 pub const MAX_CODE_ENTRIES: usize = 100_000;
 
 /// Unpacks `tar` under `data/code`, named by its content digest, unless that
-/// code is stored already; returns the digest. Absolute paths, `..`, links and
-/// anything but files and directories are refused; a failed unpack leaves
-/// nothing (it happens in a temporary directory renamed into place).
+/// code is stored already; returns the digest. Absolute paths, `..`, hard
+/// links, symbolic links that leave the code directory (see
+/// [`crate::link_leaves`]) and anything but files, directories and links are
+/// refused; a failed unpack leaves nothing (it happens in a temporary
+/// directory renamed into place). Links are created as links and never
+/// followed here: an entry under a link already unpacked is refused, and
+/// files are created with `O_EXCL | O_NOFOLLOW`.
 pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError> {
     let bad = |why: String| EngineError::BadCode(why);
     let tmp = data.join("tmp").join(alcove_sys::process::random_id());
@@ -27,6 +31,7 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         e
     };
     let mut listing: Vec<String> = Vec::new();
+    let mut links: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let mut total: u64 = 0;
     let mut archive = tar::Archive::new(tar);
     let entries = archive
@@ -52,8 +57,50 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
                 "more than {MAX_CODE_ENTRIES} entries"
             ))));
         }
+        if let Some(link) = relative.ancestors().find(|a| links.contains(*a)) {
+            return Err(cleanup(bad(format!(
+                "{} lies under the link {}: an archive may not write through a link",
+                relative.display(),
+                link.display()
+            ))));
+        }
         let target = tmp.join(&relative);
         let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            let to = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    cleanup(bad(format!(
+                        "{}: a link without a target",
+                        relative.display()
+                    )))
+                })?
+                .into_owned();
+            if let Some(why) = crate::link_leaves(&relative, &to) {
+                return Err(cleanup(bad(format!(
+                    "{} -> {} leaves the code directory: {why}",
+                    relative.display(),
+                    to.display()
+                ))));
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            }
+            std::os::unix::fs::symlink(&to, &target)
+                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            listing.push(format!("l {} {}", relative.display(), to.display()));
+            links.insert(relative);
+            continue;
+        }
+        if kind.is_hard_link() {
+            return Err(cleanup(bad(format!(
+                "{} is a hard link: pack the file itself (`alcove fn deploy --code` does)",
+                relative.display()
+            ))));
+        }
         if kind.is_dir() {
             std::fs::create_dir_all(&target)
                 .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
@@ -62,7 +109,7 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         }
         if !kind.is_file() {
             return Err(cleanup(bad(format!(
-                "{} is a {:?}: only files and directories are allowed",
+                "{} is a {:?}: only files, directories and links are allowed",
                 relative.display(),
                 kind
             ))));
@@ -86,6 +133,7 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .mode(mode)
             .open(&target)
             .and_then(|mut f| {
@@ -241,7 +289,8 @@ mod tests {
         b.append_link(&mut h, "evil", "/etc/shadow").unwrap();
         let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
         assert!(
-            err.to_string().contains("only files and directories"),
+            err.to_string()
+                .contains("evil -> /etc/shadow leaves the code directory"),
             "{err}"
         );
         assert!(safe_relative(Path::new("../x")).is_none());
@@ -252,5 +301,102 @@ mod tests {
             std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    fn link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, to: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_cksum();
+        b.append_link(&mut h, path, to).unwrap();
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    #[test]
+    fn links_inside_are_stored_as_links_and_counted_in_the_digest() {
+        let data = tempfile::tempdir().unwrap();
+        let tree = |to: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            file(&mut b, "vendor/pkg/__init__.py", b"X = 1\n");
+            link(&mut b, tar::EntryType::Symlink, "lib/pkg", to);
+            b.into_inner().unwrap()
+        };
+        let a = store_code(data.path(), &tree("../vendor/pkg")).unwrap();
+        let dir = data.path().join("code").join(&a);
+        let meta = std::fs::symlink_metadata(dir.join("lib/pkg")).unwrap();
+        assert!(meta.file_type().is_symlink());
+        assert_eq!(
+            std::fs::read_link(dir.join("lib/pkg")).unwrap(),
+            Path::new("../vendor/pkg")
+        );
+        let b = store_code(data.path(), &tree("../vendor")).unwrap();
+        assert_ne!(a, b, "the digest covers where links point");
+    }
+
+    #[test]
+    fn hostile_link_archives_are_refused_and_never_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let refused = |build: &dyn Fn(&mut tar::Builder<Vec<u8>>), expect: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            build(&mut b);
+            let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
+            assert!(err.to_string().contains(expect), "{err}");
+            assert_eq!(
+                std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+                0
+            );
+        };
+        let out = outside.path().to_str().unwrap().to_owned();
+        refused(
+            &|b| {
+                link(
+                    b,
+                    tar::EntryType::Symlink,
+                    "venv/bin/python3",
+                    "/usr/bin/python3",
+                )
+            },
+            "venv/bin/python3 -> /usr/bin/python3 leaves the code directory",
+        );
+        refused(
+            &|b| link(b, tar::EntryType::Symlink, "a/up", "../../x"),
+            "a/up -> ../../x leaves the code directory",
+        );
+        // A link inside, then an entry written through it.
+        refused(
+            &|b| {
+                link(b, tar::EntryType::Symlink, "d", ".");
+                file(b, "d/x", b"through");
+            },
+            "d/x lies under the link d",
+        );
+        refused(
+            &|b| {
+                link(b, tar::EntryType::Symlink, "d", "e");
+                link(b, tar::EntryType::Symlink, "d", "f");
+            },
+            "d lies under the link d",
+        );
+        refused(
+            &|b| {
+                file(b, "a", b"1");
+                link(b, tar::EntryType::Link, "b", "a");
+            },
+            "b is a hard link",
+        );
+        refused(
+            &|b| link(b, tar::EntryType::Link, "h", &out),
+            "h is a hard link",
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }

@@ -212,6 +212,7 @@ impl Engine {
             metrics,
         });
         engine.remove_unused_code()?;
+        engine.unpin_removed();
         Ok(engine)
     }
 
@@ -232,7 +233,10 @@ impl Engine {
         validate(&mut plan, &self.config.limits, &self.config.allow_binds)?;
         if plan.config.image_id.is_none() {
             if let Some(name) = &plan.config.image {
-                let record = self.image_store()?.get(name).map_err(|e| {
+                // Pinned for the function (an inherited image_id is pinned
+                // already), so that `image rm` and `prune` leave it.
+                let (key, holder) = crate::image::pin_of(&self.config.data_dir, &req.name);
+                let record = self.image_store()?.pin(name, &key, &holder).map_err(|e| {
                     EngineError::Invalid(format!(
                         "image {name:?}: {e} (import it with `alcove image import`)"
                     ))
@@ -317,7 +321,31 @@ impl Engine {
         self.forget(name);
         self.admission.forget(name);
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        self.unpin_removed();
         self.remove_unused_code()
+    }
+
+    /// Drops this daemon's image pins of functions that no longer exist
+    /// (removed now, or before a crash). Best effort: a pin left behind
+    /// only keeps layers from `image prune`.
+    fn unpin_removed(&self) {
+        if !self.config.image_store.join("pins").is_dir() {
+            return; // never pinned: do not create a store
+        }
+        let Ok(images) = self.image_store() else {
+            return;
+        };
+        let Ok(names) = self.store.function_names() else {
+            return;
+        };
+        let prefix = crate::image::pin_of(&self.config.data_dir, "").0;
+        for key in images.pin_keys() {
+            if let Some(function) = key.strip_prefix(&prefix) {
+                if !names.iter().any(|n| n == function) {
+                    let _ = images.unpin(&key);
+                }
+            }
+        }
     }
 
     /// Deletes stored code that no version runs (removed functions, and what
@@ -331,8 +359,8 @@ impl Engine {
         for entry in entries.flatten() {
             let name = entry.file_name();
             if !used.contains(name.to_string_lossy().as_ref()) {
-                // Not following links: stored code holds none, and
-                // remove_dir_all never follows them.
+                // remove_dir_all removes the links stored code holds, never
+                // what they point at.
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -600,6 +628,14 @@ fn validate(
     if let Some(a) = &c.accel {
         if !["auto", "cpu", "gpu"].contains(&a.as_str()) {
             return invalid(format!("accel {a:?}: use \"auto\", \"cpu\" or \"gpu\""));
+        }
+        // Refused now rather than failing every invocation later.
+        if a == "gpu" && crate::attempt::gpu_device_nodes().is_empty() {
+            return invalid(
+                "accel \"gpu\": this machine has no GPU (no /dev/nvidia* devices); deploy with \
+                 --accel auto (the CPU until a GPU is there) or --accel cpu"
+                    .into(),
+            );
         }
     }
     crate::http::check_config(c).map_err(EngineError::Invalid)?;

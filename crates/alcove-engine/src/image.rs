@@ -72,6 +72,23 @@ pub fn apply_image(
     Ok(())
 }
 
+/// The key (`<daemon>-<function>`) and the holder's description under which
+/// a daemon with data directory `data` pins `function`'s image: daemons
+/// sharing an image store keep their pins apart.
+pub(crate) fn pin_of(data: &std::path::Path, function: &str) -> (String, String) {
+    use sha2::Digest;
+    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_owned());
+    let digest = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+    let daemon: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    (
+        format!("{daemon}-{function}"),
+        format!(
+            "function {function} (of alcove serve --data-dir {})",
+            data.display()
+        ),
+    )
+}
+
 /// `uid`, `uid:gid`, `name` or `name:group`, names looked up in the image's
 /// /etc/passwd and /etc/group (see [`accounts_file`]).
 fn resolve_user(store: &Store, record: &ImageRecord, user: &str) -> Result<User, EngineError> {

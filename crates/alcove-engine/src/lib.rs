@@ -9,6 +9,7 @@ mod accel;
 mod admission;
 mod attempt;
 mod code;
+mod code_links;
 mod config_change;
 mod control;
 mod devices;
@@ -23,6 +24,7 @@ mod running;
 mod store;
 
 pub use alcove_sandbox::error_chain;
+pub use code_links::link_leaves;
 pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};

@@ -3,7 +3,8 @@
 //! unpacking each layer safely, once), the content-addressed store of
 //! unpacked layers that sandboxes stack as overlayfs lower dirs, image
 //! records with the config alcove honours, leases that keep layers in use
-//! from being pruned, and pruning.
+//! from being pruned, pins that keep the images deployed functions run,
+//! and pruning.
 //!
 //! It knows nothing of sandboxes: callers turn an [`ImageRecord`] into a
 //! sandbox's layers, environment and user.
@@ -12,11 +13,14 @@ mod digest;
 mod import;
 mod manifest;
 mod metered;
+mod names;
+mod pins;
 mod source;
 mod store;
 mod unpack;
 
 pub use import::{import, ImportOptions, ImportReport};
+pub use pins::Pin;
 pub use store::{ImageRecord, ImageSummary, LayerInfo, Lease, RunConfig, Store, DEFAULT_STORE};
 pub use unpack::Limits;
 
@@ -48,6 +52,15 @@ pub enum ImageError {
     Limit { layer: String, why: String },
     #[error("no image named {0:?}: see `alcove image ls`")]
     NotFound(String),
+    /// A short name that fits several images.
+    #[error("{name:?} could be any of {}: give the whole name", candidates.join(", "))]
+    Ambiguous {
+        name: String,
+        candidates: Vec<String>,
+    },
+    /// An image that deployed functions run.
+    #[error("image {name} is pinned by {holders}: remove them first, or force it (their versions keep running it; prune keeps its layers until they are removed)")]
+    Pinned { name: String, holders: String },
     #[error("{what} failed")]
     Io {
         what: String,

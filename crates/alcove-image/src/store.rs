@@ -86,10 +86,14 @@ pub struct PruneReport {
     pub removed_bytes: u64,
     /// Unreferenced layers left because a sandbox is using them.
     pub in_use: usize,
+    /// Images no longer named in the store (removed with --force, or
+    /// replaced by a new import of their name) whose layers are kept
+    /// because deployed functions run them: `image (id) for holder, ...`.
+    pub pinned: Vec<String>,
 }
 
 pub struct Store {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 /// Opens (creating) the lock file `path` and locks it as `how` says;
@@ -136,7 +140,7 @@ impl Store {
             .join(format!("{diff_id}.{}", alcove_sys::process::random_id()))
     }
 
-    fn index_lock(&self, exclusive: bool) -> Result<File, ImageError> {
+    pub(crate) fn index_lock(&self, exclusive: bool) -> Result<File, ImageError> {
         let how = if exclusive {
             Lock::Exclusive
         } else {
@@ -223,7 +227,19 @@ impl Store {
     /// The image and a lease on its layers, for a sandbox about to use them.
     pub fn lease(&self, name: &str) -> Result<(ImageRecord, Lease), ImageError> {
         let _lock = self.index_lock(false)?;
-        let record = find(&self.read_index()?, name)?.clone();
+        let record = match find(&self.read_index()?, name) {
+            Ok(record) => record.clone(),
+            // A pinned image whose name is gone: still there by its id.
+            Err(e @ ImageError::NotFound(_)) => {
+                let id = name.strip_prefix("sha256:").unwrap_or(name);
+                let pins = self.read_pins()?;
+                let pinned = (id.len() >= 12)
+                    .then(|| pins.into_iter().find(|p| p.image.id.starts_with(id)))
+                    .flatten();
+                pinned.map(|p| p.image).ok_or(e)?
+            }
+            Err(e) => return Err(e),
+        };
         let locks = record
             .layers
             .iter()
@@ -278,11 +294,20 @@ impl Store {
         Ok(self.read_index()?.layers.get(diff_id).copied())
     }
 
-    /// Forgets an image; its layers stay until `prune`.
-    pub fn remove(&self, name: &str) -> Result<ImageRecord, ImageError> {
+    /// Forgets an image; its layers stay until `prune`. An image deployed
+    /// functions pin is refused unless `force` (they keep running it).
+    pub fn remove(&self, name: &str, force: bool) -> Result<ImageRecord, ImageError> {
         let _lock = self.index_lock(true)?;
         let mut index = self.read_index()?;
         let record = find(&index, name)?.clone();
+        let pins = self.read_pins()?;
+        let holding: Vec<&crate::Pin> = pins.iter().filter(|p| p.image.id == record.id).collect();
+        if !holding.is_empty() && !force {
+            return Err(ImageError::Pinned {
+                name: record.name,
+                holders: crate::pins::holders(&holding),
+            });
+        }
         index.images.retain(|i| i.name != record.name);
         self.write_index(&index)?;
         Ok(record)
@@ -293,10 +318,26 @@ impl Store {
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         let _lock = self.index_lock(true)?;
         let mut index = self.read_index()?;
-        let referenced: BTreeSet<String> = index
+        let mut referenced: BTreeSet<String> = index
             .images
             .iter()
             .flat_map(|i| i.layers.iter().cloned())
+            .collect();
+        let mut report = PruneReport::default();
+        let pins = self.read_pins()?;
+        let mut kept: BTreeMap<String, Vec<&crate::Pin>> = BTreeMap::new();
+        for pin in &pins {
+            referenced.extend(pin.image.layers.iter().cloned());
+            if !index.images.iter().any(|i| i.id == pin.image.id) {
+                let short = pin.image.id.get(..12).unwrap_or(&pin.image.id);
+                kept.entry(format!("{} ({short})", pin.image.name))
+                    .or_default()
+                    .push(pin);
+            }
+        }
+        report.pinned = kept
+            .iter()
+            .map(|(image, pins)| format!("{image} for {}", crate::pins::holders(pins)))
             .collect();
         let mut on_disk: BTreeSet<String> = BTreeSet::new();
         for entry in std::fs::read_dir(self.root.join("layers"))
@@ -305,7 +346,6 @@ impl Store {
         {
             on_disk.insert(entry.file_name().to_string_lossy().into_owned());
         }
-        let mut report = PruneReport::default();
         let candidates: BTreeSet<String> = on_disk
             .union(&index.layers.keys().cloned().collect())
             .cloned()
@@ -360,20 +400,37 @@ impl Store {
     }
 }
 
-/// `app` is `app:latest`; an id prefix of 12 or more hex digits works too.
-fn find<'a>(index: &'a Index, name: &str) -> Result<&'a ImageRecord, ImageError> {
+/// The image `name` means: the image called exactly that (`app` meaning
+/// `app:latest`), else the one whose id starts with it (12 or more hex
+/// digits), else the one whose name is the same reference as docker
+/// normalises it (`app:2`, `library/app:2`, `docker.io/app:2` and
+/// `docker.io/library/app:2` are one); two or more such images are an error
+/// naming them.
+pub(crate) fn find<'a>(index: &'a Index, name: &str) -> Result<&'a ImageRecord, ImageError> {
     let full = normalize_name(name);
-    index
+    if let Some(exact) = index.images.iter().find(|i| i.name == full) {
+        return Ok(exact);
+    }
+    let id = name.strip_prefix("sha256:").unwrap_or(name);
+    if id.len() >= 12 {
+        if let Some(by_id) = index.images.iter().find(|i| i.id.starts_with(id)) {
+            return Ok(by_id);
+        }
+    }
+    let wanted = crate::names::canonical(name);
+    let same: Vec<&ImageRecord> = index
         .images
         .iter()
-        .find(|i| i.name == full)
-        .or_else(|| {
-            let id = name.strip_prefix("sha256:").unwrap_or(name);
-            (id.len() >= 12)
-                .then(|| index.images.iter().find(|i| i.id.starts_with(id)))
-                .flatten()
-        })
-        .ok_or_else(|| ImageError::NotFound(name.to_owned()))
+        .filter(|i| crate::names::canonical(&i.name) == wanted)
+        .collect();
+    match same[..] {
+        [] => Err(ImageError::NotFound(name.to_owned())),
+        [one] => Ok(one),
+        _ => Err(ImageError::Ambiguous {
+            name: name.to_owned(),
+            candidates: same.iter().map(|i| i.name.clone()).collect(),
+        }),
+    }
 }
 
 /// Adds `:latest` to a name without a tag.

@@ -144,7 +144,11 @@ fn key(spec: &SandboxSpec, resolv_conf: Option<&[u8]>) -> String {
         return format!("rootfs-{:016x}", h.0);
     }
     let mut h = Fnv::default();
-    h.add(b"host-view-v1");
+    h.add(b"host-view-v4");
+    // A piece of the host's /etc replaced by rename (ldconfig's ld.so.cache,
+    // a package's new services file) changes its directory: a new template
+    // then copies the new file instead of the old one the template holds.
+    h.add(&mounts::etc_fingerprint(Path::new("/etc")));
     h.add(spec.hostname.as_bytes());
     h.add(&spec.user.uid.to_le_bytes());
     h.add(&spec.user.gid.to_le_bytes());

@@ -47,9 +47,17 @@ enum ImageCommand {
     Ls,
     /// Show an image's record: id, layers, and the config alcove honours.
     Inspect { name: String },
-    /// Forget an image (its layers stay until `image prune`).
-    Rm { name: String },
-    /// Remove layers no image uses and no running sandbox holds.
+    /// Forget an image (its layers stay until `image prune`). Refused for an
+    /// image deployed functions run, unless --force.
+    Rm {
+        name: String,
+        /// Forget it even though deployed functions run it (they keep
+        /// running it; prune keeps its layers until they are removed).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove layers no image uses, no running sandbox holds and no deployed
+    /// function runs.
     Prune,
 }
 
@@ -166,8 +174,8 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
             value["layers"] = serde_json::Value::Array(sizes);
             print(value);
         }
-        ImageCommand::Rm { name } => {
-            let record = store.remove(&name)?;
+        ImageCommand::Rm { name, force } => {
+            let record = store.remove(&name, force)?;
             if args.json {
                 print(serde_json::json!({ "removed": record.name }));
             } else {
@@ -190,6 +198,9 @@ fn run(args: ImageArgs) -> anyhow::Result<()> {
                     mib(report.removed_bytes),
                     report.in_use
                 );
+                for kept in &report.pinned {
+                    println!("kept the layers of {kept}");
+                }
             }
         }
     }

@@ -612,8 +612,18 @@ fn functions_run_in_images() {
         "{err}"
     );
 
-    // A version whose image was removed and pruned fails as an invocation, with the reason.
-    image_json(&store, &["rm", "fnimg:1"]);
+    // The functions pin their image: `image rm` refuses (code_and_host.rs
+    // tests the rest). A version whose image is gone all the same (its pins
+    // lost by hand here) fails as an invocation, with the reason.
+    let (code, _, err) = image(&store, &["rm", "fnimg:1"]);
+    assert!(
+        code == 125
+            && err.contains("pinned by function viaimage (")
+            && err.contains(", function withcode ("),
+        "{err}"
+    );
+    image_json(&store, &["rm", "--force", "fnimg:1"]);
+    std::fs::remove_dir_all(store.join("pins")).unwrap();
     image_json(&store, &["prune"]);
     let (code, _, err) = d.cli(&["invoke", "viaimage"]);
     assert_eq!(code, 1);

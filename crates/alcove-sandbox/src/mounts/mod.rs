@@ -9,8 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 mod apply;
+mod host_etc;
 mod plans;
 pub(crate) use apply::Applier;
+pub(crate) use host_etc::fingerprint as etc_fingerprint;
 pub(crate) use plans::*;
 
 /// Where the child assembles the sandbox's root, in its private mount namespace.
@@ -147,6 +149,8 @@ pub(crate) struct HostView {
     /// when the host has a symlink (merged /usr) and `(name, None)` for a directory.
     pub entries: Vec<(&'static str, Option<PathBuf>)>,
     pub resolv_conf: Option<Vec<u8>>,
+    /// The pieces of the host's /etc shown beside the generated files.
+    pub etc: std::sync::Arc<Vec<host_etc::EtcPiece>>,
 }
 
 impl HostView {
@@ -171,6 +175,7 @@ impl HostView {
         HostView {
             entries,
             resolv_conf,
+            etc: host_etc::cached(Path::new("/etc")),
         }
     }
 }

@@ -41,8 +41,9 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
     // Nothing mounted from here on may propagate back to the host.
     b.mount(None, Path::new("/"), None, MS_REC | MS_PRIVATE, None);
     // No MS_NODEV: /dev's nodes live on this tmpfs, which ends read-only and
-    // holds nothing but what alcove writes.
-    b.tmpfs(root, MS_NOSUID, "0755", 1 << 20);
+    // holds nothing but what alcove writes (room for the host's /etc files
+    // it copies, at most host_etc::MAX_COPIED_TOTAL).
+    b.tmpfs(root, MS_NOSUID, "0755", 4 << 20);
     // Bind targets may lead through the host's own links (/lib64 -> ...):
     // they resolve inside the new root, never on the host.
     b.enter_root(root);
@@ -74,6 +75,7 @@ fn skeleton(spec: &SandboxSpec, host: &HostView) -> Builder {
             mode,
         });
     }
+    b.host_etc(&etc, &host.etc);
     b.dev_nodes(&root.join("dev"));
     b.mount_points(spec, root);
     b.remount_read_only(root, 0);
@@ -234,6 +236,16 @@ mod tests {
         HostView {
             entries: vec![("usr", None), ("bin", Some("usr/bin".into()))],
             resolv_conf: None,
+            etc: std::sync::Arc::new(vec![
+                super::super::host_etc::EtcPiece {
+                    path: "ssl/certs".into(),
+                    kind: super::super::host_etc::EtcKind::Dir,
+                },
+                super::super::host_etc::EtcPiece {
+                    path: "localtime".into(),
+                    kind: super::super::host_etc::EtcKind::Link("/usr/share/zoneinfo/UTC".into()),
+                },
+            ]),
         }
     }
 
@@ -252,6 +264,12 @@ mod tests {
         assert!(d
             .iter()
             .any(|d| d == "creating symlink /run/alcove/root/bin"));
+        assert!(d
+            .iter()
+            .any(|d| d == "mounting /etc/ssl/certs (bind) at /run/alcove/root/etc/ssl/certs"));
+        assert!(d
+            .iter()
+            .any(|d| d == "creating symlink /run/alcove/root/etc/localtime"));
         assert!(d.iter().any(|d| d == "writing /run/alcove/root/etc/passwd"));
         assert!(!d.iter().any(|d| d.contains("shadow")));
         let ro = ops.iter().any(|op| {

@@ -252,14 +252,5 @@ fn secret_pair(kv: &str) -> anyhow::Result<(String, String)> {
 
 /// A tar archive of `dir`'s contents (not following symlinks).
 fn tar_directory(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    if !dir.is_dir() {
-        bail!("--code {}: not a directory", dir.display());
-    }
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder
-        .append_dir_all(".", dir)
-        .with_context(|| format!("packing {}", dir.display()))?;
-    builder.into_inner().context("finishing the code archive")
+    super::code_dir::pack_code(dir)
 }

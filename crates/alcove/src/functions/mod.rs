@@ -1,5 +1,6 @@
 //! `alcove fn ...`: deploy, invoke and inspect functions on a daemon.
 
+mod code_dir;
 mod configure;
 mod deploy;
 mod manifest;
