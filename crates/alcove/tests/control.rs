@@ -213,6 +213,7 @@ fn cancel_kills_a_running_invocation_within_100ms_records_it_and_does_not_retry_
         std::thread::sleep(Duration::from_micros(200));
     }
     let took = sent.elapsed();
+    eprintln!("cancel: the handler's sandbox ended {took:?} after the DELETE was sent");
     assert!(
         took < Duration::from_millis(100),
         "the sandbox ended {took:?} after the DELETE"

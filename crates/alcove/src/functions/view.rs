@@ -18,29 +18,34 @@ pub(super) fn join_argv(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Rows as columns padded to their widest cell (the last column unpadded).
-pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+/// Rows as columns padded to their widest cell: each header is a name and
+/// whether its column is right-aligned (numbers). Lines carry no trailing
+/// blanks.
+pub(super) fn table(header: &[(&str, bool)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
         let mut out = String::new();
         for (i, cell) in cells.into_iter().enumerate() {
-            if i == last {
+            let pad = " ".repeat(widths[i].saturating_sub(cell.chars().count()));
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if header.get(i).is_some_and(|(_, right)| *right) {
+                out.push_str(&pad);
                 out.push_str(cell);
             } else {
-                let pad = widths[i] - cell.chars().count();
                 out.push_str(cell);
-                out.push_str(&" ".repeat(pad + 2));
+                out.push_str(&pad);
             }
         }
         out.trim_end().to_owned()
     };
-    let mut out = line(header.to_vec());
+    let mut out = line(header.iter().map(|(h, _)| *h).collect());
     for row in rows {
         out.push('\n');
         out.push_str(&line(row.iter().map(String::as_str).collect()));
@@ -63,7 +68,15 @@ pub(super) fn function_table(list: &Value) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "LATEST", "VERSIONS", "HANDLER"], &rows)
+    table(
+        &[
+            ("NAME", false),
+            ("LATEST", true),
+            ("VERSIONS", true),
+            ("HANDLER", false),
+        ],
+        &rows,
+    )
 }
 
 fn size(v: &Value) -> Option<String> {
@@ -272,8 +285,10 @@ mod tests {
         let text = function_table(&list);
         let lines: Vec<&str> = text.lines().collect();
         let column = |line: &str, word: &str| line.find(word).unwrap();
-        assert_eq!(column(lines[0], "LATEST"), column(lines[1], "12"));
-        assert_eq!(column(lines[0], "LATEST"), column(lines[2], "1 "));
+        let end = |line: &str, word: &str| line.find(word).unwrap() + word.len();
+        assert_eq!(end(lines[0], "LATEST"), end(lines[1], "12"));
+        let latest_end = end(lines[0], "LATEST");
+        assert_eq!(&lines[2][latest_end - 2..latest_end], " 1", "{text}");
         assert_eq!(column(lines[0], "HANDLER"), column(lines[1], "sh -c"));
         assert_eq!(column(lines[0], "HANDLER"), column(lines[2], "true"));
     }
