@@ -168,18 +168,68 @@ pub(crate) fn read(etc: &Path) -> Vec<EtcPiece> {
                 kind: EtcKind::Made,
             });
             out.extend(tree);
-        } else {
+        } else if tree_open_to_all(&etc.join(&path), &mut { MAX_BOUND_ENTRIES }, 0) {
             out.push(EtcPiece { path, kind });
         }
     }
     out
 }
 
-/// What `etc/path` is, reading a small file's contents.
+/// The most entries a bound directory may hold, all levels together, for
+/// [`open_to_all`] to look at each; a larger one is not shown.
+const MAX_BOUND_ENTRIES: usize = 4096;
+
+/// Whether everyone on the host may read what `meta` describes (and search
+/// it, a directory): a file kept from other users (shadow-like, 0600 or
+/// 0640) is the host's secret, even under a piece of the allow-list, and a
+/// sandbox running as uid 0 would read it as its owner.
+fn open_to_all(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode();
+    if meta.is_dir() {
+        mode & 0o005 == 0o005
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// Whether everything in directory `dir` (at most `budget` entries) is
+/// [`open_to_all`]: a bound directory shows all it holds.
+fn tree_open_to_all(dir: &Path, budget: &mut usize, depth: usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let Some(left) = budget.checked_sub(1) else {
+            return false;
+        };
+        *budget = left;
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            return false;
+        };
+        if meta.file_type().is_symlink() {
+            continue; // resolves inside the sandbox
+        }
+        if !open_to_all(&meta) {
+            return false;
+        }
+        if meta.is_dir() && (depth >= 8 || !tree_open_to_all(&entry.path(), budget, depth + 1)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// What `etc/path` is, reading a small file's contents; `None` for what not
+/// everyone on the host may read ([`open_to_all`]).
 fn piece(etc: &Path, path: &Path, copied: &mut u64) -> Option<EtcKind> {
     use std::os::unix::fs::PermissionsExt;
     let full = etc.join(path);
     let meta = std::fs::symlink_metadata(&full).ok()?;
+    if !meta.file_type().is_symlink() && !open_to_all(&meta) {
+        return None;
+    }
     Some(if meta.file_type().is_symlink() {
         EtcKind::Link(std::fs::read_link(&full).ok()?)
     } else if meta.is_dir() {
@@ -233,6 +283,9 @@ fn copy_tree(
             Some(kind @ (EtcKind::Copy(..) | EtcKind::Link(_))) => {
                 tree.push(EtcPiece { path, kind })
             }
+            // Not everyone may read it: left out of the copy.
+            None if std::fs::symlink_metadata(etc.join(&path))
+                .is_ok_and(|m| (m.is_file() || m.is_dir()) && !open_to_all(&m)) => {}
             _ => return false,
         }
     }
