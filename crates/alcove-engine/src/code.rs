@@ -363,6 +363,47 @@ mod tests {
     }
 
     #[test]
+    fn names_alike_when_shown_are_different_code_and_clashes_are_the_archives_fault() {
+        use std::os::unix::ffi::OsStrExt;
+        let data = tempfile::tempdir().unwrap();
+        let named = |name: &[u8]| {
+            let mut b = tar::Builder::new(Vec::new());
+            file(
+                &mut b,
+                std::ffi::OsStr::from_bytes(name).to_str().unwrap_or("x"),
+                b"1",
+            );
+            b.into_inner().unwrap()
+        };
+        let one = {
+            let mut b = tar::Builder::new(Vec::new());
+            link(&mut b, tar::EntryType::Symlink, "a b", "c");
+            b.into_inner().unwrap()
+        };
+        let two = {
+            let mut b = tar::Builder::new(Vec::new());
+            link(&mut b, tar::EntryType::Symlink, "a", "b c");
+            b.into_inner().unwrap()
+        };
+        let a = store_code(data.path(), &one).unwrap();
+        assert_ne!(a, store_code(data.path(), &two).unwrap());
+        let nl = store_code(data.path(), &named(b"x\nd y")).unwrap();
+        assert_ne!(nl, store_code(data.path(), &named(b"x")).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "a", b"1");
+        file(&mut b, "a", b"2");
+        let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::BadCode(why) if why.starts_with("a: ")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
     fn hostile_link_archives_are_refused_and_never_followed() {
         let outside = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();

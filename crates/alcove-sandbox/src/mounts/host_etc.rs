@@ -436,6 +436,40 @@ mod tests {
     }
 
     #[test]
+    fn what_not_everyone_on_the_host_may_read_is_never_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        let etc = tempfile::tempdir().unwrap();
+        let e = etc.path();
+        let mode = |p: &str, m: u32| {
+            std::fs::set_permissions(e.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::write(e.join("services"), "root only\n").unwrap();
+        mode("services", 0o600);
+        std::fs::write(e.join("protocols"), "group only\n").unwrap();
+        mode("protocols", 0o640);
+        std::fs::create_dir_all(e.join("python3")).unwrap();
+        std::fs::write(e.join("python3/open.py"), "# open\n").unwrap();
+        std::fs::write(e.join("python3/key.py"), "# secret\n").unwrap();
+        mode("python3/key.py", 0o600);
+        // Bound (too many to copy), holding one root-only file: not shown.
+        std::fs::create_dir_all(e.join("alternatives")).unwrap();
+        for i in 0..=MAX_COPIED_ENTRIES {
+            std::fs::write(e.join(format!("alternatives/{i}")), "x").unwrap();
+        }
+        mode("alternatives/3", 0o600);
+        let got = read(e);
+        let paths: Vec<&Path> = got.iter().map(|p| p.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [Path::new("python3"), Path::new("python3/open.py")],
+            "{got:?}"
+        );
+        mode("alternatives/3", 0o644);
+        let got = read(e);
+        assert!(got.iter().any(|p| p.path == Path::new("alternatives")));
+    }
+
+    #[test]
     fn replacing_a_piece_changes_the_fingerprint_and_refreshes_the_cache() {
         let etc = tempfile::tempdir().unwrap();
         let e = etc.path();

@@ -1,0 +1,227 @@
+//! Hostile function code and a hostile host /etc: archives sent straight to
+//! `POST /v1/functions` that clash, overflow names or collide in the code's
+//! digest, link chains that leave /fn inside the sandbox, and host files
+//! under the host view's allow-list that not everyone may read.
+
+mod common;
+use base64::Engine as _;
+use common::daemon::{setup, Daemon, Reply};
+use common::*;
+use serde_json::json;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+enum E<'a> {
+    File(&'a [u8], &'a [u8]),
+    Dir(&'a str),
+    Link(&'a [u8], &'a str),
+}
+
+/// A tar built by tar-rs (GNU long names and long link targets as needed;
+/// names as raw bytes).
+fn tar(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        match e {
+            E::File(name, data) => {
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, OsStr::from_bytes(name), *data)
+                    .unwrap();
+            }
+            E::Dir(name) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, name, &[][..]).unwrap();
+            }
+            E::Link(name, to) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, OsStr::from_bytes(name), to).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn deploy(d: &Daemon, name: &str, handler: &[&str], code: &[u8]) -> Reply {
+    let body = json!({
+        "name": name,
+        "handler": handler,
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
+    });
+    d.http("POST", "/v1/functions", body.to_string().as_bytes())
+}
+
+#[test]
+fn clashing_and_overlong_entries_are_invalid_code_naming_the_entry() {
+    let Some(s) = setup(
+        "clashing_and_overlong_entries_are_invalid_code_naming_the_entry",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let long_target = "t".repeat(4096);
+    let deep = vec!["d"; 3000].join("/");
+    let cases: Vec<(Vec<E>, &str)> = vec![
+        (vec![E::File(b"a", b"1"), E::File(b"a", b"2")], "a: "),
+        (vec![E::Dir("a"), E::Link(b"a", "b")], "a: "),
+        (vec![E::File(b"a", b"1"), E::File(b"a/b", b"2")], "a/b: "),
+        (vec![E::Link(b"a", &long_target)], "a: "),
+        (vec![E::File(deep.as_bytes(), b"x")], "d/d/d/d"),
+    ];
+    for (entries, expect) in cases {
+        let reply = deploy(d, "clash", &["true"], &tar(&entries));
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert_eq!(reply.code(), "invalid_code", "{}", reply.text());
+        assert!(reply.text().contains(expect), "{}", reply.text());
+    }
+    assert_eq!(
+        std::fs::read_dir(d.data.join("tmp")).map_or(0, |r| r.count()),
+        0,
+        "no staging left"
+    );
+    assert_eq!(d.http("GET", "/v1/functions/clash", b"").status, 404);
+    assert_eq!(d.http("GET", "/healthz", b"").status, 200);
+}
+
+#[test]
+fn trees_that_differ_only_in_their_names_bytes_never_share_a_digest() {
+    let Some(s) = setup(
+        "trees_that_differ_only_in_their_names_bytes_never_share_a_digest",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let digest_of = |name: &str, entries: &[E]| {
+        let reply = deploy(d, name, &["true"], &tar(entries));
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply.json()["code_digest"].as_str().unwrap().to_owned()
+    };
+    // Names that are not UTF-8 (shown alike, lossily), and a space that
+    // moves between a link's name and its target.
+    let pairs: [(Vec<E>, Vec<E>); 3] = [
+        (
+            vec![E::File(b"main\xff.py", b"print(1)")],
+            vec![E::File(b"main\xfe.py", b"print(1)")],
+        ),
+        (vec![E::Link(b"a b", "c")], vec![E::Link(b"a", "b c")]),
+        (
+            vec![E::File(b"x\nd y", b"1")],
+            vec![E::File(b"x", b"1"), E::Dir("y")],
+        ),
+    ];
+    let mut seconds = Vec::new();
+    for (i, (one, two)) in pairs.iter().enumerate() {
+        let a = digest_of(&format!("one-{i}"), one);
+        let b = digest_of(&format!("two-{i}"), two);
+        assert_ne!(a, b, "pair {i}: two trees, one stored code");
+        seconds.push(b);
+    }
+    // What function two-0 runs is the tree it sent.
+    let code = d.data.join("code").join(&seconds[0]);
+    let names: Vec<Vec<u8>> = std::fs::read_dir(code)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    assert_eq!(names, vec![b"main\xfe.py".to_vec()]);
+}
+
+#[test]
+fn a_link_chain_leaving_fn_in_two_hops_reaches_only_the_sandboxs_own_view() {
+    let Some(s) = setup(
+        "a_link_chain_leaving_fn_in_two_hops_reaches_only_the_sandboxs_own_view",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    // Each link stays inside by its text; followed, up -> /fn and esc -> /fn/../etc/shadow.
+    let code = tar(&[
+        E::Dir("x"),
+        E::Dir("x/y"),
+        E::Link(b"x/y/up", "../.."),
+        E::Link(b"esc", "x/y/up/../etc/shadow"),
+        E::Link(b"pw", "x/y/up/../proc/1/root/etc/passwd"),
+    ]);
+    let reply = deploy(
+        d,
+        "chain",
+        &[
+            "sh",
+            "-c",
+            "readlink -f /fn/esc; cat /fn/esc 2>&1; cat /fn/pw",
+        ],
+        &code,
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let (rc, out, err) = d.cli(&["invoke", "chain"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.starts_with("/etc/shadow\n"),
+        "the chain was followed: {out}"
+    );
+    assert!(
+        out.contains("No such file"),
+        "no shadow in the sandbox: {out}"
+    );
+    assert!(
+        out.contains("nobody:x:65534"),
+        "the sandbox's generated passwd: {out}"
+    );
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    if let Some(root) = host_shadow.lines().find(|l| l.starts_with("root:")) {
+        assert!(!out.contains(root), "the host's shadow: {out}");
+    }
+}
+
+/// Runs `script` in a private mount namespace (the host's /etc is never
+/// changed: a copy of a piece is bound over it there only).
+fn in_private_mounts(script: &str) -> (i32, String, String) {
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("ALCOVE", ALCOVE)
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_host_file_not_everyone_may_read_stays_out_of_the_host_view_even_for_uid_0() {
+    let test = "a_host_file_not_everyone_may_read_stays_out_of_the_host_view_even_for_uid_0";
+    if !root_or_skip(test) {
+        return;
+    }
+    if !Path::new("/etc/python3").is_dir() {
+        skip_unprovided(test, "needs the host's /etc/python3 (Debian's python3)");
+        return;
+    }
+    let _g = serial();
+    let copy = tempfile::tempdir().unwrap();
+    let c = copy.path().display();
+    // python3/ is a small piece (copied into /etc), ssl/certs a bound one.
+    let (rc, out, err) = in_private_mounts(&format!(
+        "set -e
+         cp -a /etc/python3/. {c}/
+         echo TOPSECRET > {c}/secret.conf && chmod 600 {c}/secret.conf
+         echo OPEN > {c}/open.conf && chmod 644 {c}/open.conf
+         mount --bind {c} /etc/python3
+         \"$ALCOVE\" run --user 0 -- sh -c 'cat /etc/python3/open.conf; cat /etc/python3/secret.conf 2>&1; true'"
+    ));
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("OPEN"), "the piece is shown: {out}");
+    assert!(!out.contains("TOPSECRET"), "a 0600 host file: {out}");
+}
