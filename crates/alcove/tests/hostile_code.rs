@@ -6,6 +6,7 @@
 mod common;
 use base64::Engine as _;
 use common::daemon::{setup, Daemon, Reply};
+use common::oci::{layout, tar_of, Entry};
 use common::*;
 use serde_json::json;
 use std::ffi::OsStr;
@@ -224,4 +225,91 @@ fn a_host_file_not_everyone_may_read_stays_out_of_the_host_view_even_for_uid_0()
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("OPEN"), "the piece is shown: {out}");
     assert!(!out.contains("TOPSECRET"), "a 0600 host file: {out}");
+}
+
+fn image(store: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ALCOVE)
+        .arg("image")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+fn pinned_keys(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("pins")).map_or(Vec::new(), |r| {
+        r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn a_failed_first_deploy_pins_nothing_and_a_removal_never_unpins_a_deploy_in_flight() {
+    let test = "a_failed_first_deploy_pins_nothing_and_a_removal_never_unpins_a_deploy_in_flight";
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let Some(s) = setup(test, &["--image-store", store.to_str().unwrap()]) else {
+        return;
+    };
+    let d = &s.daemon;
+    let l = dir.path().join("layout");
+    layout(&l, &[tar_of(&[Entry::File("x", b"x")])], true, json!({}));
+    let (rc, _, err) = image(
+        &store,
+        &["import", "-q", l.to_str().unwrap(), "--name", "app:2"],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let with_image = |name: &str, code: &[u8]| {
+        let body = json!({
+            "name": name,
+            "handler": ["true"],
+            "image": "app:2",
+            "code": base64::engine::general_purpose::STANDARD.encode(code),
+        });
+        d.http("POST", "/v1/functions", body.to_string().as_bytes())
+    };
+    // Refused code after the image was found: no function "ghost" holds it.
+    let reply = with_image("ghost", b"not a tar at all, clearly");
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(d.http("GET", "/v1/functions/ghost", b"").status, 404);
+    assert_eq!(pinned_keys(&store), Vec::<String>::new());
+    let (rc, _, err) = image(&store, &["rm", "app:2"]);
+    assert_eq!(rc, 0, "nothing runs it: {err}");
+    let (rc, _, err) = image(
+        &store,
+        &["import", "-q", l.to_str().unwrap(), "--name", "app:2"],
+    );
+    assert_eq!(rc, 0, "{err}");
+
+    // A first deploy whose code takes a while to store, while another
+    // function is removed: its pin is there once it is deployed.
+    let reply = deploy(d, "other", &["true"], &tar(&[E::File(b"a", b"1")]));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let big = vec![7u8; 40 << 20];
+    let code = tar(&[E::File(b"big.bin", &big)]);
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| with_image("slow", &code));
+        // Once its image is pinned, while its code is being stored.
+        wait_until("slow's pin", std::time::Duration::from_secs(30), || {
+            pinned_keys(&store).iter().any(|k| k.ends_with("-slow"))
+        });
+        assert!(
+            !slow.is_finished(),
+            "the removal must come during the deploy"
+        );
+        assert_eq!(d.http("DELETE", "/v1/functions/other", b"").status / 100, 2);
+        let reply = slow.join().unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    });
+    assert_eq!(pinned_keys(&store).len(), 1, "slow's pin");
+    let (rc, _, err) = image(&store, &["rm", "app:2"]);
+    assert_ne!(rc, 0, "slow runs it");
+    assert!(err.contains("pinned by function slow"), "{err}");
 }
