@@ -313,3 +313,46 @@ fn a_failed_first_deploy_pins_nothing_and_a_removal_never_unpins_a_deploy_in_fli
     assert_ne!(rc, 0, "slow runs it");
     assert!(err.contains("pinned by function slow"), "{err}");
 }
+
+#[test]
+fn a_file_with_holes_deploys_and_a_directory_too_big_to_send_is_refused_before_packing_it() {
+    let Some(s) = setup(
+        "a_file_with_holes_deploys_and_a_directory_too_big_to_send_is_refused_before_packing_it",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let code = s.dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("main.sh"), "wc -c < /fn/holes.bin\n").unwrap();
+    // All hole: tar-rs would pack it as a GNU sparse entry, which the daemon refuses.
+    let holes = std::fs::File::create(code.join("holes.bin")).unwrap();
+    holes.set_len(1 << 20).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        std::fs::metadata(code.join("holes.bin")).unwrap().blocks() < 8,
+        "the file has holes"
+    );
+    let code_dir = code.to_str().unwrap();
+    let (rc, _, err) = d.cli(&[
+        "deploy",
+        "holes",
+        "--handler",
+        "sh /fn/main.sh",
+        "--code",
+        code_dir,
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = d.cli(&["invoke", "holes"]);
+    assert_eq!((rc, out.trim()), (0, "1048576"), "{err}");
+
+    // 4 GiB, all holes: refused by its size, without reading it.
+    holes.set_len(4 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let (rc, _, err) = d.cli(&["deploy", "holes", "--handler", "true", "--code", code_dir]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("the most a deploy carries"), "{err}");
+    assert!(err.contains("holes.bin"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
