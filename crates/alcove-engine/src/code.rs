@@ -86,12 +86,11 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
                 ))));
             }
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+                std::fs::create_dir_all(parent).map_err(|e| cleanup(unpacking(&relative, e)))?;
             }
             std::os::unix::fs::symlink(&to, &target)
-                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
-            listing.push(format!("l {} {}", relative.display(), to.display()));
+                .map_err(|e| cleanup(unpacking(&relative, e)))?;
+            listing.push(format!("l {} {}", hex_of(&relative), hex_of(&to)));
             links.insert(relative);
             continue;
         }
@@ -102,9 +101,8 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
             ))));
         }
         if kind.is_dir() {
-            std::fs::create_dir_all(&target)
-                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
-            listing.push(format!("d {}", relative.display()));
+            std::fs::create_dir_all(&target).map_err(|e| cleanup(unpacking(&relative, e)))?;
+            listing.push(format!("d {}", hex_of(&relative)));
             continue;
         }
         if !kind.is_file() {
@@ -122,10 +120,10 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
         }
         let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            std::fs::create_dir_all(parent).map_err(|e| cleanup(unpacking(&relative, e)))?;
         }
-        let mut content = Vec::with_capacity(entry.size() as usize);
+        // The size is the header's claim: never reserve more than the archive holds.
+        let mut content = Vec::with_capacity(entry.size().min(tar.len() as u64) as usize);
         entry
             .read_to_end(&mut content)
             .map_err(|e| cleanup(bad(format!("reading {}: {e}", relative.display()))))?;
@@ -139,10 +137,10 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
             .and_then(|mut f| {
                 std::io::Write::write_all(&mut f, &content).and_then(|()| f.sync_all())
             })
-            .map_err(|e| cleanup(EngineError::io("unpacking code")(e)))?;
+            .map_err(|e| cleanup(unpacking(&relative, e)))?;
         listing.push(format!(
             "f {mode:o} {} {}",
-            relative.display(),
+            hex_of(&relative),
             hex(&Sha256::digest(&content))
         ));
     }
@@ -169,6 +167,29 @@ pub(crate) fn store_code(data: &Path, tar: &[u8]) -> Result<String, EngineError>
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A path in the digest's listing: its bytes in hex, so that no two trees
+/// list alike (names with spaces or newlines, names that are not UTF-8).
+fn hex_of(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    hex(path.as_os_str().as_bytes())
+}
+
+/// An error creating an entry: the archive's fault (`invalid_code`, naming
+/// the entry) when the entry clashes with another, its name or link target
+/// is too long or holds a NUL; the host's otherwise.
+fn unpacking(relative: &Path, e: std::io::Error) -> EngineError {
+    let archive = e.kind() == std::io::ErrorKind::InvalidInput
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EEXIST | libc::ENOTDIR | libc::EISDIR | libc::ENAMETOOLONG | libc::ELOOP)
+        );
+    if archive {
+        EngineError::BadCode(format!("{}: {e}", relative.display()))
+    } else {
+        EngineError::io("unpacking code")(e)
+    }
 }
 
 /// The path's components if it stays inside the directory it is unpacked in.
@@ -339,6 +360,47 @@ mod tests {
         );
         let b = store_code(data.path(), &tree("../vendor")).unwrap();
         assert_ne!(a, b, "the digest covers where links point");
+    }
+
+    #[test]
+    fn names_alike_when_shown_are_different_code_and_clashes_are_the_archives_fault() {
+        use std::os::unix::ffi::OsStrExt;
+        let data = tempfile::tempdir().unwrap();
+        let named = |name: &[u8]| {
+            let mut b = tar::Builder::new(Vec::new());
+            file(
+                &mut b,
+                std::ffi::OsStr::from_bytes(name).to_str().unwrap_or("x"),
+                b"1",
+            );
+            b.into_inner().unwrap()
+        };
+        let one = {
+            let mut b = tar::Builder::new(Vec::new());
+            link(&mut b, tar::EntryType::Symlink, "a b", "c");
+            b.into_inner().unwrap()
+        };
+        let two = {
+            let mut b = tar::Builder::new(Vec::new());
+            link(&mut b, tar::EntryType::Symlink, "a", "b c");
+            b.into_inner().unwrap()
+        };
+        let a = store_code(data.path(), &one).unwrap();
+        assert_ne!(a, store_code(data.path(), &two).unwrap());
+        let nl = store_code(data.path(), &named(b"x\nd y")).unwrap();
+        assert_ne!(nl, store_code(data.path(), &named(b"x")).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "a", b"1");
+        file(&mut b, "a", b"2");
+        let err = store_code(data.path(), &b.into_inner().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::BadCode(why) if why.starts_with("a: ")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

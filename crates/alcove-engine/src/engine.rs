@@ -231,6 +231,7 @@ impl Engine {
         let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (mut plan, latest) = self.plan(&req)?;
         validate(&mut plan, &self.config.limits, &self.config.allow_binds)?;
+        let mut pinned = false;
         if plan.config.image_id.is_none() {
             if let Some(name) = &plan.config.image {
                 // Pinned for the function (an inherited image_id is pinned
@@ -242,13 +243,21 @@ impl Engine {
                     ))
                 })?;
                 plan.config.image_id = Some(record.id);
+                pinned = true;
             }
         }
-        if let Some(tar) = &req.code_tar {
-            plan.code_digest = Some(code::store_code(&self.config.data_dir, tar)?);
-            plan.inherited.retain(|s| s != "code");
+        let done = (|| {
+            if let Some(tar) = &req.code_tar {
+                plan.code_digest = Some(code::store_code(&self.config.data_dir, tar)?);
+                plan.inherited.retain(|s| s != "code");
+            }
+            crate::config_change::finish(self, req.name, plan, latest)
+        })();
+        if done.is_err() && pinned {
+            // A first deploy that failed leaves no function to hold the pin.
+            self.unpin_removed_locked();
         }
-        crate::config_change::finish(self, req.name, plan, latest)
+        done
     }
 
     pub(crate) fn image_store(&self) -> Result<&alcove_image::Store, EngineError> {
@@ -329,6 +338,14 @@ impl Engine {
     /// (removed now, or before a crash). Best effort: a pin left behind
     /// only keeps layers from `image prune`.
     fn unpin_removed(&self) {
+        // Under the deploy lock: a deploy of a new function pins its image
+        // before its first version is recorded, and that pin must stay.
+        let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.unpin_removed_locked()
+    }
+
+    /// [`Self::unpin_removed`], for a caller that holds the deploy lock.
+    fn unpin_removed_locked(&self) {
         if !self.config.image_store.join("pins").is_dir() {
             return; // never pinned: do not create a store
         }

@@ -168,18 +168,68 @@ pub(crate) fn read(etc: &Path) -> Vec<EtcPiece> {
                 kind: EtcKind::Made,
             });
             out.extend(tree);
-        } else {
+        } else if tree_open_to_all(&etc.join(&path), &mut { MAX_BOUND_ENTRIES }, 0) {
             out.push(EtcPiece { path, kind });
         }
     }
     out
 }
 
-/// What `etc/path` is, reading a small file's contents.
+/// The most entries a bound directory may hold, all levels together, for
+/// [`open_to_all`] to look at each; a larger one is not shown.
+const MAX_BOUND_ENTRIES: usize = 4096;
+
+/// Whether everyone on the host may read what `meta` describes (and search
+/// it, a directory): a file kept from other users (shadow-like, 0600 or
+/// 0640) is the host's secret, even under a piece of the allow-list, and a
+/// sandbox running as uid 0 would read it as its owner.
+fn open_to_all(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode();
+    if meta.is_dir() {
+        mode & 0o005 == 0o005
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// Whether everything in directory `dir` (at most `budget` entries) is
+/// [`open_to_all`]: a bound directory shows all it holds.
+fn tree_open_to_all(dir: &Path, budget: &mut usize, depth: usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let Some(left) = budget.checked_sub(1) else {
+            return false;
+        };
+        *budget = left;
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            return false;
+        };
+        if meta.file_type().is_symlink() {
+            continue; // resolves inside the sandbox
+        }
+        if !open_to_all(&meta) {
+            return false;
+        }
+        if meta.is_dir() && (depth >= 8 || !tree_open_to_all(&entry.path(), budget, depth + 1)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// What `etc/path` is, reading a small file's contents; `None` for what not
+/// everyone on the host may read ([`open_to_all`]).
 fn piece(etc: &Path, path: &Path, copied: &mut u64) -> Option<EtcKind> {
     use std::os::unix::fs::PermissionsExt;
     let full = etc.join(path);
     let meta = std::fs::symlink_metadata(&full).ok()?;
+    if !meta.file_type().is_symlink() && !open_to_all(&meta) {
+        return None;
+    }
     Some(if meta.file_type().is_symlink() {
         EtcKind::Link(std::fs::read_link(&full).ok()?)
     } else if meta.is_dir() {
@@ -233,6 +283,9 @@ fn copy_tree(
             Some(kind @ (EtcKind::Copy(..) | EtcKind::Link(_))) => {
                 tree.push(EtcPiece { path, kind })
             }
+            // Not everyone may read it: left out of the copy.
+            None if std::fs::symlink_metadata(etc.join(&path))
+                .is_ok_and(|m| (m.is_file() || m.is_dir()) && !open_to_all(&m)) => {}
             _ => return false,
         }
     }
@@ -380,6 +433,40 @@ mod tests {
         let got = read(e);
         let find = |p: &str| got.iter().find(|x| x.path == Path::new(p)).map(|x| &x.kind);
         assert_eq!(find("mime.types"), Some(&EtcKind::File), "too large: bound");
+    }
+
+    #[test]
+    fn what_not_everyone_on_the_host_may_read_is_never_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        let etc = tempfile::tempdir().unwrap();
+        let e = etc.path();
+        let mode = |p: &str, m: u32| {
+            std::fs::set_permissions(e.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::write(e.join("services"), "root only\n").unwrap();
+        mode("services", 0o600);
+        std::fs::write(e.join("protocols"), "group only\n").unwrap();
+        mode("protocols", 0o640);
+        std::fs::create_dir_all(e.join("python3")).unwrap();
+        std::fs::write(e.join("python3/open.py"), "# open\n").unwrap();
+        std::fs::write(e.join("python3/key.py"), "# secret\n").unwrap();
+        mode("python3/key.py", 0o600);
+        // Bound (too many to copy), holding one root-only file: not shown.
+        std::fs::create_dir_all(e.join("alternatives")).unwrap();
+        for i in 0..=MAX_COPIED_ENTRIES {
+            std::fs::write(e.join(format!("alternatives/{i}")), "x").unwrap();
+        }
+        mode("alternatives/3", 0o600);
+        let got = read(e);
+        let paths: Vec<&Path> = got.iter().map(|p| p.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [Path::new("python3"), Path::new("python3/open.py")],
+            "{got:?}"
+        );
+        mode("alternatives/3", 0o644);
+        let got = read(e);
+        assert!(got.iter().any(|p| p.path == Path::new("alternatives")));
     }
 
     #[test]

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 /// The ignore file read from the top of the code directory.
 pub const IGNORE_FILE: &str = ".alcoveignore";
 
+/// The most bytes of archive a deploy can carry (it travels base64 in a
+/// request body of at most [`alcove_api::MAX_DEPLOY_BODY`]).
+const MAX_PACKED: u64 = alcove_api::MAX_DEPLOY_BODY as u64 / 4 * 3;
+
 /// A tar archive of `dir`'s contents, never following a link: files,
 /// directories, and links whose target stays inside `dir` (checked as the
 /// daemon checks them, so the error names the file before anything is sent).
@@ -22,11 +26,14 @@ pub fn pack_code(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let ignore = ignore_rules(dir)?;
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
+    // A file with holes is sent whole: the daemon takes plain files only.
+    builder.sparse(false);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut packer = Packer {
         top: dir,
         ignore,
         builder,
+        packed: 0,
     };
     packer.walk(Path::new(""))?;
     packer
@@ -54,6 +61,8 @@ struct Packer<'a> {
     top: &'a Path,
     ignore: Gitignore,
     builder: tar::Builder<Vec<u8>>,
+    /// Bytes of archive so far, counted before each entry is read.
+    packed: u64,
 }
 
 impl Packer<'_> {
@@ -73,6 +82,17 @@ impl Packer<'_> {
             let kind = meta.file_type();
             if self.ignore.matched(&rel, kind.is_dir()).is_ignore() {
                 continue;
+            }
+            let size = if kind.is_file() { meta.len() } else { 0 };
+            self.packed += 1024 + size.div_ceil(512) * 512; // a header or two, and the blocks
+            if self.packed > MAX_PACKED {
+                bail!(
+                    "{} is over {} MiB packed, the most a deploy carries (at {}): \
+                     leave large files out with {IGNORE_FILE}",
+                    self.top.display(),
+                    MAX_PACKED >> 20,
+                    path.display()
+                );
             }
             if kind.is_symlink() {
                 self.link(&rel, &path)?;
