@@ -107,7 +107,7 @@ run_test_bins() { # root|delegated SPECS
         scope_n=$((scope_n + 1))
         # shellcheck disable=SC2086 # ALCOVE_VM_TEST_ARGS is a word list
         "$VM/in-cgroup" "$where" "alcove-tests-$scope_n" -- bash -c 'cd "$1" && shift && exec "$@"' _ "$cwd" \
-            env RUSTC_BOOTSTRAP=1 timeout -k 10 "$ALCOVE_VM_TEST_TIMEOUT" "$exe" --test-threads="$ALCOVE_VM_THREADS" \
+            env RUSTC_BOOTSTRAP=1 ALCOVE_EMULATED=1 timeout -k 10 "$ALCOVE_VM_TEST_TIMEOUT" "$exe" --test-threads="$ALCOVE_VM_THREADS" \
             -Z unstable-options --report-time $ALCOVE_VM_TEST_ARGS \
             > "$log" 2>&1 < /dev/null
         rc=$?
