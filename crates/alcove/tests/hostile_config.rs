@@ -1,0 +1,110 @@
+//! Hostile configuration: binds whose host path changes under the daemon,
+//! identities that would own host files through a bind, and secrets that
+//! must never come back. A real daemon, driven through `alcove fn` and HTTP.
+
+mod common;
+use common::daemon::{setup, Daemon};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// `alcove fn ARGS` that must succeed; its stdout.
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.cli(args);
+    assert_eq!(code, 0, "alcove fn {args:?} failed: {err}{out}");
+    out
+}
+
+/// `alcove fn ARGS` that must fail; its stderr.
+fn refused(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.cli(args);
+    assert_ne!(code, 0, "alcove fn {args:?} should have failed: {out}");
+    err
+}
+
+/// Swaps `a` and `b` atomically (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) {
+    let a = CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two NUL-terminated paths relative to the working directory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+}
+
+/// Whoever can write in the allowed directory (another function's rw bind,
+/// a user of the host) swaps the bound directory for a link out of it, over
+/// and over: the path checked must be the path mounted, so no invocation
+/// ever sees the file outside.
+#[test]
+fn a_bind_swapped_for_a_link_between_check_and_mount_never_leads_out() {
+    let Some(t) = setup(
+        "a_bind_swapped_for_a_link_between_check_and_mount_never_leads_out",
+        &[],
+    ) else {
+        return;
+    };
+    let shared = t.dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("data")).unwrap();
+    std::fs::write(shared.join("data/file"), "bound content\n").unwrap();
+    let outside = t.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("file"), "secret host file\n").unwrap();
+    std::os::unix::fs::symlink(&outside, shared.join("swap")).unwrap();
+    let d = Daemon::start(
+        &t.dir.path().join("data2"),
+        &["--allow-bind", shared.to_str().unwrap()],
+    );
+    let bind = format!("{}:/data", shared.join("data").display());
+    ok(
+        &d,
+        &["deploy", "b", "--bind", &bind, "--handler", "cat /data/file"],
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let stop = Arc::clone(&stop);
+        let (data, swap) = (shared.join("data"), shared.join("swap"));
+        std::thread::spawn(move || {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                exchange(&data, &swap);
+                flips += 1;
+            }
+            if flips % 2 == 1 {
+                exchange(&data, &swap);
+            }
+            flips
+        })
+    };
+    let (mut bound, mut refused_count) = (0, 0);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) && bound < 40 {
+        let reply = d.http("POST", "/v1/functions/b/invoke", b"");
+        let text = reply.text();
+        assert!(
+            !text.contains("secret host file"),
+            "an invocation read the file outside the allowed directory: {text}"
+        );
+        if text.contains("bound content") {
+            bound += 1;
+        } else {
+            refused_count += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    assert!(flips > 100, "the directory was swapped only {flips} times");
+    // The race was run: some invocations saw the directory, some the link.
+    assert!(bound > 0 && refused_count > 0, "{bound} {refused_count}");
+}
