@@ -134,6 +134,16 @@ pub(crate) fn base_spec(
     if let Some(user) = &c.user {
         spec.user = User::parse(user).map_err(|e| EngineError::Invalid(e.to_string()))?;
     }
+    // No user namespace: uid or gid 0 inside is root's on the host, owner of
+    // the root-only files under a bound directory.
+    if !c.binds.is_empty() && (spec.user.uid == 0 || spec.user.gid == 0) {
+        return Err(EngineError::Invalid(format!(
+            "user {}:{}: a function with binds cannot run as root (uid or gid 0): it would own \
+             the host's root files under the bound directories; give another --user, such as \
+             65534 (nobody, the default)",
+            spec.user.uid, spec.user.gid
+        )));
+    }
     if let Some(dir) = &c.workdir {
         spec.workdir = dir.into();
     }

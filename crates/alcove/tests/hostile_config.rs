@@ -108,3 +108,43 @@ fn a_bind_swapped_for_a_link_between_check_and_mount_never_leads_out() {
     // The race was run: some invocations saw the directory, some the link.
     assert!(bound > 0 && refused_count > 0, "{bound} {refused_count}");
 }
+
+/// alcove has no user namespace: uid or gid 0 inside a function is root's
+/// on the host, owner of the root-only files under a bound directory (and
+/// of any setuid file it writes through an rw bind). A function with binds
+/// cannot run as root; without binds it still may.
+#[test]
+fn a_function_with_binds_cannot_run_as_root() {
+    let Some(t) = setup("a_function_with_binds_cannot_run_as_root", &[]) else {
+        return;
+    };
+    let shared = t.dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("data")).unwrap();
+    let private = shared.join("data/private");
+    std::fs::write(&private, "root only\n").unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let d = Daemon::start(
+        &t.dir.path().join("data2"),
+        &["--allow-bind", &format!("{}:rw", shared.display())],
+    );
+    let bind = format!("{}:/data:rw", shared.join("data").display());
+    let read = ["--handler", "cat /data/private"];
+    for user in ["0", "0:0", "1000:0", "0:1000"] {
+        let err = refused(
+            &d,
+            &[&["deploy", "r", "--bind", &bind, "--user", user][..], &read].concat(),
+        );
+        assert!(err.contains("root"), "{user}: {err}");
+    }
+    // As nobody (the default) the file stays closed.
+    ok(&d, &[&["deploy", "r", "--bind", &bind][..], &read].concat());
+    let reply = d.http("POST", "/v1/functions/r/invoke", b"");
+    assert!(!reply.text().contains("root only"), "{}", reply.text());
+    // Nor can `fn config` give it root afterwards.
+    let err = refused(&d, &["config", "r", "--user", "0"]);
+    assert!(err.contains("root"), "{err}");
+    // Without binds, root inside sees only the read-only host view.
+    ok(&d, &["deploy", "s", "--user", "0", "--handler", "id -u"]);
+    assert_eq!(ok(&d, &["invoke", "s", "--data", ""]), "0\n");
+}
