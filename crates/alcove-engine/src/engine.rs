@@ -646,6 +646,7 @@ fn validate(
         return invalid(format!("concurrency {}: use 1 to 10000", c.concurrency));
     }
     crate::config_change::check_secrets(&plan.secrets)?;
+    crate::config_change::check_env_size(c)?;
     // The rest (memory, CPUs, env, binds...) is checked as the sandbox
     // would check it (with an image and no handler, its command stands in).
     let mut spec = crate::function_spec::base_spec(c, &limits.effective(c), allowed)?;

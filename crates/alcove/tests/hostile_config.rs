@@ -4,6 +4,7 @@
 
 mod common;
 use common::daemon::{setup, Daemon};
+use serde_json::{json, Value};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -147,4 +148,93 @@ fn a_function_with_binds_cannot_run_as_root() {
     // Without binds, root inside sees only the read-only host view.
     ok(&d, &["deploy", "s", "--user", "0", "--handler", "id -u"]);
     assert_eq!(ok(&d, &["invoke", "s", "--data", ""]), "0\n");
+}
+
+/// An environment `execve` would refuse deployed, and then every
+/// invocation failed with "Argument list too long"; each `PATCH` of one
+/// variable also copied megabytes into a new version. Refused up front.
+#[test]
+fn an_environment_too_large_to_run_is_refused_at_deploy() {
+    let Some(t) = setup("an_environment_too_large_to_run_is_refused_at_deploy", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    let big = "x".repeat(300 << 10);
+    let body = json!({"name": "e", "handler": ["sh", "-c", "echo hi"], "env": {"BIG": big}});
+    let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
+    assert_eq!(reply.status, 400, "{}", &reply.text()[..200.min(reply.text().len())]);
+    assert!(reply.text().contains("128 KiB"), "{}", reply.text());
+    assert!(!reply.text().contains(&big[..1000]), "the value came back");
+    let many: serde_json::Map<String, Value> = (0..20_000)
+        .map(|i| (format!("V{i}"), json!("y".repeat(100))))
+        .collect();
+    let body = json!({"name": "e", "handler": ["sh", "-c", "echo hi"], "env": many});
+    let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
+    assert_eq!(reply.status, 400);
+    // Up to the bound it deploys and runs; a PATCH over it is refused.
+    let fits = "z".repeat(100 << 10);
+    let body = json!({"name": "e", "handler": ["sh", "-c", "echo ${#FITS}"], "env": {"FITS": fits}});
+    let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(ok(d, &["invoke", "e", "--data", ""]), format!("{}\n", 100 << 10));
+    let patch = json!({"env": {"MORE": "z".repeat(40 << 10)}});
+    let reply = d.http("PATCH", "/v1/functions/e", patch.to_string().as_bytes());
+    assert_eq!(reply.status, 400, "{}", reply.text());
+}
+
+/// Every version keeps a copy of its secrets: 256 secrets of 1 MiB made each
+/// one-line `fn config` cost 256 MiB of disk. Their total is bounded.
+#[test]
+fn a_functions_secrets_are_bounded_together() {
+    let Some(t) = setup("a_functions_secrets_are_bounded_together", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    ok(d, &["deploy", "s", "--handler", "true"]);
+    let mib = vec![b'k'; 1 << 20];
+    for i in 0..4 {
+        let reply = d.http("PUT", &format!("/v1/functions/s/secrets/k{i}"), &mib);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let reply = d.http("PUT", "/v1/functions/s/secrets/k4", &mib);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("4 MiB"), "{}", reply.text());
+    let names = d.http("GET", "/v1/functions/s/secrets", b"").json();
+    assert_eq!(names["secrets"].as_array().unwrap().len(), 4, "{names}");
+}
+
+/// Version numbers start again after `fn rm`; a secrets directory the
+/// removed function left (as a crash between its records and its files
+/// would) must not give the new function the old values.
+#[test]
+fn a_new_function_never_gets_secrets_a_removed_one_left_behind() {
+    let Some(t) = setup(
+        "a_new_function_never_gets_secrets_a_removed_one_left_behind",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let read = ["--handler", "cat /run/secrets/db"];
+    ok(d, &[&["deploy", "f"][..], &read].concat());
+    ok(d, &["secret", "set", "f", "db=old-tenant-value"]);
+    assert_eq!(ok(d, &["invoke", "f", "--data", ""]), "old-tenant-value");
+    let dir = t.dir.path().join("data/secrets/f/2");
+    assert!(dir.is_dir(), "no secrets directory at {}", dir.display());
+    let kept = t.dir.path().join("kept");
+    let cp = |from: &Path, to: &Path| {
+        let s = std::process::Command::new("cp")
+            .args(["-a", from.to_str().unwrap(), to.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    cp(&dir, &kept);
+    ok(d, &["rm", "f"]);
+    assert!(!dir.exists(), "fn rm left {}", dir.display());
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    cp(&kept, &dir);
+    ok(d, &[&["deploy", "f"][..], &read].concat());
+    ok(d, &["secret", "set", "f", "db=new-tenant-value"]);
+    assert_eq!(ok(d, &["invoke", "f", "--data", ""]), "new-tenant-value");
 }
