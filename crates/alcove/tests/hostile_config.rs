@@ -238,3 +238,126 @@ fn a_new_function_never_gets_secrets_a_removed_one_left_behind() {
     ok(d, &["secret", "set", "f", "db=new-tenant-value"]);
     assert_eq!(ok(d, &["invoke", "f", "--data", ""]), "new-tenant-value");
 }
+
+/// A secret's value reaches the sandbox and nothing else: not the API's
+/// answers (versions, configuration, secrets list, invocation records, logs,
+/// metrics), not an error about a bad change, not the daemon's log.
+#[test]
+fn a_secret_value_never_comes_back() {
+    let Some(t) = setup("a_secret_value_never_comes_back", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    const VALUE: &str = "s3cr3t-V4LUE-never-shown";
+    let mut seen = Vec::new();
+    let mut cli = |args: &[&str]| {
+        let (_, out, err) = d.cli(args);
+        seen.push((format!("fn {args:?}"), out + &err));
+    };
+    cli(&[
+        "deploy",
+        "f",
+        "--secret",
+        &format!("db={VALUE}"),
+        "--env",
+        "A=1",
+        "--handler",
+        "grep -q V4LUE-never /run/secrets/db && echo matched",
+    ]);
+    cli(&["config", "f", "--env", "A=2"]);
+    cli(&["secret", "set", "f", &format!("api={VALUE}")]);
+    cli(&["secret", "ls", "f"]);
+    cli(&["secret", "ls", "f", "--json"]);
+    cli(&["show", "f"]);
+    cli(&["show", "f", "--json"]);
+    cli(&["ls"]);
+    cli(&["invoke", "f", "--data", ""]);
+    cli(&["logs", "f"]);
+    cli(&["secret", "set", "f", &format!("Bad/Name={VALUE}")]);
+    drop(cli);
+    assert!(
+        seen.iter().any(|(_, out)| out.contains("matched")),
+        "the handler never read the secret: {seen:?}"
+    );
+    let mut http = |method: &str, path: &str, body: &[u8]| {
+        let reply = d.http(method, path, body);
+        seen.push((format!("{method} {path}"), reply.text()));
+    };
+    http("GET", "/v1/functions/f", b"");
+    http("GET", "/v1/functions", b"");
+    http("GET", "/v1/functions/f/secrets", b"");
+    http("GET", "/v1/invocations?function=f", b"");
+    http("GET", "/metrics", b"");
+    let v = VALUE.as_bytes();
+    http("PUT", "/v1/functions/f/secrets/Bad%2FName", v);
+    http("PUT", "/v1/functions/f/secrets/..", v);
+    http("PUT", &format!("/v1/functions/f/secrets/{}", "a".repeat(300)), v);
+    http("PUT", "/v1/functions/nope/secrets/db", v);
+    for body in [
+        json!({"secrets": {"Bad Name": VALUE}}),
+        json!({"secrets": {"db": VALUE}, "cpus": -1.0}),
+        json!({"secrets": {"db": VALUE}, "bogus": 1}),
+        json!({"secrets": {"db": VALUE}, "env": {"A=B": "1"}}),
+        json!({"secrets": {"db": VALUE}, "env": {"A": "\u{0}"}}),
+        json!({"secrets": VALUE}),
+        json!({"secrets": [VALUE]}),
+    ] {
+        http("PATCH", "/v1/functions/f", body.to_string().as_bytes());
+    }
+    http(
+        "POST",
+        "/v1/functions",
+        json!({"name": "g", "handler": ["true"], "secrets": VALUE})
+            .to_string()
+            .as_bytes(),
+    );
+    let ids: Vec<String> = d.http("GET", "/v1/invocations?function=f", b"").json()["invocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect();
+    for id in ids {
+        http("GET", &format!("/v1/invocations/{id}"), b"");
+    }
+    drop(http);
+    seen.push(("the daemon's log".into(), d.log.lock().unwrap().clone()));
+    for (what, text) in &seen {
+        assert!(!text.contains(VALUE), "{what} showed the value: {text}");
+    }
+    // The error still says what is wrong.
+    let reply = d.http("PATCH", "/v1/functions/f", br#"{"secrets": "x"}"#);
+    assert!(
+        reply.text().contains("invalid type: string, expected a map"),
+        "{}",
+        reply.text()
+    );
+}
+
+/// `--env-file` (or the manifest's `env_file`) naming a file that is not an
+/// env file, such as a credentials file: refused, naming the line only.
+#[test]
+fn an_env_file_error_never_shows_the_files_content() {
+    let Some(t) = setup("an_env_file_error_never_shows_the_files_content", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    let creds = t.dir.path().join("shadow");
+    std::fs::write(&creds, "root:$6$HASHED-PASSWORD:19000:0:99999:7:::\n").unwrap();
+    let err = refused(
+        d,
+        &["deploy", "f", "--handler", "true", "--env-file", creds.to_str().unwrap()],
+    );
+    assert!(err.contains("line 1"), "{err}");
+    assert!(!err.contains("HASHED-PASSWORD"), "{err}");
+    let code = t.dir.path().join("code");
+    std::fs::create_dir(&code).unwrap();
+    std::fs::write(
+        code.join("alcove.toml"),
+        format!("name = \"m\"\nhandler = \"true\"\nenv_file = {:?}\n", creds.to_str().unwrap()),
+    )
+    .unwrap();
+    let err = refused(d, &["deploy", code.to_str().unwrap()]);
+    assert!(err.contains("line 1"), "{err}");
+    assert!(!err.contains("HASHED-PASSWORD"), "{err}");
+}
