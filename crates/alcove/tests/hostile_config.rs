@@ -361,3 +361,72 @@ fn an_env_file_error_never_shows_the_files_content() {
     assert!(err.contains("line 1"), "{err}");
     assert!(!err.contains("HASHED-PASSWORD"), "{err}");
 }
+
+/// Binds stored with a version are the operator's call at every invocation:
+/// the daemon restarted without `--allow-bind` refuses them (and a device
+/// node under the allowed directory opens nothing even while allowed).
+#[test]
+fn binds_stored_before_a_restart_without_allow_bind_are_refused() {
+    let Some(t) = setup(
+        "binds_stored_before_a_restart_without_allow_bind_are_refused",
+        &[],
+    ) else {
+        return;
+    };
+    let shared = t.dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("data")).unwrap();
+    std::fs::write(shared.join("data/file"), "bound content\n").unwrap();
+    let mem = CString::new(shared.join("data/mem").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; makes the character device 1:1 (/dev/mem).
+    assert_eq!(
+        unsafe { libc::mknod(mem.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 1)) },
+        0
+    );
+    let data = t.dir.path().join("data2");
+    let mut allowed = Daemon::start(&data, &["--allow-bind", shared.to_str().unwrap()]);
+    let bind = format!("{}:/data", shared.join("data").display());
+    let handler = "sh -c 'cat /data/file; head -c1 /data/mem >/dev/null 2>&1 && echo opened-mem || echo closed-mem'";
+    ok(&allowed, &["deploy", "b", "--bind", &bind, "--handler", handler]);
+    let out = allowed.http("POST", "/v1/functions/b/invoke", b"").text();
+    assert!(out.contains("bound content"), "{out}");
+    assert!(out.contains("closed-mem") && !out.contains("opened-mem"), "{out}");
+    allowed.kill9();
+
+    let plain = Daemon::start(&data, &[]);
+    let reply = plain.http("POST", "/v1/functions/b/invoke", b"");
+    assert_ne!(reply.status, 200, "{}", reply.text());
+    assert!(!reply.text().contains("bound content"), "{}", reply.text());
+    assert!(reply.text().contains("--allow-bind"), "{}", reply.text());
+    // Nor can a configuration change carry the bind on.
+    let err = refused(&plain, &["config", "b", "--env", "A=1"]);
+    assert!(err.contains("--allow-bind"), "{err}");
+}
+
+/// Concurrent changes of one function: every version is new and the last
+/// holds every secret set.
+#[test]
+fn concurrent_secret_changes_lose_nothing() {
+    let Some(t) = setup("concurrent_secret_changes_lose_nothing", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    ok(d, &["deploy", "c", "--handler", "ls /run/secrets"]);
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            s.spawn(move || {
+                let reply = d.http("PUT", &format!("/v1/functions/c/secrets/k{i}"), b"v");
+                assert_eq!(reply.status, 201, "{}", reply.text());
+            });
+        }
+    });
+    let shown = d.http("GET", "/v1/functions/c", b"").json();
+    let versions: Vec<u64> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions.len(), 17, "{shown}");
+    let out = ok(d, &["invoke", "c", "--data", ""]);
+    assert_eq!(out.lines().count(), 16, "{out}");
+}
