@@ -647,6 +647,21 @@ fn validate(
     }
     crate::config_change::check_secrets(&plan.secrets)?;
     crate::config_change::check_env_size(c)?;
+    // Code and secrets are mounted after the binds, over them: a bind there
+    // would be hidden, and one above them (/run) would fail every invocation.
+    for b in &c.binds {
+        let target = std::path::Path::new(&b.target);
+        for reserved in ["/fn", "/run/secrets"] {
+            let reserved = std::path::Path::new(reserved);
+            if target.starts_with(reserved) || reserved.starts_with(target) {
+                return invalid(format!(
+                    "bind {}:{}: /fn and /run/secrets are alcove's (the code and the secrets), \
+                     and so is what holds them; bind elsewhere, such as /data",
+                    b.source, b.target
+                ));
+            }
+        }
+    }
     // The rest (memory, CPUs, env, binds...) is checked as the sandbox
     // would check it (with an image and no handler, its command stands in).
     let mut spec = crate::function_spec::base_spec(c, &limits.effective(c), allowed)?;

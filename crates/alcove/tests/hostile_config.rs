@@ -430,3 +430,33 @@ fn concurrent_secret_changes_lose_nothing() {
     let out = ok(d, &["invoke", "c", "--data", ""]);
     assert_eq!(out.lines().count(), 16, "{out}");
 }
+
+/// The code (/fn) and the secrets (/run/secrets) are mounted after the
+/// binds: a bind over them was hidden, one over /run failed every
+/// invocation with a bare "No such file or directory". Refused at deploy.
+#[test]
+fn binds_over_the_code_or_the_secrets_are_refused() {
+    let Some(t) = setup("binds_over_the_code_or_the_secrets_are_refused", &[]) else {
+        return;
+    };
+    let shared = t.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let d = Daemon::start(
+        &t.dir.path().join("data2"),
+        &["--allow-bind", shared.to_str().unwrap()],
+    );
+    let src = shared.display().to_string();
+    for target in ["/run", "/run/", "/fn", "/fn/lib", "/run/secrets", "//run/secrets/db"] {
+        let bind = format!("{src}:{target}");
+        let err = refused(
+            &d,
+            &["deploy", "b", "--bind", &bind, "--secret", "db=x", "--handler", "true"],
+        );
+        assert!(err.contains("/run/secrets are alcove's"), "{target}: {err}");
+    }
+    ok(
+        &d,
+        &["deploy", "b", "--bind", &format!("{src}:/runner"), "--secret", "db=x", "--handler", "ls /runner"],
+    );
+    ok(&d, &["invoke", "b", "--data", ""]);
+}
