@@ -100,8 +100,8 @@ pub(crate) fn pin_binds(
                 bind.target.display()
             ))
         };
-        let path = std::ffi::CString::new(bind.source.as_os_str().as_bytes())
-            .map_err(|e| changed(&e))?;
+        let path =
+            std::ffi::CString::new(bind.source.as_os_str().as_bytes()).map_err(|e| changed(&e))?;
         let fd = alcove_sys::dirfd::open_at(
             root.as_fd(),
             &path,

@@ -69,7 +69,14 @@ fn a_bind_swapped_for_a_link_between_check_and_mount_never_leads_out() {
     let bind = format!("{}:/data", shared.join("data").display());
     ok(
         &d,
-        &["deploy", "b", "--bind", &bind, "--handler", "cat /data/file"],
+        &[
+            "deploy",
+            "b",
+            "--bind",
+            &bind,
+            "--handler",
+            "cat /data/file",
+        ],
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,8 +130,11 @@ fn a_function_with_binds_cannot_run_as_root() {
     std::fs::create_dir_all(shared.join("data")).unwrap();
     let private = shared.join("data/private");
     std::fs::write(&private, "root only\n").unwrap();
-    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let d = Daemon::start(
         &t.dir.path().join("data2"),
         &["--allow-bind", &format!("{}:rw", shared.display())],
@@ -162,7 +172,12 @@ fn an_environment_too_large_to_run_is_refused_at_deploy() {
     let big = "x".repeat(300 << 10);
     let body = json!({"name": "e", "handler": ["sh", "-c", "echo hi"], "env": {"BIG": big}});
     let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
-    assert_eq!(reply.status, 400, "{}", &reply.text()[..200.min(reply.text().len())]);
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        &reply.text()[..200.min(reply.text().len())]
+    );
     assert!(reply.text().contains("128 KiB"), "{}", reply.text());
     assert!(!reply.text().contains(&big[..1000]), "the value came back");
     let many: serde_json::Map<String, Value> = (0..20_000)
@@ -173,10 +188,14 @@ fn an_environment_too_large_to_run_is_refused_at_deploy() {
     assert_eq!(reply.status, 400);
     // Up to the bound it deploys and runs; a PATCH over it is refused.
     let fits = "z".repeat(100 << 10);
-    let body = json!({"name": "e", "handler": ["sh", "-c", "echo ${#FITS}"], "env": {"FITS": fits}});
+    let body =
+        json!({"name": "e", "handler": ["sh", "-c", "echo ${#FITS}"], "env": {"FITS": fits}});
     let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
     assert_eq!(reply.status, 201, "{}", reply.text());
-    assert_eq!(ok(d, &["invoke", "e", "--data", ""]), format!("{}\n", 100 << 10));
+    assert_eq!(
+        ok(d, &["invoke", "e", "--data", ""]),
+        format!("{}\n", 100 << 10)
+    );
     let patch = json!({"env": {"MORE": "z".repeat(40 << 10)}});
     let reply = d.http("PATCH", "/v1/functions/e", patch.to_string().as_bytes());
     assert_eq!(reply.status, 400, "{}", reply.text());
@@ -274,7 +293,6 @@ fn a_secret_value_never_comes_back() {
     cli(&["invoke", "f", "--data", ""]);
     cli(&["logs", "f"]);
     cli(&["secret", "set", "f", &format!("Bad/Name={VALUE}")]);
-    drop(cli);
     assert!(
         seen.iter().any(|(_, out)| out.contains("matched")),
         "the handler never read the secret: {seen:?}"
@@ -291,7 +309,11 @@ fn a_secret_value_never_comes_back() {
     let v = VALUE.as_bytes();
     http("PUT", "/v1/functions/f/secrets/Bad%2FName", v);
     http("PUT", "/v1/functions/f/secrets/..", v);
-    http("PUT", &format!("/v1/functions/f/secrets/{}", "a".repeat(300)), v);
+    http(
+        "PUT",
+        &format!("/v1/functions/f/secrets/{}", "a".repeat(300)),
+        v,
+    );
     http("PUT", "/v1/functions/nope/secrets/db", v);
     for body in [
         json!({"secrets": {"Bad Name": VALUE}}),
@@ -320,7 +342,6 @@ fn a_secret_value_never_comes_back() {
     for id in ids {
         http("GET", &format!("/v1/invocations/{id}"), b"");
     }
-    drop(http);
     seen.push(("the daemon's log".into(), d.log.lock().unwrap().clone()));
     for (what, text) in &seen {
         assert!(!text.contains(VALUE), "{what} showed the value: {text}");
@@ -328,7 +349,9 @@ fn a_secret_value_never_comes_back() {
     // The error still says what is wrong.
     let reply = d.http("PATCH", "/v1/functions/f", br#"{"secrets": "x"}"#);
     assert!(
-        reply.text().contains("invalid type: string, expected a map"),
+        reply
+            .text()
+            .contains("invalid type: string, expected a map"),
         "{}",
         reply.text()
     );
@@ -346,7 +369,14 @@ fn an_env_file_error_never_shows_the_files_content() {
     std::fs::write(&creds, "root:$6$HASHED-PASSWORD:19000:0:99999:7:::\n").unwrap();
     let err = refused(
         d,
-        &["deploy", "f", "--handler", "true", "--env-file", creds.to_str().unwrap()],
+        &[
+            "deploy",
+            "f",
+            "--handler",
+            "true",
+            "--env-file",
+            creds.to_str().unwrap(),
+        ],
     );
     assert!(err.contains("line 1"), "{err}");
     assert!(!err.contains("HASHED-PASSWORD"), "{err}");
@@ -354,7 +384,10 @@ fn an_env_file_error_never_shows_the_files_content() {
     std::fs::create_dir(&code).unwrap();
     std::fs::write(
         code.join("alcove.toml"),
-        format!("name = \"m\"\nhandler = \"true\"\nenv_file = {:?}\n", creds.to_str().unwrap()),
+        format!(
+            "name = \"m\"\nhandler = \"true\"\nenv_file = {:?}\n",
+            creds.to_str().unwrap()
+        ),
     )
     .unwrap();
     let err = refused(d, &["deploy", code.to_str().unwrap()]);
@@ -378,18 +411,22 @@ fn binds_stored_before_a_restart_without_allow_bind_are_refused() {
     std::fs::write(shared.join("data/file"), "bound content\n").unwrap();
     let mem = CString::new(shared.join("data/mem").as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path; makes the character device 1:1 (/dev/mem).
-    assert_eq!(
-        unsafe { libc::mknod(mem.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 1)) },
-        0
-    );
+    let made = unsafe { libc::mknod(mem.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 1)) };
+    assert_eq!(made, 0);
     let data = t.dir.path().join("data2");
     let mut allowed = Daemon::start(&data, &["--allow-bind", shared.to_str().unwrap()]);
     let bind = format!("{}:/data", shared.join("data").display());
     let handler = "sh -c 'cat /data/file; head -c1 /data/mem >/dev/null 2>&1 && echo opened-mem || echo closed-mem'";
-    ok(&allowed, &["deploy", "b", "--bind", &bind, "--handler", handler]);
+    ok(
+        &allowed,
+        &["deploy", "b", "--bind", &bind, "--handler", handler],
+    );
     let out = allowed.http("POST", "/v1/functions/b/invoke", b"").text();
     assert!(out.contains("bound content"), "{out}");
-    assert!(out.contains("closed-mem") && !out.contains("opened-mem"), "{out}");
+    assert!(
+        out.contains("closed-mem") && !out.contains("opened-mem"),
+        "{out}"
+    );
     allowed.kill9();
 
     let plain = Daemon::start(&data, &[]);
@@ -446,17 +483,42 @@ fn binds_over_the_code_or_the_secrets_are_refused() {
         &["--allow-bind", shared.to_str().unwrap()],
     );
     let src = shared.display().to_string();
-    for target in ["/run", "/run/", "/fn", "/fn/lib", "/run/secrets", "//run/secrets/db"] {
+    for target in [
+        "/run",
+        "/run/",
+        "/fn",
+        "/fn/lib",
+        "/run/secrets",
+        "//run/secrets/db",
+    ] {
         let bind = format!("{src}:{target}");
         let err = refused(
             &d,
-            &["deploy", "b", "--bind", &bind, "--secret", "db=x", "--handler", "true"],
+            &[
+                "deploy",
+                "b",
+                "--bind",
+                &bind,
+                "--secret",
+                "db=x",
+                "--handler",
+                "true",
+            ],
         );
         assert!(err.contains("/run/secrets are alcove's"), "{target}: {err}");
     }
     ok(
         &d,
-        &["deploy", "b", "--bind", &format!("{src}:/runner"), "--secret", "db=x", "--handler", "ls /runner"],
+        &[
+            "deploy",
+            "b",
+            "--bind",
+            &format!("{src}:/runner"),
+            "--secret",
+            "db=x",
+            "--handler",
+            "ls /runner",
+        ],
     );
     ok(&d, &["invoke", "b", "--data", ""]);
 }
