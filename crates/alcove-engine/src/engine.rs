@@ -609,6 +609,9 @@ fn check_name(name: &str) -> Result<(), EngineError> {
     )))
 }
 
+/// The most binds a function has.
+const MAX_BINDS: usize = 64;
+
 fn validate(
     plan: &mut crate::config_change::Plan,
     limits: &FunctionLimits,
@@ -647,6 +650,13 @@ fn validate(
     }
     crate::config_change::check_secrets(&plan.secrets)?;
     crate::config_change::check_env_size(c)?;
+    // Each bind is a descriptor and a mount at every invocation.
+    if c.binds.len() > MAX_BINDS {
+        return invalid(format!(
+            "{} binds: a function may have at most {MAX_BINDS}; bind a directory above them",
+            c.binds.len()
+        ));
+    }
     // Code and secrets are mounted after the binds, over them: a bind there
     // would be hidden, and one above them (/run) would fail every invocation.
     for b in &c.binds {
