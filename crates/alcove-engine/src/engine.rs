@@ -138,6 +138,25 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| EngineError::Internal(format!("a blocking task failed: {e}")))?
 }
 
+/// Refuses an `--allow-bind` directory that holds the data directory or lies
+/// in it: a function could bind the database (every secret) or another
+/// function's secrets.
+fn check_binds_miss_data_dir(config: &EngineConfig) -> Result<(), EngineError> {
+    let data = std::fs::canonicalize(&config.data_dir)
+        .map_err(EngineError::io("resolving the data directory"))?;
+    for a in &config.allow_binds {
+        if data.starts_with(&a.dir) || a.dir.starts_with(&data) {
+            return Err(EngineError::Invalid(format!(
+                "--allow-bind {}: alcove's data directory {} (its database holds every secret) \
+                 would be open to functions; allow a directory beside it, or move --data-dir",
+                a.dir.display(),
+                data.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `dir` is, or can become, alcove's: new, empty, or holding only
 /// what alcove puts there. Returns whether it had to be created.
 fn claim_data_dir(dir: &Path) -> Result<bool, EngineError> {
@@ -181,6 +200,7 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         config.limits.check().map_err(EngineError::Invalid)?;
         claim_data_dir(&config.data_dir)?;
+        check_binds_miss_data_dir(&config)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;

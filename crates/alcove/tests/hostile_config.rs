@@ -550,3 +550,36 @@ fn a_function_has_a_bounded_number_of_binds() {
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(d.http("POST", "/v1/functions/m/invoke", b"").status, 200);
 }
+
+/// An allowed directory holding the data directory let a function bind
+/// `alcove.db` (mode 0644 in a 0700 directory the bind skips) and read every
+/// function's secrets. The daemon refuses to start so.
+#[test]
+fn an_allowed_directory_holding_the_data_directory_is_refused() {
+    let Some(t) = setup(
+        "an_allowed_directory_holding_the_data_directory_is_refused",
+        &[],
+    ) else {
+        return;
+    };
+    let data = t.dir.path().join("data2");
+    for allowed in [t.dir.path().to_owned(), data.join("secrets")] {
+        std::fs::create_dir_all(&allowed).unwrap();
+        let out = std::process::Command::new("timeout")
+            .args(["20", common::ALCOVE, "serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--allow-bind")
+            .arg(&allowed)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            code != Some(0) && code != Some(124),
+            "{}: {err}",
+            allowed.display()
+        );
+        assert!(err.contains("data directory"), "{err}");
+    }
+}
