@@ -337,10 +337,15 @@ impl Engine {
     }
 
     pub(crate) fn remove_unchecked(&self, name: &str) -> Result<(), EngineError> {
-        self.store.delete_function(name)?;
-        self.forget(name);
-        self.admission.forget(name);
-        let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        {
+            // Not between a change's reading `latest` and its recording the
+            // next version: that would bring the function back.
+            let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.store.delete_function(name)?;
+            self.forget(name);
+            self.admission.forget(name);
+            let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        }
         self.unpin_removed();
         self.remove_unused_code()
     }

@@ -583,3 +583,25 @@ fn an_allowed_directory_holding_the_data_directory_is_refused() {
         assert!(err.contains("data directory"), "{err}");
     }
 }
+
+/// `fn rm` racing a configuration change: the change either comes first
+/// (and is removed with the function) or finds no function. It never
+/// brings the removed function back with its old secrets.
+#[test]
+fn a_change_racing_fn_rm_never_brings_the_function_back() {
+    let Some(t) = setup("a_change_racing_fn_rm_never_brings_the_function_back", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    for round in 0..150 {
+        let body = json!({"name": "r", "handler": ["true"], "secrets": {"old": "x"}});
+        let reply = d.http("POST", "/v1/functions", body.to_string().as_bytes());
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        std::thread::scope(|s| {
+            s.spawn(|| d.http("PATCH", "/v1/functions/r", br#"{"env": {"A": "1"}}"#));
+            s.spawn(|| d.http("DELETE", "/v1/functions/r", b""));
+        });
+        let left = d.http("GET", "/v1/functions/r", b"");
+        assert_eq!(left.status, 404, "round {round}: {}", left.text());
+    }
+}
