@@ -158,7 +158,11 @@ pub(crate) fn plan(
     let mut inherited = Vec::new();
     if inherited_from.is_some() {
         inherited = inherited_settings(change, &before, defaults);
-        let kept = |k: &String| !change.env.contains_key(k) && !change.unset_env.contains(k);
+        // Sets: a list of millions searched once per variable held the deploy lock for minutes.
+        let unset_env: std::collections::BTreeSet<&String> = change.unset_env.iter().collect();
+        let unset_secrets: std::collections::BTreeSet<&String> =
+            change.unset_secrets.iter().collect();
+        let kept = |k: &String| !change.env.contains_key(k) && !unset_env.contains(k);
         inherited.extend(
             before
                 .env
@@ -169,7 +173,7 @@ pub(crate) fn plan(
         inherited.extend(
             before_secrets
                 .iter()
-                .filter(|k| !change.secrets.contains_key(*k) && !change.unset_secrets.contains(k))
+                .filter(|k| !change.secrets.contains_key(*k) && !unset_secrets.contains(k))
                 .map(|k| format!("secrets.{k}")),
         );
         if code_digest.is_some() {
