@@ -163,8 +163,29 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Re
             "the {what} body is empty: send a JSON object"
         )));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the {what} body is not valid: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the {what} body is not valid: {}",
+            without_values(e.to_string())
+        ))
+    })
+}
+
+/// serde's message without the value it quotes (`invalid type: string
+/// "...", expected a map`): a secret sent in the wrong place must not come
+/// back in an answer or a log.
+fn without_values(message: String) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some(expected) = rest.rfind(", expected ") else {
+            continue;
+        };
+        let end = rest.find(['"', '`']).map_or(expected, |q| q.min(expected));
+        return format!("{prefix}{}{}", rest[..end].trim_end(), &rest[expected..]);
+    }
+    message
 }
 
 /// Parses and checks a deploy body into the engine's request. The engine

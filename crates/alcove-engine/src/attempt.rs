@@ -10,7 +10,7 @@ use crate::model::{InvocationRecord, VersionInfo};
 use crate::store::now;
 use crate::{code, EngineError, STDERR_KEPT};
 use alcove_sandbox::{Bind, RunOptions, SandboxSpec, Status, Stdio};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,7 +97,9 @@ impl Engine {
         self.store.update_invocation(record)?;
         let prepared = self
             .spec_for(v, record, input)
-            .and_then(|(spec, lease)| Ok((self.device_rule_for(&spec)?, spec, lease)));
+            .and_then(|(spec, lease, pinned)| {
+                Ok((self.device_rule_for(&spec)?, spec, (lease, pinned)))
+            });
         let (device_rule, spec, lease) = match prepared {
             Ok(prepared) => prepared,
             // A version that cannot be prepared (its image is gone...) is a failed invocation.
@@ -204,11 +206,13 @@ impl Engine {
         v: &VersionInfo,
         record: &InvocationRecord,
         input: Input,
-    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>), EngineError> {
+    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>, Vec<OwnedFd>), EngineError> {
         let c = &v.config;
         let limits = self.config.limits.effective(c);
         // Binds are checked again: the host path may have changed since the deploy.
         let mut spec = crate::function_spec::base_spec(c, &limits, &self.config.allow_binds)?;
+        // And what is checked is what is mounted (held until the run ends).
+        let pinned = crate::function_spec::pin_binds(&mut spec, c.binds.len())?;
         let mut lease = None;
         if let Some(id) = &c.image_id {
             let (image, held) = self.image_store()?.lease(id).map_err(|e| {
@@ -287,7 +291,7 @@ impl Engine {
             },
             None => Stdio::Capture { stdin: input.body },
         };
-        Ok((spec, lease))
+        Ok((spec, lease, pinned))
     }
 
     /// The device cgroup rule a run given host devices needs (none for a run

@@ -230,25 +230,36 @@ pub(crate) fn secrets_dir(
     }
     let tmp = parent.join(format!(".{}", alcove_sys::process::random_id()));
     std::fs::create_dir(&tmp).map_err(&io)?;
-    for (name, value) in secrets {
-        let path = tmp.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&path)
-            .map_err(&io)?;
-        std::io::Write::write_all(&mut f, value).map_err(&io)?;
-        chown(&path, uid)?;
+    let written = (|| {
+        for (name, value) in secrets {
+            let path = tmp.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&path)
+                .map_err(&io)?;
+            std::io::Write::write_all(&mut f, value).map_err(&io)?;
+            chown(&path, uid)?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o500)).map_err(&io)?;
+        chown(&tmp, uid)
+    })();
+    if let Err(e) = written {
+        // A disk full halfway leaves no copy of the values behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o500)).map_err(&io)?;
-    chown(&tmp, uid)?;
     match std::fs::rename(&tmp, &dir) {
         Err(_) if dir.is_dir() => {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(dir)
         }
-        other => other.map(|()| dir).map_err(io),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(io(e))
+        }
+        Ok(()) => Ok(dir),
     }
 }
 

@@ -11,6 +11,13 @@ use std::collections::BTreeMap;
 /// The most secrets a version holds, and the most bytes each may have.
 pub const MAX_SECRETS: usize = 256;
 pub const MAX_SECRET_BYTES: usize = 1 << 20;
+/// The most bytes a version's secrets have together: every version keeps a
+/// copy, so a one-line change must not cost the disk much more.
+pub const MAX_SECRETS_TOTAL_BYTES: usize = 4 << 20;
+/// The most bytes a function's handler and environment have together (each
+/// `KEY=VALUE` and argument with its NUL): the kernel's floor for a
+/// program's arguments and environment, so that `execve` never refuses them.
+pub const MAX_ENV_AND_HANDLER_BYTES: usize = 128 << 10;
 
 /// The settings a deploy, `PATCH /v1/functions/NAME` or a secret change
 /// gives; what it leaves out stays as it was.
@@ -151,7 +158,11 @@ pub(crate) fn plan(
     let mut inherited = Vec::new();
     if inherited_from.is_some() {
         inherited = inherited_settings(change, &before, defaults);
-        let kept = |k: &String| !change.env.contains_key(k) && !change.unset_env.contains(k);
+        // Sets: a list of millions searched once per variable held the deploy lock for minutes.
+        let unset_env: std::collections::BTreeSet<&String> = change.unset_env.iter().collect();
+        let unset_secrets: std::collections::BTreeSet<&String> =
+            change.unset_secrets.iter().collect();
+        let kept = |k: &String| !change.env.contains_key(k) && !unset_env.contains(k);
         inherited.extend(
             before
                 .env
@@ -162,7 +173,7 @@ pub(crate) fn plan(
         inherited.extend(
             before_secrets
                 .iter()
-                .filter(|k| !change.secrets.contains_key(*k) && !change.unset_secrets.contains(k))
+                .filter(|k| !change.secrets.contains_key(*k) && !unset_secrets.contains(k))
                 .map(|k| format!("secrets.{k}")),
         );
         if code_digest.is_some() {
@@ -268,6 +279,17 @@ pub(crate) fn finish(
         plan.code_digest.as_deref(),
         &plan.secrets,
     )?;
+    // Version numbers start again after `fn rm`: a secrets directory a
+    // removed function of this name left (a crash between removing its
+    // records and its files) must not serve the new version.
+    let _ = std::fs::remove_dir_all(
+        engine
+            .config
+            .data_dir
+            .join("secrets")
+            .join(&name)
+            .join(version.version.to_string()),
+    );
     engine.forget(&name);
     Ok(Deployed {
         version,
@@ -286,6 +308,14 @@ pub(crate) fn check_secrets(secrets: &BTreeMap<String, Vec<u8>>) -> Result<(), E
             secrets.len()
         ));
     }
+    let total: usize = secrets.values().map(Vec::len).sum();
+    if total > MAX_SECRETS_TOTAL_BYTES {
+        return invalid(format!(
+            "secrets: {total} bytes together; a function's secrets may have at most {} MiB \
+             together",
+            MAX_SECRETS_TOTAL_BYTES >> 20
+        ));
+    }
     for (name, value) in secrets {
         if !crate::valid_name(name) {
             return invalid(format!(
@@ -299,6 +329,23 @@ pub(crate) fn check_secrets(secrets: &BTreeMap<String, Vec<u8>>) -> Result<(), E
                 MAX_SECRET_BYTES >> 20
             ));
         }
+    }
+    Ok(())
+}
+
+/// The handler and environment fit what `execve` takes, whatever the
+/// daemon's stack limit.
+pub(crate) fn check_env_size(c: &FunctionConfig) -> Result<(), EngineError> {
+    let env: usize = c.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let argv: usize = c.handler.iter().map(|a| a.len() + 1).sum();
+    if env + argv > MAX_ENV_AND_HANDLER_BYTES {
+        return Err(EngineError::Invalid(format!(
+            "env: {} variables of {env} bytes with a handler of {argv}: at most {} KiB \
+             together (a program's environment and arguments); put large values in a secret \
+             or in the code",
+            c.env.len(),
+            MAX_ENV_AND_HANDLER_BYTES >> 10
+        )));
     }
     Ok(())
 }

@@ -138,6 +138,25 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| EngineError::Internal(format!("a blocking task failed: {e}")))?
 }
 
+/// Refuses an `--allow-bind` directory that holds the data directory or lies
+/// in it: a function could bind the database (every secret) or another
+/// function's secrets.
+fn check_binds_miss_data_dir(config: &EngineConfig) -> Result<(), EngineError> {
+    let data = std::fs::canonicalize(&config.data_dir)
+        .map_err(EngineError::io("resolving the data directory"))?;
+    for a in &config.allow_binds {
+        if data.starts_with(&a.dir) || a.dir.starts_with(&data) {
+            return Err(EngineError::Invalid(format!(
+                "--allow-bind {}: alcove's data directory {} (its database holds every secret) \
+                 would be open to functions; allow a directory beside it, or move --data-dir",
+                a.dir.display(),
+                data.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `dir` is, or can become, alcove's: new, empty, or holding only
 /// what alcove puts there. Returns whether it had to be created.
 fn claim_data_dir(dir: &Path) -> Result<bool, EngineError> {
@@ -181,6 +200,7 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         config.limits.check().map_err(EngineError::Invalid)?;
         claim_data_dir(&config.data_dir)?;
+        check_binds_miss_data_dir(&config)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
@@ -326,10 +346,15 @@ impl Engine {
     }
 
     pub(crate) fn remove_unchecked(&self, name: &str) -> Result<(), EngineError> {
-        self.store.delete_function(name)?;
-        self.forget(name);
-        self.admission.forget(name);
-        let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        {
+            // Not between a change's reading `latest` and its recording the
+            // next version: that would bring the function back.
+            let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.store.delete_function(name)?;
+            self.forget(name);
+            self.admission.forget(name);
+            let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
+        }
         self.unpin_removed();
         self.remove_unused_code()
     }
@@ -626,6 +651,9 @@ fn check_name(name: &str) -> Result<(), EngineError> {
     )))
 }
 
+/// The most binds a function has.
+const MAX_BINDS: usize = 64;
+
 fn validate(
     plan: &mut crate::config_change::Plan,
     limits: &FunctionLimits,
@@ -663,6 +691,29 @@ fn validate(
         return invalid(format!("concurrency {}: use 1 to 10000", c.concurrency));
     }
     crate::config_change::check_secrets(&plan.secrets)?;
+    crate::config_change::check_env_size(c)?;
+    // Each bind is a descriptor and a mount at every invocation.
+    if c.binds.len() > MAX_BINDS {
+        return invalid(format!(
+            "{} binds: a function may have at most {MAX_BINDS}; bind a directory above them",
+            c.binds.len()
+        ));
+    }
+    // Code and secrets are mounted after the binds, over them: a bind there
+    // would be hidden, and one above them (/run) would fail every invocation.
+    for b in &c.binds {
+        let target = std::path::Path::new(&b.target);
+        for reserved in ["/fn", "/run/secrets"] {
+            let reserved = std::path::Path::new(reserved);
+            if target.starts_with(reserved) || reserved.starts_with(target) {
+                return invalid(format!(
+                    "bind {}:{}: /fn and /run/secrets are alcove's (the code and the secrets), \
+                     and so is what holds them; bind elsewhere, such as /data",
+                    b.source, b.target
+                ));
+            }
+        }
+    }
     // The rest (memory, CPUs, env, binds...) is checked as the sandbox
     // would check it (with an image and no handler, its command stands in).
     let mut spec = crate::function_spec::base_spec(c, &limits.effective(c), allowed)?;

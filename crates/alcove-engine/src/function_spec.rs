@@ -79,6 +79,47 @@ pub(crate) fn resolve_bind(b: &FunctionBind, allowed: &[AllowedBind]) -> Result<
     Ok(source)
 }
 
+/// Opens each of `spec`'s first `count` bind sources (resolved by
+/// [`resolve_bind`], so free of links) without following any link, and
+/// points the bind at the open directory: a link swapped into the path
+/// after the check cannot lead the mount out of the allowed directory. The
+/// descriptors must stay open until the sandbox has cloned its binds.
+pub(crate) fn pin_binds(
+    spec: &mut SandboxSpec,
+    count: usize,
+) -> Result<Vec<std::os::fd::OwnedFd>, EngineError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let root = std::fs::File::open("/").map_err(EngineError::io("opening /"))?;
+    let mut pinned = Vec::new();
+    for bind in spec.binds.iter_mut().take(count) {
+        let changed = |e: &dyn std::fmt::Display| {
+            EngineError::Invalid(format!(
+                "bind {}:{}: the source changed while it was checked ({e}); it must stay under                  a directory this daemon allows binds from, with no link on its way",
+                bind.source.display(),
+                bind.target.display()
+            ))
+        };
+        let path =
+            std::ffi::CString::new(bind.source.as_os_str().as_bytes()).map_err(|e| changed(&e))?;
+        let fd = alcove_sys::dirfd::open_at(
+            root.as_fd(),
+            &path,
+            libc::O_PATH,
+            alcove_sys::dirfd::Scope::NoLinks,
+        )
+        .map_err(|e| changed(&e))?;
+        let pin = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        // A directory above the source renamed meanwhile: the path differs.
+        if std::fs::read_link(&pin).ok().as_deref() != Some(bind.source.as_path()) {
+            return Err(changed(&"a directory on its way moved"));
+        }
+        bind.source = pin;
+        pinned.push(fd);
+    }
+    Ok(pinned)
+}
+
 /// The sandbox `c` describes with `limits`, before what only an invocation
 /// adds (image, code, secrets, request). Binds are resolved and checked.
 pub(crate) fn base_spec(
@@ -92,6 +133,16 @@ pub(crate) fn base_spec(
     }
     if let Some(user) = &c.user {
         spec.user = User::parse(user).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    }
+    // No user namespace: uid or gid 0 inside is root's on the host, owner of
+    // the root-only files under a bound directory.
+    if !c.binds.is_empty() && (spec.user.uid == 0 || spec.user.gid == 0) {
+        return Err(EngineError::Invalid(format!(
+            "user {}:{}: a function with binds cannot run as root (uid or gid 0): it would own \
+             the host's root files under the bound directories; give another --user, such as \
+             65534 (nobody, the default)",
+            spec.user.uid, spec.user.gid
+        )));
     }
     if let Some(dir) = &c.workdir {
         spec.workdir = dir.into();

@@ -17,6 +17,10 @@ pub enum Scope {
     /// Links are followed as if the directory were the root (an image's
     /// `/etc -> /host` leads to the image's own `/host`); mounts are crossed.
     InRoot,
+    /// No symbolic link (nor /proc magic link) is followed anywhere on the
+    /// path; `..` and mounts are crossed. For an absolute path already
+    /// resolved, so that a link swapped in since is refused.
+    NoLinks,
 }
 
 /// Opens `path` (relative) beneath `root` with `openat2`, resolved as `scope`
@@ -39,6 +43,7 @@ pub fn open_at(
                 | libc::RESOLVE_NO_XDEV
         }
         Scope::InRoot => libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        Scope::NoLinks => libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
     };
     // SAFETY: `path` is NUL-terminated, `how` is a valid open_how whose size
     // is passed; openat2 returns a new fd or -1.

@@ -203,13 +203,15 @@ pub(super) fn read_env_file(file: &Path) -> anyhow::Result<BTreeMap<String, Stri
 
 fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut env = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let bad = |why: &str| format!("line {}: {raw:?}: {why}; write KEY=VALUE", i + 1);
+        // The line itself is never shown: an env file holds values meant to
+        // stay private, and a wrong path may name a file of credentials.
+        let bad = |why: &str| format!("line {}: {why}; write KEY=VALUE", i + 1);
         let Some((key, value)) = line.split_once('=') else {
             return Err(bad("no '='"));
         };
@@ -246,6 +248,9 @@ mod tests {
         assert_eq!(env["C"], "x=y");
         let e = parse_env_file("A=1\n\nnot a pair\n").unwrap_err();
         assert!(e.starts_with("line 3:"), "{e}");
+        assert!(!e.contains("not a pair"), "the line was shown: {e}");
+        let e = parse_env_file("root:$6$hash:19000:0:99999:7:::\n").unwrap_err();
+        assert!(!e.contains("hash"), "the line was shown: {e}");
         assert!(parse_env_file("1X=2").unwrap_err().contains("line 1"));
     }
 
