@@ -68,7 +68,16 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
         headers: request
             .headers()
             .iter()
-            .filter(|(k, _)| !(by_token && *k == header::AUTHORIZATION))
+            // The token never reaches a handler: not in the Authorization
+            // that matched, nor in any header that holds it some other way
+            // (`bearer TOKEN` to a public function).
+            .filter(|(k, v)| {
+                !(by_token && *k == header::AUTHORIZATION)
+                    && !s
+                        .token
+                        .as_deref()
+                        .is_some_and(|t| auth::carries_token(v.as_bytes(), t.as_bytes()))
+            })
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
     };

@@ -1,0 +1,161 @@
+//! Hostile clients and handlers against `/fn/NAME`, end to end against a
+//! real `alcove serve`: the daemon's token must never reach a handler, and
+//! path tricks on a public function must never reach another function.
+
+mod common;
+use common::daemon::{http, setup, Daemon, Reply};
+use std::path::{Path, PathBuf};
+
+/// A code directory holding `handler.sh`.
+fn code(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let code = dir.join(name);
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("handler.sh"), script).unwrap();
+    code
+}
+
+fn deploy(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
+    let code = code.to_str().unwrap();
+    let mut args = vec![
+        "deploy",
+        name,
+        "--handler",
+        "sh /fn/handler.sh",
+        "--code",
+        code,
+    ];
+    args.extend_from_slice(extra);
+    let (status, _, err) = d.cli(&args);
+    assert_eq!(status, 0, "deploy {name}: {err}");
+}
+
+/// The body of a reply, chunked or not (a `body` function's is not).
+fn body(reply: &Reply) -> String {
+    if reply.header("transfer-encoding") != Some("chunked") {
+        return reply.text();
+    }
+    let mut out = Vec::new();
+    let mut rest = &reply.body[..];
+    while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
+        rest = &rest[nl + 2 + size + 2..];
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_daemons_token_never_reaches_a_public_handler_whatever_header_carries_it() {
+    let Some(s) = setup(
+        "the_daemons_token_never_reaches_a_public_handler_whatever_header_carries_it",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let token = d.token.clone().expect("the daemon's token");
+    let env = "printf 'Content-Type: text/plain\\n\\n'; env\n";
+    deploy(
+        d,
+        "pub",
+        &code(s.dir.path(), "pub", env),
+        &["--http", "--public"],
+    );
+    deploy(
+        d,
+        "pubbody",
+        &code(s.dir.path(), "pubbody", "env\n"),
+        &["--public"],
+    );
+
+    let lower = format!("bearer {token}");
+    let spaced = format!("Bearer  {token}");
+    let scheme = format!("Token {token}");
+    for function in ["pub", "pubbody"] {
+        for (header, value) in [
+            ("authorization", lower.as_str()),
+            ("authorization", spaced.as_str()),
+            ("authorization", scheme.as_str()),
+            ("x-api-key", token.as_str()),
+        ] {
+            let reply = http(
+                &d.addr,
+                "GET",
+                &format!("/fn/{function}/x"),
+                &[(header, value), ("x-seen", "yes")],
+                b"",
+            );
+            // These do not authenticate; the public function still runs.
+            assert_eq!(reply.status, 200, "{function} {header}: {}", reply.text());
+            let env = body(&reply);
+            assert!(env.contains("HTTP_X_SEEN=yes"), "{function}: {env}");
+            assert!(
+                !env.contains(&token),
+                "{function}: the daemon's token reached the handler in {header}: {env}"
+            );
+        }
+        // A public function's own credentials still reach it.
+        let reply = http(
+            &d.addr,
+            "GET",
+            &format!("/fn/{function}/x"),
+            &[("authorization", "Bearer the-functions-own")],
+            b"",
+        );
+        assert!(
+            body(&reply).contains("HTTP_AUTHORIZATION=Bearer the-functions-own"),
+            "{}",
+            reply.text()
+        );
+    }
+}
+
+#[test]
+fn path_tricks_on_a_public_function_reach_only_that_function() {
+    let Some(s) = setup(
+        "path_tricks_on_a_public_function_reach_only_that_function",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let pub_code = code(
+        s.dir.path(),
+        "pub",
+        "printf 'Content-Type: text/plain\\n\\nPUBLIC %s\\n' \"$PATH_INFO\"\n",
+    );
+    deploy(d, "pub", &pub_code, &["--http", "--public"]);
+    let private = code(s.dir.path(), "priv", "printf '\\nPRIVATE\\n'\n");
+    deploy(d, "priv", &private, &["--http"]);
+
+    for path in [
+        "/fn/pub/../priv",
+        "/fn/pub/%2e%2e/priv",
+        "/fn/pub/..%2fpriv",
+        "/fn/pub/../../v1/functions",
+        "/fn/pub//../priv",
+    ] {
+        let reply = http(&d.addr, "GET", path, &[], b"");
+        let text = body(&reply);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert!(text.starts_with("PUBLIC /"), "{path}: {text}");
+        assert!(!text.contains("PRIVATE"), "{path}: {text}");
+    }
+    for path in [
+        "/fn/pub%2f..%2fpriv",
+        "/fn/%70riv",
+        "/fn/PRIV",
+        "//fn/priv",
+        "/fn//priv",
+        "/fn/priv%00",
+        "/fn/../fn/priv",
+    ] {
+        let reply = http(&d.addr, "GET", path, &[], b"");
+        assert_eq!(reply.status, 401, "{path}: {}", reply.text());
+        assert!(!reply.text().contains("PRIVATE"), "{path}");
+    }
+}
