@@ -84,8 +84,8 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
     let http_protocol = config.protocol == "http";
     let body = body_or_error(Bytes::from_request(request, &s).await)?.to_vec();
     match s.engine.invoke_endpoint(endpoint, &http, body).await? {
-        HttpReply::Done(done) => Ok(respond(*done, http_protocol)),
-        HttpReply::Stream(stream) => Ok(stream_response(stream).await),
+        HttpReply::Done(done) => Ok(respond(*done, http_protocol, by_token)),
+        HttpReply::Stream(stream) => Ok(stream_response(stream, by_token).await),
     }
 }
 
@@ -104,13 +104,17 @@ pub(crate) fn invoke_request(name: &str, headers: &axum::http::HeaderMap) -> Htt
 
 /// The answer to a finished invocation: for `body` functions, stdout with
 /// 200 when the handler succeeded; for `http` ones, the CGI response it
-/// wrote; a failed invocation as a JSON error either way.
-pub(crate) fn respond(done: Invocation, http_protocol: bool) -> Response {
+/// wrote; a failed invocation as a JSON error either way, with its record
+/// (stderr included) only when `show_record`: a public function's caller
+/// without the token gets the error and the invocation's id, not its log.
+pub(crate) fn respond(done: Invocation, http_protocol: bool, show_record: bool) -> Response {
     let headers = invocation_headers(&done.record);
     let record = done.record;
     let mut response = if !record.succeeded() || record.output_truncated {
         let mut error = failure(&record);
-        error.detail = Some(json!({ "invocation": crate::wire::InvocationView::from(record) }));
+        if show_record {
+            error.detail = Some(json!({ "invocation": crate::wire::InvocationView::from(record) }));
+        }
         error.into_response()
     } else if http_protocol {
         match cgi::parse_at_end(&done.response) {
@@ -164,13 +168,13 @@ fn bad_response(e: CgiError) -> ApiError {
 
 /// Reads the handler's header block, then answers with it and streams the
 /// rest of stdout as the body.
-async fn stream_response(mut stream: HttpStream) -> Response {
+async fn stream_response(mut stream: HttpStream, show_record: bool) -> Response {
     let mut head = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; CHUNK];
     let parsed = loop {
         let n = stream.stdout.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
-            return ended_before_head(stream, head).await;
+            return ended_before_head(stream, head, show_record).await;
         }
         head.extend_from_slice(&chunk[..n]);
         // Parsed again only when a line ended: a handler writing a byte at a
@@ -217,11 +221,11 @@ async fn stream_response(mut stream: HttpStream) -> Response {
 
 /// stdout ended before a whole header block: the invocation's failure when
 /// it failed, else the handler's bad response.
-async fn ended_before_head(stream: HttpStream, head: Vec<u8>) -> Response {
+async fn ended_before_head(stream: HttpStream, head: Vec<u8>, show_record: bool) -> Response {
     match stream.done.await {
         Ok(Ok(mut done)) => {
             done.response = head;
-            respond(done, true)
+            respond(done, true, show_record)
         }
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::from(EngineError::Internal(format!(

@@ -233,7 +233,7 @@ async fn invoke(
         .engine
         .invoke_request(&name, q.version, &request, body)
         .await?;
-    Ok(crate::endpoint::respond(done, http_protocol))
+    Ok(crate::endpoint::respond(done, http_protocol, true))
 }
 
 pub(crate) fn invocation_headers(r: &InvocationRecord) -> HeaderMap {

@@ -159,3 +159,70 @@ fn path_tricks_on_a_public_function_reach_only_that_function() {
         assert!(!reply.text().contains("PRIVATE"), "{path}");
     }
 }
+
+#[test]
+fn an_anonymous_caller_of_a_failing_public_function_gets_the_error_not_its_log() {
+    let Some(s) = setup(
+        "an_anonymous_caller_of_a_failing_public_function_gets_the_error_not_its_log",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let script = "echo 'db password is hunter2' >&2; exit 3\n";
+    deploy(
+        d,
+        "fails",
+        &code(s.dir.path(), "fails", script),
+        &["--public"],
+    );
+    let http_code = code(s.dir.path(), "failsh", script);
+    deploy(d, "failsh", &http_code, &["--http", "--public"]);
+    for function in ["fails", "failsh"] {
+        let path = format!("/fn/{function}/x");
+        let anon = http(&d.addr, "GET", &path, &[], b"");
+        assert_eq!(
+            (anon.status, anon.code().as_str()),
+            (502, "function_failed"),
+            "{function}: {}",
+            anon.text()
+        );
+        assert!(
+            !anon.text().contains("hunter2"),
+            "{function}: {}",
+            anon.text()
+        );
+        // The owner finds the log by the invocation's id, with the token.
+        let id = anon
+            .header("x-alcove-invocation")
+            .expect("the invocation's id");
+        let record = d.http("GET", &format!("/v1/invocations/{id}"), b"").json();
+        assert!(
+            record["stderr"].as_str().unwrap().contains("hunter2"),
+            "{record}"
+        );
+        // A caller with the token sees the record in the error, as with invoke.
+        let owner = d.http("GET", &path, b"");
+        assert_eq!(owner.status, 502);
+        assert!(
+            owner.text().contains("hunter2"),
+            "{function}: {}",
+            owner.text()
+        );
+    }
+}
+
+#[test]
+fn a_streamed_handlers_stderr_is_its_log_not_lost() {
+    let Some(s) = setup("a_streamed_handlers_stderr_is_its_log_not_lost", &[]) else {
+        return;
+    };
+    let d = &s.daemon;
+    let script = "echo 'handled one' >&2; printf 'Status: 201\\n\\nbody\\n'\n";
+    deploy(d, "logs", &code(s.dir.path(), "logs", script), &["--http"]);
+    let reply = d.http("GET", "/fn/logs/x", b"");
+    assert_eq!((reply.status, body(&reply).as_str()), (201, "body\n"));
+    let id = reply.header("x-alcove-invocation").unwrap();
+    let record = d.http("GET", &format!("/v1/invocations/{id}"), b"").json();
+    assert_eq!(record["stderr"], "handled one\n", "{record}");
+}
