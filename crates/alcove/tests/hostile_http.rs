@@ -226,3 +226,37 @@ fn a_streamed_handlers_stderr_is_its_log_not_lost() {
     let record = d.http("GET", &format!("/v1/invocations/{id}"), b"").json();
     assert_eq!(record["stderr"], "handled one\n", "{record}");
 }
+
+#[test]
+fn a_response_with_two_content_types_or_locations_is_refused_not_passed_on() {
+    let Some(s) = setup(
+        "a_response_with_two_content_types_or_locations_is_refused_not_passed_on",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    for (name, block) in [
+        (
+            "twotypes",
+            "Content-Type: text/plain\\nContent-Type: text/html\\n",
+        ),
+        (
+            "twolocations",
+            "Location: /a\\nLocation: http://elsewhere/\\n",
+        ),
+    ] {
+        let script = format!("printf '{block}\\n<script>x</script>\\n'\n");
+        deploy(d, name, &code(s.dir.path(), name, &script), &["--http"]);
+        let reply = d.http("GET", &format!("/fn/{name}/x"), b"");
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (502, "bad_function_response"),
+            "{name}: {:?} {}",
+            reply.headers,
+            reply.text()
+        );
+        assert!(reply.text().contains("line 2"), "{}", reply.text());
+        assert!(!reply.text().contains("<script>"));
+    }
+}
