@@ -72,11 +72,10 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
             // that matched, nor in any header that holds it some other way
             // (`bearer TOKEN` to a public function).
             .filter(|(k, v)| {
-                !(by_token && *k == header::AUTHORIZATION)
-                    && !s
-                        .token
-                        .as_deref()
-                        .is_some_and(|t| auth::carries_token(v.as_bytes(), t.as_bytes()))
+                let token = s.token.as_deref();
+                let alcoves = (by_token && *k == header::AUTHORIZATION)
+                    || token.is_some_and(|t| auth::carries_token(v.as_bytes(), t.as_bytes()));
+                !alcoves
             })
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
