@@ -83,7 +83,9 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
     let http_protocol = config.protocol == "http";
     let body = body_or_error(Bytes::from_request(request, &s).await)?.to_vec();
     match s.engine.invoke_endpoint(endpoint, &http, body).await? {
-        HttpReply::Done(done) => Ok(respond(*done, http_protocol, by_token)),
+        HttpReply::Done(done) => {
+            Ok(held_until_taken(&s, respond(*done, http_protocol, by_token)).await)
+        }
         HttpReply::Stream(stream) => Ok(stream_response(stream, by_token).await),
     }
 }
@@ -136,6 +138,66 @@ pub(crate) fn respond(done: Invocation, http_protocol: bool, show_record: bool) 
     response.headers_mut().extend(headers);
     mark_error(&mut response);
     response
+}
+
+/// A buffered response whose bytes count against the backlog's byte limit
+/// until its client has taken them (or gone away): clients that stop reading
+/// make new invocations wait their turn (503), not the daemon's memory grow.
+pub(crate) async fn held_until_taken(s: &AppState, response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    // The body is whole already (an invocation's buffered response).
+    let rest = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(rest) => rest,
+        Err(e) => return ApiError::from(EngineError::Internal(e.to_string())).into_response(),
+    };
+    let held = match s.engine.hold_response(rest.len()) {
+        Ok(held) => held,
+        Err(e) => {
+            // The invocation ran and is recorded: its id finds it.
+            let mut busy = ApiError::from(e).into_response();
+            for name in ["x-alcove-invocation", "x-alcove-version", "x-alcove-status"] {
+                if let Some(v) = parts.headers.get(name) {
+                    busy.headers_mut().insert(name, v.clone());
+                }
+            }
+            mark_error(&mut busy);
+            return busy;
+        }
+    };
+    let held = HeldBody { rest, _held: held };
+    Response::from_parts(parts, Body::new(held))
+}
+
+/// Hands the response on a chunk at a time, so that the server asks for the
+/// last one (and the count is released) only once it has sent the rest.
+struct HeldBody {
+    rest: Bytes,
+    _held: alcove_engine::HeldBytes,
+}
+
+impl HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let chunk = this.rest.split_to(this.rest.len().min(CHUNK));
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 /// Tells alcove's own error answers from an `http` handler's own statuses.

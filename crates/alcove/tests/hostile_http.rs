@@ -260,3 +260,62 @@ fn a_response_with_two_content_types_or_locations_is_refused_not_passed_on() {
         assert!(!reply.text().contains("<script>"));
     }
 }
+
+#[test]
+fn clients_that_stop_reading_cannot_make_the_daemon_hold_responses_past_its_byte_limit() {
+    use std::io::Write;
+    let Some(s) = setup(
+        "clients_that_stop_reading_cannot_make_the_daemon_hold_responses_past_its_byte_limit",
+        &["--max-queued-bytes", "16M"],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let big = code(s.dir.path(), "big", "head -c 6000000 /dev/zero\n");
+    deploy(d, "big", &big, &["--public"]);
+    // Clients that ask and never read: each finished response waits for them.
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let stream = std::net::TcpStream::connect(&d.addr).unwrap();
+        let size: libc::c_int = 4096;
+        // SAFETY: a live socket, and an int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        (&stream)
+            .write_all(b"GET /fn/big/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        stalled.push(stream);
+    }
+    common::wait_until(
+        "the stalled invocations end",
+        std::time::Duration::from_secs(30),
+        || {
+            let logs = d
+                .http("GET", "/v1/functions/big/logs?limit=100", b"")
+                .json();
+            logs["invocations"].as_array().map_or(0, Vec::len) >= 6
+        },
+    );
+    // Two 6 MB responses fit in 16M; the rest were refused, and so is the next.
+    let reply = http(&d.addr, "GET", "/fn/big/x", &[], b"");
+    assert_eq!(reply.status, 429, "{:?}", reply.headers);
+    assert!(reply.text().contains("not yet taken"), "{}", reply.text());
+    assert!(reply.header("x-alcove-invocation").is_some());
+    // Once those clients go, whole responses go out again.
+    drop(stalled);
+    common::wait_until(
+        "the held bytes are given back",
+        std::time::Duration::from_secs(10),
+        || http(&d.addr, "GET", "/fn/big/x", &[], b"").status == 200,
+    );
+    let reply = http(&d.addr, "GET", "/fn/big/x", &[], b"");
+    assert_eq!((reply.status, reply.body.len()), (200, 6_000_000));
+}
