@@ -40,6 +40,18 @@ pub(crate) fn bearer_matches(presented: Option<&[u8]>, token: &[u8]) -> bool {
     bool::from(given.ct_eq(token))
 }
 
+/// Whether a header's `value` holds `token` as one of its words (split at
+/// whitespace and commas), whatever the scheme or header: `bearer TOKEN`,
+/// `Bearer  TOKEN` or a bare `TOKEN` do not authenticate, but must not reach
+/// a public function's handler either. Each word is compared in constant time.
+pub(crate) fn carries_token(value: &[u8], token: &[u8]) -> bool {
+    let mut found = subtle::Choice::from(0);
+    for word in value.split(|b| b.is_ascii_whitespace() || *b == b',') {
+        found |= word.ct_eq(token);
+    }
+    bool::from(found)
+}
+
 /// For `/fn/...` requests: whether they carried the daemon's token.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller {
@@ -110,5 +122,22 @@ mod tests {
         assert!(!bearer_matches(Some(b"bearer s3cret"), b"s3cret"));
         assert!(!bearer_matches(Some(b"s3cret"), b"s3cret"));
         assert!(!bearer_matches(None, b"s3cret"));
+    }
+
+    #[test]
+    fn the_token_is_found_whatever_its_scheme_but_not_inside_other_words() {
+        use super::carries_token;
+        for v in [
+            "bearer s3cret",
+            "Bearer  s3cret",
+            "s3cret",
+            "Token s3cret, x",
+            "a,s3cret",
+        ] {
+            assert!(carries_token(v.as_bytes(), b"s3cret"), "{v}");
+        }
+        for v in ["Bearer s3cretX", "Bearer s3cre", "Basic czNjcmV0", ""] {
+            assert!(!carries_token(v.as_bytes(), b"s3cret"), "{v}");
+        }
     }
 }

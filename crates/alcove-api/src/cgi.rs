@@ -42,6 +42,11 @@ pub enum CgiError {
          once, such as 'Status: 404 Not Found'"
     )]
     BadStatus(usize),
+    #[error(
+        "line {0} of its header block repeats Content-Type or Location, which a response \
+         carries once (a client and a proxy could each take a different one)"
+    )]
+    Repeated(usize),
     #[error("its stdout ended before the empty line that ends the header block")]
     Unterminated,
 }
@@ -139,6 +144,10 @@ fn add_line(
         return Ok(());
     }
     let value = HeaderValue::from_bytes(value).map_err(|_| CgiError::BadValue(number))?;
+    let single = name == header::CONTENT_TYPE || name == header::LOCATION;
+    if single && headers.contains_key(&name) {
+        return Err(CgiError::Repeated(number));
+    }
     if !dropped(&name) {
         headers.append(name, value);
     }
@@ -227,6 +236,14 @@ mod tests {
             Err(CgiError::BadStatus(2))
         );
         assert_eq!(head(" folded: x\n\n"), Err(CgiError::BadName(1)));
+        assert_eq!(
+            head("Content-Type: text/plain\ncontent-type: text/html\n\n"),
+            Err(CgiError::Repeated(2))
+        );
+        assert_eq!(
+            head("Location: /a\nX: y\nLocation: http://elsewhere/\n\n"),
+            Err(CgiError::Repeated(3))
+        );
     }
 
     #[test]

@@ -68,15 +68,25 @@ async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
         headers: request
             .headers()
             .iter()
-            .filter(|(k, _)| !(by_token && *k == header::AUTHORIZATION))
+            // The token never reaches a handler: not in the Authorization
+            // that matched, nor in any header that holds it some other way
+            // (`bearer TOKEN` to a public function).
+            .filter(|(k, v)| {
+                let token = s.token.as_deref();
+                let alcoves = (by_token && *k == header::AUTHORIZATION)
+                    || token.is_some_and(|t| auth::carries_token(v.as_bytes(), t.as_bytes()));
+                !alcoves
+            })
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
     };
     let http_protocol = config.protocol == "http";
     let body = body_or_error(Bytes::from_request(request, &s).await)?.to_vec();
     match s.engine.invoke_endpoint(endpoint, &http, body).await? {
-        HttpReply::Done(done) => Ok(respond(*done, http_protocol)),
-        HttpReply::Stream(stream) => Ok(stream_response(stream).await),
+        HttpReply::Done(done) => {
+            Ok(held_until_taken(&s, respond(*done, http_protocol, by_token)).await)
+        }
+        HttpReply::Stream(stream) => Ok(stream_response(stream, by_token).await),
     }
 }
 
@@ -95,13 +105,17 @@ pub(crate) fn invoke_request(name: &str, headers: &axum::http::HeaderMap) -> Htt
 
 /// The answer to a finished invocation: for `body` functions, stdout with
 /// 200 when the handler succeeded; for `http` ones, the CGI response it
-/// wrote; a failed invocation as a JSON error either way.
-pub(crate) fn respond(done: Invocation, http_protocol: bool) -> Response {
+/// wrote; a failed invocation as a JSON error either way, with its record
+/// (stderr included) only when `show_record`: a public function's caller
+/// without the token gets the error and the invocation's id, not its log.
+pub(crate) fn respond(done: Invocation, http_protocol: bool, show_record: bool) -> Response {
     let headers = invocation_headers(&done.record);
     let record = done.record;
     let mut response = if !record.succeeded() || record.output_truncated {
         let mut error = failure(&record);
-        error.detail = Some(json!({ "invocation": crate::wire::InvocationView::from(record) }));
+        if show_record {
+            error.detail = Some(json!({ "invocation": crate::wire::InvocationView::from(record) }));
+        }
         error.into_response()
     } else if http_protocol {
         match cgi::parse_at_end(&done.response) {
@@ -124,6 +138,66 @@ pub(crate) fn respond(done: Invocation, http_protocol: bool) -> Response {
     response.headers_mut().extend(headers);
     mark_error(&mut response);
     response
+}
+
+/// A buffered response whose bytes count against the backlog's byte limit
+/// until its client has taken them (or gone away): clients that stop reading
+/// make new invocations wait their turn (503), not the daemon's memory grow.
+pub(crate) async fn held_until_taken(s: &AppState, response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    // The body is whole already (an invocation's buffered response).
+    let rest = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(rest) => rest,
+        Err(e) => return ApiError::from(EngineError::Internal(e.to_string())).into_response(),
+    };
+    let held = match s.engine.hold_response(rest.len()) {
+        Ok(held) => held,
+        Err(e) => {
+            // The invocation ran and is recorded: its id finds it.
+            let mut busy = ApiError::from(e).into_response();
+            for name in ["x-alcove-invocation", "x-alcove-version", "x-alcove-status"] {
+                if let Some(v) = parts.headers.get(name) {
+                    busy.headers_mut().insert(name, v.clone());
+                }
+            }
+            mark_error(&mut busy);
+            return busy;
+        }
+    };
+    let held = HeldBody { rest, _held: held };
+    Response::from_parts(parts, Body::new(held))
+}
+
+/// Hands the response on a chunk at a time, so that the server asks for the
+/// last one (and the count is released) only once it has sent the rest.
+struct HeldBody {
+    rest: Bytes,
+    _held: alcove_engine::HeldBytes,
+}
+
+impl HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let chunk = this.rest.split_to(this.rest.len().min(CHUNK));
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 /// Tells alcove's own error answers from an `http` handler's own statuses.
@@ -155,13 +229,13 @@ fn bad_response(e: CgiError) -> ApiError {
 
 /// Reads the handler's header block, then answers with it and streams the
 /// rest of stdout as the body.
-async fn stream_response(mut stream: HttpStream) -> Response {
+async fn stream_response(mut stream: HttpStream, show_record: bool) -> Response {
     let mut head = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; CHUNK];
     let parsed = loop {
         let n = stream.stdout.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
-            return ended_before_head(stream, head).await;
+            return ended_before_head(stream, head, show_record).await;
         }
         head.extend_from_slice(&chunk[..n]);
         // Parsed again only when a line ended: a handler writing a byte at a
@@ -208,11 +282,11 @@ async fn stream_response(mut stream: HttpStream) -> Response {
 
 /// stdout ended before a whole header block: the invocation's failure when
 /// it failed, else the handler's bad response.
-async fn ended_before_head(stream: HttpStream, head: Vec<u8>) -> Response {
+async fn ended_before_head(stream: HttpStream, head: Vec<u8>, show_record: bool) -> Response {
     match stream.done.await {
         Ok(Ok(mut done)) => {
             done.response = head;
-            respond(done, true)
+            respond(done, true, show_record)
         }
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::from(EngineError::Internal(format!(

@@ -233,7 +233,8 @@ async fn invoke(
         .engine
         .invoke_request(&name, q.version, &request, body)
         .await?;
-    Ok(crate::endpoint::respond(done, http_protocol))
+    let response = crate::endpoint::respond(done, http_protocol, true);
+    Ok(crate::endpoint::held_until_taken(&s, response).await)
 }
 
 pub(crate) fn invocation_headers(r: &InvocationRecord) -> HeaderMap {

@@ -43,6 +43,28 @@ impl Drop for Ticket {
     }
 }
 
+/// Bytes of a finished invocation's response that wait for their client to
+/// take them, counted with the backlog's bytes until dropped: a client that
+/// stops reading cannot make the daemon hold more than the operator allowed
+/// (new invocations get `Busy` meanwhile).
+#[derive(Debug)]
+pub struct HeldBytes {
+    backlog: Arc<Backlog>,
+    bytes: u64,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.backlog.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for Backlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backlog").finish_non_exhaustive()
+    }
+}
+
 /// The slots one running invocation holds.
 pub(crate) type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -97,11 +119,36 @@ impl Admission {
         }
         if held > b.max_bytes {
             return Err(EngineError::Busy(format!(
-                "the bodies of waiting invocations would take {held} bytes (the limit is {}); retry later",
+                "the bodies of waiting invocations and the responses not yet taken by their clients would take {held} bytes (the limit is {}); retry later",
                 b.max_bytes
             )));
         }
         Ok(ticket)
+    }
+
+    /// Counts `bytes` of a response waiting for its client (see
+    /// [`HeldBytes`]), or `Busy` when that would pass the byte limit and
+    /// other bytes are held already.
+    pub(crate) fn hold(&self, bytes: usize) -> Result<HeldBytes, EngineError> {
+        let b = &self.backlog;
+        let bytes = bytes as u64;
+        let held = HeldBytes {
+            backlog: Arc::clone(b),
+            bytes,
+        };
+        let before = b.bytes.fetch_add(bytes, Ordering::SeqCst);
+        let total = before.saturating_add(bytes);
+        // A response alone passes, whatever its size (it is within its
+        // function's output limit): a low limit must not make it undeliverable.
+        if before > 0 && total > b.max_bytes {
+            return Err(EngineError::Busy(format!(
+                "the invocation ended, but its response of {bytes} bytes would make the \
+                 responses not yet taken by their clients and the bodies of waiting \
+                 invocations take {total} bytes (the limit is {}); retry later",
+                b.max_bytes
+            )));
+        }
+        Ok(held)
     }
 
     /// Invocations in the backlog now.
@@ -187,6 +234,18 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_responses_count_against_the_bytes_but_one_alone_always_passes() {
+        let a = Admission::new(1, 10, 100, Gauge::default());
+        let first = a.hold(150).expect("a response alone passes");
+        assert!(a.hold(1).is_err(), "over the limit with another held");
+        assert!(a.enter(1).is_err(), "bodies wait behind held responses");
+        drop(first);
+        let _second = a.hold(60).unwrap();
+        assert!(a.hold(40).is_ok() && a.hold(41).is_err());
+        assert!(a.hold(0).is_ok());
+    }
 
     #[test]
     fn the_backlog_refuses_beyond_its_count_and_its_bytes_and_frees_on_drop() {

@@ -182,6 +182,14 @@ pub struct HttpStream {
 }
 
 impl Engine {
+    /// Counts a finished invocation's response of `bytes` against the
+    /// backlog's byte limit until the guard is dropped (once its client took
+    /// it, or went away).
+    /// `Busy` when that would pass the limit: the response is then dropped.
+    pub fn hold_response(&self, bytes: usize) -> Result<crate::HeldBytes, EngineError> {
+        self.admission.hold(bytes)
+    }
+
     /// The `latest` version of `name`, for a request to `/fn/NAME`.
     pub async fn endpoint(self: &Arc<Self>, name: &str) -> Result<Endpoint, EngineError> {
         let (version, cap) = self.resolve(name, None).await?;

@@ -23,6 +23,7 @@ mod model;
 mod running;
 mod store;
 
+pub use admission::HeldBytes;
 pub use alcove_sandbox::error_chain;
 pub use code_links::link_leaves;
 pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};

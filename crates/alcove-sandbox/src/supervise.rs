@@ -448,9 +448,11 @@ pub(crate) fn supervise(
         stdout: Vec::new(),
         stderr: Vec::new(),
     };
-    let mut buffers = pumps.into_iter().filter_map(|p| match p.sink {
-        Sink::Buffer(kept) => Some(kept),
-        Sink::Fd(_) | Sink::Stream(_) => None,
+    // By position (stdout, then stderr): with a streamed stdout, stderr is
+    // the only buffer, and must not be taken for stdout.
+    let mut buffers = pumps.into_iter().map(|p| match p.sink {
+        Sink::Buffer(kept) => kept,
+        Sink::Fd(_) | Sink::Stream(_) => Vec::new(),
     });
     outcome.stdout = buffers.next().unwrap_or_default();
     outcome.stderr = buffers.next().unwrap_or_default();

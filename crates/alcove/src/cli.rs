@@ -85,8 +85,9 @@ struct ServeArgs {
     /// Invocations waiting for a slot before new ones get 429 [default: 1024].
     #[arg(long)]
     max_queued: Option<usize>,
-    /// Bytes of request bodies waiting invocations may hold in all before new
-    /// ones get 429 [default: 256M].
+    /// Bytes of request bodies waiting invocations, and of responses their
+    /// clients have not yet taken, may hold in all before new ones get 429
+    /// [default: 256M].
     #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
     max_queued_bytes: Option<u64>,
     /// Longest timeout a function may be deployed with [default: 15m].
