@@ -61,6 +61,7 @@ pub fn app(state: AppState) -> Router {
     let function = any(crate::endpoint::serve).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY));
     Router::new()
         .route("/fn/{name}", function.clone())
+        .route("/fn/{name}/", function.clone())
         .route("/fn/{name}/{*rest}", function)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

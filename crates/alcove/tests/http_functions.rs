@@ -176,6 +176,14 @@ env
     );
     assert!(!body.contains("HTTP_AUTHORIZATION"), "{body}");
 
+    // With and without a trailing slash, the function's root is "/".
+    for path in ["/fn/echo", "/fn/echo/", "/fn/echo/?q=1"] {
+        let reply = http(&d.addr, "GET", path, &[("authorization", &auth)], b"");
+        assert_eq!(reply.status, 201, "{path}: {}", reply.text());
+        let body = String::from_utf8(dechunk(&reply.body)).unwrap();
+        assert!(body.lines().any(|l| l == "path=/"), "{path}:\n{body}");
+    }
+
     // The same function through /v1/.../invoke: a POST, its response parsed alike.
     let reply = d.http("POST", "/v1/functions/echo/invoke", b"via-v1");
     assert_eq!(reply.status, 201, "{}", reply.text());
