@@ -115,6 +115,16 @@ pub(crate) fn respond(done: Invocation, http_protocol: bool, show_record: bool) 
         let mut error = failure(&record);
         if show_record {
             error.detail = Some(json!({ "invocation": crate::wire::InvocationView::from(record) }));
+        } else if matches!(
+            error.code,
+            "function_not_started" | "function_cancelled" | "function_killed_by_policy"
+        ) {
+            // These carry alcove's own reasons (host paths, policy details),
+            // which are the owner's to read, by the invocation's id.
+            error.message = format!(
+                "the function did not run to its end; its owner can see why in invocation {}",
+                record.id
+            );
         }
         error.into_response()
     } else if http_protocol {

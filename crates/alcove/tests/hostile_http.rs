@@ -161,6 +161,47 @@ fn path_tricks_on_a_public_function_reach_only_that_function() {
 }
 
 #[test]
+fn an_anonymous_caller_never_reads_alcoves_own_reasons_for_a_failure() {
+    // alcove's reasons name host paths: here a bind source gone since the deploy.
+    let allowed = tempfile::tempdir().unwrap();
+    let source = allowed.path().join("host-only-name-4711");
+    std::fs::create_dir(&source).unwrap();
+    let allow = allowed.path().to_str().unwrap().to_owned();
+    let Some(s) = setup(
+        "an_anonymous_caller_never_reads_alcoves_own_reasons_for_a_failure",
+        &["--allow-bind", &allow],
+    ) else {
+        return;
+    };
+    let d = &s.daemon;
+    let bind = format!("{}:/data", source.display());
+    let script = "ls /data\n";
+    deploy(
+        d,
+        "gone",
+        &code(s.dir.path(), "gone", script),
+        &["--public", "--bind", &bind],
+    );
+    std::fs::remove_dir(&source).unwrap();
+    let anon = http(&d.addr, "GET", "/fn/gone/", &[], b"");
+    assert_eq!(anon.status, 502, "{}", anon.text());
+    assert_eq!(anon.code(), "function_not_started", "{}", anon.text());
+    assert!(
+        !anon.text().contains("host-only-name-4711"),
+        "a host path reached an anonymous caller: {}",
+        anon.text()
+    );
+    // The owner, with the token, reads the reason.
+    let owner = d.http("GET", "/fn/gone/", b"");
+    assert_eq!(owner.code(), "function_not_started", "{}", owner.text());
+    assert!(
+        owner.text().contains("host-only-name-4711"),
+        "{}",
+        owner.text()
+    );
+}
+
+#[test]
 fn an_anonymous_caller_of_a_failing_public_function_gets_the_error_not_its_log() {
     let Some(s) = setup(
         "an_anonymous_caller_of_a_failing_public_function_gets_the_error_not_its_log",
