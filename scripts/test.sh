@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
 alcove_require_root test.sh
-# umoci and skopeo build the real images the image tests import.
-alcove_install_packages umoci skopeo
+# umoci and skopeo build the real images the image tests import; zsh and fish
+# check the syntax of `alcove completions zsh|fish`.
+alcove_install_packages umoci skopeo zsh fish
 alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
