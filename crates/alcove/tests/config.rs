@@ -4,24 +4,10 @@
 //! daemon, driven through `alcove fn` and over HTTP.
 
 mod common;
-use common::daemon::{setup, Daemon};
+use common::daemon::{ok, refused, setup, Daemon};
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
-
-/// `alcove fn ARGS` that must succeed; its stdout.
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let (code, out, err) = d.cli(args);
-    assert_eq!(code, 0, "alcove fn {args:?} failed: {err}{out}");
-    out
-}
-
-/// `alcove fn ARGS` that must fail; its stderr.
-fn refused(d: &Daemon, args: &[&str]) -> String {
-    let (code, out, err) = d.cli(args);
-    assert_ne!(code, 0, "alcove fn {args:?} should have failed: {out}");
-    err
-}
 
 fn invoke(d: &Daemon, name: &str) -> String {
     ok(d, &["invoke", name, "--data", ""])

@@ -3,27 +3,13 @@
 //! must never come back. A real daemon, driven through `alcove fn` and HTTP.
 
 mod common;
-use common::daemon::{setup, Daemon};
+use common::daemon::{ok, refused, setup, Daemon};
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// `alcove fn ARGS` that must succeed; its stdout.
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let (code, out, err) = d.cli(args);
-    assert_eq!(code, 0, "alcove fn {args:?} failed: {err}{out}");
-    out
-}
-
-/// `alcove fn ARGS` that must fail; its stderr.
-fn refused(d: &Daemon, args: &[&str]) -> String {
-    let (code, out, err) = d.cli(args);
-    assert_ne!(code, 0, "alcove fn {args:?} should have failed: {out}");
-    err
-}
 
 /// Swaps `a` and `b` atomically (renameat2 RENAME_EXCHANGE).
 fn exchange(a: &Path, b: &Path) {

@@ -3,38 +3,14 @@
 //! backpressure, public functions, and clients that go away.
 
 mod common;
-use common::daemon::{http, setup, Daemon, Reply};
+use common::daemon::{code, deploy, http, setup, Daemon, Reply};
 use common::wait_until;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
-
-/// A code directory holding `handler.sh`.
-fn code(dir: &Path, name: &str, script: &str) -> PathBuf {
-    let code = dir.join(name);
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("handler.sh"), script).unwrap();
-    code
-}
-
-fn deploy(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
-    let code = code.to_str().unwrap();
-    let mut args = vec![
-        "deploy",
-        name,
-        "--handler",
-        "sh /fn/handler.sh",
-        "--code",
-        code,
-    ];
-    args.extend_from_slice(extra);
-    let (status, _, err) = d.cli(&args);
-    assert_eq!(status, 0, "deploy {name}: {err}");
-}
 
 fn bearer(d: &Daemon) -> String {
     format!("Bearer {}", d.token.as_deref().expect("the daemon's token"))

@@ -240,3 +240,41 @@ pub fn setup_with_env(test: &str, extra: &[&str], env: &[(&str, &str)]) -> Optio
         _serial: serial,
     })
 }
+
+/// `alcove fn ARGS` that must succeed; its stdout.
+pub fn ok(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.cli(args);
+    assert_eq!(code, 0, "alcove fn {args:?} failed: {err}{out}");
+    out
+}
+
+/// `alcove fn ARGS` that must fail; its stderr.
+pub fn refused(d: &Daemon, args: &[&str]) -> String {
+    let (code, out, err) = d.cli(args);
+    assert_ne!(code, 0, "alcove fn {args:?} should have failed: {out}");
+    err
+}
+
+/// A code directory `DIR/NAME` holding `handler.sh`.
+pub fn code(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let code = dir.join(name);
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("handler.sh"), script).unwrap();
+    code
+}
+
+/// Deploys `sh /fn/handler.sh` from `code`, with `extra` flags; must succeed.
+pub fn deploy(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
+    let code = code.to_str().unwrap();
+    let mut args = vec![
+        "deploy",
+        name,
+        "--handler",
+        "sh /fn/handler.sh",
+        "--code",
+        code,
+    ];
+    args.extend_from_slice(extra);
+    let (status, _, err) = d.cli(&args);
+    assert_eq!(status, 0, "deploy {name}: {err}");
+}
