@@ -354,22 +354,6 @@ fn an_https_certificate_check_works_in_the_host_view() {
     );
 }
 
-fn image(store: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ALCOVE)
-        .arg("image")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 #[test]
 fn images_are_found_by_short_names_and_pinned_by_the_functions_that_run_them() {
     let test = "images_are_found_by_short_names_and_pinned_by_the_functions_that_run_them";

@@ -227,22 +227,6 @@ fn a_host_file_not_everyone_may_read_stays_out_of_the_host_view_even_for_uid_0()
     assert!(!out.contains("TOPSECRET"), "a 0600 host file: {out}");
 }
 
-fn image(store: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ALCOVE)
-        .arg("image")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 fn pinned_keys(store: &Path) -> Vec<String> {
     std::fs::read_dir(store.join("pins")).map_or(Vec::new(), |r| {
         r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

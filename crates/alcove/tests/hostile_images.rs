@@ -106,25 +106,16 @@ impl Tar {
 }
 
 /// `alcove image --store STORE ARGS`: exit code and stderr.
-fn image(store: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(ALCOVE)
-        .arg("image")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn image_err(store: &Path, args: &[&str]) -> (i32, String) {
+    let (code, _, err) = common::image(store, args);
+    (code, err)
 }
 
 /// Writes a layout of `layers` with `config` and imports it as `name`.
 fn imported(dir: &Path, store: &Path, name: &str, layers: Vec<Vec<u8>>, config: Value) {
     let l = dir.join(format!("layout-{name}"));
     layout(&l, &layers, true, config);
-    let (code, err) = image(store, &["import", l.to_str().unwrap(), "--name", name]);
+    let (code, err) = image_err(store, &["import", l.to_str().unwrap(), "--name", name]);
     assert_eq!(code, 0, "importing {name}: {err}");
 }
 
@@ -632,7 +623,7 @@ fn layouts_are_read_without_following_links() {
     std::fs::rename(l.join("blobs"), &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, l.join("blobs")).unwrap();
     let store = dir.path().join("store");
-    let (code, err) = image(&store, &["import", l.to_str().unwrap(), "--name", "x"]);
+    let (code, err) = image_err(&store, &["import", l.to_str().unwrap(), "--name", "x"]);
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("cannot be opened inside the layout"), "{err}");
 }

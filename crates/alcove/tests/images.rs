@@ -10,22 +10,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn image(store: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ALCOVE)
-        .arg("image")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .expect("run alcove image");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
 fn image_json(store: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");

@@ -282,3 +282,20 @@ pub fn processes_in_cgroup(dir: &std::path::Path) -> Vec<String> {
     }
     found
 }
+
+/// `alcove image --store STORE ARGS`: exit code, stdout and stderr.
+pub fn image(store: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ALCOVE)
+        .arg("image")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run alcove image");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
