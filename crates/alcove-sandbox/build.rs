@@ -23,6 +23,10 @@ use filter_tree::{Verdict, BPF_JMP_JEQ_K, BPF_LD_W_ABS, RET_ERRNO, RET_KILL_PROC
 
 const ENOSYS: u32 = 38;
 const EPERM: u32 = 1;
+/// CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+/// CLONE_NEWPID: the one `unshare` a warm template's copies make
+/// (docs/warm-protocol.md; `seccomp::COPY_UNSHARE_FLAGS` repeats it).
+const COPY_UNSHARE_FLAGS: u64 = 0x7c02_0000;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Action {
@@ -91,75 +95,94 @@ fn main() {
         action.insert(nr, Action::Allow);
         names.insert(nr, name);
     }
-    let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for rule in rules("deny") {
-        let name = rule["syscall"].as_str().expect("syscall name").to_owned();
-        groups.entry(name).or_default().push(rule);
-    }
-    let mut leaves: Vec<Vec<sock_filter>> = Vec::new();
-    for (name, group) in groups {
-        let unconditional = group.iter().all(|rule| rule.get("args").is_none());
-        let program = compile(
-            group,
-            serde_json::json!("allow"),
-            serde_json::json!({"errno": EPERM}),
-        );
-        let nr = number_of(&program);
-        assert_eq!(
-            action.get(&nr),
-            Some(&Action::Allow),
-            "{name} is denied but not known"
-        );
-        if unconditional {
-            action.insert(nr, Action::Deny);
-            continue;
+    let known = action;
+    // Builds the one-filter program for a list of deny rules over the known set.
+    let program_for = |deny: Vec<serde_json::Value>| -> Vec<u8> {
+        let mut action = known.clone();
+        let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for rule in deny {
+            let name = rule["syscall"].as_str().expect("syscall name").to_owned();
+            groups.entry(name).or_default().push(rule);
         }
-        action.insert(nr, Action::Leaf(leaves.len()));
-        leaves.push(program);
-    }
+        let mut leaves: Vec<Vec<sock_filter>> = Vec::new();
+        for (name, group) in groups {
+            let unconditional = group.iter().all(|rule| rule.get("args").is_none());
+            let program = compile(
+                group,
+                serde_json::json!("allow"),
+                serde_json::json!({"errno": EPERM}),
+            );
+            let nr = number_of(&program);
+            assert_eq!(
+                action.get(&nr),
+                Some(&Action::Allow),
+                "{name} is denied but not known"
+            );
+            if unconditional {
+                action.insert(nr, Action::Deny);
+                continue;
+            }
+            action.insert(nr, Action::Leaf(leaves.len()));
+            leaves.push(program);
+        }
 
-    // Runs of equal verdicts over the whole number line; past the last known
-    // number (and x32's high numbers) everything is unknown.
-    let last = *action.keys().last().expect("a non-empty policy");
-    let verdict = |a: Action| match a {
-        Action::Allow => Verdict::Return(filter_tree::RET_ALLOW),
-        Action::Unknown => Verdict::Return(RET_ERRNO | ENOSYS),
-        Action::Deny => Verdict::Return(RET_ERRNO | EPERM),
-        Action::Leaf(i) => Verdict::Leaf(i),
+        // Runs of equal verdicts over the whole number line; past the last known
+        // number (and x32's high numbers) everything is unknown.
+        let last = *action.keys().last().expect("a non-empty policy");
+        let verdict = |a: Action| match a {
+            Action::Allow => Verdict::Return(filter_tree::RET_ALLOW),
+            Action::Unknown => Verdict::Return(RET_ERRNO | ENOSYS),
+            Action::Deny => Verdict::Return(RET_ERRNO | EPERM),
+            Action::Leaf(i) => Verdict::Leaf(i),
+        };
+        let segments = filter_tree::segments(
+            last,
+            |nr| verdict(action.get(&nr).copied().unwrap_or(Action::Unknown)),
+            verdict(Action::Unknown),
+        );
+        let audit_arch = arch_check[1].k; // seccompiler's arch check value
+        let mut program: Vec<filter_tree::Insn> = filter_tree::prologue(audit_arch);
+        let leaf_jumps = filter_tree::search(&segments, &mut program);
+        let mut leaf_starts = Vec::new();
+        for leaf in &leaves {
+            leaf_starts.push(program.len());
+            program.extend(leaf.iter().map(|i| filter_tree::Insn {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            }));
+        }
+        for (at, leaf) in leaf_jumps {
+            program[at].k = (leaf_starts[leaf] - at - 1) as u32;
+        }
+        assert!(program.len() <= 4096, "BPF_MAXINSNS");
+        assert_eq!(program[2].k, RET_KILL_PROCESS);
+
+        let mut bytes = Vec::with_capacity(program.len() * 8);
+        for i in &program {
+            bytes.extend_from_slice(&i.code.to_ne_bytes());
+            bytes.push(i.jt);
+            bytes.push(i.jf);
+            bytes.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        bytes
     };
-    let segments = filter_tree::segments(
-        last,
-        |nr| verdict(action.get(&nr).copied().unwrap_or(Action::Unknown)),
-        verdict(Action::Unknown),
-    );
-    let audit_arch = arch_check[1].k; // seccompiler's arch check value
-    let mut program: Vec<filter_tree::Insn> = filter_tree::prologue(audit_arch);
-    let leaf_jumps = filter_tree::search(&segments, &mut program);
-    let mut leaf_starts = Vec::new();
-    for leaf in &leaves {
-        leaf_starts.push(program.len());
-        program.extend(leaf.iter().map(|i| filter_tree::Insn {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        }));
-    }
-    for (at, leaf) in leaf_jumps {
-        program[at].k = (leaf_starts[leaf] - at - 1) as u32;
-    }
-    assert!(program.len() <= 4096, "BPF_MAXINSNS");
-    assert_eq!(program[2].k, RET_KILL_PROCESS);
-
-    let mut bytes = Vec::with_capacity(program.len() * 8);
-    for i in &program {
-        bytes.extend_from_slice(&i.code.to_ne_bytes());
-        bytes.push(i.jt);
-        bytes.push(i.jf);
-        bytes.extend_from_slice(&i.k.to_ne_bytes());
-    }
+    let default_deny = rules("deny");
+    // A warm template's copies put themselves into fresh namespaces: the template
+    // may unshare exactly the copy's flag set, and mount (which needs capabilities
+    // it only has in a copy's own user namespace). Everything else stays denied.
+    let template_deny: Vec<serde_json::Value> = default_deny
+        .iter()
+        .filter(|r| !matches!(r["syscall"].as_str(), Some("mount" | "unshare")) || r.get("args").is_some())
+        .cloned()
+        .chain(std::iter::once(serde_json::json!({"syscall": "unshare", "args": [{"index": 0, "type": "qword", "op": "ne", "val": COPY_UNSHARE_FLAGS}]})))
+        .collect();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    std::fs::write(out.join("seccomp_default.bpf"), bytes).expect("write the BPF program");
+    std::fs::write(out.join("seccomp_default.bpf"), program_for(default_deny))
+        .expect("write the BPF program");
+    std::fs::write(out.join("seccomp_template.bpf"), program_for(template_deny))
+        .expect("write the template BPF program");
     let table: String = names
         .iter()
         .map(|(nr, name)| format!("    ({nr}, {name:?}),\n"))

@@ -345,6 +345,24 @@ impl SandboxCgroup {
         }
     }
 
+    /// Moves the single-threaded process `pid`, which alcove did not start in
+    /// this cgroup (a warm copy), into it in every hierarchy. In v1 it writes
+    /// `tasks`, which moves the one thread without the global threadgroup lock
+    /// a `cgroup.procs` write takes; v2 has only `cgroup.procs`.
+    pub fn adopt(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
+        let value = pid.to_string();
+        let unified = self.unified.iter().map(|d| d.join("cgroup.procs"));
+        let v1 = self.v1.iter().map(|(_, d)| d.join("tasks"));
+        for path in unified.chain(v1) {
+            std::fs::write(&path, &value).map_err(|source| CgroupError::Write {
+                path,
+                value: value.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Removes every directory of the cgroup. The cgroup must be empty.
     pub fn remove(self) -> Result<(), CgroupError> {
         let mut first_error = None;

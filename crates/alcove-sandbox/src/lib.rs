@@ -7,6 +7,7 @@
 //! It does not parse command lines or talk HTTP, and it makes raw syscalls only
 //! through `alcove-sys` and cgroup changes only through `alcove-cgroup`.
 
+mod adopt;
 mod child;
 mod error;
 mod etc;
@@ -25,14 +26,15 @@ mod template;
 pub mod units;
 mod watch;
 
+pub use adopt::{adoption_cgroup, run_adopted, Adopted, HandOver};
 pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
 pub use observer::{NoObserver, Observer};
-pub use outcome::{Outcome, Phases, Status};
+pub use outcome::{Outcome, Phases, Status, WarmPhases};
 pub use run::{
     gc, gc_orphans, gc_templates, run, run_observed, take_charge_of_cgroups, GcReport, RunOptions,
 };
-pub use seccomp::{syscall_name, syscall_number};
+pub use seccomp::{copy_filter_bytes, syscall_name, syscall_number, COPY_UNSHARE_FLAGS};
 pub use spec::{
     Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, StreamTarget, User,
 };

@@ -48,6 +48,25 @@ pub struct Phases {
     pub teardown_us: f64,
 }
 
+/// Where a warm invocation's time went, in microseconds: the request path
+/// (take, hand, user code, response) and what was done off it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WarmPhases {
+    /// Taking a checked copy from the pool (waiting for one when it was empty).
+    pub take_us: f64,
+    /// Off the request path, before it: fork, the copy's fresh namespaces and
+    /// mounts, its cgroup and alcove's checks.
+    pub isolate_us: f64,
+    /// From the request leaving alcove until the handler was entered.
+    pub hand_us: f64,
+    /// The handler itself, as the copy measured it.
+    pub user_us: f64,
+    /// From the handler's return until alcove saw the copy gone and its output in.
+    pub response_us: f64,
+    /// Killing what is left and removing the copy's cgroup.
+    pub teardown_us: f64,
+}
+
 /// The result of one sandbox run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -79,6 +98,9 @@ pub struct Outcome {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
+    /// For a warm invocation (a copy of a template), where its time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmPhases>,
     /// What the program wrote, with [`Stdio::Capture`](crate::Stdio::Capture).
     #[serde(skip)]
     pub stdout: Vec<u8>,

@@ -9,6 +9,41 @@
 use std::sync::OnceLock;
 
 static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_default.bpf"));
+static TEMPLATE_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp_template.bpf"));
+
+/// The one `unshare(2)` flag set a warm template's copies make (and build.rs
+/// lets through): new user, mount, network, IPC, UTS and pid namespaces.
+pub const COPY_UNSHARE_FLAGS: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWPID) as u64;
+
+/// What each copy of a warm template stacks on the template's filter once it
+/// is set up: EPERM for the calls only its setup needed (`unshare`, `mount`)
+/// and the ones that would undo it. As raw `struct sock_filter`s in native
+/// byte order, the form docs/warm-protocol.md gives copies.
+pub fn copy_filter_bytes() -> Vec<u8> {
+    let denied = [
+        libc::SYS_unshare,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_setns,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+    ]
+    .map(|nr| nr as u32);
+    let mut bytes = Vec::new();
+    let last = denied.iter().copied().max().unwrap_or(0);
+    for i in list_filter(|nr| !denied.contains(&nr), last, true) {
+        bytes.extend_from_slice(&i.code.to_ne_bytes());
+        bytes.push(i.jt);
+        bytes.push(i.jf);
+        bytes.extend_from_slice(&i.k.to_ne_bytes());
+    }
+    bytes
+}
 include!(concat!(env!("OUT_DIR"), "/syscall_table.rs"));
 
 /// The name of syscall `nr` on this architecture, if the policy knows it.
@@ -27,23 +62,33 @@ pub fn syscall_number(name: &str) -> Option<u32> {
 /// A filter that allows exactly `allowed` (syscall numbers) and answers EPERM
 /// to every other call; stacked after the default filter for `--policy`.
 pub(crate) fn allow_list_filter(allowed: &[u32]) -> Vec<libc::sock_filter> {
+    let last = allowed.iter().copied().max().unwrap_or(0);
+    list_filter(|nr| allowed.contains(&nr), last, false)
+}
+
+/// A filter that allows the syscalls `allows` says yes to, up to `last`, and
+/// answers EPERM to the rest; numbers past `last` are allowed if `beyond`.
+fn list_filter(allows: impl Fn(u32) -> bool, last: u32, beyond: bool) -> Vec<libc::sock_filter> {
     use crate::filter_tree::{self, Verdict, RET_ALLOW, RET_ERRNO};
     #[cfg(target_arch = "x86_64")]
     const AUDIT_ARCH: u32 = 0xc000_003e;
     #[cfg(target_arch = "aarch64")]
     const AUDIT_ARCH: u32 = 0xc000_00b7;
     let deny = Verdict::Return(RET_ERRNO | libc::EPERM as u32);
-    let last = allowed.iter().copied().max().unwrap_or(0);
     let segments = filter_tree::segments(
         last,
         |nr| {
-            if allowed.contains(&nr) {
+            if allows(nr) {
                 Verdict::Return(RET_ALLOW)
             } else {
                 deny
             }
         },
-        deny,
+        if beyond {
+            Verdict::Return(RET_ALLOW)
+        } else {
+            deny
+        },
     );
     let mut program = filter_tree::prologue(AUDIT_ARCH);
     filter_tree::search(&segments, &mut program);
@@ -61,8 +106,19 @@ pub(crate) fn allow_list_filter(allowed: &[u32]) -> Vec<libc::sock_filter> {
 /// The filter's instructions.
 pub(crate) fn filter() -> &'static [libc::sock_filter] {
     static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
-    FILTER.get_or_init(|| {
-        PROGRAM
+    FILTER.get_or_init(|| instructions(PROGRAM))
+}
+
+/// The warm template's filter: the default one, but for `unshare` of exactly
+/// [`COPY_UNSHARE_FLAGS`] and `mount`.
+pub(crate) fn template_filter() -> &'static [libc::sock_filter] {
+    static FILTER: OnceLock<Vec<libc::sock_filter>> = OnceLock::new();
+    FILTER.get_or_init(|| instructions(TEMPLATE_PROGRAM))
+}
+
+fn instructions(program: &[u8]) -> Vec<libc::sock_filter> {
+    {
+        program
             .chunks_exact(8)
             .map(|c| libc::sock_filter {
                 code: u16::from_ne_bytes([c[0], c[1]]),
@@ -71,7 +127,7 @@ pub(crate) fn filter() -> &'static [libc::sock_filter] {
                 k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
             })
             .collect()
-    })
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,10 @@ pub struct SandboxSpec {
     /// When set, a second seccomp filter allows exactly these syscall numbers
     /// (a `--policy` profile) and answers EPERM to the rest.
     pub syscall_allow_list: Option<Vec<u32>>,
+    /// The sandbox is a warm template (docs/warm-protocol.md): its seccomp
+    /// filter also lets it `unshare` exactly the copies' flag set and call
+    /// `mount`, which only a copy's own user namespace gives it the right to.
+    pub warm_template: bool,
     pub stdio: Stdio,
     /// Open files the program inherits under their own numbers (not closed
     /// at exec, unlike every other descriptor of alcove's): a socket to a
@@ -245,6 +249,7 @@ impl SandboxSpec {
             init: false,
             allow_paths: Vec::new(),
             syscall_allow_list: None,
+            warm_template: false,
             stdio: Stdio::Inherit,
         }
     }

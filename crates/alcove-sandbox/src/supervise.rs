@@ -58,11 +58,22 @@ pub(crate) struct Supervision<'a> {
     pub collect_usage: bool,
     /// Counter values when the run began (non-zero for a reused pool slot).
     pub baseline: crate::pool::Baseline,
-    pub plan: &'a ChildPlan,
+    /// The child's plan; `None` for an adopted process (it had no setup here).
+    pub plan: Option<&'a ChildPlan>,
+    pub reap: Reap,
     pub program: String,
     pub t_start: u64,
     pub t_clone: u64,
     pub observer: &'a mut dyn crate::Observer,
+}
+
+/// How the supervised process's end is learned.
+pub(crate) enum Reap {
+    /// It is our child: `waitid` on its pidfd.
+    Child,
+    /// alcove did not start it (a warm copy): its last message on this socket,
+    /// `exit CODE START_NS END_NS`, says how it ended; none means a signal.
+    Adopted(OwnedFd),
 }
 
 /// Where captured output goes.
@@ -170,6 +181,8 @@ pub(crate) struct RawUsage {
     pub cpu_us: Option<(u64, u64)>,
     pub oom_kills: u64,
     pub pids_peak: Option<u64>,
+    /// An adopted process's own report of when its handler ran (monotonic ns).
+    pub handler_ns: Option<(u64, u64)>,
 }
 
 /// Watches the sandbox to its end. `read_marks` gives the child's phase
@@ -200,6 +213,7 @@ pub(crate) fn supervise(
     let mut report = Vec::with_capacity(REPORT_LEN);
     let mut t_exec: Option<u64> = None;
     let mut exit: Option<(ExitStatus, u64)> = None;
+    let mut handler_ns: Option<(u64, u64)> = None;
     let mut pumps: Vec<Pump> = s
         .outputs
         .into_iter()
@@ -360,8 +374,18 @@ pub(crate) fn supervise(
             kill(&mut kill_reason, Some(Status::Cancelled));
         }
         if ready(i_pid) {
-            let (status, _rusage) =
-                pidfd::wait(s.pidfd.as_fd()).map_err(SandboxError::Supervise)?;
+            let status = match &s.reap {
+                Reap::Child => {
+                    pidfd::wait(s.pidfd.as_fd())
+                        .map_err(SandboxError::Supervise)?
+                        .0
+                }
+                Reap::Adopted(report) => {
+                    let (status, times) = adopted_status(report);
+                    handler_ns = times;
+                    status
+                }
+            };
             exit = Some((status, process::monotonic_ns()));
         }
     }
@@ -382,17 +406,21 @@ pub(crate) fn supervise(
         };
     }
 
-    if report.len() >= REPORT_LEN {
-        return Err(setup_failure(&report, s.plan, &s.program));
+    if let (true, Some(plan)) = (report.len() >= REPORT_LEN, s.plan) {
+        return Err(setup_failure(&report, plan, &s.program));
     }
     let b = s.baseline;
-    let mut raw = RawUsage::default();
+    let mut raw = RawUsage {
+        handler_ns,
+        ..RawUsage::default()
+    };
     let usage = if s.collect_usage {
         let u = s.cgroup.usage().unwrap_or_default();
         raw = RawUsage {
             cpu_us: Some((u.cpu_user_us, u.cpu_system_us)),
             oom_kills: u.oom_kills,
             pids_peak: u.pids_peak,
+            handler_ns,
         };
         alcove_cgroup::Usage {
             cpu_user_us: u.cpu_user_us.saturating_sub(b.cpu_us.0),
@@ -445,6 +473,7 @@ pub(crate) fn supervise(
         cgroup_id: None,
         reason: policy_reason,
         phases: None,
+        warm: None,
         stdout: Vec::new(),
         stderr: Vec::new(),
     };
@@ -472,6 +501,32 @@ pub(crate) fn supervise(
         });
     }
     Ok((outcome, raw))
+}
+
+/// How an adopted process ended, from the report it queued before it exited:
+/// `exit CODE START_NS END_NS`. Without one (it was killed, or never said),
+/// it is taken as killed by SIGKILL, the only signal that cannot be caught.
+fn adopted_status(report: &OwnedFd) -> (ExitStatus, Option<(u64, u64)>) {
+    let mut buf = [0u8; 128];
+    let mut last = None;
+    // The report is the last message; take at most a few stale ones before it.
+    for _ in 0..8 {
+        match alcove_sys::seqpacket::recv_now(report.as_fd(), &mut buf) {
+            Ok(Some(n)) if n > 0 => last = Some(buf[..n].to_vec()),
+            _ => break,
+        }
+    }
+    let parsed = last.as_deref().and_then(|m| {
+        let text = std::str::from_utf8(m).ok()?;
+        let mut words = text.strip_prefix("exit ")?.split(' ');
+        let code: i32 = words.next()?.parse().ok()?;
+        let times = (|| Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?)))();
+        Some((code & 0xff, times.filter(|(a, b): &(u64, u64)| a <= b)))
+    });
+    match parsed {
+        Some((code, times)) => (ExitStatus::Exited(code), times),
+        None => (ExitStatus::Signaled(libc::SIGKILL), None),
+    }
 }
 
 fn setup_failure(report: &[u8], plan: &ChildPlan, program: &str) -> SandboxError {

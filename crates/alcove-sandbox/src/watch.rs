@@ -12,6 +12,8 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct UsageWatch {
     running: Mutex<Option<(UsageProbe, Baseline)>>,
+    /// The sandbox's first process, in alcove's pid namespace, while it runs.
+    pid: Mutex<Option<libc::pid_t>>,
 }
 
 /// What a running sandbox has used so far. Memory is what its cgroup is
@@ -51,6 +53,16 @@ impl UsageWatch {
         })
     }
 
+    /// The pid of the sandbox's first process (the program, without `init`),
+    /// from its start until its run ends.
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_pid(&self, pid: Option<libc::pid_t>) {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
+
     /// Watches `cgroup` until the returned guard is dropped.
     pub(crate) fn watch(&self, cgroup: &SandboxCgroup, baseline: Baseline) -> Watching<'_> {
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((cgroup.probe(), baseline));
@@ -63,6 +75,7 @@ pub(crate) struct Watching<'a>(&'a UsageWatch);
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
+        self.0.set_pid(None);
         *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }

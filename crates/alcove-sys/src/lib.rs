@@ -20,6 +20,7 @@ pub mod perf;
 pub mod pidfd;
 pub mod process;
 pub mod seccomp;
+pub mod seqpacket;
 pub mod signal;
 pub mod unix;
 

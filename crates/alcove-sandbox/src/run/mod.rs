@@ -12,7 +12,9 @@ use crate::{Outcome, SandboxError};
 use alcove_cgroup::{CgroupLayout, Controller, CpuQuota, SandboxCgroup};
 use alcove_sys::clone::{self, Forked};
 use alcove_sys::{fd, process};
-use pieces::{unique_name, CgroupGuard, PhasePage, Pieces, CGROUP_PREFIX};
+pub(crate) use pieces::unique_name;
+use pieces::{CgroupGuard, PhasePage, Pieces, CGROUP_PREFIX};
+pub(crate) use program::envp as environment;
 use program::{argv, envp, exec_candidates, pointers, rlimits};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -124,31 +126,7 @@ pub fn run_observed(
         fd::pipe_cloexec().map_err(prepare("creating the error pipe"))?;
     let (lifeline_read, lifeline_write) =
         fd::pipe_cloexec().map_err(prepare("creating the lifeline pipe"))?;
-    let mut outputs = Vec::new();
-    let mut child_stdio = Vec::new();
-    if let crate::Stdio::Capture { stdin } | crate::Stdio::Stream { stdin, .. } = &spec.stdio {
-        let memfd = fd::memfd_with(stdin).map_err(prepare("writing stdin to a memfd"))?;
-        for target in [1, 2] {
-            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
-            let sink = match &spec.stdio {
-                crate::Stdio::Stream { stdout, .. } if target == 1 => {
-                    supervise::Sink::Stream(crate::stream::StreamOut::new(stdout.0.clone()))
-                }
-                _ => supervise::Sink::Buffer(Vec::new()),
-            };
-            outputs.push((read, sink));
-            child_stdio.push((write, target));
-        }
-        child_stdio.push((memfd, 0));
-    } else if spec.limits.output_bytes.is_some() {
-        // The limit is stdout's; stderr passes through a cap only when it has its own.
-        let stderr_capped = spec.limits.stderr_bytes.is_some();
-        for target in [1, 2].into_iter().filter(|&t| t == 1 || stderr_capped) {
-            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
-            outputs.push((read, supervise::Sink::Fd(target)));
-            child_stdio.push((write, target));
-        }
-    }
+    let (outputs, child_stdio) = output_pipes(spec)?;
     let signals = if options.forward_signals {
         Some(
             supervise::SignalForwarder::install()
@@ -197,7 +175,11 @@ pub fn run_observed(
             .map(|(fd, t)| (fd.as_raw_fd(), *t))
             .collect(),
         keep_fds: spec.inherit_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
-        seccomp: crate::seccomp::filter(),
+        seccomp: if spec.warm_template {
+            crate::seccomp::template_filter()
+        } else {
+            crate::seccomp::filter()
+        },
         exec_candidates: exec_candidates(spec),
         argv: pointers(&argv_c),
         envp: pointers(&envp_c),
@@ -230,7 +212,7 @@ pub fn run_observed(
     if spawned.is_err() {
         observer.after_end(); // what it set up for the sandbox is not needed
     }
-    let (_pid, pidfd) = spawned.map_err(SandboxError::Clone)?;
+    let (pid, pidfd) = spawned.map_err(SandboxError::Clone)?;
     drop((
         error_write,
         lifeline_read,
@@ -239,10 +221,11 @@ pub fn run_observed(
         cgroup_dir,
     ));
 
-    let watching = options
-        .watch
-        .as_deref()
-        .map(|w| w.watch(pieces.cgroup(), pieces.baseline()));
+    let watching = options.watch.as_deref().map(|w| {
+        let watching = w.watch(pieces.cgroup(), pieces.baseline());
+        w.set_pid(Some(pid));
+        watching
+    });
     let supervision = Supervision {
         pidfd,
         error_pipe: error_read,
@@ -254,7 +237,8 @@ pub fn run_observed(
         limits: &spec.limits,
         collect_usage,
         baseline: pieces.baseline(),
-        plan: &plan,
+        plan: Some(&plan),
+        reap: supervise::Reap::Child,
         program: spec.argv[0].to_string_lossy().into_owned(),
         t_start,
         t_clone,
@@ -303,6 +287,43 @@ pub fn run_observed(
         p.teardown_us += (process::monotonic_ns() - t_teardown) as f64 / 1e3;
     }
     Ok(outcome)
+}
+
+/// The program's stdio as alcove wires it: `(read end, where it goes)` for each
+/// captured stream, and `(descriptor, number in the program)` for the program:
+/// with captured stdio, stdin is a memfd holding the request and stdout and
+/// stderr pipes; otherwise only the capped streams pass through pipes.
+#[allow(clippy::type_complexity)]
+pub(crate) fn output_pipes(
+    spec: &SandboxSpec,
+) -> Result<(Vec<(OwnedFd, supervise::Sink)>, Vec<(OwnedFd, i32)>), SandboxError> {
+    let prepare = |what| move |source| SandboxError::Prepare { what, source };
+    let mut outputs = Vec::new();
+    let mut child_stdio = Vec::new();
+    if let crate::Stdio::Capture { stdin } | crate::Stdio::Stream { stdin, .. } = &spec.stdio {
+        let memfd = fd::memfd_with(stdin).map_err(prepare("writing stdin to a memfd"))?;
+        for target in [1, 2] {
+            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
+            let sink = match &spec.stdio {
+                crate::Stdio::Stream { stdout, .. } if target == 1 => {
+                    supervise::Sink::Stream(crate::stream::StreamOut::new(stdout.0.clone()))
+                }
+                _ => supervise::Sink::Buffer(Vec::new()),
+            };
+            outputs.push((read, sink));
+            child_stdio.push((write, target));
+        }
+        child_stdio.push((memfd, 0));
+    } else if spec.limits.output_bytes.is_some() {
+        // The limit is stdout's; stderr passes through a cap only when it has its own.
+        let stderr_capped = spec.limits.stderr_bytes.is_some();
+        for target in [1, 2].into_iter().filter(|&t| t == 1 || stderr_capped) {
+            let (read, write) = fd::pipe_cloexec().map_err(prepare("creating an output pipe"))?;
+            outputs.push((read, supervise::Sink::Fd(target)));
+            child_stdio.push((write, target));
+        }
+    }
+    Ok((outputs, child_stdio))
 }
 
 /// Starts the sandbox's first process running `child::run(plan)`. On x86_64 it
@@ -356,7 +377,7 @@ fn run_child_without_unwinding(plan: &ChildPlan) -> ! {
 /// The host's cgroup layout, found once per process: a daemon starting
 /// thousands of sandboxes need not re-read /proc/self/cgroup and statfs the
 /// hierarchies for each (alcove does not move itself between cgroups).
-fn cgroup_layout() -> Result<&'static CgroupLayout, SandboxError> {
+pub(crate) fn cgroup_layout() -> Result<&'static CgroupLayout, SandboxError> {
     static LAYOUT: std::sync::OnceLock<CgroupLayout> = std::sync::OnceLock::new();
     if let Some(layout) = LAYOUT.get() {
         return Ok(layout);

@@ -117,7 +117,7 @@ impl Drop for PhasePage {
     }
 }
 
-pub(super) fn unique_name() -> String {
+pub(crate) fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!(

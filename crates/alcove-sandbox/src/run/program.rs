@@ -14,7 +14,7 @@ pub(super) fn argv(spec: &SandboxSpec) -> Vec<CString> {
         .collect()
 }
 
-pub(super) fn envp(spec: &SandboxSpec) -> Vec<CString> {
+pub(crate) fn envp(spec: &SandboxSpec) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), "/tmp".into()),

@@ -1,0 +1,170 @@
+//! Listening SOCK_SEQPACKET unix sockets, their peers' credentials, and
+//! messages that carry several descriptors: what warm copies connect through.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The most descriptors one message carries here.
+pub const MAX_FDS: usize = 4;
+
+/// A close-on-exec SOCK_SEQPACKET socket bound at `path` and listening.
+pub fn listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a unix socket path must be shorter than 108 bytes and hold no NUL",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; its result is checked.
+    let fd = crate::cvt_int(unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: the kernel just returned `fd` and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid, initialised sockaddr_un of `len` bytes.
+    crate::cvt_int(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    // SAFETY: plain listen(2) on a socket we own.
+    crate::cvt_int(unsafe { libc::listen(sock.as_raw_fd(), backlog) })?;
+    Ok(sock)
+}
+
+/// Accepts one connection (close-on-exec); `WouldBlock` on a non-blocking
+/// listener with none waiting.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers ask accept4 not to report the peer address.
+    let fd = crate::cvt_int(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned `fd` and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pid of the process that connected `sock`, in this process's pid
+/// namespace, as the kernel recorded it at connect time (`SO_PEERCRED`).
+pub fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
+    // SAFETY: all-zero is a valid ucred.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of a ucred.
+    crate::cvt_int(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.pid)
+}
+
+/// Sends `bytes` as one message with `fds` attached (SCM_RIGHTS).
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u64; 8]; // 64 bytes, aligned for cmsghdr: room for MAX_FDS
+                                 // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE/CMSG_LEN are size computations; CMSG_SPACE of
+        // MAX_FDS ints (32 bytes) fits the 64-byte control buffer, so the header
+        // CMSG_FIRSTHDR returns and the data written after it lie inside it.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(payload) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: `msg` points at live buffers for the duration of the call.
+    let sent = crate::cvt(
+        unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } as libc::c_long,
+    )?;
+    if sent as usize != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "a message was cut short",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message without waiting: `Ok(None)` when none is queued,
+/// `Ok(Some(0))` at end of stream. Descriptors sent with it are closed.
+pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    match crate::cvt(n as libc::c_long) {
+        Ok(n) => Ok(Some(n as usize)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Raises the socket's send buffer to `bytes` (root may pass the system maximum).
+pub fn force_send_buffer(sock: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    // SAFETY: `bytes` is a valid int option value for the call's duration.
+    crate::cvt_int(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// A pidfd for `pid`, which need not be our child (`pidfd_open`).
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags (0); its result is checked.
+    let fd = crate::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}

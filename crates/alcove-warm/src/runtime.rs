@@ -1,0 +1,51 @@
+//! The files alcove mounts read-only into every template and every function
+//! run with `--runtime`: the Python runtime, and the seccomp program copies
+//! install (docs/warm-protocol.md). Written once per boot under /run.
+
+use crate::WarmError;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Where the runtime files are, on the host and inside sandboxes alike.
+pub const RUNTIME_DIR: &str = "/run/alcove/runtime";
+/// The Python runtime's file name in [`RUNTIME_DIR`].
+pub const PYTHON_RUNTIME: &str = "alcove_runtime.py";
+/// The copies' seccomp program's file name in [`RUNTIME_DIR`].
+pub const COPY_FILTER: &str = "copy-filter.bpf";
+
+static PYTHON_SOURCE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../runtimes/python/alcove_runtime.py"
+));
+
+/// Writes the runtime files if this boot has not (or they differ from this
+/// alcove's), and returns their directory.
+pub fn install() -> Result<&'static Path, WarmError> {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = DONE.get() {
+        return Ok(dir);
+    }
+    let dir = Path::new(RUNTIME_DIR);
+    let io = |what: &'static str| move |source| WarmError::Runtime { what, source };
+    std::fs::create_dir_all(dir).map_err(io("creating /run/alcove/runtime"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("making /run/alcove/runtime readable"))?;
+    let filter = alcove_sandbox::copy_filter_bytes();
+    for (name, bytes) in [
+        (PYTHON_RUNTIME, PYTHON_SOURCE.as_bytes()),
+        (COPY_FILTER, filter.as_slice()),
+    ] {
+        let path = dir.join(name);
+        if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+            continue;
+        }
+        // Renamed into place: a sandbox starting now sees the old file or the new.
+        let staging = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&staging, bytes).map_err(io("writing a runtime file"))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o644))
+            .map_err(io("making a runtime file readable"))?;
+        std::fs::rename(&staging, &path).map_err(io("putting a runtime file in place"))?;
+    }
+    Ok(DONE.get_or_init(|| dir.to_path_buf()))
+}
