@@ -254,6 +254,27 @@ pub(crate) fn invocation_headers(r: &InvocationRecord) -> HeaderMap {
     if let Some(ms) = r.wall_ms {
         put("x-alcove-duration-ms", format!("{ms:.3}"));
     }
+    put(
+        "x-alcove-start",
+        if r.warm.is_some() { "warm" } else { "cold" }.into(),
+    );
+    if let Some(w) = &r.warm {
+        // The W3C Server-Timing header, in milliseconds; `isolate` was done
+        // before the request arrived.
+        put(
+            "server-timing",
+            format!(
+                "take;dur={:.3}, isolate;dur={:.3};desc=\"before the request\", hand;dur={:.3}, \
+                 user;dur={:.3}, response;dur={:.3}, teardown;dur={:.3}",
+                w.take_us / 1e3,
+                w.isolate_us / 1e3,
+                w.hand_us / 1e3,
+                w.user_us / 1e3,
+                w.response_us / 1e3,
+                w.teardown_us / 1e3
+            ),
+        );
+    }
     headers
 }
 

@@ -72,6 +72,18 @@ pub struct DeployBody {
     /// `/fn/NAME` answers without the daemon's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
+    /// `python`: alcove's runtime serves `entry` (no handler needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The runtime's entry file in the code, such as `main.py`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Serve each invocation from a copy of an initialised template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    /// How long a warm function's initialisation may take (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_timeout_ms: Option<u64>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -230,6 +242,10 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         concurrency: d.concurrency,
         protocol: d.protocol,
         public: d.public,
+        runtime: d.runtime,
+        entry: d.entry,
+        warm: d.warm,
+        init_timeout_ms: d.init_timeout_ms,
     };
     Ok(DeployRequest {
         name: d.name,

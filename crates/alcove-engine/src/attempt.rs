@@ -106,12 +106,7 @@ impl Engine {
             Err(e) => return self.fail(record, alcove_sandbox::error_chain(&e), retry_on_failure),
         };
         let alive = Alive::new(&self.metrics.sandboxes_alive);
-        self.metrics
-            .starts
-            .get_or_create(&StartLabel {
-                kind: "cold".into(),
-            })
-            .inc();
+        let template = self.template_for(v);
         let mut cancel = vec![Arc::clone(&self.cancel)];
         cancel.extend(control.as_ref().map(|c| Arc::clone(&c.cancel)));
         let options = RunOptions {
@@ -120,10 +115,26 @@ impl Engine {
             cancel,
             watch: control.as_ref().map(|c| c.watch()),
         };
-        let result = match device_rule {
-            Some(mut rule) => alcove_sandbox::run_observed(&spec, &options, &mut rule),
-            None => alcove_sandbox::run(&spec, &options),
+        let mut rule = device_rule;
+        let mut no_rule = alcove_sandbox::NoObserver;
+        let observer: &mut dyn alcove_sandbox::Observer = match rule.as_mut() {
+            Some(rule) => rule,
+            None => &mut no_rule,
         };
+        // Warm when its template serves; cold (the same code) while it does not.
+        let warm = template.map(|t| t.run(&spec, &options, &mut *observer));
+        let (kind, result) = match warm {
+            Some(Err(alcove_warm::WarmError::Run(e))) => ("warm", Err(e)),
+            Some(Ok(outcome)) => ("warm", Ok(outcome)),
+            Some(Err(_)) | None => (
+                "cold",
+                alcove_sandbox::run_observed(&spec, &options, observer),
+            ),
+        };
+        self.metrics
+            .starts
+            .get_or_create(&StartLabel { kind: kind.into() })
+            .inc();
         drop(lease); // the image's layers may be pruned from now on
         drop(alive);
         record.ended_at = Some(now());
@@ -142,6 +153,7 @@ impl Engine {
                 record.memory_peak_bytes = outcome.memory_peak_bytes;
                 record.pids_peak = outcome.pids_peak;
                 record.output_truncated = outcome.stdout_truncated;
+                record.warm = outcome.warm.clone();
                 record.error = match outcome.status {
                     Status::Cancelled => Some(
                         control
@@ -201,7 +213,7 @@ impl Engine {
     }
 
     /// The sandbox for one invocation of `v`.
-    fn spec_for(
+    pub(crate) fn spec_for(
         &self,
         v: &VersionInfo,
         record: &InvocationRecord,

@@ -78,6 +78,16 @@ pub struct ConfigChange {
     /// Whether `/fn/NAME` answers without the daemon's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
+    /// `python`: alcove's runtime serves `entry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Serve from copies of an initialised template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_timeout_ms: Option<u64>,
 }
 
 fn text_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
@@ -139,6 +149,10 @@ pub(crate) fn plan(
     set(&mut c.concurrency, &change.concurrency);
     set(&mut c.protocol, &change.protocol);
     set(&mut c.public, &change.public);
+    set(&mut c.runtime, &change.runtime.clone().map(Some));
+    set(&mut c.entry, &change.entry.clone().map(Some));
+    set(&mut c.warm, &change.warm);
+    set(&mut c.init_timeout_ms, &change.init_timeout_ms.map(Some));
     set(&mut c.accel, &change.accel.clone().map(Some));
     if let Some(image) = &change.image {
         c.image = Some(image.clone());
@@ -265,6 +279,9 @@ pub(crate) fn finish(
     if let Some((v, secrets)) = &latest {
         if v.config == plan.config && v.code_digest == plan.code_digest && *secrets == plan.secrets
         {
+            if v.config.warm && engine.live_template(v).is_none() {
+                engine.start_template(v)?;
+            }
             return Ok(Deployed {
                 version: v.clone(),
                 unchanged: true,
@@ -291,6 +308,19 @@ pub(crate) fn finish(
             .join(version.version.to_string()),
     );
     engine.forget(&name);
+    if version.config.warm {
+        // A warm deploy that cannot serve warm is refused, and leaves nothing.
+        if let Err(e) = engine.start_template(&version) {
+            let previous = latest.as_ref().map(|(v, _)| v.version);
+            engine
+                .store
+                .remove_version(&name, version.version, previous)?;
+            engine.forget(&name);
+            return Err(e);
+        }
+    } else {
+        engine.stop_template(&name);
+    }
     Ok(Deployed {
         version,
         unchanged: false,

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub limits: FunctionLimits,
     /// Host directories functions may bind paths from (none: no binds).
     pub allow_binds: Vec<crate::AllowedBind>,
+    /// What warm functions may use.
+    pub warm: crate::WarmConfig,
 }
 
 /// Old records are purged once per this many invocations.
@@ -73,6 +75,7 @@ impl EngineConfig {
                 .unwrap_or_else(|| "alcove-accel".into()),
             limits: FunctionLimits::default(),
             allow_binds: Vec::new(),
+            warm: crate::WarmConfig::default(),
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct Engine {
     code_lock: Mutex<()>,
     /// The invocations in flight, each with its own cancel.
     pub(crate) running: Arc<crate::running::Running>,
+    /// Warm functions' templates.
+    pub(crate) warm: crate::warm::WarmTemplates,
     pub metrics: Metrics,
 }
 
@@ -205,6 +210,7 @@ impl Engine {
         let store = Store::open(&config.data_dir.join("alcove.db"))?;
         store.recover()?;
         let _ = alcove_sandbox::gc_orphans();
+        alcove_warm::gc_sockets();
         let metrics = Metrics::new();
         metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);
         let (cancel, cancel_all) = alcove_sys::fd::pipe_cloexec()
@@ -229,10 +235,12 @@ impl Engine {
             idle: Arc::new(tokio::sync::Notify::new()),
             code_lock: Mutex::new(()),
             running: Arc::default(),
+            warm: Default::default(),
             metrics,
         });
         engine.remove_unused_code()?;
         engine.unpin_removed();
+        engine.restore_warm();
         Ok(engine)
     }
 
@@ -351,6 +359,7 @@ impl Engine {
             // next version: that would bring the function back.
             let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.store.delete_function(name)?;
+            self.stop_template(name);
             self.forget(name);
             self.admission.forget(name);
             let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
@@ -664,7 +673,20 @@ fn validate(
         .check_and_fill(&mut plan.config)
         .map_err(EngineError::Invalid)?;
     let c = &plan.config;
-    let no_handler = c.handler.is_empty() && c.image.is_none();
+    if c.runtime.is_some() && !c.handler.is_empty() {
+        return invalid(format!(
+            "runtime {:?} and handler {:?}: give one (the runtime is the handler)",
+            c.runtime.as_deref().unwrap_or_default(),
+            c.handler
+        ));
+    }
+    if c.entry.is_some() && c.runtime.is_none() {
+        return invalid(
+            "entry: it names the file a --runtime serves; give --runtime python".into(),
+        );
+    }
+    crate::warm::check_config(c).map_err(EngineError::Invalid)?;
+    let no_handler = c.handler.is_empty() && c.image.is_none() && c.runtime.is_none();
     if no_handler || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return invalid(
             "handler: give the command to run, such as [\"python3\", \"/fn/main.py\"]".into(),

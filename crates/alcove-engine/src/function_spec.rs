@@ -120,6 +120,41 @@ pub(crate) fn pin_binds(
     Ok(pinned)
 }
 
+/// The argv of `runtime` serving `entry`, and the host directory holding
+/// the runtime (mounted at the same path inside).
+fn runtime_handler(
+    runtime: &str,
+    entry: Option<&str>,
+) -> Result<(Vec<std::ffi::OsString>, PathBuf), EngineError> {
+    if runtime != "python" {
+        return Err(EngineError::Invalid(format!(
+            "runtime {runtime:?}: alcove provides \"python\"; for another language give the \
+             handler's command (and see docs/warm-protocol.md for warm starts)"
+        )));
+    }
+    let entry = entry.unwrap_or("main.py");
+    let path = Path::new(entry);
+    let inside = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside || !entry.ends_with(".py") || entry.len() > 255 {
+        return Err(EngineError::Invalid(format!(
+            "entry {entry:?}: give a .py file of the code, by a relative path such as main.py"
+        )));
+    }
+    let dir = alcove_warm::runtime::install().map_err(|e| {
+        EngineError::Invalid(format!(
+            "runtime python: {}",
+            alcove_sandbox::error_chain(&e)
+        ))
+    })?;
+    let script = dir.join(alcove_warm::runtime::PYTHON_RUNTIME);
+    Ok((
+        vec!["python3".into(), script.into(), entry.into()],
+        dir.to_path_buf(),
+    ))
+}
+
 /// The sandbox `c` describes with `limits`, before what only an invocation
 /// adds (image, code, secrets, request). Binds are resolved and checked.
 pub(crate) fn base_spec(
@@ -128,6 +163,15 @@ pub(crate) fn base_spec(
     allowed: &[AllowedBind],
 ) -> Result<SandboxSpec, EngineError> {
     let mut spec = SandboxSpec::new(c.handler.iter().map(Into::into).collect());
+    let runtime = match &c.runtime {
+        Some(runtime) => Some(runtime_handler(runtime, c.entry.as_deref())?),
+        None => None,
+    };
+    if let Some((argv, _)) = &runtime {
+        spec.argv = argv.clone();
+        spec.env
+            .push(("ALCOVE_PROTOCOL".into(), c.protocol.clone().into()));
+    }
     for (k, v) in &c.env {
         spec.env.push((k.into(), v.into()));
     }
@@ -153,6 +197,15 @@ pub(crate) fn base_spec(
             source,
             target: b.target.clone().into(),
             writable: b.writable,
+            device: false,
+        });
+    }
+    // After the function's own binds, which callers count from the start.
+    if let Some((_, runtime_dir)) = runtime {
+        spec.binds.push(Bind {
+            source: runtime_dir.clone(),
+            target: runtime_dir,
+            writable: false,
             device: false,
         });
     }

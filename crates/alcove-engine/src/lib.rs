@@ -22,6 +22,7 @@ mod metrics;
 mod model;
 mod running;
 mod store;
+mod warm;
 
 pub use admission::HeldBytes;
 pub use alcove_sandbox::error_chain;
@@ -39,6 +40,7 @@ pub use model::{
     VersionInfo,
 };
 pub use running::{RunningInvocation, RunningList, MAX_LISTED};
+pub use warm::WarmConfig;
 
 use std::io;
 

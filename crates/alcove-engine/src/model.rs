@@ -69,6 +69,19 @@ pub struct FunctionConfig {
     /// Whether `/fn/NAME` answers without the daemon's token.
     #[serde(default)]
     pub public: bool,
+    /// A runtime alcove provides (`python`): the handler is then the
+    /// runtime serving `entry`, a file of the code that defines `handle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The runtime's entry file, relative to the code (`main.py`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Served from copies of an initialised template (docs/warm-protocol.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
+    /// How long a warm function's initialisation may take, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_timeout_ms: Option<u64>,
 }
 
 /// A host path a function sees (`--bind SRC:DST[:ro|rw]`).
@@ -178,6 +191,9 @@ pub struct InvocationRecord {
     /// The response, kept for async invocations.
     #[serde(skip)]
     pub response: Option<Vec<u8>>,
+    /// Where a warm invocation's time went (not kept in the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<alcove_sandbox::WarmPhases>,
 }
 
 impl InvocationRecord {
@@ -189,5 +205,16 @@ impl InvocationRecord {
     /// Whether it has finished (successfully or not).
     pub fn finished(&self) -> bool {
         self.status != "queued" && self.status != "running"
+    }
+
+    /// What a warm template's sandbox is built with in place of a request's
+    /// record: `ALCOVE_INVOCATION` is `template` during initialisation.
+    pub(crate) fn new_for_template(v: &VersionInfo) -> Self {
+        InvocationRecord {
+            id: "template".into(),
+            function: v.function.clone(),
+            version: v.version,
+            ..Default::default()
+        }
     }
 }

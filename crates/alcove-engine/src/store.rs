@@ -222,6 +222,37 @@ impl Store {
         Ok(())
     }
 
+    /// Takes back a version just added (its warm template would not start):
+    /// `latest` returns to `previous`, or the function goes with its only version.
+    pub(crate) fn remove_version(
+        &self,
+        name: &str,
+        version: u32,
+        previous: Option<u32>,
+    ) -> Result<(), EngineError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "DELETE FROM secrets WHERE function = ?1 AND version = ?2",
+            params![name, version],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "DELETE FROM versions WHERE function = ?1 AND version = ?2",
+            params![name, version],
+        )
+        .map_err(db)?;
+        match previous {
+            Some(previous) => tx.execute(
+                "UPDATE functions SET latest = ?2 WHERE name = ?1",
+                params![name, previous],
+            ),
+            None => tx.execute("DELETE FROM functions WHERE name = ?1", params![name]),
+        }
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
     pub(crate) fn delete_function(&self, name: &str) -> Result<(), EngineError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
@@ -385,5 +416,6 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
         error: r.get(17)?,
         stderr: String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned(),
         response: r.get(19)?,
+        warm: None,
     })
 }

@@ -10,6 +10,7 @@ use alcove_cgroup::{Controller, CpuQuota, SandboxCgroup};
 use alcove_sys::{fd, process};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{mpsc, OnceLock};
 
 /// A checked copy, ready for one request.
 pub struct Adopted {
@@ -70,12 +71,7 @@ pub fn run_adopted(
         take_us,
         isolate_us,
     } = adopted;
-    let finish = |cgroup: SandboxCgroup| {
-        cgroup.kill_all();
-        if let Err(e) = cgroup.remove() {
-            eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
-        }
-    };
+    let finish = tear_down_later;
     if !matches!(spec.stdio, Stdio::Capture { .. } | Stdio::Stream { .. }) {
         let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         finish(cgroup);
@@ -176,6 +172,36 @@ pub fn run_adopted(
         teardown_us: us(t_exit, process::monotonic_ns()),
     });
     Ok(outcome)
+}
+
+/// Kills what is left in a used copy's cgroup and removes it, on a worker
+/// thread: a copy's exit tears down its memory and namespaces, which takes
+/// milliseconds the response need not wait for. If alcove dies first, the
+/// cgroup's name leads `alcove gc` to it.
+fn tear_down_later(cgroup: SandboxCgroup) {
+    fn tear_down(cgroup: SandboxCgroup) {
+        cgroup.kill_all();
+        if let Err(e) = cgroup.remove() {
+            eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
+        }
+    }
+    static WORKER: OnceLock<Option<mpsc::Sender<SandboxCgroup>>> = OnceLock::new();
+    let worker = WORKER.get_or_init(|| {
+        let (send, receive) = mpsc::channel::<SandboxCgroup>();
+        std::thread::Builder::new()
+            .name("copy teardown".into())
+            .spawn(move || receive.into_iter().for_each(tear_down))
+            .ok()
+            .map(|_| send)
+    });
+    match worker {
+        Some(send) => {
+            if let Err(mpsc::SendError(cgroup)) = send.send(cgroup) {
+                tear_down(cgroup);
+            }
+        }
+        None => tear_down(cgroup),
+    }
 }
 
 /// The environment the program would get from a cold start of `spec`, as

@@ -50,7 +50,7 @@ pub struct Phases {
 
 /// Where a warm invocation's time went, in microseconds: the request path
 /// (take, hand, user code, response) and what was done off it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct WarmPhases {
     /// Taking a checked copy from the pool (waiting for one when it was empty).
     pub take_us: f64,
@@ -63,7 +63,8 @@ pub struct WarmPhases {
     pub user_us: f64,
     /// From the handler's return until alcove saw the copy gone and its output in.
     pub response_us: f64,
-    /// Killing what is left and removing the copy's cgroup.
+    /// Handing the copy's remains to the teardown thread, which kills what is
+    /// left and removes its cgroup off the response path.
     pub teardown_us: f64,
 }
 

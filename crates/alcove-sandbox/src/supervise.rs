@@ -307,6 +307,12 @@ pub(crate) fn supervise(
             pollfds.len() - 1
         };
         let i_pid = exit.is_none().then(|| push(s.pidfd.as_raw_fd()));
+        // An adopted copy reports its exit before it goes; its namespaces' teardown,
+        // which the pidfd waits for, is not the request's business.
+        let i_report = match (&s.reap, exit.is_none()) {
+            (Reap::Adopted(report), true) => Some(push(report.as_raw_fd())),
+            _ => None,
+        };
         let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
         let i_sig = s.signals.as_ref().map(|f| push(f.fd.as_raw_fd()));
         let i_obs = s.observer.poll_fd().map(&mut push);
@@ -373,7 +379,15 @@ pub(crate) fn supervise(
         if i_cancel.iter().any(|i| ready(Some(*i))) {
             kill(&mut kill_reason, Some(Status::Cancelled));
         }
-        if ready(i_pid) {
+        if ready(i_report) && !ready(i_pid) {
+            if let Reap::Adopted(report) = &s.reap {
+                let (status, times) = adopted_status(report);
+                handler_ns = times;
+                // It is on its way out (or said so falsely): used once either way.
+                let _ = pidfd::send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+                exit = Some((status, process::monotonic_ns()));
+            }
+        } else if ready(i_pid) {
             let status = match &s.reap {
                 Reap::Child => {
                     pidfd::wait(s.pidfd.as_fd())

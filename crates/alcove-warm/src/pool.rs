@@ -86,6 +86,8 @@ struct State {
     /// Requests waiting for a copy.
     waiting: usize,
     peak: usize,
+    /// Copies added to the target because requests found the pool empty.
+    boost: usize,
     peak_since: Instant,
     last_use: Instant,
     gone: Option<String>,
@@ -149,6 +151,7 @@ impl Pool {
                 in_flight: 0,
                 waiting: 0,
                 peak: 0,
+                boost: 0,
                 peak_since: now,
                 last_use: now,
                 gone: None,
@@ -273,6 +276,7 @@ impl Pool {
             if !waiting {
                 waiting = true;
                 state.waiting += 1;
+                state.boost = (state.boost + 1).min(self.max_ready);
             }
             self.wake_filler();
             let left = deadline.saturating_duration_since(Instant::now());
@@ -338,13 +342,14 @@ impl Pool {
     fn target(&self, state: &mut State, now: Instant) -> usize {
         if now.duration_since(state.peak_since) > WINDOW {
             state.peak = state.in_flight;
+            state.boost /= 2;
             state.peak_since = now;
         }
         let busy = state.in_flight + state.waiting;
         if busy == 0 && now.duration_since(state.last_use) > self.idle {
             return 0;
         }
-        state.peak.max(busy).max(1).min(self.max_ready)
+        (state.peak.max(busy).max(1) + state.boost).min(self.max_ready)
     }
 
     /// The filler: runs until the template is gone.

@@ -132,6 +132,18 @@ struct ServeArgs {
     /// unless :rw; without it, function binds are refused. Repeatable.
     #[arg(long = "allow-bind", value_name = "DIR[:rw]", value_parser = alcove_engine::AllowedBind::parse)]
     allow_binds: Vec<alcove_engine::AllowedBind>,
+    /// Memory warm functions' templates and their ready copies may hold in
+    /// all; past it no more copies are made ahead (requests wait for one) and
+    /// warm deploys are refused [default: 1G].
+    #[arg(long, value_name = "SIZE", value_parser = alcove_sandbox::units::parse_size)]
+    warm_memory: Option<u64>,
+    /// The most copies kept ready per warm function [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    warm_ready: Option<u32>,
+    /// Ready copies are dropped after this long without a request (the
+    /// template stays) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    warm_idle: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -398,6 +410,9 @@ pub fn main() -> i32 {
                 body_timeout: args.body_timeout,
                 shutdown_grace: args.shutdown_grace,
                 allow_binds: args.allow_binds,
+                warm_memory: args.warm_memory,
+                warm_ready: args.warm_ready,
+                warm_idle: args.warm_idle,
             };
             match crate::serve::run(options) {
                 Ok(()) => 0,

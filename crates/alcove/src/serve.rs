@@ -37,6 +37,9 @@ pub struct ServeOptions {
     pub body_timeout: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
     pub allow_binds: Vec<alcove_engine::AllowedBind>,
+    pub warm_memory: Option<u64>,
+    pub warm_ready: Option<u32>,
+    pub warm_idle: Option<Duration>,
 }
 
 /// The file the daemon keeps its own token in, and the local CLI reads.
@@ -133,6 +136,15 @@ fn engine_config(options: &ServeOptions) -> EngineConfig {
         config.max_queued_bytes = n;
     }
     config.allow_binds = options.allow_binds.clone();
+    if let Some(bytes) = options.warm_memory {
+        config.warm.memory_bytes = bytes;
+    }
+    if let Some(n) = options.warm_ready {
+        config.warm.max_ready = n as usize;
+    }
+    if let Some(idle) = options.warm_idle {
+        config.warm.idle = idle;
+    }
     let l = &mut config.limits;
     let set = |target: &mut u64, value: Option<u64>| {
         if let Some(v) = value {

@@ -49,6 +49,20 @@ pub(super) struct SettingsArgs {
     /// Let anyone call /fn/NAME, without the daemon's token (--public=false: no more).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     public: Option<bool>,
+    /// A runtime alcove provides instead of a handler: python (the entry
+    /// file's module-level code initialises; its handle(body) serves).
+    #[arg(long, value_name = "NAME", conflicts_with = "handler")]
+    runtime: Option<String>,
+    /// The runtime's entry file in the code [default: main.py].
+    #[arg(long, value_name = "FILE", requires = "runtime")]
+    entry: Option<String>,
+    /// Serve every invocation from a fresh copy of an initialised template
+    /// (docs/warm-protocol.md); the deploy fails if it cannot (--warm=false: cold again).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    warm: Option<bool>,
+    /// How long a warm function's initialisation may take [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+    init_timeout: Option<std::time::Duration>,
     #[command(flatten)]
     sandbox: SandboxFlags,
 }
@@ -172,6 +186,10 @@ impl SettingsArgs {
             protocol.map(|p| if p == Protocol::Http { "http" } else { "body" }.to_owned()),
         );
         set(&mut body.public, self.public);
+        set(&mut body.runtime, self.runtime);
+        set(&mut body.entry, self.entry);
+        set(&mut body.warm, self.warm);
+        set(&mut body.init_timeout_ms, self.init_timeout.map(millis));
         apply_sandbox_flags(self.sandbox, body)?;
         Ok(())
     }

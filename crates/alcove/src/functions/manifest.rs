@@ -39,6 +39,12 @@ pub(super) struct Manifest {
     user: Option<String>,
     net: Option<String>,
     concurrency: Option<u32>,
+    /// `python`: alcove's runtime serves `entry` (default main.py).
+    runtime: Option<String>,
+    entry: Option<String>,
+    /// Serve from copies of an initialised template.
+    warm: Option<bool>,
+    init_timeout: Option<Quantity>,
     /// `SRC:DST[:ro|rw]`, SRC relative to the manifest's directory.
     #[serde(default)]
     bind: Vec<String>,
@@ -168,6 +174,12 @@ impl Manifest {
         body.user = self.user.clone();
         body.net = self.net.clone();
         body.concurrency = self.concurrency;
+        body.runtime = self.runtime.clone();
+        body.entry = self.entry.clone();
+        body.warm = self.warm;
+        if let Some(q) = &self.init_timeout {
+            body.init_timeout_ms = Some(q.millis("init_timeout")?);
+        }
         if !self.bind.is_empty() {
             let mut binds = Vec::new();
             for text in &self.bind {
