@@ -134,7 +134,10 @@ fn instructions(program: &[u8]) -> Vec<libc::sock_filter> {
 mod tests {
     /// A classic-BPF interpreter for the instructions seccomp filters use.
     fn decide(nr: u32, args: [u64; 6]) -> u32 {
-        let filter = super::filter();
+        decide_with(super::filter(), nr, args)
+    }
+
+    fn decide_with(filter: &[libc::sock_filter], nr: u32, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&0xc000_003eu32.to_ne_bytes()); // AUDIT_ARCH_X86_64
@@ -171,6 +174,61 @@ mod tests {
     const ALLOW: u32 = 0x7fff_0000;
     const EPERM: u32 = 0x0005_0001;
     const ENOSYS: u32 = 0x0005_0026;
+
+    #[test]
+    fn a_warm_template_may_unshare_only_the_copies_flags_and_mount() {
+        let template = super::template_filter();
+        let flags = super::COPY_UNSHARE_FLAGS;
+        let unshare = libc::SYS_unshare as u32;
+        assert_eq!(
+            decide_with(template, unshare, [flags, 0, 0, 0, 0, 0]),
+            ALLOW
+        );
+        for other in [
+            flags & !(libc::CLONE_NEWUSER as u64),
+            flags | libc::CLONE_NEWCGROUP as u64,
+            libc::CLONE_NEWNET as u64,
+            0,
+        ] {
+            assert_eq!(
+                decide_with(template, unshare, [other, 0, 0, 0, 0, 0]),
+                EPERM
+            );
+        }
+        assert_eq!(decide_with(template, libc::SYS_mount as u32, [0; 6]), ALLOW);
+        // The rest is the default filter's answer.
+        for denied in [
+            libc::SYS_setns,
+            libc::SYS_ptrace,
+            libc::SYS_bpf,
+            libc::SYS_open_tree,
+        ] {
+            assert_eq!(decide_with(template, denied as u32, [0; 6]), EPERM);
+            assert_eq!(decide(denied as u32, [0; 6]), EPERM);
+        }
+        let clone = libc::SYS_clone as u32;
+        let ns_clone = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+        assert_eq!(decide_with(template, clone, ns_clone), EPERM);
+        assert_eq!(decide(unshare, [flags, 0, 0, 0, 0, 0]), EPERM);
+        assert_eq!(decide(libc::SYS_mount as u32, [0; 6]), EPERM);
+    }
+
+    #[test]
+    fn a_copy_stacks_a_filter_that_takes_unshare_and_mount_back() {
+        let bytes = super::copy_filter_bytes();
+        let copy = super::instructions(&bytes);
+        for denied in [
+            libc::SYS_unshare,
+            libc::SYS_mount,
+            libc::SYS_setns,
+            libc::SYS_umount2,
+        ] {
+            assert_eq!(decide_with(&copy, denied as u32, [0; 6]), EPERM);
+        }
+        for allowed in [libc::SYS_read, libc::SYS_getpid, 1000] {
+            assert_eq!(decide_with(&copy, allowed as u32, [0; 6]), ALLOW);
+        }
+    }
 
     #[test]
     fn the_filter_fits_the_kernel_limit() {

@@ -420,6 +420,8 @@ impl Pool {
         let Ok(pid) = seqpacket::peer_pid(connection.as_fd()) else {
             return;
         };
+        // A request's environment may be up to 1 MiB, in one packet.
+        let _ = seqpacket::force_send_buffer(connection.as_fd(), 2 << 20);
         let refused = |reason: String| {
             let mut state = self.lock();
             state.pending.pop_front();
