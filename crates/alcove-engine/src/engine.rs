@@ -633,6 +633,8 @@ impl Engine {
             );
             self.wait_idle(grace.max(Duration::from_secs(5))).await;
         }
+        // Templates and their ready copies go with the daemon, cgroups and all.
+        self.stop_all_templates();
         self.in_flight.load(Ordering::SeqCst)
     }
 

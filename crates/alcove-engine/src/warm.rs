@@ -249,6 +249,20 @@ impl Engine {
         drop(entry); // the template stops when its last user lets go
     }
 
+    /// Stops every template (the daemon is shutting down).
+    pub(crate) fn stop_all_templates(&self) {
+        let entries: Vec<Entry> = self
+            .warm
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        drop(entries);
+    }
+
     /// At daemon start: starts the templates of warm functions' latest versions.
     pub fn restore_warm(&self) {
         let Ok(functions) = self.functions() else {

@@ -228,8 +228,17 @@ impl Template {
             .unwrap_or_else(|e| e.into_inner())
             .push(filler);
         if let Err(e) = template.pool.wait_first_copy(FIRST_COPY) {
-            template.stop();
-            return Err(e);
+            // Why a copy failed before it could connect is on the template's stderr.
+            let (_, stderr) = stderr_of(&mut template);
+            return Err(match e {
+                WarmError::NoCopy { seconds, detail } if !stderr.trim().is_empty() => {
+                    WarmError::NoCopy {
+                        seconds,
+                        detail: format!("{detail}; the template's stderr:\n{stderr}"),
+                    }
+                }
+                e => e,
+            });
         }
         Ok(template)
     }
