@@ -117,6 +117,8 @@ pub struct Engine {
     pub(crate) running: Arc<crate::running::Running>,
     /// Warm functions' templates.
     pub(crate) warm: crate::warm::WarmTemplates,
+    /// This engine, for threads that outlive a call (a template's rebuild).
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     pub metrics: Metrics,
 }
 
@@ -236,8 +238,10 @@ impl Engine {
             code_lock: Mutex::new(()),
             running: Arc::default(),
             warm: Default::default(),
+            me: std::sync::OnceLock::new(),
             metrics,
         });
+        let _ = engine.me.set(Arc::downgrade(&engine));
         engine.remove_unused_code()?;
         engine.unpin_removed();
         engine.restore_warm();

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::http::Input;
 use crate::model::{FunctionConfig, InvocationRecord, VersionInfo};
 use crate::EngineError;
-use alcove_warm::{Budget, Template, TemplateSpec};
+use alcove_warm::{Budget, GoneHook, Template, TemplateSpec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,8 +139,37 @@ impl Engine {
         let template = Template::start(spec, self.warm_budget()).map_err(|e| {
             EngineError::Invalid(format!("warm: {}", alcove_sandbox::error_chain(&e)))
         })?;
+        template.on_gone(self.gone_hook(v));
         install(&self.warm.inner, v, template, holds);
         Ok(())
+    }
+
+    /// Starts `v`'s template again when it goes on its own, if `v` is still
+    /// the function's latest version (on a thread of its own: the hook runs
+    /// on the dying template's).
+    fn gone_hook(&self, v: &VersionInfo) -> GoneHook {
+        let me = self.me.get().cloned();
+        let v = v.clone();
+        GoneHook(Arc::new(move |why: &str| {
+            let (me, v) = (me.clone(), v.clone());
+            eprintln!(
+                "alcove: warm {}@{}: its template is gone ({why}); starting it again",
+                v.function, v.version
+            );
+            let _ = std::thread::Builder::new()
+                .name(format!("warm {}", v.function))
+                .spawn(move || {
+                    if let Some(engine) = me.as_ref().and_then(std::sync::Weak::upgrade) {
+                        let current = engine
+                            .store
+                            .function(&v.function)
+                            .is_ok_and(|f| f.latest == v.version && v.config.warm);
+                        if current {
+                            engine.rebuild_in_background(&v);
+                        }
+                    }
+                });
+        }))
     }
 
     /// The running template of `v`, if it has one. When it has none (the
@@ -195,6 +224,7 @@ impl Engine {
         }
         let prepared = self.template_spec(v);
         let budget = self.warm_budget();
+        let hook = self.gone_hook(v);
         let inner = self.warm.inner.clone();
         let v = v.clone();
         let started = std::thread::Builder::new()
@@ -206,7 +236,10 @@ impl Engine {
                         .map_err(|e| EngineError::Invalid(alcove_sandbox::error_chain(&e)))
                 });
                 match result {
-                    Ok((template, holds)) => install(&inner, &v, template, holds),
+                    Ok((template, holds)) => {
+                        template.on_gone(hook);
+                        install(&inner, &v, template, holds)
+                    }
                     Err(e) => {
                         eprintln!(
                             "alcove: warm {}@{}: cannot start its template (invocations run cold): {}",

@@ -18,3 +18,13 @@ pub mod verify;
 pub use error::WarmError;
 pub use pool::Budget;
 pub use template::{gc_sockets, Template, TemplateSpec, SOCKET_DIR};
+
+/// What to do when a template goes on its own (the engine rebuilds it).
+#[derive(Clone)]
+pub struct GoneHook(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for GoneHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GoneHook")
+    }
+}

@@ -23,6 +23,8 @@ const WINDOW: Duration = Duration::from_secs(10);
 const REFUSALS_TO_GIVE_UP: u32 = 5;
 /// What a copy is assumed to cost before one has been measured.
 const COPY_ESTIMATE: u64 = 4 << 20;
+/// Why a template is gone when alcove stopped it (no rebuild then).
+pub(crate) const STOPPED: &str = "it was stopped";
 /// How long a request waits for a copy when none is ready.
 const TAKE_WAIT: Duration = Duration::from_secs(10);
 
@@ -114,6 +116,8 @@ pub(crate) struct Pool {
     facts: OnceLock<TemplateFacts>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Called once, with why, when the template goes on its own (not stopped).
+    on_gone: Mutex<Option<crate::GoneHook>>,
 }
 
 impl Pool {
@@ -163,6 +167,17 @@ impl Pool {
                 copy_memory: COPY_ESTIMATE,
             }),
             changed: Condvar::new(),
+            on_gone: Mutex::new(None),
+        }
+    }
+
+    /// Sets the hook [`Pool::close`] calls; called at once if it is gone already.
+    pub(crate) fn set_on_gone(&self, hook: crate::GoneHook) {
+        let gone = self.lock().gone.clone();
+        match gone {
+            Some(why) if why != STOPPED => (hook.0)(&why),
+            Some(_) => {}
+            None => *self.on_gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook),
         }
     }
 
@@ -321,15 +336,25 @@ impl Pool {
 
     /// Marks the template gone and kills its ready copies.
     pub(crate) fn close(&self, why: &str) {
+        let mut first = false;
         let drained: Vec<ReadyCopy> = {
             let mut state = self.lock();
             if state.gone.is_none() {
+                first = true;
                 state.gone = Some(why.to_owned());
                 self.budget.give(state.template_memory);
                 state.template_memory = 0;
             }
             state.ready.drain(..).collect()
         };
+        let hook = self
+            .on_gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (true, Some(hook)) = (first && why != STOPPED, hook) {
+            (hook.0)(why);
+        }
         for copy in drained {
             self.budget.give(copy.memory);
             discard(copy);
@@ -409,7 +434,7 @@ impl Pool {
                 }
             }
         }
-        self.close("it was stopped");
+        self.close(STOPPED);
     }
 
     /// Checks a copy that connected and pools it, or kills it.

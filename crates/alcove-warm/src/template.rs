@@ -272,6 +272,12 @@ impl Template {
         outcome.map_err(WarmError::Run)
     }
 
+    /// Calls `hook` (once, on the filler's thread) if the template goes on
+    /// its own: its sandbox ended, or its copies were refused.
+    pub fn on_gone(&self, hook: crate::GoneHook) {
+        self.pool.set_on_gone(hook);
+    }
+
     /// Why the template is gone, or `None` while it serves.
     pub fn gone(&self) -> Option<String> {
         self.pool.gone()
@@ -284,7 +290,7 @@ impl Template {
 
     /// Kills the template and its ready copies and waits for both threads.
     pub fn stop(&mut self) {
-        self.pool.close("it was stopped");
+        self.pool.close(crate::pool::STOPPED);
         drop(self.kill.lock().unwrap_or_else(|e| e.into_inner()).take());
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for thread in threads {
