@@ -367,12 +367,11 @@ ALCOVE__FN int alcove__parse_mount(char *line, struct alcove__mnt *m)
     return 0;
 }
 
-/* /proc and the owner's --bind DIR:rw mounts stay writable. */
+/* The owner's --bind DIR:rw mounts stay writable. (The template's /proc does not: the copy's own
+ * proc goes over it at step 7, and alcove refuses a copy with the template's proc writable.) */
 ALCOVE__FN int alcove__keep_writable(const char *point)
 {
     int i;
-    if (!strcmp(point, "/proc"))
-        return 1;
     for (i = 0; i < alcove__cfg.n_shared; i++)
         if (!strcmp(point, alcove__cfg.shared[i]))
             return 1;
@@ -412,26 +411,26 @@ ALCOVE__FN struct alcove__mnt *alcove__mounts(char **text, size_t *count)
     return mnts;
 }
 
-/* Step 4's remount. Every writable mount but /proc and the owner's rw binds is remounted
+/* Step 4's remount. Every writable mount but the owner's rw binds is remounted
  * read-only by its mount point, keeping the flags a user namespace may not clear, as the protocol
  * says (nosuid, nodev, noexec, and nosymfollow, which it could clear; without an atime flag a
  * remount keeps the atime mode, also locked). A mount hidden under another one mounted on top of it (or of a mount above it) cannot be
  * reached by its path, so when one mount covers another the whole tree is made read-only at once
- * with mount_setattr(AT_RECURSIVE) (which keeps every other flag), /proc and the owner's rw binds
+ * with mount_setattr(AT_RECURSIVE) (which keeps every other flag), the owner's rw binds
  * are given their write access back (they were writable, so it is not locked), and mountinfo is
- * read again to make sure nothing else is left writable. *proc_flags: the flags of the mount at
- * /proc, which the copy's new proc must keep (step 7). */
+ * read again to make sure nothing else is left writable. *proc_flags: the flags the mount at
+ * /proc had before (read-only only if it was so from the start, which the kernel then locks),
+ * which the copy's new proc must keep (step 7). */
 ALCOVE__FN void alcove__remount_read_only(unsigned long *proc_flags)
 {
     char *text;
     size_t n, i, j;
-    int covered = 0, proc_rw = 0;
+    int covered = 0;
     struct alcove__mnt *m = alcove__mounts(&text, &n);
 
     for (i = 0; i < n; i++) {
         if (!strcmp(m[i].point, "/proc")) {
             *proc_flags = m[i].keep | m[i].atime | (m[i].rw ? 0 : MS_RDONLY);
-            proc_rw = m[i].rw;
         }
         for (j = 0; j < n && !covered; j++)
             if (m[j].parent == m[i].id && j != i && !strcmp(m[j].point, m[i].point))
@@ -466,8 +465,6 @@ ALCOVE__FN void alcove__remount_read_only(unsigned long *proc_flags)
                               errno);
         memset(&attr, 0, sizeof attr);
         attr.attr_clr = ALCOVE__MOUNT_ATTR_RDONLY;
-        if (proc_rw && syscall(__NR_mount_setattr, AT_FDCWD, "/proc", 0, &attr, sizeof attr) != 0)
-            alcove__copy_fail(4, "make /proc writable again", errno);
         for (k = 0; k < alcove__cfg.n_shared; k++) {
             if (alcove__cfg.shared_was_rw[k] &&
                 syscall(__NR_mount_setattr, AT_FDCWD, alcove__cfg.shared[k], 0, &attr,
@@ -577,6 +574,15 @@ ALCOVE__FN void alcove__report_exit(int code)
     alcove__done.sent = 1;
     if (fflush(NULL) != 0) {
         /* the handler's output is gone (a closed pipe, say); its exit code still stands */
+    }
+    /* Output ends now, not when the kernel has torn the copy's memory down after _exit. */
+    {
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0) {
+            (void)dup2(null, 1);
+            (void)dup2(null, 2);
+            close(null);
+        }
     }
     n = snprintf(line, sizeof line, "exit %d %lld %lld", code, (long long)alcove__done.start,
                  (long long)stop);

@@ -51,6 +51,8 @@ PR_CAPBSET_DROP, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 24, 22, 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}  # only if libc lacks capset()
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the unified table)
+AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
 MAX_REQUEST = 1 << 20
 
 
@@ -356,15 +358,35 @@ class Template:
             raise OSError(errno, f"mount {fstype or ''} on {target} "
                                  f"(flags {flags:#x}): {os.strerror(errno)}")
 
+    def mount_setattr(self, path, recursive, attr_set, attr_clr):
+        attr = struct.pack("QQQQ", attr_set, attr_clr, 0, 0)
+        rc = self.libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD),
+                               os.fsencode(path), ctypes.c_uint(AT_RECURSIVE if recursive else 0),
+                               attr, ctypes.c_size_t(len(attr)))
+        if rc != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"mount_setattr {path}: {os.strerror(errno)}")
+
     def isolate_mounts(self):
         """Step 4: every inherited writable mount read-only, then fresh private ones."""
+        try:
+            # Every mount at once, covered ones and /proc included (the fresh
+            # proc of step 7 goes over a read-only one); then the owner's
+            # shared binds get their write access back.
+            self.mount_setattr("/", True, MOUNT_ATTR_RDONLY, 0)
+            for point in self.shared_rw:
+                self.mount_setattr(point, True, 0, MOUNT_ATTR_RDONLY)
+        except OSError:
+            self.remount_each_read_only()
+        self.mount_fresh_places()
+
+    def remount_each_read_only(self):
+        """Step 4 on kernels without mount_setattr: mount by mount, by path."""
         with open("/proc/self/mountinfo", "rb") as f:
             mounts = reachable_mounts(f.read().decode("utf-8", "surrogateescape"))
         for _, point, options in mounts:
             if "rw" not in options or point in self.shared_rw:
                 continue
-            if point == "/proc" or point.startswith("/proc/"):
-                continue  # proc is replaced at step 7, and the kernel wants it fully visible
             # /tmp, /dev/shm and /dev/pts too: covered below, but their old
             # superblocks are the template's and must not stay writable beneath.
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY
@@ -375,6 +397,8 @@ class Template:
             flags |= (MS_NOATIME if "noatime" in options else
                       MS_RELATIME if "relatime" in options else MS_STRICTATIME)
             self.mount(None, point, None, flags, None)
+
+    def mount_fresh_places(self):
         tmpfs = f"mode=1777,size={self.tmpfs_size}"
         self.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
         if os.path.isdir("/dev/shm"):

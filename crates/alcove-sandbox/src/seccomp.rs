@@ -28,6 +28,7 @@ pub fn copy_filter_bytes() -> Vec<u8> {
     let denied = [
         libc::SYS_unshare,
         libc::SYS_mount,
+        libc::SYS_mount_setattr,
         libc::SYS_umount2,
         libc::SYS_setns,
         libc::SYS_pivot_root,
@@ -196,6 +197,10 @@ mod tests {
             );
         }
         assert_eq!(decide_with(template, libc::SYS_mount as u32, [0; 6]), ALLOW);
+        assert_eq!(
+            decide_with(template, libc::SYS_mount_setattr as u32, [0; 6]),
+            ALLOW
+        );
         // The rest is the default filter's answer.
         for denied in [
             libc::SYS_setns,

@@ -519,6 +519,42 @@ def handle(body):
     );
 }
 
+/// A crash reads the same warm as cold: the signal the handler died of,
+/// not another one (a copy is not alcove's child, so alcove cannot wait for
+/// it; what it reports must still be what happened).
+#[test]
+fn a_crashing_copy_is_reported_with_the_signal_it_died_of() {
+    let Some(t) = setup(
+        "a_crashing_copy_is_reported_with_the_signal_it_died_of",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let code = py(
+        t.dir.path(),
+        "segv",
+        "import ctypes\ndef handle(body):\n    ctypes.string_at(0)\n",
+    );
+    deploy_py(d, "segv-warm", &code, &["--warm"]);
+    deploy_py(d, "segv-cold", &code, &[]);
+    let signal = |name: &str, kind: &str| {
+        let reply = invoke(d, name, b"");
+        assert_eq!(start(&reply), kind, "{:?}", reply.headers);
+        assert_eq!(
+            reply.header("x-alcove-status"),
+            Some("signaled"),
+            "{}",
+            reply.text()
+        );
+        reply.json()["error"]["invocation"]["signal"].clone()
+    };
+    let cold = signal("segv-cold", "cold");
+    assert_eq!(cold, libc::SIGSEGV, "a cold segfault is SIGSEGV");
+    let warm = signal("segv-warm", "warm");
+    assert_eq!(warm, cold, "a warm segfault is reported as another signal");
+}
+
 #[test]
 fn secrets_and_environment_reach_copies() {
     let Some(t) = setup("secrets_and_environment_reach_copies", &[]) else {

@@ -1,0 +1,584 @@
+//! A warm function's template through its life: a deploy whose
+//! initialisation fails, hangs or leaves threads is refused and leaves no
+//! version; a template that dies is rebuilt while requests run cold; ready
+//! copies go when idle and come back on demand; templates come back after
+//! the daemon restarts or is killed; and a thousand warm invocations leave
+//! nothing behind. End to end against a real `alcove serve`.
+
+mod common;
+use common::daemon::{setup, Daemon, Reply};
+use common::{alcove_cgroups, host_mounts, wait_until};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A code directory `DIR/NAME` holding `main.py`.
+fn py(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let code = dir.join(name);
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("main.py"), source).unwrap();
+    code
+}
+
+/// `alcove fn deploy NAME --code CODE --runtime python --entry main.py EXTRA`.
+fn deploy_args<'a>(name: &'a str, code: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "deploy",
+        name,
+        "--code",
+        code.to_str().unwrap(),
+        "--runtime",
+        "python",
+        "--entry",
+        "main.py",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Deploys `code` warm with the Python runtime; must succeed.
+fn deploy_warm(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
+    let mut flags = vec!["--warm"];
+    flags.extend_from_slice(extra);
+    let args = deploy_args(name, code, &flags);
+    let (status, out, err) = d.cli(&args);
+    assert_eq!(status, 0, "deploy {name}: {err}{out}");
+}
+
+fn invoke(d: &Daemon, name: &str, body: &[u8]) -> Reply {
+    d.http("POST", &format!("/v1/functions/{name}/invoke"), body)
+}
+
+/// `x-alcove-start` of a reply that must have succeeded.
+fn served(d: &Daemon, name: &str) -> String {
+    let reply = invoke(d, name, b"");
+    assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+    assert_eq!(reply.text(), "served", "{name}");
+    reply.header("x-alcove-start").unwrap_or("").to_owned()
+}
+
+/// A handler with nothing to initialise.
+const SERVES: &str = "def handle(body):\n    return \"served\"\n";
+
+/// Whether `pid` is `ancestor` or one of its descendants.
+fn descends_from(mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        if pid == ancestor {
+            return true;
+        }
+        if pid <= 1 {
+            return false;
+        }
+        let Some(parent) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return false;
+        };
+        pid = parent;
+    }
+    false
+}
+
+/// How many pid namespaces deep `pid` is (the length of its NSpid line).
+fn pid_depth(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map_or(0, |l| l.split_whitespace().count())
+}
+
+/// The processes of `function` that the daemon `daemon` started: those
+/// beneath it whose environment says ALCOVE_FUNCTION=`function`.
+fn function_processes(daemon: i32, function: &str) -> Vec<i32> {
+    let wanted = format!("ALCOVE_FUNCTION={function}");
+    let mut found: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&environ)
+                .split('\0')
+                .any(|v| v == wanted)
+                && descends_from(pid, daemon)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `function`'s template: a process the daemon started itself, whose
+/// environment has ALCOVE_WARM=1 and whose command line runs
+/// alcove_runtime.py.
+fn template_pid(daemon: i32, function: &str) -> Option<i32> {
+    let found: Vec<i32> = function_processes(daemon, function)
+        .into_iter()
+        .filter(|&pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            descends_from(pid, daemon)
+                && parent_of(pid) == Some(daemon)
+                && String::from_utf8_lossy(&environ)
+                    .split('\0')
+                    .any(|v| v == "ALCOVE_WARM=1")
+                && String::from_utf8_lossy(&cmdline).contains("alcove_runtime.py")
+        })
+        .collect();
+    assert!(found.len() <= 1, "{function} has two templates: {found:?}");
+    found.first().copied()
+}
+
+/// `function`'s copies: its template's processes one pid namespace deeper
+/// than the template (each copy unshares a pid namespace of its own).
+fn copies(daemon: i32, function: &str) -> Vec<i32> {
+    let Some(template) = template_pid(daemon, function) else {
+        return Vec::new();
+    };
+    let depth = pid_depth(template);
+    function_processes(daemon, function)
+        .into_iter()
+        .filter(|&pid| pid != template && descends_from(pid, template))
+        .inspect(|&pid| {
+            assert!(
+                pid_depth(pid) > depth,
+                "process {pid} of {function} shares its template's pid namespace"
+            )
+        })
+        .collect()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+fn daemon_pid(d: &Daemon) -> i32 {
+    d.child.id() as i32
+}
+
+/// Sends the daemon SIGTERM (a clean stop) and waits for it to end.
+fn stop(d: &mut Daemon) {
+    // SAFETY: kill on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(daemon_pid(d), libc::SIGTERM) };
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "the daemon stopped with {status}");
+}
+
+/// Requests `function` until one is served warm (each must succeed);
+/// returns how many were cold before it.
+fn until_warm(d: &Daemon, function: &str, limit: Duration) -> usize {
+    let started = Instant::now();
+    let mut cold = 0;
+    loop {
+        match served(d, function).as_str() {
+            "warm" => return cold,
+            "cold" => cold += 1,
+            other => panic!("{function}: x-alcove-start {other:?}"),
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{function} was not warm again within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The function's versions as `fn show --json` lists them, or None when
+/// there is no such function (and `fn ls` does not list it either).
+fn versions(d: &Daemon, function: &str) -> Option<Vec<u64>> {
+    let listed = d.cli_json(&["ls"])["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == function);
+    let (code, out, err) = d.cli(&["show", function, "--json"]);
+    if code != 0 {
+        assert!(
+            err.contains("no function named"),
+            "fn show {function}: {err}"
+        );
+        assert!(!listed, "fn ls lists {function}, fn show does not know it");
+        return None;
+    }
+    assert!(listed, "fn show knows {function}, fn ls does not list it");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    Some(
+        shown["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect(),
+    )
+}
+
+#[test]
+fn an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version() {
+    let Some(t) = setup(
+        "an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let raises = py(
+        t.dir.path(),
+        "raises",
+        "raise RuntimeError(\"boom at init\")\ndef handle(body):\n    return body\n",
+    );
+    let hangs = py(
+        t.dir.path(),
+        "hangs",
+        "import time\ntime.sleep(120)\ndef handle(body):\n    return body\n",
+    );
+    let good = py(t.dir.path(), "good", SERVES);
+
+    // A first deploy that fails makes no function.
+    let err = common::daemon::refused(d, &deploy_args("boom", &raises, &["--warm"]));
+    assert!(err.contains("boom at init"), "the cause is named: {err}");
+    assert_eq!(versions(d, "boom"), None);
+
+    // A later one makes no version: the function stays as it was, warm.
+    deploy_warm(d, "kept", &good, &[]);
+    assert_eq!(served(d, "kept"), "warm");
+    let err = common::daemon::refused(d, &deploy_args("kept", &raises, &["--warm"]));
+    assert!(err.contains("boom at init"), "the cause is named: {err}");
+    assert_eq!(versions(d, "kept"), Some(vec![1]));
+
+    let started = Instant::now();
+    let err = common::daemon::refused(
+        d,
+        &deploy_args("kept", &hangs, &["--warm", "--init-timeout", "2s"]),
+    );
+    let took = started.elapsed();
+    assert!(
+        err.contains("did not say ready within 2 s"),
+        "the deploy says why: {err}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "the deploy waited the init timeout, not more: {took:?}"
+    );
+    assert_eq!(versions(d, "kept"), Some(vec![1]));
+    let err = common::daemon::refused(
+        d,
+        &deploy_args("hangs", &hangs, &["--warm", "--init-timeout", "2s"]),
+    );
+    assert!(err.contains("did not say ready within 2 s"), "{err}");
+    assert_eq!(versions(d, "hangs"), None);
+    // The hung templates were killed; the function that was kept still serves warm.
+    wait_until(
+        "the hung templates are gone",
+        Duration::from_secs(5),
+        || function_processes(daemon_pid(d), "hangs").is_empty(),
+    );
+    assert_eq!(served(d, "kept"), "warm");
+    assert_eq!(function_processes(daemon_pid(d), "boom"), Vec::<i32>::new());
+}
+
+#[test]
+fn an_init_that_starts_a_thread_fails_the_deploy_naming_threads() {
+    let Some(t) = setup(
+        "an_init_that_starts_a_thread_fails_the_deploy_naming_threads",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let source = "import threading, time\n\
+                  threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+                  def handle(body):\n    return body\n";
+    let code = py(t.dir.path(), "threads", source);
+    let err = common::daemon::refused(d, &deploy_args("threads", &code, &["--warm"]));
+    assert!(err.contains("2 threads"), "the deploy names threads: {err}");
+    assert_eq!(versions(d, "threads"), None);
+    // The same code deployed cold is fine: the thread was the only problem.
+    let (status, _, err) = d.cli(&deploy_args("threads", &code, &[]));
+    assert_eq!(status, 0, "{err}");
+    wait_until(
+        "the threaded template is gone",
+        Duration::from_secs(5),
+        || template_pid(daemon_pid(d), "threads").is_none(),
+    );
+}
+
+#[test]
+fn a_killed_template_is_rebuilt_while_requests_run_cold() {
+    let Some(t) = setup("a_killed_template_is_rebuilt_while_requests_run_cold", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    let daemon = daemon_pid(d);
+    // A slow initialisation, so that the rebuild is seen to take a while.
+    let source = format!("import time\ntime.sleep(1.5)\n{SERVES}");
+    let code = py(t.dir.path(), "rebuilt", &source);
+    deploy_warm(d, "rebuilt", &code, &[]);
+    assert_eq!(served(d, "rebuilt"), "warm");
+    let old = template_pid(daemon, "rebuilt").expect("a running template");
+    wait_until("copies are ready", Duration::from_secs(5), || {
+        !copies(daemon, "rebuilt").is_empty()
+    });
+    let old_copies = copies(daemon, "rebuilt");
+    // SAFETY: kill on the template's pid, found beneath this test's own daemon.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0);
+    wait_until(
+        "the template and its copies are gone",
+        Duration::from_secs(5),
+        || {
+            !Path::new(&format!("/proc/{old}")).exists()
+                && old_copies
+                    .iter()
+                    .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+        },
+    );
+    let cold = until_warm(d, "rebuilt", Duration::from_secs(15));
+    assert!(
+        cold >= 1,
+        "the first requests after the kill ran cold while the template was rebuilt"
+    );
+    let new = template_pid(daemon, "rebuilt").expect("a rebuilt template");
+    assert_ne!(new, old);
+    for _ in 0..5 {
+        assert_eq!(served(d, "rebuilt"), "warm");
+    }
+    assert_eq!(
+        versions(d, "rebuilt"),
+        Some(vec![1]),
+        "no redeploy happened"
+    );
+}
+
+#[test]
+fn idle_copies_go_and_requests_bring_them_back() {
+    let Some(t) = setup(
+        "idle_copies_go_and_requests_bring_them_back",
+        &["--warm-idle", "1s", "--warm-ready", "4"],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let daemon = daemon_pid(d);
+    let code = py(t.dir.path(), "idle", SERVES);
+    deploy_warm(d, "idle", &code, &[]);
+    for _ in 0..5 {
+        assert_eq!(served(d, "idle"), "warm");
+    }
+    let template = template_pid(daemon, "idle").expect("a running template");
+    let ready = copies(daemon, "idle");
+    assert!(!ready.is_empty(), "copies were ready after the requests");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        copies(daemon, "idle"),
+        Vec::<i32>::new(),
+        "copies remain after 3 s idle"
+    );
+    assert_eq!(
+        function_processes(daemon, "idle"),
+        vec![template],
+        "only the template remains"
+    );
+    let sb = format!("sb-{daemon}-");
+    assert!(
+        !alcove_cgroups()
+            .iter()
+            .any(|c| c.file_name().unwrap().to_string_lossy().starts_with(&sb)),
+        "the idle copies' cgroups remain"
+    );
+    // Scaled to zero copies, not to zero templates: the next request is warm.
+    assert_eq!(served(d, "idle"), "warm");
+    assert_eq!(template_pid(daemon, "idle"), Some(template));
+    wait_until("copies are ready again", Duration::from_secs(5), || {
+        !copies(daemon, "idle").is_empty()
+    });
+}
+
+#[test]
+fn warm_functions_come_back_after_a_restart_and_a_kill() {
+    let Some(mut t) = setup("warm_functions_come_back_after_a_restart_and_a_kill", &[]) else {
+        return;
+    };
+    let code = py(t.dir.path(), "back", SERVES);
+    deploy_warm(&t.daemon, "back", &code, &[]);
+    assert_eq!(served(&t.daemon, "back"), "warm");
+    let data = t.daemon.data.clone();
+    for how in ["SIGTERM", "SIGKILL"] {
+        let old_daemon = daemon_pid(&t.daemon);
+        let old = template_pid(old_daemon, "back").expect("a running template");
+        wait_until("copies are ready", Duration::from_secs(5), || {
+            !copies(old_daemon, "back").is_empty()
+        });
+        let old_copies = copies(old_daemon, "back");
+        if how == "SIGTERM" {
+            stop(&mut t.daemon);
+        } else {
+            t.daemon.kill9();
+        }
+        // Whichever way the daemon ended, its template and copies ended too.
+        wait_until(
+            &format!("the template and copies are gone after {how}"),
+            Duration::from_secs(5),
+            || {
+                std::iter::once(&old)
+                    .chain(&old_copies)
+                    .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            },
+        );
+        t.daemon = Daemon::start(&data, &[]);
+        let d = &t.daemon;
+        until_warm(d, "back", Duration::from_secs(10));
+        for _ in 0..3 {
+            assert_eq!(served(d, "back"), "warm", "after {how}");
+        }
+        assert_eq!(
+            versions(d, "back"),
+            Some(vec![1]),
+            "no redeploy after {how}"
+        );
+        let new = template_pid(daemon_pid(d), "back")
+            .unwrap_or_else(|| panic!("no template after {how}"));
+        assert_ne!(new, old);
+        // What the old daemon's copies held is cleaned up.
+        let sb = format!("sb-{old_daemon}-");
+        let left: Vec<PathBuf> = alcove_cgroups()
+            .into_iter()
+            .filter(|c| c.file_name().unwrap().to_string_lossy().starts_with(&sb))
+            .collect();
+        assert!(left.is_empty(), "after {how}: {left:?}");
+        let sockets = format!("{old_daemon}-");
+        let left: Vec<String> = warm_sockets()
+            .into_iter()
+            .filter(|s| s.starts_with(&sockets))
+            .collect();
+        assert!(left.is_empty(), "after {how}: {left:?}");
+    }
+}
+
+/// The entries of /run/alcove/warm (one socket directory per template).
+fn warm_sockets() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/alcove/warm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// What a daemon leaves on the host, counted.
+#[derive(Debug, PartialEq)]
+struct Held {
+    /// Its copies' cgroups (sb-PID-*), each name once across the hierarchies.
+    cgroups: usize,
+    /// The function's processes: its template and copies.
+    processes: usize,
+    /// Its socket directories in /run/alcove/warm.
+    sockets: usize,
+    /// Mounts on the host outside alcove's bounded pools.
+    mounts: Vec<String>,
+}
+
+fn held(daemon: i32, function: &str) -> Held {
+    let sb = format!("sb-{daemon}-");
+    let mut cgroups: Vec<String> = alcove_cgroups()
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&sb))
+        .collect();
+    cgroups.sort();
+    cgroups.dedup();
+    let own = format!("{daemon}-");
+    Held {
+        cgroups: cgroups.len(),
+        processes: function_processes(daemon, function).len(),
+        sockets: warm_sockets()
+            .iter()
+            .filter(|s| s.starts_with(&own))
+            .count(),
+        mounts: host_mounts()
+            .into_iter()
+            .filter(|m| {
+                !m.starts_with("/run/alcove/pool/") && !m.starts_with("/run/alcove/templates/")
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_thousand_warm_invocations_leave_nothing_behind() {
+    let Some(t) = setup(
+        "a_thousand_warm_invocations_leave_nothing_behind",
+        &["--warm-ready", "4"],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    let daemon = daemon_pid(d);
+    // Each invocation leaves what it can: a file, a child, a socket.
+    let source = r#"
+import os, socket, subprocess
+def handle(body):
+    open("/tmp/x", "w").write("x" * 4096)
+    subprocess.Popen(["sleep", "30"])
+    s = socket.socket()
+    s.bind(("127.0.0.1", 8080))
+    s.listen()
+    return "served"
+"#;
+    let code = py(t.dir.path(), "many", source);
+    deploy_warm(d, "many", &code, &[]);
+    for _ in 0..20 {
+        assert_eq!(served(d, "many"), "warm");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = held(daemon, "many");
+    assert!(
+        before.processes >= 2 && before.cgroups >= 1 && before.sockets == 1,
+        "the template and ready copies are there to count: {before:?}"
+    );
+
+    let started = Instant::now();
+    for i in 0..1000 {
+        let reply = invoke(d, "many", b"");
+        assert_eq!(reply.status, 200, "invocation {i}: {}", reply.text());
+        assert_eq!(
+            reply.header("x-alcove-start"),
+            Some("warm"),
+            "invocation {i}: {:?}",
+            reply.headers
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "1000 warm invocations took {took:?}"
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    let after = held(daemon, "many");
+    assert!(
+        after.processes <= 1 + 4,
+        "more than the template and --warm-ready copies: {after:?}"
+    );
+    assert!(
+        after.cgroups <= 4,
+        "more copy cgroups than --warm-ready: {after:?}"
+    );
+    assert_eq!(after.sockets, 1, "one socket directory per template");
+    assert_eq!(before.mounts, after.mounts, "the host's mounts changed");
+    assert_eq!(
+        common::processes_with("sleep 30")
+            .into_iter()
+            .filter(|&p| descends_from(p, daemon))
+            .count(),
+        0,
+        "the invocations' children remain"
+    );
+    eprintln!("1000 warm invocations: {took:?}; before {before:?}; after {after:?}");
+}
