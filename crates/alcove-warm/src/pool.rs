@@ -493,7 +493,13 @@ impl Pool {
             .adopt(pid)
             .map_err(|e| format!("cannot move it into its cgroup: {e}"))
             .and_then(|()| {
-                verify::check_copy(pid, facts, &self.shared_rw).map_err(|e| e.to_string())
+                // Stopped while it is checked, so that it cannot move a descriptor
+                // or start a thread behind the checks' backs.
+                stop(&pidfd, pid)?;
+                let checked = verify::check_copy(pid, facts, &self.shared_rw)
+                    .map_err(|e| alcove_sandbox::error_chain(&e));
+                let _ = pidfd::send_signal(pidfd.as_fd(), libc::SIGCONT);
+                checked
             });
         if let Err(reason) = checked {
             kill(&pidfd);
@@ -541,6 +547,34 @@ fn poll_in(fd: &OwnedFd) -> libc::pollfd {
 fn alive(pidfd: &OwnedFd) -> bool {
     let mut fds = [poll_in(pidfd)];
     matches!(fd::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
+}
+
+/// Stops the copy (SIGSTOP: from an ancestor pid namespace even its pid 1
+/// cannot ignore it) and waits until the kernel says it is stopped.
+fn stop(pidfd: &OwnedFd, pid: libc::pid_t) -> Result<(), String> {
+    pidfd::send_signal(pidfd.as_fd(), libc::SIGSTOP)
+        .map_err(|e| format!("cannot stop it to check it: {e}"))?;
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        // The state follows the command, which is in parentheses and may hold spaces.
+        let state = std::fs::read_to_string(&stat).ok().and_then(|text| {
+            let after = text.rsplit_once(')')?.1;
+            after.trim_start().chars().next()
+        });
+        match state {
+            Some('T' | 't') => return Ok(()),
+            None | Some('Z' | 'X') => {
+                return Err(format!("process {pid} ended before it was checked"))
+            }
+            Some(_) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "process {pid} did not stop to be checked within 500 ms"
+                ))
+            }
+            Some(_) => std::thread::sleep(Duration::from_micros(20)),
+        }
+    }
 }
 
 /// Kills a copy that will not serve and removes its cgroup.

@@ -206,6 +206,12 @@ pub enum CopyRefused {
          close it before the runtime says ready"
     )]
     UnknownDescriptor { fd: u32, link: String },
+    #[error(
+        "the copy has a shared mapping ({what}, at {range}) made during initialisation: every \
+         copy would share its memory; map it privately (MAP_PRIVATE; in Python, mmap's \
+         flags=mmap.MAP_PRIVATE) or make it in the handler"
+    )]
+    SharedMapping { range: String, what: String },
 }
 
 /// What alcove reads about a template once it says `ready`, to compare its copies with.
@@ -369,7 +375,91 @@ fn check_copy_now(
     }
 
     check_places(&proc, template, &mounts, shared_rw)?;
+    check_mappings(&proc, template, &mounts, shared_rw)?;
     check_descriptors(&proc, pid, template, &mounts, shared_rw)
+}
+
+/// Shared mappings survive `fork` shared: one made at init (Python's
+/// `mmap.mmap(-1, n)` is `MAP_SHARED`) would be memory every copy writes.
+/// A shared mapping may stay only if it maps a file on a mount alcove knows
+/// whose superblock the template cannot write to (a library's read-only
+/// cache); anonymous shared memory, SysV segments and memfds live on the
+/// kernel's internal shmem mount and are refused, whatever their permissions
+/// now (`mprotect` could make them writable again).
+fn check_mappings(
+    proc: &Proc,
+    template: &TemplateFacts,
+    mounts: &[Mount],
+    shared_rw: &[PathBuf],
+) -> Result<(), CopyRefused> {
+    let text = proc.read("maps", MAX_MAPS)?;
+    for line in text.lines() {
+        let Some(mapping) = parse_maps_line(line) else {
+            return Err(VerifyError::Malformed {
+                path: proc.path("maps"),
+                detail: format!("a line alcove cannot read: {line:?}"),
+            }
+            .into());
+        };
+        if !mapping.shared {
+            continue;
+        }
+        let on = |m: &&Mount| m.dev == mapping.dev;
+        let known = mounts.iter().chain(&template.mounts).find(on);
+        let allowed = match known {
+            Some(mount) => {
+                !template.writable.contains(&mapping.dev)
+                    || exempt(&mount.mount_point, shared_rw)
+                    || mounts
+                        .iter()
+                        .filter(on)
+                        .any(|m| exempt(&m.mount_point, shared_rw))
+            }
+            None => false,
+        };
+        if !allowed {
+            return Err(CopyRefused::SharedMapping {
+                range: mapping.range.to_owned(),
+                what: if mapping.path.is_empty() {
+                    "anonymous".to_owned()
+                } else {
+                    mapping.path.to_owned()
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The most of /proc/PID/maps read (a Python copy's is about 30 KiB).
+pub const MAX_MAPS: usize = 4 << 20;
+
+/// One line of /proc/PID/maps, the fields the mapping check uses.
+struct Mapping<'a> {
+    range: &'a str,
+    shared: bool,
+    dev: Dev,
+    path: &'a str,
+}
+
+/// `start-end perms offset major:minor inode [path]`, the device in hex.
+fn parse_maps_line(line: &str) -> Option<Mapping<'_>> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let _inode = fields.next()?;
+    let path = fields.next().unwrap_or("").trim_start();
+    Some(Mapping {
+        range,
+        shared: perms.as_bytes().get(3) == Some(&b's'),
+        dev: Dev {
+            major: u32::from_str_radix(major, 16).ok()?,
+            minor: u32::from_str_radix(minor, 16).ok()?,
+        },
+        path,
+    })
 }
 
 /// The copy's working directory and root. A copy could write through either
@@ -1028,6 +1118,28 @@ fn first_difference(template: &str, copy: &str) -> String {
             (None, Some(c)) => return format!("the copy's {c:?}, nothing in the template's"),
             (None, None) => return "they differ only in whitespace".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_are_read_with_hex_devices_and_optional_paths() {
+        let m = parse_maps_line(
+            "7f1c2a000000-7f1c2a021000 rw-s 00000000 00:01 2052 /dev/zero (deleted)",
+        )
+        .unwrap();
+        assert!(m.shared);
+        assert_eq!((m.dev.major, m.dev.minor), (0, 1));
+        assert_eq!(m.path, "/dev/zero (deleted)");
+        let m = parse_maps_line("55d0c8a00000-55d0c8a21000 rw-p 00000000 00:00 0 ").unwrap();
+        assert!(!m.shared);
+        assert_eq!(m.path, "");
+        let m = parse_maps_line("7f00-7f01 r--s 00000000 fe:1a 12 /usr/lib/x.cache").unwrap();
+        assert_eq!((m.dev.major, m.dev.minor), (0xfe, 0x1a));
+        assert!(parse_maps_line("garbage").is_none());
     }
 }
 

@@ -131,23 +131,37 @@ fn template_pid(daemon: i32, function: &str) -> Option<i32> {
     found.first().copied()
 }
 
-/// `function`'s copies: its template's processes one pid namespace deeper
-/// than the template (each copy unshares a pid namespace of its own).
+/// `function`'s copies: its template's descendants. A ready copy is one
+/// pid namespace deeper than the template (it unshared one and forked into
+/// it); one still setting itself up may not be yet.
 fn copies(daemon: i32, function: &str) -> Vec<i32> {
     let Some(template) = template_pid(daemon, function) else {
         return Vec::new();
     };
-    let depth = pid_depth(template);
     function_processes(daemon, function)
         .into_iter()
         .filter(|&pid| pid != template && descends_from(pid, template))
-        .inspect(|&pid| {
-            assert!(
-                pid_depth(pid) > depth,
-                "process {pid} of {function} shares its template's pid namespace"
-            )
-        })
         .collect()
+}
+
+/// Waits until `function` has a ready copy (one pid namespace deeper than
+/// its template); returns its copies then.
+fn ready_copies(daemon: i32, function: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    wait_until(
+        &format!("{function} has a ready copy"),
+        Duration::from_secs(5),
+        || {
+            let Some(template) = template_pid(daemon, function) else {
+                return false;
+            };
+            found = copies(daemon, function);
+            found
+                .iter()
+                .any(|&pid| pid_depth(pid) == pid_depth(template) + 1)
+        },
+    );
+    found
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
@@ -321,10 +335,7 @@ fn a_killed_template_is_rebuilt_while_requests_run_cold() {
     deploy_warm(d, "rebuilt", &code, &[]);
     assert_eq!(served(d, "rebuilt"), "warm");
     let old = template_pid(daemon, "rebuilt").expect("a running template");
-    wait_until("copies are ready", Duration::from_secs(5), || {
-        !copies(daemon, "rebuilt").is_empty()
-    });
-    let old_copies = copies(daemon, "rebuilt");
+    let old_copies = ready_copies(daemon, "rebuilt");
     // SAFETY: kill on the template's pid, found beneath this test's own daemon.
     assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0);
     wait_until(
@@ -370,8 +381,7 @@ fn idle_copies_go_and_requests_bring_them_back() {
         assert_eq!(served(d, "idle"), "warm");
     }
     let template = template_pid(daemon, "idle").expect("a running template");
-    let ready = copies(daemon, "idle");
-    assert!(!ready.is_empty(), "copies were ready after the requests");
+    ready_copies(daemon, "idle");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         copies(daemon, "idle"),
@@ -393,9 +403,7 @@ fn idle_copies_go_and_requests_bring_them_back() {
     // Scaled to zero copies, not to zero templates: the next request is warm.
     assert_eq!(served(d, "idle"), "warm");
     assert_eq!(template_pid(daemon, "idle"), Some(template));
-    wait_until("copies are ready again", Duration::from_secs(5), || {
-        !copies(daemon, "idle").is_empty()
-    });
+    ready_copies(daemon, "idle");
 }
 
 #[test]
@@ -410,10 +418,7 @@ fn warm_functions_come_back_after_a_restart_and_a_kill() {
     for how in ["SIGTERM", "SIGKILL"] {
         let old_daemon = daemon_pid(&t.daemon);
         let old = template_pid(old_daemon, "back").expect("a running template");
-        wait_until("copies are ready", Duration::from_secs(5), || {
-            !copies(old_daemon, "back").is_empty()
-        });
-        let old_copies = copies(old_daemon, "back");
+        let old_copies = ready_copies(old_daemon, "back");
         if how == "SIGTERM" {
             stop(&mut t.daemon);
         } else {
