@@ -116,22 +116,29 @@ pub struct FunctionSummary {
     pub name: String,
     pub latest: u32,
     pub versions: usize,
+    /// What runs: the handler, or the runtime's command.
     pub handler: Vec<String>,
+    /// Served from copies of an initialised template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 impl From<&FunctionInfo> for FunctionSummary {
     fn from(f: &FunctionInfo) -> Self {
-        let handler = f
-            .versions
-            .iter()
-            .find(|v| v.version == f.latest)
-            .map(|v| v.config.handler.clone())
+        let latest = f.versions.iter().find(|v| v.version == f.latest);
+        let handler = latest
+            .map(|v| {
+                alcove_engine::runtime_command(&v.config)
+                    .unwrap_or_else(|| v.config.handler.clone())
+            })
             .unwrap_or_default();
+        let warm = latest.is_some_and(|v| v.config.warm);
         FunctionSummary {
             name: f.name.clone(),
             latest: f.latest,
             versions: f.versions.len(),
             handler,
+            warm,
         }
     }
 }

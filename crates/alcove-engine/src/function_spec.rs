@@ -120,6 +120,22 @@ pub(crate) fn pin_binds(
     Ok(pinned)
 }
 
+/// The command a function with a runtime runs (what `fn show` and `fn ls`
+/// show for its handler); `None` without one.
+pub fn runtime_command(c: &FunctionConfig) -> Option<Vec<String>> {
+    let runtime = c.runtime.as_deref()?;
+    let script = std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
+        .join(alcove_warm::runtime::PYTHON_RUNTIME);
+    Some(match runtime {
+        "python" => vec![
+            "python3".into(),
+            script.to_string_lossy().into_owned(),
+            c.entry.clone().unwrap_or_else(|| "main.py".into()),
+        ],
+        other => vec![format!("({other} runtime)")],
+    })
+}
+
 /// The argv of `runtime` serving `entry`, and the host directory holding
 /// the runtime (mounted at the same path inside).
 fn runtime_handler(

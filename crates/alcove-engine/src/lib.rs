@@ -30,7 +30,7 @@ pub use code_links::link_leaves;
 pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
-pub use function_spec::AllowedBind;
+pub use function_spec::{runtime_command, AllowedBind};
 pub use http::{Endpoint, HttpReply, HttpRequest, HttpStream};
 pub use image::apply_image;
 pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};

@@ -7,7 +7,7 @@
 
 mod common;
 use common::daemon::{http, setup, Daemon, Reply};
-use common::{processes_with, wait_until};
+use common::{alcove_cgroups, processes_with, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,9 +92,38 @@ fn template_pid(daemon: u32, function: &str) -> Option<i32> {
     found.first().copied()
 }
 
+/// Stops the daemon as an operator would (SIGTERM) and checks that it took
+/// its templates' pieces with it: no copy cgroup (sb-PID-*) and no socket
+/// directory (/run/alcove/warm/PID-*) of its own remain.
+fn stop(d: &mut Daemon) {
+    let pid = d.child.id() as i32;
+    // SAFETY: kill on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "the daemon stopped with {status}");
+    let sb = format!("sb-{pid}-");
+    let cgroups: Vec<PathBuf> = alcove_cgroups()
+        .into_iter()
+        .filter(|c| c.file_name().unwrap().to_string_lossy().starts_with(&sb))
+        .collect();
+    assert!(cgroups.is_empty(), "left behind: {cgroups:?}");
+    let own = format!("{pid}-");
+    let sockets: Vec<String> = std::fs::read_dir("/run/alcove/warm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&own))
+        .collect();
+    assert!(
+        sockets.is_empty(),
+        "left behind in /run/alcove/warm: {sockets:?}"
+    );
+}
+
 #[test]
 fn warm_and_cold_return_the_same_results() {
-    let Some(t) = setup("warm_and_cold_return_the_same_results", &[]) else {
+    let Some(mut t) = setup("warm_and_cold_return_the_same_results", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -144,6 +173,7 @@ def handle(body):
             "the handler really ran: {answer}"
         );
     }
+    stop(&mut t.daemon);
 }
 
 /// A difference warm and cold should not have: the environment a handler
@@ -152,7 +182,7 @@ def handle(body):
 /// environment is replaced by the invocation's, which has none.
 #[test]
 fn warm_and_cold_handlers_see_the_same_environment_names() {
-    let Some(t) = setup("warm_and_cold_handlers_see_the_same_environment_names", &[]) else {
+    let Some(mut t) = setup("warm_and_cold_handlers_see_the_same_environment_names", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -188,11 +218,12 @@ def handle(body):
         warm["child"], cold["child"],
         "a child process's environment variables differ (warm, then cold)"
     );
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn a_copys_writes_are_invisible_to_the_next_invocation() {
-    let Some(t) = setup("a_copys_writes_are_invisible_to_the_next_invocation", &[]) else {
+    let Some(mut t) = setup("a_copys_writes_are_invisible_to_the_next_invocation", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -269,11 +300,12 @@ def handle(body):
             || processes_with(marker).is_empty(),
         );
     }
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn copies_see_only_their_own_processes_and_network() {
-    let Some(t) = setup("copies_see_only_their_own_processes_and_network", &[]) else {
+    let Some(mut t) = setup("copies_see_only_their_own_processes_and_network", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -364,11 +396,12 @@ def handle(body):
             "copy {i}'s /proc/net/tcp is not just its own (the other's port is {other}): {s}"
         );
     }
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn copies_draw_different_random_numbers() {
-    let Some(t) = setup("copies_draw_different_random_numbers", &[]) else {
+    let Some(mut t) = setup("copies_draw_different_random_numbers", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -418,11 +451,12 @@ def handle(body):
         "random.random() repeated: {seen:?}"
     );
     assert_eq!(uuids.len(), seen.len(), "uuid.uuid4() repeated: {seen:?}");
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn limits_apply_to_copies_and_the_template_survives_them() {
-    let Some(t) = setup("limits_apply_to_copies_and_the_template_survives_them", &[]) else {
+    let Some(mut t) = setup("limits_apply_to_copies_and_the_template_survives_them", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -471,11 +505,12 @@ def handle(body):
             );
         }
     }
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn a_crashing_copy_hurts_neither_template_nor_pool() {
-    let Some(t) = setup("a_crashing_copy_hurts_neither_template_nor_pool", &[]) else {
+    let Some(mut t) = setup("a_crashing_copy_hurts_neither_template_nor_pool", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -517,6 +552,7 @@ def handle(body):
         Some(template),
         "the template was replaced"
     );
+    stop(&mut t.daemon);
 }
 
 /// A crash reads the same warm as cold: the signal the handler died of,
@@ -524,7 +560,7 @@ def handle(body):
 /// it; what it reports must still be what happened).
 #[test]
 fn a_crashing_copy_is_reported_with_the_signal_it_died_of() {
-    let Some(t) = setup(
+    let Some(mut t) = setup(
         "a_crashing_copy_is_reported_with_the_signal_it_died_of",
         &[],
     ) else {
@@ -553,11 +589,12 @@ fn a_crashing_copy_is_reported_with_the_signal_it_died_of() {
     assert_eq!(cold, libc::SIGSEGV, "a cold segfault is SIGSEGV");
     let warm = signal("segv-warm", "warm");
     assert_eq!(warm, cold, "a warm segfault is reported as another signal");
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn secrets_and_environment_reach_copies() {
-    let Some(t) = setup("secrets_and_environment_reach_copies", &[]) else {
+    let Some(mut t) = setup("secrets_and_environment_reach_copies", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -601,4 +638,5 @@ def handle(body):
             })
         );
     }
+    stop(&mut t.daemon);
 }

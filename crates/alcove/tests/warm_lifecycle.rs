@@ -176,12 +176,31 @@ fn daemon_pid(d: &Daemon) -> i32 {
     d.child.id() as i32
 }
 
-/// Sends the daemon SIGTERM (a clean stop) and waits for it to end.
+/// Stops the daemon as an operator would (SIGTERM), waits for it, and
+/// checks that it took its templates' pieces with it: no copy cgroup
+/// (sb-PID-*) and no socket directory (/run/alcove/warm/PID-*) of its own
+/// remain.
 fn stop(d: &mut Daemon) {
+    let pid = daemon_pid(d);
     // SAFETY: kill on the pid of a child this test started and has not reaped.
-    unsafe { libc::kill(daemon_pid(d), libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = d.child.wait().unwrap();
     assert!(status.success(), "the daemon stopped with {status}");
+    let sb = format!("sb-{pid}-");
+    let cgroups: Vec<PathBuf> = alcove_cgroups()
+        .into_iter()
+        .filter(|c| c.file_name().unwrap().to_string_lossy().starts_with(&sb))
+        .collect();
+    assert!(cgroups.is_empty(), "left behind: {cgroups:?}");
+    let own = format!("{pid}-");
+    let sockets: Vec<String> = warm_sockets()
+        .into_iter()
+        .filter(|n| n.starts_with(&own))
+        .collect();
+    assert!(
+        sockets.is_empty(),
+        "left behind in /run/alcove/warm: {sockets:?}"
+    );
 }
 
 /// Requests `function` until one is served warm (each must succeed);
@@ -234,7 +253,7 @@ fn versions(d: &Daemon, function: &str) -> Option<Vec<u64>> {
 
 #[test]
 fn an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version() {
-    let Some(t) = setup(
+    let Some(mut t) = setup(
         "an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version",
         &[],
     ) else {
@@ -294,11 +313,12 @@ fn an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version() {
     );
     assert_eq!(served(d, "kept"), "warm");
     assert_eq!(function_processes(daemon_pid(d), "boom"), Vec::<i32>::new());
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn an_init_that_starts_a_thread_fails_the_deploy_naming_threads() {
-    let Some(t) = setup(
+    let Some(mut t) = setup(
         "an_init_that_starts_a_thread_fails_the_deploy_naming_threads",
         &[],
     ) else {
@@ -320,11 +340,12 @@ fn an_init_that_starts_a_thread_fails_the_deploy_naming_threads() {
         Duration::from_secs(5),
         || template_pid(daemon_pid(d), "threads").is_none(),
     );
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn a_killed_template_is_rebuilt_while_requests_run_cold() {
-    let Some(t) = setup("a_killed_template_is_rebuilt_while_requests_run_cold", &[]) else {
+    let Some(mut t) = setup("a_killed_template_is_rebuilt_while_requests_run_cold", &[]) else {
         return;
     };
     let d = &t.daemon;
@@ -363,11 +384,12 @@ fn a_killed_template_is_rebuilt_while_requests_run_cold() {
         Some(vec![1]),
         "no redeploy happened"
     );
+    stop(&mut t.daemon);
 }
 
 #[test]
 fn idle_copies_go_and_requests_bring_them_back() {
-    let Some(t) = setup(
+    let Some(mut t) = setup(
         "idle_copies_go_and_requests_bring_them_back",
         &["--warm-idle", "1s", "--warm-ready", "4"],
     ) else {
@@ -404,6 +426,7 @@ fn idle_copies_go_and_requests_bring_them_back() {
     assert_eq!(served(d, "idle"), "warm");
     assert_eq!(template_pid(daemon, "idle"), Some(template));
     ready_copies(daemon, "idle");
+    stop(&mut t.daemon);
 }
 
 #[test]
@@ -462,6 +485,7 @@ fn warm_functions_come_back_after_a_restart_and_a_kill() {
             .collect();
         assert!(left.is_empty(), "after {how}: {left:?}");
     }
+    stop(&mut t.daemon);
 }
 
 /// The entries of /run/alcove/warm (one socket directory per template).
@@ -517,7 +541,7 @@ fn held(daemon: i32, function: &str) -> Held {
 
 #[test]
 fn a_thousand_warm_invocations_leave_nothing_behind() {
-    let Some(t) = setup(
+    let Some(mut t) = setup(
         "a_thousand_warm_invocations_leave_nothing_behind",
         &["--warm-ready", "4"],
     ) else {
@@ -586,4 +610,5 @@ def handle(body):
         "the invocations' children remain"
     );
     eprintln!("1000 warm invocations: {took:?}; before {before:?}; after {after:?}");
+    stop(&mut t.daemon);
 }

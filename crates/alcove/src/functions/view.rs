@@ -64,7 +64,12 @@ pub(super) fn function_table(list: &Value) -> String {
                 f["name"].as_str().unwrap_or("").to_owned(),
                 f["latest"].to_string(),
                 f["versions"].to_string(),
-                join_argv(&f["handler"]),
+                join_argv(&f["handler"])
+                    + if f["warm"].as_bool() == Some(true) {
+                        "  [warm]"
+                    } else {
+                        ""
+                    },
             ]
         })
         .collect();
@@ -176,7 +181,13 @@ pub(super) fn show_function(f: &Value) {
             v["created_at"].as_f64().map_or("-".into(), utc)
         );
         let mut rows: Vec<(String, String)> = vec![
-            ("handler".into(), join_argv(&c["handler"])),
+            (
+                "handler".into(),
+                serde_json::from_value::<alcove_engine::FunctionConfig>(c.clone())
+                    .ok()
+                    .and_then(|config| alcove_engine::runtime_command(&config))
+                    .map_or_else(|| join_argv(&c["handler"]), |argv| argv.join(" ")),
+            ),
             (
                 "code".into(),
                 v["code_digest"]
