@@ -332,11 +332,17 @@ class Template:
             conn.send(f"exit 83 {now} {now}".encode())
             return 83
         env = os.environb
+        # Python's start-up may have set LC_CTYPE (PEP 538 coerces the C locale);
+        # the request carries the function's own locale variables, which the
+        # template started with too, so a cold run's Python would set the same.
+        coerced = env.get(b"LC_CTYPE")
         env.clear()
         for entry in payload.split(b"\0"):
             key, eq, value = entry.partition(b"=")
             if key and eq:
                 env[key] = value
+        if coerced is not None:
+            env[b"LC_CTYPE"] = coerced
         random.seed()  # os.urandom: what init seeded is the same in every copy
         tempfile = sys.modules.get("tempfile")
         if tempfile is not None:

@@ -214,6 +214,8 @@ pub(crate) fn supervise(
     let mut t_exec: Option<u64> = None;
     let mut exit: Option<(ExitStatus, u64)> = None;
     let mut handler_ns: Option<(u64, u64)> = None;
+    // An adopted process's connection ended without its report.
+    let mut report_closed = false;
     let mut pumps: Vec<Pump> = s
         .outputs
         .into_iter()
@@ -309,7 +311,7 @@ pub(crate) fn supervise(
         let i_pid = exit.is_none().then(|| push(s.pidfd.as_raw_fd()));
         // An adopted copy reports its exit before it goes; its namespaces' teardown,
         // which the pidfd waits for, is not the request's business.
-        let i_report = match (&s.reap, exit.is_none()) {
+        let i_report = match (&s.reap, exit.is_none() && !report_closed) {
             (Reap::Adopted(report), true) => Some(push(report.as_raw_fd())),
             _ => None,
         };
@@ -381,11 +383,16 @@ pub(crate) fn supervise(
         }
         if ready(i_report) && !ready(i_pid) {
             if let Reap::Adopted(report) = &s.reap {
-                let (status, times) = adopted_status(report);
-                handler_ns = times;
-                // It is on its way out (or said so falsely): used once either way.
-                let _ = pidfd::send_signal(s.pidfd.as_fd(), libc::SIGKILL);
-                exit = Some((status, process::monotonic_ns()));
+                match adopted_report(report) {
+                    Some((status, times)) => {
+                        handler_ns = times;
+                        // It is on its way out (or said so falsely): used once either way.
+                        let _ = pidfd::send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+                        exit = Some((status, process::monotonic_ns()));
+                    }
+                    // Gone without a word: its pidfd will say how it ended.
+                    None => report_closed = true,
+                }
             }
         } else if ready(i_pid) {
             let status = match &s.reap {
@@ -394,11 +401,13 @@ pub(crate) fn supervise(
                         .map_err(SandboxError::Supervise)?
                         .0
                 }
-                Reap::Adopted(report) => {
-                    let (status, times) = adopted_status(report);
-                    handler_ns = times;
-                    status
-                }
+                Reap::Adopted(report) => match adopted_report(report) {
+                    Some((status, times)) => {
+                        handler_ns = times;
+                        status
+                    }
+                    None => adopted_end(s.pidfd.as_fd()),
+                },
             };
             exit = Some((status, process::monotonic_ns()));
         }
@@ -454,8 +463,10 @@ pub(crate) fn supervise(
             ..Default::default()
         }
     };
+    let signaled = matches!(status, ExitStatus::Signaled(_));
     let (exit_code, signal) = match status {
         ExitStatus::Exited(code) => (Some(code), None),
+        ExitStatus::Signaled(0) => (None, None), // an adopted process's unknown signal
         ExitStatus::Signaled(sig) => (None, Some(sig)),
     };
     let cpu_used = usage.cpu_user_us + usage.cpu_system_us;
@@ -467,7 +478,7 @@ pub(crate) fn supervise(
         {
             Status::CpuTime
         }
-        None if signal.is_some() => Status::Signaled,
+        None if signaled => Status::Signaled,
         None => Status::Exited,
     };
     let t_end = process::monotonic_ns();
@@ -517,10 +528,10 @@ pub(crate) fn supervise(
     Ok((outcome, raw))
 }
 
-/// How an adopted process ended, from the report it queued before it exited:
-/// `exit CODE START_NS END_NS`. Without one (it was killed, or never said),
-/// it is taken as killed by SIGKILL, the only signal that cannot be caught.
-fn adopted_status(report: &OwnedFd) -> (ExitStatus, Option<(u64, u64)>) {
+/// How an adopted process ended, from the report it queued before it exited
+/// (`exit CODE START_NS END_NS`), with when its handler ran; `None` when it
+/// sent none (it was killed, or never said).
+fn adopted_report(report: &OwnedFd) -> Option<(ExitStatus, Option<(u64, u64)>)> {
     let mut buf = [0u8; 128];
     let mut last = None;
     // The report is the last message; take at most a few stale ones before it.
@@ -530,17 +541,28 @@ fn adopted_status(report: &OwnedFd) -> (ExitStatus, Option<(u64, u64)>) {
             _ => break,
         }
     }
-    let parsed = last.as_deref().and_then(|m| {
-        let text = std::str::from_utf8(m).ok()?;
-        let mut words = text.strip_prefix("exit ")?.split(' ');
-        let code: i32 = words.next()?.parse().ok()?;
-        let times = (|| Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?)))();
-        Some((code & 0xff, times.filter(|(a, b): &(u64, u64)| a <= b)))
-    });
-    match parsed {
-        Some((code, times)) => (ExitStatus::Exited(code), times),
-        None => (ExitStatus::Signaled(libc::SIGKILL), None),
+    let text = String::from_utf8(last?).ok()?;
+    let mut words = text.strip_prefix("exit ")?.split(' ');
+    let code: i32 = words.next()?.parse().ok()?;
+    let times = (|| Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?)))();
+    Some((
+        ExitStatus::Exited(code & 0xff),
+        times.filter(|(a, b): &(u64, u64)| a <= b),
+    ))
+}
+
+/// How an adopted process that sent no report ended: the kernel keeps it on
+/// the pidfd once the process is reaped (Linux 6.15+; its parent, the
+/// template, reaps at once). Where the kernel cannot say, signal 0 stands for
+/// "killed by a signal alcove cannot name", which the outcome reports as none.
+fn adopted_end(pidfd: std::os::fd::BorrowedFd<'_>) -> ExitStatus {
+    for _ in 0..50 {
+        if let Some(status) = pidfd::exit_info(pidfd) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
+    ExitStatus::Signaled(0)
 }
 
 fn setup_failure(report: &[u8], plan: &ChildPlan, program: &str) -> SandboxError {

@@ -63,3 +63,58 @@ pub fn wait(pidfd: BorrowedFd<'_>) -> io::Result<(ExitStatus, libc::rusage)> {
     };
     Ok((status, usage))
 }
+
+/// `struct pidfd_info` (Linux 6.13+, `PIDFD_GET_INFO`), its first version.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+    coredump_mask: u32,
+    spare: u32,
+}
+
+/// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: u64 =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xff << 8) | 11;
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// How a process that is not our child ended, once it has been reaped, as
+/// the kernel keeps it on its pidfd (`PIDFD_GET_INFO`, Linux 6.15+). `None`
+/// where the kernel cannot say (older, or not yet reaped).
+pub fn exit_info(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: `info` is a valid, writable struct pidfd_info of the size the
+    // request number encodes; the kernel writes at most that many bytes.
+    let ret = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if ret != 0 || info.mask & PIDFD_INFO_EXIT == 0 {
+        return None;
+    }
+    let raw = info.exit_code;
+    Some(if libc::WIFEXITED(raw) {
+        ExitStatus::Exited(libc::WEXITSTATUS(raw))
+    } else {
+        ExitStatus::Signaled(libc::WTERMSIG(raw))
+    })
+}

@@ -82,12 +82,15 @@ impl Template {
             .filter(|b| b.writable && !b.device)
             .map(|b| b.target.clone())
             .collect();
-        sandbox.binds.push(Bind {
-            source: runtime_dir.to_path_buf(),
-            target: PathBuf::from(runtime::RUNTIME_DIR),
-            writable: false,
-            device: false,
-        });
+        let runtime_target = PathBuf::from(runtime::RUNTIME_DIR);
+        if !sandbox.binds.iter().any(|b| b.target == runtime_target) {
+            sandbox.binds.push(Bind {
+                source: runtime_dir.to_path_buf(),
+                target: runtime_target,
+                writable: false,
+                device: false,
+            });
+        }
         sandbox.binds.push(Bind {
             source: socket_path.clone(),
             target: PathBuf::from(COPY_SOCKET_INSIDE),

@@ -588,7 +588,20 @@ fn a_crashing_copy_is_reported_with_the_signal_it_died_of() {
     let cold = signal("segv-cold", "cold");
     assert_eq!(cold, libc::SIGSEGV, "a cold segfault is SIGSEGV");
     let warm = signal("segv-warm", "warm");
-    assert_eq!(warm, cold, "a warm segfault is reported as another signal");
+    if warm.is_null() && !kernel_keeps_exit_on_pidfds() {
+        // The copy is not alcove's child: only PIDFD_GET_INFO (Linux 6.15+)
+        // tells it how the copy died. Before that, "a signal" without a name,
+        // never a made-up one.
+        eprintln!(
+            "NOTE a_crashing_copy_is_reported_with_the_signal_it_died_of: this kernel ({}) \
+             predates PIDFD_GET_INFO; the warm segfault is reported as an unnamed signal",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        );
+    } else {
+        assert_eq!(warm, cold, "a warm segfault is reported as another signal");
+    }
     stop(&mut t.daemon);
 }
 
@@ -639,4 +652,14 @@ def handle(body):
         );
     }
     stop(&mut t.daemon);
+}
+
+/// Whether this kernel keeps a reaped process's exit status on its pidfd
+/// (PIDFD_GET_INFO with PIDFD_INFO_EXIT: Linux 6.15 and later).
+fn kernel_keeps_exit_on_pidfds() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 15)
 }
