@@ -54,6 +54,7 @@ SYS_CAPSET = {"x86_64": 126, "aarch64": 91}  # only if libc lacks capset()
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the unified table)
 AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
 MAX_REQUEST = 1 << 20
+FDS_SPACE = socket.CMSG_SPACE(3 * struct.calcsize("i"))  # room for the request's three descriptors
 
 
 class SockFprog(ctypes.Structure):
@@ -191,6 +192,7 @@ class Template:
             self.copy_socket = env["ALCOVE_COPY_SOCKET"]
             self.flags = int(env["ALCOVE_UNSHARE_FLAGS"])
             self.tmpfs_size = int(env["ALCOVE_TMPFS_SIZE"])
+            self.request_buffer = bytearray(MAX_REQUEST)
             with open(env["ALCOVE_COPY_FILTER"], "rb") as f:
                 program = f.read()
         except (KeyError, ValueError, OSError) as e:
@@ -311,7 +313,15 @@ class Template:
 
         # Step 12. alcove has looked at us and either sends the request or hangs up.
         try:
-            payload, fds, msg_flags, _ = socket.recv_fds(conn, MAX_REQUEST, 3)
+            # Into the template's buffer: its pages are untouched zeros, so only
+            # what the request fills is faulted in (recv_fds would allocate 1 MiB).
+            buf = self.request_buffer
+            nbytes, ancdata, msg_flags, _ = conn.recvmsg_into([buf], FDS_SPACE)
+            payload = bytes(memoryview(buf)[:nbytes])
+            fds = []
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
         except OSError:
             return 82
         if not payload and not fds:
@@ -336,13 +346,20 @@ class Template:
         # the request carries the function's own locale variables, which the
         # template started with too, so a cold run's Python would set the same.
         coerced = env.get(b"LC_CTYPE")
-        env.clear()
+        wanted = {}
         for entry in payload.split(b"\0"):
             key, eq, value = entry.partition(b"=")
             if key and eq:
-                env[key] = value
+                wanted[key] = value
         if coerced is not None:
-            env[b"LC_CTYPE"] = coerced
+            wanted[b"LC_CTYPE"] = coerced
+        # Only what differs from the template's (most of it is the same):
+        # each change is an unsetenv or putenv.
+        for key in [k for k in env if k not in wanted]:
+            del env[key]
+        for key, value in wanted.items():
+            if env.get(key) != value:
+                env[key] = value
         random.seed()  # os.urandom: what init seeded is the same in every copy
         tempfile = sys.modules.get("tempfile")
         if tempfile is not None:

@@ -110,6 +110,14 @@ pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
     crate::cvt_int(unsafe { libc::kill(pid, signal) }).map(drop)
 }
 
+/// Sets the nice value of process `pid` (of its one thread, for a
+/// single-threaded process); lowering it needs CAP_SYS_NICE.
+pub fn set_nice(pid: libc::pid_t, nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers.
+    crate::cvt_int(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) })
+        .map(drop)
+}
+
 /// Whether a process `pid` exists (signal 0: nothing is sent).
 pub fn exists(pid: libc::pid_t) -> bool {
     kill(pid, 0).is_ok()

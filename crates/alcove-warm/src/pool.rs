@@ -313,8 +313,13 @@ impl Pool {
         if result.is_err() {
             state.in_flight -= 1;
         }
+        // With copies still ready, the next is made when this request ends,
+        // not beside it (on a small machine the fork would slow it down).
+        let empty = state.ready.is_empty();
         drop(state);
-        self.wake_filler(); // a copy left the pool: make the next
+        if empty {
+            self.wake_filler();
+        }
         result
     }
 
@@ -323,6 +328,8 @@ impl Pool {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         state.last_use = Instant::now();
+        drop(state);
+        self.wake_filler();
     }
 
     pub(crate) fn gone(&self) -> Option<String> {
@@ -374,7 +381,9 @@ impl Pool {
         if busy == 0 && now.duration_since(state.last_use) > self.idle {
             return 0;
         }
-        (state.peak.max(busy).max(1) + state.boost).min(self.max_ready)
+        // One spare beyond the recent peak: a request then takes a copy and the
+        // next is made after it, not beside it.
+        (state.peak.max(busy).max(1) + 1 + state.boost).min(self.max_ready)
     }
 
     /// The filler: runs until the template is gone.
@@ -520,6 +529,8 @@ impl Pool {
             let _ = cgroup.remove();
             return;
         }
+        // It serves at the priority of any sandbox (it was made at the template's).
+        let _ = process::set_nice(pid, 0);
         state.copy_memory = memory.max(1 << 20);
         state.made += 1;
         state.refused_in_row = 0;

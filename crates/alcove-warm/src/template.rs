@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const SOCKET_DIR: &str = "/run/alcove/warm";
 /// Where a template and its copies find the copy socket.
 const COPY_SOCKET_INSIDE: &str = "/run/alcove/copy.sock";
+/// The nice value templates (and copies until checked) run at.
+const COPY_MAKING_NICE: i32 = 10;
 /// How long a deploy waits for the template's first checked copy.
 const FIRST_COPY: Duration = Duration::from_secs(10);
 
@@ -213,6 +215,9 @@ impl Template {
                 return Err(WarmError::Facts(e));
             }
         };
+        // Making copies (the template's forks, each copy's setup) yields the CPU
+        // to requests being served; alcove gives each checked copy nice 0 back.
+        let _ = process::set_nice(pid, COPY_MAKING_NICE);
         let memory = watch.usage().and_then(|u| u.memory_bytes).unwrap_or(0);
         if let Err(e) = template.pool.begin(facts, memory) {
             template.stop();
