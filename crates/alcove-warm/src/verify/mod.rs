@@ -383,11 +383,14 @@ fn check_copy_now(
 
 /// Shared mappings survive `fork` shared: one made at init (Python's
 /// `mmap.mmap(-1, n)` is `MAP_SHARED`) would be memory every copy writes.
-/// A shared mapping may stay only if it maps a file on a mount alcove knows
-/// whose superblock the template cannot write to (a library's read-only
-/// cache); anonymous shared memory, SysV segments and memfds live on the
-/// kernel's internal shmem mount and are refused, whatever their permissions
-/// now (`mprotect` could make them writable again).
+/// What matters is whether the copy can write through it: it is writable now
+/// (`w` in maps), or `mprotect` could make it so — the kernel's `mw`
+/// (VM_MAYWRITE) in smaps, set for shared memory and for files opened for
+/// writing. A read-only shared map of a file opened read-only (glibc's
+/// gconv-modules.cache) cannot be written by anyone through it, wherever the
+/// file lies (an image's overlay shows the lower file's device). Only the
+/// owner's `--bind DIR:rw` mounts are exempt. smaps is read only when some
+/// shared mapping is not writable now: its page walk costs.
 fn check_mappings(
     proc: &Proc,
     template: &TemplateFacts,
@@ -395,6 +398,7 @@ fn check_mappings(
     shared_rw: &[PathBuf],
 ) -> Result<(), CopyRefused> {
     let text = proc.read("maps", MAX_MAPS)?;
+    let mut read_only_shared = Vec::new();
     for line in text.lines() {
         let Some(mapping) = parse_maps_line(line) else {
             return Err(VerifyError::Malformed {
@@ -406,28 +410,58 @@ fn check_mappings(
         if !mapping.shared {
             continue;
         }
-        let on = |m: &Mount| m.dev == mapping.dev;
-        let known = mounts.iter().chain(&template.mounts).any(on);
-        // On a superblock the template can write to, the file may still sit on
-        // a read-only mount of it (a read-only bind of /usr beside an owner's
-        // rw bind on the same filesystem): the mapping's own mount decides.
-        let allowed = known
-            && (!template.writable.contains(&mapping.dev)
-                || mapping_mount(proc, mapping.range, mounts, template)
-                    .is_some_and(|m| !shared_writable(m, template, shared_rw)));
-        if !allowed {
-            return Err(CopyRefused::SharedMapping {
-                range: mapping.range.to_owned(),
-                what: if mapping.path.is_empty() {
-                    "anonymous".to_owned()
-                } else {
-                    mapping.path.to_owned()
-                },
-            });
+        if mapping.writable {
+            refuse_unless_shared_on_purpose(proc, &mapping, mounts, template, shared_rw)?;
+        } else {
+            read_only_shared.push(mapping);
+        }
+    }
+    if read_only_shared.is_empty() {
+        return Ok(());
+    }
+    let smaps = proc.read("smaps", MAX_SMAPS)?;
+    for mapping in &read_only_shared {
+        match may_write(&smaps, mapping.range) {
+            Some(false) => {}
+            _ => refuse_unless_shared_on_purpose(proc, mapping, mounts, template, shared_rw)?,
         }
     }
     Ok(())
 }
+
+fn refuse_unless_shared_on_purpose(
+    proc: &Proc,
+    mapping: &Mapping<'_>,
+    mounts: &[Mount],
+    template: &TemplateFacts,
+    shared_rw: &[PathBuf],
+) -> Result<(), CopyRefused> {
+    let on_purpose = mapping_mount(proc, mapping.range, mounts, template)
+        .is_some_and(|m| exempt(&m.mount_point, shared_rw));
+    if on_purpose {
+        return Ok(());
+    }
+    Err(CopyRefused::SharedMapping {
+        range: mapping.range.to_owned(),
+        what: if mapping.path.is_empty() {
+            "anonymous".to_owned()
+        } else {
+            mapping.path.to_owned()
+        },
+    })
+}
+
+/// Whether smaps's `VmFlags` of the mapping at `range` has `mw`; `None` when
+/// the mapping is not there.
+fn may_write(smaps: &str, range: &str) -> Option<bool> {
+    let start = smaps.find(&format!("{range} "))?;
+    let rest = &smaps[start..];
+    let flags = rest.lines().find_map(|l| l.strip_prefix("VmFlags:"))?;
+    Some(flags.split_whitespace().any(|f| f == "mw"))
+}
+
+/// The most of /proc/PID/smaps read.
+pub const MAX_SMAPS: usize = 16 << 20;
 
 /// The mount a file mapping was made through: `/proc/PID/map_files/RANGE`
 /// opened here (`O_PATH`, which needs CAP_SYS_ADMIN, as alcove has), whose
@@ -455,7 +489,7 @@ pub const MAX_MAPS: usize = 4 << 20;
 struct Mapping<'a> {
     range: &'a str,
     shared: bool,
-    dev: Dev,
+    writable: bool,
     path: &'a str,
 }
 
@@ -466,15 +500,14 @@ fn parse_maps_line(line: &str) -> Option<Mapping<'_>> {
     let perms = fields.next()?;
     let _offset = fields.next()?;
     let (major, minor) = fields.next()?.split_once(':')?;
+    u32::from_str_radix(major, 16).ok()?;
+    u32::from_str_radix(minor, 16).ok()?;
     let _inode = fields.next()?;
     let path = fields.next().unwrap_or("").trim_start();
     Some(Mapping {
         range,
         shared: perms.as_bytes().get(3) == Some(&b's'),
-        dev: Dev {
-            major: u32::from_str_radix(major, 16).ok()?,
-            minor: u32::from_str_radix(minor, 16).ok()?,
-        },
+        writable: perms.as_bytes().get(1) == Some(&b'w'),
         path,
     })
 }
