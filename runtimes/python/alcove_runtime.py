@@ -53,6 +53,7 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91}  # only if libc lacks capset()
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the unified table)
 AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
+MADV_COLLAPSE = 25
 MAX_REQUEST = 1 << 20
 FDS_SPACE = socket.CMSG_SPACE(3 * struct.calcsize("i"))  # room for the request's three descriptors
 
@@ -223,6 +224,7 @@ class Template:
                  "one thread, since fork copies only the calling one", 3)
         import gc
         gc.freeze()  # copies then leave init's objects alone instead of copying their pages
+        collapse_large_regions(self.libc)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # we are pid 1: the kernel reaps the copies
         self.control.send(b"ready")
         while True:
@@ -441,6 +443,27 @@ class Template:
         if rc != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"capset: {os.strerror(errno)}")
+
+
+def collapse_large_regions(libc):
+    """Back the large anonymous regions init filled with huge pages
+    (MADV_COLLAPSE, Linux 6.1+): each fork then copies one entry per 2 MiB
+    instead of 512, which halves what a copy of a big template costs. A copy
+    that writes there still copies only the 4 KiB page it writes. Best effort."""
+    huge = 2 << 20
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 5 or not fields[1].startswith("rw") or fields[1][3] != "p":
+            continue  # only private, writable, anonymous (no path) regions
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        start, end = (lo + huge - 1) & ~(huge - 1), hi & ~(huge - 1)
+        if end - start >= 2 * huge:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_COLLAPSE)
 
 
 def release_output():
