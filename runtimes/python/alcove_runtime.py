@@ -305,6 +305,13 @@ class Template:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             conn.connect(self.copy_socket)
             conn.send(b"copy")
+            # Differ from every other copy, before any request is here.
+            random.seed()  # os.urandom: what init seeded is the same in every copy
+            tempfile = sys.modules.get("tempfile")
+            if tempfile is not None:
+                # its name generator reseeds only when the pid changes, and every copy is pid 1
+                tempfile._name_sequence = None
+            self.rehearse()
         except BaseException as e:
             if err >= 0:
                 try:
@@ -317,13 +324,8 @@ class Template:
         try:
             # Into the template's buffer: its pages are untouched zeros, so only
             # what the request fills is faulted in (recv_fds would allocate 1 MiB).
-            buf = self.request_buffer
-            nbytes, ancdata, msg_flags, _ = conn.recvmsg_into([buf], FDS_SPACE)
-            payload = bytes(memoryview(buf)[:nbytes])
-            fds = []
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+            nbytes, ancdata, msg_flags, _ = conn.recvmsg_into([self.request_buffer], FDS_SPACE)
+            payload, fds = parse_request(self.request_buffer, nbytes, ancdata)
         except OSError:
             return 82
         if not payload and not fds:
@@ -332,10 +334,7 @@ class Template:
             for fd in fds:
                 os.close(fd)
             return 83
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        for fd in set(fds) - {0, 1, 2}:
-            os.close(fd)
+        take_stdio(fds)
         if msg_flags & socket.MSG_TRUNC:
             # Serving a cut environment would be a wrong answer; say why in the invocation's log.
             os.write(2, f"alcove_runtime: the request's environment is over {MAX_REQUEST} bytes\n".encode())
@@ -343,30 +342,7 @@ class Template:
             release_output()
             conn.send(f"exit 83 {now} {now}".encode())
             return 83
-        env = os.environb
-        # Python's start-up may have set LC_CTYPE (PEP 538 coerces the C locale);
-        # the request carries the function's own locale variables, which the
-        # template started with too, so a cold run's Python would set the same.
-        coerced = env.get(b"LC_CTYPE")
-        wanted = {}
-        for entry in payload.split(b"\0"):
-            key, eq, value = entry.partition(b"=")
-            if key and eq:
-                wanted[key] = value
-        if coerced is not None:
-            wanted[b"LC_CTYPE"] = coerced
-        # Only what differs from the template's (most of it is the same):
-        # each change is an unsetenv or putenv.
-        for key in [k for k in env if k not in wanted]:
-            del env[key]
-        for key, value in wanted.items():
-            if env.get(key) != value:
-                env[key] = value
-        random.seed()  # os.urandom: what init seeded is the same in every copy
-        tempfile = sys.modules.get("tempfile")
-        if tempfile is not None:
-            # its name generator reseeds only when the pid changes, and every copy is pid 1
-            tempfile._name_sequence = None
+        apply_environment(payload)
         http = os.environ.get("ALCOVE_PROTOCOL", "http" if self.http else "body") == "http"
         code, start, end = serve(handle, read_all(0), http)
         release_output()
@@ -432,6 +408,27 @@ class Template:
             self.mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
                        "newinstance,ptmxmode=0666,mode=0620")
 
+    def rehearse(self):
+        """Walk the request's path once without a request, while alcove checks
+        this copy: the first write to each page shared with the template (a
+        refcount is enough) copies it, and that is better done now than
+        between the request's arrival and the handler."""
+        template_env = b"\0".join(k + b"=" + v for k, v in os.environb.items())
+        # A request's environment is the template's and the CGI variables:
+        # set them and put the template's back, as a request will change them.
+        cgi = b"\0".join(k + b"=x" for k in REHEARSED_VARIABLES)
+        rehearsal = template_env + b"\0" + cgi
+        self.request_buffer[: len(rehearsal)] = rehearsal
+        fds = struct.pack("3i", 0, 1, 2)
+        parse_request(self.request_buffer, len(rehearsal), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        take_stdio([0, 1, 2])  # they are /dev/null now: dup2 onto themselves
+        apply_environment(rehearsal)
+        apply_environment(template_env)
+        read_all(0)  # /dev/null until the request's stdin is here
+        for http in (False, True):
+            render(b"", http)
+        time.monotonic_ns()
+
     def capset_empty(self):
         header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
         data = bytes(24)  # two struct __user_cap_data_struct, every set empty
@@ -443,6 +440,58 @@ class Template:
         if rc != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"capset: {os.strerror(errno)}")
+
+
+def parse_request(buf, nbytes, ancdata):
+    """The request's environment payload and its descriptors, from recvmsg_into."""
+    payload = bytes(memoryview(buf)[:nbytes])
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return payload, fds
+
+
+def take_stdio(fds):
+    """The request's stdin, stdout and stderr become 0, 1 and 2."""
+    for target, fd in enumerate(fds):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in set(fds) - {0, 1, 2}:
+        os.close(fd)
+
+
+# The variables a request adds to the template's environment (the rehearsal sets them).
+REHEARSED_VARIABLES = [k.encode() for k in (
+    "ALCOVE_INVOCATION", "GATEWAY_INTERFACE", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
+    "SERVER_NAME", "SERVER_PORT", "REQUEST_METHOD", "REQUEST_URI", "SCRIPT_NAME",
+    "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH", "REMOTE_ADDR",
+    "REMOTE_PORT", "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_ACCEPT", "HTTP_AUTHORIZATION",
+    "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")]
+
+
+def apply_environment(payload):
+    """Make the environment the request's (`KEY=VALUE\\0` entries), changing only
+    what differs from the template's."""
+    env = os.environb
+    # Python's start-up may have set LC_CTYPE (PEP 538 coerces the C locale);
+    # the request carries the function's own locale variables, which the
+    # template started with too, so a cold run's Python would set the same.
+    coerced = env.get(b"LC_CTYPE")
+    wanted = {}
+    for entry in payload.split(b"\0"):
+        key, eq, value = entry.partition(b"=")
+        if key and eq:
+            wanted[key] = value
+    if coerced is not None:
+        wanted[b"LC_CTYPE"] = coerced
+    # Each change is an unsetenv or putenv; most of the environment is the same.
+    gone = [k for k in env if k not in wanted]
+    changed = [(k, v) for k, v in wanted.items() if env.get(k) != v]
+    for key in gone:
+        del env[key]
+    for key, value in changed:
+        env[key] = value
 
 
 def collapse_large_regions(libc):
