@@ -74,7 +74,8 @@ options:
 environment:
   ALCOVE_VM_TESTS     test binaries to run from the root cgroup (default:
                       "limits run_basics teardown ebpf images functions
-                      hostile isolation router control http_functions": the
+                      hostile isolation router control http_functions
+                      warm_isolation": the
                       alcove package's integration
                       tests and alcove-api's router, which runs sandboxes;
                       left out: accel, whose accelerator calibrates CPU
@@ -82,8 +83,10 @@ environment:
                       specific; alcove-api's fuzz, which runs no sandbox; and
                       config, code_and_host, cli_edges, quickstart and the
                       hostile_* files of issue 11, whose cgroup work is the
-                      daemon path functions and control already run (name
-                      them here to run them in the guest))
+                      daemon path functions and control already run, and
+                      warm_lifecycle and hostile_warm (restarts, a thousand
+                      invocations: ~4 min under TCG; name them here to run
+                      them in the guest))
   ALCOVE_VM_DELEGATED_TESTS  test binaries to run from the delegated cgroup
                       (default: ALCOVE_VM_TESTS without images)
   ALCOVE_VM_TEST_ARGS arguments for every test binary: a name filter, --skip
@@ -125,7 +128,7 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf images functions hostile isolation router control http_functions}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf images functions hostile isolation router control http_functions warm_isolation}
 # images works the same from any cgroup (its sandboxes are `alcove run`'s).
 DELEGATED_TESTS=${ALCOVE_VM_DELEGATED_TESTS-$(tr ' ' '\n' <<< "$TESTS" | grep -vx images | paste -sd' ')}
 # The decompression-bomb and tampered-archive checks are user-space work (200
