@@ -346,6 +346,7 @@ impl Engine {
     pub fn rollback(&self, name: &str, version: u32) -> Result<FunctionInfo, EngineError> {
         self.store.set_latest(name, version)?;
         self.forget(name);
+        self.follow_latest(name);
         self.store.function(name)
     }
 

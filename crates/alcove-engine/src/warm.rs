@@ -81,10 +81,12 @@ pub(crate) fn check_config(c: &FunctionConfig) -> Result<(), String> {
                 .into(),
         );
     }
+    // Parsed as the sandbox will parse it: "00" and "+0" are uid 0 too.
     let root = c
         .user
         .as_deref()
-        .is_some_and(|u| u.split(':').next().is_some_and(|uid| uid.trim() == "0"));
+        .and_then(|u| alcove_sandbox::User::parse(u).ok())
+        .is_some_and(|u| u.uid == 0);
     if root {
         return Err(
             "warm: a warm function cannot run as uid 0: each copy mounts its own /proc, \
@@ -280,6 +282,24 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .remove(function);
         drop(entry); // the template stops when its last user lets go
+    }
+
+    /// After a rollback: the function's template follows its latest version
+    /// (stopped when that one is cold, started when it is warm).
+    pub(crate) fn follow_latest(&self, name: &str) {
+        let latest = self
+            .store
+            .function(name)
+            .ok()
+            .and_then(|f| f.versions.into_iter().find(|v| v.version == f.latest));
+        match latest {
+            Some(v) if v.config.warm => {
+                if self.live_template(&v).is_none() {
+                    self.rebuild_in_background(&v);
+                }
+            }
+            _ => self.stop_template(name),
+        }
     }
 
     /// Stops every template (the daemon is shutting down).

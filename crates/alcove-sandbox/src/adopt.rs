@@ -162,7 +162,11 @@ pub fn run_adopted(
     let (mut outcome, raw) = result?;
     outcome.cgroup_id = cgroup_id;
     let us = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e3;
-    let (user_start, user_end) = raw.handler_ns.unwrap_or((t_hand, t_hand));
+    // The copy's own word: believed only where it fits the times alcove saw.
+    let (user_start, user_end) = raw
+        .handler_ns
+        .filter(|&(start, end)| t_hand <= start && start <= end && end <= t_exit)
+        .unwrap_or((t_hand, t_hand));
     outcome.warm = Some(WarmPhases {
         take_us: take_us + us(t_start, t_hand),
         isolate_us,

@@ -87,6 +87,9 @@ pub(crate) enum Sink {
     Stream(crate::stream::StreamOut),
 }
 
+/// How long an adopted process's output may stay open after its end.
+const ADOPTED_DRAIN: Duration = Duration::from_secs(1);
+
 /// How long streamed stdout may take to reach its reader once the sandbox
 /// has ended; then what is left is dropped (a reader that stopped reading
 /// must not hold the invocation open).
@@ -189,7 +192,7 @@ pub(crate) struct RawUsage {
 /// timestamps; `program_status`, under `--init`, the program's own wait status
 /// (the init's exit cannot carry the signal that killed the program).
 pub(crate) fn supervise(
-    s: Supervision<'_>,
+    mut s: Supervision<'_>,
     read_marks: &dyn Fn() -> Option<[u64; PHASE_SLOTS]>,
     program_status: &dyn Fn() -> Option<i32>,
 ) -> Result<(Outcome, RawUsage), SandboxError> {
@@ -214,6 +217,14 @@ pub(crate) fn supervise(
     let mut t_exec: Option<u64> = None;
     let mut exit: Option<(ExitStatus, u64)> = None;
     let mut handler_ns: Option<(u64, u64)> = None;
+    // An adopted process's connection: its report comes on it; closed as soon
+    // as its end is known, so that nothing it queued there (descriptors of its
+    // own output pipes, say) keeps the output open.
+    let adopted = matches!(s.reap, Reap::Adopted(_));
+    let mut connection: Option<OwnedFd> = match std::mem::replace(&mut s.reap, Reap::Child) {
+        Reap::Adopted(fd) => Some(fd),
+        Reap::Child => None,
+    };
     // An adopted process's connection ended without its report.
     let mut report_closed = false;
     let mut pumps: Vec<Pump> = s
@@ -256,6 +267,21 @@ pub(crate) fn supervise(
             } else if pumps.iter().any(Pump::waiting) {
                 wake = Some(drain_end);
             }
+            // An adopted process is gone, but its pipes' write ends could have
+            // been handed on: its output ends a moment after it does, whatever.
+            let adopted_end = t_exit.saturating_add(ns(ADOPTED_DRAIN));
+            if adopted && pumps.iter().any(|p| p.read.is_some()) {
+                if now >= adopted_end {
+                    for pump in &mut pumps {
+                        pump.read = None;
+                    }
+                } else {
+                    wake = Some(wake.map_or(adopted_end, |w| w.min(adopted_end)));
+                }
+            }
+        }
+        if exit.is_some() {
+            connection = None;
         }
         let streams_open = error_pipe.is_some() || pumps.iter().any(Pump::open);
         if exit.is_some() && !streams_open {
@@ -311,8 +337,8 @@ pub(crate) fn supervise(
         let i_pid = exit.is_none().then(|| push(s.pidfd.as_raw_fd()));
         // An adopted copy reports its exit before it goes; its namespaces' teardown,
         // which the pidfd waits for, is not the request's business.
-        let i_report = match (&s.reap, exit.is_none() && !report_closed) {
-            (Reap::Adopted(report), true) => Some(push(report.as_raw_fd())),
+        let i_report = match (&connection, exit.is_none() && !report_closed) {
+            (Some(report), true) => Some(push(report.as_raw_fd())),
             _ => None,
         };
         let i_err = error_pipe.as_ref().map(|p| push(p.as_raw_fd()));
@@ -382,8 +408,8 @@ pub(crate) fn supervise(
             kill(&mut kill_reason, Some(Status::Cancelled));
         }
         if ready(i_report) && !ready(i_pid) {
-            if let Reap::Adopted(report) = &s.reap {
-                match adopted_report(report) {
+            if let Some(open) = &connection {
+                match adopted_report(open) {
                     Some((status, times)) => {
                         handler_ns = times;
                         // It is on its way out (or said so falsely): used once either way.
@@ -395,13 +421,13 @@ pub(crate) fn supervise(
                 }
             }
         } else if ready(i_pid) {
-            let status = match &s.reap {
-                Reap::Child => {
+            let status = match &connection {
+                None => {
                     pidfd::wait(s.pidfd.as_fd())
                         .map_err(SandboxError::Supervise)?
                         .0
                 }
-                Reap::Adopted(report) => match adopted_report(report) {
+                Some(open) => match adopted_report(open) {
                     Some((status, times)) => {
                         handler_ns = times;
                         status

@@ -25,6 +25,10 @@ const REFUSALS_TO_GIVE_UP: u32 = 5;
 const COPY_ESTIMATE: u64 = 4 << 20;
 /// Why a template is gone when alcove stopped it (no rebuild then).
 pub(crate) const STOPPED: &str = "it was stopped";
+/// How long a connection has to say `copy`.
+const COPY_HELLO: Duration = Duration::from_millis(100);
+/// How long a copy's middle process has to be gone once the copy connected.
+const MIDDLE_EXIT: Duration = Duration::from_millis(200);
 /// How long a request waits for a copy when none is ready.
 const TAKE_WAIT: Duration = Duration::from_secs(10);
 
@@ -456,8 +460,16 @@ impl Pool {
         };
         // A request's environment may be up to 1 MiB, in one packet.
         let _ = seqpacket::force_send_buffer(connection.as_fd(), 2 << 20);
-        let refused = |reason: String| {
+        // `counts`: whether the template's own copy failed (a process that
+        // merely connected, such as a request posing as a copy, says nothing
+        // about the template and must not get it rebuilt).
+        let refused_as = |reason: String, counts: bool| {
             let mut state = self.lock();
+            if !counts {
+                drop(state);
+                eprintln!("alcove: {}: refused a connection: {reason}", self.name);
+                return;
+            }
             state.pending.pop_front();
             state.refused += 1;
             state.refused_in_row += 1;
@@ -470,24 +482,35 @@ impl Pool {
             }
             self.changed.notify_all();
         };
-        // The copy says `copy` right after it connects.
+        let refused = |reason: String| refused_as(reason, true);
+        // The copy says `copy` right after it connects: a connection that does
+        // not at once holds up no one.
         let mut fds = [poll_in(&connection)];
-        let _ = fd::poll(&mut fds, Some(Duration::from_secs(1)));
+        let _ = fd::poll(&mut fds, Some(COPY_HELLO));
         let mut buf = [0u8; 16];
-        match seqpacket::recv_now(connection.as_fd(), &mut buf) {
-            Ok(Some(4)) if &buf[..4] == b"copy" => {}
-            _ => return refused(format!("process {pid} connected but did not say `copy`")),
-        }
+        let hello = matches!(
+            seqpacket::recv_now(connection.as_fd(), &mut buf),
+            Ok(Some(4)) if &buf[..4] == b"copy"
+        );
         let Ok(pidfd) = seqpacket::pidfd_open(pid) else {
-            return refused(format!("process {pid} ended before it could be checked"));
+            return refused_as(
+                format!("process {pid} ended before it could be checked"),
+                false,
+            );
         };
         let kill = |pidfd: &OwnedFd| {
             let _ = pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         };
         if let Err(reason) = verify::came_from(pid, facts) {
             kill(&pidfd);
-            return refused(reason.to_string());
+            return refused_as(reason.to_string(), false);
         }
+        if !hello {
+            kill(&pidfd);
+            return refused(format!("process {pid} connected but did not say `copy`"));
+        }
+        // Its middle process may still be exiting (the copy can connect first).
+        wait_for_parent(pid, facts.pid());
         let cgroup = match alcove_sandbox::adoption_cgroup(&self.copy_limits) {
             Ok(cgroup) => cgroup,
             Err(e) => {
@@ -558,6 +581,23 @@ fn poll_in(fd: &OwnedFd) -> libc::pollfd {
 fn alive(pidfd: &OwnedFd) -> bool {
     let mut fds = [poll_in(pidfd)];
     matches!(fd::poll(&mut fds, Some(Duration::ZERO)), Ok(0))
+}
+
+/// Waits (briefly) until `pid`'s parent is `parent`.
+fn wait_for_parent(pid: libc::pid_t, parent: libc::pid_t) {
+    let status = format!("/proc/{pid}/status");
+    let deadline = Instant::now() + MIDDLE_EXIT;
+    while Instant::now() < deadline {
+        let ppid = std::fs::read_to_string(&status).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<libc::pid_t>().ok())
+        });
+        if ppid.is_none_or(|p| p == parent) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// Stops the copy (SIGSTOP: from an ancestor pid namespace even its pid 1

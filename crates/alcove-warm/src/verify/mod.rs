@@ -209,6 +209,16 @@ pub enum CopyRefused {
     )]
     UnknownDescriptor { fd: u32, link: String },
     #[error(
+        "the copy is pid {pid} of its pid namespace, not 1: another process made there first \
+         (fork once more right after the unshare, and nothing else)"
+    )]
+    NotPidOne { pid: i32 },
+    #[error(
+        "the copy's parent is process {ppid}, not the template: the process between them, which \
+         shares its namespaces, must exit at once after its fork"
+    )]
+    MiddleProcessAlive { ppid: i32 },
+    #[error(
         "the copy has a shared mapping ({what}, at {range}) made during initialisation: every \
          copy would share its memory; map it privately (MAP_PRIVATE; in Python, mmap's \
          flags=mmap.MAP_PRIVATE) or make it in the handler"
@@ -341,6 +351,18 @@ fn check_copy_now(
     let count = proc.require(status.threads, "status", "Threads")?;
     if count != 1 {
         return Err(CopyRefused::Threads { count });
+    }
+    // Pid 1 of its own pid namespace, and its middle process gone (its parent
+    // is the template): nothing else can share its namespaces then — its
+    // children, none below, would be the only other members of its pid
+    // namespace, and setns is denied to all of them.
+    let innermost = proc.require(status.innermost_pid, "status", "NSpid")?;
+    if innermost != 1 {
+        return Err(CopyRefused::NotPidOne { pid: innermost });
+    }
+    let ppid = proc.require(status.ppid, "status", "PPid")?;
+    if ppid != template.pid {
+        return Err(CopyRefused::MiddleProcessAlive { ppid });
     }
     for (set, value) in CAP_SETS.into_iter().zip(status.caps) {
         let value = proc.require(value, "status", set)?;

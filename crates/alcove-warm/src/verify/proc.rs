@@ -218,6 +218,9 @@ pub(super) struct Status {
     pub(super) no_new_privs: Option<u32>,
     pub(super) seccomp: Option<u32>,
     pub(super) seccomp_filters: Option<u32>,
+    pub(super) ppid: Option<i32>,
+    /// The last field of `NSpid:`: its pid in its own pid namespace.
+    pub(super) innermost_pid: Option<i32>,
 }
 
 /// Parses /proc/PID/status. A line alcove reads whose value is not a number
@@ -240,6 +243,20 @@ pub(super) fn parse_status(text: &str) -> Result<Status, String> {
             "NoNewPrivs" => status.no_new_privs = Some(number()?),
             "Seccomp" => status.seccomp = Some(number()?),
             "Seccomp_filters" => status.seccomp_filters = Some(number()?),
+            "PPid" => {
+                status.ppid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("PPid is {value:?}, not a number"))?,
+                )
+            }
+            "NSpid" => {
+                let last = value.split_whitespace().last().unwrap_or(value);
+                status.innermost_pid = Some(
+                    last.parse()
+                        .map_err(|_| format!("NSpid is {value:?}, not pids"))?,
+                );
+            }
             _ => {
                 if let Some(i) = CAP_SETS.iter().position(|set| *set == key) {
                     let caps = u64::from_str_radix(value, 16)

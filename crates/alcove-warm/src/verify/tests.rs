@@ -75,6 +75,8 @@ mod checks {
                 no_new_privs: Some(1),
                 seccomp: Some(2),
                 seccomp_filters: Some(2),
+                ppid: Some(0),
+                innermost_pid: Some(1),
             }
         );
     }
@@ -526,10 +528,22 @@ except BaseException as e:
     /// A copy started with `mode`, connected, and its pid from `SO_PEERCRED`.
     struct StartedCopy {
         pid: libc::pid_t,
+        /// The copy's parent, which stands for the template (alcove's copies
+        /// are reparented to it; here the script keeps its copy as a child).
+        parent: libc::pid_t,
         // Dropped in this order: the connection, the processes, the directory.
         _connection: UnixStream,
         _reap: Reap,
         _dir: tempfile::TempDir,
+    }
+
+    impl StartedCopy {
+        /// `base` with the copy's parent as the template.
+        fn facts(&self, base: &TemplateFacts) -> TemplateFacts {
+            let mut facts = base.clone();
+            facts.pid = self.parent;
+            facts
+        }
     }
 
     fn start_copy(mode: &str) -> StartedCopy {
@@ -591,8 +605,10 @@ except BaseException as e:
         let mut hello = [0; 16];
         let n = connection.read(&mut hello).unwrap();
         assert_eq!(&hello[..n], b"copy");
+        let parent = reap.child.as_ref().unwrap().id() as libc::pid_t;
         StartedCopy {
             pid,
+            parent,
             _connection: connection,
             _reap: reap,
             _dir: dir,
@@ -663,12 +679,12 @@ except BaseException as e:
         let copy = start_copy("ok");
         came_from(copy.pid, &facts).unwrap();
         assert_eq!(thread_count(copy.pid).unwrap(), 1);
-        check_copy(copy.pid, &facts, &[]).unwrap();
+        check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap();
 
         let mut times: Vec<Duration> = (0..300)
             .map(|_| {
                 let start = Instant::now();
-                check_copy(copy.pid, &facts, &[]).unwrap();
+                check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap();
                 start.elapsed()
             })
             .collect();
@@ -690,7 +706,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("pipe");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         match &refused {
             CopyRefused::Pipe { link, .. } => assert!(link.starts_with("pipe:["), "{refused}"),
             other => panic!("refused for {other:?}, not the pipe"),
@@ -704,7 +720,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("shm");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         match &refused {
             CopyRefused::SharedMapping { what, .. } => {
                 assert!(what.starts_with("/dev/zero"), "{refused}")
@@ -720,7 +736,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("socket");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         assert!(
             matches!(refused, CopyRefused::SecondSocket { .. }),
             "{refused:?}"
@@ -734,7 +750,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("rodir");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         assert!(
             matches!(refused, CopyRefused::FileOnWritableMount { .. }),
             "{refused:?}"
@@ -748,14 +764,14 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("keeprw");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         assert!(
             matches!(refused, CopyRefused::SharedWritableMount { .. }),
             "{refused:?}"
         );
         // The owner's shared mounts are exempt: with all of them shared,
         // the mounts pass and nothing else is wrong.
-        check_copy(copy.pid, &facts, &[PathBuf::from("/")]).unwrap();
+        check_copy(copy.pid, &copy.facts(&facts), &[PathBuf::from("/")]).unwrap();
     }
 
     #[test]
@@ -765,7 +781,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("memfd");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         match &refused {
             CopyRefused::Memfd { link, .. } => {
                 assert!(link.starts_with("/memfd:cache"), "{refused}")
@@ -781,7 +797,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("eventfd");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         assert!(
             matches!(refused, CopyRefused::EventDescriptor { .. }),
             "{refused:?}"
@@ -795,7 +811,7 @@ except BaseException as e:
         }
         let facts = TemplateFacts::read(own_pid()).unwrap();
         let copy = start_copy("cwd");
-        let refused = check_copy(copy.pid, &facts, &[]).unwrap_err();
+        let refused = check_copy(copy.pid, &copy.facts(&facts), &[]).unwrap_err();
         assert!(
             matches!(
                 refused,
