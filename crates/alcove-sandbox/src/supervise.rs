@@ -458,55 +458,15 @@ pub(crate) fn supervise(
     if let (true, Some(plan)) = (report.len() >= REPORT_LEN, s.plan) {
         return Err(setup_failure(&report, plan, &s.program));
     }
-    let b = s.baseline;
-    let mut raw = RawUsage {
-        handler_ns,
-        ..RawUsage::default()
-    };
-    let usage = if s.collect_usage {
-        let u = s.cgroup.usage().unwrap_or_default();
-        raw = RawUsage {
-            cpu_us: Some((u.cpu_user_us, u.cpu_system_us)),
-            oom_kills: u.oom_kills,
-            pids_peak: u.pids_peak,
-            handler_ns,
-        };
-        alcove_cgroup::Usage {
-            cpu_user_us: u.cpu_user_us.saturating_sub(b.cpu_us.0),
-            cpu_system_us: u.cpu_system_us.saturating_sub(b.cpu_us.1),
-            memory_peak_bytes: u
-                .memory_peak_bytes
-                .filter(|_| b.memory_exact)
-                .map(|p| p.saturating_sub(b.memory_leftover)),
-            pids_peak: u.pids_peak.filter(|_| b.pids_exact),
-            oom_kills: u.oom_kills.saturating_sub(b.oom_kills),
-        }
-    } else {
-        raw.oom_kills = s.cgroup.oom_kills().unwrap_or(0);
-        raw.cpu_us = None;
-        alcove_cgroup::Usage {
-            oom_kills: raw.oom_kills.saturating_sub(b.oom_kills),
-            ..Default::default()
-        }
-    };
+    let (usage, mut raw) = read_usage(s.cgroup, s.baseline, s.collect_usage);
+    raw.handler_ns = handler_ns;
     let signaled = matches!(status, ExitStatus::Signaled(_));
     let (exit_code, signal) = match status {
         ExitStatus::Exited(code) => (Some(code), None),
         ExitStatus::Signaled(0) => (None, None), // an adopted process's unknown signal
         ExitStatus::Signaled(sig) => (None, Some(sig)),
     };
-    let cpu_used = usage.cpu_user_us + usage.cpu_system_us;
-    let status = match kill_reason {
-        Some(reason) => reason,
-        None if usage.oom_kills > 0 => Status::Oom,
-        None if signal == Some(libc::SIGXCPU)
-            || cpu_limit_us.is_some_and(|l| cpu_used >= l && signal.is_some()) =>
-        {
-            Status::CpuTime
-        }
-        None if signaled => Status::Signaled,
-        None => Status::Exited,
-    };
+    let status = classify(kill_reason, &usage, signal, signaled, cpu_limit_us);
     let t_end = process::monotonic_ns();
     let mut outcome = Outcome {
         status,
@@ -552,6 +512,70 @@ pub(crate) fn supervise(
         });
     }
     Ok((outcome, raw))
+}
+
+/// The cgroup's usage, net of `b` (a reused pool slot's counters), and its
+/// raw counters for the slot's record. Without `collect_usage`, only OOM kills.
+fn read_usage(
+    cgroup: &SandboxCgroup,
+    b: crate::pool::Baseline,
+    collect_usage: bool,
+) -> (alcove_cgroup::Usage, RawUsage) {
+    if !collect_usage {
+        let oom_kills = cgroup.oom_kills().unwrap_or(0);
+        let usage = alcove_cgroup::Usage {
+            oom_kills: oom_kills.saturating_sub(b.oom_kills),
+            ..Default::default()
+        };
+        return (
+            usage,
+            RawUsage {
+                oom_kills,
+                ..RawUsage::default()
+            },
+        );
+    }
+    let u = cgroup.usage().unwrap_or_default();
+    let raw = RawUsage {
+        cpu_us: Some((u.cpu_user_us, u.cpu_system_us)),
+        oom_kills: u.oom_kills,
+        pids_peak: u.pids_peak,
+        handler_ns: None,
+    };
+    let usage = alcove_cgroup::Usage {
+        cpu_user_us: u.cpu_user_us.saturating_sub(b.cpu_us.0),
+        cpu_system_us: u.cpu_system_us.saturating_sub(b.cpu_us.1),
+        memory_peak_bytes: u
+            .memory_peak_bytes
+            .filter(|_| b.memory_exact)
+            .map(|p| p.saturating_sub(b.memory_leftover)),
+        pids_peak: u.pids_peak.filter(|_| b.pids_exact),
+        oom_kills: u.oom_kills.saturating_sub(b.oom_kills),
+    };
+    (usage, raw)
+}
+
+/// Why the sandbox ended: what alcove killed it for, else what its usage and
+/// its end say.
+fn classify(
+    kill_reason: Option<Status>,
+    usage: &alcove_cgroup::Usage,
+    signal: Option<i32>,
+    signaled: bool,
+    cpu_limit_us: Option<u64>,
+) -> Status {
+    let cpu_used = usage.cpu_user_us + usage.cpu_system_us;
+    match kill_reason {
+        Some(reason) => reason,
+        None if usage.oom_kills > 0 => Status::Oom,
+        None if signal == Some(libc::SIGXCPU)
+            || cpu_limit_us.is_some_and(|l| cpu_used >= l && signal.is_some()) =>
+        {
+            Status::CpuTime
+        }
+        None if signaled => Status::Signaled,
+        None => Status::Exited,
+    }
 }
 
 /// How an adopted process ended, from the report it queued before it exited
