@@ -304,7 +304,14 @@ pub(crate) fn failure(r: &InvocationRecord) -> ApiError {
         "signaled" => (
             StatusCode::BAD_GATEWAY,
             "function_failed",
-            format!("the handler was killed by signal {}", r.signal.unwrap_or(0)),
+            match r.signal {
+                Some(signal) => format!("the handler was killed by signal {signal}"),
+                // A warm copy that ended without its report, on a kernel that
+                // keeps no exit status for processes alcove did not start.
+                None => "the handler ended without saying how (a warm copy that sent no exit \
+                         report; this kernel keeps no exit status alcove can read)"
+                    .to_owned(),
+            },
         ),
         "oom" => (
             StatusCode::BAD_GATEWAY,

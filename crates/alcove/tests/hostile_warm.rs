@@ -911,16 +911,24 @@ def handle(body):
         match what {
             // No report in what it sent: alcove waits for the copy's own end
             // (within the function's limits) and says how it ended.
+            // Before Linux 6.15 the kernel keeps no exit status alcove can
+            // read for a copy: its end is then "without saying how".
             "garbage" | "big" | "close" | "shutdown" => {
-                assert_eq!(reply.text(), "it went on", "{what}");
-                assert!(took < Duration::from_secs(10), "{what}: {took:?}");
+                if common::kernel_keeps_exit_on_pidfds() {
+                    assert_eq!(reply.text(), "it went on", "{what}");
+                } else {
+                    assert!(
+                        reply.text().contains("ended without saying how"),
+                        "{what}: {}",
+                        reply.text()
+                    );
+                }
+                eprintln!("{what}: answered in {took:?}");
             }
-            // A report: the copy is killed at once, whatever it does next.
+            // A report: the copy is killed at once, whatever it does next
+            // (it would answer "it went on" three seconds later).
             _ => {
-                assert!(
-                    took < Duration::from_millis(2500),
-                    "{what}: the copy went on for {took:?} after its report"
-                );
+                eprintln!("{what}: answered in {took:?}");
                 assert_ne!(reply.text(), "it went on", "{what}");
                 assert_eq!(status(&reply), "exited", "{what}: {}", reply.text());
             }
@@ -1113,8 +1121,10 @@ fn silent_connections_to_the_copy_socket_do_not_stall_other_requests() {
         slowest = slowest.max(started.elapsed());
     }
     let _ = silent.join();
+    // Not a speed check: before the fix each silent connection held copy-making
+    // for a whole second, so three made a request wait about three.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(2),
         "a request waited {slowest:?} while another held silent connections to the copy socket"
     );
 }
@@ -1380,7 +1390,8 @@ fn uid_0_spelled_otherwise_is_refused_at_once() {
             "{user}: {}",
             reply.text()
         );
-        assert!(started.elapsed() < Duration::from_secs(2), "{user}");
+        // Refused at the deploy's check, not after a template's 10-s wait.
+        assert!(started.elapsed() < Duration::from_secs(5), "{user}");
     }
 }
 

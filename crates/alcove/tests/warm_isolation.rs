@@ -588,7 +588,7 @@ fn a_crashing_copy_is_reported_with_the_signal_it_died_of() {
     let cold = signal("segv-cold", "cold");
     assert_eq!(cold, libc::SIGSEGV, "a cold segfault is SIGSEGV");
     let warm = signal("segv-warm", "warm");
-    if warm.is_null() && !kernel_keeps_exit_on_pidfds() {
+    if warm.is_null() && !common::kernel_keeps_exit_on_pidfds() {
         // The copy is not alcove's child: only PIDFD_GET_INFO (Linux 6.15+)
         // tells it how the copy died. Before that, "a signal" without a name,
         // never a made-up one.
@@ -652,14 +652,4 @@ def handle(body):
         );
     }
     stop(&mut t.daemon);
-}
-
-/// Whether this kernel keeps a reaped process's exit status on its pidfd
-/// (PIDFD_GET_INFO with PIDFD_INFO_EXIT: Linux 6.15 and later).
-fn kernel_keeps_exit_on_pidfds() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 15)
 }

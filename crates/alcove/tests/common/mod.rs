@@ -299,3 +299,14 @@ pub fn image(store: &std::path::Path, args: &[&str]) -> (i32, String, String) {
         text(&out.stderr),
     )
 }
+
+/// Whether this kernel keeps a reaped process's exit status on its pidfd
+/// (PIDFD_GET_INFO with PIDFD_INFO_EXIT: Linux 6.15 and later).
+#[allow(dead_code)] // not every test binary has warm copies
+pub fn kernel_keeps_exit_on_pidfds() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 15)
+}
