@@ -66,7 +66,8 @@ options:
                       bench (bench/peaks.sh, in the BPF-LSM-on boot)
                       (default: all five)
   --no-build          use the test binaries already built (skip cargo)
-  --timeout SECONDS   kill a guest that runs longer (default: 1500)
+  --timeout SECONDS   kill a guest that runs longer (default: 3000: a hang guard;
+                      one boot took 585-622 s on one machine, ~1,600 s on another)
   --keep              keep target/vm/run-* (initramfs, config, virtiofsd's
                       log) as well as the console logs
   -h, --help          this text
@@ -106,7 +107,7 @@ Console logs: target/vm/logs/console-lsm-{on,off}.log.
 EOF
 }
 
-LSM=both INIT=auto PARTS="root delegated daemon smoke bench" BUILD=1 TIMEOUT=1500 KEEP=0
+LSM=both INIT=auto PARTS="root delegated daemon smoke bench" BUILD=1 TIMEOUT=3000 KEEP=0
 BOOT_LIMIT=${ALCOVE_VM_BOOT_LIMIT:-180}
 VFS_CACHE=${ALCOVE_VM_VIRTIOFS_CACHE:-always}
 CPU_MODEL=${ALCOVE_VM_CPU_MODEL:-max}
