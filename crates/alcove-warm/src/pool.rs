@@ -103,6 +103,8 @@ struct State {
     refused: u64,
     template_memory: u64,
     copy_memory: u64,
+    /// No copy is ready or coming and the budget has no room for one.
+    budget_blocked: bool,
 }
 
 pub(crate) struct Pool {
@@ -169,6 +171,7 @@ impl Pool {
                 refused: 0,
                 template_memory: 0,
                 copy_memory: COPY_ESTIMATE,
+                budget_blocked: false,
             }),
             changed: Condvar::new(),
             on_gone: Mutex::new(None),
@@ -243,6 +246,11 @@ impl Pool {
         loop {
             if !state.ready.is_empty() {
                 return Ok(());
+            }
+            if state.budget_blocked {
+                return Err(WarmError::Budget {
+                    limit: self.budget.describe(),
+                });
             }
             if let Some(why) = &state.gone {
                 return Err(match &state.last_refusal {
@@ -412,6 +420,10 @@ impl Pool {
                 let have = state.ready.len() + state.pending.len();
                 for _ in have..target {
                     if self.budget.used() + state.copy_memory > self.budget.limit {
+                        if state.ready.is_empty() && state.pending.is_empty() {
+                            state.budget_blocked = true;
+                            self.changed.notify_all();
+                        }
                         break;
                     }
                     match seqpacket::send(self.control.as_fd(), b"fork", &[]) {
@@ -546,6 +558,10 @@ impl Pool {
             process::monotonic_ns().saturating_sub(t) as f64 / 1e3
         });
         if state.gone.is_some() || !self.budget.try_take(memory) {
+            if state.ready.is_empty() && state.pending.is_empty() {
+                state.budget_blocked = true;
+                self.changed.notify_all();
+            }
             drop(state);
             kill(&pidfd);
             cgroup.kill_all();
@@ -555,6 +571,7 @@ impl Pool {
         // It serves at the priority of any sandbox (it was made at the template's).
         let _ = process::set_nice(pid, 0);
         state.copy_memory = memory.max(1 << 20);
+        state.budget_blocked = false;
         state.made += 1;
         state.refused_in_row = 0;
         state.ready.push_back(ReadyCopy {

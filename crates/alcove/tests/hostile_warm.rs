@@ -1450,7 +1450,6 @@ fn a_spent_warm_memory_budget_refuses_deploys_and_keeps_the_daemon() {
 /// `--warm-memory 64M`: 8 deployed, 92 failed that way, one after another,
 /// the last after 15 minutes.)
 #[test]
-#[ignore = "known limitation (README): a budget with room for the template alone fails the deploy after 10 s"]
 fn a_budget_with_no_room_for_a_copy_is_named_at_once() {
     if !common::root_or_skip("a_budget_with_no_room_for_a_copy_is_named_at_once") {
         return;
