@@ -138,12 +138,13 @@ impl Pool {
         idle: Duration,
         budget: Arc<Budget>,
         ended: OwnedFd,
-    ) -> Pool {
-        let wake = fd::pipe_cloexec().expect("a pipe for the filler's wake-ups");
+    ) -> std::io::Result<Pool> {
+        // Out of descriptors is an error to report, not a panic.
+        let wake = fd::pipe_cloexec()?;
         let _ = fd::set_nonblocking(wake.0.as_fd(), true);
         let _ = fd::set_nonblocking(wake.1.as_fd(), true);
         let now = Instant::now();
-        Pool {
+        Ok(Pool {
             name,
             control,
             listener,
@@ -175,7 +176,7 @@ impl Pool {
             }),
             changed: Condvar::new(),
             on_gone: Mutex::new(None),
-        }
+        })
     }
 
     /// Sets the hook [`Pool::close`] calls; called at once if it is gone already.

@@ -155,17 +155,20 @@ impl Template {
                 .map_err(prepare("starting the template's thread"))?
         };
         let mut template = Template {
-            pool: Arc::new(Pool::new(
-                spec.name.clone(),
-                control,
-                listener,
-                copy_limits,
-                shared_rw,
-                spec.max_ready,
-                spec.idle,
-                budget,
-                ended_read,
-            )),
+            pool: Arc::new(
+                Pool::new(
+                    spec.name.clone(),
+                    control,
+                    listener,
+                    copy_limits,
+                    shared_rw,
+                    spec.max_ready,
+                    spec.idle,
+                    budget,
+                    ended_read,
+                )
+                .map_err(prepare("creating the copy filler's wake-up pipe"))?,
+            ),
             kill: Mutex::new(Some(kill_write)),
             threads: Mutex::new(vec![supervisor]),
             socket_dir: cleanup.keep(),

@@ -14,20 +14,13 @@
 mod common;
 use base64::Engine as _;
 use common::daemon::{setup, Daemon, Reply};
+use common::warm::{invoke, py, start, template_pid};
 use common::{processes_with, wait_until};
 use serde_json::{json, Value};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A code directory `DIR/NAME` holding `main.py`.
-fn py(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let code = dir.join(name);
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("main.py"), source).unwrap();
-    code
-}
 
 /// `alcove fn deploy NAME --code CODE --runtime python --entry main.py EXTRA`:
 /// (exit status, stdout and stderr together).
@@ -74,15 +67,6 @@ fn exists(d: &Daemon, name: &str) -> bool {
     }
 }
 
-fn invoke(d: &Daemon, name: &str, body: &[u8]) -> Reply {
-    d.http("POST", &format!("/v1/functions/{name}/invoke"), body)
-}
-
-/// `x-alcove-start` of a reply: "warm" or "cold".
-fn start(reply: &Reply) -> &str {
-    reply.header("x-alcove-start").unwrap_or("")
-}
-
 /// `x-alcove-status` of a reply: "exited", "signaled", ...
 fn status(reply: &Reply) -> &str {
     reply.header("x-alcove-status").unwrap_or("")
@@ -113,28 +97,6 @@ fn function_processes(function: &str) -> Vec<i32> {
         .collect();
     found.sort();
     found
-}
-
-/// The pid of `function`'s template under the daemon `daemon`: its child
-/// whose environment says ALCOVE_WARM=1 and ALCOVE_FUNCTION=`function`.
-fn template_pid(daemon: u32, function: &str) -> Option<i32> {
-    let found: Vec<i32> = function_processes(function)
-        .into_iter()
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let ppid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("PPid:"))
-                .and_then(|p| p.trim().parse::<u32>().ok());
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            ppid == Some(daemon)
-                && String::from_utf8_lossy(&environ)
-                    .split('\0')
-                    .any(|v| v == "ALCOVE_WARM=1")
-        })
-        .collect();
-    assert!(found.len() <= 1, "{function} has two templates: {found:?}");
-    found.first().copied()
 }
 
 fn daemon_log(d: &Daemon) -> String {
@@ -697,7 +659,7 @@ def handle(body):
 "#;
     let code = py(t.dir.path(), "helper", source);
     deploy_warm(d, "helper", &code, &[]);
-    let template = template_pid(d.child.id(), "helper").expect("a template");
+    let template = template_pid(d.child.id() as i32, "helper").expect("a template");
     let log = format!("/proc/{template}/root/tmp/helper.log");
     wait_until("the helper listens", Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening"))
@@ -1070,7 +1032,7 @@ fn a_request_cannot_make_alcove_give_the_template_up() {
     let d = &t.daemon;
     let code = py(t.dir.path(), "pose", RECONNECT);
     deploy_warm(d, "pose", &code, &[]);
-    let template = template_pid(d.child.id(), "pose");
+    let template = template_pid(d.child.id() as i32, "pose");
     assert!(template.is_some());
     let _ = invoke(d, "pose", b"6");
     std::thread::sleep(Duration::from_millis(500));
@@ -1080,7 +1042,7 @@ fn a_request_cannot_make_alcove_give_the_template_up() {
         "one request closed the template: {log}"
     );
     assert_eq!(
-        template_pid(d.child.id(), "pose"),
+        template_pid(d.child.id() as i32, "pose"),
         template,
         "the template was replaced"
     );
@@ -1723,7 +1685,7 @@ def handle(body):
     assert!(matches!(reply.status, 200 | 201), "{}", reply.text());
     assert_eq!(kind("2"), "cold");
     wait_until("the template stops", Duration::from_secs(5), || {
-        template_pid(daemon, "api").is_none()
+        template_pid(daemon as i32, "api").is_none()
     });
     // And back: the change returns once the template serves.
     let reply = d.http("PATCH", "/v1/functions/api", br#"{"warm": true}"#);
@@ -1808,7 +1770,7 @@ fn invoking_an_older_version_leaves_the_latest_warm() {
     );
     deploy_warm(d, "v", &code, &[]);
     deploy_warm(d, "v", &code, &["--env", "X=2"]);
-    let template = template_pid(d.child.id(), "v");
+    let template = template_pid(d.child.id() as i32, "v");
     for _ in 0..3 {
         let _ = d.http("POST", "/v1/functions/v/invoke?version=1", b"");
         std::thread::sleep(Duration::from_millis(500));
@@ -1817,7 +1779,7 @@ fn invoking_an_older_version_leaves_the_latest_warm() {
         assert_eq!(start(&latest), "warm", "the latest version ran cold");
     }
     assert_eq!(
-        template_pid(d.child.id(), "v"),
+        template_pid(d.child.id() as i32, "v"),
         template,
         "the template was swapped"
     );
@@ -1836,13 +1798,13 @@ fn a_rollback_to_a_cold_version_stops_the_template() {
     let (status, said) = deploy_py(d, "r", &code, &[]); // version 1, cold
     assert_eq!(status, 0, "{said}");
     deploy_warm(d, "r", &code, &[]); // version 2, warm
-    assert!(template_pid(d.child.id(), "r").is_some());
+    assert!(template_pid(d.child.id() as i32, "r").is_some());
     let reply = d.http("POST", "/v1/functions/r/rollback", br#"{"version": 1}"#);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(start(&invoke(d, "r", b"")), "cold");
     wait_until(
         "the warm template of version 2 stops",
         Duration::from_secs(5),
-        || template_pid(d.child.id(), "r").is_none(),
+        || template_pid(d.child.id() as i32, "r").is_none(),
     );
 }

@@ -7,18 +7,11 @@
 
 mod common;
 use common::daemon::{http, setup, Daemon, Reply};
+use common::warm::{invoke, py, start, template_pid};
 use common::{alcove_cgroups, processes_with, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// A code directory `DIR/NAME` holding `main.py`.
-fn py(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let code = dir.join(name);
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("main.py"), source).unwrap();
-    code
-}
 
 /// Deploys `code` with the Python runtime and `extra` flags; must succeed.
 fn deploy_py(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
@@ -38,15 +31,6 @@ fn deploy_py(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
     assert_eq!(status, 0, "deploy {name}: {err}{out}");
 }
 
-fn invoke(d: &Daemon, name: &str, body: &[u8]) -> Reply {
-    d.http("POST", &format!("/v1/functions/{name}/invoke"), body)
-}
-
-/// `x-alcove-start` of a reply: "warm" or "cold".
-fn start(reply: &Reply) -> &str {
-    reply.header("x-alcove-start").unwrap_or("")
-}
-
 /// An invocation that must succeed from a warm copy; its body as JSON.
 fn warm_json(d: &Daemon, name: &str, body: &[u8]) -> Value {
     let reply = invoke(d, name, body);
@@ -59,37 +43,6 @@ fn warm_json(d: &Daemon, name: &str, body: &[u8]) -> Value {
     );
     serde_json::from_slice(&reply.body)
         .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", reply.text()))
-}
-
-/// The pid of `function`'s template, started by the daemon `daemon`: the
-/// process it started whose environment says ALCOVE_WARM=1 and
-/// ALCOVE_FUNCTION=`function` and which runs alcove_runtime.py. Its copies
-/// are its children (one pid namespace deeper), so they are not counted.
-fn template_pid(daemon: u32, function: &str) -> Option<i32> {
-    let wanted = format!("ALCOVE_FUNCTION={function}");
-    let found: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("PPid:"))
-                .and_then(|p| p.trim().parse::<u32>().ok());
-            if ppid != Some(daemon) {
-                return false;
-            }
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let environ = String::from_utf8_lossy(&environ);
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            environ.split('\0').any(|v| v == "ALCOVE_WARM=1")
-                && environ.split('\0').any(|v| v == wanted)
-                && String::from_utf8_lossy(&cmdline).contains("alcove_runtime.py")
-        })
-        .collect();
-    assert!(found.len() <= 1, "{function} has two templates: {found:?}");
-    found.first().copied()
 }
 
 /// Stops the daemon as an operator would (SIGTERM) and checks that it took
@@ -484,7 +437,7 @@ def handle(body):
         ("hog", &b"hog"[..], "oom", "function_out_of_memory"),
         ("sleeper", b"sleep", "timeout", "function_timeout"),
     ] {
-        let template = template_pid(daemon_pid, name).expect("a running template");
+        let template = template_pid(daemon_pid as i32, name).expect("a running template");
         for round in 0..2 {
             let reply = invoke(d, name, body);
             assert_eq!(start(&reply), "warm", "{name}: {:?}", reply.headers);
@@ -499,7 +452,7 @@ def handle(body):
             let ok = warm_json(d, name, b"ok");
             assert_eq!(ok["pid"], 1, "{ok}");
             assert_eq!(
-                template_pid(daemon_pid, name),
+                template_pid(daemon_pid as i32, name),
                 Some(template),
                 "{name}'s template was replaced"
             );
@@ -526,7 +479,7 @@ def handle(body):
 "#;
     let code = py(t.dir.path(), "crash", source);
     deploy_py(d, "crash", &code, &["--warm"]);
-    let template = template_pid(daemon_pid, "crash").expect("a running template");
+    let template = template_pid(daemon_pid as i32, "crash").expect("a running template");
     // More crashes in a row than the copies refused that make alcove give a
     // template up (5): a crash in a handler is no fault of the template's.
     for round in 0..4 {
@@ -548,7 +501,7 @@ def handle(body):
         assert_eq!(reply.text(), "fine");
     }
     assert_eq!(
-        template_pid(daemon_pid, "crash"),
+        template_pid(daemon_pid as i32, "crash"),
         Some(template),
         "the template was replaced"
     );

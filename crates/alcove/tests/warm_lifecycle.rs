@@ -6,18 +6,11 @@
 //! nothing behind. End to end against a real `alcove serve`.
 
 mod common;
-use common::daemon::{setup, Daemon, Reply};
+use common::daemon::{setup, Daemon};
+use common::warm::{invoke, py, template_pid};
 use common::{alcove_cgroups, host_mounts, wait_until};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A code directory `DIR/NAME` holding `main.py`.
-fn py(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let code = dir.join(name);
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("main.py"), source).unwrap();
-    code
-}
 
 /// `alcove fn deploy NAME --code CODE --runtime python --entry main.py EXTRA`.
 fn deploy_args<'a>(name: &'a str, code: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -42,10 +35,6 @@ fn deploy_warm(d: &Daemon, name: &str, code: &Path, extra: &[&str]) {
     let args = deploy_args(name, code, &flags);
     let (status, out, err) = d.cli(&args);
     assert_eq!(status, 0, "deploy {name}: {err}{out}");
-}
-
-fn invoke(d: &Daemon, name: &str, body: &[u8]) -> Reply {
-    d.http("POST", &format!("/v1/functions/{name}/invoke"), body)
 }
 
 /// `x-alcove-start` of a reply that must have succeeded.
@@ -110,27 +99,6 @@ fn function_processes(daemon: i32, function: &str) -> Vec<i32> {
     found
 }
 
-/// `function`'s template: a process the daemon started itself, whose
-/// environment has ALCOVE_WARM=1 and whose command line runs
-/// alcove_runtime.py.
-fn template_pid(daemon: i32, function: &str) -> Option<i32> {
-    let found: Vec<i32> = function_processes(daemon, function)
-        .into_iter()
-        .filter(|&pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            descends_from(pid, daemon)
-                && parent_of(pid) == Some(daemon)
-                && String::from_utf8_lossy(&environ)
-                    .split('\0')
-                    .any(|v| v == "ALCOVE_WARM=1")
-                && String::from_utf8_lossy(&cmdline).contains("alcove_runtime.py")
-        })
-        .collect();
-    assert!(found.len() <= 1, "{function} has two templates: {found:?}");
-    found.first().copied()
-}
-
 /// `function`'s copies: its template's descendants. A ready copy is one
 /// pid namespace deeper than the template (it unshared one and forked into
 /// it); one still setting itself up may not be yet.
@@ -162,14 +130,6 @@ fn ready_copies(daemon: i32, function: &str) -> Vec<i32> {
         },
     );
     found
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|p| p.trim().parse().ok())
 }
 
 fn daemon_pid(d: &Daemon) -> i32 {

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod oci;
+pub mod warm;
 
 use std::io::Write;
 use std::path::PathBuf;
