@@ -44,8 +44,7 @@ impl From<EngineError> for ApiError {
             EngineError::Internal(_)
             | EngineError::Store(_)
             | EngineError::Io { .. }
-            | EngineError::Sandbox(_)
-            | EngineError::DeviceRule(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | EngineError::Sandbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), alcove_engine::error_chain(&e))
     }

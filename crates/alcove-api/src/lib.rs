@@ -13,6 +13,7 @@ mod config_routes;
 mod control;
 mod endpoint;
 mod errors;
+mod monitor_routes;
 mod routes;
 mod server;
 pub mod wire;
@@ -21,6 +22,7 @@ pub use auth::token_proof;
 pub use client::{Client, ClientError, InvokeOutcome};
 pub use config_routes::MAX_SECRET_BODY;
 pub use errors::ApiError;
+pub use monitor_routes::MAX_EVENT_STREAMS;
 pub use routes::{app, AppState};
 pub use server::{serve, BodyTimedOut, ServerLimits};
 

@@ -55,6 +55,14 @@ pub fn app(state: AppState) -> Router {
             post(invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY)),
         )
         .route("/functions/{name}/logs", get(logs))
+        .route(
+            "/functions/{name}/learn",
+            get(crate::monitor_routes::learned)
+                .post(crate::monitor_routes::start_learning)
+                .delete(crate::monitor_routes::stop_learning),
+        )
+        .route("/events", get(crate::monitor_routes::events))
+        .route("/monitor", get(crate::monitor_routes::monitor))
         .route("/invocations", get(control::list_running))
         .route("/invocations/{id}", get(invocation).delete(control::cancel))
         .route("/openapi.json", get(openapi));
@@ -368,7 +376,7 @@ async fn healthz(
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let mut response = s.engine.metrics.encode().into_response();
+    let mut response = s.engine.metrics_text().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

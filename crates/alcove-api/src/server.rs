@@ -85,6 +85,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             tokio::spawn(refuse(stream));
             continue;
@@ -106,6 +107,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    crate::monitor_routes::end_streams();
     let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
 }
 

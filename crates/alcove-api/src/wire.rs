@@ -84,6 +84,10 @@ pub struct DeployBody {
     /// How long a warm function's initialisation may take (default 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_timeout_ms: Option<u64>,
+    /// What the kernel polices its invocations with; replaces the previous
+    /// version's guard when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<alcove_engine::Guard>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -253,6 +257,7 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         entry: d.entry,
         warm: d.warm,
         init_timeout_ms: d.init_timeout_ms,
+        guard: d.guard,
     };
     Ok(DeployRequest {
         name: d.name,

@@ -23,7 +23,7 @@ pub enum BpfError {
     Map(&'static str, #[source] libbpf_rs::Error),
     #[error("cannot open the sandbox's cgroup2 directory to attach its rules")]
     Cgroup(#[source] io::Error),
-    #[error("cannot open a cpu-clock perf event for the CPU and wall budgets")]
+    #[error("cannot open a cpu-clock perf event for the CPU budgets")]
     Perf(#[source] io::Error),
 }
 

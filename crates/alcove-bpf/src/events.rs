@@ -11,8 +11,20 @@ pub enum KillReason {
     Syscalls,
     /// More CPU time than the budget.
     CpuTime,
-    /// Past the wall-clock budget.
-    WallTime,
+}
+
+impl KillReason {
+    /// The reason in words, with the budget it passed (`limit`: a count of
+    /// syscalls, or nanoseconds of CPU).
+    pub fn describe(self, limit: u64) -> String {
+        match self {
+            KillReason::Syscalls => format!("syscall budget of {limit} exceeded"),
+            KillReason::CpuTime => format!(
+                "CPU budget of {:?} exceeded",
+                std::time::Duration::from_nanos(limit)
+            ),
+        }
+    }
 }
 
 /// What a rule denied.
@@ -22,6 +34,8 @@ pub enum Denial {
     Device,
     Connect,
     Bind,
+    /// A syscall outside the sandbox's syscall policy (refused by seccomp).
+    Syscall,
 }
 
 /// What happened.
@@ -112,10 +126,12 @@ impl Event {
                 let what = match value {
                     1 => Denial::Device,
                     2 => Denial::Connect,
+                    4 => Denial::Syscall,
                     _ => Denial::Bind,
                 };
                 let detail = match what {
                     Denial::Device => format!("{}:{}", detail >> 32, detail & 0xffff_ffff),
+                    Denial::Syscall => detail.to_string(),
                     _ => address(data, filename_at, args_at, detail)?,
                 };
                 EventKind::Denied { what, detail }
@@ -123,8 +139,7 @@ impl Event {
             4 => {
                 let reason = match value {
                     1 => KillReason::Syscalls,
-                    2 => KillReason::CpuTime,
-                    _ => KillReason::WallTime,
+                    _ => KillReason::CpuTime,
                 };
                 EventKind::BudgetKill {
                     reason,
@@ -232,6 +247,14 @@ mod tests {
             EventKind::Denied {
                 what: Denial::Device,
                 detail: "1:7".into()
+            }
+        );
+        let e = Event::decode(&record(3, 4, 101, b"", b"")).unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::Denied {
+                what: Denial::Syscall,
+                detail: "101".into()
             }
         );
         assert!(Event::decode(&[0u8; 8]).is_none());

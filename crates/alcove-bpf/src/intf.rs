@@ -6,16 +6,20 @@
 pub(crate) struct SandboxEntry {
     pub syscall_budget: u64,
     pub cpu_budget_ns: u64,
-    pub wall_deadline_ns: u64,
     pub syscalls: u64,
     pub cpu_ns: u64,
     pub flags: u32,
     pub armed: u32,
     pub killed: u64,
+    pub denied: u64,
+    pub allowed_syscalls: [u64; SYSCALL_BITS / 64],
 }
 
 pub(crate) const TRACE_SYSCALLS: u32 = 1;
 pub(crate) const LEARN: u32 = 1 << 1;
+pub(crate) const SYSCALL_POLICY: u32 = 1 << 2;
+/// Syscall numbers the allow-list bitmap covers.
+pub(crate) const SYSCALL_BITS: usize = 512;
 
 /// Mirrors `struct alcove_stats` (one CPU's share).
 #[repr(C)]

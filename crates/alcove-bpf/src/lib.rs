@@ -15,7 +15,7 @@ mod monitor;
 
 pub use error::BpfError;
 pub use events::{Denial, Event, EventKind, KillReason};
-pub use monitor::{DeviceId, IpNet, Monitor, SandboxPolicy, Stats, TICK};
+pub use monitor::{Attached, DeviceId, IpNet, Monitor, SandboxPolicy, Stats, TICK};
 
 #[allow(
     clippy::all,

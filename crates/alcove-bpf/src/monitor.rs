@@ -2,9 +2,10 @@
 //! the programs saw.
 
 use crate::events::Event;
+use crate::events::KillReason;
 use crate::intf::{
     bytes_of, from_bytes, DevKey, Net4Key, Net6Key, SandboxEntry, StatsEntry, SyscallKey, LEARN,
-    TRACE_SYSCALLS,
+    SYSCALL_BITS, SYSCALL_POLICY, TRACE_SYSCALLS,
 };
 use crate::skel::{MonitorSkel, MonitorSkelBuilder};
 use crate::BpfError;
@@ -17,7 +18,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The period of the cpu-clock events that drive CPU and wall budgets.
+/// The period of the cpu-clock events that drive CPU budgets.
 pub const TICK: Duration = Duration::from_millis(1);
 
 /// What alcove asks of the kernel for one sandbox.
@@ -30,8 +31,9 @@ pub struct SandboxPolicy {
     pub syscall_budget: Option<u64>,
     /// Kill the sandbox past this much CPU time (sampled every [`TICK`]).
     pub cpu_budget: Option<Duration>,
-    /// Kill a sandbox process found running past this much wall time.
-    pub wall_budget: Option<Duration>,
+    /// The syscalls a seccomp allow-list lets the sandbox make: a refused
+    /// call outside it is reported as a [`Denial::Syscall`](crate::Denial).
+    pub syscall_policy: Option<Vec<u32>>,
     /// The character devices the sandbox may open (`None`: no device rule).
     /// Anything else, and every block device, is refused with EPERM.
     pub devices: Option<Vec<DeviceId>>,
@@ -81,12 +83,35 @@ impl SandboxPolicy {
         self.trace || self.learn || self.syscall_budget.is_some()
     }
 
+    fn needs_sys_exit(&self) -> bool {
+        self.trace || self.syscall_policy.is_some()
+    }
+
+    /// Whether it needs programs that run on every syscall of the host.
+    pub fn taxes_syscalls(&self) -> bool {
+        self.needs_syscalls() || self.needs_sys_exit()
+    }
+
     fn needs_sock_addr(&self) -> bool {
         self.net_allow.is_some() || self.learn
     }
 
     fn needs_ticks(&self) -> bool {
-        self.cpu_budget.is_some() || self.wall_budget.is_some()
+        self.cpu_budget.is_some()
+    }
+
+    /// A policy asking for everything a policy can ask for: what a monitor
+    /// that will serve any sandbox loads.
+    pub fn everything() -> Self {
+        SandboxPolicy {
+            trace: true,
+            syscall_budget: Some(1),
+            cpu_budget: Some(TICK),
+            syscall_policy: Some(Vec::new()),
+            devices: Some(Vec::new()),
+            net_allow: Some(Vec::new()),
+            learn: true,
+        }
     }
 
     /// Whether anything needs BPF at all.
@@ -104,6 +129,19 @@ pub struct Stats {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub execs: u64,
+    /// Syscalls refused outside the sandbox's syscall policy.
+    pub denied_syscalls: u64,
+}
+
+/// Which of the costly programs are attached now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    /// raw_syscalls/sys_enter: runs on every syscall of the host.
+    pub sys_enter: bool,
+    /// raw_syscalls/sys_exit: runs on every syscall of the host.
+    pub sys_exit: bool,
+    /// The cpu-clock sampling program (one perf event per CPU).
+    pub cpu_ticks: bool,
 }
 
 /// The loaded monitor: programs, maps, the event ring, and which sandboxes
@@ -144,7 +182,7 @@ impl Monitor {
         let c = capabilities;
         let progs = &mut open.progs;
         progs.on_sys_enter.set_autoload(c.needs_syscalls());
-        progs.on_sys_exit.set_autoload(c.trace);
+        progs.on_sys_exit.set_autoload(c.needs_sys_exit());
         progs.on_tick.set_autoload(c.needs_ticks());
         progs.device_policy.set_autoload(c.devices.is_some());
         for prog in [
@@ -197,21 +235,35 @@ impl Monitor {
 
     /// Starts watching the sandbox whose cgroup2 id is `cgroup_id` (directory
     /// `cgroup_dir`, where its rules attach), with fresh counters. Call before
-    /// its first process runs; the policy must fit what [`load`](Self::load) was told.
+    /// its first process runs; the policy must fit what [`load`](Self::load)
+    /// was told. Counting starts at the sandbox's first exec, or at once when
+    /// `running` (a process adopted after its setup, which execs nothing).
     pub fn watch(
         &mut self,
         cgroup_id: u64,
         cgroup_dir: &std::path::Path,
         policy: &SandboxPolicy,
+        running: bool,
     ) -> Result<(), BpfError> {
         self.clear(cgroup_id);
-        let now = monotonic_ns();
+        let mut allowed_syscalls = [0u64; SYSCALL_BITS / 64];
+        for nr in policy.syscall_policy.iter().flatten() {
+            if let Some(word) = allowed_syscalls.get_mut(*nr as usize / 64) {
+                *word |= 1 << (nr % 64);
+            }
+        }
         let entry = SandboxEntry {
             syscall_budget: policy.syscall_budget.unwrap_or(0),
             cpu_budget_ns: policy.cpu_budget.map_or(0, |d| d.as_nanos() as u64),
-            wall_deadline_ns: policy.wall_budget.map_or(0, |d| now + d.as_nanos() as u64),
             flags: (if policy.trace { TRACE_SYSCALLS } else { 0 })
-                | (if policy.learn { LEARN } else { 0 }),
+                | (if policy.learn { LEARN } else { 0 })
+                | (if policy.syscall_policy.is_some() {
+                    SYSCALL_POLICY
+                } else {
+                    0
+                }),
+            armed: running.into(),
+            allowed_syscalls,
             ..SandboxEntry::default()
         };
         let ncpus =
@@ -341,6 +393,46 @@ impl Monitor {
         }
     }
 
+    /// Why the kernel killed the watched sandbox `cgroup_id`, if it did: the
+    /// reason, and the budget it passed.
+    pub fn killed(&self, cgroup_id: u64) -> Option<(KillReason, u64)> {
+        let entry = self.entry(cgroup_id)?;
+        let reason = match entry.killed {
+            0 => return None,
+            1 => KillReason::Syscalls,
+            _ => KillReason::CpuTime,
+        };
+        let limit = match reason {
+            KillReason::Syscalls => entry.syscall_budget,
+            KillReason::CpuTime => entry.cpu_budget_ns,
+        };
+        Some((reason, limit))
+    }
+
+    fn entry(&self, cgroup_id: u64) -> Option<SandboxEntry> {
+        let bytes = self
+            .skel
+            .maps
+            .sandboxes
+            .lookup(&cgroup_id.to_ne_bytes(), MapFlags::ANY)
+            .ok()??;
+        Some(from_bytes(&bytes))
+    }
+
+    /// Which costly programs are attached now.
+    pub fn attached(&self) -> Attached {
+        Attached {
+            sys_enter: self.syscall_link.is_some(),
+            sys_exit: !self.tracing_links.is_empty(),
+            cpu_ticks: !self.tick_links.is_empty(),
+        }
+    }
+
+    /// How many sandboxes are watched now.
+    pub fn watched(&self) -> usize {
+        self.watched.len()
+    }
+
     /// Stops watching `cgroup_id` and detaches what no watched sandbox needs.
     /// The counters stay readable until the next [`watch`](Self::watch) of it.
     pub fn unwatch(&mut self, cgroup_id: u64) {
@@ -388,7 +480,11 @@ impl Monitor {
                 total.execs += s.execs;
             }
         }
-        total.syscalls = self.syscall_counts(cgroup_id).iter().map(|(_, n)| n).sum();
+        let counted: u64 = self.syscall_counts(cgroup_id).iter().map(|(_, n)| n).sum();
+        let entry = self.entry(cgroup_id).unwrap_or_default();
+        // Traced sandboxes count by number; a budget alone keeps one total.
+        total.syscalls = counted.max(entry.syscalls);
+        total.denied_syscalls = entry.denied;
         total
     }
 
@@ -425,7 +521,7 @@ impl Monitor {
     fn attach_on_demand(&mut self) -> Result<(), BpfError> {
         let policies = || self.watched.values();
         let want_syscalls = policies().any(SandboxPolicy::needs_syscalls);
-        let want_tracing = policies().any(|p| p.trace);
+        let want_tracing = policies().any(SandboxPolicy::needs_sys_exit);
         let want_ticks = policies().any(SandboxPolicy::needs_ticks);
         match (want_syscalls, self.syscall_link.is_some()) {
             (true, false) => {
@@ -481,10 +577,6 @@ impl Monitor {
         let _ = &self.always;
         Ok(())
     }
-}
-
-fn monotonic_ns() -> u64 {
-    alcove_sys::process::monotonic_ns()
 }
 
 /// Per-syscall counts of one sandbox from a per-CPU map, most frequent first.

@@ -97,10 +97,24 @@ impl Engine {
         self.store.update_invocation(record)?;
         let prepared = self
             .spec_for(v, record, input)
-            .and_then(|(spec, lease, pinned)| {
-                Ok((self.device_rule_for(&spec)?, spec, (lease, pinned)))
+            .and_then(|(mut spec, lease, pinned)| {
+                let learning = self.learning_now(&v.function);
+                let policy = v
+                    .config
+                    .guard
+                    .apply(&mut spec, learning)
+                    .map_err(|e| EngineError::Invalid(format!("guard: {e}")))?;
+                let cell = control
+                    .as_ref()
+                    .map(|c| c.cgroup_cell())
+                    .unwrap_or_default();
+                Ok((
+                    self.watch_for(v, record, policy, cell)?,
+                    spec,
+                    (lease, pinned),
+                ))
             });
-        let (device_rule, spec, lease) = match prepared {
+        let (mut watch, spec, lease) = match prepared {
             Ok(prepared) => prepared,
             // A version that cannot be prepared (its image is gone...) is a failed invocation.
             Err(e) => return self.fail(record, alcove_sandbox::error_chain(&e), retry_on_failure),
@@ -115,12 +129,15 @@ impl Engine {
             cancel,
             watch: control.as_ref().map(|c| c.watch()),
         };
-        let mut rule = device_rule;
-        let mut no_rule = alcove_sandbox::NoObserver;
-        let observer: &mut dyn alcove_sandbox::Observer = match rule.as_mut() {
-            Some(rule) => rule,
-            None => &mut no_rule,
+        let mut unwatched = alcove_sandbox::NoObserver;
+        let observer: &mut dyn alcove_sandbox::Observer = match watch.as_mut() {
+            Some(w) => w,
+            None => &mut unwatched,
         };
+        self.monitor.emit(
+            &v.function,
+            serde_json::json!({"event": "start", "version": v.version, "invocation": record.id}),
+        );
         // Warm when its template serves; cold (the same code) while it does not.
         let warm = template.map(|t| t.run(&spec, &options, &mut *observer));
         let (kind, result) = match warm {
@@ -131,6 +148,10 @@ impl Engine {
                 alcove_sandbox::run_observed(&spec, &options, observer),
             ),
         };
+        if let Some(w) = watch.as_mut() {
+            alcove_sandbox::Observer::after_end(w); // (a no-op when the run did it)
+            self.after_watch(v, record, w);
+        }
         self.metrics
             .starts
             .get_or_create(&StartLabel { kind: kind.into() })
@@ -185,6 +206,13 @@ impl Engine {
                         function: v.function.clone(),
                     })
                     .observe(outcome.wall_ms / 1e3);
+                self.metrics
+                    .kernel
+                    .cpu_seconds
+                    .get_or_create(&FunctionLabel {
+                        function: v.function.clone(),
+                    })
+                    .inc_by((outcome.cpu_user_ms + outcome.cpu_sys_ms) / 1e3);
                 response = outcome.stdout;
             }
             Err(e) => {
@@ -196,6 +224,23 @@ impl Engine {
             record.response = Some(response.clone());
         }
         self.save(record, retry_on_failure)?;
+        self.monitor.emit(
+            &v.function,
+            serde_json::json!({
+                "event": "end", "version": v.version, "invocation": record.id,
+                "status": record.status, "start": kind, "exit_code": record.exit_code,
+                "wall_ms": record.wall_ms, "error": record.error,
+            }),
+        );
+        tracing::info!(
+            function = %v.function,
+            version = v.version,
+            invocation = %record.id,
+            status = %record.status,
+            start = kind,
+            wall_ms = record.wall_ms.unwrap_or_default(),
+            "invocation ended"
+        );
         self.metrics
             .invocations
             .get_or_create(&InvocationLabels {
@@ -304,25 +349,6 @@ impl Engine {
             None => Stdio::Capture { stdin: input.body },
         };
         Ok((spec, lease, pinned))
-    }
-
-    /// The device cgroup rule a run given host devices needs (none for a run
-    /// that sees only the basic /dev, which its mounts already confine).
-    fn device_rule_for(
-        &self,
-        spec: &SandboxSpec,
-    ) -> Result<Option<crate::devices::DeviceRuleObserver>, EngineError> {
-        if spec.device_nodes.is_empty() {
-            return Ok(None);
-        }
-        let mut rules = self.device_rules.lock().unwrap_or_else(|e| e.into_inner());
-        if rules.is_none() {
-            *rules = Some(crate::devices::DeviceRules::start()?);
-        }
-        match rules.as_ref() {
-            Some(rules) => Ok(Some(rules.observer(&spec.device_nodes)?)),
-            None => Ok(None),
-        }
     }
 }
 

@@ -88,6 +88,9 @@ pub struct ConfigChange {
     pub warm: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_timeout_ms: Option<u64>,
+    /// Replaces the whole guard when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::Guard>,
 }
 
 fn text_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
@@ -153,6 +156,7 @@ pub(crate) fn plan(
     set(&mut c.entry, &change.entry.clone().map(Some));
     set(&mut c.warm, &change.warm);
     set(&mut c.init_timeout_ms, &change.init_timeout_ms.map(Some));
+    set(&mut c.guard, &change.guard);
     set(&mut c.accel, &change.accel.clone().map(Some));
     if let Some(image) = &change.image {
         c.image = Some(image.clone());

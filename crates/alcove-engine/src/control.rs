@@ -20,7 +20,23 @@ impl Engine {
     /// most `limit` (itself at most [`MAX_LISTED`](crate::MAX_LISTED)), with their sandboxes'
     /// usage so far. Reads cgroup files: call it from a blocking thread.
     pub fn running_invocations(&self, function: Option<&str>, limit: usize) -> RunningList {
-        self.running.list(function, limit)
+        let mut list = self.running.list(function, limit);
+        let ids: Vec<u64> = list
+            .invocations
+            .iter()
+            .map(|i| i.cgroup_id)
+            .filter(|id| *id != 0)
+            .collect();
+        let live: std::collections::HashMap<u64, alcove_monitor::Stats> =
+            self.monitor.live(ids).into_iter().collect();
+        for i in &mut list.invocations {
+            if let Some(stats) = live.get(&i.cgroup_id) {
+                i.syscalls = (stats.syscalls > 0).then_some(stats.syscalls);
+                i.bytes_read = Some(stats.bytes_read);
+                i.bytes_written = Some(stats.bytes_written);
+            }
+        }
+        list
     }
 
     /// Cancels invocation `id`: a running one's sandbox is killed, a queued

@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub allow_binds: Vec<crate::AllowedBind>,
     /// What warm functions may use.
     pub warm: crate::WarmConfig,
+    /// What every invocation is watched with (eBPF).
+    pub monitor: crate::MonitorMode,
 }
 
 /// Old records are purged once per this many invocations.
@@ -76,6 +78,7 @@ impl EngineConfig {
             limits: FunctionLimits::default(),
             allow_binds: Vec::new(),
             warm: crate::WarmConfig::default(),
+            monitor: crate::MonitorMode::default(),
         }
     }
 }
@@ -101,8 +104,10 @@ pub struct Engine {
     images: std::sync::OnceLock<alcove_image::Store>,
     /// Started when a function first needs it.
     pub(crate) accel: Mutex<Option<crate::accel::Service>>,
-    /// Loaded on the first invocation that is given host devices.
-    pub(crate) device_rules: Mutex<Option<crate::devices::DeviceRules>>,
+    /// The eBPF monitor every invocation is watched by, and the event stream.
+    pub(crate) monitor: crate::monitoring::EngineMonitor,
+    /// Functions learning their policy.
+    pub(crate) learning: crate::learning::Learning,
     /// Every sandbox polls this pipe's read end; closing the write end
     /// (shutdown) kills them all.
     pub(crate) cancel: Arc<OwnedFd>,
@@ -217,6 +222,7 @@ impl Engine {
         metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);
         let (cancel, cancel_all) = alcove_sys::fd::pipe_cloexec()
             .map_err(EngineError::io("creating the shutdown pipe"))?;
+        let monitor = crate::monitoring::EngineMonitor::new(config.monitor);
         let engine = Arc::new(Engine {
             admission: Admission::new(
                 config.max_running,
@@ -230,7 +236,8 @@ impl Engine {
             since_purge: AtomicUsize::new(0),
             images: std::sync::OnceLock::new(),
             accel: Mutex::new(None),
-            device_rules: Mutex::new(None),
+            monitor,
+            learning: Default::default(),
             cancel: Arc::new(cancel),
             cancel_all: Mutex::new(Some(cancel_all)),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -244,6 +251,7 @@ impl Engine {
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.remove_unused_code()?;
         engine.unpin_removed();
+        engine.monitor.start();
         engine.restore_warm();
         Ok(engine)
     }
@@ -262,6 +270,7 @@ impl Engine {
         // One deploy at a time: each reads `latest` and adds the version after it.
         let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (mut plan, latest) = self.plan(&req)?;
+        self.resolve_learned(&req.name, &mut plan.config.guard)?;
         validate(&mut plan, &self.config.limits, &self.config.allow_binds)?;
         let mut pinned = false;
         if plan.config.image_id.is_none() {
@@ -364,6 +373,7 @@ impl Engine {
             // next version: that would bring the function back.
             let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.store.delete_function(name)?;
+            self.metrics.forget_function(name);
             self.stop_template(name);
             self.forget(name);
             self.admission.forget(name);
@@ -693,6 +703,9 @@ fn validate(
         );
     }
     crate::warm::check_config(c).map_err(EngineError::Invalid)?;
+    c.guard
+        .check(c.warm)
+        .map_err(|e| EngineError::Invalid(format!("guard: {e}")))?;
     let no_handler = c.handler.is_empty() && c.image.is_none() && c.runtime.is_none();
     if no_handler || c.handler.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return invalid(

@@ -1,7 +1,8 @@
 //! alcove-engine owns functions: their versions and code, every invocation
 //! (run in its own sandbox through alcove-sandbox, recorded in the store),
 //! admission (per-function and global caps with a bounded queue), async
-//! invocations with retries, and the metrics operators scrape.
+//! invocations with retries, what the kernel polices each invocation with
+//! (through alcove-monitor) and the events and metrics operators watch.
 //!
 //! It knows nothing of HTTP (alcove-api) or command lines (alcove).
 
@@ -12,14 +13,16 @@ mod code;
 mod code_links;
 mod config_change;
 mod control;
-mod devices;
 mod engine;
 mod function_spec;
+mod guard;
 mod http;
 mod image;
+mod learning;
 mod limits;
 mod metrics;
 mod model;
+mod monitoring;
 mod running;
 mod store;
 mod warm;
@@ -28,17 +31,19 @@ pub use admission::HeldBytes;
 pub use alcove_sandbox::error_chain;
 pub use code_links::link_leaves;
 pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
-pub use devices::{DeviceRuleError, DeviceRuleObserver, DeviceRules};
 pub use engine::{Engine, EngineConfig, Invocation};
 pub use function_spec::{runtime_command, AllowedBind};
+pub use guard::{Guard, PolicySource, MAX_RULES, MAX_SYSCALL_BUDGET};
 pub use http::{Endpoint, HttpReply, HttpRequest, HttpStream};
 pub use image::apply_image;
+pub use learning::{LearnRequest, Learned, MAX_LEARN_INVOCATIONS, MAX_LEARN_SECONDS};
 pub use limits::{Effective, FunctionLimits, MIN_MEMORY_BYTES};
 pub use metrics::Metrics;
 pub use model::{
     DeployRequest, Deployed, FunctionBind, FunctionConfig, FunctionInfo, InvocationRecord,
     VersionInfo,
 };
+pub use monitoring::{DenialRecord, EngineEvent, KernelRecord, MonitorMode, EVENT_BACKLOG};
 pub use running::{RunningInvocation, RunningList, MAX_LISTED};
 pub use warm::WarmConfig;
 
@@ -81,8 +86,6 @@ pub enum EngineError {
     /// The request conflicts with the state it found (a code for the API, and why).
     #[error("{1}")]
     Conflict(&'static str, String),
-    #[error("the sandbox's device rule could not be put in place")]
-    DeviceRule(#[from] DeviceRuleError),
 }
 
 impl EngineError {
@@ -104,7 +107,7 @@ impl EngineError {
             EngineError::BadCode(_) => "invalid_code",
             EngineError::Conflict(code, _) => code,
             EngineError::Store(_) | EngineError::Io { .. } => "internal",
-            EngineError::Sandbox(_) | EngineError::DeviceRule(_) => "sandbox_failed",
+            EngineError::Sandbox(_) => "sandbox_failed",
         }
     }
 }

@@ -26,9 +26,31 @@ pub struct StartLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    /// `sys_enter`, `sys_exit` or `cpu_ticks`.
+    pub program: String,
+}
+
+/// Per-function counters from the kernel (eBPF), labelled by function only.
+#[derive(Default)]
+pub struct KernelCounters {
+    pub syscalls: Family<FunctionLabel, Counter>,
+    pub cpu_seconds: Family<FunctionLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub bytes_read: Family<FunctionLabel, Counter>,
+    pub bytes_written: Family<FunctionLabel, Counter>,
+    pub denials: Family<FunctionLabel, Counter>,
+    pub policy_kills: Family<FunctionLabel, Counter>,
+    /// Whether each per-syscall or sampling program is attached (1) or not (0).
+    pub attached: Family<ProgramLabel, Gauge>,
+    pub watched: Gauge,
+    pub events_dropped: Gauge,
+}
+
 /// The engine's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
+    pub kernel: KernelCounters,
     pub invocations: Family<InvocationLabels, Counter>,
     pub duration: Family<FunctionLabel, Histogram>,
     pub starts: Family<StartLabel, Counter>,
@@ -87,8 +109,40 @@ impl Metrics {
             "Pool slots prepared now (network namespace and cgroups ready), idle or in use",
             pool_prepared.clone(),
         );
+        let kernel = KernelCounters::default();
+        let k = &kernel;
+        for (name, help, family) in [
+            ("function_syscalls", "Syscalls made by a function's invocations, where a per-syscall program watched them (a syscall budget or learning)", &k.syscalls),
+            ("function_bytes_read", "Bytes a function's invocations read through syscalls (files, pipes, sockets), counted by the kernel as each process exits", &k.bytes_read),
+            ("function_bytes_written", "Bytes a function's invocations wrote through syscalls, counted by the kernel as each process exits", &k.bytes_written),
+            ("function_denials", "Rule decisions against a function's invocations: refused syscalls, devices and addresses", &k.denials),
+            ("function_policy_kills", "Invocations the kernel killed for a syscall or CPU budget", &k.policy_kills),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "function_cpu_seconds",
+            "CPU time (user and system) a function's invocations used",
+            k.cpu_seconds.clone(),
+        );
+        registry.register(
+            "monitor_program_attached",
+            "Whether alcove's per-syscall (sys_enter, sys_exit) and CPU-sampling programs are attached now: they tax every syscall on the host, so they are attached only while a watched sandbox needs them",
+            k.attached.clone(),
+        );
+        registry.register(
+            "monitor_sandboxes_watched",
+            "Sandboxes the eBPF monitor watches now",
+            k.watched.clone(),
+        );
+        registry.register(
+            "monitor_events_dropped",
+            "Events the kernel's ring buffer had no room for since the monitor loaded",
+            k.events_dropped.clone(),
+        );
         Metrics {
             registry,
+            kernel,
             invocations,
             duration,
             starts,
@@ -97,6 +151,68 @@ impl Metrics {
             pool_slots,
             pool_prepared,
         }
+    }
+
+    /// Counts what the kernel saw of one invocation of `function`.
+    pub(crate) fn count_kernel(&self, function: &str, k: &crate::KernelRecord) {
+        let label = FunctionLabel {
+            function: function.to_owned(),
+        };
+        let c = &self.kernel;
+        if let Some(n) = k.syscalls {
+            c.syscalls.get_or_create(&label).inc_by(n);
+        }
+        c.bytes_read.get_or_create(&label).inc_by(k.bytes_read);
+        c.bytes_written
+            .get_or_create(&label)
+            .inc_by(k.bytes_written);
+        let denials = k.refused_syscalls.max(k.denials.len() as u64);
+        if denials > 0 {
+            c.denials.get_or_create(&label).inc_by(denials);
+        }
+        if k.policy_kill.is_some() {
+            c.policy_kills.get_or_create(&label).inc();
+        }
+    }
+
+    /// Drops a removed function's series, so labels stay bounded by the
+    /// functions that exist.
+    pub(crate) fn forget_function(&self, function: &str) {
+        let label = FunctionLabel {
+            function: function.to_owned(),
+        };
+        let c = &self.kernel;
+        for family in [
+            &c.syscalls,
+            &c.bytes_read,
+            &c.bytes_written,
+            &c.denials,
+            &c.policy_kills,
+        ] {
+            family.remove(&label);
+        }
+        c.cpu_seconds.remove(&label);
+        self.duration.remove(&label);
+    }
+
+    /// Sets the monitor's gauges from its status (none: not loaded).
+    pub(crate) fn set_monitor(&self, status: Option<&alcove_monitor::ServiceStatus>) {
+        let c = &self.kernel;
+        let a = status.map(|s| s.attached).unwrap_or_default();
+        for (program, on) in [
+            ("sys_enter", a.sys_enter),
+            ("sys_exit", a.sys_exit),
+            ("cpu_ticks", a.cpu_ticks),
+        ] {
+            c.attached
+                .get_or_create(&ProgramLabel {
+                    program: program.into(),
+                })
+                .set(on.into());
+        }
+        c.watched.set(status.map_or(0, |s| s.watched as i64));
+        c.events_dropped
+            .set(status.map_or(0, |s| s.events_dropped as i64));
     }
 
     /// The metrics in Prometheus text format.

@@ -82,6 +82,9 @@ pub struct FunctionConfig {
     /// How long a warm function's initialisation may take, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_timeout_ms: Option<u64>,
+    /// What the kernel polices its invocations with (budgets, rules, a policy).
+    #[serde(default, skip_serializing_if = "crate::Guard::is_empty")]
+    pub guard: crate::Guard,
 }
 
 /// A host path a function sees (`--bind SRC:DST[:ro|rw]`).
@@ -194,6 +197,9 @@ pub struct InvocationRecord {
     /// Where a warm invocation's time went (not kept in the store).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<alcove_sandbox::WarmPhases>,
+    /// What the kernel saw of it (eBPF): counters, rule decisions, a policy kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::KernelRecord>,
 }
 
 impl InvocationRecord {

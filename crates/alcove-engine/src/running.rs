@@ -14,7 +14,7 @@ use alcove_sandbox::UsageWatch;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub(crate) struct Entry {
     attempts: AtomicU32,
     running: AtomicBool,
     watch: Arc<UsageWatch>,
+    /// The running attempt's cgroup2 id while the monitor watches it (0: none).
+    cgroup_id: Arc<AtomicU64>,
     cancel: Mutex<Cancel>,
     cancelled: tokio::sync::Notify,
 }
@@ -109,6 +111,11 @@ pub(crate) struct Attempt {
 impl Attempt {
     pub(crate) fn watch(&self) -> Arc<UsageWatch> {
         Arc::clone(&self.entry.watch)
+    }
+
+    /// Where the monitor puts the sandbox's cgroup id while it watches it.
+    pub(crate) fn cgroup_cell(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.entry.cgroup_id)
     }
 
     pub(crate) fn cancel_reason(&self) -> Option<String> {
@@ -200,6 +207,7 @@ impl Running {
             attempts: AtomicU32::new(r.attempts),
             running: AtomicBool::new(false),
             watch: Arc::new(UsageWatch::new()),
+            cgroup_id: Arc::new(AtomicU64::new(0)),
             cancel: Mutex::new(Cancel::default()),
             cancelled: tokio::sync::Notify::new(),
         });
@@ -311,6 +319,14 @@ impl Running {
                     memory_peak_bytes: usage.and_then(|u| u.memory_peak_bytes),
                     cpu_ms: usage.and_then(|u| u.cpu_ms),
                     cancelled: e.cancel_reason().is_some(),
+                    syscalls: None,
+                    bytes_read: None,
+                    bytes_written: None,
+                    cgroup_id: if running {
+                        e.cgroup_id.load(Ordering::SeqCst)
+                    } else {
+                        0
+                    },
                 }
             })
             .collect::<Vec<_>>();
@@ -364,6 +380,18 @@ pub struct RunningInvocation {
     pub cpu_ms: Option<f64>,
     /// Whether it was cancelled and is ending.
     pub cancelled: bool,
+    /// Syscalls so far, where a per-syscall program watches it (a syscall
+    /// budget or learning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<u64>,
+    /// Bytes read and written by its processes that have exited so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+    /// The sandbox's cgroup2 id while the monitor watches it.
+    #[serde(skip)]
+    pub cgroup_id: u64,
 }
 
 /// A listing of invocations in flight, oldest first.

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS invocations (
     response BLOB
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations(function, created_at);
+CREATE TABLE IF NOT EXISTS learned (
+    function TEXT PRIMARY KEY REFERENCES functions(name) ON DELETE CASCADE,
+    profile TEXT NOT NULL,
+    invocations INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
 ";
 
 fn db(e: rusqlite::Error) -> EngineError {
@@ -80,6 +86,19 @@ impl Store {
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Added after the first release: what the kernel saw (JSON).
+        let has_kernel: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('invocations') WHERE name = 'kernel'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db)?
+            > 0;
+        if !has_kernel {
+            conn.execute_batch("ALTER TABLE invocations ADD COLUMN kernel TEXT")
+                .map_err(db)?;
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -312,7 +331,8 @@ impl Store {
             .prepare_cached(
                 "UPDATE invocations SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, exit_code = ?6,
                  signal = ?7, wall_ms = ?8, cpu_user_ms = ?9, cpu_sys_ms = ?10, memory_peak_bytes = ?11,
-                 pids_peak = ?12, output_truncated = ?13, error = ?14, stderr = ?15, response = ?16
+                 pids_peak = ?12, output_truncated = ?13, error = ?14, stderr = ?15, response = ?16,
+                 kernel = ?17
                  WHERE id = ?1",
             )
             .and_then(|mut stmt| {
@@ -333,6 +353,9 @@ impl Store {
                     r.error,
                     r.stderr.as_bytes(),
                     r.response,
+                    r.kernel
+                        .as_ref()
+                        .and_then(|k| serde_json::to_string(k).ok()),
                 ])
             })
             .map_err(db)?;
@@ -370,6 +393,49 @@ impl Store {
         Ok(rows)
     }
 
+    /// A function's learned profile and how many invocations it came from.
+    pub(crate) fn learned(
+        &self,
+        function: &str,
+    ) -> Result<Option<(alcove_monitor::Profile, u64)>, EngineError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT profile, invocations FROM learned WHERE function = ?1",
+                params![function],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        Ok(row.and_then(|(text, n)| Some((serde_json::from_str(&text).ok()?, n as u64))))
+    }
+
+    pub(crate) fn set_learned(
+        &self,
+        function: &str,
+        profile: &alcove_monitor::Profile,
+        invocations: u64,
+    ) -> Result<(), EngineError> {
+        let text = serde_json::to_string(profile)
+            .map_err(|e| EngineError::Internal(format!("a profile does not serialise: {e}")))?;
+        self.conn()
+            .execute(
+                "INSERT INTO learned (function, profile, invocations, updated_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(function) DO UPDATE SET profile = ?2, invocations = ?3, updated_at = ?4",
+                params![function, text, invocations as i64, now()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    pub(crate) fn forget_learned(&self, function: &str) -> Result<(), EngineError> {
+        self.conn()
+            .execute("DELETE FROM learned WHERE function = ?1", params![function])
+            .map_err(db)?;
+        Ok(())
+    }
+
     /// The secret values of one version.
     pub(crate) fn secrets(
         &self,
@@ -391,7 +457,7 @@ impl Store {
 
 const SELECT_INVOCATION: &str = "SELECT id, function, version, status, is_async, attempts, created_at, started_at,
     ended_at, exit_code, signal, wall_ms, cpu_user_ms, cpu_sys_ms, memory_peak_bytes, pids_peak, output_truncated,
-    error, stderr, response FROM invocations";
+    error, stderr, response, kernel FROM invocations";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
     let stderr: Option<Vec<u8>> = r.get(18)?;
@@ -417,5 +483,8 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
         stderr: String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned(),
         response: r.get(19)?,
         warm: None,
+        kernel: r
+            .get::<_, Option<String>>(20)?
+            .and_then(|k| serde_json::from_str(&k).ok()),
     })
 }

@@ -13,9 +13,6 @@
 
 mod archive;
 pub mod mutate;
-#[allow(dead_code)] // `learned` and `refused` serve `alcove run`, not the fuzzer
-#[path = "../../alcove/src/profile.rs"]
-mod profile;
 pub mod seeds;
 
 use alcove_api::wire::{self, InvokeQuery, RollbackBody};
@@ -283,7 +280,7 @@ fn profile_file(data: &[u8]) {
     let dir = scratch();
     let path = dir.path().join("profile.json");
     std::fs::write(&path, data).expect("write the profile");
-    let Ok(profile) = profile::Profile::load(&path) else {
+    let Ok(profile) = alcove_monitor::Profile::load(&path) else {
         return;
     };
     let mut spec = alcove_sandbox::SandboxSpec::new(vec!["true".into()]);

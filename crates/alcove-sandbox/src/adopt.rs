@@ -106,6 +106,7 @@ pub fn run_adopted(
             .expect("captured stdio has 0, 1 and 2")
     };
     let env = environment_block(spec);
+    observer.already_running();
     if let Err(e) = observer.before_start(cgroup.id().zip(cgroup.unified_dir())) {
         let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         finish(cgroup);

@@ -6,6 +6,11 @@ use std::path::Path;
 
 /// Something that watches a sandbox while it runs and may ask for it to be killed.
 pub trait Observer {
+    /// The sandbox's process is already running when it is handed over (a
+    /// warm copy, adopted after its own setup): there is no exec to wait
+    /// for, so watching starts at once. Called before `before_start`.
+    fn already_running(&mut self) {}
+
     /// The sandbox's cgroup2 id and directory are known (where a cgroup2 tree is mounted) and
     /// none of its processes runs yet. An error aborts the run.
     fn before_start(

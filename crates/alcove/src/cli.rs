@@ -232,8 +232,9 @@ struct RunArgs {
     /// spinner that makes no syscalls; sampled every millisecond).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     cpu_budget: Option<Duration>,
-    /// Kill a sandbox process, from inside the kernel, found running past this
-    /// wall-clock time (the --timeout supervisor also catches sleeping ones).
+    /// The same as --timeout, kept for older scripts: the sandbox is killed,
+    /// sleeping or running, once this much wall time has passed (the shorter
+    /// of the two wins).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wall_budget: Option<Duration>,
     /// The character devices the sandbox may open, refused with EPERM otherwise
@@ -282,32 +283,7 @@ struct RunArgs {
 struct DeviceList(Vec<alcove_bpf::DeviceId>);
 
 fn parse_devices(text: &str) -> Result<DeviceList, String> {
-    use alcove_bpf::DeviceId;
-    let id = |major, minor| DeviceId {
-        major,
-        minor: Some(minor),
-    };
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|name| {
-            Ok(match name {
-                "null" => id(1, 3),
-                "zero" => id(1, 5),
-                "full" => id(1, 7),
-                "random" => id(1, 8),
-                "urandom" => id(1, 9),
-                "tty" => id(5, 0),
-                "ptmx" => id(5, 2),
-                "pts" => DeviceId { major: 136, minor: None },
-                other => {
-                    let bad = || format!("{other:?} is not a device: use null, zero, full, random, urandom, tty, ptmx, pts or MAJOR:MINOR");
-                    let (major, minor) = other.split_once(':').ok_or_else(bad)?;
-                    id(major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?)
-                }
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map(DeviceList)
+    alcove_monitor::devices::parse_list(text).map(DeviceList)
 }
 
 fn parse_path_rule(text: &str) -> Result<alcove_sandbox::PathRule, String> {
@@ -512,7 +488,11 @@ fn spec_from(args: RunArgs) -> anyhow::Result<(SandboxSpec, Option<alcove_image:
     spec.limits.memory_bytes = flags.memory;
     spec.limits.cpus = flags.cpus;
     spec.limits.pids = flags.pids;
-    spec.limits.timeout = flags.timeout;
+    // One wall-clock limit: the supervisor's, which catches sleepers too.
+    spec.limits.timeout = match (flags.timeout, args.wall_budget) {
+        (Some(t), Some(w)) => Some(t.min(w)),
+        (t, w) => t.or(w),
+    };
     spec.limits.cpu_time = flags.cpu_time;
     spec.limits.output_bytes = flags.output_limit;
     if let Some(bytes) = flags.tmpfs_size {
@@ -541,7 +521,6 @@ struct Monitoring {
     trace_live: bool,
     max_syscalls: Option<u64>,
     cpu_budget: Option<Duration>,
-    wall_budget: Option<Duration>,
     devices: Option<Vec<alcove_bpf::DeviceId>>,
     net_allow: Option<Vec<alcove_bpf::IpNet>>,
     learn: Option<PathBuf>,
@@ -558,7 +537,6 @@ fn run(args: RunArgs) -> i32 {
         trace_live: args.trace_live,
         max_syscalls: args.max_syscalls,
         cpu_budget: args.cpu_budget,
-        wall_budget: args.wall_budget,
         devices: args.devices.clone().map(|d| {
             let mut allowed = d.0;
             allowed.extend(args.expose_devices.iter().filter_map(|node| {
@@ -601,19 +579,18 @@ fn run(args: RunArgs) -> i32 {
         collect_usage: report.is_some(),
         ..RunOptions::default()
     };
-    let policy = alcove_bpf::SandboxPolicy {
+    let mut policy = alcove_bpf::SandboxPolicy {
         trace: monitoring.trace,
         syscall_budget: monitoring.max_syscalls,
         cpu_budget: monitoring.cpu_budget,
-        wall_budget: monitoring.wall_budget,
+        syscall_policy: None,
         devices: monitoring.devices,
         net_allow: monitoring.net_allow,
         learn: monitoring.learn.is_some(),
     };
-    let mut policy = policy;
     let mut spec = spec;
     let profile = match &monitoring.policy {
-        Some(path) => match crate::profile::Profile::load(path)
+        Some(path) => match alcove_monitor::Profile::load(path)
             .and_then(|p| p.apply(&mut spec, &mut policy).map(|()| p))
         {
             Ok(p) => Some(p),
@@ -624,35 +601,37 @@ fn run(args: RunArgs) -> i32 {
         },
         None => None,
     };
-    if monitoring.learn.is_some() {
+    // Learning and policies report syscalls by number: both trace.
+    if monitoring.learn.is_some() || profile.is_some() {
         policy.trace = true;
     }
-    let mut observer = None;
+    let mut watch = None;
     if !policy.is_empty() || monitoring.trace_live {
-        // (a --policy or --learn run always lands here: both turn tracing on)
-        match crate::trace::BpfObserver::new(policy, monitoring.trace_live) {
-            Ok(o) => observer = Some(o),
+        match crate::trace::watch(policy, monitoring.trace_live) {
+            Ok(w) => watch = Some(w),
             Err(e) => {
                 eprintln!("alcove: error: {}", alcove_sandbox::error_chain(&e));
                 return 125;
             }
         }
     }
-    let result = match observer.as_mut() {
-        Some(o) => alcove_sandbox::run_observed(&spec, &options, o),
+    let result = match watch.as_mut() {
+        Some(w) => alcove_sandbox::run_observed(&spec, &options, w),
         None => alcove_sandbox::run(&spec, &options),
     };
+    let seen = watch.as_ref().and_then(|w| w.result().cloned());
     if let Some(file) = report.as_mut() {
         let json = match &result {
             Ok(outcome) => {
                 let mut json = serde_json::to_value(outcome).expect("an outcome serialises");
-                if let (Some(o), Some(map)) = (observer.as_ref(), json.as_object_mut()) {
-                    map.insert("trace".into(), o.report());
+                if let (Some(seen), Some(map)) = (seen.as_ref(), json.as_object_mut()) {
+                    let traced = watch.as_ref().is_some_and(|w| w.policy().trace);
+                    map.insert("trace".into(), crate::trace::report(seen, traced));
                     if let Some(p) = &profile {
-                        let denials: Vec<&alcove_bpf::Event> = o.denials();
+                        let denials = &seen.denials;
                         map.insert(
                             "policy_refused".into(),
-                            serde_json::json!({"syscalls": p.refused(&o.refused_syscalls()), "denials": denials}),
+                            serde_json::json!({"syscalls": p.refused(&crate::trace::refused(seen)), "denials": denials}),
                         );
                     }
                 }
@@ -668,13 +647,14 @@ fn run(args: RunArgs) -> i32 {
             return 125;
         }
     }
-    if let (Some(path), Some(o), Ok(_)) = (&monitoring.learn, observer.as_ref(), &result) {
+    if let (Some(path), Some(seen), Ok(_)) = (&monitoring.learn, seen.as_ref(), &result) {
         let program: Vec<String> = spec
             .argv
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let learned = crate::profile::Profile::learned(&program, &o.syscalls_used(), o.events());
+        let used: Vec<u32> = seen.syscall_counts.iter().map(|(nr, _)| *nr).collect();
+        let learned = alcove_monitor::Profile::learned(&program, &used, &seen.events);
         let text = serde_json::to_string_pretty(&learned).expect("a profile serialises");
         if let Err(e) = std::fs::write(path, text + "\n") {
             eprintln!(
@@ -684,8 +664,8 @@ fn run(args: RunArgs) -> i32 {
             return 125;
         }
     }
-    if let (Some(p), Some(o)) = (&profile, observer.as_ref()) {
-        let refused = p.refused(&o.refused_syscalls());
+    if let (Some(p), Some(seen)) = (&profile, seen.as_ref()) {
+        let refused = p.refused(&crate::trace::refused(seen));
         if !refused.is_empty() {
             eprintln!(
                 "alcove: the policy refused syscalls outside the profile: {}",

@@ -7,7 +7,6 @@ mod cli;
 mod doctor;
 mod functions;
 mod image;
-mod profile;
 mod sandbox_flags;
 mod scope;
 mod serve;

@@ -13,6 +13,11 @@
 /* alcove_sandbox.flags */
 #define ALCOVE_TRACE_SYSCALLS (1u << 0)
 #define ALCOVE_LEARN (1u << 1)	/* report opened files and network peers */
+#define ALCOVE_SYSCALL_POLICY (1u << 2)	/* report calls outside allowed_syscalls */
+/* Syscall numbers the allow-list bitmap covers (x86-64 and arm64 stay below). */
+#define ALCOVE_SYSCALL_BITS 512
+/* Refused syscalls reported as events per sandbox; later ones are only counted. */
+#define ALCOVE_DENIALS_REPORTED 16
 
 enum alcove_event_kind {
 	ALCOVE_EV_EXEC = 1,
@@ -27,25 +32,27 @@ enum alcove_event_kind {
 enum alcove_kill_reason {
 	ALCOVE_KILL_SYSCALLS = 1,
 	ALCOVE_KILL_CPU = 2,
-	ALCOVE_KILL_WALL = 3,
 };
 
 enum alcove_denial {
 	ALCOVE_DENY_DEVICE = 1,
 	ALCOVE_DENY_CONNECT = 2,
 	ALCOVE_DENY_BIND = 3,
+	ALCOVE_DENY_SYSCALL = 4,	/* outside a learned policy (detail: the number) */
 };
 
 /* One sandbox's policy and shared counters, keyed by its cgroup2 id. */
 struct alcove_sandbox {
 	__u64 syscall_budget;	/* 0: none */
 	__u64 cpu_budget_ns;	/* 0: none */
-	__u64 wall_deadline_ns;	/* bpf_ktime_get_ns() value; 0: none */
 	__u64 syscalls;		/* atomically counted, only with a syscall budget */
 	__u64 cpu_ns;		/* sampled by the perf_event program */
 	__u32 flags;
-	__u32 armed;		/* set at the sandbox's first exec: count from there */
+	__u32 armed;		/* set at the sandbox's first exec (or at once for a
+				 * process already running): count from there */
 	__u64 killed;		/* a kill reason once one was sent */
+	__u64 denied;		/* syscalls refused outside the policy */
+	__u64 allowed_syscalls[ALCOVE_SYSCALL_BITS / 64];	/* with ALCOVE_SYSCALL_POLICY */
 };
 
 /* Per-CPU counters of one sandbox, summed in user space. */

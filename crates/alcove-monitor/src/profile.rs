@@ -1,4 +1,5 @@
-//! `--learn` and `--policy`: record what a program did, then allow exactly that.
+//! Learned profiles (`alcove run --learn`, `alcove fn learn`): record what a
+//! program did, then allow exactly that (`--policy`).
 
 use alcove_bpf::{EventKind, IpNet, SandboxPolicy};
 use alcove_sandbox::{PathRule, SandboxSpec};
@@ -65,6 +66,49 @@ impl Profile {
         profile
     }
 
+    /// Adds what `other` saw (a later invocation of the same function).
+    pub fn merge(&mut self, other: &Profile) {
+        self.syscalls.extend(other.syscalls.iter().cloned());
+        self.files.read.extend(other.files.read.iter().cloned());
+        self.files.write.extend(other.files.write.iter().cloned());
+        self.files.exec.extend(other.files.exec.iter().cloned());
+        self.network.extend(other.network.iter().cloned());
+        if self.program.is_empty() {
+            self.program = other.program.clone();
+        }
+    }
+
+    /// Checks a profile given as a value (in an API body): the bounds
+    /// [`load`](Self::load) checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.alcove_profile != 1 {
+            return Err(format!(
+                "profile version {} is not supported (1 is)",
+                self.alcove_profile
+            ));
+        }
+        for name in &self.syscalls {
+            if alcove_sandbox::syscall_number(name).is_none() {
+                return Err(format!("syscalls: {name:?} is not a syscall alcove knows"));
+            }
+        }
+        self.check()
+    }
+
+    /// The syscall numbers the profile allows (execve always: the program
+    /// starts after the filter is in place).
+    pub fn syscall_numbers(&self) -> Result<Vec<u32>, String> {
+        self.syscalls
+            .iter()
+            .map(String::as_str)
+            .chain(["execve"])
+            .map(|name| {
+                alcove_sandbox::syscall_number(name)
+                    .ok_or_else(|| format!("the profile names an unknown syscall {name:?}"))
+            })
+            .collect()
+    }
+
     /// Reads and checks a profile: a regular file of at most
     /// [`MAX_PROFILE_BYTES`], every path without NUL and shorter than
     /// `PATH_MAX`, every list and port within its bounds.
@@ -129,16 +173,12 @@ impl Profile {
     }
 
     /// Restricts `spec` and `policy` to exactly what the profile allows: a
-    /// seccomp allow-list, Landlock path rules and a network allow-list.
+    /// seccomp allow-list (each call outside it refused with EPERM and
+    /// reported as a denial), Landlock path rules and a network allow-list.
     pub fn apply(&self, spec: &mut SandboxSpec, policy: &mut SandboxPolicy) -> Result<(), String> {
-        let mut allowed = Vec::new();
-        // execve starts the program after the filter is in place.
-        for name in self.syscalls.iter().map(String::as_str).chain(["execve"]) {
-            let nr = alcove_sandbox::syscall_number(name)
-                .ok_or_else(|| format!("the profile names an unknown syscall {name:?}"))?;
-            allowed.push(nr);
-        }
-        spec.syscall_allow_list = Some(allowed);
+        let allowed = self.syscall_numbers()?;
+        spec.syscall_allow_list = Some(allowed.clone());
+        policy.syscall_policy = Some(allowed);
         let rule = |path: &str, writable| PathRule {
             path: path.into(),
             writable,
@@ -162,7 +202,6 @@ impl Profile {
             nets.push(IpNet::parse(ip)?);
         }
         policy.net_allow = Some(nets);
-        policy.trace = true; // to report what the profile refused
         Ok(())
     }
 
