@@ -50,6 +50,32 @@ pub struct InvokeOutcome {
     pub error: Option<Value>,
 }
 
+/// Server-sent events as they arrive: the JSON of each `data:` line.
+pub struct EventStream {
+    lines: std::io::Lines<std::io::BufReader<Box<dyn std::io::Read + Send>>>,
+}
+
+impl Iterator for EventStream {
+    type Item = Result<Value, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = match self.lines.next()? {
+                Ok(line) => line,
+                Err(e) => return Some(Err(ClientError::BadResponse(e.to_string()))),
+            };
+            // `event:` names repeat what the JSON says; comments keep the line alive.
+            if let Some(data) = line.strip_prefix("data:") {
+                return Some(
+                    serde_json::from_str(data.trim_start()).map_err(|e| {
+                        ClientError::BadResponse(format!("an event is not JSON: {e}"))
+                    }),
+                );
+            }
+        }
+    }
+}
+
 pub struct Client {
     agent: Agent,
     server: String,
@@ -235,6 +261,71 @@ impl Client {
             None,
         )
         .map(drop)
+    }
+
+    /// The event stream (`GET /v1/events`), of `function` if given: each
+    /// item is one event's JSON. Blocks between events; ends when the
+    /// daemon closes the stream.
+    pub fn events(&self, function: Option<&str>) -> Result<EventStream, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            server: self.server.clone(),
+            source,
+        };
+        let mut url = self.url("/v1/events");
+        if let Some(f) = function {
+            url.push_str(&format!("?function={}", segment(f)?));
+        }
+        let mut request = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Vec::new())
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let response = self.agent.run(request).map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status >= 400 {
+            let bytes = body
+                .with_config()
+                .limit(MAX_ANSWER)
+                .read_to_vec()
+                .map_err(unreachable)?;
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(status, value));
+        }
+        Ok(EventStream {
+            lines: std::io::BufRead::lines(std::io::BufReader::new(
+                Box::new(body.into_reader()) as Box<dyn std::io::Read + Send>
+            )),
+        })
+    }
+
+    /// Starts learning `name`'s policy from its next invocations.
+    pub fn learn(&self, name: &str, body: &Value) -> Result<Value, ClientError> {
+        let body = body.to_string();
+        self.json(
+            "POST",
+            &format!("/v1/functions/{}/learn", segment(name)?),
+            &[],
+            Some(body.as_bytes()),
+        )
+    }
+
+    /// `name`'s learned profile (GET) or stops learning (DELETE).
+    pub fn learned(&self, name: &str, stop: bool) -> Result<Value, ClientError> {
+        let method = if stop { "DELETE" } else { "GET" };
+        self.json(
+            method,
+            &format!("/v1/functions/{}/learn", segment(name)?),
+            &[],
+            None,
+        )
+    }
+
+    /// The daemon's eBPF monitor: loaded, attached programs, sandboxes watched.
+    pub fn monitor(&self) -> Result<Value, ClientError> {
+        self.json("GET", "/v1/monitor", &[], None)
     }
 
     /// The invocations in flight (of `function`, if given), oldest first.

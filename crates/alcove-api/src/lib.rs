@@ -19,7 +19,7 @@ mod server;
 pub mod wire;
 
 pub use auth::token_proof;
-pub use client::{Client, ClientError, InvokeOutcome};
+pub use client::{Client, ClientError, EventStream, InvokeOutcome};
 pub use config_routes::MAX_SECRET_BODY;
 pub use errors::ApiError;
 pub use monitor_routes::MAX_EVENT_STREAMS;

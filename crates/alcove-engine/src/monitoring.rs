@@ -43,6 +43,7 @@ pub struct EngineEvent {
 
 /// What the kernel saw of one invocation, kept in its record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct KernelRecord {
     /// Syscalls made (only where a per-syscall program watched it: a syscall
     /// budget or learning).

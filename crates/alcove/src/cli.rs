@@ -42,6 +42,12 @@ enum Command {
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
     #[command(name = "fn")]
     Fn(crate::functions::FnArgs),
+    /// A live view of the daemon: its sandboxes and functions with CPU,
+    /// memory, syscalls/s, age and status, refreshed every second (q quits).
+    Top(crate::functions::top::TopArgs),
+    /// Print the daemon's event stream (exec, exit, denied, budget_kill, oom,
+    /// start, end), one JSON object per line, until interrupted.
+    Events(crate::functions::follow::EventsArgs),
     /// Print a shell completion script: `alcove completions bash >
     /// /etc/bash_completion.d/alcove` (zsh: into a directory on $fpath as
     /// _alcove; fish: ~/.config/fish/completions/alcove.fish).
@@ -144,6 +150,29 @@ struct ServeArgs {
     /// template stays) [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     warm_idle: Option<std::time::Duration>,
+    /// What every invocation is watched with: `counters` loads alcove's eBPF
+    /// programs once at start and registers each sandbox (exec, exit and OOM
+    /// events, exit-time counters; per-syscall programs only while a guard
+    /// needs them); `off` loads them only for functions with a guard.
+    #[arg(long, value_enum, default_value_t = MonitorFlag::Counters)]
+    monitor: MonitorFlag,
+    /// The daemon's log lines (one per invocation and per rule decision, at
+    /// info; the level from $ALCOVE_LOG or $RUST_LOG, such as `debug` or
+    /// `alcove_engine=info`): `text` for people, `json` for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MonitorFlag {
+    Off,
+    Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -357,6 +386,8 @@ pub fn main() -> i32 {
             }
         }
         Command::Fn(args) => crate::functions::main(args),
+        Command::Top(args) => crate::functions::top::main(args),
+        Command::Events(args) => crate::functions::follow::events_main(args),
         Command::Image(args) => crate::image::main(args),
         Command::Accel { args } => accel(&args),
         Command::Serve(args) => {
@@ -389,6 +420,11 @@ pub fn main() -> i32 {
                 warm_memory: args.warm_memory,
                 warm_ready: args.warm_ready,
                 warm_idle: args.warm_idle,
+                monitor: match args.monitor {
+                    MonitorFlag::Off => alcove_engine::MonitorMode::Off,
+                    MonitorFlag::Counters => alcove_engine::MonitorMode::Counters,
+                },
+                log_format: args.log_format,
             };
             match crate::serve::run(options) {
                 Ok(()) => 0,

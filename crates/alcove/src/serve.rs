@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub warm_memory: Option<u64>,
     pub warm_ready: Option<u32>,
     pub warm_idle: Option<Duration>,
+    pub monitor: alcove_engine::MonitorMode,
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// The file the daemon keeps its own token in, and the local CLI reads.
@@ -136,6 +138,7 @@ fn engine_config(options: &ServeOptions) -> EngineConfig {
         config.max_queued_bytes = n;
     }
     config.allow_binds = options.allow_binds.clone();
+    config.monitor = options.monitor;
     if let Some(bytes) = options.warm_memory {
         config.warm.memory_bytes = bytes;
     }
@@ -181,7 +184,28 @@ fn engine_config(options: &ServeOptions) -> EngineConfig {
     config
 }
 
+/// The daemon's log: to stderr, the level from $ALCOVE_LOG (or $RUST_LOG),
+/// info by default.
+fn start_logging(format: crate::cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("ALCOVE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = match format {
+        crate::cli::LogFormat::Text => builder.try_init(),
+        crate::cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
+    start_logging(options.log_format);
     let given = given_token(&options)?;
     let config = engine_config(&options);
     let mut limits = ServerLimits::default();

@@ -65,6 +65,8 @@ pub(super) struct SettingsArgs {
     init_timeout: Option<std::time::Duration>,
     #[command(flatten)]
     sandbox: SandboxFlags,
+    #[command(flatten)]
+    guard: super::guard_flags::GuardArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +192,7 @@ impl SettingsArgs {
         set(&mut body.entry, self.entry);
         set(&mut body.warm, self.warm);
         set(&mut body.init_timeout_ms, self.init_timeout.map(millis));
+        set(&mut body.guard, self.guard.guard()?);
         apply_sandbox_flags(self.sandbox, body)?;
         Ok(())
     }

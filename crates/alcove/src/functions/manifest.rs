@@ -48,6 +48,10 @@ pub(super) struct Manifest {
     /// `SRC:DST[:ro|rw]`, SRC relative to the manifest's directory.
     #[serde(default)]
     bind: Vec<String>,
+    /// What the kernel polices the function with, as in the API (`[guard]`
+    /// with syscall_budget, cpu_budget_ms, deny_net, allow_net, allow_paths,
+    /// devices, policy = "learned").
+    guard: Option<alcove_engine::Guard>,
 }
 
 /// A command line split like a shell would, or an argv.
@@ -179,6 +183,9 @@ impl Manifest {
         body.warm = self.warm;
         if let Some(q) = &self.init_timeout {
             body.init_timeout_ms = Some(q.millis("init_timeout")?);
+        }
+        if let Some(guard) = &self.guard {
+            body.guard = Some(guard.clone());
         }
         if !self.bind.is_empty() {
             let mut binds = Vec::new();

@@ -3,8 +3,11 @@
 mod code_dir;
 mod configure;
 mod deploy;
+pub mod follow;
+mod guard_flags;
 mod manifest;
 mod ps;
+pub mod top;
 mod view;
 
 use alcove_api::Client;
@@ -17,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use view::{invocation_line, show_function};
 
-#[derive(Args, Debug)]
-pub struct FnArgs {
+/// Which daemon to talk to, and with which token.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
     /// The daemon's URL [default: $ALCOVE_SERVER or http://127.0.0.1:8480].
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
@@ -29,6 +33,12 @@ pub struct FnArgs {
     /// Read the token from this file [default: $ALCOVE_TOKEN_FILE].
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FnArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -77,11 +87,37 @@ enum FnCommand {
     Ls,
     /// Show a function and its versions.
     Show { name: String },
-    /// Show a function's recent invocations and their logs (stderr), newest first.
+    /// Show a function's recent invocations and their logs (stderr), newest
+    /// first; with --follow, then each new invocation as it ends.
     Logs {
         name: String,
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: u32,
+        /// Keep printing invocations as they end (from the event stream), until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Learn the function's policy from its real traffic: the next invocations
+    /// are traced and what they use (syscalls, files, network peers) is added
+    /// to its learned profile; `fn deploy NAME --policy learned` enforces it.
+    /// Without --invocations or --for: the next 100 invocations.
+    Learn {
+        name: String,
+        /// Learn from this many invocations.
+        #[arg(long, value_name = "N")]
+        invocations: Option<u32>,
+        /// Learn for this long (such as 10m).
+        #[arg(long = "for", value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
+        window: Option<Duration>,
+        /// Forget what was learned before.
+        #[arg(long)]
+        reset: bool,
+        /// Show the learned profile and whether learning goes on (changes nothing).
+        #[arg(long, conflicts_with_all = ["invocations", "window", "reset", "stop"])]
+        show: bool,
+        /// Stop learning (what was learned stays).
+        #[arg(long, conflicts_with_all = ["invocations", "window", "reset"])]
+        stop: bool,
     },
     /// Remove a function with its versions, secrets and invocation records.
     /// Refused while invocations of it are in flight, unless --force.
@@ -124,7 +160,7 @@ const LOCAL_TOKEN_FILE: &str = "/var/lib/alcove/token";
 /// goes only to a server that first proves it holds it: any local program
 /// (a sandbox on the host's network among them) may listen on the daemon's
 /// port while the daemon is down, and must not collect it.
-fn client_token(args: &FnArgs, server: &str) -> anyhow::Result<Option<String>> {
+fn client_token(args: &ConnArgs, server: &str) -> anyhow::Result<Option<String>> {
     let from_env = std::env::var("ALCOVE_TOKEN").ok().filter(|t| !t.is_empty());
     if let Some(t) = args.token.clone().or(from_env) {
         return Ok(Some(t));
@@ -228,9 +264,9 @@ fn listening(port: u16) -> bool {
     !readable
 }
 
-/// Runs `alcove fn ...` and returns the exit code.
-pub fn main(args: FnArgs) -> i32 {
-    let given = args
+/// A client for the daemon `conn` names, with its token.
+pub fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
+    let given = conn
         .server
         .clone()
         .or_else(|| {
@@ -239,23 +275,22 @@ pub fn main(args: FnArgs) -> i32 {
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "http://127.0.0.1:8480".into());
-    let server = match server_url(&given) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("alcove: error: {e:#}");
-            return 125;
-        }
-    };
+    let server = server_url(&given)?;
     wait_for_local_daemon(&server);
-    let token = match client_token(&args, &server) {
-        Ok(token) => token,
+    let token = client_token(conn, &server)?;
+    alcove_sys::signal::default_sigpipe();
+    Ok(Client::new(&server, token))
+}
+
+/// Runs `alcove fn ...` and returns the exit code.
+pub fn main(args: FnArgs) -> i32 {
+    let client = match connect(&args.conn) {
+        Ok(client) => client,
         Err(e) => {
             eprintln!("alcove: error: {e:#}");
             return 125;
         }
     };
-    alcove_sys::signal::default_sigpipe();
-    let client = Client::new(&server, token);
     match run(&client, args) {
         Ok(code) => code,
         Err(e) => {
@@ -316,7 +351,38 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 show_function(&v);
             }
         }
-        FnCommand::Logs { name, limit } => {
+        FnCommand::Learn {
+            name,
+            invocations,
+            window,
+            reset,
+            show,
+            stop,
+        } => {
+            let v = if show || stop {
+                client.learned(&name, stop)?
+            } else {
+                let body = json!({
+                    "invocations": invocations,
+                    "seconds": window.map(|w| w.as_secs().max(1)),
+                    "reset": reset,
+                });
+                client.learn(&name, &body)?
+            };
+            if json || show {
+                print(&v);
+            } else {
+                println!("{}", view::learning_line(&v));
+            }
+        }
+        FnCommand::Logs {
+            name,
+            limit,
+            follow,
+        } => {
+            if follow {
+                return follow::logs(client, &name, limit, json);
+            }
             let v = client.logs(&name, limit)?;
             if json {
                 print(&v);
