@@ -446,6 +446,14 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             if item.get(method).is_none() {
                 continue;
             }
+            // A stream does not end: checked by the tests of the event stream.
+            if item[method]["responses"]["200"]["content"]
+                .get("text/event-stream")
+                .is_some()
+            {
+                operations += 1;
+                continue;
+            }
             operations += 1;
             let (status, value, _) = call(&f.router, &method.to_uppercase(), &concrete, "{}").await;
             let code = code_of(&value);
@@ -469,7 +477,7 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             }
         }
     }
-    assert_eq!(operations, 22, "operations in the document");
+    assert_eq!(operations, 27, "operations in the document");
 
     // Real responses conform to their schemas.
     let (status, version, _) = call(

@@ -104,8 +104,10 @@ pub fn run(json: bool) -> i32 {
         ),
         ("path rules (--allow-path)", path_rules),
     ];
+    let daemon = daemon_monitor();
     if json {
         let value = serde_json::json!({
+            "daemon_monitor": daemon,
             "kernel": kernel.trim(),
             "cgroups": cgroups,
             "cgroup_delegation": delegation.as_ref().map(|(check, verdict)| serde_json::json!({
@@ -155,7 +157,48 @@ pub fn run(json: bool) -> i32 {
     for (rule, mechanism) in mechanisms {
         line(rule, &mechanism);
     }
+    println!("functions daemon ($ALCOVE_SERVER or the local one)");
+    line("eBPF monitor", &daemon_text(&daemon));
     exit_code(&delegation)
+}
+
+/// What the daemon (`$ALCOVE_SERVER`, or the local one) says of its eBPF
+/// monitor: loaded or not, and which per-syscall programs are attached now.
+fn daemon_monitor() -> serde_json::Value {
+    let answer = crate::functions::connect_waiting(&Default::default(), false)
+        .and_then(|client| Ok(client.monitor()?));
+    match answer {
+        Ok(v) => v,
+        Err(e) => serde_json::json!({ "unreachable": format!("{e:#}") }),
+    }
+}
+
+fn daemon_text(v: &serde_json::Value) -> String {
+    if let Some(why) = v["unreachable"].as_str() {
+        return format!("no daemon answered ({why})");
+    }
+    if v["loaded"] != true {
+        return match v["error"].as_str() {
+            Some(e) => format!("not loaded: {e}"),
+            None => "not loaded (--monitor off, and no function needed it yet)".into(),
+        };
+    }
+    let s = &v["status"];
+    let on = |k: &str| {
+        if s["attached"][k] == true {
+            "attached"
+        } else {
+            "detached"
+        }
+    };
+    format!(
+        "loaded; watching {} sandboxes; sys_enter {}, sys_exit {}, cpu sampling {} \
+         (the per-syscall programs tax every syscall on the host while attached)",
+        s["watched"].as_u64().unwrap_or(0),
+        on("sys_enter"),
+        on("sys_exit"),
+        on("cpu_ticks"),
+    )
 }
 
 type Delegation = (alcove_cgroup::DelegationCheck, Result<String, String>);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use view::{invocation_line, show_function};
 
 /// Which daemon to talk to, and with which token.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ConnArgs {
     /// The daemon's URL [default: $ALCOVE_SERVER or http://127.0.0.1:8480].
     #[arg(long, global = true, value_name = "URL")]
@@ -266,6 +266,12 @@ fn listening(port: u16) -> bool {
 
 /// A client for the daemon `conn` names, with its token.
 pub fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
+    connect_waiting(conn, true)
+}
+
+/// The same, and with `wait`, first giving a local daemon that is starting
+/// a moment to listen.
+pub fn connect_waiting(conn: &ConnArgs, wait: bool) -> anyhow::Result<Client> {
     let given = conn
         .server
         .clone()
@@ -276,7 +282,9 @@ pub fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
         })
         .unwrap_or_else(|| "http://127.0.0.1:8480".into());
     let server = server_url(&given)?;
-    wait_for_local_daemon(&server);
+    if wait {
+        wait_for_local_daemon(&server);
+    }
     let token = client_token(conn, &server)?;
     alcove_sys::signal::default_sigpipe();
     Ok(Client::new(&server, token))

@@ -291,7 +291,7 @@ impl View {
             String::new()
         };
         format!(
-            "{server}  {running} running, {} queued{more}  {} functions ({} warm)  {}",
+            "{server}  {running} running, {} queued{more}  functions: {} deployed, {} warm  {}",
             self.rows.len() - running,
             self.deployed,
             self.warm,
