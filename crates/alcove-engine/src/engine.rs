@@ -374,6 +374,7 @@ impl Engine {
             let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.store.delete_function(name)?;
             self.metrics.forget_function(name);
+            self.forget_learning(name);
             self.stop_template(name);
             self.forget(name);
             self.admission.forget(name);

@@ -153,6 +153,15 @@ impl Engine {
         }
     }
 
+    /// Ends `name`'s session (the function was removed).
+    pub(crate) fn forget_learning(&self, name: &str) {
+        self.learning
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
     /// Whether the next invocation of `name` is learned from.
     pub(crate) fn learning_now(&self, name: &str) -> bool {
         self.session(name).is_some()

@@ -139,16 +139,22 @@ impl EngineMonitor {
         }
     }
 
+    /// The service, if it is loaded (never loading it).
+    fn loaded(&self) -> Option<MonitorService> {
+        self.service
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// What `/metrics` and `alcove doctor` say about the monitor.
     pub(crate) fn status(&self) -> Option<alcove_monitor::ServiceStatus> {
-        let service = self.service.lock().unwrap_or_else(|e| e.into_inner());
-        service.as_ref()?.status().ok()
+        self.loaded()?.status().ok()
     }
 
     /// Live counters of watched sandboxes by cgroup id.
     pub(crate) fn live(&self, cgroup_ids: Vec<u64>) -> Vec<(u64, alcove_monitor::Stats)> {
-        let service = self.service.lock().unwrap_or_else(|e| e.into_inner());
-        match service.as_ref() {
+        match self.loaded() {
             Some(s) if !cgroup_ids.is_empty() => s.live(cgroup_ids),
             _ => Vec::new(),
         }
@@ -225,10 +231,13 @@ impl Engine {
             invocation: Some(record.id.clone()),
         };
         let keep_events = policy.learn;
-        let watch = service
-            .watch(policy, subject, keep_events)
-            .map_err(|e| EngineError::Invalid(alcove_sandbox::error_chain(&e)))?;
-        Ok(Some(watch.with_cgroup_cell(cgroup_cell)))
+        let watch = match service.watch(policy, subject, keep_events) {
+            Ok(w) => w,
+            Err(_) if !needed => return Ok(None),
+            Err(e) => return Err(EngineError::Invalid(alcove_sandbox::error_chain(&e))),
+        };
+        // Counting alone never fails an invocation: it runs unwatched instead.
+        Ok(Some(watch.with_cgroup_cell(cgroup_cell).required(needed)))
     }
 
     /// Puts what the kernel saw into the record and the metrics, and feeds

@@ -19,6 +19,11 @@ pub struct Profile {
     pub files: Files,
     /// Addresses the program connected, sent or bound to.
     pub network: BTreeSet<String>,
+    /// More was seen than a profile holds (4096 paths per list, 1024
+    /// addresses): what is past the bound was left out, so the policy will
+    /// refuse it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -66,13 +71,24 @@ impl Profile {
         profile
     }
 
-    /// Adds what `other` saw (a later invocation of the same function).
+    /// Adds what `other` saw (a later invocation of the same function),
+    /// within the bounds a profile may hold; past them, marks it incomplete.
     pub fn merge(&mut self, other: &Profile) {
-        self.syscalls.extend(other.syscalls.iter().cloned());
-        self.files.read.extend(other.files.read.iter().cloned());
-        self.files.write.extend(other.files.write.iter().cloned());
-        self.files.exec.extend(other.files.exec.iter().cloned());
-        self.network.extend(other.network.iter().cloned());
+        fn add(into: &mut BTreeSet<String>, from: &BTreeSet<String>, max: usize) -> bool {
+            for item in from {
+                if into.len() >= max && !into.contains(item) {
+                    return true;
+                }
+                into.insert(item.clone());
+            }
+            false
+        }
+        let mut cut = add(&mut self.syscalls, &other.syscalls, MAX_PATHS);
+        cut |= add(&mut self.files.read, &other.files.read, MAX_PATHS);
+        cut |= add(&mut self.files.write, &other.files.write, MAX_PATHS);
+        cut |= add(&mut self.files.exec, &other.files.exec, MAX_PATHS);
+        cut |= add(&mut self.network, &other.network, MAX_ADDRESSES);
+        self.incomplete |= cut || other.incomplete;
         if self.program.is_empty() {
             self.program = other.program.clone();
         }
@@ -294,6 +310,22 @@ mod tests {
             vec![IpNet::parse("192.0.2.7").unwrap()]
         );
         assert_eq!(p.refused(&[0, 1, 39]), vec!["getpid".to_owned()]);
+    }
+
+    #[test]
+    fn merged_profiles_stay_within_their_bounds() {
+        let mut learned = Profile {
+            alcove_profile: 1,
+            ..Profile::default()
+        };
+        let mut many = Profile::default();
+        many.files.read = (0..MAX_PATHS + 10).map(|i| format!("/tmp/{i}")).collect();
+        many.syscalls.insert("read".into());
+        learned.merge(&many);
+        assert_eq!(learned.files.read.len(), MAX_PATHS);
+        assert!(learned.incomplete);
+        assert!(learned.syscalls.contains("read"));
+        assert_eq!(learned.check(), Ok(()));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct Watch {
     cgroup_id: Option<u64>,
     cgroup_cell: Option<Arc<AtomicU64>>,
     result: Option<WatchResult>,
+    required: bool,
 }
 
 impl MonitorService {
@@ -116,6 +117,7 @@ impl MonitorService {
             cgroup_id: None,
             cgroup_cell: None,
             result: None,
+            required: true,
         })
     }
 }
@@ -125,6 +127,13 @@ impl Watch {
     /// and after), for live readings of its counters.
     pub fn with_cgroup_cell(mut self, cell: Arc<AtomicU64>) -> Self {
         self.cgroup_cell = Some(cell);
+        self
+    }
+
+    /// Whether a run that cannot be watched must fail (true, the default:
+    /// its policy needs the kernel), or may run unwatched (counting only).
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
         self
     }
 
@@ -195,15 +204,23 @@ impl alcove_sandbox::Observer for Watch {
             Arc::clone(&self.shared),
         );
         let running = self.running;
-        self.service.ask(|done| Request::Watch {
-            cgroup_id,
-            dir: dir.to_owned(),
-            policy,
-            running,
-            subject,
-            shared,
-            done,
-        })??;
+        let asked = self
+            .service
+            .ask(|done| Request::Watch {
+                cgroup_id,
+                dir: dir.to_owned(),
+                policy,
+                running,
+                subject,
+                shared,
+                done,
+            })
+            .and_then(|answer| answer);
+        match asked {
+            Ok(()) => {}
+            Err(_) if !self.required => return Ok(()), // runs unwatched
+            Err(e) => return Err(e.into()),
+        }
         self.cgroup_id = Some(cgroup_id);
         if let Some(cell) = &self.cgroup_cell {
             cell.store(cgroup_id, Ordering::SeqCst);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod guard;
 pub mod oci;
 pub mod warm;
 
