@@ -102,6 +102,11 @@ impl Client {
         }
     }
 
+    /// The daemon's URL, as given.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }

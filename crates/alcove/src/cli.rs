@@ -28,7 +28,7 @@ enum Command {
     Bench(BenchArgs),
     /// Run the functions daemon: an HTTP API (loopback by default) that deploys
     /// functions and runs each invocation in its own sandbox.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The accelerator: devices, the calibrated cost model, and a CPU-vs-GPU
     /// benchmark (runs `alcove-accel`, which loads the GPU driver dynamically).
     #[command(disable_help_flag = true)]
@@ -41,13 +41,13 @@ enum Command {
     Image(crate::image::ImageArgs),
     /// Deploy, invoke and inspect functions on a daemon (`alcove serve`).
     #[command(name = "fn")]
-    Fn(crate::functions::FnArgs),
+    Fn(Box<crate::functions::FnArgs>),
     /// A live view of the daemon: its sandboxes and functions with CPU,
     /// memory, syscalls/s, age and status, refreshed every second (q quits).
-    Top(crate::functions::top::TopArgs),
+    Top(Box<crate::functions::top::TopArgs>),
     /// Print the daemon's event stream (exec, exit, denied, budget_kill, oom,
     /// start, end), one JSON object per line, until interrupted.
-    Events(crate::functions::follow::EventsArgs),
+    Events(Box<crate::functions::follow::EventsArgs>),
     /// Print a shell completion script: `alcove completions bash >
     /// /etc/bash_completion.d/alcove` (zsh: into a directory on $fpath as
     /// _alcove; fish: ~/.config/fish/completions/alcove.fish).
@@ -385,9 +385,9 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Fn(args) => crate::functions::main(args),
-        Command::Top(args) => crate::functions::top::main(args),
-        Command::Events(args) => crate::functions::follow::events_main(args),
+        Command::Fn(args) => crate::functions::main(*args),
+        Command::Top(args) => crate::functions::top::main(*args),
+        Command::Events(args) => crate::functions::follow::events_main(*args),
         Command::Image(args) => crate::image::main(args),
         Command::Accel { args } => accel(&args),
         Command::Serve(args) => {

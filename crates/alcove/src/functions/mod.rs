@@ -88,7 +88,7 @@ enum FnCommand {
     /// Show a function and its versions.
     Show { name: String },
     /// Show a function's recent invocations and their logs (stderr), newest
-    /// first; with --follow, then each new invocation as it ends.
+    /// first; with --follow, oldest first and then each new invocation as it ends.
     Logs {
         name: String,
         #[arg(long, short = 'n', default_value_t = 20)]

@@ -56,7 +56,7 @@ fn run(args: &TopArgs) -> anyhow::Result<()> {
         bail!("alcove top draws on a terminal, and stdout is not one; use --once (with --json for scripts)");
     }
     let client = super::connect(&args.conn)?;
-    let server = server_shown(&args.conn);
+    let server = client.server().to_owned();
     if !args.once {
         return interactive(&client, server);
     }
@@ -72,17 +72,6 @@ fn run(args: &TopArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The daemon's address as `connect` picks it, for the header.
-fn server_shown(conn: &ConnArgs) -> String {
-    let given = conn
-        .server
-        .clone()
-        .or_else(|| std::env::var("ALCOVE_SERVER").ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:8480".into());
-    super::server_url(&given).unwrap_or(given)
 }
 
 /// One invocation in flight as the daemon listed it, with the rates worked

@@ -275,6 +275,29 @@ pub(super) fn utc(unix: f64) -> String {
     )
 }
 
+/// One line about a learning session: `learning f: 40 invocations to go, 60 learned (35 syscalls)`.
+pub(super) fn learning_line(v: &Value) -> String {
+    let name = v["function"].as_str().unwrap_or("?");
+    let learned = v["invocations"].as_u64().unwrap_or(0);
+    let syscalls = v["profile"]["syscalls"].as_array().map_or(0, Vec::len);
+    let state = if v["learning"] == true {
+        let mut parts = Vec::new();
+        if let Some(n) = v["remaining"].as_u64() {
+            parts.push(format!("{n} invocations to go"));
+        }
+        if let Some(t) = v["until"].as_f64() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            parts.push(format!("{:.0} s left", (t - now).max(0.0)));
+        }
+        format!("learning {name}: {}", parts.join(", "))
+    } else {
+        format!("{name} is not learning")
+    };
+    format!("{state}; learned from {learned} invocations ({syscalls} syscalls)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,27 +348,4 @@ mod tests {
         }
         assert!(!s.iter().any(|l| l.starts_with("public")), "{s:?}");
     }
-}
-
-/// One line about a learning session: `learning f: 40 invocations to go, 60 learned (35 syscalls)`.
-pub(super) fn learning_line(v: &Value) -> String {
-    let name = v["function"].as_str().unwrap_or("?");
-    let learned = v["invocations"].as_u64().unwrap_or(0);
-    let syscalls = v["profile"]["syscalls"].as_array().map_or(0, Vec::len);
-    let state = if v["learning"] == true {
-        let mut parts = Vec::new();
-        if let Some(n) = v["remaining"].as_u64() {
-            parts.push(format!("{n} invocations to go"));
-        }
-        if let Some(t) = v["until"].as_f64() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            parts.push(format!("{:.0} s left", (t - now).max(0.0)));
-        }
-        format!("learning {name}: {}", parts.join(", "))
-    } else {
-        format!("{name} is not learning")
-    };
-    format!("{state}; learned from {learned} invocations ({syscalls} syscalls)")
 }
