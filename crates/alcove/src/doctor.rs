@@ -79,7 +79,7 @@ pub fn run(json: bool) -> i32 {
             },
         ),
         (
-            "CPU and wall budgets (--cpu-budget, --wall-budget)",
+            "CPU budgets (--cpu-budget; --wall-budget is the timeout)",
             if has("perf_event programs") {
                 "cpu-clock perf_event sampling every 1 ms".into()
             } else {
