@@ -155,6 +155,9 @@ pub struct Monitor {
     tracing_links: Vec<Link>,
     tick_links: Vec<Link>,
     watched: HashMap<u64, SandboxPolicy>,
+    /// Sandboxes that may have per-syscall counts in the maps: only these
+    /// are looked for there (each look walks every key of the map).
+    counted: std::collections::HashSet<u64>,
     /// Per sandbox: its cgroup programs (device and network rules).
     cgroup_links: HashMap<u64, Vec<Link>>,
     skel: MonitorSkel<'static>,
@@ -228,6 +231,7 @@ impl Monitor {
             tracing_links: Vec::new(),
             tick_links: Vec::new(),
             watched: HashMap::new(),
+            counted: std::collections::HashSet::new(),
             cgroup_links: HashMap::new(),
             skel,
         })
@@ -246,6 +250,9 @@ impl Monitor {
         running: bool,
     ) -> Result<(), BpfError> {
         self.clear(cgroup_id);
+        if policy.needs_sys_exit() {
+            self.counted.insert(cgroup_id);
+        }
         let mut allowed_syscalls = [0u64; SYSCALL_BITS / 64];
         for nr in policy.syscall_policy.iter().flatten() {
             if let Some(word) = allowed_syscalls.get_mut(*nr as usize / 64) {
@@ -433,10 +440,11 @@ impl Monitor {
         self.watched.len()
     }
 
-    /// Stops watching `cgroup_id` and detaches what no watched sandbox needs.
-    /// The counters stay readable until the next [`watch`](Self::watch) of it.
+    /// Stops watching `cgroup_id`, forgets its counters (read them first),
+    /// and detaches what no watched sandbox needs.
     pub fn unwatch(&mut self, cgroup_id: u64) {
         let _ = self.skel.maps.sandboxes.delete(&cgroup_id.to_ne_bytes());
+        self.clear(cgroup_id);
         self.watched.remove(&cgroup_id);
         self.detach_rules(cgroup_id);
         let _ = self.attach_on_demand();
@@ -490,17 +498,27 @@ impl Monitor {
 
     /// Syscall counts of a traced sandbox, by syscall number, most frequent first.
     pub fn syscall_counts(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
+        if !self.counted.contains(&cgroup_id) {
+            return Vec::new();
+        }
         counts_of(&self.skel.maps.syscall_counts, cgroup_id)
     }
 
     /// Syscalls of a traced sandbox that returned EPERM, by number: what
     /// seccomp or a rule refused (and what the kernel refused for its own reasons).
     pub fn refused_counts(&self, cgroup_id: u64) -> Vec<(u32, u64)> {
+        if !self.counted.contains(&cgroup_id) {
+            return Vec::new();
+        }
         counts_of(&self.skel.maps.eperm_counts, cgroup_id)
     }
 
     /// Removes a sandbox's counters and syscall counts.
     fn clear(&mut self, cgroup_id: u64) {
+        let _ = self.skel.maps.stats.delete(&cgroup_id.to_ne_bytes());
+        if !self.counted.remove(&cgroup_id) {
+            return;
+        }
         for map in [&self.skel.maps.syscall_counts, &self.skel.maps.eperm_counts] {
             let stale: Vec<Vec<u8>> = map
                 .keys()
