@@ -325,6 +325,13 @@ pub(crate) fn finish(
     } else {
         engine.stop_template(&name);
     }
+    tracing::info!(
+        function = %version.function,
+        version = version.version,
+        warm = version.config.warm,
+        guard = !version.config.guard.is_empty(),
+        "deployed"
+    );
     Ok(Deployed {
         version,
         unchanged: false,

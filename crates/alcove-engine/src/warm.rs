@@ -154,9 +154,10 @@ impl Engine {
         let v = v.clone();
         GoneHook(Arc::new(move |why: &str| {
             let (me, v) = (me.clone(), v.clone());
-            eprintln!(
-                "alcove: warm {}@{}: its template is gone ({why}); starting it again",
-                v.function, v.version
+            tracing::warn!(
+                function = %v.function,
+                version = v.version,
+                "warm: its template is gone ({why}); starting it again"
             );
             let _ = std::thread::Builder::new()
                 .name(format!("warm {}", v.function))
@@ -243,10 +244,10 @@ impl Engine {
                         install(&inner, &v, template, holds)
                     }
                     Err(e) => {
-                        eprintln!(
-                            "alcove: warm {}@{}: cannot start its template (invocations run cold): {}",
-                            v.function,
-                            v.version,
+                        tracing::warn!(
+                            function = %v.function,
+                            version = v.version,
+                            "warm: cannot start its template (invocations run cold): {}",
                             alcove_sandbox::error_chain(&e)
                         );
                         inner

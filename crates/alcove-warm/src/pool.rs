@@ -480,13 +480,13 @@ impl Pool {
             let mut state = self.lock();
             if !counts {
                 drop(state);
-                eprintln!("alcove: {}: refused a connection: {reason}", self.name);
+                tracing::warn!(function = %self.name, "warm: refused a connection: {reason}");
                 return;
             }
             state.pending.pop_front();
             state.refused += 1;
             state.refused_in_row += 1;
-            eprintln!("alcove: {}: refused a copy: {reason}", self.name);
+            tracing::warn!(function = %self.name, "warm: refused a copy: {reason}");
             state.last_refusal = Some(reason);
             let give_up = state.refused_in_row >= REFUSALS_TO_GIVE_UP;
             drop(state);
@@ -651,6 +651,6 @@ fn discard(copy: ReadyCopy) {
     let _ = pidfd::send_signal(copy.pidfd.as_fd(), libc::SIGKILL);
     copy.cgroup.kill_all();
     if let Err(e) = copy.cgroup.remove() {
-        eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
+        tracing::warn!("{e} (run `alcove gc` to clean up)");
     }
 }
