@@ -220,7 +220,21 @@ impl Owner {
     /// Reads the ring: each event goes to its run (a budget kill wakes it)
     /// and to the sink.
     fn dispatch_events(&mut self) {
-        for event in self.monitor.take_events() {
+        for mut event in self.monitor.take_events() {
+            // A refused syscall by name, as people read it.
+            if let EventKind::Denied {
+                what: crate::Denial::Syscall,
+                detail,
+            } = &mut event.kind
+            {
+                if let Some(name) = detail
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(alcove_sandbox::syscall_name)
+                {
+                    *detail = name.to_owned();
+                }
+            }
             let Some(reg) = self.watched.get(&event.cgroup_id) else {
                 continue; // a sandbox no longer (or not yet) watched
             };

@@ -193,6 +193,10 @@ impl alcove_sandbox::Observer for Watch {
         self.running = true;
     }
 
+    fn counts_exits(&self) -> bool {
+        self.cgroup_id.is_some()
+    }
+
     fn before_start(
         &mut self,
         cgroup: Option<(u64, &Path)>,

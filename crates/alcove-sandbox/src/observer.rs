@@ -11,6 +11,13 @@ pub trait Observer {
     /// for, so watching starts at once. Called before `before_start`.
     fn already_running(&mut self) {}
 
+    /// Whether it counts what the sandbox's processes did as each exits: an
+    /// adopted process that reported its end is then given a moment to
+    /// actually exit before the run ends.
+    fn counts_exits(&self) -> bool {
+        false
+    }
+
     /// The sandbox's cgroup2 id and directory are known (where a cgroup2 tree is mounted) and
     /// none of its processes runs yet. An error aborts the run.
     fn before_start(

@@ -414,7 +414,12 @@ pub(crate) fn supervise(
                         handler_ns = times;
                         // It is on its way out (or said so falsely): used once either way.
                         let _ = pidfd::send_signal(s.pidfd.as_fd(), libc::SIGKILL);
-                        exit = Some((status, process::monotonic_ns()));
+                        let t_report = process::monotonic_ns();
+                        if s.observer.counts_exits() {
+                            // Its descriptors close after the kernel counted its exit.
+                            wait_closed(open, EXIT_COUNTED_WAIT);
+                        }
+                        exit = Some((status, t_report));
                     }
                     // Gone without a word: its pidfd will say how it ended.
                     None => report_closed = true,
@@ -581,6 +586,43 @@ fn classify(
 /// How an adopted process ended, from the report it queued before it exited
 /// (`exit CODE START_NS END_NS`), with when its handler ran; `None` when it
 /// sent none (it was killed, or never said).
+/// How long an adopted process that reported its end is given to exit, when
+/// an observer counts exits (it usually takes well under a millisecond).
+const EXIT_COUNTED_WAIT: Duration = Duration::from_millis(20);
+
+/// Waits until the peer of `connection` has closed it (it exited), or `limit`.
+fn wait_closed(connection: &OwnedFd, limit: Duration) {
+    let deadline = process::monotonic_ns() + limit.as_nanos() as u64;
+    loop {
+        let left = deadline.saturating_sub(process::monotonic_ns());
+        if left == 0 {
+            return;
+        }
+        let mut fds = [libc::pollfd {
+            fd: connection.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        }];
+        match alcove_sys::fd::poll(&mut fds, Some(Duration::from_nanos(left))) {
+            Ok(0) => return,
+            Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 => {
+                return
+            }
+            Ok(_) => {
+                // A stale message before the close: read it away.
+                let mut buf = [0u8; 128];
+                if !matches!(
+                    alcove_sys::seqpacket::recv_now(connection.as_fd(), &mut buf),
+                    Ok(Some(n)) if n > 0
+                ) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 fn adopted_report(report: &OwnedFd) -> Option<(ExitStatus, Option<(u64, u64)>)> {
     let mut buf = [0u8; 128];
     let mut last = None;

@@ -141,21 +141,26 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!bpf_map_lookup_elem(&sandboxes, &cg))
 		return 0;
+	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
+	/* Bytes read and written through syscalls (files, pipes, sockets), from
+	 * each task's own counters as it exits, threads included: the thread
+	 * group's shared counters also hold what reaped children did, which their
+	 * own exits count already. */
+	if (st) {
+		st->bytes_read += BPF_CORE_READ(p, ioac.rchar);
+		st->bytes_written += BPF_CORE_READ(p, ioac.wchar);
+	}
 	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
 		return 0; /* a thread, not a process */
 	/* Context switches and page faults, added as each process exits: the
 	 * kernel already counts them per task (and per thread group for threads
-	 * that died), so nothing has to run on every switch or fault. */
-	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
+	 * that died; children's go to separate fields), so nothing has to run
+	 * on every switch or fault. */
 	if (st) {
 		st->ctx_switches += BPF_CORE_READ(p, nvcsw) + BPF_CORE_READ(p, nivcsw) +
 				    BPF_CORE_READ(p, signal, nvcsw) + BPF_CORE_READ(p, signal, nivcsw);
 		st->page_faults += BPF_CORE_READ(p, min_flt) + BPF_CORE_READ(p, maj_flt) +
 				   BPF_CORE_READ(p, signal, min_flt) + BPF_CORE_READ(p, signal, maj_flt);
-		/* Every byte read and written through syscalls (files, pipes,
-		 * sockets), the task's own and its dead threads'. */
-		st->bytes_read += BPF_CORE_READ(p, ioac.rchar) + BPF_CORE_READ(p, signal, ioac.rchar);
-		st->bytes_written += BPF_CORE_READ(p, ioac.wchar) + BPF_CORE_READ(p, signal, ioac.wchar);
 	}
 	struct alcove_event *e = reserve(cg, ALCOVE_EV_EXIT);
 	if (!e)
