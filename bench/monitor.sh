@@ -120,7 +120,7 @@ for _ in $(seq 20); do invoke_once guarded noop >/dev/null; done
 learned() { cli guarded fn learn noop --show | python3 -c '
 import json, sys
 v = json.load(sys.stdin)
-print(f"{v.get(\"learning\")} {v.get(\"invocations\")} {len((v.get(\"profile\") or {}).get(\"syscalls\") or [])}")'; }
+print(v.get("learning"), v.get("invocations"), len((v.get("profile") or {}).get("syscalls") or []))'; }
 for _ in $(seq 100); do
     read -r learning learned_from learned_syscalls < <(learned)
     [ "$learning" = True ] || break

@@ -879,3 +879,60 @@ fn host_address_or_skip(test: &str) -> Option<String> {
     }
     found
 }
+
+#[test]
+fn top_once_json_lists_a_running_invocation_with_its_rates() {
+    let Some(t) = setup(
+        "top_once_json_lists_a_running_invocation_with_its_rates",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    // A syscall budget makes the kernel count its syscalls while it runs.
+    deploy(
+        d,
+        &[
+            "busy",
+            "--handler",
+            // Busy for 3 s, starting a process each round (syscalls and CPU).
+            "sh -c 'end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do :; done'",
+            "--syscall-budget",
+            "100000000",
+        ],
+    );
+    let id = invoke_async(d, "busy");
+    wait_until("the invocation runs", Duration::from_secs(30), || {
+        record(d, &id)["status"] == "running"
+    });
+    let out = std::process::Command::new(ALCOVE)
+        .args(["top", "--once", "--json", "--server", &d.url()])
+        .env("ALCOVE_TOKEN", d.token.as_deref().unwrap_or_default())
+        .output()
+        .expect("run alcove top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top: Value = serde_json::from_str(&text).expect("top --once --json prints JSON");
+    let row = top["invocations"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} is not listed: {top}"));
+    assert_eq!(row["function"], "busy", "{row}");
+    assert_eq!(row["status"], "running", "{row}");
+    let cpu = row["cpu_percent"].as_f64().unwrap_or(-1.0);
+    assert!(cpu > 0.0, "a busy shell shows CPU: {row}");
+    assert!(
+        row["syscalls"].as_u64().is_some(),
+        "counted syscalls: {row}"
+    );
+    let busy = top["functions"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "busy"))
+        .unwrap_or_else(|| panic!("no busy in functions: {top}"));
+    assert!(busy["running"].as_u64() >= Some(1), "{busy}");
+    finished(d, &id);
+}
