@@ -74,9 +74,9 @@ options:
 
 environment:
   ALCOVE_VM_TESTS     test binaries to run from the root cgroup (default:
-                      "limits run_basics teardown ebpf images functions
-                      hostile isolation router control http_functions
-                      warm_isolation": the
+                      "limits run_basics teardown ebpf guard images
+                      functions hostile isolation router control
+                      http_functions warm_isolation": the
                       alcove package's integration
                       tests and alcove-api's router, which runs sandboxes;
                       left out: accel, whose accelerator calibrates CPU
@@ -129,7 +129,7 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf images functions hostile isolation router control http_functions warm_isolation}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation}
 # images works the same from any cgroup (its sandboxes are `alcove run`'s).
 DELEGATED_TESTS=${ALCOVE_VM_DELEGATED_TESTS-$(tr ' ' '\n' <<< "$TESTS" | grep -vx images | paste -sd' ')}
 # The decompression-bomb and tampered-archive checks are user-space work (200
