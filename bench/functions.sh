@@ -198,3 +198,6 @@ grep -E "^(Complete requests|Failed requests|Requests per second|Time per reques
 grep -E "^Non-2xx responses" "$work/ab.txt" || echo "Non-2xx responses:      0"
 grep -A12 "Percentage of the requests" "$work/ab.txt" | grep -E " (50|99|100)%" || true
 echo "daemon RSS: before $before, after $after"
+
+# Then what eBPF monitoring costs the same handler (bench/monitor.sh), with this daemon stopped first.
+cleanup || true; daemon_pid=; DURATION=$DURATION bench/monitor.sh

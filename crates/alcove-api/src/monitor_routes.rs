@@ -41,12 +41,17 @@ pub(crate) struct EventsQuery {
     function: Option<String>,
 }
 
-/// A stream slot, given back when the stream ends.
-struct Slot;
+/// An open stream's receiver and slot, given back when the stream ends.
+struct Slot {
+    receiver: Option<tokio::sync::broadcast::Receiver<alcove_engine::EngineEvent>>,
+    engine: Arc<alcove_engine::Engine>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        drop(self.receiver.take()); // before the engine counts receivers
         STREAMS.fetch_sub(1, Ordering::SeqCst);
+        self.engine.events_closed();
     }
 }
 
@@ -74,48 +79,50 @@ pub(crate) async fn events(
             format!("{MAX_EVENT_STREAMS} event streams are open already; close one and retry"),
         ));
     }
-    let slot = Slot;
-    let receiver = s.engine.subscribe_events();
+    let slot = Slot {
+        receiver: Some(s.engine.subscribe_events()),
+        engine: Arc::clone(&s.engine),
+    };
     let function: Option<Arc<str>> = function.map(Arc::from);
-    let stream = futures_util::stream::unfold(
-        (receiver, function, slot),
-        |(mut receiver, function, slot)| async move {
-            loop {
-                if STOPPING.load(Ordering::SeqCst) {
-                    return None;
-                }
-                let next = tokio::select! {
-                    next = receiver.recv() => next,
-                    () = STOP.notified() => return None,
-                };
-                let event = match next {
-                    Ok(e) => e,
-                    Err(RecvError::Closed) => return None,
-                    Err(RecvError::Lagged(missed)) => {
-                        // Said, not hidden: the reader was too slow.
-                        let data = format!("{{\"event\":\"lagged\",\"missed\":{missed}}}");
-                        let sse = Event::default().event("lagged").data(data);
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(sse),
-                            (receiver, function, slot),
-                        ));
-                    }
-                };
-                if function.is_some() && event.function != function {
-                    continue;
-                }
-                let kind = serde_json::from_str::<serde_json::Value>(&event.json)
-                    .ok()
-                    .and_then(|v| v["event"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "event".into());
-                let sse = Event::default().event(kind).data(&*event.json);
-                return Some((Ok(sse), (receiver, function, slot)));
-            }
-        },
-    );
+    let stream =
+        futures_util::stream::unfold((slot, function), |(mut slot, function)| async move {
+            let sse = next_event(&mut slot, function.as_deref()).await?;
+            Some((Ok::<_, std::convert::Infallible>(sse), (slot, function)))
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// The next event of `function` (or any) for an open stream; `None` ends it.
+async fn next_event(slot: &mut Slot, function: Option<&str>) -> Option<Event> {
+    let receiver = slot.receiver.as_mut()?;
+    loop {
+        if STOPPING.load(Ordering::SeqCst) {
+            return None;
+        }
+        let next = tokio::select! {
+            next = receiver.recv() => next,
+            () = STOP.notified() => return None,
+        };
+        let event = match next {
+            Ok(e) => e,
+            Err(RecvError::Closed) => return None,
+            Err(RecvError::Lagged(missed)) => {
+                // Said, not hidden: the reader was too slow.
+                let data = format!("{{\"event\":\"lagged\",\"missed\":{missed}}}");
+                return Some(Event::default().event("lagged").data(data));
+            }
+        };
+        if function.is_some() && event.function.as_deref() != function {
+            continue;
+        }
+        let kind = serde_json::from_str::<serde_json::Value>(&event.json)
+            .ok()
+            .and_then(|v| v["event"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "event".into());
+        return Some(Event::default().event(kind).data(&*event.json));
+    }
 }
 
 /// `GET /v1/monitor`: whether the eBPF monitor is loaded, which costly

@@ -9,12 +9,14 @@
 
 mod error;
 mod events;
+mod fast;
 pub mod features;
 mod intf;
 mod monitor;
 
 pub use error::BpfError;
 pub use events::{Denial, Event, EventKind, KillReason};
+pub use fast::FastPath;
 pub use monitor::{Attached, DeviceId, IpNet, Monitor, SandboxPolicy, Stats, TICK};
 
 #[allow(

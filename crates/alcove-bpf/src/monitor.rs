@@ -158,6 +158,9 @@ pub struct Monitor {
     /// Sandboxes that may have per-syscall counts in the maps: only these
     /// are looked for there (each look walks every key of the map).
     counted: std::collections::HashSet<u64>,
+    /// When each on-demand set (sys_enter, sys_exit, CPU ticks) was first
+    /// found unneeded, while it stays attached.
+    unneeded_since: [Option<std::time::Instant>; 3],
     /// Per sandbox: its cgroup programs (device and network rules).
     cgroup_links: HashMap<u64, Vec<Link>>,
     skel: MonitorSkel<'static>,
@@ -232,6 +235,7 @@ impl Monitor {
             tick_links: Vec::new(),
             watched: HashMap::new(),
             counted: std::collections::HashSet::new(),
+            unneeded_since: [None; 3],
             cgroup_links: HashMap::new(),
             skel,
         })
@@ -472,28 +476,46 @@ impl Monitor {
 
     /// The sandbox's counters, summed over CPUs.
     pub fn stats(&self, cgroup_id: u64) -> Stats {
-        let mut total = Stats::default();
-        if let Ok(Some(per_cpu)) = self
+        let mut total = match self
             .skel
             .maps
             .stats
             .lookup_percpu(&cgroup_id.to_ne_bytes(), MapFlags::ANY)
         {
-            for bytes in per_cpu {
-                let s: StatsEntry = from_bytes(&bytes);
-                total.ctx_switches += s.ctx_switches;
-                total.page_faults += s.page_faults;
-                total.bytes_read += s.bytes_read;
-                total.bytes_written += s.bytes_written;
-                total.execs += s.execs;
-            }
-        }
+            Ok(Some(per_cpu)) => sum_stats(&per_cpu),
+            _ => Stats::default(),
+        };
         let counted: u64 = self.syscall_counts(cgroup_id).iter().map(|(_, n)| n).sum();
         let entry = self.entry(cgroup_id).unwrap_or_default();
         // Traced sandboxes count by number; a budget alone keeps one total.
         total.syscalls = counted.max(entry.syscalls);
         total.denied_syscalls = entry.denied;
         total
+    }
+
+    /// Handles any thread may use to count sandboxes that need no program
+    /// attached (see [`FastPath`](crate::FastPath)).
+    pub fn fast_path(&self) -> Result<crate::FastPath, BpfError> {
+        let handle =
+            |map, name| libbpf_rs::MapHandle::try_from(map).map_err(|e| BpfError::map(name, e));
+        crate::FastPath::new(
+            handle(&self.skel.maps.sandboxes, "sandboxes")?,
+            handle(&self.skel.maps.stats, "stats")?,
+        )
+    }
+
+    /// Whether routine events (exec, exit) wake the reader at once: only
+    /// while someone follows the events live.
+    pub fn set_live(&self, on: bool) -> Result<(), BpfError> {
+        self.skel
+            .maps
+            .live
+            .update(
+                &0u32.to_ne_bytes(),
+                &u32::from(on).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|e| BpfError::map("live", e))
     }
 
     /// Syscall counts of a traced sandbox, by syscall number, most frequent first.
@@ -551,7 +573,7 @@ impl Monitor {
                     .map_err(|e| BpfError::attach("raw_syscalls/sys_enter", e))?;
                 self.syscall_link = Some(link);
             }
-            (false, true) => self.syscall_link = None,
+            (false, true) if self.lingered(0) => self.syscall_link = None,
             _ => {}
         }
         match (want_tracing, self.tracing_links.is_empty()) {
@@ -563,7 +585,7 @@ impl Monitor {
                     .map_err(|e| BpfError::attach("raw_syscalls/sys_exit", e))?;
                 self.tracing_links.push(link);
             }
-            (false, false) => self.tracing_links.clear(),
+            (false, false) if self.lingered(1) => self.tracing_links.clear(),
             _ => {}
         }
         match (want_ticks, self.tick_links.is_empty()) {
@@ -589,12 +611,56 @@ impl Monitor {
                     }
                 }
             }
-            (false, false) => self.tick_links.clear(),
+            (false, false) if self.lingered(2) => self.tick_links.clear(),
             _ => {}
+        }
+        for (i, wanted) in [want_syscalls, want_tracing, want_ticks]
+            .into_iter()
+            .enumerate()
+        {
+            if wanted {
+                self.unneeded_since[i] = None;
+            }
         }
         let _ = &self.always;
         Ok(())
     }
+
+    /// Whether on-demand program set `i` has been unneeded for [`LINGER`]
+    /// (starting the count the first time it is found unneeded).
+    fn lingered(&mut self, i: usize) -> bool {
+        let since = self.unneeded_since[i].get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < LINGER {
+            return false;
+        }
+        self.unneeded_since[i] = None;
+        true
+    }
+
+    /// Detaches the on-demand programs no watched sandbox has needed for
+    /// [`LINGER`]; call it now and then (the owner's loop does).
+    pub fn tick(&mut self) {
+        let _ = self.attach_on_demand();
+    }
+}
+
+/// How long a costly program stays attached after the last sandbox that
+/// needed it: attaching and detaching per run cost more than the programs
+/// (a run a few milliseconds long would pay both each time).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// One sandbox's per-CPU counters, summed.
+pub(crate) fn sum_stats(per_cpu: &[Vec<u8>]) -> Stats {
+    let mut total = Stats::default();
+    for bytes in per_cpu {
+        let s: StatsEntry = from_bytes(bytes);
+        total.ctx_switches += s.ctx_switches;
+        total.page_faults += s.page_faults;
+        total.bytes_read += s.bytes_read;
+        total.bytes_written += s.bytes_written;
+        total.execs += s.execs;
+    }
+    total
 }
 
 /// Per-syscall counts of one sandbox from a per-CPU map, most frequent first.

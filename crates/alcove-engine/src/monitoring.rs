@@ -118,6 +118,7 @@ impl EngineMonitor {
         });
         match MonitorService::start(SandboxPolicy::everything(), Some(sink)) {
             Ok(s) => {
+                s.set_live(self.events.receiver_count() > 0);
                 *service = Some(s.clone());
                 Ok(s)
             }
@@ -197,9 +198,24 @@ impl Engine {
             .clone()
     }
 
-    /// A receiver of the event stream from now on.
+    /// A receiver of the event stream from now on. While any is open,
+    /// routine events wake the monitor at once (see [`Self::events_closed`]).
     pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<EngineEvent> {
-        self.monitor.events.subscribe()
+        let receiver = self.monitor.events.subscribe();
+        if let Some(service) = self.monitor.loaded() {
+            service.set_live(true);
+        }
+        receiver
+    }
+
+    /// A receiver was dropped: when none is left, routine events wait for
+    /// the monitor's next turn again (no wake-up per exec and exit).
+    pub fn events_closed(&self) {
+        if self.monitor.events.receiver_count() == 0 {
+            if let Some(service) = self.monitor.loaded() {
+                service.set_live(false);
+            }
+        }
     }
 
     /// The watch one invocation's sandbox runs under, if any: always in

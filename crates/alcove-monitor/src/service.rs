@@ -7,12 +7,22 @@
 
 use crate::watch::{Shared, WatchResult};
 use crate::{Attached, Event, EventKind, MonitorError, SandboxPolicy, Stats};
-use alcove_bpf::Monitor;
+use alcove_bpf::{FastPath, Monitor};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the owner reads the ring when nothing wakes it (routine events
+/// wake it only while someone follows them live), and detaches programs no
+/// sandbox needs any more.
+const TURN: Duration = Duration::from_millis(100);
+
+/// How long the events of a sandbox that was unwatched on its own thread
+/// are still delivered (they may wait in the ring until the owner's next turn).
+const LATE_EVENTS: Duration = Duration::from_secs(2);
 
 /// Who a watched sandbox runs for: what its events are tagged with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -71,7 +81,19 @@ pub(crate) enum Request {
     Status {
         done: mpsc::SyncSender<ServiceStatus>,
     },
+    SetLive(bool),
 }
+
+/// A watched sandbox, as the owner knows it: whose it is, and where its
+/// run waits. Shared with the runs that register on their own thread.
+pub(crate) struct Registration {
+    pub(crate) subject: Arc<Subject>,
+    pub(crate) shared: Arc<Shared>,
+    /// When it was unwatched, for one registered on its run's own thread.
+    pub(crate) ended: Option<Instant>,
+}
+
+pub(crate) type Registry = Arc<Mutex<HashMap<u64, Registration>>>;
 
 /// The monitor thread, shared by cloning. It stops, detaching and unloading
 /// everything, when the last clone is dropped.
@@ -84,6 +106,10 @@ struct Inner {
     requests: std::sync::Mutex<mpsc::Sender<Request>>,
     wake: OwnedFd,
     capabilities: SandboxPolicy,
+    fast: FastPath,
+    registry: Registry,
+    /// Sandboxes watched on their own thread now.
+    fast_watched: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -103,24 +129,39 @@ impl MonitorService {
         alcove_sys::fd::set_nonblocking(wake_read.as_fd(), true).map_err(MonitorError::Thread)?;
         let (loaded, load_result) = mpsc::sync_channel(1);
         let caps = capabilities.clone();
+        let registry: Registry = Arc::default();
+        let owner_registry = Arc::clone(&registry);
         std::thread::Builder::new()
             .name("alcove-monitor".into())
-            .spawn(move || match Monitor::load(&caps) {
-                Ok(monitor) => {
-                    let _ = loaded.send(Ok(()));
-                    Owner::new(monitor, sink).serve(&incoming, wake_read);
-                }
-                Err(e) => {
-                    let _ = loaded.send(Err(MonitorError::Load(e)));
+            .spawn(move || {
+                let started = Monitor::load(&caps)
+                    .and_then(|m| Ok((m.fast_path()?, m)))
+                    .map_err(MonitorError::Load);
+                match started {
+                    Ok((fast, monitor)) => {
+                        let _ = loaded.send(Ok(fast));
+                        let owner = Owner {
+                            monitor,
+                            sink,
+                            registry: owner_registry,
+                        };
+                        owner.serve(&incoming, wake_read);
+                    }
+                    Err(e) => {
+                        let _ = loaded.send(Err(e));
+                    }
                 }
             })
             .map_err(MonitorError::Thread)?;
-        load_result.recv().map_err(|_| MonitorError::Gone)??;
+        let fast = load_result.recv().map_err(|_| MonitorError::Gone)??;
         Ok(MonitorService {
             inner: Arc::new(Inner {
                 requests: std::sync::Mutex::new(requests),
                 wake,
                 capabilities,
+                fast,
+                registry,
+                fast_watched: AtomicUsize::new(0),
             }),
         })
     }
@@ -163,30 +204,44 @@ impl MonitorService {
 
     /// What the monitor is doing now.
     pub fn status(&self) -> Result<ServiceStatus, MonitorError> {
-        self.ask(|done| Request::Status { done })
+        let mut status = self.ask(|done| Request::Status { done })?;
+        status.watched += self.inner.fast_watched.load(Ordering::SeqCst);
+        Ok(status)
     }
-}
 
-/// A watched sandbox, as the thread knows it.
-struct Registration {
-    subject: Arc<Subject>,
-    shared: Arc<Shared>,
+    /// Whether routine events (exec, exit) wake the owner at once, for
+    /// someone following them live; otherwise they are read every 100 ms.
+    pub fn set_live(&self, on: bool) {
+        let _ = self.send(Request::SetLive(on));
+    }
+
+    pub(crate) fn fast(&self) -> &FastPath {
+        &self.inner.fast
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub(crate) fn count_fast(&self, watched: bool) {
+        if watched {
+            self.inner.fast_watched.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.inner.fast_watched.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The monitor thread's state.
 struct Owner {
     monitor: Monitor,
     sink: Option<Sink>,
-    watched: HashMap<u64, Registration>,
+    registry: Registry,
 }
 
 impl Owner {
-    fn new(monitor: Monitor, sink: Option<Sink>) -> Self {
-        Owner {
-            monitor,
-            sink,
-            watched: HashMap::new(),
-        }
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registration>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn serve(mut self, incoming: &mpsc::Receiver<Request>, wake: OwnedFd) {
@@ -204,7 +259,7 @@ impl Owner {
                     revents: 0,
                 },
             ];
-            let _ = alcove_sys::fd::poll(&mut fds, Some(Duration::from_secs(1)));
+            let _ = alcove_sys::fd::poll(&mut fds, Some(TURN));
             while matches!(alcove_sys::fd::read(wake.as_fd(), &mut buf), Ok(n) if n > 0) {}
             self.dispatch_events();
             loop {
@@ -214,6 +269,9 @@ impl Owner {
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
+            self.monitor.tick();
+            self.registry()
+                .retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < LATE_EVENTS));
         }
     }
 
@@ -235,7 +293,8 @@ impl Owner {
                     *detail = name.to_owned();
                 }
             }
-            let Some(reg) = self.watched.get(&event.cgroup_id) else {
+            let registry = self.registry();
+            let Some(reg) = registry.get(&event.cgroup_id) else {
                 continue; // a sandbox no longer (or not yet) watched
             };
             if let EventKind::BudgetKill { reason, limit } = &event.kind {
@@ -266,8 +325,14 @@ impl Owner {
                 if result.is_err() {
                     self.monitor.unwatch(cgroup_id);
                 } else {
-                    self.watched
-                        .insert(cgroup_id, Registration { subject, shared });
+                    self.registry().insert(
+                        cgroup_id,
+                        Registration {
+                            subject,
+                            shared,
+                            ended: None,
+                        },
+                    );
                 }
                 let _ = done.send(result.map_err(MonitorError::Watch));
             }
@@ -288,7 +353,7 @@ impl Owner {
                     denials: Vec::new(),
                 };
                 self.monitor.unwatch(cgroup_id);
-                self.watched.remove(&cgroup_id);
+                self.registry().remove(&cgroup_id);
                 let _ = done.send(result);
             }
             Request::Killed { cgroup_id, done } => {
@@ -302,10 +367,13 @@ impl Owner {
             Request::Live { cgroup_ids, done } => {
                 let stats = cgroup_ids
                     .into_iter()
-                    .filter(|id| self.watched.contains_key(id))
+                    .filter(|id| self.registry().contains_key(id))
                     .map(|id| (id, self.monitor.stats(id)))
                     .collect();
                 let _ = done.send(stats);
+            }
+            Request::SetLive(on) => {
+                let _ = self.monitor.set_live(on);
             }
             Request::Status { done } => {
                 let _ = done.send(ServiceStatus {

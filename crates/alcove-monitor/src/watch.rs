@@ -86,6 +86,8 @@ pub struct Watch {
     cgroup_cell: Option<Arc<AtomicU64>>,
     result: Option<WatchResult>,
     required: bool,
+    /// Registered on the run's own thread (counting only).
+    fast: bool,
 }
 
 impl MonitorService {
@@ -118,6 +120,7 @@ impl MonitorService {
             cgroup_cell: None,
             result: None,
             required: true,
+            fast: false,
         })
     }
 }
@@ -151,6 +154,44 @@ impl Watch {
         self.policy.syscall_budget.is_some() || self.policy.cpu_budget.is_some()
     }
 
+    /// Counting only: registered by two map updates on this thread, with no
+    /// message to the owner (see alcove_bpf::FastPath).
+    fn watch_here(
+        &mut self,
+        cgroup_id: u64,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.service
+            .registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                cgroup_id,
+                crate::service::Registration {
+                    subject: Arc::clone(&self.subject),
+                    shared: Arc::clone(&self.shared),
+                    ended: None,
+                },
+            );
+        if let Err(e) = self.service.fast().watch(cgroup_id, self.running) {
+            self.service
+                .registry()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&cgroup_id);
+            return match self.required {
+                true => Err(MonitorError::Watch(e).into()),
+                false => Ok(()),
+            };
+        }
+        self.fast = true;
+        self.service.count_fast(true);
+        self.cgroup_id = Some(cgroup_id);
+        if let Some(cell) = &self.cgroup_cell {
+            cell.store(cgroup_id, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     fn unwatch(&mut self) {
         self.running = false; // a fallback run of the same watch starts afresh
         let Some(cgroup_id) = self.cgroup_id.take() else {
@@ -161,10 +202,28 @@ impl Watch {
         }
         // Waits until the rules are off: the cgroup may be a pool slot that
         // the next run, with other rules, takes as soon as this one returns.
-        let mut result = self
-            .service
-            .ask(|done| Request::Unwatch { cgroup_id, done })
-            .unwrap_or_default();
+        let mut result = if self.fast {
+            self.fast = false;
+            self.service.count_fast(false);
+            let stats = self.service.fast().unwatch(cgroup_id);
+            if let Some(reg) = self
+                .service
+                .registry()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&cgroup_id)
+            {
+                reg.ended = Some(std::time::Instant::now()); // its late events still go out
+            }
+            WatchResult {
+                stats,
+                ..WatchResult::default()
+            }
+        } else {
+            self.service
+                .ask(|done| Request::Unwatch { cgroup_id, done })
+                .unwrap_or_default()
+        };
         let (events, lost) =
             std::mem::take(&mut *self.shared.events.lock().unwrap_or_else(|e| e.into_inner()));
         result.events = events;
@@ -202,6 +261,9 @@ impl alcove_sandbox::Observer for Watch {
         cgroup: Option<(u64, &Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let (cgroup_id, dir) = cgroup.ok_or(MonitorError::NoCgroup2)?;
+        if self.policy.is_empty() && !self.shared.keep_events {
+            return self.watch_here(cgroup_id);
+        }
         let (policy, subject, shared) = (
             self.policy.clone(),
             Arc::clone(&self.subject),

@@ -70,6 +70,31 @@ struct {
 	__type(value, __u64);
 } dropped SEC(".maps");
 
+/* Whether routine events (exec, exit, learned files and peers) wake the
+ * reader at once: only while someone watches the stream live (set from user
+ * space; index 0). Otherwise they wait in the ring for the reader's next
+ * turn, and a run costs no wake-up of its thread; kills, denials and OOMs
+ * always wake it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} live SEC(".maps");
+
+static __always_inline void submit(struct alcove_event *e)
+{
+	__u64 flags = 0;
+	if (e->kind == ALCOVE_EV_EXEC || e->kind == ALCOVE_EV_EXIT ||
+	    e->kind == ALCOVE_EV_FILE || e->kind == ALCOVE_EV_PEER) {
+		__u32 zero = 0;
+		__u32 *on = bpf_map_lookup_elem(&live, &zero);
+		if (!on || !*on)
+			flags = BPF_RB_NO_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, flags);
+}
+
 static __always_inline struct alcove_event *reserve(__u64 cg, __u32 kind)
 {
 	struct alcove_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -104,7 +129,7 @@ static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __
 		return;
 	e->value = reason;
 	e->detail = detail;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -131,7 +156,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		len = sizeof(e->args);
 	bpf_probe_read_user(e->args, sizeof(e->args), (void *)start);
 	e->detail = len;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -166,7 +191,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	if (!e)
 		return 0;
 	e->value = BPF_CORE_READ(p, exit_code);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -180,7 +205,7 @@ int BPF_PROG(on_oom, struct task_struct *victim)
 	if (!e)
 		return 0;
 	e->detail = BPF_CORE_READ(victim, tgid);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -212,7 +237,7 @@ static __always_inline void learn_open(__u64 cg, struct pt_regs *regs, long id)
 		return;
 	bpf_probe_read_user_str(e->filename, sizeof(e->filename), path);
 	e->value = flags;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 SEC("tp_btf/sys_enter")
@@ -269,7 +294,7 @@ static __always_inline void report_denial(__u64 cg, __s32 what, __u64 detail, co
 	if (addr_len)
 		bpf_probe_read_kernel(e->filename, addr_len & 31, addr);
 	e->args[0] = family;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 /* Syscalls refused with EPERM, from raw_syscalls/sys_exit: seccomp skips a
@@ -390,7 +415,7 @@ static __always_inline void report_peer(__u64 cg, __s32 what, __u64 port, const 
 	e->detail = port;
 	bpf_probe_read_kernel(e->filename, addr_len & 31, addr);
 	e->args[0] = family;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 static __always_inline int allow_v4(__u64 cg, __u32 ip4, __u32 port, __s32 what)
