@@ -110,6 +110,17 @@ attached() {   # daemon name, program: its alcove_monitor_program_attached line
         grep "^alcove_monitor_program_attached{program=\"$2\"}" || echo "(no alcove_monitor_program_attached{program=\"$2\"} in /metrics)"
 }
 
+# Waits (at most 10 s) until daemon $1 has no per-syscall program attached:
+# they stay attached a while after the last guarded run, and would otherwise
+# slow whatever runs next.
+wait_detached() {
+    for _ in $(seq 200); do
+        attached "$1" sys_enter | grep -q '} 0' && attached "$1" sys_exit | grep -q '} 0' && return 0
+        sleep 0.05
+    done
+    echo "warning: $1 still has a per-syscall program attached after 10 s" >&2
+}
+
 start_daemon off off
 start_daemon counters counters
 start_daemon guarded counters
@@ -133,6 +144,7 @@ cli guarded fn deploy noop --handler 'sh /fn/handler.sh' --code "$work/code" \
 status=$(invoke_once guarded noop)
 [ "$status" = 200 ] || { echo "the guarded noop answers HTTP $status, not 200:" >&2; cli guarded fn logs noop -n 1 >&2; exit 1; }
 warm guarded 200
+wait_detached guarded
 
 for name in "${CONFIGS[@]}"; do
     cat > "$work/$name.lua" <<LUA
@@ -163,6 +175,7 @@ for c in 1 8; do
             fi
             out=$(wrk -t$t -c$c -d"${DURATION}s" --latency -s "$work/$name.lua" "${!base}/v1/functions/noop/invoke")
             [ -n "$sampler" ] && { wait "$sampler" || true; }
+            if [ "$name" = guarded ]; then wait_detached guarded; fi
             rate=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
             errors=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) n += $i + 0} END {print n + 0}' <<<"$out")
             echo "$rate $(ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") $(ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") $errors" >> "$work/$name.runs"
@@ -241,8 +254,11 @@ PY
 # (b) and (c) interleaved: (c) runs while a guarded invocation (sleep 5) of
 # the counters daemon keeps sys_enter attached.
 cli counters fn deploy sleeper --handler 'sh /fn/handler.sh' --code "$work/sleeper" --syscall-budget 1000000 >/dev/null
-: > "$work/getpid.idle"; : > "$work/getpid.guarded"; : > "$work/getpid.attached"; : > "$work/getpid.running"
+: > "$work/getpid.idle"; : > "$work/getpid.guarded"; : > "$work/getpid.attached"; : > "$work/getpid.running"; : > "$work/getpid.detached"
 for _ in $(seq "$GETPID_ROUNDS"); do
+    # Idle means detached (see wait_detached).
+    wait_detached counters
+    attached counters sys_enter >> "$work/getpid.detached"
     getpid_round >> "$work/getpid.idle"
     curl -s -o "$work/sleeper.out" -H "Authorization: Bearer $(token counters)" -X POST -d hi \
         "$base_counters/v1/functions/sleeper/invoke" &
@@ -283,6 +299,7 @@ for row in "none:(a) no daemon (before the daemons started)" "none2:(a) no daemo
 done
 awk -v c="$(median < "$work/getpid.guarded")" -v b="$(median < "$work/getpid.idle")" \
     'BEGIN {printf "(c) - (b): %+.2f ns per syscall while sys_enter is attached\n", c - b}'
+echo "the counters daemon's /metrics before (b), rounds per line: $(sort "$work/getpid.detached" | uniq -c | sed 's/^ *//' | paste -sd';')"
 echo "the counters daemon's /metrics during (c), rounds per line: $during"
-echo "and after the last guarded invocation ended: $after"
+echo "and just after the last guarded invocation ended: $after"
 echo "rounds of (c) whose invocation still ran when the count ended: $(grep -c still "$work/getpid.running" || true) of $GETPID_ROUNDS"
