@@ -26,6 +26,11 @@ static STREAMS: AtomicUsize = AtomicUsize::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// A server starts: its streams may run.
+pub(crate) fn allow_streams() {
+    STOPPING.store(false, Ordering::SeqCst);
+}
+
 /// Ends every event stream (the server is shutting down and would otherwise
 /// wait for them).
 pub(crate) fn end_streams() {

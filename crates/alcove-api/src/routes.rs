@@ -376,7 +376,12 @@ async fn healthz(
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let mut response = s.engine.metrics_text().into_response();
+    // Reading the monitor's state asks its thread: not on an async worker.
+    let engine = Arc::clone(&s.engine);
+    let text = tokio::task::spawn_blocking(move || engine.metrics_text())
+        .await
+        .unwrap_or_default();
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -70,6 +70,7 @@ pub async fn serve(
         limits.body_timeout,
         body_deadline,
     ));
+    crate::monitor_routes::allow_streams();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -12,6 +12,7 @@ pub(crate) struct SandboxEntry {
     pub armed: u32,
     pub killed: u64,
     pub denied: u64,
+    pub reports: u64,
     pub allowed_syscalls: [u64; SYSCALL_BITS / 64],
 }
 

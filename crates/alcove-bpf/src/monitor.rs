@@ -78,6 +78,23 @@ impl IpNet {
     }
 }
 
+impl IpNet {
+    /// Whether every address of `other` lies in this range.
+    pub fn contains(&self, other: &IpNet) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        if other.prefix < self.prefix {
+            return false;
+        }
+        let (mine, theirs, width) = match (self.addr, other.addr) {
+            (V4(a), V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+            (V6(a), V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let host_bits = width - u32::from(self.prefix);
+        mine.checked_shr(host_bits).unwrap_or(0) == theirs.checked_shr(host_bits).unwrap_or(0)
+    }
+}
+
 impl SandboxPolicy {
     fn needs_syscalls(&self) -> bool {
         self.trace || self.learn || self.syscall_budget.is_some()
@@ -597,7 +614,10 @@ impl Monitor {
                         match alcove_sys::perf::cpu_clock(cpu as i32, TICK.as_nanos() as u64) {
                             Ok(fd) => fd,
                             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue, // offline CPU
-                            Err(e) => return Err(BpfError::Perf(e)),
+                            Err(e) => {
+                                self.tick_links.clear(); // all CPUs or none
+                                return Err(BpfError::Perf(e));
+                            }
                         };
                     // The link owns the perf event from here (libbpf closes it).
                     let raw = std::os::fd::IntoRawFd::into_raw_fd(event);
@@ -606,6 +626,7 @@ impl Monitor {
                         Err(e) => {
                             // SAFETY: the attach failed, so the fd is still ours to close.
                             unsafe { libc::close(raw) };
+                            self.tick_links.clear(); // all CPUs or none
                             return Err(BpfError::attach("cpu-clock perf event", e));
                         }
                     }

@@ -73,10 +73,22 @@ impl Guard {
                 return Err(format!("CPU budget {ms} ms: use 1 ms to 24 h"));
             }
         }
-        if self.allow_net.len() > MAX_RULES || self.allow_paths.len() > MAX_RULES {
+        let devices = self.devices.as_ref().map_or(0, Vec::len);
+        if self.allow_net.len() > MAX_RULES
+            || self.allow_paths.len() > MAX_RULES
+            || devices > MAX_RULES
+        {
             return Err(format!(
-                "allow_net and allow_paths take at most {MAX_RULES} entries each"
+                "allow_net, allow_paths and devices take at most {MAX_RULES} entries each"
             ));
+        }
+        if warm && !self.allow_paths.is_empty() {
+            return Err(
+                "allow_paths: a warm function cannot take path rules yet (its copies inherit \
+                 their template's Landlock rules); deploy it without --warm, or without \
+                 --allow-path"
+                    .into(),
+            );
         }
         if !self.allow_net.is_empty() && !self.deny_net {
             return Err("allow_net: it lists exceptions to deny_net; add --deny-net".into());
@@ -148,9 +160,9 @@ impl Guard {
         if let Some(PolicySource::Profile(profile)) = &self.policy {
             let net_allow = policy.net_allow.take();
             profile.apply(spec, &mut policy)?;
-            // Both network lists hold: an address must be in each.
+            // Both network lists hold: a learned peer must be in an allowed range.
             if let (Some(mine), Some(learned)) = (net_allow, policy.net_allow.as_mut()) {
-                learned.retain(|n| mine.contains(n));
+                learned.retain(|n| mine.iter().any(|range| range.contains(n)));
             }
         }
         Ok(policy)
@@ -235,6 +247,44 @@ mod tests {
             ..Guard::default()
         })
         .contains("\"learned\""));
+    }
+
+    #[test]
+    fn learned_peers_stay_when_an_allowed_range_holds_them() {
+        let net = |t: &str| IpNet::parse(t).unwrap();
+        assert!(net("10.0.0.0/8").contains(&net("10.1.2.3")));
+        assert!(!net("10.0.0.0/8").contains(&net("11.0.0.1")));
+        assert!(!net("10.0.0.0/8").contains(&net("10.0.0.0/7")));
+        assert!(net("0.0.0.0/0").contains(&net("192.0.2.1")));
+        assert!(net("::/0").contains(&net("2001:db8::1")));
+        assert!(net("2001:db8::/32").contains(&net("2001:db8:1::/48")));
+        assert!(!net("2001:db8::/32").contains(&net("10.0.0.1")));
+        let mut profile = Profile {
+            alcove_profile: 1,
+            ..Profile::default()
+        };
+        profile.network.insert("10.1.2.3:443".into());
+        profile.network.insert("192.0.2.9:80".into());
+        let g = Guard {
+            deny_net: true,
+            allow_net: vec!["10.0.0.0/8".into()],
+            policy: Some(PolicySource::Profile(Box::new(profile))),
+            ..Guard::default()
+        };
+        let p = g
+            .apply(&mut SandboxSpec::new(vec!["true".into()]), false)
+            .unwrap();
+        assert_eq!(p.net_allow.unwrap(), vec![net("10.1.2.3")]);
+        let warm_paths = Guard {
+            allow_paths: vec!["/data".into()],
+            ..Guard::default()
+        };
+        assert!(warm_paths.check(true).unwrap_err().contains("warm"));
+        let many = Guard {
+            devices: Some(vec!["null".into(); MAX_RULES + 1]),
+            ..Guard::default()
+        };
+        assert!(many.check(false).unwrap_err().contains("at most"));
     }
 
     #[test]

@@ -180,14 +180,22 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner());
         let (mut profile, n) = match self.store.learned(&v.function) {
             Ok(Some(known)) => known,
-            _ => (
+            Ok(None) => (
                 Profile {
                     alcove_profile: 1,
                     ..Profile::default()
                 },
                 0,
             ),
+            // Never start over on a read error: that would drop what was learned.
+            Err(e) => {
+                tracing::warn!(function = %v.function, "cannot read the learned profile: {e}");
+                return;
+            }
         };
+        if seen.events_lost > 0 {
+            profile.incomplete = true; // more happened than the watch kept
+        }
         profile.merge(&this);
         if let Err(e) = self.store.set_learned(&v.function, &profile, n + 1) {
             tracing::warn!(function = %v.function, "cannot store the learned profile: {e}");

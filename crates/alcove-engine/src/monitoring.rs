@@ -103,20 +103,23 @@ impl EngineMonitor {
         if let Some(why) = failed.as_ref() {
             return Err(why.clone());
         }
-        let sender = self.events.clone();
-        let sink: alcove_monitor::Sink = Box::new(move |e| {
-            if sender.receiver_count() == 0 {
-                return;
-            }
-            let mut json = serde_json::to_value(e).unwrap_or_default();
-            json["time"] = crate::store::now().into();
-            let function = e.subject.function.as_deref().map(Arc::from);
-            let _ = sender.send(EngineEvent {
-                function,
-                json: json.to_string().into(),
-            });
+        let sink = self.sink();
+        // Everything first; on a kernel that refuses the cgroup rule programs,
+        // the rest still counts and budgets (a rule then fails its own runs).
+        let without_rules = SandboxPolicy {
+            devices: None,
+            net_allow: None,
+            ..SandboxPolicy::everything()
+        };
+        let started = MonitorService::start(SandboxPolicy::everything(), Some(sink)).or_else(|e| {
+            tracing::warn!(
+                "eBPF monitor: cannot load the device and network rule programs ({}); \
+                 loading the rest",
+                alcove_sandbox::error_chain(&e)
+            );
+            MonitorService::start(without_rules, Some(self.sink()))
         });
-        match MonitorService::start(SandboxPolicy::everything(), Some(sink)) {
+        match started {
             Ok(s) => {
                 s.set_live(self.events.receiver_count() > 0);
                 *service = Some(s.clone());
@@ -128,6 +131,24 @@ impl EngineMonitor {
                 Err(why)
             }
         }
+    }
+
+    /// Where the monitor's events go: the engine's stream, tagged with the
+    /// time, serialised only while someone listens.
+    fn sink(&self) -> alcove_monitor::Sink {
+        let sender = self.events.clone();
+        Box::new(move |e| {
+            if sender.receiver_count() == 0 {
+                return;
+            }
+            let mut json = serde_json::to_value(e).unwrap_or_default();
+            json["time"] = crate::store::now().into();
+            let function = e.subject.function.as_deref().map(Arc::from);
+            let _ = sender.send(EngineEvent {
+                function,
+                json: json.to_string().into(),
+            });
+        })
     }
 
     /// Loads the programs at start (counters mode); a failure is logged and

@@ -9,6 +9,7 @@ use std::path::Path;
 
 /// A learned profile, as `--learn` writes it and `--policy` reads it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Profile {
     /// Format version.
     pub alcove_profile: u32,
@@ -27,6 +28,7 @@ pub struct Profile {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Files {
     /// Absolute paths opened for reading.
     pub read: BTreeSet<String>,

@@ -91,6 +91,9 @@ pub(crate) struct Registration {
     pub(crate) shared: Arc<Shared>,
     /// When it was unwatched, for one registered on its run's own thread.
     pub(crate) ended: Option<Instant>,
+    /// When it was registered (CLOCK_MONOTONIC, as events are stamped): an
+    /// older event of the same cgroup id (a pooled cgroup) was another run's.
+    pub(crate) since_ns: u64,
 }
 
 pub(crate) type Registry = Arc<Mutex<HashMap<u64, Registration>>>;
@@ -294,7 +297,10 @@ impl Owner {
                 }
             }
             let registry = self.registry();
-            let Some(reg) = registry.get(&event.cgroup_id) else {
+            let Some(reg) = registry
+                .get(&event.cgroup_id)
+                .filter(|r| event.ts_ns >= r.since_ns)
+            else {
                 continue; // a sandbox no longer (or not yet) watched
             };
             if let EventKind::BudgetKill { reason, limit } = &event.kind {
@@ -331,6 +337,7 @@ impl Owner {
                             subject,
                             shared,
                             ended: None,
+                            since_ns: alcove_sys::process::monotonic_ns(),
                         },
                     );
                 }

@@ -40,7 +40,8 @@ const KEPT_DENIALS: usize = 64;
 pub(crate) struct Shared {
     kill: Mutex<Option<String>>,
     /// Written when the kernel killed the run for a budget.
-    notify: OwnedFd,
+    /// Only for a run a budget can kill (a pipe per run costs descriptors).
+    notify: Option<OwnedFd>,
     keep_events: bool,
     events: Mutex<(Vec<Event>, u64)>,
     denials: Mutex<Vec<Event>>,
@@ -51,7 +52,9 @@ impl Shared {
         let mut kill = self.kill.lock().unwrap_or_else(|e| e.into_inner());
         if kill.is_none() {
             *kill = Some(reason);
-            let _ = alcove_sys::fd::write_some(self.notify.as_fd(), &[1]);
+            if let Some(notify) = &self.notify {
+                let _ = alcove_sys::fd::write_some(notify.as_fd(), &[1]);
+            }
         }
     }
 
@@ -81,7 +84,7 @@ pub struct Watch {
     subject: Arc<Subject>,
     running: bool,
     shared: Arc<Shared>,
-    woken: OwnedFd,
+    woken: Option<OwnedFd>,
     cgroup_id: Option<u64>,
     cgroup_cell: Option<Arc<AtomicU64>>,
     result: Option<WatchResult>,
@@ -99,10 +102,16 @@ impl MonitorService {
         subject: Subject,
         keep_events: bool,
     ) -> Result<Watch, MonitorError> {
-        let (woken, notify) = alcove_sys::fd::pipe_cloexec().map_err(MonitorError::Thread)?;
-        for end in [&woken, &notify] {
-            alcove_sys::fd::set_nonblocking(end.as_fd(), true).map_err(MonitorError::Thread)?;
-        }
+        let can_kill = policy.syscall_budget.is_some() || policy.cpu_budget.is_some();
+        let (woken, notify) = if can_kill {
+            let (woken, notify) = alcove_sys::fd::pipe_cloexec().map_err(MonitorError::Thread)?;
+            for end in [&woken, &notify] {
+                alcove_sys::fd::set_nonblocking(end.as_fd(), true).map_err(MonitorError::Thread)?;
+            }
+            (Some(woken), Some(notify))
+        } else {
+            (None, None)
+        };
         Ok(Watch {
             service: self.clone(),
             policy,
@@ -170,6 +179,7 @@ impl Watch {
                     subject: Arc::clone(&self.subject),
                     shared: Arc::clone(&self.shared),
                     ended: None,
+                    since_ns: alcove_sys::process::monotonic_ns(),
                 },
             );
         if let Err(e) = self.service.fast().watch(cgroup_id, self.running) {
@@ -260,7 +270,12 @@ impl alcove_sandbox::Observer for Watch {
         &mut self,
         cgroup: Option<(u64, &Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let (cgroup_id, dir) = cgroup.ok_or(MonitorError::NoCgroup2)?;
+        let Some((cgroup_id, dir)) = cgroup else {
+            return match self.required {
+                true => Err(MonitorError::NoCgroup2.into()),
+                false => Ok(()), // counting only: runs unwatched
+            };
+        };
         if self.policy.is_empty() && !self.shared.keep_events {
             return self.watch_here(cgroup_id);
         }
@@ -295,12 +310,15 @@ impl alcove_sandbox::Observer for Watch {
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
-        self.can_kill().then(|| self.woken.as_raw_fd())
+        self.woken.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     fn on_ready(&mut self) -> Option<String> {
         let mut buf = [0u8; 8];
-        let woken = matches!(alcove_sys::fd::read(self.woken.as_fd(), &mut buf), Ok(n) if n > 0);
+        let woken = self
+            .woken
+            .as_ref()
+            .is_some_and(|w| matches!(alcove_sys::fd::read(w.as_fd(), &mut buf), Ok(n) if n > 0));
         let known = self
             .shared
             .kill

@@ -936,3 +936,27 @@ fn top_once_json_lists_a_running_invocation_with_its_rates() {
     assert!(busy["running"].as_u64() >= Some(1), "{busy}");
     finished(d, &id);
 }
+
+#[test]
+fn a_refused_connect_in_a_loop_is_reported_a_few_times_not_each_time() {
+    if !root_or_skip("a_refused_connect_in_a_loop_is_reported_a_few_times_not_each_time")
+        || !python_or_skip("a_refused_connect_in_a_loop_is_reported_a_few_times_not_each_time")
+    {
+        return;
+    }
+    let _g = serial();
+    // 500 refused connects: each is refused, only the first few are events.
+    let py = "import socket, errno\nrefused = 0\nfor _ in range(500):\n    s = socket.socket()\n    try:\n        s.connect(('192.0.2.2', 80))\n    except OSError as e:\n        refused += e.errno == errno.EPERM\n    s.close()\nprint(refused)\n";
+    let run = sandbox(
+        &["--net", "host", "--deny-net", "--trace"],
+        &[PYTHON, "-c", py],
+    );
+    assert_eq!(run.stdout.trim(), "500", "{run:?}");
+    let denied = run.report["trace"]["events"]
+        .as_array()
+        .map_or(0, |e| e.iter().filter(|e| e["event"] == "denied").count());
+    assert!(
+        (1..=16).contains(&denied),
+        "{denied} denial events for 500 refusals (at most 16 are reported)"
+    );
+}

@@ -16,7 +16,7 @@
 #define ALCOVE_SYSCALL_POLICY (1u << 2)	/* report calls outside allowed_syscalls */
 /* Syscall numbers the allow-list bitmap covers (x86-64 and arm64 stay below). */
 #define ALCOVE_SYSCALL_BITS 512
-/* Refused syscalls reported as events per sandbox; later ones are only counted. */
+/* Denials reported as events per sandbox; later ones are only refused (and counted, for syscalls). */
 #define ALCOVE_DENIALS_REPORTED 16
 
 enum alcove_event_kind {
@@ -52,6 +52,7 @@ struct alcove_sandbox {
 				 * process already running): count from there */
 	__u64 killed;		/* a kill reason once one was sent */
 	__u64 denied;		/* syscalls refused outside the policy */
+	__u64 reports;		/* denials reported as events (at most ALCOVE_DENIALS_REPORTED) */
 	__u64 allowed_syscalls[ALCOVE_SYSCALL_BITS / 64];	/* with ALCOVE_SYSCALL_POLICY */
 };
 

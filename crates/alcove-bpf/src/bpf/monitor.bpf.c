@@ -84,13 +84,14 @@ struct {
 
 static __always_inline void submit(struct alcove_event *e)
 {
-	__u64 flags = 0;
+	/* A kill, denial or OOM wakes the reader even behind routine events
+	 * that did not (the default wakes it only when it has read all). */
+	__u64 flags = BPF_RB_FORCE_WAKEUP;
 	if (e->kind == ALCOVE_EV_EXEC || e->kind == ALCOVE_EV_EXIT ||
 	    e->kind == ALCOVE_EV_FILE || e->kind == ALCOVE_EV_PEER) {
 		__u32 zero = 0;
 		__u32 *on = bpf_map_lookup_elem(&live, &zero);
-		if (!on || !*on)
-			flags = BPF_RB_NO_WAKEUP;
+		flags = on && *on ? 0 : BPF_RB_NO_WAKEUP;
 	}
 	bpf_ringbuf_submit(e, flags);
 }
@@ -274,8 +275,8 @@ int on_tick(struct bpf_perf_event_data *ctx)
 {
 	__u64 cg = bpf_get_current_cgroup_id();
 	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
-	if (!sb)
-		return 0;
+	if (!sb || !sb->armed)
+		return 0; /* alcove's own setup before the exec is not the program's */
 	if (sb->cpu_budget_ns) {
 		__u64 used = __sync_fetch_and_add(&sb->cpu_ns, tick_ns) + tick_ns;
 		if (used > sb->cpu_budget_ns)
@@ -286,6 +287,11 @@ int on_tick(struct bpf_perf_event_data *ctx)
 
 static __always_inline void report_denial(__u64 cg, __s32 what, __u64 detail, const void *addr, __u32 addr_len, __u32 family)
 {
+	/* A sandbox that tries a refused thing in a loop must not flood the
+	 * ring: the first few are reported, the rest only refused. */
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (sb && __sync_fetch_and_add(&sb->reports, 1) >= ALCOVE_DENIALS_REPORTED)
+		return;
 	struct alcove_event *e = reserve(cg, ALCOVE_EV_DENIED);
 	if (!e)
 		return;
@@ -333,9 +339,8 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	if (bit < ALCOVE_SYSCALL_BITS &&
 	    (sb->allowed_syscalls[(bit / 64) & (ALCOVE_SYSCALL_BITS / 64 - 1)] >> (bit % 64)) & 1)
 		return 0; /* allowed, refused for another reason */
-	__u64 seen = __sync_fetch_and_add(&sb->denied, 1);
-	if (seen < ALCOVE_DENIALS_REPORTED)
-		report_denial(cg, ALCOVE_DENY_SYSCALL, (__u64)nr, 0, 0, 0);
+	__sync_fetch_and_add(&sb->denied, 1);
+	report_denial(cg, ALCOVE_DENY_SYSCALL, (__u64)nr, 0, 0, 0);
 	return 0;
 }
 
