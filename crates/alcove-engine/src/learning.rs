@@ -193,8 +193,10 @@ impl Engine {
                 return;
             }
         };
-        if seen.events_lost > 0 {
-            profile.incomplete = true; // more happened than the watch kept
+        if seen.events_lost > 0 || seen.dropped_during > 0 {
+            // More happened than the watch kept, or the ring overflowed
+            // while it ran: what was missed would be refused later.
+            profile.incomplete = true;
         }
         profile.merge(&this);
         if let Err(e) = self.store.set_learned(&v.function, &profile, n + 1) {

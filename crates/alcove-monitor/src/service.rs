@@ -94,6 +94,8 @@ pub(crate) struct Registration {
     /// When it was registered (CLOCK_MONOTONIC, as events are stamped): an
     /// older event of the same cgroup id (a pooled cgroup) was another run's.
     pub(crate) since_ns: u64,
+    /// The ring's drop count when it was registered (thread path only).
+    pub(crate) dropped_at_start: u64,
 }
 
 pub(crate) type Registry = Arc<Mutex<HashMap<u64, Registration>>>;
@@ -338,6 +340,7 @@ impl Owner {
                             shared,
                             ended: None,
                             since_ns: alcove_sys::process::monotonic_ns(),
+                            dropped_at_start: self.monitor.dropped(),
                         },
                     );
                 }
@@ -349,11 +352,17 @@ impl Owner {
                     .monitor
                     .killed(cgroup_id)
                     .map(|(reason, limit)| reason.describe(limit));
+                let dropped = self.monitor.dropped();
+                let dropped_at_start = self
+                    .registry()
+                    .get(&cgroup_id)
+                    .map_or(dropped, |r| r.dropped_at_start);
                 let result = WatchResult {
                     stats: self.monitor.stats(cgroup_id),
                     syscall_counts: self.monitor.syscall_counts(cgroup_id),
                     refused_counts: self.monitor.refused_counts(cgroup_id),
-                    events_dropped: self.monitor.dropped(),
+                    events_dropped: dropped,
+                    dropped_during: dropped.saturating_sub(dropped_at_start),
                     kill,
                     events: Vec::new(),
                     events_lost: 0,

@@ -31,6 +31,9 @@ pub struct WatchResult {
     pub denials: Vec<Event>,
     /// Events the kernel's ring had no room for (all sandboxes, since the start).
     pub events_dropped: u64,
+    /// Of those, the ones dropped while this run was watched (any sandbox's:
+    /// some of this run's may be among them).
+    pub dropped_during: u64,
 }
 
 /// The most rule decisions one watch keeps.
@@ -180,6 +183,7 @@ impl Watch {
                     shared: Arc::clone(&self.shared),
                     ended: None,
                     since_ns: alcove_sys::process::monotonic_ns(),
+                    dropped_at_start: 0,
                 },
             );
         if let Err(e) = self.service.fast().watch(cgroup_id, self.running) {
