@@ -13,21 +13,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Debian's python, which the sandbox finds first on its PATH too (a
-/// python3 earlier on the host's PATH may be one the sandbox cannot see).
-const PYTHON: &str = "/usr/bin/python3";
-
-fn python_or_skip(test: &str) -> bool {
-    if Path::new(PYTHON).exists() {
-        return true;
-    }
-    skip_unprovided(
-        test,
-        "needs /usr/bin/python3 (scripts/packages.sh installs it)",
-    );
-    false
-}
-
 #[test]
 fn a_tree_with_links_inside_deploys_and_runs_and_the_ignore_file_leaves_files_out() {
     let test = "a_tree_with_links_inside_deploys_and_runs_and_the_ignore_file_leaves_files_out";

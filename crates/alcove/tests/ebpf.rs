@@ -2,43 +2,9 @@
 //! network and path rules, learned profiles, and nothing left loaded.
 
 mod common;
+use common::guard::{host_address_or_skip, settled_census};
 use common::*;
 use std::io::Write;
-
-/// How many BPF objects of a kind the kernel holds (BPF_*_GET_NEXT_ID).
-fn bpf_objects(cmd: libc::c_long) -> usize {
-    let mut count = 0;
-    let mut id: u32 = 0;
-    loop {
-        let mut attr = [0u32; 4]; // start_id, next_id, open_flags
-        attr[0] = id;
-        // SAFETY: the bpf syscall reads and writes `attr`, valid for its size.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if ret != 0 {
-            return count;
-        }
-        id = attr[1];
-        count += 1;
-    }
-}
-
-fn bpf_census() -> [usize; 3] {
-    const PROG_GET_NEXT_ID: libc::c_long = 11;
-    const MAP_GET_NEXT_ID: libc::c_long = 12;
-    const LINK_GET_NEXT_ID: libc::c_long = 31;
-    [
-        bpf_objects(PROG_GET_NEXT_ID),
-        bpf_objects(MAP_GET_NEXT_ID),
-        bpf_objects(LINK_GET_NEXT_ID),
-    ]
-}
 
 fn syscall_count(run: &Run, name: &str) -> u64 {
     run.report["trace"]["syscalls"]["top"]
@@ -226,35 +192,6 @@ fn denied_devices_get_eperm_inside_and_work_outside() {
     assert!(!run.stderr.contains("Operation not permitted"), "{run:?}");
 }
 
-/// A non-loopback IPv4 address of this host, or `None` after saying why
-/// `test` is skipped: no `ip` (which CI must have), or no such address.
-fn host_address_or_skip(test: &str) -> Option<String> {
-    let out = match std::process::Command::new("ip")
-        .args(["-4", "-o", "addr"])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        other => {
-            skip_unprovided(
-                test,
-                &format!(
-                    "`ip -4 -o addr` failed ({other:?}); scripts/packages.sh installs iproute2"
-                ),
-            );
-            return None;
-        }
-    };
-    let found = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .map(|a| a.split('/').next().unwrap_or("").to_owned())
-        .find(|a| !a.starts_with("127."));
-    if found.is_none() {
-        skip_machine(test, "this host has no non-loopback IPv4 address");
-    }
-    found
-}
-
 #[test]
 fn denied_connects_get_eperm_inside_and_work_outside() {
     if !root_or_skip("denied_connects_get_eperm_inside_and_work_outside") {
@@ -418,19 +355,7 @@ fn nothing_stays_loaded_after_alcove_exits() {
     let _g = serial();
     // The kernel frees a dead process's BPF objects after an RCU grace period:
     // wait for earlier tests' objects to go before counting.
-    let settled = |limit: [usize; 3]| {
-        let start = std::time::Instant::now();
-        loop {
-            let now = bpf_census();
-            if now.iter().zip(limit).all(|(n, l)| *n <= l)
-                || start.elapsed() > std::time::Duration::from_secs(5)
-            {
-                return now;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    let before = settled([0, 0, 0]);
+    let before = settled_census([0, 0, 0]);
     let run = sandbox(
         &[
             "--trace",
@@ -446,7 +371,7 @@ fn nothing_stays_loaded_after_alcove_exits() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
-        settled(before),
+        settled_census(before),
         before,
         "BPF programs, maps and links (in that order) before and after"
     );

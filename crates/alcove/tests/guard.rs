@@ -7,24 +7,10 @@
 mod common;
 use common::daemon::{setup, Daemon};
 use common::guard::*;
+use common::warm::invoke;
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Debian's python, which the sandbox finds first on its PATH.
-const PYTHON: &str = "/usr/bin/python3";
-
-fn python_or_skip(test: &str) -> bool {
-    if Path::new(PYTHON).exists() {
-        return true;
-    }
-    skip_unprovided(
-        test,
-        "needs /usr/bin/python3 (scripts/packages.sh installs it)",
-    );
-    false
-}
 
 /// A handler that spins without a syscall.
 const SPIN: &str = "sh -c 'while :; do :; done'";
@@ -849,35 +835,6 @@ fn bad_guards_event_queries_and_too_many_streams_are_refused() {
         "a stream opened again {:?} after the others closed",
         start.elapsed()
     );
-}
-
-/// A non-loopback IPv4 address of this host, or `None` after saying why
-/// `test` is skipped.
-fn host_address_or_skip(test: &str) -> Option<String> {
-    let out = match std::process::Command::new("ip")
-        .args(["-4", "-o", "addr"])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        other => {
-            skip_unprovided(
-                test,
-                &format!(
-                    "`ip -4 -o addr` failed ({other:?}); scripts/packages.sh installs iproute2"
-                ),
-            );
-            return None;
-        }
-    };
-    let found = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .map(|a| a.split('/').next().unwrap_or("").to_owned())
-        .find(|a| !a.starts_with("127."));
-    if found.is_none() {
-        skip_machine(test, "this host has no non-loopback IPv4 address");
-    }
-    found
 }
 
 #[test]

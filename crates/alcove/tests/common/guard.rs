@@ -93,11 +93,6 @@ pub fn attached(text: &str, program: &str) -> f64 {
     )
 }
 
-/// `POST /v1/functions/NAME/invoke` with `body`.
-pub fn invoke(d: &Daemon, name: &str, body: &[u8]) -> Reply {
-    d.http("POST", &format!("/v1/functions/{name}/invoke"), body)
-}
-
 /// The invocation id a reply names.
 pub fn invocation_id(reply: &Reply) -> String {
     reply
@@ -292,4 +287,33 @@ impl Drop for EventStream {
     fn drop(&mut self) {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// A non-loopback IPv4 address of this host, or `None` after saying why
+/// `test` is skipped.
+pub fn host_address_or_skip(test: &str) -> Option<String> {
+    let out = match std::process::Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        other => {
+            super::skip_unprovided(
+                test,
+                &format!(
+                    "`ip -4 -o addr` failed ({other:?}); scripts/packages.sh installs iproute2"
+                ),
+            );
+            return None;
+        }
+    };
+    let found = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .map(|a| a.split('/').next().unwrap_or("").to_owned())
+        .find(|a| !a.starts_with("127."));
+    if found.is_none() {
+        super::skip_machine(test, "this host has no non-loopback IPv4 address");
+    }
+    found
 }

@@ -13,6 +13,22 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
+/// Debian's python, which the sandbox finds first on its PATH too (a
+/// python3 earlier on the host's PATH may be one the sandbox cannot see).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether [`PYTHON`] is here; says why `test` is skipped when it is not.
+pub fn python_or_skip(test: &str) -> bool {
+    if std::path::Path::new(PYTHON).exists() {
+        return true;
+    }
+    skip_unprovided(
+        test,
+        "needs /usr/bin/python3 (scripts/packages.sh installs it)",
+    );
+    false
+}
+
 pub const ALCOVE: &str = env!("CARGO_BIN_EXE_alcove");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_alcove-probe");
 
