@@ -318,14 +318,7 @@ fn kernel_record(seen: &WatchResult, policy: &SandboxPolicy) -> KernelRecord {
                     .ok()
                     .and_then(|w| w.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                detail: match what {
-                    alcove_monitor::Denial::Syscall => detail
-                        .parse::<u32>()
-                        .ok()
-                        .and_then(alcove_sandbox::syscall_name)
-                        .map_or_else(|| detail.clone(), str::to_owned),
-                    _ => detail.clone(),
-                },
+                detail: detail.clone(), // a refused syscall comes named by the monitor
             }),
             _ => None,
         })

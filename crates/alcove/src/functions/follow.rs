@@ -95,7 +95,7 @@ fn attempt_of(record: &Value) -> Option<(String, u64, String)> {
 
 /// One record the way `fn logs` prints it: a line, then its stderr
 /// indented; with `json`, one JSON object per line.
-fn print_record(record: &Value, json: bool) {
+pub(super) fn print_record(record: &Value, json: bool) {
     if json {
         println!("{record}");
         return;

@@ -396,10 +396,7 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
                 print(&v);
             } else {
                 for r in v["invocations"].as_array().into_iter().flatten() {
-                    println!("{}", invocation_line(r));
-                    for line in r["stderr"].as_str().unwrap_or("").lines() {
-                        println!("    {line}");
-                    }
+                    follow::print_record(r, false);
                 }
             }
         }
