@@ -231,6 +231,13 @@ r = json.loads(sys.argv[1])["invocations"][0]
 print("invocation record: status %s, memory_peak_bytes %s, pids_peak %s, wall_ms %s" % (r["status"], r["memory_peak_bytes"], r["pids_peak"], r["wall_ms"]))
 sys.exit(0 if r["status"] == "exited" and (r["memory_peak_bytes"] or 0) > 0 and (r["pids_peak"] or 0) >= 1 else 1)
 EOF
+    # The service's daemon loaded its eBPF monitor in its own cgroup and watched the invocation.
+    if python3 - "$rec" <<'EOF'; then pass "the service's daemon watched the invocation (eBPF counters)"; else fail "the service's daemon watched the invocation (eBPF counters)" "$rec"; fi
+import json, sys
+k = json.loads(sys.argv[1])["invocations"][0].get("kernel") or {}
+print("invocation record's kernel counters: %s" % k)
+sys.exit(0 if k.get("execs", 0) >= 1 and k.get("bytes_written", 0) > 0 else 1)
+EOF
     echo "sandbox cgroups while the daemon runs: $(find "$svc_cg" -mindepth 1 -type d -printf '%P ' 2>/dev/null)"
     t0=$EPOCHREALTIME
     if [ "$ALCOVE_VM_INIT" = systemd ]; then
