@@ -23,8 +23,10 @@ alcove_ensure_rust
 
 # Static (glibc crt-static): no dynamic loader at start, ~0.3 ms less per run.
 target=$(rustc -vV | sed -n 's/^host: //p')
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p alcove
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p alcove -p alcove-oci
 install -m 0755 "target/$target/release/alcove" /usr/local/bin/alcove
+# The OCI runtime (runc's command line) for podman --runtime, containerd and Kubernetes.
+install -m 0755 "target/$target/release/alcove-oci" /usr/local/bin/alcove-oci
 install -m 0755 "target/$target/release/alcove-probe" /usr/local/bin/alcove-probe
 # The accelerator loads the NVIDIA driver and cuBLAS with dlopen, which a
 # static glibc binary cannot do reliably: it is linked dynamically.

@@ -82,3 +82,94 @@ pub fn clear_all() -> io::Result<()> {
     let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
     crate::cvt(ret).map(drop)
 }
+
+/// The highest capability number the running kernel knows.
+pub fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// The capability sets a process should end with, as bit masks (bit N is
+/// capability N).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// Drops every capability not in `sets.bounding` from the bounding set.
+/// Needs CAP_SETPCAP: call it before changing uid.
+pub fn limit_bounding(bounding: u64) -> io::Result<()> {
+    for cap in 0..=last_cap().min(63) {
+        if bounding & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_DROP takes integer arguments.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets, then raises each
+/// ambient capability that is permitted and inheritable (the kernel refuses
+/// the others; runc skips them the same way, and so does a spec that lists
+/// ambient capabilities without inheritable ones).
+pub fn set_process_sets(sets: &CapSets) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |mask: u64, high: bool| if high { (mask >> 32) as u32 } else { mask as u32 };
+    let data = [false, true].map(|high| Data {
+        effective: half(sets.effective, high),
+        permitted: half(sets.permitted, high),
+        inheritable: half(sets.inheritable, high),
+    });
+    // SAFETY: version 3 takes a header and two data structs, both valid here.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    crate::cvt(ret)?;
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
+    crate::cvt_int(unsafe {
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    })?;
+    for cap in 0..=last_cap().min(63) {
+        if sets.ambient & sets.permitted & sets.inheritable & (1 << cap) == 0 {
+            continue;
+        }
+        // SAFETY: PR_CAP_AMBIENT_RAISE takes integer arguments.
+        crate::cvt_int(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        })?;
+    }
+    Ok(())
+}

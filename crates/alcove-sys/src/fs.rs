@@ -72,3 +72,9 @@ pub fn fchdir(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fchdir takes a descriptor the borrow keeps open.
     crate::cvt_int(unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&dir)) }).map(drop)
 }
+
+/// Creates a FIFO at `path` with `mode` (mkfifo(3)).
+pub fn mkfifo(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::mkfifo(path.as_ptr(), mode) }).map(drop)
+}

@@ -10,6 +10,7 @@ pub use libc::{
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
     MS_SLAVE,
 };
+pub use libc::{MS_MOVE, MS_SHARED, MS_UNBINDABLE};
 
 /// Calls mount(2). `None` arguments are passed as null pointers.
 pub fn mount(
@@ -164,4 +165,79 @@ pub fn move_mount_onto(tree: libc::c_int, target: BorrowedFd<'_>) -> io::Result<
 /// a bind remount done through a descriptor.
 pub fn set_mount_attributes(target: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
     mount_setattr(target, attr_set, 0)
+}
+
+/// Sets `attr_set` and clears `attr_clr` (`MOUNT_ATTR_*`) on the mount whose
+/// root `target` refers to, and on every mount below it when `recursive`.
+/// Setting an atime mode needs `MOUNT_ATTR__ATIME` in `attr_clr`.
+pub fn change_attributes(
+    target: BorrowedFd<'_>,
+    attr_set: u64,
+    attr_clr: u64,
+    recursive: bool,
+) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: an empty path with AT_EMPTY_PATH refers to `target` itself;
+    // `attr` is a valid mount_attr of the size passed.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// The per-mount flags (`MS_RDONLY`, `MS_NOSUID`, `MS_NODEV`, `MS_NOEXEC`,
+/// the atime flags, ...) of the mount `path` is on, read with statvfs(3): what
+/// a bind remount must keep when the kernel has locked them (a mount
+/// inherited by a less privileged user namespace).
+pub fn mount_flags(path: &CStr) -> io::Result<libc::c_ulong> {
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is valid for writes.
+    crate::cvt_int(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    // The ST_* bits are not the MS_* bits (ST_RELATIME is 4096, MS_RELATIME
+    // 1 << 21), so translate each.
+    const ST_NOSYMFOLLOW: libc::c_ulong = 0x2000;
+    let st_flags = st.f_flag;
+    Ok([
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_SYNCHRONOUS, libc::MS_SYNCHRONOUS),
+        (libc::ST_MANDLOCK, libc::MS_MANDLOCK),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
+    ]
+    .iter()
+    .filter(|(st, _)| st_flags & st != 0)
+    .fold(0, |flags, (_, ms)| flags | ms))
+}
+
+/// Makes `path` the caller's root directory (chroot(2)); the working
+/// directory is left where it is.
+pub fn chroot(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::chroot(path.as_ptr()) }).map(drop)
 }

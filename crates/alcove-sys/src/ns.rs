@@ -38,3 +38,9 @@ pub fn open_pinned(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// Sets the NIS domain name of the caller's UTS namespace.
+pub fn setdomainname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is valid for reads of its length.
+    crate::cvt_int(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) }).map(drop)
+}

@@ -158,3 +158,98 @@ pub unsafe fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: the caller upholds fork's single-threaded requirement.
     crate::cvt_int(unsafe { libc::fork() })
 }
+
+/// How many threads the calling process has (from /proc/self/status).
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Threads: line"))
+}
+
+/// Proof, checked once, that the process had one thread. Forking is safe
+/// with it only while the process stays single-threaded: a program that
+/// takes one must not start threads afterwards (it is `!Send`, so it cannot
+/// be handed to a thread either). Children inherit it through the fork.
+#[derive(Debug, Clone, Copy)]
+pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
+
+impl SingleThreaded {
+    /// Checks that the caller has exactly one thread.
+    pub fn check() -> io::Result<SingleThreaded> {
+        if thread_count()? != 1 {
+            return Err(io::Error::from_raw_os_error(libc::EDEADLK));
+        }
+        Ok(SingleThreaded(std::marker::PhantomData))
+    }
+
+    /// Forks: `Ok(None)` in the child, `Ok(Some(pid))` in the parent. With one
+    /// thread no lock can be held by a thread missing from the child, so the
+    /// child may allocate and run ordinary code before it execs or exits.
+    pub fn fork(&self) -> io::Result<Option<libc::pid_t>> {
+        // SAFETY: `self` proves the process is single-threaded (see the type).
+        match unsafe { fork() }? {
+            0 => Ok(None),
+            pid => Ok(Some(pid)),
+        }
+    }
+}
+
+/// Waits for child `pid` to end and returns its raw wait status (retrying
+/// on EINTR).
+pub fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-parameter.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            return Ok(status);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// The exit code a shell would report for raw wait status `status`
+/// (128 + the signal for a process killed by one).
+pub fn exit_code_of(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// Makes the caller a child subreaper: orphaned descendants are reparented
+/// to it, so it can wait for a grandchild once the child between exits.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
+    crate::cvt_int(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Sets or clears PR_SET_KEEPCAPS: whether the permitted capabilities
+/// survive a change from uid 0 to another uid.
+pub fn set_keep_caps(keep: bool) -> io::Result<()> {
+    // SAFETY: PR_SET_KEEPCAPS takes integer arguments only.
+    crate::cvt_int(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
+}
+
+/// Sets the execution domain (personality(2)); only the base domain
+/// (`PER_LINUX` or `PER_LINUX32`) is meant to be passed here.
+pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality takes a plain integer.
+    crate::cvt_int(unsafe { libc::personality(persona) }).map(drop)
+}
+
+/// Changes the root directory of the caller to `path` (chroot(2)).
+pub fn chroot(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    crate::cvt_int(unsafe { libc::chroot(path.as_ptr()) }).map(drop)
+}

@@ -1,0 +1,365 @@
+//! What runs inside the container before the user's program: the container's
+//! init (`run_init`) and, shared with `exec`, the last steps every container
+//! process takes (`finish_process`): rlimits, terminal, user and capabilities,
+//! no_new_privs, seccomp, and finding the program.
+//!
+//! These functions run in a forked child of the (single-threaded) runtime and
+//! end in `execve` or `_exit`; an error is sent to the runtime over the setup
+//! channel and becomes the message the caller sees.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxSeccomp, PosixRlimitType, Process, Spec};
+
+use crate::sync::{Channel, Msg};
+
+/// PATH when the process's environment has none (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the init needs that the runtime prepared before the fork.
+pub struct InitContext<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    pub channel: &'a Channel,
+    /// A second open of the container's state directory (not the locked
+    /// one): the init opens the exec fifo through it after pivot_root.
+    pub state_dir: OwnedFd,
+    pub console: Option<OwnedFd>,
+    /// Connected to linux.seccomp.listenerPath, when the profile notifies.
+    pub seccomp_listener: Option<OwnedFd>,
+    pub new_mount_ns: bool,
+    pub new_uts_ns: bool,
+    pub new_user_ns: bool,
+    pub no_pivot: bool,
+    pub preserve_fds: u32,
+}
+
+/// A program ready to exec: path, argv and environment.
+pub struct Prepared {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+}
+
+fn fail(what: impl std::fmt::Display) -> String {
+    what.to_string()
+}
+
+/// The container's init: sets everything up, reports, waits for `start`,
+/// execs. Never returns.
+pub fn run_init(ctx: InitContext<'_>) -> ! {
+    let error = match setup_and_wait(&ctx) {
+        Ok(prepared) => exec(&prepared),
+        Err(e) => e,
+    };
+    let _ = ctx.channel.send(&Msg::Fail(error));
+    alcove_sys::process::exit_now(1)
+}
+
+fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
+    let spec = ctx.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or("config.json has no process")?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    if ctx.new_uts_ns {
+        if let Some(name) = spec.hostname() {
+            alcove_sys::ns::sethostname(name.as_bytes())
+                .map_err(|e| format!("sethostname {name:?}: {e}"))?;
+        }
+        if let Some(name) = spec.domainname() {
+            alcove_sys::ns::setdomainname(name.as_bytes())
+                .map_err(|e| format!("setdomainname {name:?}: {e}"))?;
+        }
+    }
+    let plan = crate::rootfs::RootfsPlan {
+        spec,
+        rootfs: ctx.rootfs,
+        no_pivot: ctx.no_pivot,
+        new_user_ns: ctx.new_user_ns,
+    };
+    if ctx.new_mount_ns {
+        crate::rootfs::prepare(&plan).map_err(fail)?;
+    }
+    ctx.channel.send(&Msg::Mounted).map_err(fail)?;
+    let state = match ctx.channel.recv().map_err(fail)? {
+        Some(Msg::HookState(state)) => state,
+        _ => return Err("the runtime went away during create".into()),
+    };
+    if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.create_container().clone()) {
+        crate::hooks::run_hooks(&hooks, "createContainer", state.as_bytes()).map_err(fail)?;
+    }
+    if ctx.new_mount_ns {
+        crate::rootfs::enter(&plan).map_err(fail)?;
+    } else {
+        chroot_into(ctx.rootfs)?;
+    }
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+    }
+    if let Some(persona) = linux.personality() {
+        let domain = match persona.domain() {
+            oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+            _ => 0x0000,
+        };
+        alcove_sys::process::set_personality(domain).map_err(|e| format!("personality: {e}"))?;
+    }
+    let seccomp = linux.seccomp().clone();
+    let prepared = finish_process(
+        process,
+        seccomp.as_ref(),
+        ctx.console.as_ref(),
+        ctx.seccomp_listener.as_ref(),
+        &state,
+        ctx.preserve_fds,
+        SeccompWhen::Deferred,
+    )?;
+    ctx.channel.send(&Msg::Ready).map_err(fail)?;
+    // Blocks until `start` opens the fifo for reading.
+    let fifo = alcove_sys::dirfd::open_at(
+        ctx.state_dir.as_fd(),
+        c"exec.fifo",
+        libc::O_WRONLY,
+        alcove_sys::dirfd::Scope::Beneath,
+    )
+    .map_err(|e| format!("open exec fifo: {e}"))?;
+    alcove_sys::fd::write_all(fifo.as_raw_fd(), b"0").map_err(|e| format!("exec fifo: {e}"))?;
+    drop(fifo);
+    if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+        crate::hooks::run_hooks(&hooks, "startContainer", state.as_bytes()).map_err(fail)?;
+    }
+    if let Some(seccomp) = &seccomp {
+        if process.no_new_privileges().unwrap_or(false) {
+            load_seccomp(seccomp, ctx.seccomp_listener.as_ref(), &state)?;
+        }
+    }
+    Ok(prepared)
+}
+
+fn chroot_into(rootfs: &Path) -> Result<(), String> {
+    let c = cstring(rootfs.as_os_str())?;
+    alcove_sys::fs::chdir(&c).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;
+    alcove_sys::process::chroot(c".").map_err(|e| format!("chroot: {e}"))?;
+    alcove_sys::fs::chdir(c"/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// When seccomp is loaded relative to the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeccompWhen {
+    /// The init loads it after the exec fifo (with no_new_privs set) so
+    /// that waiting for `start` needs no syscall the profile may forbid.
+    Deferred,
+    /// Right before exec (an exec'd process waits for nothing).
+    Now,
+}
+
+/// The last steps of every container process, in runc's order.
+pub fn finish_process(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    console: Option<&OwnedFd>,
+    listener: Option<&OwnedFd>,
+    state: &str,
+    preserve_fds: u32,
+    when: SeccompWhen,
+) -> Result<Prepared, String> {
+    for fd in 3..3u32.saturating_add(preserve_fds.min(1 << 16)) {
+        let _ = alcove_sys::fd::set_cloexec(fd as i32, false);
+    }
+    if process.terminal().unwrap_or(false) {
+        let console = console.ok_or(
+            "process.terminal is true but no --console-socket was given: \
+             pass --console-socket or set terminal to false",
+        )?;
+        let pty = crate::console::open_pty(Path::new("/dev/ptmx")).map_err(fail)?;
+        if let Some(size) = process.console_size() {
+            let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
+            let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
+            crate::console::set_size(pty.master.as_fd(), rows, cols).map_err(fail)?;
+        }
+        crate::console::send_master(console.as_fd(), &pty).map_err(fail)?;
+        let crate::console::Pty { slave, .. } = pty;
+        crate::console::become_controlling(slave).map_err(fail)?;
+    }
+    for rlimit in process.rlimits().iter().flatten() {
+        let resource = rlimit_resource(rlimit.typ());
+        alcove_sys::process::setrlimit(resource, rlimit.soft(), rlimit.hard()).map_err(|e| {
+            format!(
+                "setrlimit {:?} soft {} hard {}: {e}",
+                rlimit.typ(),
+                rlimit.soft(),
+                rlimit.hard()
+            )
+        })?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
+    }
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let Some(seccomp) = seccomp {
+        if !nnp {
+            // Without no_new_privs only CAP_SYS_ADMIN may load a filter: load it
+            // now, while the process still holds it.
+            load_seccomp(seccomp, listener, state)?;
+        }
+    }
+    let user = process.user();
+    let sets = crate::caps::sets(process.capabilities().as_ref());
+    alcove_sys::process::set_keep_caps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    alcove_sys::caps::limit_bounding(sets.bounding)
+        .map_err(|e| format!("capability bounding set: {e}"))?;
+    let groups: Vec<u32> = user.additional_gids().clone().unwrap_or_default();
+    alcove_sys::process::set_gids(user.gid(), &groups)
+        .map_err(|e| format!("setgid {} (groups {groups:?}): {e}", user.gid()))?;
+    alcove_sys::process::set_uid(user.uid()).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
+    alcove_sys::caps::set_process_sets(&sets).map_err(|e| format!("capabilities: {e}"))?;
+    alcove_sys::process::set_keep_caps(false).map_err(|e| format!("keepcaps: {e}"))?;
+    alcove_sys::process::set_umask(user.umask().unwrap_or(0o022) as libc::mode_t);
+    let cwd = cstring(process.cwd().as_os_str())?;
+    alcove_sys::fs::chdir(&cwd)
+        .map_err(|e| format!("chdir to cwd ({}) set in config.json: {e}", process.cwd().display()))?;
+    if nnp {
+        alcove_sys::process::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+    let prepared = prepare_exec(process)?;
+    if when == SeccompWhen::Now && nnp {
+        if let Some(seccomp) = seccomp {
+            load_seccomp(seccomp, listener, state)?;
+        }
+    }
+    Ok(prepared)
+}
+
+fn load_seccomp(
+    seccomp: &LinuxSeccomp,
+    listener_sock: Option<&OwnedFd>,
+    state: &str,
+) -> Result<(), String> {
+    let compiled = crate::seccomp::compile(seccomp).map_err(fail)?;
+    let listener = crate::seccomp::install(&compiled).map_err(fail)?;
+    if let (Some(listener), Some(sock)) = (listener, listener_sock) {
+        let metadata = seccomp.listener_metadata().clone().unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(state).unwrap_or_default();
+        let doc = serde_json::json!({
+            "ociVersion": crate::state::OCI_VERSION,
+            "fds": ["seccompFd"],
+            "pid": state.get("pid").cloned().unwrap_or_default(),
+            "metadata": metadata,
+            "state": state,
+        });
+        let bytes = serde_json::to_vec(&doc).map_err(fail)?;
+        crate::seccomp::send_listener(sock.as_fd(), listener, &bytes).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
+    use PosixRlimitType::*;
+    match typ {
+        RlimitCpu => libc::RLIMIT_CPU,
+        RlimitFsize => libc::RLIMIT_FSIZE,
+        RlimitData => libc::RLIMIT_DATA,
+        RlimitStack => libc::RLIMIT_STACK,
+        RlimitCore => libc::RLIMIT_CORE,
+        RlimitRss => libc::RLIMIT_RSS,
+        RlimitNproc => libc::RLIMIT_NPROC,
+        RlimitNofile => libc::RLIMIT_NOFILE,
+        RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        RlimitAs => libc::RLIMIT_AS,
+        RlimitLocks => libc::RLIMIT_LOCKS,
+        RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        RlimitNice => libc::RLIMIT_NICE,
+        RlimitRtprio => libc::RLIMIT_RTPRIO,
+        RlimitRttime => libc::RLIMIT_RTTIME,
+    }
+}
+
+fn cstring(s: &OsStr) -> Result<CString, String> {
+    CString::new(s.as_bytes()).map_err(|_| format!("{s:?} holds a NUL byte"))
+}
+
+/// Finds the program (in the container's PATH, as the caller's process
+/// env gives it) and builds argv and envp, failing with the wording podman
+/// and containerd recognise.
+pub fn prepare_exec(process: &Process) -> Result<Prepared, String> {
+    let args = process.args().as_deref().unwrap_or_default();
+    let program = args.first().ok_or("process.args is empty")?;
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push("HOME=/".into());
+    }
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let found = lookup(program, path_var)?;
+    let to_c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
+    Ok(Prepared {
+        path: cstring(found.as_os_str())?,
+        argv: args.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|e| to_c(e)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn lookup(program: &str, path_var: &str) -> Result<PathBuf, String> {
+    let executable = |p: &Path| -> Result<bool, String> {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return Ok(false);
+        };
+        if meta.is_dir() {
+            return Ok(false);
+        }
+        let c = cstring(p.as_os_str())?;
+        Ok(alcove_sys::fs::is_executable(&c))
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        if !p.exists() {
+            return Err(format!(
+                "exec: \"{program}\": stat {program}: no such file or directory"
+            ));
+        }
+        if !executable(&p)? {
+            return Err(format!("exec: \"{program}\": permission denied"));
+        }
+        return Ok(p);
+    }
+    let mut denied = false;
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(program);
+        if executable(&candidate)? {
+            return Ok(candidate);
+        }
+        denied |= candidate.is_file();
+    }
+    if denied {
+        Err(format!("exec: \"{program}\": permission denied"))
+    } else {
+        Err(format!(
+            "exec: \"{program}\": executable file not found in $PATH"
+        ))
+    }
+}
+
+/// execve; returns only the error, worded for the caller.
+pub fn exec(prepared: &Prepared) -> String {
+    let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = prepared.env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let err = alcove_sys::process::execve(&prepared.path, &argv, &envp);
+    let name = prepared.path.to_string_lossy();
+    match err.raw_os_error() {
+        Some(libc::EACCES) => format!("exec: \"{name}\": permission denied"),
+        Some(libc::ENOENT) => format!("exec: \"{name}\": no such file or directory"),
+        _ => format!("exec {name}: {err}"),
+    }
+}
