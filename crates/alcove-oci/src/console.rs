@@ -56,6 +56,13 @@ pub enum ConsoleError {
         #[source]
         source: std::io::Error,
     },
+    /// fchown of the slave failed.
+    #[error("could not give the terminal to uid {uid}")]
+    SetOwner {
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     /// sendmsg on the console socket failed.
     #[error("could not send the pty master over the console socket")]
     Send(#[source] std::io::Error),
@@ -147,6 +154,14 @@ pub fn become_controlling(slave: OwnedFd) -> Result<(), ConsoleError> {
         let _stdio = slave.into_raw_fd();
     }
     Ok(())
+}
+
+/// Gives the slave to the container process's user (`process.user.uid`),
+/// keeping its group, as runc's `fixStdioPermissions` does for a terminal:
+/// otherwise a non-root process could not reopen `/dev/tty` or change its
+/// own terminal's modes. Call it before dropping privileges.
+pub fn give_to_user(slave: BorrowedFd<'_>, uid: u32) -> Result<(), ConsoleError> {
+    pty::set_owner(slave, uid).map_err(|source| ConsoleError::SetOwner { uid, source })
 }
 
 /// Sends `pty`'s master over the console socket: one message whose payload

@@ -124,11 +124,12 @@ fn create_in(
         .cgroups_path()
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
+    let resources = with_default_devices(&linux);
     let cgroup = ContainerCgroup::create(
         cgroups_path.as_deref(),
         &opts.id,
         opts.systemd_cgroup,
-        linux.resources().as_ref(),
+        Some(&resources),
     )?;
     let cgroup = cgroup_slot.insert(cgroup).clone();
     let fifo = dir.fifo_path();
@@ -176,6 +177,7 @@ fn create_in(
             let ctx = crate::init::InitContext {
                 spec,
                 rootfs: &bundle.rootfs,
+                bundle: &bundle.dir,
                 channel: &theirs,
                 state_dir: state_dir_for_init,
                 console,
@@ -260,6 +262,35 @@ fn create_in(
         write_pid_file(pid_file, pid)?;
     }
     Ok(pid)
+}
+
+/// The spec's device rules, then what every container may use (the spec's
+/// default devices, /dev/console, the pty devices) and each device
+/// `linux.devices` creates: runc appends the same, and callers such as podman
+/// send only "deny all" and count on it.
+fn with_default_devices(linux: &oci_spec::runtime::Linux) -> oci_spec::runtime::LinuxResources {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    let allow = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>| {
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(typ));
+        rule.set_major(major);
+        rule.set_minor(minor);
+        rule.set_access(Some("rwm".into()));
+        rule
+    };
+    let c = LinuxDeviceType::C;
+    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)] {
+        rules.push(allow(c, Some(major), Some(minor)));
+    }
+    rules.push(allow(c, Some(136), None));
+    for device in linux.devices().iter().flatten() {
+        rules.push(allow(device.typ(), Some(device.major()), Some(device.minor())));
+    }
+    resources.set_devices(Some(rules));
+    resources
 }
 
 /// The setup process: joins and makes namespaces, then forks the init

@@ -79,70 +79,16 @@ const CAPABILITY_NAMES: [&str; 41] = [
 
 /// The mount options [`crate::rootfs`] understands itself (not passed on to
 /// the filesystem as data), sorted as runc lists them.
+#[rustfmt::skip]
 const MOUNT_OPTIONS: &[&str] = &[
-    "acl",
-    "async",
-    "atime",
-    "bind",
-    "defaults",
-    "dev",
-    "diratime",
-    "dirsync",
-    "exec",
-    "iversion",
-    "lazytime",
-    "loud",
-    "mand",
-    "noacl",
-    "noatime",
-    "nodev",
-    "nodiratime",
-    "noexec",
-    "noiversion",
-    "nolazytime",
-    "nomand",
-    "norelatime",
-    "nostrictatime",
-    "nosuid",
-    "nosymfollow",
-    "notmpcopyup",
-    "private",
-    "ratime",
-    "rbind",
-    "rdev",
-    "rdiratime",
-    "relatime",
-    "remount",
-    "rexec",
-    "rnoatime",
-    "rnodev",
-    "rnodiratime",
-    "rnoexec",
-    "rnorelatime",
-    "rnostrictatime",
-    "rnosuid",
-    "rnosymfollow",
-    "ro",
-    "rprivate",
-    "rrelatime",
-    "rro",
-    "rrw",
-    "rshared",
-    "rslave",
-    "rstrictatime",
-    "rsuid",
-    "rsymfollow",
-    "runbindable",
-    "rw",
-    "shared",
-    "silent",
-    "slave",
-    "strictatime",
-    "suid",
-    "symfollow",
-    "sync",
-    "tmpcopyup",
-    "unbindable",
+    "acl", "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "iversion",
+    "lazytime", "loud", "mand", "noacl", "noatime", "nodev", "nodiratime", "noexec", "noiversion",
+    "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid", "nosymfollow", "notmpcopyup",
+    "private", "ratime", "rbind", "rdev", "rdiratime", "relatime", "remount", "rexec", "rnoatime",
+    "rnodev", "rnodiratime", "rnoexec", "rnorelatime", "rnostrictatime", "rnosuid", "rnosymfollow",
+    "ro", "rprivate", "rrelatime", "rro", "rrw", "rshared", "rslave", "rstrictatime", "rsuid",
+    "rsymfollow", "runbindable", "rw", "shared", "silent", "slave", "strictatime", "suid",
+    "symfollow", "sync", "tmpcopyup", "unbindable",
 ];
 
 const SECCOMP_ACTIONS: &[&str] = &[
@@ -176,13 +122,12 @@ const SECCOMP_FLAGS: &[(&str, (u32, u32))] = &[
     ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", (5, 19)),
 ];
 
-/// Only the native architecture: filters are compiled for it alone, and a
-/// syscall made through another ABI (x32, i386 on x86_64) is refused.
+/// Only the native architecture: [`crate::seccomp`] compiles filters for
+/// x86_64 alone (and kills calls made through another ABI), and refuses to
+/// compile elsewhere.
 #[cfg(target_arch = "x86_64")]
 const NATIVE_ARCHS: &[&str] = &["SCMP_ARCH_X86_64"];
-#[cfg(target_arch = "aarch64")]
-const NATIVE_ARCHS: &[&str] = &["SCMP_ARCH_AARCH64"];
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(not(target_arch = "x86_64"))]
 const NATIVE_ARCHS: &[&str] = &[];
 
 /// The `features` document (runtime-spec `features.md`), as `runc features`
@@ -198,7 +143,7 @@ pub fn features_json() -> Value {
         .copied()
         .collect();
     let mut seccomp = json!({
-        "enabled": true,
+        "enabled": !NATIVE_ARCHS.is_empty(),
         "actions": SECCOMP_ACTIONS,
         "operators": SECCOMP_OPERATORS,
         "archs": NATIVE_ARCHS,
@@ -382,10 +327,8 @@ fn effective_ids() -> (u32, u32) {
     (uid, gid)
 }
 
-/// `value` as pretty JSON indented with `indent`: `runc spec` indents with a
-/// tab and ends without a newline, `runc features` uses four spaces and
-/// ends with one.
-pub fn to_pretty_json<T: Serialize>(value: &T, indent: &[u8]) -> Result<Vec<u8>, FeaturesError> {
+/// `value` as pretty JSON indented with `indent`.
+fn to_pretty_json<T: Serialize>(value: &T, indent: &[u8]) -> Result<Vec<u8>, FeaturesError> {
     let mut out = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(indent);
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
@@ -395,8 +338,33 @@ pub fn to_pretty_json<T: Serialize>(value: &T, indent: &[u8]) -> Result<Vec<u8>,
     Ok(out)
 }
 
-/// What `features` prints: [`features_json`], four-space indented, with a
-/// final newline.
+/// `spec` as `runc spec` writes it: pretty JSON indented with a tab, no
+/// final newline. Keys come out sorted and each capability set sorted:
+/// oci-spec keeps capability sets as hash sets, whose order would change
+/// from run to run.
+pub fn spec_text(spec: &Spec) -> Result<Vec<u8>, FeaturesError> {
+    let mut value = serde_json::to_value(spec).map_err(FeaturesError::Serialize)?;
+    sort_capabilities(&mut value);
+    to_pretty_json(&value, b"\t")
+}
+
+/// Sorts the string arrays under `process.capabilities` in place.
+fn sort_capabilities(spec: &mut Value) {
+    let Some(sets) = spec
+        .pointer_mut("/process/capabilities")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for set in sets.values_mut() {
+        if let Some(names) = set.as_array_mut() {
+            names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+}
+
+/// What `features` prints: [`features_json`] indented with four spaces and
+/// a final newline, as `runc features` prints it (keys sorted).
 pub fn features_text() -> Result<Vec<u8>, FeaturesError> {
     let mut out = to_pretty_json(&features_json(), b"    ")?;
     out.push(b'\n');
@@ -408,7 +376,7 @@ pub fn features_text() -> Result<Vec<u8>, FeaturesError> {
 /// exists.
 pub fn write_spec(bundle: &Path, rootless: bool) -> Result<(), FeaturesError> {
     let path = bundle.join("config.json");
-    let text = to_pretty_json(&default_spec(rootless), b"\t")?;
+    let text = spec_text(&default_spec(rootless))?;
     let fail = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             FeaturesError::Exists(path.clone())
@@ -485,13 +453,14 @@ mod tests {
     fn the_default_spec_round_trips_and_matches_runcs() {
         for rootless in [false, true] {
             let spec = default_spec(rootless);
-            let text = to_pretty_json(&spec, b"\t").unwrap();
+            let text = spec_text(&spec).unwrap();
             let back: Spec = serde_json::from_slice(&text).unwrap();
             assert_eq!(back, spec);
-            // Serialized, it holds exactly what the literal held: nothing
+            // Written out, it holds exactly what the literal held: nothing
             // lost to oci-spec's types, nothing added by their defaults.
             let ids = rootless.then(effective_ids);
-            assert_eq!(serde_json::to_value(&spec).unwrap(), spec_value(ids));
+            let written: Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(written, spec_value(ids));
         }
         let root = default_spec(false);
         let process = root.process().as_ref().unwrap();
@@ -547,7 +516,8 @@ mod tests {
             let mut theirs: Value =
                 serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
                     .unwrap();
-            let mut ours = serde_json::to_value(default_spec(rootless)).unwrap();
+            let mut ours: Value =
+                serde_json::from_slice(&spec_text(&default_spec(rootless)).unwrap()).unwrap();
             for doc in [&mut theirs, &mut ours] {
                 doc["ociVersion"] = json!("x");
                 doc["hostname"] = json!("x");
@@ -570,10 +540,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_spec(dir.path(), false).unwrap();
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-        assert!(text.starts_with("{\n\t\"ociVersion\""), "{text}");
+        assert!(text.starts_with("{\n\t\"hostname\": \"alcove\""), "{text}");
+        assert!(!text.ends_with('\n'));
+        // Sets come out sorted, every time.
+        assert!(text.contains("[\n\t\t\t\t\"CAP_AUDIT_WRITE\",\n\t\t\t\t\"CAP_KILL\",\n\t\t\t\t\"CAP_NET_BIND_SERVICE\"\n"), "{text}");
         let err = write_spec(dir.path(), false).unwrap_err();
         assert!(matches!(err, FeaturesError::Exists(_)), "{err}");
         let features = features_text().unwrap();
-        assert!(features.starts_with(b"{\n    \"ociVersionMin\"") && features.ends_with(b"}\n"));
+        assert!(features.starts_with(b"{\n    \"annotations\"") && features.ends_with(b"}\n"));
     }
 }

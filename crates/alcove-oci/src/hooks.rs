@@ -157,11 +157,15 @@ fn run_hook(hook: &Hook, stage: &str, state_json: &[u8]) -> Result<(), HooksErro
         Instant::now().checked_add(Duration::from_secs(t.unsigned_abs()))
     });
     let outcome = wait_collecting(&mut child, deadline.flatten());
-    let (status, stdout, stderr) = match outcome {
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = match outcome {
         Ok(Some(done)) => done,
         Ok(None) => {
-            // Killing an already reaped child fails harmlessly (ESRCH is
-            // impossible here: we have not waited on it yet).
+            // Not reaped yet, so the pid is still the hook's: the kill
+            // cannot reach a process that reused it.
             let _ = child.kill();
             let _ = child.wait();
             return Err(HooksError::Timeout {
@@ -235,12 +239,19 @@ impl Output {
     }
 }
 
+/// A hook that exited, with the start of what it wrote.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
 /// Waits for `child` to exit, reading its stdout and stderr meanwhile.
 /// `Ok(None)`: `deadline` passed first (the child still runs).
 fn wait_collecting(
     child: &mut Child,
     deadline: Option<Instant>,
-) -> std::io::Result<Option<(ExitStatus, Vec<u8>, Vec<u8>)>> {
+) -> std::io::Result<Option<Finished>> {
     let mut outputs = [
         Output::new(child.stdout.take())?,
         Output::new(child.stderr.take())?,
@@ -251,7 +262,11 @@ fn wait_collecting(
                 output.drain()?;
             }
             let [stdout, stderr] = outputs;
-            return Ok(Some((status, stdout.kept, stderr.kept)));
+            return Ok(Some(Finished {
+                status,
+                stdout: stdout.kept,
+                stderr: stderr.kept,
+            }));
         }
         let now = Instant::now();
         let mut wait = EXIT_CHECK;
@@ -335,26 +350,27 @@ mod tests {
     fn a_hook_gets_the_state_on_stdin_its_argv_and_only_its_env() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let path = script(
-            dir.path(),
-            "copy",
-            &format!(
-                "cat > {o}.state; echo \"$0|$1|$2\" > {o}.argv; env > {o}.env",
-                o = out.display()
-            ),
+        // A script's argv[0] is replaced by the kernel with the script's
+        // path; a shell started directly keeps the one we give it.
+        let body = format!(
+            "/bin/cat > {o}.state; /usr/bin/tr '\\0' '|' < /proc/$$/cmdline > {o}.argv; \
+             /usr/bin/env > {o}.env",
+            o = out.display()
         );
         let state =
             br#"{"ociVersion":"1.1.0","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#;
         let h = hook(
-            &path,
-            &["my-hook", "first", "second"],
+            std::path::Path::new("/bin/sh"),
+            &["my-hook", "-c", &body, "first", "second"],
             Some(&["FOO=bar=baz", "NOEQUALS"]),
             Some(5),
         );
         run_hooks(&[h], "createRuntime", state).unwrap();
         let read = |ext: &str| std::fs::read_to_string(format!("{}.{ext}", out.display())).unwrap();
         assert_eq!(read("state").as_bytes(), state);
-        assert_eq!(read("argv"), "my-hook|first|second\n");
+        let argv = read("argv");
+        assert!(argv.starts_with("my-hook|-c|"), "{argv}");
+        assert!(argv.ends_with("|first|second|"), "{argv}");
         let env = read("env");
         assert!(env.lines().any(|l| l == "FOO=bar=baz"), "{env}");
         // Nothing of the test's own environment leaks in (sh adds a few

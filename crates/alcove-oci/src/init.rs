@@ -23,6 +23,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct InitContext<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
+    /// Relative mount sources are resolved from here, as runc (which runs
+    /// in the bundle) does.
+    pub bundle: &'a Path,
     pub channel: &'a Channel,
     /// A second open of the container's state directory (not the locked
     /// one): the init opens the exec fifo through it after pivot_root.
@@ -44,8 +47,16 @@ pub struct Prepared {
     pub env: Vec<CString>,
 }
 
-fn fail(what: impl std::fmt::Display) -> String {
-    what.to_string()
+/// An error and its causes on one line (it crosses the setup channel as text).
+fn fail(what: impl std::error::Error) -> String {
+    let mut text = what.to_string();
+    let mut cause = what.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The container's init: sets everything up, reports, waits for `start`,
@@ -83,6 +94,9 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         new_user_ns: ctx.new_user_ns,
     };
     if ctx.new_mount_ns {
+        let bundle = cstring(ctx.bundle.as_os_str())?;
+        alcove_sys::fs::chdir(&bundle)
+            .map_err(|e| format!("chdir to the bundle {}: {e}", ctx.bundle.display()))?;
         crate::rootfs::prepare(&plan).map_err(fail)?;
     }
     ctx.channel.send(&Msg::Mounted).map_err(fail)?;
@@ -94,13 +108,17 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         crate::hooks::run_hooks(&hooks, "createContainer", state.as_bytes()).map_err(fail)?;
     }
     if ctx.new_mount_ns {
-        crate::rootfs::enter(&plan).map_err(fail)?;
+        crate::rootfs::pivot(&plan).map_err(fail)?;
     } else {
         chroot_into(ctx.rootfs)?;
     }
+    // Before read-only and masked paths cover /proc/sys, as runc orders it.
     for (key, value) in linux.sysctl().iter().flatten() {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+    }
+    if ctx.new_mount_ns {
+        crate::rootfs::finalize(&plan).map_err(fail)?;
     }
     if let Some(persona) = linux.personality() {
         let domain = match persona.domain() {
@@ -168,6 +186,7 @@ pub fn finish_process(
     preserve_fds: u32,
     when: SeccompWhen,
 ) -> Result<Prepared, String> {
+    let is_init = when == SeccompWhen::Deferred;
     for fd in 3..3u32.saturating_add(preserve_fds.min(1 << 16)) {
         let _ = alcove_sys::fd::set_cloexec(fd as i32, false);
     }
@@ -178,9 +197,17 @@ pub fn finish_process(
         )?;
         let pty = crate::console::open_pty(Path::new("/dev/ptmx")).map_err(fail)?;
         if let Some(size) = process.console_size() {
-            let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
-            let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
-            crate::console::set_size(pty.master.as_fd(), rows, cols).map_err(fail)?;
+            if size.height() > 0 && size.width() > 0 {
+                let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
+                let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
+                crate::console::set_size(pty.master.as_fd(), rows, cols).map_err(fail)?;
+            }
+        }
+        // The user the program runs as must own its terminal (runc's
+        // fixStdioPermissions); the init's terminal is also /dev/console.
+        crate::console::give_to_user(pty.slave.as_fd(), process.user().uid()).map_err(fail)?;
+        if is_init {
+            bind_console(&pty.name)?;
         }
         crate::console::send_master(console.as_fd(), &pty).map_err(fail)?;
         let crate::console::Pty { slave, .. } = pty;
@@ -234,6 +261,23 @@ pub fn finish_process(
         }
     }
     Ok(prepared)
+}
+
+/// Shows the init's terminal at /dev/console, as runc's mountConsole does.
+fn bind_console(pty: &str) -> Result<(), String> {
+    let console = Path::new("/dev/console");
+    if std::fs::symlink_metadata(console).is_err() {
+        std::fs::write(console, b"").map_err(|e| format!("create /dev/console: {e}"))?;
+    }
+    let source = cstring(OsStr::new(pty))?;
+    alcove_sys::mount::mount(
+        Some(&source),
+        c"/dev/console",
+        None,
+        alcove_sys::mount::MS_BIND,
+        None,
+    )
+    .map_err(|e| format!("bind {pty} on /dev/console: {e}"))
 }
 
 fn load_seccomp(

@@ -91,6 +91,14 @@ pub fn set_controlling_terminal(fd: BorrowedFd<'_>) -> io::Result<()> {
         .map(drop)
 }
 
+/// Gives the terminal `fd` to user `uid`, leaving its group (devpts's
+/// `gid=5`, tty) as it is: so a container process that runs as that user
+/// may reopen and control its own terminal.
+pub fn set_owner(fd: BorrowedFd<'_>, uid: u32) -> io::Result<()> {
+    // SAFETY: fchown takes plain integers; gid -1 (as gid_t) means unchanged.
+    crate::cvt_int(unsafe { libc::fchown(fd.as_raw_fd(), uid, libc::gid_t::MAX) }).map(drop)
+}
+
 /// Whether the caller leads its session (getsid(0) == getpid()), in which
 /// case setsid(2) would fail with EPERM and is not needed.
 pub fn is_session_leader() -> bool {
@@ -126,5 +134,9 @@ mod tests {
         assert_eq!(by_fd.rdev(), by_path.rdev());
         set_window_size(master.as_fd(), 33, 101).unwrap();
         assert_eq!(window_size(slave.as_fd()).unwrap(), (33, 101));
+        let gid = by_path.gid();
+        set_owner(slave.as_fd(), 4321).unwrap();
+        let after = std::fs::metadata(format!("/dev/pts/{n}")).unwrap();
+        assert_eq!((after.uid(), after.gid()), (4321, gid));
     }
 }

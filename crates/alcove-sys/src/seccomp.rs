@@ -47,11 +47,9 @@ pub fn install_filter_with_flags(
     }
     if ret > 0 {
         // TSYNC without TSYNC_ESRCH: the id of a thread that could not take
-        // the filter, which was then not installed at all.
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("thread {ret} could not be synchronised to the filter"),
-        ));
+        // the filter, which was then not installed at all. ESRCH is what
+        // TSYNC_ESRCH would have said (a message would allocate).
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(None)
 }

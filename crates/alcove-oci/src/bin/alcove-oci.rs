@@ -292,19 +292,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             id,
         } => events_command(root, id, *stats, interval)?,
         Command::Features => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&alcove_oci::features::features_json())?
-            );
+            std::io::stdout().write_all(&alcove_oci::features::features_text()?)?;
         }
         Command::Spec { bundle, rootless } => {
-            let path = bundle.join("config.json");
-            if path.exists() {
-                bail!("File {} exists. Remove it first", path.display());
-            }
-            let spec = alcove_oci::features::default_spec(*rootless);
-            std::fs::write(&path, serde_json::to_string_pretty(&spec)?)
-                .with_context(|| format!("write {}", path.display()))?;
+            alcove_oci::features::write_spec(bundle, *rootless)?;
         }
         Command::List { format, quiet } => list_command(root, format, *quiet)?,
     }

@@ -263,7 +263,7 @@ pub(super) fn program(rules: &[Rule]) -> Vec<BpfInsn> {
             return insns;
         }
     }
-    insns.push(BpfInsn::new(MOV32_K, 0, 0, 0, 1));
+    insns.push(BpfInsn::new(MOV32_K, 0, 0, 0, 0));
     insns.push(BpfInsn::new(EXIT, 0, 0, 0, 0));
     insns
 }

@@ -35,6 +35,20 @@ fn spawn_inside(cgroup: &ContainerCgroup, command: &str) -> Child {
     Command::new("sh").arg("-c").arg(script).spawn().unwrap()
 }
 
+/// Waits until process `pid` has exec'd `comm`, that is, has joined every
+/// directory first.
+fn wait_for_exec(pid: u32, comm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim() == comm {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("process {pid} did not exec {comm}");
+}
+
 fn file(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
@@ -61,6 +75,8 @@ fn limits_processes_freezing_stats_and_removal() {
                 .shares(512u64)
                 .quota(50_000i64)
                 .period(100_000u64)
+                .cpus("0")
+                .mems("0")
                 .build()
                 .unwrap(),
         )
@@ -97,6 +113,10 @@ fn limits_processes_freezing_stats_and_removal() {
         }
         Place::Absent => panic!("no cpu controller"),
     }
+    match cg.place("cpuset", "cpuset") {
+        Place::V1(d) | Place::V2(d) => assert_eq!(file(d, "cpuset.cpus"), "0"),
+        Place::Absent => {}
+    }
     let pids_dir = match cg.place("pids", "pids") {
         Place::V1(d) | Place::V2(d) => d.to_path_buf(),
         Place::Absent => panic!("no pids controller"),
@@ -107,11 +127,8 @@ fn limits_processes_freezing_stats_and_removal() {
     let mut inside = spawn_inside(&cg, "sleep 30");
     let mut moved = Command::new("sleep").arg("30").spawn().unwrap();
     cg.add_process(moved.id() as i32).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
     let inside_pid = inside.id() as i32;
-    while !cg.pids().unwrap().contains(&inside_pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_exec(inside.id(), "sleep");
     let pids = cg.pids().unwrap();
     assert!(pids.contains(&inside_pid), "{pids:?} lacks {inside_pid}");
     assert!(
@@ -162,11 +179,25 @@ fn limits_processes_freezing_stats_and_removal() {
     let restored: ContainerCgroup = serde_json::from_str(&saved).unwrap();
     assert_eq!(restored.leaves(), cg.leaves());
 
-    restored.kill_all(libc::SIGKILL);
+    // Signals other than SIGKILL go process by process.
+    restored.kill_all(libc::SIGTERM);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(inside.wait().unwrap().signal(), Some(libc::SIGKILL));
-    assert_eq!(moved.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(inside.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(moved.wait().unwrap().signal(), Some(libc::SIGTERM));
+
+    // The unified tree's own freezer works beside v1's on a hybrid host.
+    let mut last = spawn_inside(&cg, "sleep 30");
+    if let Some(dir) = &cg.unified {
+        v2::set_frozen(dir, true).unwrap();
+        assert!(file(dir, "cgroup.events").contains("frozen 1"));
+        v2::set_frozen(dir, false).unwrap();
+        assert!(file(dir, "cgroup.events").contains("frozen 0"));
+    }
+    // A paused container is still removed: its processes are killed.
+    wait_for_exec(last.id(), "sleep");
+    cg.freeze().unwrap();
     restored.destroy().unwrap();
+    assert_eq!(last.wait().unwrap().signal(), Some(libc::SIGKILL));
     for leaf in cg.leaves() {
         assert!(!leaf.exists(), "{} is still there", leaf.display());
     }

@@ -15,6 +15,12 @@
 //! misc: those offered) are enabled from the base down to the container's
 //! parent.
 //!
+//! Kubernetes counts a pod's containers in the pod's cgroup, so there an
+//! absolute `cgroupsPath` must be taken from the hierarchy's root, as runc
+//! takes it: with `ALCOVE_OCI_CGROUPS=absolute` in the runtime's environment
+//! (containerd's, for its shims) an absolute path is placed from the root of
+//! each hierarchy instead, and a relative one still beneath our own cgroup.
+//!
 //! The spec's `cgroupsPath`, absolute or relative, is appended to the base;
 //! unset, it is `alcove-oci/<id>`. With `--systemd-cgroup` it has systemd's
 //! form `slice:prefix:name`: the slice is expanded as systemd lays slices out
@@ -38,12 +44,18 @@
 //! limit the host cannot enforce is an error, not a silent no-op.
 
 mod devices;
-mod path;
+mod files;
 #[cfg(test)]
 mod live;
+mod path;
+mod resources;
 mod v1;
 mod v2;
 
+use files::{
+    check_page_size, hugepage_sizes, keyed, limit_v1, limit_v2, procs_in, read, read_u64,
+    remove_tree, write,
+};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -147,13 +159,24 @@ impl ContainerCgroup {
         resources: Option<&LinuxResources>,
     ) -> Result<Self, CgroupsError> {
         let relative = path::relative(cgroups_path, id, systemd)?;
-        let layout = alcove_cgroup::CgroupLayout::detect().map_err(CgroupsError::Layout)?;
+        let mut layout = alcove_cgroup::CgroupLayout::detect().map_err(CgroupsError::Layout)?;
+        let from_root = std::env::var("ALCOVE_OCI_CGROUPS").is_ok_and(|v| v == "absolute")
+            && (systemd || cgroups_path.is_some_and(|p| p.starts_with('/')));
+        if from_root {
+            for h in &mut layout.v1 {
+                h.own_dir = path::hierarchy_root(&h.own_dir);
+            }
+            layout.unified_own_dir = layout.unified_own_dir.as_deref().map(path::hierarchy_root);
+        }
         let mut hierarchies: Vec<(Vec<String>, PathBuf)> = layout
             .v1
             .iter()
             .map(|h| (h.controllers.clone(), h.own_dir.clone()))
             .collect();
-        for (controllers, own) in path::extra_v1_hierarchies() {
+        for (controllers, mut own) in path::extra_v1_hierarchies() {
+            if from_root {
+                own = path::hierarchy_root(&own);
+            }
             let known = hierarchies
                 .iter()
                 .any(|(c, _)| c.iter().any(|x| controllers.contains(x)));
@@ -260,141 +283,8 @@ impl ContainerCgroup {
         }
     }
 
-    /// Writes `resources` into the container's cgroup (the `update` command).
-    pub fn update(&self, resources: &LinuxResources) -> Result<(), CgroupsError> {
-        self.apply(resources)
-    }
-
-    fn apply(&self, r: &LinuxResources) -> Result<(), CgroupsError> {
-        if let Some(m) = r.memory() {
-            let wanted = m.limit().is_some()
-                || m.reservation().is_some()
-                || m.swap().is_some()
-                || m.swappiness().is_some()
-                || m.disable_oom_killer() == Some(true);
-            self.dispatch(
-                ("memory limits", "memory", "memory"),
-                wanted,
-                |place| match place {
-                    Place::V1(d) => v1::memory(d, m),
-                    Place::V2(d) => v2::memory(d, m),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(c) = r.cpu() {
-            let wanted = c.shares().is_some()
-                || c.quota().is_some()
-                || c.period().is_some()
-                || c.realtime_runtime().is_some()
-                || c.realtime_period().is_some()
-                || c.idle().is_some()
-                || c.burst().is_some();
-            self.dispatch(("cpu limits", "cpu", "cpu"), wanted, |place| match place {
-                Place::V1(d) => v1::cpu(d, c),
-                Place::V2(d) => v2::cpu(d, c),
-                Place::Absent => Ok(()),
-            })?;
-            let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
-            let wanted = non_empty(c.cpus()) || non_empty(c.mems());
-            self.dispatch(
-                ("cpuset", "cpuset", "cpuset"),
-                wanted,
-                |place| match place {
-                    Place::V1(d) | Place::V2(d) => cpuset(d, c),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(p) = r.pids() {
-            let value = if p.limit() > 0 {
-                p.limit().to_string()
-            } else {
-                "max".to_owned()
-            };
-            self.dispatch(
-                ("the pids limit", "pids", "pids"),
-                true,
-                |place| match place {
-                    Place::V1(d) | Place::V2(d) => write(&d.join("pids.max"), &value),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(b) = r.block_io() {
-            self.dispatch(
-                ("block IO limits", "blkio", "io"),
-                v1::blkio_wanted(b),
-                |place| match place {
-                    Place::V1(d) => v1::blkio(d, b),
-                    Place::V2(d) => v2::io(d, b),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(h) = r.hugepage_limits() {
-            self.dispatch(
-                ("hugepage limits", "hugetlb", "hugetlb"),
-                !h.is_empty(),
-                |place| match place {
-                    Place::V1(d) => v1::hugetlb(d, h),
-                    Place::V2(d) => v2::hugetlb(d, h),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(n) = r.network() {
-            v1::network(self.v1.get("net_cls"), self.v1.get("net_prio"), n)?;
-        }
-        if let Some(rdma) = r.rdma() {
-            self.dispatch(
-                ("rdma limits", "rdma", "rdma"),
-                !rdma.is_empty(),
-                |place| match place {
-                    Place::V1(d) | Place::V2(d) => rdma_limits(d, rdma),
-                    Place::Absent => Ok(()),
-                },
-            )?;
-        }
-        if let Some(u) = r.unified().as_ref().filter(|u| !u.is_empty()) {
-            let Some(dir) = &self.unified else {
-                return Err(CgroupsError::Unsupported {
-                    what: "linux.resources.unified",
-                    controller: "cgroup2",
-                });
-            };
-            v2::unified(dir, &self.v2_controllers, u)?;
-        }
-        if let Some(rules) = r.devices() {
-            devices::apply(
-                self.v1.get("devices").map(PathBuf::as_path),
-                self.unified.as_deref(),
-                rules,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Runs `write` on where the controller (`names`: what, v1 name, v2 name)
-    /// is served, if `wanted`; wanted but served nowhere is an error.
-    fn dispatch(
-        &self,
-        names: (&'static str, &'static str, &'static str),
-        wanted: bool,
-        write: impl FnOnce(Place<'_>) -> Result<(), CgroupsError>,
-    ) -> Result<(), CgroupsError> {
-        if !wanted {
-            return Ok(());
-        }
-        match self.place(names.1, names.2) {
-            Place::Absent => Err(CgroupsError::Unsupported {
-                what: names.0,
-                controller: names.1,
-            }),
-            place => write(place),
-        }
-    }
-
+    /// Where the controller named `v1_name` in v1 and `v2_name` in v2 is
+    /// served: v2 when the unified tree offers it here.
     fn place(&self, v1_name: &str, v2_name: &str) -> Place<'_> {
         match (&self.unified, self.v1.get(v1_name)) {
             (Some(dir), _) if self.v2_controllers.iter().any(|c| c == v2_name) => Place::V2(dir),
@@ -425,16 +315,15 @@ impl ContainerCgroup {
 
     /// Every process in the container's cgroup, its nested cgroups included.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupsError> {
-        let dir = self.unified.as_ref().or_else(|| {
-            ["pids", "freezer", "memory", "cpu"]
-                .iter()
-                .find_map(|c| self.v1.get(*c))
-                .or_else(|| self.v1.values().next())
-        });
-        match dir {
-            Some(dir) => procs_in(dir),
-            None => Ok(Vec::new()),
+        // Every hierarchy is read: a process may sit in some directories
+        // and not yet (or no longer) in others.
+        let mut pids = Vec::new();
+        for dir in self.leaves() {
+            pids.extend(procs_in(&dir)?);
         }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
     }
 
     /// Freezes every process in the container and waits until the kernel
@@ -521,21 +410,23 @@ impl ContainerCgroup {
     /// Sends `signal` to every process in the container. SIGKILL uses
     /// `cgroup.kill` where the kernel has it; otherwise the cgroup is frozen
     /// while the processes are listed and signalled, so none can fork past
-    /// the listing, and thawed so the signal takes effect.
+    /// the listing. Either way a frozen container is thawed afterwards: a v1
+    /// freezer holds even killed tasks until then.
     pub fn kill_all(&self, signal: i32) {
+        let mut cgroup_kill = false;
         if signal == libc::SIGKILL {
             if let Some(dir) = &self.unified {
                 let kill = dir.join("cgroup.kill");
-                if kill.exists() && write(&kill, "1").is_ok() {
-                    return;
-                }
+                cgroup_kill = kill.exists() && write(&kill, "1").is_ok();
             }
         }
-        let freeze = signal == libc::SIGKILL && self.freeze().is_ok();
+        let froze = signal == libc::SIGKILL && !cgroup_kill && self.freeze().is_ok();
+        // Also after cgroup.kill: a process only in the v1 directories (moved
+        // in by hand, half-way through joining) is not in the unified one.
         for pid in self.pids().unwrap_or_default() {
             let _ = alcove_sys::process::kill(pid, signal);
         }
-        if freeze {
+        if signal == libc::SIGKILL && (froze || self.is_frozen()) {
             let _ = self.thaw();
         }
     }
@@ -567,218 +458,5 @@ impl ContainerCgroup {
     /// is the cgroup id eBPF sees, and it is the target of CLONE_INTO_CGROUP.
     pub fn unified_dir(&self) -> Option<&Path> {
         self.unified.as_deref()
-    }
-}
-
-/// cpuset.cpus and cpuset.mems; v1 and v2 share the names and syntax.
-fn cpuset(dir: &Path, c: &oci_spec::runtime::LinuxCpu) -> Result<(), CgroupsError> {
-    for (file, value) in [("cpuset.cpus", c.cpus()), ("cpuset.mems", c.mems())] {
-        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
-            write(&dir.join(file), value)?;
-        }
-    }
-    Ok(())
-}
-
-/// rdma.max, one line per device; v1 and v2 share the syntax.
-fn rdma_limits(
-    dir: &Path,
-    limits: &std::collections::HashMap<String, oci_spec::runtime::LinuxRdma>,
-) -> Result<(), CgroupsError> {
-    for (device, limit) in limits {
-        if device.is_empty() || device.contains(char::is_whitespace) {
-            return Err(CgroupsError::Invalid {
-                what: "rdma device name",
-                reason: format!("{device:?} is empty or holds white space"),
-            });
-        }
-        let value = |v: Option<u32>| v.map_or("max".to_owned(), |v| v.to_string());
-        let line = format!(
-            "{device} hca_handle={} hca_object={}",
-            value(limit.hca_handles()),
-            value(limit.hca_objects())
-        );
-        write(&dir.join("rdma.max"), &line)?;
-    }
-    Ok(())
-}
-
-/// Every pid in `dir`'s cgroup.procs and in those of the cgroups below it.
-fn procs_in(dir: &Path) -> Result<Vec<i32>, CgroupsError> {
-    let mut pids = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let text = read(&dir.join("cgroup.procs"))?;
-        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        let entries = std::fs::read_dir(&dir).map_err(|source| CgroupsError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(pids)
-}
-
-/// Removes `dir` and the cgroups below it, deepest first, retrying while the
-/// kernel still counts exiting processes in it (EBUSY) for about a second.
-fn remove_tree(dir: &Path) -> Result<(), CgroupsError> {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path())?;
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(source) => {
-                return Err(CgroupsError::Remove {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-}
-
-pub(super) fn read(path: &Path) -> Result<String, CgroupsError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-pub(super) fn write(path: &Path, value: &str) -> Result<(), CgroupsError> {
-    std::fs::write(path, value).map_err(|source| CgroupsError::Write {
-        path: path.to_path_buf(),
-        value: value.to_owned(),
-        source,
-    })
-}
-
-/// A one-number cgroup file; `max` reads as `u64::MAX`.
-pub(super) fn read_u64(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let text = text.trim();
-    if text == "max" {
-        return Some(u64::MAX);
-    }
-    text.parse().ok()
-}
-
-/// A flat-keyed file (`key value` lines, as memory.stat) as a map.
-pub(super) fn keyed(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            let value = value.trim();
-            let value = if value == "max" {
-                u64::MAX
-            } else {
-                value.parse().ok()?
-            };
-            Some((key.to_owned(), value))
-        })
-        .collect()
-}
-
-/// A limit as v1 takes it: `-1` unlimited, else a non-negative number.
-pub(super) fn limit_v1(what: &'static str, value: i64) -> Result<String, CgroupsError> {
-    match value {
-        -1 => Ok("-1".to_owned()),
-        v if v >= 0 => Ok(v.to_string()),
-        v => Err(CgroupsError::Invalid {
-            what,
-            reason: format!("{v} is neither -1 (unlimited) nor a size"),
-        }),
-    }
-}
-
-/// A limit as v2 takes it: `max` unlimited, else a non-negative number.
-pub(super) fn limit_v2(what: &'static str, value: i64) -> Result<String, CgroupsError> {
-    match limit_v1(what, value)?.as_str() {
-        "-1" => Ok("max".to_owned()),
-        v => Ok(v.to_owned()),
-    }
-}
-
-/// A hugepage size as the spec and the kernel's file names spell it (`2MB`).
-pub(super) fn check_page_size(size: &str) -> Result<(), CgroupsError> {
-    let digits = size.trim_end_matches(['K', 'M', 'G', 'B']);
-    let unit = &size[digits.len()..];
-    if digits.is_empty()
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || !["KB", "MB", "GB"].contains(&unit)
-    {
-        return Err(CgroupsError::Invalid {
-            what: "hugepage size",
-            reason: format!("{size:?} is not a number followed by KB, MB or GB"),
-        });
-    }
-    Ok(())
-}
-
-/// The hugepage sizes this kernel supports, named as cgroup files name them.
-pub(super) fn hugepage_sizes() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/sys/kernel/mm/hugepages") else {
-        return Vec::new();
-    };
-    let mut sizes: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let kb: u64 = name
-                .strip_prefix("hugepages-")?
-                .strip_suffix("kB")?
-                .parse()
-                .ok()?;
-            Some(match kb {
-                kb if kb % (1 << 20) == 0 => format!("{}GB", kb >> 20),
-                kb if kb % (1 << 10) == 0 => format!("{}MB", kb >> 10),
-                kb => format!("{kb}KB"),
-            })
-        })
-        .collect();
-    sizes.sort();
-    sizes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_map_minus_one_to_unlimited() {
-        assert_eq!(limit_v1("x", -1).unwrap(), "-1");
-        assert_eq!(limit_v2("x", -1).unwrap(), "max");
-        assert_eq!(limit_v2("x", 4096).unwrap(), "4096");
-        assert!(limit_v2("x", -2).is_err());
-    }
-
-    #[test]
-    fn page_sizes_are_checked() {
-        for good in ["2MB", "1GB", "64KB"] {
-            check_page_size(good).unwrap();
-        }
-        for bad in ["", "MB", "2mb", "2MB/../x", "2 MB", "2TB"] {
-            assert!(check_page_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn keyed_files_parse_max() {
-        let map = keyed("oom 0\noom_kill 3\nmax max\n");
-        assert_eq!(map["oom_kill"], 3);
-        assert_eq!(map["max"], u64::MAX);
     }
 }

@@ -134,6 +134,23 @@ fn is_cgroup2(dir: &Path) -> bool {
 /// does not look for.
 pub(super) const EXTRA_V1: &[&str] = &["hugetlb", "net_cls", "net_prio", "rdma"];
 
+/// The root of the cgroup hierarchy `dir` is in: the topmost directory on
+/// the same filesystem (a hierarchy's root is a mount point).
+pub(super) fn hierarchy_root(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let mut root = dir.to_path_buf();
+    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
+        return root;
+    };
+    while let Some(parent) = root.parent() {
+        match std::fs::metadata(parent) {
+            Ok(m) if m.dev() == dev => root = parent.to_path_buf(),
+            _ => break,
+        }
+    }
+    root
+}
+
 /// The mounted v1 hierarchies binding one of [`EXTRA_V1`], with the runtime's
 /// own cgroup in each: (controllers of the hierarchy, own directory).
 pub(super) fn extra_v1_hierarchies() -> Vec<(Vec<String>, PathBuf)> {

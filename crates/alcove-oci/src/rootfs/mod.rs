@@ -355,7 +355,7 @@ fn needs_dev_setup(spec: &Spec) -> bool {
 
 /// Whether this process is in a user namespace other than the initial one.
 fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map").map_or(false, |map| {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
         let fields: Vec<&str> = map.split_whitespace().collect();
         fields != ["0", "0", "4294967295"]
     })

@@ -138,8 +138,8 @@ fn bind(ctx: &Context, req: &Req) -> Result<(), RootfsError> {
         Create::File
     };
     let t = target(ctx, req, create)?;
-    let source_is_proc = alcove_sys::fs::filesystem_magic(&csource)
-        .is_ok_and(|m| m == libc::PROC_SUPER_MAGIC as i64);
+    let source_is_proc =
+        alcove_sys::fs::filesystem_magic(&csource).is_ok_and(|m| m == libc::PROC_SUPER_MAGIC);
     check_proc(req, &t.path, source_is_proc)?;
     let flags = mount::MS_BIND | (req.opts.flags & mount::MS_REC);
     mount::mount(Some(&csource), &t.proc_path(), None, flags, None).map_err(|e| req.fail(e))?;
@@ -271,7 +271,7 @@ fn filesystem(ctx: &Context, req: &Req) -> Result<(), RootfsError> {
 /// bind of the init's own cgroup), as runc's mountCgroupV1.
 fn cgroup(ctx: &Context, req: &Req) -> Result<(), RootfsError> {
     let v2 = alcove_sys::fs::filesystem_magic(c"/sys/fs/cgroup")
-        .is_ok_and(|m| m == libc::CGROUP2_SUPER_MAGIC as i64);
+        .is_ok_and(|m| m == libc::CGROUP2_SUPER_MAGIC);
     let own = mountinfo::read_cgroups().map_err(|e| req.fail(e))?;
     let entries = mountinfo::read_mountinfo().map_err(|e| req.fail(e))?;
     if v2 {

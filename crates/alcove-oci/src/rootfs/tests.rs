@@ -99,7 +99,7 @@ fn run_helper(no_pivot: bool, user_ns: bool) {
     // The host's /etc was not covered, and nothing is left mounted.
     assert_ne!(
         alcove_sys::fs::filesystem_magic(c"/etc").unwrap(),
-        libc::TMPFS_MAGIC as i64
+        libc::TMPFS_MAGIC
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -157,7 +157,7 @@ fn helper() {
     let etc = alcove_sys::fs::filesystem_magic(c"/etc").unwrap();
     check(
         "host /etc untouched",
-        etc != libc::TMPFS_MAGIC as i64,
+        etc != libc::TMPFS_MAGIC,
         String::new(),
     );
     check(
@@ -321,7 +321,7 @@ fn check_inside(check: &mut impl FnMut(&str, bool, String)) {
         .as_ref()
         .is_ok_and(|o| o.status.success() && o.stdout == b"inside\n");
     check("busybox sh runs inside", sh_ok, format!("{sh:?}"));
-    let host_gone = !Path::new(&format!("{}", std::env::var(HELPER).unwrap_or_default()))
+    let host_gone = !Path::new(&std::env::var(HELPER).unwrap_or_default())
         .join("hostfile")
         .exists();
     check("host files unreachable", host_gone, String::new());
@@ -329,7 +329,7 @@ fn check_inside(check: &mut impl FnMut(&str, bool, String)) {
 
 fn is_tmpfs(path: &Path) -> bool {
     let c = cstring(path).unwrap();
-    alcove_sys::fs::filesystem_magic(&c).is_ok_and(|m| m == libc::TMPFS_MAGIC as i64)
+    alcove_sys::fs::filesystem_magic(&c).is_ok_and(|m| m == libc::TMPFS_MAGIC)
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -229,7 +229,7 @@ fn one(rev: &mut Rev, cond: &Cond, pass: Dest, fail: Dest) -> Dest {
         Cmp::Gt => greater(rev, cond, JGT, pass, fail),
         Cmp::Ge => greater(rev, cond, JGE, pass, fail),
         // arg < v is !(arg >= v), arg <= v is !(arg > v).
-        Cmp::Lt => greater(rev, cond, JGT, fail, pass),
+        Cmp::Lt => greater(rev, cond, JGE, fail, pass),
         Cmp::Le => greater(rev, cond, JGT, fail, pass),
         Cmp::MaskedEq { mask } => {
             rev.jump(JEQ, lo, pass, fail);

@@ -5,6 +5,7 @@
 //! parent checks. A filter cannot be removed, so it never runs in the
 //! parent.
 
+use super::cases::{podman_profile, PODMAN_CAPS};
 use super::*;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd};
@@ -252,7 +253,7 @@ fn notify_hands_calls_to_the_agent() {
     let listener = listener.expect("the listener came with it");
     let first = next_notification(listener.as_fd());
     assert_eq!(first.nr as i64, libc::SYS_getppid);
-    assert_eq!(first.arch, bpf::AUDIT_ARCH_X86_64);
+    assert_eq!(first.arch, AUDIT_ARCH_X86_64);
     alcove_sys::seccomp::notif_send(listener.as_fd(), first.id, 4242, 0, 0).unwrap();
     let second = next_notification(listener.as_fd());
     assert_eq!(second.nr as i64, libc::SYS_getcwd);
