@@ -16,6 +16,11 @@ alcove_require_root() {
 # rustup if needed.
 ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 ca-certificates curl)
 
+# What alcove-oci's tests and bench/oci.sh drive: podman 4 (through conmon;
+# catatonit for --init), containerd 1.6 with ctr, the peer runtimes runc and
+# crun, and umoci to build the OCI image containerd imports.
+ALCOVE_OCI_PACKAGES=(podman conmon catatonit containerd runc crun umoci)
+
 alcove_install_packages() {
     local missing=() p
     for p in "${ALCOVE_PACKAGES[@]}" "$@"; do

@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 source scripts/packages.sh
 alcove_require_root test.sh
 # umoci and skopeo build the real images the image tests import; zsh and fish
-# check the syntax of `alcove completions zsh|fish`.
-alcove_install_packages umoci skopeo zsh fish
+# check the syntax of `alcove completions zsh|fish`; podman (with conmon and
+# catatonit), containerd (ctr) and the peer runtimes runc and crun are the
+# real callers and peers of alcove-oci's tests (crates/alcove-oci/tests),
+# which under ALCOVE_CI=1 fail rather than skip when one is missing.
+alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}"
 alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -17,7 +17,7 @@ const MAX_NAMESPACES: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -25,7 +25,7 @@ pub enum ConfigError {
     },
     #[error("{path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("{path} is not a valid OCI runtime config: {source}")]
+    #[error("{path} is not a valid OCI runtime config")]
     Parse {
         path: PathBuf,
         #[source]
@@ -132,17 +132,54 @@ pub fn check(spec: &Spec) -> Result<(), ConfigError> {
         {
             return bad("a new user namespace needs uidMappings and gidMappings".into());
         }
-        if linux.sysctl().is_some()
-            && linux
-                .sysctl()
-                .iter()
-                .flatten()
-                .any(|(k, _)| k.contains('/') || k.contains(".."))
-        {
-            return bad("a sysctl name holds '/' or '..'".into());
+        for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
+            check_sysctl(key, |t| has(t) && !joins_host(namespaces, t))?;
         }
     }
     Ok(())
+}
+
+/// Whether the config joins namespace `typ` by path (which may be the host's).
+fn joins_host(namespaces: &[oci_spec::runtime::LinuxNamespace], typ: LinuxNamespaceType) -> bool {
+    namespaces
+        .iter()
+        .any(|n| n.typ() == typ && n.path().is_some())
+}
+
+/// Refuses a sysctl that is not confined to a namespace the container has
+/// of its own (it would be written on the host), as runc's validator does.
+fn check_sysctl(key: &str, own: impl Fn(LinuxNamespaceType) -> bool) -> Result<(), ConfigError> {
+    if key.is_empty() || key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+        return Err(ConfigError::Invalid(format!("invalid sysctl name {key:?}")));
+    }
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let needs = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        LinuxNamespaceType::Ipc
+    } else if key.starts_with("net.") {
+        LinuxNamespaceType::Network
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        LinuxNamespaceType::Uts
+    } else {
+        return Err(ConfigError::Invalid(format!(
+            "sysctl {key:?} is not in a separate kernel namespace: it would change the host"
+        )));
+    };
+    if own(needs) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "sysctl {key:?} needs a {needs:?} namespace of the container's own: it would change the host"
+        )))
+    }
 }
 
 /// Checks a process (the container's, or one given to `exec`).
@@ -155,6 +192,25 @@ pub fn check_process(process: &oci_spec::runtime::Process) -> Result<(), ConfigE
     }
     if args.len() > MAX_ARGS || process.env().as_ref().map_or(0, Vec::len) > MAX_ENV {
         return Err(ConfigError::Invalid("too many args or env entries".into()));
+    }
+    // setresuid(-1) means "leave unchanged": a uid of 4294967295 would keep
+    // root. runc refuses everything above i32::MAX the same way.
+    let user = process.user();
+    let ids = [user.uid(), user.gid()]
+        .into_iter()
+        .chain(user.additional_gids().iter().flatten().copied());
+    for id in ids {
+        if id > i32::MAX as u32 {
+            return Err(ConfigError::Invalid(format!(
+                "uid or gid {id} is out of range: uids and gids must be in range 0-{}",
+                i32::MAX
+            )));
+        }
+    }
+    if user.additional_gids().as_ref().map_or(0, Vec::len) > 65536 {
+        return Err(ConfigError::Invalid(
+            "more than 65536 additionalGids".into(),
+        ));
     }
     if !process.cwd().is_absolute() {
         return Err(ConfigError::Invalid(format!(

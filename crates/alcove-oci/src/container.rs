@@ -33,7 +33,7 @@ pub enum ContainerError {
         status: Status,
         what: String,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -58,8 +58,27 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
 }
 
+/// Checks that the `n` descriptors `--preserve-fds` passes on (3, 4, …) are
+/// open, so that none of the runtime's own lands among them.
+pub fn check_preserved(n: u32) -> Result<(), ContainerError> {
+    if n > 1 << 16 {
+        return Err(ContainerError::Failed(format!(
+            "--preserve-fds {n} is too many (at most 65536)"
+        )));
+    }
+    for fd in 3..3 + n as i32 {
+        if !alcove_sys::fd::is_open(fd) {
+            return Err(ContainerError::Failed(format!(
+                "--preserve-fds {n}: descriptor {fd} is not open"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Creates the container: when it returns the init is waiting for `start`.
 pub fn create(opts: &CreateOptions) -> Result<i32, ContainerError> {
+    check_preserved(opts.preserve_fds)?;
     let single = alcove_sys::process::SingleThreaded::check().map_err(io("check threads"))?;
     let bundle = crate::config::load(&opts.bundle)?;
     let dir = ContainerDir::create(&opts.root, &opts.id)?;
@@ -132,6 +151,7 @@ fn create_in(
         Some(&resources),
     )?;
     let cgroup = cgroup_slot.insert(cgroup).clone();
+    dir.save_cgroup(&cgroup)?;
     let fifo = dir.fifo_path();
     let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
         .map_err(|_| ContainerError::Failed("state path holds a NUL byte".into()))?;
@@ -149,7 +169,11 @@ fn create_in(
     } else {
         None
     };
-    let listener = match linux.seccomp().as_ref().and_then(|s| s.listener_path().clone()) {
+    let listener = match linux
+        .seccomp()
+        .as_ref()
+        .and_then(|s| s.listener_path().clone())
+    {
         Some(path) => Some(connect_unix(&path)?),
         None => None,
     };
@@ -208,6 +232,7 @@ fn create_in(
     };
     let result = (|| {
         expect("its user namespace was made")?;
+        // From here an error must not leave the setup process waiting for Go.
         if flags & libc::CLONE_NEWUSER != 0 {
             write_id_maps(setup_pid, &linux)?;
         }
@@ -219,6 +244,9 @@ fn create_in(
         *init_slot = Some(pid);
         Ok(pid)
     })();
+    if result.is_err() {
+        let _ = alcove_sys::process::kill(setup_pid, libc::SIGKILL);
+    }
     reap(setup_pid);
     let pid = result?;
     if let Some(adj) = process.oom_score_adj() {
@@ -282,12 +310,25 @@ fn with_default_devices(linux: &oci_spec::runtime::Linux) -> oci_spec::runtime::
         rule
     };
     let c = LinuxDeviceType::C;
-    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)] {
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
         rules.push(allow(c, Some(major), Some(minor)));
     }
     rules.push(allow(c, Some(136), None));
     for device in linux.devices().iter().flatten() {
-        rules.push(allow(device.typ(), Some(device.major()), Some(device.minor())));
+        rules.push(allow(
+            device.typ(),
+            Some(device.major()),
+            Some(device.minor()),
+        ));
     }
     resources.set_devices(Some(rules));
     resources
@@ -359,6 +400,15 @@ fn connect_unix(path: &Path) -> Result<OwnedFd, ContainerError> {
 /// Writes the pid file atomically (conmon and the shim read it as soon as
 /// the command returns).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
+    // Renaming over a device or directory (--pid-file /dev/null) would replace it.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.is_file() {
+            return Err(ContainerError::Failed(format!(
+                "--pid-file {} exists and is not a regular file",
+                path.display()
+            )));
+        }
+    }
     let tmp = path.with_extension("alcove-tmp");
     std::fs::write(&tmp, pid.to_string()).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("write {}", path.display())))
@@ -376,11 +426,7 @@ pub fn open(
     Ok((dir, saved, status))
 }
 
-fn require_saved(
-    id: &str,
-    saved: Option<Saved>,
-    status: Status,
-) -> Result<Saved, ContainerError> {
+fn require_saved(id: &str, saved: Option<Saved>, status: Status) -> Result<Saved, ContainerError> {
     saved.ok_or_else(|| ContainerError::WrongStatus {
         id: id.into(),
         status,
@@ -399,33 +445,32 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
             what: "cannot start a container that is not in created state".into(),
         });
     }
+    // The init holds the fifo open for reading while it waits: with no
+    // reader left (it died) the open fails with ENXIO instead of blocking.
     let fifo = std::fs::OpenOptions::new()
-        .read(true)
+        .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(dir.fifo_path())
-        .map_err(io("open exec fifo"))?;
-    // Wait for the init's byte, watching that it is still alive.
-    loop {
-        let mut fds = [libc::pollfd {
-            fd: fifo.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        alcove_sys::fd::poll(&mut fds, Some(std::time::Duration::from_millis(100)))
-            .map_err(io("poll exec fifo"))?;
-        let mut byte = [0u8; 1];
-        match alcove_sys::fd::read(fifo.as_fd(), &mut byte) {
-            Ok(1) => break,
-            Ok(_) | Err(_) if !crate::state::init_alive(&saved) => {
-                return Err(ContainerError::Failed(format!(
-                    "container \"{id}\" is stopped: its init exited before start"
-                )))
-            }
-            _ => {}
-        }
-    }
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => ContainerError::WrongStatus {
+                id: id.into(),
+                status: Status::Stopped,
+                what: "its init exited before start: container not running".into(),
+            },
+            _ => ContainerError::Io {
+                what: "open exec fifo".into(),
+                source: e,
+            },
+        })?;
+    alcove_sys::fd::write_all(fifo.as_raw_fd(), b"0").map_err(io("write exec fifo"))?;
+    drop(fifo);
     let _ = std::fs::remove_file(dir.fifo_path());
-    if let Some(hooks) = saved.spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
+    if let Some(hooks) = saved
+        .spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststart().clone())
+    {
         let state = crate::state::hook_state(&saved, Status::Running);
         if let Err(e) = crate::hooks::run_hooks(&hooks, "poststart", &state) {
             // The spec: a poststart failure is logged, the container keeps running.
@@ -473,15 +518,27 @@ pub fn parse_signal(text: &str) -> Result<i32, ContainerError> {
         ("PWR", 30),
         ("SYS", 31),
     ];
-    let bad = || ContainerError::Failed(format!("invalid signal {text:?}: give a name (TERM, SIGKILL) or a number 1-64"));
+    let bad = || {
+        ContainerError::Failed(format!(
+            "invalid signal {text:?}: give a name (TERM, SIGKILL) or a number 1-64"
+        ))
+    };
     if let Ok(n) = text.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(bad()) };
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     let upper = text.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Some(rt) = name.strip_prefix("RTMIN+") {
         let n: i32 = rt.parse().map_err(|_| bad())?;
-        return if (0..=30).contains(&n) { Ok(34 + n) } else { Err(bad()) };
+        return if (0..=30).contains(&n) {
+            Ok(34 + n)
+        } else {
+            Err(bad())
+        };
     }
     NAMES
         .iter()
@@ -528,6 +585,12 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
                 status,
                 what: "cannot delete a container that is being created (use --force)".into(),
             });
+        }
+        // A create that died half-way: its processes and cgroup go too.
+        if let Some(cgroup) = dir.load_cgroup() {
+            cgroup.kill_all(libc::SIGKILL);
+            let _ = cgroup.thaw();
+            cgroup.destroy()?;
         }
         dir.remove()?;
         return Ok(());
@@ -644,4 +707,55 @@ pub fn oom_kills(root: &Path, id: &str) -> Result<Option<u64>, ContainerError> {
         (Some(s), st) if st != Status::Stopped => Some(s.cgroup.oom_kills()),
         _ => None,
     })
+}
+
+/// Signals a foreground `run` or `exec` passes on to the container's process.
+const FORWARDED: [i32; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+/// Blocks the signals a foreground `run` or `exec` forwards, before it forks
+/// (the container's process unblocks them before exec), and returns the
+/// descriptor they arrive on.
+pub fn catch_forwarded() -> Result<OwnedFd, ContainerError> {
+    alcove_sys::signal::block(&FORWARDED).map_err(io("block signals"))?;
+    alcove_sys::signal::signalfd(&FORWARDED).map_err(io("signalfd"))
+}
+
+/// Waits for child `pid` to end, passing on every signal that arrives on
+/// `signals` (from [`catch_forwarded`]) as runc does; returns the wait status.
+pub fn wait_forwarding(pid: i32, signals: &OwnedFd) -> Result<i32, ContainerError> {
+    let pidfd = alcove_sys::seqpacket::pidfd_open(pid).map_err(io("pidfd_open"))?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        match alcove_sys::fd::poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io("poll")(e)),
+        }
+        while let Some(signal) = alcove_sys::signal::read_signal(signals.as_fd()) {
+            let _ = alcove_sys::process::kill(pid, signal);
+        }
+        if fds[1].revents != 0 {
+            return alcove_sys::process::wait_child(pid).map_err(io("wait"));
+        }
+    }
 }

@@ -75,6 +75,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>, Contain
 /// Runs `opts.process` in the container. Detached: returns 0 once it has
 /// exec'd; otherwise its exit code (128 + signal when killed).
 pub fn exec(opts: &ExecOptions) -> Result<i32, ContainerError> {
+    crate::container::check_preserved(opts.preserve_fds)?;
     let single = alcove_sys::process::SingleThreaded::check().map_err(io("check threads"))?;
     crate::config::check_process(&opts.process)?;
     let (dir, saved, status) = open(&opts.root, &opts.id, false)?;
@@ -127,11 +128,14 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, ContainerError> {
         None => None,
     };
     let state = String::from_utf8_lossy(&crate::state::hook_state(&saved, status)).into_owned();
-    if !opts.detach {
+    let signals = if opts.detach {
+        None
+    } else {
         // The process is a grandchild; as subreaper we inherit it when the
         // process between exits, and can wait for it.
         alcove_sys::process::set_child_subreaper().map_err(io("PR_SET_CHILD_SUBREAPER"))?;
-    }
+        Some(crate::container::catch_forwarded()?)
+    };
     let (ours, theirs) = Channel::pair().map_err(io("socketpair"))?;
     let setup = match single.fork().map_err(io("fork"))? {
         None => {
@@ -180,10 +184,10 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, ContainerError> {
     if let Some(pid_file) = &opts.pid_file {
         crate::container::write_pid_file(pid_file, pid)?;
     }
-    if opts.detach {
+    let Some(signals) = signals else {
         return Ok(0);
-    }
-    let status = alcove_sys::process::wait_child(pid).map_err(io("wait"))?;
+    };
+    let status = crate::container::wait_forwarding(pid, &signals)?;
     Ok(alcove_sys::process::exit_code_of(status))
 }
 

@@ -146,6 +146,8 @@ fn run_hook(hook: &Hook, stage: &str, state_json: &[u8]) -> Result<(), HooksErro
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Its own process group, so a timeout ends what the hook started too.
+    command.process_group(0);
     let mut child = command.spawn().map_err(|source| HooksError::Spawn {
         stage: stage_owned(),
         path: path.clone(),
@@ -164,8 +166,9 @@ fn run_hook(hook: &Hook, stage: &str, state_json: &[u8]) -> Result<(), HooksErro
     } = match outcome {
         Ok(Some(done)) => done,
         Ok(None) => {
-            // Not reaped yet, so the pid is still the hook's: the kill
-            // cannot reach a process that reused it.
+            // Not reaped yet, so the pid (and group id) is still the hook's:
+            // the kill cannot reach a process that reused it.
+            let _ = alcove_sys::process::kill(-(child.id() as i32), libc::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             return Err(HooksError::Timeout {

@@ -8,7 +8,7 @@
 //! channel and becomes the message the caller sees.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -104,7 +104,11 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         Some(Msg::HookState(state)) => state,
         _ => return Err("the runtime went away during create".into()),
     };
-    if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.create_container().clone()) {
+    if let Some(hooks) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.create_container().clone())
+    {
         crate::hooks::run_hooks(&hooks, "createContainer", state.as_bytes()).map_err(fail)?;
     }
     if ctx.new_mount_ns {
@@ -127,6 +131,16 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         };
         alcove_sys::process::set_personality(domain).map_err(|e| format!("personality: {e}"))?;
     }
+    // Opened now, while the init may still search the state directory (the
+    // program's user may not). Read-write, so the open does not wait for a
+    // reader; `start` writes the byte the read below waits for.
+    let fifo = alcove_sys::dirfd::open_at(
+        ctx.state_dir.as_fd(),
+        c"exec.fifo",
+        libc::O_RDWR,
+        alcove_sys::dirfd::Scope::Beneath,
+    )
+    .map_err(|e| format!("open exec fifo: {e}"))?;
     let seccomp = linux.seccomp().clone();
     let prepared = finish_process(
         process,
@@ -138,17 +152,22 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         SeccompWhen::Deferred,
     )?;
     ctx.channel.send(&Msg::Ready).map_err(fail)?;
-    // Blocks until `start` opens the fifo for reading.
-    let fifo = alcove_sys::dirfd::open_at(
-        ctx.state_dir.as_fd(),
-        c"exec.fifo",
-        libc::O_WRONLY,
-        alcove_sys::dirfd::Scope::Beneath,
-    )
-    .map_err(|e| format!("open exec fifo: {e}"))?;
-    alcove_sys::fd::write_all(fifo.as_raw_fd(), b"0").map_err(|e| format!("exec fifo: {e}"))?;
+    // Waits for `start`.
+    let mut byte = [0u8; 1];
+    loop {
+        match alcove_sys::fd::read(fifo.as_fd(), &mut byte) {
+            Ok(1) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(_) => return Err("exec fifo: closed without a start".into()),
+            Err(e) => return Err(format!("exec fifo: {e}")),
+        }
+    }
     drop(fifo);
-    if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+    if let Some(hooks) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone())
+    {
         crate::hooks::run_hooks(&hooks, "startContainer", state.as_bytes()).map_err(fail)?;
     }
     if let Some(seccomp) = &seccomp {
@@ -249,12 +268,20 @@ pub fn finish_process(
     alcove_sys::process::set_keep_caps(false).map_err(|e| format!("keepcaps: {e}"))?;
     alcove_sys::process::set_umask(user.umask().unwrap_or(0o022) as libc::mode_t);
     let cwd = cstring(process.cwd().as_os_str())?;
-    alcove_sys::fs::chdir(&cwd)
-        .map_err(|e| format!("chdir to cwd ({}) set in config.json: {e}", process.cwd().display()))?;
+    alcove_sys::fs::chdir(&cwd).map_err(|e| {
+        format!(
+            "chdir to cwd ({}) set in config.json: {e}",
+            process.cwd().display()
+        )
+    })?;
     if nnp {
         alcove_sys::process::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
     let prepared = prepare_exec(process)?;
+    // Nothing the runtime or its caller holds reaches the program, but for
+    // stdio and the descriptors --preserve-fds passes on.
+    alcove_sys::fd::cloexec_from(3i32.saturating_add(preserve_fds.min(1 << 16) as i32))
+        .map_err(|e| format!("close inherited descriptors: {e}"))?;
     if when == SeccompWhen::Now && nnp {
         if let Some(seccomp) = seccomp {
             load_seccomp(seccomp, listener, state)?;
@@ -399,6 +426,8 @@ pub fn exec(prepared: &Prepared) -> String {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = prepared.env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
+    // The runtime's ignored SIGPIPE and blocked signals must not survive exec.
+    alcove_sys::signal::reset_for_exec();
     let err = alcove_sys::process::execve(&prepared.path, &argv, &envp);
     let name = prepared.path.to_string_lossy();
     match err.raw_os_error() {

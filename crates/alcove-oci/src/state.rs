@@ -33,13 +33,13 @@ pub enum StateError {
     Exists(String),
     #[error("invalid container id {0:?}: use letters, digits, '_', '+', '-' and '.' (not starting with '.')")]
     BadId(String),
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("state of container \"{id}\" is unreadable: {source}")]
+    #[error("state of container \"{id}\" is unreadable")]
     Corrupt {
         id: String,
         #[source]
@@ -130,8 +130,11 @@ impl ContainerDir {
     /// Claims `id` under `root` (creating the root if needed) and locks it.
     pub fn create(root: &Path, id: &str) -> Result<Self, StateError> {
         check_id(id)?;
-        fs::create_dir_all(root).map_err(io_err(root))?;
-        let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        if !root.exists() {
+            fs::create_dir_all(root).map_err(io_err(root))?;
+            // Only a root we made is narrowed: `--root /tmp` must stay as it is.
+            let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        }
         let path = root.join(id);
         match fs::create_dir(&path) {
             Ok(()) => {}
@@ -197,12 +200,14 @@ impl ContainerDir {
     pub fn load(&self) -> Result<Option<Saved>, StateError> {
         let file = self.path.join("state.json");
         match fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt {
-                    id: self.id.clone(),
-                    source,
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Corrupt {
+                        id: self.id.clone(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&file)(e)),
         }
@@ -214,6 +219,20 @@ impl ContainerDir {
         fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
         let file = self.path.join("state.json");
         fs::rename(&tmp, &file).map_err(io_err(&file))
+    }
+
+    /// Remembers the container's cgroup before its init exists, so that
+    /// `delete --force` of a create that never finished still removes it.
+    pub fn save_cgroup(&self, cgroup: &ContainerCgroup) -> Result<(), StateError> {
+        let file = self.path.join("cgroup.json");
+        let bytes = serde_json::to_vec(cgroup).expect("cgroup serialises");
+        fs::write(&file, bytes).map_err(io_err(&file))
+    }
+
+    /// The cgroup [`save_cgroup`](Self::save_cgroup) remembered, if any.
+    pub fn load_cgroup(&self) -> Option<ContainerCgroup> {
+        let bytes = fs::read(self.path.join("cgroup.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// The status the spec defines, derived from the kernel's view now.

@@ -57,14 +57,27 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        let c = Containerd { dir, daemon, namespace: unique("alcove-test"), runtime: runtime() };
+        let c = Containerd {
+            dir,
+            daemon,
+            namespace: unique("alcove-test"),
+            runtime: runtime(),
+        };
         let socket = c.socket();
-        wait_until("containerd listens", Duration::from_secs(30), || socket.exists());
+        wait_until("containerd listens", Duration::from_secs(30), || {
+            socket.exists()
+        });
         let archive = c.path().join("image.tar");
         oci_archive(c.path(), &archive);
         let archive = archive.to_str().unwrap().to_owned();
-        c.ctr(&["images", "import", "--base-name", "localhost/alcove-test", &archive])
-            .ok("ctr images import");
+        c.ctr(&[
+            "images",
+            "import",
+            "--base-name",
+            "localhost/alcove-test",
+            &archive,
+        ])
+        .ok("ctr images import");
         Some(c)
     }
 
@@ -93,7 +106,11 @@ impl Containerd {
     /// `ctr run FLAGS --runc-binary RUNTIME IMAGE ID PROGRAM...`.
     fn run(&self, flags: &[&str], id: &str, program: &[&str]) -> Out {
         let mut cmd = Command::new("ctr");
-        cmd.arg("-a").arg(self.socket()).arg("-n").arg(&self.namespace).arg("run");
+        cmd.arg("-a")
+            .arg(self.socket())
+            .arg("-n")
+            .arg(&self.namespace)
+            .arg("run");
         cmd.args(flags);
         cmd.arg("--runc-binary").arg(&self.runtime);
         cmd.arg("--runc-root").arg(self.runc_root());
@@ -118,7 +135,10 @@ impl Containerd {
         assert_no_leaks(id, &self.path().join("root"));
         let mut left = Vec::new();
         find_named(&self.runc_root(), id, &mut left);
-        assert!(left.is_empty(), "the runtime's state of {id} is left: {left:?}");
+        assert!(
+            left.is_empty(),
+            "the runtime's state of {id} is left: {left:?}"
+        );
     }
 }
 
@@ -157,7 +177,9 @@ impl Drop for Containerd {
 
 #[test]
 fn three_containers_at_once() {
-    let Some(c) = Containerd::new("three_containers_at_once") else { return };
+    let Some(c) = Containerd::new("three_containers_at_once") else {
+        return;
+    };
     let ids: Vec<String> = (0..3).map(|_| unique("ctr")).collect();
     let outs: Vec<Out> = std::thread::scope(|s| {
         let handles: Vec<_> = ids
@@ -175,9 +197,15 @@ fn three_containers_at_once() {
     });
     for (n, out) in outs.iter().enumerate() {
         assert_eq!(out.code, n as i32 + 3, "container {n}: {out:?}");
-        assert!(out.stdout.starts_with(&format!("out-{n} from ")), "container {n}: {out:?}");
+        assert!(
+            out.stdout.starts_with(&format!("out-{n} from ")),
+            "container {n}: {out:?}"
+        );
     }
-    let left = c.ctr(&["containers", "ls", "-q"]).ok("ctr containers ls").stdout;
+    let left = c
+        .ctr(&["containers", "ls", "-q"])
+        .ok("ctr containers ls")
+        .stdout;
     assert!(left.trim().is_empty(), "run --rm left containers: {left}");
     for id in &ids {
         c.assert_gone(id);
@@ -186,15 +214,29 @@ fn three_containers_at_once() {
 
 #[test]
 fn detached_exec_kill_delete() {
-    let Some(c) = Containerd::new("detached_exec_kill_delete") else { return };
+    let Some(c) = Containerd::new("detached_exec_kill_delete") else {
+        return;
+    };
     let id = unique("ctr");
     c.run(&["-d"], &id, &["sleep", "1000"]).ok("ctr run -d");
     assert_eq!(c.task_status(&id), "RUNNING");
-    let out = c.ctr(&["task", "exec", "--exec-id", "probe", &id, "sh", "-c", "echo in-exec; exit 4"]);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "probe",
+        &id,
+        "sh",
+        "-c",
+        "echo in-exec; exit 4",
+    ]);
     assert_eq!(out.code, 4, "{out:?}");
     assert_eq!(out.stdout.trim(), "in-exec", "{out:?}");
-    c.ctr(&["task", "kill", "-s", "SIGKILL", &id]).ok("ctr task kill");
-    wait_until("the task stops", Duration::from_secs(20), || c.task_status(&id) == "STOPPED");
+    c.ctr(&["task", "kill", "-s", "SIGKILL", &id])
+        .ok("ctr task kill");
+    wait_until("the task stops", Duration::from_secs(20), || {
+        c.task_status(&id) == "STOPPED"
+    });
     c.ctr(&["task", "delete", &id]).ok("ctr task delete");
     c.ctr(&["containers", "rm", &id]).ok("ctr containers rm");
     c.assert_gone(&id);

@@ -27,7 +27,12 @@ impl Fixture {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("state");
-        Some(Fixture { dir, bin: runtime(), root: Some(root), ids: Default::default() })
+        Some(Fixture {
+            dir,
+            bin: runtime(),
+            root: Some(root),
+            ids: Default::default(),
+        })
     }
 
     /// The same, but with the runtime's default state root.
@@ -118,14 +123,26 @@ impl Drop for Fixture {
 
 #[test]
 fn spec_writes_a_config_the_runtime_reads() {
-    let Some(f) = Fixture::new("spec_writes_a_config_the_runtime_reads") else { return };
+    let Some(f) = Fixture::new("spec_writes_a_config_the_runtime_reads") else {
+        return;
+    };
     let dir = f.path().join("spec");
     std::fs::create_dir_all(&dir).unwrap();
     run(Command::new(&f.bin).arg("spec").current_dir(&dir)).ok("spec");
     let text = std::fs::read_to_string(dir.join("config.json")).expect("spec wrote no config.json");
     let config: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
-    assert!(config["ociVersion"].as_str().is_some_and(|v| v.starts_with("1.")), "{config}");
-    assert!(config["process"]["args"].as_array().is_some_and(|a| !a.is_empty()), "{config}");
+    assert!(
+        config["ociVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "{config}"
+    );
+    assert!(
+        config["process"]["args"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{config}"
+    );
     assert_eq!(config["root"]["path"], "rootfs", "{config}");
     // A second `spec` refuses to overwrite, as runc's does.
     let again = run(Command::new(&f.bin).arg("spec").current_dir(&dir));
@@ -134,7 +151,9 @@ fn spec_writes_a_config_the_runtime_reads() {
 
 #[test]
 fn create_start_kill_delete() {
-    let Some(f) = Fixture::new("create_start_kill_delete") else { return };
+    let Some(f) = Fixture::new("create_start_kill_delete") else {
+        return;
+    };
     let bundle = f.bundle(&["sleep", "100"]);
     let id = f.id();
     f.create(&bundle, &id).ok("create");
@@ -144,8 +163,15 @@ fn create_start_kill_delete() {
     let pid = state["pid"].as_i64().expect("state has a pid");
     assert!(pid > 0, "{state}");
     let pid_file = std::fs::read_to_string(bundle.join(format!("{id}.pid"))).unwrap();
-    assert_eq!(pid_file.trim(), pid.to_string(), "--pid-file and state disagree");
-    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the init of a created container is not alive");
+    assert_eq!(
+        pid_file.trim(),
+        pid.to_string(),
+        "--pid-file and state disagree"
+    );
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the init of a created container is not alive"
+    );
     f.rt(&["start", &id]).ok("start");
     assert_eq!(f.status(&id), "running");
     wait_until("the container runs sleep", Duration::from_secs(10), || {
@@ -161,7 +187,9 @@ fn create_start_kill_delete() {
 
 #[test]
 fn state_of_a_missing_container_fails() {
-    let Some(f) = Fixture::new("state_of_a_missing_container_fails") else { return };
+    let Some(f) = Fixture::new("state_of_a_missing_container_fails") else {
+        return;
+    };
     let out = f.rt(&["state", "no-such-container"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("does not exist"), "{out:?}");
@@ -169,7 +197,9 @@ fn state_of_a_missing_container_fails() {
 
 #[test]
 fn start_twice_fails() {
-    let Some(f) = Fixture::new("start_twice_fails") else { return };
+    let Some(f) = Fixture::new("start_twice_fails") else {
+        return;
+    };
     let bundle = f.bundle(&["sleep", "100"]);
     let id = f.id();
     f.create(&bundle, &id).ok("create");
@@ -187,14 +217,23 @@ fn start_twice_fails() {
 
 #[test]
 fn delete_of_a_running_container_needs_force() {
-    let Some(f) = Fixture::new("delete_of_a_running_container_needs_force") else { return };
+    let Some(f) = Fixture::new("delete_of_a_running_container_needs_force") else {
+        return;
+    };
     let bundle = f.bundle(&["sleep", "100"]);
     let id = f.id();
     f.create(&bundle, &id).ok("create");
     f.rt(&["start", &id]).ok("start");
     let refused = f.rt(&["delete", &id]);
-    assert_ne!(refused.code, 0, "delete of a running container succeeded: {refused:?}");
-    assert_eq!(f.status(&id), "running", "a refused delete changed the container");
+    assert_ne!(
+        refused.code, 0,
+        "delete of a running container succeeded: {refused:?}"
+    );
+    assert_eq!(
+        f.status(&id),
+        "running",
+        "a refused delete changed the container"
+    );
     f.rt(&["delete", "--force", &id]).ok("delete --force");
     f.assert_clean(&id);
 }
@@ -214,7 +253,9 @@ fn exec_runs_in_the_container_and_reports_a_missing_binary() {
     let missing = f.rt(&["exec", &id, "no-such-binary"]);
     assert_ne!(missing.code, 0, "{missing:?}");
     assert!(
-        missing.stderr.contains("executable file not found in $PATH"),
+        missing
+            .stderr
+            .contains("executable file not found in $PATH"),
         "exec of a missing binary: {missing:?}"
     );
     assert_eq!(f.status(&id), "running", "a failed exec hurt the container");
@@ -224,7 +265,9 @@ fn exec_runs_in_the_container_and_reports_a_missing_binary() {
 
 #[test]
 fn concurrent_creates_of_one_id_let_exactly_one_win() {
-    let Some(f) = Fixture::new("concurrent_creates_of_one_id_let_exactly_one_win") else { return };
+    let Some(f) = Fixture::new("concurrent_creates_of_one_id_let_exactly_one_win") else {
+        return;
+    };
     let bundle = f.bundle(&["sleep", "100"]);
     let id = f.id();
     let outs: Vec<Out> = std::thread::scope(|s| {
@@ -234,7 +277,10 @@ fn concurrent_creates_of_one_id_let_exactly_one_win() {
     // runc 1.1 fails this: a losing create's clean-up removes the winner's
     // state or cgroups (and can leave a `runc init` behind).
     let won = outs.iter().filter(|o| o.code == 0).count();
-    assert_eq!(won, 1, "{won} of 8 concurrent creates of one id succeeded: {outs:?}");
+    assert_eq!(
+        won, 1,
+        "{won} of 8 concurrent creates of one id succeeded: {outs:?}"
+    );
     assert_eq!(f.status(&id), "created");
     f.rt(&["delete", "--force", &id]).ok("delete --force");
     f.assert_clean(&id);
@@ -242,7 +288,9 @@ fn concurrent_creates_of_one_id_let_exactly_one_win() {
 
 #[test]
 fn twenty_cycles_leak_nothing() {
-    let Some(f) = Fixture::new("twenty_cycles_leak_nothing") else { return };
+    let Some(f) = Fixture::new("twenty_cycles_leak_nothing") else {
+        return;
+    };
     let bundle = f.bundle(&["true"]);
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -260,22 +308,29 @@ fn twenty_cycles_leak_nothing() {
 
 #[test]
 fn json_log_records_the_error() {
-    let Some(f) = Fixture::new("json_log_records_the_error") else { return };
+    let Some(f) = Fixture::new("json_log_records_the_error") else {
+        return;
+    };
     let log = f.path().join("log.json");
-    let out = run(f
-        .command()
-        .arg("--log")
-        .arg(&log)
-        .args(["--log-format", "json", "state", "no-such-container"]));
+    let out = run(f.command().arg("--log").arg(&log).args([
+        "--log-format",
+        "json",
+        "state",
+        "no-such-container",
+    ]));
     assert_ne!(out.code, 0, "{out:?}");
     let text = std::fs::read_to_string(&log).expect("no log file written");
     let lines: Vec<serde_json::Value> = text
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?} is not JSON: {e}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?} is not JSON: {e}"))
+        })
         .collect();
     assert!(
         lines.iter().any(|l| l["level"] == "error"
-            && l["msg"].as_str().is_some_and(|m| m.contains("does not exist"))),
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not exist"))),
         "no error line saying the container does not exist in {text:?}"
     );
 }
@@ -283,7 +338,9 @@ fn json_log_records_the_error() {
 #[test]
 fn state_without_root_finds_a_container_created_with_the_default_root() {
     let test = "state_without_root_finds_a_container_created_with_the_default_root";
-    let Some(f) = Fixture::with_default_root(test) else { return };
+    let Some(f) = Fixture::with_default_root(test) else {
+        return;
+    };
     let bundle = f.bundle(&["sleep", "100"]);
     let id = f.id();
     f.create(&bundle, &id).ok("create");

@@ -44,7 +44,11 @@ impl Podman {
         }
         // An empty containers.conf: the host's must not change what we test.
         std::fs::write(dir.path().join("containers.conf"), "").unwrap();
-        let mut podman = Podman { dir, driver: "overlay", runtime: runtime() };
+        let mut podman = Podman {
+            dir,
+            driver: "overlay",
+            runtime: runtime(),
+        };
         let first = podman.run(&["import", tar.to_str().unwrap(), IMAGE]);
         if first.code != 0 {
             // overlay is not usable on every file system; vfs always is.
@@ -53,7 +57,9 @@ impl Podman {
                 let _ = std::fs::remove_dir_all(podman.path().join(sub));
             }
             podman.driver = "vfs";
-            podman.run(&["import", tar.to_str().unwrap(), IMAGE]).ok("podman import (vfs)");
+            podman
+                .run(&["import", tar.to_str().unwrap(), IMAGE])
+                .ok("podman import (vfs)");
         }
         Some(podman)
     }
@@ -131,12 +137,17 @@ impl Podman {
     }
 
     fn inspect(&self, id: &str, format: &str) -> String {
-        self.run(&["inspect", "--format", format, id]).ok("podman inspect").stdout.trim().to_owned()
+        self.run(&["inspect", "--format", format, id])
+            .ok("podman inspect")
+            .stdout
+            .trim()
+            .to_owned()
     }
 
     fn pid(&self, id: &str) -> i32 {
         let pid = self.inspect(id, "{{.State.Pid}}");
-        pid.parse().unwrap_or_else(|_| panic!("no pid for {id}: {pid:?}"))
+        pid.parse()
+            .unwrap_or_else(|_| panic!("no pid for {id}: {pid:?}"))
     }
 
     /// Removes every container, then asserts that nothing of any container
@@ -172,8 +183,13 @@ impl Drop for Podman {
 
 #[test]
 fn run_passes_exit_code_and_output() {
-    let Some(p) = Podman::new("run_passes_exit_code_and_output") else { return };
-    let out = p.container(&["--rm"], &["sh", "-c", "echo hello from $(hostname -s); exit 7"]);
+    let Some(p) = Podman::new("run_passes_exit_code_and_output") else {
+        return;
+    };
+    let out = p.container(
+        &["--rm"],
+        &["sh", "-c", "echo hello from $(hostname -s); exit 7"],
+    );
     assert_eq!(out.code, 7, "{out:?}");
     assert!(out.stdout.starts_with("hello from "), "{out:?}");
     let ok = p.container(&["--rm", "--name", "named"], &["cat", "/etc/passwd"]);
@@ -215,7 +231,10 @@ fn run_with_a_terminal() {
     let test = "run_with_a_terminal";
     let Some(p) = Podman::new(test) else { return };
     if which("/usr/bin/python3").is_none() {
-        skip_unprovided(test, "needs /usr/bin/python3 (Debian package python3) to make a pty");
+        skip_unprovided(
+            test,
+            "needs /usr/bin/python3 (Debian package python3) to make a pty",
+        );
         return;
     }
     let mut cmd = Command::new("/usr/bin/python3");
@@ -229,29 +248,63 @@ fn run_with_a_terminal() {
         }
     }
     let cidfile = p.path().join("cids").join(unique("cid"));
-    cmd.args(["run", "--rm", "-it", "--network", "none", "--cidfile"]).arg(cidfile);
-    cmd.args(["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1000:1000", IMAGE]);
-    cmd.args(["sh", "-c", "tty; echo READY; read line; echo got:$line; exit 5"]);
+    cmd.args(["run", "--rm", "-it", "--network", "none", "--cidfile"])
+        .arg(cidfile);
+    cmd.args([
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=1000:1000",
+        IMAGE,
+    ]);
+    cmd.args([
+        "sh",
+        "-c",
+        "tty; echo READY; read line; echo got:$line; exit 5",
+    ]);
     let out = run(&mut cmd);
     assert_eq!(out.code, 5, "{out:?}");
-    assert!(out.stdout.contains("/dev/pts/"), "tty did not print a pty: {out:?}");
-    assert!(out.stdout.contains("got:typed-line"), "stdin did not reach the container: {out:?}");
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "tty did not print a pty: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("got:typed-line"),
+        "stdin did not reach the container: {out:?}"
+    );
     p.finish();
 }
 
 #[test]
 fn exec_into_a_detached_container() {
-    let Some(p) = Podman::new("exec_into_a_detached_container") else { return };
+    let Some(p) = Podman::new("exec_into_a_detached_container") else {
+        return;
+    };
     let id = p.detached(&[], &["sleep", "1000"]);
     assert_eq!(p.inspect(&id, "{{.State.Status}}"), "running");
-    let out = p.run(&["exec", &id, "sh", "-c", "echo in-exec; cat /proc/1/cmdline; exit 4"]);
+    let out = p.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo in-exec; cat /proc/1/cmdline; exit 4",
+    ]);
     assert_eq!(out.code, 4, "{out:?}");
     assert!(out.stdout.starts_with("in-exec\nsleep"), "{out:?}");
-    p.run(&["exec", "-d", &id, "sh", "-c", "echo detached > /tmp/mark; sleep 1000"])
-        .ok("podman exec -d");
-    wait_until("the detached exec wrote its mark", Duration::from_secs(20), || {
-        p.run(&["exec", &id, "cat", "/tmp/mark"]).stdout.trim() == "detached"
-    });
+    p.run(&[
+        "exec",
+        "-d",
+        &id,
+        "sh",
+        "-c",
+        "echo detached > /tmp/mark; sleep 1000",
+    ])
+    .ok("podman exec -d");
+    wait_until(
+        "the detached exec wrote its mark",
+        Duration::from_secs(20),
+        || p.run(&["exec", &id, "cat", "/tmp/mark"]).stdout.trim() == "detached",
+    );
     let missing = p.run(&["exec", &id, "no-such-binary"]);
     assert_ne!(missing.code, 0, "{missing:?}");
     p.run(&["rm", "-f", &id]).ok("podman rm -f");
@@ -262,24 +315,38 @@ fn exec_into_a_detached_container() {
 
 #[test]
 fn stop_sends_sigterm_then_sigkill() {
-    let Some(p) = Podman::new("stop_sends_sigterm_then_sigkill") else { return };
+    let Some(p) = Podman::new("stop_sends_sigterm_then_sigkill") else {
+        return;
+    };
     let polite = p.detached(
         &[],
-        &["sh", "-c", "trap 'echo got-term; exit 42' TERM; echo up; while :; do sleep 0.1; done"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo up; while :; do sleep 0.1; done",
+        ],
     );
     wait_until("the trap is set", Duration::from_secs(20), || {
         p.run(&["logs", &polite]).stdout.contains("up")
     });
     let start = Instant::now();
     p.run(&["stop", "-t", "20", &polite]).ok("podman stop");
-    assert!(start.elapsed() < Duration::from_secs(15), "SIGTERM did not end it");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "SIGTERM did not end it"
+    );
     assert_eq!(p.inspect(&polite, "{{.State.ExitCode}}"), "42");
     assert!(p.run(&["logs", &polite]).stdout.contains("got-term"));
     // As PID 1 with no handler, sleep ignores SIGTERM: only SIGKILL ends it.
     let stubborn = p.detached(&[], &["sleep", "1000"]);
     let start = Instant::now();
-    p.run(&["stop", "-t", "1", &stubborn]).ok("podman stop -t 1");
-    assert!(start.elapsed() < Duration::from_secs(15), "stop took {:?}", start.elapsed());
+    p.run(&["stop", "-t", "1", &stubborn])
+        .ok("podman stop -t 1");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        start.elapsed()
+    );
     assert_eq!(p.inspect(&stubborn, "{{.State.Status}}"), "exited");
     assert_eq!(p.inspect(&stubborn, "{{.State.ExitCode}}"), "137");
     p.finish();
@@ -287,7 +354,9 @@ fn stop_sends_sigterm_then_sigkill() {
 
 #[test]
 fn kill_ps_and_rm_force() {
-    let Some(p) = Podman::new("kill_ps_and_rm_force") else { return };
+    let Some(p) = Podman::new("kill_ps_and_rm_force") else {
+        return;
+    };
     let a = p.detached(&["--name", "first"], &["sleep", "1000"]);
     let b = p.detached(&["--name", "second"], &["sleep", "1000"]);
     let ps = p.run(&["ps", "-a", "--format", "json"]).ok("podman ps");
@@ -300,17 +369,23 @@ fn kill_ps_and_rm_force() {
     assert_eq!(state_of(&list, &a).as_deref(), Some("running"), "{list}");
     assert_eq!(state_of(&list, &b).as_deref(), Some("running"), "{list}");
     p.run(&["kill", "-s", "KILL", &a]).ok("podman kill");
-    wait_until("the killed container exits", Duration::from_secs(20), || {
-        p.inspect(&a, "{{.State.Status}}") == "exited"
-    });
+    wait_until(
+        "the killed container exits",
+        Duration::from_secs(20),
+        || p.inspect(&a, "{{.State.Status}}") == "exited",
+    );
     assert_eq!(p.inspect(&a, "{{.State.ExitCode}}"), "137");
     let ps = p.run(&["ps", "-a", "--format", "json"]).ok("podman ps");
     let list: serde_json::Value = serde_json::from_str(&ps.stdout).expect("ps json");
     assert_eq!(state_of(&list, &a).as_deref(), Some("exited"), "{list}");
     let pid = p.pid(&b);
-    p.run(&["rm", "-f", &b]).ok("podman rm -f of a running container");
+    p.run(&["rm", "-f", &b])
+        .ok("podman rm -f of a running container");
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || processes_mentioning(&b).is_empty());
-    let only = p.run(&["ps", "-aq", "--no-trunc"]).ok("podman ps -aq").stdout;
+    let only = p
+        .run(&["ps", "-aq", "--no-trunc"])
+        .ok("podman ps -aq")
+        .stdout;
     assert_eq!(only.trim(), a, "rm -f left {only}");
     p.finish();
 }
@@ -333,7 +408,10 @@ fn memory_limit_is_applied_and_a_hog_is_oom_killed() {
     // dd's 128 MiB buffer, filled from /dev/zero, does not fit in 64 MiB.
     let mut flags = vec!["--rm"];
     flags.extend_from_slice(&limits);
-    let hog = p.container(&flags, &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
+    let hog = p.container(
+        &flags,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+    );
     assert_eq!(hog.code, 137, "the hog was not OOM-killed: {hog:?}");
     p.finish();
 }
@@ -348,20 +426,25 @@ fn pids_limit_holds_a_fork_bomb() {
     let Some(p) = Podman::new(test) else { return };
     let id = p.detached(&["--pids-limit", "20"], &["sleep", "1000"]);
     let pid = p.pid(&id);
-    let (file, value) = cgroup_file_of(pid, &["pids.max"]).expect("the container is in no pids cgroup");
+    let (file, value) =
+        cgroup_file_of(pid, &["pids.max"]).expect("the container is in no pids cgroup");
     assert_eq!(value, "20", "{file:?}");
     // A bounded bomb: 60 sleepers wanted, 20 tasks allowed (busybox sh
     // gives up at its first failed fork). Were the limit not applied, 60
     // sleeping processes would do the host no harm.
     let bomb = "i=0; while [ $i -lt 60 ]; do sleep 1000 & i=$((i+1)); done";
-    p.run(&["exec", "-d", &id, "sh", "-c", bomb]).ok("podman exec -d of the bomb");
+    p.run(&["exec", "-d", &id, "sh", "-c", bomb])
+        .ok("podman exec -d of the bomb");
     // pids.events (v1 and v2) counts forks refused at the limit.
     let events = file.with_file_name("pids.events");
-    wait_until("a fork is refused at the limit", Duration::from_secs(30), || {
-        std::fs::read_to_string(&events).is_ok_and(|e| {
-            e.lines().any(|l| l.starts_with("max ") && l != "max 0")
-        })
-    });
+    wait_until(
+        "a fork is refused at the limit",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&events)
+                .is_ok_and(|e| e.lines().any(|l| l.starts_with("max ") && l != "max 0"))
+        },
+    );
     let tasks = processes_in_cgroup(file.parent().unwrap());
     assert!(
         (15..=20).contains(&tasks.len()),

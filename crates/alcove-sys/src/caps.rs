@@ -143,7 +143,13 @@ pub fn set_process_sets(sets: &CapSets) -> io::Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let half = |mask: u64, high: bool| if high { (mask >> 32) as u32 } else { mask as u32 };
+    let half = |mask: u64, high: bool| {
+        if high {
+            (mask >> 32) as u32
+        } else {
+            mask as u32
+        }
+    };
     let data = [false, true].map(|high| Data {
         effective: half(sets.effective, high),
         permitted: half(sets.permitted, high),
@@ -154,7 +160,13 @@ pub fn set_process_sets(sets: &CapSets) -> io::Result<()> {
     crate::cvt(ret)?;
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
     crate::cvt_int(unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
     })?;
     for cap in 0..=last_cap().min(63) {
         if sets.ambient & sets.permitted & sets.inheritable & (1 << cap) == 0 {

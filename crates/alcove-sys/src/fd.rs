@@ -187,3 +187,9 @@ pub fn close_all() -> io::Result<()> {
     // SAFETY: close_range on our own descriptor table, plain integers.
     crate::cvt(unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) }).map(drop)
 }
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}

@@ -7,6 +7,7 @@
 //! This crate must not hold policy: which namespaces, mounts or limits a sandbox
 //! gets is decided by `alcove-sandbox`.
 
+pub mod bpf_prog;
 pub mod caps;
 pub mod clone;
 pub mod dirfd;
@@ -17,7 +18,6 @@ pub mod mount;
 pub mod net;
 pub mod ns;
 pub mod perf;
-pub mod bpf_prog;
 pub mod pidfd;
 pub mod process;
 pub mod pty;

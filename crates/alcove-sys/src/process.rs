@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Sets real, effective and saved gids to `gid` and the supplementary groups
 /// to `groups`, for the calling thread only. These are the raw syscalls, not
@@ -49,8 +50,8 @@ pub fn execve(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> io::Error {
-    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
-    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    assert!(argv.last().is_some_and(|p| p.is_null()));
+    assert!(envp.last().is_some_and(|p| p.is_null()));
     // SAFETY: `path` is NUL-terminated; `argv` and `envp` are null-terminated
     // arrays of pointers to NUL-terminated strings that outlive the call.
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
@@ -252,4 +253,69 @@ pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
 pub fn chroot(path: &CStr) -> io::Result<()> {
     // SAFETY: `path` is a valid NUL-terminated string.
     crate::cvt_int(unsafe { libc::chroot(path.as_ptr()) }).map(drop)
+}
+
+/// Sets whether the process is dumpable. A non-dumpable process's
+/// /proc/PID entries (exe, fd, mem) are closed to processes without
+/// CAP_SYS_PTRACE in its user namespace, and ptrace needs that capability too:
+/// what keeps a container from reaching the runtime while it works in the
+/// container's namespaces. execve of an ordinary program sets it back.
+pub fn set_dumpable(dumpable: bool) -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
+    crate::cvt_int(unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, dumpable as libc::c_ulong, 0, 0, 0)
+    })
+    .map(drop)
+}
+
+/// A sealed, read-only copy of the running executable in a memfd named
+/// `name`: nothing can write it, so a process that reaches it through
+/// /proc/PID/exe cannot change the binary on the host (runc's fix for
+/// CVE-2019-5736).
+pub fn sealed_copy_of_self(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; flags are plain integers.
+    let fd = crate::cvt_int(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut exe = std::fs::File::open("/proc/self/exe")?;
+    let mut copy = std::fs::File::from(fd);
+    std::io::copy(&mut exe, &mut copy)?;
+    let fd = OwnedFd::from(copy);
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl F_ADD_SEALS on an fd we own takes plain flags.
+    crate::cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    Ok(fd)
+}
+
+/// Executes the file open at `fd` (execveat with AT_EMPTY_PATH). Returns
+/// only on failure.
+pub fn execute_fd(
+    fd: BorrowedFd<'_>,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    assert!(
+        argv.last().is_some_and(|p| p.is_null()),
+        "argv ends in null"
+    );
+    assert!(
+        envp.last().is_some_and(|p| p.is_null()),
+        "envp ends in null"
+    );
+    // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH uses
+    // `fd`); `argv` and `envp` are null-terminated arrays (checked above) of
+    // pointers to NUL-terminated strings that the caller keeps alive.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
 }

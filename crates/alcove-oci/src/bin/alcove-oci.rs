@@ -38,7 +38,7 @@ struct Cli {
     #[arg(long, global = true, hide = true)]
     criu: Option<String>,
     /// Accepted for runc compatibility; has no effect.
-    #[arg(long, global = true, hide = true)]
+    #[arg(id = "global_rootless", long = "rootless", hide = true)]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -197,6 +197,15 @@ struct UpdateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec(_)
+    ) {
+        if let Err(e) = run_from_sealed_copy() {
+            log_error(&cli, &format!("{e:#}"));
+            return ExitCode::from(1);
+        }
+    }
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -204,6 +213,39 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Commands that enter a container run from a sealed memfd copy of this
+/// binary, and non-dumpable: a process in the container that reaches us
+/// through /proc/PID/exe finds a file nobody can write (CVE-2019-5736).
+fn run_from_sealed_copy() -> anyhow::Result<()> {
+    alcove_sys::process::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    let exe = std::fs::read_link("/proc/self/exe").context("read /proc/self/exe")?;
+    if exe.to_string_lossy().starts_with("/memfd:alcove-oci") {
+        return Ok(());
+    }
+    let copy = alcove_sys::process::sealed_copy_of_self(c"alcove-oci")
+        .context("copy the runtime into a sealed memfd")?;
+    let to_c = |s: std::ffi::OsString| std::ffi::CString::new(s.into_encoded_bytes());
+    let args: Vec<_> = std::env::args_os()
+        .map(to_c)
+        .collect::<Result<_, _>>()
+        .context("an argument holds a NUL byte")?;
+    let env: Vec<_> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            to_c(kv)
+        })
+        .collect::<Result<_, _>>()
+        .context("the environment holds a NUL byte")?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let err = alcove_sys::process::execute_fd(std::os::fd::AsFd::as_fd(&copy), &argv, &envp);
+    Err(anyhow::Error::new(err).context("execute the sealed copy of the runtime"))
 }
 
 /// runc's error line: on stderr always, and in the --log file in its format.
@@ -247,15 +289,18 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Start { id } => container::start(root, id)?,
         Command::Run { create, detach } => {
-            if !detach {
+            let signals = if *detach {
+                None
+            } else {
                 alcove_sys::process::set_child_subreaper().context("PR_SET_CHILD_SUBREAPER")?;
-            }
+                Some(container::catch_forwarded()?)
+            };
             let pid = container::create(&create_options(cli, create))?;
             container::start(root, &create.id)?;
-            if *detach {
+            let Some(signals) = signals else {
                 return Ok(0);
-            }
-            let status = alcove_sys::process::wait_child(pid).context("wait for the container")?;
+            };
+            let status = container::wait_forwarding(pid, &signals)?;
             container::delete(root, &create.id, true)?;
             return Ok(alcove_sys::process::exit_code_of(status).clamp(0, 255) as u8);
         }

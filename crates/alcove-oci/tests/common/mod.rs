@@ -67,10 +67,17 @@ pub fn which(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
         return Path::new(tool).exists().then(|| PathBuf::from(tool));
     }
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(tool))
+    .find(|p| p.exists())
 }
 
 /// Whether root, the runtime under test and every one of `tools` (name,
@@ -81,7 +88,10 @@ pub fn ready_or_skip(test: &str, tools: &[(&str, &str)]) -> bool {
     }
     let rt = runtime();
     if !rt.exists() {
-        skip_unprovided(test, &format!("the runtime under test {rt:?} does not exist"));
+        skip_unprovided(
+            test,
+            &format!("the runtime under test {rt:?} does not exist"),
+        );
         return false;
     }
     for (tool, package) in tools {
@@ -108,7 +118,11 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// A name no other test (in this process or another) uses at the same time.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What one command did.
@@ -162,7 +176,9 @@ pub fn run(cmd: &mut Command) -> Out {
     };
     use std::os::unix::process::ExitStatusExt;
     Out {
-        code: status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        code: status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         stdout: read(&mut out),
         stderr: read(&mut err),
     }
@@ -185,8 +201,11 @@ pub fn busybox_rootfs(root: &Path) {
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
     )
     .expect("passwd");
-    std::fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")
-        .expect("group");
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )
+    .expect("group");
 }
 
 /// Whether the static busybox the rootfs is made of is here.
@@ -204,7 +223,14 @@ pub fn busybox_or_skip(test: &str) -> bool {
 /// [`write_config`].
 pub fn bundle(dir: &Path, args: &[&str]) -> serde_json::Value {
     busybox_rootfs(&dir.join("rootfs"));
-    let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"];
+    let caps = [
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_CHOWN",
+        "CAP_SETUID",
+        "CAP_SETGID",
+    ];
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -244,15 +270,24 @@ pub fn bundle(dir: &Path, args: &[&str]) -> serde_json::Value {
 
 /// Writes `config` as the bundle's config.json.
 pub fn write_config(dir: &Path, config: &serde_json::Value) {
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config).unwrap())
-        .expect("write config.json");
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(config).unwrap(),
+    )
+    .expect("write config.json");
 }
 
 /// Tars the busybox rootfs into `tar` (for `podman import`).
 pub fn rootfs_tar(work: &Path, tar: &Path) {
     let root = work.join("image-rootfs");
     busybox_rootfs(&root);
-    run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(tar).arg(".")).ok("tar rootfs");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(tar)
+        .arg("."))
+    .ok("tar rootfs");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -268,8 +303,22 @@ pub fn oci_archive(work: &Path, archive: &Path) {
     umoci(&["unpack", "--image", &image, unpacked.to_str().unwrap()]);
     busybox_rootfs(&unpacked.join("rootfs"));
     umoci(&["repack", "--image", &image, unpacked.to_str().unwrap()]);
-    umoci(&["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]);
-    run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(archive).arg(".")).ok("tar layout");
+    umoci(&[
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.env",
+        "PATH=/bin",
+    ]);
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(archive)
+        .arg("."))
+    .ok("tar layout");
     let _ = std::fs::remove_dir_all(&unpacked);
     let _ = std::fs::remove_dir_all(&layout);
 }
@@ -332,7 +381,9 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
 /// Cgroup directories, in any hierarchy, whose name contains `needle`.
 pub fn cgroup_dirs_named(needle: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, needle: &str, depth: u32, found: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
@@ -373,7 +424,9 @@ pub fn cgroups_of(pid: i32) -> Vec<PathBuf> {
             let (fstype, options) = (fields[dash + 1], fields[dash + 3]);
             let matches = match id {
                 "0" => fstype == "cgroup2",
-                _ => fstype == "cgroup" && wanted.iter().all(|c| options.split(',').any(|o| o == *c)),
+                _ => {
+                    fstype == "cgroup" && wanted.iter().all(|c| options.split(',').any(|o| o == *c))
+                }
             };
             matches.then(|| (root.to_owned(), point.to_owned()))
         });
@@ -390,7 +443,9 @@ pub fn cgroup_file_of(pid: i32, files: &[&str]) -> Option<(PathBuf, String)> {
     cgroups_of(pid).into_iter().find_map(|dir| {
         files.iter().find_map(|f| {
             let path = dir.join(f);
-            std::fs::read_to_string(&path).ok().map(|v| (path, v.trim().to_owned()))
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|v| (path, v.trim().to_owned()))
         })
     })
 }
@@ -443,7 +498,11 @@ pub fn assert_no_leaks(id: &str, dir: &Path) {
 /// every container is deleted.
 pub fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
