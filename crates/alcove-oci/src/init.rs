@@ -428,6 +428,7 @@ pub fn exec(prepared: &Prepared) -> String {
     envp.push(std::ptr::null());
     // The runtime's ignored SIGPIPE and blocked signals must not survive exec.
     alcove_sys::signal::reset_for_exec();
+    alcove_sys::signal::default_all_dispositions();
     let err = alcove_sys::process::execve(&prepared.path, &argv, &envp);
     let name = prepared.path.to_string_lossy();
     match err.raw_os_error() {

@@ -113,3 +113,41 @@ pub fn wait_any() -> i32 {
         }
     }
 }
+
+/// Sets every signal's disposition back to the default (ignored ones stay
+/// ignored across execve otherwise, whoever ignored them: the Rust runtime,
+/// a caller, glibc's reserved real-time signals).
+pub fn default_all_dispositions() {
+    // The kernel's struct sigaction (not glibc's, which refuses glibc's own
+    // signals 32 and 33): handler, flags, restorer, mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `action` is a valid kernel sigaction for the duration of the
+        // call, the old-action pointer is null, and the size is the kernel's
+        // sigset size (8 bytes). SIG_DFL runs no code of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &action as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+}

@@ -1,0 +1,242 @@
+//! What a hostile container or config must not get: the runtime's binary,
+//! its descriptors, root through an out-of-range uid, the host's sysctls;
+//! and what every program is owed: default signal dispositions, signals
+//! forwarded by a foreground `run`, a start as a user without capabilities.
+//! Each was a finding of a review of the runtime; each test fails on the
+//! code before its fix.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ids: Vec<String>,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Option<Self> {
+        if !ready_or_skip(test, &[]) || !busybox_or_skip(test) {
+            return None;
+        }
+        Some(Fixture {
+            dir: tempfile::tempdir().expect("temp dir"),
+            ids: Vec::new(),
+        })
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(runtime());
+        cmd.arg("--root").arg(self.root());
+        cmd
+    }
+
+    /// A bundle running `args`, its config changed by `edit`.
+    fn bundle(&self, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let dir = self.dir.path().join(unique("bundle"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = bundle(&dir, args);
+        edit(&mut config);
+        write_config(&dir, &config);
+        dir
+    }
+
+    fn id(&mut self) -> String {
+        let id = unique("hard");
+        self.ids.push(id.clone());
+        id
+    }
+
+    fn run(&self, bundle: &Path, id: &str) -> Out {
+        run(self.command().args(["run", "--bundle"]).arg(bundle).arg(id))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = run(self.command().args(["delete", "--force", id]));
+            kill_leftovers(id);
+        }
+        unmount_under(self.dir.path());
+    }
+}
+
+#[test]
+fn the_waiting_init_is_a_sealed_copy_nobody_can_write() {
+    let Some(mut f) = Fixture::new("the_waiting_init_is_a_sealed_copy_nobody_can_write") else {
+        return;
+    };
+    let bundle = f.bundle(&["true"], |_| {});
+    let id = f.id();
+    let pid_file = f.dir.path().join("init.pid");
+    run(f
+        .command()
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&id))
+    .ok("create");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let exe = format!("/proc/{}/exe", pid.trim());
+    let target = std::fs::read_link(&exe).expect("read the init's exe link");
+    assert!(
+        target.to_string_lossy().starts_with("/memfd:alcove-oci"),
+        "the waiting init runs {target:?}, a file a container could reach and rewrite"
+    );
+    let write = std::fs::OpenOptions::new().append(true).open(&exe);
+    assert!(write.is_err(), "the init's binary opened for writing");
+    run(f.command().args(["delete", "--force", &id])).ok("delete");
+}
+
+#[test]
+fn no_descriptor_of_the_caller_reaches_the_program() {
+    let Some(mut f) = Fixture::new("no_descriptor_of_the_caller_reaches_the_program") else {
+        return;
+    };
+    let bundle = f.bundle(&["ls", "/proc/self/fd"], |_| {});
+    let id = f.id();
+    // The caller (a shell here) leaves fd 8, the host's root, open.
+    let script = format!(
+        "exec 8</; exec {} --root {} run --bundle {} {id}",
+        runtime().display(),
+        f.root().display(),
+        bundle.display()
+    );
+    let out = run(Command::new("sh").arg("-c").arg(script)).ok("run");
+    let fds: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert!(fds.contains(&"0") && fds.contains(&"2"), "{out:?}");
+    assert!(
+        !fds.contains(&"8"),
+        "the caller's fd 8 reached the container: {fds:?}"
+    );
+    // 0-2, and the one ls opened to list the directory.
+    assert!(
+        fds.len() <= 4,
+        "descriptors leaked into the container: {fds:?}"
+    );
+}
+
+#[test]
+fn a_uid_above_i32_max_is_refused() {
+    let Some(mut f) = Fixture::new("a_uid_above_i32_max_is_refused") else {
+        return;
+    };
+    let bundle = f.bundle(&["id", "-u"], |c| {
+        c["process"]["user"] = serde_json::json!({"uid": 4294967295u32, "gid": 4294967295u32});
+    });
+    let id = f.id();
+    let out = f.run(&bundle, &id);
+    assert_ne!(out.code, 0, "uid 4294967295 ran: {out:?}");
+    assert!(out.stderr.contains("out of range"), "{out:?}");
+    assert!(entries(&f.root()).is_empty(), "state left behind");
+}
+
+#[test]
+fn a_user_without_capabilities_starts() {
+    let Some(mut f) = Fixture::new("a_user_without_capabilities_starts") else {
+        return;
+    };
+    let bundle = f.bundle(&["id", "-u"], |c| {
+        c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+        c["process"]["capabilities"] = serde_json::json!({});
+    });
+    let id = f.id();
+    let out = f.run(&bundle, &id).ok("run as uid 1000");
+    assert_eq!(out.stdout.trim(), "1000", "{out:?}");
+}
+
+#[test]
+fn sysctls_outside_the_containers_namespaces_are_refused() {
+    let Some(mut f) = Fixture::new("sysctls_outside_the_containers_namespaces_are_refused") else {
+        return;
+    };
+    let before = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    let other = if before.trim() == "37" { "38" } else { "37" };
+    let bundle = f.bundle(&["true"], |c| {
+        c["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": other});
+    });
+    let id = f.id();
+    let out = f.run(&bundle, &id);
+    assert_ne!(out.code, 0, "a host sysctl was accepted: {out:?}");
+    assert!(
+        out.stderr.contains("not in a separate kernel namespace"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        before,
+        "the host's vm.swappiness changed"
+    );
+    // One in the container's own network namespace is applied there.
+    let bundle = f.bundle(&["cat", "/proc/sys/net/ipv4/ping_group_range"], |c| {
+        c["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ping_group_range": "0 7"});
+    });
+    let id = f.id();
+    let out = f.run(&bundle, &id).ok("run with a net sysctl");
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["0", "7"],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_program_starts_with_default_signal_dispositions() {
+    let Some(mut f) = Fixture::new("the_program_starts_with_default_signal_dispositions") else {
+        return;
+    };
+    let bundle = f.bundle(
+        &["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"],
+        |_| {},
+    );
+    let id = f.id();
+    let out = f.run(&bundle, &id).ok("run");
+    for line in out.stdout.lines() {
+        let mask = line.split_whitespace().nth(1).unwrap_or("?");
+        assert_eq!(
+            mask, "0000000000000000",
+            "the program inherited ignored or blocked signals: {line}"
+        );
+    }
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+}
+
+#[test]
+fn a_foreground_run_forwards_sigterm() {
+    let Some(mut f) = Fixture::new("a_foreground_run_forwards_sigterm") else {
+        return;
+    };
+    let marker = "/tmp/trap-ready";
+    let script = format!("trap 'exit 42' TERM; touch {marker}; while :; do sleep 0.05; done");
+    let bundle = f.bundle(&["sh", "-c", &script], |_| {});
+    let id = f.id();
+    let mut child = f
+        .command()
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .spawn()
+        .expect("spawn run");
+    let ready = bundle.join("rootfs").join(marker.trim_start_matches('/'));
+    wait_until(
+        "the container's trap is set",
+        Duration::from_secs(20),
+        || ready.exists(),
+    );
+    alcove_sys::process::kill(child.id() as i32, libc::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "SIGTERM to the runtime did not reach the container's trap"
+    );
+}
