@@ -23,11 +23,26 @@ alcove_install_packages "${ALCOVE_OCI_PACKAGES[@]}"
 ROUNDS=${ROUNDS:-30}
 repo=$PWD
 
+# crun 1.8 refuses a cgroup-hybrid host (v1 controllers plus a cgroup2 tree
+# at /sys/fs/cgroup/unified). So that all three runtimes see the same
+# machine, the whole benchmark runs in a mount namespace of its own with
+# that tree unmounted: a cgroup v1 host's layout. OCI_BENCH_HYBRID=1 keeps
+# the host's layout instead, with crun alone behind a wrapper.
+if [ -z "${ALCOVE_OCI_BENCH_NS:-}" ] && [ "${OCI_BENCH_HYBRID:-0}" != 1 ] &&
+    grep -q ' /sys/fs/cgroup/unified ' /proc/self/mountinfo; then
+    echo "note: cgroup-hybrid host: every runtime runs in one mount namespace with /sys/fs/cgroup/unified unmounted (a v1 host's layout; OCI_BENCH_HYBRID=1 keeps the host's)"
+    exec env ALCOVE_OCI_BENCH_NS=1 unshare -m --propagation private \
+        sh -c 'umount -l /sys/fs/cgroup/unified && exec "$0" "$@"' "$repo/bench/oci.sh" "$@"
+fi
+
 ALCOVE_OCI=${ALCOVE_OCI:-}
 if [ -z "$ALCOVE_OCI" ]; then
-    ALCOVE_OCI=$repo/target/release/alcove-oci
+    # Built as setup.sh installs it: static, so no dynamic loader at each call.
+    target=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+    ALCOVE_OCI=$repo/target/$target/release/alcove-oci
     if command -v cargo >/dev/null 2>&1; then
-        cargo build --release -q -p alcove-oci 2>/dev/null ||
+        RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q --locked \
+            --target "$target" -p alcove-oci 2>/dev/null ||
             echo "note: cargo build --release -p alcove-oci failed; using what is there"
     fi
 fi

@@ -192,7 +192,11 @@ fn create_in(
         std::fs::File::open(&dir.path).map_err(io(format!("open {}", dir.path.display())))?,
     );
     let (ours, theirs) = Channel::pair().map_err(io("socketpair"))?;
-    let setup_pid = match single.fork().map_err(io("fork"))? {
+    let unified = cgroup.open_unified()?;
+    let setup_pid = match single
+        .fork_into(unified.as_ref().map(|fd| fd.as_fd()))
+        .map_err(io("fork"))?
+    {
         None => {
             // The setup process. The locked directory must not stay open in
             // the init: `start` could never take the lock while it waits.
@@ -212,7 +216,7 @@ fn create_in(
                 no_pivot: opts.no_pivot,
                 preserve_fds: opts.preserve_fds,
             };
-            setup_process(single, flags, ns_fds, ctx)
+            setup_process(single, flags, ns_fds, &cgroup, ctx)
         }
         Some(pid) => pid,
     };
@@ -236,7 +240,6 @@ fn create_in(
         if flags & libc::CLONE_NEWUSER != 0 {
             write_id_maps(setup_pid, &linux)?;
         }
-        cgroup.add_process(setup_pid)?;
         ours.send(&Msg::Go).map_err(io("setup channel"))?;
         let Msg::Pid(pid) = expect("the init started")? else {
             return Err(ContainerError::Failed("setup protocol out of order".into()));
@@ -340,10 +343,16 @@ fn setup_process(
     single: alcove_sys::process::SingleThreaded,
     flags: libc::c_int,
     ns_fds: Vec<(LinuxNamespaceType, OwnedFd)>,
+    cgroup: &ContainerCgroup,
     ctx: crate::init::InitContext<'_>,
 ) -> ! {
     let channel = ctx.channel;
     let result = (|| -> Result<(), String> {
+        // Before the user namespace, in which the host's cgroup files are
+        // no longer ours to write.
+        cgroup
+            .join_self_v1()
+            .map_err(|e| format!("join the container's cgroup: {e}"))?;
         if flags & libc::CLONE_NEWUSER != 0 {
             alcove_sys::ns::unshare(libc::CLONE_NEWUSER)
                 .map_err(|e| format!("unshare user namespace: {e}"))?;

@@ -137,9 +137,17 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, ContainerError> {
         Some(crate::container::catch_forwarded()?)
     };
     let (ours, theirs) = Channel::pair().map_err(io("socketpair"))?;
-    let setup = match single.fork().map_err(io("fork"))? {
+    let unified = saved.cgroup.open_unified()?;
+    let setup = match single
+        .fork_into(unified.as_ref().map(|fd| fd.as_fd()))
+        .map_err(io("fork"))?
+    {
         None => {
             let _ = alcove_sys::fd::close(ours.0.as_raw_fd());
+            if let Err(e) = saved.cgroup.join_self_v1() {
+                let _ = theirs.send(&Msg::Fail(format!("join the container's cgroup: {e}")));
+                alcove_sys::process::exit_now(1);
+            }
             join_and_fork(
                 single,
                 &theirs,
@@ -162,10 +170,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32, ContainerError> {
         Some(Msg::Fail(text)) => return Err(ContainerError::Failed(text)),
         _ => return Err(ContainerError::Failed("exec setup ended early".into())),
     };
-    let go = (|| {
-        saved.cgroup.add_process(pid)?;
-        ours.send(&Msg::Go).map_err(io("setup channel"))
-    })();
+    let go = ours.send(&Msg::Go).map_err(io("setup channel"));
     if let Err(e) = go {
         let _ = alcove_sys::process::kill(pid, libc::SIGKILL);
         return Err(e);

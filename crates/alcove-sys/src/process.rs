@@ -319,3 +319,17 @@ pub fn execute_fd(
     };
     io::Error::last_os_error()
 }
+
+impl SingleThreaded {
+    /// As [`fork`](Self::fork), the child starting in the cgroup v2 directory
+    /// open at `cgroup` (clone3 with CLONE_INTO_CGROUP): no migration
+    /// afterwards, whose lock waits for an RCU grace period when the process
+    /// moved is not the caller itself.
+    pub fn fork_into(&self, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Option<libc::pid_t>> {
+        // SAFETY: `self` proves the process is single-threaded (see the type).
+        match unsafe { crate::clone::clone3(0, cgroup) }? {
+            crate::clone::Forked::Child => Ok(None),
+            crate::clone::Forked::Parent { pid, .. } => Ok(Some(pid)),
+        }
+    }
+}

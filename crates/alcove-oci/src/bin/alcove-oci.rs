@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Create(_) | Command::Run { .. } | Command::Exec(_)
     ) {
-        if let Err(e) = run_from_sealed_copy() {
+        if let Err(e) = protect_binary() {
             log_error(&cli, &format!("{e:#}"));
             return ExitCode::from(1);
         }
@@ -215,23 +215,59 @@ fn main() -> ExitCode {
     }
 }
 
-/// Commands that enter a container run from a sealed memfd copy of this
-/// binary, and non-dumpable: a process in the container that reaches us
-/// through /proc/PID/exe finds a file nobody can write (CVE-2019-5736).
-fn run_from_sealed_copy() -> anyhow::Result<()> {
+/// Commands that enter a container run non-dumpable, from a copy of this
+/// binary nobody can write: a process in the container that reaches it
+/// (through /proc/PID/exe, or by executing /proc/self/exe while the init
+/// still runs us) must not be able to rewrite the host's runtime
+/// (CVE-2019-5736). Cheapest first: a binary on a read-only mount is
+/// already safe; otherwise a read-only bind of it over itself, in a mount
+/// namespace of our own, and exec through that (~0.3 ms); where mounting is
+/// not allowed, a sealed memfd copy, as runc 1.1 does (~4 ms for 5 MB).
+fn protect_binary() -> anyhow::Result<()> {
     alcove_sys::process::set_dumpable(false).context("PR_SET_DUMPABLE")?;
     let exe = std::fs::read_link("/proc/self/exe").context("read /proc/self/exe")?;
     if exe.to_string_lossy().starts_with("/memfd:alcove-oci") {
         return Ok(());
     }
+    let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes())
+        .context("the runtime's path holds a NUL byte")?;
+    let read_only = alcove_sys::mount::mount_flags(&exe_c)
+        .is_ok_and(|flags| flags & alcove_sys::mount::MS_RDONLY != 0);
+    if read_only {
+        return Ok(());
+    }
+    let (argv_c, env_c) = own_argv_and_env()?;
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    if bind_read_only(&exe_c).is_ok() {
+        let err = alcove_sys::process::execve(&exe_c, &argv, &envp);
+        return Err(anyhow::Error::new(err).context("re-execute the runtime read-only"));
+    }
     let copy = alcove_sys::process::sealed_copy_of_self(c"alcove-oci")
         .context("copy the runtime into a sealed memfd")?;
+    let err = alcove_sys::process::execute_fd(std::os::fd::AsFd::as_fd(&copy), &argv, &envp);
+    Err(anyhow::Error::new(err).context("execute the sealed copy of the runtime"))
+}
+
+/// A mount namespace of our own (nothing propagates back to the host's) in
+/// which `exe` is a read-only bind of itself.
+fn bind_read_only(exe: &std::ffi::CStr) -> std::io::Result<()> {
+    use alcove_sys::mount::{mount, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SLAVE};
+    alcove_sys::ns::unshare(libc::CLONE_NEWNS)?;
+    mount(None, c"/", None, MS_SLAVE | MS_REC, None)?;
+    mount(Some(exe), exe, None, MS_BIND, None)?;
+    mount(None, exe, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+}
+
+fn own_argv_and_env() -> anyhow::Result<(Vec<std::ffi::CString>, Vec<std::ffi::CString>)> {
     let to_c = |s: std::ffi::OsString| std::ffi::CString::new(s.into_encoded_bytes());
-    let args: Vec<_> = std::env::args_os()
+    let args = std::env::args_os()
         .map(to_c)
         .collect::<Result<_, _>>()
         .context("an argument holds a NUL byte")?;
-    let env: Vec<_> = std::env::vars_os()
+    let env = std::env::vars_os()
         .map(|(k, v)| {
             let mut kv = k;
             kv.push("=");
@@ -240,12 +276,7 @@ fn run_from_sealed_copy() -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()
         .context("the environment holds a NUL byte")?;
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let err = alcove_sys::process::execute_fd(std::os::fd::AsFd::as_fd(&copy), &argv, &envp);
-    Err(anyhow::Error::new(err).context("execute the sealed copy of the runtime"))
+    Ok((args, env))
 }
 
 /// runc's error line: on stderr always, and in the --log file in its format.

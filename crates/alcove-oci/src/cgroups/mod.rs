@@ -304,13 +304,48 @@ impl ContainerCgroup {
         dirs
     }
 
-    /// Moves process `pid` into the container's cgroup in every hierarchy.
+    /// Moves the single-threaded process `pid` (the runtime's own child,
+    /// before it starts anything) into the container's cgroup in every
+    /// hierarchy. On v1 through `tasks`: moving one thread skips the
+    /// whole-process migration lock that makes a `cgroup.procs` write wait
+    /// for an RCU grace period (~7-13 ms here, against ~0.03 ms).
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupsError> {
         let value = pid.to_string();
         for dir in self.leaves() {
-            write(&dir.join("cgroup.procs"), &value)?;
+            let v1 = self.unified.as_deref() != Some(dir.as_path());
+            let file = if v1 { "tasks" } else { "cgroup.procs" };
+            write(&dir.join(file), &value)?;
         }
         Ok(())
+    }
+
+    /// Moves the calling (single-threaded) process into the container's v1
+    /// cgroups: a task moving itself through `tasks` takes no migration lock.
+    /// The unified directory is joined at fork instead (CLONE_INTO_CGROUP).
+    pub fn join_self_v1(&self) -> Result<(), CgroupsError> {
+        for dir in self.leaves() {
+            if self.unified.as_deref() != Some(dir.as_path()) {
+                write(&dir.join("tasks"), "0")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The unified directory, open, for starting a process in it.
+    pub fn open_unified(&self) -> Result<Option<std::os::fd::OwnedFd>, CgroupsError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = &self.unified else {
+            return Ok(None);
+        };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map(|f| Some(f.into()))
+            .map_err(|source| CgroupsError::Read {
+                path: dir.clone(),
+                source,
+            })
     }
 
     /// Every process in the container's cgroup, its nested cgroups included.
