@@ -192,7 +192,7 @@ SELECTION=$("$PY" - "$VMDIR/build.json" "$TESTS" "$DELEGATED_TESTS" <<'EOF'
 import json, os, sys
 wanted = sys.argv[2].split()
 wanted_delegated = sys.argv[3].split()
-packages = ("alcove", "alcove-api")  # whose integration tests can be chosen
+packages = ("alcove", "alcove-api", "alcove-oci")  # whose integration tests can be chosen
 found, alcove = {}, None
 for line in open(sys.argv[1]):
     try:

@@ -132,6 +132,29 @@ pub fn check(spec: &Spec) -> Result<(), ConfigError> {
         {
             return bad("a new user namespace needs uidMappings and gidMappings".into());
         }
+        // Fields this runtime cannot honour are refused, never ignored: a
+        // caller must not believe a limit or label holds when it does not.
+        let unsupported = [
+            (linux.intel_rdt().is_some(), "linux.intelRdt (Intel RDT)"),
+            (linux.memory_policy().is_some(), "linux.memoryPolicy"),
+            (
+                linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+                "linux.netDevices",
+            ),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+            return bad(format!(
+                "{what} is not supported by alcove-oci: remove it from config.json"
+            ));
+        }
+        if let Some(offsets) = linux.time_offsets() {
+            if !has(LinuxNamespaceType::Time) {
+                return bad("linux.timeOffsets needs a time namespace".into());
+            }
+            if offsets.keys().any(|k| k != "monotonic" && k != "boottime") {
+                return bad("linux.timeOffsets: only monotonic and boottime can be offset".into());
+            }
+        }
         for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
             check_sysctl(key, |t| has(t) && !joins_host(namespaces, t))?;
         }
@@ -210,6 +233,30 @@ pub fn check_process(process: &oci_spec::runtime::Process) -> Result<(), ConfigE
     if user.additional_gids().as_ref().map_or(0, Vec::len) > 65536 {
         return Err(ConfigError::Invalid(
             "more than 65536 additionalGids".into(),
+        ));
+    }
+    let unsupported = [
+        (process.scheduler().is_some(), "process.scheduler"),
+        (
+            process.exec_cpu_affinity().is_some(),
+            "process.execCPUAffinity",
+        ),
+        (process.io_priority().is_some(), "process.ioPriority"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(ConfigError::Invalid(format!(
+            "{what} is not supported by alcove-oci: remove it from the process"
+        )));
+    }
+    if process
+        .selinux_label()
+        .as_ref()
+        .is_some_and(|l| !l.is_empty())
+        && std::path::Path::new("/sys/fs/selinux/enforce").exists()
+    {
+        return Err(ConfigError::Invalid(
+            "process.selinuxLabel is set and SELinux is on: alcove-oci cannot apply SELinux labels"
+                .into(),
         ));
     }
     if !process.cwd().is_absolute() {

@@ -373,6 +373,22 @@ fn setup_process(
         drop(ns_fds);
         alcove_sys::ns::unshare(flags & !libc::CLONE_NEWUSER)
             .map_err(|e| format!("unshare namespaces: {e}"))?;
+        // A new time namespace takes its offsets before its first process.
+        if let Some(offsets) = ctx
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.time_offsets().clone())
+        {
+            let mut text = String::new();
+            for (clock, offset) in &offsets {
+                let secs = offset.secs().unwrap_or(0);
+                let nanos = offset.nanosecs().unwrap_or(0);
+                text.push_str(&format!("{clock} {secs} {nanos}\n"));
+            }
+            std::fs::write("/proc/self/timens_offsets", text)
+                .map_err(|e| format!("linux.timeOffsets: {e}"))?;
+        }
         match single.fork().map_err(|e| format!("fork init: {e}"))? {
             None => crate::init::run_init(ctx),
             Some(pid) => channel.send(&Msg::Pid(pid)).map_err(|e| e.to_string()),

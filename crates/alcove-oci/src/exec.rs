@@ -221,14 +221,13 @@ fn join_and_fork(
                         Some(Msg::Go) => {}
                         _ => return Err("the runtime went away during exec".into()),
                     }
-                    let prepared = crate::init::finish_process(
+                    let prepared = crate::init::prepare_process(process, console.as_ref(), false)?;
+                    crate::init::become_user(
                         process,
                         seccomp,
-                        console.as_ref(),
                         listener.as_ref(),
                         state,
                         preserve_fds,
-                        crate::init::SeccompWhen::Now,
                     )?;
                     Ok(crate::init::exec(&prepared))
                 })()

@@ -1,7 +1,7 @@
 //! What runs inside the container before the user's program: the container's
 //! init (`run_init`) and, shared with `exec`, the last steps every container
-//! process takes (`finish_process`): rlimits, terminal, user and capabilities,
-//! no_new_privs, seccomp, and finding the program.
+//! process takes (`prepare_process`, `become_user`): terminal, rlimits,
+//! finding the program, then user and capabilities, no_new_privs, seccomp.
 //!
 //! These functions run in a forked child of the (single-threaded) runtime and
 //! end in `execve` or `_exit`; an error is sent to the runtime over the setup
@@ -66,7 +66,11 @@ pub fn run_init(ctx: InitContext<'_>) -> ! {
         Ok(prepared) => exec(&prepared),
         Err(e) => e,
     };
-    let _ = ctx.channel.send(&Msg::Fail(error));
+    // After `create` returned nobody reads the channel: the container's
+    // stderr (conmon's log, the shim's) is where the error can still be seen.
+    if ctx.channel.send(&Msg::Fail(error.clone())).is_err() {
+        eprintln!("alcove-oci: {error}");
+    }
     alcove_sys::process::exit_now(1)
 }
 
@@ -141,18 +145,11 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
         alcove_sys::dirfd::Scope::Beneath,
     )
     .map_err(|e| format!("open exec fifo: {e}"))?;
-    let seccomp = linux.seccomp().clone();
-    let prepared = finish_process(
-        process,
-        seccomp.as_ref(),
-        ctx.console.as_ref(),
-        ctx.seccomp_listener.as_ref(),
-        &state,
-        ctx.preserve_fds,
-        SeccompWhen::Deferred,
-    )?;
+    let prepared = prepare_process(process, ctx.console.as_ref(), true)?;
     ctx.channel.send(&Msg::Ready).map_err(fail)?;
-    // Waits for `start`.
+    // Waits for `start`, still holding the capabilities the steps below
+    // need: the user's seccomp profile may forbid what the runtime does
+    // before exec (spawning a startContainer hook, say).
     let mut byte = [0u8; 1];
     loop {
         match alcove_sys::fd::read(fifo.as_fd(), &mut byte) {
@@ -170,11 +167,13 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
     {
         crate::hooks::run_hooks(&hooks, "startContainer", state.as_bytes()).map_err(fail)?;
     }
-    if let Some(seccomp) = &seccomp {
-        if process.no_new_privileges().unwrap_or(false) {
-            load_seccomp(seccomp, ctx.seccomp_listener.as_ref(), &state)?;
-        }
-    }
+    become_user(
+        process,
+        linux.seccomp().as_ref(),
+        ctx.seccomp_listener.as_ref(),
+        &state,
+        ctx.preserve_fds,
+    )?;
     Ok(prepared)
 }
 
@@ -185,30 +184,15 @@ fn chroot_into(rootfs: &Path) -> Result<(), String> {
     alcove_sys::fs::chdir(c"/").map_err(|e| format!("chdir /: {e}"))
 }
 
-/// When seccomp is loaded relative to the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeccompWhen {
-    /// The init loads it after the exec fifo (with no_new_privs set) so
-    /// that waiting for `start` needs no syscall the profile may forbid.
-    Deferred,
-    /// Right before exec (an exec'd process waits for nothing).
-    Now,
-}
-
-/// The last steps of every container process, in runc's order.
-pub fn finish_process(
+/// The steps of every container process that need no change of user:
+/// terminal, rlimits, oomScoreAdj, the working directory (made when missing,
+/// for the init, as runc does), and finding the program. Errors here still
+/// reach the caller of `create` or `exec`.
+pub fn prepare_process(
     process: &Process,
-    seccomp: Option<&LinuxSeccomp>,
     console: Option<&OwnedFd>,
-    listener: Option<&OwnedFd>,
-    state: &str,
-    preserve_fds: u32,
-    when: SeccompWhen,
+    is_init: bool,
 ) -> Result<Prepared, String> {
-    let is_init = when == SeccompWhen::Deferred;
-    for fd in 3..3u32.saturating_add(preserve_fds.min(1 << 16)) {
-        let _ = alcove_sys::fd::set_cloexec(fd as i32, false);
-    }
     if process.terminal().unwrap_or(false) {
         let console = console.ok_or(
             "process.terminal is true but no --console-socket was given: \
@@ -247,11 +231,37 @@ pub fn finish_process(
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
     }
+    if is_init && !process.cwd().exists() {
+        std::fs::create_dir_all(process.cwd()).map_err(|e| {
+            format!(
+                "create cwd {} set in config.json: {e}",
+                process.cwd().display()
+            )
+        })?;
+    }
+    prepare_exec(process)
+}
+
+/// The last steps before exec, in runc's order: seccomp while the process
+/// may still load it (without no_new_privs only CAP_SYS_ADMIN may), then
+/// user, groups and capabilities, umask, the working directory,
+/// no_new_privs, the AppArmor profile, and with no_new_privs the seccomp
+/// profile last, so the runtime's own calls before exec need nothing it
+/// allows. Descriptors are closed first, for the same reason.
+pub fn become_user(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    listener: Option<&OwnedFd>,
+    state: &str,
+    preserve_fds: u32,
+) -> Result<(), String> {
+    // Nothing the runtime or its caller holds reaches the program, but for
+    // stdio and the descriptors --preserve-fds passes on.
+    alcove_sys::fd::cloexec_from(3i32.saturating_add(preserve_fds.min(1 << 16) as i32))
+        .map_err(|e| format!("close inherited descriptors: {e}"))?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if let Some(seccomp) = seccomp {
         if !nnp {
-            // Without no_new_privs only CAP_SYS_ADMIN may load a filter: load it
-            // now, while the process still holds it.
             load_seccomp(seccomp, listener, state)?;
         }
     }
@@ -277,17 +287,37 @@ pub fn finish_process(
     if nnp {
         alcove_sys::process::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
-    let prepared = prepare_exec(process)?;
-    // Nothing the runtime or its caller holds reaches the program, but for
-    // stdio and the descriptors --preserve-fds passes on.
-    alcove_sys::fd::cloexec_from(3i32.saturating_add(preserve_fds.min(1 << 16) as i32))
-        .map_err(|e| format!("close inherited descriptors: {e}"))?;
-    if when == SeccompWhen::Now && nnp {
-        if let Some(seccomp) = seccomp {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        apply_apparmor(profile)?;
+    }
+    if let Some(seccomp) = seccomp {
+        if nnp {
             load_seccomp(seccomp, listener, state)?;
         }
     }
-    Ok(prepared)
+    Ok(())
+}
+
+/// Asks AppArmor to confine the program to `profile` from its exec on, as
+/// runc does; a host without AppArmor has nothing to apply it with (runc
+/// ignores the profile there too).
+fn apply_apparmor(profile: &str) -> Result<(), String> {
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    if !enabled {
+        return Ok(());
+    }
+    let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() {
+        "/proc/self/attr/apparmor/exec"
+    } else {
+        "/proc/self/attr/exec"
+    };
+    std::fs::write(attr, format!("exec {profile}"))
+        .map_err(|e| format!("apply AppArmor profile {profile:?}: {e}"))
 }
 
 /// Shows the init's terminal at /dev/console, as runc's mountConsole does.

@@ -50,6 +50,7 @@ impl Containerd {
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
         let daemon = Command::new("containerd")
+            .env(CGROUPS_ENV.0, CGROUPS_ENV.1)
             .arg("--config")
             .arg(dir.path().join("config.toml"))
             .stdin(Stdio::null())

@@ -34,6 +34,7 @@ impl Fixture {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(runtime());
+        cmd.env(CGROUPS_ENV.0, CGROUPS_ENV.1);
         cmd.arg("--root").arg(self.root());
         cmd
     }
@@ -113,7 +114,11 @@ fn no_descriptor_of_the_caller_reaches_the_program() {
         f.root().display(),
         bundle.display()
     );
-    let out = run(Command::new("sh").arg("-c").arg(script)).ok("run");
+    let out = run(Command::new("sh")
+        .env(CGROUPS_ENV.0, CGROUPS_ENV.1)
+        .arg("-c")
+        .arg(script))
+    .ok("run");
     let fds: Vec<&str> = out.stdout.split_whitespace().collect();
     assert!(fds.contains(&"0") && fds.contains(&"2"), "{out:?}");
     assert!(

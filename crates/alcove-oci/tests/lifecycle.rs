@@ -63,6 +63,7 @@ impl Fixture {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
+        cmd.env(CGROUPS_ENV.0, CGROUPS_ENV.1);
         if let Some(root) = &self.root {
             cmd.arg("--root").arg(root);
         }

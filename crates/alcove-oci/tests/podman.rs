@@ -82,6 +82,7 @@ impl Podman {
         let p = |sub: &str| self.path().join(sub);
         let mut cmd = Command::new("podman");
         cmd.env("CONTAINERS_CONF", p("containers.conf"))
+            .env(CGROUPS_ENV.0, CGROUPS_ENV.1)
             .arg("--root")
             .arg(p("root"))
             .arg("--runroot")

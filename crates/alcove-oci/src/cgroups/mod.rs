@@ -15,13 +15,16 @@
 //! misc: those offered) are enabled from the base down to the container's
 //! parent.
 //!
-//! Kubernetes counts a pod's containers in the pod's cgroup, so there an
-//! absolute `cgroupsPath` must be taken from the hierarchy's root, as runc
-//! takes it: with `ALCOVE_OCI_CGROUPS=absolute` in the runtime's environment
-//! (containerd's, for its shims) an absolute path is placed from the root of
-//! each hierarchy instead, and a relative one still beneath our own cgroup.
+//! An absolute `cgroupsPath` is the exception: the runtime spec says it
+//! MUST be taken from the cgroup mount point, and its callers count on that
+//! (Kubernetes counts a pod's containers in the pod's cgroup; podman and
+//! containerd read a container's statistics there). So an absolute path is
+//! placed from each hierarchy's root, as runc places it, unless
+//! `ALCOVE_OCI_CGROUPS=nested` is in the runtime's environment: then it too
+//! goes beneath our own cgroup (for a runtime confined to a delegated
+//! subtree; the tests here run so).
 //!
-//! The spec's `cgroupsPath`, absolute or relative, is appended to the base;
+//! The spec's `cgroupsPath` (relative, or absolute when nested) is appended to the base;
 //! unset, it is `alcove-oci/<id>`. With `--systemd-cgroup` it has systemd's
 //! form `slice:prefix:name`: the slice is expanded as systemd lays slices out
 //! (`a-b.slice` → `a.slice/a-b.slice`; `-.slice` or empty: none) and the leaf
@@ -148,6 +151,9 @@ enum Place<'a> {
     Absent,
 }
 
+/// Where a container without a `cgroupsPath` goes, beneath the base.
+pub(crate) const DEFAULT_PARENT: &str = "alcove-oci";
+
 impl ContainerCgroup {
     /// Creates the container's cgroup (see the module doc for where) and
     /// applies `resources`. An existing directory is reused if it holds no
@@ -160,7 +166,7 @@ impl ContainerCgroup {
     ) -> Result<Self, CgroupsError> {
         let relative = path::relative(cgroups_path, id, systemd)?;
         let mut layout = alcove_cgroup::CgroupLayout::detect().map_err(CgroupsError::Layout)?;
-        let from_root = std::env::var("ALCOVE_OCI_CGROUPS").is_ok_and(|v| v == "absolute")
+        let from_root = std::env::var("ALCOVE_OCI_CGROUPS").map_or(true, |v| v != "nested")
             && (systemd || cgroups_path.is_some_and(|p| p.starts_with('/')));
         if from_root {
             for h in &mut layout.v1 {
@@ -485,6 +491,14 @@ impl ContainerCgroup {
         // Parents shared with other containers stay while those use them.
         for dir in self.created.iter().rev().filter(|d| !leaves.contains(d)) {
             let _ = std::fs::remove_dir(dir);
+        }
+        // The default parent (`alcove-oci/`, for a config without a
+        // cgroupsPath) goes with the last container in it, whichever made it:
+        // rmdir refuses while another is there.
+        for leaf in &leaves {
+            if let Some(parent) = leaf.parent().filter(|p| p.ends_with(DEFAULT_PARENT)) {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -22,7 +22,7 @@ pub(super) fn relative(
     };
     check_component(id).map_err(|_| invalid("the container id is not a valid cgroup name"))?;
     let Some(raw) = cgroups_path.filter(|p| !p.is_empty()) else {
-        return Ok(Path::new("alcove-oci").join(id));
+        return Ok(Path::new(super::DEFAULT_PARENT).join(id));
     };
     if systemd {
         let mut parts = raw.splitn(3, ':');
@@ -211,6 +211,35 @@ fn parse_extra_v1(mountinfo: &str, proc_cgroup: &str) -> Vec<(Vec<String>, PathB
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hierarchy_root_is_the_mount_point() {
+        let layout = alcove_cgroup::CgroupLayout::detect().expect("cgroup layout");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| l.contains(" - cgroup"))
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        let mut checked = 0;
+        for own in layout
+            .v1
+            .iter()
+            .map(|h| h.own_dir.clone())
+            .chain(layout.unified_own_dir.clone())
+        {
+            let root = hierarchy_root(&own);
+            assert!(
+                mounts.iter().any(|m| Path::new(m) == root),
+                "{} -> {} is not a cgroup mount point ({mounts:?})",
+                own.display(),
+                root.display()
+            );
+            assert!(own.starts_with(&root));
+            checked += 1;
+        }
+        assert!(checked > 0, "no cgroup hierarchy found");
+    }
 
     #[test]
     fn unset_path_goes_under_alcove_oci() {

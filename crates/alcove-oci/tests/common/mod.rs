@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 /// failure is the runtime's and not the test's).
 pub const ALCOVE_OCI: &str = env!("CARGO_BIN_EXE_alcove-oci");
 
+/// The environment every runtime call of the tests gets: containers'
+/// cgroups go beneath the test's own cgroup, even for callers (podman,
+/// containerd) that give absolute paths, so the tests never create cgroups
+/// at a hierarchy's root (this project's rule for its test machines). The
+/// default, from the root as the spec says, rests on `hierarchy_root`, which
+/// the cgroups module's unit tests check.
+pub const CGROUPS_ENV: (&str, &str) = ("ALCOVE_OCI_CGROUPS", "nested");
+
 /// The runtime under test: `ALCOVE_OCI_RUNTIME`, or [`ALCOVE_OCI`].
 pub fn runtime() -> PathBuf {
     match std::env::var_os("ALCOVE_OCI_RUNTIME") {
