@@ -76,9 +76,11 @@ environment:
   ALCOVE_VM_TESTS     test binaries to run from the root cgroup (default:
                       "limits run_basics teardown ebpf guard images
                       functions hostile isolation router control
-                      http_functions warm_isolation": the
-                      alcove package's integration
-                      tests and alcove-api's router, which runs sandboxes;
+                      http_functions warm_isolation lifecycle hardening
+                      podman containerd": the alcove package's integration
+                      tests, alcove-api's router, which runs sandboxes, and
+                      alcove-oci's (the OCI runtime under podman and
+                      containerd on a cgroup v2 host under systemd);
                       left out: accel, whose accelerator calibrates CPU
                       kernels for minutes under TCG and has nothing cgroup-v2
                       specific; alcove-api's fuzz, which runs no sandbox; and
@@ -89,7 +91,8 @@ environment:
                       invocations: ~4 min under TCG; name them here to run
                       them in the guest))
   ALCOVE_VM_DELEGATED_TESTS  test binaries to run from the delegated cgroup
-                      (default: ALCOVE_VM_TESTS without images)
+                      (default: ALCOVE_VM_TESTS without images, podman
+                      and containerd)
   ALCOVE_VM_TEST_ARGS arguments for every test binary: a name filter, --skip
                       NAME, --exact... (default: --skip malicious_archives_are_
                       refused_and_leave_nothing_behind, user-space work that
@@ -129,9 +132,11 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation}
-# images works the same from any cgroup (its sandboxes are `alcove run`'s).
-DELEGATED_TESTS=${ALCOVE_VM_DELEGATED_TESTS-$(tr ' ' '\n' <<< "$TESTS" | grep -vx images | paste -sd' ')}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation lifecycle hardening podman containerd}
+# images works the same from any cgroup (its sandboxes are `alcove run`'s);
+# podman and containerd place their containers' cgroups themselves (absolute
+# paths), whatever cgroup the tests start from.
+DELEGATED_TESTS=${ALCOVE_VM_DELEGATED_TESTS-$(tr ' ' '\n' <<< "$TESTS" | grep -vxE 'images|podman|containerd' | paste -sd' ')}
 # The decompression-bomb and tampered-archive checks are user-space work (200
 # MB gunzipped by a debug build), ~5 min under TCG: the host's test run covers them.
 TEST_ARGS=${ALCOVE_VM_TEST_ARGS-"--skip malicious_archives_are_refused_and_leave_nothing_behind"}
