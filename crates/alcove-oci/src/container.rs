@@ -155,7 +155,20 @@ fn create_in(
     let fifo = dir.fifo_path();
     let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
         .map_err(|_| ContainerError::Failed("state path holds a NUL byte".into()))?;
-    alcove_sys::fs::mkfifo(&fifo_c, 0o622).map_err(io(format!("mkfifo {}", fifo.display())))?;
+    alcove_sys::fs::mkfifo(&fifo_c, 0o600).map_err(io(format!("mkfifo {}", fifo.display())))?;
+    // The init opens it as the container's root: in a new user namespace
+    // that is the host id uid and gid 0 map to.
+    if flags & libc::CLONE_NEWUSER != 0 {
+        let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            maps.iter()
+                .flatten()
+                .find_map(|m| (m.container_id() == 0 && m.size() > 0).then_some(m.host_id()))
+        };
+        if let (Some(uid), Some(gid)) = (host(linux.uid_mappings()), host(linux.gid_mappings())) {
+            std::os::unix::fs::chown(&fifo, Some(uid), Some(gid))
+                .map_err(io(format!("chown {}", fifo.display())))?;
+        }
+    }
     let console = if process.terminal().unwrap_or(false) {
         match &opts.console_socket {
             Some(path) => Some(crate::console::connect(path)?),
@@ -327,11 +340,14 @@ fn with_default_devices(linux: &oci_spec::runtime::Linux) -> oci_spec::runtime::
     }
     rules.push(allow(c, Some(136), None));
     for device in linux.devices().iter().flatten() {
-        rules.push(allow(
-            device.typ(),
-            Some(device.major()),
-            Some(device.minor()),
-        ));
+        // The device cgroup knows block and character devices only; a FIFO
+        // needs no rule.
+        let typ = match device.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::C | LinuxDeviceType::U => c,
+            _ => continue,
+        };
+        rules.push(allow(typ, Some(device.major()), Some(device.minor())));
     }
     resources.set_devices(Some(rules));
     resources
