@@ -206,37 +206,31 @@ fn create_in(
     );
     let (ours, theirs) = Channel::pair().map_err(io("socketpair"))?;
     let unified = cgroup.open_unified()?;
-    let setup_pid = match single
-        .fork_into(unified.as_ref().map(|fd| fd.as_fd()))
-        .map_err(io("fork"))?
-    {
-        None => {
-            // The setup process. The locked directory must not stay open in
-            // the init: `start` could never take the lock while it waits.
-            let _ = alcove_sys::fd::close(dir.dir_fd().as_raw_fd());
-            let _ = alcove_sys::fd::close(ours.0.as_raw_fd());
-            let ctx = crate::init::InitContext {
-                spec,
-                rootfs: &bundle.rootfs,
-                bundle: &bundle.dir,
-                channel: &theirs,
-                state_dir: state_dir_for_init,
-                console,
-                seccomp_listener: listener,
-                new_mount_ns,
-                new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
-                new_user_ns: flags & libc::CLONE_NEWUSER != 0,
-                no_pivot: opts.no_pivot,
-                preserve_fds: opts.preserve_fds,
-            };
-            setup_process(single, flags, ns_fds, &cgroup, ctx)
-        }
-        Some(pid) => pid,
-    };
-    drop(theirs);
-    drop(state_dir_for_init);
-    let reap = |pid| {
-        let _ = alcove_sys::process::wait_child(pid);
+    // Without namespaces to join, a user namespace to map from outside or
+    // time offsets to set before its first process, the init is cloned
+    // straight into its namespaces: no setup process between.
+    let direct = ns_fds.is_empty() && flags & (libc::CLONE_NEWUSER | libc::CLONE_NEWTIME) == 0;
+    let mut ctx = Some(crate::init::InitContext {
+        spec,
+        rootfs: &bundle.rootfs,
+        bundle: &bundle.dir,
+        channel: &theirs,
+        state_dir: state_dir_for_init,
+        console,
+        seccomp_listener: listener,
+        new_mount_ns,
+        new_uts_ns: flags & libc::CLONE_NEWUTS != 0,
+        new_user_ns: flags & libc::CLONE_NEWUSER != 0,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+    });
+    let unified_fd = unified.as_ref().map(|fd| fd.as_fd());
+    // In the child: the locked directory must not stay open in the init
+    // (`start` could never take the lock while it waits), nor our end of
+    // the channel.
+    let child_closes = || {
+        let _ = alcove_sys::fd::close(dir.dir_fd().as_raw_fd());
+        let _ = alcove_sys::fd::close(ours.0.as_raw_fd());
     };
     let expect = |want: &str| -> Result<Msg, ContainerError> {
         match ours.recv().map_err(io("setup channel"))? {
@@ -247,24 +241,68 @@ fn create_in(
             ))),
         }
     };
-    let result = (|| {
-        expect("its user namespace was made")?;
-        // From here an error must not leave the setup process waiting for Go.
-        if flags & libc::CLONE_NEWUSER != 0 {
-            write_id_maps(setup_pid, &linux)?;
+    let pid = if direct {
+        // A cgroup namespace is made by the init itself once it is in its
+        // v1 cgroups, so that its root is the container's cgroup there too.
+        let clone_flags = (flags & !libc::CLONE_NEWCGROUP) as u64;
+        match single
+            .clone_into(clone_flags, unified_fd)
+            .map_err(io("clone the container's init"))?
+        {
+            None => {
+                child_closes();
+                let ctx = ctx.take().expect("the context is there");
+                let joined = cgroup
+                    .join_self_v1()
+                    .map_err(|e| format!("join the container's cgroup: {e}"))
+                    .and_then(|()| {
+                        if flags & libc::CLONE_NEWCGROUP == 0 {
+                            return Ok(());
+                        }
+                        alcove_sys::ns::unshare(libc::CLONE_NEWCGROUP)
+                            .map_err(|e| format!("unshare the cgroup namespace: {e}"))
+                    });
+                if let Err(e) = joined {
+                    let _ = theirs.send(&Msg::Fail(e));
+                    alcove_sys::process::exit_now(1);
+                }
+                crate::init::run_init(ctx)
+            }
+            Some(pid) => {
+                *init_slot = Some(pid);
+                pid
+            }
         }
-        ours.send(&Msg::Go).map_err(io("setup channel"))?;
-        let Msg::Pid(pid) = expect("the init started")? else {
-            return Err(ContainerError::Failed("setup protocol out of order".into()));
+    } else {
+        let setup_pid = match single.fork_into(unified_fd).map_err(io("fork"))? {
+            None => {
+                child_closes();
+                let ctx = ctx.take().expect("the context is there");
+                setup_process(single, flags, ns_fds, &cgroup, ctx)
+            }
+            Some(pid) => pid,
         };
-        *init_slot = Some(pid);
-        Ok(pid)
-    })();
-    if result.is_err() {
-        let _ = alcove_sys::process::kill(setup_pid, libc::SIGKILL);
-    }
-    reap(setup_pid);
-    let pid = result?;
+        let result = (|| {
+            expect("its user namespace was made")?;
+            // From here an error must not leave the setup process waiting for Go.
+            if flags & libc::CLONE_NEWUSER != 0 {
+                write_id_maps(setup_pid, &linux)?;
+            }
+            ours.send(&Msg::Go).map_err(io("setup channel"))?;
+            let Msg::Pid(pid) = expect("the init started")? else {
+                return Err(ContainerError::Failed("setup protocol out of order".into()));
+            };
+            *init_slot = Some(pid);
+            Ok(pid)
+        })();
+        if result.is_err() {
+            let _ = alcove_sys::process::kill(setup_pid, libc::SIGKILL);
+        }
+        let _ = alcove_sys::process::wait_child(setup_pid);
+        result?
+    };
+    drop(ctx);
+    drop(theirs);
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
             .map_err(io(format!("oom_score_adj {adj}")))?;

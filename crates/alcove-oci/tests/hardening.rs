@@ -247,3 +247,57 @@ fn a_foreground_run_forwards_sigterm() {
         "SIGTERM to the runtime did not reach the container's trap"
     );
 }
+
+/// `chattr +i` on a copy of the runtime; undone on drop so it can be removed.
+struct ImmutableCopy(PathBuf);
+
+impl Drop for ImmutableCopy {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_immutable_runtime_runs_in_place_and_stays_unwritable() {
+    let Some(mut f) = Fixture::new("an_immutable_runtime_runs_in_place_and_stays_unwritable")
+    else {
+        return;
+    };
+    let copy = f.dir.path().join("alcove-oci-immutable");
+    std::fs::copy(runtime(), &copy).unwrap();
+    let status = Command::new("chattr").arg("+i").arg(&copy).status();
+    if !status.is_ok_and(|s| s.success()) {
+        skip_machine(
+            "an_immutable_runtime_runs_in_place_and_stays_unwritable",
+            "chattr +i is not supported on the temp directory's filesystem",
+        );
+        let _ = std::fs::remove_file(&copy);
+        return;
+    }
+    let _guard = ImmutableCopy(copy.clone());
+    let bundle = f.bundle(&["true"], |_| {});
+    let id = f.id();
+    let pid_file = f.dir.path().join("imm.pid");
+    run(Command::new(&copy)
+        .env(CGROUPS_ENV.0, CGROUPS_ENV.1)
+        .arg("--root")
+        .arg(f.root())
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&id))
+    .ok("create with an immutable runtime");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let exe = format!("/proc/{}/exe", pid.trim());
+    // Run in place (no copy): the link names the immutable file itself...
+    assert_eq!(std::fs::read_link(&exe).unwrap(), copy);
+    // ...which nobody can open for writing, root on the host included.
+    let write = std::fs::OpenOptions::new().append(true).open(&exe);
+    assert!(write.is_err(), "the immutable runtime opened for writing");
+    run(Command::new(&copy)
+        .arg("--root")
+        .arg(f.root())
+        .args(["delete", "--force", &id]))
+    .ok("delete");
+}

@@ -333,3 +333,20 @@ impl SingleThreaded {
         }
     }
 }
+
+impl SingleThreaded {
+    /// As [`fork_into`](Self::fork_into), the child also made in the new
+    /// namespaces `flags` names (`CLONE_NEW*`): with `CLONE_NEWPID` it is
+    /// pid 1 of its namespace.
+    pub fn clone_into(
+        &self,
+        flags: u64,
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Option<libc::pid_t>> {
+        // SAFETY: `self` proves the process is single-threaded (see the type).
+        match unsafe { crate::clone::clone3(flags, cgroup) }? {
+            crate::clone::Forked::Child => Ok(None),
+            crate::clone::Forked::Parent { pid, .. } => Ok(Some(pid)),
+        }
+    }
+}
