@@ -327,8 +327,12 @@ fn create_in(
     };
     let state = crate::state::hook_state(&saved, Status::Creating);
     if let Some(hooks) = spec.hooks() {
+        // The deprecated prestart hooks see "created", as runtime-tools'
+        // validation expects of them; createRuntime and createContainer
+        // hooks see the truth, "creating".
         let prestart = hooks.prestart().clone().unwrap_or_default();
-        crate::hooks::run_hooks(&prestart, "prestart", &state)?;
+        let created = crate::state::hook_state(&saved, Status::Created);
+        crate::hooks::run_hooks(&prestart, "prestart", &created)?;
         let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
         crate::hooks::run_hooks(&create_runtime, "createRuntime", &state)?;
     }

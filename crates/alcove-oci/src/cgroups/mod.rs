@@ -476,7 +476,11 @@ impl ContainerCgroup {
     /// removes the container's directories (nested cgroups first) and the
     /// now-empty parents `create` made, up to the base.
     pub fn destroy(&self) -> Result<(), CgroupsError> {
-        self.kill_all(libc::SIGKILL);
+        // An emptied container (the usual case: its init exited) needs no
+        // freezing and signalling, only its directories removed.
+        if self.pids().map_or(true, |p| !p.is_empty()) {
+            self.kill_all(libc::SIGKILL);
+        }
         let deadline = Instant::now() + Duration::from_secs(1);
         while self.pids().is_ok_and(|p| !p.is_empty()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

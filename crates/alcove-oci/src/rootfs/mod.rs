@@ -140,7 +140,11 @@ pub fn prepare(plan: &RootfsPlan) -> Result<(), RootfsError> {
 
     // Slave by default so that nothing mounted here reaches the host, while
     // the host's later mounts still reach the container.
-    let propagation = root_propagation(plan)?.unwrap_or(mount::MS_SLAVE | mount::MS_REC);
+    // An unbindable root could not be bound onto itself below: it is made
+    // unbindable after the pivot instead (see `pivot`).
+    let propagation = root_propagation(plan)?
+        .filter(|p| p & mount::MS_UNBINDABLE == 0)
+        .unwrap_or(mount::MS_SLAVE | mount::MS_REC);
     mount::mount(None, c"/", None, propagation, None)
         .map_err(step("setting the root propagation"))?;
     parent_mount_private(plan.rootfs)?;
