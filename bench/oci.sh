@@ -67,13 +67,11 @@ cleanup() {
     # Deepest first: whatever a failed run left mounted beneath our dir.
     grep -o " $work/[^ ]*" /proc/self/mountinfo 2>/dev/null | awk '{ print length, $1 }' |
         sort -rn | cut -d' ' -f2 | while read -r m; do umount -l "$m" 2>/dev/null || true; done || true
-    chattr -i "$work/alcove-oci" 2>/dev/null || true
     rm -rf "$work"
     # containerd's namespace cgroups (its containers' are gone with them).
     find /sys/fs/cgroup -maxdepth 4 -type d -name alcove-bench -exec rmdir {} + 2>/dev/null || true
 }
 trap cleanup EXIT
-chattr -i "$work/alcove-oci" 2>/dev/null || true
 rm -rf "$work"
 mkdir -p "$work/bundle/rootfs"
 
@@ -135,11 +133,6 @@ fi
 
 names=()
 if [ -x "$ALCOVE_OCI" ]; then
-    # As setup.sh installs it: immutable, so it runs in place (see README).
-    cp "$ALCOVE_OCI" "$work/alcove-oci"
-    chattr +i "$work/alcove-oci" 2>/dev/null ||
-        echo "note: chattr +i failed here: alcove-oci protects its binary per call (~1.5 ms more)"
-    ALCOVE_OCI=$work/alcove-oci
     names+=(alcove-oci)
     bins+=("$ALCOVE_OCI")
 else

@@ -25,14 +25,8 @@ alcove_ensure_rust
 target=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" -p alcove -p alcove-oci
 install -m 0755 "target/$target/release/alcove" /usr/local/bin/alcove
-# The OCI runtime (runc's command line) for podman --runtime, containerd and
-# Kubernetes. Immutable (chattr +i): a container can then not rewrite it
-# through /proc/PID/exe (CVE-2019-5736) and it runs in place, with no
-# read-only re-exec per call (README: "Security of the runtime itself").
-chattr -i /usr/local/bin/alcove-oci 2>/dev/null || true
+# The OCI runtime (runc's command line) for podman --runtime, containerd and Kubernetes.
 install -m 0755 "target/$target/release/alcove-oci" /usr/local/bin/alcove-oci
-chattr +i /usr/local/bin/alcove-oci 2>/dev/null ||
-    echo "note: chattr +i /usr/local/bin/alcove-oci failed (filesystem without attributes): alcove-oci protects itself per call instead (~1.5 ms)"
 install -m 0755 "target/$target/release/alcove-probe" /usr/local/bin/alcove-probe
 # The accelerator loads the NVIDIA driver and cuBLAS with dlopen, which a
 # static glibc binary cannot do reliably: it is linked dynamically.

@@ -155,6 +155,12 @@ pub fn check(spec: &Spec) -> Result<(), ConfigError> {
                 return bad("linux.timeOffsets: only monotonic and boottime can be offset".into());
             }
         }
+        // Compiled now (and again by the init, where it is installed) so that
+        // a bad profile fails `create`, as with runc, not the start.
+        if let Some(seccomp) = linux.seccomp() {
+            crate::seccomp::compile(seccomp)
+                .map_err(|e| ConfigError::Invalid(format!("linux.seccomp: {e}")))?;
+        }
         for key in linux.sysctl().iter().flatten().map(|(k, _)| k) {
             check_sysctl(key, |t| has(t) && !joins_host(namespaces, t))?;
         }

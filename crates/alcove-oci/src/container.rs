@@ -89,6 +89,9 @@ pub fn create(opts: &CreateOptions) -> Result<i32, ContainerError> {
         Err(e) => {
             if let Some(pid) = init_pid {
                 let _ = alcove_sys::process::kill(pid, libc::SIGKILL);
+                // Reaped here when it is our child (cloned directly), so no
+                // zombie is left to an init that may not reap.
+                let _ = alcove_sys::process::wait_child(pid);
             }
             if let Some(cg) = cgroup {
                 let _ = cg.destroy();

@@ -222,12 +222,15 @@ fn join_and_fork(
                         _ => return Err("the runtime went away during exec".into()),
                     }
                     let prepared = crate::init::prepare_process(process, console.as_ref(), false)?;
+                    let mut keep = vec![channel.0.as_raw_fd()];
+                    keep.extend(listener.as_ref().map(|fd| fd.as_raw_fd()));
                     crate::init::become_user(
                         process,
                         seccomp,
                         listener.as_ref(),
                         state,
                         preserve_fds,
+                        &keep,
                     )?;
                     Ok(crate::init::exec(&prepared))
                 })()

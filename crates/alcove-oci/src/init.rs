@@ -8,7 +8,7 @@
 //! channel and becomes the message the caller sees.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -167,12 +167,15 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
     {
         crate::hooks::run_hooks(&hooks, "startContainer", state.as_bytes()).map_err(fail)?;
     }
+    let mut keep = vec![ctx.channel.0.as_raw_fd()];
+    keep.extend(ctx.seccomp_listener.as_ref().map(|fd| fd.as_raw_fd()));
     become_user(
         process,
         linux.seccomp().as_ref(),
         ctx.seccomp_listener.as_ref(),
         &state,
         ctx.preserve_fds,
+        &keep,
     )?;
     Ok(prepared)
 }
@@ -254,10 +257,14 @@ pub fn become_user(
     listener: Option<&OwnedFd>,
     state: &str,
     preserve_fds: u32,
+    keep: &[std::os::fd::RawFd],
 ) -> Result<(), String> {
     // Nothing the runtime or its caller holds reaches the program, but for
-    // stdio and the descriptors --preserve-fds passes on.
-    alcove_sys::fd::cloexec_from(3i32.saturating_add(preserve_fds.min(1 << 16) as i32))
+    // stdio and the descriptors --preserve-fds passes on: closed now, not at
+    // exec, so that no directory of the host's is left to reach through
+    // /proc/self/fd (as a cwd, say: runc's CVE-2024-21626). `keep` are the
+    // runtime's own sockets still needed before exec (close-on-exec).
+    alcove_sys::fd::close_from_except(3i32.saturating_add(preserve_fds.min(1 << 16) as i32), keep)
         .map_err(|e| format!("close inherited descriptors: {e}"))?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if let Some(seccomp) = seccomp {
@@ -284,6 +291,14 @@ pub fn become_user(
             process.cwd().display()
         )
     })?;
+    // A cwd outside the root reads back as "(unreachable)/…", not "/…".
+    let inside = std::env::current_dir().is_ok_and(|d| d.is_absolute());
+    if !inside {
+        return Err(format!(
+            "cwd {} set in config.json is outside the container's root",
+            process.cwd().display()
+        ));
+    }
     if nnp {
         alcove_sys::process::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }

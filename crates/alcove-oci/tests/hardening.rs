@@ -248,56 +248,51 @@ fn a_foreground_run_forwards_sigterm() {
     );
 }
 
-/// `chattr +i` on a copy of the runtime; undone on drop so it can be removed.
-struct ImmutableCopy(PathBuf);
-
-impl Drop for ImmutableCopy {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+#[test]
+fn a_cwd_through_a_leaked_descriptor_cannot_leave_the_root() {
+    let Some(mut f) = Fixture::new("a_cwd_through_a_leaked_descriptor_cannot_leave_the_root")
+    else {
+        return;
+    };
+    // The runtime holds host directories open while it sets up (the state
+    // directory, the cgroup); a cwd of /proc/self/fd/N must not reach one.
+    for n in 3..=12 {
+        let cwd = format!("/proc/self/fd/{n}");
+        let bundle = f.bundle(&["sh", "-c", "pwd; ls ../../../.."], |c| {
+            c["process"]["cwd"] = serde_json::json!(cwd);
+        });
+        let id = f.id();
+        let out = f.run(&bundle, &id);
+        assert!(
+            out.code != 0 || out.stdout.starts_with('/'),
+            "cwd {cwd} escaped the root: {out:?}"
+        );
+        assert!(
+            !out.stdout.contains("(unreachable)") && !out.stdout.contains("container_info"),
+            "cwd {cwd} reached the host: {out:?}"
+        );
     }
 }
 
 #[test]
-fn an_immutable_runtime_runs_in_place_and_stays_unwritable() {
-    let Some(mut f) = Fixture::new("an_immutable_runtime_runs_in_place_and_stays_unwritable")
-    else {
+fn a_bad_seccomp_profile_fails_create_not_start() {
+    let Some(mut f) = Fixture::new("a_bad_seccomp_profile_fails_create_not_start") else {
         return;
     };
-    let copy = f.dir.path().join("alcove-oci-immutable");
-    std::fs::copy(runtime(), &copy).unwrap();
-    let status = Command::new("chattr").arg("+i").arg(&copy).status();
-    if !status.is_ok_and(|s| s.success()) {
-        skip_machine(
-            "an_immutable_runtime_runs_in_place_and_stays_unwritable",
-            "chattr +i is not supported on the temp directory's filesystem",
-        );
-        let _ = std::fs::remove_file(&copy);
-        return;
-    }
-    let _guard = ImmutableCopy(copy.clone());
-    let bundle = f.bundle(&["true"], |_| {});
+    let bundle = f.bundle(&["true"], |c| {
+        c["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]
+        });
+    });
     let id = f.id();
-    let pid_file = f.dir.path().join("imm.pid");
-    run(Command::new(&copy)
-        .env(CGROUPS_ENV.0, CGROUPS_ENV.1)
-        .arg("--root")
-        .arg(f.root())
+    let out = run(f
+        .command()
         .args(["create", "--bundle"])
         .arg(&bundle)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&id))
-    .ok("create with an immutable runtime");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    let exe = format!("/proc/{}/exe", pid.trim());
-    // Run in place (no copy): the link names the immutable file itself...
-    assert_eq!(std::fs::read_link(&exe).unwrap(), copy);
-    // ...which nobody can open for writing, root on the host included.
-    let write = std::fs::OpenOptions::new().append(true).open(&exe);
-    assert!(write.is_err(), "the immutable runtime opened for writing");
-    run(Command::new(&copy)
-        .arg("--root")
-        .arg(f.root())
-        .args(["delete", "--force", &id]))
-    .ok("delete");
+        .arg(&id));
+    assert_ne!(out.code, 0, "create accepted a rule on argument 9: {out:?}");
+    assert!(out.stderr.contains("seccomp"), "{out:?}");
+    assert!(entries(&f.root()).is_empty(), "state left behind");
 }

@@ -193,3 +193,22 @@ pub fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
+
+/// Closes every descriptor from `first` upward except those in `keep`
+/// (close_range over the gaps between them).
+pub fn close_from_except(first: RawFd, keep: &[RawFd]) -> io::Result<()> {
+    let mut kept: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= first).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut low = first as libc::c_uint;
+    for fd in kept.into_iter().map(|fd| fd as libc::c_uint) {
+        if fd > low {
+            // SAFETY: close_range on our own descriptor table, plain integers.
+            crate::cvt(unsafe { libc::syscall(libc::SYS_close_range, low, fd - 1, 0u32) })?;
+        }
+        low = fd + 1;
+    }
+    // SAFETY: as above.
+    crate::cvt(unsafe { libc::syscall(libc::SYS_close_range, low, libc::c_uint::MAX, 0u32) })
+        .map(drop)
+}

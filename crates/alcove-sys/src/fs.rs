@@ -79,23 +79,12 @@ pub fn mkfifo(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
     crate::cvt_int(unsafe { libc::mkfifo(path.as_ptr(), mode) }).map(drop)
 }
 
-/// Whether the file open at `fd` has the immutable attribute (`chattr +i`):
-/// nobody may open it for writing, unlink or rename it, root included,
-/// until someone holding CAP_LINUX_IMMUTABLE clears it. `Ok(false)` where
-/// the filesystem keeps no such attributes.
-pub fn is_immutable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+/// Whether the file open at `fd` is on a read-only mount (or filesystem).
+pub fn on_read_only_mount(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
-    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
-    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`, which outlives the call.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
-    if ret == -1 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
-            _ => Err(err),
-        };
-    }
-    Ok(flags & FS_IMMUTABLE_FL != 0)
+    // SAFETY: fstatvfs fills the zeroed struct it is given and keeps no pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-parameter for the duration of the call.
+    crate::cvt_int(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
 }

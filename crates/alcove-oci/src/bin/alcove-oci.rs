@@ -202,7 +202,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Create(_) | Command::Run { .. } | Command::Exec(_)
     ) {
-        if let Err(e) = protect_binary(&cli) {
+        if let Err(e) = protect_binary() {
             log_error(&cli, &format!("{e:#}"));
             return ExitCode::from(1);
         }
@@ -219,14 +219,14 @@ fn main() -> ExitCode {
 /// Commands that enter a container run non-dumpable, from a binary nobody
 /// in the container can write: a process there that reaches it (through
 /// /proc/PID/exe, or by executing /proc/self/exe while the init still runs
-/// us) must not be able to rewrite the host's runtime (CVE-2019-5736).
-/// Cheapest first: a binary on a read-only mount, or immutable (`chattr +i`,
-/// as setup.sh installs it) while the container holds neither
-/// CAP_LINUX_IMMUTABLE nor CAP_SYS_ADMIN to undo that, is safe where it is;
-/// otherwise a read-only bind of it over itself in a mount namespace of our
-/// own, and exec through that (~1.5 ms); where mounting is not allowed, a
-/// sealed memfd copy, as runc 1.1 does (~4 ms for 6 MB).
-fn protect_binary(cli: &Cli) -> anyhow::Result<()> {
+/// us) must not be able to rewrite the host's runtime (CVE-2019-5736). The
+/// runtime re-executes itself through a detached, read-only bind of its own
+/// binary (open_tree and mount_setattr: no mount namespace, nothing
+/// attached anywhere, ~1 ms); a process that follows /proc/PID/exe lands on
+/// that read-only mount, which no process can remount, for it is in no
+/// mount namespace. Where that is refused, a sealed memfd copy, as runc 1.1
+/// does (~4 ms for 6 MB). A binary already on a read-only mount runs as it is.
+fn protect_binary() -> anyhow::Result<()> {
     alcove_sys::process::set_dumpable(false).context("PR_SET_DUMPABLE")?;
     let exe = std::fs::read_link("/proc/self/exe").context("read /proc/self/exe")?;
     if exe.to_string_lossy().starts_with("/memfd:alcove-oci") {
@@ -234,11 +234,8 @@ fn protect_binary(cli: &Cli) -> anyhow::Result<()> {
     }
     let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes())
         .context("the runtime's path holds a NUL byte")?;
-    let read_only = alcove_sys::mount::mount_flags(&exe_c)
-        .is_ok_and(|flags| flags & alcove_sys::mount::MS_RDONLY != 0);
-    let immutable = std::fs::File::open("/proc/self/exe")
-        .is_ok_and(|f| alcove_sys::fs::is_immutable(f.as_fd()).unwrap_or(false));
-    if read_only || (immutable && container_cannot_clear_immutable(cli)) {
+    let running = std::fs::File::open("/proc/self/exe").context("open /proc/self/exe")?;
+    if alcove_sys::fs::on_read_only_mount(running.as_fd()).unwrap_or(false) {
         return Ok(());
     }
     let (argv_c, env_c) = own_argv_and_env()?;
@@ -246,8 +243,8 @@ fn protect_binary(cli: &Cli) -> anyhow::Result<()> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    if bind_read_only(&exe_c).is_ok() {
-        let err = alcove_sys::process::execve(&exe_c, &argv, &envp);
+    if let Ok(tree) = read_only_clone(&exe_c) {
+        let err = alcove_sys::process::execute_fd(tree.as_fd(), &argv, &envp);
         return Err(anyhow::Error::new(err).context("re-execute the runtime read-only"));
     }
     let copy = alcove_sys::process::sealed_copy_of_self(c"alcove-oci")
@@ -256,77 +253,11 @@ fn protect_binary(cli: &Cli) -> anyhow::Result<()> {
     Err(anyhow::Error::new(err).context("execute the sealed copy of the runtime"))
 }
 
-/// Whether no process of the container this command enters can clear an
-/// immutable flag: none may hold CAP_LINUX_IMMUTABLE or CAP_SYS_ADMIN
-/// (bounding set), unless only inside a user namespace of its own; and no
-/// pid namespace is joined by path (its processes' capabilities are not in
-/// this config). Anything unknown counts as "can".
-fn container_cannot_clear_immutable(cli: &Cli) -> bool {
-    const DANGEROUS: u64 = (1 << 9) | (1 << 21); // CAP_LINUX_IMMUTABLE, CAP_SYS_ADMIN
-    let (spec, extra) = match &cli.command {
-        Command::Create(a) | Command::Run { create: a, .. } => {
-            match alcove_oci::config::load(&a.bundle) {
-                Ok(bundle) => (bundle.spec, None),
-                Err(_) => return false,
-            }
-        }
-        Command::Exec(a) => {
-            let Ok((_dir, Some(saved), _)) = container::open(&cli.root, &a.id, false) else {
-                return false;
-            };
-            let given: Option<oci_spec::runtime::Process> = match &a.process {
-                Some(path) => match std::fs::read(path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                {
-                    Some(p) => Some(p),
-                    None => return false,
-                },
-                None => None,
-            };
-            (*saved.spec, given)
-        }
-        _ => return false,
-    };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    let has = |t| {
-        namespaces
-            .iter()
-            .any(|n| n.typ() == t && n.path().is_none())
-    };
-    if namespaces
-        .iter()
-        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_some())
-    {
-        return false;
-    }
-    if has(oci_spec::runtime::LinuxNamespaceType::User) {
-        return true; // its capabilities are its user namespace's only
-    }
-    let bounding = |p: Option<&oci_spec::runtime::Process>| {
-        p.map_or(u64::MAX, |p| {
-            alcove_oci::caps::sets(p.capabilities().as_ref()).bounding
-        })
-    };
-    let mut caps = bounding(spec.process().as_ref());
-    if let Some(p) = &extra {
-        caps |= bounding(Some(p));
-    }
-    caps & DANGEROUS == 0
-}
-
-/// A mount namespace of our own (nothing propagates back to the host's) in
-/// which `exe` is a read-only bind of itself.
-fn bind_read_only(exe: &std::ffi::CStr) -> std::io::Result<()> {
-    use alcove_sys::mount::{mount, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SLAVE};
-    alcove_sys::ns::unshare(libc::CLONE_NEWNS)?;
-    mount(None, c"/", None, MS_SLAVE | MS_REC, None)?;
-    mount(Some(exe), exe, None, MS_BIND, None)?;
-    mount(None, exe, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+/// A detached read-only bind of the file `exe`.
+fn read_only_clone(exe: &std::ffi::CStr) -> std::io::Result<std::os::fd::OwnedFd> {
+    let tree = alcove_sys::mount::clone_tree(exe)?;
+    alcove_sys::mount::set_attributes(tree.as_fd(), alcove_sys::mount::MOUNT_ATTR_RDONLY)?;
+    Ok(tree)
 }
 
 fn own_argv_and_env() -> anyhow::Result<(Vec<std::ffi::CString>, Vec<std::ffi::CString>)> {

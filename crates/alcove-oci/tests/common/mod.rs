@@ -126,8 +126,10 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// A name no other test (in this process or another) uses at the same time.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Ends in a letter: leak checks and clean-up match names by substring,
+    // and "…-1" would otherwise match "…-10", a test running beside.
     format!(
-        "{prefix}-{}-{}",
+        "{prefix}-{}-{}x",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
