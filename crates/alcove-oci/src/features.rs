@@ -540,13 +540,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_spec(dir.path(), false).unwrap();
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-        assert!(text.starts_with("{\n\t\"hostname\": \"alcove\""), "{text}");
+        // Key order depends on serde_json's preserve_order, which another
+        // crate of the workspace turns on: check the tabs, not the order.
+        assert!(text.starts_with("{\n\t\""), "{text}");
+        assert!(text.contains("\n\t\"hostname\": \"alcove\""), "{text}");
         assert!(!text.ends_with('\n'));
         // Sets come out sorted, every time.
         assert!(text.contains("[\n\t\t\t\t\"CAP_AUDIT_WRITE\",\n\t\t\t\t\"CAP_KILL\",\n\t\t\t\t\"CAP_NET_BIND_SERVICE\"\n"), "{text}");
         let err = write_spec(dir.path(), false).unwrap_err();
         assert!(matches!(err, FeaturesError::Exists(_)), "{err}");
         let features = features_text().unwrap();
-        assert!(features.starts_with(b"{\n    \"annotations\"") && features.ends_with(b"}\n"));
+        assert!(features.starts_with(b"{\n    \"") && features.ends_with(b"}\n"));
     }
 }
