@@ -77,6 +77,7 @@ environment:
                       "limits run_basics teardown ebpf guard images
                       functions hostile isolation router control
                       http_functions warm_isolation lifecycle hardening
+                      spec_features
                       podman containerd": the alcove package's integration
                       tests, alcove-api's router, which runs sandboxes, and
                       alcove-oci's (the OCI runtime under podman and
@@ -132,7 +133,7 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation lifecycle hardening podman containerd}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation lifecycle hardening spec_features podman containerd}
 # images works the same from any cgroup (its sandboxes are `alcove run`'s);
 # podman and containerd place their containers' cgroups themselves (absolute
 # paths), whatever cgroup the tests start from.

@@ -217,8 +217,10 @@ const READONLY_PATHS: &[&str] = &[
 
 const DEFAULT_CAPS: [&str; 3] = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
 
-/// The starting `config.json` that `spec` writes: `runc spec`'s (a `sh`
-/// on a terminal, three capabilities, NOFILE 1024, proc/dev/devpts/shm/
+/// The starting `config.json` that `spec` writes: `runc spec`'s (a `sh`,
+/// but on the caller's stdio rather than a terminal: a terminal needs a
+/// console socket, which conmon and the shim give and a person running
+/// `alcove-oci run` in a shell does not; three capabilities, NOFILE 1024, proc/dev/devpts/shm/
 /// mqueue/sysfs/cgroup mounts, masked and read-only paths, pid, network,
 /// ipc, uts, mount and cgroup namespaces, a read-only `rootfs`). With
 /// `rootless`, as `runc spec --rootless`: a user namespace mapping the
@@ -269,7 +271,7 @@ fn spec_value(rootless: Option<(u32, u32)>) -> Value {
     json!({
         "ociVersion": oci_spec::runtime::VERSION,
         "process": {
-            "terminal": true,
+            "terminal": false,
             "user": { "uid": 0, "gid": 0 },
             "args": ["sh"],
             "env": [
@@ -464,7 +466,7 @@ mod tests {
         }
         let root = default_spec(false);
         let process = root.process().as_ref().unwrap();
-        assert!(process.terminal().unwrap());
+        assert!(!process.terminal().unwrap());
         assert_eq!(process.args().as_ref().unwrap(), &["sh".to_string()]);
         let ns: Vec<_> = root
             .linux()
@@ -520,6 +522,7 @@ mod tests {
                 serde_json::from_slice(&spec_text(&default_spec(rootless)).unwrap()).unwrap();
             for doc in [&mut theirs, &mut ours] {
                 doc["ociVersion"] = json!("x");
+                doc["process"]["terminal"] = json!("x");
                 doc["hostname"] = json!("x");
                 let linux = doc["linux"].as_object_mut().unwrap();
                 linux["namespaces"]
