@@ -179,6 +179,13 @@ impl Drop for Podman {
             kill_leftovers(&id);
         }
         unmount_under(self.path());
+        // podman (cgroupfs manager) puts conmon in /libpod_parent/conmon of
+        // every hierarchy: removed once no test's conmon is left in it
+        // (rmdir refuses a cgroup in use).
+        for mount in cgroup_mounts() {
+            let _ = std::fs::remove_dir(mount.join("libpod_parent/conmon"));
+            let _ = std::fs::remove_dir(mount.join("libpod_parent"));
+        }
     }
 }
 

@@ -142,6 +142,14 @@ pub struct ContainerCgroup {
     /// Directories `create` made, parents first: what `destroy` may remove.
     #[serde(default)]
     created: Vec<PathBuf>,
+    /// Parents between our own cgroup and the container's (placed beneath
+    /// our own, so ours by this project's rule, whoever made them): removed
+    /// by whichever container leaves them empty.
+    #[serde(default)]
+    own_parents: Vec<PathBuf>,
+    /// While creating: whether the path goes beneath our own cgroup.
+    #[serde(skip)]
+    beneath_own: bool,
 }
 
 /// Where one controller is served for this container.
@@ -195,6 +203,8 @@ impl ContainerCgroup {
             unified: None,
             v2_controllers: Vec::new(),
             created: Vec::new(),
+            own_parents: Vec::new(),
+            beneath_own: !from_root,
         };
         let built = cgroup.build(
             &relative,
@@ -272,6 +282,9 @@ impl ContainerCgroup {
             for component in relative.components() {
                 if !enable.is_empty() {
                     v2::enable_controllers(&dir, enable);
+                }
+                if dir != base && self.beneath_own && !self.own_parents.contains(&dir) {
+                    self.own_parents.push(dir.clone());
                 }
                 dir.push(component);
                 match std::fs::create_dir(&dir) {
@@ -494,6 +507,9 @@ impl ContainerCgroup {
         }
         // Parents shared with other containers stay while those use them.
         for dir in self.created.iter().rev().filter(|d| !leaves.contains(d)) {
+            let _ = std::fs::remove_dir(dir);
+        }
+        for dir in self.own_parents.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
         // The default parent (`alcove-oci/`, for a config without a
