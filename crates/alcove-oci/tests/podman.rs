@@ -284,6 +284,48 @@ fn run_with_a_terminal() {
 }
 
 #[test]
+fn exec_with_a_terminal() {
+    let test = "exec_with_a_terminal";
+    let Some(p) = Podman::new(test) else { return };
+    if which("/usr/bin/python3").is_none() {
+        skip_unprovided(
+            test,
+            "needs /usr/bin/python3 (Debian package python3) to make a pty",
+        );
+        return;
+    }
+    let id = p.detached(&[], &["sleep", "1000"]);
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("-c").arg(PTY_DRIVER);
+    let podman = p.command();
+    cmd.arg(podman.get_program());
+    cmd.args(podman.get_args());
+    for (k, v) in podman.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    // conmon passes --tty and a console socket to the runtime's exec.
+    cmd.args(["exec", "-it", &id]);
+    cmd.args([
+        "sh",
+        "-c",
+        "tty; echo READY; read line; echo got:$line; exit 6",
+    ]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, 6, "{out:?}");
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "tty did not print a pty: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("got:typed-line"),
+        "stdin did not reach the exec'd process: {out:?}"
+    );
+    p.finish();
+}
+
+#[test]
 fn exec_into_a_detached_container() {
     let Some(p) = Podman::new("exec_into_a_detached_container") else {
         return;
