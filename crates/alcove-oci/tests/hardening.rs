@@ -8,67 +8,8 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    ids: Vec<String>,
-}
-
-impl Fixture {
-    fn new(test: &str) -> Option<Self> {
-        if !ready_or_skip(test, &[]) || !busybox_or_skip(test) {
-            return None;
-        }
-        Some(Fixture {
-            dir: tempfile::tempdir().expect("temp dir"),
-            ids: Vec::new(),
-        })
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(runtime());
-        cmd.env(CGROUPS_ENV.0, CGROUPS_ENV.1);
-        cmd.arg("--root").arg(self.root());
-        cmd
-    }
-
-    /// A bundle running `args`, its config changed by `edit`.
-    fn bundle(&self, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-        let dir = self.dir.path().join(unique("bundle"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut config = bundle(&dir, args);
-        edit(&mut config);
-        write_config(&dir, &config);
-        dir
-    }
-
-    fn id(&mut self) -> String {
-        let id = unique("hard");
-        self.ids.push(id.clone());
-        id
-    }
-
-    fn run(&self, bundle: &Path, id: &str) -> Out {
-        run(self.command().args(["run", "--bundle"]).arg(bundle).arg(id))
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for id in &self.ids {
-            let _ = run(self.command().args(["delete", "--force", id]));
-            kill_leftovers(id);
-        }
-        unmount_under(self.dir.path());
-    }
-}
 
 #[test]
 fn the_waiting_init_runs_a_binary_nobody_can_write() {
@@ -141,7 +82,7 @@ fn a_uid_above_i32_max_is_refused() {
         c["process"]["user"] = serde_json::json!({"uid": 4294967295u32, "gid": 4294967295u32});
     });
     let id = f.id();
-    let out = f.run(&bundle, &id);
+    let out = f.run_as(&bundle, &id);
     assert_ne!(out.code, 0, "uid 4294967295 ran: {out:?}");
     assert!(out.stderr.contains("out of range"), "{out:?}");
     assert!(entries(&f.root()).is_empty(), "state left behind");
@@ -157,7 +98,7 @@ fn a_user_without_capabilities_starts() {
         c["process"]["capabilities"] = serde_json::json!({});
     });
     let id = f.id();
-    let out = f.run(&bundle, &id).ok("run as uid 1000");
+    let out = f.run_as(&bundle, &id).ok("run as uid 1000");
     assert_eq!(out.stdout.trim(), "1000", "{out:?}");
 }
 
@@ -172,7 +113,7 @@ fn sysctls_outside_the_containers_namespaces_are_refused() {
         c["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": other});
     });
     let id = f.id();
-    let out = f.run(&bundle, &id);
+    let out = f.run_as(&bundle, &id);
     assert_ne!(out.code, 0, "a host sysctl was accepted: {out:?}");
     assert!(
         out.stderr.contains("not in a separate kernel namespace"),
@@ -188,7 +129,7 @@ fn sysctls_outside_the_containers_namespaces_are_refused() {
         c["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ping_group_range": "0 7"});
     });
     let id = f.id();
-    let out = f.run(&bundle, &id).ok("run with a net sysctl");
+    let out = f.run_as(&bundle, &id).ok("run with a net sysctl");
     assert_eq!(
         out.stdout.split_whitespace().collect::<Vec<_>>(),
         ["0", "7"],
@@ -206,7 +147,7 @@ fn the_program_starts_with_default_signal_dispositions() {
         |_| {},
     );
     let id = f.id();
-    let out = f.run(&bundle, &id).ok("run");
+    let out = f.run_as(&bundle, &id).ok("run");
     for line in out.stdout.lines() {
         let mask = line.split_whitespace().nth(1).unwrap_or("?");
         assert_eq!(
@@ -262,7 +203,7 @@ fn a_cwd_through_a_leaked_descriptor_cannot_leave_the_root() {
             c["process"]["cwd"] = serde_json::json!(cwd);
         });
         let id = f.id();
-        let out = f.run(&bundle, &id);
+        let out = f.run_as(&bundle, &id);
         assert!(
             out.code != 0 || out.stdout.starts_with('/'),
             "cwd {cwd} escaped the root: {out:?}"

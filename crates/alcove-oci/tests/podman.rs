@@ -155,6 +155,22 @@ impl Podman {
     /// this test made is left: no process, no cgroup, no mount under the
     /// test's dir, no state in the runtime (its `state` says it does not
     /// exist).
+    /// This podman, run by PTY_DRIVER on a pty of its own, as a person at a
+    /// terminal runs it (add podman's arguments).
+    fn under_a_pty(&self) -> Command {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg("-c").arg(PTY_DRIVER);
+        let podman = self.command();
+        cmd.arg(podman.get_program());
+        cmd.args(podman.get_args());
+        for (k, v) in podman.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    }
+
     fn finish(&self) {
         self.run(&["rm", "-af", "-t", "0"]).ok("podman rm -af");
         let ids = self.ids();
@@ -245,16 +261,7 @@ fn run_with_a_terminal() {
         );
         return;
     }
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg("-c").arg(PTY_DRIVER);
-    let podman = p.command();
-    cmd.arg(podman.get_program());
-    cmd.args(podman.get_args());
-    for (k, v) in podman.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
+    let mut cmd = p.under_a_pty();
     let cidfile = p.path().join("cids").join(unique("cid"));
     cmd.args(["run", "--rm", "-it", "--network", "none", "--cidfile"])
         .arg(cidfile);
@@ -295,16 +302,7 @@ fn exec_with_a_terminal() {
         return;
     }
     let id = p.detached(&[], &["sleep", "1000"]);
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg("-c").arg(PTY_DRIVER);
-    let podman = p.command();
-    cmd.arg(podman.get_program());
-    cmd.args(podman.get_args());
-    for (k, v) in podman.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
+    let mut cmd = p.under_a_pty();
     // conmon passes --tty and a console socket to the runtime's exec.
     cmd.args(["exec", "-it", &id]);
     cmd.args([

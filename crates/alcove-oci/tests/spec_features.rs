@@ -7,68 +7,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    ids: Vec<String>,
-}
-
-impl Fixture {
-    fn new(test: &str) -> Option<Self> {
-        if !ready_or_skip(test, &[]) || !busybox_or_skip(test) {
-            return None;
-        }
-        Some(Fixture {
-            dir: tempfile::tempdir().expect("temp dir"),
-            ids: Vec::new(),
-        })
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(runtime());
-        cmd.env(CGROUPS_ENV.0, CGROUPS_ENV.1)
-            .arg("--root")
-            .arg(self.dir.path().join("state"));
-        cmd
-    }
-
-    fn bundle(&self, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-        let dir = self.dir.path().join(unique("bundle"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut config = bundle(&dir, args);
-        edit(&mut config);
-        write_config(&dir, &config);
-        dir
-    }
-
-    fn id(&mut self) -> String {
-        let id = unique("feat");
-        self.ids.push(id.clone());
-        id
-    }
-
-    /// `run` to the end; its output.
-    fn run(&mut self, bundle: &Path) -> Out {
-        let id = self.id();
-        run(self
-            .command()
-            .args(["run", "--bundle"])
-            .arg(bundle)
-            .arg(&id))
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for id in &self.ids {
-            let _ = run(self.command().args(["delete", "--force", id]));
-            kill_leftovers(id);
-        }
-        unmount_under(self.dir.path());
-    }
-}
 
 #[test]
 fn a_user_namespace_maps_the_containers_root() {

@@ -56,6 +56,11 @@ pub fn drop_bounding_and_lock() -> io::Result<()> {
 
 /// Clears the effective, permitted and inheritable sets.
 pub fn clear_all() -> io::Result<()> {
+    capset(0, 0, 0)
+}
+
+/// capset(2), version 3: the three per-thread sets as 64-bit masks.
+fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -73,11 +78,18 @@ pub fn clear_all() -> io::Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let half = |mask: u64, high: bool| {
+        if high {
+            (mask >> 32) as u32
+        } else {
+            mask as u32
+        }
+    };
+    let data = [false, true].map(|high| Data {
+        effective: half(effective, high),
+        permitted: half(permitted, high),
+        inheritable: half(inheritable, high),
+    });
     // SAFETY: version 3 takes a header and two data structs, both valid here.
     let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
     crate::cvt(ret).map(drop)
@@ -126,38 +138,7 @@ pub fn limit_bounding(bounding: u64) -> io::Result<()> {
 /// the others; runc skips them the same way, and so does a spec that lists
 /// ambient capabilities without inheritable ones).
 pub fn set_process_sets(sets: &CapSets) -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let half = |mask: u64, high: bool| {
-        if high {
-            (mask >> 32) as u32
-        } else {
-            mask as u32
-        }
-    };
-    let data = [false, true].map(|high| Data {
-        effective: half(sets.effective, high),
-        permitted: half(sets.permitted, high),
-        inheritable: half(sets.inheritable, high),
-    });
-    // SAFETY: version 3 takes a header and two data structs, both valid here.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    crate::cvt(ret)?;
+    capset(sets.effective, sets.permitted, sets.inheritable)?;
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
     crate::cvt_int(unsafe {
         libc::prctl(

@@ -544,3 +544,76 @@ fn wait_until_quiet(mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One test's containers, driven through the runtime directly: its own
+/// state root and bundles in a temp dir; every container it named is
+/// deleted (and whatever is left of it killed and unmounted) on drop, even
+/// when the test fails.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub ids: Vec<String>,
+}
+
+impl Fixture {
+    /// `None` (with the skip said) when the test cannot run here.
+    pub fn new(test: &str) -> Option<Self> {
+        if !ready_or_skip(test, &[]) || !busybox_or_skip(test) {
+            return None;
+        }
+        Some(Fixture {
+            dir: tempfile::tempdir().expect("temp dir"),
+            ids: Vec::new(),
+        })
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The runtime with this fixture's root and the tests' cgroup placement.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(runtime());
+        cmd.env(CGROUPS_ENV.0, CGROUPS_ENV.1)
+            .arg("--root")
+            .arg(self.root());
+        cmd
+    }
+
+    /// A busybox bundle running `args`, its config changed by `edit`.
+    pub fn bundle(&self, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let dir = self.dir.path().join(unique("bundle"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = bundle(&dir, args);
+        edit(&mut config);
+        write_config(&dir, &config);
+        dir
+    }
+
+    /// A fresh container id, remembered for clean-up.
+    pub fn id(&mut self) -> String {
+        let id = unique("oci");
+        self.ids.push(id.clone());
+        id
+    }
+
+    /// `run` of `bundle` as container `id`, to the end.
+    pub fn run_as(&self, bundle: &Path, id: &str) -> Out {
+        run(self.command().args(["run", "--bundle"]).arg(bundle).arg(id))
+    }
+
+    /// `run` of `bundle` under a fresh id, to the end.
+    pub fn run(&mut self, bundle: &Path) -> Out {
+        let id = self.id();
+        self.run_as(bundle, &id)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = run(self.command().args(["delete", "--force", id]));
+            kill_leftovers(id);
+        }
+        unmount_under(self.dir.path());
+    }
+}
