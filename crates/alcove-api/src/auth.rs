@@ -1,4 +1,4 @@
-//! Bearer tokens: every request but /healthz must carry
+//! Bearer tokens: every request but /healthz and /readyz must carry
 //! `Authorization: Bearer TOKEN` (`alcove serve` always has a token; a router
 //! built without one, in tests, checks nothing), compared in constant time.
 //! Requests to `/fn/...` pass on with a [`Caller`] saying whether the token
@@ -66,7 +66,8 @@ pub(crate) async fn require_token(
     let Some(token) = &state.token else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/healthz" {
+    // Probes of load balancers and Kubernetes carry no token.
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
     let presented = request

@@ -39,10 +39,13 @@ impl From<EngineError> for ApiError {
             | EngineError::NoInvocation(_)
             | EngineError::NoSecret(..) => StatusCode::NOT_FOUND,
             EngineError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
-            EngineError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Stopping | EngineError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EngineError::Conflict(..) => StatusCode::CONFLICT,
             EngineError::Internal(_)
             | EngineError::Store(_)
+            | EngineError::SharedStore(_)
             | EngineError::Io { .. }
             | EngineError::Sandbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

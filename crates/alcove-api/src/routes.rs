@@ -72,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/fn/{name}/", function.clone())
         .route("/fn/{name}/{*rest}", function)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(|| async {
@@ -362,7 +363,7 @@ async fn healthz(
     query: Result<Query<HealthQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let HealthQuery { proof } = query_or_error(query)?;
-    let mut answer = json!({ "status": "ok" });
+    let mut answer = json!({ "status": "ok", "node": s.engine.node() });
     if let (Some(nonce), Some(token)) = (proof, &s.token) {
         if nonce.is_empty() || nonce.len() > auth::MAX_NONCE {
             return Err(ApiError::bad_request(format!(
@@ -373,6 +374,24 @@ async fn healthz(
         answer["proof"] = json!(auth::token_proof(token, &nonce));
     }
     Ok(Json(answer).into_response())
+}
+
+/// Readiness: 200 while the daemon takes work, 503 with the reason
+/// otherwise (stopping, or its shared store does not answer).
+async fn readyz(State(s): State<AppState>) -> Response {
+    let engine = Arc::clone(&s.engine);
+    let ready = tokio::task::spawn_blocking(move || engine.ready())
+        .await
+        .unwrap_or_else(|e| Err(format!("the readiness check failed: {e}")));
+    let node = s.engine.node();
+    match ready {
+        Ok(()) => Json(json!({ "status": "ready", "node": node })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "node": node, "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

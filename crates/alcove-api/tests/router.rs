@@ -85,7 +85,19 @@ fn deploy_body(name: &str, script: &str) -> String {
 async fn health_metrics_and_unknown_routes() {
     let f = fixture(None);
     let (status, body, _) = call(&f.router, "GET", "/healthz", Body::empty()).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ok" })));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok", "{body}");
+    let node = body["node"]
+        .as_str()
+        .expect("healthz names the node")
+        .to_owned();
+    assert!(!node.is_empty(), "{body}");
+    // One daemon on SQLite is ready while it runs.
+    let (status, body, _) = call(&f.router, "GET", "/readyz", Body::empty()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "status": "ready", "node": node }))
+    );
     let (status, body, headers) = call(&f.router, "GET", "/metrics", Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers["content-type"]
@@ -312,10 +324,13 @@ async fn failures_map_to_gateway_errors_with_the_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_is_required_everywhere_but_healthz() {
+async fn a_token_is_required_everywhere_but_the_probes() {
     let f = fixture(Some("s3cret"));
-    let (status, _, _) = call(&f.router, "GET", "/healthz", Body::empty()).await;
-    assert_eq!(status, StatusCode::OK);
+    // Load balancers and Kubernetes probe without the token.
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _, _) = call(&f.router, "GET", probe, Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{probe}");
+    }
     for (method, uri) in [
         ("GET", "/v1/functions"),
         ("GET", "/metrics"),
@@ -477,7 +492,7 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             }
         }
     }
-    assert_eq!(operations, 27, "operations in the document");
+    assert_eq!(operations, 28, "operations in the document");
 
     // Real responses conform to their schemas.
     let (status, version, _) = call(

@@ -65,8 +65,13 @@ impl std::fmt::Debug for Backlog {
     }
 }
 
-/// The slots one running invocation holds.
-pub(crate) type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// The slots one running invocation holds: its function's and one overall
+/// on this daemon, and on a shared store its function's cluster-wide one.
+pub(crate) struct Slots {
+    _function: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+    pub(crate) cluster: Option<crate::cluster::ClusterSlot>,
+}
 
 fn stopping() -> EngineError {
     EngineError::Stopping
@@ -165,7 +170,28 @@ impl Admission {
             .acquire_owned()
             .await
             .map_err(|_| stopping())?;
-        Ok((mine, global))
+        Ok(Slots {
+            _function: mine,
+            _global: global,
+            cluster: None,
+        })
+    }
+
+    /// A slot of `function` and one overall if both are free now (a queued
+    /// job on a shared store goes back rather than wait here).
+    pub(crate) fn try_slots(&self, function: &str, cap: u32) -> Result<Option<Slots>, EngineError> {
+        let mine = self.function_slots(function, cap.max(1))?;
+        let Ok(mine) = mine.try_acquire_owned() else {
+            return Ok(None);
+        };
+        let Ok(global) = Arc::clone(&self.global).try_acquire_owned() else {
+            return Ok(None);
+        };
+        Ok(Some(Slots {
+            _function: mine,
+            _global: global,
+            cluster: None,
+        }))
     }
 
     /// The function's semaphore, resized in place when its cap changed, so

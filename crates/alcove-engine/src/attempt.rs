@@ -289,6 +289,7 @@ impl Engine {
             lease = Some(held);
         }
         if let Some(digest) = &v.code_digest {
+            self.ensure_code(digest)?;
             spec.binds.push(Bind {
                 source: self.config.data_dir.join("code").join(digest),
                 target: "/fn".into(),

@@ -30,13 +30,68 @@ impl Engine {
         let live: std::collections::HashMap<u64, alcove_monitor::Stats> =
             self.monitor.live(ids).into_iter().collect();
         for i in &mut list.invocations {
+            i.node = self.config.node.clone();
             if let Some(stats) = live.get(&i.cgroup_id) {
                 i.syscalls = (stats.syscalls > 0).then_some(stats.syscalls);
                 i.bytes_read = Some(stats.bytes_read);
                 i.bytes_written = Some(stats.bytes_written);
             }
         }
+        if let Some(shared) = self.store.shared() {
+            self.add_other_nodes(shared, &mut list, function, limit);
+        }
         list
+    }
+
+    /// Adds what runs on the other daemons of a shared store (their usage is
+    /// theirs to report: only what the store records is listed).
+    fn add_other_nodes(
+        &self,
+        shared: &dyn crate::store::SharedStore,
+        list: &mut RunningList,
+        function: Option<&str>,
+        limit: usize,
+    ) {
+        let elsewhere = match shared.running(function, limit) {
+            Ok(elsewhere) => elsewhere,
+            Err(e) => {
+                tracing::warn!(
+                    "listing what the other daemons run: {}",
+                    crate::error_chain(&e)
+                );
+                return;
+            }
+        };
+        let now = crate::store::now();
+        for r in elsewhere {
+            if r.node == self.config.node || list.invocations.iter().any(|i| i.id == r.id) {
+                continue;
+            }
+            list.total += 1;
+            list.invocations.push(crate::RunningInvocation {
+                id: r.id,
+                function: r.function,
+                version: r.version,
+                status: "running",
+                is_async: r.is_async,
+                attempts: 0,
+                created_at: r.started_at,
+                age_ms: ((now - r.started_at) * 1e3).max(0.0),
+                memory_bytes: None,
+                memory_peak_bytes: None,
+                cpu_ms: None,
+                cancelled: false,
+                syscalls: None,
+                bytes_read: None,
+                bytes_written: None,
+                cgroup_id: 0,
+                node: r.node,
+            });
+        }
+        list.invocations
+            .sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        list.invocations.truncate(limit);
+        list.truncated = list.invocations.len() < list.total;
     }
 
     /// Cancels invocation `id`: a running one's sandbox is killed, a queued
@@ -48,6 +103,21 @@ impl Engine {
         let Some(entry) = entry else {
             let (engine, wanted) = (Arc::clone(self), id.to_owned());
             let record = blocking(move || engine.store.invocation(&wanted)).await?;
+            if !record.finished() || record.status == "queued" {
+                // On a shared store: queued for, or running on, another daemon.
+                return Err(EngineError::Conflict(
+                    "invocation_elsewhere",
+                    format!(
+                        "invocation {id} is {} {}: cancel it through the daemon that runs it \
+                         (a queued one cannot be cancelled on a shared store yet)",
+                        record.status,
+                        record
+                            .node
+                            .as_deref()
+                            .map_or("in the shared queue".into(), |n| format!("on node {n}"))
+                    ),
+                ));
+            }
             return Err(EngineError::Conflict(
                 "invocation_finished",
                 format!(
@@ -105,13 +175,18 @@ impl Engine {
     /// Waits for `function`'s slots (capped at `cap`), unless the invocation
     /// is cancelled first (`None`).
     pub(crate) async fn slots_unless_cancelled(
-        &self,
+        self: &Arc<Self>,
         entry: &Entry,
         function: &str,
         cap: u32,
     ) -> Result<Option<Slots>, EngineError> {
+        let all = async {
+            let mut slots = self.admission.slots(function, cap).await?;
+            slots.cluster = self.cluster_slot(function, cap, &entry.id).await?;
+            Ok(slots)
+        };
         tokio::select! {
-            slots = self.admission.slots(function, cap) => slots.map(Some),
+            slots = all => slots.map(Some),
             () = entry.cancelled() => Ok(None),
         }
     }

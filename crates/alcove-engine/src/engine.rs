@@ -7,7 +7,7 @@ use crate::code;
 use crate::limits::FunctionLimits;
 use crate::metrics::Metrics;
 use crate::model::{DeployRequest, Deployed, FunctionInfo, InvocationRecord, VersionInfo};
-use crate::store::{now, Store};
+use crate::store::{now, SqliteStore, Store};
 use crate::EngineError;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub warm: crate::WarmConfig,
     /// What every invocation is watched with (eBPF).
     pub monitor: crate::MonitorMode,
+    /// This daemon's name in records, slots and metrics (the host name by default).
+    pub node: String,
+    /// The store several daemons share (PostgreSQL); None: SQLite in `data_dir`.
+    pub shared: Option<crate::SharedStoreConfig>,
 }
 
 /// Old records are purged once per this many invocations.
@@ -79,8 +83,19 @@ impl EngineConfig {
             allow_binds: Vec::new(),
             warm: crate::WarmConfig::default(),
             monitor: crate::MonitorMode::default(),
+            node: host_name(),
+            shared: None,
         }
     }
+}
+
+/// The host's name, as `uname -n` says it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A finished synchronous invocation: its record and the handler's stdout.
@@ -117,7 +132,9 @@ pub struct Engine {
     in_flight: Arc<AtomicUsize>,
     idle: Arc<tokio::sync::Notify>,
     /// Held while code is stored for a deploy or unreferenced code removed.
-    code_lock: Mutex<()>,
+    pub(crate) code_lock: Mutex<()>,
+    /// What a daemon on a shared store does for the cluster.
+    pub(crate) cluster: crate::cluster::Cluster,
     /// The invocations in flight, each with its own cancel.
     pub(crate) running: Arc<crate::running::Running>,
     /// Warm functions' templates.
@@ -214,11 +231,23 @@ impl Engine {
         claim_data_dir(&config.data_dir)?;
         check_binds_miss_data_dir(&config)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
-        let store = Store::open(&config.data_dir.join("alcove.db"))?;
+        let store = match &config.shared {
+            None => Store::new(SqliteStore::open(&config.data_dir.join("alcove.db"))?),
+            Some(shared) => {
+                crate::valid_node(&config.node).map_err(EngineError::Invalid)?;
+                let key = crate::store::SecretBox::from_hex(&shared.secrets_key)?;
+                Store::new(crate::store::PgStore::open(
+                    &shared.url,
+                    &config.node,
+                    key,
+                    shared.wait,
+                )?)
+            }
+        };
         store.recover()?;
         let _ = alcove_sandbox::gc_orphans();
         alcove_warm::gc_sockets();
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(config.shared.is_some().then_some(config.node.as_str()));
         metrics.pool_slots.set(alcove_sandbox::POOL_SLOTS as i64);
         let (cancel, cancel_all) = alcove_sys::fd::pipe_cloexec()
             .map_err(EngineError::io("creating the shutdown pipe"))?;
@@ -243,6 +272,7 @@ impl Engine {
             in_flight: Arc::new(AtomicUsize::new(0)),
             idle: Arc::new(tokio::sync::Notify::new()),
             code_lock: Mutex::new(()),
+            cluster: Default::default(),
             running: Arc::default(),
             warm: Default::default(),
             me: std::sync::OnceLock::new(),
@@ -253,6 +283,7 @@ impl Engine {
         engine.unpin_removed();
         engine.monitor.start();
         engine.restore_warm();
+        engine.start_cluster()?;
         Ok(engine)
     }
 
@@ -289,7 +320,11 @@ impl Engine {
         }
         let done = (|| {
             if let Some(tar) = &req.code_tar {
-                plan.code_digest = Some(code::store_code(&self.config.data_dir, tar)?);
+                let digest = code::store_code(&self.config.data_dir, tar)?;
+                if let Some(shared) = self.store.shared() {
+                    shared.put_code(&digest, tar)?;
+                }
+                plan.code_digest = Some(digest);
                 plan.inherited.retain(|s| s != "code");
             }
             crate::config_change::finish(self, req.name, plan, latest)
@@ -475,6 +510,9 @@ impl Engine {
         body: Vec<u8>,
         retries: u32,
     ) -> Result<InvocationRecord, EngineError> {
+        if self.store.shared().is_some() {
+            return self.enqueue(name, version, body, retries).await;
+        }
         let ticket = self.admission.enter(body.len())?;
         let (v, cap) = self.resolve(name, version).await?;
         let record = {
@@ -501,6 +539,42 @@ impl Engine {
             drop(ticket);
         });
         Ok(queued)
+    }
+
+    /// Queues an async invocation in the shared store, for any daemon to
+    /// take; the queue there is the backlog, bounded cluster-wide by
+    /// `max_queued` jobs.
+    async fn enqueue(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<u32>,
+        body: Vec<u8>,
+        retries: u32,
+    ) -> Result<InvocationRecord, EngineError> {
+        if self.admission.is_closed() {
+            return Err(EngineError::Stopping);
+        }
+        let (v, _) = self.resolve(name, version).await?;
+        let engine = Arc::clone(self);
+        let record = blocking(move || {
+            let shared = engine
+                .store
+                .shared()
+                .ok_or_else(|| EngineError::Internal("no shared store to queue in".into()))?;
+            let depth = shared.queue_depth()?;
+            if depth >= engine.config.max_queued as u64 {
+                return Err(EngineError::Busy(format!(
+                    "{depth} invocations are queued in the cluster (--max-queued {}); retry later",
+                    engine.config.max_queued
+                )));
+            }
+            let record = engine.new_record(&v, true);
+            shared.enqueue(&record, &body, retries)?;
+            Ok(record)
+        })
+        .await?;
+        self.cluster.wake();
+        Ok(record)
     }
 
     async fn run_async(
@@ -594,6 +668,27 @@ impl Engine {
         version: Option<u32>,
     ) -> Result<(VersionInfo, u32), EngineError> {
         let f = match self.remembered(name) {
+            // Another daemon may have deployed since: on a shared store, the
+            // cached function holds only while its `latest` is the store's.
+            Some(f) if self.store.shared().is_some() => {
+                let (engine, name) = (Arc::clone(self), name.to_owned());
+                blocking(move || match engine.store.latest(&name)? {
+                    Some(latest)
+                        if latest == f.latest && f.versions.iter().any(|v| v.version == latest) =>
+                    {
+                        Ok(f)
+                    }
+                    Some(_) => {
+                        engine.forget(&name);
+                        engine.load_function(&name)
+                    }
+                    None => {
+                        engine.forget(&name);
+                        Err(EngineError::NoFunction(name))
+                    }
+                })
+                .await?
+            }
             Some(f) => f,
             None => {
                 let (engine, name) = (Arc::clone(self), name.to_owned());
@@ -630,6 +725,8 @@ impl Engine {
             status: "queued".into(),
             is_async,
             created_at: now(),
+            // A shared store's queued job gets the node that runs it.
+            node: (!is_async || self.store.shared().is_none()).then(|| self.config.node.clone()),
             ..InvocationRecord::default()
         }
     }

@@ -9,6 +9,7 @@
 mod accel;
 mod admission;
 mod attempt;
+mod cluster;
 mod code;
 mod code_links;
 mod config_change;
@@ -29,6 +30,7 @@ mod warm;
 
 pub use admission::HeldBytes;
 pub use alcove_sandbox::error_chain;
+pub use cluster::{SharedStoreConfig, MAX_LEASE_SECS, MAX_QUEUE_BATCH, MIN_LEASE_SECS};
 pub use code_links::link_leaves;
 pub use config_change::{ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use engine::{Engine, EngineConfig, Invocation};
@@ -75,6 +77,12 @@ pub enum EngineError {
     BadCode(String),
     #[error("the store failed")]
     Store(#[source] rusqlite::Error),
+    /// The shared store (PostgreSQL) answered with an error.
+    #[error("the shared store (PostgreSQL) failed")]
+    SharedStore(#[source] tokio_postgres::Error),
+    /// The shared store cannot be reached now; the daemon keeps trying.
+    #[error("the shared store (PostgreSQL) cannot be reached now ({0}); the daemon reconnects by itself, retry shortly")]
+    StoreUnavailable(String),
     #[error("{what} failed")]
     Io {
         what: &'static str,
@@ -106,9 +114,28 @@ impl EngineError {
             EngineError::Internal(_) => "internal",
             EngineError::BadCode(_) => "invalid_code",
             EngineError::Conflict(code, _) => code,
-            EngineError::Store(_) | EngineError::Io { .. } => "internal",
+            EngineError::Store(_) | EngineError::SharedStore(_) | EngineError::Io { .. } => {
+                "internal"
+            }
+            EngineError::StoreUnavailable(_) => "store_unavailable",
             EngineError::Sandbox(_) => "sandbox_failed",
         }
+    }
+}
+
+/// Node names: 1 to 63 of letters, digits, '-', '_' and '.' (a host name fits).
+pub fn valid_node(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the node name {name:?} must be 1 to 63 letters, digits, '-', '_' or '.' (give one with --node)"
+        ))
     }
 }
 

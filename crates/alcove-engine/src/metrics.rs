@@ -61,8 +61,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("alcove");
+    /// With `node` (daemons on a shared store), every sample carries
+    /// `node="NAME"`, so one scrape config and one dashboard cover every
+    /// daemon; one daemon alone keeps its samples as they were.
+    pub(crate) fn new(node: Option<&str>) -> Self {
+        let labels = node.map(|node| {
+            (
+                std::borrow::Cow::Borrowed("node"),
+                std::borrow::Cow::Owned(node.to_owned()),
+            )
+        });
+        let mut registry = Registry::with_prefix_and_labels("alcove", labels.into_iter());
         let invocations = Family::<InvocationLabels, Counter>::default();
         let duration = Family::<FunctionLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([

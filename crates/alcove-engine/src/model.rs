@@ -200,6 +200,12 @@ pub struct InvocationRecord {
     /// What the kernel saw of it (eBPF): counters, rule decisions, a policy kill.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<crate::KernelRecord>,
+    /// The node (daemon) that ran its latest attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The node of each attempt, in order (async invocations on a shared store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 impl InvocationRecord {

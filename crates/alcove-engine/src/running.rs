@@ -293,6 +293,19 @@ impl Running {
     }
 
     /// The entry of invocation `id`, while it is in flight.
+    /// Cancels every async invocation this daemon runs, saying why.
+    pub(crate) fn cancel_async(&self, reason: &str) {
+        let entries: Vec<Arc<Entry>> = lock(&self.state)
+            .entries
+            .values()
+            .filter(|e| e.is_async)
+            .cloned()
+            .collect();
+        for entry in entries {
+            entry.cancel(reason.to_owned());
+        }
+    }
+
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Entry>> {
         lock(&self.state).entries.get(id).cloned()
     }
@@ -327,6 +340,7 @@ impl Running {
                     } else {
                         0
                     },
+                    node: String::new(), // the engine knows its node
                 }
             })
             .collect::<Vec<_>>();
@@ -392,6 +406,8 @@ pub struct RunningInvocation {
     /// The sandbox's cgroup2 id while the monitor watches it.
     #[serde(skip)]
     pub cgroup_id: u64,
+    /// The daemon it runs on.
+    pub node: String,
 }
 
 /// A listing of invocations in flight, oldest first.

@@ -66,8 +66,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address and port to listen on. Every request but /healthz needs the
-    /// token (see --token-file).
+    /// Address and port to listen on. Every request but /healthz and /readyz
+    /// needs the token (see --token-file).
     #[arg(long, default_value = "127.0.0.1:8480")]
     listen: std::net::SocketAddr,
     /// Where functions, code, secrets and invocation records live.
@@ -156,6 +156,33 @@ struct ServeArgs {
     /// needs them); `off` loads them only for functions with a guard.
     #[arg(long, value_enum, default_value_t = MonitorFlag::Counters)]
     monitor: MonitorFlag,
+    /// Keep functions, versions, secrets, records and the async queue in a
+    /// PostgreSQL database shared by any number of daemons
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`; prefer
+    /// $ALCOVE_STORE, since flags show in ps) [default: SQLite in DATA_DIR].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// This daemon's name in records, `fn ps` and metrics [default:
+    /// $ALCOVE_NODE or the host name].
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// With --store postgres: the key secrets are sealed with in the shared
+    /// store, 64 hex digits (`openssl rand -hex 32`), the same on every
+    /// daemon and never stored beside them [or $ALCOVE_SECRETS_KEY].
+    #[arg(long, value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
+    /// With --store postgres: how long start-up waits for the database.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = alcove_sandbox::units::parse_duration)]
+    store_wait: std::time::Duration,
+    /// With --store postgres: how long a daemon holds a queued invocation or
+    /// a concurrency slot without renewing it; a daemon that dies gives its
+    /// jobs to the others this long after (1s to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = alcove_sandbox::units::parse_duration)]
+    queue_lease: std::time::Duration,
+    /// With --store postgres: the most queued invocations one claim takes
+    /// (1: one per query).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=alcove_engine::MAX_QUEUE_BATCH as i64))]
+    queue_batch: u32,
     /// The daemon's log lines (one per invocation and per rule decision, at
     /// info; the level from $ALCOVE_LOG or $RUST_LOG, such as `debug` or
     /// `alcove_engine=info`): `text` for people, `json` for log collectors.
@@ -425,6 +452,12 @@ pub fn main() -> i32 {
                     MonitorFlag::Counters => alcove_engine::MonitorMode::Counters,
                 },
                 log_format: args.log_format,
+                store: args.store,
+                node: args.node,
+                secrets_key_file: args.secrets_key_file,
+                store_wait: args.store_wait,
+                queue_lease: args.queue_lease,
+                queue_batch: args.queue_batch as usize,
             };
             match crate::serve::run(options) {
                 Ok(()) => 0,

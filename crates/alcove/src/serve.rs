@@ -42,6 +42,79 @@ pub struct ServeOptions {
     pub warm_idle: Option<Duration>,
     pub monitor: alcove_engine::MonitorMode,
     pub log_format: crate::cli::LogFormat,
+    pub store: Option<String>,
+    pub node: Option<String>,
+    pub secrets_key_file: Option<PathBuf>,
+    pub store_wait: Duration,
+    pub queue_lease: Duration,
+    pub queue_batch: usize,
+}
+
+/// A non-empty environment variable.
+fn env_text(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The node name and, with a PostgreSQL URL, the shared store's settings.
+fn cluster_config(
+    options: &ServeOptions,
+    config: &mut alcove_engine::EngineConfig,
+) -> anyhow::Result<()> {
+    if let Some(node) = options.node.clone().or_else(|| env_text("ALCOVE_NODE")) {
+        alcove_engine::valid_node(&node).map_err(anyhow::Error::msg)?;
+        config.node = node;
+    }
+    let Some(url) = options.store.clone().or_else(|| env_text("ALCOVE_STORE")) else {
+        if options.secrets_key_file.is_some() {
+            bail!("--secrets-key-file is for a shared store: give --store postgres://... too");
+        }
+        return Ok(());
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--store takes a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE); leave it out for SQLite in --data-dir");
+    }
+    let lease = options.queue_lease;
+    let secs = alcove_engine::MIN_LEASE_SECS..=alcove_engine::MAX_LEASE_SECS;
+    if !secs.contains(&lease.as_secs()) {
+        bail!("--queue-lease must be {}s to {}s", secs.start(), secs.end());
+    }
+    let secrets_key = match (&options.secrets_key_file, env_text("ALCOVE_SECRETS_KEY")) {
+        (Some(path), _) => read_secret_file(path)?,
+        (None, Some(key)) => key,
+        (None, None) => bail!(
+            "a shared store needs the key its secrets are sealed with: give --secrets-key-file FILE \
+             or $ALCOVE_SECRETS_KEY (64 hex digits, `openssl rand -hex 32`), the same on every daemon"
+        ),
+    };
+    config.shared = Some(alcove_engine::SharedStoreConfig {
+        url,
+        secrets_key,
+        wait: options.store_wait,
+        lease,
+        batch: options.queue_batch.clamp(1, alcove_engine::MAX_QUEUE_BATCH),
+    });
+    Ok(())
+}
+
+/// A key file: readable by its owner alone (as ssh insists for its keys).
+fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading the secrets key file {}", path.display()))?;
+    let mode = file
+        .metadata()
+        .with_context(|| format!("reading the secrets key file {}", path.display()))?
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the secrets key file {} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 4096), &mut bytes)
+        .with_context(|| format!("reading the secrets key file {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
 }
 
 /// The file the daemon keeps its own token in, and the local CLI reads.
@@ -192,7 +265,8 @@ fn start_logging(format: crate::cli::LogFormat) {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        // PostgreSQL's notices ("relation already exists") are not news.
+        .unwrap_or_else(|| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -207,7 +281,11 @@ fn start_logging(format: crate::cli::LogFormat) {
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     start_logging(options.log_format);
     let given = given_token(&options)?;
-    let config = engine_config(&options);
+    let mut config = engine_config(&options);
+    cluster_config(&options, &mut config)?;
+    if config.shared.is_some() && given.is_none() {
+        bail!("daemons on a shared store answer one token: give each the same --token-file FILE or $ALCOVE_TOKEN");
+    }
     let mut limits = ServerLimits::default();
     if let Some(n) = options.max_connections {
         limits.max_connections = n.max(1);
@@ -227,8 +305,10 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let shared = config.shared.is_some();
         let engine = Engine::open(config).with_context(|| {
-            format!("opening the data directory {}", options.data_dir.display())
+            let store = if shared { " and the shared store" } else { "" };
+            format!("opening the data directory {}{store}", options.data_dir.display())
         })?;
         let (token, token_place) = match given {
             Some(t) => (t, "the operator's token".to_owned()),
@@ -246,8 +326,12 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
                 )
             })?;
         let address = listener.local_addr().context("reading the bound address")?;
+        let store = match &engine.config().shared {
+            Some(_) => format!("node {}, shared store: PostgreSQL, ", engine.node()),
+            None => String::new(),
+        };
         eprintln!(
-            "alcove: serving http://{address} (data in {}, {token_place})",
+            "alcove: serving http://{address} ({store}data in {}, {token_place})",
             options.data_dir.display(),
         );
         let state = AppState {

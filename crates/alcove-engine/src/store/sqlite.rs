@@ -1,7 +1,9 @@
-//! The store: SQLite (WAL), one file in the data directory. Functions,
-//! versions, secrets and invocations; a deploy is one transaction, so a
-//! daemon killed mid-deploy leaves either the whole version or none of it.
+//! The single-machine store: SQLite (WAL), one file in the data directory.
+//! Functions, versions, secrets and invocations; a deploy is one
+//! transaction, so a daemon killed mid-deploy leaves either the whole
+//! version or none of it.
 
+use super::{now, StoreBackend};
 use crate::model::{FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
 use crate::EngineError;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -9,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-pub(crate) struct Store {
+pub(crate) struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
@@ -70,13 +72,7 @@ fn db(e: rusqlite::Error) -> EngineError {
     EngineError::Store(e)
 }
 
-pub(crate) fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-impl Store {
+impl SqliteStore {
     pub(crate) fn open(path: &Path) -> Result<Self, EngineError> {
         let conn = Connection::open(path).map_err(db)?;
         // WAL with synchronous=NORMAL survives a killed process (only power
@@ -99,7 +95,23 @@ impl Store {
             conn.execute_batch("ALTER TABLE invocations ADD COLUMN kernel TEXT")
                 .map_err(db)?;
         }
-        Ok(Store {
+        for (column, kind) in [("node", "TEXT"), ("nodes", "TEXT")] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('invocations') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE invocations ADD COLUMN {column} {kind}"
+                ))
+                .map_err(db)?;
+            }
+        }
+        Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
     }
@@ -107,9 +119,22 @@ impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+impl StoreBackend for SqliteStore {
+    fn latest(&self, name: &str) -> Result<Option<u32>, EngineError> {
+        self.conn()
+            .query_row(
+                "SELECT latest FROM functions WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
 
     /// Marks what a dead daemon left in flight as failed; returns how many.
-    pub(crate) fn recover(&self) -> Result<usize, EngineError> {
+    fn recover(&self) -> Result<usize, EngineError> {
         self.conn()
             .execute(
                 "UPDATE invocations SET status = 'error', ended_at = ?1,
@@ -121,7 +146,7 @@ impl Store {
     }
 
     /// Adds version N+1 of `name` and points `latest` at it, in one transaction.
-    pub(crate) fn add_version(
+    fn add_version(
         &self,
         name: &str,
         config: &FunctionConfig,
@@ -171,7 +196,7 @@ impl Store {
         })
     }
 
-    pub(crate) fn function_names(&self) -> Result<Vec<String>, EngineError> {
+    fn function_names(&self) -> Result<Vec<String>, EngineError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT name FROM functions ORDER BY name")
@@ -184,7 +209,7 @@ impl Store {
         Ok(names)
     }
 
-    pub(crate) fn function(&self, name: &str) -> Result<FunctionInfo, EngineError> {
+    fn function(&self, name: &str) -> Result<FunctionInfo, EngineError> {
         let conn = self.conn();
         let latest: u32 = conn
             .query_row(
@@ -220,7 +245,7 @@ impl Store {
         })
     }
 
-    pub(crate) fn set_latest(&self, name: &str, version: u32) -> Result<(), EngineError> {
+    fn set_latest(&self, name: &str, version: u32) -> Result<(), EngineError> {
         let conn = self.conn();
         let exists: bool = conn
             .query_row(
@@ -243,7 +268,7 @@ impl Store {
 
     /// Takes back a version just added (its warm template would not start):
     /// `latest` returns to `previous`, or the function goes with its only version.
-    pub(crate) fn remove_version(
+    fn remove_version(
         &self,
         name: &str,
         version: u32,
@@ -272,7 +297,7 @@ impl Store {
         tx.commit().map_err(db)
     }
 
-    pub(crate) fn delete_function(&self, name: &str) -> Result<(), EngineError> {
+    fn delete_function(&self, name: &str) -> Result<(), EngineError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let n = tx
@@ -287,7 +312,7 @@ impl Store {
     }
 
     /// The code digests some version still runs.
-    pub(crate) fn code_digests(&self) -> Result<std::collections::HashSet<String>, EngineError> {
+    fn code_digests(&self) -> Result<std::collections::HashSet<String>, EngineError> {
         let conn = self.conn();
         let mut statement = conn
             .prepare("SELECT DISTINCT code_digest FROM versions WHERE code_digest IS NOT NULL")
@@ -299,14 +324,14 @@ impl Store {
     }
 
     /// Deletes finished invocation records created before `before`.
-    pub(crate) fn purge_invocations(&self, before: f64) -> Result<usize, EngineError> {
+    fn purge_invocations(&self, before: f64) -> Result<usize, EngineError> {
         self.conn()
             .prepare_cached("DELETE FROM invocations WHERE created_at < ?1 AND status NOT IN ('queued', 'running')")
             .and_then(|mut stmt| stmt.execute(params![before]))
             .map_err(db)
     }
 
-    pub(crate) fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
+    fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
         let inserted = self
             .conn()
             .prepare_cached(
@@ -326,13 +351,13 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn update_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
+    fn update_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError> {
         self.conn()
             .prepare_cached(
                 "UPDATE invocations SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, exit_code = ?6,
                  signal = ?7, wall_ms = ?8, cpu_user_ms = ?9, cpu_sys_ms = ?10, memory_peak_bytes = ?11,
                  pids_peak = ?12, output_truncated = ?13, error = ?14, stderr = ?15, response = ?16,
-                 kernel = ?17
+                 kernel = ?17, node = ?18, nodes = ?19
                  WHERE id = ?1",
             )
             .and_then(|mut stmt| {
@@ -356,13 +381,15 @@ impl Store {
                     r.kernel
                         .as_ref()
                         .and_then(|k| serde_json::to_string(k).ok()),
+                    r.node,
+                    (!r.nodes.is_empty()).then(|| serde_json::to_string(&r.nodes).unwrap_or_default()),
                 ])
             })
             .map_err(db)?;
         Ok(())
     }
 
-    pub(crate) fn invocation(&self, id: &str) -> Result<InvocationRecord, EngineError> {
+    fn invocation(&self, id: &str) -> Result<InvocationRecord, EngineError> {
         let conn = self.conn();
         conn.query_row(
             &format!("{SELECT_INVOCATION} WHERE id = ?1"),
@@ -374,7 +401,7 @@ impl Store {
         .ok_or_else(|| EngineError::NoInvocation(id.to_owned()))
     }
 
-    pub(crate) fn recent_invocations(
+    fn recent_invocations(
         &self,
         function: &str,
         limit: u32,
@@ -394,7 +421,7 @@ impl Store {
     }
 
     /// A function's learned profile and how many invocations it came from.
-    pub(crate) fn learned(
+    fn learned(
         &self,
         function: &str,
     ) -> Result<Option<(alcove_monitor::Profile, u64)>, EngineError> {
@@ -410,7 +437,7 @@ impl Store {
         Ok(row.and_then(|(text, n)| Some((serde_json::from_str(&text).ok()?, n as u64))))
     }
 
-    pub(crate) fn set_learned(
+    fn set_learned(
         &self,
         function: &str,
         profile: &alcove_monitor::Profile,
@@ -429,7 +456,7 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn forget_learned(&self, function: &str) -> Result<(), EngineError> {
+    fn forget_learned(&self, function: &str) -> Result<(), EngineError> {
         self.conn()
             .execute("DELETE FROM learned WHERE function = ?1", params![function])
             .map_err(db)?;
@@ -437,7 +464,7 @@ impl Store {
     }
 
     /// The secret values of one version.
-    pub(crate) fn secrets(
+    fn secrets(
         &self,
         function: &str,
         version: u32,
@@ -457,7 +484,7 @@ impl Store {
 
 const SELECT_INVOCATION: &str = "SELECT id, function, version, status, is_async, attempts, created_at, started_at,
     ended_at, exit_code, signal, wall_ms, cpu_user_ms, cpu_sys_ms, memory_peak_bytes, pids_peak, output_truncated,
-    error, stderr, response, kernel FROM invocations";
+    error, stderr, response, kernel, node, nodes FROM invocations";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
     let stderr: Option<Vec<u8>> = r.get(18)?;
@@ -486,5 +513,10 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
         kernel: r
             .get::<_, Option<String>>(20)?
             .and_then(|k| serde_json::from_str(&k).ok()),
+        node: r.get(21)?,
+        nodes: r
+            .get::<_, Option<String>>(22)?
+            .and_then(|n| serde_json::from_str(&n).ok())
+            .unwrap_or_default(),
     })
 }

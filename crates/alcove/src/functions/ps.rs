@@ -6,8 +6,9 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// The columns, and whether each is right-aligned (numbers).
-const COLUMNS: [(&str, bool); 10] = [
+const COLUMNS: [(&str, bool); 11] = [
     ("ID", false),
+    ("NODE", false),
     ("FUNCTION", false),
     ("VERSION", true),
     ("STATUS", false),
@@ -44,6 +45,7 @@ fn row(r: &Value) -> Vec<String> {
     }
     vec![
         text("id"),
+        text("node"),
         text("function"),
         r["version"]
             .as_u64()
