@@ -8,6 +8,7 @@
 use crate::engine::{blocking, Engine};
 use crate::store::ClaimedJob;
 use crate::EngineError;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -54,13 +55,22 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 pub(crate) struct Cluster {
     /// Jobs this daemon holds (claimed, not yet settled).
     active: AtomicUsize,
+    /// The ids of those jobs, and of the invocations holding a cluster
+    /// slot: what the lease keeper renews (and nothing else).
+    held_jobs: Mutex<HashSet<String>>,
+    held_slots: Mutex<HashSet<String>>,
     /// Woken when this daemon queues a job or settles one.
     wake: tokio::sync::Notify,
     /// Why the store failed last, while it fails (readiness says it).
     store_error: Mutex<Option<String>>,
-    /// Set once this daemon's leases went unrenewed for longer than a
-    /// lease: its running jobs were cancelled (others may have them).
+    /// Set while this daemon's leases went unrenewed for too long: it
+    /// cancelled what it ran under them (others may have it) and claims
+    /// nothing until it renews again.
     leases_lost: AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Cluster {
@@ -70,7 +80,7 @@ impl Cluster {
 
     fn failed(&self, e: &EngineError) {
         let text = crate::error_chain(e);
-        let mut last = self.store_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = locked(&self.store_error);
         if last.as_deref() != Some(text.as_str()) {
             tracing::warn!("the shared store failed: {text}");
         }
@@ -78,10 +88,15 @@ impl Cluster {
     }
 
     fn answered(&self) {
-        let mut last = self.store_error.lock().unwrap_or_else(|e| e.into_inner());
-        if last.take().is_some() {
+        if locked(&self.store_error).take().is_some() {
             tracing::info!("the shared store answers again");
         }
+    }
+
+    fn held(&self) -> (Vec<String>, Vec<String>) {
+        let jobs = locked(&self.held_jobs).iter().cloned().collect();
+        let slots = locked(&self.held_slots).iter().cloned().collect();
+        (jobs, slots)
     }
 }
 
@@ -98,6 +113,8 @@ impl Drop for ClusterSlot {
             return;
         };
         let id = std::mem::take(&mut self.invocation);
+        // No longer renewed: if the release below fails, the lease runs out.
+        locked(&engine.cluster.held_slots).remove(&id);
         let release = move || {
             if let Some(shared) = engine.store.shared() {
                 if let Err(e) = shared.release_slot(&id) {
@@ -154,7 +171,11 @@ impl Engine {
             None => Ok(true),
         })
         .await?;
-        Ok(took.then(|| ClusterSlot {
+        if !took {
+            return Ok(None);
+        }
+        locked(&self.cluster.held_slots).insert(invocation.to_owned());
+        Ok(Some(ClusterSlot {
             engine: Arc::downgrade(self),
             invocation: invocation.to_owned(),
         }))
@@ -186,27 +207,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether this daemon takes work now: not stopping, and its store answers.
+    /// Whether this daemon takes work now: not stopping, and its store
+    /// answered its last call (the poller and the lease keeper call it
+    /// every few seconds at most; a probe costs the database nothing). The
+    /// reason names no host: probes need no token.
     pub fn ready(&self) -> Result<(), String> {
         if self.admission.is_closed() {
             return Err("the daemon is stopping".into());
         }
-        let Some(shared) = self.store.shared() else {
+        if self.store.shared().is_none() {
             return Ok(());
-        };
+        }
         if self.cluster.leases_lost.load(Ordering::SeqCst) {
             return Err("its leases lapsed while the shared store was away".into());
         }
-        match shared.ping() {
-            Ok(()) => {
-                self.cluster.answered();
-                Ok(())
-            }
-            Err(e) => {
-                self.cluster.failed(&e);
-                Err(crate::error_chain(&e))
-            }
+        if locked(&self.cluster.store_error).is_some() {
+            return Err("the shared store cannot be reached (the daemon's log says why)".into());
         }
+        Ok(())
     }
 
     /// This daemon's node name.
@@ -261,6 +279,7 @@ async fn poll_queue(engine: Weak<Engine>) {
                 let full = jobs.len() == room && room > 0;
                 for job in jobs {
                     e.cluster.active.fetch_add(1, Ordering::SeqCst);
+                    locked(&e.cluster.held_jobs).insert(job.id.clone());
                     tokio::spawn(run_job(Arc::clone(&e), job));
                 }
                 if full {
@@ -285,41 +304,69 @@ async fn poll_queue(engine: Weak<Engine>) {
     }
 }
 
-/// Renews this daemon's leases (jobs and slots) three times a lease; if
-/// they could not be renewed for a whole lease, other daemons may have
-/// taken its jobs: it cancels the attempts it still runs and stops claiming
-/// until it renews again.
+/// Renews the leases this daemon holds (jobs and slots, by id) three times
+/// a lease. An attempt whose lease another daemon now holds is cancelled;
+/// if no renewal got through for two thirds of a lease (before the leases
+/// run out), every attempt held under one is cancelled and the daemon claims
+/// nothing until it renews again.
 async fn keep_leases(engine: Weak<Engine>) {
-    let mut renewed = Instant::now();
+    let mut last_good = Instant::now();
     loop {
         let Some(e) = engine.upgrade() else { return };
         let Some(lease) = e.config.shared.as_ref().map(|s| s.lease) else {
             return;
         };
-        let engine_for_call = Arc::clone(&e);
-        let result = blocking(move || match engine_for_call.store.shared() {
-            Some(shared) => shared.renew(lease),
-            None => Ok(()),
-        })
-        .await;
+        let (jobs, slots) = e.cluster.held();
+        let sent = Instant::now();
+        let call = {
+            let (engine, jobs, slots) = (Arc::clone(&e), jobs.clone(), slots.clone());
+            blocking(move || match engine.store.shared() {
+                Some(shared) => shared.renew(lease, &jobs, &slots),
+                None => Ok(Default::default()),
+            })
+        };
+        let result = match tokio::time::timeout(lease / 3, call).await {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::StoreUnavailable(format!(
+                "renewing leases took over {} ms",
+                (lease / 3).as_millis()
+            ))),
+        };
         match result {
-            Ok(()) => {
-                renewed = Instant::now();
+            Ok(renewed) => {
+                last_good = sent;
+                e.cluster.answered();
                 if e.cluster.leases_lost.swap(false, Ordering::SeqCst) {
                     tracing::info!("leases renewed again: taking jobs from the queue again");
                 }
-                e.cluster.answered();
+                let kept: HashSet<&String> = renewed.jobs.iter().chain(&renewed.slots).collect();
+                let lost: Vec<&String> = jobs
+                    .iter()
+                    .chain(&slots)
+                    .filter(|id| !kept.contains(id))
+                    .collect();
+                for id in lost {
+                    // Settled since the snapshot, or lapsed and taken by another.
+                    let still = locked(&e.cluster.held_jobs).contains(id)
+                        || locked(&e.cluster.held_slots).contains(id);
+                    if still {
+                        cancel(&e, id, "its lease lapsed and another daemon may hold it");
+                    }
+                }
             }
             Err(err) => {
                 e.cluster.failed(&err);
-                if renewed.elapsed() > lease && !e.cluster.leases_lost.swap(true, Ordering::SeqCst)
+                if last_good.elapsed() > lease * 2 / 3
+                    && !e.cluster.leases_lost.swap(true, Ordering::SeqCst)
                 {
                     tracing::warn!(
-                        "this daemon's leases lapsed ({}s without renewal): cancelling the queued jobs it runs, which other daemons may take",
-                        lease.as_secs()
+                        "this daemon's leases went unrenewed for {} ms: cancelling what it runs under them, which other daemons may take",
+                        last_good.elapsed().as_millis()
                     );
-                    e.running
-                        .cancel_async("its lease lapsed while the shared store was away");
+                    let (jobs, slots) = e.cluster.held();
+                    for id in jobs.iter().chain(&slots) {
+                        cancel(&e, id, "its lease lapsed while the shared store was away");
+                    }
                 }
             }
         }
@@ -328,7 +375,13 @@ async fn keep_leases(engine: Weak<Engine>) {
         if stopping {
             return;
         }
-        tokio::time::sleep(lease / 3).await;
+        tokio::time::sleep((lease / 3).saturating_sub(sent.elapsed())).await;
+    }
+}
+
+fn cancel(engine: &Engine, id: &str, reason: &str) {
+    if let Some(entry) = engine.running.get(id) {
+        entry.cancel(reason.to_owned());
     }
 }
 
@@ -348,32 +401,99 @@ async fn run_job(engine: Arc<Engine>, job: ClaimedJob) {
     let settle = match attempt_job(&engine, job).await {
         Ok(settle) => settle,
         Err(e) => {
-            // The store failed around the attempt: try again later (the
-            // attempt counted); a stale lease would be reclaimed anyway.
+            // The store failed around the attempt: another one, later.
             engine.cluster.failed(&e);
             tracing::warn!("queued invocation {id}: {}", crate::error_chain(&e));
             Settle::Retry(STORE_RETRY)
         }
     };
     settle_job(&engine, &id, settle).await;
+    locked(&engine.cluster.held_jobs).remove(&id);
     engine.cluster.active.fetch_sub(1, Ordering::SeqCst);
     engine.cluster.wake();
 }
 
-/// Runs one claimed attempt, recording it; says how the job leaves.
+/// Runs one claimed attempt, recording it; says how the job leaves. What
+/// fails before the attempt starts gives the job back uncounted.
 async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, EngineError> {
+    let started = match prepare_job(engine, &job).await {
+        Ok(Prepared::Run(started)) => started,
+        Ok(Prepared::Settled(settle)) => return Ok(settle),
+        Err(e) => {
+            engine.cluster.failed(&e);
+            tracing::warn!(
+                "queued invocation {}: {} (back to the queue)",
+                job.id,
+                crate::error_chain(&e)
+            );
+            return Ok(Settle::GiveBack(STORE_RETRY));
+        }
+    };
+    let Started {
+        version,
+        record,
+        slots,
+        last,
+    } = *started;
+    let entry = engine.running.register(&record)?;
+    let (record, _) = engine
+        .run(version, record, job.body.into(), slots, false, !last)
+        .await?;
+    drop(entry);
+    if engine.cluster.leases_lost.load(Ordering::SeqCst) {
+        // Cancelled because its lease lapsed: back to the queue, counted
+        // (a no-op if another daemon holds it now).
+        return Ok(Settle::Retry(Duration::ZERO));
+    }
+    if record.succeeded() {
+        return Ok(Settle::Finish);
+    }
+    if engine.admission.is_closed() && !last {
+        // The daemon is stopping and ended it: another daemon runs it again.
+        return Ok(Settle::Retry(Duration::ZERO));
+    }
+    if last || record.status == "cancelled" {
+        // Its attempt was saved as `queued` when another could follow: the
+        // record must say how it ended before the job leaves the queue.
+        if !last {
+            let e = Arc::clone(engine);
+            let final_record = record.clone();
+            blocking(move || e.store.update_invocation(&final_record)).await?;
+        }
+        return Ok(Settle::Finish);
+    }
+    Ok(Settle::Retry(Duration::from_millis(
+        100 << (job.attempt - 1).min(6),
+    )))
+}
+
+/// What a claimed job needs to start: its version, record and slots.
+struct Started {
+    version: crate::VersionInfo,
+    record: crate::InvocationRecord,
+    slots: crate::admission::Slots,
+    last: bool,
+}
+
+enum Prepared {
+    Run(Box<Started>),
+    /// It ends here without an attempt.
+    Settled(Settle),
+}
+
+async fn prepare_job(engine: &Arc<Engine>, job: &ClaimedJob) -> Result<Prepared, EngineError> {
     let e = Arc::clone(engine);
     let id = job.id.clone();
     let mut record = match blocking(move || e.store.invocation(&id)).await {
         Ok(record) => record,
-        Err(EngineError::NoInvocation(_)) => return Ok(Settle::Finish), // its function went
+        // Its function went, records and all.
+        Err(EngineError::NoInvocation(_)) => return Ok(Prepared::Settled(Settle::Finish)),
         Err(err) => return Err(err),
     };
     // A previous holder recorded the end and died before taking it out.
     if record.finished() {
-        return Ok(Settle::Finish);
+        return Ok(Prepared::Settled(Settle::Finish));
     }
-    let last = job.attempt > job.retries;
     if job.attempt > job.retries + 1 {
         // Its last allowed attempt was on a daemon that stopped mid-way.
         record.status = "error".into();
@@ -383,13 +503,16 @@ async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, En
             record.node.as_deref().unwrap_or("unknown"),
             job.retries + 1
         ));
-        let e = Arc::clone(engine);
-        blocking(move || e.store.update_invocation(&record)).await?;
-        return Ok(Settle::Finish);
+        return finish_with(engine, record).await;
     }
     let (version, cap) = match engine.resolve(&job.function, Some(job.version)).await {
         Ok(found) => found,
-        Err(EngineError::NoFunction(_) | EngineError::NoVersion(..)) => return Ok(Settle::Finish),
+        Err(err @ (EngineError::NoFunction(_) | EngineError::NoVersion(..))) => {
+            record.status = "error".into();
+            record.ended_at = Some(crate::store::now());
+            record.error = Some(err.to_string());
+            return finish_with(engine, record).await;
+        }
         Err(err) => return Err(err),
     };
     let lease = engine
@@ -400,37 +523,37 @@ async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, En
     // The function's slot here and its cluster-wide one, both now: a job
     // that would wait goes back, uncounted, for another daemon (or later).
     let jitter = u64::from(alcove_sys::process::random_id().as_bytes()[0] % 100);
-    let give_back = Settle::GiveBack(Duration::from_millis(50 + jitter));
-    let Some(mut local) = engine.admission.try_slots(&job.function, cap)? else {
+    let give_back = Prepared::Settled(Settle::GiveBack(Duration::from_millis(50 + jitter)));
+    let Some(mut slots) = engine.admission.try_slots(&job.function, cap)? else {
         return Ok(give_back);
     };
     let Some(slot) = engine
         .try_cluster_slot(&job.function, cap, &job.id, lease)
         .await?
     else {
-        drop(local);
         return Ok(give_back);
     };
-    local.cluster = Some(slot);
+    slots.cluster = Some(slot);
     let node = engine.config.node.clone();
     record.node = Some(node.clone());
     record.nodes.push(node);
     record.attempts = job.attempt - 1; // the attempt counts itself
-    let entry = engine.running.register(&record)?;
-    let (record, _) = engine
-        .run(version, record, job.body.into(), local, false, !last)
-        .await?;
-    drop(entry);
-    if engine.cluster.leases_lost.load(Ordering::SeqCst) {
-        // Cancelled because its lease lapsed: back to the queue, counted.
-        return Ok(Settle::Retry(Duration::ZERO));
-    }
-    if record.succeeded() || last || record.status == "cancelled" {
-        return Ok(Settle::Finish);
-    }
-    Ok(Settle::Retry(Duration::from_millis(
-        100 << (job.attempt - 1).min(6),
-    )))
+    Ok(Prepared::Run(Box::new(Started {
+        version,
+        record,
+        slots,
+        last: job.attempt > job.retries,
+    })))
+}
+
+/// Records how a job ended without an attempt, then takes it out.
+async fn finish_with(
+    engine: &Arc<Engine>,
+    record: crate::InvocationRecord,
+) -> Result<Prepared, EngineError> {
+    let e = Arc::clone(engine);
+    blocking(move || e.store.update_invocation(&record)).await?;
+    Ok(Prepared::Settled(Settle::Finish))
 }
 
 /// Takes the job out of the queue, or puts it back, retrying while the

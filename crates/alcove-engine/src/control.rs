@@ -63,8 +63,14 @@ impl Engine {
             }
         };
         let now = crate::store::now();
+        // A record still `running` past the longest timeout plus a minute is
+        // one a daemon that never came back left: not listed as running.
+        let oldest = now - self.config.limits.max_timeout_ms as f64 / 1e3 - 60.0;
         for r in elsewhere {
-            if r.node == self.config.node || list.invocations.iter().any(|i| i.id == r.id) {
+            if r.node == self.config.node
+                || r.started_at < oldest
+                || list.invocations.iter().any(|i| i.id == r.id)
+            {
                 continue;
             }
             list.total += 1;

@@ -701,12 +701,26 @@ impl Engine {
             .find(|v| v.version == f.latest)
             .map_or(1, |v| v.config.concurrency);
         let wanted = version.unwrap_or(f.latest);
-        let v = f
-            .versions
-            .iter()
-            .find(|v| v.version == wanted)
-            .cloned()
-            .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))?;
+        let v = match f.versions.iter().find(|v| v.version == wanted) {
+            Some(v) => v.clone(),
+            // A version deployed (through another daemon) after the cache
+            // was filled: read the function again before saying no.
+            None if self.store.shared().is_some() => {
+                let (engine, owned) = (Arc::clone(self), name.to_owned());
+                let fresh = blocking(move || {
+                    engine.forget(&owned);
+                    engine.load_function(&owned)
+                })
+                .await?;
+                fresh
+                    .versions
+                    .iter()
+                    .find(|v| v.version == wanted)
+                    .cloned()
+                    .ok_or_else(|| EngineError::NoVersion(name.to_owned(), wanted))?
+            }
+            None => return Err(EngineError::NoVersion(name.to_owned(), wanted)),
+        };
         Ok((v, cap))
     }
 
@@ -714,9 +728,18 @@ impl Engine {
     pub(crate) fn new_record(&self, v: &VersionInfo, is_async: bool) -> InvocationRecord {
         if self.since_purge.fetch_add(1, Ordering::Relaxed) + 1 >= PURGE_EVERY {
             self.since_purge.store(0, Ordering::Relaxed);
-            let _ = self
-                .store
-                .purge_invocations(now() - self.config.keep_records_secs);
+            let before = now() - self.config.keep_records_secs;
+            // Off the caller's thread, which may be an async one (a shared
+            // store's call may wait for the network).
+            let me = self.me.get().cloned();
+            match (tokio::runtime::Handle::try_current(), me) {
+                (Ok(runtime), Some(me)) => drop(runtime.spawn_blocking(move || {
+                    if let Some(engine) = me.upgrade() {
+                        let _ = engine.store.purge_invocations(before);
+                    }
+                })),
+                _ => drop(self.store.purge_invocations(before)),
+            }
         }
         InvocationRecord {
             id: alcove_sys::process::random_id(),

@@ -293,19 +293,6 @@ impl Running {
     }
 
     /// The entry of invocation `id`, while it is in flight.
-    /// Cancels every async invocation this daemon runs, saying why.
-    pub(crate) fn cancel_async(&self, reason: &str) {
-        let entries: Vec<Arc<Entry>> = lock(&self.state)
-            .entries
-            .values()
-            .filter(|e| e.is_async)
-            .cloned()
-            .collect();
-        for entry in entries {
-            entry.cancel(reason.to_owned());
-        }
-    }
-
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Entry>> {
         lock(&self.state).entries.get(id).cloned()
     }

@@ -104,6 +104,13 @@ pub(crate) struct ClaimedJob {
     pub attempt: u32,
 }
 
+/// The leases a renewal extended.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Renewed {
+    pub jobs: Vec<String>,
+    pub slots: Vec<String>,
+}
+
 /// An invocation running somewhere in the cluster (for `fn ps`).
 #[derive(Debug, Clone)]
 pub(crate) struct ClusterRunning {
@@ -118,8 +125,6 @@ pub(crate) struct ClusterRunning {
 /// What only a store shared by several daemons does: code blobs, the async
 /// queue with leases, cluster-wide concurrency slots, and the nodes.
 pub(crate) trait SharedStore: Send + Sync {
-    /// Whether the database answers now (readiness).
-    fn ping(&self) -> Result<(), EngineError>;
     /// Keeps a function's code archive under its digest (idempotent).
     fn put_code(&self, digest: &str, tar: &[u8]) -> Result<(), EngineError>;
     /// The code archive stored under `digest`, if any.
@@ -131,8 +136,14 @@ pub(crate) trait SharedStore: Send + Sync {
     /// expired), leases them to this node for `lease`, and counts the
     /// attempt; oldest first, skipping rows other daemons hold.
     fn claim(&self, max: usize, lease: Duration) -> Result<Vec<ClaimedJob>, EngineError>;
-    /// Extends the lease of every job and slot this node holds.
-    fn renew(&self, lease: Duration) -> Result<(), EngineError>;
+    /// Extends the leases of the jobs and slots this process holds (by id);
+    /// returns those it still held: the others lapsed and may be another's.
+    fn renew(
+        &self,
+        lease: Duration,
+        jobs: &[String],
+        slots: &[String],
+    ) -> Result<Renewed, EngineError>;
     /// The job is over (succeeded, failed for good, or cancelled): it leaves
     /// the queue, where this node holds it.
     fn finish_job(&self, id: &str) -> Result<(), EngineError>;

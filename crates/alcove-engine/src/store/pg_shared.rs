@@ -3,16 +3,9 @@
 //! Lease times are the database's clock (`now()`), so daemons agree.
 
 use super::*;
+use crate::store::Renewed;
 
 impl SharedStore for PgStore {
-    fn ping(&self) -> Result<(), EngineError> {
-        self.run(|ctx| async move {
-            let client = ctx.client().await?;
-            client.simple_query("SELECT 1").await.map_err(pg)?;
-            Ok(())
-        })
-    }
-
     fn put_code(&self, digest: &str, tar: &[u8]) -> Result<(), EngineError> {
         let digest = digest.to_owned();
         let tar = tar.to_vec();
@@ -82,7 +75,7 @@ impl SharedStore for PgStore {
                  WHERE q.id = due.id
                  RETURNING q.id, q.function, q.version, q.body, q.retries, q.attempts,
                            extract(epoch FROM q.created_at)::float8",
-                &[&&*ctx.node, &secs(lease), &limit],
+                &[&&*ctx.lessee, &secs(lease), &limit],
             )
             .await?;
             let mut jobs = rows
@@ -105,23 +98,34 @@ impl SharedStore for PgStore {
         })
     }
 
-    fn renew(&self, lease: Duration) -> Result<(), EngineError> {
+    fn renew(
+        &self,
+        lease: Duration,
+        jobs: &[String],
+        slots: &[String],
+    ) -> Result<Renewed, EngineError> {
+        let (jobs, slots) = (jobs.to_vec(), slots.to_vec());
         self.run(move |ctx| async move {
             let client = ctx.client().await?;
-            let node: &str = &ctx.node;
-            execute(
+            let lessee: &str = &ctx.lessee;
+            let ids = |rows: Vec<Row>| -> Result<Vec<String>, EngineError> {
+                rows.iter().map(|r| col(r, 0)).collect()
+            };
+            let jobs = ids(query(
                 &client,
-                "UPDATE alcove_queue SET lease_until = now() + make_interval(secs => $2) WHERE leased_by = $1",
-                &[&node, &secs(lease)],
+                "UPDATE alcove_queue SET lease_until = now() + make_interval(secs => $2)
+                 WHERE leased_by = $1 AND id = ANY($3) RETURNING id",
+                &[&lessee, &secs(lease), &jobs],
             )
-            .await?;
-            execute(
+            .await?)?;
+            let slots = ids(query(
                 &client,
-                "UPDATE alcove_slots SET lease_until = now() + make_interval(secs => $2) WHERE node = $1",
-                &[&node, &secs(lease)],
+                "UPDATE alcove_slots SET lease_until = now() + make_interval(secs => $2)
+                 WHERE node = $1 AND invocation = ANY($3) RETURNING invocation",
+                &[&lessee, &secs(lease), &slots],
             )
-            .await?;
-            Ok(())
+            .await?)?;
+            Ok(Renewed { jobs, slots })
         })
     }
 
@@ -133,7 +137,7 @@ impl SharedStore for PgStore {
             execute(
                 &client,
                 "DELETE FROM alcove_queue WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.node],
+                &[&id, &&*ctx.lessee],
             )
             .await?;
             Ok(())
@@ -149,7 +153,7 @@ impl SharedStore for PgStore {
                 "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
                  due_at = now() + make_interval(secs => $3)
                  WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.node, &secs(delay)],
+                &[&id, &&*ctx.lessee, &secs(delay)],
             )
             .await?;
             Ok(())
@@ -165,7 +169,7 @@ impl SharedStore for PgStore {
                 "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
                  due_at = now() + make_interval(secs => $3), attempts = GREATEST(attempts - 1, 0)
                  WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.node, &secs(delay)],
+                &[&id, &&*ctx.lessee, &secs(delay)],
             )
             .await?;
             Ok(())
@@ -212,7 +216,7 @@ impl SharedStore for PgStore {
                 "INSERT INTO alcove_slots (invocation, function, node, lease_until)
                  VALUES ($1, $2, $3, now() + make_interval(secs => $4))
                  ON CONFLICT (invocation) DO UPDATE SET function = $2, node = $3, lease_until = EXCLUDED.lease_until",
-                &[&invocation, &function, &&*ctx.node, &secs(lease)],
+                &[&invocation, &function, &&*ctx.lessee, &secs(lease)],
             )
             .await?;
             tx.commit().await.map_err(pg)?;
@@ -224,10 +228,12 @@ impl SharedStore for PgStore {
         let invocation = invocation.to_owned();
         self.run(move |ctx| async move {
             let client = ctx.client().await?;
+            // Only the holder's row: another daemon may have taken over the
+            // invocation (and its slot) after this one's lease lapsed.
             execute(
                 &client,
-                "DELETE FROM alcove_slots WHERE invocation = $1",
-                &[&invocation],
+                "DELETE FROM alcove_slots WHERE invocation = $1 AND node = $2",
+                &[&invocation, &&*ctx.lessee],
             )
             .await?;
             Ok(())

@@ -66,6 +66,10 @@ pub(crate) struct PgStore {
 struct Ctx {
     pool: Pool,
     node: Arc<str>,
+    /// What this process holds leases as: its node name and a random id of
+    /// its own, so that a daemon restarted under the same name (or a reply
+    /// lost after a commit) leaves no lease that it keeps renewing.
+    lessee: Arc<str>,
     secrets: Arc<SecretBox>,
     /// Where the database is, for messages (never the password).
     target: Arc<str>,
@@ -145,6 +149,7 @@ impl PgStore {
             ctx: Ctx {
                 pool,
                 node: node.into(),
+                lessee: format!("{node}/{}", &alcove_sys::process::random_id()[..12]).into(),
                 secrets: Arc::new(secrets),
                 target,
             },
@@ -877,7 +882,7 @@ impl StoreBackend for PgStore {
                  exit_code = $6, signal = $7, wall_ms = $8, cpu_user_ms = $9, cpu_sys_ms = $10,
                  memory_peak_bytes = $11, pids_peak = $12, output_truncated = $13, error = $14,
                  stderr = $15, response = $16, kernel = $17, node = $18, nodes = $19
-                 WHERE id = $1
+                 WHERE id = $1 AND attempts <= $3
                  AND NOT EXISTS (SELECT 1 FROM alcove_queue q
                                  WHERE q.id = $1 AND q.leased_by IS DISTINCT FROM $20)",
                 &[
@@ -901,9 +906,10 @@ impl StoreBackend for PgStore {
                     &r.node,
                     &nodes_json(&r.nodes),
                     // Fencing: a queued job's record is written only by the
-                    // daemon holding its lease, so a daemon whose lease
+                    // process holding its lease, and never by an attempt
+                    // older than the recorded one, so a daemon whose lease
                     // lapsed cannot overwrite what the next holder records.
-                    &&*ctx.node,
+                    &&*ctx.lessee,
                 ],
             )
             .await?;
@@ -1041,6 +1047,18 @@ impl StoreBackend for PgStore {
 
 #[path = "pg_shared.rs"]
 mod shared;
+
+#[cfg(test)]
+impl PgStore {
+    /// Whether the database answers now.
+    fn ping(&self) -> Result<(), EngineError> {
+        self.run(|ctx| async move {
+            let client = ctx.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg)?;
+            Ok(())
+        })
+    }
+}
 
 #[cfg(test)]
 #[path = "postgres_tests.rs"]
