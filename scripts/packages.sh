@@ -21,6 +21,11 @@ ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-st
 # crun, and umoci to build the OCI image containerd imports.
 ALCOVE_OCI_PACKAGES=(podman conmon catatonit containerd runc crun umoci)
 
+# What the cluster tests (crates/alcove/tests/cluster.rs) and bench/cluster.sh
+# run daemons against and behind: PostgreSQL 15, the shared store, and HAProxy,
+# the load balancer in front.
+ALCOVE_CLUSTER_PACKAGES=(postgresql haproxy)
+
 alcove_install_packages() {
     local missing=() p
     for p in "${ALCOVE_PACKAGES[@]}" "$@"; do

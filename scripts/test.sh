@@ -10,8 +10,10 @@ alcove_require_root test.sh
 # check the syntax of `alcove completions zsh|fish`; podman (with conmon and
 # catatonit), containerd (ctr) and the peer runtimes runc and crun are the
 # real callers and peers of alcove-oci's tests (crates/alcove-oci/tests),
-# which under ALCOVE_CI=1 fail rather than skip when one is missing.
-alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}"
+# which under ALCOVE_CI=1 fail rather than skip when one is missing;
+# PostgreSQL and HAProxy are the shared store and the balancer of the cluster
+# tests (crates/alcove/tests/cluster.rs), which fail there too without them.
+alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}" "${ALCOVE_CLUSTER_PACKAGES[@]}"
 alcove_ensure_rust
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

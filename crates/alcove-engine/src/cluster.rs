@@ -47,6 +47,9 @@ pub const MAX_LEASE_SECS: u64 = 3600;
 
 /// When nothing was due, the next look at the queue (unless woken sooner).
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Claims of one job by daemons that stopped before its attempt began,
+/// beyond its attempts, before it is given up.
+const LOST_CLAIMS: u32 = 5;
 /// After a store error, the next try.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -463,7 +466,7 @@ async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, En
         return Ok(Settle::Finish);
     }
     Ok(Settle::Retry(Duration::from_millis(
-        100 << (job.attempt - 1).min(6),
+        100 << record.attempts.saturating_sub(1).min(6),
     )))
 }
 
@@ -494,7 +497,21 @@ async fn prepare_job(engine: &Arc<Engine>, job: &ClaimedJob) -> Result<Prepared,
     if record.finished() {
         return Ok(Prepared::Settled(Settle::Finish));
     }
-    if job.attempt > job.retries + 1 {
+    // A job whose daemons keep stopping before its attempt begins (one it
+    // crashes, say) is not handed round for ever.
+    if job.attempt > job.retries + 1 + LOST_CLAIMS {
+        record.status = "error".into();
+        record.ended_at = Some(crate::store::now());
+        record.error = Some(format!(
+            "taken {} times by daemons that stopped before starting it",
+            job.attempt - 1
+        ));
+        return finish_with(engine, record).await;
+    }
+    // Attempts are counted when they begin (the record says `running` on
+    // its node), not when a job is claimed: a daemon that died between its
+    // claim and the start cost the job nothing.
+    if record.attempts > job.retries {
         // Its last allowed attempt was on a daemon that stopped mid-way.
         record.status = "error".into();
         record.ended_at = Some(crate::store::now());
@@ -537,12 +554,12 @@ async fn prepare_job(engine: &Arc<Engine>, job: &ClaimedJob) -> Result<Prepared,
     let node = engine.config.node.clone();
     record.node = Some(node.clone());
     record.nodes.push(node);
-    record.attempts = job.attempt - 1; // the attempt counts itself
+    let last = record.attempts >= job.retries; // the attempt counts itself
     Ok(Prepared::Run(Box::new(Started {
         version,
         record,
         slots,
-        last: job.attempt > job.retries,
+        last,
     })))
 }
 

@@ -100,7 +100,8 @@ pub(crate) struct ClaimedJob {
     pub body: Vec<u8>,
     /// Further attempts allowed after the first.
     pub retries: u32,
-    /// Attempts begun so far, this one included (1 on the first claim).
+    /// Claims so far, this one included (attempts count only once begun:
+    /// the record says how many).
     pub attempt: u32,
 }
 

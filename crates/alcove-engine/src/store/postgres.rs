@@ -876,15 +876,15 @@ impl StoreBackend for PgStore {
         self.run(move |ctx| async move {
             let client = ctx.client().await?;
             let kernel = r.kernel.as_ref().and_then(|k| serde_json::to_string(k).ok());
-            execute(
+            let written = execute(
                 &client,
                 "UPDATE alcove_invocations SET status = $2, attempts = $3, started_at = $4, ended_at = $5,
                  exit_code = $6, signal = $7, wall_ms = $8, cpu_user_ms = $9, cpu_sys_ms = $10,
                  memory_peak_bytes = $11, pids_peak = $12, output_truncated = $13, error = $14,
                  stderr = $15, response = $16, kernel = $17, node = $18, nodes = $19
                  WHERE id = $1 AND attempts <= $3
-                 AND NOT EXISTS (SELECT 1 FROM alcove_queue q
-                                 WHERE q.id = $1 AND q.leased_by IS DISTINCT FROM $20)",
+                 AND (NOT is_async OR EXISTS (SELECT 1 FROM alcove_queue q
+                                              WHERE q.id = $1 AND q.leased_by = $20))",
                 &[
                     &r.id,
                     &r.status,
@@ -905,14 +905,25 @@ impl StoreBackend for PgStore {
                     &kernel,
                     &r.node,
                     &nodes_json(&r.nodes),
-                    // Fencing: a queued job's record is written only by the
-                    // process holding its lease, and never by an attempt
-                    // older than the recorded one, so a daemon whose lease
-                    // lapsed cannot overwrite what the next holder records.
+                    // Fencing: an async invocation's record is written only
+                    // by the process holding its job's lease (while the job is
+                    // queued: its holder writes the end before taking it out),
+                    // never by an older attempt over a newer one, so a daemon
+                    // whose lease lapsed cannot overwrite what the next holder
+                    // records, even after that one has finished.
                     &&*ctx.lessee,
                 ],
             )
             .await?;
+            if written == 0 && r.is_async {
+                return Err(EngineError::Conflict(
+                    "lease_lost",
+                    format!(
+                        "invocation {} is no longer this daemon's: its lease lapsed and another daemon took it",
+                        r.id
+                    ),
+                ));
+            }
             Ok(())
         })
     }

@@ -4,7 +4,7 @@
 use super::ALCOVE;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -172,10 +172,30 @@ impl Reply {
 
 /// One HTTP/1.1 request on its own connection, read to the end.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    try_http(addr, method, path, headers, body, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// One HTTP/1.1 request on its own connection, read to the end, that gives
+/// up after `timeout` (to connect, and between reads) instead of panicking:
+/// for daemons and balancers that may be down or slow.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -184,33 +204,41 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let _ = stream.write_all(body); // a server that refuses early may close first
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
+    // A server may reset the connection after its answer: what came counts.
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Err(format!(
+                "read from {addr}: {e} after {} bytes: {}",
+                raw.len(),
+                String::from_utf8_lossy(&raw)
+            ));
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+        .ok_or_else(|| format!("no HTTP answer from {addr}: {raw:?}"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
         .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line from {addr}: {head}"))?;
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// What a daemon test starts with: root (or a printed skip), the serial

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
 pub mod guard;
 pub mod oci;
