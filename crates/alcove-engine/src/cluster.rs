@@ -47,6 +47,10 @@ pub const MAX_LEASE_SECS: u64 = 3600;
 
 /// When nothing was due, the next look at the queue (unless woken sooner).
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Why an attempt was cancelled when its lease lapsed (how the job's end
+/// tells it from a client's cancel).
+const LEASE_LAPSED: &str = "its lease lapsed";
+
 /// Claims of one job by daemons that stopped before its attempt began,
 /// beyond its attempts, before it is given up.
 const LOST_CLAIMS: u32 = 5;
@@ -81,7 +85,12 @@ impl Cluster {
         self.wake.notify_one();
     }
 
+    /// Notes a failed store call; only the store being away counts against
+    /// readiness (a conflict or a missing function says nothing of it).
     fn failed(&self, e: &EngineError) {
+        if !matches!(e, EngineError::StoreUnavailable(_)) {
+            return;
+        }
         let text = crate::error_chain(e);
         let mut last = locked(&self.store_error);
         if last.as_deref() != Some(text.as_str()) {
@@ -309,8 +318,8 @@ async fn poll_queue(engine: Weak<Engine>) {
 
 /// Renews the leases this daemon holds (jobs and slots, by id) three times
 /// a lease. An attempt whose lease another daemon now holds is cancelled;
-/// if no renewal got through for two thirds of a lease (before the leases
-/// run out), every attempt held under one is cancelled and the daemon claims
+/// if no renewal got through for half a lease (so, before the leases run
+/// out), every attempt held under one is cancelled and the daemon claims
 /// nothing until it renews again.
 async fn keep_leases(engine: Weak<Engine>) {
     let mut last_good = Instant::now();
@@ -328,11 +337,14 @@ async fn keep_leases(engine: Weak<Engine>) {
                 None => Ok(Default::default()),
             })
         };
-        let result = match tokio::time::timeout(lease / 3, call).await {
+        // A renewal gets a sixth of a lease; with one every third and the
+        // sweep past half a lease, the sweep comes before the leases run
+        // out (by five sixths of one at the latest).
+        let result = match tokio::time::timeout(lease / 6, call).await {
             Ok(result) => result,
             Err(_) => Err(EngineError::StoreUnavailable(format!(
                 "renewing leases took over {} ms",
-                (lease / 3).as_millis()
+                (lease / 6).as_millis()
             ))),
         };
         match result {
@@ -353,13 +365,17 @@ async fn keep_leases(engine: Weak<Engine>) {
                     let still = locked(&e.cluster.held_jobs).contains(id)
                         || locked(&e.cluster.held_slots).contains(id);
                     if still {
-                        cancel(&e, id, "its lease lapsed and another daemon may hold it");
+                        cancel(
+                            &e,
+                            id,
+                            &format!("{LEASE_LAPSED}: another daemon may hold it"),
+                        );
                     }
                 }
             }
             Err(err) => {
                 e.cluster.failed(&err);
-                if last_good.elapsed() > lease * 2 / 3
+                if last_good.elapsed() > lease / 2
                     && !e.cluster.leases_lost.swap(true, Ordering::SeqCst)
                 {
                     tracing::warn!(
@@ -368,12 +384,18 @@ async fn keep_leases(engine: Weak<Engine>) {
                     );
                     let (jobs, slots) = e.cluster.held();
                     for id in jobs.iter().chain(&slots) {
-                        cancel(&e, id, "its lease lapsed while the shared store was away");
+                        cancel(
+                            &e,
+                            id,
+                            &format!("{LEASE_LAPSED} while the shared store was away"),
+                        );
                     }
                 }
             }
         }
-        let stopping = e.admission.is_closed() && e.cluster.active.load(Ordering::SeqCst) == 0;
+        // Sync invocations hold slots too: renewed until the last one ends.
+        let (jobs_left, slots_left) = e.cluster.held();
+        let stopping = e.admission.is_closed() && jobs_left.is_empty() && slots_left.is_empty();
         drop(e);
         if stopping {
             return;
@@ -429,7 +451,13 @@ async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, En
                 job.id,
                 crate::error_chain(&e)
             );
-            return Ok(Settle::GiveBack(STORE_RETRY));
+            // The store away costs the job nothing; anything else (a
+            // version this daemon cannot read, say) counts its claim, so a
+            // job no daemon can start ends after a few.
+            return Ok(match e {
+                EngineError::StoreUnavailable(_) => Settle::GiveBack(STORE_RETRY),
+                _ => Settle::Retry(STORE_RETRY),
+            });
         }
     };
     let Started {
@@ -439,11 +467,18 @@ async fn attempt_job(engine: &Arc<Engine>, job: ClaimedJob) -> Result<Settle, En
         last,
     } = *started;
     let entry = engine.running.register(&record)?;
+    if engine.cluster.leases_lost.load(Ordering::SeqCst) {
+        // The keeper's sweep may have missed it (not yet registered).
+        return Ok(Settle::GiveBack(STORE_RETRY));
+    }
     let (record, _) = engine
         .run(version, record, job.body.into(), slots, false, !last)
         .await?;
+    let lapsed = entry
+        .cancel_reason()
+        .is_some_and(|why| why.starts_with(LEASE_LAPSED));
     drop(entry);
-    if engine.cluster.leases_lost.load(Ordering::SeqCst) {
+    if lapsed {
         // Cancelled because its lease lapsed: back to the queue, counted
         // (a no-op if another daemon holds it now).
         return Ok(Settle::Retry(Duration::ZERO));
@@ -503,7 +538,7 @@ async fn prepare_job(engine: &Arc<Engine>, job: &ClaimedJob) -> Result<Prepared,
         record.status = "error".into();
         record.ended_at = Some(crate::store::now());
         record.error = Some(format!(
-            "taken {} times by daemons that stopped before starting it",
+            "taken {} times by daemons that stopped or failed before starting it",
             job.attempt - 1
         ));
         return finish_with(engine, record).await;

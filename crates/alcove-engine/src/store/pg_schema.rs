@@ -16,7 +16,7 @@
 pub(super) const MIGRATION_LOCK: i64 = 0x616c_636f_7665_0001;
 
 /// Step N is `STEPS[N - 1]`.
-pub(super) const STEPS: &[&str] = &[STEP_1];
+pub(super) const STEPS: &[&str] = &[STEP_1, STEP_2];
 
 const STEP_1: &str = "
 CREATE TABLE alcove_functions (
@@ -108,4 +108,30 @@ CREATE TABLE alcove_meta (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+";
+
+/// Taking a function's cluster-wide slot in one round trip: a client cut off
+/// in the middle of a multi-statement transaction would hold the function's
+/// advisory lock until its server noticed, stalling the function everywhere.
+/// Each statement of a PL/pgSQL function sees what committed before it, so
+/// the count after the lock is exact.
+const STEP_2: &str = "
+CREATE FUNCTION alcove_take_slot(f TEXT, cap INTEGER, inv TEXT, lessee TEXT, lease DOUBLE PRECISION)
+RETURNS BOOLEAN LANGUAGE plpgsql AS $take$
+DECLARE
+    held BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('alcove-slot:' || f)::int8);
+    DELETE FROM alcove_slots WHERE function = f AND lease_until < now();
+    SELECT count(*) INTO held FROM alcove_slots WHERE function = f AND invocation <> inv;
+    IF held >= cap THEN
+        RETURN FALSE;
+    END IF;
+    INSERT INTO alcove_slots (invocation, function, node, lease_until)
+    VALUES (inv, f, lessee, now() + make_interval(secs => lease))
+    ON CONFLICT (invocation) DO UPDATE
+        SET function = f, node = lessee, lease_until = EXCLUDED.lease_until;
+    RETURN TRUE;
+END
+$take$;
 ";

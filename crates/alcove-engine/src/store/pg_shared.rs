@@ -195,32 +195,21 @@ impl SharedStore for PgStore {
         let function = function.to_owned();
         let invocation = invocation.to_owned();
         self.run(move |ctx| async move {
-            let mut client = ctx.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            // One taker per function at a time, cluster-wide.
-            execute(&tx, "SELECT pg_advisory_xact_lock(hashtext('alcove-slot:' || $1)::int8)", &[&function]).await?;
-            execute(&tx, "DELETE FROM alcove_slots WHERE function = $1 AND lease_until < now()", &[&function]).await?;
+            let client = ctx.client().await?;
+            // One statement (schema step 2): see alcove_take_slot.
             let row = query_one(
-                &tx,
-                "SELECT count(*) FROM alcove_slots WHERE function = $1 AND invocation <> $2",
-                &[&function, &invocation],
+                &client,
+                "SELECT alcove_take_slot($1, $2, $3, $4, $5)",
+                &[
+                    &function,
+                    &int(cap)?,
+                    &invocation,
+                    &&*ctx.lessee,
+                    &secs(lease),
+                ],
             )
             .await?;
-            let held: i64 = col(&row, 0)?;
-            if held >= i64::from(cap) {
-                tx.commit().await.map_err(pg)?;
-                return Ok(false);
-            }
-            execute(
-                &tx,
-                "INSERT INTO alcove_slots (invocation, function, node, lease_until)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-                 ON CONFLICT (invocation) DO UPDATE SET function = $2, node = $3, lease_until = EXCLUDED.lease_until",
-                &[&invocation, &function, &&*ctx.lessee, &secs(lease)],
-            )
-            .await?;
-            tx.commit().await.map_err(pg)?;
-            Ok(true)
+            col(&row, 0)
         })
     }
 

@@ -18,8 +18,11 @@
 //!
 //! When the database goes away, calls fail with
 //! [`EngineError::StoreUnavailable`]; dead connections are dropped when the
-//! pool checks them out (`RecyclingMethod::Verified`), so calls succeed again
-//! once the database is back.
+//! pool checks them out (`RecyclingMethod::Verified`: a socket that is
+//! half-open, its peer gone, fails the check too), so calls succeed again
+//! once the database is back. TCP keepalives and a user timeout notice a
+//! vanished server within seconds, and the server ends a session idle in a
+//! transaction, so a daemon cut off mid-transaction holds no lock for long.
 
 use super::{now, ClaimedJob, ClusterRunning, SecretBox, SharedStore, StoreBackend};
 use crate::model::{FunctionConfig, FunctionInfo, InvocationRecord, VersionInfo};
@@ -118,6 +121,17 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(
+            format!("{options} -c idle_in_transaction_session_timeout=10s -c lock_timeout=10s")
+                .trim(),
+        );
         if config.get_application_name().is_none() {
             config.application_name(format!("alcove {node}"));
         }
