@@ -354,8 +354,8 @@ add_module() {
     MODULES+=("$m")
 }
 # dummy: the guest's one non-loopback address (it has no network device),
-# which ebpf's connect-rule test needs.
-for m in virtio_mmio virtiofs overlay veth dummy; do add_module "$m"; done
+# which ebpf's connect-rule test needs; bridge: the cluster tests' network.
+for m in virtio_mmio virtiofs overlay veth dummy bridge; do add_module "$m"; done
 
 # The default lsm list, and the same without bpf.
 LSM_DEFAULT=$(sed -n 's/^CONFIG_LSM="\(.*\)"$/\1/p' "$KDIR/config")
