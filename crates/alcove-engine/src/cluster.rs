@@ -26,6 +26,9 @@ pub struct SharedStoreConfig {
     pub lease: Duration,
     /// The most jobs one claim takes (1: one job per query).
     pub batch: usize,
+    /// CA certificates (PEM) the database's TLS certificate may chain to,
+    /// besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SharedStoreConfig {

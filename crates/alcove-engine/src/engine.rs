@@ -241,6 +241,7 @@ impl Engine {
                     &config.node,
                     key,
                     shared.wait,
+                    shared.ca_file.as_deref(),
                 )?)
             }
         };

@@ -171,6 +171,12 @@ struct ServeArgs {
     /// daemon and never stored beside them [or $ALCOVE_SECRETS_KEY].
     #[arg(long, value_name = "FILE")]
     secrets_key_file: Option<PathBuf>,
+    /// With --store postgres: CA certificates (PEM) the database's TLS
+    /// certificate may chain to, besides the system's [or $ALCOVE_STORE_CA].
+    /// TLS is used where the server offers it (`?sslmode=require` insists),
+    /// and its certificate is always verified.
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
     /// With --store postgres: how long start-up waits for the database.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = alcove_sandbox::units::parse_duration)]
     store_wait: std::time::Duration,
@@ -455,6 +461,7 @@ pub fn main() -> i32 {
                 store: args.store,
                 node: args.node,
                 secrets_key_file: args.secrets_key_file,
+                store_ca: args.store_ca,
                 store_wait: args.store_wait,
                 queue_lease: args.queue_lease,
                 queue_batch: args.queue_batch as usize,

@@ -45,6 +45,7 @@ pub struct ServeOptions {
     pub store: Option<String>,
     pub node: Option<String>,
     pub secrets_key_file: Option<PathBuf>,
+    pub store_ca: Option<PathBuf>,
     pub store_wait: Duration,
     pub queue_lease: Duration,
     pub queue_batch: usize,
@@ -92,6 +93,10 @@ fn cluster_config(
         wait: options.store_wait,
         lease,
         batch: options.queue_batch.clamp(1, alcove_engine::MAX_QUEUE_BATCH),
+        ca_file: options
+            .store_ca
+            .clone()
+            .or_else(|| env_text("ALCOVE_STORE_CA").map(PathBuf::from)),
     });
     Ok(())
 }

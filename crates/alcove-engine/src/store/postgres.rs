@@ -10,9 +10,11 @@
 //! works from `spawn_blocking` threads and from another runtime's tasks
 //! alike (it never calls `block_on`).
 //!
-//! Connections are plain TCP or Unix sockets (`NoTls`): TLS to the database
-//! is for a later change; until then keep the database on a private network
-//! or a Unix socket. Lease and due times come from the database's clock
+//! TCP connections use TLS where the server offers it (the URL's `sslmode`:
+//! `prefer`, the default, `require` or `disable`), through rustls, and the
+//! server's certificate is always verified: against the system's roots and
+//! the operator's CA file (`--store-ca`); Unix sockets are plain, as in
+//! PostgreSQL itself. Lease and due times come from the database's clock
 //! (`now()`), never a daemon's. The schema is in [`schema`] (tables named
 //! `alcove_*`).
 //!
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 #[path = "pg_schema.rs"]
 mod schema;
@@ -100,13 +102,16 @@ impl PgStore {
     /// Connects to the database at `url` (a `postgres://` URL or `key=value`
     /// pairs) as node `node`, waiting up to `wait` for it to answer, then
     /// brings its schema up to date and checks that `secrets` is the key the
-    /// stored secrets were sealed with.
+    /// stored secrets were sealed with. `ca_file` (PEM) adds to the roots
+    /// a server's certificate may chain to.
     pub(crate) fn open(
         url: &str,
         node: &str,
         secrets: SecretBox,
         wait: Duration,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<PgStore, EngineError> {
+        let tls = tls_config(ca_file)?;
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             let why =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
@@ -138,7 +143,7 @@ impl PgStore {
         let target: Arc<str> = describe(&config).into();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
             },
@@ -217,6 +222,45 @@ impl PgStore {
 }
 
 /// "host:port" for each host the configuration names (no credentials).
+/// The TLS client: the system's roots and the operator's CA file; ring as
+/// the crypto provider (no C toolchain beyond the compiler is needed).
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, EngineError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system roots leave only the CA file: not an error here.
+    let (added, _) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut ours = 0;
+    if let Some(path) = ca_file {
+        let bad = |why: String| {
+            EngineError::Invalid(format!(
+                "the shared store's CA file {}: {why} (give a PEM file of CA certificates)",
+                path.display()
+            ))
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            ours += 1;
+        }
+        if ours == 0 {
+            return Err(bad("it holds no certificate".into()));
+        }
+    }
+    tracing::debug!(
+        "TLS roots for the shared store: {added} from the system, {ours} from the CA file"
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EngineError::Internal(format!("TLS for the shared store: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 fn describe(config: &tokio_postgres::Config) -> String {
     let ports = config.get_ports();
     let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);

@@ -120,8 +120,13 @@ impl Pg {
     }
 
     fn start_server(&self) {
+        self.start_server_with("-c listen_addresses=''");
+    }
+
+    /// Starts it with `extra` server options after the test's own.
+    fn start_server_with(&self, extra: &str) {
         let options = format!(
-            "-c listen_addresses='' -k {} -p {PORT} -c fsync=off -c shared_buffers=16MB",
+            "-k {} -p {PORT} -c fsync=off -c shared_buffers=16MB {extra}",
             self.path().display()
         );
         let log = self.path().join("log").display().to_string();
@@ -170,6 +175,7 @@ impl Pg {
             node,
             SecretBox::from_hex(key).expect("a key"),
             wait,
+            None,
         )
     }
 }
@@ -761,6 +767,7 @@ fn calls_work_from_async_tasks_and_blocking_threads() {
             "n1",
             SecretBox::from_hex(KEY).unwrap(),
             Duration::from_secs(5),
+            None,
         )
         .unwrap();
         store.ping().unwrap();
@@ -793,9 +800,140 @@ fn bad_urls_are_refused_without_the_password() {
         "host=/tmp sslmode=s3cret-pw",
         "postgres://user:s3cret-pw@/db",
     ] {
-        match PgStore::open(url, "n", SecretBox::from_hex(KEY).unwrap(), Duration::ZERO) {
+        match PgStore::open(
+            url,
+            "n",
+            SecretBox::from_hex(KEY).unwrap(),
+            Duration::ZERO,
+            None,
+        ) {
             Err(EngineError::Invalid(why)) => assert!(!why.contains("s3cret"), "{why}"),
             other => panic!("{url}: expected Invalid, got {:?}", other.map(|_| ())),
         }
     }
+}
+
+/// Runs a command in `dir`, which must succeed.
+fn run_in(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_is_used_and_the_servers_certificate_is_verified() {
+    let pg = postgres_or_skip!();
+    // A CA of the test's own and a server certificate for 127.0.0.1.
+    let certs = pg.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| run_in(&certs, "openssl", args);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=alcove test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let (uid, gid) = postgres_user_ids().unwrap();
+    for file in ["server.key", "server.pem"] {
+        std::os::unix::fs::chown(certs.join(file), Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(
+        certs.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // The same server again, on loopback TCP with TLS.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    pg.stop_server();
+    pg.start_server_with(&format!(
+        "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key -c port={port}",
+        certs.display()
+    ));
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require");
+    let ca = certs.join("ca.pem");
+    let open = |ca: Option<&Path>| {
+        PgStore::open(
+            &url,
+            "n1",
+            SecretBox::from_hex(KEY).unwrap(),
+            Duration::ZERO,
+            ca,
+        )
+    };
+    // Trusting the test's CA: the session is encrypted.
+    let store = open(Some(&ca)).expect("TLS with the test's CA");
+    let ssl = rows(
+        &store,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert_eq!(ssl.len(), 1);
+    assert!(
+        col::<bool>(&ssl[0], 0).unwrap(),
+        "the session is not encrypted"
+    );
+    drop(store);
+    // Without it, the server's certificate is not trusted: no connection.
+    match open(None) {
+        Err(EngineError::StoreUnavailable(why)) => assert!(
+            why.contains("certificate") || why.contains("UnknownIssuer"),
+            "{why}"
+        ),
+        other => panic!("an untrusted server was accepted: {:?}", other.map(|_| ())),
+    }
+    // A CA file that holds no certificate is refused before connecting.
+    std::fs::write(certs.join("empty.pem"), "").unwrap();
+    assert!(matches!(
+        open(Some(&certs.join("empty.pem"))),
+        Err(EngineError::Invalid(_))
+    ));
 }
