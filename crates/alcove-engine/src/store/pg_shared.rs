@@ -130,50 +130,32 @@ impl SharedStore for PgStore {
     }
 
     fn finish_job(&self, id: &str) -> Result<(), EngineError> {
-        let id = id.to_owned();
-        self.run(move |ctx| async move {
-            let client = ctx.client().await?;
-            // Only the holder takes a job out (see update_invocation).
-            execute(
-                &client,
-                "DELETE FROM alcove_queue WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.lessee],
-            )
-            .await?;
-            Ok(())
-        })
+        // Only the holder takes a job out (see update_invocation).
+        self.as_holder(
+            "DELETE FROM alcove_queue WHERE id = $1 AND leased_by = $2",
+            id,
+            None,
+        )
     }
 
     fn retry_job(&self, id: &str, delay: Duration) -> Result<(), EngineError> {
-        let id = id.to_owned();
-        self.run(move |ctx| async move {
-            let client = ctx.client().await?;
-            execute(
-                &client,
-                "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
-                 due_at = now() + make_interval(secs => $3)
-                 WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.lessee, &secs(delay)],
-            )
-            .await?;
-            Ok(())
-        })
+        self.as_holder(
+            "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
+             due_at = now() + make_interval(secs => $3)
+             WHERE id = $1 AND leased_by = $2",
+            id,
+            Some(delay),
+        )
     }
 
     fn release_job(&self, id: &str, delay: Duration) -> Result<(), EngineError> {
-        let id = id.to_owned();
-        self.run(move |ctx| async move {
-            let client = ctx.client().await?;
-            execute(
-                &client,
-                "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
-                 due_at = now() + make_interval(secs => $3), attempts = GREATEST(attempts - 1, 0)
-                 WHERE id = $1 AND leased_by = $2",
-                &[&id, &&*ctx.lessee, &secs(delay)],
-            )
-            .await?;
-            Ok(())
-        })
+        self.as_holder(
+            "UPDATE alcove_queue SET leased_by = NULL, lease_until = NULL,
+             due_at = now() + make_interval(secs => $3), attempts = GREATEST(attempts - 1, 0)
+             WHERE id = $1 AND leased_by = $2",
+            id,
+            Some(delay),
+        )
     }
 
     fn queue_depth(&self) -> Result<u64, EngineError> {
@@ -214,19 +196,13 @@ impl SharedStore for PgStore {
     }
 
     fn release_slot(&self, invocation: &str) -> Result<(), EngineError> {
-        let invocation = invocation.to_owned();
-        self.run(move |ctx| async move {
-            let client = ctx.client().await?;
-            // Only the holder's row: another daemon may have taken over the
-            // invocation (and its slot) after this one's lease lapsed.
-            execute(
-                &client,
-                "DELETE FROM alcove_slots WHERE invocation = $1 AND node = $2",
-                &[&invocation, &&*ctx.lessee],
-            )
-            .await?;
-            Ok(())
-        })
+        // Only the holder's row: another daemon may have taken over the
+        // invocation (and its slot) after this one's lease lapsed.
+        self.as_holder(
+            "DELETE FROM alcove_slots WHERE invocation = $1 AND node = $2",
+            invocation,
+            None,
+        )
     }
 
     fn running(
@@ -259,6 +235,28 @@ impl SharedStore for PgStore {
                     })
                 })
                 .collect()
+        })
+    }
+}
+
+impl PgStore {
+    /// Runs `sql` on one row this process holds: `$1` is its id, `$2` this
+    /// process's lessee, `$3` (when given) a delay in seconds.
+    fn as_holder(
+        &self,
+        sql: &'static str,
+        id: &str,
+        delay: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        let id = id.to_owned();
+        self.run(move |ctx| async move {
+            let client = ctx.client().await?;
+            let lessee: &str = &ctx.lessee;
+            match delay {
+                Some(delay) => execute(&client, sql, &[&id, &lessee, &secs(delay)]).await?,
+                None => execute(&client, sql, &[&id, &lessee]).await?,
+            };
+            Ok(())
         })
     }
 }
