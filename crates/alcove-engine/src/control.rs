@@ -109,18 +109,29 @@ impl Engine {
         let Some(entry) = entry else {
             let (engine, wanted) = (Arc::clone(self), id.to_owned());
             let record = blocking(move || engine.store.invocation(&wanted)).await?;
-            if !record.finished() || record.status == "queued" {
-                // On a shared store: queued for, or running on, another daemon.
+            if !record.finished() {
+                // On a shared store: waiting in the queue (cancelled here),
+                // or running on another daemon.
+                let (engine, wanted) = (Arc::clone(self), id.to_owned());
+                let cancelled = blocking(move || match engine.store.shared() {
+                    Some(shared) => {
+                        let reason =
+                            format!("cancelled by a client (DELETE /v1/invocations/{wanted})");
+                        shared.cancel_queued(&wanted, &reason)
+                    }
+                    None => Ok(false),
+                })
+                .await?;
+                if cancelled {
+                    let (engine, wanted) = (Arc::clone(self), id.to_owned());
+                    return blocking(move || engine.store.invocation(&wanted)).await;
+                }
                 return Err(EngineError::Conflict(
                     "invocation_elsewhere",
                     format!(
-                        "invocation {id} is {} {}: cancel it through the daemon that runs it \
-                         (a queued one cannot be cancelled on a shared store yet)",
+                        "invocation {id} is {} on node {}: cancel it through that daemon",
                         record.status,
-                        record
-                            .node
-                            .as_deref()
-                            .map_or("in the shared queue".into(), |n| format!("on node {n}"))
+                        record.node.as_deref().unwrap_or("unknown")
                     ),
                 ));
             }

@@ -858,3 +858,53 @@ fn a_daemon_cut_off_the_network_mid_batch_loses_nothing() {
     assert!(moved >= 1, "nothing n3 held was taken over: {done:#?}");
     c.tear_down();
 }
+
+#[test]
+fn a_queued_invocation_is_cancelled_through_any_daemon_and_never_runs() {
+    let Some(c) = Cluster::new(
+        "a_queued_invocation_is_cancelled_through_any_daemon_and_never_runs",
+        2,
+        &[],
+    ) else {
+        return;
+    };
+    deploy_script(
+        &c,
+        &c.daemons[0],
+        "one-at-a-time",
+        "sleep 2\n",
+        &["--concurrency", "1"],
+    );
+    let ids: Vec<String> = (0..3)
+        .map(|_| invoke_async(&c, "one-at-a-time", 0))
+        .collect();
+    let last = ids.last().unwrap().clone();
+    // It waits for the function's one slot; a daemon may hold it for the
+    // moment it takes to find the slot taken, so a 409 is tried again.
+    let start = Instant::now();
+    let cancelled = loop {
+        let reply = c.daemons[1].http("DELETE", &format!("/v1/invocations/{last}"), b"");
+        if reply.status == 200 {
+            break reply.json();
+        }
+        assert_eq!(reply.status, 409, "{}", reply.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never cancelled: {}",
+            reply.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status(&cancelled), "cancelled", "{cancelled}");
+    let done = wait_finished(&c.daemons[0], &ids, Duration::from_secs(30));
+    let r = &done[&last];
+    assert_eq!(
+        (status(r), r["attempts"].as_u64(), attempt_nodes(r).len()),
+        ("cancelled", Some(0), 0),
+        "the cancelled invocation ran: {r}"
+    );
+    for id in &ids[..2] {
+        assert_eq!(status(&done[id]), "exited", "{}", done[id]);
+    }
+    c.tear_down();
+}

@@ -154,6 +154,10 @@ pub(crate) trait SharedStore: Send + Sync {
     /// get a cluster-wide slot of its function): unleased, due after
     /// `delay`, `attempts` one less; only where this node holds it.
     fn release_job(&self, id: &str, delay: Duration) -> Result<(), EngineError>;
+    /// Cancels a queued job no live lease holds (waiting, or its holder's
+    /// lease expired): out of the queue, its record `cancelled` with
+    /// `reason`, in one transaction; false when a daemon holds it.
+    fn cancel_queued(&self, id: &str, reason: &str) -> Result<bool, EngineError>;
     /// Jobs queued (due or not, leased or not).
     fn queue_depth(&self) -> Result<u64, EngineError>;
     /// Takes one of `function`'s `cap` cluster-wide slots for `invocation`,

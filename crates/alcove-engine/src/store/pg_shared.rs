@@ -158,6 +158,33 @@ impl SharedStore for PgStore {
         )
     }
 
+    fn cancel_queued(&self, id: &str, reason: &str) -> Result<bool, EngineError> {
+        let (id, reason) = (id.to_owned(), reason.to_owned());
+        self.run(move |ctx| async move {
+            let mut client = ctx.client().await?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let taken = execute(
+                &tx,
+                "DELETE FROM alcove_queue
+                 WHERE id = $1 AND (leased_by IS NULL OR lease_until < now())",
+                &[&id],
+            )
+            .await?;
+            if taken == 0 {
+                return Ok(false);
+            }
+            execute(
+                &tx,
+                "UPDATE alcove_invocations SET status = 'cancelled', error = $2, ended_at = $3
+                 WHERE id = $1",
+                &[&id, &reason, &now()],
+            )
+            .await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(true)
+        })
+    }
+
     fn queue_depth(&self) -> Result<u64, EngineError> {
         self.run(|ctx| async move {
             let client = ctx.client().await?;

@@ -813,6 +813,34 @@ fn bad_urls_are_refused_without_the_password() {
     }
 }
 
+#[test]
+fn a_waiting_job_is_cancelled_from_any_daemon_a_held_one_is_not() {
+    let pg = postgres_or_skip!();
+    let a = pg.open("a").unwrap();
+    let b = pg.open("b").unwrap();
+    a.add_version("f", &config(), None, &BTreeMap::new())
+        .unwrap();
+    a.enqueue(&record("w", "f", 1, "queued"), b"", 0).unwrap();
+    a.enqueue(&record("h", "f", 1, "queued"), b"", 0).unwrap();
+    // b holds "w" (oldest first); "h" waits.
+    let held = b.claim(1, Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        held.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["w"]
+    );
+    assert!(!a.cancel_queued("w", "by a client").unwrap(), "b holds w");
+    assert_eq!(a.invocation("w").unwrap().status, "queued");
+    assert!(a.cancel_queued("h", "by a client").unwrap());
+    let h = a.invocation("h").unwrap();
+    assert_eq!(
+        (h.status.as_str(), h.error.as_deref()),
+        ("cancelled", Some("by a client"))
+    );
+    assert!(h.ended_at.is_some());
+    assert_eq!(a.queue_depth().unwrap(), 1);
+    assert!(!a.cancel_queued("h", "again").unwrap(), "gone already");
+}
+
 /// Runs a command in `dir`, which must succeed.
 fn run_in(dir: &Path, program: &str, args: &[&str]) {
     let out = Command::new(program)
