@@ -9,7 +9,7 @@ use crate::engine::{blocking, Engine};
 use crate::store::ClaimedJob;
 use crate::EngineError;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,10 +63,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The cluster side of one engine.
 #[derive(Default)]
 pub(crate) struct Cluster {
-    /// Jobs this daemon holds (claimed, not yet settled).
-    active: AtomicUsize,
-    /// The ids of those jobs, and of the invocations holding a cluster
-    /// slot: what the lease keeper renews (and nothing else).
+    /// The jobs this daemon holds (claimed, not yet settled) and the
+    /// invocations holding a cluster slot, by id: what the lease keeper
+    /// renews (and nothing else); how many jobs is the daemon's load.
     held_jobs: Mutex<HashSet<String>>,
     held_slots: Mutex<HashSet<String>>,
     /// Woken when this daemon queues a job or settles one.
@@ -276,7 +275,7 @@ async fn poll_queue(engine: Weak<Engine>) {
         let room = e
             .config
             .max_running
-            .saturating_sub(e.cluster.active.load(Ordering::SeqCst))
+            .saturating_sub(locked(&e.cluster.held_jobs).len())
             .min(shared_config.batch);
         let claimed = if room == 0 || e.cluster.leases_lost.load(Ordering::SeqCst) {
             Ok(Vec::new())
@@ -293,7 +292,6 @@ async fn poll_queue(engine: Weak<Engine>) {
                 e.cluster.answered();
                 let full = jobs.len() == room && room > 0;
                 for job in jobs {
-                    e.cluster.active.fetch_add(1, Ordering::SeqCst);
                     locked(&e.cluster.held_jobs).insert(job.id.clone());
                     tokio::spawn(run_job(Arc::clone(&e), job));
                 }
@@ -437,7 +435,6 @@ async fn run_job(engine: Arc<Engine>, job: ClaimedJob) {
     };
     settle_job(&engine, &id, settle).await;
     locked(&engine.cluster.held_jobs).remove(&id);
-    engine.cluster.active.fetch_sub(1, Ordering::SeqCst);
     engine.cluster.wake();
 }
 
