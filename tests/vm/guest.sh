@@ -104,6 +104,8 @@ run_test_bins() { # root|delegated SPECS
         IFS=: read -r name exe cwd <<< "$spec"
         log="$LOGS/$where-$name.log"
         t0=$EPOCHREALTIME
+        # Which binary runs, so that a guest that hangs says where.
+        echo "...  $name (from $where, guest uptime $(uptime_s)s)"
         scope_n=$((scope_n + 1))
         # shellcheck disable=SC2086 # ALCOVE_VM_TEST_ARGS is a word list
         "$VM/in-cgroup" "$where" "alcove-tests-$scope_n" -- bash -c 'cd "$1" && shift && exec "$@"' _ "$cwd" \
