@@ -27,7 +27,7 @@ pub enum ClientError {
 }
 
 /// A name or id checked to be safe as one path segment.
-fn segment(name: &str) -> Result<&str, ClientError> {
+pub(crate) fn segment(name: &str) -> Result<&str, ClientError> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -77,9 +77,9 @@ impl Iterator for EventStream {
 }
 
 pub struct Client {
-    agent: Agent,
-    server: String,
-    token: Option<String>,
+    pub(crate) agent: Agent,
+    pub(crate) server: String,
+    pub(crate) token: Option<String>,
 }
 
 /// A status, the headers (lower-case names) and the body.
@@ -107,11 +107,11 @@ impl Client {
         &self.server
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }
 
-    fn send(
+    pub(crate) fn send(
         &self,
         method: &str,
         path: &str,
@@ -150,7 +150,7 @@ impl Client {
         Ok((status, headers, bytes))
     }
 
-    fn json(
+    pub(crate) fn json(
         &self,
         method: &str,
         path: &str,
@@ -459,7 +459,7 @@ impl Client {
     }
 }
 
-fn api_error(status: u16, body: Value) -> ClientError {
+pub(crate) fn api_error(status: u16, body: Value) -> ClientError {
     let field = |k: &str| {
         body.pointer(&format!("/error/{k}"))
             .and_then(Value::as_str)

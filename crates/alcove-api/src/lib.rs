@@ -15,6 +15,8 @@ mod endpoint;
 mod errors;
 mod monitor_routes;
 mod routes;
+mod sandbox_client;
+mod sandbox_routes;
 mod server;
 pub mod wire;
 
@@ -24,6 +26,7 @@ pub use config_routes::MAX_SECRET_BODY;
 pub use errors::ApiError;
 pub use monitor_routes::MAX_EVENT_STREAMS;
 pub use routes::{app, AppState};
+pub use sandbox_client::Lines;
 pub use server::{serve, BodyTimedOut, ServerLimits};
 
 /// The OpenAPI 3.1 document describing /v1, served at /v1/openapi.json.

@@ -65,7 +65,8 @@ pub fn app(state: AppState) -> Router {
         .route("/monitor", get(crate::monitor_routes::monitor))
         .route("/invocations", get(control::list_running))
         .route("/invocations/{id}", get(invocation).delete(control::cancel))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .merge(crate::sandbox_routes::routes());
     let function = any(crate::endpoint::serve).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY));
     Router::new()
         .route("/fn/{name}", function.clone())

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub node: String,
     /// The store several daemons share (PostgreSQL); None: SQLite in `data_dir`.
     pub shared: Option<crate::SharedStoreConfig>,
+    /// Agent sandboxes held at once.
+    pub max_sandboxes: usize,
 }
 
 /// Old records are purged once per this many invocations.
@@ -85,6 +87,7 @@ impl EngineConfig {
             monitor: crate::MonitorMode::default(),
             node: host_name(),
             shared: None,
+            max_sandboxes: 1024,
         }
     }
 }
@@ -141,6 +144,7 @@ pub struct Engine {
     pub(crate) warm: crate::warm::WarmTemplates,
     /// This engine, for threads that outlive a call (a template's rebuild).
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    pub(crate) sandboxes: crate::sandboxes::Sandboxes,
     pub metrics: Metrics,
 }
 
@@ -253,6 +257,7 @@ impl Engine {
         let (cancel, cancel_all) = alcove_sys::fd::pipe_cloexec()
             .map_err(EngineError::io("creating the shutdown pipe"))?;
         let monitor = crate::monitoring::EngineMonitor::new(config.monitor);
+        let config_max_sandboxes = config.max_sandboxes;
         let engine = Arc::new(Engine {
             admission: Admission::new(
                 config.max_running,
@@ -277,6 +282,7 @@ impl Engine {
             running: Arc::default(),
             warm: Default::default(),
             me: std::sync::OnceLock::new(),
+            sandboxes: crate::sandboxes::Sandboxes::new(config_max_sandboxes),
             metrics,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
@@ -285,6 +291,7 @@ impl Engine {
         engine.monitor.start();
         engine.restore_warm();
         engine.start_cluster()?;
+        engine.start_sandbox_reaper();
         Ok(engine)
     }
 

@@ -25,6 +25,7 @@ mod metrics;
 mod model;
 mod monitoring;
 mod running;
+pub mod sandboxes;
 mod store;
 mod warm;
 

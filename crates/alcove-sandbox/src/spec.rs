@@ -193,6 +193,10 @@ pub struct SandboxSpec {
     pub binds: Vec<Bind>,
     /// Working directory inside the sandbox.
     pub workdir: PathBuf,
+    /// Mount a fresh tmpfs (`limits.tmpfs_bytes`) at `workdir`, owned by
+    /// `user`: a home the program can write to on a read-only host view
+    /// (an agent sandbox's /home/user).
+    pub writable_workdir: bool,
     /// Extra environment variables, on top of PATH and HOME.
     pub env: Vec<(OsString, OsString)>,
     pub hostname: String,
@@ -236,6 +240,7 @@ impl SandboxSpec {
             device_nodes: Vec::new(),
             binds: Vec::new(),
             workdir: PathBuf::from("/"),
+            writable_workdir: false,
             env: Vec::new(),
             hostname: "alcove".into(),
             user: User::default(),
@@ -323,6 +328,9 @@ impl SandboxSpec {
             }
         }
         check_sandbox_path(&self.workdir, "--workdir")?;
+        if self.writable_workdir && self.workdir == Path::new("/") {
+            return invalid("a writable working directory cannot be / (give another)".into());
+        }
         for rule in &self.allow_paths {
             let bytes = rule.path.as_os_str().as_bytes();
             if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= libc::PATH_MAX as usize {

@@ -88,3 +88,23 @@ pub fn on_read_only_mount(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
     crate::cvt_int(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
     Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
+
+/// A close-on-exec, non-blocking inotify descriptor watching `path` for
+/// entries created, written, deleted and moved (one watch, not recursive).
+pub fn inotify_watch(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain flags; the result is checked.
+    let fd = crate::cvt_int(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+    // SAFETY: the kernel just returned `fd` and nothing else owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mask = libc::IN_CREATE
+        | libc::IN_CLOSE_WRITE
+        | libc::IN_MODIFY
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_ONLYDIR;
+    // SAFETY: `fd` is the inotify descriptor above; `path` is NUL-terminated.
+    crate::cvt_int(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })?;
+    Ok(owned)
+}

@@ -127,6 +127,56 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::R
     Ok(())
 }
 
+/// Receives one message into `buf`: its length (0 at end of stream) and the
+/// descriptors sent with it, made close-on-exec (at most [`MAX_FDS`]; a
+/// message that carried more is refused, and what it carried is closed).
+/// With `nonblocking`, `WouldBlock` when none is queued.
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8]; // 64 bytes, aligned for cmsghdr: room for MAX_FDS
+                                 // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let flags = libc::MSG_CMSG_CLOEXEC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+    // SAFETY: `msg` points at live buffers for the duration of the call.
+    let n = crate::cvt(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) } as libc::c_long)?
+        as usize;
+    let mut received = Vec::new();
+    // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG
+    // macros walk only within it, and an SCM_RIGHTS header carries
+    // (cmsg_len - CMSG_LEN(0)) / sizeof(int) descriptors, each now ours.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message longer than the buffer, or with too many descriptors",
+        ));
+    }
+    Ok((n, received))
+}
+
 /// Receives one message without waiting: `Ok(None)` when none is queued,
 /// `Ok(Some(0))` at end of stream. Descriptors sent with it are closed.
 pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {

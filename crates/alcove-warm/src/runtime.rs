@@ -1,6 +1,7 @@
 //! The files alcove mounts read-only into every template and every function
 //! run with `--runtime`: the Python runtime, and the seccomp program copies
-//! install (docs/warm-protocol.md). Written once per boot under /run.
+//! install (docs/warm-protocol.md); and into agent sandboxes, whose code
+//! interpreter is the Python REPL here. Written once per boot under /run.
 
 use crate::WarmError;
 use std::path::{Path, PathBuf};
@@ -10,12 +11,18 @@ use std::sync::OnceLock;
 pub const RUNTIME_DIR: &str = "/run/alcove/runtime";
 /// The Python runtime's file name in [`RUNTIME_DIR`].
 pub const PYTHON_RUNTIME: &str = "alcove_runtime.py";
+/// The code interpreter of agent sandboxes, in [`RUNTIME_DIR`].
+pub const PYTHON_REPL: &str = "alcove_repl.py";
 /// The copies' seccomp program's file name in [`RUNTIME_DIR`].
 pub const COPY_FILTER: &str = "copy-filter.bpf";
 
 static PYTHON_SOURCE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../runtimes/python/alcove_runtime.py"
+));
+static REPL_SOURCE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../runtimes/python/alcove_repl.py"
 ));
 
 /// Writes the runtime files if this boot has not (or they differ from this
@@ -34,6 +41,7 @@ pub fn install() -> Result<&'static Path, WarmError> {
     let filter = alcove_sandbox::copy_filter_bytes();
     for (name, bytes) in [
         (PYTHON_RUNTIME, PYTHON_SOURCE.as_bytes()),
+        (PYTHON_REPL, REPL_SOURCE.as_bytes()),
         (COPY_FILTER, filter.as_slice()),
     ] {
         let path = dir.join(name);

@@ -55,6 +55,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Long-lived sandboxes for AI agents on a daemon: create, exec, files,
+    /// code, pause/resume.
+    Sandbox(Box<crate::sandboxes::SandboxArgs>),
+    /// The agent inside an agent sandbox (started by the daemon, not by hand).
+    #[command(name = "sandbox-agent", hide = true)]
+    SandboxAgent,
     /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
     /// cgroups...) and which mechanism alcove uses for each kind of rule.
     Doctor {
@@ -88,6 +94,9 @@ struct ServeArgs {
     /// Sandboxes running at once over all functions [default: 4 per CPU].
     #[arg(long)]
     max_running: Option<usize>,
+    /// Agent sandboxes held at once (`alcove sandbox create`); beyond it, 429.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_sandboxes: u64,
     /// Invocations waiting for a slot before new ones get 429 [default: 1024].
     #[arg(long)]
     max_queued: Option<usize>,
@@ -419,6 +428,8 @@ pub fn main() -> i32 {
             }
         }
         Command::Fn(args) => crate::functions::main(*args),
+        Command::Sandbox(args) => crate::sandboxes::main(*args),
+        Command::SandboxAgent => alcove_agent::serve_inherited(),
         Command::Top(args) => crate::functions::top::main(*args),
         Command::Events(args) => crate::functions::follow::events_main(*args),
         Command::Image(args) => crate::image::main(args),
@@ -435,6 +446,7 @@ pub fn main() -> i32 {
                 token_file: args.token_file,
                 image_store: args.image_store,
                 max_running: args.max_running,
+                max_sandboxes: args.max_sandboxes as usize,
                 max_queued: args.max_queued,
                 max_queued_bytes: args.max_queued_bytes,
                 max_timeout_ms: args.max_timeout.map(ms),

@@ -8,6 +8,7 @@ mod doctor;
 mod functions;
 mod image;
 mod sandbox_flags;
+mod sandboxes;
 mod scope;
 mod serve;
 mod trace;

@@ -22,6 +22,7 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
     pub image_store: Option<PathBuf>,
     pub max_running: Option<usize>,
+    pub max_sandboxes: usize,
     pub max_queued: Option<usize>,
     pub max_queued_bytes: Option<u64>,
     pub max_timeout_ms: Option<u64>,
@@ -206,6 +207,7 @@ fn own_token(data_dir: &Path) -> anyhow::Result<String> {
 
 fn engine_config(options: &ServeOptions) -> EngineConfig {
     let mut config = EngineConfig::new(options.data_dir.clone());
+    config.max_sandboxes = options.max_sandboxes;
     if let Some(n) = options.max_running {
         config.max_running = n.max(1);
     }

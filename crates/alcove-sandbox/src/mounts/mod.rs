@@ -380,6 +380,19 @@ impl Builder {
         if spec.user.uid == 0 {
             self.mask_proc(&root.join("proc"));
         }
+        if spec.writable_workdir {
+            let workdir = inside(root, &spec.workdir);
+            self.mount(
+                Some(b"tmpfs"),
+                &workdir,
+                Some("tmpfs"),
+                MS_NOSUID | MS_NODEV,
+                Some(format!(
+                    "mode=0755,size={tmpfs_bytes},uid={},gid={}",
+                    spec.user.uid, spec.user.gid
+                )),
+            );
+        }
         for (bind, &tree) in spec.binds.iter().zip(bind_trees) {
             let target = self.place(&inside(root, &bind.target));
             self.ops.push(MountOp::MoveMount { tree, target });

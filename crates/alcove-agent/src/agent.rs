@@ -1,0 +1,324 @@
+//! The agent: pid 1 of an agent sandbox. One thread, one loop: a request
+//! from the daemon, or one of its commands ending. It runs as the sandbox's
+//! user under the sandbox's filters, so it can do nothing its commands could
+//! not; what it adds is that the daemon can ask.
+
+use crate::protocol::{AgentFailure, Entry, EntryKind, Reply, Request, MAX_ENTRIES, MAX_MESSAGE};
+use alcove_sys::{fd, process, seqpacket};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The commands running, by pid, each with a pidfd that wakes the loop.
+type Running = HashMap<i32, OwnedFd>;
+
+/// Serves the daemon on the socket named by `$ALCOVE_AGENT_FD` (inherited
+/// from the daemon); returns the exit code.
+pub fn serve_inherited() -> i32 {
+    let Some(raw) = std::env::var(crate::AGENT_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<std::os::fd::RawFd>().ok())
+        .filter(|fd| *fd > 2)
+    else {
+        eprintln!(
+            "alcove sandbox-agent runs inside an agent sandbox, started by the daemon (no ${} here)",
+            crate::AGENT_FD_ENV
+        );
+        return 2;
+    };
+    // The number must name an open unix socket before it is taken as one.
+    if !alcove_sys::fd::is_open(raw) || !is_socket(raw) {
+        eprintln!("alcove sandbox-agent: descriptor {raw} is not the daemon's socket");
+        return 2;
+    }
+    // SAFETY: `raw` is open and a socket (checked above), inherited from the
+    // daemon for this purpose; nothing else in this process owns or closes it.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    std::env::remove_var(crate::AGENT_FD_ENV);
+    serve(sock)
+}
+
+fn is_socket(raw: std::os::fd::RawFd) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(format!("/proc/self/fd/{raw}")).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Serves the daemon on `sock` until it closes it; returns the exit code.
+pub fn serve(sock: OwnedFd) -> i32 {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k != crate::AGENT_FD_ENV)
+        .collect();
+    let mut agent = Agent {
+        sock,
+        env,
+        running: Running::new(),
+    };
+    if agent
+        .send(
+            &Reply::Ready {
+                pid: std::process::id() as i32,
+            },
+            &[],
+        )
+        .is_err()
+    {
+        return 1;
+    }
+    agent.run()
+}
+
+struct Agent {
+    sock: OwnedFd,
+    env: Vec<(String, String)>,
+    running: Running,
+}
+
+impl Agent {
+    fn run(&mut self) -> i32 {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
+                .chain(self.running.values().map(|p| p.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // Orphans reparented to pid 1 are reaped on each wake, at least once a second.
+            if let Err(e) = fd::poll(&mut polled, Some(Duration::from_secs(1))) {
+                eprintln!("alcove agent: poll: {e}");
+                return 1;
+            }
+            self.reap();
+            if polled[0].revents == 0 {
+                continue;
+            }
+            let (n, fds) = match seqpacket::recv_fds(self.sock.as_fd(), &mut buf, true) {
+                Ok((0, _)) => return 0, // the daemon is gone: so is this sandbox
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue, // refused
+                Err(_) => return 0,
+            };
+            let request: Request = match serde_json::from_slice(&buf[..n]) {
+                Ok(r) => r,
+                Err(_) => continue, // not from alcove's daemon; nothing to answer
+            };
+            let id = request.id();
+            let (reply, attach) = match self.handle(request, fds) {
+                Ok(done) => done,
+                Err(failure) => (Reply::Failed { id, failure }, None),
+            };
+            let attach: Vec<BorrowedFd<'_>> = attach.iter().map(|f| f.as_fd()).collect();
+            if self.send(&reply, &attach).is_err() {
+                return 0;
+            }
+        }
+    }
+
+    fn send(&self, reply: &Reply, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
+        seqpacket::send(self.sock.as_fd(), &bytes, fds)
+    }
+
+    fn reap(&mut self) {
+        while let Some((pid, status)) = process::reap_any() {
+            if self.running.remove(&pid).is_some() {
+                let (code, signal) = if libc::WIFSIGNALED(status) {
+                    (None, Some(libc::WTERMSIG(status)))
+                } else {
+                    (Some(libc::WEXITSTATUS(status)), None)
+                };
+                let _ = self.send(&Reply::Exited { pid, code, signal }, &[]);
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        request: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Reply, Option<OwnedFd>), AgentFailure> {
+        match request {
+            Request::Exec { id, argv, env, cwd } => {
+                let pid = self.exec(&argv, env, cwd.as_deref(), fds)?;
+                Ok((Reply::Started { id, pid }, None))
+            }
+            Request::Open { id, path, write } => {
+                let file = open(&path, write)?;
+                let size = file.metadata().ok().map(|m| m.len());
+                Ok((Reply::Done { id, size }, Some(file.into())))
+            }
+            Request::List { id, path } => {
+                let (entries, truncated) = list(&path)?;
+                Ok((
+                    Reply::Listed {
+                        id,
+                        entries,
+                        truncated,
+                    },
+                    None,
+                ))
+            }
+            Request::Remove { id, path } => {
+                let meta = std::fs::symlink_metadata(&path)
+                    .map_err(|e| AgentFailure::io(&format!("removing {path}"), &e))?;
+                let removed = if meta.is_dir() {
+                    std::fs::remove_dir(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| AgentFailure::io(&format!("removing {path}"), &e))?;
+                Ok((Reply::Done { id, size: None }, None))
+            }
+            Request::Mkdir { id, path } => {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| AgentFailure::io(&format!("making directory {path}"), &e))?;
+                Ok((Reply::Done { id, size: None }, None))
+            }
+            Request::Watch { id, path } => {
+                let c = CString::new(path.as_bytes())
+                    .map_err(|_| AgentFailure::invalid("a path holds a NUL byte"))?;
+                let watch = alcove_sys::fs::inotify_watch(&c)
+                    .map_err(|e| AgentFailure::io(&format!("watching {path}"), &e))?;
+                Ok((Reply::Done { id, size: None }, Some(watch)))
+            }
+            Request::Signal { id, pid, signal } => {
+                if !self.running.contains_key(&pid) {
+                    return Err(AgentFailure {
+                        kind: crate::FailureKind::NotFound,
+                        message: format!("no running command has pid {pid}"),
+                    });
+                }
+                // The command leads its own process group: what it started goes too.
+                process::kill(-pid, signal)
+                    .or_else(|_| process::kill(pid, signal))
+                    .map_err(|e| AgentFailure::io("sending a signal", &e))?;
+                Ok((Reply::Done { id, size: None }, None))
+            }
+        }
+    }
+
+    fn exec(
+        &mut self,
+        argv: &[String],
+        env: Vec<(String, String)>,
+        cwd: Option<&str>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<i32, AgentFailure> {
+        let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+            return Err(AgentFailure::invalid("a command needs a program to run"));
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env)
+            .process_group(0);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut fds = fds.into_iter();
+        let mut stdio = || fds.next().map_or_else(Stdio::null, Stdio::from);
+        cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
+        // A fourth descriptor becomes the command's 3 (the code interpreter's
+        // control socket); held open here until the command has started.
+        let extra = fds.next();
+        if let Some(raw) = extra.as_ref().map(|f| f.as_raw_fd()) {
+            // SAFETY: the closure runs in the child between fork and exec and
+            // makes one dup3 or fcntl call (async-signal-safe), allocating nothing.
+            unsafe {
+                cmd.pre_exec(move || fd::dup_onto(raw, 3));
+            }
+        }
+        let spawned = self.spawn(&mut cmd, program);
+        drop(extra);
+        spawned
+    }
+
+    fn spawn(&mut self, cmd: &mut Command, program: &str) -> Result<i32, AgentFailure> {
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => AgentFailure {
+                kind: crate::FailureKind::NotFound,
+                message: format!(
+                    "{program}: executable file not found in $PATH or no such directory"
+                ),
+            },
+            _ => AgentFailure::io(&format!("starting {program}"), &e),
+        })?;
+        let pid = child.id() as i32;
+        // Reaped by `reap` (waitpid), not through `child`; the pidfd wakes the loop.
+        drop(child);
+        let pidfd =
+            seqpacket::pidfd_open(pid).map_err(|e| AgentFailure::io("watching the command", &e))?;
+        self.running.insert(pid, pidfd);
+        Ok(pid)
+    }
+}
+
+fn open(path: &str, write: bool) -> Result<std::fs::File, AgentFailure> {
+    let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
+    if write {
+        if let Some(parent) = Path::new(path).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
+        }
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| what(&e));
+    }
+    let file = std::fs::File::open(path).map_err(|e| what(&e))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(AgentFailure {
+            kind: crate::FailureKind::IsADirectory,
+            message: format!("{path} is a directory (list it instead)"),
+        });
+    }
+    Ok(file)
+}
+
+fn list(path: &str) -> Result<(Vec<Entry>, bool), AgentFailure> {
+    let dir =
+        std::fs::read_dir(path).map_err(|e| AgentFailure::io(&format!("listing {path}"), &e))?;
+    let mut names: Vec<std::ffi::OsString> =
+        dir.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    names.sort();
+    let truncated = names.len() > MAX_ENTRIES;
+    names.truncate(MAX_ENTRIES);
+    let entries = names
+        .into_iter()
+        .filter_map(|name| {
+            let full = Path::new(path).join(&name);
+            let meta = std::fs::symlink_metadata(&full).ok()?;
+            let kind = if meta.file_type().is_symlink() {
+                EntryKind::Symlink
+            } else if meta.is_dir() {
+                EntryKind::Dir
+            } else if meta.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            Some(Entry {
+                name: String::from_utf8_lossy(name.as_bytes()).into_owned(),
+                path: full.to_string_lossy().into_owned(),
+                kind,
+                size: meta.len(),
+                mode: meta.mode() & 0o7777,
+                mtime: meta.mtime(),
+            })
+        })
+        .collect();
+    Ok((entries, truncated))
+}

@@ -1,0 +1,299 @@
+//! The daemon's side of an agent's socket: requests out, replies matched
+//! back to their callers by id, and each command's end delivered to whoever
+//! watches it. One reader task per sandbox, no thread.
+
+use crate::protocol::{AgentFailure, Entry, Reply, Request, MAX_MESSAGE};
+use alcove_sys::seqpacket;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the sandbox has ended")]
+    Gone,
+    #[error("{0}")]
+    Failed(#[from] AgentFailure),
+    #[error("the sandbox's agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("talking to the sandbox's agent")]
+    Io(#[source] io::Error),
+    #[error("the sandbox's agent sent a reply that does not fit the request")]
+    Protocol,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// A file the agent opened, as the sandbox's user.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: OwnedFd,
+    pub size: Option<u64>,
+}
+
+/// A reply, its descriptors, and for a started command, where its end shows
+/// (subscribed by the reader, so an end that comes at once is not missed).
+type Answer = (Reply, Vec<OwnedFd>, Option<ExitWatch>);
+type ExitWatch = watch::Receiver<Option<ExitStatus>>;
+
+struct Shared {
+    sock: AsyncFd<OwnedFd>,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    exits: Mutex<HashMap<i32, watch::Sender<Option<ExitStatus>>>>,
+    gone: watch::Sender<bool>,
+}
+
+/// The line to one sandbox's agent. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentLink {
+    shared: Arc<Shared>,
+}
+
+impl AgentLink {
+    /// Starts reading `sock` (the daemon's end of the agent's socket) and
+    /// waits up to `within` for the agent's `ready`: its pid in the sandbox.
+    /// Must be called inside a tokio runtime.
+    pub async fn connect(sock: OwnedFd, within: Duration) -> Result<(AgentLink, i32), LinkError> {
+        alcove_sys::fd::set_nonblocking(sock.as_fd(), true).map_err(LinkError::Io)?;
+        let (gone, _) = watch::channel(false);
+        // SAFETY: an OwnedFd is a valid open descriptor whose as_raw_fd never
+        // changes, and the AsyncFd owns it until it is dropped.
+        let sock = unsafe { AsyncFd::register(sock) }.map_err(|e| LinkError::Io(e.into()))?;
+        let shared = Arc::new(Shared {
+            sock,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::default(),
+            exits: Mutex::default(),
+            gone,
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(read_replies(Arc::clone(&shared), ready_tx));
+        let link = AgentLink { shared };
+        match tokio::time::timeout(within, ready_rx).await {
+            Ok(Ok(pid)) => Ok((link, pid)),
+            Ok(Err(_)) => Err(LinkError::Gone),
+            Err(_) => Err(LinkError::Timeout(within)),
+        }
+    }
+
+    /// Whether the agent is gone (its socket closed: the sandbox ended).
+    pub fn gone(&self) -> watch::Receiver<bool> {
+        self.shared.gone.subscribe()
+    }
+
+    /// Starts `argv` with `fds` as its descriptors 0, 1, 2 (and 3): its pid,
+    /// and where its end will show.
+    pub async fn exec(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(i32, watch::Receiver<Option<ExitStatus>>), LinkError> {
+        let id = self.next_id();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let answer = self
+            .ask(Request::Exec { id, argv, env, cwd }, &borrowed)
+            .await;
+        drop(fds); // the agent has its copies now (or failed)
+        match answer? {
+            (Reply::Started { pid, .. }, _, Some(end)) => Ok((pid, end)),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    pub async fn open(&self, path: &str, write: bool) -> Result<Opened, LinkError> {
+        let id = self.next_id();
+        let path = path.to_owned();
+        match self.ask(Request::Open { id, path, write }, &[]).await? {
+            (Reply::Done { size, .. }, mut fds, _) if fds.len() == 1 => Ok(Opened {
+                file: fds.remove(0),
+                size,
+            }),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// A directory's entries (sorted by name) and whether the list stopped short.
+    pub async fn list(&self, path: &str) -> Result<(Vec<Entry>, bool), LinkError> {
+        let id = self.next_id();
+        let path = path.to_owned();
+        match self.ask(Request::List { id, path }, &[]).await? {
+            (
+                Reply::Listed {
+                    entries, truncated, ..
+                },
+                _,
+                _,
+            ) => Ok((entries, truncated)),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    pub async fn remove(&self, path: &str) -> Result<(), LinkError> {
+        let id = self.next_id();
+        let path = path.to_owned();
+        self.expect_done(Request::Remove { id, path }).await
+    }
+
+    pub async fn mkdir(&self, path: &str) -> Result<(), LinkError> {
+        let id = self.next_id();
+        let path = path.to_owned();
+        self.expect_done(Request::Mkdir { id, path }).await
+    }
+
+    /// An inotify descriptor (non-blocking) watching the directory `path`.
+    pub async fn watch(&self, path: &str) -> Result<OwnedFd, LinkError> {
+        let id = self.next_id();
+        let path = path.to_owned();
+        match self.ask(Request::Watch { id, path }, &[]).await? {
+            (Reply::Done { .. }, mut fds, _) if fds.len() == 1 => Ok(fds.remove(0)),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// Sends `signal` to a command the agent started (and its process group).
+    pub async fn signal(&self, pid: i32, signal: i32) -> Result<(), LinkError> {
+        let id = self.next_id();
+        self.expect_done(Request::Signal { id, pid, signal }).await
+    }
+
+    fn next_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn expect_done(&self, request: Request) -> Result<(), LinkError> {
+        match self.ask(request, &[]).await? {
+            (Reply::Done { .. }, _, _) => Ok(()),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    async fn ask(&self, request: Request, fds: &[BorrowedFd<'_>]) -> Result<Answer, LinkError> {
+        if *self.shared.gone.borrow() {
+            return Err(LinkError::Gone);
+        }
+        let id = request.id();
+        let bytes = serde_json::to_vec(&request).map_err(|_| LinkError::Protocol)?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        // Unregistered however this ends (a caller that gave up included).
+        let _unregister = Unregister(&self.shared, id);
+        loop {
+            let mut ready = self.shared.sock.writable().await.map_err(LinkError::Io)?;
+            match ready.try_io(|s| seqpacket::send(s.get_ref().as_fd(), &bytes, fds)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EPIPE) => return Err(LinkError::Gone),
+                Ok(Err(e)) => return Err(LinkError::Io(e)),
+                Err(_would_block) => continue,
+            }
+        }
+        match rx.await {
+            Ok((Reply::Failed { failure, .. }, _, _)) => Err(LinkError::Failed(failure)),
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(LinkError::Gone),
+        }
+    }
+}
+
+struct Unregister<'a>(&'a Shared, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+async fn read_replies(shared: Arc<Shared>, ready: oneshot::Sender<i32>) {
+    let mut ready = Some(ready);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok(mut guard) = shared.sock.readable().await else {
+            break;
+        };
+        let got = guard.try_io(|s| seqpacket::recv_fds(s.get_ref().as_fd(), &mut buf, true));
+        let (n, fds) = match got {
+            Err(_would_block) => continue,
+            Ok(Ok((0, _))) | Ok(Err(_)) => break,
+            Ok(Ok(got)) => got,
+        };
+        let Ok(reply) = serde_json::from_slice::<Reply>(&buf[..n]) else {
+            break; // an agent that speaks nonsense is cut off
+        };
+        match reply {
+            Reply::Ready { pid } => {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(pid);
+                }
+            }
+            Reply::Exited { pid, code, signal } => {
+                let tx = shared
+                    .exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&pid);
+                if let Some(tx) = tx {
+                    let _ = tx.send(Some(ExitStatus { code, signal }));
+                }
+            }
+            reply => {
+                let mut end = None;
+                let id = match &reply {
+                    Reply::Started { id, pid } => {
+                        let (tx, rx) = watch::channel(None);
+                        end = Some(rx);
+                        shared
+                            .exits
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(*pid, tx);
+                        *id
+                    }
+                    Reply::Done { id, .. }
+                    | Reply::Listed { id, .. }
+                    | Reply::Failed { id, .. } => *id,
+                    Reply::Ready { .. } | Reply::Exited { .. } => continue,
+                };
+                let tx = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(tx) = tx {
+                    let _ = tx.send((reply, fds, end));
+                }
+            }
+        }
+    }
+    // Every waiter learns the sandbox is gone: pending replies and commands' ends.
+    shared.gone.send_replace(true);
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    shared
+        .exits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}

@@ -1,0 +1,188 @@
+//! The messages between the daemon and the agent: one JSON object per
+//! SOCK_SEQPACKET message, descriptors attached with SCM_RIGHTS.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest message either side sends or accepts.
+pub const MAX_MESSAGE: usize = 256 << 10;
+/// The most entries one listing returns (it says when it stopped there).
+pub const MAX_ENTRIES: usize = 1000;
+
+/// Daemon to agent. Each carries an id its reply repeats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Start a command. The message's descriptors become the command's
+    /// descriptors 0, 1, 2 (and 3 when a fourth is sent), in that order.
+    Exec {
+        id: u64,
+        argv: Vec<String>,
+        /// Added to (or replacing in) the sandbox's own environment.
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+    },
+    /// Open a file and send its descriptor back. `write` creates or
+    /// truncates it (mode 0644, parents made); otherwise it is opened to read.
+    Open {
+        id: u64,
+        path: String,
+        write: bool,
+    },
+    List {
+        id: u64,
+        path: String,
+    },
+    /// A file, a symlink or an empty directory.
+    Remove {
+        id: u64,
+        path: String,
+    },
+    /// A directory and its missing parents.
+    Mkdir {
+        id: u64,
+        path: String,
+    },
+    /// An inotify descriptor watching `path` (a directory), sent back.
+    Watch {
+        id: u64,
+        path: String,
+    },
+    /// A signal to a command this agent started, and its process group.
+    Signal {
+        id: u64,
+        pid: i32,
+        signal: i32,
+    },
+}
+
+impl Request {
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Exec { id, .. }
+            | Request::Open { id, .. }
+            | Request::List { id, .. }
+            | Request::Remove { id, .. }
+            | Request::Mkdir { id, .. }
+            | Request::Watch { id, .. }
+            | Request::Signal { id, .. } => *id,
+        }
+    }
+}
+
+/// Agent to daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// Sent once, when the agent is ready for requests.
+    Ready {
+        pid: i32,
+    },
+    /// A command started (the pid is in the sandbox's pid namespace).
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    /// Done; a descriptor may be attached (open, watch).
+    Done {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
+    Listed {
+        id: u64,
+        entries: Vec<Entry>,
+        truncated: bool,
+    },
+    Failed {
+        id: u64,
+        failure: AgentFailure,
+    },
+    /// A command this agent started ended.
+    Exited {
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+/// Why a request failed, in a form the API maps to a status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    NotADirectory,
+    IsADirectory,
+    NotEmpty,
+    Invalid,
+    Other,
+}
+
+impl AgentFailure {
+    /// From an OS error met while doing `what`.
+    pub fn io(what: &str, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::NotFound => FailureKind::NotFound,
+            K::PermissionDenied => FailureKind::PermissionDenied,
+            K::AlreadyExists => FailureKind::AlreadyExists,
+            K::InvalidInput | K::InvalidData => FailureKind::Invalid,
+            _ => match e.raw_os_error() {
+                Some(libc::ENOTDIR) => FailureKind::NotADirectory,
+                Some(libc::EISDIR) => FailureKind::IsADirectory,
+                Some(libc::ENOTEMPTY) => FailureKind::NotEmpty,
+                Some(libc::EPERM) | Some(libc::EROFS) => FailureKind::PermissionDenied,
+                _ => FailureKind::Other,
+            },
+        };
+        AgentFailure {
+            kind,
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        AgentFailure {
+            kind: FailureKind::Invalid,
+            message: message.into(),
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// A change in a watched directory, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchEvent {
+    /// `create`, `modify`, `delete` or `move`.
+    pub event: &'static str,
+    pub path: String,
+}

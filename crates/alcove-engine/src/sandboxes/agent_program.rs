@@ -1,0 +1,86 @@
+//! Where the agent program comes from: this daemon's own executable, run
+//! inside the sandbox as `alcove sandbox-agent`, with what it needs bound
+//! read-only under /run/alcove/agent. A static build needs only itself; a
+//! dynamic one (a debug build) runs through its own loader with its own
+//! libraries, so it starts in any image, whatever libc the image has.
+
+use alcove_sandbox::Bind;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Where the agent's files are inside every agent sandbox.
+pub const AGENT_DIR: &str = "/run/alcove/agent";
+
+/// The agent's command line and the binds that make it runnable.
+#[derive(Debug, Clone)]
+pub struct AgentProgram {
+    pub argv: Vec<String>,
+    pub binds: Vec<Bind>,
+}
+
+/// Found once per daemon: the executable and the shared objects it maps.
+pub fn agent_program() -> Result<&'static AgentProgram, String> {
+    static FOUND: OnceLock<Result<AgentProgram, String>> = OnceLock::new();
+    FOUND.get_or_init(find).as_ref().map_err(Clone::clone)
+}
+
+fn find() -> Result<AgentProgram, String> {
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("finding the alcove executable to run as the sandbox agent: {e}"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    let mut libraries: Vec<PathBuf> = Vec::new();
+    let mut loader = None;
+    for line in maps.lines() {
+        let Some(path) = line
+            .split_whitespace()
+            .nth(5)
+            .filter(|p| p.starts_with('/'))
+        else {
+            continue;
+        };
+        let path = Path::new(path);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.contains(".so")
+            || libraries.iter().any(|l| l == path)
+            || Some(path) == loader.as_deref()
+        {
+            continue;
+        }
+        if name.starts_with("ld-linux") || name.starts_with("ld64") {
+            loader = Some(path.to_path_buf());
+        } else {
+            libraries.push(path.to_path_buf());
+        }
+    }
+    let dir = Path::new(AGENT_DIR);
+    let bind = |source: &Path, target: PathBuf| Bind {
+        source: source.to_path_buf(),
+        target,
+        writable: false,
+        device: false,
+    };
+    let inside_exe = dir.join("alcove");
+    let mut binds = vec![bind(&exe, inside_exe.clone())];
+    let exe_arg = inside_exe.to_string_lossy().into_owned();
+    let argv = match loader {
+        None => vec![exe_arg, "sandbox-agent".into()],
+        Some(loader) => {
+            let inside_loader = dir.join("ld.so");
+            binds.push(bind(&loader, inside_loader.clone()));
+            for lib in &libraries {
+                let name = lib.file_name().unwrap_or_default();
+                binds.push(bind(lib, dir.join("lib").join(name)));
+            }
+            vec![
+                inside_loader.to_string_lossy().into_owned(),
+                "--library-path".into(),
+                dir.join("lib").to_string_lossy().into_owned(),
+                exe_arg,
+                "sandbox-agent".into(),
+            ]
+        }
+    };
+    Ok(AgentProgram { argv, binds })
+}

@@ -1,0 +1,317 @@
+//! The stateful code interpreter of an agent sandbox: one python3 process
+//! running runtimes/python/alcove_repl.py, started by the agent on the
+//! first call and kept, so each call sees what the earlier ones defined.
+//! Its stdout and stderr are pipes read here; its frames (result, error,
+//! done) come over a socket of its own, as JSON lines.
+
+use super::live::LiveSandbox;
+use super::SandboxesError;
+use alcove_agent::ExitStatus;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+/// The longest source one call may send.
+pub const MAX_CODE: usize = 1 << 20;
+/// The longest frame the interpreter may send.
+const MAX_FRAME: usize = 4 << 20;
+/// How long an interpreter has to start.
+const START: Duration = Duration::from_secs(20);
+/// After an interrupt, how long a call has to finish before the
+/// interpreter is killed (and the next call starts a fresh one).
+const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// What a call streams, in order; `Frame` is one of the interpreter's own
+/// (`result`, `error`, `done`), passed on as it is.
+#[derive(Debug, Clone)]
+pub enum CodeEvent {
+    Stdout(String),
+    Stderr(String),
+    Frame(serde_json::Value),
+}
+
+pub(crate) struct Interpreter {
+    pid: i32,
+    end: watch::Receiver<Option<ExitStatus>>,
+    frames: BufReader<tokio::net::unix::OwnedReadHalf>,
+    requests: tokio::net::unix::OwnedWriteHalf,
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+    calls: u64,
+}
+
+impl LiveSandbox {
+    /// Runs `code` in the sandbox's interpreter (started on first use),
+    /// sending what it prints and its frames to `events`; the last is `done`.
+    pub async fn run_code(
+        &self,
+        code: &str,
+        timeout: Duration,
+        events: mpsc::Sender<CodeEvent>,
+    ) -> Result<(), SandboxesError> {
+        if code.len() > MAX_CODE {
+            return Err(SandboxesError::Invalid(format!(
+                "code is {} bytes; at most {MAX_CODE}",
+                code.len()
+            )));
+        }
+        let mut slot = self.code.lock().await;
+        if slot
+            .as_ref()
+            .is_none_or(|i| i.end.borrow().is_some() || i.end.has_changed().is_err())
+        {
+            *slot = Some(self.start_interpreter().await?);
+        }
+        let Some(interpreter) = slot.as_mut() else {
+            return Err(SandboxesError::Start(
+                "the interpreter did not start".into(),
+            ));
+        };
+        let healthy = interpreter.call(code, timeout, &events, self).await;
+        if !matches!(healthy, Ok(true)) {
+            // Killed, stuck or lost: the next call starts a fresh interpreter.
+            if let Some(old) = slot.take() {
+                let _ = self.link.signal(old.pid, libc::SIGKILL).await;
+            }
+        }
+        healthy.map(drop)
+    }
+
+    /// Interrupts the call running now (KeyboardInterrupt in the code; the
+    /// session and its variables stay).
+    pub async fn interrupt_code(&self) -> Result<(), SandboxesError> {
+        let pid = self.code_pid.load(std::sync::atomic::Ordering::Relaxed);
+        if pid <= 0 {
+            return Err(SandboxesError::Conflict("no code is running".into()));
+        }
+        self.link.signal(pid, libc::SIGINT).await?;
+        Ok(())
+    }
+
+    async fn start_interpreter(&self) -> Result<Interpreter, SandboxesError> {
+        let script = std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
+            .join(alcove_warm::runtime::PYTHON_REPL);
+        let pipe = || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
+        let (in_read, in_write) = pipe()?;
+        drop(in_write); // its stdin reads end of file
+        let (out_read, out_write) = pipe()?;
+        let (err_read, err_write) = pipe()?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(SandboxesError::io("making the interpreter's socket"))?;
+        ours.set_nonblocking(true)
+            .map_err(SandboxesError::io("making the interpreter's socket"))?;
+        let (pid, end) = self
+            .link
+            .exec(
+                vec![
+                    "python3".into(),
+                    "-u".into(),
+                    script.to_string_lossy().into_owned(),
+                ],
+                vec![("ALCOVE_REPL_FD".into(), "3".into())],
+                None,
+                vec![in_read, out_write, err_write, theirs.into()],
+            )
+            .await?;
+        let io = SandboxesError::io("reading the interpreter");
+        let (read, write) = tokio::net::UnixStream::from_std(ours)
+            .map_err(&io)?
+            .into_split();
+        let mut interpreter = Interpreter {
+            pid,
+            end,
+            frames: BufReader::new(read),
+            requests: write,
+            stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(out_read).map_err(&io)?,
+            stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(err_read).map_err(&io)?,
+            calls: 0,
+        };
+        let ready = tokio::time::timeout(START, interpreter.frame()).await;
+        match ready {
+            Ok(Ok(Some(frame))) if frame["type"] == "ready" => Ok(interpreter),
+            Ok(Ok(Some(other))) => Err(SandboxesError::Start(format!(
+                "the interpreter said {other} instead of ready"
+            ))),
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let mut why = String::new();
+                let mut buf = vec![0u8; 4096];
+                if let Ok(Ok(n)) = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    interpreter.stderr.read(&mut buf),
+                )
+                .await
+                {
+                    why = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                }
+                Err(SandboxesError::Start(format!(
+                    "the Python interpreter did not start (is python3 in the sandbox?){}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {why}")
+                    }
+                )))
+            }
+            Err(_) => {
+                let _ = self.link.signal(pid, libc::SIGKILL).await;
+                Err(SandboxesError::Start(format!(
+                    "the Python interpreter did not start within {START:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// The next JSON frame; None at end of stream.
+async fn next_frame(
+    frames: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Option<serde_json::Value>, SandboxesError> {
+    {
+        let mut line = Vec::new();
+        let n = frames
+            .take(MAX_FRAME as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(SandboxesError::io("reading the interpreter"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&line).map(Some).map_err(|_| {
+            SandboxesError::Start("the interpreter sent a frame that is not JSON".into())
+        })
+    }
+}
+
+impl Interpreter {
+    async fn frame(&mut self) -> Result<Option<serde_json::Value>, SandboxesError> {
+        next_frame(&mut self.frames).await
+    }
+
+    async fn call(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        events: &mpsc::Sender<CodeEvent>,
+        sandbox: &LiveSandbox,
+    ) -> Result<bool, SandboxesError> {
+        use std::sync::atomic::Ordering;
+        // What the session's background work printed since the last call is not this call's.
+        drain(&mut self.stdout);
+        drain(&mut self.stderr);
+        self.calls += 1;
+        let id = self.calls.to_string();
+        let mut request = serde_json::to_vec(&serde_json::json!({ "id": id, "code": code }))
+            .map_err(|_| SandboxesError::Invalid("code could not be encoded".into()))?;
+        request.push(b'\n');
+        self.requests
+            .write_all(&request)
+            .await
+            .map_err(SandboxesError::io("sending code to the interpreter"))?;
+        sandbox.code_pid.store(self.pid, Ordering::Relaxed);
+        let _running = ClearPid(&sandbox.code_pid);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut interrupted_at = None;
+        let (mut out, mut err) = (vec![0u8; 16 << 10], vec![0u8; 16 << 10]);
+        let Interpreter {
+            pid,
+            end,
+            frames,
+            stdout,
+            stderr,
+            ..
+        } = self;
+        let pid = *pid;
+        loop {
+            tokio::select! {
+                n = stdout.read(&mut out) => {
+                    if let Ok(n @ 1..) = n {
+                        let _ = events.send(CodeEvent::Stdout(String::from_utf8_lossy(&out[..n]).into_owned())).await;
+                    }
+                }
+                n = stderr.read(&mut err) => {
+                    if let Ok(n @ 1..) = n {
+                        let _ = events.send(CodeEvent::Stderr(String::from_utf8_lossy(&err[..n]).into_owned())).await;
+                    }
+                }
+                frame = next_frame(frames) => {
+                    let Some(frame) = frame? else {
+                        let why = match *end.borrow() {
+                            Some(ExitStatus { signal: Some(9), .. }) => "the interpreter was killed (out of memory, or the sandbox's limits)",
+                            _ => "the interpreter exited",
+                        };
+                        let _ = events.send(CodeEvent::Frame(serde_json::json!({
+                            "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
+                        }))).await;
+                        let _ = events.send(done_failed()).await;
+                        return Ok(false);
+                    };
+                    let done = frame["type"] == "done";
+                    if done {
+                        // It flushed before saying done: its output is in the pipes.
+                        for (pipe, is_err) in [(&mut *stdout, false), (&mut *stderr, true)] {
+                            let text = read_now(pipe);
+                            if !text.is_empty() {
+                                let event = if is_err { CodeEvent::Stderr(text) } else { CodeEvent::Stdout(text) };
+                                let _ = events.send(event).await;
+                            }
+                        }
+                    }
+                    let _ = events.send(CodeEvent::Frame(frame)).await;
+                    if done {
+                        return Ok(true);
+                    }
+                }
+                () = &mut deadline => {
+                    match interrupted_at {
+                        None => {
+                            let _ = sandbox.link.signal(pid, libc::SIGINT).await;
+                            interrupted_at = Some(());
+                            deadline.as_mut().reset(tokio::time::Instant::now() + AFTER_INTERRUPT);
+                        }
+                        Some(()) => {
+                            let _ = events.send(CodeEvent::Frame(serde_json::json!({
+                                "type": "error", "name": "TimeoutError",
+                                "value": format!("the code ran past {timeout:?} and did not stop when interrupted; the interpreter was restarted (its variables are gone)"),
+                                "traceback": [],
+                            }))).await;
+                            let _ = events.send(done_failed()).await;
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn done_failed() -> CodeEvent {
+    CodeEvent::Frame(serde_json::json!({ "type": "done", "ok": false }))
+}
+
+struct ClearPid<'a>(&'a std::sync::atomic::AtomicI32);
+
+impl Drop for ClearPid<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Discards what is waiting in `pipe`.
+fn drain(pipe: &mut tokio::net::unix::pipe::Receiver) {
+    let mut buf = [0u8; 16 << 10];
+    while let Ok(1..) = pipe.try_read(&mut buf) {}
+}
+
+/// What is waiting in `pipe` now (up to 1 MiB), as text.
+fn read_now(pipe: &mut tokio::net::unix::pipe::Receiver) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    while all.len() < (1 << 20) {
+        match pipe.try_read(&mut buf) {
+            Ok(n @ 1..) => all.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}

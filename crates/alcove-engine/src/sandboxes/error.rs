@@ -1,0 +1,73 @@
+//! What can go wrong with an agent sandbox, in the API's terms.
+
+use alcove_agent::{FailureKind, LinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxesError {
+    #[error("no sandbox {0:?} (it was removed, or passed its timeout)")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{0} sandboxes exist, the most this daemon holds (--max-sandboxes); remove some first"
+    )]
+    TooMany(usize),
+    #[error("no command with pid {0} in this sandbox")]
+    NoProcess(i32),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the sandbox could not be started: {0}")]
+    Start(String),
+    #[error(transparent)]
+    Agent(#[from] LinkError),
+    #[error("{what} failed")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SandboxesError {
+    pub(crate) fn io(what: &'static str) -> impl Fn(std::io::Error) -> SandboxesError {
+        move |source| SandboxesError::Io { what, source }
+    }
+
+    /// A stable, machine-readable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SandboxesError::NotFound(_) => "sandbox_not_found",
+            SandboxesError::Invalid(_) => "invalid_request",
+            SandboxesError::TooMany(_) => "too_many_sandboxes",
+            SandboxesError::NoProcess(_) => "process_not_found",
+            SandboxesError::Conflict(_) => "conflict",
+            SandboxesError::Start(_) | SandboxesError::Io { .. } => "internal",
+            SandboxesError::Agent(LinkError::Gone) => "sandbox_gone",
+            SandboxesError::Agent(LinkError::Failed(f)) => match f.kind {
+                FailureKind::NotFound => "file_not_found",
+                FailureKind::PermissionDenied => "permission_denied",
+                FailureKind::AlreadyExists => "already_exists",
+                FailureKind::NotADirectory => "not_a_directory",
+                FailureKind::IsADirectory => "is_a_directory",
+                FailureKind::NotEmpty => "directory_not_empty",
+                FailureKind::Invalid => "invalid_request",
+                FailureKind::Other => "failed",
+            },
+            SandboxesError::Agent(_) => "agent_failed",
+        }
+    }
+
+    /// The HTTP status for the API.
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            "sandbox_not_found" | "process_not_found" | "file_not_found" => 404,
+            "invalid_request" | "not_a_directory" | "is_a_directory" => 400,
+            "too_many_sandboxes" => 429,
+            "permission_denied" => 403,
+            "conflict" | "already_exists" | "directory_not_empty" => 409,
+            "sandbox_gone" => 410,
+            "failed" => 422,
+            _ => 500,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Files in an agent sandbox. The agent opens them as the sandbox's user and
+//! hands the descriptor over; the daemon streams through it. Paths are the
+//! sandbox's own (absolute, or relative to its home).
+
+use super::live::{LiveSandbox, HOME};
+use super::SandboxesError;
+use alcove_agent::{Entry, WatchEvent};
+use std::os::fd::{AsFd, OwnedFd};
+use tokio::io::unix::AsyncFd;
+
+/// The longest path accepted.
+const MAX_PATH: usize = 4096;
+
+/// A path as the sandbox sees it: absolute, or under its home.
+pub(crate) fn sandbox_path(path: &str) -> Result<String, SandboxesError> {
+    if path.is_empty() || path.len() > MAX_PATH || path.contains('\0') {
+        return Err(SandboxesError::Invalid(format!(
+            "path: give 1 to {MAX_PATH} bytes without NUL"
+        )));
+    }
+    Ok(if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{HOME}/{path}")
+    })
+}
+
+impl LiveSandbox {
+    /// The file at `path`, opened to read, and its size.
+    pub async fn open_file(
+        &self,
+        path: &str,
+    ) -> Result<(std::fs::File, Option<u64>), SandboxesError> {
+        let opened = self.link.open(&sandbox_path(path)?, false).await?;
+        Ok((std::fs::File::from(opened.file), opened.size))
+    }
+
+    /// The file at `path`, created or truncated (its parents made), to write.
+    pub async fn create_file(&self, path: &str) -> Result<std::fs::File, SandboxesError> {
+        let opened = self.link.open(&sandbox_path(path)?, true).await?;
+        Ok(std::fs::File::from(opened.file))
+    }
+
+    pub async fn list_files(&self, path: &str) -> Result<(Vec<Entry>, bool), SandboxesError> {
+        Ok(self.link.list(&sandbox_path(path)?).await?)
+    }
+
+    pub async fn remove_file(&self, path: &str) -> Result<(), SandboxesError> {
+        Ok(self.link.remove(&sandbox_path(path)?).await?)
+    }
+
+    pub async fn make_dir(&self, path: &str) -> Result<(), SandboxesError> {
+        Ok(self.link.mkdir(&sandbox_path(path)?).await?)
+    }
+
+    /// Changes in the directory `path` (not its subdirectories), as they happen.
+    pub async fn watch_dir(&self, path: &str) -> Result<WatchStream, SandboxesError> {
+        let dir = sandbox_path(path)?;
+        let fd = self.link.watch(&dir).await?;
+        WatchStream::new(fd, dir)
+    }
+}
+
+/// A watched directory's events.
+pub struct WatchStream {
+    fd: AsyncFd<OwnedFd>,
+    dir: String,
+    pending: std::collections::VecDeque<WatchEvent>,
+}
+
+impl WatchStream {
+    fn new(fd: OwnedFd, dir: String) -> Result<Self, SandboxesError> {
+        // SAFETY: an OwnedFd is a valid open descriptor whose as_raw_fd never
+        // changes, and the AsyncFd owns it until it is dropped.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| SandboxesError::Io {
+            what: "watching a directory",
+            source: e.into(),
+        })?;
+        Ok(WatchStream {
+            fd,
+            dir,
+            pending: Default::default(),
+        })
+    }
+
+    /// The next event; None when the directory itself went away.
+    pub async fn next(&mut self) -> Option<WatchEvent> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            let mut ready = self.fd.readable().await.ok()?;
+            let n = match ready.try_io(|fd| alcove_sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
+                Err(_would_block) => continue,
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => n,
+            };
+            if !self.parse(&buf[..n]) {
+                return self.pending.pop_front();
+            }
+        }
+    }
+
+    /// Queues the events in `bytes` (struct inotify_event records); false
+    /// once the watch itself ended.
+    fn parse(&mut self, mut bytes: &[u8]) -> bool {
+        const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
+        while bytes.len() >= HEADER {
+            let field =
+                |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+            let (mask, len) = (field(4), field(12) as usize);
+            let Some(name) = bytes.get(HEADER..HEADER + len) else {
+                return false;
+            };
+            bytes = &bytes[HEADER + len..];
+            if mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_UNMOUNT) != 0 {
+                return false;
+            }
+            let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]));
+            let event = if mask & libc::IN_CREATE != 0 {
+                "create"
+            } else if mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
+                "modify"
+            } else if mask & libc::IN_DELETE != 0 {
+                "delete"
+            } else if mask & (libc::IN_MOVED_FROM | libc::IN_MOVED_TO) != 0 {
+                "move"
+            } else {
+                continue;
+            };
+            let path = format!("{}/{name}", self.dir.trim_end_matches('/'));
+            // A burst of writes to one file is one event until something else happens.
+            if event == "modify"
+                && self
+                    .pending
+                    .back()
+                    .is_some_and(|e| e.event == "modify" && e.path == path)
+            {
+                continue;
+            }
+            self.pending.push_back(WatchEvent { event, path });
+        }
+        true
+    }
+}

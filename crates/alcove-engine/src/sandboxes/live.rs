@@ -1,0 +1,608 @@
+//! One agent sandbox while it lives: the run that holds it (on a thread of
+//! its own, like any sandbox run), the line to its agent, its clock, its
+//! freezer, and the commands started in it.
+
+use super::agent_program::agent_program;
+use super::process::Process;
+use super::{check_env, check_metadata, CreateSandbox, SandboxesError, AGENT_READY};
+use crate::engine::Engine;
+use crate::store::now;
+use alcove_agent::{AgentLink, AGENT_FD_ENV};
+use alcove_sandbox::{NetMode, RunOptions, SandboxSpec, UsageWatch};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Finished commands kept per sandbox (for `processes` and reattaching).
+const FINISHED_KEPT: usize = 64;
+/// Commands running at once in one sandbox.
+const MAX_RUNNING: usize = 256;
+/// The working directory commands start in.
+pub const HOME: &str = "/home/user";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Running,
+    Paused,
+    /// Only in the reply to a removal.
+    Removed,
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub state: SandboxState,
+    pub created_at: f64,
+    pub expires_at: f64,
+    pub timeout_s: u64,
+    pub idle_pause_s: u64,
+    pub image: Option<String>,
+    pub template: Option<String>,
+    pub parent: Option<String>,
+    pub net: &'static str,
+    pub metadata: BTreeMap<String, String>,
+    pub limits: LimitsView,
+    pub usage: UsageView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsView {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageView {
+    pub memory_bytes: Option<u64>,
+    pub cpu_ms: Option<f64>,
+}
+
+/// A command to start in a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// Given: written to its stdin, which is then closed. None: its stdin
+    /// stays open for later writes (a background command) or is empty.
+    pub stdin: Option<Vec<u8>>,
+    pub keep_stdin_open: bool,
+    pub timeout: Option<Duration>,
+}
+
+struct Clock {
+    state: SandboxState,
+    expires_at: f64,
+    timeout_s: u64,
+    idle_pause_s: u64,
+    last_used: f64,
+}
+
+pub struct LiveSandbox {
+    pub id: String,
+    pub(super) link: AgentLink,
+    clock: Mutex<Clock>,
+    created_at: f64,
+    metadata: BTreeMap<String, String>,
+    image: Option<String>,
+    net: NetMode,
+    limits: LimitsView,
+    /// Its cgroup2 directory (the freezer), once the run has made it.
+    cgroup: Arc<Mutex<Option<PathBuf>>>,
+    usage: Arc<UsageWatch>,
+    /// Closing it ends the run (and so the sandbox).
+    kill: Mutex<Option<OwnedFd>>,
+    ended: watch::Receiver<bool>,
+    processes: Mutex<HashMap<i32, Arc<Process>>>,
+    /// Pause and resume one at a time.
+    freezer: tokio::sync::Mutex<()>,
+    pub(super) code: tokio::sync::Mutex<Option<super::code::Interpreter>>,
+    /// The interpreter's pid while a call runs in it (for interrupts), else 0.
+    pub(super) code_pid: std::sync::atomic::AtomicI32,
+}
+
+/// Records the run's cgroup2 directory for the freezer.
+struct CgroupCapture(Arc<Mutex<Option<PathBuf>>>);
+
+impl alcove_sandbox::Observer for CgroupCapture {
+    fn before_start(
+        &mut self,
+        cgroup: Option<(u64, &Path)>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            cgroup.map(|(_, dir)| dir.to_path_buf());
+        Ok(())
+    }
+
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn on_ready(&mut self) -> Option<String> {
+        None
+    }
+
+    fn after_end(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, SandboxesError> {
+    text.as_deref()
+        .map(|t| {
+            alcove_sandbox::units::parse_size(t)
+                .map_err(|e| SandboxesError::Invalid(format!("{what} {t:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// Starts the sandbox's run on a thread and waits for its agent.
+pub(super) async fn start(
+    engine: &Arc<Engine>,
+    req: CreateSandbox,
+) -> Result<Arc<LiveSandbox>, SandboxesError> {
+    if req.template.is_some() {
+        return Err(SandboxesError::Invalid(
+            "templates are not built yet: create from an image or the host view".into(),
+        ));
+    }
+    check_metadata(&req.metadata)?;
+    let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
+    check_env(&env)?;
+    let timeout_s = req.timeout_s.unwrap_or(super::DEFAULT_TIMEOUT_S);
+    if !(1..=super::MAX_TIMEOUT_S).contains(&timeout_s) {
+        return Err(SandboxesError::Invalid(format!(
+            "timeout_s {timeout_s}: give 1 to {} (7 days)",
+            super::MAX_TIMEOUT_S
+        )));
+    }
+    let idle_pause_s = req.idle_pause_s.unwrap_or(0);
+    if idle_pause_s > super::MAX_TIMEOUT_S {
+        return Err(SandboxesError::Invalid(format!(
+            "idle_pause_s {idle_pause_s}: give 0 (never) to {}",
+            super::MAX_TIMEOUT_S
+        )));
+    }
+    let net = match req.net.as_deref() {
+        None | Some("none") => NetMode::None,
+        Some("host") => NetMode::Host,
+        Some(other) => {
+            return Err(SandboxesError::Invalid(format!(
+                "net {other:?}: give none or host"
+            )))
+        }
+    };
+    let fl = &engine.config().limits;
+    let memory = parse_size("memory", &req.memory)?.unwrap_or(fl.default_memory_bytes);
+    if memory > fl.max_memory_bytes || memory < (4 << 20) {
+        return Err(SandboxesError::Invalid(format!(
+            "memory {memory} bytes: give 4M to {} (--max-memory)",
+            alcove_sandbox::units::format_size(fl.max_memory_bytes)
+        )));
+    }
+    let pids = req.pids.unwrap_or(fl.default_pids.max(64));
+    if pids == 0 || pids > fl.max_pids {
+        return Err(SandboxesError::Invalid(format!(
+            "pids {pids}: give 1 to {} (--max-pids)",
+            fl.max_pids
+        )));
+    }
+    if let Some(cpus) = req.cpus {
+        if !(cpus >= 0.01 && cpus <= fl.max_cpus) {
+            return Err(SandboxesError::Invalid(format!(
+                "cpus {cpus}: give 0.01 to {} (--max-cpus)",
+                fl.max_cpus
+            )));
+        }
+    }
+    let disk = parse_size("disk", &req.disk)?.unwrap_or(256 << 20);
+    if !((1 << 20)..=(64u64 << 30)).contains(&disk) {
+        return Err(SandboxesError::Invalid(format!(
+            "disk {disk} bytes: give 1M to 64G"
+        )));
+    }
+
+    let program = agent_program().map_err(SandboxesError::Start)?;
+    let (daemon_end, agent_end) = alcove_sys::unix::seqpacket_pair()
+        .map_err(SandboxesError::io("making the agent's socket"))?;
+    let agent_end = Arc::new(agent_end);
+    let mut spec = SandboxSpec::new(program.argv.iter().map(Into::into).collect());
+    spec.binds.extend(program.binds.iter().cloned());
+    let runtime = alcove_warm::runtime::install()
+        .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?;
+    spec.binds.push(alcove_sandbox::Bind {
+        source: runtime.to_path_buf(),
+        target: runtime.to_path_buf(),
+        writable: false,
+        device: false,
+    });
+    let mut lease = None;
+    if let Some(name) = &req.image {
+        let store = engine
+            .image_store()
+            .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
+        let (image, held) = store.lease(name).map_err(|e| {
+            SandboxesError::Invalid(format!(
+                "image {name:?}: {} (import it with `alcove image import`)",
+                alcove_sandbox::error_chain(&e)
+            ))
+        })?;
+        let argv = std::mem::take(&mut spec.argv);
+        spec.argv = vec!["-".into()]; // keeps apply_image from using the image's command
+        crate::image::apply_image(&mut spec, store, &image, false, true)
+            .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
+        spec.argv = argv;
+        lease = Some(held);
+    }
+    spec.workdir = HOME.into();
+    spec.writable_workdir = true;
+    spec.hostname = "sandbox".into();
+    spec.net = net;
+    spec.env.push(("HOME".into(), HOME.into()));
+    for (k, v) in &env {
+        spec.env.push((k.into(), v.into()));
+    }
+    spec.env.push((
+        AGENT_FD_ENV.into(),
+        agent_end.as_raw_fd().to_string().into(),
+    ));
+    spec.inherit_fds.push(Arc::clone(&agent_end));
+    spec.limits.memory_bytes = Some(memory);
+    spec.limits.pids = Some(pids);
+    spec.limits.cpus = req.cpus;
+    spec.limits.tmpfs_bytes = disk;
+    spec.limits.timeout = None; // the daemon's clock ends it (the timeout can be extended)
+    spec.validate()
+        .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
+
+    let (kill_read, kill_write) = alcove_sys::fd::pipe_cloexec()
+        .map_err(SandboxesError::io("making the sandbox's kill pipe"))?;
+    let usage = Arc::new(UsageWatch::new());
+    let cgroup = Arc::new(Mutex::new(None));
+    let options = RunOptions {
+        forward_signals: false,
+        collect_usage: false,
+        cancel: vec![Arc::new(kill_read), Arc::clone(&engine.cancel)],
+        watch: Some(Arc::clone(&usage)),
+    };
+    let (ended_tx, ended) = watch::channel(false);
+    let mut observer = CgroupCapture(Arc::clone(&cgroup));
+    let (failed_tx, failed) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("alcove-sandbox".into())
+        .spawn(move || {
+            let result = alcove_sandbox::run_observed(&spec, &options, &mut observer);
+            drop(spec); // closes the agent's end here too: the link sees the end
+            drop(lease);
+            match result {
+                Err(e) => {
+                    let _ = failed_tx.send(alcove_sandbox::error_chain(&e));
+                }
+                Ok(outcome) => {
+                    tracing::info!(status = ?outcome.status, "agent sandbox ended");
+                }
+            }
+            ended_tx.send_replace(true);
+        })
+        .map_err(SandboxesError::io("starting the sandbox's thread"))?;
+    drop(agent_end);
+    let connected = AgentLink::connect(daemon_end, AGENT_READY).await;
+    let link = match connected {
+        Ok((link, _pid)) => link,
+        Err(e) => {
+            drop(kill_write);
+            let why = match failed.await {
+                Ok(why) => why,
+                Err(_) => e.to_string(),
+            };
+            return Err(SandboxesError::Start(why));
+        }
+    };
+    let created_at = now();
+    Ok(Arc::new(LiveSandbox {
+        id: format!("sb-{}", alcove_sys::process::random_id()),
+        link,
+        clock: Mutex::new(Clock {
+            state: SandboxState::Running,
+            expires_at: created_at + timeout_s as f64,
+            timeout_s,
+            idle_pause_s,
+            last_used: created_at,
+        }),
+        created_at,
+        metadata: req.metadata,
+        image: req.image,
+        net,
+        limits: LimitsView {
+            memory_bytes: Some(memory),
+            cpus: req.cpus,
+            pids: Some(pids),
+            disk_bytes: disk,
+        },
+        cgroup,
+        usage,
+        kill: Mutex::new(Some(kill_write)),
+        ended,
+        processes: Mutex::default(),
+        freezer: tokio::sync::Mutex::new(()),
+        code: tokio::sync::Mutex::new(None),
+        code_pid: Default::default(),
+    }))
+}
+
+impl LiveSandbox {
+    pub fn info(&self) -> SandboxInfo {
+        let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = self.usage.usage().unwrap_or_default();
+        SandboxInfo {
+            id: self.id.clone(),
+            state: clock.state,
+            created_at: self.created_at,
+            expires_at: clock.expires_at,
+            timeout_s: clock.timeout_s,
+            idle_pause_s: clock.idle_pause_s,
+            image: self.image.clone(),
+            template: None,
+            parent: None,
+            net: match self.net {
+                NetMode::None => "none",
+                NetMode::Host => "host",
+            },
+            metadata: self.metadata.clone(),
+            limits: self.limits.clone(),
+            usage: UsageView {
+                memory_bytes: usage.memory_bytes,
+                cpu_ms: usage.cpu_ms,
+            },
+        }
+    }
+
+    pub(super) fn ended(&self) -> watch::Receiver<bool> {
+        self.ended.clone()
+    }
+
+    pub(super) fn expired(&self, now: f64) -> bool {
+        now >= self
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expires_at
+    }
+
+    pub(super) fn idle_for_pause(&self, now: f64) -> bool {
+        let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        clock.state == SandboxState::Running
+            && clock.idle_pause_s > 0
+            && now - clock.last_used >= clock.idle_pause_s as f64
+    }
+
+    /// A call arrived: it counts as use, and a paused sandbox resumes first.
+    pub(super) async fn touch(&self) -> Result<(), SandboxesError> {
+        let paused = {
+            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            clock.last_used = now();
+            clock.state == SandboxState::Paused
+        };
+        if paused {
+            self.pause(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the timeout to `seconds` from now.
+    pub fn set_timeout(&self, seconds: u64) -> Result<SandboxInfo, SandboxesError> {
+        if !(1..=super::MAX_TIMEOUT_S).contains(&seconds) {
+            return Err(SandboxesError::Invalid(format!(
+                "timeout_s {seconds}: give 1 to {} (7 days)",
+                super::MAX_TIMEOUT_S
+            )));
+        }
+        {
+            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            clock.timeout_s = seconds;
+            clock.expires_at = now() + seconds as f64;
+        }
+        Ok(self.info())
+    }
+
+    /// Freezes (`true`) or thaws the whole sandbox through its cgroup: its
+    /// processes stop where they are, memory and files kept.
+    pub async fn pause(&self, frozen: bool) -> Result<SandboxInfo, SandboxesError> {
+        let _one_at_a_time = self.freezer.lock().await;
+        let want = if frozen {
+            SandboxState::Paused
+        } else {
+            SandboxState::Running
+        };
+        if self.clock.lock().unwrap_or_else(|e| e.into_inner()).state == want {
+            return Ok(self.info());
+        }
+        let dir = self
+            .cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                SandboxesError::Conflict(
+                    "this host has no cgroup2 tree for the sandbox, so it cannot be paused".into(),
+                )
+            })?;
+        tokio::task::spawn_blocking(move || freeze(&dir, frozen))
+            .await
+            .map_err(|_| SandboxesError::Start("the freezer's thread failed".into()))??;
+        {
+            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            clock.state = want;
+            clock.last_used = now();
+        }
+        Ok(self.info())
+    }
+
+    /// Ends the sandbox and waits (up to 10 s) until its run has torn it down.
+    pub(super) async fn kill(&self) {
+        drop(self.kill.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut ended = self.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|e| *e)).await;
+    }
+
+    /// Starts a command; its output and end are read from the result.
+    pub async fn exec(&self, req: ExecRequest) -> Result<Arc<Process>, SandboxesError> {
+        if req.argv.is_empty() || req.argv[0].is_empty() {
+            return Err(SandboxesError::Invalid("cmd: give a command to run".into()));
+        }
+        if req.argv.len() > 4096 || req.argv.iter().map(|a| a.len()).sum::<usize>() > (1 << 20) {
+            return Err(SandboxesError::Invalid(
+                "cmd: at most 4096 arguments and 1 MiB".into(),
+            ));
+        }
+        if req.argv.iter().any(|a| a.contains('\0')) {
+            return Err(SandboxesError::Invalid(
+                "cmd: an argument holds a NUL byte".into(),
+            ));
+        }
+        check_env(&req.env)?;
+        {
+            let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+            if processes.values().filter(|p| p.running()).count() >= MAX_RUNNING {
+                return Err(SandboxesError::Conflict(format!(
+                    "{MAX_RUNNING} commands run in this sandbox already; wait for or kill some"
+                )));
+            }
+        }
+        let pipe = || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
+        let (in_read, in_write) = pipe()?;
+        let (out_read, out_write) = pipe()?;
+        let (err_read, err_write) = pipe()?;
+        let cmd = req.argv.join(" ");
+        let (pid, end) = self
+            .link
+            .exec(
+                req.argv,
+                req.env,
+                req.cwd,
+                vec![in_read, out_write, err_write],
+            )
+            .await?;
+        let stdin = match (&req.stdin, req.keep_stdin_open) {
+            (None, false) => None, // closed: the command reads end of file
+            _ => Some(in_write),
+        };
+        let process = Process::start(pid, cmd, out_read, err_read, stdin, end)
+            .map_err(SandboxesError::io("reading a command's output"))?;
+        if let Some(bytes) = req.stdin {
+            let p = Arc::clone(&process);
+            let keep_open = req.keep_stdin_open;
+            tokio::spawn(async move {
+                let _ = p.write_stdin(&bytes, !keep_open).await;
+            });
+        }
+        if let Some(limit) = req.timeout {
+            let link = self.link.clone();
+            let mut end = process.end();
+            let p = Arc::clone(&process);
+            tokio::spawn(async move {
+                if tokio::time::timeout(limit, end.wait_for(|e| e.is_some()))
+                    .await
+                    .is_err()
+                {
+                    p.set_timed_out();
+                    let _ = link.signal(pid, libc::SIGKILL).await;
+                }
+            });
+        }
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut finished: Vec<i32> = processes
+            .values()
+            .filter(|p| !p.running())
+            .map(|p| p.pid)
+            .collect();
+        if finished.len() >= FINISHED_KEPT {
+            finished.sort();
+            for pid in &finished[..finished.len() + 1 - FINISHED_KEPT] {
+                processes.remove(pid);
+            }
+        }
+        processes.insert(pid, Arc::clone(&process));
+        Ok(process)
+    }
+
+    pub fn process(&self, pid: i32) -> Result<Arc<Process>, SandboxesError> {
+        self.processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned()
+            .ok_or(SandboxesError::NoProcess(pid))
+    }
+
+    pub fn processes(&self) -> Vec<Arc<Process>> {
+        let mut all: Vec<_> = self
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|p| p.pid);
+        all
+    }
+
+    /// Sends `signal` to a command it started (and to what that started).
+    pub async fn signal(&self, pid: i32, signal: i32) -> Result<(), SandboxesError> {
+        let process = self.process(pid)?;
+        if !process.running() {
+            return Err(SandboxesError::Conflict(format!(
+                "the command with pid {pid} has ended"
+            )));
+        }
+        self.link.signal(pid, signal).await?;
+        Ok(())
+    }
+}
+
+impl Process {
+    /// Writes `bytes` to its stdin, closing it after when `close`.
+    pub async fn write_stdin(&self, bytes: &[u8], close: bool) -> Result<(), SandboxesError> {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.stdin.lock().await;
+        let Some(pipe) = stdin.as_mut() else {
+            return Err(SandboxesError::Conflict(
+                "this command's stdin is closed".into(),
+            ));
+        };
+        let written = pipe.write_all(bytes).await;
+        if close || written.is_err() {
+            *stdin = None;
+        }
+        written.map_err(SandboxesError::io("writing to a command's stdin"))
+    }
+}
+
+/// Writes the cgroup's freezer and waits for the kernel to say it is done.
+fn freeze(dir: &Path, frozen: bool) -> Result<(), SandboxesError> {
+    std::fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+        .map_err(SandboxesError::io("writing cgroup.freeze"))?;
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    for _ in 0..2000 {
+        let events = std::fs::read_to_string(dir.join("cgroup.events"))
+            .map_err(SandboxesError::io("reading cgroup.events"))?;
+        if events.lines().any(|l| l == want) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    if frozen {
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+    }
+    Err(SandboxesError::Conflict(
+        "the sandbox did not settle in its new state within 1 s".into(),
+    ))
+}

@@ -1,0 +1,203 @@
+//! A command running in an agent sandbox, as the daemon holds it: what it
+//! printed (kept up to a bound, so a client can attach late or again), the
+//! same live to every attached client, and how it ended.
+
+use alcove_agent::ExitStatus;
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{broadcast, watch};
+
+/// Bytes of output kept per command for clients that attach later.
+pub const KEPT_OUTPUT: usize = 1 << 20;
+/// Bytes one read takes from a command's pipe.
+const CHUNK: usize = 16 << 10;
+/// Chunks a slow client may fall behind before it misses some (it is told).
+const LIVE_BACKLOG: usize = 256;
+
+/// Which of its streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Some of a command's output, and which stream it came from.
+pub type Chunk = (Stream, Arc<[u8]>);
+
+/// What a client attached to a command sees.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Chunk(Stream, Arc<[u8]>),
+    /// The client fell behind and missed this many chunks.
+    Missed(u64),
+}
+
+#[derive(Default)]
+struct Kept {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    /// Bytes dropped from the front to stay within [`KEPT_OUTPUT`].
+    dropped: u64,
+}
+
+/// One command: its output and its end.
+pub struct Process {
+    pub pid: i32,
+    pub cmd: String,
+    kept: Mutex<Kept>,
+    live: broadcast::Sender<Chunk>,
+    /// Both pipes at end of file.
+    drained: watch::Sender<bool>,
+    end: watch::Receiver<Option<ExitStatus>>,
+    /// Where to write its stdin, until closed.
+    pub stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    /// Killed for running past its timeout.
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+impl Process {
+    /// Starts reading `stdout` and `stderr` (the read ends of its pipes).
+    pub fn start(
+        pid: i32,
+        cmd: String,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        stdin: Option<OwnedFd>,
+        end: watch::Receiver<Option<ExitStatus>>,
+    ) -> std::io::Result<Arc<Process>> {
+        let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let (drained, _) = watch::channel(false);
+        let stdin = match stdin {
+            Some(fd) => Some(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
+            None => None,
+        };
+        let process = Arc::new(Process {
+            pid,
+            cmd,
+            kept: Mutex::default(),
+            live,
+            drained,
+            end,
+            stdin: tokio::sync::Mutex::new(stdin),
+            timed_out: Default::default(),
+        });
+        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
+        let err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
+        let reader = Arc::clone(&process);
+        tokio::spawn(async move {
+            tokio::join!(
+                reader.pump(out, Stream::Stdout),
+                reader.pump(err, Stream::Stderr)
+            );
+            reader.drained.send_replace(true);
+        });
+        Ok(process)
+    }
+
+    async fn pump(&self, mut pipe: tokio::net::unix::pipe::Receiver, stream: Stream) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
+                    let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.bytes += n;
+                    kept.chunks.push_back((stream, Arc::clone(&chunk)));
+                    while kept.bytes > KEPT_OUTPUT {
+                        let Some((_, old)) = kept.chunks.pop_front() else {
+                            break;
+                        };
+                        kept.bytes -= old.len();
+                        kept.dropped += old.len() as u64;
+                    }
+                    // Sent under the lock: an attach sees each chunk once, kept or live.
+                    let _ = self.live.send((stream, chunk));
+                }
+            }
+        }
+    }
+
+    /// What it printed so far (and how many earlier bytes were dropped), and
+    /// a receiver for what it prints from now on, taken together so that
+    /// nothing falls between them.
+    pub fn attach(
+        &self,
+    ) -> (
+        Vec<Chunk>,
+        u64,
+        broadcast::Receiver<Chunk>,
+    ) {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            kept.chunks.iter().cloned().collect(),
+            kept.dropped,
+            self.live.subscribe(),
+        )
+    }
+
+    /// A receiver for what it prints from now on (its earlier output skipped).
+    pub fn follow(&self) -> broadcast::Receiver<Chunk> {
+        let _kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        self.live.subscribe()
+    }
+
+    pub fn drained(&self) -> watch::Receiver<bool> {
+        self.drained.subscribe()
+    }
+
+    /// How it ended, once it has (None while it runs or if the sandbox went first).
+    pub fn exit(&self) -> Option<ExitStatus> {
+        *self.end.borrow()
+    }
+
+    pub fn end(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.end.clone()
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_timed_out(&self) {
+        self.timed_out
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn running(&self) -> bool {
+        self.end.borrow().is_none() && self.end.has_changed().is_ok()
+    }
+}
+
+/// The next thing an attached client sees, or None once the command's
+/// output is drained (both pipes closed) and all of it was seen.
+pub async fn next_output(
+    live: &mut broadcast::Receiver<Chunk>,
+    drained: &mut watch::Receiver<bool>,
+) -> Option<Output> {
+    loop {
+        if *drained.borrow_and_update() {
+            // Every chunk was sent before the drain: what is queued is the rest.
+            return match live.try_recv() {
+                Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Output::Missed(n)),
+                Err(_) => None,
+            };
+        }
+        tokio::select! {
+            biased;
+            got = live.recv() => return match got {
+                Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some(Output::Missed(n)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            changed = drained.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+"""alcove's code interpreter: one long-lived Python session fed code cells.
+
+    python3 -u /run/alcove/runtime/alcove_repl.py
+
+Code runs in one persistent namespace (the session's ``__main__``), like a
+Jupyter kernel: a name defined in one cell is there in the next.
+
+Descriptors: fd 0 is /dev/null; fd 1 and fd 2 are the session's stdout and
+stderr, read by the daemon directly (prints and the output of subprocesses go
+there, never a byte of the protocol). The control channel is fd
+``$ALCOVE_REPL_FD`` (default 3), a connected stream socket; it is moved at
+once to a close-on-exec descriptor >= 100 and the original is closed.
+
+Protocol: newline-delimited JSON, UTF-8, one object a line, both ways.
+
+  out, once:   {"type":"ready","pid":PID,"python":"3.11.7"}
+  in:          {"id":ID,"code":SOURCE}              (other keys ignored)
+  out, per request, in order:
+               {"type":"result","id":ID,"text":REPR,"mime":{"text/plain":REPR[,"text/html":HTML]}}
+                   when the last statement is an expression whose value is not None
+               {"type":"error","id":ID,"name":NAME,"value":STR,"traceback":[LINE,...]}
+                   when the cell raised (SyntaxError, KeyboardInterrupt, SystemExit, ...)
+               {"type":"done","id":ID,"ok":BOOL,"duration_ms":FLOAT}
+                   always last; stdout and stderr are flushed before it is written.
+
+A line that is not JSON, or not a request, gets an error frame named
+"BadRequest"; a line over 16 MiB one named "RequestTooLarge". Where the
+request's id can still be read (``{"id":"...`` at its start), the error
+carries it and a done frame follows; otherwise the id is null and no done
+follows. SIGINT interrupts the running cell (KeyboardInterrupt) and is
+ignored between cells; SystemExit is reported, not obeyed; EOF on the control
+channel ends the process with status 0.
+
+One thread only: the session may be forked to copy its memory.
+Python's standard library only, 3.9 or later.
+"""
+import signal as _signal
+
+# Nothing may interrupt the setup; the real handler is installed before any cell runs.
+_signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
+import ast as _ast  # noqa: E402
+import builtins as _builtins  # noqa: E402
+import fcntl as _fcntl  # noqa: E402
+import json as _json  # noqa: E402
+import linecache as _linecache  # noqa: E402
+import os as _os  # noqa: E402
+import re as _re  # noqa: E402
+import sys as _sys  # noqa: E402
+import time as _time  # noqa: E402
+import traceback as _traceback  # noqa: E402
+import types as _types  # noqa: E402
+
+_MAX_LINE = 16 << 20  # bytes in one request line, newline excluded
+_MAX_TEXT = 1 << 20  # characters of a result's text before it is cut
+_READ_CHUNK = 1 << 20
+_HIGH_FD = 100
+_F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+_ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _main():
+    running = [False]  # True only while user code (or repr of its value) runs
+
+    def on_sigint(signum, frame):
+        if running[0]:
+            raise KeyboardInterrupt
+        # idle, or in our own bookkeeping: the interrupt has nothing to stop
+
+    _signal.signal(_signal.SIGINT, on_sigint)
+
+    # The control channel: out of the way of user code and its children.
+    try:
+        fd = int(_os.environ.pop("ALCOVE_REPL_FD", "3"))
+        ctl = _fcntl.fcntl(fd, _F_DUPFD_CLOEXEC, _HIGH_FD)
+    except (ValueError, OSError) as e:
+        _sys.stderr.write(f"alcove_repl: no control channel: {e}\n")
+        _sys.stderr.flush()
+        return 2
+    _os.close(fd)
+    _os.set_blocking(ctl, True)
+
+    # Output reaches the pipes as it is written (python3 -u makes the binary layer unbuffered).
+    for stream in (_sys.stdout, _sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True, write_through=True)
+        except (AttributeError, ValueError):
+            pass
+
+    # The session's namespace is a fresh __main__ (so pickle finds classes defined
+    # in cells), not this module's globals.
+    main_mod = _types.ModuleType("__main__")
+    main_mod.__dict__["__builtins__"] = _builtins
+    _sys.modules["__main__"] = main_mod
+    ns = main_mod.__dict__
+    _sys.argv = [""]
+    here = _os.path.dirname(_os.path.realpath(__file__))
+    if _sys.path and _sys.path[0] and _os.path.realpath(_sys.path[0]) == here:
+        _sys.path[0] = ""  # imports from the working directory, as in the interactive interpreter
+
+    own_file = _main.__code__.co_filename
+    ast_file = getattr(_ast, "__file__", None)
+    cells = [0]
+    loop_box = [None]
+
+    # ---- the channel ---------------------------------------------------------------
+
+    def send(frame):
+        text = _json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = text.encode("utf-8", "replace")  # a lone surrogate becomes "?"
+        view = memoryview(data)
+        while view:
+            view = view[_os.write(ctl, view):]
+
+    def lines():
+        """Yield ("line", bytes) per request line, ("big", first bytes) per line over the limit."""
+        buf = bytearray()
+        scan = 0  # buf[:scan] holds no newline
+        dropping = None  # first bytes of an oversized line being skipped
+        while True:
+            try:
+                chunk = _os.read(ctl, _READ_CHUNK)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                if dropping is not None:
+                    yield "big", dropping
+                elif buf.strip():
+                    yield "line", bytes(buf)
+                return
+            buf += chunk
+            start = 0
+            while True:
+                nl = buf.find(b"\n", scan)
+                if nl < 0:
+                    break
+                if dropping is not None:
+                    yield "big", dropping
+                    dropping = None
+                elif nl - start > _MAX_LINE:
+                    yield "big", bytes(buf[start:start + 4096])
+                else:
+                    yield "line", bytes(buf[start:nl])
+                start = scan = nl + 1
+            del buf[:start]
+            scan = len(buf)
+            if dropping is None and len(buf) > _MAX_LINE:
+                dropping = bytes(buf[:4096])
+            if dropping is not None:
+                buf.clear()
+                scan = 0
+
+    # ---- running user code -----------------------------------------------------------
+
+    def call_user(fn, *args):
+        """fn(*args) with SIGINT live; any exception, KeyboardInterrupt included, propagates."""
+        running[0] = True
+        try:
+            return fn(*args)
+        finally:
+            running[0] = False
+
+    def session_loop():
+        """The one event loop of the session, made the current loop of the thread.
+
+        Created at the first cell that awaits (or adopted, when a cell already made
+        one current), so that tasks started in one cell go on in the next."""
+        import asyncio
+        loop = loop_box[0]
+        if loop is None or loop.is_closed():
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    loop = asyncio.get_event_loop()
+                except RuntimeError:
+                    loop = None
+            if loop is None or loop.is_closed() or loop.is_running():
+                loop = asyncio.new_event_loop()
+            loop_box[0] = loop
+        asyncio.set_event_loop(loop)  # again, in case a cell's asyncio.run() unset it
+        return loop
+
+    def run_coroutine(coro):
+        loop = session_loop()
+        task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # interrupted while the loop waited: stop the cell's task
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except BaseException:
+                    pass
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: no "never retrieved" warning later
+            raise
+
+    def run_code(code):
+        result = eval(code, ns)
+        if code.co_flags & _CO_COROUTINE:
+            result = run_coroutine(result)
+        return result
+
+    def html_of(value):
+        if isinstance(value, type):
+            return None
+        try:
+            method = getattr(value, "_repr_html_", None)
+            if not callable(method):
+                return None
+            html = method()
+        except Exception:
+            return None
+        return html if isinstance(html, str) else None
+
+    def clip(text):
+        return text[:_MAX_TEXT] + "..." if len(text) > _MAX_TEXT else text
+
+    def execute(rid, code, filename):
+        """Parse, run and display one cell; the frames to send before done."""
+        flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        tree = _ast.parse(code, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], _ast.Expr):
+            last = _ast.Expression(tree.body.pop().value)
+        run_code(compile(tree, filename, "exec", flags, dont_inherit=True))
+        if last is None:
+            return []
+        value = run_code(compile(last, filename, "eval", flags, dont_inherit=True))
+        if value is None:
+            return []
+        ns["_"] = value
+        text = clip(repr(value))
+        mime = {"text/plain": text}
+        html = html_of(value)
+        if html is not None:
+            mime["text/html"] = clip(html)
+        return [{"type": "result", "id": rid, "text": text, "mime": mime}]
+
+    def user_traceback(tb):
+        """The traceback without the frames of this file, the parser or the event loop."""
+        asyncio_mod = _sys.modules.get("asyncio")
+        asyncio_dir = None
+        if asyncio_mod is not None and getattr(asyncio_mod, "__file__", None):
+            asyncio_dir = _os.path.dirname(asyncio_mod.__file__) + _os.sep
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if not (name == own_file or name == ast_file
+                    or (asyncio_dir is not None and name.startswith(asyncio_dir))):
+                break
+            tb = tb.tb_next
+        return tb
+
+    def error_frame(rid, exc):
+        name = type(exc).__name__
+        try:
+            value = call_user(str, exc)
+        except BaseException:
+            value = "<exception str() failed>"
+        tb = user_traceback(exc.__traceback__)
+        try:
+            text = call_user(lambda: "".join(_traceback.format_exception(type(exc), exc, tb)))
+            lines_ = text.splitlines()
+        except BaseException:
+            lines_ = [f"{name}: {value}"]
+        return {"type": "error", "id": rid, "name": name, "value": value, "traceback": lines_}
+
+    def flush_output():
+        for stream in (_sys.stdout, _sys.stderr, _sys.__stdout__, _sys.__stderr__):
+            try:
+                call_user(stream.flush)
+            except BaseException:
+                pass
+
+    def repair_stdin():
+        # exit() and quit() close sys.stdin before raising SystemExit; fd 0 itself stays open.
+        stdin = _sys.stdin
+        if stdin is not None and stdin is _sys.__stdin__ and getattr(stdin, "closed", False):
+            try:
+                _sys.stdin = _sys.__stdin__ = open(0, "r", closefd=False)
+            except OSError:
+                pass
+
+    def run_cell(rid, code):
+        cells[0] += 1
+        filename = f"<cell-{cells[0]}>"
+        _linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            frames = call_user(execute, rid, code, filename)
+            ok = True
+        except BaseException as exc:
+            frames = [error_frame(rid, exc)]
+            ok = False
+            repair_stdin()
+        return frames, ok
+
+    def bad_request(raw, name, value):
+        """An error frame for a line that is no request; a done too when its id can be read."""
+        rid = None
+        match = _ID_AT_START.match(raw[:4096])
+        if match:
+            try:
+                rid = _json.loads(match.group(1))
+            except ValueError:
+                rid = None
+        send({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
+        return rid
+
+    # ---- the session -----------------------------------------------------------------
+
+    try:
+        send({"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0]})
+        for kind, raw in lines():
+            t0 = _time.perf_counter()
+            if kind == "big":
+                rid = bad_request(raw, "RequestTooLarge",
+                                  f"a request line is limited to {_MAX_LINE} bytes")
+                ok = False
+                if rid is None:
+                    continue
+            else:
+                if not raw.strip():
+                    continue
+                try:
+                    request = _json.loads(raw)
+                except ValueError as e:
+                    request = e
+                if isinstance(request, ValueError):
+                    rid = bad_request(raw, "BadRequest", f"not JSON: {request}")
+                    if rid is None:
+                        continue
+                    ok = False
+                elif not isinstance(request, dict):
+                    send({"type": "error", "id": None, "name": "BadRequest",
+                          "value": "a request is a JSON object", "traceback": []})
+                    continue
+                elif not isinstance(request.get("code"), str):
+                    rid = request.get("id")
+                    send({"type": "error", "id": rid, "name": "BadRequest",
+                          "value": 'a request needs "code", a string', "traceback": []})
+                    ok = False
+                else:
+                    rid = request.get("id")
+                    frames, ok = run_cell(rid, request["code"])
+                    for frame in frames:
+                        send(frame)
+                    del frames
+            flush_output()
+            send({"type": "done", "id": rid, "ok": ok,
+                  "duration_ms": round((_time.perf_counter() - t0) * 1000.0, 3)})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon has gone: as good as EOF
+    return 0
+
+
+if __name__ == "__main__":
+    _sys.exit(_main())

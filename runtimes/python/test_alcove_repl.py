@@ -1,0 +1,428 @@
+"""Tests of alcove_repl.py, the code interpreter's session process.
+
+    python3 -m unittest runtimes/python/test_alcove_repl.py     (from the repository root)
+
+Each test starts the interpreter as the daemon does: fd 0 /dev/null, fd 1 and
+fd 2 pipes, fd 3 one end of a socketpair. Every wait has a deadline, so a
+broken interpreter fails a test instead of hanging it.
+"""
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+REPL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alcove_repl.py")
+
+# Puts the inherited socket at fd 3 exactly (Popen cannot renumber a descriptor), then
+# becomes the interpreter; ALCOVE_REPL_FD is left unset, so the default is what is tested.
+LAUNCH = ("import os, sys\n"
+          "fd = int(sys.argv[1])\n"
+          "if fd != 3:\n"
+          "    os.dup2(fd, 3)\n"
+          "    os.close(fd)\n"
+          "os.execv(sys.executable, [sys.executable, '-u', sys.argv[2]])\n")
+
+
+class Repl:
+    """One interpreter process and the daemon's ends of its descriptors."""
+
+    def __init__(self, at_fd3=True):
+        self.sock, child = socket.socketpair()
+        env = dict(os.environ)
+        env.pop("ALCOVE_REPL_FD", None)
+        env.pop("PYTHONUNBUFFERED", None)  # the interpreter's own -u and settings are under test
+        if at_fd3:
+            argv = [sys.executable, "-c", LAUNCH, str(child.fileno()), REPL]
+        else:
+            argv = [sys.executable, "-u", REPL]
+            env["ALCOVE_REPL_FD"] = str(child.fileno())
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, pass_fds=(child.fileno(),), env=env)
+        child.close()
+        self.buf = b""
+        self.out = {1: b"", 2: b""}
+        self.cells = 0
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    # -- the control channel --
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send(self, code, rid=None):
+        self.cells += 1
+        rid = rid if rid is not None else f"c{self.cells}"
+        self.send_raw(json.dumps({"id": rid, "code": code}).encode() + b"\n")
+        return rid
+
+    def pending(self, timeout=0.0):
+        """Whether a frame (or part of one) is readable within timeout."""
+        if b"\n" in self.buf:
+            return True
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def frame(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise AssertionError(f"no frame within {timeout} s; stderr: {self.stderr()!r}")
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise AssertionError(f"control channel closed; stderr: {self.stderr()!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def until_done(self, rid, timeout=10.0):
+        """The frames of one request, its done frame last."""
+        frames = []
+        while True:
+            f = self.frame(timeout)
+            frames.append(f)
+            if f["type"] == "done":
+                assert f["id"] == rid, frames
+                return frames
+
+    def run(self, code, timeout=10.0):
+        return self.until_done(self.send(code), timeout)
+
+    # -- the output pipes --
+    def drain(self, timeout=0.0):
+        """Read what the pipes hold, waiting up to timeout for more."""
+        fds = {self.proc.stdout.fileno(): 1, self.proc.stderr.fileno(): 2}
+        end = time.monotonic() + timeout
+        while fds:
+            ready = select.select(list(fds), [], [], max(0.0, end - time.monotonic()))[0]
+            if not ready:
+                return
+            for fd in ready:
+                data = os.read(fd, 1 << 16)
+                if data:
+                    self.out[fds[fd]] += data
+                else:
+                    del fds[fd]
+
+    def stdout(self):
+        self.drain()
+        return self.out[1].decode(errors="replace")
+
+    def stderr(self):
+        try:
+            self.drain()
+        except (OSError, ValueError):
+            pass
+        return self.out[2].decode(errors="replace")
+
+    def wait_stdout(self, text, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while text not in self.out[1].decode(errors="replace"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} not on stdout within {timeout} s: {self.out[1]!r}")
+            self.drain(min(left, 0.05))
+
+
+def by_type(frames, kind):
+    return [f for f in frames if f["type"] == kind]
+
+
+class ReplTest(unittest.TestCase):
+    def setUp(self):
+        self.repl = Repl()
+        self.addCleanup(self.repl.close)
+        self.ready = self.repl.frame()
+
+    def result(self, frames):
+        results = by_type(frames, "result")
+        self.assertEqual(len(results), 1, frames)
+        return results[0]
+
+    def error(self, frames):
+        errors = by_type(frames, "error")
+        self.assertEqual(len(errors), 1, frames)
+        self.assertFalse(frames[-1]["ok"], frames)
+        return errors[0]
+
+    def test_ready(self):
+        self.assertEqual(self.ready["type"], "ready")
+        self.assertEqual(self.ready["pid"], self.repl.proc.pid)
+        self.assertEqual(self.ready["python"], sys.version.split()[0])
+
+    def test_state_is_kept(self):
+        frames = self.repl.run("x = 1")
+        self.assertEqual([f["type"] for f in frames], ["done"])
+        self.assertTrue(frames[0]["ok"])
+        self.assertIsInstance(frames[0]["duration_ms"], float)
+        frames = self.repl.run("x + 1")
+        self.assertEqual([f["type"] for f in frames], ["result", "done"])
+        res = frames[0]
+        self.assertEqual(res, {"type": "result", "id": frames[-1]["id"], "text": "2",
+                               "mime": {"text/plain": "2"}})
+        self.assertEqual(self.result(self.repl.run("_ * 10"))["text"], "20")
+
+    def test_none_and_statements_give_no_result(self):
+        for code in ("None", "y = 5", "def f():\n    return 1", "print(end='')"):
+            frames = self.repl.run(code)
+            self.assertEqual([f["type"] for f in frames], ["done"], code)
+            self.assertTrue(frames[-1]["ok"], code)
+
+    def test_print_streams_before_done(self):
+        rid = self.repl.send("import time\nfor i in range(3):\n    print('line', i)\n"
+                             "    time.sleep(0.2)\n")
+        self.repl.wait_stdout("line 0\n", timeout=3.0)
+        self.assertNotIn("line 2", self.repl.out[1].decode())
+        self.assertFalse(self.repl.pending(), "done came before the first line was readable")
+        frames = self.repl.until_done(rid)
+        self.assertTrue(frames[-1]["ok"], frames)
+        self.repl.drain(0.1)
+        self.assertEqual(self.repl.stdout(), "line 0\nline 1\nline 2\n")
+
+    def test_output_is_flushed_before_done(self):
+        frames = self.repl.run("import sys\nsys.stdout.write('partial')\n"
+                               "sys.stderr.write('err-partial')\nNone")
+        self.assertTrue(frames[-1]["ok"], frames)
+        self.repl.drain(0.2)
+        self.assertEqual(self.repl.stdout(), "partial")
+        self.assertIn("err-partial", self.repl.stderr())
+        # A cell's own buffered sys.stdout is flushed too.
+        frames = self.repl.run("import io\nsys.stdout = io.TextIOWrapper(open(1, 'wb', closefd=False))\n"
+                               "sys.stdout.write('+buffered')\nNone")
+        self.assertTrue(frames[-1]["ok"], frames)
+        self.repl.drain(0.2)
+        self.assertEqual(self.repl.stdout(), "partial+buffered")
+
+    def test_subprocess_output_goes_to_stdout_pipe(self):
+        frames = self.repl.run("import os\nos.system('echo hi; echo oops >&2')")
+        self.assertEqual(self.result(frames)["text"], "0")
+        self.repl.drain(0.2)
+        self.assertEqual(self.repl.stdout(), "hi\n")
+        self.assertEqual(self.repl.stderr(), "oops\n")
+        self.assertFalse(self.repl.pending(0.1))  # nothing else arrived on the control channel
+        self.assertNotIn("hi", json.dumps(frames))
+
+    def test_control_channel_hidden(self):
+        # fd 3 is closed in the session and no child inherits the moved channel.
+        code = ("import os, subprocess\n"
+                "try:\n    os.fstat(3)\n    fd3 = 'open'\nexcept OSError:\n    fd3 = 'closed'\n"
+                "kids = subprocess.run(['ls', '/proc/self/fd'], capture_output=True, text=True)"
+                ".stdout.split()\n"
+                "(fd3, sorted(int(x) for x in kids), 'ALCOVE_REPL_FD' in os.environ)")
+        res = self.result(self.repl.run(code))
+        fd3, kid_fds, env = eval(res["text"])
+        self.assertEqual(fd3, "closed")
+        self.assertTrue(all(fd < 3 for fd in kid_fds[:-1]), kid_fds)  # the last is ls's own dir fd
+        self.assertFalse(env)
+        # Closing every low descriptor does not break the session.
+        self.repl.run("import os\nos.closerange(3, 100)")
+        self.assertEqual(self.result(self.repl.run("40 + 2"))["text"], "42")
+
+    def test_exception(self):
+        frames = self.repl.run("def boom(n):\n    return 10 // n\n\nboom(0)")
+        err = self.error(frames)
+        self.assertEqual(err["name"], "ZeroDivisionError")
+        self.assertEqual(err["value"], "integer division or modulo by zero")
+        tb = "\n".join(err["traceback"])
+        self.assertIn('File "<cell-1>", line 4, in <module>', tb)
+        self.assertIn('File "<cell-1>", line 2, in boom', tb)
+        self.assertIn("return 10 // n", tb)  # the source line, from linecache
+        self.assertNotIn("alcove_repl.py", tb)
+        self.assertEqual(err["traceback"][0], "Traceback (most recent call last):")
+        self.assertEqual(err["traceback"][-1], "ZeroDivisionError: integer division or modulo by zero")
+        # The function stays defined and its cell is still shown in a later traceback.
+        err = self.error(self.repl.run("boom(0)"))
+        self.assertIn("return 10 // n", "\n".join(err["traceback"]))
+
+    def test_syntax_error(self):
+        frames = self.repl.run("x = 1\ndef f(:\n    pass")
+        err = self.error(frames)
+        self.assertEqual(err["name"], "SyntaxError")
+        tb = "\n".join(err["traceback"])
+        self.assertIn('File "<cell-1>", line 2', tb)
+        self.assertIn("def f(:", tb)
+        self.assertNotIn("alcove_repl.py", tb)
+        self.assertNotIn("ast.py", tb)
+        # Nothing of the cell ran.
+        self.assertEqual(self.error(self.repl.run("x"))["name"], "NameError")
+
+    def test_sigint_interrupts_running_code(self):
+        self.repl.run("kept = 'still here'")
+        rid = self.repl.send("print('spinning', flush=True)\nwhile True:\n    pass")
+        self.repl.wait_stdout("spinning\n")
+        self.assertFalse(self.repl.pending(0.2))
+        os.kill(self.repl.proc.pid, signal.SIGINT)
+        frames = self.repl.until_done(rid, timeout=5.0)
+        err = self.error(frames)
+        self.assertEqual(err["name"], "KeyboardInterrupt")
+        self.assertIn("<cell-2>", "\n".join(err["traceback"]))
+        self.assertEqual(self.result(self.repl.run("kept"))["text"], "'still here'")
+
+    def test_sigint_interrupts_sleep(self):
+        rid = self.repl.send("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+        self.repl.wait_stdout("sleeping\n")
+        time.sleep(0.1)
+        os.kill(self.repl.proc.pid, signal.SIGINT)
+        self.assertEqual(self.error(self.repl.until_done(rid, 5.0))["name"], "KeyboardInterrupt")
+        self.assertEqual(self.result(self.repl.run("1"))["text"], "1")
+
+    def test_sigint_while_idle_is_ignored(self):
+        self.repl.run("y = 7")
+        for _ in range(3):
+            os.kill(self.repl.proc.pid, signal.SIGINT)
+            time.sleep(0.1)
+        self.assertFalse(self.repl.pending(0.3), "an idle SIGINT produced a frame")
+        self.assertIsNone(self.repl.proc.poll(), "an idle SIGINT ended the process")
+        self.assertEqual(self.result(self.repl.run("y"))["text"], "7")
+        self.assertNotIn("KeyboardInterrupt", self.repl.stderr())
+
+    def test_exit_is_survived(self):
+        self.repl.run("z = 3")
+        # The value is str(SystemExit(...)): sys.exit() raises SystemExit(), exit() SystemExit(None).
+        for code, value in (("import sys\nsys.exit()", ""), ("sys.exit(4)", "4"),
+                            ("exit()", "None"), ("quit(5)", "5")):
+            err = self.error(self.repl.run(code))
+            self.assertEqual(err["name"], "SystemExit", code)
+            self.assertEqual(err["value"], value, code)
+            self.assertIsNone(self.repl.proc.poll(), code)
+        self.assertEqual(self.result(self.repl.run("z"))["text"], "3")
+        # exit() closes sys.stdin; input() still fails fast with EOFError, not ValueError.
+        self.assertEqual(self.error(self.repl.run("input()"))["name"], "EOFError")
+
+    def test_input_raises_eof(self):
+        start = time.monotonic()
+        err = self.error(self.repl.run("input('name? ')"))
+        self.assertEqual(err["name"], "EOFError")
+        self.assertLess(time.monotonic() - start, 5.0)
+
+    def test_top_level_await(self):
+        frames = self.repl.run("import asyncio\nawait asyncio.sleep(0.1)\nt = 1")
+        self.assertTrue(frames[-1]["ok"], frames)
+        self.assertGreaterEqual(frames[-1]["duration_ms"], 100.0)
+        res = self.result(self.repl.run("await asyncio.sleep(0, result=t + 6)"))
+        self.assertEqual(res["text"], "7")
+        # A task started in one cell lives on in the session's loop.
+        self.repl.run("async def later():\n    await asyncio.sleep(0.05)\n    return 'ok'\n"
+                      "task = asyncio.ensure_future(later())")
+        self.assertEqual(self.result(self.repl.run("await task"))["text"], "'ok'")
+        err = self.error(self.repl.run("async def bad():\n    raise ValueError('async')\n"
+                                       "await bad()"))
+        self.assertEqual((err["name"], err["value"]), ("ValueError", "async"))
+        tb = "\n".join(err["traceback"])
+        self.assertIn("<cell-", tb)
+        self.assertNotIn("asyncio", tb)
+        # Plain asyncio.run in a synchronous cell still works.
+        self.assertEqual(self.result(self.repl.run("asyncio.run(later())"))["text"], "'ok'")
+
+    def test_sigint_interrupts_await(self):
+        rid = self.repl.send("import asyncio\nprint('waiting', flush=True)\n"
+                             "await asyncio.sleep(60)")
+        self.repl.wait_stdout("waiting\n")
+        time.sleep(0.1)
+        os.kill(self.repl.proc.pid, signal.SIGINT)
+        self.assertEqual(self.error(self.repl.until_done(rid, 5.0))["name"], "KeyboardInterrupt")
+        self.assertEqual(self.result(self.repl.run("await asyncio.sleep(0, result=8)"))["text"], "8")
+
+    def test_large_result_truncated(self):
+        res = self.result(self.repl.run("'x' * 3_000_000"))
+        self.assertEqual(len(res["text"]), (1 << 20) + 3)
+        self.assertTrue(res["text"].startswith("'xxx"))
+        self.assertTrue(res["text"].endswith("..."))
+        self.assertEqual(res["mime"]["text/plain"], res["text"])
+        small = self.result(self.repl.run("'y' * 1000"))
+        self.assertEqual(small["text"], repr("y" * 1000))
+
+    def test_html_repr(self):
+        code = ("class Table:\n    def __repr__(self):\n        return 'Table()'\n"
+                "    def _repr_html_(self):\n        return '<table></table>'\nTable()")
+        res = self.result(self.repl.run(code))
+        self.assertEqual(res["mime"], {"text/plain": "Table()", "text/html": "<table></table>"})
+        broken = ("class Broken:\n    def _repr_html_(self):\n        raise RuntimeError\n"
+                  "    def __repr__(self):\n        return 'Broken()'\nBroken()")
+        self.assertEqual(self.result(self.repl.run(broken))["mime"], {"text/plain": "Broken()"})
+
+    def test_repr_error_is_reported(self):
+        err = self.error(self.repl.run("class R:\n    def __repr__(self):\n"
+                                       "        raise TypeError('no repr')\nR()"))
+        self.assertEqual((err["name"], err["value"]), ("TypeError", "no repr"))
+
+    def test_malformed_json_then_works(self):
+        self.repl.send_raw(b"{not json\n")
+        err = self.repl.frame()
+        self.assertEqual(err["type"], "error")
+        self.assertIsNone(err["id"])
+        self.assertEqual(err["name"], "BadRequest")
+        self.repl.send_raw(b"[1, 2]\n")
+        self.assertEqual(self.repl.frame()["name"], "BadRequest")
+        # With a readable id the request is also closed by a done frame.
+        self.repl.send_raw(b'{"id": "m1", "code": oops}\n')
+        frames = self.repl.until_done("m1")
+        self.assertEqual([(f["type"], f["id"]) for f in frames], [("error", "m1"), ("done", "m1")])
+        self.assertFalse(frames[-1]["ok"])
+        self.repl.send_raw(b'{"id": "m2", "code": 5}\n')
+        self.assertEqual(self.error(self.repl.until_done("m2"))["name"], "BadRequest")
+        self.assertFalse(self.repl.pending(0.2))
+        self.assertEqual(self.result(self.repl.run("2 ** 10"))["text"], "1024")
+
+    def test_request_too_large(self):
+        huge = json.dumps({"id": "big", "code": "# " + "a" * (17 << 20)}).encode() + b"\n"
+        self.repl.send_raw(huge + json.dumps({"id": "after", "code": "'fine'"}).encode() + b"\n")
+        frames = self.repl.until_done("big", timeout=20.0)
+        self.assertEqual(self.error(frames)["name"], "RequestTooLarge")
+        self.assertEqual(self.result(self.repl.until_done("after"))["text"], "'fine'")
+
+    def test_request_under_limit_runs(self):
+        code = "s = '" + "b" * (4 << 20) + "'\nlen(s)"
+        self.assertEqual(self.result(self.repl.run(code, timeout=20.0))["text"], str(4 << 20))
+
+    def test_frames_in_order_and_ids_echoed(self):
+        for rid in ("a", "b", "c"):
+            self.repl.send(f"'{rid}' * 2", rid=rid)
+        for rid in ("a", "b", "c"):
+            frames = self.repl.until_done(rid)
+            self.assertEqual(self.result(frames), {"type": "result", "id": rid, "text": repr(rid * 2),
+                                                   "mime": {"text/plain": repr(rid * 2)}})
+
+    def test_session_is_main_module(self):
+        code = ("import pickle\nclass Point:\n    def __init__(self, x):\n        self.x = x\n"
+                "pickle.loads(pickle.dumps(Point(3))).x, __name__")
+        self.assertEqual(self.result(self.repl.run(code))["text"], "(3, '__main__')")
+        res = self.result(self.repl.run("sorted(k for k in globals() if not k.startswith('__'))"))
+        self.assertEqual(eval(res["text"]), ["Point", "_", "pickle"])
+
+    def test_eof_exits_zero(self):
+        self.repl.run("a = 1")
+        self.repl.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(self.repl.proc.wait(timeout=10), 0)
+        self.assertEqual(self.repl.stderr(), "")
+
+
+class ReplFdTest(unittest.TestCase):
+    def test_control_fd_from_environment(self):
+        repl = Repl(at_fd3=False)
+        self.addCleanup(repl.close)
+        self.assertEqual(repl.frame()["type"], "ready")
+        self.assertEqual(repl.until_done(repl.send("6 * 7"))[0]["text"], "42")
+        repl.sock.close()
+        self.assertEqual(repl.proc.wait(timeout=10), 0)
+
+    def test_no_control_channel(self):
+        proc = subprocess.run([sys.executable, "-u", REPL], stdin=subprocess.DEVNULL,
+                              capture_output=True, env=dict(os.environ, ALCOVE_REPL_FD="97"),
+                              timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"no control channel", proc.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
