@@ -38,6 +38,11 @@ pub fn serve_inherited() -> i32 {
         eprintln!("alcove sandbox-agent: descriptor {raw} is not the daemon's socket");
         return 2;
     }
+    // Never inherited by the commands it starts: only the agent speaks for the sandbox.
+    if let Err(e) = fd::set_cloexec(raw, true) {
+        eprintln!("alcove sandbox-agent: {e}");
+        return 2;
+    }
     // SAFETY: `raw` is open and a socket (checked above), inherited from the
     // daemon for this purpose; nothing else in this process owns or closes it.
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
@@ -118,8 +123,15 @@ impl Agent {
                 Err(failure) => (Reply::Failed { id, failure }, None),
             };
             let attach: Vec<BorrowedFd<'_>> = attach.iter().map(|f| f.as_fd()).collect();
-            if self.send(&reply, &attach).is_err() {
-                return 0;
+            match self.send(&reply, &attach) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    let failure = AgentFailure::invalid("the answer is too long to send");
+                    if self.send(&Reply::Failed { id, failure }, &[]).is_err() {
+                        return 0;
+                    }
+                }
+                Err(_) => return 0,
             }
         }
     }
@@ -156,6 +168,14 @@ impl Agent {
                 let file = open(&path, write)?;
                 let size = file.metadata().ok().map(|m| m.len());
                 Ok((Reply::Done { id, size }, Some(file.into())))
+            }
+            Request::Write { id, path } => {
+                let Some(source) = fds.into_iter().next() else {
+                    return Err(AgentFailure::invalid("a write needs the pipe to read from"));
+                };
+                let file = open(&path, true)?;
+                let pid = self.copier(source, file)?;
+                Ok((Reply::Started { id, pid }, None))
             }
             Request::List { id, path } => {
                 let (entries, truncated) = list(&path)?;
@@ -244,6 +264,36 @@ impl Agent {
         spawned
     }
 
+    /// A child that copies `source` (a pipe) into `file` until its end, so
+    /// the pages it writes are the sandbox's own (its memory and disk
+    /// limits), and this loop stays free. Its exit code is 0, or the errno
+    /// that stopped it.
+    fn copier(&mut self, source: OwnedFd, file: std::fs::File) -> Result<i32, AgentFailure> {
+        let once = process::SingleThreaded::check()
+            .map_err(|e| AgentFailure::io("starting a copy", &e))?;
+        match once
+            .fork()
+            .map_err(|e| AgentFailure::io("starting a copy", &e))?
+        {
+            None => {
+                let mut source = std::fs::File::from(source);
+                let mut file = file;
+                let code =
+                    match std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data()) {
+                        Ok(()) => 0,
+                        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                    };
+                process::exit_now(code)
+            }
+            Some(pid) => {
+                let pidfd = seqpacket::pidfd_open(pid)
+                    .map_err(|e| AgentFailure::io("watching the copy", &e))?;
+                self.running.insert(pid, pidfd);
+                Ok(pid)
+            }
+        }
+    }
+
     fn spawn(&mut self, cmd: &mut Command, program: &str) -> Result<i32, AgentFailure> {
         let child = cmd.spawn().map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => AgentFailure {
@@ -264,26 +314,38 @@ impl Agent {
     }
 }
 
+/// Opens a regular file. Without waiting: a FIFO or a device opens at once
+/// (O_NONBLOCK) and is then refused, so nothing here or in the daemon can
+/// block on a file the sandbox's code made.
 fn open(path: &str, write: bool) -> Result<std::fs::File, AgentFailure> {
     let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
+    let mut options = std::fs::OpenOptions::new();
+    options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
     if write {
         if let Some(parent) = Path::new(path).parent() {
             std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
         }
-        return std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(path)
-            .map_err(|e| what(&e));
+        // Not truncated until it is known to be a regular file.
+        options.write(true).create(true).mode(0o644);
+    } else {
+        options.read(true);
     }
-    let file = std::fs::File::open(path).map_err(|e| what(&e))?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
+    let file = options.open(path).map_err(|e| what(&e))?;
+    let meta = file.metadata().map_err(|e| what(&e))?;
+    if meta.is_dir() {
         return Err(AgentFailure {
             kind: crate::FailureKind::IsADirectory,
             message: format!("{path} is a directory (list it instead)"),
         });
+    }
+    if !meta.is_file() {
+        return Err(AgentFailure::invalid(format!(
+            "{path} is not a regular file (a FIFO, socket or device is not read or written here)"
+        )));
+    }
+    fd::set_nonblocking(file.as_fd(), false).map_err(|e| what(&e))?;
+    if write {
+        file.set_len(0).map_err(|e| what(&e))?;
     }
     Ok(file)
 }
@@ -294,10 +356,18 @@ fn list(path: &str) -> Result<(Vec<Entry>, bool), AgentFailure> {
     let mut names: Vec<std::ffi::OsString> =
         dir.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
     names.sort();
-    let truncated = names.len() > MAX_ENTRIES;
+    let mut truncated = names.len() > MAX_ENTRIES;
     names.truncate(MAX_ENTRIES);
+    let mut bytes = 0;
     let entries = names
         .into_iter()
+        .take_while(|name| {
+            // Each entry costs its name, its path and ~100 bytes of fields.
+            bytes += 2 * name.len() + path.len() + 100;
+            let fits = bytes <= crate::protocol::MAX_LIST_BYTES;
+            truncated |= !fits;
+            fits
+        })
         .filter_map(|name| {
             let full = Path::new(path).join(&name);
             let meta = std::fs::symlink_metadata(&full).ok()?;

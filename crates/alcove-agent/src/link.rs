@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 pub enum LinkError {
     #[error("the sandbox has ended")]
     Gone,
-    #[error("{0}")]
+    #[error(transparent)]
     Failed(#[from] AgentFailure),
     #[error("the sandbox's agent did not answer within {0:?}")]
     Timeout(Duration),
@@ -25,7 +25,15 @@ pub enum LinkError {
     Io(#[source] io::Error),
     #[error("the sandbox's agent sent a reply that does not fit the request")]
     Protocol,
+    #[error("the request is too long for the agent ({0} bytes; at most {max})", max = MAX_MESSAGE)]
+    TooLarge(usize),
 }
+
+/// How long the agent has to answer a request (it answers at once; a
+/// sandbox whose agent does not is frozen, wedged or hostile).
+const ANSWER: Duration = Duration::from_secs(30);
+/// Commands (and copies) one agent may report running at once.
+const MAX_TRACKED: usize = 1024;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +121,39 @@ impl AgentLink {
         }
     }
 
-    pub async fn open(&self, path: &str, write: bool) -> Result<Opened, LinkError> {
+    /// A regular file in the sandbox, opened to read by the agent.
+    pub async fn open(&self, path: &str) -> Result<Opened, LinkError> {
         let id = self.next_id();
         let path = path.to_owned();
+        let write = false;
         match self.ask(Request::Open { id, path, write }, &[]).await? {
-            (Reply::Done { size, .. }, mut fds, _) if fds.len() == 1 => Ok(Opened {
-                file: fds.remove(0),
-                size,
-            }),
+            // The descriptor came from the sandbox: it must be what was asked.
+            (Reply::Done { size, .. }, mut fds, _)
+                if fds.len() == 1 && is_regular_file(&fds[0]) =>
+            {
+                Ok(Opened {
+                    file: fds.remove(0),
+                    size,
+                })
+            }
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// Creates (or truncates) the regular file `path` and starts the agent's
+    /// copy into it: write to the returned pipe and close it; the copy's end
+    /// (code 0, or the errno that stopped it) shows on the watch.
+    pub async fn write(
+        &self,
+        path: &str,
+    ) -> Result<(OwnedFd, watch::Receiver<Option<ExitStatus>>), LinkError> {
+        let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
+        let id = self.next_id();
+        let path = path.to_owned();
+        let answer = self.ask(Request::Write { id, path }, &[read.as_fd()]).await;
+        drop(read);
+        match answer? {
+            (Reply::Started { .. }, _, Some(end)) => Ok((write, end)),
             _ => Err(LinkError::Protocol),
         }
     }
@@ -158,7 +191,11 @@ impl AgentLink {
         let id = self.next_id();
         let path = path.to_owned();
         match self.ask(Request::Watch { id, path }, &[]).await? {
-            (Reply::Done { .. }, mut fds, _) if fds.len() == 1 => Ok(fds.remove(0)),
+            (Reply::Done { .. }, mut fds, _) if fds.len() == 1 && is_inotify(&fds[0]) => {
+                let fd = fds.remove(0);
+                alcove_sys::fd::set_nonblocking(fd.as_fd(), true).map_err(LinkError::Io)?;
+                Ok(fd)
+            }
             _ => Err(LinkError::Protocol),
         }
     }
@@ -181,17 +218,25 @@ impl AgentLink {
     }
 
     async fn ask(&self, request: Request, fds: &[BorrowedFd<'_>]) -> Result<Answer, LinkError> {
-        if *self.shared.gone.borrow() {
-            return Err(LinkError::Gone);
-        }
         let id = request.id();
         let bytes = serde_json::to_vec(&request).map_err(|_| LinkError::Protocol)?;
+        if bytes.len() > MAX_MESSAGE {
+            return Err(LinkError::TooLarge(bytes.len()));
+        }
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            // `gone` is set under this lock too: a request registered here
+            // is answered or dropped, never left waiting.
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *self.shared.gone.borrow() {
+                return Err(LinkError::Gone);
+            }
+            pending.insert(id, tx);
+        }
         // Unregistered however this ends (a caller that gave up included).
         let _unregister = Unregister(&self.shared, id);
         loop {
@@ -203,10 +248,11 @@ impl AgentLink {
                 Err(_would_block) => continue,
             }
         }
-        match rx.await {
-            Ok((Reply::Failed { failure, .. }, _, _)) => Err(LinkError::Failed(failure)),
-            Ok(answer) => Ok(answer),
-            Err(_) => Err(LinkError::Gone),
+        match tokio::time::timeout(ANSWER, rx).await {
+            Err(_) => Err(LinkError::Timeout(ANSWER)),
+            Ok(Ok((Reply::Failed { failure, .. }, _, _))) => Err(LinkError::Failed(failure)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(LinkError::Gone),
         }
     }
 }
@@ -256,44 +302,58 @@ async fn read_replies(shared: Arc<Shared>, ready: oneshot::Sender<i32>) {
                 }
             }
             reply => {
-                let mut end = None;
                 let id = match &reply {
-                    Reply::Started { id, pid } => {
-                        let (tx, rx) = watch::channel(None);
-                        end = Some(rx);
-                        shared
-                            .exits
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(*pid, tx);
-                        *id
-                    }
-                    Reply::Done { id, .. }
+                    Reply::Started { id, .. }
+                    | Reply::Done { id, .. }
                     | Reply::Listed { id, .. }
                     | Reply::Failed { id, .. } => *id,
                     Reply::Ready { .. } | Reply::Exited { .. } => continue,
                 };
-                let tx = shared
+                // Only an answer to a request in flight is taken.
+                let Some(tx) = shared
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                if let Some(tx) = tx {
-                    let _ = tx.send((reply, fds, end));
+                    .remove(&id)
+                else {
+                    continue;
+                };
+                let mut end = None;
+                if let Reply::Started { pid, .. } = &reply {
+                    let mut exits = shared.exits.lock().unwrap_or_else(|e| e.into_inner());
+                    if exits.len() >= MAX_TRACKED || exits.contains_key(pid) || *pid <= 1 {
+                        break; // more than it may run, or a pid it runs already: lying
+                    }
+                    let (exit_tx, exit_rx) = watch::channel(None);
+                    exits.insert(*pid, exit_tx);
+                    end = Some(exit_rx);
                 }
+                let _ = tx.send((reply, fds, end));
             }
         }
     }
     // Every waiter learns the sandbox is gone: pending replies and commands' ends.
-    shared.gone.send_replace(true);
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    {
+        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        shared.gone.send_replace(true);
+        pending.clear();
+    }
     shared
         .exits
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clear();
+}
+
+/// Whether `fd` is a regular file (what an `open` must hand over).
+fn is_regular_file(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|m| m.is_file())
+}
+
+/// Whether `fd` is an inotify descriptor (what a `watch` must hand over).
+fn is_inotify(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
 }

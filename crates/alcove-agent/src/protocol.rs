@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_MESSAGE: usize = 256 << 10;
 /// The most entries one listing returns (it says when it stopped there).
 pub const MAX_ENTRIES: usize = 1000;
+/// About the most bytes one listing's entries take (it stops there too).
+pub const MAX_LIST_BYTES: usize = 128 << 10;
+/// The socket buffer each end gets: room for a [`MAX_MESSAGE`] message.
+pub const SOCKET_BUFFER: i32 = 2 * MAX_MESSAGE as i32;
 
 /// Daemon to agent. Each carries an id its reply repeats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +31,14 @@ pub enum Request {
         id: u64,
         path: String,
         write: bool,
+    },
+    /// Create or truncate a regular file and copy the attached pipe into
+    /// it until its end, in a child of the agent (so the sandbox's limits
+    /// hold what is written); answered `Started`, ended by `Exited` (code 0,
+    /// or the errno that stopped it).
+    Write {
+        id: u64,
+        path: String,
     },
     List {
         id: u64,
@@ -60,6 +72,7 @@ impl Request {
         match self {
             Request::Exec { id, .. }
             | Request::Open { id, .. }
+            | Request::Write { id, .. }
             | Request::List { id, .. }
             | Request::Remove { id, .. }
             | Request::Mkdir { id, .. }

@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::routes::{query_or_error, AppState};
-use alcove_engine::sandboxes::process::{next_output, Output, Stream};
+use alcove_engine::sandboxes::process::{Follower, Output, Stream};
 use alcove_engine::sandboxes::{
     CodeEvent, CreateSandbox, ExecRequest, SandboxState, SandboxesError,
 };
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Largest create, exec or code body.
 const MAX_JSON_BODY: usize = 2 << 20;
@@ -308,12 +308,11 @@ async fn exec(
         return Ok(ndjson(futures_util::stream::iter([started])));
     }
     // What it printed before this attach is kept: nothing is missed.
-    let drained = process.drained();
     let (kept, _, live) = process.attach();
     let replay: Vec<serde_json::Value> =
         kept.into_iter().map(|(st, c)| chunk_line(st, &c)).collect();
     let stream = futures_util::stream::iter(std::iter::once(started).chain(replay))
-        .chain(follow_lines(process, live, drained));
+        .chain(follow_lines(sandbox, process, live));
     Ok(ndjson(stream))
 }
 
@@ -325,21 +324,23 @@ fn chunk_line(stream: Stream, chunk: &[u8]) -> serde_json::Value {
     json!({ "type": kind, "text": String::from_utf8_lossy(chunk) })
 }
 
-/// A command's output lines as they come, then its exit line.
+/// A command's output lines as they come, then its exit line. `using`
+/// keeps the sandbox from an idle pause while the stream lasts.
 fn follow_lines(
+    using: alcove_engine::sandboxes::InUse,
     process: Arc<alcove_engine::sandboxes::process::Process>,
-    live: tokio::sync::broadcast::Receiver<(Stream, Arc<[u8]>)>,
-    drained: tokio::sync::watch::Receiver<bool>,
+    live: tokio::sync::broadcast::Receiver<alcove_engine::sandboxes::process::Chunk>,
 ) -> impl futures_util::Stream<Item = serde_json::Value> + Send + 'static {
-    futures_util::stream::unfold(Some((process, live, drained)), |state| async move {
-        let (process, mut live, mut drained) = state?;
-        match next_output(&mut live, &mut drained).await {
+    let follower = Follower::new(&process, live);
+    futures_util::stream::unfold(Some((using, process, follower)), |state| async move {
+        let (using, process, mut follower) = state?;
+        match follower.next().await {
             Some(Output::Chunk(stream, chunk)) => {
-                Some((chunk_line(stream, &chunk), Some((process, live, drained))))
+                Some((chunk_line(stream, &chunk), Some((using, process, follower))))
             }
             Some(Output::Missed(n)) => Some((
                 json!({ "type": "missed", "chunks": n }),
-                Some((process, live, drained)),
+                Some((using, process, follower)),
             )),
             None => {
                 let mut end = process.end();
@@ -352,6 +353,7 @@ fn follow_lines(
                     "timed_out": process.timed_out(),
                     "sandbox_gone": exit.is_none(),
                 });
+                drop(using);
                 Some((line, None))
             }
         }
@@ -405,11 +407,10 @@ async fn output(State(s): State<AppState>, path: PidPath) -> Result<Response, Ap
     let (id, pid) = path_pid(path)?;
     let sandbox = s.engine.sandbox(&id).await?;
     let process = sandbox.process(pid)?;
-    let drained = process.drained();
     let (kept, dropped, live) = process.attach();
     let mut first = vec![json!({ "type": "attached", "pid": pid, "dropped_bytes": dropped })];
     first.extend(kept.into_iter().map(|(st, c)| chunk_line(st, &c)));
-    let stream = futures_util::stream::iter(first).chain(follow_lines(process, live, drained));
+    let stream = futures_util::stream::iter(first).chain(follow_lines(sandbox, process, live));
     Ok(ndjson(stream))
 }
 
@@ -516,34 +517,13 @@ async fn upload(
     let id = path_id(id)?;
     let PathQuery { path } = query_or_error(query)?;
     let sandbox = s.engine.sandbox(&id).await?;
-    let file = sandbox.create_file(&path).await?;
-    let mut file = tokio::fs::File::from_std(file);
+    let mut file = sandbox.write_file(&path).await?;
     let mut stream = body.into_data_stream();
-    let mut size: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
-        size += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(|e| {
-            let full =
-                e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT);
-            ApiError::new(
-                if full {
-                    StatusCode::INSUFFICIENT_STORAGE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                },
-                if full {
-                    "sandbox_disk_full"
-                } else {
-                    "internal"
-                },
-                format!("writing {path} in the sandbox: {e}"),
-            )
-        })?;
+        file.write(&chunk).await?;
     }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let size = file.finish().await?;
     Ok(Json(json!({ "path": path, "size": size })).into_response())
 }
 
@@ -615,31 +595,38 @@ async fn code(
     }
     let timeout = call_timeout(body.timeout_s, 300)?;
     let sandbox = s.engine.sandbox(&id).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // Few events queued for a slow reader: each may be a 2 MiB frame.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
     // Runs to its end even if the client goes: the session stays consistent.
     tokio::spawn(async move {
-        if let Err(e) = sandbox.run_code(&body.code, timeout, tx.clone()).await {
-            let _ = tx
-                .send(CodeEvent::Frame(json!({
-                    "type": "error", "name": "SandboxError",
-                    "value": alcove_engine::error_chain(&e), "traceback": [],
-                })))
-                .await;
-            let _ = tx
-                .send(CodeEvent::Frame(json!({ "type": "done", "ok": false })))
-                .await;
+        let errors = tx.clone();
+        if let Err(e) = sandbox.run_code(&body.code, timeout, tx).await {
+            let error = json!({
+                "type": "error", "name": "SandboxError",
+                "value": alcove_engine::error_chain(&e), "code": e.code(), "traceback": [],
+            });
+            let _ = errors.send(CodeEvent::Frame(error.to_string())).await;
+            let done = json!({ "type": "done", "ok": false });
+            let _ = errors.send(CodeEvent::Frame(done.to_string())).await;
         }
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = rx.recv().await?;
-        let line = match event {
-            CodeEvent::Stdout(text) => json!({ "type": "stdout", "text": text }),
-            CodeEvent::Stderr(text) => json!({ "type": "stderr", "text": text }),
-            CodeEvent::Frame(frame) => frame,
+        let mut line = match rx.recv().await? {
+            CodeEvent::Stdout(text) => json!({ "type": "stdout", "text": text }).to_string(),
+            CodeEvent::Stderr(text) => json!({ "type": "stderr", "text": text }).to_string(),
+            CodeEvent::Frame(text) => text,
         };
-        Some((line, rx))
+        line.push('\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
     });
-    Ok(ndjson(lines))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 async fn interrupt(

@@ -20,8 +20,13 @@ pub struct AgentProgram {
 
 /// Found once per daemon: the executable and the shared objects it maps.
 pub fn agent_program() -> Result<&'static AgentProgram, String> {
-    static FOUND: OnceLock<Result<AgentProgram, String>> = OnceLock::new();
-    FOUND.get_or_init(find).as_ref().map_err(Clone::clone)
+    static FOUND: OnceLock<AgentProgram> = OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found);
+    }
+    // An error is not kept: the next sandbox looks again.
+    let found = find()?;
+    Ok(FOUND.get_or_init(|| found))
 }
 
 fn find() -> Result<AgentProgram, String> {
@@ -33,22 +38,31 @@ fn find() -> Result<AgentProgram, String> {
     let mut libraries: Vec<PathBuf> = Vec::new();
     let mut loader = None;
     for line in maps.lines() {
-        let Some(path) = line
-            .split_whitespace()
-            .nth(5)
+        // Executable mappings of shared objects only: "ADDR PERMS OFFSET DEV INODE PATH".
+        let mut fields = line.splitn(6, ' ');
+        let perms = fields.nth(1).unwrap_or("");
+        let Some(path) = fields
+            .nth(3)
+            .map(str::trim_start)
             .filter(|p| p.starts_with('/'))
         else {
             continue;
         };
+        if !perms.starts_with("r-x") || path.ends_with(" (deleted)") {
+            continue;
+        }
         let path = Path::new(path);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains(".so")
-            || libraries.iter().any(|l| l == path)
-            || Some(path) == loader.as_deref()
+        let shared_object = name.ends_with(".so")
+            || name.split_once(".so.").is_some_and(|(_, v)| {
+                v.split('.')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+        if !shared_object || libraries.iter().any(|l| l == path) || Some(path) == loader.as_deref()
         {
             continue;
         }
-        if name.starts_with("ld-linux") || name.starts_with("ld64") {
+        if name.starts_with("ld-linux") || name.starts_with("ld64") || name.starts_with("ld-musl") {
             loader = Some(path.to_path_buf());
         } else {
             libraries.push(path.to_path_buf());

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 /// The longest source one call may send.
 pub const MAX_CODE: usize = 1 << 20;
-/// The longest frame the interpreter may send.
-const MAX_FRAME: usize = 4 << 20;
+/// The longest frame the interpreter may send (its result is cut at 1 MiB).
+const MAX_FRAME: usize = 2 << 20;
 /// How long an interpreter has to start.
 const START: Duration = Duration::from_secs(20);
 /// After an interrupt, how long a call has to finish before the
@@ -22,18 +22,39 @@ const START: Duration = Duration::from_secs(20);
 const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
 
 /// What a call streams, in order; `Frame` is one of the interpreter's own
-/// (`result`, `error`, `done`), passed on as it is.
+/// JSON lines (`result`, `error`, `done`), checked to be JSON and passed on
+/// as its text, never parsed into a tree (a hostile interpreter's frame
+/// costs its own size, no more).
 #[derive(Debug, Clone)]
 pub enum CodeEvent {
     Stdout(String),
     Stderr(String),
-    Frame(serde_json::Value),
+    Frame(String),
+}
+
+/// The one field of a frame the daemon reads; the rest is checked, not kept.
+#[derive(serde::Deserialize)]
+struct FrameHead {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// One frame: its type and its text.
+struct Frame {
+    kind: String,
+    text: String,
+}
+
+fn frame_of(value: serde_json::Value) -> CodeEvent {
+    CodeEvent::Frame(value.to_string())
 }
 
 pub(crate) struct Interpreter {
     pid: i32,
     end: watch::Receiver<Option<ExitStatus>>,
     frames: BufReader<tokio::net::unix::OwnedReadHalf>,
+    /// A frame read in part (reading one is not cancel-safe; this keeps it).
+    partial: Vec<u8>,
     requests: tokio::net::unix::OwnedWriteHalf,
     stdout: tokio::net::unix::pipe::Receiver,
     stderr: tokio::net::unix::pipe::Receiver,
@@ -55,7 +76,12 @@ impl LiveSandbox {
                 code.len()
             )));
         }
-        let mut slot = self.code.lock().await;
+        // One call at a time; a second is refused, not queued.
+        let Ok(mut slot) = self.code.try_lock() else {
+            return Err(SandboxesError::Conflict(
+                "a code call is running in this sandbox: wait for it, or interrupt it".into(),
+            ));
+        };
         if slot
             .as_ref()
             .is_none_or(|i| i.end.borrow().is_some() || i.end.has_changed().is_err())
@@ -125,12 +151,17 @@ impl LiveSandbox {
             stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(out_read).map_err(&io)?,
             stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(err_read).map_err(&io)?,
             calls: 0,
+            partial: Vec::new(),
         };
         let ready = tokio::time::timeout(START, interpreter.frame()).await;
+        if !matches!(&ready, Ok(Ok(Some(f))) if f.kind == "ready") {
+            let _ = self.link.signal(pid, libc::SIGKILL).await;
+        }
         match ready {
-            Ok(Ok(Some(frame))) if frame["type"] == "ready" => Ok(interpreter),
+            Ok(Ok(Some(frame))) if frame.kind == "ready" => Ok(interpreter),
             Ok(Ok(Some(other))) => Err(SandboxesError::Start(format!(
-                "the interpreter said {other} instead of ready"
+                "the interpreter said {:?} instead of ready",
+                other.kind
             ))),
             Ok(Ok(None)) | Ok(Err(_)) => {
                 let mut why = String::new();
@@ -152,39 +183,57 @@ impl LiveSandbox {
                     }
                 )))
             }
-            Err(_) => {
-                let _ = self.link.signal(pid, libc::SIGKILL).await;
-                Err(SandboxesError::Start(format!(
-                    "the Python interpreter did not start within {START:?}"
-                )))
-            }
+            Err(_) => Err(SandboxesError::Start(format!(
+                "the Python interpreter did not start within {START:?}"
+            ))),
         }
     }
 }
 
-/// The next JSON frame; None at end of stream.
+/// The next JSON frame; None at end of stream. Cancel-safe: a frame read
+/// in part stays in `partial` for the next call.
 async fn next_frame(
     frames: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-) -> Result<Option<serde_json::Value>, SandboxesError> {
-    {
-        let mut line = Vec::new();
-        let n = frames
-            .take(MAX_FRAME as u64)
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(SandboxesError::io("reading the interpreter"))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        serde_json::from_slice(&line).map(Some).map_err(|_| {
-            SandboxesError::Start("the interpreter sent a frame that is not JSON".into())
-        })
+    partial: &mut Vec<u8>,
+) -> Result<Option<Frame>, SandboxesError> {
+    let room = (MAX_FRAME + 1).saturating_sub(partial.len()) as u64;
+    let n = (&mut *frames)
+        .take(room)
+        .read_until(b'\n', partial)
+        .await
+        .map_err(SandboxesError::io("reading the interpreter"))?;
+    if n == 0 && partial.is_empty() {
+        return Ok(None);
     }
+    if partial.last() != Some(&b'\n') {
+        if partial.len() > MAX_FRAME || n == 0 {
+            return Err(SandboxesError::Start(
+                "the interpreter sent a frame too long, or cut short".into(),
+            ));
+        }
+        // Not a whole line yet (the read stopped at `room`): never here for a
+        // well-formed frame; treat as too long.
+        return Err(SandboxesError::Start(
+            "the interpreter sent a frame too long".into(),
+        ));
+    }
+    let line = std::mem::take(partial);
+    let head: FrameHead = serde_json::from_slice(&line).map_err(|_| {
+        SandboxesError::Start("the interpreter sent a frame that is not JSON".into())
+    })?;
+    let mut text = String::from_utf8(line).map_err(|_| {
+        SandboxesError::Start("the interpreter sent a frame that is not UTF-8".into())
+    })?;
+    text.truncate(text.trim_end().len());
+    Ok(Some(Frame {
+        kind: head.kind,
+        text,
+    }))
 }
 
 impl Interpreter {
-    async fn frame(&mut self) -> Result<Option<serde_json::Value>, SandboxesError> {
-        next_frame(&mut self.frames).await
+    async fn frame(&mut self) -> Result<Option<Frame>, SandboxesError> {
+        next_frame(&mut self.frames, &mut self.partial).await
     }
 
     async fn call(
@@ -217,36 +266,41 @@ impl Interpreter {
             pid,
             end,
             frames,
+            partial,
             stdout,
             stderr,
             ..
         } = self;
         let pid = *pid;
+        // A stream at its end (the code closed its fd 1, say) is not polled again.
+        let (mut out_open, mut err_open) = (true, true);
         loop {
             tokio::select! {
-                n = stdout.read(&mut out) => {
-                    if let Ok(n @ 1..) = n {
+                n = stdout.read(&mut out), if out_open => match n {
+                    Ok(n @ 1..) => {
                         let _ = events.send(CodeEvent::Stdout(String::from_utf8_lossy(&out[..n]).into_owned())).await;
                     }
-                }
-                n = stderr.read(&mut err) => {
-                    if let Ok(n @ 1..) = n {
+                    _ => out_open = false,
+                },
+                n = stderr.read(&mut err), if err_open => match n {
+                    Ok(n @ 1..) => {
                         let _ = events.send(CodeEvent::Stderr(String::from_utf8_lossy(&err[..n]).into_owned())).await;
                     }
-                }
-                frame = next_frame(frames) => {
+                    _ => err_open = false,
+                },
+                frame = next_frame(frames, partial) => {
                     let Some(frame) = frame? else {
                         let why = match *end.borrow() {
                             Some(ExitStatus { signal: Some(9), .. }) => "the interpreter was killed (out of memory, or the sandbox's limits)",
                             _ => "the interpreter exited",
                         };
-                        let _ = events.send(CodeEvent::Frame(serde_json::json!({
+                        let _ = events.send(frame_of(serde_json::json!({
                             "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
                         }))).await;
                         let _ = events.send(done_failed()).await;
                         return Ok(false);
                     };
-                    let done = frame["type"] == "done";
+                    let done = frame.kind == "done";
                     if done {
                         // It flushed before saying done: its output is in the pipes.
                         for (pipe, is_err) in [(&mut *stdout, false), (&mut *stderr, true)] {
@@ -257,7 +311,7 @@ impl Interpreter {
                             }
                         }
                     }
-                    let _ = events.send(CodeEvent::Frame(frame)).await;
+                    let _ = events.send(CodeEvent::Frame(frame.text)).await;
                     if done {
                         return Ok(true);
                     }
@@ -270,7 +324,7 @@ impl Interpreter {
                             deadline.as_mut().reset(tokio::time::Instant::now() + AFTER_INTERRUPT);
                         }
                         Some(()) => {
-                            let _ = events.send(CodeEvent::Frame(serde_json::json!({
+                            let _ = events.send(frame_of(serde_json::json!({
                                 "type": "error", "name": "TimeoutError",
                                 "value": format!("the code ran past {timeout:?} and did not stop when interrupted; the interpreter was restarted (its variables are gone)"),
                                 "traceback": [],
@@ -286,7 +340,7 @@ impl Interpreter {
 }
 
 fn done_failed() -> CodeEvent {
-    CodeEvent::Frame(serde_json::json!({ "type": "done", "ok": false }))
+    frame_of(serde_json::json!({ "type": "done", "ok": false }))
 }
 
 struct ClearPid<'a>(&'a std::sync::atomic::AtomicI32);

@@ -16,6 +16,8 @@ pub enum SandboxesError {
     NoProcess(i32),
     #[error("{0}")]
     Conflict(String),
+    #[error("the sandbox's disk is full (give it more with `disk` at create)")]
+    DiskFull,
     #[error("the sandbox could not be started: {0}")]
     Start(String),
     #[error(transparent)]
@@ -41,6 +43,7 @@ impl SandboxesError {
             SandboxesError::TooMany(_) => "too_many_sandboxes",
             SandboxesError::NoProcess(_) => "process_not_found",
             SandboxesError::Conflict(_) => "conflict",
+            SandboxesError::DiskFull => "sandbox_disk_full",
             SandboxesError::Start(_) | SandboxesError::Io { .. } => "internal",
             SandboxesError::Agent(LinkError::Gone) => "sandbox_gone",
             SandboxesError::Agent(LinkError::Failed(f)) => match f.kind {
@@ -53,6 +56,7 @@ impl SandboxesError {
                 FailureKind::Invalid => "invalid_request",
                 FailureKind::Other => "failed",
             },
+            SandboxesError::Agent(LinkError::TooLarge(_)) => "invalid_request",
             SandboxesError::Agent(_) => "agent_failed",
         }
     }
@@ -66,6 +70,7 @@ impl SandboxesError {
             "permission_denied" => 403,
             "conflict" | "already_exists" | "directory_not_empty" => 409,
             "sandbox_gone" => 410,
+            "sandbox_disk_full" => 507,
             "failed" => 422,
             _ => 500,
         }

@@ -31,14 +31,22 @@ impl LiveSandbox {
         &self,
         path: &str,
     ) -> Result<(std::fs::File, Option<u64>), SandboxesError> {
-        let opened = self.link.open(&sandbox_path(path)?, false).await?;
+        let opened = self.link.open(&sandbox_path(path)?).await?;
         Ok((std::fs::File::from(opened.file), opened.size))
     }
 
-    /// The file at `path`, created or truncated (its parents made), to write.
-    pub async fn create_file(&self, path: &str) -> Result<std::fs::File, SandboxesError> {
-        let opened = self.link.open(&sandbox_path(path)?, true).await?;
-        Ok(std::fs::File::from(opened.file))
+    /// Starts writing the file at `path` (created or truncated, its parents
+    /// made): the sandbox's agent copies what is written to the returned
+    /// writer into it, so its memory and disk limits hold the bytes.
+    pub async fn write_file(&self, path: &str) -> Result<FileWriter, SandboxesError> {
+        let (pipe, end) = self.link.write(&sandbox_path(path)?).await?;
+        let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(pipe)
+            .map_err(SandboxesError::io("writing a file"))?;
+        Ok(FileWriter {
+            pipe: Some(pipe),
+            end,
+            written: 0,
+        })
     }
 
     pub async fn list_files(&self, path: &str) -> Result<(Vec<Entry>, bool), SandboxesError> {
@@ -57,7 +65,70 @@ impl LiveSandbox {
     pub async fn watch_dir(&self, path: &str) -> Result<WatchStream, SandboxesError> {
         let dir = sandbox_path(path)?;
         let fd = self.link.watch(&dir).await?;
-        WatchStream::new(fd, dir)
+        WatchStream::new(fd, dir, self.link.gone())
+    }
+}
+
+/// A file being written in a sandbox.
+pub struct FileWriter {
+    pipe: Option<tokio::net::unix::pipe::Sender>,
+    end: tokio::sync::watch::Receiver<Option<alcove_agent::ExitStatus>>,
+    written: u64,
+}
+
+impl FileWriter {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SandboxesError> {
+        use tokio::io::AsyncWriteExt;
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Err(SandboxesError::Conflict("the file is closed".into()));
+        };
+        if pipe.write_all(bytes).await.is_err() {
+            // The copy stopped (its file system is full, say): its end says why.
+            self.pipe = None;
+            return self.finish_inner().await.map(drop);
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the file and waits for the sandbox's copy to end: the bytes written.
+    pub async fn finish(mut self) -> Result<u64, SandboxesError> {
+        self.pipe = None;
+        self.finish_inner().await
+    }
+
+    async fn finish_inner(&mut self) -> Result<u64, SandboxesError> {
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            self.end.wait_for(|e| e.is_some()),
+        )
+        .await;
+        let status = match ended {
+            Ok(Ok(status)) => *status,
+            Ok(Err(_)) => return Err(SandboxesError::Agent(alcove_agent::LinkError::Gone)),
+            Err(_) => {
+                return Err(SandboxesError::Conflict(
+                    "the sandbox did not finish writing the file within 60 s (is it paused?)"
+                        .into(),
+                ))
+            }
+        };
+        match status {
+            Some(alcove_agent::ExitStatus { code: Some(0), .. }) => Ok(self.written),
+            Some(alcove_agent::ExitStatus {
+                code: Some(libc::ENOSPC) | Some(libc::EDQUOT),
+                ..
+            }) => Err(SandboxesError::DiskFull),
+            Some(alcove_agent::ExitStatus {
+                code: Some(errno), ..
+            }) => Err(SandboxesError::Io {
+                what: "writing the file in the sandbox",
+                source: std::io::Error::from_raw_os_error(errno),
+            }),
+            _ => Err(SandboxesError::Conflict(
+                "the sandbox's copy was killed (its memory limit?)".into(),
+            )),
+        }
     }
 }
 
@@ -65,11 +136,17 @@ impl LiveSandbox {
 pub struct WatchStream {
     fd: AsyncFd<OwnedFd>,
     dir: String,
+    /// The sandbox ended: so does the stream.
+    gone: tokio::sync::watch::Receiver<bool>,
     pending: std::collections::VecDeque<WatchEvent>,
 }
 
 impl WatchStream {
-    fn new(fd: OwnedFd, dir: String) -> Result<Self, SandboxesError> {
+    fn new(
+        fd: OwnedFd,
+        dir: String,
+        gone: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, SandboxesError> {
         // SAFETY: an OwnedFd is a valid open descriptor whose as_raw_fd never
         // changes, and the AsyncFd owns it until it is dropped.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| SandboxesError::Io {
@@ -79,6 +156,7 @@ impl WatchStream {
         Ok(WatchStream {
             fd,
             dir,
+            gone,
             pending: Default::default(),
         })
     }
@@ -90,7 +168,10 @@ impl WatchStream {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            let mut ready = self.fd.readable().await.ok()?;
+            let mut ready = tokio::select! {
+                ready = self.fd.readable() => ready.ok()?,
+                _ = self.gone.wait_for(|g| *g) => return None,
+            };
             let n = match ready.try_io(|fd| alcove_sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
                 Err(_would_block) => continue,
                 Ok(Ok(0)) | Ok(Err(_)) => return None,

@@ -11,7 +11,7 @@ use alcove_agent::{AgentLink, AGENT_FD_ENV};
 use alcove_sandbox::{NetMode, RunOptions, SandboxSpec, UsageWatch};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,6 +107,49 @@ pub struct LiveSandbox {
     pub(super) code: tokio::sync::Mutex<Option<super::code::Interpreter>>,
     /// The interpreter's pid while a call runs in it (for interrupts), else 0.
     pub(super) code_pid: std::sync::atomic::AtomicI32,
+    /// Calls and streams in flight ([`InUse`] guards).
+    in_use: std::sync::atomic::AtomicUsize,
+    /// A failed idle pause is not tried again before this time.
+    no_idle_pause_until: Mutex<f64>,
+}
+
+/// A call or stream using a sandbox: while one lives the sandbox is not
+/// idle; when it ends, the idle clock starts again.
+pub struct InUse(Arc<LiveSandbox>);
+
+impl InUse {
+    fn new(sandbox: Arc<LiveSandbox>) -> Self {
+        sandbox
+            .in_use
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sandbox
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_used = now();
+        InUse(sandbox)
+    }
+}
+
+impl std::ops::Deref for InUse {
+    type Target = Arc<LiveSandbox>;
+
+    fn deref(&self) -> &Arc<LiveSandbox> {
+        &self.0
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_used = now();
+        self.0
+            .in_use
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Records the run's cgroup2 directory for the freezer.
@@ -142,6 +185,43 @@ fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, Sandboxe
                 .map_err(|e| SandboxesError::Invalid(format!("{what} {t:?}: {e}")))
         })
         .transpose()
+}
+
+/// The agent's command, its binds and the runtime's, and the image's root
+/// (leased while the sandbox lives).
+fn base_spec(
+    engine: &Engine,
+    image: Option<&str>,
+) -> Result<(SandboxSpec, Option<alcove_image::Lease>), SandboxesError> {
+    let program = agent_program().map_err(SandboxesError::Start)?;
+    let mut spec = SandboxSpec::new(program.argv.iter().map(Into::into).collect());
+    spec.binds.extend(program.binds.iter().cloned());
+    let runtime = alcove_warm::runtime::install()
+        .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?;
+    spec.binds.push(alcove_sandbox::Bind {
+        source: runtime.to_path_buf(),
+        target: runtime.to_path_buf(),
+        writable: false,
+        device: false,
+    });
+    let Some(name) = image else {
+        return Ok((spec, None));
+    };
+    let store = engine
+        .image_store()
+        .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
+    let (record, held) = store.lease(name).map_err(|e| {
+        SandboxesError::Invalid(format!(
+            "image {name:?}: {} (import it with `alcove image import`)",
+            alcove_sandbox::error_chain(&e)
+        ))
+    })?;
+    let argv = std::mem::take(&mut spec.argv);
+    spec.argv = vec!["-".into()]; // keeps apply_image from using the image's command
+    crate::image::apply_image(&mut spec, store, &record, false, true)
+        .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
+    spec.argv = argv;
+    Ok((spec, Some(held)))
 }
 
 /// Starts the sandbox's run on a thread and waits for its agent.
@@ -203,45 +283,33 @@ pub(super) async fn start(
             )));
         }
     }
+    // Files live in memory (tmpfs): no more than a sandbox's memory may be.
     let disk = parse_size("disk", &req.disk)?.unwrap_or(256 << 20);
-    if !((1 << 20)..=(64u64 << 30)).contains(&disk) {
+    if !((1 << 20)..=fl.max_memory_bytes).contains(&disk) {
         return Err(SandboxesError::Invalid(format!(
-            "disk {disk} bytes: give 1M to 64G"
+            "disk {disk} bytes: give 1M to {} (--max-memory: files live in memory)",
+            alcove_sandbox::units::format_size(fl.max_memory_bytes)
         )));
     }
 
-    let program = agent_program().map_err(SandboxesError::Start)?;
+    // Files and locks (the agent's program, the runtime, the image store):
+    // off the async threads.
+    let for_spec = Arc::clone(engine);
+    let image = req.image.clone();
+    let (mut spec, lease) =
+        tokio::task::spawn_blocking(move || base_spec(&for_spec, image.as_deref()))
+            .await
+            .map_err(|_| SandboxesError::Start("preparing the sandbox failed".into()))??;
     let (daemon_end, agent_end) = alcove_sys::unix::seqpacket_pair()
         .map_err(SandboxesError::io("making the agent's socket"))?;
-    let agent_end = Arc::new(agent_end);
-    let mut spec = SandboxSpec::new(program.argv.iter().map(Into::into).collect());
-    spec.binds.extend(program.binds.iter().cloned());
-    let runtime = alcove_warm::runtime::install()
-        .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?;
-    spec.binds.push(alcove_sandbox::Bind {
-        source: runtime.to_path_buf(),
-        target: runtime.to_path_buf(),
-        writable: false,
-        device: false,
-    });
-    let mut lease = None;
-    if let Some(name) = &req.image {
-        let store = engine
-            .image_store()
-            .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
-        let (image, held) = store.lease(name).map_err(|e| {
-            SandboxesError::Invalid(format!(
-                "image {name:?}: {} (import it with `alcove image import`)",
-                alcove_sandbox::error_chain(&e)
-            ))
-        })?;
-        let argv = std::mem::take(&mut spec.argv);
-        spec.argv = vec!["-".into()]; // keeps apply_image from using the image's command
-        crate::image::apply_image(&mut spec, store, &image, false, true)
-            .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
-        spec.argv = argv;
-        lease = Some(held);
+    for end in [&daemon_end, &agent_end] {
+        alcove_sys::seqpacket::force_send_buffer(
+            end.as_fd(),
+            alcove_agent::protocol::SOCKET_BUFFER,
+        )
+        .map_err(SandboxesError::io("sizing the agent's socket"))?;
     }
+    let agent_end = Arc::new(agent_end);
     spec.workdir = HOME.into();
     spec.writable_workdir = true;
     spec.hostname = "sandbox".into();
@@ -260,6 +328,9 @@ pub(super) async fn start(
     spec.limits.cpus = req.cpus;
     spec.limits.tmpfs_bytes = disk;
     spec.limits.timeout = None; // the daemon's clock ends it (the timeout can be extended)
+                                // The agent's own stdio: nothing of the daemon's, and what it says is logged.
+    spec.stdio = alcove_sandbox::Stdio::Capture { stdin: Vec::new() };
+    spec.limits.output_bytes = Some(64 << 10);
     spec.validate()
         .map_err(|e| SandboxesError::Invalid(e.to_string()))?;
 
@@ -287,7 +358,8 @@ pub(super) async fn start(
                     let _ = failed_tx.send(alcove_sandbox::error_chain(&e));
                 }
                 Ok(outcome) => {
-                    tracing::info!(status = ?outcome.status, "agent sandbox ended");
+                    let said = String::from_utf8_lossy(&outcome.stderr);
+                    tracing::info!(status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
                 }
             }
             ended_tx.send_replace(true);
@@ -335,6 +407,8 @@ pub(super) async fn start(
         freezer: tokio::sync::Mutex::new(()),
         code: tokio::sync::Mutex::new(None),
         code_pid: Default::default(),
+        in_use: Default::default(),
+        no_idle_pause_until: Mutex::new(0.0),
     }))
 }
 
@@ -381,20 +455,21 @@ impl LiveSandbox {
         let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         clock.state == SandboxState::Running
             && clock.idle_pause_s > 0
+            && self.in_use.load(std::sync::atomic::Ordering::Relaxed) == 0
             && now - clock.last_used >= clock.idle_pause_s as f64
     }
 
-    /// A call arrived: it counts as use, and a paused sandbox resumes first.
-    pub(super) async fn touch(&self) -> Result<(), SandboxesError> {
-        let paused = {
-            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-            clock.last_used = now();
-            clock.state == SandboxState::Paused
-        };
+    /// A call arrived: it counts as use until the guard is dropped (no idle
+    /// pause meanwhile), and a paused sandbox resumes first.
+    pub(super) async fn touch(self: &Arc<Self>) -> Result<InUse, SandboxesError> {
+        let _one_at_a_time = self.freezer.lock().await;
+        let guard = InUse::new(Arc::clone(self));
+        let paused =
+            self.clock.lock().unwrap_or_else(|e| e.into_inner()).state == SandboxState::Paused;
         if paused {
-            self.pause(false).await?;
+            self.set_frozen(false).await?;
         }
-        Ok(())
+        Ok(guard)
     }
 
     /// Sets the timeout to `seconds` from now.
@@ -414,16 +489,47 @@ impl LiveSandbox {
     }
 
     /// Freezes (`true`) or thaws the whole sandbox through its cgroup: its
-    /// processes stop where they are, memory and files kept.
+    /// processes stop where they are, memory and files kept. Calls in flight
+    /// wait for a resume (their agent answers within 30 s or they fail).
     pub async fn pause(&self, frozen: bool) -> Result<SandboxInfo, SandboxesError> {
         let _one_at_a_time = self.freezer.lock().await;
+        self.set_frozen(frozen).await?;
+        Ok(self.info())
+    }
+
+    /// The reaper's pause: only when no call has been in flight for
+    /// `idle_pause_s`, re-checked under the freezer's lock; after a freeze
+    /// that failed, not again for a minute.
+    pub(super) async fn pause_if_idle(&self) {
+        let _one_at_a_time = self.freezer.lock().await;
+        let now = now();
+        if !self.idle_for_pause(now)
+            || now
+                < *self
+                    .no_idle_pause_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+        {
+            return;
+        }
+        if let Err(e) = self.set_frozen(true).await {
+            tracing::warn!(sandbox = %self.id, error = %e, "idle pause failed; not tried again for a minute");
+            *self
+                .no_idle_pause_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = now + 60.0;
+        }
+    }
+
+    /// Call with the freezer's lock held.
+    async fn set_frozen(&self, frozen: bool) -> Result<(), SandboxesError> {
         let want = if frozen {
             SandboxState::Paused
         } else {
             SandboxState::Running
         };
         if self.clock.lock().unwrap_or_else(|e| e.into_inner()).state == want {
-            return Ok(self.info());
+            return Ok(());
         }
         let dir = self
             .cgroup
@@ -438,12 +544,10 @@ impl LiveSandbox {
         tokio::task::spawn_blocking(move || freeze(&dir, frozen))
             .await
             .map_err(|_| SandboxesError::Start("the freezer's thread failed".into()))??;
-        {
-            let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-            clock.state = want;
-            clock.last_used = now();
-        }
-        Ok(self.info())
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        clock.state = want;
+        clock.last_used = now();
+        Ok(())
     }
 
     /// Ends the sandbox and waits (up to 10 s) until its run has torn it down.
@@ -471,7 +575,12 @@ impl LiveSandbox {
         check_env(&req.env)?;
         {
             let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-            if processes.values().filter(|p| p.running()).count() >= MAX_RUNNING {
+            if processes
+                .values()
+                .filter(|p| p.running() || p.holds_pipes())
+                .count()
+                >= MAX_RUNNING
+            {
                 return Err(SandboxesError::Conflict(format!(
                     "{MAX_RUNNING} commands run in this sandbox already; wait for or kill some"
                 )));
@@ -482,15 +591,17 @@ impl LiveSandbox {
         let (out_read, out_write) = pipe()?;
         let (err_read, err_write) = pipe()?;
         let cmd = req.argv.join(" ");
-        let (pid, end) = self
-            .link
-            .exec(
-                req.argv,
-                req.env,
-                req.cwd,
-                vec![in_read, out_write, err_write],
-            )
-            .await?;
+        // In a task of its own: a caller that goes away mid-start cannot
+        // leave a command running that nothing tracks.
+        let link = self.link.clone();
+        let (argv, env, cwd) = (req.argv, req.env, req.cwd);
+        let started = tokio::spawn(async move {
+            link.exec(argv, env, cwd, vec![in_read, out_write, err_write])
+                .await
+        });
+        let (pid, end) = started
+            .await
+            .map_err(|_| SandboxesError::Start("starting the command failed".into()))??;
         let stdin = match (&req.stdin, req.keep_stdin_open) {
             (None, false) => None, // closed: the command reads end of file
             _ => Some(in_write),
@@ -521,7 +632,7 @@ impl LiveSandbox {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         let mut finished: Vec<i32> = processes
             .values()
-            .filter(|p| !p.running())
+            .filter(|p| !p.running() && !p.holds_pipes())
             .map(|p| p.pid)
             .collect();
         if finished.len() >= FINISHED_KEPT {

@@ -14,8 +14,8 @@ pub mod process;
 
 pub use code::CodeEvent;
 pub use error::SandboxesError;
-pub use files::WatchStream;
-pub use live::{ExecRequest, LiveSandbox, SandboxInfo, SandboxState};
+pub use files::{FileWriter, WatchStream};
+pub use live::{ExecRequest, InUse, LiveSandbox, SandboxInfo, SandboxState};
 
 use crate::engine::Engine;
 use serde::Deserialize;
@@ -183,9 +183,20 @@ impl Engine {
         // Gone from the registry when it ends, however it ends.
         let me = Arc::downgrade(self);
         let mut ended = sandbox.ended();
+        let mut gone = sandbox.link.gone();
+        let weak = Arc::downgrade(&sandbox);
         let id = sandbox.id.clone();
         tokio::spawn(async move {
-            let _ = ended.wait_for(|e| *e).await;
+            let agent_gone = tokio::select! {
+                _ = ended.wait_for(|e| *e) => false,
+                _ = gone.wait_for(|g| *g) => true,
+            };
+            // An agent that hung up or was cut off: the sandbox is useless; end it.
+            if agent_gone {
+                if let Some(s) = weak.upgrade() {
+                    s.kill().await;
+                }
+            }
             if let Some(engine) = me.upgrade() {
                 engine.sandboxes.take(&id);
             }
@@ -193,11 +204,10 @@ impl Engine {
         Ok(info)
     }
 
-    /// The sandbox `id`, for what is asked of it (resumed if paused).
-    pub async fn sandbox(&self, id: &str) -> Result<Arc<LiveSandbox>, SandboxesError> {
-        let sandbox = self.sandboxes.get(id)?;
-        sandbox.touch().await?;
-        Ok(sandbox)
+    /// The sandbox `id`, for what is asked of it (resumed if paused), in
+    /// use (not idle) while the guard lives.
+    pub async fn sandbox(&self, id: &str) -> Result<InUse, SandboxesError> {
+        self.sandboxes.get(id)?.touch().await
     }
 
     /// The sandbox `id` as it is, without resuming it (to pause it, say).
@@ -259,7 +269,8 @@ impl Engine {
                             tokio::spawn(async move { s.kill().await });
                         }
                     } else if sandbox.idle_for_pause(now) {
-                        let _ = sandbox.pause(true).await;
+                        // Its own task: a slow freeze holds up no other sandbox.
+                        tokio::spawn(async move { sandbox.pause_if_idle().await });
                     }
                 }
             }

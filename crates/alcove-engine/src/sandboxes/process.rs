@@ -123,13 +123,7 @@ impl Process {
     /// What it printed so far (and how many earlier bytes were dropped), and
     /// a receiver for what it prints from now on, taken together so that
     /// nothing falls between them.
-    pub fn attach(
-        &self,
-    ) -> (
-        Vec<Chunk>,
-        u64,
-        broadcast::Receiver<Chunk>,
-    ) {
+    pub fn attach(&self) -> (Vec<Chunk>, u64, broadcast::Receiver<Chunk>) {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         (
             kept.chunks.iter().cloned().collect(),
@@ -166,37 +160,78 @@ impl Process {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Its pipes are still open (it, or what it started, may still print).
+    pub fn holds_pipes(&self) -> bool {
+        !*self.drained.borrow()
+    }
+
     pub fn running(&self) -> bool {
         self.end.borrow().is_none() && self.end.has_changed().is_ok()
     }
 }
 
-/// The next thing an attached client sees, or None once the command's
-/// output is drained (both pipes closed) and all of it was seen.
-pub async fn next_output(
-    live: &mut broadcast::Receiver<Chunk>,
-    drained: &mut watch::Receiver<bool>,
-) -> Option<Output> {
-    loop {
-        if *drained.borrow_and_update() {
-            // Every chunk was sent before the drain: what is queued is the rest.
-            return match live.try_recv() {
-                Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Output::Missed(n)),
-                Err(_) => None,
-            };
+/// How long after a command's end its output may still come (from what
+/// it started in the background, holding its stdout) before a client's
+/// stream ends anyway.
+const AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A client's view of a command's output, to its end.
+pub struct Follower {
+    live: broadcast::Receiver<Chunk>,
+    drained: watch::Receiver<bool>,
+    end: watch::Receiver<Option<ExitStatus>>,
+    cutoff: Option<tokio::time::Instant>,
+}
+
+impl Follower {
+    pub fn new(process: &Process, live: broadcast::Receiver<Chunk>) -> Self {
+        Follower {
+            live,
+            drained: process.drained(),
+            end: process.end(),
+            cutoff: None,
         }
-        tokio::select! {
-            biased;
-            got = live.recv() => return match got {
-                Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
-                Err(broadcast::error::RecvError::Lagged(n)) => Some(Output::Missed(n)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            },
-            changed = drained.changed() => {
-                if changed.is_err() {
-                    return None;
+    }
+
+    /// The next output, or None once all of it was seen (both pipes closed),
+    /// or the command ended [`AFTER_EXIT`] ago with its pipes still held
+    /// open by something it started.
+    pub async fn next(&mut self) -> Option<Output> {
+        loop {
+            if *self.drained.borrow_and_update() {
+                // Every chunk was sent before the drain: what is queued is the rest.
+                return match self.live.try_recv() {
+                    Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Output::Missed(n)),
+                    Err(_) => None,
+                };
+            }
+            if self.cutoff.is_none()
+                && (self.end.borrow().is_some() || self.end.has_changed().is_err())
+            {
+                self.cutoff = Some(tokio::time::Instant::now() + AFTER_EXIT);
+            }
+            let cutoff = self.cutoff;
+            let until_cutoff = async move {
+                match cutoff {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                biased;
+                got = self.live.recv() => return match got {
+                    Ok((stream, chunk)) => Some(Output::Chunk(stream, chunk)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Some(Output::Missed(n)),
+                    Err(broadcast::error::RecvError::Closed) => None,
+                },
+                changed = self.drained.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.end.changed(), if self.cutoff.is_none() => {}
+                () = until_cutoff => return None,
             }
         }
     }

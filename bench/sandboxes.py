@@ -1,0 +1,161 @@
+"""The measuring half of bench/sandboxes.sh (see there). Talks to the daemon
+with http.client on one kept-alive connection, reads every NDJSON stream to
+its end, and prints medians, the p10-p90 spread and ratios."""
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import time
+import uuid
+
+SERVER = os.environ["ALCOVE_SERVER"].removeprefix("http://")
+TOKEN = os.environ["ALCOVE_TOKEN"]
+ROUNDS = int(os.environ.get("ROUNDS", "100"))
+IDLE = int(os.environ.get("IDLE", "1000"))
+BUNDLE = os.environ.get("BUNDLE") or None
+DAEMON_PID = int(os.environ["DAEMON_PID"])
+
+conn = http.client.HTTPConnection(SERVER, timeout=120)
+
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = conn.getresponse()
+    raw = r.read()
+    if r.status >= 400:
+        raise RuntimeError(f"{method} {path}: {r.status} {raw[:300]!r}")
+    if r.headers.get("content-type", "").startswith("application/x-ndjson"):
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return json.loads(raw) if raw else None
+
+
+def ms(f):
+    t = time.perf_counter()
+    f()
+    return (time.perf_counter() - t) * 1e3
+
+
+def exec_true(sid):
+    lines = call("POST", f"/v1/sandboxes/{sid}/exec", {"cmd": ["true"]})
+    assert lines[-1]["type"] == "exit" and lines[-1]["code"] == 0, lines
+
+
+def stats(xs):
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=10)
+    return statistics.median(xs), q[0], q[-1]
+
+
+def row(name, xs, peer=None):
+    p50, p10, p90 = stats(xs)
+    line = f"  {name:<44} p50 {p50:8.3f} ms   (p10 {p10:7.3f}, p90 {p90:8.3f})"
+    if peer is not None:
+        line += f"   {p50 / stats(peer)[0]:.2f}x of {peer_name[id(peer)]}"
+    print(line)
+    return p50
+
+
+peer_name = {}
+
+
+def floor_true():
+    subprocess.run(["true"], check=True)
+
+
+def crun_true():
+    cid = "sbbench-" + uuid.uuid4().hex[:8]
+    subprocess.run(["crun", "run", "--bundle", BUNDLE, cid], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main():
+    print(f"rounds: {ROUNDS}, idle sandboxes: {IDLE}")
+    # Warm everything once (first start loads what later ones share).
+    first = call("POST", "/v1/sandboxes", {})
+    exec_true(first["id"])
+    call("DELETE", f"/v1/sandboxes/{first['id']}")
+
+    create_first, floor, crun, removes = [], [], [], []
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        sb = call("POST", "/v1/sandboxes", {})
+        exec_true(sb["id"])
+        create_first.append((time.perf_counter() - t) * 1e3)
+        removes.append(ms(lambda: call("DELETE", f"/v1/sandboxes/{sb['id']}")))
+        floor.append(ms(floor_true))
+        if BUNDLE:
+            crun.append(ms(crun_true))
+    peer_name[id(floor)] = "fork+exec floor"
+    peer_name[id(crun)] = "crun run (true)"
+    print("\n1. create to first exec (`true`), interleaved:")
+    row("alcove: create + exec true", create_first, floor)
+    if crun:
+        print(f"  {'':<44} {stats(create_first)[0] / stats(crun)[0]:.2f}x of crun run (true)")
+        row("crun run of a busybox bundle (true)", crun, floor)
+    row("fork+exec floor (subprocess.run true)", floor)
+    row("alcove: remove (kill, wait, teardown)", removes)
+
+    sb = call("POST", "/v1/sandboxes", {"timeout_s": 3600})
+    sid = sb["id"]
+    execs, floor2 = [], []
+    for _ in range(ROUNDS):
+        execs.append(ms(lambda: exec_true(sid)))
+        floor2.append(ms(floor_true))
+    peer_name[id(floor2)] = "fork+exec floor"
+    print("\n2. exec round trip in a live sandbox, over the API:")
+    row("alcove: POST exec true, read to exit", execs, floor2)
+    row("fork+exec floor", floor2)
+
+    call("POST", f"/v1/sandboxes/{sid}/code", {"code": "x = 1"})
+    code, cold = [], []
+    for _ in range(ROUNDS):
+        def one():
+            lines = call("POST", f"/v1/sandboxes/{sid}/code", {"code": "1+1"})
+            assert any(l.get("text") == "2" for l in lines), lines
+        code.append(ms(one))
+        cold.append(ms(lambda: subprocess.run(["python3", "-c", "1+1"], check=True)))
+    peer_name[id(cold)] = "python3 -c 1+1"
+    print("\n3. run_code `1+1`, warm interpreter:")
+    row("alcove: POST code 1+1, read to done", code, cold)
+    row("python3 -c 1+1 (a fresh interpreter)", cold)
+
+    pauses, resumes = [], []
+    for _ in range(ROUNDS):
+        pauses.append(ms(lambda: call("POST", f"/v1/sandboxes/{sid}/pause")))
+        resumes.append(ms(lambda: call("POST", f"/v1/sandboxes/{sid}/resume")))
+    print("\n4. pause and resume (cgroup freezer), over the API:")
+    row("alcove: pause", pauses)
+    row("alcove: resume", resumes)
+    call("DELETE", f"/v1/sandboxes/{sid}")
+
+    print(f"\n5. {IDLE} idle sandboxes held at once:")
+    def available():
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    def daemon_rss():
+        for line in open(f"/proc/{DAEMON_PID}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    time.sleep(1)
+    avail0, rss0 = available(), daemon_rss()
+    ids, t = [], time.perf_counter()
+    for i in range(IDLE):
+        ids.append(call("POST", "/v1/sandboxes", {"timeout_s": 3600})["id"])
+    took = time.perf_counter() - t
+    time.sleep(2)
+    avail1, rss1 = available(), daemon_rss()
+    listed = len(call("GET", "/v1/sandboxes")["sandboxes"])
+    exec_true(ids[len(ids) // 2])
+    print(f"  created {IDLE} in {took:.1f} s ({took / IDLE * 1e3:.2f} ms each, one at a time); listed {listed}")
+    print(f"  host memory each: {(avail0 - avail1) / IDLE / 1024:.0f} KiB (MemAvailable fell {(avail0 - avail1) >> 20} MiB)")
+    print(f"  daemon RSS each: {(rss1 - rss0) / IDLE / 1024:.1f} KiB (its RSS {rss0 >> 20} -> {rss1 >> 20} MiB)")
+    t = time.perf_counter()
+    for i in ids:
+        call("DELETE", f"/v1/sandboxes/{i}")
+    print(f"  removed all in {time.perf_counter() - t:.1f} s")
+
+
+main()

@@ -1,0 +1,476 @@
+//! Agent sandboxes end to end, through the Python SDK: each test starts a
+//! real `alcove serve`, runs one TestCase class of
+//! clients/python/tests/e2e_sandboxes.py against it, and then checks from
+//! the host that nothing of the sandboxes is left: no process, no pid
+//! namespace in use, no cgroup of theirs (beyond the bounded pool's empty
+//! slots), no mount. While the Python runs, a watcher thread records what
+//! the sandboxes were (their processes, namespaces, cgroups, mounts), so
+//! each after-check first asserts that there was something to find.
+
+mod common;
+use common::daemon::{setup, Daemon};
+use common::*;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The user agent sandboxes run as.
+const SANDBOX_UID: u32 = 65534;
+/// The Python SDK (on PYTHONPATH) and its tests (the working directory).
+const SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/python");
+/// The longest one class may take (it is meant to take seconds).
+const PYTHON_LIMIT: Duration = Duration::from_secs(240);
+/// How long teardown (a reclaimed sandbox is killed in the background) may take.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn commands() {
+    e2e("commands", "Commands");
+}
+
+#[test]
+fn files() {
+    e2e("files", "Files");
+}
+
+#[test]
+fn code_interpreter() {
+    e2e("code_interpreter", "Code");
+}
+
+#[test]
+fn lifecycle() {
+    e2e("lifecycle", "Lifecycle");
+}
+
+#[test]
+fn limits_and_isolation() {
+    e2e("limits_and_isolation", "Limits");
+}
+
+#[test]
+fn bad_input() {
+    e2e("bad_input", "BadInput");
+}
+
+/// Runs `e2e_sandboxes.CLASS` against a fresh daemon, then checks the host.
+fn e2e(test: &str, class: &str) {
+    if !python_or_skip(test) {
+        return;
+    }
+    let Some(s) = setup(test, &[]) else { return };
+    let daemon = s.daemon.child.id() as i32;
+    let mounts_before: BTreeSet<String> = host_mounts().into_iter().collect();
+    let nobody_before = processes_of(SANDBOX_UID);
+    let alcove_dirs = daemon_alcove_dirs(daemon);
+    let cgroups_before = children(&alcove_dirs);
+
+    let watcher = Watcher::start(daemon, mounts_before.clone());
+    let started = Instant::now();
+    let (ok, output) = run_python(&s.daemon, class);
+    let took = started.elapsed();
+    let end = now_ticks();
+    let seen = watcher.stop();
+    eprintln!(
+        "--- e2e_sandboxes.{class} ({:.1} s) ---\n{output}",
+        took.as_secs_f64()
+    );
+    let log = || s.daemon.log.lock().unwrap().clone();
+    assert!(
+        ok,
+        "e2e_sandboxes.{class} failed:\n{output}\n--- daemon log ---\n{}",
+        log()
+    );
+    let ran = ran_count(&output);
+    assert!(
+        ran > 0 && output.lines().any(|l| l == "OK") && !output.contains("skipped"),
+        "e2e_sandboxes.{class}: every case must run and pass, none skipped (ran {ran}):\n{output}"
+    );
+    assert!(
+        !log().contains("panicked"),
+        "the daemon panicked:\n{}",
+        log()
+    );
+
+    // The situations the after-checks are about arose.
+    assert!(
+        !seen.processes.is_empty() && !seen.pid_namespaces.is_empty(),
+        "no sandbox process (uid {SANDBOX_UID}, started by daemon {daemon}) was seen while {class} ran"
+    );
+    assert!(
+        !seen.cgroups.is_empty(),
+        "no sandbox cgroup was seen while {class} ran"
+    );
+    assert!(
+        !seen.sandbox_mounts.is_empty(),
+        "no mount of a sandbox's own (one the host does not have) was seen while {class} ran"
+    );
+    for dir in &seen.cgroups {
+        assert!(
+            alcove_dirs.iter().any(|a| dir.starts_with(a)),
+            "sandbox cgroup {} is not under the daemon's cgroups' alcove/ ({alcove_dirs:?})",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "seen: {} sandbox processes in {} pid namespaces, cgroups {:?}, sandbox mounts {:?}",
+        seen.processes.len(),
+        seen.pid_namespaces.len(),
+        seen.cgroups,
+        seen.sandbox_mounts
+    );
+
+    // Nothing of them is left (a reclaimed sandbox is torn down in the background: wait a bit).
+    let deadline = Instant::now() + TEARDOWN_LIMIT;
+    loop {
+        let left = leftovers(
+            daemon,
+            &seen,
+            end,
+            &nobody_before,
+            &cgroups_before,
+            &alcove_dirs,
+        );
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after e2e_sandboxes.{class}, {TEARDOWN_LIMIT:?} on, the sandboxes left:\n  {}\n--- daemon log ---\n{}",
+            left.join("\n  "),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounts_after: BTreeSet<String> = host_mounts().into_iter().collect();
+    let new: Vec<&String> = mounts_after
+        .difference(&mounts_before)
+        .filter(|m| !is_pooled(m))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "mounts the host has now and had not: {new:?}"
+    );
+    let leaked: Vec<&String> = seen
+        .sandbox_mounts
+        .iter()
+        .filter(|m| mounts_after.contains(*m))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "a sandbox's own mounts are on the host: {leaked:?}"
+    );
+}
+
+/// Runs the class with the daemon's address and token; whether it passed,
+/// and what it printed (stdout and stderr together).
+fn run_python(daemon: &Daemon, class: &str) -> (bool, String) {
+    let out = tempfile::tempfile().expect("a temp file for the output");
+    let mut child = Command::new(PYTHON)
+        .args(["-m", "unittest", "-v", &format!("e2e_sandboxes.{class}")])
+        .current_dir(Path::new(SDK).join("tests"))
+        .env("PYTHONPATH", SDK)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("ALCOVE_SERVER", daemon.url())
+        .env(
+            "ALCOVE_TOKEN",
+            daemon.token.as_deref().expect("the daemon's token"),
+        )
+        .env_remove("ALCOVE_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out.try_clone().unwrap())
+        .spawn()
+        .expect("start python3");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > PYTHON_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    let mut out = out;
+    use std::io::Seek;
+    out.rewind().unwrap();
+    out.read_to_string(&mut text).unwrap();
+    if status.is_none() {
+        text.push_str(&format!(
+            "\n[killed: still running after {PYTHON_LIMIT:?}]\n"
+        ));
+    }
+    (status.is_some_and(|s| s.success()), text)
+}
+
+/// N from unittest's "Ran N tests in ...".
+fn ran_count(output: &str) -> usize {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// alcove's bounded, reusable pieces: pool slots and template namespaces.
+fn is_pooled(mount_point: &str) -> bool {
+    mount_point.starts_with("/run/alcove/pool/")
+        || mount_point.starts_with("/run/alcove/templates/")
+}
+
+/// A process's parent and start time (clock ticks after boot), from /proc/PID/stat.
+fn stat(pid: i32) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "(comm)": state, ppid, ..., starttime is the 20th.
+    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split(' ').collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+fn uid_of(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// Now, in the clock ticks /proc/PID/stat counts start times in.
+fn now_ticks() -> u64 {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (uptime * hz) as u64 + 1
+}
+
+/// Every process of `uid` now: (pid, start time) — `ps -u UID`.
+fn processes_of(uid: u32) -> BTreeSet<(i32, u64)> {
+    pids()
+        .into_iter()
+        .filter(|p| uid_of(*p) == Some(uid))
+        .filter_map(|p| Some((p, stat(p)?.1)))
+        .collect()
+}
+
+/// The processes of the sandbox user whose ancestor is `root` (the daemon).
+fn sandbox_processes(root: i32) -> Vec<(i32, u64)> {
+    let table: HashMap<i32, (i32, u64)> = pids()
+        .into_iter()
+        .filter_map(|p| Some((p, stat(p)?)))
+        .collect();
+    let descends = |mut pid: i32| {
+        for _ in 0..64 {
+            match table.get(&pid) {
+                Some((parent, _)) if *parent == root => return true,
+                Some((parent, _)) if *parent > 1 => pid = *parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    table
+        .iter()
+        .filter(|(pid, _)| uid_of(**pid) == Some(SANDBOX_UID) && descends(**pid))
+        .map(|(pid, (_, start))| (*pid, *start))
+        .collect()
+}
+
+fn pid_namespace(pid: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Mount points as `pid` sees them.
+fn mount_points(pid: i32) -> BTreeSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// Where the daemon's sandboxes get their cgroups: `alcove/` under each of
+/// the daemon's own cgroups (the parent of a delegated `supervisor` leaf).
+fn daemon_alcove_dirs(daemon: i32) -> Vec<PathBuf> {
+    let leaf = format!("/{}", alcove_cgroup::LEAF);
+    let dirs: Vec<PathBuf> = cgroups_of(daemon)
+        .into_iter()
+        .map(|d| {
+            let text = d.to_string_lossy();
+            PathBuf::from(text.strip_suffix(leaf.as_str()).unwrap_or(&text)).join("alcove")
+        })
+        .collect();
+    assert!(!dirs.is_empty(), "daemon {daemon} is in no cgroup");
+    dirs
+}
+
+/// The cgroup directories directly under `dirs`.
+fn children(dirs: &[PathBuf]) -> BTreeSet<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// What the watcher saw of the daemon's sandboxes.
+#[derive(Default, Debug)]
+struct Seen {
+    processes: BTreeSet<(i32, u64)>,
+    pid_namespaces: BTreeSet<String>,
+    /// Their cgroups (the ones alcove made: under an `alcove/` directory).
+    cgroups: BTreeSet<PathBuf>,
+    /// Mount points in a sandbox that the host does not have.
+    sandbox_mounts: BTreeSet<String>,
+}
+
+/// Samples the daemon's sandboxes every few milliseconds, on a thread.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Seen>,
+}
+
+impl Watcher {
+    fn start(daemon: i32, host: BTreeSet<String>) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = Seen::default();
+            while !flag.load(Ordering::Relaxed) {
+                for (pid, start) in sandbox_processes(daemon) {
+                    if !seen.processes.insert((pid, start)) {
+                        continue;
+                    }
+                    if let Some(ns) = pid_namespace(pid) {
+                        if seen.pid_namespaces.insert(ns) {
+                            let own = mount_points(pid).into_iter().filter(|m| !host.contains(m));
+                            seen.sandbox_mounts.extend(own);
+                        }
+                    }
+                    let made = cgroups_of(pid)
+                        .into_iter()
+                        .filter(|d| d.components().any(|c| c.as_os_str() == "alcove"));
+                    seen.cgroups.extend(made);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        Watcher { stop, thread }
+    }
+
+    fn stop(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the watcher thread")
+    }
+}
+
+/// What is left of the sandboxes the watcher saw, each said in a line; empty
+/// when nothing is. `end`: when the Python finished (clock ticks): a process
+/// in one of their pid namespaces that started later is another's (the
+/// kernel reuses a freed namespace's number).
+fn leftovers(
+    daemon: i32,
+    seen: &Seen,
+    end: u64,
+    nobody_before: &BTreeSet<(i32, u64)>,
+    cgroups_before: &BTreeSet<PathBuf>,
+    alcove_dirs: &[PathBuf],
+) -> Vec<String> {
+    let mut left = Vec::new();
+    let ours = |pid: i32| -> bool {
+        let Some((_, start)) = stat(pid) else {
+            return false;
+        };
+        seen.processes.contains(&(pid, start))
+            || (start <= end
+                && pid_namespace(pid).is_some_and(|n| seen.pid_namespaces.contains(&n)))
+    };
+    let cmdline = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    // Processes: the ones seen, any in their pid namespaces, any of the sandbox user under the daemon.
+    for (pid, start) in &seen.processes {
+        if stat(*pid).is_some_and(|(_, s)| s == *start) {
+            left.push(format!("process {pid} ({}) still runs", cmdline(*pid)));
+        }
+    }
+    for pid in pids() {
+        if !seen.processes.iter().any(|(p, _)| *p == pid) && ours(pid) {
+            left.push(format!(
+                "process {pid} ({}) is in a sandbox's pid namespace",
+                cmdline(pid)
+            ));
+        }
+    }
+    for (pid, _) in sandbox_processes(daemon) {
+        left.push(format!(
+            "process {pid} ({}) of uid {SANDBOX_UID} under the daemon",
+            cmdline(pid)
+        ));
+    }
+    // `ps -u 65534`, before and after: the new ones must be others'.
+    for (pid, start) in processes_of(SANDBOX_UID).difference(nobody_before) {
+        if ours(*pid) && !seen.processes.contains(&(*pid, *start)) {
+            left.push(format!(
+                "new uid-{SANDBOX_UID} process {pid} ({}) is ours",
+                cmdline(*pid)
+            ));
+        }
+    }
+    // Cgroups: a pool slot may stay (empty of ours); anything else alcove made must go.
+    for dir in &seen.cgroups {
+        let slot = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("slot-"));
+        if !dir.exists() {
+            continue;
+        }
+        if !slot && !cgroups_before.contains(dir) {
+            left.push(format!("cgroup {} is still there", dir.display()));
+        }
+        for pid in processes_in_cgroup(dir) {
+            if pid.parse().is_ok_and(ours) {
+                left.push(format!(
+                    "cgroup {} still holds process {pid}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    for dir in children(alcove_dirs).difference(cgroups_before) {
+        let slot = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("slot-"));
+        if !slot {
+            left.push(format!(
+                "cgroup {} is new and not a pool slot",
+                dir.display()
+            ));
+        }
+    }
+    left
+}
