@@ -14,6 +14,7 @@ mod control;
 mod endpoint;
 mod errors;
 mod monitor_routes;
+mod preview;
 mod routes;
 mod sandbox_client;
 mod sandbox_routes;

@@ -12,7 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -70,6 +70,18 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/files/watch", get(watch))
         .route("/sandboxes/{id}/code", post(code).layer(json_body))
         .route("/sandboxes/{id}/code/interrupt", post(interrupt))
+        .route(
+            "/sandboxes/{id}/ports/{port}",
+            any(crate::preview::proxy_root).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/",
+            any(crate::preview::proxy_root).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/sandboxes/{id}/ports/{port}/{*rest}",
+            any(crate::preview::proxy_path).layer(DefaultBodyLimit::disable()),
+        )
 }
 
 /// A JSON body, whatever its Content-Type says (curl's default included).

@@ -11,7 +11,6 @@ use axum::response::Response;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::pin::Pin;
@@ -72,7 +71,9 @@ pub async fn serve(
     ));
     crate::monitor_routes::allow_streams();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    // Stopping: each connection finishes what it serves and closes (hyper's
+    // graceful shutdown, which an upgradeable connection has too).
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -97,19 +98,33 @@ pub async fn serve(
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let connection = graceful.watch(connection);
+        // With upgrades: a sandbox's port preview carries WebSockets.
+        let connection = http
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            )
+            .with_upgrades();
+        let mut stop = stopping.subscribe();
         tokio::spawn(async move {
-            let _ = connection.await;
+            let mut connection = std::pin::pin!(connection);
+            let stopped = tokio::select! {
+                _ = connection.as_mut() => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
             drop(permit);
         });
     }
     drop(listener);
     crate::monitor_routes::end_streams();
-    let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
+    stopping.send_replace(true);
+    // Every connection's permit back: all of them have ended.
+    let all = limits.max_connections.max(1) as u32;
+    let _ = tokio::time::timeout(limits.shutdown_grace, open.acquire_many(all)).await;
 }
 
 /// Tells a connection over the cap why it is closed, without waiting on it.

@@ -457,7 +457,9 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             .replace("{name}", "nofn")
             .replace("{id}", "noid")
             .replace("{secret}", "nosecret")
-            .replace("{pid}", "1");
+            .replace("{pid}", "1")
+            .replace("{port}", "8000")
+            .replace("{path}", "x");
         for method in ["get", "post", "delete", "put", "patch"] {
             if item.get(method).is_none() {
                 continue;
@@ -493,7 +495,7 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             }
         }
     }
-    assert_eq!(operations, 48, "operations in the document");
+    assert_eq!(operations, 49, "operations in the document");
 
     // Real responses conform to their schemas.
     let (status, version, _) = call(

@@ -14,6 +14,10 @@ pub enum SandboxesError {
     TooMany(usize),
     #[error("no command with pid {0} in this sandbox")]
     NoProcess(i32),
+    #[error(
+        "nothing listens on port {0} in the sandbox (start a server on 127.0.0.1 or 0.0.0.0 there)"
+    )]
+    NoListener(u16),
     #[error("{0}")]
     Conflict(String),
     #[error("the sandbox's disk is full (give it more with `disk` at create)")]
@@ -42,6 +46,7 @@ impl SandboxesError {
             SandboxesError::Invalid(_) => "invalid_request",
             SandboxesError::TooMany(_) => "too_many_sandboxes",
             SandboxesError::NoProcess(_) => "process_not_found",
+            SandboxesError::NoListener(_) => "port_not_listening",
             SandboxesError::Conflict(_) => "conflict",
             SandboxesError::DiskFull => "sandbox_disk_full",
             SandboxesError::Start(_) | SandboxesError::Io { .. } => "internal",
@@ -72,6 +77,7 @@ impl SandboxesError {
             "sandbox_gone" => 410,
             "sandbox_disk_full" => 507,
             "failed" => 422,
+            "port_not_listening" => 502,
             _ => 500,
         }
     }

@@ -89,6 +89,8 @@ struct Clock {
 pub struct LiveSandbox {
     pub id: String,
     pub(super) link: AgentLink,
+    /// Its own network namespace (none for `net: host`).
+    netns: Option<OwnedFd>,
     clock: Mutex<Clock>,
     created_at: f64,
     metadata: BTreeMap<String, String>,
@@ -367,8 +369,15 @@ pub(super) async fn start(
         .map_err(SandboxesError::io("starting the sandbox's thread"))?;
     drop(agent_end);
     let connected = AgentLink::connect(daemon_end, AGENT_READY).await;
-    let link = match connected {
-        Ok((link, _pid)) => link,
+    let (link, netns) = match connected {
+        Ok((link, _pid)) => {
+            // Its network namespace, held open (ports are reached through it).
+            let netns = usage
+                .pid()
+                .and_then(|pid| std::fs::File::open(format!("/proc/{pid}/ns/net")).ok())
+                .map(OwnedFd::from);
+            (link, netns)
+        }
         Err(e) => {
             drop(kill_write);
             let why = match failed.await {
@@ -382,6 +391,7 @@ pub(super) async fn start(
     Ok(Arc::new(LiveSandbox {
         id: format!("sb-{}", alcove_sys::process::random_id()),
         link,
+        netns,
         clock: Mutex::new(Clock {
             state: SandboxState::Running,
             expires_at: created_at + timeout_s as f64,
@@ -643,6 +653,56 @@ impl LiveSandbox {
         }
         processes.insert(pid, Arc::clone(&process));
         Ok(process)
+    }
+
+    /// A TCP connection to `port` on the sandbox's own loopback, made from
+    /// inside its network namespace (nothing is exposed on the host's).
+    pub async fn connect_port(&self, port: u16) -> Result<tokio::net::TcpStream, SandboxesError> {
+        if port == 0 {
+            return Err(SandboxesError::Invalid("port: give 1 to 65535".into()));
+        }
+        let netns = match (&self.netns, self.net) {
+            (Some(ns), NetMode::None) => ns
+                .try_clone()
+                .map_err(SandboxesError::io("reaching the sandbox's network"))?,
+            _ => {
+                return Err(SandboxesError::Conflict(
+                    "this sandbox shares the host's network (net: host): its ports are the host's, reach them there"
+                        .into(),
+                ))
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own enters the namespace (setns is per thread) and ends.
+        std::thread::Builder::new()
+            .name("alcove-port".into())
+            .spawn(move || {
+                let connected =
+                    alcove_sys::ns::setns(netns.as_fd(), libc::CLONE_NEWNET).and_then(|()| {
+                        std::net::TcpStream::connect_timeout(
+                            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                            Duration::from_secs(5),
+                        )
+                    });
+                let _ = tx.send(connected);
+            })
+            .map_err(SandboxesError::io("reaching the sandbox's network"))?;
+        let stream = rx
+            .await
+            .map_err(|_| SandboxesError::Start("reaching the sandbox's network failed".into()))?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => SandboxesError::NoListener(port),
+                _ => SandboxesError::Io {
+                    what: "connecting to the sandbox's port",
+                    source: e,
+                },
+            })?;
+        stream
+            .set_nonblocking(true)
+            .map_err(SandboxesError::io("connecting to the sandbox's port"))?;
+        let _ = stream.set_nodelay(true);
+        tokio::net::TcpStream::from_std(stream)
+            .map_err(SandboxesError::io("connecting to the sandbox's port"))
     }
 
     pub fn process(&self, pid: i32) -> Result<Arc<Process>, SandboxesError> {

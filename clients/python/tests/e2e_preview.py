@@ -1,0 +1,138 @@
+"""Port previews end to end (run by crates/alcove/tests/sandboxes.rs against a
+real daemon): HTTP and a WebSocket to servers inside a sandbox, through the
+daemon's /v1/sandboxes/{id}/ports/{port}/ proxy. Skipped without
+$ALCOVE_SERVER."""
+import base64
+import hashlib
+import http.client
+import os
+import socket
+import struct
+import time
+import unittest
+import urllib.parse
+
+from alcove import Sandbox
+
+SERVER = os.environ.get("ALCOVE_SERVER")
+TOKEN = os.environ.get("ALCOVE_TOKEN")
+
+# A WebSocket echo server (RFC 6455, text frames, stdlib), run in the sandbox.
+WS_SERVER = r'''
+import base64, hashlib, socket, struct, sys
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    if b"\r\n\r\n" not in head:
+        c.close()
+        continue  # a probe that only connected
+    key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
+    accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    while True:
+        h = c.recv(2)
+        if len(h) < 2:
+            break
+        n = h[1] & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", c.recv(2))[0]
+        mask = c.recv(4)
+        data = b""
+        while len(data) < n:
+            data += c.recv(n - len(data))
+        text = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        if h[0] & 0x0F == 8:
+            break
+        reply = b"echo:" + text
+        c.sendall(bytes([0x81, len(reply)]) + reply)
+    c.close()
+'''
+
+
+def ws_frame(text):
+    data = text.encode()
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+@unittest.skipUnless(SERVER, "needs $ALCOVE_SERVER: run by crates/alcove/tests/sandboxes.rs")
+class Preview(unittest.TestCase):
+    def setUp(self):
+        self.sb = Sandbox.create(timeout=120)
+        self.addCleanup(self.sb.kill)
+        self.host = urllib.parse.urlparse(SERVER).netloc
+
+    def wait_listening(self, port):
+        for _ in range(100):
+            r = self.sb.commands.run(f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}))\"")
+            if r.exit_code == 0:
+                return
+            time.sleep(0.1)
+        self.fail(f"nothing listened on {port} in the sandbox")
+
+    def get(self, path, token=True):
+        c = http.client.HTTPConnection(self.host, timeout=10)
+        headers = {"Authorization": f"Bearer {TOKEN}"} if token and TOKEN else {}
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        return r.status, r.read(), r
+
+    def test_http_through_the_daemon_and_nothing_on_the_host(self):
+        self.sb.files.write("site/index.html", "<h1>from the sandbox</h1>")
+        self.sb.commands.run("cd site && exec python3 -m http.server 8765 --bind 127.0.0.1", background=True)
+        self.wait_listening(8765)
+        status, body, _ = self.get(f"/v1/sandboxes/{self.sb.id}/ports/8765/index.html")
+        self.assertEqual(status, 200, body)
+        self.assertIn(b"from the sandbox", body)
+        # The server is in the sandbox's own network: the host's loopback has nothing there.
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", 8765), timeout=1).close()
+        # The token is needed, and never passed to the sandbox's server.
+        status, _, _ = self.get(f"/v1/sandboxes/{self.sb.id}/ports/8765/index.html", token=False)
+        self.assertEqual(status, 401)
+        status, body, _ = self.get(f"/v1/sandboxes/{self.sb.id}/ports/8766/")
+        self.assertEqual(status, 502, body)
+        self.assertIn(b"port_not_listening", body)
+
+    def test_a_websocket_through_the_daemon(self):
+        self.sb.files.write("ws.py", WS_SERVER)
+        self.sb.commands.run("exec python3 ws.py 8770", background=True)
+        self.wait_listening(8770)
+        host, port = self.host.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((
+            f"GET /v1/sandboxes/{self.sb.id}/ports/8770/chat HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, f"the connection closed: {head!r}")
+            head += chunk
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.assertIn(want, head)
+        for word in ["one", "two"]:
+            s.sendall(ws_frame(word))
+            h = s.recv(2)
+            n = h[1] & 0x7F
+            data = b""
+            while len(data) < n:
+                data += s.recv(n - len(data))
+            self.assertEqual(h[0], 0x81)
+            self.assertEqual(data, f"echo:{word}".encode())
+        s.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,139 @@
+//! Port previews: `/v1/sandboxes/{id}/ports/{port}/...` proxies HTTP, and
+//! WebSocket (any `Upgrade`), to a server listening on the sandbox's own
+//! loopback. The daemon connects from inside the sandbox's network
+//! namespace, so nothing of the sandbox is exposed on the host's network;
+//! the caller needs the API's token like any other route, and the token is
+//! not passed on.
+
+use crate::errors::ApiError;
+use crate::routes::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+
+/// Headers a hop must not forward (RFC 9110 7.6.1), besides `Connection`'s list.
+const HOP_BY_HOP: [&str; 7] = [
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "authorization",
+];
+
+pub(crate) async fn proxy_root(
+    state: State<AppState>,
+    Path((id, port)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    proxy(state, id, port, String::new(), request).await
+}
+
+pub(crate) async fn proxy_path(
+    state: State<AppState>,
+    Path((id, port, rest)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    proxy(state, id, port, rest, request).await
+}
+
+async fn proxy(
+    State(s): State<AppState>,
+    id: String,
+    port: String,
+    rest: String,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("port {port:?}: give 1 to 65535")))?;
+    let sandbox = s.engine.sandbox(&id).await?;
+    let stream = sandbox.connect_port(port).await?;
+    let bad_gateway = |e: hyper::Error| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            format!("the server on port {port} in the sandbox: {e}"),
+        )
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(bad_gateway)?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+
+    // What the client asked, as the sandbox's server should see it.
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
+    };
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    parts.uri = path_and_query
+        .parse()
+        .map_err(|_| ApiError::bad_request("the path is not a valid URI"))?;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&format!("127.0.0.1:{port}")).expect("a valid host header"),
+    );
+    if let Ok(prefix) = HeaderValue::from_str(&format!("/v1/sandboxes/{id}/ports/{port}")) {
+        parts.headers.insert("x-forwarded-prefix", prefix);
+    }
+    let forwarded = Request::from_parts(parts, body);
+    let mut response = sender.send_request(forwarded).await.map_err(bad_gateway)?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the sandbox's server switched protocols unasked",
+            ));
+        };
+        let server_upgrade = hyper::upgrade::on(&mut response);
+        // Both sides' bytes, copied until either closes; the guard keeps the
+        // sandbox from an idle pause while the connection lives.
+        tokio::spawn(async move {
+            let _using = sandbox;
+            let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
+                return;
+            };
+            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, Body::new(body)).into_response())
+}
+
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !(keep_upgrade && name == "upgrade"))
+        .collect();
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
