@@ -64,9 +64,9 @@ def floor_true():
     subprocess.run(["true"], check=True)
 
 
-def crun_true():
+def runc_true():
     cid = "sbbench-" + uuid.uuid4().hex[:8]
-    subprocess.run(["crun", "run", "--bundle", BUNDLE, cid], check=True,
+    subprocess.run(["runc", "run", "--bundle", BUNDLE, cid], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -86,14 +86,14 @@ def main():
         removes.append(ms(lambda: call("DELETE", f"/v1/sandboxes/{sb['id']}")))
         floor.append(ms(floor_true))
         if BUNDLE:
-            crun.append(ms(crun_true))
+            crun.append(ms(runc_true))
     peer_name[id(floor)] = "fork+exec floor"
-    peer_name[id(crun)] = "crun run (true)"
+    peer_name[id(crun)] = "runc run (true)"
     print("\n1. create to first exec (`true`), interleaved:")
     row("alcove: create + exec true", create_first, floor)
     if crun:
-        print(f"  {'':<44} {stats(create_first)[0] / stats(crun)[0]:.2f}x of crun run (true)")
-        row("crun run of a busybox bundle (true)", crun, floor)
+        print(f"  {'':<44} {stats(create_first)[0] / stats(crun)[0]:.2f}x of runc run (true)")
+        row("runc run of a busybox bundle (true)", crun, floor)
     row("fork+exec floor (subprocess.run true)", floor)
     row("alcove: remove (kill, wait, teardown)", removes)
 

@@ -4,8 +4,9 @@
 #
 #   1. create to first exec: POST /v1/sandboxes, then POST .../exec `true`
 #      read to its exit line; against the fork+exec floor (python's
-#      subprocess.run(["true"]) on the host) and `crun run` of a busybox
-#      bundle running `true` (a container made, run and deleted), interleaved;
+#      subprocess.run(["true"]) on the host) and `runc run` of a busybox
+#      bundle running `true` (a container made, run and deleted), interleaved
+#      (runc, not crun: Debian's crun 1.8 refuses a cgroup-hybrid host);
 #   2. exec round trip of `true` in a live sandbox, against the same floor;
 #   3. run_code `1+1` in a warm interpreter, against `python3 -c 1+1` (a
 #      fresh interpreter each time, the cost a stateless tool pays);
@@ -35,12 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A busybox bundle for crun's row (crun is what podman runs by default).
-if command -v crun >/dev/null && command -v busybox >/dev/null; then
+# A busybox bundle for runc's row.
+if command -v runc >/dev/null && command -v busybox >/dev/null; then
     mkdir -p "$work/bundle/rootfs/bin"
     cp "$(command -v busybox)" "$work/bundle/rootfs/bin/busybox"
     ln -s busybox "$work/bundle/rootfs/bin/true"
-    (cd "$work/bundle" && crun spec >/dev/null 2>&1 && python3 - <<'EOF'
+    (cd "$work/bundle" && runc spec >/dev/null 2>&1 && python3 - <<'EOF'
 import json
 c = json.load(open("config.json"))
 c["process"]["args"] = ["/bin/true"]

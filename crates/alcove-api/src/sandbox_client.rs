@@ -96,6 +96,19 @@ impl Client {
         )
     }
 
+    /// `GET /v1/sandbox-templates`, or `DELETE` of the template `name`.
+    pub fn sandbox_templates(
+        &self,
+        method: &str,
+        name: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let path = match name {
+            Some(n) => format!("/v1/sandbox-templates/{}", segment(n)?),
+            None => "/v1/sandbox-templates".into(),
+        };
+        self.json(method, &path, &[], None)
+    }
+
     /// A file call with `?path=`.
     pub fn sandbox_file_call(
         &self,

@@ -70,6 +70,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/files/watch", get(watch))
         .route("/sandboxes/{id}/code", post(code).layer(json_body))
         .route("/sandboxes/{id}/code/interrupt", post(interrupt))
+        .route("/sandboxes/{id}/fork", post(fork).layer(json_body))
+        .route("/sandboxes/{id}/snapshot", post(snapshot).layer(json_body))
+        .route("/sandbox-templates", get(templates))
+        .route(
+            "/sandbox-templates/{name}",
+            axum::routing::delete(remove_template),
+        )
         .route(
             "/sandboxes/{id}/ports/{port}",
             any(crate::preview::proxy_root).layer(DefaultBodyLimit::disable()),
@@ -647,5 +654,66 @@ async fn interrupt(
 ) -> Result<Response, ApiError> {
     let sandbox = s.engine.sandbox(&path_id(id)?).await?;
     sandbox.interrupt_code().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForkBody {
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+async fn fork(
+    State(s): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let body: ForkBody = json_or_error(body)?;
+    if let Some(m) = &body.metadata {
+        alcove_engine::sandboxes::check_filter(m)?;
+    }
+    let info = s.engine.fork_sandbox(&id, body.metadata).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    name: String,
+}
+
+async fn snapshot(
+    State(s): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let body: SnapshotBody = json_or_error(body)?;
+    let info = s.engine.snapshot_sandbox(&id, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn templates(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let engine = Arc::clone(&s.engine);
+    let list = tokio::task::spawn_blocking(move || engine.sandbox_templates())
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(Json(json!({ "templates": list })).into_response())
+}
+
+async fn remove_template(
+    State(s): State<AppState>,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = path_id(name)?;
+    let engine = Arc::clone(&s.engine);
+    tokio::task::spawn_blocking(move || engine.remove_sandbox_template(&name))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

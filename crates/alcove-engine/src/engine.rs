@@ -55,7 +55,7 @@ const PURGE_EVERY: usize = 1024;
 
 /// What an alcove data directory may hold besides its database; an existing
 /// directory holding anything else is not taken as one.
-const DATA_DIR_ENTRIES: [&str; 8] = [
+const DATA_DIR_ENTRIES: [&str; 9] = [
     "alcove.db",
     "alcove.db-wal",
     "alcove.db-shm",
@@ -64,6 +64,7 @@ const DATA_DIR_ENTRIES: [&str; 8] = [
     "tmp",
     "images",
     "token",
+    "sandbox-templates",
 ];
 
 impl EngineConfig {

@@ -70,6 +70,24 @@ enum SandboxCommand {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// A new sandbox with the same settings and a copy of this one's home
+    /// (the source is frozen while it is copied); prints the new id.
+    Fork {
+        id: String,
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+    },
+    /// Save the sandbox's home as a template new sandboxes start from
+    /// (`create --template NAME`).
+    Snapshot {
+        id: String,
+        name: String,
+    },
+    /// List templates, or remove one with --rm.
+    Templates {
+        #[arg(long)]
+        rm: Option<String>,
+    },
     /// Freeze a sandbox (memory and files kept; the next call resumes it).
     Pause {
         id: String,
@@ -94,6 +112,9 @@ struct CreateArgs {
     /// An imported image (default: the host's read-only view).
     #[arg(long)]
     image: Option<String>,
+    /// Start with a template's files (and its image, unless --image).
+    #[arg(long)]
+    template: Option<String>,
     /// Reclaimed this long after creation unless extended (such as 5m, 2h).
     #[arg(long, default_value = "5m")]
     timeout: String,
@@ -183,6 +204,7 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
             });
             let fields = [
                 ("image", a.image.map(Value::from)),
+                ("template", a.template.map(Value::from)),
                 (
                     "idle_pause_s",
                     a.idle_pause
@@ -324,6 +346,61 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
                 let _ = std::io::stdout().flush();
             }
             Ok(if ok { 0 } else { 1 })
+        }
+        SandboxCommand::Fork { id, meta } => {
+            let mut body = json!({});
+            if !meta.is_empty() {
+                body["metadata"] = json!(pairs(&meta, "--meta")?
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>());
+            }
+            let info = client.sandbox_call("POST", &id, "/fork", Some(&body))?;
+            if json_out {
+                print(&info);
+            } else {
+                println!("{}", info["id"].as_str().unwrap_or(""));
+            }
+            Ok(0)
+        }
+        SandboxCommand::Snapshot { id, name } => {
+            let info =
+                client.sandbox_call("POST", &id, "/snapshot", Some(&json!({ "name": name })))?;
+            if json_out {
+                print(&info);
+            } else {
+                println!(
+                    "template {name}: {} files, {} bytes",
+                    info["entries"], info["bytes"]
+                );
+            }
+            Ok(0)
+        }
+        SandboxCommand::Templates { rm } => {
+            if let Some(name) = rm {
+                client.sandbox_templates("DELETE", Some(&name))?;
+                println!("template {name} removed");
+                return Ok(0);
+            }
+            let list = client.sandbox_templates("GET", None)?;
+            if json_out {
+                print(&list);
+                return Ok(0);
+            }
+            println!(
+                "{:<24} {:>8} {:>12}  {:<22} IMAGE",
+                "NAME", "FILES", "BYTES", "FROM"
+            );
+            for t in list["templates"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:>8} {:>12}  {:<22} {}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["entries"],
+                    t["bytes"],
+                    t["source"].as_str().unwrap_or(""),
+                    t["image"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(0)
         }
         SandboxCommand::Pause { id } => show_state(client, &id, "/pause", json_out),
         SandboxCommand::Resume { id } => show_state(client, &id, "/resume", json_out),

@@ -48,6 +48,11 @@ fn lifecycle() {
 }
 
 #[test]
+fn paused_removal() {
+    e2e("paused_removal", "PausedRemoval");
+}
+
+#[test]
 fn limits_and_isolation() {
     e2e("limits_and_isolation", "Limits");
 }
@@ -75,6 +80,11 @@ fn e2e(test: &str, class: &str) {
     let took = started.elapsed();
     let end = now_ticks();
     let seen = watcher.stop();
+    let _thaw = Thaw {
+        daemon,
+        alcove_dirs: alcove_dirs.clone(),
+        seen: seen.cgroups.clone(),
+    };
     eprintln!(
         "--- e2e_sandboxes.{class} ({:.1} s) ---\n{output}",
         took.as_secs_f64()
@@ -274,6 +284,14 @@ fn processes_of(uid: u32) -> BTreeSet<(i32, u64)> {
 
 /// The processes of the sandbox user whose ancestor is `root` (the daemon).
 fn sandbox_processes(root: i32) -> Vec<(i32, u64)> {
+    descendants(root)
+        .into_iter()
+        .filter(|(pid, _)| uid_of(*pid) == Some(SANDBOX_UID))
+        .collect()
+}
+
+/// Every process whose ancestor is `root`: (pid, start time).
+fn descendants(root: i32) -> Vec<(i32, u64)> {
     let table: HashMap<i32, (i32, u64)> = pids()
         .into_iter()
         .filter_map(|p| Some((p, stat(p)?)))
@@ -290,7 +308,7 @@ fn sandbox_processes(root: i32) -> Vec<(i32, u64)> {
     };
     table
         .iter()
-        .filter(|(pid, _)| uid_of(**pid) == Some(SANDBOX_UID) && descends(**pid))
+        .filter(|(pid, _)| descends(**pid))
         .map(|(pid, (_, start))| (*pid, *start))
         .collect()
 }
@@ -332,6 +350,45 @@ fn children(dirs: &[PathBuf]) -> BTreeSet<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .collect()
+}
+
+/// Whether the cgroup2 directory `dir` is set frozen.
+fn frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|f| f.trim() == "1")
+}
+
+/// Thaws, when dropped (after a failure too, before the daemon is killed),
+/// the daemon's sandbox cgroups left frozen with nothing in them but the
+/// daemon's own processes: a frozen pool slot would freeze whatever sandbox
+/// of any alcove on this host is put there next.
+struct Thaw {
+    daemon: i32,
+    alcove_dirs: Vec<PathBuf>,
+    seen: BTreeSet<PathBuf>,
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let ours: BTreeSet<i32> = descendants(self.daemon).iter().map(|(p, _)| *p).collect();
+        for dir in children(&self.alcove_dirs).union(&self.seen) {
+            if !frozen(dir) {
+                continue;
+            }
+            let held: Vec<i32> = processes_in_cgroup(dir)
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let mine = if held.is_empty() {
+                self.seen.contains(dir)
+            } else {
+                held.iter().all(|p| ours.contains(p))
+            };
+            if mine {
+                let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+                eprintln!("thawed {} (left frozen, holding {held:?})", dir.display());
+            }
+        }
+    }
 }
 
 /// What the watcher saw of the daemon's sandboxes.
@@ -426,10 +483,11 @@ fn leftovers(
             ));
         }
     }
-    for (pid, _) in sandbox_processes(daemon) {
+    for (pid, _) in descendants(daemon) {
         left.push(format!(
-            "process {pid} ({}) of uid {SANDBOX_UID} under the daemon",
-            cmdline(pid)
+            "process {pid} ({}, uid {:?}) under the daemon",
+            cmdline(pid),
+            uid_of(pid)
         ));
     }
     // `ps -u 65534`, before and after: the new ones must be others'.
@@ -452,7 +510,8 @@ fn leftovers(
         if !slot && !cgroups_before.contains(dir) {
             left.push(format!("cgroup {} is still there", dir.display()));
         }
-        for pid in processes_in_cgroup(dir) {
+        let held = processes_in_cgroup(dir);
+        for pid in &held {
             if pid.parse().is_ok_and(ours) {
                 left.push(format!(
                     "cgroup {} still holds process {pid}",
@@ -460,14 +519,22 @@ fn leftovers(
                 ));
             }
         }
-    }
-    for dir in children(alcove_dirs).difference(cgroups_before) {
-        let slot = dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("slot-"));
-        if !slot {
+        // A slot left frozen freezes the next sandbox put there at birth.
+        if held.is_empty() && frozen(dir) {
             left.push(format!(
-                "cgroup {} is new and not a pool slot",
+                "cgroup {} is empty but left frozen (cgroup.freeze 1)",
+                dir.display()
+            ));
+        }
+    }
+    // Fresh (unpooled) cgroups are named sb-PID-...: the daemon's must be gone
+    // (other alcoves on this host make and remove theirs meanwhile).
+    let fresh = format!("sb-{daemon}-");
+    for dir in children(alcove_dirs).difference(cgroups_before) {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(&fresh) {
+            left.push(format!(
+                "the daemon's fresh cgroup {} is still there",
                 dir.display()
             ));
         }

@@ -6,6 +6,8 @@ use alcove_agent::{FailureKind, LinkError};
 pub enum SandboxesError {
     #[error("no sandbox {0:?} (it was removed, or passed its timeout)")]
     NotFound(String),
+    #[error("no sandbox template {0:?} (make one with a snapshot)")]
+    NoTemplate(String),
     #[error("{0}")]
     Invalid(String),
     #[error(
@@ -43,6 +45,7 @@ impl SandboxesError {
     pub fn code(&self) -> &'static str {
         match self {
             SandboxesError::NotFound(_) => "sandbox_not_found",
+            SandboxesError::NoTemplate(_) => "template_not_found",
             SandboxesError::Invalid(_) => "invalid_request",
             SandboxesError::TooMany(_) => "too_many_sandboxes",
             SandboxesError::NoProcess(_) => "process_not_found",
@@ -69,7 +72,9 @@ impl SandboxesError {
     /// The HTTP status for the API.
     pub fn http_status(&self) -> u16 {
         match self.code() {
-            "sandbox_not_found" | "process_not_found" | "file_not_found" => 404,
+            "sandbox_not_found" | "process_not_found" | "file_not_found" | "template_not_found" => {
+                404
+            }
             "invalid_request" | "not_a_directory" | "is_a_directory" => 400,
             "too_many_sandboxes" => 429,
             "permission_denied" => 403,

@@ -93,6 +93,10 @@ pub struct LiveSandbox {
     netns: Option<OwnedFd>,
     clock: Mutex<Clock>,
     created_at: f64,
+    /// What it was created with (a fork is made with the same).
+    request: CreateSandbox,
+    /// Its user and group (what its files belong to).
+    owner: (u32, u32),
     metadata: BTreeMap<String, String>,
     image: Option<String>,
     net: NetMode,
@@ -104,8 +108,8 @@ pub struct LiveSandbox {
     kill: Mutex<Option<OwnedFd>>,
     ended: watch::Receiver<bool>,
     processes: Mutex<HashMap<i32, Arc<Process>>>,
-    /// Pause and resume one at a time.
-    freezer: tokio::sync::Mutex<()>,
+    /// Pause and resume (and copies of its files) one at a time.
+    pub(super) freezer: tokio::sync::Mutex<()>,
     pub(super) code: tokio::sync::Mutex<Option<super::code::Interpreter>>,
     /// The interpreter's pid while a call runs in it (for interrupts), else 0.
     pub(super) code_pid: std::sync::atomic::AtomicI32,
@@ -231,10 +235,16 @@ pub(super) async fn start(
     engine: &Arc<Engine>,
     req: CreateSandbox,
 ) -> Result<Arc<LiveSandbox>, SandboxesError> {
-    if req.template.is_some() {
-        return Err(SandboxesError::Invalid(
-            "templates are not built yet: create from an image or the host view".into(),
-        ));
+    let mut req = req;
+    let template = match &req.template {
+        Some(name) => Some(engine.sandbox_template(name)?),
+        None => None,
+    };
+    if let Some((info, _)) = &template {
+        // Its image, unless one is given.
+        if req.image.is_none() {
+            req.image = info.image.clone();
+        }
     }
     check_metadata(&req.metadata)?;
     let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
@@ -330,7 +340,8 @@ pub(super) async fn start(
     spec.limits.cpus = req.cpus;
     spec.limits.tmpfs_bytes = disk;
     spec.limits.timeout = None; // the daemon's clock ends it (the timeout can be extended)
-                                // The agent's own stdio: nothing of the daemon's, and what it says is logged.
+    let spec_user = spec.user;
+    // The agent's own stdio: nothing of the daemon's, and what it says is logged.
     spec.stdio = alcove_sandbox::Stdio::Capture { stdin: Vec::new() };
     spec.limits.output_bytes = Some(64 << 10);
     spec.validate()
@@ -387,6 +398,36 @@ pub(super) async fn start(
             return Err(SandboxesError::Start(why));
         }
     };
+    let owner = (spec_user.uid, spec_user.gid);
+    if let Some((_, files)) = template {
+        // Its files before anything runs in it but its agent.
+        let into = usage
+            .pid()
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/root{HOME}")));
+        let budget = super::copy::Budget {
+            bytes: disk,
+            entries: 200_000,
+        };
+        let seeded = tokio::task::spawn_blocking(move || {
+            let into = into.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
+            let (from, to) = (
+                super::copy::open_dir(&files)?,
+                super::copy::open_dir(&into)?,
+            );
+            super::copy::copy_tree(from.as_fd(), to.as_fd(), owner, budget)
+        })
+        .await;
+        if !matches!(seeded, Ok(Ok(_))) {
+            drop(kill_write);
+            let why = match seeded {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the copy's thread failed".into(),
+            };
+            return Err(SandboxesError::Start(format!(
+                "copying the template's files: {why}"
+            )));
+        }
+    }
     let created_at = now();
     Ok(Arc::new(LiveSandbox {
         id: format!("sb-{}", alcove_sys::process::random_id()),
@@ -400,8 +441,9 @@ pub(super) async fn start(
             last_used: created_at,
         }),
         created_at,
-        metadata: req.metadata,
-        image: req.image,
+        metadata: req.metadata.clone(),
+        image: req.image.clone(),
+        owner,
         net,
         limits: LimitsView {
             memory_bytes: Some(memory),
@@ -417,6 +459,7 @@ pub(super) async fn start(
         freezer: tokio::sync::Mutex::new(()),
         code: tokio::sync::Mutex::new(None),
         code_pid: Default::default(),
+        request: req,
         in_use: Default::default(),
         no_idle_pause_until: Mutex::new(0.0),
     }))
@@ -434,8 +477,8 @@ impl LiveSandbox {
             timeout_s: clock.timeout_s,
             idle_pause_s: clock.idle_pause_s,
             image: self.image.clone(),
-            template: None,
-            parent: None,
+            template: self.request.template.clone(),
+            parent: self.request.parent.clone(),
             net: match self.net {
                 NetMode::None => "none",
                 NetMode::Host => "host",
@@ -447,6 +490,19 @@ impl LiveSandbox {
                 cpu_ms: usage.cpu_ms,
             },
         }
+    }
+
+    pub(super) fn request(&self) -> &CreateSandbox {
+        &self.request
+    }
+
+    pub(super) fn owner(&self) -> (u32, u32) {
+        self.owner
+    }
+
+    /// Its agent's pid in the daemon's pid namespace, while it runs.
+    pub(super) fn agent_pid(&self) -> Option<libc::pid_t> {
+        self.usage.pid()
     }
 
     pub(super) fn ended(&self) -> watch::Receiver<bool> {
@@ -532,7 +588,7 @@ impl LiveSandbox {
     }
 
     /// Call with the freezer's lock held.
-    async fn set_frozen(&self, frozen: bool) -> Result<(), SandboxesError> {
+    pub(super) async fn set_frozen(&self, frozen: bool) -> Result<(), SandboxesError> {
         let want = if frozen {
             SandboxState::Paused
         } else {

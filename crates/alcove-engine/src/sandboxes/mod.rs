@@ -7,15 +7,18 @@
 
 mod agent_program;
 mod code;
+mod copy;
 mod error;
 mod files;
 mod live;
 pub mod process;
+mod templates;
 
 pub use code::CodeEvent;
 pub use error::SandboxesError;
 pub use files::{FileWriter, WatchStream};
 pub use live::{ExecRequest, InUse, LiveSandbox, SandboxInfo, SandboxState};
+pub use templates::TemplateInfo;
 
 use crate::engine::Engine;
 use serde::Deserialize;
@@ -59,6 +62,9 @@ pub struct CreateSandbox {
     pub disk: Option<String>,
     /// `none` (loopback only, the default) or `host`.
     pub net: Option<String>,
+    /// The sandbox this one was forked from (set by a fork, not by clients).
+    #[serde(skip)]
+    pub parent: Option<String>,
 }
 
 /// The daemon's agent sandboxes.
