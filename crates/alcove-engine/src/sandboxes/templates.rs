@@ -195,7 +195,7 @@ impl Engine {
             let _ = self.remove_sandbox(&child.id).await;
             return Err(e);
         }
-        Ok(self.sandbox_info(&child.id)?)
+        self.sandbox_info(&child.id)
     }
 }
 
