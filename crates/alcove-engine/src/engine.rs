@@ -780,6 +780,8 @@ impl Engine {
         }
         // Templates and their ready copies go with the daemon, cgroups and all.
         self.stop_all_templates();
+        // And agent sandboxes: their processes cannot outlive the daemon.
+        self.remove_all_sandboxes().await;
         self.in_flight.load(Ordering::SeqCst)
     }
 

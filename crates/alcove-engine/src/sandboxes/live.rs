@@ -618,7 +618,17 @@ impl LiveSandbox {
 
     /// Ends the sandbox and waits (up to 10 s) until its run has torn it down.
     pub(super) async fn kill(&self) {
+        self.begin_kill();
+        self.wait_ended().await;
+    }
+
+    /// Ends the sandbox without waiting: its run kills and tears it down.
+    pub(super) fn begin_kill(&self) {
         drop(self.kill.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Waits (up to 10 s) until its run has torn it down.
+    pub(super) async fn wait_ended(&self) {
         let mut ended = self.ended.clone();
         let _ = tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|e| *e)).await;
     }

@@ -254,6 +254,23 @@ impl Engine {
         Ok(info)
     }
 
+    /// Kills every sandbox and waits (each up to 10 s, all at once) until
+    /// nothing of them is left: what a stopping daemon does.
+    pub(crate) async fn remove_all_sandboxes(&self) {
+        let all: Vec<_> = self
+            .sandboxes
+            .all()
+            .into_iter()
+            .filter_map(|s| self.sandboxes.take(&s.id))
+            .collect();
+        for sandbox in &all {
+            sandbox.begin_kill();
+        }
+        for sandbox in &all {
+            sandbox.wait_ended().await;
+        }
+    }
+
     /// Reclaims sandboxes past their timeout and pauses idle ones; runs until
     /// the engine is dropped.
     pub(crate) fn start_sandbox_reaper(self: &Arc<Self>) {
