@@ -134,5 +134,62 @@ class Preview(unittest.TestCase):
         s.close()
 
 
+@unittest.skipUnless(SERVER, "needs $ALCOVE_SERVER: run by crates/alcove/tests/sandboxes.rs")
+class ForkSnapshot(unittest.TestCase):
+    def setUp(self):
+        self.sb = Sandbox.create(timeout=120, metadata={"role": "parent"})
+        self.addCleanup(self.sb.kill)
+
+    def test_a_fork_diverges_from_its_parent(self):
+        self.sb.files.write("proj/state.txt", "v1")
+        self.sb.commands.run("ln -s state.txt proj/link && mkdir -p proj/deep/er && echo d > proj/deep/er/f")
+        children = [self.sb.fork(metadata={"role": f"child{i}"}) for i in range(3)]
+        for c in children:
+            self.addCleanup(c.kill)
+        self.assertEqual(len({c.id for c in children} | {self.sb.id}), 4)
+        for c in children:
+            info = c.info()
+            self.assertEqual(info.parent, self.sb.id)
+            self.assertEqual(c.files.read_text("proj/state.txt"), "v1")
+            self.assertEqual(c.files.read_text("proj/deep/er/f"), "d\n")
+            r = c.commands.run("readlink proj/link; stat -c %U proj/state.txt")
+            self.assertEqual(r.stdout.split(), ["state.txt", "nobody"])
+        # Changed in one, unchanged in the others.
+        children[0].files.write("proj/state.txt", "child0")
+        self.sb.files.write("proj/state.txt", "parent")
+        self.assertEqual(children[0].files.read_text("proj/state.txt"), "child0")
+        self.assertEqual(children[1].files.read_text("proj/state.txt"), "v1")
+        self.assertEqual(self.sb.files.read_text("proj/state.txt"), "parent")
+        listed = Sandbox.list(metadata={"role": "child1"})
+        self.assertEqual([s.id for s in listed], [children[1].id])
+
+    def test_a_fork_of_a_paused_sandbox_leaves_it_paused(self):
+        self.sb.files.write("x", "1")
+        self.sb.pause()
+        child = self.sb.fork()
+        self.addCleanup(child.kill)
+        self.assertEqual(self.sb.info().state, "paused")
+        self.assertEqual(child.files.read_text("x"), "1")
+
+    def test_a_snapshot_is_a_template_new_sandboxes_start_from(self):
+        name = "t" + os.urandom(4).hex()
+        self.sb.files.write("ready/config.json", '{"ok": true}')
+        snap = self.sb.snapshot(name)
+        self.addCleanup(lambda: Sandbox.delete_template(name))
+        names = [t["name"] for t in Sandbox.list_templates()]
+        self.assertIn(name, names)
+        self.sb.files.write("ready/config.json", "changed after")
+        fresh = Sandbox.create(template=name, timeout=60)
+        self.addCleanup(fresh.kill)
+        self.assertEqual(fresh.files.read_text("ready/config.json"), '{"ok": true}')
+        self.assertEqual(fresh.info().template, name)
+        # A second snapshot under the same name is refused; a missing template too.
+        from alcove import Conflict, NotFound
+        with self.assertRaises(Conflict):
+            self.sb.snapshot(name)
+        with self.assertRaises(NotFound):
+            Sandbox.create(template="no-such-template-" + os.urandom(3).hex())
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -324,6 +324,17 @@ impl SandboxCgroup {
     /// a process later started in that cgroup with `CLONE_INTO_CGROUP` is
     /// killed at birth (the cgroup's kill sequence no longer matches the
     /// parent's), which would poison a reused cgroup.
+    /// Thaws the cgroup where it is frozen (cgroup v2's `cgroup.freeze`): a
+    /// frozen slot would freeze the next sandbox started in it.
+    pub fn thaw(&self) {
+        for dir in self.all_dirs() {
+            let freeze = dir.join("cgroup.freeze");
+            if std::fs::read_to_string(&freeze).is_ok_and(|v| v.trim() == "1") {
+                let _ = std::fs::write(&freeze, "0");
+            }
+        }
+    }
+
     pub fn kill_all(&self) {
         for _ in 0..200 {
             let mut any = false;

@@ -227,6 +227,9 @@ fn prepare(
     if dirs != recorded_dirs {
         write_dirs(&lock, &dirs)?;
     }
+    // A sandbox paused (frozen) when its run ended, or when its holder died,
+    // must not freeze this one.
+    cgroup.thaw();
     if previous.is_none() {
         cgroup.kill_all(); // a holder died mid-run; its sandbox may still be dying
     }

@@ -62,6 +62,25 @@ fn bad_input() {
     e2e("bad_input", "BadInput");
 }
 
+#[test]
+fn port_previews() {
+    e2e("port_previews", "e2e_preview.Preview");
+}
+
+#[test]
+fn fork_and_snapshot() {
+    e2e("fork_and_snapshot", "e2e_preview.ForkSnapshot");
+}
+
+/// `Class` of e2e_sandboxes.py, or `module.Class` as given.
+fn module_class(class: &str) -> String {
+    if class.contains('.') {
+        class.to_owned()
+    } else {
+        format!("e2e_sandboxes.{class}")
+    }
+}
+
 /// Runs `e2e_sandboxes.CLASS` against a fresh daemon, then checks the host.
 fn e2e(test: &str, class: &str) {
     if !python_or_skip(test) {
@@ -181,7 +200,7 @@ fn e2e(test: &str, class: &str) {
 fn run_python(daemon: &Daemon, class: &str) -> (bool, String) {
     let out = tempfile::tempfile().expect("a temp file for the output");
     let mut child = Command::new(PYTHON)
-        .args(["-m", "unittest", "-v", &format!("e2e_sandboxes.{class}")])
+        .args(["-m", "unittest", "-v", &module_class(class)])
         .current_dir(Path::new(SDK).join("tests"))
         .env("PYTHONPATH", SDK)
         .env("PYTHONDONTWRITEBYTECODE", "1")

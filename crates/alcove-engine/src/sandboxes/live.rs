@@ -180,7 +180,11 @@ impl alcove_sandbox::Observer for CgroupCapture {
     }
 
     fn after_end(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // A sandbox removed while paused: its cgroup (a pooled slot) thawed
+        // before the next sandbox is started in it.
+        if let Some(dir) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+        }
     }
 }
 

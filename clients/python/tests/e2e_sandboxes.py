@@ -1,0 +1,881 @@
+"""End-to-end tests of alcove's agent sandboxes through the Python SDK,
+against a real daemon.
+
+    ALCOVE_SERVER=http://127.0.0.1:PORT ALCOVE_TOKEN=... \\
+        python3 -m unittest -v e2e_sandboxes            # from clients/python/tests
+
+Without $ALCOVE_SERVER every case is skipped (and says so). The file is not
+named test_*.py on purpose: `python3 -m unittest discover -s tests` runs the
+SDK's unit tests, which need no daemon, and must not pick these up.
+crates/alcove/tests/sandboxes.rs starts a daemon, runs each TestCase class
+here against it, then checks from the host that nothing of the sandboxes is
+left.
+
+Every check asserts that the situation it is about arose (the output came
+before the end, the process was running before it was killed, ...), so a
+case cannot pass by nothing having happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+from urllib.parse import urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alcove import (  # noqa: E402
+    AlcoveError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Sandbox,
+    Unauthorized,
+)
+from alcove._http import Transport  # noqa: E402
+from alcove.models import SandboxInfo  # noqa: E402
+
+SERVER = os.environ.get("ALCOVE_SERVER", "")
+SKIP_WHY = "set ALCOVE_SERVER (and ALCOVE_TOKEN) to a running alcove daemon to run these"
+if not SERVER:
+    print(f"SKIPPED e2e_sandboxes: {SKIP_WHY}", file=sys.stderr)
+needs_server = unittest.skipUnless(SERVER, SKIP_WHY)
+
+#: Marks this run's sandboxes (metadata), so lists see only them.
+RUN = uuid.uuid4().hex[:12]
+
+
+def make(test: unittest.TestCase, **options) -> Sandbox:
+    """A sandbox for `test`, removed when the test ends (or its class, when
+    `test` is the class)."""
+    options.setdefault("timeout", 120)
+    # A create that hangs (a sandbox frozen at birth, say) fails in 30 s, not 120.
+    options.setdefault("request_timeout", 30)
+    metadata = {"e2e": RUN}
+    metadata.update(options.pop("metadata", {}))
+    sb = Sandbox.create(metadata=metadata, **options)
+    cleanup = test.addClassCleanup if isinstance(test, type) else test.addCleanup
+    cleanup(sb.close)
+    cleanup(sb.kill)
+    return sb
+
+
+def wait_for(what: str, limit: float, check, every: float = 0.05):
+    """Polls `check` until it returns something true; fails after `limit` s."""
+    end = time.monotonic() + limit
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {limit} s waiting until {what}")
+        time.sleep(every)
+
+
+def server_address():
+    parts = urlsplit(SERVER if "://" in SERVER else "http://" + SERVER)
+    return parts.hostname, parts.port or 80
+
+
+# A connect to HOST:PORT from inside a sandbox: prints connected or failed.
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("connected")
+except OSError as e:
+    print("failed", type(e).__name__, e)
+"""
+
+
+@needs_server
+class Commands(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sb = make(cls)
+
+    def test_shell_command_output_and_exit_code(self):
+        r = self.sb.commands.run("echo hi; echo err >&2; exit 3")
+        self.assertEqual(r.stdout, "hi\n")
+        self.assertEqual(r.stderr, "err\n")
+        self.assertEqual(r.exit_code, 3)
+        self.assertIsNone(r.signal)
+        self.assertFalse(r.timed_out)
+        self.assertFalse(r.ok)
+        self.assertIsInstance(r.pid, int)
+        ok = self.sb.commands.run("true")
+        self.assertEqual((ok.exit_code, ok.stdout, ok.stderr), (0, "", ""))
+
+    def test_argv_is_not_run_by_a_shell(self):
+        r = self.sb.commands.run(["printf", "%s|", "a b", "$HOME", "*"])
+        self.assertEqual(r.stdout, "a b|$HOME|*|")
+        self.assertEqual(r.exit_code, 0)
+        # The same through sh -c expands: the difference is real.
+        self.assertEqual(self.sb.commands.run("printf '%s|' $HOME").stdout, "/home/user|")
+
+    def test_env_and_cwd(self):
+        r = self.sb.commands.run("echo $FOO-$BAR; pwd", env={"FOO": "foo value", "BAR": "2"}, cwd="/tmp")
+        self.assertEqual(r.stdout, "foo value-2\n/tmp\n")
+        # Without them: the default working directory is home, and FOO unset.
+        r = self.sb.commands.run("echo \"[$FOO]\"; pwd; echo $HOME")
+        self.assertEqual(r.stdout, "[]\n/home/user\n/home/user\n")
+
+    def test_stdin_given(self):
+        r = self.sb.commands.run("wc -l; echo done", stdin="one\ntwo\nthree\n")
+        self.assertEqual(r.stdout.split(), ["3", "done"])
+        r = self.sb.commands.run(["cat"], stdin="h\u00e9llo\n")
+        self.assertEqual(r.stdout, "h\u00e9llo\n")
+        # No stdin given: the command reads end of file at once (does not hang).
+        r = self.sb.commands.run("cat; echo eof", timeout=10)
+        self.assertEqual((r.stdout, r.timed_out), ("eof\n", False))
+
+    def test_command_not_found(self):
+        # argv form: the agent cannot start it; the daemon answers 404 file_not_found.
+        with self.assertRaises(NotFound) as caught:
+            self.sb.commands.run(["no-such-command-e2e", "x"])
+        self.assertEqual(caught.exception.status, 404)
+        self.assertEqual(caught.exception.code, "file_not_found")
+        self.assertIn("no-such-command-e2e", caught.exception.message)
+        # Shell form: the shell starts, and says so with 127.
+        r = self.sb.commands.run("no-such-command-e2e x")
+        self.assertEqual(r.exit_code, 127)
+        self.assertIn("not found", r.stderr)
+        # A missing working directory is refused too (not a silent cwd change).
+        with self.assertRaises(AlcoveError) as caught:
+            self.sb.commands.run("pwd", cwd="/no/such/dir")
+        self.assertEqual(caught.exception.status, 404, repr(caught.exception))
+
+    def test_timeout_kills_the_command(self):
+        t0 = time.monotonic()
+        r = self.sb.commands.run("echo started; sleep 30; echo never", timeout=1)
+        elapsed = time.monotonic() - t0
+        self.assertEqual(r.stdout, "started\n")
+        self.assertTrue(r.timed_out, r)
+        self.assertEqual(r.signal, "KILL")
+        self.assertIsNone(r.exit_code)
+        self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 10, "the timeout did not end it")
+        # The sleep went with it (the whole process group is killed).
+        ps = self.sb.commands.run(["ps", "-eo", "args"])
+        self.assertIn("ps -eo args", ps.stdout, "ps sees no process: it proves nothing")
+        self.assertNotIn("sleep 30", ps.stdout)
+        listed = {p.pid: p for p in self.sb.commands.list()}
+        self.assertFalse(listed[r.pid].running)
+        self.assertEqual(listed[r.pid].signal, "KILL")
+
+    def test_output_is_streamed_as_it_comes(self):
+        seen = []
+        t0 = time.monotonic()
+        r = self.sb.commands.run(
+            "echo a; sleep 1; echo b >&2; echo c",
+            on_stdout=lambda t: seen.append((time.monotonic(), "out", t)),
+            on_stderr=lambda t: seen.append((time.monotonic(), "err", t)),
+        )
+        end = time.monotonic()
+        self.assertEqual((r.stdout, r.stderr, r.exit_code), ("a\nc\n", "b\n", 0))
+        self.assertGreaterEqual(end - t0, 0.9)
+        first = seen[0]
+        self.assertEqual(first[1:], ("out", "a\n"), seen)
+        self.assertGreater(end - first[0], 0.7, f"'a' came only at the end: {seen}")
+        self.assertIn(("err", "b\n"), [s[1:] for s in seen])
+
+    def test_background_command_and_reattach(self):
+        h = self.sb.commands.run("echo before; sleep 1; echo after; exit 4", background=True)
+        self.assertIsInstance(h.pid, int)
+        # It runs while nobody is attached.
+        running = {p.pid: p.running for p in self.sb.commands.list()}
+        self.assertTrue(running.get(h.pid), running)
+        time.sleep(0.4)  # "before" is printed before anyone attaches
+        seen = []
+        r = h.wait(on_stdout=lambda t: seen.append(t))
+        self.assertEqual(r.stdout, "before\nafter\n")
+        self.assertEqual(r.exit_code, 4)
+        self.assertEqual(seen[0], "before\n", "the replay came first")
+        # Reattaching by pid after the end replays the whole output again.
+        again = self.sb.commands.connect(h.pid).wait()
+        self.assertEqual((again.stdout, again.exit_code), ("before\nafter\n", 4))
+        info = {p.pid: p for p in self.sb.commands.list()}[h.pid]
+        self.assertEqual((info.running, info.exit_code), (False, 4))
+        self.assertIn("echo before", str(info.cmd))
+
+    def test_send_stdin_to_a_background_cat(self):
+        h = self.sb.commands.run("cat", background=True)
+        h.send_stdin("ping\n")
+        got = []
+        for out in h:  # the echo comes back while cat still runs; then close its stdin
+            got.append(out.text)
+            if "".join(got) == "ping\n":
+                running = {p.pid: p.running for p in self.sb.commands.list()}
+                self.assertTrue(running[h.pid], "cat ended before its stdin was closed")
+                h.send_stdin(b"bye\n", close=True)
+        self.assertEqual(h.result.stdout, "ping\nbye\n")
+        self.assertEqual(h.result.exit_code, 0)
+        # Its stdin is closed now: another write is a conflict.
+        with self.assertRaises(AlcoveError):
+            h.send_stdin("late\n")
+
+    def test_kill_a_background_process(self):
+        h = self.sb.commands.run("sleep 30", background=True)
+        wait_for("sleep runs", 5, lambda: {p.pid: p.running for p in self.sb.commands.list()}.get(h.pid))
+        t0 = time.monotonic()
+        self.assertTrue(h.kill())
+        r = h.wait()
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual((r.exit_code, r.signal, r.timed_out), (None, "KILL", False))
+        # An ended process cannot be signalled: the daemon says 409.
+        with self.assertRaises(Conflict):
+            h.kill()
+
+    def test_term_reaches_a_trap(self):
+        h = self.sb.commands.run(
+            "trap 'echo got-term; exit 7' TERM; echo ready; sleep 30 & wait", background=True
+        )
+        out = []
+        for o in h:
+            out.append(o.text)
+            if "ready\n" in "".join(out) and len(out) == 1:
+                self.assertTrue(h.kill("TERM"))
+        self.assertEqual(h.result.stdout, "ready\ngot-term\n")
+        self.assertEqual(h.result.exit_code, 7)
+
+
+@needs_server
+class Files(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sb = make(cls)
+
+    def test_bytes_and_text_round_trip(self):
+        data = bytes(range(256)) * 4 + b"\x00\xff end"
+        w = self.sb.files.write("/home/user/data.bin", data)
+        self.assertEqual(w.size, len(data))
+        self.assertEqual(self.sb.files.read("/home/user/data.bin"), data)
+        text = "h\u00e9llo \u2713\nline two\n"
+        self.sb.files.write("notes/t.txt", text)  # relative: under home, parents made
+        self.assertEqual(self.sb.files.read_text("/home/user/notes/t.txt"), text)
+        # It is really in the sandbox: a command there sees the same bytes.
+        r = self.sb.commands.run("sha256sum /home/user/data.bin; cat notes/t.txt")
+        self.assertEqual(r.stdout.split()[0], hashlib.sha256(data).hexdigest())
+        self.assertTrue(r.stdout.endswith(text))
+        # Overwriting truncates.
+        self.sb.files.write("notes/t.txt", "short")
+        self.assertEqual(self.sb.files.read_text("notes/t.txt"), "short")
+        # And what a command writes, a read sees.
+        self.sb.commands.run("printf 'from sh' > /tmp/sh.txt")
+        self.assertEqual(self.sb.files.read("/tmp/sh.txt"), b"from sh")
+
+    def test_five_megabytes_streamed_both_ways(self):
+        size = 5 << 20
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "up.bin")
+            with open(src, "wb") as f:
+                f.write(os.urandom(size))
+            with open(src, "rb") as f:
+                want = hashlib.sha256(f.read()).hexdigest()
+            with open(src, "rb") as f:  # a file object: sent chunked
+                w = self.sb.files.write("/home/user/big.bin", f)
+            self.assertEqual(w.size, size)
+            r = self.sb.commands.run("sha256sum /home/user/big.bin; stat -c %s /home/user/big.bin")
+            self.assertEqual(r.stdout.split()[0], want)
+            self.assertEqual(r.stdout.split()[2], str(size))
+            self.assertEqual(self.sb.files.upload(src, "/tmp/big2.bin").size, size)
+            dst = os.path.join(tmp, "down.bin")
+            self.assertEqual(self.sb.files.download("/tmp/big2.bin", dst), size)
+            with open(dst, "rb") as f:
+                self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+            pieces = list(self.sb.files.read_stream("/home/user/big.bin"))
+            self.assertGreater(len(pieces), 1, "read_stream gave one piece")
+            self.assertEqual(hashlib.sha256(b"".join(pieces)).hexdigest(), want)
+
+    def test_list_make_dir_and_remove(self):
+        self.sb.files.make_dir("tree/sub/deeper")  # parents made too
+        self.sb.files.write("tree/f.txt", "x")
+        self.sb.commands.run("ln -s f.txt tree/link")
+        entries = {e.name: e for e in self.sb.files.list("/home/user/tree")}
+        self.assertEqual(sorted(entries), ["f.txt", "link", "sub"])
+        self.assertEqual(entries["f.txt"].type, "file")
+        self.assertEqual(entries["f.txt"].size, 1)
+        self.assertEqual(entries["f.txt"].path, "/home/user/tree/f.txt")
+        self.assertEqual(entries["sub"].type, "dir")
+        self.assertEqual(entries["link"].type, "symlink")
+        self.assertGreater(entries["f.txt"].mtime, time.time() - 600)
+        self.assertTrue(self.sb.files.exists("tree/sub/deeper"))
+        # A directory that is not empty stays.
+        with self.assertRaises(Conflict) as caught:
+            self.sb.files.remove("tree/sub")
+        self.assertEqual(caught.exception.code, "directory_not_empty")
+        self.sb.files.remove("tree/sub/deeper")
+        self.sb.files.remove("tree/sub")
+        self.sb.files.remove("tree/f.txt")
+        self.assertEqual(sorted(e.name for e in self.sb.files.list("tree")), ["link"])
+        self.assertFalse(self.sb.files.exists("tree/f.txt"))
+        with self.assertRaises(NotFound):
+            self.sb.files.remove("tree/f.txt")
+        with self.assertRaises(NotFound):
+            self.sb.files.list("/home/user/no-such-dir")
+        # Reading a directory is refused as such.
+        with self.assertRaises(BadRequest) as caught:
+            self.sb.files.read("tree")
+        self.assertEqual(caught.exception.code, "is_a_directory")
+
+    def test_missing_file(self):
+        with self.assertRaises(NotFound) as caught:
+            self.sb.files.read("/home/user/no-such-file")
+        self.assertEqual(caught.exception.code, "file_not_found")
+        self.assertEqual(caught.exception.status, 404)
+
+    def test_outside_home_read_only_and_as_nobody(self):
+        passwd = self.sb.files.read_text("/etc/passwd")
+        self.assertIn("root:", passwd)
+        with self.assertRaises(Forbidden) as caught:
+            self.sb.files.write("/etc/x", "no")
+        self.assertEqual(caught.exception.code, "permission_denied")
+        r = self.sb.commands.run("test -e /etc/x && echo exists || echo absent")
+        self.assertEqual(r.stdout, "absent\n")
+        # /home/user is writable, the root of the filesystem is not.
+        with self.assertRaises(Forbidden):
+            self.sb.files.make_dir("/not-allowed-dir")
+
+    def test_watch_sees_a_create(self):
+        self.sb.files.make_dir("watched")
+        events = []
+        got = threading.Event()
+
+        def on_event(ev):
+            events.append(ev)
+            got.set()
+
+        w = self.sb.files.watch("/home/user/watched", on_event=on_event)
+        try:
+            self.assertEqual(events, [], "events before anything happened")
+            self.sb.files.write("watched/new.txt", "1")
+            wait_for(
+                "a create event",
+                5,
+                lambda: any(e.event == "create" and e.path == "/home/user/watched/new.txt" for e in events),
+            )
+            self.sb.commands.run("rm watched/new.txt")
+            wait_for(
+                "a delete event",
+                5,
+                lambda: any(e.event == "delete" and e.path == "/home/user/watched/new.txt" for e in events),
+            )
+        finally:
+            w.stop()
+        self.assertIsNone(w.error)
+        kinds = [e.event for e in events]
+        self.assertLess(kinds.index("create"), kinds.index("delete"), kinds)
+
+
+@needs_server
+class Code(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sb = make(cls)
+
+    def test_state_is_kept(self):
+        ex = self.sb.run_code("x = 1")
+        self.assertEqual((ex.results, ex.error), ([], None))
+        ex = self.sb.run_code("x + 1")
+        self.assertEqual(ex.text, "2")
+        self.assertEqual(ex.results[0].mime.get("text/plain"), "2")
+        self.assertIsNone(ex.error)
+        self.assertIsNotNone(ex.duration_ms)
+
+    def test_print_is_streamed(self):
+        seen = []
+        t0 = time.monotonic()
+        ex = self.sb.run_code(
+            "import sys, time\nprint('a')\ntime.sleep(1)\nprint('err', file=sys.stderr)\nprint('b')\n'end'",
+            on_stdout=lambda t: seen.append((time.monotonic(), t)),
+        )
+        end = time.monotonic()
+        self.assertEqual("".join(ex.stdout), "a\nb\n")
+        self.assertEqual("".join(ex.stderr), "err\n")
+        self.assertEqual(ex.text, "'end'")
+        self.assertGreaterEqual(end - t0, 0.9)
+        # print writes "a" and "\n" apart: how it is cut is not the point, when it comes is.
+        self.assertTrue(seen[0][1].startswith("a"), seen)
+        before_b = [t for t, text in seen if "b" not in text]
+        self.assertGreater(end - max(before_b), 0.7, f"'a' came only at the end: {seen}")
+
+    def test_error_has_name_value_and_traceback(self):
+        errors = []
+        ex = self.sb.run_code("def f():\n    return 1 / 0\nf()", on_error=errors.append)
+        self.assertIsNotNone(ex.error)
+        self.assertEqual(ex.error.name, "ZeroDivisionError")
+        self.assertEqual(ex.error.value, "division by zero")
+        self.assertEqual(errors, [ex.error])
+        tb = "\n".join(ex.error.traceback)
+        self.assertIn("in f", tb)
+        self.assertIn("ZeroDivisionError: division by zero", tb)
+        self.assertNotIn("alcove_repl", tb, "the interpreter's own frames leaked")
+        # The session goes on.
+        self.assertEqual(self.sb.run_code("40 + 2").text, "42")
+
+    def test_syntax_error(self):
+        self.sb.run_code("before_syntax_error = 5")
+        ex = self.sb.run_code("def f(:\n    pass")
+        self.assertEqual(ex.error.name, "SyntaxError")
+        self.assertEqual(ex.results, [])
+        self.assertEqual(self.sb.run_code("before_syntax_error").text, "5")
+
+    def test_interrupt(self):
+        self.sb.run_code("kept = 'yes'")
+        with self.assertRaises(Conflict):  # nothing runs yet
+            self.sb.interrupt_code()
+        started = threading.Event()
+        box = {}
+
+        def worker():
+            try:
+                box["ex"] = self.sb.run_code(
+                    "print('started')\nwhile True:\n    pass",
+                    on_stdout=lambda t: started.set() if "started" in t else None,
+                    timeout=30,
+                )
+            except BaseException as e:  # noqa: BLE001 - reported below
+                box["exc"] = e
+
+        th = threading.Thread(target=worker, daemon=True)
+        th.start()
+        self.assertTrue(started.wait(15), f"the cell did not start: {box}")
+        time.sleep(0.2)
+        self.assertTrue(th.is_alive(), "the loop ended by itself")
+        t0 = time.monotonic()
+        self.sb.interrupt_code()
+        th.join(10)
+        self.assertFalse(th.is_alive(), "the cell was not interrupted")
+        self.assertNotIn("exc", box)
+        ex = box["ex"]
+        self.assertIsNotNone(ex.error)
+        self.assertEqual(ex.error.name, "KeyboardInterrupt")
+        self.assertLess(time.monotonic() - t0, 3)
+        # Same session, same variables.
+        self.assertEqual(self.sb.run_code("kept").text, "'yes'")
+
+    def test_cell_timeout_interrupts(self):
+        self.sb.run_code("survivor = 9")
+        t0 = time.monotonic()
+        ex = self.sb.run_code("while True:\n    pass", timeout=1)
+        self.assertEqual(ex.error.name, "KeyboardInterrupt")
+        self.assertLess(time.monotonic() - t0, 6)
+        self.assertEqual(self.sb.run_code("survivor").text, "9")
+
+    def test_runs_as_nobody(self):
+        self.assertEqual(self.sb.run_code("import os\nos.getuid(), os.getgid()").text, "(65534, 65534)")
+
+
+@needs_server
+class Lifecycle(unittest.TestCase):
+    def test_metadata_and_state_filters(self):
+        tag = uuid.uuid4().hex[:8]
+        a = make(self, metadata={"t": tag, "role": "a"})
+        b = make(self, metadata={"t": tag, "role": "b"})
+        self.assertEqual(a.last_info.metadata, {"e2e": RUN, "t": tag, "role": "a"})
+        ids = lambda **q: sorted(s.id for s in Sandbox.list(**q))  # noqa: E731
+        self.assertEqual(ids(metadata={"t": tag}), sorted([a.id, b.id]))
+        self.assertEqual(ids(metadata={"t": tag, "role": "a"}), [a.id])
+        self.assertEqual(ids(metadata={"t": tag, "role": "c"}), [])
+        b.pause()
+        self.assertEqual(ids(metadata={"t": tag}, state="paused"), [b.id])
+        self.assertEqual(ids(metadata={"t": tag}, state="running"), [a.id])
+        listed = {s.id: s for s in Sandbox.list(metadata={"t": tag})}
+        self.assertEqual(listed[b.id].state, "paused")
+        self.assertEqual(listed[a.id].metadata["role"], "a")
+        # Removed running: removing a paused one is PausedRemoval's case.
+        self.assertEqual(b.resume().state, "running")
+
+    def test_pause_resume_keeps_memory_and_files(self):
+        sb = make(self)
+        sb.run_code("v = 41")
+        sb.files.write("keep.txt", "kept")
+        ticker = sb.commands.run("while :; do date +%s.%N; sleep 0.05; done", background=True)
+        time.sleep(0.5)
+        info = sb.pause()
+        self.assertEqual(info.state, "paused")
+        self.assertEqual(sb.info().state, "paused")
+        paused_at = time.time()
+        time.sleep(1.5)
+        self.assertEqual(sb.info().state, "paused", "it resumed by itself")
+        # A call resumes it: the interpreter's memory and the file are there.
+        self.assertEqual(sb.run_code("v + 1").text, "42")
+        self.assertEqual(sb.info().state, "running")
+        self.assertEqual(sb.files.read_text("keep.txt"), "kept")
+        # The ticker was frozen, not merely unobserved: a gap as long as the pause.
+        time.sleep(0.3)
+        self.assertTrue(ticker.kill())
+        ticks = [float(t) for t in ticker.wait().stdout.split()]
+        self.assertGreater(len(ticks), 5, ticks)
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        self.assertGreater(max(gaps), 1.2, f"no gap while paused: {gaps}")
+        during = [t for t in ticks if paused_at + 0.2 < t < paused_at + 1.3]
+        self.assertEqual(during, [], "it ticked while paused")
+        # pause and resume as calls of their own.
+        self.assertEqual(sb.pause().state, "paused")
+        self.assertEqual(sb.pause().state, "paused")  # again: no change, no error
+        self.assertEqual(sb.resume().state, "running")
+        self.assertEqual(sb.commands.run("cat keep.txt").stdout, "kept")
+
+    def test_idle_pause(self):
+        sb = make(self, idle_pause=1)
+        self.assertEqual(sb.last_info.idle_pause_s, 1)
+        sb.run_code("y = 7")
+        used = time.monotonic()
+        self.assertEqual(sb.info().state, "running")
+        wait_for("it pauses when idle", 5, lambda: sb.info().state == "paused", every=0.1)
+        idle = time.monotonic() - used
+        self.assertGreaterEqual(idle, 0.9, "paused before it was idle for idle_pause")
+        self.assertEqual(sb.run_code("y").text, "7")
+        self.assertEqual(sb.info().state, "running")
+        sb.kill()  # now, before it pauses again (removing a paused one is PausedRemoval's case)
+
+    def test_idle_pause_waits_for_a_call_in_progress(self):
+        # A call that takes longer than idle_pause is use, not idleness: the
+        # sandbox must not be frozen under it.
+        sb = make(self, idle_pause=1)
+        box = {}
+
+        def worker():
+            try:
+                box["r"] = sb.commands.run("sleep 2.5; echo done", timeout=20)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                box["e"] = e
+
+        t0 = time.monotonic()
+        th = threading.Thread(target=worker, daemon=True)
+        th.start()
+        th.join(8)
+        hung = th.is_alive()
+        state = sb.info().state
+        if hung:
+            sb.resume()  # thaw it, so that the call ends and nothing is left waiting
+            th.join(30)
+        self.assertFalse(
+            hung,
+            f"a 2.5 s command in a sandbox with idle_pause=1 had not ended after 8 s; "
+            f"the sandbox was {state} (paused under a running call)",
+        )
+        self.assertNotIn("e", box)
+        self.assertEqual(box["r"].stdout, "done\n")
+        self.assertLess(time.monotonic() - t0, 6)
+        sb.kill()  # now, before it pauses (removing a paused one is PausedRemoval's case)
+
+    def test_timeout_reclaims_and_set_timeout_extends(self):
+        t0 = time.monotonic()
+        tag = uuid.uuid4().hex[:8]
+        short = make(self, timeout=2, metadata={"t": tag})
+        extended = make(self, timeout=2, metadata={"t": tag})
+        info = extended.set_timeout(60)
+        self.assertEqual(info.timeout_s, 60)
+        self.assertGreater(info.expires_at, time.time() + 50)
+        self.assertEqual(short.last_info.timeout_s, 2)
+
+        def gone():
+            try:
+                short.info()
+                return False
+            except NotFound as e:
+                return e
+
+        err = wait_for("the short one is reclaimed", 8, gone, every=0.1)
+        self.assertGreaterEqual(time.monotonic() - t0, 1.5, "reclaimed before its timeout")
+        self.assertEqual(err.status, 404)
+        self.assertEqual(err.code, "sandbox_not_found")
+        ids = [s.id for s in Sandbox.list(metadata={"t": tag})]
+        self.assertEqual(ids, [extended.id])
+        with self.assertRaises(NotFound):
+            short.commands.run("true")
+        self.assertFalse(short.kill())
+        # The extended one outlives its first timeout.
+        time.sleep(max(0.0, t0 + 3.5 - time.monotonic()))
+        self.assertEqual(extended.info().state, "running")
+        self.assertEqual(extended.commands.run("echo alive").stdout, "alive\n")
+        # What the reclaimed ones held serves new sandboxes (none frozen at birth).
+        for i in range(3):
+            nxt = make(self, request_timeout=15)
+            self.assertEqual(nxt.commands.run(f"echo next-{i}", timeout=10).stdout, f"next-{i}\n")
+
+    def test_kill(self):
+        sb = make(self)
+        self.assertEqual(sb.commands.run("echo up").stdout, "up\n")
+        self.assertTrue(sb.kill())
+        self.assertEqual(sb.last_info.state, "removed")
+        with self.assertRaises(NotFound):
+            sb.info()
+        with self.assertRaises(NotFound):
+            Sandbox.connect(sb.id)
+        with self.assertRaises(NotFound):
+            sb.commands.run("true")
+        self.assertFalse(sb.kill())
+        self.assertNotIn(sb.id, [s.id for s in Sandbox.list(metadata={"e2e": RUN})])
+
+    def test_connect_sees_the_same_sandbox(self):
+        sb = make(self)
+        sb.files.write("/tmp/marker", "m")
+        other = Sandbox.connect(sb.id)
+        self.addCleanup(other.close)
+        self.assertEqual(other.files.read_text("/tmp/marker"), "m")
+        self.assertEqual(other.info().id, sb.id)
+
+
+@needs_server
+class PausedRemoval(unittest.TestCase):
+    """A paused (frozen) sandbox removed, by a call or by its timeout: all of
+    it goes, and what it held (its cgroups, a slot of the pool) serves the
+    next sandboxes thawed."""
+
+    def assertNextSandboxesWork(self):
+        for i in range(3):
+            t0 = time.monotonic()
+            try:
+                nxt = make(self, request_timeout=10)
+            except AlcoveError as e:
+                # Say whether the daemon still answers at all.
+                probe = Transport(request_timeout=5)
+                try:
+                    t1 = time.monotonic()
+                    n = len(probe.call("GET", "/v1/sandboxes")["sandboxes"])
+                    answers = f"it lists {n} sandboxes in {time.monotonic() - t1:.2f} s"
+                except AlcoveError as e2:
+                    answers = f"and a list gets no answer either: {e2}"
+                try:
+                    t1 = time.monotonic()
+                    probe.call("DELETE", "/v1/sandboxes/sb-none")
+                except NotFound:
+                    answers += f"; a DELETE of no sandbox is a 404 in {time.monotonic() - t1:.2f} s"
+                except AlcoveError as e2:
+                    answers += f"; a DELETE of no sandbox: {e2}"
+                finally:
+                    probe.close()
+                self.fail(f"sandbox {i} after the removal did not start: {e!r}; {answers}")
+            self.assertEqual(nxt.commands.run(f"echo next-{i}", timeout=10).stdout, f"next-{i}\n")
+            self.assertLess(time.monotonic() - t0, 10)
+            nxt.kill()
+
+    def test_kill_a_paused_sandbox(self):
+        sb = make(self, request_timeout=10)
+        sb.run_code("z = 1")
+        h = sb.commands.run("sleep 60", background=True)
+        self.assertTrue({p.pid: p.running for p in sb.commands.list()}[h.pid])
+        self.assertEqual(sb.pause().state, "paused")
+        t0 = time.monotonic()
+        self.assertTrue(sb.kill())
+        self.assertLess(time.monotonic() - t0, 5)
+        with self.assertRaises(NotFound):
+            sb.info()
+        self.assertNextSandboxesWork()
+
+    def test_timeout_reclaims_a_paused_sandbox(self):
+        sb = make(self, timeout=2, request_timeout=10)
+        sb.commands.run("sleep 60", background=True)
+        self.assertEqual(sb.pause().state, "paused")
+        wait_for("the paused one is reclaimed", 8, lambda: sb.id not in [s.id for s in Sandbox.list()])
+        with self.assertRaises(NotFound):
+            sb.info()
+        self.assertNextSandboxesWork()
+
+
+@needs_server
+class Limits(unittest.TestCase):
+    def test_memory_limit_kills_the_command_not_the_sandbox(self):
+        sb = make(self, memory="64M")
+        self.assertEqual(sb.last_info.limits.memory_bytes, 64 << 20)
+        small = sb.commands.run(["python3", "-c", "b = b'x' * (16 << 20); print('small ok')"])
+        self.assertEqual(small.stdout, "small ok\n", small)
+        r = sb.commands.run(["python3", "-c", "b = b'x' * (200 << 20); print('allocated')"], timeout=30)
+        self.assertNotIn("allocated", r.stdout)
+        self.assertFalse(r.timed_out)
+        self.assertTrue(r.signal == "KILL" or (r.exit_code or 0) != 0, r)
+        self.assertEqual(sb.commands.run("echo survived").stdout, "survived\n")
+        self.assertEqual(sb.info().state, "running")
+
+    def test_pids_limit_stops_a_fork_bomb(self):
+        sb = make(self, pids=32)
+        self.assertEqual(sb.last_info.limits.pids, 32)
+        sb.run_code("import os")  # the interpreter is up before the bomb: it counts without forking
+        r = sb.commands.run(
+            "for i in $(seq 200); do sleep 4 >/dev/null 2>&1 & done; echo all-forked", timeout=30
+        )
+        self.assertNotIn("all-forked", r.stdout)
+        self.assertNotEqual(r.exit_code, 0, r)
+        self.assertIn("fork", r.stderr.lower(), r)
+        alive = sb.run_code("len([p for p in os.listdir('/proc') if p.isdigit()])")
+        count = int(alive.text)
+        self.assertLessEqual(count, 32)
+        self.assertGreaterEqual(count, 20, "the bomb never reached the limit")
+
+        def works():
+            try:
+                return sb.commands.run("echo survived").stdout == "survived\n"
+            except AlcoveError:
+                return False  # no pid to start it yet
+
+        wait_for("a command runs again", 15, works, every=0.5)
+        self.assertEqual(sb.info().state, "running")
+
+    def test_cannot_see_host_processes(self):
+        sb = make(self)
+        listing = sb.commands.run(
+            [
+                "python3",
+                "-c",
+                "import json, os\n"
+                "procs = {}\n"
+                "for p in os.listdir('/proc'):\n"
+                "    if p.isdigit():\n"
+                "        try:\n"
+                "            procs[p] = open(f'/proc/{p}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+                "        except OSError:\n"
+                "            pass\n"
+                "print(json.dumps(procs))",
+            ]
+        )
+        procs = json.loads(listing.stdout)
+        self.assertLess(len(procs), 10, procs)
+        self.assertIn("sandbox-agent", procs.get("1", ""), procs)
+        joined = "\n".join(procs.values())
+        self.assertNotIn("e2e_sandboxes", joined)
+        self.assertNotIn("alcove serve", joined)
+        # The host does see this test's process: the check above could fail.
+        with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+            self.assertIn(b"e2e_sandboxes", f.read())
+        ps = sb.commands.run("ps aux")
+        self.assertEqual(ps.exit_code, 0, ps)
+        self.assertLess(len(ps.stdout.splitlines()), 10, ps.stdout)
+
+    def test_no_network_by_default(self):
+        host, port = server_address()
+        # From here the daemon's port answers ...
+        socket.create_connection((host, port), timeout=3).close()
+        sb = make(self)
+        self.assertEqual(sb.last_info.net, "none")
+        r = sb.commands.run(["python3", "-c", CONNECT, host, str(port)])
+        self.assertTrue(r.stdout.startswith("failed"), r)
+        # ... and from a sandbox on the host's network too: the check can fail.
+        open_net = make(self, net="host")
+        self.assertEqual(open_net.last_info.net, "host")
+        r = open_net.commands.run(["python3", "-c", CONNECT, host, str(port)])
+        self.assertEqual(r.stdout, "connected\n", r)
+
+    def test_runs_as_nobody(self):
+        sb = make(self)
+        r = sb.commands.run("id -u; id -g")
+        self.assertEqual(r.stdout, "65534\n65534\n")
+        # Root's files stay root's.
+        r = sb.commands.run("touch /etc/e2e-x 2>&1; echo rc=$?")
+        self.assertIn("rc=1", r.stdout)
+
+
+@needs_server
+class BadInput(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sb = make(cls)
+        cls.transport = Transport()
+        cls.addClassCleanup(cls.transport.close)
+
+    def assertBad(self, fn, *args, code="invalid_request", **kw):
+        with self.assertRaises(BadRequest) as caught:
+            fn(*args, **kw)
+        self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(caught.exception.code, code, caught.exception.message)
+        return caught.exception
+
+    def test_create_timeout_zero(self):
+        e = self.assertBad(Sandbox.create, timeout=0)
+        self.assertIn("timeout_s", e.message)
+        self.assertBad(Sandbox.create, timeout=7 * 24 * 3600 + 1)
+        self.assertBad(Sandbox.create, idle_pause=7 * 24 * 3600 + 1)
+
+    def test_create_unknown_field(self):
+        e = self.assertBad(self.transport.call, "POST", "/v1/sandboxes", json_body={"timeout_s": 5, "colour": "red"})
+        self.assertIn("colour", e.message)
+        self.assertBad(self.transport.call, "POST", "/v1/sandboxes", body=b"{not json", content_type="application/json")
+
+    def test_create_bad_options(self):
+        self.assertBad(Sandbox.create, memory="lots")
+        self.assertBad(Sandbox.create, memory="1K")
+        self.assertBad(Sandbox.create, pids=0)
+        self.assertBad(Sandbox.create, net="bridge")
+        self.assertBad(Sandbox.create, cpus=0.0)
+
+    def test_metadata_bounds(self):
+        many = {f"k{i}": "v" for i in range(33)}
+        e = self.assertBad(Sandbox.create, metadata=many)
+        self.assertIn("33", e.message)
+        self.assertBad(Sandbox.create, metadata={"bad key": "v"})
+        self.assertBad(Sandbox.create, metadata={"k" * 65: "v"})
+        self.assertBad(Sandbox.create, metadata={"k": "v" * 257})
+        # The bounds themselves are accepted: 32 keys (with ours), a 64-byte key.
+        ok = {f"k{i}": "v" for i in range(30)}
+        ok["k" * 64] = "v" * 256
+        sb = make(self, metadata=ok)
+        self.assertEqual(len(sb.last_info.metadata), 32)
+        self.assertBad(Sandbox.list, metadata={"bad key": "v"})
+        self.assertBad(Sandbox.list, state="sleeping")
+        self.assertBad(self.transport.call, "GET", "/v1/sandboxes", [("colour", "red")])
+
+    def test_missing_sandbox(self):
+        ghost = Sandbox(SandboxInfo(id="sb-does-not-exist", state="running"), self.transport)
+        for call in (
+            lambda: ghost.commands.run("true"),
+            lambda: ghost.files.read("/etc/passwd"),
+            lambda: ghost.run_code("1"),
+            ghost.info,
+            ghost.pause,
+            lambda: ghost.set_timeout(10),
+        ):
+            with self.assertRaises(NotFound) as caught:
+                call()
+            self.assertEqual(caught.exception.code, "sandbox_not_found")
+        self.assertFalse(ghost.kill())
+        with self.assertRaises(NotFound):
+            Sandbox.connect("sb-does-not-exist")
+
+    def test_bad_exec_bodies(self):
+        path = f"/v1/sandboxes/{self.sb.id}/exec"
+        self.assertBad(self.transport.call, "POST", path, json_body={"cmd": []})
+        self.assertBad(self.transport.call, "POST", path, json_body={"cmd": "true", "timeout_s": 0})
+        self.assertBad(self.transport.call, "POST", path, json_body={"cmd": "true", "shell": True})
+        self.assertBad(self.transport.call, "POST", path, json_body={"cmd": 5})
+        self.assertBad(self.sb.set_timeout, 0)
+        self.assertBad(self.transport.call, "POST", f"/v1/sandboxes/{self.sb.id}/code", json_body={"code": "1", "language": "ruby"})
+
+    def test_too_long_path(self):
+        long_path = "/tmp/" + "a" * 5000
+        e = self.assertBad(self.sb.files.read, long_path)
+        self.assertIn("4096", e.message)
+        self.assertBad(self.sb.files.write, long_path, "x")
+        self.assertBad(self.sb.files.list, long_path)
+        # A name over NAME_MAX (255) in an otherwise short path: refused, not a 500.
+        with self.assertRaises(AlcoveError) as caught:
+            self.sb.files.write("/tmp/" + "n" * 300, "x")
+        self.assertTrue(400 <= caught.exception.status < 500, repr(caught.exception))
+
+    def test_process_not_found(self):
+        with self.assertRaises(NotFound) as caught:
+            self.sb.commands.connect(999999).wait()
+        self.assertEqual(caught.exception.code, "process_not_found")
+        self.assertFalse(self.sb.commands.kill(999999))
+        with self.assertRaises(NotFound):
+            self.sb.commands.send_stdin(999999, "x")
+        self.assertBad(self.transport.call, "GET", f"/v1/sandboxes/{self.sb.id}/processes/abc/output")
+        self.assertBad(self.transport.call, "POST", f"/v1/sandboxes/{self.sb.id}/processes/1/kill", json_body={"signal": "NOPE"})
+
+    def test_wrong_token(self):
+        with self.assertRaises(Unauthorized):
+            Sandbox.list(token="not-the-token")
+
+
+if __name__ == "__main__":
+    unittest.main()
