@@ -500,7 +500,8 @@ class Lifecycle(unittest.TestCase):
         sb.run_code("v = 41")
         sb.files.write("keep.txt", "kept")
         ticker = sb.commands.run("while :; do date +%s.%N; sleep 0.05; done", background=True)
-        time.sleep(0.5)
+        # Long enough to tick a few times even where a tick takes 0.25 s (a TCG guest).
+        time.sleep(1.0)
         info = sb.pause()
         self.assertEqual(info.state, "paused")
         self.assertEqual(sb.info().state, "paused")
@@ -512,10 +513,10 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(sb.info().state, "running")
         self.assertEqual(sb.files.read_text("keep.txt"), "kept")
         # The ticker was frozen, not merely unobserved: a gap as long as the pause.
-        time.sleep(0.3)
+        time.sleep(1.0)
         self.assertTrue(ticker.kill())
         ticks = [float(t) for t in ticker.wait().stdout.split()]
-        self.assertGreater(len(ticks), 5, ticks)
+        self.assertGreaterEqual(len(ticks), 3, f"too few ticks to see a gap: {ticks}")
         gaps = [b - a for a, b in zip(ticks, ticks[1:])]
         self.assertGreater(max(gaps), 1.2, f"no gap while paused: {gaps}")
         during = [t for t in ticks if paused_at + 0.2 < t < paused_at + 1.3]

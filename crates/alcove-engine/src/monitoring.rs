@@ -266,6 +266,7 @@ impl Engine {
             function: Some(v.function.clone()),
             version: Some(v.version),
             invocation: Some(record.id.clone()),
+            sandbox: None,
         };
         let keep_events = policy.learn;
         let watch = match service.watch(policy, subject, keep_events) {
@@ -275,6 +276,35 @@ impl Engine {
         };
         // Counting alone never fails an invocation: it runs unwatched instead.
         Ok(Some(watch.with_cgroup_cell(cgroup_cell).required(needed)))
+    }
+
+    /// The watch an agent sandbox runs under: its exec, exit and OOM events
+    /// tagged with its id, and its counters (none in `--monitor off`, or
+    /// where the monitor cannot load: the sandbox then runs unwatched).
+    pub(crate) fn watch_sandbox(&self, id: &str) -> Option<Watch> {
+        if self.monitor.mode == MonitorMode::Off {
+            return None;
+        }
+        let service = self.monitor.service().ok()?;
+        let subject = Subject {
+            sandbox: Some(id.to_owned()),
+            ..Subject::default()
+        };
+        service.watch(SandboxPolicy::default(), subject, false).ok()
+    }
+
+    /// An event the engine makes about an agent sandbox (created, ended).
+    pub(crate) fn emit_sandbox(&self, id: &str, json: serde_json::Value) {
+        if self.monitor.events.receiver_count() == 0 {
+            return;
+        }
+        let mut json = json;
+        json["sandbox"] = id.into();
+        json["time"] = crate::store::now().into();
+        let _ = self.monitor.events.send(EngineEvent {
+            function: None,
+            json: json.to_string().into(),
+        });
     }
 
     /// Puts what the kernel saw into the record and the metrics, and feeds

@@ -30,6 +30,9 @@ pub struct Subject {
     pub function: Option<String>,
     pub version: Option<u32>,
     pub invocation: Option<String>,
+    /// An agent sandbox (the daemon's `/v1/sandboxes`), for its events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// One event of a watched sandbox, with who it ran for.

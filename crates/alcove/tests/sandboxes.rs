@@ -560,3 +560,89 @@ fn leftovers(
     }
     left
 }
+
+/// `alcove ARGS` against `d` (not `alcove fn`): its exit code and stdout.
+fn alcove(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let out = Command::new(ALCOVE)
+        .args(args)
+        .env("ALCOVE_SERVER", d.url())
+        .env("ALCOVE_TOKEN", d.token.as_deref().unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run alcove");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.code().is_some(),
+        "alcove {args:?} was killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The CLI end to end, and the event stream: a sandbox's commands show as
+/// exec and exit events tagged with its id, between its start and end.
+#[test]
+fn cli_and_events_name_the_sandbox() {
+    let Some(s) = setup("cli_and_events_name_the_sandbox", &[]) else {
+        return;
+    };
+    let d = &s.daemon;
+    let mut events = Command::new(ALCOVE)
+        .args(["events"])
+        .env("ALCOVE_SERVER", d.url())
+        .env("ALCOVE_TOKEN", d.token.as_deref().unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start alcove events");
+    std::thread::sleep(Duration::from_millis(500)); // subscribed before the sandbox starts
+    let (code, id) = alcove(d, &["sandbox", "create", "--meta", "who=cli"]);
+    assert_eq!(code, 0, "create: {id}");
+    let id = id.trim().to_owned();
+    assert!(id.starts_with("sb-"), "{id}");
+    let (code, out) = alcove(
+        d,
+        &["sandbox", "exec", &id, "--", "sh", "-c", "echo out; exit 7"],
+    );
+    assert_eq!((code, out.as_str()), (7, "out\n"));
+    let (code, listed) = alcove(d, &["sandbox", "ls", "--meta", "who=cli"]);
+    assert_eq!(code, 0);
+    assert!(listed.contains(&id), "{listed}");
+    let (code, _) = alcove(d, &["sandbox", "rm", &id]);
+    assert_eq!(code, 0);
+    let (code, _) = alcove(d, &["sandbox", "show", &id]);
+    assert_ne!(code, 0, "a removed sandbox is gone");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = events.kill();
+    let mut text = String::new();
+    events
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let _ = events.wait();
+    let mine: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["sandbox"] == id.as_str())
+        .collect();
+    let kinds: Vec<&str> = mine.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(kinds.first() == Some(&"sandbox_start"), "{kinds:?}\n{text}");
+    assert!(kinds.last() == Some(&"sandbox_end"), "{kinds:?}\n{text}");
+    if mine[0]["watched"] == false {
+        println!("SKIPPED cli_and_events_name_the_sandbox (the exec events): the daemon's eBPF monitor did not load here");
+        return;
+    }
+    assert!(
+        mine.iter()
+            .any(|e| e["event"] == "exec"
+                && e["filename"].as_str().is_some_and(|f| f.ends_with("/sh"))),
+        "no exec of sh tagged with the sandbox: {kinds:?}"
+    );
+    assert!(
+        mine.iter().any(|e| e["event"] == "exit" && e["code"] == 7),
+        "no exit 7 tagged with the sandbox: {kinds:?}"
+    );
+}

@@ -158,31 +158,44 @@ impl Drop for InUse {
     }
 }
 
-/// Records the run's cgroup2 directory for the freezer.
-struct CgroupCapture(Arc<Mutex<Option<PathBuf>>>);
+/// What watches a sandbox's run: the daemon's eBPF monitor when it is
+/// loaded (its events tagged with the sandbox's id), and the cgroup2
+/// directory recorded for the freezer.
+struct SandboxObserver {
+    cgroup: Arc<Mutex<Option<PathBuf>>>,
+    watch: Option<alcove_monitor::Watch>,
+}
 
-impl alcove_sandbox::Observer for CgroupCapture {
+impl alcove_sandbox::Observer for SandboxObserver {
     fn before_start(
         &mut self,
         cgroup: Option<(u64, &Path)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.cgroup.lock().unwrap_or_else(|e| e.into_inner()) =
             cgroup.map(|(_, dir)| dir.to_path_buf());
+        if let Some(w) = self.watch.as_mut() {
+            if w.before_start(cgroup).is_err() {
+                self.watch = None; // counting alone never fails a sandbox
+            }
+        }
         Ok(())
     }
 
     fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
+        self.watch.as_ref().and_then(|w| w.poll_fd())
     }
 
     fn on_ready(&mut self) -> Option<String> {
-        None
+        self.watch.as_mut().and_then(|w| w.on_ready())
     }
 
     fn after_end(&mut self) {
+        if let Some(w) = self.watch.as_mut() {
+            w.after_end();
+        }
         // A sandbox removed while paused: its cgroup (a pooled slot) thawed
         // before the next sandbox is started in it.
-        if let Some(dir) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(dir) = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
         }
     }
@@ -362,7 +375,18 @@ pub(super) async fn start(
         watch: Some(Arc::clone(&usage)),
     };
     let (ended_tx, ended) = watch::channel(false);
-    let mut observer = CgroupCapture(Arc::clone(&cgroup));
+    let id = format!("sb-{}", alcove_sys::process::random_id());
+    let mut observer = SandboxObserver {
+        cgroup: Arc::clone(&cgroup),
+        watch: engine.watch_sandbox(&id),
+    };
+    // Said before its first process runs: its events come after this one.
+    engine.emit_sandbox(
+        &id,
+        serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
+    );
+    let events = Arc::downgrade(engine);
+    let event_id = id.clone();
     let (failed_tx, failed) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("alcove-sandbox".into())
@@ -372,11 +396,28 @@ pub(super) async fn start(
             drop(lease);
             match result {
                 Err(e) => {
-                    let _ = failed_tx.send(alcove_sandbox::error_chain(&e));
+                    let why = alcove_sandbox::error_chain(&e);
+                    if let Some(engine) = events.upgrade() {
+                        engine.emit_sandbox(
+                            &event_id,
+                            serde_json::json!({ "event": "sandbox_end", "status": "failed", "error": why }),
+                        );
+                    }
+                    let _ = failed_tx.send(why);
                 }
                 Ok(outcome) => {
                     let said = String::from_utf8_lossy(&outcome.stderr);
-                    tracing::info!(status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
+                    tracing::info!(sandbox = %event_id, status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
+                    let seen = observer.watch.as_ref().and_then(|w| w.result()).map(|r| r.stats.clone());
+                    if let Some(engine) = events.upgrade() {
+                        engine.emit_sandbox(&event_id, serde_json::json!({
+                            "event": "sandbox_end",
+                            "status": format!("{:?}", outcome.status).to_lowercase(),
+                            "execs": seen.as_ref().map(|s| s.execs),
+                            "page_faults": seen.as_ref().map(|s| s.page_faults),
+                            "context_switches": seen.as_ref().map(|s| s.ctx_switches),
+                        }));
+                    }
                 }
             }
             ended_tx.send_replace(true);
@@ -434,7 +475,7 @@ pub(super) async fn start(
     }
     let created_at = now();
     Ok(Arc::new(LiveSandbox {
-        id: format!("sb-{}", alcove_sys::process::random_id()),
+        id,
         link,
         netns,
         clock: Mutex::new(Clock {
