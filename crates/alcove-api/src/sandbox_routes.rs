@@ -8,8 +8,7 @@ use alcove_engine::sandboxes::{
     CodeEvent, CreateSandbox, ExecRequest, SandboxState, SandboxesError,
 };
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -493,13 +492,30 @@ struct PathQuery {
     path: String,
 }
 
+/// A file route's sandbox (the path's id) and file (`?path=`).
+struct FileTarget {
+    id: String,
+    path: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for FileTarget {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let id = path_id(Path::<String>::from_request_parts(parts, state).await)?;
+        let PathQuery { path } =
+            query_or_error(Query::<PathQuery>::from_request_parts(parts, state).await)?;
+        Ok(FileTarget { id, path })
+    }
+}
+
 async fn download(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     let sandbox = s.engine.sandbox(&id).await?;
     let (file, size) = sandbox.open_file(&path).await?;
     let file = tokio::fs::File::from_std(file);
@@ -529,12 +545,9 @@ async fn download(
 
 async fn upload(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     let sandbox = s.engine.sandbox(&id).await?;
     let mut file = sandbox.write_file(&path).await?;
     let mut stream = body.into_data_stream();
@@ -548,44 +561,32 @@ async fn upload(
 
 async fn remove_file(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     s.engine.sandbox(&id).await?.remove_file(&path).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn make_dir(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     s.engine.sandbox(&id).await?.make_dir(&path).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_files(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     let (entries, truncated) = s.engine.sandbox(&id).await?.list_files(&path).await?;
     Ok(Json(json!({ "entries": entries, "truncated": truncated })).into_response())
 }
 
 async fn watch(
     State(s): State<AppState>,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    query: Result<Query<PathQuery>, QueryRejection>,
+    FileTarget { id, path }: FileTarget,
 ) -> Result<Response, ApiError> {
-    let id = path_id(id)?;
-    let PathQuery { path } = query_or_error(query)?;
     let watch = s.engine.sandbox(&id).await?.watch_dir(&path).await?;
     let events = futures_util::stream::unfold(watch, |mut watch| async move {
         let event = watch.next().await?;
