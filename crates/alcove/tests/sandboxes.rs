@@ -646,3 +646,46 @@ fn cli_and_events_name_the_sandbox() {
         "no exit 7 tagged with the sandbox: {kinds:?}"
     );
 }
+
+/// The Python halves' own unit tests, so that the suite runs them: the
+/// SDK's (a fake daemon on loopback) and the code interpreter's.
+#[test]
+fn python_sdk_and_interpreter_unit_tests() {
+    if !python_or_skip("python_sdk_and_interpreter_unit_tests") {
+        return;
+    }
+    // Pure Python with timing checks (streaming within 0.2 s): nothing of the
+    // kernel's, so an emulated guest (scripts/vm-test.sh) leaves them to the host.
+    if std::env::var_os("ALCOVE_EMULATED").is_some() {
+        println!("SKIPPED python_sdk_and_interpreter_unit_tests: pure Python with timing checks, run on the host, not under emulation (ALCOVE_EMULATED)");
+        return;
+    }
+    let repo = Path::new(SDK).join("../..");
+    for (dir, args) in [
+        (
+            Path::new(SDK).to_path_buf(),
+            vec!["-m", "unittest", "discover", "-s", "tests"],
+        ),
+        (
+            repo.clone(),
+            vec!["-m", "unittest", "runtimes/python/test_alcove_repl.py"],
+        ),
+    ] {
+        let out = Command::new(PYTHON)
+            .args(&args)
+            .current_dir(&dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("ALCOVE_SERVER")
+            .env_remove("ALCOVE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python3");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "python3 {args:?} in {dir:?} failed:\n{text}"
+        );
+        let ran = ran_count(&text);
+        assert!(ran >= 20, "python3 {args:?} ran only {ran} tests:\n{text}");
+    }
+}
