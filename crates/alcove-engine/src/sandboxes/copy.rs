@@ -38,6 +38,16 @@ pub(crate) fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// Opens the home (/home/user) of the sandbox whose first process is `pid`,
+/// resolved inside the sandbox's own root: a link on the way (an image's
+/// `/home` may be one) leads somewhere in the sandbox, never on the host.
+pub(crate) fn open_sandbox_home(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+    let home = CString::new(super::live::HOME.trim_start_matches('/'))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    dirfd::open_in_root(root.as_fd(), &home, libc::O_RDONLY | libc::O_DIRECTORY)
+}
+
 /// Copies the entries of `from` into `to` (which exists), owned by
 /// `uid:gid`, modes and modification times kept.
 pub(crate) fn copy_tree(

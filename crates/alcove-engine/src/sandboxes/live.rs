@@ -446,9 +446,7 @@ pub(super) async fn start(
     let owner = (spec_user.uid, spec_user.gid);
     if let Some((_, files)) = template {
         // Its files before anything runs in it but its agent.
-        let into = usage
-            .pid()
-            .map(|pid| PathBuf::from(format!("/proc/{pid}/root{HOME}")));
+        let into = usage.pid();
         let budget = super::copy::Budget {
             bytes: disk,
             entries: 200_000,
@@ -457,7 +455,7 @@ pub(super) async fn start(
             let into = into.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
             let (from, to) = (
                 super::copy::open_dir(&files)?,
-                super::copy::open_dir(&into)?,
+                super::copy::open_sandbox_home(into)?,
             );
             super::copy::copy_tree(from.as_fd(), to.as_fd(), owner, budget)
         })

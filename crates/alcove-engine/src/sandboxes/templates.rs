@@ -6,8 +6,8 @@
 //! the home's files, directories and links, owners and modes; not /tmp, not
 //! processes, not the code interpreter's memory (see the README).
 
-use super::copy::{copy_tree, open_dir, Budget};
-use super::live::{LiveSandbox, SandboxInfo, HOME};
+use super::copy::{copy_tree, open_dir, open_sandbox_home, Budget};
+use super::live::{LiveSandbox, SandboxInfo};
 use super::{CreateSandbox, SandboxesError};
 use crate::engine::Engine;
 use crate::store::now;
@@ -184,10 +184,12 @@ impl Engine {
             entries: MAX_ENTRIES,
         };
         let into = self.sandboxes.get(&child.id)?;
-        let (owner, target) = (into.owner(), into.home_path());
+        let (owner, target) = (into.owner(), into.agent_pid());
         let copied = parent
             .with_home_frozen(move |from| {
-                let to = open_dir(&target?)?;
+                let pid =
+                    target.ok_or_else(|| std::io::Error::other("the new sandbox has ended"))?;
+                let to = open_sandbox_home(pid)?;
                 copy_tree(from, to.as_fd(), owner, budget)
             })
             .await;
@@ -200,14 +202,6 @@ impl Engine {
 }
 
 impl LiveSandbox {
-    /// Its home, as the host reaches it (through its agent's root).
-    pub(super) fn home_path(&self) -> std::io::Result<PathBuf> {
-        let pid = self
-            .agent_pid()
-            .ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
-        Ok(PathBuf::from(format!("/proc/{pid}/root{HOME}")))
-    }
-
     /// Runs `copy` on a blocking thread with its home open, the sandbox
     /// frozen meanwhile (and thawed after, if it was running).
     pub(super) async fn with_home_frozen<T: Send + 'static>(
@@ -217,9 +211,10 @@ impl LiveSandbox {
         let _one_at_a_time = self.freezer.lock().await;
         let was_running = self.info().state == super::SandboxState::Running;
         self.set_frozen(true).await?;
-        let home = self.home_path();
+        let pid = self.agent_pid();
         let copied = tokio::task::spawn_blocking(move || {
-            let home = open_dir(&home?)?;
+            let pid = pid.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
+            let home = open_sandbox_home(pid)?;
             copy(home.as_fd())
         })
         .await;
