@@ -68,7 +68,16 @@ async fn proxy(
         let _ = connection.with_upgrades().await;
     });
 
-    // What the client asked, as the sandbox's server should see it.
+    // What the client asked, as the sandbox's server should see it: the
+    // raw path after the prefix (its percent-escapes kept as sent).
+    let prefix = format!("/v1/sandboxes/{id}/ports/{port}");
+    let raw = request.uri().path();
+    let rest = match raw.find(&format!("/ports/{port}")) {
+        Some(at) => raw[at + format!("/ports/{port}").len()..]
+            .trim_start_matches('/')
+            .to_owned(),
+        None => rest,
+    };
     let path_and_query = match request.uri().query() {
         Some(q) => format!("/{rest}?{q}"),
         None => format!("/{rest}"),
@@ -84,7 +93,7 @@ async fn proxy(
         header::HOST,
         HeaderValue::from_str(&format!("127.0.0.1:{port}")).expect("a valid host header"),
     );
-    if let Ok(prefix) = HeaderValue::from_str(&format!("/v1/sandboxes/{id}/ports/{port}")) {
+    if let Ok(prefix) = HeaderValue::from_str(&prefix) {
         parts.headers.insert("x-forwarded-prefix", prefix);
     }
     let forwarded = Request::from_parts(parts, body);
@@ -114,6 +123,16 @@ async fn proxy(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    // The daemon's own headers are the daemon's to set.
+    let own: Vec<_> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-alcove-"))
+        .cloned()
+        .collect();
+    for name in own {
+        parts.headers.remove(name);
+    }
     Ok(Response::from_parts(parts, Body::new(body)).into_response())
 }
 

@@ -674,7 +674,14 @@ async fn fork(
     if let Some(m) = &body.metadata {
         alcove_engine::sandboxes::check_filter(m)?;
     }
-    let info = s.engine.fork_sandbox(&id, body.metadata).await?;
+    // Its own task: a client that goes away cannot leave the source frozen
+    // or the fork half made.
+    let engine = Arc::clone(&s.engine);
+    let info = tokio::spawn(async move { engine.fork_sandbox(&id, body.metadata).await })
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -691,7 +698,12 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     let body: SnapshotBody = json_or_error(body)?;
-    let info = s.engine.snapshot_sandbox(&id, &body.name).await?;
+    let engine = Arc::clone(&s.engine);
+    let info = tokio::spawn(async move { engine.snapshot_sandbox(&id, &body.name).await })
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

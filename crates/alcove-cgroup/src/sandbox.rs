@@ -318,12 +318,6 @@ impl SandboxCgroup {
         })
     }
 
-    /// Kills every process in the cgroup and waits (briefly) until it is empty.
-    ///
-    /// This deliberately does not use cgroup v2's `cgroup.kill`: on this kernel
-    /// a process later started in that cgroup with `CLONE_INTO_CGROUP` is
-    /// killed at birth (the cgroup's kill sequence no longer matches the
-    /// parent's), which would poison a reused cgroup.
     /// Thaws the cgroup where it is frozen (cgroup v2's `cgroup.freeze`): a
     /// frozen slot would freeze the next sandbox started in it.
     pub fn thaw(&self) {
@@ -335,6 +329,12 @@ impl SandboxCgroup {
         }
     }
 
+    /// Kills every process in the cgroup and waits (briefly) until it is empty.
+    ///
+    /// This deliberately does not use cgroup v2's `cgroup.kill`: on this kernel
+    /// a process later started in that cgroup with `CLONE_INTO_CGROUP` is
+    /// killed at birth (the cgroup's kill sequence no longer matches the
+    /// parent's), which would poison a reused cgroup.
     pub fn kill_all(&self) {
         for _ in 0..200 {
             let mut any = false;

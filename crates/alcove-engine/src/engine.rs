@@ -292,6 +292,7 @@ impl Engine {
         engine.monitor.start();
         engine.restore_warm();
         engine.start_cluster()?;
+        engine.clean_template_staging();
         engine.start_sandbox_reaper();
         Ok(engine)
     }

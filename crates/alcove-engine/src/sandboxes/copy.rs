@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 
 /// Directories deeper than this are not copied.
 const MAX_DEPTH: usize = 64;
@@ -38,11 +38,13 @@ pub(crate) fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// Opens the home (/home/user) of the sandbox whose first process is `pid`,
+/// Opens the home (/home/user) of the sandbox whose first process's
+/// /proc directory is `proc_dir` (held open since the sandbox started, so a
+/// pid reused after its end cannot stand in: the lookup then fails),
 /// resolved inside the sandbox's own root: a link on the way (an image's
 /// `/home` may be one) leads somewhere in the sandbox, never on the host.
-pub(crate) fn open_sandbox_home(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+pub(crate) fn open_sandbox_home(proc_dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let root = std::fs::File::open(format!("/proc/self/fd/{}/root", proc_dir.as_raw_fd()))?;
     let home = CString::new(super::live::HOME.trim_start_matches('/'))
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     dirfd::open_in_root(root.as_fd(), &home, libc::O_RDONLY | libc::O_DIRECTORY)
@@ -99,6 +101,19 @@ fn copy_dir(
         // lstat: the last component is never followed.
         let meta = std::fs::symlink_metadata(proc_path(from, &name))?;
         let kind = meta.file_type();
+        // Owner, mode and time are set through the copy's own descriptor,
+        // never by name: the target tree may be a running sandbox's home,
+        // where a name can be swapped for a link to a host file meanwhile.
+        let keep = |copy: &std::fs::File| -> io::Result<()> {
+            std::os::unix::fs::fchown(copy, Some(owner.0), Some(owner.1))?;
+            copy.set_permissions(std::fs::Permissions::from_mode(
+                meta.permissions().mode() & 0o1777,
+            ))?;
+            if let Ok(mtime) = meta.modified() {
+                let _ = copy.set_modified(mtime);
+            }
+            Ok(())
+        };
         if kind.is_dir() {
             dirfd::mkdir_at(to, &cname, 0o700)?;
             let sub_from = dirfd::open_beneath(from, &cname, libc::O_RDONLY | libc::O_DIRECTORY)?;
@@ -111,6 +126,7 @@ fn copy_dir(
                 copied,
                 depth + 1,
             )?;
+            keep(&std::fs::File::from(sub_to))?;
         } else if kind.is_file() {
             copied.bytes += meta.len();
             if copied.bytes > budget.bytes {
@@ -126,19 +142,16 @@ fn copy_dir(
             let mut limited =
                 io::Read::take(&mut source, budget.bytes - (copied.bytes - meta.len()));
             io::copy(&mut limited, &mut target)?;
+            keep(&target)?;
         } else if kind.is_symlink() {
             let target = std::fs::read_link(proc_path(from, &name))?;
             let target = CString::new(target.as_os_str().as_bytes())
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             dirfd::symlink_at(&target, to, &cname)?;
-        } else {
-            continue; // sockets, FIFOs, devices: not a sandbox's files to carry
+            // lchown: the link itself (AT_SYMLINK_NOFOLLOW), whatever it points at.
+            dirfd::chown_at(to, &cname, owner.0, owner.1)?;
         }
-        dirfd::chown_at(to, &cname, owner.0, owner.1)?;
-        if !kind.is_symlink() {
-            dirfd::chmod_at(to, &cname, meta.permissions().mode() & 0o1777)?;
-            let _ = dirfd::set_mtime_at(to, &cname, meta.mtime());
-        }
+        // Sockets, FIFOs, devices: not a sandbox's files to carry.
     }
     Ok(())
 }

@@ -91,6 +91,8 @@ pub struct LiveSandbox {
     pub(super) link: AgentLink,
     /// Its own network namespace (none for `net: host`).
     netns: Option<OwnedFd>,
+    /// Its first process's /proc directory (its root, for copies of its home).
+    proc_dir: Option<OwnedFd>,
     clock: Mutex<Clock>,
     created_at: f64,
     /// What it was created with (a fork is made with the same).
@@ -425,14 +427,22 @@ pub(super) async fn start(
         .map_err(SandboxesError::io("starting the sandbox's thread"))?;
     drop(agent_end);
     let connected = AgentLink::connect(daemon_end, AGENT_READY).await;
-    let (link, netns) = match connected {
+    let (link, proc_dir, netns) = match connected {
         Ok((link, _pid)) => {
-            // Its network namespace, held open (ports are reached through it).
-            let netns = usage
+            // Its first process's /proc directory, held open (a pid reused
+            // after its end cannot stand in), and through it its network
+            // namespace (ports are reached through it).
+            let proc_dir = usage
                 .pid()
-                .and_then(|pid| std::fs::File::open(format!("/proc/{pid}/ns/net")).ok())
+                .and_then(|pid| std::fs::File::open(format!("/proc/{pid}")).ok())
                 .map(OwnedFd::from);
-            (link, netns)
+            let netns = proc_dir
+                .as_ref()
+                .and_then(|d| {
+                    std::fs::File::open(format!("/proc/self/fd/{}/ns/net", d.as_raw_fd())).ok()
+                })
+                .map(OwnedFd::from);
+            (link, proc_dir, netns)
         }
         Err(e) => {
             drop(kill_write);
@@ -446,7 +456,7 @@ pub(super) async fn start(
     let owner = (spec_user.uid, spec_user.gid);
     if let Some((_, files)) = template {
         // Its files before anything runs in it but its agent.
-        let into = usage.pid();
+        let into = proc_dir.as_ref().and_then(|d| d.try_clone().ok());
         let budget = super::copy::Budget {
             bytes: disk,
             entries: 200_000,
@@ -455,7 +465,7 @@ pub(super) async fn start(
             let into = into.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
             let (from, to) = (
                 super::copy::open_dir(&files)?,
-                super::copy::open_sandbox_home(into)?,
+                super::copy::open_sandbox_home(into.as_fd())?,
             );
             super::copy::copy_tree(from.as_fd(), to.as_fd(), owner, budget)
         })
@@ -476,6 +486,7 @@ pub(super) async fn start(
         id,
         link,
         netns,
+        proc_dir,
         clock: Mutex::new(Clock {
             state: SandboxState::Running,
             expires_at: created_at + timeout_s as f64,
@@ -543,9 +554,13 @@ impl LiveSandbox {
         self.owner
     }
 
-    /// Its agent's pid in the daemon's pid namespace, while it runs.
-    pub(super) fn agent_pid(&self) -> Option<libc::pid_t> {
-        self.usage.pid()
+    /// Its first process's /proc directory (a lookup through it fails once
+    /// that process is gone, whoever has its pid by then).
+    pub(super) fn proc_dir(&self) -> std::io::Result<OwnedFd> {
+        self.proc_dir
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the sandbox's process could not be found"))?
+            .try_clone()
     }
 
     pub(super) fn ended(&self) -> watch::Receiver<bool> {
@@ -806,6 +821,10 @@ impl LiveSandbox {
                     source: e,
                 },
             })?;
+        // Its run has ended (its pooled namespace may be another sandbox's by now).
+        if self.usage.pid().is_none() {
+            return Err(SandboxesError::Agent(alcove_agent::LinkError::Gone));
+        }
         stream
             .set_nonblocking(true)
             .map_err(SandboxesError::io("connecting to the sandbox's port"))?;

@@ -112,6 +112,19 @@ impl Engine {
         Ok(info)
     }
 
+    /// Removes what interrupted snapshots and removals left (names starting
+    /// with a dot): at start, when no snapshot is being taken.
+    pub(crate) fn clean_template_staging(&self) {
+        let Ok(entries) = std::fs::read_dir(self.templates_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     pub fn sandbox_templates(&self) -> Result<Vec<TemplateInfo>, SandboxesError> {
         let mut all = Vec::new();
         let entries = match std::fs::read_dir(self.templates_dir()) {
@@ -184,12 +197,10 @@ impl Engine {
             entries: MAX_ENTRIES,
         };
         let into = self.sandboxes.get(&child.id)?;
-        let (owner, target) = (into.owner(), into.agent_pid());
+        let (owner, target) = (into.owner(), into.proc_dir());
         let copied = parent
             .with_home_frozen(move |from| {
-                let pid =
-                    target.ok_or_else(|| std::io::Error::other("the new sandbox has ended"))?;
-                let to = open_sandbox_home(pid)?;
+                let to = open_sandbox_home(target?.as_fd())?;
                 copy_tree(from, to.as_fd(), owner, budget)
             })
             .await;
@@ -211,10 +222,9 @@ impl LiveSandbox {
         let _one_at_a_time = self.freezer.lock().await;
         let was_running = self.info().state == super::SandboxState::Running;
         self.set_frozen(true).await?;
-        let pid = self.agent_pid();
+        let proc_dir = self.proc_dir();
         let copied = tokio::task::spawn_blocking(move || {
-            let pid = pid.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
-            let home = open_sandbox_home(pid)?;
+            let home = open_sandbox_home(proc_dir?.as_fd())?;
             copy(home.as_fd())
         })
         .await;
