@@ -274,6 +274,7 @@ async fn stream_response(mut stream: HttpStream, show_record: bool) -> Response 
                 stdout: Some(stream.stdout),
                 done: stream.done,
                 chunk,
+                cut: None,
             };
             let mut response = Response::new(Body::new(body));
             *response.status_mut() = h.status;
@@ -313,6 +314,10 @@ struct StreamBody {
     stdout: Option<tokio::net::unix::pipe::Receiver>,
     done: tokio::task::JoinHandle<Result<Invocation, EngineError>>,
     chunk: Vec<u8>,
+    /// Why the stream is cut, once known: given back one poll later, so that
+    /// what was written before it is flushed to the client first (a body
+    /// that answers Pending makes the connection flush).
+    cut: Option<String>,
 }
 
 /// Why a streamed response was cut short.
@@ -343,6 +348,9 @@ impl HttpBody for StreamBody {
                 Poll::Ready(_) => this.stdout = None,
             }
         }
+        if let Some(why) = this.cut.take() {
+            return Poll::Ready(Some(Err(Box::new(StreamCut(why)))));
+        }
         let outcome = match Pin::new(&mut this.done).poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(outcome) => outcome,
@@ -362,7 +370,9 @@ impl HttpBody for StreamBody {
             Ok(Err(e)) => alcove_engine::error_chain(&e),
             Err(e) => format!("the invocation's task failed: {e}"),
         };
-        Poll::Ready(Some(Err(Box::new(StreamCut(why)))))
+        this.cut = Some(why);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
