@@ -227,11 +227,12 @@ fn prepare(
     if dirs != recorded_dirs {
         write_dirs(&lock, &dirs)?;
     }
-    // A sandbox paused (frozen) when its run ended, or when its holder died,
-    // must not freeze this one.
-    cgroup.thaw();
     if previous.is_none() {
-        cgroup.kill_all(); // a holder died mid-run; its sandbox may still be dying
+        // A holder died mid-run: its sandbox may still be dying, or frozen
+        // (an agent sandbox paused when its daemon was killed), which would
+        // freeze this one. A clean release thawed the slot already.
+        cgroup.thaw();
+        cgroup.kill_all();
     }
     cgroup.apply(limits, previous.as_ref().map(|r| &r.limits))?;
     if cgroup.begin_run_leaf(limits)? {

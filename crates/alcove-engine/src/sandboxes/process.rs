@@ -132,12 +132,6 @@ impl Process {
         )
     }
 
-    /// A receiver for what it prints from now on (its earlier output skipped).
-    pub fn follow(&self) -> broadcast::Receiver<Chunk> {
-        let _kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        self.live.subscribe()
-    }
-
     pub fn drained(&self) -> watch::Receiver<bool> {
         self.drained.subscribe()
     }
