@@ -688,6 +688,25 @@ class PausedRemoval(unittest.TestCase):
 
 @needs_server
 class Limits(unittest.TestCase):
+    def test_code_in_the_sandbox_cannot_take_the_agents_socket(self):
+        sb = make(self)
+        probe = (
+            "import ctypes, os\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "pidfd = libc.syscall(434, 1, 0)\n"  # pidfd_open(1): the agent
+            "print('pidfd', pidfd)\n"
+            "got = [libc.syscall(438, pidfd, n, 0) for n in range(3, 256)]\n"  # pidfd_getfd
+            "print('stolen', [g for g in got if g >= 0])\n"
+            "try:\n    os.listdir('/proc/1/fd'); print('fds listed')\nexcept PermissionError:\n    print('fds hidden')\n"
+        )
+        r = sb.commands.run(["python3", "-c", probe])
+        self.assertEqual(r.exit_code, 0, r)
+        pidfd = int(r.stdout.split("pidfd ")[1].split()[0])
+        self.assertGreaterEqual(pidfd, 0, f"the probe could not even name the agent: {r.stdout}")
+        self.assertIn("stolen []", r.stdout)
+        self.assertIn("fds hidden", r.stdout)
+        self.assertEqual(sb.commands.run("echo still served").stdout, "still served\n")
+
     def test_memory_limit_kills_the_command_not_the_sandbox(self):
         sb = make(self, memory="64M")
         self.assertEqual(sb.last_info.limits.memory_bytes, 64 << 20)

@@ -38,6 +38,13 @@ pub fn serve_inherited() -> i32 {
         eprintln!("alcove sandbox-agent: descriptor {raw} is not the daemon's socket");
         return 2;
     }
+    // Not dumpable: the sandbox's code, the same user, cannot reach into it
+    // (no ptrace, no pidfd_getfd of its socket, no /proc/1/fd or environ).
+    // What it starts is dumpable again after its exec.
+    if let Err(e) = process::set_dumpable(false) {
+        eprintln!("alcove sandbox-agent: {e}");
+        return 2;
+    }
     // Never inherited by the commands it starts: only the agent speaks for the sandbox.
     if let Err(e) = fd::set_cloexec(raw, true) {
         eprintln!("alcove sandbox-agent: {e}");
