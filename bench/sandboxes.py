@@ -14,6 +14,7 @@ TOKEN = os.environ["ALCOVE_TOKEN"]
 ROUNDS = int(os.environ.get("ROUNDS", "100"))
 IDLE = int(os.environ.get("IDLE", "1000"))
 BUNDLE = os.environ.get("BUNDLE") or None
+OUTBOUND = os.environ.get("OUTBOUND", "1") == "1"  # also time net: outbound creates
 DAEMON_PID = int(os.environ["DAEMON_PID"])
 
 conn = http.client.HTTPConnection(SERVER, timeout=120)
@@ -77,13 +78,19 @@ def main():
     exec_true(first["id"])
     call("DELETE", f"/v1/sandboxes/{first['id']}")
 
-    create_first, floor, crun, removes = [], [], [], []
+    create_first, floor, crun, removes, outbound = [], [], [], [], []
     for _ in range(ROUNDS):
         t = time.perf_counter()
         sb = call("POST", "/v1/sandboxes", {})
         exec_true(sb["id"])
         create_first.append((time.perf_counter() - t) * 1e3)
         removes.append(ms(lambda: call("DELETE", f"/v1/sandboxes/{sb['id']}")))
+        if OUTBOUND:
+            t = time.perf_counter()
+            sb = call("POST", "/v1/sandboxes", {"net": "outbound", "allow_out": ["example.com"]})
+            exec_true(sb["id"])
+            outbound.append((time.perf_counter() - t) * 1e3)
+            call("DELETE", f"/v1/sandboxes/{sb['id']}")
         floor.append(ms(floor_true))
         if BUNDLE:
             crun.append(ms(runc_true))
@@ -94,6 +101,8 @@ def main():
     if crun:
         print(f"  {'':<44} {stats(create_first)[0] / stats(crun)[0]:.2f}x of runc run (true)")
         row("runc run of a busybox bundle (true)", crun, floor)
+    if outbound:
+        row("alcove: create (net outbound) + exec true", outbound, floor)
     row("fork+exec floor (subprocess.run true)", floor)
     row("alcove: remove (kill, wait, teardown)", removes)
 

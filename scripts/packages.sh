@@ -11,10 +11,11 @@ alcove_require_root() {
 
 # gcc links the build; clang, libelf-dev, zlib1g-dev and pkg-config build the
 # BPF programs and libbpf; busybox-static gives the tests and benchmark a rootfs;
-# python3, util-linux (setpriv) and iproute2 (ip) are used by the tests, which
+# iproute2 (ip), util-linux (nsenter) and iptables give outbound agent sandboxes
+# their links and NAT; python3, util-linux (setpriv) and iproute2 are used by the tests, which
 # under ALCOVE_CI=1 fail rather than skip when one is missing; curl fetches
 # rustup if needed.
-ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 ca-certificates curl)
+ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 iptables ca-certificates curl)
 
 # What alcove-oci's tests and bench/oci.sh drive: podman 4 (through conmon;
 # catatonit for --init), containerd 1.6 with ctr, the peer runtimes runc and

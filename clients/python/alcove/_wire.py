@@ -18,6 +18,7 @@ from .models import (
     Execution,
     ExecutionError,
     Output,
+    Pty,
     Result,
 )
 
@@ -223,6 +224,8 @@ def create_body(
     pids: Optional[int],
     disk: Union[str, int, None],
     net: Optional[str],
+    allow_out: Optional[Sequence[str]] = None,
+    guard: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     return drop_none(
         {
@@ -237,11 +240,41 @@ def create_body(
             "pids": pids,
             "disk": _size(disk),
             "net": net,
+            "allow_out": list(allow_out) if allow_out else None,
+            "guard": dict(guard) if guard else None,
         }
     )
 
 
 Cmd = Union[str, Sequence[str]]
+
+
+#: A terminal's size: a :class:`Pty`, or ``(cols, rows)``.
+PtyLike = Union[Pty, Tuple[int, int]]
+#: The most columns or rows a terminal may have.
+PTY_MAX = 1000
+
+
+def pty_size(cols: Any, rows: Any) -> Dict[str, int]:
+    """``{"cols": C, "rows": R}``, each an int in 1..=1000."""
+    size = {}
+    for name, n in (("cols", cols), ("rows", rows)):
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"pty {name} is an int, not {type(n).__name__}")
+        if not 1 <= n <= PTY_MAX:
+            raise ValueError(f"pty {name} {n}: give 1 to {PTY_MAX}")
+        size[name] = n
+    return size
+
+
+def pty_body(pty: Optional[PtyLike]) -> Optional[Dict[str, int]]:
+    if pty is None:
+        return None
+    if isinstance(pty, Pty):
+        return pty_size(pty.cols, pty.rows)
+    if isinstance(pty, tuple) and len(pty) == 2:
+        return pty_size(pty[0], pty[1])
+    raise TypeError("pty is a Pty or a (cols, rows) tuple")
 
 
 def exec_body(
@@ -252,6 +285,7 @@ def exec_body(
     cwd: Optional[str],
     stdin: Union[str, bytes, None],
     timeout: Optional[Number],
+    pty: Optional[PtyLike] = None,
 ) -> Dict[str, Any]:
     if isinstance(cmd, (bytes, bytearray)):
         raise TypeError("cmd is a str (run with /bin/sh -c) or a list of str")
@@ -268,6 +302,7 @@ def exec_body(
             "stdin": stdin,
             "timeout_s": secs(timeout),
             "background": True if background else None,
+            "pty": pty_body(pty),
         }
     )
 

@@ -21,6 +21,7 @@ from typing import (
     Literal,
     Mapping,
     Optional,
+    Sequence,
     Type,
     Union,
     overload,
@@ -99,8 +100,12 @@ class AsyncCommandHandle:
         await self._commands.send_stdin(self.pid, data, close=close)
 
     async def close_stdin(self) -> None:
-        """Closes the process's stdin (it reads end of file)."""
+        """Closes the process's stdin (it reads end of file; ^D on a terminal)."""
         await self._commands.send_stdin(self.pid, b"", close=True)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Resizes its terminal (it was started with ``pty``)."""
+        await self._commands.resize(self.pid, cols, rows)
 
 
 class AsyncCommands:
@@ -122,6 +127,7 @@ class AsyncCommands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> CommandResult: ...
 
     @overload
@@ -136,6 +142,7 @@ class AsyncCommands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> AsyncCommandHandle: ...
 
     async def run(
@@ -149,9 +156,12 @@ class AsyncCommands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> Union[CommandResult, AsyncCommandHandle]:
         """See :meth:`alcove.sandbox.Commands.run`."""
-        body = _wire.exec_body(cmd, background=background, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+        body = _wire.exec_body(
+            cmd, background=background, env=env, cwd=cwd, stdin=stdin, timeout=timeout, pty=pty
+        )
         path = _wire.sandbox_path(self._id, "exec")
         fold = _wire.CommandFold()
         if background:
@@ -192,6 +202,14 @@ class AsyncCommands:
             _wire.sandbox_path(self._id, "processes", int(pid), "stdin"),
             [("close", "true")] if close else None,
             body=_wire.as_bytes(data),
+        )
+
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        """See :meth:`alcove.sandbox.Commands.resize`."""
+        await self._transport.call(
+            "POST",
+            _wire.sandbox_path(self._id, "processes", int(pid), "resize"),
+            json_body=_wire.pty_size(cols, rows),
         )
 
 
@@ -359,6 +377,8 @@ class AsyncSandbox:
         pids: Optional[int] = None,
         disk: Union[str, int, None] = None,
         net: Optional[str] = None,
+        allow_out: Optional[Sequence[str]] = None,
+        guard: Optional[Mapping[str, Any]] = None,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -377,6 +397,8 @@ class AsyncSandbox:
             pids=pids,
             disk=disk,
             net=net,
+            allow_out=allow_out,
+            guard=guard,
         )
         try:
             value = await transport.call("POST", "/v1/sandboxes", json_body=body)
@@ -465,6 +487,10 @@ class AsyncSandbox:
 
     async def resume(self) -> SandboxInfo:
         return self._update(await self._transport.call("POST", _wire.sandbox_path(self.id, "resume")))
+
+    async def start(self) -> SandboxInfo:
+        """Starts a ``stopped`` sandbox again (see ``Sandbox.start``)."""
+        return self._update(await self._transport.call("POST", _wire.sandbox_path(self.id, "start")))
 
     async def kill(self) -> bool:
         try:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypedDict, Union
 
 __all__ = [
     "SandboxLimits",
     "SandboxUsage",
     "SandboxInfo",
     "ProcessInfo",
+    "Pty",
     "EntryInfo",
     "WriteInfo",
     "FilesystemEvent",
@@ -82,6 +83,8 @@ class SandboxInfo:
 
     id: str
     state: str
+    #: Why a ``stopped`` sandbox stopped (a daemon restart, a guard's kill).
+    reason: Optional[str] = None
     created_at: Optional[float] = None
     expires_at: Optional[float] = None
     timeout_s: Optional[float] = None
@@ -90,6 +93,9 @@ class SandboxInfo:
     template: Optional[str] = None
     parent: Optional[str] = None
     net: Optional[str] = None
+    #: Where a ``net="outbound"`` sandbox may connect (empty: anywhere but
+    #: the host and other sandboxes).
+    allow_out: Tuple[str, ...] = ()
     metadata: Dict[str, str] = field(default_factory=dict)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     usage: Optional[SandboxUsage] = None
@@ -104,6 +110,7 @@ class SandboxInfo:
         return cls(
             id=d["id"],
             state=str(d.get("state", "")),
+            reason=_opt_str(d.get("reason")),
             created_at=_opt_float(d.get("created_at")),
             expires_at=_opt_float(d.get("expires_at")),
             timeout_s=_opt_float(d.get("timeout_s")),
@@ -112,6 +119,7 @@ class SandboxInfo:
             template=_opt_str(d.get("template")),
             parent=_opt_str(d.get("parent")),
             net=_opt_str(d.get("net")),
+            allow_out=tuple(str(r) for r in (d.get("allow_out") or ()) if isinstance(r, str)),
             metadata=_str_dict(d.get("metadata")),
             limits=SandboxLimits.from_dict(d.get("limits")),
             usage=SandboxUsage.from_dict(d["usage"]) if isinstance(d.get("usage"), Mapping) else None,
@@ -128,6 +136,8 @@ class ProcessInfo:
     running: bool
     exit_code: Optional[int]
     signal: Optional[str] = None
+    #: It was started on a terminal (``pty=``).
+    pty: bool = False
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -139,8 +149,22 @@ class ProcessInfo:
             running=bool(d.get("running")),
             exit_code=_opt_int(d.get("exit_code")),
             signal=_opt_str(d.get("signal")),
+            pty=bool(d.get("pty")),
             raw=dict(d),
         )
+
+
+@dataclass(frozen=True)
+class Pty:
+    """A terminal for a command (``commands.run(..., pty=Pty(120, 40))``, or
+    a ``(cols, rows)`` tuple): it runs on a pseudo-terminal in the sandbox,
+    so ``isatty`` is true, its stdout and stderr arrive as one stream
+    (``stdout``, with ``\\r\\n`` line ends), what is sent to its stdin is
+    typed (``"\\x03"`` is ^C), and ``commands.resize`` changes its size.
+    Each side is 1 to 1000."""
+
+    cols: int = 80
+    rows: int = 24
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import (
     Literal,
     Mapping,
     Optional,
+    Sequence,
     Type,
     Union,
     overload,
@@ -92,8 +93,12 @@ class CommandHandle:
         self._commands.send_stdin(self.pid, data, close=close)
 
     def close_stdin(self) -> None:
-        """Closes the process's stdin (it reads end of file)."""
+        """Closes the process's stdin (it reads end of file; ^D on a terminal)."""
         self._commands.send_stdin(self.pid, b"", close=True)
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Resizes its terminal (it was started with ``pty``)."""
+        self._commands.resize(self.pid, cols, rows)
 
 
 class Commands:
@@ -115,6 +120,7 @@ class Commands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> CommandResult: ...
 
     @overload
@@ -129,6 +135,7 @@ class Commands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> CommandHandle: ...
 
     def run(
@@ -142,6 +149,7 @@ class Commands:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         timeout: Optional[float] = None,
+        pty: Optional[_wire.PtyLike] = None,
     ) -> Union[CommandResult, CommandHandle]:
         """Runs ``cmd`` (a string for ``/bin/sh -c``, or an argv list).
 
@@ -151,8 +159,15 @@ class Commands:
         kills it (``None``: the daemon's default, 60 s, and no limit for a
         background command). With ``background=True``
         returns a :class:`CommandHandle` once it has started (the callbacks
-        are then given to :meth:`CommandHandle.wait`)."""
-        body = _wire.exec_body(cmd, background=background, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+        are then given to :meth:`CommandHandle.wait`).
+
+        ``pty``: run it on a terminal, a :class:`Pty` or ``(cols, rows)``
+        (see :class:`Pty`): its output all comes as stdout, and its stdin
+        stays open to type into (:meth:`send_stdin`; closing it sends ^D)
+        unless ``stdin`` is given to a foreground command."""
+        body = _wire.exec_body(
+            cmd, background=background, env=env, cwd=cwd, stdin=stdin, timeout=timeout, pty=pty
+        )
         path = _wire.sandbox_path(self._id, "exec")
         fold = _wire.CommandFold()
         if background:
@@ -198,6 +213,16 @@ class Commands:
             _wire.sandbox_path(self._id, "processes", int(pid), "stdin"),
             [("close", "true")] if close else None,
             body=_wire.as_bytes(data),
+        )
+
+    def resize(self, pid: int, cols: int, rows: int) -> None:
+        """Resizes the terminal of process ``pid`` (started with ``pty``);
+        the kernel sends SIGWINCH to its foreground group. A process without
+        a terminal, or whose terminal has closed, is a :class:`Conflict`."""
+        self._transport.call(
+            "POST",
+            _wire.sandbox_path(self._id, "processes", int(pid), "resize"),
+            json_body=_wire.pty_size(cols, rows),
         )
 
 
@@ -369,6 +394,8 @@ class Sandbox:
         pids: Optional[int] = None,
         disk: Union[str, int, None] = None,
         net: Optional[str] = None,
+        allow_out: Optional[Sequence[str]] = None,
+        guard: Optional[Mapping[str, Any]] = None,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -376,8 +403,11 @@ class Sandbox:
     ) -> "Sandbox":
         """Creates a sandbox. Options left ``None`` take the daemon's defaults
         (``timeout`` 300 s, ``idle_pause`` 0 = never, no image: the host's
-        view). ``memory``/``disk``: ``"512M"`` or bytes; ``net``: ``"none"``
-        or ``"host"``; ``template``: a snapshot's name."""
+        view). ``memory``/``disk``: ``"512M"`` or bytes; ``net``: ``"none"``,
+        ``"outbound"`` (a link of its own out; ``allow_out`` lists where it
+        may connect: CIDR ranges, addresses, host names, ``"*.domain"``) or
+        ``"host"``; ``template``: a snapshot's name; ``guard``: kernel-enforced
+        rules over its life, such as ``{"cpu_budget_ms": 60000}``."""
         transport = Transport(server, token, token_file=token_file, request_timeout=request_timeout)
         body = _wire.create_body(
             template=template,
@@ -391,6 +421,8 @@ class Sandbox:
             pids=pids,
             disk=disk,
             net=net,
+            allow_out=allow_out,
+            guard=guard,
         )
         try:
             value = transport.call("POST", "/v1/sandboxes", json_body=body)
@@ -486,6 +518,13 @@ class Sandbox:
 
     def resume(self) -> SandboxInfo:
         return self._update(self._transport.call("POST", _wire.sandbox_path(self.id, "resume")))
+
+    def start(self) -> SandboxInfo:
+        """Starts a ``stopped`` sandbox again (one whose processes ended with
+        the daemon): its files, metadata, limits and expiry are kept; its
+        processes and code interpreter start afresh. Any call that needs the
+        sandbox does this by itself; a running one is left as it is."""
+        return self._update(self._transport.call("POST", _wire.sandbox_path(self.id, "start")))
 
     def kill(self) -> bool:
         """Removes the sandbox; False if it was already gone."""

@@ -897,5 +897,181 @@ class BadInput(unittest.TestCase):
             Sandbox.list(token="not-the-token")
 
 
+from alcove import Pty  # noqa: E402
+
+# A process that opens terminals in its sandbox until the kernel refuses,
+# says how many it got and why it stopped, and holds them.
+OPEN_PTYS = """
+import errno, os, sys, time
+held = []
+try:
+    while True:
+        held.append(os.openpty())
+except OSError as e:
+    print(len(held), errno.errorcode.get(e.errno, e.errno), flush=True)
+time.sleep(60)
+"""
+
+
+@needs_server
+class Terminal(unittest.TestCase):
+    """Commands on a pseudo-terminal (``pty=``): isatty, size, resize,
+    ^C through the line discipline, one merged stream, and a bound on how
+    many terminals one sandbox may hold."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sb = make(cls)
+
+    def running(self, pid):
+        return {p.pid: p for p in self.sb.commands.list()}[pid]
+
+    def test_a_terminal_is_a_tty_and_pipes_are_not(self):
+        check = "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys"
+        r = self.sb.commands.run(check, pty=(80, 24))
+        self.assertRegex(r.stdout, r"^/dev/pts/\d+\r\nall-ttys\r\n$")
+        self.assertEqual((r.exit_code, r.stderr), (0, ""))
+        # The same without one: the difference is real.
+        r = self.sb.commands.run(check)
+        self.assertEqual((r.stdout, r.exit_code), ("not a tty\n", 1))
+        # It is the command's controlling terminal, and its session's leader is the command.
+        r = self.sb.commands.run("exec sh -c 'echo $$; ps -o sid= -p $$; exec < /dev/tty && echo ctty'", pty=(80, 24))
+        pid, sid, ctty = r.stdout.split()
+        self.assertEqual((pid, sid, ctty), (str(r.pid), str(r.pid), "ctty"))
+
+    def test_size_and_term(self):
+        r = self.sb.commands.run("stty size; echo $TERM", pty=Pty(cols=132, rows=43))
+        self.assertEqual(r.stdout, "43 132\r\nxterm-256color\r\n")
+        r = self.sb.commands.run("stty size; echo $TERM", pty=Pty(cols=1, rows=1000), env={"TERM": "dumb"})
+        self.assertEqual(r.stdout, "1000 1\r\ndumb\r\n")
+
+    def test_stderr_arrives_on_the_one_stream(self):
+        seen = []
+        r = self.sb.commands.run(
+            "echo out; echo err >&2; python3 -c 'import sys; sys.stderr.write(\"py-err\\n\")'",
+            pty=(80, 24),
+            on_stderr=seen.append,
+        )
+        self.assertEqual(r.stdout, "out\r\nerr\r\npy-err\r\n")
+        self.assertEqual((r.stderr, seen, r.exit_code), ("", [], 0))
+
+    def test_resize_reaches_a_winch_trap(self):
+        h = self.sb.commands.run(
+            "trap 'stty size' WINCH; echo ready; while :; do sleep 0.1; done", background=True, pty=(100, 30)
+        )
+        self.assertTrue(self.running(h.pid).pty)
+        out = []
+        resized = False
+        for o in h:
+            out.append(o.text)
+            text = "".join(out)
+            if "ready" in text and not resized:
+                resized = True
+                h.resize(120, 40)
+            if "40 120\r\n" in text:
+                self.assertTrue(self.running(h.pid).running, "it ended before it was resized")
+                h.kill()
+        self.assertEqual(h.result.stdout, "ready\r\n40 120\r\n")
+        self.assertEqual(h.result.signal, "KILL")
+        # Its terminal has closed: a resize now is refused, as for a command without one.
+        with self.assertRaises(Conflict):
+            h.resize(80, 24)
+
+    def test_ctrl_c_is_sigint_through_the_line_discipline(self):
+        done = {}
+        cmd = "sh -c 'sleep 100; echo after'"
+        t = threading.Thread(target=lambda: done.setdefault("r", self.sb.commands.run(cmd, pty=(80, 24), timeout=30)))
+        t.start()
+
+        def ps():
+            return self.sb.commands.run(["ps", "-eo", "pid,args"]).stdout
+
+        wait_for("sleep 100 runs under sh -c", 10, lambda: "sleep 100" in ps())
+        pid = wait_for(
+            "the command is listed",
+            5,
+            lambda: next((p.pid for p in self.sb.commands.list() if p.running and p.pty and "sleep 100" in str(p.cmd)), None),
+        )
+        t0 = time.monotonic()
+        self.sb.commands.send_stdin(pid, "\x03")  # typed, not sent as a signal
+        t.join(15)
+        self.assertFalse(t.is_alive(), "^C did not end it")
+        r = done["r"]
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertEqual((r.exit_code, r.signal, r.timed_out), (None, "INT", False), r)
+        self.assertNotIn("after", r.stdout)
+        self.assertNotIn("sleep 100", ps(), "sleep outlived the ^C")
+
+    def test_stdin_is_typed_and_closing_it_sends_eof(self):
+        h = self.sb.commands.run("cat; echo cat-done", background=True, pty=(80, 24))
+        h.send_stdin("ping\n")
+        out = []
+        for o in h:
+            out.append(o.text)
+            # The terminal echoes the line, then cat prints it; then ^D ends cat.
+            if "".join(out) == "ping\r\nping\r\n":
+                self.assertTrue(self.running(h.pid).running, "cat ended before its stdin was closed")
+                h.close_stdin()
+        self.assertEqual(h.result.stdout, "ping\r\nping\r\ncat-done\r\n")
+        self.assertEqual(h.result.exit_code, 0)
+        # Text given up front to a foreground command is typed, then ^D (twice
+        # for a line left open): it ends on its own, long before its timeout.
+        r = self.sb.commands.run("cat; echo end", pty=(80, 24), stdin="no newline", timeout=20)
+        self.assertEqual((r.exit_code, r.timed_out), (0, False))
+        self.assertEqual(r.stdout, "no newlineno newlineend\r\n")
+
+    def test_reattach_replays_a_terminal(self):
+        h = self.sb.commands.run("echo one; sleep 0.5; echo two; exit 5", background=True, pty=(80, 24))
+        r = h.wait()
+        self.assertEqual((r.stdout, r.exit_code), ("one\r\ntwo\r\n", 5))
+        again = self.sb.commands.connect(h.pid).wait()
+        self.assertEqual((again.stdout, again.exit_code), ("one\r\ntwo\r\n", 5))
+
+    def test_resize_is_refused_clearly(self):
+        h = self.sb.commands.run("sleep 30", background=True)
+        with self.assertRaises(Conflict) as caught:
+            h.resize(80, 24)
+        self.assertIn("no terminal", caught.exception.message)
+        h.kill()
+        with self.assertRaises(ValueError):
+            h.resize(0, 24)  # refused here, before the daemon
+        t = Transport()
+        self.addCleanup(t.close)
+        path = f"/v1/sandboxes/{self.sb.id}/processes/{h.pid}/resize"
+        for bad in ({"cols": 0, "rows": 24}, {"cols": 80, "rows": 1001}, {"cols": 80}, {"cols": -1, "rows": 2},
+                    {"cols": 80, "rows": 24, "x": 1}):
+            with self.assertRaises(BadRequest, msg=repr(bad)):
+                t.call("POST", path, json_body=bad)
+        exec_path = f"/v1/sandboxes/{self.sb.id}/exec"
+        for bad in ({"cols": 1001, "rows": 24}, {"rows": 24}, {"cols": 1.5, "rows": 2}):
+            with self.assertRaises(BadRequest, msg=repr(bad)):
+                t.call("POST", exec_path, json_body={"cmd": "true", "pty": bad})
+        with self.assertRaises(NotFound):
+            t.call("POST", f"/v1/sandboxes/{self.sb.id}/processes/999999/resize", json_body={"cols": 80, "rows": 24})
+
+    def test_terminals_per_sandbox_are_bounded(self):
+        sb = make(self)
+        hog = sb.commands.run(["python3", "-c", OPEN_PTYS], background=True)
+        said = ""
+        for o in hog:
+            said += o.text
+            if said.endswith("\n"):
+                break
+        count, why = said.split()
+        # It stopped at the sandbox's own bound (ENOSPC), not at a file limit (EMFILE).
+        self.assertEqual((count, why), ("16", "ENOSPC"))
+        with self.assertRaises(AlcoveError) as caught:
+            sb.commands.run("tty", pty=(80, 24))
+        self.assertEqual(caught.exception.status, 422, repr(caught.exception))
+        self.assertIn("no terminal is left", caught.exception.message)
+        # Another sandbox is not affected.
+        self.assertRegex(self.sb.commands.run("tty", pty=(80, 24)).stdout, r"^/dev/pts/\d+\r\n$")
+        # Once the hog is gone, its terminals are free again.
+        self.assertTrue(hog.kill())
+        self.assertEqual(hog.wait().signal, "KILL")
+        r = sb.commands.run("tty", pty=(80, 24))
+        self.assertRegex(r.stdout, r"^/dev/pts/\d+\r\n$")
+
+
 if __name__ == "__main__":
     unittest.main()

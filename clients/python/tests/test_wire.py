@@ -297,6 +297,20 @@ class TestUrls(unittest.TestCase):
         self.assertEqual(_wire.read_timeout(60), 60 + _wire.STREAM_GRACE)
         self.assertIsNone(_wire.read_timeout(None))
 
+    def test_pty_bodies(self) -> None:
+        def body(pty: Any) -> Any:
+            return _wire.exec_body("sh", background=False, env=None, cwd=None, stdin=None, timeout=None, pty=pty)
+
+        self.assertEqual(body(alcove.Pty()), {"cmd": "sh", "pty": {"cols": 80, "rows": 24}})
+        self.assertEqual(body((120, 40))["pty"], {"cols": 120, "rows": 40})
+        self.assertNotIn("pty", body(None))
+        for bad in ((0, 24), (80, 1001), (-1, 5)):
+            with self.assertRaises(ValueError):
+                body(bad)
+        for wrong in ((80.0, 24), (True, 24), [80, 24], (80,), "80x24"):
+            with self.assertRaises(TypeError):
+                body(wrong)
+
 
 class TestNDJSON(unittest.TestCase):
     def test_split_anywhere(self) -> None:
@@ -659,6 +673,41 @@ class TestSyncClient(DaemonCase):
             j({"processes": [{"pid": 42, "cmd": "sleep 5", "running": False, "exit_code": 0}]}),
         )
         self.assertEqual(sb.commands.list(), [alcove.ProcessInfo(42, "sleep 5", False, 0, None)])
+
+    def test_pty_and_resize(self) -> None:
+        sb = self.sandbox()
+        self.d.route("POST", "/v1/sandboxes/sb-1/exec", ndjson({"type": "started", "pid": 9}))
+        h = sb.commands.run("bash", background=True, pty=alcove.Pty(100, 30))
+        self.assertEqual(
+            self.d.requests[-1].json(), {"cmd": "bash", "background": True, "pty": {"cols": 100, "rows": 30}}
+        )
+        self.d.route("POST", "/v1/sandboxes/sb-1/processes/9/resize", Reply(204))
+        h.resize(132, 43)
+        self.assertEqual(self.d.requests[-1].json(), {"cols": 132, "rows": 43})
+        sb.commands.resize(9, 1, 1000)
+        self.assertEqual(self.d.requests[-1].json(), {"cols": 1, "rows": 1000})
+        asked = len(self.d.requests)
+        with self.assertRaises(ValueError):
+            h.resize(0, 24)
+        self.assertEqual(len(self.d.requests), asked, "a bad size was sent")
+        self.d.route(
+            "GET",
+            "/v1/sandboxes/sb-1/processes",
+            j({"processes": [{"pid": 9, "cmd": "bash", "running": True, "exit_code": None, "pty": True}]}),
+        )
+        self.assertTrue(sb.commands.list()[0].pty)
+
+        async def go() -> None:
+            async with await alcove.AsyncSandbox.connect("sb-1", server=self.d.url, token="tok") as asb:
+                ah = await asb.commands.run("bash", background=True, pty=(80, 24))
+                self.assertEqual(self.d.requests[-1].json()["pty"], {"cols": 80, "rows": 24})
+                await ah.resize(90, 20)
+                self.assertEqual(self.d.requests[-1].path, "/v1/sandboxes/sb-1/processes/9/resize")
+                self.assertEqual(self.d.requests[-1].json(), {"cols": 90, "rows": 20})
+
+        self.d.route("GET", "/v1/sandboxes/sb-1", j(SANDBOX))
+        self.d.route("DELETE", "/v1/sandboxes/sb-1", j(dict(SANDBOX, state="removed")))
+        asyncio.run(asyncio.wait_for(go(), 20))
 
     def test_files(self) -> None:
         sb = self.sandbox()

@@ -3,8 +3,10 @@
 //! user under the sandbox's filters, so it can do nothing its commands could
 //! not; what it adds is that the daemon can ask.
 
-use crate::protocol::{AgentFailure, Entry, EntryKind, Reply, Request, MAX_ENTRIES, MAX_MESSAGE};
-use alcove_sys::{fd, process, seqpacket};
+use crate::protocol::{
+    AgentFailure, Entry, EntryKind, PtySize, Reply, Request, MAX_ENTRIES, MAX_MESSAGE,
+};
+use alcove_sys::{fd, process, pty, seqpacket};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
@@ -167,9 +169,26 @@ impl Agent {
         fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Option<OwnedFd>), AgentFailure> {
         match request {
-            Request::Exec { id, argv, env, cwd } => {
+            Request::Exec {
+                id,
+                argv,
+                env,
+                cwd,
+                pty: None,
+            } => {
                 let pid = self.exec(&argv, env, cwd.as_deref(), fds)?;
                 Ok((Reply::Started { id, pid }, None))
+            }
+            Request::Exec {
+                id,
+                argv,
+                env,
+                cwd,
+                pty: Some(size),
+            } => {
+                drop(fds); // its stdio is the terminal
+                let (pid, master) = self.exec_pty(&argv, env, cwd.as_deref(), size)?;
+                Ok((Reply::Started { id, pid }, Some(master)))
             }
             Request::Open { id, path, write } => {
                 let file = open(&path, write)?;
@@ -269,6 +288,77 @@ impl Agent {
         let spawned = self.spawn(&mut cmd, program);
         drop(extra);
         spawned
+    }
+
+    /// Starts a command on a new terminal of the sandbox's own devpts (its
+    /// /dev/ptmx): the slave is its stdin, stdout and stderr and, in a
+    /// session of its own, its controlling terminal (so ^C on the line is
+    /// SIGINT to its foreground group, and a resize is SIGWINCH). Returns
+    /// its pid and the master, which goes to the daemon: the agent keeps
+    /// neither end, so the master reads EIO once the last holder of the
+    /// slave is gone.
+    fn exec_pty(
+        &mut self,
+        argv: &[String],
+        env: Vec<(String, String)>,
+        cwd: Option<&str>,
+        size: PtySize,
+    ) -> Result<(i32, OwnedFd), AgentFailure> {
+        let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+            return Err(AgentFailure::invalid("a command needs a program to run"));
+        };
+        if !(1..=PtySize::MAX).contains(&size.cols) || !(1..=PtySize::MAX).contains(&size.rows) {
+            return Err(AgentFailure::invalid(format!(
+                "a terminal is 1 to {} columns and rows",
+                PtySize::MAX
+            )));
+        }
+        let master = pty::open_master(c"/dev/ptmx").map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC) => AgentFailure {
+                kind: crate::FailureKind::Other,
+                message: "no terminal is left in this sandbox (its /dev/pts holds a fixed \
+                          number at once): end a command that holds one"
+                    .into(),
+            },
+            _ => AgentFailure::io("opening a terminal (/dev/ptmx)", &e),
+        })?;
+        let failed = |e: io::Error| AgentFailure::io("setting up a terminal", &e);
+        pty::unlock(master.as_fd()).map_err(failed)?;
+        pty::set_window_size(master.as_fd(), size.rows, size.cols).map_err(failed)?;
+        let slave = pty::open_slave(master.as_fd(), true).map_err(failed)?;
+        // The command's own TERM, or one that fits the terminals clients
+        // draw with (the sandbox's may be whatever the daemon was started with).
+        let term_given = env.iter().any(|(k, _)| k == "TERM");
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env);
+        if !term_given {
+            cmd.env("TERM", "xterm-256color");
+        }
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let stdio = || slave.try_clone().map(Stdio::from).map_err(failed);
+        cmd.stdin(stdio()?).stdout(stdio()?).stderr(stdio()?);
+        let tty = std::sync::Arc::new(slave);
+        let child_tty = std::sync::Arc::clone(&tty);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes two system calls (setsid, ioctl), both async-signal-safe,
+        // allocating nothing; `child_tty` is an open descriptor the child
+        // has as well (close-on-exec: gone after the exec).
+        unsafe {
+            cmd.pre_exec(move || {
+                process::setsid()?;
+                pty::set_controlling_terminal(child_tty.as_fd())
+            });
+        }
+        let spawned = self.spawn(&mut cmd, program);
+        // The slave's copies here go with the command: only the child holds it.
+        drop(cmd);
+        drop(tty);
+        Ok((spawned?, master))
     }
 
     /// A child that copies `source` (a pipe) into `file` until its end, so

@@ -4,10 +4,12 @@
 //! when its commands end; [`AgentLink`] is the daemon's side of that socket.
 //!
 //! Bytes never pass through the agent: a command's stdin, stdout and stderr
-//! are pipes the daemon made and sent along, and a file the daemon reads or
-//! writes is a descriptor the agent opened as the sandbox's user and sent
-//! back. So every access is checked by the kernel against the sandbox's own
-//! user, mounts, Landlock rules and seccomp filter, never the daemon's.
+//! are pipes the daemon made and sent along (or a terminal the agent opened
+//! in the sandbox's own devpts, whose master it sends back), and a file the
+//! daemon reads or writes is a descriptor the agent opened as the sandbox's
+//! user and sent back. So every access is checked by the kernel against the
+//! sandbox's own user, mounts, Landlock rules and seccomp filter, never the
+//! daemon's.
 //!
 //! It does not create sandboxes (alcove-sandbox does) or decide their
 //! lifetimes (the engine does).
@@ -18,7 +20,7 @@ pub mod protocol;
 
 pub use agent::{serve, serve_inherited};
 pub use link::{AgentLink, ExitStatus, LinkError, Opened};
-pub use protocol::{AgentFailure, Entry, EntryKind, FailureKind, WatchEvent};
+pub use protocol::{AgentFailure, Entry, EntryKind, FailureKind, PtySize, WatchEvent};
 
 /// The environment variable naming the agent's socket descriptor.
 pub const AGENT_FD_ENV: &str = "ALCOVE_AGENT_FD";

@@ -2,7 +2,7 @@
 //! back to their callers by id, and each command's end delivered to whoever
 //! watches it. One reader task per sandbox, no thread.
 
-use crate::protocol::{AgentFailure, Entry, Reply, Request, MAX_MESSAGE};
+use crate::protocol::{AgentFailure, Entry, PtySize, Reply, Request, MAX_MESSAGE};
 use alcove_sys::seqpacket;
 use std::collections::HashMap;
 use std::io;
@@ -111,12 +111,54 @@ impl AgentLink {
     ) -> Result<(i32, watch::Receiver<Option<ExitStatus>>), LinkError> {
         let id = self.next_id();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let pty = None;
         let answer = self
-            .ask(Request::Exec { id, argv, env, cwd }, &borrowed)
+            .ask(
+                Request::Exec {
+                    id,
+                    argv,
+                    env,
+                    cwd,
+                    pty,
+                },
+                &borrowed,
+            )
             .await;
         drop(fds); // the agent has its copies now (or failed)
         match answer? {
             (Reply::Started { pid, .. }, _, Some(end)) => Ok((pid, end)),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// Starts `argv` on a new terminal of `size` in the sandbox: its pid,
+    /// where its end will show, and the terminal's master (non-blocking),
+    /// through which its input and output go.
+    pub async fn exec_pty(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        size: PtySize,
+    ) -> Result<(i32, watch::Receiver<Option<ExitStatus>>, OwnedFd), LinkError> {
+        let id = self.next_id();
+        let pty = Some(size);
+        let request = Request::Exec {
+            id,
+            argv,
+            env,
+            cwd,
+            pty,
+        };
+        match self.ask(request, &[]).await? {
+            // The descriptor came from the sandbox: it must be a terminal's master.
+            (Reply::Started { pid, .. }, mut fds, Some(end))
+                if fds.len() == 1 && is_pty_master(&fds[0]) =>
+            {
+                let master = fds.remove(0);
+                alcove_sys::fd::set_nonblocking(master.as_fd(), true).map_err(LinkError::Io)?;
+                Ok((pid, end, master))
+            }
             _ => Err(LinkError::Protocol),
         }
     }
@@ -349,6 +391,16 @@ async fn read_replies(shared: Arc<Shared>, ready: oneshot::Sender<i32>) {
 fn is_regular_file(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|m| m.is_file())
+}
+
+/// Whether `fd` is a pty master (what a terminal's `exec` must hand over):
+/// the ptmx character device (5:2), answering TIOCGPTN as only a master does.
+fn is_pty_master(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let is_ptmx = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == libc::makedev(5, 2));
+    is_ptmx && alcove_sys::pty::number(fd.as_fd()).is_ok()
 }
 
 /// Whether `fd` is an inotify descriptor (what a `watch` must hand over).

@@ -18,12 +18,17 @@ pub const SOCKET_BUFFER: i32 = 2 * MAX_MESSAGE as i32;
 pub enum Request {
     /// Start a command. The message's descriptors become the command's
     /// descriptors 0, 1, 2 (and 3 when a fourth is sent), in that order.
+    /// With `pty`, none is sent: the agent opens a terminal in the
+    /// sandbox's own devpts, gives the command its slave as 0, 1, 2 and as
+    /// its controlling terminal, and sends the master back with `Started`.
     Exec {
         id: u64,
         argv: Vec<String>,
         /// Added to (or replacing in) the sandbox's own environment.
         env: Vec<(String, String)>,
         cwd: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pty: Option<PtySize>,
     },
     /// Open a file and send its descriptor back. `write` creates or
     /// truncates it (mode 0644, parents made); otherwise it is opened to read.
@@ -82,6 +87,32 @@ impl Request {
     }
 }
 
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl PtySize {
+    /// The most columns or rows a terminal is given.
+    pub const MAX: u16 = 1000;
+
+    /// A size within 1..=[`PtySize::MAX`] each way, or why not.
+    pub fn new(cols: u64, rows: u64) -> Result<PtySize, String> {
+        let bounded = |what: &str, n: u64| {
+            u16::try_from(n)
+                .ok()
+                .filter(|n| (1..=Self::MAX).contains(n))
+                .ok_or_else(|| format!("pty {what} {n}: give 1 to {}", Self::MAX))
+        };
+        Ok(PtySize {
+            cols: bounded("cols", cols)?,
+            rows: bounded("rows", rows)?,
+        })
+    }
+}
+
 /// Agent to daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -90,7 +121,8 @@ pub enum Reply {
     Ready {
         pid: i32,
     },
-    /// A command started (the pid is in the sandbox's pid namespace).
+    /// A command started (the pid is in the sandbox's pid namespace); its
+    /// terminal's master is attached when it was asked for one.
     Started {
         id: u64,
         pid: i32,
@@ -198,4 +230,57 @@ pub struct WatchEvent {
     /// `create`, `modify`, `delete` or `move`.
     pub event: &'static str,
     pub path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_size_is_bounded() {
+        assert_eq!(PtySize::new(80, 24), Ok(PtySize { cols: 80, rows: 24 }));
+        assert!(PtySize::new(1, 1000).is_ok());
+        for (cols, rows) in [
+            (0, 24),
+            (80, 0),
+            (1001, 24),
+            (80, 1001),
+            (1 << 16, 24),
+            (u64::MAX, 1),
+        ] {
+            let refused = PtySize::new(cols, rows).unwrap_err();
+            assert!(refused.contains("give 1 to 1000"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn an_exec_without_a_terminal_reads_and_writes_as_before() {
+        // An exec from a daemon that knows nothing of terminals still parses.
+        let old = r#"{"op":"exec","id":3,"argv":["true"],"env":[],"cwd":null}"#;
+        let Request::Exec { pty, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not an exec");
+        };
+        assert_eq!(pty, None);
+        // And one without a terminal says nothing of one.
+        let request = Request::Exec {
+            id: 3,
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            cwd: None,
+            pty: None,
+        };
+        assert!(!serde_json::to_string(&request).unwrap().contains("pty"));
+        let with = Request::Exec {
+            id: 4,
+            argv: vec!["sh".into()],
+            env: Vec::new(),
+            cwd: None,
+            pty: Some(PtySize {
+                cols: 100,
+                rows: 30,
+            }),
+        };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains(r#""pty":{"cols":100,"rows":30}"#), "{text}");
+    }
 }

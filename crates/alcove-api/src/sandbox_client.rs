@@ -44,6 +44,18 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// Another handle on the same daemon, sharing its connections (a thread
+/// that writes a terminal's keystrokes while another reads its output).
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Client {
+            agent: self.agent.clone(),
+            server: self.server.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
 impl Client {
     fn sandbox_path(id: &str, rest: &str) -> Result<String, ClientError> {
         Ok(format!("/v1/sandboxes/{}{rest}", segment(id)?))
@@ -142,6 +154,31 @@ impl Client {
         Ok(Lines {
             lines: std::io::BufReader::new(reader).lines(),
         })
+    }
+
+    /// Writes `bytes` to the stdin of command `pid` (its terminal, for one
+    /// started with a pty), then closes it with `close` (^D on a terminal).
+    pub fn write_stdin(
+        &self,
+        id: &str,
+        pid: i32,
+        bytes: &[u8],
+        close: bool,
+    ) -> Result<(), ClientError> {
+        let query: &[(&str, String)] = if close {
+            &[("close", String::from("true"))]
+        } else {
+            &[]
+        };
+        let path = Self::sandbox_path(id, &format!("/processes/{pid}/stdin"))?;
+        self.json("POST", &path, query, Some(bytes)).map(drop)
+    }
+
+    /// Resizes the terminal of command `pid` (started with a pty).
+    pub fn resize_pty(&self, id: &str, pid: i32, cols: u16, rows: u16) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "cols": cols, "rows": rows });
+        self.sandbox_call("POST", id, &format!("/processes/{pid}/resize"), Some(&body))
+            .map(drop)
     }
 
     /// The file at `path` in the sandbox, as a reader.

@@ -3,7 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::routes::{query_or_error, AppState};
-use alcove_engine::sandboxes::process::{Follower, Output, Stream};
+use alcove_engine::sandboxes::process::{Follower, Output, PtySize, Stream};
 use alcove_engine::sandboxes::{
     CodeEvent, CreateSandbox, ExecRequest, SandboxState, SandboxesError,
 };
@@ -48,6 +48,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/start", post(start))
         .route("/sandboxes/{id}/exec", post(exec).layer(json_body))
         .route("/sandboxes/{id}/processes", get(processes))
         .route("/sandboxes/{id}/processes/{pid}/output", get(output))
@@ -56,6 +57,7 @@ pub(crate) fn routes() -> Router<AppState> {
             post(stdin).layer(DefaultBodyLimit::max(MAX_STDIN_BODY)),
         )
         .route("/sandboxes/{id}/processes/{pid}/kill", post(kill))
+        .route("/sandboxes/{id}/processes/{pid}/resize", post(resize))
         .route(
             "/sandboxes/{id}/files",
             get(download)
@@ -158,15 +160,16 @@ async fn list(State(s): State<AppState>, RawQuery(query): RawQuery) -> Result<Re
             state = Some(match v.as_str() {
                 "running" => SandboxState::Running,
                 "paused" => SandboxState::Paused,
+                "stopped" => SandboxState::Stopped,
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "state {other:?}: give running or paused"
+                        "state {other:?}: give running, paused or stopped"
                     )))
                 }
             });
         } else {
             return Err(ApiError::bad_request(format!(
-                "query parameter {k:?}: give metadata.KEY=VALUE or state=running|paused"
+                "query parameter {k:?}: give metadata.KEY=VALUE or state=running|paused|stopped"
             )));
         }
     }
@@ -244,15 +247,14 @@ async fn set_timeout(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     let body: TimeoutBody = json_or_error(body)?;
-    let sandbox = s.engine.sandbox(&id).await?;
-    Ok(Json(sandbox.set_timeout(body.timeout_s)?).into_response())
+    Ok(Json(s.engine.set_sandbox_timeout(&id, body.timeout_s).await?).into_response())
 }
 
 async fn pause(
     State(s): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
-    let sandbox = s.engine.sandbox_unresumed(&path_id(id)?)?;
+    let sandbox = s.engine.sandbox_unresumed(&path_id(id)?).await?;
     Ok(Json(sandbox.pause(true).await?).into_response())
 }
 
@@ -262,6 +264,15 @@ async fn resume(
 ) -> Result<Response, ApiError> {
     let sandbox = s.engine.sandbox(&path_id(id)?).await?;
     Ok(Json(sandbox.info()).into_response())
+}
+
+/// Starts a stopped sandbox again (a new agent, its files, metadata, limits
+/// and expiry kept); one that runs or is paused is left as it is.
+async fn start(
+    State(s): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.engine.start_sandbox(&path_id(id)?).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -282,6 +293,21 @@ struct ExecBody {
     timeout_s: Option<u64>,
     #[serde(default)]
     background: bool,
+    pty: Option<PtyBody>,
+}
+
+/// A terminal's size: `{"cols": 80, "rows": 24}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PtyBody {
+    cols: u64,
+    rows: u64,
+}
+
+impl PtyBody {
+    fn size(&self) -> Result<PtySize, ApiError> {
+        PtySize::new(self.cols, self.rows).map_err(ApiError::bad_request)
+    }
 }
 
 fn call_timeout(timeout_s: Option<u64>, default: u64) -> Result<Duration, ApiError> {
@@ -310,6 +336,7 @@ async fn exec(
         (true, None) => None,
         (_, t) => Some(call_timeout(t, 60)?),
     };
+    let pty = body.pty.as_ref().map(PtyBody::size).transpose()?;
     let sandbox = s.engine.sandbox(&id).await?;
     let process = sandbox
         .exec(ExecRequest {
@@ -319,6 +346,7 @@ async fn exec(
             stdin: body.stdin.map(String::into_bytes),
             keep_stdin_open: body.background,
             timeout,
+            pty,
         })
         .await?;
     let started = json!({ "type": "started", "pid": process.pid });
@@ -413,6 +441,7 @@ async fn processes(
                 "pid": p.pid,
                 "cmd": p.cmd,
                 "running": p.running(),
+                "pty": p.has_pty(),
                 "exit_code": exit.and_then(|e| e.code),
                 "signal": exit.and_then(|e| e.signal).map(signal_name),
             })
@@ -483,6 +512,21 @@ async fn kill(
     };
     let sandbox = s.engine.sandbox(&id).await?;
     sandbox.signal(pid, signal).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `{"cols": C, "rows": R}` for the terminal of a command started with
+/// `pty`: the kernel sends SIGWINCH to its foreground group.
+async fn resize(
+    State(s): State<AppState>,
+    path: PidPath,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (id, pid) = path_pid(path)?;
+    let body: PtyBody = json_or_error(body)?;
+    let size = body.size()?;
+    let sandbox = s.engine.sandbox(&id).await?;
+    sandbox.resize(pid, size)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

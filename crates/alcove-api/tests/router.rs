@@ -495,7 +495,7 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             }
         }
     }
-    assert_eq!(operations, 53, "operations in the document");
+    assert_eq!(operations, 55, "operations in the document");
 
     // Real responses conform to their schemas.
     let (status, version, _) = call(

@@ -18,6 +18,33 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// Values of a network rule (monitor.bpf.c's ALCOVE_NET_ALLOW and _DENY).
+const NET_ALLOW: u8 = 1;
+const NET_DENY: u8 = 2;
+
+/// Whether `net` goes in the IPv6 rule map, and its key in sandbox
+/// `cgroup_id`'s rules.
+fn net_rule_key(cgroup_id: u64, net: &IpNet) -> (bool, Vec<u8>) {
+    match net.addr {
+        std::net::IpAddr::V4(a) => {
+            let key = Net4Key {
+                prefixlen: 64 + net.prefix as u32,
+                cgroup_id,
+                addr: a.octets(),
+            };
+            (false, bytes_of(&key).to_vec())
+        }
+        std::net::IpAddr::V6(a) => {
+            let key = Net6Key {
+                prefixlen: 64 + net.prefix as u32,
+                cgroup_id,
+                addr: a.octets(),
+            };
+            (true, bytes_of(&key).to_vec())
+        }
+    }
+}
+
 /// The period of the cpu-clock events that drive CPU budgets.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -40,6 +67,10 @@ pub struct SandboxPolicy {
     /// Where the sandbox may connect, send or bind besides loopback (`None`:
     /// no network rule). Anything else is refused with EPERM.
     pub net_allow: Option<Vec<IpNet>>,
+    /// Holes in `net_allow` (only with it): refused even inside an allowed
+    /// range, as the longest matching rule decides (the host's own
+    /// addresses inside an agent sandbox's "anywhere").
+    pub net_deny: Vec<IpNet>,
     /// Report every file opened and every network peer (for `--learn`).
     pub learn: bool,
 }
@@ -59,6 +90,15 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// The bits in its family's address: 32 or 128.
+    pub fn width(&self) -> u8 {
+        if self.addr.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
     /// Parses `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32` or `::1`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || {
@@ -127,6 +167,7 @@ impl SandboxPolicy {
             syscall_policy: Some(Vec::new()),
             devices: Some(Vec::new()),
             net_allow: Some(Vec::new()),
+            net_deny: Vec::new(),
             learn: true,
         }
     }
@@ -348,26 +389,16 @@ impl Monitor {
             );
         }
         if policy.needs_sock_addr() {
-            for net in policy.net_allow.iter().flatten() {
-                let (map, key) = match net.addr {
-                    std::net::IpAddr::V4(a) => {
-                        let key = Net4Key {
-                            prefixlen: 64 + net.prefix as u32,
-                            cgroup_id,
-                            addr: a.octets(),
-                        };
-                        (&maps.allowed_net4, bytes_of(&key).to_vec())
-                    }
-                    std::net::IpAddr::V6(a) => {
-                        let key = Net6Key {
-                            prefixlen: 64 + net.prefix as u32,
-                            cgroup_id,
-                            addr: a.octets(),
-                        };
-                        (&maps.allowed_net6, bytes_of(&key).to_vec())
-                    }
+            let allowed = policy.net_allow.iter().flatten().map(|n| (n, NET_ALLOW));
+            let denied = policy.net_deny.iter().map(|n| (n, NET_DENY));
+            for (net, rule) in allowed.chain(denied) {
+                let (v6, key) = net_rule_key(cgroup_id, net);
+                let map = if v6 {
+                    &maps.allowed_net6
+                } else {
+                    &maps.allowed_net4
                 };
-                map.update(&key, &[1], MapFlags::ANY)
+                map.update(&key, &[rule], MapFlags::ANY)
                     .map_err(|e| BpfError::map("allowed_net", e))?;
             }
             if policy.net_allow.is_some() {
@@ -391,6 +422,38 @@ impl Monitor {
         }
         self.cgroup_links.insert(cgroup_id, links);
         Ok(())
+    }
+
+    /// Lets the restricted sandbox `cgroup_id` reach `net` too (an address a
+    /// name it may reach resolved to), unless a rule of its own refuses it:
+    /// false then. The sandbox must be watched with a network rule.
+    pub fn allow_net(&self, cgroup_id: u64, net: &IpNet) -> Result<bool, BpfError> {
+        let maps = &self.skel.maps;
+        let restricted = maps
+            .net_restricted
+            .lookup(&cgroup_id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| BpfError::map("net_restricted", e))?;
+        if restricted.is_none() {
+            return Ok(false);
+        }
+        let (v6, key) = net_rule_key(cgroup_id, net);
+        let map = if v6 {
+            &maps.allowed_net6
+        } else {
+            &maps.allowed_net4
+        };
+        // A lookup in an LPM trie is a longest-prefix match: what decides now.
+        match map
+            .lookup(&key, MapFlags::ANY)
+            .map_err(|e| BpfError::map("allowed_net", e))?
+        {
+            Some(rule) if rule.first() == Some(&NET_DENY) => Ok(false),
+            Some(rule) if rule.first() == Some(&NET_ALLOW) && net.prefix >= net.width() => Ok(true),
+            _ => map
+                .update(&key, &[NET_ALLOW], MapFlags::ANY)
+                .map(|()| true)
+                .map_err(|e| BpfError::map("allowed_net", e)),
+        }
     }
 
     /// Detaches a sandbox's rule programs and forgets its rules.

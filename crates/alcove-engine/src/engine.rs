@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub shared: Option<crate::SharedStoreConfig>,
     /// Agent sandboxes held at once.
     pub max_sandboxes: usize,
+    /// The resolver outbound agent sandboxes' allowed names are asked of
+    /// (None: the host's first nameserver).
+    pub sandbox_dns: Option<std::net::SocketAddr>,
 }
 
 /// Old records are purged once per this many invocations.
@@ -55,7 +58,8 @@ const PURGE_EVERY: usize = 1024;
 
 /// What an alcove data directory may hold besides its database; an existing
 /// directory holding anything else is not taken as one.
-const DATA_DIR_ENTRIES: [&str; 9] = [
+const DATA_DIR_ENTRIES: [&str; 11] = [
+    "daemon.lock",
     "alcove.db",
     "alcove.db-wal",
     "alcove.db-shm",
@@ -65,6 +69,7 @@ const DATA_DIR_ENTRIES: [&str; 9] = [
     "images",
     "token",
     "sandbox-templates",
+    "sandboxes",
 ];
 
 impl EngineConfig {
@@ -89,6 +94,7 @@ impl EngineConfig {
             node: host_name(),
             shared: None,
             max_sandboxes: 1024,
+            sandbox_dns: None,
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct Invocation {
 /// The engine. Share it behind an `Arc`; its async methods need a tokio runtime.
 pub struct Engine {
     pub(crate) config: EngineConfig,
+    /// Held while this engine lives: one daemon per data directory (a
+    /// second would reclaim the first's sandboxes in the making).
+    _data_lock: std::fs::File,
     pub(crate) store: Store,
     pub(crate) admission: Admission,
     /// Functions as last read from the store, so an invocation does not read
@@ -227,6 +236,30 @@ fn claim_data_dir(dir: &Path) -> Result<bool, EngineError> {
     }
 }
 
+/// Takes the data directory's lock, or says which daemon holds it.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, EngineError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = EngineError::io("locking the data directory");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join("daemon.lock"))
+        .map_err(&io)?;
+    if !alcove_sys::fd::flock(file.as_fd(), alcove_sys::fd::Lock::TryExclusive).map_err(&io)? {
+        return Err(EngineError::Invalid(format!(
+            "another alcove daemon is using the data directory {}: stop it first, or give this \
+             one another --data-dir",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
 impl Engine {
     /// Opens (or creates) the data directory and store, marks invocations a
     /// previous daemon left in flight as failed, and removes what its killed
@@ -234,6 +267,7 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         config.limits.check().map_err(EngineError::Invalid)?;
         claim_data_dir(&config.data_dir)?;
+        let data_lock = lock_data_dir(&config.data_dir)?;
         check_binds_miss_data_dir(&config)?;
         let _ = std::fs::remove_dir_all(config.data_dir.join("tmp")); // half-done deploys
         let store = match &config.shared {
@@ -267,6 +301,7 @@ impl Engine {
                 metrics.queued.clone(),
             ),
             config,
+            _data_lock: data_lock,
             store,
             known: Mutex::new(HashMap::new()),
             since_purge: AtomicUsize::new(0),
@@ -293,6 +328,7 @@ impl Engine {
         engine.restore_warm();
         engine.start_cluster()?;
         engine.clean_template_staging();
+        engine.restore_sandboxes();
         engine.start_sandbox_reaper();
         Ok(engine)
     }
@@ -781,8 +817,9 @@ impl Engine {
         }
         // Templates and their ready copies go with the daemon, cgroups and all.
         self.stop_all_templates();
-        // And agent sandboxes: their processes cannot outlive the daemon.
-        self.remove_all_sandboxes().await;
+        // And agent sandboxes' processes (they cannot outlive the daemon);
+        // their files and records stay for the next one.
+        self.stop_all_sandboxes().await;
         self.in_flight.load(Ordering::SeqCst)
     }
 

@@ -293,6 +293,28 @@ impl Engine {
         service.watch(SandboxPolicy::default(), subject, false).ok()
     }
 
+    /// The watch an outbound agent sandbox must run under (its network
+    /// rules live in the kernel), and the service that adds to them; an
+    /// error that says why when the monitor cannot load here.
+    pub(crate) fn guard_sandbox(
+        &self,
+        id: &str,
+        policy: SandboxPolicy,
+        cgroup_cell: Arc<AtomicU64>,
+    ) -> Result<(Watch, MonitorService), String> {
+        let service = self.monitor.service().map_err(|why| {
+            format!("net: outbound needs alcove's eBPF monitor for its rules, which cannot load here: {why}")
+        })?;
+        let subject = Subject {
+            sandbox: Some(id.to_owned()),
+            ..Subject::default()
+        };
+        let watch = service
+            .watch(policy, subject, false)
+            .map_err(|e| alcove_sandbox::error_chain(&e))?;
+        Ok((watch.with_cgroup_cell(cgroup_cell).required(true), service))
+    }
+
     /// An event the engine makes about an agent sandbox (created, ended).
     pub(crate) fn emit_sandbox(&self, id: &str, json: serde_json::Value) {
         if self.monitor.events.receiver_count() == 0 {

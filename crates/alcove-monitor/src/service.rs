@@ -85,6 +85,11 @@ pub(crate) enum Request {
         done: mpsc::SyncSender<ServiceStatus>,
     },
     SetLive(bool),
+    AllowNet {
+        cgroup_id: u64,
+        net: alcove_bpf::IpNet,
+        done: mpsc::SyncSender<Result<bool, MonitorError>>,
+    },
 }
 
 /// A watched sandbox, as the owner knows it: whose it is, and where its
@@ -208,6 +213,16 @@ impl MonitorService {
     pub fn live(&self, cgroup_ids: Vec<u64>) -> Vec<(u64, Stats)> {
         self.ask(|done| Request::Live { cgroup_ids, done })
             .unwrap_or_default()
+    }
+
+    /// Lets the watched sandbox `cgroup_id`, whose network is restricted,
+    /// reach `net` too, unless one of its rules refuses it (false then).
+    pub fn allow_net(&self, cgroup_id: u64, net: alcove_bpf::IpNet) -> Result<bool, MonitorError> {
+        self.ask(|done| Request::AllowNet {
+            cgroup_id,
+            net,
+            done,
+        })?
     }
 
     /// What the monitor is doing now.
@@ -393,6 +408,20 @@ impl Owner {
             }
             Request::SetLive(on) => {
                 let _ = self.monitor.set_live(on);
+            }
+            Request::AllowNet {
+                cgroup_id,
+                net,
+                done,
+            } => {
+                let allowed = match self.registry().contains_key(&cgroup_id) {
+                    true => self
+                        .monitor
+                        .allow_net(cgroup_id, &net)
+                        .map_err(MonitorError::Watch),
+                    false => Ok(false),
+                };
+                let _ = done.send(allowed);
             }
             Request::Status { done } => {
                 let _ = done.send(ServiceStatus {

@@ -14,6 +14,10 @@ pub enum NetMode {
     None,
     /// The host's network namespace.
     Host,
+    /// A network namespace the caller made and configured
+    /// ([`SandboxSpec::netns`]), such as one with an outbound link; its
+    /// /etc/resolv.conf is [`SandboxSpec::resolv_conf`].
+    Joined,
 }
 
 /// A host path made visible inside the sandbox.
@@ -203,6 +207,14 @@ pub struct SandboxSpec {
     pub user: User,
     pub limits: Limits,
     pub net: NetMode,
+    /// The network namespace a [`NetMode::Joined`] sandbox joins.
+    pub netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The /etc/resolv.conf a [`NetMode::Joined`] sandbox sees (host view).
+    pub resolv_conf: Option<Vec<u8>>,
+    /// A cgroup of its own, never a pooled slot: what the run charges may
+    /// outlive it (files in a tmpfs mounted outside the sandbox), and a
+    /// reused slot would carry those charges into the next run's limits.
+    pub fresh_cgroup: bool,
     /// Record per-phase start timings in the outcome.
     pub record_phases: bool,
     /// Run a minimal init as PID 1, with the program as its child, so the
@@ -250,6 +262,9 @@ impl SandboxSpec {
                 ..Limits::default()
             },
             net: NetMode::None,
+            netns: None,
+            resolv_conf: None,
+            fresh_cgroup: false,
             record_phases: false,
             init: false,
             allow_paths: Vec::new(),
@@ -270,6 +285,11 @@ impl SandboxSpec {
         if program.is_empty() || self.argv.iter().any(|a| a.as_bytes().contains(&0)) {
             return invalid(
                 "the program and its arguments must be non-empty and free of NUL bytes".into(),
+            );
+        }
+        if (self.net == NetMode::Joined) != self.netns.is_some() {
+            return invalid(
+                "a network namespace to join is given with net mode Joined, and only then".into(),
             );
         }
         if let Some(root) = &self.rootfs {

@@ -68,7 +68,7 @@ pub(crate) fn open_or_create(
     }
     let plan = match &spec.rootfs {
         Some(lower) => mounts::rootfs_template_plan(lower, &spec.lower_layers),
-        None => mounts::template_plan(spec, &HostView::read(spec.net)),
+        None => mounts::template_plan(spec, &HostView::read(spec)),
     };
     match build(&path, &plan) {
         Ok(()) => open_ns(&path)

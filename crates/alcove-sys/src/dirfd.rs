@@ -130,7 +130,14 @@ pub fn write_file_at(
     contents: &[u8],
     mode: libc::mode_t,
 ) -> io::Result<()> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // O_NONBLOCK: a FIFO by that name fails at once (ENXIO) rather than
+    // waiting for a reader that never comes.
+    let flags = libc::O_WRONLY
+        | libc::O_CREAT
+        | libc::O_TRUNC
+        | libc::O_NOFOLLOW
+        | libc::O_NONBLOCK
+        | libc::O_CLOEXEC;
     // SAFETY: `name` is NUL-terminated; flags and mode are plain integers.
     let fd = crate::cvt_int(unsafe {
         libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)

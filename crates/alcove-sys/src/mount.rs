@@ -64,13 +64,22 @@ pub fn clone_tree(path: &CStr) -> io::Result<OwnedFd> {
     clone_tree_at(None, path, true)
 }
 
-/// Sets mount attributes (`MOUNT_ATTR_*`) on every mount of the tree behind `tree`.
+/// Sets mount attributes (`MOUNT_ATTR_*`) on every mount of the tree behind
+/// `tree` (a detached copy), and makes each private: a copy of a shared mount
+/// would otherwise stay in its peer group, and mounts made under one side
+/// would appear under the other.
 pub fn set_attributes(tree: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
-    mount_setattr(tree, attr_set, libc::AT_RECURSIVE)
+    mount_setattr(tree, attr_set, libc::AT_RECURSIVE, libc::MS_PRIVATE)
 }
 
-/// mount_setattr(2) on what `target` refers to, with `flags` beside AT_EMPTY_PATH.
-fn mount_setattr(target: BorrowedFd<'_>, attr_set: u64, flags: libc::c_int) -> io::Result<()> {
+/// mount_setattr(2) on what `target` refers to, with `flags` beside
+/// AT_EMPTY_PATH; `propagation` 0 leaves it as it is.
+fn mount_setattr(
+    target: BorrowedFd<'_>,
+    attr_set: u64,
+    flags: libc::c_int,
+    propagation: u64,
+) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -81,7 +90,7 @@ fn mount_setattr(target: BorrowedFd<'_>, attr_set: u64, flags: libc::c_int) -> i
     let attr = MountAttr {
         attr_set,
         attr_clr: 0,
-        propagation: 0,
+        propagation,
         userns_fd: 0,
     };
     // SAFETY: an empty path with AT_EMPTY_PATH refers to `target` itself;
@@ -164,7 +173,7 @@ pub fn move_mount_onto(tree: libc::c_int, target: BorrowedFd<'_>) -> io::Result<
 /// noexec) on the mount whose root `target` refers to, not those below it:
 /// a bind remount done through a descriptor.
 pub fn set_mount_attributes(target: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
-    mount_setattr(target, attr_set, 0)
+    mount_setattr(target, attr_set, 0, 0)
 }
 
 /// Sets `attr_set` and clears `attr_clr` (`MOUNT_ATTR_*`) on the mount whose

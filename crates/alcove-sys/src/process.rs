@@ -32,6 +32,22 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> i
     crate::cvt_int(unsafe { libc::setrlimit(resource, &limit) }).map(drop)
 }
 
+/// Raises this process's soft limit on open files to its hard limit (a
+/// daemon holding many sandboxes' pipes and terminals needs more than the
+/// usual 1024); returns the new soft limit.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for the duration of the call.
+    crate::cvt_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    if limit.rlim_cur < limit.rlim_max {
+        setrlimit(libc::RLIMIT_NOFILE, limit.rlim_max, limit.rlim_max)?;
+    }
+    Ok(limit.rlim_max)
+}
+
 /// Sets `no_new_privs`: execve can never grant privileges again.
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.

@@ -22,8 +22,13 @@ enum Command {
     /// Run a program once in a fresh micro-container.
     Run(Box<RunArgs>),
     /// Remove cgroups left by `alcove run` processes that were killed mid-run,
-    /// and the pooled network namespaces and template mount namespaces.
-    Gc,
+    /// the pooled network namespaces and template mount namespaces, and agent
+    /// sandboxes' homes that no record holds (in --data-dir).
+    Gc {
+        /// The daemon's data directory, whose sandboxes/ is checked.
+        #[arg(long, default_value = "/var/lib/alcove")]
+        data_dir: PathBuf,
+    },
     /// Measure: compare commands interleaved, or break a sandbox start into phases.
     Bench(BenchArgs),
     /// Run the functions daemon: an HTTP API (loopback by default) that deploys
@@ -97,6 +102,10 @@ struct ServeArgs {
     /// Agent sandboxes held at once (`alcove sandbox create`); beyond it, 429.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_sandboxes: u64,
+    /// The DNS server (ADDR or ADDR:PORT) that outbound agent sandboxes'
+    /// allowed names are resolved with [default: the host's first nameserver].
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_server)]
+    sandbox_dns: Option<std::net::SocketAddr>,
     /// Invocations waiting for a slot before new ones get 429 [default: 1024].
     #[arg(long)]
     max_queued: Option<usize>,
@@ -447,6 +456,7 @@ pub fn main() -> i32 {
                 image_store: args.image_store,
                 max_running: args.max_running,
                 max_sandboxes: args.max_sandboxes as usize,
+                sandbox_dns: args.sandbox_dns,
                 max_queued: args.max_queued,
                 max_queued_bytes: args.max_queued_bytes,
                 max_timeout_ms: args.max_timeout.map(ms),
@@ -486,11 +496,15 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Gc => match alcove_sandbox::gc() {
+        Command::Gc { data_dir } => match alcove_sandbox::gc() {
             Ok(r) => {
+                // Ten minutes spare a create in flight on a running daemon
+                // (its record is written once its home is filled).
+                let homes =
+                    alcove_engine::sandboxes::gc_sandbox_homes(&data_dir, Duration::from_secs(600));
                 println!(
-                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s), {} empty parent cgroup(s)",
-                    r.orphan_cgroups, r.pool_pieces, r.templates, r.parents
+                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s), {} empty parent cgroup(s), {} orphaned sandbox home(s)",
+                    r.orphan_cgroups, r.pool_pieces, r.templates, r.parents, homes
                 );
                 0
             }
@@ -674,6 +688,7 @@ fn run(args: RunArgs) -> i32 {
         syscall_policy: None,
         devices: monitoring.devices,
         net_allow: monitoring.net_allow,
+        net_deny: Vec::new(),
         learn: monitoring.learn.is_some(),
     };
     let mut spec = spec;
@@ -815,4 +830,11 @@ fn error_report(e: &SandboxError) -> serde_json::Value {
 fn fail(e: &SandboxError) -> i32 {
     eprintln!("alcove: error: {}", alcove_sandbox::error_chain(e));
     e.exit_code()
+}
+
+/// `192.0.2.53`, `192.0.2.53:5353` or `[2001:db8::53]:53`.
+fn parse_dns_server(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{text:?} is not an address, such as 192.0.2.53 or 192.0.2.53:5353"))
 }

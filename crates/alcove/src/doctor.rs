@@ -103,6 +103,10 @@ pub fn run(json: bool) -> i32 {
             },
         ),
         ("path rules (--allow-path)", path_rules),
+        (
+            "agent sandboxes' outbound network (--net outbound)",
+            alcove_engine::sandboxes::network::readiness(),
+        ),
     ];
     let daemon = daemon_monitor();
     if json {

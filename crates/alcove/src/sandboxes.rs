@@ -5,7 +5,9 @@ use alcove_api::Client;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
+
+mod terminal;
+use std::io::{IsTerminal, Read, Write};
 
 #[derive(Args, Debug)]
 pub struct SandboxArgs {
@@ -27,7 +29,7 @@ enum SandboxCommand {
         /// Only sandboxes with this metadata (KEY=VALUE, repeatable).
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
-        /// Only running or only paused ones.
+        /// Only running, paused or stopped ones.
         #[arg(long)]
         state: Option<String>,
     },
@@ -41,6 +43,10 @@ enum SandboxCommand {
     Attach {
         id: String,
         pid: i32,
+        /// Its terminal (it was started with -t): type into it, and keep
+        /// its size this terminal's.
+        #[arg(long, short = 't')]
+        tty: bool,
     },
     /// Send a signal to a command (KILL by default).
     Kill {
@@ -95,6 +101,12 @@ enum SandboxCommand {
     Resume {
         id: String,
     },
+    /// Start a stopped sandbox again (files, metadata, limits and expiry
+    /// kept; processes and the code interpreter start afresh). Any call
+    /// that needs it does this by itself.
+    Start {
+        id: String,
+    },
     /// Set the sandbox's timeout to this long from now (such as 30m, 2h).
     Timeout {
         id: String,
@@ -134,9 +146,15 @@ struct CreateArgs {
     /// Size of its writable files (home, /tmp, its root's upper layer).
     #[arg(long)]
     disk: Option<String>,
-    /// none (loopback only) or host.
+    /// none (loopback only), outbound (a link of its own out, see
+    /// --allow-out) or host.
     #[arg(long)]
     net: Option<String>,
+    /// With --net outbound: where it may connect (a CIDR range, an address,
+    /// a host name or *.domain; repeat it). None: anywhere but the host and
+    /// other sandboxes.
+    #[arg(long = "allow-out", value_name = "RULE")]
+    allow_out: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -146,15 +164,20 @@ struct ExecArgs {
     env: Vec<String>,
     #[arg(long)]
     cwd: Option<String>,
-    /// Seconds it may run (foreground: 60 by default).
+    /// Seconds it may run (foreground: 60 by default, 24 h with -t).
     #[arg(long)]
     timeout: Option<u64>,
     /// Start it and print its pid; `alcove sandbox attach` follows it later.
     #[arg(long, short = 'd')]
     background: bool,
-    /// Send this process's stdin to it.
+    /// Send this process's stdin to it (with -t: as it is typed).
     #[arg(long, short = 'i')]
     stdin: bool,
+    /// Run it on a terminal (a pty in the sandbox, this terminal's size or
+    /// 80x24): keystrokes go to it raw while this terminal is in raw mode,
+    /// and a resize here resizes it.
+    #[arg(long, short = 't')]
+    tty: bool,
     /// The command (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
@@ -224,6 +247,9 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
                     body[k] = v;
                 }
             }
+            if !a.allow_out.is_empty() {
+                body["allow_out"] = a.allow_out.into();
+            }
             let info = client.create_sandbox(&body)?;
             if json_out {
                 print(&info);
@@ -272,10 +298,14 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
             Ok(0)
         }
         SandboxCommand::Exec(a) => exec(client, a),
-        SandboxCommand::Attach { id, pid } => {
+        SandboxCommand::Attach { id, pid, tty } => {
             let lines =
                 client.sandbox_stream("GET", &id, &format!("/processes/{pid}/output"), None)?;
-            follow(lines)
+            if tty {
+                let local = std::io::stdin().is_terminal();
+                return terminal::interact(client, &id, pid, lines, local, local);
+            }
+            follow(lines, false)
         }
         SandboxCommand::Kill { id, pid, signal } => {
             client.sandbox_call(
@@ -404,6 +434,7 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
         }
         SandboxCommand::Pause { id } => show_state(client, &id, "/pause", json_out),
         SandboxCommand::Resume { id } => show_state(client, &id, "/resume", json_out),
+        SandboxCommand::Start { id } => show_state(client, &id, "/start", json_out),
         SandboxCommand::Timeout { id, duration } => {
             let info = client.sandbox_call(
                 "POST",
@@ -462,8 +493,21 @@ fn exec(client: &Client, a: ExecArgs) -> anyhow::Result<i32> {
     }
     if let Some(t) = a.timeout {
         body["timeout_s"] = t.into();
+    } else if a.tty && !a.background {
+        // A session at a terminal is not cut at the 60 s a command gets.
+        body["timeout_s"] = TTY_TIMEOUT_S.into();
     }
-    if a.stdin {
+    // With -t, stdin is typed in as it comes (not read first).
+    let local_tty = a.tty && std::io::stdin().is_terminal();
+    if a.tty {
+        let (cols, rows) = if local_tty {
+            terminal::size()
+        } else {
+            terminal::DEFAULT_SIZE
+        };
+        body["pty"] = json!({ "cols": cols, "rows": rows });
+    }
+    if a.stdin && !a.tty {
         let mut input = String::new();
         std::io::stdin()
             .read_to_string(&mut input)
@@ -476,11 +520,31 @@ fn exec(client: &Client, a: ExecArgs) -> anyhow::Result<i32> {
         println!("{}", started["pid"]);
         return Ok(0);
     }
-    follow(lines)
+    if a.tty {
+        let started = lines.next().transpose()?.unwrap_or_default();
+        let Some(pid) = started["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+            bail!("the daemon did not say which pid the command has");
+        };
+        // Keystrokes go in when there are any to send: from this terminal,
+        // or from stdin with -i.
+        return terminal::interact(client, &a.id, pid, lines, local_tty, local_tty || a.stdin);
+    }
+    follow(lines, false)
 }
 
+/// How long `exec -t` lets a foreground command run unless told (the API's most).
+const TTY_TIMEOUT_S: u64 = 24 * 3600;
+
 /// Prints a command's stream; returns its exit code (128+signal if killed).
-fn follow(lines: alcove_api::Lines) -> anyhow::Result<i32> {
+/// `raw`: this terminal is in raw mode (a note ends with \r\n to be seen).
+fn follow(lines: alcove_api::Lines, raw: bool) -> anyhow::Result<i32> {
+    let note = |text: String| {
+        if raw {
+            eprint!("{text}\r\n");
+        } else {
+            eprintln!("{text}");
+        }
+    };
     for line in lines {
         let line = line?;
         match line["type"].as_str().unwrap_or("") {
@@ -489,16 +553,16 @@ fn follow(lines: alcove_api::Lines) -> anyhow::Result<i32> {
                 let _ = std::io::stdout().flush();
             }
             "stderr" => eprint!("{}", line["text"].as_str().unwrap_or("")),
-            "missed" => eprintln!(
+            "missed" => note(format!(
                 "alcove: ({} chunks of output missed: the reader was slow)",
                 line["chunks"]
-            ),
+            )),
             "exit" => {
                 if line["timed_out"] == true {
-                    eprintln!("alcove: the command ran past its timeout and was killed");
+                    note("alcove: the command ran past its timeout and was killed".into());
                 }
                 if line["sandbox_gone"] == true {
-                    eprintln!("alcove: the sandbox ended before the command did");
+                    note("alcove: the sandbox ended before the command did".into());
                     return Ok(125);
                 }
                 return Ok(match line["code"].as_i64() {

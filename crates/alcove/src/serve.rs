@@ -23,6 +23,7 @@ pub struct ServeOptions {
     pub image_store: Option<PathBuf>,
     pub max_running: Option<usize>,
     pub max_sandboxes: usize,
+    pub sandbox_dns: Option<std::net::SocketAddr>,
     pub max_queued: Option<usize>,
     pub max_queued_bytes: Option<u64>,
     pub max_timeout_ms: Option<u64>,
@@ -208,6 +209,7 @@ fn own_token(data_dir: &Path) -> anyhow::Result<String> {
 fn engine_config(options: &ServeOptions) -> EngineConfig {
     let mut config = EngineConfig::new(options.data_dir.clone());
     config.max_sandboxes = options.max_sandboxes;
+    config.sandbox_dns = options.sandbox_dns;
     if let Some(n) = options.max_running {
         config.max_running = n.max(1);
     }
@@ -287,6 +289,11 @@ fn start_logging(format: crate::cli::LogFormat) {
 
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     start_logging(options.log_format);
+    // Every sandbox holds pipes, and terminals, here: not a 1024 cap (each
+    // sandbox sets its own open-files limit).
+    if let Err(e) = alcove_sys::process::raise_open_files_limit() {
+        tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
     let given = given_token(&options)?;
     let mut config = engine_config(&options);
     cluster_config(&options, &mut config)?;

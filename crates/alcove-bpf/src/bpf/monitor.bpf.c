@@ -368,9 +368,16 @@ struct {
 	__type(value, __u8);
 } net_restricted SEC(".maps");
 
+/* A restricted sandbox's network rules, longest prefix first: the value is
+ * ALCOVE_NET_ALLOW or ALCOVE_NET_DENY (a host address inside an allowed range). */
+#define ALCOVE_NET_ALLOW 1
+#define ALCOVE_NET_DENY 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 16);
+	/* Allocated as used (no prealloc): room for many outbound sandboxes'
+	 * rules and learned addresses. */
+	__uint(max_entries, ALCOVE_MAX_SANDBOXES * 128);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alcove_net4_key);
 	__type(value, __u8);
@@ -435,8 +442,9 @@ static __always_inline int allow_v4(__u64 cg, __u32 ip4, __u32 port, __s32 what)
 		return 1; /* loopback is always allowed */
 	struct alcove_net4_key key = { .prefixlen = 64 + 32, .cgroup_id = cg };
 	__builtin_memcpy(key.addr, &ip4, 4);
-	if (bpf_map_lookup_elem(&allowed_net4, &key))
-		return 1;
+	__u8 *rule = bpf_map_lookup_elem(&allowed_net4, &key);
+	if (rule && *rule == ALCOVE_NET_ALLOW)
+		return 1; /* the longest matching rule decides: a deny inside an allow wins */
 	report_denial(cg, what, bpf_ntohs(port), &ip4, 4, AF_INET);
 	return 0;
 }
@@ -446,6 +454,10 @@ static __always_inline int allow_v6(__u64 cg, struct bpf_sock_addr *ctx, __s32 w
 	struct alcove_net6_key key = { .prefixlen = 64 + 128, .cgroup_id = cg };
 	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
 	__u32 port = ctx->user_port;
+	/* An IPv4-mapped address (a dual-stack socket) is an IPv4 peer: the
+	 * IPv4 rules decide, as they do for its sendmsg. */
+	if (!a0 && !a1 && a2 == bpf_htonl(0xffff))
+		return allow_v4(cg, a3, port, what);
 	__builtin_memcpy(&key.addr[0], &a0, 4);
 	__builtin_memcpy(&key.addr[4], &a1, 4);
 	__builtin_memcpy(&key.addr[8], &a2, 4);
@@ -460,7 +472,8 @@ static __always_inline int allow_v6(__u64 cg, struct bpf_sock_addr *ctx, __s32 w
 		return 1;
 	if (!a0 && !a1 && a2 == bpf_htonl(0xffff) && key.addr[12] == 127)
 		return 1;
-	if (bpf_map_lookup_elem(&allowed_net6, &key))
+	__u8 *rule = bpf_map_lookup_elem(&allowed_net6, &key);
+	if (rule && *rule == ALCOVE_NET_ALLOW)
 		return 1;
 	report_denial(cg, what, bpf_ntohs(port), key.addr, 16, AF_INET6);
 	return 0;

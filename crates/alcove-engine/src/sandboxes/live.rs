@@ -3,6 +3,7 @@
 //! freezer, and the commands started in it.
 
 use super::agent_program::agent_program;
+use super::network::{AllowOut, Outbound};
 use super::process::Process;
 use super::{check_env, check_metadata, CreateSandbox, SandboxesError, AGENT_READY};
 use crate::engine::Engine;
@@ -29,6 +30,9 @@ pub const HOME: &str = "/home/user";
 pub enum SandboxState {
     Running,
     Paused,
+    /// Its processes ended (with a daemon, or its agent's end); its files
+    /// and metadata were kept. A call that needs it starts it again.
+    Stopped,
     /// Only in the reply to a removal.
     Removed,
 }
@@ -38,6 +42,9 @@ pub enum SandboxState {
 pub struct SandboxInfo {
     pub id: String,
     pub state: SandboxState,
+    /// Why it is stopped (only when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub created_at: f64,
     pub expires_at: f64,
     pub timeout_s: u64,
@@ -45,7 +52,11 @@ pub struct SandboxInfo {
     pub image: Option<String>,
     pub template: Option<String>,
     pub parent: Option<String>,
-    pub net: &'static str,
+    pub net: String,
+    /// Where a `net: outbound` sandbox may connect (empty: anywhere but
+    /// the host and other sandboxes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_out: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub limits: LimitsView,
     pub usage: UsageView,
@@ -65,6 +76,43 @@ pub struct UsageView {
     pub cpu_ms: Option<f64>,
 }
 
+impl LimitsView {
+    /// The limits a record's request holds (filled in at create).
+    pub(super) fn of_request(req: &CreateSandbox) -> Self {
+        let size = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| alcove_sandbox::units::parse_size(t).ok())
+        };
+        LimitsView {
+            memory_bytes: size(&req.memory),
+            cpus: req.cpus,
+            pids: req.pids,
+            disk_bytes: size(&req.disk).unwrap_or(0),
+        }
+    }
+}
+
+/// A stopped sandbox started again: what its record says it is.
+pub(super) struct Restore {
+    pub id: String,
+    pub created_at: f64,
+    pub timeout_s: u64,
+    pub expires_at: f64,
+    /// Its user and group: its home's files are theirs.
+    pub owner: (u32, u32),
+}
+
+/// A timeout within bounds, or why not.
+pub(super) fn check_timeout(seconds: u64) -> Result<(), SandboxesError> {
+    if !(1..=super::MAX_TIMEOUT_S).contains(&seconds) {
+        return Err(SandboxesError::Invalid(format!(
+            "timeout_s {seconds}: give 1 to {} (7 days)",
+            super::MAX_TIMEOUT_S
+        )));
+    }
+    Ok(())
+}
+
 /// A command to start in a sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct ExecRequest {
@@ -76,6 +124,10 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     pub keep_stdin_open: bool,
     pub timeout: Option<Duration>,
+    /// Run it on a terminal of this size (its stdout and stderr become one
+    /// stream; its stdin stays open unless `stdin` is given to a command
+    /// whose stdin is not kept open, after which ^D ends it).
+    pub pty: Option<super::process::PtySize>,
 }
 
 struct Clock {
@@ -99,6 +151,10 @@ pub struct LiveSandbox {
     request: CreateSandbox,
     /// Its user and group (what its files belong to).
     owner: (u32, u32),
+    /// DATA_DIR/sandboxes/ID: its home (mounted there) and its record.
+    dir: PathBuf,
+    /// Record writes one at a time (the last one holds the latest clock).
+    record_lock: Mutex<()>,
     metadata: BTreeMap<String, String>,
     image: Option<String>,
     net: NetMode,
@@ -119,6 +175,8 @@ pub struct LiveSandbox {
     in_use: std::sync::atomic::AtomicUsize,
     /// A failed idle pause is not tried again before this time.
     no_idle_pause_until: Mutex<f64>,
+    /// Why the kernel ended it, when a policy (a budget) or the OOM killer did.
+    end_reason: Arc<Mutex<Option<String>>>,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -166,6 +224,8 @@ impl Drop for InUse {
 struct SandboxObserver {
     cgroup: Arc<Mutex<Option<PathBuf>>>,
     watch: Option<alcove_monitor::Watch>,
+    /// Its rules need the watch (net: outbound): no watch, no sandbox.
+    required: bool,
 }
 
 impl alcove_sandbox::Observer for SandboxObserver {
@@ -176,7 +236,10 @@ impl alcove_sandbox::Observer for SandboxObserver {
         *self.cgroup.lock().unwrap_or_else(|e| e.into_inner()) =
             cgroup.map(|(_, dir)| dir.to_path_buf());
         if let Some(w) = self.watch.as_mut() {
-            if w.before_start(cgroup).is_err() {
+            if let Err(e) = w.before_start(cgroup) {
+                if self.required {
+                    return Err(e);
+                }
                 self.watch = None; // counting alone never fails a sandbox
             }
         }
@@ -210,6 +273,33 @@ fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, Sandboxe
                 .map_err(|e| SandboxesError::Invalid(format!("{what} {t:?}: {e}")))
         })
         .transpose()
+}
+
+/// The kernel policy a sandbox's `guard` asks for: budgets over its life,
+/// and network rules for a sandbox on the host's network. What only a
+/// function's single run can have (path, device and learned-policy rules)
+/// is refused, with why.
+fn guard_policy(
+    guard: &crate::guard::Guard,
+    net: NetMode,
+    spec: &mut SandboxSpec,
+) -> Result<alcove_monitor::SandboxPolicy, SandboxesError> {
+    let bad = |why: String| SandboxesError::Invalid(format!("guard: {why}"));
+    guard.check(false).map_err(bad)?;
+    if !guard.allow_paths.is_empty() || guard.devices.is_some() || guard.policy.is_some() {
+        return Err(bad(
+            "allow_paths, devices and policy are for functions (a sandbox's agent and \
+             commands need the whole view); give syscall_budget, cpu_budget_ms or deny_net"
+                .into(),
+        ));
+    }
+    if guard.deny_net && net != NetMode::Host {
+        return Err(bad(
+            "deny_net is for net: host (net: none has no network; net: outbound takes allow_out)"
+                .into(),
+        ));
+    }
+    guard.apply(spec, false).map_err(bad)
 }
 
 /// The agent's command, its binds and the runtime's, and the image's root
@@ -250,14 +340,18 @@ fn base_spec(
 }
 
 /// Starts the sandbox's run on a thread and waits for its agent.
+/// With `restore`, a stopped sandbox is started again: its id, clock and
+/// owner are its record's, its home (still mounted) is kept as it is, and a
+/// template is not copied again.
 pub(super) async fn start(
     engine: &Arc<Engine>,
     req: CreateSandbox,
+    restore: Option<Restore>,
 ) -> Result<Arc<LiveSandbox>, SandboxesError> {
     let mut req = req;
-    let template = match &req.template {
-        Some(name) => Some(engine.sandbox_template(name)?),
-        None => None,
+    let template = match (&req.template, &restore) {
+        (Some(name), None) => Some(engine.sandbox_template(name)?),
+        _ => None,
     };
     if let Some((info, _)) = &template {
         // Its image, unless one is given.
@@ -269,12 +363,7 @@ pub(super) async fn start(
     let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
     check_env(&env)?;
     let timeout_s = req.timeout_s.unwrap_or(super::DEFAULT_TIMEOUT_S);
-    if !(1..=super::MAX_TIMEOUT_S).contains(&timeout_s) {
-        return Err(SandboxesError::Invalid(format!(
-            "timeout_s {timeout_s}: give 1 to {} (7 days)",
-            super::MAX_TIMEOUT_S
-        )));
-    }
+    check_timeout(timeout_s)?;
     let idle_pause_s = req.idle_pause_s.unwrap_or(0);
     if idle_pause_s > super::MAX_TIMEOUT_S {
         return Err(SandboxesError::Invalid(format!(
@@ -285,11 +374,21 @@ pub(super) async fn start(
     let net = match req.net.as_deref() {
         None | Some("none") => NetMode::None,
         Some("host") => NetMode::Host,
+        Some("outbound") => NetMode::Joined,
         Some(other) => {
             return Err(SandboxesError::Invalid(format!(
-                "net {other:?}: give none or host"
+                "net {other:?}: give none, outbound or host"
             )))
         }
+    };
+    let allow_out = match net {
+        NetMode::Joined => Some(Arc::new(AllowOut::parse(&req.allow_out)?)),
+        _ if !req.allow_out.is_empty() => {
+            return Err(SandboxesError::Invalid(
+                "allow_out is for net: outbound; add \"net\": \"outbound\"".into(),
+            ))
+        }
+        _ => None,
     };
     let fl = &engine.config().limits;
     let memory = parse_size("memory", &req.memory)?.unwrap_or(fl.default_memory_bytes);
@@ -342,9 +441,16 @@ pub(super) async fn start(
     }
     let agent_end = Arc::new(agent_end);
     spec.workdir = HOME.into();
-    spec.writable_workdir = true;
     spec.hostname = "sandbox".into();
-    spec.net = net;
+    // Its home's pages outlive the run (the tmpfs is the host's): charged
+    // to a pooled slot they would shrink the next run's memory limit.
+    spec.fresh_cgroup = true;
+    // A joined namespace is set with the namespace itself, below.
+    spec.net = if net == NetMode::Joined {
+        NetMode::None
+    } else {
+        net
+    };
     spec.env.push(("HOME".into(), HOME.into()));
     for (k, v) in &env {
         spec.env.push((k.into(), v.into()));
@@ -359,7 +465,39 @@ pub(super) async fn start(
     spec.limits.cpus = req.cpus;
     spec.limits.tmpfs_bytes = disk;
     spec.limits.timeout = None; // the daemon's clock ends it (the timeout can be extended)
+    if let Some(r) = &restore {
+        // Its files are its first user's (an image's user may have changed since).
+        spec.user.uid = r.owner.0;
+        spec.user.gid = r.owner.1;
+    }
     let spec_user = spec.user;
+    // Its home: a tmpfs the daemon mounts on the host (it outlives the
+    // daemon, so a restart keeps the files), bound in as /home/user.
+    let id = match &restore {
+        Some(r) => r.id.clone(),
+        None => format!("sb-{}", alcove_sys::process::random_id()),
+    };
+    let dir = super::persist::sandbox_dir(&engine.sandboxes_dir(), &id)
+        .map_err(SandboxesError::io("naming the sandbox's directory"))?;
+    let unmade = match &restore {
+        None => {
+            super::persist::create_home(&dir, disk, (spec_user.uid, spec_user.gid))
+                .map_err(SandboxesError::io("mounting the sandbox's home"))?;
+            Unmade(Some(dir.clone()))
+        }
+        Some(_) if !super::persist::home_mounted(&dir) => {
+            return Err(SandboxesError::Conflict(
+                "the sandbox's home is no longer mounted (the host restarted?): its files were lost; remove it".into(),
+            ))
+        }
+        Some(_) => Unmade(None), // its files stay whatever happens here
+    };
+    spec.binds.push(alcove_sandbox::Bind {
+        source: super::persist::home_of(&dir),
+        target: HOME.into(),
+        writable: true,
+        device: false,
+    });
     // The agent's own stdio: nothing of the daemon's, and what it says is logged.
     spec.stdio = alcove_sandbox::Stdio::Capture { stdin: Vec::new() };
     spec.limits.output_bytes = Some(64 << 10);
@@ -377,11 +515,49 @@ pub(super) async fn start(
         watch: Some(Arc::clone(&usage)),
     };
     let (ended_tx, ended) = watch::channel(false);
-    let id = format!("sb-{}", alcove_sys::process::random_id());
+    // Its rules (an outbound link's, its guard's) are the kernel's: such a
+    // sandbox runs watched or not at all.
+    let mut policy = match &req.guard {
+        Some(guard) => guard_policy(guard, net, &mut spec)?,
+        None => alcove_monitor::SandboxPolicy::default(),
+    };
+    if let Some(allow) = &allow_out {
+        let link = Outbound::policy(allow)?;
+        policy.net_allow = link.net_allow;
+        policy.net_deny = link.net_deny;
+    }
+    let (watch, outbound) = match &allow_out {
+        None if policy.is_empty() => (engine.watch_sandbox(&id), None),
+        None => {
+            let cell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (watch, _) = engine
+                .guard_sandbox(&id, policy, cell)
+                .map_err(SandboxesError::Start)?;
+            (Some(watch), None)
+        }
+        Some(allow) => {
+            let cell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (watch, service) = engine
+                .guard_sandbox(&id, policy, Arc::clone(&cell))
+                .map_err(SandboxesError::Start)?;
+            let upstream = engine
+                .config()
+                .sandbox_dns
+                .or_else(super::resolver::host_resolver);
+            let link = Outbound::create(Arc::clone(allow), upstream, service, cell).await?;
+            spec.net = NetMode::Joined;
+            spec.netns = Some(Arc::clone(&link.netns));
+            spec.resolv_conf = Some(Outbound::resolv_conf());
+            (Some(watch), Some(link))
+        }
+    };
     let mut observer = SandboxObserver {
         cgroup: Arc::clone(&cgroup),
-        watch: engine.watch_sandbox(&id),
+        required: outbound.is_some() || req.guard.is_some(),
+        watch,
     };
+    let end_reason = Arc::new(Mutex::new(None));
+    let end_reason_set = Arc::clone(&end_reason);
     // Said before its first process runs: its events come after this one.
     engine.emit_sandbox(
         &id,
@@ -396,6 +572,7 @@ pub(super) async fn start(
             let result = alcove_sandbox::run_observed(&spec, &options, &mut observer);
             drop(spec); // closes the agent's end here too: the link sees the end
             drop(lease);
+            drop(outbound); // its link and resolver go with the run
             match result {
                 Err(e) => {
                     let why = alcove_sandbox::error_chain(&e);
@@ -408,6 +585,17 @@ pub(super) async fn start(
                     let _ = failed_tx.send(why);
                 }
                 Ok(outcome) => {
+                    let why = match outcome.status {
+                        alcove_sandbox::Status::KilledByPolicy => Some(format!(
+                            "killed by its guard: {}",
+                            outcome.reason.as_deref().unwrap_or("a budget")
+                        )),
+                        alcove_sandbox::Status::Oom => {
+                            Some("its memory limit was reached (OOM)".to_owned())
+                        }
+                        _ => None,
+                    };
+                    *end_reason_set.lock().unwrap_or_else(|e| e.into_inner()) = why;
                     let said = String::from_utf8_lossy(&outcome.stderr);
                     tracing::info!(sandbox = %event_id, status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
                     let seen = observer.watch.as_ref().and_then(|w| w.result()).map(|r| r.stats.clone());
@@ -481,23 +669,38 @@ pub(super) async fn start(
             )));
         }
     }
-    let created_at = now();
-    Ok(Arc::new(LiveSandbox {
+    let (created_at, timeout_s, expires_at) = match &restore {
+        Some(r) => (r.created_at, r.timeout_s, r.expires_at),
+        None => {
+            let at = now();
+            (at, timeout_s, at + timeout_s as f64)
+        }
+    };
+    // Its record keeps the limits it got (a daemon restarted with other
+    // defaults gives it the same).
+    req.memory = Some(memory.to_string());
+    req.pids = Some(pids);
+    req.disk = Some(disk.to_string());
+    req.timeout_s = Some(timeout_s);
+    req.idle_pause_s = Some(idle_pause_s);
+    let sandbox = Arc::new(LiveSandbox {
         id,
         link,
         netns,
         proc_dir,
         clock: Mutex::new(Clock {
             state: SandboxState::Running,
-            expires_at: created_at + timeout_s as f64,
+            expires_at,
             timeout_s,
             idle_pause_s,
-            last_used: created_at,
+            last_used: now(),
         }),
         created_at,
         metadata: req.metadata.clone(),
         image: req.image.clone(),
         owner,
+        dir,
+        record_lock: Mutex::new(()),
         net,
         limits: LimitsView {
             memory_bytes: Some(memory),
@@ -516,7 +719,41 @@ pub(super) async fn start(
         request: req,
         in_use: Default::default(),
         no_idle_pause_until: Mutex::new(0.0),
-    }))
+        end_reason,
+    });
+    if restore.is_none() {
+        let s = Arc::clone(&sandbox);
+        let saved = tokio::task::spawn_blocking(move || s.save_record()).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            sandbox.begin_kill();
+            return Err(match saved {
+                Ok(Err(e)) => e,
+                _ => SandboxesError::Start("saving the sandbox's record failed".into()),
+            });
+        }
+    }
+    unmade.keep();
+    Ok(sandbox)
+}
+
+/// A new sandbox's directory and home until its create succeeds: a create
+/// that fails leaves nothing of them.
+struct Unmade(Option<PathBuf>);
+
+impl Unmade {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unmade {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if let Err(e) = super::persist::reclaim(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "a failed create's home could not be removed");
+            }
+        }
+    }
 }
 
 impl LiveSandbox {
@@ -526,6 +763,7 @@ impl LiveSandbox {
         SandboxInfo {
             id: self.id.clone(),
             state: clock.state,
+            reason: None,
             created_at: self.created_at,
             expires_at: clock.expires_at,
             timeout_s: clock.timeout_s,
@@ -536,7 +774,10 @@ impl LiveSandbox {
             net: match self.net {
                 NetMode::None => "none",
                 NetMode::Host => "host",
-            },
+                NetMode::Joined => "outbound",
+            }
+            .into(),
+            allow_out: self.request.allow_out.clone(),
             metadata: self.metadata.clone(),
             limits: self.limits.clone(),
             usage: UsageView {
@@ -597,13 +838,9 @@ impl LiveSandbox {
     }
 
     /// Sets the timeout to `seconds` from now.
+    /// (The caller saves the record: see `Engine::set_sandbox_timeout`.)
     pub fn set_timeout(&self, seconds: u64) -> Result<SandboxInfo, SandboxesError> {
-        if !(1..=super::MAX_TIMEOUT_S).contains(&seconds) {
-            return Err(SandboxesError::Invalid(format!(
-                "timeout_s {seconds}: give 1 to {} (7 days)",
-                super::MAX_TIMEOUT_S
-            )));
-        }
+        check_timeout(seconds)?;
         {
             let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
             clock.timeout_s = seconds;
@@ -720,31 +957,40 @@ impl LiveSandbox {
                 )));
             }
         }
-        let pipe = || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
-        let (in_read, in_write) = pipe()?;
-        let (out_read, out_write) = pipe()?;
-        let (err_read, err_write) = pipe()?;
         let cmd = req.argv.join(" ");
-        // In a task of its own: a caller that goes away mid-start cannot
-        // leave a command running that nothing tracks.
-        let link = self.link.clone();
         let (argv, env, cwd) = (req.argv, req.env, req.cwd);
-        let started = tokio::spawn(async move {
-            link.exec(argv, env, cwd, vec![in_read, out_write, err_write])
-                .await
-        });
-        let (pid, end) = started
-            .await
-            .map_err(|_| SandboxesError::Start("starting the command failed".into()))??;
-        let stdin = match (&req.stdin, req.keep_stdin_open) {
-            (None, false) => None, // closed: the command reads end of file
-            _ => Some(in_write),
+        // A terminal is the command's stdin: typed into later unless text
+        // was given for it.
+        let keep_open = req.keep_stdin_open || (req.pty.is_some() && req.stdin.is_none());
+        let (pid, process) = match req.pty {
+            Some(size) => self.exec_pty(argv, env, cwd, cmd, size).await?,
+            None => {
+                let pipe =
+                    || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
+                let (in_read, in_write) = pipe()?;
+                let (out_read, out_write) = pipe()?;
+                let (err_read, err_write) = pipe()?;
+                // In a task of its own: a caller that goes away mid-start cannot
+                // leave a command running that nothing tracks.
+                let link = self.link.clone();
+                let started = tokio::spawn(async move {
+                    link.exec(argv, env, cwd, vec![in_read, out_write, err_write])
+                        .await
+                });
+                let (pid, end) = started
+                    .await
+                    .map_err(|_| SandboxesError::Start("starting the command failed".into()))??;
+                let stdin = match (&req.stdin, keep_open) {
+                    (None, false) => None, // closed: the command reads end of file
+                    _ => Some(in_write),
+                };
+                let process = Process::start(pid, cmd, out_read, err_read, stdin, end)
+                    .map_err(SandboxesError::io("reading a command's output"))?;
+                (pid, process)
+            }
         };
-        let process = Process::start(pid, cmd, out_read, err_read, stdin, end)
-            .map_err(SandboxesError::io("reading a command's output"))?;
         if let Some(bytes) = req.stdin {
             let p = Arc::clone(&process);
-            let keep_open = req.keep_stdin_open;
             tokio::spawn(async move {
                 let _ = p.write_stdin(&bytes, !keep_open).await;
             });
@@ -779,6 +1025,35 @@ impl LiveSandbox {
         Ok(process)
     }
 
+    /// Starts a command on a new terminal in the sandbox (opened there by
+    /// its agent, which hands the master over).
+    async fn exec_pty(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        cmd: String,
+        size: super::process::PtySize,
+    ) -> Result<(i32, Arc<Process>), SandboxesError> {
+        if !(1..=super::process::PtySize::MAX).contains(&size.cols)
+            || !(1..=super::process::PtySize::MAX).contains(&size.rows)
+        {
+            return Err(SandboxesError::Invalid(format!(
+                "pty: give cols and rows of 1 to {}",
+                super::process::PtySize::MAX
+            )));
+        }
+        // In a task of its own, as for pipes: nothing started goes untracked.
+        let link = self.link.clone();
+        let started = tokio::spawn(async move { link.exec_pty(argv, env, cwd, size).await });
+        let (pid, end, master) = started
+            .await
+            .map_err(|_| SandboxesError::Start("starting the command failed".into()))??;
+        let process = Process::start_pty(pid, cmd, master, end)
+            .map_err(SandboxesError::io("reading a command's terminal"))?;
+        Ok((pid, process))
+    }
+
     /// A TCP connection to `port` on the sandbox's own loopback, made from
     /// inside its network namespace (nothing is exposed on the host's).
     pub async fn connect_port(&self, port: u16) -> Result<tokio::net::TcpStream, SandboxesError> {
@@ -786,7 +1061,7 @@ impl LiveSandbox {
             return Err(SandboxesError::Invalid("port: give 1 to 65535".into()));
         }
         let netns = match (&self.netns, self.net) {
-            (Some(ns), NetMode::None) => ns
+            (Some(ns), NetMode::None | NetMode::Joined) => ns
                 .try_clone()
                 .map_err(SandboxesError::io("reaching the sandbox's network"))?,
             _ => {
@@ -865,23 +1140,36 @@ impl LiveSandbox {
         self.link.signal(pid, signal).await?;
         Ok(())
     }
+
+    /// Resizes the terminal of a command started with one.
+    pub fn resize(&self, pid: i32, size: super::process::PtySize) -> Result<(), SandboxesError> {
+        self.process(pid)?.resize(size)
+    }
 }
 
 impl Process {
     /// Writes `bytes` to its stdin, closing it after when `close`.
     pub async fn write_stdin(&self, bytes: &[u8], close: bool) -> Result<(), SandboxesError> {
-        use tokio::io::AsyncWriteExt;
         let mut stdin = self.stdin.lock().await;
-        let Some(pipe) = stdin.as_mut() else {
+        let Some(input) = stdin.as_mut() else {
             return Err(SandboxesError::Conflict(
                 "this command's stdin is closed".into(),
             ));
         };
-        let written = pipe.write_all(bytes).await;
+        let written = input.write(bytes, close).await;
         if close || written.is_err() {
             *stdin = None;
         }
-        written.map_err(SandboxesError::io("writing to a command's stdin"))
+        written.map_err(|e| match e.raw_os_error() {
+            // Nothing reads it any more (the command and what it started ended).
+            Some(libc::EPIPE) | Some(libc::EIO) => SandboxesError::Conflict(
+                "this command's stdin is closed (nothing reads it any more)".into(),
+            ),
+            _ => SandboxesError::Io {
+                what: "writing to a command's stdin",
+                source: e,
+            },
+        })
     }
 }
 
@@ -904,4 +1192,46 @@ fn freeze(dir: &Path, frozen: bool) -> Result<(), SandboxesError> {
     Err(SandboxesError::Conflict(
         "the sandbox did not settle in its new state within 1 s".into(),
     ))
+}
+
+/// What keeps it across a daemon restart, and what its removal takes away.
+impl LiveSandbox {
+    /// Its directory: DATA_DIR/sandboxes/ID.
+    /// Why the kernel ended it, if a policy or the OOM killer did.
+    pub(super) fn end_reason(&self) -> Option<String> {
+        self.end_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its record as things are now.
+    pub(super) fn record(&self) -> super::persist::Record {
+        let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        super::persist::Record::new(
+            &self.id,
+            &self.request,
+            (self.created_at, clock.timeout_s, clock.expires_at),
+            self.owner,
+        )
+    }
+
+    /// Writes its record (blocking: call it off the async threads).
+    pub(super) fn save_record(&self) -> Result<(), SandboxesError> {
+        let _one_at_a_time = self.record_lock.lock().unwrap_or_else(|e| e.into_inner());
+        super::persist::save(&self.dir, &self.record())
+            .map_err(SandboxesError::io("saving the sandbox's record"))
+    }
+
+    /// Removes it: its processes end (waited for, up to 10 s), then its
+    /// home is unmounted and its directory and record removed.
+    /// (Taken out of the registry first: its end then leaves no `stopped`.)
+    pub(super) async fn remove(&self) {
+        self.kill().await;
+        super::reclaim_files(self.dir.clone()).await;
+    }
 }

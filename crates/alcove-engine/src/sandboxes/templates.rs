@@ -49,9 +49,10 @@ impl Engine {
         Ok(self.templates_dir().join(name))
     }
 
-    /// Copies the sandbox's home into the template `name`.
+    /// Copies the sandbox's home into the template `name` (a stopped
+    /// sandbox is started first).
     pub async fn snapshot_sandbox(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         name: &str,
     ) -> Result<TemplateInfo, SandboxesError> {
@@ -66,7 +67,7 @@ impl Engine {
                 "{MAX_TEMPLATES} templates exist, the most kept: remove some first"
             )));
         }
-        let sandbox = self.sandboxes.get(id)?;
+        let sandbox = self.live_sandbox(id).await?;
         let staging = self
             .templates_dir()
             .join(format!(".{name}.{}", alcove_sys::process::random_id()));
@@ -178,13 +179,14 @@ impl Engine {
         std::fs::remove_dir_all(&doomed).map_err(SandboxesError::io("removing the template"))
     }
 
-    /// A new sandbox with the settings of `id` and a copy of its home.
+    /// A new sandbox with the settings of `id` and a copy of its home (a
+    /// stopped sandbox is started first).
     pub async fn fork_sandbox(
         self: &Arc<Self>,
         id: &str,
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<SandboxInfo, SandboxesError> {
-        let parent = self.sandboxes.get(id)?;
+        let parent = self.live_sandbox(id).await?;
         let mut req: CreateSandbox = parent.request().clone();
         if let Some(metadata) = metadata {
             req.metadata = metadata;

@@ -81,7 +81,17 @@ impl Applier {
             } => match path {
                 Place::Path(path) => fs::write_file(path, contents, *mode),
                 Place::InRoot(path) => {
-                    dirfd::write_file_at(self.dir(path)?.as_fd(), &path.name, contents, *mode)
+                    let dir = self.dir(path)?;
+                    match dirfd::write_file_at(dir.as_fd(), &path.name, contents, *mode) {
+                        // An image's link (resolv.conf to a resolver's run
+                        // directory, say), FIFO or socket by that name is
+                        // replaced by the file, inside the root.
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
+                            dirfd::unlink_at(dir.as_fd(), &path.name, false)?;
+                            dirfd::write_file_at(dir.as_fd(), &path.name, contents, *mode)
+                        }
+                        written => written,
+                    }
                 }
             },
             MountOp::EnterRoot { path } => {

@@ -18,6 +18,10 @@ pub(crate) use plans::*;
 /// Where the child assembles the sandbox's root, in its private mount namespace.
 /// The directory exists on the host but nothing is ever mounted on it there.
 pub const STAGING_DIR: &str = "/run/alcove/root";
+/// Terminals one sandbox's devpts instance holds at once. The kernel's own
+/// limit (/proc/sys/kernel/pty/max) is shared by every instance on the host,
+/// so without this one sandbox could take them all.
+pub const MAX_PTYS: u32 = 16;
 
 /// Where a step acts.
 #[derive(Debug)]
@@ -154,7 +158,7 @@ pub(crate) struct HostView {
 }
 
 impl HostView {
-    pub(crate) fn read(net: NetMode) -> Self {
+    pub(crate) fn read(spec: &SandboxSpec) -> Self {
         let mut entries = Vec::new();
         for name in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
             let path = Path::new("/").join(name);
@@ -168,15 +172,22 @@ impl HostView {
                 _ => {}
             }
         }
-        let resolv_conf = match net {
-            NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
-            NetMode::None => None,
-        };
+        let resolv_conf = resolv_conf(spec);
         HostView {
             entries,
             resolv_conf,
             etc: host_etc::cached(Path::new("/etc")),
         }
+    }
+}
+
+/// The /etc/resolv.conf a host-view sandbox sees: the host's with its
+/// network, the caller's with a joined one, none without a network.
+pub(crate) fn resolv_conf(spec: &SandboxSpec) -> Option<Vec<u8>> {
+    match spec.net {
+        NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
+        NetMode::Joined => spec.resolv_conf.clone(),
+        NetMode::None => None,
     }
 }
 
@@ -188,6 +199,20 @@ struct Builder {
 }
 
 impl Builder {
+    /// An image's /etc/resolv.conf, when the caller's network namespace
+    /// comes with a resolver of its own (in the writable upper layer).
+    fn image_resolv_conf(&mut self, spec: &SandboxSpec, root: &Path) {
+        if let (NetMode::Joined, Some(conf)) = (spec.net, &spec.resolv_conf) {
+            self.mkdir_best_effort(&root.join("etc"), 0o755);
+            let path = self.place(&root.join("etc/resolv.conf"));
+            self.ops.push(MountOp::WriteFile {
+                path,
+                contents: conf.clone(),
+                mode: 0o644,
+            });
+        }
+    }
+
     /// Makes later steps under `root` resolve inside it; call it once
     /// whatever the root is made of is mounted there.
     fn enter_root(&mut self, root: &Path) {
@@ -368,7 +393,9 @@ impl Builder {
             &root.join("dev/pts"),
             Some("devpts"),
             MS_NOSUID | MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5".into()),
+            Some(format!(
+                "newinstance,ptmxmode=0666,mode=0620,gid=5,max={MAX_PTYS}"
+            )),
         );
         self.mount(
             Some(b"proc"),

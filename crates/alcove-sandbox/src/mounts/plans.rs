@@ -163,6 +163,7 @@ pub(crate) fn rootfs_per_run_plan(spec: &SandboxSpec, bind_trees: &[RawFd]) -> V
     }
     // The image's own /dev may hold device nodes: cover it with alcove's.
     b.mount(Some(b"/dev"), &root.join("dev"), None, MS_BIND, None);
+    b.image_resolv_conf(spec, root);
     b.mount_points(spec, root);
     b.fresh_mounts(spec, root, bind_trees);
     b.ops.push(MountOp::PivotRoot {
@@ -218,6 +219,7 @@ pub(crate) fn rootfs_plan(spec: &SandboxSpec, lower: &Path, bind_trees: &[RawFd]
     // The image's own /dev may hold device nodes: cover it with one of ours.
     b.tmpfs(&root.join("dev"), MS_NOSUID | MS_NOEXEC, "0755", 1 << 20);
     b.dev_nodes(&root.join("dev"));
+    b.image_resolv_conf(spec, &root);
     b.mount_points(spec, &root);
     b.fresh_mounts(spec, &root, bind_trees);
     b.ops.push(MountOp::PivotRoot {

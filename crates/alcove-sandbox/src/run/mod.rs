@@ -84,7 +84,11 @@ pub fn run_observed(
         cpu: collect_usage || spec.limits.cpu_time.is_some(),
         peaks: collect_usage,
     };
-    let pieces = match pool::claim(layout, &limits, spec.net == NetMode::None, needs) {
+    let pooled = match spec.fresh_cgroup {
+        true => None,
+        false => pool::claim(layout, &limits, spec.net == NetMode::None, needs),
+    };
+    let pieces = match pooled {
         Some(slot) => Pieces::Pooled(slot),
         None => {
             let mut controllers = vec![Controller::Memory, Controller::Pids];
@@ -143,16 +147,13 @@ pub fn run_observed(
 
     let bind_trees = clone_bind_trees(spec)?;
     let trees: Vec<i32> = bind_trees.iter().map(AsRawFd::as_raw_fd).collect();
-    let resolv_conf = match spec.net {
-        NetMode::Host => std::fs::read("/etc/resolv.conf").ok(),
-        NetMode::None => None,
-    };
+    let resolv_conf = mounts::resolv_conf(spec);
     let template = template::open_or_create(spec, resolv_conf.as_deref())?;
     let mount_ops = match (&spec.rootfs, &template) {
         (Some(_), Some(_)) => mounts::rootfs_per_run_plan(spec, &trees),
         (Some(lower), None) => mounts::rootfs_plan(spec, lower, &trees),
         (None, Some(_)) => mounts::per_run_plan(spec, &trees),
-        (None, None) => mounts::scratch_plan(spec, &HostView::read(spec.net), &trees),
+        (None, None) => mounts::scratch_plan(spec, &HostView::read(spec), &trees),
     };
     let (argv_c, envp_c) = (argv(spec), envp(spec));
     let plan = ChildPlan {
@@ -161,7 +162,10 @@ pub fn run_observed(
         error_pipe: error_write.as_raw_fd(),
         cgroup_procs: cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
         unshare_cgroupns: !cgroup_procs.is_empty(),
-        netns: pieces.netns().map(|fd| fd.as_raw_fd()),
+        netns: match &spec.netns {
+            Some(joined) => Some(joined.as_raw_fd()),
+            None => pieces.netns().map(|fd| fd.as_raw_fd()),
+        },
         loopback_up: spec.net == NetMode::None && pieces.netns().is_none(),
         template: template.as_ref().map(AsRawFd::as_raw_fd),
         mount_ops,
