@@ -636,7 +636,13 @@ pub(super) async fn start(
             drop(kill_write);
             let why = match failed.await {
                 Ok(why) => why,
-                Err(_) => e.to_string(),
+                // It ran and ended before its agent answered: say why when
+                // the kernel did it (a guard's budget spent at start, say).
+                Err(_) => end_reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| e.to_string()),
             };
             return Err(SandboxesError::Start(why));
         }

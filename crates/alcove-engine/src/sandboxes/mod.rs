@@ -446,6 +446,15 @@ impl Engine {
             // Started while this call waited.
             return Box::pin(self.set_sandbox_timeout(id, seconds)).await;
         }
+        // Removed (or reclaimed past its timeout) while this call waited: its
+        // directory is going; a record written there now would outlive it.
+        if !self
+            .sandboxes
+            .get_stopped(id)
+            .is_some_and(|now| Arc::ptr_eq(&now, &stopped))
+        {
+            return Err(SandboxesError::NotFound(id.to_owned()));
+        }
         let mut record = stopped.record();
         record.timeout_s = seconds;
         record.expires_at = crate::store::now() + seconds as f64;
