@@ -32,6 +32,10 @@ work=$(mktemp -d /var/tmp/alcove-sbbench.XXXXXX)
 daemon=
 cleanup() {
     [ -z "$daemon" ] || { kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null || true; }
+    # Sandbox homes are the host's mounts and outlive a daemon (by design):
+    # an interrupted run's are unmounted here.
+    awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT

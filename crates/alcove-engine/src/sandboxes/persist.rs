@@ -11,8 +11,8 @@
 //!   fact would leave the copies a shared parent had already handed to other
 //!   namespaces (systemd services' slaves of /) behind at unmount time.
 //! - `sandbox.json` is its record: what it was created with, its clock and
-//!   its owner, written whole (a temporary file, fsync, rename, fsync of the
-//!   directory) so a crash leaves the old record or the new one.
+//!   its owner, written whole (a temporary file renamed over it) so a killed
+//!   daemon leaves the old record or the new one (no fsync: see `save`).
 //!
 //! Records are read as hostile input: bounded in size, parsed strictly, the
 //! id checked before it names a path; a bad one is logged and reclaimed by
@@ -258,8 +258,10 @@ pub(crate) fn reclaim(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes the record whole: a temporary file, fsync, rename, fsync of the
-/// directory.
+/// Writes the record whole: a temporary file renamed over the old one, so a
+/// daemon killed at any point leaves one or the other. Not fsynced: the
+/// page cache outlives a killed daemon, and what would need the disk (a
+/// host crash) takes the home's tmpfs with it anyway.
 pub(crate) fn save(dir: &Path, record: &Record) -> io::Result<()> {
     let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     let temp = dir.join(format!(".{RECORD}.{}", alcove_sys::process::random_id()));
@@ -271,9 +273,7 @@ pub(crate) fn save(dir: &Path, record: &Record) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&temp)?;
         file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, dir.join(RECORD))?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&temp, dir.join(RECORD))
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
