@@ -939,6 +939,28 @@ class Terminal(unittest.TestCase):
         pid, sid, ctty = r.stdout.split()
         self.assertEqual((pid, sid, ctty), (str(r.pid), str(r.pid), "ctty"))
 
+    def test_a_terminal_is_closed_after_its_command_ends_whatever_still_holds_it(self):
+        # A job that ignores the hangup its session leader's exit sends, and
+        # keeps the terminal open as its stdio.
+        r = self.sb.commands.run("trap '' HUP; sleep 300 & echo $!", pty=(80, 24))
+        left = r.stdout.strip()
+        self.assertTrue(left.isdigit(), r)
+        self.assertEqual(self.sb.commands.run(f"kill -0 {left} && echo alive").stdout, "alive\n")
+        self.assertEqual(
+            self.sb.commands.run(f"ls -l /proc/{left}/fd/1").stdout.split()[-1][:9], "/dev/pts/"
+        )
+
+        def closed():
+            try:
+                self.sb.commands.resize(r.pid, 80, 24)
+                return False  # the daemon still holds it open
+            except Conflict:
+                return True
+
+        # The daemon closed it a moment after the command's end (its
+        # descriptor and the sandbox's terminal are not held for the job).
+        wait_for("the terminal is closed", 15, closed, every=0.5)
+
     def test_size_and_term(self):
         r = self.sb.commands.run("stty size; echo $TERM", pty=Pty(cols=132, rows=43))
         self.assertEqual(r.stdout, "43 132\r\nxterm-256color\r\n")

@@ -219,12 +219,23 @@ impl Process {
     ) -> std::io::Result<Arc<Process>> {
         let terminal = Arc::new(Terminal::new(master)?);
         let stdin = Input::Terminal(Arc::clone(&terminal), true);
+        let mut ended = end.clone();
         let process = Process::new(pid, cmd, Some(stdin), Some(Arc::clone(&terminal)), end);
         let reader = Arc::clone(&process);
         tokio::spawn(async move {
-            reader
-                .pump(Source::Terminal(Arc::clone(&terminal)), Stream::Stdout)
-                .await;
+            let pumped = reader.pump(Source::Terminal(Arc::clone(&terminal)), Stream::Stdout);
+            tokio::select! {
+                () = pumped => {}
+                // The command ended and its output had a while to come:
+                // what still holds the terminal (a job it left behind) is
+                // hung up when the master closes below, as sshd does, so it
+                // cannot keep the daemon's descriptor and the sandbox's
+                // terminal slot for ever.
+                () = async {
+                    let _ = ended.wait_for(Option::is_some).await;
+                    tokio::time::sleep(TERMINAL_AFTER_EXIT).await;
+                } => {}
+            }
             // Nothing holds the slave: the terminal is of no more use, and
             // its slot in the sandbox's /dev/pts is freed with the master.
             reader
@@ -396,6 +407,10 @@ fn complete_utf8(bytes: &[u8]) -> usize {
     }
     n
 }
+
+/// How long a terminal stays open after its command's end (for output in
+/// flight); then it is closed, hanging up whatever still holds it.
+const TERMINAL_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// How long after a command's end its output may still come (from what
 /// it started in the background, holding its stdout) before a client's
