@@ -12,13 +12,12 @@
 
 mod common;
 use common::daemon::setup;
+use common::sdk::{have_tool, run_unittest, SDK};
 use common::*;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/python");
 /// The world's public addresses (in 198.18.0.0/15, the benchmarking range
 /// nothing on a test machine uses), and a private one (a LAN's).
 const HOST_IP: &str = "198.18.77.1";
@@ -225,12 +224,7 @@ fn outbound_network_and_allow_lists() {
         return;
     }
     for tool in ["ip", "iptables", "nsenter"] {
-        if !Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        if !have_tool(tool) {
             skip_unprovided(
                 test,
                 &format!("needs {tool} (scripts/packages.sh installs it)"),
@@ -244,54 +238,27 @@ fn outbound_network_and_allow_lists() {
     };
     let world = build_world();
 
-    let out = tempfile::tempfile().unwrap();
-    let mut child = Command::new(PYTHON)
-        .args(["-m", "unittest", "-v", "e2e_network"])
-        .current_dir(Path::new(SDK).join("tests"))
-        .env("PYTHONPATH", SDK)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("ALCOVE_SERVER", s.daemon.url())
-        .env("ALCOVE_TOKEN", s.daemon.token.as_deref().unwrap())
-        .env_remove("ALCOVE_TOKEN_FILE")
-        .env("NET_ALLOWED_IP", ALLOWED_IP)
-        .env("NET_OTHER_IP", OTHER_IP)
-        .env("NET_PRIVATE_IP", PRIVATE_IP)
-        .env("NET_PORT", PORT.to_string())
-        .env("NET_HOST_IP", HOST_IP)
-        .env("NET_HOST_PORT", HOST_PORT.to_string())
-        .env("NET_LOOPBACK_PORT", world.loopback_port.to_string())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out.try_clone().unwrap())
-        .spawn()
-        .expect("start python3");
-    let started = Instant::now();
     let mut saw_links = Vec::new();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
+    let env = [
+        ("NET_ALLOWED_IP", ALLOWED_IP.to_owned()),
+        ("NET_OTHER_IP", OTHER_IP.to_owned()),
+        ("NET_PRIVATE_IP", PRIVATE_IP.to_owned()),
+        ("NET_PORT", PORT.to_string()),
+        ("NET_HOST_IP", HOST_IP.to_owned()),
+        ("NET_HOST_PORT", HOST_PORT.to_string()),
+        ("NET_LOOPBACK_PORT", world.loopback_port.to_string()),
+    ];
+    let (passed, text) = run_unittest(&s.daemon, "e2e_network", &env, PYTHON_LIMIT, || {
         for link in sandbox_links() {
             if !links_before.contains(&link) && !saw_links.contains(&link) {
                 saw_links.push(link);
             }
         }
-        if started.elapsed() > PYTHON_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut text = String::new();
-    let mut out = out;
-    use std::io::Seek;
-    out.rewind().unwrap();
-    out.read_to_string(&mut text).unwrap();
+    });
     let log = || s.daemon.log.lock().unwrap().clone();
     eprintln!("--- e2e_network ---\n{text}");
     assert!(
-        status.is_some_and(|st| st.success()),
+        passed,
         "e2e_network failed:\n{text}\n--- daemon log ---\n{}",
         log()
     );

@@ -9,6 +9,7 @@
 
 mod common;
 use common::daemon::{setup, Daemon};
+use common::sdk::SDK;
 use common::*;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 
 /// The user agent sandboxes run as.
 const SANDBOX_UID: u32 = 65534;
-/// The Python SDK (on PYTHONPATH) and its tests (the working directory).
-const SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/python");
 /// The longest one class may take (it is meant to take seconds).
 const PYTHON_LIMIT: Duration = Duration::from_secs(240);
 /// How long teardown (a reclaimed sandbox is killed in the background) may take.
@@ -105,7 +104,8 @@ fn e2e(test: &str, class: &str) {
 
     let watcher = Watcher::start(daemon, mounts_before.clone());
     let started = Instant::now();
-    let (ok, output) = run_python(&s.daemon, class);
+    let (ok, output) =
+        common::sdk::run_unittest(&s.daemon, &module_class(class), &[], PYTHON_LIMIT, || {});
     let took = started.elapsed();
     let end = now_ticks();
     let seen = watcher.stop();
@@ -207,52 +207,6 @@ fn e2e(test: &str, class: &str) {
         leaked.is_empty(),
         "a sandbox's own mounts are on the host: {leaked:?}"
     );
-}
-
-/// Runs the class with the daemon's address and token; whether it passed,
-/// and what it printed (stdout and stderr together).
-fn run_python(daemon: &Daemon, class: &str) -> (bool, String) {
-    let out = tempfile::tempfile().expect("a temp file for the output");
-    let mut child = Command::new(PYTHON)
-        .args(["-m", "unittest", "-v", &module_class(class)])
-        .current_dir(Path::new(SDK).join("tests"))
-        .env("PYTHONPATH", SDK)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("ALCOVE_SERVER", daemon.url())
-        .env(
-            "ALCOVE_TOKEN",
-            daemon.token.as_deref().expect("the daemon's token"),
-        )
-        .env_remove("ALCOVE_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out.try_clone().unwrap())
-        .spawn()
-        .expect("start python3");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > PYTHON_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut text = String::new();
-    let mut out = out;
-    use std::io::Seek;
-    out.rewind().unwrap();
-    out.read_to_string(&mut text).unwrap();
-    if status.is_none() {
-        text.push_str(&format!(
-            "\n[killed: still running after {PYTHON_LIMIT:?}]\n"
-        ));
-    }
-    (status.is_some_and(|s| s.success()), text)
 }
 
 /// N from unittest's "Ran N tests in ...".

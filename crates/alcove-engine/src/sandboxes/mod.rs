@@ -138,6 +138,14 @@ impl Stopped {
     }
 }
 
+/// Removes a running sandbox (taken from the registry): what it was.
+async fn remove_live(sandbox: Arc<LiveSandbox>) -> SandboxInfo {
+    let mut info = sandbox.info();
+    sandbox.remove().await;
+    info.state = SandboxState::Removed;
+    info
+}
+
 impl Sandboxes {
     pub(crate) fn new(max: usize) -> Self {
         Sandboxes {
@@ -189,6 +197,18 @@ impl Sandboxes {
     }
 
     /// Takes `stopped` out of the registry, if it is still there.
+    fn stopped_one(&self, id: &str) -> Result<Arc<Stopped>, SandboxesError> {
+        self.get_stopped(id)
+            .ok_or_else(|| SandboxesError::NotFound(id.to_owned()))
+    }
+
+    /// Whether `stopped` is still the stopped sandbox of its id (not
+    /// removed, started or replaced while a caller waited for its lock).
+    fn is_current(&self, stopped: &Arc<Stopped>) -> bool {
+        self.get_stopped(&stopped.record().id)
+            .is_some_and(|now| Arc::ptr_eq(&now, stopped))
+    }
+
     fn take_stopped(&self, stopped: &Arc<Stopped>) -> bool {
         let mut all = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         let id = stopped.record().id;
@@ -356,19 +376,13 @@ impl Engine {
         if let Ok(sandbox) = self.sandboxes.get(id) {
             return Ok(sandbox);
         }
-        let stopped = self
-            .sandboxes
-            .get_stopped(id)
-            .ok_or_else(|| SandboxesError::NotFound(id.to_owned()))?;
+        let stopped = self.sandboxes.stopped_one(id)?;
         let _one_at_a_time = stopped.start.lock().await;
         // Started, or removed, while this call waited.
         if let Ok(sandbox) = self.sandboxes.get(id) {
             return Ok(sandbox);
         }
-        let still = self
-            .sandboxes
-            .get_stopped(id)
-            .is_some_and(|s| Arc::ptr_eq(&s, &stopped));
+        let still = self.sandboxes.is_current(&stopped);
         let record = stopped.record();
         if !still || record.expires_at <= crate::store::now() {
             return Err(SandboxesError::NotFound(id.to_owned()));
@@ -437,10 +451,7 @@ impl Engine {
                 })??;
             return Ok(info);
         }
-        let stopped = self
-            .sandboxes
-            .get_stopped(id)
-            .ok_or_else(|| SandboxesError::NotFound(id.to_owned()))?;
+        let stopped = self.sandboxes.stopped_one(id)?;
         let _one_at_a_time = stopped.start.lock().await;
         if self.sandboxes.get(id).is_ok() {
             // Started while this call waited.
@@ -448,11 +459,7 @@ impl Engine {
         }
         // Removed (or reclaimed past its timeout) while this call waited: its
         // directory is going; a record written there now would outlive it.
-        if !self
-            .sandboxes
-            .get_stopped(id)
-            .is_some_and(|now| Arc::ptr_eq(&now, &stopped))
-        {
+        if !self.sandboxes.is_current(&stopped) {
             return Err(SandboxesError::NotFound(id.to_owned()));
         }
         let mut record = stopped.record();
@@ -506,22 +513,13 @@ impl Engine {
     /// is left: processes, home, record.
     pub async fn remove_sandbox(&self, id: &str) -> Result<SandboxInfo, SandboxesError> {
         if let Some(sandbox) = self.sandboxes.take(id) {
-            let mut info = sandbox.info();
-            sandbox.remove().await;
-            info.state = SandboxState::Removed;
-            return Ok(info);
+            return Ok(remove_live(sandbox).await);
         }
-        let stopped = self
-            .sandboxes
-            .get_stopped(id)
-            .ok_or_else(|| SandboxesError::NotFound(id.to_owned()))?;
+        let stopped = self.sandboxes.stopped_one(id)?;
         // A start in flight finishes first; then it is live or still stopped.
         let _one_at_a_time = stopped.start.lock().await;
         if let Some(sandbox) = self.sandboxes.take(id) {
-            let mut info = sandbox.info();
-            sandbox.remove().await;
-            info.state = SandboxState::Removed;
-            return Ok(info);
+            return Ok(remove_live(sandbox).await);
         }
         if !self.sandboxes.take_stopped(&stopped) {
             return Err(SandboxesError::NotFound(id.to_owned()));

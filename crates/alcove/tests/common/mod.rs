@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod guard;
 pub mod oci;
+pub mod sdk;
 pub mod warm;
 
 use std::io::Write;
