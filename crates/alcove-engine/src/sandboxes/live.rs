@@ -526,8 +526,10 @@ pub(super) async fn start(
         policy.net_allow = link.net_allow;
         policy.net_deny = link.net_deny;
     }
+    // An empty guard (`{}`) asks nothing of the kernel: counted only.
+    let ruled = !policy.is_empty();
     let (watch, outbound) = match &allow_out {
-        None if policy.is_empty() => (engine.watch_sandbox(&id), None),
+        None if !ruled => (engine.watch_sandbox(&id), None),
         None => {
             let cell = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let (watch, _) = engine
@@ -553,7 +555,7 @@ pub(super) async fn start(
     };
     let mut observer = SandboxObserver {
         cgroup: Arc::clone(&cgroup),
-        required: outbound.is_some() || req.guard.is_some(),
+        required: ruled,
         watch,
     };
     let end_reason = Arc::new(Mutex::new(None));
