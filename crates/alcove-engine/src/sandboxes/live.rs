@@ -385,7 +385,7 @@ pub(super) async fn start(
         NetMode::Joined => Some(Arc::new(AllowOut::parse(&req.allow_out)?)),
         _ if !req.allow_out.is_empty() => {
             return Err(SandboxesError::Invalid(
-                "allow_out is for net: outbound; add \"net\": \"outbound\"".into(),
+                "allow_out is for net: outbound; add \"net\": \"outbound\" (--net outbound on the CLI)".into(),
             ))
         }
         _ => None,
