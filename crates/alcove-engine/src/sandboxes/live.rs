@@ -383,11 +383,10 @@ pub(super) async fn start(
     };
     let allow_out = match net {
         NetMode::Joined => Some(Arc::new(AllowOut::parse(&req.allow_out)?)),
-        _ if !req.allow_out.is_empty() => {
-            return Err(SandboxesError::Invalid(
-                "allow_out is for net: outbound; add \"net\": \"outbound\" (--net outbound on the CLI)".into(),
-            ))
-        }
+        _ if !req.allow_out.is_empty() => return Err(SandboxesError::Invalid(
+            "allow_out is for net: outbound; add \"net\": \"outbound\" (--net outbound on the CLI)"
+                .into(),
+        )),
         _ => None,
     };
     let fl = &engine.config().limits;
