@@ -170,11 +170,12 @@ fn main() {
     };
     let default_deny = rules("deny");
     // A warm template's copies put themselves into fresh namespaces: the template
-    // may unshare exactly the copy's flag set, and mount and mount_setattr (which need capabilities
-    // it only has in a copy's own user namespace). Everything else stays denied.
+    // may unshare exactly the copy's flag set, and mount, mount_setattr and move_mount (which
+    // need capabilities it only has in a copy's own user namespace; a forked agent sandbox's copy
+    // moves in the home the daemon cloned for it). Everything else stays denied.
     let template_deny: Vec<serde_json::Value> = default_deny
         .iter()
-        .filter(|r| !matches!(r["syscall"].as_str(), Some("mount" | "mount_setattr" | "unshare")) || r.get("args").is_some())
+        .filter(|r| !matches!(r["syscall"].as_str(), Some("mount" | "mount_setattr" | "move_mount" | "unshare")) || r.get("args").is_some())
         .cloned()
         .chain(std::iter::once(serde_json::json!({"syscall": "unshare", "args": [{"index": 0, "type": "qword", "op": "ne", "val": COPY_UNSHARE_FLAGS}]})))
         .collect();

@@ -46,6 +46,7 @@ import json as _json  # noqa: E402
 import linecache as _linecache  # noqa: E402
 import os as _os  # noqa: E402
 import re as _re  # noqa: E402
+import socket as _socket  # noqa: E402
 import sys as _sys  # noqa: E402
 import time as _time  # noqa: E402
 import traceback as _traceback  # noqa: E402
@@ -57,7 +58,28 @@ _READ_CHUNK = 1 << 20
 _HIGH_FD = 100
 _F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+_MAX_HELD_FDS = 16  # descriptors a request line may bring (a fork brings six)
+_CMSG_ROOM = _socket.CMSG_SPACE(_MAX_HELD_FDS * 4)
 _ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _struct_iter(fmt, data):
+    import struct
+    return struct.iter_unpack(fmt, data)
+
+
+def _load_sibling(name):
+    """A module of this directory (the runtime's), loaded by path: the
+    session imports from its working directory, not from here."""
+    module = _sys.modules.get(name)
+    if module is not None:
+        return module
+    here = _os.path.dirname(_os.path.realpath(__file__))
+    _sys.path.insert(0, here)
+    try:
+        return __import__(name)
+    finally:
+        _sys.path.remove(here)
 
 
 def _main():
@@ -80,6 +102,9 @@ def _main():
         return 2
     _os.close(fd)
     _os.set_blocking(ctl, True)
+    # The channel: its socket, descriptors that came with requests (a fork's),
+    # and a generation that changes when a fork's copy takes a new channel.
+    chan = {"sock": _socket.socket(fileno=ctl), "fds": [], "gen": 0}
 
     # Output reaches the pipes as it is written (python3 -u makes the binary layer unbuffered).
     for stream in (_sys.stdout, _sys.stderr):
@@ -111,18 +136,32 @@ def _main():
         data = text.encode("utf-8", "replace")  # a lone surrogate becomes "?"
         view = memoryview(data)
         while view:
-            view = view[_os.write(ctl, view):]
+            view = view[_os.write(chan["sock"].fileno(), view):]
 
     def lines():
         """Yield ("line", bytes) per request line, ("big", first bytes) per line over the limit."""
         buf = bytearray()
         scan = 0  # buf[:scan] holds no newline
         dropping = None  # first bytes of an oversized line being skipped
+        gen = chan["gen"]
         while True:
+            if gen != chan["gen"]:  # a fork's copy: what the old channel held is not ours
+                gen = chan["gen"]
+                buf.clear()
+                scan = 0
+                dropping = None
             try:
-                chunk = _os.read(ctl, _READ_CHUNK)
+                chunk, anc, _flags, _addr = chan["sock"].recvmsg(_READ_CHUNK, _CMSG_ROOM,
+                                                                  _socket.MSG_CMSG_CLOEXEC)
             except ConnectionResetError:
-                chunk = b""
+                chunk, anc = b"", []
+            for level, kind, data in anc:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    for (fd,) in _struct_iter("i", data[: len(data) - len(data) % 4]):
+                        if len(chan["fds"]) < _MAX_HELD_FDS:
+                            chan["fds"].append(fd)
+                        else:
+                            _os.close(fd)
             if not chunk:
                 if dropping is not None:
                     yield "big", dropping
@@ -131,7 +170,7 @@ def _main():
                 return
             buf += chunk
             start = 0
-            while True:
+            while gen == chan["gen"]:
                 nl = buf.find(b"\n", scan)
                 if nl < 0:
                     break
@@ -309,6 +348,61 @@ def _main():
         send({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
         return rid
 
+    def fork_session(request, fds):
+        """A fork into a new sandbox (alcove_fork.py): None when the copy is
+        made, "copy" in the copy, else why not."""
+        def close_all():
+            for fd in fds:
+                try:
+                    _os.close(fd)
+                except OSError:
+                    pass
+        with open("/proc/self/status") as f:
+            threads = next((int(l.split()[1]) for l in f if l.startswith("Threads:")), 0)
+        if threads != 1:
+            close_all()
+            return (f"the session runs {threads} threads; a fork copies only one, so it is "
+                    "refused (end the threads the code started)")
+        try:
+            fork_module = _load_sibling("alcove_fork")
+            fork_module.parse(request, fds)
+        except (ImportError, ValueError, OSError) as e:
+            close_all()
+            return f"the fork request is not usable: {e}"
+        flush_output()
+        try:
+            pid = _os.fork()
+        except OSError as e:
+            close_all()
+            return f"fork: {e}"
+        if pid == 0:
+            try:
+                new_ctl = fork_module.become_copy(request, fds, [chan["sock"].fileno()])
+                chan["sock"].detach()  # closed by become_copy
+                ctl2 = _fcntl.fcntl(new_ctl, _F_DUPFD_CLOEXEC, _HIGH_FD)
+                _os.close(new_ctl)
+                _os.set_blocking(ctl2, True)
+                chan["sock"] = _socket.socket(fileno=ctl2)
+                chan["fds"] = []
+                chan["gen"] += 1
+                loop_box[0] = None  # its epoll was the old sandbox's (now /dev/null)
+                send({"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0],
+                      "forked": True})
+            except BaseException:
+                try:  # its stderr is the new sandbox's by now, or /dev/null
+                    _os.write(2, _traceback.format_exc().encode("utf-8", "replace"))
+                finally:
+                    _os._exit(71)
+            return "copy"
+        close_all()
+        try:
+            _, status = _os.waitpid(pid, 0)
+        except ChildProcessError:
+            return None  # reaped by the code's own handler: the daemon knows how it went
+        if _os.waitstatus_to_exitcode(status) != 0:
+            return f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}"
+        return None
+
     # ---- the session -----------------------------------------------------------------
 
     try:
@@ -337,6 +431,16 @@ def _main():
                     send({"type": "error", "id": None, "name": "BadRequest",
                           "value": "a request is a JSON object", "traceback": []})
                     continue
+                elif request.get("type") == "fork":
+                    rid = request.get("id")
+                    fds, chan["fds"] = chan["fds"], []
+                    outcome = fork_session(request, fds)
+                    if outcome == "copy":
+                        continue  # the new sandbox's interpreter: it said ready
+                    ok = outcome is None
+                    if not ok:
+                        send({"type": "error", "id": rid, "name": "ForkFailed",
+                              "value": outcome, "traceback": []})
                 elif not isinstance(request.get("code"), str):
                     rid = request.get("id")
                     send({"type": "error", "id": rid, "name": "BadRequest",

@@ -66,13 +66,28 @@ fn is_socket(raw: std::os::fd::RawFd) -> bool {
 
 /// Serves the daemon on `sock` until it closes it; returns the exit code.
 pub fn serve(sock: OwnedFd) -> i32 {
+    let copy_filter = match std::env::var_os(crate::COPY_FILTER_ENV) {
+        None => None,
+        Some(path) => match read_filter(Path::new(&path)) {
+            Ok(filter) => Some(std::sync::Arc::new(filter)),
+            Err(e) => {
+                // Without it every command could make namespaces: no sandbox.
+                eprintln!(
+                    "alcove sandbox-agent: the copy filter {}: {e}",
+                    Path::new(&path).display()
+                );
+                return 2;
+            }
+        },
+    };
     let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k != crate::AGENT_FD_ENV)
+        .filter(|(k, _)| k != crate::AGENT_FD_ENV && k != crate::COPY_FILTER_ENV)
         .collect();
     let mut agent = Agent {
         sock,
         env,
         running: Running::new(),
+        copy_filter,
     };
     if agent
         .send(
@@ -92,6 +107,28 @@ struct Agent {
     sock: OwnedFd,
     env: Vec<(String, String)>,
     running: Running,
+    /// Stacked on every command but a forkable one (the interpreter).
+    copy_filter: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
+}
+
+/// A seccomp program as raw `struct sock_filter`s (8 bytes each).
+fn read_filter(path: &Path) -> io::Result<Vec<libc::sock_filter>> {
+    let bytes = std::fs::read(path)?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > libc::BPF_MAXINSNS as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes is not a seccomp program", bytes.len()),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
 }
 
 impl Agent {
@@ -175,8 +212,9 @@ impl Agent {
                 env,
                 cwd,
                 pty: None,
+                forkable,
             } => {
-                let pid = self.exec(&argv, env, cwd.as_deref(), fds)?;
+                let pid = self.exec(&argv, env, cwd.as_deref(), fds, forkable)?;
                 Ok((Reply::Started { id, pid }, None))
             }
             Request::Exec {
@@ -185,9 +223,10 @@ impl Agent {
                 env,
                 cwd,
                 pty: Some(size),
+                forkable,
             } => {
                 drop(fds); // its stdio is the terminal
-                let (pid, master) = self.exec_pty(&argv, env, cwd.as_deref(), size)?;
+                let (pid, master) = self.exec_pty(&argv, env, cwd.as_deref(), size, forkable)?;
                 Ok((Reply::Started { id, pid }, Some(master)))
             }
             Request::Open { id, path, write } => {
@@ -250,6 +289,32 @@ impl Agent {
                     .map_err(|e| AgentFailure::io("sending a signal", &e))?;
                 Ok((Reply::Done { id, size: None }, None))
             }
+            Request::Adopt { id, pid } => {
+                if self.running.contains_key(&pid) || !process::is_child(pid) {
+                    return Err(AgentFailure {
+                        kind: crate::FailureKind::NotFound,
+                        message: format!("pid {pid} is not a child of the agent"),
+                    });
+                }
+                let pidfd = seqpacket::pidfd_open(pid)
+                    .map_err(|e| AgentFailure::io("watching the process", &e))?;
+                self.running.insert(pid, pidfd);
+                Ok((Reply::Started { id, pid }, None))
+            }
+        }
+    }
+
+    /// What a command runs under besides the sandbox's filter: the copy
+    /// filter, unless it is `forkable`.
+    fn confine(&self, cmd: &mut Command, forkable: bool) {
+        let Some(filter) = self.copy_filter.clone().filter(|_| !forkable) else {
+            return;
+        };
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes one seccomp call, allocating nothing; `filter` is the
+        // child's copy of this process's memory, alive until the exec.
+        unsafe {
+            cmd.pre_exec(move || alcove_sys::seccomp::install_filter(&filter));
         }
     }
 
@@ -259,6 +324,7 @@ impl Agent {
         env: Vec<(String, String)>,
         cwd: Option<&str>,
         fds: Vec<OwnedFd>,
+        forkable: bool,
     ) -> Result<i32, AgentFailure> {
         let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
             return Err(AgentFailure::invalid("a command needs a program to run"));
@@ -285,6 +351,7 @@ impl Agent {
                 cmd.pre_exec(move || fd::dup_onto(raw, 3));
             }
         }
+        self.confine(&mut cmd, forkable);
         let spawned = self.spawn(&mut cmd, program);
         drop(extra);
         spawned
@@ -303,6 +370,7 @@ impl Agent {
         env: Vec<(String, String)>,
         cwd: Option<&str>,
         size: PtySize,
+        forkable: bool,
     ) -> Result<(i32, OwnedFd), AgentFailure> {
         let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
             return Err(AgentFailure::invalid("a command needs a program to run"));
@@ -354,6 +422,7 @@ impl Agent {
                 pty::set_controlling_terminal(child_tty.as_fd())
             });
         }
+        self.confine(&mut cmd, forkable);
         let spawned = self.spawn(&mut cmd, program);
         // The slave's copies here go with the command: only the child holds it.
         drop(cmd);

@@ -24,3 +24,6 @@ pub use protocol::{AgentFailure, Entry, EntryKind, FailureKind, PtySize, WatchEv
 
 /// The environment variable naming the agent's socket descriptor.
 pub const AGENT_FD_ENV: &str = "ALCOVE_AGENT_FD";
+/// The environment variable naming the seccomp program (raw `struct
+/// sock_filter`s) the agent stacks on every command but the interpreter.
+pub const COPY_FILTER_ENV: &str = "ALCOVE_COPY_FILTER";

@@ -109,6 +109,19 @@ impl AgentLink {
         cwd: Option<String>,
         fds: Vec<OwnedFd>,
     ) -> Result<(i32, watch::Receiver<Option<ExitStatus>>), LinkError> {
+        self.exec_with(argv, env, cwd, fds, false).await
+    }
+
+    /// [`exec`](Self::exec), and with `forkable` without the copy filter
+    /// on top of the sandbox's (the code interpreter, which forks).
+    pub async fn exec_with(
+        &self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        fds: Vec<OwnedFd>,
+        forkable: bool,
+    ) -> Result<(i32, watch::Receiver<Option<ExitStatus>>), LinkError> {
         let id = self.next_id();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let pty = None;
@@ -120,6 +133,7 @@ impl AgentLink {
                     env,
                     cwd,
                     pty,
+                    forkable,
                 },
                 &borrowed,
             )
@@ -149,6 +163,7 @@ impl AgentLink {
             env,
             cwd,
             pty,
+            forkable: false,
         };
         match self.ask(request, &[]).await? {
             // The descriptor came from the sandbox: it must be a terminal's master.
@@ -238,6 +253,16 @@ impl AgentLink {
                 alcove_sys::fd::set_nonblocking(fd.as_fd(), true).map_err(LinkError::Io)?;
                 Ok(fd)
             }
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// Watches `pid`, a child of the agent it did not start (a forked
+    /// sandbox's interpreter): where its end will show.
+    pub async fn adopt(&self, pid: i32) -> Result<watch::Receiver<Option<ExitStatus>>, LinkError> {
+        let id = self.next_id();
+        match self.ask(Request::Adopt { id, pid }, &[]).await? {
+            (Reply::Started { pid: started, .. }, _, Some(end)) if started == pid => Ok(end),
             _ => Err(LinkError::Protocol),
         }
     }

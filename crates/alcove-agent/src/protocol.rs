@@ -29,6 +29,11 @@ pub enum Request {
         cwd: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pty: Option<PtySize>,
+        /// Keep the sandbox's own filter, which lets a process `unshare`
+        /// the namespaces of a fork (the code interpreter only); every other
+        /// command gets the copy filter on top, which refuses that.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forkable: bool,
     },
     /// Open a file and send its descriptor back. `write` creates or
     /// truncates it (mode 0644, parents made); otherwise it is opened to read.
@@ -70,6 +75,13 @@ pub enum Request {
         pid: i32,
         signal: i32,
     },
+    /// Watch a child the agent did not start (a forked sandbox's
+    /// interpreter, forked before the agent ran): answered `Started`, ended
+    /// by `Exited`, like a command.
+    Adopt {
+        id: u64,
+        pid: i32,
+    },
 }
 
 impl Request {
@@ -82,7 +94,8 @@ impl Request {
             | Request::Remove { id, .. }
             | Request::Mkdir { id, .. }
             | Request::Watch { id, .. }
-            | Request::Signal { id, .. } => *id,
+            | Request::Signal { id, .. }
+            | Request::Adopt { id, .. } => *id,
         }
     }
 }
@@ -268,8 +281,10 @@ mod tests {
             env: Vec::new(),
             cwd: None,
             pty: None,
+            forkable: false,
         };
-        assert!(!serde_json::to_string(&request).unwrap().contains("pty"));
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(!text.contains("pty") && !text.contains("forkable"), "{text}");
         let with = Request::Exec {
             id: 4,
             argv: vec!["sh".into()],
@@ -279,8 +294,10 @@ mod tests {
                 cols: 100,
                 rows: 30,
             }),
+            forkable: true,
         };
         let text = serde_json::to_string(&with).unwrap();
         assert!(text.contains(r#""pty":{"cols":100,"rows":30}"#), "{text}");
+        assert!(text.contains(r#""forkable":true"#), "{text}");
     }
 }

@@ -29,6 +29,7 @@ pub fn copy_filter_bytes() -> Vec<u8> {
         libc::SYS_unshare,
         libc::SYS_mount,
         libc::SYS_mount_setattr,
+        libc::SYS_move_mount,
         libc::SYS_umount2,
         libc::SYS_setns,
         libc::SYS_pivot_root,
@@ -197,10 +198,10 @@ mod tests {
             );
         }
         assert_eq!(decide_with(template, libc::SYS_mount as u32, [0; 6]), ALLOW);
-        assert_eq!(
-            decide_with(template, libc::SYS_mount_setattr as u32, [0; 6]),
-            ALLOW
-        );
+        for allowed in [libc::SYS_mount_setattr, libc::SYS_move_mount] {
+            assert_eq!(decide_with(template, allowed as u32, [0; 6]), ALLOW);
+            assert_eq!(decide(allowed as u32, [0; 6]), EPERM);
+        }
         // The rest is the default filter's answer.
         for denied in [
             libc::SYS_setns,
@@ -225,6 +226,7 @@ mod tests {
         for denied in [
             libc::SYS_unshare,
             libc::SYS_mount,
+            libc::SYS_move_mount,
             libc::SYS_setns,
             libc::SYS_umount2,
         ] {

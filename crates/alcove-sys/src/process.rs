@@ -366,3 +366,20 @@ impl SingleThreaded {
         }
     }
 }
+
+/// Whether `pid` is a child of this process (running, or ended and not yet
+/// reaped), without reaping it.
+pub fn is_child(pid: libc::pid_t) -> bool {
+    // SAFETY: all-zero is a valid siginfo_t for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid siginfo_t; WNOWAIT leaves the child as it is.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    pid > 0 && rc == 0
+}

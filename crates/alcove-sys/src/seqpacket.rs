@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// The most descriptors one message carries here.
-pub const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 8;
 
 /// A close-on-exec SOCK_SEQPACKET socket bound at `path` and listening.
 pub fn listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
@@ -217,4 +217,80 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     let fd = crate::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Asks the kernel to attach each sender's credentials to what `sock`
+/// receives (`SO_PASSCRED`), for [`recv_credentials`].
+pub fn pass_credentials(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid int option value for the call's duration.
+    crate::cvt_int(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Receives one message into `buf` (waiting for it): its length (0 at end
+/// of stream) and the pid that sent it, as the kernel checked it and
+/// translated it into our pid namespace (`SCM_CREDENTIALS`; the socket must
+/// have [`pass_credentials`] set). Descriptors sent with it are closed.
+pub fn recv_credentials(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<libc::pid_t>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16]; // 128 bytes: a ucred, and descriptors to close
+                                  // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` points at live buffers for the duration of the call.
+    let n = crate::cvt(unsafe {
+        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)
+    } as libc::c_long)? as usize;
+    let mut pid = None;
+    // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG
+    // macros walk only within it; an SCM_CREDENTIALS header carries one
+    // ucred, and an SCM_RIGHTS one descriptors that are now ours to close.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                    if bytes >= std::mem::size_of::<libc::ucred>() =>
+                {
+                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                    pid = Some(cred.pid);
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let fds = data.cast::<RawFd>();
+                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                        drop(OwnedFd::from_raw_fd(std::ptr::read_unaligned(fds.add(i))));
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message longer than the buffer, or with too much attached",
+        ));
+    }
+    Ok((n, pid))
 }

@@ -13,12 +13,18 @@ pub const RUNTIME_DIR: &str = "/run/alcove/runtime";
 pub const PYTHON_RUNTIME: &str = "alcove_runtime.py";
 /// The code interpreter of agent sandboxes, in [`RUNTIME_DIR`].
 pub const PYTHON_REPL: &str = "alcove_repl.py";
+/// The code interpreter's fork into a new sandbox, in [`RUNTIME_DIR`].
+pub const PYTHON_FORK: &str = "alcove_fork.py";
 /// The copies' seccomp program's file name in [`RUNTIME_DIR`].
 pub const COPY_FILTER: &str = "copy-filter.bpf";
 
 static PYTHON_SOURCE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../runtimes/python/alcove_runtime.py"
+));
+static FORK_SOURCE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../runtimes/python/alcove_fork.py"
 ));
 static REPL_SOURCE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -42,6 +48,7 @@ pub fn install() -> Result<&'static Path, WarmError> {
     for (name, bytes) in [
         (PYTHON_RUNTIME, PYTHON_SOURCE.as_bytes()),
         (PYTHON_REPL, REPL_SOURCE.as_bytes()),
+        (PYTHON_FORK, FORK_SOURCE.as_bytes()),
         (COPY_FILTER, filter.as_slice()),
     ] {
         let path = dir.join(name);

@@ -126,9 +126,10 @@ impl LiveSandbox {
             .map_err(SandboxesError::io("making the interpreter's socket"))?;
         ours.set_nonblocking(true)
             .map_err(SandboxesError::io("making the interpreter's socket"))?;
+        // Forkable: it may fork itself into a new sandbox (alcove_fork.py).
         let (pid, end) = self
             .link
-            .exec(
+            .exec_with(
                 vec![
                     "python3".into(),
                     "-u".into(),
@@ -137,6 +138,7 @@ impl LiveSandbox {
                 vec![("ALCOVE_REPL_FD".into(), "3".into())],
                 None,
                 vec![in_read, out_write, err_write, theirs.into()],
+                true,
             )
             .await?;
         let io = SandboxesError::io("reading the interpreter");
@@ -231,7 +233,113 @@ async fn next_frame(
     }))
 }
 
+/// The daemon's ends of a new interpreter's channel: its control socket
+/// (nonblocking) and its stdout and stderr pipes.
+pub(super) struct Channel {
+    pub control: std::os::unix::net::UnixStream,
+    pub stdout: std::os::fd::OwnedFd,
+    pub stderr: std::os::fd::OwnedFd,
+}
+
+/// How long a forked interpreter has to say it is ready.
+const FORK_READY: Duration = Duration::from_secs(10);
+
 impl Interpreter {
+    /// The interpreter a fork made in `sandbox` (alcove_fork.py, step D):
+    /// its ready frame names its pid, which the new agent then watches.
+    pub(super) async fn forked(
+        link: &alcove_agent::AgentLink,
+        channel: Channel,
+    ) -> Result<Interpreter, SandboxesError> {
+        let io = SandboxesError::io("reading the forked interpreter");
+        let (read, write) = tokio::net::UnixStream::from_std(channel.control)
+            .map_err(&io)?
+            .into_split();
+        let mut frames = BufReader::new(read);
+        let mut partial = Vec::new();
+        let ready = tokio::time::timeout(FORK_READY, next_frame(&mut frames, &mut partial))
+            .await
+            .map_err(|_| SandboxesError::Start("the forked interpreter did not say ready".into()))??
+            .filter(|f| f.kind == "ready")
+            .ok_or_else(|| SandboxesError::Start("the forked interpreter did not say ready".into()))?;
+        #[derive(serde::Deserialize)]
+        struct Ready {
+            pid: i32,
+        }
+        let pid = serde_json::from_str::<Ready>(&ready.text)
+            .map_err(|_| SandboxesError::Start("the forked interpreter's ready has no pid".into()))?
+            .pid;
+        let end = link.adopt(pid).await?;
+        Ok(Interpreter {
+            pid,
+            end,
+            frames,
+            partial,
+            requests: write,
+            stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(channel.stdout).map_err(&io)?,
+            stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(channel.stderr).map_err(&io)?,
+            calls: 0,
+        })
+    }
+
+    /// Its pid in its sandbox.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether it still runs (a call may be sent to it).
+    pub(super) fn alive(&self) -> bool {
+        self.end.borrow().is_none() && self.end.has_changed().is_ok()
+    }
+
+    /// Asks the session to fork itself (alcove_fork.py): `request` is the
+    /// fork's JSON line, `fds` its six descriptors. Returns once it is sent.
+    pub(super) fn send_fork(
+        &mut self,
+        request: &serde_json::Value,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), SandboxesError> {
+        use std::os::fd::AsFd;
+        drain(&mut self.stdout);
+        drain(&mut self.stderr);
+        let mut line = request.to_string().into_bytes();
+        line.push(b'\n');
+        // The session reads nothing else now (a call holds the slot): the line
+        // fits its empty socket buffer at once, so a nonblocking send is whole.
+        let socket: &tokio::net::UnixStream = self.requests.as_ref();
+        alcove_sys::seqpacket::send(socket.as_fd(), &line, fds)
+            .map_err(SandboxesError::io("asking the interpreter to fork"))
+    }
+
+    /// The session's answer to a fork (its `done`): Ok(None) when the copy
+    /// was made, Ok(Some(why)) when the session said it could not.
+    pub(super) async fn fork_answer(&mut self) -> Result<Option<String>, SandboxesError> {
+        let mut why = None;
+        loop {
+            let frame = tokio::time::timeout(FORK_READY, self.frame())
+                .await
+                .map_err(|_| SandboxesError::Start("the interpreter did not answer the fork".into()))??
+                .ok_or_else(|| SandboxesError::Start("the interpreter ended during the fork".into()))?;
+            #[derive(serde::Deserialize)]
+            struct Answer {
+                #[serde(default)]
+                value: Option<String>,
+                #[serde(default)]
+                ok: Option<bool>,
+            }
+            let answer: Answer = serde_json::from_str(&frame.text).unwrap_or(Answer {
+                value: None,
+                ok: None,
+            });
+            match frame.kind.as_str() {
+                "error" => why = answer.value,
+                "done" if answer.ok == Some(true) => return Ok(None),
+                "done" => return Ok(Some(why.unwrap_or_else(|| "the fork failed".into()))),
+                _ => {}
+            }
+        }
+    }
+
     async fn frame(&mut self) -> Result<Option<Frame>, SandboxesError> {
         next_frame(&mut self.frames, &mut self.partial).await
     }

@@ -60,6 +60,10 @@ pub struct SandboxInfo {
     pub metadata: BTreeMap<String, String>,
     pub limits: LimitsView,
     pub usage: UsageView,
+    /// In a fork's answer only: `copied` when the code interpreter's memory
+    /// came along, else why its interpreter starts fresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,11 +225,11 @@ impl Drop for InUse {
 /// What watches a sandbox's run: the daemon's eBPF monitor when it is
 /// loaded (its events tagged with the sandbox's id), and the cgroup2
 /// directory recorded for the freezer.
-struct SandboxObserver {
-    cgroup: Arc<Mutex<Option<PathBuf>>>,
-    watch: Option<alcove_monitor::Watch>,
+pub(super) struct SandboxObserver {
+    pub(super) cgroup: Arc<Mutex<Option<PathBuf>>>,
+    pub(super) watch: Option<alcove_monitor::Watch>,
     /// Its rules need the watch (net: outbound): no watch, no sandbox.
-    required: bool,
+    pub(super) required: bool,
 }
 
 impl alcove_sandbox::Observer for SandboxObserver {
@@ -266,7 +270,7 @@ impl alcove_sandbox::Observer for SandboxObserver {
     }
 }
 
-fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, SandboxesError> {
+pub(super) fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, SandboxesError> {
     text.as_deref()
         .map(|t| {
             alcove_sandbox::units::parse_size(t)
@@ -279,7 +283,7 @@ fn parse_size(what: &str, text: &Option<String>) -> Result<Option<u64>, Sandboxe
 /// and network rules for a sandbox on the host's network. What only a
 /// function's single run can have (path, device and learned-policy rules)
 /// is refused, with why.
-fn guard_policy(
+pub(super) fn guard_policy(
     guard: &crate::guard::Guard,
     net: NetMode,
     spec: &mut SandboxSpec,
@@ -450,6 +454,17 @@ pub(super) async fn start(
     } else {
         net
     };
+    // Its filter lets the code interpreter fork itself into a new sandbox
+    // (`unshare` of a copy's namespaces, `mount`, which only that new user
+    // namespace makes work); the agent stacks the copy filter, which refuses
+    // them, on every other command.
+    spec.warm_template = true;
+    spec.env.push((
+        alcove_agent::COPY_FILTER_ENV.into(),
+        std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
+            .join(alcove_warm::runtime::COPY_FILTER)
+            .into(),
+    ));
     spec.env.push(("HOME".into(), HOME.into()));
     for (k, v) in &env {
         spec.env.push((k.into(), v.into()));
@@ -574,42 +589,8 @@ pub(super) async fn start(
             drop(spec); // closes the agent's end here too: the link sees the end
             drop(lease);
             drop(outbound); // its link and resolver go with the run
-            match result {
-                Err(e) => {
-                    let why = alcove_sandbox::error_chain(&e);
-                    if let Some(engine) = events.upgrade() {
-                        engine.emit_sandbox(
-                            &event_id,
-                            serde_json::json!({ "event": "sandbox_end", "status": "failed", "error": why }),
-                        );
-                    }
-                    let _ = failed_tx.send(why);
-                }
-                Ok(outcome) => {
-                    let why = match outcome.status {
-                        alcove_sandbox::Status::KilledByPolicy => Some(format!(
-                            "killed by its guard: {}",
-                            outcome.reason.as_deref().unwrap_or("a budget")
-                        )),
-                        alcove_sandbox::Status::Oom => {
-                            Some("its memory limit was reached (OOM)".to_owned())
-                        }
-                        _ => None,
-                    };
-                    *end_reason_set.lock().unwrap_or_else(|e| e.into_inner()) = why;
-                    let said = String::from_utf8_lossy(&outcome.stderr);
-                    tracing::info!(sandbox = %event_id, status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
-                    let seen = observer.watch.as_ref().and_then(|w| w.result()).map(|r| r.stats.clone());
-                    if let Some(engine) = events.upgrade() {
-                        engine.emit_sandbox(&event_id, serde_json::json!({
-                            "event": "sandbox_end",
-                            "status": format!("{:?}", outcome.status).to_lowercase(),
-                            "execs": seen.as_ref().map(|s| s.execs),
-                            "page_faults": seen.as_ref().map(|s| s.page_faults),
-                            "context_switches": seen.as_ref().map(|s| s.ctx_switches),
-                        }));
-                    }
-                }
+            if let Some(why) = run_ended(&events, &event_id, result, &observer, &end_reason_set) {
+                let _ = failed_tx.send(why);
             }
             ended_tx.send_replace(true);
         })
@@ -690,43 +671,32 @@ pub(super) async fn start(
     req.disk = Some(disk.to_string());
     req.timeout_s = Some(timeout_s);
     req.idle_pause_s = Some(idle_pause_s);
-    let sandbox = Arc::new(LiveSandbox {
+    let cpus = req.cpus;
+    let sandbox = LiveSandbox::assemble(Parts {
         id,
         link,
         netns,
         proc_dir,
-        clock: Mutex::new(Clock {
-            state: SandboxState::Running,
-            expires_at,
-            timeout_s,
-            idle_pause_s,
-            last_used: now(),
-        }),
         created_at,
-        metadata: req.metadata.clone(),
-        image: req.image.clone(),
+        timeout_s,
+        expires_at,
+        idle_pause_s,
+        request: req,
         owner,
         dir,
-        record_lock: Mutex::new(()),
         net,
         limits: LimitsView {
             memory_bytes: Some(memory),
-            cpus: req.cpus,
+            cpus,
             pids: Some(pids),
             disk_bytes: disk,
         },
         cgroup,
         usage,
-        kill: Mutex::new(Some(kill_write)),
+        kill: kill_write,
         ended,
-        processes: Mutex::default(),
-        freezer: tokio::sync::Mutex::new(()),
-        code: tokio::sync::Mutex::new(None),
-        code_pid: Default::default(),
-        request: req,
-        in_use: Default::default(),
-        no_idle_pause_until: Mutex::new(0.0),
         end_reason,
+        interpreter: None,
     });
     if restore.is_none() {
         let s = Arc::clone(&sandbox);
@@ -743,12 +713,132 @@ pub(super) async fn start(
     Ok(sandbox)
 }
 
+/// What a started sandbox is made of (by a create, a restart or a fork).
+pub(super) struct Parts {
+    pub id: String,
+    pub link: AgentLink,
+    pub netns: Option<OwnedFd>,
+    pub proc_dir: Option<OwnedFd>,
+    pub created_at: f64,
+    pub timeout_s: u64,
+    pub expires_at: f64,
+    pub idle_pause_s: u64,
+    /// As it was made, its limits filled in.
+    pub request: CreateSandbox,
+    pub owner: (u32, u32),
+    pub dir: PathBuf,
+    pub net: NetMode,
+    pub limits: LimitsView,
+    pub cgroup: Arc<Mutex<Option<PathBuf>>>,
+    pub usage: Arc<UsageWatch>,
+    pub kill: OwnedFd,
+    pub ended: watch::Receiver<bool>,
+    pub end_reason: Arc<Mutex<Option<String>>>,
+    pub interpreter: Option<super::code::Interpreter>,
+}
+
+impl LiveSandbox {
+    pub(super) fn assemble(p: Parts) -> Arc<LiveSandbox> {
+        Arc::new(LiveSandbox {
+            id: p.id,
+            link: p.link,
+            netns: p.netns,
+            proc_dir: p.proc_dir,
+            clock: Mutex::new(Clock {
+                state: SandboxState::Running,
+                expires_at: p.expires_at,
+                timeout_s: p.timeout_s,
+                idle_pause_s: p.idle_pause_s,
+                last_used: now(),
+            }),
+            created_at: p.created_at,
+            metadata: p.request.metadata.clone(),
+            image: p.request.image.clone(),
+            owner: p.owner,
+            dir: p.dir,
+            record_lock: Mutex::new(()),
+            net: p.net,
+            limits: p.limits,
+            cgroup: p.cgroup,
+            usage: p.usage,
+            kill: Mutex::new(Some(p.kill)),
+            ended: p.ended,
+            processes: Mutex::default(),
+            freezer: tokio::sync::Mutex::new(()),
+            code: tokio::sync::Mutex::new(p.interpreter),
+            code_pid: Default::default(),
+            request: p.request,
+            in_use: Default::default(),
+            no_idle_pause_until: Mutex::new(0.0),
+            end_reason: p.end_reason,
+        })
+    }
+}
+
+/// Reports the end of a sandbox's run (its event, and why the kernel ended
+/// it); returns why it failed, when it did not run at all.
+pub(super) fn run_ended(
+    events: &std::sync::Weak<Engine>,
+    id: &str,
+    result: Result<alcove_sandbox::Outcome, alcove_sandbox::SandboxError>,
+    observer: &SandboxObserver,
+    end_reason: &Mutex<Option<String>>,
+) -> Option<String> {
+    match result {
+        Err(e) => {
+            let why = alcove_sandbox::error_chain(&e);
+            if let Some(engine) = events.upgrade() {
+                engine.emit_sandbox(
+                    id,
+                    serde_json::json!({ "event": "sandbox_end", "status": "failed", "error": why }),
+                );
+            }
+            Some(why)
+        }
+        Ok(outcome) => {
+            let why = match outcome.status {
+                alcove_sandbox::Status::KilledByPolicy => Some(format!(
+                    "killed by its guard: {}",
+                    outcome.reason.as_deref().unwrap_or("a budget")
+                )),
+                alcove_sandbox::Status::Oom => Some("its memory limit was reached (OOM)".to_owned()),
+                _ => None,
+            };
+            *end_reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
+            let said = String::from_utf8_lossy(&outcome.stderr);
+            tracing::info!(sandbox = %id, status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
+            let seen = observer
+                .watch
+                .as_ref()
+                .and_then(|w| w.result())
+                .map(|r| r.stats.clone());
+            if let Some(engine) = events.upgrade() {
+                engine.emit_sandbox(
+                    id,
+                    serde_json::json!({
+                        "event": "sandbox_end",
+                        "status": format!("{:?}", outcome.status).to_lowercase(),
+                        "execs": seen.as_ref().map(|s| s.execs),
+                        "page_faults": seen.as_ref().map(|s| s.page_faults),
+                        "context_switches": seen.as_ref().map(|s| s.ctx_switches),
+                    }),
+                );
+            }
+            None
+        }
+    }
+}
+
 /// A new sandbox's directory and home until its create succeeds: a create
 /// that fails leaves nothing of them.
-struct Unmade(Option<PathBuf>);
+pub(super) struct Unmade(Option<PathBuf>);
 
 impl Unmade {
-    fn keep(mut self) {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Unmade(Some(dir))
+    }
+
+    pub(super) fn keep(mut self) {
         self.0 = None;
     }
 }
@@ -791,11 +881,16 @@ impl LiveSandbox {
                 memory_bytes: usage.memory_bytes,
                 cpu_ms: usage.cpu_ms,
             },
+            interpreter: None,
         }
     }
 
     pub(super) fn request(&self) -> &CreateSandbox {
         &self.request
+    }
+
+    pub(super) fn net(&self) -> NetMode {
+        self.net
     }
 
     pub(super) fn owner(&self) -> (u32, u32) {

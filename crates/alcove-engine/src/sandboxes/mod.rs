@@ -13,6 +13,7 @@ mod copy;
 mod dns;
 mod error;
 mod files;
+mod fork_memory;
 mod host_net;
 mod live;
 pub mod network;
@@ -134,6 +135,7 @@ impl Stopped {
             limits: live::LimitsView::of_request(&req),
             metadata: req.metadata,
             usage: Default::default(),
+            interpreter: None,
         }
     }
 }
@@ -289,18 +291,37 @@ impl Engine {
         self: &Arc<Self>,
         req: CreateSandbox,
     ) -> Result<SandboxInfo, SandboxesError> {
-        let sandboxes = &self.sandboxes;
-        {
-            let held = sandboxes.count();
-            let mut starting = sandboxes.starting.lock().unwrap_or_else(|e| e.into_inner());
-            if held + *starting >= sandboxes.max {
-                return Err(SandboxesError::TooMany(sandboxes.max));
-            }
-            *starting += 1;
-        }
-        let _started = Starting(sandboxes);
+        let _started = self.reserve()?;
         let sandbox = live::start(self, req, None).await?;
         let info = sandbox.info();
+        self.register(&sandbox);
+        Ok(info)
+    }
+
+    /// A place for one more sandbox among the daemon's `max`, held while
+    /// it starts.
+    fn reserve(&self) -> Result<Starting<'_>, SandboxesError> {
+        let sandboxes = &self.sandboxes;
+        let held = sandboxes.count();
+        let mut starting = sandboxes.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if held + *starting >= sandboxes.max {
+            return Err(SandboxesError::TooMany(sandboxes.max));
+        }
+        *starting += 1;
+        Ok(Starting(sandboxes))
+    }
+
+    /// A fork of `parent` with its interpreter's memory (fork_memory.rs),
+    /// registered; an error says why it could not be made so.
+    async fn fork_with_memory(
+        self: &Arc<Self>,
+        parent: &Arc<LiveSandbox>,
+        req: CreateSandbox,
+    ) -> Result<SandboxInfo, SandboxesError> {
+        let _started = self.reserve()?;
+        let sandbox = fork_memory::start(self, parent, req).await?;
+        let mut info = sandbox.info();
+        info.interpreter = Some("copied".into());
         self.register(&sandbox);
         Ok(info)
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 const TEMPLATES_DIR: &str = "sandbox-templates";
 /// Entries one copy may take.
-const MAX_ENTRIES: u64 = 200_000;
+pub(super) const MAX_ENTRIES: u64 = 200_000;
 /// Templates one daemon keeps.
 const MAX_TEMPLATES: usize = 256;
 
@@ -193,6 +193,20 @@ impl Engine {
         }
         req.template = None;
         req.parent = Some(id.to_owned());
+        let fresh_because = match self.fork_with_memory(&parent, req.clone()).await {
+            Ok(info) => return Ok(info),
+            Err(SandboxesError::TooMany(max)) => return Err(SandboxesError::TooMany(max)),
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                why
+            }
+        };
+        tracing::info!(sandbox = %id, why = %fresh_because, "forked with its files only");
         let child = self.create_sandbox(req).await?;
         let budget = Budget {
             bytes: parent.info().limits.disk_bytes,
@@ -210,7 +224,9 @@ impl Engine {
             let _ = self.remove_sandbox(&child.id).await;
             return Err(e);
         }
-        self.sandbox_info(&child.id)
+        let mut info = self.sandbox_info(&child.id)?;
+        info.interpreter = Some(format!("fresh: {fresh_because}"));
+        Ok(info)
     }
 }
 

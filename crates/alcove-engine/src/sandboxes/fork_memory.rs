@@ -1,0 +1,467 @@
+//! A fork that copies the code interpreter's memory. The parent's session
+//! forks itself into the new sandbox's namespaces (alcove_fork.py, as a
+//! warm copy does: docs/warm-protocol.md); this side makes everything else
+//! the new sandbox has (its home, filled from the parent's, its cgroup,
+//! its agent's socket, its supervision) and checks its first process from
+//! /proc before anything is given to it.
+//!
+//! Only a `net: none` sandbox is forked this way: its new network namespace
+//! is a copy's own (loopback only), as the parent's was. Another (outbound,
+//! host) is forked with its files and a fresh interpreter, and says so.
+
+use super::code::{Channel, Interpreter};
+use super::copy::{copy_tree, open_dir, Budget};
+use super::live::{run_ended, LiveSandbox, Parts, SandboxObserver, HOME};
+use super::{persist, CreateSandbox, SandboxesError, AGENT_READY};
+use crate::engine::Engine;
+use crate::store::now;
+use alcove_agent::{AgentLink, AGENT_FD_ENV};
+use alcove_sandbox::{NetMode, RunOptions, SandboxSpec, UsageWatch};
+use alcove_sys::seqpacket;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long each step of the copy's side has to answer.
+const STEP: Duration = Duration::from_secs(10);
+/// The descriptor the new agent's socket gets.
+const AGENT_LINK_FD: i32 = 3;
+/// The longest parent agent environment taken over.
+const MAX_ENVIRON: u64 = 1 << 20;
+/// The namespaces a fork must not share with its parent.
+const NAMESPACES: [&str; 6] = ["user", "mnt", "net", "ipc", "uts", "pid"];
+
+/// A new sandbox holding a copy of `parent`'s files and of its
+/// interpreter's memory, started and not yet registered. An error says why
+/// it could not be made this way (nothing of it is left).
+pub(super) async fn start(
+    engine: &Arc<Engine>,
+    parent: &Arc<LiveSandbox>,
+    req: CreateSandbox,
+) -> Result<Arc<LiveSandbox>, SandboxesError> {
+    let no = |why: &str| Err(SandboxesError::Conflict(why.to_owned()));
+    if parent.net() != NetMode::None {
+        return no("its interpreter's memory is copied only for net: none");
+    }
+    // Resumed if paused (its session must run to fork), and not idle meanwhile.
+    let _in_use = parent.touch().await?;
+    let Ok(mut slot) = parent.code.try_lock() else {
+        return no("a code call was running in it");
+    };
+    let Some(session) = slot.as_mut().filter(|i| i.alive()) else {
+        return no("no code interpreter ran in it (run_code starts one)");
+    };
+    let t0 = Instant::now();
+    let limits = parent.info().limits;
+    let owner = parent.owner();
+    let disk = limits.disk_bytes;
+    let parent_proc = parent.proc_dir().map_err(SandboxesError::io("finding the sandbox"))?;
+    let agent_env = agent_environment(parent_proc.as_fd())?;
+    let agent_argv = super::agent_program::agent_program()
+        .map_err(SandboxesError::Start)?
+        .argv
+        .clone();
+
+    // Its home: a copy of the parent's, taken while the parent is frozen.
+    let id = format!("sb-{}", alcove_sys::process::random_id());
+    let dir = persist::sandbox_dir(&engine.sandboxes_dir(), &id)
+        .map_err(SandboxesError::io("naming the sandbox's directory"))?;
+    persist::create_home(&dir, disk, owner).map_err(SandboxesError::io("mounting the home"))?;
+    let unmade = super::live::Unmade::new(dir.clone());
+    let home = persist::home_of(&dir);
+    let budget = Budget {
+        bytes: disk,
+        entries: super::templates::MAX_ENTRIES,
+    };
+    let into = home.clone();
+    parent
+        .with_home_frozen(move |from| {
+            let to = open_dir(&into)?;
+            copy_tree(from, to.as_fd(), owner, budget)
+        })
+        .await?;
+    let home_c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
+        .map_err(|_| SandboxesError::Start("the home's path holds a NUL byte".into()))?;
+    let tree = alcove_sys::mount::clone_tree(&home_c)
+        .and_then(|tree| {
+            alcove_sys::mount::set_attributes(
+                tree.as_fd(),
+                alcove_sys::mount::MOUNT_ATTR_NOSUID | alcove_sys::mount::MOUNT_ATTR_NODEV,
+            )
+            .map(|()| tree)
+        })
+        .map_err(SandboxesError::io("cloning the new home's mount"))?;
+
+    let sandbox_limits = alcove_sandbox::Limits {
+        memory_bytes: limits.memory_bytes,
+        cpus: limits.cpus,
+        pids: limits.pids,
+        ..Default::default()
+    };
+    let cgroup = CgroupGuard(Some(
+        alcove_sandbox::adoption_cgroup(&sandbox_limits)
+            .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?,
+    ));
+
+    // Its sockets: the copy's steps, its agent's line, its interpreter's channel.
+    let io = SandboxesError::io;
+    let (steps, steps_child) =
+        alcove_sys::unix::seqpacket_pair().map_err(io("making the fork's socket"))?;
+    seqpacket::pass_credentials(steps.as_fd()).map_err(io("making the fork's socket"))?;
+    let (daemon_end, agent_end) =
+        alcove_sys::unix::seqpacket_pair().map_err(io("making the agent's socket"))?;
+    for end in [&daemon_end, &agent_end] {
+        seqpacket::force_send_buffer(end.as_fd(), alcove_agent::protocol::SOCKET_BUFFER)
+            .map_err(io("sizing the agent's socket"))?;
+    }
+    let (control, control_child) = std::os::unix::net::UnixStream::pair()
+        .map_err(io("making the interpreter's socket"))?;
+    control
+        .set_nonblocking(true)
+        .map_err(io("making the interpreter's socket"))?;
+    let (out_read, out_write) = alcove_sys::fd::pipe_cloexec().map_err(io("making a pipe"))?;
+    let (err_read, err_write) = alcove_sys::fd::pipe_cloexec().map_err(io("making a pipe"))?;
+
+    let request = serde_json::json!({
+        "type": "fork",
+        "id": id,
+        "agent": { "argv": &agent_argv, "env": agent_env, "link_fd": AGENT_LINK_FD },
+        "home": HOME,
+        "tmpfs_size": disk,
+        "unshare_flags": alcove_sandbox::COPY_UNSHARE_FLAGS,
+    });
+    let control_child: OwnedFd = control_child.into();
+    session.send_fork(
+        &request,
+        &[
+            steps_child.as_fd(),
+            tree.as_fd(),
+            agent_end.as_fd(),
+            control_child.as_fd(),
+            out_write.as_fd(),
+            err_write.as_fd(),
+        ],
+    )?;
+    drop((steps_child, tree, agent_end, control_child, out_write, err_write));
+
+    // The copy's side, checked at each step (its cgroup is removed if it fails).
+    let handshake = tokio::task::spawn_blocking(move || {
+        let made = handshake(steps, parent_proc.as_fd(), cgroup.get());
+        (made, cgroup)
+    })
+    .await;
+    // The session waited for its child: its answer is there now.
+    let answer = session.fork_answer().await;
+    if !matches!(answer, Ok(None)) {
+        tracing::warn!(sandbox = %parent.id, answer = ?answer, "the interpreter's fork answer");
+    }
+    if answer.is_err() {
+        // It did not answer as it should: the next call starts a fresh one.
+        if let Some(old) = slot.take() {
+            let _ = parent.link.signal(old.pid(), libc::SIGKILL).await;
+        }
+    }
+    drop(slot);
+    let (made, mut cgroup) =
+        handshake.map_err(|_| SandboxesError::Start("the fork's thread failed".into()))?;
+    let made = made.map_err(SandboxesError::Start)?;
+    let cgroup = cgroup.take();
+
+    // Its run: supervised as an adopted process, like a warm copy.
+    let mut spec = SandboxSpec::new(agent_argv.iter().map(Into::into).collect());
+    spec.stdio = alcove_sandbox::Stdio::Capture { stdin: Vec::new() };
+    spec.limits.memory_bytes = limits.memory_bytes;
+    spec.limits.pids = limits.pids;
+    spec.limits.cpus = limits.cpus;
+    spec.limits.output_bytes = Some(64 << 10);
+    let mut policy = alcove_monitor::SandboxPolicy::default();
+    if let Some(guard) = &req.guard {
+        policy = super::live::guard_policy(guard, NetMode::None, &mut spec)?;
+    }
+    let ruled = !policy.is_empty();
+    let watch = if ruled {
+        let cell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (watch, _) = engine
+            .guard_sandbox(&id, policy, cell)
+            .map_err(SandboxesError::Start)?;
+        Some(watch)
+    } else {
+        engine.watch_sandbox(&id)
+    };
+    let cgroup_dir = Arc::new(Mutex::new(None));
+    let mut observer = SandboxObserver {
+        cgroup: Arc::clone(&cgroup_dir),
+        watch,
+        required: ruled,
+    };
+    let (kill_read, kill_write) =
+        alcove_sys::fd::pipe_cloexec().map_err(io("making the sandbox's kill pipe"))?;
+    let usage = Arc::new(UsageWatch::new());
+    let options = RunOptions {
+        forward_signals: false,
+        collect_usage: false,
+        cancel: vec![Arc::new(kill_read), Arc::clone(&engine.cancel)],
+        watch: Some(Arc::clone(&usage)),
+    };
+    let (ended_tx, ended) = watch::channel(false);
+    let end_reason = Arc::new(Mutex::new(None));
+    let end_reason_set = Arc::clone(&end_reason);
+    engine.emit_sandbox(
+        &id,
+        serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some(), "forked_from": parent.id }),
+    );
+    let events = Arc::downgrade(engine);
+    let event_id = id.clone();
+    let pid1 = made.pid;
+    let adopted = alcove_sandbox::Adopted {
+        pidfd: made.pidfd,
+        cgroup,
+        connection: made.steps,
+        take_us: 0.0,
+        isolate_us: made.isolate_us,
+    };
+    std::thread::Builder::new()
+        .name("alcove-sandbox".into())
+        .spawn(move || {
+            // Its stdio for the agent, with the word to go on.
+            let mut hand_over = |conn: BorrowedFd<'_>, _env: &[u8], stdio: [BorrowedFd<'_>; 3]| {
+                seqpacket::send(conn, b"go", &stdio)
+            };
+            let result =
+                alcove_sandbox::run_adopted(adopted, &spec, &options, &mut observer, &mut hand_over);
+            if let Some(why) = run_ended(&events, &event_id, result, &observer, &end_reason_set) {
+                tracing::warn!(sandbox = %event_id, %why, "a forked sandbox's run failed");
+            }
+            ended_tx.send_replace(true);
+        })
+        .map_err(io("starting the sandbox's thread"))?;
+
+    let made_rest = async {
+        let (link, _) = AgentLink::connect(daemon_end, AGENT_READY).await?;
+        let channel = Channel {
+            control,
+            stdout: out_read,
+            stderr: err_read,
+        };
+        let interpreter = Interpreter::forked(&link, channel).await?;
+        Ok::<_, SandboxesError>((link, interpreter))
+    }
+    .await;
+    let (link, interpreter) = match made_rest {
+        Ok(m) => m,
+        Err(e) => {
+            drop(kill_write); // ends the run; its thread removes the cgroup
+            return Err(e);
+        }
+    };
+    let proc_dir = std::fs::File::open(format!("/proc/{pid1}")).ok().map(OwnedFd::from);
+    let netns = proc_dir
+        .as_ref()
+        .and_then(|d| std::fs::File::open(format!("/proc/self/fd/{}/ns/net", d.as_raw_fd())).ok())
+        .map(OwnedFd::from);
+    let created_at = now();
+    let timeout_s = req.timeout_s.unwrap_or(super::DEFAULT_TIMEOUT_S);
+    let idle_pause_s = req.idle_pause_s.unwrap_or(0);
+    let sandbox = LiveSandbox::assemble(Parts {
+        id,
+        link,
+        netns,
+        proc_dir,
+        created_at,
+        timeout_s,
+        expires_at: created_at + timeout_s as f64,
+        idle_pause_s,
+        request: req,
+        owner,
+        dir,
+        net: NetMode::None,
+        limits,
+        cgroup: cgroup_dir,
+        usage,
+        kill: kill_write,
+        ended,
+        end_reason,
+        interpreter: Some(interpreter),
+    });
+    let saving = Arc::clone(&sandbox);
+    let saved = tokio::task::spawn_blocking(move || saving.save_record()).await;
+    if !matches!(saved, Ok(Ok(()))) {
+        sandbox.begin_kill();
+        return Err(match saved {
+            Ok(Err(e)) => e,
+            _ => SandboxesError::Start("saving the sandbox's record failed".into()),
+        });
+    }
+    unmade.keep();
+    tracing::info!(sandbox = %sandbox.id, parent = %parent.id, ms = t0.elapsed().as_secs_f64() * 1e3, "forked with its interpreter's memory");
+    Ok(sandbox)
+}
+
+/// The new sandbox's cgroup until its run takes it: removed (after its
+/// processes are killed) if the fork fails before.
+struct CgroupGuard(Option<alcove_cgroup::SandboxCgroup>);
+
+impl CgroupGuard {
+    fn get(&self) -> &alcove_cgroup::SandboxCgroup {
+        self.0.as_ref().expect("held until taken")
+    }
+
+    fn take(&mut self) -> alcove_cgroup::SandboxCgroup {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            cgroup.kill_all();
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(error = %e, "a failed fork's cgroup could not be removed (alcove gc removes it)");
+            }
+        }
+    }
+}
+
+/// The new sandbox's first process, checked.
+struct Made {
+    pidfd: OwnedFd,
+    pid: libc::pid_t,
+    /// The fork's socket: its stdio and `go` go out on it.
+    steps: OwnedFd,
+    isolate_us: f64,
+}
+
+/// The copy's side of the fork, step by step (alcove_fork.py): the
+/// session's child says `child` and is moved into `cgroup`; it makes its
+/// namespaces and its pid 1 says `init`, and is checked. An error says why.
+fn handshake(
+    steps: OwnedFd,
+    parent: BorrowedFd<'_>,
+    cgroup: &alcove_cgroup::SandboxCgroup,
+) -> Result<Made, String> {
+    let t0 = Instant::now();
+    let proc_text = |pid: libc::pid_t, file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))
+    };
+    let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
+    let parent_cgroup = std::fs::read_to_string(format!("{parent_path}/cgroup"))
+        .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
+
+    let child = receive(steps.as_fd(), "child")?;
+    let child_pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
+    let kill_child = || {
+        let _ = alcove_sys::pidfd::send_signal(child_pidfd.as_fd(), libc::SIGKILL);
+    };
+    if proc_text(child, "cgroup")? != parent_cgroup {
+        kill_child();
+        return Err("the fork's first word came from outside the sandbox".into());
+    }
+    if let Err(e) = cgroup.adopt(child) {
+        kill_child();
+        return Err(format!("moving the copy into its cgroup: {e}"));
+    }
+    let expected_cgroup = proc_text(child, "cgroup")?;
+    seqpacket::send(steps.as_fd(), b"go", &[]).map_err(|e| format!("telling the copy: {e}"))?;
+
+    let pid = receive(steps.as_fd(), "init")?;
+    let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    let refuse = |why: String| {
+        let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+        Err(format!("the copy was refused: {why}"))
+    };
+    // Its word is not taken: its cgroup (which only the copy's processes can
+    // be in), its namespaces and its privileges are the kernel's.
+    if proc_text(pid, "cgroup")? != expected_cgroup {
+        return refuse("it is not in its cgroup".into());
+    }
+    for ns in NAMESPACES {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+        let parents = std::fs::read_link(format!("{parent_path}/ns/{ns}"));
+        match (theirs, parents) {
+            (Ok(a), Ok(b)) if a != b => {}
+            (Ok(_), Ok(_)) => return refuse(format!("it shares the {ns} namespace")),
+            _ => return refuse(format!("its {ns} namespace cannot be read")),
+        }
+    }
+    let status = proc_text(pid, "status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let no_caps = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]
+        .iter()
+        .all(|c| field(c).bytes().all(|b| b == b'0') && !field(c).is_empty());
+    let checks = [
+        (no_caps, "it holds capabilities"),
+        (field("NoNewPrivs") == "1", "no_new_privs is not set"),
+        (field("Seccomp") == "2", "it has no seccomp filter"),
+        (field("Threads") == "1", "it runs more than one thread"),
+        (
+            field("NSpid").split_whitespace().last() == Some("1"),
+            "it is not pid 1 of its own pid namespace",
+        ),
+    ];
+    if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+        return refuse((*why).into());
+    }
+    Ok(Made {
+        pidfd,
+        pid,
+        steps,
+        isolate_us: t0.elapsed().as_secs_f64() * 1e6,
+    })
+}
+
+/// Waits (up to [`STEP`]) for the copy's next word, `expected`: the pid
+/// the kernel says sent it. A failure report or silence is the error.
+fn receive(steps: BorrowedFd<'_>, expected: &str) -> Result<libc::pid_t, String> {
+    let mut polled = [libc::pollfd {
+        fd: steps.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    match alcove_sys::fd::poll(&mut polled, Some(STEP)) {
+        Ok(0) => return Err(format!("the copy did not say {expected} within {STEP:?}")),
+        Ok(_) => {}
+        Err(e) => return Err(format!("waiting for the copy: {e}")),
+    }
+    let mut buf = [0u8; 4096];
+    let (n, pid) = seqpacket::recv_credentials(steps, &mut buf)
+        .map_err(|e| format!("reading the copy's word: {e}"))?;
+    let word = String::from_utf8_lossy(&buf[..n]);
+    match pid {
+        Some(pid) if pid > 0 && word == expected => Ok(pid),
+        _ if n == 0 => Err("the copy ended before it was made".into()),
+        _ => Err(format!("the copy said: {}", word.trim())),
+    }
+}
+
+/// The parent's agent's environment (what it was started with), its
+/// socket's number made the new agent's: `[[KEY, VALUE], ...]`.
+fn agent_environment(parent: BorrowedFd<'_>) -> Result<Vec<(String, String)>, SandboxesError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(format!("/proc/self/fd/{}/environ", parent.as_raw_fd()))
+        .and_then(|f| f.take(MAX_ENVIRON).read_to_end(&mut bytes))
+        .map_err(SandboxesError::io("reading the sandbox agent's environment"))?;
+    let mut env: Vec<(String, String)> = bytes
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let text = std::str::from_utf8(entry).ok()?;
+            let (k, v) = text.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let Some(fd) = env.iter_mut().find(|(k, _)| k == AGENT_FD_ENV) else {
+        return Err(SandboxesError::Start(
+            "the sandbox agent's environment has no socket".into(),
+        ));
+    };
+    fd.1 = AGENT_LINK_FD.to_string();
+    Ok(env)
+}

@@ -1,0 +1,203 @@
+"""A fork of alcove's code interpreter into a new sandbox, memory and all.
+
+The daemon asks the session (alcove_repl.py) for a fork with one request line
+and six descriptors (docs/sandboxes-api.md, "Fork with the interpreter's
+memory"). The session forks; the child (C) becomes the new sandbox:
+
+  C   says ``child`` (the kernel attaches its pid), waits for ``go`` (the
+      daemon has moved it into the new sandbox's cgroup), then makes the
+      namespaces a warm copy makes (docs/warm-protocol.md, steps 1-5: user,
+      mount, network, IPC, UTS and pid), mounts the new sandbox's home (a
+      detached mount from the daemon) over its own, and forks;
+  C'  pid 1 of the new pid namespace: mounts its /proc, drops every
+      capability, says ``init``, takes its stdio with a second ``go``, forks
+      the interpreter (D) and then runs the sandbox's agent in its place;
+  D   the new sandbox's interpreter: the session's memory, its variables
+      and modules, with a new control channel and output pipes. Every other
+      descriptor the session had (files, sockets, an event loop's epoll)
+      now reads /dev/null: they were the old sandbox's.
+
+Any step that fails says why on the daemon's socket and exits non-zero; the
+daemon then removes what it made. Nothing here is trusted: the daemon checks
+the new sandbox's first process from /proc before it uses it.
+"""
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+
+import alcove_runtime as _rt
+
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+SYS_MOVE_MOUNT = 429  # the same on every architecture (the unified table)
+PR_SET_DUMPABLE = 4
+FD_COUNT = 6  # conn, home tree, agent link, control, stdout, stderr
+
+
+class Fork(_rt.Template):
+    """The copy steps of a warm template's copy, with the daemon's numbers."""
+
+    def __init__(self, flags, tmpfs_size):
+        self.flags = flags
+        self.tmpfs_size = tmpfs_size
+        self.shared_rw = set()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            self.cap_last = int(f.read())
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        self.libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+    def mount_fresh_places(self):
+        tmpfs = f"mode=1777,size={self.tmpfs_size}"
+        self.mount("tmpfs", "/tmp", "tmpfs", _rt.MS_NOSUID | _rt.MS_NODEV, tmpfs)
+        if os.path.isdir("/dev/shm"):
+            self.mount("tmpfs", "/dev/shm", "tmpfs",
+                       _rt.MS_NOSUID | _rt.MS_NODEV | _rt.MS_NOEXEC, tmpfs)
+        if os.path.isdir("/dev/pts"):
+            # The bound an agent sandbox's own devpts has.
+            self.mount("devpts", "/dev/pts", "devpts", _rt.MS_NOSUID | _rt.MS_NOEXEC,
+                       "newinstance,ptmxmode=0666,mode=0620,max=16")
+
+    def check(self, rc, what):
+        if rc != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def parse(request, fds):
+    """The fork's numbers, checked; raises ValueError saying what is wrong."""
+    if len(fds) != FD_COUNT:
+        raise ValueError(f"a fork needs {FD_COUNT} descriptors, {len(fds)} came")
+    agent = request.get("agent")
+    if not isinstance(agent, dict):
+        raise ValueError("a fork needs its agent")
+    argv, env, link_fd = agent.get("argv"), agent.get("env"), agent.get("link_fd")
+    if (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
+            or not isinstance(env, list)
+            or not all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+                       for e in env)
+            or not isinstance(link_fd, int) or not 3 <= link_fd < 64):
+        raise ValueError("a fork's agent needs argv, env and link_fd")
+    numbers = [request.get(k) for k in ("unshare_flags", "tmpfs_size")]
+    if not all(isinstance(n, int) and n > 0 for n in numbers):
+        raise ValueError("a fork needs unshare_flags and tmpfs_size")
+    home = request.get("home")
+    if not isinstance(home, str) or not home.startswith("/"):
+        raise ValueError("a fork needs the home's path")
+    return argv, dict(env), link_fd, numbers[0], numbers[1], home
+
+
+def become_copy(request, fds, keep):
+    """In the session's child: the steps above. Returns only in D, with D's
+    control descriptor; C and C' never return. `keep`: the session's own
+    descriptors that D closes itself (its old control channel)."""
+    conn_fd, tree_fd, link_fd, ctl_fd, out_fd, err_fd = fds
+    # Above every number the steps below dup2 onto (the agent's link is < 64).
+    conn = socket.socket(fileno=fcntl.fcntl(conn_fd, fcntl.F_DUPFD_CLOEXEC, 64))
+    os.close(conn_fd)
+    step = "setup"
+    try:
+        argv, env, agent_link_fd, flags, tmpfs_size, home = parse(request, fds)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # the old sandbox's output is not ours to write
+        os.close(null)
+        for fd in keep:
+            os.close(fd)
+        fork = Fork(flags, tmpfs_size)
+        conn.send(b"child")
+        if conn.recv(16) != b"go":
+            os._exit(0)  # refused, or the daemon went away
+        step = "unshare"
+        fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
+        step = "id maps"
+        fork.check(fork.libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "PR_SET_DUMPABLE")
+        for path, text in (("setgroups", "deny"), ("uid_map", f"{fork.uid} {fork.uid} 1"),
+                           ("gid_map", f"{fork.gid} {fork.gid} 1")):
+            fd = os.open(f"/proc/self/{path}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        step = "mounts"
+        fork.mount(None, "/", None, _rt.MS_REC | _rt.MS_PRIVATE, None)
+        fork.isolate_mounts()
+        step = "home"
+        fork.check(fork.libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(tree_fd), b"",
+                                     ctypes.c_int(_rt.AT_FDCWD), os.fsencode(home),
+                                     ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+                   f"mounting the new home on {home}")
+        os.close(tree_fd)
+        step = "loopback"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = fcntl.ioctl(s.fileno(), _rt.SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
+            up = struct.unpack("16sh22x", ifr)[1] | _rt.IFF_UP
+            fcntl.ioctl(s.fileno(), _rt.SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", up))
+        step = "pid 1"
+        if os.fork() != 0:
+            os._exit(0)  # C: its child is pid 1 of the new pid namespace
+        fork.mount("proc", "/proc", "proc", _rt.MS_NOSUID | _rt.MS_NODEV | _rt.MS_NOEXEC, None)
+        step = "capabilities"
+        for cap in range(fork.cap_last + 1):
+            fork.check(fork.libc.prctl(_rt.PR_CAPBSET_DROP, cap, 0, 0, 0), f"PR_CAPBSET_DROP {cap}")
+        fork.capset_empty()
+        conn.send(b"init")
+        step = "stdio"
+        _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(3 * 4))
+        _, stdio = _rt.parse_request(b"", 0, anc)
+        if len(stdio) != 3 or msg_flags & socket.MSG_CTRUNC:
+            raise OSError(f"the daemon's go carried {len(stdio)} descriptors, not 3")
+        step = "interpreter"
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            for fd in stdio + [link_fd]:
+                os.close(fd)
+            return interpreter(ctl_fd, out_fd, err_fd)
+        # C': the agent, with the interpreter as its child.
+        step = "agent"
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        os.dup2(link_fd, agent_link_fd)
+        os.set_inheritable(agent_link_fd, True)
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2 and int(name) not in (agent_link_fd, conn.fileno()):
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass  # the listing's own descriptor
+        os.execve(argv[0], argv, env)
+    except BaseException as e:  # the daemon logs why, and removes what it made
+        why = f"failed at {step}: {e}"[:4000].encode("utf-8", "replace")
+        try:
+            conn.send(why)
+        except OSError:
+            try:
+                os.write(2, b"alcove_fork: " + why + b"\n")  # after go: the agent's stderr
+            except OSError:
+                pass
+        os._exit(70)
+
+
+def interpreter(ctl_fd, out_fd, err_fd):
+    """D: the session's output goes to the new pipes and every descriptor
+    it had reads /dev/null; returns the new control channel's descriptor."""
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.close(out_fd)
+    os.close(err_fd)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in (ctl_fd, null):
+            try:
+                # Not closed: an object of the session's still holds the number
+                # and would close whatever took it next.
+                os.dup2(null, fd)
+            except OSError:
+                pass  # the listing's own descriptor, gone already
+    os.close(null)
+    return ctl_fd
