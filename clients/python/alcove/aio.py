@@ -499,8 +499,10 @@ class AsyncSandbox:
             return False
         return True
 
-    async def fork(self, metadata: Optional[Mapping[str, str]] = None) -> "AsyncSandbox":
+    async def fork(self, metadata: Optional[Mapping[str, str]] = None, *, memory: bool = False) -> "AsyncSandbox":
         body = {"metadata": dict(metadata)} if metadata else {}
+        if memory:
+            body["memory"] = True
         value = await self._transport.call("POST", _wire.sandbox_path(self.id, "fork"), json_body=body)
         return AsyncSandbox(SandboxInfo.from_dict(value), self._transport)
 

@@ -96,6 +96,8 @@ class SandboxInfo:
     #: Where a ``net="outbound"`` sandbox may connect (empty: anywhere but
     #: the host and other sandboxes).
     allow_out: Tuple[str, ...] = ()
+    #: In a fork's answer: "copied" when the interpreter's memory came along.
+    interpreter: Optional[str] = None
     metadata: Dict[str, str] = field(default_factory=dict)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     usage: Optional[SandboxUsage] = None
@@ -120,6 +122,7 @@ class SandboxInfo:
             parent=_opt_str(d.get("parent")),
             net=_opt_str(d.get("net")),
             allow_out=tuple(str(r) for r in (d.get("allow_out") or ()) if isinstance(r, str)),
+            interpreter=_opt_str(d.get("interpreter")),
             metadata=_str_dict(d.get("metadata")),
             limits=SandboxLimits.from_dict(d.get("limits")),
             usage=SandboxUsage.from_dict(d["usage"]) if isinstance(d.get("usage"), Mapping) else None,

@@ -534,9 +534,14 @@ class Sandbox:
             return False
         return True
 
-    def fork(self, metadata: Optional[Mapping[str, str]] = None) -> "Sandbox":
-        """A new sandbox with a copy of this one's state (``parent`` set)."""
+    def fork(self, metadata: Optional[Mapping[str, str]] = None, *, memory: bool = False) -> "Sandbox":
+        """A new sandbox with a copy of this one's files (``parent`` set).
+        With ``memory=True``, of its code interpreter's memory too (its
+        variables, imports and open cells' state): the fork then lives in
+        this sandbox's process tree and ends with it (``net="none"`` only)."""
         body = {"metadata": dict(metadata)} if metadata else {}
+        if memory:
+            body["memory"] = True
         value = self._transport.call("POST", _wire.sandbox_path(self.id, "fork"), json_body=body)
         return Sandbox(SandboxInfo.from_dict(value), self._transport)
 

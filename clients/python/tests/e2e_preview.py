@@ -191,5 +191,130 @@ class ForkSnapshot(unittest.TestCase):
             Sandbox.create(template="no-such-template-" + os.urandom(3).hex())
 
 
+def value(sb, code):
+    """The text of `code`'s last expression in `sb`'s interpreter; fails on an error."""
+    run = sb.run_code(code, timeout=30)
+    if run.error is not None:
+        raise AssertionError(f"{code!r} raised {run.error.name}: {run.error.value}")
+    return run.text
+
+
+@unittest.skipUnless(SERVER, "needs $ALCOVE_SERVER: run by crates/alcove/tests/sandboxes.rs")
+class ForkMemory(unittest.TestCase):
+    """fork(memory=True): the interpreter's memory comes along."""
+
+    def setUp(self):
+        self.sb = Sandbox.create(timeout=120, metadata={"role": "parent"})
+        self.addCleanup(self.sb.kill)
+
+    def fork(self, sb):
+        child = sb.fork(memory=True)
+        self.addCleanup(child.kill)
+        self.assertEqual(child.info().parent, sb.id)
+        return child
+
+    def test_variables_and_files_diverge(self):
+        value(self.sb, "import json, os\nx = 41\nblob = bytearray(8 << 20)\nblob[-1] = 7")
+        self.sb.files.write("f.txt", "v1")
+        child = self.sb.fork(memory=True)
+        self.addCleanup(child.kill)
+        self.assertEqual(child.last_info.interpreter, "copied")
+        # The state came along: a variable, an import, a big buffer.
+        self.assertEqual(value(child, "x"), "41")
+        self.assertEqual(value(child, "json.dumps([blob[-1], len(blob)])"), "'[7, 8388608]'")
+        self.assertEqual(child.files.read_text("f.txt"), "v1")
+        # Changed in one, unchanged in the other, both ways.
+        self.assertEqual(value(child, "x += 1; x"), "42")
+        self.assertEqual(value(self.sb, "x"), "41")
+        value(self.sb, "x = 7")
+        self.assertEqual(value(child, "x"), "42")
+        child.files.write("f.txt", "child")
+        self.assertEqual(self.sb.files.read_text("f.txt"), "v1")
+        self.sb.files.write("f.txt", "parent")
+        self.assertEqual(child.files.read_text("f.txt"), "child")
+        # Its interpreter is a process of its own sandbox.
+        self.assertNotEqual(value(child, "os.getpid()"), None)
+        self.assertNotEqual(child.commands.run("cat /proc/self/cgroup").stdout,
+                            self.sb.commands.run("cat /proc/self/cgroup").stdout)
+
+    def test_many_forks_and_a_fork_of_a_fork(self):
+        value(self.sb, "n = 1")
+        children = [self.fork(self.sb) for _ in range(3)]
+        for i, c in enumerate(children):
+            value(c, f"n = {10 + i}")
+        grandchild = self.fork(children[0])
+        self.assertEqual(value(grandchild, "n"), "10")
+        self.assertEqual([value(c, "n") for c in children], ["10", "11", "12"])
+        self.assertEqual(value(self.sb, "n"), "1")
+        self.assertEqual(len({c.id for c in children + [grandchild, self.sb]}), 5)
+
+    def test_a_fork_sees_only_itself_and_holds_no_privilege(self):
+        value(self.sb, "y = 1")
+        marker = self.sb.commands.run("sleep 4242", background=True)
+        self.assertIn("sleep 4242", self.sb.commands.run("ps -eo args").stdout)
+        child = self.fork(self.sb)
+        seen = child.commands.run("ps -eo args").stdout
+        self.assertNotIn("sleep 4242", seen)
+        self.assertIn("python3", seen)  # its own interpreter is there
+        status = value(child, "open('/proc/self/status').read()")
+        for line in ("CapEff:\\t0000000000000000", "CapBnd:\\t0000000000000000", "NoNewPrivs:\\t1",
+                     "Seccomp:\\t2"):
+            self.assertIn(line, status)
+        # Its commands may not make namespaces (the copy filter); neither may the parent's.
+        for sb in (child, self.sb):
+            r = sb.commands.run("unshare -Ur true")
+            self.assertNotEqual(r.exit_code, 0, r)
+            self.assertIn("Operation not permitted", r.stderr)
+        self.assertEqual(child.commands.run("id -un").stdout.strip(), "nobody")
+        self.assertEqual(child.commands.run("ls /home/user/..").exit_code, 0)
+        marker.kill()
+
+    def test_removing_a_fork_leaves_its_parent_and_its_parents_end_stops_it(self):
+        value(self.sb, "z = 3")
+        child = self.fork(self.sb)
+        child.files.write("kept.txt", "kept")
+        other = self.fork(self.sb)
+        other.kill()
+        self.assertEqual(value(self.sb, "z"), "3")
+        self.assertEqual(value(child, "z"), "3")
+        self.sb.kill()
+
+        def stopped():
+            info = child.info()
+            return info if info.state == "stopped" else None
+        info = wait_for_value("the fork is stopped", 20, stopped)
+        self.assertIn(self.sb.id, info.reason)
+        self.assertIn("parent", info.reason)
+        # Its files were kept, and it starts again (with a fresh interpreter).
+        self.assertEqual(child.files.read_text("kept.txt"), "kept")
+        self.assertIsNotNone(child.run_code("z").error)
+
+    def test_refused_with_why(self):
+        from alcove import Conflict
+        with self.assertRaises(Conflict) as caught:
+            self.sb.fork(memory=True)
+        self.assertIn("no code interpreter runs", str(caught.exception))
+        value(self.sb, "w = 1")
+        import threading
+        running = threading.Thread(target=lambda: self.sb.run_code("import time; time.sleep(3)"))
+        running.start()
+        time.sleep(0.5)
+        with self.assertRaises(Conflict) as caught:
+            self.sb.fork(memory=True)
+        self.assertIn("code call is running", str(caught.exception))
+        running.join()
+        self.assertEqual(value(self.fork(self.sb), "w"), "1")
+
+
+def wait_for_value(what, limit, check):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {limit} s waiting until {what}")
+
+
 if __name__ == "__main__":
     unittest.main()

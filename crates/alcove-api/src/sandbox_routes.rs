@@ -706,6 +706,10 @@ async fn interrupt(
 #[serde(deny_unknown_fields)]
 struct ForkBody {
     metadata: Option<BTreeMap<String, String>>,
+    /// Copy the code interpreter's memory too (the fork then lives nested
+    /// in its parent: docs/sandboxes-api.md).
+    #[serde(default)]
+    memory: bool,
 }
 
 async fn fork(
@@ -721,7 +725,7 @@ async fn fork(
     // Its own task: a client that goes away cannot leave the source frozen
     // or the fork half made.
     let engine = Arc::clone(&s.engine);
-    let info = tokio::spawn(async move { engine.fork_sandbox(&id, body.metadata).await })
+    let info = tokio::spawn(async move { engine.fork_sandbox(&id, body.metadata, body.memory).await })
         .await
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -82,6 +82,11 @@ enum SandboxCommand {
         id: String,
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
+        /// Copy the code interpreter's memory too (its variables and
+        /// imports): the fork then lives in its parent's process tree and
+        /// ends with it (net: none sandboxes only).
+        #[arg(long)]
+        memory: bool,
     },
     /// Save the sandbox's home as a template new sandboxes start from
     /// (`create --template NAME`).
@@ -377,8 +382,11 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
             }
             Ok(if ok { 0 } else { 1 })
         }
-        SandboxCommand::Fork { id, meta } => {
+        SandboxCommand::Fork { id, meta, memory } => {
             let mut body = json!({});
+            if memory {
+                body["memory"] = json!(true);
+            }
             if !meta.is_empty() {
                 body["metadata"] = json!(pairs(&meta, "--meta")?
                     .into_iter()

@@ -77,6 +77,11 @@ fn fork_and_snapshot() {
 }
 
 #[test]
+fn fork_with_memory() {
+    e2e("fork_with_memory", "e2e_preview.ForkMemory");
+}
+
+#[test]
 fn guard_budgets_and_rules() {
     e2e("guard_budgets_and_rules", "e2e_guard.Guard");
 }

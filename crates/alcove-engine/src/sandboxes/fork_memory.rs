@@ -42,15 +42,20 @@ pub(super) async fn start(
 ) -> Result<Arc<LiveSandbox>, SandboxesError> {
     let no = |why: &str| Err(SandboxesError::Conflict(why.to_owned()));
     if parent.net() != NetMode::None {
-        return no("its interpreter's memory is copied only for net: none");
+        return no(
+            "memory: true forks only a net: none sandbox (the copy makes a network namespace \
+             of its own, with loopback only); fork this one without memory",
+        );
     }
     // Resumed if paused (its session must run to fork), and not idle meanwhile.
     let _in_use = parent.touch().await?;
     let Ok(mut slot) = parent.code.try_lock() else {
-        return no("a code call was running in it");
+        return no("a code call is running in it: wait for it or interrupt it, then fork");
     };
     let Some(session) = slot.as_mut().filter(|i| i.alive()) else {
-        return no("no code interpreter ran in it (run_code starts one)");
+        return no(
+            "no code interpreter runs in it (run_code starts one): fork it without memory",
+        );
     };
     let t0 = Instant::now();
     let limits = parent.info().limits;
@@ -283,6 +288,7 @@ pub(super) async fn start(
         ended,
         end_reason,
         interpreter: Some(interpreter),
+        nested_in: Some(parent.id.clone()),
     });
     let saving = Arc::clone(&sandbox);
     let saved = tokio::task::spawn_blocking(move || saving.save_record()).await;

@@ -181,6 +181,8 @@ pub struct LiveSandbox {
     no_idle_pause_until: Mutex<f64>,
     /// Why the kernel ended it, when a policy (a budget) or the OOM killer did.
     end_reason: Arc<Mutex<Option<String>>>,
+    /// The sandbox whose process tree it lives in (a fork with memory).
+    nested_in: Option<String>,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -697,6 +699,7 @@ pub(super) async fn start(
         ended,
         end_reason,
         interpreter: None,
+        nested_in: None,
     });
     if restore.is_none() {
         let s = Arc::clone(&sandbox);
@@ -735,6 +738,9 @@ pub(super) struct Parts {
     pub ended: watch::Receiver<bool>,
     pub end_reason: Arc<Mutex<Option<String>>>,
     pub interpreter: Option<super::code::Interpreter>,
+    /// A fork with the interpreter's memory: the sandbox whose process tree
+    /// it lives in (it ends when that one does).
+    pub nested_in: Option<String>,
 }
 
 impl LiveSandbox {
@@ -771,6 +777,7 @@ impl LiveSandbox {
             in_use: Default::default(),
             no_idle_pause_until: Mutex::new(0.0),
             end_reason: p.end_reason,
+            nested_in: p.nested_in,
         })
     }
 }
@@ -887,6 +894,10 @@ impl LiveSandbox {
 
     pub(super) fn request(&self) -> &CreateSandbox {
         &self.request
+    }
+
+    pub(super) fn nested_in(&self) -> Option<&str> {
+        self.nested_in.as_deref()
     }
 
     pub(super) fn net(&self) -> NetMode {

@@ -365,9 +365,19 @@ impl Engine {
                 return;
             };
             s.kill().await;
-            let reason = match s.end_reason() {
-                Some(why) => format!("{why}; its files and metadata were kept"),
-                None => persist::STOPPED_BY_END.to_owned(),
+            let parent_gone = s
+                .nested_in()
+                .filter(|p| engine.sandboxes.get(p).is_err())
+                .map(|p| {
+                    format!(
+                        "its parent {p} ended (a fork with the interpreter's memory lives in its \
+                         parent's process tree); its files and metadata were kept"
+                    )
+                });
+            let reason = match (s.end_reason(), parent_gone) {
+                (Some(why), _) => format!("{why}; its files and metadata were kept"),
+                (None, Some(why)) => why,
+                (None, None) => persist::STOPPED_BY_END.to_owned(),
             };
             tracing::info!(sandbox = %id, %reason, "agent sandbox ended by itself: stopped, its files kept");
             engine

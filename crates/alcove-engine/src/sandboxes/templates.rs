@@ -180,11 +180,13 @@ impl Engine {
     }
 
     /// A new sandbox with the settings of `id` and a copy of its home (a
-    /// stopped sandbox is started first).
+    /// stopped sandbox is started first); with `memory`, of its code
+    /// interpreter's memory too (fork_memory.rs), or an error saying why not.
     pub async fn fork_sandbox(
         self: &Arc<Self>,
         id: &str,
         metadata: Option<BTreeMap<String, String>>,
+        memory: bool,
     ) -> Result<SandboxInfo, SandboxesError> {
         let parent = self.live_sandbox(id).await?;
         let mut req: CreateSandbox = parent.request().clone();
@@ -193,20 +195,9 @@ impl Engine {
         }
         req.template = None;
         req.parent = Some(id.to_owned());
-        let fresh_because = match self.fork_with_memory(&parent, req.clone()).await {
-            Ok(info) => return Ok(info),
-            Err(SandboxesError::TooMany(max)) => return Err(SandboxesError::TooMany(max)),
-            Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    why = format!("{why}: {cause}");
-                    source = cause.source();
-                }
-                why
-            }
-        };
-        tracing::info!(sandbox = %id, why = %fresh_because, "forked with its files only");
+        if memory {
+            return self.fork_with_memory(&parent, req).await;
+        }
         let child = self.create_sandbox(req).await?;
         let budget = Budget {
             bytes: parent.info().limits.disk_bytes,
@@ -224,9 +215,7 @@ impl Engine {
             let _ = self.remove_sandbox(&child.id).await;
             return Err(e);
         }
-        let mut info = self.sandbox_info(&child.id)?;
-        info.interpreter = Some(format!("fresh: {fresh_because}"));
-        Ok(info)
+        self.sandbox_info(&child.id)
     }
 }
 
