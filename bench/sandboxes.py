@@ -139,6 +139,37 @@ def main():
     row("alcove: resume", resumes)
     call("DELETE", f"/v1/sandboxes/{sid}")
 
+    fork_rounds = int(os.environ.get("FORK_ROUNDS", str(min(ROUNDS, 50))))
+    state = "import os\nblob = bytearray(os.urandom(100 << 20))\nkeys = {i: str(i) for i in range(10000)}"
+    sb = call("POST", "/v1/sandboxes", {"timeout_s": 3600, "memory": "1G", "disk": "64M"})
+    sid = sb["id"]
+    call("POST", f"/v1/sandboxes/{sid}/code", {"code": state})
+    rss = call("POST", f"/v1/sandboxes/{sid}/code", {"code": "int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20"})
+    rss_mib = next(l["text"] for l in rss if l.get("type") == "result")
+    forks, files_only, rebuild = [], [], []
+    for i in range(fork_rounds):
+        child = {}
+        forks.append(ms(lambda: child.update(call("POST", f"/v1/sandboxes/{sid}/fork", {"memory": True}))))
+        if i == 0:  # the state is there, and the fork's own
+            got = call("POST", f"/v1/sandboxes/{child['id']}/code", {"code": "len(blob), blob == blob, len(keys)"})
+            assert any(l.get("text") == f"({100 << 20}, True, 10000)" for l in got), got
+        call("DELETE", f"/v1/sandboxes/{child['id']}")
+        plain = {}
+        files_only.append(ms(lambda: plain.update(call("POST", f"/v1/sandboxes/{sid}/fork", {}))))
+        call("DELETE", f"/v1/sandboxes/{plain['id']}")
+        fresh = {}
+        def remake():
+            fresh.update(call("POST", "/v1/sandboxes", {"timeout_s": 600, "memory": "1G", "disk": "64M"}))
+            call("POST", f"/v1/sandboxes/{fresh['id']}/code", {"code": state})
+        rebuild.append(ms(remake))
+        call("DELETE", f"/v1/sandboxes/{fresh['id']}")
+    call("DELETE", f"/v1/sandboxes/{sid}")
+    peer_name[id(rebuild)] = "create + rebuild the state"
+    print(f"\n4b. fork of a live interpreter holding {rss_mib} MiB resident (100 MiB of random bytes and a dict), {fork_rounds} rounds:")
+    row("alcove: POST fork {memory: true}", forks, rebuild)
+    row("alcove: POST fork (files only, fresh interpreter)", files_only, rebuild)
+    row("create + run the same state-building cell", rebuild)
+
     print(f"\n5. {IDLE} idle sandboxes held at once:")
     def available():
         for line in open("/proc/meminfo"):

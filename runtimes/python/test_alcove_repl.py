@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -373,6 +374,33 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(self.error(self.repl.until_done("m2"))["name"], "BadRequest")
         self.assertFalse(self.repl.pending(0.2))
         self.assertEqual(self.result(self.repl.run("2 ** 10"))["text"], "1024")
+
+    def test_a_bad_fork_request_is_refused_and_its_descriptors_closed(self):
+        self.repl.run("kept = 5")
+        # Without its six descriptors: refused, the session goes on.
+        self.repl.send_raw(b'{"type": "fork", "id": "f1"}\n')
+        frames = self.repl.until_done("f1")
+        self.assertEqual(self.error(frames)["name"], "ForkFailed")
+        self.assertIn("needs 6 descriptors", self.error(frames)["value"])
+        # With descriptors but no usable numbers: refused, and what came is closed.
+        r, w = os.pipe()
+        fds = [r] * 6
+        self.repl.sock.sendmsg([b'{"type": "fork", "id": "f2", "agent": {}}\n'],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("6i", *fds))])
+        os.close(r)
+        frames = self.repl.until_done("f2")
+        self.assertIn("agent needs argv", self.error(frames)["value"])
+        # Every copy of the read end is gone: the write end sees a broken pipe.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.write(w, b"x")
+            except BrokenPipeError:
+                break
+            self.assertLess(time.monotonic(), deadline, "the session kept a fork's descriptor")
+            time.sleep(0.05)
+        os.close(w)
+        self.assertEqual(self.result(self.repl.run("kept"))["text"], "5")
 
     def test_request_too_large(self):
         huge = json.dumps({"id": "big", "code": "# " + "a" * (17 << 20)}).encode() + b"\n"
