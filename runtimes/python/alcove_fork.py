@@ -4,14 +4,15 @@ The daemon asks the session (alcove_repl.py) for a fork with one request line
 and six descriptors (docs/sandboxes-api.md, "Fork with the interpreter's
 memory"). The session forks; the child (C) becomes the new sandbox:
 
-  C   says ``child`` (the kernel attaches its pid), waits for ``go`` (the
-      daemon has moved it into the new sandbox's cgroup), then makes the
-      namespaces a warm copy makes (docs/warm-protocol.md, steps 1-5: user,
-      mount, network, IPC, UTS and pid), mounts the new sandbox's home (a
-      detached mount from the daemon) over its own, and forks;
+  C   says ``child`` (the kernel attaches its pid; the daemon moves it into
+      the new sandbox's cgroup meanwhile), makes the namespaces a warm copy
+      makes (docs/warm-protocol.md, steps 1-5: user, mount, network, IPC, UTS
+      and pid), mounts the new sandbox's home (a detached mount from the
+      daemon) over its own, waits for ``go`` (which brings the agent's log
+      pipe) and forks;
   C'  pid 1 of the new pid namespace: mounts its /proc, drops every
-      capability, says ``init``, takes its stdio with a second ``go``, forks
-      the interpreter (D) and then runs the sandbox's agent in its place;
+      capability, says ``init`` (the daemon checks it from /proc), forks the
+      interpreter (D) and then runs the sandbox's agent in its place;
   D   the new sandbox's interpreter: the session's memory, its variables
       and modules, with a new control channel and output pipes. Every other
       descriptor the session had (files, sockets, an event loop's epoll)
@@ -66,6 +67,21 @@ class Fork(_rt.Template):
             raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
+_libc = []
+
+
+def prepare():
+    """In the session, after a fork is answered: its large regions backed
+    by huge pages (alcove_runtime.collapse_large_regions), so the next fork
+    copies one page-table entry per 2 MiB of them instead of 512 (and its
+    child's exit frees as few). The first collapse of a region copies it
+    (~0.2 s for 100 MiB here), which is why it is not done while a fork
+    waits; again after each fork, for what was allocated since. Best effort."""
+    if not _libc:
+        _libc.append(ctypes.CDLL(None, use_errno=True))
+    _rt.collapse_large_regions(_libc[0])
+
+
 def parse(request, fds):
     """The fork's numbers, checked; raises ValueError saying what is wrong."""
     if len(fds) != FD_COUNT:
@@ -107,9 +123,9 @@ def become_copy(request, fds, keep):
         for fd in keep:
             os.close(fd)
         fork = Fork(flags, tmpfs_size)
+        # The daemon moves us into the new sandbox's cgroup meanwhile: nothing
+        # is forked before its go, so every process of the new sandbox is born there.
         conn.send(b"child")
-        if conn.recv(16) != b"go":
-            os._exit(0)  # refused, or the daemon went away
         step = "unshare"
         fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
         step = "id maps"
@@ -135,6 +151,13 @@ def become_copy(request, fds, keep):
             ifr = fcntl.ioctl(s.fileno(), _rt.SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
             up = struct.unpack("16sh22x", ifr)[1] | _rt.IFF_UP
             fcntl.ioctl(s.fileno(), _rt.SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", up))
+        step = "go"
+        _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
+        _, log = _rt.parse_request(b"", 0, anc)
+        if len(log) != 1 or msg_flags & socket.MSG_CTRUNC:
+            for fd in log:
+                os.close(fd)
+            os._exit(0)  # refused, or the daemon went away
         step = "pid 1"
         if os.fork() != 0:
             os._exit(0)  # C: its child is pid 1 of the new pid namespace
@@ -143,24 +166,18 @@ def become_copy(request, fds, keep):
         for cap in range(fork.cap_last + 1):
             fork.check(fork.libc.prctl(_rt.PR_CAPBSET_DROP, cap, 0, 0, 0), f"PR_CAPBSET_DROP {cap}")
         fork.capset_empty()
-        conn.send(b"init")
-        step = "stdio"
-        _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(3 * 4))
-        _, stdio = _rt.parse_request(b"", 0, anc)
-        if len(stdio) != 3 or msg_flags & socket.MSG_CTRUNC:
-            raise OSError(f"the daemon's go carried {len(stdio)} descriptors, not 3")
+        conn.send(b"init")  # the daemon checks us from /proc meanwhile
         step = "interpreter"
-        pid = os.fork()
-        if pid == 0:
+        if os.fork() == 0:
             conn.close()
-            for fd in stdio + [link_fd]:
+            for fd in log + [link_fd]:
                 os.close(fd)
             return interpreter(ctl_fd, out_fd, err_fd)
         # C': the agent, with the interpreter as its child.
         step = "agent"
-        for target, fd in enumerate(stdio):
+        null = os.open("/dev/null", os.O_RDONLY)
+        for target, fd in ((0, null), (1, log[0]), (2, log[0]), (agent_link_fd, link_fd)):
             os.dup2(fd, target)
-        os.dup2(link_fd, agent_link_fd)
         os.set_inheritable(agent_link_fd, True)
         for name in os.listdir("/proc/self/fd"):
             if int(name) > 2 and int(name) not in (agent_link_fd, conn.fileno()):

@@ -348,6 +348,8 @@ def _main():
         send({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
         return rid
 
+    after_fork = [False]
+
     def fork_session(request, fds):
         """A fork into a new sandbox (alcove_fork.py): None when the copy is
         made, "copy" in the copy, else why not."""
@@ -398,9 +400,10 @@ def _main():
         try:
             _, status = _os.waitpid(pid, 0)
         except ChildProcessError:
-            return None  # reaped by the code's own handler: the daemon knows how it went
+            status = 0  # reaped by the code's own handler: the daemon knows how it went
         if _os.waitstatus_to_exitcode(status) != 0:
             return f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}"
+        after_fork[0] = True  # huge pages for the next fork, once this one is answered
         return None
 
     # ---- the session -----------------------------------------------------------------
@@ -455,6 +458,12 @@ def _main():
             flush_output()
             send({"type": "done", "id": rid, "ok": ok,
                   "duration_ms": round((_time.perf_counter() - t0) * 1000.0, 3)})
+            if after_fork[0]:
+                after_fork[0] = False
+                try:
+                    _load_sibling("alcove_fork").prepare()
+                except (OSError, AttributeError):
+                    pass
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon has gone: as good as EOF
     return 0

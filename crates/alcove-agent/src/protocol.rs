@@ -284,7 +284,10 @@ mod tests {
             forkable: false,
         };
         let text = serde_json::to_string(&request).unwrap();
-        assert!(!text.contains("pty") && !text.contains("forkable"), "{text}");
+        assert!(
+            !text.contains("pty") && !text.contains("forkable"),
+            "{text}"
+        );
         let with = Request::Exec {
             id: 4,
             argv: vec!["sh".into()],

@@ -725,11 +725,12 @@ async fn fork(
     // Its own task: a client that goes away cannot leave the source frozen
     // or the fork half made.
     let engine = Arc::clone(&s.engine);
-    let info = tokio::spawn(async move { engine.fork_sandbox(&id, body.metadata, body.memory).await })
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let info =
+        tokio::spawn(async move { engine.fork_sandbox(&id, body.metadata, body.memory).await })
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

@@ -256,9 +256,10 @@ pub fn recv_credentials(
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control);
     // SAFETY: `msg` points at live buffers for the duration of the call.
-    let n = crate::cvt(unsafe {
-        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)
-    } as libc::c_long)? as usize;
+    let n = crate::cvt(
+        unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) }
+            as libc::c_long,
+    )? as usize;
     let mut pid = None;
     // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG
     // macros walk only within it; an SCM_CREDENTIALS header carries one

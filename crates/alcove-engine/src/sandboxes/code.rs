@@ -261,7 +261,9 @@ impl Interpreter {
             .await
             .map_err(|_| SandboxesError::Start("the forked interpreter did not say ready".into()))??
             .filter(|f| f.kind == "ready")
-            .ok_or_else(|| SandboxesError::Start("the forked interpreter did not say ready".into()))?;
+            .ok_or_else(|| {
+                SandboxesError::Start("the forked interpreter did not say ready".into())
+            })?;
         #[derive(serde::Deserialize)]
         struct Ready {
             pid: i32,
@@ -318,8 +320,12 @@ impl Interpreter {
         loop {
             let frame = tokio::time::timeout(FORK_READY, self.frame())
                 .await
-                .map_err(|_| SandboxesError::Start("the interpreter did not answer the fork".into()))??
-                .ok_or_else(|| SandboxesError::Start("the interpreter ended during the fork".into()))?;
+                .map_err(|_| {
+                    SandboxesError::Start("the interpreter did not answer the fork".into())
+                })??
+                .ok_or_else(|| {
+                    SandboxesError::Start("the interpreter ended during the fork".into())
+                })?;
             #[derive(serde::Deserialize)]
             struct Answer {
                 #[serde(default)]

@@ -53,15 +53,15 @@ pub(super) async fn start(
         return no("a code call is running in it: wait for it or interrupt it, then fork");
     };
     let Some(session) = slot.as_mut().filter(|i| i.alive()) else {
-        return no(
-            "no code interpreter runs in it (run_code starts one): fork it without memory",
-        );
+        return no("no code interpreter runs in it (run_code starts one): fork it without memory");
     };
     let t0 = Instant::now();
     let limits = parent.info().limits;
     let owner = parent.owner();
     let disk = limits.disk_bytes;
-    let parent_proc = parent.proc_dir().map_err(SandboxesError::io("finding the sandbox"))?;
+    let parent_proc = parent
+        .proc_dir()
+        .map_err(SandboxesError::io("finding the sandbox"))?;
     let agent_env = agent_environment(parent_proc.as_fd())?;
     let agent_argv = super::agent_program::agent_program()
         .map_err(SandboxesError::Start)?
@@ -86,6 +86,7 @@ pub(super) async fn start(
             copy_tree(from, to.as_fd(), owner, budget)
         })
         .await?;
+    let t_files = t0.elapsed();
     let home_c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
         .map_err(|_| SandboxesError::Start("the home's path holds a NUL byte".into()))?;
     let tree = alcove_sys::mount::clone_tree(&home_c)
@@ -120,8 +121,8 @@ pub(super) async fn start(
         seqpacket::force_send_buffer(end.as_fd(), alcove_agent::protocol::SOCKET_BUFFER)
             .map_err(io("sizing the agent's socket"))?;
     }
-    let (control, control_child) = std::os::unix::net::UnixStream::pair()
-        .map_err(io("making the interpreter's socket"))?;
+    let (control, control_child) =
+        std::os::unix::net::UnixStream::pair().map_err(io("making the interpreter's socket"))?;
     control
         .set_nonblocking(true)
         .map_err(io("making the interpreter's socket"))?;
@@ -148,11 +149,21 @@ pub(super) async fn start(
             err_write.as_fd(),
         ],
     )?;
-    drop((steps_child, tree, agent_end, control_child, out_write, err_write));
+    drop((
+        steps_child,
+        tree,
+        agent_end,
+        control_child,
+        out_write,
+        err_write,
+    ));
 
+    let t_sent = t0.elapsed();
     // The copy's side, checked at each step (its cgroup is removed if it fails).
+    let (log_read, log_write) =
+        alcove_sys::fd::pipe_cloexec().map_err(io("making the agent's log pipe"))?;
     let handshake = tokio::task::spawn_blocking(move || {
-        let made = handshake(steps, parent_proc.as_fd(), cgroup.get());
+        let made = handshake(steps, parent_proc.as_fd(), cgroup.get(), log_write);
         (made, cgroup)
     })
     .await;
@@ -171,6 +182,7 @@ pub(super) async fn start(
     let (made, mut cgroup) =
         handshake.map_err(|_| SandboxesError::Start("the fork's thread failed".into()))?;
     let made = made.map_err(SandboxesError::Start)?;
+    let t_checked = t0.elapsed();
     let cgroup = cgroup.take();
 
     // Its run: supervised as an adopted process, like a warm copy.
@@ -229,12 +241,16 @@ pub(super) async fn start(
     std::thread::Builder::new()
         .name("alcove-sandbox".into())
         .spawn(move || {
-            // Its stdio for the agent, with the word to go on.
-            let mut hand_over = |conn: BorrowedFd<'_>, _env: &[u8], stdio: [BorrowedFd<'_>; 3]| {
-                seqpacket::send(conn, b"go", &stdio)
-            };
-            let result =
-                alcove_sandbox::run_adopted(adopted, &spec, &options, &mut observer, &mut hand_over);
+            // The agent has its stdio already (its log pipe).
+            let mut hand_over =
+                |_: BorrowedFd<'_>, _: &[u8], _: [BorrowedFd<'_>; 3]| Ok::<(), std::io::Error>(());
+            let result = alcove_sandbox::run_adopted(
+                adopted,
+                &spec,
+                &options,
+                &mut observer,
+                &mut hand_over,
+            );
             if let Some(why) = run_ended(&events, &event_id, result, &observer, &end_reason_set) {
                 tracing::warn!(sandbox = %event_id, %why, "a forked sandbox's run failed");
             }
@@ -242,6 +258,7 @@ pub(super) async fn start(
         })
         .map_err(io("starting the sandbox's thread"))?;
 
+    log_agent(log_read, id.clone());
     let made_rest = async {
         let (link, _) = AgentLink::connect(daemon_end, AGENT_READY).await?;
         let channel = Channel {
@@ -253,6 +270,7 @@ pub(super) async fn start(
         Ok::<_, SandboxesError>((link, interpreter))
     }
     .await;
+    let t_ready = t0.elapsed();
     let (link, interpreter) = match made_rest {
         Ok(m) => m,
         Err(e) => {
@@ -260,7 +278,9 @@ pub(super) async fn start(
             return Err(e);
         }
     };
-    let proc_dir = std::fs::File::open(format!("/proc/{pid1}")).ok().map(OwnedFd::from);
+    let proc_dir = std::fs::File::open(format!("/proc/{pid1}"))
+        .ok()
+        .map(OwnedFd::from);
     let netns = proc_dir
         .as_ref()
         .and_then(|d| std::fs::File::open(format!("/proc/self/fd/{}/ns/net", d.as_raw_fd())).ok())
@@ -300,7 +320,17 @@ pub(super) async fn start(
         });
     }
     unmade.keep();
-    tracing::info!(sandbox = %sandbox.id, parent = %parent.id, ms = t0.elapsed().as_secs_f64() * 1e3, "forked with its interpreter's memory");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    tracing::info!(
+        sandbox = %sandbox.id,
+        parent = %parent.id,
+        files_ms = ms(t_files),
+        sent_ms = ms(t_sent),
+        checked_ms = ms(t_checked),
+        ready_ms = ms(t_ready),
+        ms = ms(t0.elapsed()),
+        "forked with its interpreter's memory"
+    );
     Ok(sandbox)
 }
 
@@ -345,6 +375,7 @@ fn handshake(
     steps: OwnedFd,
     parent: BorrowedFd<'_>,
     cgroup: &alcove_cgroup::SandboxCgroup,
+    agent_log: OwnedFd,
 ) -> Result<Made, String> {
     let t0 = Instant::now();
     let proc_text = |pid: libc::pid_t, file: &str| {
@@ -355,7 +386,8 @@ fn handshake(
     let parent_cgroup = std::fs::read_to_string(format!("{parent_path}/cgroup"))
         .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
 
-    let child = receive(steps.as_fd(), "child")?;
+    let (child, _) = receive(steps.as_fd(), "child")?;
+    let t_child = t0.elapsed();
     let child_pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
     let kill_child = || {
         let _ = alcove_sys::pidfd::send_signal(child_pidfd.as_fd(), libc::SIGKILL);
@@ -368,13 +400,25 @@ fn handshake(
         kill_child();
         return Err(format!("moving the copy into its cgroup: {e}"));
     }
+    let t_moved = t0.elapsed();
     let expected_cgroup = proc_text(child, "cgroup")?;
-    seqpacket::send(steps.as_fd(), b"go", &[]).map_err(|e| format!("telling the copy: {e}"))?;
+    seqpacket::send(steps.as_fd(), b"go", &[agent_log.as_fd()])
+        .map_err(|e| format!("telling the copy: {e}"))?;
+    drop(agent_log);
 
-    let pid = receive(steps.as_fd(), "init")?;
+    let t_go = t0.elapsed();
+    let (pid, _) = receive(steps.as_fd(), "init")?;
+    tracing::debug!(
+        child_ms = t_child.as_secs_f64() * 1e3,
+        moved_ms = t_moved.as_secs_f64() * 1e3,
+        go_ms = t_go.as_secs_f64() * 1e3,
+        init_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "fork steps"
+    );
     let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
     let refuse = |why: String| {
         let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+        kill_child();
         Err(format!("the copy was refused: {why}"))
     };
     // Its word is not taken: its cgroup (which only the copy's processes can
@@ -423,9 +467,10 @@ fn handshake(
     })
 }
 
-/// Waits (up to [`STEP`]) for the copy's next word, `expected`: the pid
-/// the kernel says sent it. A failure report or silence is the error.
-fn receive(steps: BorrowedFd<'_>, expected: &str) -> Result<libc::pid_t, String> {
+/// Waits (up to [`STEP`]) for the copy's next word, which starts with
+/// `expected`: the pid the kernel says sent it, and the word. A failure
+/// report or silence is the error.
+fn receive(steps: BorrowedFd<'_>, expected: &str) -> Result<(libc::pid_t, String), String> {
     let mut polled = [libc::pollfd {
         fd: steps.as_raw_fd(),
         events: libc::POLLIN,
@@ -441,7 +486,7 @@ fn receive(steps: BorrowedFd<'_>, expected: &str) -> Result<libc::pid_t, String>
         .map_err(|e| format!("reading the copy's word: {e}"))?;
     let word = String::from_utf8_lossy(&buf[..n]);
     match pid {
-        Some(pid) if pid > 0 && word == expected => Ok(pid),
+        Some(pid) if pid > 0 && word.starts_with(expected) => Ok((pid, word.into_owned())),
         _ if n == 0 => Err("the copy ended before it was made".into()),
         _ => Err(format!("the copy said: {}", word.trim())),
     }
@@ -454,7 +499,9 @@ fn agent_environment(parent: BorrowedFd<'_>) -> Result<Vec<(String, String)>, Sa
     let mut bytes = Vec::new();
     std::fs::File::open(format!("/proc/self/fd/{}/environ", parent.as_raw_fd()))
         .and_then(|f| f.take(MAX_ENVIRON).read_to_end(&mut bytes))
-        .map_err(SandboxesError::io("reading the sandbox agent's environment"))?;
+        .map_err(SandboxesError::io(
+            "reading the sandbox agent's environment",
+        ))?;
     let mut env: Vec<(String, String)> = bytes
         .split(|b| *b == 0)
         .filter_map(|entry| {
@@ -470,4 +517,23 @@ fn agent_environment(parent: BorrowedFd<'_>) -> Result<Vec<(String, String)>, Sa
     };
     fd.1 = AGENT_LINK_FD.to_string();
     Ok(env)
+}
+
+/// Logs what the forked sandbox's agent writes (its stdout and stderr), up
+/// to 64 KiB, when it ends.
+fn log_agent(log: OwnedFd, id: String) {
+    use std::io::Read;
+    let reading = std::thread::Builder::new()
+        .name("fork agent log".into())
+        .spawn(move || {
+            let mut said = Vec::new();
+            let _ = std::fs::File::from(log).take(64 << 10).read_to_end(&mut said);
+            let said = String::from_utf8_lossy(&said);
+            if !said.trim().is_empty() {
+                tracing::info!(sandbox = %id, agent_stderr = %said.trim(), "a forked sandbox's agent said");
+            }
+        });
+    if let Err(e) = reading {
+        tracing::warn!(error = %e, "cannot read a forked sandbox's agent log");
+    }
 }

@@ -808,7 +808,9 @@ pub(super) fn run_ended(
                     "killed by its guard: {}",
                     outcome.reason.as_deref().unwrap_or("a budget")
                 )),
-                alcove_sandbox::Status::Oom => Some("its memory limit was reached (OOM)".to_owned()),
+                alcove_sandbox::Status::Oom => {
+                    Some("its memory limit was reached (OOM)".to_owned())
+                }
                 _ => None,
             };
             *end_reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
