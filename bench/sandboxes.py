@@ -170,6 +170,8 @@ def main():
     row("alcove: POST fork (files only, fresh interpreter)", files_only, rebuild)
     row("create + run the same state-building cell", rebuild)
 
+    if IDLE == 0:
+        return
     print(f"\n5. {IDLE} idle sandboxes held at once:")
     def available():
         for line in open("/proc/meminfo"):

@@ -7,6 +7,28 @@ fn line(name: &str, value: &str) {
     println!("  {name:<54} {value}");
 }
 
+/// Whether a process moved into a cgroup (a warm copy, a fork with memory)
+/// waits for an RCU grace period first: it does unless the cgroup2 tree is
+/// mounted `favordynmods` (measured here: 7-22 ms a move without, 0.5 ms with).
+fn migrations() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let cgroup2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && f[2] == "cgroup2").then(|| (f[1].to_owned(), f[3].to_owned()))
+    });
+    match cgroup2 {
+        None => "no cgroup2 tree".into(),
+        Some((_, options)) if options.split(',').any(|o| o == "favordynmods") => {
+            "fast: the cgroup2 tree is mounted favordynmods".into()
+        }
+        Some((point, _)) => format!(
+            "each waits for an RCU grace period (7-22 ms measured on the development machine); \
+             `mount -o remount,favordynmods {point}` makes a move ~0.5 ms (forks and exits \
+             of every process then take a plain lock instead of a per-CPU one)"
+        ),
+    }
+}
+
 fn yes_no(f: &Feature) -> String {
     match (f.available, f.detail.is_empty()) {
         (true, _) => "yes".into(),
@@ -107,6 +129,7 @@ pub fn run(json: bool) -> i32 {
             "agent sandboxes' outbound network (--net outbound)",
             alcove_engine::sandboxes::network::readiness(),
         ),
+        ("moving a process between cgroups (warm copies, forks with memory)", migrations()),
     ];
     let daemon = daemon_monitor();
     if json {
