@@ -82,6 +82,32 @@ def prepare():
     _rt.collapse_large_regions(_libc[0])
 
 
+def shared_with_parent():
+    """Why the session's memory cannot be copied on its own, or None: a
+    mapping the fork would go on sharing with its parent (shared memory, or
+    a file of the parent's writable places, whose later writes it would see)."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        return f"its memory map cannot be read: {e}"
+    for line in lines:
+        fields = line.split(None, 5)
+        path = fields[5] if len(fields) == 6 else ""
+        if len(fields) < 5 or path.startswith("["):
+            continue
+        # Read-only shared mappings of the image's files (the gconv cache,
+        # say) are as safe as private ones: nothing writes them.
+        shared = fields[1][3] == "s" and fields[1][1] == "w"
+        writable_place = path.startswith(("/home/", "/tmp/", "/dev/shm/")) or path.endswith(" (deleted)")
+        if shared or writable_place:
+            what = "shared memory" if shared else "a mapped file of its own"
+            return (f"the session maps {what} ({path or 'anonymous'}), which a fork would go on "
+                    "sharing with its parent: close it (or its mmap, multiprocessing or "
+                    "shared_memory object) and fork again")
+    return None
+
+
 def parse(request, fds):
     """The fork's numbers, checked; raises ValueError saying what is wrong."""
     if len(fds) != FD_COUNT:
@@ -126,6 +152,10 @@ def become_copy(request, fds, keep):
         # The daemon moves us into the new sandbox's cgroup meanwhile: nothing
         # is forked before its go, so every process of the new sandbox is born there.
         conn.send(b"child")
+        try:
+            cwd = os.getcwd()  # resolved again below: in the new home, not the old one
+        except OSError:
+            cwd = home
         step = "unshare"
         fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
         step = "id maps"
@@ -146,6 +176,12 @@ def become_copy(request, fds, keep):
                                      ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
                    f"mounting the new home on {home}")
         os.close(tree_fd)
+        for place in (cwd, home):
+            try:
+                os.chdir(place)
+                break
+            except OSError:
+                pass
         step = "loopback"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             ifr = fcntl.ioctl(s.fileno(), _rt.SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
@@ -166,7 +202,9 @@ def become_copy(request, fds, keep):
         for cap in range(fork.cap_last + 1):
             fork.check(fork.libc.prctl(_rt.PR_CAPBSET_DROP, cap, 0, 0, 0), f"PR_CAPBSET_DROP {cap}")
         fork.capset_empty()
-        conn.send(b"init")  # the daemon checks us from /proc meanwhile
+        conn.send(b"init")
+        if conn.recv(16) != b"ok":  # the daemon checked us, alone in the new cgroup
+            os._exit(0)
         step = "interpreter"
         if os.fork() == 0:
             conn.close()
@@ -217,4 +255,7 @@ def interpreter(ctl_fd, out_fd, err_fd):
             except OSError:
                 pass  # the listing's own descriptor, gone already
     os.close(null)
+    # Dumpable only for its id maps: no command of the new sandbox (the same
+    # user) may write into its memory through /proc either.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     return ctl_fd

@@ -102,6 +102,20 @@ def _main():
         return 2
     _os.close(fd)
     _os.set_blocking(ctl, True)
+    if _os.environ.pop("ALCOVE_REPL_FORKABLE", "") == "1":
+        # Its fork code is the one this session started with (a daemon of
+        # another build may replace the files later), and no command of the
+        # sandbox's, the same user, may write into its memory through /proc
+        # (its filter lets it make namespaces; theirs does not).
+        try:
+            _load_sibling("alcove_fork")
+            import ctypes
+            if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
+                raise OSError(ctypes.get_errno(), "PR_SET_DUMPABLE")
+        except (ImportError, OSError) as e:
+            _sys.stderr.write(f"alcove_repl: cannot make the session forkable: {e}\n")
+            _sys.stderr.flush()
+            return 2
     # The channel: its socket, descriptors that came with requests (a fork's),
     # and a generation that changes when a fork's copy takes a new channel.
     chan = {"sock": _socket.socket(fileno=ctl), "fds": [], "gen": 0}
@@ -371,6 +385,10 @@ def _main():
         except (ImportError, ValueError, OSError) as e:
             close_all()
             return f"the fork request is not usable: {e}"
+        why = fork_module.shared_with_parent()
+        if why is not None:
+            close_all()
+            return why
         flush_output()
         try:
             pid = _os.fork()

@@ -226,6 +226,7 @@ def create_body(
     net: Optional[str],
     allow_out: Optional[Sequence[str]] = None,
     guard: Optional[Mapping[str, Any]] = None,
+    forkable: bool = False,
 ) -> Dict[str, Any]:
     return drop_none(
         {
@@ -242,6 +243,7 @@ def create_body(
             "net": net,
             "allow_out": list(allow_out) if allow_out else None,
             "guard": dict(guard) if guard else None,
+            "forkable": True if forkable else None,
         }
     )
 

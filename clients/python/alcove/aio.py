@@ -379,6 +379,7 @@ class AsyncSandbox:
         net: Optional[str] = None,
         allow_out: Optional[Sequence[str]] = None,
         guard: Optional[Mapping[str, Any]] = None,
+        forkable: bool = False,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -399,6 +400,7 @@ class AsyncSandbox:
             net=net,
             allow_out=allow_out,
             guard=guard,
+            forkable=forkable,
         )
         try:
             value = await transport.call("POST", "/v1/sandboxes", json_body=body)

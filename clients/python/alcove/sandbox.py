@@ -396,6 +396,7 @@ class Sandbox:
         net: Optional[str] = None,
         allow_out: Optional[Sequence[str]] = None,
         guard: Optional[Mapping[str, Any]] = None,
+        forkable: bool = False,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -423,6 +424,7 @@ class Sandbox:
             net=net,
             allow_out=allow_out,
             guard=guard,
+            forkable=forkable,
         )
         try:
             value = transport.call("POST", "/v1/sandboxes", json_body=body)

@@ -204,7 +204,7 @@ class ForkMemory(unittest.TestCase):
     """fork(memory=True): the interpreter's memory comes along."""
 
     def setUp(self):
-        self.sb = Sandbox.create(timeout=120, metadata={"role": "parent"})
+        self.sb = Sandbox.create(timeout=120, metadata={"role": "parent"}, forkable=True)
         self.addCleanup(self.sb.kill)
 
     def fork(self, sb):
@@ -288,6 +288,58 @@ class ForkMemory(unittest.TestCase):
         # Its files were kept, and it starts again (with a fresh interpreter).
         self.assertEqual(child.files.read_text("kept.txt"), "kept")
         self.assertIsNotNone(child.run_code("z").error)
+
+    def test_the_fork_works_where_its_parent_worked_and_cannot_reach_its_home(self):
+        value(self.sb, "import os\nos.makedirs('/home/user/w', exist_ok=True)\nos.chdir('/home/user/w')")
+        child = self.fork(self.sb)
+        self.sb.files.write("w/after.txt", "parent's, written after the fork")
+        self.assertEqual(value(child, "os.getcwd()"), "'/home/user/w'")
+        self.assertEqual(value(child, "os.path.exists('after.txt')"), "False")
+        self.assertEqual(value(child, "open('rel.txt', 'w').write('x')"), "1")
+        self.assertEqual(child.files.read_text("w/rel.txt"), "x")
+        self.assertEqual(value(self.sb, "os.path.exists('rel.txt')"), "False")
+
+    def test_shared_memory_is_refused_until_released(self):
+        from alcove import Conflict
+        value(self.sb, "import mmap\nshared = mmap.mmap(-1, 4096)\nshared[:5] = b'hello'")
+        with self.assertRaises(Conflict) as caught:
+            self.sb.fork(memory=True)
+        self.assertIn("shared memory", str(caught.exception))
+        value(self.sb, "shared.close()")
+        self.assertEqual(value(self.fork(self.sb), "'forked'"), "'forked'")
+
+    def test_only_a_forkable_sandbox_forks_and_only_its_interpreter_may_unshare(self):
+        from alcove import BadRequest, Conflict
+        plain = Sandbox.create(timeout=60)
+        self.addCleanup(plain.kill)
+        value(plain, "v = 1")
+        with self.assertRaises(Conflict) as caught:
+            plain.fork(memory=True)
+        self.assertIn("forkable", str(caught.exception))
+        probe = ("import ctypes, os\n"
+                 "def probe():\n"
+                 "    pid = os.fork()\n"
+                 "    if pid == 0:\n"
+                 "        os._exit(0 if ctypes.CDLL(None).unshare(0x7c020000) == 0 else 1)\n"
+                 "    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+                 "probe()")
+        # A sandbox that is not forkable: its interpreter may not make namespaces.
+        self.assertEqual(value(plain, probe), "1")
+        # A forkable one's interpreter may (that is how it forks) ...
+        self.assertEqual(value(self.sb, probe), "0")
+        # ... and its commands still may not, nor write into the interpreter's memory.
+        r = self.sb.commands.run("unshare -Ur true")
+        self.assertNotEqual(r.exit_code, 0, r)
+        opens_mem = "python3 -c 'import os, sys; os.open(\"/proc/%s/mem\", os.O_RDWR)'"
+        r = self.sb.commands.run(opens_mem % value(self.sb, "os.getpid()"))
+        self.assertNotEqual(r.exit_code, 0, r)
+        self.assertIn("PermissionError", r.stderr)
+        # (where the interpreter cannot fork, its memory is as open as any process's of its user)
+        r = plain.commands.run(opens_mem % value(plain, "import os; os.getpid()"))
+        self.assertEqual(r.exit_code, 0, r)
+        with self.assertRaises(BadRequest) as caught:
+            Sandbox.create(timeout=60, net="host", forkable=True)
+        self.assertIn("net: none", str(caught.exception))
 
     def test_refused_with_why(self):
         from alcove import Conflict

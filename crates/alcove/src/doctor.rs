@@ -129,7 +129,10 @@ pub fn run(json: bool) -> i32 {
             "agent sandboxes' outbound network (--net outbound)",
             alcove_engine::sandboxes::network::readiness(),
         ),
-        ("moving a process between cgroups (warm copies, forks with memory)", migrations()),
+        (
+            "moving a process between cgroups (warm copies, forks with memory)",
+            migrations(),
+        ),
     ];
     let daemon = daemon_monitor();
     if json {

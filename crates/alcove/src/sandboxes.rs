@@ -160,6 +160,11 @@ struct CreateArgs {
     /// other sandboxes.
     #[arg(long = "allow-out", value_name = "RULE")]
     allow_out: Vec<String>,
+    /// Let its code interpreter fork itself into new sandboxes (`fork
+    /// --memory`): the interpreter may then make the namespaces a copy
+    /// needs. net none only.
+    #[arg(long)]
+    forkable: bool,
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +259,9 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
             }
             if !a.allow_out.is_empty() {
                 body["allow_out"] = a.allow_out.into();
+            }
+            if a.forkable {
+                body["forkable"] = true.into();
             }
             let info = client.create_sandbox(&body)?;
             if json_out {

@@ -127,6 +127,11 @@ impl LiveSandbox {
         ours.set_nonblocking(true)
             .map_err(SandboxesError::io("making the interpreter's socket"))?;
         // Forkable: it may fork itself into a new sandbox (alcove_fork.py).
+        let forkable = self.request().forkable;
+        let mut repl_env = vec![("ALCOVE_REPL_FD".to_owned(), "3".to_owned())];
+        if forkable {
+            repl_env.push(("ALCOVE_REPL_FORKABLE".into(), "1".into()));
+        }
         let (pid, end) = self
             .link
             .exec_with(
@@ -135,10 +140,10 @@ impl LiveSandbox {
                     "-u".into(),
                     script.to_string_lossy().into_owned(),
                 ],
-                vec![("ALCOVE_REPL_FD".into(), "3".into())],
+                repl_env,
                 None,
                 vec![in_read, out_write, err_write, theirs.into()],
-                true,
+                forkable,
             )
             .await?;
         let io = SandboxesError::io("reading the interpreter");
@@ -269,7 +274,9 @@ impl Interpreter {
             pid: i32,
         }
         let pid = serde_json::from_str::<Ready>(&ready.text)
-            .map_err(|_| SandboxesError::Start("the forked interpreter's ready has no pid".into()))?
+            .map_err(|_| {
+                SandboxesError::ForkFailed("the forked interpreter's ready has no pid".into())
+            })?
             .pid;
         let end = link.adopt(pid).await?;
         Ok(Interpreter {
@@ -295,8 +302,10 @@ impl Interpreter {
     }
 
     /// Asks the session to fork itself (alcove_fork.py): `request` is the
-    /// fork's JSON line, `fds` its six descriptors. Returns once it is sent.
-    pub(super) fn send_fork(
+    /// fork's JSON line, `fds` its six descriptors (sent with its first
+    /// byte). Returns once it is all sent; an error leaves the session's
+    /// stream cut, so the caller ends the session.
+    pub(super) async fn send_fork(
         &mut self,
         request: &serde_json::Value,
         fds: &[std::os::fd::BorrowedFd<'_>],
@@ -306,25 +315,34 @@ impl Interpreter {
         drain(&mut self.stderr);
         let mut line = request.to_string().into_bytes();
         line.push(b'\n');
-        // The session reads nothing else now (a call holds the slot): the line
-        // fits its empty socket buffer at once, so a nonblocking send is whole.
+        // The session reads nothing else now (the caller holds the slot): its
+        // socket buffer is empty, so the first byte goes at once.
         let socket: &tokio::net::UnixStream = self.requests.as_ref();
-        alcove_sys::seqpacket::send(socket.as_fd(), &line, fds)
+        alcove_sys::seqpacket::send(socket.as_fd(), &line[..1], fds)
+            .map_err(SandboxesError::io("asking the interpreter to fork"))?;
+        tokio::time::timeout(FORK_READY, self.requests.write_all(&line[1..]))
+            .await
+            .map_err(|_| {
+                SandboxesError::ForkFailed("the interpreter did not read the fork request".into())
+            })?
             .map_err(SandboxesError::io("asking the interpreter to fork"))
     }
 
-    /// The session's answer to a fork (its `done`): Ok(None) when the copy
-    /// was made, Ok(Some(why)) when the session said it could not.
+    /// The session's answer to a fork (its `done`), within one deadline:
+    /// Ok(None) when the copy was made, Ok(Some(why)) when the session said
+    /// it could not; an error when it did not answer as the protocol says
+    /// (the caller then ends the session).
     pub(super) async fn fork_answer(&mut self) -> Result<Option<String>, SandboxesError> {
+        let deadline = tokio::time::Instant::now() + FORK_READY;
         let mut why = None;
         loop {
-            let frame = tokio::time::timeout(FORK_READY, self.frame())
+            let frame = tokio::time::timeout_at(deadline, self.frame())
                 .await
                 .map_err(|_| {
-                    SandboxesError::Start("the interpreter did not answer the fork".into())
+                    SandboxesError::ForkFailed("the interpreter did not answer the fork".into())
                 })??
                 .ok_or_else(|| {
-                    SandboxesError::Start("the interpreter ended during the fork".into())
+                    SandboxesError::ForkFailed("the interpreter ended during the fork".into())
                 })?;
             #[derive(serde::Deserialize)]
             struct Answer {
@@ -338,10 +356,15 @@ impl Interpreter {
                 ok: None,
             });
             match frame.kind.as_str() {
-                "error" => why = answer.value,
+                "error" if why.is_none() => why = answer.value,
                 "done" if answer.ok == Some(true) => return Ok(None),
                 "done" => return Ok(Some(why.unwrap_or_else(|| "the fork failed".into()))),
-                _ => {}
+                other => {
+                    return Err(SandboxesError::ForkFailed(format!(
+                        "the interpreter answered the fork with {:?}",
+                        other.chars().take(32).collect::<String>()
+                    )))
+                }
             }
         }
     }

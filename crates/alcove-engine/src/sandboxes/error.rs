@@ -26,6 +26,10 @@ pub enum SandboxesError {
     DiskFull,
     #[error("the sandbox could not be started: {0}")]
     Start(String),
+    /// A fork with memory the sandbox's own side did not complete (its
+    /// session refused, stalled, or its copy failed a check).
+    #[error("the fork with memory failed: {0}")]
+    ForkFailed(String),
     #[error(transparent)]
     Agent(#[from] LinkError),
     #[error("{what} failed")]
@@ -52,6 +56,7 @@ impl SandboxesError {
             SandboxesError::NoListener(_) => "port_not_listening",
             SandboxesError::Conflict(_) => "conflict",
             SandboxesError::DiskFull => "sandbox_disk_full",
+            SandboxesError::ForkFailed(_) => "fork_failed",
             SandboxesError::Start(_) | SandboxesError::Io { .. } => "internal",
             SandboxesError::Agent(LinkError::Gone) => "sandbox_gone",
             SandboxesError::Agent(LinkError::Failed(f)) => match f.kind {
@@ -81,7 +86,7 @@ impl SandboxesError {
             "conflict" | "already_exists" | "directory_not_empty" => 409,
             "sandbox_gone" => 410,
             "sandbox_disk_full" => 507,
-            "failed" => 422,
+            "failed" | "fork_failed" => 422,
             "port_not_listening" => 502,
             _ => 500,
         }

@@ -41,6 +41,12 @@ pub(super) async fn start(
     req: CreateSandbox,
 ) -> Result<Arc<LiveSandbox>, SandboxesError> {
     let no = |why: &str| Err(SandboxesError::Conflict(why.to_owned()));
+    if !parent.request().forkable {
+        return no(
+            "it was not created forkable: create it with \"forkable\": true (--forkable) to \
+             fork it with its interpreter's memory, or fork it without memory",
+        );
+    }
     if parent.net() != NetMode::None {
         return no(
             "memory: true forks only a net: none sandbox (the copy makes a network namespace \
@@ -138,17 +144,26 @@ pub(super) async fn start(
         "unshare_flags": alcove_sandbox::COPY_UNSHARE_FLAGS,
     });
     let control_child: OwnedFd = control_child.into();
-    session.send_fork(
-        &request,
-        &[
-            steps_child.as_fd(),
-            tree.as_fd(),
-            agent_end.as_fd(),
-            control_child.as_fd(),
-            out_write.as_fd(),
-            err_write.as_fd(),
-        ],
-    )?;
+    let sent = session
+        .send_fork(
+            &request,
+            &[
+                steps_child.as_fd(),
+                tree.as_fd(),
+                agent_end.as_fd(),
+                control_child.as_fd(),
+                out_write.as_fd(),
+                err_write.as_fd(),
+            ],
+        )
+        .await;
+    if let Err(e) = sent {
+        // Its stream may hold part of a line: the next call starts a fresh session.
+        if let Some(old) = slot.take() {
+            let _ = parent.link.signal(old.pid(), libc::SIGKILL).await;
+        }
+        return Err(e);
+    }
     drop((
         steps_child,
         tree,
@@ -164,13 +179,19 @@ pub(super) async fn start(
         alcove_sys::fd::pipe_cloexec().map_err(io("making the agent's log pipe"))?;
     let handshake = tokio::task::spawn_blocking(move || {
         let made = handshake(steps, parent_proc.as_fd(), cgroup.get(), log_write);
+        // A copy that failed is killed now: the session waits for its child
+        // before it answers.
+        let cgroup = match made {
+            Ok(_) => Some(cgroup),
+            Err(_) => None,
+        };
         (made, cgroup)
     })
     .await;
     // The session waited for its child: its answer is there now.
     let answer = session.fork_answer().await;
-    if !matches!(answer, Ok(None)) {
-        tracing::warn!(sandbox = %parent.id, answer = ?answer, "the interpreter's fork answer");
+    if let Err(e) = &answer {
+        tracing::warn!(sandbox = %parent.id, error = %e, "the interpreter's fork answer");
     }
     if answer.is_err() {
         // It did not answer as it should: the next call starts a fresh one.
@@ -179,10 +200,21 @@ pub(super) async fn start(
         }
     }
     drop(slot);
-    let (made, mut cgroup) =
+    let (made, cgroup) =
         handshake.map_err(|_| SandboxesError::Start("the fork's thread failed".into()))?;
-    let made = made.map_err(SandboxesError::Start)?;
+    let made = match (made, answer) {
+        (Ok(made), _) => made,
+        // The session said why it did not fork (threads, shared memory): the
+        // caller can fix that.
+        (Err(_), Ok(Some(why))) => return Err(SandboxesError::Conflict(why)),
+        (Err(why), _) => return Err(SandboxesError::ForkFailed(why)),
+    };
     let t_checked = t0.elapsed();
+    let Some(mut cgroup) = cgroup else {
+        return Err(SandboxesError::ForkFailed(
+            "the copy's cgroup is gone".into(),
+        ));
+    };
     let cgroup = cgroup.take();
 
     // Its run: supervised as an adopted process, like a warm copy.
@@ -230,7 +262,7 @@ pub(super) async fn start(
     );
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
-    let pid1 = made.pid;
+    let made_proc_dir = made.proc_dir;
     let adopted = alcove_sandbox::Adopted {
         pidfd: made.pidfd,
         cgroup,
@@ -278,9 +310,7 @@ pub(super) async fn start(
             return Err(e);
         }
     };
-    let proc_dir = std::fs::File::open(format!("/proc/{pid1}"))
-        .ok()
-        .map(OwnedFd::from);
+    let proc_dir = Some(made_proc_dir);
     let netns = proc_dir
         .as_ref()
         .and_then(|d| std::fs::File::open(format!("/proc/self/fd/{}/ns/net", d.as_raw_fd())).ok())
@@ -362,7 +392,8 @@ impl Drop for CgroupGuard {
 /// The new sandbox's first process, checked.
 struct Made {
     pidfd: OwnedFd,
-    pid: libc::pid_t,
+    /// Its /proc directory (the new sandbox's root and network namespace).
+    proc_dir: OwnedFd,
     /// The fork's socket: its stdio and `go` go out on it.
     steps: OwnedFd,
     isolate_us: f64,
@@ -416,18 +447,44 @@ fn handshake(
         "fork steps"
     );
     let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    // Read through its /proc directory, opened while the pidfd says it lives
+    // (a number reused after its end cannot stand in).
+    let proc_dir = std::fs::File::open(format!("/proc/{pid}"))
+        .map_err(|e| format!("opening /proc/{pid}: {e}"))?;
     let refuse = |why: String| {
         let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         kill_child();
         Err(format!("the copy was refused: {why}"))
     };
+    if alcove_sys::pidfd::send_signal(pidfd.as_fd(), 0).is_err() {
+        return refuse("it ended".into());
+    }
+    let dir = format!("/proc/self/fd/{}", proc_dir.as_raw_fd());
+    let text = |file: &str| {
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))
+    };
+    // The session's child has left (it forked this one): then nothing but
+    // this process is in the new cgroup, so nothing there escaped the checks.
+    let mut gone = [libc::pollfd {
+        fd: child_pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if !matches!(alcove_sys::fd::poll(&mut gone, Some(STEP)), Ok(1..)) {
+        return refuse("the session's child did not leave".into());
+    }
+    let members = cgroup_members(cgroup);
+    if members != [pid] {
+        return refuse(format!("its cgroup holds {members:?}, not it alone"));
+    }
     // Its word is not taken: its cgroup (which only the copy's processes can
     // be in), its namespaces and its privileges are the kernel's.
-    if proc_text(pid, "cgroup")? != expected_cgroup {
+    if text("cgroup")? != expected_cgroup {
         return refuse("it is not in its cgroup".into());
     }
     for ns in NAMESPACES {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+        let theirs = std::fs::read_link(format!("{dir}/ns/{ns}"));
         let parents = std::fs::read_link(format!("{parent_path}/ns/{ns}"));
         match (theirs, parents) {
             (Ok(a), Ok(b)) if a != b => {}
@@ -435,7 +492,7 @@ fn handshake(
             _ => return refuse(format!("its {ns} namespace cannot be read")),
         }
     }
-    let status = proc_text(pid, "status")?;
+    let status = text("status")?;
     let field = |name: &str| {
         status
             .lines()
@@ -459,12 +516,33 @@ fn handshake(
     if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
         return refuse((*why).into());
     }
+    if seqpacket::send(steps.as_fd(), b"ok", &[]).is_err() {
+        return refuse("it went away".into());
+    }
     Ok(Made {
         pidfd,
-        pid,
+        proc_dir: proc_dir.into(),
         steps,
         isolate_us: t0.elapsed().as_secs_f64() * 1e6,
     })
+}
+
+/// The pids in `cgroup` (its cgroup2 directory, or its first v1 one).
+fn cgroup_members(cgroup: &alcove_cgroup::SandboxCgroup) -> Vec<libc::pid_t> {
+    let dir = cgroup
+        .unified_dir()
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| cgroup.v1_dirs().next().map(std::path::Path::to_path_buf));
+    let Some(dir) = dir else {
+        return Vec::new();
+    };
+    let mut pids: Vec<libc::pid_t> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Waits (up to [`STEP`]) for the copy's next word, which starts with

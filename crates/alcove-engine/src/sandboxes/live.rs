@@ -456,17 +456,26 @@ pub(super) async fn start(
     } else {
         net
     };
-    // Its filter lets the code interpreter fork itself into a new sandbox
-    // (`unshare` of a copy's namespaces, `mount`, which only that new user
-    // namespace makes work); the agent stacks the copy filter, which refuses
-    // them, on every other command.
-    spec.warm_template = true;
-    spec.env.push((
-        alcove_agent::COPY_FILTER_ENV.into(),
-        std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
-            .join(alcove_warm::runtime::COPY_FILTER)
-            .into(),
-    ));
+    if req.forkable {
+        if net != NetMode::None {
+            return Err(SandboxesError::Invalid(
+                "forkable is for net: none sandboxes (a fork with memory makes a network \
+                 namespace of its own, loopback only)"
+                    .into(),
+            ));
+        }
+        // Its filter lets the code interpreter fork itself into a new sandbox
+        // (`unshare` of a copy's namespaces, `mount`, which only that new user
+        // namespace makes work); the agent stacks the copy filter, which
+        // refuses them, on every other command.
+        spec.warm_template = true;
+        spec.env.push((
+            alcove_agent::COPY_FILTER_ENV.into(),
+            std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
+                .join(alcove_warm::runtime::COPY_FILTER)
+                .into(),
+        ));
+    }
     spec.env.push(("HOME".into(), HOME.into()));
     for (k, v) in &env {
         spec.env.push((k.into(), v.into()));

@@ -82,6 +82,11 @@ pub struct CreateSandbox {
     /// `net: host`. Past a budget the sandbox is killed (and stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::Guard>,
+    /// Its code interpreter may fork itself into a new sandbox (a fork with
+    /// memory): it runs under a filter that lets it make the namespaces a
+    /// copy needs (`net: none` only). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forkable: bool,
     /// The sandbox this one was forked from (set by a fork, not by clients).
     #[serde(skip)]
     pub parent: Option<String>,
@@ -367,7 +372,13 @@ impl Engine {
             s.kill().await;
             let parent_gone = s
                 .nested_in()
-                .filter(|p| engine.sandboxes.get(p).is_err())
+                .filter(|p| {
+                    // Gone, or ending (a fork of a fork learns before its parent is taken).
+                    engine
+                        .sandboxes
+                        .get(p)
+                        .map_or(true, |parent| *parent.ended().borrow())
+                })
                 .map(|p| {
                     format!(
                         "its parent {p} ended (a fork with the interpreter's memory lives in its \
