@@ -138,6 +138,20 @@ class Commands(unittest.TestCase):
         r = self.sb.commands.run("cat; echo eof", timeout=10)
         self.assertEqual((r.stdout, r.timed_out), ("eof\n", False))
 
+    def test_programs_are_found_as_execvp_finds_them(self):
+        # On the command's own PATH, and by a relative path from its cwd.
+        self.sb.files.write("bin/hello-e2e", "#!/bin/sh\necho \"$0 from PATH\"\n")
+        self.sb.commands.run("chmod +x bin/hello-e2e")
+        r = self.sb.commands.run(["hello-e2e"], env={"PATH": "/home/user/bin:/usr/bin:/bin"})
+        self.assertEqual((r.exit_code, r.stdout), (0, "/home/user/bin/hello-e2e from PATH\n"), r)
+        r = self.sb.commands.run(["./hello-e2e"], cwd="/home/user/bin")
+        self.assertEqual((r.exit_code, r.stdout), (0, "./hello-e2e from PATH\n"), r)
+        # Not executable: refused, not run.
+        self.sb.files.write("bin/notexec-e2e", "#!/bin/sh\necho ran\n")
+        with self.assertRaises(AlcoveError) as caught:
+            self.sb.commands.run(["notexec-e2e"], env={"PATH": "/home/user/bin"})
+        self.assertIn("notexec-e2e", str(caught.exception))
+
     def test_command_not_found(self):
         # argv form: the agent cannot start it; the daemon answers 404 file_not_found.
         with self.assertRaises(NotFound) as caught:

@@ -134,8 +134,20 @@ fn read_filter(path: &Path) -> io::Result<Vec<libc::sock_filter>> {
 impl Agent {
     fn run(&mut self) -> i32 {
         let mut buf = vec![0u8; MAX_MESSAGE];
+        // Orphans reparented to pid 1 are reaped when SIGCHLD says so (a
+        // signalfd), so an idle sandbox's agent sleeps; without one, at
+        // least once a second. The commands it starts get an empty mask.
+        let children = alcove_sys::signal::block(&[libc::SIGCHLD])
+            .and_then(|_| alcove_sys::signal::signalfd(&[libc::SIGCHLD]))
+            .map(std::fs::File::from)
+            .ok();
+        let wake = match children {
+            Some(_) => None,
+            None => Some(Duration::from_secs(1)),
+        };
         loop {
             let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
+                .chain(children.as_ref().map(|c| c.as_raw_fd()))
                 .chain(self.running.values().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
                     fd,
@@ -143,10 +155,14 @@ impl Agent {
                     revents: 0,
                 })
                 .collect();
-            // Orphans reparented to pid 1 are reaped on each wake, at least once a second.
-            if let Err(e) = fd::poll(&mut polled, Some(Duration::from_secs(1))) {
+            if let Err(e) = fd::poll(&mut polled, wake) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
+            }
+            if let Some(mut c) = children.as_ref() {
+                use std::io::Read;
+                let mut info = [0u8; 128 * 8];
+                while matches!(c.read(&mut info), Ok(1..)) {}
             }
             self.reap();
             if polled[0].revents == 0 {
@@ -329,8 +345,20 @@ impl Agent {
         let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
             return Err(AgentFailure::invalid("a command needs a program to run"));
         };
-        let mut cmd = Command::new(program);
-        cmd.args(&argv[1..])
+        // Found on PATH here, so that the standard library can start it with
+        // vfork and exec (posix_spawn) rather than a fork of this process:
+        // ~0.3 ms less per command. Only for an ELF file or a `#!` script:
+        // anything else starts by name as before.
+        let path = env
+            .iter()
+            .rev()
+            .chain(self.env.iter().rev())
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
+        let found = find_program(program, path.as_deref(), cwd);
+        let mut cmd = Command::new(found.as_deref().unwrap_or(Path::new(program)));
+        cmd.arg0(program)
+            .args(&argv[1..])
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env)
@@ -478,6 +506,45 @@ impl Agent {
         self.running.insert(pid, pidfd);
         Ok(pid)
     }
+}
+
+/// Where `program` is, as execvp would find it on `path` (default
+/// /usr/local/bin:/usr/bin:/bin): a name with a slash is taken as it is. The
+/// path is the one to exec (a relative one is resolved after the chdir to
+/// `cwd`, as the checks here resolve it); None when nothing executable and
+/// spawnable is found, and the command then starts by name as before.
+fn find_program(
+    program: &str,
+    path: Option<&str>,
+    cwd: Option<&str>,
+) -> Option<std::path::PathBuf> {
+    let usable = |p: &Path| {
+        let seen = match cwd {
+            Some(dir) if p.is_relative() => Path::new(dir).join(p),
+            _ => p.to_path_buf(),
+        };
+        std::ffi::CString::new(seen.as_os_str().as_bytes())
+            .is_ok_and(|c| alcove_sys::fs::is_executable(&c))
+            && std::fs::metadata(&seen).is_ok_and(|m| m.is_file())
+            && spawnable(&seen)
+    };
+    if program.contains('/') {
+        let p = Path::new(program);
+        return usable(p).then(|| p.to_path_buf());
+    }
+    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+        .find(|p| usable(p))
+}
+
+/// Whether `path` is a file exec runs as it is: an ELF file or a `#!` script.
+fn spawnable(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 
 /// Opens a regular file. Without waiting: a FIFO or a device opens at once
