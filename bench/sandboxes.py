@@ -141,7 +141,7 @@ def main():
 
     fork_rounds = int(os.environ.get("FORK_ROUNDS", str(min(ROUNDS, 50))))
     state = "import os\nblob = bytearray(os.urandom(100 << 20))\nkeys = {i: str(i) for i in range(10000)}"
-    sb = call("POST", "/v1/sandboxes", {"timeout_s": 3600, "memory": "1G", "disk": "64M"})
+    sb = call("POST", "/v1/sandboxes", {"timeout_s": 3600, "memory": "1G", "disk": "64M", "forkable": True})
     sid = sb["id"]
     call("POST", f"/v1/sandboxes/{sid}/code", {"code": state})
     rss = call("POST", f"/v1/sandboxes/{sid}/code", {"code": "int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20"})
