@@ -54,13 +54,20 @@ import types as _types  # noqa: E402
 
 _MAX_LINE = 16 << 20  # bytes in one request line, newline excluded
 _MAX_TEXT = 1 << 20  # characters of a result's text before it is cut
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 1 << 20  # one buffer, allocated once: its pages are touched only as data comes
 _HIGH_FD = 100
 _F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 _MAX_HELD_FDS = 16  # descriptors a request line may bring (a fork brings six)
 _CMSG_ROOM = _socket.CMSG_SPACE(_MAX_HELD_FDS * 4)
 _ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
+# A cell is first compiled as one expression (one parse, one compile), except where
+# that is likely to fail (a second line at column 0: statements) or where the parse
+# may warn (a backslash: escapes; a digit then a letter: "1if", "0x1for"), since
+# the full path parses the source again and the warning would be shown twice.
+_NOT_ONE_EXPRESSION = _re.compile(r"\\|\d\.?[^\W\d]|\n(?=[^\s)\]}#])")
+# json.dumps with options builds an encoder per call; the frames share one.
+_encode = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _struct_iter(fmt, data):
@@ -145,8 +152,9 @@ def _main():
 
     # ---- the channel ---------------------------------------------------------------
 
-    def send(frame):
-        text = _json.dumps(frame, ensure_ascii=False, separators=(",", ":")) + "\n"
+    def send(frames):
+        """Write frames (a list) with one write: the daemon reads them at once."""
+        text = "\n".join([_encode(frame) for frame in frames]) + "\n"
         data = text.encode("utf-8", "replace")  # a lone surrogate becomes "?"
         view = memoryview(data)
         while view:
@@ -154,21 +162,21 @@ def _main():
 
     def lines():
         """Yield ("line", bytes) per request line, ("big", first bytes) per line over the limit."""
-        buf = bytearray()
-        scan = 0  # buf[:scan] holds no newline
+        room = bytearray(_READ_CHUNK)  # every read lands here; a line is copied out of it
+        got = memoryview(room)
+        buf = bytearray()  # the start of a line whose newline has not come yet
         dropping = None  # first bytes of an oversized line being skipped
         gen = chan["gen"]
         while True:
             if gen != chan["gen"]:  # a fork's copy: what the old channel held is not ours
                 gen = chan["gen"]
                 buf.clear()
-                scan = 0
                 dropping = None
             try:
-                chunk, anc, _flags, _addr = chan["sock"].recvmsg(_READ_CHUNK, _CMSG_ROOM,
+                n, anc, _flags, _addr = chan["sock"].recvmsg_into([room], _CMSG_ROOM,
                                                                   _socket.MSG_CMSG_CLOEXEC)
             except ConnectionResetError:
-                chunk, anc = b"", []
+                n, anc = 0, []
             for level, kind, data in anc:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     for (fd,) in _struct_iter("i", data[: len(data) - len(data) % 4]):
@@ -176,33 +184,37 @@ def _main():
                             chan["fds"].append(fd)
                         else:
                             _os.close(fd)
-            if not chunk:
+            if not n:
                 if dropping is not None:
                     yield "big", dropping
                 elif buf.strip():
                     yield "line", bytes(buf)
                 return
-            buf += chunk
             start = 0
             while gen == chan["gen"]:
-                nl = buf.find(b"\n", scan)
+                nl = room.find(b"\n", start, n)
                 if nl < 0:
                     break
                 if dropping is not None:
-                    yield "big", dropping
+                    item = "big", dropping
                     dropping = None
-                elif nl - start > _MAX_LINE:
-                    yield "big", bytes(buf[start:start + 4096])
-                else:
-                    yield "line", bytes(buf[start:nl])
-                start = scan = nl + 1
-            del buf[:start]
-            scan = len(buf)
-            if dropping is None and len(buf) > _MAX_LINE:
-                dropping = bytes(buf[:4096])
-            if dropping is not None:
+                elif len(buf) + nl - start > _MAX_LINE:
+                    buf += got[start:start + 4096]
+                    item = "big", bytes(buf[:4096])
+                elif buf:
+                    buf += got[start:nl]
+                    item = "line", bytes(buf)
+                else:  # the usual case: the whole line came in this read
+                    item = "line", bytes(got[start:nl])
                 buf.clear()
-                scan = 0
+                start = nl + 1
+                yield item
+            if gen != chan["gen"] or dropping is not None:
+                continue  # the rest is the old channel's, or the oversized line's
+            buf += got[start:n]
+            if len(buf) > _MAX_LINE:
+                dropping = bytes(buf[:4096])
+                buf.clear()
 
     # ---- running user code -----------------------------------------------------------
 
@@ -275,14 +287,22 @@ def _main():
     def execute(rid, code, filename):
         """Parse, run and display one cell; the frames to send before done."""
         flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        tree = _ast.parse(code, filename, "exec")
-        last = None
-        if tree.body and isinstance(tree.body[-1], _ast.Expr):
-            last = _ast.Expression(tree.body.pop().value)
-        run_code(compile(tree, filename, "exec", flags, dont_inherit=True))
-        if last is None:
-            return []
-        value = run_code(compile(last, filename, "eval", flags, dont_inherit=True))
+        expression = None
+        if not _NOT_ONE_EXPRESSION.search(code):
+            try:  # a cell that is one expression: its value is the result
+                expression = compile(code, filename, "eval", flags, dont_inherit=True)
+            except Exception:
+                pass  # statements, or a mistake: the full path runs or reports it as ever
+        if expression is None:
+            tree = _ast.parse(code, filename, "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], _ast.Expr):
+                last = _ast.Expression(tree.body.pop().value)
+            run_code(compile(tree, filename, "exec", flags, dont_inherit=True))
+            if last is None:
+                return []
+            expression = compile(last, filename, "eval", flags, dont_inherit=True)
+        value = run_code(expression)
         if value is None:
             return []
         ns["_"] = value
@@ -350,8 +370,9 @@ def _main():
             repair_stdin()
         return frames, ok
 
-    def bad_request(raw, name, value):
-        """An error frame for a line that is no request; a done too when its id can be read."""
+    def bad_request(out, raw, name, value):
+        """Add the error frame for a line that is no request to out; its id, when it can be
+        read (a done is owed then), else None."""
         rid = None
         match = _ID_AT_START.match(raw[:4096])
         if match:
@@ -359,7 +380,7 @@ def _main():
                 rid = _json.loads(match.group(1))
             except ValueError:
                 rid = None
-        send({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
+        out.append({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
         return rid
 
     after_fork = [False]
@@ -406,8 +427,8 @@ def _main():
                 chan["fds"] = []
                 chan["gen"] += 1
                 loop_box[0] = None  # its epoll was the old sandbox's (now /dev/null)
-                send({"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0],
-                      "forked": True})
+                send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0],
+                       "forked": True}])
             except BaseException:
                 try:  # its stderr is the new sandbox's by now, or /dev/null
                     _os.write(2, _traceback.format_exc().encode("utf-8", "replace"))
@@ -427,15 +448,15 @@ def _main():
     # ---- the session -----------------------------------------------------------------
 
     try:
-        send({"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0]})
+        send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0]}])
         for kind, raw in lines():
             t0 = _time.perf_counter()
+            out = []  # the request's frames: written with its done, in one write
+            owed = True  # whether a done closes it (not where no id could be read)
             if kind == "big":
-                rid = bad_request(raw, "RequestTooLarge",
+                rid = bad_request(out, raw, "RequestTooLarge",
                                   f"a request line is limited to {_MAX_LINE} bytes")
-                ok = False
-                if rid is None:
-                    continue
+                ok, owed = False, rid is not None
             else:
                 if not raw.strip():
                     continue
@@ -444,14 +465,12 @@ def _main():
                 except ValueError as e:
                     request = e
                 if isinstance(request, ValueError):
-                    rid = bad_request(raw, "BadRequest", f"not JSON: {request}")
-                    if rid is None:
-                        continue
-                    ok = False
+                    rid = bad_request(out, raw, "BadRequest", f"not JSON: {request}")
+                    ok, owed = False, rid is not None
                 elif not isinstance(request, dict):
-                    send({"type": "error", "id": None, "name": "BadRequest",
-                          "value": "a request is a JSON object", "traceback": []})
-                    continue
+                    out.append({"type": "error", "id": None, "name": "BadRequest",
+                                "value": "a request is a JSON object", "traceback": []})
+                    owed = False
                 elif request.get("type") == "fork":
                     rid = request.get("id")
                     fds, chan["fds"] = chan["fds"], []
@@ -460,22 +479,24 @@ def _main():
                         continue  # the new sandbox's interpreter: it said ready
                     ok = outcome is None
                     if not ok:
-                        send({"type": "error", "id": rid, "name": "ForkFailed",
-                              "value": outcome, "traceback": []})
+                        out.append({"type": "error", "id": rid, "name": "ForkFailed",
+                                    "value": outcome, "traceback": []})
                 elif not isinstance(request.get("code"), str):
                     rid = request.get("id")
-                    send({"type": "error", "id": rid, "name": "BadRequest",
-                          "value": 'a request needs "code", a string', "traceback": []})
+                    out.append({"type": "error", "id": rid, "name": "BadRequest",
+                                "value": 'a request needs "code", a string', "traceback": []})
                     ok = False
                 else:
                     rid = request.get("id")
-                    frames, ok = run_cell(rid, request["code"])
-                    for frame in frames:
-                        send(frame)
-                    del frames
-            flush_output()
-            send({"type": "done", "id": rid, "ok": ok,
-                  "duration_ms": round((_time.perf_counter() - t0) * 1000.0, 3)})
+                    out, ok = run_cell(rid, request["code"])
+            if not owed:
+                send(out)
+                continue
+            flush_output()  # what the cell printed is readable before its done
+            out.append({"type": "done", "id": rid, "ok": ok,
+                        "duration_ms": round((_time.perf_counter() - t0) * 1000.0, 3)})
+            send(out)
+            del out
             if after_fork[0]:
                 after_fork[0] = False
                 try:

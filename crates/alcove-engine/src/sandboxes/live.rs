@@ -610,6 +610,14 @@ pub(super) async fn start(
     let connected = AgentLink::connect(daemon_end, AGENT_READY).await;
     let (link, proc_dir, netns) = match connected {
         Ok((link, _pid)) => {
+            // The run's thread records the pid just after the clone; an agent
+            // that starts fast can say ready before that thread has run again.
+            for _ in 0..2000 {
+                if usage.pid().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             // Its first process's /proc directory, held open (a pid reused
             // after its end cannot stand in), and through it its network
             // namespace (ports are reached through it).
