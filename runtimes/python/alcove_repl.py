@@ -21,7 +21,8 @@ Protocol: newline-delimited JSON, UTF-8, one object a line, both ways.
                {"type":"error","id":ID,"name":NAME,"value":STR,"traceback":[LINE,...]}
                    when the cell raised (SyntaxError, KeyboardInterrupt, SystemExit, ...)
                {"type":"done","id":ID,"ok":BOOL,"duration_ms":FLOAT}
-                   always last; stdout and stderr are flushed before it is written.
+                   always last; stdout and stderr are flushed before it is written,
+                   together with the request's other frames (one write).
 
 A line that is not JSON, or not a request, gets an error frame named
 "BadRequest"; a line over 16 MiB one named "RequestTooLarge". Where the
@@ -54,20 +55,30 @@ import types as _types  # noqa: E402
 
 _MAX_LINE = 16 << 20  # bytes in one request line, newline excluded
 _MAX_TEXT = 1 << 20  # characters of a result's text before it is cut
-_READ_CHUNK = 1 << 20  # one buffer, allocated once: its pages are touched only as data comes
+_READ_CHUNK = 64 << 10  # the one buffer every read lands in: resident for good, so small
 _HIGH_FD = 100
 _F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 _MAX_HELD_FDS = 16  # descriptors a request line may bring (a fork brings six)
 _CMSG_ROOM = _socket.CMSG_SPACE(_MAX_HELD_FDS * 4)
 _ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
-# A cell is first compiled as one expression (one parse, one compile), except where
-# that is likely to fail (a second line at column 0: statements) or where the parse
-# may warn (a backslash: escapes; a digit then a letter: "1if", "0x1for"), since
-# the full path parses the source again and the warning would be shown twice.
-_NOT_ONE_EXPRESSION = _re.compile(r"\\|\d\.?[^\W\d]|\n(?=[^\s)\]}#])")
+_NUMBER_THEN_LETTER = _re.compile(r"[0-9]\.?[A-Za-z]")  # "1if", "0x1for", "1Jor": the lexer warns
+_STATEMENT_START = _re.compile(
+    r"\s*(?:(?:import|from|def|class|for|while|if|with|try|async|return|del|pass|global"
+    r"|nonlocal|raise|assert|break|continue)\b|@|[\w.]+\s*(?:[-+*/%&|^@]|//|>>|<<|\*\*)?=(?!=))")
+_LATER_LINE_AT_COLUMN_0 = _re.compile(r"\n[^\s)\]}#]")
 # json.dumps with options builds an encoder per call; the frames share one.
 _encode = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _may_be_one_expression(code):
+    """Whether a cell is worth compiling as one expression first (one parse and
+    one compile instead of a parse and two). Not where the parse may warn (a
+    backslash: an escape; a number touching a letter), since after a failed try
+    the full path parses again and the warning would be shown twice; nor where
+    statements are plain to see, for whom the try would only cost."""
+    return not ("\\" in code or _NUMBER_THEN_LETTER.search(code) or _STATEMENT_START.match(code)
+                or ("\n" in code and _LATER_LINE_AT_COLUMN_0.search(code)))
 
 
 def _struct_iter(fmt, data):
@@ -174,7 +185,7 @@ def _main():
                 dropping = None
             try:
                 n, anc, _flags, _addr = chan["sock"].recvmsg_into([room], _CMSG_ROOM,
-                                                                  _socket.MSG_CMSG_CLOEXEC)
+                                                                   _socket.MSG_CMSG_CLOEXEC)
             except ConnectionResetError:
                 n, anc = 0, []
             for level, kind, data in anc:
@@ -288,7 +299,7 @@ def _main():
         """Parse, run and display one cell; the frames to send before done."""
         flags = _ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         expression = None
-        if not _NOT_ONE_EXPRESSION.search(code):
+        if _may_be_one_expression(code):
             try:  # a cell that is one expression: its value is the result
                 expression = compile(code, filename, "eval", flags, dont_inherit=True)
             except Exception:

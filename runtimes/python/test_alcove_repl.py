@@ -428,6 +428,107 @@ class ReplTest(unittest.TestCase):
         res = self.result(self.repl.run("sorted(k for k in globals() if not k.startswith('__'))"))
         self.assertEqual(eval(res["text"]), ["Point", "_", "pickle"])
 
+    def test_expression_cells(self):
+        # One expression, compiled as such: its value is the result and becomes _.
+        frames = self.repl.run("[n * n for n in range(4)]")
+        self.assertEqual([f["type"] for f in frames], ["result", "done"])
+        self.assertEqual(frames[0]["text"], "[0, 1, 4, 9]")
+        self.assertEqual(self.result(self.repl.run("_[-1]"))["text"], "9")
+        self.assertEqual(self.repl.run("None")[0]["type"], "done")
+        self.assertEqual(self.result(self.repl.run("_"))["text"], "9")  # None did not replace it
+        # Over several lines, and a cell whose later lines sit at column 0 (the full path).
+        self.assertEqual(self.result(self.repl.run("sum(\n    [1,\n     2],\n)\n"))["text"], "3")
+        self.assertEqual(self.result(self.repl.run("(1 +\n2)"))["text"], "3")
+        # Statements that start like an expression go the full path, as before.
+        self.assertEqual([f["type"] for f in self.repl.run("v = 6")], ["done"])
+        self.assertEqual(self.result(self.repl.run("v; v * 7"))["text"], "42")
+        self.assertEqual(self.result(self.repl.run("import asyncio"
+                                                    " ; await asyncio.sleep(0, result=v)"))["text"],
+                         "6")
+        self.assertEqual(self.result(self.repl.run("await asyncio.sleep(0, result=v + 1)"))["text"],
+                         "7")
+        # An expression that raises: the traceback is the cell's alone.
+        err = self.error(self.repl.run("{}['missing']"))
+        self.assertEqual(err["name"], "KeyError")
+        tb = "\n".join(err["traceback"])
+        self.assertIn("<cell-", tb)
+        self.assertNotIn("alcove_repl.py", tb)
+        self.assertEqual(len([ln for ln in err["traceback"] if ln.lstrip().startswith("File ")]), 1,
+                         err["traceback"])
+        # A bad one-line cell is reported by the full parse, as before.
+        for code in ("foo(", "1 +", "yield 3", "print('a'"):
+            err = self.error(self.repl.run(code))
+            self.assertEqual(err["name"], "SyntaxError", code)
+            tb = "\n".join(err["traceback"])
+            self.assertRegex(tb, r'File "<cell-\d+>", line 1', code)
+            self.assertNotIn("alcove_repl.py", tb)
+            self.assertNotIn("ast.py", tb)
+
+    def test_an_expression_is_compiled_once(self):
+        # The audit hook sees every compile() of a cell: of its source (ast.parse included)
+        # and of a tree (no file name given then, in some versions).
+        self.repl.run("import sys\ncompiles = []\n"
+                      "sys.addaudithook(lambda event, args: compiles.append(args[1])"
+                      " if event == 'compile' and (args[1] is None"
+                      " or str(args[1]).startswith('<cell-')) else None)")
+        for code, count in (("2 + 2", 1), ("print(1); y = 2", 3), ("x = 1", 2), ("x = 1\nx", 3),
+                            ("'\\n'", 3), ("0x1f + 1", 3)):
+            self.repl.run("compiles.clear()")
+            self.assertTrue(self.repl.run(code)[-1]["ok"], code)
+            # The last compile is of the cell that asks.
+            self.assertEqual(self.result(self.repl.run("len(compiles[:-1])"))["text"], str(count),
+                             code)
+
+    def test_parse_warnings_shown_once(self):
+        # A cell is not parsed twice where the parse can warn (an escape, a number touching
+        # a keyword): the warning is shown once, as from one parse.
+        self.repl.run("import warnings\nwarnings.simplefilter('always')")
+        cells = [("print(len('a\\d')); w = 1", "invalid escape sequence")]
+        if sys.version_info >= (3, 11):
+            cells.append(("print(1if True else 2); w = 2", "invalid decimal literal"))
+        for code, warning in cells:
+            frames = self.repl.run(code)
+            self.assertTrue(frames[-1]["ok"], frames)
+            self.repl.drain(0.2)
+            self.assertEqual(self.repl.stderr().count(warning), 1, (code, self.repl.stderr()))
+            self.repl.out[2] = b""
+
+    def test_request_in_pieces(self):
+        line = json.dumps({"id": "p1", "code": "'pie' + 'ces'"}).encode() + b"\n"
+        for piece in (line[:5], line[5:20], line[20:-3]):
+            self.repl.send_raw(piece)
+            self.assertFalse(self.repl.pending(0.1), "a frame came before the line was whole")
+        self.repl.send_raw(line[-3:])  # the closing quote, the brace, the newline
+        self.assertEqual(self.result(self.repl.until_done("p1"))["text"], "'pieces'")
+
+    def test_requests_in_one_read(self):
+        # Two whole lines and the start of a third in one write; the third's end later.
+        lines = [json.dumps({"id": f"m{i}", "code": f"{i} * 11"}).encode() + b"\n"
+                 for i in range(3)]
+        self.repl.send_raw(lines[0] + lines[1] + lines[2][:7])
+        self.assertEqual(self.result(self.repl.until_done("m0"))["text"], "0")
+        self.assertEqual(self.result(self.repl.until_done("m1"))["text"], "11")
+        self.assertFalse(self.repl.pending(0.1))
+        self.repl.send_raw(lines[2][7:])
+        self.assertEqual(self.result(self.repl.until_done("m2"))["text"], "22")
+
+    def test_result_and_done_come_together(self):
+        # One write per request: the first read that finds anything finds the done too.
+        for i in range(20):
+            rid = self.repl.send(f"{i} + 1")
+            self.assertTrue(select.select([self.repl.sock], [], [], 10.0)[0])
+            first = self.repl.sock.recv(1 << 20)
+            self.assertTrue(first.endswith(b"\n"), first)
+            frames = [json.loads(ln) for ln in first.splitlines()]
+            self.assertEqual([(f["type"], f["id"]) for f in frames],
+                             [("result", rid), ("done", rid)])
+
+    def test_last_line_without_newline_at_eof(self):
+        self.repl.send_raw(b'{"id": "last", "code": "7 * 6"}')
+        self.repl.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(self.result(self.repl.until_done("last"))["text"], "42")
+        self.assertEqual(self.repl.proc.wait(timeout=10), 0)
+
     def test_eof_exits_zero(self):
         self.repl.run("a = 1")
         self.repl.sock.shutdown(socket.SHUT_WR)

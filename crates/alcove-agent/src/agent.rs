@@ -134,20 +134,8 @@ fn read_filter(path: &Path) -> io::Result<Vec<libc::sock_filter>> {
 impl Agent {
     fn run(&mut self) -> i32 {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        // Orphans reparented to pid 1 are reaped when SIGCHLD says so (a
-        // signalfd), so an idle sandbox's agent sleeps; without one, at
-        // least once a second. The commands it starts get an empty mask.
-        let children = alcove_sys::signal::block(&[libc::SIGCHLD])
-            .and_then(|_| alcove_sys::signal::signalfd(&[libc::SIGCHLD]))
-            .map(std::fs::File::from)
-            .ok();
-        let wake = match children {
-            Some(_) => None,
-            None => Some(Duration::from_secs(1)),
-        };
         loop {
             let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
-                .chain(children.as_ref().map(|c| c.as_raw_fd()))
                 .chain(self.running.values().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
                     fd,
@@ -155,14 +143,10 @@ impl Agent {
                     revents: 0,
                 })
                 .collect();
-            if let Err(e) = fd::poll(&mut polled, wake) {
+            // Orphans reparented to pid 1 are reaped on each wake, at least once a second.
+            if let Err(e) = fd::poll(&mut polled, Some(Duration::from_secs(1))) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
-            }
-            if let Some(mut c) = children.as_ref() {
-                use std::io::Read;
-                let mut info = [0u8; 128 * 8];
-                while matches!(c.read(&mut info), Ok(1..)) {}
             }
             self.reap();
             if polled[0].revents == 0 {
@@ -509,41 +493,49 @@ impl Agent {
 }
 
 /// Where `program` is, as execvp would find it on `path` (default
-/// /usr/local/bin:/usr/bin:/bin): a name with a slash is taken as it is. The
-/// path is the one to exec (a relative one is resolved after the chdir to
-/// `cwd`, as the checks here resolve it); None when nothing executable and
-/// spawnable is found, and the command then starts by name as before.
-fn find_program(
-    program: &str,
-    path: Option<&str>,
-    cwd: Option<&str>,
-) -> Option<std::path::PathBuf> {
-    let usable = |p: &Path| {
-        let seen = match cwd {
-            Some(dir) if p.is_relative() => Path::new(dir).join(p),
-            _ => p.to_path_buf(),
-        };
-        std::ffi::CString::new(seen.as_os_str().as_bytes())
-            .is_ok_and(|c| alcove_sys::fs::is_executable(&c))
-            && std::fs::metadata(&seen).is_ok_and(|m| m.is_file())
-            && spawnable(&seen)
+/// /usr/local/bin:/usr/bin:/bin): the first executable regular file, or a
+/// name with a slash as it is. The path is the one to exec (a relative one
+/// is resolved after the chdir to `cwd`, as the checks here resolve it).
+/// None, and the command then starts by name through execvp as before,
+/// when nothing is found or what is found is not an ELF file or a `#!`
+/// script (execvp runs one without `#!` through /bin/sh) or cannot be read.
+fn find_program(program: &str, path: Option<&str>, cwd: Option<&str>) -> Option<std::path::PathBuf> {
+    let seen = |p: &Path| match cwd {
+        Some(dir) if p.is_relative() => Path::new(dir).join(p),
+        _ => p.to_path_buf(),
     };
-    if program.contains('/') {
-        let p = Path::new(program);
-        return usable(p).then(|| p.to_path_buf());
-    }
-    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
-        .split(':')
-        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
-        .find(|p| usable(p))
+    let executable = |p: &Path| {
+        let p = seen(p);
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .is_ok_and(|c| alcove_sys::fs::is_executable(&c))
+            && std::fs::metadata(&p).is_ok_and(|m| m.is_file())
+    };
+    let found = if program.contains('/') {
+        Some(Path::new(program).to_path_buf()).filter(|p| executable(p))
+    } else {
+        path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            .split(':')
+            .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+            .find(|p| executable(p))
+    };
+    found.filter(|p| spawnable(&seen(p)))
 }
 
-/// Whether `path` is a file exec runs as it is: an ELF file or a `#!` script.
+/// Whether `path` is a regular file exec runs as it is: an ELF file or a
+/// `#!` script. Opened without waiting (a FIFO swapped in answers no).
 fn spawnable(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+            f.read_exact(&mut head)
+        })
         .is_ok_and(|()| head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 

@@ -246,6 +246,14 @@ pub(super) struct Channel {
     pub stderr: std::os::fd::OwnedFd,
 }
 
+/// Why a session did not fork: `before_fork` when it refused (threads,
+/// shared memory: the caller can fix that), else its copy failed.
+#[derive(Debug)]
+pub(super) struct ForkRefusal {
+    pub before_fork: bool,
+    pub why: String,
+}
+
 /// How long a forked interpreter has to say it is ready.
 const FORK_READY: Duration = Duration::from_secs(10);
 
@@ -329,10 +337,10 @@ impl Interpreter {
     }
 
     /// The session's answer to a fork (its `done`), within one deadline:
-    /// Ok(None) when the copy was made, Ok(Some(why)) when the session said
-    /// it could not; an error when it did not answer as the protocol says
-    /// (the caller then ends the session).
-    pub(super) async fn fork_answer(&mut self) -> Result<Option<String>, SandboxesError> {
+    /// Ok(None) when the copy was made, Ok(Some(refusal)) when the session
+    /// said it could not; an error when it did not answer as the protocol
+    /// says (the caller then ends the session).
+    pub(super) async fn fork_answer(&mut self) -> Result<Option<ForkRefusal>, SandboxesError> {
         let deadline = tokio::time::Instant::now() + FORK_READY;
         let mut why = None;
         loop {
@@ -347,18 +355,31 @@ impl Interpreter {
             #[derive(serde::Deserialize)]
             struct Answer {
                 #[serde(default)]
+                name: Option<String>,
+                #[serde(default)]
                 value: Option<String>,
                 #[serde(default)]
                 ok: Option<bool>,
             }
             let answer: Answer = serde_json::from_str(&frame.text).unwrap_or(Answer {
+                name: None,
                 value: None,
                 ok: None,
             });
             match frame.kind.as_str() {
-                "error" if why.is_none() => why = answer.value,
+                "error" if why.is_none() => {
+                    why = Some(ForkRefusal {
+                        before_fork: answer.name.as_deref() == Some("ForkRefused"),
+                        why: answer.value.unwrap_or_default(),
+                    })
+                }
                 "done" if answer.ok == Some(true) => return Ok(None),
-                "done" => return Ok(Some(why.unwrap_or_else(|| "the fork failed".into()))),
+                "done" => {
+                    return Ok(Some(why.unwrap_or(ForkRefusal {
+                        before_fork: false,
+                        why: "the fork failed".into(),
+                    })))
+                }
                 other => {
                     return Err(SandboxesError::ForkFailed(format!(
                         "the interpreter answered the fork with {:?}",

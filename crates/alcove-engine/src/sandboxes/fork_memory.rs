@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How long each step of the copy's side has to answer.
+/// How long the copy's side has, all its steps together.
 const STEP: Duration = Duration::from_secs(10);
 /// The descriptor the new agent's socket gets.
 const AGENT_LINK_FD: i32 = 3;
@@ -53,8 +53,18 @@ pub(super) async fn start(
              of its own, with loopback only); fork this one without memory",
         );
     }
+    // Forks with memory in progress at once, daemon-wide: each holds a
+    // blocking thread and a session for up to its deadline.
+    static IN_PROGRESS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let Ok(_one_of_few) = IN_PROGRESS.try_acquire() else {
+        return Err(SandboxesError::Conflict(
+            "4 forks with memory are being made on this daemon: try again in a moment".into(),
+        ));
+    };
     // Resumed if paused (its session must run to fork), and not idle meanwhile.
     let _in_use = parent.touch().await?;
+    parent.forking.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _forking = Forking(parent);
     let Ok(mut slot) = parent.code.try_lock() else {
         return no("a code call is running in it: wait for it or interrupt it, then fork");
     };
@@ -206,7 +216,9 @@ pub(super) async fn start(
         (Ok(made), _) => made,
         // The session said why it did not fork (threads, shared memory): the
         // caller can fix that.
-        (Err(_), Ok(Some(why))) => return Err(SandboxesError::Conflict(why)),
+        (Err(_), Ok(Some(refusal))) if refusal.before_fork => {
+            return Err(SandboxesError::Conflict(refusal.why))
+        }
         (Err(why), _) => return Err(SandboxesError::ForkFailed(why)),
     };
     let t_checked = t0.elapsed();
@@ -292,13 +304,20 @@ pub(super) async fn start(
 
     log_agent(log_read, id.clone());
     let made_rest = async {
-        let (link, _) = AgentLink::connect(daemon_end, AGENT_READY).await?;
+        let (link, _) = AgentLink::connect(daemon_end, AGENT_READY)
+            .await
+            .map_err(|e| SandboxesError::ForkFailed(format!("the copy's agent: {e}")))?;
         let channel = Channel {
             control,
             stdout: out_read,
             stderr: err_read,
         };
-        let interpreter = Interpreter::forked(&link, channel).await?;
+        let interpreter = Interpreter::forked(&link, channel)
+            .await
+            .map_err(|e| match e {
+                SandboxesError::ForkFailed(_) => e,
+                other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
+            })?;
         Ok::<_, SandboxesError>((link, interpreter))
     }
     .await;
@@ -364,6 +383,17 @@ pub(super) async fn start(
     Ok(sandbox)
 }
 
+/// Marks a sandbox as being forked from while it lives.
+struct Forking<'a>(&'a LiveSandbox);
+
+impl Drop for Forking<'_> {
+    fn drop(&mut self) {
+        self.0
+            .forking
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The new sandbox's cgroup until its run takes it: removed (after its
 /// processes are killed) if the fork fails before.
 struct CgroupGuard(Option<alcove_cgroup::SandboxCgroup>);
@@ -409,6 +439,7 @@ fn handshake(
     agent_log: OwnedFd,
 ) -> Result<Made, String> {
     let t0 = Instant::now();
+    let deadline = t0 + STEP;
     let proc_text = |pid: libc::pid_t, file: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{file}"))
             .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))
@@ -417,7 +448,7 @@ fn handshake(
     let parent_cgroup = std::fs::read_to_string(format!("{parent_path}/cgroup"))
         .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
 
-    let (child, _) = receive(steps.as_fd(), "child")?;
+    let (child, _) = receive(steps.as_fd(), "child", deadline)?;
     let t_child = t0.elapsed();
     let child_pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
     let kill_child = || {
@@ -438,7 +469,7 @@ fn handshake(
     drop(agent_log);
 
     let t_go = t0.elapsed();
-    let (pid, _) = receive(steps.as_fd(), "init")?;
+    let (pid, _) = receive(steps.as_fd(), "init", deadline)?;
     tracing::debug!(
         child_ms = t_child.as_secs_f64() * 1e3,
         moved_ms = t_moved.as_secs_f64() * 1e3,
@@ -471,7 +502,8 @@ fn handshake(
         events: libc::POLLIN,
         revents: 0,
     }];
-    if !matches!(alcove_sys::fd::poll(&mut gone, Some(STEP)), Ok(1..)) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..)) {
         return refuse("the session's child did not leave".into());
     }
     let members = cgroup_members(cgroup);
@@ -545,16 +577,21 @@ fn cgroup_members(cgroup: &alcove_cgroup::SandboxCgroup) -> Vec<libc::pid_t> {
     pids
 }
 
-/// Waits (up to [`STEP`]) for the copy's next word, which starts with
-/// `expected`: the pid the kernel says sent it, and the word. A failure
-/// report or silence is the error.
-fn receive(steps: BorrowedFd<'_>, expected: &str) -> Result<(libc::pid_t, String), String> {
+/// Waits (until `deadline`: the whole copy has [`STEP`]) for the copy's
+/// next word, which starts with `expected`: the pid the kernel says sent
+/// it, and the word. A failure report or silence is the error.
+fn receive(
+    steps: BorrowedFd<'_>,
+    expected: &str,
+    deadline: Instant,
+) -> Result<(libc::pid_t, String), String> {
     let mut polled = [libc::pollfd {
         fd: steps.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }];
-    match alcove_sys::fd::poll(&mut polled, Some(STEP)) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match alcove_sys::fd::poll(&mut polled, Some(left)) {
         Ok(0) => return Err(format!("the copy did not say {expected} within {STEP:?}")),
         Ok(_) => {}
         Err(e) => return Err(format!("waiting for the copy: {e}")),

@@ -183,6 +183,8 @@ pub struct LiveSandbox {
     end_reason: Arc<Mutex<Option<String>>>,
     /// The sandbox whose process tree it lives in (a fork with memory).
     nested_in: Option<String>,
+    /// A fork with memory is being made from it.
+    pub(super) forking: std::sync::atomic::AtomicBool,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -795,6 +797,7 @@ impl LiveSandbox {
             no_idle_pause_until: Mutex::new(0.0),
             end_reason: p.end_reason,
             nested_in: p.nested_in,
+            forking: Default::default(),
         })
     }
 }
@@ -985,6 +988,13 @@ impl LiveSandbox {
     /// processes stop where they are, memory and files kept. Calls in flight
     /// wait for a resume (their agent answers within 30 s or they fail).
     pub async fn pause(&self, frozen: bool) -> Result<SandboxInfo, SandboxesError> {
+        if frozen && self.forking.load(std::sync::atomic::Ordering::Relaxed) {
+            // Its session must run to finish the fork (a frozen one would hold it
+            // until the fork's deadline).
+            return Err(SandboxesError::Conflict(
+                "a fork with memory is being made from it: pause it when that is done".into(),
+            ));
+        }
         let _one_at_a_time = self.freezer.lock().await;
         self.set_frozen(frozen).await?;
         Ok(self.info())

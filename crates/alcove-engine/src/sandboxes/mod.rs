@@ -303,6 +303,22 @@ impl Engine {
         Ok(info)
     }
 
+    /// The nearest sandbox whose process tree `sandbox` lives in (it is a
+    /// fork with memory, or a fork of one) that is gone or ending.
+    fn ended_ancestor(&self, sandbox: &LiveSandbox) -> Option<String> {
+        let mut next = sandbox.nested_in().map(str::to_owned);
+        for _ in 0..64 {
+            let id = next?;
+            match self.sandboxes.get(&id) {
+                Ok(parent) if !*parent.ended().borrow() => {
+                    next = parent.nested_in().map(str::to_owned)
+                }
+                _ => return Some(id),
+            }
+        }
+        None
+    }
+
     /// A place for one more sandbox among the daemon's `max`, held while
     /// it starts.
     fn reserve(&self) -> Result<Starting<'_>, SandboxesError> {
@@ -370,19 +386,13 @@ impl Engine {
                 return;
             };
             s.kill().await;
-            let parent_gone = s
-                .nested_in()
-                .filter(|p| {
-                    // Gone, or ending (a fork of a fork learns before its parent is taken).
-                    engine
-                        .sandboxes
-                        .get(p)
-                        .map_or(true, |parent| *parent.ended().borrow())
-                })
+            let parent_gone = engine
+                .ended_ancestor(&s)
                 .map(|p| {
                     format!(
-                        "its parent {p} ended (a fork with the interpreter's memory lives in its \
-                         parent's process tree); its files and metadata were kept"
+                        "{p}, which it was forked from with the interpreter's memory, ended (such \
+                         a fork lives in its parent's process tree); its files and metadata were \
+                         kept"
                     )
                 });
             let reason = match (s.end_reason(), parent_gone) {

@@ -233,6 +233,12 @@ pub(crate) fn home_mounted(dir: &Path) -> bool {
 pub(crate) fn reclaim(dir: &Path) -> io::Result<()> {
     let home = home_of(dir);
     let target = cpath(&home)?;
+    // Emptied first: a detached copy of the mount that something still holds
+    // (a forked interpreter's session may keep the one it was handed) would
+    // keep every page of it in memory, outside any limit, after the unmount.
+    if home_mounted(dir) {
+        empty(&home);
+    }
     for _ in 0..64 {
         if !home_mounted(dir) {
             break;
@@ -255,6 +261,20 @@ pub(crate) fn reclaim(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+/// Removes what `dir` holds (best effort; links are removed, not followed).
+fn empty(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
     }
 }
 
