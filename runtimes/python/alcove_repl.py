@@ -398,7 +398,9 @@ def _main():
 
     def fork_session(request, fds):
         """A fork into a new sandbox (alcove_fork.py): None when the copy is
-        made, "copy" in the copy, else why not."""
+        made, "copy" in the copy, else (error name, why): ForkRefused when
+        the session did not fork (the caller can fix that), ForkFailed when
+        its copy failed."""
         def close_all():
             for fd in fds:
                 try:
@@ -409,24 +411,25 @@ def _main():
             threads = next((int(l.split()[1]) for l in f if l.startswith("Threads:")), 0)
         if threads != 1:
             close_all()
-            return (f"the session runs {threads} threads; a fork copies only one, so it is "
+            return ("ForkRefused",
+                    f"the session runs {threads} threads; a fork copies only one, so it is "
                     "refused (end the threads the code started)")
         try:
             fork_module = _load_sibling("alcove_fork")
             fork_module.parse(request, fds)
         except (ImportError, ValueError, OSError) as e:
             close_all()
-            return f"the fork request is not usable: {e}"
+            return "ForkRefused", f"the fork request is not usable: {e}"
         why = fork_module.shared_with_parent()
         if why is not None:
             close_all()
-            return why
+            return "ForkRefused", why
         flush_output()
         try:
             pid = _os.fork()
         except OSError as e:
             close_all()
-            return f"fork: {e}"
+            return "ForkRefused", f"fork: {e}"
         if pid == 0:
             try:
                 new_ctl = fork_module.become_copy(request, fds, [chan["sock"].fileno()])
@@ -452,7 +455,8 @@ def _main():
         except ChildProcessError:
             status = 0  # reaped by the code's own handler: the daemon knows how it went
         if _os.waitstatus_to_exitcode(status) != 0:
-            return f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}"
+            return ("ForkFailed",
+                    f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}")
         after_fork[0] = True  # huge pages for the next fork, once this one is answered
         return None
 
@@ -490,8 +494,8 @@ def _main():
                         continue  # the new sandbox's interpreter: it said ready
                     ok = outcome is None
                     if not ok:
-                        out.append({"type": "error", "id": rid, "name": "ForkFailed",
-                                    "value": outcome, "traceback": []})
+                        out.append({"type": "error", "id": rid, "name": outcome[0],
+                                    "value": outcome[1], "traceback": []})
                 elif not isinstance(request.get("code"), str):
                     rid = request.get("id")
                     out.append({"type": "error", "id": rid, "name": "BadRequest",

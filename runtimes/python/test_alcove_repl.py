@@ -380,7 +380,7 @@ class ReplTest(unittest.TestCase):
         # Without its six descriptors: refused, the session goes on.
         self.repl.send_raw(b'{"type": "fork", "id": "f1"}\n')
         frames = self.repl.until_done("f1")
-        self.assertEqual(self.error(frames)["name"], "ForkFailed")
+        self.assertEqual(self.error(frames)["name"], "ForkRefused")
         self.assertIn("needs 6 descriptors", self.error(frames)["value"])
         # With descriptors but no usable numbers: refused, and what came is closed.
         r, w = os.pipe()

@@ -499,7 +499,11 @@ impl Agent {
 /// None, and the command then starts by name through execvp as before,
 /// when nothing is found or what is found is not an ELF file or a `#!`
 /// script (execvp runs one without `#!` through /bin/sh) or cannot be read.
-fn find_program(program: &str, path: Option<&str>, cwd: Option<&str>) -> Option<std::path::PathBuf> {
+fn find_program(
+    program: &str,
+    path: Option<&str>,
+    cwd: Option<&str>,
+) -> Option<std::path::PathBuf> {
     let seen = |p: &Path| match cwd {
         Some(dir) if p.is_relative() => Path::new(dir).join(p),
         _ => p.to_path_buf(),

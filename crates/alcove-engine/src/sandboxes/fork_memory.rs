@@ -63,7 +63,9 @@ pub(super) async fn start(
     };
     // Resumed if paused (its session must run to fork), and not idle meanwhile.
     let _in_use = parent.touch().await?;
-    parent.forking.store(true, std::sync::atomic::Ordering::Relaxed);
+    parent
+        .forking
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let _forking = Forking(parent);
     let Ok(mut slot) = parent.code.try_lock() else {
         return no("a code call is running in it: wait for it or interrupt it, then fork");

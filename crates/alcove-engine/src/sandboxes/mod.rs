@@ -386,15 +386,13 @@ impl Engine {
                 return;
             };
             s.kill().await;
-            let parent_gone = engine
-                .ended_ancestor(&s)
-                .map(|p| {
-                    format!(
-                        "{p}, which it was forked from with the interpreter's memory, ended (such \
+            let parent_gone = engine.ended_ancestor(&s).map(|p| {
+                format!(
+                    "{p}, which it was forked from with the interpreter's memory, ended (such \
                          a fork lives in its parent's process tree); its files and metadata were \
                          kept"
-                    )
-                });
+                )
+            });
             let reason = match (s.end_reason(), parent_gone) {
                 (Some(why), _) => format!("{why}; its files and metadata were kept"),
                 (None, Some(why)) => why,
