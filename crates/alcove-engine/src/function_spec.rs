@@ -137,7 +137,7 @@ pub fn runtime_command(c: &FunctionConfig) -> Option<Vec<String>> {
 }
 
 /// The argv of `runtime` serving `entry`, and the host directory holding
-/// the runtime (mounted at the same path inside).
+/// the runtime (mounted at `RUNTIME_DIR` inside).
 fn runtime_handler(
     runtime: &str,
     entry: Option<&str>,
@@ -164,7 +164,8 @@ fn runtime_handler(
             alcove_sandbox::error_chain(&e)
         ))
     })?;
-    let script = dir.join(alcove_warm::runtime::PYTHON_RUNTIME);
+    let script = std::path::Path::new(alcove_warm::runtime::RUNTIME_DIR)
+        .join(alcove_warm::runtime::PYTHON_RUNTIME);
     Ok((
         vec!["python3".into(), script.into(), entry.into()],
         dir.to_path_buf(),
@@ -219,8 +220,8 @@ pub(crate) fn base_spec(
     // After the function's own binds, which callers count from the start.
     if let Some((_, runtime_dir)) = runtime {
         spec.binds.push(Bind {
-            source: runtime_dir.clone(),
-            target: runtime_dir,
+            source: runtime_dir,
+            target: alcove_warm::runtime::RUNTIME_DIR.into(),
             writable: false,
             device: false,
         });

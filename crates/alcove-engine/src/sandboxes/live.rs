@@ -323,7 +323,7 @@ fn base_spec(
         .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?;
     spec.binds.push(alcove_sandbox::Bind {
         source: runtime.to_path_buf(),
-        target: runtime.to_path_buf(),
+        target: alcove_warm::runtime::RUNTIME_DIR.into(),
         writable: false,
         device: false,
     });
