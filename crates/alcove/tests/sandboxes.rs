@@ -582,6 +582,29 @@ fn cli_and_events_name_the_sandbox() {
     let (code, listed) = alcove(d, &["sandbox", "ls", "--meta", "who=cli"]);
     assert_eq!(code, 0);
     assert!(listed.contains(&id), "{listed}");
+    // A forkable sandbox and a fork with its interpreter's memory, from the CLI.
+    let (code, parent) = alcove(d, &["sandbox", "create", "--forkable", "--meta", "who=cli"]);
+    assert_eq!(code, 0, "create --forkable: {parent}");
+    let parent = parent.trim().to_owned();
+    let (code, out) = alcove(d, &["sandbox", "code", &parent, "x = 41"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, fork) = alcove(d, &["sandbox", "fork", "--memory", &parent]);
+    assert_eq!(code, 0, "fork --memory: {fork}");
+    let fork = fork.trim().to_owned();
+    let (code, out) = alcove(d, &["sandbox", "code", &fork, "x + 1"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "42"),
+        "the fork's interpreter has x"
+    );
+    let (code, out) = alcove(d, &["sandbox", "fork", "--memory", &id]);
+    assert_ne!(
+        code, 0,
+        "a sandbox that is not forkable forks with memory: {out}"
+    );
+    for sb in [&fork, &parent] {
+        assert_eq!(alcove(d, &["sandbox", "rm", sb]).0, 0);
+    }
     let (code, _) = alcove(d, &["sandbox", "rm", &id]);
     assert_eq!(code, 0);
     let (code, _) = alcove(d, &["sandbox", "show", &id]);
