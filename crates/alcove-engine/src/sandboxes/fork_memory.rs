@@ -305,10 +305,13 @@ pub(super) async fn start(
         .map_err(io("starting the sandbox's thread"))?;
 
     log_agent(log_read, id.clone());
+    let t_thread = t0.elapsed();
+    let mut t_link = t_thread;
     let made_rest = async {
         let (link, _) = AgentLink::connect(daemon_end, AGENT_READY)
             .await
             .map_err(|e| SandboxesError::ForkFailed(format!("the copy's agent: {e}")))?;
+        t_link = t0.elapsed();
         let channel = Channel {
             control,
             stdout: out_read,
@@ -378,6 +381,8 @@ pub(super) async fn start(
         files_ms = ms(t_files),
         sent_ms = ms(t_sent),
         checked_ms = ms(t_checked),
+        thread_ms = ms(t_thread),
+        link_ms = ms(t_link),
         ready_ms = ms(t_ready),
         ms = ms(t0.elapsed()),
         "forked with its interpreter's memory"
