@@ -77,8 +77,8 @@ environment:
   ALCOVE_VM_TESTS     test binaries to run from the root cgroup (default:
                       "limits run_basics teardown ebpf guard images
                       functions hostile isolation router control
-                      http_functions warm_isolation sandboxes lifecycle hardening
-                      spec_features
+                      http_functions warm_isolation sandboxes sandbox_restart
+                      lifecycle hardening spec_features
                       podman containerd": the alcove package's integration
                       tests, alcove-api's router, which runs sandboxes, and
                       alcove-oci's (the OCI runtime under podman and
@@ -91,7 +91,9 @@ environment:
                       daemon path functions and control already run, and
                       warm_lifecycle and hostile_warm (restarts, a thousand
                       invocations: ~4 min under TCG; name them here to run
-                      them in the guest))
+                      them in the guest), and sandbox_network, whose
+                      outbound sandboxes need netfilter, which the guest's
+                      kernel lacks (neither nf_tables nor ip_tables))
   ALCOVE_VM_DELEGATED_TESTS  test binaries to run from the delegated cgroup
                       (default: those of ALCOVE_VM_TESTS whose work is making
                       cgroups beneath the cgroup they start in: "limits
@@ -141,7 +143,7 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation sandboxes lifecycle hardening spec_features podman containerd}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation sandboxes sandbox_restart lifecycle hardening spec_features podman containerd}
 # The delegated part checks that alcove makes its cgroups beneath the one it
 # was started in; images, functions, hostile and the rest make theirs through
 # the same code, and podman and containerd place their containers' cgroups

@@ -158,18 +158,23 @@ pub(super) fn ensure_host() -> Result<(), String> {
         ));
     }
     for (table, parent, chain, rules) in chains() {
+        let said = std::cell::RefCell::new(String::new());
         let ipt = |args: &[&str]| -> Result<bool, String> {
-            let out = Command::new("iptables")
+            let out = Command::new(iptables().0)
                 .args(["-w", "-t", table])
                 .args(args)
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("running iptables (install iptables): {e}"))?;
+            *said.borrow_mut() = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             Ok(out.status.success())
         };
         if !ipt(&["-N", chain])? && !ipt(&["-F", chain])? {
             return Err(format!(
-                "iptables cannot make or flush the {table} chain {chain}"
+                "{} cannot make or flush the {table} chain {chain} (does this kernel have \
+                 netfilter?): {}",
+                iptables().0,
+                said.borrow()
             ));
         }
         for rule in &rules {
@@ -189,8 +194,30 @@ pub(super) fn ensure_host() -> Result<(), String> {
     }
 }
 
+/// `iptables` and `iptables-save`, or their legacy (x_tables) twins on a
+/// kernel without nf_tables, where Debian's default (nft) ones cannot start.
+/// Chosen once: a host whose firewall is nft keeps nft.
+fn iptables() -> (&'static str, &'static str) {
+    static CHOSEN: std::sync::OnceLock<(&str, &str)> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let works = |save: &str| {
+            Command::new(save)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !works("iptables-save") && works("iptables-legacy-save") {
+            ("iptables-legacy", "iptables-legacy-save")
+        } else {
+            ("iptables", "iptables-save")
+        }
+    })
+}
+
 fn iptables_save() -> Result<String, String> {
-    let out = Command::new("iptables-save")
+    let out = Command::new(iptables().1)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running iptables-save (install iptables): {e}"))?;
