@@ -26,7 +26,6 @@ import ctypes
 import fcntl
 import os
 import socket
-import struct
 
 import alcove_runtime as _rt
 
@@ -160,13 +159,7 @@ def become_copy(request, fds, keep):
         fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
         step = "id maps"
         fork.check(fork.libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "PR_SET_DUMPABLE")
-        for path, text in (("setgroups", "deny"), ("uid_map", f"{fork.uid} {fork.uid} 1"),
-                           ("gid_map", f"{fork.gid} {fork.gid} 1")):
-            fd = os.open(f"/proc/self/{path}", os.O_WRONLY)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
+        fork.map_own_ids()
         step = "mounts"
         fork.mount(None, "/", None, _rt.MS_REC | _rt.MS_PRIVATE, None)
         fork.isolate_mounts()
@@ -183,10 +176,7 @@ def become_copy(request, fds, keep):
             except OSError:
                 pass
         step = "loopback"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            ifr = fcntl.ioctl(s.fileno(), _rt.SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
-            up = struct.unpack("16sh22x", ifr)[1] | _rt.IFF_UP
-            fcntl.ioctl(s.fileno(), _rt.SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", up))
+        _rt.loopback_up()
         step = "go"
         _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
         _, log = _rt.parse_request(b"", 0, anc)

@@ -263,22 +263,13 @@ class Template:
             step = 1
             check(self.libc.unshare(self.flags), f"unshare({self.flags:#x})")
             step = 2
-            for path, text in (("setgroups", "deny"), ("uid_map", f"{self.uid} {self.uid} 1"),
-                               ("gid_map", f"{self.gid} {self.gid} 1")):
-                fd = os.open(f"/proc/self/{path}", os.O_WRONLY)
-                try:
-                    os.write(fd, text.encode())
-                finally:
-                    os.close(fd)
+            self.map_own_ids()
             step = 3
             self.mount(None, "/", None, MS_REC | MS_PRIVATE, None)
             step = 4
             self.isolate_mounts()
             step = 5
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                ifr = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
-                flags = struct.unpack("16sh22x", ifr)[1] | IFF_UP
-                fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags))
+            loopback_up()
             step = 6
             if os.fork() != 0:
                 os._exit(0)  # the middle process; its child is pid 1 of the new pid namespace
@@ -351,6 +342,16 @@ class Template:
         except OSError:
             pass
         return code
+
+    def map_own_ids(self):
+        """Step 2: in the new user namespace, keep our own uid and gid."""
+        for path, text in (("setgroups", "deny"), ("uid_map", f"{self.uid} {self.uid} 1"),
+                           ("gid_map", f"{self.gid} {self.gid} 1")):
+            fd = os.open(f"/proc/self/{path}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
 
     def mount(self, source, target, fstype, flags, data):
         enc = lambda s: None if s is None else os.fsencode(s)
@@ -440,6 +441,14 @@ class Template:
         if rc != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"capset: {os.strerror(errno)}")
+
+
+def loopback_up():
+    """Step 5: the new network namespace's `lo` up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sh22x", b"lo", 0))
+        flags = struct.unpack("16sh22x", ifr)[1] | IFF_UP
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags))
 
 
 def parse_request(buf, nbytes, ancdata):

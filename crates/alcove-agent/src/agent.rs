@@ -120,15 +120,7 @@ fn read_filter(path: &Path) -> io::Result<Vec<libc::sock_filter>> {
             format!("{} bytes is not a seccomp program", bytes.len()),
         ));
     }
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|c| libc::sock_filter {
-            code: u16::from_ne_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect())
+    Ok(alcove_sys::seccomp::filter_from_bytes(&bytes))
 }
 
 impl Agent {

@@ -119,17 +119,7 @@ pub(crate) fn template_filter() -> &'static [libc::sock_filter] {
 }
 
 fn instructions(program: &[u8]) -> Vec<libc::sock_filter> {
-    {
-        program
-            .chunks_exact(8)
-            .map(|c| libc::sock_filter {
-                code: u16::from_ne_bytes([c[0], c[1]]),
-                jt: c[2],
-                jf: c[3],
-                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-            })
-            .collect()
-    }
+    alcove_sys::seccomp::filter_from_bytes(program)
 }
 
 #[cfg(test)]

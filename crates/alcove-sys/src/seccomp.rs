@@ -54,6 +54,21 @@ pub fn install_filter_with_flags(
     Ok(None)
 }
 
+/// A classic-BPF program from raw `struct sock_filter`s (8 bytes each, native
+/// byte order), the form alcove writes them in; trailing bytes short of an
+/// instruction are ignored (check the length first).
+pub fn filter_from_bytes(bytes: &[u8]) -> Vec<libc::sock_filter> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect()
+}
+
 /// One syscall waiting for an answer on a listener (`struct seccomp_notif`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Notification {

@@ -364,15 +364,7 @@ pub(super) async fn start(
         interpreter: Some(interpreter),
         nested_in: Some(parent.id.clone()),
     });
-    let saving = Arc::clone(&sandbox);
-    let saved = tokio::task::spawn_blocking(move || saving.save_record()).await;
-    if !matches!(saved, Ok(Ok(()))) {
-        sandbox.begin_kill();
-        return Err(match saved {
-            Ok(Err(e)) => e,
-            _ => SandboxesError::Start("saving the sandbox's record failed".into()),
-        });
-    }
+    sandbox.save_first_record().await?;
     unmade.keep();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     tracing::info!(

@@ -721,15 +721,7 @@ pub(super) async fn start(
         nested_in: None,
     });
     if restore.is_none() {
-        let s = Arc::clone(&sandbox);
-        let saved = tokio::task::spawn_blocking(move || s.save_record()).await;
-        if !matches!(saved, Ok(Ok(()))) {
-            sandbox.begin_kill();
-            return Err(match saved {
-                Ok(Err(e)) => e,
-                _ => SandboxesError::Start("saving the sandbox's record failed".into()),
-            });
-        }
+        sandbox.save_first_record().await?;
     }
     unmade.keep();
     Ok(sandbox)
@@ -920,6 +912,21 @@ impl LiveSandbox {
 
     pub(super) fn nested_in(&self) -> Option<&str> {
         self.nested_in.as_deref()
+    }
+
+    /// Writes a new sandbox's record, off the async threads; a sandbox
+    /// whose record cannot be written is ended (a restart would lose it).
+    pub(super) async fn save_first_record(self: &Arc<Self>) -> Result<(), SandboxesError> {
+        let s = Arc::clone(self);
+        let saved = tokio::task::spawn_blocking(move || s.save_record()).await;
+        if matches!(saved, Ok(Ok(()))) {
+            return Ok(());
+        }
+        self.begin_kill();
+        Err(match saved {
+            Ok(Err(e)) => e,
+            _ => SandboxesError::Start("saving the sandbox's record failed".into()),
+        })
     }
 
     pub(super) fn net(&self) -> NetMode {
