@@ -15,6 +15,10 @@ alcove_require_root test.sh
 # tests (crates/alcove/tests/cluster.rs), which fail there too without them.
 alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}" "${ALCOVE_CLUSTER_PACKAGES[@]}"
 alcove_ensure_rust
+# CI builds once: incremental caches only cost disk there (a CI machine ran
+# out of space with them); a developer's own shell keeps cargo's default.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | sed 's/^/disk: /'
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Includes the short fuzz run (crates/alcove-fuzz/tests/replay.rs: every
