@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import os
+import re
 import socket
 import struct
 import time
@@ -19,13 +20,13 @@ TOKEN = os.environ.get("ALCOVE_TOKEN")
 
 # A WebSocket echo server (RFC 6455, text frames, stdlib), run in the sandbox.
 WS_SERVER = r'''
-import base64, hashlib, socket, struct, sys
+import base64, hashlib, socket, struct, sys, threading
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(128)
 print("listening", flush=True)
-while True:
-    c, _ = s.accept()
+
+def serve(c):
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = c.recv(4096)
@@ -34,7 +35,7 @@ while True:
         head += chunk
     if b"\r\n\r\n" not in head:
         c.close()
-        continue  # a probe that only connected
+        return  # a probe that only connected
     key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
     accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
     c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
@@ -55,6 +56,10 @@ while True:
         reply = b"echo:" + text
         c.sendall(bytes([0x81, len(reply)]) + reply)
     c.close()
+
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 '''
 
 
@@ -103,15 +108,14 @@ class Preview(unittest.TestCase):
         self.assertEqual(status, 502, body)
         self.assertIn(b"port_not_listening", body)
 
-    def test_a_websocket_through_the_daemon(self):
-        self.sb.files.write("ws.py", WS_SERVER)
-        self.sb.commands.run("exec python3 ws.py 8770", background=True)
-        self.wait_listening(8770)
-        host, port = self.host.rsplit(":", 1)
-        s = socket.create_connection((host, int(port)), timeout=10)
+    def ws_open(self, port):
+        """A WebSocket handshake through the daemon: the socket, the key and
+        what the daemon answered (its head, and for a refusal its body)."""
+        host, daemon_port = self.host.rsplit(":", 1)
+        s = socket.create_connection((host, int(daemon_port)), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         s.sendall((
-            f"GET /v1/sandboxes/{self.sb.id}/ports/8770/chat HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"GET /v1/sandboxes/{self.sb.id}/ports/{port}/chat HTTP/1.1\r\nHost: {self.host}\r\n"
             f"Authorization: Bearer {TOKEN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
         head = b""
@@ -119,6 +123,13 @@ class Preview(unittest.TestCase):
             chunk = s.recv(4096)
             self.assertTrue(chunk, f"the connection closed: {head!r}")
             head += chunk
+        return s, key, head
+
+    def test_a_websocket_through_the_daemon(self):
+        self.sb.files.write("ws.py", WS_SERVER)
+        self.sb.commands.run("exec python3 ws.py 8770", background=True)
+        self.wait_listening(8770)
+        s, key, head = self.ws_open(8770)
         self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
         want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         self.assertIn(want, head)
@@ -132,6 +143,45 @@ class Preview(unittest.TestCase):
             self.assertEqual(h[0], 0x81)
             self.assertEqual(data, f"echo:{word}".encode())
         s.close()
+
+    def test_websockets_to_one_sandbox_are_capped(self):
+        # An upgraded connection leaves the server's connection count: without
+        # this cap a client could hold unbounded tunnels (daemon tasks and
+        # sockets) open to one sandbox. Room for the server's 65 threads.
+        self.sb = Sandbox.create(timeout=120, pids=256)
+        self.addCleanup(self.sb.kill)
+        self.sb.files.write("ws.py", WS_SERVER)
+        self.sb.commands.run("exec python3 ws.py 8771", background=True)
+        self.wait_listening(8771)
+        cap = 64  # MAX_TUNNELS_PER_SANDBOX in crates/alcove-api/src/preview.rs
+        held = []
+        for _ in range(cap):
+            s, _, head = self.ws_open(8771)
+            held.append(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        s, _, head = self.ws_open(8771)
+        self.assertTrue(head.startswith(b"HTTP/1.1 503"), head)
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(head.partition(b"\r\n\r\n")[2]) < length:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, head)
+            head += chunk
+        s.close()
+        self.assertIn(b"64 WebSocket connections are open to sandbox", head)
+        # The ones held still work, and closing one frees its place.
+        held[0].sendall(ws_frame("still"))
+        self.assertEqual(held[0].recv(2)[0], 0x81)
+        held.pop().close()
+        for _ in range(50):
+            s, _, head = self.ws_open(8771)
+            if head.startswith(b"HTTP/1.1 101"):
+                break
+            s.close()
+            time.sleep(0.1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        held.append(s)
+        for s in held:
+            s.close()
 
 
 @unittest.skipUnless(SERVER, "needs $ALCOVE_SERVER: run by crates/alcove/tests/sandboxes.rs")

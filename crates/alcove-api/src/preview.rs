@@ -13,6 +13,63 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
+/// WebSocket (upgraded) connections open at once through the daemon, and
+/// through one sandbox: an upgraded connection leaves the server's
+/// connection count, so these bound what clients and sandboxes can hold.
+pub(crate) const MAX_TUNNELS: usize = 512;
+pub(crate) const MAX_TUNNELS_PER_SANDBOX: usize = 64;
+
+static TUNNELS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_TUNNELS);
+static PER_SANDBOX: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// One open tunnel, counted daemon-wide and for its sandbox until dropped.
+struct Tunnel {
+    sandbox: String,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Tunnel {
+    fn open(sandbox: &str) -> Result<Tunnel, ApiError> {
+        let busy =
+            |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", what);
+        let permit = TUNNELS.try_acquire().map_err(|_| {
+            busy(format!(
+                "{MAX_TUNNELS} WebSocket connections are open through this daemon: close some"
+            ))
+        })?;
+        let mut counts = PER_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts
+            .get_or_insert_with(Default::default)
+            .entry(sandbox.to_owned())
+            .or_insert(0);
+        if *count >= MAX_TUNNELS_PER_SANDBOX {
+            return Err(busy(format!(
+                "{MAX_TUNNELS_PER_SANDBOX} WebSocket connections are open to sandbox {sandbox}: close some"
+            )));
+        }
+        *count += 1;
+        Ok(Tunnel {
+            sandbox: sandbox.to_owned(),
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let mut counts = PER_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counts) = counts.as_mut() {
+            if let Some(n) = counts.get_mut(&self.sandbox) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.sandbox);
+                }
+            }
+        }
+    }
+}
+
 /// Headers a hop must not forward (RFC 9110 7.6.1), besides `Connection`'s list.
 const HOP_BY_HOP: [&str; 7] = [
     "keep-alive",
@@ -52,6 +109,9 @@ async fn proxy(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::bad_request(format!("port {port:?}: give 1 to 65535")))?;
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    // Counted before anything is opened: over the cap costs nothing upstream.
+    let tunnel = upgrade.then(|| Tunnel::open(&id)).transpose()?;
     let sandbox = s.engine.sandbox(&id).await?;
     let stream = sandbox.connect_port(port).await?;
     let bad_gateway = |e: hyper::Error| {
@@ -82,7 +142,6 @@ async fn proxy(
         Some(q) => format!("/{rest}?{q}"),
         None => format!("/{rest}"),
     };
-    let upgrade = request.headers().contains_key(header::UPGRADE);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     parts.uri = path_and_query
@@ -112,6 +171,7 @@ async fn proxy(
         // sandbox from an idle pause while the connection lives.
         tokio::spawn(async move {
             let _using = sandbox;
+            let _counted = tunnel;
             let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
                 return;
             };

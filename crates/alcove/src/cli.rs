@@ -148,6 +148,12 @@ struct ServeArgs {
     /// How long a client may take to send a request's body [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     body_timeout: Option<std::time::Duration>,
+    /// Threads answering the API, 1 to 1024 [default: one fewer than the
+    /// host's CPUs, at least 1: they only route, the work runs in sandboxes
+    /// and blocking threads, and on a small host each one that wakes takes
+    /// a core from them].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// On SIGTERM, how long running invocations may finish before they are
     /// killed [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
@@ -477,6 +483,7 @@ pub fn main() -> i32 {
                 header_timeout: args.header_timeout,
                 body_timeout: args.body_timeout,
                 shutdown_grace: args.shutdown_grace,
+                workers: args.workers,
                 allow_binds: args.allow_binds,
                 warm_memory: args.warm_memory,
                 warm_ready: args.warm_ready,

