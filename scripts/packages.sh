@@ -27,6 +27,10 @@ ALCOVE_OCI_PACKAGES=(podman conmon catatonit containerd runc crun umoci)
 # the load balancer in front.
 ALCOVE_CLUSTER_PACKAGES=(postgresql haproxy)
 
+# What the console's browser test (crates/alcove/tests/console.rs) drives:
+# headless Chromium through its WebDriver, from Python's selenium.
+ALCOVE_CONSOLE_PACKAGES=(chromium chromium-driver python3-selenium)
+
 alcove_install_packages() {
     local missing=() p
     for p in "${ALCOVE_PACKAGES[@]}" "$@"; do

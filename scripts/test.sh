@@ -12,8 +12,10 @@ alcove_require_root test.sh
 # real callers and peers of alcove-oci's tests (crates/alcove-oci/tests),
 # which under ALCOVE_CI=1 fail rather than skip when one is missing;
 # PostgreSQL and HAProxy are the shared store and the balancer of the cluster
-# tests (crates/alcove/tests/cluster.rs), which fail there too without them.
-alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}" "${ALCOVE_CLUSTER_PACKAGES[@]}"
+# tests (crates/alcove/tests/cluster.rs), which fail there too without them;
+# Chromium, its driver and selenium run the console's browser test.
+alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}" "${ALCOVE_CLUSTER_PACKAGES[@]}" \
+    "${ALCOVE_CONSOLE_PACKAGES[@]}"
 alcove_ensure_rust
 # CI builds once: incremental caches only cost disk there (a CI machine ran
 # out of space with them); a developer's own shell keeps cargo's default.

@@ -1,6 +1,7 @@
-//! Bearer tokens: every request but /healthz and /readyz must carry
-//! `Authorization: Bearer TOKEN` (`alcove serve` always has a token; a router
-//! built without one, in tests, checks nothing), compared in constant time.
+//! Bearer tokens: every request but /healthz, /readyz and the console's
+//! files (/ui/) must carry `Authorization: Bearer TOKEN` (`alcove serve`
+//! always has a token; a router built without one, in tests, checks
+//! nothing), compared in constant time.
 //! Requests to `/fn/...` pass on with a [`Caller`] saying whether the token
 //! matched: a function deployed `public` answers without it.
 
@@ -66,8 +67,10 @@ pub(crate) async fn require_token(
     let Some(token) = &state.token else {
         return next.run(request).await;
     };
-    // Probes of load balancers and Kubernetes carry no token.
-    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+    // Probes of load balancers and Kubernetes carry no token, and the
+    // console's files hold no data (they ask for the token themselves).
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz") || crate::console::is_console_file(path) {
         return next.run(request).await;
     }
     let presented = request

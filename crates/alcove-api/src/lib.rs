@@ -1,7 +1,8 @@
 //! alcove-api owns the HTTP face of the functions platform: the axum router
 //! ([`app`]), the JSON it accepts and returns, bearer-token checks, the
-//! OpenAPI document it serves, the server loop that faces untrusted clients
-//! ([`serve`]), and a typed blocking client for the CLI.
+//! OpenAPI document it serves, the operator console's files (`/ui/`), the
+//! server loop that faces untrusted clients ([`serve`]), and a typed
+//! blocking client for the CLI.
 //!
 //! It turns HTTP into calls on an [`alcove_engine::Engine`] and engine
 //! results back into HTTP; it runs nothing itself.
@@ -10,6 +11,7 @@ mod auth;
 pub mod cgi;
 mod client;
 mod config_routes;
+mod console;
 mod control;
 mod endpoint;
 mod errors;
@@ -24,6 +26,7 @@ pub mod wire;
 pub use auth::token_proof;
 pub use client::{Client, ClientError, EventStream, InvokeOutcome};
 pub use config_routes::MAX_SECRET_BODY;
+pub use console::CONTENT_SECURITY_POLICY;
 pub use errors::ApiError;
 pub use monitor_routes::MAX_EVENT_STREAMS;
 pub use routes::{app, AppState};

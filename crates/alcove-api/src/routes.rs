@@ -55,6 +55,7 @@ pub fn app(state: AppState) -> Router {
             post(invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_BODY)),
         )
         .route("/functions/{name}/logs", get(logs))
+        .route("/functions/{name}/stats", get(stats))
         .route(
             "/functions/{name}/learn",
             get(crate::monitor_routes::learned)
@@ -76,6 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
+        .merge(crate::console::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -183,6 +185,11 @@ async fn rollback(
 struct LogsQuery {
     #[serde(default = "default_log_limit")]
     limit: u32,
+    /// `ok`, `failed` or one status (`timeout`, `oom`...).
+    status: Option<String>,
+    /// Only those created before this (unix seconds): `next_before` of the
+    /// page before.
+    before: Option<f64>,
 }
 
 fn default_log_limit() -> u32 {
@@ -194,13 +201,41 @@ async fn logs(
     Segment(name): Segment,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let LogsQuery { limit } = query_or_error(query)?;
+    let LogsQuery {
+        limit,
+        status,
+        before,
+    } = query_or_error(query)?;
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "limit {limit}: use 1 to 1000"
         )));
     }
-    let records = blocking(move || s.engine.logs(&name, limit)).await?;
+    let status = match status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(alcove_engine::StatusFilter::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status {:?}: use ok, failed, exited, signaled, timeout, cpu_time, oom, \
+                 killed_by_policy, error, cancelled, queued or running",
+                text.chars().take(64).collect::<String>()
+            ))
+        })?),
+    };
+    if before.is_some_and(|b| !b.is_finite()) {
+        return Err(ApiError::bad_request(
+            "before: give unix seconds (next_before of the page before)",
+        ));
+    }
+    let filter = alcove_engine::InvocationFilter {
+        limit,
+        status,
+        before,
+    };
+    let records = blocking(move || s.engine.logs(&name, &filter)).await?;
+    // A full page may have more behind it: where the next one starts.
+    let next_before = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| r.created_at))
+        .flatten();
     let views: Vec<InvocationView> = records
         .into_iter()
         .map(|mut r| {
@@ -208,7 +243,14 @@ async fn logs(
             r.into()
         })
         .collect();
-    Ok(Json(json!({ "invocations": views })).into_response())
+    Ok(Json(json!({ "invocations": views, "next_before": next_before })).into_response())
+}
+
+/// `GET /v1/functions/{name}/stats`: its last hour on this daemon, minute by
+/// minute (invocations, failures, duration percentiles).
+async fn stats(State(s): State<AppState>, Segment(name): Segment) -> Result<Response, ApiError> {
+    let stats = blocking(move || s.engine.function_stats(&name)).await?;
+    Ok(Json(stats).into_response())
 }
 
 async fn invocation(State(s): State<AppState>, Segment(id): Segment) -> Result<Response, ApiError> {

@@ -94,6 +94,9 @@ impl Engine {
         record.status = "running".into();
         record.attempts += 1;
         record.started_at = Some(now());
+        record.request_bytes = Some(input.body.len() as u64);
+        // A streamed response goes to its client as it comes: not counted here.
+        let streamed = input.stdout.is_some();
         self.store.update_invocation(record)?;
         let prepared = self
             .spec_for(v, record, input)
@@ -174,6 +177,7 @@ impl Engine {
                 record.memory_peak_bytes = outcome.memory_peak_bytes;
                 record.pids_peak = outcome.pids_peak;
                 record.output_truncated = outcome.stdout_truncated;
+                record.response_bytes = (!streamed).then_some(outcome.stdout.len() as u64);
                 record.warm = outcome.warm.clone();
                 record.error = match outcome.status {
                     Status::Cancelled => Some(
@@ -240,6 +244,12 @@ impl Engine {
             start = kind,
             wall_ms = record.wall_ms.unwrap_or_default(),
             "invocation ended"
+        );
+        self.stats.record(
+            &v.function,
+            record.succeeded(),
+            record.wall_ms,
+            crate::store::now(),
         );
         self.metrics
             .invocations

@@ -156,6 +156,8 @@ pub struct Engine {
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     pub(crate) sandboxes: crate::sandboxes::Sandboxes,
     pub metrics: Metrics,
+    /// Each function's last hour, minute by minute (the console's charts).
+    pub(crate) stats: crate::stats::InvocationStats,
 }
 
 /// An invocation task alive; the engine waits for these at shutdown.
@@ -320,6 +322,7 @@ impl Engine {
             me: std::sync::OnceLock::new(),
             sandboxes: crate::sandboxes::Sandboxes::new(config_max_sandboxes),
             metrics,
+            stats: Default::default(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.remove_unused_code()?;
@@ -455,6 +458,7 @@ impl Engine {
             let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.store.delete_function(name)?;
             self.metrics.forget_function(name);
+            self.stats.forget(name);
             self.forget_learning(name);
             self.stop_template(name);
             self.forget(name);
@@ -519,10 +523,20 @@ impl Engine {
         self.store.invocation(id)
     }
 
-    /// The most recent invocations of a function, newest first.
-    pub fn logs(&self, name: &str, limit: u32) -> Result<Vec<InvocationRecord>, EngineError> {
+    /// A function's invocations that `filter` picks, newest first.
+    pub fn logs(
+        &self,
+        name: &str,
+        filter: &crate::InvocationFilter,
+    ) -> Result<Vec<InvocationRecord>, EngineError> {
         self.store.function(name)?;
-        self.store.recent_invocations(name, limit)
+        self.store.recent_invocations(name, filter)
+    }
+
+    /// A function's last hour, minute by minute, as this daemon ran it.
+    pub fn function_stats(&self, name: &str) -> Result<crate::FunctionStats, EngineError> {
+        self.store.function(name)?;
+        Ok(self.stats.of(name, crate::store::now()))
     }
 
     pub(crate) fn in_flight(&self) -> InFlight {

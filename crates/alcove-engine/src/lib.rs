@@ -26,6 +26,7 @@ mod model;
 mod monitoring;
 mod running;
 pub mod sandboxes;
+mod stats;
 mod store;
 mod warm;
 
@@ -48,6 +49,8 @@ pub use model::{
 };
 pub use monitoring::{DenialRecord, EngineEvent, KernelRecord, MonitorMode, EVENT_BACKLOG};
 pub use running::{RunningInvocation, RunningList, MAX_LISTED};
+pub use stats::{FunctionStats, StatsBucket};
+pub use store::{InvocationFilter, StatusFilter};
 pub use warm::WarmConfig;
 
 use std::io;

@@ -191,6 +191,11 @@ pub struct InvocationRecord {
     pub error: Option<String>,
     /// The handler's stderr (its log), capped at [`STDERR_KEPT`](crate::STDERR_KEPT).
     pub stderr: String,
+    /// The request body's size (the handler's stdin).
+    pub request_bytes: Option<u64>,
+    /// The response's size (the handler's stdout, as kept); none when it
+    /// streamed to the client or the handler never ran.
+    pub response_bytes: Option<u64>,
     /// The response, kept for async invocations.
     #[serde(skip)]
     pub response: Option<Vec<u8>>,

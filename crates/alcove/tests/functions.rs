@@ -249,6 +249,113 @@ fn secrets_reach_the_handler_but_never_the_api() {
 }
 
 #[test]
+fn listings_filter_and_page_and_the_last_hour_is_charted() {
+    let Some(t) = setup("listings_filter_and_page_and_the_last_hour_is_charted", &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    // Succeeds when sent "ok", fails (exit 1) otherwise.
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "mixed",
+        "--handler",
+        "sh -c 'read -r x; echo \"$x\"; [ \"$x\" = ok ]'",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for body in ["ok", "bad", "ok", "bad", "ok"] {
+        let reply = d.http("POST", "/v1/functions/mixed/invoke", body.as_bytes());
+        assert_eq!(
+            reply.status,
+            if body == "ok" { 200 } else { 502 },
+            "{}",
+            reply.text()
+        );
+    }
+    let list = |query: &str| -> Value {
+        let reply = d.http("GET", &format!("/v1/functions/mixed/logs?{query}"), b"");
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text());
+        reply.json()
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["invocations"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|i| i["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let ok = list("status=ok");
+    assert_eq!(ids(&ok).len(), 3, "{ok}");
+    assert!(
+        ok["invocations"].as_array().unwrap().iter().all(|i| {
+            // "ok" in, "ok\n" out.
+            i["exit_code"] == 0 && i["request_bytes"] == 2 && i["response_bytes"] == 3
+        }),
+        "{ok}"
+    );
+    let failed = list("status=failed");
+    assert_eq!(ids(&failed).len(), 2, "{failed}");
+    assert!(failed["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["exit_code"] == 1));
+    assert_eq!(
+        failed["next_before"],
+        Value::Null,
+        "a short page is the last"
+    );
+
+    // Pages of two: 2, 2, 1, every invocation once, newest first.
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_owned();
+    for want in [2, 2, 1] {
+        let page = list(&query);
+        assert_eq!(ids(&page).len(), want, "{page}");
+        seen.extend(ids(&page));
+        match page["next_before"].as_f64() {
+            Some(before) => query = format!("limit=2&before={before}"),
+            None => assert_eq!(want, 1, "only the last page has no next: {page}"),
+        }
+    }
+    let all = ids(&list("limit=10"));
+    assert_eq!(seen, all, "the pages are the whole list in order");
+    assert_eq!(all.len(), 5);
+
+    for (query, says) in [
+        ("status=bogus", "use ok, failed"),
+        ("before=NaN", "before"),
+        ("limit=0", "limit 0"),
+    ] {
+        let reply = d.http("GET", &format!("/v1/functions/mixed/logs?{query}"), b"");
+        assert_eq!(reply.status, 400, "{query}");
+        assert!(reply.text().contains(says), "{query}: {}", reply.text());
+    }
+
+    let stats = d.http("GET", "/v1/functions/mixed/stats", b"");
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    let stats = stats.json();
+    let buckets = stats["buckets"].as_array().expect("buckets");
+    assert_eq!((buckets.len(), stats["bucket_s"].as_u64()), (60, Some(60)));
+    let sum = |field: &str| {
+        buckets
+            .iter()
+            .map(|b| b[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!((sum("invocations"), sum("errors")), (5, 2), "{stats}");
+    let timed: Vec<&Value> = buckets.iter().filter(|b| b["invocations"] != 0).collect();
+    assert!(
+        timed.iter().all(|b| {
+            let (p50, p99) = (b["p50_ms"].as_f64().unwrap(), b["p99_ms"].as_f64().unwrap());
+            p50 > 0.0 && p50 <= p99 && p99 < 60_000.0
+        }),
+        "{stats}"
+    );
+    assert_eq!(d.http("GET", "/v1/functions/nope/stats", b"").status, 404);
+}
+
+#[test]
 fn limits_are_enforced_and_reported() {
     let Some(t) = setup("limits_are_enforced_and_reported", &[]) else {
         return;

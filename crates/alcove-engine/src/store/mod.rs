@@ -6,6 +6,8 @@
 //!
 //! Every method blocks: the engine calls them off its async threads.
 
+#[cfg(test)]
+mod filter_tests;
 mod postgres;
 mod secret_box;
 mod sqlite;
@@ -23,6 +25,93 @@ pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Which of a function's invocations a listing wants, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvocationFilter {
+    /// At most this many (1 to 1000: the API checks).
+    pub limit: u32,
+    pub status: Option<StatusFilter>,
+    /// Only those created before this (unix seconds): the next page starts
+    /// at the last one's `created_at`.
+    pub before: Option<f64>,
+}
+
+/// An invocation's outcome, as a listing filters on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusFilter {
+    /// Exited 0.
+    Succeeded,
+    /// Ended any other way.
+    Failed,
+    /// This status exactly (`timeout`, `oom`, `queued`...).
+    Is(String),
+}
+
+impl StatusFilter {
+    /// `ok`, `failed`, or a status of the report's vocabulary.
+    pub fn parse(text: &str) -> Option<StatusFilter> {
+        const STATUSES: [&str; 10] = [
+            "exited",
+            "signaled",
+            "timeout",
+            "cpu_time",
+            "oom",
+            "killed_by_policy",
+            "error",
+            "cancelled",
+            "queued",
+            "running",
+        ];
+        match text {
+            "ok" => Some(StatusFilter::Succeeded),
+            "failed" => Some(StatusFilter::Failed),
+            s if STATUSES.contains(&s) => Some(StatusFilter::Is(s.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The word the listing's SQL compares with (see [`FILTERED_INVOCATIONS`]).
+    fn word(&self) -> &str {
+        match self {
+            StatusFilter::Succeeded => "ok",
+            StatusFilter::Failed => "failed",
+            StatusFilter::Is(s) => s,
+        }
+    }
+}
+
+impl InvocationFilter {
+    /// The parameters of [`FILTERED_INVOCATIONS`] after the function: the
+    /// status word ('' for any) and the created-before bound.
+    pub(crate) fn params(&self) -> (String, f64) {
+        (
+            self.status
+                .as_ref()
+                .map_or(String::new(), |s| s.word().to_owned()),
+            self.before.filter(|b| b.is_finite()).unwrap_or(f64::MAX),
+        )
+    }
+}
+
+/// The WHERE clause of a filtered listing, the same for SQLite and
+/// PostgreSQL (each numbers its parameters its own way: `{N}` here):
+/// function, status word, created-before bound. One statement whatever the
+/// filter, so it is prepared once.
+pub(crate) const FILTERED_INVOCATIONS: &str = "function = {1} AND created_at < {3} AND ( \
+    {2} = '' \
+    OR ({2} = 'ok' AND status = 'exited' AND exit_code = 0) \
+    OR ({2} = 'failed' AND status NOT IN ('queued', 'running') \
+        AND NOT (status = 'exited' AND COALESCE(exit_code, -1) = 0)) \
+    OR status = {2})";
+
+/// [`FILTERED_INVOCATIONS`] with parameters spelled `{prefix}N`.
+pub(crate) fn filtered_invocations(prefix: &str) -> String {
+    FILTERED_INVOCATIONS
+        .replace("{1}", &format!("{prefix}1"))
+        .replace("{2}", &format!("{prefix}2"))
+        .replace("{3}", &format!("{prefix}3"))
 }
 
 /// What every store keeps.
@@ -63,10 +152,11 @@ pub(crate) trait StoreBackend: Send + Sync {
     fn insert_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError>;
     fn update_invocation(&self, r: &InvocationRecord) -> Result<(), EngineError>;
     fn invocation(&self, id: &str) -> Result<InvocationRecord, EngineError>;
+    /// `function`'s invocations that `filter` picks, newest first.
     fn recent_invocations(
         &self,
         function: &str,
-        limit: u32,
+        filter: &InvocationFilter,
     ) -> Result<Vec<InvocationRecord>, EngineError>;
     fn learned(
         &self,

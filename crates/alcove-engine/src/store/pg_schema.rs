@@ -16,7 +16,7 @@
 pub(super) const MIGRATION_LOCK: i64 = 0x616c_636f_7665_0001;
 
 /// Step N is `STEPS[N - 1]`.
-pub(super) const STEPS: &[&str] = &[STEP_1, STEP_2];
+pub(super) const STEPS: &[&str] = &[STEP_1, STEP_2, STEP_3];
 
 const STEP_1: &str = "
 CREATE TABLE alcove_functions (
@@ -134,4 +134,9 @@ BEGIN
     RETURN TRUE;
 END
 $take$;
+";
+
+/// Each invocation's request and response sizes (the console shows them).
+const STEP_3: &str = "
+ALTER TABLE alcove_invocations ADD COLUMN request_bytes BIGINT, ADD COLUMN response_bytes BIGINT;
 ";

@@ -547,7 +547,7 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), EngineErr
 
 const SELECT_INVOCATION: &str = "SELECT id, function, version, status, is_async, attempts, created_at, started_at,
     ended_at, exit_code, signal, wall_ms, cpu_user_ms, cpu_sys_ms, memory_peak_bytes, pids_peak, output_truncated,
-    error, stderr, response, kernel, node, nodes FROM alcove_invocations";
+    error, stderr, response, kernel, node, nodes, request_bytes, response_bytes FROM alcove_invocations";
 
 /// Inserts a new record only while its version exists (the version row is
 /// share-locked, so a function deleted meanwhile takes the record with it).
@@ -585,6 +585,8 @@ fn record(r: &Row) -> Result<InvocationRecord, EngineError> {
         nodes: col::<Option<String>>(r, 22)?
             .and_then(|n| serde_json::from_str(&n).ok())
             .unwrap_or_default(),
+        request_bytes: u64_opt_col(r, 23, "a request size")?,
+        response_bytes: u64_opt_col(r, 24, "a response size")?,
     })
 }
 
@@ -939,7 +941,8 @@ impl StoreBackend for PgStore {
                 "UPDATE alcove_invocations SET status = $2, attempts = $3, started_at = $4, ended_at = $5,
                  exit_code = $6, signal = $7, wall_ms = $8, cpu_user_ms = $9, cpu_sys_ms = $10,
                  memory_peak_bytes = $11, pids_peak = $12, output_truncated = $13, error = $14,
-                 stderr = $15, response = $16, kernel = $17, node = $18, nodes = $19
+                 stderr = $15, response = $16, kernel = $17, node = $18, nodes = $19,
+                 request_bytes = $21, response_bytes = $22
                  WHERE id = $1 AND attempts <= $3
                  AND (NOT is_async OR EXISTS (SELECT 1 FROM alcove_queue q
                                               WHERE q.id = $1 AND q.leased_by = $20))",
@@ -970,6 +973,8 @@ impl StoreBackend for PgStore {
                     // whose lease lapsed cannot overwrite what the next holder
                     // records, even after that one has finished.
                     &&*ctx.lessee,
+                    &r.request_bytes.map(bigint),
+                    &r.response_bytes.map(bigint),
                 ],
             )
             .await?;
@@ -1006,17 +1011,20 @@ impl StoreBackend for PgStore {
     fn recent_invocations(
         &self,
         function: &str,
-        limit: u32,
+        filter: &super::InvocationFilter,
     ) -> Result<Vec<InvocationRecord>, EngineError> {
         let function = function.to_owned();
+        let (status, before) = filter.params();
+        let limit = i64::from(filter.limit);
         self.run(move |ctx| async move {
             let client = ctx.client().await?;
             let rows = query(
                 &client,
                 &format!(
-                    "{SELECT_INVOCATION} WHERE function = $1 ORDER BY created_at DESC LIMIT $2"
+                    "{SELECT_INVOCATION} WHERE {} ORDER BY created_at DESC LIMIT $4",
+                    super::filtered_invocations("$")
                 ),
-                &[&function, &i64::from(limit)],
+                &[&function, &status, &before, &limit],
             )
             .await?;
             rows.iter().map(record).collect()

@@ -342,12 +342,12 @@ fn functions_versions_and_records() {
     store
         .insert_invocation(&record("i2", "f", 1, "queued"))
         .unwrap();
-    let recent = store.recent_invocations("f", 10).unwrap();
+    let recent = store.recent_invocations("f", &latest(10)).unwrap();
     assert_eq!(
         recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["i2", "i1"]
     );
-    assert_eq!(store.recent_invocations("f", 1).unwrap().len(), 1);
+    assert_eq!(store.recent_invocations("f", &latest(1)).unwrap().len(), 1);
     assert_eq!(
         store.purge_invocations(now() + 10.0).unwrap(),
         1,
@@ -964,4 +964,20 @@ fn tls_is_used_and_the_servers_certificate_is_verified() {
         open(Some(&certs.join("empty.pem"))),
         Err(EngineError::Invalid(_))
     ));
+}
+
+/// The newest `limit` invocations, unfiltered.
+fn latest(limit: u32) -> crate::InvocationFilter {
+    crate::InvocationFilter {
+        limit,
+        status: None,
+        before: None,
+    }
+}
+
+#[test]
+fn listings_filter_by_outcome_and_page() {
+    let pg = postgres_or_skip!();
+    let store = pg.open("n1").unwrap();
+    crate::store::filter_tests::check_filters(&store);
 }

@@ -95,7 +95,12 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE invocations ADD COLUMN kernel TEXT")
                 .map_err(db)?;
         }
-        for (column, kind) in [("node", "TEXT"), ("nodes", "TEXT")] {
+        for (column, kind) in [
+            ("node", "TEXT"),
+            ("nodes", "TEXT"),
+            ("request_bytes", "INTEGER"),
+            ("response_bytes", "INTEGER"),
+        ] {
             let has: bool = conn
                 .query_row(
                     "SELECT COUNT(*) FROM pragma_table_info('invocations') WHERE name = ?1",
@@ -357,7 +362,7 @@ impl StoreBackend for SqliteStore {
                 "UPDATE invocations SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, exit_code = ?6,
                  signal = ?7, wall_ms = ?8, cpu_user_ms = ?9, cpu_sys_ms = ?10, memory_peak_bytes = ?11,
                  pids_peak = ?12, output_truncated = ?13, error = ?14, stderr = ?15, response = ?16,
-                 kernel = ?17, node = ?18, nodes = ?19
+                 kernel = ?17, node = ?18, nodes = ?19, request_bytes = ?20, response_bytes = ?21
                  WHERE id = ?1",
             )
             .and_then(|mut stmt| {
@@ -383,6 +388,8 @@ impl StoreBackend for SqliteStore {
                         .and_then(|k| serde_json::to_string(k).ok()),
                     r.node,
                     (!r.nodes.is_empty()).then(|| serde_json::to_string(&r.nodes).unwrap_or_default()),
+                    r.request_bytes.map(|v| v as i64),
+                    r.response_bytes.map(|v| v as i64),
                 ])
             })
             .map_err(db)?;
@@ -404,16 +411,21 @@ impl StoreBackend for SqliteStore {
     fn recent_invocations(
         &self,
         function: &str,
-        limit: u32,
+        filter: &super::InvocationFilter,
     ) -> Result<Vec<InvocationRecord>, EngineError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
-                "{SELECT_INVOCATION} WHERE function = ?1 ORDER BY created_at DESC LIMIT ?2"
+            .prepare_cached(&format!(
+                "{SELECT_INVOCATION} WHERE {} ORDER BY created_at DESC LIMIT ?4",
+                super::filtered_invocations("?")
             ))
             .map_err(db)?;
+        let (status, before) = filter.params();
         let rows = stmt
-            .query_map(params![function, limit], row_to_record)
+            .query_map(
+                params![function, status, before, filter.limit],
+                row_to_record,
+            )
             .map_err(db)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db)?;
@@ -484,7 +496,7 @@ impl StoreBackend for SqliteStore {
 
 const SELECT_INVOCATION: &str = "SELECT id, function, version, status, is_async, attempts, created_at, started_at,
     ended_at, exit_code, signal, wall_ms, cpu_user_ms, cpu_sys_ms, memory_peak_bytes, pids_peak, output_truncated,
-    error, stderr, response, kernel, node, nodes FROM invocations";
+    error, stderr, response, kernel, node, nodes, request_bytes, response_bytes FROM invocations";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
     let stderr: Option<Vec<u8>> = r.get(18)?;
@@ -518,5 +530,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
             .get::<_, Option<String>>(22)?
             .and_then(|n| serde_json::from_str(&n).ok())
             .unwrap_or_default(),
+        request_bytes: r.get::<_, Option<i64>>(23)?.map(|v| v as u64),
+        response_bytes: r.get::<_, Option<i64>>(24)?.map(|v| v as u64),
     })
 }
