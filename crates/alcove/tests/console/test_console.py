@@ -10,11 +10,13 @@ the situation it checks happen through the API first, and confirms it there,
 so that what it then looks for in the page is known to exist.
 """
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -42,6 +44,9 @@ HOSTILE = "console-hostile"
 HOSTILE_STDERR = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 # Deployed here, while the functions page is open.
 LIVE = "console-live"
+BULK = "console-bulk"  # does nothing: invoked 10,000 times
+BULK_INVOCATIONS = 10_000
+PAGE = 50  # rows a page of invocations shows
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -97,7 +102,7 @@ def severe(entries):
 class Console(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        for function in (HELLO, FAILING, HOSTILE):
+        for function in (HELLO, FAILING, HOSTILE, BULK):
             api_json("GET", f"/v1/functions/{function}")
         os.makedirs(SCREENSHOTS, exist_ok=True)
         cls.scratch = tempfile.mkdtemp(prefix="alcove-console-")
@@ -255,8 +260,10 @@ class Console(unittest.TestCase):
 
     def test_1_login(self):
         self.driver.execute_script("sessionStorage.clear()")
-        # A reload, so that nothing of the page's own state keeps the token.
-        self.driver.refresh()
+        # A fresh load of the console's front page (cases run in any order and
+        # may leave another view open), so nothing of the page's state keeps the token.
+        self.driver.get("about:blank")
+        self.driver.get(CONSOLE)
         self.wait_shown("#login-form", "the login form for a console with no token")
         self.assertFalse(self.shown("#functions-table"), "the functions table shows before logging in")
 
@@ -498,6 +505,66 @@ class Console(unittest.TestCase):
         self.assertEqual(status, 401, "/v1/functions without a token")
         status, _, _ = api("GET", "/v1/functions", token="not-" + TOKEN)
         self.assertEqual(status, 401, "/v1/functions with a wrong token")
+
+    def test_10_ten_thousand_invocations_page_and_a_busy_stream_stays_bounded(self):
+        # The events view stays open while 8 clients invoke as fast as the
+        # daemon answers: its table must stay bounded and the page answering.
+        self.open("#/events")
+        self.wait_shown("#events-table", "the events table")
+        issued = itertools.count()
+        failures = []
+
+        def client():
+            while next(issued) < BULK_INVOCATIONS:
+                status, _, data = api("POST", f"/v1/functions/{BULK}/invoke", b"")
+                if status != 200:
+                    failures.append((status, data[:200]))
+                    return
+
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        for c in clients:
+            c.start()
+        most_rows = 0
+        while any(c.is_alive() for c in clients):
+            # Each call is answered only between the page's own tasks: a page
+            # frozen by the stream would fail it (the driver's own timeout).
+            rows = self.driver.execute_script(
+                "return document.querySelectorAll('#events-table tr.event-row').length"
+            )
+            most_rows = max(most_rows, rows)
+            time.sleep(0.5)
+        for c in clients:
+            c.join()
+        self.assertEqual(failures, [], "invocations failed under load")
+        self.assertGreater(most_rows, 0, "the busy stream showed no event")
+        self.assertLessEqual(most_rows, 500, "the events table outgrew its cap")
+        self.assert_console_clean("a busy event stream")
+
+        stats = api_json("GET", f"/v1/functions/{BULK}/stats")
+        self.assertEqual(sum(b["invocations"] for b in stats["buckets"]), BULK_INVOCATIONS)
+        newest = api_json("GET", f"/v1/functions/{BULK}/logs?limit=1")["invocations"][0]["id"]
+
+        # Paged, 50 at a time, each page new rows only, older and back again.
+        self.open(f"#/functions/{BULK}")
+        self.wait_shown(self.invocation_row(newest), "the newest of 10,000 invocations")
+        ids_js = (
+            "return [...document.querySelectorAll('#invocations-table tr.invocation-row')]"
+            ".map(r => r.dataset.id)"
+        )
+        seen = set()
+        for page in range(3):
+            ids = self.driver.execute_script(ids_js)
+            self.assertEqual(len(ids), PAGE, f"page {page + 1} shows {len(ids)} rows")
+            self.assertFalse(seen & set(ids), f"page {page + 1} repeats rows")
+            seen |= set(ids)
+            self.click("#older", "the older page button")
+            self.wait_until(
+                lambda: not set(self.driver.execute_script(ids_js)) & seen,
+                f"the page after page {page + 1}",
+            )
+        self.click("#newer", "the newest page button")
+        self.wait_shown(self.invocation_row(newest), "the first page again")
+        self.assert_console_clean("paging 10,000 invocations")
 
 
 if __name__ == "__main__":
