@@ -108,7 +108,8 @@ pub fn parse_at_end(buf: &[u8]) -> Result<Head, CgiError> {
 }
 
 /// Fields the client must not get from a handler: hop-by-hop ones (RFC 9110
-/// §7.6.1), the framing (alcove's), and alcove's own.
+/// §7.6.1), the framing (alcove's), alcove's own, and the one that would let
+/// a function's script control pages beyond its own path (the console's).
 fn dropped(name: &HeaderName) -> bool {
     let n = name.as_str();
     matches!(
@@ -120,6 +121,7 @@ fn dropped(name: &HeaderName) -> bool {
             | "te"
             | "trailer"
             | "content-length"
+            | "service-worker-allowed"
     ) || n.starts_with("proxy-")
         || n.starts_with("x-alcove-")
 }

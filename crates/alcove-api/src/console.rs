@@ -7,6 +7,11 @@
 //! - the token travels in an `Authorization` header set by the page's own
 //!   script, never in a cookie, so another site cannot make the browser send
 //!   it (no CSRF), and no CORS header lets another origin read an answer;
+//! - the token is held in the page's memory only: public functions share
+//!   this origin, and a page of theirs in the same tab could read its
+//!   storage; they cannot become a service worker over it either (the
+//!   endpoint refuses worker scripts and drops `Service-Worker-Allowed`),
+//!   and opening the console gives them no handle on it (COOP);
 //! - a strict Content-Security-Policy: scripts and styles only from these
 //!   files, no inline code, no other origin, no framing;
 //! - the script builds every element with `textContent`, so what a function
@@ -68,6 +73,12 @@ fn file(body: &'static str, content_type: &'static str) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // A page that opens the console (a public function's, on this same
+    // origin) gets no handle on it.
+    headers.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

@@ -31,6 +31,15 @@ pub(crate) async fn serve(State(s): State<AppState>, request: Request) -> Respon
 }
 
 async fn endpoint(s: AppState, request: Request) -> Result<Response, ApiError> {
+    // Functions share the daemon's origin with the console: none may install
+    // a service worker there (it would see every page and request of it).
+    if request.headers().contains_key("service-worker") {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "a function cannot serve a service worker: functions share the daemon's origin with its console",
+        ));
+    }
     // The token, when one was checked (a router without one checks nothing).
     let by_token = request
         .extensions()

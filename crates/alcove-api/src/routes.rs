@@ -187,13 +187,23 @@ struct LogsQuery {
     limit: u32,
     /// `ok`, `failed` or one status (`timeout`, `oom`...).
     status: Option<String>,
-    /// Only those created before this (unix seconds): `next_before` of the
-    /// page before.
+    /// Where this page starts: after the invocation `after` (the page
+    /// before's `next_after`), or among those created before `before` (unix
+    /// seconds).
+    after: Option<String>,
     before: Option<f64>,
+    /// Whether each record carries its stderr (up to 64 KiB each); a list
+    /// that only shows outcomes leaves it out.
+    #[serde(default = "default_true")]
+    stderr: bool,
 }
 
 fn default_log_limit() -> u32 {
     20
+}
+
+fn default_true() -> bool {
+    true
 }
 
 async fn logs(
@@ -204,7 +214,9 @@ async fn logs(
     let LogsQuery {
         limit,
         status,
+        after,
         before,
+        stderr,
     } = query_or_error(query)?;
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -221,29 +233,45 @@ async fn logs(
             ))
         })?),
     };
-    if before.is_some_and(|b| !b.is_finite()) {
-        return Err(ApiError::bad_request(
-            "before: give unix seconds (next_before of the page before)",
-        ));
-    }
+    let before = match (after, before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give after (next_after of the page before) or before, not both",
+            ))
+        }
+        (Some(id), None) if id.is_empty() || id.len() > 128 => {
+            return Err(ApiError::bad_request(
+                "after: give an invocation's id (next_after of the page before)",
+            ))
+        }
+        (Some(id), None) => Some(alcove_engine::Cursor::After(id)),
+        (None, Some(at)) if !at.is_finite() => {
+            return Err(ApiError::bad_request("before: give unix seconds"))
+        }
+        (None, Some(at)) => Some(alcove_engine::Cursor::CreatedBefore(at)),
+        (None, None) => None,
+    };
+    // One more than asked: whether a next page exists, without a second query.
     let filter = alcove_engine::InvocationFilter {
-        limit,
+        limit: limit + 1,
         status,
         before,
     };
-    let records = blocking(move || s.engine.logs(&name, &filter)).await?;
-    // A full page may have more behind it: where the next one starts.
-    let next_before = (records.len() == limit as usize)
-        .then(|| records.last().map(|r| r.created_at))
-        .flatten();
+    let mut records = blocking(move || s.engine.logs(&name, &filter)).await?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next_after = records.last().filter(|_| more).map(|r| r.id.clone());
     let views: Vec<InvocationView> = records
         .into_iter()
         .map(|mut r| {
             r.response = None;
+            if !stderr {
+                r.stderr = String::new();
+            }
             r.into()
         })
         .collect();
-    Ok(Json(json!({ "invocations": views, "next_before": next_before })).into_response())
+    Ok(Json(json!({ "invocations": views, "next_after": next_after })).into_response())
 }
 
 /// `GET /v1/functions/{name}/stats`: its last hour on this daemon, minute by

@@ -55,7 +55,15 @@ impl Engine {
         record.error = Some(why);
         record.ended_at = Some(now());
         self.save(record, retry_on_failure)?;
+        self.chart(record);
         Ok(Vec::new())
+    }
+
+    /// Counts an ended attempt in its function's last hour (the console's
+    /// charts count attempts: an async invocation retried counts each).
+    fn chart(&self, record: &InvocationRecord) {
+        self.stats
+            .record(&record.function, record.succeeded(), record.wall_ms, now());
     }
 
     /// Stores a finished attempt's record (as `queued` when another follows).
@@ -88,6 +96,7 @@ impl Engine {
             Err(refused) => {
                 let retry = refused.apply(record);
                 self.save(record, retry && retry_on_failure)?;
+                self.chart(record);
                 return Ok(Vec::new());
             }
         };
@@ -245,12 +254,7 @@ impl Engine {
             wall_ms = record.wall_ms.unwrap_or_default(),
             "invocation ended"
         );
-        self.stats.record(
-            &v.function,
-            record.succeeded(),
-            record.wall_ms,
-            crate::store::now(),
-        );
+        self.chart(record);
         self.metrics
             .invocations
             .get_or_create(&InvocationLabels {

@@ -50,7 +50,7 @@ pub use model::{
 pub use monitoring::{DenialRecord, EngineEvent, KernelRecord, MonitorMode, EVENT_BACKLOG};
 pub use running::{RunningInvocation, RunningList, MAX_LISTED};
 pub use stats::{FunctionStats, StatsBucket};
-pub use store::{InvocationFilter, StatusFilter};
+pub use store::{Cursor, InvocationFilter, StatusFilter};
 pub use warm::WarmConfig;
 
 use std::io;

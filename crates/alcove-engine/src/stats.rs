@@ -17,8 +17,10 @@ pub const BUCKETS: usize = 60;
 pub const MAX_FUNCTIONS: usize = 1024;
 
 /// Histogram bins: each a quarter of an octave wide (a percentile is known
-/// to within ~9%), from [`FIRST_EDGE_MS`] up: 0.05 ms to ~1.8 hours.
-const BINS: usize = 96;
+/// to within ~9%), from [`FIRST_EDGE_MS`] up: 0.05 ms to 3.7 hours (28
+/// octaves, far past the default 15-minute limit); anything longer shares
+/// the last bin, whose percentiles are then kept within what was seen.
+const BINS: usize = 112;
 const FIRST_EDGE_MS: f64 = 0.05;
 const BINS_PER_OCTAVE: f64 = 4.0;
 

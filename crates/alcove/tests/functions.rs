@@ -301,7 +301,7 @@ fn listings_filter_and_page_and_the_last_hour_is_charted() {
         .iter()
         .all(|i| i["exit_code"] == 1));
     assert_eq!(
-        failed["next_before"],
+        failed["next_after"],
         Value::Null,
         "a short page is the last"
     );
@@ -313,19 +313,32 @@ fn listings_filter_and_page_and_the_last_hour_is_charted() {
         let page = list(&query);
         assert_eq!(ids(&page).len(), want, "{page}");
         seen.extend(ids(&page));
-        match page["next_before"].as_f64() {
-            Some(before) => query = format!("limit=2&before={before}"),
+        match page["next_after"].as_str() {
+            Some(id) => query = format!("limit=2&after={id}"),
             None => assert_eq!(want, 1, "only the last page has no next: {page}"),
         }
     }
     let all = ids(&list("limit=10"));
     assert_eq!(seen, all, "the pages are the whole list in order");
     assert_eq!(all.len(), 5);
+    // A page that ends exactly at the last row says so: no empty next page.
+    let five = list("limit=5");
+    assert_eq!(ids(&five).len(), 5);
+    assert_eq!(five["next_after"], Value::Null, "{five}");
+    // The outcome without the log, for lists that only show outcomes.
+    let brief = list("limit=5&stderr=false");
+    assert!(brief["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["stderr"] == ""));
 
     for (query, says) in [
         ("status=bogus", "use ok, failed"),
         ("before=NaN", "before"),
         ("limit=0", "limit 0"),
+        ("after=x&before=1", "not both"),
+        ("after=", "after"),
     ] {
         let reply = d.http("GET", &format!("/v1/functions/mixed/logs?{query}"), b"");
         assert_eq!(reply.status, 400, "{query}");

@@ -335,6 +335,54 @@ fn public_functions_answer_without_the_token_and_others_do_not() {
 }
 
 #[test]
+fn a_public_function_cannot_become_a_service_worker_over_the_console() {
+    let Some(t) = setup(
+        "a_public_function_cannot_become_a_service_worker_over_the_console",
+        &[],
+    ) else {
+        return;
+    };
+    let d = &t.daemon;
+    // What a hostile page would serve to take over every path of the origin,
+    // the console's included.
+    let script = "printf 'Content-Type: text/javascript\\nService-Worker-Allowed: /\\n\\nself.onfetch = e => 0;\\n'\n";
+    let dir = code(t.dir.path(), "sw", script);
+    deploy(d, "sw", &dir, &["--http", "--public"]);
+    let reply = http(&d.addr, "GET", "/fn/sw/sw.js", &[], b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("text/javascript"));
+    assert_eq!(
+        reply.header("service-worker-allowed"),
+        None,
+        "the header that widens a worker's scope reached the client"
+    );
+    // A browser fetching it as a worker script says so: refused, not run.
+    let before = d.http("GET", "/v1/functions/sw/logs", b"").json()["invocations"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let reply = http(
+        &d.addr,
+        "GET",
+        "/fn/sw/sw.js",
+        &[("service-worker", "script")],
+        b"",
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("service worker"), "{}", reply.text());
+    let after = d.http("GET", "/v1/functions/sw/logs", b"").json()["invocations"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after, "the refused request ran the function");
+    // The console's own files say no page of another context gets a handle on them.
+    let console = http(&d.addr, "GET", "/ui/", &[], b"");
+    assert_eq!(console.status, 200);
+    assert_eq!(
+        console.header("cross-origin-opener-policy"),
+        Some("same-origin")
+    );
+}
+
+#[test]
 fn a_streamed_response_reaches_the_client_while_the_handler_runs() {
     let Some(t) = setup(
         "a_streamed_response_reaches_the_client_while_the_handler_runs",

@@ -3,7 +3,6 @@
 // and textContent, and links are only hash routes made of encoded ids.
 'use strict';
 
-const TOKEN_KEY = 'alcove-token';
 const PAGE_SIZE = 50;
 const MAX_EVENTS = 500;
 const POLL_MS = 2000;
@@ -111,9 +110,20 @@ function compactValue(value) {
   return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
-// `k=v` pairs; strings with spaces are quoted so the pairs stay readable.
+// Characters that would make hostile text read as something else: controls,
+// and the invisible ones that reorder or hide what follows (bidi, zero-width).
+const DECEPTIVE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/;
+
+// A key or value as plain `word`, or quoted (JSON) when it holds spaces,
+// quotes, `=` or characters of DECEPTIVE, so a crafted key or value cannot
+// pass for more pairs, and what is hidden shows as an escape.
+const pairWord = (text) => (typeof text === 'string' && text !== '' && !/[\s"=,]/.test(text) && !DECEPTIVE.test(text)
+  ? text : JSON.stringify(text).replace(/[\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+
+// `k=v` pairs, each side quoted when it could mislead.
 const pairsText = (object) => Object.entries(object)
-  .map(([key, value]) => `${key}=${typeof value === 'string' && !/[\s"=]/.test(value) ? value : JSON.stringify(value)}`)
+  .map(([key, value]) => `${pairWord(key)}=${pairWord(value)}`)
   .join(' ');
 const argvText = (argv) => (Array.isArray(argv) ? argv.map(String).join(' ') : compactValue(argv));
 const kernelCounter = (record, name) => (isPlainObject(record.kernel) ? compactValue(record.kernel[name]) : '—');
@@ -237,15 +247,11 @@ async function guarded(ctx, source, task) {
 
 // ---------------------------------------------------------------- API
 
-// Session storage can be refused (privacy settings): then there is no token.
-function tokenStore(use) {
-  try {
-    return use(sessionStorage);
-  } catch {
-    return null;
-  }
-}
-const readToken = () => tokenStore((storage) => storage.getItem(TOKEN_KEY)) || '';
+// The token lives in this page's memory only, never in storage or a cookie:
+// a public function is served on this same origin, and a page of it opened in
+// this tab could read the tab's sessionStorage. A reload asks for it again.
+let heldToken = '';
+const readToken = () => heldToken;
 
 async function errorFromResponse(response) {
   let message = `HTTP ${response.status}${response.statusText ? ' ' + response.statusText : ''}`;
@@ -484,13 +490,16 @@ function invocationsPanel(ctx, name) {
     // Only the latest request may draw: a poll of page one that answers
     // after a click on "Older" must not put page one back.
     const request = ++page.request;
-    const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    // The list shows outcomes only: each record's stderr stays on the server.
+    const params = new URLSearchParams({ limit: String(PAGE_SIZE), stderr: 'false' });
     if (page.status) params.set('status', page.status);
-    if (page.before !== null) params.set('before', String(page.before));
+    if (page.before !== null) params.set('after', page.before);
     const data = await apiJson(`/v1/functions/${encodeURIComponent(name)}/logs?${params}`, ctx.signal);
     if (request !== page.request) return;
     invocations.sync(listOf(data.invocations).slice(0, PAGE_SIZE));
-    page.nextBefore = isNumber(data.next_before) ? data.next_before : null;
+    // The next page starts after this one's last row (by id: rows created in
+    // the same instant are ordered by id, none skipped).
+    page.nextBefore = typeof data.next_after === 'string' ? data.next_after : null;
     older.disabled = page.nextBefore === null;
     newer.disabled = page.before === null;
   });
@@ -954,7 +963,7 @@ function showLogin(message) {
 }
 
 function signOut(message) {
-  tokenStore((storage) => storage.removeItem(TOKEN_KEY));
+  heldToken = '';
   showLogin(message);
 }
 
@@ -965,10 +974,7 @@ loginForm.addEventListener('submit', (event) => {
     showError('auth', 'Enter the API token');
     return;
   }
-  if (!tokenStore((storage) => storage.setItem(TOKEN_KEY, token) || true)) {
-    showError('auth', 'This browser refuses session storage, so the console cannot keep the token');
-    return;
-  }
+  heldToken = token;
   loginInput.value = '';
   route();
 });

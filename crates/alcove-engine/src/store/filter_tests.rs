@@ -2,15 +2,19 @@
 //! store: [`check_filters`] runs on SQLite here and on PostgreSQL in
 //! postgres_tests.rs.
 
-use super::{InvocationFilter, StatusFilter, StoreBackend};
+use super::{Cursor, InvocationFilter, StatusFilter, StoreBackend};
 use crate::model::{FunctionConfig, InvocationRecord};
 
-fn filter(limit: u32, status: Option<&str>, before: Option<f64>) -> InvocationFilter {
+fn filter(limit: u32, status: Option<&str>, before: Option<Cursor>) -> InvocationFilter {
     InvocationFilter {
         limit,
         status: status.map(|s| StatusFilter::parse(s).expect("a known status")),
         before,
     }
+}
+
+fn after(id: &str) -> Option<Cursor> {
+    Some(Cursor::After(id.to_owned()))
 }
 
 fn ids(store: &dyn StoreBackend, f: &InvocationFilter) -> Vec<String> {
@@ -22,7 +26,8 @@ fn ids(store: &dyn StoreBackend, f: &InvocationFilter) -> Vec<String> {
         .collect()
 }
 
-/// Six invocations of `f` one second apart (i0 oldest) and one of `g`.
+/// Six invocations of `f` one second apart (i0 oldest), two more created in
+/// the same instant as i1 (t1a, t1b), and one of `g`.
 pub(super) fn check_filters(store: &dyn StoreBackend) {
     let config: FunctionConfig =
         serde_json::from_value(serde_json::json!({ "handler": ["true"] })).expect("a config");
@@ -53,6 +58,19 @@ pub(super) fn check_filters(store: &dyn StoreBackend) {
         store.insert_invocation(&record).expect("inserted");
         store.update_invocation(&record).expect("updated");
     }
+    for id in ["t1a", "t1b"] {
+        let tied = InvocationRecord {
+            id: id.into(),
+            function: "f".into(),
+            version: 1,
+            status: "exited".into(),
+            exit_code: Some(0),
+            created_at: 1_001.0,
+            ..Default::default()
+        };
+        store.insert_invocation(&tied).expect("inserted");
+        store.update_invocation(&tied).expect("updated");
+    }
     let other = InvocationRecord {
         id: "g0".into(),
         function: "g".into(),
@@ -65,11 +83,13 @@ pub(super) fn check_filters(store: &dyn StoreBackend) {
     store.insert_invocation(&other).expect("inserted");
     store.update_invocation(&other).expect("updated");
 
+    // Newest first; rows of one instant by id, descending.
+    let all = ["i5", "i4", "i3", "i2", "t1b", "t1a", "i1", "i0"];
+    assert_eq!(ids(store, &filter(10, None, None)), all);
     assert_eq!(
-        ids(store, &filter(10, None, None)),
-        ["i5", "i4", "i3", "i2", "i1", "i0"]
+        ids(store, &filter(10, Some("ok"), None)),
+        ["i4", "t1b", "t1a", "i0"]
     );
-    assert_eq!(ids(store, &filter(10, Some("ok"), None)), ["i4", "i0"]);
     // Failed: ended any way but exit 0; one still running is neither.
     assert_eq!(
         ids(store, &filter(10, Some("failed"), None)),
@@ -78,14 +98,38 @@ pub(super) fn check_filters(store: &dyn StoreBackend) {
     assert_eq!(ids(store, &filter(10, Some("timeout"), None)), ["i2"]);
     assert_eq!(ids(store, &filter(10, Some("running"), None)), ["i3"]);
     assert!(ids(store, &filter(10, Some("cancelled"), None)).is_empty());
-    // Pages: each starts before the last one's created_at.
-    assert_eq!(ids(store, &filter(2, None, None)), ["i5", "i4"]);
-    assert_eq!(ids(store, &filter(2, None, Some(1_004.0))), ["i3", "i2"]);
-    assert_eq!(ids(store, &filter(2, None, Some(1_002.0))), ["i1", "i0"]);
-    assert!(ids(store, &filter(2, None, Some(1_000.0))).is_empty());
+    // Pages of three, each after the last row of the one before: every row
+    // once, the tied ones split across a page boundary included.
+    let mut paged = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = store
+            .recent_invocations(
+                "f",
+                &InvocationFilter {
+                    limit: 3,
+                    status: None,
+                    before: cursor.clone(),
+                },
+            )
+            .expect("a page");
+        let Some(last) = page.last() else { break };
+        cursor = after(&last.id);
+        paged.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(paged, all);
+    assert_eq!(ids(store, &filter(2, None, after("t1b"))), ["t1a", "i1"]);
+    assert_eq!(ids(store, &filter(1, Some("failed"), after("i5"))), ["i2"]);
+    assert!(ids(store, &filter(2, None, after("i0"))).is_empty());
+    // An id that is not there starts nothing; another function's row is a
+    // point in time like any other.
+    assert!(ids(store, &filter(2, None, after("gone"))).is_empty());
+    assert_eq!(ids(store, &filter(10, None, after("g0"))), all);
+    // By time: those created before it.
+    let before = Some(Cursor::CreatedBefore(1_002.0));
     assert_eq!(
-        ids(store, &filter(1, Some("failed"), Some(1_005.0))),
-        ["i2"]
+        ids(store, &filter(10, None, before)),
+        ["t1b", "t1a", "i1", "i0"]
     );
 }
 

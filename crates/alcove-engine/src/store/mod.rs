@@ -33,9 +33,20 @@ pub struct InvocationFilter {
     /// At most this many (1 to 1000: the API checks).
     pub limit: u32,
     pub status: Option<StatusFilter>,
-    /// Only those created before this (unix seconds): the next page starts
-    /// at the last one's `created_at`.
-    pub before: Option<f64>,
+    /// Where the page starts.
+    pub before: Option<Cursor>,
+}
+
+/// Where a page of a listing starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cursor {
+    /// After this invocation in the listing's order (newest first, those of
+    /// one instant by id): the last row of the page before. An id, not a
+    /// time, so a client whose float parsing is off by a bit still pages
+    /// without skipping or repeating a row.
+    After(String),
+    /// Created before this time (unix seconds).
+    CreatedBefore(f64),
 }
 
 /// An invocation's outcome, as a listing filters on it.
@@ -84,34 +95,49 @@ impl StatusFilter {
 
 impl InvocationFilter {
     /// The parameters of [`FILTERED_INVOCATIONS`] after the function: the
-    /// status word ('' for any) and the created-before bound.
-    pub(crate) fn params(&self) -> (String, f64) {
+    /// status word ('' for any), a time bound (past every row when none) and
+    /// the id to start after ('' for none).
+    pub(crate) fn params(&self) -> (String, f64, String) {
+        let (at, id) = match &self.before {
+            Some(Cursor::After(id)) => (f64::MAX, id.clone()),
+            Some(Cursor::CreatedBefore(at)) if at.is_finite() => (*at, String::new()),
+            _ => (f64::MAX, String::new()),
+        };
         (
             self.status
                 .as_ref()
                 .map_or(String::new(), |s| s.word().to_owned()),
-            self.before.filter(|b| b.is_finite()).unwrap_or(f64::MAX),
+            at,
+            id,
         )
     }
 }
 
-/// The WHERE clause of a filtered listing, the same for SQLite and
-/// PostgreSQL (each numbers its parameters its own way: `{N}` here):
-/// function, status word, created-before bound. One statement whatever the
-/// filter, so it is prepared once.
-pub(crate) const FILTERED_INVOCATIONS: &str = "function = {1} AND created_at < {3} AND ( \
+/// The WHERE clause and order of a filtered listing, the same for SQLite and
+/// PostgreSQL (each numbers its parameters its own way: `{N}` here, and
+/// names its table: `{T}`): function, status word, time bound, the id to
+/// start after. One statement whatever the filter, so it is prepared once.
+pub(crate) const FILTERED_INVOCATIONS: &str = "function = {1} \
+    AND created_at < {3} \
+    AND ({4} = '' OR EXISTS (SELECT 1 FROM {T} c WHERE c.id = {4} \
+        AND ({T}.created_at < c.created_at \
+             OR ({T}.created_at = c.created_at AND {T}.id < c.id)))) \
+    AND ( \
     {2} = '' \
     OR ({2} = 'ok' AND status = 'exited' AND exit_code = 0) \
     OR ({2} = 'failed' AND status NOT IN ('queued', 'running') \
         AND NOT (status = 'exited' AND COALESCE(exit_code, -1) = 0)) \
-    OR status = {2})";
+    OR status = {2}) \
+    ORDER BY created_at DESC, id DESC";
 
-/// [`FILTERED_INVOCATIONS`] with parameters spelled `{prefix}N`.
-pub(crate) fn filtered_invocations(prefix: &str) -> String {
+/// [`FILTERED_INVOCATIONS`] on `table`, with parameters spelled `{prefix}N`.
+pub(crate) fn filtered_invocations(table: &str, prefix: &str) -> String {
     FILTERED_INVOCATIONS
+        .replace("{T}", table)
         .replace("{1}", &format!("{prefix}1"))
         .replace("{2}", &format!("{prefix}2"))
         .replace("{3}", &format!("{prefix}3"))
+        .replace("{4}", &format!("{prefix}4"))
 }
 
 /// What every store keeps.

@@ -1014,17 +1014,17 @@ impl StoreBackend for PgStore {
         filter: &super::InvocationFilter,
     ) -> Result<Vec<InvocationRecord>, EngineError> {
         let function = function.to_owned();
-        let (status, before) = filter.params();
+        let (status, at, id) = filter.params();
         let limit = i64::from(filter.limit);
         self.run(move |ctx| async move {
             let client = ctx.client().await?;
             let rows = query(
                 &client,
                 &format!(
-                    "{SELECT_INVOCATION} WHERE {} ORDER BY created_at DESC LIMIT $4",
-                    super::filtered_invocations("$")
+                    "{SELECT_INVOCATION} WHERE {} LIMIT $5",
+                    super::filtered_invocations("alcove_invocations", "$")
                 ),
-                &[&function, &status, &before, &limit],
+                &[&function, &status, &at, &id, &limit],
             )
             .await?;
             rows.iter().map(record).collect()

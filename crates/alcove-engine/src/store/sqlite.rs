@@ -416,14 +416,14 @@ impl StoreBackend for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "{SELECT_INVOCATION} WHERE {} ORDER BY created_at DESC LIMIT ?4",
-                super::filtered_invocations("?")
+                "{SELECT_INVOCATION} WHERE {} LIMIT ?5",
+                super::filtered_invocations("invocations", "?")
             ))
             .map_err(db)?;
-        let (status, before) = filter.params();
+        let (status, at, id) = filter.params();
         let rows = stmt
             .query_map(
-                params![function, status, before, filter.limit],
+                params![function, status, at, id, filter.limit],
                 row_to_record,
             )
             .map_err(db)?
