@@ -168,7 +168,22 @@ async fn show_function(
     State(s): State<AppState>,
     Segment(name): Segment,
 ) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || s.engine.function(&name)).await?).into_response())
+    let engine = Arc::clone(&s.engine);
+    let (info, warm) = blocking(move || {
+        let info = engine.function(&name)?;
+        Ok((info, engine.warm_counts(&name)))
+    })
+    .await?;
+    let mut shown = serde_json::to_value(info)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // A warm function's template on this daemon, as it is now.
+    if let (Some((ready, made, refused)), Some(object)) = (warm, shown.as_object_mut()) {
+        object.insert(
+            "template".into(),
+            json!({ "ready_copies": ready, "copies_made": made, "copies_refused": refused }),
+        );
+    }
+    Ok(Json(shown).into_response())
 }
 
 async fn rollback(

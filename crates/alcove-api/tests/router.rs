@@ -495,7 +495,7 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
             }
         }
     }
-    assert_eq!(operations, 55, "operations in the document");
+    assert_eq!(operations, 56, "operations in the document");
 
     // Real responses conform to their schemas.
     let (status, version, _) = call(
@@ -581,4 +581,19 @@ async fn the_served_openapi_document_matches_the_routes_and_responses() {
     )
     .unwrap();
     assert_eq!(logs["invocations"].as_array().map(Vec::len), Some(1));
+    let (_, stats, _) = call(&f.router, "GET", "/v1/functions/doc/stats", Body::empty()).await;
+    conforms(
+        &doc,
+        response_schema(&doc, "/v1/functions/{name}/stats", "get", 200),
+        &stats,
+        "stats",
+    )
+    .unwrap();
+    let counted: u64 = stats["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["invocations"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(counted, 1, "the one invocation is charted: {stats}");
 }

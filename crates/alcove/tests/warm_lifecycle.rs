@@ -386,6 +386,16 @@ fn idle_copies_go_and_requests_bring_them_back() {
     assert_eq!(served(d, "idle"), "warm");
     assert_eq!(template_pid(daemon, "idle"), Some(template));
     ready_copies(daemon, "idle");
+    // The API (and the console) show the template's state.
+    let shown = d.http("GET", "/v1/functions/idle", b"").json();
+    let made = shown["template"]["copies_made"]
+        .as_u64()
+        .expect("a template's counts");
+    assert!(made >= 6, "six requests were served warm: {shown}");
+    assert!(
+        shown["template"]["ready_copies"].as_u64().is_some(),
+        "{shown}"
+    );
     stop(&mut t.daemon);
 }
 
