@@ -371,6 +371,30 @@ impl Client {
         )
     }
 
+    /// A page of a function's invocations: `status` (ok, failed or one
+    /// status) and the page after invocation `after`, if given.
+    pub fn logs_page(
+        &self,
+        name: &str,
+        limit: u32,
+        status: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(status) = status {
+            query.push(("status", status.to_owned()));
+        }
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        self.json(
+            "GET",
+            &format!("/v1/functions/{}/logs", segment(name)?),
+            &query,
+            None,
+        )
+    }
+
     pub fn invocation(&self, id: &str) -> Result<Value, ClientError> {
         self.json(
             "GET",

@@ -333,6 +333,22 @@ fn listings_filter_and_page_and_the_last_hour_is_charted() {
         .iter()
         .all(|i| i["stderr"] == ""));
 
+    // The same through the CLI: a filter, and pages that say where the next starts.
+    let failed_cli = d.cli_json(&["logs", "mixed", "--status", "failed"]);
+    assert_eq!(ids(&failed_cli), ids(&failed));
+    let (code, _, err) = d.cli(&["logs", "mixed", "-n", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let next = err
+        .split("--after ")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no next page named: {err}"));
+    let second = d.cli_json(&["logs", "mixed", "-n", "2", "--after", next]);
+    assert_eq!(ids(&second), all[2..4].to_vec());
+    let (code, _, err) = d.cli(&["logs", "mixed", "--status", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("use ok, failed"), "{err}");
+
     for (query, says) in [
         ("status=bogus", "use ok, failed"),
         ("before=NaN", "before"),

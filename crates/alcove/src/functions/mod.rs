@@ -94,8 +94,16 @@ enum FnCommand {
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: u32,
         /// Keep printing invocations as they end (from the event stream), until interrupted.
-        #[arg(long, short = 'f')]
+        #[arg(long, short = 'f', conflicts_with_all = ["status", "after"])]
         follow: bool,
+        /// Only these: ok (exited 0), failed (ended any other way), or one
+        /// status (timeout, oom, killed_by_policy...).
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// The page after this invocation (the id printed last, or the
+        /// `next_after` of --json).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
     },
     /// Learn the function's policy from its real traffic: the next invocations
     /// are traced and what they use (syscalls, files, network peers) is added
@@ -387,16 +395,21 @@ fn run(client: &Client, args: FnArgs) -> anyhow::Result<i32> {
             name,
             limit,
             follow,
+            status,
+            after,
         } => {
             if follow {
                 return follow::logs(client, &name, limit, json);
             }
-            let v = client.logs(&name, limit)?;
+            let v = client.logs_page(&name, limit, status.as_deref(), after.as_deref())?;
             if json {
                 print(&v);
             } else {
                 for r in v["invocations"].as_array().into_iter().flatten() {
                     follow::print_record(r, false);
+                }
+                if let Some(next) = v["next_after"].as_str() {
+                    eprintln!("alcove: more: alcove fn logs {name} --after {next}");
                 }
             }
         }
