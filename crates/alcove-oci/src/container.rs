@@ -549,7 +549,6 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
             },
         })?;
     alcove_sys::fd::write_all(fifo.as_raw_fd(), b"0").map_err(io("write exec fifo"))?;
-    drop(fifo);
     let _ = std::fs::remove_file(dir.fifo_path());
     if let Some(hooks) = saved
         .spec
@@ -557,6 +556,10 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
         .as_ref()
         .and_then(|h| h.poststart().clone())
     {
+        // After the program is executed: the init holds the fifo (close-on-
+        // exec) through its startContainer hooks until its exec, and a
+        // fifo's writer sees POLLERR once no reader is left.
+        wait_for_exec(&fifo);
         let state = crate::state::hook_state(&saved, Status::Running);
         if let Err(e) = crate::hooks::run_hooks(&hooks, "poststart", &state) {
             // The spec: a poststart failure is logged, the container keeps running.
@@ -564,6 +567,37 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
         }
     }
     Ok(())
+}
+
+/// How long `start` waits for the init to exec before running poststart
+/// hooks anyway (its startContainer hooks run meanwhile).
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until nothing but `fifo` (our write end) holds the exec fifo: the
+/// init has exec'd or exited.
+fn wait_for_exec(fifo: &std::fs::File) {
+    let deadline = std::time::Instant::now() + EXEC_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            eprintln!("warning: the container's process did not exec within {EXEC_WAIT:?}; running poststart hooks");
+            return;
+        }
+        // No events asked: poll reports POLLERR (no reader) on its own.
+        let mut polled = [libc::pollfd {
+            fd: fifo.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        }];
+        match alcove_sys::fd::poll(&mut polled, Some(left)) {
+            Ok(_) if polled[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => {
+                return
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -159,7 +159,6 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
             Err(e) => return Err(format!("exec fifo: {e}")),
         }
     }
-    drop(fifo);
     if let Some(hooks) = spec
         .hooks()
         .as_ref()
@@ -167,7 +166,11 @@ fn setup_and_wait(ctx: &InitContext<'_>) -> Result<Prepared, String> {
     {
         crate::hooks::run_hooks(&hooks, "startContainer", state.as_bytes()).map_err(fail)?;
     }
-    let mut keep = vec![ctx.channel.0.as_raw_fd()];
+    // The fifo stays open until the exec (it is close-on-exec): `start` waits
+    // for its last holder to go before running poststart hooks, which the
+    // spec puts after the user's program is executed.
+    let mut keep = vec![ctx.channel.0.as_raw_fd(), fifo.as_raw_fd()];
+    let _until_exec = std::os::fd::IntoRawFd::into_raw_fd(fifo);
     keep.extend(ctx.seccomp_listener.as_ref().map(|fd| fd.as_raw_fd()));
     become_user(
         process,
