@@ -44,7 +44,7 @@ if [ "$service" = yes ]; then
             sleep 0.1
         done
         systemctl --no-pager --lines=0 status alcove.service || true
-        echo "alcove.service is enabled and serves http://127.0.0.1:8480 (ALCOVE_SERVER's default)"
+        echo "alcove.service is enabled and serves http://127.0.0.1:8480 (ALCOVE_SERVER's default); its console: http://127.0.0.1:8480/ui/ (token: /var/lib/alcove/token)"
     else
         echo "installed /etc/systemd/system/alcove.service; systemd is not running here," \
             "so enable it where it is: systemctl enable --now alcove"
