@@ -254,7 +254,15 @@ async fn logs(
                 "give after (next_after of the page before) or before, not both",
             ))
         }
-        (Some(id), None) if id.is_empty() || id.len() > 128 => {
+        // An invocation's id: letters, digits, '-' and '_' (nothing a store
+        // could choke on, a NUL say).
+        (Some(id), None)
+            if id.is_empty()
+                || id.len() > 128
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
             return Err(ApiError::bad_request(
                 "after: give an invocation's id (next_after of the page before)",
             ))

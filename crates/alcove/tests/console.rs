@@ -11,8 +11,6 @@
 mod common;
 use common::daemon::{code, deploy, setup, Daemon};
 use common::*;
-use std::io::{Read, Seek};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,59 +154,21 @@ fn missing_browser_packages() -> Vec<&'static str> {
 }
 
 /// Runs test_console.py against `daemon`: whether it passed, and what it
-/// printed (stdout and stderr together). Past [`PYTHON_LIMIT`] it is killed
-/// with the browser and driver it started (they share its process group).
+/// printed. Past [`PYTHON_LIMIT`] it is killed with the browser and driver
+/// it started (they share its process group).
 fn run_browser_cases(daemon: &Daemon) -> (bool, String) {
-    let out = tempfile::tempfile().expect("a temp file for the output");
-    let mut child = Command::new(PYTHON)
-        .args(["-m", "unittest", "-v", "test_console"])
-        .current_dir(SUITE)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("ALCOVE_SERVER", daemon.url())
-        .env(
-            "ALCOVE_TOKEN",
-            daemon.token.as_deref().expect("the daemon's token"),
-        )
-        .env("ALCOVE_BIN", ALCOVE)
-        .env("CONSOLE_SCREENSHOTS", SCREENSHOTS)
-        .env_remove("ALCOVE_TOKEN_FILE")
-        // Everything the cases talk to is on loopback.
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out.try_clone().unwrap())
-        .spawn()
-        .expect("start python3");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > PYTHON_LIMIT {
-            let group = child.id() as i32;
-            // SAFETY: kill on the process group of a child this test started
-            // and has not reaped, so the group's id is still its own.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut text = String::new();
-    let mut out = out;
-    out.rewind().unwrap();
-    out.read_to_string(&mut text).unwrap();
-    if status.is_none() {
-        text.push_str(&format!(
-            "\n[killed: still running after {PYTHON_LIMIT:?}]\n"
-        ));
-    }
-    (status.is_some_and(|s| s.success()), text)
+    let env = [
+        ("ALCOVE_BIN", ALCOVE.to_owned()),
+        ("CONSOLE_SCREENSHOTS", SCREENSHOTS.to_owned()),
+    ];
+    common::sdk::run_python_tests(
+        Path::new(SUITE),
+        daemon,
+        "test_console",
+        &env,
+        PYTHON_LIMIT,
+        || {},
+    )
 }
 
 /// How many cases test_console.py has: every one must run.

@@ -355,6 +355,8 @@ fn listings_filter_and_page_and_the_last_hour_is_charted() {
         ("limit=0", "limit 0"),
         ("after=x&before=1", "not both"),
         ("after=", "after"),
+        ("after=a%00b", "after"),
+        ("after=..%2Fx", "after"),
     ] {
         let reply = d.http("GET", &format!("/v1/functions/mixed/logs?{query}"), b"");
         assert_eq!(reply.status, 400, "{query}");

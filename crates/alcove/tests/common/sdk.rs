@@ -4,6 +4,7 @@
 use super::daemon::Daemon;
 use super::PYTHON;
 use std::io::{Read, Seek};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +21,38 @@ pub fn run_unittest(
     target: &str,
     env: &[(&str, String)],
     limit: Duration,
+    tick: impl FnMut(),
+) -> (bool, String) {
+    let mut all = vec![("PYTHONPATH", SDK.to_owned())];
+    all.extend(env.iter().cloned());
+    run_python_tests(
+        &Path::new(SDK).join("tests"),
+        daemon,
+        target,
+        &all,
+        limit,
+        tick,
+    )
+}
+
+/// `python3 -m unittest -v TARGET` in `dir`, with the daemon's address and
+/// token (`ALCOVE_SERVER`, `ALCOVE_TOKEN`), no proxy (everything a test
+/// talks to is on loopback or in its own namespaces) and `env` besides, in
+/// a process group of its own: past `limit` the group is killed, with what
+/// the Python started (a browser and its driver, say). `tick` runs every
+/// 50 ms meanwhile. Whether it passed, and what it printed.
+pub fn run_python_tests(
+    dir: &Path,
+    daemon: &Daemon,
+    target: &str,
+    env: &[(&str, String)],
+    limit: Duration,
     mut tick: impl FnMut(),
 ) -> (bool, String) {
     let out = tempfile::tempfile().expect("a temp file for the output");
     let mut child = Command::new(PYTHON)
         .args(["-m", "unittest", "-v", target])
-        .current_dir(Path::new(SDK).join("tests"))
-        .env("PYTHONPATH", SDK)
+        .current_dir(dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("ALCOVE_SERVER", daemon.url())
@@ -35,7 +61,12 @@ pub fn run_unittest(
             daemon.token.as_deref().expect("the daemon's token"),
         )
         .env_remove("ALCOVE_TOKEN_FILE")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out.try_clone().unwrap())
@@ -48,7 +79,9 @@ pub fn run_unittest(
         }
         tick();
         if started.elapsed() > limit {
-            let _ = child.kill();
+            // SAFETY: kill on the process group of a child this test started
+            // and has not reaped, so the group's id is still its own.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             break None;
         }
