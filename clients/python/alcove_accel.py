@@ -4,6 +4,7 @@
     import alcove_accel
     acc = alcove_accel.connect()          # the socket alcove passed in
     c = acc.matmul(a, b, m, n, k)         # a, b: sequences of floats, row-major
+    c = acc.matmul(x, y, m, n, k, dtype="bf16")   # numpy arrays or raw bytes work too
     print(acc.last["device"], acc.last["seconds"])
 
 Operands go through a memfd shared with the service (sealed against
@@ -16,15 +17,58 @@ import json
 import mmap
 import os
 import socket
+import struct
 
-__all__ = ["connect", "Accel", "AccelError"]
+__all__ = ["connect", "Accel", "AccelError", "bf16_encode", "bf16_decode"]
 
 
 class AccelError(Exception):
     """The service refused or failed an operation; the message says why."""
 
 
-_SIZES = {"f32": 4}
+# Element types: (array typecode or None, bytes per element).
+_TYPES = {"f32": ("f", 4), "f64": ("d", 8), "f16": ("e", 2), "bf16": (None, 2)}
+_PAGE = 4096
+
+
+def bf16_encode(values):
+    """Floats as bf16 bytes (rounded to nearest even, as numpy and torch do)."""
+    words = array.array("I", array.array("f", values).tobytes())
+    out = array.array("H")
+    for w in words:
+        if (w & 0x7F800000) == 0x7F800000 and (w & 0x007FFFFF):
+            out.append(0x7FC0)  # NaN stays NaN
+        else:
+            out.append(((w + 0x7FFF + ((w >> 16) & 1)) >> 16) & 0xFFFF)
+    return out.tobytes()
+
+
+def bf16_decode(data):
+    """bf16 bytes as a list of floats."""
+    halves = array.array("H", bytes(data))
+    return list(array.array("f", array.array("I", (h << 16 for h in halves)).tobytes()))
+
+
+def _operand(x, dtype, count):
+    """x as the bytes of `count` values of `dtype`: any buffer (numpy array,
+    array.array, bytes) taken as it is, else a sequence of floats."""
+    code, size = _TYPES[dtype]
+    try:
+        view = memoryview(x)
+    except TypeError:
+        view = None
+    if view is not None:
+        try:
+            data = view.cast("B")
+        except TypeError:  # not contiguous
+            data = view.tobytes()
+    elif dtype == "bf16":
+        data = bf16_encode(x)
+    else:
+        data = memoryview(array.array(code, x) if code != "e" else struct.pack(f"{len(x)}e", *x)).cast("B")
+    if len(data) != count * size:
+        raise AccelError(f"an operand of {len(data)} bytes; {count} values of {dtype} are {count * size}")
+    return data
 
 
 class Accel:
@@ -48,44 +92,66 @@ class Accel:
         """The devices the service has and this connection's placement."""
         return self._call({"op": "info"})["info"]
 
-    def _run(self, request, operands, out_len):
+    def _run(self, request, operands, out_count, dtype):
+        if dtype not in _TYPES:
+            raise AccelError(f"dtype {dtype!r}: use one of {', '.join(_TYPES)}")
         a, b = operands
-        a_bytes, b_bytes = a.tobytes(), b.tobytes()
-        size = len(a_bytes) + len(b_bytes) + out_len * 4
+        la, lb, lc = len(a), len(b), out_count * _TYPES[dtype][1]
+        size = la + lb + lc
         fd = os.memfd_create("alcove-operands", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, max(size, 1))
             # Every page allocated here, charged to this function's memory
             # limit: the service refuses regions left as holes.
-            os.posix_fallocate(fd, 0, size)
+            os.posix_fallocate(fd, 0, max(size, 1))
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
-            with mmap.mmap(fd, size) as mem:
-                mem[: len(a_bytes)] = a_bytes
-                mem[len(a_bytes) : len(a_bytes) + len(b_bytes)] = b_bytes
-                request.update(a=0, b=len(a_bytes), c=len(a_bytes) + len(b_bytes), dtype="f32")
+            with mmap.mmap(fd, max(size, 1)) as mem:
+                mem[:la] = a
+                mem[la : la + lb] = b
+                # tmpfs counts pages only fallocated as holes: write each of the result's.
+                for at in range(la + lb, size, _PAGE):
+                    mem[at] = 0
+                if lc:
+                    mem[size - 1] = 0
+                request.update(a=0, b=la, c=la + lb, dtype=dtype)
                 self._call(request, fd)
-                out = array.array("f")
-                out.frombytes(mem[len(a_bytes) + len(b_bytes) :])
-                return out
+                out = mem[la + lb : size]
         finally:
             os.close(fd)
+        code = _TYPES[dtype][0]
+        if code in ("f", "d"):
+            result = array.array(code)
+            result.frombytes(out)
+            return result
+        return out
 
-    def matmul(self, a, b, m, n, k):
-        """a (m x k) times b (k x n), row-major f32; returns array('f') of m*n."""
-        a, b = array.array("f", a), array.array("f", b)
-        if len(a) != m * k or len(b) != k * n:
-            raise AccelError(f"a has {len(a)} values and b {len(b)}; {m}x{k} and {k}x{n} need {m * k} and {k * n}")
-        return self._run({"op": "matmul", "m": m, "n": n, "k": k}, (a, b), m * n)
+    def matmul(self, a, b, m, n, k, dtype="f32"):
+        """a (m x k) times b (k x n), row-major. a and b: sequences of floats
+        or buffers (numpy arrays, array.array, bytes) of `dtype` values, one
+        of f32, f64, f16, bf16. Returns array('f') for f32, array('d') for
+        f64, and the raw bytes for f16 and bf16 (bf16_decode, or
+        numpy.frombuffer(..., numpy.float16))."""
+        a, b = _operand(a, dtype, m * k), _operand(b, dtype, k * n)
+        return self._run({"op": "matmul", "m": m, "n": n, "k": k}, (a, b), m * n, dtype)
 
-    def batched_matmul(self, a, b, batch, m, n, k):
-        """batch products packed one after another; returns array('f')."""
-        a, b = array.array("f", a), array.array("f", b)
-        return self._run({"op": "batched_matmul", "batch": batch, "m": m, "n": n, "k": k}, (a, b), batch * m * n)
+    def batched_matmul(self, a, b, batch, m, n, k, dtype="f32"):
+        """batch products packed one after another, as matmul."""
+        a, b = _operand(a, dtype, batch * m * k), _operand(b, dtype, batch * k * n)
+        request = {"op": "batched_matmul", "batch": batch, "m": m, "n": n, "k": k}
+        return self._run(request, (a, b), batch * m * n, dtype)
 
-    def relu(self, a):
-        """max(a, 0) elementwise; returns array('f')."""
-        a = array.array("f", a)
-        return self._run({"op": "relu", "len": len(a)}, (a, array.array("f")), len(a))
+    def relu(self, a, dtype="f32"):
+        """max(a, 0) elementwise (NaN becomes 0), as matmul."""
+        count = memoryview(a).nbytes // _TYPES[dtype][1] if _is_buffer(a) else len(a)
+        return self._run({"op": "relu", "len": count}, (_operand(a, dtype, count), b""), count, dtype)
+
+
+def _is_buffer(x):
+    try:
+        memoryview(x)
+        return True
+    except TypeError:
+        return False
 
 
 def connect():

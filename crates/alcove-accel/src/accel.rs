@@ -2,11 +2,13 @@
 //! the scheduler, behind one call that runs an operation where it is
 //! placed (or where the model says it finishes first) and learns from it.
 
+use crate::cpu::Cpu;
 use crate::devices::{CpuInfo, Gpus};
+use crate::elements::{from_f32, to_f32, view, with_out};
 use crate::gpu::{Gpu, GpuError};
 use crate::model::DeviceProfile;
 use crate::scheduler::Scheduler;
-use crate::{calibrate, cpu, DType, DeviceKind, Op};
+use crate::{calibrate, DType, DeviceKind, Op};
 use half::{bf16, f16};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -50,6 +52,8 @@ pub struct Ran {
 
 pub struct Accel {
     pub cpu: CpuInfo,
+    /// The CPU's paths (oneDNN for bf16 where installed).
+    pub cpu_paths: Cpu,
     pub gpus: Gpus,
     gpu: Option<Mutex<Gpu>>,
     scheduler: Mutex<Scheduler>,
@@ -59,11 +63,12 @@ impl Accel {
     /// Finds the devices and calibrates the model (a second or two).
     pub fn start() -> Accel {
         let cpu = CpuInfo::detect();
+        let cpu_paths = Cpu::detect();
         let mut gpus = Gpus::discover();
-        let mut profiles = vec![calibrate::cpu_profile(&format!(
-            "{} ({} threads)",
-            cpu.model, cpu.cores
-        ))];
+        let mut profiles = vec![calibrate::cpu_profile(
+            &cpu_paths,
+            &format!("{} ({} threads)", cpu.model, cpu.cores),
+        )];
         let mut gpu = None;
         if let Gpus::Present { devices } = &gpus {
             let first = &devices[0];
@@ -83,6 +88,7 @@ impl Accel {
         }
         Accel {
             cpu,
+            cpu_paths,
             gpus,
             gpu,
             scheduler: Mutex::new(Scheduler::new(profiles)),
@@ -163,7 +169,7 @@ impl Accel {
         self.lock_scheduler().enqueue(index, predicted);
         let started = Instant::now();
         match device {
-            DeviceKind::Cpu => run_cpu(op, a, b, c),
+            DeviceKind::Cpu => self.cpu_paths.run(op, a, b, c),
             DeviceKind::Gpu => {
                 let Some(gpu) = self.gpu.as_ref() else {
                     self.lock_scheduler().dequeue(index, predicted);
@@ -197,146 +203,7 @@ impl Accel {
     }
 }
 
-/// Plain numbers every bit pattern of which is a value.
-trait Plain: Copy + Default {}
-impl Plain for f32 {}
-impl Plain for f16 {}
-impl Plain for bf16 {}
-
-/// `len` values of `T` in `bytes`: borrowed when aligned (the usual case:
-/// allocations and mappings are), else copied.
-fn view<T: Plain>(bytes: &[u8], len: usize) -> std::borrow::Cow<'_, [T]> {
-    let bytes = &bytes[..len * std::mem::size_of::<T>()];
-    // SAFETY: T is plain data (every bit pattern is a value), so any aligned
-    // middle part of the bytes is a valid [T].
-    let (head, middle, _) = unsafe { bytes.align_to::<T>() };
-    if head.is_empty() && middle.len() == len {
-        std::borrow::Cow::Borrowed(middle)
-    } else {
-        std::borrow::Cow::Owned(values(bytes, len))
-    }
-}
-
-/// Runs `f` on `len` values of `T` over `out`: in place when aligned, else
-/// through a buffer copied back.
-fn with_out<T: Plain, R>(out: &mut [u8], len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    let bytes = &mut out[..len * std::mem::size_of::<T>()];
-    // SAFETY: as in `view`; every value the callee writes is plain data.
-    let (head, middle, _) = unsafe { bytes.align_to_mut::<T>() };
-    if head.is_empty() && middle.len() == len {
-        return f(middle);
-    }
-    let mut buffer = vec![T::default(); len];
-    let result = f(&mut buffer);
-    store(bytes, &buffer);
-    result
-}
-
-/// Reinterprets bytes as `T` values (copied: the bytes may be unaligned).
-fn values<T: Copy + Default>(bytes: &[u8], len: usize) -> Vec<T> {
-    let mut out = vec![T::default(); len];
-    let size = std::mem::size_of::<T>();
-    // SAFETY: `out` holds len * size bytes and `bytes` at least that many
-    // (checked by the caller); T is a plain numeric type (f32, f16, bf16)
-    // for which every bit pattern is a value.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), len * size)
-    };
-    out
-}
-
-fn store<T: Copy>(out: &mut [u8], data: &[T]) {
-    let size = std::mem::size_of_val(data);
-    // SAFETY: `out` holds at least `size` bytes (checked by the caller) and
-    // T is plain data.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().cast::<u8>(), out.as_mut_ptr(), size) };
-}
-
-/// `data` as bytes of `dtype` (for callers building operands).
-pub fn encode(dtype: DType, data: &[f32]) -> Vec<u8> {
-    let mut out = vec![0u8; data.len() * dtype.size()];
-    from_f32(dtype, &mut out, data);
-    out
-}
-
-/// Bytes of `dtype` as f32 values.
-pub fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    to_f32(dtype, bytes, bytes.len() / dtype.size())
-}
-
-fn to_f32(dtype: DType, bytes: &[u8], len: usize) -> Vec<f32> {
-    match dtype {
-        DType::F32 => values::<f32>(bytes, len),
-        DType::F16 => values::<f16>(bytes, len)
-            .iter()
-            .map(|x| x.to_f32())
-            .collect(),
-        DType::Bf16 => values::<bf16>(bytes, len)
-            .iter()
-            .map(|x| x.to_f32())
-            .collect(),
-    }
-}
-
-fn from_f32(dtype: DType, out: &mut [u8], data: &[f32]) {
-    match dtype {
-        DType::F32 => store(out, data),
-        DType::F16 => store(
-            out,
-            &data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(),
-        ),
-        DType::Bf16 => store(
-            out,
-            &data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>(),
-        ),
-    }
-}
-
-fn run_cpu(op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) {
-    let dtype = op.dtype();
-    let (_, _, outs) = op.operands();
-    if dtype == DType::F32 {
-        with_out::<f32, _>(c, outs, |out| match *op {
-            Op::Matmul { m, n, k, .. } => {
-                cpu::matmul(m, n, k, &view(a, m * k), &view(b, k * n), out)
-            }
-            Op::BatchedMatmul { batch, m, n, k, .. } => cpu::batched_matmul(
-                batch,
-                m,
-                n,
-                k,
-                &view(a, batch * m * k),
-                &view(b, batch * k * n),
-                out,
-            ),
-            Op::Relu { len, .. } => cpu::relu(&view(a, len), out),
-        });
-        return;
-    }
-    // f16 and bf16 compute in f32 on the CPU.
-    let mut out = vec![0.0f32; outs];
-    match *op {
-        Op::Matmul { m, n, k, .. } => cpu::matmul(
-            m,
-            n,
-            k,
-            &to_f32(dtype, a, m * k),
-            &to_f32(dtype, b, k * n),
-            &mut out,
-        ),
-        Op::BatchedMatmul { batch, m, n, k, .. } => cpu::batched_matmul(
-            batch,
-            m,
-            n,
-            k,
-            &to_f32(dtype, a, batch * m * k),
-            &to_f32(dtype, b, batch * k * n),
-            &mut out,
-        ),
-        Op::Relu { len, .. } => cpu::relu(&to_f32(dtype, a, len), &mut out),
-    }
-    from_f32(dtype, c, &out);
-}
+pub use crate::elements::{decode, encode};
 
 fn run_gpu(gpu: &mut Gpu, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> Result<(), GpuError> {
     macro_rules! typed {
@@ -366,6 +233,7 @@ fn run_gpu(gpu: &mut Gpu, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> Result<(
             from_f32(dtype, c, &out);
         }
         (_, DType::F32) => typed!(f32),
+        (_, DType::F64) => typed!(f64),
         (_, DType::F16) => typed!(f16),
         (_, DType::Bf16) => typed!(bf16),
     }

@@ -27,7 +27,8 @@ pub fn working_set(op: &Op, device: DeviceKind) -> Option<u64> {
     let (a, b, c) = (a as u64, b as u64, c as u64);
     let s = op.dtype().size() as u64;
     let copies = a.checked_add(b)?.checked_add(c)?.checked_mul(s)?;
-    let half = op.dtype() != DType::F32;
+    // f16, and bf16 where oneDNN is missing, are widened to f32 on the CPU.
+    let half = matches!(op.dtype(), DType::F16 | DType::Bf16);
     let f32s = |n: u64| n.checked_mul(4);
     let scratch = match (device, op) {
         (DeviceKind::Cpu, _) if !half => 0,

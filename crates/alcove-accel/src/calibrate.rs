@@ -1,10 +1,12 @@
 //! Short measurements on this host that give the cost model its constants:
-//! the CPU's achieved FLOP/s by size, and for a GPU its pinned and pageable
+//! the CPU's achieved FLOP/s by size and element type (each on its own path), and for a GPU its pinned and pageable
 //! bandwidth, the fixed cost of a call, and its FLOP/s by size and type.
 
+use crate::cpu::Cpu;
+use crate::elements::encode;
 use crate::gpu::{Gpu, GpuError};
 use crate::model::{DeviceProfile, SpeedPoint};
-use crate::{cpu, DType, DeviceKind};
+use crate::{DType, DeviceKind, Op};
 use std::time::Instant;
 
 /// Runs `f` until `budget` seconds have passed (at least `min_runs` times)
@@ -29,23 +31,42 @@ pub(crate) fn ramp(len: usize) -> Vec<f32> {
     (0..len).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect()
 }
 
-/// The CPU's profile: f32 products at a few sizes (f16 and bf16 run as f32
-/// after conversion, at about the same speed).
-pub fn cpu_profile(name: &str) -> DeviceProfile {
-    let mut points = Vec::new();
-    for n in [16usize, 64, 256, 1024] {
-        let (a, b) = (ramp(n * n), ramp(n * n));
-        let mut c = vec![0.0f32; n * n];
-        let t = best_of(3, 0.15, || cpu::matmul(n, n, n, &a, &b, &mut c));
-        let flops = 2.0 * (n as f64).powi(3);
-        points.push(SpeedPoint {
-            flops,
-            gflops: flops / t / 1e9,
-        });
-    }
-    let (a, b) = (ramp(1), ramp(1));
-    let mut c = [0.0f32];
-    let launch = best_of(100, 0.02, || cpu::matmul(1, 1, 1, &a, &b, &mut c));
+/// The CPU's profile: each element type's products measured on its own
+/// path ([`Cpu::path`]) at a few sizes, and the fixed cost of a call.
+pub fn cpu_profile(cpu: &Cpu, name: &str) -> DeviceProfile {
+    let speed = DType::ALL
+        .iter()
+        .map(|&dtype| {
+            let points = [16usize, 64, 256, 1024]
+                .iter()
+                .map(|&n| {
+                    let op = Op::Matmul {
+                        m: n,
+                        n,
+                        k: n,
+                        dtype,
+                    };
+                    let (a, b) = (encode(dtype, &ramp(n * n)), encode(dtype, &ramp(n * n)));
+                    let mut c = vec![0u8; op.operand_bytes().2];
+                    let t = best_of(2, 0.05, || cpu.run(&op, &a, &b, &mut c));
+                    SpeedPoint {
+                        flops: op.flops(),
+                        gflops: op.flops() / t / 1e9,
+                    }
+                })
+                .collect();
+            (dtype, points)
+        })
+        .collect();
+    let one = Op::Matmul {
+        m: 1,
+        n: 1,
+        k: 1,
+        dtype: DType::F32,
+    };
+    let (a, b) = (encode(DType::F32, &[1.0]), encode(DType::F32, &[1.0]));
+    let mut c = [0u8; 4];
+    let launch = best_of(100, 0.02, || cpu.run(&one, &a, &b, &mut c));
     DeviceProfile {
         name: name.to_owned(),
         kind: DeviceKind::Cpu,
@@ -53,11 +74,7 @@ pub fn cpu_profile(name: &str) -> DeviceProfile {
         h2d_pageable_gbps: 0.0,
         d2h_gbps: 0.0,
         launch_us: launch * 1e6,
-        speed: vec![
-            (DType::F32, points.clone()),
-            (DType::F16, points.clone()),
-            (DType::Bf16, points),
-        ],
+        speed,
     }
 }
 
@@ -79,7 +96,7 @@ pub fn gpu_profile(gpu: &mut Gpu, name: &str) -> Result<DeviceProfile, GpuError>
         return Err(e);
     }
     let mut speed = Vec::new();
-    for dtype in [DType::F32, DType::F16, DType::Bf16] {
+    for dtype in DType::ALL {
         let mut points = Vec::new();
         for n in [256usize, 1024, 4096, 8192] {
             let seconds = gpu.time_device_gemm(dtype, n)?;

@@ -81,6 +81,14 @@ impl Client {
         let mut map = SharedMapping::new(memfd.as_fd(), la + lb + lc)?;
         map.write(0, a);
         map.write(la, b);
+        // A write to every page of the result: tmpfs reports pages that were
+        // only fallocated as holes, and the service refuses holes.
+        if lc > 0 {
+            let (start, end) = (la + lb, la + lb + lc);
+            for at in (start..end).step_by(4096).chain([end - 1]) {
+                map.write(at, &[0]);
+            }
+        }
         let (kind, batch, m, n, k, len) = match *op {
             Op::Matmul { m, n, k, .. } => ("matmul", None, Some(m), Some(n), Some(k), None),
             Op::BatchedMatmul { batch, m, n, k, .. } => (

@@ -64,6 +64,18 @@ impl Element for f32 {
     }
 }
 
+impl Element for f64 {
+    fn one() -> Self {
+        1.0
+    }
+    fn zero() -> Self {
+        0.0
+    }
+    fn staging(gpu: &mut Gpu) -> &mut Option<Staging<Self>> {
+        &mut gpu.f64_staging
+    }
+}
+
 impl Element for f16 {
     fn one() -> Self {
         f16::ONE
@@ -113,6 +125,7 @@ pub struct Gpu {
     streams: [Arc<CudaStream>; 2],
     handles: [CudaBlas; 2],
     f32_staging: Option<Staging<f32>>,
+    f64_staging: Option<Staging<f64>>,
     f16_staging: Option<Staging<f16>>,
     bf16_staging: Option<Staging<bf16>>,
     relu: Option<CudaFunction>,
@@ -137,6 +150,7 @@ impl Gpu {
             streams,
             handles,
             f32_staging: None,
+            f64_staging: None,
             f16_staging: None,
             bf16_staging: None,
             relu: None,
@@ -454,6 +468,7 @@ impl Gpu {
     pub fn time_device_gemm(&mut self, dtype: crate::DType, n: usize) -> Result<f64, GpuError> {
         match dtype {
             crate::DType::F32 => self.time_gemm_typed::<f32>(n),
+            crate::DType::F64 => self.time_gemm_typed::<f64>(n),
             crate::DType::F16 => self.time_gemm_typed::<f16>(n),
             crate::DType::Bf16 => self.time_gemm_typed::<bf16>(n),
         }

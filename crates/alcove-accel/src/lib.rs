@@ -20,6 +20,7 @@ pub mod client;
 pub mod confine;
 pub mod cpu;
 pub mod devices;
+pub mod elements;
 pub mod gpu;
 pub mod model;
 pub mod scheduler;
@@ -48,18 +49,23 @@ pub enum Op {
     Relu { len: usize, dtype: DType },
 }
 
-/// Element types. The CPU executor computes f32; f16 and bf16 run on GPUs.
+/// Element types. Every device runs all four; how each is computed is in
+/// [`cpu`] and [`gpu`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
+    F64,
     F16,
     Bf16,
 }
 
 impl DType {
+    pub const ALL: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::Bf16];
+
     pub fn size(self) -> usize {
         match self {
+            DType::F64 => 8,
             DType::F32 => 4,
             DType::F16 | DType::Bf16 => 2,
         }

@@ -8,6 +8,7 @@ use alcove_accel::{DType, DeviceKind, Op};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod serve;
+mod timing;
 
 #[derive(Parser)]
 #[command(
@@ -67,13 +68,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time the CPU path alone on square products (JSON, one line): each
+    /// run timed on its own after one warm-up run, for benchmarks.
+    Time {
+        #[arg(long, value_enum, default_value_t = Dt::F32)]
+        dtype: Dt,
+        /// Sizes n (n x n x n), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Products per call (a batched product when over 1).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy)]
 enum Dt {
     F32,
+    F64,
     F16,
     Bf16,
+}
+
+impl From<Dt> for DType {
+    fn from(d: Dt) -> DType {
+        match d {
+            Dt::F32 => DType::F32,
+            Dt::F64 => DType::F64,
+            Dt::F16 => DType::F16,
+            Dt::Bf16 => DType::Bf16,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +117,12 @@ fn main() -> std::process::ExitCode {
         } => serve::work(&cgroups, memory_max),
         Command::Check { json } => return check(json),
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
+        Command::Time {
+            dtype,
+            sizes,
+            reps,
+            batch,
+        } => timing::time(dtype.into(), &sizes, reps, batch),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -243,7 +276,18 @@ fn info(json: bool) -> anyhow::Result<()> {
     let accel = Accel::start();
     let profiles = accel.profiles();
     if json {
-        let v = serde_json::json!({ "cpu": accel.cpu, "gpus": accel.gpus, "profiles": profiles });
+        let paths: serde_json::Map<_, _> = DType::ALL
+            .iter()
+            .map(|&d| {
+                (
+                    format!("{d:?}").to_lowercase(),
+                    accel.cpu_paths.path(d).into(),
+                )
+            })
+            .collect();
+        let v = serde_json::json!({
+            "cpu": accel.cpu, "cpu_paths": paths, "gpus": accel.gpus, "profiles": profiles,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -253,6 +297,9 @@ fn info(json: bool) -> anyhow::Result<()> {
         accel.cpu.cores,
         accel.cpu.simd.join(" ")
     );
+    for dtype in DType::ALL {
+        println!("  {dtype:?} products: {}", accel.cpu_paths.path(dtype));
+    }
     match &accel.gpus {
         Gpus::Present { devices } => {
             for d in devices {
@@ -293,11 +340,7 @@ fn info(json: bool) -> anyhow::Result<()> {
 
 fn bench(max: Option<usize>, dtype: Dt, json: bool) -> anyhow::Result<()> {
     let accel = Accel::start();
-    let dtype = match dtype {
-        Dt::F32 => DType::F32,
-        Dt::F16 => DType::F16,
-        Dt::Bf16 => DType::Bf16,
-    };
+    let dtype = DType::from(dtype);
     let max = max.unwrap_or(if accel.has_gpu() { 8192 } else { 2048 });
     let mut rows = Vec::new();
     let mut n = 8;

@@ -111,6 +111,7 @@ impl DeviceProfile {
             launch_us: 8.0,
             speed: vec![
                 (DType::F32, curve(60_000.0)),
+                (DType::F64, curve(30_000.0)),
                 (DType::F16, curve(700_000.0)),
                 (DType::Bf16, curve(700_000.0)),
             ],

@@ -7,7 +7,10 @@
 //! allow-list: everything else (opening files, sockets, exec, namespaces,
 //! new executable memory) answers ENOSYS, as if the kernel lacked it. glibc
 //! falls back from clone3 (whose flags a filter cannot see) to clone on
-//! ENOSYS, and clone is allowed only for threads.
+//! ENOSYS, and clone is allowed only for threads. With oneDNN loaded (bf16
+//! on AMX), which generates a kernel for each new product shape into pages
+//! it makes read-write-execute with mprotect, that one call may make memory
+//! executable; mmap still may not, so no file can be mapped as code.
 //!
 //! With a GPU the NVIDIA driver and CUDA need much more and never say
 //! exactly what: ioctls on /dev/nvidia* (and /dev/nvidia-uvm, which CUDA may
@@ -69,7 +72,9 @@ fn compile(
 }
 
 /// The allow-list for a worker without a GPU.
-pub fn cpu_filter() -> Result<BpfProgram, SeccompError> {
+/// The allow-list for a worker without a GPU; `jit` lets mprotect make
+/// memory executable (for oneDNN's generated kernels).
+pub fn cpu_filter(jit: bool) -> Result<BpfProgram, SeccompError> {
     let plain = [
         libc::SYS_read,
         libc::SYS_write,
@@ -110,10 +115,14 @@ pub fn cpu_filter() -> Result<BpfProgram, SeccompError> {
     ];
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         plain.iter().map(|&nr| (nr, Vec::new())).collect();
-    // Memory, but never new executable memory.
+    // Memory, but never new executable mappings (nor, without `jit`,
+    // executable memory at all).
     let no_exec = rule(vec![masked(2, libc::PROT_EXEC as u64, 0)?])?;
     rules.insert(libc::SYS_mmap, vec![no_exec.clone()]);
-    rules.insert(libc::SYS_mprotect, vec![no_exec]);
+    rules.insert(
+        libc::SYS_mprotect,
+        if jit { Vec::new() } else { vec![no_exec] },
+    );
     // Threads, never processes or namespaces.
     let thread = libc::CLONE_THREAD as u64;
     rules.insert(
@@ -253,13 +262,14 @@ pub fn gpu_filters() -> Result<[BpfProgram; 2], SeccompError> {
     Ok([deny, clone3])
 }
 
-/// Installs the filter for a worker with or without a GPU on every thread
-/// of the process (and `no_new_privs` with it). It cannot be removed.
-pub fn install(gpu: bool) -> Result<(), SeccompError> {
+/// Installs the filter for a worker with or without a GPU (and, without
+/// one, with or without oneDNN's `jit`) on every thread of the process (and
+/// `no_new_privs` with it). It cannot be removed.
+pub fn install(gpu: bool, jit: bool) -> Result<(), SeccompError> {
     let programs = if gpu {
         gpu_filters()?.to_vec()
     } else {
-        vec![cpu_filter()?]
+        vec![cpu_filter(jit)?]
     };
     for program in &programs {
         seccompiler::apply_filter_all_threads(program).map_err(SeccompError::Install)?;
@@ -309,7 +319,7 @@ mod tests {
 
     #[test]
     fn without_a_gpu_files_sockets_exec_and_executable_memory_are_unavailable() {
-        let code = in_child(&[cpu_filter().unwrap()], || {
+        let code = in_child(&[cpu_filter(false).unwrap()], || {
             // SAFETY: raw calls with valid literal arguments; results are only inspected.
             unsafe {
                 let open = outcome(libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64);
@@ -355,6 +365,65 @@ mod tests {
             }
         });
         assert_eq!(code, 0, "probe step {code} was not refused as it should be");
+    }
+
+    #[test]
+    fn with_onednn_only_mprotect_may_make_memory_executable() {
+        for jit in [false, true] {
+            let probe = if jit { rwx_allowed } else { rwx_refused };
+            let code = in_child(&[cpu_filter(jit).unwrap()], probe);
+            assert_eq!(code, 0, "jit {jit}: probe step {code} went the wrong way");
+        }
+    }
+
+    /// mmap of executable memory refused; mprotect to RWX per `allowed`.
+    fn rwx_probe(allowed: bool) -> i32 {
+        // SAFETY: raw calls with valid literal arguments on a fresh private
+        // anonymous page; results are only inspected.
+        unsafe {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let exec = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                rw | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if refused(
+                outcome(if exec == libc::MAP_FAILED { -1 } else { 0 }),
+                libc::ENOSYS,
+                1,
+            ) != 0
+            {
+                return 1;
+            }
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                rw,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if page == libc::MAP_FAILED {
+                return 2;
+            }
+            let rwx = outcome(libc::mprotect(page, 4096, rw | libc::PROT_EXEC) as i64);
+            match (allowed, rwx) {
+                (true, (0, _)) => 0,
+                (false, r) => refused(r, libc::ENOSYS, 3),
+                _ => 4,
+            }
+        }
+    }
+
+    fn rwx_allowed() -> i32 {
+        rwx_probe(true)
+    }
+
+    fn rwx_refused() -> i32 {
+        rwx_probe(false)
     }
 
     #[test]

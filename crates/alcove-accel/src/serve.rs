@@ -73,7 +73,7 @@ pub fn work(cgroups: &[PathBuf], memory_max: u64) -> anyhow::Result<()> {
             "the accelerator's memory limit ({memory_max} bytes) is below what it needs to start ({started}): raise --memory-max"
         );
     };
-    alcove_accel::seccomp::install(accel.has_gpu())?;
+    alcove_accel::seccomp::install(accel.has_gpu(), accel.cpu_paths.uses_onednn())?;
     // SAFETY: fd 0 is the control socket our supervisor handed us as stdin;
     // it is taken once, here, and nothing else in this process uses stdin.
     let control = unsafe { OwnedFd::from_raw_fd(0) };

@@ -173,7 +173,10 @@ impl<'a> Connection<'a> {
             let accel = &self.service.accel;
             let info = serde_json::json!({
                 "placement": self.grant.placement, "memory_bytes": self.memory_limit,
-                "cpu": accel.cpu, "gpus": accel.gpus,
+                "cpu": accel.cpu, "gpus": accel.gpus, "cpu_counts": accel.cpu_paths.counts(),
+                "cpu_paths": crate::DType::ALL.iter()
+                    .map(|&d| (format!("{d:?}").to_lowercase(), accel.cpu_paths.path(d)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
             });
             return Ok(Reply {
                 ok: true,

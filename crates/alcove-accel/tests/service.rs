@@ -132,3 +132,73 @@ fn the_service_exits_when_its_control_socket_closes() {
     let status = service.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0)
+        .collect()
+}
+
+#[test]
+fn every_type_runs_in_the_confined_worker_and_bf16_stays_on_onednn() {
+    use alcove_accel::accel::{decode, encode};
+    use alcove_accel::{DType, Op};
+    let service = Service::start();
+    let client = service.connect(Placement::Cpu);
+    let info = client.info().unwrap();
+    let before = &info["cpu_counts"]["onednn_products"];
+    let onednn = info["cpu_paths"]["bf16"]
+        .as_str()
+        .unwrap()
+        .starts_with("oneDNN");
+    // Shapes the worker has not seen (its calibration runs squares), so that
+    // oneDNN generates new kernels under the worker's seccomp filter.
+    for dtype in DType::ALL {
+        for (batch, m, n, k) in [(1, 37, 45, 29), (3, 20, 33, 17)] {
+            let op = if batch == 1 {
+                Op::Matmul { m, n, k, dtype }
+            } else {
+                Op::BatchedMatmul {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    dtype,
+                }
+            };
+            let (na, nb, _) = op.operands();
+            let (a, b) = (encode(dtype, &values(na, 1)), encode(dtype, &values(nb, 2)));
+            let (c, reply) = client.run(&op, &a, &b).unwrap();
+            assert!(reply.ok);
+            let (wa, wb) = (decode(dtype, &a), decode(dtype, &b));
+            let mut expected = Vec::new();
+            for i in 0..batch {
+                let (a, b) = (&wa[i * m * k..][..m * k], &wb[i * k * n..][..k * n]);
+                expected.extend(alcove_accel::cpu::naive_matmul(m, n, k, a, b));
+            }
+            let err = alcove_accel::cpu::max_relative_error(&decode(dtype, &c), &expected);
+            let tolerance = match dtype {
+                DType::F32 | DType::F64 => 1e-5,
+                DType::F16 => 2e-3,
+                DType::Bf16 => 1e-2,
+            };
+            assert!(err <= tolerance, "{op:?}: error {err}");
+        }
+    }
+    let counts = &client.info().unwrap()["cpu_counts"];
+    if onednn {
+        let ran = counts["onednn_products"].as_u64().unwrap() - before.as_u64().unwrap();
+        assert_eq!(ran, 2, "{counts}");
+        assert_eq!(
+            counts["onednn_declined"], 0,
+            "oneDNN failed under the worker's filter: {counts}"
+        );
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the oneDNN-under-seccomp check: bf16 runs {}",
+            info["cpu_paths"]["bf16"]
+        );
+    }
+}

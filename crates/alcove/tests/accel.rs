@@ -13,7 +13,7 @@ const CLIENT: &str = concat!(
 );
 
 const HANDLER: &str = r#"
-import json, sys
+import json, struct, sys
 import alcove_accel
 req = json.load(sys.stdin)
 acc = alcove_accel.connect()
@@ -22,8 +22,18 @@ try:
 except alcove_accel.AccelError as e:
     print(f"accelerator: {e}", file=sys.stderr)
     sys.exit(3)
+device = acc.last["device"]
 r = acc.relu([-1.0, 2.0])
-json.dump({"c": list(c), "device": acc.last["device"], "relu": list(r), "placement": acc.info()["placement"]}, sys.stdout)
+# A result over many pages (the client must write each: tmpfs counts
+# pages only fallocated as holes), and every element type.
+big = acc.matmul([1.0] * 4096, [0.5] * 4096, 64, 64, 64)
+f64 = acc.matmul([1.5, 2.0], [2.0, 4.0], 1, 1, 2, dtype="f64")
+eye = [1, 0, 0, 1]
+bf16 = alcove_accel.bf16_decode(acc.matmul(
+    alcove_accel.bf16_encode([1, 2, 3, 4]), alcove_accel.bf16_encode(eye), 2, 2, 2, dtype="bf16"))
+f16 = struct.unpack("4e", acc.matmul([1, 2, 3, 4], eye, 2, 2, 2, dtype="f16"))
+json.dump({"c": list(c), "device": device, "relu": list(r), "placement": acc.info()["placement"],
+           "big": [min(big), max(big), len(big)], "f64": list(f64), "bf16": bf16, "f16": list(f16)}, sys.stdout)
 "#;
 
 #[test]
@@ -86,6 +96,10 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["c"], serde_json::json!([4.0, 5.0, 10.0, 11.0]));
     assert_eq!(v["relu"], serde_json::json!([0.0, 2.0]));
+    assert_eq!(v["big"], serde_json::json!([32.0, 32.0, 4096]));
+    assert_eq!(v["f64"], serde_json::json!([11.0]));
+    assert_eq!(v["bf16"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
+    assert_eq!(v["f16"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
     assert_eq!(v["placement"], "auto");
     let gpu_present = v["device"] == "gpu";
     if !gpu_present {
