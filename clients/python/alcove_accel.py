@@ -18,6 +18,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 
 __all__ = ["connect", "Accel", "AccelError", "bf16_encode", "bf16_decode"]
 
@@ -29,6 +30,26 @@ class AccelError(Exception):
 # Element types: (array typecode or None, bytes per element).
 _TYPES = {"f32": ("f", 4), "f64": ("d", 8), "f16": ("e", 2), "bf16": (None, 2)}
 _PAGE = 4096
+# Work up to a 64x64x64 product runs in this process when numpy is there:
+# a call to the service (a socket round trip, ~4 us here, plus the memfd)
+# costs more than the product itself.
+_LOCAL_FLOPS = 2 * 64**3
+_numpy = None
+# acc.last after work run here (no time: measuring it would cost more than a small product).
+_LOCAL_REPLY = {"ok": True, "device": "cpu", "local": True}
+
+
+def _np():
+    """numpy if this function has it, else False (looked up once)."""
+    global _numpy
+    if _numpy is None:
+        try:
+            import numpy
+
+            _numpy = numpy
+        except ImportError:
+            _numpy = False
+    return _numpy
 
 
 def bf16_encode(values):
@@ -52,6 +73,8 @@ def bf16_decode(data):
 def _operand(x, dtype, count):
     """x as the bytes of `count` values of `dtype`: any buffer (numpy array,
     array.array, bytes) taken as it is, else a sequence of floats."""
+    if dtype not in _TYPES:
+        raise AccelError(f"dtype {dtype!r}: use one of {', '.join(_TYPES)}")
     code, size = _TYPES[dtype]
     try:
         view = memoryview(x)
@@ -75,6 +98,39 @@ class Accel:
     def __init__(self, sock):
         self.sock = sock
         self.last = None
+        self._local = None  # may small work stay here (placement not gpu)?
+
+    def _here(self, dtype, flops, *operands):
+        """numpy, if this work should run in this process: small, f32 or
+        f64, numpy importable and the connection not placed on the GPU."""
+        if flops > _LOCAL_FLOPS or dtype not in ("f32", "f64"):
+            return None
+        np = _np()
+        if not np:
+            return None
+        if self._local is None:
+            self._local = self.info()["placement"] != "gpu"
+        return np if self._local else None
+
+    def _local_product(self, np, a, b, batch, m, n, k, dtype):
+        kind = np.float32 if dtype == "f32" else np.float64
+
+        def matrix(x, rows, cols):
+            if type(x) is not np.ndarray or x.dtype != kind:
+                if _is_buffer(x) and not isinstance(x, np.ndarray):
+                    x = np.frombuffer(x, dtype=kind)
+                x = np.asarray(x, dtype=kind)
+            if x.size != batch * rows * cols:
+                raise AccelError(f"an operand of {x.size} values; {batch}x{rows}x{cols} needs {batch * rows * cols}")
+            return x.reshape((batch, rows, cols) if batch > 1 else (rows, cols))
+
+        c = matrix(a, m, k) @ matrix(b, k, n)
+        self.last = _LOCAL_REPLY
+        if isinstance(a, np.ndarray):
+            return c
+        result = array.array(_TYPES[dtype][0])
+        result.frombytes(c.tobytes())
+        return result
 
     def _call(self, request, fd=None):
         body = json.dumps(request).encode()
@@ -92,9 +148,22 @@ class Accel:
         """The devices the service has and this connection's placement."""
         return self._call({"op": "info"})["info"]
 
+    def _result(self, out, dtype, like, shape):
+        """The result bytes as array('f'/'d'), or bytes for f16/bf16; as a
+        numpy array of `shape` when the caller gave numpy arrays."""
+        np = _np()
+        if np and isinstance(like, np.ndarray):
+            kind = {"f32": np.float32, "f64": np.float64, "f16": np.float16}.get(dtype)
+            if kind is not None:
+                return np.frombuffer(out, dtype=kind).reshape(shape)
+        code = _TYPES[dtype][0]
+        if code in ("f", "d"):
+            result = array.array(code)
+            result.frombytes(out)
+            return result
+        return out
+
     def _run(self, request, operands, out_count, dtype):
-        if dtype not in _TYPES:
-            raise AccelError(f"dtype {dtype!r}: use one of {', '.join(_TYPES)}")
         a, b = operands
         la, lb, lc = len(a), len(b), out_count * _TYPES[dtype][1]
         size = la + lb + lc
@@ -115,35 +184,41 @@ class Accel:
                     mem[size - 1] = 0
                 request.update(a=0, b=la, c=la + lb, dtype=dtype)
                 self._call(request, fd)
-                out = mem[la + lb : size]
+                return mem[la + lb : size]
         finally:
             os.close(fd)
-        code = _TYPES[dtype][0]
-        if code in ("f", "d"):
-            result = array.array(code)
-            result.frombytes(out)
-            return result
-        return out
 
     def matmul(self, a, b, m, n, k, dtype="f32"):
         """a (m x k) times b (k x n), row-major. a and b: sequences of floats
         or buffers (numpy arrays, array.array, bytes) of `dtype` values, one
         of f32, f64, f16, bf16. Returns array('f') for f32, array('d') for
         f64, and the raw bytes for f16 and bf16 (bf16_decode, or
-        numpy.frombuffer(..., numpy.float16))."""
-        a, b = _operand(a, dtype, m * k), _operand(b, dtype, k * n)
-        return self._run({"op": "matmul", "m": m, "n": n, "k": k}, (a, b), m * n, dtype)
+        numpy.frombuffer(..., numpy.float16)); given numpy arrays, an m x n
+        numpy array (bf16 still as bytes). Products up to 64x64x64 in f32
+        or f64 run in this process when numpy is importable (acc.last says
+        "local")."""
+        np = self._here(dtype, 2 * m * n * k)
+        if np:
+            return self._local_product(np, a, b, 1, m, n, k, dtype)
+        ops = _operand(a, dtype, m * k), _operand(b, dtype, k * n)
+        out = self._run({"op": "matmul", "m": m, "n": n, "k": k}, ops, m * n, dtype)
+        return self._result(out, dtype, a, (m, n))
 
     def batched_matmul(self, a, b, batch, m, n, k, dtype="f32"):
         """batch products packed one after another, as matmul."""
-        a, b = _operand(a, dtype, batch * m * k), _operand(b, dtype, batch * k * n)
+        np = self._here(dtype, 2 * batch * m * n * k)
+        if np:
+            return self._local_product(np, a, b, batch, m, n, k, dtype)
+        ops = _operand(a, dtype, batch * m * k), _operand(b, dtype, batch * k * n)
         request = {"op": "batched_matmul", "batch": batch, "m": m, "n": n, "k": k}
-        return self._run(request, (a, b), batch * m * n, dtype)
+        out = self._run(request, ops, batch * m * n, dtype)
+        return self._result(out, dtype, a, (batch, m, n))
 
     def relu(self, a, dtype="f32"):
-        """max(a, 0) elementwise (NaN becomes 0), as matmul."""
+        """max(a, 0) elementwise (NaN becomes 0), as matmul (always in the service)."""
         count = memoryview(a).nbytes // _TYPES[dtype][1] if _is_buffer(a) else len(a)
-        return self._run({"op": "relu", "len": count}, (_operand(a, dtype, count), b""), count, dtype)
+        out = self._run({"op": "relu", "len": count}, (_operand(a, dtype, count), b""), count, dtype)
+        return self._result(out, dtype, a, (count,))
 
 
 def _is_buffer(x):

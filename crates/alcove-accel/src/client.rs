@@ -1,6 +1,12 @@
 //! The Rust client for the accelerator service, for programs inside a
 //! sandbox: `Client::from_env()` takes the socket alcove passed in
 //! (`ALCOVE_ACCEL_FD`).
+//!
+//! Work smaller than [`LOCAL_FLOPS`] runs in the caller's own process, on
+//! the same portable kernels, unless the connection is placed on the GPU: a
+//! call to the service costs more than such a product (a socket round trip
+//! alone is ~4 us here; a 64x64x64 f32 product ~3 us), so the cost model's
+//! answer for it is always "here".
 
 use crate::service::{Reply, Request};
 use crate::{DType, Op};
@@ -10,7 +16,13 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 pub struct Client {
     sock: OwnedFd,
+    /// The connection's placement, asked once: whether small work may stay here.
+    local_allowed: std::cell::OnceCell<bool>,
 }
+
+/// Work (flops) up to which an operation runs in the caller's process: a
+/// 64x64x64 product.
+pub const LOCAL_FLOPS: f64 = 2.0 * 64.0 * 64.0 * 64.0;
 
 fn other(e: impl ToString) -> io::Error {
     io::Error::other(e.to_string())
@@ -18,7 +30,10 @@ fn other(e: impl ToString) -> io::Error {
 
 impl Client {
     pub fn new(sock: OwnedFd) -> Client {
-        Client { sock }
+        Client {
+            sock,
+            local_allowed: std::cell::OnceCell::new(),
+        }
     }
 
     /// The socket alcove passed in; an error says how to get one.
@@ -34,7 +49,7 @@ impl Client {
         // SAFETY: alcove passes this descriptor to the program for it alone;
         // from_env takes it once, and the caller does not close it elsewhere.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Client { sock })
+        Ok(Client::new(sock))
     }
 
     fn call(&self, request: &Request, memfd: Option<&OwnedFd>) -> io::Result<Reply> {
@@ -65,6 +80,42 @@ impl Client {
     /// Runs `op` on operands `a` and `b` (bytes of its element type) and
     /// returns the result's bytes and the service's reply.
     pub fn run(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
+        op.check().map_err(other)?;
+        let (la, lb, lc) = op.operand_bytes();
+        if a.len() != la || b.len() != lb {
+            return Err(other(format!(
+                "operands of {} and {} bytes; {op:?} takes {la} and {lb}",
+                a.len(),
+                b.len()
+            )));
+        }
+        if op.flops() <= LOCAL_FLOPS && self.may_run_here()? {
+            let started = std::time::Instant::now();
+            let mut c = vec![0u8; lc];
+            local_cpu().run(op, a, b, &mut c);
+            let reply = Reply {
+                ok: true,
+                local: true,
+                device: Some(crate::DeviceKind::Cpu),
+                seconds: Some(started.elapsed().as_secs_f64()),
+                ..Reply::default()
+            };
+            return Ok((c, reply));
+        }
+        self.run_in_service(op, a, b)
+    }
+
+    /// Whether this connection's placement lets work run on this CPU.
+    fn may_run_here(&self) -> io::Result<bool> {
+        if let Some(&allowed) = self.local_allowed.get() {
+            return Ok(allowed);
+        }
+        let allowed = self.info()?["placement"] != "gpu";
+        Ok(*self.local_allowed.get_or_init(|| allowed))
+    }
+
+    /// Runs `op` in the service, whatever its size.
+    pub fn run_in_service(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
         op.check().map_err(other)?;
         let (la, lb, lc) = op.operand_bytes();
         if a.len() != la || b.len() != lb {
@@ -122,7 +173,7 @@ impl Client {
         Ok((c, reply))
     }
 
-    /// `a * b` for f32 row-major matrices.
+    /// `a * b` for f32 row-major matrices (in this process when small).
     pub fn matmul_f32(
         &self,
         m: usize,
@@ -144,4 +195,11 @@ impl Client {
         )?;
         Ok((crate::accel::decode(DType::F32, &c), reply))
     }
+}
+
+/// The CPU path for work kept in the caller's process: the portable kernels
+/// (no oneDNN to load in a sandbox for a product this small).
+fn local_cpu() -> &'static crate::cpu::Cpu {
+    static CPU: std::sync::OnceLock<crate::cpu::Cpu> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| crate::cpu::Cpu::portable("small work runs in the caller's process"))
 }

@@ -53,6 +53,10 @@ pub struct Request {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
+    /// Set by a client that ran the operation in its own process (work too
+    /// small to be worth a call): never sent by the service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,9 +19,23 @@ fn products_through_shared_memory_match_and_errors_are_clear() {
     let (m, n, k) = (3, 2, 4);
     let a: Vec<f32> = (0..m * k).map(|i| i as f32 - 5.0).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i as f32) * 0.5).collect();
-    let (c, reply) = client.matmul_f32(m, n, k, &a, &b).unwrap();
+    let op = alcove_accel::Op::Matmul {
+        m,
+        n,
+        k,
+        dtype: alcove_accel::DType::F32,
+    };
+    let encode = |x: &[f32]| alcove_accel::accel::encode(alcove_accel::DType::F32, x);
+    let (c, reply) = client
+        .run_in_service(&op, &encode(&a), &encode(&b))
+        .unwrap();
+    let c = alcove_accel::accel::decode(alcove_accel::DType::F32, &c);
     assert_eq!(c, alcove_accel::cpu::naive_matmul(m, n, k, &a, &b));
-    assert!(reply.ok && reply.seconds.unwrap() > 0.0);
+    assert!(reply.ok && !reply.local && reply.seconds.unwrap() > 0.0);
+    // Work this small stays in the caller's process (placement auto), same answer.
+    let (here, reply) = client.matmul_f32(m, n, k, &a, &b).unwrap();
+    assert!(reply.local, "{reply:?}");
+    assert_eq!(here, c);
     if info["gpus"]["state"] == "absent" {
         let _ = writeln!(
             std::io::stderr(),
@@ -169,7 +183,7 @@ fn every_type_runs_in_the_confined_worker_and_bf16_stays_on_onednn() {
             };
             let (na, nb, _) = op.operands();
             let (a, b) = (encode(dtype, &values(na, 1)), encode(dtype, &values(nb, 2)));
-            let (c, reply) = client.run(&op, &a, &b).unwrap();
+            let (c, reply) = client.run_in_service(&op, &a, &b).unwrap();
             assert!(reply.ok);
             let (wa, wb) = (decode(dtype, &a), decode(dtype, &b));
             let mut expected = Vec::new();
