@@ -4,7 +4,7 @@
 #
 #   1. square products, interleaved: ROUNDS rounds; in each, every (type, n)
 #      runs its contenders in a rotated order, each one warm-up run then R
-#      timed runs (R from 100 at n<=128 down to 3 at n=4096):
+#      timed runs (R from 100 at n<=128 down to 5 at n=4096):
 #        f32  n=64..4096   alcove against numpy (OpenBLAS) and torch.matmul
 #        f64  n=64..2048   alcove against numpy
 #        bf16 n=256..4096  alcove against torch on bf16 tensors
@@ -15,21 +15,27 @@
 #      (inference mode) on operands already of the type. All use every CPU.
 #      Targets: f32 within 1.10x of numpy from n=256, bf16 within 1.20x of
 #      torch's bf16.
-#   2. small f32 products (n=8..64) from a sandboxed function through the
-#      accelerator service, against numpy in the same handler: a daemon on
-#      127.0.0.1:0 with its own data dir, a Python function deployed with
-#      --accel cpu that times acc.matmul (clients/python/alcove_accel.py as
-#      it is: the memfd, the request, the reply, all counted), a bare round
-#      trip (acc.info) and numpy's a @ b. numpy comes from the bench's venv,
-#      bound read-only into the sandbox (serve --allow-bind, fn deploy
-#      --bind); where the sandbox's python cannot load it, numpy is timed on
-#      the host instead and the output says so. Target: no slower than numpy.
+#   2. small f32 products (n=8..64) from a sandboxed function, against numpy
+#      in the same sandbox: a daemon on 127.0.0.1:0 with its own data dir and
+#      two functions deployed with --accel cpu, one handler (accel_cpu.py
+#      handler, with clients/python/alcove_accel.py as it is beside it):
+#        mm-local    numpy importable (the venv bound in read-only: serve
+#                    --allow-bind, fn deploy --bind): the client runs products
+#                    up to 64x64x64 in the handler with numpy, by design;
+#        mm-service  `python3 -S`, no site-packages and so no numpy: every
+#                    acc.matmul goes through the service (the memfd, the
+#                    request, the reply: the client's whole cost counted).
+#      Each times acc.matmul and a bare round trip (acc.info); mm-local also
+#      numpy's a @ b. Where the sandbox's python cannot load the venv's numpy
+#      (another minor version), numpy is timed on the host and the output
+#      says so. Target: no slower than numpy, call overhead included.
 # Medians with the p10-p90 spread; ratios of the medians; GFLOP/s of the
 # medians. Raw samples as JSON and this report under $OUT.
 #
 #   bench/accel-cpu.sh                       # about 6 minutes after the first run
 #   QUICK=1 bench/accel-cpu.sh               # one round, fewer sizes: a smoke run
 #   ROUNDS=9 SERVICE=0 bench/accel-cpu.sh    # products only (needs no root)
+#   PRODUCTS=0 bench/accel-cpu.sh            # the sandboxed function only
 #   ALCOVE_ACCEL_BIN=... ALCOVE_BIN=... bench/accel-cpu.sh
 #
 # Binaries: ALCOVE_ACCEL_BIN (default target/release/alcove-accel, built with
@@ -47,7 +53,6 @@
 # Part 2 needs root. Asserts nothing: it prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 export OUT=${OUT:-/tmp/alcove-accel-cpu}
 SERVICE=${SERVICE:-1}
 VENV=${ALCOVE_BENCH_VENV:-/var/tmp/alcove-bench-venv}
@@ -91,12 +96,14 @@ fi
 PY=$VENV/bin/python
 
 exec > >(tee "$OUT/report.txt") 2>&1
-echo "== 1. square products on the CPU: alcove-accel, numpy, PyTorch (interleaved) =="
-ACCEL_BIN=$ACCEL_BIN "$PY" bench/accel_cpu.py products
+if [ "${PRODUCTS:-1}" = 1 ]; then
+    echo "== 1. square products on the CPU: alcove-accel, numpy, PyTorch (interleaved) =="
+    ACCEL_BIN=$ACCEL_BIN "$PY" bench/accel_cpu.py products
+fi
 
 if [ "$SERVICE" = 1 ]; then
     echo
-    echo "== 2. small f32 products from a sandboxed function through the accelerator service =="
+    echo "== 2. small f32 products from a sandboxed function: in the handler and through the accelerator service =="
     # Both binaries in one directory: the daemon starts the alcove-accel beside it.
     mkdir -p "$work/bin" "$work/fn"
     cp "$ALCOVE_BIN" "$work/bin/alcove"
@@ -124,10 +131,15 @@ if [ "$SERVICE" = 1 ]; then
     else
         echo "the venv's Python is $venv_py and the sandbox's /usr/bin/python3 is $host_py: numpy is not bound in"
     fi
-    ALCOVE_SERVER=http://$addr ALCOVE_TOKEN_FILE=$work/token \
-        "$work/bin/alcove" fn deploy mm --handler '/usr/bin/python3 /fn/accel_cpu.py handler' --code "$work/fn" \
-        --accel cpu --memory 1G --timeout 5m "${bind[@]}" >/dev/null
-    ALCOVE_SERVER=http://$addr ALCOVE_TOKEN=$(cat "$work/token") FUNCTION=mm "$PY" bench/accel_cpu.py service
+    deploy() {   # name, handler, flags...
+        local name=$1 handler=$2; shift 2
+        ALCOVE_SERVER=http://$addr ALCOVE_TOKEN_FILE=$work/token "$work/bin/alcove" fn deploy "$name" \
+            --handler "$handler" --code "$work/fn" --accel cpu --memory 1G --timeout 5m "$@" >/dev/null
+    }
+    deploy mm-local '/usr/bin/python3 /fn/accel_cpu.py handler' "${bind[@]}"
+    deploy mm-service '/usr/bin/python3 -S /fn/accel_cpu.py handler'
+    ALCOVE_SERVER=http://$addr ALCOVE_TOKEN=$(cat "$work/token") FN_LOCAL=mm-local FN_SERVICE=mm-service \
+        "$PY" bench/accel_cpu.py service
 fi
 echo
-echo "raw samples: $OUT/products.json$([ "$SERVICE" = 1 ] && echo " and $OUT/service.json"); this report: $OUT/report.txt"
+echo "raw samples: $OUT/*.json; this report: $OUT/report.txt"

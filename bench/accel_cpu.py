@@ -3,11 +3,11 @@
     accel_cpu.py products   square products: alcove-accel's CPU path, numpy and
                             PyTorch on the CPU, interleaved, in one process
                             (alcove-accel runs as a child, timing itself)
-    accel_cpu.py service    small products through the accelerator service, by
-                            invoking the function bench/accel-cpu.sh deployed
-    accel_cpu.py handler    that function's handler, inside the sandbox: the
-                            standard library, alcove_accel.py beside it, and
-                            numpy when the sandbox can import it
+    accel_cpu.py service    small products from sandboxed functions, by invoking
+                            the two bench/accel-cpu.sh deployed
+    accel_cpu.py handler    their handler, inside the sandbox: the standard
+                            library, alcove_accel.py beside it, and numpy when
+                            the sandbox can import it
 
 Every figure is a median over all rounds with the p10-p90 spread; ratios are
 ratios of medians. Raw samples go to $OUT as JSON."""
@@ -34,14 +34,17 @@ QUICK_SIZES = {"f32": [64, 256, 1024], "f64": [256], "bf16": [256, 1024], "f16":
 TARGETS = {"f32": ("numpy", 1.10, 256), "bf16": ("torch", 1.20, 0)}
 
 
+REPS = ((128, 100), (256, 50), (512, 20), (1024, 10), (2048, 8))
+
+
 def reps_for(n):
     """Timed runs per contender per round: a round stays short at n=4096
     (a second or so a product on two cores) and small sizes get enough
     samples for a steady median."""
-    for limit, reps in ((128, 100), (256, 50), (512, 20), (1024, 10), (2048, 5)):
+    for limit, reps in REPS:
         if n <= limit:
             return reps
-    return 3
+    return 5
 
 
 def stats(xs):
@@ -168,18 +171,22 @@ def products():
     c = Contenders(accel)
     np = c.np
     blas, blas_threads = numpy_info(np)
-    print(f"host: {os.cpu_count()} CPUs; {cpu_model()}")
+    print(f"host: {os.cpu_count()} CPUs; {cpu_model()}; load average {load()}")
     print(f"alcove-accel: {accel}")
     print(f"numpy {np.__version__}: BLAS {blas}; BLAS threads {blas_threads}")
     if c.torch is not None:
         t = c.torch
         cap = getattr(getattr(t.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
-        print(f"torch {t.__version__}: {t.get_num_threads()} threads, CPU capability {cap}, "
+        threads = f"{t.get_num_threads()} threads"
+        if t.get_num_threads() != os.cpu_count():
+            # torch counts physical cores; the others use every logical CPU.
+            t.set_num_threads(os.cpu_count())
+            threads += f", set to {t.get_num_threads()} as the others use"
+        print(f"torch {t.__version__}: {threads}, CPU capability {cap}, "
               f"oneDNN {'on' if t.backends.mkldnn.is_available() else 'off'}")
     else:
         print(f"torch: NOT INSTALLED ({c.torch_why}): its columns are left out")
-    print(f"alcove-accel's rayon and oneDNN use every CPU ({os.cpu_count()}); "
-          f"set OPENBLAS_NUM_THREADS / torch threads to change the others")
+    print(f"alcove-accel: rayon (gemm crate) and oneDNN's OpenMP use every CPU ({os.cpu_count()})")
 
     plan = []
     for dtype, (sizes, peers) in PRODUCTS.items():
@@ -191,7 +198,7 @@ def products():
             plan.append((dtype, n, ["alcove"] + peers))
     samples = {(d, n, who): [] for d, n, whos in plan for who in whos}
     print(f"\n{ROUNDS} round(s); in each, every (type, n) runs its contenders in a rotated order, "
-          f"each one warm-up run then R timed runs (R by size: {', '.join(f'n<={l}: {r}' for l, r in ((128, 100), (256, 50), (512, 20), (1024, 10), (2048, 5)))}, else 3)")
+          f"each one warm-up run then R timed runs (R by size: {', '.join(f'n<={l}: {r}' for l, r in REPS)}, else {reps_for(1 << 30)})")
     started = time.perf_counter()
     for r in range(ROUNDS):
         t0 = time.perf_counter()
@@ -210,7 +217,7 @@ def products():
                 samples[(dtype, n, who)].extend(xs)
                 settle()
         print(f"  round {r + 1}/{ROUNDS}: {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"  all rounds: {time.perf_counter() - started:.1f} s")
+    print(f"  all rounds: {time.perf_counter() - started:.1f} s; load average now {load()}")
 
     rows = []
     for dtype, (sizes, peers) in PRODUCTS.items():
@@ -271,6 +278,11 @@ def fmt_ms(s):
     return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
+def load():
+    """The 1, 5 and 15 minute load averages: anything else running skews every figure."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def cpu_model():
     try:
         for line in open("/proc/cpuinfo"):
@@ -281,75 +293,86 @@ def cpu_model():
     return "?"
 
 
-# --- 3. small products through the accelerator service --------------------
+# --- 2. small products from a sandboxed function ----------------------------
+#
+# The Python client runs products up to 64x64x64 in the caller's process when
+# numpy is importable there (a service call costs more than such a product),
+# and calls the service otherwise. Two functions, the same handler, show both:
+# FN_LOCAL sees the venv's numpy (bound in), FN_SERVICE runs `python3 -S`
+# (no site-packages: no numpy, whatever the host has) so every call goes
+# through the service.
+
+SIZES_SMALL = [8, 16, 32, 64]
 
 
 def operand_values(n, seed):
     return [((i * 7 + seed) % 97 - 48) / 97.0 for i in range(n * n)]
 
 
-def time_small(sizes, rounds, calls, acc=None, np=None):
-    """Per n: `calls` timed calls of each kind per round, the kinds
-    alternating by round. Kinds: acc.matmul (the whole client call: operands
-    into a memfd, the request, the reply, the result read back), acc.info
-    (a bare round trip on the same socket, no memfd) and numpy's a @ b on
-    ndarrays. Returns per-call seconds, and the service's own compute time
-    from each reply."""
+def naive(a, b, n):
+    return [sum(a[i * n + p] * b[p * n + j] for p in range(n)) for i in range(n) for j in range(n)]
+
+
+def time_small(sizes, calls, rotate=0, acc=None, np=None):
+    """Per n, `calls` timed calls of each kind, the kinds in an order rotated
+    by `rotate`, after a warm-up of each. Kinds: accel (acc.matmul: the whole
+    client call; numpy arrays where numpy is importable, as a numpy user
+    passes them, else array('f')), info (a bare request and reply on the
+    same socket, no memfd, a small JSON answer) and numpy (a @ b on
+    ndarrays). Also per accel call: where it ran (acc.last) and the
+    service's own compute time."""
     import array
     out = {}
     for n in sizes:
-        a, b = array.array("f", operand_values(n, 1)), array.array("f", operand_values(n, 5))
+        av, bv = operand_values(n, 1), operand_values(n, 5)
+        if np is not None:
+            A = np.array(av, dtype=np.float32).reshape(n, n)
+            B = np.array(bv, dtype=np.float32).reshape(n, n)
+            a, b = A, B
+        else:
+            a, b = array.array("f", av), array.array("f", bv)
         kinds = {}
         if acc is not None:
             kinds["accel"] = lambda: acc.matmul(a, b, n, n, n)
             kinds["info"] = acc.info
         if np is not None:
-            A = np.frombuffer(a, dtype=np.float32).reshape(n, n).copy()
-            B = np.frombuffer(b, dtype=np.float32).reshape(n, n).copy()
             kinds["numpy"] = lambda: A @ B
-        res = {k: [] for k in kinds}
-        service = []
-        check = None
+        entry = {"seconds": {k: [] for k in kinds}, "service_seconds": [], "ran": None, "max_abs_error": None}
         if acc is not None:
             got = acc.matmul(a, b, n, n, n)
+            got = got.ravel().tolist() if np is not None and isinstance(got, np.ndarray) else list(got)
             want = (A @ B).ravel().tolist() if np is not None else naive(a, b, n)
-            check = max(abs(x - y) for x, y in zip(got, want))
-            device = acc.last.get("device")
-        for f in kinds.values():  # warm: connection, caches, BLAS threads
-            for _ in range(min(calls, 50)):
+            entry["max_abs_error"] = max(abs(x - y) for x, y in zip(got, want))
+            entry["ran"] = "in the caller (numpy)" if acc.last.get("local") else f"service, {acc.last.get('device')}"
+        for f in kinds.values():  # warm: caches, the connection, BLAS threads
+            for _ in range(50):
                 f()
         names = list(kinds)
-        for r in range(rounds):
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
-                f, xs = kinds[name], res[name]
-                for _ in range(calls):
-                    t = time.perf_counter()
-                    f()
-                    xs.append(time.perf_counter() - t)
-                    if name == "accel":
-                        service.append(acc.last.get("seconds"))
-        out[n] = {"seconds": res, "service_seconds": service, "max_abs_error": check,
-                  "device": device if acc is not None else None}
+        k = rotate % max(len(names), 1)
+        for name in names[k:] + names[:k]:
+            f, xs = kinds[name], entry["seconds"][name]
+            for _ in range(calls):
+                t = time.perf_counter()
+                f()
+                xs.append(time.perf_counter() - t)
+                if name == "accel":
+                    entry["service_seconds"].append(acc.last.get("seconds"))
+        out[n] = entry
     return out
 
 
-def naive(a, b, n):
-    return [sum(a[i * n + p] * b[p * n + j] for p in range(n)) for i in range(n) for j in range(n)]
-
-
 def handler():
-    """Runs in the sandbox: the request names sizes, rounds and calls."""
+    """Runs in the sandbox; the request names sizes, calls and the rotation."""
     req = json.loads(sys.stdin.read() or "{}")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import alcove_accel
     acc = alcove_accel.connect()
     try:
         import numpy as np
-        numpy_where = f"numpy {np.__version__} inside the sandbox ({os.path.dirname(np.__file__)})"
+        numpy_where = f"numpy {np.__version__} ({os.path.dirname(np.__file__)})"
     except ImportError as e:
-        np, numpy_where = None, f"not importable inside the sandbox: {e}"
-    results = time_small(req["sizes"], req["rounds"], req["calls"], acc=acc, np=np)
+        np, numpy_where = None, f"none ({e})"
+    results = time_small(req["sizes"], req["calls"], req.get("rotate", 0), acc=acc, np=np)
     json.dump({"python": sys.version.split()[0], "numpy": numpy_where, "results": results}, sys.stdout)
 
 
@@ -357,58 +380,93 @@ def service():
     import http.client
     server = os.environ["ALCOVE_SERVER"].removeprefix("http://")
     token = os.environ["ALCOVE_TOKEN"]
-    fn = os.environ.get("FUNCTION", "mm")
-    sizes = [8, 16, 32, 64]
-    rounds, calls = (3, 100) if QUICK else (10, 300)
+    functions = [os.environ["FN_LOCAL"], os.environ["FN_SERVICE"]]
+    rounds, calls = (2, 200) if QUICK else (10, 500)
     conn = http.client.HTTPConnection(server, timeout=600)
 
-    def invoke(body):
+    def invoke(fn, body):
         conn.request("POST", f"/v1/functions/{fn}/invoke", body=json.dumps(body).encode(),
                      headers={"Authorization": f"Bearer {token}"})
         r = conn.getresponse()
         raw = r.read()
         if r.status != 200:
-            raise RuntimeError(f"invoke: {r.status} {raw[:2000]!r}")
+            raise RuntimeError(f"invoking {fn}: {r.status} {raw[:2000]!r}")
         return json.loads(raw)
 
     t = time.perf_counter()
-    invoke({"sizes": [8], "rounds": 1, "calls": 5})  # starts the service (it calibrates once)
+    invoke(functions[1], {"sizes": [8], "calls": 1})  # starts alcove-accel serve (it calibrates once)
     first = time.perf_counter() - t
-    got = invoke({"sizes": sizes, "rounds": rounds, "calls": calls})
-    res = {int(n): v for n, v in got["results"].items()}
-    host_numpy = None
-    if not any(v["seconds"].get("numpy") for v in res.values()):
+    # samples[fn][n][kind] over all rounds; the two functions alternate.
+    samples = {fn: {n: {} for n in SIZES_SMALL} for fn in functions}
+    service_s = {n: [] for n in SIZES_SMALL}
+    per_invocation = {fn: {n: {} for n in SIZES_SMALL} for fn in functions}
+    meta = {}
+    for r in range(rounds):
+        for fn in functions[r % 2:] + functions[:r % 2]:
+            got = invoke(fn, {"sizes": SIZES_SMALL, "calls": calls, "rotate": r})
+            meta[fn] = {"python": got["python"], "numpy": got["numpy"],
+                        "ran": {int(n): v["ran"] for n, v in got["results"].items()},
+                        "max_abs_error": {int(n): v["max_abs_error"] for n, v in got["results"].items()}}
+            for n, v in got["results"].items():
+                for kind, xs in v["seconds"].items():
+                    samples[fn][int(n)].setdefault(kind, []).extend(xs)
+                    if xs:
+                        per_invocation[fn][int(n)].setdefault(kind, []).append(statistics.median(xs))
+                if fn == functions[1]:
+                    service_s[int(n)].extend(s for s in v["service_seconds"] if s is not None)
+    local, remote = functions
+    numpy_samples = {n: samples[local][n].get("numpy") for n in SIZES_SMALL}
+    where = "in the sandbox"
+    if not all(numpy_samples.values()):
         import numpy
-        host_numpy = time_small(sizes, rounds, calls, np=numpy)
-    print(f"function: python {got['python']} in the sandbox; numpy: {got['numpy']}")
-    if host_numpy is not None:
-        print(f"NOTE: numpy was timed ON THE HOST (numpy {numpy.__version__}), not in the sandbox: "
-              "same operands, same loop, outside alcove")
-    print(f"first invocation (starts alcove-accel serve, which calibrates): {first:.2f} s")
-    print(f"{rounds} rounds x {calls} calls per kind and n, kinds alternating; us per call, median (p10-p90)")
-    print(f"  {'n':>3}  {'alcove via service':>24}  {'of it: service compute':>22}  {'bare round trip (info)':>24}"
-          f"  {'numpy a @ b':>22}  {'alcove/numpy':>12}  {'no slower than numpy':>20}  {'max |err|':>9}")
-    for n in sizes:
-        v = res[n]
-        acc_s = stats(v["seconds"]["accel"])
-        info_s = stats(v["seconds"]["info"])
-        svc = [s for s in v["service_seconds"] if s is not None]
-        svc_m = statistics.median(svc) if svc else None
-        npx = (host_numpy[n] if host_numpy else v)["seconds"]["numpy"]
-        np_s = stats(npx)
-        ratio = acc_s[0] / np_s[0]
-        us = lambda x: f"{x * 1e6:.1f}"
-        print(f"  {n:>3}  {us(acc_s[0]):>8} ({us(acc_s[1])}-{us(acc_s[2])})".ljust(31)
-              + f"  {(us(svc_m) if svc_m is not None else '-'):>22}"
-              + f"  {us(info_s[0]):>8} ({us(info_s[1])}-{us(info_s[2])})".ljust(26)
-              + f"  {us(np_s[0]):>7} ({us(np_s[1])}-{us(np_s[2])})".ljust(24)
-              + f"  {ratio:>11.1f}x  {'met' if ratio <= 1.0 else 'MISSED':>20}  {v['max_abs_error']:>9.1e}")
-    devices = {v["device"] for v in res.values()}
-    print(f"  device the service reported: {', '.join(map(str, devices))}")
+        where = f"ON THE HOST (numpy {numpy.__version__}; the sandbox could not import it)"
+        host = {}
+        for r in range(rounds):
+            for n, v in time_small(SIZES_SMALL, calls, r, np=numpy).items():
+                host.setdefault(n, []).extend(v["seconds"]["numpy"])
+        numpy_samples = host
+
+    print(f"first invocation (starts alcove-accel serve, which calibrates): {first:.2f} s; load average {load()}")
+    for fn in functions:
+        m = meta[fn]
+        print(f"function {fn}: python {m['python']}, numpy: {m['numpy']}; acc.matmul ran: "
+              + ", ".join(sorted(set(m["ran"].values()))))
+    print(f"numpy timed {where}")
+    print(f"{rounds} invocations of each function, alternating; in each, {calls} timed calls per kind and n "
+          "(after 50 untimed), kinds in a rotated order. us per call: median (p10-p90)")
+    us = lambda x: f"{x * 1e6:.1f}"
+    cell = lambda xs: (lambda s: f"{us(s[0])} ({us(s[1])}-{us(s[2])})")(stats(xs))
+    print(f"  {'n':>3}  {'numpy a @ b':>20}  {'acc.matmul, numpy there':>24}  {'ratio':>6}"
+          f"  {'acc.matmul via service':>23}  {'ratio':>6}  {'compute':>7}  {'round trip':>20}"
+          f"  {'target: service <= numpy':>24}  {'max |err|':>9}")
+    rows = []
+    for n in SIZES_SMALL:
+        npm = stats(numpy_samples[n])[0]
+        loc = samples[local][n].get("accel", [])
+        rem = samples[remote][n].get("accel", [])
+        rtt = samples[remote][n].get("info", [])
+        comp = statistics.median(service_s[n]) if service_s[n] else None
+        r_loc = stats(loc)[0] / npm if loc else None
+        r_rem = stats(rem)[0] / npm if rem else None
+        err = max((meta[f]["max_abs_error"].get(n) or 0) for f in functions)
+        print(f"  {n:>3}  {cell(numpy_samples[n]):>20}  {cell(loc) if loc else '-':>24}  {r_loc:>5.1f}x"
+              f"  {cell(rem) if rem else '-':>23}  {r_rem:>5.1f}x  {us(comp) if comp else '-':>7}"
+              f"  {cell(rtt) if rtt else '-':>20}  {('met' if r_rem <= 1.0 else 'MISSED') + f' ({r_rem:.1f}x)':>24}"
+              f"  {err:>9.1e}")
+        rows.append({"n": n, "numpy_median_s": npm, "local_ratio": r_loc, "service_ratio": r_rem,
+                     "service_compute_median_s": comp})
+    print("  (ratio: of numpy's median. compute: the service's own time for the product, from its reply;"
+          " round trip: acc.info on the same socket, no memfd)")
+    # A round trip's cost depends on where the scheduler puts the handler and
+    # the service's worker (one CPU or two): shown per invocation.
+    for kind, what in (("accel", "acc.matmul via service, n=8"), ("info", "round trip (info), n=8")):
+        xs = per_invocation[remote][SIZES_SMALL[0]].get(kind, [])
+        print(f"  {what}, median of each invocation in turn (us): {', '.join(us(x) for x in xs)}")
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "service.json"), "w") as f:
-        json.dump({"rounds": rounds, "calls": calls, "sandbox": got, "host_numpy": host_numpy,
-                   "first_invocation_s": first}, f)
+        json.dump({"rounds": rounds, "calls": calls, "first_invocation_s": first, "numpy_where": where,
+                   "functions": meta, "rows": rows, "samples": samples, "per_invocation_medians": per_invocation, "numpy": numpy_samples,
+                   "service_seconds": service_s}, f)
 
 
 if __name__ == "__main__":

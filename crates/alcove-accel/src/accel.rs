@@ -48,6 +48,9 @@ pub struct Ran {
     /// The model's prediction for the device it ran on, seconds.
     pub predicted: f64,
     pub seconds: f64,
+    /// Which CPU path ran it (none on a GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_path: Option<crate::cpu::CpuPath>,
 }
 
 pub struct Accel {
@@ -168,8 +171,9 @@ impl Accel {
         // Work waiting for a device counts against it for the next decision.
         self.lock_scheduler().enqueue(index, predicted);
         let started = Instant::now();
+        let mut cpu_path = None;
         match device {
-            DeviceKind::Cpu => self.cpu_paths.run(op, a, b, c),
+            DeviceKind::Cpu => cpu_path = Some(self.cpu_paths.run(op, a, b, c)),
             DeviceKind::Gpu => {
                 let Some(gpu) = self.gpu.as_ref() else {
                     self.lock_scheduler().dequeue(index, predicted);
@@ -192,6 +196,7 @@ impl Accel {
             device,
             predicted,
             seconds,
+            cpu_path,
         })
     }
 

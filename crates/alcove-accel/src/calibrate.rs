@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// Runs `f` until `budget` seconds have passed (at least `min_runs` times)
 /// and returns the fastest run, in seconds.
-fn best_of(min_runs: usize, budget: f64, mut f: impl FnMut()) -> f64 {
+fn best_of<T>(min_runs: usize, budget: f64, mut f: impl FnMut() -> T) -> f64 {
     let started = Instant::now();
     let mut best = f64::INFINITY;
     let mut runs = 0;

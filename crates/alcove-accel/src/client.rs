@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 pub struct Client {
     sock: OwnedFd,
     /// The connection's placement, asked once: whether small work may stay here.
-    local_allowed: std::cell::OnceCell<bool>,
+    local_allowed: std::sync::OnceLock<bool>,
 }
 
 /// Work (flops) up to which an operation runs in the caller's process: a
@@ -32,7 +32,7 @@ impl Client {
     pub fn new(sock: OwnedFd) -> Client {
         Client {
             sock,
-            local_allowed: std::cell::OnceCell::new(),
+            local_allowed: std::sync::OnceLock::new(),
         }
     }
 
@@ -92,11 +92,12 @@ impl Client {
         if op.flops() <= LOCAL_FLOPS && self.may_run_here()? {
             let started = std::time::Instant::now();
             let mut c = vec![0u8; lc];
-            local_cpu().run(op, a, b, &mut c);
+            let path = local_cpu().run(op, a, b, &mut c);
             let reply = Reply {
                 ok: true,
                 local: true,
                 device: Some(crate::DeviceKind::Cpu),
+                path: Some(path),
                 seconds: Some(started.elapsed().as_secs_f64()),
                 ..Reply::default()
             };

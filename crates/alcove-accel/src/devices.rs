@@ -14,8 +14,8 @@ pub struct CpuInfo {
 
 impl CpuInfo {
     pub fn detect() -> Self {
-        let model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = Some(cpuinfo.as_str())
             .and_then(|t| {
                 t.lines()
                     .find(|l| l.starts_with("model name"))
@@ -38,6 +38,18 @@ impl CpuInfo {
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 simd.push("avx512f");
+            }
+            // The bf16 paths' instructions, from the kernel's flags (AMX
+            // detection is not stable in std).
+            let flags: Vec<&str> = cpuinfo
+                .lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().collect())
+                .unwrap_or_default();
+            for flag in ["avx512_bf16", "avx512_fp16", "amx_bf16"] {
+                if flags.contains(&flag) {
+                    simd.push(flag);
+                }
             }
         }
         #[cfg(target_arch = "aarch64")]

@@ -7,6 +7,7 @@ use alcove_accel::devices::Gpus;
 use alcove_accel::{DType, DeviceKind, Op};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cpucheck;
 mod serve;
 mod timing;
 
@@ -32,6 +33,12 @@ enum Command {
     /// ReLU) across shapes that exercise the tiling; exits 1 on a mismatch,
     /// 2 without a GPU.
     Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host's CPU paths (oneDNN's bf16, AVX-512 kernels) against
+    /// reference results for every element type; exits 1 on a mismatch.
+    CheckCpu {
         #[arg(long)]
         json: bool,
     },
@@ -116,6 +123,7 @@ fn main() -> std::process::ExitCode {
             memory_max,
         } => serve::work(&cgroups, memory_max),
         Command::Check { json } => return check(json),
+        Command::CheckCpu { json } => return cpucheck::check_cpu(json),
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
         Command::Time {
             dtype,

@@ -67,7 +67,13 @@ pub fn work(cgroups: &[PathBuf], memory_max: u64) -> anyhow::Result<()> {
         bail!("the accelerator's supervising process is gone");
     }
     let accel = Accel::start();
-    let started = resident_bytes().unwrap_or(0) + HEADROOM;
+    // oneDNN's kept scratch buffer may grow to its bound after start-up.
+    let scratch = if accel.cpu_paths.uses_onednn() {
+        alcove_accel::cpu::onednn::KEPT_SCRATCH as u64
+    } else {
+        0
+    };
+    let started = resident_bytes().unwrap_or(0) + HEADROOM + scratch;
     let Some(budget) = memory_max.checked_sub(started).filter(|b| *b > 0) else {
         bail!(
             "the accelerator's memory limit ({memory_max} bytes) is below what it needs to start ({started}): raise --memory-max"

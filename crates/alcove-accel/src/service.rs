@@ -59,6 +59,9 @@ pub struct Reply {
     pub local: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
+    /// Which CPU path ran it (`portable`, `onednn`, `widened`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<crate::cpu::CpuPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,7 +180,7 @@ impl<'a> Connection<'a> {
             let accel = &self.service.accel;
             let info = serde_json::json!({
                 "placement": self.grant.placement, "memory_bytes": self.memory_limit,
-                "cpu": accel.cpu, "gpus": accel.gpus, "cpu_counts": accel.cpu_paths.counts(),
+                "cpu": accel.cpu, "gpus": accel.gpus,
                 "cpu_paths": crate::DType::ALL.iter()
                     .map(|&d| (format!("{d:?}").to_lowercase(), accel.cpu_paths.path(d)))
                     .collect::<std::collections::BTreeMap<_, _>>(),
@@ -217,6 +220,7 @@ impl<'a> Connection<'a> {
         Ok(Reply {
             ok: true,
             device: Some(ran.device),
+            path: ran.cpu_path,
             seconds: Some(ran.seconds),
             predicted: Some(ran.predicted),
             ..Reply::default()

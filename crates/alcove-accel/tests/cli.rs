@@ -122,3 +122,108 @@ fn asking_for_the_gpu_without_one_is_a_clear_error() {
         .to_string();
     assert!(short.contains("too short"), "{short}");
 }
+
+/// `check-cpu --json` under `env`: its exit status and answer.
+fn check_cpu(env: &[(&str, &str)]) -> (bool, Value) {
+    let out = Command::new(BIN)
+        .args(["check-cpu", "--json"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run alcove-accel");
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (out.status.success(), answer)
+}
+
+fn bf16_path(answer: &Value) -> String {
+    answer["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["op"]["Matmul"]["dtype"] == "bf16")
+        .map(|c| c["path"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[test]
+fn every_cpu_path_agrees_with_the_reference_and_so_do_the_forced_fallbacks() {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    for (env, expect) in [
+        (vec![], "host"),
+        // What a CPU with AVX512-BF16 but no AMX runs.
+        (vec![("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")], "no-amx"),
+        (vec![("ALCOVE_ACCEL_CPU", "portable")], "portable"),
+    ] {
+        let (ok, answer) = check_cpu(&env);
+        let failed: Vec<_> = answer["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] != true)
+            .collect();
+        assert!(ok && failed.is_empty(), "{env:?}: {failed:#?}");
+        assert!(answer["cases"].as_array().unwrap().len() >= 24);
+        let path = bf16_path(&answer);
+        let onednn = path.starts_with("oneDNN");
+        // Every bf16 product ran where the path says (none declined).
+        let bf16_ran: Vec<_> = answer["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["op"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .any(|o| o["dtype"] == "bf16")
+            })
+            .map(|c| c["ran"].as_str().unwrap().to_owned())
+            .collect();
+        let want = if onednn { "onednn" } else { "widened" };
+        assert!(
+            bf16_ran.len() >= 9 && bf16_ran.iter().all(|r| r == want),
+            "{env:?}: {bf16_ran:?}"
+        );
+        match expect {
+            "portable" => assert!(path.starts_with("widened to f32"), "{path}"),
+            _ if !onednn => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED the oneDNN half ({expect}): bf16 runs {path}"
+                );
+            }
+            "host" if has("amx_bf16") => assert!(path.contains("amx"), "{path}"),
+            "no-amx" => assert!(
+                path.contains("avx512_core_bf16") && !path.contains("amx"),
+                "{path}"
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn each_element_type_is_calibrated_on_its_own_path() {
+    let info = json(&["info", "--json"]);
+    let speed = info["profiles"][0]["speed"].as_array().unwrap();
+    let curve = |dtype: &str| {
+        speed.iter().find(|e| e[0] == dtype).unwrap()[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["gflops"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let curves: Vec<_> = ["f32", "f64", "f16", "bf16"].map(curve).into();
+    // Measured, not copied: no two types' curves are the same numbers.
+    for (i, a) in curves.iter().enumerate() {
+        for b in &curves[i + 1..] {
+            assert_ne!(a, b, "two element types share one speed curve");
+        }
+    }
+    for dtype in ["f32", "f64", "f16", "bf16"] {
+        assert!(info["cpu_paths"][dtype]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()));
+    }
+}

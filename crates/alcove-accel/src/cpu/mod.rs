@@ -19,7 +19,6 @@ use crate::{DType, Op};
 use onednn::{OneDnn, Shape};
 pub use portable::{batched_matmul, matmul, relu};
 pub use reference::{max_relative_error, naive_matmul, naive_matmul_f64};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The variable that forces the portable path (`portable`).
 pub const FORCE_ENV: &str = "ALCOVE_ACCEL_CPU";
@@ -27,16 +26,18 @@ pub const FORCE_ENV: &str = "ALCOVE_ACCEL_CPU";
 /// This host's CPU paths.
 pub struct Cpu {
     onednn: Result<&'static OneDnn, String>,
-    /// bf16 products oneDNN ran, and those it could not (widened instead).
-    onednn_ran: AtomicU64,
-    onednn_declined: AtomicU64,
 }
 
-/// What the CPU paths did, for `info` and tests.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct CpuCounts {
-    pub onednn_products: u64,
-    pub onednn_declined: u64,
+/// Which path ran an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPath {
+    /// The gemm crate (f32, f64) or 16-bit ReLU on bits.
+    Portable,
+    /// oneDNN (bf16 products).
+    OneDnn,
+    /// Widened to f32: f16, or bf16 that oneDNN is missing for or declined.
+    Widened,
 }
 
 impl Cpu {
@@ -50,24 +51,13 @@ impl Cpu {
     }
 
     fn with(onednn: Result<&'static OneDnn, String>) -> Cpu {
-        Cpu {
-            onednn,
-            onednn_ran: AtomicU64::new(0),
-            onednn_declined: AtomicU64::new(0),
-        }
+        Cpu { onednn }
     }
 
     /// Whether bf16 runs through oneDNN (whose generated kernels need
     /// memory it can make executable: see [`crate::seccomp`]).
     pub fn uses_onednn(&self) -> bool {
         self.onednn.is_ok()
-    }
-
-    pub fn counts(&self) -> CpuCounts {
-        CpuCounts {
-            onednn_products: self.onednn_ran.load(Ordering::Relaxed),
-            onednn_declined: self.onednn_declined.load(Ordering::Relaxed),
-        }
     }
 
     /// The `gemm` crate only, for every type; `why` is reported.
@@ -93,11 +83,12 @@ impl Cpu {
     }
 
     /// Runs `op` on operands given as bytes of its element type (lengths
-    /// checked by the caller: at least [`Op::operand_bytes`]).
+    /// checked by the caller: at least [`Op::operand_bytes`]); says which
+    /// path ran it.
     ///
     /// # Panics
     /// If an operand is shorter than `op` says.
-    pub fn run(&self, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) {
+    pub fn run(&self, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> CpuPath {
         let (na, nb, nc) = op.operands();
         match op.dtype() {
             DType::F32 => with_out::<f32, _>(c, nc, |c| real(op, &view(a, na), &view(b, nb), c)),
@@ -106,13 +97,15 @@ impl Cpu {
                 let nan = nan_test(op.dtype());
                 with_out::<u16, _>(c, nc, |c| relu_bits(&view(a, na), c, nan))
             }
-            DType::Bf16 if self.bf16_product(op, a, b, c) => {}
+            DType::Bf16 if self.bf16_product(op, a, b, c) => return CpuPath::OneDnn,
             dtype => {
                 let mut out = vec![0.0f32; nc];
                 real(op, &to_f32(dtype, a, na), &to_f32(dtype, b, nb), &mut out);
                 from_f32(dtype, c, &out);
+                return CpuPath::Widened;
             }
         }
+        CpuPath::Portable
     }
 
     /// A bf16 product through oneDNN; false if it could not run there.
@@ -126,17 +119,10 @@ impl Cpu {
             Op::Relu { .. } => return false,
         };
         let (na, nb, nc) = op.operands();
-        let ran = with_out::<u16, _>(c, nc, |c| {
+        with_out::<u16, _>(c, nc, |c| {
             dnn.batched_matmul(shape, &view(a, na), &view(b, nb), c)
                 .unwrap_or(false)
-        });
-        let counter = if ran {
-            &self.onednn_ran
-        } else {
-            &self.onednn_declined
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        ran
+        })
     }
 }
 

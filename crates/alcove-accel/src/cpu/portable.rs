@@ -52,7 +52,7 @@ fn product<T: Real>(
     threads: Parallelism,
 ) {
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        fits(1, m, n, k, a.len(), b.len(), c.len()),
         "operands shorter than their dimensions"
     );
     // SAFETY: the assert above keeps every access inside the slices: row-major
@@ -84,6 +84,13 @@ fn product<T: Real>(
     }
 }
 
+/// Whether slices of these lengths hold `batch` products' operands (no
+/// product of the sizes overflowing).
+fn fits(batch: usize, m: usize, n: usize, k: usize, a: usize, b: usize, c: usize) -> bool {
+    let per = |x: usize, y: usize| x.checked_mul(y).and_then(|v| v.checked_mul(batch));
+    matches!((per(m, k), per(k, n), per(m, n)), (Some(x), Some(y), Some(z)) if a >= x && b >= y && c >= z)
+}
+
 /// `c = a * b` for row-major `a` (m x k) and `b` (k x n) into `c` (m x n).
 ///
 /// # Panics
@@ -108,11 +115,11 @@ pub fn batched_matmul<T: Real>(
     b: &[T],
     c: &mut [T],
 ) {
-    let (sa, sb, sc) = (m * k, k * n, m * n);
     assert!(
-        a.len() >= batch * sa && b.len() >= batch * sb && c.len() >= batch * sc,
+        fits(batch, m, n, k, a.len(), b.len(), c.len()),
         "operands shorter than their dimensions"
     );
+    let (sa, sb, sc) = (m * k, k * n, m * n);
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     if flops >= PARALLEL_FLOPS * 4.0 || batch == 1 {
         for i in 0..batch {
