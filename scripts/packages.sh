@@ -28,6 +28,11 @@ ALCOVE_OCI_PACKAGES=(podman conmon catatonit containerd runc crun umoci)
 # the load balancer in front.
 ALCOVE_CLUSTER_PACKAGES=(postgresql haproxy)
 
+# What the accelerator's function test (crates/alcove/tests/accel.rs) checks
+# small products against: numpy, with which the Python client keeps them in
+# the function's own process.
+ALCOVE_ACCEL_TEST_PACKAGES=(python3-numpy)
+
 # What the console's browser test (crates/alcove/tests/console.rs) drives:
 # headless Chromium through its WebDriver, from Python's selenium.
 ALCOVE_CONSOLE_PACKAGES=(chromium chromium-driver python3-selenium)

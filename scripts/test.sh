@@ -15,7 +15,7 @@ alcove_require_root test.sh
 # tests (crates/alcove/tests/cluster.rs), which fail there too without them;
 # Chromium, its driver and selenium run the console's browser test.
 alcove_install_packages umoci skopeo zsh fish "${ALCOVE_OCI_PACKAGES[@]}" "${ALCOVE_CLUSTER_PACKAGES[@]}" \
-    "${ALCOVE_CONSOLE_PACKAGES[@]}"
+    "${ALCOVE_CONSOLE_PACKAGES[@]}" "${ALCOVE_ACCEL_TEST_PACKAGES[@]}"
 alcove_ensure_rust
 # CI builds once: incremental caches only cost disk there (a CI machine ran
 # out of space with them); a developer's own shell keeps cargo's default.

@@ -14,6 +14,7 @@ shrinking), never through the socket; only a small JSON request and reply do.
 import array
 import fcntl
 import json
+import math
 import mmap
 import os
 import socket
@@ -70,12 +71,27 @@ def bf16_decode(data):
     return list(array.array("f", array.array("I", (h << 16 for h in halves)).tobytes()))
 
 
+# numpy's names for each type's arrays (bf16: ml_dtypes' bfloat16, or raw 16-bit words).
+_NUMPY_NAMES = {"f32": ("float32",), "f64": ("float64",), "f16": ("float16",), "bf16": ("bfloat16", "uint16", "int16")}
+
+
+def _f16_bytes(values):
+    """Floats as f16 bytes; beyond f16's range they become +-inf (as in numpy)."""
+    big = 65520.0  # the first value that rounds past f16's largest, 65504
+    clamped = [v if (v != v or -big < v < big) else math.copysign(math.inf, v) for v in map(float, values)]
+    return struct.pack(f"{len(clamped)}e", *clamped)
+
+
 def _operand(x, dtype, count):
     """x as the bytes of `count` values of `dtype`: any buffer (numpy array,
-    array.array, bytes) taken as it is, else a sequence of floats."""
+    array.array, bytes) taken as it is, else a sequence of floats. A numpy
+    array must hold `dtype` values already: its bits are sent as they are."""
     if dtype not in _TYPES:
         raise AccelError(f"dtype {dtype!r}: use one of {', '.join(_TYPES)}")
     code, size = _TYPES[dtype]
+    kind = getattr(x, "dtype", None)
+    if kind is not None and str(kind) not in _NUMPY_NAMES[dtype]:
+        raise AccelError(f"a numpy array of {kind} for dtype {dtype}: convert it (a.astype(numpy.{_NUMPY_NAMES[dtype][0]}))")
     try:
         view = memoryview(x)
     except TypeError:
@@ -87,8 +103,10 @@ def _operand(x, dtype, count):
             data = view.tobytes()
     elif dtype == "bf16":
         data = bf16_encode(x)
+    elif dtype == "f16":
+        data = _f16_bytes(x)
     else:
-        data = memoryview(array.array(code, x) if code != "e" else struct.pack(f"{len(x)}e", *x)).cast("B")
+        data = memoryview(array.array(code, x)).cast("B")
     if len(data) != count * size:
         raise AccelError(f"an operand of {len(data)} bytes; {count} values of {dtype} are {count * size}")
     return data
@@ -112,20 +130,20 @@ class Accel:
             self._local = self.info()["placement"] != "gpu"
         return np if self._local else None
 
-    def _local_product(self, np, a, b, batch, m, n, k, dtype):
+    def _local_product(self, np, a, b, shape, dtype):
+        """The product in this process, reading the operands exactly as the
+        service would, and answering in the same form."""
+        batch, m, n, k = shape
         kind = np.float32 if dtype == "f32" else np.float64
-
+        lead = (batch,) if batch else ()
         def matrix(x, rows, cols):
-            if type(x) is not np.ndarray or x.dtype != kind:
-                if _is_buffer(x) and not isinstance(x, np.ndarray):
-                    x = np.frombuffer(x, dtype=kind)
-                x = np.asarray(x, dtype=kind)
-            if x.size != batch * rows * cols:
-                raise AccelError(f"an operand of {x.size} values; {batch}x{rows}x{cols} needs {batch * rows * cols}")
-            return x.reshape((batch, rows, cols) if batch > 1 else (rows, cols))
+            count = max(batch, 1) * rows * cols
+            if type(x) is np.ndarray and x.dtype == kind and x.size == count:
+                return x.reshape(lead + (rows, cols))  # the values the service would read
+            return np.frombuffer(_operand(x, dtype, count), dtype=kind).reshape(lead + (rows, cols))
 
         c = matrix(a, m, k) @ matrix(b, k, n)
-        self.last = _LOCAL_REPLY
+        self.last = dict(_LOCAL_REPLY)
         if isinstance(a, np.ndarray):
             return c
         result = array.array(_TYPES[dtype][0])
@@ -199,7 +217,7 @@ class Accel:
         "local")."""
         np = self._here(dtype, 2 * m * n * k)
         if np:
-            return self._local_product(np, a, b, 1, m, n, k, dtype)
+            return self._local_product(np, a, b, (0, m, n, k), dtype)
         ops = _operand(a, dtype, m * k), _operand(b, dtype, k * n)
         out = self._run({"op": "matmul", "m": m, "n": n, "k": k}, ops, m * n, dtype)
         return self._result(out, dtype, a, (m, n))
@@ -208,7 +226,7 @@ class Accel:
         """batch products packed one after another, as matmul."""
         np = self._here(dtype, 2 * batch * m * n * k)
         if np:
-            return self._local_product(np, a, b, batch, m, n, k, dtype)
+            return self._local_product(np, a, b, (batch, m, n, k), dtype)
         ops = _operand(a, dtype, batch * m * k), _operand(b, dtype, batch * k * n)
         request = {"op": "batched_matmul", "batch": batch, "m": m, "n": n, "k": k}
         out = self._run(request, ops, batch * m * n, dtype)

@@ -26,14 +26,25 @@ device = acc.last["device"]
 r = acc.relu([-1.0, 2.0])
 # A result over many pages (the client must write each: tmpfs counts
 # pages only fallocated as holes), and every element type.
-big = acc.matmul([1.0] * 4096, [0.5] * 4096, 64, 64, 64)
+big = acc.matmul([1.0] * 10000, [0.5] * 10000, 100, 100, 100)
+big_path = acc.last.get("path")
+# Up to 64x64x64, f32 and f64 stay in this process when numpy is here.
+small = acc.matmul([2.0] * 16, [0.5] * 16, 4, 4, 4)
+small_local = acc.last.get("local", False)
+try:
+    import numpy
+    has_numpy = True
+except ImportError:
+    has_numpy = False
 f64 = acc.matmul([1.5, 2.0], [2.0, 4.0], 1, 1, 2, dtype="f64")
 eye = [1, 0, 0, 1]
 bf16 = alcove_accel.bf16_decode(acc.matmul(
     alcove_accel.bf16_encode([1, 2, 3, 4]), alcove_accel.bf16_encode(eye), 2, 2, 2, dtype="bf16"))
 f16 = struct.unpack("4e", acc.matmul([1, 2, 3, 4], eye, 2, 2, 2, dtype="f16"))
 json.dump({"c": list(c), "device": device, "relu": list(r), "placement": acc.info()["placement"],
-           "big": [min(big), max(big), len(big)], "f64": list(f64), "bf16": bf16, "f16": list(f16)}, sys.stdout)
+           "big": [min(big), max(big), len(big)], "big_path": big_path, "f64": list(f64), "bf16": bf16,
+           "f16": list(f16), "small": list(small), "small_local": small_local,
+           "numpy": has_numpy}, sys.stdout)
 "#;
 
 #[test]
@@ -96,7 +107,26 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["c"], serde_json::json!([4.0, 5.0, 10.0, 11.0]));
     assert_eq!(v["relu"], serde_json::json!([0.0, 2.0]));
-    assert_eq!(v["big"], serde_json::json!([32.0, 32.0, 4096]));
+    assert_eq!(v["big"], serde_json::json!([50.0, 50.0, 10000]));
+    assert_eq!(
+        v["big_path"], "portable",
+        "a 100^3 product goes to the service"
+    );
+    assert_eq!(v["small"], serde_json::json!(vec![4.0; 16]));
+    assert_eq!(
+        v["small_local"], v["numpy"],
+        "small work stays in the function exactly when numpy is there"
+    );
+    if v["numpy"] != true {
+        assert!(
+            std::env::var("ALCOVE_CI").as_deref() != Ok("1"),
+            "python3-numpy is missing: scripts/test.sh installs it"
+        );
+        skip_machine(
+            "the in-function path for small products",
+            "no numpy for the handler's python3",
+        );
+    }
     assert_eq!(v["f64"], serde_json::json!([11.0]));
     assert_eq!(v["bf16"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
     assert_eq!(v["f16"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
