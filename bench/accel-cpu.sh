@@ -32,7 +32,7 @@
 # Medians with the p10-p90 spread; ratios of the medians; GFLOP/s of the
 # medians. Raw samples as JSON and this report under $OUT.
 #
-#   bench/accel-cpu.sh                       # about 6 minutes after the first run
+#   bench/accel-cpu.sh                       # about 4 minutes once the venv is made
 #   QUICK=1 bench/accel-cpu.sh               # one round, fewer sizes: a smoke run
 #   ROUNDS=9 SERVICE=0 bench/accel-cpu.sh    # products only (needs no root)
 #   PRODUCTS=0 bench/accel-cpu.sh            # the sandboxed function only

@@ -39,8 +39,8 @@ REPS = ((128, 100), (256, 50), (512, 20), (1024, 10), (2048, 8))
 
 def reps_for(n):
     """Timed runs per contender per round: a round stays short at n=4096
-    (a second or so a product on two cores) and small sizes get enough
-    samples for a steady median."""
+    (about half a second a product on two cores) and small sizes get
+    enough samples for a steady median."""
     for limit, reps in REPS:
         if n <= limit:
             return reps
@@ -85,21 +85,27 @@ def numpy_info(np):
             blas += f" ({deps['openblas configuration']})"
     except Exception as e:  # older numpy: no dicts mode
         blas = f"(show_config: {e})"
-    threads = "?"
-    # numpy's wheel bundles OpenBLAS with prefixed symbols; ask it directly.
+    threads, core = "?", "?"
+    # numpy's wheel bundles OpenBLAS with prefixed symbols; ask it directly
+    # (its configuration names the build's base target, not the kernels
+    # chosen at run time: the core name does).
     import ctypes
     import glob
     libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*"))
     for lib in libs:
         try:
             so = ctypes.CDLL(lib)
-            for sym in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
-                if hasattr(so, sym):
-                    threads = str(getattr(so, sym)())
-                    break
         except OSError:
-            pass
-    return blas, threads
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+            if hasattr(so, f"{prefix}openblas_get_num_threads{suffix}"):
+                threads = str(getattr(so, f"{prefix}openblas_get_num_threads{suffix}")())
+                corename = getattr(so, f"{prefix}openblas_get_corename{suffix}", None)
+                if corename is not None:
+                    corename.restype = ctypes.c_char_p
+                    core = corename().decode()
+                break
+    return blas, threads, core
 
 
 class Contenders:
@@ -170,10 +176,13 @@ def products():
     accel = os.environ["ACCEL_BIN"]
     c = Contenders(accel)
     np = c.np
-    blas, blas_threads = numpy_info(np)
+    blas, blas_threads, blas_core = numpy_info(np)
     print(f"host: {os.cpu_count()} CPUs; {cpu_model()}; load average {load()}")
+    if os.getloadavg()[0] > 0.5:
+        print("WARNING: something else is running: with every contender on every CPU, "
+              "another process's time slices show up as spikes in the p90s and in the medians")
     print(f"alcove-accel: {accel}")
-    print(f"numpy {np.__version__}: BLAS {blas}; BLAS threads {blas_threads}")
+    print(f"numpy {np.__version__}: BLAS {blas}; kernels for {blas_core}, {blas_threads} threads")
     if c.torch is not None:
         t = c.torch
         cap = getattr(getattr(t.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
@@ -182,8 +191,12 @@ def products():
             # torch counts physical cores; the others use every logical CPU.
             t.set_num_threads(os.cpu_count())
             threads += f", set to {t.get_num_threads()} as the others use"
-        print(f"torch {t.__version__}: {threads}, CPU capability {cap}, "
-              f"oneDNN {'on' if t.backends.mkldnn.is_available() else 'off'}")
+        import re
+        built = t.__config__.show()
+        blas_t = (re.findall(r"BLAS_INFO=([^,\s]*)", built) or ["?"])[0]
+        dnnl = (re.findall(r"MKL-DNN (v[0-9.]+)", built) or [""])[0]
+        print(f"torch {t.__version__}: {threads}, CPU capability {cap}, BLAS {blas_t}, "
+              f"oneDNN {dnnl + ' ' if dnnl else ''}{'on' if t.backends.mkldnn.is_available() else 'off'}")
     else:
         print(f"torch: NOT INSTALLED ({c.torch_why}): its columns are left out")
     print(f"alcove-accel: rayon (gemm crate) and oneDNN's OpenMP use every CPU ({os.cpu_count()})")
@@ -260,7 +273,7 @@ def products():
             if target and target[0] in med and "alcove" in med and n >= target[2]:
                 ratio = med["alcove"] / med[target[0]]
                 verdict = "met" if ratio <= target[1] else "MISSED"
-                line += f"  {verdict} ({ratio:.2f}x)"
+                line += f"  {verdict} ({ratio:.3f}x)"
             elif target:
                 line += "  -"
             print(line)
@@ -361,6 +374,38 @@ def time_small(sizes, calls, rotate=0, acc=None, np=None):
     return out
 
 
+def socket_floor(cpus, trips=3000):
+    """Median round trip of a small message between two host processes over
+    a SOCK_SEQPACKET pair (what a service call rides on), each pinned: the
+    floor under the service's round trip, with both on one CPU or not."""
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            a.close()
+            os.sched_setaffinity(0, {cpus[1]})
+            while m := b.recv(64):
+                b.send(m)
+        finally:
+            os._exit(0)
+    b.close()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    xs = []
+    try:
+        for _ in range(trips):
+            t = time.perf_counter()
+            a.send(b"x")
+            a.recv(64)
+            xs.append(time.perf_counter() - t)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+        os.sched_setaffinity(0, before)
+    return statistics.median(xs)
+
+
 def handler():
     """Runs in the sandbox; the request names sizes, calls and the rotation."""
     req = json.loads(sys.stdin.read() or "{}")
@@ -438,7 +483,10 @@ def service():
     cell = lambda xs: (lambda s: f"{us(s[0])} ({us(s[1])}-{us(s[2])})")(stats(xs))
     print(f"  {'n':>3}  {'numpy a @ b':>20}  {'acc.matmul, numpy there':>24}  {'ratio':>6}"
           f"  {'acc.matmul via service':>23}  {'ratio':>6}  {'compute':>7}  {'round trip':>20}"
-          f"  {'target: service <= numpy':>24}  {'max |err|':>9}")
+          f"  {'target <= numpy: numpy there, via service':>41}  {'max |err|':>9}")
+    def verdict(ratio):
+        return "-" if ratio is None else "met" if ratio <= 1.0 else "MISSED"
+
     rows = []
     for n in SIZES_SMALL:
         npm = stats(numpy_samples[n])[0]
@@ -451,22 +499,30 @@ def service():
         err = max((meta[f]["max_abs_error"].get(n) or 0) for f in functions)
         print(f"  {n:>3}  {cell(numpy_samples[n]):>20}  {cell(loc) if loc else '-':>24}  {r_loc:>5.1f}x"
               f"  {cell(rem) if rem else '-':>23}  {r_rem:>5.1f}x  {us(comp) if comp else '-':>7}"
-              f"  {cell(rtt) if rtt else '-':>20}  {('met' if r_rem <= 1.0 else 'MISSED') + f' ({r_rem:.1f}x)':>24}"
+              f"  {cell(rtt) if rtt else '-':>20}  {verdict(r_loc) + ', ' + verdict(r_rem):>41}"
               f"  {err:>9.1e}")
         rows.append({"n": n, "numpy_median_s": npm, "local_ratio": r_loc, "service_ratio": r_rem,
                      "service_compute_median_s": comp})
     print("  (ratio: of numpy's median. compute: the service's own time for the product, from its reply;"
           " round trip: acc.info on the same socket, no memfd)")
     # A round trip's cost depends on where the scheduler puts the handler and
-    # the service's worker (one CPU or two): shown per invocation.
+    # the service's worker (one CPU or two): shown per invocation, with the
+    # host's floor for both cases.
+    cpus = sorted(os.sched_getaffinity(0))
+    floor = {"same CPU": socket_floor((cpus[0], cpus[0]))}
+    if len(cpus) > 1:
+        floor["two CPUs"] = socket_floor((cpus[0], cpus[1]))
+    print("  host floor, a SOCK_SEQPACKET round trip between two pinned processes (us): "
+          + ", ".join(f"{k} {us(v)}" for k, v in floor.items()))
     for kind, what in (("accel", "acc.matmul via service, n=8"), ("info", "round trip (info), n=8")):
         xs = per_invocation[remote][SIZES_SMALL[0]].get(kind, [])
         print(f"  {what}, median of each invocation in turn (us): {', '.join(us(x) for x in xs)}")
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "service.json"), "w") as f:
         json.dump({"rounds": rounds, "calls": calls, "first_invocation_s": first, "numpy_where": where,
-                   "functions": meta, "rows": rows, "samples": samples, "per_invocation_medians": per_invocation, "numpy": numpy_samples,
-                   "service_seconds": service_s}, f)
+                   "functions": meta, "rows": rows, "samples": samples, "numpy": numpy_samples,
+                   "per_invocation_medians": per_invocation, "service_seconds": service_s,
+                   "socket_floor_s": floor}, f)
 
 
 if __name__ == "__main__":

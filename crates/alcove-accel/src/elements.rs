@@ -3,6 +3,7 @@
 //! compute a narrow type in f32.
 
 use crate::DType;
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::borrow::Cow;
 
@@ -87,12 +88,20 @@ pub(crate) fn to_f32(dtype: DType, bytes: &[u8], len: usize) -> Vec<f32> {
     match dtype {
         DType::F32 => view::<f32>(bytes, len).into_owned(),
         DType::F64 => view::<f64>(bytes, len).iter().map(|&x| x as f32).collect(),
-        DType::F16 => view::<f16>(bytes, len).iter().map(|x| x.to_f32()).collect(),
-        DType::Bf16 => view::<bf16>(bytes, len)
-            .iter()
-            .map(|x| x.to_f32())
-            .collect(),
+        DType::F16 => widen(&view::<f16>(bytes, len)),
+        DType::Bf16 => widen(&view::<bf16>(bytes, len)),
     }
+}
+
+/// 16-bit floats as f32, with the CPU's conversion instructions (F16C)
+/// where it has them.
+fn widen<T: Plain>(x: &[T]) -> Vec<f32>
+where
+    [T]: HalfFloatSliceExt,
+{
+    let mut out = vec![0.0f32; x.len()];
+    x.convert_to_f32_slice(&mut out);
+    out
 }
 
 /// Writes `data` into `out` as values of `dtype` (rounded to nearest).
@@ -103,15 +112,7 @@ pub(crate) fn from_f32(dtype: DType, out: &mut [u8], data: &[f32]) {
         DType::F64 => with_out::<f64, _>(out, len, |o| {
             o.iter_mut().zip(data).for_each(|(o, &x)| *o = f64::from(x))
         }),
-        DType::F16 => with_out::<f16, _>(out, len, |o| {
-            o.iter_mut()
-                .zip(data)
-                .for_each(|(o, &x)| *o = f16::from_f32(x))
-        }),
-        DType::Bf16 => with_out::<bf16, _>(out, len, |o| {
-            o.iter_mut()
-                .zip(data)
-                .for_each(|(o, &x)| *o = bf16::from_f32(x))
-        }),
+        DType::F16 => with_out::<f16, _>(out, len, |o| o.convert_from_f32_slice(data)),
+        DType::Bf16 => with_out::<bf16, _>(out, len, |o| o.convert_from_f32_slice(data)),
     }
 }

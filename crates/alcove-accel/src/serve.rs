@@ -67,18 +67,18 @@ pub fn work(cgroups: &[PathBuf], memory_max: u64) -> anyhow::Result<()> {
         bail!("the accelerator's supervising process is gone");
     }
     let accel = Accel::start();
-    // oneDNN's kept scratch buffer may grow to its bound after start-up.
-    let scratch = if accel.cpu_paths.uses_onednn() {
-        alcove_accel::cpu::onednn::KEPT_SCRATCH as u64
-    } else {
-        0
-    };
-    let started = resident_bytes().unwrap_or(0) + HEADROOM + scratch;
-    let Some(budget) = memory_max.checked_sub(started).filter(|b| *b > 0) else {
+    let started = resident_bytes().unwrap_or(0) + HEADROOM;
+    let Some(mut budget) = memory_max.checked_sub(started).filter(|b| *b > 0) else {
         bail!(
             "the accelerator's memory limit ({memory_max} bytes) is below what it needs to start ({started}): raise --memory-max"
         );
     };
+    // oneDNN keeps one scratch buffer between products: up to a quarter of
+    // what requests would get, taken from them.
+    if accel.cpu_paths.uses_onednn() {
+        let quarter = usize::try_from(budget / 4).unwrap_or(usize::MAX);
+        budget -= alcove_accel::cpu::onednn::limit_kept_scratch(quarter) as u64;
+    }
     alcove_accel::seccomp::install(accel.has_gpu(), accel.cpu_paths.uses_onednn())?;
     // SAFETY: fd 0 is the control socket our supervisor handed us as stdin;
     // it is taken once, here, and nothing else in this process uses stdin.

@@ -20,6 +20,11 @@ use onednn::{OneDnn, Shape};
 pub use portable::{batched_matmul, matmul, relu};
 pub use reference::{max_relative_error, naive_matmul, naive_matmul_f64};
 
+/// bf16 work up to which widening to f32 on the calling thread beats
+/// handing the product to oneDNN's thread: waking a sleeping thread costs
+/// 5-60 us on this machine's virtual CPUs, a 64^3 product widened ~10 us.
+const SMALL_BF16_FLOPS: f64 = 2.0 * 64.0 * 64.0 * 64.0;
+
 /// The variable that forces the portable path (`portable`).
 pub const FORCE_ENV: &str = "ALCOVE_ACCEL_CPU";
 
@@ -108,11 +113,15 @@ impl Cpu {
         CpuPath::Portable
     }
 
-    /// A bf16 product through oneDNN; false if it could not run there.
+    /// A bf16 product through oneDNN; false if it could not run there or
+    /// is too small to be worth the hand-over to oneDNN's thread.
     fn bf16_product(&self, op: &Op, a: &[u8], b: &[u8], c: &mut [u8]) -> bool {
         let Ok(dnn) = self.onednn else {
             return false;
         };
+        if op.flops() <= SMALL_BF16_FLOPS {
+            return false;
+        }
         let shape = match *op {
             Op::Matmul { m, n, k, .. } => Shape { batch: 1, m, n, k },
             Op::BatchedMatmul { batch, m, n, k, .. } => Shape { batch, m, n, k },

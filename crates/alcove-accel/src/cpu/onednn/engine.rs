@@ -5,13 +5,27 @@ use super::api::{self, check, Api, ExecArg, Handle, MatmulDesc, MemoryDesc};
 use super::{OneDnnError, Shape};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Shapes whose compiled primitive is kept.
 const CACHED_SHAPES: usize = 16;
-/// Scratch memory kept between products (the service counts it as part of
-/// its own start-up cost); more is allocated per product.
-pub const KEPT_SCRATCH: usize = 32 << 20;
+/// Scratch memory kept between products at most, unless lowered with
+/// [`limit_kept_scratch`] (the service sets it from its memory limit and
+/// counts it as part of its own start-up cost); more is allocated per
+/// product. 160 MiB holds gemm:jit's scratch at n=4096 (128 MiB): faulting
+/// that in afresh cost ~50 ms a product here, against ~85 ms of work.
+pub const KEPT_SCRATCH: usize = 160 << 20;
+
+static KEPT: AtomicUsize = AtomicUsize::new(KEPT_SCRATCH);
+
+/// Lowers the scratch kept between products to `bytes` (at most
+/// [`KEPT_SCRATCH`]); returns the bound now in force.
+pub fn limit_kept_scratch(bytes: usize) -> usize {
+    let bound = bytes.min(KEPT_SCRATCH);
+    KEPT.store(bound, Ordering::Relaxed);
+    bound
+}
 
 /// One shape, ready to run: its primitive, memory objects (their data
 /// pointers set on each run) and the scratch memory it needs per run.
@@ -105,7 +119,7 @@ impl Engine {
     }
 
     /// Times oneDNN's first choice against `gemm:jit` at n = 1024 and 2048
-    /// (medians of five) and keeps the smaller size at which `gemm:jit`
+    /// (medians of five, after a warm-up run) and keeps the smaller size at which `gemm:jit`
     /// wins by a clear margin (10%).
     fn tune(&mut self) -> Result<(), OneDnnError> {
         for n in [1024usize, 2048] {
@@ -125,6 +139,8 @@ impl Engine {
                 if n == 1024 && !jit {
                     self.implementation = p.implementation.clone();
                 }
+                // The first run of a new primitive also faults its scratch in.
+                self.execute(&p, &a, &a, &mut c)?;
                 let mut times = Vec::new();
                 for _ in 0..5 {
                     let t = Instant::now();
@@ -295,15 +311,20 @@ impl Engine {
         c: &mut [u16],
     ) -> Result<(), OneDnnError> {
         let api = self.api;
-        // Scratch: the kept buffer when it is big enough, else one for this run.
+        // Scratch: the kept buffer when it is big enough, else one for this
+        // run. Uninitialised (capacity, no length): only oneDNN touches it.
         let mut own;
-        let scratch = if p.scratch_bytes <= KEPT_SCRATCH {
-            if self.scratch.len() < p.scratch_bytes {
-                self.scratch = vec![0u8; p.scratch_bytes];
+        let kept = KEPT.load(Ordering::Relaxed);
+        if self.scratch.capacity() > kept {
+            self.scratch = Vec::new();
+        }
+        let scratch = if p.scratch_bytes <= kept {
+            if self.scratch.capacity() < p.scratch_bytes {
+                self.scratch = Vec::with_capacity(p.scratch_bytes);
             }
             &mut self.scratch
         } else {
-            own = vec![0u8; p.scratch_bytes];
+            own = Vec::with_capacity(p.scratch_bytes);
             &mut own
         };
         let pointers = [
@@ -381,10 +402,6 @@ impl Engine {
         p.used = now;
         let ran = self.execute(&p, a, b, c);
         self.cache.insert(shape, p);
-        // Scratch for a product this size is not worth keeping past it.
-        if self.scratch.len() > KEPT_SCRATCH {
-            self.scratch = Vec::new();
-        }
         ran.map(|()| true)
     }
 
@@ -398,7 +415,8 @@ impl Engine {
             2 * shape.batch * (shape.m * shape.k + shape.k * shape.n + shape.m * shape.n);
         for try_jit in [jit, false].into_iter().take(if jit { 2 } else { 1 }) {
             if let Some(p) = self.prepare(shape, try_jit)? {
-                if p.scratch_bytes <= (2 * operand_bytes).max(KEPT_SCRATCH) {
+                let kept = KEPT.load(Ordering::Relaxed);
+                if p.scratch_bytes <= (2 * operand_bytes).max(kept) {
                     return Ok(Some(p));
                 }
                 release(self.api, p);

@@ -17,7 +17,8 @@
 //!
 //! Primitives (the code generated for a shape) are kept for 16 shapes, in
 //! oneDNN's "user scratchpad" mode: their scratch memory is lent per run,
-//! not held while cached (one buffer of up to [`KEPT_SCRATCH`] is kept), and
+//! not held while cached (one buffer of up to [`KEPT_SCRATCH`] is kept, less
+//! where the service's memory limit is small), and
 //! a product whose implementation wants more scratch than that and twice
 //! its operands is left to the widened path, whose memory the service's
 //! budget counts.
@@ -25,7 +26,7 @@
 mod api;
 mod engine;
 
-pub use engine::KEPT_SCRATCH;
+pub use engine::{limit_kept_scratch, KEPT_SCRATCH};
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
