@@ -15,6 +15,7 @@
 //! Every refusal is an error reply on that connection only.
 
 use crate::accel::{Accel, Placement, Plan};
+use crate::elements::AlignedBytes;
 use crate::budget::{working_set, MemoryBudget, DEFAULT_GRANT_BYTES, DEFAULT_GRANT_MS};
 use crate::{DType, DeviceKind, Op};
 use alcove_sys::unix::{range_is_backed, recv_with_fd, sealed_size, send_with_fd};
@@ -201,7 +202,7 @@ impl<'a> Connection<'a> {
             .reserve(needed, self.deadline)
             .map_err(|e| e.to_string())?;
         let (la, lb, lc) = op.operand_bytes();
-        let read = |offset: usize, len: usize| -> Result<Vec<u8>, String> {
+        let read = |offset: usize, len: usize| -> Result<AlignedBytes, String> {
             let mut bytes = zeroed(len)?;
             memfd
                 .read_exact_at(&mut bytes, offset as u64)
@@ -331,13 +332,9 @@ impl<'a> Connection<'a> {
 }
 
 /// `len` zero bytes, or an error where the allocator has no room.
-fn zeroed(len: usize) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(len)
-        .map_err(|_| format!("the accelerator service cannot allocate {len} bytes"))?;
-    bytes.resize(len, 0);
-    Ok(bytes)
+fn zeroed(len: usize) -> Result<AlignedBytes, String> {
+    AlignedBytes::zeroed(len)
+        .ok_or_else(|| format!("the accelerator service cannot allocate {len} bytes"))
 }
 
 /// Serves one connection until its other end closes.

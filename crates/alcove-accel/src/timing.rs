@@ -4,7 +4,7 @@
 //! product alone, as the service runs it once the operands are in memory.
 
 use alcove_accel::cpu::Cpu;
-use alcove_accel::elements::encode;
+use alcove_accel::elements::{encode, AlignedBytes};
 use alcove_accel::{DType, Op};
 use std::time::Instant;
 
@@ -44,8 +44,10 @@ pub fn time(dtype: DType, sizes: &[usize], reps: usize, batch: usize) -> anyhow:
                 .map(|i| (((i * 7 + seed) % 97) as f32 - 48.0) / 97.0)
                 .collect()
         };
-        let (a, b) = (encode(dtype, &values(na, 1)), encode(dtype, &values(nb, 5)));
-        let mut c = vec![0u8; op.operand_bytes().2];
+        // Aligned as the service aligns what it reads.
+        let a = AlignedBytes::copy_of(&encode(dtype, &values(na, 1)));
+        let b = AlignedBytes::copy_of(&encode(dtype, &values(nb, 5)));
+        let mut c = AlignedBytes::zeroed(op.operand_bytes().2).expect("allocating the result");
         cpu.run(&op, &a, &b, &mut c); // warm: first-use set-up (oneDNN compiles per shape)
         let seconds: Vec<f64> = (0..reps)
             .map(|_| {

@@ -3,6 +3,7 @@
 
 use super::api::{self, check, Api, ExecArg, Handle, MatmulDesc, MemoryDesc};
 use super::{OneDnnError, Shape};
+use crate::elements::AlignedBytes;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,15 @@ pub fn limit_kept_scratch(bytes: usize) -> usize {
     bound
 }
 
+/// Scratch memory comes in cache lines: oneDNN's kernels expect 64-byte
+/// alignment.
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+fn lines(bytes: usize) -> usize {
+    bytes.div_ceil(64)
+}
+
 /// One shape, ready to run: its primitive, memory objects (their data
 /// pointers set on each run) and the scratch memory it needs per run.
 struct Prepared {
@@ -44,7 +54,7 @@ pub struct Engine {
     stream: Handle,
     cache: HashMap<Shape, Prepared>,
     clock: u64,
-    scratch: Vec<u8>,
+    scratch: Vec<Line>,
     /// The square size from which `gemm:jit` is chosen over oneDNN's first
     /// choice, for unbatched products whose every side is at least that.
     pub jit_from_n: Option<usize>,
@@ -118,19 +128,25 @@ impl Engine {
         Ok(this)
     }
 
-    /// Times oneDNN's first choice against `gemm:jit` at n = 1024 and 2048
-    /// (medians of five, after a warm-up run) and keeps the smaller size at which `gemm:jit`
-    /// wins by a clear margin (10%).
+    /// Times oneDNN's first choice against `gemm:jit` at n = 1024, 1448 and
+    /// 2048 (medians of five, after a warm-up run) and keeps the smallest
+    /// size at which `gemm:jit` wins by a clear margin (10%).
     fn tune(&mut self) -> Result<(), OneDnnError> {
-        for n in [1024usize, 2048] {
+        for n in [1024usize, 1448, 2048] {
             let shape = Shape {
                 batch: 1,
                 m: n,
                 n,
                 k: n,
             };
-            let a = vec![0x3f80u16; n * n]; // 1.0
-            let mut c = vec![0u16; n * n];
+            // Aligned as the service aligns operands; values in [-1, 1).
+            let mut a = AlignedBytes::zeroed(2 * n * n).expect("allocating tuning operands");
+            let mut c = AlignedBytes::zeroed(2 * n * n).expect("allocating tuning operands");
+            for (i, x) in a.chunks_exact_mut(2).enumerate() {
+                let value = ((i * 7919 % 2003) as f32 / 1001.5) - 1.0;
+                x.copy_from_slice(&half::bf16::from_f32(value).to_bits().to_ne_bytes());
+            }
+            let (a, c): (&[u16], &mut [u16]) = (cast(&a), cast_mut(&mut c));
             let mut medians = Vec::new();
             for jit in [false, true] {
                 let Some(p) = self.prepare(shape, jit)? else {
@@ -140,11 +156,11 @@ impl Engine {
                     self.implementation = p.implementation.clone();
                 }
                 // The first run of a new primitive also faults its scratch in.
-                self.execute(&p, &a, &a, &mut c)?;
+                self.execute(&p, a, a, c)?;
                 let mut times = Vec::new();
                 for _ in 0..5 {
                     let t = Instant::now();
-                    self.execute(&p, &a, &a, &mut c)?;
+                    self.execute(&p, a, a, c)?;
                     times.push(t.elapsed().as_secs_f64());
                 }
                 release(self.api, p);
@@ -315,16 +331,16 @@ impl Engine {
         // run. Uninitialised (capacity, no length): only oneDNN touches it.
         let mut own;
         let kept = KEPT.load(Ordering::Relaxed);
-        if self.scratch.capacity() > kept {
+        if self.scratch.capacity() > lines(kept) {
             self.scratch = Vec::new();
         }
         let scratch = if p.scratch_bytes <= kept {
-            if self.scratch.capacity() < p.scratch_bytes {
-                self.scratch = Vec::with_capacity(p.scratch_bytes);
+            if self.scratch.capacity() < lines(p.scratch_bytes) {
+                self.scratch = Vec::with_capacity(lines(p.scratch_bytes));
             }
             &mut self.scratch
         } else {
-            own = Vec::with_capacity(p.scratch_bytes);
+            own = Vec::with_capacity(lines(p.scratch_bytes));
             &mut own
         };
         let pointers = [
@@ -447,4 +463,19 @@ fn implementation_name(api: &Api, pd: Handle) -> String {
     } else {
         String::new()
     }
+}
+
+/// Bytes as 16-bit words (the buffer is 64-byte aligned, its length even).
+fn cast(bytes: &[u8]) -> &[u16] {
+    // SAFETY: u16 is plain data; align_to only yields aligned whole words.
+    let (head, words, _) = unsafe { bytes.align_to::<u16>() };
+    assert!(head.is_empty(), "an aligned buffer");
+    words
+}
+
+fn cast_mut(bytes: &mut [u8]) -> &mut [u16] {
+    // SAFETY: as in `cast`.
+    let (head, words, _) = unsafe { bytes.align_to_mut::<u16>() };
+    assert!(head.is_empty(), "an aligned buffer");
+    words
 }
