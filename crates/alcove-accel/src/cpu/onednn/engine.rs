@@ -130,7 +130,8 @@ impl Engine {
 
     /// Times oneDNN's first choice against `gemm:jit` at n = 1024, 1448 and
     /// 2048 (medians of five, after a warm-up run) and keeps the smallest
-    /// size at which `gemm:jit` wins by a clear margin (10%).
+    /// size at which `gemm:jit` wins by a clear margin (20%: the two are
+    /// within 20% of each other at n=1024 here, in either order run to run).
     fn tune(&mut self) -> Result<(), OneDnnError> {
         for n in [1024usize, 1448, 2048] {
             let shape = Shape {
@@ -168,7 +169,7 @@ impl Engine {
                 medians.push(times[2]);
             }
             if let [first, jit] = medians[..] {
-                if jit < 0.9 * first {
+                if jit < 0.8 * first {
                     self.jit_from_n = Some(n);
                     break;
                 }
