@@ -177,8 +177,10 @@ def products():
     c = Contenders(accel)
     np = c.np
     blas, blas_threads, blas_core = numpy_info(np)
-    print(f"host: {os.cpu_count()} CPUs; {cpu_model()}; load average {load()}")
-    if os.getloadavg()[0] > 0.5:
+    busy = busy_share()
+    print(f"host: {os.cpu_count()} CPUs; {cpu_model()}; load average {load()}; "
+          f"CPUs busy {busy:.0%} in the second before the start")
+    if busy > 0.1:
         print("WARNING: something else is running: with every contender on every CPU, "
               "another process's time slices show up as spikes in the p90s and in the medians")
     print(f"alcove-accel: {accel}")
@@ -289,6 +291,22 @@ def products():
 def fmt_ms(s):
     ms = s * 1e3
     return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def busy_share(seconds=1.0):
+    """The share of all CPUs' time spent outside idle over `seconds` (from
+    /proc/stat): the load average also remembers the last minutes."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+        return 1 - (i1 - i0) / max(t1 - t0, 1)
+    except OSError:
+        return 0.0
 
 
 def load():

@@ -15,8 +15,8 @@
 //! Every refusal is an error reply on that connection only.
 
 use crate::accel::{Accel, Placement, Plan};
-use crate::elements::AlignedBytes;
 use crate::budget::{working_set, MemoryBudget, DEFAULT_GRANT_BYTES, DEFAULT_GRANT_MS};
+use crate::elements::AlignedBytes;
 use crate::{DType, DeviceKind, Op};
 use alcove_sys::unix::{range_is_backed, recv_with_fd, sealed_size, send_with_fd};
 use serde::{Deserialize, Serialize};
