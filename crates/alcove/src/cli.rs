@@ -38,7 +38,7 @@ enum Command {
     /// benchmark (runs `alcove-accel`, which loads the GPU driver dynamically).
     #[command(disable_help_flag = true)]
     Accel {
-        /// Arguments for alcove-accel: info [--json] | bench [--max N] [--dtype f32|f16|bf16] [--json].
+        /// Arguments for alcove-accel: info [--json] | check-cpu [--json] | bench [--max N] [--dtype f32|f64|f16|bf16] [--json] | time --dtype T --sizes N,... .
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
