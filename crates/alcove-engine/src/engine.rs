@@ -829,8 +829,20 @@ impl Engine {
             );
             self.wait_idle(grace.max(Duration::from_secs(5))).await;
         }
-        // Templates and their ready copies go with the daemon, cgroups and all.
+        // Templates and their ready copies go with the daemon, cgroups and all,
+        // and so do the cgroups of copies that served (removed on a thread
+        // after their responses: a SIGTERM right after one left its cgroup).
         self.stop_all_templates();
+        let left = tokio::task::spawn_blocking(|| {
+            alcove_sandbox::wait_for_teardowns(Duration::from_secs(10))
+        })
+        .await
+        .unwrap_or(0);
+        if left > 0 {
+            tracing::warn!(
+                "{left} used warm copies' cgroups not yet removed at shutdown (run `alcove gc`)"
+            );
+        }
         // And agent sandboxes' processes (they cannot outlive the daemon);
         // their files and records stay for the next one.
         self.stop_all_sandboxes().await;

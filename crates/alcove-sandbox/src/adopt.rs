@@ -10,7 +10,7 @@ use alcove_cgroup::{Controller, CpuQuota, SandboxCgroup};
 use alcove_sys::{fd, process};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 /// A checked copy, ready for one request.
 pub struct Adopted {
@@ -179,10 +179,14 @@ pub fn run_adopted(
     Ok(outcome)
 }
 
+/// Used copies' cgroups handed to the teardown thread and not yet removed.
+static TEARDOWNS_PENDING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
 /// Kills what is left in a used copy's cgroup and removes it, on a worker
 /// thread: a copy's exit tears down its memory and namespaces, which takes
-/// milliseconds the response need not wait for. If alcove dies first, the
-/// cgroup's name leads `alcove gc` to it.
+/// milliseconds the response need not wait for. A daemon that stops waits
+/// for these ([`wait_for_teardowns`]); if alcove dies first, the cgroup's
+/// name leads `alcove gc` to it.
 fn tear_down_later(cgroup: SandboxCgroup) {
     fn tear_down(cgroup: SandboxCgroup) {
         cgroup.kill_all();
@@ -190,23 +194,51 @@ fn tear_down_later(cgroup: SandboxCgroup) {
             eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
         }
     }
+    fn done_one() {
+        let (count, changed) = &TEARDOWNS_PENDING;
+        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        changed.notify_all();
+    }
     static WORKER: OnceLock<Option<mpsc::Sender<SandboxCgroup>>> = OnceLock::new();
     let worker = WORKER.get_or_init(|| {
         let (send, receive) = mpsc::channel::<SandboxCgroup>();
         std::thread::Builder::new()
             .name("copy teardown".into())
-            .spawn(move || receive.into_iter().for_each(tear_down))
+            .spawn(move || {
+                receive.into_iter().for_each(|cgroup| {
+                    tear_down(cgroup);
+                    done_one();
+                })
+            })
             .ok()
             .map(|_| send)
     });
     match worker {
         Some(send) => {
+            *TEARDOWNS_PENDING
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) += 1;
             if let Err(mpsc::SendError(cgroup)) = send.send(cgroup) {
                 tear_down(cgroup);
+                done_one();
             }
         }
         None => tear_down(cgroup),
     }
+}
+
+/// Waits, for up to `limit`, until every used copy's cgroup handed to the
+/// teardown thread is removed (a stopping daemon calls it, so that none is
+/// left behind); returns how many were still pending.
+pub fn wait_for_teardowns(limit: std::time::Duration) -> usize {
+    let (count, changed) = &TEARDOWNS_PENDING;
+    let count = count.lock().unwrap_or_else(|e| e.into_inner());
+    let (count, _) = changed
+        .wait_timeout_while(count, limit, |pending| *pending > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    *count
 }
 
 /// The environment the program would get from a cold start of `spec`, as

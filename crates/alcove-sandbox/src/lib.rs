@@ -26,7 +26,7 @@ mod template;
 pub mod units;
 mod watch;
 
-pub use adopt::{adoption_cgroup, run_adopted, Adopted, HandOver};
+pub use adopt::{adoption_cgroup, run_adopted, wait_for_teardowns, Adopted, HandOver};
 pub use error::SandboxError;
 pub use mounts::STAGING_DIR;
 pub use observer::{NoObserver, Observer};
