@@ -11,6 +11,10 @@ pub const PARENT_DIR: &str = "alcove";
 /// The child of a pooled v2 cgroup that one run's processes live in.
 pub const RUN_LEAF: &str = "run";
 
+/// Memory an earlier run may leave charged to a reused cgroup before it is
+/// reclaimed ahead of the next run (below this, subtracting it is harmless).
+pub const RECLAIM_ABOVE: u64 = 4 << 20;
+
 /// A sandbox's cgroup: one directory in the unified tree (when mounted, even
 /// without controllers, because it gives the sandbox its cgroup2 id) and one in
 /// each v1 hierarchy that serves a controller the sandbox needs.
@@ -140,7 +144,8 @@ impl SandboxCgroup {
         Ok(())
     }
 
-    /// Prepares a reused cgroup to measure a new run: restarts the peak-memory
+    /// Prepares a reused cgroup to measure a new run (reclaiming the page
+    /// cache earlier runs left when it is over [`RECLAIM_ABOVE`]): restarts the peak-memory
     /// record where the kernel allows it, and re-creates the v1 pids directory
     /// when `pids_reset` (pids.peak cannot be reset). Returns the memory still
     /// charged from earlier runs (page cache), which the new peak includes.
@@ -154,10 +159,23 @@ impl SandboxCgroup {
             .dir_for(Controller::Memory, "memory")
             .map(Path::to_owned)
         {
+            // Page cache an earlier run left is reclaimed first when this run
+            // presses on its limit, so a run that fills its limit peaks at the
+            // limit, not at leftover + its own: subtracting the leftover then
+            // under-reports it (an out-of-memory run showed a 148 KiB peak
+            // under 32 MiB). Reclaimed here instead, best effort: the cgroup
+            // holds no task between runs.
             if self.is_v2(Controller::Memory) {
+                let charged = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
+                if charged > RECLAIM_ABOVE {
+                    let _ = v2::reclaim(&dir, charged);
+                }
                 self.peak_fd = v2::reset_peak_fd(&dir);
                 leftover = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
             } else {
+                if v1::memory_usage(&dir).is_ok_and(|charged| charged > RECLAIM_ABOVE) {
+                    let _ = v1::force_empty(&dir);
+                }
                 v1::reset_memory_peak(&dir)?;
                 leftover = v1::memory_usage(&dir)?;
             }

@@ -37,6 +37,12 @@ pub fn reset_memory_peak(dir: &Path) -> Result<(), CgroupError> {
     write_value(dir.join("memory.max_usage_in_bytes"), "0")
 }
 
+/// Reclaims what an empty cgroup is still charged for (page cache from
+/// earlier runs); refused (EBUSY) while it holds a task.
+pub fn force_empty(dir: &Path) -> Result<(), CgroupError> {
+    write_value(dir.join("memory.force_empty"), "0")
+}
+
 /// Memory charged to the cgroup now, in bytes.
 pub fn memory_usage(dir: &Path) -> Result<u64, CgroupError> {
     parse_u64(dir, "memory.usage_in_bytes")

@@ -103,6 +103,12 @@ pub fn read_peak_fd(file: &std::fs::File) -> Option<u64> {
 }
 
 /// How many processes the OOM killer killed here (memory.events `oom_kill`).
+/// Asks the kernel to reclaim `bytes` charged to the cgroup (page cache
+/// from earlier runs), as far as it can (memory.reclaim, kernel 5.19+).
+pub fn reclaim(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
+    write_value(dir.join("memory.reclaim"), &bytes.to_string())
+}
+
 pub fn oom_kills(dir: &Path) -> Result<u64, CgroupError> {
     let text = read_string(dir.join("memory.events"))?;
     Ok(keyed_value(&text, "oom_kill").unwrap_or(0))
