@@ -397,11 +397,13 @@ fn mount_points_stay_in_the_image(from_scratch: bool) {
         // In a mount namespace of its own, whose template directory is
         // already full (alcove keeps at most 64), alcove builds the root from
         // a copy of the host's mount tree, as it does where templates cannot
-        // be pinned.
+        // be pinned. A directory already there for this namespace's inode
+        // number is another, ended namespace's (numbers are reused): it goes
+        // first, or its templates would count as this run's.
         let ns_file = dir.path().join("ns");
         let script = format!(
             "ns=$(stat -Lc %i /proc/self/ns/mnt); echo $ns > {}
-            own=/run/alcove/templates/mnt-$ns; mkdir -p $own
+            own=/run/alcove/templates/mnt-$ns; rm -rf $own; mkdir -p $own
             for i in $(seq 64); do : > $own/filler-$i; done
             exec \"$@\"",
             ns_file.display()
