@@ -80,15 +80,7 @@ impl Client {
     /// Runs `op` on operands `a` and `b` (bytes of its element type) and
     /// returns the result's bytes and the service's reply.
     pub fn run(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
-        op.check().map_err(other)?;
-        let (la, lb, lc) = op.operand_bytes();
-        if a.len() != la || b.len() != lb {
-            return Err(other(format!(
-                "operands of {} and {} bytes; {op:?} takes {la} and {lb}",
-                a.len(),
-                b.len()
-            )));
-        }
+        let (_, _, lc) = sizes(op, a, b)?;
         if op.flops() <= LOCAL_FLOPS && self.may_run_here()? {
             let started = std::time::Instant::now();
             let mut c = vec![0u8; lc];
@@ -117,15 +109,7 @@ impl Client {
 
     /// Runs `op` in the service, whatever its size.
     pub fn run_in_service(&self, op: &Op, a: &[u8], b: &[u8]) -> io::Result<(Vec<u8>, Reply)> {
-        op.check().map_err(other)?;
-        let (la, lb, lc) = op.operand_bytes();
-        if a.len() != la || b.len() != lb {
-            return Err(other(format!(
-                "operands of {} and {} bytes; {op:?} takes {la} and {lb}",
-                a.len(),
-                b.len()
-            )));
-        }
+        let (la, lb, lc) = sizes(op, a, b)?;
         let memfd = sealed_memfd(la + lb + lc)?;
         // Pages for the result too, charged here: the service writing it
         // then allocates nothing on this program's behalf.
@@ -196,6 +180,21 @@ impl Client {
         )?;
         Ok((crate::accel::decode(DType::F32, &c), reply))
     }
+}
+
+/// The byte sizes of `op`'s operands and result, once `op` is sound and the
+/// operands given are those sizes.
+fn sizes(op: &Op, a: &[u8], b: &[u8]) -> io::Result<(usize, usize, usize)> {
+    op.check().map_err(other)?;
+    let (la, lb, lc) = op.operand_bytes();
+    if a.len() != la || b.len() != lb {
+        return Err(other(format!(
+            "operands of {} and {} bytes; {op:?} takes {la} and {lb}",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok((la, lb, lc))
 }
 
 /// The CPU path for work kept in the caller's process: the portable kernels

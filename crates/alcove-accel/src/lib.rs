@@ -73,6 +73,21 @@ impl DType {
 }
 
 impl Op {
+    /// `batch` products of (m x k) by (k x n): a plain product when `batch` is 1.
+    pub fn product(batch: usize, m: usize, n: usize, k: usize, dtype: DType) -> Op {
+        if batch == 1 {
+            Op::Matmul { m, n, k, dtype }
+        } else {
+            Op::BatchedMatmul {
+                batch,
+                m,
+                n,
+                k,
+                dtype,
+            }
+        }
+    }
+
     /// Floating-point operations it performs.
     pub fn flops(&self) -> f64 {
         match *self {

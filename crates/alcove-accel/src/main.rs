@@ -123,7 +123,13 @@ fn main() -> std::process::ExitCode {
             memory_max,
         } => serve::work(&cgroups, memory_max),
         Command::Check { json } => return check(json),
-        Command::CheckCpu { json } => return cpucheck::check_cpu(json),
+        Command::CheckCpu { json } => {
+            let (all_ok, printed) = cpucheck::check_cpu(json);
+            if let Some(results) = printed {
+                print_cases(&results);
+            }
+            return verdict(all_ok);
+        }
         Command::Bench { max, dtype, json } => bench(max, dtype, json),
         Command::Time {
             dtype,
@@ -263,16 +269,31 @@ fn check(json: bool) -> std::process::ExitCode {
             serde_json::json!({ "ok": all_ok, "cases": results, "gpus": accel.gpus })
         );
     } else {
-        for r in &results {
-            println!(
-                "{} {} (error {}, tolerance {})",
-                if r["ok"] == true { "ok  " } else { "FAIL" },
-                r["op"],
-                r["max_relative_error"],
-                r["tolerance"]
-            );
-        }
+        print_cases(&results);
     }
+    verdict(all_ok)
+}
+
+/// One line per checked case: ok or FAIL, the operation, where it ran (when
+/// known), its error and the tolerance.
+fn print_cases(results: &[serde_json::Value]) {
+    for r in results {
+        let ran = r["ran"]
+            .as_str()
+            .map(|p| format!(" on {p}"))
+            .unwrap_or_default();
+        println!(
+            "{} {}{ran} (error {}, tolerance {})",
+            if r["ok"] == true { "ok  " } else { "FAIL" },
+            r["op"],
+            r["max_relative_error"],
+            r["tolerance"]
+        );
+    }
+}
+
+/// 0 when every case passed, else 1.
+fn verdict(all_ok: bool) -> std::process::ExitCode {
     if all_ok {
         std::process::ExitCode::SUCCESS
     } else {

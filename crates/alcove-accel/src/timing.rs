@@ -10,6 +10,8 @@ use std::time::Instant;
 
 /// Largest n accepted: 8192^2 f64 operands are 1.5 GiB.
 const MAX_N: usize = 8192;
+/// Operands and result together, at most (a batch can multiply them).
+const MAX_BYTES: usize = 4 << 30;
 
 pub fn time(dtype: DType, sizes: &[usize], reps: usize, batch: usize) -> anyhow::Result<()> {
     if let Some(n) = sizes.iter().find(|&&n| n == 0 || n > MAX_N) {
@@ -21,23 +23,16 @@ pub fn time(dtype: DType, sizes: &[usize], reps: usize, batch: usize) -> anyhow:
     let cpu = Cpu::detect();
     let mut results = Vec::new();
     for &n in sizes {
-        let op = if batch == 1 {
-            Op::Matmul {
-                m: n,
-                n,
-                k: n,
-                dtype,
-            }
-        } else {
-            Op::BatchedMatmul {
-                batch,
-                m: n,
-                n,
-                k: n,
-                dtype,
-            }
-        };
+        let op = Op::product(batch, n, n, n, dtype);
         op.check().map_err(anyhow::Error::msg)?;
+        let (la, lb, lc) = op.operand_bytes();
+        if la + lb + lc > MAX_BYTES {
+            anyhow::bail!(
+                "n={n}, batch {batch} of {dtype:?} needs {} MiB of operands, over this command's {} MiB: use smaller sizes",
+                (la + lb + lc) >> 20,
+                MAX_BYTES >> 20
+            );
+        }
         let (na, nb, _) = op.operands();
         let values = |len: usize, seed: usize| -> Vec<f32> {
             (0..len)

@@ -147,17 +147,10 @@ fn the_service_exits_when_its_control_socket_closes() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Deterministic values in [-1, 1).
-fn values(len: usize, seed: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0)
-        .collect()
-}
-
 #[test]
 fn every_type_runs_in_the_confined_worker_and_bf16_stays_on_onednn() {
     use alcove_accel::accel::{decode, encode};
-    use alcove_accel::cpu::CpuPath;
+    use alcove_accel::cpu::{expected, max_relative_error, sample, tolerance, CpuPath};
     use alcove_accel::{DType, Op};
     let service = Service::start();
     let client = service.connect(Placement::Cpu);
@@ -171,19 +164,9 @@ fn every_type_runs_in_the_confined_worker_and_bf16_stays_on_onednn() {
     let mut paths_on_onednn = Vec::new();
     for dtype in DType::ALL {
         for (batch, m, n, k) in [(1, 70, 90, 110), (3, 40, 66, 50)] {
-            let op = if batch == 1 {
-                Op::Matmul { m, n, k, dtype }
-            } else {
-                Op::BatchedMatmul {
-                    batch,
-                    m,
-                    n,
-                    k,
-                    dtype,
-                }
-            };
+            let op = Op::product(batch, m, n, k, dtype);
             let (na, nb, _) = op.operands();
-            let (a, b) = (encode(dtype, &values(na, 1)), encode(dtype, &values(nb, 2)));
+            let (a, b) = (encode(dtype, &sample(na, 1)), encode(dtype, &sample(nb, 2)));
             let (c, reply) = client.run_in_service(&op, &a, &b).unwrap();
             assert!(reply.ok);
             let path = reply.path.unwrap();
@@ -192,19 +175,8 @@ fn every_type_runs_in_the_confined_worker_and_bf16_stays_on_onednn() {
                 DType::Bf16 | DType::F16 => assert_eq!(path, CpuPath::Widened),
                 _ => assert_eq!(path, CpuPath::Portable),
             }
-            let (wa, wb) = (decode(dtype, &a), decode(dtype, &b));
-            let mut expected = Vec::new();
-            for i in 0..batch {
-                let (a, b) = (&wa[i * m * k..][..m * k], &wb[i * k * n..][..k * n]);
-                expected.extend(alcove_accel::cpu::naive_matmul(m, n, k, a, b));
-            }
-            let err = alcove_accel::cpu::max_relative_error(&decode(dtype, &c), &expected);
-            let tolerance = match dtype {
-                DType::F32 | DType::F64 => 1e-5,
-                DType::F16 => 2e-3,
-                DType::Bf16 => 1e-2,
-            };
-            assert!(err <= tolerance, "{op:?}: error {err}");
+            let err = max_relative_error(&decode(dtype, &c), &expected(&op, &a, &b));
+            assert!(err <= tolerance(dtype), "{op:?}: error {err}");
         }
     }
     if onednn {

@@ -166,18 +166,22 @@ impl SandboxCgroup {
             // under 32 MiB). Reclaimed here instead, best effort: the cgroup
             // holds no task between runs.
             if self.is_v2(Controller::Memory) {
-                let charged = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
-                if charged > RECLAIM_ABOVE {
-                    let _ = v2::reclaim(&dir, charged);
-                }
                 self.peak_fd = v2::reset_peak_fd(&dir);
                 leftover = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
-            } else {
-                if v1::memory_usage(&dir).is_ok_and(|charged| charged > RECLAIM_ABOVE) {
-                    let _ = v1::force_empty(&dir);
+                if leftover > RECLAIM_ABOVE {
+                    // EAGAIN when it reclaimed less than asked: measured anew either way.
+                    let _ = v2::reclaim(&dir, leftover);
+                    self.peak_fd = v2::reset_peak_fd(&dir);
+                    leftover = crate::v1::parse_u64(&dir, "memory.current").unwrap_or(0);
                 }
+            } else {
                 v1::reset_memory_peak(&dir)?;
                 leftover = v1::memory_usage(&dir)?;
+                if leftover > RECLAIM_ABOVE {
+                    let _ = v1::force_empty(&dir);
+                    v1::reset_memory_peak(&dir)?;
+                    leftover = v1::memory_usage(&dir)?;
+                }
             }
         }
         if pids_reset && !self.is_v2(Controller::Pids) {

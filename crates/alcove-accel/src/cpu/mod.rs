@@ -18,7 +18,9 @@ use crate::elements::{from_f32, to_f32, view, with_out};
 use crate::{DType, Op};
 use onednn::{OneDnn, Shape};
 pub use portable::{batched_matmul, matmul, relu};
-pub use reference::{max_relative_error, naive_matmul, naive_matmul_f64};
+pub use reference::{
+    expected, max_relative_error, naive_matmul, naive_matmul_f64, sample, tolerance,
+};
 
 /// bf16 work up to which widening to f32 on the calling thread beats
 /// handing the product to oneDNN's thread: waking a sleeping thread costs

@@ -1,60 +1,16 @@
 use super::*;
 use crate::elements::{decode, encode};
 
-/// Deterministic values in [-1, 1).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// How far from the f64 reference each type may land (relative to 1 + |y|):
-/// the result's own rounding, and f32 accumulation for the narrow types.
-fn tolerance(dtype: DType) -> f32 {
-    match dtype {
-        DType::F64 => 1e-9,
-        DType::F32 => 1e-4,
-        DType::F16 => 2e-3,
-        DType::Bf16 => 1e-2,
-    }
-}
-
 /// The operands of `op` in its type, and the exact product of those
-/// (already rounded) values, computed in f64.
+/// (already rounded) values.
 fn case(op: &Op) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
-    let dtype = op.dtype();
     let (na, nb, _) = op.operands();
-    let (a, b) = (encode(dtype, &data(na, 1)), encode(dtype, &data(nb, 2)));
-    let wide = |bytes: &[u8]| {
-        decode(dtype, bytes)
-            .into_iter()
-            .map(f64::from)
-            .collect::<Vec<_>>()
-    };
-    let (wa, wb) = (wide(&a), wide(&b));
-    let (batch, m, n, k) = match *op {
-        Op::Matmul { m, n, k, .. } => (1, m, n, k),
-        Op::BatchedMatmul { batch, m, n, k, .. } => (batch, m, n, k),
-        Op::Relu { .. } => unreachable!(),
-    };
-    let mut expected = Vec::new();
-    for i in 0..batch {
-        let (a, b) = (&wa[i * m * k..][..m * k], &wb[i * k * n..][..k * n]);
-        expected.extend(
-            naive_matmul_f64(m, n, k, a, b)
-                .into_iter()
-                .map(|x| x as f32),
-        );
-    }
-    (a, b, expected)
+    let (a, b) = (
+        encode(op.dtype(), &sample(na, 1)),
+        encode(op.dtype(), &sample(nb, 2)),
+    );
+    let want = expected(op, &a, &b);
+    (a, b, want)
 }
 
 fn shapes(dtype: DType) -> Vec<Op> {
@@ -152,8 +108,8 @@ fn bf16_runs_through_onednn_where_installed_and_agrees_at_large_sizes() {
             k: n,
             dtype: DType::Bf16,
         };
-        let a = encode(DType::Bf16, &data(n * n, 3));
-        let b = encode(DType::Bf16, &data(n * n, 4));
+        let a = encode(DType::Bf16, &sample(n * n, 3));
+        let b = encode(DType::Bf16, &sample(n * n, 4));
         let mut c = vec![0u8; n * n * 2];
         cpu.run(&op, &a, &b, &mut c);
         let mut reference = vec![0.0f32; n * n];
@@ -194,7 +150,7 @@ fn relu_for_every_type_zeroes_negatives_and_nan() {
         }
     }
     // Long enough to be split over threads.
-    let long = data(300_000, 9);
+    let long = sample(300_000, 9);
     let mut out = vec![1.0f32; long.len()];
     relu(&long, &mut out);
     assert!(long.iter().zip(&out).all(|(&x, &y)| y == x.max(0.0)));
