@@ -226,6 +226,16 @@ enum MonitorFlag {
     Counters,
 }
 
+/// Which wall stands between the program and the host's kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Isolation {
+    /// alcove's micro-container: namespaces, seccomp, cgroups (the default).
+    #[default]
+    Container,
+    /// gVisor: the program talks to a user-space kernel (runsc), not the host's.
+    Gvisor,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -298,6 +308,10 @@ struct RunArgs {
     /// Maximum open files per process.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     open_files: u64,
+    /// The isolation tier: `container` (default) or `gvisor` (runsc, the
+    /// Debian package of that name: slower to start, a second wall).
+    #[arg(long, value_enum, default_value_t = Isolation::Container)]
+    isolation: Isolation,
     /// Write a JSON report of how the run ended and what it used to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -647,6 +661,16 @@ fn run(args: RunArgs) -> i32 {
         return fail(&e);
     }
     let report_path = args.report.clone();
+    let isolation = args.isolation;
+    if isolation == Isolation::Gvisor {
+        if let Some(flag) = gvisor_refuses(&args) {
+            eprintln!(
+                "alcove: error: {flag} watches the host kernel's view of the sandbox, which in \
+                 the gVisor tier is the Sentry, not the program: leave it out or use --isolation container"
+            );
+            return 125;
+        }
+    }
     let monitoring = Monitoring {
         trace: args.trace,
         trace_live: args.trace_live,
@@ -675,6 +699,9 @@ fn run(args: RunArgs) -> i32 {
             return 125;
         }
     };
+    if isolation == Isolation::Gvisor {
+        return run_gvisor(&spec, report_path.as_deref());
+    }
     // Open the report first, so a bad path fails before anything runs.
     let mut report = match &report_path {
         Some(path) => match std::fs::File::create(path) {
@@ -798,6 +825,56 @@ fn run(args: RunArgs) -> i32 {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// The first `alcove run` flag the gVisor tier cannot honour (eBPF sees
+/// the Sentry's syscalls, not the program's).
+fn gvisor_refuses(args: &RunArgs) -> Option<&'static str> {
+    [
+        (args.trace, "--trace"),
+        (args.trace_live, "--trace-live"),
+        (args.max_syscalls.is_some(), "--max-syscalls"),
+        (args.cpu_budget.is_some(), "--cpu-budget"),
+        (args.devices.is_some(), "--devices"),
+        (
+            args.deny_net || !args.allow_net.is_empty(),
+            "--deny-net/--allow-net",
+        ),
+        (args.learn.is_some(), "--learn"),
+        (args.policy.is_some(), "--policy"),
+        (args.phases, "--phases"),
+    ]
+    .into_iter()
+    .find_map(|(used, flag)| used.then_some(flag))
+}
+
+fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>) -> i32 {
+    let result = alcove_gvisor::run(spec, &alcove_gvisor::GvisorOptions::default());
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("alcove: error: {}", alcove_sandbox::error_chain(&e));
+            return 125;
+        }
+    };
+    if let Some(path) = report_path {
+        let mut json = serde_json::to_value(&outcome).expect("an outcome serialises");
+        if let Some(map) = json.as_object_mut() {
+            map.insert("isolation".into(), "gvisor".into());
+        }
+        let text = serde_json::to_string_pretty(&json).expect("a report serialises") + "\n";
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!(
+                "alcove: error: cannot write the report to {}: {e}",
+                path.display()
+            );
+            return 125;
+        }
+    }
+    if let Some(note) = limit_note(&outcome, spec) {
+        eprintln!("alcove: {note}");
+    }
+    outcome.shell_exit_code()
 }
 
 /// One line on stderr when alcove (or the kernel, for memory) ended the program

@@ -1,0 +1,254 @@
+//! An OCI bundle (config.json and a root directory) made from a
+//! [`SandboxSpec`], in a directory of its own that is removed with it.
+
+use crate::GvisorError;
+use alcove_sandbox::{NetMode, SandboxSpec};
+use serde_json::{json, Value};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The host directories the host view shows read-only, as the container
+/// tier does: bound where they are directories, re-made as the same
+/// symlink where the host has one (/bin -> usr/bin on a merged-/usr system).
+const HOST_VIEW: [&str; 6] = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64"];
+
+/// One run's directory: `bundle/` (config.json, rootfs/) and `state/`
+/// (runsc's --root). Removed, with everything in it, when dropped.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub id: String,
+}
+
+impl Bundle {
+    /// Writes the bundle for `spec` below `root` (made if missing).
+    pub fn create(root: &Path, spec: &SandboxSpec) -> Result<Bundle, GvisorError> {
+        let config = config(spec)?;
+        let id = format!(
+            "alcove-{}-{}",
+            std::process::id(),
+            alcove_sys::process::random_id()
+        );
+        let dir = root.join(&id);
+        let failed = |source| GvisorError::Bundle {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(failed)?;
+        std::fs::create_dir(&dir).map_err(failed)?;
+        let bundle = Bundle { dir, id };
+        let failed = |source| GvisorError::Bundle {
+            path: bundle.dir.clone(),
+            source,
+        };
+        std::fs::create_dir(bundle.state()).map_err(failed)?;
+        let rootfs = bundle.bundle().join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(failed)?;
+        if spec.rootfs.is_none() {
+            for dir in HOST_VIEW {
+                let host = Path::new(dir);
+                let inside = rootfs.join(dir.trim_start_matches('/'));
+                match std::fs::read_link(host) {
+                    Ok(target) => std::os::unix::fs::symlink(target, inside).map_err(failed)?,
+                    Err(_) if host.is_dir() => std::fs::create_dir(inside).map_err(failed)?,
+                    Err(_) => {}
+                }
+            }
+        }
+        let text = serde_json::to_vec_pretty(&config).expect("a config serialises");
+        std::fs::write(bundle.bundle().join("config.json"), text).map_err(failed)?;
+        Ok(bundle)
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        // Holds no mounts (runsc mounts inside its own namespaces) and
+        // remove_dir_all does not follow the host-view symlinks.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The OCI runtime config for `spec`: the same program, environment, user,
+/// working directory, file view and namespaces as the container tier.
+/// Limits are not in it: alcove applies them to the cgroup runsc runs in.
+pub fn config(spec: &SandboxSpec) -> Result<Value, GvisorError> {
+    refuse_unsupported(spec)?;
+    let text = |s: &std::ffi::OsStr, what: &str| {
+        std::str::from_utf8(s.as_bytes())
+            .map(str::to_owned)
+            .map_err(|_| {
+                GvisorError::Invalid(format!("{what} is not UTF-8: the OCI spec needs text"))
+            })
+    };
+    let args = spec
+        .argv
+        .iter()
+        .map(|a| text(a, "an argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.first().is_none_or(|a| a.is_empty()) {
+        return Err(GvisorError::Invalid("give a program to run".into()));
+    }
+    let workdir = text(spec.workdir.as_os_str(), "the working directory")?;
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        format!("HOME={workdir}"),
+    ];
+    for (k, v) in &spec.env {
+        let (k, v) = (
+            text(k, "an environment name")?,
+            text(v, "an environment value")?,
+        );
+        env.retain(|e| e.split_once('=').is_none_or(|(name, _)| name != k));
+        env.push(format!("{k}={v}"));
+    }
+    let tmpfs = |dest: &str, mode: &str| {
+        json!({
+            "destination": dest, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", format!("size={}", spec.limits.tmpfs_bytes), format!("mode={mode}")],
+        })
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        tmpfs("/tmp", "1777"),
+        tmpfs("/dev/shm", "1777"),
+    ];
+    if spec.rootfs.is_none() {
+        for dir in HOST_VIEW {
+            if Path::new(dir).is_dir() && std::fs::read_link(dir).is_err() {
+                mounts.push(bind(dir, dir, false));
+            }
+        }
+    }
+    for b in &spec.binds {
+        let source = text(b.source.as_os_str(), "a bind's source")?;
+        let target = text(b.target.as_os_str(), "a bind's target")?;
+        mounts.push(bind(&source, &target, b.writable));
+    }
+    if spec.writable_workdir {
+        let mut home = tmpfs(&workdir, "0700");
+        if let Some(options) = home["options"].as_array_mut() {
+            options.push(json!(format!("uid={}", spec.user.uid)));
+            options.push(json!(format!("gid={}", spec.user.gid)));
+        }
+        mounts.push(home);
+    }
+    let mut namespaces = vec!["pid", "ipc", "uts", "mount"];
+    if spec.net == NetMode::None {
+        namespaces.push("network");
+    }
+    let rootfs = match &spec.rootfs {
+        Some(dir) => text(dir.as_os_str(), "the root directory")?,
+        None => "rootfs".to_owned(),
+    };
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.user.uid, "gid": spec.user.gid},
+            "args": args,
+            "env": env,
+            "cwd": workdir,
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": spec.limits.open_files, "soft": spec.limits.open_files}],
+        },
+        "root": {"path": rootfs, "readonly": spec.rootfs.is_none()},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {"namespaces": namespaces.iter().map(|t| json!({"type": t})).collect::<Vec<_>>()},
+    }))
+}
+
+fn bind(source: &str, target: &str, writable: bool) -> Value {
+    let mode = if writable { "rw" } else { "ro" };
+    json!({
+        "destination": target, "type": "bind", "source": source,
+        "options": ["rbind", mode, "nosuid", "nodev"],
+    })
+}
+
+/// What the container tier offers that this tier does not (yet): refused
+/// by name rather than run without it.
+fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), GvisorError> {
+    let unsupported = [
+        (
+            !spec.lower_layers.is_empty(),
+            "images of more than one layer",
+        ),
+        (
+            spec.net == NetMode::Joined,
+            "outbound networking (--net outbound)",
+        ),
+        (
+            !spec.allow_paths.is_empty(),
+            "Landlock path rules (--allow-path)",
+        ),
+        (
+            spec.syscall_allow_list.is_some(),
+            "syscall policies (--policy)",
+        ),
+        (
+            !spec.device_nodes.is_empty(),
+            "host devices (--expose-device)",
+        ),
+        (!spec.inherit_fds.is_empty(), "inherited descriptors"),
+        (spec.warm_template, "warm templates"),
+        (
+            spec.limits.cpu_time.is_some(),
+            "a CPU-time limit (--cpu-time)",
+        ),
+        (
+            spec.limits.output_bytes.is_some() || spec.limits.stderr_bytes.is_some(),
+            "an output limit (--output-limit)",
+        ),
+    ];
+    match unsupported.into_iter().find(|(used, _)| *used) {
+        Some((_, what)) => Err(GvisorError::Unsupported(what)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_carries_the_spec() {
+        let mut spec = SandboxSpec::new(vec!["/bin/echo".into(), "hi".into()]);
+        spec.env.push(("GREETING".into(), "hello".into()));
+        spec.env.push(("PATH".into(), "/opt/bin".into()));
+        let c = config(&spec).unwrap();
+        assert_eq!(c["process"]["args"], json!(["/bin/echo", "hi"]));
+        let env: Vec<&str> = c["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(env.contains(&"GREETING=hello"));
+        assert!(env.contains(&"PATH=/opt/bin"), "{env:?}");
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert_eq!(c["process"]["user"]["uid"], json!(spec.user.uid));
+        assert_eq!(c["root"]["readonly"], json!(true));
+        let namespaces = c["linux"]["namespaces"].to_string();
+        assert!(namespaces.contains("network"), "{namespaces}");
+    }
+
+    #[test]
+    fn what_the_tier_lacks_is_refused_by_name() {
+        let mut spec = SandboxSpec::new(vec!["true".into()]);
+        spec.limits.output_bytes = Some(10);
+        let err = config(&spec).unwrap_err().to_string();
+        assert!(err.contains("--output-limit"), "{err}");
+        let spec = SandboxSpec::new(vec![]);
+        assert!(config(&spec).is_err());
+    }
+}

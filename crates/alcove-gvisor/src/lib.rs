@@ -1,0 +1,61 @@
+//! alcove-gvisor owns alcove's gVisor isolation tier (`--isolation gvisor`):
+//! it turns a [`SandboxSpec`] into an OCI bundle (the one place that maps
+//! alcove's spec onto the OCI runtime spec; `alcove-oci` reads that spec the
+//! other way), drives `runsc` (gVisor's runtime) to run it, and holds the run
+//! in a cgroup of alcove's own, so that the limits and the report are those
+//! of the container tier.
+//!
+//! The program then talks to gVisor's user-space kernel (the Sentry), not to
+//! the host's: a kernel bug reachable through a syscall the container tier
+//! allows is not reachable from here. The price is start-up (runsc boots a
+//! Sentry and a Gofer per sandbox: ~100-300 ms on this kind of host) and
+//! syscall speed (the ptrace platform intercepts every one). What gVisor
+//! cannot give, and what the report says instead, is in the README's
+//! "Isolation tiers" section.
+
+mod bundle;
+mod run;
+mod runsc;
+
+pub use bundle::Bundle;
+pub use run::{run, GvisorOptions};
+pub use runsc::{platforms, Runsc, PACKAGE};
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong running a sandbox in the gVisor tier.
+#[derive(Debug, thiserror::Error)]
+pub enum GvisorError {
+    #[error(
+        "the gVisor tier needs runsc, which is not installed: install the Debian package \
+         `{PACKAGE}` (apt-get install {PACKAGE}) or put runsc on PATH, or use --isolation container"
+    )]
+    Missing,
+    #[error("the gVisor tier does not offer {0} yet: leave it out or use --isolation container")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("preparing the gVisor sandbox: {what}")]
+    Prepare {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the OCI bundle in {path}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting runsc ({path})")]
+    Start {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sandbox's cgroup")]
+    Cgroup(#[source] alcove_sandbox::SandboxError),
+}
+
+pub use alcove_sandbox::SandboxSpec;

@@ -1,0 +1,198 @@
+//! The gVisor tier (`--isolation gvisor`): the container tier's escape and
+//! limit checks again, with the program on gVisor's user-space kernel.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const STATE_ROOT: &str = "/run/alcove/gvisor";
+
+/// Whether runsc is here to test with; says why not when it is missing
+/// (scripts/test.sh installs it, so CI always has it).
+fn runsc_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = ["/usr/bin/runsc", "/usr/sbin/runsc", "/usr/local/bin/runsc"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !found {
+        skip_unprovided(
+            test,
+            "runsc (the Debian package `runsc`) is not installed; scripts/test.sh installs it",
+        );
+    }
+    found
+}
+
+fn gvisor(options: &[&str], program: &[&str]) -> Run {
+    let mut all = vec!["--isolation", "gvisor"];
+    all.extend_from_slice(options);
+    sandbox(&all, program)
+}
+
+/// This run's bundles and runsc state: none may be left once a run ends.
+fn leftovers() -> Vec<String> {
+    std::fs::read_dir(STATE_ROOT)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes whose executable is runsc (the Sentry and Gofer run as it).
+fn runsc_processes() -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+            continue;
+        };
+        if exe.file_name().is_some_and(|n| n == "runsc") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_program_runs_on_gvisors_kernel_and_sees_no_host() {
+    if !runsc_or_skip("a_program_runs_on_gvisors_kernel_and_sees_no_host") {
+        return;
+    }
+    let _g = serial();
+    let script = "echo kernel=$(cat /proc/version); hostname; \
+                  n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo procs=$n; \
+                  test -e /root && echo HOST_ROOT_VISIBLE; test -e /home && echo HOST_HOME_VISIBLE; \
+                  echo written > /tmp/f && cat /tmp/f; touch /usr/escape 2>/dev/null && echo USR_WRITABLE; \
+                  echo to-stderr >&2; exit 7";
+    let run = gvisor(&[], &["sh", "-c", script]);
+    assert_eq!(run.code, 7, "{run:?}");
+    assert_eq!(run.status(), "exited", "{run:?}");
+    assert_eq!(run.report["exit_code"], 7);
+    assert_eq!(run.report["isolation"], "gvisor", "{}", run.report);
+    // The situation the tier claims: the program's kernel is gVisor's
+    // Sentry (it reports itself as Linux 4.4.0), not this host's.
+    let host_version = std::fs::read_to_string("/proc/version").unwrap();
+    assert!(!run.stdout.contains(host_version.trim()), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("kernel=Linux version 4.4.0"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("\nalcove\n"),
+        "its own hostname: {}",
+        run.stdout
+    );
+    let procs: u32 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .and_then(|n| n.parse().ok())
+        .expect("a process count");
+    assert!((1..=3).contains(&procs), "only its own processes: {procs}");
+    assert!(!run.stdout.contains("HOST_"), "{}", run.stdout);
+    assert!(!run.stdout.contains("USR_WRITABLE"), "{}", run.stdout);
+    assert!(run.stdout.contains("written"), "{}", run.stdout);
+    assert!(run.stderr.contains("to-stderr"), "{}", run.stderr);
+    assert!(run.num("memory_peak_bytes") > 0.0, "{}", run.report);
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
+
+#[test]
+fn memory_timeout_and_task_limits_hold_in_gvisor() {
+    if !runsc_or_skip("memory_timeout_and_task_limits_hold_in_gvisor") {
+        return;
+    }
+    let _g = serial();
+    let before = runsc_processes();
+    // Memory: the hog is killed, and reported as out of memory.
+    let run = gvisor(
+        &["--memory", "64M", "--bind", &probe_bind()],
+        &["/probe", "hog", "536870912"],
+    );
+    assert_eq!(run.status(), "oom", "{run:?}");
+    assert_eq!(run.code, 137);
+    assert!(!run.stdout.contains("allocated"), "the hog never finished");
+    // The same program with room to spare finishes.
+    let run = gvisor(
+        &["--memory", "256M", "--bind", &probe_bind()],
+        &["/probe", "hog", "33554432"],
+    );
+    assert_eq!(run.status(), "exited", "{run:?}");
+    assert!(run.stdout.contains("allocated 32 MiB"), "{run:?}");
+    // Wall clock: killed at the limit, the Sentry and Gofer with it.
+    let run = gvisor(&["--timeout", "500ms"], &["sleep", "30"]);
+    assert_eq!(run.status(), "timeout", "{run:?}");
+    assert_eq!(run.code, 137);
+    assert!(run.num("wall_ms") < 10_000.0, "{}", run.report);
+    assert!(run.stderr.contains("wall-clock limit"), "{}", run.stderr);
+    // Tasks: a fork bomb cannot grow past the limit (with gVisor's own
+    // tasks on top); the sandbox ends, reported, and nothing escapes.
+    let bomb =
+        "i=0; while [ $i -lt 300 ]; do (sleep 5 &) 2>/dev/null; i=$((i+1)); done; echo survived";
+    let run = gvisor(&["--pids", "16", "--timeout", "20s"], &["sh", "-c", bomb]);
+    let peak = run.num("pids_peak");
+    assert!(peak <= 16.0 + 96.0, "held at the limit: {}", run.report);
+    assert!(
+        run.status() == "killed_by_policy" || run.stdout.contains("survived"),
+        "{run:?}"
+    );
+    if run.status() == "killed_by_policy" {
+        assert!(run.stderr.contains("task limit"), "{}", run.stderr);
+    }
+    assert!(run.num("wall_ms") < 20_000.0, "{}", run.report);
+    // Nothing is left: no runsc process that was not there before, no bundle.
+    let after: Vec<i32> = runsc_processes()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(after.is_empty(), "runsc processes left: {after:?}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
+
+#[test]
+fn the_gvisor_tier_refuses_what_it_cannot_do_and_names_the_package() {
+    if !root_or_skip("the_gvisor_tier_refuses_what_it_cannot_do_and_names_the_package") {
+        return;
+    }
+    let _g = serial();
+    // runsc missing: the error says which package to install.
+    let out = Command::new(ALCOVE)
+        .args(["run", "--isolation", "gvisor", "--", "true"])
+        .env("ALCOVE_RUNSC", "/nonexistent/runsc")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("Debian package `runsc`"), "{err}");
+    // Flags that watch the host kernel's view are refused by name.
+    let out = alcove(&["run", "--isolation", "gvisor", "--trace", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("--trace") && err.contains("--isolation container"),
+        "{err}"
+    );
+    // What the tier lacks yet is refused, not silently dropped.
+    let out = alcove(&[
+        "run",
+        "--isolation",
+        "gvisor",
+        "--output-limit",
+        "10",
+        "--",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("--output-limit"), "{err}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
