@@ -15,8 +15,9 @@ alcove_require_root() {
 # their links and NAT; python3, util-linux (setpriv) and iproute2 are used by the tests, which
 # under ALCOVE_CI=1 fail rather than skip when one is missing; curl fetches
 # rustup if needed; libdnnl2 (oneDNN) is what the accelerator multiplies bf16
-# with on AMX/AVX512-BF16 CPUs (loaded at run time: without it bf16 runs as f32).
-ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 iptables ca-certificates curl libdnnl2)
+# with on AMX/AVX512-BF16 CPUs (loaded at run time: without it bf16 runs as f32);
+# runsc (gVisor) is the runtime of the gVisor isolation tier (--isolation gvisor).
+ALCOVE_PACKAGES=(gcc libc6-dev clang libelf-dev zlib1g-dev pkg-config busybox-static util-linux procps python3 iproute2 iptables ca-certificates curl libdnnl2 runsc)
 
 # What alcove-oci's tests and bench/oci.sh drive: podman 4 (through conmon;
 # catatonit for --init), containerd 1.6 with ctr, the peer runtimes runc and

@@ -85,30 +85,7 @@ fn run_in(
         .arg(&bundle.id);
     // runsc joins the cgroup before it runs, so the Sentry and Gofer it
     // starts are born there.
-    let procs: Vec<CString> = cgroup
-        .dirs()
-        .iter()
-        .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).expect("no NUL"))
-        .collect();
-    // SAFETY: the closure runs in the child between fork and exec and makes
-    // only open, write and close calls (async-signal-safe) on paths made
-    // before the fork; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            for path in &procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if written != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    start_in(&mut cmd, cgroup);
     let capture = match &spec.stdio {
         Stdio::Inherit => None,
         Stdio::Capture { stdin } => Some(stdin.clone()),
@@ -211,6 +188,34 @@ fn run_in(
     Ok(outcome)
 }
 
+/// Makes `cmd`'s process join `cgroup` before it execs.
+pub(crate) fn start_in(cmd: &mut std::process::Command, cgroup: &SandboxCgroup) {
+    let procs: Vec<CString> = cgroup
+        .dirs()
+        .iter()
+        .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).expect("no NUL"))
+        .collect();
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only open, write and close calls (async-signal-safe) on paths made
+    // before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether the kernel refused a task to the cgroup at its pids limit
 /// (`pids.events`, v1 and v2 alike).
 fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
@@ -246,7 +251,7 @@ fn capped_reader(
 }
 
 /// Whether `fd` became readable (the process ended) within `limit`.
-fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
+pub(crate) fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

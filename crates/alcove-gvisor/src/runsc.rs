@@ -96,41 +96,72 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// How long one platform probe may take to start `true`.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which of gVisor's platforms start a sandbox on this host: each is tried
-/// with `runsc do true` (a few hundred milliseconds each). `(name, works,
-/// why not)`.
+/// with `runsc do true`, in a cgroup of its own that is killed whole if it
+/// has not ended within five seconds (KVM without a usable guest hangs).
+/// `(name, works, why not)`.
 pub fn platforms(runsc: &Runsc) -> Vec<(&'static str, bool, String)> {
     ["ptrace", "systrap", "kvm"]
         .into_iter()
-        .map(|platform| {
-            let state = std::env::temp_dir().join(format!(
-                "alcove-runsc-probe-{}-{platform}",
-                std::process::id()
-            ));
-            let out = Command::new(&runsc.path)
-                .arg("--root")
-                .arg(&state)
-                .args(["--platform", platform, "--network", "none", "do", "true"])
-                .stdin(Stdio::null())
-                .output();
-            let _ = std::fs::remove_dir_all(&state);
-            match out {
-                Ok(o) if o.status.success() => (platform, true, String::new()),
-                Ok(o) => {
-                    let err = String::from_utf8_lossy(&o.stderr);
-                    let why = err
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("it failed")
-                        .trim()
-                        .chars()
-                        .take(160)
-                        .collect();
-                    (platform, false, why)
-                }
-                Err(e) => (platform, false, e.to_string()),
-            }
+        .map(|platform| match probe(runsc, platform) {
+            Ok(()) => (platform, true, String::new()),
+            Err(why) => (platform, false, why),
         })
         .collect()
+}
+
+fn probe(runsc: &Runsc, platform: &str) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!(
+        "alcove-runsc-probe-{}-{platform}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let cgroup = alcove_sandbox::adoption_cgroup(&alcove_sandbox::Limits::default())
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&runsc.path);
+    cmd.arg("--root")
+        .arg(dir.join("state"))
+        .args(["--platform", platform, "--network", "none", "do", "true"])
+        // runsc do makes its bundle under TMPDIR: inside the probe's directory.
+        .env("TMPDIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    crate::run::start_in(&mut cmd, &cgroup);
+    let result = (|| {
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let pidfd =
+            alcove_sys::seqpacket::pidfd_open(child.id() as i32).map_err(|e| e.to_string())?;
+        let ended = crate::run::wait_readable(std::os::fd::AsFd::as_fd(&pidfd), PROBE_LIMIT);
+        // Whatever runsc left (or, past the limit, all of it) goes now, so
+        // that nothing holds its stderr open.
+        cgroup.kill_all();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !ended {
+            return Err(format!("no sandbox started within {PROBE_LIMIT:?}"));
+        }
+        if status.success() {
+            return Ok(());
+        }
+        Err(err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("it failed")
+            .trim()
+            .chars()
+            .take(160)
+            .collect())
+    })();
+    cgroup.kill_all();
+    let _ = cgroup.remove();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -135,6 +135,7 @@ pub fn run(json: bool) -> i32 {
         ),
     ];
     let daemon = daemon_monitor();
+    let gvisor = gvisor();
     if json {
         let value = serde_json::json!({
             "daemon_monitor": daemon,
@@ -153,6 +154,7 @@ pub fn run(json: bool) -> i32 {
             "user_namespaces_max": userns.trim().parse::<u64>().ok(),
             "seccomp_actions": seccomp_actions.split_whitespace().collect::<Vec<_>>(),
             "bpf": bpf,
+            "gvisor": gvisor,
             "mechanisms": mechanisms.iter().map(|(k, v)| serde_json::json!({"rule": k, "mechanism": v})).collect::<Vec<_>>(),
         });
         println!(
@@ -187,9 +189,58 @@ pub fn run(json: bool) -> i32 {
     for (rule, mechanism) in mechanisms {
         line(rule, &mechanism);
     }
+    println!("isolation tiers (--isolation)");
+    line("container", "yes (the default)");
+    line("gvisor", &gvisor_text(&gvisor));
     println!("functions daemon ($ALCOVE_SERVER or the local one)");
     line("eBPF monitor", &daemon_text(&daemon));
     exit_code(&delegation)
+}
+
+/// Whether runsc is installed and which of gVisor's platforms start a
+/// sandbox here (each tried for real).
+fn gvisor() -> serde_json::Value {
+    match alcove_gvisor::Runsc::find() {
+        Err(e) => serde_json::json!({"installed": false, "error": e.to_string()}),
+        Ok(runsc) => {
+            let platforms: Vec<serde_json::Value> = alcove_gvisor::platforms(&runsc)
+                .into_iter()
+                .map(|(name, works, why)| serde_json::json!({"platform": name, "works": works, "why_not": why}))
+                .collect();
+            serde_json::json!({
+                "installed": true,
+                "runsc": runsc.path,
+                "version": runsc.version(),
+                "platform_used": runsc.platform,
+                "platforms": platforms,
+            })
+        }
+    }
+}
+
+fn gvisor_text(v: &serde_json::Value) -> String {
+    if v["installed"] != true {
+        return format!("no: {}", v["error"].as_str().unwrap_or("runsc is missing"));
+    }
+    let platforms: Vec<String> = v["platforms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let name = p["platform"].as_str().unwrap_or("?");
+            match p["works"] == true {
+                true => format!("{name} works"),
+                false => format!("{name} does not ({})", p["why_not"].as_str().unwrap_or("?")),
+            }
+        })
+        .collect();
+    format!(
+        "{} ({}), using {}; {}",
+        v["runsc"].as_str().unwrap_or("runsc"),
+        v["version"].as_str().unwrap_or("version unknown"),
+        v["platform_used"].as_str().unwrap_or("ptrace"),
+        platforms.join("; ")
+    )
 }
 
 /// What the daemon (`$ALCOVE_SERVER`, or the local one) says of its eBPF

@@ -196,3 +196,35 @@ fn the_gvisor_tier_refuses_what_it_cannot_do_and_names_the_package() {
     assert!(err.contains("--output-limit"), "{err}");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 }
+
+#[test]
+fn doctor_reports_the_gvisor_tier_and_its_platforms() {
+    if !runsc_or_skip("doctor_reports_the_gvisor_tier_and_its_platforms") {
+        return;
+    }
+    let _g = serial();
+    let out = alcove(&["doctor", "--json"]);
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gvisor = &doctor["gvisor"];
+    assert_eq!(gvisor["installed"], true, "{gvisor}");
+    let platforms = gvisor["platforms"].as_array().expect("platforms");
+    let ptrace = platforms
+        .iter()
+        .find(|p| p["platform"] == "ptrace")
+        .expect("ptrace probed");
+    // The other tests here ran on ptrace: doctor must agree that it works.
+    assert_eq!(ptrace["works"], true, "{gvisor}");
+    for p in platforms {
+        assert!(
+            p["works"] == true || !p["why_not"].as_str().unwrap_or("").is_empty(),
+            "a platform that does not work says why: {p}"
+        );
+    }
+    assert!(
+        !Path::new("/tmp").read_dir().unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("alcove-runsc-probe-")),
+        "the probes' directories are removed"
+    );
+}
