@@ -228,3 +228,28 @@ fn doctor_reports_the_gvisor_tier_and_its_platforms() {
         "the probes' directories are removed"
     );
 }
+
+#[test]
+fn the_network_modes_hold_in_gvisor() {
+    if !runsc_or_skip("the_network_modes_hold_in_gvisor") {
+        return;
+    }
+    let _g = serial();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    \
+         print('REACHED')\nexcept OSError as e:\n    print('refused', e)"
+    );
+    // --net none (the default): the host's loopback is not the sandbox's.
+    let run = gvisor(&["--timeout", "20s"], &["python3", "-c", &probe]);
+    assert_eq!(run.status(), "exited", "{run:?}");
+    assert!(run.stdout.contains("refused"), "{run:?}");
+    // --net host: the same probe reaches the listener, so the one above
+    // could have (the check can fail).
+    let run = gvisor(
+        &["--net", "host", "--timeout", "20s"],
+        &["python3", "-c", &probe],
+    );
+    assert!(run.stdout.contains("REACHED"), "{run:?}");
+}
