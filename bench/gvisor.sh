@@ -70,6 +70,7 @@ echo "alcove: $ALCOVE; $(runsc --version | head -n 1)"
 limits="--memory 256M --pids 64 --cpus 1"
 echo "== start-to-exit of a sandboxed 'true' (rounds: $ROUNDS, interleaved) =="
 "$ALCOVE" bench compare --rounds "$ROUNDS" \
+    --baseline runsc-run \
     --cmd "container=$ALCOVE run --rootfs $rootfs $limits -- /bin/true" \
     --cmd "gvisor=$ALCOVE run --isolation gvisor --rootfs $rootfs $limits -- /bin/true" \
     --cmd "runsc-run=$work/runsc-run" \

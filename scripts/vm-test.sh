@@ -79,7 +79,7 @@ environment:
                       functions hostile isolation router control
                       http_functions warm_isolation sandboxes sandbox_restart
                       lifecycle hardening spec_features
-                      podman containerd": the alcove package's integration
+                      podman containerd gvisor": the alcove package's integration
                       tests, alcove-api's router, which runs sandboxes, and
                       alcove-oci's (the OCI runtime under podman and
                       containerd on a cgroup v2 host under systemd);

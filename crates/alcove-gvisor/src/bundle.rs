@@ -5,6 +5,7 @@ use crate::GvisorError;
 use alcove_sandbox::{NetMode, SandboxSpec};
 use serde_json::{json, Value};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The host directories the host view shows read-only, as the container
@@ -34,7 +35,12 @@ impl Bundle {
             source,
         };
         std::fs::create_dir_all(root).map_err(failed)?;
-        std::fs::create_dir(&dir).map_err(failed)?;
+        // Only root reads it: config.json holds the run's environment
+        // (a function's secrets among it).
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(failed)?;
         let bundle = Bundle { dir, id };
         let failed = |source| GvisorError::Bundle {
             path: bundle.dir.clone(),
@@ -66,6 +72,36 @@ impl Bundle {
     pub fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
+}
+
+/// Removes the run directories of alcove processes that died mid-run (their
+/// Sentries and Gofers were in their cgroups, which `alcove gc` kills
+/// first); returns how many.
+pub fn gc(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("alcove-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|o| o.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(owner, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if owner == std::process::id() as i32 || alive {
+            continue;
+        }
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 impl Drop for Bundle {

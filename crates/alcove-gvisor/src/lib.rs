@@ -19,7 +19,13 @@ mod runsc;
 
 pub use bundle::Bundle;
 pub use run::{run, GvisorOptions};
-pub use runsc::{platforms, Runsc, PACKAGE};
+pub use runsc::{platforms, Runsc, PACKAGE, STATE_ROOT};
+
+/// Removes what dead alcoves left of their gVisor runs (after
+/// `alcove_sandbox::gc` killed their cgroups).
+pub fn gc() -> usize {
+    bundle::gc(std::path::Path::new(STATE_ROOT))
+}
 
 use std::io;
 use std::path::PathBuf;

@@ -529,9 +529,10 @@ pub fn main() -> i32 {
                 // (its record is written once its home is filled).
                 let homes =
                     alcove_engine::sandboxes::gc_sandbox_homes(&data_dir, Duration::from_secs(600));
+                let gvisor = alcove_gvisor::gc();
                 println!(
-                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s), {} empty parent cgroup(s), {} orphaned sandbox home(s)",
-                    r.orphan_cgroups, r.pool_pieces, r.templates, r.parents, homes
+                    "removed {} cgroup(s) of dead runs, {} pooled piece(s) (cgroups and network namespaces), {} template namespace(s), {} empty parent cgroup(s), {} orphaned sandbox home(s), {} gVisor run directories",
+                    r.orphan_cgroups, r.pool_pieces, r.templates, r.parents, homes, gvisor
                 );
                 0
             }

@@ -253,3 +253,47 @@ fn the_network_modes_hold_in_gvisor() {
     );
     assert!(run.stdout.contains("REACHED"), "{run:?}");
 }
+
+#[test]
+fn a_killed_alcove_leaves_nothing_after_gc() {
+    if !runsc_or_skip("a_killed_alcove_leaves_nothing_after_gc") {
+        return;
+    }
+    let _g = serial();
+    let before = runsc_processes();
+    let mut child = Command::new(ALCOVE)
+        .args(["run", "--isolation", "gvisor", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mine = format!("alcove-{}-", child.id());
+    let started = || {
+        leftovers().iter().any(|d| d.starts_with(&mine))
+            && runsc_processes().iter().any(|p| !before.contains(p))
+    };
+    wait_until(
+        "the gVisor sandbox runs",
+        std::time::Duration::from_secs(60),
+        started,
+    );
+    // The situation under test: alcove dies with the Sentry running.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(started(), "the sandbox outlived alcove until gc");
+    let out = alcove(&["gc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 gVisor run director"), "{text}");
+    wait_until(
+        "gVisor's processes are gone",
+        std::time::Duration::from_secs(10),
+        || runsc_processes().iter().all(|p| before.contains(p)),
+    );
+    assert!(
+        !leftovers().iter().any(|d| d.starts_with(&mine)),
+        "{:?}",
+        leftovers()
+    );
+}
