@@ -229,10 +229,11 @@ enum MonitorFlag {
 /// Which wall stands between the program and the host's kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Isolation {
-    /// alcove's micro-container: namespaces, seccomp, cgroups (the default).
+    // alcove's micro-container: namespaces, seccomp, cgroups. (Plain
+    // comments: clap would print variant docs as long help.)
     #[default]
     Container,
-    /// gVisor: the program talks to a user-space kernel (runsc), not the host's.
+    // gVisor: the program talks to a user-space kernel (runsc), not the host's.
     Gvisor,
 }
 
@@ -308,8 +309,7 @@ struct RunArgs {
     /// Maximum open files per process.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     open_files: u64,
-    /// The isolation tier: `container` (default) or `gvisor` (runsc, the
-    /// Debian package of that name: slower to start, a second wall).
+    /// Isolation tier: container, or gvisor (runsc: a user-space kernel, slower to start)
     #[arg(long, value_enum, default_value_t = Isolation::Container)]
     isolation: Isolation,
     /// Write a JSON report of how the run ended and what it used to FILE.
