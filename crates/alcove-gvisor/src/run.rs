@@ -91,9 +91,29 @@ fn run_in(
         Stdio::Capture { stdin } => Some(stdin.clone()),
         Stdio::Stream { .. } => return Err(GvisorError::Unsupported("streamed output")),
     };
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    // Passed through to alcove's own stdout and stderr up to their caps,
+    // then closed (as the container tier does), or captured up to theirs.
+    let caps = match capture {
+        Some(_) => {
+            let out = spec.limits.output_bytes.map_or(CAPTURE_LIMIT, to_usize);
+            let err = spec.limits.stderr_bytes.or(spec.limits.output_bytes);
+            Some((
+                out.min(CAPTURE_LIMIT),
+                err.map_or(CAPTURE_LIMIT, to_usize).min(CAPTURE_LIMIT),
+            ))
+        }
+        None if spec.limits.output_bytes.is_some() || spec.limits.stderr_bytes.is_some() => Some((
+            spec.limits.output_bytes.map_or(usize::MAX, to_usize),
+            spec.limits.stderr_bytes.map_or(usize::MAX, to_usize),
+        )),
+        None => None,
+    };
     if capture.is_some() {
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
+        cmd.stdin(std::process::Stdio::piped());
+    }
+    if caps.is_some() {
+        cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
     let started = Instant::now();
@@ -101,14 +121,23 @@ fn run_in(
         path: runsc.path.clone(),
         source,
     })?;
-    let readers = capture.map(|stdin| {
+    let feeder = capture.map(|stdin| {
         let mut input = child.stdin.take().expect("piped");
-        let feeder = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let _ = input.write_all(&stdin);
-        });
-        let out = child.stdout.take().map(capped_reader);
-        let err = child.stderr.take().map(capped_reader);
-        (feeder, out, err)
+        })
+    });
+    let passing = feeder.is_none();
+    let readers = caps.map(|(out_cap, err_cap)| {
+        let out = child
+            .stdout
+            .take()
+            .map(|r| capped_reader(r, out_cap, passing.then(std::io::stdout)));
+        let err = child
+            .stderr
+            .take()
+            .map(|r| capped_reader(r, err_cap, passing.then(std::io::stderr)));
+        (out, err)
     });
     let pidfd = alcove_sys::seqpacket::pidfd_open(child.id() as i32).map_err(|source| {
         GvisorError::Prepare {
@@ -176,8 +205,10 @@ fn run_in(
                 .into(),
         );
     }
-    if let Some((feeder, out, err)) = readers {
+    if let Some(feeder) = feeder {
         let _ = feeder.join();
+    }
+    if let Some((out, err)) = readers {
         let join = |r: Option<std::thread::JoinHandle<(Vec<u8>, bool)>>| {
             r.and_then(|h| h.join().ok()).unwrap_or_default()
         };
@@ -228,19 +259,40 @@ fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
     })
 }
 
-/// Reads all of `source`, keeping the first [`CAPTURE_LIMIT`] bytes.
-fn capped_reader(
+/// Reads `source` to its end. Captured (`sink` none): keeps the first
+/// `cap` bytes and drains the rest. Passed through to `sink`: writes the
+/// first `cap` bytes, then closes `source`, so the program's next write
+/// fails (EPIPE), as in the container tier.
+fn capped_reader<W: Write + Send + 'static>(
     mut source: impl Read + Send + 'static,
+    cap: usize,
+    sink: Option<W>,
 ) -> std::thread::JoinHandle<(Vec<u8>, bool)> {
     std::thread::spawn(move || {
+        let mut sink = sink;
         let mut kept = Vec::new();
+        let mut passed = 0usize;
         let mut cut = false;
         let mut buf = [0u8; 16 << 10];
         loop {
-            match source.read(&mut buf) {
+            let n = match source.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = CAPTURE_LIMIT - kept.len();
+                Ok(n) => n,
+            };
+            match sink.as_mut() {
+                Some(out) => {
+                    let room = cap - passed;
+                    let _ = out
+                        .write_all(&buf[..n.min(room)])
+                        .and_then(|()| out.flush());
+                    passed += n.min(room);
+                    if n > room {
+                        cut = true;
+                        break; // dropping `source` closes the stream
+                    }
+                }
+                None => {
+                    let room = cap - kept.len();
                     cut |= n > room;
                     kept.extend_from_slice(&buf[..n.min(room)]);
                 }
