@@ -139,12 +139,19 @@ fn run_in(
             .map(|r| capped_reader(r, err_cap, passing.then(std::io::stderr)));
         (out, err)
     });
-    let pidfd = alcove_sys::seqpacket::pidfd_open(child.id() as i32).map_err(|source| {
-        GvisorError::Prepare {
-            what: "watching runsc",
-            source,
+    let pidfd = match alcove_sys::seqpacket::pidfd_open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(source) => {
+            // Nothing may outlive a failed start: runsc and all it began go
+            // with the cgroup, and runsc is reaped here, not left a zombie.
+            cgroup.kill_all();
+            let _ = child.wait();
+            return Err(GvisorError::Prepare {
+                what: "watching runsc",
+                source,
+            });
         }
-    })?;
+    };
     let timed_out = match spec.limits.timeout {
         Some(limit) => !wait_readable(pidfd.as_fd(), limit),
         None => false,
