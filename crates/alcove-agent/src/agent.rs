@@ -21,6 +21,11 @@ use std::time::Duration;
 /// The commands running, by pid, each with a pidfd that wakes the loop.
 type Running = HashMap<i32, OwnedFd>;
 
+/// How long an ended command's report waits for the rest of its process
+/// group to die after a SIGKILL to the group (a process stuck in the kernel
+/// cannot hold the answer back longer).
+const GROUP_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// Serves the daemon on the socket named by `$ALCOVE_AGENT_FD` (inherited
 /// from the daemon); returns the exit code.
 pub fn serve_inherited() -> i32 {
@@ -87,6 +92,8 @@ pub fn serve(sock: OwnedFd) -> i32 {
         sock,
         env,
         running: Running::new(),
+        group_killed: std::collections::HashSet::new(),
+        draining: Vec::new(),
         copy_filter,
     };
     if agent
@@ -103,10 +110,22 @@ pub fn serve(sock: OwnedFd) -> i32 {
     agent.run()
 }
 
+/// An ended command's report, held back while its killed group dies.
+struct Drain {
+    exited: Reply,
+    group: i32,
+    until: std::time::Instant,
+}
+
 struct Agent {
     sock: OwnedFd,
     env: Vec<(String, String)>,
     running: Running,
+    /// Commands whose whole process group was sent SIGKILL.
+    group_killed: std::collections::HashSet<i32>,
+    /// Ended commands whose report waits until their killed group is gone,
+    /// so that "it ended" also means nothing it started still runs.
+    draining: Vec<Drain>,
     /// Stacked on every command but a forkable one (the interpreter).
     copy_filter: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
 }
@@ -135,8 +154,14 @@ impl Agent {
                     revents: 0,
                 })
                 .collect();
-            // Orphans reparented to pid 1 are reaped on each wake, at least once a second.
-            if let Err(e) = fd::poll(&mut polled, Some(Duration::from_secs(1))) {
+            // Orphans reparented to pid 1 are reaped on each wake, at least
+            // once a second; often while a killed group is dying.
+            let wake = if self.draining.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(2)
+            };
+            if let Err(e) = fd::poll(&mut polled, Some(wake)) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
             }
@@ -187,8 +212,27 @@ impl Agent {
                 } else {
                     (Some(libc::WEXITSTATUS(status)), None)
                 };
-                let _ = self.send(&Reply::Exited { pid, code, signal }, &[]);
+                let exited = Reply::Exited { pid, code, signal };
+                if self.group_killed.remove(&pid) && process::exists(-pid) {
+                    self.draining.push(Drain {
+                        exited,
+                        group: pid,
+                        until: std::time::Instant::now() + GROUP_DRAIN_LIMIT,
+                    });
+                } else {
+                    let _ = self.send(&exited, &[]);
+                }
             }
+        }
+        // The group's members are the agent's children once their leader is
+        // gone (it is pid 1), so each is reaped above before this looks.
+        let now = std::time::Instant::now();
+        let (gone, waiting): (Vec<Drain>, Vec<Drain>) = std::mem::take(&mut self.draining)
+            .into_iter()
+            .partition(|d| now >= d.until || !process::exists(-d.group));
+        self.draining = waiting;
+        for drained in gone {
+            let _ = self.send(&drained.exited, &[]);
         }
     }
 
@@ -276,9 +320,14 @@ impl Agent {
                     });
                 }
                 // The command leads its own process group: what it started goes too.
-                process::kill(-pid, signal)
-                    .or_else(|_| process::kill(pid, signal))
-                    .map_err(|e| AgentFailure::io("sending a signal", &e))?;
+                match process::kill(-pid, signal) {
+                    Ok(()) if signal == libc::SIGKILL => {
+                        self.group_killed.insert(pid);
+                    }
+                    Ok(()) => {}
+                    Err(_) => process::kill(pid, signal)
+                        .map_err(|e| AgentFailure::io("sending a signal", &e))?,
+                }
                 Ok((Reply::Done { id, size: None }, None))
             }
             Request::Adopt { id, pid } => {
