@@ -88,6 +88,13 @@ pub struct DeployBody {
     /// version's guard when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<alcove_engine::Guard>,
+    /// `container` (default) or `gvisor`: each invocation on gVisor's
+    /// user-space kernel (runsc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// With `gvisor`: sandboxes booted ahead of requests (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<u32>,
 }
 
 /// `POST /v1/functions/{name}/rollback`.
@@ -258,6 +265,8 @@ pub fn parse_deploy(body: &[u8]) -> Result<DeployRequest, ApiError> {
         warm: d.warm,
         init_timeout_ms: d.init_timeout_ms,
         guard: d.guard,
+        isolation: d.isolation,
+        pool: d.pool,
     };
     Ok(DeployRequest {
         name: d.name,

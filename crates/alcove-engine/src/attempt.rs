@@ -126,7 +126,7 @@ impl Engine {
                     (lease, pinned),
                 ))
             });
-        let (mut watch, spec, lease) = match prepared {
+        let (mut watch, mut spec, lease) = match prepared {
             Ok(prepared) => prepared,
             // A version that cannot be prepared (its image is gone...) is a failed invocation.
             Err(e) => return self.fail(record, alcove_sandbox::error_chain(&e), retry_on_failure),
@@ -135,6 +135,10 @@ impl Engine {
         let template = self.template_for(v);
         let mut cancel = vec![Arc::clone(&self.cancel)];
         cancel.extend(control.as_ref().map(|c| Arc::clone(&c.cancel)));
+        let gvisor = alcove_gvisor::GvisorOptions {
+            state_root: None,
+            cancel: cancel.clone(),
+        };
         let options = RunOptions {
             forward_signals: false,
             collect_usage: true,
@@ -150,15 +154,22 @@ impl Engine {
             &v.function,
             serde_json::json!({"event": "start", "version": v.version, "invocation": record.id}),
         );
-        // Warm when its template serves; cold (the same code) while it does not.
-        let warm = template.map(|t| t.run(&spec, &options, &mut *observer));
-        let (kind, result) = match warm {
-            Some(Err(alcove_warm::WarmError::Run(e))) => ("warm", Err(e)),
-            Some(Ok(outcome)) => ("warm", Ok(outcome)),
-            Some(Err(_)) | None => (
-                "cold",
-                alcove_sandbox::run_observed(&spec, &options, observer),
-            ),
+        // Warm when its template (or gVisor pool) serves; cold (the same
+        // code) while it does not.
+        let (kind, result) = if v.config.isolation == "gvisor" {
+            let (kind, result) = self.run_gvisor(v, &mut spec, &gvisor);
+            (kind, result.map_err(|e| e.to_string()))
+        } else {
+            let warm = template.map(|t| t.run(&spec, &options, &mut *observer));
+            let (kind, result) = match warm {
+                Some(Err(alcove_warm::WarmError::Run(e))) => ("warm", Err(e)),
+                Some(Ok(outcome)) => ("warm", Ok(outcome)),
+                Some(Err(_)) | None => (
+                    "cold",
+                    alcove_sandbox::run_observed(&spec, &options, observer),
+                ),
+            };
+            (kind, result.map_err(|e| alcove_sandbox::error_chain(&e)))
         };
         if let Some(w) = watch.as_mut() {
             alcove_sandbox::Observer::after_end(w); // (a no-op when the run did it)
@@ -230,7 +241,7 @@ impl Engine {
             }
             Err(e) => {
                 record.status = "error".into();
-                record.error = Some(alcove_sandbox::error_chain(&e));
+                record.error = Some(e);
             }
         }
         if record.is_async {

@@ -91,6 +91,12 @@ pub struct ConfigChange {
     /// Replaces the whole guard when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::Guard>,
+    /// `container` or `gvisor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// gVisor sandboxes booted ahead of requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<u32>,
 }
 
 fn text_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
@@ -158,6 +164,11 @@ pub(crate) fn plan(
     set(&mut c.init_timeout_ms, &change.init_timeout_ms.map(Some));
     set(&mut c.guard, &change.guard);
     set(&mut c.accel, &change.accel.clone().map(Some));
+    set(&mut c.isolation, &change.isolation);
+    if change.isolation.as_deref() == Some("container") {
+        c.pool = None; // a gVisor setting: it does not carry over to the container tier
+    }
+    set(&mut c.pool, &change.pool.map(Some));
     if let Some(image) = &change.image {
         c.image = Some(image.clone());
         c.image_id = None; // resolved again: the name may point at a newer import
@@ -286,6 +297,7 @@ pub(crate) fn finish(
             if v.config.warm && engine.live_template(v).is_none() {
                 engine.start_template(v)?;
             }
+            engine.refill_pool(v);
             return Ok(Deployed {
                 version: v.clone(),
                 unchanged: true,
@@ -324,6 +336,20 @@ pub(crate) fn finish(
         }
     } else {
         engine.stop_template(&name);
+    }
+    if version.config.isolation == "gvisor" {
+        // A version gVisor cannot run is refused, and leaves nothing.
+        if let Err(e) = engine.start_pool(&version) {
+            let previous = latest.as_ref().map(|(v, _)| v.version);
+            engine
+                .store
+                .remove_version(&name, version.version, previous)?;
+            engine.forget(&name);
+            engine.follow_latest(&name);
+            return Err(e);
+        }
+    } else {
+        engine.stop_pool(&name);
     }
     tracing::info!(
         function = %version.function,

@@ -152,6 +152,8 @@ pub struct Engine {
     pub(crate) running: Arc<crate::running::Running>,
     /// Warm functions' templates.
     pub(crate) warm: crate::warm::WarmTemplates,
+    /// gVisor functions' pools of sandboxes booted ahead.
+    pub(crate) gvisor: crate::gvisor_pool::GvisorPools,
     /// This engine, for threads that outlive a call (a template's rebuild).
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     pub(crate) sandboxes: crate::sandboxes::Sandboxes,
@@ -319,6 +321,7 @@ impl Engine {
             cluster: Default::default(),
             running: Arc::default(),
             warm: Default::default(),
+            gvisor: Default::default(),
             me: std::sync::OnceLock::new(),
             sandboxes: crate::sandboxes::Sandboxes::new(config_max_sandboxes),
             metrics,
@@ -329,6 +332,7 @@ impl Engine {
         engine.unpin_removed();
         engine.monitor.start();
         engine.restore_warm();
+        engine.restore_pools();
         engine.start_cluster()?;
         engine.clean_template_staging();
         engine.restore_sandboxes();
@@ -461,6 +465,7 @@ impl Engine {
             self.stats.forget(name);
             self.forget_learning(name);
             self.stop_template(name);
+            self.stop_pool(name);
             self.forget(name);
             self.admission.forget(name);
             let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));
@@ -833,7 +838,11 @@ impl Engine {
         // and so do the cgroups of copies that served (removed on a thread
         // after their responses: a SIGTERM right after one left its cgroup).
         self.stop_all_templates();
-        let left = tokio::task::spawn_blocking(|| {
+        let me = self.me.get().and_then(std::sync::Weak::upgrade);
+        let left = tokio::task::spawn_blocking(move || {
+            if let Some(engine) = me {
+                engine.stop_all_pools();
+            }
             alcove_sandbox::wait_for_teardowns(Duration::from_secs(10))
         })
         .await
@@ -922,6 +931,7 @@ fn validate(
         }
     }
     crate::http::check_config(c).map_err(EngineError::Invalid)?;
+    check_isolation(c)?;
     if c.net != "none" && c.net != "host" {
         return invalid(format!("net {:?}: use \"none\" or \"host\"", c.net));
     }
@@ -965,4 +975,57 @@ fn validate(
         b.source = resolved.source.to_string_lossy().into_owned();
     }
     Ok(())
+}
+
+/// The isolation tier and what it allows: gVisor runs neither warm
+/// templates (its pool takes their place), nor eBPF rules (they would see
+/// the Sentry's syscalls, not the handler's), nor the accelerator (a host
+/// descriptor), nor a CPU-time limit (not yet).
+fn check_isolation(c: &crate::model::FunctionConfig) -> Result<(), EngineError> {
+    let invalid = |m: String| Err(EngineError::Invalid(m));
+    match c.isolation.as_str() {
+        "container" => {
+            if c.pool.is_some() {
+                return invalid(
+                    "pool: it sizes a gVisor function's pool of booted sandboxes; give \
+                     --isolation gvisor, or leave --pool out"
+                        .into(),
+                );
+            }
+            Ok(())
+        }
+        "gvisor" => {
+            let refused = [
+                (
+                    c.warm,
+                    "warm (its pool of booted sandboxes takes the place of warm starts)",
+                ),
+                (
+                    !c.guard.is_empty(),
+                    "guard (eBPF would watch gVisor's own syscalls, not the handler's)",
+                ),
+                (c.accel.is_some(), "accel"),
+                (
+                    c.cpu_time_ms.is_some(),
+                    "cpu_time_ms (not yet; its timeout holds)",
+                ),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(used, _)| *used) {
+                return invalid(format!(
+                    "isolation \"gvisor\" does not offer {what}: leave it out, or deploy with \
+                     --isolation container"
+                ));
+            }
+            match c.pool {
+                Some(n) if n > crate::gvisor_pool::MAX_POOL => invalid(format!(
+                    "pool {n}: use 0 to {}",
+                    crate::gvisor_pool::MAX_POOL
+                )),
+                _ => Ok(()),
+            }
+        }
+        other => invalid(format!(
+            "isolation {other:?}: use \"container\" (the default) or \"gvisor\""
+        )),
+    }
 }

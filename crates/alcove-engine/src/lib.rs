@@ -17,6 +17,7 @@ mod control;
 mod engine;
 mod function_spec;
 mod guard;
+mod gvisor_pool;
 mod http;
 mod image;
 mod learning;

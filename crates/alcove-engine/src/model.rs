@@ -85,6 +85,22 @@ pub struct FunctionConfig {
     /// What the kernel polices its invocations with (budgets, rules, a policy).
     #[serde(default, skip_serializing_if = "crate::Guard::is_empty")]
     pub guard: crate::Guard,
+    /// `container` (default: alcove's own sandbox on the host kernel) or
+    /// `gvisor` (each invocation on gVisor's user-space kernel, runsc).
+    #[serde(default = "default_isolation", skip_serializing_if = "is_container")]
+    pub isolation: String,
+    /// With `gvisor`: sandboxes booted ahead of requests (default 1; 0 for
+    /// none), so that a request pays `runsc exec`, not the boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<u32>,
+}
+
+fn default_isolation() -> String {
+    "container".into()
+}
+
+fn is_container(isolation: &str) -> bool {
+    isolation == "container"
 }
 
 /// A host path a function sees (`--bind SRC:DST[:ro|rw]`).

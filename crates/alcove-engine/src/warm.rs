@@ -293,6 +293,7 @@ impl Engine {
             .function(name)
             .ok()
             .and_then(|f| f.versions.into_iter().find(|v| v.version == f.latest));
+        self.follow_pool(name, latest.as_ref());
         match latest {
             Some(v) if v.config.warm => {
                 if self.live_template(&v).is_none() {

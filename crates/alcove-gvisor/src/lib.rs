@@ -14,12 +14,21 @@
 //! "Isolation tiers" section.
 
 mod bundle;
+mod pool;
 mod run;
 mod runsc;
 
 pub use bundle::Bundle;
+pub use pool::PooledSandbox;
 pub use run::{run, GvisorOptions};
 pub use runsc::{platforms, Runsc, PACKAGE, STATE_ROOT};
+
+/// Checks that this tier can run `spec` (and that runsc is installed),
+/// without running anything: a deploy's check.
+pub fn check(spec: &SandboxSpec) -> Result<(), GvisorError> {
+    Runsc::find()?;
+    bundle::config(spec).map(drop)
+}
 
 /// Removes what dead alcoves left of their gVisor runs (after
 /// `alcove_sandbox::gc` killed their cgroups).

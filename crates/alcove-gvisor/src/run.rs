@@ -4,14 +4,15 @@
 use crate::bundle::Bundle;
 use crate::runsc::{Runsc, STATE_ROOT};
 use crate::GvisorError;
-use alcove_cgroup::SandboxCgroup;
+use alcove_cgroup::{SandboxCgroup, Usage};
 use alcove_sandbox::{NetMode, Outcome, SandboxSpec, Status, Stdio};
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What gVisor's own processes (the Sentry, the Gofer, runsc) add to the
@@ -26,16 +27,50 @@ const CAPTURE_LIMIT: usize = 1 << 20;
 pub struct GvisorOptions {
     /// Where each run's bundle and runsc state go (default /run/alcove/gvisor).
     pub state_root: Option<PathBuf>,
+    /// Read ends of pipes: once the write end of any is closed, the run is
+    /// killed and reported `cancelled` (a daemon's shutdown, a client's cancel).
+    pub cancel: Vec<Arc<OwnedFd>>,
+}
+
+impl GvisorOptions {
+    pub(crate) fn root(&self) -> PathBuf {
+        self.state_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(STATE_ROOT))
+    }
 }
 
 /// Runs `spec` in gVisor to completion and reports how it ended.
 pub fn run(spec: &SandboxSpec, options: &GvisorOptions) -> Result<Outcome, GvisorError> {
     let runsc = Runsc::find()?;
-    let root = options
-        .state_root
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(STATE_ROOT));
-    let bundle = Bundle::create(&root, spec)?;
+    let bundle = Bundle::create(&options.root(), spec)?;
+    let cgroup = sandbox_cgroup(spec)?;
+    let mut cmd = runsc.command(&bundle.state(), network(spec));
+    cmd.arg("run")
+        .arg("--bundle")
+        .arg(bundle.bundle())
+        .arg(&bundle.id);
+    let result = supervise(cmd, &runsc, &cgroup, spec, options, &Usage::default());
+    let cgroup_id = finish(cgroup);
+    drop(bundle);
+    result.map(|mut outcome| {
+        outcome.cgroup_id = cgroup_id;
+        outcome
+    })
+}
+
+/// The `--network` runsc gets for `spec`.
+pub(crate) fn network(spec: &SandboxSpec) -> &'static str {
+    if spec.net == NetMode::Host {
+        "host"
+    } else {
+        "none"
+    }
+}
+
+/// A cgroup beneath alcove's own with `spec`'s limits, gVisor's own share
+/// added.
+pub(crate) fn sandbox_cgroup(spec: &SandboxSpec) -> Result<SandboxCgroup, GvisorError> {
     let mut limits = spec.limits.clone();
     limits.memory_bytes = limits
         .memory_bytes
@@ -50,69 +85,97 @@ pub fn run(spec: &SandboxSpec, options: &GvisorOptions) -> Result<Outcome, Gviso
         },
         Some(&alcove_cgroup::Limits::default()),
     );
-    let result = applied
-        .map_err(|e| GvisorError::Cgroup(alcove_sandbox::SandboxError::Cgroup(e)))
-        .and_then(|()| run_in(&runsc, &bundle, &cgroup, spec));
-    // Everything runsc started is in the cgroup: killing it all leaves no
-    // Sentry, Gofer or mount namespace behind, whatever runsc did.
+    if let Err(e) = applied {
+        finish(cgroup);
+        return Err(GvisorError::Cgroup(alcove_sandbox::SandboxError::Cgroup(e)));
+    }
+    Ok(cgroup)
+}
+
+/// Kills everything in `cgroup` and removes it; returns its id. Everything
+/// runsc started is in it: no Sentry, Gofer or mount namespace is left,
+/// whatever runsc did.
+pub(crate) fn finish(cgroup: SandboxCgroup) -> Option<u64> {
     cgroup.kill_all();
-    let cgroup_id = cgroup.id();
+    let id = cgroup.id();
     if let Err(e) = cgroup.remove() {
         eprintln!("alcove: warning: {e} (run `alcove gc` to clean up)");
     }
-    drop(bundle);
-    result.map(|mut outcome| {
-        outcome.cgroup_id = cgroup_id;
-        outcome
-    })
+    id
 }
 
-fn run_in(
+/// How the wait for runsc ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    Ended,
+    TimedOut,
+    Cancelled,
+}
+
+/// Starts `cmd` (a `runsc run` or `runsc exec`) inside `cgroup`, feeds and
+/// reads its stdio as `spec` says, holds it to `spec`'s wall-clock limit and
+/// `options`' cancel, and reports how it ended. CPU time is counted from
+/// `before` (what the cgroup had used when this run began).
+pub(crate) fn supervise(
+    mut cmd: std::process::Command,
     runsc: &Runsc,
-    bundle: &Bundle,
     cgroup: &SandboxCgroup,
     spec: &SandboxSpec,
+    options: &GvisorOptions,
+    before: &Usage,
 ) -> Result<Outcome, GvisorError> {
-    let network = if spec.net == NetMode::Host {
-        "host"
-    } else {
-        "none"
-    };
-    let mut cmd = runsc.command(&bundle.state(), network);
-    cmd.arg("run")
-        .arg("--bundle")
-        .arg(bundle.bundle())
-        .arg(&bundle.id);
-    // runsc joins the cgroup before it runs, so the Sentry and Gofer it
-    // starts are born there.
+    // runsc joins the cgroup before it runs, so all it starts is born there.
     start_in(&mut cmd, cgroup);
-    let capture = match &spec.stdio {
-        Stdio::Inherit => None,
-        Stdio::Capture { stdin } => Some(stdin.clone()),
-        Stdio::Stream { .. } => return Err(GvisorError::Unsupported("streamed output")),
-    };
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    // Passed through to alcove's own stdout and stderr up to their caps,
-    // then closed (as the container tier does), or captured up to theirs.
-    let caps = match capture {
-        Some(_) => {
-            let out = spec.limits.output_bytes.map_or(CAPTURE_LIMIT, to_usize);
-            let err = spec.limits.stderr_bytes.or(spec.limits.output_bytes);
+    let out_limit = spec.limits.output_bytes.map(to_usize);
+    let err_limit = spec
+        .limits
+        .stderr_bytes
+        .or(spec.limits.output_bytes)
+        .map(to_usize);
+    // Where stdout and stderr go: passed through to alcove's own, up to
+    // their caps (then closed, as in the container tier), captured up to
+    // theirs, or streamed to a reader up to the output limit.
+    let (stdin, sinks) = match &spec.stdio {
+        Stdio::Inherit if out_limit.is_none() && spec.limits.stderr_bytes.is_none() => (None, None),
+        Stdio::Inherit => (
+            None,
             Some((
-                out.min(CAPTURE_LIMIT),
-                err.map_or(CAPTURE_LIMIT, to_usize).min(CAPTURE_LIMIT),
-            ))
+                Sink::Through(Box::new(std::io::stdout()), out_limit.unwrap_or(usize::MAX)),
+                Sink::Through(
+                    Box::new(std::io::stderr()),
+                    spec.limits.stderr_bytes.map_or(usize::MAX, to_usize),
+                ),
+            )),
+        ),
+        Stdio::Capture { stdin } => (
+            Some(stdin.clone()),
+            Some((
+                Sink::Keep(out_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
+                Sink::Keep(err_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
+            )),
+        ),
+        Stdio::Stream { stdin, stdout } => {
+            let target = stdout
+                .0
+                .try_clone()
+                .map_err(|source| GvisorError::Prepare {
+                    what: "the stream for stdout",
+                    source,
+                })?;
+            (
+                Some(stdin.clone()),
+                Some((
+                    Sink::Stream(std::fs::File::from(target), out_limit.unwrap_or(usize::MAX)),
+                    Sink::Keep(err_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
+                )),
+            )
         }
-        None if spec.limits.output_bytes.is_some() || spec.limits.stderr_bytes.is_some() => Some((
-            spec.limits.output_bytes.map_or(usize::MAX, to_usize),
-            spec.limits.stderr_bytes.map_or(usize::MAX, to_usize),
-        )),
-        None => None,
     };
-    if capture.is_some() {
+    if stdin.is_some() {
         cmd.stdin(std::process::Stdio::piped());
     }
-    if caps.is_some() {
+    if sinks.is_some() {
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
@@ -121,22 +184,15 @@ fn run_in(
         path: runsc.path.clone(),
         source,
     })?;
-    let feeder = capture.map(|stdin| {
+    let feeder = stdin.map(|stdin| {
         let mut input = child.stdin.take().expect("piped");
         std::thread::spawn(move || {
             let _ = input.write_all(&stdin);
         })
     });
-    let passing = feeder.is_none();
-    let readers = caps.map(|(out_cap, err_cap)| {
-        let out = child
-            .stdout
-            .take()
-            .map(|r| capped_reader(r, out_cap, passing.then(std::io::stdout)));
-        let err = child
-            .stderr
-            .take()
-            .map(|r| capped_reader(r, err_cap, passing.then(std::io::stderr)));
+    let readers = sinks.map(|(out_sink, err_sink)| {
+        let out = child.stdout.take().map(|r| relay(r, out_sink));
+        let err = child.stderr.take().map(|r| relay(r, err_sink));
         (out, err)
     });
     let pidfd = match alcove_sys::seqpacket::pidfd_open(child.id() as i32) {
@@ -152,11 +208,8 @@ fn run_in(
             });
         }
     };
-    let timed_out = match spec.limits.timeout {
-        Some(limit) => !wait_readable(pidfd.as_fd(), limit),
-        None => false,
-    };
-    if timed_out {
+    let waited = wait_for(pidfd.as_fd(), spec.limits.timeout, &options.cancel);
+    if waited != Waited::Ended {
         cgroup.kill_all();
     }
     let status = child.wait().map_err(|source| GvisorError::Prepare {
@@ -188,24 +241,26 @@ fn run_in(
         stderr: Vec::new(),
     };
     if let Ok(usage) = cgroup.usage() {
-        outcome.cpu_user_ms = usage.cpu_user_us as f64 / 1e3;
-        outcome.cpu_sys_ms = usage.cpu_system_us as f64 / 1e3;
+        let ms = |now: u64, then: u64| now.saturating_sub(then) as f64 / 1e3;
+        outcome.cpu_user_ms = ms(usage.cpu_user_us, before.cpu_user_us);
+        outcome.cpu_sys_ms = ms(usage.cpu_system_us, before.cpu_system_us);
         outcome.memory_peak_bytes = usage.memory_peak_bytes;
         outcome.pids_peak = usage.pids_peak;
     }
-    let oom = cgroup.oom_kills().unwrap_or(0) > 0;
+    let oom = cgroup.oom_kills().unwrap_or(0) > before.oom_kills;
     let task_limit_hit = spec.limits.pids.is_some() && pids_limit_reached(cgroup);
     // runsc exits with the program's code, or 128+N for signal N.
     let code = status.code().or(status.signal().map(|s| 128 + s));
     (outcome.status, outcome.exit_code, outcome.signal) = match code {
-        _ if timed_out => (Status::Timeout, None, Some(libc::SIGKILL)),
+        _ if waited == Waited::Cancelled => (Status::Cancelled, None, Some(libc::SIGKILL)),
+        _ if waited == Waited::TimedOut => (Status::Timeout, None, Some(libc::SIGKILL)),
         _ if oom => (Status::Oom, None, Some(libc::SIGKILL)),
         _ if task_limit_hit => (Status::KilledByPolicy, None, None),
         Some(c) if c > 128 && c <= 128 + 64 => (Status::Signaled, None, Some(c - 128)),
         Some(c) => (Status::Exited, Some(c), None),
         None => (Status::Signaled, None, status.signal()),
     };
-    if task_limit_hit && !timed_out && !oom {
+    if outcome.status == Status::KilledByPolicy {
         outcome.reason = Some(
             "the task limit (--pids) was reached: gVisor's Sentry cannot start a task past it \
              and ended the sandbox"
@@ -216,11 +271,13 @@ fn run_in(
         let _ = feeder.join();
     }
     if let Some((out, err)) = readers {
-        let join = |r: Option<std::thread::JoinHandle<(Vec<u8>, bool)>>| {
+        let join = |r: Option<std::thread::JoinHandle<Relayed>>| {
             r.and_then(|h| h.join().ok()).unwrap_or_default()
         };
-        (outcome.stdout, outcome.stdout_truncated) = join(out);
-        (outcome.stderr, outcome.stderr_truncated) = join(err);
+        let (out, err) = (join(out), join(err));
+        (outcome.stdout, outcome.stdout_truncated) = (out.kept, out.cut);
+        (outcome.stderr, outcome.stderr_truncated) = (err.kept, err.cut);
+        outcome.stdout_undelivered = out.undelivered;
         outcome.output_truncated = outcome.stdout_truncated || outcome.stderr_truncated;
     }
     Ok(outcome)
@@ -266,65 +323,97 @@ fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
     })
 }
 
-/// Reads `source` to its end. Captured (`sink` none): keeps the first
-/// `cap` bytes and drains the rest. Passed through to `sink`: writes the
-/// first `cap` bytes, then closes `source`, so the program's next write
-/// fails (EPIPE), as in the container tier.
-fn capped_reader<W: Write + Send + 'static>(
-    mut source: impl Read + Send + 'static,
-    cap: usize,
-    sink: Option<W>,
-) -> std::thread::JoinHandle<(Vec<u8>, bool)> {
+/// Where one of the program's output streams goes.
+enum Sink {
+    /// Kept, up to this many bytes; the rest is read and dropped.
+    Keep(usize),
+    /// Written through (alcove's own stdout or stderr) up to this many bytes.
+    Through(Box<dyn Write + Send>, usize),
+    /// Written to a reader's stream up to this many bytes.
+    Stream(std::fs::File, usize),
+}
+
+/// What a relay did with its stream.
+#[derive(Debug, Default)]
+struct Relayed {
+    kept: Vec<u8>,
+    /// Cut at its cap.
+    cut: bool,
+    /// Its reader went away before the end.
+    undelivered: bool,
+}
+
+/// Reads `source` to its end into `sink`. Passed on (through or streamed):
+/// the first `cap` bytes, then `source` is closed, so the program's next
+/// write fails (EPIPE), as in the container tier; a reader that goes away
+/// closes it too.
+fn relay(mut source: impl Read + Send + 'static, sink: Sink) -> std::thread::JoinHandle<Relayed> {
     std::thread::spawn(move || {
-        let mut sink = sink;
-        let mut kept = Vec::new();
+        let mut done = Relayed::default();
         let mut passed = 0usize;
-        let mut cut = false;
+        let (mut out, cap): (Option<Box<dyn Write + Send>>, usize) = match sink {
+            Sink::Keep(cap) => (None, cap),
+            Sink::Through(w, cap) => (Some(w), cap),
+            Sink::Stream(f, cap) => (Some(Box::new(f)), cap),
+        };
         let mut buf = [0u8; 16 << 10];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            match sink.as_mut() {
-                Some(out) => {
+            match out.as_mut() {
+                Some(w) => {
                     let room = cap - passed;
-                    let _ = out
-                        .write_all(&buf[..n.min(room)])
-                        .and_then(|()| out.flush());
+                    if w.write_all(&buf[..n.min(room)])
+                        .and_then(|()| w.flush())
+                        .is_err()
+                    {
+                        done.undelivered = true;
+                        break; // dropping `source` closes the stream
+                    }
                     passed += n.min(room);
                     if n > room {
-                        cut = true;
-                        break; // dropping `source` closes the stream
+                        done.cut = true;
+                        break;
                     }
                 }
                 None => {
-                    let room = cap - kept.len();
-                    cut |= n > room;
-                    kept.extend_from_slice(&buf[..n.min(room)]);
+                    let room = cap - done.kept.len();
+                    done.cut |= n > room;
+                    done.kept.extend_from_slice(&buf[..n.min(room)]);
                 }
             }
         }
-        (kept, cut)
+        done
     })
 }
 
-/// Whether `fd` became readable (the process ended) within `limit`.
-pub(crate) fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+/// Waits until `fd` becomes readable (the process ended), `limit` passes,
+/// or the write end of one of `cancel`'s pipes is closed.
+pub(crate) fn wait_for(
+    fd: std::os::fd::BorrowedFd<'_>,
+    limit: Option<Duration>,
+    cancel: &[Arc<OwnedFd>],
+) -> Waited {
+    let deadline = limit.map(|l| Instant::now() + l);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut polled = [libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        match alcove_sys::fd::poll(&mut polled, Some(left)) {
-            Ok(_) if polled[0].revents != 0 => return true,
-            Ok(_) if left.is_zero() => return false,
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut polled: Vec<libc::pollfd> = std::iter::once(fd.as_raw_fd())
+            .chain(cancel.iter().map(|c| c.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        match alcove_sys::fd::poll(&mut polled, left) {
+            Ok(_) if polled[0].revents != 0 => return Waited::Ended,
+            Ok(_) if polled[1..].iter().any(|p| p.revents != 0) => return Waited::Cancelled,
+            Ok(_) if left.is_some_and(|l| l.is_zero()) => return Waited::TimedOut,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+            Err(_) => return Waited::Ended,
         }
     }
 }

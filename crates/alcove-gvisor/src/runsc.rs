@@ -135,7 +135,8 @@ fn probe(runsc: &Runsc, platform: &str) -> Result<(), String> {
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let pidfd =
             alcove_sys::seqpacket::pidfd_open(child.id() as i32).map_err(|e| e.to_string())?;
-        let ended = crate::run::wait_readable(std::os::fd::AsFd::as_fd(&pidfd), PROBE_LIMIT);
+        let ended = crate::run::wait_for(std::os::fd::AsFd::as_fd(&pidfd), Some(PROBE_LIMIT), &[])
+            == crate::run::Waited::Ended;
         // Whatever runsc left (or, past the limit, all of it) goes now, so
         // that nothing holds its stderr open.
         cgroup.kill_all();

@@ -66,6 +66,9 @@ enum Command {
     /// The agent inside an agent sandbox (started by the daemon, not by hand).
     #[command(name = "sandbox-agent", hide = true)]
     SandboxAgent,
+    /// The first process of a pooled gVisor sandbox (started by the daemon).
+    #[command(name = "gvisor-wait", hide = true)]
+    GvisorWait,
     /// Show what this kernel supports (BTF, ring buffers, BPF LSM, Landlock,
     /// cgroups...) and which mechanism alcove uses for each kind of rule.
     Doctor {
@@ -235,6 +238,16 @@ pub enum Isolation {
     Container,
     // gVisor: the program talks to a user-space kernel (runsc), not the host's.
     Gvisor,
+}
+
+impl Isolation {
+    /// Its name in the API and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Container => "container",
+            Isolation::Gvisor => "gvisor",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -427,13 +440,23 @@ fn parse_hint(e: &clap::Error) -> Option<String> {
     ))
 }
 
+/// The first process of a pooled gVisor sandbox: it holds the sandbox open
+/// until the sandbox is killed, doing nothing.
+fn gvisor_wait() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     // Every agent sandbox starts this; building the whole command line's
     // parser first would be most of its start (~0.75 ms measured).
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "sandbox-agent") && args.next().is_none() {
-        return alcove_agent::serve_inherited();
+    match (args.next(), args.next()) {
+        (Some(a), None) if a == "sandbox-agent" => return alcove_agent::serve_inherited(),
+        (Some(a), None) if a == "gvisor-wait" => gvisor_wait(),
+        _ => {}
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -465,6 +488,7 @@ pub fn main() -> i32 {
         Command::Fn(args) => crate::functions::main(*args),
         Command::Sandbox(args) => crate::sandboxes::main(*args),
         Command::SandboxAgent => alcove_agent::serve_inherited(),
+        Command::GvisorWait => gvisor_wait(),
         Command::Top(args) => crate::functions::top::main(*args),
         Command::Events(args) => crate::functions::follow::events_main(*args),
         Command::Image(args) => crate::image::main(args),

@@ -2,62 +2,15 @@
 //! limit checks again, with the program on gVisor's user-space kernel.
 
 mod common;
+use common::gvisor::*;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-const STATE_ROOT: &str = "/run/alcove/gvisor";
-
-/// Whether runsc is here to test with; says why not when it is missing
-/// (scripts/test.sh installs it, so CI always has it).
-fn runsc_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    let found = ["/usr/bin/runsc", "/usr/sbin/runsc", "/usr/local/bin/runsc"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        skip_unprovided(
-            test,
-            "runsc (the Debian package `runsc`) is not installed; scripts/test.sh installs it",
-        );
-    }
-    found
-}
 
 fn gvisor(options: &[&str], program: &[&str]) -> Run {
     let mut all = vec!["--isolation", "gvisor"];
     all.extend_from_slice(options);
     sandbox(&all, program)
-}
-
-/// This run's bundles and runsc state: none may be left once a run ends.
-fn leftovers() -> Vec<String> {
-    std::fs::read_dir(STATE_ROOT)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Live processes whose executable is runsc (the Sentry and Gofer run as it).
-fn runsc_processes() -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
-            continue;
-        };
-        if exe.file_name().is_some_and(|n| n == "runsc") {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! keeps them across a daemon restart (their homes and records: persist.rs;
 //! a sandbox found at start is `stopped` until a call starts it again).
 
-mod agent_program;
+pub(crate) mod agent_program;
 mod code;
 mod copy;
 mod dns;

@@ -63,6 +63,12 @@ pub(super) struct SettingsArgs {
     /// How long a warm function's initialisation may take [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     init_timeout: Option<std::time::Duration>,
+    /// Isolation tier: container, or gvisor (runsc: a user-space kernel, slower to start)
+    #[arg(long, value_enum)]
+    isolation: Option<crate::cli::Isolation>,
+    /// gVisor sandboxes kept booted ahead of requests, 0 to 16 [default: 1]
+    #[arg(long, value_name = "N")]
+    pool: Option<u32>,
     #[command(flatten)]
     sandbox: SandboxFlags,
     #[command(flatten)]
@@ -192,6 +198,11 @@ impl SettingsArgs {
         set(&mut body.entry, self.entry);
         set(&mut body.warm, self.warm);
         set(&mut body.init_timeout_ms, self.init_timeout.map(millis));
+        set(
+            &mut body.isolation,
+            self.isolation.map(|i| i.as_str().to_owned()),
+        );
+        set(&mut body.pool, self.pool);
         set(&mut body.guard, self.guard.guard()?);
         apply_sandbox_flags(self.sandbox, body)?;
         Ok(())

@@ -45,6 +45,10 @@ pub(super) struct Manifest {
     /// Serve from copies of an initialised template.
     warm: Option<bool>,
     init_timeout: Option<Quantity>,
+    /// `container` (default) or `gvisor`.
+    isolation: Option<String>,
+    /// gVisor sandboxes kept booted ahead of requests.
+    pool: Option<u32>,
     /// `SRC:DST[:ro|rw]`, SRC relative to the manifest's directory.
     #[serde(default)]
     bind: Vec<String>,
@@ -181,6 +185,8 @@ impl Manifest {
         body.runtime = self.runtime.clone();
         body.entry = self.entry.clone();
         body.warm = self.warm;
+        body.isolation = self.isolation.clone();
+        body.pool = self.pool;
         if let Some(q) = &self.init_timeout {
             body.init_timeout_ms = Some(q.millis("init_timeout")?);
         }

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod guard;
+pub mod gvisor;
 pub mod oci;
 pub mod sdk;
 pub mod warm;
