@@ -5,7 +5,9 @@
 # round by round on one busybox rootfs with the same limits; medians, the
 # p10-p90 spread and ratios (alcove bench compare). Then what one gVisor
 # sandbox costs in memory: the peak of its cgroup (Sentry, Gofer, program)
-# for `true` and for an idle `sleep`.
+# for `true` and for an idle `sleep`. Last, HTTP invoke p50/p99 of a trivial
+# function in each tier (bench/gvisor_http.py): container, gVisor cold, gVisor
+# pooled, and what an idle pooled sandbox costs.
 #
 #   bench/gvisor.sh            # ROUNDS=50 by default
 #   ROUNDS=200 bench/gvisor.sh
@@ -94,3 +96,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"  container tier, sleep 2: peak {r['memory_peak_bytes'] / 2**20:6.1f} MiB, {r['pids_peak']} tasks")
 EOF
+
+echo
+echo "== HTTP invoke of a trivial function (echo ok) through alcove serve (rounds: $ROUNDS, interleaved) =="
+python3 bench/gvisor_http.py "$ALCOVE" "$ROUNDS"

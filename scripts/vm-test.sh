@@ -79,7 +79,7 @@ environment:
                       functions hostile isolation router control
                       http_functions warm_isolation sandboxes sandbox_restart
                       lifecycle hardening spec_features
-                      podman containerd gvisor": the alcove package's integration
+                      podman containerd gvisor gvisor_functions": the alcove package's integration
                       tests, alcove-api's router, which runs sandboxes, and
                       alcove-oci's (the OCI runtime under podman and
                       containerd on a cgroup v2 host under systemd);
@@ -143,7 +143,7 @@ for p in $PARTS; do
     case $p in root | delegated | daemon | smoke | bench) ;; *) echo "vm-test.sh: unknown part $p" >&2; exit 2 ;; esac
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation sandboxes sandbox_restart lifecycle hardening spec_features podman containerd gvisor}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control http_functions warm_isolation sandboxes sandbox_restart lifecycle hardening spec_features podman containerd gvisor gvisor_functions}
 # The delegated part checks that alcove makes its cgroups beneath the one it
 # was started in; images, functions, hostile and the rest make theirs through
 # the same code, and podman and containerd place their containers' cgroups

@@ -461,11 +461,11 @@ impl Engine {
             // next version: that would bring the function back.
             let _code = self.code_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.store.delete_function(name)?;
+            self.stop_pool(name); // before its series goes: it sets it to 0
             self.metrics.forget_function(name);
             self.stats.forget(name);
             self.forget_learning(name);
             self.stop_template(name);
-            self.stop_pool(name);
             self.forget(name);
             self.admission.forget(name);
             let _ = std::fs::remove_dir_all(self.config.data_dir.join("secrets").join(name));

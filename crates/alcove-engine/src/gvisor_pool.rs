@@ -108,12 +108,25 @@ impl Engine {
         if pool.version != v.version {
             return None;
         }
+        let mut found = None;
         while let Some(p) = pool.ready.pop() {
             if p.sandbox.alive() && p.sandbox.fits(spec) {
-                return Some(p);
+                found = Some(p);
+                break;
             }
         }
-        None
+        self.publish_ready(&v.function, pool.ready.len());
+        found
+    }
+
+    /// The `alcove_gvisor_pool_ready` gauge of `function`.
+    fn publish_ready(&self, function: &str, ready: usize) {
+        self.metrics
+            .gvisor_pool_ready
+            .get_or_create(&crate::metrics::FunctionLabel {
+                function: function.to_owned(),
+            })
+            .set(ready as i64);
     }
 
     /// The sandbox a pooled boot of `v` gets: an invocation's, without a request.
@@ -155,6 +168,7 @@ impl Engine {
                 .map_err(|e| EngineError::Invalid(format!("gvisor: {e}")));
         }
         let first = self.boot_one(v)?;
+        self.publish_ready(&v.function, 1);
         self.gvisor
             .inner
             .lock()
@@ -241,7 +255,11 @@ impl Engine {
         };
         pool.booting = pool.booting.saturating_sub(boots);
         match result {
-            Some(Ok(p)) => pool.ready.push(p),
+            Some(Ok(p)) => {
+                pool.ready.push(p);
+                let ready = pool.ready.len();
+                self.publish_ready(&v.function, ready);
+            }
             Some(Err(e)) => {
                 pool.failed_at = Some(Instant::now());
                 tracing::warn!(
@@ -283,6 +301,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(function);
+        if pool.is_some() {
+            self.publish_ready(function, 0);
+        }
         drop(pool);
     }
 

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub queued: Gauge,
     pub pool_slots: Gauge,
     pub pool_prepared: Gauge,
+    /// gVisor functions' sandboxes booted ahead and ready now.
+    pub gvisor_pool_ready: Family<FunctionLabel, Gauge>,
 }
 
 impl Metrics {
@@ -83,6 +85,12 @@ impl Metrics {
         let queued = Gauge::default();
         let pool_slots = Gauge::default();
         let pool_prepared = Gauge::default();
+        let gvisor_pool_ready = Family::<FunctionLabel, Gauge>::default();
+        registry.register(
+            "gvisor_pool_ready",
+            "gVisor sandboxes booted ahead of requests and ready now, by function",
+            gvisor_pool_ready.clone(),
+        );
         registry.register(
             "invocations",
             "Invocations by function, final status and outcome (success: exited 0)",
@@ -159,6 +167,7 @@ impl Metrics {
             queued,
             pool_slots,
             pool_prepared,
+            gvisor_pool_ready,
         }
     }
 
@@ -202,6 +211,7 @@ impl Metrics {
         }
         c.cpu_seconds.remove(&label);
         self.duration.remove(&label);
+        self.gvisor_pool_ready.remove(&label);
     }
 
     /// Sets the monitor's gauges from its status (none: not loaded).

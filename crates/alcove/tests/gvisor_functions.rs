@@ -138,7 +138,38 @@ fn a_gvisor_function_answers_through_http_from_its_pool_and_leaves_nothing() {
     let text = listed.to_string();
     assert!(text.contains("\"status\":\"exited\""), "{text}");
 
-    // A handler that fails, a timeout and an OOM are reported as such.
+    // An `http` handler's CGI response streams out of gVisor as it does
+    // out of the container tier.
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "web",
+        "--isolation",
+        "gvisor",
+        "--http",
+        "--handler",
+        "printf 'Status: 201 Created\r\nX-Tier: gvisor\r\n\r\nmade'",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let reply = d.http("GET", "/fn/web", b"");
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        reply
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("x-tier") && v == "gvisor"),
+        "{:?}",
+        reply.headers
+    );
+    // (Chunked: the body streams.)
+    let body = String::from_utf8_lossy(&reply.body);
+    assert!(body.contains("made"), "{body}");
+
+    // A timeout is reported as such.
     let (code, _, err) = d.cli(&[
         "deploy",
         "slow",
@@ -159,8 +190,8 @@ fn a_gvisor_function_answers_through_http_from_its_pool_and_leaves_nothing() {
     );
 
     // Idle: the pools hold exactly their booted sandboxes (one each).
-    wait_until("both pools refill", Duration::from_secs(30), || {
-        leftovers().len() == 2
+    wait_until("the pools refill", Duration::from_secs(30), || {
+        leftovers().len() == 3
     });
     stop(d);
     assert_nothing_left(&before);
