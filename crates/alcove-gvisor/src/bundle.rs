@@ -49,6 +49,9 @@ impl Bundle {
         std::fs::create_dir(bundle.state()).map_err(failed)?;
         let rootfs = bundle.bundle().join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(failed)?;
+        if spec.rootfs.is_some() {
+            mount_layers(&bundle.dir, &rootfs, spec).map_err(failed)?;
+        }
         if spec.rootfs.is_none() {
             for dir in HOST_VIEW {
                 let host = Path::new(dir);
@@ -97,6 +100,7 @@ pub fn gc(root: &Path) -> usize {
         if owner == std::process::id() as i32 || alive {
             continue;
         }
+        unmount_layers(&entry.path().join("bundle").join("rootfs"));
         if std::fs::remove_dir_all(entry.path()).is_ok() {
             removed += 1;
         }
@@ -106,9 +110,64 @@ pub fn gc(root: &Path) -> usize {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
-        // Holds no mounts (runsc mounts inside its own namespaces) and
-        // remove_dir_all does not follow the host-view symlinks.
+        // The root's overlay, if any (runsc's own mounts are in its own
+        // namespaces); remove_dir_all does not follow the host-view
+        // symlinks, and through an overlay still mounted it could only
+        // touch the upper layer, never the image's.
+        unmount_layers(&self.bundle().join("rootfs"));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Mounts the spec's root (an image's layers, top first, or a --rootfs)
+/// as one overlay at `target`, what runsc serves as the root. Its upper
+/// layer is in the run's directory: runsc makes the mount points of binds
+/// there, never in the image's layers or the user's directory; what the
+/// program writes stays in the sandbox's memory (runsc --overlay2).
+fn mount_layers(dir: &Path, target: &Path, spec: &SandboxSpec) -> std::io::Result<()> {
+    use alcove_sys::mount::{MS_NODEV, MS_NOSUID};
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    std::fs::create_dir(&upper)?;
+    std::fs::create_dir(&work)?;
+    // The overlay's / takes the upper layer's owner and mode: the root's own.
+    if let Some(top) = &spec.rootfs {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(top)?;
+        std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(
+            &upper,
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        )?;
+    }
+    let lowers: Vec<String> = spec
+        .rootfs
+        .iter()
+        .chain(&spec.lower_layers)
+        .map(|l| l.display().to_string())
+        .collect();
+    let c = |s: &[u8]| {
+        std::ffi::CString::new(s)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    alcove_sys::mount::mount(
+        Some(&c(b"overlay")?),
+        &c(target.as_os_str().as_bytes())?,
+        Some(&c(b"overlay")?),
+        MS_NOSUID | MS_NODEV,
+        Some(&c(data.as_bytes())?),
+    )
+}
+
+/// Detaches what `mount_layers` mounted at `rootfs`, if anything.
+fn unmount_layers(rootfs: &Path) {
+    if let Ok(path) = std::ffi::CString::new(rootfs.as_os_str().as_bytes()) {
+        let _ = alcove_sys::mount::umount(&path, alcove_sys::mount::MNT_DETACH);
     }
 }
 
@@ -180,10 +239,9 @@ pub fn config(spec: &SandboxSpec) -> Result<Value, GvisorError> {
     if spec.net == NetMode::None {
         namespaces.push("network");
     }
-    let rootfs = match &spec.rootfs {
-        Some(dir) => text(dir.as_os_str(), "the root directory")?,
-        None => "rootfs".to_owned(),
-    };
+    // The bundle's own rootfs: the host view's directory, or the overlay
+    // of the spec's root and layers (Bundle::create).
+    let rootfs = "rootfs".to_owned();
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -196,6 +254,10 @@ pub fn config(spec: &SandboxSpec) -> Result<Value, GvisorError> {
             "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": spec.limits.open_files, "soft": spec.limits.open_files}],
         },
+        // An image's or --rootfs root is writable as in the container tier,
+        // into an overlay in the sandbox's memory (runsc --overlay2
+        // root:memory), never into the host's directory; the host view's is
+        // read-only.
         "root": {"path": rootfs, "readonly": spec.rootfs.is_none()},
         "hostname": spec.hostname,
         "mounts": mounts,
@@ -215,10 +277,6 @@ fn bind(source: &str, target: &str, writable: bool) -> Value {
 /// by name rather than run without it.
 fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), GvisorError> {
     let unsupported = [
-        (
-            !spec.lower_layers.is_empty(),
-            "images of more than one layer",
-        ),
         (
             spec.net == NetMode::Joined,
             "outbound networking (--net outbound)",

@@ -17,6 +17,7 @@ mod bundle;
 mod pool;
 mod run;
 mod runsc;
+pub mod waiter;
 
 pub use bundle::Bundle;
 pub use pool::PooledSandbox;

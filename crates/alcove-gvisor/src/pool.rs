@@ -1,17 +1,25 @@
 //! A gVisor sandbox booted ahead of its request: its Sentry and Gofer run,
-//! its mounts are made and its first process (a waiter that does nothing)
-//! holds it open. The request then pays only `runsc exec` of the handler
-//! into it, not the boot. Each one serves one request and is then killed
-//! whole: nothing one request leaves (files, processes) reaches the next.
+//! its mounts are made and its first process, the waiter (`alcove
+//! gvisor-wait`, in waiter.rs), waits on a socket to the daemon. The request
+//! is sent to the waiter, which starts the handler inside with the
+//! sandbox's stdout and stderr (pipes the daemon reads) and answers with how
+//! it ended: no boot and no `runsc exec` on the request's path. Each one
+//! serves one request and is then killed whole: nothing one request leaves
+//! (files, processes) reaches the next.
 
 use crate::bundle::Bundle;
-use crate::run::{finish, network, sandbox_cgroup, start_in, supervise, wait_for, Waited};
+use crate::run::{
+    finish, io_for, network, outcome, relay, sandbox_cgroup, start_in, wait_for, Ended, Sink,
+    Waited,
+};
 use crate::runsc::Runsc;
 use crate::{GvisorError, GvisorOptions};
 use alcove_cgroup::SandboxCgroup;
 use alcove_sandbox::{Outcome, SandboxSpec, Stdio};
-use std::os::fd::AsFd;
-use std::time::Duration;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 /// The longest `runsc create` and `runsc start` may take together before
 /// the boot is given up (a KVM platform that hangs, a stuck Gofer).
@@ -24,6 +32,11 @@ pub struct PooledSandbox {
     cgroup: Option<SandboxCgroup>,
     /// Its mounts, user and limits: what every request to it must match.
     spec: SandboxSpec,
+    /// The daemon's end of the waiter's stdin, and the read ends of the
+    /// sandbox's stdout and stderr.
+    socket: UnixStream,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 }
 
 impl PooledSandbox {
@@ -45,17 +58,28 @@ impl PooledSandbox {
         first.limits.timeout = None;
         let bundle = Bundle::create(&options.root(), &first)?;
         let cgroup = sandbox_cgroup(spec)?;
+        let failed = |what| move |source| GvisorError::Prepare { what, source };
+        let (socket, waiter_end) = UnixStream::pair().map_err(failed("the waiter's socket"))?;
+        let (stdout, stdout_w) = alcove_sys::fd::pipe_cloexec().map_err(failed("a pipe"))?;
+        let (stderr, stderr_w) = alcove_sys::fd::pipe_cloexec().map_err(failed("a pipe"))?;
         let mut pooled = PooledSandbox {
             runsc,
             bundle,
             cgroup: Some(cgroup),
             spec: spec.clone(),
+            socket,
+            stdout,
+            stderr,
         };
-        pooled.start()?; // dropped on failure: killed whole
+        // Dropped on failure: killed whole.
+        pooled.start([waiter_end.into(), stdout_w, stderr_w])?;
         Ok(pooled)
     }
 
-    fn start(&mut self) -> Result<(), GvisorError> {
+    /// `runsc create` (the waiter gets `stdio` as its stdin, stdout and
+    /// stderr), then `runsc start`.
+    fn start(&mut self, stdio: [OwnedFd; 3]) -> Result<(), GvisorError> {
+        let mut stdio = Some(stdio);
         let cgroup = self.cgroup.as_ref().expect("held until dropped");
         let log = self.bundle.dir.join("boot.err");
         for step in ["create", "start"] {
@@ -70,12 +94,19 @@ impl PooledSandbox {
             if step == "create" {
                 cmd.arg("--bundle").arg(self.bundle.bundle());
             }
-            // The waiter inherits these: a file, not a pipe, so that nothing
-            // waits for the sandbox to close them.
-            cmd.arg(&self.bundle.id)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(errors);
+            cmd.arg(&self.bundle.id);
+            match stdio.take().filter(|_| step == "create") {
+                Some([i, o, e]) => {
+                    // runsc's own complaints, if any, go to the sandbox's stderr.
+                    drop(errors);
+                    cmd.stdin(i).stdout(o).stderr(e);
+                }
+                None => {
+                    cmd.stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(errors);
+                }
+            }
             start_in(&mut cmd, cgroup);
             let mut child = cmd.spawn().map_err(|source| GvisorError::Start {
                 path: self.runsc.path.clone(),
@@ -92,7 +123,22 @@ impl PooledSandbox {
                 source,
             })?;
             if !ended || !status.success() {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let mut said = std::fs::read_to_string(&log).unwrap_or_default();
+                if step == "create" {
+                    // What runsc create said is on the sandbox's stderr.
+                    cgroup.kill_all();
+                    let _ = alcove_sys::fd::set_nonblocking(self.stderr.as_fd(), true);
+                    let mut text = Vec::new();
+                    let _ = std::fs::File::from(self.stderr.try_clone().map_err(|source| {
+                        GvisorError::Prepare {
+                            what: "a pipe",
+                            source,
+                        }
+                    })?)
+                    .take(64 << 10)
+                    .read_to_end(&mut text);
+                    said = String::from_utf8_lossy(&text).into_owned();
+                }
                 let said = said.lines().last().unwrap_or("").trim();
                 return Err(GvisorError::Invalid(if ended {
                     format!("booting a gVisor sandbox: runsc {step} failed ({status}): {said}")
@@ -132,10 +178,10 @@ impl PooledSandbox {
             .is_some_and(SandboxCgroup::is_populated)
     }
 
-    /// Runs `spec`'s program in this sandbox to completion (`runsc exec`),
-    /// then kills the sandbox whole. The report is as `run`'s, its CPU time
-    /// counted from this request's start; its memory peak is the sandbox's
-    /// since boot.
+    /// Runs `spec`'s program in this sandbox to completion (the waiter
+    /// starts it), then kills the sandbox whole. The report is as `run`'s,
+    /// its CPU time counted from this request's start; its memory peak is
+    /// the sandbox's since boot.
     pub fn exec(
         mut self,
         spec: &SandboxSpec,
@@ -147,25 +193,62 @@ impl PooledSandbox {
             ));
         }
         let config = crate::bundle::config(spec)?;
-        let process = self.bundle.dir.join("process.json");
-        let text = serde_json::to_vec(&config["process"]).expect("a process serialises");
-        std::fs::write(&process, text).map_err(|source| GvisorError::Bundle {
-            path: process.clone(),
-            source,
-        })?;
+        let io = io_for(spec)?;
+        let input = io.stdin.unwrap_or_default();
+        let (out_sink, err_sink) = io.sinks.unwrap_or_else(|| {
+            (
+                Sink::Through(Box::new(std::io::stdout()), usize::MAX),
+                Sink::Through(Box::new(std::io::stderr()), usize::MAX),
+            )
+        });
+        let failed = |what| move |source| GvisorError::Prepare { what, source };
+        let out = std::fs::File::from(self.stdout.try_clone().map_err(failed("a pipe"))?);
+        let err = std::fs::File::from(self.stderr.try_clone().map_err(failed("a pipe"))?);
         let cgroup = self.cgroup.take().expect("held until dropped");
         let before = cgroup.usage().unwrap_or_default();
-        let mut cmd = self.runsc.command(&self.bundle.state(), network(spec));
-        cmd.arg("exec")
-            .arg("--process")
-            .arg(&process)
-            .arg(&self.bundle.id);
-        let result = supervise(cmd, &self.runsc, &cgroup, spec, options, &before);
+        let started = Instant::now();
+        let relays = (Some(relay(out, out_sink)), Some(relay(err, err_sink)));
+        let mut writer = self
+            .socket
+            .try_clone()
+            .map_err(failed("the waiter's socket"))?;
+        let frame = crate::waiter::request(&config["process"], input.len());
+        // Not joined: it ends when the waiter has read it all, or dies.
+        std::thread::spawn(move || {
+            let _ = writer
+                .write_all(&frame)
+                .and_then(|()| writer.write_all(&input));
+        });
+        let waited = wait_for(self.socket.as_fd(), spec.limits.timeout, &options.cancel);
+        let ended = if waited == Waited::Ended {
+            read_answer(&self.socket)
+        } else {
+            Ended::Unknown
+        };
+        let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        let report = outcome(&cgroup, spec, &before, waited, ended, wall_ms, Some(relays));
         let cgroup_id = finish(cgroup);
-        result.map(|mut outcome| {
-            outcome.cgroup_id = cgroup_id;
-            outcome
+        Ok(Outcome {
+            cgroup_id,
+            ..report
         })
+    }
+}
+
+/// The waiter's answer: how the handler ended (unknown when the sandbox
+/// died before it could say: the OOM killer took the Sentry...).
+fn read_answer(socket: &UnixStream) -> Ended {
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(socket).take(4096);
+    if reader.read_line(&mut line).is_err() {
+        return Ended::Unknown;
+    }
+    let answer: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    let number = |k: &str| answer[k].as_i64().and_then(|n| i32::try_from(n).ok());
+    match (number("code"), number("signal")) {
+        (Some(c), _) => Ended::Code(c),
+        (None, Some(s)) => Ended::Signal(s),
+        _ => Ended::Unknown,
     }
 }
 

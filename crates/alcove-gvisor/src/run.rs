@@ -50,7 +50,7 @@ pub fn run(spec: &SandboxSpec, options: &GvisorOptions) -> Result<Outcome, Gviso
         .arg("--bundle")
         .arg(bundle.bundle())
         .arg(&bundle.id);
-    let result = supervise(cmd, &runsc, &cgroup, spec, options, &Usage::default());
+    let result = supervise(cmd, &runsc, &cgroup, spec, options);
     let cgroup_id = finish(cgroup);
     drop(bundle);
     result.map(|mut outcome| {
@@ -112,20 +112,24 @@ pub(crate) enum Waited {
     Cancelled,
 }
 
-/// Starts `cmd` (a `runsc run` or `runsc exec`) inside `cgroup`, feeds and
-/// reads its stdio as `spec` says, holds it to `spec`'s wall-clock limit and
-/// `options`' cancel, and reports how it ended. CPU time is counted from
-/// `before` (what the cgroup had used when this run began).
-pub(crate) fn supervise(
-    mut cmd: std::process::Command,
-    runsc: &Runsc,
-    cgroup: &SandboxCgroup,
-    spec: &SandboxSpec,
-    options: &GvisorOptions,
-    before: &Usage,
-) -> Result<Outcome, GvisorError> {
-    // runsc joins the cgroup before it runs, so all it starts is born there.
-    start_in(&mut cmd, cgroup);
+/// How the program ended, as far as alcove could tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+/// Where a run's stdin comes from and its stdout and stderr go.
+pub(crate) struct Io {
+    pub stdin: Option<Vec<u8>>,
+    pub sinks: Option<(Sink, Sink)>,
+}
+
+/// The stdio `spec` asks for: passed through to alcove's own stdout and
+/// stderr up to their caps (then closed, as in the container tier),
+/// captured up to theirs, or streamed to a reader up to the output limit.
+pub(crate) fn io_for(spec: &SandboxSpec) -> Result<Io, GvisorError> {
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let out_limit = spec.limits.output_bytes.map(to_usize);
     let err_limit = spec
@@ -133,28 +137,27 @@ pub(crate) fn supervise(
         .stderr_bytes
         .or(spec.limits.output_bytes)
         .map(to_usize);
-    // Where stdout and stderr go: passed through to alcove's own, up to
-    // their caps (then closed, as in the container tier), captured up to
-    // theirs, or streamed to a reader up to the output limit.
-    let (stdin, sinks) = match &spec.stdio {
-        Stdio::Inherit if out_limit.is_none() && spec.limits.stderr_bytes.is_none() => (None, None),
-        Stdio::Inherit => (
-            None,
-            Some((
+    let kept =
+        |limit: Option<usize>| Sink::Keep(limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT)));
+    Ok(match &spec.stdio {
+        Stdio::Inherit if out_limit.is_none() && spec.limits.stderr_bytes.is_none() => Io {
+            stdin: None,
+            sinks: None,
+        },
+        Stdio::Inherit => Io {
+            stdin: None,
+            sinks: Some((
                 Sink::Through(Box::new(std::io::stdout()), out_limit.unwrap_or(usize::MAX)),
                 Sink::Through(
                     Box::new(std::io::stderr()),
                     spec.limits.stderr_bytes.map_or(usize::MAX, to_usize),
                 ),
             )),
-        ),
-        Stdio::Capture { stdin } => (
-            Some(stdin.clone()),
-            Some((
-                Sink::Keep(out_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
-                Sink::Keep(err_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
-            )),
-        ),
+        },
+        Stdio::Capture { stdin } => Io {
+            stdin: Some(stdin.clone()),
+            sinks: Some((kept(out_limit), kept(err_limit))),
+        },
         Stdio::Stream { stdin, stdout } => {
             let target = stdout
                 .0
@@ -163,19 +166,40 @@ pub(crate) fn supervise(
                     what: "the stream for stdout",
                     source,
                 })?;
-            (
-                Some(stdin.clone()),
-                Some((
+            Io {
+                stdin: Some(stdin.clone()),
+                sinks: Some((
                     Sink::Stream(std::fs::File::from(target), out_limit.unwrap_or(usize::MAX)),
-                    Sink::Keep(err_limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT))),
+                    kept(err_limit),
                 )),
-            )
+            }
         }
-    };
-    if stdin.is_some() {
+    })
+}
+
+/// Relays running for stdout and stderr.
+pub(crate) type Relays = (
+    Option<std::thread::JoinHandle<Relayed>>,
+    Option<std::thread::JoinHandle<Relayed>>,
+);
+
+/// Starts `cmd` (a `runsc run`) inside `cgroup`, feeds and reads its stdio
+/// as `spec` says, holds it to `spec`'s wall-clock limit and `options`'
+/// cancel, and reports how it ended.
+pub(crate) fn supervise(
+    mut cmd: std::process::Command,
+    runsc: &Runsc,
+    cgroup: &SandboxCgroup,
+    spec: &SandboxSpec,
+    options: &GvisorOptions,
+) -> Result<Outcome, GvisorError> {
+    // runsc joins the cgroup before it runs, so all it starts is born there.
+    start_in(&mut cmd, cgroup);
+    let io = io_for(spec)?;
+    if io.stdin.is_some() {
         cmd.stdin(std::process::Stdio::piped());
     }
-    if sinks.is_some() {
+    if io.sinks.is_some() {
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
     }
@@ -184,13 +208,13 @@ pub(crate) fn supervise(
         path: runsc.path.clone(),
         source,
     })?;
-    let feeder = stdin.map(|stdin| {
+    let feeder = io.stdin.map(|stdin| {
         let mut input = child.stdin.take().expect("piped");
         std::thread::spawn(move || {
             let _ = input.write_all(&stdin);
         })
     });
-    let readers = sinks.map(|(out_sink, err_sink)| {
+    let relays = io.sinks.map(|(out_sink, err_sink)| {
         let out = child.stdout.take().map(|r| relay(r, out_sink));
         let err = child.stderr.take().map(|r| relay(r, err_sink));
         (out, err)
@@ -217,8 +241,39 @@ pub(crate) fn supervise(
         source,
     })?;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
-    // What is left (the Sentry outlives runsc for a moment) goes before the
-    // usage is read, so the peaks are final.
+    // runsc exits with the program's code, or 128+N for signal N.
+    let ended = match status.code().or(status.signal().map(|s| 128 + s)) {
+        Some(c) if c > 128 && c <= 128 + 64 => Ended::Signal(c - 128),
+        Some(c) => Ended::Code(c),
+        None => Ended::Unknown,
+    };
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    Ok(outcome(
+        cgroup,
+        spec,
+        &Usage::default(),
+        waited,
+        ended,
+        wall_ms,
+        relays,
+    ))
+}
+
+/// The report of a run that ended (`waited`, `ended`) after `wall_ms`:
+/// what is left in `cgroup` is killed first, so the usage is final and the
+/// relays reach the end of their streams. CPU time is counted from `before`
+/// (what the cgroup had used when this run began).
+pub(crate) fn outcome(
+    cgroup: &SandboxCgroup,
+    spec: &SandboxSpec,
+    before: &Usage,
+    waited: Waited,
+    ended: Ended,
+    wall_ms: f64,
+    relays: Option<Relays>,
+) -> Outcome {
     cgroup.kill_all();
     let mut outcome = Outcome {
         status: Status::Exited,
@@ -249,16 +304,14 @@ pub(crate) fn supervise(
     }
     let oom = cgroup.oom_kills().unwrap_or(0) > before.oom_kills;
     let task_limit_hit = spec.limits.pids.is_some() && pids_limit_reached(cgroup);
-    // runsc exits with the program's code, or 128+N for signal N.
-    let code = status.code().or(status.signal().map(|s| 128 + s));
-    (outcome.status, outcome.exit_code, outcome.signal) = match code {
+    (outcome.status, outcome.exit_code, outcome.signal) = match ended {
         _ if waited == Waited::Cancelled => (Status::Cancelled, None, Some(libc::SIGKILL)),
         _ if waited == Waited::TimedOut => (Status::Timeout, None, Some(libc::SIGKILL)),
         _ if oom => (Status::Oom, None, Some(libc::SIGKILL)),
         _ if task_limit_hit => (Status::KilledByPolicy, None, None),
-        Some(c) if c > 128 && c <= 128 + 64 => (Status::Signaled, None, Some(c - 128)),
-        Some(c) => (Status::Exited, Some(c), None),
-        None => (Status::Signaled, None, status.signal()),
+        Ended::Signal(s) => (Status::Signaled, None, Some(s)),
+        Ended::Code(c) => (Status::Exited, Some(c), None),
+        Ended::Unknown => (Status::Signaled, None, Some(libc::SIGKILL)),
     };
     if outcome.status == Status::KilledByPolicy {
         outcome.reason = Some(
@@ -267,10 +320,7 @@ pub(crate) fn supervise(
                 .into(),
         );
     }
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
-    }
-    if let Some((out, err)) = readers {
+    if let Some((out, err)) = relays {
         let join = |r: Option<std::thread::JoinHandle<Relayed>>| {
             r.and_then(|h| h.join().ok()).unwrap_or_default()
         };
@@ -280,7 +330,7 @@ pub(crate) fn supervise(
         outcome.stdout_undelivered = out.undelivered;
         outcome.output_truncated = outcome.stdout_truncated || outcome.stderr_truncated;
     }
-    Ok(outcome)
+    outcome
 }
 
 /// Makes `cmd`'s process join `cgroup` before it execs.
@@ -324,7 +374,7 @@ fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
 }
 
 /// Where one of the program's output streams goes.
-enum Sink {
+pub(crate) enum Sink {
     /// Kept, up to this many bytes; the rest is read and dropped.
     Keep(usize),
     /// Written through (alcove's own stdout or stderr) up to this many bytes.
@@ -335,7 +385,7 @@ enum Sink {
 
 /// What a relay did with its stream.
 #[derive(Debug, Default)]
-struct Relayed {
+pub(crate) struct Relayed {
     kept: Vec<u8>,
     /// Cut at its cap.
     cut: bool,
@@ -347,7 +397,10 @@ struct Relayed {
 /// the first `cap` bytes, then `source` is closed, so the program's next
 /// write fails (EPIPE), as in the container tier; a reader that goes away
 /// closes it too.
-fn relay(mut source: impl Read + Send + 'static, sink: Sink) -> std::thread::JoinHandle<Relayed> {
+pub(crate) fn relay(
+    mut source: impl Read + Send + 'static,
+    sink: Sink,
+) -> std::thread::JoinHandle<Relayed> {
     std::thread::spawn(move || {
         let mut done = Relayed::default();
         let mut passed = 0usize;

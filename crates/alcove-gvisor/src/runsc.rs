@@ -64,7 +64,10 @@ impl Runsc {
             .arg(network)
             // alcove puts runsc in a cgroup of its own before it starts and
             // reads the run's usage there; runsc must not make another.
-            .arg("--ignore-cgroups");
+            .arg("--ignore-cgroups")
+            // The root's writes stay in the sandbox's memory (charged to its
+            // cgroup): a writable root never writes the host's directory.
+            .args(["--overlay2", "root:memory"]);
         cmd
     }
 

@@ -440,12 +440,10 @@ fn parse_hint(e: &clap::Error) -> Option<String> {
     ))
 }
 
-/// The first process of a pooled gVisor sandbox: it holds the sandbox open
-/// until the sandbox is killed, doing nothing.
+/// The first process of a pooled gVisor sandbox: it serves the one request
+/// the daemon sends it (alcove_gvisor::waiter).
 fn gvisor_wait() -> ! {
-    loop {
-        std::thread::park();
-    }
+    std::process::exit(alcove_gvisor::waiter::serve())
 }
 
 /// Runs the command line and returns the process exit code.

@@ -274,3 +274,45 @@ fn the_output_limit_holds_in_gvisor() {
     assert_eq!(run.stdout.len(), 500, "{}", run.report);
     assert_eq!(run.report["output_truncated"], false, "{}", run.report);
 }
+
+#[test]
+fn a_rootfs_is_writable_inside_and_never_changed_on_the_host() {
+    if !runsc_or_skip("a_rootfs_is_writable_inside_and_never_changed_on_the_host") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(root.join("etc/f"), "as on the host").unwrap();
+    // Writable by the program's user (nobody), as an image's files are to theirs.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [
+        (root.clone(), 0o777),
+        (root.join("etc"), 0o777),
+        (root.join("etc/f"), 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let run = gvisor(
+        &["--rootfs", root.to_str().unwrap()],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo changed > /etc/f && /bin/busybox cat /etc/f && echo new > /made && /bin/busybox cat /made",
+        ],
+    );
+    // The program could write (the situation this test needs)...
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "changed\nnew\n", "{run:?}");
+    // ...and nothing it wrote reached the directory on the host.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/f")).unwrap(),
+        "as on the host"
+    );
+    assert!(!root.join("made").exists());
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}

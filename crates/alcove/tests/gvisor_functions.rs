@@ -1,12 +1,15 @@
 //! Functions deployed with `--isolation gvisor`: they answer through HTTP
 //! from gVisor's kernel, from a pool of sandboxes booted ahead (refilled
 //! after each use) or cold, and nothing is left after many invocations, a
-//! shutdown, or a kill -9 of the daemon followed by a restart.
+//! shutdown, or a kill -9 of the daemon followed by a restart; a layered
+//! image serves as their read-only root.
 
 mod common;
 use common::daemon::Daemon;
 use common::gvisor::*;
+use common::oci::{layout, tar_of, Entry};
 use common::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The handler: which kernel answers, which invocation it is, its input.
@@ -286,4 +289,105 @@ fn what_gvisor_cannot_do_is_refused_at_deploy_and_kill_9_leaves_nothing_after_a_
     });
     stop(d);
     assert_nothing_left(&before);
+}
+
+/// The overlays of multi-layer images the gVisor tier mounts (under its
+/// run directories): none may outlive its sandbox.
+fn layer_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(STATE_ROOT))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_gvisor_function_runs_in_a_layered_image_that_it_cannot_change() {
+    // (It writes to its root: the writes stay in its sandbox.)
+    let test = "a_gvisor_function_runs_in_a_layered_image_that_it_cannot_change";
+    if !runsc_or_skip(test) {
+        return;
+    }
+    let _g = serial();
+    let before = runsc_processes();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let l = dir.path().join("layout");
+    let layers = [
+        tar_of(&[
+            Entry::Dir("bin"),
+            Entry::Executable("bin/sh", &busybox),
+            Entry::Symlink("bin/cat", "sh"),
+            Entry::Symlink("bin/uname", "sh"),
+            Entry::Dir("tmp"),
+        ]),
+        tar_of(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/greeting", b"from the image"),
+        ]),
+    ];
+    layout(
+        &l,
+        &layers,
+        true,
+        json!({ "Cmd": ["/bin/sh", "-c",
+            "echo \"$(cat /etc/greeting) on $(uname -r)\"; echo changed > /etc/greeting; cat /etc/greeting"],
+            "Env": ["PATH=/bin"] }),
+    );
+    let (code, _, err) = image(
+        &store,
+        &["import", l.to_str().unwrap(), "--name", "gvimg:1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &["--image-store", store.to_str().unwrap()],
+    );
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "img",
+        "--image",
+        "gvimg:1",
+        "--isolation",
+        "gvisor",
+        "--user",
+        "0:0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The pooled sandbox holds the layers' overlay while it waits.
+    assert_eq!(layer_mounts().len(), 1, "{:?}", layer_mounts());
+    for _ in 0..2 {
+        let (code, out, err) = d.cli(&["invoke", "img"]);
+        assert_eq!(code, 0, "{err}");
+        // Writable inside (as in the container tier), and each request
+        // starts from the image as imported.
+        assert_eq!(out, "from the image on 4.4.0\nchanged\n", "{err}");
+    }
+    // The layer on the host is as imported.
+    let greeting = walkdir(&store)
+        .into_iter()
+        .find(|p| p.ends_with("etc/greeting"))
+        .expect("the layer's file in the store");
+    assert_eq!(std::fs::read(&greeting).unwrap(), b"from the image");
+    stop(d);
+    assert!(layer_mounts().is_empty(), "{:?}", layer_mounts());
+    assert_nothing_left(&before);
+}
+
+/// Every path under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p.clone());
+            }
+            found.push(p);
+        }
+    }
+    found
 }

@@ -84,8 +84,9 @@ fn find() -> Result<AgentProgram, String> {
             let inside_loader = dir.join("ld.so");
             binds.push(bind(&loader, inside_loader.clone()));
             for lib in &libraries {
-                let name = lib.file_name().unwrap_or_default();
-                binds.push(bind(lib, dir.join("lib").join(name)));
+                for name in names_of(lib) {
+                    binds.push(bind(lib, dir.join("lib").join(name)));
+                }
             }
             vec![
                 inside_loader.to_string_lossy().into_owned(),
@@ -97,4 +98,25 @@ fn find() -> Result<AgentProgram, String> {
         }
     };
     Ok(AgentProgram { argv, binds })
+}
+
+/// A library's file name and the names that lead to it from its directory
+/// (`libelf.so.1 -> libelf-0.188.so`): the loader looks for the soname, and
+/// /proc/self/maps shows the file.
+fn names_of(lib: &Path) -> Vec<std::ffi::OsString> {
+    let Some(name) = lib.file_name() else {
+        return Vec::new();
+    };
+    let mut names = vec![name.to_owned()];
+    let Some(dir) = lib.parent().and_then(|d| std::fs::read_dir(d).ok()) else {
+        return names;
+    };
+    for entry in dir.flatten() {
+        let leads_here =
+            std::fs::read_link(entry.path()).is_ok_and(|target| target.file_name() == Some(name));
+        if leads_here {
+            names.push(entry.file_name());
+        }
+    }
+    names
 }
