@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
-use std::os::unix::process::ExitStatusExt;
 
 /// The most bytes a request's header may have (argv and environment are
 /// bounded far below this by the deploy's checks).
@@ -38,12 +37,17 @@ pub(crate) fn request(process: &Value, stdin_len: usize) -> Vec<u8> {
 
 /// Serves one request on stdin; returns the exit code (the process ends
 /// with the sandbox, which is killed after one request).
+///
+/// The handler's process is forked at boot, before the request: it waits
+/// for the request's header on a pipe and then only execs, so a request
+/// pays no fork inside gVisor (on its ptrace platform a new address space
+/// costs a host process).
 pub fn serve() -> i32 {
     // SAFETY: fd 0 is open for the whole process (the socket runsc handed
     // over); ManuallyDrop keeps it from being closed here. Unbuffered, so
     // nothing past the request's input is read.
     let mut socket = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
-    let answer = match run_one(&mut socket) {
+    let answer = match prepare().and_then(|child| run_one(&mut socket, child)) {
         Ok(status) => status,
         Err(e) => {
             eprintln!("alcove: {e}");
@@ -58,21 +62,47 @@ pub fn serve() -> i32 {
     }
 }
 
-fn run_one(socket: &mut std::fs::File) -> Result<Value, String> {
-    let mut len = [0u8; 4];
-    socket
-        .read_exact(&mut len)
-        .map_err(|e| format!("reading the request: {e}"))?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_HEADER {
-        return Err(format!("a request of {len} bytes is too long"));
+/// The forked handler-to-be: its pid, where its header goes, where its input goes.
+struct Prepared {
+    pid: libc::pid_t,
+    header: std::fs::File,
+    input: std::fs::File,
+}
+
+fn prepare() -> Result<Prepared, String> {
+    let pipe = || alcove_sys::fd::pipe_cloexec().map_err(|e| format!("a pipe: {e}"));
+    let (header_r, header_w) = pipe()?;
+    let (input_r, input_w) = pipe()?;
+    let once = alcove_sys::process::SingleThreaded::check().map_err(|e| e.to_string())?;
+    match once.fork().map_err(|e| format!("fork: {e}"))? {
+        None => {
+            drop((header_w, input_w));
+            let e = become_handler(std::fs::File::from(header_r), input_r);
+            eprintln!("alcove: {e}");
+            std::process::exit(127);
+        }
+        Some(pid) => Ok(Prepared {
+            pid,
+            header: std::fs::File::from(header_w),
+            input: std::fs::File::from(input_w),
+        }),
     }
-    let mut header = vec![0u8; len];
-    socket
-        .read_exact(&mut header)
-        .map_err(|e| format!("reading the request: {e}"))?;
-    let header: Value =
-        serde_json::from_slice(&header).map_err(|e| format!("the request is not JSON: {e}"))?;
+}
+
+/// In the forked child: waits for the header, then execs the handler with
+/// `input` as its stdin. Returns only on failure.
+fn become_handler(mut header: std::fs::File, input: std::os::fd::OwnedFd) -> String {
+    let mut text = Vec::new();
+    if let Err(e) = (&mut header).take(MAX_HEADER as u64).read_to_end(&mut text) {
+        return format!("reading the request: {e}");
+    }
+    if text.is_empty() {
+        std::process::exit(0); // no request came: the sandbox is going
+    }
+    let header: Value = match serde_json::from_slice(&text) {
+        Ok(h) => h,
+        Err(e) => return format!("the request is not JSON: {e}"),
+    };
     let strings = |key: &str| -> Vec<String> {
         header[key]
             .as_array()
@@ -85,12 +115,10 @@ fn run_one(socket: &mut std::fs::File) -> Result<Value, String> {
     };
     let argv = strings("argv");
     let Some(program) = argv.first() else {
-        return Err("the request has no program".into());
+        return "the request has no program".into();
     };
     let mut cmd = std::process::Command::new(program);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .stdin(std::process::Stdio::piped());
+    cmd.args(&argv[1..]).env_clear().stdin(input);
     for kv in strings("env") {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
@@ -99,24 +127,47 @@ fn run_one(socket: &mut std::fs::File) -> Result<Value, String> {
     if let Some(cwd) = header["cwd"].as_str() {
         cmd.current_dir(cwd);
     }
-    let input = header["stdin"].as_u64().unwrap_or(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let mut to_child = child.stdin.take().expect("piped");
+    let e = std::os::unix::process::CommandExt::exec(&mut cmd);
+    format!("cannot run {program}: {e}")
+}
+
+fn run_one(socket: &mut std::fs::File, child: Prepared) -> Result<Value, String> {
+    let Prepared {
+        pid,
+        mut header,
+        mut input,
+    } = child;
+    let mut len = [0u8; 4];
+    socket
+        .read_exact(&mut len)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HEADER {
+        return Err(format!("a request of {len} bytes is too long"));
+    }
+    let mut text = vec![0u8; len];
+    socket
+        .read_exact(&mut text)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    let length: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("the request is not JSON: {e}"))?;
+    let stdin = length["stdin"].as_u64().unwrap_or(0);
+    header
+        .write_all(&text)
+        .map_err(|e| format!("handing the request over: {e}"))?;
+    drop(header); // end of the header: the child execs
     let mut from_daemon = socket.try_clone().map_err(|e| e.to_string())?;
     // Fed while the handler runs; a handler that stops reading ends this
     // with EPIPE when it exits.
-    let feeder = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut (&mut from_daemon).take(input), &mut to_child);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut (&mut from_daemon).take(stdin), &mut input);
     });
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {program}: {e}"))?;
-    drop(feeder); // not joined: it may block on a full pipe nobody reads
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => json!({"code": code}),
-        (None, Some(signal)) => json!({"signal": signal}),
-        (None, None) => json!({"code": 127}),
+    let status = alcove_sys::process::wait_child(pid).map_err(|e| format!("waiting: {e}"))?;
+    Ok(if libc::WIFEXITED(status) {
+        json!({"code": libc::WEXITSTATUS(status)})
+    } else if libc::WIFSIGNALED(status) {
+        json!({"signal": libc::WTERMSIG(status)})
+    } else {
+        json!({"code": 127})
     })
 }
