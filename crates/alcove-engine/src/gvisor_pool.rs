@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 /// The most sandboxes one function's pool may hold ready.
 pub const MAX_POOL: u32 = 16;
+/// The most pooled sandboxes the daemon holds for all functions together
+/// (~13 MiB and 5 host processes each, idle): many functions each asking for
+/// a pool cannot take the host's memory. Past it, requests boot their own.
+pub const MAX_POOLED_TOTAL: usize = 64;
 /// A pool whose boot failed is not booted again for this long.
 const BOOT_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -167,21 +171,26 @@ impl Engine {
             return alcove_gvisor::check(&spec)
                 .map_err(|e| EngineError::Invalid(format!("gvisor: {e}")));
         }
+        // Booted as the deploy's check; kept while the daemon's total allows.
         let first = self.boot_one(v)?;
-        self.publish_ready(&v.function, 1);
-        self.gvisor
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                v.function.clone(),
-                Pool {
-                    version: v.version,
-                    ready: vec![first],
-                    booting: 0,
-                    failed_at: None,
-                },
-            );
+        let mut pools = self.gvisor.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = pools.values().map(|p| p.ready.len() + p.booting).sum();
+        let ready = if held < MAX_POOLED_TOTAL {
+            vec![first]
+        } else {
+            Vec::new() // `first` is killed here
+        };
+        self.publish_ready(&v.function, ready.len());
+        pools.insert(
+            v.function.clone(),
+            Pool {
+                version: v.version,
+                ready,
+                booting: 0,
+                failed_at: None,
+            },
+        );
+        drop(pools);
         self.refill_pool(v);
         Ok(())
     }
@@ -207,7 +216,11 @@ impl Engine {
                 return;
             }
             let need = size.saturating_sub(pool.ready.len() + pool.booting);
-            pool.booting += need;
+            let held: usize = pools.values().map(|p| p.ready.len() + p.booting).sum();
+            let need = need.min(MAX_POOLED_TOTAL.saturating_sub(held));
+            if let Some(pool) = pools.get_mut(&v.function) {
+                pool.booting += need;
+            }
             need
         };
         if need == 0 {
