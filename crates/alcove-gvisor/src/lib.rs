@@ -3,7 +3,9 @@
 //! alcove's spec onto the OCI runtime spec; `alcove-oci` reads that spec the
 //! other way), drives `runsc` (gVisor's runtime) to run it, and holds the run
 //! in a cgroup of alcove's own, so that the limits and the report are those
-//! of the container tier.
+//! of the container tier. It also boots sandboxes ahead of their requests
+//! (`PooledSandbox`), whose first process, the waiter (waiter.rs), starts
+//! one request's handler inside.
 //!
 //! The program then talks to gVisor's user-space kernel (the Sentry), not to
 //! the host's: a kernel bug reachable through a syscall the container tier
