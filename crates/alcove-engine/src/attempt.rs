@@ -126,7 +126,7 @@ impl Engine {
                     (lease, pinned),
                 ))
             });
-        let (mut watch, mut spec, lease) = match prepared {
+        let (mut watch, spec, lease) = match prepared {
             Ok(prepared) => prepared,
             // A version that cannot be prepared (its image is gone...) is a failed invocation.
             Err(e) => return self.fail(record, alcove_sandbox::error_chain(&e), retry_on_failure),
@@ -157,7 +157,7 @@ impl Engine {
         // Warm when its template (or gVisor pool) serves; cold (the same
         // code) while it does not.
         let (kind, result) = if v.config.isolation == "gvisor" {
-            let (kind, result) = self.run_gvisor(v, &mut spec, &gvisor);
+            let (kind, result) = self.run_gvisor(v, &spec, &gvisor);
             (kind, result.map_err(|e| e.to_string()))
         } else {
             let warm = template.map(|t| t.run(&spec, &options, &mut *observer));

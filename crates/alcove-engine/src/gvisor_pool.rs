@@ -60,19 +60,6 @@ pub(crate) fn pool_size(v: &VersionInfo) -> usize {
     }
 }
 
-/// Makes `spec` runnable by runsc: bind sources pinned as this process's
-/// descriptors are named through /proc/PID, which runsc (another process)
-/// resolves to the same files.
-pub(crate) fn for_runsc(spec: &mut SandboxSpec) {
-    let mine = format!("/proc/{}/fd/", std::process::id());
-    for bind in &mut spec.binds {
-        let source = bind.source.to_string_lossy();
-        if let Some(fd) = source.strip_prefix("/proc/self/fd/") {
-            bind.source = format!("{mine}{fd}").into();
-        }
-    }
-}
-
 /// The waiter a pooled sandbox starts with: this daemon's own program,
 /// bound in as the agent sandboxes' agent is, so it runs in any image.
 fn waiter() -> Result<(Vec<String>, Vec<alcove_sandbox::Bind>), EngineError> {
@@ -90,10 +77,9 @@ impl Engine {
     pub(crate) fn run_gvisor(
         &self,
         v: &VersionInfo,
-        spec: &mut SandboxSpec,
+        spec: &SandboxSpec,
         options: &GvisorOptions,
     ) -> (&'static str, Result<Outcome, EngineError>) {
-        for_runsc(spec);
         let failed = |e: alcove_gvisor::GvisorError| {
             EngineError::Invalid(format!("gvisor: {}", alcove_sandbox::error_chain(&e)))
         };
@@ -141,8 +127,7 @@ impl Engine {
             cgi: Vec::new(),
             stdout: None,
         };
-        let (mut spec, lease, pinned) = self.spec_for(v, &record, input)?;
-        for_runsc(&mut spec);
+        let (spec, lease, pinned) = self.spec_for(v, &record, input)?;
         Ok((spec, (lease, pinned)))
     }
 

@@ -63,6 +63,24 @@ impl Bundle {
                 }
             }
         }
+        // Pinned bind sources (this process's descriptors, which runsc's
+        // Gofer cannot name from its own /proc) are bound into the run's
+        // directory first: runsc serves what was checked, not a path that
+        // may have changed since.
+        let config = if spec.binds.iter().any(|b| pinned(&b.source)) {
+            let mut pins = spec.clone();
+            let dir = bundle.dir.join("pins");
+            std::fs::create_dir(&dir).map_err(failed)?;
+            for (i, b) in pins.binds.iter_mut().enumerate() {
+                if pinned(&b.source) {
+                    b.source = mount_pin(&dir.join(i.to_string()), &b.source, b.writable)
+                        .map_err(failed)?;
+                }
+            }
+            self::config(&pins)?
+        } else {
+            config
+        };
         let text = serde_json::to_vec_pretty(&config).expect("a config serialises");
         std::fs::write(bundle.bundle().join("config.json"), text).map_err(failed)?;
         Ok(bundle)
@@ -100,8 +118,7 @@ pub fn gc(root: &Path) -> usize {
         if owner == std::process::id() as i32 || alive {
             continue;
         }
-        unmount_layers(&entry.path().join("bundle").join("rootfs"));
-        if std::fs::remove_dir_all(entry.path()).is_ok() {
+        if remove_run_dir(&entry.path()) {
             removed += 1;
         }
     }
@@ -114,9 +131,68 @@ impl Drop for Bundle {
         // namespaces); remove_dir_all does not follow the host-view
         // symlinks, and through an overlay still mounted it could only
         // touch the upper layer, never the image's.
-        unmount_layers(&self.bundle().join("rootfs"));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_run_dir(&self.dir);
     }
+}
+
+/// Unmounts what a run's directory holds (the root's overlay, pinned
+/// binds) and removes it, unless something is still mounted there: then it
+/// is left (and said), as removing it would reach into a bound host
+/// directory.
+fn remove_run_dir(dir: &Path) -> bool {
+    unmount_layers(&dir.join("bundle").join("rootfs"));
+    if let Ok(pins) = std::fs::read_dir(dir.join("pins")) {
+        for pin in pins.flatten() {
+            unmount_layers(&pin.path());
+        }
+    }
+    if mounted_under(dir) {
+        eprintln!(
+            "alcove: warning: {} still holds a mount; left in place (run `alcove gc` later)",
+            dir.display()
+        );
+        return false;
+    }
+    std::fs::remove_dir_all(dir).is_ok()
+}
+
+/// Whether any mount point lies under `dir` (this process's mount table).
+fn mounted_under(dir: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true; // unknown: removing could reach into a mount
+    };
+    table.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|point| Path::new(point).starts_with(dir))
+    })
+}
+
+/// Whether a bind source is one of this process's pinned descriptors.
+fn pinned(source: &Path) -> bool {
+    source.starts_with("/proc/self/fd/")
+}
+
+/// Binds the pinned `source` at `at` (made as a directory or a file, as
+/// the source is), read-only unless `writable`; returns `at`.
+fn mount_pin(at: &Path, source: &Path, writable: bool) -> std::io::Result<std::path::PathBuf> {
+    use alcove_sys::mount::{MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT};
+    if std::fs::metadata(source)?.is_dir() {
+        std::fs::create_dir(at)?;
+    } else {
+        std::fs::File::create(at)?;
+    }
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(source)?, c(at)?);
+    alcove_sys::mount::mount(Some(&from), &to, None, MS_BIND | MS_REC, None)?;
+    if !writable {
+        let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
+        alcove_sys::mount::mount(None, &to, None, flags, None)?;
+    }
+    Ok(at.to_path_buf())
 }
 
 /// Mounts the spec's root (an image's layers, top first, or a --rootfs)

@@ -154,9 +154,23 @@ impl PooledSandbox {
     /// user, network and limits it was booted with (only the program, its
     /// environment, its input and its wall-clock limit may differ).
     pub fn fits(&self, spec: &SandboxSpec) -> bool {
+        // A pinned source (a descriptor of this process) is compared by
+        // what it names: each request pins its own.
+        let binds = |s: &SandboxSpec| -> Vec<_> {
+            s.binds
+                .iter()
+                .map(|b| {
+                    let source = std::fs::read_link(&b.source)
+                        .ok()
+                        .filter(|_| b.source.starts_with("/proc/self/fd/"))
+                        .unwrap_or_else(|| b.source.clone());
+                    (source, b.target.clone(), b.writable, b.device)
+                })
+                .collect()
+        };
         let key = |s: &SandboxSpec| {
             (
-                s.binds.clone(),
+                binds(s),
                 s.rootfs.clone(),
                 s.user,
                 s.net,

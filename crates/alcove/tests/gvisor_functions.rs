@@ -2,7 +2,8 @@
 //! from gVisor's kernel, from a pool of sandboxes booted ahead (refilled
 //! after each use) or cold, and nothing is left after many invocations, a
 //! shutdown, or a kill -9 of the daemon followed by a restart; a layered
-//! image serves as their read-only root.
+//! image serves as their root (writable inside, unchanged outside), and a
+//! bound host directory is served from what was checked.
 
 mod common;
 use common::daemon::Daemon;
@@ -390,4 +391,78 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn a_gvisor_function_sees_its_binds_pooled_and_leaves_no_mount() {
+    let test = "a_gvisor_function_sees_its_binds_pooled_and_leaves_no_mount";
+    if !runsc_or_skip(test) {
+        return;
+    }
+    let _g = serial();
+    let before = runsc_processes();
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir_all(allowed.join("ro")).unwrap();
+    std::fs::create_dir_all(allowed.join("rw")).unwrap();
+    std::fs::write(allowed.join("ro/file"), "bound data").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(allowed.join("rw"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let allow = format!("{}:rw", allowed.display());
+    let d = Daemon::start(&dir.path().join("data"), &["--allow-bind", &allow]);
+    let ro = format!("{}:/data", allowed.join("ro").display());
+    let rw = format!("{}:/out:rw", allowed.join("rw").display());
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "binds",
+        "--isolation",
+        "gvisor",
+        "--bind",
+        &ro,
+        "--bind",
+        &rw,
+        "--handler",
+        "sh -c 'cat /data/file; echo written > /out/$ALCOVE_INVOCATION; echo x > /data/file || echo ro-refused'",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The pooled sandbox holds its pinned binds while it waits, and only there.
+    assert!(!layer_mounts().is_empty(), "no pin mounted");
+    let warm = counter(&d, "warm");
+    let reply = d.http("POST", "/v1/functions/binds/invoke", b"");
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(body.starts_with("bound data"), "{body}");
+    assert!(
+        body.contains("ro-refused"),
+        "a read-only bind was written: {body}"
+    );
+    assert_eq!(counter(&d, "warm"), warm + 1.0, "not served from the pool");
+    // The writable bind reached the host directory.
+    let written: Vec<_> = std::fs::read_dir(allowed.join("rw"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(
+        std::fs::read_to_string(written[0].path()).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(allowed.join("ro/file")).unwrap(),
+        "bound data"
+    );
+    stop(d);
+    assert!(layer_mounts().is_empty(), "{:?}", layer_mounts());
+    // The bound directories are intact after their run directories went.
+    assert_eq!(
+        std::fs::read_to_string(allowed.join("ro/file")).unwrap(),
+        "bound data"
+    );
+    assert_eq!(std::fs::read_dir(allowed.join("rw")).unwrap().count(), 1);
+    assert_nothing_left(&before);
 }
