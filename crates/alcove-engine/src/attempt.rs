@@ -282,6 +282,20 @@ impl Engine {
         Ok(response)
     }
 
+    /// `v`'s sandbox as an invocation would get it, without a request: what
+    /// a warm template and a pooled gVisor sandbox are built from.
+    pub(crate) fn spec_without_request(
+        &self,
+        v: &VersionInfo,
+    ) -> Result<(SandboxSpec, Option<alcove_image::Lease>, Vec<OwnedFd>), EngineError> {
+        let input = Input {
+            body: Vec::new(),
+            cgi: Vec::new(),
+            stdout: None,
+        };
+        self.spec_for(v, &InvocationRecord::new_for_template(v), input)
+    }
+
     /// The sandbox for one invocation of `v`.
     pub(crate) fn spec_for(
         &self,

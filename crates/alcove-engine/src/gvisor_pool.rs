@@ -7,8 +7,7 @@
 //! a kill -9 leaves is reclaimed when the next daemon starts).
 
 use crate::engine::Engine;
-use crate::http::Input;
-use crate::model::{InvocationRecord, VersionInfo};
+use crate::model::VersionInfo;
 use crate::EngineError;
 use alcove_gvisor::{GvisorOptions, PooledSandbox};
 use alcove_sandbox::{Outcome, SandboxSpec};
@@ -119,20 +118,8 @@ impl Engine {
             .set(ready as i64);
     }
 
-    /// The sandbox a pooled boot of `v` gets: an invocation's, without a request.
-    fn pool_spec(&self, v: &VersionInfo) -> Result<(SandboxSpec, Pooled0), EngineError> {
-        let record = InvocationRecord::new_for_template(v);
-        let input = Input {
-            body: Vec::new(),
-            cgi: Vec::new(),
-            stdout: None,
-        };
-        let (spec, lease, pinned) = self.spec_for(v, &record, input)?;
-        Ok((spec, (lease, pinned)))
-    }
-
     fn boot_one(&self, v: &VersionInfo) -> Result<Pooled, EngineError> {
-        let (spec, (lease, pinned)) = self.pool_spec(v)?;
+        let (spec, lease, pinned) = self.spec_without_request(v)?;
         let (argv, binds) = waiter()?;
         let sandbox =
             PooledSandbox::boot(&spec, argv, &binds, &GvisorOptions::default()).map_err(|e| {
@@ -152,7 +139,7 @@ impl Engine {
     pub(crate) fn start_pool(&self, v: &VersionInfo) -> Result<(), EngineError> {
         self.stop_pool(&v.function);
         if pool_size(v) == 0 {
-            let (spec, _holds) = self.pool_spec(v)?;
+            let (spec, _lease, _pinned) = self.spec_without_request(v)?;
             return alcove_gvisor::check(&spec)
                 .map_err(|e| EngineError::Invalid(format!("gvisor: {e}")));
         }
@@ -351,6 +338,3 @@ impl Engine {
         }
     }
 }
-
-/// What a pooled boot holds besides its sandbox.
-type Pooled0 = (Option<alcove_image::Lease>, Vec<std::os::fd::OwnedFd>);

@@ -5,8 +5,7 @@
 //! runs cold, from the same code, while it is not.
 
 use crate::engine::Engine;
-use crate::http::Input;
-use crate::model::{FunctionConfig, InvocationRecord, VersionInfo};
+use crate::model::{FunctionConfig, VersionInfo};
 use crate::EngineError;
 use alcove_warm::{Budget, GoneHook, Template, TemplateSpec};
 use std::collections::{HashMap, HashSet};
@@ -110,13 +109,7 @@ impl Engine {
     /// The template's spec: the version's sandbox as an invocation would
     /// get it, without a request.
     fn template_spec(&self, v: &VersionInfo) -> Result<(TemplateSpec, Holds), EngineError> {
-        let record = InvocationRecord::new_for_template(v);
-        let input = Input {
-            body: Vec::new(),
-            cgi: Vec::new(),
-            stdout: None,
-        };
-        let (spec, lease, pinned) = self.spec_for(v, &record, input)?;
+        let (spec, lease, pinned) = self.spec_without_request(v)?;
         let init = v
             .config
             .init_timeout_ms
