@@ -309,6 +309,12 @@ impl Engine {
             .map(|(_, p)| p)
             .collect();
         drop(pools);
+        let left = alcove_gvisor::wait_for_teardowns(Duration::from_secs(10));
+        if left > 0 {
+            tracing::warn!(
+                "{left} used gVisor sandboxes not yet torn down at shutdown (run `alcove gc`)"
+            );
+        }
     }
 
     /// How many pooled sandboxes each function has ready (for its page and

@@ -22,7 +22,7 @@ mod runsc;
 pub mod waiter;
 
 pub use bundle::Bundle;
-pub use pool::PooledSandbox;
+pub use pool::{wait_for_teardowns, PooledSandbox};
 pub use run::{run, GvisorOptions};
 pub use runsc::{platforms, Runsc, PACKAGE, STATE_ROOT};
 

@@ -19,6 +19,7 @@ use alcove_sandbox::{Outcome, SandboxSpec, Stdio};
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest `runsc create` and `runsc start` may take together before
@@ -241,11 +242,40 @@ impl PooledSandbox {
         };
         let wall_ms = started.elapsed().as_secs_f64() * 1e3;
         let report = outcome(&cgroup, spec, &before, waited, ended, wall_ms, Some(relays));
-        let cgroup_id = finish(cgroup);
+        let cgroup_id = cgroup.id();
+        // The rest of the teardown (waiting for the last processes, the
+        // cgroup, the run directory) is off the response's path.
+        TEARDOWNS.fetch_add(1, Ordering::SeqCst);
+        self.cgroup = Some(cgroup);
+        let spawned = std::thread::Builder::new()
+            .name("gvisor teardown".into())
+            .spawn(move || {
+                drop(self);
+                TEARDOWNS.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            TEARDOWNS.fetch_sub(1, Ordering::SeqCst); // dropped here, on this thread
+        }
         Ok(Outcome {
             cgroup_id,
             ..report
         })
+    }
+}
+
+/// Used pooled sandboxes whose teardown is under way.
+static TEARDOWNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits up to `limit` for the teardowns of used pooled sandboxes (a
+/// daemon's shutdown); returns how many were still under way.
+pub fn wait_for_teardowns(limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = TEARDOWNS.load(Ordering::SeqCst);
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -267,6 +297,8 @@ fn read_answer(socket: &UnixStream) -> Ended {
 }
 
 impl Drop for PooledSandbox {
+    /// Kills the sandbox whole and removes its cgroup, then (a field
+    /// dropped next) its run directory.
     fn drop(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
             finish(cgroup);

@@ -262,8 +262,9 @@ pub(crate) fn supervise(
 }
 
 /// The report of a run that ended (`waited`, `ended`) after `wall_ms`:
-/// what is left in `cgroup` is killed first, so the usage is final and the
-/// relays reach the end of their streams. CPU time is counted from `before`
+/// what is left in `cgroup` is sent SIGKILL first (not waited for: the
+/// relays reach the end of their streams as the Sentry dies, and peaks only
+/// grow), so the usage is final. CPU time is counted from `before`
 /// (what the cgroup had used when this run began).
 pub(crate) fn outcome(
     cgroup: &SandboxCgroup,
@@ -274,7 +275,7 @@ pub(crate) fn outcome(
     wall_ms: f64,
     relays: Option<Relays>,
 ) -> Outcome {
-    cgroup.kill_all();
+    signal_all(cgroup);
     let mut outcome = Outcome {
         status: Status::Exited,
         exit_code: None,
@@ -331,6 +332,20 @@ pub(crate) fn outcome(
         outcome.output_truncated = outcome.stdout_truncated || outcome.stderr_truncated;
     }
     outcome
+}
+
+/// Sends SIGKILL once to every process in `cgroup`, without waiting for
+/// them to go (`SandboxCgroup::kill_all` waits).
+fn signal_all(cgroup: &SandboxCgroup) {
+    for dir in cgroup.dirs() {
+        let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            continue;
+        };
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // Pids in the run's own cgroup, which only its processes join.
+            let _ = alcove_sys::process::kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Makes `cmd`'s process join `cgroup` before it execs.
