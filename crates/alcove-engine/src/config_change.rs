@@ -324,29 +324,28 @@ pub(crate) fn finish(
             .join(version.version.to_string()),
     );
     engine.forget(&name);
+    // A version that cannot start as it asks (a warm template, a gVisor
+    // pool) is refused, and leaves nothing: `latest` and what follows it
+    // go back to the version before.
+    let refuse = |e: EngineError| -> Result<Deployed, EngineError> {
+        let previous = latest.as_ref().map(|(v, _)| v.version);
+        engine
+            .store
+            .remove_version(&name, version.version, previous)?;
+        engine.forget(&name);
+        engine.follow_latest(&name);
+        Err(e)
+    };
     if version.config.warm {
-        // A warm deploy that cannot serve warm is refused, and leaves nothing.
         if let Err(e) = engine.start_template(&version) {
-            let previous = latest.as_ref().map(|(v, _)| v.version);
-            engine
-                .store
-                .remove_version(&name, version.version, previous)?;
-            engine.forget(&name);
-            return Err(e);
+            return refuse(e);
         }
     } else {
         engine.stop_template(&name);
     }
     if version.config.isolation == "gvisor" {
-        // A version gVisor cannot run is refused, and leaves nothing.
         if let Err(e) = engine.start_pool(&version) {
-            let previous = latest.as_ref().map(|(v, _)| v.version);
-            engine
-                .store
-                .remove_version(&name, version.version, previous)?;
-            engine.forget(&name);
-            engine.follow_latest(&name);
-            return Err(e);
+            return refuse(e);
         }
     } else {
         engine.stop_pool(&name);

@@ -112,9 +112,11 @@ pub fn gc(root: &Path) -> usize {
         else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(owner, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // Signal 0 only asks; EPERM means a process (not ours) has the pid.
+        let alive = match alcove_sys::process::kill(owner, 0) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() == Some(libc::EPERM),
+        };
         if owner == std::process::id() as i32 || alive {
             continue;
         }

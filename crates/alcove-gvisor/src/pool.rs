@@ -219,14 +219,16 @@ impl PooledSandbox {
         let failed = |what| move |source| GvisorError::Prepare { what, source };
         let out = std::fs::File::from(self.stdout.try_clone().map_err(failed("a pipe"))?);
         let err = std::fs::File::from(self.stderr.try_clone().map_err(failed("a pipe"))?);
-        let cgroup = self.cgroup.take().expect("held until dropped");
-        let before = cgroup.usage().unwrap_or_default();
-        let started = Instant::now();
-        let relays = (Some(relay(out, out_sink)), Some(relay(err, err_sink)));
         let mut writer = self
             .socket
             .try_clone()
             .map_err(failed("the waiter's socket"))?;
+        // Nothing fallible from here on: the cgroup goes back before `self`
+        // is dropped, so the sandbox is always torn down whole.
+        let cgroup = self.cgroup.take().expect("held until dropped");
+        let before = cgroup.usage().unwrap_or_default();
+        let started = Instant::now();
+        let relays = (Some(relay(out, out_sink)), Some(relay(err, err_sink)));
         let frame = crate::waiter::request(&config["process"], input.len());
         // Not joined: it ends when the waiter has read it all, or dies.
         std::thread::spawn(move || {
