@@ -85,6 +85,10 @@ pub(crate) enum Request {
         done: mpsc::SyncSender<ServiceStatus>,
     },
     SetLive(bool),
+    /// Hands on every event the ring holds now; answers when done.
+    Flush {
+        done: mpsc::SyncSender<()>,
+    },
     AllowNet {
         cgroup_id: u64,
         net: alcove_bpf::IpNet,
@@ -236,6 +240,13 @@ impl MonitorService {
     /// someone following them live; otherwise they are read every 100 ms.
     pub fn set_live(&self, on: bool) {
         let _ = self.send(Request::SetLive(on));
+    }
+
+    /// Returns once every event the kernel wrote before the call has gone to
+    /// its run and to the sink: what a caller then says (a sandbox's end)
+    /// comes after them on the stream.
+    pub fn flush(&self) {
+        let _ = self.ask(|done| Request::Flush { done });
     }
 
     pub(crate) fn fast(&self) -> &FastPath {
@@ -408,6 +419,10 @@ impl Owner {
             }
             Request::SetLive(on) => {
                 let _ = self.monitor.set_live(on);
+            }
+            Request::Flush { done } => {
+                self.dispatch_events();
+                let _ = done.send(());
             }
             Request::AllowNet {
                 cgroup_id,

@@ -157,6 +157,12 @@ impl Watch {
         self.result.as_ref()
     }
 
+    /// Hands on the events the kernel has written so far (see
+    /// [`crate::MonitorService::flush`]).
+    pub fn flush(&self) {
+        self.service.flush();
+    }
+
     /// The policy the run is watched with.
     pub fn policy(&self) -> &SandboxPolicy {
         &self.policy
