@@ -152,6 +152,19 @@ class Commands(unittest.TestCase):
             self.sb.commands.run(["notexec-e2e"], env={"PATH": "/home/user/bin"})
         self.assertIn("notexec-e2e", str(caught.exception))
 
+    def test_a_command_starts_clean_in_a_group_of_its_own(self):
+        # No signal blocked or ignored (the agent ignores SIGPIPE, glibc
+        # its own 32 and 33: its commands must not), and its own process
+        # group (kills reach its children). /proc lists SigBlk, then SigIgn.
+        r = self.sb.commands.run(
+            ["sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status; cut -d' ' -f5 /proc/$$/stat; echo $$"]
+        )
+        lines = r.stdout.split("\n")
+        self.assertEqual(r.exit_code, 0, r)
+        self.assertEqual(int(lines[0].split()[1], 16), 0, r.stdout)
+        self.assertEqual(int(lines[1].split()[1], 16), 0, r.stdout)
+        self.assertEqual(lines[2], lines[3], r.stdout)
+
     def test_command_not_found(self):
         # argv form: the agent cannot start it; the daemon answers 404 file_not_found.
         with self.assertRaises(NotFound) as caught:

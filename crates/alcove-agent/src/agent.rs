@@ -95,6 +95,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         group_killed: std::collections::HashSet::new(),
         draining: Vec::new(),
         copy_filter,
+        starter: crate::start::Starter::new(),
     };
     if agent
         .send(
@@ -128,6 +129,7 @@ struct Agent {
     draining: Vec<Drain>,
     /// Stacked on every command but a forkable one (the interpreter).
     copy_filter: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
+    starter: crate::start::Starter,
 }
 
 /// A seccomp program as raw `struct sock_filter`s (8 bytes each).
@@ -381,7 +383,29 @@ impl Agent {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone());
         let found = find_program(program, path.as_deref(), cwd);
-        let mut cmd = Command::new(found.as_deref().unwrap_or(Path::new(program)));
+        if let Some(found) = &found {
+            let env = self
+                .env
+                .iter()
+                .chain(env.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let filter = self.copy_filter.as_deref().filter(|_| !forkable);
+            let (pid, pidfd) = self.starter.start(&crate::start::Command {
+                path: found,
+                argv0: program,
+                args: &argv[1..],
+                env,
+                cwd,
+                fds: &fds,
+                filter: filter.map(Vec::as_slice),
+            })?;
+            self.running.insert(pid, pidfd);
+            return Ok(pid);
+        }
+        // Not found, or not an ELF file or a script: the standard library's
+        // execvp, which says why or runs it through /bin/sh as execvp does.
+        let mut cmd = Command::new(program);
         cmd.arg0(program)
             .args(&argv[1..])
             .env_clear()

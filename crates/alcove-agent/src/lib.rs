@@ -17,6 +17,7 @@
 mod agent;
 mod link;
 pub mod protocol;
+mod start;
 
 pub use agent::{serve, serve_inherited};
 pub use link::{AgentLink, ExitStatus, LinkError, Opened};

@@ -275,11 +275,38 @@ async fn start(
     Ok(Json(s.engine.start_sandbox(&path_id(id)?).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A command line (run by `/bin/sh -c`) or its argv. Told apart by the
+/// JSON type at once: serde's untagged enums try each variant and build an
+/// error message for each miss, a measurable share of an exec's time.
 enum Cmd {
     Shell(String),
     Argv(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Cmd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CmdVisitor;
+        impl<'de> serde::de::Visitor<'de> for CmdVisitor {
+            type Value = Cmd;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a command line (a string) or its argv (an array of strings)")
+            }
+            fn visit_str<E: serde::de::Error>(self, line: &str) -> Result<Cmd, E> {
+                Ok(Cmd::Shell(line.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, line: String) -> Result<Cmd, E> {
+                Ok(Cmd::Shell(line))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Cmd, A::Error> {
+                let mut argv = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(Cmd::Argv(argv))
+            }
+        }
+        d.deserialize_any(CmdVisitor)
+    }
 }
 
 #[derive(Deserialize)]

@@ -198,10 +198,66 @@ pub unsafe fn spawn_vfork(
             options(nostack),
         );
     }
+    // Under a seccomp filter that answers ENOSYS for clone3 (it cannot see
+    // clone3's flags, so alcove's own sandboxes refuse it that way), the
+    // older clone does the same but for a cgroup to start in.
+    let ret = if ret == -(libc::ENOSYS as i64) && cgroup.is_none() {
+        // SAFETY: as above; legacy clone takes the flags (with the exit
+        // signal in the low byte), the new stack's top (16-byte aligned:
+        // page-aligned base plus a length in whole pages), and where to
+        // store the pidfd; the child starts on that stack with r12 and r13
+        // intact, exactly as with clone3.
+        unsafe { legacy_clone_vfork(args.flags, stack, entry, arg, &mut pidfd) }
+    } else {
+        ret
+    };
     if ret < 0 {
         return Err(io::Error::from_raw_os_error(-ret as i32));
     }
     // SAFETY: with CLONE_PIDFD the kernel stored a fresh, owned pidfd.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok((ret as libc::pid_t, pidfd))
+}
+
+/// `clone(2)` for [`spawn_vfork`] where clone3 is refused.
+///
+/// # Safety
+///
+/// As for [`spawn_vfork`]; `flags` must not hold bits above 32.
+#[cfg(target_arch = "x86_64")]
+unsafe fn legacy_clone_vfork(
+    flags: u64,
+    stack: &mut ChildStack,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+    pidfd: &mut libc::c_int,
+) -> i64 {
+    let top = stack.base as u64 + stack.len as u64;
+    let ret: i64;
+    // SAFETY: the caller upholds spawn_vfork's contract; see there for the
+    // child's side of the trampoline.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone => ret,
+            in("rdi") flags | libc::SIGCHLD as u64,
+            in("rsi") top,
+            in("rdx") pidfd as *mut libc::c_int,
+            in("r10") 0u64,
+            in("r8") 0u64,
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
 }

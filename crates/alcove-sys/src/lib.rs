@@ -24,6 +24,7 @@ pub mod pty;
 pub mod seccomp;
 pub mod seqpacket;
 pub mod signal;
+pub mod spawn;
 pub mod unix;
 
 use std::io;

@@ -49,6 +49,17 @@ pub fn reset_for_exec() {
     }
 }
 
+/// The signals whose disposition is not the default now (ignored, or
+/// caught; glibc's own 32 and 33 included), for a child to set back with
+/// [`set_default`] before its exec: found once, so that each start need
+/// not ask about all 64.
+pub fn changed_dispositions() -> Vec<i32> {
+    (1..=64)
+        .filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
+        .filter(|&signal| !is_default(signal))
+        .collect()
+}
+
 /// Restores SIGPIPE's default action, so a command printing into a closed
 /// pipe (`alcove image ls | head`) ends quietly as Unix tools do.
 pub fn default_sigpipe() {
@@ -114,40 +125,69 @@ pub fn wait_any() -> i32 {
     }
 }
 
-/// Sets every signal's disposition back to the default (ignored ones stay
-/// ignored across execve otherwise, whoever ignored them: the Rust runtime,
-/// a caller, glibc's reserved real-time signals).
-pub fn default_all_dispositions() {
-    // The kernel's struct sigaction (not glibc's, which refuses glibc's own
-    // signals 32 and 33): handler, flags, restorer, mask.
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: usize,
-        flags: libc::c_ulong,
-        restorer: usize,
-        mask: u64,
-    }
+/// The kernel's struct sigaction (not glibc's, which refuses glibc's own
+/// signals 32 and 33): handler, flags, restorer, mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Sets `signal`'s disposition to the default, whatever glibc reserves it
+/// for. Allocates nothing, so a vfork child may call it.
+pub fn set_default(signal: i32) {
     let action = KernelSigaction {
         handler: libc::SIG_DFL,
         flags: 0,
         restorer: 0,
         mask: 0,
     };
+    // SAFETY: `action` is a valid kernel sigaction for the duration of the
+    // call, the old-action pointer is null, and the size is the kernel's
+    // sigset size (8 bytes). SIG_DFL runs no code of ours; SIGKILL and
+    // SIGSTOP answer EINVAL, which changes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
+/// Whether `signal`'s disposition is the default, as the kernel has it.
+fn is_default(signal: i32) -> bool {
+    let mut old = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: a null new action only queries; `old` is a valid out-parameter
+    // of the kernel's layout; the size is the kernel's sigset size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            std::ptr::null::<KernelSigaction>(),
+            &mut old as *mut KernelSigaction,
+            8usize,
+        )
+    };
+    ret != 0 || old.handler == libc::SIG_DFL
+}
+
+/// Sets every signal's disposition back to the default (ignored ones stay
+/// ignored across execve otherwise, whoever ignored them: the Rust runtime,
+/// a caller, glibc's reserved real-time signals).
+pub fn default_all_dispositions() {
     for signal in 1..=64 {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            set_default(signal);
         }
-        // SAFETY: `action` is a valid kernel sigaction for the duration of the
-        // call, the old-action pointer is null, and the size is the kernel's
-        // sigset size (8 bytes). SIG_DFL runs no code of ours.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                signal,
-                &action as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            )
-        };
     }
 }

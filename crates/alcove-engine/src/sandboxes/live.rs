@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Finished commands kept per sandbox (for `processes` and reattaching).
+/// Finished commands kept per sandbox (for `processes` and reattaching):
+/// the last 64 at least, 127 at most.
 const FINISHED_KEPT: usize = 64;
 /// Commands running at once in one sandbox.
 const MAX_RUNNING: usize = 256;
@@ -1095,12 +1096,15 @@ impl LiveSandbox {
         }
         check_env(&req.env)?;
         {
+            // Counted only when there could be that many: a look at each
+            // command's state is a cache miss or two, per command, per exec.
             let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-            if processes
-                .values()
-                .filter(|p| p.running() || p.holds_pipes())
-                .count()
-                >= MAX_RUNNING
+            if processes.len() >= MAX_RUNNING
+                && processes
+                    .values()
+                    .filter(|p| p.running() || p.holds_pipes())
+                    .count()
+                    >= MAX_RUNNING
             {
                 return Err(SandboxesError::Conflict(format!(
                     "{MAX_RUNNING} commands run in this sandbox already; wait for or kill some"
@@ -1160,15 +1164,19 @@ impl LiveSandbox {
             });
         }
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut finished: Vec<i32> = processes
-            .values()
-            .filter(|p| !p.running() && !p.holds_pipes())
-            .map(|p| p.pid)
-            .collect();
-        if finished.len() >= FINISHED_KEPT {
-            finished.sort();
-            for pid in &finished[..finished.len() + 1 - FINISHED_KEPT] {
-                processes.remove(pid);
+        // Pruned in batches, oldest first, once twice as many are held as are
+        // kept, so that an exec does not look at every command it keeps.
+        if processes.len() >= 2 * FINISHED_KEPT {
+            let mut finished: Vec<(u64, i32)> = processes
+                .values()
+                .filter(|p| !p.running() && !p.holds_pipes())
+                .map(|p| (p.started_seq(), p.pid))
+                .collect();
+            if finished.len() > FINISHED_KEPT {
+                finished.sort_unstable();
+                for (_, pid) in &finished[..finished.len() - FINISHED_KEPT] {
+                    processes.remove(pid);
+                }
             }
         }
         processes.insert(pid, Arc::clone(&process));

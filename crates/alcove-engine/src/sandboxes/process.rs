@@ -154,7 +154,12 @@ pub struct Process {
     terminal: Mutex<Option<Arc<Terminal>>>,
     /// Killed for running past its timeout.
     timed_out: std::sync::atomic::AtomicBool,
+    /// Its place in the order commands were started (pids wrap).
+    seq: u64,
 }
+
+/// The start order of commands, across sandboxes.
+static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Process {
     fn new(
@@ -167,6 +172,7 @@ impl Process {
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let (drained, _) = watch::channel(false);
         Arc::new(Process {
+            seq: STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pid,
             cmd,
             kept: Mutex::default(),
@@ -365,6 +371,11 @@ impl Process {
     /// Its pipes are still open (it, or what it started, may still print).
     pub fn holds_pipes(&self) -> bool {
         !*self.drained.borrow()
+    }
+
+    /// Where it came in the order commands were started.
+    pub fn started_seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn running(&self) -> bool {
