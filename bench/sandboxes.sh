@@ -7,7 +7,9 @@
 #      subprocess.run(["true"]) on the host) and `runc run` of a busybox
 #      bundle running `true` (a container made, run and deleted), interleaved
 #      (runc, not crun: Debian's crun 1.8 refuses a cgroup-hybrid host);
-#   2. exec round trip of `true` in a live sandbox, against the same floor;
+#   2. exec round trip of `true` in a live sandbox, against the same floor,
+#      with http.client and with a minimal HTTP/1.1 client (the daemon's own
+#      round trip), and its two unavoidable parts (a no-op API call, a spawn);
 #   3. run_code `1+1` in a warm interpreter, against `python3 -c 1+1` (a
 #      fresh interpreter each time, the cost a stateless tool pays);
 #   4. pause and resume (the cgroup freezer), each;
