@@ -14,7 +14,9 @@ use std::path::Path;
 /// What the agent keeps from one start to the next.
 pub(crate) struct Starter {
     stack: Option<ChildStack>,
-    /// Dispositions the agent inherited or set that a command must not.
+    /// Dispositions the agent inherited or set that a command must not:
+    /// found at its start, so the agent must install no handler after that
+    /// (one would otherwise run in a child that shares its memory).
     reset_signals: Vec<i32>,
 }
 

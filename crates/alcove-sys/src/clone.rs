@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `CLONE_PIDFD`: return a pidfd for the child.
 pub const CLONE_PIDFD: u64 = 0x1000;
@@ -170,6 +171,14 @@ pub unsafe fn spawn_vfork(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd.as_raw_fd() as u64;
     }
+    // A filter's refusal of clone3 does not change: once seen, clone3 is
+    // not tried again where the older clone can do the same.
+    let legacy_can = cgroup.is_none() && args.flags & (0xff | !0xffff_ffff) == 0;
+    if legacy_can && CLONE3_REFUSED.load(Ordering::Relaxed) {
+        // SAFETY: as for the fallback below.
+        let ret = unsafe { legacy_clone_vfork(args.flags, stack, entry, arg, &mut pidfd) };
+        return vfork_result(ret, pidfd);
+    }
     let ret: i64;
     // SAFETY: clone3 with a stack starts the child with its stack pointer at
     // the top of `stack` (16-byte aligned: the mapping is page-aligned). Only
@@ -201,16 +210,24 @@ pub unsafe fn spawn_vfork(
     // Under a seccomp filter that answers ENOSYS for clone3 (it cannot see
     // clone3's flags, so alcove's own sandboxes refuse it that way), the
     // older clone does the same but for a cgroup to start in.
-    let ret = if ret == -(libc::ENOSYS as i64) && cgroup.is_none() {
+    let ret = if ret == -(libc::ENOSYS as i64) && legacy_can {
+        CLONE3_REFUSED.store(true, Ordering::Relaxed);
         // SAFETY: as above; legacy clone takes the flags (with the exit
-        // signal in the low byte), the new stack's top (16-byte aligned:
-        // page-aligned base plus a length in whole pages), and where to
-        // store the pidfd; the child starts on that stack with r12 and r13
-        // intact, exactly as with clone3.
+        // signal in the low byte, which `legacy_can` keeps free), the new
+        // stack's top (16-byte aligned: page-aligned base plus a length in
+        // whole pages), and where to store the pidfd; the child starts on
+        // that stack with r12 and r13 intact, exactly as with clone3.
         unsafe { legacy_clone_vfork(args.flags, stack, entry, arg, &mut pidfd) }
     } else {
         ret
     };
+    vfork_result(ret, pidfd)
+}
+
+/// clone3 answered ENOSYS in this process (a seccomp filter refuses it).
+static CLONE3_REFUSED: AtomicBool = AtomicBool::new(false);
+
+fn vfork_result(ret: i64, pidfd: libc::c_int) -> io::Result<(libc::pid_t, OwnedFd)> {
     if ret < 0 {
         return Err(io::Error::from_raw_os_error(-ret as i32));
     }
@@ -223,7 +240,8 @@ pub unsafe fn spawn_vfork(
 ///
 /// # Safety
 ///
-/// As for [`spawn_vfork`]; `flags` must not hold bits above 32.
+/// As for [`spawn_vfork`]; `flags` must hold no bit in its low byte (the
+/// exit signal's place) or above 32.
 #[cfg(target_arch = "x86_64")]
 unsafe fn legacy_clone_vfork(
     flags: u64,

@@ -26,7 +26,8 @@ pub struct ExecPlan<'a> {
     pub new_process_group: bool,
     /// Set back to `SIG_DFL` (an ignored disposition survives `execve`).
     pub reset_signals: &'a [i32],
-    /// A seccomp filter stacked on the caller's, with `no_new_privs`.
+    /// A seccomp filter stacked on the caller's (which must have
+    /// `no_new_privs` set already, or `CAP_SYS_ADMIN`).
     pub filter: Option<&'a [libc::sock_filter]>,
 }
 
@@ -53,10 +54,19 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
     // numbers, which can be 3).
     let mut moved: Vec<OwnedFd> = Vec::new();
     let mut fds = plan.fds.to_vec();
+    let above = fds
+        .iter()
+        .map(|&(_, target)| target)
+        .max()
+        .unwrap_or(0)
+        .max(2)
+        + 1;
     for j in 0..fds.len() {
         if fds[..j].iter().any(|&(_, target)| target == fds[j].0) {
-            // SAFETY: F_DUPFD_CLOEXEC takes an integer and touches no memory.
-            let copy = crate::cvt_int(unsafe { libc::fcntl(fds[j].0, libc::F_DUPFD_CLOEXEC, 64) })?;
+            // Above every target, so no target overwrites the copy either.
+            // SAFETY: F_DUPFD_CLOEXEC takes integers and touches no memory.
+            let copy =
+                crate::cvt_int(unsafe { libc::fcntl(fds[j].0, libc::F_DUPFD_CLOEXEC, above) })?;
             // SAFETY: fcntl returned a new descriptor that nothing else owns.
             moved.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy) });
             fds[j].0 = copy;
@@ -78,8 +88,9 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
         crate::process::exit_now(127)
     }
     // No signal handler of ours may run in the child (it shares our memory)
-    // before it has reset the dispositions.
-    let mask = crate::signal::block_all()?;
+    // before it has reset the dispositions: all 64 blocked, glibc's own two
+    // included (its sigprocmask leaves those out).
+    let mask = block_every_signal()?;
     let arg = &shared as *const Shared<'_, '_> as *mut libc::c_void;
     // SAFETY: `run_child` makes only raw system calls through libc's thin
     // wrappers (no allocation, no lock, no unwinding), writes nothing of ours
@@ -87,7 +98,7 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
     // of this process can neither deadlock it nor see it change their state;
     // `shared` outlives the call (the parent resumes after the exec or exit).
     let started = unsafe { crate::clone::spawn_vfork(0, None, stack, entry, arg) };
-    crate::signal::restore_mask(&mask);
+    set_signal_mask(mask);
     drop(moved);
     let (pid, pidfd) = started?;
     match shared.errno.load(Ordering::SeqCst) {
@@ -97,6 +108,38 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
             Err(io::Error::from_raw_os_error(errno))
         }
     }
+}
+
+/// Blocks all 64 signals for the calling thread; returns the mask before.
+fn block_every_signal() -> io::Result<u64> {
+    let (all, mut old) = (u64::MAX, 0u64);
+    // SAFETY: both pointers are valid for the call and the size is the
+    // kernel's sigset size (8 bytes).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
+    crate::cvt(ret).map(|_| old)
+}
+
+/// Sets the calling thread's signal mask (all 64 signals, as the kernel has
+/// them). Allocates nothing, so a vfork child may call it.
+fn set_signal_mask(mask: u64) {
+    // SAFETY: the new mask is a valid 8-byte set; a null old mask is allowed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
 }
 
 fn run_child(shared: &Shared<'_, '_>) -> io::Error {
@@ -119,17 +162,11 @@ fn run_child(shared: &Shared<'_, '_>) -> io::Error {
         }
     }
     if let Some(filter) = plan.filter {
-        if let Err(e) =
-            crate::process::set_no_new_privs().and_then(|()| crate::seccomp::install_filter(filter))
-        {
+        if let Err(e) = crate::seccomp::install_filter(filter) {
             return e;
         }
     }
-    // SAFETY: an all-zero sigset_t is the empty set; a null old mask is allowed.
-    unsafe {
-        let empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
+    set_signal_mask(0);
     // SAFETY: the path is NUL-terminated; argv and envp are null-terminated
     // arrays (checked by `spawn`) of pointers the caller keeps alive.
     unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
@@ -222,6 +259,48 @@ mod tests {
         assert_ne!(mask(&kept, "SigIgn:") & usr2, 0, "not named: still ignored");
         assert_eq!(mask(&reset, "SigIgn:") & usr2, 0, "named: default again");
         assert_eq!(mask(&reset, "SigBlk:"), 0, "nothing blocked: {reset}");
+    }
+
+    #[test]
+    fn under_a_filter_that_refuses_clone3_the_older_clone_starts_it() {
+        // On a thread of its own: a filter without TSYNC binds this thread only.
+        std::thread::spawn(|| {
+            let stmt = |code: u32, k: u32| libc::sock_filter {
+                code: code as u16,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jump = |k: u32, jt: u8| libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt,
+                jf: 0,
+                k,
+            };
+            let filter = [
+                stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0), // the syscall's number
+                jump(libc::SYS_clone3 as u32, 1),
+                stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+                stmt(
+                    libc::BPF_RET | libc::BPF_K,
+                    libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                ),
+            ];
+            crate::process::set_no_new_privs().unwrap();
+            crate::seccomp::install_filter(&filter).unwrap();
+            // SAFETY: a raw clone3 with a null argument only asks the filter.
+            let refused = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
+            let errno = io::Error::last_os_error().raw_os_error();
+            assert_eq!(
+                (refused, errno),
+                (-1, Some(libc::ENOSYS)),
+                "the filter holds"
+            );
+            let (out, status) = run("echo started", &[], None).unwrap();
+            assert_eq!((out.as_str(), libc::WEXITSTATUS(status)), ("started\n", 0));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

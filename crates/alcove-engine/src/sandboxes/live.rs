@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Finished commands kept per sandbox (for `processes` and reattaching):
-/// the last 64 at least, 127 at most.
+/// the last 64 at least, 128 at most.
 const FINISHED_KEPT: usize = 64;
 /// Commands running at once in one sandbox.
 const MAX_RUNNING: usize = 256;
