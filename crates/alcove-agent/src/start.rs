@@ -79,6 +79,7 @@ impl Starter {
                 (source, target as RawFd)
             })
             .collect();
+        let pointers = alcove_sys::spawn::pointers;
         let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
         let plan = alcove_sys::spawn::ExecPlan {
             path: &path,
@@ -125,15 +126,6 @@ fn merged<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         }
     }
     out
-}
-
-/// A null-terminated array of pointers into `strings`, which must outlive it.
-fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -110,6 +110,16 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
     }
 }
 
+/// A null-terminated array of pointers into `strings` (for
+/// [`ExecPlan::argv`] and [`ExecPlan::envp`]), which must outlive it.
+pub fn pointers(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 /// Blocks all 64 signals for the calling thread; returns the mask before.
 fn block_every_signal() -> io::Result<u64> {
     let (all, mut old) = (u64::MAX, 0u64);
@@ -179,15 +189,6 @@ mod tests {
     use std::ffi::CString;
     use std::io::Read;
     use std::os::fd::AsRawFd;
-
-    /// The strings must outlive what this returns.
-    fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
-        strings
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
-    }
 
     /// Runs `sh -c script` with its stdout on a pipe: what it printed and its
     /// wait status.
