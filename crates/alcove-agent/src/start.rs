@@ -59,26 +59,22 @@ impl Starter {
             .cwd
             .map(|d| c(d.as_bytes(), "the directory"))
             .transpose()?;
-        let given = &cmd.fds[..cmd.fds.len().min(4)];
-        let null = match given.len() {
-            0..=2 => Some(
+        // Its 0, 1, 2 and 3 as given; 0, 1 and 2 on /dev/null where not.
+        let mut sources: Vec<RawFd> = cmd.fds.iter().take(4).map(AsRawFd::as_raw_fd).collect();
+        let null = match sources.len() < 3 {
+            true => Some(
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open("/dev/null")
                     .map_err(|e| AgentFailure::io("opening /dev/null", &e))?,
             ),
-            _ => None,
+            false => None,
         };
-        let fds: Vec<(RawFd, RawFd)> = (0..3.max(given.len()))
-            .map(|target| {
-                let source = given.get(target).map(AsRawFd::as_raw_fd);
-                let source = source
-                    .or(null.as_ref().map(AsRawFd::as_raw_fd))
-                    .unwrap_or(-1);
-                (source, target as RawFd)
-            })
-            .collect();
+        if let Some(null) = &null {
+            sources.resize(3, null.as_raw_fd());
+        }
+        let fds: Vec<(RawFd, RawFd)> = sources.into_iter().zip(0..).collect();
         let pointers = alcove_sys::spawn::pointers;
         let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
         let plan = alcove_sys::spawn::ExecPlan {

@@ -171,56 +171,54 @@ pub unsafe fn spawn_vfork(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd.as_raw_fd() as u64;
     }
-    // A filter's refusal of clone3 does not change: once seen, clone3 is
-    // not tried again where the older clone can do the same.
-    let legacy_can = cgroup.is_none() && args.flags & (0xff | !0xffff_ffff) == 0;
-    if legacy_can && CLONE3_REFUSED.load(Ordering::Relaxed) {
-        // SAFETY: as for the fallback below.
-        let ret = unsafe { legacy_clone_vfork(args.flags, stack, entry, arg, &mut pidfd) };
-        return vfork_result(ret, pidfd);
-    }
-    let ret: i64;
-    // SAFETY: clone3 with a stack starts the child with its stack pointer at
-    // the top of `stack` (16-byte aligned: the mapping is page-aligned). Only
-    // rax, rcx and r11 change across `syscall`, so in the child r12 and r13
-    // still hold `arg` and `entry`; it clears the frame pointer and calls
-    // `entry`, which never returns (ud2 guards that). The parent, resumed after
-    // the child's exec or exit, falls through with the result in rax. `args`
-    // and `pidfd` outlive the call; the caller upholds the vfork contract.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "ud2",
-            "2:",
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") &mut args as *mut CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
     // Under a seccomp filter that answers ENOSYS for clone3 (it cannot see
     // clone3's flags, so alcove's own sandboxes refuse it that way), the
-    // older clone does the same but for a cgroup to start in.
-    let ret = if ret == -(libc::ENOSYS as i64) && legacy_can {
-        CLONE3_REFUSED.store(true, Ordering::Relaxed);
-        // SAFETY: as above; legacy clone takes the flags (with the exit
-        // signal in the low byte, which `legacy_can` keeps free), the new
-        // stack's top (16-byte aligned: page-aligned base plus a length in
-        // whole pages), and where to store the pidfd; the child starts on
-        // that stack with r12 and r13 intact, exactly as with clone3.
-        unsafe { legacy_clone_vfork(args.flags, stack, entry, arg, &mut pidfd) }
-    } else {
-        ret
+    // older clone does the same, but for a cgroup to start in and for flags
+    // in the exit signal's byte or above 32 bits. A refusal does not change:
+    // once seen, clone3 is not tried again.
+    let legacy_can = cgroup.is_none() && args.flags & (0xff | !0xffff_ffff) == 0;
+    let (legacy_flags, top) = (args.flags, stack.base as u64 + stack.len as u64);
+    let legacy = |pidfd: &mut libc::c_int| {
+        // SAFETY: legacy clone takes the flags (with the exit signal in the
+        // low byte, which `legacy_can` keeps free), the new stack's top
+        // (16-byte aligned: a page-aligned base plus whole pages), and where
+        // to store the pidfd; the caller upholds the vfork contract.
+        unsafe {
+            vfork_syscall(
+                libc::SYS_clone,
+                [
+                    legacy_flags | libc::SIGCHLD as u64,
+                    top,
+                    pidfd as *mut libc::c_int as u64,
+                ],
+                entry,
+                arg,
+            )
+        }
     };
+    if legacy_can && CLONE3_REFUSED.load(Ordering::Relaxed) {
+        let ret = legacy(&mut pidfd);
+        return vfork_result(ret, pidfd);
+    }
+    // SAFETY: clone3 with a stack starts the child at the top of `stack`
+    // (16-byte aligned: the mapping is page-aligned); `args` and `pidfd`
+    // outlive the call; the caller upholds the vfork contract.
+    let mut ret = unsafe {
+        vfork_syscall(
+            libc::SYS_clone3,
+            [
+                &mut args as *mut CloneArgs as u64,
+                std::mem::size_of::<CloneArgs>() as u64,
+                0,
+            ],
+            entry,
+            arg,
+        )
+    };
+    if ret == -(libc::ENOSYS as i64) && legacy_can {
+        CLONE3_REFUSED.store(true, Ordering::Relaxed);
+        ret = legacy(&mut pidfd);
+    }
     vfork_result(ret, pidfd)
 }
 
@@ -236,24 +234,28 @@ fn vfork_result(ret: i64, pidfd: libc::c_int) -> io::Result<(libc::pid_t, OwnedF
     Ok((ret as libc::pid_t, pidfd))
 }
 
-/// `clone(2)` for [`spawn_vfork`] where clone3 is refused.
+/// Makes the clone syscall `nr` with `args` (rdi, rsi, rdx) and runs
+/// `entry(arg)` in the child, on the stack the syscall gave it.
 ///
 /// # Safety
 ///
-/// As for [`spawn_vfork`]; `flags` must hold no bit in its low byte (the
-/// exit signal's place) or above 32.
+/// `nr` and `args` must make a clone that gives the child a stack of its
+/// own and suspends the caller until the child execs or exits; the caller
+/// upholds [`spawn_vfork`]'s contract.
 #[cfg(target_arch = "x86_64")]
-unsafe fn legacy_clone_vfork(
-    flags: u64,
-    stack: &mut ChildStack,
+unsafe fn vfork_syscall(
+    nr: i64,
+    args: [u64; 3],
     entry: extern "C" fn(*mut libc::c_void) -> !,
     arg: *mut libc::c_void,
-    pidfd: &mut libc::c_int,
 ) -> i64 {
-    let top = stack.base as u64 + stack.len as u64;
     let ret: i64;
-    // SAFETY: the caller upholds spawn_vfork's contract; see there for the
-    // child's side of the trampoline.
+    // SAFETY: only rax, rcx and r11 change across `syscall`, so in the child
+    // r12 and r13 still hold `arg` and `entry`; it clears the frame pointer
+    // and calls `entry`, which never returns (ud2 guards that). The parent,
+    // resumed after the child's exec or exit, falls through with the result
+    // in rax. r10 and r8 (clone's child_tid and tls) are zero; clone3 reads
+    // neither. The caller upholds the rest (see above).
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -264,10 +266,10 @@ unsafe fn legacy_clone_vfork(
             "call r13",
             "ud2",
             "2:",
-            inlateout("rax") libc::SYS_clone => ret,
-            in("rdi") flags | libc::SIGCHLD as u64,
-            in("rsi") top,
-            in("rdx") pidfd as *mut libc::c_int,
+            inlateout("rax") nr => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
             in("r10") 0u64,
             in("r8") 0u64,
             in("r12") arg,

@@ -125,6 +125,26 @@ pub fn wait_any() -> i32 {
     }
 }
 
+/// Sets the calling thread's mask of all 64 signals to `mask` (bit n-1 for
+/// signal n) and returns the one before: the kernel's call, since glibc's
+/// leaves its own signals 32 and 33 out. Allocates nothing, so a vfork
+/// child may call it.
+pub fn swap_mask(mask: u64) -> io::Result<u64> {
+    let mut old = 0u64;
+    // SAFETY: both pointers are valid 8-byte sets for the call, and 8 is the
+    // kernel's sigset size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
+    crate::cvt(ret).map(|_| old)
+}
+
 /// The kernel's struct sigaction (not glibc's, which refuses glibc's own
 /// signals 32 and 33): handler, flags, restorer, mask.
 #[repr(C)]

@@ -90,7 +90,7 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
     // No signal handler of ours may run in the child (it shares our memory)
     // before it has reset the dispositions: all 64 blocked, glibc's own two
     // included (its sigprocmask leaves those out).
-    let mask = block_every_signal()?;
+    let mask = crate::signal::swap_mask(u64::MAX)?;
     let arg = &shared as *const Shared<'_, '_> as *mut libc::c_void;
     // SAFETY: `run_child` makes only raw system calls through libc's thin
     // wrappers (no allocation, no lock, no unwinding), writes nothing of ours
@@ -98,7 +98,7 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
     // of this process can neither deadlock it nor see it change their state;
     // `shared` outlives the call (the parent resumes after the exec or exit).
     let started = unsafe { crate::clone::spawn_vfork(0, None, stack, entry, arg) };
-    set_signal_mask(mask);
+    let _ = crate::signal::swap_mask(mask);
     drop(moved);
     let (pid, pidfd) = started?;
     match shared.errno.load(Ordering::SeqCst) {
@@ -118,38 +118,6 @@ pub fn pointers(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect()
-}
-
-/// Blocks all 64 signals for the calling thread; returns the mask before.
-fn block_every_signal() -> io::Result<u64> {
-    let (all, mut old) = (u64::MAX, 0u64);
-    // SAFETY: both pointers are valid for the call and the size is the
-    // kernel's sigset size (8 bytes).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            &mut old as *mut u64,
-            8usize,
-        )
-    };
-    crate::cvt(ret).map(|_| old)
-}
-
-/// Sets the calling thread's signal mask (all 64 signals, as the kernel has
-/// them). Allocates nothing, so a vfork child may call it.
-fn set_signal_mask(mask: u64) {
-    // SAFETY: the new mask is a valid 8-byte set; a null old mask is allowed.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &mask as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        )
-    };
 }
 
 fn run_child(shared: &Shared<'_, '_>) -> io::Error {
@@ -176,7 +144,7 @@ fn run_child(shared: &Shared<'_, '_>) -> io::Error {
             return e;
         }
     }
-    set_signal_mask(0);
+    let _ = crate::signal::swap_mask(0);
     // SAFETY: the path is NUL-terminated; argv and envp are null-terminated
     // arrays (checked by `spawn`) of pointers the caller keeps alive.
     unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
