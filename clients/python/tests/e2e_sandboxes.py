@@ -180,6 +180,7 @@ class Commands(unittest.TestCase):
         with self.assertRaises(AlcoveError) as caught:
             self.sb.commands.run("pwd", cwd="/no/such/dir")
         self.assertEqual(caught.exception.status, 404, repr(caught.exception))
+        self.assertIn("working directory /no/such/dir", str(caught.exception))
 
     def test_timeout_kills_the_command(self):
         t0 = time.monotonic()

@@ -57,7 +57,7 @@ impl Starter {
             .collect::<Result<_, _>>()?;
         let cwd = cmd
             .cwd
-            .map(|d| c(d.as_bytes(), "the directory"))
+            .map(|d| c(d.as_bytes(), "the working directory"))
             .transpose()?;
         // Its 0, 1, 2 and 3 as given; 0, 1 and 2 on /dev/null where not.
         let mut sources: Vec<RawFd> = cmd.fds.iter().take(4).map(AsRawFd::as_raw_fd).collect();
@@ -94,15 +94,32 @@ impl Starter {
                     .map_err(|e| AgentFailure::io("starting a command", &e))?,
             ),
         };
-        alcove_sys::spawn::spawn(&plan, stack).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => AgentFailure {
-                kind: crate::FailureKind::NotFound,
-                message: format!(
-                    "{}: executable file not found in $PATH or no such directory",
-                    cmd.argv0
+        alcove_sys::spawn::spawn(&plan, stack).map_err(|e| {
+            use alcove_sys::spawn::SpawnStep;
+            match (e.step, e.source.kind()) {
+                (SpawnStep::Exec, std::io::ErrorKind::NotFound) => AgentFailure {
+                    kind: crate::FailureKind::NotFound,
+                    message: format!(
+                        "{}: executable file not found in $PATH or no such directory",
+                        cmd.argv0
+                    ),
+                },
+                (SpawnStep::Directory, _) => AgentFailure::io(
+                    &format!(
+                        "starting {}: its working directory {}",
+                        cmd.argv0,
+                        cmd.cwd.unwrap_or_default()
+                    ),
+                    &e.source,
                 ),
-            },
-            _ => AgentFailure::io(&format!("starting {}", cmd.argv0), &e),
+                (SpawnStep::Exec, _) => {
+                    AgentFailure::io(&format!("starting {}", cmd.argv0), &e.source)
+                }
+                (step, _) => AgentFailure::io(
+                    &format!("starting {}: {}", cmd.argv0, step.describe()),
+                    &e.source,
+                ),
+            }
         })
     }
 }

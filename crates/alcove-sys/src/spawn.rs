@@ -8,7 +8,7 @@ use crate::clone::ChildStack;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// What the child does between the clone and the exec, all prepared by the
 /// caller: the child allocates nothing.
@@ -31,23 +31,83 @@ pub struct ExecPlan<'a> {
     pub filter: Option<&'a [libc::sock_filter]>,
 }
 
+/// Which step of a start failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnStep {
+    /// The caller's side: descriptors, the signal mask, the clone.
+    Prepare = 0,
+    ProcessGroup,
+    Descriptors,
+    /// The change to `cwd`.
+    Directory,
+    Filter,
+    Exec,
+}
+
+/// A start that failed, and at which step.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub step: SpawnStep,
+    pub source: io::Error,
+}
+
+impl SpawnStep {
+    /// What the step does, as a message names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SpawnStep::Prepare => "preparing the start",
+            SpawnStep::ProcessGroup => "making its process group",
+            SpawnStep::Descriptors => "setting up its descriptors",
+            SpawnStep::Directory => "changing to its working directory",
+            SpawnStep::Filter => "installing its seccomp filter",
+            SpawnStep::Exec => "executing the program",
+        }
+    }
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step.describe(), self.source)
+    }
+}
+
+impl std::error::Error for SpawnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(source: io::Error) -> Self {
+        SpawnError {
+            step: SpawnStep::Prepare,
+            source,
+        }
+    }
+}
+
 /// The plan and where the child reports why it failed (it shares our memory).
 struct Shared<'p, 'a> {
     plan: &'p ExecPlan<'a>,
     fds: &'p [(RawFd, RawFd)],
     errno: AtomicI32,
+    step: AtomicU8,
 }
 
 /// Starts `plan` on `stack` (reusable from call to call): the child's pid and
-/// a pidfd for it. An error of the child's (a missing file, a refused exec)
-/// comes back as this call's error, the child reaped. The new process
+/// a pidfd for it. An error of the child's (a missing file or directory, a
+/// refused exec) comes back as this call's error, with its step, the child
+/// reaped. The new process
 /// starts with every signal unblocked.
 #[cfg(target_arch = "x86_64")]
-pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::pid_t, OwnedFd)> {
+pub fn spawn(
+    plan: &ExecPlan<'_>,
+    stack: &mut ChildStack,
+) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
     if plan.argv.last().is_none_or(|p| !p.is_null())
         || plan.envp.last().is_none_or(|p| !p.is_null())
     {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        return Err(io::Error::from_raw_os_error(libc::EINVAL).into());
     }
     // A source that an earlier pair's target would overwrite is moved out
     // of the way first (descriptors from SCM_RIGHTS take the lowest free
@@ -76,12 +136,14 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
         plan,
         fds: &fds,
         errno: AtomicI32::new(0),
+        step: AtomicU8::new(SpawnStep::Prepare as u8),
     };
     extern "C" fn entry(arg: *mut libc::c_void) -> ! {
         // SAFETY: `arg` is the `&Shared` below, alive until the child has
         // exec'd or exited: the parent is suspended until then.
         let shared = unsafe { &*(arg as *const Shared<'_, '_>) };
-        let err = run_child(shared);
+        let (step, err) = run_child(shared);
+        shared.step.store(step as u8, Ordering::SeqCst);
         shared
             .errno
             .store(err.raw_os_error().unwrap_or(libc::EINVAL), Ordering::SeqCst);
@@ -105,7 +167,20 @@ pub fn spawn(plan: &ExecPlan<'_>, stack: &mut ChildStack) -> io::Result<(libc::p
         0 => Ok((pid, pidfd)),
         errno => {
             let _ = crate::process::wait_child(pid);
-            Err(io::Error::from_raw_os_error(errno))
+            let step = [
+                SpawnStep::ProcessGroup,
+                SpawnStep::Descriptors,
+                SpawnStep::Directory,
+                SpawnStep::Filter,
+                SpawnStep::Exec,
+            ]
+            .into_iter()
+            .find(|s| *s as u8 == shared.step.load(Ordering::SeqCst))
+            .unwrap_or(SpawnStep::Prepare);
+            Err(SpawnError {
+                step,
+                source: io::Error::from_raw_os_error(errno),
+            })
         }
     }
 }
@@ -120,35 +195,35 @@ pub fn pointers(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-fn run_child(shared: &Shared<'_, '_>) -> io::Error {
+fn run_child(shared: &Shared<'_, '_>) -> (SpawnStep, io::Error) {
     let plan = shared.plan;
     for &signal in plan.reset_signals {
         crate::signal::set_default(signal);
     }
     // SAFETY: setpgid takes integers and touches no memory.
     if plan.new_process_group && unsafe { libc::setpgid(0, 0) } != 0 {
-        return io::Error::last_os_error();
+        return (SpawnStep::ProcessGroup, io::Error::last_os_error());
     }
     for &(source, target) in shared.fds {
         if let Err(e) = crate::fd::dup_onto(source, target) {
-            return e;
+            return (SpawnStep::Descriptors, e);
         }
     }
     if let Some(dir) = plan.cwd {
         if let Err(e) = crate::fs::chdir(dir) {
-            return e;
+            return (SpawnStep::Directory, e);
         }
     }
     if let Some(filter) = plan.filter {
         if let Err(e) = crate::seccomp::install_filter(filter) {
-            return e;
+            return (SpawnStep::Filter, e);
         }
     }
     let _ = crate::signal::swap_mask(0);
     // SAFETY: the path is NUL-terminated; argv and envp are null-terminated
     // arrays (checked by `spawn`) of pointers the caller keeps alive.
     unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
-    io::Error::last_os_error()
+    (SpawnStep::Exec, io::Error::last_os_error())
 }
 
 #[cfg(test)]
@@ -180,7 +255,7 @@ mod tests {
             filter: None,
         };
         let mut stack = ChildStack::new(64 * 1024)?;
-        let (pid, _pidfd) = spawn(&plan, &mut stack)?;
+        let (pid, _pidfd) = spawn(&plan, &mut stack).map_err(|e| e.source)?;
         drop(write);
         let mut out = String::new();
         std::fs::File::from(read).read_to_string(&mut out)?;
@@ -289,14 +364,16 @@ mod tests {
         };
         let mut stack = ChildStack::new(64 * 1024).unwrap();
         let err = spawn(&plan, &mut stack).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.step, SpawnStep::Exec, "{err}");
         let bad_dir = ExecPlan {
             path: c"/bin/true",
             cwd: Some(c"/nonexistent"),
             ..plan
         };
         let err = spawn(&bad_dir, &mut stack).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.step, SpawnStep::Directory, "{err}");
     }
 
     #[test]
