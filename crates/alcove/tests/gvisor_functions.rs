@@ -26,6 +26,16 @@ fn counter(d: &Daemon, kind: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How many booted sandboxes `function`'s pool holds now.
+fn pool_ready(d: &Daemon, function: &str) -> f64 {
+    let text = String::from_utf8_lossy(&d.http("GET", "/metrics", b"").body).into_owned();
+    let name = format!("alcove_gvisor_pool_ready{{function=\"{function}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Waits until `check` holds, for up to `limit`.
 fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -102,8 +112,10 @@ fn a_gvisor_function_answers_through_http_from_its_pool_and_leaves_nothing() {
             // The pool refills in the background; this waits for it (then
             // the request is pooled) except on odd rounds, which may not.
             if i % 2 == 0 {
+                // Ready in the pool, and the used one's teardown (off the
+                // response's path) done: one on disk, and that one pooled.
                 wait_until("the pool refills", Duration::from_secs(20), || {
-                    leftovers().len() == 1
+                    pool_ready(&d, "hello") == 1.0 && leftovers().len() == 1
                 });
             }
         }
