@@ -406,16 +406,27 @@ impl Watcher {
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut seen = Seen::default();
+            // Pid namespaces whose mounts have been read once they were the
+            // sandbox's own: a process caught while its sandbox is still
+            // being set up sees the host's, so the others are read again.
+            let mut mounts_read = BTreeSet::new();
             while !flag.load(Ordering::Relaxed) {
                 for (pid, start) in sandbox_processes(daemon) {
+                    if let Some(ns) = pid_namespace(pid) {
+                        if !mounts_read.contains(&ns) {
+                            let own: Vec<String> = mount_points(pid)
+                                .into_iter()
+                                .filter(|m| !host.contains(m))
+                                .collect();
+                            if !own.is_empty() {
+                                seen.sandbox_mounts.extend(own);
+                                mounts_read.insert(ns.clone());
+                            }
+                        }
+                        seen.pid_namespaces.insert(ns);
+                    }
                     if !seen.processes.insert((pid, start)) {
                         continue;
-                    }
-                    if let Some(ns) = pid_namespace(pid) {
-                        if seen.pid_namespaces.insert(ns) {
-                            let own = mount_points(pid).into_iter().filter(|m| !host.contains(m));
-                            seen.sandbox_mounts.extend(own);
-                        }
                     }
                     let made = cgroups_of(pid)
                         .into_iter()
