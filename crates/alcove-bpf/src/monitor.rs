@@ -56,7 +56,8 @@ pub struct SandboxPolicy {
     pub trace: bool,
     /// Kill the sandbox past this many syscalls.
     pub syscall_budget: Option<u64>,
-    /// Kill the sandbox past this much CPU time (sampled every [`TICK`]).
+    /// Kill the sandbox past this much CPU time: its tasks' own run time,
+    /// checked every [`TICK`] of CPU and as each task exits.
     pub cpu_budget: Option<Duration>,
     /// The syscalls a seccomp allow-list lets the sandbox make: a refused
     /// call outside it is reported as a [`Denial::Syscall`](crate::Denial).
@@ -198,7 +199,8 @@ pub struct Attached {
     pub sys_enter: bool,
     /// raw_syscalls/sys_exit: runs on every syscall of the host.
     pub sys_exit: bool,
-    /// The cpu-clock sampling program (one perf event per CPU).
+    /// The cpu-clock sampling program (one perf event per CPU), with the
+    /// program that charges a freed task's last run time.
     pub cpu_ticks: bool,
 }
 
@@ -240,14 +242,12 @@ impl Monitor {
         let mut open = MonitorSkelBuilder::default()
             .open(storage)
             .map_err(|e| BpfError::load("opening the monitor programs", e))?;
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.tick_ns = TICK.as_nanos() as u64;
-        }
         let c = capabilities;
         let progs = &mut open.progs;
         progs.on_sys_enter.set_autoload(c.needs_syscalls());
         progs.on_sys_exit.set_autoload(c.needs_sys_exit());
         progs.on_tick.set_autoload(c.needs_ticks());
+        progs.on_task_free.set_autoload(c.needs_ticks());
         progs.device_policy.set_autoload(c.devices.is_some());
         for prog in [
             &mut progs.connect4,
@@ -670,6 +670,14 @@ impl Monitor {
         }
         match (want_ticks, self.tick_links.is_empty()) {
             (true, true) => {
+                // A task's last run time is charged as it is freed.
+                let freed = self
+                    .skel
+                    .progs
+                    .on_task_free
+                    .attach()
+                    .map_err(|e| BpfError::attach("sched/sched_process_free", e))?;
+                self.tick_links.push(freed);
                 let ncpus = libbpf_rs::num_possible_cpus()
                     .map_err(|e| BpfError::load("counting CPUs", e))?;
                 for cpu in 0..ncpus {

@@ -103,7 +103,7 @@ pub fn run(json: bool) -> i32 {
         (
             "CPU budgets (--cpu-budget; --wall-budget is the timeout)",
             if has("perf_event programs") {
-                "cpu-clock perf_event sampling every 1 ms".into()
+                "each task's run time, checked by a cpu-clock perf_event every 1 ms".into()
             } else {
                 "unavailable".into()
             },

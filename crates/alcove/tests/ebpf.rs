@@ -157,6 +157,38 @@ fn a_cpu_spinner_without_syscalls_is_killed_in_the_kernel() {
     assert!((190.0..2000.0).contains(&wall), "killed after {wall} ms");
 }
 
+/// A budget counts every task's run time, the short-lived ones' too (charged
+/// as each exits): a shell starting one `true` after another, none of which
+/// runs a whole sampling tick, is killed at its budget all the same.
+#[test]
+fn short_lived_processes_are_charged_to_the_cpu_budget() {
+    if !root_or_skip("short_lived_processes_are_charged_to_the_cpu_budget") {
+        return;
+    }
+    let _g = serial();
+    let run = sandbox(
+        &["--cpu-budget", "150ms", "--timeout", "20s"],
+        &["sh", "-c", "while :; do /bin/true; done"],
+    );
+    assert_eq!(run.status(), "killed_by_policy", "{run:?}");
+    assert!(
+        run.report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CPU budget of 150ms"),
+        "{}",
+        run.report
+    );
+    // Killed near its budget: charged only what each task's exit left
+    // sampled, it had run 445-570 ms of the cgroup's CPU before its kill.
+    let cpu = run.num("cpu_user_ms") + run.num("cpu_sys_ms");
+    assert!(
+        (100.0..375.0).contains(&cpu),
+        "killed after {cpu} ms of CPU: {}",
+        run.report
+    );
+}
+
 #[test]
 fn denied_devices_get_eperm_inside_and_work_outside() {
     if !root_or_skip("denied_devices_get_eperm_inside_and_work_outside") {

@@ -88,12 +88,13 @@ fn a_spinner_without_syscalls_is_killed_at_its_cpu_budget() {
     let took = start.elapsed();
     let r = assert_cpu_kill(d, &reply, "100ms");
     // It really spun up to its budget, and ended long before its 30-s timeout.
-    // The budget is counted by sampling whichever task runs at each 1-ms
-    // tick, the cgroup's figure exactly; on a loaded machine the samples
-    // have read up to ~12% above it (88.6 ms at a 100-ms budget), so the
-    // floor is 75%: a kill well before the budget still fails here.
+    // The budget is charged each task's own run time since the function's
+    // exec, which the cgroup's figure holds too (with alcove's setup before
+    // it). Ticks of the wall clock, as it once was, read a stolen CPU as
+    // used: 55 ms at a 100-ms budget on a VM whose host took half of it. The
+    // floor leaves room for the cgroup's user/system split and rounding.
     let cpu = r["cpu_user_ms"].as_f64().unwrap() + r["cpu_sys_ms"].as_f64().unwrap();
-    assert!(cpu >= 75.0, "killed after {cpu} ms of CPU: {r}");
+    assert!(cpu >= 90.0, "killed after {cpu} ms of CPU: {r}");
     assert!(
         r["wall_ms"].as_f64().unwrap() < 10_000.0 && took < Duration::from_secs(10),
         "killed after {took:?}: {r}"

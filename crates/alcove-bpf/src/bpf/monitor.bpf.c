@@ -22,8 +22,23 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The period of the cpu-clock perf events, set by the loader. */
-const volatile __u64 tick_ns = 1000000;
+/* CPU already charged to a sandbox's budget, per task (thread), keyed by
+ * its tid. A budget is charged the task's own run time (which the scheduler
+ * keeps without the time a hypervisor stole from the CPU, as the cgroup's
+ * figure does), not one sampling tick per sample: ticks follow the wall
+ * clock, steal included, and spent budgets twice as fast on a VM whose host
+ * took half its CPU. */
+struct alcove_task_charge {
+	__u64 start_time; /* the task's, to tell a reused tid from it */
+	__u64 charged_ns; /* its sum_exec_runtime when last charged */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct alcove_task_charge);
+} task_charges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -120,17 +135,72 @@ static __always_inline struct alcove_event *reserve(__u64 cg, __u32 kind)
 	return e;
 }
 
-static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __u32 reason, __u64 detail)
+/* Reports a budget spent by `task` (NULL: the current task), once per
+ * sandbox; user space then kills the sandbox's every process. */
+static __always_inline void report_kill(__u64 cg, struct alcove_sandbox *sb, struct task_struct *task,
+					__u32 reason, __u64 detail)
 {
-	bpf_send_signal(SIGKILL);
 	if (__sync_val_compare_and_swap(&sb->killed, 0, reason) != 0)
 		return; /* reported once */
 	struct alcove_event *e = reserve(cg, ALCOVE_EV_BUDGET_KILL);
 	if (!e)
 		return;
+	if (task) {
+		e->pid = BPF_CORE_READ(task, tgid);
+		e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+		bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &task->comm);
+	}
 	e->value = reason;
 	e->detail = detail;
 	submit(e);
+}
+
+/* Kills the current task at once (it is the one spending the budget) and
+ * reports the kill. */
+static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __u32 reason, __u64 detail)
+{
+	bpf_send_signal(SIGKILL);
+	report_kill(cg, sb, NULL, reason, detail);
+}
+
+/* Task `task`'s run time since it was last charged (since its start, or
+ * since the sandbox's program started for the task that exec'd it),
+ * recorded as charged now. The scheduler brings a running task's figure up
+ * to date at each of its ticks and switches, so a sample can lag it by one
+ * scheduler tick; the final remainder is charged when the task is freed. */
+static __always_inline __u64 charge_task(struct task_struct *task)
+{
+	__u32 tid = BPF_CORE_READ(task, pid);
+	__u64 start = BPF_CORE_READ(task, start_time);
+	__u64 runtime = BPF_CORE_READ(task, se.sum_exec_runtime);
+	struct alcove_task_charge *c = bpf_map_lookup_elem(&task_charges, &tid);
+	if (c && c->start_time == start) {
+		__u64 last = c->charged_ns;
+		if (runtime <= last)
+			return 0;
+		c->charged_ns = runtime;
+		return runtime - last;
+	}
+	struct alcove_task_charge fresh = { .start_time = start, .charged_ns = runtime };
+	bpf_map_update_elem(&task_charges, &tid, &fresh, BPF_ANY);
+	return runtime;
+}
+
+/* Charges the sandbox what `task` ran since it was last charged; past the
+ * budget, reports the kill, and kills the task at once when it is the
+ * current one (a freed task is not). */
+static __always_inline void charge_cpu(__u64 cg, struct alcove_sandbox *sb, struct task_struct *task, bool current)
+{
+	__u64 ran = charge_task(task);
+	if (!ran)
+		return;
+	__u64 used = __sync_fetch_and_add(&sb->cpu_ns, ran) + ran;
+	if (used <= sb->cpu_budget_ns)
+		return;
+	if (current)
+		kill_current(cg, sb, ALCOVE_KILL_CPU, sb->cpu_budget_ns);
+	else
+		report_kill(cg, sb, task, ALCOVE_KILL_CPU, sb->cpu_budget_ns);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -142,6 +212,14 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		return 0;
 	/* Counting starts with the program: alcove's own setup before its exec
 	 * is not the program's doing. */
+	if (!sb->armed && sb->cpu_budget_ns) {
+		__u32 tid = BPF_CORE_READ(p, pid);
+		struct alcove_task_charge from = {
+			.start_time = BPF_CORE_READ(p, start_time),
+			.charged_ns = BPF_CORE_READ(p, se.sum_exec_runtime),
+		};
+		bpf_map_update_elem(&task_charges, &tid, &from, BPF_ANY);
+	}
 	sb->armed = 1;
 	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
 	if (st)
@@ -277,11 +355,30 @@ int on_tick(struct bpf_perf_event_data *ctx)
 	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
 	if (!sb || !sb->armed)
 		return 0; /* alcove's own setup before the exec is not the program's */
-	if (sb->cpu_budget_ns) {
-		__u64 used = __sync_fetch_and_add(&sb->cpu_ns, tick_ns) + tick_ns;
-		if (used > sb->cpu_budget_ns)
-			kill_current(cg, sb, ALCOVE_KILL_CPU, sb->cpu_budget_ns);
-	}
+	if (sb->cpu_budget_ns)
+		charge_cpu(cg, sb, bpf_get_current_task_btf(), true);
+	return 0;
+}
+
+/* A task's last run time, charged once it is final: after its exit the
+ * task still runs (it tears down its memory, wakes its parent, switches
+ * away), and a short-lived one may never have been sampled. The freed task
+ * is not the current one; its cgroup is still its own until it is put. */
+SEC("tp_btf/sched_process_free")
+int BPF_PROG(on_task_free, struct task_struct *p)
+{
+	__u32 tid = BPF_CORE_READ(p, pid);
+	struct alcove_task_charge *c = bpf_map_lookup_elem(&task_charges, &tid);
+	__u64 cg = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
+	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
+	if (sb && sb->armed && sb->cpu_budget_ns)
+		charge_cpu(cg, sb, p, false);
+	else if (!c)
+		return 0;
+	/* Its tid may already be a newer task's: only its own entry goes. */
+	c = bpf_map_lookup_elem(&task_charges, &tid);
+	if (c && c->start_time == BPF_CORE_READ(p, start_time))
+		bpf_map_delete_elem(&task_charges, &tid);
 	return 0;
 }
 
