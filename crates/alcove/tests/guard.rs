@@ -654,18 +654,20 @@ fn a_warm_spinner_is_killed_by_policy_and_warm_records_have_kernel_counters() {
 }
 
 #[test]
-fn a_wall_budget_of_one_second_ends_a_sleep_of_three() {
-    if !root_or_skip("a_wall_budget_of_one_second_ends_a_sleep_of_three") {
+fn a_wall_budget_of_one_second_ends_a_long_sleep() {
+    if !root_or_skip("a_wall_budget_of_one_second_ends_a_long_sleep") {
         return;
     }
     let _g = serial();
+    // The sleep is far longer than any run of it, even under emulation:
+    // the budget ended it if the run ended before the sleep could have.
     let start = Instant::now();
-    let run = sandbox(&["--wall-budget", "1s"], &["sleep", "3"]);
+    let run = sandbox(&["--wall-budget", "1s"], &["sleep", "120"]);
     let took = start.elapsed();
     assert_eq!((run.code, run.status()), (137, "timeout"), "{run:?}");
     assert!(run.stderr.contains("wall-clock limit"), "{}", run.stderr);
     assert!(run.num("wall_ms") >= 1000.0, "{run:?}");
-    assert!(took < Duration::from_millis(2500), "ended after {took:?}");
+    assert!(took < Duration::from_secs(100), "ended after {took:?}");
 }
 
 /// A profile allowing a few syscalls, as `alcove run --learn` writes one.
