@@ -14,6 +14,7 @@ pub(crate) struct SandboxEntry {
     pub denied: u64,
     pub reports: u64,
     pub allowed_syscalls: [u64; SYSCALL_BITS / 64],
+    pub armed_ns: u64,
 }
 
 pub(crate) const TRACE_SYSCALLS: u32 = 1;

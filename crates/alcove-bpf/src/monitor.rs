@@ -333,6 +333,13 @@ impl Monitor {
                 }),
             armed: running.into(),
             allowed_syscalls,
+            // Tasks already running are charged from now on, not for the
+            // setup they did before.
+            armed_ns: if running {
+                alcove_sys::process::monotonic_ns()
+            } else {
+                0
+            },
             ..SandboxEntry::default()
         };
         let ncpus =

@@ -54,6 +54,7 @@ struct alcove_sandbox {
 	__u64 denied;		/* syscalls refused outside the policy */
 	__u64 reports;		/* denials reported as events (at most ALCOVE_DENIALS_REPORTED) */
 	__u64 allowed_syscalls[ALCOVE_SYSCALL_BITS / 64];	/* with ALCOVE_SYSCALL_POLICY */
+	__u64 armed_ns;		/* when it was armed (CLOCK_MONOTONIC; with a CPU budget) */
 };
 
 /* Per-CPU counters of one sandbox, summed in user space. */

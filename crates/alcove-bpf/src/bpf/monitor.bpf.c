@@ -163,12 +163,15 @@ static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __
 	report_kill(cg, sb, NULL, reason, detail);
 }
 
-/* Task `task`'s run time since it was last charged (since its start, or
- * since the sandbox's program started for the task that exec'd it),
- * recorded as charged now. The scheduler brings a running task's figure up
- * to date at each of its ticks and switches, so a sample can lag it by one
- * scheduler tick; the final remainder is charged when the task is freed. */
-static __always_inline __u64 charge_task(struct task_struct *task)
+/* Task `task`'s run time since it was last charged, recorded as charged
+ * now. The first charge of a task started since the sandbox was armed is
+ * its whole run time; of one that was there before (a process adopted
+ * running; the task that exec'd the program has its mark from the exec),
+ * what it ran since, which is at most the time since. The scheduler brings
+ * a running task's figure up to date at each of its ticks and switches, so
+ * a sample can lag by one scheduler tick; the final remainder is charged
+ * when the task is freed. */
+static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_struct *task)
 {
 	__u32 tid = BPF_CORE_READ(task, pid);
 	__u64 start = BPF_CORE_READ(task, start_time);
@@ -183,7 +186,11 @@ static __always_inline __u64 charge_task(struct task_struct *task)
 	}
 	struct alcove_task_charge fresh = { .start_time = start, .charged_ns = runtime };
 	bpf_map_update_elem(&task_charges, &tid, &fresh, BPF_ANY);
-	return runtime;
+	__u64 armed = sb->armed_ns;
+	if (start >= armed)
+		return runtime;
+	__u64 since = bpf_ktime_get_ns() - armed;
+	return runtime < since ? runtime : since;
 }
 
 /* Charges the sandbox what `task` ran since it was last charged; past the
@@ -191,7 +198,7 @@ static __always_inline __u64 charge_task(struct task_struct *task)
  * current one (a freed task is not). */
 static __always_inline void charge_cpu(__u64 cg, struct alcove_sandbox *sb, struct task_struct *task, bool current)
 {
-	__u64 ran = charge_task(task);
+	__u64 ran = charge_task(sb, task);
 	if (!ran)
 		return;
 	__u64 used = __sync_fetch_and_add(&sb->cpu_ns, ran) + ran;
@@ -213,6 +220,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	/* Counting starts with the program: alcove's own setup before its exec
 	 * is not the program's doing. */
 	if (!sb->armed && sb->cpu_budget_ns) {
+		sb->armed_ns = bpf_ktime_get_ns();
 		__u32 tid = BPF_CORE_READ(p, pid);
 		struct alcove_task_charge from = {
 			.start_time = BPF_CORE_READ(p, start_time),
