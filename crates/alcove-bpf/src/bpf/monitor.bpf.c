@@ -22,23 +22,27 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* CPU already charged to a sandbox's budget, per task (thread), keyed by
- * its tid. A budget is charged the task's own run time (which the scheduler
- * keeps without the time a hypervisor stole from the CPU, as the cgroup's
- * figure does), not one sampling tick per sample: ticks follow the wall
- * clock, steal included, and spent budgets twice as fast on a VM whose host
- * took half its CPU. */
+/* CPU already charged to a sandbox's budget, per task (thread), in the
+ * task's own storage: it goes with the task, and no sandbox's tasks can
+ * crowd another's out of a shared table. A budget is charged the task's own
+ * run time (which the scheduler keeps without the time a hypervisor stole
+ * from the CPU, as the cgroup's figure does), not one sampling tick per
+ * sample: ticks follow the wall clock, steal included, and spent budgets
+ * twice as fast on a VM whose host took half its CPU. */
 struct alcove_task_charge {
-	__u64 start_time; /* the task's, to tell a reused tid from it */
 	__u64 charged_ns; /* its sum_exec_runtime when last charged */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct alcove_task_charge);
 } task_charges SEC(".maps");
+
+/* The sampling period: what a sample charges when the task's storage cannot
+ * be had (out of memory, or taken on this CPU by a program it interrupted). */
+#define TICK_NS 1000000ull
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -173,21 +177,21 @@ static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __
  * when the task is freed. */
 static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_struct *task)
 {
-	__u32 tid = BPF_CORE_READ(task, pid);
-	__u64 start = BPF_CORE_READ(task, start_time);
 	__u64 runtime = BPF_CORE_READ(task, se.sum_exec_runtime);
-	struct alcove_task_charge *c = bpf_map_lookup_elem(&task_charges, &tid);
-	if (c && c->start_time == start) {
+	struct alcove_task_charge *c = bpf_task_storage_get(&task_charges, task, 0, 0);
+	if (c) {
 		__u64 last = c->charged_ns;
 		if (runtime <= last)
 			return 0;
 		c->charged_ns = runtime;
 		return runtime - last;
 	}
-	struct alcove_task_charge fresh = { .start_time = start, .charged_ns = runtime };
-	bpf_map_update_elem(&task_charges, &tid, &fresh, BPF_ANY);
+	c = bpf_task_storage_get(&task_charges, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return TICK_NS;
+	c->charged_ns = runtime;
 	__u64 armed = sb->armed_ns;
-	if (start >= armed)
+	if (BPF_CORE_READ(task, start_time) >= armed)
 		return runtime;
 	__u64 since = bpf_ktime_get_ns() - armed;
 	return runtime < since ? runtime : since;
@@ -221,12 +225,10 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	 * is not the program's doing. */
 	if (!sb->armed && sb->cpu_budget_ns) {
 		sb->armed_ns = bpf_ktime_get_ns();
-		__u32 tid = BPF_CORE_READ(p, pid);
-		struct alcove_task_charge from = {
-			.start_time = BPF_CORE_READ(p, start_time),
-			.charged_ns = BPF_CORE_READ(p, se.sum_exec_runtime),
-		};
-		bpf_map_update_elem(&task_charges, &tid, &from, BPF_ANY);
+		struct alcove_task_charge *c =
+			bpf_task_storage_get(&task_charges, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (c)
+			c->charged_ns = BPF_CORE_READ(p, se.sum_exec_runtime);
 	}
 	sb->armed = 1;
 	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
@@ -375,18 +377,10 @@ int on_tick(struct bpf_perf_event_data *ctx)
 SEC("tp_btf/sched_process_free")
 int BPF_PROG(on_task_free, struct task_struct *p)
 {
-	__u32 tid = BPF_CORE_READ(p, pid);
-	struct alcove_task_charge *c = bpf_map_lookup_elem(&task_charges, &tid);
 	__u64 cg = BPF_CORE_READ(p, cgroups, dfl_cgrp, kn, id);
 	struct alcove_sandbox *sb = bpf_map_lookup_elem(&sandboxes, &cg);
 	if (sb && sb->armed && sb->cpu_budget_ns)
 		charge_cpu(cg, sb, p, false);
-	else if (!c)
-		return 0;
-	/* Its tid may already be a newer task's: only its own entry goes. */
-	c = bpf_map_lookup_elem(&task_charges, &tid);
-	if (c && c->start_time == BPF_CORE_READ(p, start_time))
-		bpf_map_delete_elem(&task_charges, &tid);
 	return 0;
 }
 
