@@ -147,8 +147,12 @@ static __always_inline void report_kill(__u64 cg, struct alcove_sandbox *sb, str
 	if (__sync_val_compare_and_swap(&sb->killed, 0, reason) != 0)
 		return; /* reported once */
 	struct alcove_event *e = reserve(cg, ALCOVE_EV_BUDGET_KILL);
-	if (!e)
+	if (!e) {
+		/* The ring is full (a neighbour's exec loop can fill it): not
+		 * reported, so the next charge past the budget tries again. */
+		__sync_val_compare_and_swap(&sb->killed, reason, 0);
 		return;
+	}
 	if (task) {
 		e->pid = BPF_CORE_READ(task, tgid);
 		e->ppid = BPF_CORE_READ(task, real_parent, tgid);
@@ -175,22 +179,29 @@ static __always_inline void kill_current(__u64 cg, struct alcove_sandbox *sb, __
  * a running task's figure up to date at each of its ticks and switches, so
  * a sample can lag by one scheduler tick; the final remainder is charged
  * when the task is freed. */
-static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_struct *task)
+static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_struct *task, bool freed)
 {
 	__u64 runtime = BPF_CORE_READ(task, se.sum_exec_runtime);
+	__u64 armed = sb->armed_ns;
 	struct alcove_task_charge *c = bpf_task_storage_get(&task_charges, task, 0, 0);
 	if (c) {
 		__u64 last = c->charged_ns;
 		if (runtime <= last)
 			return 0;
 		c->charged_ns = runtime;
-		return runtime - last;
+		return armed ? runtime - last : 0;
 	}
-	c = bpf_task_storage_get(&task_charges, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c)
-		return TICK_NS;
-	c->charged_ns = runtime;
-	__u64 armed = sb->armed_ns;
+	/* A freed task's storage is not made: it would go at once. */
+	if (!freed) {
+		c = bpf_task_storage_get(&task_charges, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!c)
+			return TICK_NS;
+		c->charged_ns = runtime;
+	}
+	/* Seen armed before the time it was armed at (weakly ordered CPUs):
+	 * from now on. */
+	if (!armed)
+		return 0;
 	if (BPF_CORE_READ(task, start_time) >= armed)
 		return runtime;
 	__u64 since = bpf_ktime_get_ns() - armed;
@@ -202,7 +213,7 @@ static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_
  * current one (a freed task is not). */
 static __always_inline void charge_cpu(__u64 cg, struct alcove_sandbox *sb, struct task_struct *task, bool current)
 {
-	__u64 ran = charge_task(sb, task);
+	__u64 ran = charge_task(sb, task, !current);
 	if (!ran)
 		return;
 	__u64 used = __sync_fetch_and_add(&sb->cpu_ns, ran) + ran;
