@@ -1005,10 +1005,6 @@ fn check_isolation(c: &crate::model::FunctionConfig) -> Result<(), EngineError> 
                     "guard (eBPF would watch gVisor's own syscalls, not the handler's)",
                 ),
                 (c.accel.is_some(), "accel"),
-                (
-                    c.cpu_time_ms.is_some(),
-                    "cpu_time_ms (not yet; its timeout holds)",
-                ),
             ];
             if let Some((_, what)) = refused.iter().find(|(used, _)| *used) {
                 return invalid(format!(

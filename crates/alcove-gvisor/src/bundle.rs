@@ -373,10 +373,6 @@ fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), GvisorError> {
         ),
         (!spec.inherit_fds.is_empty(), "inherited descriptors"),
         (spec.warm_template, "warm templates"),
-        (
-            spec.limits.cpu_time.is_some(),
-            "a CPU-time limit (--cpu-time)",
-        ),
     ];
     match unsupported.into_iter().find(|(used, _)| *used) {
         Some((_, what)) => Err(GvisorError::Unsupported(what)),
@@ -413,9 +409,9 @@ mod tests {
     #[test]
     fn what_the_tier_lacks_is_refused_by_name() {
         let mut spec = SandboxSpec::new(vec!["true".into()]);
-        spec.limits.cpu_time = Some(std::time::Duration::from_secs(1));
+        spec.net = NetMode::Joined;
         let err = config(&spec).unwrap_err().to_string();
-        assert!(err.contains("--cpu-time"), "{err}");
+        assert!(err.contains("--net outbound"), "{err}");
         let spec = SandboxSpec::new(vec![]);
         assert!(config(&spec).is_err());
     }

@@ -236,7 +236,13 @@ impl PooledSandbox {
                 .write_all(&frame)
                 .and_then(|()| writer.write_all(&input));
         });
-        let waited = wait_for(self.socket.as_fd(), spec.limits.timeout, &options.cancel);
+        let cpu = crate::run::CpuLimit::of(spec, &cgroup, &before);
+        let waited = crate::run::wait_within(
+            self.socket.as_fd(),
+            spec.limits.timeout,
+            cpu.as_ref(),
+            &options.cancel,
+        );
         let ended = if waited == Waited::Ended {
             read_answer(&self.socket)
         } else {

@@ -109,7 +109,48 @@ pub(crate) fn finish(cgroup: SandboxCgroup) -> Option<u64> {
 pub(crate) enum Waited {
     Ended,
     TimedOut,
+    /// The sandbox's cgroup used its CPU time (`--cpu-time`).
+    CpuSpent,
     Cancelled,
+}
+
+/// A CPU-time limit a wait holds a sandbox to: its cgroup's CPU time (the
+/// Sentry's and the Gofer's included), counted from `before_us`.
+pub(crate) struct CpuLimit<'a> {
+    pub cgroup: &'a SandboxCgroup,
+    pub limit: Duration,
+    pub before_us: u64,
+}
+
+impl<'a> CpuLimit<'a> {
+    /// `spec`'s CPU-time limit on `cgroup`, counted from `before` on.
+    pub(crate) fn of(
+        spec: &SandboxSpec,
+        cgroup: &'a SandboxCgroup,
+        before: &Usage,
+    ) -> Option<Self> {
+        spec.limits.cpu_time.map(|limit| CpuLimit {
+            cgroup,
+            limit,
+            before_us: before.cpu_user_us + before.cpu_system_us,
+        })
+    }
+
+    /// Whether the limit is spent; if not, how long until it could be at
+    /// the soonest (every CPU of the host busy), at least a millisecond.
+    fn check(&self) -> Result<(), Duration> {
+        let used_us = self
+            .cgroup
+            .cpu_usage_us()
+            .map_or(0, |(user, sys)| user + sys)
+            .saturating_sub(self.before_us);
+        let limit_us = u64::try_from(self.limit.as_micros()).unwrap_or(u64::MAX);
+        if used_us >= limit_us {
+            return Ok(());
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        Err(Duration::from_micros((limit_us - used_us) / cpus).max(Duration::from_millis(1)))
+    }
 }
 
 /// How the program ended, as far as alcove could tell.
@@ -232,7 +273,13 @@ pub(crate) fn supervise(
             });
         }
     };
-    let waited = wait_for(pidfd.as_fd(), spec.limits.timeout, &options.cancel);
+    let cpu = CpuLimit::of(spec, cgroup, &Usage::default());
+    let waited = wait_within(
+        pidfd.as_fd(),
+        spec.limits.timeout,
+        cpu.as_ref(),
+        &options.cancel,
+    );
     if waited != Waited::Ended {
         cgroup.kill_all();
     }
@@ -308,6 +355,7 @@ pub(crate) fn outcome(
     (outcome.status, outcome.exit_code, outcome.signal) = match ended {
         _ if waited == Waited::Cancelled => (Status::Cancelled, None, Some(libc::SIGKILL)),
         _ if waited == Waited::TimedOut => (Status::Timeout, None, Some(libc::SIGKILL)),
+        _ if waited == Waited::CpuSpent => (Status::CpuTime, None, Some(libc::SIGKILL)),
         _ if oom => (Status::Oom, None, Some(libc::SIGKILL)),
         _ if task_limit_hit => (Status::KilledByPolicy, None, None),
         Ended::Signal(s) => (Status::Signaled, None, Some(s)),
@@ -464,9 +512,29 @@ pub(crate) fn wait_for(
     limit: Option<Duration>,
     cancel: &[Arc<OwnedFd>],
 ) -> Waited {
+    wait_within(fd, limit, None, cancel)
+}
+
+/// [`wait_for`], also ending the wait once `cpu`'s limit is spent (looked at
+/// no sooner than the sandbox could have spent it).
+pub(crate) fn wait_within(
+    fd: std::os::fd::BorrowedFd<'_>,
+    limit: Option<Duration>,
+    cpu: Option<&CpuLimit<'_>>,
+    cancel: &[Arc<OwnedFd>],
+) -> Waited {
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Waited::TimedOut;
+        }
+        if let Some(cpu) = cpu {
+            match cpu.check() {
+                Ok(()) => return Waited::CpuSpent,
+                Err(soonest) => left = Some(left.map_or(soonest, |l| l.min(soonest))),
+            }
+        }
         let mut polled: Vec<libc::pollfd> = std::iter::once(fd.as_raw_fd())
             .chain(cancel.iter().map(|c| c.as_raw_fd()))
             .map(|fd| libc::pollfd {
@@ -478,7 +546,6 @@ pub(crate) fn wait_for(
         match alcove_sys::fd::poll(&mut polled, left) {
             Ok(_) if polled[0].revents != 0 => return Waited::Ended,
             Ok(_) if polled[1..].iter().any(|p| p.revents != 0) => return Waited::Cancelled,
-            Ok(_) if left.is_some_and(|l| l.is_zero()) => return Waited::TimedOut,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Waited::Ended,

@@ -205,9 +205,32 @@ fn a_gvisor_function_answers_through_http_from_its_pool_and_leaves_nothing() {
         (504, "function_timeout".to_owned())
     );
 
+    // A CPU-time limit stops a spinner (its timeout is far away), from its
+    // pool: the pooled sandbox's boot is not counted against it.
+    let (code, _, err) = d.cli(&[
+        "deploy",
+        "spin",
+        "--isolation",
+        "gvisor",
+        "--cpu-time",
+        "1s",
+        "--timeout",
+        "120s",
+        "--handler",
+        "sh -c 'while :; do :; done'",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let reply = d.http("POST", "/v1/functions/spin/invoke", b"");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "function_cpu_time".to_owned()),
+        "{}",
+        reply.text()
+    );
+
     // Idle: the pools hold exactly their booted sandboxes (one each).
     wait_until("the pools refill", Duration::from_secs(30), || {
-        leftovers().len() == 3
+        leftovers().len() == 4
     });
     stop(d);
     assert_nothing_left(&before);
@@ -226,7 +249,6 @@ fn what_gvisor_cannot_do_is_refused_at_deploy_and_kill_9_leaves_nothing_after_a_
     let mut d = Daemon::start(data.path(), &[]);
     for (flags, said) in [
         (&["--warm"][..], "warm"),
-        (&["--cpu-time", "1s"][..], "cpu_time_ms"),
         (&["--accel", "cpu"][..], "accel"),
         (&["--deny-net"][..], "guard"),
         (&["--pool", "99"][..], "pool 99"),
