@@ -31,6 +31,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * twice as fast on a VM whose host took half its CPU. */
 struct alcove_task_charge {
 	__u64 charged_ns; /* its sum_exec_runtime when last charged */
+	__u64 armed_ns;	  /* the arming it was charged under: a pool slot's
+			   * cgroup (and id) serves one run after another */
 };
 
 struct {
@@ -186,10 +188,14 @@ static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_
 	struct alcove_task_charge *c = bpf_task_storage_get(&task_charges, task, 0, 0);
 	if (c) {
 		__u64 last = c->charged_ns;
-		if (runtime <= last)
-			return 0;
+		bool earlier_run = c->armed_ns != armed;
 		c->charged_ns = runtime;
-		return armed ? runtime - last : 0;
+		c->armed_ns = armed;
+		/* A task of an earlier run in the same cgroup (freed late) is
+		 * not this run's. */
+		if (runtime <= last || earlier_run || !armed)
+			return 0;
+		return runtime - last;
 	}
 	/* A freed task's storage is not made: it would go at once. */
 	if (!freed) {
@@ -197,6 +203,7 @@ static __always_inline __u64 charge_task(struct alcove_sandbox *sb, struct task_
 		if (!c)
 			return TICK_NS;
 		c->charged_ns = runtime;
+		c->armed_ns = armed;
 	}
 	/* Seen armed before the time it was armed at (weakly ordered CPUs):
 	 * from now on. */
@@ -238,8 +245,10 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		sb->armed_ns = bpf_ktime_get_ns();
 		struct alcove_task_charge *c =
 			bpf_task_storage_get(&task_charges, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (c)
+		if (c) {
 			c->charged_ns = BPF_CORE_READ(p, se.sum_exec_runtime);
+			c->armed_ns = sb->armed_ns;
+		}
 	}
 	sb->armed = 1;
 	struct alcove_stats *st = bpf_map_lookup_elem(&stats, &cg);
