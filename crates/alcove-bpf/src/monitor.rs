@@ -697,13 +697,15 @@ impl Monitor {
                                 return Err(BpfError::Perf(e));
                             }
                         };
-                    // The link owns the perf event from here (libbpf closes it).
-                    let raw = std::os::fd::IntoRawFd::into_raw_fd(event);
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(&event);
                     match self.skel.progs.on_tick.attach_perf_event(raw) {
-                        Ok(link) => self.tick_links.push(link),
+                        Ok(link) => {
+                            // The link owns the perf event now (libbpf closes it).
+                            let _ = std::os::fd::IntoRawFd::into_raw_fd(event);
+                            self.tick_links.push(link);
+                        }
                         Err(e) => {
-                            // SAFETY: the attach failed, so the fd is still ours to close.
-                            unsafe { libc::close(raw) };
+                            drop(event); // the attach failed: still ours to close
                             self.tick_links.clear(); // all CPUs or none
                             return Err(BpfError::attach("cpu-clock perf event", e));
                         }
