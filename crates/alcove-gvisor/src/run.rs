@@ -120,6 +120,8 @@ pub(crate) struct CpuLimit<'a> {
     pub cgroup: &'a SandboxCgroup,
     pub limit: Duration,
     pub before_us: u64,
+    /// The most CPUs it can run on at once (`--cpus`, at most the host's).
+    pub parallelism: u64,
 }
 
 impl<'a> CpuLimit<'a> {
@@ -129,15 +131,22 @@ impl<'a> CpuLimit<'a> {
         cgroup: &'a SandboxCgroup,
         before: &Usage,
     ) -> Option<Self> {
+        // Read once per run: it reads cgroup files each time.
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         spec.limits.cpu_time.map(|limit| CpuLimit {
             cgroup,
             limit,
             before_us: before.cpu_user_us + before.cpu_system_us,
+            parallelism: spec
+                .limits
+                .cpus
+                .map_or(host, |c| c.ceil() as u64)
+                .clamp(1, host),
         })
     }
 
     /// Whether the limit is spent; if not, how long until it could be at
-    /// the soonest (every CPU of the host busy), at least a millisecond.
+    /// the soonest (every CPU it may use busy), at least a millisecond.
     fn check(&self) -> Result<(), Duration> {
         let used_us = self
             .cgroup
@@ -148,8 +157,10 @@ impl<'a> CpuLimit<'a> {
         if used_us >= limit_us {
             return Ok(());
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        Err(Duration::from_micros((limit_us - used_us) / cpus).max(Duration::from_millis(1)))
+        Err(
+            Duration::from_micros((limit_us - used_us) / self.parallelism)
+                .max(Duration::from_millis(1)),
+        )
     }
 }
 
