@@ -227,6 +227,7 @@ def create_body(
     allow_out: Optional[Sequence[str]] = None,
     guard: Optional[Mapping[str, Any]] = None,
     forkable: bool = False,
+    isolation: Optional[str] = None,
 ) -> Dict[str, Any]:
     return drop_none(
         {
@@ -244,6 +245,7 @@ def create_body(
             "allow_out": list(allow_out) if allow_out else None,
             "guard": dict(guard) if guard else None,
             "forkable": True if forkable else None,
+            "isolation": isolation,
         }
     )
 

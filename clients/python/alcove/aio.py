@@ -380,6 +380,7 @@ class AsyncSandbox:
         allow_out: Optional[Sequence[str]] = None,
         guard: Optional[Mapping[str, Any]] = None,
         forkable: bool = False,
+        isolation: Optional[str] = None,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -401,6 +402,7 @@ class AsyncSandbox:
             allow_out=allow_out,
             guard=guard,
             forkable=forkable,
+            isolation=isolation,
         )
         try:
             value = await transport.call("POST", "/v1/sandboxes", json_body=body)

@@ -93,6 +93,8 @@ class SandboxInfo:
     template: Optional[str] = None
     parent: Optional[str] = None
     net: Optional[str] = None
+    #: ``"container"`` or ``"gvisor"``.
+    isolation: Optional[str] = None
     #: Where a ``net="outbound"`` sandbox may connect (empty: anywhere but
     #: the host and other sandboxes).
     allow_out: Tuple[str, ...] = ()
@@ -121,6 +123,7 @@ class SandboxInfo:
             template=_opt_str(d.get("template")),
             parent=_opt_str(d.get("parent")),
             net=_opt_str(d.get("net")),
+            isolation=_opt_str(d.get("isolation")),
             allow_out=tuple(str(r) for r in (d.get("allow_out") or ()) if isinstance(r, str)),
             interpreter=_opt_str(d.get("interpreter")),
             metadata=_str_dict(d.get("metadata")),

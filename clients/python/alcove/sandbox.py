@@ -397,6 +397,7 @@ class Sandbox:
         allow_out: Optional[Sequence[str]] = None,
         guard: Optional[Mapping[str, Any]] = None,
         forkable: bool = False,
+        isolation: Optional[str] = None,
         server: Optional[str] = None,
         token: Optional[str] = None,
         token_file: Optional[str] = None,
@@ -408,7 +409,9 @@ class Sandbox:
         ``"outbound"`` (a link of its own out; ``allow_out`` lists where it
         may connect: CIDR ranges, addresses, host names, ``"*.domain"``) or
         ``"host"``; ``template``: a snapshot's name; ``guard``: kernel-enforced
-        rules over its life, such as ``{"cpu_budget_ms": 60000}``."""
+        rules over its life, such as ``{"cpu_budget_ms": 60000}``;
+        ``isolation``: ``"container"`` (the default) or ``"gvisor"`` (gVisor's
+        user-space kernel, runsc)."""
         transport = Transport(server, token, token_file=token_file, request_timeout=request_timeout)
         body = _wire.create_body(
             template=template,
@@ -425,6 +428,7 @@ class Sandbox:
             allow_out=allow_out,
             guard=guard,
             forkable=forkable,
+            isolation=isolation,
         )
         try:
             value = transport.call("POST", "/v1/sandboxes", json_body=body)

@@ -39,6 +39,9 @@ HOST_IP = os.environ.get("NET_HOST_IP", "")
 HOST_PORT = os.environ.get("NET_HOST_PORT", "")
 LOOPBACK_PORT = os.environ.get("NET_LOOPBACK_PORT", "")
 RUN = uuid.uuid4().hex[:12]
+# Run again in the gVisor tier by crates/alcove/tests/gvisor_sandboxes.rs
+# (and sandbox_network.rs): every sandbox made here is then a gVisor one.
+ISOLATION = os.environ.get("SANDBOX_ISOLATION", "")
 
 # Fetches a URL from inside a sandbox: prints the body, or why not.
 FETCH = """
@@ -87,9 +90,14 @@ for addr in ["255.255.255.255", "224.0.0.1"]:
 
 
 def make(test: unittest.TestCase, **options) -> Sandbox:
+    if ISOLATION:
+        options.setdefault("isolation", ISOLATION)
     options.setdefault("timeout", 120)
     options.setdefault("request_timeout", 30)
     sb = Sandbox.create(metadata={"e2e": RUN}, **options)
+    if sb.last_info.isolation != (ISOLATION or "container"):
+        sb.kill()
+        raise AssertionError(f"asked for {ISOLATION or 'container'}, got {sb.last_info.isolation}")
     test.addCleanup(sb.close)
     test.addCleanup(sb.kill)
     return sb

@@ -18,8 +18,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The commands running, by pid, each with a pidfd that wakes the loop.
-type Running = HashMap<i32, OwnedFd>;
+/// The commands running, by pid, each with a pidfd that wakes the loop
+/// (none on a kernel without pidfds, gVisor's: the loop then looks for
+/// their ends by itself, see [`Agent::wake`]).
+type Running = HashMap<i32, Option<OwnedFd>>;
+
+/// How often the loop looks for the end of a command it has no pidfd for:
+/// a quarter of the time since the latest such start, within these bounds
+/// (a short command's end is seen within a millisecond or two; a server
+/// that runs for hours costs ten wakes a second).
+const LOOK_SOONEST: Duration = Duration::from_millis(1);
+const LOOK_LATEST: Duration = Duration::from_millis(100);
 
 /// How long an ended command's report waits for the rest of its process
 /// group to die after a SIGKILL to the group (a process stuck in the kernel
@@ -32,7 +41,8 @@ pub fn serve_inherited() -> i32 {
     let Some(raw) = std::env::var(crate::AGENT_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<std::os::fd::RawFd>().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 || (*fd == 0 && is_socket(0)))
+        .and_then(|fd| if fd == 0 { stdin_moved_up() } else { Some(fd) })
     else {
         eprintln!(
             "alcove sandbox-agent runs inside an agent sandbox, started by the daemon (no ${} here)",
@@ -62,6 +72,20 @@ pub fn serve_inherited() -> i32 {
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     std::env::remove_var(crate::AGENT_FD_ENV);
     serve(sock)
+}
+
+/// The gVisor tier hands the socket in as stdin (runsc passes on only
+/// stdio): moved above 2 (close-on-exec), /dev/null in its place, so that
+/// nothing the agent starts without its own stdin reads the daemon's socket.
+fn stdin_moved_up() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: descriptor 0 is open (checked by the caller) for this call.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    // F_DUPFD_CLOEXEC from 3.
+    let moved = stdin.try_clone_to_owned().ok()?;
+    let null = std::fs::File::open("/dev/null").ok()?;
+    fd::dup_onto(null.as_raw_fd(), 0).ok()?;
+    Some(moved.into_raw_fd())
 }
 
 fn is_socket(raw: std::os::fd::RawFd) -> bool {
@@ -96,6 +120,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         draining: Vec::new(),
         copy_filter,
         starter: crate::start::Starter::new(),
+        unwatched_since: None,
     };
     if agent
         .send(
@@ -130,6 +155,17 @@ struct Agent {
     /// Stacked on every command but a forkable one (the interpreter).
     copy_filter: Option<std::sync::Arc<Vec<libc::sock_filter>>>,
     starter: crate::start::Starter,
+    /// When the latest command without a pidfd started.
+    unwatched_since: Option<std::time::Instant>,
+}
+
+/// A pidfd for `pid`, or none where the kernel has none (gVisor's).
+fn watch_child(pid: i32, what: &str) -> Result<Option<OwnedFd>, AgentFailure> {
+    match seqpacket::pidfd_open(pid) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
+        Err(e) => Err(AgentFailure::io(what, &e)),
+    }
 }
 
 /// A seccomp program as raw `struct sock_filter`s (8 bytes each).
@@ -149,7 +185,7 @@ impl Agent {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
-                .chain(self.running.values().map(|p| p.as_raw_fd()))
+                .chain(self.running.values().flatten().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -158,11 +194,7 @@ impl Agent {
                 .collect();
             // Orphans reparented to pid 1 are reaped on each wake, at least
             // once a second; often while a killed group is dying.
-            let wake = if self.draining.is_empty() {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(2)
-            };
+            let wake = self.wake();
             if let Err(e) = fd::poll(&mut polled, Some(wake)) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
@@ -199,6 +231,30 @@ impl Agent {
                 Err(_) => return 0,
             }
         }
+    }
+
+    /// How long the loop may sleep: a second, less while a killed group
+    /// dies or a command without a pidfd runs.
+    fn wake(&mut self) -> Duration {
+        let mut wake = match self.draining.is_empty() {
+            true => Duration::from_secs(1),
+            false => Duration::from_millis(2),
+        };
+        if self.running.values().any(Option::is_none) {
+            let since = self.unwatched_since.map_or(Duration::ZERO, |t| t.elapsed());
+            wake = wake.min((since / 4).clamp(LOOK_SOONEST, LOOK_LATEST));
+        } else {
+            self.unwatched_since = None;
+        }
+        wake
+    }
+
+    /// Tracks a started child, with its pidfd if the kernel gave one.
+    fn track(&mut self, pid: i32, pidfd: Option<OwnedFd>) {
+        if pidfd.is_none() {
+            self.unwatched_since = Some(std::time::Instant::now());
+        }
+        self.running.insert(pid, pidfd);
     }
 
     fn send(&self, reply: &Reply, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -253,7 +309,8 @@ impl Agent {
                 forkable,
             } => {
                 let pid = self.exec(&argv, env, cwd.as_deref(), fds, forkable)?;
-                Ok((Reply::Started { id, pid }, None))
+                let size = None;
+                Ok((Reply::Started { id, pid, size }, None))
             }
             Request::Exec {
                 id,
@@ -265,7 +322,8 @@ impl Agent {
             } => {
                 drop(fds); // its stdio is the terminal
                 let (pid, master) = self.exec_pty(&argv, env, cwd.as_deref(), size, forkable)?;
-                Ok((Reply::Started { id, pid }, Some(master)))
+                let size = None;
+                Ok((Reply::Started { id, pid, size }, Some(master)))
             }
             Request::Open { id, path, write } => {
                 let file = open(&path, write)?;
@@ -277,8 +335,18 @@ impl Agent {
                     return Err(AgentFailure::invalid("a write needs the pipe to read from"));
                 };
                 let file = open(&path, true)?;
-                let pid = self.copier(source, file)?;
-                Ok((Reply::Started { id, pid }, None))
+                let pid = self.copier(source, file.into(), true)?;
+                let size = None;
+                Ok((Reply::Started { id, pid, size }, None))
+            }
+            Request::Read { id, path } => {
+                let Some(into) = fds.into_iter().next() else {
+                    return Err(AgentFailure::invalid("a read needs the pipe to write to"));
+                };
+                let file = open(&path, false)?;
+                let size = file.metadata().ok().map(|m| m.len());
+                let pid = self.copier(file.into(), into, false)?;
+                Ok((Reply::Started { id, pid, size }, None))
             }
             Request::List { id, path } => {
                 let (entries, truncated) = list(&path)?;
@@ -312,7 +380,14 @@ impl Agent {
                     .map_err(|_| AgentFailure::invalid("a path holds a NUL byte"))?;
                 let watch = alcove_sys::fs::inotify_watch(&c)
                     .map_err(|e| AgentFailure::io(&format!("watching {path}"), &e))?;
-                Ok((Reply::Done { id, size: None }, Some(watch)))
+                match fds.into_iter().next() {
+                    None => Ok((Reply::Done { id, size: None }, Some(watch))),
+                    Some(into) => {
+                        let pid = self.copier(watch, into, false)?;
+                        let size = None;
+                        Ok((Reply::Started { id, pid, size }, None))
+                    }
+                }
             }
             Request::Signal { id, pid, signal } => {
                 if !self.running.contains_key(&pid) {
@@ -339,10 +414,10 @@ impl Agent {
                         message: format!("pid {pid} is not a child of the agent"),
                     });
                 }
-                let pidfd = seqpacket::pidfd_open(pid)
-                    .map_err(|e| AgentFailure::io("watching the process", &e))?;
-                self.running.insert(pid, pidfd);
-                Ok((Reply::Started { id, pid }, None))
+                let pidfd = watch_child(pid, "watching the process")?;
+                self.track(pid, pidfd);
+                let size = None;
+                Ok((Reply::Started { id, pid, size }, None))
             }
         }
     }
@@ -400,7 +475,7 @@ impl Agent {
                 fds: &fds,
                 filter: filter.map(Vec::as_slice),
             })?;
-            self.running.insert(pid, pidfd);
+            self.track(pid, pidfd);
             return Ok(pid);
         }
         // Not found, or not an ELF file or a script: the standard library's
@@ -507,11 +582,12 @@ impl Agent {
         Ok((spawned?, master))
     }
 
-    /// A child that copies `source` (a pipe) into `file` until its end, so
+    /// A child that copies `source` into `into` until the end of either
+    /// (a pipe into a file, with `sync`; a file or a watch into a pipe), so
     /// the pages it writes are the sandbox's own (its memory and disk
     /// limits), and this loop stays free. Its exit code is 0, or the errno
     /// that stopped it.
-    fn copier(&mut self, source: OwnedFd, file: std::fs::File) -> Result<i32, AgentFailure> {
+    fn copier(&mut self, source: OwnedFd, into: OwnedFd, sync: bool) -> Result<i32, AgentFailure> {
         let once = process::SingleThreaded::check()
             .map_err(|e| AgentFailure::io("starting a copy", &e))?;
         match once
@@ -519,19 +595,23 @@ impl Agent {
             .map_err(|e| AgentFailure::io("starting a copy", &e))?
         {
             None => {
-                let mut source = std::fs::File::from(source);
-                let mut file = file;
-                let code =
-                    match std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data()) {
-                        Ok(()) => 0,
-                        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
-                    };
+                let copied = match sync {
+                    true => {
+                        let (mut source, mut file) =
+                            (std::fs::File::from(source), std::fs::File::from(into));
+                        std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data())
+                    }
+                    false => pump(source.as_fd(), into.as_fd()),
+                };
+                let code = match copied {
+                    Ok(()) => 0,
+                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                };
                 process::exit_now(code)
             }
             Some(pid) => {
-                let pidfd = seqpacket::pidfd_open(pid)
-                    .map_err(|e| AgentFailure::io("watching the copy", &e))?;
-                self.running.insert(pid, pidfd);
+                let pidfd = watch_child(pid, "watching the copy")?;
+                self.track(pid, pidfd);
                 Ok(pid)
             }
         }
@@ -550,10 +630,53 @@ impl Agent {
         let pid = child.id() as i32;
         // Reaped by `reap` (waitpid), not through `child`; the pidfd wakes the loop.
         drop(child);
-        let pidfd =
-            seqpacket::pidfd_open(pid).map_err(|e| AgentFailure::io("watching the command", &e))?;
-        self.running.insert(pid, pidfd);
+        let pidfd = watch_child(pid, "watching the command")?;
+        self.track(pid, pidfd);
         Ok(pid)
+    }
+}
+
+/// Copies `source` into the pipe `into` until `source` ends or the pipe's
+/// reader goes away, whichever comes first: a watch that sees nothing
+/// still ends when the daemon stops reading.
+fn pump(source: BorrowedFd<'_>, into: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut polled = [
+            libc::pollfd {
+                fd: source.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            // A pipe's write end shows POLLERR once its reader is gone.
+            libc::pollfd {
+                fd: into.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            },
+        ];
+        match fd::poll(&mut polled, None) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        if polled[1].revents != 0 {
+            return Ok(());
+        }
+        if polled[0].revents == 0 {
+            continue;
+        }
+        let n = match fd::read(source, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        match fd::write_all(into.as_raw_fd(), &buf[..n]) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(()),
+            Err(e) => return Err(e),
+        }
     }
 }
 

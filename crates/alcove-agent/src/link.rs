@@ -197,6 +197,24 @@ impl AgentLink {
         }
     }
 
+    /// A regular file in the sandbox, copied by the agent into a pipe whose
+    /// read end (non-blocking) is returned, with the file's size: [`open`]
+    /// (Self::open) for a sandbox that cannot hand descriptors out.
+    pub async fn read(&self, path: &str) -> Result<Opened, LinkError> {
+        let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
+        let id = self.next_id();
+        let path = path.to_owned();
+        let answer = self.ask(Request::Read { id, path }, &[write.as_fd()]).await;
+        drop(write); // the copy's end is the pipe's end
+        match answer? {
+            (Reply::Started { size, .. }, _, Some(_)) => {
+                alcove_sys::fd::set_nonblocking(read.as_fd(), true).map_err(LinkError::Io)?;
+                Ok(Opened { file: read, size })
+            }
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
     /// Creates (or truncates) the regular file `path` and starts the agent's
     /// copy into it: write to the returned pipe and close it; the copy's end
     /// (code 0, or the errno that stopped it) shows on the watch.
@@ -252,6 +270,27 @@ impl AgentLink {
                 let fd = fds.remove(0);
                 alcove_sys::fd::set_nonblocking(fd.as_fd(), true).map_err(LinkError::Io)?;
                 Ok(fd)
+            }
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
+    /// The events of an inotify watch on the directory `path`, copied by
+    /// the agent into a pipe whose read end (non-blocking) is returned:
+    /// [`watch`](Self::watch) for a sandbox that cannot hand descriptors
+    /// out. A read may end mid-event.
+    pub async fn watch_copied(&self, path: &str) -> Result<OwnedFd, LinkError> {
+        let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
+        let id = self.next_id();
+        let path = path.to_owned();
+        let answer = self
+            .ask(Request::Watch { id, path }, &[write.as_fd()])
+            .await;
+        drop(write);
+        match answer? {
+            (Reply::Started { .. }, _, Some(_)) => {
+                alcove_sys::fd::set_nonblocking(read.as_fd(), true).map_err(LinkError::Io)?;
+                Ok(read)
             }
             _ => Err(LinkError::Protocol),
         }

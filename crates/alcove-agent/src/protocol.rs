@@ -64,8 +64,18 @@ pub enum Request {
         id: u64,
         path: String,
     },
-    /// An inotify descriptor watching `path` (a directory), sent back.
+    /// An inotify descriptor watching `path` (a directory), sent back; or,
+    /// with a pipe attached, its events copied into that pipe by a child
+    /// of the agent (answered `Started`): for a sandbox that cannot hand
+    /// its descriptors out (gVisor's).
     Watch {
+        id: u64,
+        path: String,
+    },
+    /// Open a regular file to read and copy it into the attached pipe in a
+    /// child of the agent (answered `Started` with its size, ended by
+    /// `Exited`): `Open` for a sandbox that cannot hand descriptors out.
+    Read {
         id: u64,
         path: String,
     },
@@ -94,6 +104,7 @@ impl Request {
             | Request::Remove { id, .. }
             | Request::Mkdir { id, .. }
             | Request::Watch { id, .. }
+            | Request::Read { id, .. }
             | Request::Signal { id, .. }
             | Request::Adopt { id, .. } => *id,
         }
@@ -139,6 +150,9 @@ pub enum Reply {
     Started {
         id: u64,
         pid: i32,
+        /// A read's file size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// Done; a descriptor may be attached (open, watch).
     Done {

@@ -41,8 +41,12 @@ impl Starter {
         }
     }
 
-    /// Starts `cmd` in a process group of its own: its pid and pidfd.
-    pub(crate) fn start(&mut self, cmd: &Command<'_>) -> Result<(i32, OwnedFd), AgentFailure> {
+    /// Starts `cmd` in a process group of its own: its pid and pidfd (none
+    /// on a kernel without pidfds: gVisor's).
+    pub(crate) fn start(
+        &mut self,
+        cmd: &Command<'_>,
+    ) -> Result<(i32, Option<OwnedFd>), AgentFailure> {
         let c = |s: &[u8], what: &str| {
             CString::new(s).map_err(|_| AgentFailure::invalid(format!("{what} holds a NUL byte")))
         };

@@ -589,7 +589,6 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let sandbox = s.engine.sandbox(&id).await?;
     let (file, size) = sandbox.open_file(&path).await?;
-    let file = tokio::fs::File::from_std(file);
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0u8; 64 << 10];

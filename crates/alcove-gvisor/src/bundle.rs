@@ -21,9 +21,19 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Writes the bundle for `spec` below `root` (made if missing).
+    /// Writes the bundle for `spec` below `root` (made if missing), its
+    /// network as [`Network::of`] says.
     pub fn create(root: &Path, spec: &SandboxSpec) -> Result<Bundle, GvisorError> {
-        let config = config(spec)?;
+        Bundle::create_for(root, spec, Network::of(spec))
+    }
+
+    /// [`Bundle::create`] with its sockets in `network`.
+    pub fn create_for(
+        root: &Path,
+        spec: &SandboxSpec,
+        network: Network,
+    ) -> Result<Bundle, GvisorError> {
+        let config = config_for(spec, network)?;
         let id = format!(
             "alcove-{}-{}",
             std::process::id(),
@@ -67,7 +77,11 @@ impl Bundle {
         // Gofer cannot name from its own /proc) are bound into the run's
         // directory first: runsc serves what was checked, not a path that
         // may have changed since.
-        let config = if spec.binds.iter().any(|b| pinned(&b.source)) {
+        let resolver = match (network, &spec.resolv_conf) {
+            (Network::Joined, Some(conf)) => Some(conf),
+            _ => None,
+        };
+        let config = if spec.binds.iter().any(|b| pinned(&b.source)) || resolver.is_some() {
             let mut pins = spec.clone();
             let dir = bundle.dir.join("pins");
             std::fs::create_dir(&dir).map_err(failed)?;
@@ -77,7 +91,18 @@ impl Bundle {
                         .map_err(failed)?;
                 }
             }
-            self::config(&pins)?
+            // A joined network's resolver (the daemon's, on its loopback).
+            if let Some(conf) = resolver {
+                let file = bundle.dir.join("resolv.conf");
+                std::fs::write(&file, conf).map_err(failed)?;
+                pins.binds.push(alcove_sandbox::Bind {
+                    source: file,
+                    target: "/etc/resolv.conf".into(),
+                    writable: false,
+                    device: false,
+                });
+            }
+            config_for(&pins, network)?
         } else {
             config
         };
@@ -249,11 +274,55 @@ fn unmount_layers(rootfs: &Path) {
     }
 }
 
+/// Where a gVisor sandbox's sockets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// gVisor's own network stack, loopback alone (runsc --network none):
+    /// nothing the program sends reaches the host's network code.
+    Isolated,
+    /// Host sockets (gVisor's hostinet) in the host's namespace: net host.
+    Host,
+    /// Host sockets in a namespace of the run's own with loopback alone, so
+    /// that its ports can be reached from that namespace (an agent
+    /// sandbox's previews); the caller makes the namespace.
+    OwnLoopback,
+    /// Host sockets in the spec's network namespace (an outbound link),
+    /// where alcove's eBPF rules for its cgroup hold every connection.
+    Joined,
+}
+
+impl Network {
+    /// What a run or a function gets: gVisor's own stack unless it shares
+    /// the host's network (a namespace to join is refused by [`config`]).
+    pub fn of(spec: &SandboxSpec) -> Network {
+        match spec.net {
+            NetMode::Host => Network::Host,
+            NetMode::Joined => Network::Joined,
+            NetMode::None => Network::Isolated,
+        }
+    }
+
+    /// runsc's `--network`.
+    pub(crate) fn runsc_flag(self) -> &'static str {
+        match self {
+            Network::Isolated => "none",
+            _ => "host",
+        }
+    }
+}
+
 /// The OCI runtime config for `spec`: the same program, environment, user,
 /// working directory, file view and namespaces as the container tier.
 /// Limits are not in it: alcove applies them to the cgroup runsc runs in.
 pub fn config(spec: &SandboxSpec) -> Result<Value, GvisorError> {
-    refuse_unsupported(spec)?;
+    config_for(spec, Network::of(spec))
+}
+
+/// [`config`], its sockets in `network`: a namespace to join (an outbound
+/// link) is taken only with [`Network::Joined`], whose caller enters it.
+pub fn config_for(spec: &SandboxSpec, network: Network) -> Result<Value, GvisorError> {
+    let joins = network == Network::Joined && spec.net == NetMode::Joined && spec.netns.is_some();
+    refuse_unsupported(spec, joins)?;
     let text = |s: &std::ffi::OsStr, what: &str| {
         std::str::from_utf8(s.as_bytes())
             .map(str::to_owned)
@@ -314,7 +383,7 @@ pub fn config(spec: &SandboxSpec) -> Result<Value, GvisorError> {
         mounts.push(home);
     }
     let mut namespaces = vec!["pid", "ipc", "uts", "mount"];
-    if spec.net == NetMode::None {
+    if network == Network::Isolated {
         namespaces.push("network");
     }
     // The bundle's own rootfs: the host view's directory, or the overlay
@@ -353,11 +422,11 @@ fn bind(source: &str, target: &str, writable: bool) -> Value {
 
 /// What the container tier offers that this tier does not (yet): refused
 /// by name rather than run without it.
-fn refuse_unsupported(spec: &SandboxSpec) -> Result<(), GvisorError> {
+fn refuse_unsupported(spec: &SandboxSpec, joins: bool) -> Result<(), GvisorError> {
     let unsupported = [
         (
-            spec.net == NetMode::Joined,
-            "outbound networking (--net outbound)",
+            spec.net == NetMode::Joined && !joins,
+            "outbound networking (--net outbound) outside agent sandboxes",
         ),
         (
             !spec.allow_paths.is_empty(),

@@ -5,7 +5,7 @@
 //! in a cgroup of alcove's own, so that the limits and the report are those
 //! of the container tier. It also boots sandboxes ahead of their requests
 //! (`PooledSandbox`), whose first process, the waiter (waiter.rs), starts
-//! one request's handler inside.
+//! one request's handler inside, and runs agent sandboxes (serve.rs).
 //!
 //! The program then talks to gVisor's user-space kernel (the Sentry), not to
 //! the host's: a kernel bug reachable through a syscall the container tier
@@ -19,12 +19,14 @@ mod bundle;
 mod pool;
 mod run;
 mod runsc;
+mod serve;
 pub mod waiter;
 
-pub use bundle::Bundle;
+pub use bundle::{Bundle, Network};
 pub use pool::{wait_for_teardowns, PooledSandbox};
 pub use run::{run, GvisorOptions};
 pub use runsc::{platforms, Runsc, PACKAGE, STATE_ROOT};
+pub use serve::serve;
 
 /// Checks that this tier can run `spec` (and that runsc is installed),
 /// without running anything: a deploy's check.

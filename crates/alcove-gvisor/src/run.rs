@@ -5,7 +5,7 @@ use crate::bundle::Bundle;
 use crate::runsc::{Runsc, STATE_ROOT};
 use crate::GvisorError;
 use alcove_cgroup::{SandboxCgroup, Usage};
-use alcove_sandbox::{NetMode, Outcome, SandboxSpec, Status, Stdio};
+use alcove_sandbox::{Outcome, SandboxSpec, Status, Stdio};
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -59,13 +59,9 @@ pub fn run(spec: &SandboxSpec, options: &GvisorOptions) -> Result<Outcome, Gviso
     })
 }
 
-/// The `--network` runsc gets for `spec`.
+/// The `--network` runsc gets for `spec` (a run's or a function's).
 pub(crate) fn network(spec: &SandboxSpec) -> &'static str {
-    if spec.net == NetMode::Host {
-        "host"
-    } else {
-        "none"
-    }
+    crate::bundle::Network::of(spec).runsc_flag()
 }
 
 /// A cgroup beneath alcove's own with `spec`'s limits, gVisor's own share

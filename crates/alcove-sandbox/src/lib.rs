@@ -38,7 +38,7 @@ pub use seccomp::{copy_filter_bytes, syscall_name, syscall_number, COPY_UNSHARE_
 pub use spec::{
     Bind, Limits, NetMode, PathRule, SandboxSpec, SpecError, Stdio, StreamTarget, User,
 };
-pub use watch::{UsageSoFar, UsageWatch};
+pub use watch::{UsageSoFar, UsageWatch, Watching};
 
 /// An error and its causes on one line, joined with ": " (as anyhow's `{:#}`
 /// prints them): what alcove shows users and keeps in records.

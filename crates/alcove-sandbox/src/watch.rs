@@ -63,6 +63,20 @@ impl UsageWatch {
         *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
     }
 
+    /// Watches a run this crate did not start (the gVisor tier's): `cgroup`,
+    /// new and its own, holding `pid` as its first process, until the
+    /// returned guard is dropped.
+    pub fn watch_run(&self, cgroup: &SandboxCgroup, pid: libc::pid_t) -> Watching<'_> {
+        let fresh = Baseline {
+            memory_exact: true,
+            pids_exact: true,
+            ..Baseline::default()
+        };
+        let watching = self.watch(cgroup, fresh);
+        self.set_pid(Some(pid));
+        watching
+    }
+
     /// Watches `cgroup` until the returned guard is dropped.
     pub(crate) fn watch(&self, cgroup: &SandboxCgroup, baseline: Baseline) -> Watching<'_> {
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((cgroup.probe(), baseline));
@@ -71,7 +85,7 @@ impl UsageWatch {
 }
 
 /// Empties the watch when dropped, also when the run fails.
-pub(crate) struct Watching<'a>(&'a UsageWatch);
+pub struct Watching<'a>(&'a UsageWatch);
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {

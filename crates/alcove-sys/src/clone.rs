@@ -141,7 +141,8 @@ impl Drop for ChildStack {
 /// `stack`, and lets the caller continue only once the child has exec'd or
 /// exited (`CLONE_VM | CLONE_VFORK`, the way `posix_spawn` starts programs). No
 /// page tables are copied, so it costs a fraction of a fork. `flags` adds
-/// namespace flags; `CLONE_PIDFD` is always added.
+/// namespace flags; `CLONE_PIDFD` is always added, and its pidfd is None
+/// where the kernel ignored it (gVisor's Sentry has no pidfds).
 ///
 /// # Safety
 ///
@@ -157,7 +158,7 @@ pub unsafe fn spawn_vfork(
     stack: &mut ChildStack,
     entry: extern "C" fn(*mut libc::c_void) -> !,
     arg: *mut libc::c_void,
-) -> io::Result<(libc::pid_t, OwnedFd)> {
+) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: flags | CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
@@ -225,12 +226,13 @@ pub unsafe fn spawn_vfork(
 /// clone3 answered ENOSYS in this process (a seccomp filter refuses it).
 static CLONE3_REFUSED: AtomicBool = AtomicBool::new(false);
 
-fn vfork_result(ret: i64, pidfd: libc::c_int) -> io::Result<(libc::pid_t, OwnedFd)> {
+fn vfork_result(ret: i64, pidfd: libc::c_int) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     if ret < 0 {
         return Err(io::Error::from_raw_os_error(-ret as i32));
     }
-    // SAFETY: with CLONE_PIDFD the kernel stored a fresh, owned pidfd.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: with CLONE_PIDFD the kernel stored a fresh, owned pidfd, or
+    // (a kernel that ignores the flag) left the -1 it was given.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
     Ok((ret as libc::pid_t, pidfd))
 }
 

@@ -95,7 +95,7 @@ struct Shared<'p, 'a> {
 }
 
 /// Starts `plan` on `stack` (reusable from call to call): the child's pid and
-/// a pidfd for it. An error of the child's (a missing file or directory, a
+/// a pidfd for it (None on a kernel without pidfds: gVisor's). An error of the child's (a missing file or directory, a
 /// refused exec) comes back as this call's error, with its step, the child
 /// reaped. The new process
 /// starts with every signal unblocked.
@@ -103,7 +103,7 @@ struct Shared<'p, 'a> {
 pub fn spawn(
     plan: &ExecPlan<'_>,
     stack: &mut ChildStack,
-) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
+) -> Result<(libc::pid_t, Option<OwnedFd>), SpawnError> {
     if plan.argv.last().is_none_or(|p| !p.is_null())
         || plan.envp.last().is_none_or(|p| !p.is_null())
     {

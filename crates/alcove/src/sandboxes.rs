@@ -165,6 +165,10 @@ struct CreateArgs {
     /// needs. net none only.
     #[arg(long)]
     forkable: bool,
+    /// container (the default) or gvisor: run it on gVisor's user-space
+    /// kernel (runsc), a second wall between its code and the host's kernel.
+    #[arg(long)]
+    isolation: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +255,7 @@ fn run(client: &Client, json_out: bool, command: SandboxCommand) -> anyhow::Resu
                 ("pids", a.pids.map(Value::from)),
                 ("disk", a.disk.map(Value::from)),
                 ("net", a.net.map(Value::from)),
+                ("isolation", a.isolation.map(Value::from)),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {

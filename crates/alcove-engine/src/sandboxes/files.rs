@@ -26,13 +26,21 @@ pub(crate) fn sandbox_path(path: &str) -> Result<String, SandboxesError> {
 }
 
 impl LiveSandbox {
-    /// The file at `path`, opened to read, and its size.
-    pub async fn open_file(
-        &self,
-        path: &str,
-    ) -> Result<(std::fs::File, Option<u64>), SandboxesError> {
-        let opened = self.link.open(&sandbox_path(path)?).await?;
-        Ok((std::fs::File::from(opened.file), opened.size))
+    /// The file at `path`, opened to read, and its size. In the gVisor
+    /// tier, which cannot hand a descriptor out, the agent copies it into a
+    /// pipe instead (read without blocking a thread: a stalled copy holds
+    /// only its reader).
+    pub async fn open_file(&self, path: &str) -> Result<(FileReader, Option<u64>), SandboxesError> {
+        let path = sandbox_path(path)?;
+        if self.gvisor() {
+            let opened = self.link.read(&path).await?;
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(opened.file)
+                .map_err(SandboxesError::io("reading a file"))?;
+            return Ok((Box::new(pipe), opened.size));
+        }
+        let opened = self.link.open(&path).await?;
+        let file = tokio::fs::File::from_std(std::fs::File::from(opened.file));
+        Ok((Box::new(file), opened.size))
     }
 
     /// Starts writing the file at `path` (created or truncated, its parents
@@ -64,10 +72,16 @@ impl LiveSandbox {
     /// Changes in the directory `path` (not its subdirectories), as they happen.
     pub async fn watch_dir(&self, path: &str) -> Result<WatchStream, SandboxesError> {
         let dir = sandbox_path(path)?;
-        let fd = self.link.watch(&dir).await?;
+        let fd = match self.gvisor() {
+            true => self.link.watch_copied(&dir).await?,
+            false => self.link.watch(&dir).await?,
+        };
         WatchStream::new(fd, dir, self.link.gone())
     }
 }
+
+/// A file being read from a sandbox.
+pub type FileReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
 /// A file being written in a sandbox.
 pub struct FileWriter {
@@ -139,6 +153,9 @@ pub struct WatchStream {
     /// The sandbox ended: so does the stream.
     gone: tokio::sync::watch::Receiver<bool>,
     pending: std::collections::VecDeque<WatchEvent>,
+    /// The start of an event a read ended in the middle of (a copied watch's
+    /// pipe splits them; an inotify descriptor never does).
+    partial: Vec<u8>,
 }
 
 impl WatchStream {
@@ -158,6 +175,7 @@ impl WatchStream {
             dir,
             gone,
             pending: Default::default(),
+            partial: Vec::new(),
         })
     }
 
@@ -177,22 +195,35 @@ impl WatchStream {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => n,
             };
-            if !self.parse(&buf[..n]) {
+            let mut bytes = std::mem::take(&mut self.partial);
+            bytes.extend_from_slice(&buf[..n]);
+            if !self.parse(&bytes) {
                 return self.pending.pop_front();
             }
         }
     }
 
-    /// Queues the events in `bytes` (struct inotify_event records); false
-    /// once the watch itself ended.
+    /// Queues the events in `bytes` (struct inotify_event records), keeping
+    /// an incomplete last one for the next read; false once the watch
+    /// itself ended.
     fn parse(&mut self, mut bytes: &[u8]) -> bool {
         const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
-        while bytes.len() >= HEADER {
+                                  // NAME_MAX and its padding: a longer name is not an inotify record.
+        const MAX_NAME: usize = 256 + 16;
+        loop {
+            if bytes.len() < HEADER {
+                self.partial = bytes.to_vec();
+                return true;
+            }
             let field =
                 |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
             let (mask, len) = (field(4), field(12) as usize);
-            let Some(name) = bytes.get(HEADER..HEADER + len) else {
+            if len > MAX_NAME {
                 return false;
+            }
+            let Some(name) = bytes.get(HEADER..HEADER + len) else {
+                self.partial = bytes.to_vec();
+                return true;
             };
             bytes = &bytes[HEADER + len..];
             if mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_UNMOUNT) != 0 {
@@ -222,6 +253,5 @@ impl WatchStream {
             }
             self.pending.push_back(WatchEvent { event, path });
         }
-        true
     }
 }

@@ -296,7 +296,8 @@ pub(super) async fn start(
                 &options,
                 &mut observer,
                 &mut hand_over,
-            );
+            )
+            .map_err(|e| alcove_sandbox::error_chain(&e));
             if let Some(why) = run_ended(&events, &event_id, result, &observer, &end_reason_set) {
                 tracing::warn!(sandbox = %event_id, %why, "a forked sandbox's run failed");
             }

@@ -54,6 +54,8 @@ pub struct SandboxInfo {
     pub template: Option<String>,
     pub parent: Option<String>,
     pub net: String,
+    /// `container` or `gvisor`.
+    pub isolation: String,
     /// Where a `net: outbound` sandbox may connect (empty: anywhere but
     /// the host and other sandboxes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -348,6 +350,29 @@ fn base_spec(
     Ok((spec, Some(held)))
 }
 
+/// What a gVisor sandbox cannot have, refused by name, and runsc's presence.
+fn check_gvisor(req: &CreateSandbox) -> Result<(), SandboxesError> {
+    let refused = [
+        (
+            req.forkable,
+            "forkable (a fork with memory copies the interpreter's processes, which live in \
+             gVisor's Sentry here)",
+        ),
+        (
+            req.guard.is_some(),
+            "guard (eBPF would watch gVisor's own syscalls, not the sandbox's)",
+        ),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(asked, _)| *asked) {
+        return Err(SandboxesError::Invalid(format!(
+            "isolation gvisor does not offer {what}: leave it out, or use isolation container"
+        )));
+    }
+    alcove_gvisor::Runsc::find()
+        .map(drop)
+        .map_err(|e| SandboxesError::Invalid(e.to_string()))
+}
+
 /// Starts the sandbox's run on a thread and waits for its agent.
 /// With `restore`, a stopped sandbox is started again: its id, clock and
 /// owner are its record's, its home (still mounted) is kept as it is, and a
@@ -379,6 +404,18 @@ pub(super) async fn start(
             "idle_pause_s {idle_pause_s}: give 0 (never) to {}",
             super::MAX_TIMEOUT_S
         )));
+    }
+    let gvisor = match req.isolation.as_deref() {
+        None | Some("container") => false,
+        Some("gvisor") => true,
+        Some(other) => {
+            return Err(SandboxesError::Invalid(format!(
+                "isolation {other:?}: give container (the default) or gvisor"
+            )))
+        }
+    };
+    if gvisor {
+        check_gvisor(&req)?;
     }
     let net = match req.net.as_deref() {
         None | Some("none") => NetMode::None,
@@ -483,11 +520,18 @@ pub(super) async fn start(
     for (k, v) in &env {
         spec.env.push((k.into(), v.into()));
     }
-    spec.env.push((
-        AGENT_FD_ENV.into(),
-        agent_end.as_raw_fd().to_string().into(),
-    ));
-    spec.inherit_fds.push(Arc::clone(&agent_end));
+    // The gVisor tier hands the socket in as the agent's stdin (runsc
+    // passes on only stdio).
+    match gvisor {
+        true => spec.env.push((AGENT_FD_ENV.into(), "0".into())),
+        false => {
+            spec.env.push((
+                AGENT_FD_ENV.into(),
+                agent_end.as_raw_fd().to_string().into(),
+            ));
+            spec.inherit_fds.push(Arc::clone(&agent_end));
+        }
+    }
     spec.limits.memory_bytes = Some(memory);
     spec.limits.pids = Some(pids);
     spec.limits.cpus = req.cpus;
@@ -596,10 +640,30 @@ pub(super) async fn start(
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
     let (failed_tx, failed) = tokio::sync::oneshot::channel();
+    let gvisor_agent = match gvisor {
+        true => Some(
+            agent_end
+                .try_clone()
+                .map_err(SandboxesError::io("handing the agent its socket"))?,
+        ),
+        false => None,
+    };
     std::thread::Builder::new()
         .name("alcove-sandbox".into())
         .spawn(move || {
-            let result = alcove_sandbox::run_observed(&spec, &options, &mut observer);
+            let result = match gvisor_agent {
+                Some(agent) => {
+                    let gvisor = alcove_gvisor::GvisorOptions {
+                        state_root: None,
+                        cancel: options.cancel.clone(),
+                    };
+                    let usage = options.watch.as_deref();
+                    alcove_gvisor::serve(&spec, agent, &gvisor, &mut observer, usage)
+                        .map_err(|e| alcove_sandbox::error_chain(&e))
+                }
+                None => alcove_sandbox::run_observed(&spec, &options, &mut observer)
+                    .map_err(|e| alcove_sandbox::error_chain(&e)),
+            };
             drop(spec); // closes the agent's end here too: the link sees the end
             drop(lease);
             drop(outbound); // its link and resolver go with the run
@@ -634,6 +698,9 @@ pub(super) async fn start(
                     std::fs::File::open(format!("/proc/self/fd/{}/ns/net", d.as_raw_fd())).ok()
                 })
                 .map(OwnedFd::from);
+            // The gVisor tier's first process on the host is runsc, in the
+            // host's root: never a way into the sandbox's files.
+            let proc_dir = proc_dir.filter(|_| !gvisor);
             (link, proc_dir, netns)
         }
         Err(e) => {
@@ -654,17 +721,21 @@ pub(super) async fn start(
     let owner = (spec_user.uid, spec_user.gid);
     if let Some((_, files)) = template {
         // Its files before anything runs in it but its agent.
-        let into = proc_dir.as_ref().and_then(|d| d.try_clone().ok());
+        let into = match gvisor {
+            true => HomeAt::Host(super::persist::home_of(&dir)),
+            false => HomeAt::Proc(
+                proc_dir
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("the sandbox has ended"))
+                    .and_then(|d| d.try_clone()),
+            ),
+        };
         let budget = super::copy::Budget {
             bytes: disk,
             entries: 200_000,
         };
         let seeded = tokio::task::spawn_blocking(move || {
-            let into = into.ok_or_else(|| std::io::Error::other("the sandbox has ended"))?;
-            let (from, to) = (
-                super::copy::open_dir(&files)?,
-                super::copy::open_sandbox_home(into.as_fd())?,
-            );
+            let (from, to) = (super::copy::open_dir(&files)?, into.open()?);
             super::copy::copy_tree(from.as_fd(), to.as_fd(), owner, budget)
         })
         .await;
@@ -726,6 +797,21 @@ pub(super) async fn start(
     }
     unmade.keep();
     Ok(sandbox)
+}
+
+/// Where a sandbox's home is opened from: [`LiveSandbox::home`].
+pub(super) enum HomeAt {
+    Proc(std::io::Result<OwnedFd>),
+    Host(PathBuf),
+}
+
+impl HomeAt {
+    pub(super) fn open(self) -> std::io::Result<OwnedFd> {
+        match self {
+            HomeAt::Proc(proc_dir) => super::copy::open_sandbox_home(proc_dir?.as_fd()),
+            HomeAt::Host(home) => super::copy::open_dir(&home),
+        }
+    }
 }
 
 /// What a started sandbox is made of (by a create, a restart or a fork).
@@ -800,13 +886,12 @@ impl LiveSandbox {
 pub(super) fn run_ended(
     events: &std::sync::Weak<Engine>,
     id: &str,
-    result: Result<alcove_sandbox::Outcome, alcove_sandbox::SandboxError>,
+    result: Result<alcove_sandbox::Outcome, String>,
     observer: &SandboxObserver,
     end_reason: &Mutex<Option<String>>,
 ) -> Option<String> {
     match result {
-        Err(e) => {
-            let why = alcove_sandbox::error_chain(&e);
+        Err(why) => {
             if let Some(engine) = events.upgrade() {
                 engine.emit_sandbox(
                     id,
@@ -817,6 +902,15 @@ pub(super) fn run_ended(
         }
         Ok(outcome) => {
             let why = match outcome.status {
+                // The gVisor tier's task limit ends the whole sandbox: said as it is.
+                alcove_sandbox::Status::KilledByPolicy
+                    if outcome
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("(--pids)")) =>
+                {
+                    outcome.reason.clone()
+                }
                 alcove_sandbox::Status::KilledByPolicy => Some(format!(
                     "killed by its guard: {}",
                     outcome.reason.as_deref().unwrap_or("a budget")
@@ -897,6 +991,11 @@ impl LiveSandbox {
                 NetMode::Joined => "outbound",
             }
             .into(),
+            isolation: match self.gvisor() {
+                true => "gvisor",
+                false => "container",
+            }
+            .into(),
             allow_out: self.request.allow_out.clone(),
             metadata: self.metadata.clone(),
             limits: self.limits.clone(),
@@ -910,6 +1009,22 @@ impl LiveSandbox {
 
     pub(super) fn request(&self) -> &CreateSandbox {
         &self.request
+    }
+
+    /// Whether it runs in the gVisor tier.
+    pub(super) fn gvisor(&self) -> bool {
+        self.request.isolation.as_deref() == Some("gvisor")
+    }
+
+    /// Where its home is opened from (on a blocking thread): inside its
+    /// root through its first process, or, in the gVisor tier (whose first
+    /// process on the host is runsc, in the host's root), the host's mount
+    /// of it that alcove made.
+    pub(super) fn home(&self) -> HomeAt {
+        match self.gvisor() {
+            true => HomeAt::Host(super::persist::home_of(&self.dir)),
+            false => HomeAt::Proc(self.proc_dir()),
+        }
     }
 
     pub(super) fn nested_in(&self) -> Option<&str> {
@@ -1116,6 +1231,14 @@ impl LiveSandbox {
         // A terminal is the command's stdin: typed into later unless text
         // was given for it.
         let keep_open = req.keep_stdin_open || (req.pty.is_some() && req.stdin.is_none());
+        if req.pty.is_some() && self.gvisor() {
+            return Err(SandboxesError::Invalid(
+                "pty: a terminal is not offered in a gVisor sandbox yet (gVisor cannot hand a \
+                 terminal's master out to the daemon): run the command without one, or create \
+                 the sandbox with isolation container"
+                    .into(),
+            ));
+        }
         let (pid, process) = match req.pty {
             Some(size) => self.exec_pty(argv, env, cwd, cmd, size).await?,
             None => {

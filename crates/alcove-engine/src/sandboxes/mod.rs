@@ -87,6 +87,10 @@ pub struct CreateSandbox {
     /// copy needs (`net: none` only). Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forkable: bool,
+    /// `container` (the default) or `gvisor`: its processes run on gVisor's
+    /// user-space kernel (runsc), see live.rs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     /// The sandbox this one was forked from (set by a fork, not by clients).
     #[serde(skip)]
     pub parent: Option<String>,
@@ -136,6 +140,7 @@ impl Stopped {
             template: req.template.clone(),
             parent: req.parent.clone(),
             net: req.net.clone().unwrap_or_else(|| "none".into()),
+            isolation: req.isolation.clone().unwrap_or_else(|| "container".into()),
             allow_out: req.allow_out.clone(),
             limits: live::LimitsView::of_request(&req),
             metadata: req.metadata,

@@ -6,7 +6,7 @@
 //! the home's files, directories and links, owners and modes; not /tmp, not
 //! processes, not the code interpreter's memory (see the README).
 
-use super::copy::{copy_tree, open_dir, open_sandbox_home, Budget};
+use super::copy::{copy_tree, open_dir, Budget};
 use super::live::{LiveSandbox, SandboxInfo};
 use super::{CreateSandbox, SandboxesError};
 use crate::engine::Engine;
@@ -204,10 +204,10 @@ impl Engine {
             entries: MAX_ENTRIES,
         };
         let into = self.sandboxes.get(&child.id)?;
-        let (owner, target) = (into.owner(), into.proc_dir());
+        let (owner, target) = (into.owner(), into.home());
         let copied = parent
             .with_home_frozen(move |from| {
-                let to = open_sandbox_home(target?.as_fd())?;
+                let to = target.open()?;
                 copy_tree(from, to.as_fd(), owner, budget)
             })
             .await;
@@ -229,9 +229,9 @@ impl LiveSandbox {
         let _one_at_a_time = self.freezer.lock().await;
         let was_running = self.info().state == super::SandboxState::Running;
         self.set_frozen(true).await?;
-        let proc_dir = self.proc_dir();
+        let home = self.home();
         let copied = tokio::task::spawn_blocking(move || {
-            let home = open_sandbox_home(proc_dir?.as_fd())?;
+            let home = home.open()?;
             copy(home.as_fd())
         })
         .await;

@@ -353,7 +353,16 @@ fn spawn(
         // daemon runs many) can neither deadlock it nor see it touch shared
         // state; it writes only the phase page and its own stack and ends in
         // execve or _exit; `plan` outlives the call.
-        return unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) };
+        let (pid, pidfd) = unsafe { clone::spawn_vfork(flags, cgroup, &mut stack, entry, arg) }?;
+        // Every kernel alcove runs sandboxes on gives one (Linux 5.3 on).
+        return match pidfd {
+            Some(pidfd) => Ok((pid, pidfd)),
+            None => {
+                let _ = alcove_sys::process::kill(pid, libc::SIGKILL);
+                let _ = alcove_sys::process::wait_child(pid);
+                Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+            }
+        };
     }
     // With --init the first process never execs, so it cannot share our memory.
     // SAFETY: the child only runs `child::run`, which neither allocates nor
