@@ -214,7 +214,7 @@ class Commands(unittest.TestCase):
         # The sleep went with it (the whole process group is killed).
         ps = self.sb.commands.run(["ps", "-eo", "args"])
         self.assertIn("ps -eo args", ps.stdout, "ps sees no process: it proves nothing")
-        self.assertNotIn("sleep 30", ps.stdout)
+        self.assertNotIn("sleep 120", ps.stdout)
         listed = {p.pid: p for p in self.sb.commands.list()}
         self.assertFalse(listed[r.pid].running)
         self.assertEqual(listed[r.pid].signal, "KILL")

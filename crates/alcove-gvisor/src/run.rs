@@ -433,7 +433,7 @@ pub(crate) fn start_in(cmd: &mut std::process::Command, cgroup: &SandboxCgroup) 
 
 /// Whether the kernel refused a task to the cgroup at its pids limit
 /// (`pids.events`, v1 and v2 alike).
-fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
+pub(crate) fn pids_limit_reached(cgroup: &SandboxCgroup) -> bool {
     cgroup.dirs().iter().any(|dir| {
         std::fs::read_to_string(dir.join("pids.events")).is_ok_and(|text| {
             text.lines()

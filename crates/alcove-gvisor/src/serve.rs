@@ -12,7 +12,9 @@
 //! runs and functions keep gVisor's own stack (`Network::Isolated`).
 
 use crate::bundle::{Bundle, Network};
-use crate::run::{finish, outcome, relay, sandbox_cgroup, start_in, Ended, Sink, Waited};
+use crate::run::{
+    finish, outcome, pids_limit_reached, relay, sandbox_cgroup, start_in, Ended, Sink, Waited,
+};
 use crate::runsc::Runsc;
 use crate::{GvisorError, GvisorOptions};
 use alcove_cgroup::{SandboxCgroup, Usage};
@@ -128,6 +130,13 @@ fn serve_in(
         None => Ended::Unknown,
     };
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The daemon cancels a run whose agent went away; when the kernel ended
+    // it first (its memory or task limit), that is what the report says.
+    let limited = cgroup.oom_kills().unwrap_or(0) > 0 || pids_limit_reached(cgroup);
+    let waited = match waited {
+        Waited::Cancelled if reason.is_none() && limited => Waited::Ended,
+        other => other,
+    };
     let mut outcome = outcome(
         cgroup,
         spec,

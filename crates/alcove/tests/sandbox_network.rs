@@ -219,7 +219,21 @@ fn sandbox_links() -> Vec<String> {
 
 #[test]
 fn outbound_network_and_allow_lists() {
-    let test = "outbound_network_and_allow_lists";
+    outbound("outbound_network_and_allow_lists", "");
+}
+
+/// The same cases with every sandbox in the gVisor tier: its sockets are
+/// host sockets in its link's namespace, held by the same eBPF rules.
+#[test]
+fn outbound_network_and_allow_lists_in_gvisor() {
+    let test = "outbound_network_and_allow_lists_in_gvisor";
+    if common::gvisor::runsc_or_skip(test) {
+        outbound(test, "gvisor");
+    }
+}
+
+/// e2e_network's cases, their sandboxes in the tier `isolation` ("": the default).
+fn outbound(test: &str, isolation: &str) {
     if !python_or_skip(test) {
         return;
     }
@@ -247,14 +261,25 @@ fn outbound_network_and_allow_lists() {
         ("NET_HOST_IP", HOST_IP.to_owned()),
         ("NET_HOST_PORT", HOST_PORT.to_string()),
         ("NET_LOOPBACK_PORT", world.loopback_port.to_string()),
+        ("SANDBOX_ISOLATION", isolation.to_owned()),
     ];
+    let runsc_before = common::gvisor::runsc_processes();
+    let mut saw_runsc = false;
     let (passed, text) = run_unittest(&s.daemon, "e2e_network", &env, PYTHON_LIMIT, || {
         for link in sandbox_links() {
             if !links_before.contains(&link) && !saw_links.contains(&link) {
                 saw_links.push(link);
             }
         }
+        saw_runsc |= common::gvisor::runsc_processes()
+            .iter()
+            .any(|p| !runsc_before.contains(p));
     });
+    assert_eq!(
+        saw_runsc,
+        isolation == "gvisor",
+        "runsc processes seen while the {isolation:?} sandboxes ran: {saw_runsc}"
+    );
     let log = || s.daemon.log.lock().unwrap().clone();
     eprintln!("--- e2e_network ---\n{text}");
     assert!(

@@ -84,33 +84,6 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A reply's body, its chunked transfer encoding undone.
-fn body_text(r: &common::daemon::Reply) -> String {
-    if r.header("transfer-encoding") != Some("chunked") {
-        return r.text();
-    }
-    let mut out = Vec::new();
-    let mut rest = &r.body[..];
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&rest[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap();
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&rest[start..start + size]);
-        rest = &rest[start + size + 2..];
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn create(d: &Daemon, body: Value) -> String {
     let r = d.http("POST", "/v1/sandboxes", body.to_string().as_bytes());
     assert_eq!(r.status, 201, "create: {}", r.text());
@@ -142,7 +115,7 @@ fn exec(d: &Daemon, id: &str, cmd: Value) -> (Option<i64>, String) {
     assert_eq!(r.status, 200, "exec: {}", r.text());
     let mut out = String::new();
     let mut code = None;
-    for line in body_text(&r).lines() {
+    for line in r.unchunked().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         match v["type"].as_str() {
             Some("stdout") => out.push_str(v["text"].as_str().unwrap_or("")),
@@ -336,7 +309,7 @@ fn a_graceful_stop_keeps_files_and_start_restarts() {
         &format!("/v1/sandboxes/{id}/files?path=dir/kept.txt"),
         b"",
     );
-    assert_eq!((r.status, body_text(&r).as_str()), (200, "graceful\n"));
+    assert_eq!((r.status, r.unchunked().as_str()), (200, "graceful\n"));
     // Starting a running one changes nothing.
     let r = d.http("POST", &format!("/v1/sandboxes/{id}/start"), b"");
     assert_eq!(r.json()["state"], "running");

@@ -168,6 +168,33 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// A reply's body, its chunked transfer encoding undone.
+    pub fn unchunked(&self) -> String {
+        if self.header("transfer-encoding") != Some("chunked") {
+            return self.text();
+        }
+        let mut out = Vec::new();
+        let mut rest = &self.body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&rest[..eol])
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim(),
+                16,
+            )
+            .unwrap();
+            if size == 0 {
+                break;
+            }
+            let start = eol + 2;
+            out.extend_from_slice(&rest[start..start + size]);
+            rest = &rest[start + size + 2..];
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }
 
 /// One HTTP/1.1 request on its own connection, read to the end.
