@@ -19,6 +19,10 @@ IDLE = int(os.environ.get("IDLE", "1000"))
 BUNDLE = os.environ.get("BUNDLE") or None
 OUTBOUND = os.environ.get("OUTBOUND", "1") == "1"  # also time net: outbound creates
 DAEMON_PID = int(os.environ["DAEMON_PID"])
+# Section 6, the gVisor tier beside the container tier (where runsc is installed).
+GVISOR = os.environ.get("GVISOR", "1" if shutil.which("runsc") else "0") == "1"
+GVISOR_ROUNDS = int(os.environ.get("GVISOR_ROUNDS", str(min(ROUNDS, 20))))
+GVISOR_IDLE = int(os.environ.get("GVISOR_IDLE", "10"))
 
 conn = http.client.HTTPConnection(SERVER, timeout=120)
 
@@ -117,6 +121,59 @@ def runc_true():
     cid = "sbbench-" + uuid.uuid4().hex[:8]
     subprocess.run(["runc", "run", "--bundle", BUNDLE, cid], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def available():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+
+
+def gvisor_tier():
+    """The same calls in both tiers, interleaved round by round."""
+    tiers = {"container": {}, "gvisor": {"isolation": "gvisor"}}
+    print(f"\n6. the gVisor tier beside the container tier, interleaved, {GVISOR_ROUNDS} rounds:")
+    first = {}
+    for name, body in tiers.items():
+        made = {}
+        for _ in range(GVISOR_ROUNDS):
+            t = time.perf_counter()
+            sb = call("POST", "/v1/sandboxes", body)
+            exec_true(sb["id"])
+            made.setdefault("create", []).append((time.perf_counter() - t) * 1e3)
+            call("DELETE", f"/v1/sandboxes/{sb['id']}")
+        first[name] = made["create"]
+    live = {name: call("POST", "/v1/sandboxes", dict(body, timeout_s=3600))["id"] for name, body in tiers.items()}
+    rounds = {name: {"exec": [], "code": [], "pause": [], "resume": []} for name in tiers}
+    for sid in live.values():
+        call("POST", f"/v1/sandboxes/{sid}/code", {"code": "x = 1"})
+    for _ in range(GVISOR_ROUNDS):
+        for name, sid in live.items():
+            r = rounds[name]
+            r["exec"].append(ms(lambda: exec_true(sid)))
+            r["code"].append(ms(lambda: call("POST", f"/v1/sandboxes/{sid}/code", {"code": "1+1"})))
+            r["pause"].append(ms(lambda: call("POST", f"/v1/sandboxes/{sid}/pause")))
+            r["resume"].append(ms(lambda: call("POST", f"/v1/sandboxes/{sid}/resume")))
+    for sid in live.values():
+        call("DELETE", f"/v1/sandboxes/{sid}")
+    peer_name[id(first["container"])] = "the container tier"
+    row("container: create + exec true", first["container"])
+    row("gvisor: create + exec true", first["gvisor"], first["container"])
+    for what, label in [("exec", "exec true"), ("code", "run_code 1+1"), ("pause", "pause"), ("resume", "resume")]:
+        peer_name[id(rounds["container"][what])] = "the container tier"
+        row(f"container: {label}", rounds["container"][what])
+        row(f"gvisor: {label}", rounds["gvisor"][what], rounds["container"][what])
+    # What an idle gVisor sandbox costs: the host's memory, and its cgroup's charge.
+    time.sleep(1)
+    avail0 = available()
+    ids = [call("POST", "/v1/sandboxes", {"isolation": "gvisor", "timeout_s": 600})["id"] for _ in range(GVISOR_IDLE)]
+    time.sleep(2)
+    avail1 = available()
+    charged = sorted(call("GET", f"/v1/sandboxes/{i}")["usage"].get("memory_bytes") or 0 for i in ids)
+    print(f"  {GVISOR_IDLE} idle gVisor sandboxes: host memory each {(avail0 - avail1) / GVISOR_IDLE / 1024 / 1024:.1f} MiB "
+          f"(MemAvailable fell {(avail0 - avail1) >> 20} MiB); cgroup charge each, median {charged[len(charged) // 2] / 1024 / 1024:.1f} MiB")
+    for i in ids:
+        call("DELETE", f"/v1/sandboxes/{i}")
 
 
 def main():
@@ -235,13 +292,14 @@ def main():
     row("alcove: POST fork (files only, fresh interpreter)", files_only, rebuild)
     row("create + run the same state-building cell", rebuild)
 
+    if GVISOR:
+        gvisor_tier()
+    else:
+        print("\n6. the gVisor tier: skipped (no runsc on PATH; GVISOR=1 forces it)")
+
     if IDLE == 0:
         return
     print(f"\n5. {IDLE} idle sandboxes held at once:")
-    def available():
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
     def daemon_rss():
         for line in open(f"/proc/{DAEMON_PID}/status"):
             if line.startswith("VmRSS:"):

@@ -176,7 +176,14 @@ fn a_master_that_is_not_one_is_refused() {
         assert_eq!(pty, Some(PtySize { cols: 80, rows: 24 }));
         let (read, _write) = alcove_sys::fd::pipe_cloexec().unwrap();
         let size = None;
-        send(&Reply::Started { id, pid: 4242, size }, &[read.as_fd()]);
+        send(
+            &Reply::Started {
+                id,
+                pid: 4242,
+                size,
+            },
+            &[read.as_fd()],
+        );
         // Held until the link has judged it.
         let _ = alcove_sys::seqpacket::recv_fds(fake_end.as_fd(), &mut buf, false);
     });

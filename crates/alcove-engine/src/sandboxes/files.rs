@@ -149,13 +149,9 @@ impl FileWriter {
 /// A watched directory's events.
 pub struct WatchStream {
     fd: AsyncFd<OwnedFd>,
-    dir: String,
     /// The sandbox ended: so does the stream.
     gone: tokio::sync::watch::Receiver<bool>,
-    pending: std::collections::VecDeque<WatchEvent>,
-    /// The start of an event a read ended in the middle of (a copied watch's
-    /// pipe splits them; an inotify descriptor never does).
-    partial: Vec<u8>,
+    events: Events,
 }
 
 impl WatchStream {
@@ -172,10 +168,8 @@ impl WatchStream {
         })?;
         Ok(WatchStream {
             fd,
-            dir,
             gone,
-            pending: Default::default(),
-            partial: Vec::new(),
+            events: Events::new(dir),
         })
     }
 
@@ -183,7 +177,7 @@ impl WatchStream {
     pub async fn next(&mut self) -> Option<WatchEvent> {
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = self.events.pending.pop_front() {
                 return Some(event);
             }
             let mut ready = tokio::select! {
@@ -195,21 +189,42 @@ impl WatchStream {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => n,
             };
-            let mut bytes = std::mem::take(&mut self.partial);
-            bytes.extend_from_slice(&buf[..n]);
-            if !self.parse(&bytes) {
-                return self.pending.pop_front();
+            if !self.events.feed(&buf[..n]) {
+                return self.events.pending.pop_front();
             }
         }
     }
+}
 
-    /// Queues the events in `bytes` (struct inotify_event records), keeping
-    /// an incomplete last one for the next read; false once the watch
-    /// itself ended.
-    fn parse(&mut self, mut bytes: &[u8]) -> bool {
-        const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
-                                  // NAME_MAX and its padding: a longer name is not an inotify record.
+/// The events read from a watch so far.
+struct Events {
+    dir: String,
+    pending: std::collections::VecDeque<WatchEvent>,
+    /// The start of an event a read ended in the middle of (a copied watch's
+    /// pipe splits them; an inotify descriptor never does).
+    partial: Vec<u8>,
+}
+
+impl Events {
+    fn new(dir: String) -> Self {
+        Events {
+            dir,
+            pending: Default::default(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// Queues the events in `read` (struct inotify_event records, after
+    /// what an earlier read left incomplete), keeping an incomplete last
+    /// one for the next; false once the watch itself ended.
+    fn feed(&mut self, read: &[u8]) -> bool {
+        // wd, mask, cookie, len: four 32-bit fields.
+        const HEADER: usize = 16;
+        // NAME_MAX and its padding: a longer name is not an inotify record.
         const MAX_NAME: usize = 256 + 16;
+        let mut all = std::mem::take(&mut self.partial);
+        all.extend_from_slice(read);
+        let mut bytes = &all[..];
         loop {
             if bytes.len() < HEADER {
                 self.partial = bytes.to_vec();
@@ -253,5 +268,56 @@ impl WatchStream {
             }
             self.pending.push_back(WatchEvent { event, path });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Events;
+
+    fn record(mask: u32, name: &str) -> Vec<u8> {
+        let mut padded = name.as_bytes().to_vec();
+        padded.resize(name.len().div_ceil(16).max(1) * 16, 0);
+        let mut out = Vec::new();
+        for field in [1u32, mask, 0, padded.len() as u32] {
+            out.extend_from_slice(&field.to_ne_bytes());
+        }
+        out.extend_from_slice(&padded);
+        out
+    }
+
+    #[test]
+    fn events_split_across_reads_are_put_back_together() {
+        let mut stream = record(libc::IN_CREATE, "a.txt");
+        stream.extend(record(libc::IN_DELETE, "b.txt"));
+        // Every split point, the way a pipe may cut them.
+        for cut in 0..=stream.len() {
+            let mut events = Events::new("/home/user".into());
+            assert!(events.feed(&stream[..cut]));
+            assert!(events.feed(&stream[cut..]));
+            let got: Vec<_> = events
+                .pending
+                .iter()
+                .map(|e| (e.event, e.path.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("create", "/home/user/a.txt"),
+                    ("delete", "/home/user/b.txt")
+                ],
+                "cut at {cut}"
+            );
+            assert!(events.partial.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_record_no_watch_could_make_ends_the_stream() {
+        let mut bad = record(libc::IN_CREATE, "a");
+        bad[12..16].copy_from_slice(&4096u32.to_ne_bytes());
+        assert!(!Events::new("/d".into()).feed(&bad));
+        let ended = record(libc::IN_IGNORED, "");
+        assert!(!Events::new("/d".into()).feed(&ended));
     }
 }
