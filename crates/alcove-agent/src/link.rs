@@ -198,18 +198,22 @@ impl AgentLink {
     }
 
     /// A regular file in the sandbox, copied by the agent into a pipe whose
-    /// read end (non-blocking) is returned, with the file's size: [`open`]
+    /// read end (non-blocking) is returned, with the file's size and where
+    /// the copy's end shows (code 0 once all was copied): [`open`]
     /// (Self::open) for a sandbox that cannot hand descriptors out.
-    pub async fn read(&self, path: &str) -> Result<Opened, LinkError> {
+    pub async fn read(
+        &self,
+        path: &str,
+    ) -> Result<(Opened, watch::Receiver<Option<ExitStatus>>), LinkError> {
         let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
         let id = self.next_id();
         let path = path.to_owned();
         let answer = self.ask(Request::Read { id, path }, &[write.as_fd()]).await;
         drop(write); // the copy's end is the pipe's end
         match answer? {
-            (Reply::Started { size, .. }, _, Some(_)) => {
+            (Reply::Started { size, .. }, _, Some(end)) => {
                 alcove_sys::fd::set_nonblocking(read.as_fd(), true).map_err(LinkError::Io)?;
-                Ok(Opened { file: read, size })
+                Ok((Opened { file: read, size }, end))
             }
             _ => Err(LinkError::Protocol),
         }

@@ -293,12 +293,12 @@ pub enum Network {
 
 impl Network {
     /// What a run or a function gets: gVisor's own stack unless it shares
-    /// the host's network (a namespace to join is refused by [`config`]).
+    /// the host's network. A namespace to join is refused then (by
+    /// [`config`]): only an agent sandbox's run (serve.rs) enters one.
     pub fn of(spec: &SandboxSpec) -> Network {
         match spec.net {
             NetMode::Host => Network::Host,
-            NetMode::Joined => Network::Joined,
-            NetMode::None => Network::Isolated,
+            NetMode::Joined | NetMode::None => Network::Isolated,
         }
     }
 
@@ -481,6 +481,12 @@ mod tests {
         spec.net = NetMode::Joined;
         let err = config(&spec).unwrap_err().to_string();
         assert!(err.contains("--net outbound"), "{err}");
+        // With the namespace given too: a run or a function never enters it.
+        let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        spec.netns = Some(std::sync::Arc::new(netns.into()));
+        let err = config(&spec).unwrap_err().to_string();
+        assert!(err.contains("--net outbound"), "{err}");
+        assert!(config_for(&spec, Network::Joined).is_ok());
         let spec = SandboxSpec::new(vec![]);
         assert!(config(&spec).is_err());
     }

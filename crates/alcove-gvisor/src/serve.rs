@@ -119,11 +119,13 @@ fn serve_in(
     if waited != Waited::Ended {
         cgroup.kill_all();
     }
+    // Before runsc is reaped: its pid names the sandbox's network only while
+    // it lives.
+    drop(watching);
     let status = child.wait().map_err(|source| GvisorError::Prepare {
         what: "waiting for runsc",
         source,
     })?;
-    drop(watching);
     let ended = match status.code().or(status.signal().map(|s| 128 + s)) {
         Some(c) if c > 128 && c <= 128 + 64 => Ended::Signal(c - 128),
         Some(c) => Ended::Code(c),
@@ -221,7 +223,8 @@ fn wait(
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return (Waited::Ended, None),
+            // Nothing could be watched any more: ended, not left running.
+            Err(_) => return (Waited::Cancelled, None),
         }
     }
 }

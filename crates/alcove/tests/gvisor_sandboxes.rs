@@ -52,6 +52,11 @@ fn limits_and_isolation() {
 }
 
 #[test]
+fn file_copies() {
+    e2e("gvisor_file_copies", "e2e_sandboxes.GvisorCopies");
+}
+
+#[test]
 fn port_previews() {
     e2e("gvisor_port_previews", "e2e_preview.Preview");
 }

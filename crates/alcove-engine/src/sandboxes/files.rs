@@ -33,10 +33,17 @@ impl LiveSandbox {
     pub async fn open_file(&self, path: &str) -> Result<(FileReader, Option<u64>), SandboxesError> {
         let path = sandbox_path(path)?;
         if self.gvisor() {
-            let opened = self.link.read(&path).await?;
+            let slot = self.copy_slot()?;
+            let (opened, end) = self.link.read(&path).await?;
             let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(opened.file)
                 .map_err(SandboxesError::io("reading a file"))?;
-            return Ok((Box::new(pipe), opened.size));
+            let copied = CopiedFile {
+                pipe,
+                end: Some(end),
+                checking: None,
+                _slot: slot,
+            };
+            return Ok((Box::new(copied), opened.size));
         }
         let opened = self.link.open(&path).await?;
         let file = tokio::fs::File::from_std(std::fs::File::from(opened.file));
@@ -47,6 +54,7 @@ impl LiveSandbox {
     /// made): the sandbox's agent copies what is written to the returned
     /// writer into it, so its memory and disk limits hold the bytes.
     pub async fn write_file(&self, path: &str) -> Result<FileWriter, SandboxesError> {
+        let slot = self.copy_slot()?;
         let (pipe, end) = self.link.write(&sandbox_path(path)?).await?;
         let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(pipe)
             .map_err(SandboxesError::io("writing a file"))?;
@@ -54,6 +62,7 @@ impl LiveSandbox {
             pipe: Some(pipe),
             end,
             written: 0,
+            _slot: slot,
         })
     }
 
@@ -72,11 +81,104 @@ impl LiveSandbox {
     /// Changes in the directory `path` (not its subdirectories), as they happen.
     pub async fn watch_dir(&self, path: &str) -> Result<WatchStream, SandboxesError> {
         let dir = sandbox_path(path)?;
-        let fd = match self.gvisor() {
-            true => self.link.watch_copied(&dir).await?,
-            false => self.link.watch(&dir).await?,
+        let (fd, slot) = match self.gvisor() {
+            true => {
+                let slot = self.copy_slot()?;
+                (self.link.watch_copied(&dir).await?, Some(slot))
+            }
+            false => (self.link.watch(&dir).await?, None),
         };
-        WatchStream::new(fd, dir, self.link.gone())
+        let mut stream = WatchStream::new(fd, dir, self.link.gone())?;
+        stream._slot = slot;
+        Ok(stream)
+    }
+
+    /// One of the copies its agent runs for the daemon (a write; a read or
+    /// a watch in the gVisor tier), or why not: each holds one of the
+    /// commands the agent's link tracks, so they are bounded apart.
+    fn copy_slot(&self) -> Result<CopySlot, SandboxesError> {
+        use std::sync::atomic::Ordering;
+        let held = self.copies.fetch_add(1, Ordering::Relaxed);
+        let slot = CopySlot(std::sync::Arc::clone(&self.copies));
+        if held >= MAX_COPIES {
+            return Err(SandboxesError::Conflict(format!(
+                "{MAX_COPIES} file transfers and watches are open in this sandbox already; \
+                 finish or close some"
+            )));
+        }
+        Ok(slot)
+    }
+}
+
+/// Transfers and watches open at once in one sandbox (its commands are
+/// bounded apart: together they stay below what the agent's link tracks).
+const MAX_COPIES: usize = 256;
+
+/// A place among [`MAX_COPIES`], given back when dropped.
+pub(crate) struct CopySlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CopySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A file copied out of a gVisor sandbox by its agent: the pipe, and the
+/// copy's end, so that a copy cut short (killed, or the file unreadable
+/// midway) fails the read rather than looking like the file's end.
+struct CopiedFile {
+    pipe: tokio::net::unix::pipe::Receiver,
+    end: Option<tokio::sync::watch::Receiver<Option<alcove_agent::ExitStatus>>>,
+    checking:
+        Option<std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>>,
+    _slot: CopySlot,
+}
+
+impl tokio::io::AsyncRead for CopiedFile {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.checking.is_none() {
+            let before = buf.filled().len();
+            match std::pin::Pin::new(&mut this.pipe).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(mut end) = this.end.take() else {
+                return Poll::Ready(Ok(())); // checked already
+            };
+            // The pipe's end: the file's only if the copy says it finished.
+            this.checking = Some(Box::pin(async move {
+                let limit = std::time::Duration::from_secs(10);
+                match tokio::time::timeout(limit, end.wait_for(|e| e.is_some())).await {
+                    Ok(Ok(status)) if status.is_some_and(|s| s.code == Some(0)) => Ok(()),
+                    Ok(Ok(status)) => Err(std::io::Error::other(format!(
+                        "the sandbox's copy of the file stopped short ({:?})",
+                        *status
+                    ))),
+                    Ok(Err(_)) => Err(std::io::Error::other("the sandbox ended during the read")),
+                    Err(_) => Err(std::io::Error::other(
+                        "the sandbox's copy of the file did not say it finished",
+                    )),
+                }
+            }));
+        }
+        let checked = match this.checking.as_mut().map(|c| c.as_mut().poll(cx)) {
+            Some(Poll::Ready(checked)) => checked,
+            _ => return Poll::Pending,
+        };
+        if let Err(e) = &checked {
+            tracing::warn!(error = %e, "a file read from a gVisor sandbox was cut short");
+        }
+        this.checking = None;
+        Poll::Ready(checked)
     }
 }
 
@@ -88,6 +190,7 @@ pub struct FileWriter {
     pipe: Option<tokio::net::unix::pipe::Sender>,
     end: tokio::sync::watch::Receiver<Option<alcove_agent::ExitStatus>>,
     written: u64,
+    _slot: CopySlot,
 }
 
 impl FileWriter {
@@ -152,6 +255,8 @@ pub struct WatchStream {
     /// The sandbox ended: so does the stream.
     gone: tokio::sync::watch::Receiver<bool>,
     events: Events,
+    /// A copied watch's place among the sandbox's copies.
+    _slot: Option<CopySlot>,
 }
 
 impl WatchStream {
@@ -170,6 +275,7 @@ impl WatchStream {
             fd,
             gone,
             events: Events::new(dir),
+            _slot: None,
         })
     }
 
@@ -245,6 +351,11 @@ impl Events {
                 return false;
             }
             let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]));
+            // A directory entry's name: anything else is forged (a copied
+            // watch's pipe carries what the sandbox wrote into it).
+            if name.contains('/') || name == "." || name == ".." {
+                return false;
+            }
             let event = if mask & libc::IN_CREATE != 0 {
                 "create"
             } else if mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
@@ -319,5 +430,8 @@ mod tests {
         assert!(!Events::new("/d".into()).feed(&bad));
         let ended = record(libc::IN_IGNORED, "");
         assert!(!Events::new("/d".into()).feed(&ended));
+        for forged in ["..", ".", "a/../../etc"] {
+            assert!(!Events::new("/d".into()).feed(&record(libc::IN_CREATE, forged)));
+        }
     }
 }

@@ -188,6 +188,8 @@ pub struct LiveSandbox {
     nested_in: Option<String>,
     /// A fork with memory is being made from it.
     pub(super) forking: std::sync::atomic::AtomicBool,
+    /// File transfers and watches open (files.rs).
+    pub(super) copies: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -632,14 +634,6 @@ pub(super) async fn start(
     };
     let end_reason = Arc::new(Mutex::new(None));
     let end_reason_set = Arc::clone(&end_reason);
-    // Said before its first process runs: its events come after this one.
-    engine.emit_sandbox(
-        &id,
-        serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
-    );
-    let events = Arc::downgrade(engine);
-    let event_id = id.clone();
-    let (failed_tx, failed) = tokio::sync::oneshot::channel();
     let gvisor_agent = match gvisor {
         true => Some(
             agent_end
@@ -648,6 +642,14 @@ pub(super) async fn start(
         ),
         false => None,
     };
+    // Said before its first process runs: its events come after this one.
+    engine.emit_sandbox(
+        &id,
+        serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
+    );
+    let events = Arc::downgrade(engine);
+    let event_id = id.clone();
+    let (failed_tx, failed) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("alcove-sandbox".into())
         .spawn(move || {
@@ -877,6 +879,7 @@ impl LiveSandbox {
             end_reason: p.end_reason,
             nested_in: p.nested_in,
             forking: Default::default(),
+            copies: Default::default(),
         })
     }
 }
