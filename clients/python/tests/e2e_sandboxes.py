@@ -1047,7 +1047,9 @@ class GvisorCopies(unittest.TestCase):
         return [l for l in r.stdout.splitlines()[1:] if "sandbox-agent" in l and l.split()[0] != "1"]
 
     def test_a_read_cut_short_fails_rather_than_ending_early(self):
-        size = 64 << 20
+        # More than the pipe, the daemon and the sockets hold while the
+        # client waits: the copy is still running when it is killed.
+        size = 24 << 20
         self.sb.commands.run(f"head -c {size} /dev/zero > big.bin")
         stream = self.sb.files.read_stream("big.bin", chunk_size=1 << 16)
         got = len(next(iter(stream)))

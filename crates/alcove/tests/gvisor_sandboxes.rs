@@ -11,6 +11,7 @@
 mod common;
 use common::daemon::{setup, Daemon};
 use common::gvisor::*;
+use common::oci::{layout, tar_of, Entry};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -275,6 +276,88 @@ fn a_kill_9_of_the_daemon_leaves_no_runsc_and_keeps_the_files() {
             Instant::now() < deadline,
             "left after removal: {:?} {:?}",
             new_runsc(&runsc_before),
+            leftovers()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A sandbox whose root is an imported image runs on gVisor's kernel in
+/// it, with its home, and leaves no layer mounted after.
+#[test]
+fn a_gvisor_sandbox_runs_in_an_imported_image() {
+    let test = "gvisor_sandboxes_image";
+    if !runsc_or_skip(test) {
+        return;
+    }
+    let _g = serial();
+    let runsc_before = runsc_processes();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let l = dir.path().join("layout");
+    let layers = [
+        tar_of(&[
+            Entry::Dir("bin"),
+            Entry::Executable("bin/sh", &busybox),
+            Entry::Symlink("bin/cat", "sh"),
+            Entry::Symlink("bin/uname", "sh"),
+            Entry::Dir("tmp"),
+        ]),
+        tar_of(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/greeting", b"from the image"),
+        ]),
+    ];
+    layout(&l, &layers, true, json!({ "Env": ["PATH=/bin"] }));
+    let (code, _, err) = image(&store, &["import", l.to_str().unwrap(), "--name", "gvsb:1"]);
+    assert_eq!(code, 0, "{err}");
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &["--image-store", store.to_str().unwrap()],
+    );
+    let mounts_before: BTreeSet<String> = host_mounts().into_iter().collect();
+    let info = create(
+        &d,
+        json!({ "isolation": "gvisor", "image": "gvsb:1", "timeout_s": 60 }),
+    );
+    let id = info["id"].as_str().unwrap().to_owned();
+    assert_eq!(info["image"], "gvsb:1", "{info}");
+    let (code, out) = exec(
+        &d,
+        &id,
+        "cat /etc/greeting; echo; uname -r; echo hi > note; cat note",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "from the image");
+    assert!(lines[1] != host.trim() && !lines[1].is_empty(), "{out}");
+    assert_eq!(lines[2], "hi");
+    // The image's layers were mounted for it (and go with it).
+    let held: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !mounts_before.contains(m) && m.starts_with(STATE_ROOT))
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "no layer overlay was seen under {STATE_ROOT}"
+    );
+    let r = d.http("DELETE", &format!("/v1/sandboxes/{id}"), b"");
+    assert!(r.status < 300, "{}", r.text());
+    let deadline = Instant::now() + TEARDOWN_LIMIT;
+    loop {
+        let left: Vec<String> = host_mounts()
+            .into_iter()
+            .filter(|m| held.contains(m))
+            .collect();
+        if left.is_empty() && leftovers().is_empty() && new_runsc(&runsc_before).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left: mounts {left:?}, run directories {:?}",
             leftovers()
         );
         std::thread::sleep(Duration::from_millis(100));
