@@ -8,7 +8,6 @@
 mod common;
 use common::daemon::Daemon;
 use common::gvisor::*;
-use common::oci::{layout, tar_of, Entry};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -348,34 +347,14 @@ fn a_gvisor_function_runs_in_a_layered_image_that_it_cannot_change() {
     let before = runsc_processes();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let l = dir.path().join("layout");
-    let layers = [
-        tar_of(&[
-            Entry::Dir("bin"),
-            Entry::Executable("bin/sh", &busybox),
-            Entry::Symlink("bin/cat", "sh"),
-            Entry::Symlink("bin/uname", "sh"),
-            Entry::Dir("tmp"),
-        ]),
-        tar_of(&[
-            Entry::Dir("etc"),
-            Entry::File("etc/greeting", b"from the image"),
-        ]),
-    ];
-    layout(
-        &l,
-        &layers,
-        true,
+    import_busybox_image(
+        dir.path(),
+        &store,
+        "gvimg:1",
         json!({ "Cmd": ["/bin/sh", "-c",
             "echo \"$(cat /etc/greeting) on $(uname -r)\"; echo changed > /etc/greeting; cat /etc/greeting"],
             "Env": ["PATH=/bin"] }),
     );
-    let (code, _, err) = image(
-        &store,
-        &["import", l.to_str().unwrap(), "--name", "gvimg:1"],
-    );
-    assert_eq!(code, 0, "{err}");
     let d = Daemon::start(
         &dir.path().join("data"),
         &["--image-store", store.to_str().unwrap()],

@@ -11,7 +11,6 @@
 mod common;
 use common::daemon::{setup, Daemon};
 use common::gvisor::*;
-use common::oci::{layout, tar_of, Entry};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -157,23 +156,6 @@ fn create(d: &Daemon, body: Value) -> Value {
     r.json()
 }
 
-/// Runs `cmd` to its end: its exit code and stdout.
-fn exec(d: &Daemon, id: &str, cmd: &str) -> (Option<i64>, String) {
-    let body = json!({ "cmd": cmd }).to_string();
-    let r = d.http("POST", &format!("/v1/sandboxes/{id}/exec"), body.as_bytes());
-    assert_eq!(r.status, 200, "{}", r.text());
-    let (mut code, mut out) = (None, String::new());
-    for line in r.unchunked().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        match v["type"].as_str() {
-            Some("stdout") => out.push_str(v["text"].as_str().unwrap_or("")),
-            Some("exit") => code = v["code"].as_i64(),
-            _ => {}
-        }
-    }
-    (code, out)
-}
-
 /// What the tier cannot give is refused by name, before anything runs.
 #[test]
 fn what_the_tier_lacks_is_refused_by_name() {
@@ -214,7 +196,7 @@ fn what_the_tier_lacks_is_refused_by_name() {
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert_eq!(r.status, 400, "{text}");
     assert!(text.contains("pty") && text.contains("gVisor"), "{text}");
-    let (code, out) = exec(&s.daemon, &id, "uname -r");
+    let (code, out) = s.daemon.sandbox_exec(&id, json!("uname -r"));
     // gVisor's kernel answers, not the host's.
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(code, Some(0), "{out}");
@@ -238,7 +220,7 @@ fn a_kill_9_of_the_daemon_leaves_no_runsc_and_keeps_the_files() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (_, out) = exec(&d, &id, "echo kept > kept.txt; cat kept.txt");
+    let (_, out) = d.sandbox_exec(&id, json!("echo kept > kept.txt; cat kept.txt"));
     assert_eq!(out, "kept\n");
     assert!(
         !new_runsc(&runsc_before).is_empty(),
@@ -262,7 +244,7 @@ fn a_kill_9_of_the_daemon_leaves_no_runsc_and_keeps_the_files() {
     assert_eq!(info["isolation"], "gvisor", "{info}");
     // Its old run's directory went with the start of the next daemon.
     assert!(leftovers().is_empty(), "{:?}", leftovers());
-    let (_, out) = exec(&again, &id, "cat kept.txt");
+    let (_, out) = again.sandbox_exec(&id, json!("cat kept.txt"));
     assert_eq!(out, "kept\n");
     assert!(
         !new_runsc(&runsc_before).is_empty(),
@@ -294,24 +276,12 @@ fn a_gvisor_sandbox_runs_in_an_imported_image() {
     let runsc_before = runsc_processes();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let l = dir.path().join("layout");
-    let layers = [
-        tar_of(&[
-            Entry::Dir("bin"),
-            Entry::Executable("bin/sh", &busybox),
-            Entry::Symlink("bin/cat", "sh"),
-            Entry::Symlink("bin/uname", "sh"),
-            Entry::Dir("tmp"),
-        ]),
-        tar_of(&[
-            Entry::Dir("etc"),
-            Entry::File("etc/greeting", b"from the image"),
-        ]),
-    ];
-    layout(&l, &layers, true, json!({ "Env": ["PATH=/bin"] }));
-    let (code, _, err) = image(&store, &["import", l.to_str().unwrap(), "--name", "gvsb:1"]);
-    assert_eq!(code, 0, "{err}");
+    import_busybox_image(
+        dir.path(),
+        &store,
+        "gvsb:1",
+        json!({ "Env": ["PATH=/bin"] }),
+    );
     let d = Daemon::start(
         &dir.path().join("data"),
         &["--image-store", store.to_str().unwrap()],
@@ -323,10 +293,9 @@ fn a_gvisor_sandbox_runs_in_an_imported_image() {
     );
     let id = info["id"].as_str().unwrap().to_owned();
     assert_eq!(info["image"], "gvsb:1", "{info}");
-    let (code, out) = exec(
-        &d,
+    let (code, out) = d.sandbox_exec(
         &id,
-        "cat /etc/greeting; echo; uname -r; echo hi > note; cat note",
+        json!("cat /etc/greeting; echo; uname -r; echo hi > note; cat note"),
     );
     assert_eq!(code, Some(0), "{out}");
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();

@@ -105,27 +105,6 @@ fn write_file(d: &Daemon, id: &str, path: &str, text: &str) {
     assert_eq!(r.status, 200, "upload: {}", r.text());
 }
 
-/// Runs `cmd` to its end: its exit code and stdout.
-fn exec(d: &Daemon, id: &str, cmd: Value) -> (Option<i64>, String) {
-    let r = d.http(
-        "POST",
-        &format!("/v1/sandboxes/{id}/exec"),
-        json!({ "cmd": cmd }).to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "exec: {}", r.text());
-    let mut out = String::new();
-    let mut code = None;
-    for line in r.unchunked().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        match v["type"].as_str() {
-            Some("stdout") => out.push_str(v["text"].as_str().unwrap_or("")),
-            Some("exit") => code = v["code"].as_i64(),
-            _ => {}
-        }
-    }
-    (code, out)
-}
-
 /// Host pids of processes running as the sandbox user whose command line is `cmd`.
 fn sandbox_processes(cmd: &str) -> Vec<i32> {
     use std::os::unix::fs::MetadataExt;
@@ -240,9 +219,9 @@ fn files_and_metadata_survive_a_kill_9() {
     assert_eq!(stopped["sandboxes"].as_array().unwrap().len(), 1);
 
     // A call that needs it starts it again: same files, same environment.
-    let (code, out) = exec(&d, &id, json!(["cat", "notes.txt"]));
+    let (code, out) = d.sandbox_exec(&id, json!(["cat", "notes.txt"]));
     assert_eq!((code, out.as_str()), (Some(0), "kept across restarts\n"));
-    let (code, out) = exec(&d, &id, json!("echo $GREETING; id -u"));
+    let (code, out) = d.sandbox_exec(&id, json!("echo $GREETING; id -u"));
     assert_eq!(
         (code, out.as_str()),
         (Some(0), format!("hello\n{SANDBOX_UID}\n").as_str())
@@ -252,7 +231,7 @@ fn files_and_metadata_survive_a_kill_9() {
     assert!(now.get("reason").is_none(), "{now}");
     assert_eq!(now["expires_at"], before["expires_at"]);
     // Still writable, as its user.
-    let (code, _) = exec(&d, &id, json!("echo more >> notes.txt"));
+    let (code, _) = d.sandbox_exec(&id, json!("echo more >> notes.txt"));
     assert_eq!(code, Some(0));
     // A fork copies the kept home (through the restarted sandbox's root).
     let r = d.http(
@@ -262,7 +241,7 @@ fn files_and_metadata_survive_a_kill_9() {
     );
     assert_eq!(r.status, 201, "fork: {}", r.text());
     let fork = r.json()["id"].as_str().unwrap().to_owned();
-    let (code, out) = exec(&d, &fork, json!(["cat", "notes.txt"]));
+    let (code, out) = d.sandbox_exec(&fork, json!(["cat", "notes.txt"]));
     assert_eq!(
         (code, out.as_str()),
         (Some(0), "kept across restarts\nmore\n")
@@ -452,7 +431,7 @@ fn bad_records_do_not_stop_the_daemon_and_gc_reclaims_orphans() {
     );
     std::fs::remove_dir_all(root.join(&newer)).unwrap();
     assert_eq!(info(&d, &good)["state"], "stopped");
-    let (code, out) = exec(&d, &good, json!(["cat", "g"]));
+    let (code, out) = d.sandbox_exec(&good, json!(["cat", "g"]));
     assert_eq!((code, out.as_str()), (Some(0), "good\n"));
     assert_eq!(
         mounts_under(&root).len(),

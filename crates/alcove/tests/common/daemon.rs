@@ -105,6 +105,24 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("alcove fn {args:?} printed no JSON ({e}): {out}"))
     }
 
+    /// Runs `cmd` (a string for `sh -c`, or an argv) in the agent sandbox
+    /// `id` to its end: its exit code and stdout.
+    pub fn sandbox_exec(&self, id: &str, cmd: Value) -> (Option<i64>, String) {
+        let body = serde_json::json!({ "cmd": cmd }).to_string();
+        let r = self.http("POST", &format!("/v1/sandboxes/{id}/exec"), body.as_bytes());
+        assert_eq!(r.status, 200, "exec: {}", r.text());
+        let (mut code, mut out) = (None, String::new());
+        for line in r.unchunked().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            match v["type"].as_str() {
+                Some("stdout") => out.push_str(v["text"].as_str().unwrap_or("")),
+                Some("exit") => code = v["code"].as_i64(),
+                _ => {}
+            }
+        }
+        (code, out)
+    }
+
     pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Reply {
         match &self.token {
             Some(token) => {

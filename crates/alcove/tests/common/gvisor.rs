@@ -1,7 +1,8 @@
 //! What the gVisor tier's tests share: whether runsc is here, and what a
 //! run or a pool may leave behind (run directories, runsc processes).
 
-use super::{root_or_skip, skip_unprovided};
+use super::oci::{layout, tar_of, Entry};
+use super::{image, root_or_skip, skip_unprovided};
 use std::path::Path;
 
 pub const STATE_ROOT: &str = "/run/alcove/gvisor";
@@ -50,4 +51,28 @@ pub fn runsc_processes() -> Vec<i32> {
         }
     }
     found
+}
+
+/// Imports into `store`, as `name`, an image of two layers: busybox as
+/// `sh`, `cat` and `uname` in /bin, and /etc/greeting ("from the image");
+/// `config` is its OCI config (its command, environment). Built in `dir`.
+pub fn import_busybox_image(dir: &Path, store: &Path, name: &str, config: serde_json::Value) {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let l = dir.join(format!("layout-{}", name.replace(':', "-")));
+    let layers = [
+        tar_of(&[
+            Entry::Dir("bin"),
+            Entry::Executable("bin/sh", &busybox),
+            Entry::Symlink("bin/cat", "sh"),
+            Entry::Symlink("bin/uname", "sh"),
+            Entry::Dir("tmp"),
+        ]),
+        tar_of(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/greeting", b"from the image"),
+        ]),
+    ];
+    layout(&l, &layers, true, config);
+    let (code, _, err) = image(store, &["import", l.to_str().unwrap(), "--name", name]);
+    assert_eq!(code, 0, "{err}");
 }
