@@ -168,6 +168,34 @@ pub(crate) enum Ended {
     Unknown,
 }
 
+impl Ended {
+    /// From runsc's exit: the program's code, or 128+N for signal N.
+    pub(crate) fn of(status: std::process::ExitStatus) -> Ended {
+        match status.code().or(status.signal().map(|s| 128 + s)) {
+            Some(c) if c > 128 && c <= 128 + 64 => Ended::Signal(c - 128),
+            Some(c) => Ended::Code(c),
+            None => Ended::Unknown,
+        }
+    }
+}
+
+/// A pidfd for the runsc `child` just started in `cgroup`. Nothing may
+/// outlive a failed one: runsc and all it began go with the cgroup, and
+/// runsc is reaped here, not left a zombie.
+pub(crate) fn watch_runsc(
+    child: &mut std::process::Child,
+    cgroup: &SandboxCgroup,
+) -> Result<OwnedFd, GvisorError> {
+    alcove_sys::seqpacket::pidfd_open(child.id() as i32).map_err(|source| {
+        cgroup.kill_all();
+        let _ = child.wait();
+        GvisorError::Prepare {
+            what: "watching runsc",
+            source,
+        }
+    })
+}
+
 /// Where a run's stdin comes from and its stdout and stderr go.
 pub(crate) struct Io {
     pub stdin: Option<Vec<u8>>,
@@ -267,19 +295,7 @@ pub(crate) fn supervise(
         let err = child.stderr.take().map(|r| relay(r, err_sink));
         (out, err)
     });
-    let pidfd = match alcove_sys::seqpacket::pidfd_open(child.id() as i32) {
-        Ok(fd) => fd,
-        Err(source) => {
-            // Nothing may outlive a failed start: runsc and all it began go
-            // with the cgroup, and runsc is reaped here, not left a zombie.
-            cgroup.kill_all();
-            let _ = child.wait();
-            return Err(GvisorError::Prepare {
-                what: "watching runsc",
-                source,
-            });
-        }
-    };
+    let pidfd = watch_runsc(&mut child, cgroup)?;
     let cpu = CpuLimit::of(spec, cgroup, &Usage::default());
     let waited = wait_within(
         pidfd.as_fd(),
@@ -295,12 +311,7 @@ pub(crate) fn supervise(
         source,
     })?;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
-    // runsc exits with the program's code, or 128+N for signal N.
-    let ended = match status.code().or(status.signal().map(|s| 128 + s)) {
-        Some(c) if c > 128 && c <= 128 + 64 => Ended::Signal(c - 128),
-        Some(c) => Ended::Code(c),
-        None => Ended::Unknown,
-    };
+    let ended = Ended::of(status);
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }

@@ -13,14 +13,15 @@
 
 use crate::bundle::{Bundle, Network};
 use crate::run::{
-    finish, outcome, pids_limit_reached, relay, sandbox_cgroup, start_in, Ended, Sink, Waited,
+    finish, outcome, pids_limit_reached, relay, sandbox_cgroup, start_in, watch_runsc, Ended, Sink,
+    Waited,
 };
 use crate::runsc::Runsc;
 use crate::{GvisorError, GvisorOptions};
 use alcove_cgroup::{SandboxCgroup, Usage};
 use alcove_sandbox::{NetMode, Observer, Outcome, SandboxSpec, UsageWatch};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::time::Instant;
 
 /// What the agent's own stdout and stderr keep (its complaints, logged).
@@ -103,17 +104,7 @@ fn serve_in(
             .map(|r| relay(r, Sink::Keep(AGENT_OUTPUT))),
     );
     let pid = child.id() as i32;
-    let pidfd = match alcove_sys::seqpacket::pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(source) => {
-            cgroup.kill_all();
-            let _ = child.wait();
-            return Err(GvisorError::Prepare {
-                what: "watching runsc",
-                source,
-            });
-        }
-    };
+    let pidfd = watch_runsc(&mut child, cgroup)?;
     let watching = usage.map(|u| u.watch_run(cgroup, pid));
     let (waited, reason) = wait(pidfd.as_fd(), options, observer);
     if waited != Waited::Ended {
@@ -126,11 +117,7 @@ fn serve_in(
         what: "waiting for runsc",
         source,
     })?;
-    let ended = match status.code().or(status.signal().map(|s| 128 + s)) {
-        Some(c) if c > 128 && c <= 128 + 64 => Ended::Signal(c - 128),
-        Some(c) => Ended::Code(c),
-        None => Ended::Unknown,
-    };
+    let ended = Ended::of(status);
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
     // The daemon cancels a run whose agent went away; when the kernel ended
     // it first (its memory or task limit), that is what the report says.
