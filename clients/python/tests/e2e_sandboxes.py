@@ -1067,6 +1067,14 @@ class GvisorCopies(unittest.TestCase):
         self.sb.files.write("small.txt", "whole")
         self.assertEqual(self.sb.files.read_text("small.txt"), "whole")
 
+    def test_a_reader_that_goes_away_ends_its_copy(self):
+        self.sb.commands.run(f"head -c {24 << 20} /dev/zero > gone.bin")
+        stream = self.sb.files.read_stream("gone.bin", chunk_size=1 << 16)
+        next(iter(stream))
+        wait_for("the copy runs", 10, self.agent_children)
+        stream.close()  # the client goes away mid-read
+        wait_for("the copy ends", 15, lambda: not self.agent_children())
+
     def test_a_closed_watch_ends_its_copy(self):
         for i in range(5):
             w = self.sb.files.watch("/home/user")
