@@ -4,6 +4,7 @@
 use crate::GvisorError;
 use alcove_sandbox::{NetMode, SandboxSpec};
 use serde_json::{json, Value};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -81,15 +82,34 @@ impl Bundle {
             (Network::Joined, Some(conf)) => Some(conf),
             _ => None,
         };
-        let config = if spec.binds.iter().any(|b| pinned(&b.source)) || resolver.is_some() {
+        // So are the parts of binds that --allow-path rules reach (allowed.rs).
+        let view = crate::allowed::binds(spec)?;
+        let needs_pins = view
+            .iter()
+            .any(|v| v.part_of.is_some() || pinned(&v.bind.source));
+        let config = if needs_pins || resolver.is_some() {
             let mut pins = spec.clone();
+            pins.allow_paths.clear();
+            pins.binds.clear();
             let dir = bundle.dir.join("pins");
             std::fs::create_dir(&dir).map_err(failed)?;
-            for (i, b) in pins.binds.iter_mut().enumerate() {
+            for (i, v) in view.into_iter().enumerate() {
+                let mut b = v.bind;
+                let part = match &v.part_of {
+                    Some((source, below)) => match crate::allowed::open_part(source, below)? {
+                        Some(fd) => Some(fd),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                if let Some(fd) = &part {
+                    b.source = format!("/proc/self/fd/{}", fd.as_raw_fd()).into();
+                }
                 if pinned(&b.source) {
                     b.source = mount_pin(&dir.join(i.to_string()), &b.source, b.writable)
                         .map_err(failed)?;
                 }
+                pins.binds.push(b);
             }
             // A joined network's resolver (the daemon's, on its loopback).
             if let Some(conf) = resolver {
@@ -369,7 +389,8 @@ pub fn config_for(spec: &SandboxSpec, network: Network) -> Result<Value, GvisorE
             }
         }
     }
-    for b in &spec.binds {
+    for view in crate::allowed::binds(spec)? {
+        let b = view.bind;
         let source = text(b.source.as_os_str(), "a bind's source")?;
         let target = text(b.target.as_os_str(), "a bind's target")?;
         mounts.push(bind(&source, &target, b.writable));
@@ -427,10 +448,6 @@ fn refuse_unsupported(spec: &SandboxSpec, joins: bool) -> Result<(), GvisorError
         (
             spec.net == NetMode::Joined && !joins,
             "outbound networking (--net outbound) outside agent sandboxes",
-        ),
-        (
-            !spec.allow_paths.is_empty(),
-            "Landlock path rules (--allow-path)",
         ),
         (
             spec.syscall_allow_list.is_some(),

@@ -15,6 +15,7 @@
 //! cannot give, and what the report says instead, is in the README's
 //! "Isolation tiers" section.
 
+mod allowed;
 mod bundle;
 mod pool;
 mod run;

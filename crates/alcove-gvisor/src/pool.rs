@@ -151,7 +151,7 @@ impl PooledSandbox {
         Ok(())
     }
 
-    /// Whether a request with `spec` can run here: the same mounts, root,
+    /// Whether a request with `spec` can run here: the same mounts, path rules, root,
     /// user, network and limits it was booted with (only the program, its
     /// environment, its input and its wall-clock limit may differ).
     pub fn fits(&self, spec: &SandboxSpec) -> bool {
@@ -172,6 +172,10 @@ impl PooledSandbox {
         let key = |s: &SandboxSpec| {
             (
                 binds(s),
+                s.allow_paths
+                    .iter()
+                    .map(|r| (r.path.clone(), r.writable))
+                    .collect::<Vec<_>>(),
                 s.rootfs.clone(),
                 s.user,
                 s.net,
