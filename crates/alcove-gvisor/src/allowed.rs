@@ -39,14 +39,21 @@ pub(crate) fn binds(spec: &SandboxSpec) -> Result<Vec<ViewBind>, GvisorError> {
             "path rules (--allow-path) with an image or --rootfs root (it takes them with the host view)",
         ));
     }
+    let plain =
+        |path: &Path| path.is_absolute() && !path.components().any(|c| c == Component::ParentDir);
     for rule in rules {
-        let path = &rule.path;
-        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        if !plain(&rule.path) {
             return Err(GvisorError::Invalid(format!(
                 "--allow-path {}: the gVisor tier needs an absolute path without '..'",
-                path.display()
+                rule.path.display()
             )));
         }
+    }
+    if let Some(bind) = spec.binds.iter().find(|b| !plain(&b.target)) {
+        return Err(GvisorError::Invalid(format!(
+            "--bind to {}: use an absolute destination without '..'",
+            bind.target.display()
+        )));
     }
     let reached = |p: &Path| rules.iter().any(|r| p.starts_with(&r.path));
     let writable = |p: &Path| rules.iter().any(|r| r.writable && p.starts_with(&r.path));
@@ -59,9 +66,24 @@ pub(crate) fn binds(spec: &SandboxSpec) -> Result<Vec<ViewBind>, GvisorError> {
             spec.workdir.display()
         )));
     }
+    let binds = &spec.binds;
+    // A bind is hidden where a later one is mounted at or above it, as the
+    // view without rules mounts them in order.
+    let hidden = |i: usize| {
+        binds[i + 1..]
+            .iter()
+            .any(|later| binds[i].target.starts_with(&later.target))
+    };
+    // What the program sees at `path`: the deepest bind holding it, the later
+    // of two at one place.
+    let on_top = |path: &Path| {
+        (0..binds.len())
+            .filter(|&i| !hidden(i) && path.starts_with(&binds[i].target))
+            .max_by_key(|&i| (binds[i].target.components().count(), i))
+    };
     let mut view = Vec::new();
-    for bind in &spec.binds {
-        if reached(&bind.target) {
+    for (i, bind) in binds.iter().enumerate() {
+        if reached(&bind.target) && !hidden(i) {
             view.push(ViewBind {
                 bind: Bind {
                     writable: bind.writable && writable(&bind.target),
@@ -70,23 +92,37 @@ pub(crate) fn binds(spec: &SandboxSpec) -> Result<Vec<ViewBind>, GvisorError> {
                 part_of: None,
             });
         }
-        for rule in rules {
-            let Ok(below) = rule.path.strip_prefix(&bind.target) else {
-                continue;
-            };
-            if below.as_os_str().is_empty() {
-                continue;
-            }
-            view.push(ViewBind {
-                bind: Bind {
-                    source: bind.source.join(below),
-                    target: rule.path.clone(),
-                    writable: bind.writable && writable(&rule.path),
-                    device: bind.device,
-                },
-                part_of: Some((bind.source.clone(), below.to_owned())),
-            });
+    }
+    for rule in rules {
+        let Some(i) = on_top(&rule.path) else {
+            continue; // in the base set (already there) or nowhere
+        };
+        let bind = &binds[i];
+        let below = rule
+            .path
+            .strip_prefix(&bind.target)
+            .unwrap_or(Path::new(""));
+        let mode = bind.writable && writable(&rule.path);
+        // The whole bind is there already (the loop above), in this mode.
+        let covered = reached(&bind.target) && (bind.writable && writable(&bind.target)) == mode;
+        if below.as_os_str().is_empty() || covered {
+            continue;
         }
+        let duplicate = view
+            .iter()
+            .any(|v| v.bind.target == rule.path && v.bind.writable == mode);
+        if duplicate {
+            continue;
+        }
+        view.push(ViewBind {
+            bind: Bind {
+                source: bind.source.join(below),
+                target: rule.path.clone(),
+                writable: mode,
+                device: bind.device,
+            },
+            part_of: Some((bind.source.clone(), below.to_owned())),
+        });
     }
     // runsc mounts in order: a parent after its child would hide it.
     view.sort_by_key(|v| v.bind.target.components().count());
@@ -116,7 +152,8 @@ pub(crate) fn open_part(source: &Path, below: &Path) -> Result<Option<OwnedFd>, 
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
             Err(GvisorError::Invalid(format!(
                 "--allow-path: {} in the bind of {} passes through a symbolic link or \
-                 into another mount; the gVisor tier takes the path it leads to",
+                 into another mount; allow the path the link leads to, or bind that mount \
+                 itself",
                 below.display(),
                 source.display()
             )))
@@ -203,6 +240,52 @@ mod tests {
         );
         // /other is reached by no rule: not in the view at all.
         assert!(!view.iter().any(|v| v.bind.target == Path::new("/other")));
+    }
+
+    #[test]
+    fn a_rule_takes_its_part_from_the_bind_on_top_only() {
+        // /work/cache is B's: a rule inside it never shows A's cache dir.
+        let s = spec(
+            &[("/srv/a", "/work", true), ("/srv/b", "/work/cache", false)],
+            &[("/work/cache/x", true)],
+        );
+        let view = binds(&s).unwrap();
+        assert_eq!(targets(&view), [("/work/cache/x".into(), false, true)]);
+        assert_eq!(
+            view[0].part_of,
+            Some((PathBuf::from("/srv/b"), PathBuf::from("x")))
+        );
+        // A later bind above an earlier one hides it, with or without rules.
+        let s = spec(
+            &[("/srv/b", "/work/cache", false), ("/srv/a", "/work", true)],
+            &[("/work", false), ("/work/cache/x", false)],
+        );
+        let view = binds(&s).unwrap();
+        assert_eq!(targets(&view), [("/work".into(), false, false)]);
+    }
+
+    #[test]
+    fn overlapping_rules_mount_a_part_only_where_its_mode_differs() {
+        let s = spec(
+            &[("/srv/data", "/data", true)],
+            &[
+                ("/data", false),
+                ("/data/sub", false),
+                ("/data/out", true),
+                ("/data/out/", true),
+            ],
+        );
+        let view = binds(&s).unwrap();
+        assert_eq!(
+            targets(&view),
+            [
+                ("/data".into(), false, false),
+                ("/data/out".into(), true, true)
+            ]
+        );
+        let s = spec(&[("/srv/data", "/data/../etc", true)], &[("/data", false)]);
+        let err = binds(&s).err().unwrap().to_string();
+        assert!(err.contains("without '..'"), "{err}");
     }
 
     #[test]

@@ -52,6 +52,12 @@ impl PooledSandbox {
         options: &GvisorOptions,
     ) -> Result<PooledSandbox, GvisorError> {
         let runsc = Runsc::find()?;
+        // The waiter's binds would be outside every rule (allowed.rs).
+        if !spec.allow_paths.is_empty() {
+            return Err(GvisorError::Unsupported(
+                "path rules (--allow-path) in a pooled sandbox",
+            ));
+        }
         let mut first = spec.clone();
         first.argv = waiter.into_iter().map(Into::into).collect();
         first.binds.extend_from_slice(waiter_binds);
@@ -151,7 +157,7 @@ impl PooledSandbox {
         Ok(())
     }
 
-    /// Whether a request with `spec` can run here: the same mounts, path rules, root,
+    /// Whether a request with `spec` can run here: the same mounts, root,
     /// user, network and limits it was booted with (only the program, its
     /// environment, its input and its wall-clock limit may differ).
     pub fn fits(&self, spec: &SandboxSpec) -> bool {
