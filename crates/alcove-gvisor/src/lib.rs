@@ -21,13 +21,15 @@ mod pool;
 mod run;
 mod runsc;
 mod serve;
+mod strace;
 pub mod waiter;
 
 pub use bundle::{Bundle, Network};
 pub use pool::{wait_for_teardowns, PooledSandbox};
-pub use run::{run, GvisorOptions};
+pub use run::{run, run_counting_syscalls, GvisorOptions};
 pub use runsc::{platforms, Runsc, PACKAGE, STATE_ROOT};
 pub use serve::serve;
+pub use strace::GuestSyscalls;
 
 /// Checks that this tier can run `spec` (and that runsc is installed),
 /// without running anything: a deploy's check.

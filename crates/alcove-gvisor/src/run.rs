@@ -3,6 +3,7 @@
 
 use crate::bundle::Bundle;
 use crate::runsc::{Runsc, STATE_ROOT};
+use crate::strace::{Counter, GuestSyscalls};
 use crate::GvisorError;
 use alcove_cgroup::{SandboxCgroup, Usage};
 use alcove_sandbox::{Outcome, SandboxSpec, Status, Stdio};
@@ -42,20 +43,42 @@ impl GvisorOptions {
 
 /// Runs `spec` in gVisor to completion and reports how it ended.
 pub fn run(spec: &SandboxSpec, options: &GvisorOptions) -> Result<Outcome, GvisorError> {
+    run_with(spec, options, false).map(|(outcome, _)| outcome)
+}
+
+/// [`run`], with the program's own syscalls counted by the Sentry
+/// (strace.rs: slower, as every call is logged).
+pub fn run_counting_syscalls(
+    spec: &SandboxSpec,
+    options: &GvisorOptions,
+) -> Result<(Outcome, GuestSyscalls), GvisorError> {
+    run_with(spec, options, true).map(|(outcome, counted)| (outcome, counted.unwrap_or_default()))
+}
+
+fn run_with(
+    spec: &SandboxSpec,
+    options: &GvisorOptions,
+    count: bool,
+) -> Result<(Outcome, Option<GuestSyscalls>), GvisorError> {
     let runsc = Runsc::find()?;
     let bundle = Bundle::create(&options.root(), spec)?;
+    let counter = count.then(|| Counter::start(&bundle.dir)).transpose()?;
     let cgroup = sandbox_cgroup(spec)?;
     let mut cmd = runsc.command(&bundle.state(), network(spec));
+    if let Some(counter) = &counter {
+        cmd.args(counter.flags());
+    }
     cmd.arg("run")
         .arg("--bundle")
         .arg(bundle.bundle())
         .arg(&bundle.id);
     let result = supervise(cmd, &runsc, &cgroup, spec, options);
     let cgroup_id = finish(cgroup);
+    let counted = counter.map(Counter::finish);
     drop(bundle);
     result.map(|mut outcome| {
         outcome.cgroup_id = cgroup_id;
-        outcome
+        (outcome, counted)
     })
 }
 

@@ -723,7 +723,7 @@ fn run(args: RunArgs) -> i32 {
         }
     };
     if isolation == Isolation::Gvisor {
-        return run_gvisor(&spec, report_path.as_deref());
+        return run_gvisor(&spec, report_path.as_deref(), monitoring.trace);
     }
     // Open the report first, so a bad path fails before anything runs.
     let mut report = match &report_path {
@@ -851,10 +851,10 @@ fn run(args: RunArgs) -> i32 {
 }
 
 /// The first `alcove run` flag the gVisor tier cannot honour (eBPF sees
-/// the Sentry's syscalls, not the program's).
+/// the Sentry's syscalls, not the program's; `--trace` counts the program's
+/// from the Sentry's own log instead).
 fn gvisor_refuses(args: &RunArgs) -> Option<&'static str> {
     [
-        (args.trace, "--trace"),
         (args.trace_live, "--trace-live"),
         (args.max_syscalls.is_some(), "--max-syscalls"),
         (args.cpu_budget.is_some(), "--cpu-budget"),
@@ -871,9 +871,14 @@ fn gvisor_refuses(args: &RunArgs) -> Option<&'static str> {
     .find_map(|(used, flag)| used.then_some(flag))
 }
 
-fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>) -> i32 {
-    let result = alcove_gvisor::run(spec, &alcove_gvisor::GvisorOptions::default());
-    let outcome = match result {
+fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: bool) -> i32 {
+    let options = alcove_gvisor::GvisorOptions::default();
+    let result = if trace {
+        alcove_gvisor::run_counting_syscalls(spec, &options).map(|(o, seen)| (o, Some(seen)))
+    } else {
+        alcove_gvisor::run(spec, &options).map(|o| (o, None))
+    };
+    let (outcome, syscalls) = match result {
         Ok(o) => o,
         Err(e) => {
             eprintln!("alcove: error: {}", alcove_sandbox::error_chain(&e));
@@ -884,6 +889,9 @@ fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>) -> i32 
         let mut json = serde_json::to_value(&outcome).expect("an outcome serialises");
         if let Some(map) = json.as_object_mut() {
             map.insert("isolation".into(), "gvisor".into());
+            if let Some(seen) = &syscalls {
+                map.insert("trace".into(), crate::trace::gvisor_report(seen));
+            }
         }
         let text = serde_json::to_string_pretty(&json).expect("a report serialises") + "\n";
         if let Err(e) = std::fs::write(path, text) {

@@ -56,3 +56,24 @@ pub fn report(seen: &WatchResult, traced: bool) -> serde_json::Value {
     }
     trace
 }
+
+/// The report's `trace` section in the gVisor tier: the program's own
+/// syscalls, as the Sentry logged them (no eBPF events or counters there:
+/// those would be the Sentry's).
+pub fn gvisor_report(seen: &alcove_gvisor::GuestSyscalls) -> serde_json::Value {
+    let total: u64 = seen.counts.iter().map(|(_, n)| n).sum();
+    let top: Vec<serde_json::Value> = seen
+        .counts
+        .iter()
+        .take(TOP)
+        .map(|(name, count)| {
+            let nr = alcove_sandbox::syscall_number(name);
+            serde_json::json!({"name": name, "nr": nr, "count": count})
+        })
+        .collect();
+    serde_json::json!({
+        "source": "gvisor-strace",
+        "syscalls": {"total": total, "distinct": seen.counts.len(), "top": top},
+        "unparsed_lines": seen.unparsed,
+    })
+}

@@ -143,11 +143,11 @@ fn the_gvisor_tier_refuses_what_it_cannot_do_and_names_the_package() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("Debian package `runsc`"), "{err}");
     // Flags that watch the host kernel's view are refused by name.
-    let out = alcove(&["run", "--isolation", "gvisor", "--trace", "--", "true"]);
+    let out = alcove(&["run", "--isolation", "gvisor", "--trace-live", "--", "true"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(
-        err.contains("--trace") && err.contains("--isolation container"),
+        err.contains("--trace-live") && err.contains("--isolation container"),
         "{err}"
     );
     // What the tier lacks yet is refused, not silently dropped.
@@ -352,7 +352,8 @@ fn path_rules_leave_only_what_they_allow_in_the_gvisor_view() {
     for (path, mode) in [
         (dir.path().to_owned(), 0o755),
         (data.clone(), 0o755),
-        (data.join("pub"), 0o755),
+        // Writable by anyone on the host: only the view can make it read-only.
+        (data.join("pub"), 0o777),
         (data.join("out"), 0o777),
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -390,13 +391,16 @@ fn path_rules_leave_only_what_they_allow_in_the_gvisor_view() {
     let run = gvisor(&["--bind", &bind], &["cat", "/data/secret/key.txt"]);
     assert_eq!(run.stdout, "secret\n", "{run:?}");
     // A rule whose way passes through a link is refused by name: the
-    // Gofer would follow it on the host.
+    // Gofer would follow it on the host. /data/pub is pinned first, so the
+    // refusal also unmounts what was already bound.
     let out = alcove(&[
         "run",
         "--isolation",
         "gvisor",
         "--bind",
         &bind,
+        "--allow-path",
+        "/data/pub",
         "--allow-path",
         "/data/link",
         "--",
@@ -408,5 +412,55 @@ fn path_rules_leave_only_what_they_allow_in_the_gvisor_view() {
     // The allowed parts were bound into the run's directory: gone with it.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(STATE_ROOT), "{mounts}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
+
+#[test]
+fn trace_counts_the_programs_own_syscalls_in_gvisor() {
+    if !runsc_or_skip("trace_counts_the_programs_own_syscalls_in_gvisor") {
+        return;
+    }
+    let _g = serial();
+    let program = [
+        "python3",
+        "-c",
+        "import os\nfor _ in range(500): os.getppid()\nprint('done')",
+    ];
+    let getppid = |report: &serde_json::Value| {
+        report["trace"]["syscalls"]["top"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "getppid")
+            .and_then(|e| e["count"].as_u64())
+    };
+    let run = gvisor(&["--trace"], &program);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "done\n", "{run:?}");
+    let trace = &run.report["trace"];
+    assert_eq!(trace["source"], "gvisor-strace", "{}", run.report);
+    // The program's 500 calls, as its kernel (the Sentry) saw them: not the
+    // Sentry's own host syscalls, which eBPF would have counted.
+    let counted = getppid(&run.report).expect("getppid among the top calls");
+    assert!((500..=510).contains(&counted), "{}", run.report);
+    assert!(
+        trace["syscalls"]["total"].as_u64().unwrap() > counted,
+        "{}",
+        run.report
+    );
+    let entry = trace["syscalls"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "getppid")
+        .unwrap();
+    assert_eq!(entry["nr"], libc::SYS_getppid, "{}", run.report);
+    // The container tier counts the same calls in the host's kernel.
+    let container = sandbox(&["--trace"], &program);
+    let there = getppid(&container.report).expect("getppid in the container tier");
+    assert!((500..=510).contains(&there), "{}", container.report);
+    // Without --trace nothing is counted (and nothing logged).
+    let plain = gvisor(&[], &program);
+    assert!(plain.report.get("trace").is_none(), "{}", plain.report);
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 }
