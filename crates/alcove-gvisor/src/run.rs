@@ -238,11 +238,20 @@ pub(crate) fn io_for(spec: &SandboxSpec) -> Result<Io, GvisorError> {
         .map(to_usize);
     let kept =
         |limit: Option<usize>| Sink::Keep(limit.map_or(CAPTURE_LIMIT, |l| l.min(CAPTURE_LIMIT)));
+    // gVisor writes a host file at offsets it keeps itself, from 0: a
+    // regular file as stdout, already written through the same descriptor
+    // (a script's `{ echo start; alcove run ...; } > log`), would be written
+    // over, so the output goes through alcove, at the descriptor's offset.
+    let regular =
+        |fd: u8| std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.is_file());
+    let direct = !regular(1) && !regular(2);
     Ok(match &spec.stdio {
-        Stdio::Inherit if out_limit.is_none() && spec.limits.stderr_bytes.is_none() => Io {
-            stdin: None,
-            sinks: None,
-        },
+        Stdio::Inherit if direct && out_limit.is_none() && spec.limits.stderr_bytes.is_none() => {
+            Io {
+                stdin: None,
+                sinks: None,
+            }
+        }
         Stdio::Inherit => Io {
             stdin: None,
             sinks: Some((

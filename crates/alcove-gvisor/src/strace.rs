@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-/// The longest log line kept whole; longer ones (a call's arguments) are
-/// only counted from their start.
-const MAX_LINE: usize = 4096;
+/// The longest log line read whole (a call's paths are printed whole, and
+/// JSON may escape each byte in six); longer ones count as unparsed.
+const MAX_LINE: usize = 64 * 1024;
 
 /// What the program called, by name, most called first.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,7 +34,14 @@ pub struct GuestSyscalls {
 pub(crate) struct Counter {
     fifo: PathBuf,
     done: Arc<AtomicBool>,
-    thread: JoinHandle<GuestSyscalls>,
+    thread: Option<JoinHandle<GuestSyscalls>>,
+}
+
+impl Drop for Counter {
+    /// A run that failed before runsc started: the reader stops by itself.
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+    }
 }
 
 impl Counter {
@@ -60,7 +68,11 @@ impl Counter {
             .name("alcove-strace".into())
             .spawn(move || read_all(fifo_file, &seen))
             .map_err(failed)?;
-        Ok(Counter { fifo, done, thread })
+        Ok(Counter {
+            fifo,
+            done,
+            thread: Some(thread),
+        })
     }
 
     /// runsc's flags that send the Sentry's syscall log to the FIFO.
@@ -74,20 +86,27 @@ impl Counter {
             "--strace-log-size=16".into(),
             log,
             "--debug-command=boot".into(),
+            // One JSON object a line: what the program controls stays
+            // inside its message, escaped.
+            "--debug-log-format=json".into(),
         ]
     }
 
     /// The counts, once runsc has ended (its writers are gone, or never came).
-    pub(crate) fn finish(self) -> GuestSyscalls {
+    pub(crate) fn finish(mut self) -> GuestSyscalls {
         self.done.store(true, Ordering::Release);
-        self.thread.join().unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
 fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     let mut unparsed = 0;
-    let mut line = Vec::with_capacity(MAX_LINE);
+    let mut line = Vec::with_capacity(4096);
+    let mut cut = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut pfd = [libc::pollfd {
@@ -98,7 +117,7 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
         let ended = done.load(Ordering::Acquire);
         // Linux reports POLLHUP on a FIFO only once a writer came and went:
         // until runsc opens it, this waits (and looks at `done` each 100 ms).
-        match alcove_sys::fd::poll(&mut pfd, Some(std::time::Duration::from_millis(100))) {
+        match alcove_sys::fd::poll(&mut pfd, Some(Duration::from_millis(100))) {
             Ok(0) if ended => break,
             Ok(0) => continue,
             Ok(_) => {}
@@ -106,7 +125,13 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
             Err(_) => break,
         }
         let n = match io::Read::read(&mut fifo, &mut buf) {
-            Ok(0) => break, // every writer closed it
+            Ok(0) if ended => break,
+            // Every writer closed it for now; a new one may still open it
+            // (its open would wait for a reader): read on until the run ends.
+            Ok(0) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -120,10 +145,17 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
         };
         for &byte in &buf[..n] {
             if byte == b'\n' {
-                count_line(&line, &mut counts, &mut unparsed);
+                if cut {
+                    unparsed += 1; // a call too long to read whole
+                } else {
+                    count_line(&line, &mut counts, &mut unparsed);
+                }
                 line.clear();
+                cut = false;
             } else if line.len() < MAX_LINE {
                 line.push(byte);
+            } else {
+                cut = true;
             }
         }
     }
@@ -135,52 +167,66 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
     GuestSyscalls { counts, unparsed }
 }
 
-/// Counts one line of the Sentry's log if it is a call's entry:
-/// `I1203 16:12:57.690204 30822 strace.go:561] [   1:   1] sh E brk(0x0)`.
+/// Counts one line of the Sentry's JSON log if it is a call's entry:
+/// `{"msg":"[   1:   1] sh E brk(0x0)",...}`. JSON keeps what the program
+/// controls (its thread's name, the paths it passes) inside one message:
+/// a newline there cannot start a line of its own.
 fn count_line(line: &[u8], counts: &mut HashMap<&'static str, u64>, unparsed: &mut u64) {
-    let Some(at) = find(line, b"strace.go:") else {
-        return; // the Sentry's other log lines
+    let Ok(entry) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return; // not the log's (there is nothing else in the FIFO)
     };
-    let rest = &line[at..];
-    let Some(task) = find(rest, b"] [").and_then(|i| {
-        let after = &rest[i + 3..];
-        find(after, b"] ").map(|j| &after[j + 2..])
-    }) else {
+    let Some(msg) = entry.get("msg").and_then(|m| m.as_str()) else {
         return;
     };
-    // `comm E name(`: the task's name is at most 15 bytes and the program
-    // chooses it, so the entry marker is the last " E " within reach of
-    // it (a name holding " E " comes before the real one).
-    let Some(marker) = (0..=15.min(task.len().saturating_sub(3)))
-        .rev()
-        .find(|&i| task[i..].starts_with(b" E "))
-    else {
-        return; // an exit line (" X ") or another
+    // "[ tid: pid] ": strace's lines, and only theirs, begin so.
+    let Some(task) = msg.strip_prefix('[').and_then(|rest| {
+        let (ids, task) = rest.split_once("] ")?;
+        let (tid, pid) = ids.split_once(':')?;
+        let number = |s: &str| !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit());
+        (number(tid) && number(pid)).then_some(task)
+    }) else {
+        return; // the Sentry's other messages
     };
-    let call = &task[marker + 3..];
-    let name = &call[..call.iter().position(|&b| b == b'(').unwrap_or(call.len())];
-    let known = std::str::from_utf8(name)
-        .ok()
-        .and_then(alcove_sandbox::syscall_number)
-        .and_then(alcove_sandbox::syscall_name);
+    // `comm E name(` or `comm X name(...) = ...`: the thread's name is at
+    // most 15 bytes (15 characters once JSON has replaced bad UTF-8) and
+    // the program chooses it, so the line's marker is the last " E " or
+    // " X " starting within 15 characters: one inside the name comes
+    // before the real one. A name can still relabel its own calls, one for
+    // one; it cannot add lines or hide them.
+    let chars: Vec<char> = task.chars().take(15 + 3 + 64).collect();
+    let Some(last) = chars.len().checked_sub(3) else {
+        return;
+    };
+    let marker = (0..=15.min(last))
+        .rev()
+        .find(|&i| chars[i] == ' ' && matches!(chars[i + 1], 'E' | 'X') && chars[i + 2] == ' ');
+    let Some(marker) = marker.filter(|&i| chars[i + 1] == 'E') else {
+        return; // an exit line, or none of strace's
+    };
+    let name: String = chars[marker + 3..]
+        .iter()
+        .take_while(|&&c| c != '(')
+        .collect();
+    let known = alcove_sandbox::syscall_number(&name).and_then(alcove_sandbox::syscall_name);
     match known {
         Some(name) => *counts.entry(name).or_default() += 1,
         None => *unparsed += 1,
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn counted(lines: &[&str]) -> (HashMap<&'static str, u64>, u64) {
+    /// A log line as the Sentry writes it, `msg` JSON-escaped.
+    fn log(msg: &str) -> String {
+        serde_json::json!({"msg": msg, "level": "info", "time": "2026-12-03T16:27:49Z"}).to_string()
+    }
+
+    fn counted(messages: &[&str]) -> (HashMap<&'static str, u64>, u64) {
         let (mut counts, mut unparsed) = (HashMap::new(), 0);
-        for l in lines {
-            count_line(l.as_bytes(), &mut counts, &mut unparsed);
+        for m in messages {
+            count_line(log(m).as_bytes(), &mut counts, &mut unparsed);
         }
         (counts, unparsed)
     }
@@ -188,12 +234,13 @@ mod tests {
     #[test]
     fn entries_are_counted_by_name_and_the_rest_is_not() {
         let (counts, unparsed) = counted(&[
-            "I1203 16:12:57.690204   30822 strace.go:561] [   1:   1] sh E brk(0x0)",
-            "I1203 16:12:57.690288   30822 strace.go:599] [   1:   1] sh X brk(0x0) = 94160140644352 (0x55a35dbc3000) (10.506µs)",
-            "I1203 16:12:57.692221   30822 strace.go:564] [   1:   1] sh E access(0x7f904489e2a0 /etc/ld.so.preload, 0o4)",
-            "I1203 16:12:57.692404   30822 strace.go:570] [   2:   2] cat E brk(0x0)",
-            "I1203 16:13:37.009599    5008 main.go:216] ***************************",
-            "I1203 16:12:57.692404   30822 strace.go:570] [   2:   2] cat E no_such_call(0x0)",
+            "[   1:   1] sh E brk(0x0)",
+            "[   1:   1] sh X brk(0x0) = 94160140644352 (0x55a35dbc3000) (10.506µs)",
+            "[   1:   1] sh E access(0x7f904489e2a0 /etc/ld.so.preload, 0o4)",
+            "[   2:   2] cat E brk(0x0)",
+            "***************************",
+            "Version 0.0~20221219.0",
+            "[   2:   2] cat E no_such_call(0x0)",
         ]);
         assert_eq!(counts.get("brk"), Some(&2));
         assert_eq!(counts.get("access"), Some(&1));
@@ -202,27 +249,44 @@ mod tests {
     }
 
     #[test]
-    fn a_task_name_cannot_stand_in_for_the_call() {
-        // The program named its thread "a E read(" (15 bytes at most).
+    fn what_the_program_controls_cannot_add_or_hide_calls() {
         let (counts, _) = counted(&[
-            "I1203 16:12:57.690204 1 strace.go:561] [   3:   3] a E read( E getpid()",
-            "I1203 16:12:57.690204 1 strace.go:561] [   3:   3] E E E E  E write(0x1 E x)",
+            // A thread named "a E read(" (15 bytes at most), entering and
+            // leaving getpid: one getpid, no read.
+            "[   3:   3] a E read( E getpid()",
+            "[   3:   3] a E read( X getpid() = 0x3",
+            "[   3:   3] E E E E  E write(0x1 E x)",
+            // A path holding newlines and whole fake lines stays one call.
+            "[   3:   3] sh E stat(0x10000 /x\n{\"msg\":\"[ 1: 1] sh E execve(\"}\n, 0x0)",
+            // A name beginning with a newline still names its own call.
+            "[   3:   3] \nx E getppid()",
         ]);
         assert_eq!(counts.get("getpid"), Some(&1), "{counts:?}");
         assert_eq!(counts.get("write"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("stat"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("getppid"), Some(&1), "{counts:?}");
         assert_eq!(counts.get("read"), None, "{counts:?}");
+        assert_eq!(counts.get("execve"), None, "{counts:?}");
     }
 
     #[test]
-    fn short_and_broken_lines_do_not_panic() {
-        let (counts, _) = counted(&[
-            "strace.go:",
-            "strace.go:] [",
-            "strace.go:] [ 1: 1] ",
-            "strace.go:] [ 1: 1]  E ",
-            "strace.go:] [ 1: 1]  E (",
-            "",
-        ]);
-        assert!(counts.is_empty());
+    fn short_broken_and_foreign_lines_do_not_panic() {
+        let (mut counts, mut unparsed) = (HashMap::new(), 0);
+        for raw in ["", "{", "{\"msg\":1}", "not json [ 1: 1] sh E brk(0x0)"] {
+            count_line(raw.as_bytes(), &mut counts, &mut unparsed);
+        }
+        for m in [
+            "[",
+            "[1:1]",
+            "[1:1] ",
+            "[1:1] a",
+            "[1:1]  E",
+            "[1:1]  E (",
+            "[x:1] sh E brk(0x0)",
+            "[:] sh E brk(0x0)",
+        ] {
+            count_line(log(m).as_bytes(), &mut counts, &mut unparsed);
+        }
+        assert!(counts.is_empty(), "{counts:?}");
     }
 }

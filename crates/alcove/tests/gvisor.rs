@@ -459,8 +459,70 @@ fn trace_counts_the_programs_own_syscalls_in_gvisor() {
     let container = sandbox(&["--trace"], &program);
     let there = getppid(&container.report).expect("getppid in the container tier");
     assert!((500..=510).contains(&there), "{}", container.report);
-    // Without --trace nothing is counted (and nothing logged).
+    // A program that names itself like a call, with a newline for good
+    // measure, still counts as what it calls.
+    let forger = [
+        "python3",
+        "-c",
+        "import ctypes, os\n\
+         ctypes.CDLL(None).prctl(15, b'\\nx E execve(', 0, 0, 0)\n\
+         for _ in range(300): os.getppid()\n\
+         print(open('/proc/self/comm').read().strip() == 'x E execve(')",
+    ];
+    let run = gvisor(&["--trace"], &forger);
+    assert_eq!(run.stdout, "True\n", "the name was set: {run:?}");
+    let counted = getppid(&run.report).expect("getppid among the top calls");
+    assert!((300..=310).contains(&counted), "{}", run.report);
+    let execs = run.report["trace"]["syscalls"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "execve")
+        .map_or(0, |e| e["count"].as_u64().unwrap());
+    assert!(
+        execs < 5,
+        "the name's calls counted as execve: {}",
+        run.report
+    );
+    // Without --trace nothing is counted.
     let plain = gvisor(&[], &program);
     assert!(plain.report.get("trace").is_none(), "{}", plain.report);
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+}
+
+#[test]
+fn output_to_a_file_lands_after_what_was_written_there() {
+    if !runsc_or_skip("output_to_a_file_lands_after_what_was_written_there") {
+        return;
+    }
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    // A script's `{ echo before; alcove run ...; } > out`: the descriptor
+    // is past what was written through it, not in append mode. gVisor on
+    // its own would write at its own offset, from 0, over "before".
+    let written = |path: &Path| {
+        let mut f = std::fs::File::create(path).unwrap();
+        std::io::Write::write_all(&mut f, b"before\n").unwrap();
+        f
+    };
+    let status = Command::new(ALCOVE)
+        .args([
+            "run",
+            "--isolation",
+            "gvisor",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(written(&out))
+        .stderr(written(&err))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "before\nout\n");
+    assert_eq!(std::fs::read_to_string(&err).unwrap(), "before\nerr\n");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 }
