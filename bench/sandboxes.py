@@ -236,6 +236,16 @@ def main():
     # that does no work, and the bare spawn and wait of `true` on the host.
     row("  part: GET the sandbox (HTTP round trip)", gets)
     row("  part: posix_spawn + waitpid of true", spawns)
+    # An agent's commands one after another, nothing else between them
+    # (above, each exec follows a fork+exec, an http.client call and a spawn).
+    burst, burst_spawns = [], []
+    for _ in range(ROUNDS):
+        burst.append(ms(exec_lean))
+    for _ in range(ROUNDS):
+        burst_spawns.append(ms(lambda: os.waitpid(os.posix_spawn(true_path, [true_path], {}), 0)))
+    peer_name[id(burst_spawns)] = "posix_spawn + waitpid back to back"
+    row("  back to back: minimal client, exec true", burst, burst_spawns)
+    row("  back to back: posix_spawn + waitpid", burst_spawns)
 
     call("POST", f"/v1/sandboxes/{sid}/code", {"code": "x = 1"})
     code, cold = [], []
