@@ -108,10 +108,9 @@ pub(crate) fn binds(spec: &SandboxSpec) -> Result<Vec<ViewBind>, GvisorError> {
         if below.as_os_str().is_empty() || covered {
             continue;
         }
-        let duplicate = view
-            .iter()
-            .any(|v| v.bind.target == rule.path && v.bind.writable == mode);
-        if duplicate {
+        // Two rules naming one path (`/a` and `/a/`, `:ro` and `:rw`): its
+        // mode comes from all the rules, so one part serves both.
+        if view.iter().any(|v| v.bind.target == rule.path) {
             continue;
         }
         view.push(ViewBind {

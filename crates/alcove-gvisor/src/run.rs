@@ -242,11 +242,16 @@ pub(crate) fn io_for(spec: &SandboxSpec) -> Result<Io, GvisorError> {
     // regular file as stdout, already written through the same descriptor
     // (a script's `{ echo start; alcove run ...; } > log`), would be written
     // over, so the output goes through alcove, at the descriptor's offset.
+    // Looked at only for inherited stdio (a pooled request's is captured).
     let regular =
         |fd: u8| std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.is_file());
-    let direct = !regular(1) && !regular(2);
     Ok(match &spec.stdio {
-        Stdio::Inherit if direct && out_limit.is_none() && spec.limits.stderr_bytes.is_none() => {
+        Stdio::Inherit
+            if out_limit.is_none()
+                && spec.limits.stderr_bytes.is_none()
+                && !regular(1)
+                && !regular(2) =>
+        {
             Io {
                 stdin: None,
                 sinks: None,

@@ -872,8 +872,21 @@ fn gvisor_refuses(args: &RunArgs) -> Option<&'static str> {
 }
 
 fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: bool) -> i32 {
+    // As in the container tier: a bad report path fails before anything
+    // runs, and the counts (which slow every call) are taken only for a
+    // report to hold them.
+    let mut report = match report_path.map(std::fs::File::create).transpose() {
+        Ok(file) => file,
+        Err(e) => {
+            let path = report_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            eprintln!("alcove: error: cannot write the report to {path}: {e}");
+            return 125;
+        }
+    };
     let options = alcove_gvisor::GvisorOptions::default();
-    let result = if trace {
+    let result = if trace && report.is_some() {
         alcove_gvisor::run_counting_syscalls(spec, &options).map(|(o, seen)| (o, Some(seen)))
     } else {
         alcove_gvisor::run(spec, &options).map(|o| (o, None))
@@ -885,7 +898,7 @@ fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: 
             return 125;
         }
     };
-    if let Some(path) = report_path {
+    if let Some(file) = report.as_mut() {
         let mut json = serde_json::to_value(&outcome).expect("an outcome serialises");
         if let Some(map) = json.as_object_mut() {
             map.insert("isolation".into(), "gvisor".into());
@@ -894,11 +907,8 @@ fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: 
             }
         }
         let text = serde_json::to_string_pretty(&json).expect("a report serialises") + "\n";
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!(
-                "alcove: error: cannot write the report to {}: {e}",
-                path.display()
-            );
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            eprintln!("alcove: error: cannot write the report: {e}");
             return 125;
         }
     }

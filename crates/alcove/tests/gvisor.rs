@@ -484,9 +484,46 @@ fn trace_counts_the_programs_own_syscalls_in_gvisor() {
         "the name's calls counted as execve: {}",
         run.report
     );
+    // A program killed at its wall-clock limit while the Sentry logs its
+    // calls: the count ends with it.
+    let killed = gvisor(
+        &["--trace", "--timeout", "2s"],
+        &["sh", "-c", "while :; do cat /dev/null; done"],
+    );
+    assert_eq!(killed.status(), "timeout", "{killed:?}");
+    assert!(
+        killed.report["trace"]["syscalls"]["total"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{}",
+        killed.report
+    );
     // Without --trace nothing is counted.
     let plain = gvisor(&[], &program);
     assert!(plain.report.get("trace").is_none(), "{}", plain.report);
+    // A report that cannot be written is said before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bind = format!("{}:/out:rw", dir.path().display());
+    let out = alcove(&[
+        "run",
+        "--isolation",
+        "gvisor",
+        "--trace",
+        "--report",
+        "/nonexistent/dir/report.json",
+        "--bind",
+        &bind,
+        "--",
+        "touch",
+        "/out/ran",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("cannot write the report"), "{err}");
+    assert!(!dir.path().join("ran").exists(), "the program ran: {err}");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 }
 
