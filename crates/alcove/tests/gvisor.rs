@@ -485,12 +485,15 @@ fn trace_counts_the_programs_own_syscalls_in_gvisor() {
         run.report
     );
     // A program killed at its wall-clock limit while the Sentry logs its
-    // calls: the count ends with it.
+    // calls: the count ends with it. The limit counts the Sentry's boot too,
+    // which takes seconds in a slow guest (CI's cgroup v2 VM), so it leaves
+    // room for the loop to run, and the program says that it did.
     let killed = gvisor(
-        &["--trace", "--timeout", "2s"],
-        &["sh", "-c", "while :; do cat /dev/null; done"],
+        &["--trace", "--timeout", "6s"],
+        &["sh", "-c", "echo looping; while :; do cat /dev/null; done"],
     );
     assert_eq!(killed.status(), "timeout", "{killed:?}");
+    assert_eq!(killed.stdout, "looping\n", "the loop never started: {killed:?}");
     assert!(
         killed.report["trace"]["syscalls"]["total"]
             .as_u64()
