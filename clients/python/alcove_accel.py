@@ -117,6 +117,9 @@ class Accel:
         self.sock = sock
         self.last = None
         self._local = None  # may small work stay here (placement not gpu)?
+        # Once it may: (numpy's array type, numpy's dtype per name) for
+        # matmul's shortcut, which checks no more than it must.
+        self._fast = None
 
     def _here(self, dtype, flops, *operands):
         """numpy, if this work should run in this process: small, f32 or
@@ -128,6 +131,8 @@ class Accel:
             return None
         if self._local is None:
             self._local = self.info()["placement"] != "gpu"
+            if self._local:
+                self._fast = (np.ndarray, {"f32": np.dtype(np.float32), "f64": np.dtype(np.float64)})
         return np if self._local else None
 
     def _local_product(self, np, a, b, shape, dtype):
@@ -215,6 +220,24 @@ class Accel:
         numpy array (bf16 still as bytes). Products up to 64x64x64 in f32
         or f64 run in this process when numpy is importable (acc.last says
         "local")."""
+        fast = self._fast
+        # The shortcut, for the small numpy products an inner loop makes: the
+        # arrays already of the dtype's kind and shape, so numpy's product
+        # is what _local_product would compute; the call then costs ~0.3 us
+        # more than numpy's own (~1.5 us through _local_product).
+        if fast is not None and type(a) is fast[0] and type(b) is fast[0]:
+            kind = fast[1].get(dtype)
+            if (
+                kind is not None
+                and a.dtype is kind
+                and b.dtype is kind
+                and a.shape == (m, k)
+                and b.shape == (k, n)
+                and 2 * m * n * k <= _LOCAL_FLOPS
+            ):
+                c = a @ b
+                self.last = dict(_LOCAL_REPLY)
+                return c
         np = self._here(dtype, 2 * m * n * k)
         if np:
             return self._local_product(np, a, b, (0, m, n, k), dtype)

@@ -36,6 +36,29 @@ try:
     has_numpy = True
 except ImportError:
     has_numpy = False
+# numpy arrays of the dtype and shape asked take matmul's shortcut; the
+# others the long way, with the same answers as before it.
+shortcut = None
+if has_numpy:
+    x = numpy.arange(12, dtype=numpy.float32).reshape(3, 4)
+    y = numpy.ones((4, 2), dtype=numpy.float32)
+    exact = acc.matmul(x, y, 3, 2, 4)
+    flat = acc.matmul(x.ravel(), y.ravel(), 3, 2, 4)  # values read row-major, as the service would
+    view = acc.matmul(x.T.copy().T, y, 3, 2, 4)  # not contiguous: still its logical values
+    x64 = acc.matmul(x.astype(numpy.float64), y.astype(numpy.float64), 3, 2, 4, dtype="f64")
+    try:
+        acc.matmul(x.astype(numpy.float64), y, 3, 2, 4)  # f64 values named f32
+        wrong_kind = "accepted"
+    except alcove_accel.AccelError as e:
+        wrong_kind = str(e)
+    try:
+        acc.matmul(x, y, 2, 2, 4)  # 12 values where 8 are asked for
+        wrong_size = "accepted"
+    except alcove_accel.AccelError as e:
+        wrong_size = str(e)
+    shortcut = {"exact": exact.tolist(), "flat": flat.tolist(), "view": view.tolist(),
+                "f64": x64.tolist(), "local": acc.last.get("local", False),
+                "wrong_kind": wrong_kind, "wrong_size": wrong_size}
 f64 = acc.matmul([1.5, 2.0], [2.0, 4.0], 1, 1, 2, dtype="f64")
 eye = [1, 0, 0, 1]
 bf16 = alcove_accel.bf16_decode(acc.matmul(
@@ -44,7 +67,7 @@ f16 = struct.unpack("4e", acc.matmul([1, 2, 3, 4], eye, 2, 2, 2, dtype="f16"))
 json.dump({"c": list(c), "device": device, "relu": list(r), "placement": acc.info()["placement"],
            "big": [min(big), max(big), len(big)], "big_path": big_path, "f64": list(f64), "bf16": bf16,
            "f16": list(f16), "small": list(small), "small_local": small_local,
-           "numpy": has_numpy}, sys.stdout)
+           "numpy": has_numpy, "shortcut": shortcut}, sys.stdout)
 "#;
 
 #[test]
@@ -117,7 +140,16 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
         v["small_local"], v["numpy"],
         "small work stays in the function exactly when numpy is there"
     );
-    if v["numpy"] != true {
+    if v["numpy"] == true {
+        let rows = serde_json::json!([[6.0, 6.0], [22.0, 22.0], [38.0, 38.0]]);
+        let s = &v["shortcut"];
+        for way in ["exact", "flat", "view", "f64"] {
+            assert_eq!(s[way], rows, "{way}: {s}");
+        }
+        assert_eq!(s["local"], true, "{s}");
+        assert!(s["wrong_kind"].as_str().unwrap().contains("float64"), "{s}");
+        assert!(s["wrong_size"].as_str().unwrap().contains("bytes"), "{s}");
+    } else {
         assert!(
             std::env::var("ALCOVE_CI").as_deref() != Ok("1"),
             "python3-numpy is missing: scripts/test.sh installs it"

@@ -493,7 +493,10 @@ fn trace_counts_the_programs_own_syscalls_in_gvisor() {
         &["sh", "-c", "echo looping; while :; do cat /dev/null; done"],
     );
     assert_eq!(killed.status(), "timeout", "{killed:?}");
-    assert_eq!(killed.stdout, "looping\n", "the loop never started: {killed:?}");
+    assert_eq!(
+        killed.stdout, "looping\n",
+        "the loop never started: {killed:?}"
+    );
     assert!(
         killed.report["trace"]["syscalls"]["total"]
             .as_u64()
