@@ -95,6 +95,24 @@ class MinimalClient:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def curl_execs(sid, n):
+    """`n` execs of `true` from curl, one process on one kept-alive
+    connection (its own time_total per request, after 10 unrecorded): the
+    API's round trip from a client written in C, without Python's share."""
+    if not shutil.which("curl"):
+        print("  (curl is not installed: its row is left out)")
+        return []
+    url = f"http://{SERVER}/v1/sandboxes/{sid}/exec"
+    out = subprocess.run(
+        ["curl", "-s", "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/json",
+         "-d", '{"cmd":["true"]}', "-w", "\\n%{http_code} %{time_total}\\n"] + [url] * (n + 10),
+        capture_output=True, text=True, check=True).stdout
+    marks = [line.split() for line in out.splitlines() if line.startswith("200 ")]
+    bodies = out.count('"type":"exit","code":0')
+    assert len(marks) == n + 10 and bodies == n + 10, (len(marks), bodies, out[-300:])
+    return [float(t) * 1e3 for _, t in marks[10:]]
+
+
 def stats(xs):
     xs = sorted(xs)
     q = statistics.quantiles(xs, n=10)
@@ -245,6 +263,9 @@ def main():
         burst_spawns.append(ms(lambda: os.waitpid(os.posix_spawn(true_path, [true_path], {}), 0)))
     peer_name[id(burst_spawns)] = "posix_spawn + waitpid back to back"
     row("  back to back: minimal client, exec true", burst, burst_spawns)
+    curled = curl_execs(sid, max(ROUNDS, 100))
+    if curled:
+        row("  back to back: curl, exec true", curled, burst_spawns)
     row("  back to back: posix_spawn + waitpid", burst_spawns)
 
     call("POST", f"/v1/sandboxes/{sid}/code", {"code": "x = 1"})

@@ -10,6 +10,8 @@
 #   2. exec round trip of `true` in a live sandbox, against the same floor,
 #      with http.client and with a minimal HTTP/1.1 client (the daemon's own
 #      round trip), and its two unavoidable parts (a no-op API call, a spawn);
+#      then back to back: the minimal client, curl (one process, one kept-
+#      alive connection: a client in C) and posix_spawn+waitpid;
 #   3. run_code `1+1` in a warm interpreter, against `python3 -c 1+1` (a
 #      fresh interpreter each time, the cost a stateless tool pays);
 #   4. pause and resume (the cgroup freezer), each;
