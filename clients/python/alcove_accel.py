@@ -223,8 +223,9 @@ class Accel:
         fast = self._fast
         # The shortcut, for the small numpy products an inner loop makes: the
         # arrays already of the dtype's kind and shape, so numpy's product
-        # is what _local_product would compute; the call then costs ~0.3 us
-        # more than numpy's own (~1.5 us through _local_product).
+        # is what _local_product would compute. Measured at n=8 on a slow
+        # day: 0.95 us over numpy's own call, against 3.7 through
+        # _local_product.
         if fast is not None and type(a) is fast[0] and type(b) is fast[0]:
             kind = fast[1].get(dtype)
             if (
