@@ -16,6 +16,8 @@ import time
 
 ALCOVE = os.environ.get("ALCOVE", "target/x86_64-unknown-linux-gnu/release/alcove")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+if ROUNDS < 2:
+    sys.exit("gvisor_trace.py: give 2 rounds or more (the spread needs them)")
 PROGRAMS = {
     "true": ["true"],
     "100k getppid": ["python3", "-c", "import os\nfor _ in range(100000): os.getppid()"],
@@ -23,7 +25,11 @@ PROGRAMS = {
 
 
 def main():
-    report = os.path.join(tempfile.mkdtemp(prefix="alcove-trace-bench-"), "report.json")
+    with tempfile.TemporaryDirectory(prefix="alcove-trace-bench-") as work:
+        measure(os.path.join(work, "report.json"))
+
+
+def measure(report):
     cases = []
     for label, prog in PROGRAMS.items():
         for tier in ("container", "gvisor"):
@@ -40,7 +46,8 @@ def main():
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             times[key].append(time.perf_counter() - t)
             if key == ("100k getppid", "gvisor", True):
-                top = json.load(open(report))["trace"]["syscalls"]["top"]
+                with open(report) as f:
+                    top = json.load(f)["trace"]["syscalls"]["top"]
                 counted = next((e["count"] for e in top if e["name"] == "getppid"), None)
     print(f"{'program':14s} {'tier':10s} {'trace':6s} {'median ms':>10s} {'p10':>9s} {'p90':>9s}  ratio")
     for (label, tier, trace), v in times.items():

@@ -140,27 +140,34 @@ pub(crate) fn open_part(source: &Path, below: &Path) -> Result<Option<OwnedFd>, 
             below.display()
         )));
     };
-    let dir = alcove_sys::dirfd::open_dir(&root).map_err(|source| GvisorError::Prepare {
-        what: "opening a bind's source for --allow-path",
-        source,
-    })?;
-    let flags = libc::O_PATH | libc::O_CLOEXEC;
-    match alcove_sys::dirfd::open_beneath(dir.as_fd(), &rel, flags) {
+    let failed = |what: &str, e: std::io::Error| {
+        GvisorError::Invalid(format!(
+            "--allow-path: {what} {} in the bind of {}: {e}; check that alcove can read it, \
+             or leave the rule out",
+            below.display(),
+            source.display()
+        ))
+    };
+    let dir = match alcove_sys::dirfd::open_dir(&root) {
+        Ok(dir) => dir,
+        // A rule beneath a bound file allows nothing, as a missing path.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(failed("opening the bind's source for", e)),
+    };
+    match alcove_sys::dirfd::open_beneath(dir.as_fd(), &rel, libc::O_PATH) {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
             Err(GvisorError::Invalid(format!(
                 "--allow-path: {} in the bind of {} passes through a symbolic link or \
-                 into another mount; allow the path the link leads to, or bind that mount \
-                 itself",
+                 into another mount; the gVisor view holds only binds, so bind what the \
+                 link leads to (or that mount) with --bind, or allow a path with no link \
+                 on its way",
                 below.display(),
                 source.display()
             )))
         }
-        Err(source) => Err(GvisorError::Prepare {
-            what: "opening an allowed path in a bind's source",
-            source,
-        }),
+        Err(e) => Err(failed("opening", e)),
     }
 }
 
@@ -289,17 +296,27 @@ mod tests {
 
     #[test]
     fn a_part_is_opened_beneath_its_source_without_links() {
-        let dir = std::env::temp_dir().join(format!("alcove-allowed-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         std::fs::create_dir_all(dir.join("pub/sub")).unwrap();
+        std::fs::write(dir.join("file"), "x").unwrap();
         std::os::unix::fs::symlink("/etc", dir.join("link")).unwrap();
-        let opened = open_part(&dir, Path::new("pub/sub")).map(|fd| fd.is_some());
-        let missing = open_part(&dir, Path::new("missing")).map(|fd| fd.is_none());
-        let linked = open_part(&dir, Path::new("link/passwd")).err();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let opened = open_part(dir, Path::new("pub/sub")).map(|fd| fd.is_some());
+        let missing = open_part(dir, Path::new("missing")).map(|fd| fd.is_none());
+        // Beneath a file (a bound file's source, or a file in the way):
+        // nothing to allow, as for a missing path.
+        let under_bound_file = open_part(&dir.join("file"), Path::new("x")).map(|fd| fd.is_none());
+        let under_file = open_part(dir, Path::new("file/x")).map(|fd| fd.is_none());
+        let linked = open_part(dir, Path::new("link/passwd")).err();
         assert!(opened.unwrap());
         assert!(missing.unwrap());
+        assert!(under_bound_file.unwrap());
+        assert!(under_file.unwrap());
         let err = linked.expect("a link on the way is refused").to_string();
-        assert!(err.contains("symbolic link"), "{err}");
+        assert!(
+            err.contains("symbolic link") && err.contains("--bind"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -390,6 +390,12 @@ pub fn config_for(spec: &SandboxSpec, network: Network) -> Result<Value, GvisorE
         }
     }
     for view in crate::allowed::binds(spec)? {
+        // A part of a bind is mounted only from its pin (Bundle::create
+        // opens it beneath the bind's source): its path, joined here, is
+        // what a link could redirect, so it never reaches runsc.
+        if view.part_of.is_some() {
+            continue;
+        }
         let b = view.bind;
         let source = text(b.source.as_os_str(), "a bind's source")?;
         let target = text(b.target.as_os_str(), "a bind's target")?;

@@ -26,7 +26,10 @@ const MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GuestSyscalls {
     pub counts: Vec<(String, u64)>,
-    /// Log lines that looked like a call but named none alcove knows.
+    /// Log lines that looked like a call but could not be counted as one:
+    /// cut (longer than 64 KiB: a long execve's arguments), naming no call
+    /// alcove knows, or with a second " E "/" X " in the thread's name or
+    /// its paths (a program can move its own calls here, not add any).
     pub unparsed: u64,
 }
 
@@ -117,15 +120,18 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
         let ended = done.load(Ordering::Acquire);
         // Linux reports POLLHUP on a FIFO only once a writer came and went:
         // until runsc opens it, this waits (and looks at `done` each 100 ms).
-        match alcove_sys::fd::poll(&mut pfd, Some(Duration::from_millis(100))) {
-            Ok(0) if ended => break,
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        // Once the run has ended, what is left in the FIFO is read to its
+        // end whatever poll said (an interrupted poll says 0).
+        let ready = match alcove_sys::fd::poll(&mut pfd, Some(Duration::from_millis(100))) {
+            Ok(n) => n > 0,
             Err(_) => break,
+        };
+        if !ready && !ended {
+            continue;
         }
         let n = match io::Read::read(&mut fifo, &mut buf) {
             Ok(0) if ended => break,
+            Err(e) if ended && e.kind() == io::ErrorKind::WouldBlock => break,
             // Every writer closed it for now; a new one may still open it
             // (its open would wait for a reader): read on until the run ends.
             Ok(0) => {
@@ -167,16 +173,23 @@ fn read_all(mut fifo: std::fs::File, done: &AtomicBool) -> GuestSyscalls {
     GuestSyscalls { counts, unparsed }
 }
 
+/// One line of the Sentry's JSON log: only its message is read.
+#[derive(serde::Deserialize)]
+struct LogLine<'a> {
+    #[serde(borrow)]
+    msg: std::borrow::Cow<'a, str>,
+}
+
+/// The longest call name looked up.
+const MAX_NAME: usize = 64;
+
 /// Counts one line of the Sentry's JSON log if it is a call's entry:
 /// `{"msg":"[   1:   1] sh E brk(0x0)",...}`. JSON keeps what the program
 /// controls (its thread's name, the paths it passes) inside one message:
 /// a newline there cannot start a line of its own.
 fn count_line(line: &[u8], counts: &mut HashMap<&'static str, u64>, unparsed: &mut u64) {
-    let Ok(entry) = serde_json::from_slice::<serde_json::Value>(line) else {
+    let Ok(LogLine { msg }) = serde_json::from_slice::<LogLine<'_>>(line) else {
         return; // not the log's (there is nothing else in the FIFO)
-    };
-    let Some(msg) = entry.get("msg").and_then(|m| m.as_str()) else {
-        return;
     };
     // "[ tid: pid] ": strace's lines, and only theirs, begin so.
     let Some(task) = msg.strip_prefix('[').and_then(|rest| {
@@ -188,26 +201,38 @@ fn count_line(line: &[u8], counts: &mut HashMap<&'static str, u64>, unparsed: &m
         return; // the Sentry's other messages
     };
     // `comm E name(` or `comm X name(...) = ...`: the thread's name is at
-    // most 15 bytes (15 characters once JSON has replaced bad UTF-8) and
-    // the program chooses it, so the line's marker is the last " E " or
-    // " X " starting within 15 characters: one inside the name comes
-    // before the real one. A name can still relabel its own calls, one for
-    // one; it cannot add lines or hide them.
-    let chars: Vec<char> = task.chars().take(15 + 3 + 64).collect();
-    let Some(last) = chars.len().checked_sub(3) else {
-        return;
-    };
-    let marker = (0..=15.min(last))
-        .rev()
-        .find(|&i| chars[i] == ' ' && matches!(chars[i + 1], 'E' | 'X') && chars[i + 2] == ' ');
-    let Some(marker) = marker.filter(|&i| chars[i + 1] == 'E') else {
-        return; // an exit line, or none of strace's
-    };
-    let name: String = chars[marker + 3..]
-        .iter()
-        .take_while(|&&c| c != '(')
+    // most 15 bytes (15 characters once JSON has replaced bad UTF-8), so
+    // the line's marker is a " E " or " X " starting within 15 characters.
+    // The program chooses its name and its paths (printed after the call's
+    // name), so a second marker there may be in either: which is real
+    // cannot be told, and such a line counts as unparsed. A program can
+    // thus move its own calls into `unparsed`; it cannot add or relabel any.
+    let head: Vec<(usize, char)> = task.char_indices().take(15 + 3).collect();
+    let markers: Vec<&[(usize, char)]> = head
+        .windows(3)
+        .filter(|w| w[0].1 == ' ' && matches!(w[1].1, 'E' | 'X') && w[2].1 == ' ')
         .collect();
-    let known = alcove_sandbox::syscall_number(&name).and_then(alcove_sandbox::syscall_name);
+    let marker = match markers[..] {
+        [] => return, // none of strace's
+        [one] => one,
+        _ => {
+            *unparsed += 1;
+            return;
+        }
+    };
+    if marker[1].1 != 'E' {
+        return; // an exit line
+    }
+    let rest = &task[marker[2].0 + 1..];
+    let name = &rest[..rest.find('(').unwrap_or(rest.len())];
+    if let Some(n) = counts.get_mut(name) {
+        *n += 1;
+        return;
+    }
+    let known = (name.len() <= MAX_NAME)
+        .then(|| alcove_sandbox::syscall_number(name))
+        .flatten()
+        .and_then(alcove_sandbox::syscall_name);
     match known {
         Some(name) => *counts.entry(name).or_default() += 1,
         None => *unparsed += 1,
@@ -249,24 +274,29 @@ mod tests {
     }
 
     #[test]
-    fn what_the_program_controls_cannot_add_or_hide_calls() {
-        let (counts, _) = counted(&[
+    fn what_the_program_controls_cannot_add_or_relabel_calls() {
+        let (counts, unparsed) = counted(&[
             // A thread named "a E read(" (15 bytes at most), entering and
-            // leaving getpid: one getpid, no read.
+            // leaving getpid: which marker is real cannot be told, so
+            // neither line counts as a call, the entry as unparsed.
             "[   3:   3] a E read( E getpid()",
             "[   3:   3] a E read( X getpid() = 0x3",
             "[   3:   3] E E E E  E write(0x1 E x)",
+            // An empty name and a path that reads like a call: neither the
+            // entry nor the exit counts as getpid.
+            "[   3:   3]  E open(0x10000 E getpid(, 0x0, 0o0)",
+            "[   3:   3]  X open(0x10000 E getpid(, 0x0, 0o0) = 0x3 (1.2µs)",
             // A path holding newlines and whole fake lines stays one call.
             "[   3:   3] sh E stat(0x10000 /x\n{\"msg\":\"[ 1: 1] sh E execve(\"}\n, 0x0)",
             // A name beginning with a newline still names its own call.
             "[   3:   3] \nx E getppid()",
         ]);
-        assert_eq!(counts.get("getpid"), Some(&1), "{counts:?}");
-        assert_eq!(counts.get("write"), Some(&1), "{counts:?}");
         assert_eq!(counts.get("stat"), Some(&1), "{counts:?}");
         assert_eq!(counts.get("getppid"), Some(&1), "{counts:?}");
-        assert_eq!(counts.get("read"), None, "{counts:?}");
-        assert_eq!(counts.get("execve"), None, "{counts:?}");
+        for forged in ["getpid", "read", "write", "open", "execve"] {
+            assert_eq!(counts.get(forged), None, "{forged}: {counts:?}");
+        }
+        assert_eq!(unparsed, 5, "the five ambiguous lines");
     }
 
     #[test]

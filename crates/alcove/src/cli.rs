@@ -781,6 +781,9 @@ fn run(args: RunArgs) -> i32 {
             }
         }
     }
+    if monitoring.trace && report_path.is_none() {
+        warn_trace_without_report();
+    }
     let result = match watch.as_mut() {
         Some(w) => alcove_sandbox::run_observed(&spec, &options, w),
         None => alcove_sandbox::run(&spec, &options),
@@ -871,6 +874,15 @@ fn gvisor_refuses(args: &RunArgs) -> Option<&'static str> {
     .find_map(|(used, flag)| used.then_some(flag))
 }
 
+/// `--trace` without `--report`: the counts would go nowhere (said once
+/// the run is about to start, after any refusal).
+fn warn_trace_without_report() {
+    eprintln!(
+        "alcove: warning: --trace counts into the report: add --report FILE to keep them \
+         (--trace-live prints events as they happen)"
+    );
+}
+
 fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: bool) -> i32 {
     // As in the container tier: a bad report path fails before anything
     // runs, and the counts (which slow every call) are taken only for a
@@ -885,6 +897,9 @@ fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: 
             return 125;
         }
     };
+    if trace && report.is_none() {
+        warn_trace_without_report();
+    }
     let options = alcove_gvisor::GvisorOptions::default();
     let result = if trace && report.is_some() {
         alcove_gvisor::run_counting_syscalls(spec, &options).map(|(o, seen)| (o, Some(seen)))
@@ -895,6 +910,13 @@ fn run_gvisor(spec: &SandboxSpec, report_path: Option<&std::path::Path>, trace: 
         Ok(o) => o,
         Err(e) => {
             eprintln!("alcove: error: {}", alcove_sandbox::error_chain(&e));
+            // The report, opened above, says so too (not left empty).
+            if let Some(file) = report.as_mut() {
+                let mut json = error_report(&e);
+                json["isolation"] = "gvisor".into();
+                let text = serde_json::to_string_pretty(&json).expect("a report serialises") + "\n";
+                let _ = file.write_all(text.as_bytes());
+            }
             return 125;
         }
     };
@@ -943,7 +965,7 @@ fn limit_note(outcome: &Outcome, spec: &SandboxSpec) -> Option<String> {
     }
 }
 
-fn error_report(e: &SandboxError) -> serde_json::Value {
+fn error_report(e: &dyn std::error::Error) -> serde_json::Value {
     serde_json::json!({
         "status": "error",
         "error": alcove_sandbox::error_chain(e),
