@@ -201,13 +201,19 @@ def main():
     exec_true(first["id"])
     call("DELETE", f"/v1/sandboxes/{first['id']}")
 
-    create_first, floor, crun, removes, outbound = [], [], [], [], []
+    create_first, fresh_first, floor, crun, removes, outbound = [], [], [], [], [], []
     for _ in range(ROUNDS):
         t = time.perf_counter()
         sb = call("POST", "/v1/sandboxes", {})
         exec_true(sb["id"])
         create_first.append((time.perf_counter() - t) * 1e3)
         removes.append(ms(lambda: call("DELETE", f"/v1/sandboxes/{sb['id']}")))
+        # An environment is set when the agent starts: never from the pool.
+        t = time.perf_counter()
+        sb = call("POST", "/v1/sandboxes", {"env": {"BENCH": "1"}})
+        exec_true(sb["id"])
+        fresh_first.append((time.perf_counter() - t) * 1e3)
+        call("DELETE", f"/v1/sandboxes/{sb['id']}")
         if OUTBOUND:
             t = time.perf_counter()
             sb = call("POST", "/v1/sandboxes", {"net": "outbound", "allow_out": ["example.com"]})
@@ -219,8 +225,9 @@ def main():
             crun.append(ms(runc_true))
     peer_name[id(floor)] = "fork+exec floor"
     peer_name[id(crun)] = "runc run (true)"
-    print("\n1. create to first exec (`true`), interleaved:")
+    print(f"\n1. create to first exec (`true`), interleaved (ready pool: --sandbox-pool {os.environ.get('SANDBOX_POOL', '2')}):")
     row("alcove: create + exec true", create_first, floor)
+    row("alcove: create made afresh (env) + exec true", fresh_first, floor)
     if crun:
         print(f"  {'':<44} {stats(create_first)[0] / stats(crun)[0]:.2f}x of runc run (true)")
         row("runc run of a busybox bundle (true)", crun, floor)

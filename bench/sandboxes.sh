@@ -3,7 +3,10 @@
 # the measuring, with python's http.client on one kept-alive connection):
 #
 #   1. create to first exec: POST /v1/sandboxes, then POST .../exec `true`
-#      read to its exit line; against the fork+exec floor (python's
+#      read to its exit line, as a client asking for nothing more gets it
+#      (a ready sandbox from the daemon's pool, --sandbox-pool, SANDBOX_POOL
+#      here, default 2) and made afresh (an environment given), interleaved;
+#      against the fork+exec floor (python's
 #      subprocess.run(["true"]) on the host) and `runc run` of a busybox
 #      bundle running `true` (a container made, run and deleted), interleaved
 #      (runc, not crun: Debian's crun 1.8 refuses a cgroup-hybrid host);
@@ -62,7 +65,7 @@ fi
 printf 'bench-token-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/token"
 chmod 600 "$work/token"
 "$ALCOVE" serve --listen 127.0.0.1:0 --data-dir "$work/data" --token-file "$work/token" \
-    --max-sandboxes "$(( ${IDLE:-1000} + 16 ))" 2> "$work/daemon.log" &
+    --max-sandboxes "$(( ${IDLE:-1000} + 16 ))" --sandbox-pool "${SANDBOX_POOL:-2}" 2> "$work/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do
     grep -q 'serving http://' "$work/daemon.log" && break

@@ -69,16 +69,18 @@ class Fork(_rt.Template):
 _libc = []
 
 
-def prepare():
+def prepare(asked=None):
     """In the session, after a fork is answered: its large regions backed
     by huge pages (alcove_runtime.collapse_large_regions), so the next fork
     copies one page-table entry per 2 MiB of them instead of 512 (and its
     child's exit frees as few). The first collapse of a region copies it
-    (~0.2 s for 100 MiB here), which is why it is not done while a fork
-    waits; again after each fork, for what was allocated since. Best effort."""
+    (0.2-1.9 s for 100 MiB here, by the day), which is why it is not done
+    while a fork waits, and stops as soon as `asked()` says a request is
+    waiting (returning False; the session carries on after that request);
+    again after each fork, for what was allocated since. Best effort."""
     if not _libc:
         _libc.append(ctypes.CDLL(None, use_errno=True))
-    _rt.collapse_large_regions(_libc[0])
+    return _rt.collapse_large_regions(_libc[0], asked)
 
 
 def shared_with_parent():

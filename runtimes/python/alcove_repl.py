@@ -47,6 +47,7 @@ import json as _json  # noqa: E402
 import linecache as _linecache  # noqa: E402
 import os as _os  # noqa: E402
 import re as _re  # noqa: E402
+import select as _select  # noqa: E402
 import socket as _socket  # noqa: E402
 import sys as _sys  # noqa: E402
 import time as _time  # noqa: E402
@@ -514,9 +515,16 @@ def _main():
             del out
             if after_fork[0]:
                 after_fork[0] = False
+                sock = chan["sock"]
+
+                def asked():
+                    """A request is waiting: it goes first (a fork, say)."""
+                    return bool(_select.select([sock], [], [], 0)[0])
+
                 try:
-                    _load_sibling("alcove_fork").prepare()
-                except (OSError, AttributeError):
+                    # Cut short by a request: carried on after it.
+                    after_fork[0] = not _load_sibling("alcove_fork").prepare(asked)
+                except (OSError, AttributeError, ValueError):
                     pass
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon has gone: as good as EOF

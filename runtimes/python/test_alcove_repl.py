@@ -536,6 +536,56 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(self.repl.stderr(), "")
 
 
+class CollapseTest(unittest.TestCase):
+    """alcove_runtime.collapse_large_regions: one huge page per madvise (so
+    the process returns to user space, where the freezer and signals reach
+    it, between pages), and it stops when asked to."""
+
+    HUGE = 2 << 20
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def madvise(self, start, length, advice):
+            self.calls.append((start.value, length.value, advice))
+            return 0
+
+    def setUp(self):
+        import mmap
+        sys.path.insert(0, os.path.dirname(REPL))
+        import alcove_runtime
+        self.rt = alcove_runtime
+        # Anonymous, private, rw: one of the regions it collapses.
+        self.region = mmap.mmap(-1, 16 * self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.region[0] = 1
+
+    def tearDown(self):
+        self.region.close()
+        sys.path.remove(os.path.dirname(REPL))
+
+    def test_one_huge_page_per_call_over_the_region(self):
+        rec = self.Recorder()
+        self.assertTrue(self.rt.collapse_large_regions(rec))
+        import ctypes
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
+        ours = [c for c in rec.calls if base <= c[0] < base + 16 * self.HUGE]
+        self.assertGreaterEqual(len(ours), 14, rec.calls)  # 15 or 16 whole huge pages in it
+        self.assertTrue(all(length == self.HUGE and start % self.HUGE == 0
+                            and advice == self.rt.MADV_COLLAPSE for start, length, advice in ours), ours)
+
+    def test_stops_when_asked(self):
+        rec = self.Recorder()
+        asked = []
+
+        def stop():
+            asked.append(1)
+            return len(asked) > 3
+
+        self.assertFalse(self.rt.collapse_large_regions(rec, stop))
+        self.assertEqual(len(rec.calls), 3, rec.calls)
+
+
 class ReplFdTest(unittest.TestCase):
     def test_control_fd_from_environment(self):
         repl = Repl(at_fd3=False)

@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub shared: Option<crate::SharedStoreConfig>,
     /// Agent sandboxes held at once.
     pub max_sandboxes: usize,
+    /// Default agent sandboxes kept started ahead of creates (0: none;
+    /// at most `sandboxes::MAX_POOL`).
+    pub sandbox_pool: usize,
     /// The resolver outbound agent sandboxes' allowed names are asked of
     /// (None: the host's first nameserver).
     pub sandbox_dns: Option<std::net::SocketAddr>,
@@ -94,6 +97,7 @@ impl EngineConfig {
             node: host_name(),
             shared: None,
             max_sandboxes: 1024,
+            sandbox_pool: 2,
             sandbox_dns: None,
         }
     }
@@ -297,6 +301,7 @@ impl Engine {
             .map_err(EngineError::io("creating the shutdown pipe"))?;
         let monitor = crate::monitoring::EngineMonitor::new(config.monitor);
         let config_max_sandboxes = config.max_sandboxes;
+        let config_sandbox_pool = config.sandbox_pool;
         let engine = Arc::new(Engine {
             admission: Admission::new(
                 config.max_running,
@@ -323,7 +328,7 @@ impl Engine {
             warm: Default::default(),
             gvisor: Default::default(),
             me: std::sync::OnceLock::new(),
-            sandboxes: crate::sandboxes::Sandboxes::new(config_max_sandboxes),
+            sandboxes: crate::sandboxes::Sandboxes::new(config_max_sandboxes, config_sandbox_pool),
             metrics,
             stats: Default::default(),
         });

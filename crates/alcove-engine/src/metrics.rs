@@ -60,6 +60,8 @@ pub struct Metrics {
     pub pool_prepared: Gauge,
     /// gVisor functions' sandboxes booted ahead and ready now.
     pub gvisor_pool_ready: Family<FunctionLabel, Gauge>,
+    /// Agent sandboxes started ahead of creates and ready now.
+    pub agent_sandbox_pool_ready: Gauge,
 }
 
 impl Metrics {
@@ -86,6 +88,12 @@ impl Metrics {
         let pool_slots = Gauge::default();
         let pool_prepared = Gauge::default();
         let gvisor_pool_ready = Family::<FunctionLabel, Gauge>::default();
+        let agent_sandbox_pool_ready = Gauge::default();
+        registry.register(
+            "agent_sandbox_pool_ready",
+            "Default agent sandboxes started ahead of creates and ready now (--sandbox-pool)",
+            agent_sandbox_pool_ready.clone(),
+        );
         registry.register(
             "gvisor_pool_ready",
             "gVisor sandboxes booted ahead of requests and ready now, by function",
@@ -168,6 +176,7 @@ impl Metrics {
             pool_slots,
             pool_prepared,
             gvisor_pool_ready,
+            agent_sandbox_pool_ready,
         }
     }
 

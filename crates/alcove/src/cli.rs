@@ -105,6 +105,12 @@ struct ServeArgs {
     /// Agent sandboxes held at once (`alcove sandbox create`); beyond it, 429.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_sandboxes: u64,
+    /// Default agent sandboxes (no image, template or environment, default
+    /// limits, --net none) kept started, so that a create asking for no
+    /// more is handed one at once; filled after the first such create.
+    /// Not counted in --max-sandboxes until claimed; 0: none.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=64))]
+    sandbox_pool: u64,
     /// The DNS server (ADDR or ADDR:PORT) that outbound agent sandboxes'
     /// allowed names are resolved with [default: the host's first nameserver].
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_server)]
@@ -504,6 +510,7 @@ pub fn main() -> i32 {
                 image_store: args.image_store,
                 max_running: args.max_running,
                 max_sandboxes: args.max_sandboxes as usize,
+                sandbox_pool: args.sandbox_pool as usize,
                 sandbox_dns: args.sandbox_dns,
                 max_queued: args.max_queued,
                 max_queued_bytes: args.max_queued_bytes,

@@ -23,6 +23,7 @@ pub struct ServeOptions {
     pub image_store: Option<PathBuf>,
     pub max_running: Option<usize>,
     pub max_sandboxes: usize,
+    pub sandbox_pool: usize,
     pub sandbox_dns: Option<std::net::SocketAddr>,
     pub max_queued: Option<usize>,
     pub max_queued_bytes: Option<u64>,
@@ -228,6 +229,7 @@ fn own_token(data_dir: &Path) -> anyhow::Result<String> {
 fn engine_config(options: &ServeOptions) -> EngineConfig {
     let mut config = EngineConfig::new(options.data_dir.clone());
     config.max_sandboxes = options.max_sandboxes;
+    config.sandbox_pool = options.sandbox_pool;
     config.sandbox_dns = options.sandbox_dns;
     if let Some(n) = options.max_running {
         config.max_running = n.max(1);

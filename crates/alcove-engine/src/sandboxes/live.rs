@@ -384,6 +384,91 @@ pub(super) async fn start(
     req: CreateSandbox,
     restore: Option<Restore>,
 ) -> Result<Arc<LiveSandbox>, SandboxesError> {
+    let first = restore.is_none();
+    launch(engine, req, restore, false)
+        .await?
+        .finish(first)
+        .await
+}
+
+/// A timeout and an idle pause within bounds (the request's, or the
+/// defaults), or why not.
+pub(super) fn check_clock(req: &CreateSandbox) -> Result<(u64, u64), SandboxesError> {
+    let timeout_s = req.timeout_s.unwrap_or(super::DEFAULT_TIMEOUT_S);
+    check_timeout(timeout_s)?;
+    let idle_pause_s = req.idle_pause_s.unwrap_or(0);
+    if idle_pause_s > super::MAX_TIMEOUT_S {
+        return Err(SandboxesError::Invalid(format!(
+            "idle_pause_s {idle_pause_s}: give 0 (never) to {}",
+            super::MAX_TIMEOUT_S
+        )));
+    }
+    Ok((timeout_s, idle_pause_s))
+}
+
+/// A sandbox whose agent is ready, not yet handed out (by a create, a
+/// restart, or the pool of ready sandboxes: pool.rs): its parts, and its
+/// home until its record is saved.
+pub(super) struct Launched {
+    parts: Parts,
+    unmade: Unmade,
+}
+
+impl Launched {
+    /// Hands it out: registered by the caller; a new one's record is saved
+    /// first (a sandbox whose record cannot be saved is ended).
+    pub(super) async fn finish(self, first: bool) -> Result<Arc<LiveSandbox>, SandboxesError> {
+        let Launched { parts, unmade } = self;
+        let sandbox = LiveSandbox::assemble(parts);
+        if first {
+            sandbox.save_first_record().await?;
+        }
+        unmade.keep();
+        Ok(sandbox)
+    }
+
+    /// A pooled sandbox given what `req` asked (already checked: metadata,
+    /// timeout, idle pause), its clock starting now: everything else of
+    /// `req` is what the pool's sandboxes were made with (pool::poolable).
+    pub(super) fn claimed_as(mut self, req: CreateSandbox, clock: (u64, u64)) -> Self {
+        let (timeout_s, idle_pause_s) = clock;
+        let at = now();
+        let p = &mut self.parts;
+        p.created_at = at;
+        p.timeout_s = timeout_s;
+        p.expires_at = at + timeout_s as f64;
+        p.idle_pause_s = idle_pause_s;
+        p.request.timeout_s = Some(timeout_s);
+        p.request.idle_pause_s = Some(idle_pause_s);
+        p.request.metadata = req.metadata;
+        self
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.parts.id
+    }
+
+    /// Its agent still answers and its run has not ended.
+    pub(super) fn alive(&self) -> bool {
+        !*self.parts.ended.borrow() && !*self.parts.link.gone().borrow()
+    }
+
+    /// Ends it and removes its files (it was never handed out).
+    pub(super) async fn discard(self) {
+        let Launched { parts, unmade } = self;
+        unmade.keep(); // removed below, off the async threads
+        LiveSandbox::assemble(parts).remove().await;
+    }
+}
+
+/// Starts a sandbox as `req` asks; `pooled`: for the pool (said in its
+/// start event; its clock starts when it is claimed).
+pub(super) async fn launch(
+    engine: &Arc<Engine>,
+    req: CreateSandbox,
+    restore: Option<Restore>,
+    pooled: bool,
+) -> Result<Launched, SandboxesError> {
     let mut req = req;
     let template = match (&req.template, &restore) {
         (Some(name), None) => Some(engine.sandbox_template(name)?),
@@ -398,15 +483,7 @@ pub(super) async fn start(
     check_metadata(&req.metadata)?;
     let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
     check_env(&env)?;
-    let timeout_s = req.timeout_s.unwrap_or(super::DEFAULT_TIMEOUT_S);
-    check_timeout(timeout_s)?;
-    let idle_pause_s = req.idle_pause_s.unwrap_or(0);
-    if idle_pause_s > super::MAX_TIMEOUT_S {
-        return Err(SandboxesError::Invalid(format!(
-            "idle_pause_s {idle_pause_s}: give 0 (never) to {}",
-            super::MAX_TIMEOUT_S
-        )));
-    }
+    let (timeout_s, idle_pause_s) = check_clock(&req)?;
     let gvisor = match req.isolation.as_deref() {
         None | Some("container") => false,
         Some("gvisor") => true,
@@ -645,7 +722,10 @@ pub(super) async fn start(
     // Said before its first process runs: its events come after this one.
     engine.emit_sandbox(
         &id,
-        serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
+        match pooled {
+            false => serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
+            true => serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some(), "pooled": true }),
+        },
     );
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
@@ -767,7 +847,7 @@ pub(super) async fn start(
     req.timeout_s = Some(timeout_s);
     req.idle_pause_s = Some(idle_pause_s);
     let cpus = req.cpus;
-    let sandbox = LiveSandbox::assemble(Parts {
+    let parts = Parts {
         id,
         link,
         netns,
@@ -793,12 +873,8 @@ pub(super) async fn start(
         end_reason,
         interpreter: None,
         nested_in: None,
-    });
-    if restore.is_none() {
-        sandbox.save_first_record().await?;
-    }
-    unmade.keep();
-    Ok(sandbox)
+    };
+    Ok(Launched { parts, unmade })
 }
 
 /// Where a sandbox's home is opened from: [`LiveSandbox::home`].

@@ -18,6 +18,7 @@ mod host_net;
 mod live;
 pub mod network;
 mod persist;
+mod pool;
 pub mod process;
 mod resolver;
 mod templates;
@@ -26,6 +27,7 @@ pub use code::CodeEvent;
 pub use error::SandboxesError;
 pub use files::{FileWriter, WatchStream};
 pub use live::{ExecRequest, InUse, LiveSandbox, SandboxInfo, SandboxState};
+pub use pool::MAX_POOL;
 pub use templates::TemplateInfo;
 
 use crate::engine::Engine;
@@ -106,6 +108,8 @@ pub struct Sandboxes {
     /// Sandboxes being created count against the limit too.
     starting: Mutex<usize>,
     max: usize,
+    /// Sandboxes started before a create asks (pool.rs).
+    pool: pool::Pool,
 }
 
 /// A stopped sandbox: its record, why it stopped, and the lock a start
@@ -159,12 +163,13 @@ async fn remove_live(sandbox: Arc<LiveSandbox>) -> SandboxInfo {
 }
 
 impl Sandboxes {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, pool: usize) -> Self {
         Sandboxes {
             live: Mutex::default(),
             stopped: Mutex::default(),
             starting: Mutex::new(0),
             max,
+            pool: pool::Pool::new(pool),
         }
     }
 
@@ -302,10 +307,30 @@ impl Engine {
         req: CreateSandbox,
     ) -> Result<SandboxInfo, SandboxesError> {
         let _started = self.reserve()?;
-        let sandbox = live::start(self, req, None).await?;
+        if !self.sandboxes.pool.enabled() || !pool::poolable(&req) {
+            let sandbox = live::start(self, req, None).await?;
+            let info = sandbox.info();
+            self.register(&sandbox);
+            return Ok(info);
+        }
+        // What a claim sets is checked before one is taken.
+        check_metadata(&req.metadata)?;
+        let clock = live::check_clock(&req)?;
+        let made = match self.take_ready_sandbox() {
+            Some(ready) => ready.claimed_as(req, clock).finish(true).await,
+            None => live::start(self, req, None).await,
+        };
+        // After this create's own start: a refill would compete with it.
+        self.refill_ready_sandboxes();
+        let sandbox = made?;
         let info = sandbox.info();
         self.register(&sandbox);
         Ok(info)
+    }
+
+    /// How many ready sandboxes the pool holds now (pool.rs).
+    pub fn sandbox_pool_ready(&self) -> usize {
+        self.sandboxes.pool.ready()
     }
 
     /// The nearest sandbox whose process tree `sandbox` lives in (it is a
@@ -590,6 +615,7 @@ impl Engine {
     /// once) until they are gone: what a stopping daemon does. Their homes
     /// and records stay: the next daemon shows them as `stopped`.
     pub(crate) async fn stop_all_sandboxes(&self) {
+        self.drain_ready_sandboxes().await;
         let all: Vec<_> = self
             .sandboxes
             .all()

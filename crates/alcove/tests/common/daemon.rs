@@ -26,10 +26,19 @@ impl Daemon {
     }
 
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        // No ready sandboxes unless a test asks: the tests count what is
+        // left on the host while their daemon runs, and a daemon dropped
+        // here is killed (-9), which leaves ready sandboxes' homes mounted
+        // until the next daemon on that directory (sandbox_pool.rs tests them).
+        let pool: &[&str] = match extra.contains(&"--sandbox-pool") {
+            true => &[],
+            false => &["--sandbox-pool", "0"],
+        };
         let mut child = Command::new(ALCOVE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
+            .args(pool)
             .envs(env.iter().copied())
             .env_remove("ALCOVE_TOKEN")
             .stdin(Stdio::null())

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod guard;
 pub mod gvisor;
 pub mod oci;
+pub mod sandbox_home;
 pub mod sdk;
 pub mod warm;
 

@@ -1,0 +1,212 @@
+//! The pool of ready agent sandboxes (`--sandbox-pool`), through a real
+//! `alcove serve`: it fills only after a create that it could serve, a
+//! create asking for no more is handed a ready one (its metadata, timeout
+//! and clock its own, set at the claim), anything else is made afresh, the
+//! pool refills, ready ones are neither listed nor recorded, and nothing of
+//! them is left after a graceful stop or after a kill -9 and the next
+//! daemon's start.
+
+mod common;
+use common::daemon::Daemon;
+use common::sandbox_home::*;
+use common::*;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// `alcove_agent_sandbox_pool_ready` from the daemon's /metrics.
+fn ready(d: &Daemon) -> i64 {
+    let text = d.http("GET", "/metrics", b"").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("alcove_agent_sandbox_pool_ready "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no alcove_agent_sandbox_pool_ready in /metrics:\n{text}"))
+}
+
+fn wait_ready(d: &Daemon, n: i64) {
+    wait_until(
+        &format!("{n} ready sandboxes"),
+        Duration::from_secs(30),
+        || ready(d) == n,
+    );
+}
+
+/// Directories in sandboxes/ without a record: the ready ones.
+fn unrecorded(f: &Fixture) -> BTreeSet<String> {
+    entries(&f.sandboxes())
+        .into_iter()
+        .filter(|id| !f.sandboxes().join(id).join("sandbox.json").exists())
+        .collect()
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
+    let Some(f) = Fixture::new("a_create_is_handed_a_ready_sandbox_with_its_own_clock") else {
+        return;
+    };
+    let mut d = f.daemon_with(&["--sandbox-pool", "2"]);
+    // Nothing is started before sandboxes are used.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ready(&d), 0);
+    assert!(
+        entries(&f.sandboxes()).is_empty(),
+        "{:?}",
+        entries(&f.sandboxes())
+    );
+
+    let first = create(&d, json!({}));
+    wait_ready(&d, 2);
+    let pooled = unrecorded(&f);
+    assert_eq!(pooled.len(), 2, "two ready sandboxes' homes: {pooled:?}");
+    assert!(!pooled.contains(&first));
+    for id in &pooled {
+        let home = f.sandboxes().join(id).join("home");
+        assert_eq!(mounts_under(&home), [home.to_string_lossy()]);
+        // Not a sandbox of anyone's yet.
+        assert_eq!(
+            d.http("GET", &format!("/v1/sandboxes/{id}"), b"").status,
+            404
+        );
+    }
+    let listed = d.http("GET", "/v1/sandboxes", b"").json();
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 1, "{listed}");
+
+    // A claim: the oldest ready one, with this create's metadata and clock.
+    std::thread::sleep(Duration::from_millis(1100));
+    let asked_at = now();
+    let claimed = create(
+        &d,
+        json!({ "metadata": { "who": "claimed" }, "timeout_s": 120, "idle_pause_s": 30 }),
+    );
+    assert!(
+        pooled.contains(&claimed),
+        "{claimed} is not one of the ready {pooled:?}"
+    );
+    let got = info(&d, &claimed);
+    let created_at = got["created_at"].as_f64().unwrap();
+    assert!(
+        created_at >= asked_at - 0.05 && created_at <= now(),
+        "its clock starts at the claim ({asked_at}), not when it was made: {got}"
+    );
+    assert_eq!(got["expires_at"].as_f64().unwrap(), created_at + 120.0);
+    assert_eq!(got["timeout_s"], 120);
+    assert_eq!(got["idle_pause_s"], 30);
+    assert_eq!(got["metadata"], json!({ "who": "claimed" }));
+    assert_eq!(got["state"], "running");
+    assert_eq!(got["limits"], info(&d, &first)["limits"]);
+    assert!(
+        f.sandboxes().join(&claimed).join("sandbox.json").exists(),
+        "a claimed sandbox has its record"
+    );
+    let (code, out) = d.sandbox_exec(&claimed, json!("id -u; pwd; echo $HOME"));
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            Some(0),
+            format!("{SANDBOX_UID}\n/home/user\n/home/user\n").as_str()
+        )
+    );
+    write_file(&d, &claimed, "notes.txt", "mine\n");
+    let (_, out) = d.sandbox_exec(&claimed, json!(["cat", "notes.txt"]));
+    assert_eq!(out, "mine\n");
+    let listed = d
+        .http("GET", "/v1/sandboxes?metadata.who=claimed", b"")
+        .json();
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Bad input is refused before a ready one is taken.
+    let r = d.http("POST", "/v1/sandboxes", br#"{"timeout_s": 0}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = d.http("POST", "/v1/sandboxes", br#"{"metadata": {"a b": "x"}}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Anything more than metadata and a clock is made afresh.
+    let own = create(&d, json!({ "env": { "X": "fresh" } }));
+    assert!(!pooled.contains(&own));
+    let (_, out) = d.sandbox_exec(&own, json!("echo $X"));
+    assert_eq!(out, "fresh\n");
+
+    // The pool refills to two, the claimed one no longer among them.
+    wait_ready(&d, 2);
+    let now_ready = unrecorded(&f);
+    assert_eq!(now_ready.len(), 2, "{now_ready:?}");
+    assert!(!now_ready.contains(&claimed));
+
+    for id in [&first, &claimed, &own] {
+        remove_and_check(&d, &f, id);
+    }
+    assert_eq!(unrecorded(&f), now_ready, "only the ready ones are left");
+
+    // A graceful stop removes the ready ones whole.
+    let agents_before = agents();
+    assert!(
+        agents_before.len() >= 2,
+        "the ready sandboxes' agents run: {agents_before:?}"
+    );
+    // SAFETY: kill on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "the daemon's exit: {status:?}");
+    assert_nothing_left(&f);
+    let outlived: Vec<_> = agents().intersection(&agents_before).cloned().collect();
+    assert!(
+        outlived.is_empty(),
+        "agents outlived the daemon: {outlived:?}"
+    );
+}
+
+/// Sandbox agents running on the host: (pid, start time).
+fn agents() -> BTreeSet<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_agent = String::from_utf8_lossy(&cmdline).ends_with("sandbox-agent\0");
+        let uid = entry.metadata().map(|m| m.uid()).ok();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let start = stat.rsplit(") ").next().and_then(|f| f.split(' ').nth(19));
+        if let (true, Some(SANDBOX_UID), Some(start)) = (is_agent, uid, start) {
+            found.insert((pid, start.to_owned()));
+        }
+    }
+    found
+}
+
+#[test]
+fn ready_sandboxes_of_a_killed_daemon_are_reclaimed_by_the_next() {
+    let Some(f) = Fixture::new("ready_sandboxes_of_a_killed_daemon_are_reclaimed_by_the_next")
+    else {
+        return;
+    };
+    let mut d = f.daemon_with(&["--sandbox-pool", "3"]);
+    let kept = create(&d, json!({ "metadata": { "who": "kept" } }));
+    wait_ready(&d, 3);
+    let pooled = unrecorded(&f);
+    assert_eq!(pooled.len(), 3, "{pooled:?}");
+    d.kill9();
+    // Their homes outlive a kill -9 (as every sandbox's do) ...
+    assert_eq!(unrecorded(&f), pooled);
+
+    // ... and the next daemon reclaims them (no record), keeping the real one.
+    let d = f.daemon();
+    assert_eq!(entries(&f.sandboxes()), std::slice::from_ref(&kept));
+    assert_eq!(
+        mounts_under(&f.sandboxes()).len(),
+        1,
+        "{:?}",
+        mounts_under(&f.data())
+    );
+    assert_eq!(info(&d, &kept)["state"], "stopped");
+    remove_and_check(&d, &f, &kept);
+    assert_nothing_left(&f);
+}
