@@ -81,7 +81,7 @@ environment:
                       "limits run_basics teardown ebpf guard images
                       functions hostile isolation router control
                       warm_isolation sandboxes sandbox_restart
-                      lifecycle hardening spec_features
+                      sandbox_pool lifecycle hardening spec_features
                       podman containerd gvisor gvisor_functions": the alcove package's integration
                       tests, alcove-api's router, which runs sandboxes, and
                       alcove-oci's (the OCI runtime under podman and
@@ -158,7 +158,7 @@ done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "vm-test.sh: --timeout needs a number of seconds" >&2; exit 2; }
 DEADLINE=${ALCOVE_VM_DEADLINE:-}
 [[ "$DEADLINE" =~ ^([1-9][0-9]{0,11})?$ ]] || { echo "vm-test.sh: ALCOVE_VM_DEADLINE needs a time in seconds since the epoch (such as \$((\$(date +%s) + 3600))), got '$DEADLINE'" >&2; exit 2; }
-TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control warm_isolation sandboxes sandbox_restart lifecycle hardening spec_features podman containerd gvisor gvisor_functions}
+TESTS=${ALCOVE_VM_TESTS:-limits run_basics teardown ebpf guard images functions hostile isolation router control warm_isolation sandboxes sandbox_restart sandbox_pool lifecycle hardening spec_features podman containerd gvisor gvisor_functions}
 # The delegated part checks that alcove makes its cgroups beneath the one it
 # was started in; images, functions, hostile and the rest make theirs through
 # the same code, and podman and containerd place their containers' cgroups

@@ -442,6 +442,9 @@ def _main():
                 chan["fds"] = []
                 chan["gen"] += 1
                 loop_box[0] = None  # its epoll was the old sandbox's (now /dev/null)
+                # A collapse the fork cut short is the parent's to finish: here
+                # it would copy pages the copy shares with its parent.
+                after_fork[0] = False
                 send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0],
                        "forked": True}])
             except BaseException:
@@ -515,11 +518,14 @@ def _main():
             del out
             if after_fork[0]:
                 after_fork[0] = False
-                sock = chan["sock"]
+                waiting = _select.poll()  # not select(): the descriptor may be >= 1024
+                waiting.register(chan["sock"].fileno(), _select.POLLIN)
 
                 def asked():
-                    """A request is waiting: it goes first (a fork, say)."""
-                    return bool(_select.select([sock], [], [], 0)[0])
+                    """A request is waiting: it goes first (a fork, say). Only
+                    the socket is asked: lines() holds nothing unread here, as
+                    the daemon sends a request only once the last one is done."""
+                    return bool(waiting.poll(0))
 
                 try:
                     # Cut short by a request: carried on after it.

@@ -532,7 +532,8 @@ def collapse_large_regions(libc, stop=None):
         for at in range(start, end, huge):
             if stop is not None and stop():
                 return False
-            libc.madvise(ctypes.c_void_p(at), ctypes.c_size_t(huge), MADV_COLLAPSE)
+            if libc.madvise(ctypes.c_void_p(at), ctypes.c_size_t(huge), MADV_COLLAPSE) != 0:
+                break  # a kernel without it (before 6.1), or no huge page to be had: next region
     return True
 
 

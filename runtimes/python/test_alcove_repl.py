@@ -574,6 +574,15 @@ class CollapseTest(unittest.TestCase):
         self.assertTrue(all(length == self.HUGE and start % self.HUGE == 0
                             and advice == self.rt.MADV_COLLAPSE for start, length, advice in ours), ours)
 
+    def test_a_refusal_ends_its_region(self):
+        rec = self.Recorder()
+        rec.madvise = lambda start, length, advice: rec.calls.append(start.value) or -1
+        self.assertTrue(self.rt.collapse_large_regions(rec))
+        import ctypes
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
+        ours = [c for c in rec.calls if base <= c < base + 16 * self.HUGE]
+        self.assertEqual(len(ours), 1, rec.calls)  # not one refused call per huge page
+
     def test_stops_when_asked(self):
         rec = self.Recorder()
         asked = []

@@ -39,6 +39,27 @@ fn unrecorded(f: &Fixture) -> BTreeSet<String> {
         .collect()
 }
 
+/// Makes `dir` an hour old (older than `alcove gc` spares).
+fn age(dir: &std::path::Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
+}
+
+/// `alcove gc --data-dir DATA`: what it printed.
+fn gc(f: &Fixture) -> String {
+    let out = std::process::Command::new(ALCOVE)
+        .args(["gc", "--data-dir"])
+        .arg(f.data())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -52,6 +73,15 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
         return;
     };
     let mut d = f.daemon_with(&["--sandbox-pool", "2"]);
+    let mut events = std::process::Command::new(ALCOVE)
+        .args(["events"])
+        .env("ALCOVE_SERVER", d.url())
+        .env("ALCOVE_TOKEN", d.token.as_deref().unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start alcove events");
     // Nothing is started before sandboxes are used.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ready(&d), 0);
@@ -77,6 +107,15 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
     }
     let listed = d.http("GET", "/v1/sandboxes", b"").json();
     assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 1, "{listed}");
+    // `alcove gc` leaves a running daemon's ready sandboxes alone, however
+    // old (they have no record, like a create cut short).
+    for id in &pooled {
+        age(&f.sandboxes().join(id));
+        assert!(f.sandboxes().join(id).join("pooled").exists());
+    }
+    let out = gc(&f);
+    assert!(out.contains("0 orphaned sandbox home"), "{out}");
+    assert_eq!(unrecorded(&f), pooled);
 
     // A claim: the oldest ready one, with this create's metadata and clock.
     std::thread::sleep(Duration::from_millis(1100));
@@ -102,8 +141,9 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
     assert_eq!(got["state"], "running");
     assert_eq!(got["limits"], info(&d, &first)["limits"]);
     assert!(
-        f.sandboxes().join(&claimed).join("sandbox.json").exists(),
-        "a claimed sandbox has its record"
+        f.sandboxes().join(&claimed).join("sandbox.json").exists()
+            && !f.sandboxes().join(&claimed).join("pooled").exists(),
+        "a claimed sandbox has its record, and is no longer marked ready"
     );
     let (code, out) = d.sandbox_exec(&claimed, json!("id -u; pwd; echo $HOME"));
     assert_eq!(
@@ -122,10 +162,22 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
     assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 1, "{listed}");
 
     // Bad input is refused before a ready one is taken.
-    let r = d.http("POST", "/v1/sandboxes", br#"{"timeout_s": 0}"#);
-    assert_eq!(r.status, 400, "{}", r.text());
-    let r = d.http("POST", "/v1/sandboxes", br#"{"metadata": {"a b": "x"}}"#);
-    assert_eq!(r.status, 400, "{}", r.text());
+    wait_ready(&d, 2);
+    let full = unrecorded(&f);
+    for bad in [
+        &br#"{"timeout_s": 0}"#[..],
+        br#"{"idle_pause_s": 99999999}"#,
+        br#"{"metadata": {"a b": "x"}}"#,
+    ] {
+        let r = d.http("POST", "/v1/sandboxes", bad);
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        (ready(&d), unrecorded(&f)),
+        (2, full),
+        "a refused create took a ready one"
+    );
 
     // Anything more than metadata and a clock is made afresh.
     let own = create(&d, json!({ "env": { "X": "fresh" } }));
@@ -160,6 +212,77 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
         outlived.is_empty(),
         "agents outlived the daemon: {outlived:?}"
     );
+
+    // Events: a ready one's is `sandbox_ready`; its `sandbox_start` comes
+    // at the claim (saying so); a fresh one's start is as before.
+    let mut text = String::new();
+    let mut out = events.stdout.take().unwrap();
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    let _ = events.wait();
+    let of = |id: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["sandbox"] == id)
+            .collect()
+    };
+    let kinds = |id: &str| -> Vec<String> {
+        of(id)
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let claimed_events = of(&claimed);
+    let k = kinds(&claimed);
+    assert_eq!(
+        k.first().map(String::as_str),
+        Some("sandbox_ready"),
+        "{k:?}\n{text}"
+    );
+    let start = k
+        .iter()
+        .position(|e| e == "sandbox_start")
+        .unwrap_or_else(|| panic!("no start: {k:?}"));
+    assert_eq!(
+        claimed_events[start]["pooled"], true,
+        "{}",
+        claimed_events[start]
+    );
+    assert_eq!(k.last().map(String::as_str), Some("sandbox_end"), "{k:?}");
+    let k = kinds(&own);
+    assert_eq!(
+        k.first().map(String::as_str),
+        Some("sandbox_start"),
+        "{k:?}"
+    );
+    assert!(of(&own)[0].get("pooled").is_none(), "{}", of(&own)[0]);
+}
+
+#[test]
+fn a_stop_while_the_pool_starts_one_leaves_nothing_of_it() {
+    let Some(f) = Fixture::new("a_stop_while_the_pool_starts_one_leaves_nothing_of_it") else {
+        return;
+    };
+    for pause_ms in [0, 30] {
+        let mut d = f.daemon_with(&["--sandbox-pool", "4"]);
+        let kept = create(&d, json!({}));
+        // A start is in flight now (or, after a pause, a later one of the four).
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        // SAFETY: kill on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+        let status = d.child.wait().unwrap();
+        assert!(status.success(), "the daemon's exit: {status:?}");
+        // Only the created one is left (stopped, its files kept).
+        assert_eq!(entries(&f.sandboxes()), std::slice::from_ref(&kept));
+        assert_eq!(
+            mounts_under(&f.sandboxes()).len(),
+            1,
+            "{:?}",
+            mounts_under(&f.data())
+        );
+        let d = f.daemon();
+        remove_and_check(&d, &f, &kept);
+        assert_nothing_left(&f);
+    }
 }
 
 /// Sandbox agents running on the host: (pid, start time).
@@ -196,8 +319,14 @@ fn ready_sandboxes_of_a_killed_daemon_are_reclaimed_by_the_next() {
     d.kill9();
     // Their homes outlive a kill -9 (as every sandbox's do) ...
     assert_eq!(unrecorded(&f), pooled);
+    // ... `alcove gc` reclaims an old one now that no daemon runs ...
+    let first = pooled.iter().next().unwrap().clone();
+    age(&f.sandboxes().join(&first));
+    let out = gc(&f);
+    assert!(out.contains("1 orphaned sandbox home"), "{out}");
+    assert!(!f.sandboxes().join(&first).exists());
 
-    // ... and the next daemon reclaims them (no record), keeping the real one.
+    // ... and the next daemon the rest (no record), keeping the real one.
     let d = f.daemon();
     assert_eq!(entries(&f.sandboxes()), std::slice::from_ref(&kept));
     assert_eq!(

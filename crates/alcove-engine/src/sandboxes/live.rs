@@ -412,16 +412,28 @@ pub(super) fn check_clock(req: &CreateSandbox) -> Result<(u64, u64), SandboxesEr
 pub(super) struct Launched {
     parts: Parts,
     unmade: Unmade,
+    /// Started for the pool: its directory is marked so (persist::mark_pooled).
+    pooled: bool,
+    /// The eBPF monitor watches it (said in its start event).
+    watched: bool,
 }
 
 impl Launched {
     /// Hands it out: registered by the caller; a new one's record is saved
     /// first (a sandbox whose record cannot be saved is ended).
     pub(super) async fn finish(self, first: bool) -> Result<Arc<LiveSandbox>, SandboxesError> {
-        let Launched { parts, unmade } = self;
+        let Launched {
+            parts,
+            unmade,
+            pooled,
+            ..
+        } = self;
         let sandbox = LiveSandbox::assemble(parts);
         if first {
             sandbox.save_first_record().await?;
+        }
+        if pooled {
+            super::persist::unmark_pooled(sandbox.dir());
         }
         unmade.keep();
         Ok(sandbox)
@@ -448,6 +460,20 @@ impl Launched {
         &self.parts.id
     }
 
+    pub(super) fn watched(&self) -> bool {
+        self.watched
+    }
+
+    /// Said when its run ends.
+    pub(super) fn ended(&self) -> watch::Receiver<bool> {
+        self.parts.ended.clone()
+    }
+
+    /// Said when its agent hangs up.
+    pub(super) fn gone(&self) -> watch::Receiver<bool> {
+        self.parts.link.gone()
+    }
+
     /// Its agent still answers and its run has not ended.
     pub(super) fn alive(&self) -> bool {
         !*self.parts.ended.borrow() && !*self.parts.link.gone().borrow()
@@ -455,7 +481,7 @@ impl Launched {
 
     /// Ends it and removes its files (it was never handed out).
     pub(super) async fn discard(self) {
-        let Launched { parts, unmade } = self;
+        let Launched { parts, unmade, .. } = self;
         unmade.keep(); // removed below, off the async threads
         LiveSandbox::assemble(parts).remove().await;
     }
@@ -634,7 +660,12 @@ pub(super) async fn launch(
         None => {
             super::persist::create_home(&dir, disk, (spec_user.uid, spec_user.gid))
                 .map_err(SandboxesError::io("mounting the sandbox's home"))?;
-            Unmade(Some(dir.clone()))
+            let unmade = Unmade(Some(dir.clone()));
+            if pooled {
+                super::persist::mark_pooled(&dir)
+                    .map_err(SandboxesError::io("marking a ready sandbox's directory"))?;
+            }
+            unmade
         }
         Some(_) if !super::persist::home_mounted(&dir) => {
             return Err(SandboxesError::Conflict(
@@ -720,12 +751,16 @@ pub(super) async fn launch(
         false => None,
     };
     // Said before its first process runs: its events come after this one.
+    // A ready one's start is said when it is claimed (pool.rs); here, that
+    // it was made ready.
+    let watched = observer.watch.is_some();
+    let event = match pooled {
+        false => "sandbox_start",
+        true => "sandbox_ready",
+    };
     engine.emit_sandbox(
         &id,
-        match pooled {
-            false => serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some() }),
-            true => serde_json::json!({ "event": "sandbox_start", "watched": observer.watch.is_some(), "pooled": true }),
-        },
+        serde_json::json!({ "event": event, "watched": watched }),
     );
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
@@ -874,7 +909,12 @@ pub(super) async fn launch(
         interpreter: None,
         nested_in: None,
     };
-    Ok(Launched { parts, unmade })
+    Ok(Launched {
+        parts,
+        unmade,
+        pooled,
+        watched,
+    })
 }
 
 /// Where a sandbox's home is opened from: [`LiveSandbox::home`].

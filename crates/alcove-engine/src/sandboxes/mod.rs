@@ -317,7 +317,17 @@ impl Engine {
         check_metadata(&req.metadata)?;
         let clock = live::check_clock(&req)?;
         let made = match self.take_ready_sandbox() {
-            Some(ready) => ready.claimed_as(req, clock).finish(true).await,
+            Some(ready) => {
+                let watched = ready.watched();
+                let made = ready.claimed_as(req, clock).finish(true).await;
+                if let Ok(sandbox) = &made {
+                    self.emit_sandbox(
+                        &sandbox.id,
+                        serde_json::json!({ "event": "sandbox_start", "watched": watched, "pooled": true }),
+                    );
+                }
+                made
+            }
             None => live::start(self, req, None).await,
         };
         // After this create's own start: a refill would compete with it.
@@ -615,7 +625,10 @@ impl Engine {
     /// once) until they are gone: what a stopping daemon does. Their homes
     /// and records stay: the next daemon shows them as `stopped`.
     pub(crate) async fn stop_all_sandboxes(&self) {
-        self.drain_ready_sandboxes().await;
+        tokio::join!(self.drain_ready_sandboxes(), self.stop_live_sandboxes());
+    }
+
+    async fn stop_live_sandboxes(&self) {
         let all: Vec<_> = self
             .sandboxes
             .all()
@@ -760,13 +773,15 @@ pub(crate) async fn reclaim_files(dir: std::path::PathBuf) {
 /// Reclaims, beneath DATA_DIR/sandboxes, what no sandbox holds: directories
 /// without a readable record (a create cut short, a corrupt record) and
 /// their mounted homes; `min_age` spares those a running daemon may be
-/// making now. What `alcove gc` runs (the daemon does the same at start).
-/// Returns how many it removed.
+/// making now, and a running daemon's ready sandboxes (pool.rs) are spared
+/// whatever their age. What `alcove gc` runs (the daemon does the same at
+/// start). Returns how many it removed.
 pub fn gc_sandbox_homes(data_dir: &std::path::Path, min_age: Duration) -> usize {
     let root = data_dir.join(persist::SANDBOXES_DIR);
     let Ok(entries) = std::fs::read_dir(&root) else {
         return 0;
     };
+    let daemon_runs = data_dir_in_use(data_dir);
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -779,7 +794,8 @@ pub fn gc_sandbox_homes(data_dir: &std::path::Path, min_age: Duration) -> usize 
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_none_or(|age| age < min_age);
-        let orphan = !young && persist::load(&dir, &name).is_err_and(|e| e.reclaimable());
+        let ready = daemon_runs && persist::is_pooled(&dir);
+        let orphan = !young && !ready && persist::load(&dir, &name).is_err_and(|e| e.reclaimable());
         if !orphan {
             continue;
         }
@@ -791,6 +807,21 @@ pub fn gc_sandbox_homes(data_dir: &std::path::Path, min_age: Duration) -> usize 
         }
     }
     removed
+}
+
+/// Whether a daemon holds DATA_DIR's lock now (engine.rs takes it for its
+/// whole life). Asked by trying the lock and letting it go at once.
+fn data_dir_in_use(data_dir: &std::path::Path) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(data_dir.join("daemon.lock"))
+    else {
+        return false; // no daemon ever ran here
+    };
+    !alcove_sys::fd::flock(file.as_fd(), alcove_sys::fd::Lock::TryExclusive).unwrap_or(false)
 }
 
 struct Starting<'a>(&'a Sandboxes);

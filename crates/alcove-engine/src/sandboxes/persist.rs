@@ -38,6 +38,11 @@ const VERSION: u32 = 1;
 /// statfs's f_type of a tmpfs.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
+/// In the directory of a ready sandbox not yet claimed (pool.rs): it has no
+/// record, and `alcove gc` must not take it for a create cut short while
+/// its daemon runs.
+const POOLED: &str = "pooled";
+
 /// Why a sandbox found at start is stopped.
 pub(crate) const STOPPED_BY_RESTART: &str =
     "its processes ended with the daemon; its files and metadata were kept";
@@ -262,6 +267,27 @@ pub(crate) fn reclaim(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
+}
+
+/// Marks `dir` as a ready sandbox's ([`POOLED`]).
+pub(crate) fn mark_pooled(dir: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join(POOLED))
+        .map(drop)
+}
+
+/// A claimed sandbox is no longer a ready one (best effort: its record,
+/// saved first, is what counts).
+pub(crate) fn unmark_pooled(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(POOLED));
+}
+
+pub(crate) fn is_pooled(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(POOLED)).is_ok_and(|m| m.is_file())
 }
 
 /// Removes what `dir` holds (best effort; links are removed, not followed).

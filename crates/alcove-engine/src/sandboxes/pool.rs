@@ -48,6 +48,9 @@ struct PoolState {
     filling: bool,
     /// The daemon is stopping: nothing more is started or handed out.
     closed: bool,
+    /// The stopping daemon has taken what was ready: a start that ends
+    /// later removes its sandbox itself.
+    drained: bool,
     /// No start before this instant (after a failed one).
     retry_at: Option<std::time::Instant>,
 }
@@ -163,36 +166,74 @@ impl Engine {
         };
         let engine = Arc::clone(self);
         tokio::spawn(async move {
+            // However this task ends (a panic included), the start is over.
+            let filling = Filling(Arc::clone(&engine));
             let pool = &engine.sandboxes.pool;
             if still_ready > 0 {
                 tokio::time::sleep(REFILL_PAUSE).await;
-                let mut state = pool.state();
-                if state.closed {
-                    state.filling = false;
-                    drop(state);
-                    pool.started.notify_waiters();
+                if pool.state().closed {
                     return;
                 }
             }
             let started = live::launch(&engine, CreateSandbox::default(), None, true).await;
-            let closed = {
+            let late = {
                 let mut state = pool.state();
-                state.filling = false;
                 match started {
-                    // Even when closed: a stopping daemon removes what is here.
-                    Ok(one) => state.ready.push_back(one),
+                    // The stop is past waiting for it: removed here.
+                    Ok(one) if state.drained => Some(one),
+                    // Even when closed: the stopping daemon removes what is here.
+                    Ok(one) => {
+                        engine.watch_ready_sandbox(&one);
+                        state.ready.push_back(one);
+                        None
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "a ready sandbox failed to start: the pool tries again in 5 s");
                         state.retry_at = Some(std::time::Instant::now() + RETRY_AFTER);
+                        None
                     }
                 }
-                state.closed
             };
-            engine.count_ready_sandboxes();
-            pool.started.notify_waiters();
-            if !closed {
-                engine.refill_ready_sandboxes();
+            drop(filling);
+            match late {
+                Some(one) => one.discard().await,
+                None => engine.refill_ready_sandboxes(),
             }
+        });
+    }
+
+    /// A ready sandbox that ends before it is claimed (killed, out of
+    /// memory) is taken out and removed at once, and the pool refilled
+    /// after [`RETRY_AFTER`] (a sandbox that cannot live is not restarted in
+    /// a loop).
+    fn watch_ready_sandbox(self: &Arc<Self>, one: &Launched) {
+        let (mut ended, mut gone) = (one.ended(), one.gone());
+        let id = one.id().to_owned();
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = ended.wait_for(|e| *e) => {}
+                _ = gone.wait_for(|g| *g) => {}
+            }
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let dead = {
+                let mut state = engine.sandboxes.pool.state();
+                let at = state.ready.iter().position(|r| r.id() == id);
+                let dead = at.and_then(|at| state.ready.remove(at));
+                if dead.is_some() {
+                    state.retry_at = Some(std::time::Instant::now() + RETRY_AFTER);
+                }
+                dead
+            };
+            // Claimed (or removed by a stop) meanwhile: not the pool's.
+            let Some(dead) = dead else { return };
+            tracing::warn!(sandbox = %id, "a ready sandbox ended before it was claimed: removed");
+            engine.count_ready_sandboxes();
+            dead.discard().await;
+            tokio::time::sleep(RETRY_AFTER).await;
+            engine.refill_ready_sandboxes();
         });
     }
 
@@ -213,13 +254,30 @@ impl Engine {
                 break;
             }
         }
-        let ready: Vec<Launched> = pool.state().ready.drain(..).collect();
+        let ready: Vec<Launched> = {
+            let mut state = pool.state();
+            state.drained = true;
+            state.ready.drain(..).collect()
+        };
         self.count_ready_sandboxes();
         let mut removals = tokio::task::JoinSet::new();
         for one in ready {
             removals.spawn(one.discard());
         }
         while removals.join_next().await.is_some() {}
+    }
+}
+
+/// A start in flight (`PoolState::filling`) until dropped; then the
+/// pool's count is refreshed and a stop waiting for it is woken.
+struct Filling(Arc<Engine>);
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        let pool = &self.0.sandboxes.pool;
+        pool.state().filling = false;
+        self.0.count_ready_sandboxes();
+        pool.started.notify_waiters();
     }
 }
 
