@@ -39,27 +39,6 @@ fn unrecorded(f: &Fixture) -> BTreeSet<String> {
         .collect()
 }
 
-/// Makes `dir` an hour old (older than `alcove gc` spares).
-fn age(dir: &std::path::Path) {
-    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
-}
-
-/// `alcove gc --data-dir DATA`: what it printed.
-fn gc(f: &Fixture) -> String {
-    let out = std::process::Command::new(ALCOVE)
-        .args(["gc", "--data-dir"])
-        .arg(f.data())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -11,7 +11,6 @@ mod common;
 use common::sandbox_home::*;
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The whole story: files, metadata and a stopped state across kill -9;
@@ -310,31 +309,14 @@ fn bad_records_do_not_stop_the_daemon_and_gc_reclaims_orphans() {
     // then), old enough, goes; a fresh one and a recorded one stay.
     let orphan2 = create(&d, json!({}));
     std::fs::remove_file(root.join(&orphan2).join("sandbox.json")).unwrap();
-    let gc = |dir: &Path| {
-        let out = std::process::Command::new(ALCOVE)
-            .args(["gc", "--data-dir"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = gc(&f.data());
+    let out = gc(&f);
     assert!(
         out.contains("0 orphaned sandbox home"),
         "a young one is spared: {out}"
     );
     assert!(root.join(&orphan2).exists());
-    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::open(root.join(&orphan2))
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
-    let out = gc(&f.data());
+    age(&root.join(&orphan2));
+    let out = gc(&f);
     assert!(out.contains("1 orphaned sandbox home"), "{out}");
     assert!(!root.join(&orphan2).exists());
     assert!(mounts_under(&root.join(&orphan2)).is_empty());

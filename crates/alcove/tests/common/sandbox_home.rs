@@ -144,3 +144,24 @@ pub fn assert_nothing_left(f: &Fixture) {
         entries(&f.sandboxes())
     );
 }
+
+/// Makes `dir` an hour old (older than `alcove gc` spares).
+pub fn age(dir: &std::path::Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
+}
+
+/// `alcove gc --data-dir DATA`: what it printed.
+pub fn gc(f: &Fixture) -> String {
+    let out = std::process::Command::new(ALCOVE)
+        .args(["gc", "--data-dir"])
+        .arg(f.data())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
