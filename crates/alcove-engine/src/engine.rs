@@ -258,7 +258,18 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, EngineError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir.join("daemon.lock"))
         .map_err(&io)?;
-    if !alcove_sys::fd::flock(file.as_fd(), alcove_sys::fd::Lock::TryExclusive).map_err(&io)? {
+    // `alcove gc` takes the lock for an instant to learn whether a daemon
+    // runs (sandboxes::gc_sandbox_homes): a start at that instant retries.
+    let mut held = false;
+    for _ in 0..20 {
+        held =
+            alcove_sys::fd::flock(file.as_fd(), alcove_sys::fd::Lock::TryExclusive).map_err(&io)?;
+        if held {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if !held {
         return Err(EngineError::Invalid(format!(
             "another alcove daemon is using the data directory {}: stop it first, or give this \
              one another --data-dir",

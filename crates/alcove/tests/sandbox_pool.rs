@@ -250,6 +250,22 @@ fn a_stop_while_the_pool_starts_one_leaves_nothing_of_it() {
         unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
         let status = d.child.wait().unwrap();
         assert!(status.success(), "the daemon's exit: {status:?}");
+        // The situation arose: the pool had begun (a sandbox other than
+        // the created one ended with the daemon). Checked after the pause
+        // only: at once, the start may not yet have made its process.
+        wait_until(
+            "the daemon's last log lines",
+            Duration::from_secs(5),
+            || d.log.lock().unwrap().contains("alcove: stopped"),
+        );
+        let log = d.log.lock().unwrap().clone();
+        assert!(
+            pause_ms == 0
+                || log
+                    .lines()
+                    .any(|l| l.contains("agent sandbox ended") && !l.contains(&kept)),
+            "no ready sandbox was being started or ready at the stop ({pause_ms} ms):\n{log}"
+        );
         // Only the created one is left (stopped, its files kept).
         assert_eq!(entries(&f.sandboxes()), std::slice::from_ref(&kept));
         assert_eq!(
@@ -317,4 +333,63 @@ fn ready_sandboxes_of_a_killed_daemon_are_reclaimed_by_the_next() {
     assert_eq!(info(&d, &kept)["state"], "stopped");
     remove_and_check(&d, &f, &kept);
     assert_nothing_left(&f);
+}
+
+/// A ready sandbox whose agent dies before a claim is taken out and
+/// removed at once (never handed out), and replaced after 5 s.
+#[test]
+fn a_ready_sandbox_that_dies_is_replaced_not_handed_out() {
+    let Some(f) = Fixture::new("a_ready_sandbox_that_dies_is_replaced_not_handed_out") else {
+        return;
+    };
+    let d = f.daemon_with(&["--sandbox-pool", "2"]);
+    let created = create(&d, json!({}));
+    wait_ready(&d, 2);
+    let pooled = unrecorded(&f);
+    // Agents are pid 1 of their sandbox's pid namespace: the created one's
+    // is the namespace its commands see.
+    let (code, own_ns) = d.sandbox_exec(&created, json!(["readlink", "/proc/self/ns/pid"]));
+    assert_eq!(code, Some(0), "{own_ns}");
+    let ns_of = |pid: i32| {
+        std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let ready_agents: Vec<i32> = agents()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| ns_of(*pid) != own_ns.trim())
+        .collect();
+    assert_eq!(
+        ready_agents.len(),
+        2,
+        "the ready sandboxes' agents: {ready_agents:?}"
+    );
+    // SAFETY: kill on a process this test's daemon started (a ready sandbox's agent).
+    unsafe { libc::kill(ready_agents[0], libc::SIGKILL) };
+    wait_until("the dead one taken out", Duration::from_secs(5), || {
+        ready(&d) == 1 && unrecorded(&f).len() == 1
+    });
+    let left = unrecorded(&f);
+    assert!(left.is_subset(&pooled), "{left:?} of {pooled:?}");
+    // A create now gets the live one, never the dead one.
+    let claimed = create(&d, json!({}));
+    assert!(
+        left.contains(&claimed),
+        "{claimed} is not the live ready one {left:?}"
+    );
+    let (code, out) = d.sandbox_exec(&claimed, json!(["echo", "alive"]));
+    assert_eq!((code, out.as_str()), (Some(0), "alive\n"));
+    // Replaced once the pool's retry time has passed.
+    wait_ready(&d, 2);
+    assert!(
+        d.log
+            .lock()
+            .unwrap()
+            .contains("ended before it was claimed"),
+        "the removal is logged"
+    );
+    for id in [&created, &claimed] {
+        remove_and_check(&d, &f, id);
+    }
 }

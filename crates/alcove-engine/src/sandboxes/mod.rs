@@ -338,11 +338,6 @@ impl Engine {
         Ok(info)
     }
 
-    /// How many ready sandboxes the pool holds now (pool.rs).
-    pub fn sandbox_pool_ready(&self) -> usize {
-        self.sandboxes.pool.ready()
-    }
-
     /// The nearest sandbox whose process tree `sandbox` lives in (it is a
     /// fork with memory, or a fork of one) that is gone or ending.
     fn ended_ancestor(&self, sandbox: &LiveSandbox) -> Option<String> {

@@ -138,7 +138,7 @@ impl Engine {
     }
 
     /// A ready sandbox for `req` (poolable, checked), if one is; the pool
-    /// is refilled after the caller's sandbox is made (`refill_pool`).
+    /// is refilled after the caller's sandbox is made (`refill_ready_sandboxes`).
     pub(super) fn take_ready_sandbox(self: &Arc<Self>) -> Option<Launched> {
         let (one, dead) = self.sandboxes.pool.take();
         self.count_ready_sandboxes();
