@@ -2,25 +2,28 @@
 
 The daemon asks the session (alcove_repl.py) for a fork with one request line
 and six descriptors (docs/sandboxes-api.md, "Fork with the interpreter's
-memory"). The session forks; the child (C) becomes the new sandbox:
+memory"). The session forks; the child (C) makes the new sandbox:
 
   C   says ``child`` (the kernel attaches its pid; the daemon moves it into
-      the new sandbox's cgroup meanwhile), makes the namespaces a warm copy
-      makes (docs/warm-protocol.md, steps 1-5: user, mount, network, IPC, UTS
-      and pid), mounts the new sandbox's home (a detached mount from the
-      daemon) over its own, waits for ``go`` (which brings the agent's log
-      pipe) and forks;
-  C'  pid 1 of the new pid namespace: mounts its /proc, drops every
-      capability, says ``init`` (the daemon checks it from /proc), forks the
-      interpreter (D) and then runs the sandbox's agent in its place;
+      the new sandbox's cgroup, then copies the files into the new home),
+      makes the namespaces a warm copy makes (docs/warm-protocol.md, steps
+      1-5: user, mount, network, IPC, UTS and pid) and waits for ``go``
+      (which brings the agent's log pipe). It mounts the new home (a
+      detached mount from the daemon) over its own, and spawns the
+      sandbox's agent as pid 1 of the new pid namespace (posix_spawn: no
+      copy of this memory), with CAP_SYS_ADMIN alone, as an ambient
+      capability, to mount its /proc (only a process of that namespace
+      can); the agent drops it before it says ready. C drops every
+      capability, forks the interpreter (D), says ``left`` and leaves.
   D   the new sandbox's interpreter: the session's memory, its variables
       and modules, with a new control channel and output pipes. Every other
       descriptor the session had (files, sockets, an event loop's epoll)
       now reads /dev/null: they were the old sandbox's.
 
-Any step that fails says why on the daemon's socket and exits non-zero; the
-daemon then removes what it made. Nothing here is trusted: the daemon checks
-the new sandbox's first process from /proc before it uses it.
+A step that fails says why on the daemon's socket and exits non-zero; the
+daemon then removes what it made. Nothing here is trusted: once C has left
+and the agent is ready, the daemon checks every process of the new sandbox
+from /proc (its agent and its interpreter, nothing else) before it uses it.
 """
 import ctypes
 import fcntl
@@ -32,6 +35,9 @@ import alcove_runtime as _rt
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 SYS_MOVE_MOUNT = 429  # the same on every architecture (the unified table)
 PR_SET_DUMPABLE = 4
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
+CAP_SETPCAP, CAP_SYS_ADMIN = 8, 21
+HIGH_FD = 64  # above every number the spawn's dup2s target (the agent's link is < 64)
 FD_COUNT = 6  # conn, home tree, agent link, control, stdout, stderr
 
 
@@ -64,6 +70,35 @@ class Fork(_rt.Template):
         if rc != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    def spawn_init(self, argv, env, fds):
+        """pid 1 of the new pid namespace: the agent, spawned (no copy of
+        this memory) with CAP_SYS_ADMIN alone, ambient, and an empty
+        bounding set; `fds` maps the numbers it gets to ours. Then this
+        process holds no capability either."""
+        admin, setpcap = 1 << CAP_SYS_ADMIN, 1 << CAP_SETPCAP
+        # Inheritable only while the bounding set still holds it.
+        self.capset(admin | setpcap, admin | setpcap, admin)
+        self.check(self.libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0),
+                   "raising CAP_SYS_ADMIN as ambient")
+        for cap in range(self.cap_last + 1):
+            self.check(self.libc.prctl(_rt.PR_CAPBSET_DROP, cap, 0, 0, 0), f"PR_CAPBSET_DROP {cap}")
+        # Only what it is given: every other descriptor closes at its exec.
+        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for target, fd in fds.items()}
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                os.set_inheritable(int(name), False)
+            except OSError:
+                pass  # the listing's own descriptor
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in high.items()]
+        try:
+            return os.posix_spawn(argv[0], argv, env, file_actions=actions)
+        finally:
+            for fd in high.values():
+                os.close(fd)
+            self.capset_empty()
+            self.check(self.libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+                       "clearing the ambient capabilities")
 
 
 _libc = []
@@ -134,7 +169,7 @@ def parse(request, fds):
 
 def become_copy(request, fds, keep):
     """In the session's child: the steps above. Returns only in D, with D's
-    control descriptor; C and C' never return. `keep`: the session's own
+    control descriptor; C never returns. `keep`: the session's own
     descriptors that D closes itself (its old control channel)."""
     conn_fd, tree_fd, link_fd, ctl_fd, out_fd, err_fd = fds
     # Above every number the steps below dup2 onto (the agent's link is < 64).
@@ -165,6 +200,15 @@ def become_copy(request, fds, keep):
         step = "mounts"
         fork.mount(None, "/", None, _rt.MS_REC | _rt.MS_PRIVATE, None)
         fork.isolate_mounts()
+        step = "loopback"
+        _rt.loopback_up()
+        step = "go"
+        _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
+        _, log = _rt.parse_request(b"", 0, anc)
+        if len(log) != 1 or msg_flags & socket.MSG_CTRUNC:
+            for fd in log:
+                os.close(fd)
+            os._exit(0)  # refused, or the daemon went away
         step = "home"
         fork.check(fork.libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(tree_fd), b"",
                                      ctypes.c_int(_rt.AT_FDCWD), os.fsencode(home),
@@ -177,45 +221,18 @@ def become_copy(request, fds, keep):
                 break
             except OSError:
                 pass
-        step = "loopback"
-        _rt.loopback_up()
-        step = "go"
-        _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
-        _, log = _rt.parse_request(b"", 0, anc)
-        if len(log) != 1 or msg_flags & socket.MSG_CTRUNC:
-            for fd in log:
-                os.close(fd)
-            os._exit(0)  # refused, or the daemon went away
         step = "pid 1"
-        if os.fork() != 0:
-            os._exit(0)  # C: its child is pid 1 of the new pid namespace
-        fork.mount("proc", "/proc", "proc", _rt.MS_NOSUID | _rt.MS_NODEV | _rt.MS_NOEXEC, None)
-        step = "capabilities"
-        for cap in range(fork.cap_last + 1):
-            fork.check(fork.libc.prctl(_rt.PR_CAPBSET_DROP, cap, 0, 0, 0), f"PR_CAPBSET_DROP {cap}")
-        fork.capset_empty()
-        conn.send(b"init")
-        if conn.recv(16) != b"ok":  # the daemon checked us, alone in the new cgroup
-            os._exit(0)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        fork.spawn_init(argv, env, {0: null, 1: log[0], 2: log[0], agent_link_fd: link_fd})
+        os.close(null)
         step = "interpreter"
         if os.fork() == 0:
             conn.close()
             for fd in log + [link_fd]:
                 os.close(fd)
             return interpreter(ctl_fd, out_fd, err_fd)
-        # C': the agent, with the interpreter as its child.
-        step = "agent"
-        null = os.open("/dev/null", os.O_RDONLY)
-        for target, fd in ((0, null), (1, log[0]), (2, log[0]), (agent_link_fd, link_fd)):
-            os.dup2(fd, target)
-        os.set_inheritable(agent_link_fd, True)
-        for name in os.listdir("/proc/self/fd"):
-            if int(name) > 2 and int(name) not in (agent_link_fd, conn.fileno()):
-                try:
-                    os.close(int(name))
-                except OSError:
-                    pass  # the listing's own descriptor
-        os.execve(argv[0], argv, env)
+        conn.send(b"left")  # the daemon checks the new sandbox once this process has ended
+        os._exit(0)
     except BaseException as e:  # the daemon logs why, and removes what it made
         why = f"failed at {step}: {e}"[:4000].encode("utf-8", "replace")
         try:

@@ -431,8 +431,13 @@ class Template:
         time.monotonic_ns()
 
     def capset_empty(self):
+        self.capset(0, 0, 0)
+
+    def capset(self, effective, permitted, inheritable):
         header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
-        data = bytes(24)  # two struct __user_cap_data_struct, every set empty
+        sets = (effective, permitted, inheritable)
+        # Two struct __user_cap_data_struct: capabilities 0-31, then 32-63.
+        data = struct.pack("6I", *(s & 0xFFFFFFFF for s in sets), *(s >> 32 for s in sets))
         capset = getattr(self.libc, "capset", None)
         if capset is not None:
             rc = capset(header, data)

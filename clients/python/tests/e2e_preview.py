@@ -408,6 +408,48 @@ class ForkMemory(unittest.TestCase):
             Sandbox.create(timeout=60, net="host", forkable=True)
         self.assertIn("net: none", str(caught.exception))
 
+    def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
+        """The session runs the fork's code, and the session's code may change
+        it: the daemon believes only what the kernel says of the copy."""
+        from alcove import AlcoveError
+        value(self.sb, "import sys\nfork_code = sys.modules['alcove_fork']\n"
+                       "honest = (fork_code.Fork.capset_empty, fork_code.Fork.spawn_init)\nv = 5")
+        before = {s.id for s in Sandbox.list()}
+
+        def processes():
+            ps = self.sb.commands.run("ps -eo pid=,args=").stdout.splitlines()
+            return sorted(line.split(None, 1)[1] for line in ps if "ps -eo" not in line)
+        alone = processes()
+        self.assertEqual(sum("sandbox-agent" in p for p in alone), 1, alone)
+        cheats = {
+            # The copy keeps its capabilities: so does the interpreter it forks.
+            "holds capabilities": "fork_code.Fork.capset_empty = lambda self: None",
+            # The copy leaves one more process in the new sandbox.
+            "not its agent and its interpreter alone": (
+                "import os, time\n"
+                "def spawn_and_stay(self, *args):\n"
+                "    pid = honest[1](self, *args)\n"
+                "    if os.fork() == 0:\n"
+                "        time.sleep(60)\n"
+                "        os._exit(0)\n"
+                "    return pid\n"
+                "fork_code.Fork.spawn_init = spawn_and_stay"),
+        }
+        for why, cheat in cheats.items():
+            value(self.sb, cheat + "\n0")
+            with self.assertRaises(AlcoveError) as caught:
+                self.sb.fork(memory=True)
+            self.assertEqual((caught.exception.status, caught.exception.code), (422, "fork_failed"))
+            self.assertIn(why, str(caught.exception))
+            self.assertEqual({s.id for s in Sandbox.list()}, before)
+            # Nothing of the copy runs (its pid namespace is nested in the parent's;
+            # what was killed is reaped within the parent agent's next wake).
+            wait_for_value("the copy's processes are gone", 5, lambda: processes() == alone)
+            value(self.sb, "fork_code.Fork.capset_empty, fork_code.Fork.spawn_init = honest\n0")
+        # The parent is as it was, and forks again once honest.
+        self.assertEqual(value(self.sb, "v"), "5")
+        self.assertEqual(value(self.fork(self.sb), "v"), "5")
+
     def test_refused_with_why(self):
         from alcove import Conflict
         with self.assertRaises(Conflict) as caught:

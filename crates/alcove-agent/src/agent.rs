@@ -55,6 +55,13 @@ pub fn serve_inherited() -> i32 {
         eprintln!("alcove sandbox-agent: descriptor {raw} is not the daemon's socket");
         return 2;
     }
+    if std::env::var_os(crate::FORK_INIT_ENV).is_some() {
+        std::env::remove_var(crate::FORK_INIT_ENV);
+        if let Err(e) = become_fork_init() {
+            eprintln!("alcove sandbox-agent: as pid 1 of a fork: {e}");
+            return 2;
+        }
+    }
     // Not dumpable: the sandbox's code, the same user, cannot reach into it
     // (no ptrace, no pidfd_getfd of its socket, no /proc/1/fd or environ).
     // What it starts is dumpable again after its exec.
@@ -72,6 +79,26 @@ pub fn serve_inherited() -> i32 {
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     std::env::remove_var(crate::AGENT_FD_ENV);
     serve(sock)
+}
+
+/// pid 1 of a fork with memory (alcove_fork.py): its /proc, mounted with
+/// the CAP_SYS_ADMIN it was spawned with, then no capability left (its
+/// bounding set is empty already). The daemon checks both from /proc.
+fn become_fork_init() -> io::Result<()> {
+    if std::process::id() != 1 {
+        return Err(io::Error::other("it is not pid 1 of its pid namespace"));
+    }
+    let proc = c"proc";
+    alcove_sys::mount::mount(
+        Some(proc),
+        c"/proc",
+        Some(proc),
+        alcove_sys::mount::MS_NOSUID | alcove_sys::mount::MS_NODEV | alcove_sys::mount::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("mounting /proc: {e}")))?;
+    alcove_sys::caps::clear_ambient()?;
+    alcove_sys::caps::clear_all()
 }
 
 /// The gVisor tier hands the socket in as stdin (runsc passes on only
@@ -121,6 +148,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         copy_filter,
         starter: crate::start::Starter::new(),
         unwatched_since: None,
+        foreign: HashMap::new(),
     };
     if agent
         .send(
@@ -157,6 +185,10 @@ struct Agent {
     starter: crate::start::Starter,
     /// When the latest command without a pidfd started.
     unwatched_since: Option<std::time::Instant>,
+    /// Adopted processes that are not its children (a fork's interpreter,
+    /// whose parent left outside this pid namespace): watched through their
+    /// pidfd; their end is reported without a status (another process reaps them).
+    foreign: HashMap<i32, OwnedFd>,
 }
 
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
@@ -186,6 +218,7 @@ impl Agent {
         loop {
             let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
                 .chain(self.running.values().flatten().map(|p| p.as_raw_fd()))
+                .chain(self.foreign.values().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -263,6 +296,28 @@ impl Agent {
     }
 
     fn reap(&mut self) {
+        let ended: Vec<i32> = self
+            .foreign
+            .iter()
+            .filter(|(_, pidfd)| {
+                let mut polled = [libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                matches!(fd::poll(&mut polled, Some(Duration::ZERO)), Ok(1..))
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ended {
+            self.foreign.remove(&pid);
+            let exited = Reply::Exited {
+                pid,
+                code: None,
+                signal: None,
+            };
+            let _ = self.send(&exited, &[]);
+        }
         while let Some((pid, status)) = process::reap_any() {
             if self.running.remove(&pid).is_some() {
                 let (code, signal) = if libc::WIFSIGNALED(status) {
@@ -408,14 +463,22 @@ impl Agent {
                 Ok((Reply::Done { id, size: None }, None))
             }
             Request::Adopt { id, pid } => {
-                if self.running.contains_key(&pid) || !process::is_child(pid) {
-                    return Err(AgentFailure {
-                        kind: crate::FailureKind::NotFound,
-                        message: format!("pid {pid} is not a child of the agent"),
-                    });
+                let not_found = || AgentFailure {
+                    kind: crate::FailureKind::NotFound,
+                    message: format!("pid {pid} is not a process of the sandbox"),
+                };
+                if pid <= 1 || self.running.contains_key(&pid) || self.foreign.contains_key(&pid) {
+                    return Err(not_found());
                 }
-                let pidfd = watch_child(pid, "watching the process")?;
-                self.track(pid, pidfd);
+                if process::is_child(pid) {
+                    let pidfd = watch_child(pid, "watching the process")?;
+                    self.track(pid, pidfd);
+                } else {
+                    // Any other process of its pid namespace (all of them are
+                    // the sandbox's); a pidfd is the only way to see its end.
+                    let pidfd = seqpacket::pidfd_open(pid).map_err(|_| not_found())?;
+                    self.foreign.insert(pid, pidfd);
+                }
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, None))
             }

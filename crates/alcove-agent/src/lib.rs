@@ -28,3 +28,7 @@ pub const AGENT_FD_ENV: &str = "ALCOVE_AGENT_FD";
 /// The environment variable naming the seccomp program (raw `struct
 /// sock_filter`s) the agent stacks on every command but the interpreter.
 pub const COPY_FILTER_ENV: &str = "ALCOVE_COPY_FILTER";
+/// Set (to `1`) when the agent is pid 1 of a fork with memory: it mounts its
+/// pid namespace's /proc with the one capability it was given for that
+/// (CAP_SYS_ADMIN, ambient) and drops it before anything else.
+pub const FORK_INIT_ENV: &str = "ALCOVE_AGENT_FORK_INIT";

@@ -85,9 +85,10 @@ pub enum Request {
         pid: i32,
         signal: i32,
     },
-    /// Watch a child the agent did not start (a forked sandbox's
-    /// interpreter, forked before the agent ran): answered `Started`, ended
-    /// by `Exited`, like a command.
+    /// Watch a process of the sandbox the agent did not start (a forked
+    /// sandbox's interpreter, made before the agent ran): answered
+    /// `Started`, ended by `Exited`, like a command; without a status where
+    /// it is not the agent's child (another process reaps it).
     Adopt {
         id: u64,
         pid: i32,

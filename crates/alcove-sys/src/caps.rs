@@ -30,16 +30,7 @@ pub fn drop_bounding_and_lock() -> io::Result<()> {
             0,
         )
     })?;
-    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
-    crate::cvt_int(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    })?;
+    clear_ambient()?;
     for cap in 0..64 {
         // SAFETY: PR_CAPBSET_DROP takes an integer; unknown caps give EINVAL.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -52,6 +43,21 @@ pub fn drop_bounding_and_lock() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Empties the ambient set (allowed without any capability).
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
+    crate::cvt_int(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// Clears the effective, permitted and inheritable sets.

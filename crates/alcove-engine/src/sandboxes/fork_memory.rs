@@ -2,8 +2,8 @@
 //! forks itself into the new sandbox's namespaces (alcove_fork.py, as a
 //! warm copy does: docs/warm-protocol.md); this side makes everything else
 //! the new sandbox has (its home, filled from the parent's, its cgroup,
-//! its agent's socket, its supervision) and checks its first process from
-//! /proc before anything is given to it.
+//! its agent's socket, its supervision) and checks every process of it
+//! from /proc before anything is given to it.
 //!
 //! Only a `net: none` sandbox is forked this way: its new network namespace
 //! is a copy's own (loopback only), as the parent's was. Another (outbound,
@@ -12,10 +12,10 @@
 use super::code::{Channel, Interpreter};
 use super::copy::{copy_tree, open_dir, Budget};
 use super::live::{run_ended, LiveSandbox, Parts, SandboxObserver, HOME};
-use super::{persist, CreateSandbox, SandboxesError, AGENT_READY};
+use super::{persist, CreateSandbox, SandboxesError};
 use crate::engine::Engine;
 use crate::store::now;
-use alcove_agent::{AgentLink, AGENT_FD_ENV};
+use alcove_agent::{AgentLink, AGENT_FD_ENV, FORK_INIT_ENV};
 use alcove_sandbox::{NetMode, RunOptions, SandboxSpec, UsageWatch};
 use alcove_sys::seqpacket;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -86,7 +86,8 @@ pub(super) async fn start(
         .argv
         .clone();
 
-    // Its home: a copy of the parent's, taken while the parent is frozen.
+    // Its home: mounted now, filled from the parent's (frozen) once the
+    // session has forked, while the copy makes its namespaces.
     let id = format!("sb-{}", alcove_sys::process::random_id());
     let dir = persist::sandbox_dir(&engine.sandboxes_dir(), &id)
         .map_err(SandboxesError::io("naming the sandbox's directory"))?;
@@ -97,14 +98,6 @@ pub(super) async fn start(
         bytes: disk,
         entries: super::templates::MAX_ENTRIES,
     };
-    let into = home.clone();
-    parent
-        .with_home_frozen(move |from| {
-            let to = open_dir(&into)?;
-            copy_tree(from, to.as_fd(), owner, budget)
-        })
-        .await?;
-    let t_files = t0.elapsed();
     let home_c = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
         .map_err(|_| SandboxesError::Start("the home's path holds a NUL byte".into()))?;
     let tree = alcove_sys::mount::clone_tree(&home_c)
@@ -147,6 +140,8 @@ pub(super) async fn start(
     let (out_read, out_write) = alcove_sys::fd::pipe_cloexec().map_err(io("making a pipe"))?;
     let (err_read, err_write) = alcove_sys::fd::pipe_cloexec().map_err(io("making a pipe"))?;
 
+    let mut agent_env = agent_env;
+    agent_env.push((FORK_INIT_ENV.to_owned(), "1".to_owned()));
     let request = serde_json::json!({
         "type": "fork",
         "id": id,
@@ -186,21 +181,18 @@ pub(super) async fn start(
     ));
 
     let t_sent = t0.elapsed();
-    // The copy's side, checked at each step (its cgroup is removed if it fails).
     let (log_read, log_write) =
         alcove_sys::fd::pipe_cloexec().map_err(io("making the agent's log pipe"))?;
-    let handshake = tokio::task::spawn_blocking(move || {
-        let made = handshake(steps, parent_proc.as_fd(), cgroup.get(), log_write);
-        // A copy that failed is killed now: the session waits for its child
-        // before it answers.
-        let cgroup = match made {
-            Ok(_) => Some(cgroup),
-            Err(_) => None,
-        };
-        (made, cgroup)
-    })
-    .await;
-    // The session waited for its child: its answer is there now.
+    let copying = Copying {
+        steps,
+        parent_proc,
+        cgroup,
+        agent_log: log_write,
+        daemon_end,
+    };
+    // A copy that failed is killed (its cgroup removed) before this returns:
+    // the session waits for its child before it answers.
+    let made = make_copy(parent, copying, home, owner, budget, t0).await;
     let answer = session.fork_answer().await;
     if let Err(e) = &answer {
         tracing::warn!(sandbox = %parent.id, error = %e, "the interpreter's fork answer");
@@ -212,8 +204,6 @@ pub(super) async fn start(
         }
     }
     drop(slot);
-    let (made, cgroup) =
-        handshake.map_err(|_| SandboxesError::Start("the fork's thread failed".into()))?;
     let made = match (made, answer) {
         (Ok(made), _) => made,
         // The session said why it did not fork (threads, shared memory): the
@@ -221,15 +211,20 @@ pub(super) async fn start(
         (Err(_), Ok(Some(refusal))) if refusal.before_fork => {
             return Err(SandboxesError::Conflict(refusal.why))
         }
-        (Err(why), _) => return Err(SandboxesError::ForkFailed(why)),
+        (Err(e), _) => return Err(e),
     };
     let t_checked = t0.elapsed();
-    let Some(mut cgroup) = cgroup else {
-        return Err(SandboxesError::ForkFailed(
-            "the copy's cgroup is gone".into(),
-        ));
-    };
-    let cgroup = cgroup.take();
+    let Made {
+        cgroup,
+        pidfd,
+        proc_dir: made_proc_dir,
+        steps,
+        link,
+        interpreter_pid,
+        isolate_us,
+        t_files,
+        t_link,
+    } = made;
 
     // Its run: supervised as an adopted process, like a warm copy.
     let mut spec = SandboxSpec::new(agent_argv.iter().map(Into::into).collect());
@@ -276,13 +271,12 @@ pub(super) async fn start(
     );
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
-    let made_proc_dir = made.proc_dir;
     let adopted = alcove_sandbox::Adopted {
-        pidfd: made.pidfd,
+        pidfd,
         cgroup,
-        connection: made.steps,
+        connection: steps,
         take_us: 0.0,
-        isolate_us: made.isolate_us,
+        isolate_us,
     };
     std::thread::Builder::new()
         .name("alcove-sandbox".into())
@@ -307,29 +301,30 @@ pub(super) async fn start(
 
     log_agent(log_read, id.clone());
     let t_thread = t0.elapsed();
-    let mut t_link = t_thread;
-    let made_rest = async {
-        let (link, _) = AgentLink::connect(daemon_end, AGENT_READY)
-            .await
-            .map_err(|e| SandboxesError::ForkFailed(format!("the copy's agent: {e}")))?;
-        t_link = t0.elapsed();
-        let channel = Channel {
-            control,
-            stdout: out_read,
-            stderr: err_read,
-        };
-        let interpreter = Interpreter::forked(&link, channel)
-            .await
-            .map_err(|e| match e {
-                SandboxesError::ForkFailed(_) => e,
-                other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
-            })?;
-        Ok::<_, SandboxesError>((link, interpreter))
-    }
-    .await;
+    let channel = Channel {
+        control,
+        stdout: out_read,
+        stderr: err_read,
+    };
+    let interpreter = Interpreter::forked(&link, channel)
+        .await
+        .map_err(|e| match e {
+            SandboxesError::ForkFailed(_) => e,
+            other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
+        })
+        .and_then(|interpreter| {
+            if interpreter.pid() == interpreter_pid {
+                Ok(interpreter)
+            } else {
+                Err(SandboxesError::ForkFailed(format!(
+                    "the copy's interpreter says it is pid {}, the kernel says {interpreter_pid}",
+                    interpreter.pid()
+                )))
+            }
+        });
     let t_ready = t0.elapsed();
-    let (link, interpreter) = match made_rest {
-        Ok(m) => m,
+    let interpreter = match interpreter {
+        Ok(interpreter) => interpreter,
         Err(e) => {
             drop(kill_write); // ends the run; its thread removes the cgroup
             return Err(e);
@@ -419,109 +414,284 @@ impl Drop for CgroupGuard {
     }
 }
 
-/// The new sandbox's first process, checked.
-struct Made {
-    pidfd: OwnedFd,
-    /// Its /proc directory (the new sandbox's root and network namespace).
-    proc_dir: OwnedFd,
-    /// The fork's socket: its stdio and `go` go out on it.
+/// What the copy's side is made with.
+struct Copying {
     steps: OwnedFd,
+    /// The parent's agent's /proc directory.
+    parent_proc: OwnedFd,
+    cgroup: CgroupGuard,
+    agent_log: OwnedFd,
+    /// The daemon's end of the new agent's socket.
+    daemon_end: OwnedFd,
+}
+
+/// The new sandbox, checked: its agent (pid 1) and its interpreter, alone
+/// in its cgroup.
+struct Made {
+    cgroup: alcove_cgroup::SandboxCgroup,
+    /// The agent's.
+    pidfd: OwnedFd,
+    /// The agent's /proc directory (the new sandbox's root and network namespace).
+    proc_dir: OwnedFd,
+    /// The fork's socket (closed by the copy: it has left).
+    steps: OwnedFd,
+    link: AgentLink,
+    /// The interpreter's pid in the new pid namespace.
+    interpreter_pid: libc::pid_t,
     isolate_us: f64,
+    t_files: Duration,
+    t_link: Duration,
 }
 
 /// The copy's side of the fork, step by step (alcove_fork.py): the
-/// session's child says `child` and is moved into `cgroup`; it makes its
-/// namespaces and its pid 1 says `init`, and is checked. An error says why.
-fn handshake(
-    steps: OwnedFd,
+/// session's child says `child` and is moved into its cgroup; the files are
+/// copied while it makes its namespaces; on `go` it spawns the agent, forks
+/// the interpreter and leaves; once the agent is ready, every process in
+/// the cgroup is checked. An error says why; the cgroup (with anything in
+/// it) is removed before it returns.
+async fn make_copy(
+    parent: &LiveSandbox,
+    copying: Copying,
+    home: std::path::PathBuf,
+    owner: (u32, u32),
+    budget: Budget,
+    t0: Instant,
+) -> Result<Made, SandboxesError> {
+    let Copying {
+        steps,
+        parent_proc,
+        cgroup,
+        agent_log,
+        daemon_end,
+    } = copying;
+    let t_start = Instant::now();
+    let deadline = t_start + STEP;
+    let failed = SandboxesError::ForkFailed;
+    let thread = |_| SandboxesError::Start("the fork's thread failed".into());
+    let (first, steps, parent_proc, cgroup) = tokio::task::spawn_blocking(move || {
+        let first = first_word(steps.as_fd(), parent_proc.as_fd(), cgroup.get(), deadline);
+        (first, steps, parent_proc, cgroup)
+    })
+    .await
+    .map_err(thread)?;
+    let child = first.map_err(failed)?;
+    let t_moved = t0.elapsed();
+
+    // Its files: the parent is frozen, the copy is not (it left the
+    // parent's cgroup), and mounts its home only after `go`.
+    parent
+        .with_home_frozen(move |from| {
+            let to = open_dir(&home)?;
+            copy_tree(from, to.as_fd(), owner, budget)
+        })
+        .await?;
+    let t_files = t0.elapsed();
+
+    let (left, steps, child) = tokio::task::spawn_blocking(move || {
+        let left = go_and_wait(steps.as_fd(), agent_log, &child, deadline);
+        (left, steps, child)
+    })
+    .await
+    .map_err(thread)?;
+    left.map_err(failed)?;
+    let t_left = t0.elapsed();
+    let within = deadline.saturating_duration_since(Instant::now());
+    let (link, _) = AgentLink::connect(daemon_end, within)
+        .await
+        .map_err(|e| failed(format!("the copy's agent: {e}")))?;
+    let t_link = t0.elapsed();
+
+    let (checked, mut cgroup) = tokio::task::spawn_blocking(move || {
+        let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child.expected_cgroup);
+        (checked, cgroup)
+    })
+    .await
+    .map_err(thread)?;
+    let checked = checked.map_err(|why| failed(format!("the copy was refused: {why}")))?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    tracing::debug!(
+        moved_ms = ms(t_moved),
+        files_ms = ms(t_files),
+        left_ms = ms(t_left),
+        link_ms = ms(t_link),
+        checked_ms = ms(t0.elapsed()),
+        "fork steps"
+    );
+    Ok(Made {
+        cgroup: cgroup.take(),
+        pidfd: checked.agent_pidfd,
+        proc_dir: checked.agent_proc_dir,
+        steps,
+        link,
+        interpreter_pid: checked.interpreter_pid,
+        isolate_us: t_start.elapsed().as_secs_f64() * 1e6,
+        t_files,
+        t_link,
+    })
+}
+
+/// The session's child, moved into the new cgroup.
+struct Child {
+    pidfd: OwnedFd,
+    /// What its /proc/PID/cgroup says there.
+    expected_cgroup: String,
+}
+
+/// Waits for the session's child's first word and moves it into `cgroup`
+/// (it must come from the parent's). Killed if refused.
+fn first_word(
+    steps: BorrowedFd<'_>,
     parent: BorrowedFd<'_>,
     cgroup: &alcove_cgroup::SandboxCgroup,
-    agent_log: OwnedFd,
-) -> Result<Made, String> {
-    let t0 = Instant::now();
-    let deadline = t0 + STEP;
-    let proc_text = |pid: libc::pid_t, file: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))
+    deadline: Instant,
+) -> Result<Child, String> {
+    let parent_cgroup =
+        std::fs::read_to_string(format!("/proc/self/fd/{}/cgroup", parent.as_raw_fd()))
+            .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
+    let child = receive(steps, "child", deadline)?;
+    let pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
+    let kill = || {
+        let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
     };
-    let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
-    let parent_cgroup = std::fs::read_to_string(format!("{parent_path}/cgroup"))
-        .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
-
-    let (child, _) = receive(steps.as_fd(), "child", deadline)?;
-    let t_child = t0.elapsed();
-    let child_pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
-    let kill_child = || {
-        let _ = alcove_sys::pidfd::send_signal(child_pidfd.as_fd(), libc::SIGKILL);
+    let cgroup_of = || {
+        std::fs::read_to_string(format!("/proc/{child}/cgroup"))
+            .map_err(|e| format!("reading /proc/{child}/cgroup: {e}"))
     };
-    if proc_text(child, "cgroup")? != parent_cgroup {
-        kill_child();
+    if cgroup_of()? != parent_cgroup {
+        kill();
         return Err("the fork's first word came from outside the sandbox".into());
     }
     if let Err(e) = cgroup.adopt(child) {
-        kill_child();
+        kill();
         return Err(format!("moving the copy into its cgroup: {e}"));
     }
-    let t_moved = t0.elapsed();
-    let expected_cgroup = proc_text(child, "cgroup")?;
-    seqpacket::send(steps.as_fd(), b"go", &[agent_log.as_fd()])
+    let expected_cgroup = cgroup_of()?;
+    Ok(Child {
+        pidfd,
+        expected_cgroup,
+    })
+}
+
+/// Says `go` (with the agent's log pipe) and waits for the copy to leave:
+/// its word `left`, then the session's child ended.
+fn go_and_wait(
+    steps: BorrowedFd<'_>,
+    agent_log: OwnedFd,
+    child: &Child,
+    deadline: Instant,
+) -> Result<(), String> {
+    seqpacket::send(steps, b"go", &[agent_log.as_fd()])
         .map_err(|e| format!("telling the copy: {e}"))?;
     drop(agent_log);
+    receive(steps, "left", deadline)?;
+    let mut gone = [libc::pollfd {
+        fd: child.pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..)) {
+        return Err("the session's child did not leave".into());
+    }
+    Ok(())
+}
 
-    let t_go = t0.elapsed();
-    let (pid, _) = receive(steps.as_fd(), "init", deadline)?;
-    tracing::debug!(
-        child_ms = t_child.as_secs_f64() * 1e3,
-        moved_ms = t_moved.as_secs_f64() * 1e3,
-        go_ms = t_go.as_secs_f64() * 1e3,
-        init_ms = t0.elapsed().as_secs_f64() * 1e3,
-        "fork steps"
-    );
-    let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+/// The new sandbox's processes, checked.
+struct Checked {
+    agent_pidfd: OwnedFd,
+    agent_proc_dir: OwnedFd,
+    interpreter_pid: libc::pid_t,
+}
+
+/// One process of the copy, read from /proc while its pidfd says it lives.
+struct Seen {
+    pidfd: OwnedFd,
+    proc_dir: OwnedFd,
+    /// Its pid in its own pid namespace.
+    inner_pid: libc::pid_t,
+    namespaces: Vec<std::path::PathBuf>,
+}
+
+/// Checks every process in the copy's cgroup from the kernel's word, not
+/// theirs: exactly two, pid 1 of a new pid namespace (the agent) and one
+/// more process of it (the interpreter), in the same namespaces, none of
+/// them the parent's, in the copy's cgroup, holding no capability, with
+/// no_new_privs, a seccomp filter and one thread each, and nothing new in
+/// the cgroup once they are checked. A process made before its maker
+/// dropped a capability would be in the cgroup (listed again at the end);
+/// one made after inherits what was checked.
+fn check_copy(
+    cgroup: &alcove_cgroup::SandboxCgroup,
+    parent: BorrowedFd<'_>,
+    expected_cgroup: &str,
+) -> Result<Checked, String> {
+    let members = cgroup_members(cgroup);
+    if members.len() != 2 {
+        return Err(format!(
+            "its cgroup holds {members:?}, not its agent and its interpreter alone"
+        ));
+    }
+    let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
+    let parents: Vec<_> = NAMESPACES
+        .iter()
+        .map(|ns| std::fs::read_link(format!("{parent_path}/ns/{ns}")))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("reading the sandbox's namespaces: {e}"))?;
+    let mut seen = Vec::with_capacity(2);
+    for &pid in &members {
+        seen.push(check_process(pid, expected_cgroup, &parents)?);
+    }
+    let (agent, interpreter) = match (seen.pop(), seen.pop()) {
+        (Some(a), Some(b)) if a.inner_pid == 1 => (a, b),
+        (Some(a), Some(b)) if b.inner_pid == 1 => (b, a),
+        _ => return Err("neither of its processes is pid 1 of its own pid namespace".into()),
+    };
+    if agent.namespaces != interpreter.namespaces {
+        return Err("its agent and its interpreter are in different namespaces".into());
+    }
+    if cgroup_members(cgroup) != members {
+        return Err("a process was made in its cgroup while it was checked".into());
+    }
+    drop(interpreter.pidfd);
+    drop(interpreter.proc_dir);
+    Ok(Checked {
+        agent_pidfd: agent.pidfd,
+        agent_proc_dir: agent.proc_dir,
+        interpreter_pid: interpreter.inner_pid,
+    })
+}
+
+fn check_process(
+    pid: libc::pid_t,
+    expected_cgroup: &str,
+    parents: &[std::path::PathBuf],
+) -> Result<Seen, String> {
+    let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
     // Read through its /proc directory, opened while the pidfd says it lives
     // (a number reused after its end cannot stand in).
     let proc_dir = std::fs::File::open(format!("/proc/{pid}"))
         .map_err(|e| format!("opening /proc/{pid}: {e}"))?;
-    let refuse = |why: String| {
-        let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
-        kill_child();
-        Err(format!("the copy was refused: {why}"))
-    };
     if alcove_sys::pidfd::send_signal(pidfd.as_fd(), 0).is_err() {
-        return refuse("it ended".into());
+        return Err(format!("its process {pid} ended"));
     }
     let dir = format!("/proc/self/fd/{}", proc_dir.as_raw_fd());
     let text = |file: &str| {
         std::fs::read_to_string(format!("{dir}/{file}"))
             .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))
     };
-    // The session's child has left (it forked this one): then nothing but
-    // this process is in the new cgroup, so nothing there escaped the checks.
-    let mut gone = [libc::pollfd {
-        fd: child_pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let left = deadline.saturating_duration_since(Instant::now());
-    if !matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..)) {
-        return refuse("the session's child did not leave".into());
-    }
-    let members = cgroup_members(cgroup);
-    if members != [pid] {
-        return refuse(format!("its cgroup holds {members:?}, not it alone"));
-    }
-    // Its word is not taken: its cgroup (which only the copy's processes can
-    // be in), its namespaces and its privileges are the kernel's.
     if text("cgroup")? != expected_cgroup {
-        return refuse("it is not in its cgroup".into());
+        return Err(format!("its process {pid} is not in its cgroup"));
     }
-    for ns in NAMESPACES {
-        let theirs = std::fs::read_link(format!("{dir}/ns/{ns}"));
-        let parents = std::fs::read_link(format!("{parent_path}/ns/{ns}"));
-        match (theirs, parents) {
-            (Ok(a), Ok(b)) if a != b => {}
-            (Ok(_), Ok(_)) => return refuse(format!("it shares the {ns} namespace")),
-            _ => return refuse(format!("its {ns} namespace cannot be read")),
+    let mut namespaces = Vec::with_capacity(NAMESPACES.len());
+    for (ns, parents) in NAMESPACES.iter().zip(parents) {
+        match std::fs::read_link(format!("{dir}/ns/{ns}")) {
+            Ok(theirs) if theirs != *parents => namespaces.push(theirs),
+            Ok(_) => return Err(format!("its process {pid} shares the {ns} namespace")),
+            Err(_) => {
+                return Err(format!(
+                    "the {ns} namespace of its process {pid} cannot be read"
+                ))
+            }
         }
     }
     let status = text("status")?;
@@ -536,26 +706,24 @@ fn handshake(
         .iter()
         .all(|c| field(c).bytes().all(|b| b == b'0') && !field(c).is_empty());
     let checks = [
-        (no_caps, "it holds capabilities"),
-        (field("NoNewPrivs") == "1", "no_new_privs is not set"),
-        (field("Seccomp") == "2", "it has no seccomp filter"),
-        (field("Threads") == "1", "it runs more than one thread"),
-        (
-            field("NSpid").split_whitespace().last() == Some("1"),
-            "it is not pid 1 of its own pid namespace",
-        ),
+        (no_caps, "holds capabilities"),
+        (field("NoNewPrivs") == "1", "has no no_new_privs"),
+        (field("Seccomp") == "2", "has no seccomp filter"),
+        (field("Threads") == "1", "runs more than one thread"),
     ];
     if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
-        return refuse((*why).into());
+        return Err(format!("its process {pid} {why}"));
     }
-    if seqpacket::send(steps.as_fd(), b"ok", &[]).is_err() {
-        return refuse("it went away".into());
-    }
-    Ok(Made {
+    let inner_pid = field("NSpid")
+        .split_whitespace()
+        .last()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("its process {pid} has no pid of its own namespace"))?;
+    Ok(Seen {
         pidfd,
         proc_dir: proc_dir.into(),
-        steps,
-        isolate_us: t0.elapsed().as_secs_f64() * 1e6,
+        inner_pid,
+        namespaces,
     })
 }
 
@@ -579,12 +747,12 @@ fn cgroup_members(cgroup: &alcove_cgroup::SandboxCgroup) -> Vec<libc::pid_t> {
 
 /// Waits (until `deadline`: the whole copy has [`STEP`]) for the copy's
 /// next word, which starts with `expected`: the pid the kernel says sent
-/// it, and the word. A failure report or silence is the error.
+/// it. A failure report or silence is the error.
 fn receive(
     steps: BorrowedFd<'_>,
     expected: &str,
     deadline: Instant,
-) -> Result<(libc::pid_t, String), String> {
+) -> Result<libc::pid_t, String> {
     let mut polled = [libc::pollfd {
         fd: steps.as_raw_fd(),
         events: libc::POLLIN,
@@ -601,7 +769,7 @@ fn receive(
         .map_err(|e| format!("reading the copy's word: {e}"))?;
     let word = String::from_utf8_lossy(&buf[..n]);
     match pid {
-        Some(pid) if pid > 0 && word.starts_with(expected) => Ok((pid, word.into_owned())),
+        Some(pid) if pid > 0 && word.starts_with(expected) => Ok(pid),
         _ if n == 0 => Err("the copy ended before it was made".into()),
         _ => Err(format!("the copy said: {}", word.trim())),
     }
