@@ -257,13 +257,21 @@ pub(super) struct ForkRefusal {
 /// How long a forked interpreter has to say it is ready.
 const FORK_READY: Duration = Duration::from_secs(10);
 
-impl Interpreter {
-    /// The interpreter a fork made in `sandbox` (alcove_fork.py, step D):
-    /// its ready frame names its pid, which the new agent then watches.
-    pub(super) async fn forked(
-        link: &alcove_agent::AgentLink,
-        channel: Channel,
-    ) -> Result<Interpreter, SandboxesError> {
+/// A forked interpreter that said it is ready, not yet watched by its
+/// sandbox's agent ([`ForkedInterpreter::adopt`]).
+pub(super) struct ForkedInterpreter {
+    /// The pid its ready frame names.
+    pub pid: i32,
+    frames: BufReader<tokio::net::unix::OwnedReadHalf>,
+    partial: Vec<u8>,
+    requests: tokio::net::unix::OwnedWriteHalf,
+    channel_out: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+}
+
+impl ForkedInterpreter {
+    /// Waits for the ready frame of the interpreter a fork made
+    /// (alcove_fork.py, step D): it names its pid.
+    pub(super) async fn ready(channel: Channel) -> Result<ForkedInterpreter, SandboxesError> {
         let io = SandboxesError::io("reading the forked interpreter");
         let (read, write) = tokio::net::UnixStream::from_std(channel.control)
             .map_err(&io)?
@@ -286,19 +294,37 @@ impl Interpreter {
                 SandboxesError::ForkFailed("the forked interpreter's ready has no pid".into())
             })?
             .pid;
-        let end = link.adopt(pid).await?;
-        Ok(Interpreter {
+        Ok(ForkedInterpreter {
             pid,
-            end,
             frames,
             partial,
             requests: write,
-            stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(channel.stdout).map_err(&io)?,
-            stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(channel.stderr).map_err(&io)?,
-            calls: 0,
+            channel_out: (channel.stdout, channel.stderr),
         })
     }
 
+    /// The interpreter, watched by the new sandbox's agent from now on.
+    pub(super) async fn adopt(
+        self,
+        link: &alcove_agent::AgentLink,
+    ) -> Result<Interpreter, SandboxesError> {
+        let io = SandboxesError::io("reading the forked interpreter");
+        let end = link.adopt(self.pid).await?;
+        let (stdout, stderr) = self.channel_out;
+        Ok(Interpreter {
+            pid: self.pid,
+            end,
+            frames: self.frames,
+            partial: self.partial,
+            requests: self.requests,
+            stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).map_err(&io)?,
+            stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(stderr).map_err(&io)?,
+            calls: 0,
+        })
+    }
+}
+
+impl Interpreter {
     /// Its pid in its sandbox.
     pub(super) fn pid(&self) -> i32 {
         self.pid

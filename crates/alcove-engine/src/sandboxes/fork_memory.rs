@@ -9,7 +9,7 @@
 //! is a copy's own (loopback only), as the parent's was. Another (outbound,
 //! host) is forked with its files and a fresh interpreter, and says so.
 
-use super::code::{Channel, Interpreter};
+use super::code::{Channel, ForkedInterpreter};
 use super::copy::{copy_tree, open_dir, Budget};
 use super::live::{run_ended, LiveSandbox, Parts, SandboxObserver, HOME};
 use super::{persist, CreateSandbox, SandboxesError};
@@ -189,6 +189,11 @@ pub(super) async fn start(
         cgroup,
         agent_log: log_write,
         daemon_end,
+        channel: Channel {
+            control,
+            stdout: out_read,
+            stderr: err_read,
+        },
     };
     // A copy that failed is killed (its cgroup removed) before this returns:
     // the session waits for its child before it answers.
@@ -220,7 +225,7 @@ pub(super) async fn start(
         proc_dir: made_proc_dir,
         steps,
         link,
-        interpreter_pid,
+        interpreter,
         isolate_us,
         t_files,
         t_link,
@@ -301,27 +306,10 @@ pub(super) async fn start(
 
     log_agent(log_read, id.clone());
     let t_thread = t0.elapsed();
-    let channel = Channel {
-        control,
-        stdout: out_read,
-        stderr: err_read,
-    };
-    let interpreter = Interpreter::forked(&link, channel)
-        .await
-        .map_err(|e| match e {
-            SandboxesError::ForkFailed(_) => e,
-            other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
-        })
-        .and_then(|interpreter| {
-            if interpreter.pid() == interpreter_pid {
-                Ok(interpreter)
-            } else {
-                Err(SandboxesError::ForkFailed(format!(
-                    "the copy's interpreter says it is pid {}, the kernel says {interpreter_pid}",
-                    interpreter.pid()
-                )))
-            }
-        });
+    let interpreter = interpreter.adopt(&link).await.map_err(|e| match e {
+        SandboxesError::ForkFailed(_) => e,
+        other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
+    });
     let t_ready = t0.elapsed();
     let interpreter = match interpreter {
         Ok(interpreter) => interpreter,
@@ -423,6 +411,8 @@ struct Copying {
     agent_log: OwnedFd,
     /// The daemon's end of the new agent's socket.
     daemon_end: OwnedFd,
+    /// The daemon's ends of the new interpreter's channel.
+    channel: Channel,
 }
 
 /// The new sandbox, checked: its agent (pid 1) and its interpreter, alone
@@ -436,8 +426,8 @@ struct Made {
     /// The fork's socket (closed by the copy: it has left).
     steps: OwnedFd,
     link: AgentLink,
-    /// The interpreter's pid in the new pid namespace.
-    interpreter_pid: libc::pid_t,
+    /// Checked: its pid is the one the kernel gives the second process.
+    interpreter: ForkedInterpreter,
     isolate_us: f64,
     t_files: Duration,
     t_link: Duration,
@@ -463,6 +453,7 @@ async fn make_copy(
         cgroup,
         agent_log,
         daemon_end,
+        channel,
     } = copying;
     let t_start = Instant::now();
     let deadline = t_start + STEP;
@@ -495,19 +486,37 @@ async fn make_copy(
     .map_err(thread)?;
     left.map_err(failed)?;
     let t_left = t0.elapsed();
+    // The agent says ready once it has dropped its capability, and is then
+    // checked with the rest; the interpreter says ready meanwhile. A failure
+    // of either removes the cgroup, which ends the other's wait.
     let within = deadline.saturating_duration_since(Instant::now());
-    let (link, _) = AgentLink::connect(daemon_end, within)
+    let agent_checked = async move {
+        let (link, _) = AgentLink::connect(daemon_end, within)
+            .await
+            .map_err(|e| failed(format!("the copy's agent: {e}")))?;
+        let t_link = t0.elapsed();
+        let (checked, cgroup) = tokio::task::spawn_blocking(move || {
+            let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child.expected_cgroup);
+            (checked, cgroup)
+        })
         .await
-        .map_err(|e| failed(format!("the copy's agent: {e}")))?;
-    let t_link = t0.elapsed();
-
-    let (checked, mut cgroup) = tokio::task::spawn_blocking(move || {
-        let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child.expected_cgroup);
-        (checked, cgroup)
-    })
-    .await
-    .map_err(thread)?;
-    let checked = checked.map_err(|why| failed(format!("the copy was refused: {why}")))?;
+        .map_err(thread)?;
+        let checked = checked.map_err(|why| failed(format!("the copy was refused: {why}")))?;
+        Ok::<_, SandboxesError>((link, t_link, checked, cgroup))
+    };
+    let (agent_checked, interpreter) =
+        tokio::join!(agent_checked, ForkedInterpreter::ready(channel));
+    let (link, t_link, checked, mut cgroup) = agent_checked?;
+    let interpreter = interpreter.map_err(|e| match e {
+        SandboxesError::ForkFailed(_) => e,
+        other => failed(format!("the copy's interpreter: {other}")),
+    })?;
+    if interpreter.pid != checked.interpreter_pid {
+        return Err(failed(format!(
+            "the copy's interpreter says it is pid {}, the kernel says {}",
+            interpreter.pid, checked.interpreter_pid
+        )));
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     tracing::debug!(
         moved_ms = ms(t_moved),
@@ -523,7 +532,7 @@ async fn make_copy(
         proc_dir: checked.agent_proc_dir,
         steps,
         link,
-        interpreter_pid: checked.interpreter_pid,
+        interpreter,
         isolate_us: t_start.elapsed().as_secs_f64() * 1e6,
         t_files,
         t_link,
