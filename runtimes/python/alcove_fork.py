@@ -173,6 +173,13 @@ def become_copy(request, fds, keep):
     descriptors that D closes itself (its old control channel)."""
     conn_fd, tree_fd, link_fd, ctl_fd, out_fd, err_fd = fds
     # Above every number the steps below dup2 onto (the agent's link is < 64).
+    # The daemon moves us into the new sandbox's cgroup (and copies the
+    # files) meanwhile: nothing is forked before its go, so every process of
+    # the new sandbox is born there.
+    try:
+        os.write(conn_fd, b"child")  # the kernel attaches our pid
+    except OSError:
+        os._exit(70)
     conn = socket.socket(fileno=fcntl.fcntl(conn_fd, fcntl.F_DUPFD_CLOEXEC, 64))
     os.close(conn_fd)
     step = "setup"
@@ -185,9 +192,6 @@ def become_copy(request, fds, keep):
         for fd in keep:
             os.close(fd)
         fork = Fork(flags, tmpfs_size)
-        # The daemon moves us into the new sandbox's cgroup meanwhile: nothing
-        # is forked before its go, so every process of the new sandbox is born there.
-        conn.send(b"child")
         try:
             cwd = os.getcwd()  # resolved again below: in the new home, not the old one
         except OSError:

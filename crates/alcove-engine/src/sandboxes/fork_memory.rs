@@ -465,7 +465,8 @@ async fn make_copy(
     })
     .await
     .map_err(thread)?;
-    let child = first.map_err(failed)?;
+    let (child, t_child) = first.map_err(failed)?;
+    let t_child = t_child.duration_since(t0);
     let t_moved = t0.elapsed();
 
     // Its files: the parent is frozen, the copy is not (it left the
@@ -478,9 +479,9 @@ async fn make_copy(
         .await?;
     let t_files = t0.elapsed();
 
-    let (left, steps, child) = tokio::task::spawn_blocking(move || {
-        let left = go_and_wait(steps.as_fd(), agent_log, &child, deadline);
-        (left, steps, child)
+    let (left, steps) = tokio::task::spawn_blocking(move || {
+        let left = go_and_wait(steps.as_fd(), agent_log, deadline);
+        (left, steps)
     })
     .await
     .map_err(thread)?;
@@ -496,7 +497,7 @@ async fn make_copy(
             .map_err(|e| failed(format!("the copy's agent: {e}")))?;
         let t_link = t0.elapsed();
         let (checked, cgroup) = tokio::task::spawn_blocking(move || {
-            let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child.expected_cgroup);
+            let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child, deadline);
             (checked, cgroup)
         })
         .await
@@ -519,6 +520,8 @@ async fn make_copy(
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     tracing::debug!(
+        started_ns = alcove_sys::process::monotonic_ns() - t0.elapsed().as_nanos() as u64,
+        child_ms = ms(t_child),
         moved_ms = ms(t_moved),
         files_ms = ms(t_files),
         left_ms = ms(t_left),
@@ -541,23 +544,26 @@ async fn make_copy(
 
 /// The session's child, moved into the new cgroup.
 struct Child {
+    pid: libc::pid_t,
     pidfd: OwnedFd,
     /// What its /proc/PID/cgroup says there.
     expected_cgroup: String,
 }
 
 /// Waits for the session's child's first word and moves it into `cgroup`
-/// (it must come from the parent's). Killed if refused.
+/// (it must come from the parent's), and says when the word came. Killed
+/// if refused.
 fn first_word(
     steps: BorrowedFd<'_>,
     parent: BorrowedFd<'_>,
     cgroup: &alcove_cgroup::SandboxCgroup,
     deadline: Instant,
-) -> Result<Child, String> {
+) -> Result<(Child, Instant), String> {
     let parent_cgroup =
         std::fs::read_to_string(format!("/proc/self/fd/{}/cgroup", parent.as_raw_fd()))
             .map_err(|e| format!("reading the sandbox's cgroup: {e}"))?;
     let child = receive(steps, "child", deadline)?;
+    let t_child = Instant::now();
     let pidfd = seqpacket::pidfd_open(child).map_err(|e| format!("pidfd_open: {e}"))?;
     let kill = || {
         let _ = alcove_sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
@@ -575,34 +581,21 @@ fn first_word(
         return Err(format!("moving the copy into its cgroup: {e}"));
     }
     let expected_cgroup = cgroup_of()?;
-    Ok(Child {
+    let child = Child {
+        pid: child,
         pidfd,
         expected_cgroup,
-    })
+    };
+    Ok((child, t_child))
 }
 
-/// Says `go` (with the agent's log pipe) and waits for the copy to leave:
-/// its word `left`, then the session's child ended.
-fn go_and_wait(
-    steps: BorrowedFd<'_>,
-    agent_log: OwnedFd,
-    child: &Child,
-    deadline: Instant,
-) -> Result<(), String> {
+/// Says `go` (with the agent's log pipe) and waits for the copy's word
+/// `left`: it has made the new sandbox's processes and is ending.
+fn go_and_wait(steps: BorrowedFd<'_>, agent_log: OwnedFd, deadline: Instant) -> Result<(), String> {
     seqpacket::send(steps, b"go", &[agent_log.as_fd()])
         .map_err(|e| format!("telling the copy: {e}"))?;
     drop(agent_log);
-    receive(steps, "left", deadline)?;
-    let mut gone = [libc::pollfd {
-        fd: child.pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let left = deadline.saturating_duration_since(Instant::now());
-    if !matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..)) {
-        return Err("the session's child did not leave".into());
-    }
-    Ok(())
+    receive(steps, "left", deadline).map(drop)
 }
 
 /// The new sandbox's processes, checked.
@@ -628,27 +621,47 @@ struct Seen {
 /// no_new_privs, a seccomp filter and one thread each, and nothing new in
 /// the cgroup once they are checked. A process made before its maker
 /// dropped a capability would be in the cgroup (listed again at the end);
-/// one made after inherits what was checked.
+/// one made after inherits what was checked. The session's child, which
+/// said `left`, may still be ending: it passes the same checks (but for
+/// its pid namespace, its parent's) or must end by `deadline`, and is
+/// killed once the others are checked.
 fn check_copy(
     cgroup: &alcove_cgroup::SandboxCgroup,
     parent: BorrowedFd<'_>,
-    expected_cgroup: &str,
+    child: &Child,
+    deadline: Instant,
 ) -> Result<Checked, String> {
-    let members = cgroup_members(cgroup);
-    if members.len() != 2 {
-        return Err(format!(
-            "its cgroup holds {members:?}, not its agent and its interpreter alone"
-        ));
-    }
     let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
     let parents: Vec<_> = NAMESPACES
         .iter()
         .map(|ns| std::fs::read_link(format!("{parent_path}/ns/{ns}")))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("reading the sandbox's namespaces: {e}"))?;
+    let is_leaving = |pid: libc::pid_t| {
+        pid == child.pid && alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), 0).is_ok()
+    };
+    let members = cgroup_members(cgroup);
     let mut seen = Vec::with_capacity(2);
+    let mut others = Vec::with_capacity(2);
     for &pid in &members {
-        seen.push(check_process(pid, expected_cgroup, &parents)?);
+        if is_leaving(pid) {
+            let passes = check_process(pid, &child.expected_cgroup, &parents, false).is_ok();
+            if !passes && !ends_by(child.pidfd.as_fd(), deadline) {
+                return Err("the session's child did not leave".into());
+            }
+            continue;
+        }
+        others.push(pid);
+        if others.len() > 2 {
+            break;
+        }
+        seen.push(check_process(pid, &child.expected_cgroup, &parents, true)?);
+    }
+    if others.len() != 2 {
+        return Err(format!(
+            "its cgroup holds {others:?} besides the session's child, not its agent and its \
+             interpreter alone"
+        ));
     }
     let (agent, interpreter) = match (seen.pop(), seen.pop()) {
         (Some(a), Some(b)) if a.inner_pid == 1 => (a, b),
@@ -658,9 +671,12 @@ fn check_copy(
     if agent.namespaces != interpreter.namespaces {
         return Err("its agent and its interpreter are in different namespaces".into());
     }
-    if cgroup_members(cgroup) != members {
+    let mut again = cgroup_members(cgroup);
+    again.retain(|&pid| pid != child.pid);
+    if again != others {
         return Err("a process was made in its cgroup while it was checked".into());
     }
+    let _ = alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), libc::SIGKILL);
     drop(interpreter.pidfd);
     drop(interpreter.proc_dir);
     Ok(Checked {
@@ -670,10 +686,24 @@ fn check_copy(
     })
 }
 
+/// Whether the process of `pidfd` ends before `deadline`.
+fn ends_by(pidfd: BorrowedFd<'_>, deadline: Instant) -> bool {
+    let mut gone = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let left = deadline.saturating_duration_since(Instant::now());
+    matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..))
+}
+
+/// One process of the copy, checked; `own_pid_ns`: whether its pid
+/// namespace must be new too (not for the session's child).
 fn check_process(
     pid: libc::pid_t,
     expected_cgroup: &str,
     parents: &[std::path::PathBuf],
+    own_pid_ns: bool,
 ) -> Result<Seen, String> {
     let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
     // Read through its /proc directory, opened while the pidfd says it lives
@@ -694,7 +724,9 @@ fn check_process(
     let mut namespaces = Vec::with_capacity(NAMESPACES.len());
     for (ns, parents) in NAMESPACES.iter().zip(parents) {
         match std::fs::read_link(format!("{dir}/ns/{ns}")) {
-            Ok(theirs) if theirs != *parents => namespaces.push(theirs),
+            Ok(theirs) if theirs != *parents || (*ns == "pid" && !own_pid_ns) => {
+                namespaces.push(theirs)
+            }
             Ok(_) => return Err(format!("its process {pid} shares the {ns} namespace")),
             Err(_) => {
                 return Err(format!(
