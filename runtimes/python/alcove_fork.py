@@ -5,15 +5,15 @@ and six descriptors (docs/sandboxes-api.md, "Fork with the interpreter's
 memory"). The session forks; the child (C) makes the new sandbox:
 
   C   says ``child`` (the kernel attaches its pid; the daemon moves it into
-      the new sandbox's cgroup, then copies the files into the new home),
-      makes the namespaces a warm copy makes (docs/warm-protocol.md, steps
-      1-5: user, mount, network, IPC, UTS and pid) and waits for ``go``
-      (which brings the agent's log pipe). It mounts the new home (a
-      detached mount from the daemon) over its own, and spawns the
-      sandbox's agent as pid 1 of the new pid namespace (posix_spawn: no
-      copy of this memory), with CAP_SYS_ADMIN alone, as an ambient
-      capability, to mount its /proc (only a process of that namespace
-      can); the agent drops it before it says ready. C drops every
+      the new sandbox's cgroup, says ``moved`` with the agent's log pipe,
+      then copies the files into the new home) and makes the namespaces a
+      warm copy makes (docs/warm-protocol.md, steps 1-5: user, mount,
+      network, IPC, UTS and pid). On ``moved`` it spawns the sandbox's
+      agent as pid 1 of the new pid namespace (posix_spawn: no copy of this
+      memory), with CAP_SYS_ADMIN alone, as an ambient capability, to mount
+      its /proc (only a process of that namespace can); the agent drops it
+      before it says ready. On ``go`` (the files are there) C mounts the new
+      home (a detached mount from the daemon) over its own, drops every
       capability, forks the interpreter (D), says ``left`` and leaves.
   D   the new sandbox's interpreter: the session's memory, its variables
       and modules, with a new control channel and output pipes. Every other
@@ -75,7 +75,7 @@ class Fork(_rt.Template):
         """pid 1 of the new pid namespace: the agent, spawned (no copy of
         this memory) with CAP_SYS_ADMIN alone, ambient, and an empty
         bounding set; `fds` maps the numbers it gets to ours. Then this
-        process holds no capability either."""
+        process holds CAP_SYS_ADMIN alone, until drop_all."""
         admin, setpcap = 1 << CAP_SYS_ADMIN, 1 << CAP_SETPCAP
         # Inheritable only while the bounding set still holds it.
         self.capset(admin | setpcap, admin | setpcap, admin)
@@ -96,9 +96,12 @@ class Fork(_rt.Template):
         finally:
             for fd in high.values():
                 os.close(fd)
-            self.capset_empty()
             self.check(self.libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
                        "clearing the ambient capabilities")
+            self.capset(admin, admin, 0)  # for the home's mount, then none (drop_all)
+
+    def drop_all(self):
+        self.capset_empty()
 
 
 _libc = []
@@ -167,15 +170,16 @@ def parse(request, fds):
     return argv, dict(env), link_fd, numbers[0], numbers[1], home
 
 
-def become_copy(request, fds, keep):
+def become_copy(request, fds, keep, say_ready):
     """In the session's child: the steps above. Returns only in D, with D's
     control descriptor; C never returns. `keep`: the session's own
-    descriptors that D closes itself (its old control channel)."""
+    descriptors that D closes itself (its old control channel);
+    `say_ready(fd)`: D's first words on its new control channel."""
     conn_fd, tree_fd, link_fd, ctl_fd, out_fd, err_fd = fds
     # Above every number the steps below dup2 onto (the agent's link is < 64).
-    # The daemon moves us into the new sandbox's cgroup (and copies the
-    # files) meanwhile: nothing is forked before its go, so every process of
-    # the new sandbox is born there.
+    # The daemon moves us into the new sandbox's cgroup meanwhile: nothing
+    # is spawned before its `moved`, so every process of the new sandbox is
+    # born there.
     try:
         os.write(conn_fd, b"child")  # the kernel attaches our pid
     except OSError:
@@ -206,12 +210,22 @@ def become_copy(request, fds, keep):
         fork.isolate_mounts()
         step = "loopback"
         _rt.loopback_up()
-        step = "go"
+        step = "moved"
         _, anc, msg_flags, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
         _, log = _rt.parse_request(b"", 0, anc)
         if len(log) != 1 or msg_flags & socket.MSG_CTRUNC:
             for fd in log:
                 os.close(fd)
+            os._exit(0)  # refused, or the daemon went away
+        step = "pid 1"
+        # Started while the daemon copies the files: its working directory
+        # is / (here, the parent's home until the new one is mounted).
+        os.chdir("/")
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        fork.spawn_init(argv, env, {0: null, 1: log[0], 2: log[0], agent_link_fd: link_fd})
+        os.close(null)
+        step = "go"
+        if conn.recv(16) != b"go":
             os._exit(0)  # refused, or the daemon went away
         step = "home"
         fork.check(fork.libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(tree_fd), b"",
@@ -225,17 +239,15 @@ def become_copy(request, fds, keep):
                 break
             except OSError:
                 pass
-        step = "pid 1"
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        fork.spawn_init(argv, env, {0: null, 1: log[0], 2: log[0], agent_link_fd: link_fd})
-        os.close(null)
+        fork.drop_all()
         step = "interpreter"
         if os.fork() == 0:
             conn.close()
             for fd in log + [link_fd]:
                 os.close(fd)
+            say_ready(ctl_fd)
             return interpreter(ctl_fd, out_fd, err_fd)
-        conn.send(b"left")  # the daemon checks the new sandbox once this process has ended
+        conn.send(b"left")  # the daemon checks the new sandbox while this process ends
         os._exit(0)
     except BaseException as e:  # the daemon logs why, and removes what it made
         why = f"failed at {step}: {e}"[:4000].encode("utf-8", "replace")
@@ -243,7 +255,7 @@ def become_copy(request, fds, keep):
             conn.send(why)
         except OSError:
             try:
-                os.write(2, b"alcove_fork: " + why + b"\n")  # after go: the agent's stderr
+                os.write(2, b"alcove_fork: " + why + b"\n")  # /dev/null, or a test's terminal
             except OSError:
                 pass
         os._exit(70)

@@ -433,7 +433,12 @@ def _main():
             return "ForkRefused", f"fork: {e}"
         if pid == 0:
             try:
-                new_ctl = fork_module.become_copy(request, fds, [chan["sock"].fileno()])
+                def say_ready(fd):
+                    # First, before the rest of its setup: the fork's answer waits for it.
+                    line = _encode({"type": "ready", "pid": _os.getpid(),
+                                    "python": _sys.version.split()[0], "forked": True}) + "\n"
+                    _os.write(fd, line.encode())
+                new_ctl = fork_module.become_copy(request, fds, [chan["sock"].fileno()], say_ready)
                 chan["sock"].detach()  # closed by become_copy
                 ctl2 = _fcntl.fcntl(new_ctl, _F_DUPFD_CLOEXEC, _HIGH_FD)
                 _os.close(new_ctl)
@@ -445,8 +450,6 @@ def _main():
                 # A collapse the fork cut short is the parent's to finish: here
                 # it would copy pages the copy shares with its parent.
                 after_fork[0] = False
-                send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0],
-                       "forked": True}])
             except BaseException:
                 try:  # its stderr is the new sandbox's by now, or /dev/null
                     _os.write(2, _traceback.format_exc().encode("utf-8", "replace"))

@@ -434,10 +434,10 @@ struct Made {
 }
 
 /// The copy's side of the fork, step by step (alcove_fork.py): the
-/// session's child says `child` and is moved into its cgroup; the files are
-/// copied while it makes its namespaces; on `go` it spawns the agent, forks
-/// the interpreter and leaves; once the agent is ready, every process in
-/// the cgroup is checked. An error says why; the cgroup (with anything in
+/// session's child says `child` and is moved into its cgroup; told `moved`
+/// (with the agent's log pipe), it spawns the agent while the files are
+/// copied; on `go` it mounts the new home, forks the interpreter and says
+/// `left`; once the agent is ready, every process in the cgroup is checked. An error says why; the cgroup (with anything in
 /// it) is removed before it returns.
 async fn make_copy(
     parent: &LiveSandbox,
@@ -460,7 +460,13 @@ async fn make_copy(
     let failed = SandboxesError::ForkFailed;
     let thread = |_| SandboxesError::Start("the fork's thread failed".into());
     let (first, steps, parent_proc, cgroup) = tokio::task::spawn_blocking(move || {
-        let first = first_word(steps.as_fd(), parent_proc.as_fd(), cgroup.get(), deadline);
+        let first = first_word(steps.as_fd(), parent_proc.as_fd(), cgroup.get(), deadline)
+            .and_then(|moved| {
+                // It spawns its agent now, in its cgroup, while the files are copied.
+                seqpacket::send(steps.as_fd(), b"moved", &[agent_log.as_fd()])
+                    .map_err(|e| format!("telling the copy: {e}"))?;
+                Ok(moved)
+            });
         (first, steps, parent_proc, cgroup)
     })
     .await
@@ -480,7 +486,7 @@ async fn make_copy(
     let t_files = t0.elapsed();
 
     let (left, steps) = tokio::task::spawn_blocking(move || {
-        let left = go_and_wait(steps.as_fd(), agent_log, deadline);
+        let left = go_and_wait(steps.as_fd(), deadline);
         (left, steps)
     })
     .await
@@ -589,12 +595,10 @@ fn first_word(
     Ok((child, t_child))
 }
 
-/// Says `go` (with the agent's log pipe) and waits for the copy's word
-/// `left`: it has made the new sandbox's processes and is ending.
-fn go_and_wait(steps: BorrowedFd<'_>, agent_log: OwnedFd, deadline: Instant) -> Result<(), String> {
-    seqpacket::send(steps, b"go", &[agent_log.as_fd()])
-        .map_err(|e| format!("telling the copy: {e}"))?;
-    drop(agent_log);
+/// Says `go` (its files are there) and waits for the copy's word `left`:
+/// it has made the new sandbox's interpreter and is ending.
+fn go_and_wait(steps: BorrowedFd<'_>, deadline: Instant) -> Result<(), String> {
+    seqpacket::send(steps, b"go", &[]).map_err(|e| format!("telling the copy: {e}"))?;
     receive(steps, "left", deadline).map(drop)
 }
 
@@ -641,27 +645,27 @@ fn check_copy(
         pid == child.pid && alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), 0).is_ok()
     };
     let members = cgroup_members(cgroup);
-    let mut seen = Vec::with_capacity(2);
-    let mut others = Vec::with_capacity(2);
-    for &pid in &members {
-        if is_leaving(pid) {
-            let passes = check_process(pid, &child.expected_cgroup, &parents, false).is_ok();
-            if !passes && !ends_by(child.pidfd.as_fd(), deadline) {
-                return Err("the session's child did not leave".into());
-            }
-            continue;
-        }
-        others.push(pid);
-        if others.len() > 2 {
-            break;
-        }
-        seen.push(check_process(pid, &child.expected_cgroup, &parents, true)?);
-    }
+    let leaving = members.iter().any(|&pid| is_leaving(pid));
+    let others: Vec<_> = members
+        .iter()
+        .copied()
+        .filter(|&pid| !(leaving && pid == child.pid))
+        .collect();
     if others.len() != 2 {
         return Err(format!(
             "its cgroup holds {others:?} besides the session's child, not its agent and its \
              interpreter alone"
         ));
+    }
+    if leaving {
+        let passes = check_process(child.pid, &child.expected_cgroup, &parents, false).is_ok();
+        if !passes && !ends_by(child.pidfd.as_fd(), deadline) {
+            return Err("the session's child did not leave".into());
+        }
+    }
+    let mut seen = Vec::with_capacity(2);
+    for &pid in &others {
+        seen.push(check_process(pid, &child.expected_cgroup, &parents, true)?);
     }
     let (agent, interpreter) = match (seen.pop(), seen.pop()) {
         (Some(a), Some(b)) if a.inner_pid == 1 => (a, b),
