@@ -427,7 +427,7 @@ def _main():
             return "ForkRefused", why
         flush_output()
         try:
-            pid = _os.fork()
+            pid = fork_module.session_fork()
         except OSError as e:
             close_all()
             return "ForkRefused", f"fork: {e}"

@@ -408,6 +408,21 @@ class ForkMemory(unittest.TestCase):
             Sandbox.create(timeout=60, net="host", forkable=True)
         self.assertIn("net: none", str(caught.exception))
 
+    def test_a_forks_interpreter_that_ends_is_seen_to_end_and_replaced(self):
+        """Its interpreter is not its agent's child (its parent left outside
+        the fork's pid namespace): the agent still sees it end."""
+        value(self.sb, "x = 1")
+        child = self.fork(self.sb)
+        ended = child.run_code("import os\nos._exit(3)", timeout=30)
+        self.assertIsNotNone(ended.error)
+        self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
+        # The next call starts a fresh interpreter: the old state is gone, it works.
+        fresh = child.run_code("x", timeout=30)
+        self.assertIsNotNone(fresh.error)
+        self.assertEqual(fresh.error.name, "NameError", fresh.error)
+        self.assertEqual(value(child, "2 + 2"), "4")
+        self.assertEqual(value(self.sb, "x"), "1")
+
     def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
         """The session runs the fork's code, and the session's code may change
         it: the daemon believes only what the kernel says of the copy."""

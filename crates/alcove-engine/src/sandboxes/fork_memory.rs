@@ -475,10 +475,11 @@ async fn make_copy(
     let t_child = t_child.duration_since(t0);
     let t_moved = t0.elapsed();
 
-    // Its files: the parent is frozen, the copy is not (it left the
-    // parent's cgroup), and mounts its home only after `go`.
+    // Its files: the parent is frozen (unless nothing but its agent and its
+    // interpreter, waiting for its child, run there), the copy is not (it
+    // left the parent's cgroup), and mounts its home only after `go`.
     parent
-        .with_home_frozen(move |from| {
+        .with_home_still(2, move |from| {
             let to = open_dir(&home)?;
             copy_tree(from, to.as_fd(), owner, budget)
         })
@@ -504,16 +505,20 @@ async fn make_copy(
         let t_link = t0.elapsed();
         let (checked, cgroup) = tokio::task::spawn_blocking(move || {
             let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child, deadline);
-            (checked, cgroup)
+            (checked.map(|c| (c, t0.elapsed())), cgroup)
         })
         .await
         .map_err(thread)?;
         let checked = checked.map_err(|why| failed(format!("the copy was refused: {why}")))?;
         Ok::<_, SandboxesError>((link, t_link, checked, cgroup))
     };
-    let (agent_checked, interpreter) =
-        tokio::join!(agent_checked, ForkedInterpreter::ready(channel));
-    let (link, t_link, checked, mut cgroup) = agent_checked?;
+    let interpreter_ready = async {
+        let ready = ForkedInterpreter::ready(channel).await;
+        (ready, t0.elapsed())
+    };
+    let (agent_checked, (interpreter, t_interpreter)) =
+        tokio::join!(agent_checked, interpreter_ready);
+    let (link, t_link, (checked, t_checked), mut cgroup) = agent_checked?;
     let interpreter = interpreter.map_err(|e| match e {
         SandboxesError::ForkFailed(_) => e,
         other => failed(format!("the copy's interpreter: {other}")),
@@ -532,7 +537,8 @@ async fn make_copy(
         files_ms = ms(t_files),
         left_ms = ms(t_left),
         link_ms = ms(t_link),
-        checked_ms = ms(t0.elapsed()),
+        checked_ms = ms(t_checked),
+        interpreter_ms = ms(t_interpreter),
         "fork steps"
     );
     Ok(Made {
@@ -658,9 +664,15 @@ fn check_copy(
         ));
     }
     if leaving {
-        let passes = check_process(child.pid, &child.expected_cgroup, &parents, false).is_ok();
-        if !passes && !ends_by(child.pidfd.as_fd(), deadline) {
-            return Err("the session's child did not leave".into());
+        // Failing once it is out of the cgroup (its exit is past that) is
+        // leaving; otherwise it must end.
+        if let Err(why) = check_process(child.pid, &child.expected_cgroup, &parents, false) {
+            let t = Instant::now();
+            let out = !cgroup_members(cgroup).contains(&child.pid);
+            if !out && !ends_by(child.pidfd.as_fd(), deadline) {
+                return Err("the session's child did not leave".into());
+            }
+            tracing::debug!(%why, out, waited_ms = t.elapsed().as_secs_f64() * 1e3, "the session's child, checked while it ended");
         }
     }
     let mut seen = Vec::with_capacity(2);

@@ -1227,6 +1227,17 @@ impl LiveSandbox {
         Ok(self.info())
     }
 
+    /// How many processes run in it (its cgroup2 directory's), if it has one.
+    pub(super) fn process_count(&self) -> Option<usize> {
+        let dir = self
+            .cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        Some(pids.lines().count())
+    }
+
     /// Freezes (`true`) or thaws the whole sandbox through its cgroup: its
     /// processes stop where they are, memory and files kept. Calls in flight
     /// wait for a resume (their agent answers within 30 s or they fail).

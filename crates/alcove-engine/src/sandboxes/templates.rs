@@ -229,15 +229,39 @@ impl LiveSandbox {
         let _one_at_a_time = self.freezer.lock().await;
         let was_running = self.info().state == super::SandboxState::Running;
         self.set_frozen(true).await?;
+        let copied = self.with_home(copy).await;
+        if was_running {
+            self.set_frozen(false).await?;
+        }
+        copied
+    }
+
+    /// As [`Self::with_home_frozen`], but not frozen where no more than
+    /// `still` processes run in it: a fork's, whose only processes are its
+    /// agent (which writes nothing unasked) and its interpreter, waiting
+    /// for its own child meanwhile. Freezing and thawing would cost more
+    /// than the copy of a small home.
+    pub(super) async fn with_home_still<T: Send + 'static>(
+        &self,
+        still: usize,
+        copy: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, SandboxesError> {
+        match self.process_count() {
+            Some(running) if running <= still => self.with_home(copy).await,
+            _ => self.with_home_frozen(copy).await,
+        }
+    }
+
+    async fn with_home<T: Send + 'static>(
+        &self,
+        copy: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, SandboxesError> {
         let home = self.home();
         let copied = tokio::task::spawn_blocking(move || {
             let home = home.open()?;
             copy(home.as_fd())
         })
         .await;
-        if was_running {
-            self.set_frozen(false).await?;
-        }
         match copied {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
