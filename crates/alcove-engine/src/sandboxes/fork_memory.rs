@@ -116,10 +116,6 @@ pub(super) async fn start(
         pids: limits.pids,
         ..Default::default()
     };
-    let cgroup = CgroupGuard(Some(
-        alcove_sandbox::adoption_cgroup(&sandbox_limits)
-            .map_err(|e| SandboxesError::Start(alcove_sandbox::error_chain(&e)))?,
-    ));
 
     // Its sockets: the copy's steps, its agent's line, its interpreter's channel.
     let io = SandboxesError::io;
@@ -186,7 +182,7 @@ pub(super) async fn start(
     let copying = Copying {
         steps,
         parent_proc,
-        cgroup,
+        limits: sandbox_limits,
         agent_log: log_write,
         daemon_end,
         channel: Channel {
@@ -407,7 +403,8 @@ struct Copying {
     steps: OwnedFd,
     /// The parent's agent's /proc directory.
     parent_proc: OwnedFd,
-    cgroup: CgroupGuard,
+    /// Its cgroup's, made while the session forks.
+    limits: alcove_sandbox::Limits,
     agent_log: OwnedFd,
     /// The daemon's end of the new agent's socket.
     daemon_end: OwnedFd,
@@ -433,12 +430,13 @@ struct Made {
     t_link: Duration,
 }
 
-/// The copy's side of the fork, step by step (alcove_fork.py): the
-/// session's child says `child` and is moved into its cgroup; told `moved`
-/// (with the agent's log pipe), it spawns the agent while the files are
-/// copied; on `go` it mounts the new home, forks the interpreter and says
-/// `left`; once the agent is ready, every process in the cgroup is checked. An error says why; the cgroup (with anything in
-/// it) is removed before it returns.
+/// The copy's side of the fork, step by step (alcove_fork.py): its cgroup
+/// is made while the session forks; the session's child says `child` and
+/// is moved into it; told `moved` (with the agent's log pipe), it spawns
+/// the agent while the files are copied; on `go` it mounts the new home,
+/// forks the interpreter and says `left`; once the agent is ready, every
+/// process in the cgroup is checked. An error says why; the cgroup (with
+/// anything in it) is removed before it returns.
 async fn make_copy(
     parent: &LiveSandbox,
     copying: Copying,
@@ -450,7 +448,7 @@ async fn make_copy(
     let Copying {
         steps,
         parent_proc,
-        cgroup,
+        limits,
         agent_log,
         daemon_end,
         channel,
@@ -459,19 +457,28 @@ async fn make_copy(
     let deadline = t_start + STEP;
     let failed = SandboxesError::ForkFailed;
     let thread = |_| SandboxesError::Start("the fork's thread failed".into());
-    let (first, steps, parent_proc, cgroup) = tokio::task::spawn_blocking(move || {
+    let (first, steps, parent_proc) = tokio::task::spawn_blocking(move || {
+        let cgroup = match alcove_sandbox::adoption_cgroup(&limits) {
+            Ok(cgroup) => CgroupGuard(Some(cgroup)),
+            Err(e) => {
+                let e = SandboxesError::Start(alcove_sandbox::error_chain(&e));
+                return (Err(e), steps, parent_proc);
+            }
+        };
         let first = first_word(steps.as_fd(), parent_proc.as_fd(), cgroup.get(), deadline)
             .and_then(|moved| {
                 // It spawns its agent now, in its cgroup, while the files are copied.
                 seqpacket::send(steps.as_fd(), b"moved", &[agent_log.as_fd()])
                     .map_err(|e| format!("telling the copy: {e}"))?;
                 Ok(moved)
-            });
-        (first, steps, parent_proc, cgroup)
+            })
+            .map(|(child, t_child)| (child, t_child, cgroup))
+            .map_err(failed);
+        (first, steps, parent_proc)
     })
     .await
     .map_err(thread)?;
-    let (child, t_child) = first.map_err(failed)?;
+    let (child, t_child, cgroup) = first?;
     let t_child = t_child.duration_since(t0);
     let t_moved = t0.elapsed();
 
@@ -664,15 +671,13 @@ fn check_copy(
         ));
     }
     if leaving {
-        // Failing once it is out of the cgroup (its exit is past that) is
-        // leaving; otherwise it must end.
-        if let Err(why) = check_process(child.pid, &child.expected_cgroup, &parents, false) {
-            let t = Instant::now();
-            let out = !cgroup_members(cgroup).contains(&child.pid);
-            if !out && !ends_by(child.pidfd.as_fd(), deadline) {
-                return Err("the session's child did not leave".into());
-            }
-            tracing::debug!(%why, out, waited_ms = t.elapsed().as_secs_f64() * 1e3, "the session's child, checked while it ended");
+        // Once its exit has begun (the kernel's PF_EXITING) it never runs
+        // its own code again; otherwise it passes the checks or must end.
+        if !exiting(child.pid)
+            && check_process(child.pid, &child.expected_cgroup, &parents, false).is_err()
+            && !ends_by(child.pidfd.as_fd(), deadline)
+        {
+            return Err("the session's child did not leave".into());
         }
     }
     let mut seen = Vec::with_capacity(2);
@@ -700,6 +705,19 @@ fn check_copy(
         agent_proc_dir: agent.proc_dir,
         interpreter_pid: interpreter.inner_pid,
     })
+}
+
+/// Whether `pid` has begun its exit: PF_EXITING in its flags, the ninth
+/// field of /proc/PID/stat (its name, in parentheses, may hold anything).
+fn exiting(pid: libc::pid_t) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// Whether the process of `pidfd` ends before `deadline`.
