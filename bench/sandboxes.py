@@ -306,13 +306,16 @@ def main():
     call("POST", f"/v1/sandboxes/{sid}/code", {"code": state})
     rss = call("POST", f"/v1/sandboxes/{sid}/code", {"code": "int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20"})
     rss_mib = next(l["text"] for l in rss if l.get("type") == "result")
-    forks, files_only, rebuild = [], [], []
+    forks, forks_used, files_only, rebuild = [], [], [], []
     for i in range(fork_rounds):
         child = {}
-        forks.append(ms(lambda: child.update(call("POST", f"/v1/sandboxes/{sid}/fork", {"memory": True}))))
-        if i == 0:  # the state is there, and the fork's own
-            got = call("POST", f"/v1/sandboxes/{child['id']}/code", {"code": "len(blob), blob == blob, len(keys)"})
-            assert any(l.get("text") == f"({100 << 20}, True, 10000)" for l in got), got
+        got = []
+        def fork_and_use():
+            forks.append(ms(lambda: child.update(call("POST", f"/v1/sandboxes/{sid}/fork", {"memory": True}))))
+            got.extend(call("POST", f"/v1/sandboxes/{child['id']}/code", {"code": "len(blob), blob[-1] == blob[-1], len(keys)"}))
+        forks_used.append(ms(fork_and_use))
+        # The state is there, and the fork's own.
+        assert any(l.get("text") == f"({100 << 20}, True, 10000)" for l in got), got
         call("DELETE", f"/v1/sandboxes/{child['id']}")
         plain = {}
         files_only.append(ms(lambda: plain.update(call("POST", f"/v1/sandboxes/{sid}/fork", {}))))
@@ -327,6 +330,7 @@ def main():
     peer_name[id(rebuild)] = "create + rebuild the state"
     print(f"\n4b. fork of a live interpreter holding {rss_mib} MiB resident (100 MiB of random bytes and a dict), {fork_rounds} rounds:")
     row("alcove: POST fork {memory: true}", forks, rebuild)
+    row("  the same, and its first run_code after it", forks_used, rebuild)
     row("alcove: POST fork (files only, fresh interpreter)", files_only, rebuild)
     row("create + run the same state-building cell", rebuild)
 
