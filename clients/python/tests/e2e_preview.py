@@ -411,8 +411,16 @@ class ForkMemory(unittest.TestCase):
     def test_a_forks_interpreter_that_ends_is_seen_to_end_and_replaced(self):
         """Its interpreter is not its agent's child (its parent left outside
         the fork's pid namespace): the agent still sees it end."""
-        value(self.sb, "x = 1")
+        from alcove import Conflict
+        value(self.sb, "import os\nx = 1")
         child = self.fork(self.sb)
+        pid = value(child, "os.getpid()")
+        killed = child.commands.run(f"kill -9 {pid}")
+        self.assertEqual(killed.exit_code, 0, killed)
+        time.sleep(0.5)  # the agent reports an end at once; no call has looked since
+        with self.assertRaises(Conflict) as caught:
+            child.fork(memory=True)
+        self.assertIn("no code interpreter runs", str(caught.exception))
         ended = child.run_code("import os\nos._exit(3)", timeout=30)
         self.assertIsNotNone(ended.error)
         self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
