@@ -462,6 +462,20 @@ impl Agent {
                 }
                 Ok((Reply::Done { id, size: None }, None))
             }
+            Request::SetEnv { id, env } => {
+                for (key, value) in env {
+                    if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                        return Err(AgentFailure::invalid(
+                            "an environment variable is malformed",
+                        ));
+                    }
+                    match self.env.iter_mut().find(|(k, _)| *k == key) {
+                        Some(entry) => entry.1 = value,
+                        None => self.env.push((key, value)),
+                    }
+                }
+                Ok((Reply::Done { id, size: None }, None))
+            }
             Request::Adopt { id, pid } => {
                 let not_found = || AgentFailure {
                     kind: crate::FailureKind::NotFound,

@@ -311,6 +311,13 @@ impl AgentLink {
     }
 
     /// Sends `signal` to a command the agent started (and its process group).
+    /// Adds `env` to (or replaces it in) the environment of every later
+    /// command and interpreter.
+    pub async fn set_env(&self, env: Vec<(String, String)>) -> Result<(), LinkError> {
+        let id = self.next_id();
+        self.expect_done(Request::SetEnv { id, env }).await
+    }
+
     pub async fn signal(&self, pid: i32, signal: i32) -> Result<(), LinkError> {
         let id = self.next_id();
         self.expect_done(Request::Signal { id, pid, signal }).await

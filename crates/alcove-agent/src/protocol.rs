@@ -85,6 +85,13 @@ pub enum Request {
         pid: i32,
         signal: i32,
     },
+    /// Add to (or replace in) the environment every later command and the
+    /// interpreter start with: a ready sandbox's, claimed by a create that
+    /// gives one.
+    SetEnv {
+        id: u64,
+        env: Vec<(String, String)>,
+    },
     /// Watch a process of the sandbox the agent did not start (a forked
     /// sandbox's interpreter, made before the agent ran): answered
     /// `Started`, ended by `Exited`, like a command; without a status where
@@ -107,6 +114,7 @@ impl Request {
             | Request::Watch { id, .. }
             | Request::Read { id, .. }
             | Request::Signal { id, .. }
+            | Request::SetEnv { id, .. }
             | Request::Adopt { id, .. } => *id,
         }
     }

@@ -147,6 +147,7 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
         &br#"{"timeout_s": 0}"#[..],
         br#"{"idle_pause_s": 99999999}"#,
         br#"{"metadata": {"a b": "x"}}"#,
+        br#"{"env": {"A=B": "x"}}"#,
     ] {
         let r = d.http("POST", "/v1/sandboxes", bad);
         assert_eq!(r.status, 400, "{}", r.text());
@@ -154,13 +155,42 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         (ready(&d), unrecorded(&f)),
-        (2, full),
+        (2, full.clone()),
         "a refused create took a ready one"
     );
 
-    // Anything more than metadata and a clock is made afresh.
-    let own = create(&d, json!({ "env": { "X": "fresh" } }));
-    assert!(!pooled.contains(&own));
+    // An environment is given to a ready one at the claim: its commands and
+    // its interpreter start with it; the record keeps it.
+    let with_env = create(&d, json!({ "env": { "X": "given", "HOME": "/tmp" } }));
+    assert!(
+        full.contains(&with_env),
+        "{with_env} is not one of {full:?}"
+    );
+    let (_, out) = d.sandbox_exec(&with_env, json!("echo $X $HOME"));
+    assert_eq!(out, "given /tmp\n");
+    let code = d.http(
+        "POST",
+        &format!("/v1/sandboxes/{with_env}/code"),
+        br#"{"code": "import os; os.environ['X']"}"#,
+    );
+    assert!(
+        code.text().contains(r#""text":"'given'""#),
+        "{}",
+        code.text()
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.sandboxes().join(&with_env).join("sandbox.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["request"]["env"],
+        json!({ "X": "given", "HOME": "/tmp" }),
+        "{record}"
+    );
+
+    // Anything more than metadata, a clock and an environment is made afresh.
+    let own = create(&d, json!({ "pids": 256, "env": { "X": "fresh" } }));
+    assert!(!pooled.contains(&own) && !full.contains(&own));
     let (_, out) = d.sandbox_exec(&own, json!("echo $X"));
     assert_eq!(out, "fresh\n");
 
@@ -170,7 +200,7 @@ fn a_create_is_handed_a_ready_sandbox_with_its_own_clock() {
     assert_eq!(now_ready.len(), 2, "{now_ready:?}");
     assert!(!now_ready.contains(&claimed));
 
-    for id in [&first, &claimed, &own] {
+    for id in [&first, &claimed, &with_env, &own] {
         remove_and_check(&d, &f, id);
     }
     assert_eq!(unrecorded(&f), now_ready, "only the ready ones are left");

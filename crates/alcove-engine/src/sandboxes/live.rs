@@ -440,8 +440,9 @@ impl Launched {
     }
 
     /// A pooled sandbox given what `req` asked (already checked: metadata,
-    /// timeout, idle pause), its clock starting now: everything else of
-    /// `req` is what the pool's sandboxes were made with (pool::poolable).
+    /// timeout, idle pause, environment), its clock starting now: everything
+    /// else of `req` is what the pool's sandboxes were made with
+    /// (pool::poolable). Its agent learns the environment in [`Self::with_env`].
     pub(super) fn claimed_as(mut self, req: CreateSandbox, clock: (u64, u64)) -> Self {
         let (timeout_s, idle_pause_s) = clock;
         let at = now();
@@ -453,7 +454,26 @@ impl Launched {
         p.request.timeout_s = Some(timeout_s);
         p.request.idle_pause_s = Some(idle_pause_s);
         p.request.metadata = req.metadata;
+        p.request.env = req.env;
         self
+    }
+
+    /// Its agent told the environment the claim asked for (its request's),
+    /// if any. A failure ends it (its agent is gone).
+    pub(super) async fn with_env(self) -> Result<Self, SandboxesError> {
+        let env: Vec<(String, String)> = self.parts.request.env.clone().into_iter().collect();
+        if env.is_empty() {
+            return Ok(self);
+        }
+        match self.parts.link.set_env(env).await {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                self.discard().await;
+                Err(SandboxesError::Start(format!(
+                    "a ready sandbox's agent did not take its environment: {e}"
+                )))
+            }
+        }
     }
 
     pub(super) fn id(&self) -> &str {

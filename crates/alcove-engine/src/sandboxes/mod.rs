@@ -315,11 +315,15 @@ impl Engine {
         }
         // What a claim sets is checked before one is taken.
         check_metadata(&req.metadata)?;
+        check_env(&req.env.clone().into_iter().collect::<Vec<_>>())?;
         let clock = live::check_clock(&req)?;
         let made = match self.take_ready_sandbox() {
             Some(ready) => {
                 let watched = ready.watched();
-                let made = ready.claimed_as(req, clock).finish(true).await;
+                let made = match ready.claimed_as(req, clock).with_env().await {
+                    Ok(ready) => ready.finish(true).await,
+                    Err(e) => Err(e),
+                };
                 if let Ok(sandbox) = &made {
                     self.emit_sandbox(
                         &sandbox.id,

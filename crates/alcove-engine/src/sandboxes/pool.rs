@@ -95,15 +95,17 @@ impl Pool {
 }
 
 /// Whether a pooled sandbox is what `req` would make: it asks for nothing
-/// but metadata, a timeout and an idle pause (set at the claim). Every
-/// field is named, so that a new one must be decided here.
+/// but metadata, a timeout, an idle pause and environment variables (set at
+/// the claim; the agent's own environment, which every command and the
+/// interpreter start with, is added to then). Every field is named, so
+/// that a new one must be decided here.
 pub(super) fn poolable(req: &CreateSandbox) -> bool {
     let CreateSandbox {
         image,
         template,
         timeout_s: _,
         idle_pause_s: _,
-        env,
+        env: _,
         metadata: _,
         memory,
         cpus,
@@ -118,7 +120,6 @@ pub(super) fn poolable(req: &CreateSandbox) -> bool {
     } = req;
     image.is_none()
         && template.is_none()
-        && env.is_empty()
         && memory.is_none()
         && cpus.is_none()
         && pids.is_none()
@@ -286,11 +287,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_metadata_and_a_clock_are_served_from_the_pool() {
+    fn only_metadata_a_clock_and_an_environment_are_served_from_the_pool() {
         let served = CreateSandbox {
             timeout_s: Some(60),
             idle_pause_s: Some(5),
             metadata: [("who".to_owned(), "a".to_owned())].into(),
+            env: [("A".to_owned(), "1".to_owned())].into(),
             net: Some("none".into()),
             isolation: Some("container".into()),
             ..Default::default()
@@ -301,9 +303,6 @@ mod tests {
         let fresh: Vec<(&str, Change)> = vec![
             ("image", |r| r.image = Some("alpine".into())),
             ("template", |r| r.template = Some("t".into())),
-            ("env", |r| {
-                r.env.insert("A".into(), "1".into());
-            }),
             ("memory", |r| r.memory = Some("256M".into())),
             ("cpus", |r| r.cpus = Some(1.0)),
             ("pids", |r| r.pids = Some(64)),
