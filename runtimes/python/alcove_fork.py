@@ -105,6 +105,7 @@ class Fork(_rt.Template):
 
 
 _libc = []
+_fork = []
 
 
 def session_fork():
@@ -113,10 +114,11 @@ def session_fork():
     on this 2-core VM that is 0.6 ms of the child's start, and C needs none
     of it. C runs the few steps below and ends; the interpreter it forks (D)
     comes from os.fork, which does all of it. The session runs one thread
-    (checked before), so no lock is held elsewhere."""
-    if not _libc:
-        _libc.append(ctypes.CDLL(None, use_errno=True))
-    pid = _libc[0].fork()
+    (checked before), so no lock is held elsewhere; the call holds the GIL
+    throughout (PyDLL), so both sides go on holding it."""
+    if not _fork:
+        _fork.append(ctypes.PyDLL(None, use_errno=True).fork)
+    pid = _fork[0]()
     if pid < 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))

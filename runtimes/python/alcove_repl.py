@@ -461,10 +461,11 @@ def _main():
             _, status = _os.waitpid(pid, 0)
         except ChildProcessError:
             status = 0  # reaped by the code's own handler: the daemon knows how it went
+        # Whatever became of it (the daemon kills it once it says `left`).
+        after_fork[0] = True  # huge pages for the next fork, once this one is answered
         if _os.waitstatus_to_exitcode(status) != 0:
             return ("ForkFailed",
                     f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}")
-        after_fork[0] = True  # huge pages for the next fork, once this one is answered
         return None
 
     # ---- the session -----------------------------------------------------------------

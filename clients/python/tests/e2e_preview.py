@@ -431,6 +431,26 @@ class ForkMemory(unittest.TestCase):
         self.assertEqual(value(child, "2 + 2"), "4")
         self.assertEqual(value(self.sb, "x"), "1")
 
+    def test_a_forks_code_is_interrupted_and_timed_out_with_its_state_kept(self):
+        """Interrupts and timeouts reach a fork's interpreter, which is not its
+        agent's child: its agent signals it through its pidfd."""
+        import threading
+        value(self.sb, "y = 7")
+        child = self.fork(self.sb)
+        result = {}
+        looping = threading.Thread(target=lambda: result.update(
+            run=child.run_code("import time\nwhile True:\n    time.sleep(0.05)", timeout=30)))
+        looping.start()
+        time.sleep(1)
+        child.interrupt_code()
+        looping.join(20)
+        self.assertFalse(looping.is_alive(), "the interrupt did not stop it")
+        self.assertEqual(result["run"].error.name, "KeyboardInterrupt", result["run"].error)
+        timed = child.run_code("while True:\n    pass", timeout=1)
+        self.assertEqual(timed.error.name, "KeyboardInterrupt", timed.error)
+        # The same interpreter, its state kept (a restart would have lost y).
+        self.assertEqual(value(child, "y"), "7")
+
     def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
         """The session runs the fork's code, and the session's code may change
         it: the daemon believes only what the kernel says of the copy."""

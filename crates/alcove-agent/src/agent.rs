@@ -445,6 +445,13 @@ impl Agent {
                 }
             }
             Request::Signal { id, pid, signal } => {
+                if let Some(pidfd) = self.foreign.get(&pid) {
+                    // Not a command it started: its process group is not the
+                    // sandbox's to signal. The pidfd names it alone.
+                    alcove_sys::pidfd::send_signal(pidfd.as_fd(), signal)
+                        .map_err(|e| AgentFailure::io("sending a signal", &e))?;
+                    return Ok((Reply::Done { id, size: None }, None));
+                }
                 if !self.running.contains_key(&pid) {
                     return Err(AgentFailure {
                         kind: crate::FailureKind::NotFound,

@@ -493,17 +493,18 @@ async fn make_copy(
         .await?;
     let t_files = t0.elapsed();
 
-    let (left, steps) = tokio::task::spawn_blocking(move || {
-        let left = go_and_wait(steps.as_fd(), deadline);
-        (left, steps)
+    let (left, steps, child) = tokio::task::spawn_blocking(move || {
+        let left = go_and_wait(steps.as_fd(), &child, deadline);
+        (left, steps, child)
     })
     .await
     .map_err(thread)?;
     left.map_err(failed)?;
     let t_left = t0.elapsed();
     // The agent says ready once it has dropped its capability, and is then
-    // checked with the rest; the interpreter says ready meanwhile. A failure
-    // of either removes the cgroup, which ends the other's wait.
+    // checked with the rest; the interpreter says ready meanwhile. A failed
+    // check removes the cgroup, which ends the interpreter's wait; a silent
+    // interpreter is waited for until its deadline.
     let within = deadline.saturating_duration_since(Instant::now());
     let agent_checked = async move {
         let (link, _) = AgentLink::connect(daemon_end, within)
@@ -511,7 +512,7 @@ async fn make_copy(
             .map_err(|e| failed(format!("the copy's agent: {e}")))?;
         let t_link = t0.elapsed();
         let (checked, cgroup) = tokio::task::spawn_blocking(move || {
-            let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child, deadline);
+            let checked = check_copy(cgroup.get(), parent_proc.as_fd(), &child);
             (checked.map(|c| (c, t0.elapsed())), cgroup)
         })
         .await
@@ -609,10 +610,15 @@ fn first_word(
 }
 
 /// Says `go` (its files are there) and waits for the copy's word `left`:
-/// it has made the new sandbox's interpreter and is ending.
-fn go_and_wait(steps: BorrowedFd<'_>, deadline: Instant) -> Result<(), String> {
+/// it has made the new sandbox's interpreter. It is then killed (it was
+/// ending anyway): with SIGKILL pending, no thread of it runs its own code
+/// again and a fork it is making fails, so what it made is all in the
+/// cgroup to be checked.
+fn go_and_wait(steps: BorrowedFd<'_>, child: &Child, deadline: Instant) -> Result<(), String> {
     seqpacket::send(steps, b"go", &[]).map_err(|e| format!("telling the copy: {e}"))?;
-    receive(steps, "left", deadline).map(drop)
+    receive(steps, "left", deadline)?;
+    let _ = alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), libc::SIGKILL);
+    Ok(())
 }
 
 /// The new sandbox's processes, checked.
@@ -628,25 +634,26 @@ struct Seen {
     proc_dir: OwnedFd,
     /// Its pid in its own pid namespace.
     inner_pid: libc::pid_t,
+    /// Its pid namespace's depth ([`pid_depth`]).
+    depth: usize,
     namespaces: Vec<std::path::PathBuf>,
 }
 
 /// Checks every process in the copy's cgroup from the kernel's word, not
-/// theirs: exactly two, pid 1 of a new pid namespace (the agent) and one
-/// more process of it (the interpreter), in the same namespaces, none of
-/// them the parent's, in the copy's cgroup, holding no capability, with
-/// no_new_privs, a seccomp filter and one thread each, and nothing new in
-/// the cgroup once they are checked. A process made before its maker
-/// dropped a capability would be in the cgroup (listed again at the end);
-/// one made after inherits what was checked. The session's child, which
-/// said `left`, may still be ending: it passes the same checks (but for
-/// its pid namespace, its parent's) or must end by `deadline`, and is
-/// killed once the others are checked.
+/// theirs: exactly two, pid 1 of a pid namespace one level below the
+/// parent's (the agent) and one more process of it (the interpreter), in
+/// the same namespaces, none of them the parent's, in the copy's cgroup,
+/// holding no capability, with no_new_privs, a seccomp filter and one
+/// thread each, and nothing new in the cgroup once they are checked. A
+/// process made before its maker dropped a capability would be in the
+/// cgroup (listed again at the end; cgroup2 lists whole processes, every
+/// thread of them); one made after inherits what was checked. The
+/// session's child, killed at its `left`, may still be ending: it is
+/// passed over (it runs nothing of its own again).
 fn check_copy(
     cgroup: &alcove_cgroup::SandboxCgroup,
     parent: BorrowedFd<'_>,
     child: &Child,
-    deadline: Instant,
 ) -> Result<Checked, String> {
     let parent_path = format!("/proc/self/fd/{}", parent.as_raw_fd());
     let parents: Vec<_> = NAMESPACES
@@ -654,15 +661,18 @@ fn check_copy(
         .map(|ns| std::fs::read_link(format!("{parent_path}/ns/{ns}")))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("reading the sandbox's namespaces: {e}"))?;
-    let is_leaving = |pid: libc::pid_t| {
-        pid == child.pid && alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), 0).is_ok()
-    };
-    let members = cgroup_members(cgroup);
-    let leaving = members.iter().any(|&pid| is_leaving(pid));
-    let others: Vec<_> = members
+    let parent_depth = std::fs::read_to_string(format!("{parent_path}/status"))
+        .ok()
+        .and_then(|status| pid_depth(&status))
+        .ok_or("reading the sandbox's pid namespace depth")?;
+    let ending = alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), 0)
+        .is_ok()
+        .then_some(child.pid);
+    let listed = cgroup_members(cgroup)?;
+    let others: Vec<_> = listed
         .iter()
         .copied()
-        .filter(|&pid| !(leaving && pid == child.pid))
+        .filter(|&pid| Some(pid) != ending)
         .collect();
     if others.len() != 2 {
         return Err(format!(
@@ -670,19 +680,9 @@ fn check_copy(
              interpreter alone"
         ));
     }
-    if leaving {
-        // Once its exit has begun (the kernel's PF_EXITING) it never runs
-        // its own code again; otherwise it passes the checks or must end.
-        if !exiting(child.pid)
-            && check_process(child.pid, &child.expected_cgroup, &parents, false).is_err()
-            && !ends_by(child.pidfd.as_fd(), deadline)
-        {
-            return Err("the session's child did not leave".into());
-        }
-    }
     let mut seen = Vec::with_capacity(2);
     for &pid in &others {
-        seen.push(check_process(pid, &child.expected_cgroup, &parents, true)?);
+        seen.push(check_process(pid, &child.expected_cgroup, &parents)?);
     }
     let (agent, interpreter) = match (seen.pop(), seen.pop()) {
         (Some(a), Some(b)) if a.inner_pid == 1 => (a, b),
@@ -692,12 +692,19 @@ fn check_copy(
     if agent.namespaces != interpreter.namespaces {
         return Err("its agent and its interpreter are in different namespaces".into());
     }
-    let mut again = cgroup_members(cgroup);
-    again.retain(|&pid| pid != child.pid);
+    // Its pid namespace a child of the parent's, not a grandchild: whatever
+    // made a namespace between them would be outside this cgroup.
+    if agent.depth != parent_depth + 1 {
+        return Err(format!(
+            "its pid namespace is {} levels below its parent's, not one",
+            agent.depth.saturating_sub(parent_depth)
+        ));
+    }
+    let mut again = cgroup_members(cgroup)?;
+    again.retain(|&pid| Some(pid) != ending);
     if again != others {
         return Err("a process was made in its cgroup while it was checked".into());
     }
-    let _ = alcove_sys::pidfd::send_signal(child.pidfd.as_fd(), libc::SIGKILL);
     drop(interpreter.pidfd);
     drop(interpreter.proc_dir);
     Ok(Checked {
@@ -707,37 +714,22 @@ fn check_copy(
     })
 }
 
-/// Whether `pid` has begun its exit: PF_EXITING in its flags, the ninth
-/// field of /proc/PID/stat (its name, in parentheses, may hold anything).
-fn exiting(pid: libc::pid_t) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            after_name.split_whitespace().nth(6)?.parse::<u64>().ok()
-        })
-        .is_some_and(|flags| flags & PF_EXITING != 0)
+/// How many pid namespaces a process's pid is in (its NSpid line's fields):
+/// its namespace's depth, the host's counting 1.
+fn pid_depth(status: &str) -> Option<usize> {
+    let fields = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .count();
+    (fields > 0).then_some(fields)
 }
 
-/// Whether the process of `pidfd` ends before `deadline`.
-fn ends_by(pidfd: BorrowedFd<'_>, deadline: Instant) -> bool {
-    let mut gone = [libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let left = deadline.saturating_duration_since(Instant::now());
-    matches!(alcove_sys::fd::poll(&mut gone, Some(left)), Ok(1..))
-}
-
-/// One process of the copy, checked; `own_pid_ns`: whether its pid
-/// namespace must be new too (not for the session's child).
+/// One process of the copy, checked.
 fn check_process(
     pid: libc::pid_t,
     expected_cgroup: &str,
     parents: &[std::path::PathBuf],
-    own_pid_ns: bool,
 ) -> Result<Seen, String> {
     let pidfd = seqpacket::pidfd_open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
     // Read through its /proc directory, opened while the pidfd says it lives
@@ -758,9 +750,7 @@ fn check_process(
     let mut namespaces = Vec::with_capacity(NAMESPACES.len());
     for (ns, parents) in NAMESPACES.iter().zip(parents) {
         match std::fs::read_link(format!("{dir}/ns/{ns}")) {
-            Ok(theirs) if theirs != *parents || (*ns == "pid" && !own_pid_ns) => {
-                namespaces.push(theirs)
-            }
+            Ok(theirs) if theirs != *parents => namespaces.push(theirs),
             Ok(_) => return Err(format!("its process {pid} shares the {ns} namespace")),
             Err(_) => {
                 return Err(format!(
@@ -794,30 +784,32 @@ fn check_process(
         .last()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("its process {pid} has no pid of its own namespace"))?;
+    let depth = pid_depth(&status).unwrap_or(0);
     Ok(Seen {
         pidfd,
         proc_dir: proc_dir.into(),
         inner_pid,
+        depth,
         namespaces,
     })
 }
 
-/// The pids in `cgroup` (its cgroup2 directory, or its first v1 one).
-fn cgroup_members(cgroup: &alcove_cgroup::SandboxCgroup) -> Vec<libc::pid_t> {
+/// The pids in `cgroup`'s cgroup2 directory, which lists whole processes
+/// (a v1 move of the one thread a pid names would leave its other threads,
+/// and what they fork, outside). A fork with memory needs one: its source
+/// is frozen through it too.
+fn cgroup_members(cgroup: &alcove_cgroup::SandboxCgroup) -> Result<Vec<libc::pid_t>, String> {
     let dir = cgroup
         .unified_dir()
-        .map(std::path::Path::to_path_buf)
-        .or_else(|| cgroup.v1_dirs().next().map(std::path::Path::to_path_buf));
-    let Some(dir) = dir else {
-        return Vec::new();
-    };
-    let mut pids: Vec<libc::pid_t> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
+        .ok_or("a fork with memory needs the cgroup2 tree, and this host gives none")?;
+    let listed = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|e| format!("listing its cgroup: {e}"))?;
+    let mut pids: Vec<libc::pid_t> = listed
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect();
     pids.sort_unstable();
-    pids
+    Ok(pids)
 }
 
 /// Waits (until `deadline`: the whole copy has [`STEP`]) for the copy's

@@ -237,10 +237,12 @@ impl LiveSandbox {
     }
 
     /// As [`Self::with_home_frozen`], but not frozen where no more than
-    /// `still` processes run in it: a fork's, whose only processes are its
-    /// agent (which writes nothing unasked) and its interpreter, waiting
-    /// for its own child meanwhile. Freezing and thawing would cost more
-    /// than the copy of a small home.
+    /// `still` processes run in it: a fork's source, whose agent writes
+    /// nothing unasked and whose interpreter waits for its own child
+    /// meanwhile, unless its own code does otherwise, which can tear only
+    /// its own copy (the copy follows no link and stops at the fork's disk
+    /// size). Freezing and thawing would cost more than the copy of a
+    /// small home.
     pub(super) async fn with_home_still<T: Send + 'static>(
         &self,
         still: usize,
