@@ -272,9 +272,10 @@ pub(super) async fn start(
     );
     let events = Arc::downgrade(engine);
     let event_id = id.clone();
+    let mut cgroup = cgroup;
     let adopted = alcove_sandbox::Adopted {
         pidfd,
-        cgroup,
+        cgroup: cgroup.take(),
         connection: steps,
         take_us: 0.0,
         isolate_us,
@@ -415,7 +416,8 @@ struct Copying {
 /// The new sandbox, checked: its agent (pid 1) and its interpreter, alone
 /// in its cgroup.
 struct Made {
-    cgroup: alcove_cgroup::SandboxCgroup,
+    /// Held (killed and removed if the fork fails) until its run takes it.
+    cgroup: CgroupGuard,
     /// The agent's.
     pidfd: OwnedFd,
     /// The agent's /proc directory (the new sandbox's root and network namespace).
@@ -526,7 +528,7 @@ async fn make_copy(
     };
     let (agent_checked, (interpreter, t_interpreter)) =
         tokio::join!(agent_checked, interpreter_ready);
-    let (link, t_link, (checked, t_checked), mut cgroup) = agent_checked?;
+    let (link, t_link, (checked, t_checked), cgroup) = agent_checked?;
     let interpreter = interpreter.map_err(|e| match e {
         SandboxesError::ForkFailed(_) => e,
         other => failed(format!("the copy's interpreter: {other}")),
@@ -550,7 +552,7 @@ async fn make_copy(
         "fork steps"
     );
     Ok(Made {
-        cgroup: cgroup.take(),
+        cgroup,
         pidfd: checked.agent_pidfd,
         proc_dir: checked.agent_proc_dir,
         steps,
