@@ -14,16 +14,20 @@ memory"). The session forks; the child (C) makes the new sandbox:
       its /proc (only a process of that namespace can); the agent drops it
       before it says ready. On ``go`` (the files are there) C mounts the new
       home (a detached mount from the daemon) over its own, drops every
-      capability, forks the interpreter (D), says ``left`` and leaves.
+      capability, forks the interpreter (D) and says ``left``; the daemon
+      kills it then (it was ending). D's parent was outside the new pid
+      namespace, so D is not the agent's child: the agent watches it
+      through a pidfd.
   D   the new sandbox's interpreter: the session's memory, its variables
       and modules, with a new control channel and output pipes. Every other
       descriptor the session had (files, sockets, an event loop's epoll)
       now reads /dev/null: they were the old sandbox's.
 
 A step that fails says why on the daemon's socket and exits non-zero; the
-daemon then removes what it made. Nothing here is trusted: once C has left
-and the agent is ready, the daemon checks every process of the new sandbox
-from /proc (its agent and its interpreter, nothing else) before it uses it.
+daemon then removes what it made. Nothing here is trusted (the session's
+own code may have changed any of it): once C has said ``left`` and the agent
+is ready, the daemon checks every process of the new sandbox from /proc (its
+agent and its interpreter, nothing else) before it uses it.
 """
 import ctypes
 import fcntl
