@@ -5,7 +5,7 @@
 #   1. create to first exec: POST /v1/sandboxes, then POST .../exec `true`
 #      read to its exit line, as a client asking for nothing more gets it
 #      (a ready sandbox from the daemon's pool, --sandbox-pool, SANDBOX_POOL
-#      here, default 2) and made afresh (a pids limit given), interleaved;
+#      here, default 2) with an environment (also pooled) and made afresh (a pids limit given), interleaved;
 #      against the fork+exec floor (python's
 #      subprocess.run(["true"]) on the host) and `runc run` of a busybox
 #      bundle running `true` (a container made, run and deleted), interleaved

@@ -470,12 +470,16 @@ impl Agent {
                 Ok((Reply::Done { id, size: None }, None))
             }
             Request::SetEnv { id, env } => {
+                // All or nothing: checked before any is taken.
+                let malformed = |(key, value): &(String, String)| {
+                    key.is_empty() || key.contains(['=', '\0']) || value.contains('\0')
+                };
+                if env.iter().any(malformed) {
+                    return Err(AgentFailure::invalid(
+                        "an environment variable is malformed",
+                    ));
+                }
                 for (key, value) in env {
-                    if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-                        return Err(AgentFailure::invalid(
-                            "an environment variable is malformed",
-                        ));
-                    }
                     match self.env.iter_mut().find(|(k, _)| *k == key) {
                         Some(entry) => entry.1 = value,
                         None => self.env.push((key, value)),

@@ -214,7 +214,6 @@ pub(super) async fn start(
         }
         (Err(e), _) => return Err(e),
     };
-    let t_checked = t0.elapsed();
     let Made {
         cgroup,
         pidfd,
@@ -223,8 +222,7 @@ pub(super) async fn start(
         link,
         interpreter,
         isolate_us,
-        t_files,
-        t_link,
+        steps_at,
     } = made;
 
     // Its run: supervised as an adopted process, like a warm copy.
@@ -302,12 +300,11 @@ pub(super) async fn start(
         .map_err(io("starting the sandbox's thread"))?;
 
     log_agent(log_read, id.clone());
-    let t_thread = t0.elapsed();
     let interpreter = interpreter.adopt(&link).await.map_err(|e| match e {
         SandboxesError::ForkFailed(_) => e,
         other => SandboxesError::ForkFailed(format!("the copy's interpreter: {other}")),
     });
-    let t_ready = t0.elapsed();
+    let t_adopted = t0.elapsed();
     let interpreter = match interpreter {
         Ok(interpreter) => interpreter,
         Err(e) => {
@@ -351,12 +348,15 @@ pub(super) async fn start(
     tracing::info!(
         sandbox = %sandbox.id,
         parent = %parent.id,
-        files_ms = ms(t_files),
         sent_ms = ms(t_sent),
-        checked_ms = ms(t_checked),
-        thread_ms = ms(t_thread),
-        link_ms = ms(t_link),
-        ready_ms = ms(t_ready),
+        child_ms = ms(steps_at.child),
+        moved_ms = ms(steps_at.moved),
+        files_ms = ms(steps_at.files),
+        left_ms = ms(steps_at.left),
+        link_ms = ms(steps_at.link),
+        checked_ms = ms(steps_at.checked),
+        interpreter_ms = ms(steps_at.interpreter),
+        adopted_ms = ms(t_adopted),
         ms = ms(t0.elapsed()),
         "forked with its interpreter's memory"
     );
@@ -428,8 +428,18 @@ struct Made {
     /// Checked: its pid is the one the kernel gives the second process.
     interpreter: ForkedInterpreter,
     isolate_us: f64,
-    t_files: Duration,
-    t_link: Duration,
+    steps_at: StepTimes,
+}
+
+/// When each of the copy's steps was done, from the fork's start (logged).
+struct StepTimes {
+    child: Duration,
+    moved: Duration,
+    files: Duration,
+    left: Duration,
+    link: Duration,
+    checked: Duration,
+    interpreter: Duration,
 }
 
 /// The copy's side of the fork, step by step (alcove_fork.py): its cgroup
@@ -539,18 +549,6 @@ async fn make_copy(
             interpreter.pid, checked.interpreter_pid
         )));
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    tracing::debug!(
-        started_ns = alcove_sys::process::monotonic_ns() - t0.elapsed().as_nanos() as u64,
-        child_ms = ms(t_child),
-        moved_ms = ms(t_moved),
-        files_ms = ms(t_files),
-        left_ms = ms(t_left),
-        link_ms = ms(t_link),
-        checked_ms = ms(t_checked),
-        interpreter_ms = ms(t_interpreter),
-        "fork steps"
-    );
     Ok(Made {
         cgroup,
         pidfd: checked.agent_pidfd,
@@ -559,8 +557,15 @@ async fn make_copy(
         link,
         interpreter,
         isolate_us: t_start.elapsed().as_secs_f64() * 1e6,
-        t_files,
-        t_link,
+        steps_at: StepTimes {
+            child: t_child,
+            moved: t_moved,
+            files: t_files,
+            left: t_left,
+            link: t_link,
+            checked: t_checked,
+            interpreter: t_interpreter,
+        },
     })
 }
 

@@ -320,17 +320,25 @@ impl Engine {
         let made = match self.take_ready_sandbox() {
             Some(ready) => {
                 let watched = ready.watched();
-                let made = match ready.claimed_as(req, clock).with_env().await {
-                    Ok(ready) => ready.finish(true).await,
-                    Err(e) => Err(e),
-                };
-                if let Ok(sandbox) = &made {
-                    self.emit_sandbox(
-                        &sandbox.id,
-                        serde_json::json!({ "event": "sandbox_start", "watched": watched, "pooled": true }),
-                    );
+                let afresh = req.clone();
+                match ready.claimed_as(req, clock).with_env().await {
+                    Ok(ready) => {
+                        let made = ready.finish(true).await;
+                        if let Ok(sandbox) = &made {
+                            self.emit_sandbox(
+                                &sandbox.id,
+                                serde_json::json!({ "event": "sandbox_start", "watched": watched, "pooled": true }),
+                            );
+                        }
+                        made
+                    }
+                    // Its agent went away before it took the environment (it
+                    // was removed): this create is made afresh instead.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a ready sandbox failed at its claim: made afresh");
+                        live::start(self, afresh, None).await
+                    }
                 }
-                made
             }
             None => live::start(self, req, None).await,
         };
