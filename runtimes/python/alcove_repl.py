@@ -23,13 +23,19 @@ Protocol: newline-delimited JSON, UTF-8, one object a line, both ways.
                {"type":"done","id":ID,"ok":BOOL,"duration_ms":FLOAT}
                    always last; stdout and stderr are flushed before it is written,
                    together with the request's other frames (one write).
+  out, between requests:
+               {"type":"interrupt_missed","after":ID|null}
+                   a SIGINT came while the session waited for a request; ID is
+                   the last request it finished (see SIGINT below)
 
 A line that is not JSON, or not a request, gets an error frame named
 "BadRequest"; a line over 16 MiB one named "RequestTooLarge". Where the
 request's id can still be read (``{"id":"...`` at its start), the error
 carries it and a done frame follows; otherwise the id is null and no done
-follows. SIGINT interrupts the running cell (KeyboardInterrupt) and is
-ignored between cells; SystemExit is reported, not obeyed; EOF on the control
+follows. SIGINT interrupts the running cell (KeyboardInterrupt); one that
+comes after a request is read but before its code runs stops the code as it
+starts, and one that comes while the session waits is said (interrupt_missed)
+and otherwise ignored; SystemExit is reported, not obeyed; EOF on the control
 channel ends the process with status 0.
 
 One thread only: the session may be forked to copy its memory.
@@ -103,11 +109,30 @@ def _load_sibling(name):
 
 def _main():
     running = [False]  # True only while user code (or repr of its value) runs
+    # An interrupt is a SIGINT, tied to no call. One that comes while a request
+    # is handled but before its code runs stops the code as it starts; one that
+    # comes while the session waits for a request is said (interrupt_missed,
+    # with the last call finished), since only the daemon knows whether it was
+    # meant for that call, which ended, or for the next, whose request is on
+    # its way; the daemon sends the latter again.
+    calls = {"in_call": False, "pending": False, "last": None, "sending": False,
+             "missed": False}
 
     def on_sigint(signum, frame):
         if running[0]:
             raise KeyboardInterrupt
-        # idle, or in our own bookkeeping: the interrupt has nothing to stop
+        if calls["in_call"]:
+            calls["pending"] = True
+        elif calls["sending"]:
+            calls["missed"] = True  # said once the frame being written is out
+        else:
+            say_missed()
+
+    def say_missed():
+        try:
+            send([{"type": "interrupt_missed", "after": calls["last"]}])
+        except Exception:  # before the channel exists, or it is gone: nothing to tell
+            pass
 
     _signal.signal(_signal.SIGINT, on_sigint)
 
@@ -169,8 +194,15 @@ def _main():
         text = "\n".join([_encode(frame) for frame in frames]) + "\n"
         data = text.encode("utf-8", "replace")  # a lone surrogate becomes "?"
         view = memoryview(data)
-        while view:
-            view = view[_os.write(chan["sock"].fileno(), view):]
+        calls["sending"] = True
+        try:
+            while view:
+                view = view[_os.write(chan["sock"].fileno(), view):]
+        finally:
+            calls["sending"] = False
+        if calls["missed"] and not calls["in_call"]:
+            calls["missed"] = False
+            say_missed()
 
     def lines():
         """Yield ("line", bytes) per request line, ("big", first bytes) per line over the limit."""
@@ -230,10 +262,14 @@ def _main():
 
     # ---- running user code -----------------------------------------------------------
 
-    def call_user(fn, *args):
-        """fn(*args) with SIGINT live; any exception, KeyboardInterrupt included, propagates."""
+    def call_user(fn, *args, cell=False):
+        """fn(*args) with SIGINT live; any exception, KeyboardInterrupt included, propagates.
+        A cell's code (cell) does not start when an interrupt came before it."""
         running[0] = True
         try:
+            if cell and calls["pending"]:
+                calls["pending"] = False
+                raise KeyboardInterrupt
             return fn(*args)
         finally:
             running[0] = False
@@ -374,7 +410,7 @@ def _main():
         filename = f"<cell-{cells[0]}>"
         _linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
-            frames = call_user(execute, rid, code, filename)
+            frames = call_user(execute, rid, code, filename, cell=True)
             ok = True
         except BaseException as exc:
             frames = [error_frame(rid, exc)]
@@ -450,6 +486,7 @@ def _main():
                 # A collapse the fork cut short is the parent's to finish: here
                 # it would copy pages the copy shares with its parent.
                 after_fork[0] = False
+                calls.update(in_call=False, pending=False, last=None)  # no call of its own yet
             except BaseException:
                 try:  # its stderr is the new sandbox's by now, or /dev/null
                     _os.write(2, _traceback.format_exc().encode("utf-8", "replace"))
@@ -473,6 +510,7 @@ def _main():
     try:
         send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0]}])
         for kind, raw in lines():
+            calls["in_call"] = True
             t0 = _time.perf_counter()
             out = []  # the request's frames: written with its done, in one write
             owed = True  # whether a done closes it (not where no id could be read)
@@ -513,11 +551,14 @@ def _main():
                     rid = request.get("id")
                     out, ok = run_cell(rid, request["code"])
             if not owed:
+                calls.update(in_call=False, pending=False)
                 send(out)
                 continue
             flush_output()  # what the cell printed is readable before its done
             out.append({"type": "done", "id": rid, "ok": ok,
                         "duration_ms": round((_time.perf_counter() - t0) * 1000.0, 3)})
+            # From here an interrupt is for a later call, or for this one, which has ended.
+            calls.update(in_call=False, pending=False, last=rid if isinstance(rid, str) else None)
             send(out)
             del out
             if after_fork[0]:

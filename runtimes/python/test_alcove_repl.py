@@ -6,6 +6,7 @@ Each test starts the interpreter as the daemon does: fd 0 /dev/null, fd 1 and
 fd 2 pipes, fd 3 one end of a socketpair. Every wait has a deadline, so a
 broken interpreter fails a test instead of hanging it.
 """
+import fcntl
 import json
 import os
 import select
@@ -14,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import time
 import unittest
 
@@ -27,6 +29,11 @@ LAUNCH = ("import os, sys\n"
           "    os.dup2(fd, 3)\n"
           "    os.close(fd)\n"
           "os.execv(sys.executable, [sys.executable, '-u', sys.argv[2]])\n")
+
+
+def unread_by_peer(sock):
+    """Bytes written to sock that its peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 class Repl:
@@ -277,15 +284,71 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(self.error(self.repl.until_done(rid, 5.0))["name"], "KeyboardInterrupt")
         self.assertEqual(self.result(self.repl.run("1"))["text"], "1")
 
-    def test_sigint_while_idle_is_ignored(self):
-        self.repl.run("y = 7")
+    def test_sigint_while_idle_is_said_and_ignored(self):
+        last = self.repl.send("y = 7")
+        self.repl.until_done(last)
         for _ in range(3):
             os.kill(self.repl.proc.pid, signal.SIGINT)
             time.sleep(0.1)
-        self.assertFalse(self.repl.pending(0.3), "an idle SIGINT produced a frame")
+        # Said, naming the last call finished: the daemon knows whether it was that call's.
+        for _ in range(3):
+            self.assertEqual(self.repl.frame(1.0), {"type": "interrupt_missed", "after": last})
+        self.assertFalse(self.repl.pending(0.3), "an idle SIGINT produced more than its frame")
         self.assertIsNone(self.repl.proc.poll(), "an idle SIGINT ended the process")
+        # Not carried into the next call.
         self.assertEqual(self.result(self.repl.run("y"))["text"], "7")
         self.assertNotIn("KeyboardInterrupt", self.repl.stderr())
+
+    def test_sigint_before_the_code_runs_stops_it_or_is_said(self):
+        self.repl.run("kept = 1")
+        # Stopped, it gets the request and the interrupt together: whichever it
+        # sees first, the interrupt is not lost.
+        os.kill(self.repl.proc.pid, signal.SIGSTOP)
+        try:
+            rid = self.repl.send("import time\nwhile True:\n    time.sleep(0.01)")
+            os.kill(self.repl.proc.pid, signal.SIGINT)
+        finally:
+            os.kill(self.repl.proc.pid, signal.SIGCONT)
+        first = self.repl.frame(5.0)
+        if first["type"] == "interrupt_missed":
+            # Seen while it waited: said with the call before; the daemon sends it again.
+            self.assertEqual(first["after"], "c1")
+            os.kill(self.repl.proc.pid, signal.SIGINT)
+            frames = self.repl.until_done(rid, 5.0)
+        else:
+            frames = [first] + (self.repl.until_done(rid, 5.0) if first["type"] != "done" else [])
+        self.assertEqual(self.error(frames)["name"], "KeyboardInterrupt")
+        self.assertEqual(self.result(self.repl.run("kept"))["text"], "1")
+
+    def test_sigint_after_the_request_is_read_stops_its_code_as_it_starts(self):
+        # A request line of ~12 MB takes the interpreter tens of milliseconds to
+        # decode: an interrupt sent once it has read the whole line (nothing
+        # left unread in the socket) comes before the code runs.
+        rid = "big"
+        line = json.dumps({"id": rid, "pad": "x" * (12 << 20),
+                           "code": "import time\nwhile True:\n    time.sleep(0.01)"})
+        self.repl.send_raw(line.encode() + b"\n")
+        deadline = time.monotonic() + 5.0
+        while unread_by_peer(self.repl.sock) and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        self.assertEqual(unread_by_peer(self.repl.sock), 0, "the request was not read")
+        # As the daemon does: an interrupt said to be missed (it came while the
+        # line was still being taken in) is sent again.
+        os.kill(self.repl.proc.pid, signal.SIGINT)
+        frames, missed = [], 0
+        while not frames or frames[-1]["type"] != "done":
+            try:
+                frames.append(self.repl.frame(3.0))
+            except AssertionError:
+                os.kill(self.repl.proc.pid, signal.SIGINT)
+                raise AssertionError("the interrupt was lost: the code ran on") from None
+            if frames[-1]["type"] == "interrupt_missed":
+                missed += 1
+                os.kill(self.repl.proc.pid, signal.SIGINT)
+        err = self.error(frames)
+        self.assertEqual(err["name"], "KeyboardInterrupt")
+        # Stopped before any of the cell ran, not while its loop ran.
+        self.assertNotIn("<cell-", "\n".join(err["traceback"]))
 
     def test_exit_is_survived(self):
         self.repl.run("z = 3")

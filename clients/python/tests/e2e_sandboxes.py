@@ -516,6 +516,34 @@ class Code(unittest.TestCase):
         # Same session, same variables.
         self.assertEqual(self.sb.run_code("kept").text, "'yes'")
 
+    def test_an_interrupt_before_the_code_runs_is_not_lost(self):
+        """The interpreter, held stopped, gets the call and the interrupt at
+        once; it says it was waiting and the daemon interrupts again."""
+        self.sb.run_code("kept = 'yes'")
+        pid = int(self.sb.run_code("import os\nos.getpid()").text)
+        self.assertEqual(self.sb.commands.run(f"kill -STOP {pid}").exit_code, 0)
+        box = {}
+        th = threading.Thread(target=lambda: box.update(ex=self.sb.run_code(
+            "while True:\n    pass", timeout=60)), daemon=True)
+        try:
+            th.start()
+            until = time.monotonic() + 15
+            while True:  # once the call is sent (the interpreter cannot have read it)
+                try:
+                    self.sb.interrupt_code()
+                    break
+                except Conflict:
+                    self.assertLess(time.monotonic(), until, "the call was never sent")
+                    time.sleep(0.005)
+            state = self.sb.commands.run(f"cat /proc/{pid}/stat").stdout.split(") ")[1][0]
+            self.assertEqual(state, "T", "the interpreter was not held stopped")
+        finally:
+            self.sb.commands.run(f"kill -CONT {pid}")
+        th.join(10)
+        self.assertFalse(th.is_alive(), "the interrupt was lost: the code ran on")
+        self.assertEqual(box["ex"].error.name, "KeyboardInterrupt", box["ex"].error)
+        self.assertEqual(self.sb.run_code("kept").text, "'yes'")
+
     def test_cell_timeout_interrupts(self):
         self.sb.run_code("survivor = 9")
         t0 = time.monotonic()

@@ -20,6 +20,20 @@ const START: Duration = Duration::from_secs(20);
 /// After an interrupt, how long a call has to finish before the
 /// interpreter is killed (and the next call starts a fresh one).
 const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+/// How many times one call's interrupt is sent again because the
+/// interpreter said it came before the call's code ran.
+const INTERRUPT_RETRIES: u32 = 20;
+
+/// The code call in flight (pid 0: none), for interrupts. An interrupt is a
+/// SIGINT, which the interpreter cannot tie to a call; one that arrives
+/// while it waits for its next request says so (`interrupt_missed`, naming
+/// the last call it finished), and the call it was meant for, if that call
+/// has not run yet, gets it again.
+#[derive(Debug, Default)]
+pub(crate) struct CallInFlight {
+    pid: i32,
+    interrupted: bool,
+}
 
 /// What a call streams, in order; `Frame` is one of the interpreter's own
 /// JSON lines (`result`, `error`, `done`), checked to be JSON and passed on
@@ -106,10 +120,15 @@ impl LiveSandbox {
     /// Interrupts the call running now (KeyboardInterrupt in the code; the
     /// session and its variables stay).
     pub async fn interrupt_code(&self) -> Result<(), SandboxesError> {
-        let pid = self.code_pid.load(std::sync::atomic::Ordering::Relaxed);
-        if pid <= 0 {
-            return Err(SandboxesError::Conflict("no code is running".into()));
-        }
+        let _gate = self.code_signal.lock().await;
+        let pid = {
+            let mut call = self.code_call.lock().unwrap_or_else(|e| e.into_inner());
+            if call.pid <= 0 {
+                return Err(SandboxesError::Conflict("no code is running".into()));
+            }
+            call.interrupted = true;
+            call.pid
+        };
         self.link.signal(pid, libc::SIGINT).await?;
         Ok(())
     }
@@ -416,8 +435,14 @@ impl Interpreter {
         }
     }
 
+    /// The next frame, past any missed interrupt's (meant for a call that ended).
     async fn frame(&mut self) -> Result<Option<Frame>, SandboxesError> {
-        next_frame(&mut self.frames, &mut self.partial).await
+        loop {
+            match next_frame(&mut self.frames, &mut self.partial).await? {
+                Some(frame) if frame.kind == "interrupt_missed" => continue,
+                other => return Ok(other),
+            }
+        }
     }
 
     async fn call(
@@ -427,7 +452,6 @@ impl Interpreter {
         events: &mpsc::Sender<CodeEvent>,
         sandbox: &LiveSandbox,
     ) -> Result<bool, SandboxesError> {
-        use std::sync::atomic::Ordering;
         // What the session's background work printed since the last call is not this call's.
         drain(&mut self.stdout);
         drain(&mut self.stderr);
@@ -436,12 +460,20 @@ impl Interpreter {
         let mut request = serde_json::to_vec(&serde_json::json!({ "id": id, "code": code }))
             .map_err(|_| SandboxesError::Invalid("code could not be encoded".into()))?;
         request.push(b'\n');
-        self.requests
-            .write_all(&request)
-            .await
-            .map_err(SandboxesError::io("sending code to the interpreter"))?;
-        sandbox.code_pid.store(self.pid, Ordering::Relaxed);
-        let _running = ClearPid(&sandbox.code_pid);
+        {
+            // After any interrupt's signal in flight: it was meant for an earlier call.
+            let _gate = sandbox.code_signal.lock().await;
+            self.requests
+                .write_all(&request)
+                .await
+                .map_err(SandboxesError::io("sending code to the interpreter"))?;
+            *lock_call(sandbox) = CallInFlight {
+                pid: self.pid,
+                interrupted: false,
+            };
+        }
+        let _running = EndCall(&sandbox.code_call);
+        let mut interrupts_resent = 0;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut interrupted_at = None;
@@ -484,6 +516,17 @@ impl Interpreter {
                         let _ = events.send(done_failed()).await;
                         return Ok(false);
                     };
+                    if frame.kind == "interrupt_missed" {
+                        // Sent again only where the interrupt was this call's and
+                        // came before its code ran (the interpreter's last finished
+                        // call is not this one).
+                        let before_this = missed_after(&frame.text).as_deref() != Some(id.as_str());
+                        if before_this && interrupts_resent < INTERRUPT_RETRIES && lock_call(sandbox).interrupted {
+                            interrupts_resent += 1;
+                            let _ = sandbox.link.signal(pid, libc::SIGINT).await;
+                        }
+                        continue;
+                    }
                     let done = frame.kind == "done";
                     if done {
                         // It flushed before saying done: its output is in the pipes.
@@ -503,6 +546,7 @@ impl Interpreter {
                 () = &mut deadline => {
                     match interrupted_at {
                         None => {
+                            lock_call(sandbox).interrupted = true;
                             let _ = sandbox.link.signal(pid, libc::SIGINT).await;
                             interrupted_at = Some(());
                             deadline.as_mut().reset(tokio::time::Instant::now() + AFTER_INTERRUPT);
@@ -527,11 +571,25 @@ fn done_failed() -> CodeEvent {
     frame_of(serde_json::json!({ "type": "done", "ok": false }))
 }
 
-struct ClearPid<'a>(&'a std::sync::atomic::AtomicI32);
+fn lock_call(sandbox: &LiveSandbox) -> std::sync::MutexGuard<'_, CallInFlight> {
+    sandbox.code_call.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-impl Drop for ClearPid<'_> {
+/// The call a missed interrupt's frame says the interpreter finished last
+/// (None: none, or a frame that does not say).
+fn missed_after(frame: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Missed {
+        after: Option<String>,
+    }
+    serde_json::from_str::<Missed>(frame).ok()?.after
+}
+
+struct EndCall<'a>(&'a std::sync::Mutex<CallInFlight>);
+
+impl Drop for EndCall<'_> {
     fn drop(&mut self) {
-        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = CallInFlight::default();
     }
 }
 

@@ -176,8 +176,11 @@ pub struct LiveSandbox {
     /// Pause and resume (and copies of its files) one at a time.
     pub(super) freezer: tokio::sync::Mutex<()>,
     pub(super) code: tokio::sync::Mutex<Option<super::code::Interpreter>>,
-    /// The interpreter's pid while a call runs in it (for interrupts), else 0.
-    pub(super) code_pid: std::sync::atomic::AtomicI32,
+    /// The code call in flight, for interrupts (code.rs).
+    pub(super) code_call: Mutex<super::code::CallInFlight>,
+    /// Held while an interrupt's signal is sent and while a call's request
+    /// is written: a signal meant for one call never lands in the next.
+    pub(super) code_signal: tokio::sync::Mutex<()>,
     /// Calls and streams in flight ([`InUse`] guards).
     in_use: std::sync::atomic::AtomicUsize,
     /// A failed idle pause is not tried again before this time.
@@ -1008,7 +1011,8 @@ impl LiveSandbox {
             processes: Mutex::default(),
             freezer: tokio::sync::Mutex::new(()),
             code: tokio::sync::Mutex::new(p.interpreter),
-            code_pid: Default::default(),
+            code_call: Mutex::default(),
+            code_signal: tokio::sync::Mutex::new(()),
             request: p.request,
             in_use: Default::default(),
             no_idle_pause_until: Mutex::new(0.0),
