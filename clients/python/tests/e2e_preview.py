@@ -465,7 +465,8 @@ class ForkMemory(unittest.TestCase):
         it: the daemon believes only what the kernel says of the copy."""
         from alcove import AlcoveError
         value(self.sb, "import sys\nfork_code = sys.modules['alcove_fork']\n"
-                       "honest = (fork_code.Fork.capset_empty, fork_code.Fork.spawn_init)\nv = 5")
+                       "honest = (fork_code.Fork.capset_empty, fork_code.Fork.spawn_init,"
+                       " fork_code.session_fork, fork_code.parse)\nv = 5")
         before = {s.id for s in Sandbox.list()}
 
         def processes():
@@ -486,6 +487,42 @@ class ForkMemory(unittest.TestCase):
                 "        os._exit(0)\n"
                 "    return pid\n"
                 "fork_code.Fork.spawn_init = spawn_and_stay"),
+            # The copy is made from a pid namespace of the session's own, whose
+            # first process (in the parent sandbox, above the copy) stays.
+            "levels below its parent's, not one": (
+                "import ctypes, os, time\n"
+                "numbers = {}\n"
+                "def parse(request, fds):\n"
+                "    numbers['all'] = honest[3](request, fds)\n"
+                "    return numbers['all']\n"
+                "def nested_fork():\n"
+                "    libc = ctypes.CDLL(None, use_errno=True)\n"
+                "    x = os.fork()\n"
+                "    if x:\n"
+                "        return x\n"
+                "    try:\n"
+                "        uid, gid = os.getuid(), os.getgid()\n"
+                "        # the namespaces a copy makes (its filter allows those alone)\n"
+                "        assert libc.unshare(numbers['all'][3]) == 0, 'unshare'\n"
+                "        assert libc.prctl(4, 1, 0, 0, 0) == 0, 'dumpable'\n"
+                "        for f, t in (('setgroups', 'deny'), ('uid_map', f'{uid} {uid} 1'),\n"
+                "                     ('gid_map', f'{gid} {gid} 1')):\n"
+                "            with open(f'/proc/self/{f}', 'w') as out:\n"
+                "                out.write(t)\n"
+                "        p = os.fork()\n"
+                "        if p == 0:  # pid 1 of the session's namespace: stays\n"
+                "            time.sleep(60)\n"
+                "            os._exit(0)\n"
+                "        with open('/tmp/above-the-copy', 'w') as out:\n"
+                "            out.write(str(p))\n"
+                "        c = os.fork()\n"
+                "        if c == 0:\n"
+                "            return 0  # the copy's first process, one namespace down\n"
+                "        os._exit(os.waitstatus_to_exitcode(os.waitpid(c, 0)[1]) & 0xff)\n"
+                "    except BaseException:\n"
+                "        os._exit(99)\n"
+                "fork_code.parse = parse\n"
+                "fork_code.session_fork = nested_fork"),
         }
         for why, cheat in cheats.items():
             value(self.sb, cheat + "\n0")
@@ -494,10 +531,14 @@ class ForkMemory(unittest.TestCase):
             self.assertEqual((caught.exception.status, caught.exception.code), (422, "fork_failed"))
             self.assertIn(why, str(caught.exception))
             self.assertEqual({s.id for s in Sandbox.list()}, before)
+            above = self.sb.commands.run("cat /tmp/above-the-copy 2>/dev/null").stdout.strip()
+            if above:  # the nested cheat's process in the parent sandbox: the cheat's to end
+                self.sb.commands.run(f"kill -KILL {int(above)}; rm /tmp/above-the-copy")
             # Nothing of the copy runs (its pid namespace is nested in the parent's;
             # what was killed is reaped within the parent agent's next wake).
             wait_for_value("the copy's processes are gone", 5, lambda: processes() == alone)
-            value(self.sb, "fork_code.Fork.capset_empty, fork_code.Fork.spawn_init = honest\n0")
+            value(self.sb, "(fork_code.Fork.capset_empty, fork_code.Fork.spawn_init,"
+                           " fork_code.session_fork, fork_code.parse) = honest\n0")
         # The parent is as it was, and forks again once honest.
         self.assertEqual(value(self.sb, "v"), "5")
         self.assertEqual(value(self.fork(self.sb), "v"), "5")
