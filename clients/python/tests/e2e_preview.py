@@ -299,6 +299,17 @@ class ForkMemory(unittest.TestCase):
         self.assertEqual(self.sb.files.read_text("f.txt"), "v1")
         self.sb.files.write("f.txt", "parent")
         self.assertEqual(child.files.read_text("f.txt"), "child")
+        # Its random stream is its own (reseeded by os.fork's hooks), and its
+        # interpreter works as a forked one should: threads, imports, asyncio.
+        value(self.sb, "import random")
+        copy = self.sb.fork(memory=True)
+        self.addCleanup(copy.kill)
+        draw = "[random.random() for _ in range(3)]"
+        self.assertNotEqual(value(copy, draw), value(self.sb, draw))
+        self.assertEqual(value(copy, "import threading\nt = threading.Thread(target=lambda: None)\n"
+                                     "t.start(); t.join(); threading.active_count()"), "1")
+        self.assertEqual(value(copy, "import asyncio\nawait asyncio.sleep(0.01)\n"
+                                     "import decimal; str(decimal.Decimal(1) / 8)"), "'0.125'")
         # Its interpreter is a process of its own sandbox.
         self.assertNotEqual(value(child, "os.getpid()"), None)
         self.assertNotEqual(child.commands.run("cat /proc/self/cgroup").stdout,
