@@ -520,6 +520,7 @@ def _main():
                 ok, owed = False, rid is not None
             else:
                 if not raw.strip():
+                    calls["in_call"] = False
                     continue
                 try:
                     request = _json.loads(raw)

@@ -20,6 +20,9 @@ const START: Duration = Duration::from_secs(20);
 /// After an interrupt, how long a call has to finish before the
 /// interpreter is killed (and the next call starts a fresh one).
 const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+/// How long the interpreter has to take a call's code in (it reads as soon
+/// as it waits for a request), and an interrupt to wait while it does.
+const SEND_LIMIT: Duration = Duration::from_secs(10);
 /// How many times one call's interrupt is sent again because the
 /// interpreter said it came before the call's code ran.
 const INTERRUPT_RETRIES: u32 = 20;
@@ -120,7 +123,14 @@ impl LiveSandbox {
     /// Interrupts the call running now (KeyboardInterrupt in the code; the
     /// session and its variables stay).
     pub async fn interrupt_code(&self) -> Result<(), SandboxesError> {
-        let _gate = self.code_signal.lock().await;
+        let gate = tokio::time::timeout(SEND_LIMIT, self.code_signal.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                SandboxesError::Conflict(
+                    "the call is still being sent to the interpreter: interrupt again in a moment"
+                        .into(),
+                )
+            })?;
         let pid = {
             let mut call = self.code_call.lock().unwrap_or_else(|e| e.into_inner());
             if call.pid <= 0 {
@@ -129,7 +139,15 @@ impl LiveSandbox {
             call.interrupted = true;
             call.pid
         };
-        self.link.signal(pid, libc::SIGINT).await?;
+        // Sent by a task of its own that holds the gate to the end, even if this
+        // call is dropped (its client gone): the signal never lands in a later call.
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            let _gate = gate;
+            link.signal(pid, libc::SIGINT).await
+        })
+        .await
+        .map_err(|_| SandboxesError::Start("the interrupt was not sent".into()))??;
         Ok(())
     }
 
@@ -435,6 +453,18 @@ impl Interpreter {
         }
     }
 
+    /// Drops the frames already waiting: between calls only missed interrupts
+    /// are sent, and those are about calls that have ended, not the next one.
+    async fn drop_waiting_frames(&mut self) {
+        // A zero timeout polls the read once: what is there now, nothing more.
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(
+            Duration::ZERO,
+            next_frame(&mut self.frames, &mut self.partial),
+        )
+        .await
+        {}
+    }
+
     /// The next frame, past any missed interrupt's (meant for a call that ended).
     async fn frame(&mut self) -> Result<Option<Frame>, SandboxesError> {
         loop {
@@ -463,9 +493,15 @@ impl Interpreter {
         {
             // After any interrupt's signal in flight: it was meant for an earlier call.
             let _gate = sandbox.code_signal.lock().await;
-            self.requests
-                .write_all(&request)
+            self.drop_waiting_frames().await;
+            tokio::time::timeout(SEND_LIMIT, self.requests.write_all(&request))
                 .await
+                .map_err(|_| {
+                    SandboxesError::Start(format!(
+                        "the interpreter did not take the code in within {SEND_LIMIT:?}; it \
+                         was restarted (its variables are gone)"
+                    ))
+                })?
                 .map_err(SandboxesError::io("sending code to the interpreter"))?;
             *lock_call(sandbox) = CallInFlight {
                 pid: self.pid,

@@ -180,7 +180,7 @@ pub struct LiveSandbox {
     pub(super) code_call: Mutex<super::code::CallInFlight>,
     /// Held while an interrupt's signal is sent and while a call's request
     /// is written: a signal meant for one call never lands in the next.
-    pub(super) code_signal: tokio::sync::Mutex<()>,
+    pub(super) code_signal: Arc<tokio::sync::Mutex<()>>,
     /// Calls and streams in flight ([`InUse`] guards).
     in_use: std::sync::atomic::AtomicUsize,
     /// A failed idle pause is not tried again before this time.
@@ -1012,7 +1012,7 @@ impl LiveSandbox {
             freezer: tokio::sync::Mutex::new(()),
             code: tokio::sync::Mutex::new(p.interpreter),
             code_call: Mutex::default(),
-            code_signal: tokio::sync::Mutex::new(()),
+            code_signal: Arc::new(tokio::sync::Mutex::new(())),
             request: p.request,
             in_use: Default::default(),
             no_idle_pause_until: Mutex::new(0.0),
