@@ -455,14 +455,20 @@ impl Interpreter {
 
     /// Drops the frames already waiting: between calls only missed interrupts
     /// are sent, and those are about calls that have ended, not the next one.
-    async fn drop_waiting_frames(&mut self) {
-        // A zero timeout polls the read once: what is there now, nothing more.
-        while let Ok(Ok(Some(_))) = tokio::time::timeout(
-            Duration::ZERO,
-            next_frame(&mut self.frames, &mut self.partial),
-        )
-        .await
-        {}
+    fn drop_waiting_frames(&mut self) {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        // Each read polled once: what is there now, nothing more (not a zero
+        // timeout, whose timer waits for the next millisecond tick). Reading a
+        // frame is cancel-safe, so one cut short stays for the call's loop.
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let read = std::pin::pin!(next_frame(&mut self.frames, &mut self.partial));
+            match read.poll(&mut cx) {
+                Poll::Ready(Ok(Some(_))) => continue,
+                _ => return,
+            }
+        }
     }
 
     /// The next frame, past any missed interrupt's (meant for a call that ended).
@@ -493,7 +499,7 @@ impl Interpreter {
         {
             // After any interrupt's signal in flight: it was meant for an earlier call.
             let _gate = sandbox.code_signal.lock().await;
-            self.drop_waiting_frames().await;
+            self.drop_waiting_frames();
             tokio::time::timeout(SEND_LIMIT, self.requests.write_all(&request))
                 .await
                 .map_err(|_| {
