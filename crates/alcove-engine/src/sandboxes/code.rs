@@ -23,6 +23,9 @@ const AFTER_INTERRUPT: Duration = Duration::from_secs(3);
 /// How long the interpreter has to take a call's code in (it reads as soon
 /// as it waits for a request), and an interrupt to wait while it does.
 const SEND_LIMIT: Duration = Duration::from_secs(10);
+/// The bytes of waiting frames dropped before a call (a missed
+/// interrupt's frame is ~40); the rest, if any, is read by the call.
+const WAITING_FRAMES_BUDGET: usize = 64 << 10;
 /// How many times one call's interrupt is sent again because the
 /// interpreter said it came before the call's code ran.
 const INTERRUPT_RETRIES: u32 = 20;
@@ -461,11 +464,16 @@ impl Interpreter {
         // Each read polled once: what is there now, nothing more (not a zero
         // timeout, whose timer waits for the next millisecond tick). Reading a
         // frame is cancel-safe, so one cut short stays for the call's loop.
+        // Bounded: this runs without yielding, and an interpreter that kept
+        // writing would otherwise hold the daemon's thread here.
         let mut cx = Context::from_waker(Waker::noop());
-        loop {
+        let mut budget = WAITING_FRAMES_BUDGET;
+        while budget > 0 {
             let read = std::pin::pin!(next_frame(&mut self.frames, &mut self.partial));
             match read.poll(&mut cx) {
-                Poll::Ready(Ok(Some(_))) => continue,
+                Poll::Ready(Ok(Some(frame))) if frame.kind == "interrupt_missed" => {
+                    budget = budget.saturating_sub(frame.text.len().max(1));
+                }
                 _ => return,
             }
         }
