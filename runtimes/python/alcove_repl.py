@@ -114,7 +114,11 @@ def _main():
     # comes while the session waits for a request is said (interrupt_missed,
     # with the last call finished), since only the daemon knows whether it was
     # meant for that call, which ended, or for the next, whose request is on
-    # its way; the daemon sends the latter again.
+    # its way; the daemon sends the latter again. That one must find the call:
+    # while a request waits to be read, or a frame is being written (the
+    # daemon's answer to a missed frame lands just as its write returns), the
+    # saying waits until the request is read (then the resent signal finds the
+    # call), or until the session would wait for one with none there.
     calls = {"in_call": False, "pending": False, "last": None, "sending": False,
              "missed": False}
 
@@ -123,10 +127,18 @@ def _main():
             raise KeyboardInterrupt
         if calls["in_call"]:
             calls["pending"] = True
-        elif calls["sending"]:
-            calls["missed"] = True  # said once the frame being written is out
+        elif calls["sending"] or request_waiting():
+            calls["missed"] = True  # said by lines(), or once the request is read
         else:
             say_missed()
+
+    def request_waiting():
+        try:
+            return bool(chan["sock"].recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError, NameError):  # (no channel yet)
+            return False
+        except OSError:
+            return False
 
     def say_missed():
         try:
@@ -200,9 +212,6 @@ def _main():
                 view = view[_os.write(chan["sock"].fileno(), view):]
         finally:
             calls["sending"] = False
-        if calls["missed"] and not calls["in_call"]:
-            calls["missed"] = False
-            say_missed()
 
     def lines():
         """Yield ("line", bytes) per request line, ("big", first bytes) per line over the limit."""
@@ -216,6 +225,9 @@ def _main():
                 gen = chan["gen"]
                 buf.clear()
                 dropping = None
+            if calls["missed"] and not request_waiting():
+                calls["missed"] = False  # none to read first: said before waiting
+                say_missed()
             try:
                 n, anc, _flags, _addr = chan["sock"].recvmsg_into([room], _CMSG_ROOM,
                                                                    _socket.MSG_CMSG_CLOEXEC)
@@ -486,7 +498,8 @@ def _main():
                 # A collapse the fork cut short is the parent's to finish: here
                 # it would copy pages the copy shares with its parent.
                 after_fork[0] = False
-                calls.update(in_call=False, pending=False, last=None)  # no call of its own yet
+                # No call of its own yet, nor an interrupt: those were its parent's.
+                calls.update(in_call=False, pending=False, last=None, missed=False)
             except BaseException:
                 try:  # its stderr is the new sandbox's by now, or /dev/null
                     _os.write(2, _traceback.format_exc().encode("utf-8", "replace"))
@@ -511,6 +524,9 @@ def _main():
         send([{"type": "ready", "pid": _os.getpid(), "python": _sys.version.split()[0]}])
         for kind, raw in lines():
             calls["in_call"] = True
+            if calls["missed"]:  # came before this request was read (see calls)
+                calls["missed"] = False
+                say_missed()
             t0 = _time.perf_counter()
             out = []  # the request's frames: written with its done, in one write
             owed = True  # whether a done closes it (not where no id could be read)

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import os
 import re
+import signal
 import socket
 import struct
 import time
@@ -440,6 +441,38 @@ class ForkMemory(unittest.TestCase):
         self.assertIsNotNone(fresh.error)
         self.assertEqual(fresh.error.name, "NameError", fresh.error)
         self.assertEqual(value(child, "2 + 2"), "4")
+        self.assertEqual(value(self.sb, "x"), "1")
+
+    def test_a_forks_interpreter_is_said_to_end_as_it_ended(self):
+        """How a fork's interpreter ended comes from the kernel (Linux 6.15+
+        keeps it on a pidfd once the source's agent, its parent, reaps it);
+        an older kernel's fork says it cannot tell, never a made-up status."""
+        value(self.sb, "import os, signal\nx = 1")
+        release = os.uname().release.split("-")[0].split(".")
+        keeps = (int(release[0]), int(release[1])) >= (6, 15)
+        if not keeps:
+            print(f"NOTE {self.id()}: this kernel ({os.uname().release}) keeps no exit "
+                  "status on pidfds (Linux 6.15+): a fork's interpreter's end is unnamed")
+        for code, said in [
+            ("os._exit(3)", "exited with code 3"),
+            ("os.kill(os.getpid(), signal.SIGSEGV)", f"killed by signal {signal.SIGSEGV}"),
+            ("os.kill(os.getpid(), signal.SIGKILL)", "killed (SIGKILL"),
+        ]:
+            child = self.fork(self.sb)
+            # The copied interpreter, not a fresh one: the parent's state is there.
+            self.assertEqual(value(child, "x"), "1")
+            ended = child.run_code(code, timeout=30)
+            self.assertIsNotNone(ended.error, code)
+            self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
+            want = said if keeps else "does not say how"
+            self.assertIn(want, ended.error.value, code)
+            child.kill()
+        # A sandbox's own interpreter (its agent's child) says the same.
+        plain = Sandbox.create(timeout=60)
+        self.addCleanup(plain.kill)
+        ended = plain.run_code("import os\nos._exit(5)", timeout=30)
+        self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
+        self.assertIn("exited with code 5", ended.error.value)
         self.assertEqual(value(self.sb, "x"), "1")
 
     def test_a_forks_code_is_interrupted_and_timed_out_with_its_state_kept(self):

@@ -6,6 +6,7 @@
 use crate::protocol::{
     AgentFailure, Entry, EntryKind, PtySize, Reply, Request, MAX_ENTRIES, MAX_MESSAGE,
 };
+use alcove_sys::pidfd::{ExitInfo, ExitStatus};
 use alcove_sys::{fd, process, pty, seqpacket};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -34,6 +35,18 @@ const LOOK_LATEST: Duration = Duration::from_millis(100);
 /// group to die after a SIGKILL to the group (a process stuck in the kernel
 /// cannot hold the answer back longer).
 const GROUP_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long an adopted process's end waits for its parent to reap it, so
+/// that the kernel can say how it ended (its parent, another sandbox's
+/// agent, reaps at once on SIGCHLD, or within its one-second wake).
+const FOREIGN_REAP_LIMIT: Duration = Duration::from_millis(1500);
+
+/// An adopted process that ended, waiting for its parent's reap.
+struct ForeignEnd {
+    pid: i32,
+    pidfd: OwnedFd,
+    until: std::time::Instant,
+}
 
 /// Serves the daemon on the socket named by `$ALCOVE_AGENT_FD` (inherited
 /// from the daemon); returns the exit code.
@@ -146,9 +159,13 @@ pub fn serve(sock: OwnedFd) -> i32 {
         group_killed: std::collections::HashSet::new(),
         draining: Vec::new(),
         copy_filter,
-        starter: crate::start::Starter::new(),
         unwatched_since: None,
         foreign: HashMap::new(),
+        foreign_ending: Vec::new(),
+        // Without it (it cannot fail but for a lack of descriptors) orphans
+        // are reaped within the loop's one-second wake.
+        child_ended: alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok(),
+        starter: crate::start::Starter::new(),
     };
     if agent
         .send(
@@ -187,8 +204,15 @@ struct Agent {
     unwatched_since: Option<std::time::Instant>,
     /// Adopted processes that are not its children (a fork's interpreter,
     /// whose parent left outside this pid namespace): watched through their
-    /// pidfd; their end is reported without a status (another process reaps them).
+    /// pidfd; how they ended is known once their parent reaps them, and only
+    /// on Linux 6.15 and later (the kernel keeps it on the pidfd).
     foreign: HashMap<i32, OwnedFd>,
+    /// Adopted processes that ended and await their parent's reap.
+    foreign_ending: Vec<ForeignEnd>,
+    /// Readable when a child of the agent ended (SIGCHLD): orphans are
+    /// reaped at once, and so are a fork's adopted processes, whose parent
+    /// is the source sandbox's agent.
+    child_ended: Option<OwnedFd>,
 }
 
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
@@ -216,7 +240,9 @@ impl Agent {
     fn run(&mut self) -> i32 {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
+            let child_ended = self.child_ended.as_ref().map_or(-1, |p| p.as_raw_fd());
+            let mut polled: Vec<libc::pollfd> = [self.sock.as_raw_fd(), child_ended]
+                .into_iter()
                 .chain(self.running.values().flatten().map(|p| p.as_raw_fd()))
                 .chain(self.foreign.values().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
@@ -231,6 +257,11 @@ impl Agent {
             if let Err(e) = fd::poll(&mut polled, Some(wake)) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
+            }
+            if polled[1].revents != 0 {
+                if let Some(pipe) = &self.child_ended {
+                    alcove_sys::signal::drain_wake_pipe(pipe.as_fd());
+                }
             }
             self.reap();
             if polled[0].revents == 0 {
@@ -273,6 +304,9 @@ impl Agent {
             true => Duration::from_secs(1),
             false => Duration::from_millis(2),
         };
+        if !self.foreign_ending.is_empty() {
+            wake = wake.min(LOOK_SOONEST);
+        }
         if self.running.values().any(Option::is_none) {
             let since = self.unwatched_since.map_or(Duration::ZERO, |t| t.elapsed());
             wake = wake.min((since / 4).clamp(LOOK_SOONEST, LOOK_LATEST));
@@ -296,28 +330,7 @@ impl Agent {
     }
 
     fn reap(&mut self) {
-        let ended: Vec<i32> = self
-            .foreign
-            .iter()
-            .filter(|(_, pidfd)| {
-                let mut polled = [libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                matches!(fd::poll(&mut polled, Some(Duration::ZERO)), Ok(1..))
-            })
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in ended {
-            self.foreign.remove(&pid);
-            let exited = Reply::Exited {
-                pid,
-                code: None,
-                signal: None,
-            };
-            let _ = self.send(&exited, &[]);
-        }
+        self.reap_foreign();
         while let Some((pid, status)) = process::reap_any() {
             if self.running.remove(&pid).is_some() {
                 let (code, signal) = if libc::WIFSIGNALED(status) {
@@ -347,6 +360,46 @@ impl Agent {
         for drained in gone {
             let _ = self.send(&drained.exited, &[]);
         }
+    }
+
+    /// Reports the adopted processes that ended, with how they ended once
+    /// their parent has reaped them (where the kernel can say).
+    fn reap_foreign(&mut self) {
+        let ended: Vec<i32> = self
+            .foreign
+            .iter()
+            .filter(|(_, pidfd)| {
+                let mut polled = [libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                matches!(fd::poll(&mut polled, Some(Duration::ZERO)), Ok(1..))
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        let until = std::time::Instant::now() + FOREIGN_REAP_LIMIT;
+        for pid in ended {
+            if let Some(pidfd) = self.foreign.remove(&pid) {
+                self.foreign_ending.push(ForeignEnd { pid, pidfd, until });
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut waiting = Vec::new();
+        for end in std::mem::take(&mut self.foreign_ending) {
+            let (code, signal) = match alcove_sys::pidfd::exit_state(end.pidfd.as_fd()) {
+                ExitInfo::Ended(ExitStatus::Exited(code)) => (Some(code), None),
+                ExitInfo::Ended(ExitStatus::Signaled(signal)) => (None, Some(signal)),
+                ExitInfo::NotReaped if now < end.until => {
+                    waiting.push(end);
+                    continue;
+                }
+                ExitInfo::NotReaped | ExitInfo::Unknowable => (None, None),
+            };
+            let pid = end.pid;
+            let _ = self.send(&Reply::Exited { pid, code, signal }, &[]);
+        }
+        self.foreign_ending = waiting;
     }
 
     fn handle(

@@ -91,10 +91,23 @@ const PIDFD_GET_INFO: u64 =
     (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xff << 8) | 11;
 const PIDFD_INFO_EXIT: u64 = 1 << 3;
 
-/// How a process that is not our child ended, once it has been reaped, as
-/// the kernel keeps it on its pidfd (`PIDFD_GET_INFO`, Linux 6.15+). `None`
-/// where the kernel cannot say (older, or not yet reaped).
-pub fn exit_info(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+/// What the kernel can say, through a pidfd, of how a process that is not
+/// our child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It ended and its parent reaped it: this is how it ended.
+    Ended(ExitStatus),
+    /// Not reaped yet (it runs, or it is a zombie): ask again later.
+    NotReaped,
+    /// This kernel keeps no exit status on pidfds (before Linux 6.15: no
+    /// `PIDFD_GET_INFO` before 6.13, and a reaped process's info is gone
+    /// on 6.13 and 6.14).
+    Unknowable,
+}
+
+/// How a process that is not our child ended, as the kernel keeps it on its
+/// pidfd once the process is reaped (`PIDFD_GET_INFO`, Linux 6.15+).
+pub fn exit_state(pidfd: BorrowedFd<'_>) -> ExitInfo {
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_EXIT,
         ..PidfdInfo::default()
@@ -108,13 +121,83 @@ pub fn exit_info(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
             &mut info as *mut PidfdInfo,
         )
     };
-    if ret != 0 || info.mask & PIDFD_INFO_EXIT == 0 {
-        return None;
+    if ret != 0 {
+        // ENOTTY/EINVAL: no PIDFD_GET_INFO; ESRCH: reaped, and its info not kept.
+        return ExitInfo::Unknowable;
+    }
+    if info.mask & PIDFD_INFO_EXIT == 0 {
+        return ExitInfo::NotReaped;
     }
     let raw = info.exit_code;
-    Some(if libc::WIFEXITED(raw) {
+    ExitInfo::Ended(if libc::WIFEXITED(raw) {
         ExitStatus::Exited(libc::WEXITSTATUS(raw))
     } else {
         ExitStatus::Signaled(libc::WTERMSIG(raw))
     })
+}
+
+/// [`exit_state`], `None` where the kernel cannot say (yet, or at all).
+pub fn exit_info(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+    match exit_state(pidfd) {
+        ExitInfo::Ended(status) => Some(status),
+        ExitInfo::NotReaped | ExitInfo::Unknowable => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release.trim().split(['.', '-']);
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        (next(), next()) >= (major, minor)
+    }
+
+    /// A zombie is not reaped yet; once reaped, Linux 6.15+ says how it
+    /// ended (older kernels cannot, and say so rather than guess).
+    #[test]
+    fn exit_state_waits_for_the_reap_then_says_how_it_ended() {
+        for (script, want) in [
+            ("exit 7", ExitStatus::Exited(7)),
+            ("kill -SEGV $$", ExitStatus::Signaled(libc::SIGSEGV)),
+        ] {
+            let mut child = std::process::Command::new("/bin/sh")
+                .args(["-c", script])
+                .spawn()
+                .expect("spawning sh");
+            let pid = child.id() as libc::pid_t;
+            let pidfd = crate::seqpacket::pidfd_open(pid).expect("pidfd_open");
+            let mut polled = [libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ready = crate::fd::poll(&mut polled, Some(std::time::Duration::from_secs(10)));
+            assert_eq!(ready.expect("poll"), 1, "the child did not end within 10 s");
+            let zombie = exit_state(pidfd.as_fd());
+            child.wait().expect("reaping the child");
+            let reaped = exit_state(pidfd.as_fd());
+            if !kernel_at_least(6, 13) {
+                eprintln!("SKIPPED exit_state: this kernel predates PIDFD_GET_INFO (Linux 6.13)");
+                assert_eq!(reaped, ExitInfo::Unknowable);
+                return;
+            }
+            assert_eq!(zombie, ExitInfo::NotReaped, "{script}: before the reap");
+            if kernel_at_least(6, 15) {
+                assert_eq!(reaped, ExitInfo::Ended(want), "{script}: after the reap");
+                assert_eq!(exit_info(pidfd.as_fd()), Some(want));
+            } else {
+                eprintln!("SKIPPED exit_state after the reap: Linux 6.13/6.14 keep no exit status");
+                assert_eq!(reaped, ExitInfo::Unknowable);
+            }
+        }
+    }
 }

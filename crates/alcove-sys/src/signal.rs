@@ -211,3 +211,101 @@ pub fn default_all_dispositions() {
         }
     }
 }
+
+/// The write end of [`wake_pipe`]'s pipe, for its handler (-1: none yet).
+static WAKE_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn write_wake(_signal: libc::c_int) {
+    let fd = WAKE_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: only async-signal-safe calls (errno's location, write); the
+    // byte is a valid one-byte buffer; a full pipe (EAGAIN) already wakes
+    // its reader, and errno is put back for the code the signal interrupted.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, [1u8].as_ptr().cast(), 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// A pipe that becomes readable whenever `signal` arrives, for a poll loop
+/// that must wake on it without blocking it (a blocked signal would be
+/// inherited by every command the loop starts): the self-pipe trick. Both
+/// ends are non-blocking and close-on-exec; drain the returned read end with
+/// [`drain_wake_pipe`] before looking at what the signal was about, so that
+/// none is missed. One signal per process: a second call fails.
+pub fn wake_pipe(signal: i32) -> io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    crate::cvt_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 just returned these two descriptors; nothing else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if WAKE_PIPE
+        .compare_exchange(
+            -1,
+            write.as_raw_fd(),
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+        .is_err()
+    {
+        return Err(io::Error::other("a wake pipe is set for a signal already"));
+    }
+    // The handler writes into it for the rest of the process's life.
+    std::mem::forget(write);
+    // SAFETY: a zeroed sigaction is valid; its handler is a plain extern "C"
+    // function that only writes to the pipe; SA_RESTART keeps other
+    // interrupted calls going (the loop's poll wakes on the pipe);
+    // SA_NOCLDSTOP leaves out a child's stops and continues.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = write_wake as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+        libc::sigemptyset(&mut action.sa_mask);
+        crate::cvt_int(libc::sigaction(signal, &action, std::ptr::null_mut()))?;
+    }
+    Ok(read)
+}
+
+/// Empties a [`wake_pipe`]; whether anything was in it.
+pub fn drain_wake_pipe(read: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 64];
+    let mut any = false;
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return any;
+        }
+        any = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_wake_pipe_is_readable_after_its_signal_and_empty_once_drained() {
+        let pipe = wake_pipe(libc::SIGUSR2).expect("wake_pipe");
+        assert!(!drain_wake_pipe(pipe.as_fd()), "readable before any signal");
+        // SAFETY: raise only sends a signal, which the handler just set takes.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+        let mut polled = [libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ready = crate::fd::poll(&mut polled, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(ready.expect("poll"), 1, "the signal did not wake the pipe");
+        assert!(drain_wake_pipe(pipe.as_fd()));
+        assert!(
+            !drain_wake_pipe(pipe.as_fd()),
+            "still readable once drained"
+        );
+        assert!(
+            wake_pipe(libc::SIGUSR1).is_err(),
+            "a second wake pipe was set"
+        );
+    }
+}

@@ -13,6 +13,31 @@ use tokio::sync::{mpsc, watch};
 
 /// The longest source one call may send.
 pub const MAX_CODE: usize = 1 << 20;
+/// How long a call whose interpreter died waits for the report of how it
+/// ended (a fork's interpreter is reaped by its source's agent, which the
+/// fork's agent waits up to 1.5 s for).
+const END_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// What a call whose interpreter died says of its end.
+fn interpreter_end(end: Option<ExitStatus>) -> String {
+    match end {
+        Some(ExitStatus {
+            signal: Some(libc::SIGKILL),
+            ..
+        }) => "the interpreter was killed (SIGKILL: out of memory, or the sandbox's limits)".into(),
+        Some(ExitStatus {
+            signal: Some(signal),
+            ..
+        }) => format!("the interpreter was killed by signal {signal}"),
+        Some(ExitStatus {
+            code: Some(code), ..
+        }) => format!("the interpreter exited with code {code}"),
+        // A fork's interpreter on a kernel before Linux 6.15, which keeps no
+        // exit status for a process's other watchers.
+        _ => "the interpreter ended (this kernel does not say how)".into(),
+    }
+}
+
 /// The longest frame the interpreter may send (its result is cut at 1 MiB).
 const MAX_FRAME: usize = 2 << 20;
 /// How long an interpreter has to start.
@@ -556,10 +581,10 @@ impl Interpreter {
                 },
                 frame = next_frame(frames, partial) => {
                     let Some(frame) = frame? else {
-                        let why = match *end.borrow() {
-                            Some(ExitStatus { signal: Some(9), .. }) => "the interpreter was killed (out of memory, or the sandbox's limits)",
-                            _ => "the interpreter exited",
-                        };
+                        // Its end is reported just after its output closes (a
+                        // fork's, once the source's agent has reaped it).
+                        let _ = tokio::time::timeout(END_REPORT_WAIT, end.wait_for(Option::is_some)).await;
+                        let why = interpreter_end(*end.borrow());
                         let _ = events.send(frame_of(serde_json::json!({
                             "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
                         }))).await;
