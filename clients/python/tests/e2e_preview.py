@@ -464,7 +464,7 @@ class ForkMemory(unittest.TestCase):
             ended = child.run_code(code, timeout=30)
             self.assertIsNotNone(ended.error, code)
             self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
-            want = said if keeps else "does not say how"
+            want = said if keeps else "no exit status was reported"
             self.assertIn(want, ended.error.value, code)
             child.kill()
         # A sandbox's own interpreter (its agent's child) says the same.

@@ -163,7 +163,8 @@ pub fn serve(sock: OwnedFd) -> i32 {
         foreign: HashMap::new(),
         foreign_ending: Vec::new(),
         // Without it (it cannot fail but for a lack of descriptors) orphans
-        // are reaped within the loop's one-second wake.
+        // are reaped within the loop's one-second wake. Made before the
+        // starter, which notes the handler so that commands start without it.
         child_ended: alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok(),
         starter: crate::start::Starter::new(),
     };

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_CODE: usize = 1 << 20;
 /// How long a call whose interpreter died waits for the report of how it
 /// ended (a fork's interpreter is reaped by its source's agent, which the
-/// fork's agent waits up to 1.5 s for).
-const END_REPORT_WAIT: Duration = Duration::from_secs(2);
+/// fork's agent waits up to 1.5 s for, from a later moment than this wait's start).
+const END_REPORT_WAIT: Duration = Duration::from_secs(3);
 
 /// What a call whose interpreter died says of its end.
 fn interpreter_end(end: Option<ExitStatus>) -> String {
@@ -32,9 +32,10 @@ fn interpreter_end(end: Option<ExitStatus>) -> String {
         Some(ExitStatus {
             code: Some(code), ..
         }) => format!("the interpreter exited with code {code}"),
-        // A fork's interpreter on a kernel before Linux 6.15, which keeps no
-        // exit status for a process's other watchers.
-        _ => "the interpreter ended (this kernel does not say how)".into(),
+        // A fork's interpreter on a kernel before Linux 6.15 (which keeps no
+        // exit status for a process's other watchers), or code that closed
+        // the interpreter's channel and lives on (it is restarted).
+        _ => "the interpreter ended, or closed its channel (no exit status was reported)".into(),
     }
 }
 
