@@ -152,6 +152,15 @@ pub fn serve(sock: OwnedFd) -> i32 {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k != crate::AGENT_FD_ENV && k != crate::COPY_FILTER_ENV)
         .collect();
+    // Only where the interpreter can fork (the copy filter is given): the
+    // agent is then the parent of its forks' interpreters, which their own
+    // agents wait to see reaped. A handled SIGCHLD costs each command's end
+    // ~20 us here, so other sandboxes reap their orphans within the loop's
+    // one-second wake instead. Made before the starter, which notes the
+    // handler so that commands start without it.
+    let child_ended = copy_filter
+        .as_ref()
+        .and_then(|_| alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok());
     let mut agent = Agent {
         sock,
         env,
@@ -162,10 +171,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         unwatched_since: None,
         foreign: HashMap::new(),
         foreign_ending: Vec::new(),
-        // Without it (it cannot fail but for a lack of descriptors) orphans
-        // are reaped within the loop's one-second wake. Made before the
-        // starter, which notes the handler so that commands start without it.
-        child_ended: alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok(),
+        child_ended,
         starter: crate::start::Starter::new(),
     };
     if agent
@@ -210,9 +216,9 @@ struct Agent {
     foreign: HashMap<i32, OwnedFd>,
     /// Adopted processes that ended and await their parent's reap.
     foreign_ending: Vec<ForeignEnd>,
-    /// Readable when a child of the agent ended (SIGCHLD): orphans are
-    /// reaped at once, and so are a fork's adopted processes, whose parent
-    /// is the source sandbox's agent.
+    /// Readable when a child of the agent ended (SIGCHLD), in a forkable
+    /// sandbox: its forks' interpreters, whose parent it is, are reaped at
+    /// once (their own agents wait for that to say how they ended).
     child_ended: Option<OwnedFd>,
 }
 

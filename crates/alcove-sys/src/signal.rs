@@ -305,9 +305,6 @@ mod tests {
             !drain_wake_pipe(pipe.as_fd()),
             "still readable once drained"
         );
-        assert!(
-            wake_pipe(signal + 1).is_err(),
-            "a second wake pipe was set"
-        );
+        assert!(wake_pipe(signal + 1).is_err(), "a second wake pipe was set");
     }
 }
