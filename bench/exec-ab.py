@@ -1,0 +1,115 @@
+"""Exec round trip of `true`, several builds interleaved:
+
+    python3 bench/exec-ab.py ALCOVE_A ALCOVE_B [...]     # ROUNDS=400 by default
+
+Starts a daemon of each build at once (--sandbox-pool 0, data under /var/tmp/alcove-exec-ab-*),
+creates one sandbox on each, then execs `true` in each in turn (the order reversed every other
+round) over one kept-alive connection per daemon, with a raw-socket HTTP/1.1 client (no
+http.client parsing: the daemon's own round trip). The first 20 rounds are left out. Prints the
+median, p10-p90, the ratio to the first build, and the client's reads per exec. Run as root.
+"""
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
+from alcove import Sandbox  # noqa: E402
+
+ROUNDS = int(os.environ.get("ROUNDS", "400"))
+WARMUP = 20
+
+
+def start(binary):
+    home = tempfile.mkdtemp(prefix="alcove-exec-ab-", dir="/var/tmp")
+    token_file = os.path.join(home, "token")
+    with open(token_file, "w") as f:
+        f.write("exec-ab-" + os.urandom(8).hex() + "\n")
+    os.chmod(token_file, 0o600)
+    log = os.path.join(home, "log")
+    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir",
+                             f"{home}/data", "--token-file", token_file, "--sandbox-pool", "0"],
+                            stderr=open(log, "w"))
+    d = {"bin": binary, "home": home, "proc": proc, "times": [], "reads": []}
+    for _ in range(200):
+        found = re.search(r"serving http://(\S+)", open(log).read())
+        if found:
+            break
+        if proc.poll() is not None:
+            raise SystemExit(f"{binary} did not start: {open(log).read()}")
+        time.sleep(0.05)
+    else:
+        raise SystemExit(f"{binary} did not say where it serves")
+    addr, token = found.group(1), open(token_file).read().strip()
+    d["sandbox"] = Sandbox.create(timeout=3600, server="http://" + addr, token=token)
+    host, port = addr.rsplit(":", 1)
+    d["sock"] = socket.create_connection((host, int(port)))
+    d["sock"].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = json.dumps({"cmd": ["true"]}).encode()
+    d["request"] = (f"POST /v1/sandboxes/{d['sandbox'].id}/exec HTTP/1.1\r\nHost: alcove\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return d
+
+
+def exec_true(d):
+    """One exec; the answer is read to its end (the last chunk, or a whole body)."""
+    sock, got, reads = d["sock"], b"", 0
+    t = time.perf_counter()
+    sock.sendall(d["request"])
+    while not (got.endswith(b"\r\n0\r\n\r\n") or got.endswith(b"}\n") and b"content-length" in got.lower()):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit(f"{d['bin']}: the daemon closed the connection")
+        got += chunk
+        reads += 1
+    assert b'"type":"exit","code":0' in got, got
+    return (time.perf_counter() - t) * 1e3, reads
+
+
+def stop(d):
+    try:
+        d["sandbox"].kill()
+    except Exception:  # the daemon's teardown below covers it
+        pass
+    d["proc"].terminate()
+    d["proc"].wait()
+    # Sandbox homes are the host's mounts and outlive a daemon (by design).
+    prefix = d["home"] + "/"
+    mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(prefix)]
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+    subprocess.run(["rm", "-rf", d["home"]], check=False)
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    daemons = []
+    try:
+        for binary in sys.argv[1:]:
+            daemons.append(start(binary))
+        for i in range(ROUNDS):
+            for d in daemons if i % 2 == 0 else daemons[::-1]:
+                took, reads = exec_true(d)
+                if i >= WARMUP:
+                    d["times"].append(took)
+                    d["reads"].append(reads)
+        base = statistics.median(daemons[0]["times"])
+        for d in daemons:
+            deciles = statistics.quantiles(d["times"], n=10)
+            median = statistics.median(d["times"])
+            print(f"{d['bin']}: exec true p50 {median:.3f} ms (p10 {deciles[0]:.3f}, p90 {deciles[-1]:.3f})"
+                  f"  {median / base:.2f}x  reads per exec {statistics.mean(d['reads']):.2f}")
+    finally:
+        for d in daemons:
+            stop(d)
+
+
+if __name__ == "__main__":
+    main()
