@@ -115,11 +115,19 @@ def _operand(x, dtype, count):
 class Accel:
     def __init__(self, sock):
         self.sock = sock
-        self.last = None
+        # What the last call says of itself; _LOCAL_REPLY (copied when read)
+        # after work done here, so the shortcut below sets no new dict.
+        self._last = None
         self._local = None  # may small work stay here (placement not gpu)?
         # Once it may: (numpy's array type, numpy's dtype per name) for
         # matmul's shortcut, which checks no more than it must.
         self._fast = None
+
+    @property
+    def last(self):
+        """What the last call said of itself (device, seconds, ...), or None."""
+        last = self._last
+        return dict(last) if last is _LOCAL_REPLY else last
 
     def _here(self, dtype, flops, *operands):
         """numpy, if this work should run in this process: small, f32 or
@@ -148,7 +156,7 @@ class Accel:
             return np.frombuffer(_operand(x, dtype, count), dtype=kind).reshape(lead + (rows, cols))
 
         c = matrix(a, m, k) @ matrix(b, k, n)
-        self.last = dict(_LOCAL_REPLY)
+        self._last = _LOCAL_REPLY
         if isinstance(a, np.ndarray):
             return c
         result = array.array(_TYPES[dtype][0])
@@ -164,7 +172,7 @@ class Accel:
         reply = json.loads(self.sock.recv(65536) or b"{}")
         if not reply.get("ok"):
             raise AccelError(reply.get("error", "the service closed the connection"))
-        self.last = reply
+        self._last = reply
         return reply
 
     def info(self):
@@ -236,9 +244,8 @@ class Accel:
                 and b.shape == (k, n)
                 and 2 * m * n * k <= _LOCAL_FLOPS
             ):
-                c = a @ b
-                self.last = dict(_LOCAL_REPLY)
-                return c
+                self._last = _LOCAL_REPLY
+                return a @ b
         np = self._here(dtype, 2 * m * n * k)
         if np:
             return self._local_product(np, a, b, (0, m, n, k), dtype)

@@ -56,8 +56,12 @@ if has_numpy:
         wrong_size = "accepted"
     except alcove_accel.AccelError as e:
         wrong_size = str(e)
+    local = acc.last.get("local", False)
+    # What a caller does to acc.last stays its own (the next call's is fresh).
+    acc.last["local"] = "changed by the caller"
+    acc.matmul(x, y, 3, 2, 4)
     shortcut = {"exact": exact.tolist(), "flat": flat.tolist(), "view": view.tolist(),
-                "f64": x64.tolist(), "local": acc.last.get("local", False),
+                "f64": x64.tolist(), "local": local, "last_again": acc.last["local"],
                 "wrong_kind": wrong_kind, "wrong_size": wrong_size}
 f64 = acc.matmul([1.5, 2.0], [2.0, 4.0], 1, 1, 2, dtype="f64")
 eye = [1, 0, 0, 1]
@@ -147,6 +151,10 @@ fn python_functions_use_the_accelerator_through_shared_memory() {
             assert_eq!(s[way], rows, "{way}: {s}");
         }
         assert_eq!(s["local"], true, "{s}");
+        assert_eq!(
+            s["last_again"], true,
+            "a caller's change to acc.last outlived it: {s}"
+        );
         assert!(s["wrong_kind"].as_str().unwrap().contains("float64"), "{s}");
         assert!(s["wrong_size"].as_str().unwrap().contains("bytes"), "{s}");
     } else {
