@@ -10,49 +10,32 @@ median, p10-p90, the ratio to the first build, and the client's reads per exec. 
 """
 import json
 import os
-import re
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
 from alcove import Sandbox  # noqa: E402
+from bench_daemon import Daemon  # noqa: E402
 
-ROUNDS = int(os.environ.get("ROUNDS", "400"))
 WARMUP = 20
+ROUNDS = os.environ.get("ROUNDS", "400")
+if not ROUNDS.isdigit() or not WARMUP + 2 <= int(ROUNDS) <= 100000:
+    raise SystemExit(f"ROUNDS={ROUNDS!r}: give {WARMUP + 2} to 100000 (the first {WARMUP} are left out)")
+ROUNDS = int(ROUNDS)
 
 
 def start(binary):
-    home = tempfile.mkdtemp(prefix="alcove-exec-ab-", dir="/var/tmp")
-    token_file = os.path.join(home, "token")
-    with open(token_file, "w") as f:
-        f.write("exec-ab-" + os.urandom(8).hex() + "\n")
-    os.chmod(token_file, 0o600)
-    log = os.path.join(home, "log")
-    proc = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir",
-                             f"{home}/data", "--token-file", token_file, "--sandbox-pool", "0"],
-                            stderr=open(log, "w"))
-    d = {"bin": binary, "home": home, "proc": proc, "times": [], "reads": []}
-    for _ in range(200):
-        found = re.search(r"serving http://(\S+)", open(log).read())
-        if found:
-            break
-        if proc.poll() is not None:
-            raise SystemExit(f"{binary} did not start: {open(log).read()}")
-        time.sleep(0.05)
-    else:
-        raise SystemExit(f"{binary} did not say where it serves")
-    addr, token = found.group(1), open(token_file).read().strip()
-    d["sandbox"] = Sandbox.create(timeout=3600, server="http://" + addr, token=token)
-    host, port = addr.rsplit(":", 1)
+    daemon = Daemon(binary, "exec-ab", "--sandbox-pool", "0")
+    d = {"bin": binary, "daemon": daemon, "times": [], "reads": []}
+    d["sandbox"] = Sandbox.create(timeout=3600, **daemon.server())
+    host, port = daemon.addr.rsplit(":", 1)
     d["sock"] = socket.create_connection((host, int(port)))
     d["sock"].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     body = json.dumps({"cmd": ["true"]}).encode()
     d["request"] = (f"POST /v1/sandboxes/{d['sandbox'].id}/exec HTTP/1.1\r\nHost: alcove\r\n"
-                    f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                    f"Authorization: Bearer {daemon.token}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     return d
 
@@ -77,14 +60,7 @@ def stop(d):
         d["sandbox"].kill()
     except Exception:  # the daemon's teardown below covers it
         pass
-    d["proc"].terminate()
-    d["proc"].wait()
-    # Sandbox homes are the host's mounts and outlive a daemon (by design).
-    prefix = d["home"] + "/"
-    mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(prefix)]
-    for mount in sorted(mounts, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
-    subprocess.run(["rm", "-rf", d["home"]], check=False)
+    d["daemon"].stop()
 
 
 def main():

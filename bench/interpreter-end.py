@@ -9,38 +9,25 @@ its pidfd says how it ended, once the source's agent reaps it) and creates a pla
 Run as root.
 """
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
 from alcove import Sandbox  # noqa: E402
+from bench_daemon import Daemon  # noqa: E402
 
 
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    home = tempfile.mkdtemp(prefix="alcove-interpreter-end-", dir="/var/tmp")
-    token_file = os.path.join(home, "token")
-    with open(token_file, "w") as f:
-        f.write("end-" + os.urandom(8).hex() + "\n")
-    os.chmod(token_file, 0o600)
-    log = os.path.join(home, "log")
-    proc = subprocess.Popen([sys.argv[1], "serve", "--listen", "127.0.0.1:0", "--data-dir",
-                             f"{home}/data", "--token-file", token_file], stderr=open(log, "w"))
+    rounds = sys.argv[2] if len(sys.argv) > 2 else "10"
+    if not rounds.isdigit() or not 1 <= int(rounds) <= 10000:
+        raise SystemExit(f"ROUNDS {rounds!r}: give 1 to 10000")
+    rounds = int(rounds)
+    daemon = Daemon(sys.argv[1], "interpreter-end")
     try:
-        for _ in range(200):
-            found = re.search(r"serving http://(\S+)", open(log).read())
-            if found or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not found:
-            raise SystemExit(f"the daemon did not start: {open(log).read()}")
-        server = {"server": "http://" + found.group(1), "token": open(token_file).read().strip()}
+        server = daemon.server()
         source = Sandbox.create(timeout=600, forkable=True, **server)
         source.run_code("import os", timeout=30)
         took = {"fork": [], "plain": []}
@@ -62,13 +49,7 @@ def main():
             print(f"{kind}: InterpreterDied after {statistics.median(times):.1f} ms"
                   f" (min {min(times):.1f}, max {max(times):.1f}): {said[kind]!r}")
     finally:
-        proc.terminate()
-        proc.wait()
-        prefix = home + "/"
-        mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(prefix)]
-        for mount in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", mount], check=False)
-        subprocess.run(["rm", "-rf", home], check=False)
+        daemon.stop()
 
 
 if __name__ == "__main__":

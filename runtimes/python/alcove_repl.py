@@ -135,9 +135,7 @@ def _main():
     def request_waiting():
         try:
             return bool(chan["sock"].recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError, NameError):  # (no channel yet)
-            return False
-        except OSError:
+        except (OSError, NameError):  # none waiting (EAGAIN), or no channel yet
             return False
 
     def say_missed():

@@ -331,10 +331,16 @@ class ReplTest(unittest.TestCase):
         self.repl.run("import time\nn = 0")
         rounds, counted, missed = 300, 0, 0
         for i in range(rounds):
-            # Every third call runs long enough for its own signal to stop it.
-            rid = self.repl.send("n += 1" if i % 3 else "time.sleep(0.002)\nn += 1")
-            if i % 3:
+            if i % 10:
+                rid = self.repl.send("n += 1")
                 time.sleep((i % 7) * 0.00005)
+            else:
+                # Every tenth, a call its own signal stops: sent once the
+                # request is read, while its code sleeps.
+                rid = self.repl.send("time.sleep(0.2)\nn += 1")
+                deadline = time.monotonic() + 5.0
+                while unread_by_peer(self.repl.sock) and time.monotonic() < deadline:
+                    time.sleep(0.0002)
             os.kill(self.repl.proc.pid, signal.SIGINT)
             frames = self.repl.until_done(rid, 5.0)
             counted += frames[-1]["ok"]

@@ -157,7 +157,9 @@ pub fn serve(sock: OwnedFd) -> i32 {
     // agents wait to see reaped. A handled SIGCHLD costs each command's end
     // ~20 us here, so other sandboxes reap their orphans within the loop's
     // one-second wake instead. Made before the starter, which notes the
-    // handler so that commands start without it.
+    // handler so that commands start without it. (A handler lets the
+    // sandbox's code signal its pid 1 with SIGCHLD; each costs the agent a
+    // look at its children, on the sandbox's own CPU budget.)
     let child_ended = copy_filter
         .as_ref()
         .and_then(|_| alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok());
@@ -375,23 +377,16 @@ impl Agent {
         let ended: Vec<i32> = self
             .foreign
             .iter()
-            .filter(|(_, pidfd)| {
-                let mut polled = [libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                matches!(fd::poll(&mut polled, Some(Duration::ZERO)), Ok(1..))
-            })
+            .filter(|(_, pidfd)| matches!(fd::readable(pidfd.as_fd(), Duration::ZERO), Ok(true)))
             .map(|(pid, _)| *pid)
             .collect();
-        let until = std::time::Instant::now() + FOREIGN_REAP_LIMIT;
+        let now = std::time::Instant::now();
+        let until = now + FOREIGN_REAP_LIMIT;
         for pid in ended {
             if let Some(pidfd) = self.foreign.remove(&pid) {
                 self.foreign_ending.push(ForeignEnd { pid, pidfd, until });
             }
         }
-        let now = std::time::Instant::now();
         let mut waiting = Vec::new();
         for end in std::mem::take(&mut self.foreign_ending) {
             let (code, signal) = match alcove_sys::pidfd::exit_state(end.pidfd.as_fd()) {

@@ -133,6 +133,17 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> i
     }
 }
 
+/// Whether `fd` is readable (or hung up) within `timeout`: [`poll`] of one
+/// descriptor.
+pub fn readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut polled = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    poll(&mut polled, Some(timeout)).map(|ready| ready > 0)
+}
+
 /// A close-on-exec memfd holding `bytes`, positioned at its start: a stdin
 /// that never blocks the writer and needs no pumping.
 pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {

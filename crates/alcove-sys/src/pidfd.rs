@@ -175,13 +175,8 @@ mod tests {
                 .expect("spawning sh");
             let pid = child.id() as libc::pid_t;
             let pidfd = crate::seqpacket::pidfd_open(pid).expect("pidfd_open");
-            let mut polled = [libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            let ready = crate::fd::poll(&mut polled, Some(std::time::Duration::from_secs(10)));
-            assert_eq!(ready.expect("poll"), 1, "the child did not end within 10 s");
+            let ended = crate::fd::readable(pidfd.as_fd(), std::time::Duration::from_secs(10));
+            assert!(ended.expect("poll"), "the child did not end within 10 s");
             let zombie = exit_state(pidfd.as_fd());
             child.wait().expect("reaping the child");
             let reaped = exit_state(pidfd.as_fd());

@@ -293,13 +293,8 @@ mod tests {
         assert!(!drain_wake_pipe(pipe.as_fd()), "readable before any signal");
         // SAFETY: raise only sends a signal, which the handler just set takes.
         assert_eq!(unsafe { libc::raise(signal) }, 0);
-        let mut polled = [libc::pollfd {
-            fd: pipe.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let ready = crate::fd::poll(&mut polled, Some(std::time::Duration::from_secs(5)));
-        assert_eq!(ready.expect("poll"), 1, "the signal did not wake the pipe");
+        let woke = crate::fd::readable(pipe.as_fd(), std::time::Duration::from_secs(5));
+        assert!(woke.expect("poll"), "the signal did not wake the pipe");
         assert!(drain_wake_pipe(pipe.as_fd()));
         assert!(
             !drain_wake_pipe(pipe.as_fd()),
