@@ -134,14 +134,23 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> i
 }
 
 /// Whether `fd` is readable (or hung up) within `timeout`: [`poll`] of one
-/// descriptor.
+/// descriptor, polled again when a signal cuts the wait short.
 pub fn readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut polled = [libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    poll(&mut polled, Some(timeout)).map(|ready| ready > 0)
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut polled = [libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if poll(&mut polled, Some(left))? > 0 {
+            return Ok(true);
+        }
+        if left.is_zero() || std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
 }
 
 /// A close-on-exec memfd holding `bytes`, positioned at its start: a stdin

@@ -284,22 +284,62 @@ pub fn drain_wake_pipe(read: BorrowedFd<'_>) -> bool {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::time::Duration;
 
+    /// Run in a forked child (the handler and its pipe are the process's, and
+    /// other tests of this binary start children at the same time): a child's
+    /// end wakes the pipe. Only calls that do not allocate, after the fork;
+    /// the exit code says which check failed.
     #[test]
-    fn a_wake_pipe_is_readable_after_its_signal_and_empty_once_drained() {
-        // A signal no other test of this binary touches (they run at once).
-        let signal = libc::SIGRTMIN() + 5;
-        let pipe = wake_pipe(signal).expect("wake_pipe");
-        assert!(!drain_wake_pipe(pipe.as_fd()), "readable before any signal");
-        // SAFETY: raise only sends a signal, which the handler just set takes.
-        assert_eq!(unsafe { libc::raise(signal) }, 0);
-        let woke = crate::fd::readable(pipe.as_fd(), std::time::Duration::from_secs(5));
-        assert!(woke.expect("poll"), "the signal did not wake the pipe");
-        assert!(drain_wake_pipe(pipe.as_fd()));
-        assert!(
-            !drain_wake_pipe(pipe.as_fd()),
-            "still readable once drained"
-        );
-        assert!(wake_pipe(signal + 1).is_err(), "a second wake pipe was set");
+    fn a_wake_pipe_wakes_on_a_childs_end() {
+        // SAFETY: the child makes only async-signal-safe calls and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let exit = |code| -> ! {
+                // SAFETY: ends the forked child without running anything of the parent's.
+                unsafe { libc::_exit(code) }
+            };
+            let Ok(pipe) = wake_pipe(libc::SIGCHLD) else {
+                exit(10)
+            };
+            if drain_wake_pipe(pipe.as_fd()) {
+                exit(11);
+            }
+            // SAFETY: the grandchild only `_exit`s.
+            let grandchild = unsafe { libc::fork() };
+            if grandchild == 0 {
+                exit(0);
+            }
+            if !matches!(
+                crate::fd::readable(pipe.as_fd(), Duration::from_secs(5)),
+                Ok(true)
+            ) {
+                exit(13);
+            }
+            if !drain_wake_pipe(pipe.as_fd()) || drain_wake_pipe(pipe.as_fd()) {
+                exit(14);
+            }
+            if wake_pipe(libc::SIGUSR1).is_ok() {
+                exit(15);
+            }
+            // SAFETY: the grandchild is this child's, ended; a null status is allowed.
+            unsafe { libc::waitpid(grandchild, std::ptr::null_mut(), 0) };
+            exit(0);
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-parameter.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let code = libc::WEXITSTATUS(status);
+        let why = match code {
+            0 => return,
+            10 => "wake_pipe failed",
+            11 => "readable before any signal",
+            13 => "a child's end did not wake it",
+            14 => "not emptied by a drain",
+            15 => "a second wake pipe was set",
+            _ => "the child ended otherwise",
+        };
+        panic!("{why} (status {status:#x})");
     }
 }
