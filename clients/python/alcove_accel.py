@@ -231,9 +231,9 @@ class Accel:
         fast = self._fast
         # The shortcut, for the small numpy products an inner loop makes: the
         # arrays already of the dtype's kind and shape, so numpy's product
-        # is what _local_product would compute. Measured at n=8 on a slow
-        # day: 0.95 us over numpy's own call, against 3.7 through
-        # _local_product.
+        # is what _local_product would compute. ndarray.dot, not `@`: for
+        # two matrices it is the same product, and skips the ufunc machinery
+        # matmul goes through (numpy 2.4, n=8: 0.64 us against 1.32).
         if fast is not None and type(a) is fast[0] and type(b) is fast[0]:
             kind = fast[1].get(dtype)
             if (
@@ -245,7 +245,7 @@ class Accel:
                 and 2 * m * n * k <= _LOCAL_FLOPS
             ):
                 self._last = _LOCAL_REPLY
-                return a @ b
+                return a.dot(b)
         np = self._here(dtype, 2 * m * n * k)
         if np:
             return self._local_product(np, a, b, (0, m, n, k), dtype)
