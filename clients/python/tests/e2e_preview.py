@@ -475,6 +475,30 @@ class ForkMemory(unittest.TestCase):
         self.assertIn("exited with code 5", ended.error.value)
         self.assertEqual(value(self.sb, "x"), "1")
 
+    def test_a_forkable_sandboxs_pid_1_catches_no_sigchld(self):
+        """The source's agent (pid 1, the parent of its forks' interpreters
+        once the session's child is gone) learns of their end through a
+        pidfd the daemon has it open, not a SIGCHLD handler: a handled signal
+        is one the sandbox's code could send its pid 1 in a loop (an
+        unhandled one the kernel drops), each costing the agent a look. The
+        only ones caught are the Rust runtime's SIGSEGV and SIGBUS (its
+        stack-overflow report, which resets itself on a sent signal)."""
+        value(self.sb, "x = 1")
+        child = self.fork(self.sb)
+        self.assertEqual(value(child, "x"), "1")
+        ended = child.run_code("import os\nos._exit(4)", timeout=30)
+        self.assertEqual(ended.error.name, "InterpreterDied", ended.error)
+        for sb in (self.sb, child):
+            caught = sb.commands.run(["grep", "^SigCgt:", "/proc/1/status"])
+            self.assertEqual(caught.exit_code, 0, caught.stderr)
+            field, mask = caught.stdout.split()
+            runtime = 1 << (signal.SIGSEGV - 1) | 1 << (signal.SIGBUS - 1)
+            self.assertEqual(int(mask, 16) & ~runtime, 0, f"{sb.id} catches {mask}")
+        # Sent anyway, SIGCHLD at pid 1 changes nothing.
+        spam = self.sb.commands.run("i=0; while [ $i -lt 200 ]; do kill -CHLD 1; i=$((i+1)); done")
+        self.assertEqual(spam.exit_code, 0, spam.stderr)
+        self.assertEqual(value(self.sb, "x"), "1")
+
     def test_a_forks_code_is_interrupted_and_timed_out_with_its_state_kept(self):
         """Interrupts and timeouts reach a fork's interpreter, which is not its
         agent's child: its agent signals it through its pidfd."""

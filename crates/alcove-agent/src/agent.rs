@@ -152,17 +152,6 @@ pub fn serve(sock: OwnedFd) -> i32 {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k != crate::AGENT_FD_ENV && k != crate::COPY_FILTER_ENV)
         .collect();
-    // Only where the interpreter can fork (the copy filter is given): the
-    // agent is then the parent of its forks' interpreters, which their own
-    // agents wait to see reaped. A handled SIGCHLD costs each command's end
-    // ~20 us here, so other sandboxes reap their orphans within the loop's
-    // one-second wake instead. Made before the starter, which notes the
-    // handler so that commands start without it. (A handler lets the
-    // sandbox's code signal its pid 1 with SIGCHLD; each costs the agent a
-    // look at its children, on the sandbox's own CPU budget.)
-    let child_ended = copy_filter
-        .as_ref()
-        .and_then(|_| alcove_sys::signal::wake_pipe(libc::SIGCHLD).ok());
     let mut agent = Agent {
         sock,
         env,
@@ -173,7 +162,6 @@ pub fn serve(sock: OwnedFd) -> i32 {
         unwatched_since: None,
         foreign: HashMap::new(),
         foreign_ending: Vec::new(),
-        child_ended,
         starter: crate::start::Starter::new(),
     };
     if agent
@@ -218,10 +206,6 @@ struct Agent {
     foreign: HashMap<i32, OwnedFd>,
     /// Adopted processes that ended and await their parent's reap.
     foreign_ending: Vec<ForeignEnd>,
-    /// Readable when a child of the agent ended (SIGCHLD), in a forkable
-    /// sandbox: its forks' interpreters, whose parent it is, are reaped at
-    /// once (their own agents wait for that to say how they ended).
-    child_ended: Option<OwnedFd>,
 }
 
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
@@ -249,9 +233,7 @@ impl Agent {
     fn run(&mut self) -> i32 {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let child_ended = self.child_ended.as_ref().map_or(-1, |p| p.as_raw_fd());
-            let mut polled: Vec<libc::pollfd> = [self.sock.as_raw_fd(), child_ended]
-                .into_iter()
+            let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
                 .chain(self.running.values().flatten().map(|p| p.as_raw_fd()))
                 .chain(self.foreign.values().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
@@ -266,11 +248,6 @@ impl Agent {
             if let Err(e) = fd::poll(&mut polled, Some(wake)) {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
-            }
-            if polled[1].revents != 0 {
-                if let Some(pipe) = &self.child_ended {
-                    alcove_sys::signal::drain_wake_pipe(pipe.as_fd());
-                }
             }
             self.reap();
             if polled[0].revents == 0 {

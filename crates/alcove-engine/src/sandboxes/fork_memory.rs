@@ -205,6 +205,7 @@ pub(super) async fn start(
         }
     }
     drop(slot);
+    let answered = answer.is_ok();
     let made = match (made, answer) {
         (Ok(made), _) => made,
         // The session said why it did not fork (threads, shared memory): the
@@ -221,9 +222,23 @@ pub(super) async fn start(
         steps,
         link,
         interpreter,
+        interpreter_pid_in_parent,
         isolate_us,
         steps_at,
     } = made;
+    // The session's child has ended (the session reaps it before its
+    // answer), so the parent's agent is now the interpreter's parent: it
+    // watches it through a pidfd and reaps it as it ends, which is when the
+    // copy's agent can read how it ended. Without this it is reaped within
+    // the parent agent's one-second wake. Not waited for.
+    if let Some(pid) = interpreter_pid_in_parent.filter(|_| answered) {
+        let parent_link = parent.link.clone();
+        tokio::spawn(async move {
+            if let Err(e) = parent_link.adopt(pid).await {
+                tracing::debug!(pid, error = %e, "the parent's agent could not watch a fork's interpreter");
+            }
+        });
+    }
 
     // Its run: supervised as an adopted process, like a warm copy.
     let mut spec = SandboxSpec::new(agent_argv.iter().map(Into::into).collect());
@@ -427,6 +442,8 @@ struct Made {
     link: AgentLink,
     /// Checked: its pid is the one the kernel gives the second process.
     interpreter: ForkedInterpreter,
+    /// Its pid in the parent's pid namespace.
+    interpreter_pid_in_parent: Option<libc::pid_t>,
     isolate_us: f64,
     steps_at: StepTimes,
 }
@@ -556,6 +573,7 @@ async fn make_copy(
         steps,
         link,
         interpreter,
+        interpreter_pid_in_parent: checked.interpreter_pid_in_parent,
         isolate_us: t_start.elapsed().as_secs_f64() * 1e6,
         steps_at: StepTimes {
             child: t_child,
@@ -633,6 +651,9 @@ struct Checked {
     agent_pidfd: OwnedFd,
     agent_proc_dir: OwnedFd,
     interpreter_pid: libc::pid_t,
+    /// The interpreter's pid in the parent's pid namespace, whose agent
+    /// becomes its parent once the session's child has ended.
+    interpreter_pid_in_parent: Option<libc::pid_t>,
 }
 
 /// One process of the copy, read from /proc while its pidfd says it lives.
@@ -641,6 +662,8 @@ struct Seen {
     proc_dir: OwnedFd,
     /// Its pid in its own pid namespace.
     inner_pid: libc::pid_t,
+    /// Its pid in each pid namespace it is in, the host's first (NSpid).
+    ns_pids: Vec<libc::pid_t>,
     /// Its pid namespace's depth ([`pid_depth`]).
     depth: usize,
     namespaces: Vec<std::path::PathBuf>,
@@ -718,6 +741,9 @@ fn check_copy(
         agent_pidfd: agent.pidfd,
         agent_proc_dir: agent.proc_dir,
         interpreter_pid: interpreter.inner_pid,
+        interpreter_pid_in_parent: parent_depth
+            .checked_sub(1)
+            .and_then(|i| interpreter.ns_pids.get(i).copied()),
     })
 }
 
@@ -786,16 +812,19 @@ fn check_process(
     if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(format!("its process {pid} {why}"));
     }
-    let inner_pid = field("NSpid")
+    let ns_pids: Vec<libc::pid_t> = field("NSpid")
         .split_whitespace()
+        .map_while(|p| p.parse().ok())
+        .collect();
+    let inner_pid = *ns_pids
         .last()
-        .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("its process {pid} has no pid of its own namespace"))?;
     let depth = pid_depth(&status).unwrap_or(0);
     Ok(Seen {
         pidfd,
         proc_dir: proc_dir.into(),
         inner_pid,
+        ns_pids,
         depth,
         namespaces,
     })
