@@ -21,7 +21,10 @@ memory"). The session forks; the child (C) makes the new sandbox:
   D   the new sandbox's interpreter: the session's memory, its variables
       and modules, with a new control channel and output pipes. Every other
       descriptor the session had (files, sockets, an event loop's epoll)
-      now reads /dev/null: they were the old sandbox's.
+      now reads /dev/null: they were the old sandbox's. It leads a process
+      group of its own; C's own (made first) holds the new agent: neither is
+      in the session's, which the parent's agent signals as a whole to
+      interrupt or end the session.
 
 A step that fails says why on the daemon's socket and exits non-zero; the
 daemon then removes what it made. Nothing here is trusted (the session's
@@ -239,6 +242,11 @@ def become_copy(request, fds, keep, say_ready):
             cwd = os.getcwd()  # resolved again below: in the new home, not the old one
         except OSError:
             cwd = home
+        # Out of the session's process group, which the parent's agent
+        # signals as a whole to interrupt or end the session: what C starts
+        # (the new agent, the interpreter) is then out of it too.
+        step = "process group"
+        os.setpgid(0, 0)
         step = "unshare"
         fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
         step = "id maps"
@@ -281,6 +289,7 @@ def become_copy(request, fds, keep, say_ready):
         fork.drop_all()
         step = "interpreter"
         if os.fork() == 0:
+            os.setpgid(0, 0)  # a group of its own, as every interpreter leads
             conn.close()
             for fd in log + [link_fd]:
                 os.close(fd)

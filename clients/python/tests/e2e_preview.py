@@ -528,6 +528,51 @@ class ForkMemory(unittest.TestCase):
         # The same interpreter, its state kept (a restart would have lost y).
         self.assertEqual(value(child, "y"), "7")
 
+    def test_the_parents_interrupt_and_kill_leave_its_forks_alone(self):
+        """A fork's interpreter leads a process group of its own: the parent's
+        interrupt (SIGINT to its session's group) does not stop a call
+        running in the fork, and the parent's stuck session, killed (SIGKILL
+        to the group), takes neither the fork's interpreter nor its state."""
+        import threading
+        from alcove import Conflict
+        value(self.sb, "z = 5")
+        child = self.fork(self.sb)
+        forked = {}
+        in_fork = threading.Thread(target=lambda: forked.update(run=child.run_code(
+            "import time\nt0 = time.monotonic()\nwhile time.monotonic() - t0 < 6:\n"
+            "    time.sleep(0.01)\n(t0, time.monotonic())", timeout=30)))
+        in_fork.start()
+        parent = {}
+        in_parent = threading.Thread(target=lambda: parent.update(
+            run=self.sb.run_code("while True:\n    pass", timeout=30)))
+        in_parent.start()
+        until = time.monotonic() + 20
+        while True:
+            try:
+                self.sb.interrupt_code()
+                interrupted_at = time.monotonic()
+                break
+            except Conflict:  # not sent yet
+                self.assertLess(time.monotonic(), until, "the parent's call was never sent")
+                time.sleep(0.002)
+        in_parent.join(10)
+        self.assertEqual(parent["run"].error.name, "KeyboardInterrupt", parent["run"].error)
+        # Stuck (SIGINT ignored) past its timeout: the parent's session is killed.
+        stuck = self.sb.run_code(
+            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+            timeout=1)
+        self.assertIsNotNone(stuck.error)
+        self.assertNotEqual(value(self.sb, "'z' in globals()"), "True", "the parent's session was not restarted")
+        in_fork.join(30)
+        run = forked["run"]
+        self.assertIsNone(run.error, run.error)
+        started, ended = eval(run.text)
+        # The interrupt came while the fork's call ran, so it could have hit it.
+        self.assertLess(started, interrupted_at)
+        self.assertLess(interrupted_at, ended)
+        # The fork's interpreter outlived the parent's, with its state.
+        self.assertEqual(value(child, "z"), "5")
+
     def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
         """The session runs the fork's code, and the session's code may change
         it: the daemon believes only what the kernel says of the copy."""

@@ -24,6 +24,10 @@ use std::time::Duration;
 /// their ends by itself, see [`Agent::wake`]).
 type Running = HashMap<i32, Option<OwnedFd>>;
 
+/// Children it did not start that it reaps as they end, at most: beyond,
+/// its once-a-second look for orphans reaps them.
+const MAX_REAPING: usize = 1024;
+
 /// How often the loop looks for the end of a command it has no pidfd for:
 /// a quarter of the time since the latest such start, within these bounds
 /// (a short command's end is seen within a millisecond or two; a server
@@ -38,7 +42,8 @@ const GROUP_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long an adopted process's end waits for its parent to reap it, so
 /// that the kernel can say how it ended (its parent, another sandbox's
-/// agent, reaps at once on SIGCHLD, or within its one-second wake).
+/// agent, reaps it at once, watching it for [`Request::Reap`], or else
+/// within its one-second wake).
 const FOREIGN_REAP_LIMIT: Duration = Duration::from_millis(1500);
 
 /// An adopted process that ended, waiting for its parent's reap.
@@ -162,6 +167,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         unwatched_since: None,
         foreign: HashMap::new(),
         foreign_ending: Vec::new(),
+        reaping: Vec::new(),
         starter: crate::start::Starter::new(),
     };
     if agent
@@ -206,6 +212,9 @@ struct Agent {
     foreign: HashMap<i32, OwnedFd>,
     /// Adopted processes that ended and await their parent's reap.
     foreign_ending: Vec<ForeignEnd>,
+    /// Children it did not start, reaped as they end (its forks'
+    /// interpreters, see [`Request::Reap`]): their pidfds.
+    reaping: Vec<OwnedFd>,
 }
 
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
@@ -236,6 +245,7 @@ impl Agent {
             let mut polled: Vec<libc::pollfd> = std::iter::once(self.sock.as_raw_fd())
                 .chain(self.running.values().flatten().map(|p| p.as_raw_fd()))
                 .chain(self.foreign.values().map(|p| p.as_raw_fd()))
+                .chain(self.reaping.iter().map(|p| p.as_raw_fd()))
                 .map(|fd| libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -249,6 +259,9 @@ impl Agent {
                 eprintln!("alcove agent: poll: {e}");
                 return 1;
             }
+            // The watched children come last in the poll.
+            let first_watched = polled.len() - self.reaping.len();
+            self.reap_watched(&polled[first_watched..]);
             self.reap();
             if polled[0].revents == 0 {
                 continue;
@@ -346,6 +359,18 @@ impl Agent {
         for drained in gone {
             let _ = self.send(&drained.exited, &[]);
         }
+    }
+
+    /// Reaps the children watched for [`Request::Reap`] whose pidfd woke
+    /// the poll (`polled`, in the order of `reaping`), and lets them go.
+    fn reap_watched(&mut self, polled: &[libc::pollfd]) {
+        let mut at = 0;
+        self.reaping.retain(|pidfd| {
+            let woke = polled.get(at).is_some_and(|p| p.revents != 0);
+            at += 1;
+            // Ended and reaped now, or not its child any more: either way done.
+            !woke || matches!(alcove_sys::pidfd::reap_if_ended(pidfd.as_fd()), Ok(false))
+        });
     }
 
     /// Reports the adopted processes that ended, with how they ended once
@@ -517,6 +542,26 @@ impl Agent {
                         None => self.env.push((key, value)),
                     }
                 }
+                Ok((Reply::Done { id, size: None }, None))
+            }
+            Request::Reap { id } => {
+                let Some(pidfd) = fds.into_iter().next() else {
+                    return Err(AgentFailure::invalid(
+                        "reap: the process's pidfd comes with it",
+                    ));
+                };
+                if !alcove_sys::pidfd::is_child(pidfd.as_fd()) {
+                    return Err(AgentFailure {
+                        kind: crate::FailureKind::NotFound,
+                        message: "reap: that process is not a child of the agent".into(),
+                    });
+                }
+                if self.reaping.len() >= MAX_REAPING {
+                    return Err(AgentFailure::invalid(format!(
+                        "reap: {MAX_REAPING} processes are watched already"
+                    )));
+                }
+                self.reaping.push(pidfd);
                 Ok((Reply::Done { id, size: None }, None))
             }
             Request::Adopt { id, pid } => {

@@ -327,6 +327,16 @@ impl AgentLink {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Has the agent reap `pidfd`'s process, its child but not a command it
+    /// started, as soon as it ends. Nothing is reported or tracked here.
+    pub async fn reap_when_ended(&self, pidfd: BorrowedFd<'_>) -> Result<(), LinkError> {
+        let id = self.next_id();
+        match self.ask(Request::Reap { id }, &[pidfd]).await? {
+            (Reply::Done { .. }, _, _) => Ok(()),
+            _ => Err(LinkError::Protocol),
+        }
+    }
+
     async fn expect_done(&self, request: Request) -> Result<(), LinkError> {
         match self.ask(request, &[]).await? {
             (Reply::Done { .. }, _, _) => Ok(()),

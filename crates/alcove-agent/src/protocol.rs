@@ -100,6 +100,14 @@ pub enum Request {
         id: u64,
         pid: i32,
     },
+    /// Reap, as soon as it ends, a child of the agent that it did not
+    /// start, named by the pidfd that comes with the request: a fork's
+    /// interpreter, whose parent the agent became when the session's child
+    /// that made it ended. Nothing is reported (the fork's own agent reads
+    /// how it ended from its own pidfd once it is reaped). Answered `Done`.
+    Reap {
+        id: u64,
+    },
 }
 
 impl Request {
@@ -115,7 +123,8 @@ impl Request {
             | Request::Read { id, .. }
             | Request::Signal { id, .. }
             | Request::SetEnv { id, .. }
-            | Request::Adopt { id, .. } => *id,
+            | Request::Adopt { id, .. }
+            | Request::Reap { id } => *id,
         }
     }
 }

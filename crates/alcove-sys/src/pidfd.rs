@@ -64,6 +64,45 @@ pub fn wait(pidfd: BorrowedFd<'_>) -> io::Result<(ExitStatus, libc::rusage)> {
     Ok((status, usage))
 }
 
+/// Reaps the child behind `pidfd` if it has ended: `Ok(true)` once reaped,
+/// `Ok(false)` while it runs; an error (ECHILD) when it is not the caller's
+/// child or was reaped already. Never blocks.
+pub fn reap_if_ended(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    waitid_now(pidfd, libc::WEXITED | libc::WNOHANG)
+}
+
+/// Whether the process behind `pidfd` is the caller's child, ended or not
+/// (it is left as it is).
+pub fn is_child(pidfd: BorrowedFd<'_>) -> bool {
+    waitid_now(pidfd, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT).is_ok()
+}
+
+/// `waitid(P_PIDFD)` with WNOHANG among `options`: whether a child was found ended.
+fn waitid_now(pidfd: BorrowedFd<'_>, options: libc::c_int) -> io::Result<bool> {
+    // SAFETY: all-zero is a valid siginfo_t for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: the raw waitid takes (idtype, id, infop, options, rusage);
+        // `info` is valid for writes, and a null rusage is allowed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd.as_raw_fd(),
+                &mut info as *mut libc::siginfo_t,
+                options,
+                std::ptr::null_mut::<libc::rusage>(),
+            )
+        };
+        match crate::cvt(ret) {
+            // SAFETY: after a successful waitid the kernel set si_pid (0: none ended).
+            Ok(_) => return Ok(unsafe { info.si_pid() } != 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `struct pidfd_info` (Linux 6.13+, `PIDFD_GET_INFO`), its first version.
 #[repr(C)]
 #[derive(Default)]
@@ -159,6 +198,38 @@ mod tests {
                 .unwrap_or(0)
         };
         (next(), next()) >= (major, minor)
+    }
+
+    /// A running child is a child and not reaped; once it ends it is
+    /// reaped (its status gone: a wait finds nothing); a process that is not
+    /// our child is neither.
+    #[test]
+    fn reap_if_ended_reaps_only_an_ended_child() {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read line"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning sh");
+        let pid = child.id() as libc::pid_t;
+        let pidfd = crate::seqpacket::pidfd_open(pid).expect("pidfd_open");
+        assert!(is_child(pidfd.as_fd()));
+        assert!(!reap_if_ended(pidfd.as_fd()).expect("a running child"));
+        drop(child.stdin.take()); // its read ends: it exits
+        let ended = crate::fd::readable(pidfd.as_fd(), std::time::Duration::from_secs(10));
+        assert!(ended.expect("poll"), "the child did not end within 10 s");
+        assert!(is_child(pidfd.as_fd()), "a zombie is still a child");
+        assert!(reap_if_ended(pidfd.as_fd()).expect("an ended child"));
+        assert!(!is_child(pidfd.as_fd()), "reaped, it is no child any more");
+        assert!(reap_if_ended(pidfd.as_fd()).is_err(), "reaped twice");
+        assert!(
+            child.try_wait().is_err(),
+            "the standard library found it unreaped"
+        );
+        // Our parent is not our child.
+        // SAFETY: getppid has no preconditions.
+        let parent = crate::seqpacket::pidfd_open(unsafe { libc::getppid() }).expect("pidfd_open");
+        assert!(!is_child(parent.as_fd()));
+        assert!(reap_if_ended(parent.as_fd()).is_err());
     }
 
     /// A zombie is not reaped yet; once reaped, Linux 6.15+ says how it

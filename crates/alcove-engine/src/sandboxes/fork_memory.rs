@@ -222,20 +222,20 @@ pub(super) async fn start(
         steps,
         link,
         interpreter,
-        interpreter_pid_in_parent,
+        interpreter_pidfd,
         isolate_us,
         steps_at,
     } = made;
     // The session's child has ended (the session reaps it before its
     // answer), so the parent's agent is now the interpreter's parent: it
-    // watches it through a pidfd and reaps it as it ends, which is when the
-    // copy's agent can read how it ended. Without this it is reaped within
-    // the parent agent's one-second wake. Not waited for.
-    if let Some(pid) = interpreter_pid_in_parent.filter(|_| answered) {
+    // watches it through this pidfd and reaps it as it ends, which is when
+    // the copy's agent can read how it ended. Without this it is reaped at
+    // the parent agent's once-a-second look for orphans. Not waited for.
+    if answered {
         let parent_link = parent.link.clone();
         tokio::spawn(async move {
-            if let Err(e) = parent_link.adopt(pid).await {
-                tracing::debug!(pid, error = %e, "the parent's agent could not watch a fork's interpreter");
+            if let Err(e) = parent_link.reap_when_ended(interpreter_pidfd.as_fd()).await {
+                tracing::debug!(error = %e, "the parent's agent could not watch a fork's interpreter");
             }
         });
     }
@@ -442,8 +442,8 @@ struct Made {
     link: AgentLink,
     /// Checked: its pid is the one the kernel gives the second process.
     interpreter: ForkedInterpreter,
-    /// Its pid in the parent's pid namespace.
-    interpreter_pid_in_parent: Option<libc::pid_t>,
+    /// The interpreter's, for its new parent (the parent sandbox's agent).
+    interpreter_pidfd: OwnedFd,
     isolate_us: f64,
     steps_at: StepTimes,
 }
@@ -573,7 +573,7 @@ async fn make_copy(
         steps,
         link,
         interpreter,
-        interpreter_pid_in_parent: checked.interpreter_pid_in_parent,
+        interpreter_pidfd: checked.interpreter_pidfd,
         isolate_us: t_start.elapsed().as_secs_f64() * 1e6,
         steps_at: StepTimes {
             child: t_child,
@@ -651,9 +651,7 @@ struct Checked {
     agent_pidfd: OwnedFd,
     agent_proc_dir: OwnedFd,
     interpreter_pid: libc::pid_t,
-    /// The interpreter's pid in the parent's pid namespace, whose agent
-    /// becomes its parent once the session's child has ended.
-    interpreter_pid_in_parent: Option<libc::pid_t>,
+    interpreter_pidfd: OwnedFd,
 }
 
 /// One process of the copy, read from /proc while its pidfd says it lives.
@@ -662,8 +660,6 @@ struct Seen {
     proc_dir: OwnedFd,
     /// Its pid in its own pid namespace.
     inner_pid: libc::pid_t,
-    /// Its pid in each pid namespace it is in, the host's first (NSpid).
-    ns_pids: Vec<libc::pid_t>,
     /// Its pid namespace's depth ([`pid_depth`]).
     depth: usize,
     namespaces: Vec<std::path::PathBuf>,
@@ -735,15 +731,12 @@ fn check_copy(
     if again != others {
         return Err("a process was made in its cgroup while it was checked".into());
     }
-    drop(interpreter.pidfd);
     drop(interpreter.proc_dir);
     Ok(Checked {
         agent_pidfd: agent.pidfd,
         agent_proc_dir: agent.proc_dir,
         interpreter_pid: interpreter.inner_pid,
-        interpreter_pid_in_parent: parent_depth
-            .checked_sub(1)
-            .and_then(|i| interpreter.ns_pids.get(i).copied()),
+        interpreter_pidfd: interpreter.pidfd,
     })
 }
 
@@ -812,19 +805,16 @@ fn check_process(
     if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(format!("its process {pid} {why}"));
     }
-    let ns_pids: Vec<libc::pid_t> = field("NSpid")
+    let inner_pid = field("NSpid")
         .split_whitespace()
-        .map_while(|p| p.parse().ok())
-        .collect();
-    let inner_pid = *ns_pids
         .last()
+        .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("its process {pid} has no pid of its own namespace"))?;
     let depth = pid_depth(&status).unwrap_or(0);
     Ok(Seen {
         pidfd,
         proc_dir: proc_dir.into(),
         inner_pid,
-        ns_pids,
         depth,
         namespaces,
     })
