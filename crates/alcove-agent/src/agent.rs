@@ -24,8 +24,10 @@ use std::time::Duration;
 /// their ends by itself, see [`Agent::wake`]).
 type Running = HashMap<i32, Option<OwnedFd>>;
 
-/// Children it did not start that it reaps as they end, at most: beyond,
-/// its once-a-second look for orphans reaps them.
+/// Children it did not start that it reaps as they end, at most: a
+/// quarter of its open-file limit (a pidfd each; the rest is for its
+/// commands' pidfds and the descriptors requests bring), and no more than
+/// this. Beyond, its once-a-second look for orphans reaps them.
 const MAX_REAPING: usize = 1024;
 
 /// How often the loop looks for the end of a command it has no pidfd for:
@@ -168,6 +170,11 @@ pub fn serve(sock: OwnedFd) -> i32 {
         foreign: HashMap::new(),
         foreign_ending: Vec::new(),
         reaping: Vec::new(),
+        max_reaping: alcove_sys::process::open_files_limit().map_or(64, |n| {
+            usize::try_from(n / 4)
+                .unwrap_or(MAX_REAPING)
+                .min(MAX_REAPING)
+        }),
         starter: crate::start::Starter::new(),
     };
     if agent
@@ -215,6 +222,8 @@ struct Agent {
     /// Children it did not start, reaped as they end (its forks'
     /// interpreters, see [`Request::Reap`]): their pidfds.
     reaping: Vec<OwnedFd>,
+    /// How many `reaping` may hold (see [`MAX_REAPING`]).
+    max_reaping: usize,
 }
 
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
@@ -556,9 +565,10 @@ impl Agent {
                         message: "reap: that process is not a child of the agent".into(),
                     });
                 }
-                if self.reaping.len() >= MAX_REAPING {
+                if self.reaping.len() >= self.max_reaping {
                     return Err(AgentFailure::invalid(format!(
-                        "reap: {MAX_REAPING} processes are watched already"
+                        "reap: {} processes are watched already",
+                        self.max_reaping
                     )));
                 }
                 self.reaping.push(pidfd);

@@ -32,6 +32,17 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> i
     crate::cvt_int(unsafe { libc::setrlimit(resource, &limit) }).map(drop)
 }
 
+/// This process's soft limit on open files.
+pub fn open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for the duration of the call.
+    crate::cvt_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    Ok(limit.rlim_cur)
+}
+
 /// Raises this process's soft limit on open files to its hard limit (a
 /// daemon holding many sandboxes' pipes and terminals needs more than the
 /// usual 1024); returns the new soft limit.

@@ -139,6 +139,14 @@ fn e2e(test: &str, class: &str) {
         "the daemon panicked:\n{}",
         log()
     );
+    // A fork's interpreter is the parent's agent's child by the time the
+    // daemon asks that agent to reap it (the session reaps the child that
+    // made it before it answers).
+    assert!(
+        !log().contains("is not a child of the agent"),
+        "a parent's agent was asked to reap a process that is not its child:\n{}",
+        log()
+    );
 
     // The situations the after-checks are about arose.
     assert!(

@@ -235,7 +235,7 @@ pub(super) async fn start(
         let parent_link = parent.link.clone();
         tokio::spawn(async move {
             if let Err(e) = parent_link.reap_when_ended(interpreter_pidfd.as_fd()).await {
-                tracing::debug!(error = %e, "the parent's agent could not watch a fork's interpreter");
+                tracing::warn!(error = %e, "the parent's agent could not watch a fork's interpreter");
             }
         });
     }
