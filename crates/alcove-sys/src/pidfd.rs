@@ -31,29 +31,9 @@ pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
 /// Reaps the child behind `pidfd`, blocking until it has ended, and returns how
 /// it ended with its resource usage (the kernel's `waitid` takes an rusage).
 pub fn wait(pidfd: BorrowedFd<'_>) -> io::Result<(ExitStatus, libc::rusage)> {
-    // SAFETY: zeroed siginfo_t and rusage are valid out-parameters.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // SAFETY: a zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: the raw waitid takes (idtype, id, infop, options, rusage); both
-        // out-pointers are valid for writes for the duration of the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_waitid,
-                libc::P_PIDFD,
-                pidfd.as_raw_fd(),
-                &mut info as *mut libc::siginfo_t,
-                libc::WEXITED,
-                &mut usage as *mut libc::rusage,
-            )
-        };
-        match crate::cvt(ret) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let info = waitid(pidfd, libc::WEXITED, &mut usage)?;
     // SAFETY: after a successful WEXITED wait the kernel filled si_code and
     // si_status.
     let status = unsafe { info.si_status() };
@@ -62,6 +42,37 @@ pub fn wait(pidfd: BorrowedFd<'_>) -> io::Result<(ExitStatus, libc::rusage)> {
         _ => ExitStatus::Signaled(status),
     };
     Ok((status, usage))
+}
+
+/// The kernel's `waitid(P_PIDFD, pidfd, ..., options, usage)`, again when a
+/// signal cuts it short; `usage` may be null.
+fn waitid(
+    pidfd: BorrowedFd<'_>,
+    options: libc::c_int,
+    usage: *mut libc::rusage,
+) -> io::Result<libc::siginfo_t> {
+    // SAFETY: all-zero is a valid siginfo_t for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: the raw waitid takes (idtype, id, infop, options, rusage);
+        // `info` is valid for writes, and `usage` is null or valid for writes
+        // (the caller's).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd.as_raw_fd(),
+                &mut info as *mut libc::siginfo_t,
+                options,
+                usage,
+            )
+        };
+        match crate::cvt(ret) {
+            Ok(_) => return Ok(info),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reaps the child behind `pidfd` if it has ended: `Ok(true)` once reaped,
@@ -79,28 +90,9 @@ pub fn is_child(pidfd: BorrowedFd<'_>) -> bool {
 
 /// `waitid(P_PIDFD)` with WNOHANG among `options`: whether a child was found ended.
 fn waitid_now(pidfd: BorrowedFd<'_>, options: libc::c_int) -> io::Result<bool> {
-    // SAFETY: all-zero is a valid siginfo_t for waitid to fill.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: the raw waitid takes (idtype, id, infop, options, rusage);
-        // `info` is valid for writes, and a null rusage is allowed.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_waitid,
-                libc::P_PIDFD,
-                pidfd.as_raw_fd(),
-                &mut info as *mut libc::siginfo_t,
-                options,
-                std::ptr::null_mut::<libc::rusage>(),
-            )
-        };
-        match crate::cvt(ret) {
-            // SAFETY: after a successful waitid the kernel set si_pid (0: none ended).
-            Ok(_) => return Ok(unsafe { info.si_pid() } != 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let info = waitid(pidfd, options, std::ptr::null_mut())?;
+    // SAFETY: after a successful waitid the kernel set si_pid (0: none ended).
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// `struct pidfd_info` (Linux 6.13+, `PIDFD_GET_INFO`), its first version.
