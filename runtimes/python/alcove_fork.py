@@ -22,9 +22,9 @@ memory"). The session forks; the child (C) makes the new sandbox:
       and modules, with a new control channel and output pipes. Every other
       descriptor the session had (files, sockets, an event loop's epoll)
       now reads /dev/null: they were the old sandbox's. It leads a process
-      group of its own; C's own (made first) holds the new agent: neither is
-      in the session's, which the parent's agent signals as a whole to
-      interrupt or end the session.
+      group of its own, in the session C made first (which holds the new
+      agent too): neither is in the parent session's group, which the
+      parent's agent signals as a whole to interrupt or end the session.
 
 A step that fails says why on the daemon's socket and exits non-zero; the
 daemon then removes what it made. Nothing here is trusted (the session's
@@ -243,10 +243,11 @@ def become_copy(request, fds, keep, say_ready):
         except OSError:
             cwd = home
         # Out of the session's process group, which the parent's agent
-        # signals as a whole to interrupt or end the session: what C starts
-        # (the new agent, the interpreter) is then out of it too.
-        step = "process group"
-        os.setpgid(0, 0)
+        # signals as a whole to interrupt or end the session, and out of its
+        # session, so that no process of the parent can join a group of the
+        # copy's: what C starts (the new agent, the interpreter) is too.
+        step = "session"
+        os.setsid()
         step = "unshare"
         fork.check(fork.libc.unshare(flags), f"unshare({flags:#x})")
         step = "id maps"
@@ -289,7 +290,9 @@ def become_copy(request, fds, keep, say_ready):
         fork.drop_all()
         step = "interpreter"
         if os.fork() == 0:
-            os.setpgid(0, 0)  # a group of its own, as every interpreter leads
+            # A group of its own, as every interpreter leads: its agent
+            # signals it to interrupt or end a call, with what it started.
+            os.setpgid(0, 0)
             conn.close()
             for fd in log + [link_fd]:
                 os.close(fd)

@@ -581,6 +581,42 @@ class ForkMemory(unittest.TestCase):
         # The fork's interpreter outlived the parent's, with its state.
         self.assertEqual(value(child, "z"), "5")
 
+    def test_a_forks_interrupt_reaches_what_its_code_started(self):
+        """A fork's interpreter leads a process group of its own, and its
+        agent signals that group through the interpreter's pidfd (Linux
+        6.9+): an interrupt reaches what the call started, as in any
+        sandbox. An older kernel signals the interpreter alone."""
+        import threading
+        from alcove import Conflict
+        value(self.sb, "import subprocess, time")
+        child = self.fork(self.sb)
+        result = {}
+        call = threading.Thread(target=lambda: result.update(run=child.run_code(
+            "p = subprocess.Popen(['sleep', '60'])\nopen('started', 'w').close()\n"
+            "while True:\n    time.sleep(0.05)", timeout=30)))
+        call.start()
+        until = time.monotonic() + 20
+        while not child.files.exists("started"):
+            self.assertLess(time.monotonic(), until, "the fork's call never started its process")
+            time.sleep(0.01)
+        while True:
+            try:
+                child.interrupt_code()
+                break
+            except Conflict:
+                self.assertLess(time.monotonic(), until, "the call was never sent")
+                time.sleep(0.002)
+        call.join(10)
+        self.assertEqual(result["run"].error.name, "KeyboardInterrupt", result["run"].error)
+        release = os.uname().release.split("-")[0].split(".")
+        if (int(release[0]), int(release[1])) >= (6, 9):
+            self.assertEqual(value(child, "p.wait(timeout=10)"), str(-signal.SIGINT))
+        else:
+            print(f"NOTE {self.id()}: this kernel ({os.uname().release}) cannot signal a "
+                  "pidfd's process group (Linux 6.9+): the interpreter alone was interrupted")
+            self.assertEqual(value(child, "p.poll()"), "None")
+            value(child, "p.kill(); p.wait()")
+
     def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
         """The session runs the fork's code, and the session's code may change
         it: the daemon believes only what the kernel says of the copy."""

@@ -512,10 +512,17 @@ impl Agent {
             }
             Request::Signal { id, pid, signal } => {
                 if let Some(pidfd) = self.foreign.get(&pid) {
-                    // Not a command it started: its process group is not the
-                    // sandbox's to signal. The pidfd names it alone.
-                    alcove_sys::pidfd::send_signal(pidfd.as_fd(), signal)
-                        .map_err(|e| AgentFailure::io("sending a signal", &e))?;
+                    // Not a command it started (a fork's interpreter): signalled
+                    // through its pidfd, with what it started where it leads a
+                    // group of its own (a fork's does, in a session of the
+                    // fork's own); the process alone where it does not, or
+                    // where the kernel (before 6.9) cannot signal a group so.
+                    let group = process::group_of(pid) == Some(pid)
+                        && alcove_sys::pidfd::send_signal_to_group(pidfd.as_fd(), signal).is_ok();
+                    if !group {
+                        alcove_sys::pidfd::send_signal(pidfd.as_fd(), signal)
+                            .map_err(|e| AgentFailure::io("sending a signal", &e))?;
+                    }
                     return Ok((Reply::Done { id, size: None }, None));
                 }
                 if !self.running.contains_key(&pid) {

@@ -14,15 +14,29 @@ pub enum ExitStatus {
 
 /// Sends `signal` to the process behind `pidfd`.
 pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    // SAFETY: a pidfd and a signal number are plain values; a null info pointer
-    // asks the kernel to fill in the usual kill(2) siginfo.
+    send_signal_with(pidfd, signal, 0)
+}
+
+/// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// Sends `signal` to the process group of the process behind `pidfd` (Linux
+/// 6.9+; EINVAL before): the pidfd names it, so no pid reused meanwhile can
+/// stand for it.
+pub fn send_signal_to_group(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    send_signal_with(pidfd, signal, PIDFD_SIGNAL_PROCESS_GROUP)
+}
+
+fn send_signal_with(pidfd: BorrowedFd<'_>, signal: i32, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: a pidfd, a signal number and flags are plain values; a null
+    // info pointer asks the kernel to fill in the usual kill(2) siginfo.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
             signal,
             std::ptr::null::<libc::siginfo_t>(),
-            0,
+            flags,
         )
     };
     crate::cvt(ret).map(drop)

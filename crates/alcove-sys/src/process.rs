@@ -32,6 +32,13 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> i
     crate::cvt_int(unsafe { libc::setrlimit(resource, &limit) }).map(drop)
 }
 
+/// The process group of `pid`, or `None` where it is gone (or not visible).
+pub fn group_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    // SAFETY: getpgid takes a plain pid.
+    let group = unsafe { libc::getpgid(pid) };
+    (group > 0).then_some(group)
+}
+
 /// This process's soft limit on open files.
 pub fn open_files_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
