@@ -39,27 +39,27 @@ pub fn group_of(pid: libc::pid_t) -> Option<libc::pid_t> {
     (group > 0).then_some(group)
 }
 
-/// This process's soft limit on open files.
-pub fn open_files_limit() -> io::Result<u64> {
+/// This process's soft and hard limits on open files.
+fn open_files_limits() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid out-pointer for the duration of the call.
     crate::cvt_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
-    Ok(limit.rlim_cur)
+    Ok(limit)
+}
+
+/// This process's soft limit on open files.
+pub fn open_files_limit() -> io::Result<u64> {
+    open_files_limits().map(|limit| limit.rlim_cur)
 }
 
 /// Raises this process's soft limit on open files to its hard limit (a
 /// daemon holding many sandboxes' pipes and terminals needs more than the
 /// usual 1024); returns the new soft limit.
 pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid out-pointer for the duration of the call.
-    crate::cvt_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let limit = open_files_limits()?;
     if limit.rlim_cur < limit.rlim_max {
         setrlimit(libc::RLIMIT_NOFILE, limit.rlim_max, limit.rlim_max)?;
     }
@@ -400,4 +400,18 @@ pub fn is_child(pid: libc::pid_t) -> bool {
         )
     };
     pid > 0 && rc == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raised, the soft limit reads back as the hard limit it was raised to.
+    #[test]
+    fn the_open_files_limit_reads_back_as_raised() {
+        let before = open_files_limit().expect("getrlimit");
+        let raised = raise_open_files_limit().expect("raising the limit");
+        assert!(raised >= before, "{raised} < {before}");
+        assert_eq!(open_files_limit().expect("getrlimit"), raised);
+    }
 }
