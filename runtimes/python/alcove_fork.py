@@ -135,14 +135,15 @@ def session_fork():
 
 
 def prepare(asked=None):
-    """In the session, after a fork is answered: its large regions backed
-    by huge pages (alcove_runtime.collapse_large_regions), so the next fork
-    copies one page-table entry per 2 MiB of them instead of 512 (and its
-    child's exit frees as few). The first collapse of a region copies it
-    (0.2-1.9 s for 100 MiB here, by the day), which is why it is not done
-    while a fork waits, and stops as soon as `asked()` says a request is
-    waiting (returning False; the session carries on after that request);
-    again after each fork, for what was allocated since. Best effort."""
+    """In the session, after a fork is answered and once it has been idle a
+    while after a call of code: its large regions backed by huge pages
+    (alcove_runtime.collapse_large_regions), so the next fork copies one
+    page-table entry per 2 MiB of them instead of 512 (and its child's exit
+    frees as few). The first collapse of a region copies it (0.2-1.9 s for
+    100 MiB here, by the day), which is why it is not done while a fork or
+    a call waits, and stops as soon as `asked()` says a request is waiting
+    (returning False; the session carries on after that request). Best
+    effort."""
     if not _libc:
         _libc.append(ctypes.CDLL(None, use_errno=True))
     return _rt.collapse_large_regions(_libc[0], asked)

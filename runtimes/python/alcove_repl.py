@@ -66,6 +66,10 @@ _READ_CHUNK = 64 << 10  # the one buffer every read lands in: resident for good,
 _HIGH_FD = 100
 _F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+# How long a forkable session waits, after a call of code, for the next
+# request before it backs its state with huge pages: a quick next call finds
+# it waiting on the socket, not collapsing.
+_IDLE_BEFORE_COLLAPSE_MS = 50
 _MAX_HELD_FDS = 16  # descriptors a request line may bring (a fork brings six)
 _CMSG_ROOM = _socket.CMSG_SPACE(_MAX_HELD_FDS * 4)
 _ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -156,7 +160,8 @@ def _main():
         return 2
     _os.close(fd)
     _os.set_blocking(ctl, True)
-    if _os.environ.pop("ALCOVE_REPL_FORKABLE", "") == "1":
+    forkable = _os.environ.pop("ALCOVE_REPL_FORKABLE", "") == "1"
+    if forkable:
         # Its fork code is the one this session started with (a daemon of
         # another build may replace the files later), and no command of the
         # sandbox's, the same user, may write into its memory through /proc
@@ -441,7 +446,11 @@ def _main():
         out.append({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
         return rid
 
-    after_fork = [False]
+    # When to back the session's large regions with huge pages, so that a
+    # fork copies one page-table entry per 2 MiB of them: "now" once a fork
+    # is answered (the next may come soon), "idle" after a call of code in a
+    # forkable session (its first fork is then as quick as the rest), None.
+    collapse = [None]
 
     def fork_session(request, fds):
         """A fork into a new sandbox (alcove_fork.py): None when the copy is
@@ -495,7 +504,7 @@ def _main():
                 loop_box[0] = None  # its epoll was the old sandbox's (now /dev/null)
                 # A collapse the fork cut short is the parent's to finish: here
                 # it would copy pages the copy shares with its parent.
-                after_fork[0] = False
+                collapse[0] = None
                 # No call of its own yet, nor an interrupt: those were its parent's.
                 calls.update(in_call=False, pending=False, last=None, missed=False)
             except BaseException:
@@ -510,7 +519,7 @@ def _main():
         except ChildProcessError:
             status = 0  # reaped by the code's own handler: the daemon knows how it went
         # Whatever became of it (the daemon kills it once it says `left`).
-        after_fork[0] = True  # huge pages for the next fork, once this one is answered
+        collapse[0] = "now"  # huge pages for the next fork, once this one is answered
         if _os.waitstatus_to_exitcode(status) != 0:
             return ("ForkFailed",
                     f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}")
@@ -565,6 +574,10 @@ def _main():
                 else:
                     rid = request.get("id")
                     out, ok = run_cell(rid, request["code"])
+                    # Not in a copy: its memory is shared with its parent's
+                    # until written, and a collapse would copy it.
+                    if forkable and chan["gen"] == 0 and collapse[0] is None:
+                        collapse[0] = "idle"
             if not owed:
                 calls.update(in_call=False, pending=False)
                 send(out)
@@ -576,22 +589,25 @@ def _main():
             calls.update(in_call=False, pending=False, last=rid if isinstance(rid, str) else None)
             send(out)
             del out
-            if after_fork[0]:
-                after_fork[0] = False
+            if collapse[0] is not None:
                 waiting = _select.poll()  # not select(): the descriptor may be >= 1024
                 waiting.register(chan["sock"].fileno(), _select.POLLIN)
 
-                def asked():
+                def asked(wait_ms=0):
                     """A request is waiting: it goes first (a fork, say). Only
                     the socket is asked: lines() holds nothing unread here, as
                     the daemon sends a request only once the last one is done."""
-                    return bool(waiting.poll(0))
+                    return bool(waiting.poll(wait_ms))
 
-                try:
-                    # Cut short by a request: carried on after it.
-                    after_fork[0] = not _load_sibling("alcove_fork").prepare(asked)
-                except (OSError, AttributeError, ValueError):
-                    pass
+                when, collapse[0] = collapse[0], None
+                if when == "now" or not asked(_IDLE_BEFORE_COLLAPSE_MS):
+                    try:
+                        if not _load_sibling("alcove_fork").prepare(asked):
+                            collapse[0] = when  # cut short by a request: carried on after it
+                    except (OSError, AttributeError, ValueError):
+                        pass
+                else:
+                    collapse[0] = when  # asked again after the next request
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon has gone: as good as EOF
     return 0

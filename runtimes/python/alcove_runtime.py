@@ -519,8 +519,15 @@ def collapse_large_regions(libc, stop=None):
     kept a pause, and the next fork's freeze, waiting 0.2-1.9 s here); between
     calls the process is back in user space, so it freezes within one page's
     copy (milliseconds). `stop()`, asked between pages, ends it early: then
-    it returns False (True once every region was gone through)."""
+    it returns False (True once every region was gone through).
+
+    A collapse fills the huge page's every small page, so only a huge page
+    already mostly resident (mincore) is collapsed: a sparse region (a large
+    buffer touched here and there) would otherwise grow to its whole size
+    and could push the sandbox past its memory limit."""
     huge = 2 << 20
+    pages = huge // os.sysconf("SC_PAGE_SIZE")
+    resident = (ctypes.c_ubyte * pages)()
     try:
         with open("/proc/self/maps") as f:
             lines = f.read().splitlines()
@@ -537,6 +544,11 @@ def collapse_large_regions(libc, stop=None):
         for at in range(start, end, huge):
             if stop is not None and stop():
                 return False
+            if libc.mincore(ctypes.c_void_p(at), ctypes.c_size_t(huge), resident) != 0:
+                break  # unmapped meanwhile: the next region
+            # Seven eighths resident: a collapse adds at most an eighth.
+            if (pages - bytes(resident).count(0)) * 8 < pages * 7:
+                continue
             if libc.madvise(ctypes.c_void_p(at), ctypes.c_size_t(huge), MADV_COLLAPSE) != 0:
                 break  # a kernel without it (before 6.1), or no huge page to be had: next region
     return True

@@ -694,6 +694,11 @@ class CollapseTest(unittest.TestCase):
             self.calls.append((start.value, length.value, advice))
             return 0
 
+        def mincore(self, start, length, vec):
+            import ctypes
+            ctypes.memset(vec, 1, len(vec))  # every page resident
+            return 0
+
     def setUp(self):
         import mmap
         sys.path.insert(0, os.path.dirname(REPL))
@@ -725,6 +730,67 @@ class CollapseTest(unittest.TestCase):
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
         ours = [c for c in rec.calls if base <= c < base + 16 * self.HUGE]
         self.assertEqual(len(ours), 1, rec.calls)  # not one refused call per huge page
+
+    def test_a_sparse_huge_page_is_left_alone(self):
+        """A collapse would fill its every page: a large buffer touched here
+        and there would grow to its whole size."""
+        import ctypes
+        rec = self.Recorder()
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
+        dense = (base + self.HUGE - 1) & ~(self.HUGE - 1)  # the region's first whole huge page
+
+        def mincore(start, length, vec):
+            # The first whole huge page resident but for one in eight pages
+            # and one more; every other one wholly resident.
+            ctypes.memset(vec, 1, len(vec))
+            if start.value == dense:
+                for i in range(len(vec) // 8 + 1):
+                    vec[i] = 0
+            return 0
+
+        rec.mincore = mincore
+        self.assertTrue(self.rt.collapse_large_regions(rec))
+        starts = [c[0] for c in rec.calls]
+        self.assertNotIn(dense, starts)
+        self.assertIn(dense + self.HUGE, starts)  # the next one was collapsed
+
+    def test_with_the_kernel_a_dense_region_is_collapsed_and_a_sparse_one_is_not(self):
+        """One mapping (two would merge into one all the same): eight whole
+        huge pages written through, then six with four pages each written."""
+        import ctypes
+        import mmap
+        libc = ctypes.CDLL(None, use_errno=True)
+        region = mmap.mmap(-1, 16 * self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.addCleanup(region.close)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        dense = ((base + self.HUGE - 1) & ~(self.HUGE - 1)) - base
+        region[dense:dense + 8 * self.HUGE] = b"\1" * (8 * self.HUGE)
+        sparse = dense + 8 * self.HUGE
+        for at in range(sparse, sparse + 6 * self.HUGE, self.HUGE // 4):
+            region[at] = 1
+
+        def sizes():
+            fields, ours = {}, False
+            with open("/proc/self/smaps") as f:
+                for line in f:
+                    head = line.split()
+                    if "-" in head[0] and not head[0].endswith(":"):
+                        lo, hi = (int(x, 16) for x in head[0].split("-"))
+                        ours = lo <= base < hi
+                    elif ours and head[0] in ("Rss:", "AnonHugePages:"):
+                        fields[head[0][:-1]] = int(head[1])
+            return fields
+
+        huge_kib = self.HUGE >> 10
+        self.assertEqual(sizes()["AnonHugePages"], 0)  # THP 'madvise' or 'never' here
+        self.assertTrue(self.rt.collapse_large_regions(libc))
+        after = sizes()
+        if after["AnonHugePages"] == 0:
+            print(f"SKIPPED {self.id()}: this kernel collapsed nothing (MADV_COLLAPSE needs "
+                  "Linux 6.1 and transparent huge pages not 'never')", file=sys.stderr)
+            return
+        self.assertEqual(after["AnonHugePages"], 8 * huge_kib, after)  # the dense ones alone
+        self.assertLess(after["Rss"], 9 * huge_kib, after)  # the sparse ones not filled
 
     def test_stops_when_asked(self):
         rec = self.Recorder()
