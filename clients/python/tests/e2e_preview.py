@@ -614,8 +614,9 @@ class ForkMemory(unittest.TestCase):
     def test_a_forks_interrupt_reaches_what_its_code_started(self):
         """A fork's interpreter leads a process group of its own, and its
         agent signals that group through the interpreter's pidfd (Linux
-        6.9+): an interrupt reaches what the call started, as in any
-        sandbox. An older kernel signals the interpreter alone."""
+        6.9+; before, by the group's id once the pidfd says the leader
+        lives): an interrupt reaches what the call started, as in any
+        sandbox."""
         import threading
         from alcove import Conflict
         value(self.sb, "import subprocess, time")
@@ -638,14 +639,7 @@ class ForkMemory(unittest.TestCase):
                 time.sleep(0.002)
         call.join(10)
         self.assertEqual(result["run"].error.name, "KeyboardInterrupt", result["run"].error)
-        release = os.uname().release.split("-")[0].split(".")
-        if (int(release[0]), int(release[1])) >= (6, 9):
-            self.assertEqual(value(child, "p.wait(timeout=10)"), str(-signal.SIGINT))
-        else:
-            print(f"NOTE {self.id()}: this kernel ({os.uname().release}) cannot signal a "
-                  "pidfd's process group (Linux 6.9+): the interpreter alone was interrupted")
-            self.assertEqual(value(child, "p.poll() is None"), "True")
-            value(child, "p.kill(); p.wait()")
+        self.assertEqual(value(child, "p.wait(timeout=10)"), str(-signal.SIGINT))
 
     def test_a_session_that_cheats_its_own_fork_is_refused_and_leaves_nothing(self):
         """The session runs the fork's code, and the session's code may change

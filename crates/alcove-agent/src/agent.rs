@@ -226,6 +226,21 @@ struct Agent {
     max_reaping: usize,
 }
 
+/// Sends `signal` to the process group that the process behind `pidfd`
+/// (pid `pid` here) leads; whether it was sent. Linux 6.9+ names the group
+/// through the pidfd itself; before (EINVAL), `kill(-pid)` once the pidfd
+/// says the leader has not been reaped: while it has not, neither its pid
+/// nor its group's can be another's.
+fn signal_group_of(pidfd: BorrowedFd<'_>, pid: i32, signal: i32) -> bool {
+    match alcove_sys::pidfd::send_signal_to_group(pidfd, signal) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            alcove_sys::pidfd::send_signal(pidfd, 0).is_ok() && process::kill(-pid, signal).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
 /// A pidfd for `pid`, or none where the kernel has none (gVisor's).
 fn watch_child(pid: i32, what: &str) -> Result<Option<OwnedFd>, AgentFailure> {
     match seqpacket::pidfd_open(pid) {
@@ -515,10 +530,9 @@ impl Agent {
                     // Not a command it started (a fork's interpreter): signalled
                     // through its pidfd, with what it started where it leads a
                     // group of its own (a fork's does, in a session of the
-                    // fork's own); the process alone where it does not, or
-                    // where the kernel (before 6.9) cannot signal a group so.
+                    // fork's own); the process alone where it does not.
                     let group = process::group_of(pid) == Some(pid)
-                        && alcove_sys::pidfd::send_signal_to_group(pidfd.as_fd(), signal).is_ok();
+                        && signal_group_of(pidfd.as_fd(), pid, signal);
                     if !group {
                         alcove_sys::pidfd::send_signal(pidfd.as_fd(), signal)
                             .map_err(|e| AgentFailure::io("sending a signal", &e))?;
