@@ -115,6 +115,19 @@ class Fork(_rt.Template):
 
 _libc = []
 _fork = []
+_pagemap = [None]
+
+
+def keep_pagemap():
+    """Opens this process's /proc/self/pagemap for prepare() while it still
+    can: before it stops being dumpable. In a copy, the one it held (its
+    parent's memory) gives way to its own."""
+    old, _pagemap[0] = _pagemap[0], _rt.open_pagemap()
+    if old is not None:
+        try:
+            os.close(old)
+        except OSError:
+            pass
 
 
 def session_fork():
@@ -139,14 +152,18 @@ def prepare(asked=None):
     while after a call of code: its large regions backed by huge pages
     (alcove_runtime.collapse_large_regions), so the next fork copies one
     page-table entry per 2 MiB of them instead of 512 (and its child's exit
-    frees as few). The first collapse of a region copies it (0.2-1.9 s for
-    100 MiB here, by the day), which is why it is not done while a fork or
-    a call waits, and stops as soon as `asked()` says a request is waiting
-    (returning False; the session carries on after that request). Best
-    effort."""
+    frees as few). Only pages that are the session's alone are gathered so
+    (its pagemap says which): in a copy, what it still shares with its
+    parent stays shared. The first collapse of a region copies it (0.2-1.9 s
+    for 100 MiB here, by the day), which is why it is not done while a fork
+    or a call waits, and stops as soon as `asked()` says a request is
+    waiting (returning False; the session carries on after that request).
+    Best effort."""
     if not _libc:
         _libc.append(ctypes.CDLL(None, use_errno=True))
-    return _rt.collapse_large_regions(_libc[0], asked)
+    if _pagemap[0] is None:
+        return True  # none was open: its own pages cannot be told apart
+    return _rt.collapse_large_regions(_libc[0], asked, _pagemap[0])
 
 
 def shared_with_parent():
@@ -332,6 +349,7 @@ def interpreter(ctl_fd, out_fd, err_fd):
             except OSError:
                 pass  # the listing's own descriptor, gone already
     os.close(null)
+    keep_pagemap()  # its own memory's, while it may open it
     # Dumpable only for its id maps: no command of the new sandbox (the same
     # user) may write into its memory through /proc either.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)

@@ -167,7 +167,7 @@ def _main():
         # sandbox's, the same user, may write into its memory through /proc
         # (its filter lets it make namespaces; theirs does not).
         try:
-            _load_sibling("alcove_fork")
+            _load_sibling("alcove_fork").keep_pagemap()  # before it is not dumpable
             import ctypes
             if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0
                 raise OSError(ctypes.get_errno(), "PR_SET_DUMPABLE")
@@ -502,8 +502,9 @@ def _main():
                 chan["fds"] = []
                 chan["gen"] += 1
                 loop_box[0] = None  # its epoll was the old sandbox's (now /dev/null)
-                # A collapse the fork cut short is the parent's to finish: here
-                # it would copy pages the copy shares with its parent.
+                # A collapse the fork cut short is the parent's to finish (here
+                # its pages are shared, and stay so): the copy's own calls
+                # start its own.
                 collapse[0] = None
                 # No call of its own yet, nor an interrupt: those were its parent's.
                 calls.update(in_call=False, pending=False, last=None, missed=False)
@@ -574,9 +575,7 @@ def _main():
                 else:
                     rid = request.get("id")
                     out, ok = run_cell(rid, request["code"])
-                    # Not in a copy: its memory is shared with its parent's
-                    # until written, and a collapse would copy it.
-                    if forkable and chan["gen"] == 0 and collapse[0] is None:
+                    if forkable and collapse[0] is None:
                         collapse[0] = "idle"
             if not owed:
                 calls.update(in_call=False, pending=False)

@@ -508,7 +508,26 @@ def apply_environment(payload):
         env[key] = value
 
 
-def collapse_large_regions(libc, stop=None):
+# /proc/PID/pagemap: one 64-bit entry per page; bit 63 says present, bit 56
+# mapped by this process alone (not the shared zero page, not a page a fork
+# still shares). Both sit in an entry's top byte.
+_TOP_BYTE_OWNED = bytes(1 if b & 0x81 == 0x81 else 0 for b in range(256))
+
+
+def open_pagemap():
+    """This process's /proc/self/pagemap, open (close-on-exec, above the
+    numbers code uses), or None. Opened while the process may: one that is
+    not dumpable cannot open its own."""
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+    os.close(fd)
+    return high
+
+
+def collapse_large_regions(libc, stop=None, pagemap=None):
     """Back the large anonymous regions init filled with huge pages
     (MADV_COLLAPSE, Linux 6.1+): each fork then copies one entry per 2 MiB
     instead of 512, which halves what a copy of a big template costs. A copy
@@ -521,13 +540,28 @@ def collapse_large_regions(libc, stop=None):
     copy (milliseconds). `stop()`, asked between pages, ends it early: then
     it returns False (True once every region was gone through).
 
-    A collapse fills the huge page's every small page, so only a huge page
-    already mostly resident (mincore) is collapsed: a sparse region (a large
-    buffer touched here and there) would otherwise grow to its whole size
-    and could push the sandbox past its memory limit."""
+    A collapse gives the huge page's every small page memory of this
+    process's own, so only a huge page seven eighths of whose pages already
+    are (`pagemap`: this process's open /proc/self/pagemap, see open_pagemap;
+    None to open it here) is collapsed: not a sparse region (a large buffer
+    touched here and there), nor one read but never written (the kernel's
+    shared zero page), nor one a fork still shares with this process, which
+    would each grow, up to the sandbox's memory limit. Without a pagemap,
+    nothing is collapsed."""
+    own = pagemap if pagemap is not None else open_pagemap()
+    if own is None:
+        return True
+    try:
+        return _collapse(libc, stop, own)
+    finally:
+        if pagemap is None:
+            os.close(own)
+
+
+def _collapse(libc, stop, pagemap):
     huge = 2 << 20
-    pages = huge // os.sysconf("SC_PAGE_SIZE")
-    resident = (ctypes.c_ubyte * pages)()
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = huge // page
     try:
         with open("/proc/self/maps") as f:
             lines = f.read().splitlines()
@@ -544,10 +578,12 @@ def collapse_large_regions(libc, stop=None):
         for at in range(start, end, huge):
             if stop is not None and stop():
                 return False
-            if libc.mincore(ctypes.c_void_p(at), ctypes.c_size_t(huge), resident) != 0:
-                break  # unmapped meanwhile: the next region
-            # Seven eighths resident: a collapse adds at most an eighth.
-            if (pages - bytes(resident).count(0)) * 8 < pages * 7:
+            try:
+                entries = os.pread(pagemap, 8 * pages, at // page * 8)
+            except OSError:
+                return True
+            top = entries[7::8] if sys.byteorder == "little" else entries[::8]
+            if top.translate(_TOP_BYTE_OWNED).count(1) * 8 < pages * 7:
                 continue
             if libc.madvise(ctypes.c_void_p(at), ctypes.c_size_t(huge), MADV_COLLAPSE) != 0:
                 break  # a kernel without it (before 6.1), or no huge page to be had: next region

@@ -682,9 +682,11 @@ class ReplTest(unittest.TestCase):
 class CollapseTest(unittest.TestCase):
     """alcove_runtime.collapse_large_regions: one huge page per madvise (so
     the process returns to user space, where the freezer and signals reach
-    it, between pages), and it stops when asked to."""
+    it, between pages), only huge pages mostly the process's own, and it
+    stops when asked to."""
 
     HUGE = 2 << 20
+    PAGE = os.sysconf("SC_PAGE_SIZE")
 
     class Recorder:
         def __init__(self):
@@ -694,103 +696,74 @@ class CollapseTest(unittest.TestCase):
             self.calls.append((start.value, length.value, advice))
             return 0
 
-        def mincore(self, start, length, vec):
-            import ctypes
-            ctypes.memset(vec, 1, len(vec))  # every page resident
-            return 0
-
     def setUp(self):
+        import ctypes
         import mmap
+        import tempfile
         sys.path.insert(0, os.path.dirname(REPL))
         import alcove_runtime
         self.rt = alcove_runtime
         # Anonymous, private, rw: one of the regions it collapses.
         self.region = mmap.mmap(-1, 16 * self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.region[0] = 1
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
+        # A pagemap of our own making (a sparse file): every page of the
+        # region present and this process's alone, nothing else.
+        self.pagemap = tempfile.TemporaryFile()
+        self.own(self.base, 16 * self.HUGE)
+
+    def own(self, start, length, entry=0x81 << 56):
+        n = length // self.PAGE
+        os.pwrite(self.pagemap.fileno(), entry.to_bytes(8, sys.byteorder) * n,
+                  start // self.PAGE * 8)
+
+    def collapse(self, libc, stop=None):
+        return self.rt.collapse_large_regions(libc, stop, self.pagemap.fileno())
 
     def tearDown(self):
+        self.pagemap.close()
         self.region.close()
         sys.path.remove(os.path.dirname(REPL))
 
+    def ours(self, rec):
+        return [c for c in rec.calls if self.base <= c[0] < self.base + 16 * self.HUGE]
+
     def test_one_huge_page_per_call_over_the_region(self):
         rec = self.Recorder()
-        self.assertTrue(self.rt.collapse_large_regions(rec))
-        import ctypes
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
-        ours = [c for c in rec.calls if base <= c[0] < base + 16 * self.HUGE]
+        self.assertTrue(self.collapse(rec))
+        ours = self.ours(rec)
         self.assertGreaterEqual(len(ours), 14, rec.calls)  # 15 or 16 whole huge pages in it
         self.assertTrue(all(length == self.HUGE and start % self.HUGE == 0
                             and advice == self.rt.MADV_COLLAPSE for start, length, advice in ours), ours)
 
     def test_a_refusal_ends_its_region(self):
         rec = self.Recorder()
-        rec.madvise = lambda start, length, advice: rec.calls.append(start.value) or -1
-        self.assertTrue(self.rt.collapse_large_regions(rec))
-        import ctypes
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
-        ours = [c for c in rec.calls if base <= c < base + 16 * self.HUGE]
-        self.assertEqual(len(ours), 1, rec.calls)  # not one refused call per huge page
+        rec.madvise = lambda start, length, advice: rec.calls.append((start.value,)) or -1
+        self.assertTrue(self.collapse(rec))
+        self.assertEqual(len(self.ours(rec)), 1, rec.calls)  # not one refused call per huge page
 
-    def test_a_sparse_huge_page_is_left_alone(self):
-        """A collapse would fill its every page: a large buffer touched here
-        and there would grow to its whole size."""
-        import ctypes
+    def test_a_huge_page_not_mostly_its_own_is_left_alone(self):
+        """A collapse gives every page memory of the process's own: a large
+        buffer touched here and there, one only read (the zero page) or one a
+        fork still shares would each grow."""
+        first = (self.base + self.HUGE - 1) & ~(self.HUGE - 1)  # the region's first whole huge page
+        not_own = self.HUGE // 8 + self.PAGE  # one page more than an eighth
+        self.own(first, not_own, 0)  # not present
+        self.own(first + self.HUGE, not_own, 1 << 63)  # present, shared (or the zero page)
+        self.own(first + 2 * self.HUGE + self.HUGE - self.HUGE // 8, self.HUGE // 8, 0)  # an eighth
         rec = self.Recorder()
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.region))
-        dense = (base + self.HUGE - 1) & ~(self.HUGE - 1)  # the region's first whole huge page
+        self.assertTrue(self.collapse(rec))
+        starts = [c[0] for c in self.ours(rec)]
+        self.assertNotIn(first, starts)
+        self.assertNotIn(first + self.HUGE, starts)
+        self.assertIn(first + 2 * self.HUGE, starts)  # seven eighths its own: collapsed
 
-        def mincore(start, length, vec):
-            # The first whole huge page resident but for one in eight pages
-            # and one more; every other one wholly resident.
-            ctypes.memset(vec, 1, len(vec))
-            if start.value == dense:
-                for i in range(len(vec) // 8 + 1):
-                    vec[i] = 0
-            return 0
-
-        rec.mincore = mincore
-        self.assertTrue(self.rt.collapse_large_regions(rec))
-        starts = [c[0] for c in rec.calls]
-        self.assertNotIn(dense, starts)
-        self.assertIn(dense + self.HUGE, starts)  # the next one was collapsed
-
-    def test_with_the_kernel_a_dense_region_is_collapsed_and_a_sparse_one_is_not(self):
-        """One mapping (two would merge into one all the same): eight whole
-        huge pages written through, then six with four pages each written."""
-        import ctypes
-        import mmap
-        libc = ctypes.CDLL(None, use_errno=True)
-        region = mmap.mmap(-1, 16 * self.HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.addCleanup(region.close)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(region))
-        dense = ((base + self.HUGE - 1) & ~(self.HUGE - 1)) - base
-        region[dense:dense + 8 * self.HUGE] = b"\1" * (8 * self.HUGE)
-        sparse = dense + 8 * self.HUGE
-        for at in range(sparse, sparse + 6 * self.HUGE, self.HUGE // 4):
-            region[at] = 1
-
-        def sizes():
-            fields, ours = {}, False
-            with open("/proc/self/smaps") as f:
-                for line in f:
-                    head = line.split()
-                    if "-" in head[0] and not head[0].endswith(":"):
-                        lo, hi = (int(x, 16) for x in head[0].split("-"))
-                        ours = lo <= base < hi
-                    elif ours and head[0] in ("Rss:", "AnonHugePages:"):
-                        fields[head[0][:-1]] = int(head[1])
-            return fields
-
-        huge_kib = self.HUGE >> 10
-        self.assertEqual(sizes()["AnonHugePages"], 0)  # THP 'madvise' or 'never' here
-        self.assertTrue(self.rt.collapse_large_regions(libc))
-        after = sizes()
-        if after["AnonHugePages"] == 0:
-            print(f"SKIPPED {self.id()}: this kernel collapsed nothing (MADV_COLLAPSE needs "
-                  "Linux 6.1 and transparent huge pages not 'never')", file=sys.stderr)
-            return
-        self.assertEqual(after["AnonHugePages"], 8 * huge_kib, after)  # the dense ones alone
-        self.assertLess(after["Rss"], 9 * huge_kib, after)  # the sparse ones not filled
+    def test_without_a_pagemap_nothing_is_collapsed(self):
+        rec = self.Recorder()
+        self.pagemap.close()
+        self.pagemap = open("/dev/null", "rb")
+        self.assertTrue(self.collapse(rec))
+        self.assertEqual(self.ours(rec), [])
 
     def test_stops_when_asked(self):
         rec = self.Recorder()
@@ -800,8 +773,83 @@ class CollapseTest(unittest.TestCase):
             asked.append(1)
             return len(asked) > 3
 
-        self.assertFalse(self.rt.collapse_large_regions(rec, stop))
+        self.assertFalse(self.collapse(rec, stop))
         self.assertEqual(len(rec.calls), 3, rec.calls)
+
+    def test_with_the_kernel_only_memory_of_its_own_is_collapsed(self):
+        """A mapping between two inaccessible pages (so no neighbour merges
+        into it) and kept from forks: six huge pages written through, six
+        with four pages each written, six only read (the zero page); and a
+        mapping of six written and then shared with a child."""
+        import ctypes
+        import mmap
+        import re
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                thp = f.read()
+        except OSError as e:
+            thp = str(e)
+        release = os.uname().release
+        if "[madvise]" not in thp or tuple(map(int, re.findall(r"\d+", release)[:2])) < (6, 1):
+            print(f"SKIPPED {self.id()}: needs MADV_COLLAPSE (Linux 6.1+, here {release}) and "
+                  f"transparent huge pages by 'madvise' alone (here: {thp.strip()})", file=sys.stderr)
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        huge, flags = self.HUGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+
+        def mapping(huge_pages):
+            """A mapping of that many whole huge pages, a guard page each side;
+            the address of its first huge page and the mapping."""
+            m = mmap.mmap(-1, (huge_pages + 2) * huge, flags=flags)
+            self.addCleanup(m.close)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            first = ((base + huge - 1) & ~(huge - 1)) + huge
+            for guard in (first - self.PAGE, first + huge_pages * huge):
+                self.assertEqual(libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(self.PAGE), 0), 0)
+            return first, m, first - base
+
+        own, region, at = mapping(18)
+        self.assertEqual(libc.madvise(ctypes.c_void_p(own), ctypes.c_size_t(18 * huge),
+                                      10), 0)  # MADV_DONTFORK: the child below has none of it
+        region[at:at + 6 * huge] = b"\1" * (6 * huge)
+        for page in range(at + 6 * huge, at + 12 * huge, huge // 4):
+            region[page] = 1
+        self.assertEqual(region[at + 12 * huge:at + 18 * huge].count(0), 6 * huge)
+        shared, other, other_at = mapping(6)
+        other[other_at:other_at + 6 * huge] = b"\2" * (6 * huge)
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(writer)
+            os.read(reader, 1)  # until the parent has collapsed
+            os._exit(0)
+        os.close(reader)
+
+        def sizes(address):
+            fields, ours = {}, False
+            with open("/proc/self/smaps") as f:
+                for line in f:
+                    head = line.split()
+                    if "-" in head[0] and not head[0].endswith(":"):
+                        lo, hi = (int(x, 16) for x in head[0].split("-"))
+                        ours = lo <= address < hi
+                    elif ours and head[0] in ("Rss:", "AnonHugePages:"):
+                        fields[head[0][:-1]] = int(head[1])
+            return fields
+
+        try:
+            self.assertEqual(sizes(own)["AnonHugePages"] + sizes(shared)["AnonHugePages"], 0)
+            self.assertTrue(self.rt.collapse_large_regions(libc))
+            after, after_shared = sizes(own), sizes(shared)
+        finally:
+            os.close(writer)
+            os.waitpid(child, 0)
+        huge_kib = huge >> 10
+        self.assertEqual(after["AnonHugePages"], 6 * huge_kib, after)  # the dense ones alone
+        # Neither the sparse ones filled (12 MiB more) nor the read ones (12 MiB).
+        self.assertLess(after["Rss"], 7 * huge_kib, after)
+        # Collapsed, the shared ones would be copied: 12 MiB where there was one.
+        self.assertEqual(after_shared["AnonHugePages"], 0, after_shared)
 
 
 class ReplFdTest(unittest.TestCase):

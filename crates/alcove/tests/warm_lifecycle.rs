@@ -347,6 +347,77 @@ fn a_killed_template_is_rebuilt_while_requests_run_cold() {
     stop(&mut t.daemon);
 }
 
+/// Why a collapse into huge pages cannot be checked here, if it cannot:
+/// MADV_COLLAPSE needs Linux 6.1, and with huge pages not by `madvise`
+/// alone, what is huge before it is not known.
+fn no_collapse_here() -> Option<String> {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_else(|e| e.to_string());
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version: Vec<u32> = release
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let too_old = version.len() < 2 || (version[0], version[1]) < (6, 1);
+    (too_old || !thp.contains("[madvise]")).then(|| {
+        format!(
+            "needs MADV_COLLAPSE (Linux 6.1+, here {}) and transparent huge pages by \
+             'madvise' alone (here: {})",
+            release.trim(),
+            thp.trim()
+        )
+    })
+}
+
+/// `name: N kB` fields of a process's /proc/PID/smaps_rollup, in KiB.
+fn rollup_kib(pid: i32, name: &str) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in smaps_rollup of {pid}:\n{rollup}"))
+}
+
+#[test]
+fn a_templates_state_is_backed_by_huge_pages_and_a_sparse_buffer_stays_sparse() {
+    let test = "a_templates_state_is_backed_by_huge_pages_and_a_sparse_buffer_stays_sparse";
+    if let Some(why) = no_collapse_here() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let Some(mut t) = setup(test, &[]) else {
+        return;
+    };
+    let d = &t.daemon;
+    let source = format!(
+        "import mmap, os\nblob = bytearray(os.urandom(32 << 20))\n\
+         sparse = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+         for at in range(0, len(sparse), 1 << 20):\n    sparse[at] = 1\n{SERVES}"
+    );
+    let code = py(t.dir.path(), "big", &source);
+    deploy_warm(d, "big", &code, &[]);
+    assert_eq!(served(d, "big"), "warm");
+    let template = template_pid(daemon_pid(d), "big").expect("a running template");
+    // Backed before it said ready: its copies fork one entry per 2 MiB.
+    let (huge, rss) = (
+        rollup_kib(template, "AnonHugePages"),
+        rollup_kib(template, "Rss"),
+    );
+    // The 32 MiB state, and not the sparse buffer, whose collapse would fill
+    // its 64 MiB (Python itself is ~10-20 MiB).
+    assert!(
+        (28 << 10..48 << 10).contains(&huge),
+        "the template's 32 MiB state: {huge} KiB in huge pages"
+    );
+    assert!(
+        rss < 80 << 10,
+        "the template's RSS {rss} KiB, {huge} KiB huge"
+    );
+    stop(&mut t.daemon);
+}
+
 #[test]
 fn idle_copies_go_and_requests_bring_them_back() {
     let Some(mut t) = setup(
