@@ -148,8 +148,8 @@ def session_fork():
 
 
 def prepare(asked=None):
-    """In the session, after a fork is answered and once it has been idle a
-    while after a call of code: its large regions backed by huge pages
+    """In the session, once it has been idle a while after a fork or a call
+    of code: its large regions backed by huge pages
     (alcove_runtime.collapse_large_regions), so the next fork copies one
     page-table entry per 2 MiB of them instead of 512 (and its child's exit
     frees as few). Only pages that are the session's alone are gathered so

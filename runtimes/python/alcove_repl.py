@@ -446,11 +446,13 @@ def _main():
         out.append({"type": "error", "id": rid, "name": name, "value": value, "traceback": []})
         return rid
 
-    # When to back the session's large regions with huge pages, so that a
-    # fork copies one page-table entry per 2 MiB of them: "now" once a fork
-    # is answered (the next may come soon), "idle" after a call of code in a
-    # forkable session (its first fork is then as quick as the rest), None.
-    collapse = [None]
+    # Whether to back the session's large regions with huge pages once it has
+    # been idle a while, so that a fork copies one page-table entry per 2 MiB
+    # of them: after a call of code in a forkable session (its first fork is
+    # then as quick as the rest) and after a fork (for what was not collapsed
+    # before: only once the fork no longer shares it, which a fork removed
+    # at once no longer does 50 ms later; what a fork still shares is left).
+    collapse = [False]
 
     def fork_session(request, fds):
         """A fork into a new sandbox (alcove_fork.py): None when the copy is
@@ -505,7 +507,7 @@ def _main():
                 # A collapse the fork cut short is the parent's to finish (here
                 # its pages are shared, and stay so): the copy's own calls
                 # start its own.
-                collapse[0] = None
+                collapse[0] = False
                 # No call of its own yet, nor an interrupt: those were its parent's.
                 calls.update(in_call=False, pending=False, last=None, missed=False)
             except BaseException:
@@ -520,7 +522,7 @@ def _main():
         except ChildProcessError:
             status = 0  # reaped by the code's own handler: the daemon knows how it went
         # Whatever became of it (the daemon kills it once it says `left`).
-        collapse[0] = "now"  # huge pages for the next fork, once this one is answered
+        collapse[0] = True  # huge pages for the next fork, once this one is answered
         if _os.waitstatus_to_exitcode(status) != 0:
             return ("ForkFailed",
                     f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}")
@@ -575,8 +577,7 @@ def _main():
                 else:
                     rid = request.get("id")
                     out, ok = run_cell(rid, request["code"])
-                    if forkable and collapse[0] is None:
-                        collapse[0] = "idle"
+                    collapse[0] = collapse[0] or forkable
             if not owed:
                 calls.update(in_call=False, pending=False)
                 send(out)
@@ -588,7 +589,7 @@ def _main():
             calls.update(in_call=False, pending=False, last=rid if isinstance(rid, str) else None)
             send(out)
             del out
-            if collapse[0] is not None:
+            if collapse[0]:
                 waiting = _select.poll()  # not select(): the descriptor may be >= 1024
                 waiting.register(chan["sock"].fileno(), _select.POLLIN)
 
@@ -598,15 +599,13 @@ def _main():
                     the daemon sends a request only once the last one is done."""
                     return bool(waiting.poll(wait_ms))
 
-                when, collapse[0] = collapse[0], None
-                if when == "now" or not asked(_IDLE_BEFORE_COLLAPSE_MS):
+                # A request within the idle time: asked again after it.
+                if not asked(_IDLE_BEFORE_COLLAPSE_MS):
                     try:
-                        if not _load_sibling("alcove_fork").prepare(asked):
-                            collapse[0] = when  # cut short by a request: carried on after it
+                        # Cut short by a request: carried on after it.
+                        collapse[0] = not _load_sibling("alcove_fork").prepare(asked)
                     except (OSError, AttributeError, ValueError):
-                        pass
-                else:
-                    collapse[0] = when  # asked again after the next request
+                        collapse[0] = False
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon has gone: as good as EOF
     return 0
