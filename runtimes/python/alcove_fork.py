@@ -115,17 +115,26 @@ class Fork(_rt.Template):
 
 _libc = []
 _fork = []
-_pagemap = [None]
+_pagemap = [None]  # (descriptor, (st_dev, st_ino)) of the process's own pagemap, or None
 
 
 def keep_pagemap():
     """Opens this process's /proc/self/pagemap for prepare() while it still
-    can: before it stops being dumpable. In a copy, the one it held (its
-    parent's memory) gives way to its own."""
-    old, _pagemap[0] = _pagemap[0], _rt.open_pagemap()
-    if old is not None:
+    can: before it stops being dumpable."""
+    forget_pagemap()
+    fd = _rt.open_pagemap()
+    if fd is not None:
+        st = os.fstat(fd)
+        _pagemap[0] = (fd, (st.st_dev, st.st_ino))
+
+
+def forget_pagemap():
+    """Closes the pagemap kept (in a copy: its parent's memory's, which the
+    copy must not go on holding)."""
+    kept, _pagemap[0] = _pagemap[0], None
+    if kept is not None:
         try:
-            os.close(old)
+            os.close(kept[0])
         except OSError:
             pass
 
@@ -157,13 +166,20 @@ def prepare(asked=None):
     parent stays shared. The first collapse of a region copies it (0.2-1.9 s
     for 100 MiB here, by the day), which is why it is not done while a fork
     or a call waits, and stops as soon as `asked()` says a request is
-    waiting (returning False; the session carries on after that request).
-    Best effort."""
+    waiting (STOPPED: the session carries on after that request); SHARED_LEFT
+    when pages mostly present were shared (a live fork's: a later pass may
+    find them its own). Best effort."""
     if not _libc:
         _libc.append(ctypes.CDLL(None, use_errno=True))
-    if _pagemap[0] is None:
-        return True  # none was open: its own pages cannot be told apart
-    return _rt.collapse_large_regions(_libc[0], asked, _pagemap[0])
+    kept = _pagemap[0]
+    try:
+        # The session's code may have closed the number, or put another file there.
+        if kept is None or (lambda st: (st.st_dev, st.st_ino))(os.fstat(kept[0])) != kept[1]:
+            raise OSError("not the pagemap kept")
+    except OSError:
+        _pagemap[0] = None
+        return _rt.DONE  # its own pages cannot be told apart: nothing is collapsed
+    return _rt.collapse_large_regions(_libc[0], asked, kept[0])
 
 
 def shared_with_parent():
@@ -246,6 +262,7 @@ def become_copy(request, fds, keep, say_ready):
         os._exit(70)
     conn = socket.socket(fileno=fcntl.fcntl(conn_fd, fcntl.F_DUPFD_CLOEXEC, 64))
     os.close(conn_fd)
+    forget_pagemap()  # the session's memory: not to be held by a process made dumpable below
     step = "setup"
     try:
         argv, env, agent_link_fd, flags, tmpfs_size, home = parse(request, fds)

@@ -70,6 +70,9 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 # request before it backs its state with huge pages: a quick next call finds
 # it waiting on the socket, not collapsing.
 _IDLE_BEFORE_COLLAPSE_MS = 50
+# Passes again, idle, while pages mostly present were a live fork's too (one
+# removed later makes them the session's own): after 1, 2, 4, 8 and 16 s.
+_COLLAPSE_RETRIES = 5
 _MAX_HELD_FDS = 16  # descriptors a request line may bring (a fork brings six)
 _CMSG_ROOM = _socket.CMSG_SPACE(_MAX_HELD_FDS * 4)
 _ID_AT_START = _re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -451,8 +454,9 @@ def _main():
     # of them: after a call of code in a forkable session (its first fork is
     # then as quick as the rest) and after a fork (for what was not collapsed
     # before: only once the fork no longer shares it, which a fork removed
-    # at once no longer does 50 ms later; what a fork still shares is left).
-    collapse = [False]
+    # at once no longer does 50 ms later; what a fork still shares is passed
+    # over, and looked at again a few times while the session is idle).
+    collapse = {"pending": False, "retries": 0}
 
     def fork_session(request, fds):
         """A fork into a new sandbox (alcove_fork.py): None when the copy is
@@ -507,7 +511,7 @@ def _main():
                 # A collapse the fork cut short is the parent's to finish (here
                 # its pages are shared, and stay so): the copy's own calls
                 # start its own.
-                collapse[0] = False
+                collapse.update(pending=False, retries=0)
                 # No call of its own yet, nor an interrupt: those were its parent's.
                 calls.update(in_call=False, pending=False, last=None, missed=False)
             except BaseException:
@@ -522,7 +526,7 @@ def _main():
         except ChildProcessError:
             status = 0  # reaped by the code's own handler: the daemon knows how it went
         # Whatever became of it (the daemon kills it once it says `left`).
-        collapse[0] = True  # huge pages for the next fork, once this one is answered
+        collapse.update(pending=True, retries=0)  # huge pages for the next fork
         if _os.waitstatus_to_exitcode(status) != 0:
             return ("ForkFailed",
                     f"the copy's first process ended with {_os.waitstatus_to_exitcode(status)}")
@@ -577,7 +581,8 @@ def _main():
                 else:
                     rid = request.get("id")
                     out, ok = run_cell(rid, request["code"])
-                    collapse[0] = collapse[0] or forkable
+                    if forkable:
+                        collapse.update(pending=True, retries=0)
             if not owed:
                 calls.update(in_call=False, pending=False)
                 send(out)
@@ -589,7 +594,7 @@ def _main():
             calls.update(in_call=False, pending=False, last=rid if isinstance(rid, str) else None)
             send(out)
             del out
-            if collapse[0]:
+            if collapse["pending"]:
                 waiting = _select.poll()  # not select(): the descriptor may be >= 1024
                 waiting.register(chan["sock"].fileno(), _select.POLLIN)
 
@@ -599,13 +604,23 @@ def _main():
                     the daemon sends a request only once the last one is done."""
                     return bool(waiting.poll(wait_ms))
 
-                # A request within the idle time: asked again after it.
-                if not asked(_IDLE_BEFORE_COLLAPSE_MS):
+                fork_module = _sys.modules.get("alcove_fork")  # loaded: the session is forkable
+                if fork_module is None:
+                    collapse["pending"] = False
+                while collapse["pending"]:
+                    retry = collapse["retries"]
+                    if asked(_IDLE_BEFORE_COLLAPSE_MS if retry == 0 else 1000 << (retry - 1)):
+                        break  # a request first: carried on after it
                     try:
-                        # Cut short by a request: carried on after it.
-                        collapse[0] = not _load_sibling("alcove_fork").prepare(asked)
+                        outcome = fork_module.prepare(asked)
                     except (OSError, AttributeError, ValueError):
-                        collapse[0] = False
+                        outcome = "done"
+                    if outcome == "stopped":
+                        break  # cut short by a request: carried on after it
+                    if outcome == "shared left" and retry < _COLLAPSE_RETRIES:
+                        collapse["retries"] = retry + 1
+                    else:
+                        collapse.update(pending=False, retries=0)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon has gone: as good as EOF
     return 0

@@ -512,6 +512,13 @@ def apply_environment(payload):
 # mapped by this process alone (not the shared zero page, not a page a fork
 # still shares). Both sit in an entry's top byte.
 _TOP_BYTE_OWNED = bytes(1 if b & 0x81 == 0x81 else 0 for b in range(256))
+_TOP_BYTE_PRESENT = bytes(b >> 7 for b in range(256))
+
+# What a pass of collapse_large_regions came to.
+STOPPED = "stopped"  # stop() said so: a request waits
+DONE = "done"  # every region gone through
+SHARED_LEFT = "shared left"  # gone through, but some huge pages were mostly present and not
+# this process's alone (a live fork shares them, or the zero page): a later pass may do them
 
 
 def open_pagemap():
@@ -522,9 +529,12 @@ def open_pagemap():
         fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
-    os.close(fd)
-    return high
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+    except OSError:
+        return None  # no number from 100 up free (or an open-files limit below it)
+    finally:
+        os.close(fd)
 
 
 def collapse_large_regions(libc, stop=None, pagemap=None):
@@ -537,8 +547,8 @@ def collapse_large_regions(libc, stop=None, pagemap=None):
     the cgroup freezer and signals wait for it (a 100 MiB region in one call
     kept a pause, and the next fork's freeze, waiting 0.2-1.9 s here); between
     calls the process is back in user space, so it freezes within one page's
-    copy (milliseconds). `stop()`, asked between pages, ends it early: then
-    it returns False (True once every region was gone through).
+    copy (milliseconds). `stop()`, asked between pages, ends it early. Returns
+    STOPPED, DONE or SHARED_LEFT.
 
     A collapse gives the huge page's every small page memory of this
     process's own, so only a huge page seven eighths of whose pages already
@@ -550,7 +560,7 @@ def collapse_large_regions(libc, stop=None, pagemap=None):
     nothing is collapsed."""
     own = pagemap if pagemap is not None else open_pagemap()
     if own is None:
-        return True
+        return DONE
     try:
         return _collapse(libc, stop, own)
     finally:
@@ -566,7 +576,8 @@ def _collapse(libc, stop, pagemap):
         with open("/proc/self/maps") as f:
             lines = f.read().splitlines()
     except OSError:
-        return True
+        return DONE
+    outcome = DONE
     for line in lines:
         fields = line.split()
         if len(fields) != 5 or not fields[1].startswith("rw") or fields[1][3] != "p":
@@ -577,17 +588,19 @@ def _collapse(libc, stop, pagemap):
             continue
         for at in range(start, end, huge):
             if stop is not None and stop():
-                return False
+                return STOPPED
             try:
                 entries = os.pread(pagemap, 8 * pages, at // page * 8)
             except OSError:
-                return True
+                return DONE
             top = entries[7::8] if sys.byteorder == "little" else entries[::8]
             if top.translate(_TOP_BYTE_OWNED).count(1) * 8 < pages * 7:
+                if top.translate(_TOP_BYTE_PRESENT).count(1) * 8 >= pages * 7:
+                    outcome = SHARED_LEFT
                 continue
             if libc.madvise(ctypes.c_void_p(at), ctypes.c_size_t(huge), MADV_COLLAPSE) != 0:
                 break  # a kernel without it (before 6.1), or no huge page to be had: next region
-    return True
+    return outcome
 
 
 def release_output():

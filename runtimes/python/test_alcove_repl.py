@@ -39,9 +39,9 @@ def unread_by_peer(sock):
 class Repl:
     """One interpreter process and the daemon's ends of its descriptors."""
 
-    def __init__(self, at_fd3=True):
+    def __init__(self, at_fd3=True, env_extra=None):
         self.sock, child = socket.socketpair()
-        env = dict(os.environ)
+        env = dict(os.environ, **(env_extra or {}))
         env.pop("ALCOVE_REPL_FD", None)
         env.pop("PYTHONUNBUFFERED", None)  # the interpreter's own -u and settings are under test
         if at_fd3:
@@ -730,7 +730,7 @@ class CollapseTest(unittest.TestCase):
 
     def test_one_huge_page_per_call_over_the_region(self):
         rec = self.Recorder()
-        self.assertTrue(self.collapse(rec))
+        self.assertEqual(self.collapse(rec), self.rt.DONE)
         ours = self.ours(rec)
         self.assertGreaterEqual(len(ours), 14, rec.calls)  # 15 or 16 whole huge pages in it
         self.assertTrue(all(length == self.HUGE and start % self.HUGE == 0
@@ -739,7 +739,7 @@ class CollapseTest(unittest.TestCase):
     def test_a_refusal_ends_its_region(self):
         rec = self.Recorder()
         rec.madvise = lambda start, length, advice: rec.calls.append((start.value,)) or -1
-        self.assertTrue(self.collapse(rec))
+        self.assertEqual(self.collapse(rec), self.rt.DONE)
         self.assertEqual(len(self.ours(rec)), 1, rec.calls)  # not one refused call per huge page
 
     def test_a_huge_page_not_mostly_its_own_is_left_alone(self):
@@ -752,29 +752,28 @@ class CollapseTest(unittest.TestCase):
         self.own(first + self.HUGE, not_own, 1 << 63)  # present, shared (or the zero page)
         self.own(first + 2 * self.HUGE + self.HUGE - self.HUGE // 8, self.HUGE // 8, 0)  # an eighth
         rec = self.Recorder()
-        self.assertTrue(self.collapse(rec))
+        # The shared one may be its own later (a fork removed): said so.
+        self.assertEqual(self.collapse(rec), self.rt.SHARED_LEFT)
         starts = [c[0] for c in self.ours(rec)]
         self.assertNotIn(first, starts)
         self.assertNotIn(first + self.HUGE, starts)
         self.assertIn(first + 2 * self.HUGE, starts)  # seven eighths its own: collapsed
+        # Only absent pages passed over: nothing a later pass could do.
+        self.own(first + self.HUGE, not_own)
+        self.assertEqual(self.collapse(self.Recorder()), self.rt.DONE)
 
     def test_without_a_pagemap_nothing_is_collapsed(self):
         rec = self.Recorder()
         self.pagemap.close()
         self.pagemap = open("/dev/null", "rb")
-        self.assertTrue(self.collapse(rec))
+        self.assertEqual(self.collapse(rec), self.rt.DONE)
         self.assertEqual(self.ours(rec), [])
 
     def test_stops_when_asked(self):
         rec = self.Recorder()
-        asked = []
-
-        def stop():
-            asked.append(1)
-            return len(asked) > 3
-
-        self.assertFalse(self.collapse(rec, stop))
-        self.assertEqual(len(rec.calls), 3, rec.calls)
+        # Asked before each huge page of every large region; this one's alone are its own here.
+        self.assertEqual(self.collapse(rec, lambda: len(self.ours(rec)) >= 3), self.rt.STOPPED)
+        self.assertEqual(len(self.ours(rec)), 3, rec.calls)
 
     def test_with_the_kernel_only_memory_of_its_own_is_collapsed(self):
         """A mapping between two inaccessible pages (so no neighbour merges
@@ -839,7 +838,8 @@ class CollapseTest(unittest.TestCase):
 
         try:
             self.assertEqual(sizes(own)["AnonHugePages"] + sizes(shared)["AnonHugePages"], 0)
-            self.assertTrue(self.rt.collapse_large_regions(libc))
+            # The shared ones (the child's too) may be its own later: said so.
+            self.assertEqual(self.rt.collapse_large_regions(libc), self.rt.SHARED_LEFT)
             after, after_shared = sizes(own), sizes(shared)
         finally:
             os.close(writer)
@@ -850,6 +850,51 @@ class CollapseTest(unittest.TestCase):
         self.assertLess(after["Rss"], 7 * huge_kib, after)
         # Collapsed, the shared ones would be copied: 12 MiB where there was one.
         self.assertEqual(after_shared["AnonHugePages"], 0, after_shared)
+
+
+class IdleCollapseTest(unittest.TestCase):
+    """A forkable session backs its state with huge pages once idle, passes
+    over what a fork of it still shares, and looks again while idle."""
+
+    def test_state_a_child_shares_is_collapsed_once_the_child_has_gone(self):
+        import re
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                thp = f.read().strip()
+        except OSError as e:
+            thp = str(e)
+        release = os.uname().release
+        if "[madvise]" not in thp or tuple(map(int, re.findall(r"\d+", release)[:2])) < (6, 1):
+            print(f"SKIPPED {self.id()}: needs MADV_COLLAPSE (Linux 6.1+, here {release}) and "
+                  f"transparent huge pages by 'madvise' alone (here: {thp})", file=sys.stderr)
+            return
+        if os.geteuid() != 0:
+            print(f"SKIPPED {self.id()}: a forkable session is not dumpable: only root reads "
+                  "its /proc/PID/smaps_rollup", file=sys.stderr)
+            return
+        repl = Repl(env_extra={"ALCOVE_REPL_FORKABLE": "1"})
+        self.addCleanup(repl.close)
+        self.assertEqual(repl.frame()["type"], "ready")
+
+        def huge_kib():
+            with open(f"/proc/{repl.proc.pid}/smaps_rollup") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("AnonHugePages:"))
+
+        # A child of the code's own shares the whole state for 2 s.
+        frames = repl.run("import os, time\nblob = bytearray(os.urandom(32 << 20))\n"
+                          "child = os.fork()\n"
+                          "if child == 0:\n    time.sleep(2)\n    os._exit(0)\n"
+                          "child")
+        child = int(next(f["text"] for f in frames if f["type"] == "result"))
+        time.sleep(0.5)  # past the session's 50 ms of idleness: a pass was made
+        shared = huge_kib()
+        self.assertTrue(os.path.exists(f"/proc/{child}/stat"), "the child ended too soon")
+        self.assertLess(shared, 8 << 10, "collapsed while a child shared it (copied)")
+        # The passes after 1 and 2 s more find the child gone (a zombie maps nothing).
+        deadline = time.monotonic() + 15
+        while huge_kib() < 28 << 10:
+            self.assertLess(time.monotonic(), deadline, "not collapsed once the child had gone")
+            time.sleep(0.1)
 
 
 class ReplFdTest(unittest.TestCase):

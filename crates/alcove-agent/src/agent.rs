@@ -229,8 +229,10 @@ struct Agent {
 /// Sends `signal` to the process group that the process behind `pidfd`
 /// (pid `pid` here) leads; whether it was sent. Linux 6.9+ names the group
 /// through the pidfd itself; before (EINVAL), `kill(-pid)` once the pidfd
-/// says the leader has not been reaped: while it has not, neither its pid
-/// nor its group's can be another's.
+/// says the leader has not been reaped: at that check neither its pid nor
+/// its group's id can be another's (a reuse in the moment between would
+/// need the leader reaped, its group empty and the pid given out again, all
+/// within this sandbox's pid namespace, the only one `kill` reaches here).
 fn signal_group_of(pidfd: BorrowedFd<'_>, pid: i32, signal: i32) -> bool {
     match alcove_sys::pidfd::send_signal_to_group(pidfd, signal) {
         Ok(()) => true,
