@@ -679,6 +679,24 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(self.repl.stderr(), "")
 
 
+def skipped_without_collapse(test):
+    """Whether `test` cannot check a collapse into huge pages here (and said
+    so): MADV_COLLAPSE needs Linux 6.1, and with huge pages not by 'madvise'
+    alone, what is huge before a collapse is not known."""
+    import re
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().strip()
+    except OSError as e:
+        thp = str(e)
+    release = os.uname().release
+    if "[madvise]" in thp and tuple(map(int, re.findall(r"\d+", release)[:2])) >= (6, 1):
+        return False
+    print(f"SKIPPED {test.id()}: needs MADV_COLLAPSE (Linux 6.1+, here {release}) and "
+          f"transparent huge pages by 'madvise' alone (here: {thp})", file=sys.stderr)
+    return True
+
+
 class CollapseTest(unittest.TestCase):
     """alcove_runtime.collapse_large_regions: one huge page per madvise (so
     the process returns to user space, where the freezer and signals reach
@@ -782,16 +800,7 @@ class CollapseTest(unittest.TestCase):
         mapping of six written and then shared with a child."""
         import ctypes
         import mmap
-        import re
-        try:
-            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-                thp = f.read()
-        except OSError as e:
-            thp = str(e)
-        release = os.uname().release
-        if "[madvise]" not in thp or tuple(map(int, re.findall(r"\d+", release)[:2])) < (6, 1):
-            print(f"SKIPPED {self.id()}: needs MADV_COLLAPSE (Linux 6.1+, here {release}) and "
-                  f"transparent huge pages by 'madvise' alone (here: {thp.strip()})", file=sys.stderr)
+        if skipped_without_collapse(self):
             return
         libc = ctypes.CDLL(None, use_errno=True)
         huge, flags = self.HUGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
@@ -857,16 +866,7 @@ class IdleCollapseTest(unittest.TestCase):
     over what a fork of it still shares, and looks again while idle."""
 
     def test_state_a_child_shares_is_collapsed_once_the_child_has_gone(self):
-        import re
-        try:
-            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-                thp = f.read().strip()
-        except OSError as e:
-            thp = str(e)
-        release = os.uname().release
-        if "[madvise]" not in thp or tuple(map(int, re.findall(r"\d+", release)[:2])) < (6, 1):
-            print(f"SKIPPED {self.id()}: needs MADV_COLLAPSE (Linux 6.1+, here {release}) and "
-                  f"transparent huge pages by 'madvise' alone (here: {thp})", file=sys.stderr)
+        if skipped_without_collapse(self):
             return
         if os.geteuid() != 0:
             print(f"SKIPPED {self.id()}: a forkable session is not dumpable: only root reads "
