@@ -880,16 +880,34 @@ ALCOVE__FN long alcove__threads(void)
 
 /* Back the large anonymous regions init filled with huge pages (MADV_COLLAPSE, Linux 6.1+):
  * each fork then copies one page-table entry per 2 MiB instead of 512. A copy that writes there
- * still copies only the 4 KiB page it writes. Best effort: errors are ignored. */
+ * still copies only the 4 KiB page it writes. Best effort: errors are ignored.
+ *
+ * A collapse gives every page of the huge page memory of its own, so only a huge page 7/8 of
+ * whose pages are present and this process's alone (/proc/self/pagemap: bit 63 present, bit 56
+ * mapped only here) is collapsed: not a sparse buffer, nor memory only read (the zero page),
+ * which would grow. Without the pagemap, nothing is collapsed. */
 ALCOVE__FN void alcove__collapse_large_regions(void)
 {
     char line[512];
     const unsigned long huge = 2UL << 20;
-    FILE *maps = fopen("/proc/self/maps", "re");
-    if (!maps)
+    uint64_t entries[512];
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned long pages;
+    int pagemap;
+    FILE *maps;
+    if (page <= 0 || huge % (unsigned long)page != 0 || huge / (unsigned long)page > 512)
         return;
+    pages = huge / (unsigned long)page;
+    pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pagemap < 0)
+        return;
+    maps = fopen("/proc/self/maps", "re");
+    if (!maps) {
+        close(pagemap);
+        return;
+    }
     while (fgets(line, sizeof line, maps)) {
-        unsigned long lo, hi, start, end, offset, inode;
+        unsigned long lo, hi, start, end, offset, inode, at;
         char perms[5], dev[16];
         int consumed = 0;
         if (sscanf(line, "%lx-%lx %4s %lx %15s %lu%n", &lo, &hi, perms, &offset, dev, &inode,
@@ -903,10 +921,24 @@ ALCOVE__FN void alcove__collapse_large_regions(void)
             continue;
         start = (lo + huge - 1) & ~(huge - 1);
         end = hi & ~(huge - 1);
-        if (end > start && end - start >= 2 * huge)
-            (void)madvise((void *)start, end - start, 25 /* MADV_COLLAPSE */);
+        if (end <= start || end - start < 2 * huge)
+            continue;
+        for (at = start; at < end; at += huge) {
+            unsigned long own = 0, i;
+            ssize_t got = pread(pagemap, entries, pages * sizeof entries[0],
+                                (off_t)(at / (unsigned long)page * sizeof entries[0]));
+            if (got != (ssize_t)(pages * sizeof entries[0]))
+                break;
+            for (i = 0; i < pages; i++)
+                own += (entries[i] >> 56 & 0x81) == 0x81;
+            if (own * 8 < pages * 7)
+                continue;
+            if (madvise((void *)at, huge, 25 /* MADV_COLLAPSE */) != 0)
+                break; /* a kernel without it, or no huge page to be had: the next region */
+        }
     }
     fclose(maps);
+    close(pagemap);
 }
 
 ALCOVE__FN int alcove_serve(int (*handle)(void))

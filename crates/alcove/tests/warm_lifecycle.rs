@@ -7,7 +7,7 @@
 
 mod common;
 use common::daemon::{setup, Daemon};
-use common::warm::{invoke, py, template_pid};
+use common::warm::{invoke, py, template_pid, template_pid_running};
 use common::{alcove_cgroups, host_mounts, wait_until};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -400,13 +400,68 @@ fn a_templates_state_is_backed_by_huge_pages_and_a_sparse_buffer_stays_sparse() 
     deploy_warm(d, "big", &code, &[]);
     assert_eq!(served(d, "big"), "warm");
     let template = template_pid(daemon_pid(d), "big").expect("a running template");
-    // Backed before it said ready: its copies fork one entry per 2 MiB.
+    check_collapsed_state(template, "python");
+
+    // The C runtime's header does the same.
+    let c_code = t.dir.path().join("big-c");
+    std::fs::create_dir_all(&c_code).unwrap();
+    std::fs::write(c_code.join("main.c"), BIG_STATE_C).unwrap();
+    let runtime_c = concat!(env!("CARGO_MANIFEST_DIR"), "/../../runtimes/c");
+    let built = std::process::Command::new("cc")
+        .args(["-std=c11", "-O2", "-Wall", "-Werror", "-I", runtime_c, "-o"])
+        .arg(c_code.join("big"))
+        .arg(c_code.join("main.c"))
+        .output()
+        .expect("cc (the C compiler the Rust build links with)");
+    assert!(
+        built.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let c_dir = c_code.to_str().unwrap();
+    let args = [
+        "deploy",
+        "big-c",
+        "--warm",
+        "--handler",
+        "/fn/big",
+        "--code",
+        c_dir,
+    ];
+    let (status, out, err) = d.cli(&args);
+    assert_eq!(status, 0, "deploy big-c: {err}{out}");
+    assert_eq!(served(d, "big-c"), "warm");
+    let template = template_pid_running(daemon_pid(d), "big-c", "/fn/big").expect("a C template");
+    check_collapsed_state(template, "C");
+    stop(&mut t.daemon);
+}
+
+/// A warm template in C holding what the Python one above holds.
+const BIG_STATE_C: &str = r#"#include "alcove_warm.h"
+#include <string.h>
+unsigned char *dense, *sparse; /* the handler reads them: kept by the compiler */
+static int handle(void) { return dense[0] != 1 || sparse[0] != 1 || fputs("served", stdout) < 0; }
+int main(void)
+{
+    dense = malloc(32u << 20);
+    sparse = mmap(NULL, 64u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (!dense || sparse == MAP_FAILED)
+        return 1;
+    memset(dense, 1, 32u << 20);
+    for (size_t at = 0; at < (64u << 20); at += 1u << 20)
+        sparse[at] = 1;
+    return alcove_serve(handle);
+}
+"#;
+
+/// Backed before it said ready (its copies fork one entry per 2 MiB): the
+/// 32 MiB state, and not the sparse buffer, whose collapse would fill its
+/// 64 MiB (the runtime itself is ~10-20 MiB).
+fn check_collapsed_state(template: i32, what: &str) {
     let (huge, rss) = (
         rollup_kib(template, "AnonHugePages"),
         rollup_kib(template, "Rss"),
     );
-    // The 32 MiB state, and not the sparse buffer, whose collapse would fill
-    // its 64 MiB (Python itself is ~10-20 MiB).
     assert!(
         (28 << 10..48 << 10).contains(&huge),
         "the template's 32 MiB state: {huge} KiB in huge pages"
@@ -415,7 +470,6 @@ fn a_templates_state_is_backed_by_huge_pages_and_a_sparse_buffer_stays_sparse() 
         rss < 80 << 10,
         "the template's RSS {rss} KiB, {huge} KiB huge"
     );
-    stop(&mut t.daemon);
 }
 
 #[test]

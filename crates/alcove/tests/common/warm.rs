@@ -25,6 +25,11 @@ pub fn start(reply: &Reply) -> &str {
 /// The pid of `function`'s template under the daemon `daemon`: the daemon's
 /// child running the Python runtime with ALCOVE_WARM=1 and the function's name.
 pub fn template_pid(daemon: i32, function: &str) -> Option<i32> {
+    template_pid_running(daemon, function, "alcove_runtime.py")
+}
+
+/// [`template_pid`] for a template whose command line holds `program`.
+pub fn template_pid_running(daemon: i32, function: &str, program: &str) -> Option<i32> {
     let wanted = format!("ALCOVE_FUNCTION={function}");
     let found: Vec<i32> = std::fs::read_dir("/proc")
         .unwrap()
@@ -44,7 +49,7 @@ pub fn template_pid(daemon: i32, function: &str) -> Option<i32> {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             environ.split('\0').any(|v| v == "ALCOVE_WARM=1")
                 && environ.split('\0').any(|v| v == wanted)
-                && String::from_utf8_lossy(&cmdline).contains("alcove_runtime.py")
+                && String::from_utf8_lossy(&cmdline).contains(program)
         })
         .collect();
     assert!(found.len() <= 1, "{function} has two templates: {found:?}");
