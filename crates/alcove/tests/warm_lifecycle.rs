@@ -464,11 +464,11 @@ fn check_collapsed_state(template: i32, what: &str) {
     );
     assert!(
         (28 << 10..48 << 10).contains(&huge),
-        "the template's 32 MiB state: {huge} KiB in huge pages"
+        "{what}: the template's 32 MiB state: {huge} KiB in huge pages"
     );
     assert!(
         rss < 80 << 10,
-        "the template's RSS {rss} KiB, {huge} KiB huge"
+        "{what}: the template's RSS {rss} KiB, {huge} KiB huge"
     );
 }
 
