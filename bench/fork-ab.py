@@ -82,11 +82,17 @@ def main():
         print(f"new/old, p50 of {what}: {ratio:.2f}x")
 
 
-def series(d, rounds):
-    """`rounds` forks of one daemon's source, alone; the daemon stopped after."""
+def make_source(d):
+    """A forkable sandbox of `d` holding STATE; its id."""
     source = d.call("POST", "/v1/sandboxes",
                     {"timeout_s": 3600, "memory": "1G", "disk": "64M", "forkable": True})["id"]
     d.call("POST", f"/v1/sandboxes/{source}/code", {"code": STATE})
+    return source
+
+
+def series(d, rounds):
+    """`rounds` forks of one daemon's source, alone; the daemon stopped after."""
+    source = make_source(d)
     time.sleep(3)
     for _ in range(rounds):
         t = time.perf_counter()
@@ -101,11 +107,7 @@ def series(d, rounds):
 
 def interleaved(old, new, rounds):
     daemons = {"old": old, "new": new}
-    sources = {}
-    for tag, d in daemons.items():
-        sources[tag] = d.call("POST", "/v1/sandboxes",
-                              {"timeout_s": 3600, "memory": "1G", "disk": "64M", "forkable": True})["id"]
-        d.call("POST", f"/v1/sandboxes/{sources[tag]}/code", {"code": STATE})
+    sources = {tag: make_source(d) for tag, d in daemons.items()}
     time.sleep(3)
     for i in range(rounds):
         for tag in ("old", "new") if i % 2 == 0 else ("new", "old"):

@@ -116,6 +116,7 @@ class Fork(_rt.Template):
 _libc = []
 _fork = []
 _pagemap = [None]  # (descriptor, (st_dev, st_ino)) of the process's own pagemap, or None
+STOPPED, DONE, SHARED_LEFT = _rt.STOPPED, _rt.DONE, _rt.SHARED_LEFT  # what prepare() came to
 
 
 def keep_pagemap():
@@ -173,12 +174,13 @@ def prepare(asked=None):
         _libc.append(ctypes.CDLL(None, use_errno=True))
     kept = _pagemap[0]
     try:
-        # The session's code may have closed the number, or put another file there.
-        if kept is None or (lambda st: (st.st_dev, st.st_ino))(os.fstat(kept[0])) != kept[1]:
-            raise OSError("not the pagemap kept")
+        st = os.fstat(kept[0]) if kept is not None else None
     except OSError:
+        st = None
+    # The session's code may have closed the number, or put another file there.
+    if st is None or (st.st_dev, st.st_ino) != kept[1]:
         _pagemap[0] = None
-        return _rt.DONE  # its own pages cannot be told apart: nothing is collapsed
+        return DONE  # its own pages cannot be told apart: nothing is collapsed
     return _rt.collapse_large_regions(_libc[0], asked, kept[0])
 
 

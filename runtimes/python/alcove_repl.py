@@ -614,10 +614,10 @@ def _main():
                     try:
                         outcome = fork_module.prepare(asked)
                     except (OSError, AttributeError, ValueError):
-                        outcome = "done"
-                    if outcome == "stopped":
+                        outcome = fork_module.DONE
+                    if outcome == fork_module.STOPPED:
                         break  # cut short by a request: carried on after it
-                    if outcome == "shared left" and retry < _COLLAPSE_RETRIES:
+                    if outcome == fork_module.SHARED_LEFT and retry < _COLLAPSE_RETRIES:
                         collapse["retries"] = retry + 1
                     else:
                         collapse.update(pending=False, retries=0)
