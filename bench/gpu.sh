@@ -17,6 +17,33 @@ OUT=${OUT:-/tmp/alcove-gpu}
 mkdir -p "$OUT"
 step() { echo; echo "== $* =="; }
 
+step "CUDA libraries"
+# alcove-accel (cudarc, built against CUDA 12.8) opens cuBLAS and NVRTC by
+# the names CUDA 12 gives them: libcublas.so, libcublas.so.12, ... A machine
+# with only another major version (CUDA 13's libcublas.so.13, from the
+# toolkit or from PyTorch's nvidia-* wheels) has none of those names, so the
+# newest library found is linked under the unversioned name in a directory
+# of our own, put first on the library path with the directories found.
+links=$(mktemp -d /tmp/alcove-cudalibs.XXXXXX)
+roots=(/usr/local /usr/lib /usr/lib64 /opt)
+sites=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) && roots+=($sites)
+dirs=
+wanted=(cublas cublasLt nvrtc)
+# The driver is normally on the loader's path already; look for it only if not.
+python3 -c 'import ctypes; ctypes.CDLL("libcuda.so.1")' 2>/dev/null || wanted+=(cuda)
+for lib in "${wanted[@]}"; do
+    found=$(find "${roots[@]}" -maxdepth 9 -name "lib$lib.so*" -not -path '*/stubs/*' 2>/dev/null |
+        grep -E "/lib$lib\.so(\.[0-9]+)*$" | sort -V | tail -n 1)
+    if [ -z "$found" ]; then
+        echo "lib$lib.so: not found under ${roots[*]}"
+        continue
+    fi
+    ln -sf "$found" "$links/lib$lib.so"
+    dirs=$dirs:$(dirname "$found")
+    echo "lib$lib.so -> $found"
+done
+export LD_LIBRARY_PATH=$links$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
 step "device"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi not found") | tee "$OUT/device.txt"
 step "alcove-accel info"
