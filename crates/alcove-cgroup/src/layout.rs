@@ -230,16 +230,16 @@ const KNOWN_V1: &[&str] = &[
     "cpu", "cpuacct", "memory", "pids", "cpuset", "devices", "freezer", "blkio",
 ];
 
-struct MountLine<'a> {
-    root: String,
-    mount_point: String,
-    fstype: &'a str,
-    super_options: &'a str,
+pub(crate) struct MountLine<'a> {
+    pub(crate) root: String,
+    pub(crate) mount_point: String,
+    pub(crate) fstype: &'a str,
+    pub(crate) super_options: &'a str,
 }
 
 impl<'a> MountLine<'a> {
     /// Parses one mountinfo line: `id parent maj:min root mountpoint opts [optional...] - fstype source superopts`.
-    fn parse(line: &'a str) -> Option<Self> {
+    pub(crate) fn parse(line: &'a str) -> Option<Self> {
         let (left, right) = line.split_once(" - ")?;
         let mut left = left.split(' ');
         let root = unescape(left.nth(3)?);

@@ -1,7 +1,8 @@
 //! alcove-cgroup owns alcove's use of cgroups: finding the cgroup hierarchies the
 //! host has (v2, v1, or the hybrid of both), creating one cgroup per sandbox
 //! beneath the cgroup alcove itself was started in, writing limits, reading usage,
-//! and removing it.
+//! and removing it; and the cgroup2 mount option (`favordynmods`) that makes
+//! moving a process into a cgroup cheap (`migrations`).
 //!
 //! It picks v2 for a controller when the unified hierarchy offers it and v1
 //! otherwise, at run time. It never creates anything at a hierarchy's root unless
@@ -10,6 +11,7 @@
 
 pub mod delegation;
 mod layout;
+pub mod migrations;
 mod probe;
 mod registry;
 mod sandbox;
@@ -18,6 +20,7 @@ pub mod v2;
 
 pub use delegation::{DelegationCheck, DelegationError, LEAF};
 pub use layout::{CgroupLayout, LayoutKind, V1Hierarchy};
+pub use migrations::{set_favor_dynmods, FavorDynmodsError, MigrationCost};
 pub use probe::{LiveUsage, UsageProbe};
 pub use registry::{forget_place, remembered_places, PLACES_FILE};
 pub use sandbox::{SandboxCgroup, PARENT_DIR, RUN_LEAF};

@@ -1,5 +1,6 @@
-//! mount(2), umount2(2) and pivot_root(2), and the descriptor-based mount
-//! calls (open_tree, move_mount, mount_setattr) that need no path lookup.
+//! mount(2), umount2(2) and pivot_root(2), the descriptor-based mount
+//! calls (open_tree, move_mount, mount_setattr) that need no path lookup,
+//! and a superblock's reconfiguration (fspick, fsconfig).
 
 use std::ffi::CStr;
 use std::io;
@@ -242,6 +243,78 @@ pub fn mount_flags(path: &CStr) -> io::Result<libc::c_ulong> {
     .iter()
     .filter(|(st, _)| st_flags & st != 0)
     .fold(0, |flags, (_, ms)| flags | ms))
+}
+
+/// A configuration context for the superblock of the filesystem mounted at
+/// `path` (fspick(2)), to change its options with [`set_fs_flag`],
+/// [`set_fs_string`] and [`reconfigure_fs`]: unlike a remount with
+/// mount(2), it leaves the mount's own flags (nosuid, nodev, ...) alone.
+pub fn pick_filesystem(path: &CStr) -> io::Result<OwnedFd> {
+    const FSPICK_CLOEXEC: libc::c_uint = 0x1;
+    // SAFETY: `path` is NUL-terminated; the flags are plain.
+    let fd = crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            FSPICK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fspick returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_RECONFIGURE: libc::c_uint = 7;
+
+/// Sets the flag option `key` in a context from [`pick_filesystem`].
+pub fn set_fs_flag(fs: BorrowedFd<'_>, key: &CStr) -> io::Result<()> {
+    // SAFETY: `key` is NUL-terminated; a flag takes no value (null, 0).
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            ptr::null::<libc::c_char>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets the option `key` to `value` in a context from [`pick_filesystem`].
+pub fn set_fs_string(fs: BorrowedFd<'_>, key: &CStr, value: &CStr) -> io::Result<()> {
+    // SAFETY: `key` and `value` are NUL-terminated strings that outlive the call.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Applies the options set in a context from [`pick_filesystem`] to its
+/// superblock.
+pub fn reconfigure_fs(fs: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the command takes no key or value.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_RECONFIGURE,
+            ptr::null::<libc::c_char>(),
+            ptr::null::<libc::c_char>(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// Makes `path` the caller's root directory (chroot(2)); the working

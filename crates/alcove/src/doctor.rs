@@ -8,23 +8,21 @@ fn line(name: &str, value: &str) {
 }
 
 /// Whether a process moved into a cgroup (a warm copy, a fork with memory)
-/// waits for an RCU grace period first: it does unless the cgroup2 tree is
-/// mounted `favordynmods` (measured here: 7-22 ms a move without, 0.5 ms with).
+/// waits for an RCU grace period first (alcove_cgroup::migrations).
 fn migrations() -> String {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let cgroup2 = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 3 && f[2] == "cgroup2").then(|| (f[1].to_owned(), f[3].to_owned()))
-    });
-    match cgroup2 {
-        None => "no cgroup2 tree".into(),
-        Some((_, options)) if options.split(',').any(|o| o == "favordynmods") => {
-            "fast: the cgroup2 tree is mounted favordynmods".into()
+    use alcove_cgroup::MigrationCost;
+    match alcove_cgroup::migrations::migration_cost() {
+        Err(e) => format!("unknown: {e}"),
+        Ok(MigrationCost::NoCgroup2) => {
+            "each waits for an RCU grace period (no cgroup2 tree to mount favordynmods)".into()
         }
-        Some((point, _)) => format!(
-            "each waits for an RCU grace period (7-22 ms measured on the development machine); \
-             `mount -o remount,favordynmods {point}` makes a move ~0.5 ms (forks and exits \
-             of every process then take a plain lock instead of a per-CPU one)"
+        Ok(MigrationCost::Fast { .. }) => "fast: the cgroup2 tree is mounted favordynmods".into(),
+        Ok(MigrationCost::Slow { mount }) => format!(
+            "each waits for an RCU grace period (15-17 ms measured on the development machine); \
+             `alcove serve` mounts {} favordynmods at start (--no-favordynmods leaves it), and a \
+             move then takes ~0.3 ms (forks and exits of every process take a plain lock instead \
+             of a per-CPU one)",
+            mount.display()
         ),
     }
 }

@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub max_sandboxes: usize,
     pub sandbox_pool: usize,
     pub sandbox_dns: Option<std::net::SocketAddr>,
+    /// Whether to add `favordynmods` to the cgroup2 tree's options at start.
+    pub favordynmods: bool,
     pub max_queued: Option<usize>,
     pub max_queued_bytes: Option<u64>,
     pub max_timeout_ms: Option<u64>,
@@ -316,6 +318,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not raise the open-files limit");
     }
     let given = given_token(&options)?;
+    favor_migrations(options.favordynmods);
     let mut config = engine_config(&options);
     cluster_config(&options, &mut config)?;
     if config.shared.is_some() && given.is_none() {
@@ -386,6 +389,38 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     // Blocking threads still tearing a sandbox down must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Mounts the cgroup2 tree `favordynmods` (its other options kept) unless
+/// told not to, so that moving a process into a cgroup does not wait for an
+/// RCU grace period (alcove_cgroup::migrations). Says what it did, or why
+/// not; never fails the start.
+fn favor_migrations(wanted: bool) {
+    use alcove_cgroup::MigrationCost;
+    let before = alcove_cgroup::migrations::migration_cost();
+    let Ok(MigrationCost::Slow { mount }) = before else {
+        return; // on already, or no cgroup2 tree (v1 cannot take it)
+    };
+    if !wanted {
+        tracing::info!(
+            mount = %mount.display(),
+            "--no-favordynmods: the cgroup2 tree is left without favordynmods; moving a process \
+             into a cgroup (a warm copy, a fork with memory) waits for an RCU grace period"
+        );
+        return;
+    }
+    match alcove_cgroup::set_favor_dynmods(true) {
+        Ok(_) => tracing::info!(
+            mount = %mount.display(),
+            "mounted the cgroup2 tree favordynmods (its other options kept): moving a process \
+             into a cgroup takes no RCU grace period (--no-favordynmods leaves it alone)"
+        ),
+        Err(e) => tracing::warn!(
+            error = format!("{:#}", anyhow::Error::from(e)),
+            "favordynmods could not be set: moving a process into a cgroup (a warm copy, a fork \
+             with memory) waits for an RCU grace period"
+        ),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

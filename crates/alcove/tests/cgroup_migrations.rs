@@ -1,0 +1,110 @@
+//! The daemon mounts the cgroup2 tree `favordynmods` at start, so that
+//! moving a process into a cgroup (a warm copy, a fork with memory) does not
+//! wait for an RCU grace period, and keeps the tree's other options
+//! (systemd's `nsdelegate` and `memory_recursiveprot` on a v2 host: the
+//! kernel clears every cgroup2 option a reconfiguration leaves out);
+//! `--no-favordynmods` leaves the tree alone. The option is global: the test
+//! turns it off first, so that the daemon's start really changes it, and puts
+//! back what it found.
+
+mod common;
+
+use common::daemon::Daemon;
+use std::io::Write;
+
+const FAVOR: &str = "favordynmods";
+
+/// The first cgroup2 mount's point and superblock options, read from
+/// mountinfo here rather than through the library under test.
+fn cgroup2_options() -> Option<(String, Vec<String>)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut right = right.split(' ');
+        if right.next()? != "cgroup2" {
+            return None;
+        }
+        let options = right.nth(1)?.split(',').map(str::to_owned).collect();
+        Some((left.split(' ').nth(4)?.to_owned(), options))
+    })
+}
+
+/// Puts the option back as the test found it, on every way out.
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Err(e) = alcove_cgroup::set_favor_dynmods(self.0) {
+            eprintln!("could not put favordynmods back to {}: {e}", self.0);
+        }
+    }
+}
+
+fn without_favor(options: &[String]) -> Vec<String> {
+    options.iter().filter(|o| *o != FAVOR).cloned().collect()
+}
+
+#[test]
+fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
+    let test = "the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options";
+    if !common::root_or_skip(test) {
+        return;
+    }
+    let _serial = common::serial();
+    let Some((mount, found)) = cgroup2_options() else {
+        common::skip_machine(test, "no cgroup2 tree is mounted here (v1 only)");
+        return;
+    };
+    let _restore = Restore(found.iter().any(|o| o == FAVOR));
+    alcove_cgroup::set_favor_dynmods(false).expect("turning favordynmods off for the test");
+    let (_, off) = cgroup2_options().unwrap();
+    assert!(!off.contains(&FAVOR.to_owned()), "still on: {off:?}");
+    assert_eq!(
+        off,
+        without_favor(&found),
+        "turning it off changed other options"
+    );
+    // Not captured: the VM's log shows which options were kept.
+    let _ = writeln!(
+        std::io::stderr(),
+        "cgroup2 tree at {mount}: options found {found:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let left = Daemon::start(&dir.path().join("left"), &["--no-favordynmods"]);
+    let (_, now) = cgroup2_options().unwrap();
+    assert_eq!(now, off, "--no-favordynmods changed the tree's options");
+    assert!(
+        left.log
+            .lock()
+            .unwrap()
+            .contains("--no-favordynmods: the cgroup2 tree is left"),
+        "the daemon did not say it left the tree alone: {}",
+        left.log.lock().unwrap()
+    );
+    drop(left);
+
+    let daemon = Daemon::start(&dir.path().join("favored"), &[]);
+    let (_, now) = cgroup2_options().unwrap();
+    assert!(
+        now.contains(&FAVOR.to_owned()),
+        "the daemon did not add favordynmods: {now:?}; its log: {}",
+        daemon.log.lock().unwrap()
+    );
+    assert_eq!(
+        without_favor(&now),
+        off,
+        "the daemon's reconfiguration changed the tree's other options"
+    );
+    assert!(daemon
+        .log
+        .lock()
+        .unwrap()
+        .contains("mounted the cgroup2 tree favordynmods"));
+    let doctor = common::alcove(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("fast: the cgroup2 tree is mounted favordynmods"),
+        "alcove doctor does not see it: {report}"
+    );
+}
