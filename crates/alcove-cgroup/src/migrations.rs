@@ -6,9 +6,12 @@
 //! spell on the 2-vCPU development machine, against 0.3 ms with the cgroup2
 //! tree mounted `favordynmods` (measured by moving a process between new
 //! cgroups). With the option, forks and exits take the lock's slower read
-//! side (per thread group from Linux 6.18); the option is global, whichever
-//! hierarchy's moves pay, and only a cgroup2 mount can change it after boot
-//! (v1 refuses new options at remount).
+//! side (from Linux 6.18 a move through `cgroup.procs` then locks only the
+//! thread group it moves, and that part stays on once turned on). The option
+//! is global, whichever hierarchy's moves pay; a reconfiguration of a cgroup2
+//! mount can change it after boot (v1 refuses new options at remount), and so
+//! does every new cgroup2 mount made from the host's cgroup namespace, which
+//! sets all of the tree's flags to its own options.
 
 use crate::layout::MountLine;
 use std::ffi::CString;
@@ -26,7 +29,9 @@ pub enum MigrationCost {
     Fast { mount: PathBuf },
     /// It is not: the first move after a quiet spell waits for a grace period.
     Slow { mount: PathBuf },
-    /// No cgroup2 tree is mounted, and v1 cannot take the option at remount.
+    /// No cgroup2 tree is mounted and no v1 hierarchy shows the option: it
+    /// may still be on (a kernel built or booted with it), and v1 cannot take
+    /// it at remount.
     NoCgroup2,
 }
 
@@ -37,12 +42,15 @@ pub enum FavorDynmodsError {
     Mountinfo(#[source] io::Error),
     #[error("no cgroup2 tree is mounted (v1 cannot take favordynmods at remount): mount one, or boot with cgroup v2")]
     NoCgroup2,
-    #[error("cannot open the cgroup2 tree at {mount} for reconfiguration (fspick; it needs CAP_SYS_ADMIN)")]
+    #[error("cannot open the cgroup2 tree at {mount} for reconfiguration ({hint})")]
     Pick {
         mount: PathBuf,
+        hint: &'static str,
         #[source]
         source: io::Error,
     },
+    #[error("{mount} is not the cgroup2 tree mountinfo says it is (something is mounted over it)")]
+    NotCgroup2 { mount: PathBuf },
     #[error("the kernel refused the option {option:?} of the cgroup2 tree at {mount} ({hint})")]
     Option {
         mount: PathBuf,
@@ -51,16 +59,20 @@ pub enum FavorDynmodsError {
         #[source]
         source: io::Error,
     },
-    #[error("the kernel refused to reconfigure the cgroup2 tree at {mount}")]
+    #[error("the kernel refused to reconfigure the cgroup2 tree at {mount} (it needs CAP_SYS_ADMIN in the host's user namespace)")]
     Reconfigure {
         mount: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the cgroup2 tree at {mount} still shows no favordynmods after its reconfiguration (a cgroup namespace other than the host's cannot change it)")]
-    NotApplied { mount: PathBuf },
-    #[error("reconfiguring the cgroup2 tree at {mount} dropped its options {lost:?}; they were set again")]
-    OptionsLost { mount: PathBuf, lost: Vec<String> },
+    #[error("the cgroup2 tree at {mount} {} favordynmods after its reconfiguration ({})", if *.wanted { "still shows no" } else { "still shows" }, if *.wanted { "a cgroup namespace other than the host's cannot change it" } else { "a kernel built with CONFIG_CGROUP_FAVOR_DYNMODS or booted with cgroup_favordynmods=true keeps it" })]
+    NotApplied { mount: PathBuf, wanted: bool },
+    #[error("reconfiguring the cgroup2 tree at {mount} dropped its options {lost:?}; {}", if *.restored { "they were set again" } else { "setting them again failed: remount it with them" })]
+    OptionsLost {
+        mount: PathBuf,
+        lost: Vec<String>,
+        restored: bool,
+    },
 }
 
 /// The first cgroup2 mount in `mountinfo`: its mount point and superblock
@@ -80,16 +92,47 @@ fn cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, Vec<String>)> {
     })
 }
 
-/// The cost of a move, from the text of mountinfo.
+/// The cost of a move, from the text of mountinfo: `Fast` when a cgroup2
+/// mount, or a v1 hierarchy mounted with it, shows `favordynmods`.
 pub fn cost_from(mountinfo: &str) -> MigrationCost {
+    let favored_v1 = mountinfo.lines().any(|line| {
+        MountLine::parse(line).is_some_and(|m| {
+            m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == FAVOR_DYNMODS)
+        })
+    });
     match cgroup2_mount(mountinfo) {
+        None if favored_v1 => MigrationCost::Fast {
+            mount: PathBuf::new(),
+        },
         None => MigrationCost::NoCgroup2,
-        Some((mount, options)) if options.iter().any(|o| o == FAVOR_DYNMODS) => {
+        Some((mount, options)) if favored_v1 || options.iter().any(|o| o == FAVOR_DYNMODS) => {
             MigrationCost::Fast { mount }
         }
         Some((mount, _)) => MigrationCost::Slow { mount },
     }
 }
+
+/// The flags of the cgroup2 tree itself among a cgroup2 mount's superblock
+/// options (`nsdelegate`, `memory_recursiveprot`, `favordynmods`, ...), in
+/// their order: what a new cgroup2 mount from the host's cgroup namespace
+/// must carry not to clear them.
+pub fn root_flags(super_options: &str) -> Vec<String> {
+    super_options
+        .split(',')
+        .filter(|o| ROOT_FLAGS.contains(o))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// cgroup2's own mount options (kernel/cgroup/cgroup.c, cgroup2_fs_parameters).
+const ROOT_FLAGS: &[&str] = &[
+    "nsdelegate",
+    FAVOR_DYNMODS,
+    "memory_localevents",
+    "memory_recursiveprot",
+    "memory_hugetlb_accounting",
+    "pids_localevents",
+];
 
 /// The cost of a move on this host, as this process's mount namespace shows it.
 pub fn migration_cost() -> Result<MigrationCost, FavorDynmodsError> {
@@ -124,43 +167,66 @@ pub fn set_favor_dynmods(favor: bool) -> Result<MigrationCost, FavorDynmodsError
     let Some((mount, current)) = cgroup2_mount(&before) else {
         return Err(FavorDynmodsError::NoCgroup2);
     };
-    if current.iter().any(|o| o == FAVOR_DYNMODS) == favor {
+    let was = current.iter().any(|o| o == FAVOR_DYNMODS);
+    if was == favor {
         return Ok(cost_from(&before));
     }
     reconfigure(&mount, &options_to_set(&current, favor))?;
-    let after = read_mountinfo()?;
-    let Some((_, now)) = cgroup2_mount(&after) else {
-        return Err(FavorDynmodsError::NoCgroup2);
+    let now = cgroup2_mount(&read_mountinfo()?).map(|(_, o)| o);
+    let kept = |now: &Option<Vec<String>>| -> Vec<String> {
+        options_to_set(&current, false)
+            .into_iter()
+            .filter(|o| !now.as_ref().is_some_and(|n| n.contains(o)))
+            .collect()
     };
-    let lost: Vec<String> = options_to_set(&current, false)
-        .into_iter()
-        .filter(|o| !now.contains(o))
-        .collect();
+    let lost = kept(&now);
     if !lost.is_empty() {
-        let _ = reconfigure(&mount, &options_to_set(&current, favor));
-        return Err(FavorDynmodsError::OptionsLost { mount, lost });
+        // Back to what it was, and read again to say whether that held.
+        let _ = reconfigure(&mount, &options_to_set(&current, was));
+        let again = cgroup2_mount(&read_mountinfo()?).map(|(_, o)| o);
+        return Err(FavorDynmodsError::OptionsLost {
+            mount,
+            restored: kept(&again).is_empty(),
+            lost,
+        });
     }
-    let cost = cost_from(&after);
-    if favor && !matches!(cost, MigrationCost::Fast { .. }) {
-        return Err(FavorDynmodsError::NotApplied { mount });
+    if now.is_some_and(|n| n.iter().any(|o| o == FAVOR_DYNMODS)) != favor {
+        return Err(FavorDynmodsError::NotApplied {
+            mount,
+            wanted: favor,
+        });
     }
-    Ok(cost)
+    migration_cost()
 }
 
+/// Sets `options` on the cgroup2 superblock mounted at `mount`, through a
+/// descriptor checked to be on cgroup2 (not on something mounted over it).
 fn reconfigure(mount: &std::path::Path, options: &[String]) -> Result<(), FavorDynmodsError> {
     use std::os::unix::ffi::OsStrExt;
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let pick = |hint: &'static str| {
+        move |source: io::Error| FavorDynmodsError::Pick {
+            mount: mount.to_owned(),
+            hint: match source.raw_os_error() {
+                Some(libc::ENOSYS) => "fspick needs Linux 5.2 or newer",
+                Some(libc::EPERM) => "it needs CAP_SYS_ADMIN",
+                _ => hint,
+            },
+            source,
+        }
+    };
     let path = CString::new(mount.as_os_str().as_bytes())
         .map_err(|_| invalid("a NUL in the mount point"))
-        .map_err(|source| FavorDynmodsError::Pick {
+        .map_err(pick("its path"))?;
+    let dir = alcove_sys::dirfd::open_dir(&path).map_err(pick("opening it"))?;
+    if alcove_sys::fs::filesystem_magic_of(dir.as_fd()).ok()
+        != Some(i64::from(libc::CGROUP2_SUPER_MAGIC))
+    {
+        return Err(FavorDynmodsError::NotCgroup2 {
             mount: mount.to_owned(),
-            source,
-        })?;
-    let fs =
-        alcove_sys::mount::pick_filesystem(&path).map_err(|source| FavorDynmodsError::Pick {
-            mount: mount.to_owned(),
-            source,
-        })?;
+        });
+    }
+    let fs = alcove_sys::mount::pick_filesystem(dir.as_fd()).map_err(pick("fspick"))?;
     for option in options {
         let refused = |source: io::Error| FavorDynmodsError::Option {
             mount: mount.to_owned(),
@@ -223,6 +289,18 @@ mod tests {
             }
         );
         assert_eq!(cost_from(V1_ONLY), MigrationCost::NoCgroup2);
+        let v1_favored =
+            "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory,favordynmods\n";
+        assert!(matches!(cost_from(v1_favored), MigrationCost::Fast { .. }));
+    }
+
+    #[test]
+    fn a_new_mount_carries_the_trees_own_flags_only() {
+        assert_eq!(
+            root_flags("rw,seclabel,nsdelegate,memory_recursiveprot,favordynmods"),
+            ["nsdelegate", "memory_recursiveprot", "favordynmods"]
+        );
+        assert!(root_flags("rw").is_empty());
     }
 
     #[test]

@@ -287,6 +287,76 @@ fn concurrent_creates_of_one_id_let_exactly_one_win() {
     f.assert_clean(&id);
 }
 
+/// The host cgroup2 tree's superblock options.
+fn host_cgroup2_options() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().find_map(|line| {
+        let (_, right) = line.split_once(" - ")?;
+        let fields: Vec<&str> = right.split(' ').collect();
+        (fields.first() == Some(&"cgroup2")).then(|| fields.get(2).unwrap_or(&"").to_string())
+    })
+}
+
+#[test]
+fn a_cgroup2_mount_without_a_cgroup_namespace_keeps_the_hosts_tree_flags() {
+    let test = "a_cgroup2_mount_without_a_cgroup_namespace_keeps_the_hosts_tree_flags";
+    let Some(f) = Fixture::new(test) else {
+        return;
+    };
+    // The kernel sets the whole tree's flags from each new cgroup2 mount made
+    // in the host's cgroup namespace: a bare one would clear systemd's
+    // nsdelegate and memory_recursiveprot (and favordynmods) for the host.
+    let v2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "));
+    let Some(before) = host_cgroup2_options().filter(|_| v2) else {
+        skip_machine(test, "the host is not cgroup v2 only: a container's /sys/fs/cgroup holds its v1 hierarchies, no new cgroup2 mount");
+        return;
+    };
+    let flags = [
+        "nsdelegate",
+        "memory_recursiveprot",
+        "favordynmods",
+        "memory_localevents",
+    ];
+    if !before.split(',').any(|o| flags.contains(&o)) {
+        skip_machine(
+            test,
+            &format!("the host's cgroup2 tree has no flag of its own to lose ({before})"),
+        );
+        return;
+    }
+    let bundle = f.bundle(&["sleep", "100"]);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        }));
+    write_config(&bundle, &config);
+    let id = f.id();
+    f.create(&bundle, &id).ok("create");
+    let pid = f.state(&id)["pid"].as_i64().expect("state has a pid");
+    let inside = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        inside
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 ")),
+        "the container has no cgroup2 mount of its own at /sys/fs/cgroup: {inside}"
+    );
+    let after = host_cgroup2_options().unwrap();
+    f.rt(&["delete", "--force", &id]).ok("delete");
+    assert_eq!(
+        after, before,
+        "the container's cgroup2 mount changed the host tree's flags"
+    );
+}
+
 #[test]
 fn twenty_cycles_leak_nothing() {
     let Some(f) = Fixture::new("twenty_cycles_leak_nothing") else {

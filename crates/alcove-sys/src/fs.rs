@@ -67,6 +67,15 @@ pub fn filesystem_magic(path: &CStr) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// The magic number of the filesystem `fd` is on (fstatfs(2): `f_type`).
+pub fn filesystem_magic_of(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the borrow keeps `fd` open and `st` is valid for writes.
+    crate::cvt_int(unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
 /// Makes the directory `dir` the working directory.
 pub fn fchdir(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fchdir takes a descriptor the borrow keeps open.

@@ -245,19 +245,22 @@ pub fn mount_flags(path: &CStr) -> io::Result<libc::c_ulong> {
     .fold(0, |flags, (_, ms)| flags | ms))
 }
 
-/// A configuration context for the superblock of the filesystem mounted at
-/// `path` (fspick(2)), to change its options with [`set_fs_flag`],
-/// [`set_fs_string`] and [`reconfigure_fs`]: unlike a remount with
-/// mount(2), it leaves the mount's own flags (nosuid, nodev, ...) alone.
-pub fn pick_filesystem(path: &CStr) -> io::Result<OwnedFd> {
+/// A configuration context for the superblock of the filesystem `fs` (an
+/// open descriptor, `O_PATH` will do) is on (fspick(2) with an empty path),
+/// to change its options with [`set_fs_flag`], [`set_fs_string`] and
+/// [`reconfigure_fs`]: unlike a remount with mount(2), it leaves the
+/// mount's own flags (nosuid, nodev, ...) alone.
+pub fn pick_filesystem(fs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     const FSPICK_CLOEXEC: libc::c_uint = 0x1;
-    // SAFETY: `path` is NUL-terminated; the flags are plain.
+    const FSPICK_EMPTY_PATH: libc::c_uint = 0x8;
+    // SAFETY: an empty path with FSPICK_EMPTY_PATH refers to `fs`, which the
+    // borrow keeps open; the flags are plain.
     let fd = crate::cvt(unsafe {
         libc::syscall(
             libc::SYS_fspick,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            FSPICK_CLOEXEC,
+            fs.as_raw_fd(),
+            c"".as_ptr(),
+            FSPICK_CLOEXEC | FSPICK_EMPTY_PATH,
         )
     })?;
     // SAFETY: fspick returned a fresh descriptor that we now own.

@@ -397,9 +397,17 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 /// not; never fails the start.
 fn favor_migrations(wanted: bool) {
     use alcove_cgroup::MigrationCost;
-    let before = alcove_cgroup::migrations::migration_cost();
-    let Ok(MigrationCost::Slow { mount }) = before else {
-        return; // on already, or no cgroup2 tree (v1 cannot take it)
+    let mount = match alcove_cgroup::migrations::migration_cost() {
+        Ok(MigrationCost::Slow { mount }) => mount,
+        Ok(MigrationCost::Fast { .. }) => return,
+        Ok(MigrationCost::NoCgroup2) => {
+            return tracing::info!(
+                "no cgroup2 tree is mounted, and v1 cannot take favordynmods: moving a process \
+                 into a cgroup (a warm copy, a fork with memory) waits for an RCU grace period \
+                 unless the kernel was built or booted with it"
+            )
+        }
+        Err(e) => return tracing::warn!(error = %e, "cannot tell whether favordynmods is on"),
     };
     if !wanted {
         tracing::info!(

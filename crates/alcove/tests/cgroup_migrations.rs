@@ -9,14 +9,15 @@
 
 mod common;
 
-use common::daemon::Daemon;
+use common::daemon::{Daemon, FAVORDYNMODS_AS_SERVED};
 use std::io::Write;
 
 const FAVOR: &str = "favordynmods";
 
-/// The first cgroup2 mount's point and superblock options, read from
-/// mountinfo here rather than through the library under test.
-fn cgroup2_options() -> Option<(String, Vec<String>)> {
+/// The first cgroup2 mount's point, its own flags and its superblock
+/// options, read from mountinfo here rather than through the library under
+/// test.
+fn cgroup2_options() -> Option<(String, String, Vec<String>)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     text.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
@@ -25,7 +26,9 @@ fn cgroup2_options() -> Option<(String, Vec<String>)> {
             return None;
         }
         let options = right.nth(1)?.split(',').map(str::to_owned).collect();
-        Some((left.split(' ').nth(4)?.to_owned(), options))
+        let mut left = left.split(' ');
+        let point = left.nth(4)?.to_owned();
+        Some((point, left.next()?.to_owned(), options))
     })
 }
 
@@ -51,13 +54,23 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
         return;
     }
     let _serial = common::serial();
-    let Some((mount, found)) = cgroup2_options() else {
+    let Some((mount, mount_flags, found)) = cgroup2_options() else {
         common::skip_machine(test, "no cgroup2 tree is mounted here (v1 only)");
         return;
     };
     let _restore = Restore(found.iter().any(|o| o == FAVOR));
-    alcove_cgroup::set_favor_dynmods(false).expect("turning favordynmods off for the test");
-    let (_, off) = cgroup2_options().unwrap();
+    match alcove_cgroup::set_favor_dynmods(false) {
+        Ok(_) => {}
+        Err(e @ alcove_cgroup::FavorDynmodsError::NotApplied { .. }) => {
+            common::skip_machine(
+                test,
+                &format!("favordynmods cannot be turned off here: {e}"),
+            );
+            return;
+        }
+        Err(e) => panic!("turning favordynmods off for the test: {e}"),
+    }
+    let (_, _, off) = cgroup2_options().unwrap();
     assert!(!off.contains(&FAVOR.to_owned()), "still on: {off:?}");
     assert_eq!(
         off,
@@ -67,12 +80,13 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
     // Not captured: the VM's log shows which options were kept.
     let _ = writeln!(
         std::io::stderr(),
-        "cgroup2 tree at {mount}: options found {found:?}"
+        "cgroup2 tree at {mount} ({mount_flags}): options found {found:?}"
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let left = Daemon::start(&dir.path().join("left"), &["--no-favordynmods"]);
-    let (_, now) = cgroup2_options().unwrap();
+    let info = [("ALCOVE_LOG", "info")];
+    let left = Daemon::start_with_env(&dir.path().join("left"), &["--no-favordynmods"], &info);
+    let (_, _, now) = cgroup2_options().unwrap();
     assert_eq!(now, off, "--no-favordynmods changed the tree's options");
     assert!(
         left.log
@@ -84,8 +98,12 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
     );
     drop(left);
 
-    let daemon = Daemon::start(&dir.path().join("favored"), &[]);
-    let (_, now) = cgroup2_options().unwrap();
+    let daemon = Daemon::start_with_env(
+        &dir.path().join("favored"),
+        &[FAVORDYNMODS_AS_SERVED],
+        &info,
+    );
+    let (_, flags_now, now) = cgroup2_options().unwrap();
     assert!(
         now.contains(&FAVOR.to_owned()),
         "the daemon did not add favordynmods: {now:?}; its log: {}",
@@ -95,6 +113,10 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
         without_favor(&now),
         off,
         "the daemon's reconfiguration changed the tree's other options"
+    );
+    assert_eq!(
+        flags_now, mount_flags,
+        "the daemon's reconfiguration changed the mount's own flags"
     );
     assert!(daemon
         .log

@@ -266,6 +266,32 @@ fn filesystem(ctx: &Context, req: &Req) -> Result<(), RootfsError> {
     finish(req, &t)
 }
 
+/// `opts` with the host cgroup2 tree's own flags (nsdelegate,
+/// memory_recursiveprot, favordynmods, ...) added to its data: a new cgroup2
+/// mount made from the host's cgroup namespace (a container without one of
+/// its own) sets every flag of the tree to its own options, so a bare one
+/// would clear them for the whole host. In a cgroup namespace of its own the
+/// kernel ignores them.
+fn with_host_root_flags(opts: &MountOptions, entries: &[mountinfo::MountEntry]) -> MountOptions {
+    let mut opts = opts.clone();
+    let Some(host) = entries.iter().find(|e| e.fstype == "cgroup2") else {
+        return opts;
+    };
+    let mut data: Vec<String> = opts
+        .data
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for flag in alcove_cgroup::migrations::root_flags(&host.super_options) {
+        if !data.contains(&flag) {
+            data.push(flag);
+        }
+    }
+    opts.data = data.join(",");
+    opts
+}
+
 /// cgroup: cgroup2 on a v2-only host; on a v1 or hybrid host a tmpfs with
 /// each v1 hierarchy under it (a fresh mount in a cgroup namespace, else a
 /// bind of the init's own cgroup), as runc's mountCgroupV1.
@@ -279,7 +305,7 @@ fn cgroup(ctx: &Context, req: &Req) -> Result<(), RootfsError> {
             dest: req.dest,
             fstype: "cgroup2",
             source: Some(Path::new("cgroup2")),
-            opts: req.opts.clone(),
+            opts: with_host_root_flags(&req.opts, &entries),
         };
         return match filesystem(ctx, &v2req) {
             Err(RootfsError::Mount { cause, .. })

@@ -10,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Given among a daemon's flags: start it as `alcove serve` starts, adding
+/// `favordynmods` to the cgroup2 tree (the others start with
+/// `--no-favordynmods`). Not passed on to the daemon.
+pub const FAVORDYNMODS_AS_SERVED: &str = "(favordynmods as served)";
+
 /// A running daemon; killed (by its pid) when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -34,11 +39,24 @@ impl Daemon {
             true => &[],
             false => &["--sandbox-pool", "0"],
         };
+        // The cgroup2 tree's options are the host's: only the test of that
+        // (cgroup_migrations.rs) lets a daemon change them.
+        let favor: &[&str] =
+            match extra.contains(&FAVORDYNMODS_AS_SERVED) || extra.contains(&"--no-favordynmods") {
+                true => &[],
+                false => &["--no-favordynmods"],
+            };
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != FAVORDYNMODS_AS_SERVED)
+            .collect();
         let mut child = Command::new(ALCOVE)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .args(extra)
+            .args(&extra)
             .args(pool)
+            .args(favor)
             .envs(env.iter().copied())
             .env_remove("ALCOVE_TOKEN")
             .stdin(Stdio::null())
