@@ -19,6 +19,8 @@
 #
 #   bench/warm.sh [ALCOVE_BIN]          # default: target/release/alcove
 #   WARM_N=200 COLD_N=50 HELLO_COLD_N=100 DURATION=8 ROUNDS=3 bench/warm.sh
+#   SERVE_FLAGS=--no-favordynmods bench/warm.sh   # flags for the daemon (here: leave the
+#                                       # cgroup2 tree without favordynmods)
 #   PAUSE_MS=100 bench/warm.sh          # a pause after each latency request, so the
 #                                       # pool's refill does not overlap the next one
 #
@@ -52,7 +54,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the daemon and the four functions ------------------------------------
-"$ALCOVE" serve --listen 127.0.0.1:0 --data-dir "$work/data" > /dev/null 2> "$work/daemon.log" &
+"$ALCOVE" serve --listen 127.0.0.1:0 --data-dir "$work/data" ${SERVE_FLAGS:-} > /dev/null 2> "$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 200); do grep -q "serving http://" "$work/daemon.log" 2>/dev/null && break; sleep 0.05; done
 addr=$(sed -n 's|.*serving http://\([^ ]*\).*|\1|p' "$work/daemon.log" | head -n1)
