@@ -220,7 +220,7 @@ fn reconfigure(mount: &std::path::Path, options: &[String]) -> Result<(), FavorD
         .map_err(pick("its path"))?;
     let dir = alcove_sys::dirfd::open_dir(&path).map_err(pick("opening it"))?;
     if alcove_sys::fs::filesystem_magic_of(dir.as_fd()).ok()
-        != Some(i64::from(libc::CGROUP2_SUPER_MAGIC))
+        != Some(libc::CGROUP2_SUPER_MAGIC)
     {
         return Err(FavorDynmodsError::NotCgroup2 {
             mount: mount.to_owned(),
