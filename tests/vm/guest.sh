@@ -192,10 +192,15 @@ wait_http() { # URL SECONDS
     return 1
 }
 
+cgroup2_options() {
+    sed -n 's/.* - cgroup2 [^ ]* \([^ ]*\)$/\1/p' /proc/self/mountinfo | head -n 1
+}
+
 daemon_part() {
-    local svc_cg=/sys/fs/cgroup/system.slice/alcove.service pid=0 mounts_before out rec t0
+    local svc_cg=/sys/fs/cgroup/system.slice/alcove.service pid=0 mounts_before out rec t0 tree_before
     export ALCOVE_SERVER=http://127.0.0.1:8480
     mounts_before=$(alcove_mounts)
+    tree_before=$(cgroup2_options)
     echo "sandbox cgroups left by the test binaries (pooled slots are kept by design): $(alcove_cgroups | tr '\n' ' ')"
     t0=$EPOCHREALTIME
     if [ "$ALCOVE_VM_INIT" = systemd ]; then
@@ -230,6 +235,18 @@ daemon_part() {
     else
         fail "the daemon moved itself into alcove.service/supervisor" "its cgroup is ${out:-unknown}"
     fi
+    # The service adds favordynmods to systemd's cgroup2 tree, keeping nsdelegate
+    # and memory_recursiveprot (the root part's test put the tree back as found).
+    out=$(cgroup2_options)
+    echo "cgroup2 tree options before the service: $tree_before; with it running: $out"
+    case ",$out," in
+        *,favordynmods,*nsdelegate*|*nsdelegate*,favordynmods,*)
+            case ",$tree_before," in
+                *,favordynmods,*) pass "the cgroup2 tree is favordynmods (it was before the service), nsdelegate kept" ;;
+                *) pass "the service mounted the cgroup2 tree favordynmods, nsdelegate kept" ;;
+            esac ;;
+        *) fail "the service mounted the cgroup2 tree favordynmods, nsdelegate kept" "its options: ${out:-unknown}" ;;
+    esac
     echo "system.slice/alcove.service: $(find "$svc_cg" -mindepth 1 -type d -printf '%P ' 2>/dev/null)"
     out=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8480/v1/functions)
     if [ "$out" = 401 ]; then pass "the API refuses a request without the token (401)"; else fail "the API refuses a request without the token (401)" "HTTP $out"; fi
