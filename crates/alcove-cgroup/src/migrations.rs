@@ -173,20 +173,20 @@ pub fn set_favor_dynmods(favor: bool) -> Result<MigrationCost, FavorDynmodsError
     }
     reconfigure(&mount, &options_to_set(&current, favor))?;
     let now = cgroup2_mount(&read_mountinfo()?).map(|(_, o)| o);
-    let kept = |now: &Option<Vec<String>>| -> Vec<String> {
+    let missing = |now: &Option<Vec<String>>| -> Vec<String> {
         options_to_set(&current, false)
             .into_iter()
             .filter(|o| !now.as_ref().is_some_and(|n| n.contains(o)))
             .collect()
     };
-    let lost = kept(&now);
+    let lost = missing(&now);
     if !lost.is_empty() {
         // Back to what it was, and read again to say whether that held.
         let _ = reconfigure(&mount, &options_to_set(&current, was));
         let again = cgroup2_mount(&read_mountinfo()?).map(|(_, o)| o);
         return Err(FavorDynmodsError::OptionsLost {
             mount,
-            restored: kept(&again).is_empty(),
+            restored: missing(&again).is_empty(),
             lost,
         });
     }
@@ -219,9 +219,7 @@ fn reconfigure(mount: &std::path::Path, options: &[String]) -> Result<(), FavorD
         .map_err(|_| invalid("a NUL in the mount point"))
         .map_err(pick("its path"))?;
     let dir = alcove_sys::dirfd::open_dir(&path).map_err(pick("opening it"))?;
-    if alcove_sys::fs::filesystem_magic_of(dir.as_fd()).ok()
-        != Some(libc::CGROUP2_SUPER_MAGIC)
-    {
+    if alcove_sys::fs::filesystem_magic_of(dir.as_fd()).ok() != Some(libc::CGROUP2_SUPER_MAGIC) {
         return Err(FavorDynmodsError::NotCgroup2 {
             mount: mount.to_owned(),
         });
