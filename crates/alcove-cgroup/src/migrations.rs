@@ -25,7 +25,8 @@ pub const FAVOR_DYNMODS: &str = "favordynmods";
 /// Whether a move into a cgroup waits for an RCU grace period here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrationCost {
-    /// The cgroup2 tree at `mount` is mounted `favordynmods`: a move is cheap.
+    /// The cgroup tree at `mount` (the cgroup2 tree, or a v1 hierarchy
+    /// mounted so at boot) shows `favordynmods`: a move is cheap.
     Fast { mount: PathBuf },
     /// It is not: the first move after a quiet spell waits for a grace period.
     Slow { mount: PathBuf },
@@ -95,20 +96,16 @@ fn cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, Vec<String>)> {
 /// The cost of a move, from the text of mountinfo: `Fast` when a cgroup2
 /// mount, or a v1 hierarchy mounted with it, shows `favordynmods`.
 pub fn cost_from(mountinfo: &str) -> MigrationCost {
-    let favored_v1 = mountinfo.lines().any(|line| {
-        MountLine::parse(line).is_some_and(|m| {
-            m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == FAVOR_DYNMODS)
-        })
+    let favored = mountinfo.lines().filter_map(MountLine::parse).find(|m| {
+        matches!(m.fstype, "cgroup" | "cgroup2")
+            && m.super_options.split(',').any(|o| o == FAVOR_DYNMODS)
     });
-    match cgroup2_mount(mountinfo) {
-        None if favored_v1 => MigrationCost::Fast {
-            mount: PathBuf::new(),
+    match (favored, cgroup2_mount(mountinfo)) {
+        (Some(m), _) => MigrationCost::Fast {
+            mount: PathBuf::from(m.mount_point),
         },
-        None => MigrationCost::NoCgroup2,
-        Some((mount, options)) if favored_v1 || options.iter().any(|o| o == FAVOR_DYNMODS) => {
-            MigrationCost::Fast { mount }
-        }
-        Some((mount, _)) => MigrationCost::Slow { mount },
+        (None, Some((mount, _))) => MigrationCost::Slow { mount },
+        (None, None) => MigrationCost::NoCgroup2,
     }
 }
 
@@ -217,14 +214,15 @@ fn reconfigure(mount: &std::path::Path, options: &[String]) -> Result<(), FavorD
     };
     let path = CString::new(mount.as_os_str().as_bytes())
         .map_err(|_| invalid("a NUL in the mount point"))
-        .map_err(pick("its path"))?;
-    let dir = alcove_sys::dirfd::open_dir(&path).map_err(pick("opening it"))?;
+        .map_err(pick("its path holds a NUL"))?;
+    let dir = alcove_sys::dirfd::open_dir(&path).map_err(pick("it could not be opened"))?;
     if alcove_sys::fs::filesystem_magic_of(dir.as_fd()).ok() != Some(libc::CGROUP2_SUPER_MAGIC) {
         return Err(FavorDynmodsError::NotCgroup2 {
             mount: mount.to_owned(),
         });
     }
-    let fs = alcove_sys::mount::pick_filesystem(dir.as_fd()).map_err(pick("fspick"))?;
+    let fs = alcove_sys::mount::pick_filesystem(dir.as_fd())
+        .map_err(pick("fspick refused its superblock"))?;
     for option in options {
         let refused = |source: io::Error| FavorDynmodsError::Option {
             mount: mount.to_owned(),
@@ -289,7 +287,12 @@ mod tests {
         assert_eq!(cost_from(V1_ONLY), MigrationCost::NoCgroup2);
         let v1_favored =
             "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory,favordynmods\n";
-        assert!(matches!(cost_from(v1_favored), MigrationCost::Fast { .. }));
+        assert_eq!(
+            cost_from(v1_favored),
+            MigrationCost::Fast {
+                mount: "/sys/fs/cgroup/memory".into()
+            }
+        );
     }
 
     #[test]

@@ -16,7 +16,10 @@ fn migrations() -> String {
         Ok(MigrationCost::NoCgroup2) => {
             "each waits for an RCU grace period (no cgroup2 tree to mount favordynmods)".into()
         }
-        Ok(MigrationCost::Fast { .. }) => "fast: the cgroup2 tree is mounted favordynmods".into(),
+        Ok(MigrationCost::Fast { mount }) => format!(
+            "fast: the cgroup tree at {} is mounted favordynmods",
+            mount.display()
+        ),
         Ok(MigrationCost::Slow { mount }) => format!(
             "each waits for an RCU grace period (15-17 ms measured on the development machine); \
              `alcove serve` mounts {} favordynmods at start (--no-favordynmods leaves it), and a \

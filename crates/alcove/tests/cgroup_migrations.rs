@@ -126,7 +126,9 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
     let doctor = common::alcove(&["doctor"]);
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        report.contains("fast: the cgroup2 tree is mounted favordynmods"),
+        report.contains(&format!(
+            "fast: the cgroup tree at {mount} is mounted favordynmods"
+        )),
         "alcove doctor does not see it: {report}"
     );
 }
