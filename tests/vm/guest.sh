@@ -197,7 +197,7 @@ cgroup2_options() {
 }
 
 daemon_part() {
-    local svc_cg=/sys/fs/cgroup/system.slice/alcove.service pid=0 mounts_before out rec t0 tree_before
+    local svc_cg=/sys/fs/cgroup/system.slice/alcove.service pid=0 mounts_before out rec t0 tree_before keep scratch cleared back
     export ALCOVE_SERVER=http://127.0.0.1:8480
     mounts_before=$(alcove_mounts)
     tree_before=$(cgroup2_options)
@@ -247,6 +247,30 @@ daemon_part() {
             esac ;;
         *) fail "the service mounted the cgroup2 tree favordynmods, nsdelegate kept" "its options: ${out:-unknown}" ;;
     esac
+    # What a container runtime does for a container sharing the host's cgroup
+    # namespace: a new cgroup2 mount, whose options become the tree's (here the
+    # tree's own without favordynmods). The service puts the option back.
+    keep=$(tr ',' '\n' <<<"$out" | grep -vx -e rw -e favordynmods | paste -sd, -)
+    scratch=$(mktemp -d)
+    if mount -t cgroup2 ${keep:+-o "$keep"} none "$scratch" && umount "$scratch"; then
+        cleared=$(cgroup2_options)
+        echo "cgroup2 tree options after a new mount with \"$keep\": $cleared"
+        back=$cleared
+        for _ in $(seq 1 40); do
+            case ",$back," in *,favordynmods,*) break ;; esac
+            sleep 0.5
+            back=$(cgroup2_options)
+        done
+        echo "cgroup2 tree options 20 s later at most: $back"
+        case ",$cleared,|,$back," in
+            *,favordynmods,*\|*) fail "the service puts favordynmods back after a new cgroup2 mount" "the mount did not clear it: $cleared" ;;
+            *\|*,favordynmods,*nsdelegate*|*\|*nsdelegate*,favordynmods,*) pass "the service puts favordynmods back after a new cgroup2 mount, nsdelegate kept" ;;
+            *) fail "the service puts favordynmods back after a new cgroup2 mount" "its options: $back; log: $(journalctl -u alcove --no-pager -n 5 2>&1 | tail -n 5)" ;;
+        esac
+    else
+        fail "the service puts favordynmods back after a new cgroup2 mount" "mount -t cgroup2 -o $keep failed"
+    fi
+    rmdir "$scratch"
     echo "system.slice/alcove.service: $(find "$svc_cg" -mindepth 1 -type d -printf '%P ' 2>/dev/null)"
     out=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8480/v1/functions)
     if [ "$out" = 401 ]; then pass "the API refuses a request without the token (401)"; else fail "the API refuses a request without the token (401)" "HTTP $out"; fi

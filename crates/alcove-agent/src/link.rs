@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +76,13 @@ impl AgentLink {
     pub async fn connect(sock: OwnedFd, within: Duration) -> Result<(AgentLink, i32), LinkError> {
         alcove_sys::fd::set_nonblocking(sock.as_fd(), true).map_err(LinkError::Io)?;
         let (gone, _) = watch::channel(false);
+        // Readable only: registered for writes too, the daemon would be woken
+        // each time the agent takes a request off the socket (its space
+        // freed), for nothing. A send waits for space only when it finds none.
         // SAFETY: an OwnedFd is a valid open descriptor whose as_raw_fd never
         // changes, and the AsyncFd owns it until it is dropped.
-        let sock = unsafe { AsyncFd::register(sock) }.map_err(|e| LinkError::Io(e.into()))?;
+        let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
+            .map_err(|e| LinkError::Io(e.into()))?;
         let shared = Arc::new(Shared {
             sock,
             next_id: AtomicU64::new(1),
@@ -367,12 +372,16 @@ impl AgentLink {
         // Unregistered however this ends (a caller that gave up included).
         let _unregister = Unregister(&self.shared, id);
         loop {
-            let mut ready = self.shared.sock.writable().await.map_err(LinkError::Io)?;
-            match ready.try_io(|s| seqpacket::send(s.get_ref().as_fd(), &bytes, fds)) {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EPIPE) => return Err(LinkError::Gone),
-                Ok(Err(e)) => return Err(LinkError::Io(e)),
-                Err(_would_block) => continue,
+            match seqpacket::send(self.shared.sock.get_ref().as_fd(), &bytes, fds) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Err(LinkError::Gone),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout(ANSWER, space_on(self.shared.sock.get_ref()))
+                        .await
+                        .map_err(|_| LinkError::Timeout(ANSWER))?
+                        .map_err(LinkError::Io)?;
+                }
+                Err(e) => return Err(LinkError::Io(e)),
             }
         }
         match tokio::time::timeout(ANSWER, rx).await {
@@ -382,6 +391,20 @@ impl AgentLink {
             Ok(Err(_)) => Err(LinkError::Gone),
         }
     }
+}
+
+/// Waits until `sock` has room for a message, through a copy of the
+/// descriptor registered for writes for only as long as the wait: the
+/// agent's queue is full only while it is frozen, wedged or hostile.
+async fn space_on(sock: &OwnedFd) -> io::Result<()> {
+    let copy = sock.try_clone()?;
+    // SAFETY: `copy` is a descriptor of its own (a dup), valid until the
+    // AsyncFd that owns it is dropped, which deregisters it first.
+    let copy = unsafe { AsyncFd::register_with_interest(copy, Interest::WRITABLE) }
+        .map_err(io::Error::from)?;
+    let mut ready = copy.writable().await?;
+    ready.clear_ready();
+    Ok(())
 }
 
 struct Unregister<'a>(&'a Shared, u64);

@@ -318,7 +318,9 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not raise the open-files limit");
     }
     let given = given_token(&options)?;
-    favor_migrations(options.favordynmods);
+    if favor_migrations(options.favordynmods) {
+        keep_favoring_migrations();
+    }
     let mut config = engine_config(&options);
     cluster_config(&options, &mut config)?;
     if config.shared.is_some() && given.is_none() {
@@ -394,20 +396,25 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 /// Mounts the cgroup2 tree `favordynmods` (its other options kept) unless
 /// told not to, so that moving a process into a cgroup does not wait for an
 /// RCU grace period (alcove_cgroup::migrations). Says what it did, or why
-/// not; never fails the start.
-fn favor_migrations(wanted: bool) {
+/// not; never fails the start. Whether the option is on now on a cgroup2
+/// tree that the daemon may keep it on.
+fn favor_migrations(wanted: bool) -> bool {
     use alcove_cgroup::MigrationCost;
     let mount = match alcove_cgroup::migrations::migration_cost() {
         Ok(MigrationCost::Slow { mount }) => mount,
-        Ok(MigrationCost::Fast { .. }) => return,
+        Ok(MigrationCost::Fast { .. }) => return wanted,
         Ok(MigrationCost::NoCgroup2) => {
-            return tracing::info!(
+            tracing::info!(
                 "no cgroup2 tree is mounted, and v1 cannot take favordynmods: moving a process \
                  into a cgroup (a warm copy, a fork with memory) waits for an RCU grace period \
                  unless the kernel was built or booted with it"
-            )
+            );
+            return false;
         }
-        Err(e) => return tracing::warn!(error = %e, "cannot tell whether favordynmods is on"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether favordynmods is on");
+            return false;
+        }
     };
     if !wanted {
         tracing::info!(
@@ -415,19 +422,87 @@ fn favor_migrations(wanted: bool) {
             "--no-favordynmods: the cgroup2 tree is left without favordynmods; moving a process \
              into a cgroup (a warm copy, a fork with memory) waits for an RCU grace period"
         );
-        return;
+        return false;
     }
     match alcove_cgroup::set_favor_dynmods(true) {
-        Ok(_) => tracing::info!(
-            mount = %mount.display(),
-            "mounted the cgroup2 tree favordynmods (its other options kept): moving a process \
-             into a cgroup takes no RCU grace period (--no-favordynmods leaves it alone)"
-        ),
-        Err(e) => tracing::warn!(
-            error = format!("{:#}", anyhow::Error::from(e)),
-            "favordynmods could not be set: moving a process into a cgroup (a warm copy, a fork \
-             with memory) waits for an RCU grace period"
-        ),
+        Ok(_) => {
+            tracing::info!(
+                mount = %mount.display(),
+                "mounted the cgroup2 tree favordynmods (its other options kept): moving a process \
+                 into a cgroup takes no RCU grace period (--no-favordynmods leaves it alone)"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "favordynmods could not be set: moving a process into a cgroup (a warm copy, a \
+                 fork with memory) waits for an RCU grace period"
+            );
+            false
+        }
+    }
+}
+
+/// How often the daemon looks whether the cgroup2 tree lost `favordynmods`.
+const FAVOR_RECHECK: Duration = Duration::from_secs(5);
+/// Put back at most this many times within [`FAVOR_FIGHT_WINDOW`]: more, and
+/// something on the host keeps clearing it, which the daemon then leaves be.
+const FAVOR_MAX_RESETS: usize = 5;
+const FAVOR_FIGHT_WINDOW: Duration = Duration::from_secs(600);
+
+/// Puts `favordynmods` back when the tree loses it while the daemon runs: a
+/// new cgroup2 mount made from the host's cgroup namespace (a container
+/// runtime's, for a container sharing it) sets all of the tree's flags from
+/// its own options. Looks every [`FAVOR_RECHECK`], on a thread of its own
+/// (a read of mountinfo); says each time it puts it back.
+fn keep_favoring_migrations() {
+    let keeper = move || {
+        let mut resets: std::collections::VecDeque<std::time::Instant> = Default::default();
+        loop {
+            std::thread::sleep(FAVOR_RECHECK);
+            let mount = match alcove_cgroup::migrations::migration_cost() {
+                Ok(alcove_cgroup::MigrationCost::Slow { mount }) => mount,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no longer keeping favordynmods: cannot read it");
+                    return;
+                }
+            };
+            resets.retain(|at| at.elapsed() < FAVOR_FIGHT_WINDOW);
+            if resets.len() >= FAVOR_MAX_RESETS {
+                tracing::warn!(
+                    mount = %mount.display(),
+                    "favordynmods was cleared {FAVOR_MAX_RESETS} times within {} s: something on \
+                     the host keeps resetting the cgroup2 tree's options; left without it until \
+                     the daemon restarts",
+                    FAVOR_FIGHT_WINDOW.as_secs()
+                );
+                return;
+            }
+            resets.push_back(std::time::Instant::now());
+            match alcove_cgroup::set_favor_dynmods(true) {
+                Ok(_) => tracing::warn!(
+                    mount = %mount.display(),
+                    "the cgroup2 tree had lost favordynmods (a new cgroup2 mount from the host's \
+                     cgroup namespace resets its options): set again, its other options kept"
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(e)),
+                        "the cgroup2 tree lost favordynmods and it could not be set again; no \
+                         longer kept"
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("alcove-favor".into())
+        .spawn(keeper)
+    {
+        tracing::warn!(error = %e, "cannot keep favordynmods on: no thread to watch it");
     }
 }
 

@@ -132,3 +132,59 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
         "alcove doctor does not see it: {report}"
     );
 }
+
+#[test]
+fn the_daemon_puts_favordynmods_back_when_the_tree_loses_it() {
+    let test = "the_daemon_puts_favordynmods_back_when_the_tree_loses_it";
+    if !common::root_or_skip(test) {
+        return;
+    }
+    let _serial = common::serial();
+    let Some((_, _, found)) = cgroup2_options() else {
+        common::skip_machine(test, "no cgroup2 tree is mounted here (v1 only)");
+        return;
+    };
+    let _restore = Restore(found.iter().any(|o| o == FAVOR));
+    let dir = tempfile::tempdir().unwrap();
+    let info = [("ALCOVE_LOG", "info")];
+    let daemon = Daemon::start_with_env(dir.path(), &[FAVORDYNMODS_AS_SERVED], &info);
+    let (_, _, served) = cgroup2_options().unwrap();
+    assert!(served.contains(&FAVOR.to_owned()), "not on: {served:?}");
+    // What a container runtime's new cgroup2 mount does to the tree.
+    match alcove_cgroup::set_favor_dynmods(false) {
+        Ok(_) => {}
+        Err(e @ alcove_cgroup::FavorDynmodsError::NotApplied { .. }) => {
+            common::skip_machine(
+                test,
+                &format!("favordynmods cannot be turned off here: {e}"),
+            );
+            return;
+        }
+        Err(e) => panic!("turning favordynmods off for the test: {e}"),
+    }
+    let (_, _, off) = cgroup2_options().unwrap();
+    assert!(!off.contains(&FAVOR.to_owned()), "still on: {off:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let back = loop {
+        let (_, _, now) = cgroup2_options().unwrap();
+        if now.contains(&FAVOR.to_owned()) || std::time::Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        back.contains(&FAVOR.to_owned()),
+        "the daemon did not put favordynmods back within 20 s: {back:?}; its log: {log}"
+    );
+    assert_eq!(
+        without_favor(&back),
+        off,
+        "putting it back changed other options"
+    );
+    assert!(
+        log.contains("had lost favordynmods"),
+        "the daemon did not say it put the option back: {log}"
+    );
+    drop(daemon);
+}
