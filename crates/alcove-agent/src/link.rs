@@ -371,12 +371,17 @@ impl AgentLink {
         }
         // Unregistered however this ends (a caller that gave up included).
         let _unregister = Unregister(&self.shared, id);
+        let room_by = tokio::time::Instant::now() + ANSWER;
         loop {
             match seqpacket::send(self.shared.sock.get_ref().as_fd(), &bytes, fds) {
                 Ok(()) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Err(LinkError::Gone),
+                // The agent is gone: EPIPE, or ECONNRESET once where it left
+                // requests unread.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+                    return Err(LinkError::Gone)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout(ANSWER, space_on(self.shared.sock.get_ref()))
+                    tokio::time::timeout_at(room_by, space_on(self.shared.sock.get_ref()))
                         .await
                         .map_err(|_| LinkError::Timeout(ANSWER))?
                         .map_err(LinkError::Io)?;

@@ -446,8 +446,9 @@ fn favor_migrations(wanted: bool) -> bool {
 
 /// How often the daemon looks whether the cgroup2 tree lost `favordynmods`.
 const FAVOR_RECHECK: Duration = Duration::from_secs(5);
-/// Put back at most this many times within [`FAVOR_FIGHT_WINDOW`]: more, and
-/// something on the host keeps clearing it, which the daemon then leaves be.
+/// Put back at most this many times within [`FAVOR_FIGHT_WINDOW`]: past
+/// that, something on the host keeps clearing it, and the daemon leaves it
+/// off until the window has room again rather than fight the host.
 const FAVOR_MAX_RESETS: usize = 5;
 const FAVOR_FIGHT_WINDOW: Duration = Duration::from_secs(600);
 
@@ -455,31 +456,43 @@ const FAVOR_FIGHT_WINDOW: Duration = Duration::from_secs(600);
 /// new cgroup2 mount made from the host's cgroup namespace (a container
 /// runtime's, for a container sharing it) sets all of the tree's flags from
 /// its own options. Looks every [`FAVOR_RECHECK`], on a thread of its own
-/// (a read of mountinfo); says each time it puts it back.
+/// (a read of mountinfo); says each time it puts it back, and when it stops
+/// for a while.
 fn keep_favoring_migrations() {
     let keeper = move || {
         let mut resets: std::collections::VecDeque<std::time::Instant> = Default::default();
+        // Said once each, until things change.
+        let (mut unreadable, mut fought) = (false, false);
         loop {
             std::thread::sleep(FAVOR_RECHECK);
             let mount = match alcove_cgroup::migrations::migration_cost() {
                 Ok(alcove_cgroup::MigrationCost::Slow { mount }) => mount,
-                Ok(_) => continue,
+                Ok(_) => {
+                    unreadable = false;
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "no longer keeping favordynmods: cannot read it");
-                    return;
+                    if !std::mem::replace(&mut unreadable, true) {
+                        tracing::warn!(error = %e, "cannot read whether favordynmods is still on");
+                    }
+                    continue;
                 }
             };
+            unreadable = false;
             resets.retain(|at| at.elapsed() < FAVOR_FIGHT_WINDOW);
             if resets.len() >= FAVOR_MAX_RESETS {
-                tracing::warn!(
-                    mount = %mount.display(),
-                    "favordynmods was cleared {FAVOR_MAX_RESETS} times within {} s: something on \
-                     the host keeps resetting the cgroup2 tree's options; left without it until \
-                     the daemon restarts",
-                    FAVOR_FIGHT_WINDOW.as_secs()
-                );
-                return;
+                if !std::mem::replace(&mut fought, true) {
+                    tracing::warn!(
+                        mount = %mount.display(),
+                        "favordynmods was cleared {FAVOR_MAX_RESETS} times within {} s: something \
+                         on the host keeps resetting the cgroup2 tree's options; left off for now \
+                         (moving a process into a cgroup waits for an RCU grace period)",
+                        FAVOR_FIGHT_WINDOW.as_secs()
+                    );
+                }
+                continue;
             }
+            fought = false;
             resets.push_back(std::time::Instant::now());
             match alcove_cgroup::set_favor_dynmods(true) {
                 Ok(_) => tracing::warn!(
@@ -487,14 +500,10 @@ fn keep_favoring_migrations() {
                     "the cgroup2 tree had lost favordynmods (a new cgroup2 mount from the host's \
                      cgroup namespace resets its options): set again, its other options kept"
                 ),
-                Err(e) => {
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(e)),
-                        "the cgroup2 tree lost favordynmods and it could not be set again; no \
-                         longer kept"
-                    );
-                    return;
-                }
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    "the cgroup2 tree lost favordynmods and it could not be set again"
+                ),
             }
         }
     };

@@ -162,17 +162,23 @@ fn the_daemon_puts_favordynmods_back_when_the_tree_loses_it() {
         }
         Err(e) => panic!("turning favordynmods off for the test: {e}"),
     }
+    // (set_favor_dynmods checked that it took; the daemon may already have
+    // put it back by the time mountinfo is read here.)
     let (_, _, off) = cgroup2_options().unwrap();
-    assert!(!off.contains(&FAVOR.to_owned()), "still on: {off:?}");
+    let off = without_favor(&off);
+    // Both the option back and the daemon's line saying so (the log is read
+    // on a thread of its own, after the option shows).
+    let said = "had lost favordynmods";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let back = loop {
+    let (back, log) = loop {
         let (_, _, now) = cgroup2_options().unwrap();
-        if now.contains(&FAVOR.to_owned()) || std::time::Instant::now() > deadline {
-            break now;
+        let log = daemon.log.lock().unwrap().clone();
+        let done = now.contains(&FAVOR.to_owned()) && log.contains(said);
+        if done || std::time::Instant::now() > deadline {
+            break (now, log);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let log = daemon.log.lock().unwrap().clone();
     assert!(
         back.contains(&FAVOR.to_owned()),
         "the daemon did not put favordynmods back within 20 s: {back:?}; its log: {log}"
@@ -183,7 +189,7 @@ fn the_daemon_puts_favordynmods_back_when_the_tree_loses_it() {
         "putting it back changed other options"
     );
     assert!(
-        log.contains("had lost favordynmods"),
+        log.contains(said),
         "the daemon did not say it put the option back: {log}"
     );
     drop(daemon);
