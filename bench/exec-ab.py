@@ -1,6 +1,8 @@
 """Exec round trip of `true`, several builds interleaved:
 
     python3 bench/exec-ab.py ALCOVE_A ALCOVE_B [...]     # ROUNDS=400 by default
+    CMD=/path/to/program python3 bench/exec-ab.py ...    # another command (no arguments;
+                                                         # it must exit 0 in the sandbox)
 
 Starts a daemon of each build at once (--sandbox-pool 0, data under /var/tmp/alcove-exec-ab-*),
 creates one sandbox on each, then execs `true` in each in turn (the order reversed every other
@@ -24,6 +26,9 @@ ROUNDS = os.environ.get("ROUNDS", "400")
 if not ROUNDS.isdigit() or not WARMUP + 2 <= int(ROUNDS) <= 100000:
     raise SystemExit(f"ROUNDS={ROUNDS!r}: give {WARMUP + 2} to 100000 (the first {WARMUP} are left out)")
 ROUNDS = int(ROUNDS)
+COMMAND = os.environ.get("CMD", "true")
+if not COMMAND.strip() or len(COMMAND) > 4096:
+    raise SystemExit(f"CMD={COMMAND[:80]!r}: give one program (a name on PATH or a path), no arguments")
 
 
 def start(binary):
@@ -33,7 +38,7 @@ def start(binary):
     host, port = daemon.addr.rsplit(":", 1)
     d["sock"] = socket.create_connection((host, int(port)))
     d["sock"].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = json.dumps({"cmd": ["true"]}).encode()
+    body = json.dumps({"cmd": [COMMAND]}).encode()
     d["request"] = (f"POST /v1/sandboxes/{d['sandbox'].id}/exec HTTP/1.1\r\nHost: alcove\r\n"
                     f"Authorization: Bearer {daemon.token}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -80,7 +85,7 @@ def main():
         for d in daemons:
             deciles = statistics.quantiles(d["times"], n=10)
             median = statistics.median(d["times"])
-            print(f"{d['bin']}: exec true p50 {median:.3f} ms (p10 {deciles[0]:.3f}, p90 {deciles[-1]:.3f})"
+            print(f"{d['bin']}: exec {COMMAND} p50 {median:.3f} ms (p10 {deciles[0]:.3f}, p90 {deciles[-1]:.3f})"
                   f"  {median / base:.2f}x  reads per exec {statistics.mean(d['reads']):.2f}")
     finally:
         for d in daemons:
