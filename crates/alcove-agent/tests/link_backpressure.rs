@@ -18,46 +18,15 @@ const DEAF_FOR: Duration = Duration::from_millis(300);
 
 /// The send buffer the test gives the daemon's end (the kernel doubles it),
 /// so that what it sends exceeds it whatever the host's default.
-const SEND_BUFFER: libc::c_int = 128 << 10;
-
-fn set_send_buffer(fd: std::os::fd::BorrowedFd<'_>, size: libc::c_int) {
-    // SAFETY: `size` is an int valid for the call to read.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
-fn send_buffer(fd: std::os::fd::BorrowedFd<'_>) -> usize {
-    let mut size: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `size` and `len` are valid for getsockopt to write an int into.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut size as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
-    usize::try_from(size).unwrap()
-}
+const SEND_BUFFER: i32 = 128 << 10;
 
 #[test]
 fn requests_sent_to_an_agent_that_reads_nothing_wait_for_room_and_arrive() {
     let (daemon_end, fake_end) = alcove_sys::unix::seqpacket_pair().unwrap();
     // The situation under test: what is sent exceeds what the socket holds,
     // so sends must find it full while the fake agent is deaf.
-    set_send_buffer(daemon_end.as_fd(), SEND_BUFFER);
-    let room = send_buffer(daemon_end.as_fd());
+    alcove_sys::seqpacket::set_send_buffer(daemon_end.as_fd(), SEND_BUFFER).unwrap();
+    let room = alcove_sys::seqpacket::send_buffer(daemon_end.as_fd()).unwrap();
     let sent = REQUESTS as usize * PATH_BYTES;
     assert!(
         sent > 2 * room,

@@ -198,14 +198,42 @@ pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize
 
 /// Raises the socket's send buffer to `bytes` (root may pass the system maximum).
 pub fn force_send_buffer(sock: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
-    // SAFETY: `bytes` is a valid int option value for the call's duration.
+    set_int_option(sock, libc::SO_SNDBUFFORCE, bytes)
+}
+
+/// Sets the socket's send buffer to `bytes`, within the system maximum
+/// (the kernel doubles it for its own bookkeeping; any user may).
+pub fn set_send_buffer(sock: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    set_int_option(sock, libc::SO_SNDBUF, bytes)
+}
+
+/// The socket's send buffer, as the kernel counts it (doubled).
+pub fn send_buffer(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut bytes: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `bytes` and `len` are valid for getsockopt to write an int and
+    // its length into for the call's duration.
+    crate::cvt_int(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut bytes as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(usize::try_from(bytes).unwrap_or(0))
+}
+
+fn set_int_option(sock: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a valid int option value for the call's duration.
     crate::cvt_int(unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })
     .map(drop)
@@ -222,18 +250,7 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 /// Asks the kernel to attach each sender's credentials to what `sock`
 /// receives (`SO_PASSCRED`), for [`recv_credentials`].
 pub fn pass_credentials(sock: BorrowedFd<'_>) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a valid int option value for the call's duration.
-    crate::cvt_int(unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+    set_int_option(sock, libc::SO_PASSCRED, 1)
 }
 
 /// Receives one message into `buf` (waiting for it): its length (0 at end

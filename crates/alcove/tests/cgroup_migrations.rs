@@ -43,6 +43,22 @@ impl Drop for Restore {
     }
 }
 
+/// Turns the option off for a test: false (with a SKIPPED line) where the
+/// kernel keeps it on.
+fn turned_off_or_skipped(test: &str) -> bool {
+    match alcove_cgroup::set_favor_dynmods(false) {
+        Ok(_) => true,
+        Err(e @ alcove_cgroup::FavorDynmodsError::NotApplied { .. }) => {
+            common::skip_machine(
+                test,
+                &format!("favordynmods cannot be turned off here: {e}"),
+            );
+            false
+        }
+        Err(e) => panic!("turning favordynmods off for the test: {e}"),
+    }
+}
+
 fn without_favor(options: &[String]) -> Vec<String> {
     options.iter().filter(|o| *o != FAVOR).cloned().collect()
 }
@@ -59,16 +75,8 @@ fn the_daemon_mounts_the_cgroup2_tree_favordynmods_keeping_its_other_options() {
         return;
     };
     let _restore = Restore(found.iter().any(|o| o == FAVOR));
-    match alcove_cgroup::set_favor_dynmods(false) {
-        Ok(_) => {}
-        Err(e @ alcove_cgroup::FavorDynmodsError::NotApplied { .. }) => {
-            common::skip_machine(
-                test,
-                &format!("favordynmods cannot be turned off here: {e}"),
-            );
-            return;
-        }
-        Err(e) => panic!("turning favordynmods off for the test: {e}"),
+    if !turned_off_or_skipped(test) {
+        return;
     }
     let (_, _, off) = cgroup2_options().unwrap();
     assert!(!off.contains(&FAVOR.to_owned()), "still on: {off:?}");
@@ -151,16 +159,8 @@ fn the_daemon_puts_favordynmods_back_when_the_tree_loses_it() {
     let (_, _, served) = cgroup2_options().unwrap();
     assert!(served.contains(&FAVOR.to_owned()), "not on: {served:?}");
     // What a container runtime's new cgroup2 mount does to the tree.
-    match alcove_cgroup::set_favor_dynmods(false) {
-        Ok(_) => {}
-        Err(e @ alcove_cgroup::FavorDynmodsError::NotApplied { .. }) => {
-            common::skip_machine(
-                test,
-                &format!("favordynmods cannot be turned off here: {e}"),
-            );
-            return;
-        }
-        Err(e) => panic!("turning favordynmods off for the test: {e}"),
+    if !turned_off_or_skipped(test) {
+        return;
     }
     // (set_favor_dynmods checked that it took; the daemon may already have
     // put it back by the time mountinfo is read here.)
