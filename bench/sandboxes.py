@@ -14,6 +14,9 @@ import tempfile
 import time
 import uuid
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_probes  # noqa: E402
+
 SERVER = os.environ["ALCOVE_SERVER"].removeprefix("http://")
 TOKEN = os.environ["ALCOVE_TOKEN"]
 ROUNDS = int(os.environ.get("ROUNDS", "100"))
@@ -242,6 +245,9 @@ def main():
     if os.environ.get("ONLY") == "gvisor":  # section 6 alone
         return gvisor_tier()
     print(f"rounds: {ROUNDS}, idle sandboxes: {IDLE}")
+    # What this host charges any exec, before alcove does anything (bench/machine_probes.py).
+    print("\n0. this machine:")
+    machine_probes.report()
     # Warm everything once (first start loads what later ones share).
     first = call("POST", "/v1/sandboxes", {})
     exec_true(first["id"])

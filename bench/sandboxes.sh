@@ -2,6 +2,9 @@
 # Agent sandboxes, measured on one daemon in one run (bench/sandboxes.py does
 # the measuring, with python's http.client on one kept-alive connection):
 #
+#   0. this machine (bench/machine_probes.py): what a CPUID instruction costs
+#      (glibc's start-up makes ~80; in a VM each traps) and a pipe ping-pong
+#      on one CPU, across two, and where the scheduler puts it;
 #   1. create to first exec: POST /v1/sandboxes, then POST .../exec `true`
 #      read to its exit line, as a client asking for nothing more gets it
 #      (a ready sandbox from the daemon's pool, --sandbox-pool, SANDBOX_POOL
