@@ -4,7 +4,9 @@ alone so that figures from different hosts (or VMs) can be read side by side:
   - a CPUID instruction (glibc's start-up makes ~80, for CPU features and cache sizes; in a VM
     each one traps to the hypervisor);
   - a wake across CPUs: two processes passing a byte back and forth over pipes, pinned to one
-    CPU, pinned to two, and left to the scheduler.
+    CPU, pinned to two, and left to the scheduler. What an idle CPU does decides it: a VM guest
+    whose idle driver is haltpoll with `guest_halt_poll_ns` 0 halts at once, and each wake of
+    it waits for the host to run that virtual CPU again (printed, read from sysfs).
 
     python3 bench/machine_probes.py        # prints; asserts nothing
 
@@ -84,6 +86,27 @@ def pingpong_us(cpus, n=5000):
             os.close(fd)
 
 
+def idle_setting():
+    """The CPUs' idle driver, and the guest's halt-poll window where the driver is haltpoll:
+    a line of text, or None where sysfs does not say."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver")
+    if driver is None:
+        return None
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") if driver == "haltpoll" else None
+    if poll is None:
+        return f"idle driver {driver}"
+    return f"idle driver haltpoll, guest_halt_poll_ns {poll}" + (
+        " (an idle virtual CPU halts at once)" if poll == "0" else ""
+    )
+
+
 def report():
     """Prints the probes, one line each."""
     line = lambda label, us, note="": print(f"  {label:<46}{us:8.2f} us{note}")  # noqa: E731
@@ -99,6 +122,8 @@ def report():
         across = pingpong_us((cpus[0], cpus[1]))
         line("pipe ping-pong round trip, two CPUs", across, f"   {across / same:.1f}x of one CPU")
     line("pipe ping-pong round trip, scheduler's choice", pingpong_us(None))
+    idle = idle_setting()
+    print(f"  {idle or 'idle driver: not given in sysfs'}")
 
 
 if __name__ == "__main__":
