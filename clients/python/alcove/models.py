@@ -222,7 +222,7 @@ class WriteInfo:
 class FilesystemEvent:
     """A change under a watched directory."""
 
-    event: str  # "create" | "modify" | "delete" | "move"
+    event: str  # "create" | "modify" | "delete" | "move" | "overflow" (events lost: list again)
     path: str
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -272,7 +272,7 @@ pub enum EntryKind {
 /// A change in a watched directory, as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WatchEvent {
-    /// `create`, `modify`, `delete` or `move`.
+    /// `create`, `modify`, `delete`, `move`, or `overflow` (events were lost: look again).
     pub event: &'static str,
     pub path: String,
 }

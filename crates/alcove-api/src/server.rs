@@ -29,7 +29,8 @@ pub struct ServerLimits {
     /// From connecting (or from the end of the previous response on a
     /// kept-alive connection) to the last header byte.
     pub header_timeout: Duration,
-    /// From the headers to the last body byte.
+    /// From the headers to the last body byte, or, for a longer body, to
+    /// each next 64 KiB of it.
     pub body_timeout: Duration,
     /// Bytes of request line and headers.
     pub max_header_bytes: usize,
@@ -132,12 +133,19 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
 }
 
-/// The request body, failing once `deadline` has passed since the headers.
+/// The request body, failing once `limit` has passed since the headers, or
+/// since the last [`KEEP_COMING`] bytes of a longer body: a large upload
+/// may take as long as it keeps coming, a drip may not.
 struct DeadlineBody {
     inner: Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
+    /// Bytes since the deadline was last set.
+    since: usize,
 }
+
+/// What a body must bring within each `body_timeout` to be given another.
+const KEEP_COMING: usize = 64 << 10;
 
 /// The body did not arrive in time.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +161,14 @@ impl HttpBody for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                self.since += data.map_or(0, |d| d.len());
+                if self.since >= KEEP_COMING {
+                    self.since = 0;
+                    let next = tokio::time::Instant::now() + self.limit;
+                    self.deadline.as_mut().reset(next);
+                }
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
@@ -179,6 +195,7 @@ async fn body_deadline(State(limit): State<Duration>, request: Request, next: Ne
             inner,
             deadline: Box::pin(tokio::time::sleep(limit)),
             limit,
+            since: 0,
         })
     };
     next.run(Request::from_parts(parts, body)).await

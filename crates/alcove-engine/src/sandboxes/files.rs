@@ -185,6 +185,9 @@ impl tokio::io::AsyncRead for CopiedFile {
 /// A file being read from a sandbox.
 pub type FileReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// How long a write may wait for the sandbox's copy to take any of it.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A file being written in a sandbox.
 pub struct FileWriter {
     pipe: Option<tokio::net::unix::pipe::Sender>,
@@ -199,10 +202,24 @@ impl FileWriter {
         let Some(pipe) = self.pipe.as_mut() else {
             return Err(SandboxesError::Conflict("the file is closed".into()));
         };
-        if pipe.write_all(bytes).await.is_err() {
-            // The copy stopped (its file system is full, say): its end says why.
-            self.pipe = None;
-            return self.finish_inner().await.map(drop);
+        // A copy that takes nothing for this long is stopped (the sandbox
+        // paused, or its code sent the copy SIGSTOP): the upload fails
+        // rather than hold its connection and this slot for ever.
+        match tokio::time::timeout(STALLED, pipe.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The copy stopped (its file system is full, say): its end says why.
+                self.pipe = None;
+                return self.finish_inner().await.map(drop);
+            }
+            Err(_) => {
+                self.pipe = None;
+                return Err(SandboxesError::Conflict(format!(
+                    "the sandbox took none of the file for {} s (is it paused, or did its \
+                     code stop the copy?)",
+                    STALLED.as_secs()
+                )));
+            }
         }
         self.written += bytes.len() as u64;
         Ok(())
@@ -286,6 +303,9 @@ impl WatchStream {
             if let Some(event) = self.events.pending.pop_front() {
                 return Some(event);
             }
+            if self.events.ended {
+                return None;
+            }
             let mut ready = tokio::select! {
                 ready = self.fd.readable() => ready.ok()?,
                 _ = self.gone.wait_for(|g| *g) => return None,
@@ -296,7 +316,8 @@ impl WatchStream {
                 Ok(Ok(n)) => n,
             };
             if !self.events.feed(&buf[..n]) {
-                return self.events.pending.pop_front();
+                // What came before the end is still given, then the end.
+                self.events.ended = true;
             }
         }
     }
@@ -309,6 +330,8 @@ struct Events {
     /// The start of an event a read ended in the middle of (a copied watch's
     /// pipe splits them; an inotify descriptor never does).
     partial: Vec<u8>,
+    /// The watch itself ended: no more reads once `pending` is given out.
+    ended: bool,
 }
 
 impl Events {
@@ -317,6 +340,7 @@ impl Events {
             dir,
             pending: Default::default(),
             partial: Vec::new(),
+            ended: false,
         }
     }
 
@@ -349,6 +373,17 @@ impl Events {
             bytes = &bytes[HEADER + len..];
             if mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_UNMOUNT) != 0 {
                 return false;
+            }
+            // The kernel's queue was full: events were lost, and the client
+            // is told so, to look at the directory again.
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                if self.pending.back().is_none_or(|e| e.event != "overflow") {
+                    self.pending.push_back(WatchEvent {
+                        event: "overflow",
+                        path: self.dir.clone(),
+                    });
+                }
+                continue;
             }
             let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]));
             // A directory entry's name: anything else is forged (a copied
@@ -385,6 +420,7 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::Events;
+    use std::os::fd::AsFd;
 
     fn record(mask: u32, name: &str) -> Vec<u8> {
         let mut padded = name.as_bytes().to_vec();
@@ -421,6 +457,73 @@ mod tests {
             );
             assert!(events.partial.is_empty());
         }
+    }
+
+    #[test]
+    fn a_full_kernel_queue_is_told_once() {
+        let mut events = Events::new("/home/user".into());
+        let mut read = record(libc::IN_CREATE, "a");
+        for _ in 0..3 {
+            read.extend(record(libc::IN_Q_OVERFLOW, ""));
+        }
+        assert!(events.feed(&read));
+        let got: Vec<_> = events
+            .pending
+            .iter()
+            .map(|e| (e.event, e.path.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("create", "/home/user/a"), ("overflow", "/home/user")]
+        );
+    }
+
+    /// The directory's end read together with events before it: those come,
+    /// then the stream ends (it had waited for a next read for ever).
+    #[tokio::test]
+    async fn a_watch_ends_after_the_events_read_with_its_end() {
+        use std::io::Write;
+        let (read, write) = alcove_sys::fd::pipe_cloexec().unwrap();
+        let mut records = record(libc::IN_DELETE, "f");
+        records.extend(record(libc::IN_DELETE_SELF, ""));
+        records.extend(record(libc::IN_IGNORED, ""));
+        let mut write = std::fs::File::from(write);
+        write.write_all(&records).unwrap();
+        // The writer stays open: only the records can end the stream.
+        alcove_sys::fd::set_nonblocking(read.as_fd(), true).unwrap();
+        let (_gone_tx, gone) = tokio::sync::watch::channel(false);
+        let mut stream = super::WatchStream::new(read, "/home/user/d".into(), gone).unwrap();
+        let first = stream.next().await.expect("the delete before the end");
+        assert_eq!(
+            (first.event, first.path.as_str()),
+            ("delete", "/home/user/d/f")
+        );
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream did not end: {end:?}");
+        drop(write);
+    }
+
+    /// A sandbox whose copy takes nothing (paused, or stopped by its own
+    /// code) fails the upload at the stall limit instead of holding it.
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_the_sandbox_takes_nothing_of_fails() {
+        let (read, write) = alcove_sys::fd::pipe_cloexec().unwrap();
+        let (_ended, end) = tokio::sync::watch::channel(None);
+        let mut writer = super::FileWriter {
+            pipe: Some(tokio::net::unix::pipe::Sender::from_owned_fd(write).unwrap()),
+            end,
+            written: 0,
+            _slot: super::CopySlot(Default::default()),
+        };
+        let started = tokio::time::Instant::now();
+        let failed = writer.write(&vec![0u8; 4 << 20]).await;
+        let message = match failed {
+            Err(super::SandboxesError::Conflict(m)) => m,
+            other => panic!("not refused as stalled: {other:?}"),
+        };
+        assert!(message.contains("took none of the file"), "{message}");
+        assert!(started.elapsed() >= super::STALLED);
+        drop(read);
     }
 
     #[test]
