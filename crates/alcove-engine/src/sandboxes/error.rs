@@ -24,6 +24,9 @@ pub enum SandboxesError {
     Conflict(String),
     #[error("the sandbox's disk is full (give it more with `disk` at create)")]
     DiskFull,
+    /// The daemon is at a bound of its own, across sandboxes.
+    #[error("{0}")]
+    Busy(String),
     #[error("the sandbox could not be started: {0}")]
     Start(String),
     /// A fork with memory the sandbox's own side did not complete (its
@@ -56,6 +59,7 @@ impl SandboxesError {
             SandboxesError::NoListener(_) => "port_not_listening",
             SandboxesError::Conflict(_) => "conflict",
             SandboxesError::DiskFull => "sandbox_disk_full",
+            SandboxesError::Busy(_) => "daemon_busy",
             SandboxesError::ForkFailed(_) => "fork_failed",
             SandboxesError::Start(_) | SandboxesError::Io { .. } => "internal",
             SandboxesError::Agent(LinkError::Gone) => "sandbox_gone",
@@ -86,6 +90,7 @@ impl SandboxesError {
             "conflict" | "already_exists" | "directory_not_empty" => 409,
             "sandbox_gone" => 410,
             "sandbox_disk_full" => 507,
+            "daemon_busy" => 503,
             "failed" | "fork_failed" => 422,
             "port_not_listening" => 502,
             _ => 500,

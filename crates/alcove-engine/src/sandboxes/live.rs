@@ -193,6 +193,8 @@ pub struct LiveSandbox {
     pub(super) forking: std::sync::atomic::AtomicBool,
     /// File transfers and watches open (files.rs).
     pub(super) copies: Arc<std::sync::atomic::AtomicUsize>,
+    /// What its commands' kept output takes of the daemon's memory.
+    output: Arc<super::process::OutputBudget>,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -1020,6 +1022,7 @@ impl LiveSandbox {
             nested_in: p.nested_in,
             forking: Default::default(),
             copies: Default::default(),
+            output: Default::default(),
         })
     }
 }
@@ -1396,6 +1399,7 @@ impl LiveSandbox {
         let (pid, process) = match req.pty {
             Some(size) => self.exec_pty(argv, env, cwd, cmd, size).await?,
             None => {
+                let slot = super::process::ReadingSlot::take(&self.output)?;
                 let pipe =
                     || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
                 let (in_read, in_write) = pipe()?;
@@ -1415,7 +1419,7 @@ impl LiveSandbox {
                     (None, false) => None, // closed: the command reads end of file
                     _ => Some(in_write),
                 };
-                let process = Process::start(pid, cmd, out_read, err_read, stdin, end)
+                let process = Process::start(pid, cmd, out_read, err_read, stdin, end, slot)
                     .map_err(SandboxesError::io("reading a command's output"))?;
                 (pid, process)
             }
@@ -1478,13 +1482,14 @@ impl LiveSandbox {
                 super::process::PtySize::MAX
             )));
         }
+        let slot = super::process::ReadingSlot::take(&self.output)?;
         // In a task of its own, as for pipes: nothing started goes untracked.
         let link = self.link.clone();
         let started = tokio::spawn(async move { link.exec_pty(argv, env, cwd, size).await });
         let (pid, end, master) = started
             .await
             .map_err(|_| SandboxesError::Start("starting the command failed".into()))??;
-        let process = Process::start_pty(pid, cmd, master, end)
+        let process = Process::start_pty(pid, cmd, master, end, slot)
             .map_err(SandboxesError::io("reading a command's terminal"))?;
         Ok((pid, process))
     }

@@ -18,6 +18,95 @@ use tokio::sync::{broadcast, watch};
 
 /// Bytes of output kept per command for clients that attach later.
 pub const KEPT_OUTPUT: usize = 1 << 20;
+/// What one sandbox's commands keep in all, and what all of the daemon's
+/// do: a sandbox's 256 running commands and 128 finished ones would
+/// otherwise keep 384 MiB of the daemon's memory, none of it charged to
+/// the sandbox. Past either, a command keeps less of its oldest output.
+pub const KEPT_PER_SANDBOX: usize = 32 << 20;
+pub const KEPT_IN_DAEMON: usize = 512 << 20;
+/// What a kept chunk costs besides its bytes (its `Arc`'s counts, its
+/// slot in the queue, the allocator's rounding): a command that prints a
+/// byte at a time must not keep 64 times what it is charged.
+const CHUNK_COST: usize = 64;
+/// The memory kept output takes across the daemon.
+static KEPT_ALL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The output one sandbox's commands keep, in memory (bytes and [`CHUNK_COST`]s).
+#[derive(Default)]
+pub struct OutputBudget {
+    kept: std::sync::atomic::AtomicUsize,
+}
+
+impl OutputBudget {
+    fn over(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.kept.load(Relaxed) > KEPT_PER_SANDBOX || KEPT_ALL.load(Relaxed) > KEPT_IN_DAEMON
+    }
+
+    fn charge(&self, cost: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.kept.fetch_add(cost, Relaxed);
+        KEPT_ALL.fetch_add(cost, Relaxed);
+    }
+
+    fn refund(&self, cost: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.kept.fetch_sub(cost, Relaxed);
+        KEPT_ALL.fetch_sub(cost, Relaxed);
+    }
+
+    /// The memory its commands' kept output takes now.
+    pub fn kept(&self) -> usize {
+        self.kept.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One of the commands whose output the daemon reads, across its
+/// sandboxes: each holds three of its descriptors (and a terminal's one)
+/// until its output ends, so there are no more than its open-file limit
+/// leaves room for, and the next is refused with why.
+pub struct ReadingSlot {
+    /// Its sandbox's, which the command's kept output is charged to.
+    budget: Arc<OutputBudget>,
+}
+
+static READING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl ReadingSlot {
+    pub fn take(budget: &Arc<OutputBudget>) -> Result<ReadingSlot, super::SandboxesError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (most, limit) = most_reading();
+        if READING.fetch_add(1, Relaxed) >= most {
+            READING.fetch_sub(1, Relaxed);
+            return Err(super::SandboxesError::Busy(format!(
+                "the daemon reads the output of {most} commands across its sandboxes already, \
+                 as many as its open-file limit ({limit}) leaves room for: wait for some to \
+                 end, or raise the limit (LimitNOFILE)"
+            )));
+        }
+        Ok(ReadingSlot {
+            budget: Arc::clone(budget),
+        })
+    }
+}
+
+impl Drop for ReadingSlot {
+    fn drop(&mut self) {
+        READING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How many commands' output the daemon may read at once, and its
+/// open-file limit: a quarter of what the limit leaves after 1,024 for
+/// everything else (sandboxes, connections, files), at least 64.
+fn most_reading() -> (usize, u64) {
+    static MOST: std::sync::OnceLock<(usize, u64)> = std::sync::OnceLock::new();
+    *MOST.get_or_init(|| {
+        let limit = alcove_sys::process::open_files_limit().unwrap_or(1024);
+        let most = usize::try_from(limit.saturating_sub(1024) / 4).unwrap_or(usize::MAX);
+        (most.clamp(64, 1 << 20), limit)
+    })
+}
 /// Bytes one read takes from a command's pipe.
 const CHUNK: usize = 16 << 10;
 /// Chunks a slow client may fall behind before it misses some (it is told).
@@ -48,6 +137,8 @@ pub enum Output {
 struct Kept {
     chunks: VecDeque<Chunk>,
     bytes: usize,
+    /// `bytes` and a [`CHUNK_COST`] a chunk: what its sandbox is charged.
+    cost: usize,
     /// Bytes dropped from the front to stay within [`KEPT_OUTPUT`].
     dropped: u64,
 }
@@ -156,6 +247,15 @@ pub struct Process {
     timed_out: std::sync::atomic::AtomicBool,
     /// Its place in the order commands were started (pids wrap).
     seq: u64,
+    /// Its sandbox's, which its kept output is charged to.
+    budget: Arc<OutputBudget>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let kept = self.kept.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budget.refund(kept.cost);
+    }
 }
 
 /// The start order of commands, across sandboxes.
@@ -168,6 +268,7 @@ impl Process {
         stdin: Option<Input>,
         terminal: Option<Arc<Terminal>>,
         end: watch::Receiver<Option<ExitStatus>>,
+        budget: Arc<OutputBudget>,
     ) -> Arc<Process> {
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let (drained, _) = watch::channel(false);
@@ -183,6 +284,7 @@ impl Process {
             has_pty: terminal.is_some(),
             terminal: Mutex::new(terminal),
             timed_out: Default::default(),
+            budget,
         })
     }
 
@@ -194,6 +296,7 @@ impl Process {
         stderr: OwnedFd,
         stdin: Option<OwnedFd>,
         end: watch::Receiver<Option<ExitStatus>>,
+        slot: ReadingSlot,
     ) -> std::io::Result<Arc<Process>> {
         let stdin = match stdin {
             Some(fd) => Some(Input::Pipe(tokio::net::unix::pipe::Sender::from_owned_fd(
@@ -203,7 +306,8 @@ impl Process {
         };
         let out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
         let err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
-        let process = Process::new(pid, cmd, stdin, None, end);
+        let budget = Arc::clone(&slot.budget);
+        let process = Process::new(pid, cmd, stdin, None, end, budget);
         let reader = Arc::clone(&process);
         tokio::spawn(async move {
             tokio::join!(
@@ -211,6 +315,7 @@ impl Process {
                 reader.pump(Source::Pipe(err), Stream::Stderr)
             );
             reader.drained.send_replace(true);
+            drop(slot);
         });
         Ok(process)
     }
@@ -222,11 +327,19 @@ impl Process {
         cmd: String,
         master: OwnedFd,
         end: watch::Receiver<Option<ExitStatus>>,
+        slot: ReadingSlot,
     ) -> std::io::Result<Arc<Process>> {
         let terminal = Arc::new(Terminal::new(master)?);
         let stdin = Input::Terminal(Arc::clone(&terminal), true);
         let mut ended = end.clone();
-        let process = Process::new(pid, cmd, Some(stdin), Some(Arc::clone(&terminal)), end);
+        let process = Process::new(
+            pid,
+            cmd,
+            Some(stdin),
+            Some(Arc::clone(&terminal)),
+            end,
+            Arc::clone(&slot.budget),
+        );
         let reader = Arc::clone(&process);
         tokio::spawn(async move {
             let pumped = reader.pump(Source::Terminal(Arc::clone(&terminal)), Stream::Stdout);
@@ -259,6 +372,7 @@ impl Process {
             }
             drop(terminal);
             reader.drained.send_replace(true);
+            drop(slot);
         });
         Ok(process)
     }
@@ -292,12 +406,19 @@ impl Process {
         let chunk: Arc<[u8]> = Arc::from(bytes);
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.bytes += bytes.len();
+        kept.cost += bytes.len() + CHUNK_COST;
+        self.budget.charge(bytes.len() + CHUNK_COST);
         kept.chunks.push_back((stream, Arc::clone(&chunk)));
-        while kept.bytes > KEPT_OUTPUT {
+        // Its latest chunk is kept whatever the others keep.
+        while kept.chunks.len() > 1
+            && (kept.bytes > KEPT_OUTPUT || kept.cost > 2 * KEPT_OUTPUT || self.budget.over())
+        {
             let Some((_, old)) = kept.chunks.pop_front() else {
                 break;
             };
             kept.bytes -= old.len();
+            kept.cost -= old.len() + CHUNK_COST;
+            self.budget.refund(old.len() + CHUNK_COST);
             kept.dropped += old.len() as u64;
         }
         // Sent under the lock: an attach sees each chunk once, kept or live.
@@ -492,7 +613,83 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use super::complete_utf8;
+    use super::{complete_utf8, OutputBudget, Process, ReadingSlot, Stream};
+    use super::{CHUNK_COST, KEPT_OUTPUT, KEPT_PER_SANDBOX};
+    use std::sync::Arc;
+
+    fn process(budget: &Arc<OutputBudget>) -> Arc<Process> {
+        let (_, end) = tokio::sync::watch::channel(None);
+        Process::new(1, "x".into(), None, None, end, Arc::clone(budget))
+    }
+
+    #[test]
+    fn a_sandboxs_commands_keep_no_more_than_its_share_in_all() {
+        let budget = Arc::new(OutputBudget::default());
+        let chunk = vec![b'x'; 16 << 10];
+        let many: Vec<_> = (0..48).map(|_| process(&budget)).collect();
+        for p in &many {
+            for _ in 0..(KEPT_OUTPUT / chunk.len()) {
+                p.keep(Stream::Stdout, &chunk);
+            }
+        }
+        // 48 MiB printed: each keeps its latest chunk at least, no more in all
+        // than the share and the chunk each one is let keep beyond it.
+        let slack = many.len() * (chunk.len() + CHUNK_COST);
+        assert!(
+            budget.kept() <= KEPT_PER_SANDBOX + slack,
+            "{}",
+            budget.kept()
+        );
+        assert!(budget.kept() >= KEPT_PER_SANDBOX - 2 * chunk.len());
+        // The last ones printed past the share: they let their oldest go.
+        let (kept, dropped, _) = many[many.len() - 1].attach();
+        assert!(
+            !kept.is_empty() && dropped > 0,
+            "{} kept, {dropped} dropped",
+            kept.len()
+        );
+        drop(kept);
+        drop(many);
+        assert_eq!(
+            budget.kept(),
+            0,
+            "a forgotten command's output is given back"
+        );
+    }
+
+    #[test]
+    fn a_command_printing_a_byte_at_a_time_is_charged_for_each_chunk() {
+        let budget = Arc::new(OutputBudget::default());
+        let p = process(&budget);
+        for _ in 0..100_000 {
+            p.keep(Stream::Stdout, b"x");
+        }
+        // 100,000 bytes, but what holding them costs is what is bounded.
+        assert!(budget.kept() <= 2 * KEPT_OUTPUT, "{}", budget.kept());
+        let (kept, dropped, _) = p.attach();
+        assert_eq!(kept.len() as u64 + dropped, 100_000);
+        assert!(dropped > 0, "none of the 100,000 chunks was let go");
+    }
+
+    #[test]
+    fn commands_past_the_open_file_limits_room_are_refused_with_why() {
+        let budget = Arc::new(OutputBudget::default());
+        let mut held = Vec::new();
+        let refused = loop {
+            match ReadingSlot::take(&budget) {
+                Ok(slot) => held.push(slot),
+                Err(e) => break e,
+            }
+            assert!(held.len() <= 1 << 20, "never refused");
+        };
+        assert_eq!(refused.code(), "daemon_busy");
+        assert!(refused.to_string().contains("open-file limit"), "{refused}");
+        held.pop();
+        assert!(
+            ReadingSlot::take(&budget).is_ok(),
+            "a slot given back is not taken again"
+        );
+    }
 
     #[test]
     fn a_character_cut_at_the_end_is_held_back() {
