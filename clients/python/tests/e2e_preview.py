@@ -197,6 +197,53 @@ class Preview(unittest.TestCase):
         for s in held:
             s.close()
 
+    def test_http_requests_to_one_sandbox_are_capped(self):
+        # A server that never answers holds each request (and one of the
+        # daemon's connections) as long as it likes: without this cap one
+        # sandbox could take every connection the API has.
+        self.sb.commands.run(
+            "exec python3 -c \"import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "s.bind(('127.0.0.1', 8772)); s.listen(512); time.sleep(600)\"", background=True)
+        self.sb.files.write("site/index.html", "served")
+        self.sb.commands.run("cd site && exec python3 -m http.server 8773 --bind 127.0.0.1", background=True)
+        self.wait_listening(8773)
+        host, daemon_port = self.host.rsplit(":", 1)
+
+        def send(port):
+            s = socket.create_connection((host, int(daemon_port)), timeout=10)
+            s.sendall((f"GET /v1/sandboxes/{self.sb.id}/ports/{port}/ HTTP/1.1\r\nHost: {self.host}\r\n"
+                       f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+            return s
+
+        cap = 64  # MAX_REQUESTS_PER_SANDBOX in crates/alcove-api/src/preview.rs
+        held = [send(8772) for _ in range(cap)]
+        try:
+            # Each is in flight (none answered) before the next is judged.
+            time.sleep(1)
+            for s in held[:3]:
+                s.settimeout(0.2)
+                with self.assertRaises(socket.timeout):
+                    s.recv(1)
+            over = send(8773)
+            head = over.recv(4096)
+            over.close()
+            self.assertTrue(head.startswith(b"HTTP/1.1 503"), head)
+            self.assertIn(b"64 preview requests are in flight to sandbox", head)
+            # The API itself still answers.
+            status, _, _ = self.get("/v1/sandboxes")
+            self.assertEqual(status, 200)
+        finally:
+            for s in held:
+                s.close()
+        # Closed by their clients, they free their places.
+        for _ in range(50):
+            status, body, _ = self.get(f"/v1/sandboxes/{self.sb.id}/ports/8773/index.html")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        self.assertEqual((status, body), (200, b"served"))
+
 
 @unittest.skipUnless(SERVER, "needs $ALCOVE_SERVER: run by crates/alcove/tests/sandboxes.rs")
 class ForkSnapshot(unittest.TestCase):

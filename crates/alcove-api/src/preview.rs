@@ -18,52 +18,83 @@ use hyper_util::rt::TokioIo;
 /// connection count, so these bound what clients and sandboxes can hold.
 pub(crate) const MAX_TUNNELS: usize = 512;
 pub(crate) const MAX_TUNNELS_PER_SANDBOX: usize = 64;
+/// HTTP requests through previews at once (until their response's body
+/// ends), through the daemon and to one sandbox: each holds one of the
+/// server's connections, and a sandbox's server decides how long, so
+/// without these one sandbox could hold every connection the API has.
+pub(crate) const MAX_REQUESTS: usize = 256;
+pub(crate) const MAX_REQUESTS_PER_SANDBOX: usize = 64;
+/// How long a sandbox's server may take to answer a request's headers.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a preview holds while it lasts: a WebSocket, or an HTTP request.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    WebSocket,
+    Http,
+}
 
 static TUNNELS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_TUNNELS);
-static PER_SANDBOX: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
-    std::sync::Mutex::new(None);
+static REQUESTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REQUESTS);
+type Counts = std::collections::HashMap<(Kind, String), usize>;
+static PER_SANDBOX: std::sync::Mutex<Option<Counts>> = std::sync::Mutex::new(None);
 
-/// One open tunnel, counted daemon-wide and for its sandbox until dropped.
-struct Tunnel {
+/// One preview in use, counted daemon-wide and for its sandbox until dropped.
+struct Pass {
+    kind: Kind,
     sandbox: String,
     _permit: tokio::sync::SemaphorePermit<'static>,
 }
 
-impl Tunnel {
-    fn open(sandbox: &str) -> Result<Tunnel, ApiError> {
+impl Pass {
+    fn open(kind: Kind, sandbox: &str) -> Result<Pass, ApiError> {
         let busy =
             |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", what);
-        let permit = TUNNELS.try_acquire().map_err(|_| {
-            busy(format!(
-                "{MAX_TUNNELS} WebSocket connections are open through this daemon: close some"
-            ))
-        })?;
+        let (all, most, per_sandbox, what) = match kind {
+            Kind::WebSocket => (
+                &TUNNELS,
+                MAX_TUNNELS,
+                MAX_TUNNELS_PER_SANDBOX,
+                "WebSocket connections are open",
+            ),
+            Kind::Http => (
+                &REQUESTS,
+                MAX_REQUESTS,
+                MAX_REQUESTS_PER_SANDBOX,
+                "preview requests are in flight",
+            ),
+        };
+        let permit = all
+            .try_acquire()
+            .map_err(|_| busy(format!("{most} {what} through this daemon: close some")))?;
         let mut counts = PER_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts
             .get_or_insert_with(Default::default)
-            .entry(sandbox.to_owned())
+            .entry((kind, sandbox.to_owned()))
             .or_insert(0);
-        if *count >= MAX_TUNNELS_PER_SANDBOX {
+        if *count >= per_sandbox {
             return Err(busy(format!(
-                "{MAX_TUNNELS_PER_SANDBOX} WebSocket connections are open to sandbox {sandbox}: close some"
+                "{per_sandbox} {what} to sandbox {sandbox}: close some"
             )));
         }
         *count += 1;
-        Ok(Tunnel {
+        Ok(Pass {
+            kind,
             sandbox: sandbox.to_owned(),
             _permit: permit,
         })
     }
 }
 
-impl Drop for Tunnel {
+impl Drop for Pass {
     fn drop(&mut self) {
         let mut counts = PER_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(counts) = counts.as_mut() {
-            if let Some(n) = counts.get_mut(&self.sandbox) {
+            let key = (self.kind, std::mem::take(&mut self.sandbox));
+            if let Some(n) = counts.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.remove(&self.sandbox);
+                    counts.remove(&key);
                 }
             }
         }
@@ -111,7 +142,13 @@ async fn proxy(
         .ok_or_else(|| ApiError::bad_request(format!("port {port:?}: give 1 to 65535")))?;
     let upgrade = request.headers().contains_key(header::UPGRADE);
     // Counted before anything is opened: over the cap costs nothing upstream.
-    let tunnel = upgrade.then(|| Tunnel::open(&id)).transpose()?;
+    let pass = Pass::open(
+        match upgrade {
+            true => Kind::WebSocket,
+            false => Kind::Http,
+        },
+        &id,
+    )?;
     let sandbox = s.engine.sandbox(&id).await?;
     let stream = sandbox.connect_port(port).await?;
     let bad_gateway = |e: hyper::Error| {
@@ -156,7 +193,19 @@ async fn proxy(
         parts.headers.insert("x-forwarded-prefix", prefix);
     }
     let forwarded = Request::from_parts(parts, body);
-    let mut response = sender.send_request(forwarded).await.map_err(bad_gateway)?;
+    let mut response = tokio::time::timeout(ANSWER_WITHIN, sender.send_request(forwarded))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!(
+                    "the server on port {port} in the sandbox sent no answer within {} s",
+                    ANSWER_WITHIN.as_secs()
+                ),
+            )
+        })?
+        .map_err(bad_gateway)?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -171,7 +220,7 @@ async fn proxy(
         // sandbox from an idle pause while the connection lives.
         tokio::spawn(async move {
             let _using = sandbox;
-            let _counted = tunnel;
+            let _counted = pass;
             let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
                 return;
             };
@@ -193,6 +242,12 @@ async fn proxy(
     for name in own {
         parts.headers.remove(name);
     }
+    // Counted until its body ends or the client goes.
+    use http_body_util::BodyExt;
+    let body = body.map_frame(move |frame| {
+        let _counted = &pass;
+        frame
+    });
     Ok(Response::from_parts(parts, Body::new(body)).into_response())
 }
 
