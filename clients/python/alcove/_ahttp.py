@@ -34,6 +34,9 @@ AsyncBody = Union[bytes, bytearray, memoryview, BinaryIO, Iterable[bytes], Async
 
 _DEFAULT: Any = object()
 _MAX_HEADERS = 100
+#: Bytes bodies up to this are sent whole (and may be sent again on a
+#: kept-alive connection the daemon closed); longer ones as a stream.
+_SENT_WHOLE = 256 << 10
 _LINE_LIMIT = 1 << 20
 
 
@@ -423,10 +426,15 @@ class AsyncTransport:
         if json_body is not None:
             payload = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        elif isinstance(body, (bytes, bytearray, memoryview)):
+        elif isinstance(body, (bytes, bytearray, memoryview)) and len(body) <= _SENT_WHOLE:
             payload = bytes(body)
             headers["Content-Type"] = content_type or "application/octet-stream"
         elif body is not None:
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                # Sent while listening for an answer, like a stream: a daemon
+                # may refuse it before reading it all (403, 507), and asyncio
+                # loses that answer behind the broken pipe of a plain send.
+                body = [bytes(body)]
             payload = body
             streamed = True
             headers["Content-Type"] = content_type or "application/octet-stream"

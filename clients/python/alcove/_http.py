@@ -290,9 +290,9 @@ class Transport:
                 if not isinstance(e, (OSError, http.client.HTTPException)):
                     conn.close()
                     raise  # the body's own iterator failed, say
-                # A daemon may refuse a streamed body before reading it all
-                # (404, 413): its answer says more than the broken pipe.
-                early = self._early_answer(conn) if not sent and not replayable else None
+                # A daemon may refuse a body before reading it all (404, 413,
+                # a full disk's 507): its answer says more than the broken pipe.
+                early = self._early_answer(conn) if not sent else None
                 conn.close()
                 if early is not None:
                     raise early from e

@@ -779,6 +779,42 @@ class PausedRemoval(unittest.TestCase):
 
 @needs_server
 class Limits(unittest.TestCase):
+    def test_a_full_disk_refuses_the_upload_and_the_sandbox_lives_on(self):
+        # Files are kept in memory and count against it: the default disk is
+        # half the memory, so the disk says it is full (507) before the
+        # memory limit could end the sandbox.
+        sb = make(self)
+        sleeper = sb.commands.run("sleep 600", background=True)
+        big = (b"\0" * (1 << 20) for _ in range(300))
+        with self.assertRaises(AlcoveError) as refused:
+            sb.files.write("big", big)
+        self.assertEqual((refused.exception.status, refused.exception.code), (507, "sandbox_disk_full"))
+        self.assertEqual(sb.commands.run("echo alive").stdout, "alive\n")
+        running = [p.pid for p in sb.commands.list() if p.running]
+        self.assertIn(sleeper.pid, running)
+        # A body refused before it was all read gets the daemon's answer, not a broken pipe.
+        for data in [b"x" * (8 << 20), (b"x" * (1 << 20) for _ in range(8))]:
+            with self.assertRaises(AlcoveError) as cm:
+                sb.files.write("/usr/x", data)
+            self.assertIn(cm.exception.status, (403, 507), cm.exception)
+
+        async def write_async():
+            from alcove.aio import AsyncSandbox
+
+            async with await AsyncSandbox.connect(sb.id) as asb:
+                await asb.files.write("/usr/x", b"x" * (8 << 20))
+
+        import asyncio
+
+        with self.assertRaises(AlcoveError) as cm:
+            asyncio.run(write_async())
+        self.assertIn(cm.exception.status, (403, 507), cm.exception)
+
+    def test_a_disk_as_large_as_the_memory_is_refused(self):
+        with self.assertRaises(BadRequest) as refused:
+            make(self, memory="256M", disk="256M")
+        self.assertIn("not less than memory", str(refused.exception))
+
     def test_code_in_the_sandbox_cannot_take_the_agents_socket(self):
         sb = make(self)
         if ISOLATION == "gvisor":

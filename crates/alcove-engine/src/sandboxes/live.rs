@@ -588,12 +588,28 @@ pub(super) async fn launch(
             )));
         }
     }
-    // Files live in memory (tmpfs): no more than a sandbox's memory may be.
-    let disk = parse_size("disk", &req.disk)?.unwrap_or(256 << 20);
+    // Files live in memory (tmpfs) and count against the sandbox's memory:
+    // a disk as large as the memory would have the sandbox killed for its
+    // memory before its disk said it was full. Half the memory by default
+    // (256 MiB at most); one made before that rule keeps its size.
+    let default_disk = match restore {
+        Some(_) => 256 << 20,
+        None => (memory / 2).min(256 << 20),
+    };
+    let disk = parse_size("disk", &req.disk)?.unwrap_or(default_disk);
     if !((1 << 20)..=fl.max_memory_bytes).contains(&disk) {
         return Err(SandboxesError::Invalid(format!(
             "disk {disk} bytes: give 1M to {} (--max-memory: files live in memory)",
             alcove_sandbox::units::format_size(fl.max_memory_bytes)
+        )));
+    }
+    if restore.is_none() && disk >= memory {
+        return Err(SandboxesError::Invalid(format!(
+            "disk {} is not less than memory {}: files in the home are kept in memory and \
+             count against it, so the sandbox would be killed for its memory before its disk \
+             filled; give a smaller disk or more memory",
+            alcove_sandbox::units::format_size(disk),
+            alcove_sandbox::units::format_size(memory)
         )));
     }
 
