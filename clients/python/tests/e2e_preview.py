@@ -459,6 +459,9 @@ class ForkMemory(unittest.TestCase):
         self.assertEqual(value(child, "open('rel.txt', 'w').write('x')"), "1")
         self.assertEqual(child.files.read_text("w/rel.txt"), "x")
         self.assertEqual(value(self.sb, "os.path.exists('rel.txt')"), "False")
+        # Its commands start in its home, as a sandbox's do.
+        self.assertEqual(child.commands.run("pwd").stdout, "/home/user\n")
+        self.assertEqual(child.commands.run("cat w/rel.txt").stdout, "x")
 
     def test_shared_memory_is_refused_until_released(self):
         from alcove import Conflict

@@ -117,6 +117,15 @@ fn become_fork_init() -> io::Result<()> {
         None,
     )
     .map_err(|e| io::Error::new(e.kind(), format!("mounting /proc: {e}")))?;
+    // Its commands start where a sandbox's do, not where its spawner was.
+    if let Some(home) = std::env::var_os("HOME") {
+        std::env::set_current_dir(&home).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("changing to {}: {e}", Path::new(&home).display()),
+            )
+        })?;
+    }
     alcove_sys::caps::clear_ambient()?;
     alcove_sys::caps::clear_all()
 }

@@ -906,7 +906,7 @@ fn log_agent(log: OwnedFd, id: String) {
             let _ = std::fs::File::from(log).take(64 << 10).read_to_end(&mut said);
             let said = String::from_utf8_lossy(&said);
             if !said.trim().is_empty() {
-                tracing::info!(sandbox = %id, agent_stderr = %said.trim(), "a forked sandbox's agent said");
+                tracing::info!(sandbox = %id, agent_stderr = ?said.trim(), "a forked sandbox's agent said");
             }
         });
     if let Err(e) = reading {

@@ -1084,7 +1084,7 @@ pub(super) fn run_ended(
             };
             *end_reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
             let said = String::from_utf8_lossy(&outcome.stderr);
-            tracing::info!(sandbox = %id, status = ?outcome.status, agent_stderr = %said.trim(), "agent sandbox ended");
+            tracing::info!(sandbox = %id, status = ?outcome.status, agent_stderr = ?said.trim(), "agent sandbox ended");
             let seen = observer.watch.as_ref().and_then(|w| {
                 // Its processes' last events (the agent's exit) go out
                 // before its end, not after it.
