@@ -22,6 +22,16 @@ TOKEN = os.environ.get("ALCOVE_TOKEN")
 ISOLATION = os.environ.get("SANDBOX_ISOLATION", "")
 
 
+def drop_template(name: str) -> None:
+    """Removes the template `name` if a snapshot made it."""
+    from alcove import NotFound
+
+    try:
+        Sandbox.delete_template(name)
+    except NotFound:
+        pass
+
+
 def create(**options) -> Sandbox:
     """Sandbox.create, in the tier this run tests."""
     if ISOLATION:
@@ -251,6 +261,47 @@ class ForkSnapshot(unittest.TestCase):
         self.sb = create(timeout=120, metadata={"role": "parent"})
         self.addCleanup(self.sb.kill)
 
+    def test_races_and_bounds_are_refused_not_failed(self):
+        import threading
+        from alcove import AlcoveError
+
+        def statuses(calls):
+            got = []
+
+            def run(call):
+                try:
+                    call()
+                    got.append(200)
+                except AlcoveError as e:
+                    got.append(e.status)
+
+            threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return got
+
+        # Four snapshots of one name at once: one is saved, the rest are told so.
+        name = "race-" + os.urandom(4).hex()
+        self.addCleanup(drop_template, name)
+        got = statuses([lambda: self.sb.snapshot(name)] * 4)
+        self.assertEqual(sorted(got), [200, 409, 409, 409], got)
+        # A home nested past what a copy walks is the sandbox's doing: 409, saying so.
+        self.sb.commands.run("d=deep; for i in $(seq 1 100); do d=$d/d; done; mkdir -p $d")
+        with self.assertRaises(AlcoveError) as refused:
+            self.sb.fork()
+        self.assertEqual(refused.exception.status, 409, refused.exception)
+        self.assertIn("nested more than 64 deep", str(refused.exception))
+        self.sb.commands.run("rm -rf deep")
+        # A pause or a snapshot racing the sandbox's removal: gone, not failed.
+        for i in range(6):
+            sb = create(timeout=60)
+            call = sb.pause if i % 2 == 0 else (lambda sb=sb: sb.snapshot(name + f"-{i}"))
+            self.addCleanup(drop_template, name + f"-{i}")
+            got = statuses([call, sb.kill])
+            self.assertNotIn(500, got, f"round {i}: {got}")
+
     def test_a_fork_diverges_from_its_parent(self):
         self.sb.files.write("proj/state.txt", "v1")
         self.sb.commands.run("ln -s state.txt proj/link && mkdir -p proj/deep/er && echo d > proj/deep/er/f")
@@ -290,7 +341,7 @@ class ForkSnapshot(unittest.TestCase):
         name = "t" + os.urandom(4).hex()
         self.sb.files.write("ready/config.json", '{"ok": true}')
         snap = self.sb.snapshot(name)
-        self.addCleanup(lambda: Sandbox.delete_template(name))
+        self.addCleanup(drop_template, name)
         names = [t["name"] for t in Sandbox.list_templates()]
         self.assertIn(name, names)
         self.sb.files.write("ready/config.json", "changed after")

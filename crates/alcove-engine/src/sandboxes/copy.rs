@@ -85,7 +85,7 @@ fn copy_dir(
     if depth > MAX_DEPTH {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "directories nested too deep",
+            format!("directories nested more than {MAX_DEPTH} deep"),
         ));
     }
     let listing = std::fs::read_dir(format!("/proc/self/fd/{}", from.as_raw_fd()))?;

@@ -1229,6 +1229,15 @@ impl LiveSandbox {
         self.ended.clone()
     }
 
+    /// Whether it ended, or does within a second: what a call that found
+    /// its cgroup or home gone asks (a removal tears them down first).
+    pub(super) async fn ending(&self) -> bool {
+        let mut ended = self.ended();
+        // Its sender dropped: it is gone with everything it had.
+        let waited = tokio::time::timeout(Duration::from_secs(1), ended.wait_for(|e| *e)).await;
+        waited.is_ok()
+    }
+
     pub(super) fn expired(&self, now: f64) -> bool {
         now >= self
             .clock
@@ -1341,9 +1350,22 @@ impl LiveSandbox {
                     "this host has no cgroup2 tree for the sandbox, so it cannot be paused".into(),
                 )
             })?;
-        tokio::task::spawn_blocking(move || freeze(&dir, frozen))
+        let frozen_now = tokio::task::spawn_blocking(move || freeze(&dir, frozen))
             .await
-            .map_err(|_| SandboxesError::Start("the freezer's thread failed".into()))??;
+            .map_err(|_| SandboxesError::Start("the freezer's thread failed".into()))?;
+        match frozen_now {
+            Ok(()) => {}
+            // Its cgroup went with it (removed meanwhile): gone, not failed.
+            Err(SandboxesError::Io { source, what })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(match self.ending().await {
+                    true => SandboxesError::Agent(alcove_agent::LinkError::Gone),
+                    false => SandboxesError::Io { what, source },
+                });
+            }
+            Err(e) => return Err(e),
+        }
         let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         clock.state = want;
         clock.last_used = now();

@@ -105,6 +105,12 @@ impl Engine {
             .and_then(|()| std::fs::rename(&staging, &dir));
         if let Err(e) = placed {
             let _ = std::fs::remove_dir_all(&staging);
+            // Another snapshot of that name was placed first.
+            if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) {
+                return Err(SandboxesError::Conflict(format!(
+                    "a template named {name:?} was saved meanwhile: pick another name, or remove it first"
+                )));
+            }
             return Err(SandboxesError::Io {
                 what: "saving the template",
                 source: e,
@@ -266,9 +272,26 @@ impl LiveSandbox {
         .await;
         match copied {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
-                Err(SandboxesError::Conflict(e.to_string()))
+            // Over a copy's bounds (its size, entries or depth): the
+            // sandbox's own doing, said as such.
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                Err(SandboxesError::Conflict(format!(
+                    "its files cannot be copied: {e}"
+                )))
             }
+            // Its home went with it (removed meanwhile), or a file went
+            // while it was copied.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => match self.ending().await {
+                true => Err(SandboxesError::Agent(alcove_agent::LinkError::Gone)),
+                false => Err(SandboxesError::Conflict(format!(
+                    "a file went away while its files were copied ({e}): try again"
+                ))),
+            },
             Ok(Err(e)) => Err(SandboxesError::Io {
                 what: "copying the sandbox's files",
                 source: e,
