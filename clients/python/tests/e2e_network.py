@@ -195,6 +195,16 @@ class Outbound(unittest.TestCase):
         self.assertEqual(resolve(sb, "rebind.test"), HOST_IP)
         self.assertTrue(fetch(sb, f"http://rebind.test:{HOST_PORT}/who").startswith("failed"))
 
+    def test_a_name_does_not_open_a_private_range_no_listed_range_opens(self):
+        # An allowed name whose answer points into a LAN (rebinding, or a
+        # split-horizon resolver): resolved, but the address stays closed...
+        sb = make(self, net="outbound", allow_out=["private.test"])
+        self.assertEqual(resolve(sb, "private.test"), PRIVATE_IP)
+        self.assertTrue(fetch(sb, f"http://private.test:{PORT}/who").startswith("failed"))
+        # ...unless a listed range opens it.
+        sb = make(self, net="outbound", allow_out=["private.test", f"{PRIVATE_IP}/32"])
+        self.assertEqual(fetch(sb, f"http://private.test:{PORT}/who"), "private")
+
     def test_sandboxes_cannot_reach_each_other(self):
         a = make(self, net="outbound")
         b = make(self, net="outbound")

@@ -184,6 +184,7 @@ fn build_world() -> World {
             format!("a.wild.test={ALLOWED_IP}"),
             format!("wild.test={ALLOWED_IP}"),
             format!("rebind.test={HOST_IP}"),
+            format!("private.test={PRIVATE_IP}"),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

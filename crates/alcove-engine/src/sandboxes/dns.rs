@@ -68,8 +68,17 @@ pub(super) fn answers(answer: &[u8], query: &[u8], q: &Question) -> bool {
         && answer[HEADER..q.end].eq_ignore_ascii_case(&query[HEADER..q.end])
 }
 
-/// The addresses in an answer's answer section (A and AAAA records, of any
-/// name in it: the chain of aliases the question led to).
+/// Record type of an alias.
+const TYPE_CNAME: u16 = 5;
+/// Records of an answer looked at, and aliases followed: more is no
+/// answer a resolver gives for one name.
+const MAX_RECORDS: usize = 64;
+const MAX_ALIASES: usize = 16;
+
+/// The addresses an answer gives for its question: the A and AAAA records
+/// of the question's name and of the aliases (CNAME) it leads to, no
+/// others (a record for an unrelated name would open an address the
+/// sandbox never asked for). At most [`MAX_RECORDS`] records are read.
 pub(super) fn addresses(answer: &[u8]) -> Vec<IpAddr> {
     let mut out = Vec::new();
     if answer.len() < HEADER {
@@ -78,33 +87,62 @@ pub(super) fn addresses(answer: &[u8]) -> Vec<IpAddr> {
     let qdcount = u16::from_be_bytes([answer[4], answer[5]]);
     let ancount = u16::from_be_bytes([answer[6], answer[7]]);
     let mut at = HEADER;
+    let mut asked = None;
     for _ in 0..qdcount {
-        let Some((_, end)) = read_name(answer, at, true) else {
+        let Some((name, end)) = read_name(answer, at, true) else {
             return out;
         };
+        asked.get_or_insert(name);
         at = end + 4;
     }
-    for _ in 0..ancount {
-        let Some((_, end)) = read_name(answer, at, true) else {
-            return out;
+    let Some(asked) = asked else {
+        return out;
+    };
+    // (owner, type, where its data starts, its data)
+    let mut records: Vec<(String, u16, usize, &[u8])> = Vec::new();
+    for _ in 0..usize::from(ancount).min(MAX_RECORDS) {
+        let Some((owner, end)) = read_name(answer, at, true) else {
+            break;
         };
         let Some(fixed) = answer.get(end..end + 10) else {
-            return out;
+            break;
         };
         let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let class = u16::from_be_bytes([fixed[2], fixed[3]]);
         let len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
         let Some(data) = answer.get(end + 10..end + 10 + len) else {
-            return out;
+            break;
         };
-        match (rtype, class, data.len()) {
-            (TYPE_A, CLASS_IN, 4) => out.push(IpAddr::from(<[u8; 4]>::try_from(data).unwrap())),
-            (TYPE_AAAA, CLASS_IN, 16) => {
-                out.push(IpAddr::from(<[u8; 16]>::try_from(data).unwrap()))
-            }
-            _ => {}
+        if class == CLASS_IN {
+            records.push((owner, rtype, end + 10, data));
         }
         at = end + 10 + len;
+    }
+    let mut chain = vec![asked];
+    while chain.len() <= MAX_ALIASES {
+        let last = chain.last().expect("the question's name");
+        let next = records.iter().find_map(|(owner, rtype, start, _)| {
+            (*rtype == TYPE_CNAME && owner == last)
+                .then(|| read_name(answer, *start, true).map(|(n, _)| n))
+                .flatten()
+        });
+        match next {
+            Some(alias) if !chain.contains(&alias) => chain.push(alias),
+            _ => break,
+        }
+    }
+    for (owner, rtype, _, data) in &records {
+        if !chain.contains(owner) {
+            continue;
+        }
+        let addr = match (*rtype, data.len()) {
+            (TYPE_A, 4) => IpAddr::from(<[u8; 4]>::try_from(*data).expect("4 bytes")),
+            (TYPE_AAAA, 16) => IpAddr::from(<[u8; 16]>::try_from(*data).expect("16 bytes")),
+            _ => continue,
+        };
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
     }
     out
 }
@@ -238,5 +276,36 @@ mod tests {
         let mut cut = a.clone();
         cut.truncate(cut.len() - 3);
         assert_eq!(addresses(&cut).len(), 1);
+    }
+
+    #[test]
+    fn only_the_questions_chain_opens_and_a_flood_is_read_in_part() {
+        let q = query("www.example.com");
+        let mut other = q.clone();
+        other[2] = 0x81;
+        other[3] = 0x80;
+        other[7] = 2;
+        // www.example.com A 192.0.2.1
+        other.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        // other.test A 198.18.0.4: a name the question did not lead to
+        other.extend_from_slice(&[
+            5, b'o', b't', b'h', b'e', b'r', 4, b't', b'e', b's', b't', 0,
+        ]);
+        other.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 0, 4]);
+        assert_eq!(
+            addresses(&other),
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        // 4,000 records: the first MAX_RECORDS are read, each address once.
+        let mut flood = q.clone();
+        flood[2] = 0x81;
+        flood[3] = 0x80;
+        flood[6..8].copy_from_slice(&4000u16.to_be_bytes());
+        for i in 0..4000u32 {
+            let last = (i % 200) as u8;
+            flood.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 231, 0, last]);
+        }
+        let got = addresses(&flood);
+        assert_eq!(got.len(), super::MAX_RECORDS, "{got:?}");
     }
 }

@@ -60,6 +60,16 @@ const PRIVATE: [(Ipv4Addr, u8); 4] = [
     (Ipv4Addr::new(100, 64, 0, 0), 10),
 ];
 
+/// Whether `addr` is in a private or shared range ([`PRIVATE`]).
+pub(super) fn private(addr: Ipv4Addr) -> bool {
+    PRIVATE.iter().any(|&range| {
+        net(range).contains(&IpNet {
+            addr: addr.into(),
+            prefix: 32,
+        })
+    })
+}
+
 fn net((addr, prefix): (Ipv4Addr, u8)) -> IpNet {
     IpNet {
         addr: addr.into(),

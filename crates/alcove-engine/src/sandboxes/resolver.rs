@@ -35,6 +35,8 @@ struct State {
     monitor: alcove_monitor::MonitorService,
     cgroup_id: Arc<AtomicU64>,
     learned: Mutex<BTreeSet<IpAddr>>,
+    /// Addresses its rules refused when an answer gave them.
+    refused: Mutex<BTreeSet<IpAddr>>,
     log: Mutex<Throttled>,
 }
 
@@ -90,6 +92,7 @@ pub(super) async fn serve(
         monitor,
         cgroup_id,
         learned: Mutex::default(),
+        refused: Mutex::default(),
         log: Mutex::new(Throttled {
             last: None,
             refused: 0,
@@ -166,6 +169,19 @@ async fn open_addresses(state: &State, addrs: &[IpAddr]) -> bool {
         let IpAddr::V4(v4) = addr else {
             continue; // outbound sandboxes have IPv4 only
         };
+        // A name does not open a private or shared range (a LAN, a cloud
+        // network, cluster services) that no listed range opens: an answer
+        // the sandbox's code can influence must not rebind into them.
+        if super::network::private(v4)
+            && !state.allow.nets.iter().any(|n| {
+                n.contains(&IpNet {
+                    addr: v4.into(),
+                    prefix: 32,
+                })
+            })
+        {
+            continue;
+        }
         {
             let learned = state.learned.lock().unwrap_or_else(|e| e.into_inner());
             if learned.contains(&addr) {
@@ -173,6 +189,10 @@ async fn open_addresses(state: &State, addrs: &[IpAddr]) -> bool {
             }
             if learned.len() >= MAX_LEARNED {
                 return false;
+            }
+            let refused = state.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.contains(&addr) {
+                continue;
             }
         }
         // The run that asked is still the one the cgroup id names.
@@ -192,8 +212,14 @@ async fn open_addresses(state: &State, addrs: &[IpAddr]) -> bool {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(addr);
             }
-            // Refused by its own rules (the host's address, say): stays closed.
-            Ok(Ok(false)) => {}
+            // Refused by its own rules (the host's address, say): stays
+            // closed, and is not asked about again (up to a bound).
+            Ok(Ok(false)) => {
+                let mut refused = state.refused.lock().unwrap_or_else(|e| e.into_inner());
+                if refused.len() < MAX_LEARNED {
+                    refused.insert(addr);
+                }
+            }
             _ => return false,
         }
     }
