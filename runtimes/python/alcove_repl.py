@@ -62,6 +62,7 @@ import types as _types  # noqa: E402
 
 _MAX_LINE = 16 << 20  # bytes in one request line, newline excluded
 _MAX_TEXT = 1 << 20  # characters of a result's text before it is cut
+_MAX_RESULT_FRAME = 1536 << 10  # bytes of a result's frame (the daemon takes 2 MiB)
 _READ_CHUNK = 64 << 10  # the one buffer every read lands in: resident for good, so small
 _HIGH_FD = 100
 _F_DUPFD_CLOEXEC = getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030)
@@ -377,7 +378,16 @@ def _main():
         html = html_of(value)
         if html is not None:
             mime["text/html"] = clip(html)
-        return [{"type": "result", "id": rid, "text": text, "mime": mime}]
+        frame = {"type": "result", "id": rid, "text": text, "mime": mime}
+        # The daemon takes frames up to 2 MiB: a larger one would end the
+        # session. The HTML goes first, then the text is cut until it fits.
+        while len(_encode(frame).encode("utf-8", "replace")) > _MAX_RESULT_FRAME:
+            if "text/html" in mime:
+                del mime["text/html"]
+                continue
+            text = text[: len(text) // 2] + "..."
+            frame["text"] = mime["text/plain"] = text
+        return [frame]
 
     def user_traceback(tb):
         """The traceback without the frames of this file, the parser or the event loop."""

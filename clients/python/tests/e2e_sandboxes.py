@@ -442,6 +442,16 @@ class Code(unittest.TestCase):
         self.assertIsNone(ex.error)
         self.assertIsNotNone(ex.duration_ms)
 
+    def test_a_large_result_is_cut_and_the_session_kept(self):
+        self.sb.run_code("kept_here = 41")
+        # 3 MiB of text, and one whose JSON form is larger still than its text.
+        for big in ["'z' * (3 << 20)", "'\u00e9\x01' * (1 << 20)"]:
+            ex = self.sb.run_code(big)
+            self.assertIsNone(ex.error, ex.error)
+            self.assertTrue(ex.text.endswith("..."), ex.text[-20:])
+            self.assertGreater(len(ex.text), 100 << 10)
+        self.assertEqual(self.sb.run_code("kept_here + 1").text, "42")
+
     def test_print_is_streamed(self):
         seen = []
         t0 = time.monotonic()

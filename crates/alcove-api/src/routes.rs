@@ -121,8 +121,11 @@ pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!(
-                "the request body is too large: invoke bodies may be up to {} MiB, deploy bodies up to {} MiB",
-                MAX_INVOKE_BODY >> 20, MAX_DEPLOY_BODY >> 20
+                "the request body is too large for this route: invoke bodies may be up to {} MiB, \
+                 deploy bodies {} MiB, a sandbox call's JSON body {} MiB and a command's stdin {} MiB \
+                 (files upload as streams, bounded by the sandbox's disk)",
+                MAX_INVOKE_BODY >> 20, MAX_DEPLOY_BODY >> 20,
+                crate::sandbox_routes::MAX_JSON_BODY >> 20, crate::sandbox_routes::MAX_STDIN_BODY >> 20
             ))
         } else if crate::server::timed_out(&e) {
             ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", format!(

@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// Largest create, exec or code body.
-const MAX_JSON_BODY: usize = 2 << 20;
+pub(crate) const MAX_JSON_BODY: usize = 2 << 20;
 /// Largest stdin write to a running command.
-const MAX_STDIN_BODY: usize = 1 << 20;
+pub(crate) const MAX_STDIN_BODY: usize = 1 << 20;
 /// The longest a command or a code call may be given.
 const MAX_CALL_TIMEOUT_S: u64 = 24 * 3600;
 
