@@ -442,6 +442,20 @@ class Code(unittest.TestCase):
         self.assertIsNone(ex.error)
         self.assertIsNotNone(ex.duration_ms)
 
+    def test_an_interpreter_that_dies_ends_the_call_though_its_child_lives(self):
+        # Its child keeps the interpreter's channel open: the call must end
+        # with the interpreter, not with the child (60 s later).
+        started = time.monotonic()
+        ex = self.sb.run_code(
+            "import os, time\nif os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\nos._exit(5)",
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        self.assertIsNotNone(ex.error)
+        self.assertEqual(ex.error.name, "InterpreterDied", ex.error)
+        self.assertLess(took, 30, "the call waited for the interpreter's child")
+        self.assertEqual(self.sb.run_code("1 + 1").text, "2")
+
     def test_a_large_result_is_cut_and_the_session_kept(self):
         self.sb.run_code("kept_here = 41")
         # 3 MiB of text, and one whose JSON form is larger still than its text.

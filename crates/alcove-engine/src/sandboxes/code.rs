@@ -17,6 +17,9 @@ pub const MAX_CODE: usize = 1 << 20;
 /// ended (a fork's interpreter is reaped by its source's agent, which the
 /// fork's agent waits up to 1.5 s for, from a later moment than this wait's start).
 const END_REPORT_WAIT: Duration = Duration::from_secs(3);
+/// How long a call still reads the interpreter's frames after it ended
+/// (what it forked may keep its channel open: the call does not wait for that).
+const AFTER_END: Duration = Duration::from_millis(500);
 
 /// What a call whose interpreter died says of its end.
 fn interpreter_end(end: Option<ExitStatus>) -> String {
@@ -566,8 +569,34 @@ impl Interpreter {
         let pid = *pid;
         // A stream at its end (the code closed its fd 1, say) is not polled again.
         let (mut out_open, mut err_open) = (true, true);
+        // Set once the interpreter itself has ended: what it forked may hold
+        // its channel open, so its end is not waited for past this.
+        let mut ended_grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            let ended_now = ended_grace.is_none() && end.borrow().is_some();
+            if ended_now {
+                ended_grace = Some(Box::pin(tokio::time::sleep(AFTER_END)));
+            }
             tokio::select! {
+                () = async {
+                    match ended_grace.as_mut() {
+                        Some(grace) => grace.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let why = interpreter_end(*end.borrow());
+                    let _ = events.send(frame_of(serde_json::json!({
+                        "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
+                    }))).await;
+                    let _ = events.send(done_failed()).await;
+                    return Ok(false);
+                }
+                changed = end.changed(), if ended_grace.is_none() => {
+                    // Its sender gone (the sandbox went): ended too.
+                    if changed.is_err() {
+                        ended_grace = Some(Box::pin(tokio::time::sleep(AFTER_END)));
+                    }
+                }
                 n = stdout.read(&mut out), if out_open => match n {
                     Ok(n @ 1..) => {
                         let _ = events.send(CodeEvent::Stdout(String::from_utf8_lossy(&out[..n]).into_owned())).await;
