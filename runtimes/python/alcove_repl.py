@@ -415,7 +415,20 @@ def _main():
             lines_ = text.splitlines()
         except BaseException:
             lines_ = [f"{name}: {value}"]
-        return {"type": "error", "id": rid, "name": name, "value": value, "traceback": lines_}
+        frame = {"type": "error", "id": rid, "name": name, "value": clip(value), "traceback": lines_}
+        # As for a result: a frame past the daemon's 2 MiB would end the session.
+        while len(_encode(frame).encode("utf-8", "replace")) > _MAX_RESULT_FRAME:
+            if len(lines_) > 50:
+                lines_[25:-25] = [f"... {len(lines_) - 50} lines cut ..."]
+                continue
+            longest = max(range(len(lines_)), key=lambda i: len(lines_[i]), default=None)
+            if longest is not None and len(lines_[longest]) > max(len(frame["value"]), 64):
+                lines_[longest] = lines_[longest][: len(lines_[longest]) // 2] + "..."
+            elif len(frame["value"]) > 64:
+                frame["value"] = frame["value"][: len(frame["value"]) // 2] + "..."
+            else:
+                del lines_[:-1]  # 50 lines of 64 characters at most: cannot be reached
+        return frame
 
     def flush_output():
         for stream in (_sys.stdout, _sys.stderr, _sys.__stdout__, _sys.__stderr__):

@@ -490,6 +490,17 @@ class ReplTest(unittest.TestCase):
         small = self.result(self.repl.run("'y' * 1000"))
         self.assertEqual(small["text"], repr("y" * 1000))
 
+    def test_a_large_error_is_cut_to_fit(self):
+        frames = self.repl.run("raise ValueError('x' * 3_000_000)")
+        error = next(f for f in frames if f["type"] == "error")
+        frame = json.dumps(error, ensure_ascii=False, separators=(",", ":")).encode()
+        self.assertLessEqual(len(frame), 1536 << 10)
+        self.assertEqual(error["name"], "ValueError")
+        self.assertTrue(error["value"].startswith("xxx") and error["value"].endswith("..."))
+        deep = self.repl.run("def f(n):\n    return f(n + 1)\nf(0)")
+        self.assertEqual(next(f for f in deep if f["type"] == "error")["name"], "RecursionError")
+        self.assertEqual(self.result(self.repl.run("6 * 7"))["text"], "42")
+
     def test_html_repr(self):
         code = ("class Table:\n    def __repr__(self):\n        return 'Table()'\n"
                 "    def _repr_html_(self):\n        return '<table></table>'\nTable()")

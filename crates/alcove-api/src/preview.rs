@@ -192,20 +192,28 @@ async fn proxy(
     if let Ok(prefix) = HeaderValue::from_str(&prefix) {
         parts.headers.insert("x-forwarded-prefix", prefix);
     }
-    let forwarded = Request::from_parts(parts, body);
-    let mut response = tokio::time::timeout(ANSWER_WITHIN, sender.send_request(forwarded))
-        .await
-        .map_err(|_| {
-            ApiError::new(
+    // The server's time to answer counts from the end of the request's
+    // body: an upload through a preview may take as long as it keeps coming.
+    let (sent, mut body_sent) =
+        tokio::sync::watch::channel(axum::body::HttpBody::is_end_stream(&body));
+    let forwarded = Request::from_parts(parts, Body::new(Watched { inner: body, sent }));
+    let answered = async {
+        let _ = body_sent.wait_for(|sent| *sent).await;
+        tokio::time::sleep(ANSWER_WITHIN).await;
+    };
+    let mut response = tokio::select! {
+        response = sender.send_request(forwarded) => response.map_err(bad_gateway)?,
+        () = answered => {
+            return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway_timeout",
                 format!(
-                    "the server on port {port} in the sandbox sent no answer within {} s",
+                    "the server on port {port} in the sandbox sent no answer within {} s of the request",
                     ANSWER_WITHIN.as_secs()
                 ),
-            )
-        })?
-        .map_err(bad_gateway)?;
+            ))
+        }
+    };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -242,13 +250,51 @@ async fn proxy(
     for name in own {
         parts.headers.remove(name);
     }
-    // Counted until its body ends or the client goes.
+    // Counted until its body ends or the client goes; the sandbox is in
+    // use (no idle pause) as long (a long event stream, say).
     use http_body_util::BodyExt;
     let body = body.map_frame(move |frame| {
-        let _counted = &pass;
+        let _counted = (&pass, &sandbox);
         frame
     });
     Ok(Response::from_parts(parts, Body::new(body)).into_response())
+}
+
+/// A request body that says when it has all been taken (its end, or an error).
+struct Watched {
+    inner: Body,
+    sent: tokio::sync::watch::Sender<bool>,
+}
+
+impl axum::body::HttpBody for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.sent.send_replace(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.sent.send_replace(true);
+        }
+        ended
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap, keep_upgrade: bool) {

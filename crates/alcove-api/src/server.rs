@@ -29,8 +29,8 @@ pub struct ServerLimits {
     /// From connecting (or from the end of the previous response on a
     /// kept-alive connection) to the last header byte.
     pub header_timeout: Duration,
-    /// From the headers to the last body byte, or, for a longer body, to
-    /// each next 64 KiB of it.
+    /// From the headers to the last body byte, or, for a sandbox file
+    /// upload, to each next 64 KiB of it.
     pub body_timeout: Duration,
     /// Bytes of request line and headers.
     pub max_header_bytes: usize,
@@ -133,8 +133,8 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
 }
 
-/// The request body, failing once `limit` has passed since the headers, or
-/// since the last [`KEEP_COMING`] bytes of a longer body: a large upload
+/// The request body, failing once `limit` has passed since the headers, or,
+/// for a file upload, since its last [`KEEP_COMING`] bytes: a large upload
 /// may take as long as it keeps coming, a drip may not.
 struct DeadlineBody {
     inner: Body,
@@ -142,6 +142,18 @@ struct DeadlineBody {
     limit: Duration,
     /// Bytes since the deadline was last set.
     since: usize,
+    /// Whether each [`KEEP_COMING`] bytes give it another deadline: a
+    /// file upload's, streamed on and bounded by the sandbox's disk; every
+    /// other body is read whole and has one deadline.
+    rolling: bool,
+}
+
+/// A sandbox file upload (`PUT /v1/sandboxes/ID/files`).
+fn is_upload(parts: &axum::http::request::Parts) -> bool {
+    let path = parts.uri.path();
+    parts.method == axum::http::Method::PUT
+        && path.starts_with("/v1/sandboxes/")
+        && path.ends_with("/files")
 }
 
 /// What a body must bring within each `body_timeout` to be given another.
@@ -163,7 +175,7 @@ impl HttpBody for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 self.since += data.map_or(0, |d| d.len());
-                if self.since >= KEEP_COMING {
+                if self.rolling && self.since >= KEEP_COMING {
                     self.since = 0;
                     let next = tokio::time::Instant::now() + self.limit;
                     self.deadline.as_mut().reset(next);
@@ -196,6 +208,7 @@ async fn body_deadline(State(limit): State<Duration>, request: Request, next: Ne
             deadline: Box::pin(tokio::time::sleep(limit)),
             limit,
             since: 0,
+            rolling: is_upload(&parts),
         })
     };
     next.run(Request::from_parts(parts, body)).await

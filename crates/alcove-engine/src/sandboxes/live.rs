@@ -603,7 +603,9 @@ pub(super) async fn launch(
             alcove_sandbox::units::format_size(fl.max_memory_bytes)
         )));
     }
-    if restore.is_none() && disk >= memory {
+    // A fork keeps its parent's disk (it holds the parent's files), even
+    // one made before this rule.
+    if restore.is_none() && req.parent.is_none() && disk >= memory {
         return Err(SandboxesError::Invalid(format!(
             "disk {} is not less than memory {}: files in the home are kept in memory and \
              count against it, so the sandbox would be killed for its memory before its disk \

@@ -35,7 +35,13 @@ static KEPT_ALL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 #[derive(Default)]
 pub struct OutputBudget {
     kept: std::sync::atomic::AtomicUsize,
+    /// Its commands whose output the daemon reads now ([`ReadingSlot`]s).
+    reading: std::sync::atomic::AtomicUsize,
 }
+
+/// Commands of one sandbox whose output the daemon reads at once: counted
+/// apart from its table of commands, which a reused pid overwrites.
+pub const READING_PER_SANDBOX: usize = 256;
 
 impl OutputBudget {
     fn over(&self) -> bool {
@@ -76,7 +82,15 @@ impl ReadingSlot {
     pub fn take(budget: &Arc<OutputBudget>) -> Result<ReadingSlot, super::SandboxesError> {
         use std::sync::atomic::Ordering::Relaxed;
         let (most, limit) = most_reading();
+        if budget.reading.fetch_add(1, Relaxed) >= READING_PER_SANDBOX {
+            budget.reading.fetch_sub(1, Relaxed);
+            return Err(super::SandboxesError::Conflict(format!(
+                "{READING_PER_SANDBOX} commands of this sandbox (or what they started) still \
+                 hold their output open; wait for or kill some"
+            )));
+        }
         if READING.fetch_add(1, Relaxed) >= most {
+            budget.reading.fetch_sub(1, Relaxed);
             READING.fetch_sub(1, Relaxed);
             return Err(super::SandboxesError::Busy(format!(
                 "the daemon reads the output of {most} commands across its sandboxes already, \
@@ -92,7 +106,9 @@ impl ReadingSlot {
 
 impl Drop for ReadingSlot {
     fn drop(&mut self) {
-        READING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        READING.fetch_sub(1, Relaxed);
+        self.budget.reading.fetch_sub(1, Relaxed);
     }
 }
 
@@ -671,11 +687,47 @@ mod tests {
         assert!(dropped > 0, "none of the 100,000 chunks was let go");
     }
 
+    /// The daemon-wide count is one for the whole test binary: one test at a time.
+    static READING_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn reading_test() -> std::sync::MutexGuard<'static, ()> {
+        // Room for more than one sandbox's share, where the hard limit allows.
+        let _ = alcove_sys::process::raise_open_files_limit();
+        READING_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[test]
+    fn one_sandbox_reads_no_more_than_its_share_of_commands() {
+        let _one = reading_test();
+        let (most, limit) = super::most_reading();
+        if most <= super::READING_PER_SANDBOX {
+            eprintln!(
+                "SKIPPED one_sandbox_reads_no_more_than_its_share_of_commands: the open-file \
+                 limit ({limit}) leaves the daemon-wide bound ({most}) under one sandbox's share"
+            );
+            return;
+        }
+        let budget = Arc::new(OutputBudget::default());
+        let held: Vec<_> = (0..super::READING_PER_SANDBOX)
+            .map(|_| ReadingSlot::take(&budget).unwrap())
+            .collect();
+        let refused = ReadingSlot::take(&budget)
+            .err()
+            .expect("refused past its share");
+        assert_eq!(refused.code(), "conflict", "{refused}");
+        // Another sandbox is not held back by this one's.
+        assert!(ReadingSlot::take(&Arc::new(OutputBudget::default())).is_ok());
+        drop(held);
+        assert!(ReadingSlot::take(&budget).is_ok());
+    }
+
     #[test]
     fn commands_past_the_open_file_limits_room_are_refused_with_why() {
-        let budget = Arc::new(OutputBudget::default());
+        let _one = reading_test();
         let mut held = Vec::new();
         let refused = loop {
+            // Across sandboxes: each within its own share.
+            let budget = Arc::new(OutputBudget::default());
             match ReadingSlot::take(&budget) {
                 Ok(slot) => held.push(slot),
                 Err(e) => break e,
@@ -685,6 +737,7 @@ mod tests {
         assert_eq!(refused.code(), "daemon_busy");
         assert!(refused.to_string().contains("open-file limit"), "{refused}");
         held.pop();
+        let budget = Arc::new(OutputBudget::default());
         assert!(
             ReadingSlot::take(&budget).is_ok(),
             "a slot given back is not taken again"
