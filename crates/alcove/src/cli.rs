@@ -161,8 +161,8 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     header_timeout: Option<std::time::Duration>,
     /// How long a client may take to send a request's body, or each next
-    /// 64 KiB of a longer one (an upload may take as long as it keeps coming)
-    /// [default: 60s].
+    /// 64 KiB of a sandbox file upload (which may take as long as it keeps
+    /// coming) [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = alcove_sandbox::units::parse_duration)]
     body_timeout: Option<std::time::Duration>,
     /// Threads answering the API, 1 to 1024 [default: one fewer than the
