@@ -585,10 +585,7 @@ impl Interpreter {
                     }
                 } => {
                     let why = interpreter_end(*end.borrow());
-                    let _ = events.send(frame_of(serde_json::json!({
-                        "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
-                    }))).await;
-                    let _ = events.send(done_failed()).await;
+                    died(why, events).await;
                     return Ok(false);
                 }
                 changed = end.changed(), if ended_grace.is_none() => {
@@ -615,10 +612,7 @@ impl Interpreter {
                         // fork's, once the source's agent has reaped it).
                         let _ = tokio::time::timeout(END_REPORT_WAIT, end.wait_for(Option::is_some)).await;
                         let why = interpreter_end(*end.borrow());
-                        let _ = events.send(frame_of(serde_json::json!({
-                            "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
-                        }))).await;
-                        let _ = events.send(done_failed()).await;
+                    died(why, events).await;
                         return Ok(false);
                     };
                     if frame.kind == "interrupt_missed" {
@@ -670,6 +664,16 @@ impl Interpreter {
             }
         }
     }
+}
+
+/// Ends a call whose interpreter ended: why, then a failed done.
+async fn died(why: String, events: &mpsc::Sender<CodeEvent>) {
+    let _ = events
+        .send(frame_of(serde_json::json!({
+            "type": "error", "name": "InterpreterDied", "value": why, "traceback": [],
+        })))
+        .await;
+    let _ = events.send(done_failed()).await;
 }
 
 fn done_failed() -> CodeEvent {

@@ -433,6 +433,15 @@ mod tests {
         out
     }
 
+    /// The events queued: what each is, and its path.
+    fn given(events: &Events) -> Vec<(&str, &str)> {
+        events
+            .pending
+            .iter()
+            .map(|e| (e.event, e.path.as_str()))
+            .collect()
+    }
+
     #[test]
     fn events_split_across_reads_are_put_back_together() {
         let mut stream = record(libc::IN_CREATE, "a.txt");
@@ -442,13 +451,8 @@ mod tests {
             let mut events = Events::new("/home/user".into());
             assert!(events.feed(&stream[..cut]));
             assert!(events.feed(&stream[cut..]));
-            let got: Vec<_> = events
-                .pending
-                .iter()
-                .map(|e| (e.event, e.path.as_str()))
-                .collect();
             assert_eq!(
-                got,
+                given(&events),
                 [
                     ("create", "/home/user/a.txt"),
                     ("delete", "/home/user/b.txt")
@@ -467,13 +471,8 @@ mod tests {
             read.extend(record(libc::IN_Q_OVERFLOW, ""));
         }
         assert!(events.feed(&read));
-        let got: Vec<_> = events
-            .pending
-            .iter()
-            .map(|e| (e.event, e.path.as_str()))
-            .collect();
         assert_eq!(
-            got,
+            given(&events),
             [("create", "/home/user/a"), ("overflow", "/home/user")]
         );
     }
