@@ -317,6 +317,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Err(e) = alcove_sys::process::raise_open_files_limit() {
         tracing::warn!(error = %e, "could not raise the open-files limit");
     }
+    warn_of_shared_watches();
     let given = given_token(&options)?;
     if favor_migrations(options.favordynmods) {
         keep_favoring_migrations();
@@ -398,6 +399,30 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 /// RCU grace period (alcove_cgroup::migrations). Says what it did, or why
 /// not; never fails the start. Whether the option is on now on a cgroup2
 /// tree that the daemon may keep it on.
+/// Below this many inotify instances per user, the host is warned at start.
+const FEW_WATCHES: u64 = 1024;
+
+/// Every sandbox runs as one host user (nobody), and the kernel bounds the
+/// file watches (inotify instances) of a user across all its processes: a
+/// host left at the default 128 lets one sandbox's code use up every
+/// other's watches. Said at start, with the fix; the host's setting is
+/// the operator's to change.
+fn warn_of_shared_watches() {
+    let path = "/proc/sys/fs/inotify/max_user_instances";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(n) if n < FEW_WATCHES => tracing::warn!(
+            max_user_instances = n,
+            "sandboxes share the host's file watches ({path} is {n} for all of them, as one \
+             user): one sandbox's code can use them all up; raise it, for example with \
+             `sysctl fs.inotify.max_user_instances=8192`"
+        ),
+        _ => {}
+    }
+}
+
 fn favor_migrations(wanted: bool) -> bool {
     use alcove_cgroup::MigrationCost;
     let mount = match alcove_cgroup::migrations::migration_cost() {

@@ -86,6 +86,28 @@ fn guard_budgets_and_rules() {
     e2e("guard_budgets_and_rules", "e2e_guard.Guard");
 }
 
+/// A host whose sandboxes could use up each other's file watches is told
+/// so at start, with the fix; one with room is not.
+#[test]
+fn a_host_with_few_file_watches_is_warned_at_start() {
+    let Some(s) = setup("a_host_with_few_file_watches_is_warned_at_start", &[]) else {
+        return;
+    };
+    let instances: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let warned = s
+        .daemon
+        .log
+        .lock()
+        .unwrap()
+        .contains("sandboxes share the host's file watches");
+    eprintln!("max_user_instances is {instances} here: warned {warned}");
+    assert_eq!(warned, instances < 1024, "{}", s.daemon.log.lock().unwrap());
+}
+
 /// `Class` of e2e_sandboxes.py, or `module.Class` as given.
 fn module_class(class: &str) -> String {
     if class.contains('.') {
