@@ -1500,6 +1500,21 @@ impl LiveSandbox {
                 }
             }
         }
+        // Its finished commands' output gives way to its running ones': past
+        // half its share, the oldest finished keep only their last 64 KiB.
+        if self.output.kept() > super::process::KEPT_PER_SANDBOX / 2 {
+            let mut finished: Vec<&Arc<Process>> = processes
+                .values()
+                .filter(|p| !p.running() && !p.holds_pipes())
+                .collect();
+            finished.sort_unstable_by_key(|p| p.started_seq());
+            for p in finished {
+                if self.output.kept() <= super::process::KEPT_PER_SANDBOX / 2 {
+                    break;
+                }
+                p.trim_kept(64 << 10);
+            }
+        }
         processes.insert(pid, Arc::clone(&process));
         Ok(process)
     }

@@ -441,6 +441,21 @@ impl Process {
         let _ = self.live.send((stream, chunk));
     }
 
+    /// Lets its oldest kept output go until it keeps at most `bytes` (its
+    /// latest chunk always), refunding its sandbox.
+    pub(crate) fn trim_kept(&self, bytes: usize) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        while kept.chunks.len() > 1 && kept.bytes > bytes {
+            let Some((_, old)) = kept.chunks.pop_front() else {
+                break;
+            };
+            kept.bytes -= old.len();
+            kept.cost -= old.len() + CHUNK_COST;
+            kept.dropped += old.len() as u64;
+            self.budget.refund(old.len() + CHUNK_COST);
+        }
+    }
+
     /// Whether it was started on a terminal.
     pub fn has_pty(&self) -> bool {
         self.has_pty
@@ -671,6 +686,22 @@ mod tests {
             0,
             "a forgotten command's output is given back"
         );
+    }
+
+    #[test]
+    fn trimming_lets_the_oldest_output_go_and_refunds_it() {
+        let budget = Arc::new(OutputBudget::default());
+        let p = process(&budget);
+        let chunk = vec![b'x'; 16 << 10];
+        for _ in 0..32 {
+            p.keep(Stream::Stdout, &chunk);
+        }
+        let before = budget.kept();
+        p.trim_kept(64 << 10);
+        let (kept, dropped, _) = p.attach();
+        assert_eq!(kept.len(), 4);
+        assert_eq!(dropped, 28 * chunk.len() as u64);
+        assert_eq!(before - budget.kept(), 28 * (chunk.len() + CHUNK_COST));
     }
 
     #[test]
