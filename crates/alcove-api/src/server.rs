@@ -140,7 +140,7 @@ struct DeadlineBody {
     inner: Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
-    /// Bytes since the deadline was last set.
+    /// A rolling deadline's bytes since it was last set.
     since: usize,
     /// Whether each [`KEEP_COMING`] bytes give it another deadline: a
     /// file upload's, streamed on and bounded by the sandbox's disk; every
@@ -173,9 +173,12 @@ impl HttpBody for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            if let (true, Some(Ok(data))) = (
+                self.rolling,
+                frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)),
+            ) {
                 self.since += data.map_or(0, |d| d.len());
-                if self.rolling && self.since >= KEEP_COMING {
+                if self.since >= KEEP_COMING {
                     self.since = 0;
                     let next = tokio::time::Instant::now() + self.limit;
                     self.deadline.as_mut().reset(next);

@@ -573,8 +573,7 @@ impl Interpreter {
         // its channel open, so its end is not waited for past this.
         let mut ended_grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            let ended_now = ended_grace.is_none() && end.borrow().is_some();
-            if ended_now {
+            if ended_grace.is_none() && end.borrow().is_some() {
                 ended_grace = Some(Box::pin(tokio::time::sleep(AFTER_END)));
             }
             tokio::select! {

@@ -194,7 +194,7 @@ pub struct LiveSandbox {
     /// File transfers and watches open (files.rs).
     pub(super) copies: Arc<std::sync::atomic::AtomicUsize>,
     /// What its commands' kept output takes of the daemon's memory.
-    output: Arc<super::process::OutputBudget>,
+    output: Arc<super::budget::OutputBudget>,
 }
 
 /// A call or stream using a sandbox: while one lives the sandbox is not
@@ -1439,7 +1439,7 @@ impl LiveSandbox {
         let (pid, process) = match req.pty {
             Some(size) => self.exec_pty(argv, env, cwd, cmd, size).await?,
             None => {
-                let slot = super::process::ReadingSlot::take(&self.output)?;
+                let slot = super::budget::ReadingSlot::take(&self.output)?;
                 let pipe =
                     || alcove_sys::fd::pipe_cloexec().map_err(SandboxesError::io("making a pipe"));
                 let (in_read, in_write) = pipe()?;
@@ -1502,14 +1502,14 @@ impl LiveSandbox {
         }
         // Its finished commands' output gives way to its running ones': past
         // half its share, the oldest finished keep only their last 64 KiB.
-        if self.output.kept() > super::process::KEPT_PER_SANDBOX / 2 {
+        if self.output.kept() > super::budget::KEPT_PER_SANDBOX / 2 {
             let mut finished: Vec<&Arc<Process>> = processes
                 .values()
                 .filter(|p| !p.running() && !p.holds_pipes())
                 .collect();
             finished.sort_unstable_by_key(|p| p.started_seq());
             for p in finished {
-                if self.output.kept() <= super::process::KEPT_PER_SANDBOX / 2 {
+                if self.output.kept() <= super::budget::KEPT_PER_SANDBOX / 2 {
                     break;
                 }
                 p.trim_kept(64 << 10);
@@ -1537,7 +1537,7 @@ impl LiveSandbox {
                 super::process::PtySize::MAX
             )));
         }
-        let slot = super::process::ReadingSlot::take(&self.output)?;
+        let slot = super::budget::ReadingSlot::take(&self.output)?;
         // In a task of its own, as for pipes: nothing started goes untracked.
         let link = self.link.clone();
         let started = tokio::spawn(async move { link.exec_pty(argv, env, cwd, size).await });

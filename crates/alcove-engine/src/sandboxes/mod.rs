@@ -8,6 +8,7 @@
 //! a sandbox found at start is `stopped` until a call starts it again).
 
 pub(crate) mod agent_program;
+mod budget;
 mod code;
 mod copy;
 mod dns;

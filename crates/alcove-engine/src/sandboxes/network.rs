@@ -60,14 +60,16 @@ const PRIVATE: [(Ipv4Addr, u8); 4] = [
     (Ipv4Addr::new(100, 64, 0, 0), 10),
 ];
 
-/// Whether `addr` is in a private or shared range ([`PRIVATE`]).
-pub(super) fn private(addr: Ipv4Addr) -> bool {
-    PRIVATE.iter().any(|&range| {
-        net(range).contains(&IpNet {
-            addr: addr.into(),
-            prefix: 32,
-        })
-    })
+impl AllowOut {
+    /// Whether an answer for one of its names may open `addr`: not an
+    /// address in a private or shared range ([`PRIVATE`]) that none of its
+    /// ranges opens (an answer the sandbox's code can influence must not
+    /// rebind into a LAN, a cloud network or cluster services).
+    pub(super) fn name_may_open(&self, addr: Ipv4Addr) -> bool {
+        let host = net((addr, 32));
+        !PRIVATE.iter().any(|&range| net(range).contains(&host))
+            || self.nets.iter().any(|n| n.contains(&host))
+    }
 }
 
 fn net((addr, prefix): (Ipv4Addr, u8)) -> IpNet {
@@ -403,6 +405,17 @@ mod tests {
             .net_deny
             .iter()
             .any(|d| d.prefix == 8 && d.addr == Ipv4Addr::new(10, 0, 0, 0)));
+    }
+
+    #[test]
+    fn a_name_opens_a_private_address_only_through_a_listed_range() {
+        let names = AllowOut::parse(&["db.test".into()]).unwrap();
+        assert!(!names.name_may_open(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(!names.name_may_open(Ipv4Addr::new(100, 64, 0, 9)));
+        assert!(names.name_may_open(Ipv4Addr::new(198, 51, 100, 1)));
+        let listed = AllowOut::parse(&["db.test".into(), "10.1.0.0/16".into()]).unwrap();
+        assert!(listed.name_may_open(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(!listed.name_may_open(Ipv4Addr::new(10, 2, 0, 1)));
     }
 
     #[test]

@@ -16,113 +16,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, watch};
 
+use super::budget::{OutputBudget, ReadingSlot, CHUNK_COST};
+
 /// Bytes of output kept per command for clients that attach later.
 pub const KEPT_OUTPUT: usize = 1 << 20;
-/// What one sandbox's commands keep in all, and what all of the daemon's
-/// do: a sandbox's 256 running commands and 128 finished ones would
-/// otherwise keep 384 MiB of the daemon's memory, none of it charged to
-/// the sandbox. Past either, a command keeps less of its oldest output.
-pub const KEPT_PER_SANDBOX: usize = 32 << 20;
-pub const KEPT_IN_DAEMON: usize = 512 << 20;
-/// What a kept chunk costs besides its bytes (its `Arc`'s counts, its
-/// slot in the queue, the allocator's rounding): a command that prints a
-/// byte at a time must not keep 64 times what it is charged.
-const CHUNK_COST: usize = 64;
-/// The memory kept output takes across the daemon.
-static KEPT_ALL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// The output one sandbox's commands keep, in memory (bytes and [`CHUNK_COST`]s).
-#[derive(Default)]
-pub struct OutputBudget {
-    kept: std::sync::atomic::AtomicUsize,
-    /// Its commands whose output the daemon reads now ([`ReadingSlot`]s).
-    reading: std::sync::atomic::AtomicUsize,
-}
-
-/// Commands of one sandbox whose output the daemon reads at once: counted
-/// apart from its table of commands, which a reused pid overwrites.
-pub const READING_PER_SANDBOX: usize = 256;
-
-impl OutputBudget {
-    fn over(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.kept.load(Relaxed) > KEPT_PER_SANDBOX || KEPT_ALL.load(Relaxed) > KEPT_IN_DAEMON
-    }
-
-    fn charge(&self, cost: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.kept.fetch_add(cost, Relaxed);
-        KEPT_ALL.fetch_add(cost, Relaxed);
-    }
-
-    fn refund(&self, cost: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.kept.fetch_sub(cost, Relaxed);
-        KEPT_ALL.fetch_sub(cost, Relaxed);
-    }
-
-    /// The memory its commands' kept output takes now.
-    pub fn kept(&self) -> usize {
-        self.kept.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// One of the commands whose output the daemon reads, across its
-/// sandboxes: each holds three of its descriptors (and a terminal's one)
-/// until its output ends, so there are no more than its open-file limit
-/// leaves room for, and the next is refused with why.
-pub struct ReadingSlot {
-    /// Its sandbox's, which the command's kept output is charged to.
-    budget: Arc<OutputBudget>,
-}
-
-static READING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl ReadingSlot {
-    pub fn take(budget: &Arc<OutputBudget>) -> Result<ReadingSlot, super::SandboxesError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (most, limit) = most_reading();
-        if budget.reading.fetch_add(1, Relaxed) >= READING_PER_SANDBOX {
-            budget.reading.fetch_sub(1, Relaxed);
-            return Err(super::SandboxesError::Conflict(format!(
-                "{READING_PER_SANDBOX} commands of this sandbox (or what they started) still \
-                 hold their output open; wait for or kill some"
-            )));
-        }
-        if READING.fetch_add(1, Relaxed) >= most {
-            budget.reading.fetch_sub(1, Relaxed);
-            READING.fetch_sub(1, Relaxed);
-            return Err(super::SandboxesError::Busy(format!(
-                "the daemon reads the output of {most} commands across its sandboxes already, \
-                 as many as its open-file limit ({limit}) leaves room for: wait for some to \
-                 end, or raise the limit (LimitNOFILE)"
-            )));
-        }
-        Ok(ReadingSlot {
-            budget: Arc::clone(budget),
-        })
-    }
-}
-
-impl Drop for ReadingSlot {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        READING.fetch_sub(1, Relaxed);
-        self.budget.reading.fetch_sub(1, Relaxed);
-    }
-}
-
-/// How many commands' output the daemon may read at once, and its
-/// open-file limit: a quarter of what the limit leaves after 1,024 for
-/// everything else (sandboxes, connections, files), at least 64.
-fn most_reading() -> (usize, u64) {
-    static MOST: std::sync::OnceLock<(usize, u64)> = std::sync::OnceLock::new();
-    *MOST.get_or_init(|| {
-        let limit = alcove_sys::process::open_files_limit().unwrap_or(1024);
-        let most = usize::try_from(limit.saturating_sub(1024) / 4).unwrap_or(usize::MAX);
-        (most.clamp(64, 1 << 20), limit)
-    })
-}
 /// Bytes one read takes from a command's pipe.
 const CHUNK: usize = 16 << 10;
 /// Chunks a slow client may fall behind before it misses some (it is told).
@@ -157,6 +54,19 @@ struct Kept {
     cost: usize,
     /// Bytes dropped from the front to stay within [`KEPT_OUTPUT`].
     dropped: u64,
+}
+
+impl Kept {
+    /// Lets its oldest chunk go, refunding `budget` for it.
+    fn let_go_oldest(&mut self, budget: &OutputBudget) {
+        let Some((_, old)) = self.chunks.pop_front() else {
+            return;
+        };
+        self.bytes -= old.len();
+        self.cost -= old.len() + CHUNK_COST;
+        self.dropped += old.len() as u64;
+        budget.refund(old.len() + CHUNK_COST);
+    }
 }
 
 /// The master of a command's terminal, opened in the sandbox by its agent
@@ -322,7 +232,7 @@ impl Process {
         };
         let out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
         let err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
-        let budget = Arc::clone(&slot.budget);
+        let budget = slot.budget();
         let process = Process::new(pid, cmd, stdin, None, end, budget);
         let reader = Arc::clone(&process);
         tokio::spawn(async move {
@@ -354,7 +264,7 @@ impl Process {
             Some(stdin),
             Some(Arc::clone(&terminal)),
             end,
-            Arc::clone(&slot.budget),
+            slot.budget(),
         );
         let reader = Arc::clone(&process);
         tokio::spawn(async move {
@@ -429,13 +339,7 @@ impl Process {
         while kept.chunks.len() > 1
             && (kept.bytes > KEPT_OUTPUT || kept.cost > 2 * KEPT_OUTPUT || self.budget.over())
         {
-            let Some((_, old)) = kept.chunks.pop_front() else {
-                break;
-            };
-            kept.bytes -= old.len();
-            kept.cost -= old.len() + CHUNK_COST;
-            self.budget.refund(old.len() + CHUNK_COST);
-            kept.dropped += old.len() as u64;
+            kept.let_go_oldest(&self.budget);
         }
         // Sent under the lock: an attach sees each chunk once, kept or live.
         let _ = self.live.send((stream, chunk));
@@ -446,13 +350,7 @@ impl Process {
     pub(crate) fn trim_kept(&self, bytes: usize) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         while kept.chunks.len() > 1 && kept.bytes > bytes {
-            let Some((_, old)) = kept.chunks.pop_front() else {
-                break;
-            };
-            kept.bytes -= old.len();
-            kept.cost -= old.len() + CHUNK_COST;
-            kept.dropped += old.len() as u64;
-            self.budget.refund(old.len() + CHUNK_COST);
+            kept.let_go_oldest(&self.budget);
         }
     }
 
@@ -644,8 +542,8 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use super::{complete_utf8, OutputBudget, Process, ReadingSlot, Stream};
-    use super::{CHUNK_COST, KEPT_OUTPUT, KEPT_PER_SANDBOX};
+    use super::{complete_utf8, Process, Stream, KEPT_OUTPUT};
+    use crate::sandboxes::budget::{OutputBudget, CHUNK_COST, KEPT_PER_SANDBOX};
     use std::sync::Arc;
 
     fn process(budget: &Arc<OutputBudget>) -> Arc<Process> {
@@ -716,63 +614,6 @@ mod tests {
         let (kept, dropped, _) = p.attach();
         assert_eq!(kept.len() as u64 + dropped, 100_000);
         assert!(dropped > 0, "none of the 100,000 chunks was let go");
-    }
-
-    /// The daemon-wide count is one for the whole test binary: one test at a time.
-    static READING_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn reading_test() -> std::sync::MutexGuard<'static, ()> {
-        // Room for more than one sandbox's share, where the hard limit allows.
-        let _ = alcove_sys::process::raise_open_files_limit();
-        READING_TESTS.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    #[test]
-    fn one_sandbox_reads_no_more_than_its_share_of_commands() {
-        let _one = reading_test();
-        let (most, limit) = super::most_reading();
-        if most <= super::READING_PER_SANDBOX {
-            eprintln!(
-                "SKIPPED one_sandbox_reads_no_more_than_its_share_of_commands: the open-file \
-                 limit ({limit}) leaves the daemon-wide bound ({most}) under one sandbox's share"
-            );
-            return;
-        }
-        let budget = Arc::new(OutputBudget::default());
-        let held: Vec<_> = (0..super::READING_PER_SANDBOX)
-            .map(|_| ReadingSlot::take(&budget).unwrap())
-            .collect();
-        let refused = ReadingSlot::take(&budget)
-            .err()
-            .expect("refused past its share");
-        assert_eq!(refused.code(), "conflict", "{refused}");
-        // Another sandbox is not held back by this one's.
-        assert!(ReadingSlot::take(&Arc::new(OutputBudget::default())).is_ok());
-        drop(held);
-        assert!(ReadingSlot::take(&budget).is_ok());
-    }
-
-    #[test]
-    fn commands_past_the_open_file_limits_room_are_refused_with_why() {
-        let _one = reading_test();
-        let mut held = Vec::new();
-        let refused = loop {
-            // Across sandboxes: each within its own share.
-            let budget = Arc::new(OutputBudget::default());
-            match ReadingSlot::take(&budget) {
-                Ok(slot) => held.push(slot),
-                Err(e) => break e,
-            }
-            assert!(held.len() <= 1 << 20, "never refused");
-        };
-        assert_eq!(refused.code(), "daemon_busy");
-        assert!(refused.to_string().contains("open-file limit"), "{refused}");
-        held.pop();
-        let budget = Arc::new(OutputBudget::default());
-        assert!(
-            ReadingSlot::take(&budget).is_ok(),
-            "a slot given back is not taken again"
-        );
     }
 
     #[test]

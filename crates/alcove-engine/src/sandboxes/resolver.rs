@@ -169,17 +169,7 @@ async fn open_addresses(state: &State, addrs: &[IpAddr]) -> bool {
         let IpAddr::V4(v4) = addr else {
             continue; // outbound sandboxes have IPv4 only
         };
-        // A name does not open a private or shared range (a LAN, a cloud
-        // network, cluster services) that no listed range opens: an answer
-        // the sandbox's code can influence must not rebind into them.
-        if super::network::private(v4)
-            && !state.allow.nets.iter().any(|n| {
-                n.contains(&IpNet {
-                    addr: v4.into(),
-                    prefix: 32,
-                })
-            })
-        {
+        if !state.allow.name_may_open(v4) {
             continue;
         }
         {
