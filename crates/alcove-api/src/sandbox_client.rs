@@ -204,7 +204,10 @@ impl Client {
             self.url(&Self::sandbox_path(id, "/files")?),
             encode(path)
         );
-        let mut request = self.agent.put(&url);
+        // The daemon opens the file before it reads the body: asked to wait
+        // for its go-ahead, the client gets a refusal (a directory, a path
+        // it may not write) as an answer, not as a connection closed mid-send.
+        let mut request = self.agent.put(&url).header("expect", "100-continue");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }

@@ -684,6 +684,69 @@ fn cli_and_events_name_the_sandbox() {
     );
 }
 
+/// `alcove sandbox cp` both ways, and a refused upload larger than the
+/// socket's buffers: the daemon's answer is what the CLI reports (it asks
+/// with `Expect: 100-continue`), not the connection the daemon closed.
+#[test]
+fn cli_cp_round_trips_and_reports_a_refusal() {
+    let Some(s) = setup("cli_cp_round_trips_and_reports_a_refusal", &[]) else {
+        return;
+    };
+    let d = &s.daemon;
+    let (code, id) = alcove(d, &["sandbox", "create"]);
+    assert_eq!(code, 0, "create: {id}");
+    let id = id.trim().to_owned();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let local = dir.path().join("big.bin");
+    // 8 MiB that do not compress or repeat within a socket buffer.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&local, &bytes).expect("write the local file");
+    let local = local.to_str().expect("a UTF-8 temp path");
+    let cp = |from: &str, to: &str| {
+        let out = Command::new(ALCOVE)
+            .args(["sandbox", "cp", from, to])
+            .env("ALCOVE_SERVER", d.url())
+            .env("ALCOVE_TOKEN", d.token.as_deref().unwrap_or_default())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run alcove sandbox cp");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = cp(local, &format!("{id}:/tmp/big.bin"));
+    assert_eq!(code, Some(0), "upload: {err}");
+    let back = dir.path().join("back.bin");
+    let (code, err) = cp(&format!("{id}:/tmp/big.bin"), back.to_str().unwrap());
+    assert_eq!(code, Some(0), "download: {err}");
+    assert!(
+        std::fs::read(&back).expect("read the download") == bytes,
+        "the file came back changed"
+    );
+    // /tmp is a directory: the daemon refuses before it reads the body.
+    let (code, err) = cp(local, &format!("{id}:/tmp"));
+    assert_ne!(code, Some(0), "an upload onto a directory was taken: {err}");
+    assert!(
+        err.contains("/tmp") && err.contains("directory"),
+        "the CLI did not report the daemon's answer: {err}"
+    );
+    let lowered = err.to_lowercase();
+    assert!(
+        !lowered.contains("broken pipe") && !lowered.contains("connection"),
+        "the CLI reported the connection, not the answer: {err}"
+    );
+    assert_eq!(alcove(d, &["sandbox", "rm", &id]).0, 0);
+}
+
 /// The Python halves' own unit tests, so that the suite runs them: the
 /// SDK's (a fake daemon on loopback) and the code interpreter's.
 #[test]
