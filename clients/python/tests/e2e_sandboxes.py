@@ -425,6 +425,36 @@ class Files(unittest.TestCase):
         self.assertIsNone(w.error)
         kinds = [e.event for e in events]
         self.assertLess(kinds.index("create"), kinds.index("delete"), kinds)
+        # The upload's own new file, before it landed, is not shown.
+        self.assertFalse([e for e in events if "alcove-upload" in e.path], events)
+
+    def test_an_upload_replaces_the_file_whole(self):
+        self.sb.files.write("whole/keep.txt", "old")
+        self.sb.commands.run("chmod 750 whole/keep.txt && ln -s keep.txt whole/link")
+
+        def cut_short():
+            for _ in range(4):
+                yield b"n" * (1 << 20)
+            raise RuntimeError("the client gave up")
+
+        with self.assertRaises(Exception):
+            self.sb.files.write("whole/keep.txt", cut_short())
+        # The daemon lets the upload go once its body breaks off: the old
+        # file stays, and the new one is removed.
+        wait_for(
+            "the cut upload's new file to go",
+            10,
+            lambda: [e.name for e in self.sb.files.list("whole")] == ["keep.txt", "link"],
+        )
+        self.assertEqual(self.sb.files.read_text("whole/keep.txt"), "old")
+        # A whole upload lands: through the link, onto the file it names,
+        # with that file's permissions; the link stays a link.
+        self.sb.files.write("whole/link", "new")
+        # find, not stat: gVisor refuses the statx flags coreutils' stat uses.
+        r = self.sb.commands.run("find whole/keep.txt -printf '%m %y\\n'; find whole/link -printf '%y\\n'")
+        self.assertEqual(r.stdout, "750 f\nl\n", r.stderr)
+        self.assertEqual(self.sb.files.read_text("whole/keep.txt"), "new")
+        self.assertEqual(sorted(e.name for e in self.sb.files.list("whole")), ["keep.txt", "link"])
 
 
 @needs_server
@@ -814,6 +844,14 @@ class Limits(unittest.TestCase):
             sb.files.write("big", big)
         self.assertEqual((refused.exception.status, refused.exception.code), (507, "sandbox_disk_full"))
         self.assertEqual(sb.commands.run("echo alive").stdout, "alive\n")
+        # The upload failed whole: the file it was to replace is as it was,
+        # and its own part is gone (the disk is free again).
+        sb.files.write("kept", "before")
+        with self.assertRaises(AlcoveError) as refused:
+            sb.files.write("kept", (b"\0" * (1 << 20) for _ in range(300)))
+        self.assertEqual(refused.exception.code, "sandbox_disk_full")
+        self.assertEqual(sb.files.read_text("kept"), "before")
+        self.assertEqual(sorted(e.name for e in sb.files.list("/home/user") if "alcove-upload" in e.name), [])
         running = [p.pid for p in sb.commands.list() if p.running]
         self.assertIn(sleeper.pid, running)
         # A body refused before it was all read gets the daemon's answer, not a broken pipe.

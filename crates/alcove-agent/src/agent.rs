@@ -5,6 +5,7 @@
 
 use crate::protocol::{
     AgentFailure, Entry, EntryKind, PtySize, Reply, Request, MAX_ENTRIES, MAX_MESSAGE,
+    UPLOAD_PREFIX,
 };
 use alcove_sys::pidfd::{ExitInfo, ExitStatus};
 use alcove_sys::{fd, process, pty, seqpacket};
@@ -185,6 +186,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
                 .min(MAX_REAPING)
         }),
         starter: crate::start::Starter::new(),
+        uploads: HashMap::new(),
     };
     if agent
         .send(
@@ -233,6 +235,8 @@ struct Agent {
     reaping: Vec<OwnedFd>,
     /// How many `reaping` may hold (see [`MAX_REAPING`]).
     max_reaping: usize,
+    /// Uploads' copies, by pid: the new file each writes until it lands.
+    uploads: HashMap<i32, std::path::PathBuf>,
 }
 
 /// Sends `signal` to the process group that the process behind `pidfd`
@@ -366,6 +370,12 @@ impl Agent {
     fn reap(&mut self) {
         self.reap_foreign();
         while let Some((pid, status)) = process::reap_any() {
+            // An upload's copy killed mid-way leaves its new file: not the old one's.
+            if let Some(temp) = self.uploads.remove(&pid) {
+                if libc::WIFSIGNALED(status) {
+                    let _ = std::fs::remove_file(temp);
+                }
+            }
             if self.running.remove(&pid).is_some() {
                 let (code, signal) = if libc::WIFSIGNALED(status) {
                     (None, Some(libc::WTERMSIG(status)))
@@ -478,11 +488,20 @@ impl Agent {
                 Ok((Reply::Done { id, size }, Some(file.into())))
             }
             Request::Write { id, path } => {
-                let Some(source) = fds.into_iter().next() else {
-                    return Err(AgentFailure::invalid("a write needs the pipe to read from"));
+                let mut fds = fds.into_iter();
+                let (Some(source), Some(verdict)) = (fds.next(), fds.next()) else {
+                    return Err(AgentFailure::invalid(
+                        "a write needs the pipe to read from and the one its verdict comes on",
+                    ));
                 };
-                let file = open(&path, true)?;
-                let pid = self.copier(source, file.into(), true)?;
+                let (file, landing) = open_upload(&path)?;
+                let temp = landing.temp.clone();
+                let copied = self.copier(source, file.into(), Some((landing, verdict)));
+                if copied.is_err() {
+                    let _ = std::fs::remove_file(&temp);
+                }
+                let pid = copied?;
+                self.uploads.insert(pid, temp);
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, None))
             }
@@ -492,7 +511,7 @@ impl Agent {
                 };
                 let file = open(&path, false)?;
                 let size = file.metadata().ok().map(|m| m.len());
-                let pid = self.copier(file.into(), into, false)?;
+                let pid = self.copier(file.into(), into, None)?;
                 Ok((Reply::Started { id, pid, size }, None))
             }
             Request::List { id, path } => {
@@ -530,7 +549,7 @@ impl Agent {
                 match fds.into_iter().next() {
                     None => Ok((Reply::Done { id, size: None }, Some(watch))),
                     Some(into) => {
-                        let pid = self.copier(watch, into, false)?;
+                        let pid = self.copier(watch, into, None)?;
                         let size = None;
                         Ok((Reply::Started { id, pid, size }, None))
                     }
@@ -794,7 +813,12 @@ impl Agent {
     /// the pages it writes are the sandbox's own (its memory and disk
     /// limits), and this loop stays free. Its exit code is 0, or the errno
     /// that stopped it.
-    fn copier(&mut self, source: OwnedFd, into: OwnedFd, sync: bool) -> Result<i32, AgentFailure> {
+    fn copier(
+        &mut self,
+        source: OwnedFd,
+        into: OwnedFd,
+        landing: Option<(Landing, OwnedFd)>,
+    ) -> Result<i32, AgentFailure> {
         let once = process::SingleThreaded::check()
             .map_err(|e| AgentFailure::io("starting a copy", &e))?;
         match once
@@ -802,13 +826,20 @@ impl Agent {
             .map_err(|e| AgentFailure::io("starting a copy", &e))?
         {
             None => {
-                let copied = match sync {
-                    true => {
+                let copied = match landing {
+                    Some((landing, verdict)) => {
                         let (mut source, mut file) =
                             (std::fs::File::from(source), std::fs::File::from(into));
-                        std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data())
+                        let written =
+                            std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data());
+                        drop(file);
+                        let landed = written.and_then(|()| landing.land_if(verdict));
+                        if landed.is_err() {
+                            let _ = std::fs::remove_file(&landing.temp);
+                        }
+                        landed
                     }
-                    false => pump(source.as_fd(), into.as_fd()),
+                    None => pump(source.as_fd(), into.as_fd()),
                 };
                 let code = match copied {
                     Ok(()) => 0,
@@ -938,6 +969,124 @@ fn spawnable(path: &Path) -> bool {
         .is_ok_and(|()| head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 
+/// An upload's new file and the path it lands on.
+struct Landing {
+    temp: std::path::PathBuf,
+    target: std::path::PathBuf,
+}
+
+impl Landing {
+    /// Lands the written file if `verdict` brings a byte: renamed over the
+    /// target, or, where the target cannot be replaced (a file mounted
+    /// there: EBUSY), copied into it. ECANCELED when the upload was let go.
+    fn land_if(&self, verdict: OwnedFd) -> io::Result<()> {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        let mut verdict = std::fs::File::from(verdict);
+        loop {
+            match verdict.read(&mut byte) {
+                Ok(0) => return Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        match std::fs::rename(&self.temp, &self.target) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let mut from = std::fs::File::open(&self.temp)?;
+                let mut into = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(&self.target)?;
+                std::io::copy(&mut from, &mut into)?;
+                into.sync_data()?;
+                std::fs::remove_file(&self.temp)
+            }
+            landed => landed,
+        }
+    }
+}
+
+/// Opens a new file beside `path` for an upload, and where it will land:
+/// over `path`, whole, once written (a failed upload leaves `path` as it
+/// was). An existing `path` (through its links, as a write into it went
+/// before) is checked first, so that a directory, a FIFO, a device or a
+/// file the sandbox's user may not write is refused before the upload
+/// starts; the new file takes its permissions.
+fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
+    use std::os::unix::fs::PermissionsExt;
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
+    let given = Path::new(path);
+    if let Some(parent) = given.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
+    }
+    let target = std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf());
+    let mode = match std::fs::metadata(&target) {
+        Ok(meta) => {
+            if let Some(refused) = not_a_regular_file(path, &meta) {
+                return Err(refused);
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(&target)
+                .map_err(|e| what(&e))?;
+            Some(meta.permissions().mode() & 0o777)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(what(&e)),
+    };
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A name the sandbox's code took already is passed over (O_EXCL).
+    for _ in 0..16 {
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = dir.join(format!("{UPLOAD_PREFIX}{}-{n}", std::process::id()));
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOCTTY)
+            .mode(0o644)
+            .open(&temp);
+        match created {
+            Ok(file) => {
+                if let Some(mode) = mode {
+                    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+                        let _ = std::fs::remove_file(&temp);
+                        return Err(what(&e));
+                    }
+                }
+                return Ok((file, Landing { temp, target }));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(what(&e)),
+        }
+    }
+    Err(AgentFailure::io(
+        &format!("making a new file beside {path}"),
+        &io::Error::from_raw_os_error(libc::EEXIST),
+    ))
+}
+
+/// Why `meta` is not a file to read or write here, if it is not.
+fn not_a_regular_file(path: &str, meta: &std::fs::Metadata) -> Option<AgentFailure> {
+    if meta.is_dir() {
+        return Some(AgentFailure {
+            kind: crate::FailureKind::IsADirectory,
+            message: format!("{path} is a directory (list it instead)"),
+        });
+    }
+    (!meta.is_file()).then(|| {
+        AgentFailure::invalid(format!(
+            "{path} is not a regular file (a FIFO, socket or device is not read or written here)"
+        ))
+    })
+}
+
 /// Opens a regular file. Without waiting: a FIFO or a device opens at once
 /// (O_NONBLOCK) and is then refused, so nothing here or in the daemon can
 /// block on a file the sandbox's code made.
@@ -956,16 +1105,8 @@ fn open(path: &str, write: bool) -> Result<std::fs::File, AgentFailure> {
     }
     let file = options.open(path).map_err(|e| what(&e))?;
     let meta = file.metadata().map_err(|e| what(&e))?;
-    if meta.is_dir() {
-        return Err(AgentFailure {
-            kind: crate::FailureKind::IsADirectory,
-            message: format!("{path} is a directory (list it instead)"),
-        });
-    }
-    if !meta.is_file() {
-        return Err(AgentFailure::invalid(format!(
-            "{path} is not a regular file (a FIFO, socket or device is not read or written here)"
-        )));
+    if let Some(refused) = not_a_regular_file(path, &meta) {
+        return Err(refused);
     }
     fd::set_nonblocking(file.as_fd(), false).map_err(|e| what(&e))?;
     if write {

@@ -20,8 +20,10 @@ pub mod protocol;
 mod start;
 
 pub use agent::{serve, serve_inherited};
-pub use link::{AgentLink, ExitStatus, LinkError, Opened};
-pub use protocol::{AgentFailure, Entry, EntryKind, FailureKind, PtySize, WatchEvent};
+pub use link::{AgentLink, ExitStatus, LinkError, Opened, Upload};
+pub use protocol::{
+    AgentFailure, Entry, EntryKind, FailureKind, PtySize, WatchEvent, UPLOAD_PREFIX,
+};
 
 /// The environment variable naming the agent's socket descriptor.
 pub const AGENT_FD_ENV: &str = "ALCOVE_AGENT_FD";

@@ -43,6 +43,16 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
 }
 
+/// A file being written in the sandbox: its bytes go into `bytes`; once
+/// they all have, one byte (any) into `verdict` lands the file in place of
+/// the old. Dropped without it, the upload is let go and the old file stays.
+#[derive(Debug)]
+pub struct Upload {
+    pub bytes: OwnedFd,
+    pub verdict: OwnedFd,
+    pub end: watch::Receiver<Option<ExitStatus>>,
+}
+
 /// A file the agent opened, as the sandbox's user.
 #[derive(Debug)]
 pub struct Opened {
@@ -227,17 +237,24 @@ impl AgentLink {
     /// Creates (or truncates) the regular file `path` and starts the agent's
     /// copy into it: write to the returned pipe and close it; the copy's end
     /// (code 0, or the errno that stopped it) shows on the watch.
-    pub async fn write(
-        &self,
-        path: &str,
-    ) -> Result<(OwnedFd, watch::Receiver<Option<ExitStatus>>), LinkError> {
+    pub async fn write(&self, path: &str) -> Result<Upload, LinkError> {
         let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
+        let (verdict_read, verdict) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
         let id = self.next_id();
         let path = path.to_owned();
-        let answer = self.ask(Request::Write { id, path }, &[read.as_fd()]).await;
-        drop(read);
+        let answer = self
+            .ask(
+                Request::Write { id, path },
+                &[read.as_fd(), verdict_read.as_fd()],
+            )
+            .await;
+        drop((read, verdict_read));
         match answer? {
-            (Reply::Started { .. }, _, Some(end)) => Ok((write, end)),
+            (Reply::Started { .. }, _, Some(end)) => Ok(Upload {
+                bytes: write,
+                verdict,
+                end,
+            }),
             _ => Err(LinkError::Protocol),
         }
     }

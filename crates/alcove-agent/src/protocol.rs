@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_MESSAGE: usize = 256 << 10;
 /// The most entries one listing returns (it says when it stopped there).
 pub const MAX_ENTRIES: usize = 1000;
+/// The start of an upload's file name until it lands in place (a watch of
+/// its directory does not show it).
+pub const UPLOAD_PREFIX: &str = ".alcove-upload-";
 /// About the most bytes one listing's entries take (it stops there too).
 pub const MAX_LIST_BYTES: usize = 128 << 10;
 /// The socket buffer each end gets: room for a [`MAX_MESSAGE`] message.
@@ -42,10 +45,12 @@ pub enum Request {
         path: String,
         write: bool,
     },
-    /// Create or truncate a regular file and copy the attached pipe into
-    /// it until its end, in a child of the agent (so the sandbox's limits
-    /// hold what is written); answered `Started`, ended by `Exited` (code 0,
-    /// or the errno that stopped it).
+    /// Write a regular file whole: a child of the agent (so the sandbox's
+    /// limits hold what is written) copies the first attached pipe into a
+    /// new file beside it (named [`UPLOAD_PREFIX`]...) until its end, then
+    /// reads the second: a byte there renames the new file over `path`, an
+    /// end without one removes it. Answered `Started`, ended by `Exited`
+    /// (code 0, or the errno that stopped it; ECANCELED: let go).
     Write {
         id: u64,
         path: String,

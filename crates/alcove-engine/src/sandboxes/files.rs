@@ -5,7 +5,7 @@
 use super::live::{LiveSandbox, HOME};
 use super::SandboxesError;
 use alcove_agent::{Entry, WatchEvent};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 /// The longest path accepted.
@@ -55,12 +55,13 @@ impl LiveSandbox {
     /// writer into it, so its memory and disk limits hold the bytes.
     pub async fn write_file(&self, path: &str) -> Result<FileWriter, SandboxesError> {
         let slot = self.copy_slot()?;
-        let (pipe, end) = self.link.write(&sandbox_path(path)?).await?;
-        let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(pipe)
+        let upload = self.link.write(&sandbox_path(path)?).await?;
+        let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(upload.bytes)
             .map_err(SandboxesError::io("writing a file"))?;
         Ok(FileWriter {
             pipe: Some(pipe),
-            end,
+            verdict: Some(upload.verdict),
+            end: upload.end,
             written: 0,
             _slot: slot,
         })
@@ -188,9 +189,13 @@ pub type FileReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// How long a write may wait for the sandbox's copy to take any of it.
 const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A file being written in a sandbox.
+/// A file being written in a sandbox. It replaces the file there whole
+/// once `finish` says all of it came; dropped before, it is let go and the
+/// old file stays.
 pub struct FileWriter {
     pipe: Option<tokio::net::unix::pipe::Sender>,
+    /// A byte here, after the last of the file, lands it.
+    verdict: Option<OwnedFd>,
     end: tokio::sync::watch::Receiver<Option<alcove_agent::ExitStatus>>,
     written: u64,
     _slot: CopySlot,
@@ -225,9 +230,15 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Closes the file and waits for the sandbox's copy to end: the bytes written.
+    /// Closes the file, has it land in place, and waits for the sandbox's
+    /// copy to end: the bytes written.
     pub async fn finish(mut self) -> Result<u64, SandboxesError> {
         self.pipe = None;
+        if let Some(verdict) = self.verdict.take() {
+            // An empty pipe takes one byte at once. If the copy is gone
+            // (EPIPE), its end says why.
+            let _ = alcove_sys::fd::write_all(verdict.as_raw_fd(), b"y");
+        }
         self.finish_inner().await
     }
 
@@ -265,6 +276,9 @@ impl FileWriter {
         }
     }
 }
+
+/// Uploads' moves a watch remembers at once (their landings follow at once).
+const LANDINGS_HELD: usize = 64;
 
 /// A watched directory's events.
 pub struct WatchStream {
@@ -332,6 +346,9 @@ struct Events {
     partial: Vec<u8>,
     /// The watch itself ended: no more reads once `pending` is given out.
     ended: bool,
+    /// Cookies of the moves away from an upload's new file (not shown):
+    /// the move's other half is its landing, shown as a `create`.
+    landing: std::collections::VecDeque<u32>,
 }
 
 impl Events {
@@ -341,6 +358,7 @@ impl Events {
             pending: Default::default(),
             partial: Vec::new(),
             ended: false,
+            landing: Default::default(),
         }
     }
 
@@ -362,7 +380,7 @@ impl Events {
             }
             let field =
                 |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-            let (mask, len) = (field(4), field(12) as usize);
+            let (mask, cookie, len) = (field(4), field(8), field(12) as usize);
             if len > MAX_NAME {
                 return false;
             }
@@ -391,7 +409,24 @@ impl Events {
             if name.contains('/') || name == "." || name == ".." {
                 return false;
             }
-            let event = if mask & libc::IN_CREATE != 0 {
+            // An upload's file until it lands: its landing shows, as the
+            // file's creation (it replaces what was there whole).
+            if name.starts_with(alcove_agent::UPLOAD_PREFIX) {
+                if mask & libc::IN_MOVED_FROM != 0 && cookie != 0 {
+                    if self.landing.len() >= LANDINGS_HELD {
+                        self.landing.pop_front();
+                    }
+                    self.landing.push_back(cookie);
+                }
+                continue;
+            }
+            let landed = mask & libc::IN_MOVED_TO != 0
+                && cookie != 0
+                && self.landing.iter().any(|c| *c == cookie);
+            if landed {
+                self.landing.retain(|c| *c != cookie);
+            }
+            let event = if mask & libc::IN_CREATE != 0 || landed {
                 "create"
             } else if mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
                 "modify"
@@ -423,10 +458,14 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn record(mask: u32, name: &str) -> Vec<u8> {
+        moved(mask, 0, name)
+    }
+
+    fn moved(mask: u32, cookie: u32, name: &str) -> Vec<u8> {
         let mut padded = name.as_bytes().to_vec();
         padded.resize(name.len().div_ceil(16).max(1) * 16, 0);
         let mut out = Vec::new();
-        for field in [1u32, mask, 0, padded.len() as u32] {
+        for field in [1u32, mask, cookie, padded.len() as u32] {
             out.extend_from_slice(&field.to_ne_bytes());
         }
         out.extend_from_slice(&padded);
@@ -461,6 +500,34 @@ mod tests {
             );
             assert!(events.partial.is_empty());
         }
+    }
+
+    /// An upload's new file is not shown; its landing is, as a create of
+    /// the file's own name. Other moves show as they were.
+    #[test]
+    fn an_uploads_landing_shows_as_a_create_of_its_name() {
+        let temp = format!("{}7-0", alcove_agent::UPLOAD_PREFIX);
+        let mut read = record(libc::IN_CREATE, &temp);
+        read.extend(record(libc::IN_MODIFY, &temp));
+        read.extend(record(libc::IN_CLOSE_WRITE, &temp));
+        read.extend(moved(libc::IN_MOVED_FROM, 41, &temp));
+        read.extend(moved(libc::IN_MOVED_TO, 41, "a.txt"));
+        read.extend(moved(libc::IN_MOVED_FROM, 42, "b.txt"));
+        read.extend(moved(libc::IN_MOVED_TO, 42, "c.txt"));
+        // A move onto a name from elsewhere, with a cookie no upload had.
+        read.extend(moved(libc::IN_MOVED_TO, 43, "d.txt"));
+        let mut events = Events::new("/home/user".into());
+        assert!(events.feed(&read));
+        assert_eq!(
+            given(&events),
+            [
+                ("create", "/home/user/a.txt"),
+                ("move", "/home/user/b.txt"),
+                ("move", "/home/user/c.txt"),
+                ("move", "/home/user/d.txt"),
+            ]
+        );
+        assert!(events.landing.is_empty(), "a landed cookie is let go");
     }
 
     #[test]
@@ -510,6 +577,7 @@ mod tests {
         let (_ended, end) = tokio::sync::watch::channel(None);
         let mut writer = super::FileWriter {
             pipe: Some(tokio::net::unix::pipe::Sender::from_owned_fd(write).unwrap()),
+            verdict: None,
             end,
             written: 0,
             _slot: super::CopySlot(Default::default()),
