@@ -455,6 +455,25 @@ class Files(unittest.TestCase):
         self.assertEqual(r.stdout, "750 f\nl\n", r.stderr)
         self.assertEqual(self.sb.files.read_text("whole/keep.txt"), "new")
         self.assertEqual(sorted(e.name for e in self.sb.files.list("whole")), ["keep.txt", "link"])
+        # A link to nothing yet: the file it names is made, the link stays.
+        self.sb.commands.run("ln -s later.txt whole/ahead")
+        self.sb.files.write("whole/ahead", "made")
+        self.assertEqual(self.sb.files.read_text("whole/later.txt"), "made")
+        r = self.sb.commands.run("find whole/ahead -printf '%y\\n'")
+        self.assertEqual(r.stdout, "l\n", r.stderr)
+        # Hard links keep sharing the file; a writable file in a directory
+        # the sandbox's user may not write is written too (both in place).
+        self.sb.commands.run("ln whole/keep.txt whole/hard && mkdir whole/shut && echo a > whole/shut/f && chmod 555 whole/shut")
+        self.sb.files.write("whole/keep.txt", "shared")
+        self.assertEqual(self.sb.files.read_text("whole/hard"), "shared")
+        self.sb.files.write("whole/shut/f", "in place")
+        self.assertEqual(self.sb.files.read_text("whole/shut/f"), "in place")
+        r = self.sb.commands.run("find whole/shut /home/user -maxdepth 1 -name 'f' -o -name '.alcove-upload-*'")
+        self.assertEqual(r.stdout, "whole/shut/f\n", r.stderr)
+        with self.assertRaises(BadRequest) as caught:
+            self.sb.files.write("whole/nothing/", "x")
+        self.assertEqual(caught.exception.code, "is_a_directory")
+        self.sb.commands.run("chmod 755 whole/shut")
 
 
 @needs_server

@@ -489,14 +489,17 @@ impl Agent {
             }
             Request::Write { id, path } => {
                 let mut fds = fds.into_iter();
-                let (Some(source), Some(verdict)) = (fds.next(), fds.next()) else {
+                let (Some(source), Some(verdict), Some(ready)) =
+                    (fds.next(), fds.next(), fds.next())
+                else {
                     return Err(AgentFailure::invalid(
-                        "a write needs the pipe to read from and the one its verdict comes on",
+                        "a write needs the pipe to read from, the one its verdict comes on and \
+                         the one it says it is ready on",
                     ));
                 };
                 let (file, landing) = open_upload(&path)?;
                 let temp = landing.temp.clone();
-                let copied = self.copier(source, file.into(), Some((landing, verdict)));
+                let copied = self.copier(source, file.into(), Some((landing, ready, verdict)));
                 if copied.is_err() {
                     let _ = std::fs::remove_file(&temp);
                 }
@@ -809,7 +812,8 @@ impl Agent {
     }
 
     /// A child that copies `source` into `into` until the end of either
-    /// (a pipe into a file, with `sync`; a file or a watch into a pipe), so
+    /// (a pipe into an upload's new file, synced and landed as the daemon
+    /// says; a file or a watch into a pipe), so
     /// the pages it writes are the sandbox's own (its memory and disk
     /// limits), and this loop stays free. Its exit code is 0, or the errno
     /// that stopped it.
@@ -817,7 +821,7 @@ impl Agent {
         &mut self,
         source: OwnedFd,
         into: OwnedFd,
-        landing: Option<(Landing, OwnedFd)>,
+        landing: Option<(Landing, OwnedFd, OwnedFd)>,
     ) -> Result<i32, AgentFailure> {
         let once = process::SingleThreaded::check()
             .map_err(|e| AgentFailure::io("starting a copy", &e))?;
@@ -827,13 +831,13 @@ impl Agent {
         {
             None => {
                 let copied = match landing {
-                    Some((landing, verdict)) => {
+                    Some((landing, ready, verdict)) => {
                         let (mut source, mut file) =
                             (std::fs::File::from(source), std::fs::File::from(into));
                         let written =
                             std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data());
                         drop(file);
-                        let landed = written.and_then(|()| landing.land_if(verdict));
+                        let landed = written.and_then(|()| landing.land_if(ready, verdict));
                         if landed.is_err() {
                             let _ = std::fs::remove_file(&landing.temp);
                         }
@@ -973,14 +977,21 @@ fn spawnable(path: &Path) -> bool {
 struct Landing {
     temp: std::path::PathBuf,
     target: std::path::PathBuf,
+    /// Copied into the target, not renamed over it: the target has other
+    /// hard links, or its directory is not the sandbox's user's to write.
+    in_place: bool,
 }
 
 impl Landing {
-    /// Lands the written file if `verdict` brings a byte: renamed over the
-    /// target, or, where the target cannot be replaced (a file mounted
-    /// there: EBUSY), copied into it. ECANCELED when the upload was let go.
-    fn land_if(&self, verdict: OwnedFd) -> io::Result<()> {
+    /// Says on `ready` that the file is written and synced, then lands it
+    /// if `verdict` brings a byte: renamed over the target or, where it
+    /// cannot be replaced (a file mounted there, another's file in a
+    /// sticky directory), copied into it. ECANCELED when the upload was
+    /// let go: `verdict` ended without a byte.
+    fn land_if(&self, ready: OwnedFd, verdict: OwnedFd) -> io::Result<()> {
         use std::io::Read;
+        fd::write_all(ready.as_raw_fd(), b"r")?;
+        drop(ready);
         let mut byte = [0u8; 1];
         let mut verdict = std::fs::File::from(verdict);
         loop {
@@ -991,49 +1002,59 @@ impl Landing {
                 Err(e) => return Err(e),
             }
         }
-        match std::fs::rename(&self.temp, &self.target) {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                let mut from = std::fs::File::open(&self.temp)?;
-                let mut into = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-                    .open(&self.target)?;
-                std::io::copy(&mut from, &mut into)?;
-                into.sync_data()?;
-                std::fs::remove_file(&self.temp)
+        if !self.in_place {
+            match std::fs::rename(&self.temp, &self.target) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY | libc::EPERM | libc::EACCES | libc::EXDEV)
+                    ) => {}
+                renamed => return renamed,
             }
-            landed => landed,
         }
+        let mut from = std::fs::File::open(&self.temp)?;
+        let mut into = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&self.target)?;
+        std::io::copy(&mut from, &mut into)?;
+        into.sync_data()?;
+        std::fs::remove_file(&self.temp)
     }
 }
 
-/// Opens a new file beside `path` for an upload, and where it will land:
-/// over `path`, whole, once written (a failed upload leaves `path` as it
-/// was). An existing `path` (through its links, as a write into it went
-/// before) is checked first, so that a directory, a FIFO, a device or a
-/// file the sandbox's user may not write is refused before the upload
-/// starts; the new file takes its permissions.
+/// Opens a new file for an upload to `path`, and where it will land: over
+/// `path`, whole, once written (a failed upload leaves `path` as it was).
+/// Links at `path` are followed, as a write into it would follow them. An
+/// existing file is checked first, so that a directory, a FIFO, a device
+/// or a file the sandbox's user may not write is refused before the
+/// upload starts; the new file takes its permissions.
 fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
     use std::os::unix::fs::PermissionsExt;
-    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
+    if path.ends_with('/') {
+        return Err(AgentFailure {
+            kind: crate::FailureKind::IsADirectory,
+            message: format!("{path} ends in /: give the path of a file"),
+        });
+    }
     let given = Path::new(path);
-    if let Some(parent) = given.parent() {
+    if let Some(parent) = given.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
     }
-    let target = std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf());
-    let mode = match std::fs::metadata(&target) {
+    let target = through_links(given);
+    let existing = match std::fs::metadata(&target) {
         Ok(meta) => {
             if let Some(refused) = not_a_regular_file(path, &meta) {
                 return Err(refused);
             }
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-                .open(&target)
-                .map_err(|e| what(&e))?;
-            Some(meta.permissions().mode() & 0o777)
+            let writable = CString::new(target.as_os_str().as_bytes())
+                .is_ok_and(|c| alcove_sys::fs::is_writable(&c));
+            if !writable {
+                return Err(what(&io::Error::from_raw_os_error(libc::EACCES)));
+            }
+            Some(meta)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(what(&e)),
@@ -1042,10 +1063,69 @@ fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // A name the sandbox's code took already is passed over (O_EXCL).
+    let (temp, file, in_place) = match new_upload_file(dir) {
+        Ok((temp, file)) => {
+            let linked = existing.as_ref().is_some_and(|m| m.nlink() > 1);
+            (temp, file, linked)
+        }
+        // A file it may write in a directory it may not: the new file is
+        // written in its home, then copied into the file.
+        Err(e)
+            if existing.is_some()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                ) =>
+        {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            let (temp, file) = new_upload_file(Path::new(&home)).map_err(|e| what(&e))?;
+            (temp, file, true)
+        }
+        Err(e) => return Err(what(&e)),
+    };
+    if let Some(meta) = &existing {
+        let mode = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777);
+        if let Err(e) = file.set_permissions(mode) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(what(&e));
+        }
+    }
+    let landing = Landing {
+        temp,
+        target,
+        in_place,
+    };
+    Ok((file, landing))
+}
+
+/// `path` with the links of its last part followed (at most 40, as the
+/// kernel follows): the file an upload to it replaces. A link to nothing
+/// yet gives the path the link names.
+fn through_links(path: &Path) -> std::path::PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(next) = is_link.then(|| std::fs::read_link(&at).ok()).flatten() else {
+            break;
+        };
+        at = match at.parent() {
+            Some(dir) if next.is_relative() => dir.join(next),
+            _ => next,
+        };
+    }
+    at
+}
+
+/// A new file in `dir` for an upload, under a name nothing else holds
+/// (O_EXCL: one the sandbox's code made is passed over).
+fn new_upload_file(dir: &Path) -> io::Result<(std::path::PathBuf, std::fs::File)> {
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     for _ in 0..16 {
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = dir.join(format!("{UPLOAD_PREFIX}{}-{n}", std::process::id()));
+        let temp = dir.join(format!("{UPLOAD_PREFIX}{started:x}-{n}"));
         let created = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -1053,23 +1133,12 @@ fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
             .mode(0o644)
             .open(&temp);
         match created {
-            Ok(file) => {
-                if let Some(mode) = mode {
-                    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
-                        let _ = std::fs::remove_file(&temp);
-                        return Err(what(&e));
-                    }
-                }
-                return Ok((file, Landing { temp, target }));
-            }
+            Ok(file) => return Ok((temp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(what(&e)),
+            Err(e) => return Err(e),
         }
     }
-    Err(AgentFailure::io(
-        &format!("making a new file beside {path}"),
-        &io::Error::from_raw_os_error(libc::EEXIST),
-    ))
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 /// Why `meta` is not a file to read or write here, if it is not.

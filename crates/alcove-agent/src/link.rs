@@ -44,11 +44,13 @@ pub struct ExitStatus {
 }
 
 /// A file being written in the sandbox: its bytes go into `bytes`; once
-/// they all have, one byte (any) into `verdict` lands the file in place of
-/// the old. Dropped without it, the upload is let go and the old file stays.
+/// they all have and `ready` gives a byte (the file is written and
+/// synced), one byte (any) into `verdict` lands it in place of the old.
+/// Dropped without it, the upload is let go and the old file stays.
 #[derive(Debug)]
 pub struct Upload {
     pub bytes: OwnedFd,
+    pub ready: OwnedFd,
     pub verdict: OwnedFd,
     pub end: watch::Receiver<Option<ExitStatus>>,
 }
@@ -234,24 +236,26 @@ impl AgentLink {
         }
     }
 
-    /// Creates (or truncates) the regular file `path` and starts the agent's
-    /// copy into it: write to the returned pipe and close it; the copy's end
-    /// (code 0, or the errno that stopped it) shows on the watch.
+    /// Starts the agent's copy into a new file that replaces the regular
+    /// file `path` whole (see [`Upload`]); the copy's end (code 0, or the
+    /// errno that stopped it) shows on the watch.
     pub async fn write(&self, path: &str) -> Result<Upload, LinkError> {
-        let (read, write) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
-        let (verdict_read, verdict) = alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io)?;
+        let pipe = || alcove_sys::fd::pipe_cloexec().map_err(LinkError::Io);
+        let ((read, write), (verdict_read, verdict), (ready, ready_write)) =
+            (pipe()?, pipe()?, pipe()?);
         let id = self.next_id();
         let path = path.to_owned();
         let answer = self
             .ask(
                 Request::Write { id, path },
-                &[read.as_fd(), verdict_read.as_fd()],
+                &[read.as_fd(), verdict_read.as_fd(), ready_write.as_fd()],
             )
             .await;
-        drop((read, verdict_read));
+        drop((read, verdict_read, ready_write));
         match answer? {
             (Reply::Started { .. }, _, Some(end)) => Ok(Upload {
                 bytes: write,
+                ready,
                 verdict,
                 end,
             }),

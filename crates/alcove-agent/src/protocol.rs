@@ -47,10 +47,12 @@ pub enum Request {
     },
     /// Write a regular file whole: a child of the agent (so the sandbox's
     /// limits hold what is written) copies the first attached pipe into a
-    /// new file beside it (named [`UPLOAD_PREFIX`]...) until its end, then
-    /// reads the second: a byte there renames the new file over `path`, an
-    /// end without one removes it. Answered `Started`, ended by `Exited`
-    /// (code 0, or the errno that stopped it; ECANCELED: let go).
+    /// new file (named [`UPLOAD_PREFIX`]...) until its end, syncs it and
+    /// writes a byte into the third; then a byte from the second lands
+    /// it over `path` (the file `path`'s links lead to: renamed over it,
+    /// or copied into it where it cannot be replaced), and an end without
+    /// one removes it. Answered `Started`, ended by `Exited` (code 0, or
+    /// the errno that stopped it; ECANCELED: let go).
     Write {
         id: u64,
         path: String,

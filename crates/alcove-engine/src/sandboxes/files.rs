@@ -50,16 +50,20 @@ impl LiveSandbox {
         Ok((Box::new(file), opened.size))
     }
 
-    /// Starts writing the file at `path` (created or truncated, its parents
-    /// made): the sandbox's agent copies what is written to the returned
-    /// writer into it, so its memory and disk limits hold the bytes.
+    /// Starts writing the file at `path` (its parents made), which replaces
+    /// whatever file is there once [`FileWriter::finish`] is called: the
+    /// sandbox's agent copies what is written to the returned writer, so
+    /// its memory and disk limits hold the bytes.
     pub async fn write_file(&self, path: &str) -> Result<FileWriter, SandboxesError> {
         let slot = self.copy_slot()?;
         let upload = self.link.write(&sandbox_path(path)?).await?;
         let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(upload.bytes)
             .map_err(SandboxesError::io("writing a file"))?;
+        let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(upload.ready)
+            .map_err(SandboxesError::io("writing a file"))?;
         Ok(FileWriter {
             pipe: Some(pipe),
+            ready: Some(ready),
             verdict: Some(upload.verdict),
             end: upload.end,
             written: 0,
@@ -194,7 +198,9 @@ const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 /// old file stays.
 pub struct FileWriter {
     pipe: Option<tokio::net::unix::pipe::Sender>,
-    /// A byte here, after the last of the file, lands it.
+    /// A byte from here: the sandbox's copy wrote and synced all of it.
+    ready: Option<tokio::net::unix::pipe::Receiver>,
+    /// A byte here, once it is ready, lands it.
     verdict: Option<OwnedFd>,
     end: tokio::sync::watch::Receiver<Option<alcove_agent::ExitStatus>>,
     written: u64,
@@ -233,11 +239,29 @@ impl FileWriter {
     /// Closes the file, has it land in place, and waits for the sandbox's
     /// copy to end: the bytes written.
     pub async fn finish(mut self) -> Result<u64, SandboxesError> {
+        use tokio::io::AsyncReadExt;
         self.pipe = None;
-        if let Some(verdict) = self.verdict.take() {
-            // An empty pipe takes one byte at once. If the copy is gone
-            // (EPIPE), its end says why.
-            let _ = alcove_sys::fd::write_all(verdict.as_raw_fd(), b"y");
+        if let (Some(mut ready), Some(verdict)) = (self.ready.take(), self.verdict.take()) {
+            // Landed only once it is known to be written: a copy that is
+            // not ready in time is let go (its verdict closed unsaid), so a
+            // failure answered here cannot land later.
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(STALLED, ready.read(&mut byte)).await {
+                // An empty pipe takes one byte at once. If the copy is
+                // gone meanwhile (EPIPE), its end says why.
+                Ok(Ok(1)) => {
+                    let _ = alcove_sys::fd::write_all(verdict.as_raw_fd(), b"y");
+                }
+                // It ended without being ready: its end says why.
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(SandboxesError::Conflict(format!(
+                        "the sandbox did not finish writing the file within {} s (is it \
+                         paused?); the file was left as it was",
+                        STALLED.as_secs()
+                    )))
+                }
+            }
         }
         self.finish_inner().await
     }
@@ -577,6 +601,7 @@ mod tests {
         let (_ended, end) = tokio::sync::watch::channel(None);
         let mut writer = super::FileWriter {
             pipe: Some(tokio::net::unix::pipe::Sender::from_owned_fd(write).unwrap()),
+            ready: None,
             verdict: None,
             end,
             written: 0,
