@@ -618,6 +618,39 @@ mod tests {
         drop(read);
     }
 
+    /// A copy that never says it is ready (stopped before its sync ends)
+    /// fails the upload at the stall limit, and its verdict closes unsaid:
+    /// the copy, when it goes on, lets the file go instead of landing it.
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_not_ready_in_time_fails_and_is_let_go() {
+        use std::io::Read;
+        let (data_read, data_write) = alcove_sys::fd::pipe_cloexec().unwrap();
+        let (ready_read, _ready_write) = alcove_sys::fd::pipe_cloexec().unwrap();
+        let (verdict_read, verdict_write) = alcove_sys::fd::pipe_cloexec().unwrap();
+        let (_ended, end) = tokio::sync::watch::channel(None);
+        let writer = super::FileWriter {
+            pipe: Some(tokio::net::unix::pipe::Sender::from_owned_fd(data_write).unwrap()),
+            ready: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read).unwrap()),
+            verdict: Some(verdict_write),
+            end,
+            written: 0,
+            _slot: super::CopySlot(Default::default()),
+        };
+        let started = tokio::time::Instant::now();
+        let message = match writer.finish().await {
+            Err(super::SandboxesError::Conflict(m)) => m,
+            other => panic!("not refused as unfinished: {other:?}"),
+        };
+        assert!(message.contains("left as it was"), "{message}");
+        assert!(started.elapsed() >= super::STALLED);
+        let mut said = Vec::new();
+        std::fs::File::from(verdict_read)
+            .read_to_end(&mut said)
+            .unwrap();
+        assert!(said.is_empty(), "the verdict said {said:?}");
+        drop(data_read);
+    }
+
     #[test]
     fn a_record_no_watch_could_make_ends_the_stream() {
         let mut bad = record(libc::IN_CREATE, "a");
