@@ -1357,9 +1357,11 @@ impl LiveSandbox {
             .map_err(|_| SandboxesError::Start("the freezer's thread failed".into()))?;
         match frozen_now {
             Ok(()) => {}
-            // Its cgroup went with it (removed meanwhile): gone, not failed.
+            // Its cgroup went with it (removed meanwhile, or being removed:
+            // its files then answer ENODEV): gone, not failed.
             Err(SandboxesError::Io { source, what })
-                if source.kind() == std::io::ErrorKind::NotFound =>
+                if source.kind() == std::io::ErrorKind::NotFound
+                    || source.raw_os_error() == Some(libc::ENODEV) =>
             {
                 return Err(match self.ending().await {
                     true => SandboxesError::Agent(alcove_agent::LinkError::Gone),
