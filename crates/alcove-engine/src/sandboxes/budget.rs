@@ -11,6 +11,11 @@ use std::sync::Arc;
 /// the sandbox. Past either, a command keeps less of its oldest output.
 pub const KEPT_PER_SANDBOX: usize = 32 << 20;
 pub const KEPT_IN_DAEMON: usize = 512 << 20;
+/// What a sandbox keeps past the daemon's bound: the sandboxes that keep
+/// more give way, not one that keeps little (before, 16 sandboxes at their
+/// share left every other command only its latest chunk). It lets the
+/// daemon keep this much more per sandbox at most.
+pub const KEPT_FLOOR: usize = 256 << 10;
 /// What a kept chunk costs besides its bytes (its `Arc`'s counts, its
 /// slot in the queue, the allocator's rounding): a command that prints a
 /// byte at a time must not keep 64 times what it is charged.
@@ -32,7 +37,7 @@ pub const READING_PER_SANDBOX: usize = 256;
 
 impl OutputBudget {
     pub(super) fn over(&self) -> bool {
-        self.kept.load(Relaxed) > KEPT_PER_SANDBOX || KEPT_ALL.load(Relaxed) > KEPT_IN_DAEMON
+        over(self.kept.load(Relaxed), KEPT_ALL.load(Relaxed))
     }
 
     pub(super) fn charge(&self, cost: usize) {
@@ -49,6 +54,12 @@ impl OutputBudget {
     pub fn kept(&self) -> usize {
         self.kept.load(Relaxed)
     }
+}
+
+/// Whether a sandbox keeping `kept` must let some go while the daemon's
+/// sandboxes keep `all`.
+fn over(kept: usize, all: usize) -> bool {
+    kept > KEPT_PER_SANDBOX || (kept > KEPT_FLOOR && all > KEPT_IN_DAEMON)
 }
 
 /// One of the commands whose output the daemon reads, across its
@@ -117,6 +128,19 @@ fn most_reading() -> (usize, u64) {
 mod tests {
     use super::{OutputBudget, ReadingSlot};
     use std::sync::Arc;
+
+    #[test]
+    fn past_the_daemons_bound_the_sandboxes_that_keep_more_give_way() {
+        use super::{over, KEPT_FLOOR, KEPT_IN_DAEMON, KEPT_PER_SANDBOX};
+        let full = KEPT_IN_DAEMON + 1;
+        assert!(
+            !over(KEPT_FLOOR, full),
+            "a sandbox at the floor was squeezed"
+        );
+        assert!(over(KEPT_FLOOR + 1, full));
+        assert!(!over(KEPT_PER_SANDBOX, KEPT_IN_DAEMON), "under both bounds");
+        assert!(over(KEPT_PER_SANDBOX + 1, 0), "its own bound holds alone");
+    }
 
     /// The daemon-wide count is one for the whole test binary: one test at a time.
     static READING_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
