@@ -396,6 +396,66 @@ class Files(unittest.TestCase):
         with self.assertRaises(Forbidden):
             self.sb.files.make_dir("/not-allowed-dir")
 
+    def test_uploads_raced_by_the_sandboxs_own_code(self):
+        """What the sandbox's code does to a file or its directory while an
+        upload runs: the upload lands whole where it was aimed, or fails
+        with 409 leaving the file as it was; it never mixes, and leaves no
+        new file behind."""
+        other = Sandbox.connect(self.sb.id)
+
+        def slowly(then):
+            for i in range(6):
+                if i == 2:
+                    then()
+                yield b"z" * (64 << 10)
+                time.sleep(0.05)
+
+        def leftovers():
+            r = self.sb.commands.run("find /home/user -name '.alcove-upload-*'")
+            return r.stdout
+
+        # Its directory renamed mid-way: the file lands in it, where it is now.
+        self.sb.commands.run("mkdir -p race/moving && echo old > race/moving/t")
+        self.sb.files.write("race/moving/t", slowly(lambda: other.commands.run("mv race/moving race/moved && mkdir race/moving")))
+        self.assertEqual(self.sb.files.read("race/moved/t"), b"z" * (6 << 16))
+        self.assertEqual(leftovers(), "")
+        # Made read-only mid-way: refused at its landing, the file as it was.
+        self.sb.commands.run("echo old > race/ro")
+        with self.assertRaises(Conflict):
+            self.sb.files.write("race/ro", slowly(lambda: other.commands.run("chmod 444 race/ro")))
+        self.assertEqual(self.sb.files.read_text("race/ro"), "old\n")
+        r = self.sb.commands.run("find race/ro -printf '%m\\n'")
+        self.assertEqual(r.stdout, "444\n", r.stderr)
+        self.assertEqual(leftovers(), "")
+        # A name that is a directory's, given or through a link, is refused first.
+        self.sb.commands.run("mkdir -p race/d && ln -s d/ race/to-dir")
+        for path in ["race/new/.", "race/d/..", "race/to-dir"]:
+            with self.assertRaises(BadRequest, msg=path) as caught:
+                self.sb.files.write(path, "x")
+            self.assertEqual(caught.exception.code, "is_a_directory", path)
+        # Uploads at once to a hard-linked file (copied into in place): one
+        # whole upload wins, never a mix.
+        self.sb.commands.run("echo old > race/h && ln race/h race/h2")
+        for _ in range(3):
+            errors = []
+
+            def upload(byte):
+                try:
+                    Sandbox.connect(self.sb.id).files.write("race/h", bytes([byte]) * (2 << 20))
+                except Exception as e:  # noqa: BLE001 - collected and reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=upload, args=(b,)) for b in b"abcd"]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(errors, [])
+            got = self.sb.files.read("race/h2")
+            self.assertEqual(len(got), 2 << 20)
+            self.assertEqual(len(set(got)), 1, "two uploads mixed in one file")
+        self.assertEqual(leftovers(), "")
+
     def test_watch_sees_a_create(self):
         self.sb.files.make_dir("watched")
         events = []

@@ -236,7 +236,7 @@ struct Agent {
     /// How many `reaping` may hold (see [`MAX_REAPING`]).
     max_reaping: usize,
     /// Uploads' copies, by pid: the new file each writes until it lands.
-    uploads: HashMap<i32, std::path::PathBuf>,
+    uploads: HashMap<i32, AtDir>,
 }
 
 /// Sends `signal` to the process group that the process behind `pidfd`
@@ -373,7 +373,7 @@ impl Agent {
             // An upload's copy killed mid-way leaves its new file: not the old one's.
             if let Some(temp) = self.uploads.remove(&pid) {
                 if libc::WIFSIGNALED(status) {
-                    let _ = std::fs::remove_file(temp);
+                    let _ = temp.remove();
                 }
             }
             if self.running.remove(&pid).is_some() {
@@ -498,13 +498,24 @@ impl Agent {
                     ));
                 };
                 let (file, landing) = open_upload(&path)?;
-                let temp = landing.temp.clone();
+                let temp = landing.temp.try_clone();
                 let copied = self.copier(source, file.into(), Some((landing, ready, verdict)));
-                if copied.is_err() {
-                    let _ = std::fs::remove_file(&temp);
-                }
-                let pid = copied?;
-                self.uploads.insert(pid, temp);
+                let pid = match (copied, temp) {
+                    (Ok(pid), Ok(temp)) => {
+                        self.uploads.insert(pid, temp);
+                        pid
+                    }
+                    // Without its own handle on the new file, the agent
+                    // leaves its removal to the copy (which removes it
+                    // unless killed).
+                    (Ok(pid), Err(_)) => pid,
+                    (Err(e), temp) => {
+                        if let Ok(temp) = temp {
+                            let _ = temp.remove();
+                        }
+                        return Err(e);
+                    }
+                };
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, None))
             }
@@ -836,10 +847,9 @@ impl Agent {
                             (std::fs::File::from(source), std::fs::File::from(into));
                         let written =
                             std::io::copy(&mut source, &mut file).and_then(|_| file.sync_data());
-                        drop(file);
-                        let landed = written.and_then(|()| landing.land_if(ready, verdict));
+                        let landed = written.and_then(|()| landing.land_if(&file, ready, verdict));
                         if landed.is_err() {
-                            let _ = std::fs::remove_file(&landing.temp);
+                            let _ = landing.temp.remove();
                         }
                         landed
                     }
@@ -973,23 +983,45 @@ fn spawnable(path: &Path) -> bool {
         .is_ok_and(|()| head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 
-/// An upload's new file and the path it lands on.
+/// A file by name in a directory held open: what a rename of that
+/// directory (by the sandbox's code, mid-upload) does not lose.
+struct AtDir {
+    dir: OwnedFd,
+    name: CString,
+}
+
+impl AtDir {
+    fn remove(&self) -> io::Result<()> {
+        alcove_sys::dirfd::unlink_at(self.dir.as_fd(), &self.name, false)
+    }
+
+    fn try_clone(&self) -> io::Result<AtDir> {
+        Ok(AtDir {
+            dir: self.dir.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+}
+
+/// An upload's new file and the file it replaces.
 struct Landing {
-    temp: std::path::PathBuf,
-    target: std::path::PathBuf,
+    temp: AtDir,
+    target: AtDir,
     /// Copied into the target, not renamed over it: the target has other
     /// hard links, or its directory is not the sandbox's user's to write.
     in_place: bool,
 }
 
 impl Landing {
-    /// Says on `ready` that the file is written and synced, then lands it
-    /// if `verdict` brings a byte: renamed over the target or, where it
-    /// cannot be replaced (a file mounted there, another's file in a
-    /// sticky directory), copied into it. ECANCELED when the upload was
-    /// let go: `verdict` ended without a byte.
-    fn land_if(&self, ready: OwnedFd, verdict: OwnedFd) -> io::Result<()> {
-        use std::io::Read;
+    /// Says on `ready` that `file` (the new file) is written and synced,
+    /// then lands it if `verdict` brings a byte: renamed over the target
+    /// or, where that cannot be (a file mounted there, another's file in a
+    /// sticky directory), copied into it under an exclusive lock, so that
+    /// two uploads to one file do not mix. ECANCELED when the upload was
+    /// let go: `verdict` ended without a byte. A target the sandbox's user
+    /// may no longer write is refused (EACCES); it keeps its own mode.
+    fn land_if(&self, file: &std::fs::File, ready: OwnedFd, verdict: OwnedFd) -> io::Result<()> {
+        use std::io::{Read, Seek};
         fd::write_all(ready.as_raw_fd(), b"r")?;
         drop(ready);
         let mut byte = [0u8; 1];
@@ -1002,8 +1034,20 @@ impl Landing {
                 Err(e) => return Err(e),
             }
         }
+        let (dir, name) = (self.target.dir.as_fd(), self.target.name.as_c_str());
+        if let Some(mode) = alcove_sys::dirfd::mode_at(dir, name)? {
+            if mode & libc::S_IFMT == libc::S_IFREG {
+                if !alcove_sys::dirfd::writable_at(dir, name) {
+                    return Err(io::Error::from_raw_os_error(libc::EACCES));
+                }
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+            }
+        }
         if !self.in_place {
-            match std::fs::rename(&self.temp, &self.target) {
+            let renamed =
+                alcove_sys::dirfd::rename_at(self.temp.dir.as_fd(), &self.temp.name, dir, name);
+            match renamed {
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
@@ -1012,15 +1056,22 @@ impl Landing {
                 renamed => return renamed,
             }
         }
-        let mut from = std::fs::File::open(&self.temp)?;
-        let mut into = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&self.target)?;
+        let mut from = std::fs::File::from(alcove_sys::dirfd::open_plain_at(
+            self.temp.dir.as_fd(),
+            &self.temp.name,
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+        )?);
+        // Without waiting: a FIFO swapped in with no reader is ENXIO, not a hang.
+        let into = alcove_sys::dirfd::open_plain_at(dir, name, libc::O_WRONLY | libc::O_NONBLOCK)?;
+        let mut into = std::fs::File::from(into);
+        alcove_sys::fd::flock(into.as_fd(), alcove_sys::fd::Lock::Exclusive)?;
+        into.set_len(0)?;
+        into.rewind()?;
         std::io::copy(&mut from, &mut into)?;
         into.sync_data()?;
-        std::fs::remove_file(&self.temp)
+        // Landed: a directory made unwritable meanwhile keeps the new file.
+        let _ = self.temp.remove();
+        Ok(())
     }
 }
 
@@ -1033,60 +1084,76 @@ impl Landing {
 fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
     use std::os::unix::fs::PermissionsExt;
     let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
-    if path.ends_with('/') {
-        return Err(AgentFailure {
-            kind: crate::FailureKind::IsADirectory,
-            message: format!("{path} ends in /: give the path of a file"),
-        });
+    let not_a_file = || AgentFailure {
+        kind: crate::FailureKind::IsADirectory,
+        message: format!("{path} names a directory: give the path of a file"),
+    };
+    let names_a_dir = |p: &str| {
+        p.ends_with('/') || p.ends_with("/.") || p.ends_with("/..") || p == "." || p == ".."
+    };
+    if names_a_dir(path) {
+        return Err(not_a_file());
     }
     let given = Path::new(path);
     if let Some(parent) = given.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
     }
     let target = through_links(given);
-    let existing = match std::fs::metadata(&target) {
-        Ok(meta) => {
+    let name = match target.file_name() {
+        Some(name) if !names_a_dir(&target.to_string_lossy()) => name,
+        _ => return Err(not_a_file()),
+    };
+    let dir_path = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let c_path = |p: &std::ffi::OsStr| {
+        CString::new(p.as_bytes()).map_err(|_| AgentFailure::invalid("a path holds a NUL byte"))
+    };
+    let target = AtDir {
+        dir: alcove_sys::dirfd::open_dir(&c_path(dir_path.as_os_str())?).map_err(|e| what(&e))?,
+        name: c_path(name)?,
+    };
+    let existing = match alcove_sys::dirfd::mode_at(target.dir.as_fd(), &target.name) {
+        Ok(Some(_)) => {
+            let meta = std::fs::metadata(dir_path.join(name)).map_err(|e| what(&e))?;
             if let Some(refused) = not_a_regular_file(path, &meta) {
                 return Err(refused);
             }
-            let writable = CString::new(target.as_os_str().as_bytes())
-                .is_ok_and(|c| alcove_sys::fs::is_writable(&c));
-            if !writable {
+            if !alcove_sys::dirfd::writable_at(target.dir.as_fd(), &target.name) {
                 return Err(what(&io::Error::from_raw_os_error(libc::EACCES)));
             }
             Some(meta)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Ok(None) => None,
         Err(e) => return Err(what(&e)),
     };
-    let dir = target
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let (temp, file, in_place) = match new_upload_file(dir) {
-        Ok((temp, file)) => {
-            let linked = existing.as_ref().is_some_and(|m| m.nlink() > 1);
-            (temp, file, linked)
-        }
-        // A file it may write in a directory it may not: the new file is
-        // written in its home, then copied into the file.
-        Err(e)
-            if existing.is_some()
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EACCES | libc::EPERM | libc::EROFS)
-                ) =>
-        {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-            let (temp, file) = new_upload_file(Path::new(&home)).map_err(|e| what(&e))?;
-            (temp, file, true)
-        }
-        Err(e) => return Err(what(&e)),
-    };
+    let (temp, file, in_place) =
+        match new_upload_file(target.dir.try_clone().map_err(|e| what(&e))?) {
+            Ok((temp, file)) => {
+                let linked = existing.as_ref().is_some_and(|m| m.nlink() > 1);
+                (temp, file, linked)
+            }
+            // A file it may write in a directory it may not: the new file is
+            // written in its home, then copied into the file.
+            Err(e)
+                if existing.is_some()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                    ) =>
+            {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+                let home = alcove_sys::dirfd::open_dir(&c_path(&home)?).map_err(|e| what(&e))?;
+                let (temp, file) = new_upload_file(home).map_err(|e| what(&e))?;
+                (temp, file, true)
+            }
+            Err(e) => return Err(what(&e)),
+        };
     if let Some(meta) = &existing {
         let mode = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777);
         if let Err(e) = file.set_permissions(mode) {
-            let _ = std::fs::remove_file(&temp);
+            let _ = temp.remove();
             return Err(what(&e));
         }
     }
@@ -1116,25 +1183,20 @@ fn through_links(path: &Path) -> std::path::PathBuf {
     at
 }
 
-/// A new file in `dir` for an upload, under a name nothing else holds
-/// (O_EXCL: one the sandbox's code made is passed over).
-fn new_upload_file(dir: &Path) -> io::Result<(std::path::PathBuf, std::fs::File)> {
+/// A new file in `dir` for an upload, under a short name nothing else
+/// holds (O_EXCL: one the sandbox's code made is passed over).
+fn new_upload_file(dir: OwnedFd) -> io::Result<(AtDir, std::fs::File)> {
     static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     for _ in 0..16 {
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = dir.join(format!("{UPLOAD_PREFIX}{started:x}-{n}"));
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOCTTY)
-            .mode(0o644)
-            .open(&temp);
-        match created {
-            Ok(file) => return Ok((temp, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+        let name = CString::new(format!("{UPLOAD_PREFIX}{started:x}-{n}"))
+            .expect("a name of hex digits holds no NUL");
+        match alcove_sys::dirfd::create_at(dir.as_fd(), &name, 0o644) {
+            Ok(fd) => return Ok((AtDir { dir, name }, std::fs::File::from(fd))),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
         }
     }

@@ -184,6 +184,42 @@ pub fn create_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Re
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Renames `from` in `from_dir` to `to` in `to_dir`, replacing what `to` names.
+pub fn rename_at(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; the fds are borrowed, open.
+    crate::cvt_int(unsafe {
+        libc::renameat(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// Whether the caller may write `name` in `dir` (`faccessat(W_OK)`).
+pub fn writable_at(dir: BorrowedFd<'_>, name: &CStr) -> bool {
+    // SAFETY: `name` is NUL-terminated; the fd is borrowed, open.
+    unsafe { libc::faccessat(dir.as_raw_fd(), name.as_ptr(), libc::W_OK, 0) == 0 }
+}
+
+/// Opens `name` in `dir` as it is (`flags` may not create it) with plain
+/// `openat` (`O_NOCTTY` and `O_CLOEXEC` added): where `openat2` may be
+/// missing (gVisor) and no containment is needed.
+pub fn open_plain_at(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let flags = (flags & !libc::O_CREAT) | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: `name` is NUL-terminated; flags are plain integers.
+    let fd = crate::cvt_int(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Removes `name` from `dir` (an empty directory when `directory`).
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, directory: bool) -> io::Result<()> {
     let flags = if directory { libc::AT_REMOVEDIR } else { 0 };

@@ -288,12 +288,16 @@ impl FileWriter {
                 code: Some(libc::ENOSPC) | Some(libc::EDQUOT),
                 ..
             }) => Err(SandboxesError::DiskFull),
+            // What the sandbox's code can bring about (the file or its
+            // directory changed, removed, locked or made read-only during
+            // the upload, the copy signalled): its doing, not the daemon's.
             Some(alcove_agent::ExitStatus {
                 code: Some(errno), ..
-            }) => Err(SandboxesError::Io {
-                what: "writing the file in the sandbox",
-                source: std::io::Error::from_raw_os_error(errno),
-            }),
+            }) => Err(SandboxesError::Conflict(format!(
+                "writing the file in the sandbox failed: {} (did its code change the file, \
+                 its directory or the copy meanwhile?)",
+                std::io::Error::from_raw_os_error(errno)
+            ))),
             _ => Err(SandboxesError::Conflict(
                 "the sandbox's copy was killed (its memory limit?)".into(),
             )),
