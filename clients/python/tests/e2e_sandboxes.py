@@ -403,9 +403,15 @@ class Files(unittest.TestCase):
         new file behind."""
         other = Sandbox.connect(self.sb.id)
 
-        def slowly(then):
+        def slowly(then, beside):
             for i in range(6):
                 if i == 2:
+                    # The race is on only once the upload's new file is there.
+                    wait_for(
+                        "the upload's new file",
+                        10,
+                        lambda: other.commands.run(f"find {beside} -maxdepth 1 -name '.alcove-upload-*'").stdout,
+                    )
                     then()
                 yield b"z" * (64 << 10)
                 time.sleep(0.05)
@@ -416,13 +422,16 @@ class Files(unittest.TestCase):
 
         # Its directory renamed mid-way: the file lands in it, where it is now.
         self.sb.commands.run("mkdir -p race/moving && echo old > race/moving/t")
-        self.sb.files.write("race/moving/t", slowly(lambda: other.commands.run("mv race/moving race/moved && mkdir race/moving")))
+        self.sb.files.write(
+            "race/moving/t",
+            slowly(lambda: other.commands.run("mv race/moving race/moved && mkdir race/moving"), "race/moving"),
+        )
         self.assertEqual(self.sb.files.read("race/moved/t"), b"z" * (6 << 16))
         self.assertEqual(leftovers(), "")
         # Made read-only mid-way: refused at its landing, the file as it was.
         self.sb.commands.run("echo old > race/ro")
         with self.assertRaises(Conflict):
-            self.sb.files.write("race/ro", slowly(lambda: other.commands.run("chmod 444 race/ro")))
+            self.sb.files.write("race/ro", slowly(lambda: other.commands.run("chmod 444 race/ro"), "race"))
         self.assertEqual(self.sb.files.read_text("race/ro"), "old\n")
         r = self.sb.commands.run("find race/ro -printf '%m\\n'")
         self.assertEqual(r.stdout, "444\n", r.stderr)

@@ -498,24 +498,22 @@ impl Agent {
                     ));
                 };
                 let (file, landing) = open_upload(&path)?;
-                let temp = landing.temp.try_clone();
-                let copied = self.copier(source, file.into(), Some((landing, ready, verdict)));
-                let pid = match (copied, temp) {
-                    (Ok(pid), Ok(temp)) => {
-                        self.uploads.insert(pid, temp);
-                        pid
+                // Its own handle on the new file, to remove it if the copy is killed.
+                let temp = match landing.temp.try_clone() {
+                    Ok(temp) => temp,
+                    Err(e) => {
+                        let _ = landing.temp.remove();
+                        return Err(AgentFailure::io("starting a copy", &e));
                     }
-                    // Without its own handle on the new file, the agent
-                    // leaves its removal to the copy (which removes it
-                    // unless killed).
-                    (Ok(pid), Err(_)) => pid,
-                    (Err(e), temp) => {
-                        if let Ok(temp) = temp {
-                            let _ = temp.remove();
-                        }
+                };
+                let pid = match self.copier(source, file.into(), Some((landing, ready, verdict))) {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        let _ = temp.remove();
                         return Err(e);
                     }
                 };
+                self.uploads.insert(pid, temp);
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, None))
             }
@@ -1080,9 +1078,8 @@ impl Landing {
 /// Links at `path` are followed, as a write into it would follow them. An
 /// existing file is checked first, so that a directory, a FIFO, a device
 /// or a file the sandbox's user may not write is refused before the
-/// upload starts; the new file takes its permissions.
+/// upload starts (the new file takes its permissions at the landing).
 fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
-    use std::os::unix::fs::PermissionsExt;
     let what = |e: &io::Error| AgentFailure::io(&format!("opening {path}"), e);
     let not_a_file = || AgentFailure {
         kind: crate::FailureKind::IsADirectory,
@@ -1114,9 +1111,9 @@ fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
         dir: alcove_sys::dirfd::open_dir(&c_path(dir_path.as_os_str())?).map_err(|e| what(&e))?,
         name: c_path(name)?,
     };
-    let existing = match alcove_sys::dirfd::mode_at(target.dir.as_fd(), &target.name) {
-        Ok(Some(_)) => {
-            let meta = std::fs::metadata(dir_path.join(name)).map_err(|e| what(&e))?;
+    // Not followed: a link left here is one of a loop, not a file.
+    let existing = match std::fs::symlink_metadata(dir_path.join(name)) {
+        Ok(meta) => {
             if let Some(refused) = not_a_regular_file(path, &meta) {
                 return Err(refused);
             }
@@ -1125,7 +1122,7 @@ fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
             }
             Some(meta)
         }
-        Ok(None) => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(what(&e)),
     };
     let (temp, file, in_place) =
@@ -1150,13 +1147,6 @@ fn open_upload(path: &str) -> Result<(std::fs::File, Landing), AgentFailure> {
             }
             Err(e) => return Err(what(&e)),
         };
-    if let Some(meta) = &existing {
-        let mode = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777);
-        if let Err(e) = file.set_permissions(mode) {
-            let _ = temp.remove();
-            return Err(what(&e));
-        }
-    }
     let landing = Landing {
         temp,
         target,

@@ -138,12 +138,7 @@ pub fn write_file_at(
         | libc::O_NOFOLLOW
         | libc::O_NONBLOCK
         | libc::O_CLOEXEC;
-    // SAFETY: `name` is NUL-terminated; flags and mode are plain integers.
-    let fd = crate::cvt_int(unsafe {
-        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
-    })?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = openat(dir, name, flags, mode)?;
     crate::fd::write_all(fd.as_raw_fd(), contents)
 }
 
@@ -176,6 +171,16 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Res
 /// Creates the regular file `name` in `dir`, which must not exist, for writing.
 pub fn create_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    openat(dir, name, flags, mode)
+}
+
+/// `openat(2)`: the descriptor it opens.
+fn openat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated; flags and mode are plain integers.
     let fd = crate::cvt_int(unsafe {
         libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
@@ -214,10 +219,7 @@ pub fn writable_at(dir: BorrowedFd<'_>, name: &CStr) -> bool {
 /// missing (gVisor) and no containment is needed.
 pub fn open_plain_at(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     let flags = (flags & !libc::O_CREAT) | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: `name` is NUL-terminated; flags are plain integers.
-    let fd = crate::cvt_int(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    openat(dir, name, flags, 0)
 }
 
 /// Removes `name` from `dir` (an empty directory when `directory`).

@@ -58,12 +58,6 @@ pub fn is_executable(path: &CStr) -> bool {
     unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
 }
 
-/// Whether `path` names something writable by the caller (`access(W_OK)`).
-pub fn is_writable(path: &CStr) -> bool {
-    // SAFETY: `path` is a valid NUL-terminated string.
-    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
-}
-
 /// The magic number of the filesystem `path` is on (`statfs`'s `f_type`).
 pub fn filesystem_magic(path: &CStr) -> io::Result<i64> {
     // SAFETY: a zeroed statfs is a valid out-parameter.
