@@ -102,6 +102,9 @@ pub fn serve_inherited() -> i32 {
     serve(sock)
 }
 
+/// A fork's home ([`Agent::home`]), set by [`become_fork_init`].
+static FORK_HOME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// pid 1 of a fork with memory (alcove_fork.py): its /proc, mounted with
 /// the CAP_SYS_ADMIN it was spawned with, then no capability left (its
 /// bounding set is empty already). The daemon checks both from /proc.
@@ -118,7 +121,8 @@ fn become_fork_init() -> io::Result<()> {
         None,
     )
     .map_err(|e| io::Error::new(e.kind(), format!("mounting /proc: {e}")))?;
-    // Its commands start where a sandbox's do, not where its spawner was.
+    // Its commands start where a sandbox's do, not where its spawner was:
+    // in its home, by path at each start (see `Agent::home`).
     if let Some(home) = std::env::var_os("HOME") {
         std::env::set_current_dir(&home).map_err(|e| {
             io::Error::new(
@@ -126,6 +130,9 @@ fn become_fork_init() -> io::Result<()> {
                 format!("changing to {}: {e}", Path::new(&home).display()),
             )
         })?;
+        if let Some(home) = home.to_str() {
+            let _ = FORK_HOME.set(home.to_owned());
+        }
     }
     alcove_sys::caps::clear_ambient()?;
     alcove_sys::caps::clear_all()
@@ -187,6 +194,7 @@ pub fn serve(sock: OwnedFd) -> i32 {
         }),
         starter: crate::start::Starter::new(),
         uploads: HashMap::new(),
+        home: FORK_HOME.get().cloned(),
     };
     if agent
         .send(
@@ -237,6 +245,11 @@ struct Agent {
     max_reaping: usize,
     /// Uploads' copies, by pid: the new file each writes until it lands.
     uploads: HashMap<i32, AtDir>,
+    /// A fork's: where a command given no directory starts, by path, found
+    /// again at each start. The fork's agent started before its own home
+    /// was mounted over its parent's, so its own working directory may be
+    /// the parent's home.
+    home: Option<String>,
 }
 
 /// Sends `signal` to the process group that the process behind `pidfd`
@@ -465,6 +478,7 @@ impl Agent {
                 pty: None,
                 forkable,
             } => {
+                let cwd = cwd.or_else(|| self.home.clone());
                 let pid = self.exec(&argv, env, cwd.as_deref(), fds, forkable)?;
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, None))
@@ -478,6 +492,7 @@ impl Agent {
                 forkable,
             } => {
                 drop(fds); // its stdio is the terminal
+                let cwd = cwd.or_else(|| self.home.clone());
                 let (pid, master) = self.exec_pty(&argv, env, cwd.as_deref(), size, forkable)?;
                 let size = None;
                 Ok((Reply::Started { id, pid, size }, Some(master)))
